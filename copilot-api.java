@@ -1,0 +1,2127 @@
+///usr/bin/env jbang "$0" "$@" ; exit $?
+//JAVA 17+
+//DESCRIPTION Turn a GitHub Copilot subscription into a local OpenAI- and Anthropic-compatible API server.
+//DEPS com.fasterxml.jackson.core:jackson-databind:2.20.1
+//DEPS info.picocli:picocli:4.7.7
+//DEPS io.javalin:javalin:7.2.3
+//DEPS org.slf4j:slf4j-simple:2.0.17
+
+import static java.nio.charset.StandardCharsets.UTF_8;
+
+import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.SerializationFeature;
+import com.fasterxml.jackson.databind.node.ArrayNode;
+import com.fasterxml.jackson.databind.node.JsonNodeFactory;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import io.javalin.Javalin;
+import io.javalin.compression.CompressionStrategy;
+import io.javalin.http.Context;
+import io.javalin.http.Handler;
+import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.InputStreamReader;
+import java.io.OutputStream;
+import java.io.UncheckedIOException;
+import java.net.ConnectException;
+import java.net.InetSocketAddress;
+import java.net.Proxy;
+import java.net.ProxySelector;
+import java.net.SocketAddress;
+import java.net.URI;
+import java.net.URLEncoder;
+import java.net.http.HttpClient;
+import java.net.http.HttpConnectTimeoutException;
+import java.net.http.HttpHeaders;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+import java.net.http.HttpTimeoutException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.StandardCopyOption;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.time.Duration;
+import java.time.Instant;
+import java.util.ArrayList;
+import java.util.Base64;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Optional;
+import java.util.TreeMap;
+import java.util.UUID;
+import java.util.concurrent.Callable;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.TimeUnit;
+import java.util.function.Consumer;
+import java.util.regex.Pattern;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Option;
+
+/**
+ * copilot-api: a local server that speaks the OpenAI and Anthropic APIs on top of a GitHub Copilot plan.
+ *
+ * <p>Map of this file (search for "====" to print the outline):
+ * <ol>
+ *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}</li>
+ *   <li>Configuration: URLs, data directory, options, editor versions</li>
+ *   <li>Server and routes: Javalin, the OpenAI surface, error shapes, request log</li>
+ *   <li>Translators: pure JSON-in/JSON-out normalisers of Copilot's chat answers</li>
+ *   <li>Copilot client: headers, token lifecycle, model catalog, upstream calls</li>
+ *   <li>GitHub auth: token sources, token file, device flow, usage</li>
+ *   <li>Errors: typed exceptions shared by every surface</li>
+ *   <li>Small utilities: JSON, SSE reading, HTTP, proxies, clipboard, threads, redaction</li>
+ * </ol>
+ */
+@Command(
+    name = "copilot-api",
+    mixinStandardHelpOptions = true,
+    versionProvider = CopilotApi.VersionProvider.class,
+    description = "Turn a GitHub Copilot subscription into a local OpenAI- and Anthropic-compatible API server.",
+    subcommands = {
+        CopilotApi.StartCommand.class,
+        CopilotApi.AuthCommand.class,
+        CopilotApi.CheckUsageCommand.class,
+        CopilotApi.DebugCommand.class,
+    })
+class CopilotApi implements Callable<Integer> {
+
+    static final String VERSION = "0.1.0";
+    static final int DEFAULT_PORT = 4141;
+    static final String DEFAULT_DATA_DIR = "~/.local/share/copilot-api";
+
+    static final ObjectMapper JSON = new ObjectMapper().disable(SerializationFeature.FAIL_ON_EMPTY_BEANS);
+
+    @CommandLine.Spec CommandLine.Model.CommandSpec spec;
+
+    public static void main(String... args) {
+        System.exit(commandLine().execute(args));
+    }
+
+    static CommandLine commandLine() {
+        return new CommandLine(new CopilotApi())
+            .setExecutionExceptionHandler(CopilotApi::reportFailure)
+            .setParameterExceptionHandler(CopilotApi::reportBadArguments)
+            .setCaseInsensitiveEnumValuesAllowed(true);
+    }
+
+    @Override
+    public Integer call() {
+        spec.commandLine().usage(System.out);
+        return 0;
+    }
+
+    /** One readable line per failure; the stack trace only with --verbose. */
+    static int reportFailure(Exception e, CommandLine cmd, CommandLine.ParseResult parsed) {
+        boolean verbose = parsed.subcommand() != null && parsed.subcommand().hasMatchedOption("--verbose");
+        String message = e instanceof UserFacingException ? e.getMessage() : describe(e);
+        cmd.getErr().println(cmd.getColorScheme().errorText("error: " + message));
+        if (verbose) e.printStackTrace(cmd.getErr());
+        else if (!(e instanceof UserFacingException)) cmd.getErr().println("(run again with --verbose for details)");
+        return 1;
+    }
+
+    /** A mistyped command line: the problem and where to look, not the whole usage text. */
+    static int reportBadArguments(CommandLine.ParameterException e, String[] args) {
+        CommandLine cmd = e.getCommandLine();
+        cmd.getErr().println(cmd.getColorScheme().errorText("error: " + e.getMessage()));
+        cmd.getErr().println("Try '" + cmd.getCommandSpec().qualifiedName() + " --help' for the options.");
+        return 2;
+    }
+
+    static String describe(Throwable e) {
+        String m = e.getMessage();
+        return m == null || m.isBlank() ? e.getClass().getSimpleName() : m;
+    }
+
+    // ==== 1. CLI commands ====
+
+    static final class VersionProvider implements CommandLine.IVersionProvider {
+        @Override
+        public String[] getVersion() {
+            return new String[] {"copilot-api " + VERSION,
+                "Java " + System.getProperty("java.version") + " (" + System.getProperty("java.vendor") + ")"};
+        }
+    }
+
+    /** Options every subcommand that talks to GitHub shares. */
+    static final class CommonOptions {
+        @Option(names = {"-v", "--verbose"}, description = "Log request and response bodies (secrets redacted) and show stack traces.")
+        boolean verbose;
+
+        @Option(names = {"-a", "--account-type"}, paramLabel = "TYPE", defaultValue = "individual",
+            description = "Copilot plan type: ${COMPLETION-CANDIDATES} (default: ${DEFAULT-VALUE}).")
+        AccountType accountType;
+
+        @Option(names = {"-g", "--github-token"}, paramLabel = "TOKEN",
+            description = "GitHub token to use instead of the stored one (also env COPILOT_API_GITHUB_TOKEN, GH_TOKEN, GITHUB_TOKEN).")
+        String githubToken;
+
+        @Option(names = "--enterprise-url", paramLabel = "HOST",
+            description = "GitHub Enterprise Cloud with data residency host, e.g. acme.ghe.com.")
+        String enterpriseUrl;
+
+        @Option(names = "--show-token", description = "Print GitHub and Copilot tokens when they are fetched or refreshed.")
+        boolean showToken;
+
+        @Option(names = "--proxy-env", description = "Send upstream calls through HTTPS_PROXY / HTTP_PROXY, honouring NO_PROXY.")
+        boolean proxyEnv;
+
+        Settings settings() {
+            Logs.configure(verbose);
+            return Settings.from(this, System.getenv());
+        }
+    }
+
+    @Command(name = "start", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+        description = "Start the API server (logs in first when no GitHub token is known).")
+    static final class StartCommand implements Callable<Integer> {
+        @Mixin CommonOptions common;
+
+        @Option(names = {"-p", "--port"}, paramLabel = "PORT", defaultValue = "" + DEFAULT_PORT, description = "Port to listen on (default: ${DEFAULT-VALUE}).")
+        int port;
+
+        @Option(names = "--host", paramLabel = "ADDRESS", defaultValue = "127.0.0.1", description = "Address to bind (default: ${DEFAULT-VALUE}).")
+        String host;
+
+        @Override
+        public Integer call() throws Exception {
+            Settings settings = common.settings();
+            if (port < 0 || port > 65535) throw new UserFacingException("--port must be between 0 and 65535");
+            Http http = Http.create(settings);
+            GitHubAuth auth = new GitHubAuth(settings, http);
+            GitHubToken github = auth.tokenOrLogin(Console.system());
+            CopilotTokens tokens = new CopilotTokens(settings, http, github.value());
+            tokens.start();
+            CopilotClient copilot = new CopilotClient(settings, http, tokens);
+            ModelCatalog models = new ModelCatalog(copilot);
+            models.refreshQuietly();
+            Server server = Server.start(new ServerOptions(host, port), settings, copilot, models, auth, github);
+            Runtime.getRuntime().addShutdownHook(new Thread(() -> { server.stop(); tokens.close(); }, "shutdown"));
+            System.out.println("copilot-api " + VERSION + " listening on " + server.baseUrl());
+            System.out.println("  OpenAI base URL:    " + server.baseUrl() + "/v1");
+            System.out.println("  Anthropic base URL: " + server.baseUrl());
+            server.join();
+            return 0;
+        }
+    }
+
+    @Command(name = "auth", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+        description = "Log in to GitHub with the device flow and store the token (replaces a stored token).")
+    static final class AuthCommand implements Callable<Integer> {
+        @Mixin CommonOptions common;
+
+        @Override
+        public Integer call() throws Exception {
+            Settings settings = common.settings();
+            Http http = Http.create(settings);
+            GitHubAuth auth = new GitHubAuth(settings, http);
+            String token = auth.deviceFlow(Console.system());
+            auth.store().save(token);
+            System.out.println("Logged in. Token saved to " + settings.tokenFile());
+            if (settings.showToken()) System.out.println("GitHub token: " + token);
+            try {
+                CopilotToken copilot = new CopilotTokens(settings, http, token).exchange();
+                System.out.println("Copilot access confirmed (API: " + copilot.apiUrl().orElse(settings.copilotBaseFallback()) + ").");
+            } catch (UpstreamException | UserFacingException e) {
+                System.out.println("warning: logged in, but Copilot access could not be confirmed: " + e.getMessage());
+            }
+            return 0;
+        }
+    }
+
+    @Command(name = "check-usage", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+        description = "Show the Copilot plan and quota usage.")
+    static final class CheckUsageCommand implements Callable<Integer> {
+        @Mixin CommonOptions common;
+
+        @Option(names = "--json", description = "Print GitHub's usage report as JSON.")
+        boolean json;
+
+        @Override
+        public Integer call() throws Exception {
+            Settings settings = common.settings();
+            GitHubAuth auth = new GitHubAuth(settings, Http.create(settings));
+            GitHubToken github = auth.existingToken().orElseThrow(() ->
+                new UserFacingException("not logged in: run `copilot-api auth` or pass --github-token"));
+            JsonNode usage = auth.usage(github.value());
+            System.out.println(json ? Json.pretty(usage) : UsageReport.render(usage));
+            return 0;
+        }
+    }
+
+    @Command(name = "debug", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+        description = "Print version, runtime, paths and the URLs in effect.")
+    static final class DebugCommand implements Callable<Integer> {
+        @Mixin CommonOptions common;
+
+        @Option(names = "--json", description = "Print only JSON on stdout.")
+        boolean json;
+
+        @Override
+        public Integer call() {
+            Settings settings = common.settings();
+            ObjectNode info = DebugInfo.collect(settings, System.getenv());
+            if (json) {
+                System.out.println(Json.pretty(info));
+            } else {
+                System.out.println(DebugInfo.render(info));
+            }
+            return 0;
+        }
+    }
+
+    /** What `debug` reports; no network calls, so it works when nothing else does. */
+    static final class DebugInfo {
+        static ObjectNode collect(Settings s, Map<String, String> env) {
+            ObjectNode o = Json.object();
+            o.put("version", VERSION);
+            ObjectNode runtime = o.putObject("runtime");
+            runtime.put("java", System.getProperty("java.version"));
+            runtime.put("vendor", System.getProperty("java.vendor"));
+            runtime.put("os", System.getProperty("os.name") + " " + System.getProperty("os.version"));
+            runtime.put("arch", System.getProperty("os.arch"));
+            runtime.put("virtualThreads", Threads.virtualThreadsAvailable());
+            ObjectNode paths = o.putObject("paths");
+            paths.put("dataDir", s.dataDir().toString());
+            paths.put("tokenFile", s.tokenFile().toString());
+            o.put("tokenExists", Files.isRegularFile(s.tokenFile()));
+            o.put("tokenFromEnvironment", GitHubAuth.envTokenName(env).orElse(null));
+            o.put("accountType", s.accountType().wire);
+            ObjectNode urls = o.putObject("urls");
+            urls.put("github", s.githubUrl());
+            urls.put("githubApi", s.githubApiUrl());
+            urls.put("copilot", s.copilotUrlOverride().orElse(s.copilotBaseFallback()));
+            urls.put("copilotSource", s.copilotUrlOverride().isPresent() ? "COPILOT_API_COPILOT_URL"
+                : "the Copilot token's endpoints.api at start (shown: the " + s.accountType().wire + " default)");
+            ObjectNode editor = o.putObject("editor");
+            s.editor().describe(editor);
+            o.put("proxyEnv", s.proxyEnv());
+            return o;
+        }
+
+        static String render(ObjectNode info) {
+            StringBuilder b = new StringBuilder();
+            info.properties().forEach(e -> {
+                if (e.getValue().isObject()) {
+                    b.append(e.getKey()).append(":\n");
+                    e.getValue().properties().forEach(f -> b.append("  ").append(f.getKey()).append(": ")
+                        .append(f.getValue().isTextual() ? f.getValue().asText() : f.getValue().toString()).append('\n'));
+                } else {
+                    b.append(e.getKey()).append(": ").append(e.getValue().isTextual() ? e.getValue().asText() : e.getValue()).append('\n');
+                }
+            });
+            return b.toString().stripTrailing();
+        }
+    }
+
+    /** Turns GitHub's usage JSON into the lines `check-usage` prints. */
+    static final class UsageReport {
+        static String render(JsonNode usage) {
+            StringBuilder b = new StringBuilder();
+            b.append("Plan: ").append(usage.path("copilot_plan").asText("unknown")).append('\n');
+            b.append("Quota resets: ").append(usage.path("quota_reset_date").asText("unknown")).append('\n');
+            JsonNode snapshots = usage.path("quota_snapshots");
+            b.append(line("Premium requests", snapshots.path("premium_interactions"))).append('\n');
+            b.append(line("Chat", snapshots.path("chat"))).append('\n');
+            b.append(line("Completions", snapshots.path("completions")));
+            return b.toString();
+        }
+
+        static String line(String label, JsonNode q) {
+            String head = String.format(Locale.ROOT, "%-17s ", label + ":");
+            if (q.isMissingNode() || q.isNull()) return head + "not reported";
+            if (q.path("unlimited").asBoolean(false)) return head + "unlimited";
+            double total = q.path("entitlement").asDouble(0);
+            double remaining = q.path("remaining").asDouble(0);
+            double used = Math.max(0, total - remaining);
+            double pctRemaining = q.has("percent_remaining") ? q.path("percent_remaining").asDouble()
+                : total > 0 ? remaining * 100 / total : 0;
+            String s = String.format(Locale.ROOT, "%s%s/%s used (%.1f%% used, %.1f%% remaining)", head,
+                number(used), number(total), 100 - pctRemaining, pctRemaining);
+            if (q.path("overage_count").asInt(0) > 0) s += ", overage " + q.path("overage_count").asInt();
+            return s;
+        }
+
+        static String number(double d) {
+            return d == Math.rint(d) ? String.valueOf((long) d) : String.format(Locale.ROOT, "%.1f", d);
+        }
+    }
+
+    // ==== 2. Configuration ====
+
+    enum AccountType {
+        individual("individual", "https://api.githubcopilot.com"),
+        business("business", "https://api.business.githubcopilot.com"),
+        enterprise("enterprise", "https://api.enterprise.githubcopilot.com");
+
+        final String wire;
+        final String copilotBase;
+
+        AccountType(String wire, String copilotBase) {
+            this.wire = wire;
+            this.copilotBase = copilotBase;
+        }
+    }
+
+    /** Everything resolved from options and the environment, once. */
+    record Settings(
+        boolean verbose,
+        boolean showToken,
+        boolean proxyEnv,
+        AccountType accountType,
+        Optional<String> githubTokenOption,
+        Optional<String> enterpriseHost,
+        String githubUrl,
+        String githubApiUrl,
+        Optional<String> copilotUrlOverride,
+        Path dataDir,
+        EditorHeaders editor,
+        Map<String, String> env) {
+
+        static Settings from(CommonOptions o, Map<String, String> env) {
+            Optional<String> enterprise = Optional.ofNullable(o.enterpriseUrl).map(Settings::bareHost).filter(h -> !h.isEmpty());
+            String github = env.getOrDefault("COPILOT_API_GITHUB_URL",
+                enterprise.map(h -> "https://" + h).orElse("https://github.com"));
+            String githubApi = env.getOrDefault("COPILOT_API_GITHUB_API_URL",
+                enterprise.map(h -> "https://api." + h).orElse("https://api.github.com"));
+            return new Settings(o.verbose, o.showToken, o.proxyEnv, o.accountType,
+                Optional.ofNullable(o.githubToken).filter(t -> !t.isBlank()), enterprise,
+                trimSlash(github), trimSlash(githubApi),
+                Optional.ofNullable(env.get("COPILOT_API_COPILOT_URL")).filter(u -> !u.isBlank()).map(Settings::trimSlash),
+                dataDir(env), EditorHeaders.from(env), Map.copyOf(env));
+        }
+
+        static Path dataDir(Map<String, String> env) {
+            String home = env.get("COPILOT_API_HOME");
+            if (home != null && !home.isBlank()) return Path.of(home).toAbsolutePath();
+            return Path.of(System.getProperty("user.home"), ".local", "share", "copilot-api");
+        }
+
+        Path tokenFile() {
+            return dataDir.resolve("github_token");
+        }
+
+        /** The Copilot base URL when neither the override nor the token's endpoints.api gives one. */
+        String copilotBaseFallback() {
+            return enterpriseHost.map(h -> "https://copilot-api." + h).orElse(accountType.copilotBase);
+        }
+
+        static String bareHost(String s) {
+            return trimSlash(s.trim().replaceFirst("^https?://", ""));
+        }
+
+        static String trimSlash(String s) {
+            return s.endsWith("/") ? s.substring(0, s.length() - 1) : s;
+        }
+    }
+
+    /** The editor identity Copilot requires on every call; versions overridable by environment. */
+    record EditorHeaders(String vscodeVersion, String copilotChatVersion, String apiVersion, String intent) {
+        static final String INTEGRATION_ID = "vscode-chat";
+
+        static EditorHeaders from(Map<String, String> env) {
+            return new EditorHeaders(
+                env.getOrDefault("COPILOT_API_VSCODE_VERSION", "1.120.0"),
+                env.getOrDefault("COPILOT_API_COPILOT_CHAT_VERSION", "0.58.0"),
+                env.getOrDefault("COPILOT_API_GITHUB_API_VERSION", "2026-06-01"),
+                env.getOrDefault("COPILOT_API_OPENAI_INTENT", "conversation-agent"));
+        }
+
+        String userAgent() {
+            return "GitHubCopilotChat/" + copilotChatVersion;
+        }
+
+        void applyTo(HttpRequest.Builder b) {
+            b.header("editor-version", "vscode/" + vscodeVersion)
+                .header("editor-plugin-version", "copilot-chat/" + copilotChatVersion)
+                .header("user-agent", userAgent())
+                .header("x-github-api-version", apiVersion);
+        }
+
+        void describe(ObjectNode o) {
+            o.put("editor-version", "vscode/" + vscodeVersion);
+            o.put("editor-plugin-version", "copilot-chat/" + copilotChatVersion);
+            o.put("user-agent", userAgent());
+            o.put("x-github-api-version", apiVersion);
+            o.put("openai-intent", intent);
+            o.put("copilot-integration-id", INTEGRATION_ID);
+        }
+    }
+
+    record ServerOptions(String host, int port) {}
+
+    /** Logging set-up for slf4j-simple; must run before the first logger is created (hence the holder). */
+    static final class Logs {
+        static final class Holder {
+            static final Logger LOG = LoggerFactory.getLogger("copilot-api");
+        }
+
+        static Logger log() {
+            return Holder.LOG;
+        }
+
+        static void configure(boolean verbose) {
+            System.setProperty("org.slf4j.simpleLogger.showDateTime", "true");
+            System.setProperty("org.slf4j.simpleLogger.dateTimeFormat", "HH:mm:ss");
+            System.setProperty("org.slf4j.simpleLogger.showThreadName", "false");
+            System.setProperty("org.slf4j.simpleLogger.showShortLogName", "true");
+            System.setProperty("org.slf4j.simpleLogger.log.copilot-api", verbose ? "debug" : "info");
+            System.setProperty("org.slf4j.simpleLogger.log.io.javalin", "warn");
+            System.setProperty("org.slf4j.simpleLogger.log.org.eclipse.jetty", "warn");
+        }
+    }
+
+    // ==== 3. Server and routes ====
+
+    /** What the routes need from the rest of the tool. */
+    record Upstream(Settings settings, CopilotClient copilot, ModelCatalog models, GitHubAuth github, GitHubToken githubToken) {}
+
+    /** The Javalin server: routes for every surface, one error handler per surface, one log line per request. */
+    static final class Server {
+        static final long MAX_REQUEST_BYTES = 100L * 1024 * 1024;
+        static final Duration IDLE_TIMEOUT = Duration.ofMinutes(10);
+
+        private final Javalin app;
+        private final String host;
+
+        private Server(Javalin app, String host) {
+            this.app = app;
+            this.host = host;
+        }
+
+        static Server start(ServerOptions options, Settings settings, CopilotClient copilot, ModelCatalog models,
+                GitHubAuth github, GitHubToken githubToken) {
+            Upstream upstream = new Upstream(settings, copilot, models, github, githubToken);
+            OpenAiRoutes openai = new OpenAiRoutes(upstream);
+            Javalin app = Javalin.create(cfg -> {
+                cfg.startup.showJavalinBanner = false;
+                cfg.startup.showOldJavalinVersionWarning = false;
+                cfg.http.compressionStrategy = CompressionStrategy.NONE;
+                cfg.http.maxRequestSize = MAX_REQUEST_BYTES;
+                cfg.concurrency.useVirtualThreads = Threads.virtualThreadsAvailable();
+                cfg.router.ignoreTrailingSlashes = true;
+                cfg.jetty.host = options.host();
+                cfg.jetty.port = options.port();
+                cfg.requestLogger.http(RequestLog::write);
+                cfg.routes.before(ctx -> ctx.attribute(RequestLog.START, System.nanoTime()));
+                cfg.routes.get("/", ctx -> ctx.contentType("text/plain").result("copilot-api " + VERSION + " is running\n"));
+                for (String prefix : List.of("", "/v1")) {
+                    cfg.routes.get(prefix + "/models", openai::models);
+                    cfg.routes.get(prefix + "/models/{id}", openai::model);
+                    cfg.routes.post(prefix + "/chat/completions", openai::chatCompletions);
+                    cfg.routes.post(prefix + "/embeddings", openai::embeddings);
+                }
+                cfg.routes.get("/usage", openai::usage);
+                cfg.routes.get("/token", openai::token);
+                cfg.routes.exception(Exception.class, Errors::handle);
+                cfg.routes.error(404, ctx -> {
+                    if (ctx.result() == null) Errors.write(ctx, new ApiError(404, "not_found_error",
+                        "No route for " + ctx.method() + " " + ctx.path()));
+                });
+            });
+            app.start();
+            for (var connector : app.jettyServer().server().getConnectors()) {
+                if (connector instanceof org.eclipse.jetty.server.AbstractConnector c) c.setIdleTimeout(IDLE_TIMEOUT.toMillis());
+            }
+            return new Server(app, options.host());
+        }
+
+        int port() {
+            return app.port();
+        }
+
+        String baseUrl() {
+            String h = host.contains(":") ? "[" + host + "]" : host;
+            if (h.equals("0.0.0.0") || h.equals("[::]")) h = "localhost";
+            return "http://" + h + ":" + port();
+        }
+
+        void stop() {
+            app.stop();
+        }
+
+        void join() throws InterruptedException {
+            app.jettyServer().server().join();
+        }
+    }
+
+    /** One line per request: method, path, model, status, duration; bodies only with --verbose (elsewhere). */
+    static final class RequestLog {
+        static final String START = "copilot-api.start";
+        static final String MODEL = "copilot-api.model";
+        static final String NOTE = "copilot-api.note";
+
+        static void write(Context ctx, Float ms) {
+            String model = ctx.attribute(MODEL);
+            String note = ctx.attribute(NOTE);
+            Logs.log().info("{} {}{} {} {}ms{}", ctx.method(), ctx.path(), model == null ? "" : " model=" + model,
+                ctx.res().getStatus(), Math.round(ms), note == null ? "" : " (" + note + ")");
+        }
+    }
+
+    /** The OpenAI-compatible routes, plus the small GitHub ones (/usage, /token). */
+    static final class OpenAiRoutes {
+        static final String CHAT = "/chat/completions";
+
+        private final Upstream up;
+
+        OpenAiRoutes(Upstream up) {
+            this.up = up;
+        }
+
+        void models(Context ctx) {
+            ctx.contentType("application/json").result(Json.write(ModelsView.list(up.models().list())));
+        }
+
+        void model(Context ctx) {
+            String id = ctx.pathParam("id");
+            JsonNode m = up.models().find(id).orElseThrow(() ->
+                new ApiError(404, "not_found_error", "The model '" + id + "' does not exist in the Copilot catalog"));
+            ctx.contentType("application/json").result(Json.write(ModelsView.entry(m)));
+        }
+
+        void chatCompletions(Context ctx) throws IOException {
+            ObjectNode body = Requests.jsonObject(ctx);
+            String model = Requests.requireText(body, "model");
+            JsonNode messages = Requests.requireArray(body, "messages");
+            ctx.attribute(RequestLog.MODEL, model);
+            up.models().requireEndpoint(model, CHAT);
+            Requests.logBody("chat request", body);
+            CallOptions call = new CallOptions(Initiator.of(messages), Json.containsImage(messages));
+            boolean merge = body.path("n").asInt(1) <= 1;
+            if (!body.path("stream").asBoolean(false)) {
+                JsonNode answer = up.copilot().postJson(CHAT, body, call);
+                Requests.logBody("chat answer", answer);
+                Requests.writeJson(ctx, ChatNormalizer.response(answer, merge));
+                return;
+            }
+            boolean clientWantsUsage = body.path("stream_options").path("include_usage").asBoolean(false);
+            ObjectNode upstreamBody = body.deepCopy();
+            upstreamBody.putObject("stream_options").put("include_usage", true);
+            try (UpstreamEvents events = up.copilot().stream(CHAT, upstreamBody, call)) {
+                relayChatStream(ctx, events, new ChatStreamNormalizer(merge, clientWantsUsage));
+            }
+        }
+
+        /** Relays chunks as they arrive; the first byte to the client is the first normalised chunk. */
+        static void relayChatStream(Context ctx, UpstreamEvents events, ChatStreamNormalizer normalizer) {
+            SseWriter out = SseWriter.open(ctx);
+            boolean done = false;
+            try {
+                while (true) {
+                    UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
+                    if (item == null) {
+                        out.comment("keep-alive");
+                        continue;
+                    }
+                    if (item.failure() != null) {
+                        out.data(Errors.openAiStreamError("The Copilot stream broke: " + describe(item.failure())));
+                        ctx.attribute(RequestLog.NOTE, "upstream stream broke");
+                        return;
+                    }
+                    if (item.event() == null || item.event().data().equals("[DONE]")) {
+                        done = item.event() != null;
+                        break;
+                    }
+                    Optional<JsonNode> chunk = Json.tryParse(item.event().data());
+                    if (chunk.isEmpty()) {
+                        Logs.log().warn("skipping an unreadable chunk from Copilot: {}", Redact.shorten(item.event().data()));
+                        continue;
+                    }
+                    Requests.logBody("chat chunk", chunk.get());
+                    if (chunk.get().has("error")) {
+                        out.data(Errors.openAiStreamError(Errors.upstreamMessage(chunk.get(), 500)));
+                        ctx.attribute(RequestLog.NOTE, "upstream error in stream");
+                        return;
+                    }
+                    for (ObjectNode c : normalizer.onChunk(chunk.get())) out.data(c);
+                }
+                if (!done && !normalizer.finished()) {
+                    out.data(Errors.openAiStreamError("The Copilot stream ended before the answer was complete"));
+                    ctx.attribute(RequestLog.NOTE, "upstream stream cut");
+                    return;
+                }
+                for (ObjectNode c : normalizer.finish()) out.data(c);
+                out.done();
+            } catch (SseWriter.ClientGone gone) {
+                ctx.attribute(RequestLog.NOTE, "client disconnected; upstream request cancelled");
+            }
+        }
+
+        void embeddings(Context ctx) {
+            ObjectNode body = Requests.jsonObject(ctx);
+            String model = Requests.requireText(body, "model");
+            ctx.attribute(RequestLog.MODEL, model);
+            JsonNode input = body.path("input");
+            if (!(input.isTextual() || (input.isArray() && input.size() > 0))) {
+                throw new ApiError(400, "invalid_request_error", "'input' must be a string or a non-empty array", "input", null);
+            }
+            boolean base64 = "base64".equals(body.path("encoding_format").asText(""));
+            ObjectNode upstreamBody = body.deepCopy();
+            if (base64) upstreamBody.remove("encoding_format");
+            JsonNode answer = up.copilot().postJson("/embeddings", upstreamBody, CallOptions.PLAIN);
+            Requests.writeJson(ctx, base64 ? Embeddings.toBase64(answer) : answer);
+        }
+
+        void usage(Context ctx) {
+            Requests.writeJson(ctx, up.github().usage(up.githubToken().value()));
+        }
+
+        void token(Context ctx) {
+            CopilotToken t = up.copilot().tokens().current();
+            ObjectNode o = Json.object();
+            o.put("token", t.token());
+            o.put("expires_at", t.expiresAt());
+            o.put("refresh_in", t.refreshIn());
+            o.put("api", up.copilot().baseUrl());
+            Requests.writeJson(ctx, o);
+        }
+    }
+
+    /** Reading and checking request bodies; every failure here is a 400 before any upstream call. */
+    static final class Requests {
+        static ObjectNode jsonObject(Context ctx) {
+            byte[] raw = ctx.bodyAsBytes();
+            if (raw.length == 0) throw new ApiError(400, "invalid_request_error", "The request body is empty; expected a JSON object");
+            JsonNode node;
+            try {
+                node = JSON.readTree(raw);
+            } catch (IOException e) {
+                throw new ApiError(400, "invalid_request_error", "The request body is not valid JSON: " + Json.shortError(e));
+            }
+            if (node == null || !node.isObject()) throw new ApiError(400, "invalid_request_error", "The request body must be a JSON object");
+            return (ObjectNode) node;
+        }
+
+        static String requireText(JsonNode body, String field) {
+            JsonNode v = body.get(field);
+            if (v == null || v.isNull()) throw new ApiError(400, "invalid_request_error", "Missing required parameter: '" + field + "'", field, null);
+            if (!v.isTextual() || v.asText().isBlank()) {
+                throw new ApiError(400, "invalid_request_error", "'" + field + "' must be a non-empty string", field, null);
+            }
+            return v.asText();
+        }
+
+        static JsonNode requireArray(JsonNode body, String field) {
+            JsonNode v = body.get(field);
+            if (v == null || v.isNull()) throw new ApiError(400, "invalid_request_error", "Missing required parameter: '" + field + "'", field, null);
+            if (!v.isArray() || v.isEmpty()) throw new ApiError(400, "invalid_request_error", "'" + field + "' must be a non-empty array", field, null);
+            return v;
+        }
+
+        static void writeJson(Context ctx, JsonNode node) {
+            ctx.contentType("application/json").result(Json.write(node));
+        }
+
+        static void logBody(String what, JsonNode body) {
+            if (Logs.log().isDebugEnabled()) Logs.log().debug("{}: {}", what, Redact.secrets(Json.write(body)));
+        }
+    }
+
+    /** Server-sent events to the client: one write and one flush per event, so each event leaves at once. */
+    static final class SseWriter {
+        static final Duration KEEPALIVE = Duration.ofSeconds(15);
+
+        /** The client went away; the caller stops and the upstream request is cancelled by closing it. */
+        static final class ClientGone extends RuntimeException {
+            ClientGone(IOException cause) {
+                super("client disconnected", cause, false, false);
+            }
+        }
+
+        private final OutputStream out;
+
+        private SseWriter(OutputStream out) {
+            this.out = out;
+        }
+
+        static SseWriter open(Context ctx) {
+            var res = ctx.res();
+            res.setStatus(200);
+            res.setContentType("text/event-stream; charset=utf-8");
+            res.setHeader("Cache-Control", "no-cache");
+            res.setHeader("X-Accel-Buffering", "no");
+            try {
+                SseWriter w = new SseWriter(res.getOutputStream());
+                res.flushBuffer();
+                return w;
+            } catch (IOException e) {
+                throw new ClientGone(e);
+            }
+        }
+
+        void data(JsonNode json) {
+            send("data: " + Json.write(json) + "\n\n");
+        }
+
+        void event(String name, JsonNode json) {
+            send("event: " + name + "\ndata: " + Json.write(json) + "\n\n");
+        }
+
+        void comment(String text) {
+            send(": " + text + "\n\n");
+        }
+
+        void done() {
+            send("data: [DONE]\n\n");
+        }
+
+        private void send(String text) {
+            try {
+                out.write(text.getBytes(UTF_8));
+                out.flush();
+            } catch (IOException e) {
+                throw new ClientGone(e);
+            }
+        }
+    }
+
+    /** The model list, readable by OpenAI clients and Anthropic clients alike. */
+    static final class ModelsView {
+        static ObjectNode list(List<JsonNode> models) {
+            ObjectNode o = Json.object();
+            o.put("object", "list");
+            ArrayNode data = o.putArray("data");
+            for (JsonNode m : models) data.add(entry(m));
+            o.put("has_more", false);
+            o.put("first_id", data.isEmpty() ? null : data.get(0).path("id").asText());
+            o.put("last_id", data.isEmpty() ? null : data.get(data.size() - 1).path("id").asText());
+            return o;
+        }
+
+        static ObjectNode entry(JsonNode m) {
+            ObjectNode e = Json.object();
+            String id = m.path("id").asText();
+            e.put("id", id);
+            e.put("object", "model");
+            e.put("type", "model");
+            e.put("created", 0);
+            e.put("created_at", "1970-01-01T00:00:00Z");
+            e.put("owned_by", m.path("vendor").asText("github-copilot"));
+            e.put("display_name", m.path("name").asText(id));
+            JsonNode limits = m.path("capabilities").path("limits");
+            if (limits.has("max_context_window_tokens")) e.put("context_window", limits.path("max_context_window_tokens").asInt());
+            if (limits.has("max_output_tokens")) e.put("max_output_tokens", limits.path("max_output_tokens").asInt());
+            if (m.has("supported_endpoints")) e.set("supported_endpoints", m.get("supported_endpoints"));
+            return e;
+        }
+    }
+
+    /** Error shapes: one writer per API surface, chosen by the path. */
+    static final class Errors {
+        enum Shape { OPENAI, ANTHROPIC }
+
+        static Shape shapeFor(String path) {
+            return path.startsWith("/v1/messages") || path.startsWith("/messages") ? Shape.ANTHROPIC : Shape.OPENAI;
+        }
+
+        static void handle(Exception e, Context ctx) {
+            ApiError error = toApiError(e);
+            if (ctx.res().isCommitted()) {
+                Logs.log().warn("{} {} failed after the response started: {}", ctx.method(), ctx.path(), error.getMessage());
+                return;
+            }
+            write(ctx, error);
+        }
+
+        static ApiError toApiError(Throwable e) {
+            if (e instanceof ApiError a) return a;
+            if (e instanceof UpstreamException u) return fromUpstream(u);
+            if (e instanceof UpstreamUnreachable u) return new ApiError(502, "api_error", u.getMessage());
+            if (e instanceof UserFacingException u) return new ApiError(500, "api_error", u.getMessage());
+            Logs.log().error("unexpected failure", e);
+            return new ApiError(500, "api_error", "Internal error in copilot-api: " + describe(e));
+        }
+
+        /** Keeps the upstream status, wording, code and retry-after. */
+        static ApiError fromUpstream(UpstreamException u) {
+            Optional<JsonNode> json = Json.tryParse(u.body());
+            String message = json.map(j -> upstreamMessage(j, u.status())).orElseGet(() ->
+                u.body().isBlank() ? "Copilot answered HTTP " + u.status() : Redact.shorten(u.body().strip()));
+            JsonNode err = json.map(j -> j.path("error")).orElse(Json.object());
+            String type = err.path("type").isTextual() ? err.path("type").asText() : typeFor(u.status());
+            String code = err.path("code").isTextual() ? err.path("code").asText() : null;
+            String param = err.path("param").isTextual() ? err.path("param").asText() : null;
+            ApiError a = new ApiError(u.status(), type, message, param, code);
+            u.retryAfter().ifPresent(r -> a.headers().put("retry-after", r));
+            return a;
+        }
+
+        static String upstreamMessage(JsonNode j, int status) {
+            JsonNode err = j.path("error");
+            if (err.isTextual()) return err.asText();
+            if (err.path("message").isTextual()) return err.path("message").asText();
+            if (j.path("message").isTextual()) return j.path("message").asText();
+            return "Copilot answered HTTP " + status + ": " + Redact.shorten(Json.write(j));
+        }
+
+        static String typeFor(int status) {
+            return switch (status) {
+                case 400, 413, 422 -> "invalid_request_error";
+                case 401 -> "authentication_error";
+                case 402, 403 -> "permission_error";
+                case 404 -> "not_found_error";
+                case 429 -> "rate_limit_error";
+                default -> "api_error";
+            };
+        }
+
+        static String anthropicTypeFor(int status) {
+            return switch (status) {
+                case 400, 422 -> "invalid_request_error";
+                case 401 -> "authentication_error";
+                case 402, 403 -> "permission_error";
+                case 404 -> "not_found_error";
+                case 413 -> "request_too_large";
+                case 429 -> "rate_limit_error";
+                case 529, 503 -> "overloaded_error";
+                default -> "api_error";
+            };
+        }
+
+        static void write(Context ctx, ApiError e) {
+            ctx.status(e.status());
+            e.headers().forEach(ctx::header);
+            ObjectNode body = shapeFor(ctx.path()) == Shape.ANTHROPIC ? anthropicBody(e) : openAiBody(e);
+            ctx.contentType("application/json").result(Json.write(body));
+        }
+
+        static ObjectNode openAiBody(ApiError e) {
+            ObjectNode o = Json.object();
+            ObjectNode err = o.putObject("error");
+            err.put("message", e.getMessage());
+            err.put("type", e.type());
+            err.put("param", e.param());
+            err.put("code", e.code());
+            return o;
+        }
+
+        static ObjectNode anthropicBody(ApiError e) {
+            ObjectNode o = Json.object();
+            o.put("type", "error");
+            ObjectNode err = o.putObject("error");
+            err.put("type", anthropicTypeFor(e.status()));
+            err.put("message", e.getMessage());
+            return o;
+        }
+
+        static ObjectNode openAiStreamError(String message) {
+            return openAiBody(new ApiError(502, "api_error", message));
+        }
+    }
+
+    // ==== 4. Translators ====
+
+    /** Who started a turn, for Copilot's billing: a user prompt costs a premium request, agent follow-ups do not. */
+    enum Initiator {
+        USER, AGENT;
+
+        String wire() {
+            return name().toLowerCase(Locale.ROOT);
+        }
+
+        /** agent when the last message is the assistant's or a tool's, or a user message made only of tool results. */
+        static Initiator of(JsonNode messages) {
+            if (messages == null || !messages.isArray() || messages.isEmpty()) return USER;
+            JsonNode last = messages.get(messages.size() - 1);
+            String role = last.path("role").asText("");
+            if (role.equals("assistant") || role.equals("tool")) return AGENT;
+            JsonNode content = last.path("content");
+            if (role.equals("user") && content.isArray() && !content.isEmpty()) {
+                for (JsonNode part : content) {
+                    if (!part.path("type").asText("").equals("tool_result")) return USER;
+                }
+                return AGENT;
+            }
+            return USER;
+        }
+    }
+
+    /** Non-streaming chat answers: merge Copilot's split choices and fill what OpenAI clients require. */
+    static final class ChatNormalizer {
+        static JsonNode response(JsonNode answer, boolean merge) {
+            if (!answer.isObject() || !answer.path("choices").isArray()) return answer;
+            ObjectNode out = ((ObjectNode) answer).deepCopy();
+            ArrayNode choices = (ArrayNode) out.get("choices");
+            if (merge && choices.size() > 1) {
+                ArrayNode merged = Json.array();
+                merged.add(mergeChoices(choices));
+                out.set("choices", merged);
+            }
+            for (JsonNode c : out.withArray("choices")) fillChoice((ObjectNode) c);
+            return out;
+        }
+
+        static ObjectNode mergeChoices(ArrayNode choices) {
+            ObjectNode message = Json.object();
+            message.put("role", "assistant");
+            StringBuilder text = new StringBuilder();
+            boolean anyText = false;
+            ArrayNode toolCalls = Json.array();
+            String finish = null;
+            for (JsonNode c : choices) {
+                JsonNode m = c.path("message");
+                if (m.path("content").isTextual()) {
+                    text.append(m.path("content").asText());
+                    anyText = true;
+                }
+                for (JsonNode tc : m.path("tool_calls")) toolCalls.add(tc);
+                m.properties().forEach(f -> {
+                    if (!List.of("role", "content", "tool_calls").contains(f.getKey()) && !message.has(f.getKey())
+                        && !f.getValue().isNull()) message.set(f.getKey(), f.getValue());
+                });
+                if (finish == null && c.path("finish_reason").isTextual()) finish = c.path("finish_reason").asText();
+            }
+            message.put("content", anyText ? text.toString() : null);
+            if (!toolCalls.isEmpty()) message.set("tool_calls", toolCalls);
+            ObjectNode merged = Json.object();
+            merged.put("index", 0);
+            merged.set("message", message);
+            merged.put("finish_reason", !toolCalls.isEmpty() ? "tool_calls" : finish);
+            return merged;
+        }
+
+        static void fillChoice(ObjectNode c) {
+            ObjectNode m = c.withObjectProperty("message");
+            if (!m.has("role")) m.put("role", "assistant");
+            for (JsonNode tc : m.path("tool_calls")) {
+                if (tc.isObject() && !tc.has("type")) ((ObjectNode) tc).put("type", "function");
+            }
+            if (!c.path("finish_reason").isTextual()) c.put("finish_reason", m.path("tool_calls").isEmpty() ? "stop" : "tool_calls");
+        }
+    }
+
+    /**
+     * Streaming chat answers, chunk by chunk: role on each choice's first delta, split choices merged into
+     * index 0, tool calls keyed by (choice, index) and renumbered from 0 with id, type and name on their first
+     * fragment, finish_reason held back and sent once at the end, usage sent last when the client asked for it.
+     */
+    static final class ChatStreamNormalizer {
+        private final boolean merge;
+        private final boolean includeUsage;
+        private String id;
+        private String model;
+        private long created;
+        private final Map<Integer, Boolean> roleSent = new TreeMap<>();
+        private final Map<String, Integer> toolIndex = new LinkedHashMap<>();
+        private final Map<Integer, Integer> toolCount = new TreeMap<>();
+        private final Map<Integer, String> finishReasons = new TreeMap<>();
+        private JsonNode usage;
+        private boolean finished;
+
+        ChatStreamNormalizer(boolean merge, boolean includeUsage) {
+            this.merge = merge;
+            this.includeUsage = includeUsage;
+        }
+
+        /** True once any choice carried a finish_reason. */
+        boolean finished() {
+            return finished;
+        }
+
+        List<ObjectNode> onChunk(JsonNode chunk) {
+            remember(chunk);
+            List<ObjectNode> out = new ArrayList<>();
+            ArrayNode current = null;
+            for (JsonNode choice : chunk.path("choices")) {
+                ObjectNode normalized = normalizeChoice(choice);
+                if (normalized == null) continue;
+                if (current == null || merge) {
+                    ObjectNode c = envelope();
+                    current = c.putArray("choices");
+                    out.add(c);
+                }
+                current.add(normalized);
+            }
+            return out;
+        }
+
+        List<ObjectNode> finish() {
+            List<ObjectNode> out = new ArrayList<>();
+            if (roleSent.isEmpty()) roleSent.put(0, false);
+            for (Integer index : roleSent.keySet()) {
+                ObjectNode c = envelope();
+                ObjectNode choice = c.putArray("choices").addObject();
+                choice.put("index", index);
+                ObjectNode delta = choice.putObject("delta");
+                if (!roleSent.get(index)) {
+                    delta.put("role", "assistant");
+                    delta.put("content", "");
+                }
+                choice.put("finish_reason", finishReason(index));
+                out.add(c);
+            }
+            if (includeUsage && usage != null) {
+                ObjectNode c = envelope();
+                c.putArray("choices");
+                c.set("usage", usage);
+                out.add(c);
+            }
+            return out;
+        }
+
+        private String finishReason(int index) {
+            if (toolCount.getOrDefault(index, 0) > 0) return "tool_calls";
+            return finishReasons.getOrDefault(index, "stop");
+        }
+
+        private void remember(JsonNode chunk) {
+            if (chunk.path("usage").isObject()) usage = chunk.get("usage");
+            if (id == null && chunk.path("id").isTextual() && !chunk.path("id").asText().isEmpty()) id = chunk.path("id").asText();
+            if (model == null && chunk.path("model").isTextual() && !chunk.path("model").asText().isEmpty()) model = chunk.path("model").asText();
+            if (created == 0 && chunk.path("created").asLong(0) > 0) created = chunk.path("created").asLong();
+        }
+
+        private ObjectNode envelope() {
+            ObjectNode c = Json.object();
+            c.put("id", id == null ? "chatcmpl-" + Ids.random(24) : id);
+            if (id == null) id = c.path("id").asText();
+            c.put("object", "chat.completion.chunk");
+            c.put("created", created == 0 ? Instant.now().getEpochSecond() : created);
+            if (created == 0) created = c.path("created").asLong();
+            c.put("model", model == null ? "" : model);
+            return c;
+        }
+
+        private ObjectNode normalizeChoice(JsonNode choice) {
+            int upstreamIndex = choice.path("index").asInt(0);
+            int index = merge ? 0 : upstreamIndex;
+            ObjectNode delta = choice.path("delta").isObject() ? ((ObjectNode) choice.get("delta")).deepCopy() : Json.object();
+            String finish = choice.path("finish_reason").isTextual() ? choice.path("finish_reason").asText() : null;
+            if (finish != null) {
+                finished = true;
+                if (!finishReasons.containsKey(index) || !finish.equals("stop")) finishReasons.put(index, finish);
+            }
+            if (delta.path("tool_calls").isArray()) delta.set("tool_calls", toolCalls(upstreamIndex, index, delta.get("tool_calls")));
+            if (delta.path("tool_calls").isArray() && delta.get("tool_calls").isEmpty()) delta.remove("tool_calls");
+            delta.remove("role");
+            boolean hasLogprobs = choice.path("logprobs").isObject();
+            if (delta.isEmpty() && !hasLogprobs) return null;
+            ObjectNode out = Json.object();
+            out.put("index", index);
+            ObjectNode d = out.putObject("delta");
+            if (!roleSent.containsKey(index)) d.put("role", "assistant");
+            roleSent.put(index, true);
+            d.setAll(delta);
+            if (hasLogprobs) out.set("logprobs", choice.get("logprobs"));
+            out.putNull("finish_reason");
+            return out;
+        }
+
+        private ArrayNode toolCalls(int upstreamChoice, int index, JsonNode calls) {
+            ArrayNode out = Json.array();
+            for (JsonNode call : calls) {
+                if (!call.isObject()) continue;
+                ObjectNode tc = ((ObjectNode) call).deepCopy();
+                String key = upstreamChoice + ":" + (call.has("index") ? call.path("index").asInt() : "id:" + call.path("id").asText(""));
+                Integer n = toolIndex.get(key);
+                boolean first = n == null;
+                if (first) {
+                    n = toolCount.merge(index, 1, Integer::sum) - 1;
+                    toolIndex.put(key, n);
+                    if (!tc.path("id").isTextual() || tc.path("id").asText().isEmpty()) tc.put("id", "call_" + Ids.random(24));
+                    tc.put("type", "function");
+                    ObjectNode fn = tc.withObjectProperty("function");
+                    if (!fn.path("name").isTextual()) fn.put("name", "");
+                    if (!fn.has("arguments")) fn.put("arguments", "");
+                } else {
+                    tc.remove("id");
+                    tc.remove("type");
+                    if (tc.path("function").isObject()) ((ObjectNode) tc.get("function")).remove("name");
+                }
+                tc.put("index", n);
+                out.add(tc);
+            }
+            return out;
+        }
+    }
+
+    /** Embeddings as openai-node wants them when it asks for base64: little-endian float32, base64-encoded. */
+    static final class Embeddings {
+        static JsonNode toBase64(JsonNode answer) {
+            if (!answer.path("data").isArray()) return answer;
+            ObjectNode out = ((ObjectNode) answer).deepCopy();
+            for (JsonNode item : out.withArray("data")) {
+                JsonNode vector = item.path("embedding");
+                if (!vector.isArray()) continue;
+                ByteBuffer buf = ByteBuffer.allocate(vector.size() * 4).order(ByteOrder.LITTLE_ENDIAN);
+                for (JsonNode v : vector) buf.putFloat((float) v.asDouble());
+                ((ObjectNode) item).put("embedding", Base64.getEncoder().encodeToString(buf.array()));
+            }
+            return out;
+        }
+    }
+
+    // ==== 5. Copilot client ====
+
+    /** Per-call facts that change headers: who initiated the turn, and whether an image rides along. */
+    record CallOptions(Initiator initiator, boolean vision) {
+        static final CallOptions PLAIN = new CallOptions(Initiator.USER, false);
+    }
+
+    /** Calls to the Copilot API with the editor headers, a fresh token, and one retry after a 401. */
+    static final class CopilotClient {
+        static final Duration REQUEST_TIMEOUT = Duration.ofMinutes(15);
+        static final int MAX_ERROR_BODY = 64 * 1024;
+
+        private final Settings settings;
+        private final Http http;
+        private final CopilotTokens tokens;
+
+        CopilotClient(Settings settings, Http http, CopilotTokens tokens) {
+            this.settings = settings;
+            this.http = http;
+            this.tokens = tokens;
+        }
+
+        CopilotTokens tokens() {
+            return tokens;
+        }
+
+        /** COPILOT_API_COPILOT_URL, else the token's endpoints.api, else the account type's default. */
+        String baseUrl() {
+            return settings.copilotUrlOverride()
+                .or(() -> tokens.currentIfAny().flatMap(CopilotToken::apiUrl))
+                .orElse(settings.copilotBaseFallback());
+        }
+
+        JsonNode getJson(String path) {
+            return readJson(send("GET", path, null, CallOptions.PLAIN, false));
+        }
+
+        JsonNode postJson(String path, JsonNode body, CallOptions options) {
+            return readJson(send("POST", path, body, options, false));
+        }
+
+        UpstreamEvents stream(String path, JsonNode body, CallOptions options) {
+            return new UpstreamEvents(send("POST", path, body, options, true).body());
+        }
+
+        /** Sends once; on 401 refreshes the token and sends once more. Errors become UpstreamException. */
+        HttpResponse<InputStream> send(String method, String path, JsonNode body, CallOptions options, boolean stream) {
+            CopilotToken token = tokens.current();
+            HttpResponse<InputStream> response = http.send(request(method, path, body, options, stream, token));
+            if (response.statusCode() == 401) {
+                String detail = Http.readLimited(response, MAX_ERROR_BODY);
+                Logs.log().info("Copilot answered 401 ({}); refreshing the Copilot token and retrying once", Redact.shorten(detail));
+                token = tokens.refreshAfterUnauthorized(token);
+                response = http.send(request(method, path, body, options, stream, token));
+            }
+            if (response.statusCode() >= 400) {
+                String detail = Http.readLimited(response, MAX_ERROR_BODY);
+                throw new UpstreamException(response.statusCode(), detail, response.headers());
+            }
+            return response;
+        }
+
+        private HttpRequest request(String method, String path, JsonNode body, CallOptions options, boolean stream, CopilotToken token) {
+            URI uri = URI.create(baseUrl() + path);
+            HttpRequest.Builder b = Http.builder(uri).timeout(REQUEST_TIMEOUT)
+                .header("authorization", "Bearer " + token.token())
+                .header("copilot-integration-id", EditorHeaders.INTEGRATION_ID)
+                .header("openai-intent", settings.editor().intent())
+                .header("x-request-id", UUID.randomUUID().toString())
+                .header("x-initiator", options.initiator().wire())
+                .header("accept", stream ? "text/event-stream" : "application/json");
+            settings.editor().applyTo(b);
+            if (options.vision()) b.header("copilot-vision-request", "true");
+            if (body == null) return b.method(method, HttpRequest.BodyPublishers.noBody()).build();
+            return b.header("content-type", "application/json")
+                .method(method, HttpRequest.BodyPublishers.ofByteArray(Json.bytes(body))).build();
+        }
+
+        private static JsonNode readJson(HttpResponse<InputStream> response) {
+            try (InputStream in = response.body()) {
+                return JSON.readTree(in);
+            } catch (IOException e) {
+                throw new UpstreamUnreachable("Copilot's answer could not be read: " + describe(e), e);
+            }
+        }
+    }
+
+    /** A Copilot token as the exchange returns it. */
+    record CopilotToken(String token, long expiresAt, long refreshIn, Optional<String> apiUrl) {
+        static CopilotToken from(JsonNode j) {
+            String token = j.path("token").asText("");
+            if (token.isEmpty()) throw new UserFacingException("GitHub's Copilot token answer has no token");
+            long expiresAt = j.path("expires_at").asLong(Instant.now().getEpochSecond() + 1500);
+            long refreshIn = j.path("refresh_in").asLong(Math.max(60, expiresAt - Instant.now().getEpochSecond() - 300));
+            Optional<String> api = Optional.of(j.path("endpoints").path("api").asText("")).filter(s -> !s.isBlank())
+                .map(Settings::trimSlash);
+            return new CopilotToken(token, expiresAt, refreshIn, api);
+        }
+
+        /** When to refresh: about a minute before refresh_in, never sooner than one second. */
+        Duration refreshDelay() {
+            long seconds = refreshIn > 120 ? refreshIn - 60 : Math.max(1, refreshIn / 2);
+            return Duration.ofSeconds(seconds);
+        }
+
+        boolean expiresWithin(Duration d) {
+            return Instant.now().plus(d).getEpochSecond() >= expiresAt;
+        }
+
+        @Override
+        public String toString() {
+            return "CopilotToken[expiresAt=" + expiresAt + ", refreshIn=" + refreshIn + ", api=" + apiUrl.orElse("-") + "]";
+        }
+    }
+
+    /**
+     * Keeps a valid Copilot token for as long as the server runs: exchanged at start, refreshed ahead of
+     * refresh_in, retried with backoff when a refresh fails (the old token stays in use), and refreshed at
+     * once when Copilot answers 401.
+     */
+    static final class CopilotTokens implements AutoCloseable {
+        static final Duration MAX_BACKOFF = Duration.ofMinutes(5);
+
+        private final Settings settings;
+        private final Http http;
+        private final String githubToken;
+        private final ScheduledExecutorService scheduler = Threads.scheduler("copilot-token-refresh");
+        private volatile CopilotToken current;
+        private volatile java.util.concurrent.ScheduledFuture<?> next;
+        private int failures;
+
+        CopilotTokens(Settings settings, Http http, String githubToken) {
+            this.settings = settings;
+            this.http = http;
+            this.githubToken = githubToken;
+        }
+
+        /** The exchange itself: GET {github_api}/copilot_internal/v2/token. */
+        CopilotToken exchange() {
+            URI uri = URI.create(settings.githubApiUrl() + "/copilot_internal/v2/token");
+            HttpRequest.Builder b = Http.builder(uri).timeout(Duration.ofSeconds(30)).GET()
+                .header("authorization", "token " + githubToken)
+                .header("accept", "application/json");
+            settings.editor().applyTo(b);
+            HttpResponse<InputStream> response = http.send(b.build());
+            String body = Http.readLimited(response, 1024 * 1024);
+            int status = response.statusCode();
+            if (status == 401) throw new UserFacingException("GitHub rejected the GitHub token (401 at " + uri
+                + "): it is invalid, expired or revoked; run `copilot-api auth` to log in again");
+            if (status == 403) throw new UserFacingException("this GitHub account has no Copilot access (403 at " + uri + "): "
+                + Json.tryParse(body).map(j -> Errors.upstreamMessage(j, status)).orElse(Redact.shorten(body)));
+            if (status == 404) throw new UserFacingException("this GitHub token cannot be exchanged for a Copilot token (404 at "
+                + uri + "): use a token from `copilot-api auth` (ghu_...), not a personal access token or another app's token");
+            if (status >= 400) throw new UpstreamException(status, body, response.headers());
+            CopilotToken token = CopilotToken.from(Json.tryParse(body).orElseThrow(() ->
+                new UserFacingException("GitHub's Copilot token answer is not JSON: " + Redact.shorten(body))));
+            if (settings.showToken()) System.out.println("Copilot token: " + token.token());
+            return token;
+        }
+
+        /** Exchanges now (failing loudly) and schedules the refreshes. */
+        void start() {
+            current = exchange();
+            Logs.log().info("Copilot token ready (expires in {}s, refresh in {}s)",
+                current.expiresAt() - Instant.now().getEpochSecond(), current.refreshIn());
+            schedule(current.refreshDelay());
+        }
+
+        Optional<CopilotToken> currentIfAny() {
+            return Optional.ofNullable(current);
+        }
+
+        /** The token to use now; refreshed on the spot if it has expired (a laptop that slept, a failed refresh). */
+        CopilotToken current() {
+            CopilotToken t = current;
+            if (t == null) throw new UserFacingException("no Copilot token yet");
+            if (t.expiresWithin(Duration.ofSeconds(10))) {
+                synchronized (this) {
+                    if (current == t) refreshNow();
+                }
+            }
+            return current;
+        }
+
+        /** After a 401: refresh unless another request already did, and return the token to retry with. */
+        synchronized CopilotToken refreshAfterUnauthorized(CopilotToken stale) {
+            if (current == stale) refreshNow();
+            return current;
+        }
+
+        private synchronized void refreshNow() {
+            current = exchange();
+            failures = 0;
+            Logs.log().info("Copilot token refreshed (refresh in {}s)", current.refreshIn());
+            schedule(current.refreshDelay());
+        }
+
+        private void scheduledRefresh() {
+            try {
+                refreshNow();
+            } catch (RuntimeException e) {
+                Duration backoff;
+                synchronized (this) {
+                    failures++;
+                    long seconds = Math.min(MAX_BACKOFF.toSeconds(), 5L << Math.min(failures - 1, 10));
+                    backoff = Duration.ofSeconds(seconds);
+                }
+                Logs.log().warn("Copilot token refresh failed ({}); keeping the current token, retrying in {}s",
+                    describe(e), backoff.toSeconds());
+                schedule(backoff);
+            }
+        }
+
+        private synchronized void schedule(Duration delay) {
+            if (scheduler.isShutdown()) return;
+            if (next != null) next.cancel(false);
+            next = scheduler.schedule(this::scheduledRefresh, delay.toMillis(), TimeUnit.MILLISECONDS);
+        }
+
+        @Override
+        public void close() {
+            scheduler.shutdownNow();
+        }
+    }
+
+    /** Copilot's model catalog, cached and refreshed now and then. */
+    static final class ModelCatalog {
+        static final Duration TTL = Duration.ofMinutes(10);
+
+        private final CopilotClient copilot;
+        private volatile List<JsonNode> models;
+        private volatile Instant fetchedAt = Instant.EPOCH;
+
+        ModelCatalog(CopilotClient copilot) {
+            this.copilot = copilot;
+        }
+
+        /** Fetches at start; a failure is logged, and the next request tries again. */
+        void refreshQuietly() {
+            try {
+                refresh();
+                Logs.log().info("{} models available: {}", models.size(), String.join(", ", ids()));
+            } catch (RuntimeException e) {
+                Logs.log().warn("could not fetch the Copilot model list yet: {}", describe(e));
+            }
+        }
+
+        private synchronized void refresh() {
+            JsonNode answer = copilot.getJson("/models");
+            List<JsonNode> list = new ArrayList<>();
+            answer.path("data").forEach(list::add);
+            models = List.copyOf(list);
+            fetchedAt = Instant.now();
+        }
+
+        List<JsonNode> list() {
+            if (models == null || fetchedAt.plus(TTL).isBefore(Instant.now())) {
+                try {
+                    refresh();
+                } catch (RuntimeException e) {
+                    if (models == null) throw e;
+                    Logs.log().warn("could not refresh the Copilot model list, serving the cached one: {}", describe(e));
+                }
+            }
+            return models;
+        }
+
+        List<String> ids() {
+            List<String> ids = new ArrayList<>();
+            for (JsonNode m : list()) ids.add(m.path("id").asText());
+            return ids;
+        }
+
+        Optional<JsonNode> find(String id) {
+            for (JsonNode m : list()) {
+                if (m.path("id").asText().equals(id)) return Optional.of(m);
+            }
+            return Optional.empty();
+        }
+
+        /** A known model that lists its endpoints and not this one is refused before calling upstream. */
+        void requireEndpoint(String id, String endpoint) {
+            Optional<JsonNode> model;
+            try {
+                model = find(id);
+            } catch (RuntimeException e) {
+                return;
+            }
+            if (model.isEmpty()) return;
+            JsonNode endpoints = model.get().path("supported_endpoints");
+            if (!endpoints.isArray() || endpoints.isEmpty()) return;
+            for (JsonNode e : endpoints) if (e.asText().equals(endpoint)) return;
+            throw new ApiError(400, "invalid_request_error", "The model '" + id + "' is not served on " + endpoint
+                + " by Copilot; it supports " + endpoints, "model", "unsupported_api_for_model");
+        }
+    }
+
+    /** Upstream server-sent events, read on their own thread so the relay can send keep-alives in silences. */
+    static final class UpstreamEvents implements AutoCloseable {
+        /** One of: an event, the end of the stream (all null), or a read failure. */
+        record Item(SseEvent event, IOException failure) {}
+
+        private static final Item END = new Item(null, null);
+        private final InputStream in;
+        private final java.util.concurrent.BlockingQueue<Item> queue = new java.util.concurrent.LinkedBlockingQueue<>();
+        private volatile boolean closed;
+
+        UpstreamEvents(InputStream in) {
+            this.in = in;
+            Threads.start("copilot-stream-reader", this::pump);
+        }
+
+        private void pump() {
+            try {
+                SseReader reader = new SseReader(in);
+                for (SseEvent e = reader.next(); e != null; e = reader.next()) queue.add(new Item(e, null));
+                queue.add(END);
+            } catch (IOException e) {
+                queue.add(closed ? END : new Item(null, e));
+            }
+        }
+
+        /** The next item, or null when nothing arrived within the timeout. */
+        Item next(Duration timeout) {
+            try {
+                return queue.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return new Item(null, new IOException("interrupted"));
+            }
+        }
+
+        /** Closing the body cancels the upstream request. */
+        @Override
+        public void close() {
+            closed = true;
+            try {
+                in.close();
+            } catch (IOException e) {
+                Logs.log().debug("closing the upstream stream: {}", describe(e));
+            }
+        }
+    }
+
+    // ==== 6. GitHub auth ====
+
+    /** A GitHub token and where it came from (for messages; never printed unless --show-token). */
+    record GitHubToken(String value, String source) {
+        @Override
+        public String toString() {
+            return "GitHubToken[source=" + source + "]";
+        }
+    }
+
+    /** What the device flow shows the user and how it waits; tests script it. */
+    interface Console {
+        void say(String line);
+
+        void sleep(Duration d) throws InterruptedException;
+
+        static Console system() {
+            return new Console() {
+                @Override
+                public void say(String line) {
+                    System.out.println(line);
+                }
+
+                @Override
+                public void sleep(Duration d) throws InterruptedException {
+                    Thread.sleep(d.toMillis());
+                }
+            };
+        }
+    }
+
+    record DeviceCode(String deviceCode, String userCode, String verificationUri, long expiresIn, long interval) {}
+
+    /** GitHub login: token sources in order, the token file, the OAuth device flow, and the usage report. */
+    static final class GitHubAuth {
+        static final String CLIENT_ID = "Iv1.b507a08c87ecfe98";
+        static final String SCOPE = "read:user";
+        static final String DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code";
+        static final List<String> ENV_TOKENS = List.of("COPILOT_API_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN");
+
+        private final Settings settings;
+        private final Http http;
+
+        GitHubAuth(Settings settings, Http http) {
+            this.settings = settings;
+            this.http = http;
+        }
+
+        TokenStore store() {
+            return new TokenStore(settings.dataDir());
+        }
+
+        static Optional<String> envTokenName(Map<String, String> env) {
+            return ENV_TOKENS.stream().filter(n -> env.get(n) != null && !env.get(n).isBlank()).findFirst();
+        }
+
+        /** --github-token, then COPILOT_API_GITHUB_TOKEN, GH_TOKEN, GITHUB_TOKEN, then the token file. */
+        Optional<GitHubToken> existingToken() {
+            if (settings.githubTokenOption().isPresent()) return Optional.of(new GitHubToken(settings.githubTokenOption().get().trim(), "--github-token"));
+            Optional<String> env = envTokenName(settings.env());
+            if (env.isPresent()) return Optional.of(new GitHubToken(settings.env().get(env.get()).trim(), "$" + env.get()));
+            return store().load().map(t -> new GitHubToken(t, settings.tokenFile().toString()));
+        }
+
+        GitHubToken tokenOrLogin(Console console) throws InterruptedException {
+            Optional<GitHubToken> existing = existingToken();
+            if (existing.isPresent()) {
+                Logs.log().info("using the GitHub token from {}", existing.get().source());
+                if (settings.showToken()) System.out.println("GitHub token: " + existing.get().value());
+                return existing.get();
+            }
+            console.say("No GitHub token found; logging in with GitHub's device flow.");
+            String token = deviceFlow(console);
+            store().save(token);
+            console.say("Logged in. Token saved to " + settings.tokenFile());
+            if (settings.showToken()) console.say("GitHub token: " + token);
+            return new GitHubToken(token, settings.tokenFile().toString());
+        }
+
+        /** The OAuth device flow: show the code, then poll at the interval GitHub asks for. */
+        String deviceFlow(Console console) throws InterruptedException {
+            DeviceCode code = requestDeviceCode();
+            boolean copied = Clipboard.copy(code.userCode());
+            console.say("To log in, open " + code.verificationUri() + " and enter the code: " + code.userCode()
+                + (copied ? "  (copied to the clipboard)" : ""));
+            long interval = Math.max(0, code.interval());
+            Instant deadline = Instant.now().plusSeconds(code.expiresIn() > 0 ? code.expiresIn() : 900);
+            while (true) {
+                console.sleep(Duration.ofSeconds(interval));
+                JsonNode answer = pollDeviceCode(code);
+                if (answer.path("access_token").isTextual() && !answer.path("access_token").asText().isBlank()) {
+                    return answer.path("access_token").asText();
+                }
+                String error = answer.path("error").asText("");
+                switch (error) {
+                    case "authorization_pending" -> { }
+                    case "slow_down" -> interval = answer.has("interval") ? answer.path("interval").asLong() : interval + 5;
+                    case "expired_token" -> throw new UserFacingException(
+                        "the device code expired before it was entered; run the command again for a new code");
+                    case "access_denied" -> throw new UserFacingException("the login was cancelled on GitHub (access denied)");
+                    default -> throw new UserFacingException("GitHub's device flow failed: "
+                        + (error.isEmpty() ? Redact.shorten(Json.write(answer)) : error + " " + answer.path("error_description").asText("")).trim());
+                }
+                if (Instant.now().isAfter(deadline)) {
+                    throw new UserFacingException("the device code expired before it was entered; run the command again for a new code");
+                }
+            }
+        }
+
+        DeviceCode requestDeviceCode() {
+            JsonNode j = postForm(settings.githubUrl() + "/login/device/code", Map.of("client_id", CLIENT_ID, "scope", SCOPE));
+            if (!j.path("device_code").isTextual()) {
+                throw new UserFacingException("GitHub did not start the device flow: " + Redact.shorten(Json.write(j)));
+            }
+            return new DeviceCode(j.path("device_code").asText(), j.path("user_code").asText(),
+                j.path("verification_uri").asText(settings.githubUrl() + "/login/device"),
+                j.path("expires_in").asLong(900), j.path("interval").asLong(5));
+        }
+
+        JsonNode pollDeviceCode(DeviceCode code) {
+            return postForm(settings.githubUrl() + "/login/oauth/access_token",
+                Map.of("client_id", CLIENT_ID, "device_code", code.deviceCode(), "grant_type", DEVICE_GRANT));
+        }
+
+        private JsonNode postForm(String url, Map<String, String> form) {
+            StringBuilder body = new StringBuilder();
+            new TreeMap<>(form).forEach((k, v) -> body.append(body.length() == 0 ? "" : "&")
+                .append(URLEncoder.encode(k, UTF_8)).append('=').append(URLEncoder.encode(v, UTF_8)));
+            HttpRequest.Builder b = Http.builder(URI.create(url)).timeout(Duration.ofSeconds(30))
+                .header("accept", "application/json")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .POST(HttpRequest.BodyPublishers.ofString(body.toString()));
+            settings.editor().applyTo(b);
+            HttpResponse<InputStream> response = http.send(b.build());
+            String text = Http.readLimited(response, 1024 * 1024);
+            Optional<JsonNode> json = Json.tryParse(text);
+            if (response.statusCode() >= 400 && json.map(j -> !j.has("error")).orElse(true)) {
+                throw new UpstreamException(response.statusCode(), text, response.headers());
+            }
+            return json.orElseThrow(() -> new UserFacingException("GitHub answered " + url + " with something that is not JSON: "
+                + Redact.shorten(text)));
+        }
+
+        /** GET {github_api}/copilot_internal/user: plan, reset date and quota snapshots. */
+        JsonNode usage(String githubToken) {
+            URI uri = URI.create(settings.githubApiUrl() + "/copilot_internal/user");
+            HttpRequest.Builder b = Http.builder(uri).timeout(Duration.ofSeconds(30)).GET()
+                .header("authorization", "token " + githubToken)
+                .header("accept", "application/json");
+            settings.editor().applyTo(b);
+            HttpResponse<InputStream> response = http.send(b.build());
+            String text = Http.readLimited(response, 4 * 1024 * 1024);
+            if (response.statusCode() >= 400) throw new UpstreamException(response.statusCode(), text, response.headers());
+            return Json.tryParse(text).orElseThrow(() -> new UserFacingException("GitHub's usage answer is not JSON"));
+        }
+    }
+
+    /** The GitHub token on disk: a 0700 directory and a 0600 file, written atomically. */
+    record TokenStore(Path dir) {
+        Path file() {
+            return dir.resolve("github_token");
+        }
+
+        Optional<String> load() {
+            try {
+                if (!Files.isRegularFile(file())) return Optional.empty();
+                String t = Files.readString(file(), UTF_8).trim();
+                return t.isEmpty() ? Optional.empty() : Optional.of(t);
+            } catch (IOException e) {
+                throw new UserFacingException("cannot read the token file " + file() + ": " + describe(e));
+            }
+        }
+
+        void save(String token) {
+            try {
+                Files.createDirectories(dir);
+                Posix.restrict(dir, "rwx------");
+                Path tmp = Files.createTempFile(dir, "github_token", ".tmp");
+                Posix.restrict(tmp, "rw-------");
+                Files.writeString(tmp, token.trim() + "\n", UTF_8);
+                Files.move(tmp, file(), StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+                Posix.restrict(file(), "rw-------");
+            } catch (IOException e) {
+                throw new UserFacingException("cannot write the token file " + file() + ": " + describe(e));
+            }
+        }
+    }
+
+    // ==== 7. Errors ====
+
+    /** A problem the user can act on, reported as one line. */
+    static class UserFacingException extends RuntimeException {
+        UserFacingException(String message) {
+            super(message);
+        }
+
+        UserFacingException(String message, Throwable cause) {
+            super(message, cause);
+        }
+    }
+
+    /** An error to answer in the caller's API shape. */
+    static final class ApiError extends RuntimeException {
+        private final int status;
+        private final String type;
+        private final String param;
+        private final String code;
+        private final Map<String, String> headers = new LinkedHashMap<>();
+
+        ApiError(int status, String type, String message) {
+            this(status, type, message, null, null);
+        }
+
+        ApiError(int status, String type, String message, String param, String code) {
+            super(message, null, false, false);
+            this.status = status;
+            this.type = type;
+            this.param = param;
+            this.code = code;
+        }
+
+        int status() { return status; }
+
+        String type() { return type; }
+
+        String param() { return param; }
+
+        String code() { return code; }
+
+        Map<String, String> headers() { return headers; }
+    }
+
+    /** Copilot or GitHub answered with an error status. */
+    static final class UpstreamException extends RuntimeException {
+        private final int status;
+        private final String body;
+        private final HttpHeaders headers;
+
+        UpstreamException(int status, String body, HttpHeaders headers) {
+            super("upstream answered HTTP " + status + ": " + Redact.shorten(body == null ? "" : body), null, false, false);
+            this.status = status;
+            this.body = body == null ? "" : body;
+            this.headers = headers;
+        }
+
+        int status() { return status; }
+
+        String body() { return body; }
+
+        Optional<String> retryAfter() {
+            return headers == null ? Optional.empty() : headers.firstValue("retry-after");
+        }
+    }
+
+    /** Copilot or GitHub could not be reached at all. */
+    static final class UpstreamUnreachable extends RuntimeException {
+        UpstreamUnreachable(String message, Throwable cause) {
+            super(message, cause);
+        }
+    }
+
+    // ==== 8. Small utilities ====
+
+    static final class Json {
+        static ObjectNode object() {
+            return JsonNodeFactory.instance.objectNode();
+        }
+
+        static ArrayNode array() {
+            return JsonNodeFactory.instance.arrayNode();
+        }
+
+        static String write(JsonNode node) {
+            try {
+                return JSON.writeValueAsString(node);
+            } catch (JsonProcessingException e) {
+                throw new UncheckedIOException(e);
+            }
+        }
+
+        static byte[] bytes(JsonNode node) {
+            return write(node).getBytes(UTF_8);
+        }
+
+        static String pretty(JsonNode node) {
+            try {
+                return JSON.writerWithDefaultPrettyPrinter().writeValueAsString(node);
+            } catch (JsonProcessingException e) {
+                throw new UncheckedIOException(e);
+            }
+        }
+
+        static Optional<JsonNode> tryParse(String text) {
+            if (text == null || text.isBlank()) return Optional.empty();
+            try {
+                return Optional.ofNullable(JSON.readTree(text));
+            } catch (IOException e) {
+                return Optional.empty();
+            }
+        }
+
+        static String shortError(IOException e) {
+            String m = describe(e);
+            int nl = m.indexOf('\n');
+            return nl > 0 ? m.substring(0, nl) : m;
+        }
+
+        static final java.util.Set<String> IMAGE_TYPES = java.util.Set.of("image_url", "image", "input_image");
+
+        /** True when any object anywhere below has an image type: messages, tool results, input items. */
+        static boolean containsImage(JsonNode node) {
+            if (node == null) return false;
+            if (node.isObject()) {
+                if (IMAGE_TYPES.contains(node.path("type").asText(""))) return true;
+                for (JsonNode child : node) if (containsImage(child)) return true;
+            } else if (node.isArray()) {
+                for (JsonNode child : node) if (containsImage(child)) return true;
+            }
+            return false;
+        }
+    }
+
+    /** One server-sent event: the event name (or null) and its data lines joined with newlines. */
+    record SseEvent(String event, String data) {}
+
+    /** An event-stream reader: a blank line dispatches, data lines join with \n, one leading space is stripped. */
+    static final class SseReader {
+        private final BufferedReader reader;
+
+        SseReader(InputStream in) {
+            this.reader = new BufferedReader(new InputStreamReader(in, UTF_8));
+        }
+
+        /** The next event, or null at the end of the stream. */
+        SseEvent next() throws IOException {
+            String event = null;
+            StringBuilder data = null;
+            String line;
+            while ((line = reader.readLine()) != null) {
+                if (line.isEmpty()) {
+                    if (data != null || event != null) return new SseEvent(event, data == null ? "" : data.toString());
+                    continue;
+                }
+                if (line.startsWith(":")) continue;
+                int colon = line.indexOf(':');
+                String field = colon < 0 ? line : line.substring(0, colon);
+                String value = colon < 0 ? "" : line.substring(colon + 1);
+                if (value.startsWith(" ")) value = value.substring(1);
+                if (field.equals("event")) event = value;
+                else if (field.equals("data")) data = data == null ? new StringBuilder(value) : data.append('\n').append(value);
+            }
+            return data != null || event != null ? new SseEvent(event, data == null ? "" : data.toString()) : null;
+        }
+    }
+
+    /** The upstream HTTP client: HTTP/2 for https, HTTP/1.1 for plain http, an optional proxy from the environment. */
+    static final class Http {
+        private final HttpClient client;
+
+        private Http(HttpClient client) {
+            this.client = client;
+        }
+
+        static Http create(Settings settings) {
+            HttpClient.Builder b = HttpClient.newBuilder()
+                .connectTimeout(Duration.ofSeconds(15))
+                .followRedirects(HttpClient.Redirect.NORMAL)
+                .executor(Threads.executor("upstream-http"));
+            if (settings.proxyEnv()) {
+                EnvProxySelector selector = EnvProxySelector.from(settings.env());
+                b.proxy(selector);
+                selector.authenticator().ifPresent(b::authenticator);
+                Logs.log().info("upstream proxy from environment: {}", selector.describe());
+            }
+            return new Http(b.build());
+        }
+
+        static HttpRequest.Builder builder(URI uri) {
+            HttpRequest.Builder b = HttpRequest.newBuilder(uri);
+            if ("http".equalsIgnoreCase(uri.getScheme())) b.version(HttpClient.Version.HTTP_1_1);
+            return b;
+        }
+
+        HttpResponse<InputStream> send(HttpRequest request) {
+            try {
+                return client.send(request, HttpResponse.BodyHandlers.ofInputStream());
+            } catch (HttpConnectTimeoutException | ConnectException e) {
+                throw new UpstreamUnreachable("Cannot reach " + origin(request.uri()) + " (" + describe(e) + ")", e);
+            } catch (HttpTimeoutException e) {
+                throw new UpstreamUnreachable("No answer from " + origin(request.uri()) + " in time", e);
+            } catch (IOException e) {
+                throw new UpstreamUnreachable("The connection to " + origin(request.uri()) + " failed (" + describe(e) + ")", e);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new UpstreamUnreachable("Interrupted while calling " + origin(request.uri()), e);
+            }
+        }
+
+        static String origin(URI uri) {
+            return uri.getScheme() + "://" + uri.getAuthority();
+        }
+
+        static String readLimited(HttpResponse<InputStream> response, int limit) {
+            try (InputStream in = response.body()) {
+                return new String(in.readNBytes(limit), UTF_8);
+            } catch (IOException e) {
+                return "";
+            }
+        }
+    }
+
+    /** HTTPS_PROXY / HTTP_PROXY / NO_PROXY (either case) as curl reads them. */
+    static final class EnvProxySelector extends ProxySelector {
+        private final Optional<URI> httpsProxy;
+        private final Optional<URI> httpProxy;
+        private final List<String> noProxy;
+
+        EnvProxySelector(Optional<URI> httpsProxy, Optional<URI> httpProxy, List<String> noProxy) {
+            this.httpsProxy = httpsProxy;
+            this.httpProxy = httpProxy;
+            this.noProxy = noProxy;
+        }
+
+        static EnvProxySelector from(Map<String, String> env) {
+            Optional<URI> http = proxyUri(env, "HTTP_PROXY");
+            Optional<URI> https = proxyUri(env, "HTTPS_PROXY").or(() -> http);
+            String no = first(env, "NO_PROXY").orElse("");
+            List<String> entries = new ArrayList<>();
+            for (String e : no.split(",")) if (!e.isBlank()) entries.add(e.trim().toLowerCase(Locale.ROOT));
+            return new EnvProxySelector(https, http, entries);
+        }
+
+        private static Optional<String> first(Map<String, String> env, String name) {
+            return Optional.ofNullable(env.get(name)).or(() -> Optional.ofNullable(env.get(name.toLowerCase(Locale.ROOT))))
+                .filter(v -> !v.isBlank());
+        }
+
+        private static Optional<URI> proxyUri(Map<String, String> env, String name) {
+            return first(env, name).map(v -> URI.create(v.contains("://") ? v : "http://" + v));
+        }
+
+        @Override
+        public List<Proxy> select(URI uri) {
+            Optional<URI> proxy = "https".equalsIgnoreCase(uri.getScheme()) ? httpsProxy : httpProxy;
+            if (proxy.isEmpty() || bypass(uri.getHost(), uri.getPort())) return List.of(Proxy.NO_PROXY);
+            URI p = proxy.get();
+            int port = p.getPort() > 0 ? p.getPort() : "https".equalsIgnoreCase(p.getScheme()) ? 443 : 80;
+            return List.of(new Proxy(Proxy.Type.HTTP, InetSocketAddress.createUnresolved(p.getHost(), port)));
+        }
+
+        boolean bypass(String host, int port) {
+            if (host == null) return false;
+            String h = host.toLowerCase(Locale.ROOT);
+            if (h.startsWith("[") && h.endsWith("]")) h = h.substring(1, h.length() - 1);
+            for (String entry : noProxy) {
+                if (entry.equals("*")) return true;
+                String e = entry;
+                int colon = e.lastIndexOf(':');
+                if (colon > 0 && !e.contains("]") && e.indexOf(':') == colon) {
+                    if (port > 0 && !e.substring(colon + 1).equals(String.valueOf(port))) continue;
+                    e = e.substring(0, colon);
+                }
+                if (e.startsWith("*.")) e = e.substring(1);
+                if (e.startsWith(".") ? h.endsWith(e) || h.equals(e.substring(1)) : h.equals(e) || h.endsWith("." + e)) return true;
+            }
+            return false;
+        }
+
+        @Override
+        public void connectFailed(URI uri, SocketAddress sa, IOException ioe) {
+            Logs.log().warn("the proxy {} failed for {}: {}", sa, Http.origin(uri), CopilotApi.describe(ioe));
+        }
+
+        /** Basic credentials from a proxy URL's user-info, offered only to the proxy. */
+        Optional<java.net.Authenticator> authenticator() {
+            Optional<String> userInfo = httpsProxy.or(() -> httpProxy).map(URI::getRawUserInfo).filter(u -> u.contains(":"));
+            if (userInfo.isEmpty()) return Optional.empty();
+            System.setProperty("jdk.http.auth.tunneling.disabledSchemes", "");
+            String[] parts = userInfo.get().split(":", 2);
+            String user = java.net.URLDecoder.decode(parts[0], UTF_8);
+            char[] password = java.net.URLDecoder.decode(parts[1], UTF_8).toCharArray();
+            return Optional.of(new java.net.Authenticator() {
+                @Override
+                protected java.net.PasswordAuthentication getPasswordAuthentication() {
+                    return getRequestorType() == RequestorType.PROXY ? new java.net.PasswordAuthentication(user, password) : null;
+                }
+            });
+        }
+
+        String describe() {
+            return "https via " + httpsProxy.map(Http::origin).orElse("none") + ", http via " + httpProxy.map(Http::origin).orElse("none")
+                + (noProxy.isEmpty() ? "" : ", bypassing " + String.join(",", noProxy));
+        }
+    }
+
+    /** Best-effort copy to the system clipboard with whichever tool the machine has. */
+    static final class Clipboard {
+        static boolean copy(String text) {
+            List<List<String>> candidates = new ArrayList<>();
+            candidates.add(List.of("pbcopy"));
+            if (System.getenv("WAYLAND_DISPLAY") != null) candidates.add(List.of("wl-copy"));
+            if (System.getenv("DISPLAY") != null) {
+                candidates.add(List.of("xclip", "-selection", "clipboard"));
+                candidates.add(List.of("xsel", "--clipboard", "--input"));
+            }
+            candidates.add(List.of("clip.exe"));
+            for (List<String> cmd : candidates) {
+                if (onPath(cmd.get(0)) && run(cmd, text)) return true;
+            }
+            return false;
+        }
+
+        static boolean onPath(String exe) {
+            String path = System.getenv("PATH");
+            if (path == null) return false;
+            for (String dir : path.split(java.io.File.pathSeparator)) {
+                if (!dir.isEmpty() && Files.isExecutable(Path.of(dir, exe))) return true;
+            }
+            return false;
+        }
+
+        private static boolean run(List<String> cmd, String text) {
+            try {
+                Process p = new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(ProcessBuilder.Redirect.DISCARD).start();
+                try (OutputStream in = p.getOutputStream()) {
+                    in.write(text.getBytes(UTF_8));
+                }
+                return p.waitFor(3, TimeUnit.SECONDS) && p.exitValue() == 0;
+            } catch (IOException e) {
+                return false;
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return false;
+            }
+        }
+    }
+
+    /** Virtual threads when the runtime has them (Java 21+), platform daemon threads otherwise. */
+    static final class Threads {
+        static boolean virtualThreadsAvailable() {
+            return Runtime.version().feature() >= 21;
+        }
+
+        static ExecutorService executor(String name) {
+            if (virtualThreadsAvailable()) {
+                try {
+                    return (ExecutorService) Executors.class.getMethod("newVirtualThreadPerTaskExecutor").invoke(null);
+                } catch (ReflectiveOperationException e) {
+                    Logs.log().debug("virtual threads unavailable: {}", describe(e));
+                }
+            }
+            return Executors.newCachedThreadPool(daemon(name));
+        }
+
+        static ScheduledExecutorService scheduler(String name) {
+            return Executors.newSingleThreadScheduledExecutor(daemon(name));
+        }
+
+        static void start(String name, Runnable task) {
+            STREAMS.execute(task);
+        }
+
+        private static final ExecutorService STREAMS = executor("stream-reader");
+
+        private static java.util.concurrent.ThreadFactory daemon(String name) {
+            java.util.concurrent.atomic.AtomicInteger n = new java.util.concurrent.atomic.AtomicInteger();
+            return r -> {
+                Thread t = new Thread(r, name + "-" + n.incrementAndGet());
+                t.setDaemon(true);
+                return t;
+            };
+        }
+    }
+
+    /** POSIX permissions where the file system has them (not on Windows). */
+    static final class Posix {
+        static void restrict(Path p, String perms) throws IOException {
+            try {
+                Files.setPosixFilePermissions(p, PosixFilePermissions.fromString(perms));
+            } catch (UnsupportedOperationException e) {
+                Logs.log().debug("no POSIX permissions on {}", p);
+            }
+        }
+    }
+
+    /** Keeps secrets out of logs and error messages. */
+    static final class Redact {
+        private static final Pattern GITHUB_TOKEN = Pattern.compile("\\b(gh[opusr]|github_pat)_[A-Za-z0-9_]{10,}");
+        private static final Pattern COPILOT_TOKEN = Pattern.compile("\\btid=[^\"\\s,]+");
+        private static final Pattern BEARER = Pattern.compile("(?i)(bearer|token)\\s+[A-Za-z0-9._~+/=;:-]{12,}");
+
+        static String secrets(String s) {
+            if (s == null) return null;
+            s = GITHUB_TOKEN.matcher(s).replaceAll("$1_***");
+            s = COPILOT_TOKEN.matcher(s).replaceAll("tid=***");
+            return BEARER.matcher(s).replaceAll("$1 ***");
+        }
+
+        static String shorten(String s) {
+            String r = secrets(s == null ? "" : s);
+            return r.length() > 500 ? r.substring(0, 500) + "..." : r;
+        }
+    }
+
+    /** Random ids in the shapes clients expect. */
+    static final class Ids {
+        private static final String ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        private static final java.security.SecureRandom RANDOM = new java.security.SecureRandom();
+
+        static String random(int length) {
+            StringBuilder b = new StringBuilder(length);
+            for (int i = 0; i < length; i++) b.append(ALPHABET.charAt(RANDOM.nextInt(ALPHABET.length())));
+            return b.toString();
+        }
+    }
+}
