@@ -528,7 +528,7 @@ class CopilotApi implements Callable<Integer> {
                 cfg.routes.get("/token", openai::token);
                 cfg.routes.exception(Exception.class, Errors::handle);
                 cfg.routes.error(404, ctx -> {
-                    if (ctx.result() == null) Errors.write(ctx, new ApiError(404, "not_found_error",
+                    if (ctx.attribute(Errors.WRITTEN) == null) Errors.write(ctx, new ApiError(404, "not_found_error",
                         "No route for " + ctx.method() + " " + ctx.path()));
                 });
             });
@@ -822,6 +822,8 @@ class CopilotApi implements Callable<Integer> {
 
     /** Error shapes: one writer per API surface, chosen by the path. */
     static final class Errors {
+        static final String WRITTEN = "copilot-api.error-written";
+
         enum Shape { OPENAI, ANTHROPIC }
 
         static Shape shapeFor(String path) {
@@ -893,6 +895,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         static void write(Context ctx, ApiError e) {
+            ctx.attribute(WRITTEN, true);
             ctx.status(e.status());
             e.headers().forEach(ctx::header);
             ObjectNode body = shapeFor(ctx.path()) == Shape.ANTHROPIC ? anthropicBody(e) : openAiBody(e);
@@ -1953,7 +1956,8 @@ class CopilotApi implements Callable<Integer> {
         @Override
         public List<Proxy> select(URI uri) {
             Optional<URI> proxy = "https".equalsIgnoreCase(uri.getScheme()) ? httpsProxy : httpProxy;
-            if (proxy.isEmpty() || bypass(uri.getHost(), uri.getPort())) return List.of(Proxy.NO_PROXY);
+            int targetPort = uri.getPort() > 0 ? uri.getPort() : "https".equalsIgnoreCase(uri.getScheme()) ? 443 : 80;
+            if (proxy.isEmpty() || bypass(uri.getHost(), targetPort)) return List.of(Proxy.NO_PROXY);
             URI p = proxy.get();
             int port = p.getPort() > 0 ? p.getPort() : "https".equalsIgnoreCase(p.getScheme()) ? 443 : 80;
             return List.of(new Proxy(Proxy.Type.HTTP, InetSocketAddress.createUnresolved(p.getHost(), port)));
@@ -1968,7 +1972,7 @@ class CopilotApi implements Callable<Integer> {
                 String e = entry;
                 int colon = e.lastIndexOf(':');
                 if (colon > 0 && !e.contains("]") && e.indexOf(':') == colon) {
-                    if (port > 0 && !e.substring(colon + 1).equals(String.valueOf(port))) continue;
+                    if (!e.substring(colon + 1).equals(String.valueOf(port))) continue;
                     e = e.substring(0, colon);
                 }
                 if (e.startsWith("*.")) e = e.substring(1);

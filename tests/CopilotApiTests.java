@@ -1,0 +1,1050 @@
+///usr/bin/env jbang "$0" "$@" ; exit $?
+//JAVA 17+
+//DESCRIPTION The copilot-api test suite: JUnit 5 against an in-process stub of GitHub and Copilot.
+//SOURCES ../copilot-api.java
+//SOURCES StubUpstream.java
+//DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
+
+import static java.nio.charset.StandardCharsets.UTF_8;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.junit.jupiter.api.Assertions.fail;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.InputStreamReader;
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Base64;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.TimeUnit;
+import java.util.function.Consumer;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.DynamicTest;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.TestFactory;
+import org.junit.jupiter.api.TestInstance;
+import org.junit.platform.engine.TestExecutionResult;
+import org.junit.platform.engine.discovery.DiscoverySelectors;
+import org.junit.platform.launcher.Launcher;
+import org.junit.platform.launcher.LauncherDiscoveryRequest;
+import org.junit.platform.launcher.TestExecutionListener;
+import org.junit.platform.launcher.TestIdentifier;
+import org.junit.platform.launcher.core.LauncherDiscoveryRequestBuilder;
+import org.junit.platform.launcher.core.LauncherFactory;
+import org.junit.platform.launcher.listeners.SummaryGeneratingListener;
+import org.junit.platform.launcher.listeners.TestExecutionSummary;
+
+/**
+ * Runs every test class below with the JUnit Platform launcher and prints one line per test and a closing
+ * "tests: N passed, N failed" line. Run from the repository root: {@code ./jbang tests/CopilotApiTests.java}.
+ * Optional arguments: class-name filters (e.g. {@code ChatStream}) to run only matching classes.
+ */
+class CopilotApiTests {
+
+    static final List<Class<?>> SUITES = List.of(
+        DeviceFlowTests.class,
+        TokenStoreTests.class,
+        TokenLifecycleTests.class,
+        ModelsTests.class,
+        ChatFixtureTests.class,
+        ChatBehaviourTests.class,
+        EmbeddingsTests.class,
+        ErrorTests.class,
+        ProxyTests.class,
+        CliTests.class,
+        SdkTests.class);
+
+    public static void main(String... args) {
+        CopilotApi.Logs.configure(false);
+        System.setProperty("org.slf4j.simpleLogger.log.copilot-api", "warn");
+        List<Class<?>> selected = SUITES.stream()
+            .filter(c -> args.length == 0 || Stream.of(args).anyMatch(a -> c.getSimpleName().contains(a))).toList();
+        LauncherDiscoveryRequest request = LauncherDiscoveryRequestBuilder.request()
+            .selectors(selected.stream().map(DiscoverySelectors::selectClass).toList()).build();
+        Launcher launcher = LauncherFactory.create();
+        SummaryGeneratingListener summary = new SummaryGeneratingListener();
+        launcher.execute(request, new LinePrinter(), summary);
+        TestExecutionSummary s = summary.getSummary();
+        for (TestExecutionSummary.Failure f : s.getFailures()) {
+            System.out.println("\nFAILED " + f.getTestIdentifier().getDisplayName() + ":");
+            f.getException().printStackTrace(System.out);
+        }
+        long failed = s.getTestsFailedCount() + s.getContainersFailedCount();
+        System.out.printf("%ntests: %d passed, %d failed, %d skipped%n", s.getTestsSucceededCount(), failed, s.getTestsSkippedCount());
+        System.exit(failed == 0 && s.getTestsSucceededCount() > 0 ? 0 : 1);
+    }
+
+    /** One line per finished test, so a CI log shows what ran. */
+    static final class LinePrinter implements TestExecutionListener {
+        @Override
+        public void executionFinished(TestIdentifier id, TestExecutionResult result) {
+            if (!id.isTest() && result.getStatus() == TestExecutionResult.Status.SUCCESSFUL) return;
+            String mark = result.getStatus() == TestExecutionResult.Status.SUCCESSFUL ? "ok  " : "FAIL";
+            System.out.println(mark + " " + id.getLegacyReportingName().replace("()", "") + "  [" + parent(id) + "]");
+        }
+
+        @Override
+        public void executionSkipped(TestIdentifier id, String reason) {
+            System.out.println("skip " + id.getDisplayName() + ": " + reason);
+        }
+
+        private static String parent(TestIdentifier id) {
+            String uid = id.getUniqueId();
+            int i = uid.indexOf("[class:");
+            if (i < 0) return "";
+            String cls = uid.substring(i + 7, uid.indexOf(']', i));
+            return cls.substring(cls.lastIndexOf('$') + 1);
+        }
+    }
+
+    // ==== Harness: the stub upstream, copilot-api on a free port, and an HTTP client ====
+
+    /** A running copilot-api wired to a fresh stub; everything on loopback, port 0. */
+    static final class Harness implements AutoCloseable {
+        final StubUpstream stub;
+        final Path home;
+        final CopilotApi.Settings settings;
+        final CopilotApi.CopilotTokens tokens;
+        final CopilotApi.CopilotClient copilot;
+        final CopilotApi.Server server;
+        final HttpClient client = HttpClient.newBuilder().version(HttpClient.Version.HTTP_1_1).build();
+
+        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak) throws IOException {
+            this.stub = stub;
+            this.home = Files.createTempDirectory("copilot-api-home");
+            Map<String, String> env = new HashMap<>(stub.env());
+            env.put("COPILOT_API_HOME", home.toString());
+            env.putAll(extraEnv);
+            CopilotApi.CommonOptions options = new CopilotApi.CommonOptions();
+            options.accountType = CopilotApi.AccountType.individual;
+            options.githubToken = StubUpstream.VALID_GITHUB_TOKEN;
+            tweak.accept(options);
+            settings = CopilotApi.Settings.from(options, env);
+            CopilotApi.Http http = CopilotApi.Http.create(settings);
+            CopilotApi.GitHubAuth auth = new CopilotApi.GitHubAuth(settings, http);
+            CopilotApi.GitHubToken github = auth.existingToken().orElseThrow();
+            tokens = new CopilotApi.CopilotTokens(settings, http, github.value());
+            tokens.start();
+            copilot = new CopilotApi.CopilotClient(settings, http, tokens);
+            CopilotApi.ModelCatalog models = new CopilotApi.ModelCatalog(copilot);
+            models.refreshQuietly();
+            server = CopilotApi.Server.start(new CopilotApi.ServerOptions("127.0.0.1", 0), settings, copilot, models, auth, github);
+        }
+
+        static Harness start() throws IOException {
+            return new Harness(StubUpstream.start(), Map.of(), o -> { });
+        }
+
+        String url(String path) {
+            return "http://127.0.0.1:" + server.port() + path;
+        }
+
+        HttpResponse<String> get(String path) throws Exception {
+            return client.send(HttpRequest.newBuilder(URI.create(url(path))).GET().build(), HttpResponse.BodyHandlers.ofString());
+        }
+
+        HttpResponse<String> post(String path, String body) throws Exception {
+            return client.send(HttpRequest.newBuilder(URI.create(url(path))).header("content-type", "application/json")
+                .POST(HttpRequest.BodyPublishers.ofString(body)).build(), HttpResponse.BodyHandlers.ofString());
+        }
+
+        HttpResponse<InputStream> postStreaming(String path, String body) throws Exception {
+            return client.send(HttpRequest.newBuilder(URI.create(url(path))).header("content-type", "application/json")
+                .POST(HttpRequest.BodyPublishers.ofString(body)).build(), HttpResponse.BodyHandlers.ofInputStream());
+        }
+
+        @Override
+        public void close() {
+            server.stop();
+            tokens.close();
+            stub.close();
+        }
+    }
+
+    static JsonNode json(String s) {
+        try {
+            return CopilotApi.JSON.readTree(s);
+        } catch (IOException e) {
+            throw new AssertionError("not JSON: " + s, e);
+        }
+    }
+
+    /** The data payloads of an event stream, in order. */
+    static List<String> dataLines(String sse) {
+        List<String> out = new ArrayList<>();
+        for (String line : sse.split("\n")) if (line.startsWith("data: ")) out.add(line.substring(6));
+        return out;
+    }
+
+    static Path fixtures(String group) {
+        for (Path dir = Path.of("").toAbsolutePath(); dir != null; dir = dir.getParent()) {
+            Path p = dir.resolve("tests").resolve("fixtures").resolve(group);
+            if (Files.isDirectory(p)) return p;
+        }
+        throw new IllegalStateException("tests/fixtures/" + group + " not found above " + Path.of("").toAbsolutePath());
+    }
+
+    /** Structural equality where the expected string "<any>" matches any present value. */
+    static void assertJsonMatches(JsonNode expected, JsonNode actual, String where) {
+        if (expected.isTextual() && expected.asText().equals("<any>")) {
+            assertTrue(actual != null && !actual.isMissingNode() && !actual.isNull(), where + ": expected a value");
+            return;
+        }
+        assertNotNull(actual, where + ": missing");
+        if (expected.isObject()) {
+            assertTrue(actual.isObject(), where + ": expected an object, got " + actual);
+            List<String> expectedNames = new ArrayList<>();
+            expected.fieldNames().forEachRemaining(expectedNames::add);
+            List<String> actualNames = new ArrayList<>();
+            actual.fieldNames().forEachRemaining(actualNames::add);
+            assertEquals(expectedNames.stream().sorted().toList(), actualNames.stream().sorted().toList(), where + ": fields of " + actual);
+            for (String name : expectedNames) assertJsonMatches(expected.get(name), actual.get(name), where + "." + name);
+        } else if (expected.isArray()) {
+            assertTrue(actual.isArray(), where + ": expected an array, got " + actual);
+            assertEquals(expected.size(), actual.size(), where + ": length of " + actual);
+            for (int i = 0; i < expected.size(); i++) assertJsonMatches(expected.get(i), actual.get(i), where + "[" + i + "]");
+        } else {
+            assertEquals(expected, actual, where);
+        }
+    }
+
+    static <T> T eventually(Duration timeout, java.util.function.Supplier<T> probe, java.util.function.Predicate<T> ok) throws InterruptedException {
+        long end = System.nanoTime() + timeout.toNanos();
+        T value = probe.get();
+        while (!ok.test(value) && System.nanoTime() < end) {
+            Thread.sleep(50);
+            value = probe.get();
+        }
+        return value;
+    }
+
+    // ==== GitHub login ====
+
+    /** The device flow against the stub, with a scripted console that records the waits instead of sleeping. */
+    static final class DeviceFlowTests {
+        static final class ScriptedConsole implements CopilotApi.Console {
+            final List<String> said = new ArrayList<>();
+            final List<Duration> slept = new ArrayList<>();
+
+            @Override
+            public void say(String line) {
+                said.add(line);
+            }
+
+            @Override
+            public void sleep(Duration d) {
+                slept.add(d);
+            }
+        }
+
+        static CopilotApi.GitHubAuth auth(StubUpstream stub, Path home) {
+            CopilotApi.CommonOptions o = new CopilotApi.CommonOptions();
+            o.accountType = CopilotApi.AccountType.individual;
+            Map<String, String> env = new HashMap<>(stub.env());
+            env.put("COPILOT_API_HOME", home.toString());
+            CopilotApi.Settings s = CopilotApi.Settings.from(o, env);
+            return new CopilotApi.GitHubAuth(s, CopilotApi.Http.create(s));
+        }
+
+        @Test
+        void pendingThenSlowDownThenToken() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                stub.deviceInterval(5);
+                stub.slowDownInterval(-1);
+                stub.devicePolls("authorization_pending", "slow_down", "authorization_pending", "ok");
+                ScriptedConsole console = new ScriptedConsole();
+                String token = auth(stub, Files.createTempDirectory("h")).deviceFlow(console);
+                assertEquals(StubUpstream.VALID_GITHUB_TOKEN, token);
+                assertEquals(List.of(Duration.ofSeconds(5), Duration.ofSeconds(5), Duration.ofSeconds(10), Duration.ofSeconds(10)),
+                    console.slept, "slow_down without an interval adds 5 s to the wait");
+                assertTrue(console.said.stream().anyMatch(l -> l.contains("WDJB-MJHT") && l.contains(stub.githubUrl() + "/login/device")),
+                    "user code and verification URL shown: " + console.said);
+                StubUpstream.Recorded start = stub.last("/login/device/code");
+                assertTrue(start.body().contains("client_id=Iv1.b507a08c87ecfe98"), start.body());
+                assertTrue(start.body().contains("scope=read%3Auser"), start.body());
+                assertTrue(stub.last("/login/oauth/access_token").body().contains(
+                    "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Adevice_code"));
+                assertEquals(4, stub.count("/login/oauth/access_token"));
+            }
+        }
+
+        @Test
+        void slowDownWithAnIntervalUsesIt() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                stub.deviceInterval(5);
+                stub.slowDownInterval(12);
+                stub.devicePolls("slow_down", "ok");
+                ScriptedConsole console = new ScriptedConsole();
+                auth(stub, Files.createTempDirectory("h")).deviceFlow(console);
+                assertEquals(List.of(Duration.ofSeconds(5), Duration.ofSeconds(12)), console.slept);
+            }
+        }
+
+        @Test
+        void expiredAndDeniedStopWithAClearMessage() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                stub.devicePolls("expired_token");
+                var e = assertThrows(CopilotApi.UserFacingException.class,
+                    () -> auth(stub, Files.createTempDirectory("h")).deviceFlow(new ScriptedConsole()));
+                assertTrue(e.getMessage().contains("expired"), e.getMessage());
+                stub.devicePolls("authorization_pending", "access_denied");
+                e = assertThrows(CopilotApi.UserFacingException.class,
+                    () -> auth(stub, Files.createTempDirectory("h")).deviceFlow(new ScriptedConsole()));
+                assertTrue(e.getMessage().contains("denied"), e.getMessage());
+            }
+        }
+    }
+
+    static final class TokenStoreTests {
+        @Test
+        void savedPrivatelyAndReadBack() throws Exception {
+            Path home = Files.createTempDirectory("h").resolve("nested");
+            CopilotApi.TokenStore store = new CopilotApi.TokenStore(home);
+            assertTrue(store.load().isEmpty());
+            store.save("ghu_first");
+            store.save("ghu_second\n");
+            assertEquals("ghu_second", store.load().orElseThrow());
+            assertEquals("rwx------", PosixFilePermissions.toString(Files.getPosixFilePermissions(home)));
+            assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(store.file())));
+        }
+
+        @Test
+        void sourcesInOrderOptionEnvThenFile() throws Exception {
+            Path home = Files.createTempDirectory("h");
+            new CopilotApi.TokenStore(home).save("ghu_file");
+            CopilotApi.CommonOptions o = new CopilotApi.CommonOptions();
+            o.accountType = CopilotApi.AccountType.individual;
+            Map<String, String> env = new HashMap<>(Map.of("COPILOT_API_HOME", home.toString()));
+            assertEquals("ghu_file", auth(o, env).existingToken().orElseThrow().value());
+            env.put("GITHUB_TOKEN", "ghu_github");
+            assertEquals("ghu_github", auth(o, env).existingToken().orElseThrow().value());
+            env.put("GH_TOKEN", "ghu_gh");
+            assertEquals("ghu_gh", auth(o, env).existingToken().orElseThrow().value());
+            env.put("COPILOT_API_GITHUB_TOKEN", "ghu_ours");
+            assertEquals("ghu_ours", auth(o, env).existingToken().orElseThrow().value());
+            o.githubToken = "ghu_option";
+            assertEquals("ghu_option", auth(o, env).existingToken().orElseThrow().value());
+        }
+
+        static CopilotApi.GitHubAuth auth(CopilotApi.CommonOptions o, Map<String, String> env) {
+            CopilotApi.Settings s = CopilotApi.Settings.from(o, env);
+            return new CopilotApi.GitHubAuth(s, CopilotApi.Http.create(s));
+        }
+    }
+
+    // ==== Copilot token lifecycle ====
+
+    static final class TokenLifecycleTests {
+        @Test
+        void refreshedOnScheduleAndUsedForLaterCalls() throws Exception {
+            StubUpstream stub = StubUpstream.start();
+            stub.refreshIn(2);
+            try (Harness h = new Harness(stub, Map.of(), o -> { })) {
+                int issued = eventually(Duration.ofSeconds(8), () -> stub.tokensIssued().size(), n -> n >= 3);
+                assertTrue(issued >= 3, "token refreshed at about refresh_in/2 for short lifetimes; issued " + issued);
+                HttpResponse<String> r = h.post("/v1/chat/completions", "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+                assertEquals(200, r.statusCode(), r.body());
+                assertEquals("Bearer " + h.tokens.current().token(), stub.last("/chat/completions").headers().get("authorization"));
+                assertTrue(stub.last("/chat/completions").headers().get("authorization").contains("n=" + stub.tokensIssued().size()),
+                    "the newest token is used");
+            }
+        }
+
+        @Test
+        void a401RefreshesTheTokenAndRetriesOnce() throws Exception {
+            try (Harness h = Harness.start()) {
+                int before = h.stub.tokensIssued().size();
+                h.stub.expireCopilotTokens();
+                HttpResponse<String> r = h.post("/v1/chat/completions", "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+                assertEquals(200, r.statusCode(), r.body());
+                assertEquals(before + 1, h.stub.tokensIssued().size(), "exactly one refresh");
+                assertEquals(2, h.stub.count("/chat/completions"), "one failed call, one retry");
+            }
+        }
+
+        @Test
+        void aFailedScheduledRefreshKeepsServing() throws Exception {
+            StubUpstream stub = StubUpstream.start();
+            stub.refreshIn(2);
+            try (Harness h = new Harness(stub, Map.of(), o -> { })) {
+                stub.tokenExchangeStatus(500);
+                int attempts = eventually(Duration.ofSeconds(5), () -> stub.count("/copilot_internal/v2/token"), n -> n >= 2);
+                assertTrue(attempts >= 2, "a refresh was attempted");
+                HttpResponse<String> r = h.post("/v1/chat/completions", "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+                assertEquals(200, r.statusCode(), "the old token still works: " + r.body());
+            }
+        }
+
+        @Test
+        void exchangeFailuresExplainThemselves() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                for (var c : List.of(Map.entry(403, "no Copilot access"), Map.entry(404, "cannot be exchanged"), Map.entry(401, "invalid"))) {
+                    stub.tokenExchangeStatus(c.getKey());
+                    CopilotApi.CommonOptions o = new CopilotApi.CommonOptions();
+                    o.accountType = CopilotApi.AccountType.individual;
+                    CopilotApi.Settings s = CopilotApi.Settings.from(o, stub.env());
+                    var tokens = new CopilotApi.CopilotTokens(s, CopilotApi.Http.create(s), StubUpstream.VALID_GITHUB_TOKEN);
+                    var e = assertThrows(CopilotApi.UserFacingException.class, tokens::exchange);
+                    assertTrue(e.getMessage().contains(c.getValue()) && e.getMessage().contains(String.valueOf(c.getKey())), e.getMessage());
+                }
+            }
+        }
+    }
+
+    // ==== The OpenAI surface ====
+
+    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
+    static final class ModelsTests {
+        Harness h;
+
+        @BeforeAll
+        void up() throws IOException {
+            h = Harness.start();
+        }
+
+        @AfterAll
+        void down() {
+            h.close();
+        }
+
+        @Test
+        void listHasBothConventionsWithAndWithoutPrefix() throws Exception {
+            for (String path : List.of("/v1/models", "/models")) {
+                HttpResponse<String> r = h.get(path);
+                assertEquals(200, r.statusCode());
+                JsonNode body = json(r.body());
+                assertEquals("list", body.path("object").asText());
+                assertFalse(body.path("has_more").asBoolean(true));
+                JsonNode claude = null;
+                for (JsonNode m : body.path("data")) if (m.path("id").asText().equals("claude-sonnet-4.5")) claude = m;
+                assertNotNull(claude, r.body());
+                assertEquals("model", claude.path("object").asText());
+                assertEquals("model", claude.path("type").asText());
+                assertTrue(claude.path("created").isNumber());
+                assertTrue(claude.path("created_at").isTextual());
+                assertFalse(claude.path("owned_by").asText().isEmpty());
+                assertFalse(claude.path("display_name").asText().isEmpty());
+                assertEquals(body.path("data").get(0).path("id").asText(), body.path("first_id").asText());
+            }
+        }
+
+        @Test
+        void oneModelAndAnUnknownOne() throws Exception {
+            assertEquals("gpt-4.1", json(h.get("/v1/models/gpt-4.1").body()).path("id").asText());
+            HttpResponse<String> r = h.get("/v1/models/nope");
+            assertEquals(404, r.statusCode());
+            assertTrue(json(r.body()).path("error").path("message").asText().contains("nope"));
+        }
+
+        @Test
+        void rootSaysItRuns() throws Exception {
+            HttpResponse<String> r = h.get("/");
+            assertEquals(200, r.statusCode());
+            assertTrue(r.body().contains("running"));
+        }
+
+        @Test
+        void usageAndTokenRoutes() throws Exception {
+            JsonNode usage = json(h.get("/usage").body());
+            assertEquals(300, usage.path("quota_snapshots").path("premium_interactions").path("entitlement").asInt());
+            JsonNode token = json(h.get("/token").body());
+            assertEquals(h.tokens.current().token(), token.path("token").asText());
+        }
+    }
+
+    /** Each directory under tests/fixtures/chat: a client request, what Copilot answers, what the client must get. */
+    static final class ChatFixtureTests {
+        @TestFactory
+        Stream<DynamicTest> fixtures() throws IOException {
+            Harness h = Harness.start();
+            List<Path> dirs;
+            try (Stream<Path> s = Files.list(CopilotApiTests.fixtures("chat"))) {
+                dirs = s.filter(Files::isDirectory).sorted().toList();
+            }
+            assertFalse(dirs.isEmpty());
+            return dirs.stream().map(dir -> DynamicTest.dynamicTest(dir.getFileName().toString(), () -> run(h, dir))).onClose(h::close);
+        }
+
+        static void run(Harness h, Path dir) throws Exception {
+            String request = Files.readString(dir.resolve("request.json"));
+            Path upstream = Files.exists(dir.resolve("upstream.sse")) ? dir.resolve("upstream.sse") : dir.resolve("upstream.json");
+            h.stub.enqueue("/chat/completions", StubUpstream.Reply.fromFile(upstream));
+            HttpResponse<String> r = h.post("/v1/chat/completions", request);
+            assertEquals(200, r.statusCode(), r.body());
+            if (Files.exists(dir.resolve("expected.sse"))) {
+                assertTrue(r.headers().firstValue("content-type").orElse("").startsWith("text/event-stream"));
+                List<String> expected = dataLines(Files.readString(dir.resolve("expected.sse")));
+                List<String> actual = dataLines(r.body());
+                assertEquals(expected.size(), actual.size(), "number of events:\n" + r.body());
+                for (int i = 0; i < expected.size(); i++) {
+                    if (expected.get(i).equals("[DONE]")) assertEquals("[DONE]", actual.get(i), "event " + i);
+                    else assertJsonMatches(json(expected.get(i)), json(actual.get(i)), "event " + i);
+                }
+            } else {
+                assertJsonMatches(json(Files.readString(dir.resolve("expected.json"))), json(r.body()), "response");
+            }
+        }
+    }
+
+    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
+    static final class ChatBehaviourTests {
+        Harness h;
+
+        @BeforeAll
+        void up() throws IOException {
+            h = Harness.start();
+        }
+
+        @AfterAll
+        void down() {
+            h.close();
+        }
+
+        @BeforeEach
+        void clear() {
+            h.stub.clear();
+        }
+
+        static final String HI = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+
+        @Test
+        void editorHeadersAndUserInitiatorOnAUserTurn() throws Exception {
+            assertEquals(200, h.post("/v1/chat/completions", HI).statusCode());
+            Map<String, String> headers = h.stub.last("/chat/completions").headers();
+            assertEquals("vscode-chat", headers.get("copilot-integration-id"));
+            assertTrue(headers.get("editor-version").startsWith("vscode/"));
+            assertTrue(headers.get("editor-plugin-version").startsWith("copilot-chat/"));
+            assertTrue(headers.get("user-agent").startsWith("GitHubCopilotChat/"));
+            assertNotNull(headers.get("openai-intent"));
+            assertNotNull(headers.get("x-github-api-version"));
+            assertEquals(36, headers.get("x-request-id").length());
+            assertEquals("user", headers.get("x-initiator"));
+            assertNull(headers.get("copilot-vision-request"));
+        }
+
+        @Test
+        void agentInitiatorAfterAToolResult() throws Exception {
+            String body = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"ls\"},"
+                + "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"ls\",\"arguments\":\"{}\"}}]},"
+                + "{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"content\":\"a.txt\"}]}";
+            assertEquals(200, h.post("/v1/chat/completions", body).statusCode());
+            assertEquals("agent", h.stub.last("/chat/completions").headers().get("x-initiator"));
+        }
+
+        @Test
+        void visionHeaderWhenAnImageIsPresent() throws Exception {
+            String body = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"what is this\"},"
+                + "{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,iVBORw0KGgo=\"}}]}]}";
+            HttpResponse<String> r = h.post("/v1/chat/completions", body);
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals("true", h.stub.last("/chat/completions").headers().get("copilot-vision-request"));
+        }
+
+        @Test
+        void streamAsksUpstreamForUsageAndEndsWithDone() throws Exception {
+            HttpResponse<String> r = h.post("/chat/completions", HI.replace("{\"model\"", "{\"stream\":true,\"model\""));
+            assertEquals(200, r.statusCode());
+            JsonNode sent = h.stub.last("/chat/completions").json();
+            assertTrue(sent.path("stream_options").path("include_usage").asBoolean(), "usage requested upstream: " + sent);
+            List<String> lines = dataLines(r.body());
+            assertEquals("[DONE]", lines.get(lines.size() - 1));
+            assertEquals("assistant", json(lines.get(0)).path("choices").get(0).path("delta").path("role").asText());
+            for (String l : lines.subList(0, lines.size() - 1)) assertFalse(json(l).has("usage"), "usage only when the client asked: " + l);
+        }
+
+        /** The client must see the first chunk while the upstream is still sending. */
+        @Test
+        void streamIsRelayedEventByEvent() throws Exception {
+            List<String> events = List.of(
+                "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"one\"}}],\"id\":\"c\",\"created\":1,\"model\":\"gpt-4.1\"}",
+                "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\" two\"}}],\"id\":\"c\",\"created\":1,\"model\":\"gpt-4.1\"}",
+                "{\"choices\":[{\"index\":0,\"finish_reason\":\"stop\",\"delta\":{}}],\"id\":\"c\",\"created\":1,\"model\":\"gpt-4.1\"}",
+                "[DONE]");
+            h.stub.enqueue("/chat/completions", StubUpstream.Reply.sse(events).delayMs(1500));
+            long start = System.nanoTime();
+            HttpResponse<InputStream> r = h.postStreaming("/v1/chat/completions", HI.replace("{\"model\"", "{\"stream\":true,\"model\""));
+            BufferedReader reader = new BufferedReader(new InputStreamReader(r.body(), UTF_8));
+            String first = null;
+            for (String line = reader.readLine(); line != null; line = reader.readLine()) {
+                if (line.startsWith("data: ")) {
+                    first = line;
+                    break;
+                }
+            }
+            long firstMs = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - start);
+            assertNotNull(first);
+            assertTrue(first.contains("\"one\""), first);
+            StringBuilder rest = new StringBuilder();
+            for (String line = reader.readLine(); line != null; line = reader.readLine()) rest.append(line).append('\n');
+            long totalMs = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - start);
+            assertTrue(totalMs >= 4000, "the upstream took its time: " + totalMs);
+            assertTrue(firstMs < totalMs - 2500, "first chunk after " + firstMs + " ms of " + totalMs + " ms: it was buffered");
+            assertTrue(rest.toString().contains("[DONE]"));
+        }
+
+        @Test
+        void clientDisconnectCancelsTheUpstreamRequest() throws Exception {
+            List<String> events = new ArrayList<>();
+            for (int i = 0; i < 200; i++) {
+                events.add("{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x" + i + "\"}}],\"id\":\"c\",\"created\":1,\"model\":\"gpt-4.1\"}");
+            }
+            h.stub.enqueue("/chat/completions", StubUpstream.Reply.sse(events).delayMs(100));
+            HttpResponse<InputStream> r = h.postStreaming("/v1/chat/completions", HI.replace("{\"model\"", "{\"stream\":true,\"model\""));
+            InputStream body = r.body();
+            assertTrue(body.read(new byte[64]) > 0);
+            body.close();
+            StubUpstream.Recorded upstream = h.stub.last("/chat/completions");
+            assertTrue(h.stub.awaitClientGone(upstream, Duration.ofSeconds(10)), "the upstream stream was not cancelled");
+        }
+
+        @Test
+        void aModelServedOnlyOnResponsesIsRefusedClearly() throws Exception {
+            HttpResponse<String> r = h.post("/v1/chat/completions", HI.replace("gpt-4.1", "gpt-5.1-codex"));
+            assertEquals(400, r.statusCode());
+            JsonNode err = json(r.body()).path("error");
+            assertTrue(err.path("message").asText().contains("/responses"), r.body());
+            assertEquals("unsupported_api_for_model", err.path("code").asText());
+            assertEquals(0, h.stub.count("/chat/completions"), "no upstream call");
+        }
+    }
+
+    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
+    static final class EmbeddingsTests {
+        Harness h;
+
+        @BeforeAll
+        void up() throws IOException {
+            h = Harness.start();
+        }
+
+        @AfterAll
+        void down() {
+            h.close();
+        }
+
+        @Test
+        void base64IsLittleEndianFloat32OfTheUpstreamFloats() throws Exception {
+            String req = "{\"model\":\"text-embedding-3-small\",\"input\":[\"hello\",\"world\"]";
+            JsonNode floats = json(h.post("/v1/embeddings", req + "}").body());
+            JsonNode b64 = json(h.post("/v1/embeddings", req + ",\"encoding_format\":\"base64\"}").body());
+            assertFalse(h.stub.last("/embeddings").json().has("encoding_format"), "copilot-api encodes, Copilot is asked for floats");
+            assertEquals(2, b64.path("data").size());
+            for (int i = 0; i < 2; i++) {
+                JsonNode expected = floats.path("data").get(i).path("embedding");
+                byte[] raw = Base64.getDecoder().decode(b64.path("data").get(i).path("embedding").asText());
+                ByteBuffer buf = ByteBuffer.wrap(raw).order(ByteOrder.LITTLE_ENDIAN);
+                assertEquals(expected.size() * 4, raw.length);
+                for (JsonNode v : expected) assertEquals((float) v.asDouble(), buf.getFloat(), 0f);
+            }
+        }
+
+        @Test
+        void badInputIsRefusedLocally() throws Exception {
+            h.stub.clear();
+            HttpResponse<String> r = h.post("/v1/embeddings", "{\"model\":\"text-embedding-3-small\"}");
+            assertEquals(400, r.statusCode());
+            assertEquals("input", json(r.body()).path("error").path("param").asText());
+            assertEquals(0, h.stub.count("/embeddings"));
+        }
+    }
+
+    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
+    static final class ErrorTests {
+        Harness h;
+
+        @BeforeAll
+        void up() throws IOException {
+            h = Harness.start();
+        }
+
+        @AfterAll
+        void down() {
+            h.close();
+        }
+
+        @BeforeEach
+        void clear() {
+            h.stub.clear();
+        }
+
+        static final String HI = ChatBehaviourTests.HI;
+
+        @Test
+        void malformedAndIncompleteRequestsAre400WithoutAnUpstreamCall() throws Exception {
+            for (var c : List.of(
+                    Map.entry("{not json", "not valid JSON"),
+                    Map.entry("", "empty"),
+                    Map.entry("[1,2]", "JSON object"),
+                    Map.entry("{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", "'model'"),
+                    Map.entry("{\"model\":\"gpt-4.1\"}", "'messages'"),
+                    Map.entry("{\"model\":\"gpt-4.1\",\"messages\":[]}", "'messages'"))) {
+                HttpResponse<String> r = h.post("/v1/chat/completions", c.getKey());
+                assertEquals(400, r.statusCode(), c.getKey());
+                JsonNode err = json(r.body()).path("error");
+                assertEquals("invalid_request_error", err.path("type").asText());
+                assertTrue(err.path("message").asText().contains(c.getValue()), c.getKey() + " -> " + r.body());
+            }
+            assertEquals(0, h.stub.count("/chat/completions"));
+        }
+
+        @Test
+        void upstreamErrorsKeepStatusMessageAndCode() throws Exception {
+            h.stub.enqueue("/chat/completions", StubUpstream.Reply.json(400,
+                "{\"error\":{\"message\":\"prompt token count of 200000 exceeds the limit of 128000\",\"code\":\"model_max_prompt_tokens_exceeded\"}}"));
+            HttpResponse<String> r = h.post("/v1/chat/completions", HI);
+            assertEquals(400, r.statusCode());
+            JsonNode err = json(r.body()).path("error");
+            assertEquals("prompt token count of 200000 exceeds the limit of 128000", err.path("message").asText());
+            assertEquals("model_max_prompt_tokens_exceeded", err.path("code").asText());
+            assertEquals("invalid_request_error", err.path("type").asText());
+            assertTrue(err.has("param"));
+        }
+
+        @Test
+        void rateLimitKeepsRetryAfter() throws Exception {
+            h.stub.enqueue("/chat/completions", StubUpstream.Reply.json(429, "{\"error\":{\"message\":\"Too many requests\"}}",
+                Map.of("retry-after", "7")));
+            HttpResponse<String> r = h.post("/v1/chat/completions", HI);
+            assertEquals(429, r.statusCode());
+            assertEquals("7", r.headers().firstValue("retry-after").orElse(null));
+            assertEquals("rate_limit_error", json(r.body()).path("error").path("type").asText());
+            assertEquals("Too many requests", json(r.body()).path("error").path("message").asText());
+        }
+
+        @Test
+        void a401ThatSurvivesTheRetryIsReported() throws Exception {
+            String body = "{\"error\":{\"message\":\"unauthorized: token expired\",\"code\":\"unauthorized\"}}";
+            h.stub.enqueue("/chat/completions", StubUpstream.Reply.json(401, body));
+            h.stub.enqueue("/chat/completions", StubUpstream.Reply.json(401, body));
+            HttpResponse<String> r = h.post("/v1/chat/completions", HI);
+            assertEquals(401, r.statusCode());
+            assertEquals("authentication_error", json(r.body()).path("error").path("type").asText());
+            assertEquals(2, h.stub.count("/chat/completions"), "retried exactly once");
+        }
+
+        @Test
+        void serverErrorsAndNonJsonBodies() throws Exception {
+            h.stub.enqueue("/chat/completions", StubUpstream.Reply.json(503, "upstream connect error"));
+            HttpResponse<String> r = h.post("/v1/chat/completions", HI);
+            assertEquals(503, r.statusCode());
+            assertEquals("upstream connect error", json(r.body()).path("error").path("message").asText());
+            assertEquals("api_error", json(r.body()).path("error").path("type").asText());
+        }
+
+        @Test
+        void streamingRequestsGetHttpErrorsBeforeTheFirstByte() throws Exception {
+            h.stub.enqueue("/chat/completions", StubUpstream.Reply.json(400, "{\"error\":{\"message\":\"bad thing\",\"code\":\"x\"}}"));
+            HttpResponse<String> r = h.post("/v1/chat/completions", HI.replace("{\"model\"", "{\"stream\":true,\"model\""));
+            assertEquals(400, r.statusCode());
+            assertEquals("bad thing", json(r.body()).path("error").path("message").asText());
+        }
+
+        @Test
+        void unknownRouteIsAJson404() throws Exception {
+            HttpResponse<String> r = h.get("/v1/nope");
+            assertEquals(404, r.statusCode());
+            assertTrue(json(r.body()).path("error").path("message").asText().contains("/v1/nope"));
+        }
+
+        @Test
+        void unreachableUpstreamIs502() throws Exception {
+            StubUpstream stub = StubUpstream.start();
+            try (Harness dead = new Harness(stub, Map.of(), o -> { })) {
+                stub.close();
+                HttpResponse<String> r = dead.post("/v1/chat/completions", HI);
+                assertEquals(502, r.statusCode(), r.body());
+                assertTrue(json(r.body()).path("error").path("message").asText().contains("127.0.0.1"), r.body());
+            }
+        }
+    }
+
+    // ==== Proxies ====
+
+    static final class ProxyTests {
+        static CopilotApi.EnvProxySelector selector(Map<String, String> env) {
+            return CopilotApi.EnvProxySelector.from(env);
+        }
+
+        static String address(java.net.Proxy p) {
+            var a = (java.net.InetSocketAddress) p.address();
+            return a.getHostString() + ":" + a.getPort();
+        }
+
+        @Test
+        void noProxyRules() {
+            var s = selector(Map.of("https_proxy", "http://proxy:3128", "NO_PROXY", "localhost,.internal.example,example.org:8443,10.0.0.1"));
+            assertEquals("proxy:3128", address(s.select(URI.create("https://api.githubcopilot.com/x")).get(0)));
+            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://localhost/x")).get(0));
+            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://a.internal.example/x")).get(0));
+            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://internal.example/x")).get(0));
+            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://example.org:8443/x")).get(0));
+            assertEquals("proxy:3128", address(s.select(URI.create("https://example.org/x")).get(0)));
+            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://10.0.0.1/x")).get(0));
+            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("http://plain.example/x")).get(0), "no HTTP_PROXY set");
+            var all = selector(Map.of("HTTP_PROXY", "proxy:8080", "no_proxy", "*"));
+            assertEquals(java.net.Proxy.NO_PROXY, all.select(URI.create("http://x/y")).get(0));
+        }
+
+        @Test
+        void upstreamCallsGoThroughTheProxyWithProxyEnv() throws Exception {
+            try (StubUpstream.Proxy proxy = new StubUpstream.Proxy().start()) {
+                StubUpstream stub = StubUpstream.start();
+                Map<String, String> env = Map.of("HTTP_PROXY", proxy.url(), "HTTPS_PROXY", proxy.url());
+                try (Harness h = new Harness(stub, env, o -> o.proxyEnv = true)) {
+                    HttpResponse<String> r = h.post("/v1/chat/completions", ChatBehaviourTests.HI);
+                    assertEquals(200, r.statusCode(), r.body());
+                    assertTrue(proxy.seen().stream().anyMatch(u -> u.endsWith("/api/copilot_internal/v2/token")), "token exchange: " + proxy.seen());
+                    assertTrue(proxy.seen().stream().anyMatch(u -> u.endsWith("/copilot/chat/completions")), "chat: " + proxy.seen());
+                }
+            }
+        }
+
+        @Test
+        void withoutProxyEnvTheProxyIsIgnored() throws Exception {
+            try (StubUpstream.Proxy proxy = new StubUpstream.Proxy().start()) {
+                Map<String, String> env = Map.of("HTTP_PROXY", proxy.url(), "HTTPS_PROXY", proxy.url());
+                try (Harness h = new Harness(StubUpstream.start(), env, o -> { })) {
+                    assertEquals(200, h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode());
+                    assertTrue(proxy.seen().isEmpty(), proxy.seen().toString());
+                }
+            }
+        }
+    }
+
+    // ==== The CLI, as a separate process ====
+
+    static final class CliTests {
+        record Run(int exit, String out, String err) {}
+
+        static Run cli(Map<String, String> env, String... args) throws Exception {
+            List<String> cmd = new ArrayList<>(List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(),
+                "-cp", System.getProperty("java.class.path"), "CopilotApi"));
+            cmd.addAll(List.of(args));
+            ProcessBuilder pb = new ProcessBuilder(cmd);
+            pb.environment().keySet().removeIf(k -> k.startsWith("COPILOT_API_") || k.equals("GH_TOKEN") || k.equals("GITHUB_TOKEN"));
+            pb.environment().putAll(env);
+            Path out = Files.createTempFile("out", ".txt");
+            Path err = Files.createTempFile("err", ".txt");
+            Process p = pb.redirectOutput(out.toFile()).redirectError(err.toFile()).redirectInput(ProcessBuilder.Redirect.PIPE).start();
+            p.getOutputStream().close();
+            if (!p.waitFor(60, TimeUnit.SECONDS)) {
+                p.destroyForcibly();
+                fail("timed out: " + String.join(" ", args));
+            }
+            return new Run(p.exitValue(), Files.readString(out), Files.readString(err));
+        }
+
+        static Map<String, String> env(StubUpstream stub, Path home) {
+            Map<String, String> env = new HashMap<>(stub.env());
+            env.put("COPILOT_API_HOME", home.toString());
+            return env;
+        }
+
+        @Test
+        void debugJsonPrintsOnlyJson() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Path home = Files.createTempDirectory("h");
+                Run r = cli(env(stub, home), "debug", "--json");
+                assertEquals(0, r.exit(), r.err());
+                JsonNode j = json(r.out());
+                assertEquals(CopilotApi.VERSION, j.path("version").asText());
+                assertEquals(home.resolve("github_token").toString(), j.path("paths").path("tokenFile").asText());
+                assertFalse(j.path("tokenExists").asBoolean());
+                assertEquals(stub.githubUrl(), j.path("urls").path("github").asText());
+                assertEquals(stub.githubApiUrl(), j.path("urls").path("githubApi").asText());
+                assertEquals(stub.copilotUrl(), j.path("urls").path("copilot").asText());
+                assertTrue(j.path("runtime").path("java").isTextual());
+            }
+        }
+
+        @Test
+        void enterpriseUrlSetsBothGitHubUrls() throws Exception {
+            Run r = cli(Map.of("COPILOT_API_HOME", Files.createTempDirectory("h").toString()), "debug", "--json", "--enterprise-url", "https://acme.ghe.com/");
+            JsonNode urls = json(r.out()).path("urls");
+            assertEquals("https://acme.ghe.com", urls.path("github").asText());
+            assertEquals("https://api.acme.ghe.com", urls.path("githubApi").asText());
+        }
+
+        @Test
+        void authRunsTheDeviceFlowAndStoresTheToken() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                stub.devicePolls("authorization_pending", "ok");
+                Path home = Files.createTempDirectory("h");
+                new CopilotApi.TokenStore(home).save("ghu_old");
+                Run r = cli(env(stub, home), "auth");
+                assertEquals(0, r.exit(), r.out() + r.err());
+                assertTrue(r.out().contains("WDJB-MJHT"), r.out());
+                assertTrue(r.out().contains("Copilot access confirmed"), r.out());
+                assertFalse((r.out() + r.err()).contains(StubUpstream.VALID_GITHUB_TOKEN), "no token printed without --show-token");
+                assertEquals(StubUpstream.VALID_GITHUB_TOKEN, new CopilotApi.TokenStore(home).load().orElseThrow(), "replaced");
+                assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(home.resolve("github_token"))));
+            }
+        }
+
+        @Test
+        void checkUsagePrintsQuotas() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Map<String, String> env = env(stub, Files.createTempDirectory("h"));
+                env.put("GH_TOKEN", StubUpstream.VALID_GITHUB_TOKEN);
+                Run r = cli(env, "check-usage");
+                assertEquals(0, r.exit(), r.err());
+                assertTrue(r.out().contains("Plan: individual"), r.out());
+                assertTrue(r.out().contains("2026-12-01"), r.out());
+                assertTrue(r.out().matches("(?s).*Premium requests:\\s+120/300 used \\(40\\.0% used, 60\\.0% remaining\\).*"), r.out());
+                assertTrue(r.out().matches("(?s).*Chat:\\s+unlimited.*"), r.out());
+            }
+        }
+
+        @Test
+        void failuresAreOneReadableLine() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Map<String, String> env = env(stub, Files.createTempDirectory("h"));
+                env.put("GH_TOKEN", "ghu_wrong");
+                Run r = cli(env, "check-usage");
+                assertEquals(1, r.exit());
+                assertTrue(r.err().startsWith("error: ") || r.err().contains("\nerror: "), r.err());
+                assertFalse(r.err().contains("\tat "), "no stack trace without --verbose: " + r.err());
+                Run bad = cli(env, "start", "--port", "notaport");
+                assertEquals(2, bad.exit());
+                assertTrue(bad.err().contains("--port"), bad.err());
+            }
+        }
+
+        @Test
+        void startFailsClearlyWhenTheTokenHasNoCopilotSeat() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                stub.tokenExchangeStatus(403);
+                Map<String, String> env = env(stub, Files.createTempDirectory("h"));
+                Run r = cli(env, "start", "--port", "0", "--github-token", StubUpstream.VALID_GITHUB_TOKEN);
+                assertEquals(1, r.exit());
+                assertTrue(r.err().contains("no Copilot access"), r.err());
+            }
+        }
+    }
+
+    // ==== The official SDKs, against copilot-api started with the README command ====
+
+    static final class SdkTests {
+        @Test
+        void openAiSdk() throws Exception {
+            Path sdk = CopilotApiTests.fixtures("chat").getParent().getParent().resolve("sdk");
+            SdkRunner.npmInstall(sdk);
+            try (StubUpstream stub = StubUpstream.start(); SdkRunner.ServerProcess server = SdkRunner.startServer(stub)) {
+                SdkRunner.Result r = SdkRunner.node(sdk, "openai-e2e.mjs", Map.of("BASE_URL", server.baseUrl() + "/v1"));
+                System.out.print(r.output());
+                assertEquals(0, r.exit(), r.output());
+            }
+        }
+    }
+
+    /** Runs npm and node, and copilot-api as users start it: ./jbang copilot-api.java start. */
+    static final class SdkRunner {
+        record Result(int exit, String output) {}
+
+        static Path repo() {
+            return CopilotApiTests.fixtures("chat").getParent().getParent().getParent();
+        }
+
+        static void npmInstall(Path dir) throws Exception {
+            if (Files.isDirectory(dir.resolve("node_modules"))) return;
+            Result r = run(dir, Map.of(), Duration.ofMinutes(5), "npm", "ci", "--no-audit", "--no-fund");
+            assertEquals(0, r.exit(), "npm ci failed:\n" + r.output());
+        }
+
+        static Result node(Path dir, String script, Map<String, String> env) throws Exception {
+            return run(dir, env, Duration.ofMinutes(3), "node", script);
+        }
+
+        static Result run(Path dir, Map<String, String> env, Duration timeout, String... cmd) throws Exception {
+            Path log = Files.createTempFile("run", ".log");
+            ProcessBuilder pb = new ProcessBuilder(cmd).directory(dir.toFile()).redirectErrorStream(true).redirectOutput(log.toFile());
+            pb.environment().putAll(env);
+            Process p = pb.start();
+            p.getOutputStream().close();
+            if (!p.waitFor(timeout.toSeconds(), TimeUnit.SECONDS)) {
+                p.destroyForcibly();
+                return new Result(-1, Files.readString(log) + "\n(timed out)");
+            }
+            return new Result(p.exitValue(), Files.readString(log));
+        }
+
+        /** copilot-api in its own process, started the way the README says, on a free port. */
+        static final class ServerProcess implements AutoCloseable {
+            final Process process;
+            final int port;
+            final Path log;
+
+            ServerProcess(Process process, int port, Path log) {
+                this.process = process;
+                this.port = port;
+                this.log = log;
+            }
+
+            String baseUrl() {
+                return "http://127.0.0.1:" + port;
+            }
+
+            @Override
+            public void close() {
+                process.destroy();
+                try {
+                    if (!process.waitFor(10, TimeUnit.SECONDS)) process.destroyForcibly();
+                } catch (InterruptedException e) {
+                    process.destroyForcibly();
+                }
+            }
+        }
+
+        static ServerProcess startServer(StubUpstream stub) throws Exception {
+            int port;
+            try (java.net.ServerSocket s = new java.net.ServerSocket(0)) {
+                port = s.getLocalPort();
+            }
+            Path log = Files.createTempFile("copilot-api", ".log");
+            ProcessBuilder pb = new ProcessBuilder("./jbang", "copilot-api.java", "start", "--port", String.valueOf(port),
+                "--github-token", StubUpstream.VALID_GITHUB_TOKEN)
+                .directory(repo().toFile()).redirectErrorStream(true).redirectOutput(log.toFile());
+            pb.environment().putAll(stub.env());
+            pb.environment().put("COPILOT_API_HOME", Files.createTempDirectory("h").toString());
+            Process p = pb.start();
+            p.getOutputStream().close();
+            ServerProcess server = new ServerProcess(p, port, log);
+            HttpClient client = HttpClient.newHttpClient();
+            long end = System.nanoTime() + Duration.ofMinutes(3).toNanos();
+            while (System.nanoTime() < end) {
+                if (!p.isAlive()) fail("copilot-api exited early:\n" + Files.readString(log));
+                try {
+                    HttpResponse<String> r = client.send(HttpRequest.newBuilder(URI.create(server.baseUrl() + "/")).build(),
+                        HttpResponse.BodyHandlers.ofString());
+                    if (r.statusCode() == 200) return server;
+                } catch (IOException notYet) {
+                    Thread.sleep(250);
+                }
+            }
+            server.close();
+            throw new AssertionError("copilot-api did not start:\n" + Files.readString(log));
+        }
+    }
+}
