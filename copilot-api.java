@@ -496,6 +496,7 @@ class CopilotApi implements Callable<Integer> {
 
         private final Javalin app;
         private final String host;
+        private final java.util.concurrent.CountDownLatch stopped = new java.util.concurrent.CountDownLatch(1);
 
         private Server(Javalin app, String host) {
             this.app = app;
@@ -551,10 +552,12 @@ class CopilotApi implements Callable<Integer> {
 
         void stop() {
             app.stop();
+            stopped.countDown();
         }
 
+        /** Blocks until stop(); Jetty's own join returns at once when its pool runs virtual threads. */
         void join() throws InterruptedException {
-            app.jettyServer().server().join();
+            stopped.await();
         }
     }
 

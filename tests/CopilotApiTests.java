@@ -102,7 +102,7 @@ class CopilotApiTests {
         public void executionFinished(TestIdentifier id, TestExecutionResult result) {
             if (!id.isTest() && result.getStatus() == TestExecutionResult.Status.SUCCESSFUL) return;
             String mark = result.getStatus() == TestExecutionResult.Status.SUCCESSFUL ? "ok  " : "FAIL";
-            System.out.println(mark + " " + id.getLegacyReportingName().replace("()", "") + "  [" + parent(id) + "]");
+            System.out.println(mark + " " + id.getDisplayName().replace("()", "") + "  [" + parent(id) + "]");
         }
 
         @Override
