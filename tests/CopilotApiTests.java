@@ -183,6 +183,27 @@ class CopilotApiTests {
         }
     }
 
+    /** One copilot-api and stub per test class; the stub's recordings are cleared before each test. */
+    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
+    abstract static class WithHarness {
+        Harness h;
+
+        @BeforeAll
+        void up() throws IOException {
+            h = Harness.start();
+        }
+
+        @AfterAll
+        void down() {
+            h.close();
+        }
+
+        @BeforeEach
+        void clear() {
+            h.stub.clear();
+        }
+    }
+
     static JsonNode json(String s) {
         try {
             return CopilotApi.JSON.readTree(s);
@@ -415,19 +436,7 @@ class CopilotApiTests {
 
     // ==== The OpenAI surface ====
 
-    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
-    static final class ModelsTests {
-        Harness h;
-
-        @BeforeAll
-        void up() throws IOException {
-            h = Harness.start();
-        }
-
-        @AfterAll
-        void down() {
-            h.close();
-        }
+    static final class ModelsTests extends WithHarness {
 
         @Test
         void listHasBothConventionsWithAndWithoutPrefix() throws Exception {
@@ -508,24 +517,7 @@ class CopilotApiTests {
         }
     }
 
-    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
-    static final class ChatBehaviourTests {
-        Harness h;
-
-        @BeforeAll
-        void up() throws IOException {
-            h = Harness.start();
-        }
-
-        @AfterAll
-        void down() {
-            h.close();
-        }
-
-        @BeforeEach
-        void clear() {
-            h.stub.clear();
-        }
+    static final class ChatBehaviourTests extends WithHarness {
 
         static final String HI = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
 
@@ -630,19 +622,7 @@ class CopilotApiTests {
         }
     }
 
-    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
-    static final class EmbeddingsTests {
-        Harness h;
-
-        @BeforeAll
-        void up() throws IOException {
-            h = Harness.start();
-        }
-
-        @AfterAll
-        void down() {
-            h.close();
-        }
+    static final class EmbeddingsTests extends WithHarness {
 
         @Test
         void base64IsLittleEndianFloat32OfTheUpstreamFloats() throws Exception {
@@ -662,7 +642,6 @@ class CopilotApiTests {
 
         @Test
         void badInputIsRefusedLocally() throws Exception {
-            h.stub.clear();
             HttpResponse<String> r = h.post("/v1/embeddings", "{\"model\":\"text-embedding-3-small\"}");
             assertEquals(400, r.statusCode());
             assertEquals("input", json(r.body()).path("error").path("param").asText());
@@ -670,24 +649,7 @@ class CopilotApiTests {
         }
     }
 
-    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
-    static final class ErrorTests {
-        Harness h;
-
-        @BeforeAll
-        void up() throws IOException {
-            h = Harness.start();
-        }
-
-        @AfterAll
-        void down() {
-            h.close();
-        }
-
-        @BeforeEach
-        void clear() {
-            h.stub.clear();
-        }
+    static final class ErrorTests extends WithHarness {
 
         static final String HI = ChatBehaviourTests.HI;
 
@@ -929,6 +891,57 @@ class CopilotApiTests {
                 Run bad = cli(env, "start", "--port", "notaport");
                 assertEquals(2, bad.exit());
                 assertTrue(bad.err().contains("--port"), bad.err());
+            }
+        }
+
+        /** --verbose logs bodies; neither the GitHub nor the Copilot token may appear in them. */
+        @Test
+        void verboseLogsBodiesButNoSecrets() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Map<String, String> env = env(stub, Files.createTempDirectory("h"));
+                List<String> cmd = List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(),
+                    "-cp", System.getProperty("java.class.path"), "CopilotApi", "start", "--port", "0", "--verbose",
+                    "--github-token", StubUpstream.VALID_GITHUB_TOKEN);
+                ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true);
+                pb.environment().putAll(env);
+                Process p = pb.start();
+                try {
+                    BufferedReader out = new BufferedReader(new InputStreamReader(p.getInputStream(), UTF_8));
+                    StringBuilder log = new StringBuilder();
+                    String base = null;
+                    for (String line = out.readLine(); line != null && base == null; line = out.readLine()) {
+                        log.append(line).append('\n');
+                        var m = java.util.regex.Pattern.compile("listening on (http://\\S+)").matcher(line);
+                        if (m.find()) base = m.group(1);
+                    }
+                    assertNotNull(base, log.toString());
+                    String body = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"marker-4711\"}]}";
+                    HttpResponse<String> r = HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
+                        .POST(HttpRequest.BodyPublishers.ofString(body)).build(), HttpResponse.BodyHandlers.ofString());
+                    assertEquals(200, r.statusCode());
+                    HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(base + "/token")).build(), HttpResponse.BodyHandlers.ofString());
+                    long end = System.nanoTime() + Duration.ofSeconds(10).toNanos();
+                    for (String line = out.readLine(); line != null && System.nanoTime() < end; line = out.readLine()) {
+                        log.append(line).append('\n');
+                        if (line.contains("GET /token")) break;
+                    }
+                    String text = log.toString();
+                    assertTrue(text.contains("marker-4711"), "bodies are logged with --verbose:\n" + text);
+                    assertTrue(text.contains("POST /v1/chat/completions model=gpt-4.1 200"), text);
+                    assertFalse(text.contains(StubUpstream.VALID_GITHUB_TOKEN), text);
+                    assertFalse(text.contains(stub.latestCopilotToken()), text);
+                } finally {
+                    p.destroyForcibly();
+                }
+            }
+        }
+
+        @Test
+        void redactionCoversTheTokenShapes() {
+            String s = CopilotApi.Redact.secrets("{\"authorization\":\"Bearer tid=abc;exp=1;sku=x\",\"gh\":\"ghu_0123456789abcdefXYZ\","
+                + "\"h\":\"token gho_0123456789abcdefXYZ\",\"pat\":\"github_pat_11AAAAAAA0123456789\"}");
+            for (String secret : List.of("tid=abc", "0123456789abcdefXYZ", "github_pat_11AAAAAAA0123456789")) {
+                assertFalse(s.contains(secret), s);
             }
         }
 
