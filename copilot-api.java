@@ -2,6 +2,7 @@
 //JAVA 17+
 //DESCRIPTION Turn a GitHub Copilot subscription into a local OpenAI- and Anthropic-compatible API server.
 //DEPS com.fasterxml.jackson.core:jackson-databind:2.20.1
+//DEPS com.knuddels:jtokkit:1.1.0
 //DEPS info.picocli:picocli:4.7.7
 //DEPS io.javalin:javalin:7.2.3
 //DEPS org.slf4j:slf4j-simple:2.0.17
@@ -196,6 +197,26 @@ class CopilotApi implements Callable<Integer> {
         @Option(names = "--host", paramLabel = "ADDRESS", defaultValue = "127.0.0.1", description = "Address to bind (default: ${DEFAULT-VALUE}).")
         String host;
 
+        @Option(names = "--model-map", paramLabel = "FROM=TO",
+            description = "Serve requests for model FROM with Copilot model TO; repeatable (also env COPILOT_API_MODEL_MAP=a=b,c=d).")
+        List<String> modelMap;
+
+        @Option(names = "--fallback-model", paramLabel = "MODEL",
+            description = "Model for Claude ids the catalog cannot serve, after the family fallback (also env COPILOT_API_FALLBACK_MODEL).")
+        String fallbackModel;
+
+        @Option(names = "--claude-code", description = "Pick models and print the command that launches Claude Code against this server.")
+        boolean claudeCode;
+
+        @Option(names = "--claude-code-model", paramLabel = "MODEL", description = "Main model for --claude-code (skips the prompt).")
+        String claudeCodeModel;
+
+        @Option(names = "--claude-code-small-model", paramLabel = "MODEL", description = "Small, fast model for --claude-code (skips the prompt).")
+        String claudeCodeSmallModel;
+
+        @Option(names = "--shell", paramLabel = "SHELL", description = "Shell syntax for the --claude-code command: posix, fish, powershell or cmd (default: detected).")
+        String shell;
+
         @Override
         public Integer call() throws Exception {
             Settings settings = common.settings();
@@ -208,11 +229,19 @@ class CopilotApi implements Callable<Integer> {
             CopilotClient copilot = new CopilotClient(settings, http, tokens);
             ModelCatalog models = new ModelCatalog(copilot);
             models.refreshQuietly();
-            Server server = Server.start(new ServerOptions(host, port), settings, copilot, models, auth, github);
+            ModelRouting routing = ModelRouting.from(modelMap, fallbackModel, System.getenv());
+            Server server = Server.start(new ServerOptions(host, port, routing), settings, copilot, models, auth, github);
             Runtime.getRuntime().addShutdownHook(new Thread(() -> { server.stop(); tokens.close(); }, "shutdown"));
             System.out.println("copilot-api " + VERSION + " listening on " + server.baseUrl());
             System.out.println("  OpenAI base URL:    " + server.baseUrl() + "/v1");
             System.out.println("  Anthropic base URL: " + server.baseUrl());
+            if (claudeCode) {
+                ClaudeCodeSetup.Choice choice = ClaudeCodeSetup.choose(models, claudeCodeModel, claudeCodeSmallModel, System.console());
+                String command = ClaudeCodeSetup.command(ClaudeCodeSetup.env(server.baseUrl(), "copilot-api", choice),
+                    ClaudeCodeSetup.Shell.detect(shell, System.getenv(), System.getProperty("os.name")));
+                boolean copied = Clipboard.copy(command);
+                System.out.println("\nRun Claude Code against this server" + (copied ? " (copied to the clipboard)" : "") + ":\n\n" + command + "\n");
+            }
             server.join();
             return 0;
         }
@@ -360,6 +389,110 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
+    /** `start --claude-code`: pick the two models, then the command that launches Claude Code against us. */
+    static final class ClaudeCodeSetup {
+        record Choice(String main, String small) {}
+
+        enum Shell {
+            POSIX, FISH, POWERSHELL, CMD;
+
+            static Shell detect(String option, Map<String, String> env, String osName) {
+                if (option != null) {
+                    return switch (option.toLowerCase(Locale.ROOT)) {
+                        case "posix", "bash", "zsh", "sh" -> POSIX;
+                        case "fish" -> FISH;
+                        case "powershell", "pwsh" -> POWERSHELL;
+                        case "cmd" -> CMD;
+                        default -> throw new UserFacingException("--shell takes posix, fish, powershell or cmd, not '" + option + "'");
+                    };
+                }
+                String shell = env.getOrDefault("SHELL", "");
+                if (shell.endsWith("/fish")) return FISH;
+                if (!shell.isEmpty() || !osName.toLowerCase(Locale.ROOT).startsWith("windows")) return POSIX;
+                return env.containsKey("PSModulePath") ? POWERSHELL : CMD;
+            }
+        }
+
+        static Choice choose(ModelCatalog models, String main, String small, java.io.Console console) {
+            List<String> ids = new ArrayList<>();
+            for (JsonNode m : models.list()) if (ModelResolver.isChat(m)) ids.add(m.path("id").asText());
+            if (ids.isEmpty()) throw new UserFacingException("the Copilot model list is empty; cannot set up Claude Code");
+            if ((main == null || small == null) && console == null) {
+                throw new UserFacingException("no terminal to ask on: pass --claude-code-model and --claude-code-small-model");
+            }
+            String chosenMain = main != null ? check(ids, main) : ask(console, ids, "main model", preferred(ids, "sonnet"));
+            String chosenSmall = small != null ? check(ids, small) : ask(console, ids, "small, fast model", preferred(ids, "haiku"));
+            return new Choice(chosenMain, chosenSmall);
+        }
+
+        private static String check(List<String> ids, String id) {
+            if (!ids.contains(id)) throw new UserFacingException("unknown model '" + id + "'; available: " + String.join(", ", ids));
+            return id;
+        }
+
+        private static int preferred(List<String> ids, String family) {
+            int best = 0;
+            int[] bestVersion = null;
+            for (int i = 0; i < ids.size(); i++) {
+                String id = ids.get(i);
+                if (!id.startsWith("claude") || !id.contains(family)) continue;
+                int[] v = ModelResolver.version(id);
+                if (bestVersion == null || ModelResolver.compare(v, bestVersion) > 0) {
+                    best = i;
+                    bestVersion = v;
+                }
+            }
+            return best;
+        }
+
+        private static String ask(java.io.Console console, List<String> ids, String what, int defaultIndex) {
+            console.printf("%nChoose the %s for Claude Code:%n", what);
+            for (int i = 0; i < ids.size(); i++) console.printf("  %2d) %s%n", i + 1, ids.get(i));
+            while (true) {
+                String answer = console.readLine("Number [%d]: ", defaultIndex + 1);
+                if (answer == null || answer.isBlank()) return ids.get(defaultIndex);
+                try {
+                    int n = Integer.parseInt(answer.trim());
+                    if (n >= 1 && n <= ids.size()) return ids.get(n - 1);
+                } catch (NumberFormatException e) {
+                    Logs.log().debug("not a number: {}", answer);
+                }
+                console.printf("Please enter a number from 1 to %d.%n", ids.size());
+            }
+        }
+
+        static Map<String, String> env(String baseUrl, String authToken, Choice c) {
+            Map<String, String> env = new LinkedHashMap<>();
+            env.put("ANTHROPIC_BASE_URL", baseUrl);
+            env.put("ANTHROPIC_AUTH_TOKEN", authToken);
+            env.put("ANTHROPIC_MODEL", c.main());
+            env.put("ANTHROPIC_DEFAULT_SONNET_MODEL", c.main());
+            env.put("ANTHROPIC_DEFAULT_OPUS_MODEL", c.main());
+            env.put("ANTHROPIC_DEFAULT_HAIKU_MODEL", c.small());
+            env.put("ANTHROPIC_SMALL_FAST_MODEL", c.small());
+            env.put("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1");
+            return env;
+        }
+
+        static String command(Map<String, String> env, Shell shell) {
+            StringBuilder b = new StringBuilder();
+            switch (shell) {
+                case POSIX -> env.forEach((k, v) -> b.append(k).append('=').append(posixQuote(v)).append(' '));
+                case FISH -> {
+                    b.append("env ");
+                    env.forEach((k, v) -> b.append(k).append('=').append(posixQuote(v)).append(' '));
+                }
+                case POWERSHELL -> env.forEach((k, v) -> b.append("$env:").append(k).append(" = '").append(v.replace("'", "''")).append("'; "));
+                case CMD -> env.forEach((k, v) -> b.append("set \"").append(k).append('=').append(v).append("\" && "));
+            }
+            return b.append("claude").toString();
+        }
+
+        static String posixQuote(String v) {
+            return v.matches("[A-Za-z0-9_./:@=+-]+") ? v : "'" + v.replace("'", "'\\''") + "'";
+        }
+    }
+
     // ==== 2. Configuration ====
 
     enum AccountType {
@@ -461,7 +594,30 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    record ServerOptions(String host, int port) {}
+    record ServerOptions(String host, int port, ModelRouting routing) {
+        ServerOptions(String host, int port) {
+            this(host, port, ModelRouting.NONE);
+        }
+    }
+
+    /** The user's say over model names: --model-map FROM=TO (wins over everything) and a fallback model. */
+    record ModelRouting(Map<String, String> userMap, Optional<String> fallback) {
+        static final ModelRouting NONE = new ModelRouting(Map.of(), Optional.empty());
+
+        static ModelRouting from(List<String> mapOptions, String fallbackOption, Map<String, String> env) {
+            Map<String, String> map = new LinkedHashMap<>();
+            List<String> entries = new ArrayList<>();
+            for (String e : env.getOrDefault("COPILOT_API_MODEL_MAP", "").split(",")) if (!e.isBlank()) entries.add(e.trim());
+            if (mapOptions != null) entries.addAll(mapOptions);
+            for (String e : entries) {
+                int eq = e.indexOf('=');
+                if (eq <= 0 || eq == e.length() - 1) throw new UserFacingException("--model-map takes FROM=TO, got '" + e + "'");
+                map.put(e.substring(0, eq).trim(), e.substring(eq + 1).trim());
+            }
+            String fallback = fallbackOption != null ? fallbackOption : env.get("COPILOT_API_FALLBACK_MODEL");
+            return new ModelRouting(Map.copyOf(map), Optional.ofNullable(fallback).filter(f -> !f.isBlank()));
+        }
+    }
 
     /** Logging set-up for slf4j-simple; must run before the first logger is created (hence the holder). */
     static final class Logs {
@@ -507,6 +663,7 @@ class CopilotApi implements Callable<Integer> {
                 GitHubAuth github, GitHubToken githubToken) {
             Upstream upstream = new Upstream(settings, copilot, models, github, githubToken);
             OpenAiRoutes openai = new OpenAiRoutes(upstream);
+            AnthropicRoutes anthropic = new AnthropicRoutes(upstream, options.routing());
             Javalin app = Javalin.create(cfg -> {
                 cfg.startup.showJavalinBanner = false;
                 cfg.startup.showOldJavalinVersionWarning = false;
@@ -524,6 +681,10 @@ class CopilotApi implements Callable<Integer> {
                     cfg.routes.get(prefix + "/models/{id}", openai::model);
                     cfg.routes.post(prefix + "/chat/completions", openai::chatCompletions);
                     cfg.routes.post(prefix + "/embeddings", openai::embeddings);
+                }
+                for (String prefix : List.of("", "/v1")) {
+                    cfg.routes.post(prefix + "/messages", anthropic::messages);
+                    cfg.routes.post(prefix + "/messages/count_tokens", anthropic::countTokens);
                 }
                 cfg.routes.get("/usage", openai::usage);
                 cfg.routes.get("/token", openai::token);
@@ -691,6 +852,139 @@ class CopilotApi implements Callable<Integer> {
             o.put("refresh_in", t.refreshIn());
             o.put("api", up.copilot().baseUrl());
             Requests.writeJson(ctx, o);
+        }
+    }
+
+    /**
+     * The Anthropic Messages routes. A Claude model that Copilot serves on /v1/messages is forwarded natively
+     * (cleaned of what Copilot refuses); any other chat model goes through the chat-completions translator.
+     */
+    static final class AnthropicRoutes {
+        static final String MESSAGES = "/v1/messages";
+        static final String ANTHROPIC_VERSION = "2023-06-01";
+        /** anthropic-beta values passed to Copilot; others (claude-code, context-management, ...) are dropped. */
+        static final java.util.Set<String> KNOWN_BETAS = java.util.Set.of(
+            "interleaved-thinking-2025-05-14", "fine-grained-tool-streaming-2025-05-14");
+
+        private final Upstream up;
+        private final ModelRouting routing;
+
+        AnthropicRoutes(Upstream up, ModelRouting routing) {
+            this.up = up;
+            this.routing = routing;
+        }
+
+        void messages(Context ctx) {
+            ObjectNode body = Requests.jsonObject(ctx);
+            String requested = Requests.requireText(body, "model");
+            JsonNode messages = Requests.requireArray(body, "messages");
+            JsonNode maxTokens = body.get("max_tokens");
+            if (maxTokens == null || maxTokens.isNull()) throw new ApiError(400, "invalid_request_error", "max_tokens: Field required", "max_tokens", null);
+            if (!maxTokens.canConvertToInt() || !maxTokens.isIntegralNumber() || maxTokens.asInt() < 1) {
+                throw new ApiError(400, "invalid_request_error", "max_tokens: must be a positive integer", "max_tokens", null);
+            }
+            ModelResolver.Resolution model = resolve(ctx, requested);
+            Requests.logBody("messages request", body);
+            List<String> endpoints = ModelResolver.endpoints(model.model());
+            boolean stream = body.path("stream").asBoolean(false);
+            if (endpoints.contains(MESSAGES)) {
+                ctx.attribute(RequestLog.NOTE, "native");
+                forward(ctx, body, model, messages, stream);
+            } else if (endpoints.isEmpty() || endpoints.contains(OpenAiRoutes.CHAT)) {
+                ctx.attribute(RequestLog.NOTE, "translated");
+                translate(ctx, body, model, stream);
+            } else {
+                throw new ApiError(400, "invalid_request_error", "The model '" + model.upstream() + "' is served by Copilot only on "
+                    + String.join(", ", endpoints) + ", which /v1/messages cannot use yet", "model", "unsupported_api_for_model");
+            }
+        }
+
+        void countTokens(Context ctx) {
+            ObjectNode body = Requests.jsonObject(ctx);
+            String requested = Requests.requireText(body, "model");
+            Requests.requireArray(body, "messages");
+            ModelResolver.Resolution model = resolve(ctx, requested);
+            int tokens;
+            try {
+                tokens = TokenCounter.count(body, model.model());
+            } catch (RuntimeException e) {
+                throw new ApiError(500, "api_error", "Could not estimate the token count: " + describe(e));
+            }
+            ObjectNode out = Json.object();
+            out.put("input_tokens", tokens);
+            Requests.writeJson(ctx, out);
+        }
+
+        private ModelResolver.Resolution resolve(Context ctx, String requested) {
+            boolean wants1m = Optional.ofNullable(ctx.header("anthropic-beta")).orElse("").contains("context-1m");
+            ModelResolver.Resolution r = ModelResolver.resolve(requested, wants1m, up.models().list(), routing);
+            ctx.attribute(RequestLog.MODEL, r.upstream().equals(requested) ? requested : requested + " -> " + r.upstream());
+            return r;
+        }
+
+        private Map<String, String> headers(Context ctx) {
+            Map<String, String> h = new LinkedHashMap<>();
+            h.put("anthropic-version", ANTHROPIC_VERSION);
+            List<String> betas = new ArrayList<>();
+            for (String b : Optional.ofNullable(ctx.header("anthropic-beta")).orElse("").split(",")) {
+                if (KNOWN_BETAS.contains(b.trim())) betas.add(b.trim());
+            }
+            if (!betas.isEmpty()) h.put("anthropic-beta", String.join(",", betas));
+            return h;
+        }
+
+        /** Native: the body cleaned for Copilot, the answer relayed as it comes. */
+        private void forward(Context ctx, ObjectNode body, ModelResolver.Resolution model, JsonNode messages, boolean stream) {
+            AnthropicNative.Prepared prepared = AnthropicNative.prepare(body, model.upstream(), model.model());
+            prepared.notes().forEach(n -> Logs.log().info("{}: {}", MESSAGES, n));
+            CallOptions call = new CallOptions(Initiator.of(prepared.body().path("messages")), Json.containsImage(messages), headers(ctx));
+            if (!stream) {
+                JsonNode answer = up.copilot().postJson(MESSAGES, prepared.body(), call);
+                if (answer.isObject()) ((ObjectNode) answer).put("model", model.requested());
+                Requests.writeJson(ctx, answer);
+                return;
+            }
+            try (UpstreamEvents events = up.copilot().stream(MESSAGES, prepared.body(), call)) {
+                relayNative(ctx, events, model.requested());
+            }
+        }
+
+        /** Copies named events through, one flush each; pings in silences; an error event if the upstream breaks. */
+        static void relayNative(Context ctx, UpstreamEvents events, String requestedModel) {
+            SseWriter out = SseWriter.open(ctx);
+            try {
+                while (true) {
+                    UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
+                    if (item == null) {
+                        out.event("ping", AnthropicEvents.ping());
+                        continue;
+                    }
+                    if (item.failure() != null || item.event() == null) {
+                        String why = item.failure() != null ? "The Copilot stream broke: " + describe(item.failure())
+                            : "The Copilot stream ended before the message was complete";
+                        out.event("error", AnthropicEvents.error("api_error", why));
+                        ctx.attribute(RequestLog.NOTE, "native; upstream stream cut");
+                        return;
+                    }
+                    SseEvent e = item.event();
+                    Optional<JsonNode> data = Json.tryParse(e.data());
+                    if (data.isEmpty() || !data.get().isObject()) continue;
+                    ObjectNode json = (ObjectNode) data.get();
+                    String name = e.event() != null ? e.event() : json.path("type").asText("");
+                    if (name.equals("message_start") && json.path("message").isObject()) {
+                        ((ObjectNode) json.get("message")).put("model", requestedModel);
+                    }
+                    out.event(name, json);
+                    if (name.equals("message_stop") || name.equals("error")) return;
+                }
+            } catch (SseWriter.ClientGone gone) {
+                ctx.attribute(RequestLog.NOTE, "native; client disconnected, upstream cancelled");
+            }
+        }
+
+        /** Translated: Anthropic in, chat completions to Copilot, Anthropic out. */
+        private void translate(Context ctx, ObjectNode body, ModelResolver.Resolution model, boolean stream) {
+            throw new ApiError(400, "invalid_request_error", "The model '" + model.upstream() + "' is not served on /v1/messages yet");
         }
     }
 
@@ -1155,6 +1449,334 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
+    /** Small Anthropic event bodies shared by the native relay and the translator. */
+    static final class AnthropicEvents {
+        static ObjectNode ping() {
+            ObjectNode o = Json.object();
+            o.put("type", "ping");
+            return o;
+        }
+
+        static ObjectNode error(String type, String message) {
+            ObjectNode o = Json.object();
+            o.put("type", "error");
+            ObjectNode err = o.putObject("error");
+            err.put("type", type);
+            err.put("message", message);
+            return o;
+        }
+    }
+
+    /**
+     * Anthropic model names to Copilot's: exact ids, dated and dashed Claude ids to dotted ones, bare family
+     * names to the family's newest, [1m] to a -1m variant, then the closest family member, then the
+     * configured fallback. The user's --model-map is applied first.
+     */
+    static final class ModelResolver {
+        record Resolution(String requested, String upstream, JsonNode model) {}
+
+        private static final Pattern DATE = Pattern.compile("-(\\d{8}|latest)$");
+        private static final Pattern NEW_STYLE = Pattern.compile("^claude-(opus|sonnet|haiku)-(\\d+)(?:[-.](\\d{1,2}))?$");
+        private static final Pattern OLD_STYLE = Pattern.compile("^claude-(\\d+)(?:[-.](\\d))?-(opus|sonnet|haiku)$");
+        private static final Pattern FAMILY = Pattern.compile("(opus|sonnet|haiku)");
+        private static final Pattern VERSION = Pattern.compile("(\\d+)(?:\\.(\\d+))?");
+
+        static Resolution resolve(String requested, boolean wants1m, List<JsonNode> catalog, ModelRouting routing) {
+            String id = requested.trim();
+            String mapped = routing.userMap().get(id);
+            if (mapped != null) id = mapped;
+            if (id.toLowerCase(Locale.ROOT).endsWith("[1m]")) {
+                wants1m = true;
+                id = id.substring(0, id.length() - 4);
+            }
+            Optional<JsonNode> exact = find(catalog, id);
+            if (exact.isPresent()) return new Resolution(requested, oneMillion(exact.get(), wants1m, catalog), model(catalog, oneMillion(exact.get(), wants1m, catalog)));
+            String lower = id.toLowerCase(Locale.ROOT);
+            boolean claude = lower.startsWith("claude") || List.of("opus", "sonnet", "haiku").contains(lower);
+            if (claude) {
+                String normalized = normalizeClaude(lower);
+                Optional<JsonNode> hit = normalized == null ? Optional.empty() : find(catalog, normalized);
+                if (hit.isEmpty()) hit = familyMember(catalog, lower);
+                if (hit.isEmpty() && routing.fallback().isPresent()) hit = find(catalog, routing.fallback().get());
+                if (hit.isPresent()) {
+                    String chosen = oneMillion(hit.get(), wants1m, catalog);
+                    return new Resolution(requested, chosen, model(catalog, chosen));
+                }
+            }
+            throw new ApiError(404, "not_found_error", "model: " + requested + " is not available through Copilot. Available models include: "
+                + String.join(", ", suggestions(catalog, claude)), "model", "model_not_found");
+        }
+
+        /** claude-sonnet-4-5-20250929 -> claude-sonnet-4.5; claude-3-5-sonnet-latest -> claude-3.5-sonnet. */
+        static String normalizeClaude(String id) {
+            String s = DATE.matcher(id).replaceFirst("");
+            var m = NEW_STYLE.matcher(s);
+            if (m.matches()) return "claude-" + m.group(1) + "-" + m.group(2) + (m.group(3) == null ? "" : "." + m.group(3));
+            m = OLD_STYLE.matcher(s);
+            if (m.matches()) return "claude-" + m.group(1) + (m.group(2) == null ? "" : "." + m.group(2)) + "-" + m.group(3);
+            return null;
+        }
+
+        /** The newest catalog model of the requested family (opus, sonnet, haiku), plain variants only. */
+        static Optional<JsonNode> familyMember(List<JsonNode> catalog, String id) {
+            var f = FAMILY.matcher(id);
+            if (!f.find()) return Optional.empty();
+            String family = f.group(1);
+            JsonNode best = null;
+            int[] bestVersion = null;
+            for (JsonNode m : catalog) {
+                String mid = m.path("id").asText();
+                if (!mid.startsWith("claude") || !mid.contains(family) || mid.endsWith("-1m") || !isChat(m)) continue;
+                int[] v = version(mid);
+                if (best == null || compare(v, bestVersion) > 0) {
+                    best = m;
+                    bestVersion = v;
+                }
+            }
+            return Optional.ofNullable(best);
+        }
+
+        static int[] version(String id) {
+            var m = VERSION.matcher(id);
+            return m.find() ? new int[] {Integer.parseInt(m.group(1)), m.group(2) == null ? 0 : Integer.parseInt(m.group(2))} : new int[] {0, 0};
+        }
+
+        static int compare(int[] a, int[] b) {
+            return a[0] != b[0] ? Integer.compare(a[0], b[0]) : Integer.compare(a[1], b[1]);
+        }
+
+        private static String oneMillion(JsonNode model, boolean wants1m, List<JsonNode> catalog) {
+            String id = model.path("id").asText();
+            if (wants1m && !id.endsWith("-1m") && find(catalog, id + "-1m").isPresent()) return id + "-1m";
+            return id;
+        }
+
+        private static JsonNode model(List<JsonNode> catalog, String id) {
+            return find(catalog, id).orElseThrow();
+        }
+
+        static Optional<JsonNode> find(List<JsonNode> catalog, String id) {
+            for (JsonNode m : catalog) if (m.path("id").asText().equals(id)) return Optional.of(m);
+            return Optional.empty();
+        }
+
+        static boolean isChat(JsonNode m) {
+            return !m.path("capabilities").path("type").asText("chat").equals("embeddings");
+        }
+
+        static List<String> endpoints(JsonNode model) {
+            List<String> out = new ArrayList<>();
+            for (JsonNode e : model.path("supported_endpoints")) out.add(e.asText());
+            return out;
+        }
+
+        private static List<String> suggestions(List<JsonNode> catalog, boolean claudeFirst) {
+            List<String> ids = new ArrayList<>();
+            for (JsonNode m : catalog) if (isChat(m)) ids.add(m.path("id").asText());
+            if (claudeFirst) ids.sort(java.util.Comparator.comparing(i -> !i.startsWith("claude")));
+            return ids.subList(0, Math.min(8, ids.size()));
+        }
+    }
+
+    /** What Copilot's native /v1/messages accepts, from what Anthropic clients (Claude Code above all) send. */
+    static final class AnthropicNative {
+        record Prepared(ObjectNode body, List<String> notes) {}
+
+        static final List<String> FIELDS = List.of("model", "messages", "system", "max_tokens", "stop_sequences", "stream",
+            "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking");
+        static final List<String> TOOL_FIELDS = List.of("name", "description", "input_schema", "cache_control");
+        static final String BILLING_HEADER = "x-anthropic-billing-header:";
+
+        static Prepared prepare(ObjectNode in, String upstreamModel, JsonNode model) {
+            List<String> notes = new ArrayList<>();
+            ObjectNode out = Json.object();
+            for (String f : FIELDS) if (in.has(f) && !in.get(f).isNull()) out.set(f, in.get(f).deepCopy());
+            in.fieldNames().forEachRemaining(f -> {
+                if (!FIELDS.contains(f)) notes.add("dropped the field '" + f + "' (not accepted by Copilot)");
+            });
+            out.put("model", upstreamModel);
+            stripBillingHeader(out);
+            out.set("messages", systemTurnsAsUser(out.withArray("messages")));
+            filterTools(out, notes);
+            Limits limits = Limits.of(model);
+            if (limits.maxOutputTokens() > 0 && out.path("max_tokens").asInt() > limits.maxOutputTokens()) {
+                out.put("max_tokens", limits.maxOutputTokens());
+            }
+            adjustThinking(out, in, limits);
+            return new Prepared(out, notes);
+        }
+
+        static void stripBillingHeader(ObjectNode body) {
+            JsonNode system = body.get("system");
+            if (system == null) return;
+            if (system.isTextual() && system.asText().startsWith(BILLING_HEADER)) {
+                body.remove("system");
+            } else if (system.isArray()) {
+                ArrayNode kept = Json.array();
+                for (JsonNode block : system) {
+                    if (!block.path("text").asText("").startsWith(BILLING_HEADER)) kept.add(block);
+                }
+                if (kept.isEmpty()) body.remove("system");
+                else body.set("system", kept);
+            }
+        }
+
+        /** Anthropic's API has no system role inside messages; such turns travel as user turns. */
+        static ArrayNode systemTurnsAsUser(ArrayNode messages) {
+            ArrayNode out = Json.array();
+            for (JsonNode m : messages) {
+                if (m.path("role").asText().equals("system")) {
+                    ObjectNode copy = ((ObjectNode) m).deepCopy();
+                    copy.put("role", "user");
+                    out.add(copy);
+                } else {
+                    out.add(m);
+                }
+            }
+            return out;
+        }
+
+        static void filterTools(ObjectNode body, List<String> notes) {
+            if (!body.path("tools").isArray()) return;
+            ArrayNode kept = Json.array();
+            for (JsonNode tool : body.get("tools")) {
+                String type = tool.path("type").asText("custom");
+                if (!type.equals("custom")) {
+                    notes.add("dropped the server tool '" + tool.path("name").asText(type) + "' (" + type + "): Copilot cannot run it");
+                    continue;
+                }
+                ObjectNode t = Json.object();
+                for (String f : TOOL_FIELDS) if (tool.has(f)) t.set(f, tool.get(f));
+                kept.add(t);
+            }
+            if (kept.isEmpty()) {
+                body.remove("tools");
+                body.remove("tool_choice");
+            } else {
+                body.set("tools", kept);
+            }
+        }
+
+        /** enabled keeps its budget (clamped); adaptive becomes enabled with a budget by effort; display is dropped. */
+        static void adjustThinking(ObjectNode out, ObjectNode in, Limits limits) {
+            JsonNode thinking = in.get("thinking");
+            if (thinking == null || !thinking.isObject()) return;
+            String type = thinking.path("type").asText("");
+            if (type.equals("disabled")) {
+                out.set("thinking", Json.object().put("type", "disabled"));
+                return;
+            }
+            Integer budget = Limits.thinkingBudget(thinking, in.path("output_config"), limits, out.path("max_tokens").asInt());
+            if (budget == null) {
+                out.remove("thinking");
+                return;
+            }
+            ObjectNode t = Json.object();
+            t.put("type", "enabled");
+            t.put("budget_tokens", budget);
+            out.set("thinking", t);
+        }
+    }
+
+    /** A model's output and thinking limits, from the Copilot catalog. */
+    record Limits(int maxOutputTokens, int minThinkingBudget, int maxThinkingBudget) {
+        static Limits of(JsonNode model) {
+            JsonNode caps = model == null ? Json.object() : model.path("capabilities");
+            return new Limits(caps.path("limits").path("max_output_tokens").asInt(0),
+                caps.path("supports").path("min_thinking_budget").asInt(0),
+                caps.path("supports").path("max_thinking_budget").asInt(0));
+        }
+
+        boolean thinks() {
+            return maxThinkingBudget > 0;
+        }
+
+        /**
+         * The thinking budget to send, or null for none: an enabled budget or an adaptive effort (low, medium,
+         * high: a quarter, half or all of the model's maximum), clamped to the model's range and below max_tokens.
+         */
+        static Integer thinkingBudget(JsonNode thinking, JsonNode outputConfig, Limits limits, int maxTokens) {
+            String type = thinking.path("type").asText("");
+            if (!limits.thinks() || !(type.equals("enabled") || type.equals("adaptive"))) return null;
+            int budget;
+            if (type.equals("enabled")) {
+                budget = thinking.path("budget_tokens").asInt(limits.maxThinkingBudget());
+            } else {
+                String effort = outputConfig.path("effort").asText("high");
+                budget = switch (effort) {
+                    case "low" -> limits.maxThinkingBudget() / 4;
+                    case "medium" -> limits.maxThinkingBudget() / 2;
+                    default -> limits.maxThinkingBudget();
+                };
+            }
+            budget = Math.min(Math.max(budget, limits.minThinkingBudget()), limits.maxThinkingBudget());
+            if (maxTokens > 0 && budget >= maxTokens) budget = maxTokens - 1;
+            return budget >= Math.max(1, limits.minThinkingBudget()) ? budget : null;
+        }
+    }
+
+    /**
+     * count_tokens: an estimate with the model's tokenizer (o200k_base unless the catalog names another) over
+     * what would be sent, plus fixed costs per message, tool and image, and a margin for Claude's tokenizer,
+     * which counts more tokens than OpenAI's for the same text.
+     */
+    static final class TokenCounter {
+        static final int PER_MESSAGE = 4;
+        static final int PER_TOOL = 12;
+        static final int PER_IMAGE = 1600;
+        static final double CLAUDE_MARGIN = 1.15;
+
+        private static final class Registry {
+            static final com.knuddels.jtokkit.api.EncodingRegistry INSTANCE = com.knuddels.jtokkit.Encodings.newLazyEncodingRegistry();
+        }
+
+        static int count(JsonNode body, JsonNode model) {
+            String name = model.path("capabilities").path("tokenizer").asText("o200k_base");
+            var type = com.knuddels.jtokkit.api.EncodingType.fromName(name).orElse(com.knuddels.jtokkit.api.EncodingType.O200K_BASE);
+            var encoding = Registry.INSTANCE.getEncoding(type);
+            int[] fixed = {0};
+            StringBuilder text = new StringBuilder();
+            collect(body.get("system"), text, fixed);
+            for (JsonNode m : body.path("messages")) {
+                fixed[0] += PER_MESSAGE;
+                collect(m.get("content"), text, fixed);
+            }
+            for (JsonNode tool : body.path("tools")) {
+                fixed[0] += PER_TOOL;
+                text.append(tool.path("name").asText()).append('\n').append(tool.path("description").asText()).append('\n');
+                if (tool.has("input_schema")) text.append(Json.write(tool.get("input_schema"))).append('\n');
+            }
+            int tokens = encoding.countTokensOrdinary(text.toString()) + fixed[0];
+            boolean claude = model.path("id").asText().startsWith("claude") || model.path("vendor").asText().equalsIgnoreCase("anthropic");
+            return (int) Math.ceil(claude ? tokens * CLAUDE_MARGIN : tokens);
+        }
+
+        private static void collect(JsonNode content, StringBuilder text, int[] fixed) {
+            if (content == null || content.isNull()) return;
+            if (content.isTextual()) {
+                text.append(content.asText()).append('\n');
+                return;
+            }
+            for (JsonNode block : content) {
+                switch (block.path("type").asText("")) {
+                    case "text" -> text.append(block.path("text").asText()).append('\n');
+                    case "thinking" -> text.append(block.path("thinking").asText()).append('\n');
+                    case "tool_use" -> text.append(block.path("name").asText()).append('\n').append(Json.write(block.path("input"))).append('\n');
+                    case "tool_result" -> collect(block.get("content"), text, fixed);
+                    case "image" -> fixed[0] += PER_IMAGE;
+                    case "document" -> {
+                        if (block.path("source").path("data").isTextual() && block.path("source").path("type").asText().equals("text")) {
+                            text.append(block.path("source").path("data").asText()).append('\n');
+                        } else {
+                            fixed[0] += PER_IMAGE;
+                        }
+                    }
+                    default -> text.append(Json.write(block)).append('\n');
+                }
+            }
+        }
+    }
+
     /** Embeddings as openai-node wants them when it asks for base64: little-endian float32, base64-encoded. */
     static final class Embeddings {
         static JsonNode toBase64(JsonNode answer) {
@@ -1174,8 +1796,12 @@ class CopilotApi implements Callable<Integer> {
     // ==== 5. Copilot client ====
 
     /** Per-call facts that change headers: who initiated the turn, and whether an image rides along. */
-    record CallOptions(Initiator initiator, boolean vision) {
+    record CallOptions(Initiator initiator, boolean vision, Map<String, String> headers) {
         static final CallOptions PLAIN = new CallOptions(Initiator.USER, false);
+
+        CallOptions(Initiator initiator, boolean vision) {
+            this(initiator, vision, Map.of());
+        }
     }
 
     /** Calls to the Copilot API with the editor headers, a fresh token, and one retry after a 401. */
@@ -1244,6 +1870,7 @@ class CopilotApi implements Callable<Integer> {
                 .header("accept", stream ? "text/event-stream" : "application/json");
             settings.editor().applyTo(b);
             if (options.vision()) b.header("copilot-vision-request", "true");
+            options.headers().forEach(b::header);
             if (body == null) return b.method(method, HttpRequest.BodyPublishers.noBody()).build();
             return b.header("content-type", "application/json")
                 .method(method, HttpRequest.BodyPublishers.ofByteArray(Json.bytes(body))).build();

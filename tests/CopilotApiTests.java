@@ -72,6 +72,10 @@ class CopilotApiTests {
         ChatBehaviourTests.class,
         EmbeddingsTests.class,
         ErrorTests.class,
+        ModelResolverTests.class,
+        AnthropicNativeTests.class,
+        CountTokensTests.class,
+        ClaudeCodeSetupTests.class,
         ProxyTests.class,
         CliTests.class,
         SdkTests.class);
@@ -738,6 +742,322 @@ class CopilotApiTests {
                 HttpResponse<String> r = dead.post("/v1/chat/completions", HI);
                 assertEquals(502, r.statusCode(), r.body());
                 assertTrue(json(r.body()).path("error").path("message").asText().contains("127.0.0.1"), r.body());
+            }
+        }
+    }
+
+    // ==== The Anthropic surface ====
+
+    static final class ModelResolverTests {
+        static final List<JsonNode> CATALOG;
+
+        static {
+            List<JsonNode> list = new ArrayList<>();
+            for (String id : List.of("gpt-4.1", "claude-sonnet-4", "claude-sonnet-4.5", "claude-sonnet-4.5-1m", "claude-opus-4.1",
+                    "claude-haiku-4.5", "claude-3.5-sonnet", "gemini-2.5-pro")) {
+                list.add(json("{\"id\":\"" + id + "\",\"capabilities\":{\"type\":\"chat\"}}"));
+            }
+            list.add(json("{\"id\":\"text-embedding-3-small\",\"capabilities\":{\"type\":\"embeddings\"}}"));
+            CATALOG = List.copyOf(list);
+        }
+
+        static String resolve(String id) {
+            return resolve(id, false, CopilotApi.ModelRouting.NONE);
+        }
+
+        static String resolve(String id, boolean wants1m, CopilotApi.ModelRouting routing) {
+            return CopilotApi.ModelResolver.resolve(id, wants1m, CATALOG, routing).upstream();
+        }
+
+        @Test
+        void claudeIdsAsClientsSendThem() {
+            assertEquals("gpt-4.1", resolve("gpt-4.1"));
+            assertEquals("claude-sonnet-4.5", resolve("claude-sonnet-4-5-20250929"));
+            assertEquals("claude-haiku-4.5", resolve("claude-haiku-4-5-20251001"));
+            assertEquals("claude-opus-4.1", resolve("claude-opus-4-1-20250805"));
+            assertEquals("claude-sonnet-4", resolve("claude-sonnet-4-20250514"));
+            assertEquals("claude-sonnet-4.5", resolve("claude-sonnet-4-5"));
+            assertEquals("claude-3.5-sonnet", resolve("claude-3-5-sonnet-latest"));
+        }
+
+        @Test
+        void familyNamesOneMillionAndFallbacks() {
+            assertEquals("claude-sonnet-4.5", resolve("sonnet"));
+            assertEquals("claude-opus-4.1", resolve("opus"));
+            assertEquals("claude-haiku-4.5", resolve("haiku"));
+            assertEquals("claude-sonnet-4.5-1m", resolve("claude-sonnet-4-5-20250929[1m]"));
+            assertEquals("claude-sonnet-4.5-1m", resolve("claude-sonnet-4-5-20250929", true, CopilotApi.ModelRouting.NONE));
+            assertEquals("claude-opus-4.1", resolve("claude-opus-4-1[1m]"), "no -1m variant: the plain model");
+            assertEquals("claude-opus-4.1", resolve("claude-opus-4-7-20260101"), "an unknown opus: the newest opus");
+            assertEquals("claude-haiku-4.5", resolve("claude-3-haiku-20240307"));
+            var fallback = new CopilotApi.ModelRouting(Map.of(), java.util.Optional.of("gpt-4.1"));
+            assertEquals("gpt-4.1", resolve("claude-mythos-5", false, fallback));
+        }
+
+        @Test
+        void theUserMapWinsAndUnknownsAre404() {
+            var routing = new CopilotApi.ModelRouting(Map.of("claude-sonnet-4-5-20250929", "gpt-4.1", "fast", "claude-haiku-4-5"), java.util.Optional.empty());
+            assertEquals("gpt-4.1", resolve("claude-sonnet-4-5-20250929", false, routing));
+            assertEquals("claude-haiku-4.5", resolve("fast", false, routing), "a mapped target is resolved too");
+            var e = assertThrows(CopilotApi.ApiError.class, () -> resolve("llama-3-70b"));
+            assertEquals(404, e.status());
+            assertTrue(e.getMessage().contains("gpt-4.1") && e.getMessage().contains("claude-sonnet-4.5"), e.getMessage());
+            assertFalse(e.getMessage().contains("text-embedding"), e.getMessage());
+            assertThrows(CopilotApi.ApiError.class, () -> resolve("claude-mythos-5"));
+        }
+
+        @Test
+        void modelMapOptionsAndEnvironment() {
+            var r = CopilotApi.ModelRouting.from(List.of("a=b"), null, Map.of("COPILOT_API_MODEL_MAP", "c=d, e=f", "COPILOT_API_FALLBACK_MODEL", "gpt-4.1"));
+            assertEquals(Map.of("a", "b", "c", "d", "e", "f"), r.userMap());
+            assertEquals("gpt-4.1", r.fallback().orElseThrow());
+            assertThrows(CopilotApi.UserFacingException.class, () -> CopilotApi.ModelRouting.from(List.of("nope"), null, Map.of()));
+        }
+    }
+
+    /** Claude models Copilot serves on /v1/messages: forwarded natively, cleaned, relayed event by event. */
+    static final class AnthropicNativeTests extends WithHarness {
+        static String claudeCodeRequest() throws IOException {
+            return Files.readString(fixtures("anthropic").resolve("claude-code-request.json"));
+        }
+
+        HttpResponse<String> messages(String body, String... headers) throws Exception {
+            HttpRequest.Builder b = HttpRequest.newBuilder(URI.create(h.url("/v1/messages?beta=true")))
+                .header("content-type", "application/json").header("anthropic-version", "2023-06-01")
+                .POST(HttpRequest.BodyPublishers.ofString(body));
+            for (int i = 0; i < headers.length; i += 2) b.header(headers[i], headers[i + 1]);
+            return h.client.send(b.build(), HttpResponse.BodyHandlers.ofString());
+        }
+
+        /** event: lines paired with their data. */
+        static List<Map.Entry<String, JsonNode>> events(String sse) {
+            List<Map.Entry<String, JsonNode>> out = new ArrayList<>();
+            String name = null;
+            for (String line : sse.split("\n")) {
+                if (line.startsWith("event: ")) name = line.substring(7);
+                else if (line.startsWith("data: ")) out.add(Map.entry(name == null ? "" : name, json(line.substring(6))));
+            }
+            return out;
+        }
+
+        @Test
+        void aClaudeCodeRequestIsCleanedForCopilot() throws Exception {
+            HttpResponse<String> r = messages(claudeCodeRequest(), "x-api-key", "anything",
+                "anthropic-beta", "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27");
+            assertEquals(200, r.statusCode(), r.body());
+            StubUpstream.Recorded sent = h.stub.last("/v1/messages");
+            JsonNode body = sent.json();
+            assertEquals("claude-sonnet-4.5", body.path("model").asText());
+            assertFalse(sent.body().contains("x-anthropic-billing-header"), "billing header removed");
+            assertEquals(2, body.path("system").size(), "the other system blocks stay, with cache_control");
+            assertTrue(body.path("system").get(0).has("cache_control"));
+            for (String dropped : List.of("context_management", "metadata")) assertFalse(body.has(dropped), dropped);
+            assertFalse(sent.body().contains("defer_loading"));
+            assertFalse(sent.body().contains("eager_input_streaming"));
+            assertEquals(12, body.path("tools").size());
+            assertEquals("enabled", body.path("thinking").path("type").asText());
+            assertEquals(31999, body.path("thinking").path("budget_tokens").asInt(), "below max_tokens, within the model's range");
+            assertFalse(body.path("thinking").has("display"));
+            assertEquals("interleaved-thinking-2025-05-14", sent.headers().get("anthropic-beta"));
+            assertEquals("2023-06-01", sent.headers().get("anthropic-version"));
+            assertEquals("user", sent.headers().get("x-initiator"));
+            var ev = events(r.body());
+            assertEquals("message_start", ev.get(0).getKey());
+            assertEquals("claude-sonnet-4-5-20250929", ev.get(0).getValue().path("message").path("model").asText(), "the requested id comes back");
+            assertEquals("message_stop", ev.get(ev.size() - 1).getKey());
+            for (var e : ev) assertEquals(e.getKey(), e.getValue().path("type").asText(), "event name equals type");
+        }
+
+        @Test
+        void serverToolsAndUnknownFieldsAreDropped() throws Exception {
+            String body = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":100,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},"
+                + "{\"role\":\"system\",\"content\":\"be brief\"}],\"tools\":[{\"type\":\"web_search_20250305\",\"name\":\"web_search\"},"
+                + "{\"name\":\"Bash\",\"description\":\"run\",\"input_schema\":{\"type\":\"object\"},\"eager_input_streaming\":true}],"
+                + "\"context_management\":{\"edits\":[]},\"thinking\":{\"type\":\"adaptive\"},\"output_config\":{\"effort\":\"low\"}}";
+            HttpResponse<String> r = messages(body);
+            assertEquals(200, r.statusCode(), r.body());
+            JsonNode sent = h.stub.last("/v1/messages").json();
+            assertEquals(1, sent.path("tools").size());
+            assertEquals("Bash", sent.path("tools").get(0).path("name").asText());
+            assertEquals("user", sent.path("messages").get(1).path("role").asText(), "no system role inside messages");
+            assertFalse(sent.has("thinking"), "a budget below the model's minimum of 1024 cannot fit under max_tokens 100: " + sent);
+            assertEquals(200, messages(body.replace("\"max_tokens\":100", "\"max_tokens\":20000")).statusCode());
+            assertEquals(8000, h.stub.last("/v1/messages").json().path("thinking").path("budget_tokens").asInt(),
+                "adaptive with effort low: a quarter of the model's 32000");
+        }
+
+        @Test
+        void agentInitiatorAndVisionForAToolResultWithAnImage() throws Exception {
+            String body = "{\"model\":\"claude-haiku-4-5-20251001\",\"max_tokens\":100,\"messages\":[{\"role\":\"user\",\"content\":\"look\"},"
+                + "{\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"Read\",\"input\":{}}]},"
+                + "{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"t1\",\"content\":[{\"type\":\"image\","
+                + "\"source\":{\"type\":\"base64\",\"media_type\":\"image/png\",\"data\":\"iVBORw0KGgo=\"}}]}]}]}";
+            HttpResponse<String> r = messages(body);
+            assertEquals(200, r.statusCode(), r.body());
+            Map<String, String> headers = h.stub.last("/v1/messages").headers();
+            assertEquals("agent", headers.get("x-initiator"));
+            assertEquals("true", headers.get("copilot-vision-request"));
+            assertEquals("claude-haiku-4-5-20251001", json(r.body()).path("model").asText());
+        }
+
+        @Test
+        void streamIsRelayedEventByEventAndACutEndsWithAnErrorEvent() throws Exception {
+            List<String> framed = List.of(
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4.5\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
+                "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}\n\n");
+            h.stub.enqueue("/v1/messages", StubUpstream.Reply.events(framed).delayMs(1500));
+            long start = System.nanoTime();
+            HttpResponse<InputStream> r = h.client.send(HttpRequest.newBuilder(URI.create(h.url("/v1/messages")))
+                .POST(HttpRequest.BodyPublishers.ofString("{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}"))
+                .build(), HttpResponse.BodyHandlers.ofInputStream());
+            BufferedReader reader = new BufferedReader(new InputStreamReader(r.body(), UTF_8));
+            String first = reader.readLine();
+            long firstMs = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - start);
+            StringBuilder all = new StringBuilder(first).append('\n');
+            for (String line = reader.readLine(); line != null; line = reader.readLine()) all.append(line).append('\n');
+            long totalMs = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - start);
+            assertEquals("event: message_start", first);
+            assertTrue(firstMs < totalMs - 2000, "first event after " + firstMs + " of " + totalMs + " ms");
+            var ev = events(all.toString());
+            assertEquals("error", ev.get(ev.size() - 1).getKey(), all.toString());
+            assertEquals("api_error", ev.get(ev.size() - 1).getValue().path("error").path("type").asText());
+            assertTrue(ev.stream().noneMatch(e -> e.getKey().equals("message_stop")), "no fake message_stop");
+        }
+
+        @Test
+        void upstreamErrorsKeepTheirWordingInTheAnthropicShape() throws Exception {
+            h.stub.enqueue("/v1/messages", StubUpstream.Reply.json(400,
+                "{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"prompt is too long: 250000 tokens > 200000 maximum\"}}"));
+            HttpResponse<String> r = messages("{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+            assertEquals(400, r.statusCode());
+            JsonNode b = json(r.body());
+            assertEquals("error", b.path("type").asText());
+            assertEquals("invalid_request_error", b.path("error").path("type").asText());
+            assertEquals("prompt is too long: 250000 tokens > 200000 maximum", b.path("error").path("message").asText());
+            h.stub.enqueue("/v1/messages", StubUpstream.Reply.json(429, "{\"error\":{\"message\":\"slow down\"}}", Map.of("retry-after", "3")));
+            r = messages("{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+            assertEquals(429, r.statusCode());
+            assertEquals("rate_limit_error", json(r.body()).path("error").path("type").asText());
+            assertEquals("3", r.headers().firstValue("retry-after").orElse(null));
+        }
+
+        @Test
+        void badRequestsAreAnthropicShaped400sWithoutAnUpstreamCall() throws Exception {
+            for (var c : List.of(
+                    Map.entry("{oops", "not valid JSON"),
+                    Map.entry("{\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", "model"),
+                    Map.entry("{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10}", "messages"),
+                    Map.entry("{\"model\":\"claude-sonnet-4.5\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", "max_tokens"),
+                    Map.entry("{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":\"ten\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", "max_tokens"))) {
+                HttpResponse<String> r = messages(c.getKey());
+                assertEquals(400, r.statusCode(), c.getKey());
+                JsonNode b = json(r.body());
+                assertEquals("error", b.path("type").asText(), r.body());
+                assertEquals("invalid_request_error", b.path("error").path("type").asText());
+                assertTrue(b.path("error").path("message").asText().contains(c.getValue()), r.body());
+            }
+            assertEquals(0, h.stub.count("/v1/messages"));
+            HttpResponse<String> r = messages("{\"model\":\"llama-3\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+            assertEquals(404, r.statusCode());
+            assertEquals("not_found_error", json(r.body()).path("error").path("type").asText());
+        }
+    }
+
+    static final class CountTokensTests extends WithHarness {
+        int count(String body) throws Exception {
+            HttpResponse<String> r = h.post("/v1/messages/count_tokens?beta=true", body);
+            assertEquals(200, r.statusCode(), r.body());
+            return json(r.body()).path("input_tokens").asInt();
+        }
+
+        @Test
+        void aRealisticRequestGetsARealisticCount() throws Exception {
+            String request = AnthropicNativeTests.claudeCodeRequest();
+            int n = count(request);
+            int chars = request.length();
+            assertTrue(n > chars / 8 && n < chars / 2, n + " tokens for " + chars + " characters");
+            assertEquals(0, h.stub.count("/v1/messages"), "counted locally");
+        }
+
+        @Test
+        void moreContentCountsMoreAndImagesHaveACost() throws Exception {
+            String small = "{\"model\":\"claude-sonnet-4.5\",\"messages\":[{\"role\":\"user\",\"content\":\"hello there\"}]}";
+            String longer = small.replace("hello there", "hello there ".repeat(200));
+            String image = "{\"model\":\"claude-sonnet-4.5\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hello there\"},"
+                + "{\"type\":\"image\",\"source\":{\"type\":\"base64\",\"media_type\":\"image/png\",\"data\":\"iVBORw0KGgo=\"}}]}]}";
+            int a = count(small);
+            assertTrue(a >= 2 && a < 20, "small: " + a);
+            assertTrue(count(longer) > a + 300, "200 repetitions");
+            assertTrue(count(image) > a + 1000, "an image");
+            int gpt = count(small.replace("claude-sonnet-4.5", "gpt-4.1"));
+            assertTrue(gpt < a || a == gpt, "Claude gets a margin: " + gpt + " vs " + a);
+        }
+
+        @Test
+        void unknownModelIsAnError() throws Exception {
+            HttpResponse<String> r = h.post("/v1/messages/count_tokens", "{\"model\":\"nope\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}");
+            assertEquals(404, r.statusCode());
+            assertEquals("error", json(r.body()).path("type").asText());
+        }
+    }
+
+    static final class ClaudeCodeSetupTests {
+        static final Map<String, String> ENV = CopilotApi.ClaudeCodeSetup.env("http://127.0.0.1:4141", "copilot-api",
+            new CopilotApi.ClaudeCodeSetup.Choice("claude-sonnet-4.5", "claude-haiku-4.5"));
+
+        @Test
+        void everyVariableClaudeCodeReads() {
+            assertEquals(List.of("ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_MODEL", "ANTHROPIC_DEFAULT_SONNET_MODEL",
+                "ANTHROPIC_DEFAULT_OPUS_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL", "ANTHROPIC_SMALL_FAST_MODEL",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"), new ArrayList<>(ENV.keySet()));
+            assertEquals("claude-haiku-4.5", ENV.get("ANTHROPIC_SMALL_FAST_MODEL"));
+        }
+
+        @Test
+        void commandPerShell() {
+            String posix = CopilotApi.ClaudeCodeSetup.command(ENV, CopilotApi.ClaudeCodeSetup.Shell.POSIX);
+            assertTrue(posix.startsWith("ANTHROPIC_BASE_URL=http://127.0.0.1:4141 ANTHROPIC_AUTH_TOKEN=copilot-api ") && posix.endsWith(" claude"), posix);
+            assertTrue(CopilotApi.ClaudeCodeSetup.command(ENV, CopilotApi.ClaudeCodeSetup.Shell.FISH).startsWith("env ANTHROPIC_BASE_URL="));
+            String ps = CopilotApi.ClaudeCodeSetup.command(ENV, CopilotApi.ClaudeCodeSetup.Shell.POWERSHELL);
+            assertTrue(ps.startsWith("$env:ANTHROPIC_BASE_URL = 'http://127.0.0.1:4141'; ") && ps.endsWith("; claude"), ps);
+            String cmd = CopilotApi.ClaudeCodeSetup.command(ENV, CopilotApi.ClaudeCodeSetup.Shell.CMD);
+            assertTrue(cmd.startsWith("set \"ANTHROPIC_BASE_URL=http://127.0.0.1:4141\" && ") && cmd.endsWith("&& claude"), cmd);
+            assertEquals("'it'\\''s'", CopilotApi.ClaudeCodeSetup.posixQuote("it's"));
+            assertEquals(CopilotApi.ClaudeCodeSetup.Shell.FISH, CopilotApi.ClaudeCodeSetup.Shell.detect(null, Map.of("SHELL", "/usr/bin/fish"), "Linux"));
+            assertEquals(CopilotApi.ClaudeCodeSetup.Shell.POSIX, CopilotApi.ClaudeCodeSetup.Shell.detect(null, Map.of("SHELL", "/bin/zsh"), "Linux"));
+            assertEquals(CopilotApi.ClaudeCodeSetup.Shell.POWERSHELL, CopilotApi.ClaudeCodeSetup.Shell.detect(null, Map.of("PSModulePath", "x"), "Windows 11"));
+            assertEquals(CopilotApi.ClaudeCodeSetup.Shell.CMD, CopilotApi.ClaudeCodeSetup.Shell.detect(null, Map.of(), "Windows 11"));
+        }
+
+        /** The whole flow from the command line: start --claude-code with both models given prints the command. */
+        @Test
+        void startPrintsTheCommand() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Map<String, String> env = CliTests.env(stub, Files.createTempDirectory("h"));
+                List<String> cmd = List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(), "-cp",
+                    System.getProperty("java.class.path"), "CopilotApi", "start", "--port", "0", "--github-token", StubUpstream.VALID_GITHUB_TOKEN,
+                    "--claude-code", "--claude-code-model", "claude-sonnet-4.5", "--claude-code-small-model", "claude-haiku-4.5", "--shell", "posix");
+                ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true);
+                pb.environment().putAll(env);
+                Process p = pb.start();
+                try {
+                    BufferedReader out = new BufferedReader(new InputStreamReader(p.getInputStream(), UTF_8));
+                    StringBuilder seen = new StringBuilder();
+                    String command = null;
+                    for (String line = out.readLine(); line != null && command == null; line = out.readLine()) {
+                        seen.append(line).append('\n');
+                        if (line.startsWith("ANTHROPIC_BASE_URL=")) command = line;
+                    }
+                    assertNotNull(command, seen.toString());
+                    assertTrue(command.matches("ANTHROPIC_BASE_URL=http://127\\.0\\.0\\.1:\\d+ .*ANTHROPIC_MODEL=claude-sonnet-4\\.5 .*claude"), command);
+                } finally {
+                    p.destroyForcibly();
+                }
+                CliTests.Run bad = CliTests.cli(env, "start", "--port", "0", "--github-token", StubUpstream.VALID_GITHUB_TOKEN,
+                    "--claude-code", "--claude-code-model", "nope", "--claude-code-small-model", "claude-haiku-4.5");
+                assertEquals(1, bad.exit());
+                assertTrue(bad.err().contains("unknown model 'nope'"), bad.err());
             }
         }
     }

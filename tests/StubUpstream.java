@@ -806,9 +806,12 @@ final class StubUpstream implements AutoCloseable {
         }
     }
 
+    /** What the fake model asks a Bash tool to run (Claude Code's tool loop in the tests): harmless, recognisable. */
+    static final String BASH_ARGUMENTS = "{\"command\":\"echo copilot-api-tool-loop\",\"description\":\"Print a marker\"}";
+
     /**
      * The fake model: after a tool result, "Tool said: (first 80 chars)"; with tools offered, a call to the
-     * first one (Claude models say a sentence first); else "Hello from MODEL.". Thinking adds a fixed reasoning.
+     * tool named Bash if offered, else the first one (Claude models say a sentence first); else "Hello from MODEL.". Thinking adds a fixed reasoning.
      */
     private Answer answer(String model, List<ToolSpec> tools, String toolResult, boolean toolsAllowed, boolean thinking, String body, String callIdPrefix) {
         boolean claude = model.startsWith("claude");
@@ -818,8 +821,9 @@ final class StubUpstream implements AutoCloseable {
         if (toolResult != null) {
             text = "Tool said: " + (toolResult.length() > 80 ? toolResult.substring(0, 80) : toolResult);
         } else if (!tools.isEmpty() && toolsAllowed) {
-            ToolSpec tool = tools.get(0);
-            calls = List.of(new ToolCall(callIdPrefix + ids.incrementAndGet(), tool.name(), argumentsFor(tool.schema())));
+            ToolSpec tool = tools.stream().filter(t -> t.name().equals("Bash")).findFirst().orElse(tools.get(0));
+            String arguments = tool.name().equals("Bash") ? BASH_ARGUMENTS : argumentsFor(tool.schema());
+            calls = List.of(new ToolCall(callIdPrefix + ids.incrementAndGet(), tool.name(), arguments));
             text = claude ? "I'll use " + tool.name() + "." : null;
         } else {
             text = "Hello from " + model + ".";
