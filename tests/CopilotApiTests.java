@@ -1279,16 +1279,71 @@ class CopilotApiTests {
 
     // ==== The official SDKs, against copilot-api started with the README command ====
 
+    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
     static final class SdkTests {
+        static final String MARKER = "copilot-api-tool-loop";
+        Path sdk;
+        StubUpstream stub;
+        SdkRunner.ServerProcess server;
+
+        @BeforeAll
+        void up() throws Exception {
+            sdk = SdkRunner.repo().resolve("tests").resolve("sdk");
+            SdkRunner.npmInstall(sdk);
+            stub = StubUpstream.start();
+            server = SdkRunner.startServer(stub);
+        }
+
+        @AfterAll
+        void down() {
+            if (server != null) server.close();
+            if (stub != null) stub.close();
+        }
+
+        void node(String script, Map<String, String> env) throws Exception {
+            SdkRunner.Result r = SdkRunner.node(sdk, script, env);
+            System.out.print(r.output());
+            assertEquals(0, r.exit(), r.output());
+        }
+
         @Test
         void openAiSdk() throws Exception {
-            Path sdk = CopilotApiTests.fixtures("chat").getParent().getParent().resolve("sdk");
-            SdkRunner.npmInstall(sdk);
-            try (StubUpstream stub = StubUpstream.start(); SdkRunner.ServerProcess server = SdkRunner.startServer(stub)) {
-                SdkRunner.Result r = SdkRunner.node(sdk, "openai-e2e.mjs", Map.of("BASE_URL", server.baseUrl() + "/v1"));
-                System.out.print(r.output());
-                assertEquals(0, r.exit(), r.output());
-            }
+            node("openai-e2e.mjs", Map.of("BASE_URL", server.baseUrl() + "/v1"));
+        }
+
+        @Test
+        void anthropicSdkOnTheNativeRoute() throws Exception {
+            node("anthropic-e2e.mjs", Map.of("BASE_URL", server.baseUrl(), "MODEL", "claude-sonnet-4-5"));
+        }
+
+        /** Claude Code in print mode runs a Bash tool loop: the stub asks for `echo`, Claude Code runs it, the stub quotes it. */
+        @Test
+        void claudeCodeToolLoopOnTheNativeRoute() throws Exception {
+            claudeCode("claude-sonnet-4-5-20250929", "native");
+        }
+
+        void claudeCode(String model, String route) throws Exception {
+            Path home = Files.createTempDirectory("claude-home");
+            Map<String, String> env = new HashMap<>(Map.of(
+                "HOME", home.toString(),
+                "ANTHROPIC_BASE_URL", server.baseUrl(),
+                "ANTHROPIC_AUTH_TOKEN", "copilot-api",
+                "ANTHROPIC_MODEL", model,
+                "ANTHROPIC_SMALL_FAST_MODEL", "claude-haiku-4-5-20251001",
+                "ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-haiku-4-5-20251001",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"));
+            stub.clear();
+            SdkRunner.Result r = SdkRunner.run(home, env, Duration.ofMinutes(3), sdk.resolve("node_modules/.bin/claude").toString(),
+                "-p", "Use the Bash tool to print a marker, then tell me what it printed.", "--output-format", "json", "--allowedTools", "Bash");
+            String last = r.output().strip();
+            last = last.substring(last.lastIndexOf('\n') + 1);
+            assertEquals(0, r.exit(), r.output());
+            JsonNode result = json(last);
+            assertFalse(result.path("is_error").asBoolean(true), r.output());
+            assertTrue(result.path("result").asText().contains("Tool said: " + MARKER), "the tool ran and its output came back: " + last);
+            assertTrue(result.path("num_turns").asInt() >= 2, last);
+            String path = route.equals("native") ? "/v1/messages" : "/chat/completions";
+            assertTrue(stub.count(path) >= 2, route + " route used for both turns; requests: " + stub.count(path));
         }
     }
 
