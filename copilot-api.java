@@ -197,6 +197,20 @@ class CopilotApi implements Callable<Integer> {
         @Option(names = "--host", paramLabel = "ADDRESS", defaultValue = "127.0.0.1", description = "Address to bind (default: ${DEFAULT-VALUE}).")
         String host;
 
+        @Option(names = "--api-key", paramLabel = "KEY",
+            description = "Require this key (x-api-key or Authorization: Bearer) on every route but the dashboard page; repeatable (also env COPILOT_API_KEYS=k1,k2).")
+        List<String> apiKeys;
+
+        @Option(names = {"-r", "--rate-limit"}, paramLabel = "SECONDS",
+            description = "At least this many seconds between requests that invoke a model.")
+        Double rateLimit;
+
+        @Option(names = {"-w", "--wait"}, description = "With --rate-limit, make early requests wait their turn instead of answering 429.")
+        boolean waitForTurn;
+
+        @Option(names = "--manual", description = "Ask at the terminal (y/n) before each request that invokes a model; no answer in 5 minutes is a 403.")
+        boolean manual;
+
         @Option(names = "--model-map", paramLabel = "FROM=TO",
             description = "Serve requests for model FROM with Copilot model TO; repeatable (also env COPILOT_API_MODEL_MAP=a=b,c=d).")
         List<String> modelMap;
@@ -217,10 +231,28 @@ class CopilotApi implements Callable<Integer> {
         @Option(names = "--shell", paramLabel = "SHELL", description = "Shell syntax for the --claude-code command: posix, fish, powershell or cmd (default: detected).")
         String shell;
 
+        Controls controls(Settings settings) {
+            ApiKeys keys = ApiKeys.from(apiKeys, settings.env());
+            if (!keys.enabled() && !isLoopback(host)) {
+                System.err.println("warning: listening on " + host + " without an API key: anyone who can reach this address can spend"
+                    + " your Copilot quota. Add --api-key KEY.");
+            }
+            Pacer pacer = rateLimit == null ? Pacer.NONE : new Pacer(Duration.ofMillis(Math.round(rateLimit * 1000)), waitForTurn);
+            Approver approver = manual ? new Approver(Approver.console(System.console()), Duration.ofMinutes(5)) : Approver.NONE;
+            return new Controls(keys, pacer, approver, new Stats());
+        }
+
+        static boolean isLoopback(String host) {
+            return host.equals("localhost") || host.startsWith("127.") || host.equals("::1") || host.equals("[::1]");
+        }
+
         @Override
         public Integer call() throws Exception {
             Settings settings = common.settings();
             if (port < 0 || port > 65535) throw new UserFacingException("--port must be between 0 and 65535");
+            if (rateLimit != null && (rateLimit <= 0 || rateLimit.isNaN())) throw new UserFacingException("--rate-limit must be a positive number of seconds");
+            if (waitForTurn && rateLimit == null) throw new UserFacingException("--wait goes with --rate-limit");
+            if (manual && System.console() == null) throw new UserFacingException("--manual needs a terminal to ask on, and there is none");
             Http http = Http.create(settings);
             GitHubAuth auth = new GitHubAuth(settings, http);
             GitHubToken github = auth.tokenOrLogin(Console.system());
@@ -230,20 +262,45 @@ class CopilotApi implements Callable<Integer> {
             ModelCatalog models = new ModelCatalog(copilot);
             models.refreshQuietly();
             ModelRouting routing = ModelRouting.from(modelMap, fallbackModel, System.getenv());
-            Server server = Server.start(new ServerOptions(host, port, routing), settings, copilot, models, auth, github);
-            Runtime.getRuntime().addShutdownHook(new Thread(() -> { server.stop(); tokens.close(); }, "shutdown"));
+            Controls controls = controls(settings);
+            Server server = Server.start(new ServerOptions(host, port, routing, controls), settings, copilot, models, auth, github);
+            GracefulStop.install(server, tokens);
             System.out.println("copilot-api " + VERSION + " listening on " + server.baseUrl());
             System.out.println("  OpenAI base URL:    " + server.baseUrl() + "/v1");
             System.out.println("  Anthropic base URL: " + server.baseUrl());
+            System.out.println("  Dashboard:          " + server.baseUrl() + "/dashboard");
             if (claudeCode) {
                 ClaudeCodeSetup.Choice choice = ClaudeCodeSetup.choose(models, claudeCodeModel, claudeCodeSmallModel, System.console());
-                String command = ClaudeCodeSetup.command(ClaudeCodeSetup.env(server.baseUrl(), "copilot-api", choice),
+                String authToken = apiKeys != null && !apiKeys.isEmpty() ? apiKeys.get(0)
+                    : Optional.ofNullable(System.getenv("COPILOT_API_KEYS")).map(k -> k.split(",")[0].trim()).filter(k -> !k.isEmpty()).orElse("copilot-api");
+                String command = ClaudeCodeSetup.command(ClaudeCodeSetup.env(server.baseUrl(), authToken, choice),
                     ClaudeCodeSetup.Shell.detect(shell, System.getenv(), System.getProperty("os.name")));
                 boolean copied = Clipboard.copy(command);
                 System.out.println("\nRun Claude Code against this server" + (copied ? " (copied to the clipboard)" : "") + ":\n\n" + command + "\n");
             }
             server.join();
             return 0;
+        }
+    }
+
+    /** SIGINT/SIGTERM: stop accepting, give running streams up to 10 s, then exit 0. */
+    static final class GracefulStop {
+        static final Duration GRACE = Duration.ofSeconds(10);
+
+        static void install(Server server, CopilotTokens tokens) {
+            Runnable stop = () -> {
+                Logs.log().info("stopping: no new connections; waiting up to {}s for running requests", GRACE.toSeconds());
+                server.drain(GRACE);
+                server.stop();
+                tokens.close();
+            };
+            for (String name : List.of("INT", "TERM")) {
+                try {
+                    sun.misc.Signal.handle(new sun.misc.Signal(name), signal -> new Thread(stop, "graceful-stop").start());
+                } catch (IllegalArgumentException | UnsupportedOperationException e) {
+                    Logs.log().debug("cannot handle SIG{}: {}", name, describe(e));
+                }
+            }
         }
     }
 
@@ -594,9 +651,9 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    record ServerOptions(String host, int port, ModelRouting routing) {
+    record ServerOptions(String host, int port, ModelRouting routing, Controls controls) {
         ServerOptions(String host, int port) {
-            this(host, port, ModelRouting.NONE);
+            this(host, port, ModelRouting.NONE, Controls.none());
         }
     }
 
@@ -643,7 +700,8 @@ class CopilotApi implements Callable<Integer> {
     // ==== 3. Server and routes ====
 
     /** What the routes need from the rest of the tool. */
-    record Upstream(Settings settings, CopilotClient copilot, ModelCatalog models, GitHubAuth github, GitHubToken githubToken) {}
+    record Upstream(Settings settings, CopilotClient copilot, ModelCatalog models, GitHubAuth github, GitHubToken githubToken,
+        Controls controls) {}
 
     /** The Javalin server: routes for every surface, one error handler per surface, one log line per request. */
     static final class Server {
@@ -652,18 +710,22 @@ class CopilotApi implements Callable<Integer> {
 
         private final Javalin app;
         private final String host;
+        private final java.util.concurrent.atomic.AtomicInteger inFlight;
         private final java.util.concurrent.CountDownLatch stopped = new java.util.concurrent.CountDownLatch(1);
 
-        private Server(Javalin app, String host) {
+        private Server(Javalin app, String host, java.util.concurrent.atomic.AtomicInteger inFlight) {
             this.app = app;
             this.host = host;
+            this.inFlight = inFlight;
         }
 
         static Server start(ServerOptions options, Settings settings, CopilotClient copilot, ModelCatalog models,
                 GitHubAuth github, GitHubToken githubToken) {
-            Upstream upstream = new Upstream(settings, copilot, models, github, githubToken);
+            Controls controls = options.controls();
+            Upstream upstream = new Upstream(settings, copilot, models, github, githubToken, controls);
             OpenAiRoutes openai = new OpenAiRoutes(upstream);
             AnthropicRoutes anthropic = new AnthropicRoutes(upstream, options.routing());
+            var inFlight = new java.util.concurrent.atomic.AtomicInteger();
             Javalin app = Javalin.create(cfg -> {
                 cfg.startup.showJavalinBanner = false;
                 cfg.startup.showOldJavalinVersionWarning = false;
@@ -673,9 +735,17 @@ class CopilotApi implements Callable<Integer> {
                 cfg.router.ignoreTrailingSlashes = true;
                 cfg.jetty.host = options.host();
                 cfg.jetty.port = options.port();
-                cfg.requestLogger.http(RequestLog::write);
-                cfg.routes.before(ctx -> ctx.attribute(RequestLog.START, System.nanoTime()));
-                cfg.routes.get("/", ctx -> ctx.contentType("text/plain").result("copilot-api " + VERSION + " is running\n"));
+                cfg.requestLogger.http((ctx, ms) -> {
+                    inFlight.decrementAndGet();
+                    RequestLog.write(ctx, ms, controls.stats());
+                });
+                cfg.routes.before(ctx -> {
+                    inFlight.incrementAndGet();
+                    controls.keys().check(ctx);
+                });
+                cfg.routes.get("/", Dashboard::root);
+                cfg.routes.get("/dashboard", Dashboard::page);
+                cfg.routes.get("/stats", ctx -> Requests.writeJson(ctx, controls.stats().snapshot()));
                 for (String prefix : List.of("", "/v1")) {
                     cfg.routes.get(prefix + "/models", openai::models);
                     cfg.routes.get(prefix + "/models/{id}", openai::model);
@@ -698,7 +768,7 @@ class CopilotApi implements Callable<Integer> {
             for (var connector : app.jettyServer().server().getConnectors()) {
                 if (connector instanceof org.eclipse.jetty.server.AbstractConnector c) c.setIdleTimeout(IDLE_TIMEOUT.toMillis());
             }
-            return new Server(app, options.host());
+            return new Server(app, options.host(), inFlight);
         }
 
         int port() {
@@ -716,24 +786,502 @@ class CopilotApi implements Callable<Integer> {
             stopped.countDown();
         }
 
+        /** Stops accepting connections, then waits up to the timeout for running requests (streams) to finish. */
+        void drain(Duration timeout) {
+            for (var connector : app.jettyServer().server().getConnectors()) {
+                if (connector instanceof org.eclipse.jetty.server.AbstractNetworkConnector c) c.setAccepting(false);
+            }
+            long end = System.nanoTime() + timeout.toNanos();
+            while (inFlight.get() > 0 && System.nanoTime() < end) {
+                try {
+                    Thread.sleep(50);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    return;
+                }
+            }
+        }
+
         /** Blocks until stop(); Jetty's own join returns at once when its pool runs virtual threads. */
         void join() throws InterruptedException {
             stopped.await();
         }
     }
 
-    /** One line per request: method, path, model, status, duration; bodies only with --verbose (elsewhere). */
-    static final class RequestLog {
-        static final String START = "copilot-api.start";
-        static final String MODEL = "copilot-api.model";
-        static final String NOTE = "copilot-api.note";
+    /** What one request did, filled in by its handler, read by the request log and /stats. */
+    static final class Exchange {
+        static final String KEY = "copilot-api.exchange";
 
-        static void write(Context ctx, Float ms) {
-            String model = ctx.attribute(MODEL);
-            String note = ctx.attribute(NOTE);
-            Logs.log().info("{} {}{} {} {}ms{}", ctx.method(), ctx.path(), model == null ? "" : " model=" + model,
-                ctx.res().getStatus(), Math.round(ms), note == null ? "" : " (" + note + ")");
+        volatile String requestedModel;
+        volatile String upstreamModel;
+        volatile String route;
+        volatile String note;
+        volatile boolean invokesModel;
+        volatile boolean failedInStream;
+        volatile long inputTokens = -1;
+        volatile long outputTokens = -1;
+
+        static Exchange of(Context ctx) {
+            Exchange e = ctx.attribute(KEY);
+            if (e == null) {
+                e = new Exchange();
+                ctx.attribute(KEY, e);
+            }
+            return e;
         }
+
+        Exchange model(String requested, String upstream) {
+            requestedModel = requested;
+            upstreamModel = upstream;
+            return this;
+        }
+
+        Exchange route(String r) {
+            route = r;
+            return this;
+        }
+
+        Exchange note(String n) {
+            note = n;
+            return this;
+        }
+
+        /** A stream that ended in an error event: a 200 on the wire, a failure all the same. */
+        Exchange failed(String n) {
+            failedInStream = true;
+            return note(n);
+        }
+
+        /** Records usage; negative values mean unknown and are ignored. */
+        Exchange usage(long in, long out) {
+            if (in >= 0) inputTokens = in;
+            if (out >= 0) outputTokens = out;
+            return this;
+        }
+
+        /** Chat-completions usage: prompt tokens (cached included) and completion tokens. */
+        Exchange chatUsage(JsonNode usage) {
+            if (usage == null || !usage.isObject()) return this;
+            return usage(usage.path("prompt_tokens").asLong(-1), usage.path("completion_tokens").asLong(-1));
+        }
+
+        /** Anthropic usage: input excludes cached tokens there, so they are added back. */
+        Exchange anthropicUsage(JsonNode usage) {
+            if (usage == null || !usage.isObject()) return this;
+            long in = usage.has("input_tokens") ? usage.path("input_tokens").asLong() + usage.path("cache_read_input_tokens").asLong(0)
+                + usage.path("cache_creation_input_tokens").asLong(0) : -1;
+            return usage(in, usage.path("output_tokens").asLong(-1));
+        }
+    }
+
+    /**
+     * One line per request: method, path, requested model -> upstream model, route, status, duration and
+     * tokens; bodies only with --verbose (logged by the handlers, secrets redacted).
+     */
+    static final class RequestLog {
+        static void write(Context ctx, Float ms, Stats stats) {
+            Exchange e = Exchange.of(ctx);
+            int status = ctx.res().getStatus();
+            long millis = Math.round(ms);
+            stats.record(e, status, millis);
+            StringBuilder line = new StringBuilder().append(ctx.method()).append(' ').append(ctx.path());
+            if (e.requestedModel != null) {
+                line.append(' ').append(e.requestedModel);
+                if (e.upstreamModel != null && !e.upstreamModel.equals(e.requestedModel)) line.append(" -> ").append(e.upstreamModel);
+            }
+            if (e.route != null) line.append(" [").append(e.route).append(']');
+            line.append(' ').append(status).append(' ').append(millis).append("ms");
+            if (e.inputTokens >= 0 || e.outputTokens >= 0) {
+                line.append(" in=").append(Math.max(0, e.inputTokens)).append(" out=").append(Math.max(0, e.outputTokens));
+            }
+            if (e.note != null) line.append(" (").append(e.note).append(')');
+            Logs.log().info("{}", line);
+        }
+    }
+
+    /** The operator's controls over model-invoking requests: API keys, pacing, manual approval, statistics. */
+    record Controls(ApiKeys keys, Pacer pacer, Approver approver, Stats stats) {
+        static Controls none() {
+            return new Controls(ApiKeys.NONE, Pacer.NONE, Approver.NONE, new Stats());
+        }
+
+        /** Before a request that invokes a model: the operator's yes at the terminal, then its turn in the pacing. */
+        void admit(Context ctx, String model, int messages) {
+            Exchange.of(ctx).invokesModel = true;
+            approver.approve(ctx.method() + " " + ctx.path(), model, messages);
+            pacer.admit();
+        }
+    }
+
+    /** --api-key / COPILOT_API_KEYS: every route but the dashboard page wants one, as x-api-key or a bearer token. */
+    static final class ApiKeys {
+        static final ApiKeys NONE = new ApiKeys(List.of());
+        private final List<byte[]> digests;
+
+        ApiKeys(List<String> keys) {
+            List<byte[]> d = new ArrayList<>();
+            for (String k : keys) if (k != null && !k.isBlank()) d.add(sha256(k.trim()));
+            this.digests = List.copyOf(d);
+        }
+
+        static ApiKeys from(List<String> options, Map<String, String> env) {
+            List<String> keys = new ArrayList<>();
+            for (String k : env.getOrDefault("COPILOT_API_KEYS", "").split(",")) if (!k.isBlank()) keys.add(k.trim());
+            if (options != null) keys.addAll(options);
+            return new ApiKeys(keys);
+        }
+
+        boolean enabled() {
+            return !digests.isEmpty();
+        }
+
+        /** Compares digests of equal length with MessageDigest.isEqual, against every key, so timing tells nothing. */
+        boolean accepts(String presented) {
+            if (presented == null) return false;
+            byte[] candidate = sha256(presented);
+            boolean ok = false;
+            for (byte[] d : digests) ok |= java.security.MessageDigest.isEqual(d, candidate);
+            return ok;
+        }
+
+        static String presented(Context ctx) {
+            String key = ctx.header("x-api-key");
+            if (key != null && !key.isBlank()) return key.trim();
+            String auth = ctx.header("authorization");
+            if (auth != null && auth.regionMatches(true, 0, "Bearer ", 0, 7)) return auth.substring(7).trim();
+            return null;
+        }
+
+        void check(Context ctx) {
+            if (!enabled() || Dashboard.isPage(ctx)) return;
+            if (!accepts(presented(ctx))) {
+                throw new ApiError(401, "authentication_error",
+                    "Missing or invalid API key: send it as the x-api-key header or as Authorization: Bearer <key>", null, "invalid_api_key");
+            }
+        }
+
+        private static byte[] sha256(String s) {
+            try {
+                return java.security.MessageDigest.getInstance("SHA-256").digest(s.getBytes(UTF_8));
+            } catch (java.security.NoSuchAlgorithmException e) {
+                throw new IllegalStateException(e);
+            }
+        }
+    }
+
+    /**
+     * --rate-limit: at least this long between model-invoking requests. Each request takes the next free slot
+     * under a fair lock, so they go first come, first served and never two in one slot; without --wait a
+     * request whose slot is not now is refused with 429 and retry-after.
+     */
+    static final class Pacer {
+        static final Pacer NONE = new Pacer(Duration.ZERO, false);
+        private final long intervalNanos;
+        private final boolean wait;
+        private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock(true);
+        private long nextFree;
+        private boolean used;
+
+        Pacer(Duration interval, boolean wait) {
+            this.intervalNanos = interval.toNanos();
+            this.wait = wait;
+        }
+
+        void admit() {
+            if (intervalNanos <= 0) return;
+            long slot;
+            lock.lock();
+            try {
+                long now = System.nanoTime();
+                slot = !used || nextFree - now <= 0 ? now : nextFree;
+                if (slot != now && !wait) {
+                    long seconds = Math.max(1, (long) Math.ceil((slot - now) / 1e9));
+                    ApiError e = new ApiError(429, "rate_limit_error", "copilot-api is rate limited to one request every "
+                        + Duration.ofNanos(intervalNanos).toMillis() / 1000.0 + " s; retry in " + seconds + " s", null, "rate_limited");
+                    e.headers().put("retry-after", String.valueOf(seconds));
+                    throw e;
+                }
+                used = true;
+                nextFree = slot + intervalNanos;
+            } finally {
+                lock.unlock();
+            }
+            sleepUntil(slot);
+        }
+
+        private static void sleepUntil(long nanoTime) {
+            try {
+                for (long left = nanoTime - System.nanoTime(); left > 0; left = nanoTime - System.nanoTime()) {
+                    TimeUnit.NANOSECONDS.sleep(left);
+                }
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new ApiError(503, "api_error", "interrupted while waiting for the rate limit");
+            }
+        }
+    }
+
+    /** --manual: the operator answers y/n at the terminal for each model-invoking request; one question at a time. */
+    static final class Approver {
+        static final Approver NONE = new Approver(null, Duration.ZERO);
+
+        /** Where questions go and answers come from: the real terminal, or a script in tests. */
+        interface Terminal {
+            void show(String text);
+
+            /** The next line typed, or null when none came in time. Earlier unread lines are discarded first. */
+            String answer(Duration timeout) throws InterruptedException;
+        }
+
+        private final Terminal terminal;
+        private final Duration timeout;
+        private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock(true);
+
+        Approver(Terminal terminal, Duration timeout) {
+            this.terminal = terminal;
+            this.timeout = timeout;
+        }
+
+        void approve(String request, String model, int messages) {
+            if (terminal == null) return;
+            long deadline = System.nanoTime() + timeout.toNanos();
+            try {
+                if (!lock.tryLock(timeout.toNanos(), TimeUnit.NANOSECONDS)) throw refused("no answer at the terminal within " + minutes());
+                try {
+                    terminal.show(String.format(Locale.ROOT, "%nAllow %s model=%s messages=%d? [y/N] ", request, model, messages));
+                    String answer = terminal.answer(Duration.ofNanos(Math.max(0, deadline - System.nanoTime())));
+                    if (answer == null) throw refused("no answer at the terminal within " + minutes());
+                    if (!answer.trim().toLowerCase(Locale.ROOT).matches("y|yes")) throw refused("refused at the terminal");
+                } finally {
+                    lock.unlock();
+                }
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw refused("interrupted while waiting for approval");
+            }
+        }
+
+        private String minutes() {
+            long s = timeout.toSeconds();
+            return s % 60 == 0 ? s / 60 + " minutes" : s + " s";
+        }
+
+        private static ApiError refused(String why) {
+            return new ApiError(403, "permission_error", "The request was not approved: " + why, null, "not_approved");
+        }
+
+        /** The process's own terminal: a reader thread feeds typed lines into a queue. */
+        static Terminal console(java.io.Console console) {
+            java.util.concurrent.BlockingQueue<String> lines = new java.util.concurrent.LinkedBlockingQueue<>();
+            Thread reader = new Thread(() -> {
+                try {
+                    for (String line = console.readLine(); line != null; line = console.readLine()) lines.add(line);
+                } catch (RuntimeException e) {
+                    Logs.log().warn("stopped reading the terminal: {}", describe(e));
+                }
+            }, "manual-approval");
+            reader.setDaemon(true);
+            reader.start();
+            return new Terminal() {
+                @Override
+                public void show(String text) {
+                    console.printf("%s", text);
+                    console.flush();
+                }
+
+                @Override
+                public String answer(Duration timeout) throws InterruptedException {
+                    lines.clear();
+                    return lines.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
+                }
+            };
+        }
+    }
+
+    /** Live request statistics for /stats and the dashboard: per model and in total, since start. */
+    static final class Stats {
+        static final int LATENCY_WINDOW = 1000;
+
+        private final Instant since = Instant.now();
+        private final Map<String, ModelStats> models = new java.util.concurrent.ConcurrentSkipListMap<>();
+
+        static final class ModelStats {
+            long requests;
+            long errors;
+            long inputTokens;
+            long outputTokens;
+            final java.util.ArrayDeque<Long> latencies = new java.util.ArrayDeque<>();
+
+            synchronized void add(boolean error, long in, long out, long ms) {
+                requests++;
+                if (error) errors++;
+                inputTokens += Math.max(0, in);
+                outputTokens += Math.max(0, out);
+                if (latencies.size() == LATENCY_WINDOW) latencies.removeFirst();
+                latencies.addLast(ms);
+            }
+
+            synchronized ObjectNode json(String model) {
+                ObjectNode o = Json.object();
+                o.put("model", model);
+                o.put("requests", requests);
+                o.put("errors", errors);
+                o.put("input_tokens", inputTokens);
+                o.put("output_tokens", outputTokens);
+                List<Long> sorted = new ArrayList<>(latencies);
+                java.util.Collections.sort(sorted);
+                o.put("median_latency_ms", sorted.isEmpty() ? 0 : sorted.get((sorted.size() - 1) / 2));
+                return o;
+            }
+        }
+
+        void record(Exchange e, int status, long ms) {
+            if (!e.invokesModel) return;
+            String model = e.upstreamModel != null ? e.upstreamModel : e.requestedModel != null ? e.requestedModel : "(unknown)";
+            models.computeIfAbsent(model, m -> new ModelStats())
+                .add(status >= 400 || e.failedInStream, e.inputTokens, e.outputTokens, ms);
+        }
+
+        ObjectNode snapshot() {
+            ObjectNode o = Json.object();
+            o.put("since", since.toString());
+            o.put("uptime_seconds", Duration.between(since, Instant.now()).toSeconds());
+            ArrayNode list = o.putArray("models");
+            long requests = 0, errors = 0, in = 0, out = 0;
+            for (var entry : models.entrySet()) {
+                ObjectNode m = entry.getValue().json(entry.getKey());
+                list.add(m);
+                requests += m.path("requests").asLong();
+                errors += m.path("errors").asLong();
+                in += m.path("input_tokens").asLong();
+                out += m.path("output_tokens").asLong();
+            }
+            ObjectNode totals = o.putObject("totals");
+            totals.put("requests", requests);
+            totals.put("errors", errors);
+            totals.put("input_tokens", in);
+            totals.put("output_tokens", out);
+            return o;
+        }
+    }
+
+    /** The dashboard: one self-contained page (no CDN) fed by /usage and /stats; API clients probing / get text. */
+    static final class Dashboard {
+        static boolean isPage(Context ctx) {
+            return ctx.method() == io.javalin.http.HandlerType.GET && (ctx.path().equals("/") || ctx.path().equals("/dashboard"));
+        }
+
+        static void root(Context ctx) {
+            String accept = Optional.ofNullable(ctx.header("accept")).orElse("");
+            if (accept.contains("text/html")) page(ctx);
+            else ctx.contentType("text/plain").result("copilot-api " + VERSION + " is running\n");
+        }
+
+        static void page(Context ctx) {
+            ctx.header("Cache-Control", "no-store");
+            ctx.contentType("text/html; charset=utf-8").result(HTML.replace("{{VERSION}}", VERSION));
+        }
+
+        static final String HTML = """
+            <!doctype html>
+            <html lang="en">
+            <head>
+            <meta charset="utf-8">
+            <meta name="viewport" content="width=device-width, initial-scale=1">
+            <title>copilot-api</title>
+            <style>
+              :root { color-scheme: light dark; --bar: #2f81f7; --warn: #d29922; --bad: #f85149; --muted: #8b949e; }
+              body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 960px; padding: 1.5rem; }
+              h1 { font-size: 1.4rem; margin: 0 0 .2rem; } h2 { font-size: 1.1rem; margin: 1.6rem 0 .6rem; }
+              .muted { color: var(--muted); } .error { color: var(--bad); }
+              .quota { margin: .7rem 0; } .quota .head { display: flex; justify-content: space-between; }
+              .track { height: .7rem; border-radius: .35rem; background: color-mix(in srgb, var(--muted) 30%, transparent); overflow: hidden; }
+              .fill { height: 100%; background: var(--bar); } .fill.warn { background: var(--warn); } .fill.bad { background: var(--bad); }
+              table { border-collapse: collapse; width: 100%; } th, td { text-align: right; padding: .35rem .5rem; border-bottom: 1px solid color-mix(in srgb, var(--muted) 35%, transparent); }
+              th:first-child, td:first-child { text-align: left; } tfoot td { font-weight: 600; }
+              form { margin: 1rem 0; } input { font: inherit; padding: .3rem .5rem; } button { font: inherit; padding: .3rem .8rem; }
+            </style>
+            </head>
+            <body>
+            <h1>copilot-api <span class="muted">{{VERSION}}</span></h1>
+            <div class="muted" id="updated">loading…</div>
+            <form id="keyform" hidden>
+              <label>This server needs its API key: <input id="key" type="password" autocomplete="off"></label>
+              <button>Use key</button>
+            </form>
+            <div id="problem" class="error"></div>
+            <h2>Copilot plan <span id="plan" class="muted"></span></h2>
+            <div id="quotas"></div>
+            <h2>Requests since start <span id="since" class="muted"></span></h2>
+            <table>
+              <thead><tr><th>model</th><th>requests</th><th>errors</th><th>input tokens</th><th>output tokens</th><th>median latency</th></tr></thead>
+              <tbody id="models"></tbody>
+              <tfoot id="totals"></tfoot>
+            </table>
+            <script>
+            "use strict";
+            const KEY = "copilot-api-key";
+            const $ = (id) => document.getElementById(id);
+            const fmt = (n) => Number(n).toLocaleString("en-US");
+            const esc = (s) => String(s).replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
+            const fromHash = new URLSearchParams(location.hash.slice(1)).get("key");
+            if (fromHash) { localStorage.setItem(KEY, fromHash); history.replaceState(null, "", location.pathname); }
+
+            async function api(path) {
+              const key = localStorage.getItem(KEY);
+              const r = await fetch(path, { headers: key ? { "x-api-key": key } : {} });
+              if (r.status === 401) { $("keyform").hidden = false; throw new Error("an API key is needed"); }
+              const body = await r.json();
+              if (!r.ok) throw new Error((body.error && body.error.message) || ("HTTP " + r.status));
+              return body;
+            }
+
+            function quota(label, q) {
+              if (!q) return "";
+              if (q.unlimited) return `<div class="quota"><div class="head"><b>${label}</b><span>unlimited</span></div></div>`;
+              const total = q.entitlement || 0, left = q.remaining || 0, used = Math.max(0, total - left);
+              const pct = total > 0 ? (used * 100 / total) : 0;
+              const cls = pct >= 90 ? "bad" : pct >= 75 ? "warn" : "";
+              return `<div class="quota"><div class="head"><b>${label}</b>` +
+                `<span>${fmt(used)} / ${fmt(total)} used (${pct.toFixed(1)}%)</span></div>` +
+                `<div class="track"><div class="fill ${cls}" style="width:${Math.min(100, pct).toFixed(1)}%"></div></div></div>`;
+            }
+
+            function row(m) {
+              return `<tr><td>${esc(m.model)}</td><td>${fmt(m.requests)}</td><td>${fmt(m.errors)}</td>` +
+                `<td>${fmt(m.input_tokens)}</td><td>${fmt(m.output_tokens)}</td><td>${m.median_latency_ms === undefined ? "" : fmt(m.median_latency_ms) + " ms"}</td></tr>`;
+            }
+
+            async function refresh() {
+              const problems = [];
+              try {
+                const u = await api("/usage");
+                const s = u.quota_snapshots || {};
+                $("plan").textContent = `${u.copilot_plan || "unknown"} · quota resets ${u.quota_reset_date || "?"}`;
+                $("quotas").innerHTML = quota("Premium requests", s.premium_interactions) + quota("Chat", s.chat) + quota("Completions", s.completions);
+              } catch (e) { problems.push("usage: " + e.message); }
+              try {
+                const st = await api("/stats");
+                $("since").textContent = "· since " + new Date(st.since).toLocaleString();
+                $("models").innerHTML = st.models.map(row).join("") || `<tr><td colspan="6" class="muted">no requests yet</td></tr>`;
+                $("totals").innerHTML = row(Object.assign({ model: "total" }, st.totals));
+              } catch (e) { problems.push("stats: " + e.message); }
+              $("problem").textContent = problems.join(" · ");
+              $("updated").textContent = "updated " + new Date().toLocaleTimeString() + " · refreshes every 5 s";
+            }
+
+            $("keyform").addEventListener("submit", (ev) => {
+              ev.preventDefault();
+              localStorage.setItem(KEY, $("key").value);
+              $("keyform").hidden = true;
+              refresh();
+            });
+            refresh();
+            setInterval(refresh, 5000);
+            </script>
+            </body>
+            </html>
+            """;
     }
 
     /** The OpenAI-compatible routes, plus the small GitHub ones (/usage, /token). */
@@ -761,13 +1309,15 @@ class CopilotApi implements Callable<Integer> {
             ObjectNode body = Requests.jsonObject(ctx);
             String model = Requests.requireText(body, "model");
             JsonNode messages = Requests.requireArray(body, "messages");
-            ctx.attribute(RequestLog.MODEL, model);
+            Exchange.of(ctx).model(model, model).route("passthrough");
             up.models().requireEndpoint(model, CHAT);
+            up.controls().admit(ctx, model, messages.size());
             Requests.logBody("chat request", body);
             CallOptions call = new CallOptions(Initiator.of(messages), Json.containsImage(messages));
             boolean merge = body.path("n").asInt(1) <= 1;
             if (!body.path("stream").asBoolean(false)) {
                 JsonNode answer = up.copilot().postJson(CHAT, body, call);
+                Exchange.of(ctx).chatUsage(answer.path("usage"));
                 Requests.logBody("chat answer", answer);
                 Requests.writeJson(ctx, ChatNormalizer.response(answer, merge));
                 return;
@@ -782,6 +1332,14 @@ class CopilotApi implements Callable<Integer> {
 
         /** Relays chunks as they arrive; the first byte to the client is the first normalised chunk. */
         static void relayChatStream(Context ctx, UpstreamEvents events, ChatStreamNormalizer normalizer) {
+            try {
+                relayChatEvents(ctx, events, normalizer);
+            } finally {
+                Exchange.of(ctx).chatUsage(normalizer.usage());
+            }
+        }
+
+        private static void relayChatEvents(Context ctx, UpstreamEvents events, ChatStreamNormalizer normalizer) {
             SseWriter out = SseWriter.open(ctx);
             boolean done = false;
             try {
@@ -793,7 +1351,7 @@ class CopilotApi implements Callable<Integer> {
                     }
                     if (item.failure() != null) {
                         out.data(Errors.openAiStreamError("The Copilot stream broke: " + describe(item.failure())));
-                        ctx.attribute(RequestLog.NOTE, "upstream stream broke");
+                        Exchange.of(ctx).failed("upstream stream broke");
                         return;
                     }
                     if (item.event() == null || item.event().data().equals("[DONE]")) {
@@ -808,35 +1366,37 @@ class CopilotApi implements Callable<Integer> {
                     Requests.logBody("chat chunk", chunk.get());
                     if (chunk.get().has("error")) {
                         out.data(Errors.openAiStreamError(Errors.upstreamMessage(chunk.get(), 500)));
-                        ctx.attribute(RequestLog.NOTE, "upstream error in stream");
+                        Exchange.of(ctx).failed("upstream error in stream");
                         return;
                     }
                     for (ObjectNode c : normalizer.onChunk(chunk.get())) out.data(c);
                 }
                 if (!done && !normalizer.finished()) {
                     out.data(Errors.openAiStreamError("The Copilot stream ended before the answer was complete"));
-                    ctx.attribute(RequestLog.NOTE, "upstream stream cut");
+                    Exchange.of(ctx).failed("upstream stream cut");
                     return;
                 }
                 for (ObjectNode c : normalizer.finish()) out.data(c);
                 out.done();
             } catch (SseWriter.ClientGone gone) {
-                ctx.attribute(RequestLog.NOTE, "client disconnected; upstream request cancelled");
+                Exchange.of(ctx).note("client disconnected; upstream request cancelled");
             }
         }
 
         void embeddings(Context ctx) {
             ObjectNode body = Requests.jsonObject(ctx);
             String model = Requests.requireText(body, "model");
-            ctx.attribute(RequestLog.MODEL, model);
+            Exchange.of(ctx).model(model, model).route("passthrough");
             JsonNode input = body.path("input");
             if (!(input.isTextual() || (input.isArray() && input.size() > 0))) {
                 throw new ApiError(400, "invalid_request_error", "'input' must be a string or a non-empty array", "input", null);
             }
+            up.controls().admit(ctx, model, input.isArray() ? input.size() : 1);
             boolean base64 = "base64".equals(body.path("encoding_format").asText(""));
             ObjectNode upstreamBody = body.deepCopy();
             if (base64) upstreamBody.remove("encoding_format");
             JsonNode answer = up.copilot().postJson("/embeddings", upstreamBody, CallOptions.PLAIN);
+            Exchange.of(ctx).usage(answer.path("usage").path("prompt_tokens").asLong(-1), 0);
             Requests.writeJson(ctx, base64 ? Embeddings.toBase64(answer) : answer);
         }
 
@@ -884,14 +1444,15 @@ class CopilotApi implements Callable<Integer> {
                 throw new ApiError(400, "invalid_request_error", "max_tokens: must be a positive integer", "max_tokens", null);
             }
             ModelResolver.Resolution model = resolve(ctx, requested);
+            up.controls().admit(ctx, requested, messages.size());
             Requests.logBody("messages request", body);
             List<String> endpoints = ModelResolver.endpoints(model.model());
             boolean stream = body.path("stream").asBoolean(false);
             if (endpoints.contains(MESSAGES)) {
-                ctx.attribute(RequestLog.NOTE, "native");
+                Exchange.of(ctx).route("native");
                 forward(ctx, body, model, messages, stream);
             } else if (endpoints.isEmpty() || endpoints.contains(OpenAiRoutes.CHAT)) {
-                ctx.attribute(RequestLog.NOTE, "translated");
+                Exchange.of(ctx).route("translated");
                 translate(ctx, body, model, stream);
             } else {
                 throw new ApiError(400, "invalid_request_error", "The model '" + model.upstream() + "' is served by Copilot only on "
@@ -918,7 +1479,7 @@ class CopilotApi implements Callable<Integer> {
         private ModelResolver.Resolution resolve(Context ctx, String requested) {
             boolean wants1m = Optional.ofNullable(ctx.header("anthropic-beta")).orElse("").contains("context-1m");
             ModelResolver.Resolution r = ModelResolver.resolve(requested, wants1m, up.models().list(), routing);
-            ctx.attribute(RequestLog.MODEL, r.upstream().equals(requested) ? requested : requested + " -> " + r.upstream());
+            Exchange.of(ctx).model(requested, r.upstream());
             return r;
         }
 
@@ -940,6 +1501,7 @@ class CopilotApi implements Callable<Integer> {
             CallOptions call = new CallOptions(Initiator.of(prepared.body().path("messages")), Json.containsImage(messages), headers(ctx));
             if (!stream) {
                 JsonNode answer = up.copilot().postJson(MESSAGES, prepared.body(), call);
+                Exchange.of(ctx).anthropicUsage(answer.path("usage"));
                 if (answer.isObject()) ((ObjectNode) answer).put("model", model.requested());
                 Requests.writeJson(ctx, answer);
                 return;
@@ -963,7 +1525,7 @@ class CopilotApi implements Callable<Integer> {
                         String why = item.failure() != null ? "The Copilot stream broke: " + describe(item.failure())
                             : "The Copilot stream ended before the message was complete";
                         out.event("error", AnthropicEvents.error("api_error", why));
-                        ctx.attribute(RequestLog.NOTE, "native; upstream stream cut");
+                        Exchange.of(ctx).failed("upstream stream cut");
                         return;
                     }
                     SseEvent e = item.event();
@@ -973,12 +1535,17 @@ class CopilotApi implements Callable<Integer> {
                     String name = e.event() != null ? e.event() : json.path("type").asText("");
                     if (name.equals("message_start") && json.path("message").isObject()) {
                         ((ObjectNode) json.get("message")).put("model", requestedModel);
+                        Exchange.of(ctx).anthropicUsage(json.path("message").path("usage"));
+                    } else if (name.equals("message_delta")) {
+                        Exchange.of(ctx).anthropicUsage(json.path("usage"));
+                    } else if (name.equals("error")) {
+                        Exchange.of(ctx).failed("upstream error in stream");
                     }
                     out.event(name, json);
                     if (name.equals("message_stop") || name.equals("error")) return;
                 }
             } catch (SseWriter.ClientGone gone) {
-                ctx.attribute(RequestLog.NOTE, "native; client disconnected, upstream cancelled");
+                Exchange.of(ctx).note("client disconnected; upstream request cancelled");
             }
         }
 
@@ -1330,6 +1897,11 @@ class CopilotApi implements Callable<Integer> {
         /** True once any choice carried a finish_reason. */
         boolean finished() {
             return finished;
+        }
+
+        /** The usage Copilot reported, or null. */
+        JsonNode usage() {
+            return usage;
         }
 
         List<ObjectNode> onChunk(JsonNode chunk) {

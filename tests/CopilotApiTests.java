@@ -1247,7 +1247,7 @@ class CopilotApiTests {
                     }
                     String text = log.toString();
                     assertTrue(text.contains("marker-4711"), "bodies are logged with --verbose:\n" + text);
-                    assertTrue(text.contains("POST /v1/chat/completions model=gpt-4.1 200"), text);
+                    assertTrue(text.matches("(?s).*POST /v1/chat/completions gpt-4\\.1 \\[passthrough\\] 200 \\d+ms in=\\d+ out=\\d+.*"), text);
                     assertFalse(text.contains(StubUpstream.VALID_GITHUB_TOKEN), text);
                     assertFalse(text.contains(stub.latestCopilotToken()), text);
                 } finally {
