@@ -76,6 +76,12 @@ class CopilotApiTests {
         AnthropicNativeTests.class,
         CountTokensTests.class,
         ClaudeCodeSetupTests.class,
+        ApiKeyTests.class,
+        PacingTests.class,
+        ManualApprovalTests.class,
+        StatsTests.class,
+        DashboardTests.class,
+        GracefulStopTests.class,
         ProxyTests.class,
         CliTests.class,
         SdkTests.class);
@@ -136,6 +142,15 @@ class CopilotApiTests {
         final HttpClient client = HttpClient.newBuilder().version(HttpClient.Version.HTTP_1_1).build();
 
         Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak) throws IOException {
+            this(stub, extraEnv, tweak, CopilotApi.Controls.none());
+        }
+
+        Harness(StubUpstream stub, CopilotApi.Controls controls) throws IOException {
+            this(stub, Map.of(), o -> { }, controls);
+        }
+
+        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls)
+                throws IOException {
             this.stub = stub;
             this.home = Files.createTempDirectory("copilot-api-home");
             Map<String, String> env = new HashMap<>(stub.env());
@@ -154,7 +169,8 @@ class CopilotApiTests {
             copilot = new CopilotApi.CopilotClient(settings, http, tokens);
             CopilotApi.ModelCatalog models = new CopilotApi.ModelCatalog(copilot);
             models.refreshQuietly();
-            server = CopilotApi.Server.start(new CopilotApi.ServerOptions("127.0.0.1", 0), settings, copilot, models, auth, github);
+            server = CopilotApi.Server.start(new CopilotApi.ServerOptions("127.0.0.1", 0, CopilotApi.ModelRouting.NONE, controls),
+                settings, copilot, models, auth, github);
         }
 
         static Harness start() throws IOException {
@@ -172,6 +188,13 @@ class CopilotApiTests {
         HttpResponse<String> post(String path, String body) throws Exception {
             return client.send(HttpRequest.newBuilder(URI.create(url(path))).header("content-type", "application/json")
                 .POST(HttpRequest.BodyPublishers.ofString(body)).build(), HttpResponse.BodyHandlers.ofString());
+        }
+
+        HttpResponse<String> send(String method, String path, String body, String... headers) throws Exception {
+            HttpRequest.Builder b = HttpRequest.newBuilder(URI.create(url(path)))
+                .method(method, body == null ? HttpRequest.BodyPublishers.noBody() : HttpRequest.BodyPublishers.ofString(body));
+            for (int i = 0; i < headers.length; i += 2) b.header(headers[i], headers[i + 1]);
+            return client.send(b.build(), HttpResponse.BodyHandlers.ofString());
         }
 
         HttpResponse<InputStream> postStreaming(String path, String body) throws Exception {
@@ -1058,6 +1081,306 @@ class CopilotApiTests {
                     "--claude-code", "--claude-code-model", "nope", "--claude-code-small-model", "claude-haiku-4.5");
                 assertEquals(1, bad.exit());
                 assertTrue(bad.err().contains("unknown model 'nope'"), bad.err());
+            }
+        }
+    }
+
+    // ==== Operator controls ====
+
+    static final String CHAT_HI = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+    static final String MESSAGES_HI = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":50,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+
+    static CopilotApi.Controls controls(CopilotApi.ApiKeys keys, CopilotApi.Pacer pacer, CopilotApi.Approver approver) {
+        return new CopilotApi.Controls(keys, pacer, approver, new CopilotApi.Stats());
+    }
+
+    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
+    static final class ApiKeyTests {
+        Harness h;
+
+        @BeforeAll
+        void up() throws IOException {
+            h = new Harness(StubUpstream.start(), controls(new CopilotApi.ApiKeys(List.of("k-one", "k-two")), CopilotApi.Pacer.NONE,
+                CopilotApi.Approver.NONE));
+        }
+
+        @AfterAll
+        void down() {
+            h.close();
+        }
+
+        @Test
+        void missingOrWrongKeysAre401InTheCallersShape() throws Exception {
+            for (String[] wrong : new String[][] {{}, {"x-api-key", "k-three"}, {"authorization", "Bearer k-on"}, {"authorization", "k-one"}}) {
+                HttpResponse<String> openai = h.send("POST", "/v1/chat/completions", CHAT_HI, wrong);
+                assertEquals(401, openai.statusCode());
+                assertEquals("invalid_api_key", json(openai.body()).path("error").path("code").asText(), openai.body());
+                HttpResponse<String> anthropic = h.send("POST", "/v1/messages", MESSAGES_HI, wrong);
+                assertEquals(401, anthropic.statusCode());
+                assertEquals("error", json(anthropic.body()).path("type").asText());
+                assertEquals("authentication_error", json(anthropic.body()).path("error").path("type").asText());
+            }
+            for (String path : List.of("/token", "/usage", "/stats", "/v1/models")) {
+                assertEquals(401, h.send("GET", path, null).statusCode(), path);
+            }
+            assertFalse(h.send("GET", "/token", null).body().contains(h.tokens.current().token()));
+        }
+
+        @Test
+        void eitherHeaderWithAnyConfiguredKeyWorks() throws Exception {
+            assertEquals(200, h.send("POST", "/v1/chat/completions", CHAT_HI, "x-api-key", "k-one").statusCode());
+            assertEquals(200, h.send("POST", "/v1/chat/completions", CHAT_HI, "authorization", "Bearer k-two").statusCode());
+            assertEquals(200, h.send("POST", "/v1/messages", MESSAGES_HI, "x-api-key", "k-two").statusCode());
+            assertEquals(200, h.send("GET", "/token", null, "x-api-key", "k-one").statusCode());
+        }
+
+        @Test
+        void theDashboardPageItselfIsOpen() throws Exception {
+            HttpResponse<String> page = h.send("GET", "/dashboard", null);
+            assertEquals(200, page.statusCode());
+            assertTrue(page.body().contains("<title>copilot-api</title>"));
+            assertEquals(200, h.send("GET", "/", null, "accept", "text/html").statusCode());
+        }
+
+        @Test
+        void comparisonIsExactForEveryKey() {
+            var keys = new CopilotApi.ApiKeys(List.of("alpha", "beta"));
+            assertTrue(keys.accepts("alpha"));
+            assertTrue(keys.accepts("beta"));
+            for (String no : new String[] {null, "", "alph", "alphaa", "ALPHA", "beta "}) assertFalse(keys.accepts(no), no);
+            var env = CopilotApi.ApiKeys.from(List.of("c"), Map.of("COPILOT_API_KEYS", "a, b"));
+            assertTrue(env.accepts("a") && env.accepts("b") && env.accepts("c"));
+            assertFalse(CopilotApi.ApiKeys.from(null, Map.of()).enabled());
+        }
+    }
+
+    static final class PacingTests {
+        @Test
+        void withoutWaitASecondQuickRequestIs429WithRetryAfter() throws Exception {
+            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.ApiKeys.NONE,
+                    new CopilotApi.Pacer(Duration.ofSeconds(2), false), CopilotApi.Approver.NONE))) {
+                assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
+                HttpResponse<String> second = h.post("/v1/chat/completions", CHAT_HI);
+                assertEquals(429, second.statusCode());
+                assertEquals("2", second.headers().firstValue("retry-after").orElse(null));
+                assertEquals("rate_limit_error", json(second.body()).path("error").path("type").asText());
+                HttpResponse<String> anthropic = h.post("/v1/messages", MESSAGES_HI);
+                assertEquals(429, anthropic.statusCode());
+                assertEquals("rate_limit_error", json(anthropic.body()).path("error").path("type").asText());
+                assertEquals("error", json(anthropic.body()).path("type").asText());
+                assertEquals(200, h.get("/v1/models").statusCode(), "listing models is not paced");
+                assertEquals(200, h.post("/v1/messages/count_tokens", MESSAGES_HI).statusCode(), "count_tokens is not paced");
+                assertEquals(1, h.stub.count("/chat/completions"), "the refused request never reached Copilot");
+            }
+        }
+
+        @Test
+        void withWaitRequestsQueueFirstComeFirstServed() throws Exception {
+            var pacer = new CopilotApi.Pacer(Duration.ofMillis(300), true);
+            int n = 6;
+            long[] admitted = new long[n];
+            List<Integer> order = java.util.Collections.synchronizedList(new ArrayList<>());
+            List<Thread> threads = new ArrayList<>();
+            for (int i = 0; i < n; i++) {
+                int id = i;
+                Thread t = new Thread(() -> {
+                    pacer.admit();
+                    admitted[id] = System.nanoTime();
+                    order.add(id);
+                });
+                threads.add(t);
+                t.start();
+                Thread.sleep(40);
+            }
+            for (Thread t : threads) t.join(10_000);
+            assertEquals(List.of(0, 1, 2, 3, 4, 5), order, "arrival order");
+            for (int i = 1; i < n; i++) {
+                long gapMs = TimeUnit.NANOSECONDS.toMillis(admitted[i] - admitted[i - 1]);
+                assertTrue(gapMs >= 290, "gap " + i + " was " + gapMs + " ms");
+            }
+        }
+
+        @Test
+        void withWaitTheServerDelaysInsteadOfRefusing() throws Exception {
+            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.ApiKeys.NONE,
+                    new CopilotApi.Pacer(Duration.ofSeconds(1), true), CopilotApi.Approver.NONE))) {
+                long start = System.nanoTime();
+                assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
+                assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
+                assertTrue(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - start) >= 950);
+            }
+        }
+    }
+
+    static final class ManualApprovalTests {
+        /** Answers from a script, recording what was shown; can be slow to answer. */
+        static final class ScriptedTerminal implements CopilotApi.Approver.Terminal {
+            final java.util.Deque<String> answers;
+            final List<String> shown = java.util.Collections.synchronizedList(new ArrayList<>());
+            final java.util.concurrent.atomic.AtomicInteger asking = new java.util.concurrent.atomic.AtomicInteger();
+            volatile int maxAsking;
+
+            ScriptedTerminal(String... answers) {
+                this.answers = new java.util.concurrent.ConcurrentLinkedDeque<>(java.util.Arrays.asList(answers));
+            }
+
+            @Override
+            public void show(String text) {
+                shown.add(text);
+            }
+
+            @Override
+            public String answer(Duration timeout) throws InterruptedException {
+                maxAsking = Math.max(maxAsking, asking.incrementAndGet());
+                try {
+                    Thread.sleep(100);
+                    String a = answers.poll();
+                    if (a == null || a.equals("<silence>")) {
+                        Thread.sleep(timeout.toMillis());
+                        return null;
+                    }
+                    return a;
+                } finally {
+                    asking.decrementAndGet();
+                }
+            }
+        }
+
+        @Test
+        void yesPassesNoAndSilenceAre403() throws Exception {
+            ScriptedTerminal terminal = new ScriptedTerminal("y", "n", "<silence>");
+            var approver = new CopilotApi.Approver(terminal, Duration.ofMillis(500));
+            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE, approver))) {
+                assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
+                assertTrue(terminal.shown.get(0).contains("POST /v1/chat/completions") && terminal.shown.get(0).contains("model=gpt-4.1")
+                    && terminal.shown.get(0).contains("messages=1"), terminal.shown.toString());
+                HttpResponse<String> refused = h.post("/v1/messages", MESSAGES_HI);
+                assertEquals(403, refused.statusCode());
+                assertEquals("permission_error", json(refused.body()).path("error").path("type").asText());
+                HttpResponse<String> silent = h.post("/v1/chat/completions", CHAT_HI);
+                assertEquals(403, silent.statusCode());
+                assertTrue(json(silent.body()).path("error").path("message").asText().contains("no answer"), silent.body());
+                assertEquals(1, h.stub.count("/chat/completions") + h.stub.count("/v1/messages"), "only the approved one went upstream");
+                assertEquals(200, h.get("/v1/models").statusCode(), "no question for listing models");
+                assertEquals(3, terminal.shown.size());
+            }
+        }
+
+        @Test
+        void concurrentRequestsAreAskedOneAtATime() throws Exception {
+            ScriptedTerminal terminal = new ScriptedTerminal("y", "yes", "Y");
+            var approver = new CopilotApi.Approver(terminal, Duration.ofSeconds(10));
+            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE, approver))) {
+                List<java.util.concurrent.CompletableFuture<HttpResponse<String>>> all = new ArrayList<>();
+                for (int i = 0; i < 3; i++) {
+                    all.add(h.client.sendAsync(HttpRequest.newBuilder(URI.create(h.url("/v1/chat/completions")))
+                        .POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(), HttpResponse.BodyHandlers.ofString()));
+                }
+                for (var f : all) assertEquals(200, f.get(20, TimeUnit.SECONDS).statusCode());
+                assertEquals(1, terminal.maxAsking, "one question at a time");
+                assertEquals(3, terminal.shown.size());
+            }
+        }
+    }
+
+    static final class StatsTests extends WithHarness {
+        @Test
+        void modelRequestsTokensErrorsAndLatencyAreCounted() throws Exception {
+            assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
+            assertEquals(200, h.post("/v1/chat/completions", CHAT_HI.replace("{\"model\"", "{\"stream\":true,\"model\"")).statusCode());
+            h.stub.enqueue("/chat/completions", StubUpstream.Reply.json(500, "{\"error\":{\"message\":\"boom\"}}"));
+            assertEquals(500, h.post("/v1/chat/completions", CHAT_HI).statusCode());
+            assertEquals(200, h.post("/v1/messages", MESSAGES_HI.replace("\"max_tokens\"", "\"stream\":true,\"max_tokens\"")).statusCode());
+            assertEquals(200, h.get("/v1/models").statusCode());
+            JsonNode st = json(h.get("/stats").body());
+            JsonNode gpt = null, claude = null;
+            for (JsonNode m : st.path("models")) {
+                if (m.path("model").asText().equals("gpt-4.1")) gpt = m;
+                if (m.path("model").asText().equals("claude-sonnet-4.5")) claude = m;
+            }
+            assertNotNull(gpt, st.toString());
+            assertNotNull(claude, st.toString());
+            assertEquals(3, gpt.path("requests").asInt());
+            assertEquals(1, gpt.path("errors").asInt());
+            assertTrue(gpt.path("input_tokens").asInt() > 0 && gpt.path("output_tokens").asInt() > 0, gpt.toString());
+            assertTrue(gpt.path("median_latency_ms").isNumber());
+            assertEquals(1, claude.path("requests").asInt());
+            assertTrue(claude.path("output_tokens").asInt() > 0, "usage from the native stream: " + claude);
+            assertEquals(4, st.path("totals").path("requests").asInt(), "models listing is not a model request");
+            assertEquals(1, st.path("totals").path("errors").asInt());
+        }
+    }
+
+    /** The dashboard as a person sees it: rendered by headless Chromium, quota numbers from the stub. */
+    static final class DashboardTests {
+        static String chromium() {
+            for (String c : List.of("chromium", "chromium-browser", "google-chrome")) {
+                if (CopilotApi.Clipboard.onPath(c)) return c;
+            }
+            return null;
+        }
+
+        static String render(String url) throws Exception {
+            String browser = chromium();
+            org.junit.jupiter.api.Assumptions.assumeTrue(browser != null, "no chromium on PATH (.ci/run installs it)");
+            Path profile = Files.createTempDirectory("chromium");
+            SdkRunner.Result r = SdkRunner.run(profile, Map.of(), Duration.ofSeconds(60), browser, "--headless", "--no-sandbox", "--disable-gpu",
+                "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--user-data-dir=" + profile, "--virtual-time-budget=5000", "--dump-dom", url);
+            assertEquals(0, r.exit(), r.output());
+            return r.output();
+        }
+
+        @Test
+        void showsPlanQuotasAndStatsBehindAnApiKey() throws Exception {
+            try (Harness h = new Harness(StubUpstream.start(), controls(new CopilotApi.ApiKeys(List.of("dash-key")), CopilotApi.Pacer.NONE,
+                    CopilotApi.Approver.NONE))) {
+                assertEquals(200, h.send("POST", "/v1/chat/completions", CHAT_HI, "x-api-key", "dash-key").statusCode());
+                String dom = render(h.url("/dashboard#key=dash-key"));
+                assertTrue(dom.contains("120 / 300 used (40.0%)"), "premium quota: " + dom);
+                assertTrue(dom.contains("individual · quota resets 2026-12-01"), dom);
+                assertTrue(dom.matches("(?s).*<b>Chat</b><span>unlimited</span>.*"), dom);
+                assertTrue(dom.contains("<td>gpt-4.1</td><td>1</td><td>0</td>"), "stats row: " + dom);
+                String locked = render(h.url("/dashboard"));
+                assertTrue(locked.matches("(?s).*<form id=\"keyform\">.*"), "without the key the page asks for it: " + locked);
+            }
+        }
+    }
+
+    /** SIGTERM while a stream runs: the stream finishes, then the process exits 0. */
+    static final class GracefulStopTests {
+        @Test
+        void runningStreamsFinishThenExitZero() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                stub.streamDelayMs(400);
+                Map<String, String> env = CliTests.env(stub, Files.createTempDirectory("h"));
+                ProcessBuilder pb = new ProcessBuilder(Path.of(System.getProperty("java.home"), "bin", "java").toString(), "-cp",
+                    System.getProperty("java.class.path"), "CopilotApi", "start", "--port", "0", "--github-token", StubUpstream.VALID_GITHUB_TOKEN)
+                    .redirectErrorStream(true);
+                pb.environment().putAll(env);
+                Process p = pb.start();
+                BufferedReader out = new BufferedReader(new InputStreamReader(p.getInputStream(), UTF_8));
+                String base = null;
+                for (String line = out.readLine(); line != null && base == null; line = out.readLine()) {
+                    var m = java.util.regex.Pattern.compile("listening on (http://\\S+)").matcher(line);
+                    if (m.find()) base = m.group(1);
+                }
+                assertNotNull(base);
+                HttpClient client = HttpClient.newHttpClient();
+                HttpResponse<InputStream> r = client.send(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
+                    .POST(HttpRequest.BodyPublishers.ofString(CHAT_HI.replace("{\"model\"", "{\"stream\":true,\"model\""))).build(),
+                    HttpResponse.BodyHandlers.ofInputStream());
+                BufferedReader stream = new BufferedReader(new InputStreamReader(r.body(), UTF_8));
+                assertNotNull(stream.readLine());
+                p.destroy();
+                StringBuilder rest = new StringBuilder();
+                for (String line = stream.readLine(); line != null; line = stream.readLine()) rest.append(line).append('\n');
+                assertTrue(rest.toString().contains("data: [DONE]"), "the running stream finished: " + rest);
+                assertTrue(p.waitFor(20, TimeUnit.SECONDS));
+                assertEquals(0, p.exitValue());
+                final String b = base;
+                assertThrows(IOException.class, () -> client.send(HttpRequest.newBuilder(URI.create(b + "/")).build(),
+                    HttpResponse.BodyHandlers.ofString()), "no new connections after the stop");
             }
         }
     }
