@@ -10,6 +10,7 @@
 import static java.nio.charset.StandardCharsets.UTF_8;
 
 import com.fasterxml.jackson.core.JsonProcessingException;
+import com.fasterxml.jackson.databind.DeserializationFeature;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.SerializationFeature;
@@ -45,15 +46,21 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.attribute.PosixFilePermissions;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.ArrayList;
 import java.util.Base64;
+import java.util.Collection;
+import java.util.HexFormat;
 import java.util.LinkedHashMap;
+import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Optional;
+import java.util.Set;
 import java.util.TreeMap;
 import java.util.UUID;
 import java.util.concurrent.Callable;
@@ -63,13 +70,14 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Consumer;
+import java.util.function.Supplier;
 import java.util.regex.Pattern;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
-import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
+import picocli.CommandLine;
 
 /**
  * copilot-api: a local server that speaks the OpenAI and Anthropic APIs on top of a GitHub Copilot plan.
@@ -1551,7 +1559,67 @@ class CopilotApi implements Callable<Integer> {
 
         /** Translated: Anthropic in, chat completions to Copilot, Anthropic out. */
         private void translate(Context ctx, ObjectNode body, ModelResolver.Resolution model, boolean stream) {
-            throw new ApiError(400, "invalid_request_error", "The model '" + model.upstream() + "' is not served on /v1/messages yet");
+            AnthropicToChat.Result t = AnthropicToChat.request(body, model.upstream(), ModelLimits.from(model.model()));
+            t.notes().forEach(n -> Logs.log().info("{}: {}", MESSAGES, n));
+            Requests.logBody("translated chat request", t.chatRequest());
+            CallOptions call = new CallOptions(t.initiator(), t.vision());
+            if (!stream) {
+                JsonNode chat = up.copilot().postJson(OpenAiRoutes.CHAT, t.chatRequest(), call);
+                Exchange.of(ctx).chatUsage(chat.path("usage"));
+                List<String> notes = new ArrayList<>();
+                ObjectNode message = ChatToAnthropic.response(chat, model.requested(), t.toolNameMap(), notes);
+                notes.forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
+                Requests.writeJson(ctx, message);
+                return;
+            }
+            try (UpstreamEvents events = up.copilot().stream(OpenAiRoutes.CHAT, t.chatRequest(), call)) {
+                relayTranslated(ctx, events, new ChatStreamToAnthropic(model.requested(), t.toolNameMap()));
+            }
+        }
+
+        /**
+         * Chat chunks in, Anthropic events out, each written as soon as the state machine gives it. A ping goes
+         * out after 15 s without a write, whether the upstream is silent or its tool arguments are being held.
+         * The end of the stream without [DONE] and without a finish_reason is a cut, reported as an error event.
+         */
+        static void relayTranslated(Context ctx, UpstreamEvents events, ChatStreamToAnthropic machine) {
+            SseWriter out = SseWriter.open(ctx);
+            Exchange exchange = Exchange.of(ctx);
+            boolean finishSeen = false;
+            long lastWrite = System.nanoTime();
+            try {
+                lastWrite = write(out, machine.start(), lastWrite);
+                while (!machine.done()) {
+                    UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
+                    if (item != null && item.failure() != null) {
+                        exchange.failed("upstream stream broke");
+                        write(out, machine.fail("The Copilot stream broke: " + describe(item.failure())), lastWrite);
+                    } else if (item != null && (item.event() == null || item.event().data().equals("[DONE]"))) {
+                        boolean clean = item.event() != null || finishSeen;
+                        if (!clean) exchange.failed("upstream stream cut");
+                        write(out, clean ? machine.finish() : machine.fail("The Copilot stream ended before the message was complete"), lastWrite);
+                    } else if (item != null) {
+                        Optional<JsonNode> chunk = Json.tryParse(item.event().data());
+                        if (chunk.isEmpty()) continue;
+                        Requests.logBody("chat chunk", chunk.get());
+                        exchange.chatUsage(chunk.get().path("usage"));
+                        for (JsonNode c : chunk.get().path("choices")) finishSeen |= c.path("finish_reason").isTextual();
+                        if (chunk.get().hasNonNull("error")) exchange.failed("upstream error in stream");
+                        lastWrite = write(out, machine.onChunk(chunk.get()), lastWrite);
+                    }
+                    if (!machine.done() && System.nanoTime() - lastWrite >= SseWriter.KEEPALIVE.toNanos()) {
+                        lastWrite = write(out, List.of(machine.ping()), lastWrite);
+                    }
+                }
+                machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
+            } catch (SseWriter.ClientGone gone) {
+                exchange.note("client disconnected; upstream request cancelled");
+            }
+        }
+
+        private static long write(SseWriter out, List<ChatStreamToAnthropic.Event> events, long lastWrite) {
+            for (ChatStreamToAnthropic.Event e : events) out.event(e.name(), e.data());
+            return events.isEmpty() ? lastWrite : System.nanoTime();
         }
     }
 
@@ -2021,6 +2089,899 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
+    /** What a Copilot model allows, read from its catalog entry. maxOutputTokens 0 means "not known: do not clamp". */
+    record ModelLimits(String id, int maxOutputTokens, Integer minThinkingBudget, Integer maxThinkingBudget,
+            boolean wantsMaxCompletionTokens) {
+
+        static final Pattern O_SERIES = Pattern.compile("o\\d.*");
+
+        static ModelLimits from(JsonNode model) {
+            if (model == null || !model.isObject()) return unknown("");
+            String id = model.path("id").asText("");
+            JsonNode caps = model.path("capabilities");
+            int maxOutput = Math.max(0, caps.path("limits").path("max_output_tokens").asInt(0));
+            JsonNode supports = caps.path("supports");
+            return new ModelLimits(id, maxOutput, positive(supports.path("min_thinking_budget")),
+                positive(supports.path("max_thinking_budget")), wantsMaxCompletionTokens(id));
+        }
+
+        /** A model missing from the catalog: no clamp, no thinking budget, the token field chosen by its id. */
+        static ModelLimits unknown(String id) {
+            return new ModelLimits(id, 0, null, null, wantsMaxCompletionTokens(id));
+        }
+
+        /** GPT-5 and the o-series reject max_tokens and want max_completion_tokens. */
+        static boolean wantsMaxCompletionTokens(String id) {
+            String s = id == null ? "" : id.toLowerCase(Locale.ROOT);
+            return s.startsWith("gpt-5") || O_SERIES.matcher(s).matches();
+        }
+
+        boolean knowsMaxOutput() {
+            return maxOutputTokens > 0;
+        }
+
+        boolean supportsThinking() {
+            return maxThinkingBudget != null;
+        }
+
+        int minThinking() {
+            return minThinkingBudget == null ? 1 : minThinkingBudget;
+        }
+
+        /** A requested budget within the model's min/max and below max_tokens; null when there is no room or no support. */
+        Integer thinkingBudget(int requested, Integer maxTokens) {
+            if (!supportsThinking()) return null;
+            int budget = Math.max(minThinking(), Math.min(requested, maxThinkingBudget));
+            if (maxTokens != null && budget >= maxTokens) budget = maxTokens - 1;
+            return budget < minThinking() ? null : budget;
+        }
+
+        private static Integer positive(JsonNode n) {
+            return n.isNumber() && n.asInt() > 0 ? n.asInt() : null;
+        }
+    }
+
+    /**
+     * Anthropic Messages request to a Copilot chat-completions request. One instance per call holds the notes
+     * and the tool names it shortened; callers use the static {@link #request}.
+     */
+    static final class AnthropicToChat {
+        record Result(ObjectNode chatRequest, boolean vision, Initiator initiator, List<String> notes,
+            Map<String, String> toolNameMap) {}
+
+        static final String BILLING_HEADER = "x-anthropic-billing-header:";
+        static final int MAX_TOOL_NAME = 64;
+        static final Pattern PLAIN_USER_ID = Pattern.compile("[A-Za-z0-9_.:-]{1,64}");
+        static final int LOW_EFFORT_BUDGET = 2048;
+        static final int MEDIUM_EFFORT_BUDGET = 8192;
+        static final String TOOL_IMAGE_POINTER = "(the tool returned an image; it follows in the next user message)";
+        static final Set<String> READ_KEYS = Set.of("model", "messages", "system", "max_tokens", "stop_sequences",
+            "temperature", "top_p", "stream", "tools", "tool_choice", "thinking", "metadata", "output_config");
+
+        private final ModelLimits limits;
+        private final List<String> notes = new ArrayList<>();
+        private final Map<String, String> toolNames = new LinkedHashMap<>();
+
+        private AnthropicToChat(ModelLimits limits) {
+            this.limits = limits;
+        }
+
+        static Result request(ObjectNode anthropic, String upstreamModel, ModelLimits limits) {
+            return new AnthropicToChat(limits).translate(anthropic, upstreamModel);
+        }
+
+        private Result translate(ObjectNode a, String upstreamModel) {
+            JsonNode messages = a.path("messages");
+            if (!messages.isArray()) throw invalid("'messages' must be an array");
+            ObjectNode chat = Json.object();
+            chat.put("model", upstreamModel);
+            ArrayNode out = chat.putArray("messages");
+            String system = systemText(a.get("system"));
+            if (!system.isEmpty()) out.addObject().put("role", "system").put("content", system);
+            for (int i = 0; i < messages.size(); i++) message(messages.get(i), i, out);
+            keepToolAnswersAdjacent(out);
+            Integer maxTokens = maxTokens(a, chat);
+            sampling(a, chat);
+            thinking(a, chat, maxTokens);
+            tools(a, chat);
+            user(a, chat);
+            stream(a, chat);
+            ignored(a);
+            return new Result(chat, Json.containsImage(out), Initiator.of(messages),
+                List.copyOf(notes), Map.copyOf(toolNames));
+        }
+
+        // ---- messages ----
+
+        private void message(JsonNode m, int i, ArrayNode out) {
+            if (!m.isObject()) throw invalid("messages[" + i + "] must be an object");
+            String role = m.path("role").asText("");
+            List<JsonNode> blocks = blocks(m.get("content"), "messages[" + i + "].content");
+            switch (role) {
+                case "user" -> userTurn(blocks, out);
+                case "assistant" -> assistantTurn(blocks, out);
+                case "system" -> {
+                    String text = systemText(m.get("content"));
+                    if (!text.isEmpty()) out.addObject().put("role", "system").put("content", text);
+                }
+                default -> throw invalid("messages[" + i + "].role must be \"user\" or \"assistant\", not \"" + role + "\"");
+            }
+        }
+
+        /** A system message between tool calls and their tool answers moves after the answers (chat needs them adjacent). */
+        private static void keepToolAnswersAdjacent(ArrayNode out) {
+            for (int i = out.size() - 2; i >= 1; i--) {
+                if (!out.get(i).path("role").asText().equals("system")) continue;
+                int j = i;
+                while (j + 1 < out.size() && out.get(j + 1).path("role").asText().equals("tool")) {
+                    JsonNode system = out.get(j);
+                    out.set(j, out.get(j + 1));
+                    out.set(j + 1, system);
+                    j++;
+                }
+            }
+        }
+
+        /** Tool answers first (one tool message per tool_result), then the rest as one user message. */
+        private void userTurn(List<JsonNode> blocks, ArrayNode out) {
+            List<ObjectNode> toolImages = new ArrayList<>();
+            List<ObjectNode> parts = new ArrayList<>();
+            for (JsonNode b : blocks) {
+                String type = b.path("type").asText("");
+                switch (type) {
+                    case "tool_result" -> out.add(toolMessage(b, toolImages));
+                    case "text", "image", "document" -> contentPart(b).ifPresent(parts::add);
+                    default -> notes.add("dropped a " + describeType(type) + " block from a user message");
+                }
+            }
+            List<ObjectNode> all = new ArrayList<>(toolImages);
+            all.addAll(parts);
+            if (!all.isEmpty()) out.add(userMessage(all));
+        }
+
+        private static ObjectNode userMessage(List<ObjectNode> parts) {
+            ObjectNode m = Json.object();
+            m.put("role", "user");
+            if (parts.size() == 1 && parts.get(0).path("type").asText().equals("text")) {
+                m.put("content", parts.get(0).path("text").asText());
+            } else {
+                m.putArray("content").addAll(parts);
+            }
+            return m;
+        }
+
+        /** Tool messages are text only: images go to the user message that follows, errors stay visible. */
+        private ObjectNode toolMessage(JsonNode b, List<ObjectNode> images) {
+            String id = b.path("tool_use_id").asText("");
+            if (id.isBlank()) throw invalid("a tool_result block needs a tool_use_id");
+            List<String> texts = new ArrayList<>();
+            int imageCount = 0;
+            for (JsonNode part : blocks(b.get("content"), "tool_result.content")) {
+                String type = part.path("type").asText("");
+                if (type.equals("image")) {
+                    images.add(imagePart(part));
+                    imageCount++;
+                } else if (type.equals("text") || type.equals("document")) {
+                    contentPart(part).ifPresent(p -> texts.add(p.path("text").asText()));
+                } else {
+                    notes.add("dropped a " + describeType(type) + " block from a tool_result");
+                }
+            }
+            String text = String.join("\n\n", texts);
+            if (text.isEmpty() && imageCount > 0) text = TOOL_IMAGE_POINTER;
+            if (b.path("is_error").asBoolean(false)) text = "Error: " + text;
+            ObjectNode m = Json.object();
+            m.put("role", "tool");
+            m.put("tool_call_id", id);
+            m.put("content", text);
+            return m;
+        }
+
+        /** Text to content, tool_use to tool_calls, thinking to reasoning_text/reasoning_opaque (never to content). */
+        private void assistantTurn(List<JsonNode> blocks, ArrayNode out) {
+            List<String> texts = new ArrayList<>();
+            List<String> reasoning = new ArrayList<>();
+            ArrayNode calls = Json.array();
+            String opaque = null;
+            for (JsonNode b : blocks) {
+                String type = b.path("type").asText("");
+                switch (type) {
+                    case "text" -> {
+                        if (!b.path("text").asText("").isBlank()) texts.add(b.path("text").asText());
+                    }
+                    case "tool_use" -> calls.add(toolCall(b));
+                    case "thinking" -> {
+                        if (!b.path("thinking").asText("").isEmpty()) reasoning.add(b.path("thinking").asText());
+                        if (opaque == null && !b.path("signature").asText("").isBlank()) opaque = b.path("signature").asText();
+                    }
+                    case "redacted_thinking" -> {
+                        if (opaque == null && !b.path("data").asText("").isBlank()) opaque = b.path("data").asText();
+                    }
+                    default -> notes.add("dropped a " + describeType(type) + " block from an assistant message");
+                }
+            }
+            if (texts.isEmpty() && calls.isEmpty()) {
+                if (!reasoning.isEmpty() || opaque != null) notes.add("dropped an assistant message that held only thinking");
+                return;
+            }
+            ObjectNode m = out.addObject();
+            m.put("role", "assistant");
+            if (texts.isEmpty()) m.putNull("content");
+            else m.put("content", String.join("\n\n", texts));
+            if (!calls.isEmpty()) m.set("tool_calls", calls);
+            if (!reasoning.isEmpty()) m.put("reasoning_text", String.join("\n\n", reasoning));
+            if (opaque != null) m.put("reasoning_opaque", opaque);
+        }
+
+        private ObjectNode toolCall(JsonNode b) {
+            String id = b.path("id").asText("");
+            if (id.isBlank()) throw invalid("a tool_use block needs an id");
+            ObjectNode call = Json.object();
+            call.put("id", id);
+            call.put("type", "function");
+            ObjectNode fn = call.putObject("function");
+            fn.put("name", toolName(b.path("name").asText("")));
+            JsonNode input = b.get("input");
+            fn.put("arguments", input == null || input.isNull() ? "{}" : Json.write(input));
+            return call;
+        }
+
+        /** A text, image or document block as a chat content part; blank text is dropped. */
+        private Optional<ObjectNode> contentPart(JsonNode b) {
+            String type = b.path("type").asText("");
+            if (type.equals("image")) return Optional.of(imagePart(b));
+            String text = type.equals("document") ? documentText(b) : b.path("text").asText("");
+            if (text.isBlank()) return Optional.empty();
+            ObjectNode p = Json.object();
+            p.put("type", "text");
+            p.put("text", text);
+            return Optional.of(p);
+        }
+
+        private static ObjectNode imagePart(JsonNode b) {
+            JsonNode src = b.path("source");
+            String kind = src.path("type").asText("");
+            String url;
+            if (kind.equals("base64")) {
+                String media = src.path("media_type").asText("");
+                String data = src.path("data").asText("");
+                if (media.isBlank() || data.isBlank()) throw invalid("an image with a base64 source needs media_type and data");
+                url = "data:" + media + ";base64," + data;
+            } else if (kind.equals("url")) {
+                url = src.path("url").asText("");
+                if (url.isBlank()) throw invalid("an image with a url source needs a url");
+            } else {
+                throw invalid("image sources of type \"" + kind + "\" cannot be sent to Copilot; send base64 data or a URL");
+            }
+            ObjectNode p = Json.object();
+            p.put("type", "image_url");
+            p.putObject("image_url").put("url", url);
+            return p;
+        }
+
+        /** Text documents become text (titled when they have a title); anything else is refused with a 400. */
+        private static String documentText(JsonNode b) {
+            JsonNode src = b.path("source");
+            String kind = src.path("type").asText("");
+            String media = src.path("media_type").asText("");
+            String text;
+            if (kind.equals("text")) {
+                text = src.path("data").asText("");
+            } else if (kind.equals("base64") && media.startsWith("text/")) {
+                try {
+                    text = new String(Base64.getMimeDecoder().decode(src.path("data").asText("")), UTF_8);
+                } catch (IllegalArgumentException e) {
+                    throw invalid("a " + media + " document's base64 data does not decode");
+                }
+            } else if (kind.equals("content")) {
+                List<String> texts = new ArrayList<>();
+                for (JsonNode part : blocks(src.get("content"), "document.source.content")) {
+                    if (part.path("type").asText("").equals("text") && !part.path("text").asText("").isBlank()) {
+                        texts.add(part.path("text").asText());
+                    }
+                }
+                text = String.join("\n\n", texts);
+            } else {
+                String what = media.isBlank() ? kind + " source" : media;
+                throw invalid("Copilot's chat completions cannot read " + what + " documents; only text documents "
+                    + "(source type \"text\" or a text/* media type) can be sent through copilot-api");
+            }
+            String title = b.path("title").asText("");
+            return title.isBlank() || text.isBlank() ? text : title + "\n\n" + text;
+        }
+
+        // ---- system ----
+
+        /** The system text: text blocks joined by a blank line, the billing header line removed. */
+        private String systemText(JsonNode content) {
+            List<String> parts = new ArrayList<>();
+            for (JsonNode b : blocks(content, "system")) {
+                String type = b.path("type").asText("");
+                if (!type.equals("text")) {
+                    notes.add("dropped a " + describeType(type) + " block from a system prompt");
+                    continue;
+                }
+                String text = withoutBillingHeader(b.path("text").asText(""));
+                if (!text.isBlank()) parts.add(text);
+            }
+            return String.join("\n\n", parts);
+        }
+
+        /** Copilot refuses the reserved x-anthropic-billing-header line Claude Code puts into the system prompt. */
+        static String withoutBillingHeader(String text) {
+            if (!text.stripLeading().startsWith(BILLING_HEADER)) return text;
+            int nl = text.indexOf('\n');
+            return nl < 0 ? "" : text.substring(nl + 1);
+        }
+
+        // ---- tools ----
+
+        private void tools(JsonNode a, ObjectNode chat) {
+            ArrayNode tools = Json.array();
+            Set<String> names = new LinkedHashSet<>();
+            for (JsonNode t : a.path("tools")) {
+                String type = t.path("type").asText("");
+                String name = t.path("name").asText("");
+                if (!type.isEmpty() && !type.equals("custom")) {
+                    notes.add("dropped the server tool " + name + " (" + type + "): Copilot cannot run Anthropic server tools");
+                    continue;
+                }
+                if (name.isBlank()) throw invalid("every tool needs a name");
+                ObjectNode fn = tools.addObject().put("type", "function").putObject("function");
+                fn.put("name", toolName(name));
+                if (t.path("description").isTextual()) fn.put("description", t.path("description").asText());
+                fn.set("parameters", t.path("input_schema").isObject() ? t.get("input_schema").deepCopy() : emptySchema());
+                names.add(name);
+            }
+            if (!tools.isEmpty()) chat.set("tools", tools);
+            toolChoice(a.path("tool_choice"), chat, names);
+        }
+
+        private void toolChoice(JsonNode choice, ObjectNode chat, Set<String> toolNames) {
+            if (!choice.isObject()) return;
+            String type = choice.path("type").asText("auto");
+            if (toolNames.isEmpty()) {
+                if (!type.equals("auto") && !type.equals("none")) notes.add("ignored tool_choice " + type + ": no tool is left to call");
+                return;
+            }
+            switch (type) {
+                case "auto" -> chat.put("tool_choice", "auto");
+                case "any" -> chat.put("tool_choice", "required");
+                case "none" -> chat.put("tool_choice", "none");
+                case "tool" -> {
+                    String name = choice.path("name").asText("");
+                    if (toolNames.contains(name)) {
+                        chat.putObject("tool_choice").put("type", "function").putObject("function").put("name", toolName(name));
+                    } else {
+                        notes.add("ignored tool_choice for " + name + ": no such tool is sent to Copilot");
+                    }
+                }
+                default -> notes.add("ignored tool_choice of type " + type);
+            }
+            if (choice.path("disable_parallel_tool_use").asBoolean(false) && !type.equals("none")) {
+                chat.put("parallel_tool_calls", false);
+            }
+        }
+
+        private String toolName(String name) {
+            String shortName = shortToolName(name);
+            if (!shortName.equals(name)) toolNames.put(shortName, name);
+            return shortName;
+        }
+
+        /** Names over 64 characters: the first 55, '_' and 8 hex digits of the name's SHA-256 (reversed via toolNameMap). */
+        static String shortToolName(String name) {
+            if (name.length() <= MAX_TOOL_NAME) return name;
+            try {
+                byte[] hash = MessageDigest.getInstance("SHA-256").digest(name.getBytes(UTF_8));
+                return name.substring(0, MAX_TOOL_NAME - 9) + "_" + HexFormat.of().formatHex(hash, 0, 4);
+            } catch (NoSuchAlgorithmException e) {
+                throw new IllegalStateException("SHA-256 is missing from this Java runtime", e);
+            }
+        }
+
+        private static ObjectNode emptySchema() {
+            ObjectNode s = Json.object();
+            s.put("type", "object");
+            s.putObject("properties");
+            return s;
+        }
+
+        // ---- sampling, thinking, user, stream ----
+
+        /** max_tokens clamped to the model's output limit, under the name the model wants; the value sent, or null. */
+        private Integer maxTokens(JsonNode a, ObjectNode chat) {
+            JsonNode n = a.get("max_tokens");
+            if (n == null || !n.isIntegralNumber()) return null;
+            int value = n.asInt();
+            if (limits.knowsMaxOutput() && value > limits.maxOutputTokens()) {
+                notes.add("max_tokens " + value + " lowered to " + limits.id() + "'s limit of " + limits.maxOutputTokens());
+                value = limits.maxOutputTokens();
+            }
+            chat.put(limits.wantsMaxCompletionTokens() ? "max_completion_tokens" : "max_tokens", value);
+            return value;
+        }
+
+        private static void sampling(JsonNode a, ObjectNode chat) {
+            JsonNode stops = a.path("stop_sequences");
+            if (stops.isArray() && !stops.isEmpty()) chat.set("stop", stops.deepCopy());
+            if (a.path("temperature").isNumber()) chat.set("temperature", a.get("temperature"));
+            if (a.path("top_p").isNumber()) chat.set("top_p", a.get("top_p"));
+        }
+
+        /** thinking_budget within the model's min/max and below max_tokens; omitted when the model has no budget. */
+        private void thinking(JsonNode a, ObjectNode chat, Integer maxTokens) {
+            Integer requested = requestedThinkingBudget(a);
+            if (requested == null) return;
+            if (!limits.supportsThinking()) {
+                notes.add("thinking not forwarded: " + limits.id() + " has no thinking budget in the Copilot catalog");
+                return;
+            }
+            Integer budget = limits.thinkingBudget(requested, maxTokens);
+            if (budget == null) {
+                notes.add("thinking not forwarded: max_tokens " + maxTokens + " leaves no room for the minimum budget "
+                    + limits.minThinking());
+                return;
+            }
+            chat.put("thinking_budget", budget);
+        }
+
+        /**
+         * enabled: budget_tokens (8192 if missing); adaptive: by output_config.effort, low 2048, medium 8192, and high,
+         * max or no effort the model's maximum (Anthropic's default effort is high).
+         */
+        static Integer requestedThinkingBudget(JsonNode a) {
+            JsonNode t = a.path("thinking");
+            switch (t.path("type").asText("")) {
+                case "enabled":
+                    return t.path("budget_tokens").isIntegralNumber() ? t.get("budget_tokens").asInt() : MEDIUM_EFFORT_BUDGET;
+                case "adaptive":
+                    String effort = a.path("output_config").path("effort").asText("high");
+                    if (effort.equals("low")) return LOW_EFFORT_BUDGET;
+                    if (effort.equals("medium")) return MEDIUM_EFFORT_BUDGET;
+                    return Integer.MAX_VALUE;
+                default:
+                    return null;
+            }
+        }
+
+        /** metadata.user_id becomes `user` only when it is a short plain id (Claude Code sends a JSON string there). */
+        private void user(JsonNode a, ObjectNode chat) {
+            JsonNode id = a.path("metadata").path("user_id");
+            if (id.isMissingNode() || id.isNull()) return;
+            if (id.isTextual() && PLAIN_USER_ID.matcher(id.asText()).matches()) chat.put("user", id.asText());
+            else notes.add("metadata.user_id not forwarded: not a short plain id");
+        }
+
+        private static void stream(JsonNode a, ObjectNode chat) {
+            if (!a.path("stream").isBoolean()) return;
+            boolean stream = a.path("stream").asBoolean();
+            chat.put("stream", stream);
+            if (stream) chat.putObject("stream_options").put("include_usage", true);
+        }
+
+        private void ignored(JsonNode a) {
+            List<String> ignored = new ArrayList<>();
+            a.fieldNames().forEachRemaining(k -> {
+                if (!READ_KEYS.contains(k)) ignored.add(k);
+            });
+            if (!ignored.isEmpty()) notes.add("ignored: " + String.join(", ", ignored));
+        }
+
+        // ---- helpers ----
+
+        /** Content as a list of blocks: a string is one text block, null is none; cache_control is never copied. */
+        private static List<JsonNode> blocks(JsonNode content, String where) {
+            List<JsonNode> list = new ArrayList<>();
+            if (content == null || content.isNull() || content.isMissingNode()) return list;
+            if (content.isTextual()) {
+                list.add(Json.object().put("type", "text").put("text", content.asText()));
+                return list;
+            }
+            if (!content.isArray()) throw invalid("'" + where + "' must be a string or an array of content blocks");
+            for (JsonNode b : content) {
+                if (!b.isObject()) throw invalid("'" + where + "' holds something that is not a content block");
+                list.add(b);
+            }
+            return list;
+        }
+
+        private static String describeType(String type) {
+            return type.isEmpty() ? "typeless" : type;
+        }
+
+        private static ApiError invalid(String message) {
+            return new ApiError(400, "invalid_request_error", message);
+        }
+    }
+
+    /** A Copilot chat completion to an Anthropic message: split choices merged, thinking first, then text, then tools. */
+    static final class ChatToAnthropic {
+        static ObjectNode response(JsonNode chat, String requestedModel, Map<String, String> toolNameMap) {
+            return response(chat, requestedModel, toolNameMap, new ArrayList<>());
+        }
+
+        /** As above; problems worth a log line (unreadable tool arguments) are added to notes. */
+        static ObjectNode response(JsonNode chat, String requestedModel, Map<String, String> toolNameMap, List<String> notes) {
+            StringBuilder reasoning = new StringBuilder();
+            StringBuilder text = new StringBuilder();
+            String opaque = null;
+            List<JsonNode> calls = new ArrayList<>();
+            List<String> finishReasons = new ArrayList<>();
+            for (JsonNode choice : chat.path("choices")) {
+                JsonNode m = choice.path("message");
+                reasoning.append(m.path("reasoning_text").asText(""));
+                if (opaque == null && !m.path("reasoning_opaque").asText("").isEmpty()) opaque = m.path("reasoning_opaque").asText();
+                text.append(contentText(m.path("content")));
+                m.path("tool_calls").forEach(calls::add);
+                if (choice.path("finish_reason").isTextual()) finishReasons.add(choice.path("finish_reason").asText());
+            }
+            ObjectNode msg = messageShell("msg_" + Ids.random(24), requestedModel);
+            ArrayNode content = msg.putArray("content");
+            if (reasoning.length() > 0 || opaque != null) {
+                content.addObject().put("type", "thinking").put("thinking", reasoning.toString())
+                    .put("signature", opaque == null ? "" : opaque);
+            }
+            if (text.length() > 0) content.addObject().put("type", "text").put("text", text.toString());
+            for (JsonNode call : calls) {
+                JsonNode fn = call.path("function");
+                String name = originalName(fn.path("name").asText(""), toolNameMap);
+                String id = call.path("id").asText("");
+                content.add(toolUse(id.isEmpty() ? "toolu_" + Ids.random(24) : id, name,
+                    toolInput(fn.path("arguments").asText(""), name, notes)));
+            }
+            msg.put("stop_reason", stopReason(finishReasons, !calls.isEmpty()));
+            msg.putNull("stop_sequence");
+            msg.set("usage", usage(chat.path("usage")));
+            return msg;
+        }
+
+        /** id, type, role, model, then whatever the caller adds (content, stop_reason, ...). */
+        static ObjectNode messageShell(String id, String model) {
+            ObjectNode msg = Json.object();
+            msg.put("id", id);
+            msg.put("type", "message");
+            msg.put("role", "assistant");
+            msg.put("model", model);
+            return msg;
+        }
+
+        static ObjectNode toolUse(String id, String name, ObjectNode input) {
+            ObjectNode b = Json.object();
+            b.put("type", "tool_use");
+            b.put("id", id);
+            b.put("name", name);
+            b.set("input", input);
+            return b;
+        }
+
+        static String originalName(String name, Map<String, String> toolNameMap) {
+            return toolNameMap == null ? name : toolNameMap.getOrDefault(name, name);
+        }
+
+        /**
+         * tool_use whenever a tool is called; length → max_tokens; content_filter → refusal (the answer was cut by a
+         * safety filter, and end_turn would pass a truncated answer off as complete); anything else → end_turn.
+         */
+        static String stopReason(Collection<String> finishReasons, boolean toolUse) {
+            if (toolUse) return "tool_use";
+            if (finishReasons.contains("length")) return "max_tokens";
+            if (finishReasons.contains("content_filter")) return "refusal";
+            return "end_turn";
+        }
+
+        /** Anthropic usage from chat usage: input_tokens excludes the cached prompt tokens. */
+        static ObjectNode usage(JsonNode u) {
+            int prompt = u.path("prompt_tokens").asInt(0);
+            int cached = u.path("prompt_tokens_details").path("cached_tokens").asInt(0);
+            ObjectNode o = Json.object();
+            o.put("input_tokens", Math.max(0, prompt - cached));
+            o.put("cache_creation_input_tokens", 0);
+            o.put("cache_read_input_tokens", cached);
+            o.put("output_tokens", u.path("completion_tokens").asInt(0));
+            return o;
+        }
+
+        /** Tool arguments as a JSON object: blank → {}, anything that is not exactly one object → {} and a note. */
+        static ObjectNode toolInput(String arguments, String toolName, List<String> notes) {
+            if (arguments == null || arguments.isBlank()) return Json.object();
+            try {
+                JsonNode parsed = JSON.readerFor(JsonNode.class)
+                    .with(DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readValue(arguments);
+                if (parsed != null && parsed.isObject()) return (ObjectNode) parsed;
+            } catch (IOException e) {
+                // reported below
+            }
+            String shown = arguments.length() > 200 ? arguments.substring(0, 200) + "..." : arguments;
+            notes.add("the arguments of a " + toolName + " call are not a JSON object, sent {} instead: " + shown);
+            return Json.object();
+        }
+
+        private static String contentText(JsonNode content) {
+            if (content.isTextual()) return content.asText();
+            StringBuilder b = new StringBuilder();
+            for (JsonNode part : content) if (part.path("type").asText("").equals("text")) b.append(part.path("text").asText(""));
+            return b.toString();
+        }
+    }
+
+    /**
+     * A Copilot chat stream to Anthropic events, one instance per request. Thinking and text are sent as they arrive.
+     * Tool calls are collected by (choice index, tool_call index) and each is sent whole at the end of the stream
+     * (start, one input_json_delta with the checked JSON, stop): only then is a tool call known to be complete and
+     * its arguments known to parse, so interleaved fragments can never land in a closed block. A thinking block's
+     * signature (reasoning_opaque) is collected and sent just before the block closes; one that arrives after text
+     * started gets its own empty thinking block. message_delta and message_stop come last; a broken upstream ends
+     * with an error event instead. While tool arguments are collected the client hears nothing: callers send ping()
+     * after ~15 s without a write to the client, not only after upstream silence.
+     */
+    static final class ChatStreamToAnthropic {
+        /** One Anthropic event; data.type equals name. */
+        record Event(String name, ObjectNode data) {
+            String sse() {
+                return "event: " + name + "\ndata: " + Json.write(data) + "\n\n";
+            }
+        }
+
+        private enum Open { NONE, THINKING, TEXT }
+
+        /** A tool call being collected; sent when the stream ends. */
+        private static final class ToolCall {
+            String id = "";
+            String name = "";
+            final StringBuilder arguments = new StringBuilder();
+        }
+
+        private final String model;
+        private final Map<String, String> toolNameMap;
+        private final Supplier<String> randomIds;
+        private final List<String> notes = new ArrayList<>();
+        private final Map<String, ToolCall> toolCalls = new LinkedHashMap<>();
+        private final Map<Integer, String> lastToolKey = new LinkedHashMap<>();
+        private final Set<String> finishReasons = new LinkedHashSet<>();
+        private final StringBuilder signature = new StringBuilder();
+        private JsonNode usage;
+        private boolean started;
+        private boolean done;
+        private int blocks;
+        private Open open = Open.NONE;
+
+        ChatStreamToAnthropic(String requestedModel, Map<String, String> toolNameMap) {
+            this(requestedModel, toolNameMap, () -> Ids.random(24));
+        }
+
+        /** randomIds supplies the random part of the message id and of missing tool ids (fixed in tests). */
+        ChatStreamToAnthropic(String requestedModel, Map<String, String> toolNameMap, Supplier<String> randomIds) {
+            this.model = requestedModel;
+            this.toolNameMap = toolNameMap == null ? Map.of() : toolNameMap;
+            this.randomIds = randomIds;
+        }
+
+        /** True after message_stop or error: nothing more may be sent. */
+        boolean done() {
+            return done;
+        }
+
+        List<String> notes() {
+            return List.copyOf(notes);
+        }
+
+        /** message_start, once; onChunk and finish send it too when it has not been sent yet. */
+        List<Event> start() {
+            List<Event> out = new ArrayList<>();
+            if (started || done) return out;
+            started = true;
+            ObjectNode msg = ChatToAnthropic.messageShell("msg_" + randomIds.get(), model);
+            msg.putArray("content");
+            msg.putNull("stop_reason");
+            msg.putNull("stop_sequence");
+            ObjectNode u = ChatToAnthropic.usage(usage == null ? Json.object() : usage);
+            u.put("output_tokens", 0);
+            msg.set("usage", u);
+            ObjectNode data = data("message_start");
+            data.set("message", msg);
+            out.add(new Event("message_start", data));
+            return out;
+        }
+
+        List<Event> onChunk(JsonNode chunk) {
+            if (done) return List.of();
+            if (chunk.hasNonNull("error")) return fail(errorMessage(chunk.get("error")));
+            if (chunk.path("usage").isObject()) usage = chunk.get("usage");
+            List<Event> out = start();
+            for (JsonNode choice : chunk.path("choices")) onChoice(choice, out);
+            return out;
+        }
+
+        /** The upstream ended ([DONE], or EOF with or without a finish_reason): tools, message_delta, message_stop. */
+        List<Event> finish() {
+            if (done) return List.of();
+            List<Event> out = start();
+            close(out);
+            for (ToolCall call : toolCalls.values()) sendTool(call, out);
+            ObjectNode delta = data("message_delta");
+            delta.putObject("delta").put("stop_reason", ChatToAnthropic.stopReason(finishReasons, !toolCalls.isEmpty()))
+                .putNull("stop_sequence");
+            delta.set("usage", usage == null ? Json.object().put("output_tokens", 0) : ChatToAnthropic.usage(usage));
+            out.add(new Event("message_delta", delta));
+            out.add(new Event("message_stop", data("message_stop")));
+            done = true;
+            return out;
+        }
+
+        /** The upstream broke: one error event, and nothing after it. */
+        List<Event> fail(String message) {
+            if (done) return List.of();
+            done = true;
+            return List.of(new Event("error", AnthropicEvents.error("api_error", message)));
+        }
+
+        Event ping() {
+            return new Event("ping", AnthropicEvents.ping());
+        }
+
+        private void onChoice(JsonNode choice, List<Event> out) {
+            int index = choice.path("index").asInt(0);
+            JsonNode delta = choice.path("delta");
+            String reasoning = delta.path("reasoning_text").asText("");
+            if (!reasoning.isEmpty()) thinkingDelta(reasoning, out);
+            String opaque = delta.path("reasoning_opaque").asText("");
+            if (!opaque.isEmpty()) {
+                ensureOpen(Open.THINKING, out);
+                signature.append(opaque);
+            }
+            String text = delta.path("content").asText("");
+            if (!text.isEmpty()) textDelta(text, out);
+            for (JsonNode call : delta.path("tool_calls")) collect(index, call);
+            if (choice.path("finish_reason").isTextual()) finishReasons.add(choice.path("finish_reason").asText());
+        }
+
+        private void thinkingDelta(String text, List<Event> out) {
+            ensureOpen(Open.THINKING, out);
+            ObjectNode d = Json.object().put("type", "thinking_delta").put("thinking", text);
+            out.add(blockDelta(d));
+        }
+
+        private void textDelta(String text, List<Event> out) {
+            ensureOpen(Open.TEXT, out);
+            ObjectNode d = Json.object().put("type", "text_delta").put("text", text);
+            out.add(blockDelta(d));
+        }
+
+        private void ensureOpen(Open kind, List<Event> out) {
+            if (open == kind) return;
+            close(out);
+            ObjectNode block = Json.object();
+            if (kind == Open.THINKING) block.put("type", "thinking").put("thinking", "").put("signature", "");
+            else block.put("type", "text").put("text", "");
+            out.add(blockStart(block));
+            open = kind;
+        }
+
+        /** Closes the open block; a thinking block first gets its signature, collected whole. */
+        private void close(List<Event> out) {
+            if (open == Open.NONE) return;
+            if (open == Open.THINKING && signature.length() > 0) {
+                out.add(blockDelta(Json.object().put("type", "signature_delta").put("signature", signature.toString())));
+                signature.setLength(0);
+            }
+            ObjectNode stop = data("content_block_stop");
+            stop.put("index", blocks - 1);
+            out.add(new Event("content_block_stop", stop));
+            open = Open.NONE;
+        }
+
+        /** Fragments keyed by (choice, index); without an index by id, else they extend the choice's last call. */
+        private void collect(int choice, JsonNode fragment) {
+            String key;
+            if (fragment.path("index").isNumber()) key = choice + ":" + fragment.path("index").asInt();
+            else if (!fragment.path("id").asText("").isEmpty()) key = choice + ":id:" + fragment.path("id").asText();
+            else key = lastToolKey.getOrDefault(choice, choice + ":?");
+            lastToolKey.put(choice, key);
+            ToolCall call = toolCalls.computeIfAbsent(key, k -> new ToolCall());
+            if (call.id.isEmpty()) call.id = fragment.path("id").asText("");
+            JsonNode fn = fragment.path("function");
+            if (call.name.isEmpty()) call.name = fn.path("name").asText("");
+            call.arguments.append(fn.path("arguments").asText(""));
+        }
+
+        private void sendTool(ToolCall call, List<Event> out) {
+            String name = ChatToAnthropic.originalName(call.name, toolNameMap);
+            String id = call.id.isEmpty() ? "toolu_" + randomIds.get() : call.id;
+            ObjectNode input = ChatToAnthropic.toolInput(call.arguments.toString(), name, notes);
+            out.add(blockStart(ChatToAnthropic.toolUse(id, name, Json.object())));
+            out.add(blockDelta(Json.object().put("type", "input_json_delta").put("partial_json", Json.write(input))));
+            ObjectNode stop = data("content_block_stop");
+            stop.put("index", blocks - 1);
+            out.add(new Event("content_block_stop", stop));
+        }
+
+        private Event blockStart(ObjectNode block) {
+            ObjectNode d = data("content_block_start");
+            d.put("index", blocks++);
+            d.set("content_block", block);
+            return new Event("content_block_start", d);
+        }
+
+        private Event blockDelta(ObjectNode delta) {
+            ObjectNode d = data("content_block_delta");
+            d.put("index", blocks - 1);
+            d.set("delta", delta);
+            return new Event("content_block_delta", d);
+        }
+
+        private static ObjectNode data(String type) {
+            return Json.object().put("type", type);
+        }
+
+        private static String errorMessage(JsonNode error) {
+            if (error.isTextual()) return error.asText();
+            String m = error.path("message").asText("");
+            return m.isBlank() ? "Copilot reported an error in the stream: " + Json.write(error) : m;
+        }
+
+        /**
+         * Folds events into the message an SDK would build from them: content blocks by index, text and thinking
+         * appended, the signature set, tool input parsed from the joined input_json_delta, message_delta applied.
+         * An error event throws IllegalStateException; so does a tool input that does not parse.
+         */
+        static ObjectNode accumulate(List<Event> events) {
+            ObjectNode message = null;
+            Map<Integer, StringBuilder> json = new LinkedHashMap<>();
+            for (Event e : events) {
+                ObjectNode d = e.data();
+                int index = d.path("index").asInt();
+                switch (e.name()) {
+                    case "message_start" -> message = d.get("message").deepCopy();
+                    case "content_block_start" -> ((ArrayNode) message.get("content")).insert(index, d.get("content_block").deepCopy());
+                    case "content_block_delta" ->
+                        applyDelta(block(message, index), d.path("delta"), json.computeIfAbsent(index, i -> new StringBuilder()));
+                    case "content_block_stop" -> {
+                        ObjectNode b = block(message, index);
+                        StringBuilder joined = json.get(index);
+                        if (b.path("type").asText().equals("tool_use") && joined != null && joined.length() > 0) {
+                            b.set("input", parse(joined.toString()));
+                        }
+                    }
+                    case "message_delta" -> applyMessageDelta(message, d);
+                    case "error" -> throw new IllegalStateException("the stream ended with an error: " + d.path("error").path("message").asText());
+                    default -> { }
+                }
+            }
+            return message;
+        }
+
+        private static void applyMessageDelta(ObjectNode message, ObjectNode d) {
+            message.setAll((ObjectNode) d.path("delta"));
+            ObjectNode usage = message.withObjectProperty("usage");
+            d.path("usage").properties().forEach(f -> {
+                if (!f.getValue().isNull()) usage.set(f.getKey(), f.getValue());
+            });
+        }
+
+        private static ObjectNode block(ObjectNode message, int index) {
+            return (ObjectNode) message.get("content").get(index);
+        }
+
+        private static void applyDelta(ObjectNode block, JsonNode delta, StringBuilder json) {
+            switch (delta.path("type").asText("")) {
+                case "text_delta" -> block.put("text", block.path("text").asText("") + delta.path("text").asText());
+                case "thinking_delta" -> block.put("thinking", block.path("thinking").asText("") + delta.path("thinking").asText());
+                case "signature_delta" -> block.put("signature", delta.path("signature").asText());
+                case "input_json_delta" -> json.append(delta.path("partial_json").asText());
+                default -> throw new IllegalStateException("unknown delta type " + delta.path("type"));
+            }
+        }
+
+        private static JsonNode parse(String json) {
+            try {
+                return JSON.readerFor(JsonNode.class).with(DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readValue(json);
+            } catch (IOException e) {
+                throw new IllegalStateException("tool input does not parse: " + json, e);
+            }
+        }
+    }
+
     /** Small Anthropic event bodies shared by the native relay and the translator. */
     static final class AnthropicEvents {
         static ObjectNode ping() {
@@ -2157,7 +3118,7 @@ class CopilotApi implements Callable<Integer> {
         static final List<String> FIELDS = List.of("model", "messages", "system", "max_tokens", "stop_sequences", "stream",
             "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking");
         static final List<String> TOOL_FIELDS = List.of("name", "description", "input_schema", "cache_control");
-        static final String BILLING_HEADER = "x-anthropic-billing-header:";
+        static final String BILLING_HEADER = AnthropicToChat.BILLING_HEADER;
 
         static Prepared prepare(ObjectNode in, String upstreamModel, JsonNode model) {
             List<String> notes = new ArrayList<>();
@@ -2170,8 +3131,8 @@ class CopilotApi implements Callable<Integer> {
             stripBillingHeader(out);
             out.set("messages", systemTurnsAsUser(out.withArray("messages")));
             filterTools(out, notes);
-            Limits limits = Limits.of(model);
-            if (limits.maxOutputTokens() > 0 && out.path("max_tokens").asInt() > limits.maxOutputTokens()) {
+            ModelLimits limits = ModelLimits.from(model);
+            if (limits.knowsMaxOutput() && out.path("max_tokens").asInt() > limits.maxOutputTokens()) {
                 out.put("max_tokens", limits.maxOutputTokens());
             }
             adjustThinking(out, in, limits);
@@ -2229,61 +3190,20 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        /** enabled keeps its budget (clamped); adaptive becomes enabled with a budget by effort; display is dropped. */
-        static void adjustThinking(ObjectNode out, ObjectNode in, Limits limits) {
-            JsonNode thinking = in.get("thinking");
-            if (thinking == null || !thinking.isObject()) return;
-            String type = thinking.path("type").asText("");
-            if (type.equals("disabled")) {
+        /** enabled keeps its budget, adaptive gets one by effort, both clamped to the model; display is dropped. */
+        static void adjustThinking(ObjectNode out, ObjectNode in, ModelLimits limits) {
+            if (!in.path("thinking").isObject()) return;
+            if (in.path("thinking").path("type").asText("").equals("disabled")) {
                 out.set("thinking", Json.object().put("type", "disabled"));
                 return;
             }
-            Integer budget = Limits.thinkingBudget(thinking, in.path("output_config"), limits, out.path("max_tokens").asInt());
+            Integer requested = AnthropicToChat.requestedThinkingBudget(in);
+            Integer budget = requested == null ? null : limits.thinkingBudget(requested, out.path("max_tokens").asInt());
             if (budget == null) {
                 out.remove("thinking");
                 return;
             }
-            ObjectNode t = Json.object();
-            t.put("type", "enabled");
-            t.put("budget_tokens", budget);
-            out.set("thinking", t);
-        }
-    }
-
-    /** A model's output and thinking limits, from the Copilot catalog. */
-    record Limits(int maxOutputTokens, int minThinkingBudget, int maxThinkingBudget) {
-        static Limits of(JsonNode model) {
-            JsonNode caps = model == null ? Json.object() : model.path("capabilities");
-            return new Limits(caps.path("limits").path("max_output_tokens").asInt(0),
-                caps.path("supports").path("min_thinking_budget").asInt(0),
-                caps.path("supports").path("max_thinking_budget").asInt(0));
-        }
-
-        boolean thinks() {
-            return maxThinkingBudget > 0;
-        }
-
-        /**
-         * The thinking budget to send, or null for none: an enabled budget or an adaptive effort (low, medium,
-         * high: a quarter, half or all of the model's maximum), clamped to the model's range and below max_tokens.
-         */
-        static Integer thinkingBudget(JsonNode thinking, JsonNode outputConfig, Limits limits, int maxTokens) {
-            String type = thinking.path("type").asText("");
-            if (!limits.thinks() || !(type.equals("enabled") || type.equals("adaptive"))) return null;
-            int budget;
-            if (type.equals("enabled")) {
-                budget = thinking.path("budget_tokens").asInt(limits.maxThinkingBudget());
-            } else {
-                String effort = outputConfig.path("effort").asText("high");
-                budget = switch (effort) {
-                    case "low" -> limits.maxThinkingBudget() / 4;
-                    case "medium" -> limits.maxThinkingBudget() / 2;
-                    default -> limits.maxThinkingBudget();
-                };
-            }
-            budget = Math.min(Math.max(budget, limits.minThinkingBudget()), limits.maxThinkingBudget());
-            if (maxTokens > 0 && budget >= maxTokens) budget = maxTokens - 1;
-            return budget >= Math.max(1, limits.minThinkingBudget()) ? budget : null;
+            out.set("thinking", Json.object().put("type", "enabled").put("budget_tokens", budget));
         }
     }
 

@@ -3,6 +3,7 @@
 //DESCRIPTION The copilot-api test suite: JUnit 5 against an in-process stub of GitHub and Copilot.
 //SOURCES ../copilot-api.java
 //SOURCES StubUpstream.java
+//SOURCES AnthropicTranslatorTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 import static java.nio.charset.StandardCharsets.UTF_8;
@@ -73,6 +74,7 @@ class CopilotApiTests {
         EmbeddingsTests.class,
         ErrorTests.class,
         ModelResolverTests.class,
+        AnthropicTranslatorTests.class,
         AnthropicNativeTests.class,
         CountTokensTests.class,
         ClaudeCodeSetupTests.class,
@@ -892,6 +894,32 @@ class CopilotApiTests {
         }
 
         @Test
+        void theSameClaudeCodeRequestThroughTheTranslator() throws Exception {
+            String request = claudeCodeRequest().replace("\"claude-sonnet-4-5-20250929\"", "\"gpt-4.1\"");
+            HttpResponse<String> r = messages(request, "anthropic-beta", "claude-code-20250219,interleaved-thinking-2025-05-14");
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals(0, h.stub.count("/v1/messages"));
+            StubUpstream.Recorded sent = h.stub.last("/chat/completions");
+            JsonNode chat = sent.json();
+            assertEquals("gpt-4.1", chat.path("model").asText());
+            assertFalse(sent.body().contains("x-anthropic-billing-header"));
+            assertFalse(sent.body().contains("cache_control"));
+            assertFalse(sent.body().contains("defer_loading"));
+            assertEquals("system", chat.path("messages").get(0).path("role").asText());
+            assertEquals(12, chat.path("tools").size());
+            assertEquals("function", chat.path("tools").get(0).path("type").asText());
+            assertFalse(chat.has("user"), "Claude Code's JSON user_id is not forwarded");
+            assertTrue(chat.path("stream_options").path("include_usage").asBoolean());
+            var ev = events(r.body());
+            assertEquals("message_start", ev.get(0).getKey());
+            assertEquals("message_stop", ev.get(ev.size() - 1).getKey());
+            assertTrue(ev.stream().anyMatch(e -> e.getKey().equals("content_block_start")
+                && e.getValue().path("content_block").path("type").asText().equals("tool_use")), "the stub called Bash: " + r.body());
+            JsonNode delta = ev.stream().filter(e -> e.getKey().equals("message_delta")).findFirst().orElseThrow().getValue();
+            assertEquals("tool_use", delta.path("delta").path("stop_reason").asText());
+        }
+
+        @Test
         void serverToolsAndUnknownFieldsAreDropped() throws Exception {
             String body = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":100,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},"
                 + "{\"role\":\"system\",\"content\":\"be brief\"}],\"tools\":[{\"type\":\"web_search_20250305\",\"name\":\"web_search\"},"
@@ -905,8 +933,8 @@ class CopilotApiTests {
             assertEquals("user", sent.path("messages").get(1).path("role").asText(), "no system role inside messages");
             assertFalse(sent.has("thinking"), "a budget below the model's minimum of 1024 cannot fit under max_tokens 100: " + sent);
             assertEquals(200, messages(body.replace("\"max_tokens\":100", "\"max_tokens\":20000")).statusCode());
-            assertEquals(8000, h.stub.last("/v1/messages").json().path("thinking").path("budget_tokens").asInt(),
-                "adaptive with effort low: a quarter of the model's 32000");
+            assertEquals(2048, h.stub.last("/v1/messages").json().path("thinking").path("budget_tokens").asInt(),
+                "adaptive with effort low");
         }
 
         @Test
@@ -1637,6 +1665,16 @@ class CopilotApiTests {
         @Test
         void anthropicSdkOnTheNativeRoute() throws Exception {
             node("anthropic-e2e.mjs", Map.of("BASE_URL", server.baseUrl(), "MODEL", "claude-sonnet-4-5"));
+        }
+
+        @Test
+        void anthropicSdkOnTheTranslatedRoute() throws Exception {
+            node("anthropic-e2e.mjs", Map.of("BASE_URL", server.baseUrl(), "MODEL", "gpt-4.1", "THINKS", "0"));
+        }
+
+        @Test
+        void claudeCodeToolLoopOnTheTranslatedRoute() throws Exception {
+            claudeCode("gpt-4.1", "translated");
         }
 
         /** Claude Code in print mode runs a Bash tool loop: the stub asks for `echo`, Claude Code runs it, the stub quotes it. */

@@ -92,6 +92,9 @@ const checks = {
   },
 };
 
+// The stub only thinks as Claude models do; other models' thinking is checked in the translator's fixtures.
+if (process.env.THINKS === "0") delete checks["thinking comes back as a thinking block with a signature"];
+
 let passed = 0, failed = 0;
 for (const [name, check] of Object.entries(checks)) {
   try {

@@ -1,0 +1,903 @@
+///usr/bin/env jbang "$0" "$@" ; exit $?
+//JAVA 17+
+//DESCRIPTION Measures copilot-api's own latency, streaming throughput and memory against the in-process stub, on loopback only.
+//SOURCES ../copilot-api.java
+//SOURCES StubUpstream.java
+
+import static java.nio.charset.StandardCharsets.UTF_8;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ArrayNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.BufferedReader;
+import java.io.FilterInputStream;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.InputStreamReader;
+import java.lang.management.GarbageCollectorMXBean;
+import java.lang.management.ManagementFactory;
+import java.lang.management.MemoryMXBean;
+import java.lang.management.ThreadInfo;
+import java.lang.management.ThreadMXBean;
+import java.lang.reflect.Method;
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Comparator;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.UUID;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.stream.Collectors;
+import java.util.stream.Stream;
+
+/**
+ * A benchmark of copilot-api itself: the stub of GitHub and Copilot and copilot-api run in this JVM, the
+ * client talks to copilot-api over 127.0.0.1, and every number is compared with the same request sent
+ * straight to the stub, so that the difference is what copilot-api adds. Bounded in count and in time
+ * (a watchdog ends the run), no traffic leaves the loopback interface.
+ *
+ * <p>Run from the repository root: {@code ./jbang tests/Benchmark.java} (about a minute), or
+ * {@code ./jbang tests/Benchmark.java --quick} (a few seconds, a smoke test). Prints a table, then one line
+ * starting with {@code JSON: } that carries the same numbers for machines.
+ */
+class Benchmark {
+
+    static final ObjectMapper JSON = new ObjectMapper();
+    static final Duration REQUEST_TIMEOUT = Duration.ofSeconds(60);
+
+    /** Sizes of one run; {@link #quick()} for the smoke test, {@link #full()} by default. */
+    record Config(String name, int warmup, int chatN, int largeN, int largeKb, int allocN, int streamChunks, int streamRuns,
+                  int[] concurrency, int concurrentChunks, long concurrentDelayMs, Duration timeLimit) {
+        static Config full() {
+            return new Config("full", 1000, 2000, 200, 256, 500, 5000, 3, new int[] {50, 200}, 200, 5, Duration.ofMinutes(5));
+        }
+
+        static Config quick() {
+            return new Config("quick", 100, 200, 20, 256, 100, 1000, 1, new int[] {10, 50}, 50, 5, Duration.ofMinutes(2));
+        }
+    }
+
+    public static void main(String... args) throws Exception {
+        // Before anything logs: one line per request would distort the numbers.
+        CopilotApi.Logs.configure(false);
+        System.setProperty("org.slf4j.simpleLogger.log.copilot-api", "warn");
+        // The stub's com.sun.net.httpserver leaves Nagle on by default: a reply written as headers then body then
+        // waits for the client's delayed ACK (~40 ms on Linux). Real Copilot has no such stall, so measure without it.
+        System.setProperty("sun.net.httpserver.nodelay", "true");
+        Config cfg = Config.full();
+        for (String a : args) {
+            switch (a) {
+                case "--quick" -> cfg = Config.quick();
+                case "-h", "--help" -> {
+                    System.out.println("Usage: ./jbang tests/Benchmark.java [--quick]");
+                    System.out.println("Measures copilot-api's overhead, streaming throughput, concurrency and memory against the");
+                    System.out.println("in-process stub, on 127.0.0.1 only. --quick: small counts, a smoke test of a few seconds.");
+                    return;
+                }
+                default -> {
+                    System.err.println("unknown argument: " + a + " (try --help)");
+                    System.exit(2);
+                }
+            }
+        }
+        Duration limit = cfg.timeLimit();
+        Thread watchdog = new Thread(() -> {
+            try {
+                Thread.sleep(limit.toMillis());
+                System.err.println("benchmark: time limit of " + limit.toSeconds() + "s reached, stopping");
+                System.out.flush();
+                Runtime.getRuntime().halt(3);
+            } catch (InterruptedException ignored) {
+                // Finished in time.
+            }
+        }, "bench-watchdog");
+        watchdog.setDaemon(true);
+        watchdog.start();
+        int code;
+        try (Bench bench = new Bench(cfg)) {
+            code = bench.run();
+        }
+        watchdog.interrupt();
+        System.exit(code);
+    }
+
+    // ==== The rig: stub and copilot-api in this JVM, on free loopback ports ====
+
+    static final class Rig implements AutoCloseable {
+        final StubUpstream stub;
+        final Path home;
+        final CopilotApi.Settings settings;
+        final CopilotApi.CopilotTokens tokens;
+        final CopilotApi.Server server;
+
+        Rig() throws IOException {
+            stub = StubUpstream.start();
+            home = Files.createTempDirectory("copilot-api-bench");
+            // Only the stub's URLs and a private home: nothing from the caller's environment reaches copilot-api.
+            Map<String, String> env = new HashMap<>(stub.env());
+            env.put("COPILOT_API_HOME", home.toString());
+            CopilotApi.CommonOptions options = new CopilotApi.CommonOptions();
+            options.accountType = CopilotApi.AccountType.individual;
+            options.githubToken = StubUpstream.VALID_GITHUB_TOKEN;
+            settings = CopilotApi.Settings.from(options, env);
+            CopilotApi.Http http = CopilotApi.Http.create(settings);
+            CopilotApi.GitHubAuth auth = new CopilotApi.GitHubAuth(settings, http);
+            CopilotApi.GitHubToken github = auth.existingToken().orElseThrow();
+            tokens = new CopilotApi.CopilotTokens(settings, http, github.value());
+            tokens.start();
+            CopilotApi.CopilotClient copilot = new CopilotApi.CopilotClient(settings, http, tokens);
+            CopilotApi.ModelCatalog models = new CopilotApi.ModelCatalog(copilot);
+            models.refreshQuietly();
+            server = CopilotApi.Server.start(new CopilotApi.ServerOptions("127.0.0.1", 0), settings, copilot, models, auth, github);
+        }
+
+        String url(String path) {
+            return "http://127.0.0.1:" + server.port() + path;
+        }
+
+        @Override
+        public void close() {
+            server.stop();
+            tokens.close();
+            stub.close();
+            try (Stream<Path> files = Files.walk(home)) {
+                files.sorted(Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+            } catch (IOException ignored) {
+                // A temporary directory left behind is harmless.
+            }
+        }
+    }
+
+    // ==== Measurements ====
+
+    /** Latencies of one path, in nanoseconds, plus the errors seen. */
+    record Latencies(long[] nanos, int errors, String firstError) {
+        double pct(double p) {
+            if (nanos.length == 0) return Double.NaN;
+            long[] s = nanos.clone();
+            Arrays.sort(s);
+            int i = (int) Math.ceil(p / 100.0 * s.length) - 1;
+            return s[Math.max(0, Math.min(s.length - 1, i))] / 1e6;
+        }
+
+        double mean() {
+            return Arrays.stream(nanos).average().orElse(Double.NaN) / 1e6;
+        }
+
+        double max() {
+            return Arrays.stream(nanos).max().orElse(0) / 1e6;
+        }
+    }
+
+    /** One streamed answer as the client saw it. */
+    record StreamResult(int status, long ttfcNanos, long totalNanos, int events, long bytes, boolean complete, String error) {
+        boolean ok() {
+            return status == 200 && complete && error == null;
+        }
+
+        static StreamResult failed(String why) {
+            return new StreamResult(-1, -1, -1, 0, 0, false, why);
+        }
+    }
+
+    /** Median figures over several runs of one stream. */
+    record StreamStats(int runs, double ttfcMs, double totalMs, int events, long bytes, int failures, String firstError) {
+        double eventsPerSecond() {
+            return events / (totalMs / 1000.0);
+        }
+
+        double mbPerSecond() {
+            return bytes / 1e6 / (totalMs / 1000.0);
+        }
+
+        static StreamStats of(List<StreamResult> results) {
+            List<StreamResult> good = results.stream().filter(StreamResult::ok).toList();
+            String err = results.stream().filter(r -> !r.ok()).map(r -> r.error() != null ? r.error() : "status " + r.status()
+                + (r.complete() ? "" : ", incomplete")).findFirst().orElse(null);
+            if (good.isEmpty()) return new StreamStats(0, Double.NaN, Double.NaN, 0, 0, results.size(), err);
+            return new StreamStats(good.size(), median(good.stream().mapToLong(StreamResult::ttfcNanos).toArray()) / 1e6,
+                median(good.stream().mapToLong(StreamResult::totalNanos).toArray()) / 1e6,
+                good.get(0).events(), good.get(0).bytes(), results.size() - good.size(), err);
+        }
+    }
+
+    /** What one round of K concurrent streams did to time, errors, heap and threads. */
+    record ConcurrencyResult(int clients, int chunks, long delayMs, double wallMs, double idealMs, int errors, String firstError,
+                             double ttfcP50, double ttfcP99, double durP50, double durMax, long heapBefore, long heapAfter,
+                             long heapPeakSampled, int threadsBefore, int peakThreads, int peakOwnThreads, int ownThreadsIdle,
+                             int threadsAfter) {}
+
+    static final class Bench implements AutoCloseable {
+        final Config cfg;
+        final Rig rig;
+        final HttpClient client;
+        final ExecutorService clientPool;
+        final String copilotBase;
+        final String copilotToken;
+        final StringBuilder table = new StringBuilder();
+        final ObjectNode summary = JSON.createObjectNode();
+        final MemoryMXBean memory = ManagementFactory.getMemoryMXBean();
+        final ThreadMXBean threads = ManagementFactory.getThreadMXBean();
+
+        Bench(Config cfg) throws Exception {
+            this.cfg = cfg;
+            AtomicInteger n = new AtomicInteger();
+            clientPool = Executors.newCachedThreadPool(r -> {
+                Thread t = new Thread(r, "bench-http-" + n.incrementAndGet());
+                t.setDaemon(true);
+                return t;
+            });
+            client = HttpClient.newBuilder().version(HttpClient.Version.HTTP_1_1).connectTimeout(Duration.ofSeconds(10))
+                .executor(clientPool).build();
+            progress("starting the stub and copilot-api");
+            rig = new Rig();
+            // The token and the Copilot base URL, as copilot-api itself uses them (its /token route).
+            HttpResponse<String> t = client.send(HttpRequest.newBuilder(URI.create(rig.url("/token"))).timeout(REQUEST_TIMEOUT).GET().build(),
+                HttpResponse.BodyHandlers.ofString());
+            if (t.statusCode() != 200) throw new IllegalStateException("GET /token answered " + t.statusCode() + ": " + t.body());
+            JsonNode token = JSON.readTree(t.body());
+            copilotToken = token.path("token").asText();
+            copilotBase = token.path("api").asText(rig.stub.copilotUrl());
+            String host = URI.create(copilotBase).getHost();
+            if (!"127.0.0.1".equals(host)) throw new IllegalStateException("refusing to benchmark against a non-loopback upstream: " + copilotBase);
+        }
+
+        int run() throws Exception {
+            boolean vthreads = CopilotApi.Threads.virtualThreadsAvailable();
+            Runtime rt = Runtime.getRuntime();
+            String gcs = ManagementFactory.getGarbageCollectorMXBeans().stream().map(GarbageCollectorMXBean::getName)
+                .collect(Collectors.joining(", "));
+            line("copilot-api %s benchmark (%s run): Java %s (%s), %d CPUs, max heap %d MB, GC %s", CopilotApi.VERSION, cfg.name(),
+                Runtime.version(), System.getProperty("java.vm.name"), rt.availableProcessors(), rt.maxMemory() >> 20, gcs);
+            line("virtual threads in copilot-api: %s. Client, copilot-api and stub share this JVM; all traffic on 127.0.0.1.",
+                vthreads ? "yes" : "no (platform threads)");
+            line("\"via\" = client -> copilot-api -> stub; \"direct\" = the same request from the client straight to the stub.");
+            summary.put("copilot_api_version", CopilotApi.VERSION);
+            summary.put("run", cfg.name());
+            summary.put("java", Runtime.version().toString());
+            summary.put("cpus", rt.availableProcessors());
+            summary.put("virtual_threads", vthreads);
+
+            long heapStart = heapAfterGc();
+            chatLatency();
+            streaming();
+            anthropic();
+            concurrency();
+            long heapEnd = heapAfterGc();
+            line("");
+            line("Heap used after GC (whole JVM, stub recordings cleared): at start %.1f MB, at end %.1f MB (%+.1f MB).",
+                heapStart / 1e6, heapEnd / 1e6, (heapEnd - heapStart) / 1e6);
+            summary.put("heap_start_mb", round(heapStart / 1e6));
+            summary.put("heap_end_mb", round(heapEnd / 1e6));
+            System.out.println(table);
+            System.out.println("JSON: " + JSON.writeValueAsString(summary));
+            return 0;
+        }
+
+        // ---- 1. Non-streaming latency ----
+
+        void chatLatency() throws Exception {
+            String small = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+            String large = largeChatBody(cfg.largeKb() * 1024);
+            progress("non-streaming: warming up (" + cfg.warmup() + " requests each way)");
+            latency(small, cfg.warmup());
+            progress("non-streaming: " + cfg.chatN() + " small requests each way");
+            Latencies[] s = latency(small, cfg.chatN());
+            double[] sAlloc = {allocPerRequest(() -> viaChat(small), cfg.allocN()), allocPerRequest(() -> directChat(small), cfg.allocN())};
+            progress("non-streaming: " + cfg.largeN() + " requests of " + cfg.largeKb() + " KB each way");
+            latency(large, Math.max(5, cfg.largeN() / 10));
+            Latencies[] l = latency(large, cfg.largeN());
+            int allocLarge = Math.max(10, cfg.allocN() / 10);
+            double[] lAlloc = {allocPerRequest(() -> viaChat(large), allocLarge), allocPerRequest(() -> directChat(large), allocLarge)};
+
+            line("");
+            line("1. Non-streaming POST /v1/chat/completions, gpt-4.1, sequential, interleaved via/direct (after %d warm-up)", cfg.warmup());
+            line("%-30s %6s %8s %8s %8s %8s %8s %8s %11s", "path", "n", "p50 ms", "p95 ms", "p99 ms", "mean ms", "max ms", "errors", "alloc/req");
+            ArrayNode rows = summary.putArray("chat_nonstream");
+            latencyRows(rows, "small (" + small.length() + " B)", s, sAlloc);
+            latencyRows(rows, "large (" + (large.length() / 1024) + " KB)", l, lAlloc);
+            line("   alloc/req: bytes allocated by all threads per request (client + copilot-api + stub); the difference is copilot-api's.");
+        }
+
+        void latencyRows(ArrayNode rows, String label, Latencies[] r, double[] alloc) {
+            String[] names = {"via copilot-api, " + label, "direct to stub, " + label};
+            for (int i = 0; i < 2; i++) {
+                Latencies x = r[i];
+                line("%-30s %6d %8.3f %8.3f %8.3f %8.3f %8.2f %8d %11s", names[i], x.nanos().length, x.pct(50), x.pct(95), x.pct(99), x.mean(),
+                    x.max(), x.errors(), kb(alloc[i]));
+                if (x.firstError() != null) line("   first error: %s", x.firstError());
+            }
+            line("%-30s %6s %+8.3f %+8.3f %+8.3f %+8.3f %8s %8s %11s", "  copilot-api overhead", "", r[0].pct(50) - r[1].pct(50),
+                r[0].pct(95) - r[1].pct(95), r[0].pct(99) - r[1].pct(99), r[0].mean() - r[1].mean(), "", "",
+                alloc[0] < 0 || alloc[1] < 0 ? "n/a" : "+" + kb(alloc[0] - alloc[1]));
+            ObjectNode o = rows.addObject();
+            o.put("request", label);
+            o.put("n", r[0].nanos().length);
+            for (int i = 0; i < 2; i++) {
+                ObjectNode p = o.putObject(i == 0 ? "via" : "direct");
+                p.put("p50_ms", round(r[i].pct(50)));
+                p.put("p95_ms", round(r[i].pct(95)));
+                p.put("p99_ms", round(r[i].pct(99)));
+                p.put("mean_ms", round(r[i].mean()));
+                p.put("max_ms", round(r[i].max()));
+                p.put("errors", r[i].errors());
+                p.put("alloc_bytes_per_req", Math.round(alloc[i]));
+            }
+            o.put("overhead_p50_ms", round(r[0].pct(50) - r[1].pct(50)));
+            o.put("overhead_p99_ms", round(r[0].pct(99) - r[1].pct(99)));
+            o.put("overhead_alloc_bytes_per_req", Math.round(alloc[0] - alloc[1]));
+        }
+
+        /** n requests via copilot-api and n direct, alternating which goes first; [0] via, [1] direct. */
+        Latencies[] latency(String body, int n) {
+            long[][] t = new long[2][n];
+            int[] errors = new int[2];
+            String[] first = new String[2];
+            for (int i = 0; i < n; i++) {
+                for (int k = 0; k < 2; k++) {
+                    int which = (i + k) % 2;
+                    long t0 = System.nanoTime();
+                    String err;
+                    try {
+                        err = which == 0 ? viaChat(body) : directChat(body);
+                    } catch (Exception e) {
+                        err = e.toString();
+                    }
+                    t[which][i] = System.nanoTime() - t0;
+                    if (err != null) {
+                        errors[which]++;
+                        if (first[which] == null) first[which] = err;
+                    }
+                }
+                if (i % 250 == 249) rig.stub.clear();
+            }
+            rig.stub.clear();
+            return new Latencies[] {new Latencies(t[0], errors[0], first[0]), new Latencies(t[1], errors[1], first[1])};
+        }
+
+        /** Null when the answer is a 200 chat completion, else what went wrong. */
+        String viaChat(String body) throws Exception {
+            HttpRequest req = HttpRequest.newBuilder(URI.create(rig.url("/v1/chat/completions"))).timeout(REQUEST_TIMEOUT)
+                .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(body)).build();
+            return check(client.send(req, HttpResponse.BodyHandlers.ofByteArray()));
+        }
+
+        String directChat(String body) throws Exception {
+            return check(client.send(direct("/chat/completions", body, false).build(), HttpResponse.BodyHandlers.ofByteArray()));
+        }
+
+        static String check(HttpResponse<byte[]> r) {
+            if (r.statusCode() == 200 && r.body().length > 0) return null;
+            return "status " + r.statusCode() + ": " + shorten(new String(r.body(), UTF_8));
+        }
+
+        /** A request to the stub's Copilot API with the headers copilot-api sends (token from copilot-api's /token). */
+        HttpRequest.Builder direct(String path, String body, boolean stream) {
+            HttpRequest.Builder b = HttpRequest.newBuilder(URI.create(copilotBase + path)).timeout(REQUEST_TIMEOUT)
+                .header("authorization", "Bearer " + copilotToken)
+                .header("copilot-integration-id", CopilotApi.EditorHeaders.INTEGRATION_ID)
+                .header("openai-intent", rig.settings.editor().intent())
+                .header("x-request-id", UUID.randomUUID().toString())
+                .header("x-initiator", "user")
+                .header("accept", stream ? "text/event-stream" : "application/json")
+                .header("content-type", "application/json");
+            rig.settings.editor().applyTo(b);
+            return b.POST(HttpRequest.BodyPublishers.ofString(body));
+        }
+
+        interface Call {
+            String run() throws Exception;
+        }
+
+        /** Bytes allocated by all threads per call, over n sequential calls; -1 when the JVM cannot tell. */
+        double allocPerRequest(Call call, int n) throws Exception {
+            call.run();
+            long before = allocatedBytes();
+            for (int i = 0; i < n; i++) call.run();
+            long after = allocatedBytes();
+            rig.stub.clear();
+            return before < 0 || after < 0 ? -1 : (after - before) / (double) n;
+        }
+
+        // ---- 2. Streaming chat completions ----
+
+        void streaming() throws Exception {
+            int n = cfg.streamChunks();
+            StubUpstream.Reply reply = StubUpstream.Reply.sse(chatChunks(n, "gpt-4.1"));
+            String body = "{\"model\":\"gpt-4.1\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Write a long story\"}]}";
+            progress("streaming /v1/chat/completions: " + n + " chunks, " + cfg.streamRuns() + " run(s) each way");
+            StreamStats[] s = streamPair("/chat/completions", reply, () -> viaRequest("/v1/chat/completions", body, Map.of()),
+                () -> direct("/chat/completions", body, true).build(), "[DONE]");
+            line("");
+            line("2. Streaming POST /v1/chat/completions, gpt-4.1, %d chunks sent without delay (median of %d run(s))", n, cfg.streamRuns());
+            streamHeader();
+            ArrayNode rows = summary.putArray("chat_stream");
+            streamRow(rows, "via copilot-api", s[0]);
+            streamRow(rows, "direct to stub", s[1]);
+            ratioLine(s);
+        }
+
+        void anthropic() throws Exception {
+            int n = cfg.streamChunks();
+            StubUpstream.Reply reply = StubUpstream.Reply.events(anthropicEvents(n, "claude-sonnet-4.5"));
+            String body = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":4096,\"stream\":true,"
+                + "\"messages\":[{\"role\":\"user\",\"content\":\"Write a long story\"}]}";
+            Map<String, String> headers = Map.of("anthropic-version", "2023-06-01");
+            progress("streaming /v1/messages (claude-sonnet-4.5, native): " + n + " deltas");
+            StreamStats[] s = streamPair("/v1/messages", reply, () -> viaRequest("/v1/messages", body, headers),
+                () -> direct("/v1/messages", body, true).header("anthropic-version", "2023-06-01").build(), "message_stop");
+            line("");
+            line("3. Streaming POST /v1/messages, %d text deltas (median of %d run(s))", n, cfg.streamRuns());
+            streamHeader();
+            ArrayNode rows = summary.putArray("messages_stream");
+            streamRow(rows, "claude-sonnet-4.5 via (native)", s[0]);
+            streamRow(rows, "direct to stub /v1/messages", s[1]);
+            ratioLine(s);
+
+            // gpt-4.1 on /v1/messages needs the chat-completions translator, which may not be there yet.
+            progress("streaming /v1/messages (gpt-4.1, translated): probing");
+            String probe = "{\"model\":\"gpt-4.1\",\"max_tokens\":64,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+            HttpResponse<String> p = client.send(viaRequest("/v1/messages", probe, headers), HttpResponse.BodyHandlers.ofString());
+            ObjectNode o = summary.putObject("messages_stream_translated");
+            if (p.statusCode() != 200) {
+                line("%-32s n/a (non-streaming probe answered %d: %s)", "gpt-4.1 via (translated)", p.statusCode(), shorten(p.body()));
+                o.put("available", false);
+                o.put("probe_status", p.statusCode());
+                drainQueues();
+                return;
+            }
+            String tbody = body.replace("claude-sonnet-4.5", "gpt-4.1");
+            StubUpstream.Reply chat = StubUpstream.Reply.sse(chatChunks(n, "gpt-4.1"));
+            List<StreamResult> runs = new ArrayList<>();
+            for (int i = 0; i < 1 + cfg.streamRuns(); i++) {
+                rig.stub.enqueue("/chat/completions", chat);
+                StreamResult r = stream(viaRequest("/v1/messages", tbody, headers), "message_stop");
+                if (i > 0 || !r.ok()) runs.add(r);
+                drainQueues();
+                if (!r.ok()) break;
+            }
+            StreamStats t = StreamStats.of(runs);
+            if (t.runs() == 0) {
+                line("%-32s n/a (%s)", "gpt-4.1 via (translated)", t.firstError());
+                o.put("available", false);
+                o.put("error", t.firstError());
+            } else {
+                o.put("available", true);
+                streamRow(null, "gpt-4.1 via (translated)", t);
+                fillStream(o, t);
+            }
+        }
+
+        StreamStats[] streamPair(String stubPath, StubUpstream.Reply reply, RequestMaker via, RequestMaker directReq, String endMarker)
+                throws Exception {
+            drainQueues();
+            List<StreamResult> v = new ArrayList<>();
+            List<StreamResult> d = new ArrayList<>();
+            int warm = cfg.streamRuns() > 1 ? 2 : 1;
+            for (int i = 0; i < warm + cfg.streamRuns(); i++) {
+                for (int k = 0; k < 2; k++) {
+                    boolean isVia = (i + k) % 2 == 0;
+                    rig.stub.enqueue(stubPath, reply);
+                    StreamResult r = stream(isVia ? via.make() : directReq.make(), endMarker);
+                    drainQueues();
+                    if (i >= warm) (isVia ? v : d).add(r);
+                }
+                rig.stub.clear();
+            }
+            return new StreamStats[] {StreamStats.of(v), StreamStats.of(d)};
+        }
+
+        interface RequestMaker {
+            HttpRequest make();
+        }
+
+        HttpRequest viaRequest(String path, String body, Map<String, String> headers) {
+            HttpRequest.Builder b = HttpRequest.newBuilder(URI.create(rig.url(path))).timeout(REQUEST_TIMEOUT)
+                .header("content-type", "application/json");
+            headers.forEach(b::header);
+            return b.POST(HttpRequest.BodyPublishers.ofString(body)).build();
+        }
+
+        void streamHeader() {
+            line("%-32s %8s %10s %10s %8s %8s %10s %8s", "path", "TTFC ms", "total ms", "events/s", "MB/s", "events", "bytes", "failed");
+        }
+
+        void streamRow(ArrayNode rows, String label, StreamStats s) {
+            if (s.runs() == 0) {
+                line("%-32s failed: %s", label, s.firstError());
+            } else {
+                line("%-32s %8.2f %10.1f %10.0f %8.2f %8d %10d %8d", label, s.ttfcMs(), s.totalMs(), s.eventsPerSecond(), s.mbPerSecond(),
+                    s.events(), s.bytes(), s.failures());
+                if (s.failures() > 0) line("   first failure: %s", s.firstError());
+            }
+            if (rows != null) {
+                ObjectNode o = rows.addObject();
+                o.put("path", label);
+                fillStream(o, s);
+            }
+        }
+
+        static void fillStream(ObjectNode o, StreamStats s) {
+            o.put("runs_ok", s.runs());
+            o.put("failures", s.failures());
+            if (s.runs() == 0) {
+                o.put("error", s.firstError());
+                return;
+            }
+            o.put("ttfc_ms", round(s.ttfcMs()));
+            o.put("total_ms", round(s.totalMs()));
+            o.put("events_per_s", Math.round(s.eventsPerSecond()));
+            o.put("mb_per_s", round(s.mbPerSecond()));
+            o.put("events", s.events());
+            o.put("bytes", s.bytes());
+        }
+
+        void ratioLine(StreamStats[] s) {
+            if (s[0].runs() > 0 && s[1].runs() > 0) {
+                line("   copilot-api: %.2fx the direct stream time, %+.2f ms to first chunk, %.1f us per event added",
+                    s[0].totalMs() / s[1].totalMs(), s[0].ttfcMs() - s[1].ttfcMs(),
+                    (s[0].totalMs() - s[1].totalMs()) * 1000.0 / Math.max(1, s[0].events()));
+            }
+        }
+
+        /** Sends one streaming request and reads it to the end, counting data events and bytes. */
+        StreamResult stream(HttpRequest req, String endMarker) {
+            long t0 = System.nanoTime();
+            try {
+                HttpResponse<InputStream> r = client.send(req, HttpResponse.BodyHandlers.ofInputStream());
+                try (CountingStream in = new CountingStream(r.body());
+                     BufferedReader reader = new BufferedReader(new InputStreamReader(in, UTF_8))) {
+                    if (r.statusCode() != 200) {
+                        String text = reader.lines().collect(Collectors.joining("\n"));
+                        return new StreamResult(r.statusCode(), -1, System.nanoTime() - t0, 0, in.count, false,
+                            "status " + r.statusCode() + ": " + shorten(text));
+                    }
+                    long first = -1;
+                    int events = 0;
+                    boolean complete = false;
+                    String error = null;
+                    for (String line = reader.readLine(); line != null; line = reader.readLine()) {
+                        if (line.startsWith("data:")) {
+                            if (first < 0) first = System.nanoTime() - t0;
+                            if (line.contains("[DONE]")) {
+                                complete |= endMarker.equals("[DONE]");
+                                continue;
+                            }
+                            events++;
+                            if (error == null && (line.startsWith("data: {\"error\"") || line.contains("\"type\":\"error\""))) {
+                                error = "error event: " + shorten(line);
+                            }
+                        } else if (line.startsWith("event:") && line.contains(endMarker)) {
+                            complete = true;
+                        }
+                    }
+                    return new StreamResult(200, first, System.nanoTime() - t0, events, in.count, complete, error);
+                }
+            } catch (Exception e) {
+                return StreamResult.failed(e.toString());
+            }
+        }
+
+        // ---- 4. Concurrency ----
+
+        void concurrency() throws Exception {
+            line("");
+            line("4. Concurrent streaming clients on /v1/chat/completions, each %d chunks %d ms apart (ideal wall ~%.2f s)",
+                cfg.concurrentChunks(), cfg.concurrentDelayMs(), (cfg.concurrentChunks() - 1) * cfg.concurrentDelayMs() / 1000.0);
+            line("%-7s %8s %7s %15s %15s %22s %22s", "clients", "wall s", "errors", "TTFC p50/p99 ms", "dur p50/max s",
+                "heap MB before->after", "threads peak (own) idle");
+            ArrayNode rows = summary.putArray("concurrency");
+            for (int k : cfg.concurrency()) {
+                progress("concurrency: " + k + " clients");
+                ConcurrencyResult c = concurrentRound(k);
+                line("%-7d %8.2f %7d %15s %15s %22s %22s", k, c.wallMs() / 1000, c.errors(),
+                    String.format(Locale.ROOT, "%.1f/%.1f", c.ttfcP50(), c.ttfcP99()),
+                    String.format(Locale.ROOT, "%.2f/%.2f", c.durP50() / 1000, c.durMax() / 1000),
+                    String.format(Locale.ROOT, "%.1f->%.1f", c.heapBefore() / 1e6, c.heapAfter() / 1e6),
+                    String.format(Locale.ROOT, "%d (%d) %d", c.peakThreads(), c.peakOwnThreads(), c.ownThreadsIdle()));
+                if (c.firstError() != null) line("   first error: %s", c.firstError());
+                ObjectNode o = rows.addObject();
+                o.put("clients", k);
+                o.put("chunks", c.chunks());
+                o.put("delay_ms", c.delayMs());
+                o.put("wall_ms", round(c.wallMs()));
+                o.put("ideal_ms", round(c.idealMs()));
+                o.put("errors", c.errors());
+                o.put("ttfc_p50_ms", round(c.ttfcP50()));
+                o.put("ttfc_p99_ms", round(c.ttfcP99()));
+                o.put("duration_p50_ms", round(c.durP50()));
+                o.put("duration_max_ms", round(c.durMax()));
+                o.put("heap_before_mb", round(c.heapBefore() / 1e6));
+                o.put("heap_after_mb", round(c.heapAfter() / 1e6));
+                o.put("heap_peak_sampled_mb", round(c.heapPeakSampled() / 1e6));
+                o.put("threads_before", c.threadsBefore());
+                o.put("peak_threads_jvm", c.peakThreads());
+                o.put("peak_threads_excl_stub_and_client", c.peakOwnThreads());
+                o.put("threads_excl_stub_and_client_idle", c.ownThreadsIdle());
+                o.put("threads_after", c.threadsAfter());
+            }
+            line("   heap: used after GC, whole JVM; threads: platform threads, JVM peak, (peak without stub-upstream-* and");
+            line("   bench-* threads, i.e. copilot-api + JVM internals), and that same count idle before the round.");
+        }
+
+        ConcurrencyResult concurrentRound(int k) throws Exception {
+            drainQueues();
+            int chunks = cfg.concurrentChunks();
+            long delay = cfg.concurrentDelayMs();
+            StubUpstream.Reply reply = StubUpstream.Reply.sse(chatChunks(chunks, "gpt-4.1")).delayMs(delay);
+            for (int i = 0; i < k; i++) rig.stub.enqueue("/chat/completions", reply);
+            String body = "{\"model\":\"gpt-4.1\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+
+            long heapBefore = heapAfterGc();
+            int threadsBefore = threads.getThreadCount();
+            int ownIdle = ownThreads();
+            threads.resetPeakThreadCount();
+            Sampler sampler = new Sampler();
+            sampler.start();
+
+            StreamResult[] results = new StreamResult[k];
+            CountDownLatch go = new CountDownLatch(1);
+            List<Thread> clients = new ArrayList<>();
+            for (int i = 0; i < k; i++) {
+                int idx = i;
+                Thread t = new Thread(() -> {
+                    try {
+                        go.await();
+                        results[idx] = stream(viaRequest("/v1/chat/completions", body, Map.of()), "[DONE]");
+                    } catch (InterruptedException e) {
+                        results[idx] = StreamResult.failed("interrupted");
+                    }
+                }, "bench-client-" + i);
+                t.setDaemon(true);
+                clients.add(t);
+                t.start();
+            }
+            long t0 = System.nanoTime();
+            go.countDown();
+            long deadline = t0 + TimeUnit.SECONDS.toNanos(60);
+            for (Thread t : clients) t.join(Math.max(1, TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime())));
+            double wallMs = (System.nanoTime() - t0) / 1e6;
+            sampler.stop();
+            int peak = threads.getPeakThreadCount();
+
+            int errors = 0;
+            String firstError = null;
+            List<Long> ttfc = new ArrayList<>();
+            List<Long> dur = new ArrayList<>();
+            for (StreamResult r : results) {
+                boolean ok = r != null && r.ok() && r.events() >= chunks;
+                if (!ok) {
+                    errors++;
+                    if (firstError == null) firstError = r == null ? "no result within 60 s" : r.error() != null ? r.error()
+                        : "status " + r.status() + ", " + r.events() + " events" + (r.complete() ? "" : ", no [DONE]");
+                } else {
+                    ttfc.add(r.ttfcNanos());
+                    dur.add(r.totalNanos());
+                }
+            }
+            drainQueues();
+            int threadsAfter = threads.getThreadCount();
+            long heapAfter = heapAfterGc();
+            long[] tt = ttfc.stream().mapToLong(Long::longValue).toArray();
+            long[] dd = dur.stream().mapToLong(Long::longValue).toArray();
+            Latencies lt = new Latencies(tt, 0, null);
+            Latencies ld = new Latencies(dd, 0, null);
+            return new ConcurrencyResult(k, chunks, delay, wallMs, (chunks - 1) * delay, errors, firstError, lt.pct(50), lt.pct(99),
+                ld.pct(50), ld.max(), heapBefore, heapAfter, sampler.heapPeak, threadsBefore, peak, sampler.ownPeak, ownIdle,
+                threadsAfter);
+        }
+
+        /** Platform threads that belong neither to the stub nor to this benchmark's client. */
+        int ownThreads() {
+            ThreadInfo[] infos = threads.getThreadInfo(threads.getAllThreadIds(), 0);
+            int n = 0;
+            for (ThreadInfo i : infos) {
+                if (i == null) continue;
+                String name = i.getThreadName();
+                if (!name.startsWith("stub-upstream") && !name.startsWith("bench-")) n++;
+            }
+            return n;
+        }
+
+        /** Samples heap use and copilot-api's share of platform threads every 20 ms. */
+        final class Sampler implements Runnable {
+            volatile boolean running = true;
+            volatile long heapPeak;
+            volatile int ownPeak;
+            final Thread thread = new Thread(this, "bench-sampler");
+
+            void start() {
+                thread.setDaemon(true);
+                thread.start();
+            }
+
+            void stop() throws InterruptedException {
+                running = false;
+                thread.join(2000);
+            }
+
+            @Override
+            public void run() {
+                while (running) {
+                    heapPeak = Math.max(heapPeak, memory.getHeapMemoryUsage().getUsed());
+                    ownPeak = Math.max(ownPeak, ownThreads());
+                    try {
+                        Thread.sleep(20);
+                    } catch (InterruptedException e) {
+                        return;
+                    }
+                }
+            }
+        }
+
+        // ---- Helpers ----
+
+        /** Unplayed scripted replies would poison the next measurement: reset the stub's queues if any are left. */
+        void drainQueues() {
+            StubUpstream stub = rig.stub;
+            if (stub.pending("/chat/completions") > 0 || stub.pending("/v1/messages") > 0) {
+                stub.reset();
+            }
+            stub.clear();
+        }
+
+        long heapAfterGc() throws InterruptedException {
+            rig.stub.clear();
+            for (int i = 0; i < 3; i++) {
+                System.gc();
+                Thread.sleep(100);
+            }
+            return memory.getHeapMemoryUsage().getUsed();
+        }
+
+        void line(String format, Object... args) {
+            table.append(String.format(Locale.ROOT, format, args)).append('\n');
+        }
+
+        static void progress(String what) {
+            System.err.println("[bench] " + what);
+        }
+
+        @Override
+        public void close() {
+            rig.close();
+            clientPool.shutdownNow();
+        }
+    }
+
+    // ==== Payloads ====
+
+    static final String[] WORDS = {" the", " quick", " brown", " fox", " jumps", " over", " lazy", " dog", ",", " and", " then", " sleeps", "."};
+
+    /** A Copilot-shaped GPT stream: the empty-choices filter chunk, n content deltas, finish, usage, [DONE]. */
+    static List<String> chatChunks(int n, String model) {
+        List<String> out = new ArrayList<>(n + 4);
+        out.add("{\"choices\":[],\"created\":0,\"id\":\"\",\"prompt_filter_results\":[{\"content_filter_results\":{},\"prompt_index\":0}]}");
+        String tail = "\"created\":1760000000,\"id\":\"chatcmpl-bench\",\"model\":\"" + model + "\",\"system_fingerprint\":\"fp_bench\"}";
+        for (int i = 0; i < n; i++) {
+            String delta = (i == 0 ? "{\"role\":\"assistant\",\"content\":" : "{\"content\":") + "\"" + WORDS[i % WORDS.length] + "\"}";
+            out.add("{\"choices\":[{\"index\":0,\"delta\":" + delta + ",\"finish_reason\":null}]," + tail);
+        }
+        out.add("{\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]," + tail);
+        out.add("{\"choices\":[],\"usage\":{\"completion_tokens\":" + n + ",\"prompt_tokens\":9,\"total_tokens\":" + (n + 9) + "}," + tail);
+        out.add("[DONE]");
+        return out;
+    }
+
+    /** An Anthropic Messages stream with n text deltas, framed as "event: X\ndata: {...}\n\n". */
+    static List<String> anthropicEvents(int n, String model) {
+        List<String> out = new ArrayList<>(n + 6);
+        out.add(event("message_start", "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_bench\",\"type\":\"message\",\"role\":\"assistant\","
+            + "\"model\":\"" + model + "\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":9,"
+            + "\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":1}}}"));
+        out.add(event("content_block_start", "{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}"));
+        for (int i = 0; i < n; i++) {
+            out.add(event("content_block_delta", "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\""
+                + WORDS[i % WORDS.length] + "\"}}"));
+        }
+        out.add(event("content_block_stop", "{\"type\":\"content_block_stop\",\"index\":0}"));
+        out.add(event("message_delta", "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},"
+            + "\"usage\":{\"output_tokens\":" + n + "}}"));
+        out.add(event("message_stop", "{\"type\":\"message_stop\"}"));
+        return out;
+    }
+
+    static String event(String name, String data) {
+        return "event: " + name + "\ndata: " + data + "\n\n";
+    }
+
+    /** A chat request of about {@code bytes}: a long conversation, as agents send. */
+    static String largeChatBody(int bytes) {
+        ObjectNode root = JSON.createObjectNode();
+        root.put("model", "gpt-4.1");
+        ArrayNode messages = root.putArray("messages");
+        messages.addObject().put("role", "system").put("content", "You are a helpful assistant.");
+        StringBuilder text = new StringBuilder();
+        for (int i = 0; text.length() < 4000; i++) text.append(WORDS[i % WORDS.length]);
+        String chunk = text.toString();
+        int turn = 0;
+        while (root.toString().length() < bytes) {
+            messages.addObject().put("role", turn % 2 == 0 ? "user" : "assistant").put("content", chunk);
+            turn++;
+        }
+        messages.addObject().put("role", "user").put("content", "Hi");
+        return root.toString();
+    }
+
+    // ==== Small utilities ====
+
+    /** Bytes allocated so far by all threads (JDK 21+: including finished ones), or -1. */
+    static long allocatedBytes() {
+        if (!(ManagementFactory.getThreadMXBean() instanceof com.sun.management.ThreadMXBean t) || !t.isThreadAllocatedMemorySupported()) {
+            return -1;
+        }
+        if (!t.isThreadAllocatedMemoryEnabled()) t.setThreadAllocatedMemoryEnabled(true);
+        try {
+            Method total = com.sun.management.ThreadMXBean.class.getMethod("getTotalThreadAllocatedBytes");
+            long v = (long) total.invoke(t);
+            if (v >= 0) return v;
+        } catch (ReflectiveOperationException | RuntimeException ignored) {
+            // JDK 17: sum over the live threads below (pooled threads stay alive across a measurement).
+        }
+        long sum = 0;
+        for (long v : t.getThreadAllocatedBytes(t.getAllThreadIds())) if (v > 0) sum += v;
+        return sum;
+    }
+
+    static double median(long[] values) {
+        long[] s = values.clone();
+        Arrays.sort(s);
+        int n = s.length;
+        return n % 2 == 1 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2.0;
+    }
+
+    static double round(double v) {
+        return Double.isNaN(v) ? -1 : Math.round(v * 1000) / 1000.0;
+    }
+
+    static String kb(double bytes) {
+        return bytes < 0 ? "n/a" : String.format(Locale.ROOT, "%.1f KB", bytes / 1024);
+    }
+
+    static String shorten(String s) {
+        String one = s.replaceAll("\\s+", " ").trim();
+        return one.length() > 160 ? one.substring(0, 160) + "..." : one;
+    }
+
+    /** Counts the bytes read through it. */
+    static final class CountingStream extends FilterInputStream {
+        long count;
+
+        CountingStream(InputStream in) {
+            super(in);
+        }
+
+        @Override
+        public int read() throws IOException {
+            int b = super.read();
+            if (b >= 0) count++;
+            return b;
+        }
+
+        @Override
+        public int read(byte[] buf, int off, int len) throws IOException {
+            int n = super.read(buf, off, len);
+            if (n > 0) count += n;
+            return n;
+        }
+    }
+}
