@@ -58,6 +58,7 @@ class Benchmark {
 
     static final ObjectMapper JSON = new ObjectMapper();
     static final Duration REQUEST_TIMEOUT = Duration.ofSeconds(60);
+    static final Map<String, String> ANTHROPIC = Map.of("anthropic-version", "2023-06-01");
 
     /** Sizes of one run; {@link #quick()} for the smoke test, {@link #full()} by default. */
     record Config(String name, int warmup, int chatN, int largeN, int largeKb, int allocN, int streamChunks, int streamRuns,
@@ -303,6 +304,14 @@ class Benchmark {
             Latencies[] l = latency(large, cfg.largeN());
             int allocLarge = Math.max(10, cfg.allocN() / 10);
             double[] lAlloc = {allocPerRequest(() -> viaChat(large), allocLarge), allocPerRequest(() -> directChat(large), allocLarge)};
+            String msg = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":1024,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+            Call viaMsg = () -> check(client.send(viaRequest("/v1/messages", msg, ANTHROPIC), HttpResponse.BodyHandlers.ofByteArray()));
+            Call directMsg = () -> check(client.send(direct("/v1/messages", msg, false).header("anthropic-version", "2023-06-01").build(),
+                HttpResponse.BodyHandlers.ofByteArray()));
+            progress("non-streaming: " + cfg.chatN() / 2 + " small /v1/messages requests each way");
+            latency(viaMsg, directMsg, cfg.warmup() / 2);
+            Latencies[] m = latency(viaMsg, directMsg, cfg.chatN() / 2);
+            double[] mAlloc = {allocPerRequest(viaMsg, cfg.allocN()), allocPerRequest(directMsg, cfg.allocN())};
 
             line("");
             line("1. Non-streaming POST /v1/chat/completions, gpt-4.1, sequential, interleaved via/direct (after %d warm-up)", cfg.warmup());
@@ -310,6 +319,8 @@ class Benchmark {
             ArrayNode rows = summary.putArray("chat_nonstream");
             latencyRows(rows, "small (" + small.length() + " B)", s, sAlloc);
             latencyRows(rows, "large (" + (large.length() / 1024) + " KB)", l, lAlloc);
+            line("Non-streaming POST /v1/messages, claude-sonnet-4.5 (native), small (after %d warm-up)", cfg.warmup() / 2);
+            latencyRows(rows, "messages (" + msg.length() + " B)", m, mAlloc);
             line("   alloc/req: bytes allocated by all threads per request (client + copilot-api + stub); the difference is copilot-api's.");
         }
 
@@ -344,6 +355,10 @@ class Benchmark {
 
         /** n requests via copilot-api and n direct, alternating which goes first; [0] via, [1] direct. */
         Latencies[] latency(String body, int n) {
+            return latency(() -> viaChat(body), () -> directChat(body), n);
+        }
+
+        Latencies[] latency(Call via, Call direct, int n) {
             long[][] t = new long[2][n];
             int[] errors = new int[2];
             String[] first = new String[2];
@@ -353,7 +368,7 @@ class Benchmark {
                     long t0 = System.nanoTime();
                     String err;
                     try {
-                        err = which == 0 ? viaChat(body) : directChat(body);
+                        err = which == 0 ? via.run() : direct.run();
                     } catch (Exception e) {
                         err = e.toString();
                     }
@@ -436,7 +451,7 @@ class Benchmark {
             StubUpstream.Reply reply = StubUpstream.Reply.events(anthropicEvents(n, "claude-sonnet-4.5"));
             String body = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":4096,\"stream\":true,"
                 + "\"messages\":[{\"role\":\"user\",\"content\":\"Write a long story\"}]}";
-            Map<String, String> headers = Map.of("anthropic-version", "2023-06-01");
+            Map<String, String> headers = ANTHROPIC;
             progress("streaming /v1/messages (claude-sonnet-4.5, native): " + n + " deltas");
             StreamStats[] s = streamPair("/v1/messages", reply, () -> viaRequest("/v1/messages", body, headers),
                 () -> direct("/v1/messages", body, true).header("anthropic-version", "2023-06-01").build(), "message_stop");
