@@ -220,7 +220,7 @@ class Benchmark {
     record ConcurrencyResult(int clients, int chunks, long delayMs, double wallMs, double idealMs, int errors, String firstError,
                              double ttfcP50, double ttfcP99, double durP50, double durMax, long heapBefore, long heapAfter,
                              long heapPeakSampled, int threadsBefore, int peakThreads, int peakOwnThreads, int ownThreadsIdle,
-                             int threadsAfter) {}
+                             int threadsAfter, String poolsAtPeak) {}
 
     static final class Bench implements AutoCloseable {
         final Config cfg;
@@ -315,7 +315,7 @@ class Benchmark {
 
             line("");
             line("1. Non-streaming POST /v1/chat/completions, gpt-4.1, sequential, interleaved via/direct (after %d warm-up)", cfg.warmup());
-            line("%-30s %6s %8s %8s %8s %8s %8s %8s %11s", "path", "n", "p50 ms", "p95 ms", "p99 ms", "mean ms", "max ms", "errors", "alloc/req");
+            line("%-34s %6s %8s %8s %8s %8s %8s %8s %11s", "path", "n", "p50 ms", "p95 ms", "p99 ms", "mean ms", "max ms", "errors", "alloc/req");
             ArrayNode rows = summary.putArray("chat_nonstream");
             latencyRows(rows, "small (" + small.length() + " B)", s, sAlloc);
             latencyRows(rows, "large (" + (large.length() / 1024) + " KB)", l, lAlloc);
@@ -328,11 +328,11 @@ class Benchmark {
             String[] names = {"via copilot-api, " + label, "direct to stub, " + label};
             for (int i = 0; i < 2; i++) {
                 Latencies x = r[i];
-                line("%-30s %6d %8.3f %8.3f %8.3f %8.3f %8.2f %8d %11s", names[i], x.nanos().length, x.pct(50), x.pct(95), x.pct(99), x.mean(),
+                line("%-34s %6d %8.3f %8.3f %8.3f %8.3f %8.2f %8d %11s", names[i], x.nanos().length, x.pct(50), x.pct(95), x.pct(99), x.mean(),
                     x.max(), x.errors(), kb(alloc[i]));
                 if (x.firstError() != null) line("   first error: %s", x.firstError());
             }
-            line("%-30s %6s %+8.3f %+8.3f %+8.3f %+8.3f %8s %8s %11s", "  copilot-api overhead", "", r[0].pct(50) - r[1].pct(50),
+            line("%-34s %6s %+8.3f %+8.3f %+8.3f %+8.3f %8s %8s %11s", "  copilot-api overhead", "", r[0].pct(50) - r[1].pct(50),
                 r[0].pct(95) - r[1].pct(95), r[0].pct(99) - r[1].pct(99), r[0].mean() - r[1].mean(), "", "",
                 alloc[0] < 0 || alloc[1] < 0 ? "n/a" : "+" + kb(alloc[0] - alloc[1]));
             ObjectNode o = rows.addObject();
@@ -613,43 +613,51 @@ class Benchmark {
             line("");
             line("4. Concurrent streaming clients on /v1/chat/completions, each %d chunks %d ms apart (ideal wall ~%.2f s)",
                 cfg.concurrentChunks(), cfg.concurrentDelayMs(), (cfg.concurrentChunks() - 1) * cfg.concurrentDelayMs() / 1000.0);
-            line("%-7s %8s %7s %15s %15s %22s %22s", "clients", "wall s", "errors", "TTFC p50/p99 ms", "dur p50/max s",
-                "heap MB before->after", "threads peak (own) idle");
+            line("%-14s %7s %7s %16s %14s %18s %20s", "clients", "wall s", "errors", "TTFC p50/p99 ms", "dur p50/max s",
+                "heap MB bef->aft", "threads peak (own)");
             ArrayNode rows = summary.putArray("concurrency");
+            List<String> pools = new ArrayList<>();
             for (int k : cfg.concurrency()) {
-                progress("concurrency: " + k + " clients");
-                ConcurrencyResult c = concurrentRound(k);
-                line("%-7d %8.2f %7d %15s %15s %22s %22s", k, c.wallMs() / 1000, c.errors(),
-                    String.format(Locale.ROOT, "%.1f/%.1f", c.ttfcP50(), c.ttfcP99()),
-                    String.format(Locale.ROOT, "%.2f/%.2f", c.durP50() / 1000, c.durMax() / 1000),
-                    String.format(Locale.ROOT, "%.1f->%.1f", c.heapBefore() / 1e6, c.heapAfter() / 1e6),
-                    String.format(Locale.ROOT, "%d (%d) %d", c.peakThreads(), c.peakOwnThreads(), c.ownThreadsIdle()));
-                if (c.firstError() != null) line("   first error: %s", c.firstError());
-                ObjectNode o = rows.addObject();
-                o.put("clients", k);
-                o.put("chunks", c.chunks());
-                o.put("delay_ms", c.delayMs());
-                o.put("wall_ms", round(c.wallMs()));
-                o.put("ideal_ms", round(c.idealMs()));
-                o.put("errors", c.errors());
-                o.put("ttfc_p50_ms", round(c.ttfcP50()));
-                o.put("ttfc_p99_ms", round(c.ttfcP99()));
-                o.put("duration_p50_ms", round(c.durP50()));
-                o.put("duration_max_ms", round(c.durMax()));
-                o.put("heap_before_mb", round(c.heapBefore() / 1e6));
-                o.put("heap_after_mb", round(c.heapAfter() / 1e6));
-                o.put("heap_peak_sampled_mb", round(c.heapPeakSampled() / 1e6));
-                o.put("threads_before", c.threadsBefore());
-                o.put("peak_threads_jvm", c.peakThreads());
-                o.put("peak_threads_excl_stub_and_client", c.peakOwnThreads());
-                o.put("threads_excl_stub_and_client_idle", c.ownThreadsIdle());
-                o.put("threads_after", c.threadsAfter());
+                for (boolean via : new boolean[] {true, false}) {
+                    progress("concurrency: " + k + " clients " + (via ? "via copilot-api" : "direct to stub"));
+                    ConcurrencyResult c = concurrentRound(k, via);
+                    line("%-14s %7.2f %7d %16s %14s %18s %20s", k + (via ? " via" : " direct"), c.wallMs() / 1000, c.errors(),
+                        String.format(Locale.ROOT, "%.1f/%.1f", c.ttfcP50(), c.ttfcP99()),
+                        String.format(Locale.ROOT, "%.2f/%.2f", c.durP50() / 1000, c.durMax() / 1000),
+                        String.format(Locale.ROOT, "%.1f->%.1f", c.heapBefore() / 1e6, c.heapAfter() / 1e6),
+                        String.format(Locale.ROOT, "%d (%d)", c.peakThreads(), c.peakOwnThreads()));
+                    if (c.firstError() != null) line("   first error: %s", c.firstError());
+                    if (via) pools.add(String.format(Locale.ROOT, "   %d via: own threads idle %d, at peak %s", k, c.ownThreadsIdle(),
+                        c.poolsAtPeak()));
+                    ObjectNode o = rows.addObject();
+                    o.put("clients", k);
+                    o.put("path", via ? "via" : "direct");
+                    o.put("chunks", c.chunks());
+                    o.put("delay_ms", c.delayMs());
+                    o.put("wall_ms", round(c.wallMs()));
+                    o.put("ideal_ms", round(c.idealMs()));
+                    o.put("errors", c.errors());
+                    o.put("ttfc_p50_ms", round(c.ttfcP50()));
+                    o.put("ttfc_p99_ms", round(c.ttfcP99()));
+                    o.put("duration_p50_ms", round(c.durP50()));
+                    o.put("duration_max_ms", round(c.durMax()));
+                    o.put("heap_before_mb", round(c.heapBefore() / 1e6));
+                    o.put("heap_after_mb", round(c.heapAfter() / 1e6));
+                    o.put("heap_peak_sampled_mb", round(c.heapPeakSampled() / 1e6));
+                    o.put("threads_before", c.threadsBefore());
+                    o.put("peak_threads_jvm", c.peakThreads());
+                    o.put("peak_threads_excl_stub_and_client", c.peakOwnThreads());
+                    o.put("threads_excl_stub_and_client_idle", c.ownThreadsIdle());
+                    o.put("threads_after", c.threadsAfter());
+                    o.put("pools_at_peak", c.poolsAtPeak());
+                }
             }
-            line("   heap: used after GC, whole JVM; threads: platform threads, JVM peak, (peak without stub-upstream-* and");
-            line("   bench-* threads, i.e. copilot-api + JVM internals), and that same count idle before the round.");
+            line("   heap: used after GC, whole JVM. threads: live platform threads, JVM peak and (own) = without the stub's");
+            line("   stub-upstream-* and the client's bench-* threads, i.e. copilot-api + JVM internals; by name at the peak:");
+            pools.forEach(p -> line("%s", p));
         }
 
-        ConcurrencyResult concurrentRound(int k) throws Exception {
+        ConcurrencyResult concurrentRound(int k, boolean via) throws Exception {
             drainQueues();
             int chunks = cfg.concurrentChunks();
             long delay = cfg.concurrentDelayMs();
@@ -659,7 +667,7 @@ class Benchmark {
 
             long heapBefore = heapAfterGc();
             int threadsBefore = threads.getThreadCount();
-            int ownIdle = ownThreads();
+            int ownIdle = ownThreads(null);
             threads.resetPeakThreadCount();
             Sampler sampler = new Sampler();
             sampler.start();
@@ -672,7 +680,8 @@ class Benchmark {
                 Thread t = new Thread(() -> {
                     try {
                         go.await();
-                        results[idx] = stream(viaRequest("/v1/chat/completions", body, Map.of()), "[DONE]");
+                        HttpRequest req = via ? viaRequest("/v1/chat/completions", body, Map.of()) : direct("/chat/completions", body, true).build();
+                        results[idx] = stream(req, "[DONE]");
                     } catch (InterruptedException e) {
                         results[idx] = StreamResult.failed("interrupted");
                     }
@@ -707,23 +716,26 @@ class Benchmark {
             drainQueues();
             int threadsAfter = threads.getThreadCount();
             long heapAfter = heapAfterGc();
-            long[] tt = ttfc.stream().mapToLong(Long::longValue).toArray();
-            long[] dd = dur.stream().mapToLong(Long::longValue).toArray();
-            Latencies lt = new Latencies(tt, 0, null);
-            Latencies ld = new Latencies(dd, 0, null);
+            Latencies lt = new Latencies(ttfc.stream().mapToLong(Long::longValue).toArray(), 0, null);
+            Latencies ld = new Latencies(dur.stream().mapToLong(Long::longValue).toArray(), 0, null);
             return new ConcurrencyResult(k, chunks, delay, wallMs, (chunks - 1) * delay, errors, firstError, lt.pct(50), lt.pct(99),
                 ld.pct(50), ld.max(), heapBefore, heapAfter, sampler.heapPeak, threadsBefore, peak, sampler.ownPeak, ownIdle,
-                threadsAfter);
+                threadsAfter, sampler.poolsAtPeak);
         }
 
-        /** Platform threads that belong neither to the stub nor to this benchmark's client. */
-        int ownThreads() {
+        /**
+         * Platform threads that belong neither to the stub nor to this benchmark's client; when {@code pools} is
+         * given, also counted by name with the numbers taken out ("JettyServerThreadPool-12" -> "JettyServerThreadPool-").
+         */
+        int ownThreads(Map<String, Integer> pools) {
             ThreadInfo[] infos = threads.getThreadInfo(threads.getAllThreadIds(), 0);
             int n = 0;
             for (ThreadInfo i : infos) {
                 if (i == null) continue;
                 String name = i.getThreadName();
-                if (!name.startsWith("stub-upstream") && !name.startsWith("bench-")) n++;
+                if (name.startsWith("stub-upstream") || name.startsWith("bench-")) continue;
+                n++;
+                if (pools != null) pools.merge(name.replaceAll("\\d+", "#"), 1, Integer::sum);
             }
             return n;
         }
@@ -733,6 +745,7 @@ class Benchmark {
             volatile boolean running = true;
             volatile long heapPeak;
             volatile int ownPeak;
+            volatile String poolsAtPeak = "";
             final Thread thread = new Thread(this, "bench-sampler");
 
             void start() {
@@ -749,7 +762,14 @@ class Benchmark {
             public void run() {
                 while (running) {
                     heapPeak = Math.max(heapPeak, memory.getHeapMemoryUsage().getUsed());
-                    ownPeak = Math.max(ownPeak, ownThreads());
+                    Map<String, Integer> pools = new HashMap<>();
+                    int own = ownThreads(pools);
+                    if (own > ownPeak) {
+                        ownPeak = own;
+                        poolsAtPeak = pools.entrySet().stream().filter(e -> e.getValue() >= 3)
+                            .sorted(Map.Entry.<String, Integer>comparingByValue().reversed())
+                            .map(e -> e.getKey() + " " + e.getValue()).collect(Collectors.joining(", "));
+                    }
                     try {
                         Thread.sleep(20);
                     } catch (InterruptedException e) {

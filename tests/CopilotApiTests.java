@@ -1617,6 +1617,19 @@ class CopilotApiTests {
         }
 
         @Test
+        void manualWithoutATerminalAndWaitWithoutARateLimitAreRefused() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Map<String, String> env = env(stub, Files.createTempDirectory("h"));
+                Run manual = cli(env, "start", "--port", "0", "--manual", "--github-token", StubUpstream.VALID_GITHUB_TOKEN);
+                assertEquals(1, manual.exit());
+                assertTrue(manual.err().contains("--manual needs a terminal"), manual.err());
+                Run wait = cli(env, "start", "--port", "0", "--wait", "--github-token", StubUpstream.VALID_GITHUB_TOKEN);
+                assertEquals(1, wait.exit());
+                assertTrue(wait.err().contains("--wait goes with --rate-limit"), wait.err());
+            }
+        }
+
+        @Test
         void startFailsClearlyWhenTheTokenHasNoCopilotSeat() throws Exception {
             try (StubUpstream stub = StubUpstream.start()) {
                 stub.tokenExchangeStatus(403);
