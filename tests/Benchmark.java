@@ -64,7 +64,7 @@ class Benchmark {
     record Config(String name, int warmup, int chatN, int largeN, int largeKb, int allocN, int streamChunks, int streamRuns,
                   int[] concurrency, int concurrentChunks, long concurrentDelayMs, Duration timeLimit) {
         static Config full() {
-            return new Config("full", 1000, 2000, 200, 256, 500, 5000, 3, new int[] {50, 200}, 200, 5, Duration.ofMinutes(5));
+            return new Config("full", 1000, 2000, 200, 256, 500, 5000, 5, new int[] {50, 200}, 200, 5, Duration.ofMinutes(5));
         }
 
         static Config quick() {
@@ -625,10 +625,10 @@ class Benchmark {
                         String.format(Locale.ROOT, "%.1f/%.1f", c.ttfcP50(), c.ttfcP99()),
                         String.format(Locale.ROOT, "%.2f/%.2f", c.durP50() / 1000, c.durMax() / 1000),
                         String.format(Locale.ROOT, "%.1f->%.1f", c.heapBefore() / 1e6, c.heapAfter() / 1e6),
-                        String.format(Locale.ROOT, "%d (%d)", c.peakThreads(), c.peakOwnThreads()));
+                        via ? String.format(Locale.ROOT, "%d (%d)", c.peakThreads(), c.peakOwnThreads()) : c.peakThreads() + " (-)");
                     if (c.firstError() != null) line("   first error: %s", c.firstError());
                     if (via) pools.add(String.format(Locale.ROOT, "   %d via: own threads idle %d, at peak %s", k, c.ownThreadsIdle(),
-                        c.poolsAtPeak()));
+                        c.poolsAtPeak().isEmpty() ? "no name with 3+ threads (virtual threads are not counted)" : c.poolsAtPeak()));
                     ObjectNode o = rows.addObject();
                     o.put("clients", k);
                     o.put("path", via ? "via" : "direct");

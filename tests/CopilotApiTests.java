@@ -1086,24 +1086,11 @@ class CopilotApiTests {
         void startPrintsTheCommand() throws Exception {
             try (StubUpstream stub = StubUpstream.start()) {
                 Map<String, String> env = CliTests.env(stub, Files.createTempDirectory("h"));
-                List<String> cmd = List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(), "-cp",
-                    System.getProperty("java.class.path"), "CopilotApi", "start", "--port", "0", "--github-token", StubUpstream.VALID_GITHUB_TOKEN,
-                    "--claude-code", "--claude-code-model", "claude-sonnet-4.5", "--claude-code-small-model", "claude-haiku-4.5", "--shell", "posix");
-                ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true);
-                pb.environment().putAll(env);
-                Process p = pb.start();
-                try {
-                    BufferedReader out = new BufferedReader(new InputStreamReader(p.getInputStream(), UTF_8));
-                    StringBuilder seen = new StringBuilder();
-                    String command = null;
-                    for (String line = out.readLine(); line != null && command == null; line = out.readLine()) {
-                        seen.append(line).append('\n');
-                        if (line.startsWith("ANTHROPIC_BASE_URL=")) command = line;
-                    }
-                    assertNotNull(command, seen.toString());
+                try (CliTests.Started server = new CliTests.Started(env, "--claude-code", "--claude-code-model", "claude-sonnet-4.5",
+                        "--claude-code-small-model", "claude-haiku-4.5", "--shell", "posix")) {
+                    String command = server.lineWith("ANTHROPIC_BASE_URL=");
+                    assertNotNull(command, server.log.toString());
                     assertTrue(command.matches("ANTHROPIC_BASE_URL=http://127\\.0\\.0\\.1:\\d+ .*ANTHROPIC_MODEL=claude-sonnet-4\\.5 .*claude"), command);
-                } finally {
-                    p.destroyForcibly();
                 }
                 CliTests.Run bad = CliTests.cli(env, "start", "--port", "0", "--github-token", StubUpstream.VALID_GITHUB_TOKEN,
                     "--claude-code", "--claude-code-model", "nope", "--claude-code-small-model", "claude-haiku-4.5");
@@ -1381,19 +1368,9 @@ class CopilotApiTests {
         void runningStreamsFinishThenExitZero() throws Exception {
             try (StubUpstream stub = StubUpstream.start()) {
                 stub.streamDelayMs(400);
-                Map<String, String> env = CliTests.env(stub, Files.createTempDirectory("h"));
-                ProcessBuilder pb = new ProcessBuilder(Path.of(System.getProperty("java.home"), "bin", "java").toString(), "-cp",
-                    System.getProperty("java.class.path"), "CopilotApi", "start", "--port", "0", "--github-token", StubUpstream.VALID_GITHUB_TOKEN)
-                    .redirectErrorStream(true);
-                pb.environment().putAll(env);
-                Process p = pb.start();
-                BufferedReader out = new BufferedReader(new InputStreamReader(p.getInputStream(), UTF_8));
-                String base = null;
-                for (String line = out.readLine(); line != null && base == null; line = out.readLine()) {
-                    var m = java.util.regex.Pattern.compile("listening on (http://\\S+)").matcher(line);
-                    if (m.find()) base = m.group(1);
-                }
-                assertNotNull(base);
+                CliTests.Started server = new CliTests.Started(CliTests.env(stub, Files.createTempDirectory("h")));
+                Process p = server.process;
+                String base = server.baseUrl();
                 HttpClient client = HttpClient.newHttpClient();
                 HttpResponse<InputStream> r = client.send(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
                     .POST(HttpRequest.BodyPublishers.ofString(CHAT_HI.replace("{\"model\"", "{\"stream\":true,\"model\""))).build(),
@@ -1471,11 +1448,52 @@ class CopilotApiTests {
     static final class CliTests {
         record Run(int exit, String out, String err) {}
 
-        static Run cli(Map<String, String> env, String... args) throws Exception {
+        /** java -cp (this test's class path) CopilotApi ARGS: the compiled script, as a separate process. */
+        static List<String> command(String... args) {
             List<String> cmd = new ArrayList<>(List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(),
                 "-cp", System.getProperty("java.class.path"), "CopilotApi"));
             cmd.addAll(List.of(args));
-            ProcessBuilder pb = new ProcessBuilder(cmd);
+            return cmd;
+        }
+
+        /** `copilot-api start --port 0` with the stub's token, as its own process, its output read line by line. */
+        static final class Started implements AutoCloseable {
+            final Process process;
+            final BufferedReader out;
+            final StringBuilder log = new StringBuilder();
+
+            Started(Map<String, String> env, String... extraArgs) throws IOException {
+                List<String> args = new ArrayList<>(List.of("start", "--port", "0", "--github-token", StubUpstream.VALID_GITHUB_TOKEN));
+                args.addAll(List.of(extraArgs));
+                ProcessBuilder pb = new ProcessBuilder(command(args.toArray(String[]::new))).redirectErrorStream(true);
+                pb.environment().putAll(env);
+                process = pb.start();
+                out = new BufferedReader(new InputStreamReader(process.getInputStream(), UTF_8));
+            }
+
+            /** The first line (from here on) that contains the text, or null at the end of the output. */
+            String lineWith(String text) throws IOException {
+                for (String line = out.readLine(); line != null; line = out.readLine()) {
+                    log.append(line).append('\n');
+                    if (line.contains(text)) return line;
+                }
+                return null;
+            }
+
+            String baseUrl() throws IOException {
+                String line = lineWith("listening on http://");
+                assertNotNull(line, log.toString());
+                return line.substring(line.indexOf("http://")).trim();
+            }
+
+            @Override
+            public void close() {
+                process.destroyForcibly();
+            }
+        }
+
+        static Run cli(Map<String, String> env, String... args) throws Exception {
+            ProcessBuilder pb = new ProcessBuilder(command(args));
             pb.environment().keySet().removeIf(k -> k.startsWith("COPILOT_API_") || k.equals("GH_TOKEN") || k.equals("GITHUB_TOKEN"));
             pb.environment().putAll(env);
             Path out = Files.createTempFile("out", ".txt");
@@ -1569,40 +1587,19 @@ class CopilotApiTests {
         @Test
         void verboseLogsBodiesButNoSecrets() throws Exception {
             try (StubUpstream stub = StubUpstream.start()) {
-                Map<String, String> env = env(stub, Files.createTempDirectory("h"));
-                List<String> cmd = List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(),
-                    "-cp", System.getProperty("java.class.path"), "CopilotApi", "start", "--port", "0", "--verbose",
-                    "--github-token", StubUpstream.VALID_GITHUB_TOKEN);
-                ProcessBuilder pb = new ProcessBuilder(cmd).redirectErrorStream(true);
-                pb.environment().putAll(env);
-                Process p = pb.start();
-                try {
-                    BufferedReader out = new BufferedReader(new InputStreamReader(p.getInputStream(), UTF_8));
-                    StringBuilder log = new StringBuilder();
-                    String base = null;
-                    for (String line = out.readLine(); line != null && base == null; line = out.readLine()) {
-                        log.append(line).append('\n');
-                        var m = java.util.regex.Pattern.compile("listening on (http://\\S+)").matcher(line);
-                        if (m.find()) base = m.group(1);
-                    }
-                    assertNotNull(base, log.toString());
+                try (Started server = new Started(env(stub, Files.createTempDirectory("h")), "--verbose")) {
+                    String base = server.baseUrl();
                     String body = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"marker-4711\"}]}";
                     HttpResponse<String> r = HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
                         .POST(HttpRequest.BodyPublishers.ofString(body)).build(), HttpResponse.BodyHandlers.ofString());
                     assertEquals(200, r.statusCode());
                     HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(base + "/token")).build(), HttpResponse.BodyHandlers.ofString());
-                    long end = System.nanoTime() + Duration.ofSeconds(10).toNanos();
-                    for (String line = out.readLine(); line != null && System.nanoTime() < end; line = out.readLine()) {
-                        log.append(line).append('\n');
-                        if (line.contains("GET /token")) break;
-                    }
-                    String text = log.toString();
+                    assertNotNull(server.lineWith("GET /token"), server.log.toString());
+                    String text = server.log.toString();
                     assertTrue(text.contains("marker-4711"), "bodies are logged with --verbose:\n" + text);
                     assertTrue(text.matches("(?s).*POST /v1/chat/completions gpt-4\\.1 \\[passthrough\\] 200 \\d+ms in=\\d+ out=\\d+.*"), text);
                     assertFalse(text.contains(StubUpstream.VALID_GITHUB_TOKEN), text);
                     assertFalse(text.contains(stub.latestCopilotToken()), text);
-                } finally {
-                    p.destroyForcibly();
                 }
             }
         }
