@@ -86,8 +86,10 @@ import picocli.CommandLine;
  * <ol>
  *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}</li>
  *   <li>Configuration: URLs, data directory, options, editor versions</li>
- *   <li>Server and routes: Javalin, the OpenAI surface, error shapes, request log</li>
- *   <li>Translators: pure JSON-in/JSON-out normalisers of Copilot's chat answers</li>
+ *   <li>Server and routes: Javalin, the request log, operator controls (keys, pacing, approval, stats,
+ *       dashboard), the OpenAI and Anthropic surfaces, error shapes</li>
+ *   <li>Translators: pure JSON-in/JSON-out code: chat-answer normalisers, Anthropic to chat and back (with
+ *       the stream state machine), model-name resolution, native-request cleaning, token counting</li>
  *   <li>Copilot client: headers, token lifecycle, model catalog, upstream calls</li>
  *   <li>GitHub auth: token sources, token file, device flow, usage</li>
  *   <li>Errors: typed exceptions shared by every surface</li>
