@@ -51,7 +51,7 @@ import java.util.stream.Stream;
  * (a watchdog ends the run), no traffic leaves the loopback interface.
  *
  * <p>Run from the repository root: {@code ./jbang tests/Benchmark.java} (about a minute), or
- * {@code ./jbang tests/Benchmark.java --quick} (a few seconds, a smoke test). Prints a table, then one line
+ * {@code ./jbang tests/Benchmark.java --quick} (about ten seconds, a smoke test). Prints a table, then one line
  * starting with {@code JSON: } that carries the same numbers for machines.
  */
 class Benchmark {
@@ -61,14 +61,14 @@ class Benchmark {
     static final Map<String, String> ANTHROPIC = Map.of("anthropic-version", "2023-06-01");
 
     /** Sizes of one run; {@link #quick()} for the smoke test, {@link #full()} by default. */
-    record Config(String name, int warmup, int chatN, int largeN, int largeKb, int allocN, int streamChunks, int streamRuns,
-                  int[] concurrency, int concurrentChunks, long concurrentDelayMs, Duration timeLimit) {
+    record Config(String name, int warmup, int chatN, int largeN, int largeKb, int allocN, int streamChunks, int streamWarmup,
+                  int streamRuns, int shortStreams, int[] concurrency, int concurrentChunks, long concurrentDelayMs, Duration timeLimit) {
         static Config full() {
-            return new Config("full", 1000, 2000, 200, 256, 500, 5000, 5, new int[] {50, 200}, 200, 5, Duration.ofMinutes(5));
+            return new Config("full", 1000, 2000, 200, 256, 500, 5000, 6, 5, 500, new int[] {50, 200}, 200, 5, Duration.ofMinutes(5));
         }
 
         static Config quick() {
-            return new Config("quick", 100, 200, 20, 256, 100, 1000, 1, new int[] {10, 50}, 50, 5, Duration.ofMinutes(2));
+            return new Config("quick", 100, 200, 20, 256, 100, 1000, 1, 1, 50, new int[] {10, 50}, 50, 5, Duration.ofMinutes(2));
         }
     }
 
@@ -80,13 +80,23 @@ class Benchmark {
         // waits for the client's delayed ACK (~40 ms on Linux). Real Copilot has no such stall, so measure without it.
         System.setProperty("sun.net.httpserver.nodelay", "true");
         Config cfg = Config.full();
-        for (String a : args) {
+        Duration limit = null;
+        for (int i = 0; i < args.length; i++) {
+            String a = args[i];
             switch (a) {
                 case "--quick" -> cfg = Config.quick();
+                case "--time-limit" -> {
+                    if (i + 1 >= args.length || !args[i + 1].matches("\\d+")) {
+                        System.err.println("--time-limit needs a number of seconds");
+                        System.exit(2);
+                    }
+                    limit = Duration.ofSeconds(Long.parseLong(args[++i]));
+                }
                 case "-h", "--help" -> {
-                    System.out.println("Usage: ./jbang tests/Benchmark.java [--quick]");
+                    System.out.println("Usage: ./jbang tests/Benchmark.java [--quick] [--time-limit SECONDS]");
                     System.out.println("Measures copilot-api's overhead, streaming throughput, concurrency and memory against the");
-                    System.out.println("in-process stub, on 127.0.0.1 only. --quick: small counts, a smoke test of a few seconds.");
+                    System.out.println("in-process stub, on 127.0.0.1 only. --quick: small counts, a smoke test of about ten seconds.");
+                    System.out.println("--time-limit: stop (exit 3, printing what was measured) after this long; default 300, quick 120.");
                     return;
                 }
                 default -> {
@@ -95,11 +105,14 @@ class Benchmark {
                 }
             }
         }
-        Duration limit = cfg.timeLimit();
+        if (limit == null) limit = cfg.timeLimit();
+        Duration timeLimit = limit;
         Thread watchdog = new Thread(() -> {
             try {
-                Thread.sleep(limit.toMillis());
-                System.err.println("benchmark: time limit of " + limit.toSeconds() + "s reached, stopping");
+                Thread.sleep(timeLimit.toMillis());
+                System.err.println("benchmark: time limit of " + timeLimit.toSeconds() + "s reached, stopping; results so far:");
+                Bench running = Bench.current;
+                if (running != null) System.out.println(running.table);
                 System.out.flush();
                 Runtime.getRuntime().halt(3);
             } catch (InterruptedException ignored) {
@@ -220,16 +233,19 @@ class Benchmark {
     record ConcurrencyResult(int clients, int chunks, long delayMs, double wallMs, double idealMs, int errors, String firstError,
                              double ttfcP50, double ttfcP99, double durP50, double durMax, long heapBefore, long heapAfter,
                              long heapPeakSampled, int threadsBefore, int peakThreads, int peakOwnThreads, int ownThreadsIdle,
-                             int threadsAfter, String poolsAtPeak) {}
+                             int threadsAfter, String poolsAtPeak, long listenOverflows) {}
 
     static final class Bench implements AutoCloseable {
+        /** The running benchmark, for the watchdog to print what was measured before the time limit. */
+        static volatile Bench current;
+
         final Config cfg;
         final Rig rig;
         final HttpClient client;
         final ExecutorService clientPool;
         final String copilotBase;
         final String copilotToken;
-        final StringBuilder table = new StringBuilder();
+        final StringBuffer table = new StringBuffer();
         final ObjectNode summary = JSON.createObjectNode();
         final MemoryMXBean memory = ManagementFactory.getMemoryMXBean();
         final ThreadMXBean threads = ManagementFactory.getThreadMXBean();
@@ -255,6 +271,7 @@ class Benchmark {
             copilotBase = token.path("api").asText(rig.stub.copilotUrl());
             String host = URI.create(copilotBase).getHost();
             if (!"127.0.0.1".equals(host)) throw new IllegalStateException("refusing to benchmark against a non-loopback upstream: " + copilotBase);
+            current = this;
         }
 
         int run() throws Exception {
@@ -264,14 +281,17 @@ class Benchmark {
                 .collect(Collectors.joining(", "));
             line("copilot-api %s benchmark (%s run): Java %s (%s), %d CPUs, max heap %d MB, GC %s", CopilotApi.VERSION, cfg.name(),
                 Runtime.version(), System.getProperty("java.vm.name"), rt.availableProcessors(), rt.maxMemory() >> 20, gcs);
+            double load = ManagementFactory.getOperatingSystemMXBean().getSystemLoadAverage();
             line("virtual threads in copilot-api: %s. Client, copilot-api and stub share this JVM; all traffic on 127.0.0.1.",
                 vthreads ? "yes" : "no (platform threads)");
+            line("System load average at start: %.2f (other processes on these CPUs make every number noisier).", load);
             line("\"via\" = client -> copilot-api -> stub; \"direct\" = the same request from the client straight to the stub.");
             summary.put("copilot_api_version", CopilotApi.VERSION);
             summary.put("run", cfg.name());
             summary.put("java", Runtime.version().toString());
             summary.put("cpus", rt.availableProcessors());
             summary.put("virtual_threads", vthreads);
+            summary.put("load_average_at_start", round(load));
 
             long heapStart = heapAfterGc();
             chatLatency();
@@ -437,13 +457,77 @@ class Benchmark {
             progress("streaming /v1/chat/completions: " + n + " chunks, " + cfg.streamRuns() + " run(s) each way");
             StreamStats[] s = streamPair("/chat/completions", reply, () -> viaRequest("/v1/chat/completions", body, Map.of()),
                 () -> direct("/chat/completions", body, true).build(), "[DONE]");
+            String shortBody = "{\"model\":\"gpt-4.1\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+            progress("streaming /v1/chat/completions: " + cfg.shortStreams() + " short streams each way");
+            shortStreams(shortBody, Math.max(10, cfg.shortStreams() / 5));
+            Latencies[][] t = shortStreams(shortBody, cfg.shortStreams());
             line("");
-            line("2. Streaming POST /v1/chat/completions, gpt-4.1, %d chunks sent without delay (median of %d run(s))", n, cfg.streamRuns());
+            line("2. Streaming POST /v1/chat/completions, gpt-4.1, %d chunks sent without delay (median of %d run(s), after %d warm-up)",
+                n, cfg.streamRuns(), cfg.streamWarmup());
             streamHeader();
             ArrayNode rows = summary.putArray("chat_stream");
             streamRow(rows, "via copilot-api", s[0]);
             streamRow(rows, "direct to stub", s[1]);
             ratioLine(s);
+            line("Short streams (the stub's default answer, %d events), sequential, interleaved via/direct", t[2][0].nanos().length);
+            line("%-32s %6s %10s %10s %10s %10s %10s %7s", "path", "n", "TTFC p50", "TTFC p95", "TTFC p99", "total p50", "total p99", "errors");
+            ArrayNode shorts = summary.putArray("chat_short_stream");
+            for (int i = 0; i < 2; i++) {
+                Latencies ttfc = t[0][i];
+                Latencies total = t[1][i];
+                line("%-32s %6d %10.3f %10.3f %10.3f %10.3f %10.3f %7d", i == 0 ? "via copilot-api" : "direct to stub", total.nanos().length,
+                    ttfc.pct(50), ttfc.pct(95), ttfc.pct(99), total.pct(50), total.pct(99), total.errors());
+                if (total.firstError() != null) line("   first error: %s", total.firstError());
+                ObjectNode o = shorts.addObject();
+                o.put("path", i == 0 ? "via" : "direct");
+                o.put("n", total.nanos().length);
+                o.put("ttfc_p50_ms", round(ttfc.pct(50)));
+                o.put("ttfc_p95_ms", round(ttfc.pct(95)));
+                o.put("ttfc_p99_ms", round(ttfc.pct(99)));
+                o.put("total_p50_ms", round(total.pct(50)));
+                o.put("total_p99_ms", round(total.pct(99)));
+                o.put("errors", total.errors());
+            }
+            line("   (ms; TTFC = time from sending the request to the first data line)");
+        }
+
+        /**
+         * n short streams via copilot-api and n direct, alternating which goes first: [0] time to first chunk and
+         * [1] total time, each [0] via and [1] direct; [2][0] holds the event count of one via stream.
+         */
+        Latencies[][] shortStreams(String body, int n) {
+            long[][] ttfc = new long[2][];
+            long[][] total = new long[2][];
+            List<List<Long>> tt = List.of(new ArrayList<>(), new ArrayList<>());
+            List<List<Long>> to = List.of(new ArrayList<>(), new ArrayList<>());
+            int[] errors = new int[2];
+            String[] first = new String[2];
+            int events = 0;
+            for (int i = 0; i < n; i++) {
+                for (int k = 0; k < 2; k++) {
+                    int which = (i + k) % 2;
+                    StreamResult r = stream(which == 0 ? viaRequest("/v1/chat/completions", body, Map.of())
+                        : direct("/chat/completions", body, true).build(), "[DONE]");
+                    if (!r.ok()) {
+                        errors[which]++;
+                        if (first[which] == null) first[which] = r.error() != null ? r.error() : "status " + r.status();
+                        continue;
+                    }
+                    if (which == 0) events = r.events();
+                    tt.get(which).add(r.ttfcNanos());
+                    to.get(which).add(r.totalNanos());
+                }
+                if (i % 250 == 249) rig.stub.clear();
+            }
+            rig.stub.clear();
+            for (int w = 0; w < 2; w++) {
+                ttfc[w] = tt.get(w).stream().mapToLong(Long::longValue).toArray();
+                total[w] = to.get(w).stream().mapToLong(Long::longValue).toArray();
+            }
+            return new Latencies[][] {
+                {new Latencies(ttfc[0], errors[0], first[0]), new Latencies(ttfc[1], errors[1], first[1])},
+                {new Latencies(total[0], errors[0], first[0]), new Latencies(total[1], errors[1], first[1])},
+                {new Latencies(new long[events], 0, null)}};
         }
 
         void anthropic() throws Exception {
@@ -502,7 +586,7 @@ class Benchmark {
             drainQueues();
             List<StreamResult> v = new ArrayList<>();
             List<StreamResult> d = new ArrayList<>();
-            int warm = cfg.streamRuns() > 1 ? 2 : 1;
+            int warm = cfg.streamWarmup();
             for (int i = 0; i < warm + cfg.streamRuns(); i++) {
                 for (int k = 0; k < 2; k++) {
                     boolean isVia = (i + k) % 2 == 0;
@@ -627,6 +711,10 @@ class Benchmark {
                         String.format(Locale.ROOT, "%.1f->%.1f", c.heapBefore() / 1e6, c.heapAfter() / 1e6),
                         via ? String.format(Locale.ROOT, "%d (%d)", c.peakThreads(), c.peakOwnThreads()) : c.peakThreads() + " (-)");
                     if (c.firstError() != null) line("   first error: %s", c.firstError());
+                    if (c.listenOverflows() > 0) {
+                        line("   %d TCP listen-queue overflow(s) during this round (system-wide TcpExt ListenOverflows): a dropped", c.listenOverflows());
+                        line("   connection attempt is retried after ~1 s, which shows as a TTFC or duration outlier of that size.");
+                    }
                     if (via) pools.add(String.format(Locale.ROOT, "   %d via: own threads idle %d, at peak %s", k, c.ownThreadsIdle(),
                         c.poolsAtPeak().isEmpty() ? "no name with 3+ threads (virtual threads are not counted)" : c.poolsAtPeak()));
                     ObjectNode o = rows.addObject();
@@ -650,6 +738,7 @@ class Benchmark {
                     o.put("threads_excl_stub_and_client_idle", c.ownThreadsIdle());
                     o.put("threads_after", c.threadsAfter());
                     o.put("pools_at_peak", c.poolsAtPeak());
+                    o.put("listen_overflows", c.listenOverflows());
                 }
             }
             line("   heap: used after GC, whole JVM. threads: live platform threads, JVM peak and (own) = without the stub's");
@@ -666,6 +755,7 @@ class Benchmark {
             String body = "{\"model\":\"gpt-4.1\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
 
             long heapBefore = heapAfterGc();
+            long overflowsBefore = listenOverflows();
             int threadsBefore = threads.getThreadCount();
             int ownIdle = ownThreads(null);
             threads.resetPeakThreadCount();
@@ -695,6 +785,7 @@ class Benchmark {
             long deadline = t0 + TimeUnit.SECONDS.toNanos(60);
             for (Thread t : clients) t.join(Math.max(1, TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime())));
             double wallMs = (System.nanoTime() - t0) / 1e6;
+            long overflows = overflowsBefore < 0 ? -1 : listenOverflows() - overflowsBefore;
             sampler.stop();
             int peak = threads.getPeakThreadCount();
 
@@ -720,7 +811,7 @@ class Benchmark {
             Latencies ld = new Latencies(dur.stream().mapToLong(Long::longValue).toArray(), 0, null);
             return new ConcurrencyResult(k, chunks, delay, wallMs, (chunks - 1) * delay, errors, firstError, lt.pct(50), lt.pct(99),
                 ld.pct(50), ld.max(), heapBefore, heapAfter, sampler.heapPeak, threadsBefore, peak, sampler.ownPeak, ownIdle,
-                threadsAfter, sampler.poolsAtPeak);
+                threadsAfter, sampler.poolsAtPeak, overflows);
         }
 
         /**
@@ -891,6 +982,24 @@ class Benchmark {
         long sum = 0;
         for (long v : t.getThreadAllocatedBytes(t.getAllThreadIds())) if (v > 0) sum += v;
         return sum;
+    }
+
+    /** Linux's count of connections dropped because a listen queue was full (whole system), or -1 elsewhere. */
+    static long listenOverflows() {
+        try {
+            List<String> lines = Files.readAllLines(Path.of("/proc/net/netstat"));
+            for (int i = 0; i + 1 < lines.size(); i++) {
+                if (!lines.get(i).startsWith("TcpExt:") || !lines.get(i + 1).startsWith("TcpExt:")) continue;
+                String[] names = lines.get(i).trim().split("\\s+");
+                String[] values = lines.get(i + 1).trim().split("\\s+");
+                for (int j = 1; j < names.length && j < values.length; j++) {
+                    if (names[j].equals("ListenOverflows")) return Long.parseLong(values[j]);
+                }
+            }
+        } catch (IOException | RuntimeException ignored) {
+            // Not Linux, or no /proc: the count is simply not reported.
+        }
+        return -1;
     }
 
     static double median(long[] values) {
