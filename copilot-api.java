@@ -717,6 +717,10 @@ class CopilotApi implements Callable<Integer> {
     static final class Server {
         static final long MAX_REQUEST_BYTES = 100L * 1024 * 1024;
         static final Duration IDLE_TIMEOUT = Duration.ofMinutes(10);
+        /** Pending connections the kernel may queue; a burst of agent subprocesses overflows the default 50. */
+        static final int ACCEPT_QUEUE = 1024;
+        /** Without virtual threads each open stream holds a platform thread; Jetty's default cap of 250 would queue the rest. */
+        static final int MAX_PLATFORM_THREADS = 1000;
 
         private final Javalin app;
         private final String host;
@@ -743,8 +747,17 @@ class CopilotApi implements Callable<Integer> {
                 cfg.http.maxRequestSize = MAX_REQUEST_BYTES;
                 cfg.concurrency.useVirtualThreads = Threads.virtualThreadsAvailable();
                 cfg.router.ignoreTrailingSlashes = true;
-                cfg.jetty.host = options.host();
-                cfg.jetty.port = options.port();
+                if (!Threads.virtualThreadsAvailable()) {
+                    cfg.jetty.threadPool = new org.eclipse.jetty.util.thread.QueuedThreadPool(MAX_PLATFORM_THREADS, 8, 60_000);
+                }
+                cfg.jetty.addConnector((server, http) -> {
+                    var connector = new org.eclipse.jetty.server.ServerConnector(server, new org.eclipse.jetty.server.HttpConnectionFactory(http));
+                    connector.setHost(options.host());
+                    connector.setPort(options.port());
+                    connector.setAcceptQueueSize(ACCEPT_QUEUE);
+                    connector.setIdleTimeout(IDLE_TIMEOUT.toMillis());
+                    return connector;
+                });
                 cfg.requestLogger.http((ctx, ms) -> {
                     inFlight.decrementAndGet();
                     RequestLog.write(ctx, ms, controls.stats());
@@ -775,9 +788,6 @@ class CopilotApi implements Callable<Integer> {
                 });
             });
             app.start();
-            for (var connector : app.jettyServer().server().getConnectors()) {
-                if (connector instanceof org.eclipse.jetty.server.AbstractConnector c) c.setIdleTimeout(IDLE_TIMEOUT.toMillis());
-            }
             return new Server(app, options.host(), inFlight);
         }
 
@@ -1111,6 +1121,9 @@ class CopilotApi implements Callable<Integer> {
     /** Live request statistics for /stats and the dashboard: per model and in total, since start. */
     static final class Stats {
         static final int LATENCY_WINDOW = 1000;
+        /** Requests for more distinct model names than this (typos, probes) are counted together. */
+        static final int MAX_MODELS = 200;
+        static final String OTHER = "(other models)";
 
         private final Instant since = Instant.now();
         private final Map<String, ModelStats> models = new java.util.concurrent.ConcurrentSkipListMap<>();
@@ -1148,6 +1161,7 @@ class CopilotApi implements Callable<Integer> {
         void record(Exchange e, int status, long ms) {
             if (!e.invokesModel) return;
             String model = e.upstreamModel != null ? e.upstreamModel : e.requestedModel != null ? e.requestedModel : "(unknown)";
+            if (!models.containsKey(model) && models.size() >= MAX_MODELS) model = OTHER;
             models.computeIfAbsent(model, m -> new ModelStats())
                 .add(status >= 400 || e.failedInStream, e.inputTokens, e.outputTokens, ms);
         }
@@ -3917,7 +3931,11 @@ class CopilotApi implements Callable<Integer> {
         }
 
         static byte[] bytes(JsonNode node) {
-            return write(node).getBytes(UTF_8);
+            try {
+                return JSON.writeValueAsBytes(node);
+            } catch (JsonProcessingException e) {
+                throw new UncheckedIOException(e);
+            }
         }
 
         static String pretty(JsonNode node) {
