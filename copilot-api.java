@@ -53,6 +53,7 @@ import java.time.Instant;
 import java.util.ArrayList;
 import java.util.Base64;
 import java.util.Collection;
+import java.util.HashMap;
 import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.LinkedHashSet;
@@ -2996,6 +2997,1814 @@ class CopilotApi implements Callable<Integer> {
                 throw new IllegalStateException("tool input does not parse: " + json, e);
             }
         }
+    }
+
+    // The Responses API and chat completions, the pivot format. Copilot serves its newest GPT models only on
+    // /responses and Claude, Gemini and GPT-4.x only on /chat/completions; every model is reachable from every
+    // inbound API through chat: inbound Responses for a chat-only model goes ResponsesToChat.request, then
+    // ChatToResponses.response or the ChatStreamToResponses state machine; inbound chat (or Anthropic, via
+    // AnthropicToChat) for a responses-only model goes ChatToResponsesRequest.request, then
+    // ResponsesToChat.response or the ResponsesStreamToChat state machine. Reasoning crosses the pivot as
+    // reasoning_text and reasoning_opaque (see ReasoningOpaque); Responses custom tools become function tools
+    // with one string parameter (see CustomTools).
+
+    /** A translated request body, with one line per field or item that was dropped or changed on the way. */
+    record Translated(ObjectNode body, List<String> notes) {}
+
+    /** Fresh ids and the current time, injected so that translators stay pure and tests stay deterministic. */
+    interface IdClock {
+        /** A fresh id starting with the prefix, e.g. {@code msg_}, {@code fc_}, {@code call_}. */
+        String id(String prefix);
+
+        long epochSeconds();
+
+        IdClock SYSTEM = new IdClock() {
+            @Override
+            public String id(String prefix) {
+                return prefix + Ids.random(24);
+            }
+
+            @Override
+            public long epochSeconds() {
+                return Instant.now().getEpochSecond();
+            }
+        };
+    }
+
+    // Responses API translators: shared vocabulary
+
+    /**
+     * How reasoning survives a trip through chat completions.
+     *
+     * <p>Chat carries reasoning as {@code reasoning_text} plus one opaque string, {@code reasoning_opaque} (for Claude
+     * on Copilot, the thinking signature). The Responses API carries {@code reasoning} items with an {@code id},
+     * {@code summary} and {@code encrypted_content}. Two encodings, each the inverse of the other's direction:
+     * <ul>
+     *   <li>A Responses reasoning item seen on the chat side (answers of responses-only models) becomes
+     *       {@code reasoning_opaque = "responses-reasoning:" + id + ":" + encrypted_content}, with {@code %} and
+     *       {@code :} in the id written as {@code %25} and {@code %3A}. Several items are the concatenation of their
+     *       encodings (base64 never contains {@code ':'}, so the prefix cannot occur inside encrypted content);
+     *       concatenating streamed opaque deltas therefore stays decodable.
+     *       {@link ChatToResponsesRequest} turns the string back into the items with their ids.</li>
+     *   <li>A chat opaque string seen on the Responses side (answers of chat-only models) becomes a reasoning item
+     *       with a fresh {@code rs_} id and {@code encrypted_content = "chat-reasoning:" + opaque}.
+     *       {@link ResponsesToChat#request} gives the chat model back exactly the original string.</li>
+     * </ul>
+     * Reasoning that a model of the other family produced (a Claude signature sent to a GPT model, or OpenAI
+     * encrypted content sent to Claude) cannot be verified by the receiving model and is dropped with a note.
+     */
+    static final class ReasoningOpaque {
+        static final String RESPONSES_PREFIX = "responses-reasoning:";
+        static final String CHAT_PREFIX = "chat-reasoning:";
+
+        record Entry(String id, String encryptedContent) {}
+
+        static String encode(String id, String encryptedContent) {
+            return RESPONSES_PREFIX + id.replace("%", "%25").replace(":", "%3A") + ":" + encryptedContent;
+        }
+
+        static boolean isResponses(String opaque) {
+            return opaque != null && opaque.startsWith(RESPONSES_PREFIX);
+        }
+
+        /** The reasoning items encoded in an opaque string; empty when it was not made by {@link #encode}. */
+        static List<Entry> decode(String opaque) {
+            List<Entry> entries = new ArrayList<>();
+            if (!isResponses(opaque)) return entries;
+            for (String part : opaque.substring(RESPONSES_PREFIX.length()).split(java.util.regex.Pattern.quote(RESPONSES_PREFIX), -1)) {
+                int colon = part.indexOf(':');
+                if (colon <= 0 || colon == part.length() - 1) continue;
+                String id = part.substring(0, colon).replace("%3A", ":").replace("%25", "%");
+                entries.add(new Entry(id, part.substring(colon + 1)));
+            }
+            return entries;
+        }
+
+        static String wrapChat(String opaque) {
+            return CHAT_PREFIX + opaque;
+        }
+
+        /** The chat opaque string inside {@code encrypted_content} made by {@link #wrapChat}, if it is one. */
+        static Optional<String> unwrapChat(String encryptedContent) {
+            if (encryptedContent == null || !encryptedContent.startsWith(CHAT_PREFIX)) return Optional.empty();
+            String s = encryptedContent.substring(CHAT_PREFIX.length());
+            return s.isEmpty() ? Optional.empty() : Optional.of(s);
+        }
+    }
+
+    /**
+     * Responses {@code custom} tools take free text (optionally constrained by a grammar) instead of JSON arguments.
+     * Chat models only know function tools, so a custom tool is offered as a function with one string parameter
+     * {@code input} (the grammar, if any, goes into that parameter's description), and a call of it is turned back
+     * into a {@code custom_tool_call} by name. Which names were custom is read again from the original request's
+     * {@code tools}, so no state is kept between the request and the answer.
+     */
+    static final class CustomTools {
+        static final String PARAMETER = "input";
+
+        /** Names of the {@code custom} tools of a Responses request. */
+        static Set<String> names(JsonNode responsesRequest) {
+            Set<String> names = new LinkedHashSet<>();
+            for (JsonNode t : responsesRequest.path("tools")) {
+                if (t.path("type").asText("").equals("custom") && t.path("name").isTextual()) names.add(t.path("name").asText());
+            }
+            return names;
+        }
+
+        /** The chat {@code function} object offering a custom tool: name, description, {@code {input: string}}. */
+        static ObjectNode asFunction(String name, String description, JsonNode format) {
+            ObjectNode fn = object();
+            fn.put("name", name);
+            if (description != null && !description.isBlank()) fn.put("description", description);
+            ObjectNode params = fn.putObject("parameters");
+            params.put("type", "object");
+            ObjectNode input = params.putObject("properties").putObject(PARAMETER);
+            input.put("type", "string");
+            input.put("description", inputDescription(format));
+            params.putArray("required").add(PARAMETER);
+            params.put("additionalProperties", false);
+            return fn;
+        }
+
+        /** Responses formats are flat ({@code syntax}, {@code definition}); chat nests them under {@code grammar}. */
+        private static String inputDescription(JsonNode format) {
+            String base = "The raw input for this tool, passed through verbatim.";
+            if (!format.path("type").asText("").equals("grammar")) return base;
+            JsonNode grammar = format.path("grammar").isObject() ? format.get("grammar") : format;
+            return base + " It must match this " + grammar.path("syntax").asText("lark") + " grammar:\n"
+                + grammar.path("definition").asText("");
+        }
+
+        /** The JSON arguments of a function call standing for a custom call with this input. */
+        static String arguments(String input) {
+            ObjectNode args = object();
+            args.put(PARAMETER, input);
+            return Json.write(args);
+        }
+
+        /** The custom input inside a function call's arguments; the raw arguments when they are not {@code {input}}. */
+        static String input(String arguments) {
+            Optional<JsonNode> parsed = Json.tryParse(arguments);
+            if (parsed.isEmpty() || !parsed.get().isObject()) return arguments == null ? "" : arguments;
+            JsonNode args = parsed.get();
+            if (args.path(PARAMETER).isTextual()) return args.path(PARAMETER).asText();
+            if (args.size() == 1 && args.elements().next().isTextual()) return args.elements().next().asText();
+            return arguments;
+        }
+    }
+
+    /** Token counts between the two usage shapes; cached input and reasoning output tokens included. */
+    static final class Usage {
+        static ObjectNode toResponses(JsonNode chat) {
+            ObjectNode u = object();
+            long in = chat.path("prompt_tokens").asLong(0);
+            long out = chat.path("completion_tokens").asLong(0);
+            u.put("input_tokens", in);
+            u.putObject("input_tokens_details").put("cached_tokens", chat.path("prompt_tokens_details").path("cached_tokens").asLong(0));
+            u.put("output_tokens", out);
+            u.putObject("output_tokens_details").put("reasoning_tokens",
+                chat.path("completion_tokens_details").path("reasoning_tokens").asLong(0));
+            u.put("total_tokens", chat.path("total_tokens").asLong(in + out));
+            return u;
+        }
+
+        static ObjectNode toChat(JsonNode responses) {
+            ObjectNode u = object();
+            long in = responses.path("input_tokens").asLong(0);
+            long out = responses.path("output_tokens").asLong(0);
+            u.put("prompt_tokens", in);
+            u.put("completion_tokens", out);
+            u.put("total_tokens", responses.path("total_tokens").asLong(in + out));
+            u.putObject("prompt_tokens_details").put("cached_tokens", responses.path("input_tokens_details").path("cached_tokens").asLong(0));
+            u.putObject("completion_tokens_details").put("reasoning_tokens",
+                responses.path("output_tokens_details").path("reasoning_tokens").asLong(0));
+            return u;
+        }
+    }
+
+    /** The Responses {@code response} object, echoing the request's settings the way the real API does. */
+    static final class ResponseObject {
+        static ObjectNode build(JsonNode request, String id, long createdAt, String model, String status) {
+            ObjectNode r = object();
+            r.put("id", id);
+            r.put("object", "response");
+            r.put("created_at", createdAt);
+            r.put("status", status);
+            r.put("background", false);
+            r.putNull("error");
+            r.putNull("incomplete_details");
+            r.set("instructions", echo(request, "instructions", null));
+            r.set("max_output_tokens", echo(request, "max_output_tokens", null));
+            r.put("model", model);
+            r.putArray("output");
+            r.set("parallel_tool_calls", echo(request, "parallel_tool_calls", true));
+            r.putNull("previous_response_id");
+            ObjectNode reasoning = r.putObject("reasoning");
+            reasoning.set("effort", echo(request.path("reasoning"), "effort", null));
+            reasoning.set("summary", echo(request.path("reasoning"), "summary", null));
+            r.set("store", echo(request, "store", false));
+            r.set("temperature", echo(request, "temperature", 1.0));
+            ObjectNode text = r.putObject("text");
+            text.set("format", request.path("text").path("format").isObject() ? request.path("text").get("format").deepCopy() : typeOnly("text"));
+            if (request.path("text").has("verbosity")) text.set("verbosity", request.path("text").get("verbosity").deepCopy());
+            r.set("tool_choice", echo(request, "tool_choice", "auto"));
+            r.set("tools", request.path("tools").isArray() ? request.get("tools").deepCopy() : array());
+            r.set("top_p", echo(request, "top_p", 1.0));
+            r.set("truncation", echo(request, "truncation", "disabled"));
+            r.putNull("usage");
+            r.set("user", echo(request, "user", null));
+            r.set("metadata", request.path("metadata").isObject() ? request.get("metadata").deepCopy() : object());
+            return r;
+        }
+
+        static void incomplete(ObjectNode response, String reason) {
+            response.put("status", "incomplete");
+            response.putObject("incomplete_details").put("reason", reason);
+        }
+
+        private static JsonNode echo(JsonNode request, String field, Object fallback) {
+            JsonNode v = request.path(field);
+            if (!v.isMissingNode() && !v.isNull()) return v.deepCopy();
+            return JSON.valueToTree(fallback);
+        }
+    }
+
+    // Responses: Responses request in, chat request out (chat-only models)
+
+    /** Responses requests to chat requests, and Responses answers back to chat completions. */
+    static final class ResponsesToChat {
+        private static final List<String> BUILT_IN_TOOLS = List.of("web_search", "web_search_preview", "file_search",
+            "code_interpreter", "computer_use", "computer_use_preview", "image_generation", "local_shell", "shell", "mcp");
+        private static final List<String> HANDLED = List.of("model", "instructions", "input", "tools", "tool_choice",
+            "max_output_tokens", "temperature", "top_p", "parallel_tool_calls", "stream", "reasoning", "text", "user");
+        private static final Map<String, String> IGNORED = Map.of(
+            "store", "copilot-api keeps no state; nothing is stored",
+            "include", "encrypted reasoning is always returned",
+            "truncation", "Copilot decides truncation",
+            "metadata", "nothing is stored to attach it to",
+            "prompt_cache_key", "chat completions has no cache key",
+            "safety_identifier", "chat completions has no safety identifier",
+            "service_tier", "Copilot has one service tier",
+            "stream_options", "Responses stream options do not apply to chat",
+            "top_logprobs", "log probabilities are not translated",
+            "max_tool_calls", "chat completions has no tool-call limit");
+
+        static Translated request(ObjectNode in) {
+            List<String> notes = new ArrayList<>();
+            rejectStateful(in);
+            ObjectNode out = object();
+            if (in.has("model")) out.set("model", in.get("model").deepCopy());
+            ArrayNode messages = out.putArray("messages");
+            JsonNode instructions = in.path("instructions");
+            if (instructions.isTextual() && !instructions.asText().isEmpty()) {
+                messages.addObject().put("role", "system").put("content", instructions.asText());
+            } else if (!instructions.isMissingNode() && !instructions.isNull() && !instructions.isTextual()) {
+                throw invalid("instructions", "'instructions' must be a string for this model");
+            }
+            new InputItems(messages, notes).addAll(in.path("input"));
+            tools(in, out, notes);
+            limits(in, out, notes);
+            ignored(in, notes);
+            return new Translated(out, notes);
+        }
+
+        /** A Responses answer (non-streaming) as a chat completion with one choice; the model is the name the client asked for. */
+        static ObjectNode response(JsonNode responses, String model) {
+            if (responses.path("status").asText("").equals("failed")) {
+                throw new ApiError(502, "api_error", "The upstream response failed: "
+                    + responses.path("error").path("message").asText("no reason given"));
+            }
+            ObjectNode message = assistantMessage(responses.path("output"));
+            ObjectNode chat = object();
+            chat.put("id", chatId(responses.path("id").asText("")));
+            chat.put("object", "chat.completion");
+            chat.put("created", responses.path("created_at").asLong(0));
+            chat.put("model", model != null ? model : responses.path("model").asText(""));
+            ObjectNode choice = chat.putArray("choices").addObject();
+            choice.put("index", 0);
+            choice.set("message", message);
+            choice.putNull("logprobs");
+            choice.put("finish_reason", finishReason(responses, message.has("tool_calls")));
+            if (responses.path("usage").isObject()) chat.set("usage", Usage.toChat(responses.get("usage")));
+            return chat;
+        }
+
+        /** Output items as one assistant message: text, refusal, reasoning (see {@link ReasoningOpaque}), tool calls. */
+        static ObjectNode assistantMessage(JsonNode output) {
+            ObjectNode message = object();
+            message.put("role", "assistant");
+            StringBuilder text = new StringBuilder();
+            StringBuilder refusal = new StringBuilder();
+            List<String> summaries = new ArrayList<>();
+            StringBuilder opaque = new StringBuilder();
+            ArrayNode calls = array();
+            for (JsonNode item : output) {
+                switch (item.path("type").asText("")) {
+                    case "message" -> messageText(item, text, refusal);
+                    case "reasoning" -> {
+                        summaries.addAll(summaryTexts(item));
+                        if (item.path("encrypted_content").isTextual() && item.path("id").isTextual()) {
+                            opaque.append(ReasoningOpaque.encode(item.path("id").asText(), item.path("encrypted_content").asText()));
+                        }
+                    }
+                    case "function_call" -> calls.add(toolCall(item.path("call_id").asText(""), item.path("name").asText(""),
+                        nonEmpty(item.path("arguments").asText(""), "{}")));
+                    case "custom_tool_call" -> calls.add(toolCall(item.path("call_id").asText(""), item.path("name").asText(""),
+                        CustomTools.arguments(item.path("input").asText(""))));
+                    default -> { }
+                }
+            }
+            if (text.length() > 0 || (calls.isEmpty() && refusal.length() == 0)) message.put("content", text.toString());
+            else message.putNull("content");
+            if (refusal.length() > 0) message.put("refusal", refusal.toString());
+            if (!summaries.isEmpty()) message.put("reasoning_text", String.join("\n\n", summaries));
+            if (opaque.length() > 0) message.put("reasoning_opaque", opaque.toString());
+            if (!calls.isEmpty()) message.set("tool_calls", calls);
+            return message;
+        }
+
+        static String chatId(String responseId) {
+            return "chatcmpl-" + (responseId.startsWith("resp_") ? responseId.substring(5) : responseId);
+        }
+
+        static String finishReason(JsonNode responses, boolean calls) {
+            if (responses.path("status").asText("").equals("incomplete")) {
+                String reason = responses.path("incomplete_details").path("reason").asText("");
+                return reason.equals("content_filter") ? "content_filter" : "length";
+            }
+            return calls ? "tool_calls" : "stop";
+        }
+
+        static List<String> summaryTexts(JsonNode reasoningItem) {
+            List<String> texts = new ArrayList<>();
+            for (JsonNode s : reasoningItem.path("summary")) {
+                if (s.path("text").isTextual() && !s.path("text").asText().isEmpty()) texts.add(s.path("text").asText());
+            }
+            return texts;
+        }
+
+        private static void messageText(JsonNode item, StringBuilder text, StringBuilder refusal) {
+            for (JsonNode part : item.path("content")) {
+                switch (part.path("type").asText("")) {
+                    case "output_text" -> text.append(part.path("text").asText(""));
+                    case "refusal" -> refusal.append(part.path("refusal").asText(""));
+                    default -> { }
+                }
+            }
+        }
+
+        static ObjectNode toolCall(String id, String name, String arguments) {
+            ObjectNode tc = object();
+            tc.put("id", id);
+            tc.put("type", "function");
+            ObjectNode fn = tc.putObject("function");
+            fn.put("name", name);
+            fn.put("arguments", arguments);
+            return tc;
+        }
+
+        /**
+         * copilot-api keeps no conversation state, so anything that refers to a stored response or conversation is
+         * refused with a clear 400 rather than silently answered without its context.
+         */
+        private static void rejectStateful(JsonNode in) {
+            for (String field : List.of("previous_response_id", "conversation")) {
+                if (present(in, field)) {
+                    throw invalid(field, "'" + field + "' is not supported for this model: copilot-api is stateless and "
+                        + "translates this request to chat completions. Send the whole conversation in 'input' (with store: false).");
+                }
+            }
+            if (present(in, "prompt")) {
+                throw invalid("prompt", "'prompt' refers to a prompt stored at OpenAI, which copilot-api cannot read; "
+                    + "send 'instructions' and 'input' instead.");
+            }
+            if (in.path("background").asBoolean(false)) {
+                throw invalid("background", "'background: true' is not supported: copilot-api keeps no responses to poll.");
+            }
+        }
+
+        private static void tools(JsonNode in, ObjectNode out, List<String> notes) {
+            ArrayNode tools = array();
+            Set<String> offered = new LinkedHashSet<>();
+            for (JsonNode t : in.path("tools")) {
+                String type = t.path("type").asText("");
+                String name = t.path("name").asText("");
+                if (type.equals("function")) {
+                    tools.addObject().put("type", "function").set("function", function(t));
+                    offered.add(name);
+                } else if (type.equals("custom")) {
+                    tools.addObject().put("type", "function")
+                        .set("function", CustomTools.asFunction(name, t.path("description").asText(null), t.path("format")));
+                    offered.add(name);
+                    notes.add("custom tool '" + name + "' offered as a function with one string parameter 'input'");
+                } else {
+                    notes.add("dropped built-in tool '" + type + "': " + (BUILT_IN_TOOLS.contains(type)
+                        ? "Copilot runs no hosted tools for chat models" : "unknown tool type"));
+                }
+            }
+            if (tools.isEmpty()) {
+                if (in.has("tool_choice")) notes.add("dropped 'tool_choice': no tool is left to choose");
+                return;
+            }
+            out.set("tools", tools);
+            if (in.has("tool_choice")) {
+                JsonNode choice = toolChoice(in.get("tool_choice"), offered, notes);
+                if (choice != null) out.set("tool_choice", choice);
+            }
+            if (in.path("parallel_tool_calls").isBoolean()) out.set("parallel_tool_calls", in.get("parallel_tool_calls"));
+        }
+
+        private static ObjectNode function(JsonNode t) {
+            ObjectNode fn = object();
+            fn.put("name", t.path("name").asText(""));
+            if (t.path("description").isTextual()) fn.set("description", t.get("description"));
+            fn.set("parameters", t.path("parameters").isObject() ? t.get("parameters").deepCopy() : emptySchema());
+            if (t.path("strict").isBoolean()) fn.set("strict", t.get("strict"));
+            return fn;
+        }
+
+        private static JsonNode toolChoice(JsonNode choice, Set<String> offered, List<String> notes) {
+            if (choice.isTextual()) return choice;
+            String type = choice.path("type").asText("");
+            if (type.equals("function") || type.equals("custom")) {
+                String name = choice.path("name").asText("");
+                if (!offered.contains(name)) {
+                    notes.add("dropped 'tool_choice': tool '" + name + "' is not offered");
+                    return null;
+                }
+                ObjectNode c = object();
+                c.put("type", "function");
+                c.putObject("function").put("name", name);
+                return c;
+            }
+            if (type.equals("allowed_tools")) {
+                notes.add("'tool_choice' allowed_tools sent as '" + choice.path("mode").asText("auto") + "' over all tools");
+                return JSON.getNodeFactory().textNode(choice.path("mode").asText("auto"));
+            }
+            notes.add("dropped 'tool_choice' of type '" + type + "': that tool is not available");
+            return null;
+        }
+
+        private static void limits(JsonNode in, ObjectNode out, List<String> notes) {
+            if (in.path("max_output_tokens").isNumber()) out.put("max_tokens", in.path("max_output_tokens").asInt());
+            for (String f : List.of("temperature", "top_p", "user")) {
+                if (in.has(f) && !in.get(f).isNull()) out.set(f, in.get(f).deepCopy());
+            }
+            if (in.path("stream").asBoolean(false)) {
+                out.put("stream", true);
+                out.putObject("stream_options").put("include_usage", true);
+            }
+            if (in.path("reasoning").path("effort").isTextual()) out.put("reasoning_effort", in.path("reasoning").path("effort").asText());
+            JsonNode format = in.path("text").path("format");
+            switch (format.path("type").asText("text")) {
+                case "json_schema" -> {
+                    ObjectNode rf = out.putObject("response_format");
+                    rf.put("type", "json_schema");
+                    ObjectNode schema = rf.putObject("json_schema");
+                    for (String f : List.of("name", "description", "schema", "strict")) {
+                        if (format.has(f)) schema.set(f, format.get(f).deepCopy());
+                    }
+                }
+                case "json_object" -> out.putObject("response_format").put("type", "json_object");
+                default -> { }
+            }
+            if (in.path("text").has("verbosity")) notes.add("dropped 'text.verbosity': chat models have no verbosity setting");
+        }
+
+        private static void ignored(JsonNode in, List<String> notes) {
+            in.fieldNames().forEachRemaining(f -> {
+                if (HANDLED.contains(f) || in.get(f).isNull()) return;
+                if (f.equals("background")) return;
+                notes.add("dropped '" + f + "': " + IGNORED.getOrDefault(f, "not supported when translating to chat completions"));
+            });
+        }
+
+        /**
+         * Input items to chat messages. Assistant-side items that follow each other (reasoning, assistant message,
+         * function calls) are gathered into one assistant message, as chat and Claude want them.
+         */
+        private static final class InputItems {
+            private final ArrayNode messages;
+            private final List<String> notes;
+            private ObjectNode assistant;
+
+            InputItems(ArrayNode messages, List<String> notes) {
+                this.messages = messages;
+                this.notes = notes;
+            }
+
+            void addAll(JsonNode input) {
+                if (input.isTextual()) {
+                    messages.addObject().put("role", "user").put("content", input.asText());
+                    return;
+                }
+                if (!input.isArray()) throw invalid("input", "'input' must be a string or an array of input items");
+                for (JsonNode item : input) add(item);
+                flush();
+            }
+
+            private void add(JsonNode item) {
+                String type = item.path("type").asText(item.has("role") ? "message" : "");
+                switch (type) {
+                    case "message" -> message(item);
+                    case "reasoning" -> reasoning(item);
+                    case "function_call" -> call(item, nonEmpty(item.path("arguments").asText(""), "{}"));
+                    case "custom_tool_call" -> call(item, CustomTools.arguments(item.path("input").asText("")));
+                    case "function_call_output", "custom_tool_call_output" -> toolResult(item);
+                    case "item_reference" -> throw invalid("input", "input items of type 'item_reference' refer to stored items; "
+                        + "copilot-api is stateless, send the items themselves");
+                    default -> notes.add("dropped input item of type '" + type + "': it has no chat completions equivalent");
+                }
+            }
+
+            private void message(JsonNode item) {
+                String role = item.path("role").asText("user");
+                JsonNode content = item.path("content");
+                switch (role) {
+                    case "assistant" -> {
+                        String text = assistantText(content);
+                        if (text.isEmpty()) return;
+                        ObjectNode a = assistant();
+                        a.put("content", a.path("content").asText("") + text);
+                    }
+                    case "user" -> {
+                        flush();
+                        messages.addObject().put("role", "user").set("content", userContent(content));
+                    }
+                    case "system", "developer" -> {
+                        flush();
+                        messages.addObject().put("role", "system").put("content", plainText(content, "input"));
+                    }
+                    default -> throw invalid("input", "unknown message role '" + role + "'");
+                }
+            }
+
+            private void reasoning(JsonNode item) {
+                String id = item.path("id").asText("");
+                String encrypted = item.path("encrypted_content").asText(null);
+                Optional<String> opaque = ReasoningOpaque.unwrapChat(encrypted);
+                if (encrypted != null && opaque.isEmpty()) {
+                    notes.add("dropped reasoning item '" + id + "': its encrypted content comes from a Responses model "
+                        + "and a chat model cannot verify it");
+                    return;
+                }
+                if (assistant != null && (assistant.has("content") || assistant.has("tool_calls") || assistant.has("reasoning_opaque"))) flush();
+                ObjectNode a = assistant();
+                String text = String.join("\n\n", summaryTexts(item));
+                if (!text.isEmpty()) a.put("reasoning_text", a.has("reasoning_text") ? a.get("reasoning_text").asText() + "\n\n" + text : text);
+                opaque.ifPresent(s -> a.put("reasoning_opaque", s));
+            }
+
+            private void call(JsonNode item, String arguments) {
+                String callId = item.path("call_id").asText(item.path("id").asText(""));
+                if (callId.isEmpty()) throw invalid("input", "a '" + item.path("type").asText() + "' input item needs a 'call_id'");
+                assistant().withArray("tool_calls").add(toolCall(callId, item.path("name").asText(""), arguments));
+            }
+
+            private void toolResult(JsonNode item) {
+                flush();
+                ObjectNode m = messages.addObject();
+                m.put("role", "tool");
+                m.put("tool_call_id", item.path("call_id").asText(""));
+                JsonNode output = item.path("output");
+                m.set("content", output.isTextual() ? output : toolOutput(output));
+            }
+
+            private JsonNode toolOutput(JsonNode output) {
+                if (!output.isArray()) return JSON.getNodeFactory().textNode(output.isMissingNode() || output.isNull() ? "" : output.toString());
+                ArrayNode parts = array();
+                for (JsonNode part : output) parts.add(contentPart(part));
+                if (parts.size() == 1 && parts.get(0).path("type").asText().equals("text")) return parts.get(0).get("text");
+                return parts;
+            }
+
+            private ObjectNode assistant() {
+                if (assistant == null) {
+                    assistant = object();
+                    assistant.put("role", "assistant");
+                }
+                return assistant;
+            }
+
+            private void flush() {
+                if (assistant == null) return;
+                ObjectNode a = assistant;
+                assistant = null;
+                if (!a.has("content") && !a.has("tool_calls")) {
+                    notes.add("dropped reasoning that no assistant message or tool call followed");
+                    return;
+                }
+                ObjectNode m = messages.addObject();
+                m.put("role", "assistant");
+                m.set("content", a.has("content") ? a.get("content") : null);
+                for (String f : List.of("reasoning_text", "reasoning_opaque", "tool_calls")) if (a.has(f)) m.set(f, a.get(f));
+            }
+
+            private JsonNode userContent(JsonNode content) {
+                if (content.isTextual()) return content;
+                ArrayNode parts = array();
+                for (JsonNode part : content) parts.add(contentPart(part));
+                if (parts.size() == 1 && parts.get(0).path("type").asText().equals("text")) return parts.get(0).get("text");
+                return parts;
+            }
+
+            private static String assistantText(JsonNode content) {
+                if (content.isTextual()) return content.asText();
+                StringBuilder b = new StringBuilder();
+                for (JsonNode part : content) {
+                    if (part.path("text").isTextual()) b.append(part.path("text").asText());
+                    else if (part.path("refusal").isTextual()) b.append(part.path("refusal").asText());
+                }
+                return b.toString();
+            }
+        }
+
+        /** One Responses content part as a chat content part: text or image_url. */
+        static ObjectNode contentPart(JsonNode part) {
+            String type = part.path("type").asText("");
+            switch (type) {
+                case "input_text", "output_text", "text" -> {
+                    ObjectNode p = object();
+                    p.put("type", "text");
+                    p.put("text", part.path("text").asText(""));
+                    return p;
+                }
+                case "input_image" -> {
+                    if (!part.path("image_url").isTextual()) {
+                        throw invalid("input", "images given by 'file_id' are not supported: copilot-api cannot read OpenAI "
+                            + "files; send the image as a data URL or https URL in 'image_url'");
+                    }
+                    ObjectNode p = object();
+                    p.put("type", "image_url");
+                    ObjectNode url = p.putObject("image_url");
+                    url.put("url", part.path("image_url").asText());
+                    if (part.path("detail").isTextual()) url.put("detail", part.path("detail").asText());
+                    return p;
+                }
+                case "input_file" -> {
+                    return fileAsText(part);
+                }
+                default -> throw invalid("input", "content parts of type '" + type + "' are not supported for this model");
+            }
+        }
+
+        /** A text file sent as a data URL becomes a text part; anything else cannot reach a chat model. */
+        private static ObjectNode fileAsText(JsonNode part) {
+            String data = part.path("file_data").asText("");
+            java.util.regex.Matcher m = java.util.regex.Pattern.compile("^data:(text/[^;,]+|application/json)(;[^,]*)?,(.*)$",
+                java.util.regex.Pattern.DOTALL).matcher(data);
+            if (!m.matches()) {
+                throw invalid("input", "'input_file' parts are only supported for text files sent as data URLs "
+                    + "(file_data: data:text/...); chat models on Copilot cannot read other files");
+            }
+            String body = m.group(2) != null && m.group(2).contains(";base64")
+                ? new String(java.util.Base64.getMimeDecoder().decode(m.group(3)), java.nio.charset.StandardCharsets.UTF_8)
+                : java.net.URLDecoder.decode(m.group(3), java.nio.charset.StandardCharsets.UTF_8);
+            ObjectNode p = object();
+            p.put("type", "text");
+            String name = part.path("filename").asText("");
+            p.put("text", name.isEmpty() ? body : name + ":\n" + body);
+            return p;
+        }
+
+        /** The text of a system or developer message, from a string or text parts joined by blank lines. */
+        static String plainText(JsonNode content, String param) {
+            if (content.isTextual()) return content.asText();
+            List<String> texts = new ArrayList<>();
+            for (JsonNode part : content) {
+                if (!part.path("text").isTextual()) {
+                    throw invalid(param, "system and developer messages may only contain text, not '" + part.path("type").asText() + "'");
+                }
+                texts.add(part.path("text").asText());
+            }
+            return String.join("\n\n", texts);
+        }
+    }
+
+    // Responses: Chat answer out, Responses answer in (chat-only models)
+
+    /** A chat completion (Copilot's, possibly with split choices) as a Responses {@code response} object. */
+    static final class ChatToResponses {
+        static ObjectNode response(JsonNode chatCompletion, ObjectNode originalRequest, IdClock clock) {
+            JsonNode merged = ChatNormalizer.response(chatCompletion, true);
+            JsonNode choice = merged.path("choices").path(0);
+            JsonNode message = choice.path("message");
+            String finish = choice.path("finish_reason").asText("stop");
+            Set<String> custom = CustomTools.names(originalRequest);
+            ObjectNode r = ResponseObject.build(originalRequest, clock.id("resp_"), createdAt(chatCompletion, clock),
+                modelOf(chatCompletion, originalRequest), "completed");
+            ArrayNode output = r.withArray("output");
+            String text = message.path("content").isTextual() ? message.path("content").asText() : "";
+            String refusal = message.path("refusal").asText("");
+            boolean truncated = finish.equals("length") || finish.equals("content_filter");
+            reasoningItem(message, clock).ifPresent(output::add);
+            if (!text.isEmpty() || !refusal.isEmpty() || message.path("tool_calls").isEmpty()) {
+                output.add(OutputItems.message(clock.id("msg_"), text, refusal, truncated ? "incomplete" : "completed"));
+            }
+            for (JsonNode tc : message.path("tool_calls")) {
+                String name = tc.path("function").path("name").asText("");
+                String callId = tc.path("id").isTextual() && !tc.path("id").asText().isEmpty() ? tc.path("id").asText() : clock.id("call_");
+                String args = tc.path("function").path("arguments").asText("");
+                output.add(custom.contains(name)
+                    ? OutputItems.customCall(clock.id("ctc_"), callId, name, CustomTools.input(args))
+                    : OutputItems.functionCall(clock.id("fc_"), callId, name, nonEmpty(args, "{}"), "completed"));
+            }
+            if (truncated) ResponseObject.incomplete(r, finish.equals("length") ? "max_output_tokens" : "content_filter");
+            if (chatCompletion.path("usage").isObject()) r.set("usage", Usage.toResponses(chatCompletion.get("usage")));
+            return r;
+        }
+
+        private static Optional<ObjectNode> reasoningItem(JsonNode message, IdClock clock) {
+            String text = message.path("reasoning_text").asText("");
+            String opaque = message.path("reasoning_opaque").asText("");
+            if (text.isEmpty() && opaque.isEmpty()) return Optional.empty();
+            return Optional.of(OutputItems.reasoning(clock.id("rs_"), text, opaque.isEmpty() ? null : ReasoningOpaque.wrapChat(opaque)));
+        }
+
+        static long createdAt(JsonNode chat, IdClock clock) {
+            long created = chat.path("created").asLong(0);
+            return created > 0 ? created : clock.epochSeconds();
+        }
+
+        static String modelOf(JsonNode chat, JsonNode request) {
+            String model = chat.path("model").asText("");
+            return model.isEmpty() ? request.path("model").asText("") : model;
+        }
+    }
+
+    /** Output items in the shapes of the Responses API, shared by the answer and the stream translators. */
+    static final class OutputItems {
+        static ObjectNode reasoning(String id, String summary, String encryptedContent) {
+            ObjectNode item = object();
+            item.put("id", id);
+            item.put("type", "reasoning");
+            ArrayNode s = item.putArray("summary");
+            if (!summary.isEmpty()) s.add(summaryPart(summary));
+            if (encryptedContent != null) item.put("encrypted_content", encryptedContent);
+            return item;
+        }
+
+        static ObjectNode message(String id, String text, String refusal, String status) {
+            ObjectNode item = object();
+            item.put("id", id);
+            item.put("type", "message");
+            item.put("status", status);
+            item.put("role", "assistant");
+            ArrayNode content = item.putArray("content");
+            if (!text.isEmpty() || refusal.isEmpty()) content.add(textPart(text));
+            if (!refusal.isEmpty()) content.add(refusalPart(refusal));
+            return item;
+        }
+
+        static ObjectNode functionCall(String id, String callId, String name, String arguments, String status) {
+            ObjectNode item = object();
+            item.put("id", id);
+            item.put("type", "function_call");
+            item.put("status", status);
+            item.put("arguments", arguments);
+            item.put("call_id", callId);
+            item.put("name", name);
+            return item;
+        }
+
+        static ObjectNode customCall(String id, String callId, String name, String input) {
+            ObjectNode item = object();
+            item.put("id", id);
+            item.put("type", "custom_tool_call");
+            item.put("call_id", callId);
+            item.put("name", name);
+            item.put("input", input);
+            return item;
+        }
+
+        static ObjectNode textPart(String text) {
+            ObjectNode p = object();
+            p.put("type", "output_text");
+            p.put("text", text);
+            p.putArray("annotations");
+            p.putArray("logprobs");
+            return p;
+        }
+
+        static ObjectNode refusalPart(String refusal) {
+            ObjectNode p = object();
+            p.put("type", "refusal");
+            p.put("refusal", refusal);
+            return p;
+        }
+
+        static ObjectNode summaryPart(String text) {
+            ObjectNode p = object();
+            p.put("type", "summary_text");
+            p.put("text", text);
+            return p;
+        }
+    }
+
+    /**
+     * Chat chunks (Copilot's raw stream) to Responses events, one instance per request. Feed every chunk to
+     * {@link #onChunk}; at the end of the upstream stream call {@link #finish}, or {@link #fail} if it broke.
+     *
+     * <p>Events: {@code response.created}, {@code response.in_progress}, then per output item {@code output_item.added},
+     * its part and delta events, {@code output_item.done}, and last exactly one of {@code response.completed},
+     * {@code response.incomplete} (the token limit or the content filter stopped the answer) or {@code response.failed}.
+     * Every event has a {@code sequence_number} counting from 0.
+     *
+     * <p>Only one item is open at a time, as the real API does. Reasoning and text stream live. The first tool call
+     * streams live; once a tool call is open nothing else can be opened before the end of the stream (its fragments
+     * may still be coming, interleaved with others), so later tool calls and any text after them are held and
+     * written whole, in arrival order, by {@link #finish}. Tool calls are keyed by (choice index, tool call index), so
+     * indices from 1 and calls in a second choice are fine. A custom tool's input is written when its call closes,
+     * because it is the {@code input} string inside JSON arguments.
+     */
+    static final class ChatStreamToResponses {
+        private final ResponseEventWriter writer;
+        private final IdClock clock;
+        private final Set<String> customNames;
+        private final String requestModel;
+        private boolean started;
+        private boolean ended;
+        private StreamItem open;
+        private final List<StreamItem> held = new ArrayList<>();
+        private final Map<String, StreamItem> calls = new HashMap<>();
+        private JsonNode usage;
+        private String stopReason;
+
+        ChatStreamToResponses(ObjectNode originalRequest, IdClock clock) {
+            this.writer = new ResponseEventWriter(originalRequest, clock);
+            this.clock = clock;
+            this.customNames = CustomTools.names(originalRequest);
+            this.requestModel = originalRequest.path("model").asText("");
+        }
+
+        List<ObjectNode> onChunk(JsonNode chunk) {
+            if (ended) return List.of();
+            if (chunk.path("error").isObject()) return fail(chunk.path("error").path("message").asText("upstream error"));
+            if (chunk.path("usage").isObject()) usage = chunk.get("usage");
+            if (chunk.path("choices").isEmpty()) return List.of();
+            start(chunk);
+            for (JsonNode choice : chunk.path("choices")) {
+                JsonNode delta = choice.path("delta");
+                String reasoning = delta.path("reasoning_text").asText("");
+                if (!reasoning.isEmpty()) reasoningText(reasoning);
+                String opaque = delta.path("reasoning_opaque").asText("");
+                if (!opaque.isEmpty()) reasoningOpaque(opaque);
+                String content = delta.path("content").asText("");
+                if (!content.isEmpty()) text(content, false);
+                String refusal = delta.path("refusal").asText("");
+                if (!refusal.isEmpty()) text(refusal, true);
+                for (JsonNode tc : delta.path("tool_calls")) toolFragment(choice.path("index").asInt(0), tc);
+                String finish = choice.path("finish_reason").asText("");
+                if (finish.equals("length")) stopReason = "max_output_tokens";
+                else if (finish.equals("content_filter") && stopReason == null) stopReason = "content_filter";
+            }
+            return writer.drain();
+        }
+
+        /** At the end of the upstream stream: closes the open item, writes the held ones, then the terminal event. */
+        List<ObjectNode> finish() {
+            if (ended) return List.of();
+            start(null);
+            List<StreamItem> rest = new ArrayList<>();
+            if (open != null) rest.add(open);
+            rest.addAll(held);
+            if (rest.isEmpty()) rest.add(new StreamItem(Kind.MESSAGE));
+            for (int i = 0; i < rest.size(); i++) {
+                StreamItem item = rest.get(i);
+                if (item != open) writer.replay(item);
+                writer.close(item, stopReason != null && i == rest.size() - 1 ? State.INCOMPLETE : State.COMPLETED);
+            }
+            open = null;
+            held.clear();
+            writer.end(stopReason, usage);
+            ended = true;
+            return writer.drain();
+        }
+
+        /** The upstream broke: ends the stream with {@code response.failed}, keeping the output written so far. */
+        List<ObjectNode> fail(String message) {
+            if (ended) return List.of();
+            start(null);
+            writer.fail(message, open, usage);
+            ended = true;
+            return writer.drain();
+        }
+
+        /** Lifecycle events come with the first chunk that has choices: Copilot's first, empty one names no model. */
+        private void start(JsonNode chunk) {
+            if (started) return;
+            started = true;
+            long created = chunk == null ? 0 : chunk.path("created").asLong(0);
+            String model = chunk == null ? "" : chunk.path("model").asText("");
+            writer.start(created > 0 ? created : clock.epochSeconds(), model.isEmpty() ? requestModel : model);
+        }
+
+        /** True once a tool call is open or anything is held: from then on new output waits for {@link #finish}. */
+        private boolean holding() {
+            return !held.isEmpty() || (open != null && open.kind.isCall());
+        }
+
+        /** Reasoning text after a signature starts a new reasoning item: the signature belongs to the text before it. */
+        private void reasoningText(String s) {
+            if (holding()) {
+                StreamItem r = heldItem(Kind.REASONING);
+                if (r.extra.length() > 0) held.add(r = new StreamItem(Kind.REASONING));
+                r.text.append(s);
+                return;
+            }
+            if (open != null && open.kind == Kind.REASONING && open.extra.length() > 0) closeOpen();
+            StreamItem r = live(Kind.REASONING);
+            r.text.append(s);
+            writer.summaryDelta(r, s);
+        }
+
+        private void reasoningOpaque(String s) {
+            (holding() ? heldItem(Kind.REASONING) : live(Kind.REASONING)).extra.append(s);
+        }
+
+        /** Text streams live; a refusal is kept and written as its own part when the message closes. */
+        private void text(String s, boolean refusal) {
+            StreamItem m = holding() ? heldItem(Kind.MESSAGE) : live(Kind.MESSAGE);
+            (refusal ? m.extra : m.text).append(s);
+            if (!refusal && m == open) writer.textDelta(m, s);
+        }
+
+        private void toolFragment(int choice, JsonNode tc) {
+            String key = choice + ":" + (tc.has("index") ? tc.path("index").asText() : "id:" + tc.path("id").asText(""));
+            JsonNode fn = tc.path("function");
+            StreamItem call = calls.get(key);
+            if (call == null) {
+                call = new StreamItem(Kind.FUNCTION_CALL);
+                call.callId = tc.path("id").asText("");
+                call.name.append(fn.path("name").asText(""));
+                calls.put(key, call);
+                if (call.name.length() == 0 || holding()) {
+                    held.add(call);
+                } else {
+                    closeOpen();
+                    open(call);
+                }
+            } else if (call != open && call.name.length() == 0) {
+                call.name.append(fn.path("name").asText(""));
+            }
+            String args = fn.path("arguments").isTextual() ? fn.path("arguments").asText() : "";
+            if (args.isEmpty()) return;
+            call.text.append(args);
+            if (call == open && call.kind == Kind.FUNCTION_CALL) writer.argumentsDelta(call, args);
+        }
+
+        private StreamItem heldItem(Kind kind) {
+            StreamItem last = held.isEmpty() ? null : held.get(held.size() - 1);
+            if (last != null && last.kind == kind) return last;
+            StreamItem item = new StreamItem(kind);
+            held.add(item);
+            return item;
+        }
+
+        /** The open item if it is of this kind, else a new open item (closing the current one). */
+        private StreamItem live(Kind kind) {
+            if (open != null && open.kind == kind) return open;
+            closeOpen();
+            StreamItem item = new StreamItem(kind);
+            open(item);
+            return item;
+        }
+
+        private void open(StreamItem item) {
+            if (item.kind.isCall()) item.kind = customNames.contains(item.name.toString()) ? Kind.CUSTOM_CALL : Kind.FUNCTION_CALL;
+            writer.add(item);
+            open = item;
+        }
+
+        private void closeOpen() {
+            if (open == null) return;
+            writer.close(open, State.COMPLETED);
+            open = null;
+        }
+    }
+
+    /** What a stream item is, and the id prefix the Responses API uses for it. */
+    enum Kind {
+        REASONING("rs_"), MESSAGE("msg_"), FUNCTION_CALL("fc_"), CUSTOM_CALL("ctc_");
+
+        final String idPrefix;
+
+        Kind(String idPrefix) {
+            this.idPrefix = idPrefix;
+        }
+
+        boolean isCall() {
+            return this == FUNCTION_CALL || this == CUSTOM_CALL;
+        }
+    }
+
+    /** Which JSON of an item: the one {@code output_item.added} carries, or its final state. */
+    enum State { ADDED, COMPLETED, INCOMPLETE }
+
+    /**
+     * One output item being built from chat deltas: {@code text} is the reasoning summary, the message text or the
+     * call's arguments; {@code extra} is the reasoning signature or the message's refusal.
+     */
+    static final class StreamItem {
+        Kind kind;
+        String id;
+        int outputIndex = -1;
+        String callId = "";
+        final StringBuilder name = new StringBuilder();
+        final StringBuilder text = new StringBuilder();
+        final StringBuilder extra = new StringBuilder();
+        boolean partOpen;
+        ObjectNode done;
+
+        StreamItem(Kind kind) {
+            this.kind = kind;
+        }
+
+        ObjectNode json(State state) {
+            boolean added = state == State.ADDED;
+            String status = added ? "in_progress" : state == State.INCOMPLETE ? "incomplete" : "completed";
+            return switch (kind) {
+                case REASONING -> OutputItems.reasoning(id, added ? "" : text.toString(),
+                    added || extra.length() == 0 ? null : ReasoningOpaque.wrapChat(extra.toString()));
+                case MESSAGE -> {
+                    ObjectNode m = OutputItems.message(id, added ? "" : text.toString(), added ? "" : extra.toString(), status);
+                    if (added) m.putArray("content");
+                    yield m;
+                }
+                case FUNCTION_CALL -> OutputItems.functionCall(id, callId, name.toString(), added ? "" : text.toString(), status);
+                case CUSTOM_CALL -> OutputItems.customCall(id, callId, name.toString(), added ? "" : CustomTools.input(text.toString()));
+            };
+        }
+    }
+
+    /**
+     * Writes the Responses events of one stream: sequence numbers, lifecycle events with the full response object,
+     * items added in output order, their parts and deltas, items done. Events collect until {@link #drain}.
+     */
+    static final class ResponseEventWriter {
+        private final ObjectNode request;
+        private final IdClock clock;
+        private final String responseId;
+        private long createdAt;
+        private String model;
+        private int sequence;
+        private final List<StreamItem> items = new ArrayList<>();
+        private List<ObjectNode> out = new ArrayList<>();
+
+        ResponseEventWriter(ObjectNode request, IdClock clock) {
+            this.request = request;
+            this.clock = clock;
+            this.responseId = clock.id("resp_");
+        }
+
+        List<ObjectNode> drain() {
+            List<ObjectNode> events = out;
+            out = new ArrayList<>();
+            return events;
+        }
+
+        void start(long createdAt, String model) {
+            this.createdAt = createdAt;
+            this.model = model;
+            event("response.created").set("response", snapshot("in_progress"));
+            event("response.in_progress").set("response", snapshot("in_progress"));
+        }
+
+        /** {@code response.completed}, or {@code response.incomplete} with the reason the answer stopped. */
+        void end(String incompleteReason, JsonNode chatUsage) {
+            ObjectNode r = snapshot("completed");
+            if (incompleteReason != null) ResponseObject.incomplete(r, incompleteReason);
+            if (chatUsage != null) r.set("usage", Usage.toResponses(chatUsage));
+            event(incompleteReason != null ? "response.incomplete" : "response.completed").set("response", r);
+        }
+
+        /** {@code response.failed}: the items done so far and the open one as incomplete, and the error. */
+        void fail(String message, StreamItem open, JsonNode chatUsage) {
+            ObjectNode r = snapshot("failed");
+            if (open != null) r.withArray("output").add(open.json(State.INCOMPLETE));
+            ObjectNode error = r.putObject("error");
+            error.put("code", "server_error");
+            error.put("message", message);
+            if (chatUsage != null) r.set("usage", Usage.toResponses(chatUsage));
+            event("response.failed").set("response", r);
+        }
+
+        void add(StreamItem item) {
+            if (item.kind.isCall() && item.callId.isEmpty()) item.callId = clock.id("call_");
+            item.id = clock.id(item.kind.idPrefix);
+            item.outputIndex = items.size();
+            items.add(item);
+            event("response.output_item.added").put("output_index", item.outputIndex).set("item", item.json(State.ADDED));
+        }
+
+        /** A held item, whole: added, then its part and one delta with all its text. */
+        void replay(StreamItem item) {
+            add(item);
+            String text = item.text.toString();
+            if (text.isEmpty()) return;
+            switch (item.kind) {
+                case REASONING -> summaryDelta(item, text);
+                case MESSAGE -> textDelta(item, text);
+                case FUNCTION_CALL -> argumentsDelta(item, text);
+                case CUSTOM_CALL -> { }
+            }
+        }
+
+        void summaryDelta(StreamItem r, String s) {
+            if (!r.partOpen) {
+                r.partOpen = true;
+                summaryEvent("response.reasoning_summary_part.added", r).set("part", OutputItems.summaryPart(""));
+            }
+            summaryEvent("response.reasoning_summary_text.delta", r).put("delta", s);
+        }
+
+        void textDelta(StreamItem m, String s) {
+            if (!m.partOpen) {
+                m.partOpen = true;
+                partEvent("response.content_part.added", m, 0).set("part", OutputItems.textPart(""));
+            }
+            partEvent("response.output_text.delta", m, 0).put("delta", s).putArray("logprobs");
+        }
+
+        void argumentsDelta(StreamItem call, String s) {
+            itemEvent("response.function_call_arguments.delta", call).put("delta", s);
+        }
+
+        void close(StreamItem item, State state) {
+            switch (item.kind) {
+                case REASONING -> closeReasoning(item);
+                case MESSAGE -> closeMessage(item);
+                case FUNCTION_CALL -> {
+                    if (item.text.length() == 0) {
+                        item.text.append("{}");
+                        argumentsDelta(item, "{}");
+                    }
+                    itemEvent("response.function_call_arguments.done", item).put("arguments", item.text.toString());
+                }
+                case CUSTOM_CALL -> {
+                    String input = CustomTools.input(item.text.toString());
+                    if (!input.isEmpty()) itemEvent("response.custom_tool_call_input.delta", item).put("delta", input);
+                    itemEvent("response.custom_tool_call_input.done", item).put("input", input);
+                }
+            }
+            item.done = item.json(state);
+            event("response.output_item.done").put("output_index", item.outputIndex).set("item", item.done.deepCopy());
+        }
+
+        private void closeReasoning(StreamItem r) {
+            if (!r.partOpen) return;
+            summaryEvent("response.reasoning_summary_text.done", r).put("text", r.text.toString());
+            summaryEvent("response.reasoning_summary_part.done", r).set("part", OutputItems.summaryPart(r.text.toString()));
+        }
+
+        /** The text part (opened now if no text came, unless the message is only a refusal), then the refusal part. */
+        private void closeMessage(StreamItem m) {
+            String text = m.text.toString();
+            String refusal = m.extra.toString();
+            if (!m.partOpen && (refusal.isEmpty() || !text.isEmpty())) {
+                m.partOpen = true;
+                partEvent("response.content_part.added", m, 0).set("part", OutputItems.textPart(""));
+            }
+            if (m.partOpen) {
+                partEvent("response.output_text.done", m, 0).put("text", text).putArray("logprobs");
+                partEvent("response.content_part.done", m, 0).set("part", OutputItems.textPart(text));
+            }
+            if (refusal.isEmpty()) return;
+            int index = m.partOpen ? 1 : 0;
+            partEvent("response.content_part.added", m, index).set("part", OutputItems.refusalPart(""));
+            partEvent("response.refusal.delta", m, index).put("delta", refusal);
+            partEvent("response.refusal.done", m, index).put("refusal", refusal);
+            partEvent("response.content_part.done", m, index).set("part", OutputItems.refusalPart(refusal));
+        }
+
+        private ObjectNode snapshot(String status) {
+            ObjectNode r = ResponseObject.build(request, responseId, createdAt, model, status);
+            ArrayNode output = r.withArray("output");
+            if (!status.equals("in_progress")) for (StreamItem item : items) if (item.done != null) output.add(item.done.deepCopy());
+            return r;
+        }
+
+        private ObjectNode event(String type) {
+            ObjectNode e = object();
+            e.put("type", type);
+            e.put("sequence_number", sequence++);
+            out.add(e);
+            return e;
+        }
+
+        private ObjectNode itemEvent(String type, StreamItem item) {
+            ObjectNode e = event(type);
+            e.put("item_id", item.id);
+            e.put("output_index", item.outputIndex);
+            return e;
+        }
+
+        private ObjectNode partEvent(String type, StreamItem item, int contentIndex) {
+            return itemEvent(type, item).put("content_index", contentIndex);
+        }
+
+        private ObjectNode summaryEvent(String type, StreamItem item) {
+            return itemEvent(type, item).put("summary_index", 0);
+        }
+    }
+
+    // Responses: Chat request in, Responses request out (responses-only models)
+
+    /**
+     * Chat requests (inbound chat, or Anthropic translated to chat) to Responses requests for models Copilot serves
+     * only on {@code /responses}.
+     *
+     * <p>Leading system and developer messages become {@code instructions} (joined by blank lines), which is where
+     * Responses models expect their system prompt; system messages later in the conversation become {@code developer}
+     * message items at their place, so their order is kept. Requests always say {@code store: false} and ask for
+     * {@code reasoning.encrypted_content}: copilot-api is stateless, and reasoning can only come back in later turns
+     * through {@link ReasoningOpaque}.
+     */
+    static final class ChatToResponsesRequest {
+        private static final List<String> HANDLED = List.of("model", "messages", "tools", "tool_choice", "parallel_tool_calls",
+            "max_tokens", "max_completion_tokens", "reasoning_effort", "thinking_budget", "response_format", "verbosity",
+            "stream", "user", "n");
+        private static final Map<String, String> IGNORED = Map.ofEntries(
+            Map.entry("temperature", "reasoning models of the Responses API reject sampling settings"),
+            Map.entry("top_p", "reasoning models of the Responses API reject sampling settings"),
+            Map.entry("stop", "the Responses API has no stop sequences"),
+            Map.entry("stream_options", "usage is always reported"),
+            Map.entry("logprobs", "log probabilities are not translated"),
+            Map.entry("top_logprobs", "log probabilities are not translated"),
+            Map.entry("seed", "the Responses API has no seed"),
+            Map.entry("frequency_penalty", "the Responses API has no penalties"),
+            Map.entry("presence_penalty", "the Responses API has no penalties"),
+            Map.entry("logit_bias", "the Responses API has no logit bias"),
+            Map.entry("metadata", "nothing is stored (store: false)"),
+            Map.entry("store", "copilot-api always sends store: false"),
+            Map.entry("service_tier", "Copilot has one service tier"),
+            Map.entry("prompt_cache_key", "not forwarded to Copilot"));
+        static final int MIN_OUTPUT_TOKENS = 16;
+
+        static Translated request(ObjectNode chat) {
+            List<String> notes = new ArrayList<>();
+            reject(chat);
+            ObjectNode out = object();
+            if (chat.has("model")) out.set("model", chat.get("model").deepCopy());
+            Messages m = new Messages(notes);
+            JsonNode messages = chat.path("messages");
+            if (!messages.isArray() || messages.isEmpty()) throw invalid("messages", "'messages' must be a non-empty array");
+            m.addAll(messages);
+            if (m.instructions.length() > 0) out.put("instructions", m.instructions.toString());
+            out.set("input", m.input);
+            tools(chat, out, notes);
+            limits(chat, out, notes);
+            out.put("store", false);
+            out.putArray("include").add("reasoning.encrypted_content");
+            if (chat.path("stream").asBoolean(false)) out.put("stream", true);
+            if (chat.path("user").isTextual()) out.set("user", chat.get("user"));
+            chat.fieldNames().forEachRemaining(f -> {
+                if (HANDLED.contains(f) || chat.get(f).isNull()) return;
+                notes.add("dropped '" + f + "': " + IGNORED.getOrDefault(f, "not supported by the Responses API"));
+            });
+            return new Translated(out, notes);
+        }
+
+        private static void reject(JsonNode chat) {
+            if (chat.path("n").asInt(1) > 1) throw invalid("n", "'n' greater than 1 is not supported for this model: the Responses API returns one answer");
+            if (chat.has("functions") || chat.has("function_call")) {
+                throw invalid("functions", "the deprecated 'functions' and 'function_call' are not supported for this model; use 'tools' and 'tool_choice'");
+            }
+            for (String f : List.of("audio", "modalities", "prediction")) {
+                JsonNode v = chat.path(f);
+                if (!v.isMissingNode() && !v.isNull() && !(f.equals("modalities") && v.size() == 1 && v.get(0).asText().equals("text"))) {
+                    throw invalid(f, "'" + f + "' is not supported for this model");
+                }
+            }
+        }
+
+        private static void tools(JsonNode chat, ObjectNode out, List<String> notes) {
+            ArrayNode tools = array();
+            for (JsonNode t : chat.path("tools")) {
+                String type = t.path("type").asText("function");
+                if (type.equals("function")) {
+                    tools.add(flatFunction(t.path("function")));
+                } else if (type.equals("custom")) {
+                    JsonNode c = t.path("custom");
+                    ObjectNode fn = CustomTools.asFunction(c.path("name").asText(""), c.path("description").asText(null), c.path("format"));
+                    tools.add(flatFunction(fn));
+                    notes.add("custom tool '" + c.path("name").asText() + "' offered as a function with one string parameter 'input'");
+                } else {
+                    notes.add("dropped tool of type '" + type + "'");
+                }
+            }
+            if (tools.isEmpty()) return;
+            out.set("tools", tools);
+            JsonNode choice = chat.path("tool_choice");
+            if (choice.isTextual()) out.set("tool_choice", choice);
+            else if (choice.isObject()) out.set("tool_choice", toolChoice(choice, notes));
+            if (chat.path("parallel_tool_calls").isBoolean()) out.set("parallel_tool_calls", chat.get("parallel_tool_calls"));
+        }
+
+        /** A chat function as a flat Responses tool; strict is false unless asked, since the Responses API defaults to true. */
+        private static ObjectNode flatFunction(JsonNode fn) {
+            ObjectNode t = object();
+            t.put("type", "function");
+            t.put("name", fn.path("name").asText(""));
+            if (fn.path("description").isTextual()) t.set("description", fn.get("description"));
+            t.set("parameters", fn.path("parameters").isObject() ? fn.get("parameters").deepCopy() : emptySchema());
+            t.put("strict", fn.path("strict").asBoolean(false));
+            return t;
+        }
+
+        private static JsonNode toolChoice(JsonNode choice, List<String> notes) {
+            String type = choice.path("type").asText("");
+            String name = choice.path(type).path("name").asText("");
+            if ((type.equals("function") || type.equals("custom")) && !name.isEmpty()) {
+                ObjectNode c = object();
+                c.put("type", "function");
+                c.put("name", name);
+                return c;
+            }
+            String mode = choice.path("allowed_tools").path("mode").asText("auto");
+            notes.add("'tool_choice' of type '" + type + "' sent as '" + mode + "'");
+            return JSON.getNodeFactory().textNode(mode);
+        }
+
+        private static void limits(JsonNode chat, ObjectNode out, List<String> notes) {
+            JsonNode max = chat.path("max_completion_tokens").isNumber() ? chat.get("max_completion_tokens") : chat.path("max_tokens");
+            if (max.isNumber()) {
+                int n = max.asInt();
+                if (n < MIN_OUTPUT_TOKENS) notes.add("max tokens " + n + " raised to " + MIN_OUTPUT_TOKENS + ", the Responses API minimum");
+                out.put("max_output_tokens", Math.max(n, MIN_OUTPUT_TOKENS));
+            }
+            ObjectNode reasoning = out.putObject("reasoning");
+            if (chat.path("reasoning_effort").isTextual()) {
+                reasoning.put("effort", chat.path("reasoning_effort").asText());
+            } else if (chat.path("thinking_budget").isNumber()) {
+                String effort = effortFor(chat.path("thinking_budget").asInt());
+                reasoning.put("effort", effort);
+                notes.add("'thinking_budget' " + chat.path("thinking_budget").asInt() + " sent as reasoning effort '" + effort + "'");
+            }
+            reasoning.put("summary", "auto");
+            JsonNode rf = chat.path("response_format");
+            String rfType = rf.path("type").asText("");
+            if (rfType.equals("json_schema")) {
+                ObjectNode format = out.putObject("text").putObject("format");
+                format.put("type", "json_schema");
+                JsonNode js = rf.path("json_schema");
+                for (String f : List.of("name", "description", "schema", "strict")) if (js.has(f)) format.set(f, js.get(f).deepCopy());
+            } else if (rfType.equals("json_object") || rfType.equals("text")) {
+                out.putObject("text").putObject("format").put("type", rfType);
+            }
+            if (chat.path("verbosity").isTextual()) out.withObjectProperty("text").set("verbosity", chat.get("verbosity"));
+        }
+
+        /** A Claude-style thinking budget as an effort level: below 4k low, below 16k medium, else high. */
+        static String effortFor(int budget) {
+            return budget < 4096 ? "low" : budget < 16384 ? "medium" : "high";
+        }
+
+        /** Chat messages to instructions and input items. */
+        private static final class Messages {
+            final StringBuilder instructions = new StringBuilder();
+            final ArrayNode input = array();
+            private final List<String> notes;
+            private boolean leading = true;
+
+            Messages(List<String> notes) {
+                this.notes = notes;
+            }
+
+            void addAll(JsonNode messages) {
+                for (JsonNode m : messages) add(m);
+            }
+
+            private void add(JsonNode m) {
+                String role = m.path("role").asText("");
+                switch (role) {
+                    case "system", "developer" -> system(ResponsesToChat.plainText(textContent(m.path("content")), "messages"));
+                    case "user" -> {
+                        leading = false;
+                        input.add(message("user", userParts(m.path("content"))));
+                    }
+                    case "assistant" -> {
+                        leading = false;
+                        assistant(m);
+                    }
+                    case "tool" -> {
+                        leading = false;
+                        ObjectNode o = input.addObject();
+                        o.put("type", "function_call_output");
+                        o.put("call_id", m.path("tool_call_id").asText(""));
+                        o.set("output", toolOutput(m.path("content")));
+                    }
+                    default -> throw invalid("messages", "unknown message role '" + role + "'");
+                }
+            }
+
+            private void system(String text) {
+                if (text.isEmpty()) return;
+                if (leading) {
+                    if (instructions.length() > 0) instructions.append("\n\n");
+                    instructions.append(text);
+                    return;
+                }
+                ArrayNode parts = array();
+                parts.addObject().put("type", "input_text").put("text", text);
+                input.add(message("developer", parts));
+            }
+
+            private void assistant(JsonNode m) {
+                reasoning(m);
+                ArrayNode parts = array();
+                String text = textOf(m.path("content"));
+                if (!text.isEmpty()) parts.addObject().put("type", "output_text").put("text", text).putArray("annotations");
+                if (m.path("refusal").isTextual() && !m.path("refusal").asText().isEmpty()) {
+                    parts.addObject().put("type", "refusal").put("refusal", m.path("refusal").asText());
+                }
+                if (!parts.isEmpty()) input.add(message("assistant", parts));
+                for (JsonNode tc : m.path("tool_calls")) {
+                    ObjectNode o = input.addObject();
+                    o.put("type", "function_call");
+                    o.put("call_id", tc.path("id").asText(""));
+                    boolean custom = tc.path("type").asText("").equals("custom");
+                    o.put("name", (custom ? tc.path("custom") : tc.path("function")).path("name").asText(""));
+                    o.put("arguments", custom ? CustomTools.arguments(tc.path("custom").path("input").asText(""))
+                        : nonEmpty(tc.path("function").path("arguments").asText(""), "{}"));
+                }
+            }
+
+            /** reasoning_opaque made by {@link ReasoningOpaque#encode} restores the reasoning items, ids and all. */
+            private void reasoning(JsonNode m) {
+                String opaque = m.path("reasoning_opaque").asText("");
+                String text = m.path("reasoning_text").asText("");
+                List<ReasoningOpaque.Entry> entries = ReasoningOpaque.decode(opaque);
+                if (entries.isEmpty()) {
+                    if (!opaque.isEmpty() || !text.isEmpty()) {
+                        notes.add("dropped assistant reasoning that did not come from a Responses model; it cannot be verified");
+                    }
+                    return;
+                }
+                for (int i = 0; i < entries.size(); i++) {
+                    ObjectNode r = input.addObject();
+                    r.put("type", "reasoning");
+                    r.put("id", entries.get(i).id());
+                    ArrayNode summary = r.putArray("summary");
+                    if (i == 0 && !text.isEmpty()) summary.add(OutputItems.summaryPart(text));
+                    r.put("encrypted_content", entries.get(i).encryptedContent());
+                }
+            }
+
+            private ArrayNode userParts(JsonNode content) {
+                ArrayNode parts = array();
+                if (content.isTextual()) {
+                    parts.addObject().put("type", "input_text").put("text", content.asText());
+                    return parts;
+                }
+                for (JsonNode part : content) parts.add(inputPart(part));
+                return parts;
+            }
+
+            private JsonNode toolOutput(JsonNode content) {
+                if (content.isTextual()) return content;
+                boolean onlyText = true;
+                for (JsonNode part : content) onlyText &= part.path("type").asText("text").equals("text");
+                if (onlyText) return JSON.getNodeFactory().textNode(textOf(content));
+                ArrayNode parts = array();
+                for (JsonNode part : content) parts.add(inputPart(part));
+                return parts;
+            }
+
+            private static ObjectNode inputPart(JsonNode part) {
+                String type = part.path("type").asText("");
+                ObjectNode p = object();
+                switch (type) {
+                    case "text" -> p.put("type", "input_text").put("text", part.path("text").asText(""));
+                    case "image_url" -> {
+                        JsonNode url = part.path("image_url");
+                        p.put("type", "input_image");
+                        p.put("image_url", url.isTextual() ? url.asText() : url.path("url").asText(""));
+                        p.put("detail", url.path("detail").asText("auto"));
+                    }
+                    case "file" -> {
+                        JsonNode f = part.path("file");
+                        p.put("type", "input_file");
+                        for (String field : List.of("file_data", "file_id", "filename")) if (f.has(field)) p.set(field, f.get(field));
+                    }
+                    default -> throw invalid("messages", "content parts of type '" + type + "' are not supported for this model");
+                }
+                return p;
+            }
+
+            private static ObjectNode message(String role, ArrayNode content) {
+                ObjectNode o = object();
+                o.put("type", "message");
+                o.put("role", role);
+                o.set("content", content);
+                return o;
+            }
+
+            private static JsonNode textContent(JsonNode content) {
+                return content.isMissingNode() || content.isNull() ? JSON.getNodeFactory().textNode("") : content;
+            }
+
+            private static String textOf(JsonNode content) {
+                if (content.isTextual()) return content.asText();
+                List<String> texts = new ArrayList<>();
+                for (JsonNode part : content) if (part.path("text").isTextual()) texts.add(part.path("text").asText());
+                return String.join("\n", texts);
+            }
+        }
+    }
+
+    // Responses: Responses stream in, chat chunks out (responses-only models)
+
+    /**
+     * Responses events to chat chunks, one instance per request. Feed every upstream event to {@link #onEvent};
+     * call {@link #finish} at the end of the upstream stream.
+     *
+     * <p>Chunks: {@code role} on the first delta; summary text as {@code reasoning_text} deltas (parts and items
+     * separated by a blank line); one {@code reasoning_opaque} delta per reasoning item when it is done (see
+     * {@link ReasoningOpaque}; consumers concatenate them); text as {@code content}; each call with {@code id},
+     * {@code type: "function"} and {@code name} on its first fragment, then argument deltas, indexed 0.. in order
+     * of appearance (custom calls as arguments {@code {"input": ...}}); last, on {@code response.completed} or
+     * {@code response.incomplete}, a chunk with the finish_reason and, when asked, a chunk with the usage.
+     *
+     * <p>Failures: on {@code response.failed}, an {@code error} event, or an upstream stream that ends without a
+     * terminal event, {@link #failure()} holds the message and no more chunks are produced; the caller then ends
+     * its chat stream with an error.
+     */
+    static final class ResponsesStreamToChat {
+        private final String requestedModel;
+        private final boolean includeUsage;
+        private final IdClock clock;
+        private String id;
+        private long created;
+        private String model;
+        private boolean roleSent;
+        private boolean ended;
+        private String failure;
+        private final Map<String, Call> calls = new HashMap<>();
+        private final Set<String> textItems = new java.util.HashSet<>();
+        private final Set<String> summaryItems = new java.util.HashSet<>();
+        private String lastSummaryPart;
+        private boolean anyReasoningText;
+        private ObjectNode usage;
+
+        ResponsesStreamToChat(String requestedModel, boolean includeUsage, IdClock clock) {
+            this.requestedModel = requestedModel;
+            this.includeUsage = includeUsage;
+            this.clock = clock;
+        }
+
+        Optional<String> failure() {
+            return Optional.ofNullable(failure);
+        }
+
+        /** The usage of the terminal event in chat shape, for logs and stats even when the client did not ask for it. */
+        Optional<ObjectNode> usage() {
+            return Optional.ofNullable(usage);
+        }
+
+        /** True once the terminal event was seen (or a failure), after which events are ignored. */
+        boolean ended() {
+            return ended;
+        }
+
+        List<ObjectNode> onEvent(String eventName, JsonNode data) {
+            List<ObjectNode> out = new ArrayList<>();
+            if (ended) return out;
+            String type = eventName != null && !eventName.isEmpty() ? eventName : data.path("type").asText("");
+            switch (type) {
+                case "response.created", "response.in_progress" -> remember(data.path("response"));
+                case "response.output_item.added" -> itemAdded(data.path("item"), data.path("output_index").asInt(-1), out);
+                case "response.output_text.delta" -> text(data, "content", out);
+                case "response.refusal.delta" -> text(data, "refusal", out);
+                case "response.reasoning_summary_text.delta" -> summary(data.path("item_id").asText("") + "#"
+                    + data.path("summary_index").asInt(0), data.path("item_id").asText(""), data.path("delta").asText(""), out);
+                case "response.function_call_arguments.delta", "response.custom_tool_call_input.delta" ->
+                    call(data).ifPresent(c -> c.append(data.path("delta").asText(""), out));
+                case "response.output_item.done" -> itemDone(data.path("item"), data.path("output_index").asInt(-1), out);
+                case "response.completed", "response.incomplete" -> complete(data.path("response"), out);
+                case "response.failed" -> fail(data.path("response").path("error").path("message").asText("the upstream response failed"));
+                case "error" -> fail(data.path("message").asText(data.path("error").path("message").asText("upstream error")));
+                default -> { }
+            }
+            return out;
+        }
+
+        /** At the end of the upstream stream; a stream without a terminal event is a failure. */
+        List<ObjectNode> finish() {
+            if (!ended) fail("the upstream stream ended before the response was complete");
+            return new ArrayList<>();
+        }
+
+        private void fail(String message) {
+            failure = message;
+            ended = true;
+        }
+
+        private void remember(JsonNode response) {
+            if (id == null && response.path("id").isTextual()) id = ResponsesToChat.chatId(response.path("id").asText());
+            if (created == 0) created = response.path("created_at").asLong(0);
+            if (model == null && response.path("model").isTextual()) model = response.path("model").asText();
+        }
+
+        private void itemAdded(JsonNode item, int outputIndex, List<ObjectNode> out) {
+            String type = item.path("type").asText("");
+            if (type.equals("function_call") || type.equals("custom_tool_call")) openCall(item, outputIndex, out);
+        }
+
+        /** A text or refusal delta; the item is remembered so that its done event does not repeat the text. */
+        private void text(JsonNode data, String field, List<ObjectNode> out) {
+            textItems.add(data.path("item_id").asText(""));
+            String s = data.path("delta").asText("");
+            if (!s.isEmpty()) delta(out).put(field, s);
+        }
+
+        private void summary(String part, String itemId, String s, List<ObjectNode> out) {
+            summaryItems.add(itemId);
+            if (s.isEmpty()) return;
+            String text = anyReasoningText && !part.equals(lastSummaryPart) ? "\n\n" + s : s;
+            lastSummaryPart = part;
+            anyReasoningText = true;
+            delta(out).put("reasoning_text", text);
+        }
+
+        private void itemDone(JsonNode item, int outputIndex, List<ObjectNode> out) {
+            String itemId = item.path("id").asText("");
+            switch (item.path("type").asText("")) {
+                case "reasoning" -> {
+                    if (!summaryItems.contains(itemId)) {
+                        List<String> texts = ResponsesToChat.summaryTexts(item);
+                        for (int i = 0; i < texts.size(); i++) summary(itemId + "#" + i, itemId, texts.get(i), out);
+                    }
+                    if (item.path("encrypted_content").isTextual() && !itemId.isEmpty()) {
+                        delta(out).put("reasoning_opaque", ReasoningOpaque.encode(itemId, item.path("encrypted_content").asText()));
+                    }
+                }
+                case "message" -> {
+                    if (textItems.contains(itemId)) return;
+                    StringBuilder text = new StringBuilder();
+                    StringBuilder refusal = new StringBuilder();
+                    ResponsesToChat.messageText(item, text, refusal);
+                    if (text.length() > 0) delta(out).put("content", text.toString());
+                    if (refusal.length() > 0) delta(out).put("refusal", refusal.toString());
+                }
+                case "function_call", "custom_tool_call" -> {
+                    Call c = call(itemId, outputIndex).orElseGet(() -> openCall(item, outputIndex, out));
+                    c.complete(item, out);
+                }
+                default -> { }
+            }
+        }
+
+        private void complete(JsonNode response, List<ObjectNode> out) {
+            remember(response);
+            ObjectNode c = envelope();
+            ObjectNode choice = c.putArray("choices").addObject();
+            choice.put("index", 0);
+            ObjectNode d = choice.putObject("delta");
+            if (!roleSent) {
+                d.put("role", "assistant");
+                d.put("content", "");
+                roleSent = true;
+            }
+            choice.putNull("logprobs");
+            choice.put("finish_reason", ResponsesToChat.finishReason(response, !calls.isEmpty()));
+            out.add(c);
+            if (response.path("usage").isObject()) usage = Usage.toChat(response.get("usage"));
+            if (includeUsage && usage != null) {
+                ObjectNode u = envelope();
+                u.putArray("choices");
+                u.set("usage", usage.deepCopy());
+                out.add(u);
+            }
+            ended = true;
+        }
+
+        private Call openCall(JsonNode item, int outputIndex, List<ObjectNode> out) {
+            Call c = new Call(calls.size(), item.path("type").asText("").equals("custom_tool_call"));
+            calls.put(item.path("id").asText(""), c);
+            if (outputIndex >= 0) calls.put("#" + outputIndex, c);
+            ObjectNode tc = object();
+            tc.put("index", c.index);
+            tc.put("id", item.path("call_id").asText("").isEmpty() ? clock.id("call_") : item.path("call_id").asText());
+            tc.put("type", "function");
+            ObjectNode fn = tc.putObject("function");
+            fn.put("name", item.path("name").asText(""));
+            fn.put("arguments", c.custom ? "{\"" + CustomTools.PARAMETER + "\":\"" : "");
+            delta(out).putArray("tool_calls").add(tc);
+            return c;
+        }
+
+        private Optional<Call> call(JsonNode data) {
+            return call(data.path("item_id").asText(""), data.path("output_index").asInt(-1));
+        }
+
+        private Optional<Call> call(String itemId, int outputIndex) {
+            Call c = calls.get(itemId);
+            if (c == null && outputIndex >= 0) c = calls.get("#" + outputIndex);
+            return Optional.ofNullable(c);
+        }
+
+        private ObjectNode delta(List<ObjectNode> out) {
+            ObjectNode c = envelope();
+            ObjectNode choice = c.putArray("choices").addObject();
+            choice.put("index", 0);
+            ObjectNode d = choice.putObject("delta");
+            if (!roleSent) {
+                d.put("role", "assistant");
+                roleSent = true;
+            }
+            choice.putNull("logprobs");
+            choice.putNull("finish_reason");
+            out.add(c);
+            return d;
+        }
+
+        private ObjectNode envelope() {
+            if (id == null) id = clock.id("chatcmpl-");
+            if (created == 0) created = clock.epochSeconds();
+            ObjectNode c = object();
+            c.put("id", id);
+            c.put("object", "chat.completion.chunk");
+            c.put("created", created);
+            c.put("model", requestedModel != null ? requestedModel : model == null ? "" : model);
+            return c;
+        }
+
+        /** One tool call on the chat side: its index and what of its arguments (or custom input) was sent. */
+        private final class Call {
+            final int index;
+            final boolean custom;
+            final StringBuilder sent = new StringBuilder();
+            boolean closed;
+
+            Call(int index, boolean custom) {
+                this.index = index;
+                this.custom = custom;
+            }
+
+            void append(String s, List<ObjectNode> out) {
+                if (s.isEmpty() || closed) return;
+                sent.append(s);
+                argumentsDelta(custom ? escaped(s) : s, out);
+            }
+
+            /** Sends what the done item has beyond the streamed deltas, then closes a custom call's JSON. */
+            void complete(JsonNode item, List<ObjectNode> out) {
+                if (closed) return;
+                String full = item.path(custom ? "input" : "arguments").asText("");
+                if (full.startsWith(sent.toString())) append(full.substring(sent.length()), out);
+                if (custom) argumentsDelta("\"}", out);
+                else if (sent.length() == 0) argumentsDelta("{}", out);
+                closed = true;
+            }
+
+            private void argumentsDelta(String s, List<ObjectNode> out) {
+                ObjectNode tc = object();
+                tc.put("index", index);
+                tc.putObject("function").put("arguments", s);
+                delta(out).putArray("tool_calls").add(tc);
+            }
+
+            private String escaped(String s) {
+                String json = Json.write(JSON.getNodeFactory().textNode(s));
+                return json.substring(1, json.length() - 1);
+            }
+        }
+    }
+
+    // Responses: Small helpers
+
+    static ObjectNode object() {
+        return Json.object();
+    }
+
+    static ArrayNode array() {
+        return Json.array();
+    }
+
+    static ObjectNode typeOnly(String type) {
+        ObjectNode o = object();
+        o.put("type", type);
+        return o;
+    }
+
+    static ObjectNode emptySchema() {
+        ObjectNode s = object();
+        s.put("type", "object");
+        s.putObject("properties");
+        return s;
+    }
+
+    static boolean present(JsonNode node, String field) {
+        return !node.path(field).isMissingNode() && !node.path(field).isNull();
+    }
+
+    static String nonEmpty(String s, String fallback) {
+        return s == null || s.isEmpty() ? fallback : s;
+    }
+
+    static ApiError invalid(String param, String message) {
+        return new ApiError(400, "invalid_request_error", message, param, null);
     }
 
     /** Small Anthropic event bodies shared by the native relay and the translator. */

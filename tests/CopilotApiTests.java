@@ -4,6 +4,7 @@
 //SOURCES ../copilot-api.java
 //SOURCES StubUpstream.java
 //SOURCES AnthropicTranslatorTests.java
+//SOURCES ResponsesTranslatorTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 import static java.nio.charset.StandardCharsets.UTF_8;
@@ -75,6 +76,7 @@ class CopilotApiTests {
         ErrorTests.class,
         ModelResolverTests.class,
         AnthropicTranslatorTests.class,
+        ResponsesTranslatorTests.class,
         AnthropicNativeTests.class,
         CountTokensTests.class,
         ClaudeCodeSetupTests.class,
