@@ -740,6 +740,7 @@ class CopilotApi implements Callable<Integer> {
             Upstream upstream = new Upstream(settings, copilot, models, github, githubToken, controls);
             OpenAiRoutes openai = new OpenAiRoutes(upstream);
             AnthropicRoutes anthropic = new AnthropicRoutes(upstream, options.routing());
+            ResponsesRoutes responses = new ResponsesRoutes(upstream, options.routing());
             var inFlight = new java.util.concurrent.atomic.AtomicInteger();
             Javalin app = Javalin.create(cfg -> {
                 cfg.startup.showJavalinBanner = false;
@@ -777,6 +778,7 @@ class CopilotApi implements Callable<Integer> {
                     cfg.routes.post(prefix + "/embeddings", openai::embeddings);
                 }
                 for (String prefix : List.of("", "/v1")) {
+                    cfg.routes.post(prefix + "/responses", responses::create);
                     cfg.routes.post(prefix + "/messages", anthropic::messages);
                     cfg.routes.post(prefix + "/messages/count_tokens", anthropic::countTokens);
                 }
@@ -1334,12 +1336,17 @@ class CopilotApi implements Callable<Integer> {
             ObjectNode body = Requests.jsonObject(ctx);
             String model = Requests.requireText(body, "model");
             JsonNode messages = Requests.requireArray(body, "messages");
-            Exchange.of(ctx).model(model, model).route("passthrough");
-            up.models().requireEndpoint(model, CHAT);
+            boolean viaResponses = up.models().servedOnlyOn(model, ResponsesRoutes.RESPONSES);
+            if (!viaResponses) up.models().requireEndpoint(model, CHAT);
+            Exchange.of(ctx).model(model, model).route(viaResponses ? "translated" : "passthrough");
             up.controls().admit(ctx, model, messages.size());
             Requests.logBody("chat request", body);
             CallOptions call = new CallOptions(Initiator.of(messages), Json.containsImage(messages));
             boolean merge = body.path("n").asInt(1) <= 1;
+            if (viaResponses) {
+                viaResponses(ctx, body, model, call, merge);
+                return;
+            }
             if (!body.path("stream").asBoolean(false)) {
                 JsonNode answer = up.copilot().postJson(CHAT, body, call);
                 Exchange.of(ctx).chatUsage(answer.path("usage"));
@@ -1355,8 +1362,28 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
+        /** A model Copilot serves only on /responses: the chat request goes there translated, the answer comes back as chat. */
+        private void viaResponses(Context ctx, ObjectNode body, String model, CallOptions call, boolean merge) {
+            Translated t = ChatToResponsesRequest.request(body);
+            t.body().put("model", model);
+            t.notes().forEach(n -> Logs.log().info("{}: {}", CHAT, n));
+            Requests.logBody("translated responses request", t.body());
+            if (!body.path("stream").asBoolean(false)) {
+                JsonNode answer = up.copilot().postJson(ResponsesRoutes.RESPONSES, t.body(), call);
+                JsonNode chat = ResponsesToChat.response(answer, model);
+                Exchange.of(ctx).chatUsage(chat.path("usage"));
+                Requests.writeJson(ctx, ChatNormalizer.response(chat, merge));
+                return;
+            }
+            boolean clientWantsUsage = body.path("stream_options").path("include_usage").asBoolean(false);
+            try (EventSource events = new ResponsesAsChat(up.copilot().stream(ResponsesRoutes.RESPONSES, t.body(), call),
+                    new ResponsesStreamToChat(model, true, IdClock.SYSTEM))) {
+                relayChatStream(ctx, events, new ChatStreamNormalizer(true, clientWantsUsage));
+            }
+        }
+
         /** Relays chunks as they arrive; the first byte to the client is the first normalised chunk. */
-        static void relayChatStream(Context ctx, UpstreamEvents events, ChatStreamNormalizer normalizer) {
+        static void relayChatStream(Context ctx, EventSource events, ChatStreamNormalizer normalizer) {
             try {
                 relayChatEvents(ctx, events, normalizer);
             } finally {
@@ -1364,7 +1391,7 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        private static void relayChatEvents(Context ctx, UpstreamEvents events, ChatStreamNormalizer normalizer) {
+        private static void relayChatEvents(Context ctx, EventSource events, ChatStreamNormalizer normalizer) {
             SseWriter out = SseWriter.open(ctx);
             boolean done = false;
             try {
@@ -1479,9 +1506,12 @@ class CopilotApi implements Callable<Integer> {
             } else if (endpoints.isEmpty() || endpoints.contains(OpenAiRoutes.CHAT)) {
                 Exchange.of(ctx).route("translated");
                 translate(ctx, body, model, stream);
+            } else if (endpoints.contains(ResponsesRoutes.RESPONSES)) {
+                Exchange.of(ctx).route("translated");
+                viaResponses(ctx, body, model, stream);
             } else {
                 throw new ApiError(400, "invalid_request_error", "The model '" + model.upstream() + "' is served by Copilot only on "
-                    + String.join(", ", endpoints) + ", which /v1/messages cannot use yet", "model", "unsupported_api_for_model");
+                    + String.join(", ", endpoints), "model", "unsupported_api_for_model");
             }
         }
 
@@ -1594,12 +1624,37 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
+        /** A model Copilot serves only on /responses: Anthropic to chat to Responses, and the answer back the same way. */
+        private void viaResponses(Context ctx, ObjectNode body, ModelResolver.Resolution model, boolean stream) {
+            AnthropicToChat.Result t = AnthropicToChat.request(body, model.upstream(), ModelLimits.from(model.model()));
+            Translated r = ChatToResponsesRequest.request(t.chatRequest());
+            r.body().put("model", model.upstream());
+            t.notes().forEach(n -> Logs.log().info("{}: {}", MESSAGES, n));
+            r.notes().forEach(n -> Logs.log().info("{}: {}", MESSAGES, n));
+            Requests.logBody("translated responses request", r.body());
+            CallOptions call = new CallOptions(t.initiator(), t.vision());
+            if (!stream) {
+                JsonNode answer = up.copilot().postJson(ResponsesRoutes.RESPONSES, r.body(), call);
+                JsonNode chat = ResponsesToChat.response(answer, model.upstream());
+                Exchange.of(ctx).chatUsage(chat.path("usage"));
+                List<String> notes = new ArrayList<>();
+                ObjectNode message = ChatToAnthropic.response(chat, model.requested(), t.toolNameMap(), notes);
+                notes.forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
+                Requests.writeJson(ctx, message);
+                return;
+            }
+            try (EventSource events = new ResponsesAsChat(up.copilot().stream(ResponsesRoutes.RESPONSES, r.body(), call),
+                    new ResponsesStreamToChat(model.upstream(), true, IdClock.SYSTEM))) {
+                relayTranslated(ctx, events, new ChatStreamToAnthropic(model.requested(), t.toolNameMap()));
+            }
+        }
+
         /**
          * Chat chunks in, Anthropic events out, each written as soon as the state machine gives it. A ping goes
          * out after 15 s without a write, whether the upstream is silent or its tool arguments are being held.
          * The end of the stream without [DONE] and without a finish_reason is a cut, reported as an error event.
          */
-        static void relayTranslated(Context ctx, UpstreamEvents events, ChatStreamToAnthropic machine) {
+        static void relayTranslated(Context ctx, EventSource events, ChatStreamToAnthropic machine) {
             SseWriter out = SseWriter.open(ctx);
             Exchange exchange = Exchange.of(ctx);
             boolean finishSeen = false;
@@ -1637,6 +1692,167 @@ class CopilotApi implements Callable<Integer> {
         private static long write(SseWriter out, List<ChatStreamToAnthropic.Event> events, long lastWrite) {
             for (ChatStreamToAnthropic.Event e : events) out.event(e.name(), e.data());
             return events.isEmpty() ? lastWrite : System.nanoTime();
+        }
+    }
+
+    /**
+     * The Responses API: forwarded as is (event by event) for models Copilot serves on /responses, translated
+     * through chat completions for every other chat model.
+     */
+    static final class ResponsesRoutes {
+        static final String RESPONSES = "/responses";
+        static final java.util.Set<String> TERMINAL = java.util.Set.of("response.completed", "response.incomplete", "response.failed", "error");
+
+        private final Upstream up;
+        private final ModelRouting routing;
+
+        ResponsesRoutes(Upstream up, ModelRouting routing) {
+            this.up = up;
+            this.routing = routing;
+        }
+
+        void create(Context ctx) {
+            ObjectNode body = Requests.jsonObject(ctx);
+            String requested = Requests.requireText(body, "model");
+            JsonNode input = body.get("input");
+            if (input == null || input.isNull()) throw new ApiError(400, "invalid_request_error", "Missing required parameter: 'input'", "input", null);
+            if (!input.isTextual() && !input.isArray()) {
+                throw new ApiError(400, "invalid_request_error", "'input' must be a string or an array of input items", "input", null);
+            }
+            ModelResolver.Resolution model = ModelResolver.resolve(requested, false, up.models().list(), routing);
+            Exchange.of(ctx).model(requested, model.upstream());
+            List<String> endpoints = ModelResolver.endpoints(model.model());
+            boolean native_ = endpoints.contains(RESPONSES);
+            if (!native_ && !endpoints.isEmpty() && !endpoints.contains(OpenAiRoutes.CHAT)) {
+                throw new ApiError(400, "invalid_request_error", "The model '" + model.upstream() + "' is served by Copilot only on "
+                    + String.join(", ", endpoints), "model", "unsupported_api_for_model");
+            }
+            Exchange.of(ctx).route(native_ ? "passthrough" : "translated");
+            up.controls().admit(ctx, requested, input.isArray() ? input.size() : 1);
+            Requests.logBody("responses request", body);
+            CallOptions call = new CallOptions(Initiator.ofResponsesInput(input), Json.containsImage(input));
+            boolean stream = body.path("stream").asBoolean(false);
+            if (native_) forward(ctx, body, model.upstream(), call, stream);
+            else translate(ctx, body, model.upstream(), call, stream);
+        }
+
+        /** What Copilot wants on /responses: nothing stored, and the encrypted reasoning back when reasoning is on. */
+        static ObjectNode forCopilot(ObjectNode body, String upstreamModel) {
+            ObjectNode out = body.deepCopy();
+            out.put("model", upstreamModel);
+            out.put("store", false);
+            if (out.path("reasoning").isObject()) {
+                ArrayNode include = out.path("include").isArray() ? (ArrayNode) out.get("include") : out.putArray("include");
+                boolean present = false;
+                for (JsonNode i : include) present |= i.asText().equals("reasoning.encrypted_content");
+                if (!present) include.add("reasoning.encrypted_content");
+            }
+            return out;
+        }
+
+        private void forward(Context ctx, ObjectNode body, String upstreamModel, CallOptions call, boolean stream) {
+            ObjectNode request = forCopilot(body, upstreamModel);
+            if (!stream) {
+                JsonNode answer = up.copilot().postJson(RESPONSES, request, call);
+                Exchange.of(ctx).usage(answer.path("usage").path("input_tokens").asLong(-1), answer.path("usage").path("output_tokens").asLong(-1));
+                Requests.writeJson(ctx, answer);
+                return;
+            }
+            try (UpstreamEvents events = up.copilot().stream(RESPONSES, request, call)) {
+                relayResponses(ctx, events);
+            }
+        }
+
+        /** Named events copied through with their sequence numbers; a broken upstream ends with an error event. */
+        static void relayResponses(Context ctx, UpstreamEvents events) {
+            SseWriter out = SseWriter.open(ctx);
+            Exchange exchange = Exchange.of(ctx);
+            long sequence = -1;
+            try {
+                while (true) {
+                    UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
+                    if (item == null) {
+                        out.comment("keep-alive");
+                        continue;
+                    }
+                    if (item.failure() != null || item.event() == null) {
+                        String why = item.failure() != null ? "The Copilot stream broke: " + describe(item.failure())
+                            : "The Copilot stream ended before the response was complete";
+                        exchange.failed("upstream stream cut");
+                        ObjectNode error = Json.object();
+                        error.put("type", "error");
+                        error.put("code", "upstream_stream_error");
+                        error.put("message", why);
+                        error.putNull("param");
+                        error.put("sequence_number", sequence + 1);
+                        out.event("error", error);
+                        return;
+                    }
+                    Optional<JsonNode> data = Json.tryParse(item.event().data());
+                    if (data.isEmpty() || !data.get().isObject()) continue;
+                    String name = item.event().event() != null ? item.event().event() : data.get().path("type").asText("");
+                    sequence = data.get().path("sequence_number").asLong(sequence + 1);
+                    JsonNode usage = data.get().path("response").path("usage");
+                    if (usage.isObject()) exchange.usage(usage.path("input_tokens").asLong(-1), usage.path("output_tokens").asLong(-1));
+                    if (name.equals("response.failed") || name.equals("error")) exchange.failed("upstream " + name);
+                    out.event(name, data.get());
+                    if (TERMINAL.contains(name)) return;
+                }
+            } catch (SseWriter.ClientGone gone) {
+                exchange.note("client disconnected; upstream request cancelled");
+            }
+        }
+
+        private void translate(Context ctx, ObjectNode body, String upstreamModel, CallOptions call, boolean stream) {
+            Translated t = ResponsesToChat.request(body);
+            t.body().put("model", upstreamModel);
+            t.notes().forEach(n -> Logs.log().info("{}: {}", RESPONSES, n));
+            Requests.logBody("translated chat request", t.body());
+            if (!stream) {
+                JsonNode chat = up.copilot().postJson(OpenAiRoutes.CHAT, t.body(), call);
+                Exchange.of(ctx).chatUsage(chat.path("usage"));
+                Requests.writeJson(ctx, ChatToResponses.response(chat, body, IdClock.SYSTEM));
+                return;
+            }
+            try (UpstreamEvents events = up.copilot().stream(OpenAiRoutes.CHAT, t.body(), call)) {
+                relayChatAsResponses(ctx, events, new ChatStreamToResponses(body, IdClock.SYSTEM));
+            }
+        }
+
+        /** Chat chunks in, Responses events out; EOF without [DONE] or a finish_reason is a failure (response.failed). */
+        static void relayChatAsResponses(Context ctx, UpstreamEvents events, ChatStreamToResponses machine) {
+            SseWriter out = SseWriter.open(ctx);
+            Exchange exchange = Exchange.of(ctx);
+            boolean finishSeen = false;
+            try {
+                while (true) {
+                    UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
+                    List<ObjectNode> produced;
+                    if (item == null) {
+                        out.comment("keep-alive");
+                        continue;
+                    } else if (item.failure() != null) {
+                        produced = machine.fail("The Copilot stream broke: " + describe(item.failure()));
+                    } else if (item.event() == null || item.event().data().equals("[DONE]")) {
+                        produced = item.event() != null || finishSeen ? machine.finish()
+                            : machine.fail("The Copilot stream ended before the response was complete");
+                    } else {
+                        Optional<JsonNode> chunk = Json.tryParse(item.event().data());
+                        if (chunk.isEmpty()) continue;
+                        exchange.chatUsage(chunk.get().path("usage"));
+                        for (JsonNode c : chunk.get().path("choices")) finishSeen |= c.path("finish_reason").isTextual();
+                        produced = machine.onChunk(chunk.get());
+                    }
+                    for (ObjectNode e : produced) {
+                        String type = e.path("type").asText();
+                        if (type.equals("response.failed")) exchange.failed("upstream stream broke");
+                        out.event(type, e);
+                        if (TERMINAL.contains(type)) return;
+                    }
+                }
+            } catch (SseWriter.ClientGone gone) {
+                exchange.note("client disconnected; upstream request cancelled");
+            }
         }
     }
 
@@ -1899,6 +2115,15 @@ class CopilotApi implements Callable<Integer> {
                 return AGENT;
             }
             return USER;
+        }
+
+        /** The same rule on Responses input items: a tool output or an assistant item last means agent. */
+        static Initiator ofResponsesInput(JsonNode input) {
+            if (input == null || !input.isArray() || input.isEmpty()) return USER;
+            JsonNode last = input.get(input.size() - 1);
+            String type = last.path("type").asText("message");
+            if (type.endsWith("_output") || type.equals("reasoning") || type.endsWith("_call")) return AGENT;
+            return last.path("role").asText("user").equals("assistant") ? AGENT : USER;
         }
     }
 
@@ -5395,6 +5620,18 @@ class CopilotApi implements Callable<Integer> {
             return Optional.empty();
         }
 
+        /** True for a known model that lists this endpoint and not chat completions (the newest GPT models and /responses). */
+        boolean servedOnlyOn(String id, String endpoint) {
+            Optional<JsonNode> model;
+            try {
+                model = find(id);
+            } catch (RuntimeException e) {
+                return false;
+            }
+            List<String> endpoints = model.map(ModelResolver::endpoints).orElse(List.of());
+            return endpoints.contains(endpoint) && !endpoints.contains(OpenAiRoutes.CHAT);
+        }
+
         /** A known model that lists its endpoints and not this one is refused before calling upstream. */
         void requireEndpoint(String id, String endpoint) {
             Optional<JsonNode> model;
@@ -5412,8 +5649,17 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
+    /** Where a relay takes its events from: the upstream itself, or a translation of it. */
+    interface EventSource extends AutoCloseable {
+        /** The next item, or null when nothing arrived within the timeout. */
+        UpstreamEvents.Item next(Duration timeout);
+
+        @Override
+        void close();
+    }
+
     /** Upstream server-sent events, read on their own thread so the relay can send keep-alives in silences. */
-    static final class UpstreamEvents implements AutoCloseable {
+    static final class UpstreamEvents implements EventSource {
         /** One of: an event, the end of the stream (all null), or a read failure. */
         record Item(SseEvent event, IOException failure) {}
 
@@ -5437,8 +5683,8 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        /** The next item, or null when nothing arrived within the timeout. */
-        Item next(Duration timeout) {
+        @Override
+        public Item next(Duration timeout) {
             try {
                 return queue.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
             } catch (InterruptedException e) {
@@ -5456,6 +5702,63 @@ class CopilotApi implements Callable<Integer> {
             } catch (IOException e) {
                 Logs.log().debug("closing the upstream stream: {}", describe(e));
             }
+        }
+    }
+
+    /**
+     * A Responses event stream seen as chat chunks, so the chat and Anthropic relays serve responses-only models
+     * unchanged: each upstream event goes through ResponsesStreamToChat; its end becomes [DONE], its failure an
+     * error chunk.
+     */
+    static final class ResponsesAsChat implements EventSource {
+        private final UpstreamEvents upstream;
+        private final ResponsesStreamToChat machine;
+        private final java.util.ArrayDeque<UpstreamEvents.Item> ready = new java.util.ArrayDeque<>();
+        private boolean over;
+
+        ResponsesAsChat(UpstreamEvents upstream, ResponsesStreamToChat machine) {
+            this.upstream = upstream;
+            this.machine = machine;
+        }
+
+        @Override
+        public UpstreamEvents.Item next(Duration timeout) {
+            while (ready.isEmpty()) {
+                if (over) return new UpstreamEvents.Item(null, null);
+                UpstreamEvents.Item item = upstream.next(timeout);
+                if (item == null || item.failure() != null) return item;
+                if (item.event() == null) {
+                    queue(machine.finish());
+                    end();
+                } else {
+                    Optional<JsonNode> data = Json.tryParse(item.event().data());
+                    if (data.isEmpty()) continue;
+                    queue(machine.onEvent(item.event().event(), data.get()));
+                    if (machine.ended()) end();
+                }
+            }
+            return ready.poll();
+        }
+
+        private void queue(List<ObjectNode> chunks) {
+            for (ObjectNode c : chunks) ready.add(new UpstreamEvents.Item(new SseEvent(null, Json.write(c)), null));
+        }
+
+        private void end() {
+            over = true;
+            Optional<String> failure = machine.failure();
+            if (failure.isPresent()) {
+                ObjectNode error = Json.object();
+                error.putObject("error").put("message", failure.get()).put("type", "api_error");
+                ready.add(new UpstreamEvents.Item(new SseEvent(null, Json.write(error)), null));
+            } else {
+                ready.add(new UpstreamEvents.Item(new SseEvent(null, "[DONE]"), null));
+            }
+        }
+
+        @Override
+        public void close() {
+            upstream.close();
         }
     }
 

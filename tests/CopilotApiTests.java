@@ -79,6 +79,7 @@ class CopilotApiTests {
         ResponsesTranslatorTests.class,
         AnthropicNativeTests.class,
         CountTokensTests.class,
+        ResponsesRouteTests.class,
         ClaudeCodeSetupTests.class,
         ApiKeyTests.class,
         PacingTests.class,
@@ -643,13 +644,28 @@ class CopilotApiTests {
         }
 
         @Test
-        void aModelServedOnlyOnResponsesIsRefusedClearly() throws Exception {
-            HttpResponse<String> r = h.post("/v1/chat/completions", HI.replace("gpt-4.1", "gpt-5.1-codex"));
-            assertEquals(400, r.statusCode());
-            JsonNode err = json(r.body()).path("error");
-            assertTrue(err.path("message").asText().contains("/responses"), r.body());
-            assertEquals("unsupported_api_for_model", err.path("code").asText());
-            assertEquals(0, h.stub.count("/chat/completions"), "no upstream call");
+        void aModelServedOnlyOnResponsesAnswersThroughResponses() throws Exception {
+            String body = "{\"model\":\"gpt-5.1-codex\",\"max_tokens\":500,\"reasoning_effort\":\"low\",\"messages\":["
+                + "{\"role\":\"system\",\"content\":\"be brief\"},{\"role\":\"user\",\"content\":\"ls\"}],"
+                + "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"Bash\",\"parameters\":{\"type\":\"object\"}}}]}";
+            HttpResponse<String> r = h.post("/v1/chat/completions", body);
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals(0, h.stub.count("/chat/completions"));
+            JsonNode sent = h.stub.last("/responses").json();
+            assertFalse(sent.path("store").asBoolean(true), "store: false");
+            assertEquals("be brief", sent.path("instructions").asText());
+            assertEquals(500, sent.path("max_output_tokens").asInt());
+            assertEquals("low", sent.path("reasoning").path("effort").asText());
+            assertEquals("reasoning.encrypted_content", sent.path("include").get(0).asText());
+            assertEquals("Bash", sent.path("tools").get(0).path("name").asText(), "tools are flat on /responses");
+            JsonNode choice = json(r.body()).path("choices").get(0);
+            assertEquals("tool_calls", choice.path("finish_reason").asText());
+            assertEquals("Bash", choice.path("message").path("tool_calls").get(0).path("function").path("name").asText());
+            HttpResponse<String> streamed = h.post("/v1/chat/completions", body.replace("{\"model\"", "{\"stream\":true,\"model\""));
+            List<String> lines = dataLines(streamed.body());
+            assertEquals("[DONE]", lines.get(lines.size() - 1), streamed.body());
+            assertEquals("assistant", json(lines.get(0)).path("choices").get(0).path("delta").path("role").asText());
+            assertTrue(streamed.body().contains("\"finish_reason\":\"tool_calls\""), streamed.body());
         }
     }
 
@@ -1099,6 +1115,108 @@ class CopilotApiTests {
                 assertEquals(1, bad.exit());
                 assertTrue(bad.err().contains("unknown model 'nope'"), bad.err());
             }
+        }
+    }
+
+    // ==== The Responses API ====
+
+    static final class ResponsesRouteTests extends WithHarness {
+        static final String CODEX = "{\"model\":\"gpt-5.1-codex\",\"input\":\"hi\",\"reasoning\":{\"effort\":\"low\"}}";
+
+        static List<Map.Entry<String, JsonNode>> events(String sse) {
+            return AnthropicNativeTests.events(sse);
+        }
+
+        @Test
+        void aResponsesModelIsForwardedWithItsItemsUntouched() throws Exception {
+            HttpResponse<String> r = h.post("/v1/responses", CODEX);
+            assertEquals(200, r.statusCode(), r.body());
+            JsonNode sent = h.stub.last("/responses").json();
+            assertFalse(sent.path("store").asBoolean(true));
+            assertEquals("reasoning.encrypted_content", sent.path("include").get(0).asText());
+            JsonNode answer = json(r.body());
+            assertEquals("response", answer.path("object").asText());
+            JsonNode reasoning = answer.path("output").get(0);
+            assertEquals("reasoning", reasoning.path("type").asText());
+            assertEquals(StubUpstream.REASONING_SIGNATURE, reasoning.path("encrypted_content").asText(), "encrypted reasoning kept");
+            assertTrue(reasoning.path("id").asText().startsWith("rs_stub"), "item ids kept");
+        }
+
+        @Test
+        void aResponsesStreamIsRelayedWithNamesAndSequenceNumbers() throws Exception {
+            HttpResponse<String> r = h.post("/responses", CODEX.replace("{\"model\"", "{\"stream\":true,\"model\""));
+            assertEquals(200, r.statusCode());
+            var ev = events(r.body());
+            assertEquals("response.created", ev.get(0).getKey());
+            assertEquals("response.completed", ev.get(ev.size() - 1).getKey());
+            for (int i = 0; i < ev.size(); i++) {
+                assertEquals(ev.get(i).getKey(), ev.get(i).getValue().path("type").asText());
+                assertEquals(i, ev.get(i).getValue().path("sequence_number").asInt(), "sequence numbers intact");
+            }
+        }
+
+        @Test
+        void aCutResponsesStreamEndsWithAnErrorEvent() throws Exception {
+            h.stub.enqueue("/responses", StubUpstream.Reply.events(List.of(
+                "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"in_progress\",\"output\":[]}}\n\n")));
+            HttpResponse<String> r = h.post("/v1/responses", CODEX.replace("{\"model\"", "{\"stream\":true,\"model\""));
+            var ev = events(r.body());
+            assertEquals("error", ev.get(ev.size() - 1).getKey(), r.body());
+            assertEquals(1, ev.get(ev.size() - 1).getValue().path("sequence_number").asInt());
+        }
+
+        @Test
+        void aChatModelAnswersTheResponsesApiThroughTheTranslator() throws Exception {
+            String body = "{\"model\":\"claude-sonnet-4.5\",\"stream\":true,\"instructions\":\"be brief\",\"input\":[{\"role\":\"user\","
+                + "\"content\":[{\"type\":\"input_text\",\"text\":\"ls\"}]}],\"tools\":[{\"type\":\"function\",\"name\":\"Bash\",\"parameters\":{\"type\":\"object\"}}]}";
+            HttpResponse<String> r = h.post("/v1/responses", body);
+            assertEquals(200, r.statusCode(), r.body());
+            JsonNode chat = h.stub.last("/chat/completions").json();
+            assertEquals("system", chat.path("messages").get(0).path("role").asText());
+            assertEquals("Bash", chat.path("tools").get(0).path("function").path("name").asText());
+            var ev = events(r.body());
+            List<String> names = ev.stream().map(Map.Entry::getKey).toList();
+            assertEquals("response.created", names.get(0));
+            assertEquals("response.in_progress", names.get(1));
+            assertEquals("response.completed", names.get(names.size() - 1));
+            assertTrue(names.contains("response.function_call_arguments.done"), names.toString());
+            JsonNode done = ev.get(ev.size() - 1).getValue().path("response");
+            JsonNode call = null;
+            for (JsonNode item : done.path("output")) if (item.path("type").asText().equals("function_call")) call = item;
+            assertNotNull(call, done.toString());
+            assertEquals("Bash", call.path("name").asText());
+            assertFalse(call.path("call_id").asText().isEmpty());
+            for (int i = 0; i < ev.size(); i++) assertEquals(i, ev.get(i).getValue().path("sequence_number").asInt());
+        }
+
+        @Test
+        void statefulAndMalformedRequestsAre400s() throws Exception {
+            HttpResponse<String> r = h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\",\"previous_response_id\":\"resp_1\"}");
+            assertEquals(400, r.statusCode());
+            assertTrue(json(r.body()).path("error").path("message").asText().contains("previous_response_id"), r.body());
+            r = h.post("/v1/responses", "{\"model\":\"gpt-4.1\"}");
+            assertEquals(400, r.statusCode());
+            assertEquals("input", json(r.body()).path("error").path("param").asText());
+            r = h.post("/v1/responses", "{\"model\":\"nope\",\"input\":\"hi\"}");
+            assertEquals(404, r.statusCode());
+            assertEquals(0, h.stub.count("/responses") + h.stub.count("/chat/completions"));
+        }
+
+        @Test
+        void anthropicStreamWithToolUseOnAResponsesOnlyModel() throws Exception {
+            String body = "{\"model\":\"gpt-5.1-codex\",\"max_tokens\":1000,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"ls\"}],"
+                + "\"tools\":[{\"name\":\"Bash\",\"input_schema\":{\"type\":\"object\",\"properties\":{\"command\":{\"type\":\"string\"}}}}]}";
+            HttpResponse<String> r = h.post("/v1/messages", body);
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals(1, h.stub.count("/responses"));
+            var ev = AnthropicNativeTests.events(r.body());
+            assertEquals("message_start", ev.get(0).getKey());
+            assertEquals("message_stop", ev.get(ev.size() - 1).getKey());
+            JsonNode start = ev.stream().filter(e -> e.getKey().equals("content_block_start")
+                && e.getValue().path("content_block").path("type").asText().equals("tool_use")).findFirst().orElseThrow().getValue();
+            assertEquals("Bash", start.path("content_block").path("name").asText());
+            JsonNode delta = ev.stream().filter(e -> e.getKey().equals("message_delta")).findFirst().orElseThrow().getValue();
+            assertEquals("tool_use", delta.path("delta").path("stop_reason").asText());
         }
     }
 
@@ -1680,6 +1798,27 @@ class CopilotApiTests {
         }
 
         @Test
+        void responsesApiOnAResponsesOnlyModel() throws Exception {
+            node("responses-e2e.mjs", Map.of("BASE_URL", server.baseUrl() + "/v1", "MODEL", "gpt-5.1-codex", "REASONS", "1"));
+        }
+
+        @Test
+        void responsesApiOnChatModels() throws Exception {
+            node("responses-e2e.mjs", Map.of("BASE_URL", server.baseUrl() + "/v1", "MODEL", "gpt-4.1"));
+            node("responses-e2e.mjs", Map.of("BASE_URL", server.baseUrl() + "/v1", "MODEL", "claude-sonnet-4.5"));
+        }
+
+        @Test
+        void anthropicSdkOnAResponsesOnlyModel() throws Exception {
+            node("anthropic-e2e.mjs", Map.of("BASE_URL", server.baseUrl(), "MODEL", "gpt-5.1-codex"));
+        }
+
+        @Test
+        void claudeCodeToolLoopOnAResponsesOnlyModel() throws Exception {
+            claudeCode("gpt-5.1-codex", "responses");
+        }
+
+        @Test
         void anthropicSdkOnTheTranslatedRoute() throws Exception {
             node("anthropic-e2e.mjs", Map.of("BASE_URL", server.baseUrl(), "MODEL", "gpt-4.1", "THINKS", "0"));
         }
@@ -1715,7 +1854,11 @@ class CopilotApiTests {
             assertFalse(result.path("is_error").asBoolean(true), r.output());
             assertTrue(result.path("result").asText().contains("Tool said: " + MARKER), "the tool ran and its output came back: " + last);
             assertTrue(result.path("num_turns").asInt() >= 2, last);
-            String path = route.equals("native") ? "/v1/messages" : "/chat/completions";
+            String path = switch (route) {
+                case "native" -> "/v1/messages";
+                case "responses" -> "/responses";
+                default -> "/chat/completions";
+            };
             assertTrue(stub.count(path) >= 2, route + " route used for both turns; requests: " + stub.count(path));
         }
     }
