@@ -1566,42 +1566,31 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        /** Copies named events through, one flush each; pings in silences; an error event if the upstream breaks. */
+        /** Copilot's own events, with the requested model name put back and the usage counted. */
         static void relayNative(Context ctx, UpstreamEvents events, String requestedModel) {
-            SseWriter out = SseWriter.open(ctx);
-            try {
-                while (true) {
-                    UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
-                    if (item == null) {
-                        out.event("ping", AnthropicEvents.ping());
-                        continue;
-                    }
-                    if (item.failure() != null || item.event() == null) {
-                        String why = item.failure() != null ? "The Copilot stream broke: " + describe(item.failure())
-                            : "The Copilot stream ended before the message was complete";
-                        out.event("error", AnthropicEvents.error("api_error", why));
-                        Exchange.of(ctx).failed("upstream stream cut");
-                        return;
-                    }
-                    SseEvent e = item.event();
-                    Optional<JsonNode> data = Json.tryParse(e.data());
-                    if (data.isEmpty() || !data.get().isObject()) continue;
-                    ObjectNode json = (ObjectNode) data.get();
-                    String name = e.event() != null ? e.event() : json.path("type").asText("");
-                    if (name.equals("message_start") && json.path("message").isObject()) {
-                        ((ObjectNode) json.get("message")).put("model", requestedModel);
-                        Exchange.of(ctx).anthropicUsage(json.path("message").path("usage"));
+            Exchange exchange = Exchange.of(ctx);
+            Relay.passthrough(ctx, events, new Relay.Passthrough() {
+                @Override
+                public boolean onEvent(String name, ObjectNode data) {
+                    if (name.equals("message_start") && data.path("message").isObject()) {
+                        ((ObjectNode) data.get("message")).put("model", requestedModel);
+                        exchange.anthropicUsage(data.path("message").path("usage"));
                     } else if (name.equals("message_delta")) {
-                        Exchange.of(ctx).anthropicUsage(json.path("usage"));
-                    } else if (name.equals("error")) {
-                        Exchange.of(ctx).failed("upstream error in stream");
+                        exchange.anthropicUsage(data.path("usage"));
                     }
-                    out.event(name, json);
-                    if (name.equals("message_stop") || name.equals("error")) return;
+                    return name.equals("message_stop") || name.equals("error");
                 }
-            } catch (SseWriter.ClientGone gone) {
-                Exchange.of(ctx).note("client disconnected; upstream request cancelled");
-            }
+
+                @Override
+                public ObjectNode error(String message) {
+                    return AnthropicEvents.error("api_error", message);
+                }
+
+                @Override
+                public void keepAlive(SseWriter out) {
+                    out.event("ping", AnthropicEvents.ping());
+                }
+            });
         }
 
         /** Translated: Anthropic in, chat completions to Copilot, Anthropic out. */
@@ -1611,17 +1600,21 @@ class CopilotApi implements Callable<Integer> {
             Requests.logBody("translated chat request", t.chatRequest());
             CallOptions call = new CallOptions(t.initiator(), t.vision());
             if (!stream) {
-                JsonNode chat = up.copilot().postJson(OpenAiRoutes.CHAT, t.chatRequest(), call);
-                Exchange.of(ctx).chatUsage(chat.path("usage"));
-                List<String> notes = new ArrayList<>();
-                ObjectNode message = ChatToAnthropic.response(chat, model.requested(), t.toolNameMap(), notes);
-                notes.forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
-                Requests.writeJson(ctx, message);
+                answer(ctx, up.copilot().postJson(OpenAiRoutes.CHAT, t.chatRequest(), call), model, t);
                 return;
             }
             try (UpstreamEvents events = up.copilot().stream(OpenAiRoutes.CHAT, t.chatRequest(), call)) {
                 relayTranslated(ctx, events, new ChatStreamToAnthropic(model.requested(), t.toolNameMap()));
             }
+        }
+
+        /** A chat answer, translated back into an Anthropic message for the client. */
+        private static void answer(Context ctx, JsonNode chat, ModelResolver.Resolution model, AnthropicToChat.Result t) {
+            Exchange.of(ctx).chatUsage(chat.path("usage"));
+            List<String> notes = new ArrayList<>();
+            ObjectNode message = ChatToAnthropic.response(chat, model.requested(), t.toolNameMap(), notes);
+            notes.forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
+            Requests.writeJson(ctx, message);
         }
 
         /** A model Copilot serves only on /responses: Anthropic to chat to Responses, and the answer back the same way. */
@@ -1635,12 +1628,7 @@ class CopilotApi implements Callable<Integer> {
             CallOptions call = new CallOptions(t.initiator(), t.vision());
             if (!stream) {
                 JsonNode answer = up.copilot().postJson(ResponsesRoutes.RESPONSES, r.body(), call);
-                JsonNode chat = ResponsesToChat.response(answer, model.upstream());
-                Exchange.of(ctx).chatUsage(chat.path("usage"));
-                List<String> notes = new ArrayList<>();
-                ObjectNode message = ChatToAnthropic.response(chat, model.requested(), t.toolNameMap(), notes);
-                notes.forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
-                Requests.writeJson(ctx, message);
+                answer(ctx, ResponsesToChat.response(answer, model.upstream()), model, t);
                 return;
             }
             try (EventSource events = new ResponsesAsChat(up.copilot().stream(ResponsesRoutes.RESPONSES, r.body(), call),
@@ -1649,49 +1637,46 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        /**
-         * Chat chunks in, Anthropic events out, each written as soon as the state machine gives it. A ping goes
-         * out after 15 s without a write, whether the upstream is silent or its tool arguments are being held.
-         * The end of the stream without [DONE] and without a finish_reason is a cut, reported as an error event.
-         */
+        /** Chat chunks in, Anthropic events out; the notes of the translation are logged at the end. */
         static void relayTranslated(Context ctx, EventSource events, ChatStreamToAnthropic machine) {
-            SseWriter out = SseWriter.open(ctx);
-            Exchange exchange = Exchange.of(ctx);
-            boolean finishSeen = false;
-            long lastWrite = System.nanoTime();
-            try {
-                lastWrite = write(out, machine.start(), lastWrite);
-                while (!machine.done()) {
-                    UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
-                    if (item != null && item.failure() != null) {
-                        exchange.failed("upstream stream broke");
-                        write(out, machine.fail("The Copilot stream broke: " + describe(item.failure())), lastWrite);
-                    } else if (item != null && (item.event() == null || item.event().data().equals("[DONE]"))) {
-                        boolean clean = item.event() != null || finishSeen;
-                        if (!clean) exchange.failed("upstream stream cut");
-                        write(out, clean ? machine.finish() : machine.fail("The Copilot stream ended before the message was complete"), lastWrite);
-                    } else if (item != null) {
-                        Optional<JsonNode> chunk = Json.tryParse(item.event().data());
-                        if (chunk.isEmpty()) continue;
-                        Requests.logBody("chat chunk", chunk.get());
-                        exchange.chatUsage(chunk.get().path("usage"));
-                        for (JsonNode c : chunk.get().path("choices")) finishSeen |= c.path("finish_reason").isTextual();
-                        if (chunk.get().hasNonNull("error")) exchange.failed("upstream error in stream");
-                        lastWrite = write(out, machine.onChunk(chunk.get()), lastWrite);
-                    }
-                    if (!machine.done() && System.nanoTime() - lastWrite >= SseWriter.KEEPALIVE.toNanos()) {
-                        lastWrite = write(out, List.of(machine.ping()), lastWrite);
-                    }
+            Relay.translated(ctx, events, new Relay.Translation() {
+                @Override
+                public List<Relay.Out> start() {
+                    return out(machine.start());
                 }
-                machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
-            } catch (SseWriter.ClientGone gone) {
-                exchange.note("client disconnected; upstream request cancelled");
-            }
+
+                @Override
+                public List<Relay.Out> onChunk(JsonNode chunk) {
+                    return out(machine.onChunk(chunk));
+                }
+
+                @Override
+                public List<Relay.Out> finish() {
+                    return out(machine.finish());
+                }
+
+                @Override
+                public List<Relay.Out> fail(String message) {
+                    return out(machine.fail(message));
+                }
+
+                @Override
+                public boolean done() {
+                    return machine.done();
+                }
+
+                @Override
+                public void keepAlive(SseWriter out) {
+                    out.event("ping", AnthropicEvents.ping());
+                }
+            });
+            machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
         }
 
-        private static long write(SseWriter out, List<ChatStreamToAnthropic.Event> events, long lastWrite) {
-            for (ChatStreamToAnthropic.Event e : events) out.event(e.name(), e.data());
-            return events.isEmpty() ? lastWrite : System.nanoTime();
+        private static List<Relay.Out> out(List<ChatStreamToAnthropic.Event> events) {
+            List<Relay.Out> out = new ArrayList<>();
+            for (ChatStreamToAnthropic.Event e : events) out.add(new Relay.Out(e.name(), e.data()));
+            return out;
         }
     }
 
@@ -1765,42 +1750,34 @@ class CopilotApi implements Callable<Integer> {
 
         /** Named events copied through with their sequence numbers; a broken upstream ends with an error event. */
         static void relayResponses(Context ctx, UpstreamEvents events) {
-            SseWriter out = SseWriter.open(ctx);
             Exchange exchange = Exchange.of(ctx);
-            long sequence = -1;
-            try {
-                while (true) {
-                    UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
-                    if (item == null) {
-                        out.comment("keep-alive");
-                        continue;
-                    }
-                    if (item.failure() != null || item.event() == null) {
-                        String why = item.failure() != null ? "The Copilot stream broke: " + describe(item.failure())
-                            : "The Copilot stream ended before the response was complete";
-                        exchange.failed("upstream stream cut");
-                        ObjectNode error = Json.object();
-                        error.put("type", "error");
-                        error.put("code", "upstream_stream_error");
-                        error.put("message", why);
-                        error.putNull("param");
-                        error.put("sequence_number", sequence + 1);
-                        out.event("error", error);
-                        return;
-                    }
-                    Optional<JsonNode> data = Json.tryParse(item.event().data());
-                    if (data.isEmpty() || !data.get().isObject()) continue;
-                    String name = item.event().event() != null ? item.event().event() : data.get().path("type").asText("");
-                    sequence = data.get().path("sequence_number").asLong(sequence + 1);
-                    JsonNode usage = data.get().path("response").path("usage");
+            Relay.passthrough(ctx, events, new Relay.Passthrough() {
+                long sequence = -1;
+
+                @Override
+                public boolean onEvent(String name, ObjectNode data) {
+                    sequence = data.path("sequence_number").asLong(sequence + 1);
+                    JsonNode usage = data.path("response").path("usage");
                     if (usage.isObject()) exchange.usage(usage.path("input_tokens").asLong(-1), usage.path("output_tokens").asLong(-1));
-                    if (name.equals("response.failed") || name.equals("error")) exchange.failed("upstream " + name);
-                    out.event(name, data.get());
-                    if (TERMINAL.contains(name)) return;
+                    return TERMINAL.contains(name);
                 }
-            } catch (SseWriter.ClientGone gone) {
-                exchange.note("client disconnected; upstream request cancelled");
-            }
+
+                @Override
+                public ObjectNode error(String message) {
+                    ObjectNode error = Json.object();
+                    error.put("type", "error");
+                    error.put("code", "upstream_stream_error");
+                    error.put("message", message);
+                    error.putNull("param");
+                    error.put("sequence_number", sequence + 1);
+                    return error;
+                }
+
+                @Override
+                public void keepAlive(SseWriter out) {
+                    out.comment("keep-alive");
+                }
+            });
         }
 
         private void translate(Context ctx, ObjectNode body, String upstreamModel, CallOptions call, boolean stream) {
@@ -1819,40 +1796,164 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        /** Chat chunks in, Responses events out; EOF without [DONE] or a finish_reason is a failure (response.failed). */
+        /** Chat chunks in, Responses events out. */
         static void relayChatAsResponses(Context ctx, UpstreamEvents events, ChatStreamToResponses machine) {
+            Relay.translated(ctx, events, new Relay.Translation() {
+                boolean done;
+
+                @Override
+                public List<Relay.Out> start() {
+                    return List.of();
+                }
+
+                @Override
+                public List<Relay.Out> onChunk(JsonNode chunk) {
+                    return out(machine.onChunk(chunk));
+                }
+
+                @Override
+                public List<Relay.Out> finish() {
+                    return out(machine.finish());
+                }
+
+                @Override
+                public List<Relay.Out> fail(String message) {
+                    return out(machine.fail(message));
+                }
+
+                @Override
+                public boolean done() {
+                    return done;
+                }
+
+                @Override
+                public void keepAlive(SseWriter out) {
+                    out.comment("keep-alive");
+                }
+
+                private List<Relay.Out> out(List<ObjectNode> events) {
+                    List<Relay.Out> out = new ArrayList<>();
+                    for (ObjectNode e : events) {
+                        String type = e.path("type").asText();
+                        done |= TERMINAL.contains(type);
+                        out.add(new Relay.Out(type, e));
+                    }
+                    return out;
+                }
+            });
+        }
+    }
+
+    /**
+     * The loops the named-event relays share: a keep-alive after 15 s without a write, an error event in the
+     * API's own shape when the upstream breaks or ends early, nothing after the end, and upstream cancelled
+     * when the client goes away.
+     */
+    static final class Relay {
+        /** One event to write: its name (the event: line) and its data. */
+        record Out(String name, ObjectNode data) {}
+
+        /** Copilot's events passed through: what to look at on the way, and the API's error and keep-alive. */
+        interface Passthrough {
+            /** Looks at, and may adjust, each event before it is written; true when it ends the stream. */
+            boolean onEvent(String name, ObjectNode data);
+
+            ObjectNode error(String message);
+
+            void keepAlive(SseWriter out);
+        }
+
+        /** A state machine from chat chunks to another API's events. */
+        interface Translation {
+            List<Out> start();
+
+            List<Out> onChunk(JsonNode chunk);
+
+            /** The upstream ended: [DONE], or the end of the body after a finish_reason. */
+            List<Out> finish();
+
+            List<Out> fail(String message);
+
+            boolean done();
+
+            void keepAlive(SseWriter out);
+        }
+
+        static void passthrough(Context ctx, UpstreamEvents events, Passthrough api) {
             SseWriter out = SseWriter.open(ctx);
             Exchange exchange = Exchange.of(ctx);
-            boolean finishSeen = false;
             try {
                 while (true) {
                     UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
-                    List<ObjectNode> produced;
                     if (item == null) {
-                        out.comment("keep-alive");
+                        api.keepAlive(out);
                         continue;
-                    } else if (item.failure() != null) {
-                        produced = machine.fail("The Copilot stream broke: " + describe(item.failure()));
-                    } else if (item.event() == null || item.event().data().equals("[DONE]")) {
-                        produced = item.event() != null || finishSeen ? machine.finish()
-                            : machine.fail("The Copilot stream ended before the response was complete");
-                    } else {
+                    }
+                    if (item.failure() != null || item.event() == null) {
+                        exchange.failed("upstream stream cut");
+                        out.event("error", api.error(item.failure() != null ? "The Copilot stream broke: " + describe(item.failure())
+                            : "The Copilot stream ended before the answer was complete"));
+                        return;
+                    }
+                    Optional<JsonNode> data = Json.tryParse(item.event().data());
+                    if (data.isEmpty() || !data.get().isObject()) continue;
+                    ObjectNode json = (ObjectNode) data.get();
+                    String name = item.event().event() != null ? item.event().event() : json.path("type").asText("");
+                    boolean end = api.onEvent(name, json);
+                    write(out, new Out(name, json), exchange);
+                    if (end) return;
+                }
+            } catch (SseWriter.ClientGone gone) {
+                exchange.note("client disconnected; upstream request cancelled");
+            }
+        }
+
+        /**
+         * Chat chunks in, the other API's events out as soon as the machine gives them. The end of the body
+         * without [DONE] and without a finish_reason is a cut, reported through the machine's fail.
+         */
+        static void translated(Context ctx, EventSource events, Translation api) {
+            SseWriter out = SseWriter.open(ctx);
+            Exchange exchange = Exchange.of(ctx);
+            boolean finishSeen = false;
+            long lastWrite = System.nanoTime();
+            try {
+                lastWrite = write(out, api.start(), lastWrite, exchange);
+                while (!api.done()) {
+                    UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
+                    List<Out> produced = List.of();
+                    if (item != null && item.failure() != null) {
+                        produced = api.fail("The Copilot stream broke: " + describe(item.failure()));
+                    } else if (item != null && (item.event() == null || item.event().data().equals("[DONE]"))) {
+                        produced = item.event() != null || finishSeen ? api.finish()
+                            : api.fail("The Copilot stream ended before the answer was complete");
+                    } else if (item != null) {
                         Optional<JsonNode> chunk = Json.tryParse(item.event().data());
                         if (chunk.isEmpty()) continue;
+                        Requests.logBody("chat chunk", chunk.get());
                         exchange.chatUsage(chunk.get().path("usage"));
                         for (JsonNode c : chunk.get().path("choices")) finishSeen |= c.path("finish_reason").isTextual();
-                        produced = machine.onChunk(chunk.get());
+                        produced = api.onChunk(chunk.get());
                     }
-                    for (ObjectNode e : produced) {
-                        String type = e.path("type").asText();
-                        if (type.equals("response.failed")) exchange.failed("upstream stream broke");
-                        out.event(type, e);
-                        if (TERMINAL.contains(type)) return;
+                    lastWrite = write(out, produced, lastWrite, exchange);
+                    if (!api.done() && System.nanoTime() - lastWrite >= SseWriter.KEEPALIVE.toNanos()) {
+                        api.keepAlive(out);
+                        lastWrite = System.nanoTime();
                     }
                 }
             } catch (SseWriter.ClientGone gone) {
                 exchange.note("client disconnected; upstream request cancelled");
             }
+        }
+
+        private static long write(SseWriter out, List<Out> events, long lastWrite, Exchange exchange) {
+            for (Out e : events) write(out, e, exchange);
+            return events.isEmpty() ? lastWrite : System.nanoTime();
+        }
+
+        private static void write(SseWriter out, Out e, Exchange exchange) {
+            if (e.name().equals("error") || e.name().equals("response.failed")) exchange.failed("the stream ended with " + e.name());
+            out.event(e.name(), e.data());
         }
     }
 
