@@ -450,6 +450,17 @@ class CopilotApiTests {
             }
         }
 
+        /** Without COPILOT_API_COPILOT_URL the Copilot base is the token's endpoints.api (a wrong host answers 421). */
+        @Test
+        void theCopilotBaseComesFromTheToken() throws Exception {
+            StubUpstream stub = StubUpstream.start();
+            try (Harness h = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", ""), o -> { })) {
+                assertEquals(stub.copilotUrl(), h.copilot.baseUrl());
+                assertEquals(200, h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode());
+                assertEquals(1, stub.count("/chat/completions"));
+            }
+        }
+
         @Test
         void exchangeFailuresExplainThemselves() throws Exception {
             try (StubUpstream stub = StubUpstream.start()) {
@@ -992,6 +1003,21 @@ class CopilotApiTests {
             assertEquals("error", ev.get(ev.size() - 1).getKey(), all.toString());
             assertEquals("api_error", ev.get(ev.size() - 1).getValue().path("error").path("type").asText());
             assertTrue(ev.stream().noneMatch(e -> e.getKey().equals("message_stop")), "no fake message_stop");
+        }
+
+        /** Fifteen seconds of upstream silence: a ping keeps Claude Code from giving up on the connection. */
+        @Test
+        void silenceGetsAPing() throws Exception {
+            List<String> framed = List.of(
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
+                "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":1}}\n\n",
+                "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+            h.stub.enqueue("/v1/messages", StubUpstream.Reply.events(framed).delayMs(16_000));
+            HttpResponse<String> r = messages("{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+            var names = events(r.body()).stream().map(Map.Entry::getKey).toList();
+            assertEquals("message_start", names.get(0));
+            assertTrue(names.subList(1, names.size() - 1).contains("ping"), names.toString());
+            assertEquals("message_stop", names.get(names.size() - 1));
         }
 
         @Test
