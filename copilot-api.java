@@ -307,11 +307,27 @@ class CopilotApi implements Callable<Integer> {
             };
             for (String name : List.of("INT", "TERM")) {
                 try {
-                    sun.misc.Signal.handle(new sun.misc.Signal(name), signal -> new Thread(stop, "graceful-stop").start());
-                } catch (IllegalArgumentException | UnsupportedOperationException e) {
+                    handle(name, () -> new Thread(stop, "graceful-stop").start());
+                } catch (ReflectiveOperationException | RuntimeException e) {
                     Logs.log().debug("cannot handle SIG{}: {}", name, describe(e));
                 }
             }
+        }
+
+        /** sun.misc.Signal, reached reflectively: it is in every JDK, but naming it makes javac warn on each build. */
+        private static void handle(String signal, Runnable action) throws ReflectiveOperationException {
+            Class<?> signalClass = Class.forName("sun.misc.Signal");
+            Class<?> handlerClass = Class.forName("sun.misc.SignalHandler");
+            Object handler = java.lang.reflect.Proxy.newProxyInstance(handlerClass.getClassLoader(), new Class<?>[] {handlerClass},
+                (proxy, method, args) -> {
+                    if (method.getName().equals("handle")) action.run();
+                    else if (method.getName().equals("hashCode")) return System.identityHashCode(proxy);
+                    else if (method.getName().equals("equals")) return proxy == args[0];
+                    else if (method.getName().equals("toString")) return "copilot-api signal handler";
+                    return null;
+                });
+            Object sig = signalClass.getConstructor(String.class).newInstance(signal);
+            signalClass.getMethod("handle", signalClass, handlerClass).invoke(null, sig, handler);
         }
     }
 
@@ -5771,7 +5787,7 @@ class CopilotApi implements Callable<Integer> {
 
         UpstreamEvents(InputStream in) {
             this.in = in;
-            Threads.start("copilot-stream-reader", this::pump);
+            Threads.start(this::pump);
         }
 
         private void pump() {
@@ -6426,7 +6442,7 @@ class CopilotApi implements Callable<Integer> {
             return Executors.newSingleThreadScheduledExecutor(daemon(name));
         }
 
-        static void start(String name, Runnable task) {
+        static void start(Runnable task) {
             STREAMS.execute(task);
         }
 
