@@ -5737,32 +5737,30 @@ class CopilotApi implements Callable<Integer> {
             return Optional.empty();
         }
 
+        /**
+         * The endpoints a model lists in the catalog; empty for a model that lists none, an unknown model, or a
+         * catalog that cannot be fetched (Copilot then answers for itself).
+         */
+        List<String> endpointsOf(String id) {
+            try {
+                return find(id).map(ModelResolver::endpoints).orElse(List.of());
+            } catch (RuntimeException e) {
+                return List.of();
+            }
+        }
+
         /** True for a known model that lists this endpoint and not chat completions (the newest GPT models and /responses). */
         boolean servedOnlyOn(String id, String endpoint) {
-            Optional<JsonNode> model;
-            try {
-                model = find(id);
-            } catch (RuntimeException e) {
-                return false;
-            }
-            List<String> endpoints = model.map(ModelResolver::endpoints).orElse(List.of());
+            List<String> endpoints = endpointsOf(id);
             return endpoints.contains(endpoint) && !endpoints.contains(OpenAiRoutes.CHAT);
         }
 
         /** A known model that lists its endpoints and not this one is refused before calling upstream. */
         void requireEndpoint(String id, String endpoint) {
-            Optional<JsonNode> model;
-            try {
-                model = find(id);
-            } catch (RuntimeException e) {
-                return;
-            }
-            if (model.isEmpty()) return;
-            JsonNode endpoints = model.get().path("supported_endpoints");
-            if (!endpoints.isArray() || endpoints.isEmpty()) return;
-            for (JsonNode e : endpoints) if (e.asText().equals(endpoint)) return;
+            List<String> endpoints = endpointsOf(id);
+            if (endpoints.isEmpty() || endpoints.contains(endpoint)) return;
             throw new ApiError(400, "invalid_request_error", "The model '" + id + "' is not served on " + endpoint
-                + " by Copilot; it supports " + endpoints, "model", "unsupported_api_for_model");
+                + " by Copilot; it supports " + String.join(", ", endpoints), "model", "unsupported_api_for_model");
         }
     }
 

@@ -789,6 +789,21 @@ class CopilotApiTests {
         }
 
         @Test
+        void aModelNotServedOnAnEndpointIsRefusedBeforeCallingCopilot() throws Exception {
+            StubUpstream stub = StubUpstream.start();
+            stub.models().addObject().put("id", "messages-only").put("object", "model")
+                .putArray("supported_endpoints").add("/v1/messages");
+            try (Harness other = new Harness(stub, Map.of(), o -> { })) {
+                HttpResponse<String> r = other.post("/v1/chat/completions", HI.replace("gpt-4.1", "messages-only"));
+                assertEquals(400, r.statusCode());
+                JsonNode err = json(r.body()).path("error");
+                assertEquals("unsupported_api_for_model", err.path("code").asText());
+                assertTrue(err.path("message").asText().contains("/v1/messages"), r.body());
+                assertEquals(0, stub.count("/chat/completions"));
+            }
+        }
+
+        @Test
         void unreachableUpstreamIs502() throws Exception {
             StubUpstream stub = StubUpstream.start();
             try (Harness dead = new Harness(stub, Map.of(), o -> { })) {
