@@ -1363,6 +1363,9 @@ class CopilotApi implements Callable<Integer> {
                 viaResponses(ctx, body, model, call, merge);
                 return;
             }
+            if (ModelLimits.wantsMaxCompletionTokens(model) && body.has("max_tokens") && !body.has("max_completion_tokens")) {
+                body.set("max_completion_tokens", body.remove("max_tokens"));
+            }
             if (!body.path("stream").asBoolean(false)) {
                 JsonNode answer = up.copilot().postJson(CHAT, body, call);
                 Exchange.of(ctx).chatUsage(answer.path("usage"));

@@ -580,6 +580,17 @@ class CopilotApiTests {
         }
 
         @Test
+        void newerGptModelsGetMaxCompletionTokens() throws Exception {
+            HttpResponse<String> r = h.post("/v1/chat/completions", HI.replace("gpt-4.1", "gpt-5-mini").replace("{\"model\"", "{\"max_tokens\":77,\"model\""));
+            assertEquals(200, r.statusCode(), r.body());
+            JsonNode sent = h.stub.last("/chat/completions").json();
+            assertEquals(77, sent.path("max_completion_tokens").asInt());
+            assertFalse(sent.has("max_tokens"));
+            assertEquals(200, h.post("/v1/chat/completions", HI.replace("{\"model\"", "{\"max_tokens\":77,\"model\"")).statusCode());
+            assertEquals(77, h.stub.last("/chat/completions").json().path("max_tokens").asInt(), "older models keep max_tokens");
+        }
+
+        @Test
         void agentInitiatorAfterAToolResult() throws Exception {
             String body = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"ls\"},"
                 + "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"ls\",\"arguments\":\"{}\"}}]},"
