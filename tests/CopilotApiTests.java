@@ -1846,7 +1846,7 @@ class CopilotApiTests {
 
         @Test
         void anthropicSdkOnTheNativeRoute() throws Exception {
-            node("anthropic-e2e.mjs", Map.of("BASE_URL", server.baseUrl(), "MODEL", "claude-sonnet-4-5"));
+            node("anthropic-e2e.mjs", Map.of("BASE_URL", server.baseUrl(), "MODEL", "claude-sonnet-4.5"));
         }
 
         @Test
