@@ -1606,8 +1606,8 @@ class CopilotApi implements Callable<Integer> {
                 }
 
                 @Override
-                public void keepAlive(SseWriter out) {
-                    out.event("ping", AnthropicEvents.ping());
+                public NamedEvent keepAlive() {
+                    return new NamedEvent("ping", AnthropicEvents.ping());
                 }
             });
         }
@@ -1658,44 +1658,8 @@ class CopilotApi implements Callable<Integer> {
 
         /** Chat chunks in, Anthropic events out; the notes of the translation are logged at the end. */
         static void relayTranslated(Context ctx, EventSource events, ChatStreamToAnthropic machine) {
-            Relay.translated(ctx, events, new Relay.Translation() {
-                @Override
-                public List<Relay.Out> start() {
-                    return out(machine.start());
-                }
-
-                @Override
-                public List<Relay.Out> onChunk(JsonNode chunk) {
-                    return out(machine.onChunk(chunk));
-                }
-
-                @Override
-                public List<Relay.Out> finish() {
-                    return out(machine.finish());
-                }
-
-                @Override
-                public List<Relay.Out> fail(String message) {
-                    return out(machine.fail(message));
-                }
-
-                @Override
-                public boolean done() {
-                    return machine.done();
-                }
-
-                @Override
-                public void keepAlive(SseWriter out) {
-                    out.event("ping", AnthropicEvents.ping());
-                }
-            });
+            Relay.translated(ctx, events, machine);
             machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
-        }
-
-        private static List<Relay.Out> out(List<ChatStreamToAnthropic.Event> events) {
-            List<Relay.Out> out = new ArrayList<>();
-            for (ChatStreamToAnthropic.Event e : events) out.add(new Relay.Out(e.name(), e.data()));
-            return out;
         }
     }
 
@@ -1793,8 +1757,8 @@ class CopilotApi implements Callable<Integer> {
                 }
 
                 @Override
-                public void keepAlive(SseWriter out) {
-                    out.comment("keep-alive");
+                public NamedEvent keepAlive() {
+                    return null;
                 }
             });
         }
@@ -1815,29 +1779,29 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        /** Chat chunks in, Responses events out. */
+        /** Chat chunks in, Responses events out (named by their type); the stream ends at the terminal event. */
         static void relayChatAsResponses(Context ctx, UpstreamEvents events, ChatStreamToResponses machine) {
             Relay.translated(ctx, events, new Relay.Translation() {
                 boolean done;
 
                 @Override
-                public List<Relay.Out> start() {
+                public List<NamedEvent> start() {
                     return List.of();
                 }
 
                 @Override
-                public List<Relay.Out> onChunk(JsonNode chunk) {
-                    return out(machine.onChunk(chunk));
+                public List<NamedEvent> onChunk(JsonNode chunk) {
+                    return named(machine.onChunk(chunk));
                 }
 
                 @Override
-                public List<Relay.Out> finish() {
-                    return out(machine.finish());
+                public List<NamedEvent> finish() {
+                    return named(machine.finish());
                 }
 
                 @Override
-                public List<Relay.Out> fail(String message) {
-                    return out(machine.fail(message));
+                public List<NamedEvent> fail(String message) {
+                    return named(machine.fail(message));
                 }
 
                 @Override
@@ -1846,16 +1810,16 @@ class CopilotApi implements Callable<Integer> {
                 }
 
                 @Override
-                public void keepAlive(SseWriter out) {
-                    out.comment("keep-alive");
+                public NamedEvent keepAlive() {
+                    return null;
                 }
 
-                private List<Relay.Out> out(List<ObjectNode> events) {
-                    List<Relay.Out> out = new ArrayList<>();
+                private List<NamedEvent> named(List<ObjectNode> events) {
+                    List<NamedEvent> out = new ArrayList<>();
                     for (ObjectNode e : events) {
                         String type = e.path("type").asText();
                         done |= TERMINAL.contains(type);
-                        out.add(new Relay.Out(type, e));
+                        out.add(new NamedEvent(type, e));
                     }
                     return out;
                 }
@@ -1869,9 +1833,6 @@ class CopilotApi implements Callable<Integer> {
      * when the client goes away.
      */
     static final class Relay {
-        /** One event to write: its name (the event: line) and its data. */
-        record Out(String name, ObjectNode data) {}
-
         /** Copilot's events passed through: what to look at on the way, and the API's error and keep-alive. */
         interface Passthrough {
             /** Looks at, and may adjust, each event before it is written; true when it ends the stream. */
@@ -1879,23 +1840,25 @@ class CopilotApi implements Callable<Integer> {
 
             ObjectNode error(String message);
 
-            void keepAlive(SseWriter out);
+            /** The event that keeps a silent stream alive, or null for an SSE comment. */
+            NamedEvent keepAlive();
         }
 
         /** A state machine from chat chunks to another API's events. */
         interface Translation {
-            List<Out> start();
+            List<NamedEvent> start();
 
-            List<Out> onChunk(JsonNode chunk);
+            List<NamedEvent> onChunk(JsonNode chunk);
 
             /** The upstream ended: [DONE], or the end of the body after a finish_reason. */
-            List<Out> finish();
+            List<NamedEvent> finish();
 
-            List<Out> fail(String message);
+            List<NamedEvent> fail(String message);
 
             boolean done();
 
-            void keepAlive(SseWriter out);
+            /** The event that keeps a silent stream alive, or null for an SSE comment. */
+            NamedEvent keepAlive();
         }
 
         static void passthrough(Context ctx, UpstreamEvents events, Passthrough api) {
@@ -1905,7 +1868,7 @@ class CopilotApi implements Callable<Integer> {
                 while (true) {
                     UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
                     if (item == null) {
-                        api.keepAlive(out);
+                        keepAlive(out, api.keepAlive());
                         continue;
                     }
                     if (item.failure() != null || item.event() == null) {
@@ -1919,7 +1882,7 @@ class CopilotApi implements Callable<Integer> {
                     ObjectNode json = (ObjectNode) data.get();
                     String name = item.event().event() != null ? item.event().event() : json.path("type").asText("");
                     boolean end = api.onEvent(name, json);
-                    write(out, new Out(name, json), exchange);
+                    write(out, new NamedEvent(name, json), exchange);
                     if (end) return;
                 }
             } catch (SseWriter.ClientGone gone) {
@@ -1940,7 +1903,7 @@ class CopilotApi implements Callable<Integer> {
                 lastWrite = write(out, api.start(), lastWrite, exchange);
                 while (!api.done()) {
                     UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
-                    List<Out> produced = List.of();
+                    List<NamedEvent> produced = List.of();
                     if (item != null && item.failure() != null) {
                         produced = api.fail("The Copilot stream broke: " + describe(item.failure()));
                     } else if (item != null && (item.event() == null || item.event().data().equals("[DONE]"))) {
@@ -1956,7 +1919,7 @@ class CopilotApi implements Callable<Integer> {
                     }
                     lastWrite = write(out, produced, lastWrite, exchange);
                     if (!api.done() && System.nanoTime() - lastWrite >= SseWriter.KEEPALIVE.toNanos()) {
-                        api.keepAlive(out);
+                        keepAlive(out, api.keepAlive());
                         lastWrite = System.nanoTime();
                     }
                 }
@@ -1965,12 +1928,17 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        private static long write(SseWriter out, List<Out> events, long lastWrite, Exchange exchange) {
-            for (Out e : events) write(out, e, exchange);
+        private static void keepAlive(SseWriter out, NamedEvent event) {
+            if (event == null) out.comment("keep-alive");
+            else out.event(event.name(), event.data());
+        }
+
+        private static long write(SseWriter out, List<NamedEvent> events, long lastWrite, Exchange exchange) {
+            for (NamedEvent e : events) write(out, e, exchange);
             return events.isEmpty() ? lastWrite : System.nanoTime();
         }
 
-        private static void write(SseWriter out, Out e, Exchange exchange) {
+        private static void write(SseWriter out, NamedEvent e, Exchange exchange) {
             if (e.name().equals("error") || e.name().equals("response.failed")) exchange.failed("the stream ended with " + e.name());
             out.event(e.name(), e.data());
         }
@@ -3077,14 +3045,7 @@ class CopilotApi implements Callable<Integer> {
      * with an error event instead. While tool arguments are collected the client hears nothing: callers send ping()
      * after ~15 s without a write to the client, not only after upstream silence.
      */
-    static final class ChatStreamToAnthropic {
-        /** One Anthropic event; data.type equals name. */
-        record Event(String name, ObjectNode data) {
-            String sse() {
-                return "event: " + name + "\ndata: " + Json.write(data) + "\n\n";
-            }
-        }
-
+    static final class ChatStreamToAnthropic implements Relay.Translation {
         private enum Open { NONE, THINKING, TEXT }
 
         /** A tool call being collected; sent when the stream ends. */
@@ -3120,7 +3081,8 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** True after message_stop or error: nothing more may be sent. */
-        boolean done() {
+        @Override
+        public boolean done() {
             return done;
         }
 
@@ -3129,8 +3091,9 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** message_start, once; onChunk and finish send it too when it has not been sent yet. */
-        List<Event> start() {
-            List<Event> out = new ArrayList<>();
+        @Override
+        public List<NamedEvent> start() {
+            List<NamedEvent> out = new ArrayList<>();
             if (started || done) return out;
             started = true;
             ObjectNode msg = ChatToAnthropic.messageShell("msg_" + randomIds.get(), model);
@@ -3142,47 +3105,52 @@ class CopilotApi implements Callable<Integer> {
             msg.set("usage", u);
             ObjectNode data = data("message_start");
             data.set("message", msg);
-            out.add(new Event("message_start", data));
+            out.add(new NamedEvent("message_start", data));
             return out;
         }
 
-        List<Event> onChunk(JsonNode chunk) {
+        @Override
+        public List<NamedEvent> onChunk(JsonNode chunk) {
             if (done) return List.of();
             if (chunk.hasNonNull("error")) return fail(errorMessage(chunk.get("error")));
             if (chunk.path("usage").isObject()) usage = chunk.get("usage");
-            List<Event> out = start();
+            List<NamedEvent> out = start();
             for (JsonNode choice : chunk.path("choices")) onChoice(choice, out);
             return out;
         }
 
         /** The upstream ended ([DONE], or EOF with or without a finish_reason): tools, message_delta, message_stop. */
-        List<Event> finish() {
+        @Override
+        public List<NamedEvent> finish() {
             if (done) return List.of();
-            List<Event> out = start();
+            List<NamedEvent> out = start();
             close(out);
             for (ToolCall call : toolCalls.values()) sendTool(call, out);
             ObjectNode delta = data("message_delta");
             delta.putObject("delta").put("stop_reason", ChatToAnthropic.stopReason(finishReasons, !toolCalls.isEmpty()))
                 .putNull("stop_sequence");
             delta.set("usage", usage == null ? Json.object().put("output_tokens", 0) : ChatToAnthropic.usage(usage));
-            out.add(new Event("message_delta", delta));
-            out.add(new Event("message_stop", data("message_stop")));
+            out.add(new NamedEvent("message_delta", delta));
+            out.add(new NamedEvent("message_stop", data("message_stop")));
             done = true;
             return out;
         }
 
         /** The upstream broke: one error event, and nothing after it. */
-        List<Event> fail(String message) {
+        @Override
+        public List<NamedEvent> fail(String message) {
             if (done) return List.of();
             done = true;
-            return List.of(new Event("error", AnthropicEvents.error("api_error", message)));
+            return List.of(new NamedEvent("error", AnthropicEvents.error("api_error", message)));
         }
 
-        Event ping() {
-            return new Event("ping", AnthropicEvents.ping());
+        /** Anthropic's keep-alive. */
+        @Override
+        public NamedEvent keepAlive() {
+            return new NamedEvent("ping", AnthropicEvents.ping());
         }
 
-        private void onChoice(JsonNode choice, List<Event> out) {
+        private void onChoice(JsonNode choice, List<NamedEvent> out) {
             int index = choice.path("index").asInt(0);
             JsonNode delta = choice.path("delta");
             String reasoning = delta.path("reasoning_text").asText("");
@@ -3198,19 +3166,19 @@ class CopilotApi implements Callable<Integer> {
             if (choice.path("finish_reason").isTextual()) finishReasons.add(choice.path("finish_reason").asText());
         }
 
-        private void thinkingDelta(String text, List<Event> out) {
+        private void thinkingDelta(String text, List<NamedEvent> out) {
             ensureOpen(Open.THINKING, out);
             ObjectNode d = Json.object().put("type", "thinking_delta").put("thinking", text);
             out.add(blockDelta(d));
         }
 
-        private void textDelta(String text, List<Event> out) {
+        private void textDelta(String text, List<NamedEvent> out) {
             ensureOpen(Open.TEXT, out);
             ObjectNode d = Json.object().put("type", "text_delta").put("text", text);
             out.add(blockDelta(d));
         }
 
-        private void ensureOpen(Open kind, List<Event> out) {
+        private void ensureOpen(Open kind, List<NamedEvent> out) {
             if (open == kind) return;
             close(out);
             ObjectNode block = Json.object();
@@ -3221,7 +3189,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** Closes the open block; a thinking block first gets its signature, collected whole. */
-        private void close(List<Event> out) {
+        private void close(List<NamedEvent> out) {
             if (open == Open.NONE) return;
             if (open == Open.THINKING && signature.length() > 0) {
                 out.add(blockDelta(Json.object().put("type", "signature_delta").put("signature", signature.toString())));
@@ -3229,7 +3197,7 @@ class CopilotApi implements Callable<Integer> {
             }
             ObjectNode stop = data("content_block_stop");
             stop.put("index", blocks - 1);
-            out.add(new Event("content_block_stop", stop));
+            out.add(new NamedEvent("content_block_stop", stop));
             open = Open.NONE;
         }
 
@@ -3247,7 +3215,7 @@ class CopilotApi implements Callable<Integer> {
             call.arguments.append(fn.path("arguments").asText(""));
         }
 
-        private void sendTool(ToolCall call, List<Event> out) {
+        private void sendTool(ToolCall call, List<NamedEvent> out) {
             String name = ChatToAnthropic.originalName(call.name, toolNameMap);
             String id = call.id.isEmpty() ? "toolu_" + randomIds.get() : call.id;
             ObjectNode input = ChatToAnthropic.toolInput(call.arguments.toString(), name, notes);
@@ -3255,21 +3223,21 @@ class CopilotApi implements Callable<Integer> {
             out.add(blockDelta(Json.object().put("type", "input_json_delta").put("partial_json", Json.write(input))));
             ObjectNode stop = data("content_block_stop");
             stop.put("index", blocks - 1);
-            out.add(new Event("content_block_stop", stop));
+            out.add(new NamedEvent("content_block_stop", stop));
         }
 
-        private Event blockStart(ObjectNode block) {
+        private NamedEvent blockStart(ObjectNode block) {
             ObjectNode d = data("content_block_start");
             d.put("index", blocks++);
             d.set("content_block", block);
-            return new Event("content_block_start", d);
+            return new NamedEvent("content_block_start", d);
         }
 
-        private Event blockDelta(ObjectNode delta) {
+        private NamedEvent blockDelta(ObjectNode delta) {
             ObjectNode d = data("content_block_delta");
             d.put("index", blocks - 1);
             d.set("delta", delta);
-            return new Event("content_block_delta", d);
+            return new NamedEvent("content_block_delta", d);
         }
 
         private static ObjectNode data(String type) {
@@ -3287,10 +3255,10 @@ class CopilotApi implements Callable<Integer> {
          * appended, the signature set, tool input parsed from the joined input_json_delta, message_delta applied.
          * An error event throws IllegalStateException; so does a tool input that does not parse.
          */
-        static ObjectNode accumulate(List<Event> events) {
+        static ObjectNode accumulate(List<NamedEvent> events) {
             ObjectNode message = null;
             Map<Integer, StringBuilder> json = new LinkedHashMap<>();
-            for (Event e : events) {
+            for (NamedEvent e : events) {
                 ObjectNode d = e.data();
                 int index = d.path("index").asInt();
                 switch (e.name()) {
@@ -6208,6 +6176,13 @@ class CopilotApi implements Callable<Integer> {
 
     /** One server-sent event: the event name (or null) and its data lines joined with newlines. */
     record SseEvent(String event, String data) {}
+
+    /** One event to send a client: its name (the event: line, equal to data.type) and its data. */
+    record NamedEvent(String name, ObjectNode data) {
+        String sse() {
+            return "event: " + name + "\ndata: " + Json.write(data) + "\n\n";
+        }
+    }
 
     /** An event-stream reader: a blank line dispatches, data lines join with \n, one leading space is stripped. */
     static final class SseReader {

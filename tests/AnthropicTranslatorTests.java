@@ -134,7 +134,7 @@ class AnthropicTranslatorTests {
     }
 
     /** message_start with the first chunk; every text and thinking fragment in the events of the chunk that carried it. */
-    static void assertSentAsTheyArrive(List<JsonNode> chunks, List<List<CopilotApi.ChatStreamToAnthropic.Event>> perChunk) {
+    static void assertSentAsTheyArrive(List<JsonNode> chunks, List<List<CopilotApi.NamedEvent>> perChunk) {
         if (chunks.isEmpty() || chunks.get(0).has("error")) return;
         assertEquals("message_start", perChunk.get(0).get(0).name(), "message_start goes out with the first chunk");
         for (int i = 0; i < chunks.size(); i++) {
@@ -307,18 +307,18 @@ class AnthropicTranslatorTests {
         var broken = new CopilotApi.ChatStreamToAnthropic("m", Map.of(), counter());
         assertEquals(List.of("error"), names(broken.fail("cut")));
         assertTrue(broken.finish().isEmpty());
-        assertEquals("ping", broken.ping().data().path("type").asText());
+        assertEquals("ping", broken.keepAlive().data().path("type").asText());
     }
 
     @Test
     void anErrorChunkEndsTheStreamWithAnErrorEvent() {
         var s = new CopilotApi.ChatStreamToAnthropic("m", Map.of(), counter());
-        List<CopilotApi.ChatStreamToAnthropic.Event> events = new ArrayList<>();
+        List<CopilotApi.NamedEvent> events = new ArrayList<>();
         events.addAll(s.onChunk(json("{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}")));
         events.addAll(s.onChunk(json("{\"error\":{\"message\":\"upstream overloaded\",\"code\":\"overloaded\"}}")));
         events.addAll(s.finish());
         assertWellFormed(events);
-        CopilotApi.ChatStreamToAnthropic.Event last = events.get(events.size() - 1);
+        CopilotApi.NamedEvent last = events.get(events.size() - 1);
         assertEquals("error", last.name());
         assertEquals("upstream overloaded", last.data().path("error").path("message").asText());
         assertEquals("api_error", last.data().path("error").path("type").asText());
@@ -327,7 +327,7 @@ class AnthropicTranslatorTests {
     @Test
     void everyEventCarriesItsNameAsType() {
         var s = new CopilotApi.ChatStreamToAnthropic("m", Map.of(), counter());
-        List<CopilotApi.ChatStreamToAnthropic.Event> events = new ArrayList<>(s.onChunk(json(
+        List<CopilotApi.NamedEvent> events = new ArrayList<>(s.onChunk(json(
             "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}")));
         events.addAll(s.finish());
         for (var e : events) {
@@ -383,8 +383,8 @@ class AnthropicTranslatorTests {
     }
 
     /** All events, the events each upstream chunk produced (in order), and the notes. */
-    record Run(List<CopilotApi.ChatStreamToAnthropic.Event> events,
-        List<List<CopilotApi.ChatStreamToAnthropic.Event>> perChunk, List<String> notes) {}
+    record Run(List<CopilotApi.NamedEvent> events,
+        List<List<CopilotApi.NamedEvent>> perChunk, List<String> notes) {}
 
     static Upstream upstream(Path dir) {
         List<JsonNode> chunks = new ArrayList<>();
@@ -402,8 +402,8 @@ class AnthropicTranslatorTests {
         JsonNode context = context(dir);
         Upstream up = upstream(dir);
         var s = new CopilotApi.ChatStreamToAnthropic(context.path("requested_model").asText(DEFAULT_MODEL), toolNames(context), counter());
-        List<CopilotApi.ChatStreamToAnthropic.Event> events = new ArrayList<>();
-        List<List<CopilotApi.ChatStreamToAnthropic.Event>> perChunk = new ArrayList<>();
+        List<CopilotApi.NamedEvent> events = new ArrayList<>();
+        List<List<CopilotApi.NamedEvent>> perChunk = new ArrayList<>();
         for (JsonNode chunk : up.chunks()) {
             perChunk.add(s.onChunk(chunk));
             events.addAll(perChunk.get(perChunk.size() - 1));
@@ -469,7 +469,7 @@ class AnthropicTranslatorTests {
      * with stop_reason tool_use when a tool_use block was sent; one message_stop, last. A stream that breaks ends with
      * one error event and no message_stop.
      */
-    static void assertWellFormed(List<CopilotApi.ChatStreamToAnthropic.Event> events) {
+    static void assertWellFormed(List<CopilotApi.NamedEvent> events) {
         assertFalse(events.isEmpty(), "a stream sends at least one event");
         for (var e : events) assertEquals(e.name(), e.data().path("type").asText(), "data.type of " + e.name());
         boolean failed = events.get(events.size() - 1).name().equals("error");
@@ -633,7 +633,7 @@ class AnthropicTranslatorTests {
         if (!e.equals(a)) assertEquals(CopilotApi.Json.pretty(e), CopilotApi.Json.pretty(a), what);
     }
 
-    static JsonNode eventsAsJson(List<CopilotApi.ChatStreamToAnthropic.Event> events) {
+    static JsonNode eventsAsJson(List<CopilotApi.NamedEvent> events) {
         ArrayNode a = CopilotApi.Json.array();
         for (var e : events) a.addObject().put("event", e.name()).set("data", e.data());
         return a;
@@ -657,17 +657,17 @@ class AnthropicTranslatorTests {
     }
 
     /** "name {json}" per line, for hand-written event lists in tests. */
-    static List<CopilotApi.ChatStreamToAnthropic.Event> events(String text) {
-        List<CopilotApi.ChatStreamToAnthropic.Event> out = new ArrayList<>();
+    static List<CopilotApi.NamedEvent> events(String text) {
+        List<CopilotApi.NamedEvent> out = new ArrayList<>();
         for (String line : text.split("\n")) {
             int space = line.indexOf(' ');
-            out.add(new CopilotApi.ChatStreamToAnthropic.Event(line.substring(0, space), (ObjectNode) json(line.substring(space + 1))));
+            out.add(new CopilotApi.NamedEvent(line.substring(0, space), (ObjectNode) json(line.substring(space + 1))));
         }
         return out;
     }
 
-    static List<String> names(List<CopilotApi.ChatStreamToAnthropic.Event> events) {
-        return events.stream().map(CopilotApi.ChatStreamToAnthropic.Event::name).collect(Collectors.toList());
+    static List<String> names(List<CopilotApi.NamedEvent> events) {
+        return events.stream().map(CopilotApi.NamedEvent::name).collect(Collectors.toList());
     }
 
     static CopilotApi.ModelLimits limits(Path dir, JsonNode request) {
