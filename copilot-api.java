@@ -1109,13 +1109,17 @@ class CopilotApi implements Callable<Integer> {
             return new ApiError(403, "permission_error", "The request was not approved: " + why, null, "not_approved");
         }
 
-        /** The process's own terminal: a reader thread feeds typed lines into a queue. */
+        /**
+         * The process's own terminal: a reader thread feeds typed lines into a queue. It reads through
+         * console.reader(), not console.readLine(), which holds the console's write lock while it waits and
+         * so would block every question printed from another thread.
+         */
         static Terminal console(java.io.Console console) {
             java.util.concurrent.BlockingQueue<String> lines = new java.util.concurrent.LinkedBlockingQueue<>();
             Thread reader = new Thread(() -> {
-                try {
-                    for (String line = console.readLine(); line != null; line = console.readLine()) lines.add(line);
-                } catch (RuntimeException e) {
+                try (BufferedReader in = new BufferedReader(console.reader())) {
+                    for (String line = in.readLine(); line != null; line = in.readLine()) lines.add(line);
+                } catch (IOException | RuntimeException e) {
                     Logs.log().warn("stopped reading the terminal: {}", describe(e));
                 }
             }, "manual-approval");

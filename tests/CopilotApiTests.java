@@ -87,6 +87,7 @@ class CopilotApiTests {
         StatsTests.class,
         DashboardTests.class,
         GracefulStopTests.class,
+        TerminalTests.class,
         ProxyTests.class,
         CliTests.class,
         SdkTests.class);
@@ -97,7 +98,11 @@ class CopilotApiTests {
         List<Class<?>> selected = SUITES.stream()
             .filter(c -> args.length == 0 || Stream.of(args).anyMatch(a -> c.getSimpleName().contains(a))).toList();
         LauncherDiscoveryRequest request = LauncherDiscoveryRequestBuilder.request()
-            .selectors(selected.stream().map(DiscoverySelectors::selectClass).toList()).build();
+            .selectors(selected.stream().map(DiscoverySelectors::selectClass).toList())
+            // no test may hang a CI run: anything still running after ten minutes fails
+            .configurationParameter("junit.jupiter.execution.timeout.default", "10 m")
+            .configurationParameter("junit.jupiter.execution.timeout.thread.mode.default", "SEPARATE_THREAD")
+            .build();
         Launcher launcher = LauncherFactory.create();
         SummaryGeneratingListener summary = new SummaryGeneratingListener();
         launcher.execute(request, new LinePrinter(), summary);
@@ -1558,6 +1563,100 @@ class CopilotApiTests {
                 final String b = base;
                 assertThrows(IOException.class, () -> client.send(HttpRequest.newBuilder(URI.create(b + "/")).build(),
                     HttpResponse.BodyHandlers.ofString()), "no new connections after the stop");
+            }
+        }
+    }
+
+    /** What needs a real terminal (the numbered model prompt, --manual), run under script(1), which gives it a pty. */
+    @org.junit.jupiter.api.Timeout(value = 90, threadMode = org.junit.jupiter.api.Timeout.ThreadMode.SEPARATE_THREAD)
+    static final class TerminalTests {
+        /** copilot-api start under script(1): its output read line by line, its terminal typed into. */
+        static final class OnTerminal implements AutoCloseable {
+            final Process process;
+            final BufferedReader out;
+            final java.io.Writer keys;
+            final StringBuilder log = new StringBuilder();
+
+            OnTerminal(Map<String, String> env, String... startArgs) throws IOException {
+                org.junit.jupiter.api.Assumptions.assumeTrue(CopilotApi.Clipboard.onPath("script"), "no script(1) on PATH");
+                List<String> args = new ArrayList<>(List.of("start", "--port", "0", "--github-token", StubUpstream.VALID_GITHUB_TOKEN));
+                args.addAll(List.of(startArgs));
+                StringBuilder command = new StringBuilder();
+                for (String part : CliTests.command(args.toArray(String[]::new))) {
+                    command.append(CopilotApi.ClaudeCodeSetup.posixQuote(part)).append(' ');
+                }
+                ProcessBuilder pb = new ProcessBuilder("script", "-qfec", command.toString().trim(), "/dev/null").redirectErrorStream(true);
+                pb.environment().putAll(env);
+                process = pb.start();
+                out = new BufferedReader(new InputStreamReader(process.getInputStream(), UTF_8));
+                keys = new java.io.OutputStreamWriter(process.getOutputStream(), UTF_8);
+            }
+
+            /** Reads until the text shows up (prompts end without a newline, so this reads characters). */
+            String until(String text) throws IOException {
+                StringBuilder seen = new StringBuilder();
+                int c;
+                while ((c = out.read()) >= 0) {
+                    seen.append((char) c);
+                    log.append((char) c);
+                    if (seen.indexOf(text) >= 0) return seen.toString();
+                }
+                throw new AssertionError("never saw '" + text + "' in:\n" + log);
+            }
+
+            void type(String line) throws IOException {
+                keys.write(line + "\n");
+                keys.flush();
+            }
+
+            String baseUrl() throws IOException {
+                until("listening on http://");
+                String rest = until("\n");
+                return "http://" + rest.trim();
+            }
+
+            @Override
+            public void close() {
+                process.destroyForcibly();
+            }
+        }
+
+        @Test
+        void theClaudeCodePromptOffersNumberedModels() throws Exception {
+            try (StubUpstream stub = StubUpstream.start();
+                    OnTerminal t = new OnTerminal(CliTests.env(stub, Files.createTempDirectory("h")), "--claude-code", "--shell", "posix")) {
+                String menu = t.until("Number [");
+                assertTrue(menu.contains("Choose the main model for Claude Code:"), menu);
+                assertTrue(menu.matches("(?s).*\\s1\\) gpt-4\\.1.*"), menu);
+                t.type("1");
+                String second = t.until("Number [");
+                assertTrue(second.contains("small, fast model"), second);
+                t.type("");
+                String command = t.until("claude\r\n");
+                assertTrue(command.contains("ANTHROPIC_MODEL=gpt-4.1 "), command);
+                assertTrue(command.contains("ANTHROPIC_SMALL_FAST_MODEL=claude-haiku-4.5 "), "the default small model is the newest haiku: " + command);
+            }
+        }
+
+        @Test
+        void manualApprovalAsksAtTheTerminal() throws Exception {
+            try (StubUpstream stub = StubUpstream.start();
+                    OnTerminal t = new OnTerminal(CliTests.env(stub, Files.createTempDirectory("h")), "--manual")) {
+                String base = t.baseUrl();
+                HttpClient client = HttpClient.newHttpClient();
+                var pending = client.sendAsync(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
+                    .POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(), HttpResponse.BodyHandlers.ofString());
+                String question = t.until("[y/N] ");
+                assertTrue(question.contains("Allow POST /v1/chat/completions model=gpt-4.1 messages=1?"), question);
+                t.type("y");
+                assertEquals(200, pending.get(30, TimeUnit.SECONDS).statusCode());
+                pending = client.sendAsync(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
+                    .POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(), HttpResponse.BodyHandlers.ofString());
+                t.until("[y/N] ");
+                t.type("n");
+                HttpResponse<String> refused = pending.get(30, TimeUnit.SECONDS);
+                assertEquals(403, refused.statusCode());
+                assertEquals(1, stub.count("/chat/completions"));
             }
         }
     }
