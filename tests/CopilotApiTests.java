@@ -1162,10 +1162,11 @@ class CopilotApiTests {
             try (StubUpstream stub = StubUpstream.start()) {
                 Map<String, String> env = CliTests.env(stub, Files.createTempDirectory("h"));
                 try (CliTests.Started server = new CliTests.Started(env, "--claude-code", "--claude-code-model", "claude-sonnet-4.5",
-                        "--claude-code-small-model", "claude-haiku-4.5", "--shell", "posix")) {
+                        "--claude-code-small-model", "claude-haiku-4.5", "--shell", "posix", "--api-key", "cc-key")) {
                     String command = server.lineWith("ANTHROPIC_BASE_URL=");
                     assertNotNull(command, server.log.toString());
                     assertTrue(command.matches("ANTHROPIC_BASE_URL=http://127\\.0\\.0\\.1:\\d+ .*ANTHROPIC_MODEL=claude-sonnet-4\\.5 .*claude"), command);
+                    assertTrue(command.contains(" ANTHROPIC_AUTH_TOKEN=cc-key "), "the API key is Claude Code's token: " + command);
                 }
                 CliTests.Run bad = CliTests.cli(env, "start", "--port", "0", "--github-token", StubUpstream.VALID_GITHUB_TOKEN,
                     "--claude-code", "--claude-code-model", "nope", "--claude-code-small-model", "claude-haiku-4.5");
@@ -1894,6 +1895,25 @@ class CopilotApiTests {
                 Run wait = cli(env, "start", "--port", "0", "--wait", "--github-token", StubUpstream.VALID_GITHUB_TOKEN);
                 assertEquals(1, wait.exit());
                 assertTrue(wait.err().contains("--wait goes with --rate-limit"), wait.err());
+            }
+        }
+
+        @Test
+        void bindingBeyondLoopbackWithoutAKeyWarns() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Map<String, String> env = env(stub, Files.createTempDirectory("h"));
+                try (Started open = new Started(env, "--host", "0.0.0.0")) {
+                    String warning = open.lineWith("warning: listening on 0.0.0.0 without an API key");
+                    assertNotNull(warning, open.log.toString());
+                }
+                try (Started keyed = new Started(env, "--host", "0.0.0.0", "--api-key", "k")) {
+                    keyed.baseUrl();
+                    assertFalse(keyed.log.toString().contains("warning:"), keyed.log.toString());
+                }
+                try (Started local = new Started(env)) {
+                    local.baseUrl();
+                    assertFalse(local.log.toString().contains("warning:"), local.log.toString());
+                }
             }
         }
 
