@@ -2100,7 +2100,7 @@ class CopilotApi implements Callable<Integer> {
             if (e instanceof ApiError a) return a;
             if (e instanceof UpstreamException u) return fromUpstream(u);
             if (e instanceof UpstreamUnreachable u) return new ApiError(502, "api_error", u.getMessage());
-            if (e instanceof UserFacingException u) return new ApiError(500, "api_error", u.getMessage());
+            if (e instanceof UserFacingException u) return new ApiError(502, "api_error", u.getMessage());
             Logs.log().error("unexpected failure", e);
             return new ApiError(500, "api_error", "Internal error in copilot-api: " + describe(e));
         }

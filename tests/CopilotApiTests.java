@@ -466,6 +466,20 @@ class CopilotApiTests {
             }
         }
 
+        /** A GitHub token revoked mid-session: requests fail with a 502 that says why, and the server stays up. */
+        @Test
+        void aRevokedGitHubTokenIsReportedNotSwallowed() throws Exception {
+            try (Harness h = Harness.start()) {
+                h.stub.expireCopilotTokens();
+                h.stub.tokenExchangeStatus(401);
+                HttpResponse<String> r = h.post("/v1/chat/completions", ChatBehaviourTests.HI);
+                assertEquals(502, r.statusCode(), r.body());
+                assertTrue(json(r.body()).path("error").path("message").asText().contains("copilot-api auth"), r.body());
+                h.stub.tokenExchangeStatus(0);
+                assertEquals(200, h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode(), "recovers once GitHub does");
+            }
+        }
+
         @Test
         void exchangeFailuresExplainThemselves() throws Exception {
             try (StubUpstream stub = StubUpstream.start()) {
