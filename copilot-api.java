@@ -1066,10 +1066,11 @@ class CopilotApi implements Callable<Integer> {
 
         /** Where questions go and answers come from: the real terminal, or a script in tests. */
         interface Terminal {
-            void show(String text);
-
-            /** The next line typed, or null when none came in time. Earlier unread lines are discarded first. */
-            String answer(Duration timeout) throws InterruptedException;
+            /**
+             * Shows the question and returns the next line typed after it, or null when none came in time.
+             * Lines typed before the question are discarded, so a stray answer never approves a later request.
+             */
+            String ask(String question, Duration timeout) throws InterruptedException;
         }
 
         private final Terminal terminal;
@@ -1087,8 +1088,8 @@ class CopilotApi implements Callable<Integer> {
             try {
                 if (!lock.tryLock(timeout.toNanos(), TimeUnit.NANOSECONDS)) throw refused("no answer at the terminal within " + minutes());
                 try {
-                    terminal.show(String.format(Locale.ROOT, "%nAllow %s model=%s messages=%d? [y/N] ", request, model, messages));
-                    String answer = terminal.answer(Duration.ofNanos(Math.max(0, deadline - System.nanoTime())));
+                    String answer = terminal.ask(String.format(Locale.ROOT, "%nAllow %s model=%s messages=%d? [y/N] ", request, model, messages),
+                        Duration.ofNanos(Math.max(0, deadline - System.nanoTime())));
                     if (answer == null) throw refused("no answer at the terminal within " + minutes());
                     if (!answer.trim().toLowerCase(Locale.ROOT).matches("y|yes")) throw refused("refused at the terminal");
                 } finally {
@@ -1125,18 +1126,11 @@ class CopilotApi implements Callable<Integer> {
             }, "manual-approval");
             reader.setDaemon(true);
             reader.start();
-            return new Terminal() {
-                @Override
-                public void show(String text) {
-                    console.printf("%s", text);
-                    console.flush();
-                }
-
-                @Override
-                public String answer(Duration timeout) throws InterruptedException {
-                    lines.clear();
-                    return lines.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
-                }
+            return (question, timeout) -> {
+                lines.clear();
+                console.printf("%s", question);
+                console.flush();
+                return lines.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
             };
         }
     }

@@ -1432,12 +1432,8 @@ class CopilotApiTests {
             }
 
             @Override
-            public void show(String text) {
-                shown.add(text);
-            }
-
-            @Override
-            public String answer(Duration timeout) throws InterruptedException {
+            public String ask(String question, Duration timeout) throws InterruptedException {
+                shown.add(question);
                 maxAsking = Math.max(maxAsking, asking.incrementAndGet());
                 try {
                     Thread.sleep(100);
