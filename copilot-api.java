@@ -504,8 +504,8 @@ class CopilotApi implements Callable<Integer> {
             if ((main == null || small == null) && console == null) {
                 throw new UserFacingException("no terminal to ask on: pass --claude-code-model and --claude-code-small-model");
             }
-            String chosenMain = main != null ? check(ids, main) : ask(console, ids, "main model", preferred(ids, "sonnet"));
-            String chosenSmall = small != null ? check(ids, small) : ask(console, ids, "small, fast model", preferred(ids, "haiku"));
+            String chosenMain = main != null ? check(ids, main) : ask(console, ids, "main model", preferred(models, ids, "sonnet"));
+            String chosenSmall = small != null ? check(ids, small) : ask(console, ids, "small, fast model", preferred(models, ids, "haiku"));
             return new Choice(chosenMain, chosenSmall);
         }
 
@@ -514,19 +514,10 @@ class CopilotApi implements Callable<Integer> {
             return id;
         }
 
-        private static int preferred(List<String> ids, String family) {
-            int best = 0;
-            int[] bestVersion = null;
-            for (int i = 0; i < ids.size(); i++) {
-                String id = ids.get(i);
-                if (!id.startsWith("claude") || !id.contains(family)) continue;
-                int[] v = ModelResolver.version(id);
-                if (bestVersion == null || ModelResolver.compare(v, bestVersion) > 0) {
-                    best = i;
-                    bestVersion = v;
-                }
-            }
-            return best;
+        /** The default answer: the newest model of the family, as the family name alone resolves, else the first. */
+        private static int preferred(ModelCatalog models, List<String> ids, String family) {
+            return ModelResolver.familyMember(models.list(), family)
+                .map(m -> Math.max(0, ids.indexOf(m.path("id").asText()))).orElse(0);
         }
 
         private static String ask(java.io.Console console, List<String> ids, String what, int defaultIndex) {
@@ -5254,7 +5245,6 @@ class CopilotApi implements Callable<Integer> {
         static final List<String> FIELDS = List.of("model", "messages", "system", "max_tokens", "stop_sequences", "stream",
             "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking");
         static final List<String> TOOL_FIELDS = List.of("name", "description", "input_schema", "cache_control");
-        static final String BILLING_HEADER = AnthropicToChat.BILLING_HEADER;
 
         static Prepared prepare(ObjectNode in, String upstreamModel, JsonNode model) {
             List<String> notes = new ArrayList<>();
@@ -5275,15 +5265,21 @@ class CopilotApi implements Callable<Integer> {
             return new Prepared(out, notes);
         }
 
+        /** The billing-header line goes, the same way the translator removes it; a block left empty goes too. */
         static void stripBillingHeader(ObjectNode body) {
             JsonNode system = body.get("system");
             if (system == null) return;
-            if (system.isTextual() && system.asText().startsWith(BILLING_HEADER)) {
-                body.remove("system");
+            if (system.isTextual()) {
+                String text = AnthropicToChat.withoutBillingHeader(system.asText());
+                if (text.isBlank()) body.remove("system");
+                else body.put("system", text);
             } else if (system.isArray()) {
                 ArrayNode kept = Json.array();
                 for (JsonNode block : system) {
-                    if (!block.path("text").asText("").startsWith(BILLING_HEADER)) kept.add(block);
+                    String text = block.path("text").asText("");
+                    String cleaned = AnthropicToChat.withoutBillingHeader(text);
+                    if (cleaned.equals(text)) kept.add(block);
+                    else if (!cleaned.isBlank()) kept.add(((ObjectNode) block).deepCopy().put("text", cleaned));
                 }
                 if (kept.isEmpty()) body.remove("system");
                 else body.set("system", kept);

@@ -1012,6 +1012,20 @@ class CopilotApiTests {
         }
 
         @Test
+        void aBillingHeaderLineIsRemovedButTheInstructionsAfterItStay() throws Exception {
+            String body = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":50,\"system\":\"x-anthropic-billing-header: cc_version=1;\\nBe brief.\","
+                + "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+            assertEquals(200, messages(body).statusCode());
+            assertEquals("Be brief.", h.stub.last("/v1/messages").json().path("system").asText());
+            String blocks = body.replace("\"system\":\"x-anthropic-billing-header: cc_version=1;\\nBe brief.\"",
+                "\"system\":[{\"type\":\"text\",\"text\":\"x-anthropic-billing-header: cc_version=1;\\nBe brief.\",\"cache_control\":{\"type\":\"ephemeral\"}}]");
+            assertEquals(200, messages(blocks).statusCode());
+            JsonNode system = h.stub.last("/v1/messages").json().path("system");
+            assertEquals("Be brief.", system.get(0).path("text").asText());
+            assertEquals("ephemeral", system.get(0).path("cache_control").path("type").asText());
+        }
+
+        @Test
         void agentInitiatorAndVisionForAToolResultWithAnImage() throws Exception {
             String body = "{\"model\":\"claude-haiku-4-5-20251001\",\"max_tokens\":100,\"messages\":[{\"role\":\"user\",\"content\":\"look\"},"
                 + "{\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"Read\",\"input\":{}}]},"
