@@ -5561,12 +5561,9 @@ class CopilotApi implements Callable<Integer> {
 
         /** The exchange itself: GET {github_api}/copilot_internal/v2/token. */
         CopilotToken exchange() {
-            URI uri = URI.create(settings.githubApiUrl() + "/copilot_internal/v2/token");
-            HttpRequest.Builder b = Http.builder(uri).timeout(Duration.ofSeconds(30)).GET()
-                .header("authorization", "token " + githubToken)
-                .header("accept", "application/json");
-            settings.editor().applyTo(b);
-            HttpResponse<InputStream> response = http.send(b.build());
+            HttpRequest request = GitHubAuth.apiGet(settings, "/copilot_internal/v2/token", githubToken);
+            URI uri = request.uri();
+            HttpResponse<InputStream> response = http.send(request);
             String body = Http.readLimited(response, 1024 * 1024);
             int status = response.statusCode();
             if (status == 401) throw new UserFacingException("GitHub rejected the GitHub token (401 at " + uri
@@ -5985,14 +5982,18 @@ class CopilotApi implements Callable<Integer> {
                 + Redact.shorten(text)));
         }
 
-        /** GET {github_api}/copilot_internal/user: plan, reset date and quota snapshots. */
-        JsonNode usage(String githubToken) {
-            URI uri = URI.create(settings.githubApiUrl() + "/copilot_internal/user");
-            HttpRequest.Builder b = Http.builder(uri).timeout(Duration.ofSeconds(30)).GET()
+        /** A GET on the GitHub API as the editor makes it: the GitHub token, JSON, the editor headers. */
+        static HttpRequest apiGet(Settings settings, String path, String githubToken) {
+            HttpRequest.Builder b = Http.builder(URI.create(settings.githubApiUrl() + path)).timeout(Duration.ofSeconds(30)).GET()
                 .header("authorization", "token " + githubToken)
                 .header("accept", "application/json");
             settings.editor().applyTo(b);
-            HttpResponse<InputStream> response = http.send(b.build());
+            return b.build();
+        }
+
+        /** GET {github_api}/copilot_internal/user: plan, reset date and quota snapshots. */
+        JsonNode usage(String githubToken) {
+            HttpResponse<InputStream> response = http.send(apiGet(settings, "/copilot_internal/user", githubToken));
             String text = Http.readLimited(response, 4 * 1024 * 1024);
             if (response.statusCode() >= 400) throw new UpstreamException(response.statusCode(), text, response.headers());
             return Json.tryParse(text).orElseThrow(() -> new UserFacingException("GitHub's usage answer is not JSON"));
