@@ -3,6 +3,7 @@
 // MODEL picks the route: a Claude model goes to Copilot's native /v1/messages, others through the
 // chat-completions translator. Prints one line per check and "N passed, N failed"; exits 1 on failure.
 import assert from "node:assert/strict";
+import { runChecks } from "./run-checks.mjs";
 import Anthropic from "@anthropic-ai/sdk";
 
 const model = process.env.MODEL;
@@ -95,16 +96,4 @@ const checks = {
 // The stub only thinks as Claude models do; other models' thinking is checked in the translator's fixtures.
 if (process.env.THINKS === "0") delete checks["thinking comes back as a thinking block with a signature"];
 
-let passed = 0, failed = 0;
-for (const [name, check] of Object.entries(checks)) {
-  try {
-    await check();
-    passed++;
-    console.log(`ok   [${model}] ${name}`);
-  } catch (e) {
-    failed++;
-    console.log(`FAIL [${model}] ${name}: ${e && e.stack ? e.stack : e}`);
-  }
-}
-console.log(`anthropic-sdk: ${passed} passed, ${failed} failed`);
-process.exit(failed ? 1 : 0);
+await runChecks("anthropic-sdk", `[${model}] `, checks);

@@ -2,6 +2,7 @@
 // test stub (tests/StubUpstream.java). Usage: BASE_URL=http://127.0.0.1:PORT/v1 node openai-e2e.mjs
 // Prints one line per check and a closing "N passed, N failed" line; exits 1 on any failure.
 import assert from "node:assert/strict";
+import { runChecks } from "./run-checks.mjs";
 import OpenAI from "openai";
 
 const client = new OpenAI({ baseURL: process.env.BASE_URL, apiKey: "unused", maxRetries: 0 });
@@ -111,16 +112,4 @@ const checks = {
   },
 };
 
-let passed = 0, failed = 0;
-for (const [name, check] of Object.entries(checks)) {
-  try {
-    await check();
-    passed++;
-    console.log(`ok   ${name}`);
-  } catch (e) {
-    failed++;
-    console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
-  }
-}
-console.log(`openai-sdk: ${passed} passed, ${failed} failed`);
-process.exit(failed ? 1 : 0);
+await runChecks("openai-sdk", "", checks);

@@ -4,6 +4,7 @@
 // A responses-only model is forwarded to Copilot's /responses; a chat model goes through the translator.
 // Prints one line per check and "N passed, N failed"; exits 1 on any failure.
 import assert from "node:assert/strict";
+import { runChecks } from "./run-checks.mjs";
 import OpenAI from "openai";
 
 const model = process.env.MODEL;
@@ -90,16 +91,4 @@ if (process.env.REASONS === "1") {
   };
 }
 
-let passed = 0, failed = 0;
-for (const [name, check] of Object.entries(checks)) {
-  try {
-    await check();
-    passed++;
-    console.log(`ok   [${model}] ${name}`);
-  } catch (e) {
-    failed++;
-    console.log(`FAIL [${model}] ${name}: ${e && e.stack ? e.stack : e}`);
-  }
-}
-console.log(`responses-sdk: ${passed} passed, ${failed} failed`);
-process.exit(failed ? 1 : 0);
+await runChecks("responses-sdk", `[${model}] `, checks);
