@@ -300,8 +300,9 @@ class CopilotApi implements Callable<Integer> {
 
         static void install(Server server, CopilotTokens tokens) {
             Runnable stop = () -> {
-                Logs.log().info("stopping: no new connections; waiting up to {}s for running requests", GRACE.toSeconds());
+                Logs.log().info("stopping: no new connections; waiting up to {}s for {} running request(s)", GRACE.toSeconds(), server.running());
                 server.drain(GRACE);
+                Logs.log().info("stopped, {} request(s) still running", server.running());
                 server.stop();
                 tokens.close();
             };
@@ -814,6 +815,10 @@ class CopilotApi implements Callable<Integer> {
         void stop() {
             app.stop();
             stopped.countDown();
+        }
+
+        int running() {
+            return inFlight.get();
         }
 
         /** Stops accepting connections, then waits up to the timeout for running requests (streams) to finish. */

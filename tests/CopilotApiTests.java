@@ -1584,12 +1584,18 @@ class CopilotApiTests {
                     HttpResponse.BodyHandlers.ofInputStream());
                 BufferedReader stream = new BufferedReader(new InputStreamReader(r.body(), UTF_8));
                 assertNotNull(stream.readLine());
-                p.destroy();
+                p.toHandle().destroy(); // SIGTERM; Process.destroy() would also close our end of its output
                 StringBuilder rest = new StringBuilder();
-                for (String line = stream.readLine(); line != null; line = stream.readLine()) rest.append(line).append('\n');
-                assertTrue(rest.toString().contains("data: [DONE]"), "the running stream finished: " + rest);
+                try {
+                    for (String line = stream.readLine(); line != null; line = stream.readLine()) rest.append(line).append('\n');
+                } catch (IOException cut) {
+                    rest.append("(cut: ").append(cut).append(")\n");
+                }
+                server.awaitEnd();
                 assertTrue(p.waitFor(20, TimeUnit.SECONDS));
-                assertEquals(0, p.exitValue());
+                assertTrue(rest.toString().contains("data: [DONE]"), "the running stream finished: " + rest + "\nserver:\n" + server.log);
+                assertEquals(0, p.exitValue(), server.log.toString());
+                assertTrue(server.log.toString().contains("waiting up to 10s for 1 running request(s)"), server.log.toString());
                 final String b = base;
                 assertThrows(IOException.class, () -> client.send(HttpRequest.newBuilder(URI.create(b + "/")).build(),
                     HttpResponse.BodyHandlers.ofString()), "no new connections after the stop");
@@ -1759,9 +1765,11 @@ class CopilotApiTests {
 
         /** `copilot-api start --port 0` with the stub's token, as its own process, its output read line by line. */
         static final class Started implements AutoCloseable {
+            private static final String END = "\u0000end of output";
             final Process process;
-            final BufferedReader out;
-            final StringBuilder log = new StringBuilder();
+            /** Everything the process printed so far, as lines. */
+            final StringBuffer log = new StringBuffer();
+            private final java.util.concurrent.BlockingQueue<String> lines = new java.util.concurrent.LinkedBlockingQueue<>();
 
             Started(Map<String, String> env, String... extraArgs) throws IOException {
                 List<String> args = new ArrayList<>(List.of("start", "--port", "0", "--github-token", StubUpstream.VALID_GITHUB_TOKEN));
@@ -1769,19 +1777,40 @@ class CopilotApiTests {
                 ProcessBuilder pb = new ProcessBuilder(command(args.toArray(String[]::new))).redirectErrorStream(true);
                 pb.environment().putAll(env);
                 process = pb.start();
-                out = new BufferedReader(new InputStreamReader(process.getInputStream(), UTF_8));
+                // one reader from start to end, so output is never lost, whenever the test looks at it
+                Thread pump = new Thread(() -> {
+                    try (BufferedReader out = new BufferedReader(new InputStreamReader(process.getInputStream(), UTF_8))) {
+                        for (String line = out.readLine(); line != null; line = out.readLine()) {
+                            log.append(line).append('\n');
+                            lines.add(line);
+                        }
+                    } catch (IOException e) {
+                        log.append("(output unreadable: ").append(e).append(")\n");
+                    } finally {
+                        lines.add(END);
+                    }
+                }, "started-output");
+                pump.setDaemon(true);
+                pump.start();
             }
 
             /** The first line (from here on) that contains the text, or null at the end of the output. */
-            String lineWith(String text) throws IOException {
-                for (String line = out.readLine(); line != null; line = out.readLine()) {
-                    log.append(line).append('\n');
+            String lineWith(String text) throws InterruptedException {
+                for (String line = lines.take(); !line.equals(END); line = lines.take()) {
                     if (line.contains(text)) return line;
                 }
+                lines.add(END);
                 return null;
             }
 
-            String baseUrl() throws IOException {
+            /** Waits for the process to end and for all of its output to be read. */
+            void awaitEnd() throws InterruptedException {
+                while (lineWith("\u0000") != null) {
+                    continue;
+                }
+            }
+
+            String baseUrl() throws InterruptedException {
                 String line = lineWith("listening on http://");
                 assertNotNull(line, log.toString());
                 return line.substring(line.indexOf("http://")).trim();
