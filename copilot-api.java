@@ -212,6 +212,14 @@ class CopilotApi implements Callable<Integer> {
             description = "Require this key (x-api-key or Authorization: Bearer) on every route but the dashboard page; repeatable (also env COPILOT_API_KEYS=k1,k2).")
         List<String> apiKeys;
 
+        @Option(names = "--allowed-host", paramLabel = "NAME",
+            description = "Also serve requests whose Host header names NAME (besides localhost, IP addresses and --host); repeatable (also env COPILOT_API_ALLOWED_HOSTS=a,b).")
+        List<String> allowedHosts;
+
+        @Option(names = "--cors-origin", paramLabel = "ORIGIN",
+            description = "Let web pages from ORIGIN (e.g. http://localhost:3000) call the API, with CORS; repeatable (also env COPILOT_API_CORS_ORIGINS=a,b).")
+        List<String> corsOrigins;
+
         @Option(names = {"-r", "--rate-limit"}, paramLabel = "SECONDS",
             description = "At least this many seconds between requests that invoke a model.")
         Double rateLimit;
@@ -264,6 +272,10 @@ class CopilotApi implements Callable<Integer> {
             if (rateLimit != null && (rateLimit <= 0 || rateLimit.isNaN())) throw new UserFacingException("--rate-limit must be a positive number of seconds");
             if (waitForTurn && rateLimit == null) throw new UserFacingException("--wait goes with --rate-limit");
             if (manual && System.console() == null) throw new UserFacingException("--manual needs a terminal to ask on, and there is none");
+            BrowserGuard guard = BrowserGuard.from(host, allowedHosts, corsOrigins, settings.env());
+            if (guard.allowsAnyOrigin() && !ApiKeys.from(apiKeys, settings.env()).enabled()) {
+                throw new UserFacingException("--cors-origin '*' lets every web page spend your quota; it needs --api-key");
+            }
             Http http = Http.create(settings);
             GitHubAuth auth = new GitHubAuth(settings, http);
             GitHubToken github = auth.tokenOrLogin(Console.system());
@@ -274,7 +286,7 @@ class CopilotApi implements Callable<Integer> {
             models.refreshQuietly();
             ModelRouting routing = ModelRouting.from(modelMap, fallbackModel, System.getenv());
             Controls controls = controls(settings);
-            Server server = Server.start(new ServerOptions(host, port, routing, controls), settings, copilot, models, auth, github);
+            Server server = Server.start(new ServerOptions(host, port, routing, controls, guard), settings, copilot, models, auth, github);
             GracefulStop.install(server, tokens);
             System.out.println("copilot-api " + VERSION + " listening on " + server.baseUrl());
             System.out.println("  OpenAI base URL:    " + server.baseUrl() + "/v1");
@@ -635,6 +647,14 @@ class CopilotApi implements Callable<Integer> {
         static String trimSlash(String s) {
             return s.endsWith("/") ? s.substring(0, s.length() - 1) : s;
         }
+
+        /** A repeatable option and its comma-separated environment variable: the variable's entries first. */
+        static List<String> listOption(String envValue, List<String> options) {
+            List<String> out = new ArrayList<>();
+            for (String e : Optional.ofNullable(envValue).orElse("").split(",")) if (!e.isBlank()) out.add(e.trim());
+            if (options != null) for (String o : options) if (o != null && !o.isBlank()) out.add(o.trim());
+            return out;
+        }
     }
 
     /** The editor identity Copilot requires on every call; versions overridable by environment. */
@@ -670,7 +690,11 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    record ServerOptions(String host, int port, ModelRouting routing, Controls controls) {
+    record ServerOptions(String host, int port, ModelRouting routing, Controls controls, BrowserGuard guard) {
+        ServerOptions(String host, int port, ModelRouting routing, Controls controls) {
+            this(host, port, routing, controls, BrowserGuard.loopback(host));
+        }
+
         ServerOptions(String host, int port) {
             this(host, port, ModelRouting.NONE, Controls.none());
         }
@@ -682,10 +706,7 @@ class CopilotApi implements Callable<Integer> {
 
         static ModelRouting from(List<String> mapOptions, String fallbackOption, Map<String, String> env) {
             Map<String, String> map = new LinkedHashMap<>();
-            List<String> entries = new ArrayList<>();
-            for (String e : env.getOrDefault("COPILOT_API_MODEL_MAP", "").split(",")) if (!e.isBlank()) entries.add(e.trim());
-            if (mapOptions != null) entries.addAll(mapOptions);
-            for (String e : entries) {
+            for (String e : Settings.listOption(env.get("COPILOT_API_MODEL_MAP"), mapOptions)) {
                 int eq = e.indexOf('=');
                 if (eq <= 0 || eq == e.length() - 1) throw new UserFacingException("--model-map takes FROM=TO, got '" + e + "'");
                 map.put(e.substring(0, eq).trim(), e.substring(eq + 1).trim());
@@ -774,7 +795,16 @@ class CopilotApi implements Callable<Integer> {
                 });
                 cfg.routes.before(ctx -> {
                     inFlight.incrementAndGet();
+                    try {
+                        options.guard().check(ctx);
+                    } catch (ApiError refused) {
+                        controls.stats().refused(refused.code());
+                        Exchange.of(ctx).note("refused: " + refused.code());
+                        throw refused;
+                    }
+                    if (ctx.attribute(BrowserGuard.PREFLIGHT) != null) return;
                     controls.keys().check(ctx);
+                    Requests.checkBody(ctx);
                 });
                 cfg.routes.get("/", Dashboard::root);
                 cfg.routes.get("/dashboard", Dashboard::page);
@@ -948,6 +978,144 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
+    /**
+     * What a web page must not reach. DNS rebinding leaves one trace, the Host header, so only the names the
+     * server was bound for are served; a browser marks cross-site requests with Origin and Sec-Fetch-Site, so
+     * those are refused unless --cors-origin allows the origin, and then preflights are answered for it.
+     */
+    static final class BrowserGuard {
+        static final String ALLOW_HEADERS = "authorization, content-type, x-api-key, anthropic-version, anthropic-beta, "
+            + "anthropic-dangerous-direct-browser-access, openai-organization, openai-project, x-stainless-arch, x-stainless-lang, "
+            + "x-stainless-os, x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, "
+            + "x-stainless-runtime-version, x-stainless-timeout, x-stainless-helper-method";
+        private static final Pattern IPV4 = Pattern.compile("\\d{1,3}(\\.\\d{1,3}){3}");
+
+        private final Set<String> hosts;
+        private final Set<String> origins;
+
+        BrowserGuard(Set<String> hosts, Set<String> origins) {
+            this.hosts = Set.copyOf(hosts);
+            this.origins = Set.copyOf(origins);
+        }
+
+        /** localhost and the loopback literals, the bound address, --allowed-host names; --cors-origin origins. */
+        static BrowserGuard from(String bindHost, List<String> allowedHosts, List<String> corsOrigins, Map<String, String> env) {
+            Set<String> hosts = new LinkedHashSet<>(List.of("localhost", "127.0.0.1", "[::1]"));
+            hosts.add(hostName(bindHost.contains(":") && !bindHost.startsWith("[") ? "[" + bindHost + "]" : bindHost));
+            for (String h : Settings.listOption(env.get("COPILOT_API_ALLOWED_HOSTS"), allowedHosts)) hosts.add(hostName(h));
+            Set<String> origins = new LinkedHashSet<>();
+            for (String o : Settings.listOption(env.get("COPILOT_API_CORS_ORIGINS"), corsOrigins)) origins.add(origin(o));
+            return new BrowserGuard(hosts, origins);
+        }
+
+        static BrowserGuard loopback(String bindHost) {
+            return from(bindHost, List.of(), List.of(), Map.of());
+        }
+
+        boolean allowsAnyOrigin() {
+            return origins.contains("*");
+        }
+
+        /** The host part of a Host header or a name, lower case, without port, brackets kept for IPv6. */
+        static String hostName(String hostHeader) {
+            String h = hostHeader.trim().toLowerCase(Locale.ROOT);
+            if (h.startsWith("[")) {
+                int end = h.indexOf(']');
+                return end < 0 ? h : h.substring(0, end + 1);
+            }
+            int colon = h.indexOf(':');
+            if (colon >= 0) h = h.substring(0, colon);
+            return h.endsWith(".") ? h.substring(0, h.length() - 1) : h;
+        }
+
+        static String origin(String o) {
+            String v = o.trim().toLowerCase(Locale.ROOT);
+            if (v.equals("*")) return v;
+            if (!v.startsWith("http://") && !v.startsWith("https://")) {
+                throw new UserFacingException("--cors-origin takes an origin such as http://localhost:3000, got '" + o + "'");
+            }
+            return Settings.trimSlash(v);
+        }
+
+        /**
+         * An IP literal cannot be a rebinding: a page whose address is ours was served by us. Names are the
+         * rebinding vector, so only the known ones pass.
+         */
+        boolean allowsHost(String hostHeader) {
+            if (hostHeader == null || hostHeader.isBlank()) return true;
+            String h = hostName(hostHeader);
+            return hosts.contains(h) || IPV4.matcher(h).matches() || (h.startsWith("[") && h.endsWith("]"));
+        }
+
+        /** Runs before every route: refuses foreign hosts and cross-site requests, answers allowed preflights. */
+        void check(Context ctx) {
+            String host = ctx.header("host");
+            if (!allowsHost(host)) {
+                throw new ApiError(403, "permission_error", "copilot-api does not serve the host '" + hostName(host)
+                    + "' (a web page may be trying DNS rebinding); if you reach this server by that name, start it with --allowed-host "
+                    + hostName(host), null, "host_not_allowed");
+            }
+            String origin = ctx.header("origin");
+            if (origin != null && !isOwnOrigin(origin, host)) {
+                String o = origin.trim().toLowerCase(Locale.ROOT);
+                if (!origins.contains(o) && !allowsAnyOrigin()) {
+                    throw new ApiError(403, "permission_error", "copilot-api refuses requests from the web origin " + origin
+                        + "; to let that page use this server, start it with --cors-origin " + origin, null, "origin_not_allowed");
+                }
+                allowCors(ctx, origin);
+                if (isPreflight(ctx)) {
+                    answerPreflight(ctx);
+                    return;
+                }
+            } else if (origin == null && crossSite(ctx) && !isNavigationToPage(ctx)) {
+                throw new ApiError(403, "permission_error", "copilot-api refuses cross-site requests from web pages", null,
+                    "origin_not_allowed");
+            }
+        }
+
+        private static boolean isOwnOrigin(String origin, String host) {
+            if (host == null) return false;
+            String o = origin.trim().toLowerCase(Locale.ROOT);
+            String h = host.trim().toLowerCase(Locale.ROOT);
+            return o.equals("http://" + h) || o.equals("https://" + h);
+        }
+
+        private static boolean crossSite(Context ctx) {
+            String site = Optional.ofNullable(ctx.header("sec-fetch-site")).orElse("").trim().toLowerCase(Locale.ROOT);
+            return site.equals("cross-site") || site.equals("same-site");
+        }
+
+        /** A link to the dashboard from another page only opens it; the page itself reads nothing cross-site. */
+        private static boolean isNavigationToPage(Context ctx) {
+            return Dashboard.isPage(ctx) && "navigate".equalsIgnoreCase(ctx.header("sec-fetch-mode"));
+        }
+
+        private static boolean isPreflight(Context ctx) {
+            return ctx.method() == io.javalin.http.HandlerType.OPTIONS && ctx.header("access-control-request-method") != null;
+        }
+
+        private static void allowCors(Context ctx, String origin) {
+            ctx.header("Access-Control-Allow-Origin", origin);
+            ctx.header("Vary", "Origin");
+            ctx.header("Access-Control-Expose-Headers", "retry-after, x-request-id, request-id");
+        }
+
+        private static void answerPreflight(Context ctx) {
+            ctx.header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
+            String asked = ctx.header("access-control-request-headers");
+            ctx.header("Access-Control-Allow-Headers", asked != null && !asked.isBlank() ? asked : ALLOW_HEADERS);
+            ctx.header("Access-Control-Max-Age", "600");
+            if ("true".equalsIgnoreCase(ctx.header("access-control-request-private-network"))) {
+                ctx.header("Access-Control-Allow-Private-Network", "true");
+            }
+            ctx.status(204);
+            ctx.attribute(PREFLIGHT, true);
+            ctx.skipRemainingHandlers();
+        }
+
+        static final String PREFLIGHT = "copilot-api.preflight";
+    }
+
     /** --api-key / COPILOT_API_KEYS: every route but the dashboard page wants one, as x-api-key or a bearer token. */
     static final class ApiKeys {
         static final ApiKeys NONE = new ApiKeys(List.of());
@@ -960,10 +1128,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         static ApiKeys from(List<String> options, Map<String, String> env) {
-            List<String> keys = new ArrayList<>();
-            for (String k : env.getOrDefault("COPILOT_API_KEYS", "").split(",")) if (!k.isBlank()) keys.add(k.trim());
-            if (options != null) keys.addAll(options);
-            return new ApiKeys(keys);
+            return new ApiKeys(Settings.listOption(env.get("COPILOT_API_KEYS"), options));
         }
 
         boolean enabled() {
@@ -1140,6 +1305,8 @@ class CopilotApi implements Callable<Integer> {
 
         private final Instant since = Instant.now();
         private final Map<String, ModelStats> models = new java.util.concurrent.ConcurrentSkipListMap<>();
+        /** Requests the browser guard turned away, by reason: a web page trying its luck shows here. */
+        private final Map<String, java.util.concurrent.atomic.LongAdder> refused = new java.util.concurrent.ConcurrentSkipListMap<>();
 
         static final class ModelStats {
             long requests;
@@ -1179,9 +1346,15 @@ class CopilotApi implements Callable<Integer> {
                 .add(status >= 400 || e.failedInStream, e.inputTokens, e.outputTokens, ms);
         }
 
+        void refused(String reason) {
+            refused.computeIfAbsent(reason, r -> new java.util.concurrent.atomic.LongAdder()).increment();
+        }
+
         ObjectNode snapshot() {
             ObjectNode o = Json.object();
             o.put("since", since.toString());
+            ObjectNode turnedAway = o.putObject("refused");
+            refused.forEach((reason, n) -> turnedAway.put(reason, n.sum()));
             o.put("uptime_seconds", Duration.between(since, Instant.now()).toSeconds());
             ArrayNode list = o.putArray("models");
             long requests = 0, errors = 0, in = 0, out = 0;
@@ -1346,6 +1519,7 @@ class CopilotApi implements Callable<Integer> {
             ObjectNode body = Requests.jsonObject(ctx);
             String model = Requests.requireText(body, "model");
             JsonNode messages = Requests.requireArray(body, "messages");
+            Requests.chat(body);
             boolean viaResponses = up.models().servedOnlyOn(model, ResponsesRoutes.RESPONSES);
             if (!viaResponses) up.models().requireEndpoint(model, CHAT);
             Exchange.of(ctx).model(model, model).route(viaResponses ? "translated" : "passthrough");
@@ -1360,7 +1534,7 @@ class CopilotApi implements Callable<Integer> {
             if (ModelLimits.wantsMaxCompletionTokens(model) && body.has("max_tokens") && !body.has("max_completion_tokens")) {
                 body.set("max_completion_tokens", body.remove("max_tokens"));
             }
-            if (!body.path("stream").asBoolean(false)) {
+            if (!Requests.stream(body)) {
                 JsonNode answer = up.copilot().postJson(CHAT, body, call);
                 Exchange.of(ctx).chatUsage(answer.path("usage"));
                 Requests.logBody("chat answer", answer);
@@ -1381,7 +1555,7 @@ class CopilotApi implements Callable<Integer> {
             t.body().put("model", model);
             t.notes().forEach(n -> Logs.log().info("{}: {}", CHAT, n));
             Requests.logBody("translated responses request", t.body());
-            if (!body.path("stream").asBoolean(false)) {
+            if (!Requests.stream(body)) {
                 JsonNode answer = up.copilot().postJson(ResponsesRoutes.RESPONSES, t.body(), call);
                 JsonNode chat = ResponsesToChat.response(answer, model);
                 Exchange.of(ctx).chatUsage(chat.path("usage"));
@@ -1508,11 +1682,12 @@ class CopilotApi implements Callable<Integer> {
             if (!maxTokens.canConvertToInt() || !maxTokens.isIntegralNumber() || maxTokens.asInt() < 1) {
                 throw new ApiError(400, "invalid_request_error", "max_tokens: must be a positive integer", "max_tokens", null);
             }
+            Requests.anthropic(body);
             ModelResolver.Resolution model = resolve(ctx, requested);
             up.controls().admit(ctx, requested, messages.size());
             Requests.logBody("messages request", body);
             List<String> endpoints = ModelResolver.endpoints(model.model());
-            boolean stream = body.path("stream").asBoolean(false);
+            boolean stream = Requests.stream(body);
             if (endpoints.contains(MESSAGES)) {
                 Exchange.of(ctx).route("native");
                 forward(ctx, body, model, messages, stream);
@@ -1532,6 +1707,7 @@ class CopilotApi implements Callable<Integer> {
             ObjectNode body = Requests.jsonObject(ctx);
             String requested = Requests.requireText(body, "model");
             Requests.requireArray(body, "messages");
+            Requests.anthropic(body);
             ModelResolver.Resolution model = resolve(ctx, requested);
             int tokens;
             try {
@@ -1681,6 +1857,7 @@ class CopilotApi implements Callable<Integer> {
             if (!input.isTextual() && !input.isArray()) {
                 throw new ApiError(400, "invalid_request_error", "'input' must be a string or an array of input items", "input", null);
             }
+            Requests.responses(body);
             ModelResolver.Resolution model = ModelResolver.resolve(requested, false, up.models().list(), routing);
             Exchange.of(ctx).model(requested, model.upstream());
             List<String> endpoints = ModelResolver.endpoints(model.model());
@@ -1693,7 +1870,7 @@ class CopilotApi implements Callable<Integer> {
             up.controls().admit(ctx, requested, input.isArray() ? input.size() : 1);
             Requests.logBody("responses request", body);
             CallOptions call = new CallOptions(Initiator.ofResponsesInput(input), Json.containsImage(input));
-            boolean stream = body.path("stream").asBoolean(false);
+            boolean stream = Requests.stream(body);
             if (native_) forward(ctx, body, model.upstream(), call, stream);
             else translate(ctx, body, model.upstream(), call, stream);
         }
@@ -1940,8 +2117,37 @@ class CopilotApi implements Callable<Integer> {
 
     /** Reading and checking request bodies; every failure here is a 400 before any upstream call. */
     static final class Requests {
+        /** Every POST route takes JSON: a form or text/plain body is what a web page can send without asking. */
+        static void checkBody(Context ctx) {
+            if (ctx.method() != io.javalin.http.HandlerType.POST) return;
+            String type = Optional.ofNullable(ctx.header("content-type")).orElse("");
+            String media = type.split(";", 2)[0].trim().toLowerCase(Locale.ROOT);
+            if (!media.equals("application/json")) {
+                throw new ApiError(415, "invalid_request_error", "The request body must be JSON sent with Content-Type: application/json"
+                    + (media.isEmpty() ? "" : ", not " + media), null, "unsupported_media_type");
+            }
+            long length = ctx.req().getContentLengthLong();
+            if (length > Server.MAX_REQUEST_BYTES) throw tooLarge();
+        }
+
+        static ApiError tooLarge() {
+            return new ApiError(413, "invalid_request_error", "The request body is larger than copilot-api accepts ("
+                + Server.MAX_REQUEST_BYTES / (1024 * 1024) + " MB)", null, "request_too_large");
+        }
+
+        /** The body, read up to the limit whatever Content-Length said (a chunked body has none). */
+        static byte[] body(Context ctx) {
+            try (InputStream in = ctx.req().getInputStream()) {
+                byte[] raw = in.readNBytes((int) Server.MAX_REQUEST_BYTES + 1);
+                if (raw.length > Server.MAX_REQUEST_BYTES) throw tooLarge();
+                return raw;
+            } catch (IOException e) {
+                throw new ApiError(400, "invalid_request_error", "The request body could not be read: " + describe(e));
+            }
+        }
+
         static ObjectNode jsonObject(Context ctx) {
-            byte[] raw = ctx.bodyAsBytes();
+            byte[] raw = body(ctx);
             if (raw.length == 0) throw new ApiError(400, "invalid_request_error", "The request body is empty; expected a JSON object");
             JsonNode node;
             try {
@@ -1967,6 +2173,113 @@ class CopilotApi implements Callable<Integer> {
             if (v == null || v.isNull()) throw new ApiError(400, "invalid_request_error", "Missing required parameter: '" + field + "'", field, null);
             if (!v.isArray() || v.isEmpty()) throw new ApiError(400, "invalid_request_error", "'" + field + "' must be a non-empty array", field, null);
             return v;
+        }
+
+        static ApiError invalid(String field, String message) {
+            return new ApiError(400, "invalid_request_error", "'" + field + "' " + message, field, null);
+        }
+
+        /** The stream flag, which decides how the answer is read: true or false (or absent), never "yes". */
+        static boolean stream(JsonNode body) {
+            JsonNode v = body.get("stream");
+            if (v == null || v.isNull()) return false;
+            if (!v.isBoolean()) throw invalid("stream", "must be a boolean, true or false, got " + Redact.shorten(v.toString()));
+            return v.asBoolean();
+        }
+
+        static void optionalArray(JsonNode body, String field) {
+            JsonNode v = body.get(field);
+            if (v != null && !v.isNull() && !v.isArray()) throw invalid(field, "must be an array");
+        }
+
+        static void optionalObject(JsonNode body, String field) {
+            JsonNode v = body.get(field);
+            if (v != null && !v.isNull() && !v.isObject()) throw invalid(field, "must be an object");
+        }
+
+        static void optionalText(JsonNode body, String field) {
+            JsonNode v = body.get(field);
+            if (v != null && !v.isNull() && !v.isTextual()) throw invalid(field, "must be a string");
+        }
+
+        static void optionalPositiveInt(JsonNode body, String field) {
+            JsonNode v = body.get(field);
+            if (v != null && !v.isNull() && (!v.isIntegralNumber() || !v.canConvertToInt() || v.asInt() < 1)) {
+                throw invalid(field, "must be a positive integer");
+            }
+        }
+
+        /** Each entry an object with a string role, content of the given kinds; the path names the entry. */
+        static void messages(JsonNode messages, String field, boolean nullContent) {
+            for (int i = 0; i < messages.size(); i++) {
+                JsonNode m = messages.get(i);
+                String at = field + "[" + i + "]";
+                if (!m.isObject()) throw invalid(at, "must be an object");
+                JsonNode role = m.get("role");
+                if (role == null || !role.isTextual()) throw invalid(at + ".role", "must be a string");
+                JsonNode content = m.get("content");
+                boolean absent = content == null || content.isNull();
+                if (absent && nullContent) continue;
+                if (absent) throw invalid(at + ".content", "is required");
+                if (!content.isTextual() && !content.isArray()) throw invalid(at + ".content", "must be a string or an array of content parts");
+                if (content.isArray()) parts(content, at + ".content");
+            }
+        }
+
+        static void parts(JsonNode parts, String field) {
+            for (int j = 0; j < parts.size(); j++) {
+                JsonNode part = parts.get(j);
+                if (!part.isObject() || !part.path("type").isTextual()) throw invalid(field + "[" + j + "]", "must be an object with a string type");
+            }
+        }
+
+        static void tools(JsonNode body) {
+            optionalArray(body, "tools");
+            JsonNode tools = body.path("tools");
+            for (int i = 0; i < tools.size(); i++) if (!tools.get(i).isObject()) throw invalid("tools[" + i + "]", "must be an object");
+        }
+
+        /** The chat-completions fields copilot-api reads or rewrites. */
+        static void chat(JsonNode body) {
+            messages(body.get("messages"), "messages", true);
+            stream(body);
+            tools(body);
+            optionalObject(body, "stream_options");
+            optionalPositiveInt(body, "n");
+            optionalPositiveInt(body, "max_tokens");
+            optionalPositiveInt(body, "max_completion_tokens");
+            optionalText(body, "reasoning_effort");
+        }
+
+        /** The Anthropic Messages fields copilot-api reads or rewrites (count_tokens reads the same ones). */
+        static void anthropic(JsonNode body) {
+            messages(body.get("messages"), "messages", false);
+            stream(body);
+            tools(body);
+            JsonNode system = body.get("system");
+            if (system != null && !system.isNull() && !system.isTextual() && !system.isArray()) {
+                throw invalid("system", "must be a string or an array of text blocks");
+            }
+            if (system != null && system.isArray()) parts(system, "system");
+            optionalObject(body, "thinking");
+            optionalObject(body, "tool_choice");
+            optionalObject(body, "metadata");
+            optionalObject(body, "output_config");
+        }
+
+        /** The Responses fields copilot-api reads or rewrites. */
+        static void responses(JsonNode body) {
+            stream(body);
+            tools(body);
+            optionalText(body, "instructions");
+            optionalPositiveInt(body, "max_output_tokens");
+            optionalObject(body, "reasoning");
+            optionalObject(body, "text");
+            optionalArray(body, "include");
+            JsonNode input = body.path("input");
+            for (int i = 0; i < input.size() && input.isArray(); i++) {
+                if (!input.get(i).isObject()) throw invalid("input[" + i + "]", "must be an object (an input item)");
+            }
         }
 
         static void writeJson(Context ctx, JsonNode node) {
@@ -2130,7 +2443,7 @@ class CopilotApi implements Callable<Integer> {
 
         static String anthropicTypeFor(int status) {
             return switch (status) {
-                case 400, 422 -> "invalid_request_error";
+                case 400, 415, 422 -> "invalid_request_error";
                 case 401 -> "authentication_error";
                 case 402, 403 -> "permission_error";
                 case 404 -> "not_found_error";
@@ -5477,10 +5790,12 @@ class CopilotApi implements Callable<Integer> {
             HttpResponse<InputStream> response = http.send(request(method, path, body, options, stream, token));
             if (response.statusCode() == 401) {
                 String detail = Http.readLimited(response, MAX_ERROR_BODY);
-                Logs.log().info("Copilot answered 401 ({}); refreshing the Copilot token and retrying once", Redact.shorten(detail));
-                token = tokens.refreshAfterUnauthorized(token);
-                response = http.send(request(method, path, body, options, stream, token));
+                Optional<CopilotToken> fresh = tokens.refreshAfterUnauthorized(token);
+                if (fresh.isEmpty()) throw new UpstreamException(401, detail, response.headers());
+                Logs.log().info("Copilot answered 401 ({}); retrying once with a refreshed Copilot token", Redact.shorten(detail));
+                response = http.send(request(method, path, body, options, stream, fresh.get()));
             }
+            if (response.statusCode() < 400) tokens.accepted();
             if (response.statusCode() >= 400) {
                 String detail = Http.readLimited(response, MAX_ERROR_BODY);
                 throw new UpstreamException(response.statusCode(), detail, response.headers());
@@ -5549,6 +5864,10 @@ class CopilotApi implements Callable<Integer> {
      */
     static final class CopilotTokens implements AutoCloseable {
         static final Duration MAX_BACKOFF = Duration.ofMinutes(5);
+        /** After a failed exchange, the next waits 1 s, then 2, 4, ... up to MAX_BACKOFF. */
+        static final Duration EXCHANGE_BACKOFF = Duration.ofSeconds(1);
+        /** After a refresh that a 401 forced did not help, no new exchange for 30 s, then 60, ... */
+        static final Duration UNAUTHORIZED_BACKOFF = Duration.ofSeconds(30);
 
         private final Settings settings;
         private final Http http;
@@ -5557,6 +5876,10 @@ class CopilotApi implements Callable<Integer> {
         private volatile CopilotToken current;
         private volatile java.util.concurrent.ScheduledFuture<?> next;
         private int failures;
+        private RuntimeException lastFailure;
+        private Instant retryExchangeAt = Instant.EPOCH;
+        private volatile int unauthorizedStreak;
+        private Instant unauthorizedQuietUntil = Instant.EPOCH;
 
         CopilotTokens(Settings settings, Http http, String githubToken) {
             this.settings = settings;
@@ -5608,32 +5931,67 @@ class CopilotApi implements Callable<Integer> {
             return current;
         }
 
-        /** After a 401: refresh unless another request already did, and return the token to retry with. */
-        synchronized CopilotToken refreshAfterUnauthorized(CopilotToken stale) {
-            if (current == stale) refreshNow();
-            return current;
+        /**
+         * After a 401: the token to retry with, refreshed unless another request already did. When a refresh
+         * after a 401 did not help, Copilot keeps refusing the account: no new exchange until a back-off (30 s,
+         * doubling to 5 min) has passed, so a persistent 401 does not cost an exchange per request.
+         */
+        synchronized Optional<CopilotToken> refreshAfterUnauthorized(CopilotToken stale) {
+            if (current != stale) return Optional.of(current);
+            Instant now = Instant.now();
+            if (now.isBefore(unauthorizedQuietUntil)) return Optional.empty();
+            refreshNow();
+            unauthorizedStreak++;
+            unauthorizedQuietUntil = now.plus(backoff(UNAUTHORIZED_BACKOFF, unauthorizedStreak));
+            return Optional.of(current);
         }
 
+        /** Copilot took the token: a later 401 is news again. */
+        void accepted() {
+            if (unauthorizedStreak == 0) return;
+            synchronized (this) {
+                unauthorizedStreak = 0;
+                unauthorizedQuietUntil = Instant.EPOCH;
+            }
+        }
+
+        /** Exchanges now, unless the last exchange failed and its back-off has not passed (then that failure again). */
         private synchronized void refreshNow() {
-            current = exchange();
+            if (lastFailure != null && Instant.now().isBefore(retryExchangeAt)) {
+                throw new UserFacingException("the Copilot token could not be refreshed (" + describe(lastFailure) + "); next try in "
+                    + Math.max(1, Duration.between(Instant.now(), retryExchangeAt).toSeconds()) + "s");
+            }
+            try {
+                current = exchange();
+            } catch (RuntimeException e) {
+                failures++;
+                lastFailure = e;
+                retryExchangeAt = Instant.now().plus(backoff(EXCHANGE_BACKOFF, failures));
+                throw e;
+            }
             failures = 0;
+            lastFailure = null;
             Logs.log().info("Copilot token refreshed (refresh in {}s)", current.refreshIn());
             schedule(current.refreshDelay());
+        }
+
+        static Duration backoff(Duration first, int attempt) {
+            long seconds = Math.min(MAX_BACKOFF.toSeconds(), first.toSeconds() << Math.min(attempt - 1, 10));
+            return Duration.ofSeconds(seconds);
         }
 
         private void scheduledRefresh() {
             try {
                 refreshNow();
             } catch (RuntimeException e) {
-                Duration backoff;
+                Duration wait;
                 synchronized (this) {
-                    failures++;
-                    long seconds = Math.min(MAX_BACKOFF.toSeconds(), 5L << Math.min(failures - 1, 10));
-                    backoff = Duration.ofSeconds(seconds);
+                    wait = Duration.between(Instant.now(), retryExchangeAt);
+                    if (wait.isNegative() || wait.isZero()) wait = backoff(EXCHANGE_BACKOFF, Math.max(1, failures));
                 }
                 Logs.log().warn("Copilot token refresh failed ({}); keeping the current token, retrying in {}s",
-                    describe(e), backoff.toSeconds());
-                schedule(backoff);
+                    describe(e), Math.max(1, wait.toSeconds()));
+                schedule(wait);
             }
         }
 
@@ -6014,11 +6372,29 @@ class CopilotApi implements Callable<Integer> {
         Optional<String> load() {
             try {
                 if (!Files.isRegularFile(file())) return Optional.empty();
+                tighten(file(), "rw-------");
+                tighten(dir, "rwx------");
                 String t = Files.readString(file(), UTF_8).trim();
                 return t.isEmpty() ? Optional.empty() : Optional.of(t);
             } catch (IOException e) {
                 throw new UserFacingException("cannot read the token file " + file() + ": " + describe(e));
             }
+        }
+
+        /** A token file others can read (an older tool's, a copy) is tightened before use, with a warning. */
+        private static void tighten(Path p, String perms) throws IOException {
+            Optional<Set<java.nio.file.attribute.PosixFilePermission>> current = Posix.permissions(p);
+            Set<java.nio.file.attribute.PosixFilePermission> wanted = PosixFilePermissions.fromString(perms);
+            if (current.isEmpty() || wanted.containsAll(current.get())) return;
+            try {
+                Posix.restrict(p, perms);
+            } catch (IOException e) {
+                Logs.log().warn("{} is readable by other users ({}) and cannot be tightened ({}); run chmod {} on it", p,
+                    PosixFilePermissions.toString(current.get()), describe(e), perms.startsWith("rwx") ? "700" : "600");
+                return;
+            }
+            Logs.log().warn("{} was readable by other users ({}); it now has mode {}", p,
+                PosixFilePermissions.toString(current.get()), perms);
         }
 
         void save(String token) {
@@ -6436,6 +6812,14 @@ class CopilotApi implements Callable<Integer> {
 
     /** POSIX permissions where the file system has them (not on Windows). */
     static final class Posix {
+        static Optional<Set<java.nio.file.attribute.PosixFilePermission>> permissions(Path p) throws IOException {
+            try {
+                return Optional.of(Files.getPosixFilePermissions(p));
+            } catch (UnsupportedOperationException e) {
+                return Optional.empty();
+            }
+        }
+
         static void restrict(Path p, String perms) throws IOException {
             try {
                 Files.setPosixFilePermissions(p, PosixFilePermissions.fromString(perms));

@@ -82,6 +82,8 @@ class CopilotApiTests {
         ResponsesRouteTests.class,
         ClaudeCodeSetupTests.class,
         ApiKeyTests.class,
+        BrowserSafetyTests.class,
+        InputValidationTests.class,
         PacingTests.class,
         ManualApprovalTests.class,
         StatsTests.class,
@@ -161,6 +163,11 @@ class CopilotApiTests {
 
         Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls)
                 throws IOException {
+            this(stub, extraEnv, tweak, controls, CopilotApi.BrowserGuard.loopback("127.0.0.1"));
+        }
+
+        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
+                CopilotApi.BrowserGuard guard) throws IOException {
             this.stub = stub;
             this.home = Files.createTempDirectory("copilot-api-home");
             Map<String, String> env = new HashMap<>(stub.env());
@@ -179,7 +186,7 @@ class CopilotApiTests {
             copilot = new CopilotApi.CopilotClient(settings, http, tokens);
             CopilotApi.ModelCatalog models = new CopilotApi.ModelCatalog(copilot);
             models.refreshQuietly();
-            server = CopilotApi.Server.start(new CopilotApi.ServerOptions("127.0.0.1", 0, CopilotApi.ModelRouting.NONE, controls),
+            server = CopilotApi.Server.start(new CopilotApi.ServerOptions("127.0.0.1", 0, CopilotApi.ModelRouting.NONE, controls, guard),
                 settings, copilot, models, auth, github);
         }
 
@@ -203,8 +210,23 @@ class CopilotApiTests {
         HttpResponse<String> send(String method, String path, String body, String... headers) throws Exception {
             HttpRequest.Builder b = HttpRequest.newBuilder(URI.create(url(path)))
                 .method(method, body == null ? HttpRequest.BodyPublishers.noBody() : HttpRequest.BodyPublishers.ofString(body));
-            for (int i = 0; i < headers.length; i += 2) b.header(headers[i], headers[i + 1]);
+            boolean typed = false;
+            for (int i = 0; i < headers.length; i += 2) {
+                b.header(headers[i], headers[i + 1]);
+                typed |= headers[i].equalsIgnoreCase("content-type");
+            }
+            if (body != null && !typed) b.header("content-type", "application/json");
             return client.send(b.build(), HttpResponse.BodyHandlers.ofString());
+        }
+
+        /** A request written by hand on a socket, for headers HttpClient will not send (Host); the whole answer as text. */
+        String raw(String request) throws IOException {
+            try (java.net.Socket socket = new java.net.Socket("127.0.0.1", server.port())) {
+                socket.setSoTimeout(10_000);
+                socket.getOutputStream().write(request.getBytes(UTF_8));
+                socket.getOutputStream().flush();
+                return new String(socket.getInputStream().readAllBytes(), UTF_8);
+            }
         }
 
         HttpResponse<InputStream> postStreaming(String path, String body) throws Exception {
@@ -406,6 +428,18 @@ class CopilotApiTests {
             assertEquals("ghu_option", auth(o, env).existingToken().orElseThrow().value());
         }
 
+        @Test
+        void aTokenFileOthersCanReadIsTightenedBeforeUse() throws Exception {
+            Path home = Files.createTempDirectory("h");
+            CopilotApi.TokenStore store = new CopilotApi.TokenStore(home);
+            store.save("ghu_copied");
+            Files.setPosixFilePermissions(store.file(), PosixFilePermissions.fromString("rw-r--r--"));
+            Files.setPosixFilePermissions(home, PosixFilePermissions.fromString("rwxr-xr-x"));
+            assertEquals("ghu_copied", store.load().orElseThrow());
+            assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(store.file())));
+            assertEquals("rwx------", PosixFilePermissions.toString(Files.getPosixFilePermissions(home)));
+        }
+
         static CopilotApi.GitHubAuth auth(CopilotApi.CommonOptions o, Map<String, String> env) {
             CopilotApi.Settings s = CopilotApi.Settings.from(o, env);
             return new CopilotApi.GitHubAuth(s, CopilotApi.Http.create(s));
@@ -475,8 +509,34 @@ class CopilotApiTests {
                 HttpResponse<String> r = h.post("/v1/chat/completions", ChatBehaviourTests.HI);
                 assertEquals(502, r.statusCode(), r.body());
                 assertTrue(json(r.body()).path("error").path("message").asText().contains("copilot-api auth"), r.body());
+                HttpResponse<String> again = h.post("/v1/chat/completions", ChatBehaviourTests.HI);
+                assertEquals(502, again.statusCode());
+                assertTrue(json(again.body()).path("error").path("message").asText().contains("next try in"), again.body());
+                assertEquals(2, h.stub.count("/copilot_internal/v2/token"), "the start and one refresh: the second request waits out the back-off");
                 h.stub.tokenExchangeStatus(0);
-                assertEquals(200, h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode(), "recovers once GitHub does");
+                int status = eventually(Duration.ofSeconds(5), () -> {
+                    try {
+                        return h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode();
+                    } catch (Exception e) {
+                        throw new AssertionError(e);
+                    }
+                }, s -> s == 200);
+                assertEquals(200, status, "recovers once GitHub does, after the back-off");
+            }
+        }
+
+        /** Copilot refusing every token: one refresh and retry, then requests fail fast without a new exchange each. */
+        @Test
+        void aPersistent401BacksOffInsteadOfExchangingOnEveryRequest() throws Exception {
+            try (Harness h = Harness.start()) {
+                String body = "{\"error\":{\"message\":\"unauthorized: account suspended\",\"code\":\"unauthorized\"}}";
+                for (int i = 0; i < 6; i++) h.stub.enqueue("/chat/completions", StubUpstream.Reply.json(401, body));
+                int exchanges = h.stub.count("/copilot_internal/v2/token");
+                for (int i = 0; i < 5; i++) assertEquals(401, h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode());
+                assertEquals(exchanges + 1, h.stub.count("/copilot_internal/v2/token"), "one exchange for five refused requests");
+                assertEquals(6, h.stub.count("/chat/completions"), "the first request retried once, the others went once");
+                h.stub.clear();
+                assertEquals(200, h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode(), "Copilot taking the token again");
             }
         }
 
@@ -1048,7 +1108,7 @@ class CopilotApiTests {
             h.stub.enqueue("/v1/messages", StubUpstream.Reply.events(framed).delayMs(1500));
             long start = System.nanoTime();
             HttpResponse<InputStream> r = h.client.send(HttpRequest.newBuilder(URI.create(h.url("/v1/messages")))
-                .POST(HttpRequest.BodyPublishers.ofString("{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}"))
+                .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString("{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}"))
                 .build(), HttpResponse.BodyHandlers.ofInputStream());
             BufferedReader reader = new BufferedReader(new InputStreamReader(r.body(), UTF_8));
             String first = reader.readLine();
@@ -1496,7 +1556,7 @@ class CopilotApiTests {
                 List<java.util.concurrent.CompletableFuture<HttpResponse<String>>> all = new ArrayList<>();
                 for (int i = 0; i < 3; i++) {
                     all.add(h.client.sendAsync(HttpRequest.newBuilder(URI.create(h.url("/v1/chat/completions")))
-                        .POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(), HttpResponse.BodyHandlers.ofString()));
+                        .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(), HttpResponse.BodyHandlers.ofString()));
                 }
                 for (var f : all) assertEquals(200, f.get(20, TimeUnit.SECONDS).statusCode());
                 assertEquals(1, terminal.maxAsking, "one question at a time");
@@ -1533,6 +1593,262 @@ class CopilotApiTests {
         }
     }
 
+    // ==== What a web page can and cannot do ====
+
+    /** DNS rebinding (a foreign Host), cross-site requests, bodies that are not JSON, and CORS for an allowed origin. */
+    static final class BrowserSafetyTests extends WithHarness {
+        static final String HI = ChatBehaviourTests.HI;
+
+        String get(String path, String host, String... headers) throws IOException {
+            StringBuilder extra = new StringBuilder();
+            for (int i = 0; i < headers.length; i += 2) extra.append(headers[i]).append(": ").append(headers[i + 1]).append("\r\n");
+            return h.raw("GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\n" + extra + "Connection: close\r\n\r\n");
+        }
+
+        static int status(String raw) {
+            return Integer.parseInt(raw.substring(9, 12));
+        }
+
+        static JsonNode body(String raw) {
+            return json(raw.substring(raw.indexOf("\r\n\r\n") + 4));
+        }
+
+        @Test
+        void aRebindingHostGetsNeitherTheTokenNorTheModels() throws Exception {
+            for (String path : List.of("/token", "/usage", "/v1/models", "/stats", "/dashboard")) {
+                String raw = get(path, "evil.example:" + h.server.port());
+                assertEquals(403, status(raw), path + ": " + raw);
+                assertFalse(raw.contains("tid="), "no token leaks: " + raw);
+                assertEquals("host_not_allowed", body(raw).path("error").path("code").asText(), raw);
+            }
+            String post = h.raw("POST /v1/messages HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\nContent-Length: "
+                + ChatBehaviourTests.HI.length() + "\r\nConnection: close\r\n\r\n" + ChatBehaviourTests.HI);
+            assertEquals(403, status(post), post);
+            assertEquals("permission_error", body(post).path("error").path("type").asText(), "Anthropic shape: " + post);
+            assertEquals(0, h.stub.count("/v1/messages") + h.stub.count("/chat/completions"));
+        }
+
+        @Test
+        void theNamesTheServerWasBoundForAreServed() throws Exception {
+            int port = h.server.port();
+            for (String host : List.of("localhost:" + port, "127.0.0.1:" + port, "[::1]:" + port, "LOCALHOST.:" + port, "192.168.1.20:" + port)) {
+                String raw = get("/token", host);
+                assertEquals(200, status(raw), host + ": " + raw);
+            }
+        }
+
+        @Test
+        void allowedHostsAreExactNames() {
+            CopilotApi.BrowserGuard guard = CopilotApi.BrowserGuard.from("0.0.0.0", List.of("devbox.lan"), List.of(),
+                Map.of("COPILOT_API_ALLOWED_HOSTS", "proxy.internal"));
+            assertTrue(guard.allowsHost("devbox.lan:4141"));
+            assertTrue(guard.allowsHost("proxy.internal"));
+            assertTrue(guard.allowsHost("[fe80::1]:4141"), "IPv6 literals are addresses, not names");
+            assertFalse(guard.allowsHost("devbox.lan.evil.example:4141"));
+            assertFalse(guard.allowsHost("localhost.evil.example"));
+            assertFalse(guard.allowsHost("127.0.0.1.nip.io:4141"), "a name that merely looks like an address is a name");
+            assertTrue(CopilotApi.BrowserGuard.from("myhost.local", List.of(), List.of(), Map.of()).allowsHost("myhost.local:4141"),
+                "the --host name itself");
+        }
+
+        @Test
+        void aCrossSiteTextPlainPostNeverReachesCopilot() throws Exception {
+            HttpResponse<String> r = h.send("POST", "/v1/chat/completions", HI, "content-type", "text/plain;charset=UTF-8",
+                "origin", "https://evil.example", "sec-fetch-site", "cross-site", "sec-fetch-mode", "no-cors");
+            assertEquals(403, r.statusCode(), r.body());
+            assertEquals("origin_not_allowed", json(r.body()).path("error").path("code").asText());
+            assertTrue(json(r.body()).path("error").path("message").asText().contains("--cors-origin https://evil.example"), r.body());
+            assertTrue(r.headers().firstValue("access-control-allow-origin").isEmpty(), "no CORS for a foreign origin");
+            assertEquals(0, h.stub.count("/chat/completions"));
+        }
+
+        @Test
+        void bodiesThatAreNotJsonAre415InTheCallersShape() throws Exception {
+            for (String type : List.of("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x")) {
+                HttpResponse<String> r = h.send("POST", "/v1/chat/completions", HI, "content-type", type);
+                assertEquals(415, r.statusCode(), type + ": " + r.body());
+                assertEquals("invalid_request_error", json(r.body()).path("error").path("type").asText());
+                assertTrue(json(r.body()).path("error").path("message").asText().contains("application/json"), r.body());
+            }
+            HttpResponse<String> anthropic = h.send("POST", "/v1/messages", HI, "content-type", "text/plain");
+            assertEquals(415, anthropic.statusCode());
+            assertEquals("error", json(anthropic.body()).path("type").asText(), anthropic.body());
+            assertEquals("invalid_request_error", json(anthropic.body()).path("error").path("type").asText());
+            String input = "{\"model\":\"gpt-4.1\",\"input\":\"hi\"}";
+            String none = h.raw("POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: " + input.length()
+                + "\r\nConnection: close\r\n\r\n" + input);
+            assertEquals(415, BrowserSafetyTests.status(none), "no content type at all: " + none);
+            assertEquals(200, h.send("POST", "/v1/chat/completions", HI, "content-type", "Application/JSON; charset=utf-8").statusCode());
+            assertEquals(1, h.stub.count("/chat/completions"), "only the JSON request reached Copilot");
+        }
+
+        @Test
+        void crossSiteReadsWithoutAnOriginAreRefusedButALinkOpensTheDashboard() throws Exception {
+            HttpResponse<String> token = h.send("GET", "/token", null, "sec-fetch-site", "cross-site", "sec-fetch-mode", "no-cors");
+            assertEquals(403, token.statusCode(), token.body());
+            assertFalse(token.body().contains("tid="));
+            HttpResponse<String> sameSite = h.send("GET", "/usage", null, "sec-fetch-site", "same-site", "sec-fetch-mode", "no-cors");
+            assertEquals(403, sameSite.statusCode(), "another port of localhost is same-site, still another origin");
+            HttpResponse<String> link = h.send("GET", "/dashboard", null, "sec-fetch-site", "cross-site", "sec-fetch-mode", "navigate");
+            assertEquals(200, link.statusCode());
+            HttpResponse<String> typed = h.send("GET", "/token", null, "sec-fetch-site", "none", "sec-fetch-mode", "navigate");
+            assertEquals(200, typed.statusCode(), "a URL typed by the user is not a web page's doing");
+        }
+
+        @Test
+        void theServersOwnOriginIsServed() throws Exception {
+            String own = "http://127.0.0.1:" + h.server.port();
+            HttpResponse<String> r = h.send("POST", "/v1/chat/completions", HI, "content-type", "application/json", "origin", own,
+                "sec-fetch-site", "same-origin");
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals(200, h.send("GET", "/stats", null, "sec-fetch-site", "same-origin").statusCode());
+        }
+
+        @Test
+        void anAllowedOriginGetsPreflightsAndCorsHeaders() throws Exception {
+            String origin = "http://localhost:3000";
+            try (Harness cors = new Harness(StubUpstream.start(), Map.of(), o -> { }, CopilotApi.Controls.none(),
+                    CopilotApi.BrowserGuard.from("127.0.0.1", List.of(), List.of(origin), Map.of()))) {
+                HttpResponse<String> pre = cors.send("OPTIONS", "/v1/chat/completions", null, "origin", origin,
+                    "access-control-request-method", "POST", "access-control-request-headers", "authorization,content-type,x-stainless-os",
+                    "access-control-request-private-network", "true");
+                assertEquals(204, pre.statusCode(), pre.body());
+                assertEquals(origin, pre.headers().firstValue("access-control-allow-origin").orElse(null));
+                assertTrue(pre.headers().firstValue("access-control-allow-methods").orElse("").contains("POST"));
+                assertEquals("authorization,content-type,x-stainless-os", pre.headers().firstValue("access-control-allow-headers").orElse(null));
+                assertEquals("true", pre.headers().firstValue("access-control-allow-private-network").orElse(null));
+                assertEquals(0, cors.stub.count("/chat/completions"), "a preflight calls nothing");
+                HttpResponse<String> r = cors.send("POST", "/v1/chat/completions", HI, "content-type", "application/json", "origin", origin,
+                    "sec-fetch-site", "same-site");
+                assertEquals(200, r.statusCode(), r.body());
+                assertEquals(origin, r.headers().firstValue("access-control-allow-origin").orElse(null));
+                HttpResponse<String> other = cors.send("OPTIONS", "/v1/chat/completions", null, "origin", "http://localhost:3001",
+                    "access-control-request-method", "POST");
+                assertEquals(403, other.statusCode(), "another origin's preflight is refused");
+                assertTrue(other.headers().firstValue("access-control-allow-origin").isEmpty());
+            }
+        }
+
+        @Test
+        void aBodyOver100MbIs413InTheCallersShapeWithoutAnUpstreamCall() throws Exception {
+            byte[] big = new byte[110 * 1024 * 1024];
+            java.util.Arrays.fill(big, (byte) ' ');
+            for (String path : List.of("/v1/chat/completions", "/v1/messages")) {
+                HttpResponse<String> r = h.client.send(HttpRequest.newBuilder(URI.create(h.url(path))).header("content-type", "application/json")
+                    .POST(HttpRequest.BodyPublishers.ofByteArray(big)).build(), HttpResponse.BodyHandlers.ofString());
+                assertEquals(413, r.statusCode(), path);
+                JsonNode err = json(r.body());
+                if (path.contains("messages")) assertEquals("request_too_large", err.path("error").path("type").asText(), r.body());
+                else assertEquals("request_too_large", err.path("error").path("code").asText(), r.body());
+            }
+            HttpResponse<String> chunked = h.client.send(HttpRequest.newBuilder(URI.create(h.url("/v1/chat/completions")))
+                .header("content-type", "application/json")
+                .POST(HttpRequest.BodyPublishers.ofInputStream(() -> new java.io.ByteArrayInputStream(big))).build(),
+                HttpResponse.BodyHandlers.ofString());
+            assertEquals(413, chunked.statusCode(), "a chunked body without Content-Length is measured as it is read");
+            assertEquals(0, h.stub.count("/chat/completions") + h.stub.count("/v1/messages"));
+        }
+
+        /** The attacks as Chromium makes them: a page on another site posting text/plain, and a rebound name reading /token. */
+        @Test
+        void inABrowserNeitherAttackReachesCopilotOrTheToken() throws Exception {
+            org.junit.jupiter.api.Assumptions.assumeTrue(DashboardTests.chromium() != null, "no chromium on PATH (.ci/run installs it)");
+            String target = "http://127.0.0.1:" + h.server.port();
+            String page = "<!doctype html><title>attack</title><script>fetch('" + target + "/v1/chat/completions', {method: 'POST', mode: 'no-cors',"
+                + " headers: {'content-type': 'text/plain'}, body: JSON.stringify({model: 'gpt-4.1', messages: [{role: 'user', content: 'hi'}]})})"
+                + ".finally(() => { document.title = 'sent'; });</script>";
+            com.sun.net.httpserver.HttpServer attacker = com.sun.net.httpserver.HttpServer.create(new java.net.InetSocketAddress("127.0.0.1", 0), 0);
+            attacker.createContext("/", ex -> {
+                byte[] b = page.getBytes(UTF_8);
+                ex.getResponseHeaders().add("content-type", "text/html");
+                ex.sendResponseHeaders(200, b.length);
+                ex.getResponseBody().write(b);
+                ex.close();
+            });
+            attacker.start();
+            try {
+                long before = json(h.get("/stats").body()).path("refused").path("origin_not_allowed").asLong();
+                String dom = DashboardTests.render("http://evil.example:" + attacker.getAddress().getPort() + "/",
+                    "--host-resolver-rules=MAP evil.example 127.0.0.1");
+                assertTrue(dom.contains("<title>sent</title>"), "the page ran its fetch: " + dom);
+                assertEquals(before + 1, json(h.get("/stats").body()).path("refused").path("origin_not_allowed").asLong(),
+                    "the browser did send the request, and copilot-api refused it");
+                assertEquals(0, h.stub.count("/chat/completions"), "and it never reached Copilot");
+                String rebound = DashboardTests.render("http://evil.example:" + h.server.port() + "/token",
+                    "--host-resolver-rules=MAP evil.example 127.0.0.1");
+                assertTrue(rebound.contains("host_not_allowed"), rebound);
+                assertFalse(rebound.contains("tid="), rebound);
+            } finally {
+                attacker.stop(0);
+            }
+        }
+    }
+
+    /** Fields copilot-api reads or rewrites are checked: a 400 in the caller's shape that names the field, no upstream call. */
+    static final class InputValidationTests extends WithHarness {
+        static void assertRefused(Harness h, String path, String body, String field) throws Exception {
+            HttpResponse<String> r = h.post(path, body);
+            assertEquals(400, r.statusCode(), path + " " + body + " -> " + r.body());
+            JsonNode j = json(r.body());
+            String message = path.contains("messages") ? j.path("error").path("message").asText() : j.path("error").path("message").asText();
+            if (path.contains("messages")) assertEquals("invalid_request_error", j.path("error").path("type").asText(), r.body());
+            else assertEquals(field, j.path("error").path("param").asText(), r.body());
+            assertTrue(message.contains(field), "names " + field + ": " + r.body());
+        }
+
+        @Test
+        void chatFieldsOfTheWrongType() throws Exception {
+            String p = "/v1/chat/completions";
+            String m = "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]";
+            assertRefused(h, p, "{\"model\":\"gpt-4.1\"," + m + ",\"stream\":\"yes\"}", "stream");
+            assertRefused(h, p, "{\"model\":\"gpt-4.1\"," + m + ",\"stream\":\"true\"}", "stream");
+            assertRefused(h, p, "{\"model\":\"gpt-4.1\"," + m + ",\"tools\":{}}", "tools");
+            assertRefused(h, p, "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":5}]}", "messages[0].content");
+            assertRefused(h, p, "{\"model\":\"gpt-4.1\",\"messages\":[\"hi\"]}", "messages[0]");
+            assertRefused(h, p, "{\"model\":\"gpt-4.1\",\"messages\":[{\"content\":\"hi\"}]}", "messages[0].role");
+            assertRefused(h, p, "{\"model\":\"gpt-4.1\"," + m + ",\"max_tokens\":-1}", "max_tokens");
+            assertRefused(h, p, "{\"model\":\"gpt-4.1\"," + m + ",\"n\":0}", "n");
+            assertEquals(0, h.stub.count("/chat/completions"));
+            assertEquals(200, h.post(p, "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[]},"
+                + "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]}],\"stream\":false,\"max_tokens\":null}").statusCode(),
+                "null where the API allows it");
+        }
+
+        @Test
+        void anthropicFieldsOfTheWrongType() throws Exception {
+            String p = "/v1/messages";
+            String m = "\"max_tokens\":100,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]";
+            for (String model : List.of("claude-sonnet-4.5", "gpt-4.1")) {
+                assertRefused(h, p, "{\"model\":\"" + model + "\"," + m + ",\"stream\":\"yes\"}", "stream");
+                assertRefused(h, p, "{\"model\":\"" + model + "\"," + m + ",\"tools\":{}}", "tools");
+                assertRefused(h, p, "{\"model\":\"" + model + "\",\"max_tokens\":100,\"messages\":[{\"role\":\"user\",\"content\":5}]}",
+                    "messages[0].content");
+                assertRefused(h, p, "{\"model\":\"" + model + "\",\"max_tokens\":100,\"messages\":[{\"role\":\"user\",\"content\":[\"x\"]}]}",
+                    "messages[0].content[0]");
+                assertRefused(h, p, "{\"model\":\"" + model + "\"," + m + ",\"system\":5}", "system");
+                assertRefused(h, p, "{\"model\":\"" + model + "\"," + m + ",\"thinking\":\"on\"}", "thinking");
+                assertRefused(h, p, "{\"model\":\"" + model + "\",\"max_tokens\":-1,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+                    "max_tokens");
+            }
+            assertRefused(h, p + "/count_tokens", "{\"model\":\"claude-sonnet-4.5\",\"messages\":[{\"role\":\"user\",\"content\":5}]}",
+                "messages[0].content");
+            assertEquals(0, h.stub.count("/v1/messages") + h.stub.count("/chat/completions"));
+        }
+
+        @Test
+        void responsesFieldsOfTheWrongType() throws Exception {
+            String p = "/v1/responses";
+            for (String model : List.of("gpt-5.1-codex", "gpt-4.1")) {
+                assertRefused(h, p, "{\"model\":\"" + model + "\",\"input\":\"hi\",\"stream\":\"true\"}", "stream");
+                assertRefused(h, p, "{\"model\":\"" + model + "\",\"input\":\"hi\",\"tools\":{}}", "tools");
+                assertRefused(h, p, "{\"model\":\"" + model + "\",\"input\":[5]}", "input[0]");
+                assertRefused(h, p, "{\"model\":\"" + model + "\",\"input\":\"hi\",\"max_output_tokens\":0}", "max_output_tokens");
+                assertRefused(h, p, "{\"model\":\"" + model + "\",\"input\":\"hi\",\"instructions\":{}}", "instructions");
+            }
+            assertEquals(0, h.stub.count("/responses") + h.stub.count("/chat/completions"));
+        }
+    }
+
     /** The dashboard as a person sees it: rendered by headless Chromium, quota numbers from the stub. */
     static final class DashboardTests {
         static String chromium() {
@@ -1542,13 +1858,16 @@ class CopilotApiTests {
             return null;
         }
 
-        static String render(String url) throws Exception {
+        static String render(String url, String... flags) throws Exception {
             String browser = chromium();
             org.junit.jupiter.api.Assumptions.assumeTrue(browser != null, "no chromium on PATH (.ci/run installs it)");
             Path profile = Files.createTempDirectory("chromium");
-            SdkRunner.Result r = SdkRunner.run(profile, Map.of(), Duration.ofSeconds(60), browser, "--headless", "--no-sandbox", "--disable-gpu",
+            List<String> command = new ArrayList<>(List.of(browser, "--headless", "--no-sandbox", "--disable-gpu",
                 "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--user-data-dir=" + profile, "--virtual-time-budget=5000", "--dump-dom", url);
+                "--user-data-dir=" + profile, "--virtual-time-budget=5000"));
+            command.addAll(List.of(flags));
+            command.addAll(List.of("--dump-dom", url));
+            SdkRunner.Result r = SdkRunner.run(profile, Map.of(), Duration.ofSeconds(60), command.toArray(String[]::new));
             assertEquals(0, r.exit(), r.output());
             return r.output();
         }
@@ -1580,7 +1899,7 @@ class CopilotApiTests {
                 String base = server.baseUrl();
                 HttpClient client = HttpClient.newHttpClient();
                 HttpResponse<InputStream> r = client.send(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
-                    .POST(HttpRequest.BodyPublishers.ofString(CHAT_HI.replace("{\"model\"", "{\"stream\":true,\"model\""))).build(),
+                    .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(CHAT_HI.replace("{\"model\"", "{\"stream\":true,\"model\""))).build(),
                     HttpResponse.BodyHandlers.ofInputStream());
                 BufferedReader stream = new BufferedReader(new InputStreamReader(r.body(), UTF_8));
                 assertNotNull(stream.readLine());
@@ -1681,13 +2000,13 @@ class CopilotApiTests {
                 String base = t.baseUrl();
                 HttpClient client = HttpClient.newHttpClient();
                 var pending = client.sendAsync(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
-                    .POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(), HttpResponse.BodyHandlers.ofString());
+                    .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(), HttpResponse.BodyHandlers.ofString());
                 String question = t.until("[y/N] ");
                 assertTrue(question.contains("Allow POST /v1/chat/completions model=gpt-4.1 messages=1?"), question);
                 t.type("y");
                 assertEquals(200, pending.get(30, TimeUnit.SECONDS).statusCode());
                 pending = client.sendAsync(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
-                    .POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(), HttpResponse.BodyHandlers.ofString());
+                    .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(), HttpResponse.BodyHandlers.ofString());
                 t.until("[y/N] ");
                 t.type("n");
                 HttpResponse<String> refused = pending.get(30, TimeUnit.SECONDS);
@@ -1921,7 +2240,7 @@ class CopilotApiTests {
                     String base = server.baseUrl();
                     String body = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"marker-4711\"}]}";
                     HttpResponse<String> r = HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
-                        .POST(HttpRequest.BodyPublishers.ofString(body)).build(), HttpResponse.BodyHandlers.ofString());
+                        .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(body)).build(), HttpResponse.BodyHandlers.ofString());
                     assertEquals(200, r.statusCode());
                     HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(base + "/token")).build(), HttpResponse.BodyHandlers.ofString());
                     assertNotNull(server.lineWith("GET /token"), server.log.toString());
