@@ -7,6 +7,8 @@
 //DEPS io.javalin:javalin:7.2.3
 //DEPS org.slf4j:slf4j-simple:2.0.17
 
+package copilotapi;
+
 import static java.nio.charset.StandardCharsets.UTF_8;
 
 import com.fasterxml.jackson.core.JsonProcessingException;

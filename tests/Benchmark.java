@@ -4,6 +4,8 @@
 //SOURCES ../copilot-api.java
 //SOURCES StubUpstream.java
 
+package copilotapi;
+
 import static java.nio.charset.StandardCharsets.UTF_8;
 
 import com.fasterxml.jackson.databind.JsonNode;

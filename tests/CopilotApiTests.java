@@ -7,6 +7,8 @@
 //SOURCES ResponsesTranslatorTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
+package copilotapi;
+
 import static java.nio.charset.StandardCharsets.UTF_8;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -92,7 +94,8 @@ class CopilotApiTests {
         TerminalTests.class,
         ProxyTests.class,
         CliTests.class,
-        SdkTests.class);
+        SdkTests.class,
+        ExportTests.class);
 
     public static void main(String... args) {
         CopilotApi.Logs.configure(false);
@@ -2077,7 +2080,7 @@ class CopilotApiTests {
         /** java -cp (this test's class path) CopilotApi ARGS: the compiled script, as a separate process. */
         static List<String> command(String... args) {
             List<String> cmd = new ArrayList<>(List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(),
-                "-cp", System.getProperty("java.class.path"), "CopilotApi"));
+                "-cp", System.getProperty("java.class.path"), CopilotApi.class.getName()));
             cmd.addAll(List.of(args));
             return cmd;
         }
@@ -2412,6 +2415,37 @@ class CopilotApiTests {
     }
 
     /** Runs npm and node, and copilot-api as users start it: ./jbang copilot-api.java start. */
+    /** What people who run services ask for: a jar. Both JBang exports, run with plain java -jar against the stub. */
+    static final class ExportTests {
+        static String java() {
+            return Path.of(System.getProperty("java.home"), "bin", "java").toString();
+        }
+
+        void exportAndServe(String kind) throws Exception {
+            Path out = Files.createTempDirectory("export");
+            SdkRunner.Result r = SdkRunner.run(SdkRunner.repo(), Map.of(), Duration.ofMinutes(5), "./jbang", "export", kind, "--force",
+                "-O", out.resolve("copilot-api.jar").toString(), "copilot-api.java");
+            assertEquals(0, r.exit(), r.output());
+            try (StubUpstream stub = StubUpstream.start();
+                    SdkRunner.ServerProcess server = SdkRunner.startServer(stub, out, java(), "-jar", "copilot-api.jar")) {
+                HttpResponse<String> models = HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(server.baseUrl() + "/v1/models"))
+                    .build(), HttpResponse.BodyHandlers.ofString());
+                assertEquals(200, models.statusCode(), models.body());
+                assertTrue(models.body().contains("\"gpt-4.1\""), models.body());
+            }
+        }
+
+        @Test
+        void aFatJarRunsWithJavaJar() throws Exception {
+            exportAndServe("fatjar");
+        }
+
+        @Test
+        void aPortableJarRunsWithItsLibFolder() throws Exception {
+            exportAndServe("portable");
+        }
+    }
+
     static final class SdkRunner {
         record Result(int exit, String output) {}
 
@@ -2470,14 +2504,19 @@ class CopilotApiTests {
         }
 
         static ServerProcess startServer(StubUpstream stub) throws Exception {
+            return startServer(stub, repo(), "./jbang", "copilot-api.java");
+        }
+
+        /** The given command (the script, or a jar) with start --port P --github-token T appended, in dir. */
+        static ServerProcess startServer(StubUpstream stub, Path dir, String... command) throws Exception {
             int port;
             try (java.net.ServerSocket s = new java.net.ServerSocket(0)) {
                 port = s.getLocalPort();
             }
             Path log = Files.createTempFile("copilot-api", ".log");
-            ProcessBuilder pb = new ProcessBuilder("./jbang", "copilot-api.java", "start", "--port", String.valueOf(port),
-                "--github-token", StubUpstream.VALID_GITHUB_TOKEN)
-                .directory(repo().toFile()).redirectErrorStream(true).redirectOutput(log.toFile());
+            List<String> cmd = new ArrayList<>(List.of(command));
+            cmd.addAll(List.of("start", "--port", String.valueOf(port), "--github-token", StubUpstream.VALID_GITHUB_TOKEN));
+            ProcessBuilder pb = new ProcessBuilder(cmd).directory(dir.toFile()).redirectErrorStream(true).redirectOutput(log.toFile());
             pb.environment().putAll(stub.env());
             pb.environment().put("COPILOT_API_HOME", Files.createTempDirectory("h").toString());
             Process p = pb.start();

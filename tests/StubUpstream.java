@@ -2,6 +2,8 @@
 //JAVA 17+
 //DEPS com.fasterxml.jackson.core:jackson-databind:2.20.1
 
+package copilotapi;
+
 import com.fasterxml.jackson.core.JsonProcessingException;
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
