@@ -109,6 +109,7 @@ import picocli.CommandLine;
         CopilotApi.AuthCommand.class,
         CopilotApi.CheckUsageCommand.class,
         CopilotApi.DebugCommand.class,
+        picocli.AutoComplete.GenerateCompletion.class,
     })
 class CopilotApi implements Callable<Integer> {
 
@@ -125,10 +126,19 @@ class CopilotApi implements Callable<Integer> {
     }
 
     static CommandLine commandLine() {
-        return new CommandLine(new CopilotApi())
+        CommandLine cmd = new CommandLine(new CopilotApi())
             .setExecutionExceptionHandler(CopilotApi::reportFailure)
             .setParameterExceptionHandler(CopilotApi::reportBadArguments)
             .setCaseInsensitiveEnumValuesAllowed(true);
+        // the shared options a command would silently ignore are not offered there
+        withoutOptions(cmd.getSubcommands().get("auth"), "--github-token");
+        withoutOptions(cmd.getSubcommands().get("check-usage"), "--account-type", "--show-token");
+        withoutOptions(cmd.getSubcommands().get("debug"), "--github-token", "--show-token", "--verbose");
+        return cmd;
+    }
+
+    private static void withoutOptions(CommandLine command, String... names) {
+        for (String name : names) command.getCommandSpec().remove(command.getCommandSpec().findOption(name));
     }
 
     @Override
@@ -151,6 +161,7 @@ class CopilotApi implements Callable<Integer> {
     static int reportBadArguments(CommandLine.ParameterException e, String[] args) {
         CommandLine cmd = e.getCommandLine();
         cmd.getErr().println(cmd.getColorScheme().errorText("error: " + e.getMessage()));
+        CommandLine.UnmatchedArgumentException.printSuggestions(e, cmd.getErr());
         cmd.getErr().println("Try '" + cmd.getCommandSpec().qualifiedName() + " --help' for the options.");
         return 2;
     }
@@ -204,6 +215,8 @@ class CopilotApi implements Callable<Integer> {
     static final class StartCommand implements Callable<Integer> {
         @Mixin CommonOptions common;
 
+        @CommandLine.Spec CommandLine.Model.CommandSpec spec;
+
         @Option(names = {"-p", "--port"}, paramLabel = "PORT", defaultValue = "" + DEFAULT_PORT, description = "Port to listen on (default: ${DEFAULT-VALUE}).")
         int port;
 
@@ -240,7 +253,7 @@ class CopilotApi implements Callable<Integer> {
             description = "Model for Claude ids the catalog cannot serve, after the family fallback (also env COPILOT_API_FALLBACK_MODEL).")
         String fallbackModel;
 
-        @Option(names = "--claude-code", description = "Pick models and print the command that launches Claude Code against this server.")
+        @Option(names = {"-c", "--claude-code"}, description = "Pick models and print the command that launches Claude Code against this server.")
         boolean claudeCode;
 
         @Option(names = "--claude-code-model", paramLabel = "MODEL", description = "Main model for --claude-code (skips the prompt).")
@@ -267,35 +280,60 @@ class CopilotApi implements Callable<Integer> {
             return host.equals("localhost") || host.startsWith("127.") || host.equals("::1") || host.equals("[::1]");
         }
 
+        /** A usage error: exit code 2 and the "Try --help" line, like picocli's own parse errors. */
+        private CommandLine.ParameterException usage(String message) {
+            return new CommandLine.ParameterException(spec.commandLine(), message);
+        }
+
+        /** Everything that can be checked without the network, checked before the login and the port. */
+        private BrowserGuard validate(Settings settings) {
+            if (port < 0 || port > 65535) throw usage("--port must be between 0 and 65535");
+            if (rateLimit != null && (rateLimit <= 0 || rateLimit.isNaN())) throw usage("--rate-limit must be a positive number of seconds");
+            if (waitForTurn && rateLimit == null) throw usage("--wait goes with --rate-limit");
+            if (manual && System.console() == null) throw usage("--manual needs a terminal to ask on, and there is none");
+            if (claudeCode && (claudeCodeModel == null || claudeCodeSmallModel == null) && System.console() == null) {
+                throw usage("--claude-code has no terminal to ask on: pass --claude-code-model and --claude-code-small-model");
+            }
+            if (!claudeCode && (claudeCodeModel != null || claudeCodeSmallModel != null || shell != null)) {
+                throw usage("--claude-code-model, --claude-code-small-model and --shell go with --claude-code");
+            }
+            try {
+                ClaudeCodeSetup.Shell.detect(shell, settings.env(), System.getProperty("os.name"));
+                BrowserGuard guard = BrowserGuard.from(host, allowedHosts, corsOrigins, settings.env());
+                if (guard.allowsAnyOrigin() && !ApiKeys.from(apiKeys, settings.env()).enabled()) {
+                    throw usage("--cors-origin '*' lets every web page spend your quota; it needs --api-key");
+                }
+                ModelRouting.from(modelMap, fallbackModel, settings.env());
+                return guard;
+            } catch (UserFacingException e) {
+                throw usage(e.getMessage());
+            }
+        }
+
         @Override
         public Integer call() throws Exception {
             Settings settings = common.settings();
-            if (port < 0 || port > 65535) throw new UserFacingException("--port must be between 0 and 65535");
-            if (rateLimit != null && (rateLimit <= 0 || rateLimit.isNaN())) throw new UserFacingException("--rate-limit must be a positive number of seconds");
-            if (waitForTurn && rateLimit == null) throw new UserFacingException("--wait goes with --rate-limit");
-            if (manual && System.console() == null) throw new UserFacingException("--manual needs a terminal to ask on, and there is none");
-            BrowserGuard guard = BrowserGuard.from(host, allowedHosts, corsOrigins, settings.env());
-            if (guard.allowsAnyOrigin() && !ApiKeys.from(apiKeys, settings.env()).enabled()) {
-                throw new UserFacingException("--cors-origin '*' lets every web page spend your quota; it needs --api-key");
-            }
+            BrowserGuard guard = validate(settings);
+            Ports.requireFree(host, port);
             Http http = Http.create(settings);
             GitHubAuth auth = new GitHubAuth(settings, http);
             GitHubToken github = auth.tokenOrLogin(Console.system());
-            CopilotTokens tokens = new CopilotTokens(settings, http, github.value());
+            CopilotTokens tokens = new CopilotTokens(settings, http, github);
             tokens.start();
             CopilotClient copilot = new CopilotClient(settings, http, tokens);
             ModelCatalog models = new ModelCatalog(copilot);
             models.refreshQuietly();
             ModelRouting routing = ModelRouting.from(modelMap, fallbackModel, System.getenv());
             Controls controls = controls(settings);
-            Server server = Server.start(new ServerOptions(host, port, routing, controls, guard), settings, copilot, models, auth, github);
+            ClaudeCodeSetup.Choice choice = claudeCode ? ClaudeCodeSetup.choose(models, claudeCodeModel, claudeCodeSmallModel, System.console()) : null;
+            Server server = Ports.start(host, port, () ->
+                Server.start(new ServerOptions(host, port, routing, controls, guard), settings, copilot, models, auth, github));
             GracefulStop.install(server, tokens);
             System.out.println("copilot-api " + VERSION + " listening on " + server.baseUrl());
             System.out.println("  OpenAI base URL:    " + server.baseUrl() + "/v1");
             System.out.println("  Anthropic base URL: " + server.baseUrl());
             System.out.println("  Dashboard:          " + server.baseUrl() + "/dashboard");
-            if (claudeCode) {
-                ClaudeCodeSetup.Choice choice = ClaudeCodeSetup.choose(models, claudeCodeModel, claudeCodeSmallModel, System.console());
+            if (choice != null) {
                 String authToken = apiKeys != null && !apiKeys.isEmpty() ? apiKeys.get(0)
                     : Optional.ofNullable(System.getenv("COPILOT_API_KEYS")).map(k -> k.split(",")[0].trim()).filter(k -> !k.isEmpty()).orElse("copilot-api");
                 String command = ClaudeCodeSetup.command(ClaudeCodeSetup.env(server.baseUrl(), authToken, choice),
@@ -361,7 +399,7 @@ class CopilotApi implements Callable<Integer> {
             System.out.println("Logged in. Token saved to " + settings.tokenFile());
             if (settings.showToken()) System.out.println("GitHub token: " + token);
             try {
-                CopilotToken copilot = new CopilotTokens(settings, http, token).exchange();
+                CopilotToken copilot = new CopilotTokens(settings, http, auth.stored(token)).exchange();
                 System.out.println("Copilot access confirmed (API: " + copilot.apiUrl().orElse(settings.copilotBaseFallback()) + ").");
             } catch (UpstreamException | UserFacingException e) {
                 System.out.println("warning: logged in, but Copilot access could not be confirmed: " + e.getMessage());
@@ -384,7 +422,7 @@ class CopilotApi implements Callable<Integer> {
             GitHubAuth auth = new GitHubAuth(settings, Http.create(settings));
             GitHubToken github = auth.existingToken().orElseThrow(() ->
                 new UserFacingException("not logged in: run `copilot-api auth` or pass --github-token"));
-            JsonNode usage = auth.usage(github.value());
+            JsonNode usage = auth.usage(github);
             System.out.println(json ? Json.pretty(usage) : UsageReport.render(usage));
             return 0;
         }
@@ -1642,7 +1680,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         void usage(Context ctx) {
-            Requests.writeJson(ctx, up.github().usage(up.githubToken().value()));
+            Requests.writeJson(ctx, up.github().usage(up.githubToken()));
         }
 
         void token(Context ctx) {
@@ -5873,7 +5911,7 @@ class CopilotApi implements Callable<Integer> {
 
         private final Settings settings;
         private final Http http;
-        private final String githubToken;
+        private final GitHubToken githubToken;
         private final ScheduledExecutorService scheduler = Threads.scheduler("copilot-token-refresh");
         private volatile CopilotToken current;
         private volatile java.util.concurrent.ScheduledFuture<?> next;
@@ -5884,6 +5922,10 @@ class CopilotApi implements Callable<Integer> {
         private Instant unauthorizedQuietUntil = Instant.EPOCH;
 
         CopilotTokens(Settings settings, Http http, String githubToken) {
+            this(settings, http, new GitHubToken(githubToken, "--github-token"));
+        }
+
+        CopilotTokens(Settings settings, Http http, GitHubToken githubToken) {
             this.settings = settings;
             this.http = http;
             this.githubToken = githubToken;
@@ -5891,17 +5933,19 @@ class CopilotApi implements Callable<Integer> {
 
         /** The exchange itself: GET {github_api}/copilot_internal/v2/token. */
         CopilotToken exchange() {
-            HttpRequest request = GitHubAuth.apiGet(settings, "/copilot_internal/v2/token", githubToken);
+            HttpRequest request = GitHubAuth.apiGet(settings, "/copilot_internal/v2/token", githubToken.value());
             URI uri = request.uri();
             HttpResponse<InputStream> response = http.send(request);
             String body = Http.readLimited(response, 1024 * 1024);
             int status = response.statusCode();
-            if (status == 401) throw new UserFacingException("GitHub rejected the GitHub token (401 at " + uri
-                + "): it is invalid, expired or revoked; run `copilot-api auth` to log in again");
-            if (status == 403) throw new UserFacingException("this GitHub account has no Copilot access (403 at " + uri + "): "
-                + Json.tryParse(body).map(j -> Errors.upstreamMessage(j, status)).orElse(Redact.shorten(body)));
-            if (status == 404) throw new UserFacingException("this GitHub token cannot be exchanged for a Copilot token (404 at "
-                + uri + "): use a token from `copilot-api auth` (ghu_...), not a personal access token or another app's token");
+            String who = githubToken.describe();
+            if (status == 401) throw new UserFacingException("GitHub rejected " + who + " (401 at " + uri
+                + "): it is invalid, expired or revoked; " + githubToken.fix());
+            if (status == 403) throw new UserFacingException("the GitHub account of " + who + " has no Copilot access (403 at " + uri + "): "
+                + Json.tryParse(body).map(j -> Errors.upstreamMessage(j, status)).orElse(Redact.shorten(body))
+                + (githubToken.origin() == GitHubToken.Origin.STORED ? "" : "; if that is not your Copilot account, " + githubToken.fix()));
+            if (status == 404) throw new UserFacingException(who + " cannot be exchanged for a Copilot token (404 at "
+                + uri + "): it is a personal access token or another app's token, not a Copilot login (ghu_...); " + githubToken.fix());
             if (status >= 400) throw new UpstreamException(status, body, response.headers());
             CopilotToken token = CopilotToken.from(Json.tryParse(body).orElseThrow(() ->
                 new UserFacingException("GitHub's Copilot token answer is not JSON: " + Redact.shorten(body))));
@@ -6207,7 +6251,29 @@ class CopilotApi implements Callable<Integer> {
     // ==== 6. GitHub auth ====
 
     /** A GitHub token and where it came from (for messages; never printed unless --show-token). */
-    record GitHubToken(String value, String source) {
+    record GitHubToken(String value, String source, Origin origin) {
+        /** Where a token can come from, which decides the one step that fixes a refused one. */
+        enum Origin { OPTION, OUR_ENV, STORED, AMBIENT }
+
+        GitHubToken(String value, String source) {
+            this(value, source, Origin.OPTION);
+        }
+
+        String describe() {
+            return "the GitHub token from " + source;
+        }
+
+        /** The one step that fixes a refused token from this source. */
+        String fix() {
+            return switch (origin) {
+                case OPTION -> "pass a token from `copilot-api auth` with --github-token, or leave the option out to use the stored login";
+                case OUR_ENV -> "set COPILOT_API_GITHUB_TOKEN to a token from `copilot-api auth`, or unset it to use the stored login";
+                case STORED -> "run `copilot-api auth` to log in again";
+                case AMBIENT -> "run `copilot-api auth` once to log in: a stored login wins over " + source
+                    + " (which the gh CLI, Codespaces or CI set for other purposes)";
+            };
+        }
+
         @Override
         public String toString() {
             return "GitHubToken[source=" + source + "]";
@@ -6243,6 +6309,8 @@ class CopilotApi implements Callable<Integer> {
         static final String SCOPE = "read:user";
         static final String DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code";
         static final List<String> ENV_TOKENS = List.of("COPILOT_API_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN");
+        /** Tokens other tools put in the environment; used only when there is no login of our own. */
+        static final List<String> AMBIENT_TOKENS = List.of("GH_TOKEN", "GITHUB_TOKEN");
 
         private final Settings settings;
         private final Http http;
@@ -6260,12 +6328,31 @@ class CopilotApi implements Callable<Integer> {
             return ENV_TOKENS.stream().filter(n -> env.get(n) != null && !env.get(n).isBlank()).findFirst();
         }
 
-        /** --github-token, then COPILOT_API_GITHUB_TOKEN, GH_TOKEN, GITHUB_TOKEN, then the token file. */
+        /**
+         * --github-token, then COPILOT_API_GITHUB_TOKEN, then the login `auth` stored, and only when there is none
+         * GH_TOKEN or GITHUB_TOKEN: those are set by the gh CLI, Codespaces and CI to tokens Copilot refuses.
+         */
         Optional<GitHubToken> existingToken() {
-            if (settings.githubTokenOption().isPresent()) return Optional.of(new GitHubToken(settings.githubTokenOption().get().trim(), "--github-token"));
-            Optional<String> env = envTokenName(settings.env());
-            if (env.isPresent()) return Optional.of(new GitHubToken(settings.env().get(env.get()).trim(), "$" + env.get()));
-            return store().load().map(t -> new GitHubToken(t, settings.tokenFile().toString()));
+            if (settings.githubTokenOption().isPresent()) {
+                return Optional.of(new GitHubToken(settings.githubTokenOption().get().trim(), "--github-token", GitHubToken.Origin.OPTION));
+            }
+            Optional<GitHubToken> ours = envToken("COPILOT_API_GITHUB_TOKEN", GitHubToken.Origin.OUR_ENV);
+            if (ours.isPresent()) return ours;
+            Optional<GitHubToken> stored = store().load().map(t -> stored(t));
+            if (stored.isPresent()) return stored;
+            for (String name : AMBIENT_TOKENS) {
+                Optional<GitHubToken> ambient = envToken(name, GitHubToken.Origin.AMBIENT);
+                if (ambient.isPresent()) return ambient;
+            }
+            return Optional.empty();
+        }
+
+        private Optional<GitHubToken> envToken(String name, GitHubToken.Origin origin) {
+            return Optional.ofNullable(settings.env().get(name)).filter(v -> !v.isBlank()).map(v -> new GitHubToken(v.trim(), "$" + name, origin));
+        }
+
+        GitHubToken stored(String token) {
+            return new GitHubToken(token, "the stored login (" + settings.tokenFile() + ")", GitHubToken.Origin.STORED);
         }
 
         GitHubToken tokenOrLogin(Console console) throws InterruptedException {
@@ -6280,7 +6367,7 @@ class CopilotApi implements Callable<Integer> {
             store().save(token);
             console.say("Logged in. Token saved to " + settings.tokenFile());
             if (settings.showToken()) console.say("GitHub token: " + token);
-            return new GitHubToken(token, settings.tokenFile().toString());
+            return stored(token);
         }
 
         /** The OAuth device flow: show the code, then poll at the interval GitHub asks for. */
@@ -6357,10 +6444,15 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** GET {github_api}/copilot_internal/user: plan, reset date and quota snapshots. */
-        JsonNode usage(String githubToken) {
-            HttpResponse<InputStream> response = http.send(apiGet(settings, "/copilot_internal/user", githubToken));
+        JsonNode usage(GitHubToken githubToken) {
+            HttpResponse<InputStream> response = http.send(apiGet(settings, "/copilot_internal/user", githubToken.value()));
             String text = Http.readLimited(response, 4 * 1024 * 1024);
-            if (response.statusCode() >= 400) throw new UpstreamException(response.statusCode(), text, response.headers());
+            int status = response.statusCode();
+            if (status == 401 || status == 403 || status == 404) {
+                throw new UserFacingException("GitHub refused " + githubToken.describe() + " for the usage report (" + status + " at "
+                    + settings.githubApiUrl() + "/copilot_internal/user): " + githubToken.fix());
+            }
+            if (status >= 400) throw new UpstreamException(status, text, response.headers());
             return Json.tryParse(text).orElseThrow(() -> new UserFacingException("GitHub's usage answer is not JSON"));
         }
     }
@@ -6809,6 +6901,40 @@ class CopilotApi implements Callable<Integer> {
                 t.setDaemon(true);
                 return t;
             };
+        }
+    }
+
+    /** The listening port: found busy before anything else happens, and said so in words. */
+    static final class Ports {
+        /** Binds and releases the address, so a busy port is found before the login, not after it. */
+        static void requireFree(String host, int port) {
+            if (port == 0) return;
+            try (java.net.ServerSocket probe = new java.net.ServerSocket()) {
+                probe.setReuseAddress(true);
+                probe.bind(new InetSocketAddress(host, port));
+            } catch (java.net.BindException e) {
+                throw busy(host, port, e);
+            } catch (IOException e) {
+                throw new UserFacingException("cannot listen on " + host + ":" + port + ": " + describe(e));
+            }
+        }
+
+        /** Starts the server; a port taken in the meantime gets the same sentence, not a library's. */
+        static Server start(String host, int port, Supplier<Server> start) {
+            try {
+                return start.get();
+            } catch (RuntimeException e) {
+                for (Throwable t = e; t != null; t = t.getCause()) {
+                    if (t instanceof java.net.BindException b) throw busy(host, port, b);
+                }
+                throw e;
+            }
+        }
+
+        private static UserFacingException busy(String host, int port, IOException e) {
+            String why = describe(e).toLowerCase(Locale.ROOT).contains("in use") ? "is in use" : "cannot be used (" + describe(e) + ")";
+            return new UserFacingException("port " + port + " on " + host + " " + why + "; pick another with --port"
+                + (port == DEFAULT_PORT ? " (is another copilot-api already running?)" : ""));
         }
     }
 

@@ -413,18 +413,20 @@ class CopilotApiTests {
             assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(store.file())));
         }
 
+        /** The option and our own variable, then the stored login; GH_TOKEN / GITHUB_TOKEN only when nothing else exists. */
         @Test
-        void sourcesInOrderOptionEnvThenFile() throws Exception {
+        void sourcesInOrderExplicitThenStoredThenAmbient() throws Exception {
             Path home = Files.createTempDirectory("h");
-            new CopilotApi.TokenStore(home).save("ghu_file");
             CopilotApi.CommonOptions o = new CopilotApi.CommonOptions();
             o.accountType = CopilotApi.AccountType.individual;
-            Map<String, String> env = new HashMap<>(Map.of("COPILOT_API_HOME", home.toString()));
-            assertEquals("ghu_file", auth(o, env).existingToken().orElseThrow().value());
-            env.put("GITHUB_TOKEN", "ghu_github");
-            assertEquals("ghu_github", auth(o, env).existingToken().orElseThrow().value());
-            env.put("GH_TOKEN", "ghu_gh");
-            assertEquals("ghu_gh", auth(o, env).existingToken().orElseThrow().value());
+            Map<String, String> env = new HashMap<>(Map.of("COPILOT_API_HOME", home.toString(), "GITHUB_TOKEN", "ghp_github"));
+            assertEquals("$GITHUB_TOKEN", auth(o, env).existingToken().orElseThrow().source(), "an ambient token when there is nothing else");
+            env.put("GH_TOKEN", "gho_gh");
+            assertEquals("gho_gh", auth(o, env).existingToken().orElseThrow().value(), "GH_TOKEN before GITHUB_TOKEN");
+            new CopilotApi.TokenStore(home).save("ghu_file");
+            CopilotApi.GitHubToken stored = auth(o, env).existingToken().orElseThrow();
+            assertEquals("ghu_file", stored.value(), "the stored login wins over the ambient tokens");
+            assertEquals(CopilotApi.GitHubToken.Origin.STORED, stored.origin());
             env.put("COPILOT_API_GITHUB_TOKEN", "ghu_ours");
             assertEquals("ghu_ours", auth(o, env).existingToken().orElseThrow().value());
             o.githubToken = "ghu_option";
@@ -1263,6 +1265,7 @@ class CopilotApiTests {
                     "--claude-code", "--claude-code-model", "nope", "--claude-code-small-model", "claude-haiku-4.5");
                 assertEquals(1, bad.exit());
                 assertTrue(bad.err().contains("unknown model 'nope'"), bad.err());
+                assertFalse(bad.out().contains("listening on"), "refused before the server listens: " + bad.out());
             }
         }
     }
@@ -2094,9 +2097,19 @@ class CopilotApiTests {
             private final java.util.concurrent.BlockingQueue<String> lines = new java.util.concurrent.LinkedBlockingQueue<>();
 
             Started(Map<String, String> env, String... extraArgs) throws IOException {
+                this(env, withToken(extraArgs));
+            }
+
+            private static List<String> withToken(String... extraArgs) {
                 List<String> args = new ArrayList<>(List.of("start", "--port", "0", "--github-token", StubUpstream.VALID_GITHUB_TOKEN));
                 args.addAll(List.of(extraArgs));
+                return args;
+            }
+
+            /** Exactly these arguments, in an environment without the caller's GitHub variables. */
+            Started(Map<String, String> env, List<String> args) throws IOException {
                 ProcessBuilder pb = new ProcessBuilder(command(args.toArray(String[]::new))).redirectErrorStream(true);
+                pb.environment().keySet().removeIf(k -> k.startsWith("COPILOT_API_") || k.equals("GH_TOKEN") || k.equals("GITHUB_TOKEN"));
                 pb.environment().putAll(env);
                 process = pb.start();
                 // one reader from start to end, so output is never lost, whenever the test looks at it
@@ -2163,6 +2176,82 @@ class CopilotApiTests {
             Map<String, String> env = new HashMap<>(stub.env());
             env.put("COPILOT_API_HOME", home.toString());
             return env;
+        }
+
+        /** GH_TOKEN from the gh CLI or CI must not beat the login, and every refusal names the token's source and the fix. */
+        @Test
+        void anAmbientTokenNeitherBeatsTheStoredLoginNorLoops() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Path home = Files.createTempDirectory("h");
+                Map<String, String> env = env(stub, home);
+                env.put("GH_TOKEN", "ghp_personalAccessToken0123456789");
+                Run usage = cli(env, "check-usage");
+                assertEquals(1, usage.exit(), usage.err());
+                assertTrue(usage.err().contains("$GH_TOKEN") && usage.err().contains("run `copilot-api auth` once"), usage.err());
+                Run start = cli(env, "start", "--port", "0");
+                assertEquals(1, start.exit(), start.err());
+                assertTrue(start.err().contains("GitHub rejected the GitHub token from $GH_TOKEN"), start.err());
+                assertTrue(start.err().contains("a stored login wins over $GH_TOKEN"), "the fix, not a loop: " + start.err());
+                assertFalse(start.err().contains("ghp_personal"), "the token itself is never printed: " + start.err());
+                new CopilotApi.TokenStore(home).save(StubUpstream.VALID_GITHUB_TOKEN);
+                Run stored = cli(env, "check-usage");
+                assertEquals(0, stored.exit(), "the stored login wins over GH_TOKEN: " + stored.err());
+                try (Started server = new Started(env, List.of("start", "--port", "0"))) {
+                    assertNotNull(server.lineWith("using the GitHub token from the stored login"), server.log.toString());
+                    assertNotNull(server.lineWith("listening on http://"), server.log.toString());
+                }
+                env.put("COPILOT_API_GITHUB_TOKEN", "ghp_explicitButWrong0123456789");
+                Run explicit = cli(env, "check-usage");
+                assertEquals(1, explicit.exit());
+                assertTrue(explicit.err().contains("$COPILOT_API_GITHUB_TOKEN") && explicit.err().contains("unset it"), explicit.err());
+            }
+        }
+
+        /** One rule: every usage error exits 2 with the "Try --help" line, and a typo gets picocli's suggestion. */
+        @Test
+        void usageErrorsExitTwoBeforeAnythingElseHappens() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Map<String, String> env = env(stub, Files.createTempDirectory("h"));
+                Run typo = cli(env, "strat");
+                assertEquals(2, typo.exit());
+                assertTrue(typo.err().contains("Did you mean: copilot-api start"), typo.err());
+                Run option = cli(env, "start", "--rate-limt", "5");
+                assertEquals(2, option.exit());
+                assertTrue(option.err().contains("--rate-limit"), "suggests the option: " + option.err());
+                for (String[] args : List.of(new String[] {"start", "--rate-limit", "0"}, new String[] {"start", "--port", "70000"},
+                        new String[] {"start", "--claude-code", "--claude-code-model", "a", "--claude-code-small-model", "b", "--shell", "tcsh"},
+                        new String[] {"start", "--shell", "fish"}, new String[] {"start", "--cors-origin", "*"},
+                        new String[] {"start", "--cors-origin", "localhost:3000"}, new String[] {"start", "--model-map", "nope"},
+                        new String[] {"auth", "--github-token", "x"}, new String[] {"debug", "--show-token"},
+                        new String[] {"check-usage", "--account-type", "business"})) {
+                    Run r = cli(env, args);
+                    assertEquals(2, r.exit(), String.join(" ", args) + ": " + r.err());
+                    assertTrue(r.err().contains("Try 'copilot-api " + args[0] + " --help'"), r.err());
+                }
+                assertEquals(0, stub.requests().size(), "no usage error reached GitHub");
+            }
+        }
+
+        @Test
+        void aBusyPortIsFoundBeforeTheLogin() throws Exception {
+            try (StubUpstream stub = StubUpstream.start(); java.net.ServerSocket taken = new java.net.ServerSocket(0, 50,
+                    java.net.InetAddress.getByName("127.0.0.1"))) {
+                Map<String, String> env = env(stub, Files.createTempDirectory("h"));
+                Run r = cli(env, "start", "--port", String.valueOf(taken.getLocalPort()));
+                assertEquals(1, r.exit(), r.err());
+                assertTrue(r.err().contains("port " + taken.getLocalPort() + " on 127.0.0.1 is in use; pick another with --port"), r.err());
+                assertEquals(0, stub.requests().size(), "no device flow was started for a server that cannot listen");
+            }
+        }
+
+        @Test
+        void completionScriptsForBashAndZsh() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Run r = cli(env(stub, Files.createTempDirectory("h")), "generate-completion");
+                assertEquals(0, r.exit(), r.err());
+                assertTrue(r.out().contains("complete -F") && r.out().contains("--cors-origin") && r.out().contains("check-usage"), r.out());
+                assertTrue(r.out().contains("bashcompinit"), "the same script serves zsh");
+            }
         }
 
         @Test
@@ -2270,11 +2359,12 @@ class CopilotApiTests {
             try (StubUpstream stub = StubUpstream.start()) {
                 Map<String, String> env = env(stub, Files.createTempDirectory("h"));
                 Run manual = cli(env, "start", "--port", "0", "--manual", "--github-token", StubUpstream.VALID_GITHUB_TOKEN);
-                assertEquals(1, manual.exit());
+                assertEquals(2, manual.exit(), "a usage error");
                 assertTrue(manual.err().contains("--manual needs a terminal"), manual.err());
                 Run wait = cli(env, "start", "--port", "0", "--wait", "--github-token", StubUpstream.VALID_GITHUB_TOKEN);
-                assertEquals(1, wait.exit());
+                assertEquals(2, wait.exit());
                 assertTrue(wait.err().contains("--wait goes with --rate-limit"), wait.err());
+                assertTrue(wait.err().contains("Try 'copilot-api start --help'"), wait.err());
             }
         }
 
