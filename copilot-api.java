@@ -195,7 +195,7 @@ class CopilotApi implements Callable<Integer> {
         String githubToken;
 
         @Option(names = "--enterprise-url", paramLabel = "HOST",
-            description = "GitHub Enterprise Cloud with data residency host, e.g. acme.ghe.com.")
+            description = "GitHub Enterprise host: acme.ghe.com (Enterprise Cloud with data residency; API on api.acme.ghe.com), or a GitHub Enterprise Server host (API under /api/v3).")
         String enterpriseUrl;
 
         @Option(names = "--show-token", description = "Print GitHub and Copilot tokens when they are fetched or refreshed.")
@@ -204,9 +204,16 @@ class CopilotApi implements Callable<Integer> {
         @Option(names = "--proxy-env", description = "Send upstream calls through HTTPS_PROXY / HTTP_PROXY, honouring NO_PROXY.")
         boolean proxyEnv;
 
+        @CommandLine.Spec(CommandLine.Spec.Target.MIXEE) CommandLine.Model.CommandSpec command;
+
+        /** The settings in effect; an option value that cannot work is a usage error (exit 2), like a parse error. */
         Settings settings() {
             Logs.configure(verbose);
-            return Settings.from(this, System.getenv());
+            try {
+                return Settings.from(this, System.getenv());
+            } catch (UserFacingException e) {
+                throw new CommandLine.ParameterException(command.commandLine(), e.getMessage());
+            }
         }
     }
 
@@ -654,10 +661,11 @@ class CopilotApi implements Callable<Integer> {
 
         static Settings from(CommonOptions o, Map<String, String> env) {
             Optional<String> enterprise = Optional.ofNullable(o.enterpriseUrl).map(Settings::bareHost).filter(h -> !h.isEmpty());
+            enterprise.ifPresent(Settings::checkEnterpriseHost);
             String github = env.getOrDefault("COPILOT_API_GITHUB_URL",
                 enterprise.map(h -> "https://" + h).orElse("https://github.com"));
             String githubApi = env.getOrDefault("COPILOT_API_GITHUB_API_URL",
-                enterprise.map(h -> "https://api." + h).orElse("https://api.github.com"));
+                enterprise.map(Settings::enterpriseApi).orElse("https://api.github.com"));
             return new Settings(o.verbose, o.showToken, o.proxyEnv, o.accountType,
                 Optional.ofNullable(o.githubToken).filter(t -> !t.isBlank()), enterprise,
                 trimSlash(github), trimSlash(githubApi),
@@ -665,10 +673,14 @@ class CopilotApi implements Callable<Integer> {
                 dataDir(env), EditorHeaders.from(env), Map.copyOf(env));
         }
 
+        /** COPILOT_API_HOME, else $XDG_DATA_HOME/copilot-api, else $HOME/.local/share/copilot-api (the JVM's user.home ignores $HOME). */
         static Path dataDir(Map<String, String> env) {
-            String home = env.get("COPILOT_API_HOME");
-            if (home != null && !home.isBlank()) return Path.of(home).toAbsolutePath();
-            return Path.of(System.getProperty("user.home"), ".local", "share", "copilot-api");
+            String ours = env.get("COPILOT_API_HOME");
+            if (ours != null && !ours.isBlank()) return Path.of(ours).toAbsolutePath();
+            String xdg = env.get("XDG_DATA_HOME");
+            if (xdg != null && !xdg.isBlank() && Path.of(xdg).isAbsolute()) return Path.of(xdg, "copilot-api");
+            String home = Optional.ofNullable(env.get("HOME")).filter(h -> !h.isBlank()).orElse(System.getProperty("user.home"));
+            return Path.of(home, ".local", "share", "copilot-api");
         }
 
         Path tokenFile() {
@@ -678,6 +690,22 @@ class CopilotApi implements Callable<Integer> {
         /** The Copilot base URL when neither the override nor the token's endpoints.api gives one. */
         String copilotBaseFallback() {
             return enterpriseHost.map(h -> "https://copilot-api." + h).orElse(accountType.copilotBase);
+        }
+
+        /** A host name, with a port at most: a path or a query means the user pasted a page's address. */
+        static void checkEnterpriseHost(String host) {
+            if (!host.matches("[A-Za-z0-9.-]+(:\\d+)?")) {
+                throw new UserFacingException("--enterprise-url takes a host such as acme.ghe.com (https:// may stand before it), not '"
+                    + host + "'");
+            }
+        }
+
+        /**
+         * GitHub Enterprise Cloud with data residency (NAME.ghe.com) has its API on api.NAME.ghe.com; any other host is
+         * taken as GitHub Enterprise Server, whose API is under /api/v3.
+         */
+        static String enterpriseApi(String host) {
+            return host.toLowerCase(Locale.ROOT).endsWith(".ghe.com") ? "https://api." + host : "https://" + host + "/api/v3";
         }
 
         static String bareHost(String s) {
@@ -848,6 +876,7 @@ class CopilotApi implements Callable<Integer> {
                 });
                 cfg.routes.get("/", Dashboard::root);
                 cfg.routes.get("/dashboard", Dashboard::page);
+                cfg.routes.get("/favicon.ico", ctx -> ctx.status(204));
                 cfg.routes.get("/stats", ctx -> Requests.writeJson(ctx, controls.stats().snapshot()));
                 for (String prefix : List.of("", "/v1")) {
                     cfg.routes.get(prefix + "/models", openai::models);
@@ -925,6 +954,9 @@ class CopilotApi implements Callable<Integer> {
         volatile boolean failedInStream;
         volatile long inputTokens = -1;
         volatile long outputTokens = -1;
+        /** The error the client was given, and whether the operator should hear of it (Copilot's or ours, not the client's). */
+        volatile String error;
+        volatile boolean warn;
 
         static Exchange of(Context ctx) {
             Exchange e = ctx.attribute(KEY);
@@ -948,6 +980,12 @@ class CopilotApi implements Callable<Integer> {
 
         Exchange note(String n) {
             note = n;
+            return this;
+        }
+
+        Exchange error(String message, boolean worthAWarning) {
+            error = message;
+            warn = worthAWarning;
             return this;
         }
 
@@ -1000,7 +1038,10 @@ class CopilotApi implements Callable<Integer> {
                 line.append(" in=").append(Math.max(0, e.inputTokens)).append(" out=").append(Math.max(0, e.outputTokens));
             }
             if (e.note != null) line.append(" (").append(e.note).append(')');
-            Logs.log().info("{}", line);
+            if (e.error != null) line.append(": ").append(Redact.shorten(e.error));
+            if (e.warn) Logs.log().warn("{}", line);
+            else if (e.invokesModel || status >= 500 || e.note != null) Logs.log().info("{}", line);
+            else Logs.log().debug("{}", line);
         }
     }
 
@@ -1193,7 +1234,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         void check(Context ctx) {
-            if (!enabled() || Dashboard.isPage(ctx)) return;
+            if (!enabled() || Dashboard.isPage(ctx) || Dashboard.isIcon(ctx)) return;
             if (!accepts(presented(ctx))) {
                 throw new ApiError(401, "authentication_error",
                     "Missing or invalid API key: send it as the x-api-key header or as Authorization: Bearer <key>", null, "invalid_api_key");
@@ -1419,6 +1460,11 @@ class CopilotApi implements Callable<Integer> {
     static final class Dashboard {
         static boolean isPage(Context ctx) {
             return ctx.method() == io.javalin.http.HandlerType.GET && (ctx.path().equals("/") || ctx.path().equals("/dashboard"));
+        }
+
+        /** Browsers ask for it with every page; it is nothing, and never worth a 401 in the log. */
+        static boolean isIcon(Context ctx) {
+            return ctx.path().equals("/favicon.ico");
         }
 
         static void root(Context ctx) {
@@ -1760,11 +1806,18 @@ class CopilotApi implements Callable<Integer> {
             Requests.writeJson(ctx, out);
         }
 
+        /** An unknown model is logged with its name and counted in /stats as a failed request for it. */
         private ModelResolver.Resolution resolve(Context ctx, String requested) {
             boolean wants1m = Optional.ofNullable(ctx.header("anthropic-beta")).orElse("").contains("context-1m");
-            ModelResolver.Resolution r = ModelResolver.resolve(requested, wants1m, up.models().list(), routing);
-            Exchange.of(ctx).model(requested, r.upstream());
-            return r;
+            Exchange exchange = Exchange.of(ctx).model(requested, null);
+            try {
+                ModelResolver.Resolution r = ModelResolver.resolve(requested, wants1m, up.models().list(), routing);
+                exchange.model(requested, r.upstream());
+                return r;
+            } catch (ApiError unknown) {
+                exchange.invokesModel = true;
+                throw unknown;
+            }
         }
 
         private Map<String, String> headers(Context ctx) {
@@ -2420,6 +2473,41 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
+    /** What Copilot's errors mean for the person at the keyboard, and the one thing to do about each. */
+    static final class CopilotHints {
+        static Optional<String> hint(int status, String code, String message) {
+            String m = message == null ? "" : message.toLowerCase(Locale.ROOT);
+            if (status == 466) {
+                return Optional.of("Copilot finds the editor version copilot-api sends too old; set COPILOT_API_COPILOT_CHAT_VERSION "
+                    + "(and COPILOT_API_VSCODE_VERSION) to current Copilot Chat and VS Code versions");
+            }
+            if (status == 421) {
+                return Optional.of("this account's Copilot API is on another host; start with the right --account-type "
+                    + "(individual, business, enterprise) or set COPILOT_API_COPILOT_URL");
+            }
+            if (status == 402 || "quota_exceeded".equals(code)) {
+                return Optional.of("the Copilot quota is used up until it resets (copilot-api check-usage shows the date); "
+                    + "models included in the plan may still work");
+            }
+            if (status == 401) {
+                return Optional.of("Copilot refused copilot-api's Copilot token even after a refresh; check that this GitHub account "
+                    + "still has Copilot (copilot-api check-usage)");
+            }
+            if ("model_not_supported".equals(code) || m.contains("model is not supported")) {
+                return Optional.of("this model is not enabled for the account; enable it in GitHub's Copilot settings or pick one "
+                    + "from GET /v1/models");
+            }
+            if (m.contains("vision") && !m.contains("copilot-vision-request") && (status == 400 || status == 403)) {
+                return Optional.of("images are turned off for this account or by its organisation's Copilot policy");
+            }
+            if (status == 403) {
+                return Optional.of("Copilot refused this request; the account or its organisation's policy may not allow this "
+                    + "model or feature");
+            }
+            return Optional.empty();
+        }
+    }
+
     /** Error shapes: one writer per API surface, chosen by the path. */
     static final class Errors {
         static final String WRITTEN = "copilot-api.error-written";
@@ -2432,6 +2520,8 @@ class CopilotApi implements Callable<Integer> {
 
         static void handle(Exception e, Context ctx) {
             ApiError error = toApiError(e);
+            boolean upstream = e instanceof UpstreamException || e instanceof UpstreamUnreachable || e instanceof UserFacingException;
+            Exchange.of(ctx).error(error.getMessage(), upstream || error.status() >= 500);
             if (ctx.res().isCommitted()) {
                 Logs.log().warn("{} {} failed after the response started: {}", ctx.method(), ctx.path(), error.getMessage());
                 return;
@@ -2448,15 +2538,22 @@ class CopilotApi implements Callable<Integer> {
             return new ApiError(500, "api_error", "Internal error in copilot-api: " + describe(e));
         }
 
-        /** Keeps the upstream status, wording, code and retry-after. */
+        /**
+         * Keeps the upstream status, wording, code and retry-after, and adds what the error means for the user.
+         * A 401 that survived the token refresh is Copilot refusing copilot-api, not the client's key: a 502, so
+         * that no SDK reports "your API key is wrong".
+         */
         static ApiError fromUpstream(UpstreamException u) {
             Optional<JsonNode> json = Json.tryParse(u.body());
             String message = json.map(j -> upstreamMessage(j, u.status())).orElseGet(() ->
                 u.body().isBlank() ? "Copilot answered HTTP " + u.status() : Redact.shorten(u.body().strip()));
             JsonNode err = json.map(j -> j.path("error")).orElse(Json.object());
-            String type = err.path("type").isTextual() ? err.path("type").asText() : typeFor(u.status());
             String code = err.path("code").isTextual() ? err.path("code").asText() : null;
             String param = err.path("param").isTextual() ? err.path("param").asText() : null;
+            Optional<String> hint = CopilotHints.hint(u.status(), code, message);
+            if (hint.isPresent()) message = message + " (copilot-api: " + hint.get() + ")";
+            if (u.status() == 401) return new ApiError(502, "api_error", message, null, code != null ? code : "copilot_unauthorized");
+            String type = err.path("type").isTextual() ? err.path("type").asText() : typeFor(u.status());
             ApiError a = new ApiError(u.status(), type, message, param, code);
             u.retryAfter().ifPresent(r -> a.headers().put("retry-after", r));
             return a;
@@ -6376,6 +6473,7 @@ class CopilotApi implements Callable<Integer> {
             boolean copied = Clipboard.copy(code.userCode());
             console.say("To log in, open " + code.verificationUri() + " and enter the code: " + code.userCode()
                 + (copied ? "  (copied to the clipboard)" : ""));
+            console.say("Waiting for you to enter the code (Ctrl-C to cancel)...");
             long interval = Math.max(0, code.interval());
             Instant deadline = Instant.now().plusSeconds(code.expiresIn() > 0 ? code.expiresIn() : 900);
             while (true) {

@@ -364,6 +364,8 @@ class CopilotApiTests {
                     console.slept, "slow_down without an interval adds 5 s to the wait");
                 assertTrue(console.said.stream().anyMatch(l -> l.contains("WDJB-MJHT") && l.contains(stub.githubUrl() + "/login/device")),
                     "user code and verification URL shown: " + console.said);
+                assertTrue(console.said.stream().anyMatch(l -> l.startsWith("Waiting for you to enter the code")),
+                    "the person knows the tool is waiting: " + console.said);
                 StubUpstream.Recorded start = stub.last("/login/device/code");
                 assertTrue(start.body().contains("client_id=Iv1.b507a08c87ecfe98"), start.body());
                 assertTrue(start.body().contains("scope=read%3Auser"), start.body());
@@ -537,7 +539,7 @@ class CopilotApiTests {
                 String body = "{\"error\":{\"message\":\"unauthorized: account suspended\",\"code\":\"unauthorized\"}}";
                 for (int i = 0; i < 6; i++) h.stub.enqueue("/chat/completions", StubUpstream.Reply.json(401, body));
                 int exchanges = h.stub.count("/copilot_internal/v2/token");
-                for (int i = 0; i < 5; i++) assertEquals(401, h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode());
+                for (int i = 0; i < 5; i++) assertEquals(502, h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode());
                 assertEquals(exchanges + 1, h.stub.count("/copilot_internal/v2/token"), "one exchange for five refused requests");
                 assertEquals(6, h.stub.count("/chat/completions"), "the first request retried once, the others went once");
                 h.stub.clear();
@@ -837,6 +839,33 @@ class CopilotApiTests {
             assertTrue(err.has("param"));
         }
 
+        /** Each Copilot error the client may meet carries what it means and the one thing to do, in both API shapes. */
+        @Test
+        void copilotsOwnErrorsSayWhatToDo() throws Exception {
+            record Case(int status, String body, String hint) {}
+            for (Case c : List.of(
+                    new Case(466, "{\"error\":{\"message\":\"client version too old\"}}", "COPILOT_API_COPILOT_CHAT_VERSION"),
+                    new Case(421, "Misdirected Request", "--account-type"),
+                    new Case(402, "{\"error\":{\"message\":\"You have exceeded your premium request allowance\",\"code\":\"quota_exceeded\"}}",
+                        "until it resets"),
+                    new Case(400, "{\"error\":{\"message\":\"The requested model is not supported.\",\"code\":\"model_not_supported\"}}",
+                        "not enabled for the account"),
+                    new Case(400, "{\"error\":{\"message\":\"Vision is disabled for this organization\"}}", "images are turned off"),
+                    new Case(403, "{\"error\":{\"message\":\"Forbidden by policy\"}}", "organisation's policy"))) {
+                h.stub.enqueue("/chat/completions", StubUpstream.Reply.json(c.status(), c.body()));
+                HttpResponse<String> r = h.post("/v1/chat/completions", HI);
+                assertEquals(c.status(), r.statusCode(), r.body());
+                String message = json(r.body()).path("error").path("message").asText();
+                assertTrue(message.contains(c.hint()), c.status() + ": " + message);
+                assertTrue(message.startsWith(c.body().startsWith("{") ? json(c.body()).path("error").path("message").asText() : c.body()),
+                    "Copilot's own words come first: " + message);
+            }
+            h.stub.enqueue("/v1/messages", StubUpstream.Reply.json(466, "{\"error\":{\"message\":\"client version too old\"}}"));
+            HttpResponse<String> anthropic = h.post("/v1/messages", CopilotApiTests.MESSAGES_HI);
+            assertEquals(466, anthropic.statusCode());
+            assertTrue(json(anthropic.body()).path("error").path("message").asText().contains("COPILOT_API_COPILOT_CHAT_VERSION"), anthropic.body());
+        }
+
         @Test
         void rateLimitKeepsRetryAfter() throws Exception {
             h.stub.enqueue("/chat/completions", StubUpstream.Reply.json(429, "{\"error\":{\"message\":\"Too many requests\"}}",
@@ -854,8 +883,9 @@ class CopilotApiTests {
             h.stub.enqueue("/chat/completions", StubUpstream.Reply.json(401, body));
             h.stub.enqueue("/chat/completions", StubUpstream.Reply.json(401, body));
             HttpResponse<String> r = h.post("/v1/chat/completions", HI);
-            assertEquals(401, r.statusCode());
-            assertEquals("authentication_error", json(r.body()).path("error").path("type").asText());
+            assertEquals(502, r.statusCode(), "Copilot refusing copilot-api is not the client's key being wrong");
+            assertEquals("api_error", json(r.body()).path("error").path("type").asText());
+            assertTrue(json(r.body()).path("error").path("message").asText().contains("copilot-api check-usage"), r.body());
             assertEquals(2, h.stub.count("/chat/completions"), "retried exactly once");
         }
 
@@ -2109,7 +2139,7 @@ class CopilotApiTests {
             /** Exactly these arguments, in an environment without the caller's GitHub variables. */
             Started(Map<String, String> env, List<String> args) throws IOException {
                 ProcessBuilder pb = new ProcessBuilder(command(args.toArray(String[]::new))).redirectErrorStream(true);
-                pb.environment().keySet().removeIf(k -> k.startsWith("COPILOT_API_") || k.equals("GH_TOKEN") || k.equals("GITHUB_TOKEN"));
+                pb.environment().keySet().removeIf(k -> k.startsWith("COPILOT_API_") || k.equals("GH_TOKEN") || k.equals("GITHUB_TOKEN") || k.equals("XDG_DATA_HOME"));
                 pb.environment().putAll(env);
                 process = pb.start();
                 // one reader from start to end, so output is never lost, whenever the test looks at it
@@ -2159,7 +2189,7 @@ class CopilotApiTests {
 
         static Run cli(Map<String, String> env, String... args) throws Exception {
             ProcessBuilder pb = new ProcessBuilder(command(args));
-            pb.environment().keySet().removeIf(k -> k.startsWith("COPILOT_API_") || k.equals("GH_TOKEN") || k.equals("GITHUB_TOKEN"));
+            pb.environment().keySet().removeIf(k -> k.startsWith("COPILOT_API_") || k.equals("GH_TOKEN") || k.equals("GITHUB_TOKEN") || k.equals("XDG_DATA_HOME"));
             pb.environment().putAll(env);
             Path out = Files.createTempFile("out", ".txt");
             Path err = Files.createTempFile("err", ".txt");
@@ -2252,6 +2282,62 @@ class CopilotApiTests {
                 assertTrue(r.out().contains("complete -F") && r.out().contains("--cors-origin") && r.out().contains("check-usage"), r.out());
                 assertTrue(r.out().contains("bashcompinit"), "the same script serves zsh");
             }
+        }
+
+        /** The terminal shows model calls and trouble, not the dashboard's polling; Copilot's errors come at WARN with their hint. */
+        @Test
+        void theLogShowsModelCallsAndTroubleNotPolling() throws Exception {
+            try (StubUpstream stub = StubUpstream.start();
+                    Started server = new Started(env(stub, Files.createTempDirectory("h")), "--api-key", "log-key")) {
+                String base = server.baseUrl();
+                HttpClient client = HttpClient.newHttpClient();
+                for (String path : List.of("/stats", "/usage", "/stats", "/favicon.ico")) {
+                    HttpResponse<String> r = client.send(HttpRequest.newBuilder(URI.create(base + path)).header("x-api-key", "log-key").build(),
+                        HttpResponse.BodyHandlers.ofString());
+                    assertTrue(r.statusCode() < 300, path + " " + r.statusCode());
+                }
+                HttpResponse<String> icon = client.send(HttpRequest.newBuilder(URI.create(base + "/favicon.ico")).build(), HttpResponse.BodyHandlers.ofString());
+                assertEquals(204, icon.statusCode(), "the icon needs no key");
+                stub.enqueue("/chat/completions", StubUpstream.Reply.json(466, "{\"error\":{\"message\":\"client version too old\"}}"));
+                for (String body : List.of(CHAT_HI, CHAT_HI, "{\"model\":\"no-such-model\",\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}")) {
+                    String path = body.contains("max_tokens") ? "/v1/messages" : "/v1/chat/completions";
+                    client.send(HttpRequest.newBuilder(URI.create(base + path)).header("x-api-key", "log-key")
+                        .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(body)).build(),
+                        HttpResponse.BodyHandlers.ofString());
+                }
+                assertNotNull(server.lineWith("POST /v1/messages no-such-model"), "an unknown model is named: " + server.log);
+                String log = server.log.toString();
+                assertTrue(log.matches("(?s).*WARN copilot-api - POST /v1/chat/completions gpt-4\\.1 \\[passthrough] 466 .*COPILOT_API_COPILOT_CHAT_VERSION.*"),
+                    "Copilot's error at WARN, with its hint: " + log);
+                assertTrue(log.matches("(?s).*INFO copilot-api - POST /v1/chat/completions gpt-4\\.1 \\[passthrough] 200 .*"), log);
+                assertFalse(log.contains("GET /stats") || log.contains("GET /usage") || log.contains("favicon"), "polling is not logged: " + log);
+                JsonNode stats = json(client.send(HttpRequest.newBuilder(URI.create(base + "/stats")).header("x-api-key", "log-key").build(),
+                    HttpResponse.BodyHandlers.ofString()).body());
+                boolean counted = false;
+                for (JsonNode m : stats.path("models")) counted |= m.path("model").asText().equals("no-such-model") && m.path("errors").asInt() == 1;
+                assertTrue(counted, "the unknown model is counted: " + stats);
+            }
+        }
+
+        @Test
+        void enterpriseServerHostsAndPastedUrls() throws Exception {
+            Map<String, String> env = Map.of("COPILOT_API_HOME", Files.createTempDirectory("h").toString());
+            JsonNode urls = json(cli(env, "debug", "--json", "--enterprise-url", "https://github.acme.corp").out()).path("urls");
+            assertEquals("https://github.acme.corp", urls.path("github").asText());
+            assertEquals("https://github.acme.corp/api/v3", urls.path("githubApi").asText(), "GitHub Enterprise Server keeps its API under /api/v3");
+            Run pasted = cli(env, "debug", "--enterprise-url", "https://acme.ghe.com/login/device");
+            assertEquals(2, pasted.exit());
+            assertTrue(pasted.err().contains("--enterprise-url takes a host such as acme.ghe.com"), pasted.err());
+        }
+
+        @Test
+        void theDataDirectoryFollowsHome() throws Exception {
+            Path home = Files.createTempDirectory("home");
+            JsonNode paths = json(cli(Map.of("HOME", home.toString()), "debug", "--json").out()).path("paths");
+            assertEquals(home.resolve(".local/share/copilot-api").toString(), paths.path("dataDir").asText());
+            Path xdg = Files.createTempDirectory("xdg");
+            paths = json(cli(Map.of("HOME", home.toString(), "XDG_DATA_HOME", xdg.toString()), "debug", "--json").out()).path("paths");
+            assertEquals(xdg.resolve("copilot-api").toString(), paths.path("dataDir").asText());
         }
 
         @Test
