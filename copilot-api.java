@@ -5740,14 +5740,21 @@ class CopilotApi implements Callable<Integer> {
         void close();
     }
 
-    /** Upstream server-sent events, read on their own thread so the relay can send keep-alives in silences. */
+    /**
+     * Upstream server-sent events, read on their own thread so the relay can send keep-alives in silences. The
+     * hand-off holds a few events only: the reader waits while the client is slow, so Copilot is read no faster
+     * than the client takes it.
+     */
     static final class UpstreamEvents implements EventSource {
         /** One of: an event, the end of the stream (all null), or a read failure. */
         record Item(SseEvent event, IOException failure) {}
 
+        static final int HAND_OFF = 16;
+        /** How often a reader waiting for room looks whether the relay has closed the stream. */
+        private static final Duration RECHECK = Duration.ofMillis(200);
         private static final Item END = new Item(null, null);
         private final InputStream in;
-        private final java.util.concurrent.BlockingQueue<Item> queue = new java.util.concurrent.LinkedBlockingQueue<>();
+        private final java.util.concurrent.BlockingQueue<Item> queue = new java.util.concurrent.ArrayBlockingQueue<>(HAND_OFF);
         private volatile boolean closed;
 
         UpstreamEvents(InputStream in) {
@@ -5758,10 +5765,25 @@ class CopilotApi implements Callable<Integer> {
         private void pump() {
             try {
                 SseReader reader = new SseReader(in);
-                for (SseEvent e = reader.next(); e != null; e = reader.next()) queue.add(new Item(e, null));
-                queue.add(END);
+                for (SseEvent e = reader.next(); e != null; e = reader.next()) {
+                    if (!hand(new Item(e, null))) return;
+                }
+                hand(END);
             } catch (IOException e) {
-                queue.add(closed ? END : new Item(null, e));
+                hand(closed ? END : new Item(null, e));
+            }
+        }
+
+        /** Waits for room in the hand-off; false once the relay closed the stream and nobody will take the item. */
+        private boolean hand(Item item) {
+            try {
+                while (!queue.offer(item, RECHECK.toMillis(), TimeUnit.MILLISECONDS)) {
+                    if (closed) return false;
+                }
+                return true;
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return false;
             }
         }
 

@@ -87,6 +87,7 @@ class CopilotApiTests {
         StatsTests.class,
         DashboardTests.class,
         GracefulStopTests.class,
+        SlowReaderTests.class,
         TerminalTests.class,
         ProxyTests.class,
         CliTests.class,
@@ -1600,6 +1601,50 @@ class CopilotApiTests {
                 assertThrows(IOException.class, () -> client.send(HttpRequest.newBuilder(URI.create(b + "/")).build(),
                     HttpResponse.BodyHandlers.ofString()), "no new connections after the stop");
             }
+        }
+    }
+
+    static String streaming(String body) {
+        return body.replace("{\"model\"", "{\"stream\":true,\"model\"");
+    }
+
+    /** A client that reads slowly: Copilot is read no faster than the client takes the answer. */
+    static final class SlowReaderTests extends WithHarness {
+        static final long FLOOD = 64L * 1024 * 1024;
+        /** Socket buffers on the two loopback hops, Jetty's and HttpClient's buffers and the hand-off, with room to spare. */
+        static final long BOUND = 16L * 1024 * 1024;
+
+        @Test
+        void theUpstreamIsNotReadFarAheadOfASlowClient() throws Exception {
+            h.stub.enqueue("/chat/completions", StubUpstream.Reply.flood(FLOOD));
+            try (java.net.Socket s = new java.net.Socket()) {
+                s.setReceiveBufferSize(16 * 1024);
+                s.connect(new java.net.InetSocketAddress("127.0.0.1", h.server.port()));
+                byte[] body = streaming(CHAT_HI).getBytes(UTF_8);
+                s.getOutputStream().write(("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    + "Content-Length: " + body.length + "\r\n\r\n").getBytes(UTF_8));
+                s.getOutputStream().write(body);
+                s.getOutputStream().flush();
+                assertEquals(2048, s.getInputStream().readNBytes(2048).length);
+                StubUpstream.Recorded upstream = h.stub.await("/chat/completions", Duration.ofSeconds(5));
+                long sent = settled(upstream);
+                assertTrue(sent < BOUND, "Copilot was read " + sent + " bytes ahead of a client that took 2 KB");
+            }
+            StubUpstream.Recorded upstream = h.stub.last("/chat/completions");
+            assertTrue(upstream.awaitClientGone(Duration.ofSeconds(10)), "the upstream is let go when the client leaves");
+        }
+
+        /** The stub's byte count once it has not moved for half a second (or after 20 s). */
+        static long settled(StubUpstream.Recorded r) throws InterruptedException {
+            long end = System.nanoTime() + Duration.ofSeconds(20).toNanos();
+            long last = -1;
+            while (System.nanoTime() < end) {
+                long now = r.bytesSent();
+                if (now == last) return now;
+                last = now;
+                Thread.sleep(500);
+            }
+            return r.bytesSent();
         }
     }
 

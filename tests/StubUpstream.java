@@ -479,6 +479,7 @@ final class StubUpstream implements AutoCloseable {
                 startStream(ex, rec, r);
                 Thread.sleep(r.hangMs());
             }
+            case FLOOD -> flood(ex, rec, r);
             case SSE, RAW_SSE -> {
                 startStream(ex, rec, r);
                 OutputStream out = ex.getResponseBody();
@@ -491,6 +492,20 @@ final class StubUpstream implements AutoCloseable {
                 }
                 if (r.cutAfter() >= 0) throw new CutConnection();
             }
+        }
+    }
+
+    /** Chat chunks of about 1 KB each, as fast as the client takes them, until {@code hangMs} bytes were sent; no [DONE]. */
+    private static void flood(HttpExchange ex, Recorded rec, Reply r) throws IOException {
+        startStream(ex, rec, r);
+        OutputStream out = ex.getResponseBody();
+        byte[] chunk = ("data: {\"id\":\"chatcmpl-flood\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"gpt-4.1\","
+            + "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"" + "x".repeat(900) + "\"}}]}\n\n")
+            .getBytes(StandardCharsets.UTF_8);
+        while (rec.bytesSent() < r.hangMs()) {
+            out.write(chunk);
+            out.flush();
+            rec.sent(chunk.length);
         }
     }
 
@@ -1493,7 +1508,7 @@ final class StubUpstream implements AutoCloseable {
      * returns a copy): status, header, delayMs (JSON: before answering; streams: between events), cutAfter.
      */
     record Reply(Kind kind, int status, String body, List<String> events, Map<String, String> headers, long delayMs, int cutAfter, long hangMs) {
-        enum Kind { JSON, SSE, RAW_SSE, HANG }
+        enum Kind { JSON, SSE, RAW_SSE, HANG, FLOOD }
 
         Reply {
             events = List.copyOf(events);
@@ -1552,6 +1567,11 @@ final class StubUpstream implements AutoCloseable {
         /** 200 text/event-stream headers, then nothing for {@code ms}, then a normal end with an empty body. */
         static Reply hang(long ms) {
             return new Reply(Kind.HANG, 200, "", List.of(), Map.of(), 0, -1, ms);
+        }
+
+        /** A chat stream of {@code bytes} bytes sent as fast as the client reads (the byte count: {@link Recorded#bytesSent()}). */
+        static Reply flood(long bytes) {
+            return new Reply(Kind.FLOOD, 200, "", List.of(), Map.of(), 0, -1, bytes);
         }
 
         Reply status(int newStatus) {
@@ -1642,6 +1662,7 @@ final class StubUpstream implements AutoCloseable {
         private final String body;
         private final CountDownLatch gone = new CountDownLatch(1);
         private volatile int status;
+        private final java.util.concurrent.atomic.AtomicLong sent = new java.util.concurrent.atomic.AtomicLong();
         private volatile JsonNode json;
         private volatile boolean parsed;
 
@@ -1708,6 +1729,15 @@ final class StubUpstream implements AutoCloseable {
 
         void status(int s) {
             status = s;
+        }
+
+        /** Bytes of the body written (and flushed) to the client so far; counted by flood replies. */
+        long bytesSent() {
+            return sent.get();
+        }
+
+        void sent(long n) {
+            sent.addAndGet(n);
         }
 
         /** True once writing the reply to this client failed: it disconnected. */
