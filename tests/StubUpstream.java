@@ -2005,6 +2005,109 @@ final class StubUpstream implements AutoCloseable {
         }
     }
 
+    /**
+     * A Copilot that never answers: requests are read and then left without a byte of answer, the way a hung
+     * upstream behaves. GET .../models is answered with the stub's catalog so a server can start against it.
+     * {@link #awaitClosed} tells when the caller closed a connection it was waiting on (the call was cancelled).
+     */
+    static final class Silent implements AutoCloseable {
+        private final StubUpstream stub;
+        private final ServerSocket listener;
+        private final List<String> seen = new CopyOnWriteArrayList<>();
+        private final AtomicInteger closed = new AtomicInteger();
+        private final Set<Socket> open = ConcurrentHashMap.newKeySet();
+        private volatile boolean hangCatalog;
+
+        Silent(StubUpstream stub) throws IOException {
+            this.stub = stub;
+            listener = new ServerSocket(0, 50, InetAddress.getByName("127.0.0.1"));
+            Thread t = new Thread(this::acceptLoop, "stub-silent-accept");
+            t.setDaemon(true);
+            t.start();
+        }
+
+        /** Leaves GET .../models unanswered too. */
+        Silent hangCatalog() {
+            hangCatalog = true;
+            return this;
+        }
+
+        /** For COPILOT_API_COPILOT_URL. */
+        String url() {
+            return "http://127.0.0.1:" + listener.getLocalPort();
+        }
+
+        /** "METHOD /path" of each request left unanswered, in arrival order. */
+        List<String> seen() {
+            return List.copyOf(seen);
+        }
+
+        /** True once {@code n} unanswered connections were closed by the caller; false on timeout. */
+        boolean awaitClosed(int n, Duration timeout) throws InterruptedException {
+            long end = System.nanoTime() + timeout.toNanos();
+            while (closed.get() < n && System.nanoTime() < end) Thread.sleep(20);
+            return closed.get() >= n;
+        }
+
+        int closedCount() {
+            return closed.get();
+        }
+
+        @Override
+        public void close() {
+            Proxy.closeQuietly(listener);
+            open.forEach(Proxy::closeQuietly);
+        }
+
+        private void acceptLoop() {
+            while (!listener.isClosed()) {
+                try {
+                    Socket s = listener.accept();
+                    open.add(s);
+                    Thread t = new Thread(() -> serve(s), "stub-silent-conn");
+                    t.setDaemon(true);
+                    t.start();
+                } catch (IOException e) {
+                    // closed: the loop ends
+                }
+            }
+        }
+
+        private void serve(Socket client) {
+            try (client) {
+                InputStream in = new BufferedInputStream(client.getInputStream());
+                String requestLine = Proxy.readLine(in);
+                if (requestLine == null || requestLine.isEmpty()) return;
+                String[] parts = requestLine.split(" ");
+                Proxy.readBody(in, Proxy.readHeaders(in));
+                if (!hangCatalog && parts[0].equals("GET") && parts[1].endsWith("/models")) {
+                    answerCatalog(client.getOutputStream());
+                    return;
+                }
+                seen.add(parts[0] + " " + parts[1]);
+                while (in.read() >= 0) {
+                    continue;
+                }
+                closed.incrementAndGet();
+            } catch (IOException e) {
+                closed.incrementAndGet();
+            } finally {
+                open.remove(client);
+            }
+        }
+
+        private void answerCatalog(OutputStream out) throws IOException {
+            ObjectNode o = obj();
+            o.set("data", stub.snapshot(stub.models));
+            o.put("object", "list");
+            byte[] body = o.toString().getBytes(StandardCharsets.UTF_8);
+            out.write(("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + body.length
+                + "\r\nConnection: close\r\n\r\n").getBytes(StandardCharsets.ISO_8859_1));
+            out.write(body);
+            out.flush();
+        }
+    }
+
     // ==== 11. Small utilities ====
 
     static ObjectNode obj() {
