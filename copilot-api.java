@@ -91,7 +91,7 @@ import picocli.CommandLine;
  *       dashboard), the OpenAI and Anthropic surfaces, the stream relays, the client watch, error shapes</li>
  *   <li>Translators: pure JSON-in/JSON-out code: chat-answer normalisers, Anthropic to chat and back (with
  *       the stream state machine), model-name resolution, native-request cleaning, token counting</li>
- *   <li>Copilot client: headers, timeouts, token lifecycle, model catalog, upstream calls</li>
+ *   <li>Copilot client: headers, timeouts, token lifecycle, model catalog, upstream calls, running streams</li>
  *   <li>GitHub auth: token sources, token file, device flow, usage</li>
  *   <li>Errors: typed exceptions shared by every surface</li>
  *   <li>Small utilities: JSON, SSE reading, HTTP, proxies, clipboard, threads, redaction</li>
@@ -304,15 +304,18 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** SIGINT/SIGTERM: stop accepting, give running streams up to 10 s, then exit 0. */
+    /**
+     * SIGINT/SIGTERM: refuse new connections, give running requests up to 10 s, end the streams still running
+     * with their API's error event, then exit 0.
+     */
     static final class GracefulStop {
         static final Duration GRACE = Duration.ofSeconds(10);
+        /** Time for the ended streams to write their error event. */
+        static final Duration LAST_WORDS = Duration.ofSeconds(2);
 
         static void install(Server server, CopilotTokens tokens) {
             Runnable stop = () -> {
-                Logs.log().info("stopping: no new connections; waiting up to {}s for {} running request(s)", GRACE.toSeconds(), server.running());
-                server.drain(GRACE);
-                Logs.log().info("stopped, {} request(s) still running", server.running());
+                stop(server, GRACE);
                 server.stop();
                 tokens.close();
             };
@@ -323,6 +326,16 @@ class CopilotApi implements Callable<Integer> {
                     Logs.log().debug("cannot handle SIG{}: {}", name, describe(e));
                 }
             }
+        }
+
+        /** Drains the server; returns how many streams were ended at shutdown. */
+        static int stop(Server server, Duration grace) {
+            Logs.log().info("stopping: no new connections; waiting up to {}s for {} running request(s)", grace.toSeconds(), server.running());
+            server.drain(grace);
+            int ended = server.endStreams(LAST_WORDS);
+            if (ended > 0) Logs.log().info("ended {} stream(s) at shutdown", ended);
+            Logs.log().info("stopped, {} request(s) still running", server.running());
+            return ended;
         }
 
         /** sun.misc.Signal, reached reflectively: it is in every JDK, but naming it makes javac warn on each build. */
@@ -749,12 +762,14 @@ class CopilotApi implements Callable<Integer> {
         private final Javalin app;
         private final String host;
         private final java.util.concurrent.atomic.AtomicInteger inFlight;
+        private final LiveStreams streams;
         private final java.util.concurrent.CountDownLatch stopped = new java.util.concurrent.CountDownLatch(1);
 
-        private Server(Javalin app, String host, java.util.concurrent.atomic.AtomicInteger inFlight) {
+        private Server(Javalin app, String host, java.util.concurrent.atomic.AtomicInteger inFlight, LiveStreams streams) {
             this.app = app;
             this.host = host;
             this.inFlight = inFlight;
+            this.streams = streams;
         }
 
         static Server start(ServerOptions options, Settings settings, CopilotClient copilot, ModelCatalog models,
@@ -814,7 +829,7 @@ class CopilotApi implements Callable<Integer> {
                 });
             });
             app.start();
-            return new Server(app, options.host(), inFlight);
+            return new Server(app, options.host(), inFlight, copilot.streams());
         }
 
         int port() {
@@ -836,11 +851,25 @@ class CopilotApi implements Callable<Integer> {
             return inFlight.get();
         }
 
-        /** Stops accepting connections, then waits up to the timeout for running requests (streams) to finish. */
+        /**
+         * Closes the listening sockets (new connections are refused at once, not queued), then waits up to the
+         * timeout for running requests (streams) to finish.
+         */
         void drain(Duration timeout) {
             for (var connector : app.jettyServer().server().getConnectors()) {
-                if (connector instanceof org.eclipse.jetty.server.AbstractNetworkConnector c) c.setAccepting(false);
+                if (connector instanceof org.eclipse.jetty.server.AbstractNetworkConnector c) c.close();
             }
+            awaitIdle(timeout);
+        }
+
+        /** Ends the streams still running with their API's error event and waits briefly for them to be written. */
+        int endStreams(Duration timeout) {
+            int ended = streams.endAll();
+            awaitIdle(timeout);
+            return ended;
+        }
+
+        private void awaitIdle(Duration timeout) {
             long end = System.nanoTime() + timeout.toNanos();
             while (inFlight.get() > 0 && System.nanoTime() < end) {
                 try {
@@ -1430,8 +1459,8 @@ class CopilotApi implements Callable<Integer> {
                         continue;
                     }
                     if (item.failure() != null) {
-                        out.data(Errors.openAiStreamError("The Copilot stream broke: " + describe(item.failure())));
-                        Exchange.of(ctx).failed("upstream stream broke");
+                        out.data(Errors.openAiStreamError(Relay.brokenMessage(item.failure())));
+                        Exchange.of(ctx).failed(Relay.brokenNote(item.failure(), "upstream stream broke"));
                         return;
                     }
                     if (item.event() == null || item.event().data().equals("[DONE]")) {
@@ -1876,8 +1905,8 @@ class CopilotApi implements Callable<Integer> {
                         continue;
                     }
                     if (item.failure() != null || item.event() == null) {
-                        exchange.failed("upstream stream cut");
-                        out.event("error", api.error(item.failure() != null ? "The Copilot stream broke: " + describe(item.failure())
+                        exchange.failed(item.failure() != null ? brokenNote(item.failure(), "upstream stream cut") : "upstream stream cut");
+                        out.event("error", api.error(item.failure() != null ? brokenMessage(item.failure())
                             : "The Copilot stream ended before the answer was complete"));
                         return;
                     }
@@ -1909,7 +1938,7 @@ class CopilotApi implements Callable<Integer> {
                     UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
                     List<NamedEvent> produced = List.of();
                     if (item != null && item.failure() != null) {
-                        produced = api.fail("The Copilot stream broke: " + describe(item.failure()));
+                        produced = api.fail(brokenMessage(item.failure()));
                     } else if (item != null && (item.event() == null || item.event().data().equals("[DONE]"))) {
                         produced = item.event() != null || finishSeen ? api.finish()
                             : api.fail("The Copilot stream ended before the answer was complete");
@@ -1922,6 +1951,7 @@ class CopilotApi implements Callable<Integer> {
                         produced = api.onChunk(chunk.get());
                     }
                     lastWrite = write(out, produced, lastWrite, exchange);
+                    if (item != null && item.failure() instanceof EndedByProxy) exchange.failed(brokenNote(item.failure(), ""));
                     if (!api.done() && System.nanoTime() - lastWrite >= SseWriter.KEEPALIVE.toNanos()) {
                         keepAlive(out, api.keepAlive());
                         lastWrite = System.nanoTime();
@@ -1930,6 +1960,16 @@ class CopilotApi implements Callable<Integer> {
             } catch (SseWriter.ClientGone gone) {
                 exchange.note("client disconnected; upstream request cancelled");
             }
+        }
+
+        /** What the client is told when the upstream stream failed, or the proxy ended it. */
+        static String brokenMessage(IOException failure) {
+            return failure instanceof EndedByProxy ? failure.getMessage() : "The Copilot stream broke: " + describe(failure);
+        }
+
+        /** The request log's note for it. */
+        static String brokenNote(IOException failure, String otherwise) {
+            return failure instanceof EndedByProxy ? "ended: " + failure.getMessage() : otherwise;
         }
 
         private static void keepAlive(SseWriter out, NamedEvent event) {
@@ -5591,10 +5631,55 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
+    /** The proxy itself ended a stream (at shutdown): the message is the whole story for the client. */
+    static final class EndedByProxy extends IOException {
+        EndedByProxy(String message) {
+            super(message);
+        }
+    }
+
     /** The client went away while Copilot had not answered; the upstream call was cancelled. */
     static final class ClientLeft extends RuntimeException {
         ClientLeft() {
             super("client disconnected; upstream request cancelled", null, false, false);
+        }
+    }
+
+    /**
+     * The streams relaying now, so that a shutdown can end each with its API's error event; once closing,
+     * calls still waiting for Copilot's headers give up too.
+     */
+    static final class LiveStreams {
+        static final String SHUTDOWN = "copilot-api is shutting down";
+
+        private final Set<UpstreamEvents> running = java.util.concurrent.ConcurrentHashMap.newKeySet();
+        private volatile boolean closing;
+
+        void add(UpstreamEvents s) {
+            running.add(s);
+        }
+
+        void remove(UpstreamEvents s) {
+            running.remove(s);
+        }
+
+        boolean closing() {
+            return closing;
+        }
+
+        /** Ends every running stream: each relay writes its API's error event and stops. Returns how many. */
+        int endAll() {
+            closing = true;
+            int n = 0;
+            for (UpstreamEvents s : List.copyOf(running)) {
+                s.stop(new EndedByProxy(SHUTDOWN));
+                n++;
+            }
+            return n;
+        }
+
+        int size() {
+            return running.size();
         }
     }
 
@@ -5608,6 +5693,7 @@ class CopilotApi implements Callable<Integer> {
         private final Http http;
         private final CopilotTokens tokens;
         private final Timeouts timeouts;
+        private final LiveStreams streams = new LiveStreams();
 
         CopilotClient(Settings settings, Http http, CopilotTokens tokens) {
             this(settings, http, tokens, Timeouts.DEFAULT);
@@ -5628,6 +5714,10 @@ class CopilotApi implements Callable<Integer> {
             return timeouts;
         }
 
+        LiveStreams streams() {
+            return streams;
+        }
+
         /** COPILOT_API_COPILOT_URL, else the token's endpoints.api, else the account type's default. */
         String baseUrl() {
             return settings.copilotUrlOverride()
@@ -5644,7 +5734,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         UpstreamEvents stream(String path, JsonNode body, CallOptions options) {
-            return new UpstreamEvents(send("POST", path, body, options, true).body(), timeouts.streamIdle());
+            return new UpstreamEvents(send("POST", path, body, options, true).body(), timeouts.streamIdle(), streams);
         }
 
         /** Sends once; on 401 refreshes the token and sends once more. Errors become UpstreamException. */
@@ -5665,7 +5755,8 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /**
-         * Waits for Copilot's headers while the watch looks at the client: a client that left cancels the call (which closes the upstream connection). The request's timeout bounds the wait.
+         * Waits for Copilot's headers while the watch looks at the client: a client that left, or a shutdown,
+         * cancels the call (which closes the upstream connection). The request's timeout bounds the wait.
          */
         private HttpResponse<InputStream> await(HttpRequest request, Watch watch, boolean stream) {
             CompletableFuture<HttpResponse<InputStream>> pending = http.sendAsync(request);
@@ -5675,6 +5766,7 @@ class CopilotApi implements Callable<Integer> {
                     try {
                         return pending.get(POLL.toMillis(), TimeUnit.MILLISECONDS);
                     } catch (java.util.concurrent.TimeoutException e) {
+                        if (streams.closing()) throw new ApiError(503, "api_error", LiveStreams.SHUTDOWN);
                         if (!watch.waiting(Duration.ofNanos(System.nanoTime() - start), stream)) throw new ClientLeft();
                     }
                 }
@@ -5956,13 +6048,17 @@ class CopilotApi implements Callable<Integer> {
         private static final Item END = new Item(null, null);
         private final InputStream in;
         private final Duration idleLimit;
+        private final LiveStreams registry;
         private final java.util.concurrent.BlockingQueue<Item> queue = new java.util.concurrent.ArrayBlockingQueue<>(HAND_OFF);
         private volatile boolean closed;
+        private volatile IOException stopped;
         private long lastItem = System.nanoTime();
 
-        UpstreamEvents(InputStream in, Duration idleLimit) {
+        UpstreamEvents(InputStream in, Duration idleLimit, LiveStreams registry) {
             this.in = in;
             this.idleLimit = idleLimit;
+            this.registry = registry;
+            registry.add(this);
             Threads.start(this::pump);
         }
 
@@ -5997,11 +6093,12 @@ class CopilotApi implements Callable<Integer> {
             long wait = Math.max(0, Math.min(timeout.toNanos(), idleLimit.toNanos() - silent));
             Item item;
             try {
-                item = queue.poll(wait, TimeUnit.NANOSECONDS);
+                item = stopped != null ? null : queue.poll(wait, TimeUnit.NANOSECONDS);
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
                 return new Item(null, new IOException("interrupted"));
             }
+            if (stopped != null) return new Item(null, stopped);
             if (item != null) {
                 lastItem = System.nanoTime();
                 return item;
@@ -6011,10 +6108,18 @@ class CopilotApi implements Callable<Integer> {
             return new Item(null, new IOException("no event from Copilot for " + idleLimit.toSeconds() + "s"));
         }
 
+        /** Ends the stream from outside: the relay's next item is this failure, and the upstream is closed. */
+        void stop(IOException reason) {
+            stopped = reason;
+            close();
+            queue.offer(END);
+        }
+
         /** Closing the body cancels the upstream request. */
         @Override
         public void close() {
             closed = true;
+            registry.remove(this);
             try {
                 in.close();
             } catch (IOException e) {

@@ -87,6 +87,7 @@ class CopilotApiTests {
         StatsTests.class,
         DashboardTests.class,
         GracefulStopTests.class,
+        ShutdownTests.class,
         UpstreamTimeoutTests.class,
         ClientDisconnectTests.class,
         SlowReaderTests.class,
@@ -1607,6 +1608,41 @@ class CopilotApiTests {
                 final String b = base;
                 assertThrows(IOException.class, () -> client.send(HttpRequest.newBuilder(URI.create(b + "/")).build(),
                     HttpResponse.BodyHandlers.ofString()), "no new connections after the stop");
+            }
+        }
+    }
+
+    /** A stream still running after the grace: ended with its API's error event; new connections refused meanwhile. */
+    static final class ShutdownTests {
+        @Test
+        void streamsOutlivingTheGraceEndWithTheirApisErrorEventAndNewConnectionsAreRefused() throws Exception {
+            try (Harness h = Harness.start()) {
+                h.stub.enqueue("/chat/completions", StubUpstream.Reply.hang(30_000));
+                h.stub.enqueue("/v1/messages", StubUpstream.Reply.hang(30_000));
+                HttpResponse<InputStream> chat = h.postStreaming("/v1/chat/completions", CHAT_HI.replace("{\"model\"", "{\"stream\":true,\"model\""));
+                HttpResponse<InputStream> messages = h.postStreaming("/v1/messages", MESSAGES_HI.replace("{\"model\"", "{\"stream\":true,\"model\""));
+                assertEquals(2, eventually(Duration.ofSeconds(5), () -> h.copilot.streams().size(), n -> n == 2));
+                int port = h.server.port();
+                var stopping = java.util.concurrent.CompletableFuture.supplyAsync(() -> CopilotApi.GracefulStop.stop(h.server, Duration.ofSeconds(2)));
+                assertTrue(eventually(Duration.ofSeconds(2), () -> refused(port), r -> r), "new connections are refused during the drain");
+                assertFalse(stopping.isDone(), "still draining when the new connection was refused");
+                assertEquals(2, stopping.get(20, TimeUnit.SECONDS), "two streams ended at shutdown");
+                String chatBody = new String(chat.body().readAllBytes(), UTF_8);
+                String messagesBody = new String(messages.body().readAllBytes(), UTF_8);
+                assertTrue(chatBody.contains("data: {\"error\":{\"message\":\"copilot-api is shutting down\""), chatBody);
+                assertFalse(chatBody.contains("[DONE]"), chatBody);
+                assertTrue(messagesBody.contains("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"copilot-api is shutting down\"}}"),
+                    messagesBody);
+            }
+        }
+
+        static boolean refused(int port) {
+            try (java.net.Socket s = new java.net.Socket("127.0.0.1", port)) {
+                return false;
+            } catch (java.net.ConnectException e) {
+                return true;
+            } catch (IOException e) {
+                throw new java.io.UncheckedIOException(e);
             }
         }
     }
