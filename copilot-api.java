@@ -90,10 +90,10 @@ import picocli.CommandLine;
  *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}</li>
  *   <li>Configuration: URLs, data directory, options, editor versions</li>
  *   <li>Server and routes: Javalin, the request log, operator controls (keys, pacing, approval, stats,
- *       dashboard), the OpenAI and Anthropic surfaces, error shapes</li>
+ *       dashboard), the OpenAI and Anthropic surfaces, the stream relays, the client watch, error shapes</li>
  *   <li>Translators: pure JSON-in/JSON-out code: chat-answer normalisers, Anthropic to chat and back (with
  *       the stream state machine), model-name resolution, native-request cleaning, token counting</li>
- *   <li>Copilot client: headers, token lifecycle, model catalog, upstream calls</li>
+ *   <li>Copilot client: headers, timeouts, token lifecycle, model catalog, upstream calls, running streams</li>
  *   <li>GitHub auth: token sources, token file, device flow, usage</li>
  *   <li>Errors: typed exceptions shared by every surface</li>
  *   <li>Small utilities: JSON, SSE reading, HTTP, proxies, clipboard, threads, redaction</li>
@@ -269,6 +269,14 @@ class CopilotApi implements Callable<Integer> {
         @Option(names = "--claude-code-small-model", paramLabel = "MODEL", description = "Small, fast model for --claude-code (skips the prompt).")
         String claudeCodeSmallModel;
 
+        @Option(names = "--first-byte-timeout", paramLabel = "SECONDS", defaultValue = "${env:COPILOT_API_FIRST_BYTE_TIMEOUT:-60}",
+            description = "Seconds a stream may wait for Copilot's first answer; then 504 or an error event (default: ${DEFAULT-VALUE}; env COPILOT_API_FIRST_BYTE_TIMEOUT).")
+        long firstByteTimeout;
+
+        @Option(names = "--stream-idle-timeout", paramLabel = "SECONDS", defaultValue = "${env:COPILOT_API_STREAM_IDLE_TIMEOUT:-120}",
+            description = "Seconds a stream may go without an event from Copilot before it is ended with an error event (default: ${DEFAULT-VALUE}; env COPILOT_API_STREAM_IDLE_TIMEOUT).")
+        long streamIdleTimeout;
+
         @Option(names = "--shell", paramLabel = "SHELL", description = "Shell syntax for the --claude-code command: posix, fish, powershell or cmd (default: detected).")
         String shell;
 
@@ -317,24 +325,35 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
+        private Timeouts timeouts(Settings settings) {
+            try {
+                return Timeouts.of(firstByteTimeout, streamIdleTimeout);
+            } catch (UserFacingException e) {
+                throw usage(e.getMessage());
+            }
+        }
+
         @Override
         public Integer call() throws Exception {
             Settings settings = common.settings();
             BrowserGuard guard = validate(settings);
+            Timeouts timeouts = timeouts(settings);
             Ports.requireFree(host, port);
             Http http = Http.create(settings);
             GitHubAuth auth = new GitHubAuth(settings, http);
             GitHubToken github = auth.tokenOrLogin(Console.system());
             CopilotTokens tokens = new CopilotTokens(settings, http, github);
             tokens.start();
-            CopilotClient copilot = new CopilotClient(settings, http, tokens);
+            CopilotClient copilot = new CopilotClient(settings, http, tokens, timeouts);
             ModelCatalog models = new ModelCatalog(copilot);
-            models.refreshQuietly();
             ModelRouting routing = ModelRouting.from(modelMap, fallbackModel, System.getenv());
             Controls controls = controls(settings);
+            // --claude-code needs the catalog to choose from, and checks its choice before listening
             ClaudeCodeSetup.Choice choice = claudeCode ? ClaudeCodeSetup.choose(models, claudeCodeModel, claudeCodeSmallModel, System.console()) : null;
             Server server = Ports.start(host, port, () ->
                 Server.start(new ServerOptions(host, port, routing, controls, guard), settings, copilot, models, auth, github));
+            // listening first: a slow Copilot delays the catalog, not the port
+            if (choice == null) Threads.start(models::refreshQuietly);
             GracefulStop.install(server, tokens);
             System.out.println("copilot-api " + VERSION + " listening on " + server.baseUrl());
             System.out.println("  OpenAI base URL:    " + server.baseUrl() + "/v1");
@@ -353,15 +372,18 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** SIGINT/SIGTERM: stop accepting, give running streams up to 10 s, then exit 0. */
+    /**
+     * SIGINT/SIGTERM: refuse new connections, give running requests up to 10 s, end the streams still running
+     * with their API's error event, then exit 0.
+     */
     static final class GracefulStop {
         static final Duration GRACE = Duration.ofSeconds(10);
+        /** Time for the ended streams to write their error event. */
+        static final Duration LAST_WORDS = Duration.ofSeconds(2);
 
         static void install(Server server, CopilotTokens tokens) {
             Runnable stop = () -> {
-                Logs.log().info("stopping: no new connections; waiting up to {}s for {} running request(s)", GRACE.toSeconds(), server.running());
-                server.drain(GRACE);
-                Logs.log().info("stopped, {} request(s) still running", server.running());
+                stop(server, GRACE);
                 server.stop();
                 tokens.close();
             };
@@ -372,6 +394,16 @@ class CopilotApi implements Callable<Integer> {
                     Logs.log().debug("cannot handle SIG{}: {}", name, describe(e));
                 }
             }
+        }
+
+        /** Drains the server; returns how many streams were ended at shutdown. */
+        static int stop(Server server, Duration grace) {
+            Logs.log().info("stopping: no new connections; waiting up to {}s for {} running request(s)", grace.toSeconds(), server.running());
+            server.drain(grace);
+            int ended = server.endStreams(LAST_WORDS);
+            if (ended > 0) Logs.log().info("ended {} stream(s) at shutdown", ended);
+            Logs.log().info("stopped, {} request(s) still running", server.running());
+            return ended;
         }
 
         /** sun.misc.Signal, reached reflectively: it is in every JDK, but naming it makes javac warn on each build. */
@@ -809,7 +841,12 @@ class CopilotApi implements Callable<Integer> {
 
     /** What the routes need from the rest of the tool. */
     record Upstream(Settings settings, CopilotClient copilot, ModelCatalog models, GitHubAuth github, GitHubToken githubToken,
-        Controls controls) {}
+        Controls controls) {
+        /** The call options with this request's client watched while Copilot has not answered. */
+        CallOptions watched(Context ctx, CallOptions call) {
+            return call.watched(new ClientWatch(ctx, copilot.timeouts().earlyCommit()));
+        }
+    }
 
     /** The Javalin server: routes for every surface, one error handler per surface, one log line per request. */
     static final class Server {
@@ -823,12 +860,14 @@ class CopilotApi implements Callable<Integer> {
         private final Javalin app;
         private final String host;
         private final java.util.concurrent.atomic.AtomicInteger inFlight;
+        private final LiveStreams streams;
         private final java.util.concurrent.CountDownLatch stopped = new java.util.concurrent.CountDownLatch(1);
 
-        private Server(Javalin app, String host, java.util.concurrent.atomic.AtomicInteger inFlight) {
+        private Server(Javalin app, String host, java.util.concurrent.atomic.AtomicInteger inFlight, LiveStreams streams) {
             this.app = app;
             this.host = host;
             this.inFlight = inFlight;
+            this.streams = streams;
         }
 
         static Server start(ServerOptions options, Settings settings, CopilotClient copilot, ModelCatalog models,
@@ -898,7 +937,7 @@ class CopilotApi implements Callable<Integer> {
                 });
             });
             app.start();
-            return new Server(app, options.host(), inFlight);
+            return new Server(app, options.host(), inFlight, copilot.streams());
         }
 
         int port() {
@@ -920,11 +959,25 @@ class CopilotApi implements Callable<Integer> {
             return inFlight.get();
         }
 
-        /** Stops accepting connections, then waits up to the timeout for running requests (streams) to finish. */
+        /**
+         * Closes the listening sockets (new connections are refused at once, not queued), then waits up to the
+         * timeout for running requests (streams) to finish.
+         */
         void drain(Duration timeout) {
             for (var connector : app.jettyServer().server().getConnectors()) {
-                if (connector instanceof org.eclipse.jetty.server.AbstractNetworkConnector c) c.setAccepting(false);
+                if (connector instanceof org.eclipse.jetty.server.AbstractNetworkConnector c) c.close();
             }
+            awaitIdle(timeout);
+        }
+
+        /** Ends the streams still running with their API's error event and waits briefly for them to be written. */
+        int endStreams(Duration timeout) {
+            int ended = streams.endAll();
+            awaitIdle(timeout);
+            return ended;
+        }
+
+        private void awaitIdle(Duration timeout) {
             long end = System.nanoTime() + timeout.toNanos();
             while (inFlight.get() > 0 && System.nanoTime() < end) {
                 try {
@@ -1611,7 +1664,7 @@ class CopilotApi implements Callable<Integer> {
             Exchange.of(ctx).model(model, model).route(viaResponses ? "translated" : "passthrough");
             up.controls().admit(ctx, model, messages.size());
             Requests.logBody("chat request", body);
-            CallOptions call = new CallOptions(Initiator.of(messages), Json.containsImage(messages));
+            CallOptions call = up.watched(ctx, new CallOptions(Initiator.of(messages), Json.containsImage(messages)));
             boolean merge = body.path("n").asInt(1) <= 1;
             if (viaResponses) {
                 viaResponses(ctx, body, model, call, merge);
@@ -1675,8 +1728,8 @@ class CopilotApi implements Callable<Integer> {
                         continue;
                     }
                     if (item.failure() != null) {
-                        out.data(Errors.openAiStreamError("The Copilot stream broke: " + describe(item.failure())));
-                        Exchange.of(ctx).failed("upstream stream broke");
+                        out.data(Errors.openAiStreamError(Relay.brokenMessage(item.failure())));
+                        Exchange.of(ctx).failed(Relay.brokenNote(item.failure(), "upstream stream broke"));
                         return;
                     }
                     if (item.event() == null || item.event().data().equals("[DONE]")) {
@@ -1720,7 +1773,7 @@ class CopilotApi implements Callable<Integer> {
             boolean base64 = "base64".equals(body.path("encoding_format").asText(""));
             ObjectNode upstreamBody = body.deepCopy();
             if (base64) upstreamBody.remove("encoding_format");
-            JsonNode answer = up.copilot().postJson("/embeddings", upstreamBody, CallOptions.PLAIN);
+            JsonNode answer = up.copilot().postJson("/embeddings", upstreamBody, up.watched(ctx, CallOptions.PLAIN));
             Exchange.of(ctx).usage(answer.path("usage").path("prompt_tokens").asLong(-1), 0);
             Requests.writeJson(ctx, base64 ? Embeddings.toBase64(answer) : answer);
         }
@@ -1835,7 +1888,8 @@ class CopilotApi implements Callable<Integer> {
         private void forward(Context ctx, ObjectNode body, ModelResolver.Resolution model, JsonNode messages, boolean stream) {
             AnthropicNative.Prepared prepared = AnthropicNative.prepare(body, model.upstream(), model.model());
             prepared.notes().forEach(n -> Logs.log().info("{}: {}", MESSAGES, n));
-            CallOptions call = new CallOptions(Initiator.of(prepared.body().path("messages")), Json.containsImage(messages), headers(ctx));
+            CallOptions call = up.watched(ctx,
+                new CallOptions(Initiator.of(prepared.body().path("messages")), Json.containsImage(messages), headers(ctx)));
             if (!stream) {
                 JsonNode answer = up.copilot().postJson(MESSAGES, prepared.body(), call);
                 Exchange.of(ctx).anthropicUsage(answer.path("usage"));
@@ -1880,7 +1934,7 @@ class CopilotApi implements Callable<Integer> {
             AnthropicToChat.Result t = AnthropicToChat.request(body, model.upstream(), ModelLimits.from(model.model()));
             t.notes().forEach(n -> Logs.log().info("{}: {}", MESSAGES, n));
             Requests.logBody("translated chat request", t.chatRequest());
-            CallOptions call = new CallOptions(t.initiator(), t.vision());
+            CallOptions call = up.watched(ctx, new CallOptions(t.initiator(), t.vision()));
             if (!stream) {
                 answer(ctx, up.copilot().postJson(OpenAiRoutes.CHAT, t.chatRequest(), call), model, t);
                 return;
@@ -1907,7 +1961,7 @@ class CopilotApi implements Callable<Integer> {
             t.notes().forEach(n -> Logs.log().info("{}: {}", MESSAGES, n));
             r.notes().forEach(n -> Logs.log().info("{}: {}", MESSAGES, n));
             Requests.logBody("translated responses request", r.body());
-            CallOptions call = new CallOptions(t.initiator(), t.vision());
+            CallOptions call = up.watched(ctx, new CallOptions(t.initiator(), t.vision()));
             if (!stream) {
                 JsonNode answer = up.copilot().postJson(ResponsesRoutes.RESPONSES, r.body(), call);
                 answer(ctx, ResponsesToChat.response(answer, model.upstream()), model, t);
@@ -1962,7 +2016,7 @@ class CopilotApi implements Callable<Integer> {
             Exchange.of(ctx).route(native_ ? "passthrough" : "translated");
             up.controls().admit(ctx, requested, input.isArray() ? input.size() : 1);
             Requests.logBody("responses request", body);
-            CallOptions call = new CallOptions(Initiator.ofResponsesInput(input), Json.containsImage(input));
+            CallOptions call = up.watched(ctx, new CallOptions(Initiator.ofResponsesInput(input), Json.containsImage(input)));
             boolean stream = Requests.stream(body);
             if (native_) forward(ctx, body, model.upstream(), call, stream);
             else translate(ctx, body, model.upstream(), call, stream);
@@ -2011,13 +2065,7 @@ class CopilotApi implements Callable<Integer> {
 
                 @Override
                 public ObjectNode error(String message) {
-                    ObjectNode error = Json.object();
-                    error.put("type", "error");
-                    error.put("code", "upstream_stream_error");
-                    error.put("message", message);
-                    error.putNull("param");
-                    error.put("sequence_number", sequence + 1);
-                    return error;
+                    return Errors.responsesStreamError(message, sequence + 1);
                 }
 
                 @Override
@@ -2136,8 +2184,8 @@ class CopilotApi implements Callable<Integer> {
                         continue;
                     }
                     if (item.failure() != null || item.event() == null) {
-                        exchange.failed("upstream stream cut");
-                        out.event("error", api.error(item.failure() != null ? "The Copilot stream broke: " + describe(item.failure())
+                        exchange.failed(item.failure() != null ? brokenNote(item.failure(), "upstream stream cut") : "upstream stream cut");
+                        out.event("error", api.error(item.failure() != null ? brokenMessage(item.failure())
                             : "The Copilot stream ended before the answer was complete"));
                         return;
                     }
@@ -2169,7 +2217,7 @@ class CopilotApi implements Callable<Integer> {
                     UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
                     List<NamedEvent> produced = List.of();
                     if (item != null && item.failure() != null) {
-                        produced = api.fail("The Copilot stream broke: " + describe(item.failure()));
+                        produced = api.fail(brokenMessage(item.failure()));
                     } else if (item != null && (item.event() == null || item.event().data().equals("[DONE]"))) {
                         produced = item.event() != null || finishSeen ? api.finish()
                             : api.fail("The Copilot stream ended before the answer was complete");
@@ -2182,6 +2230,7 @@ class CopilotApi implements Callable<Integer> {
                         produced = api.onChunk(chunk.get());
                     }
                     lastWrite = write(out, produced, lastWrite, exchange);
+                    if (item != null && item.failure() instanceof EndedByProxy) exchange.failed(brokenNote(item.failure(), ""));
                     if (!api.done() && System.nanoTime() - lastWrite >= SseWriter.KEEPALIVE.toNanos()) {
                         keepAlive(out, api.keepAlive());
                         lastWrite = System.nanoTime();
@@ -2190,6 +2239,16 @@ class CopilotApi implements Callable<Integer> {
             } catch (SseWriter.ClientGone gone) {
                 exchange.note("client disconnected; upstream request cancelled");
             }
+        }
+
+        /** What the client is told when the upstream stream failed, or the proxy ended it. */
+        static String brokenMessage(IOException failure) {
+            return failure instanceof EndedByProxy ? failure.getMessage() : "The Copilot stream broke: " + describe(failure);
+        }
+
+        /** The request log's note for it. */
+        static String brokenNote(IOException failure, String otherwise) {
+            return failure instanceof EndedByProxy ? "ended: " + failure.getMessage() : otherwise;
         }
 
         private static void keepAlive(SseWriter out, NamedEvent event) {
@@ -2395,13 +2454,23 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
+        static final String KEY = "copilot-api.sse-writer";
+
         private final OutputStream out;
 
         private SseWriter(OutputStream out) {
             this.out = out;
         }
 
+        /** The stream already opened for this request (committed early while Copilot was slow), or null. */
+        static SseWriter existing(Context ctx) {
+            return ctx.attribute(KEY);
+        }
+
+        /** Commits 200 and the event-stream headers, once per request. */
         static SseWriter open(Context ctx) {
+            SseWriter opened = existing(ctx);
+            if (opened != null) return opened;
             var res = ctx.res();
             res.setStatus(200);
             res.setContentType("text/event-stream; charset=utf-8");
@@ -2409,6 +2478,7 @@ class CopilotApi implements Callable<Integer> {
             res.setHeader("X-Accel-Buffering", "no");
             try {
                 SseWriter w = new SseWriter(res.getOutputStream());
+                ctx.attribute(KEY, w);
                 res.flushBuffer();
                 return w;
             } catch (IOException e) {
@@ -2438,6 +2508,74 @@ class CopilotApi implements Callable<Integer> {
                 out.flush();
             } catch (IOException e) {
                 throw new ClientGone(e);
+            }
+        }
+    }
+
+    /**
+     * Looks at the client while Copilot has not answered. Jetty notices a closed connection only when it reads
+     * or writes, and it does neither while a handler waits (tried: Request.addFailureListener does not fire, the
+     * EndPoint stays open), so the watch reads the connection itself: end of input means the client left. An
+     * HTTP/1.1 client waiting for its answer sends nothing more; a byte that does come (a pipelined request)
+     * cannot be put back, so the probe stops and the connection closes after this answer. A stream is committed
+     * after the early-commit delay (200, event-stream headers, a comment) and kept alive with comments; a
+     * failed write there is a client that left too.
+     */
+    static final class ClientWatch implements Watch {
+        private final Context ctx;
+        private final Duration earlyCommit;
+        private org.eclipse.jetty.io.EndPoint endPoint;
+        private long lastWrite;
+
+        ClientWatch(Context ctx, Duration earlyCommit) {
+            this.ctx = ctx;
+            this.earlyCommit = earlyCommit;
+            this.endPoint = endPoint(ctx);
+        }
+
+        private static org.eclipse.jetty.io.EndPoint endPoint(Context ctx) {
+            var core = org.eclipse.jetty.ee10.servlet.ServletContextRequest.getServletContextRequest(ctx.req());
+            return core == null ? null : core.getConnectionMetaData().getConnection().getEndPoint();
+        }
+
+        @Override
+        public boolean waiting(Duration waited, boolean stream) {
+            try {
+                if (clientClosed()) return gone();
+                if (stream && waited.compareTo(earlyCommit) >= 0) keepAlive();
+                return true;
+            } catch (SseWriter.ClientGone e) {
+                return gone();
+            }
+        }
+
+        private boolean gone() {
+            Exchange.of(ctx).note("client disconnected; upstream request cancelled");
+            return false;
+        }
+
+        private boolean clientClosed() {
+            if (endPoint == null) return false;
+            try {
+                int read = endPoint.fill(org.eclipse.jetty.util.BufferUtil.allocate(1));
+                if (read > 0) {
+                    ctx.header("Connection", "close");
+                    endPoint = null;
+                }
+                return read < 0;
+            } catch (IOException e) {
+                return true;
+            }
+        }
+
+        private void keepAlive() {
+            SseWriter out = SseWriter.existing(ctx);
+            if (out == null) {
+                SseWriter.open(ctx).comment("waiting for Copilot");
+                lastWrite = System.nanoTime();
+            } else if (System.nanoTime() - lastWrite >= SseWriter.KEEPALIVE.toNanos()) {
+                out.comment("keep-alive");
+                lastWrite = System.nanoTime();
             }
         }
     }
@@ -2519,19 +2657,51 @@ class CopilotApi implements Callable<Integer> {
         }
 
         static void handle(Exception e, Context ctx) {
+            if (e instanceof ClientLeft gone) {
+                Exchange.of(ctx).note(gone.getMessage());
+                return;
+            }
             ApiError error = toApiError(e);
             boolean upstream = e instanceof UpstreamException || e instanceof UpstreamUnreachable || e instanceof UserFacingException;
             Exchange.of(ctx).error(error.getMessage(), upstream || error.status() >= 500);
-            if (ctx.res().isCommitted()) {
+            SseWriter stream = SseWriter.existing(ctx);
+            if (stream != null) {
+                writeStreamError(ctx, stream, error);
+            } else if (ctx.res().isCommitted()) {
                 Logs.log().warn("{} {} failed after the response started: {}", ctx.method(), ctx.path(), error.getMessage());
-                return;
+            } else {
+                write(ctx, error);
             }
-            write(ctx, error);
+        }
+
+        /** A stream committed early (Copilot was slow) whose call then failed: the API's error event, then the end. */
+        static void writeStreamError(Context ctx, SseWriter out, ApiError e) {
+            String message = "HTTP " + e.status() + ": " + e.getMessage();
+            Exchange.of(ctx).failed("failed before Copilot's first byte: HTTP " + e.status());
+            try {
+                if (shapeFor(ctx.path()) == Shape.ANTHROPIC) out.event("error", AnthropicEvents.error(anthropicTypeFor(e.status()), message));
+                else if (ctx.path().endsWith(ResponsesRoutes.RESPONSES)) out.event("error", responsesStreamError(message, 0));
+                else out.data(openAiBody(new ApiError(e.status(), e.type(), message, e.param(), e.code())));
+            } catch (SseWriter.ClientGone gone) {
+                Exchange.of(ctx).note("client disconnected");
+            }
+        }
+
+        /** The Responses API's error event. */
+        static ObjectNode responsesStreamError(String message, long sequence) {
+            ObjectNode error = Json.object();
+            error.put("type", "error");
+            error.put("code", "upstream_stream_error");
+            error.put("message", message);
+            error.putNull("param");
+            error.put("sequence_number", sequence);
+            return error;
         }
 
         static ApiError toApiError(Throwable e) {
             if (e instanceof ApiError a) return a;
             if (e instanceof UpstreamException u) return fromUpstream(u);
+            if (e instanceof UpstreamTimeout u) return new ApiError(504, "api_error", u.getMessage());
             if (e instanceof UpstreamUnreachable u) return new ApiError(502, "api_error", u.getMessage());
             if (e instanceof UserFacingException u) return new ApiError(502, "api_error", u.getMessage());
             Logs.log().error("unexpected failure", e);
@@ -2587,6 +2757,7 @@ class CopilotApi implements Callable<Integer> {
                 case 413 -> "request_too_large";
                 case 429 -> "rate_limit_error";
                 case 529, 503 -> "overloaded_error";
+                case 504 -> "timeout_error";
                 default -> "api_error";
             };
         }
@@ -5874,32 +6045,136 @@ class CopilotApi implements Callable<Integer> {
 
     // ==== 5. Copilot client ====
 
-    /** Per-call facts that change headers: who initiated the turn, and whether an image rides along. */
-    record CallOptions(Initiator initiator, boolean vision, Map<String, String> headers) {
+    /**
+     * Per-call facts: who initiated the turn and whether an image rides along (both change headers), and what
+     * watches the client while Copilot has not answered.
+     */
+    record CallOptions(Initiator initiator, boolean vision, Map<String, String> headers, Watch watch) {
         static final CallOptions PLAIN = new CallOptions(Initiator.USER, false);
 
         CallOptions(Initiator initiator, boolean vision) {
             this(initiator, vision, Map.of());
         }
+
+        CallOptions(Initiator initiator, boolean vision, Map<String, String> headers) {
+            this(initiator, vision, headers, Watch.NONE);
+        }
+
+        CallOptions watched(Watch w) {
+            return new CallOptions(initiator, vision, headers, w);
+        }
+    }
+
+    /** What a request does while Copilot's headers have not arrived: notice a client that left, keep a stream alive. */
+    interface Watch {
+        Watch NONE = (waited, stream) -> true;
+
+        /** Called about every {@link CopilotClient#POLL} of the wait; false when the client has gone (the call is then cancelled). */
+        boolean waiting(Duration waited, boolean stream);
+    }
+
+    /**
+     * How long Copilot may take. Streams: its headers within firstByte, then an event at least every streamIdle.
+     * Other calls arrive whole, so they get the longer answer limit (the catalog GET gets firstByte). A stream
+     * whose headers have not come within earlyCommit is answered 200 at once and kept alive with comments.
+     */
+    record Timeouts(Duration firstByte, Duration streamIdle, Duration answer, Duration earlyCommit) {
+        static final Timeouts DEFAULT = new Timeouts(Duration.ofSeconds(60), Duration.ofSeconds(120), Duration.ofMinutes(10),
+            Duration.ofSeconds(3));
+
+        static Timeouts of(long firstByteSeconds, long streamIdleSeconds) {
+            if (firstByteSeconds < 1) throw new UserFacingException("--first-byte-timeout must be at least 1 second");
+            if (streamIdleSeconds < 1) throw new UserFacingException("--stream-idle-timeout must be at least 1 second");
+            return new Timeouts(Duration.ofSeconds(firstByteSeconds), Duration.ofSeconds(streamIdleSeconds), DEFAULT.answer(),
+                DEFAULT.earlyCommit());
+        }
+    }
+
+    /** The proxy itself ended a stream (at shutdown): the message is the whole story for the client. */
+    static final class EndedByProxy extends IOException {
+        EndedByProxy(String message) {
+            super(message);
+        }
+    }
+
+    /** The client went away while Copilot had not answered; the upstream call was cancelled. */
+    static final class ClientLeft extends RuntimeException {
+        ClientLeft() {
+            super("client disconnected; upstream request cancelled", null, false, false);
+        }
+    }
+
+    /**
+     * The streams relaying now, so that a shutdown can end each with its API's error event; once closing,
+     * calls still waiting for Copilot's headers give up too.
+     */
+    static final class LiveStreams {
+        static final String SHUTDOWN = "copilot-api is shutting down";
+
+        private final Set<UpstreamEvents> running = java.util.concurrent.ConcurrentHashMap.newKeySet();
+        private volatile boolean closing;
+
+        void add(UpstreamEvents s) {
+            running.add(s);
+        }
+
+        void remove(UpstreamEvents s) {
+            running.remove(s);
+        }
+
+        boolean closing() {
+            return closing;
+        }
+
+        /** Ends every running stream: each relay writes its API's error event and stops. Returns how many. */
+        int endAll() {
+            closing = true;
+            int n = 0;
+            for (UpstreamEvents s : List.copyOf(running)) {
+                s.stop(new EndedByProxy(SHUTDOWN));
+                n++;
+            }
+            return n;
+        }
+
+        int size() {
+            return running.size();
+        }
     }
 
     /** Calls to the Copilot API with the editor headers, a fresh token, and one retry after a 401. */
     static final class CopilotClient {
-        static final Duration REQUEST_TIMEOUT = Duration.ofMinutes(15);
+        /** How often a call waiting for Copilot's headers looks at its client. */
+        static final Duration POLL = Duration.ofMillis(200);
         static final int MAX_ERROR_BODY = 64 * 1024;
 
         private final Settings settings;
         private final Http http;
         private final CopilotTokens tokens;
+        private final Timeouts timeouts;
+        private final LiveStreams streams = new LiveStreams();
 
         CopilotClient(Settings settings, Http http, CopilotTokens tokens) {
+            this(settings, http, tokens, Timeouts.DEFAULT);
+        }
+
+        CopilotClient(Settings settings, Http http, CopilotTokens tokens, Timeouts timeouts) {
             this.settings = settings;
             this.http = http;
             this.tokens = tokens;
+            this.timeouts = timeouts;
         }
 
         CopilotTokens tokens() {
             return tokens;
+        }
+
+        Timeouts timeouts() {
+            return timeouts;
+        }
+
+        LiveStreams streams() {
+            return streams;
         }
 
         /** COPILOT_API_COPILOT_URL, else the token's endpoints.api, else the account type's default. */
@@ -5918,19 +6193,19 @@ class CopilotApi implements Callable<Integer> {
         }
 
         UpstreamEvents stream(String path, JsonNode body, CallOptions options) {
-            return new UpstreamEvents(send("POST", path, body, options, true).body());
+            return new UpstreamEvents(send("POST", path, body, options, true).body(), timeouts.streamIdle(), streams);
         }
 
         /** Sends once; on 401 refreshes the token and sends once more. Errors become UpstreamException. */
         HttpResponse<InputStream> send(String method, String path, JsonNode body, CallOptions options, boolean stream) {
             CopilotToken token = tokens.current();
-            HttpResponse<InputStream> response = http.send(request(method, path, body, options, stream, token));
+            HttpResponse<InputStream> response = await(request(method, path, body, options, stream, token), options.watch(), stream);
             if (response.statusCode() == 401) {
                 String detail = Http.readLimited(response, MAX_ERROR_BODY);
                 Optional<CopilotToken> fresh = tokens.refreshAfterUnauthorized(token);
                 if (fresh.isEmpty()) throw new UpstreamException(401, detail, response.headers());
                 Logs.log().info("Copilot answered 401 ({}); retrying once with a refreshed Copilot token", Redact.shorten(detail));
-                response = http.send(request(method, path, body, options, stream, fresh.get()));
+                response = await(request(method, path, body, options, stream, fresh.get()), options.watch(), stream);
             }
             if (response.statusCode() < 400) tokens.accepted();
             if (response.statusCode() >= 400) {
@@ -5940,9 +6215,36 @@ class CopilotApi implements Callable<Integer> {
             return response;
         }
 
+        /**
+         * Waits for Copilot's headers while the watch looks at the client: a client that left, or a shutdown,
+         * cancels the call (which closes the upstream connection). The request's timeout bounds the wait.
+         */
+        private HttpResponse<InputStream> await(HttpRequest request, Watch watch, boolean stream) {
+            CompletableFuture<HttpResponse<InputStream>> pending = http.sendAsync(request);
+            long start = System.nanoTime();
+            try {
+                while (true) {
+                    try {
+                        return pending.get(POLL.toMillis(), TimeUnit.MILLISECONDS);
+                    } catch (java.util.concurrent.TimeoutException e) {
+                        if (streams.closing()) throw new ApiError(503, "api_error", LiveStreams.SHUTDOWN);
+                        if (!watch.waiting(Duration.ofNanos(System.nanoTime() - start), stream)) throw new ClientLeft();
+                    }
+                }
+            } catch (java.util.concurrent.ExecutionException e) {
+                throw Http.failure(request.uri(), e.getCause());
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new UpstreamUnreachable("Interrupted while calling " + Http.origin(request.uri()), e);
+            } finally {
+                pending.cancel(true);
+            }
+        }
+
         private HttpRequest request(String method, String path, JsonNode body, CallOptions options, boolean stream, CopilotToken token) {
             URI uri = URI.create(baseUrl() + path);
-            HttpRequest.Builder b = Http.builder(uri).timeout(REQUEST_TIMEOUT)
+            Duration limit = stream || method.equals("GET") ? timeouts.firstByte() : timeouts.answer();
+            HttpRequest.Builder b = Http.builder(uri).timeout(limit)
                 .header("authorization", "Bearer " + token.token())
                 .header("copilot-integration-id", EditorHeaders.INTEGRATION_ID)
                 .header("openai-intent", settings.editor().intent())
@@ -6241,45 +6543,93 @@ class CopilotApi implements Callable<Integer> {
         void close();
     }
 
-    /** Upstream server-sent events, read on their own thread so the relay can send keep-alives in silences. */
+    /**
+     * Upstream server-sent events, read on their own thread so the relay can send keep-alives in silences. The
+     * hand-off holds a few events only: the reader waits while the client is slow, so Copilot is read no faster
+     * than the client takes it. No event within the idle limit is a failure, and closes the upstream.
+     */
     static final class UpstreamEvents implements EventSource {
         /** One of: an event, the end of the stream (all null), or a read failure. */
         record Item(SseEvent event, IOException failure) {}
 
+        static final int HAND_OFF = 16;
+        /** How often a reader waiting for room looks whether the relay has closed the stream. */
+        private static final Duration RECHECK = Duration.ofMillis(200);
         private static final Item END = new Item(null, null);
         private final InputStream in;
-        private final java.util.concurrent.BlockingQueue<Item> queue = new java.util.concurrent.LinkedBlockingQueue<>();
+        private final Duration idleLimit;
+        private final LiveStreams registry;
+        private final java.util.concurrent.BlockingQueue<Item> queue = new java.util.concurrent.ArrayBlockingQueue<>(HAND_OFF);
         private volatile boolean closed;
+        private volatile IOException stopped;
+        private long lastItem = System.nanoTime();
 
-        UpstreamEvents(InputStream in) {
+        UpstreamEvents(InputStream in, Duration idleLimit, LiveStreams registry) {
             this.in = in;
+            this.idleLimit = idleLimit;
+            this.registry = registry;
+            registry.add(this);
             Threads.start(this::pump);
         }
 
         private void pump() {
             try {
                 SseReader reader = new SseReader(in);
-                for (SseEvent e = reader.next(); e != null; e = reader.next()) queue.add(new Item(e, null));
-                queue.add(END);
+                for (SseEvent e = reader.next(); e != null; e = reader.next()) {
+                    if (!hand(new Item(e, null))) return;
+                }
+                hand(END);
             } catch (IOException e) {
-                queue.add(closed ? END : new Item(null, e));
+                hand(closed ? END : new Item(null, e));
+            }
+        }
+
+        /** Waits for room in the hand-off; false once the relay closed the stream and nobody will take the item. */
+        private boolean hand(Item item) {
+            try {
+                while (!queue.offer(item, RECHECK.toMillis(), TimeUnit.MILLISECONDS)) {
+                    if (closed) return false;
+                }
+                return true;
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return false;
             }
         }
 
         @Override
         public Item next(Duration timeout) {
+            long silent = System.nanoTime() - lastItem;
+            long wait = Math.max(0, Math.min(timeout.toNanos(), idleLimit.toNanos() - silent));
+            Item item;
             try {
-                return queue.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
+                item = stopped != null ? null : queue.poll(wait, TimeUnit.NANOSECONDS);
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
                 return new Item(null, new IOException("interrupted"));
             }
+            if (stopped != null) return new Item(null, stopped);
+            if (item != null) {
+                lastItem = System.nanoTime();
+                return item;
+            }
+            if (System.nanoTime() - lastItem < idleLimit.toNanos()) return null;
+            close();
+            return new Item(null, new IOException("no event from Copilot for " + idleLimit.toSeconds() + "s"));
+        }
+
+        /** Ends the stream from outside: the relay's next item is this failure, and the upstream is closed. */
+        void stop(IOException reason) {
+            stopped = reason;
+            close();
+            queue.offer(END);
         }
 
         /** Closing the body cancels the upstream request. */
         @Override
         public void close() {
             closed = true;
+            registry.remove(this);
             try {
                 in.close();
             } catch (IOException e) {
@@ -6671,8 +7021,15 @@ class CopilotApi implements Callable<Integer> {
     }
 
     /** Copilot or GitHub could not be reached at all. */
-    static final class UpstreamUnreachable extends RuntimeException {
+    static class UpstreamUnreachable extends RuntimeException {
         UpstreamUnreachable(String message, Throwable cause) {
+            super(message, cause);
+        }
+    }
+
+    /** Copilot was reached but did not answer within the time allowed (504). */
+    static final class UpstreamTimeout extends UpstreamUnreachable {
+        UpstreamTimeout(String message, Throwable cause) {
             super(message, cause);
         }
     }
@@ -6784,6 +7141,8 @@ class CopilotApi implements Callable<Integer> {
 
     /** The upstream HTTP client: HTTP/2 for https, HTTP/1.1 for plain http, an optional proxy from the environment. */
     static final class Http {
+        static final Duration CONNECT_TIMEOUT = Duration.ofSeconds(10);
+
         private final HttpClient client;
 
         private Http(HttpClient client) {
@@ -6792,7 +7151,7 @@ class CopilotApi implements Callable<Integer> {
 
         static Http create(Settings settings) {
             HttpClient.Builder b = HttpClient.newBuilder()
-                .connectTimeout(Duration.ofSeconds(15))
+                .connectTimeout(CONNECT_TIMEOUT)
                 .followRedirects(HttpClient.Redirect.NORMAL)
                 .executor(Threads.executor("upstream-http"));
             if (settings.proxyEnv()) {
@@ -6813,16 +7172,28 @@ class CopilotApi implements Callable<Integer> {
         HttpResponse<InputStream> send(HttpRequest request) {
             try {
                 return client.send(request, HttpResponse.BodyHandlers.ofInputStream());
-            } catch (HttpConnectTimeoutException | ConnectException e) {
-                throw new UpstreamUnreachable("Cannot reach " + origin(request.uri()) + " (" + describe(e) + ")", e);
-            } catch (HttpTimeoutException e) {
-                throw new UpstreamUnreachable("No answer from " + origin(request.uri()) + " in time", e);
             } catch (IOException e) {
-                throw new UpstreamUnreachable("The connection to " + origin(request.uri()) + " failed (" + describe(e) + ")", e);
+                throw failure(request.uri(), e);
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
                 throw new UpstreamUnreachable("Interrupted while calling " + origin(request.uri()), e);
             }
+        }
+
+        /** Completes at Copilot's headers; cancelling it (mayInterruptIfRunning) aborts the exchange and its connection. */
+        CompletableFuture<HttpResponse<InputStream>> sendAsync(HttpRequest request) {
+            return client.sendAsync(request, HttpResponse.BodyHandlers.ofInputStream());
+        }
+
+        /** A failed call as the exception the error handlers know: unreachable (502) or no answer in time (504). */
+        static RuntimeException failure(URI uri, Throwable e) {
+            if (e instanceof java.util.concurrent.CompletionException && e.getCause() != null) e = e.getCause();
+            if (e instanceof HttpConnectTimeoutException || e instanceof ConnectException) {
+                return new UpstreamUnreachable("Cannot reach " + origin(uri) + " (" + describe(e) + ")", e);
+            }
+            if (e instanceof HttpTimeoutException) return new UpstreamTimeout("No answer from " + origin(uri) + " in time", e);
+            if (e instanceof RuntimeException r) return r;
+            return new UpstreamUnreachable("The connection to " + origin(uri) + " failed (" + describe(e) + ")", e);
         }
 
         static String origin(URI uri) {

@@ -91,6 +91,10 @@ class CopilotApiTests {
         StatsTests.class,
         DashboardTests.class,
         GracefulStopTests.class,
+        ShutdownTests.class,
+        UpstreamTimeoutTests.class,
+        ClientDisconnectTests.class,
+        SlowReaderTests.class,
         TerminalTests.class,
         ProxyTests.class,
         CliTests.class,
@@ -166,11 +170,21 @@ class CopilotApiTests {
 
         Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls)
                 throws IOException {
-            this(stub, extraEnv, tweak, controls, CopilotApi.BrowserGuard.loopback("127.0.0.1"));
+            this(stub, extraEnv, tweak, controls, CopilotApi.BrowserGuard.loopback("127.0.0.1"), CopilotApi.Timeouts.DEFAULT);
         }
 
         Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
                 CopilotApi.BrowserGuard guard) throws IOException {
+            this(stub, extraEnv, tweak, controls, guard, CopilotApi.Timeouts.DEFAULT);
+        }
+
+        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
+                CopilotApi.Timeouts timeouts) throws IOException {
+            this(stub, extraEnv, tweak, controls, CopilotApi.BrowserGuard.loopback("127.0.0.1"), timeouts);
+        }
+
+        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
+                CopilotApi.BrowserGuard guard, CopilotApi.Timeouts timeouts) throws IOException {
             this.stub = stub;
             this.home = Files.createTempDirectory("copilot-api-home");
             Map<String, String> env = new HashMap<>(stub.env());
@@ -186,7 +200,7 @@ class CopilotApiTests {
             CopilotApi.GitHubToken github = auth.existingToken().orElseThrow();
             tokens = new CopilotApi.CopilotTokens(settings, http, github.value());
             tokens.start();
-            copilot = new CopilotApi.CopilotClient(settings, http, tokens);
+            copilot = new CopilotApi.CopilotClient(settings, http, tokens, timeouts);
             CopilotApi.ModelCatalog models = new CopilotApi.ModelCatalog(copilot);
             models.refreshQuietly();
             server = CopilotApi.Server.start(new CopilotApi.ServerOptions("127.0.0.1", 0, CopilotApi.ModelRouting.NONE, controls, guard),
@@ -1955,6 +1969,242 @@ class CopilotApiTests {
                 assertThrows(IOException.class, () -> client.send(HttpRequest.newBuilder(URI.create(b + "/")).build(),
                     HttpResponse.BodyHandlers.ofString()), "no new connections after the stop");
             }
+        }
+    }
+
+    /** A stream still running after the grace: ended with its API's error event; new connections refused meanwhile. */
+    static final class ShutdownTests {
+        @Test
+        void streamsOutlivingTheGraceEndWithTheirApisErrorEventAndNewConnectionsAreRefused() throws Exception {
+            try (Harness h = Harness.start()) {
+                h.stub.enqueue("/chat/completions", StubUpstream.Reply.hang(30_000));
+                h.stub.enqueue("/v1/messages", StubUpstream.Reply.hang(30_000));
+                HttpResponse<InputStream> chat = h.postStreaming("/v1/chat/completions", CHAT_HI.replace("{\"model\"", "{\"stream\":true,\"model\""));
+                HttpResponse<InputStream> messages = h.postStreaming("/v1/messages", MESSAGES_HI.replace("{\"model\"", "{\"stream\":true,\"model\""));
+                assertEquals(2, eventually(Duration.ofSeconds(5), () -> h.copilot.streams().size(), n -> n == 2));
+                int port = h.server.port();
+                var stopping = java.util.concurrent.CompletableFuture.supplyAsync(() -> CopilotApi.GracefulStop.stop(h.server, Duration.ofSeconds(2)));
+                assertTrue(eventually(Duration.ofSeconds(2), () -> refused(port), r -> r), "new connections are refused during the drain");
+                assertFalse(stopping.isDone(), "still draining when the new connection was refused");
+                assertEquals(2, stopping.get(20, TimeUnit.SECONDS), "two streams ended at shutdown");
+                String chatBody = new String(chat.body().readAllBytes(), UTF_8);
+                String messagesBody = new String(messages.body().readAllBytes(), UTF_8);
+                assertTrue(chatBody.contains("data: {\"error\":{\"message\":\"copilot-api is shutting down\""), chatBody);
+                assertFalse(chatBody.contains("[DONE]"), chatBody);
+                assertTrue(messagesBody.contains("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"copilot-api is shutting down\"}}"),
+                    messagesBody);
+            }
+        }
+
+        static boolean refused(int port) {
+            try (java.net.Socket s = new java.net.Socket("127.0.0.1", port)) {
+                return false;
+            } catch (java.net.ConnectException e) {
+                return true;
+            } catch (IOException e) {
+                throw new java.io.UncheckedIOException(e);
+            }
+        }
+    }
+
+    /** Limits short enough for tests: first byte and answer 1 s, idle 1 s, early commit 300 ms. */
+    static final CopilotApi.Timeouts SHORT = new CopilotApi.Timeouts(Duration.ofSeconds(1), Duration.ofSeconds(1), Duration.ofSeconds(1),
+        Duration.ofMillis(300));
+
+    static String streaming(String body) {
+        return body.replace("{\"model\"", "{\"stream\":true,\"model\"");
+    }
+
+    /** A Copilot that does not answer in time: 504 in the API's shape, or the API's error event once the stream has begun. */
+    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
+    static final class UpstreamTimeoutTests {
+        StubUpstream.Silent silent;
+        Harness hung;
+        Harness slow;
+
+        @BeforeAll
+        void up() throws IOException {
+            StubUpstream stub = StubUpstream.start();
+            silent = new StubUpstream.Silent(stub);
+            hung = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", silent.url()), o -> { }, CopilotApi.Controls.none(), SHORT);
+            slow = new Harness(StubUpstream.start(), Map.of(), o -> { }, CopilotApi.Controls.none(),
+                new CopilotApi.Timeouts(Duration.ofSeconds(10), Duration.ofSeconds(1), Duration.ofSeconds(10), Duration.ofMillis(300)));
+        }
+
+        @AfterAll
+        void down() {
+            hung.close();
+            slow.close();
+            silent.close();
+        }
+
+        @Test
+        void aSilentCopilotIs504InTheOpenAiShapeAndItsConnectionIsClosed() throws Exception {
+            int closed = silent.closedCount();
+            HttpResponse<String> r = hung.post("/v1/chat/completions", CHAT_HI);
+            assertEquals(504, r.statusCode(), r.body());
+            assertEquals("api_error", json(r.body()).path("error").path("type").asText(), r.body());
+            assertTrue(json(r.body()).path("error").path("message").asText().contains("No answer from"), r.body());
+            assertTrue(silent.awaitClosed(closed + 1, Duration.ofSeconds(5)), "the upstream connection was closed");
+        }
+
+        @Test
+        void aSilentCopilotIs504InTheAnthropicShape() throws Exception {
+            HttpResponse<String> r = hung.post("/v1/messages", MESSAGES_HI);
+            assertEquals(504, r.statusCode(), r.body());
+            assertEquals("error", json(r.body()).path("type").asText(), r.body());
+            assertEquals("timeout_error", json(r.body()).path("error").path("type").asText(), r.body());
+        }
+
+        @Test
+        void aStreamIsAnsweredAtOnceThenEndsWithAnErrorEventWhenCopilotNeverAnswers() throws Exception {
+            HttpResponse<InputStream> r = hung.postStreaming("/v1/chat/completions", streaming(CHAT_HI));
+            assertEquals(200, r.statusCode());
+            assertTrue(r.headers().firstValue("content-type").orElse("").startsWith("text/event-stream"));
+            String body = new String(r.body().readAllBytes(), UTF_8);
+            assertTrue(body.startsWith(": waiting for Copilot\n\n"), body);
+            JsonNode error = json(dataLines(body).get(0)).path("error");
+            assertTrue(error.path("message").asText().startsWith("HTTP 504: No answer from"), body);
+            assertFalse(body.contains("[DONE]"), body);
+        }
+
+        @Test
+        void anAnthropicStreamEndsWithAnErrorEventWhenCopilotNeverAnswers() throws Exception {
+            HttpResponse<InputStream> r = hung.postStreaming("/v1/messages", streaming(MESSAGES_HI));
+            String body = new String(r.body().readAllBytes(), UTF_8);
+            assertEquals(200, r.statusCode(), body);
+            assertTrue(body.contains("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"timeout_error\""), body);
+            assertFalse(body.contains("message_stop"), body);
+        }
+
+        @Test
+        void aStreamThatFallsSilentEndsWithAnErrorEventAfterTheIdleLimit() throws Exception {
+            slow.stub.enqueue("/chat/completions", StubUpstream.Reply.hang(20_000));
+            long start = System.nanoTime();
+            HttpResponse<InputStream> r = slow.postStreaming("/v1/chat/completions", streaming(CHAT_HI));
+            String body = new String(r.body().readAllBytes(), UTF_8);
+            assertTrue(body.contains("no event from Copilot for 1s"), body);
+            assertTrue(Duration.ofNanos(System.nanoTime() - start).compareTo(Duration.ofSeconds(15)) < 0, "ended by the idle limit, not the stub");
+        }
+
+        @Test
+        void anUpstreamErrorAfterTheEarlyCommitBecomesTheApisErrorEvent() throws Exception {
+            slow.stub.enqueue("/chat/completions", StubUpstream.Reply.error(429, "rate_limited", "slow down").delayMs(1500));
+            HttpResponse<InputStream> r = slow.postStreaming("/v1/chat/completions", streaming(CHAT_HI));
+            assertEquals(200, r.statusCode());
+            String body = new String(r.body().readAllBytes(), UTF_8);
+            assertTrue(body.startsWith(": waiting for Copilot\n\n"), body);
+            JsonNode error = json(dataLines(body).get(0)).path("error");
+            assertEquals("HTTP 429: slow down", error.path("message").asText(), body);
+            assertEquals("rate_limited", error.path("code").asText(), body);
+        }
+
+        @Test
+        void aQuickUpstreamErrorKeepsItsStatusOnAStream() throws Exception {
+            slow.stub.enqueue("/chat/completions", StubUpstream.Reply.error(429, "rate_limited", "slow down").header("retry-after", "7"));
+            HttpResponse<String> r = slow.post("/v1/chat/completions", streaming(CHAT_HI));
+            assertEquals(429, r.statusCode(), r.body());
+            assertEquals("7", r.headers().firstValue("retry-after").orElse(""));
+        }
+
+        @Test
+        void startListensBeforeTheCatalogArrives() throws Exception {
+            try (StubUpstream stub = StubUpstream.start(); StubUpstream.Silent catalogHangs = new StubUpstream.Silent(stub).hangCatalog()) {
+                Map<String, String> env = new HashMap<>(CliTests.env(stub, Files.createTempDirectory("h")));
+                env.put("COPILOT_API_COPILOT_URL", catalogHangs.url());
+                try (CliTests.Started server = new CliTests.Started(env, "--first-byte-timeout", "60")) {
+                    String log = eventually(Duration.ofSeconds(30), () -> server.log.toString(), l -> l.contains("listening on http://"));
+                    assertTrue(log.contains("listening on http://"), log);
+                    assertEquals(List.of("GET /models"), catalogHangs.seen(), "the catalog is being fetched meanwhile");
+                }
+            }
+        }
+    }
+
+    /** A client that leaves while Copilot has not answered: the upstream call is cancelled, its connection closed. */
+    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
+    static final class ClientDisconnectTests {
+        StubUpstream.Silent silent;
+        Harness h;
+
+        @BeforeAll
+        void up() throws IOException {
+            StubUpstream stub = StubUpstream.start();
+            silent = new StubUpstream.Silent(stub);
+            h = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", silent.url()), o -> { }, CopilotApi.Controls.none(),
+                // no early commit: a stream's client has not been written to, so only watching its connection can tell
+                new CopilotApi.Timeouts(Duration.ofSeconds(60), Duration.ofSeconds(60), Duration.ofSeconds(60), Duration.ofSeconds(60)));
+        }
+
+        @AfterAll
+        void down() {
+            h.close();
+            silent.close();
+        }
+
+        /** Sends the request on a raw socket, waits until Copilot has it, closes the socket; true once the upstream connection closed. */
+        boolean leaveAndSeeUpstreamClosed(String path, String body) throws Exception {
+            int seen = silent.seen().size();
+            int closed = silent.closedCount();
+            try (java.net.Socket s = new java.net.Socket("127.0.0.1", h.server.port())) {
+                byte[] bytes = body.getBytes(UTF_8);
+                s.getOutputStream().write(("POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: "
+                    + bytes.length + "\r\n\r\n").getBytes(UTF_8));
+                s.getOutputStream().write(bytes);
+                s.getOutputStream().flush();
+                assertEquals(seen + 1, eventually(Duration.ofSeconds(5), () -> silent.seen().size(), n -> n > seen), "Copilot got the call");
+            }
+            return silent.awaitClosed(closed + 1, Duration.ofSeconds(5));
+        }
+
+        @Test
+        void aClientLeavingANonStreamingRequestCancelsTheUpstreamCall() throws Exception {
+            assertTrue(leaveAndSeeUpstreamClosed("/v1/chat/completions", CHAT_HI));
+        }
+
+        @Test
+        void aClientLeavingAStreamBeforeItsFirstByteCancelsTheUpstreamCall() throws Exception {
+            assertTrue(leaveAndSeeUpstreamClosed("/v1/messages", streaming(MESSAGES_HI)));
+        }
+    }
+
+    /** A client that reads slowly: Copilot is read no faster than the client takes the answer. */
+    static final class SlowReaderTests extends WithHarness {
+        static final long FLOOD = 64L * 1024 * 1024;
+        /** Socket buffers on the two loopback hops, Jetty's and HttpClient's buffers and the hand-off, with room to spare. */
+        static final long BOUND = 16L * 1024 * 1024;
+
+        @Test
+        void theUpstreamIsNotReadFarAheadOfASlowClient() throws Exception {
+            h.stub.enqueue("/chat/completions", StubUpstream.Reply.flood(FLOOD));
+            try (java.net.Socket s = new java.net.Socket()) {
+                s.setReceiveBufferSize(16 * 1024);
+                s.connect(new java.net.InetSocketAddress("127.0.0.1", h.server.port()));
+                byte[] body = streaming(CHAT_HI).getBytes(UTF_8);
+                s.getOutputStream().write(("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    + "Content-Length: " + body.length + "\r\n\r\n").getBytes(UTF_8));
+                s.getOutputStream().write(body);
+                s.getOutputStream().flush();
+                assertEquals(2048, s.getInputStream().readNBytes(2048).length);
+                StubUpstream.Recorded upstream = h.stub.await("/chat/completions", Duration.ofSeconds(5));
+                long sent = settled(upstream);
+                assertTrue(sent < BOUND, "Copilot was read " + sent + " bytes ahead of a client that took 2 KB");
+            }
+            StubUpstream.Recorded upstream = h.stub.last("/chat/completions");
+            assertTrue(upstream.awaitClientGone(Duration.ofSeconds(10)), "the upstream is let go when the client leaves");
+        }
+
+        /** The stub's byte count once it has not moved for half a second (or after 20 s). */
+        static long settled(StubUpstream.Recorded r) throws InterruptedException {
+            long end = System.nanoTime() + Duration.ofSeconds(20).toNanos();
+            long last = -1;
+            while (System.nanoTime() < end) {
+                long now = r.bytesSent();
+                if (now == last) return now;
+                last = now;
+                Thread.sleep(500);
+            }
+            return r.bytesSent();
         }
     }
 

@@ -481,6 +481,7 @@ final class StubUpstream implements AutoCloseable {
                 startStream(ex, rec, r);
                 Thread.sleep(r.hangMs());
             }
+            case FLOOD -> flood(ex, rec, r);
             case SSE, RAW_SSE -> {
                 startStream(ex, rec, r);
                 OutputStream out = ex.getResponseBody();
@@ -493,6 +494,20 @@ final class StubUpstream implements AutoCloseable {
                 }
                 if (r.cutAfter() >= 0) throw new CutConnection();
             }
+        }
+    }
+
+    /** Chat chunks of about 1 KB each, as fast as the client takes them, until {@code hangMs} bytes were sent; no [DONE]. */
+    private static void flood(HttpExchange ex, Recorded rec, Reply r) throws IOException {
+        startStream(ex, rec, r);
+        OutputStream out = ex.getResponseBody();
+        byte[] chunk = ("data: {\"id\":\"chatcmpl-flood\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"gpt-4.1\","
+            + "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"" + "x".repeat(900) + "\"}}]}\n\n")
+            .getBytes(StandardCharsets.UTF_8);
+        while (rec.bytesSent() < r.hangMs()) {
+            out.write(chunk);
+            out.flush();
+            rec.sent(chunk.length);
         }
     }
 
@@ -1495,7 +1510,7 @@ final class StubUpstream implements AutoCloseable {
      * returns a copy): status, header, delayMs (JSON: before answering; streams: between events), cutAfter.
      */
     record Reply(Kind kind, int status, String body, List<String> events, Map<String, String> headers, long delayMs, int cutAfter, long hangMs) {
-        enum Kind { JSON, SSE, RAW_SSE, HANG }
+        enum Kind { JSON, SSE, RAW_SSE, HANG, FLOOD }
 
         Reply {
             events = List.copyOf(events);
@@ -1554,6 +1569,11 @@ final class StubUpstream implements AutoCloseable {
         /** 200 text/event-stream headers, then nothing for {@code ms}, then a normal end with an empty body. */
         static Reply hang(long ms) {
             return new Reply(Kind.HANG, 200, "", List.of(), Map.of(), 0, -1, ms);
+        }
+
+        /** A chat stream of {@code bytes} bytes sent as fast as the client reads (the byte count: {@link Recorded#bytesSent()}). */
+        static Reply flood(long bytes) {
+            return new Reply(Kind.FLOOD, 200, "", List.of(), Map.of(), 0, -1, bytes);
         }
 
         Reply status(int newStatus) {
@@ -1644,6 +1664,7 @@ final class StubUpstream implements AutoCloseable {
         private final String body;
         private final CountDownLatch gone = new CountDownLatch(1);
         private volatile int status;
+        private final java.util.concurrent.atomic.AtomicLong sent = new java.util.concurrent.atomic.AtomicLong();
         private volatile JsonNode json;
         private volatile boolean parsed;
 
@@ -1710,6 +1731,15 @@ final class StubUpstream implements AutoCloseable {
 
         void status(int s) {
             status = s;
+        }
+
+        /** Bytes of the body written (and flushed) to the client so far; counted by flood replies. */
+        long bytesSent() {
+            return sent.get();
+        }
+
+        void sent(long n) {
+            sent.addAndGet(n);
         }
 
         /** True once writing the reply to this client failed: it disconnected. */
@@ -1974,6 +2004,109 @@ final class StubUpstream implements AutoCloseable {
             } catch (Exception e) {
                 // Closing an already broken socket: nothing left to release.
             }
+        }
+    }
+
+    /**
+     * A Copilot that never answers: requests are read and then left without a byte of answer, the way a hung
+     * upstream behaves. GET .../models is answered with the stub's catalog so a server can start against it.
+     * {@link #awaitClosed} tells when the caller closed a connection it was waiting on (the call was cancelled).
+     */
+    static final class Silent implements AutoCloseable {
+        private final StubUpstream stub;
+        private final ServerSocket listener;
+        private final List<String> seen = new CopyOnWriteArrayList<>();
+        private final AtomicInteger closed = new AtomicInteger();
+        private final Set<Socket> open = ConcurrentHashMap.newKeySet();
+        private volatile boolean hangCatalog;
+
+        Silent(StubUpstream stub) throws IOException {
+            this.stub = stub;
+            listener = new ServerSocket(0, 50, InetAddress.getByName("127.0.0.1"));
+            Thread t = new Thread(this::acceptLoop, "stub-silent-accept");
+            t.setDaemon(true);
+            t.start();
+        }
+
+        /** Leaves GET .../models unanswered too. */
+        Silent hangCatalog() {
+            hangCatalog = true;
+            return this;
+        }
+
+        /** For COPILOT_API_COPILOT_URL. */
+        String url() {
+            return "http://127.0.0.1:" + listener.getLocalPort();
+        }
+
+        /** "METHOD /path" of each request left unanswered, in arrival order. */
+        List<String> seen() {
+            return List.copyOf(seen);
+        }
+
+        /** True once {@code n} unanswered connections were closed by the caller; false on timeout. */
+        boolean awaitClosed(int n, Duration timeout) throws InterruptedException {
+            long end = System.nanoTime() + timeout.toNanos();
+            while (closed.get() < n && System.nanoTime() < end) Thread.sleep(20);
+            return closed.get() >= n;
+        }
+
+        int closedCount() {
+            return closed.get();
+        }
+
+        @Override
+        public void close() {
+            Proxy.closeQuietly(listener);
+            open.forEach(Proxy::closeQuietly);
+        }
+
+        private void acceptLoop() {
+            while (!listener.isClosed()) {
+                try {
+                    Socket s = listener.accept();
+                    open.add(s);
+                    Thread t = new Thread(() -> serve(s), "stub-silent-conn");
+                    t.setDaemon(true);
+                    t.start();
+                } catch (IOException e) {
+                    // closed: the loop ends
+                }
+            }
+        }
+
+        private void serve(Socket client) {
+            try (client) {
+                InputStream in = new BufferedInputStream(client.getInputStream());
+                String requestLine = Proxy.readLine(in);
+                if (requestLine == null || requestLine.isEmpty()) return;
+                String[] parts = requestLine.split(" ");
+                Proxy.readBody(in, Proxy.readHeaders(in));
+                if (!hangCatalog && parts[0].equals("GET") && parts[1].endsWith("/models")) {
+                    answerCatalog(client.getOutputStream());
+                    return;
+                }
+                seen.add(parts[0] + " " + parts[1]);
+                while (in.read() >= 0) {
+                    continue;
+                }
+                closed.incrementAndGet();
+            } catch (IOException e) {
+                closed.incrementAndGet();
+            } finally {
+                open.remove(client);
+            }
+        }
+
+        private void answerCatalog(OutputStream out) throws IOException {
+            ObjectNode o = obj();
+            o.set("data", stub.snapshot(stub.models));
+            o.put("object", "list");
+            byte[] body = o.toString().getBytes(StandardCharsets.UTF_8);
+            out.write(("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + body.length
+                + "\r\nConnection: close\r\n\r\n").getBytes(StandardCharsets.ISO_8859_1));
+            out.write(body);
+            out.flush();
         }
     }
 
