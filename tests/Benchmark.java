@@ -1018,7 +1018,7 @@ class Benchmark {
     }
 
     /** Load result: completions within the measured window. */
-    record Load(double rps, long ok, long errors, String firstError, double p50, double p99) {}
+    record Load(double rps, long ok, long errors, String firstError, double p50, double p99, double cpuMsPerRequest) {}
 
     static final class SideBySide implements AutoCloseable {
         static volatile StringBuffer table;
@@ -1034,6 +1034,8 @@ class Benchmark {
         final Thread clearer;
         Target cp;
         Target other;
+        /** CPU ms per request of each proxy process, by load row. */
+        final Map<String, double[]> cpuRows = new java.util.LinkedHashMap<>();
         String copilotToken;
         String ccStream;
         String ccPlain;
@@ -1157,6 +1159,8 @@ class Benchmark {
                 base -> () -> post(base + "/v1/messages", ccPlain, false, null), null, notes));
             rows.put("Claude Code request (" + ccStream.length() / 1024 + " KB), /v1/messages stream|req/s", loadRow("CC stream", targets, 4,
                 base -> () -> post(base + "/v1/messages", ccStream, true, "message_stop"), null, notes));
+
+            cpuRows.forEach((name, cpu) -> rows.put("  CPU of the proxy process per request, " + name + "|ms", cpu));
 
             // ---- memory right after the load ----
             Map<String, Long> rss = new HashMap<>();
@@ -1284,6 +1288,8 @@ class Benchmark {
             }
             line("   ratio = copilot-api / %s; direct = the load generator straight to the stub (a ceiling for the load rows).", on);
             line("   Load rows: closed loop, each client sends its next request when the previous answer is read to the end.");
+            line("   CPU per request: utime+stime of the proxy's process (/proc/PID/stat) over the measured window / requests;");
+            line("   less sensitive than req/s to what else runs on the shared CPUs (10 ms ticks, so rough at low counts).");
             line("   Threads: /proc/PID/status Threads of each process; 'added per stream' = (peak - idle) / streams. RSS: VmRSS, VmHWM.");
             line("   Start: copilot-api on the java jbang picks (shown above); the other's column is --compare-start's command, when given.");
             line("   Claude Code rows: Claude Code's request from tests/fixtures, model claude-sonnet-4.5, history padded to the size;");
@@ -1316,6 +1322,7 @@ class Benchmark {
         static String fmt(double v) {
             if (!Double.isFinite(v)) return "-";
             if (Math.abs(v) >= 100 || v == Math.rint(v)) return String.format(Locale.ROOT, "%.0f", v);
+            if (Math.abs(v) < 1) return String.format(Locale.ROOT, "%.3f", v);
             return String.format(Locale.ROOT, "%.2f", v);
         }
 
@@ -1331,11 +1338,14 @@ class Benchmark {
 
         double[] loadRow(String name, List<Target> targets, int clients, CallFor call, LoadCall direct, List<String> notes) throws Exception {
             double[] v = {Double.NaN, Double.NaN, Double.NaN};
+            double[] cpu = {Double.NaN, Double.NaN, Double.NaN};
+            cpuRows.put(name, cpu);
             for (int i = 0; i < targets.size(); i++) {
                 Target x = targets.get(i);
                 Bench.progress("side-by-side: " + name + ", " + clients + " clients, " + x.name);
-                Load l = load(clients, cfg.warm(), cfg.measure(), call.of(x.base));
+                Load l = load(clients, cfg.warm(), cfg.measure(), call.of(x.base), x.pid);
                 v[i] = l.rps();
+                cpu[i] = l.cpuMsPerRequest();
                 if (l.errors() > 0) notes.add(String.format(Locale.ROOT, "%s on %s: %d error(s) of %d, first: %s", name, x.name, l.errors(),
                     l.errors() + l.ok(), l.firstError()));
                 drainQueues();
@@ -1350,9 +1360,27 @@ class Benchmark {
         }
 
         Load load(int clients, Duration warm, Duration measure, LoadCall call) throws InterruptedException {
+            return load(clients, warm, measure, call, -1);
+        }
+
+        /** Closed-loop load; with a pid, also the CPU time that process used per request in the measured window. */
+        Load load(int clients, Duration warm, Duration measure, LoadCall call, long pid) throws InterruptedException {
             long t0 = System.nanoTime();
             long from = t0 + warm.toNanos();
             long to = from + measure.toNanos();
+            long[] cpu = {-1, -1};
+            Thread cpuSampler = new Thread(() -> {
+                try {
+                    TimeUnit.NANOSECONDS.sleep(Math.max(0, from - System.nanoTime()));
+                    cpu[0] = cpuTicks(pid);
+                    TimeUnit.NANOSECONDS.sleep(Math.max(0, to - System.nanoTime()));
+                    cpu[1] = cpuTicks(pid);
+                } catch (InterruptedException ignored) {
+                    // no figure
+                }
+            }, "bench-cpu");
+            cpuSampler.setDaemon(true);
+            if (pid > 0) cpuSampler.start();
             java.util.concurrent.atomic.AtomicLong ok = new java.util.concurrent.atomic.AtomicLong();
             java.util.concurrent.atomic.AtomicLong errors = new java.util.concurrent.atomic.AtomicLong();
             java.util.concurrent.atomic.AtomicReference<String> first = new java.util.concurrent.atomic.AtomicReference<>();
@@ -1389,9 +1417,11 @@ class Benchmark {
                 t.start();
             }
             for (Thread t : threads) t.join(measure.toMillis() + warm.toMillis() + 60_000);
+            if (pid > 0) cpuSampler.join(10_000);
+            double cpuMs = cpu[0] < 0 || cpu[1] < 0 || ok.get() == 0 ? Double.NaN : (cpu[1] - cpu[0]) * 1000.0 / CLOCK_TICKS / ok.get();
             long[] all = lat.stream().flatMapToLong(Arrays::stream).toArray();
             Latencies l = new Latencies(all, 0, null);
-            return new Load(ok.get() / (measure.toNanos() / 1e9), ok.get(), errors.get(), first.get(), l.pct(50), l.pct(99));
+            return new Load(ok.get() / (measure.toNanos() / 1e9), ok.get(), errors.get(), first.get(), l.pct(50), l.pct(99), cpuMs);
         }
 
         String post(String url, String body, boolean stream, String endMarker) throws Exception {
@@ -1646,6 +1676,20 @@ class Benchmark {
                 // gone
             }
             return m;
+        }
+
+        /** USER_HZ of /proc/PID/stat; 100 on every Linux this runs on. */
+        static final double CLOCK_TICKS = 100;
+
+        /** utime + stime of a process from /proc/PID/stat, in clock ticks; -1 when unreadable. */
+        static long cpuTicks(long pid) {
+            try {
+                String st = Files.readString(Path.of("/proc/" + pid + "/stat"));
+                String[] f = st.substring(st.lastIndexOf(')') + 2).split(" ");
+                return Long.parseLong(f[11]) + Long.parseLong(f[12]);
+            } catch (IOException | RuntimeException e) {
+                return -1;
+            }
         }
 
         static int threadsOf(long pid) {
