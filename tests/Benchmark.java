@@ -987,7 +987,7 @@ class Benchmark {
         }
 
         static SxsConfig quick() {
-            return new SxsConfig("quick", Duration.ofMillis(500), Duration.ofSeconds(2), 2, 2000, 100, Duration.ofSeconds(8), 1);
+            return new SxsConfig("quick", Duration.ofMillis(500), Duration.ofSeconds(2), 2, 2000, 100, Duration.ofSeconds(5), 1);
         }
     }
 
