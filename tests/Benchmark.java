@@ -1,6 +1,6 @@
 ///usr/bin/env jbang "$0" "$@" ; exit $?
 //JAVA 17+
-//DESCRIPTION Measures copilot-api's own latency, streaming throughput and memory against the in-process stub, on loopback only.
+//DESCRIPTION Measures copilot-api (in this JVM, and as a process side by side with any other proxy) against the stub, on loopback only.
 //SOURCES ../copilot-api.java
 //SOURCES StubUpstream.java
 
@@ -52,11 +52,40 @@ import java.util.stream.Stream;
  * straight to the stub, so that the difference is what copilot-api adds. Bounded in count and in time
  * (a watchdog ends the run), no traffic leaves the loopback interface.
  *
- * <p>Run from the repository root: {@code ./jbang tests/Benchmark.java} (about a minute), or
- * {@code ./jbang tests/Benchmark.java --quick} (about ten seconds, a smoke test). Prints a table, then one line
- * starting with {@code JSON: } that carries the same numbers for machines.
+ * <p>Run from the repository root: {@code ./jbang tests/Benchmark.java} (a few minutes), or
+ * {@code ./jbang tests/Benchmark.java --quick} (well under a minute, a smoke test). Prints a table, then one line
+ * starting with {@code JSON: } that carries the same numbers for machines. Section 5 runs copilot-api as a separate
+ * process, the way users start it, beside any other proxy given by base URL ({@code --compare URL}), and reports
+ * req/s under load, time added per streamed chunk, RSS, threads and start-up with the ratio copilot-api / other.
+ * Options: {@link #USAGE} ({@code --help}).
  */
 class Benchmark {
+
+    static final String USAGE = """
+        Usage: ./jbang tests/Benchmark.java [--quick] [--time-limit SECONDS] [--in-process | --side-by-side]
+                 [--target copilot-api|URL [--target-pid PID]] [--stub-port N]
+                 [--compare URL [--compare-pid PID] [--compare-name NAME] [--compare-wait SECONDS] [--compare-start 'CMD']]
+        Everything on 127.0.0.1; numbers are reported, never asserted.
+          (default)         sections 1-4 (copilot-api and the stub in this JVM, via vs direct), then section 5
+          --in-process      sections 1-4 only
+          --side-by-side    section 5 only: copilot-api as a separate process (./jbang copilot-api.java start, pointed at
+                            this JVM's stub by COPILOT_API_* variables) beside --compare, with PASS/FAIL against the targets
+          --quick           small counts and short load windows, a smoke test well under a minute
+          --time-limit      stop (exit 3, printing what was measured) after this long; default 480, quick 120
+          --target          copilot-api (default: started as a process) or the base URL of an already running one
+          --target-pid      its pid, for /proc/PID/status (default: the process listening on the URL's port)
+          --stub-port       port of the side-by-side stub (default: a free one; its env lines go to stderr at start)
+          --compare         base URL of another proxy pointed at that stub (implies --side-by-side); the benchmark waits
+                            --compare-wait seconds (default 120) for its /v1/models to answer 200, so it can be started
+                            after this benchmark printed the stub's address
+          --compare-pid     its pid (default: the process listening on the URL's port)
+          --compare-name    its column's name (default: other)
+          --compare-start   a shell command that starts another instance of it, for the start-up row; {port}, {stub}
+                            and {token} are replaced, STUB_URL and the COPILOT_API_* variables are in its environment
+        Example, against another proxy that reads the stub's base URL from STUB_URL:
+          ./jbang tests/Benchmark.java --stub-port 18080 --compare http://127.0.0.1:4141 --compare-name other &
+          STUB_URL=http://127.0.0.1:18080 other-proxy start --port 4141 --github-token ghu_stubGithubToken0123456789
+        """;
 
     static final ObjectMapper JSON = new ObjectMapper();
     static final Duration REQUEST_TIMEOUT = Duration.ofSeconds(60);
@@ -66,7 +95,7 @@ class Benchmark {
     record Config(String name, int warmup, int chatN, int largeN, int largeKb, int allocN, int streamChunks, int streamWarmup,
                   int streamRuns, int shortStreams, int[] concurrency, int concurrentChunks, long concurrentDelayMs, Duration timeLimit) {
         static Config full() {
-            return new Config("full", 1000, 2000, 200, 256, 500, 5000, 6, 5, 500, new int[] {50, 200}, 200, 5, Duration.ofMinutes(5));
+            return new Config("full", 1000, 2000, 200, 256, 500, 5000, 6, 5, 500, new int[] {50, 200}, 200, 5, Duration.ofMinutes(8));
         }
 
         static Config quick() {
@@ -82,23 +111,34 @@ class Benchmark {
         // waits for the client's delayed ACK (~40 ms on Linux). Real Copilot has no such stall, so measure without it.
         System.setProperty("sun.net.httpserver.nodelay", "true");
         Config cfg = Config.full();
+        SxsConfig sxsCfg = SxsConfig.full();
+        SxsOptions sxs = new SxsOptions();
+        boolean inProcess = true;
+        boolean sideBySide = true;
         Duration limit = null;
         for (int i = 0; i < args.length; i++) {
             String a = args[i];
             switch (a) {
-                case "--quick" -> cfg = Config.quick();
-                case "--time-limit" -> {
-                    if (i + 1 >= args.length || !args[i + 1].matches("\\d+")) {
-                        System.err.println("--time-limit needs a number of seconds");
-                        System.exit(2);
-                    }
-                    limit = Duration.ofSeconds(Long.parseLong(args[++i]));
+                case "--quick" -> {
+                    cfg = Config.quick();
+                    sxsCfg = SxsConfig.quick();
                 }
+                case "--time-limit" -> limit = Duration.ofSeconds(number(args, i++));
+                case "--side-by-side" -> inProcess = false;
+                case "--in-process" -> sideBySide = false;
+                case "--target" -> sxs.target = value(args, i++);
+                case "--target-pid" -> sxs.targetPid = number(args, i++);
+                case "--compare" -> {
+                    sxs.compare = value(args, i++);
+                    inProcess = false;
+                }
+                case "--compare-pid" -> sxs.comparePid = number(args, i++);
+                case "--compare-name" -> sxs.compareName = value(args, i++);
+                case "--compare-start" -> sxs.compareStart = value(args, i++);
+                case "--compare-wait" -> sxs.compareWaitSeconds = (int) number(args, i++);
+                case "--stub-port" -> sxs.stubPort = (int) number(args, i++);
                 case "-h", "--help" -> {
-                    System.out.println("Usage: ./jbang tests/Benchmark.java [--quick] [--time-limit SECONDS]");
-                    System.out.println("Measures copilot-api's overhead, streaming throughput, concurrency and memory against the");
-                    System.out.println("in-process stub, on 127.0.0.1 only. --quick: small counts, a smoke test of about ten seconds.");
-                    System.out.println("--time-limit: stop (exit 3, printing what was measured) after this long; default 300, quick 120.");
+                    System.out.print(USAGE);
                     return;
                 }
                 default -> {
@@ -107,6 +147,7 @@ class Benchmark {
                 }
             }
         }
+        if (!sideBySide && !inProcess) inProcess = true;
         if (limit == null) limit = cfg.timeLimit();
         Duration timeLimit = limit;
         Thread watchdog = new Thread(() -> {
@@ -115,6 +156,7 @@ class Benchmark {
                 System.err.println("benchmark: time limit of " + timeLimit.toSeconds() + "s reached, stopping; results so far:");
                 Bench running = Bench.current;
                 if (running != null) System.out.println(running.table);
+                if (SideBySide.table != null) System.out.println(SideBySide.table);
                 System.out.flush();
                 Runtime.getRuntime().halt(3);
             } catch (InterruptedException ignored) {
@@ -123,12 +165,43 @@ class Benchmark {
         }, "bench-watchdog");
         watchdog.setDaemon(true);
         watchdog.start();
-        int code;
-        try (Bench bench = new Bench(cfg)) {
-            code = bench.run();
+        int code = 0;
+        ObjectNode sxsJson = JSON.createObjectNode();
+        // The side-by-side stub first, so that another proxy can be pointed at it while the rest runs.
+        SideBySide side = sideBySide ? new SideBySide(sxsCfg, sxs, sxsJson) : null;
+        try {
+            if (inProcess) {
+                try (Bench bench = new Bench(cfg)) {
+                    code = bench.run();
+                }
+            }
+            if (side != null && code == 0) {
+                code = side.run();
+                System.out.println(side.out);
+                System.out.println("JSON: " + JSON.writeValueAsString(sxsJson));
+            }
+        } finally {
+            if (side != null) side.close();
         }
         watchdog.interrupt();
         System.exit(code);
+    }
+
+    static String value(String[] args, int i) {
+        if (i + 1 >= args.length) {
+            System.err.println(args[i] + " needs a value (try --help)");
+            System.exit(2);
+        }
+        return args[i + 1];
+    }
+
+    static long number(String[] args, int i) {
+        String v = value(args, i);
+        if (!v.matches("\\d+")) {
+            System.err.println(args[i] + " needs a number, not " + v);
+            System.exit(2);
+        }
+        return Long.parseLong(v);
     }
 
     // ==== The rig: stub and copilot-api in this JVM, on free loopback ports ====
@@ -904,6 +977,771 @@ class Benchmark {
         public void close() {
             rig.close();
             clientPool.shutdownNow();
+        }
+    }
+
+    // ==== Side by side: copilot-api as a separate process, and any other proxy given by base URL ====
+
+    /** Sizes of the side-by-side run. */
+    record SxsConfig(String name, Duration warm, Duration measure, int chunkRuns, int chunks, int openStreams, Duration settle, int startRuns) {
+        static SxsConfig full() {
+            return new SxsConfig("full", Duration.ofSeconds(2), Duration.ofSeconds(8), 5, 2000, 100, Duration.ofSeconds(65), 3);
+        }
+
+        static SxsConfig quick() {
+            return new SxsConfig("quick", Duration.ofMillis(500), Duration.ofSeconds(2), 2, 2000, 100, Duration.ofSeconds(5), 1);
+        }
+    }
+
+    /** Options of the side-by-side table (see the usage at the top of this file). */
+    static final class SxsOptions {
+        String target = "copilot-api";
+        long targetPid = -1;
+        String compare;
+        long comparePid = -1;
+        String compareName = "other";
+        String compareStart;
+        int compareWaitSeconds = 120;
+        int stubPort;
+    }
+
+    /** A proxy under test: its base URL and the pid whose /proc/PID/status is read. */
+    static final class Target {
+        final String name;
+        final String base;
+        long pid;
+        Process process;
+
+        Target(String name, String base, long pid) {
+            this.name = name;
+            this.base = base.replaceAll("/+$", "");
+            this.pid = pid;
+        }
+    }
+
+    /** Load result: completions within the measured window. */
+    record Load(double rps, long ok, long errors, String firstError, double p50, double p99, double cpuMsPerRequest) {}
+
+    static final class SideBySide implements AutoCloseable {
+        static volatile StringBuffer table;
+
+        final SxsConfig cfg;
+        final SxsOptions opt;
+        final StubUpstream stub;
+        final Path home;
+        final CopilotApi.Settings settings;
+        final HttpClient client;
+        final StringBuffer out = new StringBuffer();
+        final ObjectNode json;
+        final Thread clearer;
+        Target cp;
+        Target other;
+        /** CPU ms per request of each proxy process, by load row. */
+        final Map<String, double[]> cpuRows = new java.util.LinkedHashMap<>();
+        String copilotToken;
+        String ccStream;
+        String ccPlain;
+        String ccAsSent;
+
+        SideBySide(SxsConfig cfg, SxsOptions opt, ObjectNode json) throws Exception {
+            this.cfg = cfg;
+            this.opt = opt;
+            this.json = json;
+            table = out;
+            stub = StubUpstream.start(opt.stubPort);
+            home = Files.createTempDirectory("copilot-api-bench-sxs");
+            Map<String, String> env = new HashMap<>(stub.env());
+            env.put("COPILOT_API_HOME", home.toString());
+            CopilotApi.CommonOptions options = new CopilotApi.CommonOptions();
+            options.accountType = CopilotApi.AccountType.individual;
+            options.githubToken = StubUpstream.VALID_GITHUB_TOKEN;
+            settings = CopilotApi.Settings.from(options, env);
+            AtomicInteger n = new AtomicInteger();
+            client = HttpClient.newBuilder().version(HttpClient.Version.HTTP_1_1).connectTimeout(Duration.ofSeconds(10))
+                .executor(Executors.newCachedThreadPool(r -> {
+                    Thread t = new Thread(r, "bench-sxs-http-" + n.incrementAndGet());
+                    t.setDaemon(true);
+                    return t;
+                })).build();
+            // Recorded requests (86 KB bodies under load) would pile up in this JVM: forget them twice a second.
+            clearer = new Thread(() -> {
+                while (!Thread.currentThread().isInterrupted()) {
+                    stub.clear();
+                    try {
+                        Thread.sleep(500);
+                    } catch (InterruptedException e) {
+                        return;
+                    }
+                }
+            }, "bench-sxs-clearer");
+            clearer.setDaemon(true);
+            clearer.start();
+            String cc = claudeCodeRequest(86 * 1024, false);
+            ccAsSent = claudeCodeRequest(4 * 1024, true);
+            ccStream = cc;
+            ObjectNode plain = (ObjectNode) JSON.readTree(cc);
+            plain.put("stream", false);
+            ccPlain = plain.toString();
+            Bench.progress("side-by-side stub on " + stub.baseUrl() + "; point the other proxy at it:");
+            stub.env().forEach((k, v) -> System.err.println("  " + k + "=" + v));
+            System.err.println("  COPILOT_API_GITHUB_TOKEN=" + StubUpstream.VALID_GITHUB_TOKEN);
+        }
+
+        Map<String, String> processEnv() {
+            Map<String, String> env = new HashMap<>(stub.env());
+            env.put("COPILOT_API_HOME", home.toString());
+            return env;
+        }
+
+        void line(String format, Object... args) {
+            out.append(String.format(Locale.ROOT, format, args)).append('\n');
+        }
+
+        int run() throws Exception {
+            if (opt.compare != null) {
+                other = new Target(opt.compareName, opt.compare, opt.comparePid);
+                Bench.progress("waiting up to " + opt.compareWaitSeconds + " s for " + other.base + "/v1/models to answer 200");
+                if (waitReady(other.base, null, Duration.ofSeconds(opt.compareWaitSeconds)) < 0) {
+                    System.err.println("the other proxy at " + other.base + " did not answer 200 on /v1/models");
+                    return 4;
+                }
+                if (other.pid <= 0) other.pid = pidListeningOn(URI.create(other.base).getPort());
+            }
+            if (opt.target.equals("copilot-api")) {
+                Bench.progress("starting copilot-api as a process: ./jbang copilot-api.java start");
+                cp = new Target("copilot-api", "http://127.0.0.1:" + freePort(), -1);
+                cp.process = startJbang(URI.create(cp.base).getPort());
+                if (waitReady(cp.base, cp.process, Duration.ofMinutes(3)) < 0) throw new IllegalStateException("copilot-api did not start");
+                cp.pid = pidListeningOn(URI.create(cp.base).getPort());
+            } else {
+                cp = new Target("copilot-api", opt.target, opt.targetPid);
+                if (waitReady(cp.base, null, Duration.ofSeconds(30)) < 0) throw new IllegalStateException(cp.base + " is not ready");
+                if (cp.pid <= 0) cp.pid = pidListeningOn(URI.create(cp.base).getPort());
+            }
+            HttpResponse<String> t = client.send(HttpRequest.newBuilder(URI.create(cp.base + "/token")).GET().build(),
+                HttpResponse.BodyHandlers.ofString());
+            copilotToken = t.statusCode() == 200 ? JSON.readTree(t.body()).path("token").asText() : null;
+            List<Target> targets = other == null ? List.of(cp) : List.of(cp, other);
+
+            line("");
+            line("5. Side by side, %s run, %s", cfg.name(), java.time.ZonedDateTime.now(java.time.ZoneOffset.UTC).withNano(0));
+            line("   copilot-api: %s, pid %d, %s", cp.base, cp.pid, describe(cp.pid));
+            if (other != null) line("   %s: %s, pid %d, %s", other.name, other.base, other.pid, describe(other.pid));
+            line("   stub (fake GitHub + Copilot, in the benchmark JVM): %s", stub.baseUrl());
+            line("   %d CPUs shared by the load generator (JDK HttpClient, this JVM), the stub (this JVM) and the proxy under test:",
+                Runtime.getRuntime().availableProcessors());
+            line("   req/s are what the whole machine sustains through each proxy, not the proxy alone. Load: %s s warm-up, %s s measured.",
+                cfg.warm().toMillis() / 1000.0, cfg.measure().toMillis() / 1000.0);
+            Map<String, double[]> rows = new java.util.LinkedHashMap<>();
+
+            for (Target x : targets) {
+                String err = post(x.base + "/v1/messages", ccAsSent, true, "message_stop");
+                line("   %s with Claude Code's request as sent (x-anthropic-billing-header line in system): %s", x.name,
+                    err == null ? "200, stream complete" : err);
+            }
+            line("   The load rows below send it without that line, so that every proxy under test can answer it.");
+
+            // ---- load rows ----
+            String small = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+            String streamBody = "{\"model\":\"gpt-4.1\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Write a long story\"}]}";
+            StubUpstream.Reply longStream = StubUpstream.Reply.sse(chatChunks(cfg.chunks(), "gpt-4.1"));
+            List<String> notes = new ArrayList<>();
+            for (Target x : targets) {
+                // A first pass to warm the JIT and the connection pools of every path, not measured.
+                load(4, Duration.ZERO, cfg.warm(), () -> post(x.base + "/v1/chat/completions", small, false, null));
+                load(2, Duration.ZERO, cfg.warm(), () -> post(x.base + "/v1/messages", ccPlain, false, null));
+            }
+            rows.put("small chat, non-stream, 16 clients|req/s", loadRow("small chat", targets, 16,
+                base -> () -> post(base + "/v1/chat/completions", small, false, null),
+                copilotToken == null ? null : () -> postDirect("/chat/completions", small, false, null), notes));
+            rows.put("chat stream, " + cfg.chunks() + " chunks, 4 clients|req/s", loadRow("chat stream", targets, 4,
+                base -> () -> post(base + "/v1/chat/completions", streamBody, true, "[DONE]", "/chat/completions", longStream),
+                copilotToken == null ? null : () -> postDirect("/chat/completions", streamBody, true, "[DONE]", "/chat/completions", longStream), notes));
+            rows.put("Claude Code request (" + ccPlain.length() / 1024 + " KB), /v1/messages non-stream|req/s", loadRow("CC non-stream", targets, 4,
+                base -> () -> post(base + "/v1/messages", ccPlain, false, null), null, notes));
+            rows.put("Claude Code request (" + ccStream.length() / 1024 + " KB), /v1/messages stream|req/s", loadRow("CC stream", targets, 4,
+                base -> () -> post(base + "/v1/messages", ccStream, true, "message_stop"), null, notes));
+
+            cpuRows.forEach((name, cpu) -> rows.put("  CPU of the proxy process per request, " + name + "|ms", cpu));
+
+            // ---- memory right after the load ----
+            Map<String, Long> rss = new HashMap<>();
+            Map<String, Long> hwm = new HashMap<>();
+            for (Target x : targets) {
+                Map<String, String> st = status(x.pid);
+                rss.put(x.name, kbOf(st.get("VmRSS")));
+                hwm.put(x.name, kbOf(st.get("VmHWM")));
+            }
+
+            // ---- added time per chunk ----
+            Bench.progress("side-by-side: time per streamed chunk, " + cfg.chunkRuns() + " sequential runs each");
+            double directMs = copilotToken == null ? Double.NaN
+                : medianStreamMs(() -> postDirect("/chat/completions", streamBody, true, "[DONE]", "/chat/completions", longStream));
+            double[] perChunk = new double[2];
+            for (int i = 0; i < targets.size(); i++) {
+                Target x = targets.get(i);
+                double ms = medianStreamMs(() -> post(x.base + "/v1/chat/completions", streamBody, true, "[DONE]", "/chat/completions", longStream));
+                perChunk[i] = (ms - directMs) * 1000.0 / cfg.chunks();
+            }
+            rows.put("added time per streamed chunk over the stub directly|us", new double[] {perChunk[0], other == null ? Double.NaN : perChunk[1],
+                Double.NaN});
+            rows.put("resident memory after the load, VmRSS|MB", new double[] {rss.get(cp.name) / 1024.0,
+                other == null ? Double.NaN : rss.get(other.name) / 1024.0, Double.NaN});
+            rows.put("peak resident memory, VmHWM|MB", new double[] {hwm.get(cp.name) / 1024.0,
+                other == null ? Double.NaN : hwm.get(other.name) / 1024.0, Double.NaN});
+
+            // ---- 100 open streams ----
+            int[][] th = new int[targets.size()][];
+            long[] ends = new long[targets.size()];
+            for (int i = 0; i < targets.size(); i++) {
+                Bench.progress("side-by-side: " + cfg.openStreams() + " open streams on " + targets.get(i).name);
+                th[i] = openStreams(targets.get(i));
+                ends[i] = System.nanoTime();
+            }
+            Bench.progress("side-by-side: waiting up to " + cfg.settle().toSeconds() + " s for the thread counts to settle");
+            double[] backAfter = new double[targets.size()];
+            int[] last = new int[targets.size()];
+            Arrays.fill(backAfter, Double.NaN);
+            long settleEnd = ends[targets.size() - 1] + cfg.settle().toNanos();
+            while (true) {
+                boolean all = true;
+                for (int i = 0; i < targets.size(); i++) {
+                    if (!Double.isNaN(backAfter[i])) continue;
+                    last[i] = threadsOf(targets.get(i).pid);
+                    if (last[i] <= th[i][0]) backAfter[i] = (System.nanoTime() - ends[i]) / 1e9;
+                    else all = false;
+                }
+                if (all || System.nanoTime() > settleEnd) break;
+                Thread.sleep(250);
+            }
+            int s = cfg.openStreams();
+            rows.put("threads idle before " + s + " open streams|n", new double[] {th[0][0], other == null ? Double.NaN : th[1][0], Double.NaN});
+            rows.put("threads with " + s + " open streams (peak)|n", new double[] {th[0][1], other == null ? Double.NaN : th[1][1], Double.NaN});
+            rows.put("  added threads per open stream|n", new double[] {(th[0][1] - th[0][0]) / (double) s,
+                other == null ? Double.NaN : (th[1][1] - th[1][0]) / (double) s, Double.NaN});
+            rows.put("threads after the streams end (last poll)|n", new double[] {last[0], other == null ? Double.NaN : last[1], Double.NaN});
+            rows.put("  back to the idle count after|s", new double[] {backAfter[0], other == null ? Double.NaN : backAfter[1], Double.NaN});
+            for (int i = 0; i < targets.size(); i++) if (th[i][2] > 0) notes.add(targets.get(i).name + ": " + th[i][2] + " of the open streams failed");
+
+            // ---- startup ----
+            double[] jbangStart = {Double.NaN, Double.NaN};
+            double jvmStart = Double.NaN;
+            if (opt.target.equals("copilot-api")) {
+                Bench.progress("side-by-side: warm starts of copilot-api, " + cfg.startRuns() + " each way");
+                String java = Path.of("/proc/" + cp.pid + "/exe").toRealPath().toString();
+                String cpath = classpath();
+                List<Long> a = new ArrayList<>();
+                List<Long> b = new ArrayList<>();
+                for (int i = 0; i < cfg.startRuns(); i++) {
+                    a.add(timeStart(port -> startJbang(port)));
+                    if (cpath != null) {
+                        b.add(timeStart(port -> start(List.of(java, "-cp", cpath, "CopilotApi", "start", "--port", String.valueOf(port),
+                            "--github-token", StubUpstream.VALID_GITHUB_TOKEN), processEnv())));
+                    }
+                }
+                jbangStart[0] = median(a.stream().mapToLong(Long::longValue).toArray()) / 1e9;
+                if (!b.isEmpty()) jvmStart = median(b.stream().mapToLong(Long::longValue).toArray()) / 1e9;
+            }
+            if (other != null && opt.compareStart != null) {
+                Bench.progress("side-by-side: warm starts of " + other.name + ", " + cfg.startRuns());
+                List<Long> c = new ArrayList<>();
+                for (int i = 0; i < cfg.startRuns(); i++) {
+                    c.add(timeStart(port -> {
+                        Map<String, String> env = processEnv();
+                        env.put("STUB_URL", stub.baseUrl());
+                        return start(List.of("sh", "-c", opt.compareStart.replace("{port}", String.valueOf(port))
+                            .replace("{stub}", stub.baseUrl()).replace("{token}", StubUpstream.VALID_GITHUB_TOKEN)), env);
+                    }));
+                }
+                jbangStart[1] = median(c.stream().mapToLong(Long::longValue).toArray()) / 1e9;
+            }
+            rows.put("warm start, ./jbang copilot-api.java start, to 200 on /v1/models|s",
+                new double[] {jbangStart[0], jbangStart[1], Double.NaN});
+            rows.put("  JVM alone (java -cp <jbang classpath> CopilotApi start)|s", new double[] {jvmStart, Double.NaN, Double.NaN});
+
+            print(rows, notes);
+            return 0;
+        }
+
+        // ---- the table ----
+
+        void print(Map<String, double[]> rows, List<String> notes) {
+            String on = other == null ? "(no --compare)" : other.name;
+            line("%-64s %6s %12s %12s %7s %10s  %-12s %s", "row", "unit", "copilot-api", on, "ratio", "direct", "target", "copilot-api");
+            ArrayNode a = json.putArray("side_by_side");
+            for (Map.Entry<String, double[]> e : rows.entrySet()) {
+                String[] k = e.getKey().split("\\|");
+                String label = k[0];
+                String unit = k[1];
+                double[] v = e.getValue();
+                double ratio = v[1] > 0 || v[1] < 0 ? v[0] / v[1] : Double.NaN;
+                String[] target = targetOf(label, unit, v, ratio);
+                line("%-64s %6s %12s %12s %7s %10s  %-12s %s", label, unit, fmt(v[0]), fmt(v[1]), Double.isFinite(ratio) ? String.format(Locale.ROOT, "%.2f", ratio) : "-",
+                    fmt(v[2]), target[0], target[1]);
+                ObjectNode o = a.addObject();
+                o.put("row", label);
+                o.put("unit", unit);
+                o.put("copilot_api", round(v[0]));
+                o.put("other", round(v[1]));
+                o.put("ratio", Double.isFinite(ratio) ? round(ratio) : -1);
+                o.put("direct", round(v[2]));
+                o.put("target", target[0]);
+                o.put("result", target[1]);
+            }
+            line("   ratio = copilot-api / %s; direct = the load generator straight to the stub (a ceiling for the load rows).", on);
+            line("   Load rows: closed loop, each client sends its next request when the previous answer is read to the end.");
+            line("   CPU per request: utime+stime of the proxy's process (/proc/PID/stat) over the measured window / requests;");
+            line("   less sensitive than req/s to what else runs on the shared CPUs (10 ms ticks, so rough at low counts).");
+            line("   Threads: /proc/PID/status Threads of each process; 'added per stream' = (peak - idle) / streams. RSS: VmRSS, VmHWM.");
+            line("   Start: copilot-api on the java jbang picks (shown above); the other's column is --compare-start's command, when given.");
+            line("   Claude Code rows: Claude Code's request from tests/fixtures, model claude-sonnet-4.5, history padded to the size;");
+            line("   each proxy sends it where it chooses (copilot-api: Copilot's native /v1/messages; others may translate to chat).");
+            for (String n : notes) line("   note: %s", n);
+        }
+
+        String[] targetOf(String label, String unit, double[] v, double ratio) {
+            if (unit.equals("req/s")) {
+                if (other == null) return new String[] {"ratio>=1.5", "-"};
+                if (!(v[1] > 0) || !(v[0] > 0)) return new String[] {"ratio>=1.5", "n/a (errors)"};
+                return new String[] {"ratio>=1.5", ratio >= 1.5 ? "PASS" : "FAIL"};
+            }
+            if (label.startsWith("added time per streamed chunk")) return new String[] {"<=10 us", pass(v[0] <= 10)};
+            if (label.startsWith("peak resident")) return new String[] {"<=250 MB", pass(v[0] <= 250)};
+            if (label.contains("added threads per open stream")) return new String[] {"<=1.2", pass(v[0] <= 1.2)};
+            if (label.contains("back to the idle count")) {
+                return new String[] {"<=60 s", Double.isNaN(v[0]) && cfg.settle().toSeconds() < 60 ? "not in " + cfg.settle().toSeconds() + " s"
+                    : pass(v[0] <= 60)};
+            }
+            if (label.startsWith("warm start")) return new String[] {"<=2 s", pass(v[0] <= 2)};
+            if (label.contains("JVM alone")) return new String[] {"<=0.8 s", pass(v[0] <= 0.8)};
+            return new String[] {"", ""};
+        }
+
+        static String pass(boolean ok) {
+            return ok ? "PASS" : "FAIL";
+        }
+
+        static String fmt(double v) {
+            if (!Double.isFinite(v)) return "-";
+            if (Math.abs(v) >= 100 || v == Math.rint(v)) return String.format(Locale.ROOT, "%.0f", v);
+            if (Math.abs(v) < 1) return String.format(Locale.ROOT, "%.3f", v);
+            return String.format(Locale.ROOT, "%.2f", v);
+        }
+
+        // ---- load ----
+
+        interface LoadCall {
+            String run() throws Exception;
+        }
+
+        interface CallFor {
+            LoadCall of(String base);
+        }
+
+        double[] loadRow(String name, List<Target> targets, int clients, CallFor call, LoadCall direct, List<String> notes) throws Exception {
+            double[] v = {Double.NaN, Double.NaN, Double.NaN};
+            double[] cpu = {Double.NaN, Double.NaN, Double.NaN};
+            cpuRows.put(name, cpu);
+            for (int i = 0; i < targets.size(); i++) {
+                Target x = targets.get(i);
+                Bench.progress("side-by-side: " + name + ", " + clients + " clients, " + x.name);
+                Load l = load(clients, cfg.warm(), cfg.measure(), call.of(x.base), x.pid);
+                v[i] = l.rps();
+                cpu[i] = l.cpuMsPerRequest();
+                if (l.errors() > 0) notes.add(String.format(Locale.ROOT, "%s on %s: %d error(s) of %d, first: %s", name, x.name, l.errors(),
+                    l.errors() + l.ok(), l.firstError()));
+                drainQueues();
+            }
+            if (direct != null) {
+                Bench.progress("side-by-side: " + name + ", " + clients + " clients, direct to the stub");
+                Load l = load(clients, cfg.warm(), cfg.measure(), direct);
+                v[2] = l.rps();
+                drainQueues();
+            }
+            return v;
+        }
+
+        Load load(int clients, Duration warm, Duration measure, LoadCall call) throws InterruptedException {
+            return load(clients, warm, measure, call, -1);
+        }
+
+        /** Closed-loop load; with a pid, also the CPU time that process used per request in the measured window. */
+        Load load(int clients, Duration warm, Duration measure, LoadCall call, long pid) throws InterruptedException {
+            long t0 = System.nanoTime();
+            long from = t0 + warm.toNanos();
+            long to = from + measure.toNanos();
+            long[] cpu = {-1, -1};
+            Thread cpuSampler = new Thread(() -> {
+                try {
+                    TimeUnit.NANOSECONDS.sleep(Math.max(0, from - System.nanoTime()));
+                    cpu[0] = cpuTicks(pid);
+                    TimeUnit.NANOSECONDS.sleep(Math.max(0, to - System.nanoTime()));
+                    cpu[1] = cpuTicks(pid);
+                } catch (InterruptedException ignored) {
+                    // no figure
+                }
+            }, "bench-cpu");
+            cpuSampler.setDaemon(true);
+            if (pid > 0) cpuSampler.start();
+            java.util.concurrent.atomic.AtomicLong ok = new java.util.concurrent.atomic.AtomicLong();
+            java.util.concurrent.atomic.AtomicLong errors = new java.util.concurrent.atomic.AtomicLong();
+            java.util.concurrent.atomic.AtomicReference<String> first = new java.util.concurrent.atomic.AtomicReference<>();
+            List<long[]> lat = java.util.Collections.synchronizedList(new ArrayList<>());
+            List<Thread> threads = new ArrayList<>();
+            for (int c = 0; c < clients; c++) {
+                Thread t = new Thread(() -> {
+                    long[] mine = new long[1024];
+                    int n = 0;
+                    while (true) {
+                        long s = System.nanoTime();
+                        if (s >= to) break;
+                        String err;
+                        try {
+                            err = call.run();
+                        } catch (Exception e) {
+                            err = e.toString();
+                        }
+                        long e = System.nanoTime();
+                        if (e < from || e > to) continue;
+                        if (err == null) {
+                            ok.incrementAndGet();
+                            if (n == mine.length) mine = Arrays.copyOf(mine, n * 2);
+                            mine[n++] = e - s;
+                        } else {
+                            errors.incrementAndGet();
+                            first.compareAndSet(null, err);
+                        }
+                    }
+                    lat.add(Arrays.copyOf(mine, n));
+                }, "bench-load-" + c);
+                t.setDaemon(true);
+                threads.add(t);
+                t.start();
+            }
+            for (Thread t : threads) t.join(measure.toMillis() + warm.toMillis() + 60_000);
+            if (pid > 0) cpuSampler.join(10_000);
+            double cpuMs = cpu[0] < 0 || cpu[1] < 0 || ok.get() == 0 ? Double.NaN : (cpu[1] - cpu[0]) * 1000.0 / CLOCK_TICKS / ok.get();
+            long[] all = lat.stream().flatMapToLong(Arrays::stream).toArray();
+            Latencies l = new Latencies(all, 0, null);
+            return new Load(ok.get() / (measure.toNanos() / 1e9), ok.get(), errors.get(), first.get(), l.pct(50), l.pct(99), cpuMs);
+        }
+
+        String post(String url, String body, boolean stream, String endMarker) throws Exception {
+            return post(url, body, stream, endMarker, null, null);
+        }
+
+        String post(String url, String body, boolean stream, String endMarker, String stubPath, StubUpstream.Reply reply) throws Exception {
+            HttpRequest.Builder b = HttpRequest.newBuilder(URI.create(url)).timeout(REQUEST_TIMEOUT).header("content-type", "application/json");
+            if (url.endsWith("/v1/messages")) {
+                b.header("anthropic-version", "2023-06-01").header("anthropic-beta", "claude-code-20250219,interleaved-thinking-2025-05-14")
+                    .header("x-api-key", "bench");
+            }
+            if (stream) b.header("accept", "text/event-stream");
+            return send(b.POST(HttpRequest.BodyPublishers.ofString(body)).build(), stream, endMarker, stubPath, reply);
+        }
+
+        String postDirect(String path, String body, boolean stream, String endMarker) throws Exception {
+            return postDirect(path, body, stream, endMarker, null, null);
+        }
+
+        /** To the stub's Copilot API with the headers copilot-api sends (its token from copilot-api's /token). */
+        String postDirect(String path, String body, boolean stream, String endMarker, String stubPath, StubUpstream.Reply reply) throws Exception {
+            HttpRequest.Builder b = HttpRequest.newBuilder(URI.create(stub.copilotUrl() + path)).timeout(REQUEST_TIMEOUT)
+                .header("authorization", "Bearer " + copilotToken)
+                .header("copilot-integration-id", CopilotApi.EditorHeaders.INTEGRATION_ID)
+                .header("openai-intent", settings.editor().intent())
+                .header("x-request-id", UUID.randomUUID().toString())
+                .header("x-initiator", "user")
+                .header("accept", stream ? "text/event-stream" : "application/json")
+                .header("content-type", "application/json");
+            settings.editor().applyTo(b);
+            return send(b.POST(HttpRequest.BodyPublishers.ofString(body)).build(), stream, endMarker, stubPath, reply);
+        }
+
+        /** Null when the answer is a 200 read to the end (and, streamed, ending with the marker), else what went wrong. */
+        String send(HttpRequest req, boolean stream, String endMarker, String stubPath, StubUpstream.Reply reply) throws Exception {
+            if (reply != null) stub.enqueue(stubPath, reply);
+            HttpResponse<InputStream> r = client.send(req, HttpResponse.BodyHandlers.ofInputStream());
+            try (InputStream in = r.body()) {
+                byte[] buf = new byte[16384];
+                byte[] tail = new byte[256];
+                int tailLen = 0;
+                long total = 0;
+                for (int n = in.read(buf); n >= 0; n = in.read(buf)) {
+                    total += n;
+                    if (n >= tail.length) {
+                        System.arraycopy(buf, n - tail.length, tail, 0, tail.length);
+                        tailLen = tail.length;
+                    } else {
+                        int keep = Math.min(tailLen, tail.length - n);
+                        System.arraycopy(tail, tailLen - keep, tail, 0, keep);
+                        System.arraycopy(buf, 0, tail, keep, n);
+                        tailLen = keep + n;
+                    }
+                }
+                String end = new String(tail, 0, tailLen, UTF_8);
+                if (r.statusCode() != 200) return "status " + r.statusCode() + ": " + shorten(end);
+                if (total == 0) return "empty body";
+                if (stream && !end.contains(endMarker)) return "stream without " + endMarker + ": ..." + shorten(end);
+                return null;
+            }
+        }
+
+        double medianStreamMs(LoadCall call) throws Exception {
+            drainQueues();
+            String warm = call.run();
+            if (warm != null) {
+                Bench.progress("stream failed: " + warm);
+                return Double.NaN;
+            }
+            long[] t = new long[cfg.chunkRuns()];
+            for (int i = 0; i < t.length; i++) {
+                long s = System.nanoTime();
+                String err = call.run();
+                t[i] = err == null ? System.nanoTime() - s : Long.MAX_VALUE / 4;
+            }
+            drainQueues();
+            return median(t) / 1e6;
+        }
+
+        /** {idle threads before, peak threads while open, failed streams}. */
+        int[] openStreams(Target x) throws Exception {
+            drainQueues();
+            StubUpstream.Reply slow = StubUpstream.Reply.sse(chatChunks(40, "gpt-4.1")).delayMs(50);
+            String body = "{\"model\":\"gpt-4.1\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+            int idle = threadsOf(x.pid);
+            AtomicInteger failed = new AtomicInteger();
+            List<Thread> clients = new ArrayList<>();
+            for (int i = 0; i < cfg.openStreams(); i++) {
+                Thread t = new Thread(() -> {
+                    try {
+                        if (post(x.base + "/v1/chat/completions", body, true, "[DONE]", "/chat/completions", slow) != null) failed.incrementAndGet();
+                    } catch (Exception e) {
+                        failed.incrementAndGet();
+                    }
+                }, "bench-open-" + i);
+                t.setDaemon(true);
+                clients.add(t);
+                t.start();
+            }
+            int peak = idle;
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+            while (clients.stream().anyMatch(Thread::isAlive) && System.nanoTime() < deadline) {
+                peak = Math.max(peak, threadsOf(x.pid));
+                Thread.sleep(20);
+            }
+            drainQueues();
+            return new int[] {idle, peak, failed.get()};
+        }
+
+        void drainQueues() {
+            if (stub.pending("/chat/completions") > 0 || stub.pending("/v1/messages") > 0) stub.reset();
+            stub.clear();
+        }
+
+        // ---- processes ----
+
+        interface Starter {
+            Process start(int port) throws Exception;
+        }
+
+        /** Seconds from starting a process to the first 200 on /v1/models; the process is stopped after. */
+        long timeStart(Starter starter) throws Exception {
+            int port = freePort();
+            long t0 = System.nanoTime();
+            Process p = starter.start(port);
+            try {
+                long ready = waitReady("http://127.0.0.1:" + port, p, Duration.ofSeconds(60));
+                return ready < 0 ? Long.MAX_VALUE / 4 : ready - t0;
+            } finally {
+                stop(p);
+            }
+        }
+
+        Process startJbang(int port) throws IOException {
+            return start(List.of("./jbang", "copilot-api.java", "start", "--port", String.valueOf(port), "--github-token",
+                StubUpstream.VALID_GITHUB_TOKEN), processEnv());
+        }
+
+        Process start(List<String> command, Map<String, String> env) throws IOException {
+            ProcessBuilder pb = new ProcessBuilder(command).redirectErrorStream(true)
+                .redirectOutput(Files.createTempFile(home, "process", ".log").toFile());
+            pb.environment().putAll(env);
+            Process p = pb.start();
+            p.getOutputStream().close();
+            return p;
+        }
+
+        static void stop(Process p) {
+            List<ProcessHandle> kids = p.descendants().toList();
+            p.destroy();
+            kids.forEach(ProcessHandle::destroy);
+            try {
+                if (!p.waitFor(10, TimeUnit.SECONDS)) p.destroyForcibly();
+            } catch (InterruptedException e) {
+                p.destroyForcibly();
+            }
+            kids.forEach(ProcessHandle::destroyForcibly);
+        }
+
+        /** System.nanoTime() of the first 200 on base/v1/models, polling every 10 ms; -1 on timeout or exit. */
+        long waitReady(String base, Process p, Duration timeout) throws Exception {
+            HttpClient c = HttpClient.newBuilder().connectTimeout(Duration.ofSeconds(2)).build();
+            long end = System.nanoTime() + timeout.toNanos();
+            while (System.nanoTime() < end) {
+                if (p != null && !p.isAlive()) return -1;
+                try {
+                    HttpResponse<Void> r = c.send(HttpRequest.newBuilder(URI.create(base + "/v1/models")).timeout(Duration.ofSeconds(5)).build(),
+                        HttpResponse.BodyHandlers.discarding());
+                    if (r.statusCode() == 200) return System.nanoTime();
+                } catch (IOException notYet) {
+                    // not listening yet
+                }
+                Thread.sleep(10);
+            }
+            return -1;
+        }
+
+        /** The class path jbang built for copilot-api.java, or null. */
+        static String classpath() {
+            try {
+                Process p = new ProcessBuilder("./jbang", "info", "classpath", "copilot-api.java").redirectError(ProcessBuilder.Redirect.DISCARD).start();
+                String outText = new String(p.getInputStream().readAllBytes(), UTF_8).trim();
+                p.waitFor(60, TimeUnit.SECONDS);
+                String[] lines = outText.split("\n");
+                return lines.length == 0 || lines[lines.length - 1].isBlank() ? null : lines[lines.length - 1].trim();
+            } catch (Exception e) {
+                return null;
+            }
+        }
+
+        static int freePort() throws IOException {
+            try (java.net.ServerSocket s = new java.net.ServerSocket(0)) {
+                return s.getLocalPort();
+            }
+        }
+
+        static String describe(long pid) {
+            try {
+                String exe = Path.of("/proc/" + pid + "/exe").toRealPath().toString();
+                String cmd = Files.readString(Path.of("/proc/" + pid + "/cmdline")).replace('\0', ' ').trim();
+                return exe + " (" + (cmd.length() > 100 ? cmd.substring(0, 100) + "..." : cmd) + ")";
+            } catch (IOException | RuntimeException e) {
+                return "(no /proc entry)";
+            }
+        }
+
+        /** The pid owning the listening TCP socket on {@code port} (Linux /proc), or -1. */
+        static long pidListeningOn(int port) {
+            String hex = String.format(Locale.ROOT, ":%04X", port);
+            java.util.Set<String> inodes = new java.util.HashSet<>();
+            for (String f : List.of("/proc/net/tcp", "/proc/net/tcp6")) {
+                try {
+                    for (String l : Files.readAllLines(Path.of(f))) {
+                        String[] p = l.trim().split("\\s+");
+                        if (p.length > 9 && p[1].endsWith(hex) && p[3].equals("0A")) inodes.add("socket:[" + p[9] + "]");
+                    }
+                } catch (IOException ignored) {
+                    // no IPv6, say
+                }
+            }
+            if (inodes.isEmpty()) return -1;
+            try (Stream<Path> procs = Files.list(Path.of("/proc"))) {
+                for (Path proc : (Iterable<Path>) procs::iterator) {
+                    if (!proc.getFileName().toString().matches("\\d+")) continue;
+                    try (Stream<Path> fds = Files.list(proc.resolve("fd"))) {
+                        for (Path fd : (Iterable<Path>) fds::iterator) {
+                            try {
+                                if (inodes.contains(Files.readSymbolicLink(fd).toString())) return Long.parseLong(proc.getFileName().toString());
+                            } catch (IOException ignored) {
+                                // closed meanwhile
+                            }
+                        }
+                    } catch (IOException | RuntimeException ignored) {
+                        // not ours to read, or gone
+                    }
+                }
+            } catch (IOException ignored) {
+                // no /proc
+            }
+            return -1;
+        }
+
+        static Map<String, String> status(long pid) {
+            Map<String, String> m = new HashMap<>();
+            try {
+                for (String l : Files.readAllLines(Path.of("/proc/" + pid + "/status"))) {
+                    int c = l.indexOf(':');
+                    if (c > 0) m.put(l.substring(0, c), l.substring(c + 1).trim());
+                }
+            } catch (IOException ignored) {
+                // gone
+            }
+            return m;
+        }
+
+        /** USER_HZ of /proc/PID/stat; 100 on every Linux this runs on. */
+        static final double CLOCK_TICKS = 100;
+
+        /** utime + stime of a process from /proc/PID/stat, in clock ticks; -1 when unreadable. */
+        static long cpuTicks(long pid) {
+            try {
+                String st = Files.readString(Path.of("/proc/" + pid + "/stat"));
+                String[] f = st.substring(st.lastIndexOf(')') + 2).split(" ");
+                return Long.parseLong(f[11]) + Long.parseLong(f[12]);
+            } catch (IOException | RuntimeException e) {
+                return -1;
+            }
+        }
+
+        static int threadsOf(long pid) {
+            String t = status(pid).get("Threads");
+            return t == null ? -1 : Integer.parseInt(t);
+        }
+
+        static long kbOf(String v) {
+            return v == null ? -1 : Long.parseLong(v.replace("kB", "").trim());
+        }
+
+        /** Claude Code's request from the fixtures, model claude-sonnet-4.5, its history padded to about {@code bytes}. */
+        static String claudeCodeRequest(int bytes, boolean withBillingHeader) throws IOException {
+            Path p = null;
+            for (Path d = Path.of("").toAbsolutePath(); d != null; d = d.getParent()) {
+                Path f = d.resolve("tests/fixtures/anthropic/claude-code-request.json");
+                if (Files.exists(f)) {
+                    p = f;
+                    break;
+                }
+            }
+            if (p == null) throw new IOException("tests/fixtures/anthropic/claude-code-request.json not found");
+            ObjectNode root = (ObjectNode) JSON.readTree(Files.readString(p));
+            root.put("model", "claude-sonnet-4.5");
+            if (!withBillingHeader && root.get("system") instanceof ArrayNode system) {
+                for (int i = system.size() - 1; i >= 0; i--) {
+                    if (system.get(i).path("text").asText().startsWith("x-anthropic-billing-header:")) system.remove(i);
+                }
+            }
+            root.put("stream", true);
+            ArrayNode messages = (ArrayNode) root.get("messages");
+            JsonNode lastUser = messages.remove(messages.size() - 1);
+            StringBuilder text = new StringBuilder();
+            for (int i = 0; text.length() < 1000; i++) text.append(WORDS[i % WORDS.length]);
+            int turn = 0;
+            while (root.toString().length() + lastUser.toString().length() < bytes) {
+                ObjectNode m = messages.addObject().put("role", turn % 2 == 0 ? "user" : "assistant");
+                m.putArray("content").addObject().put("type", "text").put("text", text.toString());
+                turn++;
+            }
+            if (turn % 2 == 1) messages.addObject().put("role", "assistant").putArray("content").addObject().put("type", "text").put("text", "OK.");
+            messages.add(lastUser);
+            return root.toString();
+        }
+
+        @Override
+        public void close() {
+            clearer.interrupt();
+            if (cp != null && cp.process != null) stop(cp.process);
+            stub.close();
         }
     }
 
