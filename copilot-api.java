@@ -846,6 +846,11 @@ class CopilotApi implements Callable<Integer> {
         CallOptions watched(Context ctx, CallOptions call) {
             return call.watched(new ClientWatch(ctx, copilot.timeouts().earlyCommit()));
         }
+
+        /** The pivot every chat-shaped call goes through. */
+        ChatUpstream chat() {
+            return new ChatUpstream(copilot, models);
+        }
     }
 
     /** The Javalin server: routes for every surface, one error handler per surface, one log line per request. */
@@ -1654,110 +1659,29 @@ class CopilotApi implements Callable<Integer> {
             ctx.contentType("application/json").result(Json.write(ModelsView.entry(m)));
         }
 
-        void chatCompletions(Context ctx) throws IOException {
+        /** Every chat model, whichever endpoint Copilot serves it on: the pivot decides, the answer is normalised. */
+        void chatCompletions(Context ctx) {
             ObjectNode body = Requests.jsonObject(ctx);
             String model = Requests.requireText(body, "model");
             JsonNode messages = Requests.requireArray(body, "messages");
             Requests.chat(body);
-            boolean viaResponses = up.models().servedOnlyOn(model, ResponsesRoutes.RESPONSES);
-            if (!viaResponses) up.models().requireEndpoint(model, CHAT);
-            Exchange.of(ctx).model(model, model).route(viaResponses ? "translated" : "passthrough");
+            ChatUpstream chat = up.chat();
+            ChatUpstream.Endpoint endpoint = chat.endpoint(model);
+            Exchange.of(ctx).model(model, model).route(endpoint == ChatUpstream.Endpoint.CHAT ? "passthrough" : "translated");
             up.controls().admit(ctx, model, messages.size());
             Requests.logBody("chat request", body);
             CallOptions call = up.watched(ctx, new CallOptions(Initiator.of(messages), Json.containsImage(messages)));
-            boolean merge = body.path("n").asInt(1) <= 1;
-            if (viaResponses) {
-                viaResponses(ctx, body, model, call, merge);
-                return;
-            }
-            if (ModelLimits.wantsMaxCompletionTokens(model) && body.has("max_tokens") && !body.has("max_completion_tokens")) {
-                body.set("max_completion_tokens", body.remove("max_tokens"));
-            }
+            boolean merge = body.path("n").asInt(1) <= 1 || endpoint == ChatUpstream.Endpoint.RESPONSES;
             if (!Requests.stream(body)) {
-                JsonNode answer = up.copilot().postJson(CHAT, body, call);
+                JsonNode answer = chat.complete(body, call);
                 Exchange.of(ctx).chatUsage(answer.path("usage"));
                 Requests.logBody("chat answer", answer);
                 Requests.writeJson(ctx, ChatNormalizer.response(answer, merge));
                 return;
             }
             boolean clientWantsUsage = body.path("stream_options").path("include_usage").asBoolean(false);
-            ObjectNode upstreamBody = body.deepCopy();
-            upstreamBody.putObject("stream_options").put("include_usage", true);
-            try (UpstreamEvents events = up.copilot().stream(CHAT, upstreamBody, call)) {
-                relayChatStream(ctx, events, new ChatStreamNormalizer(merge, clientWantsUsage));
-            }
-        }
-
-        /** A model Copilot serves only on /responses: the chat request goes there translated, the answer comes back as chat. */
-        private void viaResponses(Context ctx, ObjectNode body, String model, CallOptions call, boolean merge) {
-            Translated t = ChatToResponsesRequest.request(body);
-            t.body().put("model", model);
-            t.notes().forEach(n -> Logs.log().info("{}: {}", CHAT, n));
-            Requests.logBody("translated responses request", t.body());
-            if (!Requests.stream(body)) {
-                JsonNode answer = up.copilot().postJson(ResponsesRoutes.RESPONSES, t.body(), call);
-                JsonNode chat = ResponsesToChat.response(answer, model);
-                Exchange.of(ctx).chatUsage(chat.path("usage"));
-                Requests.writeJson(ctx, ChatNormalizer.response(chat, merge));
-                return;
-            }
-            boolean clientWantsUsage = body.path("stream_options").path("include_usage").asBoolean(false);
-            try (EventSource events = new ResponsesAsChat(up.copilot().stream(ResponsesRoutes.RESPONSES, t.body(), call),
-                    new ResponsesStreamToChat(model, true, IdClock.SYSTEM))) {
-                relayChatStream(ctx, events, new ChatStreamNormalizer(true, clientWantsUsage));
-            }
-        }
-
-        /** Relays chunks as they arrive; the first byte to the client is the first normalised chunk. */
-        static void relayChatStream(Context ctx, EventSource events, ChatStreamNormalizer normalizer) {
-            try {
-                relayChatEvents(ctx, events, normalizer);
-            } finally {
-                Exchange.of(ctx).chatUsage(normalizer.usage());
-            }
-        }
-
-        private static void relayChatEvents(Context ctx, EventSource events, ChatStreamNormalizer normalizer) {
-            SseWriter out = SseWriter.open(ctx);
-            boolean done = false;
-            try {
-                while (true) {
-                    UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
-                    if (item == null) {
-                        out.comment("keep-alive");
-                        continue;
-                    }
-                    if (item.failure() != null) {
-                        out.data(Errors.openAiStreamError(Relay.brokenMessage(item.failure())));
-                        Exchange.of(ctx).failed(Relay.brokenNote(item.failure(), "upstream stream broke"));
-                        return;
-                    }
-                    if (item.event() == null || item.event().data().equals("[DONE]")) {
-                        done = item.event() != null;
-                        break;
-                    }
-                    Optional<JsonNode> chunk = Json.tryParse(item.event().data());
-                    if (chunk.isEmpty()) {
-                        Logs.log().warn("skipping an unreadable chunk from Copilot: {}", Redact.shorten(item.event().data()));
-                        continue;
-                    }
-                    Requests.logBody("chat chunk", chunk.get());
-                    if (chunk.get().has("error")) {
-                        out.data(Errors.openAiStreamError(Errors.upstreamMessage(chunk.get(), 500)));
-                        Exchange.of(ctx).failed("upstream error in stream");
-                        return;
-                    }
-                    for (ObjectNode c : normalizer.onChunk(chunk.get())) out.data(c);
-                }
-                if (!done && !normalizer.finished()) {
-                    out.data(Errors.openAiStreamError("The Copilot stream ended before the answer was complete"));
-                    Exchange.of(ctx).failed("upstream stream cut");
-                    return;
-                }
-                for (ObjectNode c : normalizer.finish()) out.data(c);
-                out.done();
-            } catch (SseWriter.ClientGone gone) {
-                Exchange.of(ctx).note("client disconnected; upstream request cancelled");
+            try (EventSource events = chat.stream(body, call)) {
+                Relay.run(ctx, events, new ChatRelay(new ChatStreamNormalizer(merge, clientWantsUsage), Exchange.of(ctx)));
             }
         }
 
@@ -1825,20 +1749,14 @@ class CopilotApi implements Callable<Integer> {
             ModelResolver.Resolution model = resolve(ctx, requested);
             up.controls().admit(ctx, requested, messages.size());
             Requests.logBody("messages request", body);
-            List<String> endpoints = ModelResolver.endpoints(model.model());
             boolean stream = Requests.stream(body);
-            if (endpoints.contains(MESSAGES)) {
+            if (ModelResolver.endpoints(model.model()).contains(MESSAGES)) {
                 Exchange.of(ctx).route("native");
                 forward(ctx, body, model, messages, stream);
-            } else if (endpoints.isEmpty() || endpoints.contains(OpenAiRoutes.CHAT)) {
+            } else {
+                up.chat().endpoint(model.upstream());
                 Exchange.of(ctx).route("translated");
                 translate(ctx, body, model, stream);
-            } else if (endpoints.contains(ResponsesRoutes.RESPONSES)) {
-                Exchange.of(ctx).route("translated");
-                viaResponses(ctx, body, model, stream);
-            } else {
-                throw new ApiError(400, "invalid_request_error", "The model '" + model.upstream() + "' is served by Copilot only on "
-                    + String.join(", ", endpoints), "model", "unsupported_api_for_model");
             }
         }
 
@@ -1887,7 +1805,7 @@ class CopilotApi implements Callable<Integer> {
         /** Native: the body cleaned for Copilot, the answer relayed as it comes. */
         private void forward(Context ctx, ObjectNode body, ModelResolver.Resolution model, JsonNode messages, boolean stream) {
             AnthropicNative.Prepared prepared = AnthropicNative.prepare(body, model.upstream(), model.model());
-            prepared.notes().forEach(n -> Logs.log().info("{}: {}", MESSAGES, n));
+            prepared.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
             CallOptions call = up.watched(ctx,
                 new CallOptions(Initiator.of(prepared.body().path("messages")), Json.containsImage(messages), headers(ctx)));
             if (!stream) {
@@ -1897,51 +1815,65 @@ class CopilotApi implements Callable<Integer> {
                 Requests.writeJson(ctx, answer);
                 return;
             }
-            try (UpstreamEvents events = up.copilot().stream(MESSAGES, prepared.body(), call)) {
+            try (EventSource events = up.copilot().stream(MESSAGES, prepared.body(), call)) {
                 relayNative(ctx, events, model.requested());
             }
         }
 
-        /** Copilot's own events, with the requested model name put back and the usage counted. */
-        static void relayNative(Context ctx, UpstreamEvents events, String requestedModel) {
+        /** Copilot's own events, with the requested model name put back and the usage counted; the rest untouched. */
+        static void relayNative(Context ctx, EventSource events, String requestedModel) {
             Exchange exchange = Exchange.of(ctx);
-            Relay.passthrough(ctx, events, new Relay.Passthrough() {
+            Relay.run(ctx, events, new NativeRelay(new NativeRelay.Api() {
                 @Override
-                public boolean onEvent(String name, ObjectNode data) {
+                public Set<String> inspected() {
+                    return INSPECTED;
+                }
+
+                @Override
+                public void inspect(String name, ObjectNode data) {
                     if (name.equals("message_start") && data.path("message").isObject()) {
                         ((ObjectNode) data.get("message")).put("model", requestedModel);
                         exchange.anthropicUsage(data.path("message").path("usage"));
                     } else if (name.equals("message_delta")) {
                         exchange.anthropicUsage(data.path("usage"));
                     }
-                    return name.equals("message_stop") || name.equals("error");
                 }
 
                 @Override
-                public ObjectNode error(String message) {
+                public Set<String> terminal() {
+                    return TERMINAL;
+                }
+
+                @Override
+                public ObjectNode error(String message, long sequence) {
                     return AnthropicEvents.error("api_error", message);
                 }
 
                 @Override
-                public NamedEvent keepAlive() {
+                public Frame keepAlive() {
                     return new NamedEvent("ping", AnthropicEvents.ping());
                 }
-            });
+            }));
         }
 
-        /** Translated: Anthropic in, chat completions to Copilot, Anthropic out. */
+        static final Set<String> INSPECTED = Set.of("message_start", "message_delta");
+        static final Set<String> TERMINAL = Set.of("message_stop", "error");
+
+        /** Translated: Anthropic in, chat to the pivot (which reaches /chat/completions or /responses), Anthropic out. */
         private void translate(Context ctx, ObjectNode body, ModelResolver.Resolution model, boolean stream) {
             AnthropicToChat.Result t = AnthropicToChat.request(body, model.upstream(), ModelLimits.from(model.model()));
-            t.notes().forEach(n -> Logs.log().info("{}: {}", MESSAGES, n));
+            t.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
             Requests.logBody("translated chat request", t.chatRequest());
             CallOptions call = up.watched(ctx, new CallOptions(t.initiator(), t.vision()));
             if (!stream) {
-                answer(ctx, up.copilot().postJson(OpenAiRoutes.CHAT, t.chatRequest(), call), model, t);
+                answer(ctx, up.chat().complete(t.chatRequest(), call), model, t);
                 return;
             }
-            try (UpstreamEvents events = up.copilot().stream(OpenAiRoutes.CHAT, t.chatRequest(), call)) {
-                relayTranslated(ctx, events, new ChatStreamToAnthropic(model.requested(), t.toolNameMap()));
+            ChatStreamToAnthropic machine = new ChatStreamToAnthropic(model.requested(), t.toolNameMap());
+            try (EventSource events = up.chat().stream(t.chatRequest(), call)) {
+                Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx)));
             }
+            machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
         }
 
         /** A chat answer, translated back into an Anthropic message for the client. */
@@ -1951,32 +1883,6 @@ class CopilotApi implements Callable<Integer> {
             ObjectNode message = ChatToAnthropic.response(chat, model.requested(), t.toolNameMap(), notes);
             notes.forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
             Requests.writeJson(ctx, message);
-        }
-
-        /** A model Copilot serves only on /responses: Anthropic to chat to Responses, and the answer back the same way. */
-        private void viaResponses(Context ctx, ObjectNode body, ModelResolver.Resolution model, boolean stream) {
-            AnthropicToChat.Result t = AnthropicToChat.request(body, model.upstream(), ModelLimits.from(model.model()));
-            Translated r = ChatToResponsesRequest.request(t.chatRequest());
-            r.body().put("model", model.upstream());
-            t.notes().forEach(n -> Logs.log().info("{}: {}", MESSAGES, n));
-            r.notes().forEach(n -> Logs.log().info("{}: {}", MESSAGES, n));
-            Requests.logBody("translated responses request", r.body());
-            CallOptions call = up.watched(ctx, new CallOptions(t.initiator(), t.vision()));
-            if (!stream) {
-                JsonNode answer = up.copilot().postJson(ResponsesRoutes.RESPONSES, r.body(), call);
-                answer(ctx, ResponsesToChat.response(answer, model.upstream()), model, t);
-                return;
-            }
-            try (EventSource events = new ResponsesAsChat(up.copilot().stream(ResponsesRoutes.RESPONSES, r.body(), call),
-                    new ResponsesStreamToChat(model.upstream(), true, IdClock.SYSTEM))) {
-                relayTranslated(ctx, events, new ChatStreamToAnthropic(model.requested(), t.toolNameMap()));
-            }
-        }
-
-        /** Chat chunks in, Anthropic events out; the notes of the translation are logged at the end. */
-        static void relayTranslated(Context ctx, EventSource events, ChatStreamToAnthropic machine) {
-            Relay.translated(ctx, events, machine);
-            machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
         }
     }
 
@@ -2044,118 +1950,350 @@ class CopilotApi implements Callable<Integer> {
                 Requests.writeJson(ctx, answer);
                 return;
             }
-            try (UpstreamEvents events = up.copilot().stream(RESPONSES, request, call)) {
+            try (EventSource events = up.copilot().stream(RESPONSES, request, call)) {
                 relayResponses(ctx, events);
             }
         }
 
-        /** Named events copied through with their sequence numbers; a broken upstream ends with an error event. */
-        static void relayResponses(Context ctx, UpstreamEvents events) {
+        /** Named events copied through with their sequence numbers; only the terminal ones are parsed, for the usage. */
+        static void relayResponses(Context ctx, EventSource events) {
             Exchange exchange = Exchange.of(ctx);
-            Relay.passthrough(ctx, events, new Relay.Passthrough() {
-                long sequence = -1;
+            Relay.run(ctx, events, new NativeRelay(new NativeRelay.Api() {
+                @Override
+                public Set<String> inspected() {
+                    return INSPECTED;
+                }
 
                 @Override
-                public boolean onEvent(String name, ObjectNode data) {
-                    sequence = data.path("sequence_number").asLong(sequence + 1);
+                public void inspect(String name, ObjectNode data) {
                     JsonNode usage = data.path("response").path("usage");
                     if (usage.isObject()) exchange.usage(usage.path("input_tokens").asLong(-1), usage.path("output_tokens").asLong(-1));
-                    return TERMINAL.contains(name);
                 }
 
                 @Override
-                public ObjectNode error(String message) {
-                    return Errors.responsesStreamError(message, sequence + 1);
+                public Set<String> terminal() {
+                    return TERMINAL;
                 }
 
                 @Override
-                public NamedEvent keepAlive() {
-                    return null;
+                public ObjectNode error(String message, long sequence) {
+                    return Errors.responsesStreamError(message, sequence);
                 }
-            });
+
+                @Override
+                public Frame keepAlive() {
+                    return Frame.comment("keep-alive");
+                }
+            }));
         }
 
+        static final Set<String> INSPECTED = Set.of("response.completed", "response.incomplete", "response.failed");
+
+        /** A chat model: Responses in, chat to the pivot, Responses events out. */
         private void translate(Context ctx, ObjectNode body, String upstreamModel, CallOptions call, boolean stream) {
             Translated t = ResponsesToChat.request(body);
             t.body().put("model", upstreamModel);
-            t.notes().forEach(n -> Logs.log().info("{}: {}", RESPONSES, n));
+            t.notes().forEach(n -> Logs.log().debug("{}: {}", RESPONSES, n));
             Requests.logBody("translated chat request", t.body());
             if (!stream) {
-                JsonNode chat = up.copilot().postJson(OpenAiRoutes.CHAT, t.body(), call);
+                JsonNode chat = up.chat().complete(t.body(), call);
                 Exchange.of(ctx).chatUsage(chat.path("usage"));
                 Requests.writeJson(ctx, ChatToResponses.response(chat, body, IdClock.SYSTEM));
                 return;
             }
-            try (UpstreamEvents events = up.copilot().stream(OpenAiRoutes.CHAT, t.body(), call)) {
-                relayChatAsResponses(ctx, events, new ChatStreamToResponses(body, IdClock.SYSTEM));
+            try (EventSource events = up.chat().stream(t.body(), call)) {
+                Relay.run(ctx, events, new TranslatedRelay(new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM)), Exchange.of(ctx)));
             }
         }
 
-        /** Chat chunks in, Responses events out (named by their type); the stream ends at the terminal event. */
-        static void relayChatAsResponses(Context ctx, UpstreamEvents events, ChatStreamToResponses machine) {
-            Relay.translated(ctx, events, new Relay.Translation() {
-                boolean done;
+        /** The Responses stream machine seen as a translation: its events are named by their type; it ends at a terminal one. */
+        static final class AsTranslation implements TranslatedRelay.Translation {
+            private final ChatStreamToResponses machine;
+            private boolean done;
 
-                @Override
-                public List<NamedEvent> start() {
-                    return List.of();
-                }
+            AsTranslation(ChatStreamToResponses machine) {
+                this.machine = machine;
+            }
 
-                @Override
-                public List<NamedEvent> onChunk(JsonNode chunk) {
-                    return named(machine.onChunk(chunk));
-                }
+            @Override
+            public List<NamedEvent> start() {
+                return List.of();
+            }
 
-                @Override
-                public List<NamedEvent> finish() {
-                    return named(machine.finish());
-                }
+            @Override
+            public List<NamedEvent> onChunk(JsonNode chunk) {
+                return named(machine.onChunk(chunk));
+            }
 
-                @Override
-                public List<NamedEvent> fail(String message) {
-                    return named(machine.fail(message));
-                }
+            @Override
+            public List<NamedEvent> finish() {
+                return named(machine.finish());
+            }
 
-                @Override
-                public boolean done() {
-                    return done;
-                }
+            @Override
+            public List<NamedEvent> fail(String message) {
+                return named(machine.fail(message));
+            }
 
-                @Override
-                public NamedEvent keepAlive() {
-                    return null;
-                }
+            @Override
+            public boolean done() {
+                return done;
+            }
 
-                private List<NamedEvent> named(List<ObjectNode> events) {
-                    List<NamedEvent> out = new ArrayList<>();
-                    for (ObjectNode e : events) {
-                        String type = e.path("type").asText();
-                        done |= TERMINAL.contains(type);
-                        out.add(new NamedEvent(type, e));
-                    }
-                    return out;
+            @Override
+            public NamedEvent keepAlive() {
+                return null;
+            }
+
+            private List<NamedEvent> named(List<ObjectNode> events) {
+                List<NamedEvent> out = new ArrayList<>();
+                for (ObjectNode e : events) {
+                    String type = e.path("type").asText();
+                    done |= TERMINAL.contains(type);
+                    out.add(new NamedEvent(type, e));
                 }
-            });
+                return out;
+            }
         }
     }
 
     /**
-     * The loops the named-event relays share: a keep-alive after 15 s without a write, an error event in the
-     * API's own shape when the upstream breaks or ends early, nothing after the end, and upstream cancelled
-     * when the client goes away.
+     * A per-request machine from upstream items to the client's frames. The relay loop is the same for every
+     * route; what an item means (finish, usage, errors, keep-alives) is the machine's business.
      */
-    static final class Relay {
-        /** Copilot's events passed through: what to look at on the way, and the API's error and keep-alive. */
-        interface Passthrough {
-            /** Looks at, and may adjust, each event before it is written; true when it ends the stream. */
-            boolean onEvent(String name, ObjectNode data);
-
-            ObjectNode error(String message);
-
-            /** The event that keeps a silent stream alive, or null for an SSE comment. */
-            NamedEvent keepAlive();
+    interface StreamMachine {
+        /** Frames to send before the first upstream item. */
+        default List<Frame> start() {
+            return List.of();
         }
 
+        List<Frame> onChunk(EventSource.Chunk chunk);
+
+        /** The upstream ended: [DONE] (doneSeen) or the end of its body. */
+        List<Frame> onEnd(boolean doneSeen);
+
+        /** The upstream broke, went silent, the client left, or the proxy ended the stream. */
+        List<Frame> onBroken(String message);
+
+        boolean done();
+
+        /** What keeps a silent stream alive: the API's ping, or a comment. */
+        default Frame keepAlive() {
+            return Frame.comment("keep-alive");
+        }
+    }
+
+    /**
+     * The one relay loop: items in, frames out as soon as the machine gives them, one flush per burst (when no
+     * further item is waiting), nothing after the end, and the upstream cancelled when the client goes away.
+     */
+    static final class Relay {
+        static void run(Context ctx, EventSource events, StreamMachine machine) {
+            Exchange exchange = Exchange.of(ctx);
+            SseWriter out = SseWriter.open(ctx);
+            events.attach(out, machine::keepAlive);
+            try {
+                write(out, machine.start(), exchange);
+                out.flush();
+                while (!machine.done()) {
+                    EventSource.Item item = events.next();
+                    if (item instanceof EventSource.Chunk c) write(out, machine.onChunk(c), exchange);
+                    else if (item instanceof EventSource.End e) write(out, machine.onEnd(e.doneSeen()), exchange);
+                    else if (item instanceof EventSource.Broken b) {
+                        write(out, machine.onBroken(brokenMessage(b.cause())), exchange);
+                        if (b.cause() instanceof EndedByProxy) exchange.failed("ended: " + b.cause().getMessage());
+                    }
+                    if (machine.done() || !events.ready()) out.flush();
+                }
+            } catch (SseWriter.ClientGone gone) {
+                exchange.note("client disconnected; upstream request cancelled");
+            }
+        }
+
+        private static void write(SseWriter out, List<Frame> frames, Exchange exchange) {
+            for (Frame f : frames) {
+                if (f.failure() != null) exchange.failed(f.failure());
+                out.write(f);
+            }
+        }
+
+        /** What the client is told when the upstream stream failed, or the proxy ended it. */
+        static String brokenMessage(IOException failure) {
+            if (failure instanceof EndedByProxy) return failure.getMessage();
+            return "The Copilot stream broke: " + describe(failure);
+        }
+    }
+
+    /** The chat-chunk vocabulary every consumer of a chat stream shares: errors, finishes, usage, tool-call keys. */
+    static final class ChatChunks {
+        /** The error a chunk carries ({"error": "text"} or {"error": {"message": ...}}), if it is one. */
+        static Optional<String> error(JsonNode chunk) {
+            if (!chunk.has("error") || chunk.get("error").isNull()) return Optional.empty();
+            return Optional.of(Errors.upstreamMessage(chunk, 500));
+        }
+
+        /** True when any choice of the chunk carries a finish_reason. */
+        static boolean finishes(JsonNode chunk) {
+            for (JsonNode c : chunk.path("choices")) if (c.path("finish_reason").isTextual()) return true;
+            return false;
+        }
+
+        /**
+         * Keys tool-call fragments the same way for every consumer. A fragment names its call by index, or by
+         * id, or by neither (then it continues the choice's last call). A call that began without a usable index
+         * (absent or null) adopts the first index a later fragment of it carries.
+         */
+        static final class ToolKeys {
+            private final Map<String, String> byIndex = new HashMap<>();
+            private final Map<String, String> byId = new HashMap<>();
+            private final Map<Integer, String> last = new HashMap<>();
+            private final Set<String> indexed = new java.util.HashSet<>();
+            private int calls;
+
+            String key(int choice, JsonNode fragment) {
+                Integer index = fragment.path("index").isIntegralNumber() ? fragment.path("index").asInt() : null;
+                String id = fragment.path("id").asText("");
+                String key = index != null ? byIndex.get(choice + ":" + index) : null;
+                if (key == null && !id.isEmpty()) key = byId.get(choice + ":" + id);
+                if (key == null && id.isEmpty()) {
+                    String previous = last.get(choice);
+                    if (index == null || (previous != null && !indexed.contains(previous))) key = previous;
+                }
+                if (key == null) key = choice + "#" + calls++;
+                if (index != null && indexed.add(key)) byIndex.putIfAbsent(choice + ":" + index, key);
+                if (!id.isEmpty()) byId.putIfAbsent(choice + ":" + id, key);
+                last.put(choice, key);
+                return key;
+            }
+        }
+    }
+
+    /** Chat chunks to an OpenAI chat client: normalised, and a chunk no rule changes goes out as Copilot's own text. */
+    static final class ChatRelay implements StreamMachine {
+        private final ChatStreamNormalizer normalizer;
+        private final Exchange exchange;
+        private boolean done;
+
+        ChatRelay(ChatStreamNormalizer normalizer, Exchange exchange) {
+            this.normalizer = normalizer;
+            this.exchange = exchange;
+        }
+
+        @Override
+        public List<Frame> onChunk(EventSource.Chunk chunk) {
+            Optional<JsonNode> json = chunk.json();
+            if (json.isEmpty()) {
+                Logs.log().warn("skipping an unreadable chunk from Copilot: {}", Redact.shorten(chunk.data()));
+                return List.of();
+            }
+            Requests.logBody("chat chunk", json.get());
+            Optional<String> error = ChatChunks.error(json.get());
+            if (error.isPresent()) return end(Frame.data(Errors.openAiStreamError(error.get()), "upstream error in stream"));
+            List<ObjectNode> out = normalizer.onChunk(json.get());
+            if (out.size() == 1 && out.get(0).equals(json.get())) return List.of(Frame.raw(null, chunk.data()));
+            List<Frame> frames = new ArrayList<>(out.size());
+            for (ObjectNode c : out) frames.add(Frame.data(c, null));
+            return frames;
+        }
+
+        @Override
+        public List<Frame> onEnd(boolean doneSeen) {
+            exchange.chatUsage(normalizer.usage());
+            if (!doneSeen && !normalizer.finished()) {
+                return end(Frame.data(Errors.openAiStreamError("The Copilot stream ended before the answer was complete"), "upstream stream cut"));
+            }
+            List<Frame> frames = new ArrayList<>();
+            for (ObjectNode c : normalizer.finish()) frames.add(Frame.data(c, null));
+            frames.add(Frame.DONE);
+            done = true;
+            return frames;
+        }
+
+        @Override
+        public List<Frame> onBroken(String message) {
+            exchange.chatUsage(normalizer.usage());
+            return end(Frame.data(Errors.openAiStreamError(message), "upstream stream broke"));
+        }
+
+        private List<Frame> end(Frame last) {
+            done = true;
+            return List.of(last);
+        }
+
+        @Override
+        public boolean done() {
+            return done;
+        }
+    }
+
+    /**
+     * Copilot's own named events passed on as they came (the native Messages and Responses routes): only the
+     * events the route looks at are parsed (and written again if it changed them); the rest go out as Copilot's text.
+     */
+    static final class NativeRelay implements StreamMachine {
+        /** What a route looks at on the way: it may change the event; the error event and the keep-alive are the API's. */
+        interface Api {
+            Set<String> inspected();
+
+            void inspect(String name, ObjectNode data);
+
+            Set<String> terminal();
+
+            ObjectNode error(String message, long sequence);
+
+            Frame keepAlive();
+        }
+
+        private final Api api;
+        private long sequence = -1;
+        private boolean done;
+
+        NativeRelay(Api api) {
+            this.api = api;
+        }
+
+        @Override
+        public List<Frame> onChunk(EventSource.Chunk chunk) {
+            String name = chunk.event();
+            if (name == null || api.inspected().contains(name)) {
+                Optional<JsonNode> json = chunk.json();
+                if (json.isEmpty() || !json.get().isObject()) return List.of();
+                ObjectNode data = (ObjectNode) json.get();
+                if (name == null) name = data.path("type").asText("");
+                sequence = data.path("sequence_number").asLong(sequence + 1);
+                api.inspect(name, data);
+                done = api.terminal().contains(name);
+                return List.of(new NamedEvent(name, data));
+            }
+            sequence++;
+            done = api.terminal().contains(name);
+            return List.of(Frame.raw(name, chunk.data()));
+        }
+
+        @Override
+        public List<Frame> onEnd(boolean doneSeen) {
+            return onBroken("The Copilot stream ended before the answer was complete");
+        }
+
+        @Override
+        public List<Frame> onBroken(String message) {
+            done = true;
+            return List.of(new NamedEvent("error", api.error(message, sequence + 1)));
+        }
+
+        @Override
+        public boolean done() {
+            return done;
+        }
+
+        @Override
+        public Frame keepAlive() {
+            return api.keepAlive();
+        }
+    }
+
+    /** Chat chunks to another API through a translation machine; the chat vocabulary is read here, once. */
+    static final class TranslatedRelay implements StreamMachine {
         /** A state machine from chat chunks to another API's events. */
         interface Translation {
             List<NamedEvent> start();
@@ -2173,97 +2311,55 @@ class CopilotApi implements Callable<Integer> {
             NamedEvent keepAlive();
         }
 
-        static void passthrough(Context ctx, UpstreamEvents events, Passthrough api) {
-            SseWriter out = SseWriter.open(ctx);
-            Exchange exchange = Exchange.of(ctx);
-            try {
-                while (true) {
-                    UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
-                    if (item == null) {
-                        keepAlive(out, api.keepAlive());
-                        continue;
-                    }
-                    if (item.failure() != null || item.event() == null) {
-                        exchange.failed(item.failure() != null ? brokenNote(item.failure(), "upstream stream cut") : "upstream stream cut");
-                        out.event("error", api.error(item.failure() != null ? brokenMessage(item.failure())
-                            : "The Copilot stream ended before the answer was complete"));
-                        return;
-                    }
-                    Optional<JsonNode> data = Json.tryParse(item.event().data());
-                    if (data.isEmpty() || !data.get().isObject()) continue;
-                    ObjectNode json = (ObjectNode) data.get();
-                    String name = item.event().event() != null ? item.event().event() : json.path("type").asText("");
-                    boolean end = api.onEvent(name, json);
-                    write(out, new NamedEvent(name, json), exchange);
-                    if (end) return;
-                }
-            } catch (SseWriter.ClientGone gone) {
-                exchange.note("client disconnected; upstream request cancelled");
-            }
+        private final Translation machine;
+        private final Exchange exchange;
+        private boolean finishSeen;
+
+        TranslatedRelay(Translation machine, Exchange exchange) {
+            this.machine = machine;
+            this.exchange = exchange;
         }
 
-        /**
-         * Chat chunks in, the other API's events out as soon as the machine gives them. The end of the body
-         * without [DONE] and without a finish_reason is a cut, reported through the machine's fail.
-         */
-        static void translated(Context ctx, EventSource events, Translation api) {
-            SseWriter out = SseWriter.open(ctx);
-            Exchange exchange = Exchange.of(ctx);
-            boolean finishSeen = false;
-            long lastWrite = System.nanoTime();
-            try {
-                lastWrite = write(out, api.start(), lastWrite, exchange);
-                while (!api.done()) {
-                    UpstreamEvents.Item item = events.next(SseWriter.KEEPALIVE);
-                    List<NamedEvent> produced = List.of();
-                    if (item != null && item.failure() != null) {
-                        produced = api.fail(brokenMessage(item.failure()));
-                    } else if (item != null && (item.event() == null || item.event().data().equals("[DONE]"))) {
-                        produced = item.event() != null || finishSeen ? api.finish()
-                            : api.fail("The Copilot stream ended before the answer was complete");
-                    } else if (item != null) {
-                        Optional<JsonNode> chunk = Json.tryParse(item.event().data());
-                        if (chunk.isEmpty()) continue;
-                        Requests.logBody("chat chunk", chunk.get());
-                        exchange.chatUsage(chunk.get().path("usage"));
-                        for (JsonNode c : chunk.get().path("choices")) finishSeen |= c.path("finish_reason").isTextual();
-                        produced = api.onChunk(chunk.get());
-                    }
-                    lastWrite = write(out, produced, lastWrite, exchange);
-                    if (item != null && item.failure() instanceof EndedByProxy) exchange.failed(brokenNote(item.failure(), ""));
-                    if (!api.done() && System.nanoTime() - lastWrite >= SseWriter.KEEPALIVE.toNanos()) {
-                        keepAlive(out, api.keepAlive());
-                        lastWrite = System.nanoTime();
-                    }
-                }
-            } catch (SseWriter.ClientGone gone) {
-                exchange.note("client disconnected; upstream request cancelled");
-            }
+        @Override
+        public List<Frame> start() {
+            return frames(machine.start());
         }
 
-        /** What the client is told when the upstream stream failed, or the proxy ended it. */
-        static String brokenMessage(IOException failure) {
-            return failure instanceof EndedByProxy ? failure.getMessage() : "The Copilot stream broke: " + describe(failure);
+        @Override
+        public List<Frame> onChunk(EventSource.Chunk chunk) {
+            Optional<JsonNode> json = chunk.json();
+            if (json.isEmpty()) return List.of();
+            Requests.logBody("chat chunk", json.get());
+            Optional<String> error = ChatChunks.error(json.get());
+            if (error.isPresent()) return frames(machine.fail(error.get()));
+            exchange.chatUsage(json.get().path("usage"));
+            finishSeen |= ChatChunks.finishes(json.get());
+            return frames(machine.onChunk(json.get()));
         }
 
-        /** The request log's note for it. */
-        static String brokenNote(IOException failure, String otherwise) {
-            return failure instanceof EndedByProxy ? "ended: " + failure.getMessage() : otherwise;
+        @Override
+        public List<Frame> onEnd(boolean doneSeen) {
+            return frames(doneSeen || finishSeen ? machine.finish() : machine.fail("The Copilot stream ended before the answer was complete"));
         }
 
-        private static void keepAlive(SseWriter out, NamedEvent event) {
-            if (event == null) out.comment("keep-alive");
-            else out.event(event.name(), event.data());
+        @Override
+        public List<Frame> onBroken(String message) {
+            return frames(machine.fail(message));
         }
 
-        private static long write(SseWriter out, List<NamedEvent> events, long lastWrite, Exchange exchange) {
-            for (NamedEvent e : events) write(out, e, exchange);
-            return events.isEmpty() ? lastWrite : System.nanoTime();
+        @Override
+        public boolean done() {
+            return machine.done();
         }
 
-        private static void write(SseWriter out, NamedEvent e, Exchange exchange) {
-            if (e.name().equals("error") || e.name().equals("response.failed")) exchange.failed("the stream ended with " + e.name());
-            out.event(e.name(), e.data());
+        @Override
+        public Frame keepAlive() {
+            NamedEvent e = machine.keepAlive();
+            return e != null ? e : Frame.comment("keep-alive");
+        }
+
+        private static List<Frame> frames(List<NamedEvent> events) {
+            return new ArrayList<>(events);
         }
     }
 
@@ -2443,7 +2539,59 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** Server-sent events to the client: one write and one flush per event, so each event leaves at once. */
+    /** One thing to send a stream's client; each knows its own text. */
+    interface Frame {
+        String sse();
+
+        /** The request log's note when this frame ends the stream in failure, else null. */
+        default String failure() {
+            return null;
+        }
+
+        Frame DONE = () -> "data: [DONE]\n\n";
+
+        static Frame comment(String text) {
+            return () -> ": " + text + "\n\n";
+        }
+
+        /** A data-only event (chat completions); failure names the request log's note when it is an error. */
+        static Frame data(JsonNode json, String failure) {
+            return new Frame() {
+                @Override
+                public String sse() {
+                    return "data: " + Json.write(json) + "\n\n";
+                }
+
+                @Override
+                public String failure() {
+                    return failure;
+                }
+            };
+        }
+
+        /** An upstream event passed on as its own text, without parsing or writing it again. */
+        static Frame raw(String name, String data) {
+            return new Frame() {
+                @Override
+                public String sse() {
+                    StringBuilder b = new StringBuilder(data.length() + 32);
+                    if (name != null) b.append("event: ").append(name).append('\n');
+                    for (String line : data.split("\n", -1)) b.append("data: ").append(line).append('\n');
+                    return b.append('\n').toString();
+                }
+
+                @Override
+                public String failure() {
+                    return "error".equals(name) ? "upstream error in stream" : null;
+                }
+            };
+        }
+    }
+
+    /**
+     * Server-sent events to the client. The relay writes a burst and flushes once when nothing more is waiting;
+     * the heartbeat's keep-alives take the lock only when it is free, so they never wait behind a slow client.
+     */
     static final class SseWriter {
         static final Duration KEEPALIVE = Duration.ofSeconds(15);
 
@@ -2457,6 +2605,8 @@ class CopilotApi implements Callable<Integer> {
         static final String KEY = "copilot-api.sse-writer";
 
         private final OutputStream out;
+        private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock();
+        private volatile long lastWrite = System.nanoTime();
 
         private SseWriter(OutputStream out) {
             this.out = out;
@@ -2486,29 +2636,69 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        void data(JsonNode json) {
-            send("data: " + Json.write(json) + "\n\n");
+        long lastWrite() {
+            return lastWrite;
         }
 
-        void event(String name, JsonNode json) {
-            send("event: " + name + "\ndata: " + Json.write(json) + "\n\n");
-        }
-
-        void comment(String text) {
-            send(": " + text + "\n\n");
-        }
-
-        void done() {
-            send("data: [DONE]\n\n");
-        }
-
-        private void send(String text) {
+        /** Writes without flushing; the relay flushes when no further event is waiting. */
+        void write(Frame frame) {
+            lock.lock();
             try {
-                out.write(text.getBytes(UTF_8));
+                out.write(frame.sse().getBytes(UTF_8));
+                lastWrite = System.nanoTime();
+            } catch (IOException e) {
+                throw new ClientGone(e);
+            } finally {
+                lock.unlock();
+            }
+        }
+
+        void flush() {
+            lock.lock();
+            try {
                 out.flush();
             } catch (IOException e) {
                 throw new ClientGone(e);
+            } finally {
+                lock.unlock();
             }
+        }
+
+        /** A keep-alive from the heartbeat: skipped when the relay is writing (the stream is not silent); false when the client is gone. */
+        boolean tryWrite(Frame frame) {
+            if (!lock.tryLock()) return true;
+            try {
+                out.write(frame.sse().getBytes(UTF_8));
+                out.flush();
+                lastWrite = System.nanoTime();
+                return true;
+            } catch (IOException e) {
+                return false;
+            } finally {
+                lock.unlock();
+            }
+        }
+
+        void data(JsonNode json) {
+            send(Frame.data(json, null));
+        }
+
+        void event(String name, JsonNode json) {
+            send(new NamedEvent(name, (ObjectNode) json));
+        }
+
+        void comment(String text) {
+            send(Frame.comment(text));
+        }
+
+        void done() {
+            send(Frame.DONE);
+        }
+
+        /** Written and flushed at once. */
+        void send(Frame frame) {
+            write(frame);
+            flush();
         }
     }
 
@@ -3660,7 +3850,7 @@ class CopilotApi implements Callable<Integer> {
      * with an error event instead. While tool arguments are collected the client hears nothing: callers send ping()
      * after ~15 s without a write to the client, not only after upstream silence.
      */
-    static final class ChatStreamToAnthropic implements Relay.Translation {
+    static final class ChatStreamToAnthropic implements TranslatedRelay.Translation {
         private enum Open { NONE, THINKING, TEXT }
 
         /** A tool call being collected; sent when the stream ends. */
@@ -6111,11 +6301,33 @@ class CopilotApi implements Callable<Integer> {
     static final class LiveStreams {
         static final String SHUTDOWN = "copilot-api is shutting down";
 
+        /** How often the heartbeat looks at every running stream. */
+        static final Duration TICK = Duration.ofMillis(500);
+
         private final Set<UpstreamEvents> running = java.util.concurrent.ConcurrentHashMap.newKeySet();
         private volatile boolean closing;
+        private volatile ScheduledExecutorService heartbeat;
 
+        /** Registers a stream; the one heartbeat thread for all of them starts with the first. */
         void add(UpstreamEvents s) {
             running.add(s);
+            if (heartbeat == null) startHeartbeat();
+        }
+
+        private synchronized void startHeartbeat() {
+            if (heartbeat != null) return;
+            ScheduledExecutorService h = Threads.scheduler("stream-heartbeat");
+            h.scheduleWithFixedDelay(() -> {
+                long now = System.nanoTime();
+                for (UpstreamEvents s : running) {
+                    try {
+                        s.beat(now);
+                    } catch (RuntimeException e) {
+                        Logs.log().warn("stream heartbeat: {}", describe(e));
+                    }
+                }
+            }, TICK.toMillis(), TICK.toMillis(), TimeUnit.MILLISECONDS);
+            heartbeat = h;
         }
 
         void remove(UpstreamEvents s) {
@@ -6139,6 +6351,66 @@ class CopilotApi implements Callable<Integer> {
 
         int size() {
             return running.size();
+        }
+    }
+
+    /**
+     * The pivot: chat completions. Every chat-shaped call of every inbound API comes here, and only here is it
+     * decided whether Copilot serves the model on /chat/completions or only on /responses; then the request and the
+     * answer are translated, and the caller sees chat either way.
+     */
+    static final class ChatUpstream {
+        enum Endpoint { CHAT, RESPONSES }
+
+        private final CopilotClient copilot;
+        private final ModelCatalog models;
+
+        ChatUpstream(CopilotClient copilot, ModelCatalog models) {
+            this.copilot = copilot;
+            this.models = models;
+        }
+
+        /** The one routing decision: a model that lists neither endpoint is refused before anything is sent. */
+        Endpoint endpoint(String model) {
+            List<String> endpoints = models.endpointsOf(model);
+            if (endpoints.isEmpty() || endpoints.contains(OpenAiRoutes.CHAT)) return Endpoint.CHAT;
+            if (endpoints.contains(ResponsesRoutes.RESPONSES)) return Endpoint.RESPONSES;
+            throw new ApiError(400, "invalid_request_error", "The model '" + model + "' is served by Copilot only on "
+                + String.join(", ", endpoints), "model", "unsupported_api_for_model");
+        }
+
+        /** A whole chat completion. */
+        JsonNode complete(ObjectNode chat, CallOptions call) {
+            String model = chat.path("model").asText();
+            if (endpoint(model) == Endpoint.CHAT) return copilot.postJson(OpenAiRoutes.CHAT, forChat(chat, false), call);
+            return ResponsesToChat.response(copilot.postJson(ResponsesRoutes.RESPONSES, forResponses(chat), call), model);
+        }
+
+        /** A stream of chat chunks. */
+        EventSource stream(ObjectNode chat, CallOptions call) {
+            String model = chat.path("model").asText();
+            if (endpoint(model) == Endpoint.CHAT) return copilot.stream(OpenAiRoutes.CHAT, forChat(chat, true), call);
+            return new ResponsesAsChat(copilot.stream(ResponsesRoutes.RESPONSES, forResponses(chat), call),
+                new ResponsesStreamToChat(model, true, IdClock.SYSTEM));
+        }
+
+        /** The newer GPT models want max_completion_tokens; a stream always asks for its usage (the ledger needs it). */
+        private static ObjectNode forChat(ObjectNode chat, boolean stream) {
+            String model = chat.path("model").asText();
+            boolean rename = ModelLimits.wantsMaxCompletionTokens(model) && chat.has("max_tokens") && !chat.has("max_completion_tokens");
+            if (!rename && !stream) return chat;
+            ObjectNode body = chat.deepCopy();
+            if (rename) body.set("max_completion_tokens", body.remove("max_tokens"));
+            if (stream) body.putObject("stream_options").put("include_usage", true);
+            return body;
+        }
+
+        private static ObjectNode forResponses(ObjectNode chat) {
+            Translated r = ChatToResponsesRequest.request(chat);
+            r.body().put("model", chat.path("model").asText());
+            r.notes().forEach(n -> Logs.log().debug("{}: {}", ResponsesRoutes.RESPONSES, n));
+            Requests.logBody("translated responses request", r.body());
+            return r.body();
         }
     }
 
@@ -6534,101 +6806,151 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** Where a relay takes its events from: the upstream itself, or a translation of it. */
+    /**
+     * Where a relay takes its items from: the upstream itself, or a translation of it. Items are read on the
+     * request's own thread; {@link LiveStreams} keeps silent streams alive and ends idle ones from outside.
+     */
     interface EventSource extends AutoCloseable {
-        /** The next item, or null when nothing arrived within the timeout. */
-        UpstreamEvents.Item next(Duration timeout);
+        /** What the upstream stream yields, parsed once: an event, the end, or a failure. */
+        sealed interface Item permits Chunk, End, Broken {}
+
+        /** One server-sent event: its name (may be null) and its data; the JSON is parsed on first use, once. */
+        final class Chunk implements Item {
+            private final String event;
+            private String data;
+            private JsonNode json;
+            private boolean parsed;
+
+            Chunk(String event, String data) {
+                this.event = event;
+                this.data = data;
+            }
+
+            /** An event made here (a translation's chunk): JSON first, text only if someone asks. */
+            Chunk(String event, JsonNode json) {
+                this.event = event;
+                this.json = json;
+                this.parsed = true;
+            }
+
+            String event() {
+                return event;
+            }
+
+            String data() {
+                if (data == null) data = Json.write(json);
+                return data;
+            }
+
+            Optional<JsonNode> json() {
+                if (!parsed) {
+                    json = Json.tryParse(data).orElse(null);
+                    parsed = true;
+                }
+                return Optional.ofNullable(json);
+            }
+        }
+
+        /** The end of the stream; doneSeen when the upstream said so ([DONE]) rather than just closing. */
+        record End(boolean doneSeen) implements Item {}
+
+        /** The stream failed: a read error, an idle limit, the client gone, or the proxy ending it. */
+        record Broken(IOException cause) implements Item {}
+
+        /** The next item; blocks until one is there. */
+        Item next();
+
+        /** True when the next item is already here, so a burst can be written with one flush. */
+        boolean ready();
+
+        /** Lets the heartbeat keep this stream's client alive while the upstream is silent. */
+        void attach(SseWriter out, Supplier<Frame> keepAlive);
 
         @Override
         void close();
     }
 
     /**
-     * Upstream server-sent events, read on their own thread so the relay can send keep-alives in silences. The
-     * hand-off holds a few events only: the reader waits while the client is slow, so Copilot is read no faster
-     * than the client takes it. No event within the idle limit is a failure, and closes the upstream.
+     * Upstream server-sent events, read on the request's thread only as fast as the relay writes them (so no
+     * buffer grows between Copilot and a slow client, and no second thread is held per stream). From outside,
+     * {@link LiveStreams} ends a stream that stays silent past the idle limit, or at shutdown, by closing the body:
+     * the blocked read then fails and the relay writes the API's error event.
      */
     static final class UpstreamEvents implements EventSource {
-        /** One of: an event, the end of the stream (all null), or a read failure. */
-        record Item(SseEvent event, IOException failure) {}
-
-        static final int HAND_OFF = 16;
-        /** How often a reader waiting for room looks whether the relay has closed the stream. */
-        private static final Duration RECHECK = Duration.ofMillis(200);
-        private static final Item END = new Item(null, null);
         private final InputStream in;
+        private final SseReader reader;
         private final Duration idleLimit;
         private final LiveStreams registry;
-        private final java.util.concurrent.BlockingQueue<Item> queue = new java.util.concurrent.ArrayBlockingQueue<>(HAND_OFF);
-        private volatile boolean closed;
         private volatile IOException stopped;
-        private long lastItem = System.nanoTime();
+        private volatile long lastRead = System.nanoTime();
+        private volatile SseWriter out;
+        private volatile Supplier<Frame> keepAlive;
+        private boolean over;
 
         UpstreamEvents(InputStream in, Duration idleLimit, LiveStreams registry) {
             this.in = in;
+            this.reader = new SseReader(in);
             this.idleLimit = idleLimit;
             this.registry = registry;
             registry.add(this);
-            Threads.start(this::pump);
         }
 
-        private void pump() {
+        @Override
+        public Item next() {
+            if (over) return new End(false);
             try {
-                SseReader reader = new SseReader(in);
-                for (SseEvent e = reader.next(); e != null; e = reader.next()) {
-                    if (!hand(new Item(e, null))) return;
+                SseEvent e = reader.next();
+                lastRead = System.nanoTime();
+                if (e == null || "[DONE]".equals(e.data())) {
+                    over = true;
+                    return new End(e != null);
                 }
-                hand(END);
+                return new Chunk(e.event(), e.data());
             } catch (IOException e) {
-                hand(closed ? END : new Item(null, e));
+                over = true;
+                return new Broken(stopped != null ? stopped : e);
             }
         }
 
-        /** Waits for room in the hand-off; false once the relay closed the stream and nobody will take the item. */
-        private boolean hand(Item item) {
+        @Override
+        public boolean ready() {
             try {
-                while (!queue.offer(item, RECHECK.toMillis(), TimeUnit.MILLISECONDS)) {
-                    if (closed) return false;
-                }
-                return true;
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
+                return !over && reader.ready();
+            } catch (IOException e) {
                 return false;
             }
         }
 
         @Override
-        public Item next(Duration timeout) {
-            long silent = System.nanoTime() - lastItem;
-            long wait = Math.max(0, Math.min(timeout.toNanos(), idleLimit.toNanos() - silent));
-            Item item;
-            try {
-                item = stopped != null ? null : queue.poll(wait, TimeUnit.NANOSECONDS);
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                return new Item(null, new IOException("interrupted"));
+        public void attach(SseWriter out, Supplier<Frame> keepAlive) {
+            this.keepAlive = keepAlive;
+            this.out = out;
+        }
+
+        /** Called by the heartbeat: a keep-alive after a silence towards the client, the end after a silence from Copilot. */
+        void beat(long now) {
+            if (stopped != null) return;
+            if (now - lastRead >= idleLimit.toNanos()) {
+                stop(new IOException("no event from Copilot for " + idleLimit.toSeconds() + "s"));
+                return;
             }
-            if (stopped != null) return new Item(null, stopped);
-            if (item != null) {
-                lastItem = System.nanoTime();
-                return item;
+            SseWriter w = out;
+            if (w != null && now - w.lastWrite() >= SseWriter.KEEPALIVE.toNanos()) {
+                Threads.start(() -> {
+                    if (!w.tryWrite(keepAlive.get())) stop(new IOException("client disconnected"));
+                });
             }
-            if (System.nanoTime() - lastItem < idleLimit.toNanos()) return null;
-            close();
-            return new Item(null, new IOException("no event from Copilot for " + idleLimit.toSeconds() + "s"));
         }
 
         /** Ends the stream from outside: the relay's next item is this failure, and the upstream is closed. */
         void stop(IOException reason) {
             stopped = reason;
             close();
-            queue.offer(END);
         }
 
-        /** Closing the body cancels the upstream request. */
+        /** Closing the body cancels the upstream request (and wakes a read that waits on it). */
         @Override
         public void close() {
-            closed = true;
             registry.remove(this);
             try {
                 in.close();
@@ -6639,14 +6961,13 @@ class CopilotApi implements Callable<Integer> {
     }
 
     /**
-     * A Responses event stream seen as chat chunks, so the chat and Anthropic relays serve responses-only models
-     * unchanged: each upstream event goes through ResponsesStreamToChat; its end becomes [DONE], its failure an
-     * error chunk.
+     * A Responses event stream seen as chat chunks, so the pivot serves responses-only models to every relay:
+     * each upstream event goes through ResponsesStreamToChat, and its chunks are handed on as items, not text.
      */
     static final class ResponsesAsChat implements EventSource {
         private final UpstreamEvents upstream;
         private final ResponsesStreamToChat machine;
-        private final java.util.ArrayDeque<UpstreamEvents.Item> ready = new java.util.ArrayDeque<>();
+        private final java.util.ArrayDeque<Item> ready = new java.util.ArrayDeque<>();
         private boolean over;
 
         ResponsesAsChat(UpstreamEvents upstream, ResponsesStreamToChat machine) {
@@ -6655,37 +6976,49 @@ class CopilotApi implements Callable<Integer> {
         }
 
         @Override
-        public UpstreamEvents.Item next(Duration timeout) {
+        public Item next() {
             while (ready.isEmpty()) {
-                if (over) return new UpstreamEvents.Item(null, null);
-                UpstreamEvents.Item item = upstream.next(timeout);
-                if (item == null || item.failure() != null) return item;
-                if (item.event() == null) {
+                if (over) return new End(false);
+                Item item = upstream.next();
+                if (item instanceof Broken) {
+                    over = true;
+                    return item;
+                }
+                if (item instanceof End) {
                     queue(machine.finish());
                     end();
-                } else {
-                    Optional<JsonNode> data = Json.tryParse(item.event().data());
-                    if (data.isEmpty()) continue;
-                    queue(machine.onEvent(item.event().event(), data.get()));
+                } else if (item instanceof Chunk c && c.json().isPresent()) {
+                    queue(machine.onEvent(c.event(), c.json().get()));
                     if (machine.ended()) end();
                 }
             }
             return ready.poll();
         }
 
-        private void queue(List<ObjectNode> chunks) {
-            for (ObjectNode c : chunks) ready.add(new UpstreamEvents.Item(new SseEvent(null, Json.write(c)), null));
+        @Override
+        public boolean ready() {
+            return !ready.isEmpty() || upstream.ready();
         }
 
+        @Override
+        public void attach(SseWriter out, Supplier<Frame> keepAlive) {
+            upstream.attach(out, keepAlive);
+        }
+
+        private void queue(List<ObjectNode> chunks) {
+            for (ObjectNode c : chunks) ready.add(new Chunk(null, c));
+        }
+
+        /** The chat stream's end: an error chunk for a failed response, else [DONE]. */
         private void end() {
             over = true;
             Optional<String> failure = machine.failure();
             if (failure.isPresent()) {
                 ObjectNode error = Json.object();
                 error.putObject("error").put("message", failure.get()).put("type", "api_error");
-                ready.add(new UpstreamEvents.Item(new SseEvent(null, Json.write(error)), null));
+                ready.add(new Chunk(null, error));
             } else {
-                ready.add(new UpstreamEvents.Item(new SseEvent(null, "[DONE]"), null));
+                ready.add(new End(true));
             }
         }
 
@@ -7103,9 +7436,15 @@ class CopilotApi implements Callable<Integer> {
     record SseEvent(String event, String data) {}
 
     /** One event to send a client: its name (the event: line, equal to data.type) and its data. */
-    record NamedEvent(String name, ObjectNode data) {
-        String sse() {
+    record NamedEvent(String name, ObjectNode data) implements Frame {
+        @Override
+        public String sse() {
             return "event: " + name + "\ndata: " + Json.write(data) + "\n\n";
+        }
+
+        @Override
+        public String failure() {
+            return name.equals("error") || name.equals("response.failed") ? "the stream ended with " + name : null;
         }
     }
 
@@ -7115,6 +7454,11 @@ class CopilotApi implements Callable<Integer> {
 
         SseReader(InputStream in) {
             this.reader = new BufferedReader(new InputStreamReader(in, UTF_8));
+        }
+
+        /** True when more text is already here (buffered, or readable without blocking). */
+        boolean ready() throws IOException {
+            return reader.ready();
         }
 
         /** The next event, or null at the end of the stream. */
