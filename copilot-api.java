@@ -3087,6 +3087,7 @@ class CopilotApi implements Callable<Integer> {
         private long created;
         private final Map<Integer, Boolean> roleSent = new TreeMap<>();
         private final Map<String, Integer> toolIndex = new LinkedHashMap<>();
+        private final ChatChunks.ToolKeys toolKeys = new ChatChunks.ToolKeys();
         private final Map<Integer, Integer> toolCount = new TreeMap<>();
         private final Map<Integer, String> finishReasons = new TreeMap<>();
         private JsonNode usage;
@@ -3201,7 +3202,7 @@ class CopilotApi implements Callable<Integer> {
             for (JsonNode call : calls) {
                 if (!call.isObject()) continue;
                 ObjectNode tc = ((ObjectNode) call).deepCopy();
-                String key = upstreamChoice + ":" + (call.has("index") ? call.path("index").asInt() : "id:" + call.path("id").asText(""));
+                String key = toolKeys.key(upstreamChoice, call);
                 Integer n = toolIndex.get(key);
                 boolean first = n == null;
                 if (first) {
@@ -3865,7 +3866,7 @@ class CopilotApi implements Callable<Integer> {
         private final Supplier<String> randomIds;
         private final List<String> notes = new ArrayList<>();
         private final Map<String, ToolCall> toolCalls = new LinkedHashMap<>();
-        private final Map<Integer, String> lastToolKey = new LinkedHashMap<>();
+        private final ChatChunks.ToolKeys toolKeys = new ChatChunks.ToolKeys();
         private final Set<String> finishReasons = new LinkedHashSet<>();
         private final StringBuilder signature = new StringBuilder();
         private JsonNode usage;
@@ -4006,13 +4007,9 @@ class CopilotApi implements Callable<Integer> {
             open = Open.NONE;
         }
 
-        /** Fragments keyed by (choice, index); without an index by id, else they extend the choice's last call. */
+        /** Fragments keyed as every consumer keys them (ChatChunks.ToolKeys). */
         private void collect(int choice, JsonNode fragment) {
-            String key;
-            if (fragment.path("index").isNumber()) key = choice + ":" + fragment.path("index").asInt();
-            else if (!fragment.path("id").asText("").isEmpty()) key = choice + ":id:" + fragment.path("id").asText();
-            else key = lastToolKey.getOrDefault(choice, choice + ":?");
-            lastToolKey.put(choice, key);
+            String key = toolKeys.key(choice, fragment);
             ToolCall call = toolCalls.computeIfAbsent(key, k -> new ToolCall());
             if (call.id.isEmpty()) call.id = fragment.path("id").asText("");
             JsonNode fn = fragment.path("function");
@@ -4945,6 +4942,7 @@ class CopilotApi implements Callable<Integer> {
         private StreamItem open;
         private final List<StreamItem> held = new ArrayList<>();
         private final Map<String, StreamItem> calls = new HashMap<>();
+        private final ChatChunks.ToolKeys toolKeys = new ChatChunks.ToolKeys();
         private JsonNode usage;
         private String stopReason;
 
@@ -5048,7 +5046,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         private void toolFragment(int choice, JsonNode tc) {
-            String key = choice + ":" + (tc.has("index") ? tc.path("index").asText() : "id:" + tc.path("id").asText(""));
+            String key = toolKeys.key(choice, tc);
             JsonNode fn = tc.path("function");
             StreamItem call = calls.get(key);
             if (call == null) {
@@ -6729,6 +6727,7 @@ class CopilotApi implements Callable<Integer> {
         static final Duration TTL = Duration.ofMinutes(10);
 
         private final CopilotClient copilot;
+        private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock();
         private volatile List<JsonNode> models;
         private volatile Instant fetchedAt = Instant.EPOCH;
 
@@ -6738,15 +6737,18 @@ class CopilotApi implements Callable<Integer> {
 
         /** Fetches at start; a failure is logged, and the next request tries again. */
         void refreshQuietly() {
+            lock.lock();
             try {
                 refresh();
                 Logs.log().info("{} models available: {}", models.size(), String.join(", ", ids()));
             } catch (RuntimeException e) {
                 Logs.log().warn("could not fetch the Copilot model list yet: {}", describe(e));
+            } finally {
+                lock.unlock();
             }
         }
 
-        private synchronized void refresh() {
+        private void refresh() {
             JsonNode answer = copilot.getJson("/models");
             List<JsonNode> list = new ArrayList<>();
             answer.path("data").forEach(list::add);
@@ -6754,14 +6756,28 @@ class CopilotApi implements Callable<Integer> {
             fetchedAt = Instant.now();
         }
 
+        private boolean stale() {
+            return models == null || fetchedAt.plus(TTL).isBefore(Instant.now());
+        }
+
+        /**
+         * The catalog; one fetch at a time. Requests that find it missing wait for that fetch (and do not start
+         * their own); requests that find it expired while another refreshes are served the cached list.
+         */
         List<JsonNode> list() {
-            if (models == null || fetchedAt.plus(TTL).isBefore(Instant.now())) {
-                try {
-                    refresh();
-                } catch (RuntimeException e) {
-                    if (models == null) throw e;
-                    Logs.log().warn("could not refresh the Copilot model list, serving the cached one: {}", describe(e));
-                }
+            if (!stale()) return models;
+            if (models != null) {
+                if (!lock.tryLock()) return models;
+            } else {
+                lock.lock();
+            }
+            try {
+                if (stale()) refresh();
+            } catch (RuntimeException e) {
+                if (models == null) throw e;
+                Logs.log().warn("could not refresh the Copilot model list, serving the cached one: {}", describe(e));
+            } finally {
+                lock.unlock();
             }
             return models;
         }
@@ -7515,7 +7531,7 @@ class CopilotApi implements Callable<Integer> {
 
         HttpResponse<InputStream> send(HttpRequest request) {
             try {
-                return client.send(request, HttpResponse.BodyHandlers.ofInputStream());
+                return client.send(request, BodyStream.HANDLER);
             } catch (IOException e) {
                 throw failure(request.uri(), e);
             } catch (InterruptedException e) {
@@ -7526,7 +7542,7 @@ class CopilotApi implements Callable<Integer> {
 
         /** Completes at Copilot's headers; cancelling it (mayInterruptIfRunning) aborts the exchange and its connection. */
         CompletableFuture<HttpResponse<InputStream>> sendAsync(HttpRequest request) {
-            return client.sendAsync(request, HttpResponse.BodyHandlers.ofInputStream());
+            return client.sendAsync(request, BodyStream.HANDLER);
         }
 
         /** A failed call as the exception the error handlers know: unreachable (502) or no answer in time (504). */
@@ -7550,6 +7566,119 @@ class CopilotApi implements Callable<Integer> {
             } catch (IOException e) {
                 return "";
             }
+        }
+    }
+
+    /**
+     * A response body as an InputStream fed by the HTTP client's own threads, a few buffers ahead of the reader
+     * at most (so it is read about as fast as the client of the proxy takes it). Unlike the JDK's ofInputStream,
+     * what arrived before a failure is read out first and the failure comes after it, so a cut stream loses no
+     * event that had reached us; close() cancels the upstream and wakes a reader that waits.
+     */
+    static final class BodyStream extends InputStream implements HttpResponse.BodySubscriber<InputStream> {
+        static final HttpResponse.BodyHandler<InputStream> HANDLER = info -> new BodyStream();
+        /** Buffer lists asked for ahead of the reader. */
+        static final int WINDOW = 4;
+        private static final Object END = new Object();
+        private static final Object CLOSED = new Object();
+
+        private final java.util.concurrent.BlockingQueue<Object> queue = new java.util.concurrent.LinkedBlockingQueue<>();
+        private final java.util.ArrayDeque<ByteBuffer> buffers = new java.util.ArrayDeque<>();
+        private volatile java.util.concurrent.Flow.Subscription subscription;
+        private volatile boolean closed;
+        private Object last;
+
+        @Override
+        public void onSubscribe(java.util.concurrent.Flow.Subscription s) {
+            subscription = s;
+            if (closed) s.cancel();
+            else s.request(WINDOW);
+        }
+
+        @Override
+        public void onNext(List<ByteBuffer> item) {
+            queue.add(item);
+        }
+
+        @Override
+        public void onError(Throwable t) {
+            queue.add(t);
+        }
+
+        @Override
+        public void onComplete() {
+            queue.add(END);
+        }
+
+        @Override
+        public java.util.concurrent.CompletionStage<InputStream> getBody() {
+            return CompletableFuture.completedFuture(this);
+        }
+
+        /** The next buffer with bytes in it, or null at the end; blocks while nothing has arrived. */
+        private ByteBuffer current() throws IOException {
+            while (buffers.isEmpty() || !buffers.peek().hasRemaining()) {
+                if (!buffers.isEmpty()) {
+                    buffers.poll();
+                    continue;
+                }
+                if (last != null) return ended();
+                Object next;
+                try {
+                    next = queue.take();
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw new java.io.InterruptedIOException("interrupted while reading from Copilot");
+                }
+                if (next instanceof List<?> list) {
+                    for (Object b : list) buffers.add((ByteBuffer) b);
+                    if (!closed) subscription.request(1);
+                } else {
+                    last = next;
+                }
+            }
+            return buffers.peek();
+        }
+
+        private ByteBuffer ended() throws IOException {
+            if (last == END) return null;
+            if (last == CLOSED) throw new IOException("closed");
+            Throwable t = (Throwable) last;
+            throw t instanceof IOException io ? io : new IOException(t);
+        }
+
+        @Override
+        public int read() throws IOException {
+            ByteBuffer b = current();
+            return b == null ? -1 : b.get() & 0xff;
+        }
+
+        @Override
+        public int read(byte[] into, int off, int len) throws IOException {
+            if (len == 0) return 0;
+            ByteBuffer b = current();
+            if (b == null) return -1;
+            int n = Math.min(len, b.remaining());
+            b.get(into, off, n);
+            return n;
+        }
+
+        /** Bytes readable now without blocking: those of the buffers already here. */
+        @Override
+        public int available() {
+            long n = 0;
+            for (ByteBuffer b : buffers) n += b.remaining();
+            for (Object o : queue) if (o instanceof List<?> list) for (Object b : list) n += ((ByteBuffer) b).remaining();
+            return (int) Math.min(Integer.MAX_VALUE, n);
+        }
+
+        @Override
+        public void close() {
+            if (closed) return;
+            closed = true;
+            java.util.concurrent.Flow.Subscription s = subscription;
+            if (s != null) s.cancel();
+            queue.add(CLOSED);
         }
     }
 

@@ -39,6 +39,7 @@ import java.util.Base64;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Consumer;
 import java.util.stream.Stream;
@@ -73,6 +74,7 @@ class CopilotApiTests {
         TokenLifecycleTests.class,
         ModelsTests.class,
         ChatFixtureTests.class,
+        StreamFixtureTests.class,
         ChatBehaviourTests.class,
         EmbeddingsTests.class,
         ErrorTests.class,
@@ -581,6 +583,19 @@ class CopilotApiTests {
 
     static final class ModelsTests extends WithHarness {
 
+        /** Eight first requests at once make one GET /models, not eight in a row. */
+        @Test
+        void concurrentFirstRequestsFetchTheCatalogOnce() throws Exception {
+            ObjectNode catalog = CopilotApi.Json.object();
+            catalog.set("data", h.stub.models());
+            h.stub.enqueue("/models", StubUpstream.Reply.json(200, catalog.toString()).delayMs(300));
+            CopilotApi.ModelCatalog fresh = new CopilotApi.ModelCatalog(h.copilot);
+            List<java.util.concurrent.CompletableFuture<Integer>> all = new ArrayList<>();
+            for (int i = 0; i < 8; i++) all.add(java.util.concurrent.CompletableFuture.supplyAsync(() -> fresh.list().size()));
+            for (var f : all) assertTrue(f.get(10, TimeUnit.SECONDS) > 0);
+            assertEquals(1, h.stub.count("/models"), "one fetch served all eight");
+        }
+
         @Test
         void listHasBothConventionsWithAndWithoutPrefix() throws Exception {
             for (String path : List.of("/v1/models", "/models")) {
@@ -657,6 +672,100 @@ class CopilotApiTests {
             } else {
                 assertJsonMatches(json(Files.readString(dir.resolve("expected.json"))), json(r.body()), "response");
             }
+        }
+    }
+
+    /**
+     * One upstream chat stream, three consumers. Each {@code tests/fixtures/stream/<case>/upstream.sse} (the stub's
+     * format: {@code data:} lines, {@code #cut N} to break the connection after N events) is served for a chat model
+     * through the whole server, and read back as an OpenAI chat stream ({@code expected-chat.sse}), an Anthropic
+     * stream ({@code expected-anthropic.events}) and a Responses stream ({@code expected-responses.events}). In the
+     * expected files {@code "<any>"} matches any value. {@code COPILOT_API_BLESS=1} writes the actual outputs as the new
+     * expected files (ids and timestamps as {@code "<any>"}); read the diff before committing it.
+     */
+    static final class StreamFixtureTests {
+        static final boolean BLESS = "1".equals(System.getenv("COPILOT_API_BLESS"));
+        static final Set<String> VOLATILE = Set.of("id", "created", "created_at", "call_id", "item_id", "completed_at");
+        static final Map<String, String[]> CONSUMERS = Map.of(
+            "expected-chat.sse", new String[] {"/v1/chat/completions",
+                "{\"model\":\"gpt-4.1\",\"stream\":true,\"stream_options\":{\"include_usage\":true},\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}"},
+            "expected-anthropic.events", new String[] {"/v1/messages",
+                "{\"model\":\"gpt-4.1\",\"stream\":true,\"max_tokens\":200,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}"},
+            "expected-responses.events", new String[] {"/v1/responses",
+                "{\"model\":\"gpt-4.1\",\"stream\":true,\"input\":\"hi\"}"});
+
+        @TestFactory
+        Stream<DynamicTest> everyConsumerOfEveryStream() throws IOException {
+            Harness h = Harness.start();
+            List<Path> dirs;
+            try (Stream<Path> s = Files.list(CopilotApiTests.fixtures("stream"))) {
+                dirs = s.filter(Files::isDirectory).sorted().toList();
+            }
+            assertFalse(dirs.isEmpty());
+            List<DynamicTest> tests = new ArrayList<>();
+            for (Path dir : dirs) {
+                for (String expected : new java.util.TreeSet<>(CONSUMERS.keySet())) {
+                    tests.add(DynamicTest.dynamicTest(dir.getFileName() + " " + expected, () -> run(h, dir, expected)));
+                }
+            }
+            return tests.stream().onClose(h::close);
+        }
+
+        static void run(Harness h, Path dir, String expectedFile) throws Exception {
+            String[] consumer = CONSUMERS.get(expectedFile);
+            h.stub.clear();
+            h.stub.enqueue("/chat/completions", StubUpstream.Reply.fromFile(dir.resolve("upstream.sse")));
+            HttpResponse<String> r = h.post(consumer[0], consumer[1]);
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals(1, h.stub.count("/chat/completions"), "one upstream call");
+            List<JsonNode> actual = events(r.body());
+            Path expected = dir.resolve(expectedFile);
+            if (BLESS) {
+                StringBuilder b = new StringBuilder();
+                for (JsonNode e : actual) b.append(e.path("event").isTextual() ? "event: " + e.path("event").asText() + "\n" : "")
+                    .append("data: ").append(e.path("data").isTextual() ? e.path("data").asText() : CopilotApi.JSON.writeValueAsString(blessed(e.path("data"))))
+                    .append("\n\n");
+                Files.writeString(expected, b.toString());
+            }
+            assertTrue(Files.exists(expected), expected + " is missing; run with COPILOT_API_BLESS=1 to write it");
+            List<JsonNode> want = events(Files.readString(expected));
+            assertEquals(want.size(), actual.size(), "number of events:\n" + r.body());
+            for (int i = 0; i < want.size(); i++) assertJsonMatches(want.get(i), actual.get(i), expectedFile + " event " + i);
+        }
+
+        /** Each event as {event, data}: data parsed as JSON, or the text itself ([DONE]). */
+        static List<JsonNode> events(String sse) {
+            List<JsonNode> out = new ArrayList<>();
+            for (String block : sse.replace("\r\n", "\n").split("\n\n")) {
+                ObjectNode e = CopilotApi.Json.object();
+                for (String line : block.split("\n")) {
+                    if (line.startsWith("event: ")) e.put("event", line.substring(7));
+                    if (line.startsWith("data: ")) {
+                        String data = line.substring(6);
+                        e.set("data", data.equals("[DONE]") ? e.textNode(data) : json(data));
+                    }
+                }
+                if (e.has("data")) out.add(e);
+            }
+            return out;
+        }
+
+        static JsonNode blessed(JsonNode n) {
+            if (n.isObject()) {
+                ObjectNode o = ((ObjectNode) n).deepCopy();
+                for (var it = o.properties().iterator(); it.hasNext(); ) {
+                    var f = it.next();
+                    f.setValue(VOLATILE.contains(f.getKey()) && !f.getValue().isNull() && !f.getValue().isContainerNode()
+                        ? o.textNode("<any>") : blessed(f.getValue()));
+                }
+                return o;
+            }
+            if (n.isArray()) {
+                com.fasterxml.jackson.databind.node.ArrayNode a = CopilotApi.Json.array();
+                n.forEach(x -> a.add(blessed(x)));
+                return a;
+            }
+            return n;
         }
     }
 
