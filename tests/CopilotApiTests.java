@@ -5,6 +5,7 @@
 //SOURCES StubUpstream.java
 //SOURCES AnthropicTranslatorTests.java
 //SOURCES ResponsesTranslatorTests.java
+//SOURCES ClientRecipeTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
@@ -101,6 +102,7 @@ class CopilotApiTests {
         ProxyTests.class,
         CliTests.class,
         SdkTests.class,
+        ClientRecipeTests.class,
         ExportTests.class);
 
     public static void main(String... args) {

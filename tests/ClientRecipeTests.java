@@ -1,0 +1,170 @@
+package copilotapi;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.HashMap;
+import java.util.Map;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.TestInstance;
+
+/**
+ * The README's "Set-up recipes", tried as users run them: copilot-api started with the README command
+ * against the stub, and each client (installed from tests/clients/ with npm ci) configured as the recipe says.
+ * The assertions read the stub's fixed answers ("Hello from MODEL.", "Tool said: ...") and what the stub
+ * recorded, so a recipe that stops reaching the route it documents fails here.
+ */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+class ClientRecipeTests {
+    Path clients;
+    StubUpstream stub;
+    CopilotApiTests.SdkRunner.ServerProcess server;
+
+    @BeforeAll
+    void up() throws Exception {
+        clients = CopilotApiTests.SdkRunner.repo().resolve("tests").resolve("clients");
+        CopilotApiTests.SdkRunner.npmInstall(clients);
+        stub = StubUpstream.start();
+        server = CopilotApiTests.SdkRunner.startServer(stub);
+    }
+
+    @AfterAll
+    void down() {
+        if (server != null) server.close();
+        if (stub != null) stub.close();
+    }
+
+    CopilotApiTests.SdkRunner.Result node(String script, String baseUrl) throws Exception {
+        stub.clear();
+        CopilotApiTests.SdkRunner.Result r = CopilotApiTests.SdkRunner.node(clients, script, Map.of("BASE_URL", baseUrl));
+        System.out.print(r.output());
+        assertEquals(0, r.exit(), r.output());
+        return r;
+    }
+
+    /** The recipe's ~/.codex/config.toml, with the test server's port, in a fresh CODEX_HOME. */
+    Path codexHome() throws Exception {
+        Path home = Files.createTempDirectory("codex-home");
+        Path codex = Files.createDirectories(home.resolve(".codex"));
+        Files.writeString(codex.resolve("config.toml"), """
+            model_provider = "copilot-api"
+            model = "gpt-5.1-codex"
+
+            [model_providers.copilot-api]
+            name = "copilot-api"
+            base_url = "%s/v1"
+            wire_api = "responses"
+            env_key = "COPILOT_API_KEY"
+            """.formatted(server.baseUrl()));
+        Files.writeString(codex.resolve("gpt41.config.toml"), "model = \"gpt-4.1\"\n");
+        return home;
+    }
+
+    /** codex exec in an empty directory; the stub asks for a shell command, Codex runs it and sends its output back. */
+    CopilotApiTests.SdkRunner.Result codexExec(String... options) throws Exception {
+        Path home = codexHome();
+        Path work = Files.createDirectories(home.resolve("work"));
+        Map<String, String> env = new HashMap<>(Map.of(
+            "HOME", home.toString(),
+            "CODEX_HOME", home.resolve(".codex").toString(),
+            "COPILOT_API_KEY", "unused"));
+        java.util.List<String> cmd = new java.util.ArrayList<>(java.util.List.of(
+            clients.resolve("node_modules/.bin/codex").toString(), "exec", "--skip-git-repo-check"));
+        cmd.addAll(java.util.List.of(options));
+        cmd.add("Run a command, then tell me what it printed.");
+        stub.clear();
+        CopilotApiTests.SdkRunner.Result r = CopilotApiTests.SdkRunner.run(work, env, Duration.ofMinutes(2), cmd.toArray(String[]::new));
+        assertEquals(0, r.exit(), r.output());
+        assertTrue(r.output().contains("Tool said: "), "the tool's output came back to the model: " + r.output());
+        return r;
+    }
+
+    /** The second turn of a tool loop carries the tool's result back. */
+    static void carriesToolOutput(StubUpstream.Recorded last, String field, String value) {
+        assertTrue(last != null, "no request reached the stub");
+        boolean found = false;
+        for (JsonNode item : last.json().path(field)) {
+            found |= item.path(field.equals("input") ? "type" : "role").asText().equals(value);
+        }
+        assertTrue(found, "the last request has a " + value + " item: " + last.body());
+    }
+
+    @Test
+    void codexExecOnAResponsesOnlyModel() throws Exception {
+        codexExec();
+        assertTrue(stub.count("/responses") >= 2, "both turns on Copilot's /responses: " + stub.count("/responses"));
+        assertEquals(0, stub.count("/chat/completions"));
+        StubUpstream.Recorded last = stub.last("/responses");
+        assertEquals("gpt-5.1-codex", last.json().path("model").asText());
+        carriesToolOutput(last, "input", "function_call_output");
+    }
+
+    @Test
+    void codexExecWithAProfileOnAChatModel() throws Exception {
+        codexExec("-p", "gpt41");
+        assertTrue(stub.count("/chat/completions") >= 2, "copilot-api translated both turns to chat: " + stub.count("/chat/completions"));
+        assertEquals(0, stub.count("/responses"));
+        StubUpstream.Recorded last = stub.last("/chat/completions");
+        assertEquals("gpt-4.1", last.json().path("model").asText());
+        carriesToolOutput(last, "messages", "tool");
+    }
+
+    @Test
+    void vercelAiSdk() throws Exception {
+        node("ai-sdk.mjs", server.baseUrl() + "/v1");
+        StubUpstream.Recorded last = stub.last("/responses");
+        assertFalse(last.json().path("store").asBoolean(true), "the recipe's store: false reached Copilot: " + last.body());
+        assertFalse(last.body().contains("item_reference"), last.body());
+        carriesToolOutput(last, "input", "function_call_output");
+        assertTrue(stub.count("/chat/completions") >= 4, "openai.chat and the translated chat model: " + stub.count("/chat/completions"));
+    }
+
+    @Test
+    void langChain() throws Exception {
+        // LangChain JS 1.x (langsmith) calls the global crypto, which Node.js 18 lacks: its tool calls fail there
+        CopilotApiTests.SdkRunner.Result version = CopilotApiTests.SdkRunner.run(clients, Map.of(), Duration.ofSeconds(30), "node", "--version");
+        int major = Integer.parseInt(version.output().strip().replaceAll("^v(\\d+).*", "$1"));
+        Assumptions.assumeTrue(major >= 20, "LangChain JS needs Node.js 20 or newer, found " + version.output().strip());
+        node("langchain.mjs", server.baseUrl());
+        assertTrue(stub.count("/chat/completions") >= 4, "ChatOpenAI: " + stub.count("/chat/completions"));
+        assertTrue(stub.count("/responses") >= 1, "useResponsesApi: " + stub.count("/responses"));
+        StubUpstream.Recorded last = stub.last("/v1/messages");
+        assertTrue(last != null && last.json().path("model").asText().equals("claude-sonnet-4.5"), "ChatAnthropic on the native route");
+        carriesToolOutput(last, "messages", "user");
+        assertTrue(last.body().contains("\"tool_result\""), last.body());
+    }
+
+    /** The README's curl lines, as written but for the port. */
+    @Test
+    void curl() throws Exception {
+        Assumptions.assumeTrue(Files.isExecutable(Path.of("/usr/bin/curl")) || Files.isExecutable(Path.of("/bin/curl")), "no curl");
+        String chat = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}";
+        String stream = "{\"model\":\"gpt-4.1\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}";
+        String messages = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":256,\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}";
+        String url = server.baseUrl();
+        assertTrue(curl("-sS", url + "/v1/chat/completions", "-H", "content-type: application/json", "-d", chat)
+            .contains("\"content\":\"Hello from gpt-4.1.\""));
+        String events = curl("-sSN", url + "/v1/chat/completions", "-H", "content-type: application/json", "-d", stream);
+        assertTrue(events.contains("data: [DONE]") && events.contains("\"delta\""), events);
+        assertTrue(curl("-sS", url + "/v1/messages", "-H", "x-api-key: unused", "-H", "anthropic-version: 2023-06-01",
+            "-H", "content-type: application/json", "-d", messages).contains("\"text\":\"Hello from claude-sonnet-4.5.\""));
+        assertEquals("415", curl("-s", "-o", "/dev/null", "-w", "%{http_code}", url + "/v1/chat/completions", "-d", chat));
+    }
+
+    String curl(String... args) throws Exception {
+        String[] cmd = new String[args.length + 1];
+        cmd[0] = "curl";
+        System.arraycopy(args, 0, cmd, 1, args.length);
+        CopilotApiTests.SdkRunner.Result r = CopilotApiTests.SdkRunner.run(clients, Map.of(), Duration.ofSeconds(30), cmd);
+        assertEquals(0, r.exit(), r.output());
+        return r.output();
+    }
+}
