@@ -387,9 +387,18 @@ class CopilotApi implements Callable<Integer> {
                 server.stop();
                 tokens.close();
             };
+            java.util.concurrent.atomic.AtomicBoolean stopping = new java.util.concurrent.atomic.AtomicBoolean();
             for (String name : List.of("INT", "TERM")) {
                 try {
-                    handle(name, () -> new Thread(stop, "graceful-stop").start());
+                    handle(name, () -> {
+                        if (stopping.compareAndSet(false, true)) {
+                            System.err.println("stopping (press Ctrl-C again to quit at once)");
+                            new Thread(stop, "graceful-stop").start();
+                        } else {
+                            System.err.println("quitting now");
+                            Runtime.getRuntime().halt(130);
+                        }
+                    });
                 } catch (ReflectiveOperationException | RuntimeException e) {
                     Logs.log().debug("cannot handle SIG{}: {}", name, describe(e));
                 }

@@ -1890,23 +1890,38 @@ class CopilotApiTests {
             }
         }
 
+        /**
+         * The refusal comes before the body is read, so it is read here on a raw socket while (or instead of)
+         * sending: an HTTP client that insists on writing the whole body first sees a broken pipe, not the answer.
+         */
         @Test
         void aBodyOver100MbIs413InTheCallersShapeWithoutAnUpstreamCall() throws Exception {
-            byte[] big = new byte[110 * 1024 * 1024];
-            java.util.Arrays.fill(big, (byte) ' ');
             for (String path : List.of("/v1/chat/completions", "/v1/messages")) {
-                HttpResponse<String> r = h.client.send(HttpRequest.newBuilder(URI.create(h.url(path))).header("content-type", "application/json")
-                    .POST(HttpRequest.BodyPublishers.ofByteArray(big)).build(), HttpResponse.BodyHandlers.ofString());
-                assertEquals(413, r.statusCode(), path);
-                JsonNode err = json(r.body());
-                if (path.contains("messages")) assertEquals("request_too_large", err.path("error").path("type").asText(), r.body());
-                else assertEquals("request_too_large", err.path("error").path("code").asText(), r.body());
+                String raw = h.raw("POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: "
+                    + 110L * 1024 * 1024 + "\r\n\r\n{\"model\":");
+                assertEquals(413, BrowserSafetyTests.status(raw), raw);
+                JsonNode err = BrowserSafetyTests.body(raw);
+                if (path.contains("messages")) assertEquals("request_too_large", err.path("error").path("type").asText(), raw);
+                else assertEquals("request_too_large", err.path("error").path("code").asText(), raw);
             }
-            HttpResponse<String> chunked = h.client.send(HttpRequest.newBuilder(URI.create(h.url("/v1/chat/completions")))
-                .header("content-type", "application/json")
-                .POST(HttpRequest.BodyPublishers.ofInputStream(() -> new java.io.ByteArrayInputStream(big))).build(),
-                HttpResponse.BodyHandlers.ofString());
-            assertEquals(413, chunked.statusCode(), "a chunked body without Content-Length is measured as it is read");
+            try (java.net.Socket socket = new java.net.Socket("127.0.0.1", h.server.port())) {
+                socket.setSoTimeout(30_000);
+                var out = socket.getOutputStream();
+                out.write(("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    + "Transfer-Encoding: chunked\r\n\r\n").getBytes(UTF_8));
+                Thread sender = new Thread(() -> {
+                    byte[] chunk = ("100000\r\n" + " ".repeat(0x100000) + "\r\n").getBytes(UTF_8);
+                    try {
+                        for (int i = 0; i < 110; i++) out.write(chunk);
+                    } catch (IOException refusedMidway) {
+                        // the server answered and closed while we were still sending: expected
+                    }
+                });
+                sender.start();
+                String answer = new String(socket.getInputStream().readAllBytes(), UTF_8);
+                sender.join(30_000);
+                assertEquals(413, BrowserSafetyTests.status(answer), "a chunked body without Content-Length is measured as it is read: " + answer);
+            }
             assertEquals(0, h.stub.count("/chat/completions") + h.stub.count("/v1/messages"));
         }
 
@@ -2104,6 +2119,30 @@ class CopilotApiTests {
                 assertFalse(chatBody.contains("[DONE]"), chatBody);
                 assertTrue(messagesBody.contains("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"copilot-api is shutting down\"}}"),
                     messagesBody);
+            }
+        }
+
+        /** The first Ctrl-C drains; a second one does not wait for the grace period. */
+        @Test
+        void aSecondCtrlCQuitsAtOnce() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                stub.enqueue("/chat/completions", StubUpstream.Reply.hang(30_000));
+                CliTests.Started server = new CliTests.Started(CliTests.env(stub, Files.createTempDirectory("h")));
+                String base = server.baseUrl();
+                HttpClient client = HttpClient.newHttpClient();
+                HttpResponse<InputStream> stream = client.send(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
+                    .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(streaming(CHAT_HI))).build(),
+                    HttpResponse.BodyHandlers.ofInputStream());
+                assertEquals(200, stream.statusCode());
+                String pid = String.valueOf(server.process.pid());
+                new ProcessBuilder("kill", "-INT", pid).start().waitFor();
+                assertNotNull(server.lineWith("press Ctrl-C again"), server.log.toString());
+                long start = System.nanoTime();
+                new ProcessBuilder("kill", "-INT", pid).start().waitFor();
+                assertTrue(server.process.waitFor(5, TimeUnit.SECONDS), "the second Ctrl-C ends it: " + server.log);
+                assertTrue(System.nanoTime() - start < Duration.ofSeconds(5).toNanos());
+                assertEquals(130, server.process.exitValue());
+                stream.body().close();
             }
         }
 
