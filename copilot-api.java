@@ -341,20 +341,15 @@ class CopilotApi implements Callable<Integer> {
             Ports.requireFree(host, port);
             Http http = Http.create(settings);
             GitHubAuth auth = new GitHubAuth(settings, http);
-            GitHubToken github = auth.tokenOrLogin(Console.system());
-            CopilotTokens tokens = new CopilotTokens(settings, http, github);
-            tokens.start();
-            CopilotClient copilot = new CopilotClient(settings, http, tokens, timeouts);
-            ModelCatalog models = new ModelCatalog(copilot);
+            App app = App.connect(settings, http, auth, auth.tokenOrLogin(Console.system()), timeouts);
             ModelRouting routing = ModelRouting.from(modelMap, fallbackModel, System.getenv());
             Controls controls = controls(settings);
             // --claude-code needs the catalog to choose from, and checks its choice before listening
-            ClaudeCodeSetup.Choice choice = claudeCode ? ClaudeCodeSetup.choose(models, claudeCodeModel, claudeCodeSmallModel, System.console()) : null;
-            Server server = Ports.start(host, port, () ->
-                Server.start(new ServerOptions(host, port, routing, controls, guard), settings, copilot, models, auth, github));
+            ClaudeCodeSetup.Choice choice = claudeCode ? ClaudeCodeSetup.choose(app.models(), claudeCodeModel, claudeCodeSmallModel, System.console()) : null;
+            Server server = Ports.start(host, port, () -> app.serve(new ServerOptions(host, port, routing, controls, guard)));
             // listening first: a slow Copilot delays the catalog, not the port
-            if (choice == null) Threads.start(models::refreshQuietly);
-            GracefulStop.install(server, tokens);
+            if (choice == null) Threads.start(app.models()::refreshQuietly);
+            GracefulStop.install(server, app.tokens());
             System.out.println("copilot-api " + VERSION + " listening on " + server.baseUrl());
             System.out.println("  OpenAI base URL:    " + server.baseUrl() + "/v1");
             System.out.println("  Anthropic base URL: " + server.baseUrl());
@@ -847,6 +842,30 @@ class CopilotApi implements Callable<Integer> {
     }
 
     // ==== 3. Server and routes ====
+
+    /**
+     * The composition root: what `start`, the tests and the benchmark run, wired the same way. connect() holds a
+     * Copilot token (failing loudly when GitHub refuses); serve() listens.
+     */
+    record App(Settings settings, GitHubAuth auth, GitHubToken github, CopilotTokens tokens, CopilotClient copilot, ModelCatalog models)
+            implements AutoCloseable {
+        static App connect(Settings settings, Http http, GitHubAuth auth, GitHubToken github, Timeouts timeouts) {
+            CopilotTokens tokens = new CopilotTokens(settings, http, github);
+            tokens.start();
+            CopilotClient copilot = new CopilotClient(settings, http, tokens, timeouts);
+            return new App(settings, auth, github, tokens, copilot, new ModelCatalog(copilot));
+        }
+
+        Server serve(ServerOptions options) {
+            return Server.start(options, settings, copilot, models, auth, github);
+        }
+
+        /** Stops the token refreshes; the caller stops its server. */
+        @Override
+        public void close() {
+            tokens.close();
+        }
+    }
 
     /** What the routes need from the rest of the tool. */
     record Upstream(Settings settings, CopilotClient copilot, ModelCatalog models, GitHubAuth github, GitHubToken githubToken,

@@ -225,13 +225,10 @@ class Benchmark {
             settings = CopilotApi.Settings.from(options, env);
             CopilotApi.Http http = CopilotApi.Http.create(settings);
             CopilotApi.GitHubAuth auth = new CopilotApi.GitHubAuth(settings, http);
-            CopilotApi.GitHubToken github = auth.existingToken().orElseThrow();
-            tokens = new CopilotApi.CopilotTokens(settings, http, github.value());
-            tokens.start();
-            CopilotApi.CopilotClient copilot = new CopilotApi.CopilotClient(settings, http, tokens);
-            CopilotApi.ModelCatalog models = new CopilotApi.ModelCatalog(copilot);
-            models.refreshQuietly();
-            server = CopilotApi.Server.start(new CopilotApi.ServerOptions("127.0.0.1", 0), settings, copilot, models, auth, github);
+            CopilotApi.App app = CopilotApi.App.connect(settings, http, auth, auth.existingToken().orElseThrow(), CopilotApi.Timeouts.DEFAULT);
+            tokens = app.tokens();
+            app.models().refreshQuietly();
+            server = app.serve(new CopilotApi.ServerOptions("127.0.0.1", 0));
         }
 
         String url(String path) {

@@ -201,14 +201,11 @@ class CopilotApiTests {
             settings = CopilotApi.Settings.from(options, env);
             CopilotApi.Http http = CopilotApi.Http.create(settings);
             CopilotApi.GitHubAuth auth = new CopilotApi.GitHubAuth(settings, http);
-            CopilotApi.GitHubToken github = auth.existingToken().orElseThrow();
-            tokens = new CopilotApi.CopilotTokens(settings, http, github.value());
-            tokens.start();
-            copilot = new CopilotApi.CopilotClient(settings, http, tokens, timeouts);
-            CopilotApi.ModelCatalog models = new CopilotApi.ModelCatalog(copilot);
-            models.refreshQuietly();
-            server = CopilotApi.Server.start(new CopilotApi.ServerOptions("127.0.0.1", 0, CopilotApi.ModelRouting.NONE, controls, guard),
-                settings, copilot, models, auth, github);
+            CopilotApi.App app = CopilotApi.App.connect(settings, http, auth, auth.existingToken().orElseThrow(), timeouts);
+            tokens = app.tokens();
+            copilot = app.copilot();
+            app.models().refreshQuietly();
+            server = app.serve(new CopilotApi.ServerOptions("127.0.0.1", 0, CopilotApi.ModelRouting.NONE, controls, guard));
         }
 
         static Harness start() throws IOException {
