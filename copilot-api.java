@@ -87,16 +87,23 @@ import picocli.CommandLine;
  *
  * <p>Map of this file (search for "====" to print the outline):
  * <ol>
- *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}</li>
+ *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}, {@code generate-completion}</li>
  *   <li>Configuration: URLs, data directory, options, editor versions</li>
- *   <li>Server and routes: Javalin, the request log, operator controls (keys, pacing, approval, stats,
- *       dashboard), the OpenAI and Anthropic surfaces, the stream relays, the client watch, error shapes</li>
+ *   <li>Server and routes: the composition root ({@code App}), Javalin, the browser guard, the request log,
+ *       operator controls (keys, pacing, approval, stats, dashboard), the OpenAI, Anthropic and Responses surfaces,
+ *       the streaming core (one loop, {@code Relay.run}, over {@code EventSource} items, with the machines
+ *       {@code ChatRelay}, {@code NativeRelay} and {@code TranslatedRelay} and the shared {@code ChatChunks}
+ *       vocabulary), the client watch, request checks, error shapes and Copilot's error hints</li>
  *   <li>Translators: pure JSON-in/JSON-out code: chat-answer normalisers, Anthropic to chat and back (with
- *       the stream state machine), model-name resolution, native-request cleaning, token counting</li>
- *   <li>Copilot client: headers, timeouts, token lifecycle, model catalog, upstream calls, running streams</li>
+ *       the stream state machine), Responses to chat and back, model-name resolution, native-request cleaning,
+ *       token counting</li>
+ *   <li>Copilot client: the chat pivot ({@code ChatUpstream}, the one place that picks /chat/completions or
+ *       /responses), headers, timeouts, token lifecycle, model catalog, upstream calls, the upstream event
+ *       sources and the heartbeat that keeps silent streams alive ({@code LiveStreams})</li>
  *   <li>GitHub auth: token sources, token file, device flow, usage</li>
  *   <li>Errors: typed exceptions shared by every surface</li>
- *   <li>Small utilities: JSON, SSE reading, HTTP, proxies, clipboard, threads, redaction</li>
+ *   <li>Small utilities: JSON, SSE reading, HTTP (with {@code BodyStream}, the response body reader), proxies,
+ *       ports, clipboard, threads, POSIX permissions, redaction</li>
  * </ol>
  */
 @Command(
