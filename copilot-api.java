@@ -1843,14 +1843,15 @@ class CopilotApi implements Callable<Integer> {
             prepared.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
             CallOptions call = up.watched(ctx,
                 new CallOptions(Initiator.of(prepared.body().path("messages")), Json.containsImage(messages), headers(ctx)));
+            byte[] bytes = Json.splice(Requests.raw(ctx), body, prepared.body());
             if (!stream) {
-                JsonNode answer = up.copilot().postJson(MESSAGES, prepared.body(), call);
+                JsonNode answer = up.copilot().postJson(MESSAGES, bytes, call);
                 Exchange.of(ctx).anthropicUsage(answer.path("usage"));
                 if (answer.isObject()) ((ObjectNode) answer).put("model", model.requested());
                 Requests.writeJson(ctx, answer);
                 return;
             }
-            try (EventSource events = up.copilot().stream(MESSAGES, prepared.body(), call)) {
+            try (EventSource events = up.copilot().stream(MESSAGES, bytes, call)) {
                 relayNative(ctx, events, model.requested());
             }
         }
@@ -2429,8 +2430,16 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
+        static final String RAW = "copilot-api.raw-body";
+
+        /** The request body as the client sent it (after jsonObject read it), for splicing into the upstream body. */
+        static byte[] raw(Context ctx) {
+            return ctx.attribute(RAW);
+        }
+
         static ObjectNode jsonObject(Context ctx) {
             byte[] raw = body(ctx);
+            ctx.attribute(RAW, raw);
             if (raw.length == 0) throw new ApiError(400, "invalid_request_error", "The request body is empty; expected a JSON object");
             JsonNode node;
             try {
@@ -6098,7 +6107,8 @@ class CopilotApi implements Callable<Integer> {
         static Prepared prepare(ObjectNode in, String upstreamModel, JsonNode model) {
             List<String> notes = new ArrayList<>();
             ObjectNode out = Json.object();
-            for (String f : FIELDS) if (in.has(f) && !in.get(f).isNull()) out.set(f, in.get(f).deepCopy());
+            // no copies: every edit below builds new nodes, so what is unchanged stays the very node that came in
+            for (String f : FIELDS) if (in.has(f) && !in.get(f).isNull()) out.set(f, in.get(f));
             in.fieldNames().forEachRemaining(f -> {
                 if (!FIELDS.contains(f)) notes.add("dropped the field '" + f + "' (not accepted by Copilot)");
             });
@@ -6137,6 +6147,9 @@ class CopilotApi implements Callable<Integer> {
 
         /** Anthropic's API has no system role inside messages; such turns travel as user turns. */
         static ArrayNode systemTurnsAsUser(ArrayNode messages) {
+            boolean any = false;
+            for (JsonNode m : messages) any |= m.path("role").asText().equals("system");
+            if (!any) return messages;
             ArrayNode out = Json.array();
             for (JsonNode m : messages) {
                 if (m.path("role").asText().equals("system")) {
@@ -6494,15 +6507,24 @@ class CopilotApi implements Callable<Integer> {
         }
 
         JsonNode postJson(String path, JsonNode body, CallOptions options) {
+            return postJson(path, Json.bytes(body), options);
+        }
+
+        /** A body already in bytes (spliced from the client's own, where little changed). */
+        JsonNode postJson(String path, byte[] body, CallOptions options) {
             return readJson(send("POST", path, body, options, false));
         }
 
         UpstreamEvents stream(String path, JsonNode body, CallOptions options) {
+            return stream(path, Json.bytes(body), options);
+        }
+
+        UpstreamEvents stream(String path, byte[] body, CallOptions options) {
             return new UpstreamEvents(send("POST", path, body, options, true).body(), timeouts.streamIdle(), streams);
         }
 
         /** Sends once; on 401 refreshes the token and sends once more. Errors become UpstreamException. */
-        HttpResponse<InputStream> send(String method, String path, JsonNode body, CallOptions options, boolean stream) {
+        HttpResponse<InputStream> send(String method, String path, byte[] body, CallOptions options, boolean stream) {
             CopilotToken token = tokens.current();
             HttpResponse<InputStream> response = await(request(method, path, body, options, stream, token), options.watch(), stream);
             if (response.statusCode() == 401) {
@@ -6546,7 +6568,7 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        private HttpRequest request(String method, String path, JsonNode body, CallOptions options, boolean stream, CopilotToken token) {
+        private HttpRequest request(String method, String path, byte[] body, CallOptions options, boolean stream, CopilotToken token) {
             URI uri = URI.create(baseUrl() + path);
             Duration limit = stream || method.equals("GET") ? timeouts.firstByte() : timeouts.answer();
             HttpRequest.Builder b = Http.builder(uri).timeout(limit)
@@ -6561,7 +6583,7 @@ class CopilotApi implements Callable<Integer> {
             options.headers().forEach(b::header);
             if (body == null) return b.method(method, HttpRequest.BodyPublishers.noBody()).build();
             return b.header("content-type", "application/json")
-                .method(method, HttpRequest.BodyPublishers.ofByteArray(Json.bytes(body))).build();
+                .method(method, HttpRequest.BodyPublishers.ofByteArray(body)).build();
         }
 
         private static JsonNode readJson(HttpResponse<InputStream> response) {
@@ -7450,6 +7472,55 @@ class CopilotApi implements Callable<Integer> {
                 return JSON.writerWithDefaultPrettyPrinter().writeValueAsString(node);
             } catch (JsonProcessingException e) {
                 throw new UncheckedIOException(e);
+            }
+        }
+
+        /**
+         * The bytes of {@code edited}, an edit of {@code original} (parsed from {@code raw}): each top-level value that
+         * is still the original's (the same node, or an equal one) is copied from the raw bytes as it came; only the
+         * changed ones are written. A Claude Code request is mostly one large, unchanged messages array.
+         */
+        static byte[] splice(byte[] raw, ObjectNode original, ObjectNode edited) {
+            if (raw == null) return bytes(edited);
+            Map<String, long[]> spans = topLevelSpans(raw);
+            if (spans == null) return bytes(edited);
+            java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream(raw.length + 256);
+            out.write('{');
+            boolean first = true;
+            for (var field : edited.properties()) {
+                if (!first) out.write(',');
+                first = false;
+                out.writeBytes(bytes(JsonNodeFactory.instance.textNode(field.getKey())));
+                out.write(':');
+                JsonNode before = original.get(field.getKey());
+                long[] span = spans.get(field.getKey());
+                boolean same = before != null && span != null && (before == field.getValue() || before.equals(field.getValue()));
+                if (same) out.write(raw, (int) span[0], (int) (span[1] - span[0]));
+                else out.writeBytes(bytes(field.getValue()));
+            }
+            out.write('}');
+            return out.toByteArray();
+        }
+
+        /** Byte ranges of the top-level object and array values of a JSON object; null when it cannot tell. */
+        private static Map<String, long[]> topLevelSpans(byte[] raw) {
+            Map<String, long[]> spans = new HashMap<>();
+            try (com.fasterxml.jackson.core.JsonParser p = JSON.getFactory().createParser(raw)) {
+                if (p.nextToken() != com.fasterxml.jackson.core.JsonToken.START_OBJECT) return null;
+                while (p.nextToken() == com.fasterxml.jackson.core.JsonToken.FIELD_NAME) {
+                    String name = p.currentName();
+                    com.fasterxml.jackson.core.JsonToken value = p.nextToken();
+                    if (value == com.fasterxml.jackson.core.JsonToken.START_OBJECT || value == com.fasterxml.jackson.core.JsonToken.START_ARRAY) {
+                        long start = p.currentTokenLocation().getByteOffset();
+                        p.skipChildren();
+                        long end = p.currentLocation().getByteOffset();
+                        if (start < 0 || end <= start) return null;
+                        spans.put(name, new long[] {start, end});
+                    }
+                }
+                return spans;
+            } catch (IOException e) {
+                return null;
             }
         }
 

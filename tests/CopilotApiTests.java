@@ -1137,6 +1137,37 @@ class CopilotApiTests {
             return Files.readString(fixtures("anthropic").resolve("claude-code-request.json"));
         }
 
+        /**
+         * The native body is the client's own bytes where nothing changed: the messages arrive at Copilot exactly as
+         * sent (escapes and spacing kept), and the changed fields are written; the whole still parses to the cleaned request.
+         */
+        @Test
+        void unchangedPartsOfTheBodyReachCopilotAsTheClientSentThem() throws Exception {
+            String messagesJson = "[ {\"role\": \"user\",  \"content\": \"caf\\u00e9 \\/ ok\"} ]";
+            String body = "{\"model\":\"claude-sonnet-4-5-20250929\", \"max_tokens\": 100, \"metadata\": {\"user_id\": \"u\"},"
+                + " \"system\": \"x-anthropic-billing-header: cc_version=1;\\nBe brief.\", \"messages\": " + messagesJson + "}";
+            assertEquals(200, messages(body).statusCode());
+            StubUpstream.Recorded sent = h.stub.last("/v1/messages");
+            assertTrue(sent.body().contains("\"messages\":" + messagesJson), "messages copied byte for byte: " + sent.body());
+            JsonNode upstream = sent.json();
+            assertEquals("claude-sonnet-4.5", upstream.path("model").asText(), "changed fields are written");
+            assertEquals("Be brief.", upstream.path("system").asText());
+            assertFalse(upstream.has("metadata"));
+            assertEquals("caf\u00e9 / ok", upstream.path("messages").get(0).path("content").asText());
+        }
+
+        @Test
+        void aSplicedBodyIsTheSameJsonAsTheEditedTree() throws Exception {
+            byte[] raw = claudeCodeRequest().getBytes(UTF_8);
+            ObjectNode original = (ObjectNode) CopilotApi.JSON.readTree(raw);
+            ObjectNode edited = CopilotApi.AnthropicNative.prepare(original, "claude-sonnet-4.5",
+                h.stub.models().get(0)).body();
+            assertEquals(edited, CopilotApi.JSON.readTree(CopilotApi.Json.splice(raw, original, edited)));
+            ObjectNode other = original.deepCopy();
+            other.withArray("messages").addObject().put("role", "user").put("content", "more");
+            assertEquals(other, CopilotApi.JSON.readTree(CopilotApi.Json.splice(raw, original, other)), "a changed array is written anew");
+        }
+
         HttpResponse<String> messages(String body, String... headers) throws Exception {
             HttpRequest.Builder b = HttpRequest.newBuilder(URI.create(h.url("/v1/messages?beta=true")))
                 .header("content-type", "application/json").header("anthropic-version", "2023-06-01")
