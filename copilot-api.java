@@ -861,6 +861,10 @@ class CopilotApi implements Callable<Integer> {
         static final int ACCEPT_QUEUE = 1024;
         /** Without virtual threads each open stream holds a platform thread; Jetty's default cap of 250 would queue the rest. */
         static final int MAX_PLATFORM_THREADS = 1000;
+        /** How long a pool thread may sit idle; past it the threads of a burst leave together, not one per minute. */
+        static final Duration POOL_IDLE = Duration.ofSeconds(20);
+        /** Jetty's acceptor, selectors and reserved threads live in the pool: with 8, an idle pool shrank under them. */
+        static final int MIN_PLATFORM_THREADS = 16;
 
         private final Javalin app;
         private final String host;
@@ -891,7 +895,7 @@ class CopilotApi implements Callable<Integer> {
                 cfg.concurrency.useVirtualThreads = Threads.virtualThreadsAvailable();
                 cfg.router.ignoreTrailingSlashes = true;
                 if (!Threads.virtualThreadsAvailable()) {
-                    cfg.jetty.threadPool = new org.eclipse.jetty.util.thread.QueuedThreadPool(MAX_PLATFORM_THREADS, 8, 60_000);
+                    cfg.jetty.threadPool = platformPool();
                 }
                 cfg.jetty.addConnector((server, http) -> {
                     var connector = new org.eclipse.jetty.server.ServerConnector(server, new org.eclipse.jetty.server.HttpConnectionFactory(http));
@@ -943,6 +947,13 @@ class CopilotApi implements Callable<Integer> {
             });
             app.start();
             return new Server(app, options.host(), inFlight, copilot.streams());
+        }
+
+        /** Jetty evicts one idle thread per idle timeout by default: 100 threads of a burst took over an hour to go. */
+        private static org.eclipse.jetty.util.thread.QueuedThreadPool platformPool() {
+            var pool = new org.eclipse.jetty.util.thread.QueuedThreadPool(MAX_PLATFORM_THREADS, MIN_PLATFORM_THREADS, (int) POOL_IDLE.toMillis());
+            pool.setMaxEvictCount(MAX_PLATFORM_THREADS);
+            return pool;
         }
 
         int port() {
@@ -7355,7 +7366,8 @@ class CopilotApi implements Callable<Integer> {
                     Logs.log().debug("virtual threads unavailable: {}", describe(e));
                 }
             }
-            return Executors.newCachedThreadPool(daemon(name));
+            return new java.util.concurrent.ThreadPoolExecutor(0, Integer.MAX_VALUE, Server.POOL_IDLE.toMillis(), TimeUnit.MILLISECONDS,
+                new java.util.concurrent.SynchronousQueue<>(), daemon(name));
         }
 
         static ScheduledExecutorService scheduler(String name) {
