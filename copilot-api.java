@@ -6169,6 +6169,8 @@ class CopilotApi implements Callable<Integer> {
         private final CopilotTokens tokens;
         private final Timeouts timeouts;
         private final LiveStreams streams = new LiveStreams();
+        /** Parsed upstream URIs by text: a handful of paths on one or two bases, so parsing once each is enough. */
+        private final Map<String, URI> uris = new java.util.concurrent.ConcurrentHashMap<>();
 
         CopilotClient(Settings settings, Http http, CopilotTokens tokens) {
             this(settings, http, tokens, Timeouts.DEFAULT);
@@ -6258,13 +6260,13 @@ class CopilotApi implements Callable<Integer> {
         }
 
         private HttpRequest request(String method, String path, JsonNode body, CallOptions options, boolean stream, CopilotToken token) {
-            URI uri = URI.create(baseUrl() + path);
+            URI uri = uri(path);
             Duration limit = stream || method.equals("GET") ? timeouts.firstByte() : timeouts.answer();
             HttpRequest.Builder b = Http.builder(uri).timeout(limit)
                 .header("authorization", "Bearer " + token.token())
                 .header("copilot-integration-id", EditorHeaders.INTEGRATION_ID)
                 .header("openai-intent", settings.editor().intent())
-                .header("x-request-id", UUID.randomUUID().toString())
+                .header("x-request-id", Ids.uuid())
                 .header("x-initiator", options.initiator().wire())
                 .header("accept", stream ? "text/event-stream" : "application/json");
             settings.editor().applyTo(b);
@@ -6273,6 +6275,12 @@ class CopilotApi implements Callable<Integer> {
             if (body == null) return b.method(method, HttpRequest.BodyPublishers.noBody()).build();
             return b.header("content-type", "application/json")
                 .method(method, HttpRequest.BodyPublishers.ofByteArray(Json.bytes(body))).build();
+        }
+
+        private URI uri(String path) {
+            String text = baseUrl() + path;
+            if (uris.size() > 64) uris.clear();
+            return uris.computeIfAbsent(text, URI::create);
         }
 
         private static JsonNode readJson(HttpResponse<InputStream> response) {
@@ -7158,6 +7166,16 @@ class CopilotApi implements Callable<Integer> {
     /** The upstream HTTP client: HTTP/2 for https, HTTP/1.1 for plain http, an optional proxy from the environment. */
     static final class Http {
         static final Duration CONNECT_TIMEOUT = Duration.ofSeconds(10);
+        /**
+         * Lets the JDK client resend a POST once when a reused keep-alive connection turns out closed before any
+         * byte of the answer (it retries only GET by default: 2 in 3,353 Claude Code streams failed with 502). Read
+         * once, when the JDK's client first sends, so it is set before any client here is built.
+         */
+        static final String RETRY_ON_STALE_CONNECTION = "jdk.httpclient.enableAllMethodRetry";
+
+        static {
+            if (System.getProperty(RETRY_ON_STALE_CONNECTION) == null) System.setProperty(RETRY_ON_STALE_CONNECTION, "true");
+        }
 
         private final HttpClient client;
 
@@ -7175,6 +7193,8 @@ class CopilotApi implements Callable<Integer> {
                 b.proxy(selector);
                 selector.authenticator().ifPresent(b::authenticator);
                 Logs.log().info("upstream proxy from environment: {}", selector.describe());
+            } else {
+                b.proxy(HttpClient.Builder.NO_PROXY);
             }
             return new Http(b.build());
         }
@@ -7466,6 +7486,14 @@ class CopilotApi implements Callable<Integer> {
     static final class Ids {
         private static final String ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
         private static final java.security.SecureRandom RANDOM = new java.security.SecureRandom();
+
+        /** A version 4 UUID from ThreadLocalRandom: a request id needs to be unique, not unguessable, and SecureRandom locks. */
+        static String uuid() {
+            java.util.concurrent.ThreadLocalRandom r = java.util.concurrent.ThreadLocalRandom.current();
+            long high = (r.nextLong() & ~0xF000L) | 0x4000L;
+            long low = (r.nextLong() & 0x3FFFFFFFFFFFFFFFL) | 0x8000000000000000L;
+            return new UUID(high, low).toString();
+        }
 
         static String random(int length) {
             StringBuilder b = new StringBuilder(length);
