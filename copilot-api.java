@@ -6,6 +6,11 @@
 //DEPS info.picocli:picocli:4.7.7
 //DEPS io.javalin:javalin:7.2.3
 //DEPS org.slf4j:slf4j-simple:2.0.17
+// A small long-running server: Serial GC and a heap that starts at 32 MB and grows only as needed keep it near
+// 210 MB resident under load (G1 sized to a quarter of RAM reached 500-970 MB); the 512 MB cap leaves room for a
+// body near the 100 MB limit. The CDS line archives the loaded classes on the first run and maps them after.
+//JAVA_OPTIONS -XX:+UseSerialGC -Xms32m -Xmx512m
+//CDS
 
 package copilotapi;
 
@@ -896,6 +901,10 @@ class CopilotApi implements Callable<Integer> {
         static final int ACCEPT_QUEUE = 1024;
         /** Without virtual threads each open stream holds a platform thread; Jetty's default cap of 250 would queue the rest. */
         static final int MAX_PLATFORM_THREADS = 1000;
+        /** How long a pool thread may sit idle; past it the threads of a burst leave together, not one per minute. */
+        static final Duration POOL_IDLE = Duration.ofSeconds(20);
+        /** Jetty's acceptor, selectors and reserved threads live in the pool: with 8, an idle pool shrank under them. */
+        static final int MIN_PLATFORM_THREADS = 16;
 
         private final Javalin app;
         private final String host;
@@ -926,7 +935,7 @@ class CopilotApi implements Callable<Integer> {
                 cfg.concurrency.useVirtualThreads = Threads.virtualThreadsAvailable();
                 cfg.router.ignoreTrailingSlashes = true;
                 if (!Threads.virtualThreadsAvailable()) {
-                    cfg.jetty.threadPool = new org.eclipse.jetty.util.thread.QueuedThreadPool(MAX_PLATFORM_THREADS, 8, 60_000);
+                    cfg.jetty.threadPool = platformPool();
                 }
                 cfg.jetty.addConnector((server, http) -> {
                     var connector = new org.eclipse.jetty.server.ServerConnector(server, new org.eclipse.jetty.server.HttpConnectionFactory(http));
@@ -978,6 +987,13 @@ class CopilotApi implements Callable<Integer> {
             });
             app.start();
             return new Server(app, options.host(), inFlight, copilot.streams());
+        }
+
+        /** Jetty evicts one idle thread per idle timeout by default: 100 threads of a burst took over an hour to go. */
+        private static org.eclipse.jetty.util.thread.QueuedThreadPool platformPool() {
+            var pool = new org.eclipse.jetty.util.thread.QueuedThreadPool(MAX_PLATFORM_THREADS, MIN_PLATFORM_THREADS, (int) POOL_IDLE.toMillis());
+            pool.setMaxEvictCount(MAX_PLATFORM_THREADS);
+            return pool;
         }
 
         int port() {
@@ -1361,8 +1377,9 @@ class CopilotApi implements Callable<Integer> {
             this.wait = wait;
         }
 
-        void admit() {
-            if (intervalNanos <= 0) return;
+        /** Waits for this request's slot and returns it (System.nanoTime); without pacing, now. */
+        long admit() {
+            if (intervalNanos <= 0) return System.nanoTime();
             long slot;
             lock.lock();
             try {
@@ -1381,6 +1398,7 @@ class CopilotApi implements Callable<Integer> {
                 lock.unlock();
             }
             sleepUntil(slot);
+            return slot;
         }
 
         private static void sleepUntil(long nanoTime) {
@@ -6471,6 +6489,8 @@ class CopilotApi implements Callable<Integer> {
         private final CopilotTokens tokens;
         private final Timeouts timeouts;
         private final LiveStreams streams = new LiveStreams();
+        /** Parsed upstream URIs by text: a handful of paths on one or two bases, so parsing once each is enough. */
+        private final Map<String, URI> uris = new java.util.concurrent.ConcurrentHashMap<>();
 
         CopilotClient(Settings settings, Http http, CopilotTokens tokens) {
             this(settings, http, tokens, Timeouts.DEFAULT);
@@ -6569,13 +6589,13 @@ class CopilotApi implements Callable<Integer> {
         }
 
         private HttpRequest request(String method, String path, byte[] body, CallOptions options, boolean stream, CopilotToken token) {
-            URI uri = URI.create(baseUrl() + path);
+            URI uri = uri(path);
             Duration limit = stream || method.equals("GET") ? timeouts.firstByte() : timeouts.answer();
             HttpRequest.Builder b = Http.builder(uri).timeout(limit)
                 .header("authorization", "Bearer " + token.token())
                 .header("copilot-integration-id", EditorHeaders.INTEGRATION_ID)
                 .header("openai-intent", settings.editor().intent())
-                .header("x-request-id", UUID.randomUUID().toString())
+                .header("x-request-id", Ids.uuid())
                 .header("x-initiator", options.initiator().wire())
                 .header("accept", stream ? "text/event-stream" : "application/json");
             settings.editor().applyTo(b);
@@ -6584,6 +6604,12 @@ class CopilotApi implements Callable<Integer> {
             if (body == null) return b.method(method, HttpRequest.BodyPublishers.noBody()).build();
             return b.header("content-type", "application/json")
                 .method(method, HttpRequest.BodyPublishers.ofByteArray(body)).build();
+        }
+
+        private URI uri(String path) {
+            String text = baseUrl() + path;
+            if (uris.size() > 64) uris.clear();
+            return uris.computeIfAbsent(text, URI::create);
         }
 
         private static JsonNode readJson(HttpResponse<InputStream> response) {
@@ -7608,6 +7634,16 @@ class CopilotApi implements Callable<Integer> {
     /** The upstream HTTP client: HTTP/2 for https, HTTP/1.1 for plain http, an optional proxy from the environment. */
     static final class Http {
         static final Duration CONNECT_TIMEOUT = Duration.ofSeconds(10);
+        /**
+         * Lets the JDK client resend a POST once when a reused keep-alive connection turns out closed before any
+         * byte of the answer (it retries only GET by default: 2 in 3,353 Claude Code streams failed with 502). Read
+         * once, when the JDK's client first sends, so it is set before any client here is built.
+         */
+        static final String RETRY_ON_STALE_CONNECTION = "jdk.httpclient.enableAllMethodRetry";
+
+        static {
+            if (System.getProperty(RETRY_ON_STALE_CONNECTION) == null) System.setProperty(RETRY_ON_STALE_CONNECTION, "true");
+        }
 
         private final HttpClient client;
 
@@ -7625,6 +7661,8 @@ class CopilotApi implements Callable<Integer> {
                 b.proxy(selector);
                 selector.authenticator().ifPresent(b::authenticator);
                 Logs.log().info("upstream proxy from environment: {}", selector.describe());
+            } else {
+                b.proxy(HttpClient.Builder.NO_PROXY);
             }
             return new Http(b.build());
         }
@@ -7929,7 +7967,8 @@ class CopilotApi implements Callable<Integer> {
                     Logs.log().debug("virtual threads unavailable: {}", describe(e));
                 }
             }
-            return Executors.newCachedThreadPool(daemon(name));
+            return new java.util.concurrent.ThreadPoolExecutor(0, Integer.MAX_VALUE, Server.POOL_IDLE.toMillis(), TimeUnit.MILLISECONDS,
+                new java.util.concurrent.SynchronousQueue<>(), daemon(name));
         }
 
         static ScheduledExecutorService scheduler(String name) {
@@ -7940,7 +7979,7 @@ class CopilotApi implements Callable<Integer> {
             STREAMS.execute(task);
         }
 
-        private static final ExecutorService STREAMS = executor("stream-reader");
+        private static final ExecutorService STREAMS = executor("background");
 
         private static java.util.concurrent.ThreadFactory daemon(String name) {
             java.util.concurrent.atomic.AtomicInteger n = new java.util.concurrent.atomic.AtomicInteger();
@@ -8028,6 +8067,14 @@ class CopilotApi implements Callable<Integer> {
     static final class Ids {
         private static final String ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
         private static final java.security.SecureRandom RANDOM = new java.security.SecureRandom();
+
+        /** A version 4 UUID from ThreadLocalRandom: a request id needs to be unique, not unguessable, and SecureRandom locks. */
+        static String uuid() {
+            java.util.concurrent.ThreadLocalRandom r = java.util.concurrent.ThreadLocalRandom.current();
+            long high = (r.nextLong() & ~0xF000L) | 0x4000L;
+            long low = (r.nextLong() & 0x3FFFFFFFFFFFFFFFL) | 0x8000000000000000L;
+            return new UUID(high, low).toString();
+        }
 
         static String random(int length) {
             StringBuilder b = new StringBuilder(length);

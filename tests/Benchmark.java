@@ -1232,8 +1232,13 @@ class Benchmark {
                 for (int i = 0; i < cfg.startRuns(); i++) {
                     a.add(timeStart(port -> startJbang(port)));
                     if (cpath != null) {
-                        b.add(timeStart(port -> start(List.of(java, "-cp", cpath, "CopilotApi", "start", "--port", String.valueOf(port),
-                            "--github-token", StubUpstream.VALID_GITHUB_TOKEN), processEnv())));
+                        b.add(timeStart(port -> {
+                            List<String> command = new ArrayList<>(List.of(java));
+                            command.addAll(jbangRuntimeOptions());
+                            command.addAll(List.of("-cp", cpath, "copilotapi.CopilotApi", "start", "--port", String.valueOf(port),
+                                "--github-token", StubUpstream.VALID_GITHUB_TOKEN));
+                            return start(command, processEnv());
+                        }));
                     }
                 }
                 jbangStart[0] = median(a.stream().mapToLong(Long::longValue).toArray()) / 1e9;
@@ -1609,6 +1614,22 @@ class Benchmark {
                 return lines.length == 0 || lines[lines.length - 1].isBlank() ? null : lines[lines.length - 1].trim();
             } catch (Exception e) {
                 return null;
+            }
+        }
+
+        /** The script's //JAVA_OPTIONS and its //CDS archive as jbang passes them, so that "JVM alone" runs the same JVM. */
+        static List<String> jbangRuntimeOptions() {
+            try {
+                Process p = new ProcessBuilder("./jbang", "info", "tools", "copilot-api.java").redirectError(ProcessBuilder.Redirect.DISCARD).start();
+                JsonNode info = JSON.readTree(p.getInputStream());
+                p.waitFor(60, TimeUnit.SECONDS);
+                List<String> options = new ArrayList<>();
+                info.path("runtimeOptions").forEach(o -> options.add(o.asText()));
+                String jsa = info.path("applicationJsa").asText("");
+                if (!jsa.isEmpty() && Files.exists(Path.of(jsa))) options.add("-XX:SharedArchiveFile=" + jsa);
+                return options;
+            } catch (Exception e) {
+                return List.of();
             }
         }
 
