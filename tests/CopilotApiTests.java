@@ -6,6 +6,7 @@
 //SOURCES AnthropicTranslatorTests.java
 //SOURCES ResponsesTranslatorTests.java
 //SOURCES ClientRecipeTests.java
+//SOURCES BillingTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
@@ -92,6 +93,7 @@ class CopilotApiTests {
         PacingTests.class,
         ManualApprovalTests.class,
         StatsTests.class,
+        BillingTests.class,
         DashboardTests.class,
         GracefulStopTests.class,
         ShutdownTests.class,

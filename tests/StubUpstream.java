@@ -826,9 +826,18 @@ final class StubUpstream implements AutoCloseable {
     /** What the fake model asks a Bash tool to run (Claude Code's tool loop in the tests): harmless, recognisable. */
     static final String BASH_ARGUMENTS = "{\"command\":\"echo copilot-api-tool-loop\",\"description\":\"Print a marker\"}";
 
+    /** A prompt containing this makes the fake model hand the work to a subagent (Claude Code's Agent tool, older Task). */
+    static final String SUBAGENT_MARKER = "copilot-api-subagent";
+
+    /** The subagent's prompt in the N-th such call: a new text each time, so each test sees its own. */
+    static String subagentPrompt(long n) {
+        return "Subagent task " + n + ": use the Bash tool to print a marker, then report what it printed.";
+    }
+
     /**
      * The fake model: after a tool result, "Tool said: (first 80 chars)"; with tools offered, a call to the
-     * tool named Bash if offered, else the first one (Claude models say a sentence first); else "Hello from MODEL.". Thinking adds a fixed reasoning.
+     * Agent (or Task) tool when the request carries SUBAGENT_MARKER, else to the tool named Bash if offered, else the
+     * first one (Claude models say a sentence first); else "Hello from MODEL.". Thinking adds a fixed reasoning.
      */
     private Answer answer(String model, List<ToolSpec> tools, String toolResult, boolean toolsAllowed, boolean thinking, String body, String callIdPrefix) {
         boolean claude = model.startsWith("claude");
@@ -837,6 +846,15 @@ final class StubUpstream implements AutoCloseable {
         List<ToolCall> calls = List.of();
         if (toolResult != null) {
             text = "Tool said: " + (toolResult.length() > 80 ? toolResult.substring(0, 80) : toolResult);
+        } else if (toolsAllowed && body.contains(SUBAGENT_MARKER)
+                && tools.stream().anyMatch(t -> t.name().equals("Agent") || t.name().equals("Task"))) {
+            String name = tools.stream().anyMatch(t -> t.name().equals("Agent")) ? "Agent" : "Task";
+            ObjectNode input = obj();
+            input.put("description", "Print a marker");
+            input.put("prompt", subagentPrompt(ids.incrementAndGet()));
+            input.put("subagent_type", "general-purpose");
+            calls = List.of(new ToolCall(callIdPrefix + ids.incrementAndGet(), name, input.toString()));
+            text = claude ? "I'll hand this to a subagent." : null;
         } else if (!tools.isEmpty() && toolsAllowed) {
             ToolSpec tool = tools.stream().filter(t -> t.name().equals("Bash")).findFirst().orElse(tools.get(0));
             String arguments = tool.name().equals("Bash") ? BASH_ARGUMENTS : argumentsFor(tool.schema());
