@@ -1867,6 +1867,7 @@ class CopilotApi implements Callable<Integer> {
             <div id="problem" class="error"></div>
             <h2>Copilot plan <span id="plan" class="muted"></span></h2>
             <div id="quotas"></div>
+            <div id="spent" class="muted"></div>
             <h2>Requests since start <span id="since" class="muted"></span></h2>
             <table>
               <thead><tr><th>model</th><th>requests</th><th>errors</th><th>input tokens</th><th>output tokens</th><th>median latency</th></tr></thead>
@@ -1902,6 +1903,16 @@ class CopilotApi implements Callable<Integer> {
                 `<div class="track"><div class="fill ${cls}" style="width:${Math.min(100, pct).toFixed(1)}%"></div></div></div>`;
             }
 
+            function spent(p) {
+              if (!p) return "";
+              const n = (x) => Number(x).toLocaleString("en-US", { maximumFractionDigits: 2 });
+              const budget = p.budget === null || p.budget === undefined ? "" : ` of a --premium-budget of ${n(p.budget)}`;
+              const models = Object.entries(p.by_model || {}).map(([m, u]) => `${esc(m)} ${n(u)}`).join(", ");
+              const reasons = Object.entries(p.calls_by_reason || {}).map(([r, c]) => `${esc(r)} ${fmt(c)}`).join(" · ");
+              return `<b>${n(p.units)}</b> premium requests spent by this server since start${budget}` +
+                (models ? ` (${models})` : "") + (reasons ? `<br>model calls by billing: ${reasons}` : "");
+            }
+
             function row(m) {
               return `<tr><td>${esc(m.model)}</td><td>${fmt(m.requests)}</td><td>${fmt(m.errors)}</td>` +
                 `<td>${fmt(m.input_tokens)}</td><td>${fmt(m.output_tokens)}</td><td>${m.median_latency_ms === undefined ? "" : fmt(m.median_latency_ms) + " ms"}</td></tr>`;
@@ -1920,6 +1931,7 @@ class CopilotApi implements Callable<Integer> {
                 $("since").textContent = "· since " + new Date(st.since).toLocaleString();
                 $("models").innerHTML = st.models.map(row).join("") || `<tr><td colspan="6" class="muted">no requests yet</td></tr>`;
                 $("totals").innerHTML = row(Object.assign({ model: "total" }, st.totals));
+                $("spent").innerHTML = spent(st.premium);
               } catch (e) { problems.push("stats: " + e.message); }
               $("problem").textContent = problems.join(" · ");
               $("updated").textContent = "updated " + new Date().toLocaleTimeString() + " · refreshes every 5 s";

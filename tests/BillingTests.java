@@ -336,4 +336,18 @@ class BillingTests {
         Thread.sleep(120);
         assertFalse(brief.isRemembered("old"), "forgotten past the age");
     }
+
+    @Test
+    void theDashboardShowsWhatThisServerSpentBesideTheQuota() throws Exception {
+        try (CopilotApiTests.Harness d = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
+                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(50.0, null)))) {
+            assertEquals(200, d.post("/v1/messages", "{\"model\":\"claude-opus-4.1\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}")
+                .statusCode());
+            assertEquals(200, d.post("/v1/messages", warmup("claude-haiku-4.5")).statusCode());
+            String dom = CopilotApiTests.DashboardTests.render(d.url("/dashboard"));
+            assertTrue(dom.contains("<b>10</b> premium requests spent by this server since start of a --premium-budget of 50 (claude-opus-4.1 10)"), dom);
+            assertTrue(dom.contains("model calls by billing: premium 1 · warmup 1"), dom);
+            assertTrue(dom.indexOf("Premium requests") < dom.indexOf("spent by this server"), "beside GitHub's quota bar");
+        }
+    }
 }

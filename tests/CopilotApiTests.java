@@ -2963,6 +2963,48 @@ class CopilotApiTests {
             claudeCode("claude-sonnet-4-5-20250929", "native");
         }
 
+        /**
+         * One Claude Code prompt that hands its work to a subagent, which runs a Bash tool loop: of every upstream
+         * call of the session (warm-up, main agent, subagent, tool turns), exactly one goes to Copilot as user.
+         */
+        @Test
+        void claudeCodeWithASubagentSpendsOnePremiumRequest() throws Exception {
+            Path home = Files.createTempDirectory("claude-home");
+            Map<String, String> env = new HashMap<>(Map.of(
+                "HOME", home.toString(),
+                "ANTHROPIC_BASE_URL", server.baseUrl(),
+                "ANTHROPIC_AUTH_TOKEN", "copilot-api",
+                "ANTHROPIC_MODEL", "claude-sonnet-4-5-20250929",
+                "ANTHROPIC_SMALL_FAST_MODEL", "claude-haiku-4-5-20251001",
+                "ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-haiku-4-5-20251001",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"));
+            stub.clear();
+            SdkRunner.Result r = SdkRunner.run(home, env, Duration.ofMinutes(2), sdk.resolve("node_modules/.bin/claude").toString(),
+                "-p", "Hand this to a subagent: " + StubUpstream.SUBAGENT_MARKER, "--output-format", "json", "--allowedTools", "Bash,Agent");
+            List<String> calls = new ArrayList<>();
+            int users = 0;
+            boolean subagentStarted = false, bashAnswered = false;
+            for (StubUpstream.Recorded rec : stub.requests()) {
+                if (!rec.matches("/v1/messages") && !rec.matches("/chat/completions")) continue;
+                String initiator = rec.headers().get("x-initiator");
+                if ("user".equals(initiator)) users++;
+                JsonNode messages = rec.json().path("messages");
+                String last = messages.isEmpty() ? "" : messages.get(messages.size() - 1).toString();
+                subagentStarted |= messages.size() == 1 && last.contains("Subagent task");
+                bashAnswered |= last.contains("tool_result") && last.contains(MARKER) && rec.body().contains("Subagent task");
+                calls.add(initiator + " " + rec.json().path("model").asText() + " messages=" + messages.size() + " last: "
+                    + last.substring(Math.max(0, last.length() - 120)));
+            }
+            String session = String.join("\n", calls);
+            String last = r.output().strip();
+            last = last.substring(last.lastIndexOf('\n') + 1);
+            assertEquals(0, r.exit(), r.output());
+            assertFalse(json(last).path("is_error").asBoolean(true), r.output());
+            assertTrue(subagentStarted, "the subagent started with the prompt the main agent gave it:\n" + session);
+            assertTrue(bashAnswered, "the subagent's Bash tool ran and its output went back to it:\n" + session);
+            assertEquals(1, users, "exactly one call of the session went as user:\n" + session);
+        }
+
         void claudeCode(String model, String route) throws Exception {
             Path home = Files.createTempDirectory("claude-home");
             Map<String, String> env = new HashMap<>(Map.of(

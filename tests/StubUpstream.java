@@ -829,6 +829,9 @@ final class StubUpstream implements AutoCloseable {
     /** A prompt containing this makes the fake model hand the work to a subagent (Claude Code's Agent tool, older Task). */
     static final String SUBAGENT_MARKER = "copilot-api-subagent";
 
+    /** How Claude Code tells the main agent that a background subagent ended. */
+    static final String BACKGROUND_NOTIFICATION = "[SYSTEM NOTIFICATION - NOT USER INPUT]";
+
     /** The subagent's prompt in the N-th such call: a new text each time, so each test sees its own. */
     static String subagentPrompt(long n) {
         return "Subagent task " + n + ": use the Bash tool to print a marker, then report what it printed.";
@@ -836,17 +839,22 @@ final class StubUpstream implements AutoCloseable {
 
     /**
      * The fake model: after a tool result, "Tool said: (first 80 chars)"; with tools offered, a call to the
-     * Agent (or Task) tool when the request carries SUBAGENT_MARKER, else to the tool named Bash if offered, else the
+     * Agent (or Task) tool when the last message carries SUBAGENT_MARKER (a sentence after a background
+     * subagent's notification), else to the tool named Bash if offered, else the
      * first one (Claude models say a sentence first); else "Hello from MODEL.". Thinking adds a fixed reasoning.
      */
-    private Answer answer(String model, List<ToolSpec> tools, String toolResult, boolean toolsAllowed, boolean thinking, String body, String callIdPrefix) {
+    private Answer answer(String model, List<ToolSpec> tools, String toolResult, boolean toolsAllowed, boolean thinking, String body, String callIdPrefix,
+                          JsonNode lastMessage) {
+        String last = lastMessage == null ? "" : lastMessage.toString();
         boolean claude = model.startsWith("claude");
         String reasoning = thinking ? "The user wants a short answer; keep it brief." : null;
         String text;
         List<ToolCall> calls = List.of();
         if (toolResult != null) {
             text = "Tool said: " + (toolResult.length() > 80 ? toolResult.substring(0, 80) : toolResult);
-        } else if (toolsAllowed && body.contains(SUBAGENT_MARKER)
+        } else if (last.contains(BACKGROUND_NOTIFICATION)) {
+            text = "The subagent has finished.";
+        } else if (toolsAllowed && last.contains(SUBAGENT_MARKER)
                 && tools.stream().anyMatch(t -> t.name().equals("Agent") || t.name().equals("Task"))) {
             String name = tools.stream().anyMatch(t -> t.name().equals("Agent")) ? "Agent" : "Task";
             ObjectNode input = obj();
@@ -917,7 +925,7 @@ final class StubUpstream implements AutoCloseable {
         }
         Family family = Family.of(model);
         boolean thinking = family == Family.CLAUDE && req.has("thinking_budget");
-        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), family == Family.CLAUDE ? "toolu_stub_" : "call_stub_");
+        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), family == Family.CLAUDE ? "toolu_stub_" : "call_stub_", last);
         if (req.path("stream").asBoolean(false)) return Reply.sse(chatChunks(a, family)).delayMs(streamDelayMs);
         return Reply.json(200, chatCompletion(a, family).toString());
     }
@@ -1106,7 +1114,8 @@ final class StubUpstream implements AutoCloseable {
         }
         JsonNode reasoning = req.path("reasoning");
         boolean thinking = reasoning.isObject() && !reasoning.path("effort").asText("").equals("none");
-        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), "call_stub_");
+        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), "call_stub_",
+            input.isArray() && input.size() > 0 ? input.get(input.size() - 1) : input);
         boolean encrypted = containsText(req.path("include"), "reasoning.encrypted_content");
         List<ObjectNode> items = responseItems(a, encrypted);
         String id = "resp_stub" + ids.incrementAndGet();
@@ -1283,7 +1292,7 @@ final class StubUpstream implements AutoCloseable {
         }
         String thinkingType = req.path("thinking").path("type").asText("");
         boolean thinking = thinkingType.equals("enabled") || thinkingType.equals("adaptive");
-        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), "toolu_stub_");
+        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), "toolu_stub_", last);
         String id = "msg_stub" + ids.incrementAndGet();
         if (req.path("stream").asBoolean(false)) return Reply.events(messageEvents(id, a)).delayMs(streamDelayMs);
         ObjectNode m = messageShell(id, a);
