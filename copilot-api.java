@@ -614,9 +614,29 @@ class CopilotApi implements Callable<Integer> {
             if ((main == null || small == null) && console == null) {
                 throw new UserFacingException("no terminal to ask on: pass --claude-code-model and --claude-code-small-model");
             }
-            String chosenMain = main != null ? check(ids, main) : ask(console, ids, "main model", preferred(models, ids, "sonnet"));
-            String chosenSmall = small != null ? check(ids, small) : ask(console, ids, "small, fast model", preferred(models, ids, "haiku"));
+            List<String> labels = labels(models.list(), ids);
+            String chosenMain = main != null ? check(ids, main) : ask(console, ids, labels, "main model", preferred(models.list(), ids, "sonnet"));
+            String chosenSmall = small != null ? check(ids, small)
+                : ask(console, ids, labels, "small, fast model (background tasks; a free one costs nothing)", smallDefault(models.list(), ids));
             return new Choice(chosenMain, chosenSmall);
+        }
+
+        /** Each model with what a prompt to it costs: "gpt-4.1 (free)", "claude-opus-4.1 (3 premium requests)". */
+        static List<String> labels(List<JsonNode> catalog, List<String> ids) {
+            Map<String, Double> multipliers = new HashMap<>();
+            for (JsonNode m : catalog) multipliers.put(m.path("id").asText(), Billing.multiplier(m));
+            List<String> out = new ArrayList<>();
+            for (String id : ids) {
+                double x = multipliers.getOrDefault(id, 1.0);
+                out.add(id + (x == 0 ? " (free)" : " (" + Billing.format(x) + (x == 1 ? " premium request)" : " premium requests)")));
+            }
+            return out;
+        }
+
+        /** The small slot's default: a free model (the one that also answers warm-ups), else the haiku family. */
+        static int smallDefault(List<JsonNode> catalog, List<String> ids) {
+            return Billing.unlimited().warmupModel(catalog).map(ids::indexOf).filter(i -> i >= 0)
+                .orElseGet(() -> preferred(catalog, ids, "haiku"));
         }
 
         private static String check(List<String> ids, String id) {
@@ -625,14 +645,14 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** The default answer: the newest model of the family, as the family name alone resolves, else the first. */
-        private static int preferred(ModelCatalog models, List<String> ids, String family) {
-            return ModelResolver.familyMember(models.list(), family)
+        private static int preferred(List<JsonNode> catalog, List<String> ids, String family) {
+            return ModelResolver.familyMember(catalog, family)
                 .map(m -> Math.max(0, ids.indexOf(m.path("id").asText()))).orElse(0);
         }
 
-        private static String ask(java.io.Console console, List<String> ids, String what, int defaultIndex) {
+        private static String ask(java.io.Console console, List<String> ids, List<String> labels, String what, int defaultIndex) {
             console.printf("%nChoose the %s for Claude Code:%n", what);
-            for (int i = 0; i < ids.size(); i++) console.printf("  %2d) %s%n", i + 1, ids.get(i));
+            for (int i = 0; i < ids.size(); i++) console.printf("  %2d) %s%n", i + 1, labels.get(i));
             while (true) {
                 String answer = console.readLine("Number [%d]: ", defaultIndex + 1);
                 if (answer == null || answer.isBlank()) return ids.get(defaultIndex);

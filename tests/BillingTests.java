@@ -350,4 +350,16 @@ class BillingTests {
             assertTrue(dom.indexOf("Premium requests") < dom.indexOf("spent by this server"), "beside GitHub's quota bar");
         }
     }
+
+    @Test
+    void claudeCodeSetupListsWhatEachModelCostsAndProposesAFreeSmallModel() {
+        List<JsonNode> catalog = List.of(model("claude-sonnet-4.5", 1), model("claude-opus-4.1", 10), model("claude-haiku-4.5", 0.33),
+            model("gpt-4.1", 0));
+        assertEquals(List.of("claude-sonnet-4.5 (1 premium request)", "claude-opus-4.1 (10 premium requests)",
+            "claude-haiku-4.5 (0.33 premium requests)", "gpt-4.1 (free)"),
+            CopilotApi.ClaudeCodeSetup.labels(catalog, List.of("claude-sonnet-4.5", "claude-opus-4.1", "claude-haiku-4.5", "gpt-4.1")));
+        List<String> ids = List.of("claude-sonnet-4.5", "claude-opus-4.1", "claude-haiku-4.5", "gpt-4.1");
+        assertEquals(3, CopilotApi.ClaudeCodeSetup.smallDefault(catalog, ids), "the free model is proposed for the haiku slot");
+        assertEquals(2, CopilotApi.ClaudeCodeSetup.smallDefault(catalog.subList(0, 3), ids.subList(0, 3)), "no free model: the haiku family");
+    }
 }
