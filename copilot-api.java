@@ -90,8 +90,8 @@ import picocli.CommandLine;
  *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}</li>
  *   <li>Configuration: URLs, data directory, options, editor versions</li>
  *   <li>Server and routes: Javalin, the request log, operator controls (keys, pacing, approval, stats,
- *       dashboard), the OpenAI and Anthropic surfaces, the stream relays, the client watch, error shapes</li>
- *   <li>Translators: pure JSON-in/JSON-out code: chat-answer normalisers, Anthropic to chat and back (with
+ *       premium billing with its subagent memory, dashboard), the OpenAI and Anthropic surfaces, the stream relays, the client watch, error shapes</li>
+ *   <li>Translators: pure JSON-in/JSON-out code: who initiated a turn (for billing), chat-answer normalisers, Anthropic to chat and back (with
  *       the stream state machine), model-name resolution, native-request cleaning, token counting</li>
  *   <li>Copilot client: headers, timeouts, token lifecycle, model catalog, upstream calls, running streams</li>
  *   <li>GitHub auth: token sources, token file, device flow, usage</li>
