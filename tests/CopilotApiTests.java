@@ -2420,14 +2420,15 @@ class CopilotApiTests {
                     OnTerminal t = new OnTerminal(CliTests.env(stub, Files.createTempDirectory("h")), "--claude-code", "--shell", "posix")) {
                 String menu = t.until("Number [");
                 assertTrue(menu.contains("Choose the main model for Claude Code:"), menu);
-                assertTrue(menu.matches("(?s).*\\s1\\) gpt-4\\.1.*"), menu);
+                assertTrue(menu.matches("(?s).*\\s1\\) gpt-4\\.1 \\(free\\).*"), menu);
+                assertTrue(menu.contains(") claude-opus-4.1 (10 premium requests)"), "each model with what a prompt to it costs: " + menu);
                 t.type("1");
                 String second = t.until("Number [");
                 assertTrue(second.contains("small, fast model"), second);
                 t.type("");
                 String command = t.until("claude\r\n");
                 assertTrue(command.contains("ANTHROPIC_MODEL=gpt-4.1 "), command);
-                assertTrue(command.contains("ANTHROPIC_SMALL_FAST_MODEL=claude-haiku-4.5 "), "the default small model is the newest haiku: " + command);
+                assertTrue(command.contains("ANTHROPIC_SMALL_FAST_MODEL=gpt-4.1 "), "the default small model is a free one: " + command);
             }
         }
 
@@ -3003,6 +3004,9 @@ class CopilotApiTests {
             assertTrue(subagentStarted, "the subagent started with the prompt the main agent gave it:\n" + session);
             assertTrue(bashAnswered, "the subagent's Bash tool ran and its output went back to it:\n" + session);
             assertEquals(1, users, "exactly one call of the session went as user:\n" + session);
+            String log = Files.readString(server.log);
+            assertTrue(log.contains("free: subagent") && log.contains("free: continuation") && log.contains("premium 1×1"),
+                "the request log says what each call cost:\n" + log);
         }
 
         void claudeCode(String model, String route) throws Exception {
