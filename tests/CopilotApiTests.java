@@ -3005,7 +3005,7 @@ class CopilotApiTests {
             assertTrue(bashAnswered, "the subagent's Bash tool ran and its output went back to it:\n" + session);
             assertEquals(1, users, "exactly one call of the session went as user:\n" + session);
             String log = Files.readString(server.log);
-            assertTrue(log.contains("free: subagent") && log.contains("free: continuation") && log.contains("premium 1×1"),
+            assertTrue(log.contains("free: subagent") && log.contains("free: continuation") && log.contains(" premium 1"),
                 "the request log says what each call cost:\n" + log);
         }
 
