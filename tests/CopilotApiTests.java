@@ -2267,7 +2267,9 @@ class CopilotApiTests {
                 try (CliTests.Started server = new CliTests.Started(env, "--first-byte-timeout", "60")) {
                     String log = eventually(Duration.ofSeconds(30), () -> server.log.toString(), l -> l.contains("listening on http://"));
                     assertTrue(log.contains("listening on http://"), log);
-                    assertEquals(List.of("GET /models"), catalogHangs.seen(), "the catalog is being fetched meanwhile");
+                    // the fetch starts on its own thread just after the line is printed: give it a moment to arrive
+                    assertEquals(List.of("GET /models"), eventually(Duration.ofSeconds(10), catalogHangs::seen, seen -> !seen.isEmpty()),
+                        "the catalog is being fetched meanwhile");
                 }
             }
         }
