@@ -95,11 +95,12 @@ import picocli.CommandLine;
  *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}, {@code generate-completion}</li>
  *   <li>Configuration: URLs, data directory, options, editor versions</li>
  *   <li>Server and routes: the composition root ({@code App}), Javalin, the browser guard, the request log,
- *       operator controls (keys, pacing, approval, stats, dashboard), the OpenAI, Anthropic and Responses surfaces,
+ *       operator controls (keys, pacing, approval, stats, premium billing with its subagent memory, dashboard),
+ *       the OpenAI, Anthropic and Responses surfaces,
  *       the streaming core (one loop, {@code Relay.run}, over {@code EventSource} items, with the machines
  *       {@code ChatRelay}, {@code NativeRelay} and {@code TranslatedRelay} and the shared {@code ChatChunks}
  *       vocabulary), the client watch, request checks, error shapes and Copilot's error hints</li>
- *   <li>Translators: pure JSON-in/JSON-out code: chat-answer normalisers, Anthropic to chat and back (with
+ *   <li>Translators: pure JSON-in/JSON-out code: who initiated a turn (for billing), chat-answer normalisers, Anthropic to chat and back (with
  *       the stream state machine), Responses to chat and back, model-name resolution, native-request cleaning,
  *       token counting</li>
  *   <li>Copilot client: the chat pivot ({@code ChatUpstream}, the one place that picks /chat/completions or
@@ -281,6 +282,14 @@ class CopilotApi implements Callable<Integer> {
         @Option(names = "--claude-code-small-model", paramLabel = "MODEL", description = "Small, fast model for --claude-code (skips the prompt).")
         String claudeCodeSmallModel;
 
+        @Option(names = "--premium-budget", paramLabel = "UNITS",
+            description = "Refuse (429) a new prompt that would take the premium requests spent since start past UNITS; tool follow-ups still pass.")
+        Double premiumBudget;
+
+        @Option(names = "--small-model", paramLabel = "MODEL",
+            description = "Free model (multiplier 0) that answers Claude Code's Warmup probes (default: the catalog's first free chat model).")
+        String smallModel;
+
         @Option(names = "--first-byte-timeout", paramLabel = "SECONDS", defaultValue = "${env:COPILOT_API_FIRST_BYTE_TIMEOUT:-60}",
             description = "Seconds a stream may wait for Copilot's first answer; then 504 or an error event (default: ${DEFAULT-VALUE}; env COPILOT_API_FIRST_BYTE_TIMEOUT).")
         long firstByteTimeout;
@@ -300,7 +309,7 @@ class CopilotApi implements Callable<Integer> {
             }
             Pacer pacer = rateLimit == null ? Pacer.NONE : new Pacer(Duration.ofMillis(Math.round(rateLimit * 1000)), waitForTurn);
             Approver approver = manual ? new Approver(Approver.console(System.console()), Duration.ofMinutes(5)) : Approver.NONE;
-            return new Controls(keys, pacer, approver, new Stats());
+            return new Controls(keys, pacer, approver, new Stats(), new Billing(premiumBudget, smallModel));
         }
 
         static boolean isLoopback(String host) {
@@ -317,6 +326,7 @@ class CopilotApi implements Callable<Integer> {
             if (port < 0 || port > 65535) throw usage("--port must be between 0 and 65535");
             if (rateLimit != null && (rateLimit <= 0 || rateLimit.isNaN())) throw usage("--rate-limit must be a positive number of seconds");
             if (waitForTurn && rateLimit == null) throw usage("--wait goes with --rate-limit");
+            if (premiumBudget != null && (premiumBudget < 0 || premiumBudget.isNaN())) throw usage("--premium-budget must be 0 or more premium requests");
             if (manual && System.console() == null) throw usage("--manual needs a terminal to ask on, and there is none");
             if (claudeCode && (claudeCodeModel == null || claudeCodeSmallModel == null) && System.console() == null) {
                 throw usage("--claude-code has no terminal to ask on: pass --claude-code-model and --claude-code-small-model");
@@ -612,9 +622,29 @@ class CopilotApi implements Callable<Integer> {
             if ((main == null || small == null) && console == null) {
                 throw new UserFacingException("no terminal to ask on: pass --claude-code-model and --claude-code-small-model");
             }
-            String chosenMain = main != null ? check(ids, main) : ask(console, ids, "main model", preferred(models, ids, "sonnet"));
-            String chosenSmall = small != null ? check(ids, small) : ask(console, ids, "small, fast model", preferred(models, ids, "haiku"));
+            List<String> labels = labels(models.list(), ids);
+            String chosenMain = main != null ? check(ids, main) : ask(console, ids, labels, "main model", preferred(models.list(), ids, "sonnet"));
+            String chosenSmall = small != null ? check(ids, small)
+                : ask(console, ids, labels, "small, fast model (background tasks; a free one costs nothing)", smallDefault(models.list(), ids));
             return new Choice(chosenMain, chosenSmall);
+        }
+
+        /** Each model with what a prompt to it costs: "gpt-4.1 (free)", "claude-opus-4.1 (3 premium requests)". */
+        static List<String> labels(List<JsonNode> catalog, List<String> ids) {
+            Map<String, Double> multipliers = new HashMap<>();
+            for (JsonNode m : catalog) multipliers.put(m.path("id").asText(), Billing.multiplier(m));
+            List<String> out = new ArrayList<>();
+            for (String id : ids) {
+                double x = multipliers.getOrDefault(id, 1.0);
+                out.add(id + (x == 0 ? " (free)" : " (" + Billing.format(x) + (x == 1 ? " premium request)" : " premium requests)")));
+            }
+            return out;
+        }
+
+        /** The small slot's default: a free model (the one that also answers warm-ups), else the haiku family. */
+        static int smallDefault(List<JsonNode> catalog, List<String> ids) {
+            return Billing.unlimited().warmupModel(catalog).map(ids::indexOf).filter(i -> i >= 0)
+                .orElseGet(() -> preferred(catalog, ids, "haiku"));
         }
 
         private static String check(List<String> ids, String id) {
@@ -623,14 +653,14 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** The default answer: the newest model of the family, as the family name alone resolves, else the first. */
-        private static int preferred(ModelCatalog models, List<String> ids, String family) {
-            return ModelResolver.familyMember(models.list(), family)
+        private static int preferred(List<JsonNode> catalog, List<String> ids, String family) {
+            return ModelResolver.familyMember(catalog, family)
                 .map(m -> Math.max(0, ids.indexOf(m.path("id").asText()))).orElse(0);
         }
 
-        private static String ask(java.io.Console console, List<String> ids, String what, int defaultIndex) {
+        private static String ask(java.io.Console console, List<String> ids, List<String> labels, String what, int defaultIndex) {
             console.printf("%nChoose the %s for Claude Code:%n", what);
-            for (int i = 0; i < ids.size(); i++) console.printf("  %2d) %s%n", i + 1, ids.get(i));
+            for (int i = 0; i < ids.size(); i++) console.printf("  %2d) %s%n", i + 1, labels.get(i));
             while (true) {
                 String answer = console.readLine("Number [%d]: ", defaultIndex + 1);
                 if (answer == null || answer.isBlank()) return ids.get(defaultIndex);
@@ -965,7 +995,7 @@ class CopilotApi implements Callable<Integer> {
                 cfg.routes.get("/", Dashboard::root);
                 cfg.routes.get("/dashboard", Dashboard::page);
                 cfg.routes.get("/favicon.ico", ctx -> ctx.status(204));
-                cfg.routes.get("/stats", ctx -> Requests.writeJson(ctx, controls.stats().snapshot()));
+                cfg.routes.get("/stats", ctx -> Requests.writeJson(ctx, controls.billing().withBudget(controls.stats().snapshot())));
                 for (String prefix : List.of("", "/v1")) {
                     cfg.routes.get(prefix + "/models", openai::models);
                     cfg.routes.get(prefix + "/models/{id}", openai::model);
@@ -1066,6 +1096,8 @@ class CopilotApi implements Callable<Integer> {
         /** The error the client was given, and whether the operator should hear of it (Copilot's or ours, not the client's). */
         volatile String error;
         volatile boolean warn;
+        /** What the upstream call cost in premium requests; null when no model was called. */
+        volatile Billing.Charge charge;
 
         static Exchange of(Context ctx) {
             Exchange e = ctx.attribute(KEY);
@@ -1146,6 +1178,7 @@ class CopilotApi implements Callable<Integer> {
             if (e.inputTokens >= 0 || e.outputTokens >= 0) {
                 line.append(" in=").append(Math.max(0, e.inputTokens)).append(" out=").append(Math.max(0, e.outputTokens));
             }
+            if (e.charge != null) line.append(' ').append(e.charge.describe());
             if (e.note != null) line.append(" (").append(e.note).append(')');
             if (e.error != null) line.append(": ").append(Redact.shorten(e.error));
             if (e.warn) Logs.log().warn("{}", line);
@@ -1155,7 +1188,11 @@ class CopilotApi implements Callable<Integer> {
     }
 
     /** The operator's controls over model-invoking requests: API keys, pacing, manual approval, statistics. */
-    record Controls(ApiKeys keys, Pacer pacer, Approver approver, Stats stats) {
+    record Controls(ApiKeys keys, Pacer pacer, Approver approver, Stats stats, Billing billing) {
+        Controls(ApiKeys keys, Pacer pacer, Approver approver, Stats stats) {
+            this(keys, pacer, approver, stats, Billing.unlimited());
+        }
+
         static Controls none() {
             return new Controls(ApiKeys.NONE, Pacer.NONE, Approver.NONE, new Stats());
         }
@@ -1165,6 +1202,257 @@ class CopilotApi implements Callable<Integer> {
             Exchange.of(ctx).invokesModel = true;
             approver.approve(ctx.method() + " " + ctx.path(), model, messages);
             pacer.admit();
+        }
+    }
+
+    /**
+     * Premium requests. Copilot bills the model's multiplier for each call sent with X-Initiator: user and
+     * nothing for agent; this decides which a call is (a person's prompt, or a continuation, a subagent's
+     * first call, a warm-up probe), counts what was spent since start, and holds the --premium-budget.
+     */
+    static final class Billing {
+        enum Reason {
+            PREMIUM("premium"), CONTINUATION("continuation"), SUBAGENT("subagent"), WARMUP("warmup"), FREE_MODEL("free model");
+
+            final String label;
+
+            Reason(String label) {
+                this.label = label;
+            }
+        }
+
+        /** What one upstream call costs: the initiator sent, why, and the model's multiplier. */
+        record Charge(Initiator initiator, Reason reason, double multiplier) {
+            double units() {
+                return initiator == Initiator.USER ? multiplier : 0;
+            }
+
+            /** For the request log: "premium 1×3" or "free: continuation". */
+            String describe() {
+                return reason == Reason.PREMIUM ? "premium 1×" + Billing.format(multiplier) : "free: " + reason.label;
+            }
+        }
+
+        private final Double budget;
+        private final String smallModel;
+        private final SubagentPrompts subagents = new SubagentPrompts(SubagentPrompts.MAX_PROMPTS, SubagentPrompts.MAX_AGE);
+        /** Units spent since start, in hundredths (multipliers such as 0.33 add up exactly). */
+        private final java.util.concurrent.atomic.AtomicLong spentHundredths = new java.util.concurrent.atomic.AtomicLong();
+
+        Billing(Double budget, String smallModel) {
+            this.budget = budget;
+            this.smallModel = smallModel;
+        }
+
+        static Billing unlimited() {
+            return new Billing(null, null);
+        }
+
+        SubagentPrompts subagents() {
+            return subagents;
+        }
+
+        /** /stats with the --premium-budget beside what was spent. */
+        ObjectNode withBudget(ObjectNode stats) {
+            ObjectNode premium = (ObjectNode) stats.path("premium");
+            if (budget == null) premium.putNull("budget");
+            else premium.put("budget", budget);
+            return stats;
+        }
+
+        double spent() {
+            return spentHundredths.get() / 100.0;
+        }
+
+        Double budget() {
+            return budget;
+        }
+
+        static double multiplier(JsonNode model) {
+            return model == null ? 1 : model.path("billing").path("multiplier").asDouble(1);
+        }
+
+        static String format(double units) {
+            return units == Math.rint(units) ? String.valueOf((long) units) : String.valueOf(Math.round(units * 100) / 100.0);
+        }
+
+        /** The free model that answers a warm-up probe: --small-model if it is free, else the catalog's first free chat model. */
+        Optional<String> warmupModel(List<JsonNode> catalog) {
+            JsonNode chosen = null;
+            for (JsonNode m : catalog) {
+                if (!ModelResolver.isChat(m) || multiplier(m) != 0) continue;
+                if (m.path("id").asText().equals(smallModel)) return Optional.of(smallModel);
+                if (chosen == null) chosen = m;
+            }
+            return Optional.ofNullable(chosen).map(m -> m.path("id").asText());
+        }
+
+        /**
+         * The charge for a call to a model of this multiplier, recorded on the exchange: a prompt bills unless it
+         * opens a remembered subagent; a prompt past the budget is refused with a 429 before Copilot is called.
+         */
+        Charge charge(Context ctx, Turn turn, JsonNode model) {
+            double multiplier = multiplier(model);
+            Charge c = switch (turn.kind()) {
+                case WARMUP -> new Charge(Initiator.AGENT, Reason.WARMUP, multiplier);
+                case CONTINUATION -> new Charge(Initiator.AGENT, Reason.CONTINUATION, multiplier);
+                case PROMPT -> turn.opensConversation() && subagents.isRemembered(turn.personText())
+                    ? new Charge(Initiator.AGENT, Reason.SUBAGENT, multiplier)
+                    : new Charge(Initiator.USER, multiplier == 0 ? Reason.FREE_MODEL : Reason.PREMIUM, multiplier);
+            };
+            spend(c);
+            Exchange.of(ctx).charge = c;
+            return c;
+        }
+
+        private void spend(Charge c) {
+            long units = Math.round(c.units() * 100);
+            if (units == 0) return;
+            long limit = budget == null ? Long.MAX_VALUE : Math.round(budget * 100);
+            long before = spentHundredths.getAndUpdate(s -> s + units > limit ? s : s + units);
+            if (before + units > limit) {
+                throw new ApiError(429, "rate_limit_error", "copilot-api's premium budget is spent: this prompt would cost "
+                    + format(c.multiplier()) + " premium request(s), " + format(before / 100.0) + " of --premium-budget "
+                    + format(budget) + " are used since start; tool follow-ups still pass, a new prompt needs a restart or a free model",
+                    null, "premium_budget_exceeded");
+            }
+        }
+    }
+
+    /**
+     * The prompts of the Agent (older: Task) tool calls copilot-api relayed, for a while: a new conversation whose
+     * last person-text is one of them is that subagent's first call. Bounded in count and in age.
+     */
+    static final class SubagentPrompts {
+        static final int MAX_PROMPTS = 256;
+        static final Duration MAX_AGE = Duration.ofHours(2);
+        static final Set<String> TOOL_NAMES = Set.of("Agent", "Task");
+
+        private final int max;
+        private final Duration maxAge;
+        private final LinkedHashMap<String, Instant> prompts = new LinkedHashMap<>();
+
+        SubagentPrompts(int max, Duration maxAge) {
+            this.max = max;
+            this.maxAge = maxAge;
+        }
+
+        /** A tool call the answer carried: remembered when it starts a subagent and has a prompt. */
+        void toolCall(String name, JsonNode input) {
+            if (!TOOL_NAMES.contains(name) || input == null) return;
+            String prompt = input.path("prompt").asText("");
+            if (prompt.isBlank()) return;
+            synchronized (prompts) {
+                prompts.remove(prompt);
+                prompts.put(prompt, Instant.now());
+                while (prompts.size() > max) prompts.remove(prompts.keySet().iterator().next());
+            }
+        }
+
+        /** Arguments as the chat and Responses APIs carry them: a JSON text. */
+        void toolCall(String name, String arguments) {
+            if (!TOOL_NAMES.contains(name)) return;
+            toolCall(name, Json.tryParse(arguments).orElse(null));
+        }
+
+        boolean isRemembered(String text) {
+            if (text == null || text.isBlank()) return false;
+            Instant oldest = Instant.now().minus(maxAge);
+            synchronized (prompts) {
+                prompts.values().removeIf(t -> t.isBefore(oldest));
+                return prompts.containsKey(text);
+            }
+        }
+
+        /** An Anthropic message answer (native, or translated back): its Agent/Task tool_use blocks. */
+        void anthropicAnswer(JsonNode message) {
+            for (JsonNode block : message.path("content")) {
+                if (block.path("type").asText("").equals("tool_use")) toolCall(block.path("name").asText(""), block.path("input"));
+            }
+        }
+
+        /** A chat-completions answer: the tool calls of every choice. */
+        void chatAnswer(JsonNode answer) {
+            for (JsonNode choice : answer.path("choices")) {
+                for (JsonNode call : choice.path("message").path("tool_calls")) {
+                    toolCall(call.path("function").path("name").asText(""), call.path("function").path("arguments").asText(""));
+                }
+            }
+        }
+
+        /** A Responses answer: its function_call output items. */
+        void responsesAnswer(JsonNode response) {
+            for (JsonNode item : response.path("output")) responsesItem(item);
+        }
+
+        private void responsesItem(JsonNode item) {
+            if (item.path("type").asText("").equals("function_call")) toolCall(item.path("name").asText(""), item.path("arguments").asText(""));
+        }
+
+        /** A per-stream reader of the tool calls going by, in whichever API's events the client gets. */
+        ToolCallReader reader() {
+            return new ToolCallReader();
+        }
+
+        final class ToolCallReader {
+            /** Tool calls being streamed, by Anthropic block index or chat "choice/index": the name, then the argument text. */
+            private final Map<String, String> names = new HashMap<>();
+            private final Map<String, StringBuilder> inputs = new HashMap<>();
+
+            /** Anthropic events: a tool_use block's start names it, its input_json_delta pieces are its input, its stop ends it. */
+            void anthropicEvent(String name, JsonNode data) {
+                String key = data.path("index").asText("");
+                switch (name) {
+                    case "content_block_start" -> {
+                        JsonNode block = data.path("content_block");
+                        if (block.path("type").asText("").equals("tool_use") && TOOL_NAMES.contains(block.path("name").asText(""))) {
+                            names.put(key, block.path("name").asText());
+                            inputs.put(key, new StringBuilder());
+                        }
+                    }
+                    case "content_block_delta" -> {
+                        StringBuilder input = inputs.get(key);
+                        if (input != null) input.append(data.path("delta").path("partial_json").asText(""));
+                    }
+                    case "content_block_stop" -> {
+                        StringBuilder input = inputs.remove(key);
+                        if (input != null) toolCall(names.remove(key), input.toString());
+                    }
+                    default -> { }
+                }
+            }
+
+            /** Responses events: a function_call item is whole when it is done. */
+            void responsesEvent(String name, JsonNode data) {
+                if (name.equals("response.output_item.done")) responsesItem(data.path("item"));
+            }
+
+            /** Chat chunks: tool-call names and argument pieces by choice and index, read whole at the end. */
+            void chatChunk(JsonNode chunk) {
+                for (JsonNode choice : chunk.path("choices")) {
+                    for (JsonNode call : choice.path("delta").path("tool_calls")) {
+                        String key = choice.path("index").asInt(0) + "/" + call.path("index").asInt(0);
+                        String fn = call.path("function").path("name").asText("");
+                        if (!fn.isEmpty()) names.put(key, fn);
+                        inputs.computeIfAbsent(key, k -> new StringBuilder()).append(call.path("function").path("arguments").asText(""));
+                    }
+                }
+            }
+
+            void chatEnd() {
+                names.forEach((key, fn) -> toolCall(fn, inputs.getOrDefault(key, new StringBuilder()).toString()));
+                names.clear();
+                inputs.clear();
+            }
+        }
+
+        /** Whether a request offers the model a subagent tool (Anthropic, chat or Responses tool list). */
+        static boolean offered(JsonNode tools) {
+            for (JsonNode t : tools) {
+                String name = t.has("function") ? t.path("function").path("name").asText("") : t.path("name").asText("");
+                if (TOOL_NAMES.contains(name)) return true;
+            }
+            return false;
         }
     }
 
@@ -1499,6 +1787,9 @@ class CopilotApi implements Callable<Integer> {
         private final Map<String, ModelStats> models = new java.util.concurrent.ConcurrentSkipListMap<>();
         /** Requests the browser guard turned away, by reason: a web page trying its luck shows here. */
         private final Map<String, java.util.concurrent.atomic.LongAdder> refused = new java.util.concurrent.ConcurrentSkipListMap<>();
+        /** Premium units (in hundredths) by model, and model calls by billing reason (premium, continuation, ...). */
+        private final Map<String, java.util.concurrent.atomic.LongAdder> premium = new java.util.concurrent.ConcurrentSkipListMap<>();
+        private final Map<String, java.util.concurrent.atomic.LongAdder> reasons = new java.util.concurrent.ConcurrentSkipListMap<>();
 
         static final class ModelStats {
             long requests;
@@ -1536,6 +1827,27 @@ class CopilotApi implements Callable<Integer> {
             if (!models.containsKey(model) && models.size() >= MAX_MODELS) model = OTHER;
             models.computeIfAbsent(model, m -> new ModelStats())
                 .add(status >= 400 || e.failedInStream, e.inputTokens, e.outputTokens, ms);
+            Billing.Charge charge = e.charge;
+            if (charge == null) return;
+            reasons.computeIfAbsent(charge.reason().label, r -> new java.util.concurrent.atomic.LongAdder()).increment();
+            if (charge.units() > 0) {
+                premium.computeIfAbsent(model, m -> new java.util.concurrent.atomic.LongAdder()).add(Math.round(charge.units() * 100));
+            }
+        }
+
+        /** Premium requests spent since start: the total, by model, and how many calls each billing reason covered. */
+        private ObjectNode premiumSnapshot() {
+            ObjectNode o = Json.object();
+            ObjectNode byModel = o.putObject("by_model");
+            long total = 0;
+            for (var entry : premium.entrySet()) {
+                total += entry.getValue().sum();
+                byModel.put(entry.getKey(), entry.getValue().sum() / 100.0);
+            }
+            o.put("units", total / 100.0);
+            ObjectNode byReason = o.putObject("calls_by_reason");
+            reasons.forEach((reason, n) -> byReason.put(reason, n.sum()));
+            return o;
         }
 
         void refused(String reason) {
@@ -1563,6 +1875,7 @@ class CopilotApi implements Callable<Integer> {
             totals.put("errors", errors);
             totals.put("input_tokens", in);
             totals.put("output_tokens", out);
+            o.set("premium", premiumSnapshot());
             return o;
         }
     }
@@ -1619,6 +1932,7 @@ class CopilotApi implements Callable<Integer> {
             <div id="problem" class="error"></div>
             <h2>Copilot plan <span id="plan" class="muted"></span></h2>
             <div id="quotas"></div>
+            <div id="spent" class="muted"></div>
             <h2>Requests since start <span id="since" class="muted"></span></h2>
             <table>
               <thead><tr><th>model</th><th>requests</th><th>errors</th><th>input tokens</th><th>output tokens</th><th>median latency</th></tr></thead>
@@ -1654,6 +1968,16 @@ class CopilotApi implements Callable<Integer> {
                 `<div class="track"><div class="fill ${cls}" style="width:${Math.min(100, pct).toFixed(1)}%"></div></div></div>`;
             }
 
+            function spent(p) {
+              if (!p) return "";
+              const n = (x) => Number(x).toLocaleString("en-US", { maximumFractionDigits: 2 });
+              const budget = p.budget === null || p.budget === undefined ? "" : ` of a --premium-budget of ${n(p.budget)}`;
+              const models = Object.entries(p.by_model || {}).map(([m, u]) => `${esc(m)} ${n(u)}`).join(", ");
+              const reasons = Object.entries(p.calls_by_reason || {}).map(([r, c]) => `${esc(r)} ${fmt(c)}`).join(" · ");
+              return `<b>${n(p.units)}</b> premium requests spent by this server since start${budget}` +
+                (models ? ` (${models})` : "") + (reasons ? `<br>model calls by billing: ${reasons}` : "");
+            }
+
             function row(m) {
               return `<tr><td>${esc(m.model)}</td><td>${fmt(m.requests)}</td><td>${fmt(m.errors)}</td>` +
                 `<td>${fmt(m.input_tokens)}</td><td>${fmt(m.output_tokens)}</td><td>${m.median_latency_ms === undefined ? "" : fmt(m.median_latency_ms) + " ms"}</td></tr>`;
@@ -1672,6 +1996,7 @@ class CopilotApi implements Callable<Integer> {
                 $("since").textContent = "· since " + new Date(st.since).toLocaleString();
                 $("models").innerHTML = st.models.map(row).join("") || `<tr><td colspan="6" class="muted">no requests yet</td></tr>`;
                 $("totals").innerHTML = row(Object.assign({ model: "total" }, st.totals));
+                $("spent").innerHTML = spent(st.premium);
               } catch (e) { problems.push("stats: " + e.message); }
               $("problem").textContent = problems.join(" · ");
               $("updated").textContent = "updated " + new Date().toLocaleTimeString() + " · refreshes every 5 s";
@@ -1715,26 +2040,33 @@ class CopilotApi implements Callable<Integer> {
         /** Every chat model, whichever endpoint Copilot serves it on: the pivot decides, the answer is normalised. */
         void chatCompletions(Context ctx) {
             ObjectNode body = Requests.jsonObject(ctx);
-            String model = Requests.requireText(body, "model");
+            String requested = Requests.requireText(body, "model");
             JsonNode messages = Requests.requireArray(body, "messages");
             Requests.chat(body);
+            Billing billing = up.controls().billing();
+            Turn turn = Turn.ofMessages(messages);
+            String model = turn.kind() == Turn.Kind.WARMUP ? billing.warmupModel(up.models().list()).orElse(requested) : requested;
+            body.put("model", model);
             ChatUpstream chat = up.chat();
             ChatUpstream.Endpoint endpoint = chat.endpoint(model);
-            Exchange.of(ctx).model(model, model).route(endpoint == ChatUpstream.Endpoint.CHAT ? "passthrough" : "translated");
-            up.controls().admit(ctx, model, messages.size());
+            Exchange.of(ctx).model(requested, model).route(endpoint == ChatUpstream.Endpoint.CHAT ? "passthrough" : "translated");
+            up.controls().admit(ctx, requested, messages.size());
+            Initiator initiator = billing.charge(ctx, turn, up.models().find(model).orElse(null)).initiator();
             Requests.logBody("chat request", body);
-            CallOptions call = up.watched(ctx, new CallOptions(Initiator.of(messages), Json.containsImage(messages)));
+            CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(messages)));
             boolean merge = body.path("n").asInt(1) <= 1 || endpoint == ChatUpstream.Endpoint.RESPONSES;
             if (!Requests.stream(body)) {
                 JsonNode answer = chat.complete(body, call);
                 Exchange.of(ctx).chatUsage(answer.path("usage"));
                 Requests.logBody("chat answer", answer);
+                billing.subagents().chatAnswer(answer);
                 Requests.writeJson(ctx, ChatNormalizer.response(answer, merge));
                 return;
             }
             boolean clientWantsUsage = body.path("stream_options").path("include_usage").asBoolean(false);
+            SubagentPrompts.ToolCallReader reader = billing.subagents().reader();
             try (EventSource events = chat.stream(body, call)) {
-                Relay.run(ctx, events, new ChatRelay(new ChatStreamNormalizer(merge, clientWantsUsage), Exchange.of(ctx)));
+                Relay.run(ctx, events, new ChatRelay(new ChatStreamNormalizer(merge, clientWantsUsage), Exchange.of(ctx), reader));
             }
         }
 
@@ -1799,18 +2131,30 @@ class CopilotApi implements Callable<Integer> {
                 throw new ApiError(400, "invalid_request_error", "max_tokens: must be a positive integer", "max_tokens", null);
             }
             Requests.anthropic(body);
-            ModelResolver.Resolution model = resolve(ctx, requested);
+            Turn turn = Turn.ofMessages(messages);
+            ModelResolver.Resolution model = resolve(ctx, requested, turn);
             up.controls().admit(ctx, requested, messages.size());
+            Initiator initiator = up.controls().billing().charge(ctx, turn, model.model()).initiator();
             Requests.logBody("messages request", body);
             boolean stream = Requests.stream(body);
             if (ModelResolver.endpoints(model.model()).contains(MESSAGES)) {
                 Exchange.of(ctx).route("native");
-                forward(ctx, body, model, messages, stream);
+                forward(ctx, body, model, messages, stream, initiator);
             } else {
                 up.chat().endpoint(model.upstream());
                 Exchange.of(ctx).route("translated");
-                translate(ctx, body, model, stream);
+                translate(ctx, body, model, stream, initiator);
             }
+        }
+
+        /** The model that answers: the one asked for, or a free one for a warm-up probe (still named as asked). */
+        private ModelResolver.Resolution resolve(Context ctx, String requested, Turn turn) {
+            if (turn.kind() != Turn.Kind.WARMUP) return resolve(ctx, requested);
+            Optional<String> free = up.controls().billing().warmupModel(up.models().list());
+            if (free.isEmpty()) return resolve(ctx, requested);
+            ModelResolver.Resolution r = resolve(ctx, free.get());
+            Exchange.of(ctx).model(requested, r.upstream());
+            return new ModelResolver.Resolution(requested, r.upstream(), r.model());
         }
 
         void countTokens(Context ctx) {
@@ -1856,35 +2200,43 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** Native: the body cleaned for Copilot, the answer relayed as it comes. */
-        private void forward(Context ctx, ObjectNode body, ModelResolver.Resolution model, JsonNode messages, boolean stream) {
+        private void forward(Context ctx, ObjectNode body, ModelResolver.Resolution model, JsonNode messages, boolean stream,
+                Initiator initiator) {
             AnthropicNative.Prepared prepared = AnthropicNative.prepare(body, model.upstream(), model.model());
             prepared.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
-            CallOptions call = up.watched(ctx,
-                new CallOptions(Initiator.of(prepared.body().path("messages")), Json.containsImage(messages), headers(ctx)));
+            CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(messages), headers(ctx)));
+            SubagentPrompts subagents = up.controls().billing().subagents();
             byte[] bytes = Json.splice(Requests.raw(ctx), body, prepared.body());
             if (!stream) {
                 JsonNode answer = up.copilot().postJson(MESSAGES, bytes, call);
                 Exchange.of(ctx).anthropicUsage(answer.path("usage"));
                 if (answer.isObject()) ((ObjectNode) answer).put("model", model.requested());
+                subagents.anthropicAnswer(answer);
                 Requests.writeJson(ctx, answer);
                 return;
             }
+            // the content blocks are parsed only when the model was offered a tool that starts a subagent
+            SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(body.path("tools")) ? subagents.reader() : null;
             try (EventSource events = up.copilot().stream(MESSAGES, bytes, call)) {
-                relayNative(ctx, events, model.requested());
+                relayNative(ctx, events, model.requested(), reader);
             }
         }
 
-        /** Copilot's own events, with the requested model name put back and the usage counted; the rest untouched. */
-        static void relayNative(Context ctx, EventSource events, String requestedModel) {
+        /**
+         * Copilot's own events, with the requested model name put back and the usage counted; the rest untouched
+         * but for the content blocks, read when a reader is given (for subagent prompts).
+         */
+        static void relayNative(Context ctx, EventSource events, String requestedModel, SubagentPrompts.ToolCallReader reader) {
             Exchange exchange = Exchange.of(ctx);
             Relay.run(ctx, events, new NativeRelay(new NativeRelay.Api() {
                 @Override
                 public Set<String> inspected() {
-                    return INSPECTED;
+                    return reader == null ? INSPECTED : INSPECTED_WITH_BLOCKS;
                 }
 
                 @Override
                 public void inspect(String name, ObjectNode data) {
+                    if (reader != null) reader.anthropicEvent(name, data);
                     if (name.equals("message_start") && data.path("message").isObject()) {
                         ((ObjectNode) data.get("message")).put("model", requestedModel);
                         exchange.anthropicUsage(data.path("message").path("usage"));
@@ -1911,32 +2263,37 @@ class CopilotApi implements Callable<Integer> {
         }
 
         static final Set<String> INSPECTED = Set.of("message_start", "message_delta");
+        static final Set<String> INSPECTED_WITH_BLOCKS = Set.of("message_start", "message_delta",
+            "content_block_start", "content_block_delta", "content_block_stop");
         static final Set<String> TERMINAL = Set.of("message_stop", "error");
 
         /** Translated: Anthropic in, chat to the pivot (which reaches /chat/completions or /responses), Anthropic out. */
-        private void translate(Context ctx, ObjectNode body, ModelResolver.Resolution model, boolean stream) {
+        private void translate(Context ctx, ObjectNode body, ModelResolver.Resolution model, boolean stream, Initiator initiator) {
             AnthropicToChat.Result t = AnthropicToChat.request(body, model.upstream(), ModelLimits.from(model.model()));
             t.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
             Requests.logBody("translated chat request", t.chatRequest());
-            CallOptions call = up.watched(ctx, new CallOptions(t.initiator(), t.vision()));
+            CallOptions call = up.watched(ctx, new CallOptions(initiator, t.vision()));
+            SubagentPrompts subagents = up.controls().billing().subagents();
             if (!stream) {
-                answer(ctx, up.chat().complete(t.chatRequest(), call), model, t);
+                subagents.anthropicAnswer(answer(ctx, up.chat().complete(t.chatRequest(), call), model, t));
                 return;
             }
             ChatStreamToAnthropic machine = new ChatStreamToAnthropic(model.requested(), t.toolNameMap());
+            SubagentPrompts.ToolCallReader reader = subagents.reader();
             try (EventSource events = up.chat().stream(t.chatRequest(), call)) {
-                Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx)));
+                Relay.run(ctx, events, new TranslatedRelay(TranslatedRelay.observed(machine, reader::anthropicEvent), Exchange.of(ctx)));
             }
             machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
         }
 
         /** A chat answer, translated back into an Anthropic message for the client. */
-        private static void answer(Context ctx, JsonNode chat, ModelResolver.Resolution model, AnthropicToChat.Result t) {
+        private static ObjectNode answer(Context ctx, JsonNode chat, ModelResolver.Resolution model, AnthropicToChat.Result t) {
             Exchange.of(ctx).chatUsage(chat.path("usage"));
             List<String> notes = new ArrayList<>();
             ObjectNode message = ChatToAnthropic.response(chat, model.requested(), t.toolNameMap(), notes);
             notes.forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
             Requests.writeJson(ctx, message);
+            return message;
         }
     }
 
@@ -1975,8 +2332,10 @@ class CopilotApi implements Callable<Integer> {
             }
             Exchange.of(ctx).route(native_ ? "passthrough" : "translated");
             up.controls().admit(ctx, requested, input.isArray() ? input.size() : 1);
+            Turn turn = Turn.ofResponsesInput(input, body.hasNonNull("previous_response_id"));
+            Initiator initiator = up.controls().billing().charge(ctx, turn, model.model()).initiator();
             Requests.logBody("responses request", body);
-            CallOptions call = up.watched(ctx, new CallOptions(Initiator.ofResponsesInput(input), Json.containsImage(input)));
+            CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(input)));
             boolean stream = Requests.stream(body);
             if (native_) forward(ctx, body, model.upstream(), call, stream);
             else translate(ctx, body, model.upstream(), call, stream);
@@ -1998,28 +2357,35 @@ class CopilotApi implements Callable<Integer> {
 
         private void forward(Context ctx, ObjectNode body, String upstreamModel, CallOptions call, boolean stream) {
             ObjectNode request = forCopilot(body, upstreamModel);
+            SubagentPrompts subagents = up.controls().billing().subagents();
             if (!stream) {
                 JsonNode answer = up.copilot().postJson(RESPONSES, request, call);
                 Exchange.of(ctx).usage(answer.path("usage").path("input_tokens").asLong(-1), answer.path("usage").path("output_tokens").asLong(-1));
+                subagents.responsesAnswer(answer);
                 Requests.writeJson(ctx, answer);
                 return;
             }
+            SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(body.path("tools")) ? subagents.reader() : null;
             try (EventSource events = up.copilot().stream(RESPONSES, request, call)) {
-                relayResponses(ctx, events);
+                relayResponses(ctx, events, reader);
             }
         }
 
-        /** Named events copied through with their sequence numbers; only the terminal ones are parsed, for the usage. */
-        static void relayResponses(Context ctx, EventSource events) {
+        /**
+         * Named events copied through with their sequence numbers; only the terminal ones are parsed, for the
+         * usage, and the finished output items when a reader is given (for subagent prompts).
+         */
+        static void relayResponses(Context ctx, EventSource events, SubagentPrompts.ToolCallReader reader) {
             Exchange exchange = Exchange.of(ctx);
             Relay.run(ctx, events, new NativeRelay(new NativeRelay.Api() {
                 @Override
                 public Set<String> inspected() {
-                    return INSPECTED;
+                    return reader == null ? INSPECTED : INSPECTED_WITH_ITEMS;
                 }
 
                 @Override
                 public void inspect(String name, ObjectNode data) {
+                    if (reader != null) reader.responsesEvent(name, data);
                     JsonNode usage = data.path("response").path("usage");
                     if (usage.isObject()) exchange.usage(usage.path("input_tokens").asLong(-1), usage.path("output_tokens").asLong(-1));
                 }
@@ -2042,6 +2408,8 @@ class CopilotApi implements Callable<Integer> {
         }
 
         static final Set<String> INSPECTED = Set.of("response.completed", "response.incomplete", "response.failed");
+        static final Set<String> INSPECTED_WITH_ITEMS = Set.of("response.completed", "response.incomplete", "response.failed",
+            "response.output_item.done");
 
         /** A chat model: Responses in, chat to the pivot, Responses events out. */
         private void translate(Context ctx, ObjectNode body, String upstreamModel, CallOptions call, boolean stream) {
@@ -2052,11 +2420,14 @@ class CopilotApi implements Callable<Integer> {
             if (!stream) {
                 JsonNode chat = up.chat().complete(t.body(), call);
                 Exchange.of(ctx).chatUsage(chat.path("usage"));
+                up.controls().billing().subagents().chatAnswer(chat);
                 Requests.writeJson(ctx, ChatToResponses.response(chat, body, IdClock.SYSTEM));
                 return;
             }
+            SubagentPrompts.ToolCallReader reader = up.controls().billing().subagents().reader();
+            TranslatedRelay.Translation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM));
             try (EventSource events = up.chat().stream(t.body(), call)) {
-                Relay.run(ctx, events, new TranslatedRelay(new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM)), Exchange.of(ctx)));
+                Relay.run(ctx, events, new TranslatedRelay(TranslatedRelay.observed(machine, reader::responsesEvent), Exchange.of(ctx)));
             }
         }
 
@@ -2228,9 +2599,12 @@ class CopilotApi implements Callable<Integer> {
         private final Exchange exchange;
         private boolean done;
 
-        ChatRelay(ChatStreamNormalizer normalizer, Exchange exchange) {
+        private final SubagentPrompts.ToolCallReader reader;
+
+        ChatRelay(ChatStreamNormalizer normalizer, Exchange exchange, SubagentPrompts.ToolCallReader reader) {
             this.normalizer = normalizer;
             this.exchange = exchange;
+            this.reader = reader;
         }
 
         @Override
@@ -2244,6 +2618,7 @@ class CopilotApi implements Callable<Integer> {
             Optional<String> error = ChatChunks.error(json.get());
             if (error.isPresent()) return end(Frame.data(Errors.openAiStreamError(error.get()), "upstream error in stream"));
             List<ObjectNode> out = normalizer.onChunk(json.get());
+            out.forEach(reader::chatChunk);
             if (out.size() == 1 && out.get(0).equals(json.get())) return List.of(Frame.raw(null, chunk.data()));
             List<Frame> frames = new ArrayList<>(out.size());
             for (ObjectNode c : out) frames.add(Frame.data(c, null));
@@ -2257,7 +2632,11 @@ class CopilotApi implements Callable<Integer> {
                 return end(Frame.data(Errors.openAiStreamError("The Copilot stream ended before the answer was complete"), "upstream stream cut"));
             }
             List<Frame> frames = new ArrayList<>();
-            for (ObjectNode c : normalizer.finish()) frames.add(Frame.data(c, null));
+            for (ObjectNode c : normalizer.finish()) {
+                reader.chatChunk(c);
+                frames.add(Frame.data(c, null));
+            }
+            reader.chatEnd();
             frames.add(Frame.DONE);
             done = true;
             return frames;
@@ -2363,6 +2742,46 @@ class CopilotApi implements Callable<Integer> {
 
             /** The event that keeps a silent stream alive, or null for an SSE comment. */
             NamedEvent keepAlive();
+        }
+
+        /** The same translation, with every event it gives shown to a reader on the way (name and data). */
+        static Translation observed(Translation t, java.util.function.BiConsumer<String, JsonNode> reader) {
+            return new Translation() {
+                @Override
+                public List<NamedEvent> start() {
+                    return seen(t.start());
+                }
+
+                @Override
+                public List<NamedEvent> onChunk(JsonNode chunk) {
+                    return seen(t.onChunk(chunk));
+                }
+
+                @Override
+                public List<NamedEvent> finish() {
+                    return seen(t.finish());
+                }
+
+                @Override
+                public List<NamedEvent> fail(String message) {
+                    return seen(t.fail(message));
+                }
+
+                @Override
+                public boolean done() {
+                    return t.done();
+                }
+
+                @Override
+                public NamedEvent keepAlive() {
+                    return t.keepAlive();
+                }
+
+                private List<NamedEvent> seen(List<NamedEvent> events) {
+                    for (NamedEvent e : events) reader.accept(e.name(), e.data());
+                    return events;
+                }
+            };
         }
 
         private final Translation machine;
@@ -3056,29 +3475,101 @@ class CopilotApi implements Callable<Integer> {
             return name().toLowerCase(Locale.ROOT);
         }
 
-        /** agent when the last message is the assistant's or a tool's, or a user message made only of tool results. */
+        /** agent for a continuation (tool results, reminders, an assistant turn), user for a person's prompt. */
         static Initiator of(JsonNode messages) {
-            if (messages == null || !messages.isArray() || messages.isEmpty()) return USER;
-            JsonNode last = messages.get(messages.size() - 1);
-            String role = last.path("role").asText("");
-            if (role.equals("assistant") || role.equals("tool")) return AGENT;
-            JsonNode content = last.path("content");
-            if (role.equals("user") && content.isArray() && !content.isEmpty()) {
-                for (JsonNode part : content) {
-                    if (!part.path("type").asText("").equals("tool_result")) return USER;
-                }
-                return AGENT;
-            }
-            return USER;
+            return Turn.ofMessages(messages).initiator();
         }
 
-        /** The same rule on Responses input items: a tool output or an assistant item last means agent. */
         static Initiator ofResponsesInput(JsonNode input) {
-            if (input == null || !input.isArray() || input.isEmpty()) return USER;
+            return Turn.ofResponsesInput(input, false).initiator();
+        }
+    }
+
+    /**
+     * What the last message of a conversation is, for billing: a person's prompt (the text they typed), a
+     * continuation (tool results, reminders, notifications, an assistant turn), or Claude Code's warm-up probe.
+     * A part this code does not know counts as the person's: where the rule cannot tell, the call bills.
+     */
+    record Turn(Kind kind, String personText, boolean opensConversation) {
+        enum Kind { PROMPT, CONTINUATION, WARMUP }
+
+        static final String REMINDER_OPEN = "<system-reminder>";
+        private static final java.util.regex.Pattern REMINDER =
+            java.util.regex.Pattern.compile("<system-reminder>.*?</system-reminder>", java.util.regex.Pattern.DOTALL);
+
+        Initiator initiator() {
+            return kind == Kind.PROMPT ? Initiator.USER : Initiator.AGENT;
+        }
+
+        static Turn prompt(String personText, boolean opens) {
+            return new Turn(Kind.PROMPT, personText, opens);
+        }
+
+        static Turn continuation() {
+            return new Turn(Kind.CONTINUATION, null, false);
+        }
+
+        /** Text wholly made of {@code <system-reminder>} blocks (and white space): the editor speaking, not a person. */
+        static boolean isReminder(String text) {
+            return text.contains(REMINDER_OPEN) && REMINDER.matcher(text).replaceAll("").isBlank();
+        }
+
+        /** Anthropic Messages or chat-completions messages. */
+        static Turn ofMessages(JsonNode messages) {
+            if (messages == null || !messages.isArray() || messages.isEmpty()) return prompt(null, true);
+            if (isWarmup(messages)) return new Turn(Kind.WARMUP, "Warmup", true);
+            JsonNode last = messages.get(messages.size() - 1);
+            String role = last.path("role").asText("");
+            if (role.equals("assistant") || role.equals("tool")) return continuation();
+            boolean opens = true;
+            for (JsonNode m : messages) opens &= !m.path("role").asText("").equals("assistant");
+            if (!role.equals("user")) return prompt(null, opens);
+            return ofContent(last.path("content"), opens);
+        }
+
+        /** The Responses API: a string is a prompt; of input items, only a user message can be one. */
+        static Turn ofResponsesInput(JsonNode input, boolean continuesAResponse) {
+            if (input == null || input.isTextual()) return prompt(input == null ? null : input.asText(), !continuesAResponse);
+            if (!input.isArray() || input.isEmpty()) return prompt(null, !continuesAResponse);
             JsonNode last = input.get(input.size() - 1);
             String type = last.path("type").asText("message");
-            if (type.endsWith("_output") || type.equals("reasoning") || type.endsWith("_call")) return AGENT;
-            return last.path("role").asText("user").equals("assistant") ? AGENT : USER;
+            if (!type.equals("message")) return continuation();
+            String role = last.path("role").asText("user");
+            if (role.equals("assistant")) return continuation();
+            boolean opens = !continuesAResponse;
+            for (JsonNode item : input) {
+                String t = item.path("type").asText("message");
+                opens &= t.equals("message") && !item.path("role").asText("user").equals("assistant");
+            }
+            if (!role.equals("user")) return prompt(null, opens);
+            return ofContent(last.path("content"), opens);
+        }
+
+        /** A user message's content: a prompt when any part is not a tool result nor a reminder; the last such text is kept. */
+        private static Turn ofContent(JsonNode content, boolean opens) {
+            if (content.isTextual()) return isReminder(content.asText()) ? continuation() : prompt(content.asText(), opens);
+            if (!content.isArray() || content.isEmpty()) return prompt(null, opens);
+            boolean person = false;
+            String text = null;
+            for (JsonNode part : content) {
+                String type = part.path("type").asText("");
+                if (type.equals("tool_result") || type.equals("function_call_output")) continue;
+                boolean isText = type.equals("text") || type.equals("input_text");
+                if (isText && isReminder(part.path("text").asText(""))) continue;
+                person = true;
+                if (isText) text = part.path("text").asText("");
+            }
+            return person ? prompt(text, opens) : continuation();
+        }
+
+        /** Claude Code's probe at start: one user message, one text block "Warmup" marked for caching. */
+        static boolean isWarmup(JsonNode messages) {
+            if (messages.size() != 1 || !messages.get(0).path("role").asText("").equals("user")) return false;
+            JsonNode content = messages.get(0).path("content");
+            if (!content.isArray() || content.size() != 1) return false;
+            JsonNode block = content.get(0);
+            return block.path("type").asText("").equals("text") && block.path("text").asText("").equals("Warmup")
+                && block.path("cache_control").path("type").asText("").equals("ephemeral");
         }
     }
 

@@ -6,6 +6,7 @@
 //SOURCES AnthropicTranslatorTests.java
 //SOURCES ResponsesTranslatorTests.java
 //SOURCES ClientRecipeTests.java
+//SOURCES BillingTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
@@ -92,6 +93,7 @@ class CopilotApiTests {
         PacingTests.class,
         ManualApprovalTests.class,
         StatsTests.class,
+        BillingTests.class,
         DashboardTests.class,
         GracefulStopTests.class,
         ShutdownTests.class,
@@ -2297,7 +2299,9 @@ class CopilotApiTests {
                 try (CliTests.Started server = new CliTests.Started(env, "--first-byte-timeout", "60")) {
                     String log = eventually(Duration.ofSeconds(30), () -> server.log.toString(), l -> l.contains("listening on http://"));
                     assertTrue(log.contains("listening on http://"), log);
-                    assertEquals(List.of("GET /models"), catalogHangs.seen(), "the catalog is being fetched meanwhile");
+                    // the fetch starts on its own thread just after the line is printed: give it a moment to arrive
+                    assertEquals(List.of("GET /models"), eventually(Duration.ofSeconds(10), catalogHangs::seen, seen -> !seen.isEmpty()),
+                        "the catalog is being fetched meanwhile");
                 }
             }
         }
@@ -2450,14 +2454,15 @@ class CopilotApiTests {
                     OnTerminal t = new OnTerminal(CliTests.env(stub, Files.createTempDirectory("h")), "--claude-code", "--shell", "posix")) {
                 String menu = t.until("Number [");
                 assertTrue(menu.contains("Choose the main model for Claude Code:"), menu);
-                assertTrue(menu.matches("(?s).*\\s1\\) gpt-4\\.1.*"), menu);
+                assertTrue(menu.matches("(?s).*\\s1\\) gpt-4\\.1 \\(free\\).*"), menu);
+                assertTrue(menu.contains(") claude-opus-4.1 (10 premium requests)"), "each model with what a prompt to it costs: " + menu);
                 t.type("1");
                 String second = t.until("Number [");
                 assertTrue(second.contains("small, fast model"), second);
                 t.type("");
                 String command = t.until("claude\r\n");
                 assertTrue(command.contains("ANTHROPIC_MODEL=gpt-4.1 "), command);
-                assertTrue(command.contains("ANTHROPIC_SMALL_FAST_MODEL=claude-haiku-4.5 "), "the default small model is the newest haiku: " + command);
+                assertTrue(command.contains("ANTHROPIC_SMALL_FAST_MODEL=gpt-4.1 "), "the default small model is a free one: " + command);
             }
         }
 
@@ -3080,6 +3085,51 @@ class CopilotApiTests {
         @Test
         void claudeCodeToolLoopOnTheNativeRoute() throws Exception {
             claudeCode("claude-sonnet-4-5-20250929", "native");
+        }
+
+        /**
+         * One Claude Code prompt that hands its work to a subagent, which runs a Bash tool loop: of every upstream
+         * call of the session (warm-up, main agent, subagent, tool turns), exactly one goes to Copilot as user.
+         */
+        @Test
+        void claudeCodeWithASubagentSpendsOnePremiumRequest() throws Exception {
+            Path home = Files.createTempDirectory("claude-home");
+            Map<String, String> env = new HashMap<>(Map.of(
+                "HOME", home.toString(),
+                "ANTHROPIC_BASE_URL", server.baseUrl(),
+                "ANTHROPIC_AUTH_TOKEN", "copilot-api",
+                "ANTHROPIC_MODEL", "claude-sonnet-4-5-20250929",
+                "ANTHROPIC_SMALL_FAST_MODEL", "claude-haiku-4-5-20251001",
+                "ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-haiku-4-5-20251001",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"));
+            stub.clear();
+            SdkRunner.Result r = SdkRunner.run(home, env, Duration.ofMinutes(2), sdk.resolve("node_modules/.bin/claude").toString(),
+                "-p", "Hand this to a subagent: " + StubUpstream.SUBAGENT_MARKER, "--output-format", "json", "--allowedTools", "Bash,Agent");
+            List<String> calls = new ArrayList<>();
+            int users = 0;
+            boolean subagentStarted = false, bashAnswered = false;
+            for (StubUpstream.Recorded rec : stub.requests()) {
+                if (!rec.matches("/v1/messages") && !rec.matches("/chat/completions")) continue;
+                String initiator = rec.headers().get("x-initiator");
+                if ("user".equals(initiator)) users++;
+                JsonNode messages = rec.json().path("messages");
+                String last = messages.isEmpty() ? "" : messages.get(messages.size() - 1).toString();
+                subagentStarted |= messages.size() == 1 && last.contains("Subagent task");
+                bashAnswered |= last.contains("tool_result") && last.contains(MARKER) && rec.body().contains("Subagent task");
+                calls.add(initiator + " " + rec.json().path("model").asText() + " messages=" + messages.size() + " last: "
+                    + last.substring(Math.max(0, last.length() - 120)));
+            }
+            String session = String.join("\n", calls);
+            String last = r.output().strip();
+            last = last.substring(last.lastIndexOf('\n') + 1);
+            assertEquals(0, r.exit(), r.output());
+            assertFalse(json(last).path("is_error").asBoolean(true), r.output());
+            assertTrue(subagentStarted, "the subagent started with the prompt the main agent gave it:\n" + session);
+            assertTrue(bashAnswered, "the subagent's Bash tool ran and its output went back to it:\n" + session);
+            assertEquals(1, users, "exactly one call of the session went as user:\n" + session);
+            String log = Files.readString(server.log);
+            assertTrue(log.contains("free: subagent") && log.contains("free: continuation") && log.contains(" premium 1"),
+                "the request log says what each call cost:\n" + log);
         }
 
         void claudeCode(String model, String route) throws Exception {

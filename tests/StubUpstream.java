@@ -826,17 +826,43 @@ final class StubUpstream implements AutoCloseable {
     /** What the fake model asks a Bash tool to run (Claude Code's tool loop in the tests): harmless, recognisable. */
     static final String BASH_ARGUMENTS = "{\"command\":\"echo copilot-api-tool-loop\",\"description\":\"Print a marker\"}";
 
+    /** A prompt containing this makes the fake model hand the work to a subagent (Claude Code's Agent tool, older Task). */
+    static final String SUBAGENT_MARKER = "copilot-api-subagent";
+
+    /** How Claude Code tells the main agent that a background subagent ended. */
+    static final String BACKGROUND_NOTIFICATION = "[SYSTEM NOTIFICATION - NOT USER INPUT]";
+
+    /** The subagent's prompt in the N-th such call: a new text each time, so each test sees its own. */
+    static String subagentPrompt(long n) {
+        return "Subagent task " + n + ": use the Bash tool to print a marker, then report what it printed.";
+    }
+
     /**
      * The fake model: after a tool result, "Tool said: (first 80 chars)"; with tools offered, a call to the
-     * tool named Bash if offered, else the first one (Claude models say a sentence first); else "Hello from MODEL.". Thinking adds a fixed reasoning.
+     * Agent (or Task) tool when the last message carries SUBAGENT_MARKER (a sentence after a background
+     * subagent's notification), else to the tool named Bash if offered, else the
+     * first one (Claude models say a sentence first); else "Hello from MODEL.". Thinking adds a fixed reasoning.
      */
-    private Answer answer(String model, List<ToolSpec> tools, String toolResult, boolean toolsAllowed, boolean thinking, String body, String callIdPrefix) {
+    private Answer answer(String model, List<ToolSpec> tools, String toolResult, boolean toolsAllowed, boolean thinking, String body, String callIdPrefix,
+                          JsonNode lastMessage) {
+        String last = lastMessage == null ? "" : lastMessage.toString();
         boolean claude = model.startsWith("claude");
         String reasoning = thinking ? "The user wants a short answer; keep it brief." : null;
         String text;
         List<ToolCall> calls = List.of();
         if (toolResult != null) {
             text = "Tool said: " + (toolResult.length() > 80 ? toolResult.substring(0, 80) : toolResult);
+        } else if (last.contains(BACKGROUND_NOTIFICATION)) {
+            text = "The subagent has finished.";
+        } else if (toolsAllowed && last.contains(SUBAGENT_MARKER)
+                && tools.stream().anyMatch(t -> t.name().equals("Agent") || t.name().equals("Task"))) {
+            String name = tools.stream().anyMatch(t -> t.name().equals("Agent")) ? "Agent" : "Task";
+            ObjectNode input = obj();
+            input.put("description", "Print a marker");
+            input.put("prompt", subagentPrompt(ids.incrementAndGet()));
+            input.put("subagent_type", "general-purpose");
+            calls = List.of(new ToolCall(callIdPrefix + ids.incrementAndGet(), name, input.toString()));
+            text = claude ? "I'll hand this to a subagent." : null;
         } else if (!tools.isEmpty() && toolsAllowed) {
             ToolSpec tool = tools.stream().filter(t -> t.name().equals("Bash")).findFirst().orElse(tools.get(0));
             String arguments = tool.name().equals("Bash") ? BASH_ARGUMENTS : argumentsFor(tool.schema());
@@ -899,7 +925,7 @@ final class StubUpstream implements AutoCloseable {
         }
         Family family = Family.of(model);
         boolean thinking = family == Family.CLAUDE && req.has("thinking_budget");
-        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), family == Family.CLAUDE ? "toolu_stub_" : "call_stub_");
+        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), family == Family.CLAUDE ? "toolu_stub_" : "call_stub_", last);
         if (req.path("stream").asBoolean(false)) return Reply.sse(chatChunks(a, family)).delayMs(streamDelayMs);
         return Reply.json(200, chatCompletion(a, family).toString());
     }
@@ -1088,7 +1114,8 @@ final class StubUpstream implements AutoCloseable {
         }
         JsonNode reasoning = req.path("reasoning");
         boolean thinking = reasoning.isObject() && !reasoning.path("effort").asText("").equals("none");
-        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), "call_stub_");
+        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), "call_stub_",
+            input.isArray() && input.size() > 0 ? input.get(input.size() - 1) : input);
         boolean encrypted = containsText(req.path("include"), "reasoning.encrypted_content");
         List<ObjectNode> items = responseItems(a, encrypted);
         String id = "resp_stub" + ids.incrementAndGet();
@@ -1265,7 +1292,7 @@ final class StubUpstream implements AutoCloseable {
         }
         String thinkingType = req.path("thinking").path("type").asText("");
         boolean thinking = thinkingType.equals("enabled") || thinkingType.equals("adaptive");
-        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), "toolu_stub_");
+        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), "toolu_stub_", last);
         String id = "msg_stub" + ids.incrementAndGet();
         if (req.path("stream").asBoolean(false)) return Reply.events(messageEvents(id, a)).delayMs(streamDelayMs);
         ObjectNode m = messageShell(id, a);

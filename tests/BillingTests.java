@@ -1,0 +1,365 @@
+package copilotapi;
+
+import static copilotapi.CopilotApiTests.fixtures;
+import static copilotapi.CopilotApiTests.json;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.IOException;
+import java.net.http.HttpResponse;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.DynamicTest;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.TestFactory;
+import org.junit.jupiter.api.TestInstance;
+
+/**
+ * Premium requests: which calls go to Copilot as X-Initiator user (billed) and which as agent (free), on every
+ * route; subagents, the warm-up probe, the ledger in the request log and /stats, and --premium-budget.
+ * The classification cases are files in tests/fixtures/billing: one new case is one new file.
+ */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+class BillingTests {
+    CopilotApiTests.Harness h;
+
+    @BeforeAll
+    void up() throws IOException {
+        h = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE,
+            CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(null, null)));
+    }
+
+    @AfterAll
+    void down() {
+        h.close();
+    }
+
+    @BeforeEach
+    void clear() {
+        h.stub.clear();
+    }
+
+    /** A route and model a fixture is sent to, and the upstream path that call reaches. */
+    record Target(String route, String path, String model, String upstreamPath) {}
+
+    static final Map<String, List<Target>> TARGETS = Map.of(
+        "anthropic", List.of(new Target("native", "/v1/messages", "claude-sonnet-4.5", "/v1/messages"),
+            new Target("translated", "/v1/messages", "gpt-4.1", "/chat/completions")),
+        "chat", List.of(new Target("passthrough", "/v1/chat/completions", "gpt-4.1", "/chat/completions"),
+            new Target("translated", "/v1/chat/completions", "gpt-5.1-codex", "/responses")),
+        "responses", List.of(new Target("passthrough", "/v1/responses", "gpt-5.1-codex", "/responses"),
+            new Target("translated", "/v1/responses", "gpt-4.1", "/chat/completions")));
+
+    /** Every fixture, on each route of its API, streamed and not: the initiator Copilot saw is the one expected. */
+    @TestFactory
+    Stream<DynamicTest> eachFixtureReachesCopilotWithItsInitiatorOnEveryRoute() throws IOException {
+        List<DynamicTest> tests = new ArrayList<>();
+        try (Stream<Path> files = Files.list(fixtures("billing"))) {
+            for (Path file : files.sorted().toList()) {
+                JsonNode fixture = json(Files.readString(file));
+                for (Target t : TARGETS.get(fixture.path("api").asText())) {
+                    for (boolean stream : List.of(false, true)) {
+                        String name = file.getFileName() + " " + t.route() + " " + t.model() + (stream ? " streamed" : "");
+                        tests.add(DynamicTest.dynamicTest(name, () -> {
+                            h.stub.clear();
+                            HttpResponse<String> r = h.post(t.path(), request(fixture, t.model(), stream));
+                            assertEquals(200, r.statusCode(), name + ": " + r.body());
+                            StubUpstream.Recorded sent = h.stub.last(t.upstreamPath());
+                            assertEquals(fixture.path("expect").asText(), sent.headers().get("x-initiator"),
+                                name + ": " + fixture.path("why").asText());
+                        }));
+                    }
+                }
+            }
+        }
+        return tests.stream();
+    }
+
+    static String request(JsonNode fixture, String model, boolean stream) {
+        ObjectNode body = ((ObjectNode) fixture).deepCopy();
+        body.remove(List.of("why", "api", "expect"));
+        body.put("model", model);
+        if (fixture.path("api").asText().equals("anthropic")) body.put("max_tokens", 200);
+        body.put("stream", stream);
+        return body.toString();
+    }
+
+    JsonNode premium() throws Exception {
+        return json(h.get("/stats").body()).path("premium");
+    }
+
+    static String warmup(String model) {
+        return "{\"model\":\"" + model + "\",\"max_tokens\":1,\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+            + "\"text\":\"Warmup\",\"cache_control\":{\"type\":\"ephemeral\"}}]}]}";
+    }
+
+    @Test
+    void theWarmupProbeIsAnsweredByAFreeModelAsAgentInTheShapeAskedFor() throws Exception {
+        double before = premium().path("units").asDouble();
+        HttpResponse<String> r = h.post("/v1/messages", warmup("claude-opus-4.1"));
+        assertEquals(200, r.statusCode(), r.body());
+        assertEquals(0, h.stub.count("/v1/messages"), "the premium model was not called");
+        StubUpstream.Recorded sent = h.stub.last("/chat/completions");
+        assertEquals("gpt-4.1", sent.json().path("model").asText(), "the catalog's first free model");
+        assertEquals("agent", sent.headers().get("x-initiator"));
+        JsonNode message = json(r.body());
+        assertEquals("message", message.path("type").asText());
+        assertEquals("claude-opus-4.1", message.path("model").asText(), "named as asked");
+        assertEquals(before, premium().path("units").asDouble(), "no premium unit spent");
+        assertTrue(premium().path("calls_by_reason").path("warmup").asInt() >= 1, premium().toString());
+    }
+
+    @Test
+    void theSmallModelOptionChoosesWhichFreeModelAnswersTheWarmup() throws Exception {
+        List<JsonNode> catalog = List.of(model("claude-haiku-4.5", 0.33), model("gpt-4.1", 0), model("gpt-5-mini", 0));
+        assertEquals("gpt-5-mini", new CopilotApi.Billing(null, "gpt-5-mini").warmupModel(catalog).orElseThrow());
+        assertEquals("gpt-4.1", new CopilotApi.Billing(null, "claude-haiku-4.5").warmupModel(catalog).orElseThrow(),
+            "a model that bills is not used for it");
+        assertTrue(new CopilotApi.Billing(null, null).warmupModel(List.of(model("claude-sonnet-4.5", 1))).isEmpty());
+    }
+
+    static JsonNode model(String id, double multiplier) {
+        return json("{\"id\":\"" + id + "\",\"capabilities\":{\"type\":\"chat\"},\"billing\":{\"multiplier\":" + multiplier + "}}");
+    }
+
+    /** The main agent's answer carries an Agent tool_use; the subagent's first call (a new conversation ending with its prompt) is agent. */
+    @Test
+    void aSubagentsFirstCallIsFreeOnTheNativeRouteStreamedAndNot() throws Exception {
+        for (boolean stream : List.of(false, true)) subagentRoundTrip("claude-sonnet-4.5", stream, "/v1/messages");
+    }
+
+    @Test
+    void aSubagentsFirstCallIsFreeOnTheTranslatedRouteStreamedAndNot() throws Exception {
+        for (boolean stream : List.of(false, true)) subagentRoundTrip("gpt-4.1", stream, "/chat/completions");
+    }
+
+    void subagentRoundTrip(String model, boolean stream, String upstreamPath) throws Exception {
+        String main = "{\"model\":\"" + model + "\",\"max_tokens\":300,\"stream\":" + stream + ",\"tools\":[" + tool("Bash") + "," + tool("Agent")
+            + "],\"messages\":[{\"role\":\"user\",\"content\":\"Investigate this " + StubUpstream.SUBAGENT_MARKER + "\"}]}";
+        HttpResponse<String> r = h.post("/v1/messages", main);
+        assertEquals(200, r.statusCode(), r.body());
+        assertEquals("user", h.stub.last(upstreamPath).headers().get("x-initiator"), "the person's prompt bills");
+        String prompt = stream ? agentPromptFromStream(r.body()) : agentPromptFromMessage(json(r.body()));
+        assertTrue(prompt.startsWith("Subagent task"), r.body());
+        String subagent = "{\"model\":\"" + model + "\",\"max_tokens\":300,\"system\":\"You are an agent for Claude Code.\",\"tools\":["
+            + tool("Bash") + "],\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":"
+            + CopilotApi.JSON.writeValueAsString("<system-reminder>\nctx\n</system-reminder>") + "},{\"type\":\"text\",\"text\":" + CopilotApi.JSON.writeValueAsString(prompt) + "}]}]}";
+        assertEquals(200, h.post("/v1/messages", subagent).statusCode());
+        assertEquals("agent", h.stub.last(upstreamPath).headers().get("x-initiator"), "the subagent's first call is free (" + model + ", stream " + stream + ")");
+        String other = subagent.replace("Subagent task", "A different task");
+        assertEquals(200, h.post("/v1/messages", other).statusCode());
+        assertEquals("user", h.stub.last(upstreamPath).headers().get("x-initiator"), "a prompt nobody handed out bills");
+    }
+
+    static String tool(String name) {
+        return "{\"name\":\"" + name + "\",\"description\":\"" + name + " tool\",\"input_schema\":{\"type\":\"object\",\"properties\":"
+            + "{\"prompt\":{\"type\":\"string\"}},\"required\":[\"prompt\"]}}";
+    }
+
+    static String agentPromptFromMessage(JsonNode message) {
+        for (JsonNode block : message.path("content")) {
+            if (block.path("name").asText().equals("Agent")) return block.path("input").path("prompt").asText();
+        }
+        return "";
+    }
+
+    static String agentPromptFromStream(String sse) {
+        StringBuilder input = new StringBuilder();
+        for (String data : CopilotApiTests.dataLines(sse)) {
+            JsonNode e = json(data);
+            if (e.path("delta").path("type").asText().equals("input_json_delta")) input.append(e.path("delta").path("partial_json").asText());
+        }
+        return input.length() == 0 ? "" : json(input.toString()).path("prompt").asText();
+    }
+
+    @Test
+    void aSubagentPromptHandedOutOnTheChatRouteIsFreeWhenItComesBack() throws Exception {
+        for (boolean stream : List.of(false, true)) {
+            String main = "{\"model\":\"gpt-4.1\",\"stream\":" + stream + ",\"tools\":[" + chatTool("Task") + "],\"messages\":[{\"role\":\"user\","
+                + "\"content\":\"Investigate " + StubUpstream.SUBAGENT_MARKER + "\"}]}";
+            HttpResponse<String> r = h.post("/v1/chat/completions", main);
+            assertEquals(200, r.statusCode(), r.body());
+            String prompt = stream ? chatStreamPrompt(r.body())
+                : json(json(r.body()).path("choices").get(0).path("message").path("tool_calls").get(0).path("function").path("arguments").asText())
+                    .path("prompt").asText();
+            String sub = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"system\",\"content\":\"You are a subagent.\"},{\"role\":\"user\",\"content\":"
+                + CopilotApi.JSON.writeValueAsString(prompt) + "}]}";
+            assertEquals(200, h.post("/v1/chat/completions", sub).statusCode());
+            assertEquals("agent", h.stub.last("/chat/completions").headers().get("x-initiator"), "stream " + stream + ", prompt " + prompt);
+        }
+    }
+
+    static String chatTool(String name) {
+        return "{\"type\":\"function\",\"function\":{\"name\":\"" + name + "\",\"parameters\":{\"type\":\"object\",\"properties\":"
+            + "{\"prompt\":{\"type\":\"string\"}}}}}";
+    }
+
+    static String chatStreamPrompt(String sse) {
+        StringBuilder args = new StringBuilder();
+        for (String data : CopilotApiTests.dataLines(sse)) {
+            if (data.equals("[DONE]")) continue;
+            for (JsonNode c : json(data).path("choices")) {
+                for (JsonNode call : c.path("delta").path("tool_calls")) args.append(call.path("function").path("arguments").asText(""));
+            }
+        }
+        return json(args.toString()).path("prompt").asText();
+    }
+
+    @Test
+    void aSubagentPromptHandedOutOnTheResponsesRouteIsFreeWhenItComesBack() throws Exception {
+        for (String model : List.of("gpt-5.1-codex", "gpt-4.1")) {
+            for (boolean stream : List.of(false, true)) {
+                String main = "{\"model\":\"" + model + "\",\"stream\":" + stream + ",\"tools\":[{\"type\":\"function\",\"name\":\"Agent\","
+                    + "\"parameters\":{\"type\":\"object\",\"properties\":{\"prompt\":{\"type\":\"string\"}}}}],\"input\":\"Investigate "
+                    + StubUpstream.SUBAGENT_MARKER + "\"}";
+                HttpResponse<String> r = h.post("/v1/responses", main);
+                assertEquals(200, r.statusCode(), r.body());
+                String prompt = responsesPrompt(r.body(), stream);
+                String sub = "{\"model\":\"" + model + "\",\"instructions\":\"You are a subagent.\",\"input\":" + CopilotApi.JSON.writeValueAsString(prompt) + "}";
+                assertEquals(200, h.post("/v1/responses", sub).statusCode());
+                String path = model.equals("gpt-4.1") ? "/chat/completions" : "/responses";
+                assertEquals("agent", h.stub.last(path).headers().get("x-initiator"), model + " stream " + stream + ", prompt " + prompt);
+            }
+        }
+    }
+
+    static String responsesPrompt(String body, boolean stream) {
+        List<JsonNode> items = new ArrayList<>();
+        if (stream) {
+            for (String data : CopilotApiTests.dataLines(body)) {
+                JsonNode e = json(data);
+                if (e.path("type").asText().equals("response.output_item.done")) items.add(e.path("item"));
+            }
+        } else {
+            json(body).path("output").forEach(items::add);
+        }
+        for (JsonNode item : items) {
+            if (item.path("type").asText().equals("function_call")) return json(item.path("arguments").asText()).path("prompt").asText();
+        }
+        return "";
+    }
+
+    @Test
+    void statsCountPremiumUnitsByModelAndCallsByReason() throws Exception {
+        JsonNode before = premium();
+        String prompt = "{\"model\":\"claude-opus-4.1\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+        assertEquals(200, h.post("/v1/messages", prompt).statusCode());
+        String followUp = "{\"model\":\"claude-opus-4.1\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},"
+            + "{\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"Bash\",\"input\":{}}]},"
+            + "{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"t1\",\"content\":\"ok\"}]}]}";
+        assertEquals(200, h.post("/v1/messages", followUp).statusCode());
+        assertEquals(200, h.post("/v1/chat/completions", "{\"model\":\"claude-haiku-4.5\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}").statusCode());
+        assertEquals(200, h.post("/v1/chat/completions", "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}").statusCode());
+        JsonNode after = premium();
+        assertEquals(10.33, after.path("units").asDouble() - before.path("units").asDouble(), 0.001, after.toString());
+        assertEquals(10, after.path("by_model").path("claude-opus-4.1").asDouble() - before.path("by_model").path("claude-opus-4.1").asDouble(), 0.001);
+        assertEquals(0.33, after.path("by_model").path("claude-haiku-4.5").asDouble() - before.path("by_model").path("claude-haiku-4.5").asDouble(), 0.001);
+        assertEquals(2, count(after, "premium") - count(before, "premium"));
+        assertEquals(1, count(after, "continuation") - count(before, "continuation"));
+        assertEquals(1, count(after, "free model") - count(before, "free model"));
+        assertTrue(after.has("budget"), after.toString());
+    }
+
+    static long count(JsonNode premium, String reason) {
+        return premium.path("calls_by_reason").path(reason).asLong(0);
+    }
+
+    @Test
+    void theRequestLogLineSaysWhatACallCost() {
+        CopilotApi.Billing.Charge billed = new CopilotApi.Billing.Charge(CopilotApi.Initiator.USER, CopilotApi.Billing.Reason.PREMIUM, 3);
+        assertEquals("premium 1×3", billed.describe());
+        assertEquals("premium 1×0.33", new CopilotApi.Billing.Charge(CopilotApi.Initiator.USER, CopilotApi.Billing.Reason.PREMIUM, 0.33).describe());
+        assertEquals("free: subagent", new CopilotApi.Billing.Charge(CopilotApi.Initiator.AGENT, CopilotApi.Billing.Reason.SUBAGENT, 3).describe());
+        assertEquals("free: free model", new CopilotApi.Billing.Charge(CopilotApi.Initiator.USER, CopilotApi.Billing.Reason.FREE_MODEL, 0).describe());
+    }
+
+    /** A budget of 1: one Sonnet prompt passes, the next prompt is a 429 in the caller's shape, tool follow-ups and free models pass. */
+    @Test
+    void aPremiumBudgetRefusesTheNextPromptButNotContinuations() throws Exception {
+        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
+                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(1.0, null)))) {
+            String prompt = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+            assertEquals(200, b.post("/v1/messages", prompt).statusCode());
+            HttpResponse<String> refused = b.post("/v1/messages", prompt);
+            assertEquals(429, refused.statusCode(), refused.body());
+            assertEquals("error", json(refused.body()).path("type").asText(), "Anthropic's error shape");
+            assertTrue(json(refused.body()).path("error").path("message").asText().contains("--premium-budget 1"), refused.body());
+            assertEquals(1, b.stub.count("/v1/messages"), "Copilot was not called for the refused prompt");
+            HttpResponse<String> chat = b.post("/v1/chat/completions", "{\"model\":\"claude-sonnet-4.5\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}");
+            assertEquals(429, chat.statusCode());
+            assertEquals("premium_budget_exceeded", json(chat.body()).path("error").path("code").asText(), "OpenAI's error shape: " + chat.body());
+            String followUp = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},"
+                + "{\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"Bash\",\"input\":{}}]},"
+                + "{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"t1\",\"content\":\"ok\"}]}]}";
+            assertEquals(200, b.post("/v1/messages", followUp).statusCode(), "a continuation still passes");
+            assertEquals(200, b.post("/v1/chat/completions", "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}").statusCode(),
+                "a free model still passes");
+            assertEquals(1.0, json(b.get("/stats").body()).path("premium").path("units").asDouble(), 0.001);
+        }
+    }
+
+    @Test
+    void turnClassificationKeepsThePersonsLastText() {
+        JsonNode messages = json("[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"<system-reminder>x</system-reminder>\"},"
+            + "{\"type\":\"text\",\"text\":\"first\"},{\"type\":\"text\",\"text\":\"second\"}]}]");
+        CopilotApi.Turn turn = CopilotApi.Turn.ofMessages(messages);
+        assertEquals(CopilotApi.Turn.Kind.PROMPT, turn.kind());
+        assertEquals("second", turn.personText());
+        assertTrue(turn.opensConversation());
+        assertFalse(CopilotApi.Turn.ofResponsesInput(json("\"hi\""), true).opensConversation(), "previous_response_id continues a conversation");
+        assertTrue(CopilotApi.Turn.isReminder("<system-reminder>a</system-reminder>\n <system-reminder>b</system-reminder>"));
+        assertFalse(CopilotApi.Turn.isReminder("<system-reminder>a</system-reminder> b"));
+        assertFalse(CopilotApi.Turn.isReminder("<system-reminder> never closed"));
+    }
+
+    @Test
+    void subagentPromptsAreBoundedInCountAndAge() throws Exception {
+        CopilotApi.SubagentPrompts few = new CopilotApi.SubagentPrompts(2, java.time.Duration.ofHours(1));
+        for (String p : List.of("one", "two", "three")) few.toolCall("Agent", json("{\"prompt\":\"" + p + "\"}"));
+        assertFalse(few.isRemembered("one"), "the oldest is forgotten past the count");
+        assertTrue(few.isRemembered("two") && few.isRemembered("three"));
+        few.toolCall("Bash", json("{\"prompt\":\"four\"}"));
+        assertFalse(few.isRemembered("four"), "only Agent and Task start subagents");
+        CopilotApi.SubagentPrompts brief = new CopilotApi.SubagentPrompts(10, java.time.Duration.ofMillis(50));
+        brief.toolCall("Task", "{\"prompt\":\"old\"}");
+        assertTrue(brief.isRemembered("old"));
+        Thread.sleep(120);
+        assertFalse(brief.isRemembered("old"), "forgotten past the age");
+    }
+
+    @Test
+    void theDashboardShowsWhatThisServerSpentBesideTheQuota() throws Exception {
+        try (CopilotApiTests.Harness d = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
+                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(50.0, null)))) {
+            assertEquals(200, d.post("/v1/messages", "{\"model\":\"claude-opus-4.1\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}")
+                .statusCode());
+            assertEquals(200, d.post("/v1/messages", warmup("claude-haiku-4.5")).statusCode());
+            String dom = CopilotApiTests.DashboardTests.render(d.url("/dashboard"));
+            assertTrue(dom.contains("<b>10</b> premium requests spent by this server since start of a --premium-budget of 50 (claude-opus-4.1 10)"), dom);
+            assertTrue(dom.contains("model calls by billing: premium 1 · warmup 1"), dom);
+            assertTrue(dom.indexOf("Premium requests") < dom.indexOf("spent by this server"), "beside GitHub's quota bar");
+        }
+    }
+
+    @Test
+    void claudeCodeSetupListsWhatEachModelCostsAndProposesAFreeSmallModel() {
+        List<JsonNode> catalog = List.of(model("claude-sonnet-4.5", 1), model("claude-opus-4.1", 10), model("claude-haiku-4.5", 0.33),
+            model("gpt-4.1", 0));
+        assertEquals(List.of("claude-sonnet-4.5 (1 premium request)", "claude-opus-4.1 (10 premium requests)",
+            "claude-haiku-4.5 (0.33 premium requests)", "gpt-4.1 (free)"),
+            CopilotApi.ClaudeCodeSetup.labels(catalog, List.of("claude-sonnet-4.5", "claude-opus-4.1", "claude-haiku-4.5", "gpt-4.1")));
+        List<String> ids = List.of("claude-sonnet-4.5", "claude-opus-4.1", "claude-haiku-4.5", "gpt-4.1");
+        assertEquals(3, CopilotApi.ClaudeCodeSetup.smallDefault(catalog, ids), "the free model is proposed for the haiku slot");
+        assertEquals(2, CopilotApi.ClaudeCodeSetup.smallDefault(catalog.subList(0, 3), ids.subList(0, 3)), "no free model: the haiku family");
+    }
+}
