@@ -6,6 +6,7 @@
 //SOURCES AnthropicTranslatorTests.java
 //SOURCES ResponsesTranslatorTests.java
 //SOURCES ClientRecipeTests.java
+//SOURCES StoreTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
@@ -85,6 +86,7 @@ class CopilotApiTests {
         AnthropicNativeTests.class,
         CountTokensTests.class,
         ResponsesRouteTests.class,
+        StoreTests.class,
         ClaudeCodeSetupTests.class,
         ApiKeyTests.class,
         BrowserSafetyTests.class,
@@ -189,6 +191,17 @@ class CopilotApiTests {
 
         Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
                 CopilotApi.BrowserGuard guard, CopilotApi.Timeouts timeouts) throws IOException {
+            this(stub, extraEnv, tweak, controls, guard, timeouts, CopilotApi.Store.Options.DEFAULT);
+        }
+
+        /** A copilot-api with these store options; COPILOT_API_HOME in extraEnv reuses a data directory (a restart). */
+        Harness(StubUpstream stub, Map<String, String> extraEnv, CopilotApi.Store.Options store) throws IOException {
+            this(stub, extraEnv, o -> { }, CopilotApi.Controls.none(), CopilotApi.BrowserGuard.loopback("127.0.0.1"),
+                CopilotApi.Timeouts.DEFAULT, store);
+        }
+
+        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
+                CopilotApi.BrowserGuard guard, CopilotApi.Timeouts timeouts, CopilotApi.Store.Options store) throws IOException {
             this.stub = stub;
             this.home = Files.createTempDirectory("copilot-api-home");
             Map<String, String> env = new HashMap<>(stub.env());
@@ -207,7 +220,7 @@ class CopilotApiTests {
             copilot = new CopilotApi.CopilotClient(settings, http, tokens, timeouts);
             CopilotApi.ModelCatalog models = new CopilotApi.ModelCatalog(copilot);
             models.refreshQuietly();
-            server = CopilotApi.Server.start(new CopilotApi.ServerOptions("127.0.0.1", 0, CopilotApi.ModelRouting.NONE, controls, guard),
+            server = CopilotApi.Server.start(new CopilotApi.ServerOptions("127.0.0.1", 0, CopilotApi.ModelRouting.NONE, controls, guard, store),
                 settings, copilot, models, auth, github);
         }
 
@@ -1497,10 +1510,13 @@ class CopilotApiTests {
         }
 
         @Test
-        void statefulAndMalformedRequestsAre400s() throws Exception {
+        void unknownStateAndMalformedRequestsAreAnsweredBeforeCopilot() throws Exception {
             HttpResponse<String> r = h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\",\"previous_response_id\":\"resp_1\"}");
+            assertEquals(404, r.statusCode());
+            assertEquals("previous_response_id", json(r.body()).path("error").path("param").asText(), r.body());
+            r = h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\",\"conversation\":\"conv_1\"}");
             assertEquals(400, r.statusCode());
-            assertTrue(json(r.body()).path("error").path("message").asText().contains("previous_response_id"), r.body());
+            assertEquals("conversation", json(r.body()).path("error").path("param").asText(), r.body());
             r = h.post("/v1/responses", "{\"model\":\"gpt-4.1\"}");
             assertEquals(400, r.statusCode());
             assertEquals("input", json(r.body()).path("error").path("param").asText());
