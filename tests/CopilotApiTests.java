@@ -3024,6 +3024,9 @@ class CopilotApiTests {
                     .build(), HttpResponse.BodyHandlers.ofString());
                 assertEquals(200, models.statusCode(), models.body());
                 assertTrue(models.body().contains("\"gpt-4.1\""), models.body());
+                HttpResponse<String> stats = HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(server.baseUrl() + "/stats"))
+                    .build(), HttpResponse.BodyHandlers.ofString());
+                assertEquals("ok", json(stats.body()).path("store").path("state").asText(), "SQLite's native library loads from the jar: " + stats.body());
             }
         }
 
