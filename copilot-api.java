@@ -977,6 +977,7 @@ class CopilotApi implements Callable<Integer> {
                 cfg.routes.get("/favicon.ico", ctx -> ctx.status(204));
                 cfg.routes.get("/stats", ctx -> Requests.writeJson(ctx, controls.stats().snapshot().set("store", store.status())));
                 cfg.routes.get("/history", ctx -> History.list(ctx, store));
+                cfg.routes.get("/history/summary", ctx -> History.summary(ctx, store, copilot));
                 for (String prefix : List.of("", "/v1")) {
                     cfg.routes.get(prefix + "/models", openai::models);
                     cfg.routes.get(prefix + "/models/{id}", openai::model);
@@ -1645,6 +1646,9 @@ class CopilotApi implements Callable<Integer> {
               table { border-collapse: collapse; width: 100%; } th, td { text-align: right; padding: .35rem .5rem; border-bottom: 1px solid color-mix(in srgb, var(--muted) 35%, transparent); }
               th:first-child, td:first-child { text-align: left; } tfoot td { font-weight: 600; }
               form { margin: 1rem 0; } input { font: inherit; padding: .3rem .5rem; } button { font: inherit; padding: .3rem .8rem; }
+              .scroll { overflow-x: auto; } code { font-size: .9em; overflow-wrap: anywhere; } pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+              td.err { text-align: left; color: var(--bad); font-size: .9em; } dl { display: grid; grid-template-columns: max-content 1fr; gap: .3rem .8rem; }
+              dd { margin: 0; } @media (max-width: 600px) { body { padding: .7rem; font-size: 14px; } th, td { padding: .3rem .25rem; } dl { grid-template-columns: 1fr; } }
             </style>
             </head>
             <body>
@@ -1658,11 +1662,34 @@ class CopilotApi implements Callable<Integer> {
             <h2>Copilot plan <span id="plan" class="muted"></span></h2>
             <div id="quotas"></div>
             <h2>Requests since start <span id="since" class="muted"></span></h2>
-            <table>
+            <div class="scroll"><table>
               <thead><tr><th>model</th><th>requests</th><th>errors</th><th>input tokens</th><th>output tokens</th><th>median latency</th></tr></thead>
               <tbody id="models"></tbody>
               <tfoot id="totals"></tfoot>
-            </table>
+            </table></div>
+            <h2>Recent requests</h2>
+            <div class="scroll"><table>
+              <thead><tr><th>time</th><th>request</th><th>model</th><th>status</th><th>first byte</th><th>total</th><th>tokens in / out</th></tr></thead>
+              <tbody id="recent"></tbody>
+            </table></div>
+            <h2>Last 7 days <span id="latency" class="muted"></span></h2>
+            <div class="scroll"><table>
+              <thead><tr><th>model</th><th>requests</th><th>errors</th><th>p50</th><th>p95</th></tr></thead>
+              <tbody id="permodel"></tbody>
+            </table></div>
+            <div class="scroll"><table>
+              <thead><tr><th>day (UTC)</th><th>requests</th><th>errors</th></tr></thead>
+              <tbody id="perday"></tbody>
+            </table></div>
+            <h2>Connect</h2>
+            <dl>
+              <dt>OpenAI base URL</dt><dd><code id="openai-url"></code></dd>
+              <dt>Anthropic base URL</dt><dd><code id="anthropic-url"></code></dd>
+              <dt>Copilot token</dt><dd id="token"></dd>
+              <dt>Store</dt><dd id="store"></dd>
+            </dl>
+            <p>Claude Code (<code>copilot-api start --claude-code</code> prints this for your shell):</p>
+            <pre><code id="claude-command"></code></pre>
             <script>
             "use strict";
             const KEY = "copilot-api-key";
@@ -1692,6 +1719,41 @@ class CopilotApi implements Callable<Integer> {
                 `<div class="track"><div class="fill ${cls}" style="width:${Math.min(100, pct).toFixed(1)}%"></div></div></div>`;
             }
 
+            const ms = (n) => n === null || n === undefined ? "" : fmt(n) + " ms";
+
+            function recent(r) {
+              const failed = r.status >= 400 || r.error_type;
+              const line = `<tr><td>${esc(new Date(r.time).toLocaleString())}</td><td>${esc(r.method + " " + r.path)}</td>` +
+                `<td>${esc(r.requested_model || "")}${r.upstream_model && r.upstream_model !== r.requested_model ? " → " + esc(r.upstream_model) : ""}</td>` +
+                `<td${failed ? ' class="error"' : ""}>${r.status}</td><td>${ms(r.first_byte_ms)}</td><td>${ms(r.total_ms)}</td>` +
+                `<td>${r.input_tokens === null ? "" : fmt(r.input_tokens) + " / " + fmt(r.output_tokens || 0)}</td></tr>`;
+              return failed ? line + `<tr><td colspan="7" class="err">${esc((r.error_type || "error") + ": " + (r.error_message || ""))}</td></tr>` : line;
+            }
+
+            function connect(models) {
+              const origin = location.origin, claude = models.filter((m) => m.startsWith("claude"));
+              const main = claude.find((m) => m.includes("sonnet")) || claude[0] || "MODEL";
+              const small = claude.find((m) => m.includes("haiku")) || main;
+              $("openai-url").textContent = origin + "/v1";
+              $("anthropic-url").textContent = origin;
+              const key = localStorage.getItem(KEY) ? "YOUR_API_KEY" : "copilot-api";
+              $("claude-command").textContent = `ANTHROPIC_BASE_URL=${origin} ANTHROPIC_AUTH_TOKEN=${key} ANTHROPIC_MODEL=${main} ` +
+                `ANTHROPIC_SMALL_FAST_MODEL=${small} CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 claude`;
+            }
+
+            function summary(h) {
+              const t = h.copilot_token;
+              $("token").textContent = t.state === "valid" ? `valid, renewed before ${new Date(t.expires_at).toLocaleTimeString()} · ${t.api}`
+                : `${t.state}${t.error ? ": " + t.error : ""}`;
+              const st = h.store;
+              $("store").textContent = st.state === "off" ? "off (--no-store): nothing is kept"
+                : `${st.state}${st.error ? ": " + st.error : ""} · ${st.path} · kept ${st.max_age_days} days`;
+              $("latency").textContent = h.latency.requests ? `· p50 ${ms(h.latency.p50_ms)} · p95 ${ms(h.latency.p95_ms)}` : "";
+              $("permodel").innerHTML = h.per_model.map((m) => `<tr><td>${esc(m.model)}</td><td>${fmt(m.requests)}</td><td>${fmt(m.errors)}</td>` +
+                `<td>${ms(m.p50_ms)}</td><td>${ms(m.p95_ms)}</td></tr>`).join("") || `<tr><td colspan="5" class="muted">no requests yet</td></tr>`;
+              $("perday").innerHTML = h.per_day.map((d) => `<tr><td>${esc(d.day)}</td><td>${fmt(d.requests)}</td><td>${fmt(d.errors)}</td></tr>`).join("");
+            }
+
             function row(m) {
               return `<tr><td>${esc(m.model)}</td><td>${fmt(m.requests)}</td><td>${fmt(m.errors)}</td>` +
                 `<td>${fmt(m.input_tokens)}</td><td>${fmt(m.output_tokens)}</td><td>${m.median_latency_ms === undefined ? "" : fmt(m.median_latency_ms) + " ms"}</td></tr>`;
@@ -1711,6 +1773,14 @@ class CopilotApi implements Callable<Integer> {
                 $("models").innerHTML = st.models.map(row).join("") || `<tr><td colspan="6" class="muted">no requests yet</td></tr>`;
                 $("totals").innerHTML = row(Object.assign({ model: "total" }, st.totals));
               } catch (e) { problems.push("stats: " + e.message); }
+              try {
+                summary(await api("/history/summary"));
+                const rows = await api("/history?limit=20").catch(() => ({ data: [] }));
+                $("recent").innerHTML = rows.data.map(recent).join("") || `<tr><td colspan="7" class="muted">no requests yet</td></tr>`;
+              } catch (e) { problems.push("history: " + e.message); }
+              try {
+                connect((await api("/v1/models")).data.map((m) => m.id));
+              } catch (e) { problems.push("models: " + e.message); }
               $("problem").textContent = problems.join(" · ");
               $("updated").textContent = "updated " + new Date().toLocaleTimeString() + " · refreshes every 5 s";
             }
@@ -2344,7 +2414,8 @@ class CopilotApi implements Callable<Integer> {
     /** The request history: one row per request from its Exchange, and GET /history to read them back. */
     static final class History {
         /** Operator views the dashboard polls: a row each would bury the requests that matter (their failures still get one). */
-        static final Set<String> QUIET = Set.of("/", "/dashboard", "/favicon.ico", "/stats", "/history", "/usage", "/token");
+        static final Set<String> QUIET = Set.of("/", "/dashboard", "/favicon.ico", "/stats", "/history", "/history/summary", "/usage",
+            "/token", "/models", "/v1/models");
 
         /** GET /history's filters: newest first, {@code before} a row id for the next page. */
         record Query(int limit, Optional<Long> before, Optional<String> model, Optional<String> status, Optional<String> route,
@@ -2399,6 +2470,89 @@ class CopilotApi implements Callable<Integer> {
             if (p.startsWith("/models")) return "openai.models";
             if (p.startsWith("/messages")) return "anthropic.messages";
             return "copilot-api";
+        }
+
+        static final int SUMMARY_DAYS = 7;
+
+        /**
+         * GET /history/summary, for the dashboard: the last week's requests per day and per model with p50/p95
+         * latency, the latest failures, the store's and the Copilot token's state.
+         */
+        static void summary(Context ctx, Store store, CopilotClient copilot) {
+            ObjectNode out = Json.object();
+            out.set("store", store.status());
+            out.set("copilot_token", tokenState(copilot));
+            long since = Instant.now().minus(Duration.ofDays(SUMMARY_DAYS)).toEpochMilli();
+            Optional<List<HistoryRow>> rows = store.history(new Query(Query.MAX_LIMIT * 100, Optional.empty(), Optional.empty(),
+                Optional.empty(), Optional.empty(), Optional.of(since), Optional.empty()));
+            out.put("days", SUMMARY_DAYS);
+            out.put("available", rows.isPresent());
+            List<HistoryRow> list = rows.orElse(List.of());
+            out.set("latency", latency(list.stream().filter(r -> r.requestedModel() != null).toList()));
+            out.set("per_day", perDay(list));
+            out.set("per_model", perModel(list));
+            ArrayNode errors = out.putArray("recent_errors");
+            list.stream().filter(r -> r.status() >= 400 || r.errorType() != null).limit(10).forEach(r -> errors.add(r.json()));
+            Requests.writeJson(ctx, out);
+        }
+
+        /** The Copilot token's state, never the token. */
+        static ObjectNode tokenState(CopilotClient copilot) {
+            ObjectNode o = Json.object();
+            try {
+                CopilotToken t = copilot.tokens().current();
+                long now = Instant.now().getEpochSecond();
+                o.put("state", t.expiresAt() > now ? "valid" : "expired");
+                o.put("expires_at", Instant.ofEpochSecond(t.expiresAt()).toString());
+                o.put("expires_in_seconds", t.expiresAt() - now);
+                o.put("api", copilot.baseUrl());
+            } catch (RuntimeException e) {
+                o.put("state", "unavailable");
+                o.put("error", Redact.shorten(describe(e)));
+            }
+            return o;
+        }
+
+        static ObjectNode latency(List<HistoryRow> rows) {
+            List<Long> ms = rows.stream().map(HistoryRow::totalMs).sorted().toList();
+            ObjectNode o = Json.object().put("requests", ms.size());
+            if (ms.isEmpty()) return o.putNull("p50_ms").putNull("p95_ms");
+            return o.put("p50_ms", percentile(ms, 50)).put("p95_ms", percentile(ms, 95));
+        }
+
+        /** The nearest-rank percentile of sorted values. */
+        static long percentile(List<Long> sorted, int p) {
+            int rank = (int) Math.ceil(p / 100.0 * sorted.size());
+            return sorted.get(Math.max(0, Math.min(sorted.size() - 1, rank - 1)));
+        }
+
+        private static ArrayNode perDay(List<HistoryRow> rows) {
+            Map<String, long[]> days = new TreeMap<>(java.util.Comparator.reverseOrder());
+            for (HistoryRow r : rows) {
+                long[] n = days.computeIfAbsent(Instant.ofEpochMilli(r.at()).atZone(ZoneOffset.UTC).toLocalDate().toString(), d -> new long[2]);
+                n[0]++;
+                if (r.status() >= 400 || r.errorType() != null) n[1]++;
+            }
+            ArrayNode out = Json.array();
+            days.forEach((day, n) -> out.addObject().put("day", day).put("requests", n[0]).put("errors", n[1]));
+            return out;
+        }
+
+        private static ArrayNode perModel(List<HistoryRow> rows) {
+            Map<String, List<HistoryRow>> models = new TreeMap<>();
+            for (HistoryRow r : rows) {
+                String model = r.upstreamModel() != null ? r.upstreamModel() : r.requestedModel();
+                if (model != null) models.computeIfAbsent(model, m -> new ArrayList<>()).add(r);
+            }
+            ArrayNode out = Json.array();
+            models.entrySet().stream().sorted((a, b) -> b.getValue().size() - a.getValue().size()).forEach(e -> {
+                ObjectNode m = latency(e.getValue()).put("model", e.getKey());
+                m.put("errors", e.getValue().stream().filter(r -> r.status() >= 400 || r.errorType() != null).count());
+                m.put("input_tokens", e.getValue().stream().mapToLong(r -> r.inputTokens() == null ? 0 : r.inputTokens()).sum());
+                m.put("output_tokens", e.getValue().stream().mapToLong(r -> r.outputTokens() == null ? 0 : r.outputTokens()).sum());
+                out.add(m);
+            });
+            return out;
         }
 
         static void list(Context ctx, Store store) {

@@ -2078,6 +2078,36 @@ class CopilotApiTests {
                 assertTrue(locked.matches("(?s).*<form id=\"keyform\">.*"), "without the key the page asks for it: " + locked);
             }
         }
+
+        // A day of work at phone width: recent requests with their errors, latency, per day and per model, how to connect; after a restart too.
+        @Test
+        void showsTheHistoryAndHowToConnectAtPhoneWidthAcrossARestart() throws Exception {
+            Path home = Files.createTempDirectory("copilot-api-dashboard");
+            String today = java.time.LocalDate.now(java.time.ZoneOffset.UTC).toString();
+            try (Harness h = StoreTests.harness(home, CopilotApi.Store.Options.DEFAULT)) {
+                assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
+                assertEquals(400, h.post("/v1/chat/completions", "{\"model\":\"nope\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}").statusCode());
+                assertEquals(200, h.post("/v1/messages", MESSAGES_HI).statusCode());
+                eventually(Duration.ofSeconds(10), () -> StoreTests.history(h, "").path("data").size(), n -> n >= 3);
+                String dom = render(h.url("/dashboard"), "--window-size=390,844");
+                String origin = "http://127.0.0.1:" + h.server.port();
+                assertTrue(dom.contains("<td>POST /v1/chat/completions</td><td>gpt-4.1</td><td>200</td>"), "a recent request: " + dom);
+                assertTrue(dom.matches("(?s).*<td class=\"error\">400</td>.*<td colspan=\"7\" class=\"err\">[a-z_]+: [^<]*not supported.*"),
+                    "a failed request with its error: " + dom);
+                assertTrue(dom.matches("(?s).*p50 [0-9,]+ ms · p95 [0-9,]+ ms.*"), "latency: " + dom);
+                assertTrue(dom.contains("<td>" + today + "</td><td>3</td><td>1</td>"), "requests per day: " + dom);
+                assertTrue(dom.matches("(?s).*<td>claude-sonnet-4.5</td><td>1</td><td>0</td><td>[0-9,]+ ms</td>.*"), "per model: " + dom);
+                assertTrue(dom.contains("<code id=\"openai-url\">" + origin + "/v1</code>"), dom);
+                assertTrue(dom.contains("ANTHROPIC_BASE_URL=" + origin + " ANTHROPIC_AUTH_TOKEN=copilot-api ANTHROPIC_MODEL=claude-"), dom);
+                assertTrue(dom.matches("(?s).*<dd id=\"token\">valid, renewed before .*"), "the Copilot token's state: " + dom);
+                assertTrue(dom.matches("(?s).*<dd id=\"store\">ok · .*store.db · kept 30 days</dd>.*"), dom);
+                assertFalse(dom.contains(StubUpstream.VALID_GITHUB_TOKEN), "no token on the page");
+            }
+            try (Harness h = StoreTests.harness(home, CopilotApi.Store.Options.DEFAULT)) {
+                String dom = render(h.url("/dashboard"), "--window-size=390,844");
+                assertTrue(dom.contains("<td>POST /v1/chat/completions</td><td>nope</td><td class=\"error\">400</td>"), "after a restart: " + dom);
+            }
+        }
     }
 
     /** SIGTERM while a stream runs: the stream finishes, then the process exits 0. */
