@@ -1723,7 +1723,8 @@ class CopilotApi implements Callable<Integer> {
 
             function recent(r) {
               const failed = r.status >= 400 || r.error_type;
-              const line = `<tr><td>${esc(new Date(r.time).toLocaleString())}</td><td>${esc(r.method + " " + r.path)}</td>` +
+              const at = new Date(r.time), today = at.toDateString() === new Date().toDateString();
+              const line = `<tr><td>${esc(today ? at.toLocaleTimeString() : at.toLocaleString())}</td><td>${esc(r.method + " " + r.path)}</td>` +
                 `<td>${esc(r.requested_model || "")}${r.upstream_model && r.upstream_model !== r.requested_model ? " → " + esc(r.upstream_model) : ""}</td>` +
                 `<td${failed ? ' class="error"' : ""}>${r.status}</td><td>${ms(r.first_byte_ms)}</td><td>${ms(r.total_ms)}</td>` +
                 `<td>${r.input_tokens === null ? "" : fmt(r.input_tokens) + " / " + fmt(r.output_tokens || 0)}</td></tr>`;
