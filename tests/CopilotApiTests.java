@@ -2311,7 +2311,8 @@ class CopilotApiTests {
                 try (CliTests.Started server = new CliTests.Started(env, "--first-byte-timeout", "60")) {
                     String log = eventually(Duration.ofSeconds(30), () -> server.log.toString(), l -> l.contains("listening on http://"));
                     assertTrue(log.contains("listening on http://"), log);
-                    assertEquals(List.of("GET /models"), catalogHangs.seen(), "the catalog is being fetched meanwhile");
+                    List<String> seen = eventually(Duration.ofSeconds(10), catalogHangs::seen, l -> !l.isEmpty());
+                    assertEquals(List.of("GET /models"), seen, "the catalog is being fetched meanwhile");
                 }
             }
         }
