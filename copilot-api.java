@@ -5716,14 +5716,15 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /**
-         * copilot-api keeps no conversation state, so anything that refers to a stored response or conversation is
-         * refused with a clear 400 rather than silently answered without its context.
+         * The translator is pure and sees resolved requests (the route puts stored turns into 'input'), so anything
+         * that still refers to a stored response or conversation is refused with a clear 400 rather than silently
+         * answered without its context.
          */
         private static void rejectStateful(JsonNode in) {
             for (String field : List.of("previous_response_id", "conversation")) {
                 if (present(in, field)) {
-                    throw invalid(field, "'" + field + "' is not supported for this model: copilot-api is stateless and "
-                        + "translates this request to chat completions. Send the whole conversation in 'input' (with store: false).");
+                    throw invalid(field, "'" + field + "' must be resolved before translation to chat completions; "
+                        + "send the whole conversation in 'input'.");
                 }
             }
             if (present(in, "prompt")) {
@@ -5863,8 +5864,8 @@ class CopilotApi implements Callable<Integer> {
                     case "function_call" -> call(item, nonEmpty(item.path("arguments").asText(""), "{}"));
                     case "custom_tool_call" -> call(item, CustomTools.arguments(item.path("input").asText("")));
                     case "function_call_output", "custom_tool_call_output" -> toolResult(item);
-                    case "item_reference" -> throw invalid("input", "input items of type 'item_reference' refer to stored items; "
-                        + "copilot-api is stateless, send the items themselves");
+                    case "item_reference" -> throw invalid("input", "input items of type 'item_reference' refer to stored items, "
+                        + "which the route resolves from the store before translating; send the items themselves");
                     default -> notes.add("dropped input item of type '" + type + "': it has no chat completions equivalent");
                 }
             }
