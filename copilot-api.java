@@ -6,6 +6,7 @@
 //DEPS info.picocli:picocli:4.7.7
 //DEPS io.javalin:javalin:7.2.3
 //DEPS org.slf4j:slf4j-simple:2.0.17
+//DEPS org.xerial:sqlite-jdbc:3.53.4.0
 // A small long-running server: Serial GC and a heap that starts at 32 MB and grows only as needed keep it near
 // 210 MB resident under load (G1 sized to a quarter of RAM reached 500-970 MB); the 512 MB cap leaves room for a
 // body near the 100 MB limit. The CDS line archives the loaded classes on the first run and maps them after.
@@ -55,8 +56,15 @@ import java.nio.file.StandardCopyOption;
 import java.nio.file.attribute.PosixFilePermissions;
 import java.security.MessageDigest;
 import java.security.NoSuchAlgorithmException;
+import java.sql.Connection;
+import java.sql.DriverManager;
+import java.sql.PreparedStatement;
+import java.sql.ResultSet;
+import java.sql.SQLException;
+import java.sql.Statement;
 import java.time.Duration;
 import java.time.Instant;
+import java.time.ZoneOffset;
 import java.util.ArrayList;
 import java.util.Base64;
 import java.util.Collection;
@@ -106,6 +114,7 @@ import picocli.CommandLine;
  *   <li>Copilot client: the chat pivot ({@code ChatUpstream}, the one place that picks /chat/completions or
  *       /responses), headers, timeouts, token lifecycle, model catalog, upstream calls, the upstream event
  *       sources and the heartbeat that keeps silent streams alive ({@code LiveStreams})</li>
+ *   <li>Store: one SQLite database (stored Responses answers and items, the request history), one writer thread</li>
  *   <li>GitHub auth: token sources, token file, device flow, usage</li>
  *   <li>Errors: typed exceptions shared by every surface</li>
  *   <li>Small utilities: JSON, SSE reading, HTTP (with {@code BodyStream}, the response body reader), proxies,
@@ -298,6 +307,24 @@ class CopilotApi implements Callable<Integer> {
             description = "Seconds a stream may go without an event from Copilot before it is ended with an error event (default: ${DEFAULT-VALUE}; env COPILOT_API_STREAM_IDLE_TIMEOUT).")
         long streamIdleTimeout;
 
+        @Option(names = "--store", paramLabel = "PATH",
+            description = "The SQLite file that keeps stored Responses answers and the request history (default: store.db in the data directory).")
+        Path storePath;
+
+        @Option(names = "--no-store", description = "Keep nothing: no stored Responses answers (item_reference and previous_response_id get 404), no history.")
+        boolean noStore;
+
+        @Option(names = "--store-days", paramLabel = "DAYS", defaultValue = "30",
+            description = "Forget stored answers and history rows older than this many days (default: ${DEFAULT-VALUE}).")
+        int storeDays;
+
+        @Option(names = "--store-max-mb", paramLabel = "MB", defaultValue = "512",
+            description = "Past this size the oldest stored answers and history rows go first (default: ${DEFAULT-VALUE}).")
+        long storeMaxMb;
+
+        @Option(names = "--history-bodies", description = "Also keep request and JSON answer bodies in the history, tokens and keys redacted.")
+        boolean historyBodies;
+
         @Option(names = "--shell", paramLabel = "SHELL", description = "Shell syntax for the --claude-code command: posix, fish, powershell or cmd (default: detected).")
         String shell;
 
@@ -327,6 +354,9 @@ class CopilotApi implements Callable<Integer> {
             if (rateLimit != null && (rateLimit <= 0 || rateLimit.isNaN())) throw usage("--rate-limit must be a positive number of seconds");
             if (waitForTurn && rateLimit == null) throw usage("--wait goes with --rate-limit");
             if (premiumBudget != null && (premiumBudget < 0 || premiumBudget.isNaN())) throw usage("--premium-budget must be 0 or more premium requests");
+            if (storeDays < 1) throw usage("--store-days must be at least 1");
+            if (storeMaxMb < 1) throw usage("--store-max-mb must be at least 1");
+            if (noStore && (storePath != null || historyBodies)) throw usage("--no-store keeps nothing: drop --store and --history-bodies");
             if (manual && System.console() == null) throw usage("--manual needs a terminal to ask on, and there is none");
             if (claudeCode && (claudeCodeModel == null || claudeCodeSmallModel == null) && System.console() == null) {
                 throw usage("--claude-code has no terminal to ask on: pass --claude-code-model and --claude-code-small-model");
@@ -345,6 +375,10 @@ class CopilotApi implements Callable<Integer> {
             } catch (UserFacingException e) {
                 throw usage(e.getMessage());
             }
+        }
+
+        Store.Options storeOptions() {
+            return new Store.Options(!noStore, Optional.ofNullable(storePath), Duration.ofDays(storeDays), storeMaxMb * 1024 * 1024, historyBodies);
         }
 
         private Timeouts timeouts(Settings settings) {
@@ -368,7 +402,7 @@ class CopilotApi implements Callable<Integer> {
             Controls controls = controls(settings);
             // --claude-code needs the catalog to choose from, and checks its choice before listening
             ClaudeCodeSetup.Choice choice = claudeCode ? ClaudeCodeSetup.choose(app.models(), claudeCodeModel, claudeCodeSmallModel, System.console()) : null;
-            Server server = Ports.start(host, port, () -> app.serve(new ServerOptions(host, port, routing, controls, guard)));
+            Server server = Ports.start(host, port, () -> app.serve(new ServerOptions(host, port, routing, controls, guard, storeOptions())));
             // listening first: a slow Copilot delays the catalog, not the port
             if (choice == null) Threads.start(app.models()::refreshQuietly);
             GracefulStop.install(server, app.tokens());
@@ -529,6 +563,7 @@ class CopilotApi implements Callable<Integer> {
             paths.put("dataDir", s.dataDir().toString());
             paths.put("tokenFile", s.tokenFile().toString());
             o.put("tokenExists", Files.isRegularFile(s.tokenFile()));
+            o.set("store", Store.probe(Store.Options.DEFAULT.file(s.dataDir())));
             o.put("tokenFromEnvironment", GitHubAuth.envTokenName(env).orElse(null));
             o.put("accountType", s.accountType().wire);
             ObjectNode urls = o.putObject("urls");
@@ -836,7 +871,11 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    record ServerOptions(String host, int port, ModelRouting routing, Controls controls, BrowserGuard guard) {
+    record ServerOptions(String host, int port, ModelRouting routing, Controls controls, BrowserGuard guard, Store.Options store) {
+        ServerOptions(String host, int port, ModelRouting routing, Controls controls, BrowserGuard guard) {
+            this(host, port, routing, controls, guard, Store.Options.DEFAULT);
+        }
+
         ServerOptions(String host, int port, ModelRouting routing, Controls controls) {
             this(host, port, routing, controls, BrowserGuard.loopback(host));
         }
@@ -941,12 +980,14 @@ class CopilotApi implements Callable<Integer> {
         private final java.util.concurrent.atomic.AtomicInteger inFlight;
         private final LiveStreams streams;
         private final java.util.concurrent.CountDownLatch stopped = new java.util.concurrent.CountDownLatch(1);
+        private final Store store;
 
-        private Server(Javalin app, String host, java.util.concurrent.atomic.AtomicInteger inFlight, LiveStreams streams) {
+        private Server(Javalin app, String host, java.util.concurrent.atomic.AtomicInteger inFlight, LiveStreams streams, Store store) {
             this.app = app;
             this.host = host;
             this.inFlight = inFlight;
             this.streams = streams;
+            this.store = store;
         }
 
         static Server start(ServerOptions options, Settings settings, CopilotClient copilot, ModelCatalog models,
@@ -955,7 +996,9 @@ class CopilotApi implements Callable<Integer> {
             Upstream upstream = new Upstream(settings, copilot, models, github, githubToken, controls);
             OpenAiRoutes openai = new OpenAiRoutes(upstream);
             AnthropicRoutes anthropic = new AnthropicRoutes(upstream, options.routing());
-            ResponsesRoutes responses = new ResponsesRoutes(upstream, options.routing());
+            Store store = Store.open(options.store(), settings.dataDir());
+            ResponsesState state = new ResponsesState(store);
+            ResponsesRoutes responses = new ResponsesRoutes(upstream, options.routing(), state);
             var inFlight = new java.util.concurrent.atomic.AtomicInteger();
             Javalin app = Javalin.create(cfg -> {
                 cfg.startup.showJavalinBanner = false;
@@ -978,9 +1021,11 @@ class CopilotApi implements Callable<Integer> {
                 cfg.requestLogger.http((ctx, ms) -> {
                     inFlight.decrementAndGet();
                     RequestLog.write(ctx, ms, controls.stats());
+                    History.record(ctx, ctx.res().getStatus(), Math.round(ms), store);
                 });
                 cfg.routes.before(ctx -> {
                     inFlight.incrementAndGet();
+                    Exchange.of(ctx).startedNanos = System.nanoTime();
                     try {
                         options.guard().check(ctx);
                     } catch (ApiError refused) {
@@ -995,7 +1040,10 @@ class CopilotApi implements Callable<Integer> {
                 cfg.routes.get("/", Dashboard::root);
                 cfg.routes.get("/dashboard", Dashboard::page);
                 cfg.routes.get("/favicon.ico", ctx -> ctx.status(204));
-                cfg.routes.get("/stats", ctx -> Requests.writeJson(ctx, controls.billing().withBudget(controls.stats().snapshot())));
+                cfg.routes.get("/stats", ctx -> Requests.writeJson(ctx, controls.billing().withBudget(controls.stats().snapshot())
+                    .set("store", store.status())));
+                cfg.routes.get("/history", ctx -> History.list(ctx, store));
+                cfg.routes.get("/history/summary", ctx -> History.summary(ctx, store, copilot));
                 for (String prefix : List.of("", "/v1")) {
                     cfg.routes.get(prefix + "/models", openai::models);
                     cfg.routes.get(prefix + "/models/{id}", openai::model);
@@ -1004,6 +1052,9 @@ class CopilotApi implements Callable<Integer> {
                 }
                 for (String prefix : List.of("", "/v1")) {
                     cfg.routes.post(prefix + "/responses", responses::create);
+                    cfg.routes.get(prefix + "/responses/{id}", state::get);
+                    cfg.routes.get(prefix + "/responses/{id}/input_items", state::inputItems);
+                    cfg.routes.delete(prefix + "/responses/{id}", state::delete);
                     cfg.routes.post(prefix + "/messages", anthropic::messages);
                     cfg.routes.post(prefix + "/messages/count_tokens", anthropic::countTokens);
                 }
@@ -1015,8 +1066,13 @@ class CopilotApi implements Callable<Integer> {
                         "No route for " + ctx.method() + " " + ctx.path()));
                 });
             });
-            app.start();
-            return new Server(app, options.host(), inFlight, copilot.streams());
+            try {
+                app.start();
+            } catch (RuntimeException e) {
+                store.close();
+                throw e;
+            }
+            return new Server(app, options.host(), inFlight, copilot.streams(), store);
         }
 
         /** Jetty evicts one idle thread per idle timeout by default: 100 threads of a burst took over an hour to go. */
@@ -1038,6 +1094,7 @@ class CopilotApi implements Callable<Integer> {
 
         void stop() {
             app.stop();
+            store.close();
             stopped.countDown();
         }
 
@@ -1098,6 +1155,14 @@ class CopilotApi implements Callable<Integer> {
         volatile boolean warn;
         /** What the upstream call cost in premium requests; null when no model was called. */
         volatile Billing.Charge charge;
+        /** For the request history: when the request came and its first byte left, cached input tokens, the error's type. */
+        volatile long startedNanos;
+        volatile long firstByteNanos;
+        volatile long cachedTokens = -1;
+        volatile String errorType;
+        /** The request's bytes and a JSON answer's text, for the history with --history-bodies. */
+        volatile byte[] requestBody;
+        volatile String responseBody;
 
         static Exchange of(Context ctx) {
             Exchange e = ctx.attribute(KEY);
@@ -1143,15 +1208,34 @@ class CopilotApi implements Callable<Integer> {
             return this;
         }
 
+        Exchange firstByte() {
+            if (firstByteNanos == 0) firstByteNanos = System.nanoTime();
+            return this;
+        }
+
+        Exchange cached(long tokens) {
+            if (tokens >= 0) cachedTokens = tokens;
+            return this;
+        }
+
+        /** Responses usage: input tokens (cached included) and output tokens. */
+        Exchange responsesUsage(JsonNode usage) {
+            if (usage == null || !usage.isObject()) return this;
+            cached(usage.path("input_tokens_details").path("cached_tokens").asLong(-1));
+            return usage(usage.path("input_tokens").asLong(-1), usage.path("output_tokens").asLong(-1));
+        }
+
         /** Chat-completions usage: prompt tokens (cached included) and completion tokens. */
         Exchange chatUsage(JsonNode usage) {
             if (usage == null || !usage.isObject()) return this;
+            cached(usage.path("prompt_tokens_details").path("cached_tokens").asLong(-1));
             return usage(usage.path("prompt_tokens").asLong(-1), usage.path("completion_tokens").asLong(-1));
         }
 
         /** Anthropic usage: input excludes cached tokens there, so they are added back. */
         Exchange anthropicUsage(JsonNode usage) {
             if (usage == null || !usage.isObject()) return this;
+            cached(usage.path("cache_read_input_tokens").asLong(-1));
             long in = usage.has("input_tokens") ? usage.path("input_tokens").asLong() + usage.path("cache_read_input_tokens").asLong(0)
                 + usage.path("cache_creation_input_tokens").asLong(0) : -1;
             return usage(in, usage.path("output_tokens").asLong(-1));
@@ -1920,6 +2004,9 @@ class CopilotApi implements Callable<Integer> {
               table { border-collapse: collapse; width: 100%; } th, td { text-align: right; padding: .35rem .5rem; border-bottom: 1px solid color-mix(in srgb, var(--muted) 35%, transparent); }
               th:first-child, td:first-child { text-align: left; } tfoot td { font-weight: 600; }
               form { margin: 1rem 0; } input { font: inherit; padding: .3rem .5rem; } button { font: inherit; padding: .3rem .8rem; }
+              .scroll { overflow-x: auto; } code { font-size: .9em; overflow-wrap: anywhere; } pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+              td.err { text-align: left; color: var(--bad); font-size: .9em; } dl { display: grid; grid-template-columns: max-content 1fr; gap: .3rem .8rem; }
+              dd { margin: 0; } @media (max-width: 600px) { body { padding: .7rem; font-size: 14px; } th, td { padding: .3rem .25rem; } dl { grid-template-columns: 1fr; } }
             </style>
             </head>
             <body>
@@ -1934,11 +2021,34 @@ class CopilotApi implements Callable<Integer> {
             <div id="quotas"></div>
             <div id="spent" class="muted"></div>
             <h2>Requests since start <span id="since" class="muted"></span></h2>
-            <table>
+            <div class="scroll"><table>
               <thead><tr><th>model</th><th>requests</th><th>errors</th><th>input tokens</th><th>output tokens</th><th>median latency</th></tr></thead>
               <tbody id="models"></tbody>
               <tfoot id="totals"></tfoot>
-            </table>
+            </table></div>
+            <h2>Recent requests</h2>
+            <div class="scroll"><table>
+              <thead><tr><th>time</th><th>request</th><th>model</th><th>status</th><th>first byte</th><th>total</th><th>tokens in / out</th></tr></thead>
+              <tbody id="recent"></tbody>
+            </table></div>
+            <h2>Last 7 days <span id="latency" class="muted"></span></h2>
+            <div class="scroll"><table>
+              <thead><tr><th>model</th><th>requests</th><th>errors</th><th>p50</th><th>p95</th></tr></thead>
+              <tbody id="permodel"></tbody>
+            </table></div>
+            <div class="scroll"><table>
+              <thead><tr><th>day (UTC)</th><th>requests</th><th>errors</th></tr></thead>
+              <tbody id="perday"></tbody>
+            </table></div>
+            <h2>Connect</h2>
+            <dl>
+              <dt>OpenAI base URL</dt><dd><code id="openai-url"></code></dd>
+              <dt>Anthropic base URL</dt><dd><code id="anthropic-url"></code></dd>
+              <dt>Copilot token</dt><dd id="token"></dd>
+              <dt>Store</dt><dd id="store"></dd>
+            </dl>
+            <p>Claude Code (<code>copilot-api start --claude-code</code> prints this for your shell):</p>
+            <pre><code id="claude-command"></code></pre>
             <script>
             "use strict";
             const KEY = "copilot-api-key";
@@ -1978,6 +2088,42 @@ class CopilotApi implements Callable<Integer> {
                 (models ? ` (${models})` : "") + (reasons ? `<br>model calls by billing: ${reasons}` : "");
             }
 
+            const ms = (n) => n === null || n === undefined ? "" : fmt(n) + " ms";
+
+            function recent(r) {
+              const failed = r.status >= 400 || r.error_type;
+              const at = new Date(r.time), today = at.toDateString() === new Date().toDateString();
+              const line = `<tr><td>${esc(today ? at.toLocaleTimeString() : at.toLocaleString())}</td><td>${esc(r.method + " " + r.path)}</td>` +
+                `<td>${esc(r.requested_model || "")}${r.upstream_model && r.upstream_model !== r.requested_model ? " → " + esc(r.upstream_model) : ""}</td>` +
+                `<td${failed ? ' class="error"' : ""}>${r.status}</td><td>${ms(r.first_byte_ms)}</td><td>${ms(r.total_ms)}</td>` +
+                `<td>${r.input_tokens === null ? "" : fmt(r.input_tokens) + " / " + fmt(r.output_tokens || 0)}</td></tr>`;
+              return failed ? line + `<tr><td colspan="7" class="err">${esc((r.error_type || "error") + ": " + (r.error_message || ""))}</td></tr>` : line;
+            }
+
+            function connect(models) {
+              const origin = location.origin, claude = models.filter((m) => m.startsWith("claude"));
+              const main = claude.find((m) => m.includes("sonnet")) || claude[0] || "MODEL";
+              const small = claude.find((m) => m.includes("haiku")) || main;
+              $("openai-url").textContent = origin + "/v1";
+              $("anthropic-url").textContent = origin;
+              const key = localStorage.getItem(KEY) ? "YOUR_API_KEY" : "copilot-api";
+              $("claude-command").textContent = `ANTHROPIC_BASE_URL=${origin} ANTHROPIC_AUTH_TOKEN=${key} ANTHROPIC_MODEL=${main} ` +
+                `ANTHROPIC_SMALL_FAST_MODEL=${small} CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 claude`;
+            }
+
+            function summary(h) {
+              const t = h.copilot_token;
+              $("token").textContent = t.state === "valid" ? `valid, renewed before ${new Date(t.expires_at).toLocaleTimeString()} · ${t.api}`
+                : `${t.state}${t.error ? ": " + t.error : ""}`;
+              const st = h.store;
+              $("store").textContent = st.state === "off" ? "off (--no-store): nothing is kept"
+                : `${st.state}${st.error ? ": " + st.error : ""} · ${st.path} · kept ${st.max_age_days} days`;
+              $("latency").textContent = h.latency.requests ? `· p50 ${ms(h.latency.p50_ms)} · p95 ${ms(h.latency.p95_ms)}` : "";
+              $("permodel").innerHTML = h.per_model.map((m) => `<tr><td>${esc(m.model)}</td><td>${fmt(m.requests)}</td><td>${fmt(m.errors)}</td>` +
+                `<td>${ms(m.p50_ms)}</td><td>${ms(m.p95_ms)}</td></tr>`).join("") || `<tr><td colspan="5" class="muted">no requests yet</td></tr>`;
+              $("perday").innerHTML = h.per_day.map((d) => `<tr><td>${esc(d.day)}</td><td>${fmt(d.requests)}</td><td>${fmt(d.errors)}</td></tr>`).join("");
+            }
+
             function row(m) {
               return `<tr><td>${esc(m.model)}</td><td>${fmt(m.requests)}</td><td>${fmt(m.errors)}</td>` +
                 `<td>${fmt(m.input_tokens)}</td><td>${fmt(m.output_tokens)}</td><td>${m.median_latency_ms === undefined ? "" : fmt(m.median_latency_ms) + " ms"}</td></tr>`;
@@ -1998,6 +2144,14 @@ class CopilotApi implements Callable<Integer> {
                 $("totals").innerHTML = row(Object.assign({ model: "total" }, st.totals));
                 $("spent").innerHTML = spent(st.premium);
               } catch (e) { problems.push("stats: " + e.message); }
+              try {
+                summary(await api("/history/summary"));
+                const rows = await api("/history?limit=20").catch(() => ({ data: [] }));
+                $("recent").innerHTML = rows.data.map(recent).join("") || `<tr><td colspan="7" class="muted">no requests yet</td></tr>`;
+              } catch (e) { problems.push("history: " + e.message); }
+              try {
+                connect((await api("/v1/models")).data.map((m) => m.id));
+              } catch (e) { problems.push("models: " + e.message); }
               $("problem").textContent = problems.join(" · ");
               $("updated").textContent = "updated " + new Date().toLocaleTimeString() + " · refreshes every 5 s";
             }
@@ -2307,10 +2461,12 @@ class CopilotApi implements Callable<Integer> {
 
         private final Upstream up;
         private final ModelRouting routing;
+        private final ResponsesState state;
 
-        ResponsesRoutes(Upstream up, ModelRouting routing) {
+        ResponsesRoutes(Upstream up, ModelRouting routing, ResponsesState state) {
             this.up = up;
             this.routing = routing;
+            this.state = state;
         }
 
         void create(Context ctx) {
@@ -2322,6 +2478,7 @@ class CopilotApi implements Callable<Integer> {
                 throw new ApiError(400, "invalid_request_error", "'input' must be a string or an array of input items", "input", null);
             }
             Requests.responses(body);
+            ResponsesState.Turn turn = state.resolve(body);
             ModelResolver.Resolution model = ModelResolver.resolve(requested, false, up.models().list(), routing);
             Exchange.of(ctx).model(requested, model.upstream());
             List<String> endpoints = ModelResolver.endpoints(model.model());
@@ -2332,21 +2489,25 @@ class CopilotApi implements Callable<Integer> {
             }
             Exchange.of(ctx).route(native_ ? "passthrough" : "translated");
             up.controls().admit(ctx, requested, input.isArray() ? input.size() : 1);
-            Turn turn = Turn.ofResponsesInput(input, body.hasNonNull("previous_response_id"));
-            Initiator initiator = up.controls().billing().charge(ctx, turn, model.model()).initiator();
+            Turn billed = Turn.ofResponsesInput(turn.upstreamInput(), body.hasNonNull("previous_response_id"));
+            Initiator initiator = up.controls().billing().charge(ctx, billed, model.model()).initiator();
             Requests.logBody("responses request", body);
-            CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(input)));
+            JsonNode sent = turn.upstreamInput();
+            CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(sent)));
             boolean stream = Requests.stream(body);
-            if (native_) forward(ctx, body, model.upstream(), call, stream);
-            else translate(ctx, body, model.upstream(), call, stream);
+            if (native_) forward(ctx, turn, model.upstream(), call, stream);
+            else translate(ctx, turn, model.upstream(), call, stream);
         }
 
-        /** What Copilot wants on /responses: nothing stored, and the encrypted reasoning back when reasoning is on. */
-        static ObjectNode forCopilot(ObjectNode body, String upstreamModel) {
+        /**
+         * What Copilot wants on /responses: nothing stored, and the encrypted reasoning back when reasoning is on or
+         * when copilot-api keeps the answer (its reasoning items go back to Copilot in later turns).
+         */
+        static ObjectNode forCopilot(ObjectNode body, String upstreamModel, boolean kept) {
             ObjectNode out = body.deepCopy();
             out.put("model", upstreamModel);
             out.put("store", false);
-            if (out.path("reasoning").isObject()) {
+            if (kept || out.path("reasoning").isObject()) {
                 ArrayNode include = out.path("include").isArray() ? (ArrayNode) out.get("include") : out.putArray("include");
                 boolean present = false;
                 for (JsonNode i : include) present |= i.asText().equals("reasoning.encrypted_content");
@@ -2355,27 +2516,30 @@ class CopilotApi implements Callable<Integer> {
             return out;
         }
 
-        private void forward(Context ctx, ObjectNode body, String upstreamModel, CallOptions call, boolean stream) {
-            ObjectNode request = forCopilot(body, upstreamModel);
+        private void forward(Context ctx, ResponsesState.Turn turn, String upstreamModel, CallOptions call, boolean stream) {
+            ObjectNode request = forCopilot(turn.resolved(), upstreamModel, turn.keep());
             SubagentPrompts subagents = up.controls().billing().subagents();
             if (!stream) {
                 JsonNode answer = up.copilot().postJson(RESPONSES, request, call);
-                Exchange.of(ctx).usage(answer.path("usage").path("input_tokens").asLong(-1), answer.path("usage").path("output_tokens").asLong(-1));
+                Exchange.of(ctx).responsesUsage(answer.path("usage"));
                 subagents.responsesAnswer(answer);
-                Requests.writeJson(ctx, answer);
+                state.keep(turn, answer);
+                Requests.writeJson(ctx, answer.isObject() ? ResponsesState.presented(answer, turn) : answer);
                 return;
             }
-            SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(body.path("tools")) ? subagents.reader() : null;
+            SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
             try (EventSource events = up.copilot().stream(RESPONSES, request, call)) {
-                relayResponses(ctx, events, reader);
+                relayResponses(ctx, events, turn, state, reader);
             }
         }
 
         /**
-         * Named events copied through with their sequence numbers; only the terminal ones are parsed, for the
-         * usage, and the finished output items when a reader is given (for subagent prompts).
+         * Named events copied through with their sequence numbers; only the lifecycle ones are parsed: for the usage,
+         * to say whether the answer is stored, and to keep the finished answer; and the finished output items when
+         * a reader is given (for subagent prompts).
          */
-        static void relayResponses(Context ctx, EventSource events, SubagentPrompts.ToolCallReader reader) {
+        static void relayResponses(Context ctx, EventSource events, ResponsesState.Turn turn, ResponsesState state,
+                SubagentPrompts.ToolCallReader reader) {
             Exchange exchange = Exchange.of(ctx);
             Relay.run(ctx, events, new NativeRelay(new NativeRelay.Api() {
                 @Override
@@ -2386,8 +2550,11 @@ class CopilotApi implements Callable<Integer> {
                 @Override
                 public void inspect(String name, ObjectNode data) {
                     if (reader != null) reader.responsesEvent(name, data);
-                    JsonNode usage = data.path("response").path("usage");
-                    if (usage.isObject()) exchange.usage(usage.path("input_tokens").asLong(-1), usage.path("output_tokens").asLong(-1));
+                    if (!data.path("response").isObject()) return;
+                    ObjectNode response = ResponsesState.presented(data.get("response"), turn);
+                    data.set("response", response);
+                    exchange.responsesUsage(response.path("usage"));
+                    if (TERMINAL.contains(name)) state.keep(turn, response);
                 }
 
                 @Override
@@ -2407,13 +2574,15 @@ class CopilotApi implements Callable<Integer> {
             }));
         }
 
-        static final Set<String> INSPECTED = Set.of("response.completed", "response.incomplete", "response.failed");
-        static final Set<String> INSPECTED_WITH_ITEMS = Set.of("response.completed", "response.incomplete", "response.failed",
-            "response.output_item.done");
+        static final Set<String> INSPECTED = Set.of("response.created", "response.in_progress", "response.completed",
+            "response.incomplete", "response.failed");
+        static final Set<String> INSPECTED_WITH_ITEMS = Set.of("response.created", "response.in_progress", "response.completed",
+            "response.incomplete", "response.failed", "response.output_item.done");
 
         /** A chat model: Responses in, chat to the pivot, Responses events out. */
-        private void translate(Context ctx, ObjectNode body, String upstreamModel, CallOptions call, boolean stream) {
-            Translated t = ResponsesToChat.request(body);
+        private void translate(Context ctx, ResponsesState.Turn turn, String upstreamModel, CallOptions call, boolean stream) {
+            ObjectNode body = turn.echo();
+            Translated t = ResponsesToChat.request(turn.resolved());
             t.body().put("model", upstreamModel);
             t.notes().forEach(n -> Logs.log().debug("{}: {}", RESPONSES, n));
             Requests.logBody("translated chat request", t.body());
@@ -2421,12 +2590,14 @@ class CopilotApi implements Callable<Integer> {
                 JsonNode chat = up.chat().complete(t.body(), call);
                 Exchange.of(ctx).chatUsage(chat.path("usage"));
                 up.controls().billing().subagents().chatAnswer(chat);
-                Requests.writeJson(ctx, ChatToResponses.response(chat, body, IdClock.SYSTEM));
+                ObjectNode answer = ChatToResponses.response(chat, body, IdClock.SYSTEM);
+                state.keep(turn, answer);
+                Requests.writeJson(ctx, answer);
                 return;
             }
             SubagentPrompts.ToolCallReader reader = up.controls().billing().subagents().reader();
-            TranslatedRelay.Translation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM));
             try (EventSource events = up.chat().stream(t.body(), call)) {
+                AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
                 Relay.run(ctx, events, new TranslatedRelay(TranslatedRelay.observed(machine, reader::responsesEvent), Exchange.of(ctx)));
             }
         }
@@ -2434,10 +2605,13 @@ class CopilotApi implements Callable<Integer> {
         /** The Responses stream machine seen as a translation: its events are named by their type; it ends at a terminal one. */
         static final class AsTranslation implements TranslatedRelay.Translation {
             private final ChatStreamToResponses machine;
+            private final Consumer<ObjectNode> finished;
             private boolean done;
 
-            AsTranslation(ChatStreamToResponses machine) {
+            /** The finished response (from the terminal event) goes to {@code finished}, to be kept. */
+            AsTranslation(ChatStreamToResponses machine, Consumer<ObjectNode> finished) {
                 this.machine = machine;
+                this.finished = finished;
             }
 
             @Override
@@ -2475,10 +2649,341 @@ class CopilotApi implements Callable<Integer> {
                 for (ObjectNode e : events) {
                     String type = e.path("type").asText();
                     done |= TERMINAL.contains(type);
+                    if (TERMINAL.contains(type) && e.path("response").isObject()) finished.accept((ObjectNode) e.get("response"));
                     out.add(new NamedEvent(type, e));
                 }
                 return out;
             }
+        }
+    }
+
+    /**
+     * Stateful Responses on every route: before the call, {@code previous_response_id} and {@code item_reference}
+     * items are resolved from the store into full items (Copilot always gets {@code store: false} and the whole
+     * input); after it, an answer whose request did not say {@code store: false} is kept. Also the GET and DELETE
+     * routes on stored responses.
+     */
+    static final class ResponsesState {
+        static final int DEFAULT_ITEMS = 20;
+        static final int MAX_ITEMS = 100;
+
+        /**
+         * One request, resolved: the body to send on (full input, no previous_response_id), the body the answer
+         * echoes (with store said explicitly), its own input items as stored, and whether the answer is kept.
+         */
+        record Turn(ObjectNode resolved, ObjectNode echo, ArrayNode ownInput, String previousId, boolean keep) {
+            JsonNode upstreamInput() {
+                return resolved.get("input");
+            }
+        }
+
+        private final Store store;
+
+        ResponsesState(Store store) {
+            this.store = store;
+        }
+
+        Turn resolve(ObjectNode body) {
+            if (body.hasNonNull("conversation")) {
+                throw new ApiError(400, "invalid_request_error", "'conversation' is not supported: copilot-api keeps responses, not "
+                    + "conversations. Chain turns with 'previous_response_id', or send the items in 'input'.", "conversation", null);
+            }
+            boolean keep = store.enabled() && body.path("store").asBoolean(true);
+            String previous = body.path("previous_response_id").isTextual() ? body.get("previous_response_id").asText() : null;
+            ArrayNode own = ownInput(body.get("input"));
+            ObjectNode resolved = body.deepCopy();
+            resolved.remove("previous_response_id");
+            if (previous != null || body.get("input").isArray()) {
+                ArrayNode full = Json.array();
+                if (previous != null) full.addAll(earlierTurns(previous));
+                full.addAll(own);
+                resolved.set("input", upstream(full));
+            }
+            ObjectNode echo = body.deepCopy();
+            echo.put("store", keep);
+            return new Turn(resolved, echo, own, previous, keep);
+        }
+
+        /** The request's input as items: a string becomes a user message; references become the items they name; every item gets an id. */
+        private ArrayNode ownInput(JsonNode input) {
+            ArrayNode out = Json.array();
+            if (input.isTextual()) {
+                ObjectNode m = out.addObject().put("type", "message").put("role", "user");
+                m.putArray("content").addObject().put("type", "input_text").put("text", input.asText());
+            } else {
+                for (JsonNode item : input) {
+                    out.add(item.path("type").asText().equals("item_reference") ? referenced(item.path("id").asText("")) : item.deepCopy());
+                }
+            }
+            for (JsonNode item : out) {
+                if (!item.hasNonNull("id") && item instanceof ObjectNode o) o.put("id", "msg_" + Ids.random(24));
+            }
+            return out;
+        }
+
+        private JsonNode referenced(String id) {
+            return store.item(id).<JsonNode>map(JsonNode::deepCopy).orElseThrow(() -> new ApiError(404, "invalid_request_error",
+                "Item with id '" + id + "' not found. Items are not persisted when `store` is set to false"
+                    + (store.enabled() ? "" : " (and copilot-api runs with --no-store)")
+                    + ". Try again with `store` set to true, or send the item itself instead of an item_reference.", "input", null));
+        }
+
+        /** The input and output of every earlier turn, oldest first; a missing link is a 404, never a silent answer without it. */
+        private List<JsonNode> earlierTurns(String previous) {
+            java.util.Deque<Store.StoredResponse> chain = new java.util.ArrayDeque<>();
+            Set<String> seen = new java.util.HashSet<>();
+            for (String id = previous; id != null && seen.add(id); ) {
+                String wanted = id;
+                Store.StoredResponse r = store.response(id).orElseThrow(() -> new ApiError(404, "invalid_request_error",
+                    "Previous response with id '" + wanted + "' not found" + (wanted.equals(previous) ? "" : " (an earlier turn of '" + previous + "')")
+                        + (store.enabled() ? "; it was never stored, has expired or was deleted." : "; copilot-api runs with --no-store."),
+                    "previous_response_id", null));
+                chain.addFirst(r);
+                id = r.previousId();
+            }
+            List<JsonNode> items = new ArrayList<>();
+            for (Store.StoredResponse r : chain) {
+                r.input().forEach(items::add);
+                r.response().path("output").forEach(items::add);
+            }
+            return items;
+        }
+
+        /** Copies for Copilot: the ids copilot-api gave the client's own messages stay here. */
+        private static ArrayNode upstream(ArrayNode items) {
+            ArrayNode out = Json.array();
+            for (JsonNode item : items) {
+                ObjectNode copy = (ObjectNode) item.deepCopy();
+                if (copy.path("type").asText("message").equals("message") && !copy.path("role").asText().equals("assistant")) copy.remove("id");
+                out.add(copy);
+            }
+            return out;
+        }
+
+        /** The answer as the client gets it: whether it is stored, and which response it continues. */
+        static ObjectNode presented(JsonNode response, Turn turn) {
+            ObjectNode out = (ObjectNode) response.deepCopy();
+            out.put("store", turn.keep());
+            if (turn.previousId() != null) out.put("previous_response_id", turn.previousId());
+            else out.putNull("previous_response_id");
+            return out;
+        }
+
+        /** Keeps a finished answer (completed or incomplete) of a turn that asked to be stored. */
+        void keep(Turn turn, JsonNode response) {
+            String status = response.path("status").asText("");
+            if (!turn.keep() || !response.path("id").isTextual() || !(status.equals("completed") || status.equals("incomplete"))) return;
+            store.saveResponse(new Store.StoredResponse(response.path("id").asText(), System.currentTimeMillis(), turn.previousId(),
+                presented(response, turn), turn.ownInput()));
+        }
+
+        // -- GET /v1/responses/{id}, GET /v1/responses/{id}/input_items, DELETE /v1/responses/{id}
+
+        void get(Context ctx) {
+            Requests.writeJson(ctx, stored(ctx.pathParam("id")).response());
+        }
+
+        void inputItems(Context ctx) {
+            Store.StoredResponse r = stored(ctx.pathParam("id"));
+            int limit = Requests.queryInt(ctx, "limit", DEFAULT_ITEMS, 1, MAX_ITEMS);
+            String order = Optional.ofNullable(ctx.queryParam("order")).orElse("desc");
+            if (!order.equals("asc") && !order.equals("desc")) throw Requests.invalid("order", "must be 'asc' or 'desc'");
+            List<JsonNode> items = new ArrayList<>();
+            r.input().forEach(items::add);
+            if (order.equals("desc")) java.util.Collections.reverse(items);
+            String after = ctx.queryParam("after");
+            int start = 0;
+            if (after != null) {
+                while (start < items.size() && !items.get(start).path("id").asText().equals(after)) start++;
+                start++;
+            }
+            List<JsonNode> page = items.subList(Math.min(start, items.size()), Math.min(items.size(), start + limit));
+            ObjectNode list = Json.object().put("object", "list");
+            list.putArray("data").addAll(page);
+            if (page.isEmpty()) {
+                list.putNull("first_id");
+                list.putNull("last_id");
+            } else {
+                list.put("first_id", page.get(0).path("id").asText());
+                list.put("last_id", page.get(page.size() - 1).path("id").asText());
+            }
+            list.put("has_more", start + page.size() < items.size());
+            Requests.writeJson(ctx, list);
+        }
+
+        void delete(Context ctx) {
+            String id = ctx.pathParam("id");
+            if (!store.deleteResponse(id)) throw notFound(id);
+            Requests.writeJson(ctx, Json.object().put("id", id).put("object", "response").put("deleted", true));
+        }
+
+        private Store.StoredResponse stored(String id) {
+            return store.response(id).orElseThrow(() -> notFound(id));
+        }
+
+        private ApiError notFound(String id) {
+            return new ApiError(404, "invalid_request_error", "Response with id '" + id + "' not found."
+                + (store.enabled() ? "" : " copilot-api runs with --no-store and keeps no responses."), null, null);
+        }
+    }
+
+    /** The request history: one row per request from its Exchange, and GET /history to read them back. */
+    static final class History {
+        /** Operator views the dashboard polls: a row each would bury the requests that matter (their failures still get one). */
+        static final Set<String> QUIET = Set.of("/", "/dashboard", "/favicon.ico", "/stats", "/history", "/history/summary", "/usage",
+            "/token", "/models", "/v1/models");
+
+        /** GET /history's filters: newest first, {@code before} a row id for the next page. */
+        record Query(int limit, Optional<Long> before, Optional<String> model, Optional<String> status, Optional<String> route,
+            Optional<Long> since, Optional<Long> until) {
+            static final int DEFAULT_LIMIT = 50;
+            static final int MAX_LIMIT = 500;
+
+            static Query from(Context ctx) {
+                String status = ctx.queryParam("status");
+                if (status != null && !status.matches("ok|error|\\d{3}")) throw Requests.invalid("status", "is ok, error or an HTTP status such as 429");
+                return new Query(Requests.queryInt(ctx, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
+                    Optional.ofNullable(ctx.queryParam("before")).map(b -> (long) Requests.queryInt(ctx, "before", 0, 1, Integer.MAX_VALUE)),
+                    Optional.ofNullable(ctx.queryParam("model")), Optional.ofNullable(status), Optional.ofNullable(ctx.queryParam("route")),
+                    time(ctx, "since"), time(ctx, "until"));
+            }
+
+            /** An ISO-8601 instant (2026-01-31T12:00:00Z) or epoch milliseconds. */
+            private static Optional<Long> time(Context ctx, String name) {
+                String v = ctx.queryParam(name);
+                if (v == null) return Optional.empty();
+                try {
+                    return Optional.of(v.matches("\\d+") ? Long.parseLong(v) : Instant.parse(v).toEpochMilli());
+                } catch (java.time.format.DateTimeParseException e) {
+                    throw Requests.invalid(name, "is an ISO-8601 time such as 2026-01-31T12:00:00Z, or epoch milliseconds");
+                }
+            }
+        }
+
+        static void record(Context ctx, int status, long millis, Store store) {
+            if (!store.enabled() || (QUIET.contains(ctx.path()) && status < 400) || ctx.method() == io.javalin.http.HandlerType.OPTIONS) return;
+            Exchange e = Exchange.of(ctx);
+            boolean failed = status >= 400 || e.failedInStream;
+            Long firstByte = e.firstByteNanos > 0 && e.startedNanos > 0 ? (e.firstByteNanos - e.startedNanos) / 1_000_000 : null;
+            String requestBody = store.historyBodies() && ctx.method() == io.javalin.http.HandlerType.POST ? Redact.secrets(new String(Optional.ofNullable(e.requestBody).orElse(new byte[0]), UTF_8)) : null;
+            String responseBody = store.historyBodies() ? Redact.secrets(e.responseBody) : null;
+            store.saveHistory(new HistoryRow(null, System.currentTimeMillis() - millis, api(ctx.path()), ctx.method().name(), ctx.path(),
+                e.requestedModel, e.upstreamModel, e.route, status, failed ? Optional.ofNullable(e.errorType).orElse(e.failedInStream ? "stream_error" : "error") : null,
+                failed ? Optional.ofNullable(e.error).orElse(e.note) : null, firstByte, millis, known(e.inputTokens), known(e.outputTokens),
+                known(e.cachedTokens), ctx.header("user-agent"), null, null, requestBody, responseBody));
+        }
+
+        private static Long known(long tokens) {
+            return tokens >= 0 ? tokens : null;
+        }
+
+        /** Which API a path belongs to. */
+        static String api(String path) {
+            String p = path.startsWith("/v1/") ? path.substring(3) : path;
+            if (p.startsWith("/chat/completions")) return "openai.chat";
+            if (p.startsWith("/responses")) return "openai.responses";
+            if (p.startsWith("/embeddings")) return "openai.embeddings";
+            if (p.startsWith("/models")) return "openai.models";
+            if (p.startsWith("/messages")) return "anthropic.messages";
+            return "copilot-api";
+        }
+
+        static final int SUMMARY_DAYS = 7;
+
+        /**
+         * GET /history/summary, for the dashboard: the last week's requests per day and per model with p50/p95
+         * latency, the latest failures, the store's and the Copilot token's state.
+         */
+        static void summary(Context ctx, Store store, CopilotClient copilot) {
+            ObjectNode out = Json.object();
+            out.set("store", store.status());
+            out.set("copilot_token", tokenState(copilot));
+            long since = Instant.now().minus(Duration.ofDays(SUMMARY_DAYS)).toEpochMilli();
+            Optional<List<HistoryRow>> rows = store.history(new Query(Query.MAX_LIMIT * 100, Optional.empty(), Optional.empty(),
+                Optional.empty(), Optional.empty(), Optional.of(since), Optional.empty()));
+            out.put("days", SUMMARY_DAYS);
+            out.put("available", rows.isPresent());
+            List<HistoryRow> list = rows.orElse(List.of());
+            out.set("latency", latency(list.stream().filter(r -> r.requestedModel() != null).toList()));
+            out.set("per_day", perDay(list));
+            out.set("per_model", perModel(list));
+            ArrayNode errors = out.putArray("recent_errors");
+            list.stream().filter(r -> r.status() >= 400 || r.errorType() != null).limit(10).forEach(r -> errors.add(r.json()));
+            Requests.writeJson(ctx, out);
+        }
+
+        /** The Copilot token's state, never the token. */
+        static ObjectNode tokenState(CopilotClient copilot) {
+            ObjectNode o = Json.object();
+            try {
+                CopilotToken t = copilot.tokens().current();
+                long now = Instant.now().getEpochSecond();
+                o.put("state", t.expiresAt() > now ? "valid" : "expired");
+                o.put("expires_at", Instant.ofEpochSecond(t.expiresAt()).toString());
+                o.put("expires_in_seconds", t.expiresAt() - now);
+                o.put("api", copilot.baseUrl());
+            } catch (RuntimeException e) {
+                o.put("state", "unavailable");
+                o.put("error", Redact.shorten(describe(e)));
+            }
+            return o;
+        }
+
+        static ObjectNode latency(List<HistoryRow> rows) {
+            List<Long> ms = rows.stream().map(HistoryRow::totalMs).sorted().toList();
+            ObjectNode o = Json.object().put("requests", ms.size());
+            if (ms.isEmpty()) return o.putNull("p50_ms").putNull("p95_ms");
+            return o.put("p50_ms", percentile(ms, 50)).put("p95_ms", percentile(ms, 95));
+        }
+
+        /** The nearest-rank percentile of sorted values. */
+        static long percentile(List<Long> sorted, int p) {
+            int rank = (int) Math.ceil(p / 100.0 * sorted.size());
+            return sorted.get(Math.max(0, Math.min(sorted.size() - 1, rank - 1)));
+        }
+
+        private static ArrayNode perDay(List<HistoryRow> rows) {
+            Map<String, long[]> days = new TreeMap<>(java.util.Comparator.reverseOrder());
+            for (HistoryRow r : rows) {
+                long[] n = days.computeIfAbsent(Instant.ofEpochMilli(r.at()).atZone(ZoneOffset.UTC).toLocalDate().toString(), d -> new long[2]);
+                n[0]++;
+                if (r.status() >= 400 || r.errorType() != null) n[1]++;
+            }
+            ArrayNode out = Json.array();
+            days.forEach((day, n) -> out.addObject().put("day", day).put("requests", n[0]).put("errors", n[1]));
+            return out;
+        }
+
+        private static ArrayNode perModel(List<HistoryRow> rows) {
+            Map<String, List<HistoryRow>> models = new TreeMap<>();
+            for (HistoryRow r : rows) {
+                String model = r.upstreamModel() != null ? r.upstreamModel() : r.requestedModel();
+                if (model != null) models.computeIfAbsent(model, m -> new ArrayList<>()).add(r);
+            }
+            ArrayNode out = Json.array();
+            models.entrySet().stream().sorted((a, b) -> b.getValue().size() - a.getValue().size()).forEach(e -> {
+                ObjectNode m = latency(e.getValue()).put("model", e.getKey());
+                m.put("errors", e.getValue().stream().filter(r -> r.status() >= 400 || r.errorType() != null).count());
+                m.put("input_tokens", e.getValue().stream().mapToLong(r -> r.inputTokens() == null ? 0 : r.inputTokens()).sum());
+                m.put("output_tokens", e.getValue().stream().mapToLong(r -> r.outputTokens() == null ? 0 : r.outputTokens()).sum());
+                out.add(m);
+            });
+            return out;
+        }
+
+        static void list(Context ctx, Store store) {
+            if (!store.enabled()) throw new ApiError(404, "not_found_error", "copilot-api runs with --no-store and keeps no history");
+            Query q = Query.from(ctx);
+            List<HistoryRow> rows = store.history(q).orElseThrow(() -> new ApiError(503, "api_error",
+                "the store cannot be read; see /stats for its error"));
+            boolean more = rows.size() > q.limit();
+            ObjectNode out = Json.object().put("object", "list");
+            ArrayNode data = out.putArray("data");
+            for (HistoryRow r : rows.subList(0, Math.min(rows.size(), q.limit()))) data.add(r.json());
+            out.put("has_more", more);
+            if (more) out.put("next_before", rows.get(q.limit() - 1).id());
+            else out.putNull("next_before");
+            Requests.writeJson(ctx, out);
         }
     }
 
@@ -2536,6 +3041,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         private static void write(SseWriter out, List<Frame> frames, Exchange exchange) {
+            if (!frames.isEmpty()) exchange.firstByte();
             for (Frame f : frames) {
                 if (f.failure() != null) exchange.failed(f.failure());
                 out.write(f);
@@ -2877,6 +3383,7 @@ class CopilotApi implements Callable<Integer> {
         static ObjectNode jsonObject(Context ctx) {
             byte[] raw = body(ctx);
             ctx.attribute(RAW, raw);
+            Exchange.of(ctx).requestBody = raw;
             if (raw.length == 0) throw new ApiError(400, "invalid_request_error", "The request body is empty; expected a JSON object");
             JsonNode node;
             try {
@@ -3012,7 +3519,22 @@ class CopilotApi implements Callable<Integer> {
         }
 
         static void writeJson(Context ctx, JsonNode node) {
-            ctx.contentType("application/json").result(Json.write(node));
+            String text = Json.write(node);
+            Exchange.of(ctx).firstByte().responseBody = text;
+            ctx.contentType("application/json").result(text);
+        }
+
+        /** An integer query parameter within bounds; absent is the default. */
+        static int queryInt(Context ctx, String name, int fallback, int min, int max) {
+            String v = ctx.queryParam(name);
+            if (v == null) return fallback;
+            try {
+                int n = Integer.parseInt(v);
+                if (n >= min && n <= max) return n;
+            } catch (NumberFormatException e) {
+                // answered below
+            }
+            throw invalid(name, "must be an integer from " + min + " to " + max);
         }
 
         static void logBody(String what, JsonNode body) {
@@ -3334,7 +3856,7 @@ class CopilotApi implements Callable<Integer> {
             }
             ApiError error = toApiError(e);
             boolean upstream = e instanceof UpstreamException || e instanceof UpstreamUnreachable || e instanceof UserFacingException;
-            Exchange.of(ctx).error(error.getMessage(), upstream || error.status() >= 500);
+            Exchange.of(ctx).error(error.getMessage(), upstream || error.status() >= 500).errorType = error.type();
             SseWriter stream = SseWriter.existing(ctx);
             if (stream != null) {
                 writeStreamError(ctx, stream, error);
@@ -3465,7 +3987,712 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    // ==== 4. Translators ====
+    // ==== 4. Store ====
+
+    /**
+     * One embedded SQLite database in the data directory: the Responses API's stored responses and items, and one
+     * history row per request. Reads run on the request's thread; every write goes through one writer thread with a
+     * bounded queue, so a stream never waits on the disk. A failing database is logged once, reported by /stats, and
+     * otherwise ignored: the proxy keeps serving.
+     */
+    static final class Store implements AutoCloseable {
+        static final String FILE_NAME = "store.db";
+        /** Writes waiting for the writer; past this they are dropped (and counted) rather than held in memory. */
+        static final int MAX_QUEUED_WRITES = 10_000;
+        static final Duration PRUNE_EVERY = Duration.ofHours(1);
+
+        /** What the operator chose: where, whether, for how long, and whether bodies go into the history. */
+        record Options(boolean enabled, Optional<Path> path, Duration maxAge, long maxBytes, boolean historyBodies) {
+            static final Duration DEFAULT_MAX_AGE = Duration.ofDays(30);
+            static final long DEFAULT_MAX_BYTES = 512L * 1024 * 1024;
+            static final Options DEFAULT = new Options(true, Optional.empty(), DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, false);
+            static final Options OFF = new Options(false, Optional.empty(), DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, false);
+
+            Path file(Path dataDir) {
+                return path.orElse(dataDir.resolve(FILE_NAME)).toAbsolutePath();
+            }
+        }
+
+        /** One stored Responses answer: the response object as the client got it and its own input items, resolved. */
+        record StoredResponse(String id, long createdAt, String previousId, ObjectNode response, ArrayNode input) {
+        }
+
+        private final Options options;
+        private final Path file;
+        private final Connection reader;
+        private final Writer writer;
+        private final Health health = new Health();
+        /** Answers queued for the writer; a next turn that follows at once finds them here. */
+        private final Map<String, StoredResponse> pendingResponses = new java.util.concurrent.ConcurrentHashMap<>();
+        private final Map<String, JsonNode> pendingItems = new java.util.concurrent.ConcurrentHashMap<>();
+
+        private Store(Options options, Path file, Connection reader, Connection writes) {
+            this.options = options;
+            this.file = file;
+            this.reader = reader;
+            this.writer = writes == null ? null : new Writer(writes, health);
+        }
+
+        /** Opens (or creates) the database; a corrupt file is moved aside, any other failure leaves a store that keeps nothing. */
+        static Store open(Options options, Path dataDir) {
+            if (!options.enabled()) return new Store(options, null, null, null);
+            Path file = options.file(dataDir);
+            Store store;
+            try {
+                store = connect(options, file);
+            } catch (SQLException e) {
+                if (!Db.corrupt(e)) return failed(options, file, e);
+                Path aside = Db.moveAside(file);
+                Logs.log().warn("the store {} is corrupt ({}); moved it to {} and started a new one", file, describe(e), aside);
+                try {
+                    store = connect(options, file);
+                } catch (SQLException again) {
+                    return failed(options, file, again);
+                }
+            }
+            store.writer.every(PRUNE_EVERY, store::prune);
+            return store;
+        }
+
+        private static Store connect(Options options, Path file) throws SQLException {
+            Db.create(file);
+            Connection writes = Db.connect(file);
+            try {
+                Db.check(writes);
+                Db.migrate(writes);
+                return new Store(options, file, Db.connect(file), writes);
+            } catch (SQLException e) {
+                Db.closeQuietly(writes);
+                throw e;
+            }
+        }
+
+        private static Store failed(Options options, Path file, Exception e) {
+            Store store = new Store(options, file, null, null);
+            store.health.failed("cannot open " + file, e);
+            return store;
+        }
+
+        /** What `debug` says about the default store file, read-only: there, its size, and whether SQLite can read it. */
+        static ObjectNode probe(Path file) {
+            ObjectNode o = Json.object().put("path", file.toString()).put("exists", Files.isRegularFile(file));
+            if (!Files.isRegularFile(file)) return o;
+            try (Connection c = DriverManager.getConnection("jdbc:sqlite:file:" + file + "?mode=ro")) {
+                o.put("bytes", Files.size(file));
+                Db.check(c);
+                try (Statement s = c.createStatement(); ResultSet r = s.executeQuery("PRAGMA user_version")) {
+                    o.put("schemaVersion", r.next() ? r.getInt(1) : 0);
+                }
+                o.put("state", "ok");
+            } catch (SQLException | IOException e) {
+                o.put("state", e instanceof SQLException q && Db.corrupt(q) ? "corrupt (moved aside at the next start)" : "failing");
+                o.put("error", describe(e));
+            }
+            return o;
+        }
+
+        /** True when Responses answers are kept (the store is on, even if its disk is failing). */
+        boolean enabled() {
+            return options.enabled();
+        }
+
+        boolean historyBodies() {
+            return options.historyBodies();
+        }
+
+        Optional<Path> file() {
+            return Optional.ofNullable(file);
+        }
+
+        // -- stored responses
+
+        void saveResponse(StoredResponse r) {
+            if (!enabled()) return;
+            pendingResponses.put(r.id(), r);
+            List<JsonNode> items = new ArrayList<>();
+            r.input().forEach(items::add);
+            r.response().path("output").forEach(items::add);
+            for (JsonNode item : items) if (item.path("id").isTextual()) pendingItems.put(item.path("id").asText(), item);
+            write("save response " + r.id(), c -> Db.insertResponse(c, r), () -> {
+                pendingResponses.remove(r.id(), r);
+                for (JsonNode item : items) if (item.path("id").isTextual()) pendingItems.remove(item.path("id").asText(), item);
+            });
+        }
+
+        Optional<StoredResponse> response(String id) {
+            StoredResponse pending = pendingResponses.get(id);
+            if (pending != null) return Optional.of(pending);
+            return read(c -> Db.response(c, id, cutoff()));
+        }
+
+        Optional<JsonNode> item(String id) {
+            JsonNode pending = pendingItems.get(id);
+            if (pending != null) return Optional.of(pending);
+            return read(c -> Db.item(c, id, cutoff()));
+        }
+
+        /** Deletes at once (the client's next GET must 404): the one write the caller waits for. */
+        boolean deleteResponse(String id) {
+            boolean pending = pendingResponses.remove(id) != null;
+            if (writer == null) return pending;
+            Optional<Boolean> deleted = writer.await(c -> Db.deleteResponse(c, id));
+            return pending || deleted.orElse(false);
+        }
+
+        // -- history
+
+        void saveHistory(HistoryRow row) {
+            if (enabled()) write("history row", c -> Db.insertHistory(c, row), () -> { });
+        }
+
+        Optional<List<HistoryRow>> history(History.Query q) {
+            return read(c -> Optional.of(Db.history(c, q)));
+        }
+
+        // -- upkeep and state
+
+        private long cutoff() {
+            return Instant.now().minus(options.maxAge()).toEpochMilli();
+        }
+
+        private void prune() {
+            if (writer == null) return;
+            try {
+                Db.prune(writer.connection(), cutoff(), options.maxBytes());
+                health.ok();
+            } catch (SQLException e) {
+                health.failed("pruning " + file, e);
+            }
+        }
+
+        /** What /stats and the dashboard say about the store. */
+        ObjectNode status() {
+            ObjectNode o = Json.object();
+            o.put("enabled", enabled());
+            if (file != null) o.put("path", file.toString());
+            if (!enabled()) {
+                o.put("state", "off");
+                return o;
+            }
+            health.report(o);
+            o.put("dropped_writes", writer == null ? 0 : writer.dropped());
+            try {
+                if (file != null && Files.exists(file)) o.put("bytes", Files.size(file));
+            } catch (IOException e) {
+                o.put("bytes_error", describe(e));
+            }
+            o.put("max_age_days", options.maxAge().toDays());
+            o.put("max_bytes", options.maxBytes());
+            o.put("history_bodies", options.historyBodies());
+            return o;
+        }
+
+        @Override
+        public void close() {
+            if (writer != null) writer.close();
+            Db.closeQuietly(reader);
+        }
+
+        private void write(String what, Db.Write w, Runnable after) {
+            if (writer == null) {
+                after.run();
+                return;
+            }
+            writer.submit(what, w, after);
+        }
+
+        private <T> Optional<T> read(Db.Read<T> r) {
+            if (reader == null) return Optional.empty();
+            synchronized (reader) {
+                try {
+                    Optional<T> out = r.run(reader);
+                    return out;
+                } catch (SQLException e) {
+                    health.failed("reading " + file, e);
+                    return Optional.empty();
+                }
+            }
+        }
+
+        /** The store's state: the first failure of a run of failures is logged, and a recovery once. */
+        static final class Health {
+            private String error;
+            private long failures;
+            private Instant since;
+
+            synchronized void failed(String what, Exception e) {
+                failures++;
+                if (error == null) {
+                    error = what + ": " + describe(e);
+                    since = Instant.now();
+                    Logs.log().warn("store failing, copilot-api keeps serving without it: {}", error);
+                }
+            }
+
+            synchronized void ok() {
+                if (error == null) return;
+                Logs.log().info("store working again after {} failure(s)", failures);
+                error = null;
+            }
+
+            synchronized void report(ObjectNode o) {
+                o.put("state", error == null ? "ok" : "failing");
+                o.put("failures", failures);
+                if (error != null) {
+                    o.put("error", Redact.shorten(error));
+                    o.put("failing_since", since.toString());
+                }
+            }
+        }
+
+        /** The one thread that writes: a bounded queue in front, each write in its own transaction. */
+        static final class Writer {
+            private final Connection connection;
+            private final Health health;
+            private final java.util.concurrent.ScheduledThreadPoolExecutor thread;
+            private final java.util.concurrent.atomic.AtomicInteger queued = new java.util.concurrent.atomic.AtomicInteger();
+            private final java.util.concurrent.atomic.AtomicLong dropped = new java.util.concurrent.atomic.AtomicLong();
+
+            Writer(Connection connection, Health health) {
+                this.connection = connection;
+                this.health = health;
+                this.thread = new java.util.concurrent.ScheduledThreadPoolExecutor(1, r -> {
+                    Thread t = new Thread(r, "copilot-api-store");
+                    t.setDaemon(true);
+                    return t;
+                });
+            }
+
+            Connection connection() {
+                return connection;
+            }
+
+            long dropped() {
+                return dropped.get();
+            }
+
+            void submit(String what, Db.Write w, Runnable after) {
+                if (queued.incrementAndGet() > MAX_QUEUED_WRITES) {
+                    queued.decrementAndGet();
+                    if (dropped.getAndIncrement() == 0) Logs.log().warn("store writes are falling behind; dropping {} and later ones", what);
+                    after.run();
+                    return;
+                }
+                try {
+                    thread.execute(() -> {
+                        try {
+                            run(what, w);
+                        } finally {
+                            queued.decrementAndGet();
+                            after.run();
+                        }
+                    });
+                } catch (java.util.concurrent.RejectedExecutionException closed) {
+                    queued.decrementAndGet();
+                    after.run();
+                }
+            }
+
+            /** Runs a write and waits for it (DELETE, which the client reads back at once). */
+            <T> Optional<T> await(Db.Query<T> q) {
+                try {
+                    return thread.submit(() -> {
+                        try {
+                            T out = Db.inTransaction(connection, q);
+                            health.ok();
+                            return Optional.ofNullable(out);
+                        } catch (SQLException e) {
+                            health.failed("writing", e);
+                            return Optional.<T>empty();
+                        }
+                    }).get(30, TimeUnit.SECONDS);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    return Optional.empty();
+                } catch (java.util.concurrent.ExecutionException | java.util.concurrent.TimeoutException
+                    | java.util.concurrent.RejectedExecutionException e) {
+                    health.failed("writing", e);
+                    return Optional.empty();
+                }
+            }
+
+            void every(Duration period, Runnable task) {
+                thread.scheduleWithFixedDelay(task, 0, period.toMillis(), TimeUnit.MILLISECONDS);
+            }
+
+            private void run(String what, Db.Write w) {
+                try {
+                    Db.inTransaction(connection, c -> {
+                        w.run(c);
+                        return null;
+                    });
+                    health.ok();
+                } catch (SQLException e) {
+                    health.failed(what, e);
+                }
+            }
+
+            /** Finishes the queued writes (up to 10 s), then closes the connection. */
+            void close() {
+                thread.setContinueExistingPeriodicTasksAfterShutdownPolicy(false);
+                thread.shutdown();
+                try {
+                    if (!thread.awaitTermination(10, TimeUnit.SECONDS)) Logs.log().warn("store: {} writes not finished at exit", queued.get());
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+                Db.closeQuietly(connection);
+            }
+        }
+
+        /** The SQL: schema migrations, and one method per statement. */
+        static final class Db {
+            interface Write {
+                void run(Connection c) throws SQLException;
+            }
+
+            interface Read<T> {
+                Optional<T> run(Connection c) throws SQLException;
+            }
+
+            interface Query<T> {
+                T run(Connection c) throws SQLException;
+            }
+
+            /** Schema versions in order; PRAGMA user_version says how many have run. Never edit one, add the next. */
+            static final List<List<String>> MIGRATIONS = List.of(
+                List.of(
+                    "CREATE TABLE responses (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, previous_id TEXT,"
+                        + " response TEXT NOT NULL, input TEXT NOT NULL, bytes INTEGER NOT NULL)",
+                    "CREATE INDEX responses_created ON responses (created_at)",
+                    "CREATE TABLE items (id TEXT PRIMARY KEY, response_id TEXT NOT NULL, created_at INTEGER NOT NULL, item TEXT NOT NULL)",
+                    "CREATE INDEX items_response ON items (response_id)",
+                    "CREATE TABLE history (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, api TEXT, method TEXT NOT NULL,"
+                        + " path TEXT NOT NULL, requested_model TEXT, upstream_model TEXT, route TEXT, status INTEGER NOT NULL,"
+                        + " error_type TEXT, error_message TEXT, first_byte_ms INTEGER, total_ms INTEGER NOT NULL, input_tokens INTEGER,"
+                        + " output_tokens INTEGER, cached_tokens INTEGER, user_agent TEXT, initiator TEXT, premium_cost REAL,"
+                        + " request_body TEXT, response_body TEXT)",
+                    "CREATE INDEX history_at ON history (at)"));
+
+            /** A new file is made 0600 before SQLite sees it; SQLite gives its -wal and -shm files the same mode. */
+            static void create(Path file) throws SQLException {
+                try {
+                    Path dir = file.getParent();
+                    if (!Files.isDirectory(dir)) {
+                        Files.createDirectories(dir);
+                        Posix.restrict(dir, "rwx------");
+                    }
+                    if (!Files.exists(file)) {
+                        Files.createFile(file);
+                        Posix.restrict(file, "rw-------");
+                    }
+                } catch (IOException e) {
+                    throw new SQLException("cannot create " + file + ": " + describe(e), e);
+                }
+            }
+
+            static Connection connect(Path file) throws SQLException {
+                Connection c = DriverManager.getConnection("jdbc:sqlite:" + file);
+                try (Statement s = c.createStatement()) {
+                    s.execute("PRAGMA busy_timeout = 5000");
+                }
+                return c;
+            }
+
+            /** A file that is not a database, or fails SQLite's quick check, is corrupt. */
+            static void check(Connection c) throws SQLException {
+                try (Statement s = c.createStatement(); ResultSet r = s.executeQuery("PRAGMA quick_check")) {
+                    String result = r.next() ? r.getString(1) : "no answer";
+                    if (!result.equals("ok")) throw new SQLException("quick_check: " + result, null, SQLITE_CORRUPT);
+                }
+            }
+
+            static final int SQLITE_CORRUPT = 11;
+            static final int SQLITE_NOTADB = 26;
+
+            static boolean corrupt(SQLException e) {
+                int code = e.getErrorCode() & 0xff;
+                return code == SQLITE_CORRUPT || code == SQLITE_NOTADB;
+            }
+
+            static Path moveAside(Path file) {
+                String stamp = java.time.format.DateTimeFormatter.ofPattern("yyyyMMdd-HHmmss").withZone(ZoneOffset.UTC).format(Instant.now());
+                Path aside = file.resolveSibling(file.getFileName() + ".corrupt-" + stamp);
+                try {
+                    Files.move(file, aside);
+                    for (String suffix : List.of("-wal", "-shm")) Files.deleteIfExists(file.resolveSibling(file.getFileName() + suffix));
+                } catch (IOException e) {
+                    throw new UncheckedIOException("cannot move the corrupt store " + file + " aside", e);
+                }
+                return aside;
+            }
+
+            static void migrate(Connection c) throws SQLException {
+                try (Statement s = c.createStatement()) {
+                    s.execute("PRAGMA journal_mode = WAL");
+                    s.execute("PRAGMA synchronous = NORMAL");
+                }
+                int version;
+                try (Statement s = c.createStatement(); ResultSet r = s.executeQuery("PRAGMA user_version")) {
+                    version = r.next() ? r.getInt(1) : 0;
+                }
+                if (version > MIGRATIONS.size()) {
+                    throw new SQLException("the store has schema version " + version + ", newer than this copilot-api knows ("
+                        + MIGRATIONS.size() + "); use a newer copilot-api or another --store");
+                }
+                for (int v = version; v < MIGRATIONS.size(); v++) {
+                    int next = v + 1;
+                    inTransaction(c, tx -> {
+                        try (Statement s = tx.createStatement()) {
+                            for (String sql : MIGRATIONS.get(next - 1)) s.execute(sql);
+                            s.execute("PRAGMA user_version = " + next);
+                        }
+                        return null;
+                    });
+                }
+            }
+
+            static <T> T inTransaction(Connection c, Query<T> q) throws SQLException {
+                c.setAutoCommit(false);
+                try {
+                    T out = q.run(c);
+                    c.commit();
+                    return out;
+                } catch (SQLException | RuntimeException e) {
+                    try {
+                        c.rollback();
+                    } catch (SQLException rollback) {
+                        e.addSuppressed(rollback);
+                    }
+                    throw e;
+                } finally {
+                    c.setAutoCommit(true);
+                }
+            }
+
+            static void closeQuietly(Connection c) {
+                if (c == null) return;
+                try {
+                    c.close();
+                } catch (SQLException e) {
+                    Logs.log().debug("closing the store: {}", describe(e));
+                }
+            }
+
+            static void insertResponse(Connection c, StoredResponse r) throws SQLException {
+                String response = Json.write(r.response());
+                String input = Json.write(r.input());
+                try (PreparedStatement s = c.prepareStatement("INSERT OR REPLACE INTO responses (id, created_at, previous_id, response, input, bytes)"
+                    + " VALUES (?, ?, ?, ?, ?, ?)")) {
+                    s.setString(1, r.id());
+                    s.setLong(2, r.createdAt());
+                    s.setString(3, r.previousId());
+                    s.setString(4, response);
+                    s.setString(5, input);
+                    s.setLong(6, response.length() + input.length());
+                    s.executeUpdate();
+                }
+                try (PreparedStatement s = c.prepareStatement("INSERT OR REPLACE INTO items (id, response_id, created_at, item) VALUES (?, ?, ?, ?)")) {
+                    List<JsonNode> items = new ArrayList<>();
+                    r.input().forEach(items::add);
+                    r.response().path("output").forEach(items::add);
+                    for (JsonNode item : items) {
+                        if (!item.path("id").isTextual()) continue;
+                        s.setString(1, item.path("id").asText());
+                        s.setString(2, r.id());
+                        s.setLong(3, r.createdAt());
+                        s.setString(4, Json.write(item));
+                        s.addBatch();
+                    }
+                    s.executeBatch();
+                }
+            }
+
+            static Optional<StoredResponse> response(Connection c, String id, long cutoff) throws SQLException {
+                try (PreparedStatement s = c.prepareStatement("SELECT created_at, previous_id, response, input FROM responses WHERE id = ? AND created_at >= ?")) {
+                    s.setString(1, id);
+                    s.setLong(2, cutoff);
+                    try (ResultSet r = s.executeQuery()) {
+                        if (!r.next()) return Optional.empty();
+                        return Optional.of(new StoredResponse(id, r.getLong(1), r.getString(2),
+                            (ObjectNode) parse(r.getString(3)), (ArrayNode) parse(r.getString(4))));
+                    }
+                }
+            }
+
+            static Optional<JsonNode> item(Connection c, String id, long cutoff) throws SQLException {
+                try (PreparedStatement s = c.prepareStatement("SELECT item FROM items WHERE id = ? AND created_at >= ?")) {
+                    s.setString(1, id);
+                    s.setLong(2, cutoff);
+                    try (ResultSet r = s.executeQuery()) {
+                        return r.next() ? Optional.of(parse(r.getString(1))) : Optional.empty();
+                    }
+                }
+            }
+
+            static boolean deleteResponse(Connection c, String id) throws SQLException {
+                try (PreparedStatement items = c.prepareStatement("DELETE FROM items WHERE response_id = ?");
+                     PreparedStatement response = c.prepareStatement("DELETE FROM responses WHERE id = ?")) {
+                    items.setString(1, id);
+                    items.executeUpdate();
+                    response.setString(1, id);
+                    return response.executeUpdate() > 0;
+                }
+            }
+
+            static void insertHistory(Connection c, HistoryRow h) throws SQLException {
+                try (PreparedStatement s = c.prepareStatement("INSERT INTO history (at, api, method, path, requested_model, upstream_model,"
+                    + " route, status, error_type, error_message, first_byte_ms, total_ms, input_tokens, output_tokens, cached_tokens,"
+                    + " user_agent, initiator, premium_cost, request_body, response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")) {
+                    s.setLong(1, h.at());
+                    s.setString(2, h.api());
+                    s.setString(3, h.method());
+                    s.setString(4, h.path());
+                    s.setString(5, h.requestedModel());
+                    s.setString(6, h.upstreamModel());
+                    s.setString(7, h.route());
+                    s.setInt(8, h.status());
+                    s.setString(9, h.errorType());
+                    s.setString(10, h.errorMessage());
+                    setLong(s, 11, h.firstByteMs());
+                    s.setLong(12, h.totalMs());
+                    setLong(s, 13, h.inputTokens());
+                    setLong(s, 14, h.outputTokens());
+                    setLong(s, 15, h.cachedTokens());
+                    s.setString(16, h.userAgent());
+                    s.setString(17, h.initiator());
+                    if (h.premiumCost() == null) s.setNull(18, java.sql.Types.REAL);
+                    else s.setDouble(18, h.premiumCost());
+                    s.setString(19, h.requestBody());
+                    s.setString(20, h.responseBody());
+                    s.executeUpdate();
+                }
+            }
+
+            private static void setLong(PreparedStatement s, int i, Long v) throws SQLException {
+                if (v == null) s.setNull(i, java.sql.Types.INTEGER);
+                else s.setLong(i, v);
+            }
+
+            static List<HistoryRow> history(Connection c, History.Query q) throws SQLException {
+                StringBuilder sql = new StringBuilder("SELECT id, at, api, method, path, requested_model, upstream_model, route, status,"
+                    + " error_type, error_message, first_byte_ms, total_ms, input_tokens, output_tokens, cached_tokens, user_agent, initiator,"
+                    + " premium_cost, request_body, response_body FROM history WHERE 1 = 1");
+                List<Object> args = new ArrayList<>();
+                q.before().ifPresent(v -> { sql.append(" AND id < ?"); args.add(v); });
+                q.model().ifPresent(v -> { sql.append(" AND (requested_model = ? OR upstream_model = ?)"); args.add(v); args.add(v); });
+                q.route().ifPresent(v -> { sql.append(" AND route = ?"); args.add(v); });
+                q.since().ifPresent(v -> { sql.append(" AND at >= ?"); args.add(v); });
+                q.until().ifPresent(v -> { sql.append(" AND at < ?"); args.add(v); });
+                q.status().ifPresent(v -> {
+                    if (v.equals("error")) sql.append(" AND (status >= 400 OR error_type IS NOT NULL)");
+                    else if (v.equals("ok")) sql.append(" AND status < 400 AND error_type IS NULL");
+                    else { sql.append(" AND status = ?"); args.add(Integer.parseInt(v)); }
+                });
+                sql.append(" ORDER BY id DESC LIMIT ?");
+                args.add(q.limit() + 1);
+                try (PreparedStatement s = c.prepareStatement(sql.toString())) {
+                    for (int i = 0; i < args.size(); i++) s.setObject(i + 1, args.get(i));
+                    List<HistoryRow> rows = new ArrayList<>();
+                    try (ResultSet r = s.executeQuery()) {
+                        while (r.next()) rows.add(HistoryRow.from(r));
+                    }
+                    return rows;
+                }
+            }
+
+            /** Older than the age limit goes; then the oldest go, a tenth at a time, until the file fits. */
+            static void prune(Connection c, long cutoff, long maxBytes) throws SQLException {
+                inTransaction(c, tx -> {
+                    for (String table : List.of("responses WHERE created_at", "items WHERE created_at", "history WHERE at")) {
+                        try (PreparedStatement s = tx.prepareStatement("DELETE FROM " + table + " < ?")) {
+                            s.setLong(1, cutoff);
+                            s.executeUpdate();
+                        }
+                    }
+                    return null;
+                });
+                for (int round = 0; round < 10 && bytes(c) > maxBytes; round++) {
+                    inTransaction(c, tx -> {
+                        try (Statement s = tx.createStatement()) {
+                            s.execute("DELETE FROM responses WHERE id IN (SELECT id FROM responses ORDER BY created_at LIMIT"
+                                + " (SELECT COUNT(*) / 10 + 1 FROM responses))");
+                            s.execute("DELETE FROM items WHERE response_id NOT IN (SELECT id FROM responses)");
+                            s.execute("DELETE FROM history WHERE id IN (SELECT id FROM history ORDER BY id LIMIT (SELECT COUNT(*) / 10 + 1 FROM history))");
+                        }
+                        return null;
+                    });
+                    try (Statement s = c.createStatement()) {
+                        s.execute("VACUUM");
+                    }
+                }
+            }
+
+            private static long bytes(Connection c) throws SQLException {
+                try (Statement s = c.createStatement();
+                     ResultSet r = s.executeQuery("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")) {
+                    return r.next() ? r.getLong(1) : 0;
+                }
+            }
+
+            private static JsonNode parse(String text) throws SQLException {
+                return Json.tryParse(text).orElseThrow(() -> new SQLException("a stored row is not JSON", null, SQLITE_CORRUPT));
+            }
+        }
+    }
+
+    /** One row of the request history; initiator and premium cost stay null until the ledger fills them. */
+    record HistoryRow(Long id, long at, String api, String method, String path, String requestedModel, String upstreamModel, String route,
+        int status, String errorType, String errorMessage, Long firstByteMs, long totalMs, Long inputTokens, Long outputTokens,
+        Long cachedTokens, String userAgent, String initiator, Double premiumCost, String requestBody, String responseBody) {
+
+        static HistoryRow from(ResultSet r) throws SQLException {
+            return new HistoryRow(r.getLong("id"), r.getLong("at"), r.getString("api"), r.getString("method"), r.getString("path"),
+                r.getString("requested_model"), r.getString("upstream_model"), r.getString("route"), r.getInt("status"),
+                r.getString("error_type"), r.getString("error_message"), nullableLong(r, "first_byte_ms"), r.getLong("total_ms"),
+                nullableLong(r, "input_tokens"), nullableLong(r, "output_tokens"), nullableLong(r, "cached_tokens"),
+                r.getString("user_agent"), r.getString("initiator"), nullableDouble(r, "premium_cost"), r.getString("request_body"),
+                r.getString("response_body"));
+        }
+
+        private static Long nullableLong(ResultSet r, String column) throws SQLException {
+            long v = r.getLong(column);
+            return r.wasNull() ? null : v;
+        }
+
+        private static Double nullableDouble(ResultSet r, String column) throws SQLException {
+            double v = r.getDouble(column);
+            return r.wasNull() ? null : v;
+        }
+
+        ObjectNode json() {
+            ObjectNode o = Json.object();
+            o.put("id", id);
+            o.put("time", Instant.ofEpochMilli(at).toString());
+            o.put("api", api);
+            o.put("method", method);
+            o.put("path", path);
+            o.put("requested_model", requestedModel);
+            o.put("upstream_model", upstreamModel);
+            o.put("route", route);
+            o.put("status", status);
+            o.put("error_type", errorType);
+            o.put("error_message", errorMessage);
+            o.put("first_byte_ms", firstByteMs);
+            o.put("total_ms", totalMs);
+            o.put("input_tokens", inputTokens);
+            o.put("output_tokens", outputTokens);
+            o.put("cached_tokens", cachedTokens);
+            o.put("user_agent", userAgent);
+            o.put("initiator", initiator);
+            o.put("premium_cost", premiumCost);
+            if (requestBody != null) o.put("request_body", requestBody);
+            if (responseBody != null) o.put("response_body", responseBody);
+            return o;
+        }
+    }
+
+    // ==== 5. Translators ====
 
     /** Who started a turn, for Copilot's billing: a user prompt costs a premium request, agent follow-ups do not. */
     enum Initiator {
@@ -4866,7 +6093,7 @@ class CopilotApi implements Callable<Integer> {
             r.put("model", model);
             r.putArray("output");
             r.set("parallel_tool_calls", echo(request, "parallel_tool_calls", true));
-            r.putNull("previous_response_id");
+            r.set("previous_response_id", echo(request, "previous_response_id", null));
             ObjectNode reasoning = r.putObject("reasoning");
             reasoning.set("effort", echo(request.path("reasoning"), "effort", null));
             reasoning.set("summary", echo(request.path("reasoning"), "summary", null));
@@ -5032,14 +6259,15 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /**
-         * copilot-api keeps no conversation state, so anything that refers to a stored response or conversation is
-         * refused with a clear 400 rather than silently answered without its context.
+         * The translator is pure and sees resolved requests (the route puts stored turns into 'input'), so anything
+         * that still refers to a stored response or conversation is refused with a clear 400 rather than silently
+         * answered without its context.
          */
         private static void rejectStateful(JsonNode in) {
             for (String field : List.of("previous_response_id", "conversation")) {
                 if (present(in, field)) {
-                    throw invalid(field, "'" + field + "' is not supported for this model: copilot-api is stateless and "
-                        + "translates this request to chat completions. Send the whole conversation in 'input' (with store: false).");
+                    throw invalid(field, "'" + field + "' must be resolved before translation to chat completions; "
+                        + "send the whole conversation in 'input'.");
                 }
             }
             if (present(in, "prompt")) {
@@ -5179,8 +6407,8 @@ class CopilotApi implements Callable<Integer> {
                     case "function_call" -> call(item, nonEmpty(item.path("arguments").asText(""), "{}"));
                     case "custom_tool_call" -> call(item, CustomTools.arguments(item.path("input").asText("")));
                     case "function_call_output", "custom_tool_call_output" -> toolResult(item);
-                    case "item_reference" -> throw invalid("input", "input items of type 'item_reference' refer to stored items; "
-                        + "copilot-api is stateless, send the items themselves");
+                    case "item_reference" -> throw invalid("input", "input items of type 'item_reference' refer to stored items, "
+                        + "which the route resolves from the store before translating; send the items themselves");
                     default -> notes.add("dropped input item of type '" + type + "': it has no chat completions equivalent");
                 }
             }
@@ -6788,7 +8016,7 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    // ==== 5. Copilot client ====
+    // ==== 6. Copilot client ====
 
     /**
      * Per-call facts: who initiated the turn and whether an image rides along (both change headers), and what
@@ -7618,7 +8846,7 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    // ==== 6. GitHub auth ====
+    // ==== 7. GitHub auth ====
 
     /** A GitHub token and where it came from (for messages; never printed unless --show-token). */
     record GitHubToken(String value, String source, Origin origin) {
@@ -7877,7 +9105,7 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    // ==== 7. Errors ====
+    // ==== 8. Errors ====
 
     /** A problem the user can act on, reported as one line. */
     static class UserFacingException extends RuntimeException {
@@ -7957,7 +9185,7 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    // ==== 8. Small utilities ====
+    // ==== 9. Small utilities ====
 
     static final class Json {
         static ObjectNode object() {

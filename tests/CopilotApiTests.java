@@ -7,6 +7,7 @@
 //SOURCES ResponsesTranslatorTests.java
 //SOURCES ClientRecipeTests.java
 //SOURCES BillingTests.java
+//SOURCES StoreTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
@@ -86,6 +87,7 @@ class CopilotApiTests {
         AnthropicNativeTests.class,
         CountTokensTests.class,
         ResponsesRouteTests.class,
+        StoreTests.class,
         ClaudeCodeSetupTests.class,
         ApiKeyTests.class,
         BrowserSafetyTests.class,
@@ -192,6 +194,17 @@ class CopilotApiTests {
 
         Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
                 CopilotApi.BrowserGuard guard, CopilotApi.Timeouts timeouts) throws IOException {
+            this(stub, extraEnv, tweak, controls, guard, timeouts, CopilotApi.Store.Options.DEFAULT);
+        }
+
+        /** A copilot-api with these store options; COPILOT_API_HOME in extraEnv reuses a data directory (a restart). */
+        Harness(StubUpstream stub, Map<String, String> extraEnv, CopilotApi.Store.Options store) throws IOException {
+            this(stub, extraEnv, o -> { }, CopilotApi.Controls.none(), CopilotApi.BrowserGuard.loopback("127.0.0.1"),
+                CopilotApi.Timeouts.DEFAULT, store);
+        }
+
+        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
+                CopilotApi.BrowserGuard guard, CopilotApi.Timeouts timeouts, CopilotApi.Store.Options store) throws IOException {
             this.stub = stub;
             this.home = Files.createTempDirectory("copilot-api-home");
             Map<String, String> env = new HashMap<>(stub.env());
@@ -208,7 +221,7 @@ class CopilotApiTests {
             tokens = app.tokens();
             copilot = app.copilot();
             app.models().refreshQuietly();
-            server = app.serve(new CopilotApi.ServerOptions("127.0.0.1", 0, CopilotApi.ModelRouting.NONE, controls, guard));
+            server = app.serve(new CopilotApi.ServerOptions("127.0.0.1", 0, CopilotApi.ModelRouting.NONE, controls, guard, store));
         }
 
         static Harness start() throws IOException {
@@ -1528,10 +1541,13 @@ class CopilotApiTests {
         }
 
         @Test
-        void statefulAndMalformedRequestsAre400s() throws Exception {
+        void unknownStateAndMalformedRequestsAreAnsweredBeforeCopilot() throws Exception {
             HttpResponse<String> r = h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\",\"previous_response_id\":\"resp_1\"}");
+            assertEquals(404, r.statusCode());
+            assertEquals("previous_response_id", json(r.body()).path("error").path("param").asText(), r.body());
+            r = h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\",\"conversation\":\"conv_1\"}");
             assertEquals(400, r.statusCode());
-            assertTrue(json(r.body()).path("error").path("message").asText().contains("previous_response_id"), r.body());
+            assertEquals("conversation", json(r.body()).path("error").path("param").asText(), r.body());
             r = h.post("/v1/responses", "{\"model\":\"gpt-4.1\"}");
             assertEquals(400, r.statusCode());
             assertEquals("input", json(r.body()).path("error").path("param").asText());
@@ -2094,6 +2110,36 @@ class CopilotApiTests {
                 assertTrue(dom.contains("<td>gpt-4.1</td><td>1</td><td>0</td>"), "stats row: " + dom);
                 String locked = render(h.url("/dashboard"));
                 assertTrue(locked.matches("(?s).*<form id=\"keyform\">.*"), "without the key the page asks for it: " + locked);
+            }
+        }
+
+        // A day of work at phone width: recent requests with their errors, latency, per day and per model, how to connect; after a restart too.
+        @Test
+        void showsTheHistoryAndHowToConnectAtPhoneWidthAcrossARestart() throws Exception {
+            Path home = Files.createTempDirectory("copilot-api-dashboard");
+            String today = java.time.LocalDate.now(java.time.ZoneOffset.UTC).toString();
+            try (Harness h = StoreTests.harness(home, CopilotApi.Store.Options.DEFAULT)) {
+                assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
+                assertEquals(400, h.post("/v1/chat/completions", "{\"model\":\"nope\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}").statusCode());
+                assertEquals(200, h.post("/v1/messages", MESSAGES_HI).statusCode());
+                eventually(Duration.ofSeconds(10), () -> StoreTests.history(h, "").path("data").size(), n -> n >= 3);
+                String dom = render(h.url("/dashboard"), "--window-size=390,844");
+                String origin = "http://127.0.0.1:" + h.server.port();
+                assertTrue(dom.contains("<td>POST /v1/chat/completions</td><td>gpt-4.1</td><td>200</td>"), "a recent request: " + dom);
+                assertTrue(dom.matches("(?s).*<td class=\"error\">400</td>.*<td colspan=\"7\" class=\"err\">[a-z_]+: [^<]*not supported.*"),
+                    "a failed request with its error: " + dom);
+                assertTrue(dom.matches("(?s).*p50 [0-9,]+ ms · p95 [0-9,]+ ms.*"), "latency: " + dom);
+                assertTrue(dom.contains("<td>" + today + "</td><td>3</td><td>1</td>"), "requests per day: " + dom);
+                assertTrue(dom.matches("(?s).*<td>claude-sonnet-4.5</td><td>1</td><td>0</td><td>[0-9,]+ ms</td>.*"), "per model: " + dom);
+                assertTrue(dom.contains("<code id=\"openai-url\">" + origin + "/v1</code>"), dom);
+                assertTrue(dom.contains("ANTHROPIC_BASE_URL=" + origin + " ANTHROPIC_AUTH_TOKEN=copilot-api ANTHROPIC_MODEL=claude-"), dom);
+                assertTrue(dom.matches("(?s).*<dd id=\"token\">valid, renewed before .*"), "the Copilot token's state: " + dom);
+                assertTrue(dom.matches("(?s).*<dd id=\"store\">ok · .*store.db · kept 30 days</dd>.*"), dom);
+                assertFalse(dom.contains(StubUpstream.VALID_GITHUB_TOKEN), "no token on the page");
+            }
+            try (Harness h = StoreTests.harness(home, CopilotApi.Store.Options.DEFAULT)) {
+                String dom = render(h.url("/dashboard"), "--window-size=390,844");
+                assertTrue(dom.contains("<td>POST /v1/chat/completions</td><td>nope</td><td class=\"error\">400</td>"), "after a restart: " + dom);
             }
         }
     }
@@ -3179,6 +3225,9 @@ class CopilotApiTests {
                     .build(), HttpResponse.BodyHandlers.ofString());
                 assertEquals(200, models.statusCode(), models.body());
                 assertTrue(models.body().contains("\"gpt-4.1\""), models.body());
+                HttpResponse<String> stats = HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(server.baseUrl() + "/stats"))
+                    .build(), HttpResponse.BodyHandlers.ofString());
+                assertEquals("ok", json(stats.body()).path("store").path("state").asText(), "SQLite's native library loads from the jar: " + stats.body());
             }
         }
 

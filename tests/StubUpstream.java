@@ -267,7 +267,8 @@ final class StubUpstream implements AutoCloseable {
     private final List<String> tokensIssued = new CopyOnWriteArrayList<>();
     private final Map<String, Long> tokenExpiryMillis = new ConcurrentHashMap<>();
     private final Set<String> revokedTokens = ConcurrentHashMap.newKeySet();
-    private final AtomicInteger ids = new AtomicInteger();
+    /** Ids differ between stubs too, as Copilot's do: a store that outlives one stub must not see the next one reuse its ids. */
+    private final AtomicInteger ids = new AtomicInteger(new java.util.Random().nextInt(1 << 20) * 1000);
 
     /** Every Copilot token handed out by the exchange, oldest first. */
     List<String> tokensIssued() {

@@ -8,8 +8,13 @@ import { createOpenAI } from "@ai-sdk/openai";
 import { generateText, streamText, tool, stepCountIs, APICallError } from "ai";
 import { z } from "zod";
 
-const openai = createOpenAI({ baseURL: process.env.BASE_URL, apiKey: "unused" });
-// copilot-api keeps no Responses state: the provider must send the items themselves, not item_reference ids.
+// Every request body the provider sends, to see what it referred to by id.
+const sent = [];
+const openai = createOpenAI({
+  baseURL: process.env.BASE_URL, apiKey: "unused",
+  fetch: (url, init) => { if (typeof init?.body === "string") sent.push(JSON.parse(init.body)); return fetch(url, init); },
+});
+// With store: false the provider sends the items themselves instead of item_reference ids; both work.
 const stateless = { openai: { store: false } };
 const ran = [];
 const tools = {
@@ -19,6 +24,11 @@ const tools = {
     execute: async ({ command }) => { ran.push(command); return `ran ${command}`; },
   }),
 };
+
+// The ids the requests sent so far referred to with item_reference items.
+function references() {
+  return sent.flatMap((body) => (Array.isArray(body.input) ? body.input : [])).filter((i) => i.type === "item_reference").map((i) => i.id);
+}
 
 async function text(result) {
   let t = "";
@@ -64,14 +74,26 @@ await runChecks("ai-sdk", "", {
     assert.equal(await text(streamText({ model: openai.responses("gpt-5.1-codex"), prompt: "hi" })), "Hello from gpt-5.1-codex.");
   },
 
-  async "without store: false, a later turn on a chat model is refused (item_reference)"() {
-    // Documents why the recipe sets store: false; when copilot-api stores Responses state this check must change.
-    await assert.rejects(twoTurnsWithATool(openai.responses("gpt-4.1"), {}), (e) => {
-      assert.ok(APICallError.isInstance(e), String(e));
-      assert.equal(e.statusCode, 400);
-      assert.match(e.responseBody, /item_reference/);
-      return true;
-    });
+  async "by default (store on), two turns and a tool loop on a chat model, by item_reference"() {
+    // The provider's default: later turns refer to copilot-api's earlier answers by id; copilot-api resolves them.
+    sent.length = 0;
+    const r = await twoTurnsWithATool(openai.responses("gpt-4.1"), {});
+    assert.deepEqual(ran, ["echo copilot-api-tool-loop"]);
+    assert.equal(r.steps.length, 2);
+    assert.equal(r.text, "Tool said: ran echo copilot-api-tool-loop");
+    const refs = references();
+    assert.ok(refs.some((id) => id.startsWith("msg_")), "the earlier answer went back by reference: " + refs);
+  },
+
+  async "by default, a tool loop with reasoning on a responses-only model, by item_reference"() {
+    sent.length = 0;
+    const r = await twoTurnsWithATool(openai.responses("gpt-5.1-codex"), { openai: { reasoningEffort: "low" } });
+    assert.deepEqual(ran, ["echo copilot-api-tool-loop"]);
+    assert.equal(r.steps.length, 2);
+    assert.equal(r.text, "Tool said: ran echo copilot-api-tool-loop");
+    assert.ok(r.steps[0].reasoningText, "the stub's reasoning came back");
+    const refs = references();
+    assert.ok(refs.some((id) => id.startsWith("rs_")), "the reasoning went back by reference: " + refs);
   },
 
   async "with store: false, two turns and a tool loop on a chat model through /v1/responses"() {

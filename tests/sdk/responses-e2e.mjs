@@ -68,6 +68,21 @@ const checks = {
     assert.ok(final.usage && final.usage.total_tokens > 0);
   },
 
+  async "previous_response_id chains turns; retrieve, inputItems.list and delete read the store"() {
+    const first = await client.responses.create({ model, input: "first" });
+    const second = await client.responses.create({ model, input: "second", previous_response_id: first.id });
+    assert.equal(second.previous_response_id, first.id);
+    const got = await client.responses.retrieve(second.id);
+    assert.equal(got.id, second.id);
+    assert.equal(got.output_text, second.output_text);
+    const items = await client.responses.inputItems.list(second.id);
+    assert.deepEqual(items.data.map((i) => i.content[0].text), ["second"]);
+    await client.responses.delete(first.id);
+    await assert.rejects(client.responses.retrieve(first.id), (e) => e instanceof OpenAI.NotFoundError);
+    await assert.rejects(client.responses.create({ model, input: "third", previous_response_id: first.id }),
+      (e) => e instanceof OpenAI.NotFoundError);
+  },
+
   async "an unknown model is a NotFoundError"() {
     await assert.rejects(
       client.responses.create({ model: "no-such-model", input: "hi" }),

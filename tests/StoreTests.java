@@ -1,0 +1,359 @@
+package copilotapi;
+
+import static copilotapi.CopilotApiTests.eventually;
+import static copilotapi.CopilotApiTests.json;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.net.http.HttpResponse;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.attribute.PosixFilePermissions;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.Optional;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.Assumptions;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The store: stateful Responses on the forwarded and the translated route (item_reference, previous_response_id,
+ * GET and DELETE), the request history, and what happens when the database file is corrupt or read-only.
+ * Every check reads what the stub received or what a client gets back, so a store that keeps nothing fails here.
+ */
+class StoreTests {
+    static final String TOOLS = "\"tools\":[{\"type\":\"function\",\"name\":\"Bash\",\"parameters\":{\"type\":\"object\","
+        + "\"properties\":{\"command\":{\"type\":\"string\"}}}}]";
+
+    static CopilotApiTests.Harness harness(Path home, CopilotApi.Store.Options options) throws Exception {
+        return new CopilotApiTests.Harness(StubUpstream.start(), Map.of("COPILOT_API_HOME", home.toString()), options);
+    }
+
+    static CopilotApiTests.Harness harness() throws Exception {
+        return harness(Files.createTempDirectory("copilot-api-store"), CopilotApi.Store.Options.DEFAULT);
+    }
+
+    static JsonNode ok(HttpResponse<String> r) {
+        assertEquals(200, r.statusCode(), r.body());
+        return json(r.body());
+    }
+
+    static JsonNode outputOfType(JsonNode response, String type) {
+        for (JsonNode item : response.path("output")) if (item.path("type").asText().equals(type)) return item;
+        throw new AssertionError("no " + type + " item in " + response);
+    }
+
+    /** The response object of a Responses stream's last event. */
+    static JsonNode streamed(HttpResponse<String> r) {
+        assertEquals(200, r.statusCode(), r.body());
+        var events = CopilotApiTests.ResponsesRouteTests.events(r.body());
+        var last = events.get(events.size() - 1);
+        assertEquals("response.completed", last.getKey(), r.body());
+        return last.getValue().path("response");
+    }
+
+    static String userText(String text) {
+        return "{\"role\":\"user\",\"content\":[{\"type\":\"input_text\",\"text\":\"" + text + "\"}]}";
+    }
+
+    static String reference(String id) {
+        return "{\"type\":\"item_reference\",\"id\":\"" + id + "\"}";
+    }
+
+    static List<String> chatContents(JsonNode chat) {
+        List<String> out = new ArrayList<>();
+        for (JsonNode m : chat.path("messages")) {
+            JsonNode c = m.path("content");
+            String text = c.isTextual() ? c.asText() : c.isArray() && !c.isEmpty() ? c.get(0).path("text").asText() : "";
+            out.add(m.path("role").asText() + ":" + text);
+        }
+        return out;
+    }
+
+    // The AI SDK's second turn on a chat model: its earlier answer comes back as {"type":"item_reference","id":"msg_..."}.
+    @Test
+    void aSecondTurnOnAChatModelByItemReferenceCarriesTheEarlierAnswer() throws Exception {
+        try (var h = harness()) {
+            JsonNode first = ok(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":[" + userText("hi") + "]}"));
+            assertTrue(first.path("store").asBoolean(false), "an answer that is kept says store: true: " + first);
+            String msg = outputOfType(first, "message").path("id").asText();
+            JsonNode second = ok(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":[" + userText("hi") + "," + reference(msg) + ","
+                + userText("again") + "]}"));
+            assertEquals("Hello from gpt-4.1.", outputOfType(second, "message").path("content").get(0).path("text").asText());
+            assertEquals(List.of("user:hi", "assistant:Hello from gpt-4.1.", "user:again"), chatContents(h.stub.last("/chat/completions").json()));
+        }
+    }
+
+    // The second step of a tool loop with reasoning on the forwarded route: the reasoning and the call by reference.
+    @Test
+    void aToolLoopWithReasoningOnTheForwardedRouteSendsCopilotTheFullItems() throws Exception {
+        try (var h = harness()) {
+            String first = "{\"model\":\"gpt-5.1-codex\",\"stream\":true,\"reasoning\":{\"effort\":\"low\"},\"input\":[" + userText("list files") + "]," + TOOLS + "}";
+            JsonNode step1 = streamed(h.post("/v1/responses", first));
+            JsonNode sent1 = h.stub.last("/responses").json();
+            assertFalse(sent1.path("store").asBoolean(true), "Copilot always gets store: false");
+            String rs = outputOfType(step1, "reasoning").path("id").asText();
+            JsonNode call = outputOfType(step1, "function_call");
+            String second = "{\"model\":\"gpt-5.1-codex\",\"stream\":true,\"reasoning\":{\"effort\":\"low\"},\"input\":[" + userText("list files") + ","
+                + reference(rs) + "," + reference(call.path("id").asText()) + ",{\"type\":\"function_call_output\",\"call_id\":\""
+                + call.path("call_id").asText() + "\",\"output\":\"a b c\"}]," + TOOLS + "}";
+            JsonNode step2 = streamed(h.post("/v1/responses", second));
+            assertEquals("Tool said: a b c", outputOfType(step2, "message").path("content").get(0).path("text").asText());
+            JsonNode sent = h.stub.last("/responses").json();
+            assertFalse(sent.path("store").asBoolean(true));
+            assertFalse(sent.toString().contains("item_reference"), sent.toString());
+            JsonNode input = sent.path("input");
+            assertEquals("reasoning", input.get(1).path("type").asText(), input.toString());
+            assertEquals(StubUpstream.REASONING_SIGNATURE, input.get(1).path("encrypted_content").asText(), "encrypted reasoning resolved");
+            assertEquals("function_call", input.get(2).path("type").asText());
+            assertEquals(call.path("call_id").asText(), input.get(2).path("call_id").asText());
+        }
+    }
+
+    // The same loop on a chat model (translated, streamed): the referenced call becomes the assistant's tool call.
+    @Test
+    void aToolLoopOnTheTranslatedRouteResolvesTheReferencedCall() throws Exception {
+        try (var h = harness()) {
+            JsonNode step1 = streamed(h.post("/v1/responses", "{\"model\":\"claude-sonnet-4.5\",\"stream\":true,\"input\":[" + userText("ls") + "]," + TOOLS + "}"));
+            JsonNode call = outputOfType(step1, "function_call");
+            List<String> refs = new ArrayList<>();
+            for (JsonNode item : step1.path("output")) refs.add(reference(item.path("id").asText()));
+            String second = "{\"model\":\"claude-sonnet-4.5\",\"stream\":true,\"input\":[" + userText("ls") + "," + String.join(",", refs)
+                + ",{\"type\":\"function_call_output\",\"call_id\":\"" + call.path("call_id").asText() + "\",\"output\":\"x y\"}]," + TOOLS + "}";
+            JsonNode step2 = streamed(h.post("/v1/responses", second));
+            assertEquals("Tool said: x y", outputOfType(step2, "message").path("content").get(0).path("text").asText());
+            JsonNode assistant = h.stub.last("/chat/completions").json().path("messages").get(1);
+            assertEquals("assistant", assistant.path("role").asText());
+            assertEquals(call.path("call_id").asText(), assistant.path("tool_calls").get(0).path("id").asText(), assistant.toString());
+        }
+    }
+
+    // previous_response_id across a restart of copilot-api, then the GET and DELETE routes on what was kept.
+    @Test
+    void aPreviousResponseIdChainOfThreeTurnsSurvivesARestart() throws Exception {
+        Path home = Files.createTempDirectory("copilot-api-store");
+        String id1;
+        try (var h = harness(home, CopilotApi.Store.Options.DEFAULT)) {
+            id1 = ok(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"one\"}")).path("id").asText();
+        }
+        try (var h = harness(home, CopilotApi.Store.Options.DEFAULT)) {
+            JsonNode two = ok(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"two\",\"previous_response_id\":\"" + id1 + "\"}"));
+            assertEquals(id1, two.path("previous_response_id").asText());
+            JsonNode three = ok(h.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":\"three\",\"previous_response_id\":\""
+                + two.path("id").asText() + "\"}"));
+            JsonNode sent = h.stub.last("/responses").json().path("input");
+            List<String> roles = new ArrayList<>();
+            for (JsonNode item : sent) roles.add(item.path("role").asText() + ":" + item.path("content").get(0).path("text").asText());
+            assertEquals(List.of("user:one", "assistant:Hello from gpt-4.1.", "user:two", "assistant:Hello from gpt-4.1.", "user:three"), roles);
+            assertFalse(h.stub.last("/responses").json().has("previous_response_id"), "Copilot gets the items, not the id");
+
+            String id3 = three.path("id").asText();
+            JsonNode got = ok(h.get("/v1/responses/" + id3));
+            assertEquals(three.path("output"), got.path("output"));
+            assertEquals(two.path("id").asText(), got.path("previous_response_id").asText());
+            JsonNode items = ok(h.get("/v1/responses/" + id3 + "/input_items"));
+            assertEquals("list", items.path("object").asText());
+            assertEquals(1, items.path("data").size(), items.toString());
+            assertEquals("three", items.path("data").get(0).path("content").get(0).path("text").asText());
+            assertEquals(items.path("data").get(0).path("id"), items.path("first_id"));
+            assertEquals(items.path("data").get(0).path("id"), items.path("last_id"));
+            assertFalse(items.path("has_more").asBoolean(true));
+
+            JsonNode deleted = ok(h.send("DELETE", "/v1/responses/" + id1, null));
+            assertEquals(json("{\"id\":\"" + id1 + "\",\"object\":\"response\",\"deleted\":true}"), deleted);
+            HttpResponse<String> gone = h.get("/v1/responses/" + id1);
+            assertEquals(404, gone.statusCode());
+            assertEquals("invalid_request_error", json(gone.body()).path("error").path("type").asText(), gone.body());
+            assertEquals(404, h.send("DELETE", "/v1/responses/" + id1, null).statusCode());
+            int calls = h.stub.count("/responses") + h.stub.count("/chat/completions");
+            HttpResponse<String> broken = h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"four\",\"previous_response_id\":\"" + id3 + "\"}");
+            assertEquals(404, broken.statusCode(), "a chain with a deleted turn is refused, not answered without it: " + broken.body());
+            assertEquals(calls, h.stub.count("/responses") + h.stub.count("/chat/completions"));
+        }
+    }
+
+    @Test
+    void itemsOfAStoreFalseAnswerCannotBeReferenced() throws Exception {
+        try (var h = harness()) {
+            JsonNode first = ok(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"store\":false,\"input\":\"hi\"}"));
+            assertFalse(first.path("store").asBoolean(true));
+            String msg = outputOfType(first, "message").path("id").asText();
+            HttpResponse<String> r = h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":[" + reference(msg) + "," + userText("again") + "]}");
+            assertEquals(404, r.statusCode(), r.body());
+            JsonNode error = json(r.body()).path("error");
+            assertTrue(error.path("message").asText().contains("Items are not persisted when `store` is set to false"), r.body());
+            assertEquals("invalid_request_error", error.path("type").asText());
+            assertEquals(404, h.get("/v1/responses/" + first.path("id").asText()).statusCode());
+            assertEquals(1, h.stub.count("/chat/completions"), "the refused turn never reached Copilot");
+        }
+    }
+
+    @Test
+    void withNoStoreNothingIsKeptAndReferencesAre404s() throws Exception {
+        Path home = Files.createTempDirectory("copilot-api-store");
+        try (var h = harness(home, CopilotApi.Store.Options.OFF)) {
+            JsonNode first = ok(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\"}"));
+            assertFalse(first.path("store").asBoolean(true));
+            HttpResponse<String> r = h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"x\",\"previous_response_id\":\"" + first.path("id").asText() + "\"}");
+            assertEquals(404, r.statusCode());
+            assertTrue(r.body().contains("--no-store"), r.body());
+            assertEquals(404, h.get("/history").statusCode());
+            assertEquals("off", json(h.get("/stats").body()).path("store").path("state").asText());
+            try (Stream<Path> files = Files.list(home)) {
+                assertTrue(files.noneMatch(f -> f.getFileName().toString().startsWith("store.db")), "no database file");
+            }
+        }
+    }
+
+    // One row per request, for a mix of successes and failures on each API, read back through GET /history.
+    @Test
+    void theHistoryHasARowForEachRequestAndFilters() throws Exception {
+        Path home = Files.createTempDirectory("copilot-api-store");
+        try (var h = harness(home, CopilotApi.Store.Options.DEFAULT)) {
+            Path db = home.resolve("store.db");
+            assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(db)));
+            ok(h.send("POST", "/v1/chat/completions", CopilotApiTests.CHAT_HI, "user-agent", "history-test/1.0"));
+            assertEquals(400, h.post("/v1/chat/completions", "{\"model\":\"nope\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}").statusCode());
+            streamed(h.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"stream\":true,\"input\":\"hi\"}"));
+            ok(h.post("/v1/messages", CopilotApiTests.MESSAGES_HI));
+            ok(h.get("/stats"));
+            JsonNode all = eventually(Duration.ofSeconds(10), () -> history(h, ""), j -> j.path("data").size() >= 4);
+            JsonNode rows = all.path("data");
+            assertEquals(4, rows.size(), "the /stats poll has no row: " + all);
+            JsonNode anthropic = rows.get(0);
+            assertEquals("anthropic.messages", anthropic.path("api").asText());
+            assertEquals("claude-sonnet-4.5", anthropic.path("requested_model").asText());
+            JsonNode responses = rows.get(1);
+            assertEquals("openai.responses", responses.path("api").asText());
+            assertEquals("passthrough", responses.path("route").asText());
+            assertTrue(responses.path("first_byte_ms").isIntegralNumber(), responses.toString());
+            assertTrue(responses.path("output_tokens").asLong() > 0, responses.toString());
+            JsonNode failed = rows.get(2);
+            assertEquals(400, failed.path("status").asInt());
+            assertEquals("nope", failed.path("requested_model").asText());
+            assertFalse(failed.path("error_type").asText().isEmpty(), failed.toString());
+            assertFalse(failed.path("error_message").asText().isEmpty(), failed.toString());
+            JsonNode chat = rows.get(3);
+            assertEquals("/v1/chat/completions", chat.path("path").asText());
+            assertEquals("history-test/1.0", chat.path("user_agent").asText());
+            assertEquals(200, chat.path("status").asInt());
+            assertTrue(chat.path("input_tokens").asLong() > 0 && chat.path("total_ms").isIntegralNumber(), chat.toString());
+            assertTrue(chat.path("initiator").isNull() && chat.path("premium_cost").isNull(), "left for the ledger: " + chat);
+            assertFalse(chat.has("request_body"), "no bodies by default");
+
+            assertEquals(1, history(h, "?status=error").path("data").size());
+            assertEquals("nope", history(h, "?status=400").path("data").get(0).path("requested_model").asText());
+            assertEquals(1, history(h, "?model=gpt-5.1-codex").path("data").size());
+            JsonNode passthrough = history(h, "?route=passthrough").path("data");
+            assertTrue(passthrough.size() >= 1, passthrough.toString());
+            for (JsonNode row : passthrough) assertEquals("passthrough", row.path("route").asText(), row.toString());
+            assertEquals(0, history(h, "?route=no-such-route").path("data").size());
+            assertEquals(0, history(h, "?since=" + (System.currentTimeMillis() + 60_000)).path("data").size());
+            JsonNode page = history(h, "?limit=3");
+            assertTrue(page.path("has_more").asBoolean());
+            JsonNode next = history(h, "?limit=3&before=" + page.path("next_before").asLong());
+            assertEquals(1, next.path("data").size());
+            assertEquals(chat.path("id"), next.path("data").get(0).path("id"));
+            assertEquals(400, h.get("/history?status=bad").statusCode());
+        }
+        try (var h = harness(home, CopilotApi.Store.Options.DEFAULT)) {
+            JsonNode rows = history(h, "").path("data");
+            assertEquals(5, rows.size(), "the history survives a restart, with the refused /history query's row: " + rows);
+            assertEquals("/history", rows.get(0).path("path").asText());
+            assertEquals(400, rows.get(0).path("status").asInt());
+        }
+    }
+
+    static JsonNode history(CopilotApiTests.Harness h, String query) {
+        try {
+            return ok(h.get("/history" + query));
+        } catch (Exception e) {
+            throw new AssertionError(e);
+        }
+    }
+
+    @Test
+    void historyBodiesAreKeptOnlyWhenAskedAndWithSecretsRedacted() throws Exception {
+        var options = new CopilotApi.Store.Options(true, Optional.empty(), Duration.ofDays(30), 1 << 30, true);
+        try (var h = harness(Files.createTempDirectory("copilot-api-store"), options)) {
+            String secret = "ghu_" + "abcdefghijklmnopqrstuvwx";
+            ok(h.post("/v1/chat/completions", "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"my token is " + secret + "\"}]}"));
+            JsonNode row = eventually(Duration.ofSeconds(10), () -> history(h, ""), j -> j.path("data").size() == 1).path("data").get(0);
+            assertTrue(row.path("request_body").asText().contains("my token is ghu_***"), row.toString());
+            assertFalse(row.toString().contains(secret));
+            assertTrue(row.path("response_body").asText().contains("Hello from gpt-4.1."), row.toString());
+        }
+    }
+
+    @Test
+    void aCorruptStoreIsMovedAsideAndANewOneServes() throws Exception {
+        Path home = Files.createTempDirectory("copilot-api-store");
+        Files.writeString(home.resolve("store.db"), "this is not a database, it only has the name of one ".repeat(100));
+        try (var h = harness(home, CopilotApi.Store.Options.DEFAULT)) {
+            try (Stream<Path> files = Files.list(home)) {
+                assertTrue(files.anyMatch(f -> f.getFileName().toString().startsWith("store.db.corrupt-")), "the corrupt file was kept aside");
+            }
+            assertEquals("ok", json(h.get("/stats").body()).path("store").path("state").asText());
+            JsonNode first = ok(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\"}"));
+            ok(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"x\",\"previous_response_id\":\"" + first.path("id").asText() + "\"}"));
+        }
+    }
+
+    // A database file that cannot be written (root ignores file modes, so the immutable attribute stands in there).
+    @Test
+    void aReadOnlyStoreIsReportedAndCopilotApiKeepsServing() throws Exception {
+        Path home = Files.createTempDirectory("copilot-api-store");
+        try (var h = harness(home, CopilotApi.Store.Options.DEFAULT)) {
+            ok(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\"}"));
+        }
+        Path db = home.resolve("store.db");
+        boolean immutable = makeReadOnly(db);
+        try {
+            Assumptions.assumeFalse(Files.isWritable(db) && !immutable, "this file system lets the database be written anyway");
+            try (var h = harness(home, CopilotApi.Store.Options.DEFAULT)) {
+                ok(h.post("/v1/chat/completions", CopilotApiTests.CHAT_HI));
+                JsonNode answer = ok(h.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"stream\":false,\"input\":\"hi\"}"));
+                assertEquals("response", answer.path("object").asText());
+                JsonNode store = eventually(Duration.ofSeconds(10), () -> json(uncheckedGet(h, "/stats")).path("store"),
+                    s -> s.path("state").asText().equals("failing"));
+                assertEquals("failing", store.path("state").asText(), store.toString());
+                assertFalse(store.path("error").asText().isEmpty(), store.toString());
+            }
+        } finally {
+            if (immutable) new ProcessBuilder("chattr", "-i", db.toString()).start().waitFor();
+        }
+    }
+
+    static String uncheckedGet(CopilotApiTests.Harness h, String path) {
+        try {
+            return h.get(path).body();
+        } catch (Exception e) {
+            throw new AssertionError(e);
+        }
+    }
+
+    /** chmod 0400; for root, also chattr +i when the file system has it. True when the immutable flag was set. */
+    static boolean makeReadOnly(Path file) throws Exception {
+        Files.setPosixFilePermissions(file, PosixFilePermissions.fromString("r--------"));
+        if (!"root".equals(System.getProperty("user.name"))) return false;
+        try {
+            return new ProcessBuilder("chattr", "+i", file.toString()).redirectErrorStream(true).start().waitFor() == 0;
+        } catch (java.io.IOException noChattr) {
+            return false;
+        }
+    }
+
+    @Test
+    void theResponsesObjectEchoesThePreviousResponseId() {
+        ObjectNode request = (ObjectNode) json("{\"model\":\"m\",\"input\":\"x\",\"previous_response_id\":\"resp_1\"}");
+        ObjectNode r = CopilotApi.ResponseObject.build(request, "resp_2", 1, "m", "completed");
+        assertEquals("resp_1", r.path("previous_response_id").asText());
+        assertTrue(CopilotApi.ResponseObject.build((ObjectNode) json("{\"input\":\"x\"}"), "resp_3", 1, "m", "completed")
+            .path("previous_response_id").isNull());
+    }
+}
