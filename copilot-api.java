@@ -4601,7 +4601,10 @@ class CopilotApi implements Callable<Integer> {
                 }
             }
 
-            /** Older than the age limit goes; then the oldest go, a tenth at a time, until the file fits. */
+            /**
+             * Older than the age limit goes; then, while the file is over the size limit, the oldest go: the share of
+             * rows by which the file is too large (a tenth at least, nine tenths at most, a little more for slack).
+             */
             static void prune(Connection c, long cutoff, long maxBytes) throws SQLException {
                 inTransaction(c, tx -> {
                     for (String table : List.of("responses WHERE created_at", "items WHERE created_at", "history WHERE at")) {
@@ -4613,12 +4616,13 @@ class CopilotApi implements Callable<Integer> {
                     return null;
                 });
                 for (int round = 0; round < 10 && bytes(c) > maxBytes; round++) {
+                    double share = Math.min(0.9, Math.max(0.1, 1 - (double) maxBytes / bytes(c) + 0.05));
+                    String limit = String.format(Locale.ROOT, "(SELECT CAST(COUNT(*) * %.3f AS INTEGER) + 1 FROM ", share);
                     inTransaction(c, tx -> {
                         try (Statement s = tx.createStatement()) {
-                            s.execute("DELETE FROM responses WHERE id IN (SELECT id FROM responses ORDER BY created_at LIMIT"
-                                + " (SELECT COUNT(*) / 10 + 1 FROM responses))");
+                            s.execute("DELETE FROM responses WHERE id IN (SELECT id FROM responses ORDER BY created_at LIMIT " + limit + "responses))");
                             s.execute("DELETE FROM items WHERE response_id NOT IN (SELECT id FROM responses)");
-                            s.execute("DELETE FROM history WHERE id IN (SELECT id FROM history ORDER BY id LIMIT (SELECT COUNT(*) / 10 + 1 FROM history))");
+                            s.execute("DELETE FROM history WHERE id IN (SELECT id FROM history ORDER BY id LIMIT " + limit + "history))");
                         }
                         return null;
                     });

@@ -356,4 +356,45 @@ class StoreTests {
         assertTrue(CopilotApi.ResponseObject.build((ObjectNode) json("{\"input\":\"x\"}"), "resp_3", 1, "m", "completed")
             .path("previous_response_id").isNull());
     }
+
+    static CopilotApi.HistoryRow row(long at, String model) {
+        return new CopilotApi.HistoryRow(null, at, "openai", "POST", "/v1/chat/completions", model, model, "passthrough", 200, null, null,
+            10L, 20L, 5L, 5L, 0L, "test", null, null, null, "x".repeat(2000));
+    }
+
+    static int historyRows(java.sql.Connection c) throws Exception {
+        try (var s = c.createStatement(); var r = s.executeQuery("SELECT COUNT(*) FROM history")) {
+            r.next();
+            return r.getInt(1);
+        }
+    }
+
+    /** --store-days: rows older than the limit go; --store-max-mb: past the size the oldest go first, the newest stay. */
+    @Test
+    void retentionByAgeAndBySize() throws Exception {
+        Path file = Files.createTempDirectory("copilot-api-prune").resolve("store.db");
+        CopilotApi.Store.Db.create(file);
+        try (java.sql.Connection c = CopilotApi.Store.Db.connect(file)) {
+            CopilotApi.Store.Db.migrate(c);
+            long now = System.currentTimeMillis();
+            long old = now - java.time.Duration.ofDays(40).toMillis();
+            for (int i = 0; i < 5; i++) CopilotApi.Store.Db.insertHistory(c, row(old + i, "old-model"));
+            for (int i = 0; i < 5; i++) CopilotApi.Store.Db.insertHistory(c, row(now + i, "new-model"));
+            CopilotApi.Store.Db.prune(c, now - java.time.Duration.ofDays(30).toMillis(), Long.MAX_VALUE);
+            assertEquals(5, historyRows(c), "the five rows past the age limit went");
+            for (int i = 0; i < 2000; i++) CopilotApi.Store.Db.insertHistory(c, row(now + 10 + i, "bulk"));
+            long limit = 1024 * 1024;
+            CopilotApi.Store.Db.prune(c, 0, limit);
+            int left = historyRows(c);
+            assertTrue(left < 2005 && left > 0, "some rows went, some stayed: " + left);
+            try (var s = c.createStatement(); var r = s.executeQuery("SELECT MAX(at) FROM history")) {
+                r.next();
+                assertEquals(now + 10 + 1999, r.getLong(1), "the newest row stays");
+            }
+            try (var s = c.createStatement(); var r = s.executeQuery("SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()")) {
+                r.next();
+                assertTrue(r.getLong(1) <= limit, "the file fits the size limit after pruning: " + r.getLong(1));
+            }
+        }
+    }
 }
