@@ -2870,7 +2870,8 @@ class CopilotApi implements Callable<Integer> {
             store.saveHistory(new HistoryRow(null, System.currentTimeMillis() - millis, api(ctx.path()), ctx.method().name(), ctx.path(),
                 e.requestedModel, e.upstreamModel, e.route, status, failed ? Optional.ofNullable(e.errorType).orElse(e.failedInStream ? "stream_error" : "error") : null,
                 failed ? Optional.ofNullable(e.error).orElse(e.note) : null, firstByte, millis, known(e.inputTokens), known(e.outputTokens),
-                known(e.cachedTokens), ctx.header("user-agent"), null, null, requestBody, responseBody));
+                known(e.cachedTokens), ctx.header("user-agent"), e.charge == null ? null : e.charge.initiator().wire(),
+                e.charge == null ? null : e.charge.units(), requestBody, responseBody));
         }
 
         private static Long known(long tokens) {

@@ -243,7 +243,10 @@ class StoreTests {
             assertEquals("history-test/1.0", chat.path("user_agent").asText());
             assertEquals(200, chat.path("status").asInt());
             assertTrue(chat.path("input_tokens").asLong() > 0 && chat.path("total_ms").isIntegralNumber(), chat.toString());
-            assertTrue(chat.path("initiator").isNull() && chat.path("premium_cost").isNull(), "left for the ledger: " + chat);
+            assertEquals("user", chat.path("initiator").asText(), "the ledger's initiator: " + chat);
+            assertEquals(0.0, chat.path("premium_cost").asDouble(-1), "gpt-4.1 is included in the plan: " + chat);
+            assertEquals("user", anthropic.path("initiator").asText(), anthropic.toString());
+            assertEquals(1.0, anthropic.path("premium_cost").asDouble(-1), "a Claude Sonnet prompt costs one premium request: " + anthropic);
             assertFalse(chat.has("request_body"), "no bodies by default");
 
             assertEquals(1, history(h, "?status=error").path("data").size());
