@@ -95,6 +95,10 @@ import picocli.CommandLine.Mixin;
 import picocli.CommandLine.Option;
 import picocli.CommandLine;
 
+import copilotapi.CopilotApi.Anthropic.*;
+import copilotapi.CopilotApi.Chat.*;
+import copilotapi.CopilotApi.Responses.*;
+
 /**
  * copilot-api: a local server that speaks the OpenAI and Anthropic APIs on top of a GitHub Copilot plan.
  *
@@ -108,13 +112,14 @@ import picocli.CommandLine;
  *       the streaming core (one loop, {@code Relay.run}, over {@code EventSource} items, with the machines
  *       {@code ChatRelay}, {@code NativeRelay} and {@code TranslatedRelay} and the shared {@code ChatChunks}
  *       vocabulary), the client watch, request checks, error shapes and Copilot's error hints</li>
- *   <li>Translators: pure JSON-in/JSON-out code: who initiated a turn (for billing), chat-answer normalisers, Anthropic to chat and back (with
- *       the stream state machine), Responses to chat and back, model-name resolution, native-request cleaning,
- *       token counting</li>
+ *   <li>Store: one SQLite database (stored Responses answers and items, the request history), one writer thread</li>
+ *   <li>Translators: pure JSON-in/JSON-out code in three namespaces: {@code Chat} (who initiated a turn, for
+ *       billing; the chat-answer normalisers; model limits; embeddings), {@code Anthropic} (Messages to chat and back
+ *       with the stream state machine, model-name resolution, native-request cleaning, token counting) and
+ *       {@code Responses} (Responses to chat and back, both stream machines, output items, reasoning)</li>
  *   <li>Copilot client: the chat pivot ({@code ChatUpstream}, the one place that picks /chat/completions or
  *       /responses), headers, timeouts, token lifecycle, model catalog, upstream calls, the upstream event
  *       sources and the heartbeat that keeps silent streams alive ({@code LiveStreams})</li>
- *   <li>Store: one SQLite database (stored Responses answers and items, the request history), one writer thread</li>
  *   <li>GitHub auth: token sources, token file, device flow, usage</li>
  *   <li>Errors: typed exceptions shared by every surface</li>
  *   <li>Small utilities: JSON, SSE reading, HTTP (with {@code BodyStream}, the response body reader), proxies,
@@ -4698,3326 +4703,3352 @@ class CopilotApi implements Callable<Integer> {
     }
 
     // ==== 5. Translators ====
+    // Pure code in three namespaces, one per API: Chat (the pivot), Anthropic and Responses.
 
-    /** Who started a turn, for Copilot's billing: a user prompt costs a premium request, agent follow-ups do not. */
-    enum Initiator {
-        USER, AGENT;
+    // ==== 5.1 Chat: who initiated a turn, the chat-answer normalisers, model limits, embeddings ====
 
-        String wire() {
-            return name().toLowerCase(Locale.ROOT);
+    /** Chat completions, the pivot every other API is translated to, and what all of them share. */
+    static final class Chat {
+        private Chat() {
         }
 
-        /** agent for a continuation (tool results, reminders, an assistant turn), user for a person's prompt. */
-        static Initiator of(JsonNode messages) {
-            return Turn.ofMessages(messages).initiator();
-        }
 
-        static Initiator ofResponsesInput(JsonNode input) {
-            return Turn.ofResponsesInput(input, false).initiator();
-        }
-    }
+        /** Who started a turn, for Copilot's billing: a user prompt costs a premium request, agent follow-ups do not. */
+        enum Initiator {
+            USER, AGENT;
 
-    /**
-     * What the last message of a conversation is, for billing: a person's prompt (the text they typed), a
-     * continuation (tool results, reminders, notifications, an assistant turn), or Claude Code's warm-up probe.
-     * A part this code does not know counts as the person's: where the rule cannot tell, the call bills.
-     */
-    record Turn(Kind kind, String personText, boolean opensConversation) {
-        enum Kind { PROMPT, CONTINUATION, WARMUP }
-
-        static final String REMINDER_OPEN = "<system-reminder>";
-        private static final java.util.regex.Pattern REMINDER =
-            java.util.regex.Pattern.compile("<system-reminder>.*?</system-reminder>", java.util.regex.Pattern.DOTALL);
-
-        Initiator initiator() {
-            return kind == Kind.PROMPT ? Initiator.USER : Initiator.AGENT;
-        }
-
-        static Turn prompt(String personText, boolean opens) {
-            return new Turn(Kind.PROMPT, personText, opens);
-        }
-
-        static Turn continuation() {
-            return new Turn(Kind.CONTINUATION, null, false);
-        }
-
-        /** Text wholly made of {@code <system-reminder>} blocks (and white space): the editor speaking, not a person. */
-        static boolean isReminder(String text) {
-            return text.contains(REMINDER_OPEN) && REMINDER.matcher(text).replaceAll("").isBlank();
-        }
-
-        /** Anthropic Messages or chat-completions messages. */
-        static Turn ofMessages(JsonNode messages) {
-            if (messages == null || !messages.isArray() || messages.isEmpty()) return prompt(null, true);
-            if (isWarmup(messages)) return new Turn(Kind.WARMUP, "Warmup", true);
-            JsonNode last = messages.get(messages.size() - 1);
-            String role = last.path("role").asText("");
-            if (role.equals("assistant") || role.equals("tool")) return continuation();
-            boolean opens = true;
-            for (JsonNode m : messages) opens &= !m.path("role").asText("").equals("assistant");
-            if (!role.equals("user")) return prompt(null, opens);
-            return ofContent(last.path("content"), opens);
-        }
-
-        /** The Responses API: a string is a prompt; of input items, only a user message can be one. */
-        static Turn ofResponsesInput(JsonNode input, boolean continuesAResponse) {
-            if (input == null || input.isTextual()) return prompt(input == null ? null : input.asText(), !continuesAResponse);
-            if (!input.isArray() || input.isEmpty()) return prompt(null, !continuesAResponse);
-            JsonNode last = input.get(input.size() - 1);
-            String type = last.path("type").asText("message");
-            if (!type.equals("message")) return continuation();
-            String role = last.path("role").asText("user");
-            if (role.equals("assistant")) return continuation();
-            boolean opens = !continuesAResponse;
-            for (JsonNode item : input) {
-                String t = item.path("type").asText("message");
-                opens &= t.equals("message") && !item.path("role").asText("user").equals("assistant");
+            String wire() {
+                return name().toLowerCase(Locale.ROOT);
             }
-            if (!role.equals("user")) return prompt(null, opens);
-            return ofContent(last.path("content"), opens);
-        }
 
-        /** A user message's content: a prompt when any part is not a tool result nor a reminder; the last such text is kept. */
-        private static Turn ofContent(JsonNode content, boolean opens) {
-            if (content.isTextual()) return isReminder(content.asText()) ? continuation() : prompt(content.asText(), opens);
-            if (!content.isArray() || content.isEmpty()) return prompt(null, opens);
-            boolean person = false;
-            String text = null;
-            for (JsonNode part : content) {
-                String type = part.path("type").asText("");
-                if (type.equals("tool_result") || type.equals("function_call_output")) continue;
-                boolean isText = type.equals("text") || type.equals("input_text");
-                if (isText && isReminder(part.path("text").asText(""))) continue;
-                person = true;
-                if (isText) text = part.path("text").asText("");
+            /** agent for a continuation (tool results, reminders, an assistant turn), user for a person's prompt. */
+            static Initiator of(JsonNode messages) {
+                return Turn.ofMessages(messages).initiator();
             }
-            return person ? prompt(text, opens) : continuation();
-        }
 
-        /** Claude Code's probe at start: one user message, one text block "Warmup" marked for caching. */
-        static boolean isWarmup(JsonNode messages) {
-            if (messages.size() != 1 || !messages.get(0).path("role").asText("").equals("user")) return false;
-            JsonNode content = messages.get(0).path("content");
-            if (!content.isArray() || content.size() != 1) return false;
-            JsonNode block = content.get(0);
-            return block.path("type").asText("").equals("text") && block.path("text").asText("").equals("Warmup")
-                && block.path("cache_control").path("type").asText("").equals("ephemeral");
-        }
-    }
-
-    /** Non-streaming chat answers: merge Copilot's split choices and fill what OpenAI clients require. */
-    static final class ChatNormalizer {
-        static JsonNode response(JsonNode answer, boolean merge) {
-            if (!answer.isObject() || !answer.path("choices").isArray()) return answer;
-            ObjectNode out = ((ObjectNode) answer).deepCopy();
-            ArrayNode choices = (ArrayNode) out.get("choices");
-            if (merge && choices.size() > 1) {
-                ArrayNode merged = Json.array();
-                merged.add(mergeChoices(choices));
-                out.set("choices", merged);
+            static Initiator ofResponsesInput(JsonNode input) {
+                return Turn.ofResponsesInput(input, false).initiator();
             }
-            for (JsonNode c : out.withArray("choices")) fillChoice((ObjectNode) c);
-            return out;
         }
 
-        static ObjectNode mergeChoices(ArrayNode choices) {
-            ObjectNode message = Json.object();
-            message.put("role", "assistant");
-            StringBuilder text = new StringBuilder();
-            boolean anyText = false;
-            ArrayNode toolCalls = Json.array();
-            String finish = null;
-            for (JsonNode c : choices) {
-                JsonNode m = c.path("message");
-                if (m.path("content").isTextual()) {
-                    text.append(m.path("content").asText());
-                    anyText = true;
+        /**
+         * What the last message of a conversation is, for billing: a person's prompt (the text they typed), a
+         * continuation (tool results, reminders, notifications, an assistant turn), or Claude Code's warm-up probe.
+         * A part this code does not know counts as the person's: where the rule cannot tell, the call bills.
+         */
+        record Turn(Kind kind, String personText, boolean opensConversation) {
+            enum Kind { PROMPT, CONTINUATION, WARMUP }
+
+            static final String REMINDER_OPEN = "<system-reminder>";
+            private static final java.util.regex.Pattern REMINDER =
+                java.util.regex.Pattern.compile("<system-reminder>.*?</system-reminder>", java.util.regex.Pattern.DOTALL);
+
+            Initiator initiator() {
+                return kind == Kind.PROMPT ? Initiator.USER : Initiator.AGENT;
+            }
+
+            static Turn prompt(String personText, boolean opens) {
+                return new Turn(Kind.PROMPT, personText, opens);
+            }
+
+            static Turn continuation() {
+                return new Turn(Kind.CONTINUATION, null, false);
+            }
+
+            /** Text wholly made of {@code <system-reminder>} blocks (and white space): the editor speaking, not a person. */
+            static boolean isReminder(String text) {
+                return text.contains(REMINDER_OPEN) && REMINDER.matcher(text).replaceAll("").isBlank();
+            }
+
+            /** Anthropic Messages or chat-completions messages. */
+            static Turn ofMessages(JsonNode messages) {
+                if (messages == null || !messages.isArray() || messages.isEmpty()) return prompt(null, true);
+                if (isWarmup(messages)) return new Turn(Kind.WARMUP, "Warmup", true);
+                JsonNode last = messages.get(messages.size() - 1);
+                String role = last.path("role").asText("");
+                if (role.equals("assistant") || role.equals("tool")) return continuation();
+                boolean opens = true;
+                for (JsonNode m : messages) opens &= !m.path("role").asText("").equals("assistant");
+                if (!role.equals("user")) return prompt(null, opens);
+                return ofContent(last.path("content"), opens);
+            }
+
+            /** The Responses API: a string is a prompt; of input items, only a user message can be one. */
+            static Turn ofResponsesInput(JsonNode input, boolean continuesAResponse) {
+                if (input == null || input.isTextual()) return prompt(input == null ? null : input.asText(), !continuesAResponse);
+                if (!input.isArray() || input.isEmpty()) return prompt(null, !continuesAResponse);
+                JsonNode last = input.get(input.size() - 1);
+                String type = last.path("type").asText("message");
+                if (!type.equals("message")) return continuation();
+                String role = last.path("role").asText("user");
+                if (role.equals("assistant")) return continuation();
+                boolean opens = !continuesAResponse;
+                for (JsonNode item : input) {
+                    String t = item.path("type").asText("message");
+                    opens &= t.equals("message") && !item.path("role").asText("user").equals("assistant");
                 }
-                for (JsonNode tc : m.path("tool_calls")) toolCalls.add(tc);
-                m.properties().forEach(f -> {
-                    if (!List.of("role", "content", "tool_calls").contains(f.getKey()) && !message.has(f.getKey())
-                        && !f.getValue().isNull()) message.set(f.getKey(), f.getValue());
-                });
-                if (finish == null && c.path("finish_reason").isTextual()) finish = c.path("finish_reason").asText();
+                if (!role.equals("user")) return prompt(null, opens);
+                return ofContent(last.path("content"), opens);
             }
-            message.put("content", anyText ? text.toString() : null);
-            if (!toolCalls.isEmpty()) message.set("tool_calls", toolCalls);
-            ObjectNode merged = Json.object();
-            merged.put("index", 0);
-            merged.set("message", message);
-            merged.put("finish_reason", !toolCalls.isEmpty() ? "tool_calls" : finish);
-            return merged;
-        }
 
-        static void fillChoice(ObjectNode c) {
-            ObjectNode m = c.withObjectProperty("message");
-            if (!m.has("role")) m.put("role", "assistant");
-            for (JsonNode tc : m.path("tool_calls")) {
-                if (tc.isObject() && !tc.has("type")) ((ObjectNode) tc).put("type", "function");
+            /** A user message's content: a prompt when any part is not a tool result nor a reminder; the last such text is kept. */
+            private static Turn ofContent(JsonNode content, boolean opens) {
+                if (content.isTextual()) return isReminder(content.asText()) ? continuation() : prompt(content.asText(), opens);
+                if (!content.isArray() || content.isEmpty()) return prompt(null, opens);
+                boolean person = false;
+                String text = null;
+                for (JsonNode part : content) {
+                    String type = part.path("type").asText("");
+                    if (type.equals("tool_result") || type.equals("function_call_output")) continue;
+                    boolean isText = type.equals("text") || type.equals("input_text");
+                    if (isText && isReminder(part.path("text").asText(""))) continue;
+                    person = true;
+                    if (isText) text = part.path("text").asText("");
+                }
+                return person ? prompt(text, opens) : continuation();
             }
-            if (!c.path("finish_reason").isTextual()) c.put("finish_reason", m.path("tool_calls").isEmpty() ? "stop" : "tool_calls");
-        }
-    }
 
-    /**
-     * Streaming chat answers, chunk by chunk: role on each choice's first delta, split choices merged into
-     * index 0, tool calls keyed by (choice, index) and renumbered from 0 with id, type and name on their first
-     * fragment, finish_reason held back and sent once at the end, usage sent last when the client asked for it.
-     */
-    static final class ChatStreamNormalizer {
-        private final boolean merge;
-        private final boolean includeUsage;
-        private String id;
-        private String model;
-        private long created;
-        private final Map<Integer, Boolean> roleSent = new TreeMap<>();
-        private final Map<String, Integer> toolIndex = new LinkedHashMap<>();
-        private final ChatChunks.ToolKeys toolKeys = new ChatChunks.ToolKeys();
-        private final Map<Integer, Integer> toolCount = new TreeMap<>();
-        private final Map<Integer, String> finishReasons = new TreeMap<>();
-        private JsonNode usage;
-        private boolean finished;
-
-        ChatStreamNormalizer(boolean merge, boolean includeUsage) {
-            this.merge = merge;
-            this.includeUsage = includeUsage;
+            /** Claude Code's probe at start: one user message, one text block "Warmup" marked for caching. */
+            static boolean isWarmup(JsonNode messages) {
+                if (messages.size() != 1 || !messages.get(0).path("role").asText("").equals("user")) return false;
+                JsonNode content = messages.get(0).path("content");
+                if (!content.isArray() || content.size() != 1) return false;
+                JsonNode block = content.get(0);
+                return block.path("type").asText("").equals("text") && block.path("text").asText("").equals("Warmup")
+                    && block.path("cache_control").path("type").asText("").equals("ephemeral");
+            }
         }
 
-        /** True once any choice carried a finish_reason. */
-        boolean finished() {
-            return finished;
+        /** Non-streaming chat answers: merge Copilot's split choices and fill what OpenAI clients require. */
+        static final class ChatNormalizer {
+            static JsonNode response(JsonNode answer, boolean merge) {
+                if (!answer.isObject() || !answer.path("choices").isArray()) return answer;
+                ObjectNode out = ((ObjectNode) answer).deepCopy();
+                ArrayNode choices = (ArrayNode) out.get("choices");
+                if (merge && choices.size() > 1) {
+                    ArrayNode merged = Json.array();
+                    merged.add(mergeChoices(choices));
+                    out.set("choices", merged);
+                }
+                for (JsonNode c : out.withArray("choices")) fillChoice((ObjectNode) c);
+                return out;
+            }
+
+            static ObjectNode mergeChoices(ArrayNode choices) {
+                ObjectNode message = Json.object();
+                message.put("role", "assistant");
+                StringBuilder text = new StringBuilder();
+                boolean anyText = false;
+                ArrayNode toolCalls = Json.array();
+                String finish = null;
+                for (JsonNode c : choices) {
+                    JsonNode m = c.path("message");
+                    if (m.path("content").isTextual()) {
+                        text.append(m.path("content").asText());
+                        anyText = true;
+                    }
+                    for (JsonNode tc : m.path("tool_calls")) toolCalls.add(tc);
+                    m.properties().forEach(f -> {
+                        if (!List.of("role", "content", "tool_calls").contains(f.getKey()) && !message.has(f.getKey())
+                            && !f.getValue().isNull()) message.set(f.getKey(), f.getValue());
+                    });
+                    if (finish == null && c.path("finish_reason").isTextual()) finish = c.path("finish_reason").asText();
+                }
+                message.put("content", anyText ? text.toString() : null);
+                if (!toolCalls.isEmpty()) message.set("tool_calls", toolCalls);
+                ObjectNode merged = Json.object();
+                merged.put("index", 0);
+                merged.set("message", message);
+                merged.put("finish_reason", !toolCalls.isEmpty() ? "tool_calls" : finish);
+                return merged;
+            }
+
+            static void fillChoice(ObjectNode c) {
+                ObjectNode m = c.withObjectProperty("message");
+                if (!m.has("role")) m.put("role", "assistant");
+                for (JsonNode tc : m.path("tool_calls")) {
+                    if (tc.isObject() && !tc.has("type")) ((ObjectNode) tc).put("type", "function");
+                }
+                if (!c.path("finish_reason").isTextual()) c.put("finish_reason", m.path("tool_calls").isEmpty() ? "stop" : "tool_calls");
+            }
         }
 
-        /** The usage Copilot reported, or null. */
-        JsonNode usage() {
-            return usage;
-        }
+        /**
+         * Streaming chat answers, chunk by chunk: role on each choice's first delta, split choices merged into
+         * index 0, tool calls keyed by (choice, index) and renumbered from 0 with id, type and name on their first
+         * fragment, finish_reason held back and sent once at the end, usage sent last when the client asked for it.
+         */
+        static final class ChatStreamNormalizer {
+            private final boolean merge;
+            private final boolean includeUsage;
+            private String id;
+            private String model;
+            private long created;
+            private final Map<Integer, Boolean> roleSent = new TreeMap<>();
+            private final Map<String, Integer> toolIndex = new LinkedHashMap<>();
+            private final ChatChunks.ToolKeys toolKeys = new ChatChunks.ToolKeys();
+            private final Map<Integer, Integer> toolCount = new TreeMap<>();
+            private final Map<Integer, String> finishReasons = new TreeMap<>();
+            private JsonNode usage;
+            private boolean finished;
 
-        List<ObjectNode> onChunk(JsonNode chunk) {
-            remember(chunk);
-            List<ObjectNode> out = new ArrayList<>();
-            ArrayNode current = null;
-            for (JsonNode choice : chunk.path("choices")) {
-                ObjectNode normalized = normalizeChoice(choice);
-                if (normalized == null) continue;
-                if (current == null || merge) {
+            ChatStreamNormalizer(boolean merge, boolean includeUsage) {
+                this.merge = merge;
+                this.includeUsage = includeUsage;
+            }
+
+            /** True once any choice carried a finish_reason. */
+            boolean finished() {
+                return finished;
+            }
+
+            /** The usage Copilot reported, or null. */
+            JsonNode usage() {
+                return usage;
+            }
+
+            List<ObjectNode> onChunk(JsonNode chunk) {
+                remember(chunk);
+                List<ObjectNode> out = new ArrayList<>();
+                ArrayNode current = null;
+                for (JsonNode choice : chunk.path("choices")) {
+                    ObjectNode normalized = normalizeChoice(choice);
+                    if (normalized == null) continue;
+                    if (current == null || merge) {
+                        ObjectNode c = envelope();
+                        current = c.putArray("choices");
+                        out.add(c);
+                    }
+                    current.add(normalized);
+                }
+                return out;
+            }
+
+            List<ObjectNode> finish() {
+                List<ObjectNode> out = new ArrayList<>();
+                if (roleSent.isEmpty()) roleSent.put(0, false);
+                for (Integer index : roleSent.keySet()) {
                     ObjectNode c = envelope();
-                    current = c.putArray("choices");
+                    ObjectNode choice = c.putArray("choices").addObject();
+                    choice.put("index", index);
+                    ObjectNode delta = choice.putObject("delta");
+                    if (!roleSent.get(index)) {
+                        delta.put("role", "assistant");
+                        delta.put("content", "");
+                    }
+                    choice.put("finish_reason", finishReason(index));
                     out.add(c);
                 }
-                current.add(normalized);
+                if (includeUsage && usage != null) {
+                    ObjectNode c = envelope();
+                    c.putArray("choices");
+                    c.set("usage", usage);
+                    out.add(c);
+                }
+                return out;
             }
-            return out;
+
+            private String finishReason(int index) {
+                if (toolCount.getOrDefault(index, 0) > 0) return "tool_calls";
+                return finishReasons.getOrDefault(index, "stop");
+            }
+
+            private void remember(JsonNode chunk) {
+                if (chunk.path("usage").isObject()) usage = chunk.get("usage");
+                if (id == null && chunk.path("id").isTextual() && !chunk.path("id").asText().isEmpty()) id = chunk.path("id").asText();
+                if (model == null && chunk.path("model").isTextual() && !chunk.path("model").asText().isEmpty()) model = chunk.path("model").asText();
+                if (created == 0 && chunk.path("created").asLong(0) > 0) created = chunk.path("created").asLong();
+            }
+
+            private ObjectNode envelope() {
+                ObjectNode c = Json.object();
+                c.put("id", id == null ? "chatcmpl-" + Ids.random(24) : id);
+                if (id == null) id = c.path("id").asText();
+                c.put("object", "chat.completion.chunk");
+                c.put("created", created == 0 ? Instant.now().getEpochSecond() : created);
+                if (created == 0) created = c.path("created").asLong();
+                c.put("model", model == null ? "" : model);
+                return c;
+            }
+
+            private ObjectNode normalizeChoice(JsonNode choice) {
+                int upstreamIndex = choice.path("index").asInt(0);
+                int index = merge ? 0 : upstreamIndex;
+                ObjectNode delta = choice.path("delta").isObject() ? ((ObjectNode) choice.get("delta")).deepCopy() : Json.object();
+                String finish = choice.path("finish_reason").isTextual() ? choice.path("finish_reason").asText() : null;
+                if (finish != null) {
+                    finished = true;
+                    if (!finishReasons.containsKey(index) || !finish.equals("stop")) finishReasons.put(index, finish);
+                }
+                if (delta.path("tool_calls").isArray()) delta.set("tool_calls", toolCalls(upstreamIndex, index, delta.get("tool_calls")));
+                if (delta.path("tool_calls").isArray() && delta.get("tool_calls").isEmpty()) delta.remove("tool_calls");
+                delta.remove("role");
+                boolean hasLogprobs = choice.path("logprobs").isObject();
+                if (delta.isEmpty() && !hasLogprobs) return null;
+                ObjectNode out = Json.object();
+                out.put("index", index);
+                ObjectNode d = out.putObject("delta");
+                if (!roleSent.containsKey(index)) d.put("role", "assistant");
+                roleSent.put(index, true);
+                d.setAll(delta);
+                if (hasLogprobs) out.set("logprobs", choice.get("logprobs"));
+                out.putNull("finish_reason");
+                return out;
+            }
+
+            private ArrayNode toolCalls(int upstreamChoice, int index, JsonNode calls) {
+                ArrayNode out = Json.array();
+                for (JsonNode call : calls) {
+                    if (!call.isObject()) continue;
+                    ObjectNode tc = ((ObjectNode) call).deepCopy();
+                    String key = toolKeys.key(upstreamChoice, call);
+                    Integer n = toolIndex.get(key);
+                    boolean first = n == null;
+                    if (first) {
+                        n = toolCount.merge(index, 1, Integer::sum) - 1;
+                        toolIndex.put(key, n);
+                        if (!tc.path("id").isTextual() || tc.path("id").asText().isEmpty()) tc.put("id", "call_" + Ids.random(24));
+                        tc.put("type", "function");
+                        ObjectNode fn = tc.withObjectProperty("function");
+                        if (!fn.path("name").isTextual()) fn.put("name", "");
+                        if (!fn.has("arguments")) fn.put("arguments", "");
+                    } else {
+                        tc.remove("id");
+                        tc.remove("type");
+                        if (tc.path("function").isObject()) ((ObjectNode) tc.get("function")).remove("name");
+                    }
+                    tc.put("index", n);
+                    out.add(tc);
+                }
+                return out;
+            }
         }
 
-        List<ObjectNode> finish() {
-            List<ObjectNode> out = new ArrayList<>();
-            if (roleSent.isEmpty()) roleSent.put(0, false);
-            for (Integer index : roleSent.keySet()) {
+        /** What a Copilot model allows, read from its catalog entry. maxOutputTokens 0 means "not known: do not clamp". */
+        record ModelLimits(String id, int maxOutputTokens, Integer minThinkingBudget, Integer maxThinkingBudget,
+                boolean wantsMaxCompletionTokens) {
+
+            static final Pattern O_SERIES = Pattern.compile("o\\d.*");
+
+            static ModelLimits from(JsonNode model) {
+                if (model == null || !model.isObject()) return unknown("");
+                String id = model.path("id").asText("");
+                JsonNode caps = model.path("capabilities");
+                int maxOutput = Math.max(0, caps.path("limits").path("max_output_tokens").asInt(0));
+                JsonNode supports = caps.path("supports");
+                return new ModelLimits(id, maxOutput, positive(supports.path("min_thinking_budget")),
+                    positive(supports.path("max_thinking_budget")), wantsMaxCompletionTokens(id));
+            }
+
+            /** A model missing from the catalog: no clamp, no thinking budget, the token field chosen by its id. */
+            static ModelLimits unknown(String id) {
+                return new ModelLimits(id, 0, null, null, wantsMaxCompletionTokens(id));
+            }
+
+            /** GPT-5 and the o-series reject max_tokens and want max_completion_tokens. */
+            static boolean wantsMaxCompletionTokens(String id) {
+                String s = id == null ? "" : id.toLowerCase(Locale.ROOT);
+                return s.startsWith("gpt-5") || O_SERIES.matcher(s).matches();
+            }
+
+            boolean knowsMaxOutput() {
+                return maxOutputTokens > 0;
+            }
+
+            boolean supportsThinking() {
+                return maxThinkingBudget != null;
+            }
+
+            int minThinking() {
+                return minThinkingBudget == null ? 1 : minThinkingBudget;
+            }
+
+            /** A requested budget within the model's min/max and below max_tokens; null when there is no room or no support. */
+            Integer thinkingBudget(int requested, Integer maxTokens) {
+                if (!supportsThinking()) return null;
+                int budget = Math.max(minThinking(), Math.min(requested, maxThinkingBudget));
+                if (maxTokens != null && budget >= maxTokens) budget = maxTokens - 1;
+                return budget < minThinking() ? null : budget;
+            }
+
+            private static Integer positive(JsonNode n) {
+                return n.isNumber() && n.asInt() > 0 ? n.asInt() : null;
+            }
+        }
+
+        // The Responses API and chat completions, the pivot format. Copilot serves its newest GPT models only on
+        // /responses and Claude, Gemini and GPT-4.x only on /chat/completions; every model is reachable from every
+        // inbound API through chat: inbound Responses for a chat-only model goes ResponsesToChat.request, then
+        // ChatToResponses.response or the ChatStreamToResponses state machine; inbound chat (or Anthropic, via
+        // AnthropicToChat) for a responses-only model goes ChatToResponsesRequest.request, then
+        // ResponsesToChat.response or the ResponsesStreamToChat state machine. Reasoning crosses the pivot as
+        // reasoning_text and reasoning_opaque (see ReasoningOpaque); Responses custom tools become function tools
+        // with one string parameter (see CustomTools).
+
+        /** A translated request body, with one line per field or item that was dropped or changed on the way. */
+        record Translated(ObjectNode body, List<String> notes) {}
+
+        /** Fresh ids and the current time, injected so that translators stay pure and tests stay deterministic. */
+        interface IdClock {
+            /** A fresh id starting with the prefix, e.g. {@code msg_}, {@code fc_}, {@code call_}. */
+            String id(String prefix);
+
+            long epochSeconds();
+
+            IdClock SYSTEM = new IdClock() {
+                @Override
+                public String id(String prefix) {
+                    return prefix + Ids.random(24);
+                }
+
+                @Override
+                public long epochSeconds() {
+                    return Instant.now().getEpochSecond();
+                }
+            };
+        }
+
+        /** Embeddings as openai-node wants them when it asks for base64: little-endian float32, base64-encoded. */
+        static final class Embeddings {
+            static JsonNode toBase64(JsonNode answer) {
+                if (!answer.path("data").isArray()) return answer;
+                ObjectNode out = ((ObjectNode) answer).deepCopy();
+                for (JsonNode item : out.withArray("data")) {
+                    JsonNode vector = item.path("embedding");
+                    if (!vector.isArray()) continue;
+                    ByteBuffer buf = ByteBuffer.allocate(vector.size() * 4).order(ByteOrder.LITTLE_ENDIAN);
+                    for (JsonNode v : vector) buf.putFloat((float) v.asDouble());
+                    ((ObjectNode) item).put("embedding", Base64.getEncoder().encodeToString(buf.array()));
+                }
+                return out;
+            }
+        }
+    }
+
+    // ==== 5.2 Anthropic: Messages to chat and back, the stream machine, model names, native requests, token counts ====
+
+    /** The Anthropic Messages API: to chat completions and back, the native route's cleaning, model names, token counting. */
+    static final class Anthropic {
+        private Anthropic() {
+        }
+
+        /**
+         * Anthropic Messages request to a Copilot chat-completions request. One instance per call holds the notes
+         * and the tool names it shortened; callers use the static {@link #request}.
+         */
+        static final class AnthropicToChat {
+            record Result(ObjectNode chatRequest, boolean vision, Initiator initiator, List<String> notes,
+                Map<String, String> toolNameMap) {}
+
+            static final String BILLING_HEADER = "x-anthropic-billing-header:";
+            static final int MAX_TOOL_NAME = 64;
+            static final Pattern PLAIN_USER_ID = Pattern.compile("[A-Za-z0-9_.:-]{1,64}");
+            static final int LOW_EFFORT_BUDGET = 2048;
+            static final int MEDIUM_EFFORT_BUDGET = 8192;
+            static final String TOOL_IMAGE_POINTER = "(the tool returned an image; it follows in the next user message)";
+            static final Set<String> READ_KEYS = Set.of("model", "messages", "system", "max_tokens", "stop_sequences",
+                "temperature", "top_p", "stream", "tools", "tool_choice", "thinking", "metadata", "output_config");
+
+            private final ModelLimits limits;
+            private final List<String> notes = new ArrayList<>();
+            private final Map<String, String> toolNames = new LinkedHashMap<>();
+
+            private AnthropicToChat(ModelLimits limits) {
+                this.limits = limits;
+            }
+
+            static Result request(ObjectNode anthropic, String upstreamModel, ModelLimits limits) {
+                return new AnthropicToChat(limits).translate(anthropic, upstreamModel);
+            }
+
+            private Result translate(ObjectNode a, String upstreamModel) {
+                JsonNode messages = a.path("messages");
+                if (!messages.isArray()) throw invalid("'messages' must be an array");
+                ObjectNode chat = Json.object();
+                chat.put("model", upstreamModel);
+                ArrayNode out = chat.putArray("messages");
+                String system = systemText(a.get("system"));
+                if (!system.isEmpty()) out.addObject().put("role", "system").put("content", system);
+                for (int i = 0; i < messages.size(); i++) message(messages.get(i), i, out);
+                keepToolAnswersAdjacent(out);
+                Integer maxTokens = maxTokens(a, chat);
+                sampling(a, chat);
+                thinking(a, chat, maxTokens);
+                tools(a, chat);
+                user(a, chat);
+                stream(a, chat);
+                ignored(a);
+                return new Result(chat, Json.containsImage(out), Initiator.of(messages),
+                    List.copyOf(notes), Map.copyOf(toolNames));
+            }
+
+            // ---- messages ----
+
+            private void message(JsonNode m, int i, ArrayNode out) {
+                if (!m.isObject()) throw invalid("messages[" + i + "] must be an object");
+                String role = m.path("role").asText("");
+                List<JsonNode> blocks = blocks(m.get("content"), "messages[" + i + "].content");
+                switch (role) {
+                    case "user" -> userTurn(blocks, out);
+                    case "assistant" -> assistantTurn(blocks, out);
+                    case "system" -> {
+                        String text = systemText(m.get("content"));
+                        if (!text.isEmpty()) out.addObject().put("role", "system").put("content", text);
+                    }
+                    default -> throw invalid("messages[" + i + "].role must be \"user\" or \"assistant\", not \"" + role + "\"");
+                }
+            }
+
+            /** A system message between tool calls and their tool answers moves after the answers (chat needs them adjacent). */
+            private static void keepToolAnswersAdjacent(ArrayNode out) {
+                for (int i = out.size() - 2; i >= 1; i--) {
+                    if (!out.get(i).path("role").asText().equals("system")) continue;
+                    int j = i;
+                    while (j + 1 < out.size() && out.get(j + 1).path("role").asText().equals("tool")) {
+                        JsonNode system = out.get(j);
+                        out.set(j, out.get(j + 1));
+                        out.set(j + 1, system);
+                        j++;
+                    }
+                }
+            }
+
+            /** Tool answers first (one tool message per tool_result), then the rest as one user message. */
+            private void userTurn(List<JsonNode> blocks, ArrayNode out) {
+                List<ObjectNode> toolImages = new ArrayList<>();
+                List<ObjectNode> parts = new ArrayList<>();
+                for (JsonNode b : blocks) {
+                    String type = b.path("type").asText("");
+                    switch (type) {
+                        case "tool_result" -> out.add(toolMessage(b, toolImages));
+                        case "text", "image", "document" -> contentPart(b).ifPresent(parts::add);
+                        default -> notes.add("dropped a " + describeType(type) + " block from a user message");
+                    }
+                }
+                List<ObjectNode> all = new ArrayList<>(toolImages);
+                all.addAll(parts);
+                if (!all.isEmpty()) out.add(userMessage(all));
+            }
+
+            private static ObjectNode userMessage(List<ObjectNode> parts) {
+                ObjectNode m = Json.object();
+                m.put("role", "user");
+                if (parts.size() == 1 && parts.get(0).path("type").asText().equals("text")) {
+                    m.put("content", parts.get(0).path("text").asText());
+                } else {
+                    m.putArray("content").addAll(parts);
+                }
+                return m;
+            }
+
+            /** Tool messages are text only: images go to the user message that follows, errors stay visible. */
+            private ObjectNode toolMessage(JsonNode b, List<ObjectNode> images) {
+                String id = b.path("tool_use_id").asText("");
+                if (id.isBlank()) throw invalid("a tool_result block needs a tool_use_id");
+                List<String> texts = new ArrayList<>();
+                int imageCount = 0;
+                for (JsonNode part : blocks(b.get("content"), "tool_result.content")) {
+                    String type = part.path("type").asText("");
+                    if (type.equals("image")) {
+                        images.add(imagePart(part));
+                        imageCount++;
+                    } else if (type.equals("text") || type.equals("document")) {
+                        contentPart(part).ifPresent(p -> texts.add(p.path("text").asText()));
+                    } else {
+                        notes.add("dropped a " + describeType(type) + " block from a tool_result");
+                    }
+                }
+                String text = String.join("\n\n", texts);
+                if (text.isEmpty() && imageCount > 0) text = TOOL_IMAGE_POINTER;
+                if (b.path("is_error").asBoolean(false)) text = "Error: " + text;
+                ObjectNode m = Json.object();
+                m.put("role", "tool");
+                m.put("tool_call_id", id);
+                m.put("content", text);
+                return m;
+            }
+
+            /** Text to content, tool_use to tool_calls, thinking to reasoning_text/reasoning_opaque (never to content). */
+            private void assistantTurn(List<JsonNode> blocks, ArrayNode out) {
+                List<String> texts = new ArrayList<>();
+                List<String> reasoning = new ArrayList<>();
+                ArrayNode calls = Json.array();
+                String opaque = null;
+                for (JsonNode b : blocks) {
+                    String type = b.path("type").asText("");
+                    switch (type) {
+                        case "text" -> {
+                            if (!b.path("text").asText("").isBlank()) texts.add(b.path("text").asText());
+                        }
+                        case "tool_use" -> calls.add(toolCall(b));
+                        case "thinking" -> {
+                            if (!b.path("thinking").asText("").isEmpty()) reasoning.add(b.path("thinking").asText());
+                            if (opaque == null && !b.path("signature").asText("").isBlank()) opaque = b.path("signature").asText();
+                        }
+                        case "redacted_thinking" -> {
+                            if (opaque == null && !b.path("data").asText("").isBlank()) opaque = b.path("data").asText();
+                        }
+                        default -> notes.add("dropped a " + describeType(type) + " block from an assistant message");
+                    }
+                }
+                if (texts.isEmpty() && calls.isEmpty()) {
+                    if (!reasoning.isEmpty() || opaque != null) notes.add("dropped an assistant message that held only thinking");
+                    return;
+                }
+                ObjectNode m = out.addObject();
+                m.put("role", "assistant");
+                if (texts.isEmpty()) m.putNull("content");
+                else m.put("content", String.join("\n\n", texts));
+                if (!calls.isEmpty()) m.set("tool_calls", calls);
+                if (!reasoning.isEmpty()) m.put("reasoning_text", String.join("\n\n", reasoning));
+                if (opaque != null) m.put("reasoning_opaque", opaque);
+            }
+
+            private ObjectNode toolCall(JsonNode b) {
+                String id = b.path("id").asText("");
+                if (id.isBlank()) throw invalid("a tool_use block needs an id");
+                ObjectNode call = Json.object();
+                call.put("id", id);
+                call.put("type", "function");
+                ObjectNode fn = call.putObject("function");
+                fn.put("name", toolName(b.path("name").asText("")));
+                JsonNode input = b.get("input");
+                fn.put("arguments", input == null || input.isNull() ? "{}" : Json.write(input));
+                return call;
+            }
+
+            /** A text, image or document block as a chat content part; blank text is dropped. */
+            private Optional<ObjectNode> contentPart(JsonNode b) {
+                String type = b.path("type").asText("");
+                if (type.equals("image")) return Optional.of(imagePart(b));
+                String text = type.equals("document") ? documentText(b) : b.path("text").asText("");
+                if (text.isBlank()) return Optional.empty();
+                ObjectNode p = Json.object();
+                p.put("type", "text");
+                p.put("text", text);
+                return Optional.of(p);
+            }
+
+            private static ObjectNode imagePart(JsonNode b) {
+                JsonNode src = b.path("source");
+                String kind = src.path("type").asText("");
+                String url;
+                if (kind.equals("base64")) {
+                    String media = src.path("media_type").asText("");
+                    String data = src.path("data").asText("");
+                    if (media.isBlank() || data.isBlank()) throw invalid("an image with a base64 source needs media_type and data");
+                    url = "data:" + media + ";base64," + data;
+                } else if (kind.equals("url")) {
+                    url = src.path("url").asText("");
+                    if (url.isBlank()) throw invalid("an image with a url source needs a url");
+                } else {
+                    throw invalid("image sources of type \"" + kind + "\" cannot be sent to Copilot; send base64 data or a URL");
+                }
+                ObjectNode p = Json.object();
+                p.put("type", "image_url");
+                p.putObject("image_url").put("url", url);
+                return p;
+            }
+
+            /** Text documents become text (titled when they have a title); anything else is refused with a 400. */
+            private static String documentText(JsonNode b) {
+                JsonNode src = b.path("source");
+                String kind = src.path("type").asText("");
+                String media = src.path("media_type").asText("");
+                String text;
+                if (kind.equals("text")) {
+                    text = src.path("data").asText("");
+                } else if (kind.equals("base64") && media.startsWith("text/")) {
+                    try {
+                        text = new String(Base64.getMimeDecoder().decode(src.path("data").asText("")), UTF_8);
+                    } catch (IllegalArgumentException e) {
+                        throw invalid("a " + media + " document's base64 data does not decode");
+                    }
+                } else if (kind.equals("content")) {
+                    List<String> texts = new ArrayList<>();
+                    for (JsonNode part : blocks(src.get("content"), "document.source.content")) {
+                        if (part.path("type").asText("").equals("text") && !part.path("text").asText("").isBlank()) {
+                            texts.add(part.path("text").asText());
+                        }
+                    }
+                    text = String.join("\n\n", texts);
+                } else {
+                    String what = media.isBlank() ? kind + " source" : media;
+                    throw invalid("Copilot's chat completions cannot read " + what + " documents; only text documents "
+                        + "(source type \"text\" or a text/* media type) can be sent through copilot-api");
+                }
+                String title = b.path("title").asText("");
+                return title.isBlank() || text.isBlank() ? text : title + "\n\n" + text;
+            }
+
+            // ---- system ----
+
+            /** The system text: text blocks joined by a blank line, the billing header line removed. */
+            private String systemText(JsonNode content) {
+                List<String> parts = new ArrayList<>();
+                for (JsonNode b : blocks(content, "system")) {
+                    String type = b.path("type").asText("");
+                    if (!type.equals("text")) {
+                        notes.add("dropped a " + describeType(type) + " block from a system prompt");
+                        continue;
+                    }
+                    String text = withoutBillingHeader(b.path("text").asText(""));
+                    if (!text.isBlank()) parts.add(text);
+                }
+                return String.join("\n\n", parts);
+            }
+
+            /** Copilot refuses the reserved x-anthropic-billing-header line Claude Code puts into the system prompt. */
+            static String withoutBillingHeader(String text) {
+                if (!text.stripLeading().startsWith(BILLING_HEADER)) return text;
+                int nl = text.indexOf('\n');
+                return nl < 0 ? "" : text.substring(nl + 1);
+            }
+
+            // ---- tools ----
+
+            private void tools(JsonNode a, ObjectNode chat) {
+                ArrayNode tools = Json.array();
+                Set<String> names = new LinkedHashSet<>();
+                for (JsonNode t : a.path("tools")) {
+                    String type = t.path("type").asText("");
+                    String name = t.path("name").asText("");
+                    if (!type.isEmpty() && !type.equals("custom")) {
+                        notes.add("dropped the server tool " + name + " (" + type + "): Copilot cannot run Anthropic server tools");
+                        continue;
+                    }
+                    if (name.isBlank()) throw invalid("every tool needs a name");
+                    ObjectNode fn = tools.addObject().put("type", "function").putObject("function");
+                    fn.put("name", toolName(name));
+                    if (t.path("description").isTextual()) fn.put("description", t.path("description").asText());
+                    fn.set("parameters", t.path("input_schema").isObject() ? t.get("input_schema").deepCopy() : emptySchema());
+                    names.add(name);
+                }
+                if (!tools.isEmpty()) chat.set("tools", tools);
+                toolChoice(a.path("tool_choice"), chat, names);
+            }
+
+            private void toolChoice(JsonNode choice, ObjectNode chat, Set<String> toolNames) {
+                if (!choice.isObject()) return;
+                String type = choice.path("type").asText("auto");
+                if (toolNames.isEmpty()) {
+                    if (!type.equals("auto") && !type.equals("none")) notes.add("ignored tool_choice " + type + ": no tool is left to call");
+                    return;
+                }
+                switch (type) {
+                    case "auto" -> chat.put("tool_choice", "auto");
+                    case "any" -> chat.put("tool_choice", "required");
+                    case "none" -> chat.put("tool_choice", "none");
+                    case "tool" -> {
+                        String name = choice.path("name").asText("");
+                        if (toolNames.contains(name)) {
+                            chat.putObject("tool_choice").put("type", "function").putObject("function").put("name", toolName(name));
+                        } else {
+                            notes.add("ignored tool_choice for " + name + ": no such tool is sent to Copilot");
+                        }
+                    }
+                    default -> notes.add("ignored tool_choice of type " + type);
+                }
+                if (choice.path("disable_parallel_tool_use").asBoolean(false) && !type.equals("none")) {
+                    chat.put("parallel_tool_calls", false);
+                }
+            }
+
+            private String toolName(String name) {
+                String shortName = shortToolName(name);
+                if (!shortName.equals(name)) toolNames.put(shortName, name);
+                return shortName;
+            }
+
+            /** Names over 64 characters: the first 55, '_' and 8 hex digits of the name's SHA-256 (reversed via toolNameMap). */
+            static String shortToolName(String name) {
+                if (name.length() <= MAX_TOOL_NAME) return name;
+                try {
+                    byte[] hash = MessageDigest.getInstance("SHA-256").digest(name.getBytes(UTF_8));
+                    return name.substring(0, MAX_TOOL_NAME - 9) + "_" + HexFormat.of().formatHex(hash, 0, 4);
+                } catch (NoSuchAlgorithmException e) {
+                    throw new IllegalStateException("SHA-256 is missing from this Java runtime", e);
+                }
+            }
+
+            private static ObjectNode emptySchema() {
+                ObjectNode s = Json.object();
+                s.put("type", "object");
+                s.putObject("properties");
+                return s;
+            }
+
+            // ---- sampling, thinking, user, stream ----
+
+            /** max_tokens clamped to the model's output limit, under the name the model wants; the value sent, or null. */
+            private Integer maxTokens(JsonNode a, ObjectNode chat) {
+                JsonNode n = a.get("max_tokens");
+                if (n == null || !n.isIntegralNumber()) return null;
+                int value = n.asInt();
+                if (limits.knowsMaxOutput() && value > limits.maxOutputTokens()) {
+                    notes.add("max_tokens " + value + " lowered to " + limits.id() + "'s limit of " + limits.maxOutputTokens());
+                    value = limits.maxOutputTokens();
+                }
+                chat.put(limits.wantsMaxCompletionTokens() ? "max_completion_tokens" : "max_tokens", value);
+                return value;
+            }
+
+            private static void sampling(JsonNode a, ObjectNode chat) {
+                JsonNode stops = a.path("stop_sequences");
+                if (stops.isArray() && !stops.isEmpty()) chat.set("stop", stops.deepCopy());
+                if (a.path("temperature").isNumber()) chat.set("temperature", a.get("temperature"));
+                if (a.path("top_p").isNumber()) chat.set("top_p", a.get("top_p"));
+            }
+
+            /** thinking_budget within the model's min/max and below max_tokens; omitted when the model has no budget. */
+            private void thinking(JsonNode a, ObjectNode chat, Integer maxTokens) {
+                Integer requested = requestedThinkingBudget(a);
+                if (requested == null) return;
+                if (!limits.supportsThinking()) {
+                    notes.add("thinking not forwarded: " + limits.id() + " has no thinking budget in the Copilot catalog");
+                    return;
+                }
+                Integer budget = limits.thinkingBudget(requested, maxTokens);
+                if (budget == null) {
+                    notes.add("thinking not forwarded: max_tokens " + maxTokens + " leaves no room for the minimum budget "
+                        + limits.minThinking());
+                    return;
+                }
+                chat.put("thinking_budget", budget);
+            }
+
+            /**
+             * enabled: budget_tokens (8192 if missing); adaptive: by output_config.effort, low 2048, medium 8192, and high,
+             * max or no effort the model's maximum (Anthropic's default effort is high).
+             */
+            static Integer requestedThinkingBudget(JsonNode a) {
+                JsonNode t = a.path("thinking");
+                switch (t.path("type").asText("")) {
+                    case "enabled":
+                        return t.path("budget_tokens").isIntegralNumber() ? t.get("budget_tokens").asInt() : MEDIUM_EFFORT_BUDGET;
+                    case "adaptive":
+                        String effort = a.path("output_config").path("effort").asText("high");
+                        if (effort.equals("low")) return LOW_EFFORT_BUDGET;
+                        if (effort.equals("medium")) return MEDIUM_EFFORT_BUDGET;
+                        return Integer.MAX_VALUE;
+                    default:
+                        return null;
+                }
+            }
+
+            /** metadata.user_id becomes `user` only when it is a short plain id (Claude Code sends a JSON string there). */
+            private void user(JsonNode a, ObjectNode chat) {
+                JsonNode id = a.path("metadata").path("user_id");
+                if (id.isMissingNode() || id.isNull()) return;
+                if (id.isTextual() && PLAIN_USER_ID.matcher(id.asText()).matches()) chat.put("user", id.asText());
+                else notes.add("metadata.user_id not forwarded: not a short plain id");
+            }
+
+            private static void stream(JsonNode a, ObjectNode chat) {
+                if (!a.path("stream").isBoolean()) return;
+                boolean stream = a.path("stream").asBoolean();
+                chat.put("stream", stream);
+                if (stream) chat.putObject("stream_options").put("include_usage", true);
+            }
+
+            private void ignored(JsonNode a) {
+                List<String> ignored = new ArrayList<>();
+                a.fieldNames().forEachRemaining(k -> {
+                    if (!READ_KEYS.contains(k)) ignored.add(k);
+                });
+                if (!ignored.isEmpty()) notes.add("ignored: " + String.join(", ", ignored));
+            }
+
+            // ---- helpers ----
+
+            /** Content as a list of blocks: a string is one text block, null is none; cache_control is never copied. */
+            private static List<JsonNode> blocks(JsonNode content, String where) {
+                List<JsonNode> list = new ArrayList<>();
+                if (content == null || content.isNull() || content.isMissingNode()) return list;
+                if (content.isTextual()) {
+                    list.add(Json.object().put("type", "text").put("text", content.asText()));
+                    return list;
+                }
+                if (!content.isArray()) throw invalid("'" + where + "' must be a string or an array of content blocks");
+                for (JsonNode b : content) {
+                    if (!b.isObject()) throw invalid("'" + where + "' holds something that is not a content block");
+                    list.add(b);
+                }
+                return list;
+            }
+
+            private static String describeType(String type) {
+                return type.isEmpty() ? "typeless" : type;
+            }
+
+            private static ApiError invalid(String message) {
+                return new ApiError(400, "invalid_request_error", message);
+            }
+        }
+
+        /** A Copilot chat completion to an Anthropic message: split choices merged, thinking first, then text, then tools. */
+        static final class ChatToAnthropic {
+            static ObjectNode response(JsonNode chat, String requestedModel, Map<String, String> toolNameMap) {
+                return response(chat, requestedModel, toolNameMap, new ArrayList<>());
+            }
+
+            /** As above; problems worth a log line (unreadable tool arguments) are added to notes. */
+            static ObjectNode response(JsonNode chat, String requestedModel, Map<String, String> toolNameMap, List<String> notes) {
+                StringBuilder reasoning = new StringBuilder();
+                StringBuilder text = new StringBuilder();
+                String opaque = null;
+                List<JsonNode> calls = new ArrayList<>();
+                List<String> finishReasons = new ArrayList<>();
+                for (JsonNode choice : chat.path("choices")) {
+                    JsonNode m = choice.path("message");
+                    reasoning.append(m.path("reasoning_text").asText(""));
+                    if (opaque == null && !m.path("reasoning_opaque").asText("").isEmpty()) opaque = m.path("reasoning_opaque").asText();
+                    text.append(contentText(m.path("content")));
+                    m.path("tool_calls").forEach(calls::add);
+                    if (choice.path("finish_reason").isTextual()) finishReasons.add(choice.path("finish_reason").asText());
+                }
+                ObjectNode msg = messageShell("msg_" + Ids.random(24), requestedModel);
+                ArrayNode content = msg.putArray("content");
+                if (reasoning.length() > 0 || opaque != null) {
+                    content.addObject().put("type", "thinking").put("thinking", reasoning.toString())
+                        .put("signature", opaque == null ? "" : opaque);
+                }
+                if (text.length() > 0) content.addObject().put("type", "text").put("text", text.toString());
+                for (JsonNode call : calls) {
+                    JsonNode fn = call.path("function");
+                    String name = originalName(fn.path("name").asText(""), toolNameMap);
+                    String id = call.path("id").asText("");
+                    content.add(toolUse(id.isEmpty() ? "toolu_" + Ids.random(24) : id, name,
+                        toolInput(fn.path("arguments").asText(""), name, notes)));
+                }
+                msg.put("stop_reason", stopReason(finishReasons, !calls.isEmpty()));
+                msg.putNull("stop_sequence");
+                msg.set("usage", usage(chat.path("usage")));
+                return msg;
+            }
+
+            /** id, type, role, model, then whatever the caller adds (content, stop_reason, ...). */
+            static ObjectNode messageShell(String id, String model) {
+                ObjectNode msg = Json.object();
+                msg.put("id", id);
+                msg.put("type", "message");
+                msg.put("role", "assistant");
+                msg.put("model", model);
+                return msg;
+            }
+
+            static ObjectNode toolUse(String id, String name, ObjectNode input) {
+                ObjectNode b = Json.object();
+                b.put("type", "tool_use");
+                b.put("id", id);
+                b.put("name", name);
+                b.set("input", input);
+                return b;
+            }
+
+            static String originalName(String name, Map<String, String> toolNameMap) {
+                return toolNameMap == null ? name : toolNameMap.getOrDefault(name, name);
+            }
+
+            /**
+             * tool_use whenever a tool is called; length → max_tokens; content_filter → refusal (the answer was cut by a
+             * safety filter, and end_turn would pass a truncated answer off as complete); anything else → end_turn.
+             */
+            static String stopReason(Collection<String> finishReasons, boolean toolUse) {
+                if (toolUse) return "tool_use";
+                if (finishReasons.contains("length")) return "max_tokens";
+                if (finishReasons.contains("content_filter")) return "refusal";
+                return "end_turn";
+            }
+
+            /** Anthropic usage from chat usage: input_tokens excludes the cached prompt tokens. */
+            static ObjectNode usage(JsonNode u) {
+                int prompt = u.path("prompt_tokens").asInt(0);
+                int cached = u.path("prompt_tokens_details").path("cached_tokens").asInt(0);
+                ObjectNode o = Json.object();
+                o.put("input_tokens", Math.max(0, prompt - cached));
+                o.put("cache_creation_input_tokens", 0);
+                o.put("cache_read_input_tokens", cached);
+                o.put("output_tokens", u.path("completion_tokens").asInt(0));
+                return o;
+            }
+
+            /** Tool arguments as a JSON object: blank → {}, anything that is not exactly one object → {} and a note. */
+            static ObjectNode toolInput(String arguments, String toolName, List<String> notes) {
+                if (arguments == null || arguments.isBlank()) return Json.object();
+                try {
+                    JsonNode parsed = JSON.readerFor(JsonNode.class)
+                        .with(DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readValue(arguments);
+                    if (parsed != null && parsed.isObject()) return (ObjectNode) parsed;
+                } catch (IOException e) {
+                    // reported below
+                }
+                String shown = arguments.length() > 200 ? arguments.substring(0, 200) + "..." : arguments;
+                notes.add("the arguments of a " + toolName + " call are not a JSON object, sent {} instead: " + shown);
+                return Json.object();
+            }
+
+            private static String contentText(JsonNode content) {
+                if (content.isTextual()) return content.asText();
+                StringBuilder b = new StringBuilder();
+                for (JsonNode part : content) if (part.path("type").asText("").equals("text")) b.append(part.path("text").asText(""));
+                return b.toString();
+            }
+        }
+
+        /**
+         * A Copilot chat stream to Anthropic events, one instance per request. Thinking and text are sent as they arrive.
+         * Tool calls are collected by (choice index, tool_call index) and each is sent whole at the end of the stream
+         * (start, one input_json_delta with the checked JSON, stop): only then is a tool call known to be complete and
+         * its arguments known to parse, so interleaved fragments can never land in a closed block. A thinking block's
+         * signature (reasoning_opaque) is collected and sent just before the block closes; one that arrives after text
+         * started gets its own empty thinking block. message_delta and message_stop come last; a broken upstream ends
+         * with an error event instead. While tool arguments are collected the client hears nothing: callers send ping()
+         * after ~15 s without a write to the client, not only after upstream silence.
+         */
+        static final class ChatStreamToAnthropic implements TranslatedRelay.Translation {
+            private enum Open { NONE, THINKING, TEXT }
+
+            /** A tool call being collected; sent when the stream ends. */
+            private static final class ToolCall {
+                String id = "";
+                String name = "";
+                final StringBuilder arguments = new StringBuilder();
+            }
+
+            private final String model;
+            private final Map<String, String> toolNameMap;
+            private final Supplier<String> randomIds;
+            private final List<String> notes = new ArrayList<>();
+            private final Map<String, ToolCall> toolCalls = new LinkedHashMap<>();
+            private final ChatChunks.ToolKeys toolKeys = new ChatChunks.ToolKeys();
+            private final Set<String> finishReasons = new LinkedHashSet<>();
+            private final StringBuilder signature = new StringBuilder();
+            private JsonNode usage;
+            private boolean started;
+            private boolean done;
+            private int blocks;
+            private Open open = Open.NONE;
+
+            ChatStreamToAnthropic(String requestedModel, Map<String, String> toolNameMap) {
+                this(requestedModel, toolNameMap, () -> Ids.random(24));
+            }
+
+            /** randomIds supplies the random part of the message id and of missing tool ids (fixed in tests). */
+            ChatStreamToAnthropic(String requestedModel, Map<String, String> toolNameMap, Supplier<String> randomIds) {
+                this.model = requestedModel;
+                this.toolNameMap = toolNameMap == null ? Map.of() : toolNameMap;
+                this.randomIds = randomIds;
+            }
+
+            /** True after message_stop or error: nothing more may be sent. */
+            @Override
+            public boolean done() {
+                return done;
+            }
+
+            List<String> notes() {
+                return List.copyOf(notes);
+            }
+
+            /** message_start, once; onChunk and finish send it too when it has not been sent yet. */
+            @Override
+            public List<NamedEvent> start() {
+                List<NamedEvent> out = new ArrayList<>();
+                if (started || done) return out;
+                started = true;
+                ObjectNode msg = ChatToAnthropic.messageShell("msg_" + randomIds.get(), model);
+                msg.putArray("content");
+                msg.putNull("stop_reason");
+                msg.putNull("stop_sequence");
+                ObjectNode u = ChatToAnthropic.usage(usage == null ? Json.object() : usage);
+                u.put("output_tokens", 0);
+                msg.set("usage", u);
+                ObjectNode data = data("message_start");
+                data.set("message", msg);
+                out.add(new NamedEvent("message_start", data));
+                return out;
+            }
+
+            @Override
+            public List<NamedEvent> onChunk(JsonNode chunk) {
+                if (done) return List.of();
+                if (chunk.hasNonNull("error")) return fail(errorMessage(chunk.get("error")));
+                if (chunk.path("usage").isObject()) usage = chunk.get("usage");
+                List<NamedEvent> out = start();
+                for (JsonNode choice : chunk.path("choices")) onChoice(choice, out);
+                return out;
+            }
+
+            /** The upstream ended ([DONE], or EOF with or without a finish_reason): tools, message_delta, message_stop. */
+            @Override
+            public List<NamedEvent> finish() {
+                if (done) return List.of();
+                List<NamedEvent> out = start();
+                close(out);
+                for (ToolCall call : toolCalls.values()) sendTool(call, out);
+                ObjectNode delta = data("message_delta");
+                delta.putObject("delta").put("stop_reason", ChatToAnthropic.stopReason(finishReasons, !toolCalls.isEmpty()))
+                    .putNull("stop_sequence");
+                delta.set("usage", usage == null ? Json.object().put("output_tokens", 0) : ChatToAnthropic.usage(usage));
+                out.add(new NamedEvent("message_delta", delta));
+                out.add(new NamedEvent("message_stop", data("message_stop")));
+                done = true;
+                return out;
+            }
+
+            /** The upstream broke: one error event, and nothing after it. */
+            @Override
+            public List<NamedEvent> fail(String message) {
+                if (done) return List.of();
+                done = true;
+                return List.of(new NamedEvent("error", AnthropicEvents.error("api_error", message)));
+            }
+
+            /** Anthropic's keep-alive. */
+            @Override
+            public NamedEvent keepAlive() {
+                return new NamedEvent("ping", AnthropicEvents.ping());
+            }
+
+            private void onChoice(JsonNode choice, List<NamedEvent> out) {
+                int index = choice.path("index").asInt(0);
+                JsonNode delta = choice.path("delta");
+                String reasoning = delta.path("reasoning_text").asText("");
+                if (!reasoning.isEmpty()) thinkingDelta(reasoning, out);
+                String opaque = delta.path("reasoning_opaque").asText("");
+                if (!opaque.isEmpty()) {
+                    ensureOpen(Open.THINKING, out);
+                    signature.append(opaque);
+                }
+                String text = delta.path("content").asText("");
+                if (!text.isEmpty()) textDelta(text, out);
+                for (JsonNode call : delta.path("tool_calls")) collect(index, call);
+                if (choice.path("finish_reason").isTextual()) finishReasons.add(choice.path("finish_reason").asText());
+            }
+
+            private void thinkingDelta(String text, List<NamedEvent> out) {
+                ensureOpen(Open.THINKING, out);
+                ObjectNode d = Json.object().put("type", "thinking_delta").put("thinking", text);
+                out.add(blockDelta(d));
+            }
+
+            private void textDelta(String text, List<NamedEvent> out) {
+                ensureOpen(Open.TEXT, out);
+                ObjectNode d = Json.object().put("type", "text_delta").put("text", text);
+                out.add(blockDelta(d));
+            }
+
+            private void ensureOpen(Open kind, List<NamedEvent> out) {
+                if (open == kind) return;
+                close(out);
+                ObjectNode block = Json.object();
+                if (kind == Open.THINKING) block.put("type", "thinking").put("thinking", "").put("signature", "");
+                else block.put("type", "text").put("text", "");
+                out.add(blockStart(block));
+                open = kind;
+            }
+
+            /** Closes the open block; a thinking block first gets its signature, collected whole. */
+            private void close(List<NamedEvent> out) {
+                if (open == Open.NONE) return;
+                if (open == Open.THINKING && signature.length() > 0) {
+                    out.add(blockDelta(Json.object().put("type", "signature_delta").put("signature", signature.toString())));
+                    signature.setLength(0);
+                }
+                ObjectNode stop = data("content_block_stop");
+                stop.put("index", blocks - 1);
+                out.add(new NamedEvent("content_block_stop", stop));
+                open = Open.NONE;
+            }
+
+            /** Fragments keyed as every consumer keys them (ChatChunks.ToolKeys). */
+            private void collect(int choice, JsonNode fragment) {
+                String key = toolKeys.key(choice, fragment);
+                ToolCall call = toolCalls.computeIfAbsent(key, k -> new ToolCall());
+                if (call.id.isEmpty()) call.id = fragment.path("id").asText("");
+                JsonNode fn = fragment.path("function");
+                if (call.name.isEmpty()) call.name = fn.path("name").asText("");
+                call.arguments.append(fn.path("arguments").asText(""));
+            }
+
+            private void sendTool(ToolCall call, List<NamedEvent> out) {
+                String name = ChatToAnthropic.originalName(call.name, toolNameMap);
+                String id = call.id.isEmpty() ? "toolu_" + randomIds.get() : call.id;
+                ObjectNode input = ChatToAnthropic.toolInput(call.arguments.toString(), name, notes);
+                out.add(blockStart(ChatToAnthropic.toolUse(id, name, Json.object())));
+                out.add(blockDelta(Json.object().put("type", "input_json_delta").put("partial_json", Json.write(input))));
+                ObjectNode stop = data("content_block_stop");
+                stop.put("index", blocks - 1);
+                out.add(new NamedEvent("content_block_stop", stop));
+            }
+
+            private NamedEvent blockStart(ObjectNode block) {
+                ObjectNode d = data("content_block_start");
+                d.put("index", blocks++);
+                d.set("content_block", block);
+                return new NamedEvent("content_block_start", d);
+            }
+
+            private NamedEvent blockDelta(ObjectNode delta) {
+                ObjectNode d = data("content_block_delta");
+                d.put("index", blocks - 1);
+                d.set("delta", delta);
+                return new NamedEvent("content_block_delta", d);
+            }
+
+            private static ObjectNode data(String type) {
+                return Json.object().put("type", type);
+            }
+
+            private static String errorMessage(JsonNode error) {
+                if (error.isTextual()) return error.asText();
+                String m = error.path("message").asText("");
+                return m.isBlank() ? "Copilot reported an error in the stream: " + Json.write(error) : m;
+            }
+
+            /**
+             * Folds events into the message an SDK would build from them: content blocks by index, text and thinking
+             * appended, the signature set, tool input parsed from the joined input_json_delta, message_delta applied.
+             * An error event throws IllegalStateException; so does a tool input that does not parse.
+             */
+            static ObjectNode accumulate(List<NamedEvent> events) {
+                ObjectNode message = null;
+                Map<Integer, StringBuilder> json = new LinkedHashMap<>();
+                for (NamedEvent e : events) {
+                    ObjectNode d = e.data();
+                    int index = d.path("index").asInt();
+                    switch (e.name()) {
+                        case "message_start" -> message = d.get("message").deepCopy();
+                        case "content_block_start" -> ((ArrayNode) message.get("content")).insert(index, d.get("content_block").deepCopy());
+                        case "content_block_delta" ->
+                            applyDelta(block(message, index), d.path("delta"), json.computeIfAbsent(index, i -> new StringBuilder()));
+                        case "content_block_stop" -> {
+                            ObjectNode b = block(message, index);
+                            StringBuilder joined = json.get(index);
+                            if (b.path("type").asText().equals("tool_use") && joined != null && joined.length() > 0) {
+                                b.set("input", parse(joined.toString()));
+                            }
+                        }
+                        case "message_delta" -> applyMessageDelta(message, d);
+                        case "error" -> throw new IllegalStateException("the stream ended with an error: " + d.path("error").path("message").asText());
+                        default -> { }
+                    }
+                }
+                return message;
+            }
+
+            private static void applyMessageDelta(ObjectNode message, ObjectNode d) {
+                message.setAll((ObjectNode) d.path("delta"));
+                ObjectNode usage = message.withObjectProperty("usage");
+                d.path("usage").properties().forEach(f -> {
+                    if (!f.getValue().isNull()) usage.set(f.getKey(), f.getValue());
+                });
+            }
+
+            private static ObjectNode block(ObjectNode message, int index) {
+                return (ObjectNode) message.get("content").get(index);
+            }
+
+            private static void applyDelta(ObjectNode block, JsonNode delta, StringBuilder json) {
+                switch (delta.path("type").asText("")) {
+                    case "text_delta" -> block.put("text", block.path("text").asText("") + delta.path("text").asText());
+                    case "thinking_delta" -> block.put("thinking", block.path("thinking").asText("") + delta.path("thinking").asText());
+                    case "signature_delta" -> block.put("signature", delta.path("signature").asText());
+                    case "input_json_delta" -> json.append(delta.path("partial_json").asText());
+                    default -> throw new IllegalStateException("unknown delta type " + delta.path("type"));
+                }
+            }
+
+            private static JsonNode parse(String json) {
+                try {
+                    return JSON.readerFor(JsonNode.class).with(DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readValue(json);
+                } catch (IOException e) {
+                    throw new IllegalStateException("tool input does not parse: " + json, e);
+                }
+            }
+        }
+
+        /** Small Anthropic event bodies shared by the native relay and the translator. */
+        static final class AnthropicEvents {
+            static ObjectNode ping() {
+                ObjectNode o = Json.object();
+                o.put("type", "ping");
+                return o;
+            }
+
+            static ObjectNode error(String type, String message) {
+                ObjectNode o = Json.object();
+                o.put("type", "error");
+                ObjectNode err = o.putObject("error");
+                err.put("type", type);
+                err.put("message", message);
+                return o;
+            }
+        }
+
+        /**
+         * Anthropic model names to Copilot's: exact ids, dated and dashed Claude ids to dotted ones, bare family
+         * names to the family's newest, [1m] to a -1m variant, then the closest family member, then the
+         * configured fallback. The user's --model-map is applied first.
+         */
+        static final class ModelResolver {
+            record Resolution(String requested, String upstream, JsonNode model) {}
+
+            private static final Pattern DATE = Pattern.compile("-(\\d{8}|latest)$");
+            private static final Pattern NEW_STYLE = Pattern.compile("^claude-(opus|sonnet|haiku)-(\\d+)(?:[-.](\\d{1,2}))?$");
+            private static final Pattern OLD_STYLE = Pattern.compile("^claude-(\\d+)(?:[-.](\\d))?-(opus|sonnet|haiku)$");
+            private static final Pattern FAMILY = Pattern.compile("(opus|sonnet|haiku)");
+            private static final Pattern VERSION = Pattern.compile("(\\d+)(?:\\.(\\d+))?");
+
+            static Resolution resolve(String requested, boolean wants1m, List<JsonNode> catalog, ModelRouting routing) {
+                String id = requested.trim();
+                String mapped = routing.userMap().get(id);
+                if (mapped != null) id = mapped;
+                if (id.toLowerCase(Locale.ROOT).endsWith("[1m]")) {
+                    wants1m = true;
+                    id = id.substring(0, id.length() - 4);
+                }
+                Optional<JsonNode> exact = find(catalog, id);
+                if (exact.isPresent()) return new Resolution(requested, oneMillion(exact.get(), wants1m, catalog), model(catalog, oneMillion(exact.get(), wants1m, catalog)));
+                String lower = id.toLowerCase(Locale.ROOT);
+                boolean claude = lower.startsWith("claude") || List.of("opus", "sonnet", "haiku").contains(lower);
+                if (claude) {
+                    String normalized = normalizeClaude(lower);
+                    Optional<JsonNode> hit = normalized == null ? Optional.empty() : find(catalog, normalized);
+                    if (hit.isEmpty()) hit = familyMember(catalog, lower);
+                    if (hit.isEmpty() && routing.fallback().isPresent()) hit = find(catalog, routing.fallback().get());
+                    if (hit.isPresent()) {
+                        String chosen = oneMillion(hit.get(), wants1m, catalog);
+                        return new Resolution(requested, chosen, model(catalog, chosen));
+                    }
+                }
+                throw new ApiError(404, "not_found_error", "model: " + requested + " is not available through Copilot. Available models include: "
+                    + String.join(", ", suggestions(catalog, claude)), "model", "model_not_found");
+            }
+
+            /** claude-sonnet-4-5-20250929 -> claude-sonnet-4.5; claude-3-5-sonnet-latest -> claude-3.5-sonnet. */
+            static String normalizeClaude(String id) {
+                String s = DATE.matcher(id).replaceFirst("");
+                var m = NEW_STYLE.matcher(s);
+                if (m.matches()) return "claude-" + m.group(1) + "-" + m.group(2) + (m.group(3) == null ? "" : "." + m.group(3));
+                m = OLD_STYLE.matcher(s);
+                if (m.matches()) return "claude-" + m.group(1) + (m.group(2) == null ? "" : "." + m.group(2)) + "-" + m.group(3);
+                return null;
+            }
+
+            /** The newest catalog model of the requested family (opus, sonnet, haiku), plain variants only. */
+            static Optional<JsonNode> familyMember(List<JsonNode> catalog, String id) {
+                var f = FAMILY.matcher(id);
+                if (!f.find()) return Optional.empty();
+                String family = f.group(1);
+                JsonNode best = null;
+                int[] bestVersion = null;
+                for (JsonNode m : catalog) {
+                    String mid = m.path("id").asText();
+                    if (!mid.startsWith("claude") || !mid.contains(family) || mid.endsWith("-1m") || !isChat(m)) continue;
+                    int[] v = version(mid);
+                    if (best == null || compare(v, bestVersion) > 0) {
+                        best = m;
+                        bestVersion = v;
+                    }
+                }
+                return Optional.ofNullable(best);
+            }
+
+            static int[] version(String id) {
+                var m = VERSION.matcher(id);
+                return m.find() ? new int[] {Integer.parseInt(m.group(1)), m.group(2) == null ? 0 : Integer.parseInt(m.group(2))} : new int[] {0, 0};
+            }
+
+            static int compare(int[] a, int[] b) {
+                return a[0] != b[0] ? Integer.compare(a[0], b[0]) : Integer.compare(a[1], b[1]);
+            }
+
+            private static String oneMillion(JsonNode model, boolean wants1m, List<JsonNode> catalog) {
+                String id = model.path("id").asText();
+                if (wants1m && !id.endsWith("-1m") && find(catalog, id + "-1m").isPresent()) return id + "-1m";
+                return id;
+            }
+
+            private static JsonNode model(List<JsonNode> catalog, String id) {
+                return find(catalog, id).orElseThrow();
+            }
+
+            static Optional<JsonNode> find(List<JsonNode> catalog, String id) {
+                for (JsonNode m : catalog) if (m.path("id").asText().equals(id)) return Optional.of(m);
+                return Optional.empty();
+            }
+
+            static boolean isChat(JsonNode m) {
+                return !m.path("capabilities").path("type").asText("chat").equals("embeddings");
+            }
+
+            static List<String> endpoints(JsonNode model) {
+                List<String> out = new ArrayList<>();
+                for (JsonNode e : model.path("supported_endpoints")) out.add(e.asText());
+                return out;
+            }
+
+            private static List<String> suggestions(List<JsonNode> catalog, boolean claudeFirst) {
+                List<String> ids = new ArrayList<>();
+                for (JsonNode m : catalog) if (isChat(m)) ids.add(m.path("id").asText());
+                if (claudeFirst) ids.sort(java.util.Comparator.comparing(i -> !i.startsWith("claude")));
+                return ids.subList(0, Math.min(8, ids.size()));
+            }
+        }
+
+        /** What Copilot's native /v1/messages accepts, from what Anthropic clients (Claude Code above all) send. */
+        static final class AnthropicNative {
+            record Prepared(ObjectNode body, List<String> notes) {}
+
+            static final List<String> FIELDS = List.of("model", "messages", "system", "max_tokens", "stop_sequences", "stream",
+                "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking");
+            static final List<String> TOOL_FIELDS = List.of("name", "description", "input_schema", "cache_control");
+
+            static Prepared prepare(ObjectNode in, String upstreamModel, JsonNode model) {
+                List<String> notes = new ArrayList<>();
+                ObjectNode out = Json.object();
+                // no copies: every edit below builds new nodes, so what is unchanged stays the very node that came in
+                for (String f : FIELDS) if (in.has(f) && !in.get(f).isNull()) out.set(f, in.get(f));
+                in.fieldNames().forEachRemaining(f -> {
+                    if (!FIELDS.contains(f)) notes.add("dropped the field '" + f + "' (not accepted by Copilot)");
+                });
+                out.put("model", upstreamModel);
+                stripBillingHeader(out);
+                out.set("messages", systemTurnsAsUser(out.withArray("messages")));
+                filterTools(out, notes);
+                ModelLimits limits = ModelLimits.from(model);
+                if (limits.knowsMaxOutput() && out.path("max_tokens").asInt() > limits.maxOutputTokens()) {
+                    out.put("max_tokens", limits.maxOutputTokens());
+                }
+                adjustThinking(out, in, limits);
+                return new Prepared(out, notes);
+            }
+
+            /** The billing-header line goes, the same way the translator removes it; a block left empty goes too. */
+            static void stripBillingHeader(ObjectNode body) {
+                JsonNode system = body.get("system");
+                if (system == null) return;
+                if (system.isTextual()) {
+                    String text = AnthropicToChat.withoutBillingHeader(system.asText());
+                    if (text.isBlank()) body.remove("system");
+                    else body.put("system", text);
+                } else if (system.isArray()) {
+                    ArrayNode kept = Json.array();
+                    for (JsonNode block : system) {
+                        String text = block.path("text").asText("");
+                        String cleaned = AnthropicToChat.withoutBillingHeader(text);
+                        if (cleaned.equals(text)) kept.add(block);
+                        else if (!cleaned.isBlank()) kept.add(((ObjectNode) block).deepCopy().put("text", cleaned));
+                    }
+                    if (kept.isEmpty()) body.remove("system");
+                    else body.set("system", kept);
+                }
+            }
+
+            /** Anthropic's API has no system role inside messages; such turns travel as user turns. */
+            static ArrayNode systemTurnsAsUser(ArrayNode messages) {
+                boolean any = false;
+                for (JsonNode m : messages) any |= m.path("role").asText().equals("system");
+                if (!any) return messages;
+                ArrayNode out = Json.array();
+                for (JsonNode m : messages) {
+                    if (m.path("role").asText().equals("system")) {
+                        ObjectNode copy = ((ObjectNode) m).deepCopy();
+                        copy.put("role", "user");
+                        out.add(copy);
+                    } else {
+                        out.add(m);
+                    }
+                }
+                return out;
+            }
+
+            static void filterTools(ObjectNode body, List<String> notes) {
+                if (!body.path("tools").isArray()) return;
+                ArrayNode kept = Json.array();
+                for (JsonNode tool : body.get("tools")) {
+                    String type = tool.path("type").asText("custom");
+                    if (!type.equals("custom")) {
+                        notes.add("dropped the server tool '" + tool.path("name").asText(type) + "' (" + type + "): Copilot cannot run it");
+                        continue;
+                    }
+                    ObjectNode t = Json.object();
+                    for (String f : TOOL_FIELDS) if (tool.has(f)) t.set(f, tool.get(f));
+                    kept.add(t);
+                }
+                if (kept.isEmpty()) {
+                    body.remove("tools");
+                    body.remove("tool_choice");
+                } else {
+                    body.set("tools", kept);
+                }
+            }
+
+            /** enabled keeps its budget, adaptive gets one by effort, both clamped to the model; display is dropped. */
+            static void adjustThinking(ObjectNode out, ObjectNode in, ModelLimits limits) {
+                if (!in.path("thinking").isObject()) return;
+                if (in.path("thinking").path("type").asText("").equals("disabled")) {
+                    out.set("thinking", Json.object().put("type", "disabled"));
+                    return;
+                }
+                Integer requested = AnthropicToChat.requestedThinkingBudget(in);
+                Integer budget = requested == null ? null : limits.thinkingBudget(requested, out.path("max_tokens").asInt());
+                if (budget == null) {
+                    out.remove("thinking");
+                    return;
+                }
+                out.set("thinking", Json.object().put("type", "enabled").put("budget_tokens", budget));
+            }
+        }
+
+        /**
+         * count_tokens: an estimate with the model's tokenizer (o200k_base unless the catalog names another) over
+         * what would be sent, plus fixed costs per message, tool and image, and a margin for Claude's tokenizer,
+         * which counts more tokens than OpenAI's for the same text.
+         */
+        static final class TokenCounter {
+            static final int PER_MESSAGE = 4;
+            static final int PER_TOOL = 12;
+            static final int PER_IMAGE = 1600;
+            static final double CLAUDE_MARGIN = 1.15;
+
+            private static final class Registry {
+                static final com.knuddels.jtokkit.api.EncodingRegistry INSTANCE = com.knuddels.jtokkit.Encodings.newLazyEncodingRegistry();
+            }
+
+            static int count(JsonNode body, JsonNode model) {
+                String name = model.path("capabilities").path("tokenizer").asText("o200k_base");
+                var type = com.knuddels.jtokkit.api.EncodingType.fromName(name).orElse(com.knuddels.jtokkit.api.EncodingType.O200K_BASE);
+                var encoding = Registry.INSTANCE.getEncoding(type);
+                int[] fixed = {0};
+                StringBuilder text = new StringBuilder();
+                collect(body.get("system"), text, fixed);
+                for (JsonNode m : body.path("messages")) {
+                    fixed[0] += PER_MESSAGE;
+                    collect(m.get("content"), text, fixed);
+                }
+                for (JsonNode tool : body.path("tools")) {
+                    fixed[0] += PER_TOOL;
+                    text.append(tool.path("name").asText()).append('\n').append(tool.path("description").asText()).append('\n');
+                    if (tool.has("input_schema")) text.append(Json.write(tool.get("input_schema"))).append('\n');
+                }
+                int tokens = encoding.countTokensOrdinary(text.toString()) + fixed[0];
+                boolean claude = model.path("id").asText().startsWith("claude") || model.path("vendor").asText().equalsIgnoreCase("anthropic");
+                return (int) Math.ceil(claude ? tokens * CLAUDE_MARGIN : tokens);
+            }
+
+            private static void collect(JsonNode content, StringBuilder text, int[] fixed) {
+                if (content == null || content.isNull()) return;
+                if (content.isTextual()) {
+                    text.append(content.asText()).append('\n');
+                    return;
+                }
+                for (JsonNode block : content) {
+                    switch (block.path("type").asText("")) {
+                        case "text" -> text.append(block.path("text").asText()).append('\n');
+                        case "thinking" -> text.append(block.path("thinking").asText()).append('\n');
+                        case "tool_use" -> text.append(block.path("name").asText()).append('\n').append(Json.write(block.path("input"))).append('\n');
+                        case "tool_result" -> collect(block.get("content"), text, fixed);
+                        case "image" -> fixed[0] += PER_IMAGE;
+                        case "document" -> {
+                            if (block.path("source").path("data").isTextual() && block.path("source").path("type").asText().equals("text")) {
+                                text.append(block.path("source").path("data").asText()).append('\n');
+                            } else {
+                                fixed[0] += PER_IMAGE;
+                            }
+                        }
+                        default -> text.append(Json.write(block)).append('\n');
+                    }
+                }
+            }
+        }
+    }
+
+    // ==== 5.3 Responses: Responses to chat and back, both stream machines, output items, reasoning ====
+
+    /** The Responses API: to chat completions and back (both directions, streamed and not), output items, reasoning. */
+    static final class Responses {
+        private Responses() {
+        }
+
+        // Responses API translators: shared vocabulary
+
+        /**
+         * How reasoning survives a trip through chat completions.
+         *
+         * <p>Chat carries reasoning as {@code reasoning_text} plus one opaque string, {@code reasoning_opaque} (for Claude
+         * on Copilot, the thinking signature). The Responses API carries {@code reasoning} items with an {@code id},
+         * {@code summary} and {@code encrypted_content}. Two encodings, each the inverse of the other's direction:
+         * <ul>
+         *   <li>A Responses reasoning item seen on the chat side (answers of responses-only models) becomes
+         *       {@code reasoning_opaque = "responses-reasoning:" + id + ":" + encrypted_content}, with {@code %} and
+         *       {@code :} in the id written as {@code %25} and {@code %3A}. Several items are the concatenation of their
+         *       encodings (base64 never contains {@code ':'}, so the prefix cannot occur inside encrypted content);
+         *       concatenating streamed opaque deltas therefore stays decodable.
+         *       {@link ChatToResponsesRequest} turns the string back into the items with their ids.</li>
+         *   <li>A chat opaque string seen on the Responses side (answers of chat-only models) becomes a reasoning item
+         *       with a fresh {@code rs_} id and {@code encrypted_content = "chat-reasoning:" + opaque}.
+         *       {@link ResponsesToChat#request} gives the chat model back exactly the original string.</li>
+         * </ul>
+         * Reasoning that a model of the other family produced (a Claude signature sent to a GPT model, or OpenAI
+         * encrypted content sent to Claude) cannot be verified by the receiving model and is dropped with a note.
+         */
+        static final class ReasoningOpaque {
+            static final String RESPONSES_PREFIX = "responses-reasoning:";
+            static final String CHAT_PREFIX = "chat-reasoning:";
+
+            record Entry(String id, String encryptedContent) {}
+
+            static String encode(String id, String encryptedContent) {
+                return RESPONSES_PREFIX + id.replace("%", "%25").replace(":", "%3A") + ":" + encryptedContent;
+            }
+
+            static boolean isResponses(String opaque) {
+                return opaque != null && opaque.startsWith(RESPONSES_PREFIX);
+            }
+
+            /** The reasoning items encoded in an opaque string; empty when it was not made by {@link #encode}. */
+            static List<Entry> decode(String opaque) {
+                List<Entry> entries = new ArrayList<>();
+                if (!isResponses(opaque)) return entries;
+                for (String part : opaque.substring(RESPONSES_PREFIX.length()).split(java.util.regex.Pattern.quote(RESPONSES_PREFIX), -1)) {
+                    int colon = part.indexOf(':');
+                    if (colon <= 0 || colon == part.length() - 1) continue;
+                    String id = part.substring(0, colon).replace("%3A", ":").replace("%25", "%");
+                    entries.add(new Entry(id, part.substring(colon + 1)));
+                }
+                return entries;
+            }
+
+            static String wrapChat(String opaque) {
+                return CHAT_PREFIX + opaque;
+            }
+
+            /** The chat opaque string inside {@code encrypted_content} made by {@link #wrapChat}, if it is one. */
+            static Optional<String> unwrapChat(String encryptedContent) {
+                if (encryptedContent == null || !encryptedContent.startsWith(CHAT_PREFIX)) return Optional.empty();
+                String s = encryptedContent.substring(CHAT_PREFIX.length());
+                return s.isEmpty() ? Optional.empty() : Optional.of(s);
+            }
+        }
+
+        /**
+         * Responses {@code custom} tools take free text (optionally constrained by a grammar) instead of JSON arguments.
+         * Chat models only know function tools, so a custom tool is offered as a function with one string parameter
+         * {@code input} (the grammar, if any, goes into that parameter's description), and a call of it is turned back
+         * into a {@code custom_tool_call} by name. Which names were custom is read again from the original request's
+         * {@code tools}, so no state is kept between the request and the answer.
+         */
+        static final class CustomTools {
+            static final String PARAMETER = "input";
+
+            /** Names of the {@code custom} tools of a Responses request. */
+            static Set<String> names(JsonNode responsesRequest) {
+                Set<String> names = new LinkedHashSet<>();
+                for (JsonNode t : responsesRequest.path("tools")) {
+                    if (t.path("type").asText("").equals("custom") && t.path("name").isTextual()) names.add(t.path("name").asText());
+                }
+                return names;
+            }
+
+            /** The chat {@code function} object offering a custom tool: name, description, {@code {input: string}}. */
+            static ObjectNode asFunction(String name, String description, JsonNode format) {
+                ObjectNode fn = object();
+                fn.put("name", name);
+                if (description != null && !description.isBlank()) fn.put("description", description);
+                ObjectNode params = fn.putObject("parameters");
+                params.put("type", "object");
+                ObjectNode input = params.putObject("properties").putObject(PARAMETER);
+                input.put("type", "string");
+                input.put("description", inputDescription(format));
+                params.putArray("required").add(PARAMETER);
+                params.put("additionalProperties", false);
+                return fn;
+            }
+
+            /** Responses formats are flat ({@code syntax}, {@code definition}); chat nests them under {@code grammar}. */
+            private static String inputDescription(JsonNode format) {
+                String base = "The raw input for this tool, passed through verbatim.";
+                if (!format.path("type").asText("").equals("grammar")) return base;
+                JsonNode grammar = format.path("grammar").isObject() ? format.get("grammar") : format;
+                return base + " It must match this " + grammar.path("syntax").asText("lark") + " grammar:\n"
+                    + grammar.path("definition").asText("");
+            }
+
+            /** The JSON arguments of a function call standing for a custom call with this input. */
+            static String arguments(String input) {
+                ObjectNode args = object();
+                args.put(PARAMETER, input);
+                return Json.write(args);
+            }
+
+            /** The custom input inside a function call's arguments; the raw arguments when they are not {@code {input}}. */
+            static String input(String arguments) {
+                Optional<JsonNode> parsed = Json.tryParse(arguments);
+                if (parsed.isEmpty() || !parsed.get().isObject()) return arguments == null ? "" : arguments;
+                JsonNode args = parsed.get();
+                if (args.path(PARAMETER).isTextual()) return args.path(PARAMETER).asText();
+                if (args.size() == 1 && args.elements().next().isTextual()) return args.elements().next().asText();
+                return arguments;
+            }
+        }
+
+        /** Token counts between the two usage shapes; cached input and reasoning output tokens included. */
+        static final class Usage {
+            static ObjectNode toResponses(JsonNode chat) {
+                ObjectNode u = object();
+                long in = chat.path("prompt_tokens").asLong(0);
+                long out = chat.path("completion_tokens").asLong(0);
+                u.put("input_tokens", in);
+                u.putObject("input_tokens_details").put("cached_tokens", chat.path("prompt_tokens_details").path("cached_tokens").asLong(0));
+                u.put("output_tokens", out);
+                u.putObject("output_tokens_details").put("reasoning_tokens",
+                    chat.path("completion_tokens_details").path("reasoning_tokens").asLong(0));
+                u.put("total_tokens", chat.path("total_tokens").asLong(in + out));
+                return u;
+            }
+
+            static ObjectNode toChat(JsonNode responses) {
+                ObjectNode u = object();
+                long in = responses.path("input_tokens").asLong(0);
+                long out = responses.path("output_tokens").asLong(0);
+                u.put("prompt_tokens", in);
+                u.put("completion_tokens", out);
+                u.put("total_tokens", responses.path("total_tokens").asLong(in + out));
+                u.putObject("prompt_tokens_details").put("cached_tokens", responses.path("input_tokens_details").path("cached_tokens").asLong(0));
+                u.putObject("completion_tokens_details").put("reasoning_tokens",
+                    responses.path("output_tokens_details").path("reasoning_tokens").asLong(0));
+                return u;
+            }
+        }
+
+        /** The Responses {@code response} object, echoing the request's settings the way the real API does. */
+        static final class ResponseObject {
+            static ObjectNode build(JsonNode request, String id, long createdAt, String model, String status) {
+                ObjectNode r = object();
+                r.put("id", id);
+                r.put("object", "response");
+                r.put("created_at", createdAt);
+                r.put("status", status);
+                r.put("background", false);
+                r.putNull("error");
+                r.putNull("incomplete_details");
+                r.set("instructions", echo(request, "instructions", null));
+                r.set("max_output_tokens", echo(request, "max_output_tokens", null));
+                r.put("model", model);
+                r.putArray("output");
+                r.set("parallel_tool_calls", echo(request, "parallel_tool_calls", true));
+                r.set("previous_response_id", echo(request, "previous_response_id", null));
+                ObjectNode reasoning = r.putObject("reasoning");
+                reasoning.set("effort", echo(request.path("reasoning"), "effort", null));
+                reasoning.set("summary", echo(request.path("reasoning"), "summary", null));
+                r.set("store", echo(request, "store", false));
+                r.set("temperature", echo(request, "temperature", 1.0));
+                ObjectNode text = r.putObject("text");
+                text.set("format", request.path("text").path("format").isObject() ? request.path("text").get("format").deepCopy() : typeOnly("text"));
+                if (request.path("text").has("verbosity")) text.set("verbosity", request.path("text").get("verbosity").deepCopy());
+                r.set("tool_choice", echo(request, "tool_choice", "auto"));
+                r.set("tools", request.path("tools").isArray() ? request.get("tools").deepCopy() : array());
+                r.set("top_p", echo(request, "top_p", 1.0));
+                r.set("truncation", echo(request, "truncation", "disabled"));
+                r.putNull("usage");
+                r.set("user", echo(request, "user", null));
+                r.set("metadata", request.path("metadata").isObject() ? request.get("metadata").deepCopy() : object());
+                return r;
+            }
+
+            static void incomplete(ObjectNode response, String reason) {
+                response.put("status", "incomplete");
+                response.putObject("incomplete_details").put("reason", reason);
+            }
+
+            private static JsonNode echo(JsonNode request, String field, Object fallback) {
+                JsonNode v = request.path(field);
+                if (!v.isMissingNode() && !v.isNull()) return v.deepCopy();
+                return JSON.valueToTree(fallback);
+            }
+        }
+
+        // Responses: Responses request in, chat request out (chat-only models)
+
+        /** Responses requests to chat requests, and Responses answers back to chat completions. */
+        static final class ResponsesToChat {
+            private static final List<String> BUILT_IN_TOOLS = List.of("web_search", "web_search_preview", "file_search",
+                "code_interpreter", "computer_use", "computer_use_preview", "image_generation", "local_shell", "shell", "mcp");
+            private static final List<String> HANDLED = List.of("model", "instructions", "input", "tools", "tool_choice",
+                "max_output_tokens", "temperature", "top_p", "parallel_tool_calls", "stream", "reasoning", "text", "user");
+            private static final Map<String, String> IGNORED = Map.of(
+                "store", "copilot-api keeps no state; nothing is stored",
+                "include", "encrypted reasoning is always returned",
+                "truncation", "Copilot decides truncation",
+                "metadata", "nothing is stored to attach it to",
+                "prompt_cache_key", "chat completions has no cache key",
+                "safety_identifier", "chat completions has no safety identifier",
+                "service_tier", "Copilot has one service tier",
+                "stream_options", "Responses stream options do not apply to chat",
+                "top_logprobs", "log probabilities are not translated",
+                "max_tool_calls", "chat completions has no tool-call limit");
+
+            static Translated request(ObjectNode in) {
+                List<String> notes = new ArrayList<>();
+                rejectStateful(in);
+                ObjectNode out = object();
+                if (in.has("model")) out.set("model", in.get("model").deepCopy());
+                ArrayNode messages = out.putArray("messages");
+                JsonNode instructions = in.path("instructions");
+                if (instructions.isTextual() && !instructions.asText().isEmpty()) {
+                    messages.addObject().put("role", "system").put("content", instructions.asText());
+                } else if (!instructions.isMissingNode() && !instructions.isNull() && !instructions.isTextual()) {
+                    throw invalid("instructions", "'instructions' must be a string for this model");
+                }
+                new InputItems(messages, notes).addAll(in.path("input"));
+                tools(in, out, notes);
+                limits(in, out, notes);
+                ignored(in, notes);
+                return new Translated(out, notes);
+            }
+
+            /** A Responses answer (non-streaming) as a chat completion with one choice; the model is the name the client asked for. */
+            static ObjectNode response(JsonNode responses, String model) {
+                if (responses.path("status").asText("").equals("failed")) {
+                    throw new ApiError(502, "api_error", "The upstream response failed: "
+                        + responses.path("error").path("message").asText("no reason given"));
+                }
+                ObjectNode message = assistantMessage(responses.path("output"));
+                ObjectNode chat = object();
+                chat.put("id", chatId(responses.path("id").asText("")));
+                chat.put("object", "chat.completion");
+                chat.put("created", responses.path("created_at").asLong(0));
+                chat.put("model", model != null ? model : responses.path("model").asText(""));
+                ObjectNode choice = chat.putArray("choices").addObject();
+                choice.put("index", 0);
+                choice.set("message", message);
+                choice.putNull("logprobs");
+                choice.put("finish_reason", finishReason(responses, message.has("tool_calls")));
+                if (responses.path("usage").isObject()) chat.set("usage", Usage.toChat(responses.get("usage")));
+                return chat;
+            }
+
+            /** Output items as one assistant message: text, refusal, reasoning (see {@link ReasoningOpaque}), tool calls. */
+            static ObjectNode assistantMessage(JsonNode output) {
+                ObjectNode message = object();
+                message.put("role", "assistant");
+                StringBuilder text = new StringBuilder();
+                StringBuilder refusal = new StringBuilder();
+                List<String> summaries = new ArrayList<>();
+                StringBuilder opaque = new StringBuilder();
+                ArrayNode calls = array();
+                for (JsonNode item : output) {
+                    switch (item.path("type").asText("")) {
+                        case "message" -> messageText(item, text, refusal);
+                        case "reasoning" -> {
+                            summaries.addAll(summaryTexts(item));
+                            if (item.path("encrypted_content").isTextual() && item.path("id").isTextual()) {
+                                opaque.append(ReasoningOpaque.encode(item.path("id").asText(), item.path("encrypted_content").asText()));
+                            }
+                        }
+                        case "function_call" -> calls.add(toolCall(item.path("call_id").asText(""), item.path("name").asText(""),
+                            nonEmpty(item.path("arguments").asText(""), "{}")));
+                        case "custom_tool_call" -> calls.add(toolCall(item.path("call_id").asText(""), item.path("name").asText(""),
+                            CustomTools.arguments(item.path("input").asText(""))));
+                        default -> { }
+                    }
+                }
+                if (text.length() > 0 || (calls.isEmpty() && refusal.length() == 0)) message.put("content", text.toString());
+                else message.putNull("content");
+                if (refusal.length() > 0) message.put("refusal", refusal.toString());
+                if (!summaries.isEmpty()) message.put("reasoning_text", String.join("\n\n", summaries));
+                if (opaque.length() > 0) message.put("reasoning_opaque", opaque.toString());
+                if (!calls.isEmpty()) message.set("tool_calls", calls);
+                return message;
+            }
+
+            static String chatId(String responseId) {
+                return "chatcmpl-" + (responseId.startsWith("resp_") ? responseId.substring(5) : responseId);
+            }
+
+            static String finishReason(JsonNode responses, boolean calls) {
+                if (responses.path("status").asText("").equals("incomplete")) {
+                    String reason = responses.path("incomplete_details").path("reason").asText("");
+                    return reason.equals("content_filter") ? "content_filter" : "length";
+                }
+                return calls ? "tool_calls" : "stop";
+            }
+
+            static List<String> summaryTexts(JsonNode reasoningItem) {
+                List<String> texts = new ArrayList<>();
+                for (JsonNode s : reasoningItem.path("summary")) {
+                    if (s.path("text").isTextual() && !s.path("text").asText().isEmpty()) texts.add(s.path("text").asText());
+                }
+                return texts;
+            }
+
+            private static void messageText(JsonNode item, StringBuilder text, StringBuilder refusal) {
+                for (JsonNode part : item.path("content")) {
+                    switch (part.path("type").asText("")) {
+                        case "output_text" -> text.append(part.path("text").asText(""));
+                        case "refusal" -> refusal.append(part.path("refusal").asText(""));
+                        default -> { }
+                    }
+                }
+            }
+
+            static ObjectNode toolCall(String id, String name, String arguments) {
+                ObjectNode tc = object();
+                tc.put("id", id);
+                tc.put("type", "function");
+                ObjectNode fn = tc.putObject("function");
+                fn.put("name", name);
+                fn.put("arguments", arguments);
+                return tc;
+            }
+
+            /**
+             * The translator is pure and sees resolved requests (the route puts stored turns into 'input'), so anything
+             * that still refers to a stored response or conversation is refused with a clear 400 rather than silently
+             * answered without its context.
+             */
+            private static void rejectStateful(JsonNode in) {
+                for (String field : List.of("previous_response_id", "conversation")) {
+                    if (present(in, field)) {
+                        throw invalid(field, "'" + field + "' must be resolved before translation to chat completions; "
+                            + "send the whole conversation in 'input'.");
+                    }
+                }
+                if (present(in, "prompt")) {
+                    throw invalid("prompt", "'prompt' refers to a prompt stored at OpenAI, which copilot-api cannot read; "
+                        + "send 'instructions' and 'input' instead.");
+                }
+                if (in.path("background").asBoolean(false)) {
+                    throw invalid("background", "'background: true' is not supported: copilot-api keeps no responses to poll.");
+                }
+            }
+
+            private static void tools(JsonNode in, ObjectNode out, List<String> notes) {
+                ArrayNode tools = array();
+                Set<String> offered = new LinkedHashSet<>();
+                for (JsonNode t : in.path("tools")) {
+                    String type = t.path("type").asText("");
+                    String name = t.path("name").asText("");
+                    if (type.equals("function")) {
+                        tools.addObject().put("type", "function").set("function", function(t));
+                        offered.add(name);
+                    } else if (type.equals("custom")) {
+                        tools.addObject().put("type", "function")
+                            .set("function", CustomTools.asFunction(name, t.path("description").asText(null), t.path("format")));
+                        offered.add(name);
+                        notes.add("custom tool '" + name + "' offered as a function with one string parameter 'input'");
+                    } else {
+                        notes.add("dropped built-in tool '" + type + "': " + (BUILT_IN_TOOLS.contains(type)
+                            ? "Copilot runs no hosted tools for chat models" : "unknown tool type"));
+                    }
+                }
+                if (tools.isEmpty()) {
+                    if (in.has("tool_choice")) notes.add("dropped 'tool_choice': no tool is left to choose");
+                    return;
+                }
+                out.set("tools", tools);
+                if (in.has("tool_choice")) {
+                    JsonNode choice = toolChoice(in.get("tool_choice"), offered, notes);
+                    if (choice != null) out.set("tool_choice", choice);
+                }
+                if (in.path("parallel_tool_calls").isBoolean()) out.set("parallel_tool_calls", in.get("parallel_tool_calls"));
+            }
+
+            private static ObjectNode function(JsonNode t) {
+                ObjectNode fn = object();
+                fn.put("name", t.path("name").asText(""));
+                if (t.path("description").isTextual()) fn.set("description", t.get("description"));
+                fn.set("parameters", t.path("parameters").isObject() ? t.get("parameters").deepCopy() : emptySchema());
+                if (t.path("strict").isBoolean()) fn.set("strict", t.get("strict"));
+                return fn;
+            }
+
+            private static JsonNode toolChoice(JsonNode choice, Set<String> offered, List<String> notes) {
+                if (choice.isTextual()) return choice;
+                String type = choice.path("type").asText("");
+                if (type.equals("function") || type.equals("custom")) {
+                    String name = choice.path("name").asText("");
+                    if (!offered.contains(name)) {
+                        notes.add("dropped 'tool_choice': tool '" + name + "' is not offered");
+                        return null;
+                    }
+                    ObjectNode c = object();
+                    c.put("type", "function");
+                    c.putObject("function").put("name", name);
+                    return c;
+                }
+                if (type.equals("allowed_tools")) {
+                    notes.add("'tool_choice' allowed_tools sent as '" + choice.path("mode").asText("auto") + "' over all tools");
+                    return JSON.getNodeFactory().textNode(choice.path("mode").asText("auto"));
+                }
+                notes.add("dropped 'tool_choice' of type '" + type + "': that tool is not available");
+                return null;
+            }
+
+            private static void limits(JsonNode in, ObjectNode out, List<String> notes) {
+                if (in.path("max_output_tokens").isNumber()) out.put("max_tokens", in.path("max_output_tokens").asInt());
+                for (String f : List.of("temperature", "top_p", "user")) {
+                    if (in.has(f) && !in.get(f).isNull()) out.set(f, in.get(f).deepCopy());
+                }
+                if (in.path("stream").asBoolean(false)) {
+                    out.put("stream", true);
+                    out.putObject("stream_options").put("include_usage", true);
+                }
+                if (in.path("reasoning").path("effort").isTextual()) out.put("reasoning_effort", in.path("reasoning").path("effort").asText());
+                JsonNode format = in.path("text").path("format");
+                switch (format.path("type").asText("text")) {
+                    case "json_schema" -> {
+                        ObjectNode rf = out.putObject("response_format");
+                        rf.put("type", "json_schema");
+                        ObjectNode schema = rf.putObject("json_schema");
+                        for (String f : List.of("name", "description", "schema", "strict")) {
+                            if (format.has(f)) schema.set(f, format.get(f).deepCopy());
+                        }
+                    }
+                    case "json_object" -> out.putObject("response_format").put("type", "json_object");
+                    default -> { }
+                }
+                if (in.path("text").has("verbosity")) notes.add("dropped 'text.verbosity': chat models have no verbosity setting");
+            }
+
+            private static void ignored(JsonNode in, List<String> notes) {
+                in.fieldNames().forEachRemaining(f -> {
+                    if (HANDLED.contains(f) || in.get(f).isNull()) return;
+                    if (f.equals("background")) return;
+                    notes.add("dropped '" + f + "': " + IGNORED.getOrDefault(f, "not supported when translating to chat completions"));
+                });
+            }
+
+            /**
+             * Input items to chat messages. Assistant-side items that follow each other (reasoning, assistant message,
+             * function calls) are gathered into one assistant message, as chat and Claude want them.
+             */
+            private static final class InputItems {
+                private final ArrayNode messages;
+                private final List<String> notes;
+                private ObjectNode assistant;
+
+                InputItems(ArrayNode messages, List<String> notes) {
+                    this.messages = messages;
+                    this.notes = notes;
+                }
+
+                void addAll(JsonNode input) {
+                    if (input.isTextual()) {
+                        messages.addObject().put("role", "user").put("content", input.asText());
+                        return;
+                    }
+                    if (!input.isArray()) throw invalid("input", "'input' must be a string or an array of input items");
+                    for (JsonNode item : input) add(item);
+                    flush();
+                }
+
+                private void add(JsonNode item) {
+                    String type = item.path("type").asText(item.has("role") ? "message" : "");
+                    switch (type) {
+                        case "message" -> message(item);
+                        case "reasoning" -> reasoning(item);
+                        case "function_call" -> call(item, nonEmpty(item.path("arguments").asText(""), "{}"));
+                        case "custom_tool_call" -> call(item, CustomTools.arguments(item.path("input").asText("")));
+                        case "function_call_output", "custom_tool_call_output" -> toolResult(item);
+                        case "item_reference" -> throw invalid("input", "input items of type 'item_reference' refer to stored items, "
+                            + "which the route resolves from the store before translating; send the items themselves");
+                        default -> notes.add("dropped input item of type '" + type + "': it has no chat completions equivalent");
+                    }
+                }
+
+                private void message(JsonNode item) {
+                    String role = item.path("role").asText("user");
+                    JsonNode content = item.path("content");
+                    switch (role) {
+                        case "assistant" -> {
+                            String text = assistantText(content);
+                            if (text.isEmpty()) return;
+                            ObjectNode a = assistant();
+                            a.put("content", a.path("content").asText("") + text);
+                        }
+                        case "user" -> {
+                            flush();
+                            messages.addObject().put("role", "user").set("content", userContent(content));
+                        }
+                        case "system", "developer" -> {
+                            flush();
+                            messages.addObject().put("role", "system").put("content", plainText(content, "input"));
+                        }
+                        default -> throw invalid("input", "unknown message role '" + role + "'");
+                    }
+                }
+
+                private void reasoning(JsonNode item) {
+                    String id = item.path("id").asText("");
+                    String encrypted = item.path("encrypted_content").asText(null);
+                    Optional<String> opaque = ReasoningOpaque.unwrapChat(encrypted);
+                    if (encrypted != null && opaque.isEmpty()) {
+                        notes.add("dropped reasoning item '" + id + "': its encrypted content comes from a Responses model "
+                            + "and a chat model cannot verify it");
+                        return;
+                    }
+                    if (assistant != null && (assistant.has("content") || assistant.has("tool_calls") || assistant.has("reasoning_opaque"))) flush();
+                    ObjectNode a = assistant();
+                    String text = String.join("\n\n", summaryTexts(item));
+                    if (!text.isEmpty()) a.put("reasoning_text", a.has("reasoning_text") ? a.get("reasoning_text").asText() + "\n\n" + text : text);
+                    opaque.ifPresent(s -> a.put("reasoning_opaque", s));
+                }
+
+                private void call(JsonNode item, String arguments) {
+                    String callId = item.path("call_id").asText(item.path("id").asText(""));
+                    if (callId.isEmpty()) throw invalid("input", "a '" + item.path("type").asText() + "' input item needs a 'call_id'");
+                    assistant().withArray("tool_calls").add(toolCall(callId, item.path("name").asText(""), arguments));
+                }
+
+                private void toolResult(JsonNode item) {
+                    flush();
+                    ObjectNode m = messages.addObject();
+                    m.put("role", "tool");
+                    m.put("tool_call_id", item.path("call_id").asText(""));
+                    JsonNode output = item.path("output");
+                    m.set("content", output.isTextual() ? output : toolOutput(output));
+                }
+
+                private JsonNode toolOutput(JsonNode output) {
+                    if (!output.isArray()) return JSON.getNodeFactory().textNode(output.isMissingNode() || output.isNull() ? "" : output.toString());
+                    ArrayNode parts = array();
+                    for (JsonNode part : output) parts.add(contentPart(part));
+                    if (parts.size() == 1 && parts.get(0).path("type").asText().equals("text")) return parts.get(0).get("text");
+                    return parts;
+                }
+
+                private ObjectNode assistant() {
+                    if (assistant == null) {
+                        assistant = object();
+                        assistant.put("role", "assistant");
+                    }
+                    return assistant;
+                }
+
+                private void flush() {
+                    if (assistant == null) return;
+                    ObjectNode a = assistant;
+                    assistant = null;
+                    if (!a.has("content") && !a.has("tool_calls")) {
+                        notes.add("dropped reasoning that no assistant message or tool call followed");
+                        return;
+                    }
+                    ObjectNode m = messages.addObject();
+                    m.put("role", "assistant");
+                    m.set("content", a.has("content") ? a.get("content") : null);
+                    for (String f : List.of("reasoning_text", "reasoning_opaque", "tool_calls")) if (a.has(f)) m.set(f, a.get(f));
+                }
+
+                private JsonNode userContent(JsonNode content) {
+                    if (content.isTextual()) return content;
+                    ArrayNode parts = array();
+                    for (JsonNode part : content) parts.add(contentPart(part));
+                    if (parts.size() == 1 && parts.get(0).path("type").asText().equals("text")) return parts.get(0).get("text");
+                    return parts;
+                }
+
+                private static String assistantText(JsonNode content) {
+                    if (content.isTextual()) return content.asText();
+                    StringBuilder b = new StringBuilder();
+                    for (JsonNode part : content) {
+                        if (part.path("text").isTextual()) b.append(part.path("text").asText());
+                        else if (part.path("refusal").isTextual()) b.append(part.path("refusal").asText());
+                    }
+                    return b.toString();
+                }
+            }
+
+            /** One Responses content part as a chat content part: text or image_url. */
+            static ObjectNode contentPart(JsonNode part) {
+                String type = part.path("type").asText("");
+                switch (type) {
+                    case "input_text", "output_text", "text" -> {
+                        ObjectNode p = object();
+                        p.put("type", "text");
+                        p.put("text", part.path("text").asText(""));
+                        return p;
+                    }
+                    case "input_image" -> {
+                        if (!part.path("image_url").isTextual()) {
+                            throw invalid("input", "images given by 'file_id' are not supported: copilot-api cannot read OpenAI "
+                                + "files; send the image as a data URL or https URL in 'image_url'");
+                        }
+                        ObjectNode p = object();
+                        p.put("type", "image_url");
+                        ObjectNode url = p.putObject("image_url");
+                        url.put("url", part.path("image_url").asText());
+                        if (part.path("detail").isTextual()) url.put("detail", part.path("detail").asText());
+                        return p;
+                    }
+                    case "input_file" -> {
+                        return fileAsText(part);
+                    }
+                    default -> throw invalid("input", "content parts of type '" + type + "' are not supported for this model");
+                }
+            }
+
+            /** A text file sent as a data URL becomes a text part; anything else cannot reach a chat model. */
+            private static ObjectNode fileAsText(JsonNode part) {
+                String data = part.path("file_data").asText("");
+                java.util.regex.Matcher m = java.util.regex.Pattern.compile("^data:(text/[^;,]+|application/json)(;[^,]*)?,(.*)$",
+                    java.util.regex.Pattern.DOTALL).matcher(data);
+                if (!m.matches()) {
+                    throw invalid("input", "'input_file' parts are only supported for text files sent as data URLs "
+                        + "(file_data: data:text/...); chat models on Copilot cannot read other files");
+                }
+                String body = m.group(2) != null && m.group(2).contains(";base64")
+                    ? new String(java.util.Base64.getMimeDecoder().decode(m.group(3)), java.nio.charset.StandardCharsets.UTF_8)
+                    : java.net.URLDecoder.decode(m.group(3), java.nio.charset.StandardCharsets.UTF_8);
+                ObjectNode p = object();
+                p.put("type", "text");
+                String name = part.path("filename").asText("");
+                p.put("text", name.isEmpty() ? body : name + ":\n" + body);
+                return p;
+            }
+
+            /** The text of a system or developer message, from a string or text parts joined by blank lines. */
+            static String plainText(JsonNode content, String param) {
+                if (content.isTextual()) return content.asText();
+                List<String> texts = new ArrayList<>();
+                for (JsonNode part : content) {
+                    if (!part.path("text").isTextual()) {
+                        throw invalid(param, "system and developer messages may only contain text, not '" + part.path("type").asText() + "'");
+                    }
+                    texts.add(part.path("text").asText());
+                }
+                return String.join("\n\n", texts);
+            }
+        }
+
+        // Responses: Chat answer out, Responses answer in (chat-only models)
+
+        /** A chat completion (Copilot's, possibly with split choices) as a Responses {@code response} object. */
+        static final class ChatToResponses {
+            static ObjectNode response(JsonNode chatCompletion, ObjectNode originalRequest, IdClock clock) {
+                JsonNode merged = ChatNormalizer.response(chatCompletion, true);
+                JsonNode choice = merged.path("choices").path(0);
+                JsonNode message = choice.path("message");
+                String finish = choice.path("finish_reason").asText("stop");
+                Set<String> custom = CustomTools.names(originalRequest);
+                ObjectNode r = ResponseObject.build(originalRequest, clock.id("resp_"), createdAt(chatCompletion, clock),
+                    modelOf(chatCompletion, originalRequest), "completed");
+                ArrayNode output = r.withArray("output");
+                String text = message.path("content").isTextual() ? message.path("content").asText() : "";
+                String refusal = message.path("refusal").asText("");
+                boolean truncated = finish.equals("length") || finish.equals("content_filter");
+                reasoningItem(message, clock).ifPresent(output::add);
+                if (!text.isEmpty() || !refusal.isEmpty() || message.path("tool_calls").isEmpty()) {
+                    output.add(OutputItems.message(clock.id("msg_"), text, refusal, truncated ? "incomplete" : "completed"));
+                }
+                for (JsonNode tc : message.path("tool_calls")) {
+                    String name = tc.path("function").path("name").asText("");
+                    String callId = tc.path("id").isTextual() && !tc.path("id").asText().isEmpty() ? tc.path("id").asText() : clock.id("call_");
+                    String args = tc.path("function").path("arguments").asText("");
+                    output.add(custom.contains(name)
+                        ? OutputItems.customCall(clock.id("ctc_"), callId, name, CustomTools.input(args))
+                        : OutputItems.functionCall(clock.id("fc_"), callId, name, nonEmpty(args, "{}"), "completed"));
+                }
+                if (truncated) ResponseObject.incomplete(r, finish.equals("length") ? "max_output_tokens" : "content_filter");
+                if (chatCompletion.path("usage").isObject()) r.set("usage", Usage.toResponses(chatCompletion.get("usage")));
+                return r;
+            }
+
+            private static Optional<ObjectNode> reasoningItem(JsonNode message, IdClock clock) {
+                String text = message.path("reasoning_text").asText("");
+                String opaque = message.path("reasoning_opaque").asText("");
+                if (text.isEmpty() && opaque.isEmpty()) return Optional.empty();
+                return Optional.of(OutputItems.reasoning(clock.id("rs_"), text, opaque.isEmpty() ? null : ReasoningOpaque.wrapChat(opaque)));
+            }
+
+            static long createdAt(JsonNode chat, IdClock clock) {
+                long created = chat.path("created").asLong(0);
+                return created > 0 ? created : clock.epochSeconds();
+            }
+
+            static String modelOf(JsonNode chat, JsonNode request) {
+                String model = chat.path("model").asText("");
+                return model.isEmpty() ? request.path("model").asText("") : model;
+            }
+        }
+
+        /** Output items in the shapes of the Responses API, shared by the answer and the stream translators. */
+        static final class OutputItems {
+            static ObjectNode reasoning(String id, String summary, String encryptedContent) {
+                ObjectNode item = object();
+                item.put("id", id);
+                item.put("type", "reasoning");
+                ArrayNode s = item.putArray("summary");
+                if (!summary.isEmpty()) s.add(summaryPart(summary));
+                if (encryptedContent != null) item.put("encrypted_content", encryptedContent);
+                return item;
+            }
+
+            static ObjectNode message(String id, String text, String refusal, String status) {
+                ObjectNode item = object();
+                item.put("id", id);
+                item.put("type", "message");
+                item.put("status", status);
+                item.put("role", "assistant");
+                ArrayNode content = item.putArray("content");
+                if (!text.isEmpty() || refusal.isEmpty()) content.add(textPart(text));
+                if (!refusal.isEmpty()) content.add(refusalPart(refusal));
+                return item;
+            }
+
+            static ObjectNode functionCall(String id, String callId, String name, String arguments, String status) {
+                ObjectNode item = object();
+                item.put("id", id);
+                item.put("type", "function_call");
+                item.put("status", status);
+                item.put("arguments", arguments);
+                item.put("call_id", callId);
+                item.put("name", name);
+                return item;
+            }
+
+            static ObjectNode customCall(String id, String callId, String name, String input) {
+                ObjectNode item = object();
+                item.put("id", id);
+                item.put("type", "custom_tool_call");
+                item.put("call_id", callId);
+                item.put("name", name);
+                item.put("input", input);
+                return item;
+            }
+
+            static ObjectNode textPart(String text) {
+                ObjectNode p = object();
+                p.put("type", "output_text");
+                p.put("text", text);
+                p.putArray("annotations");
+                p.putArray("logprobs");
+                return p;
+            }
+
+            static ObjectNode refusalPart(String refusal) {
+                ObjectNode p = object();
+                p.put("type", "refusal");
+                p.put("refusal", refusal);
+                return p;
+            }
+
+            static ObjectNode summaryPart(String text) {
+                ObjectNode p = object();
+                p.put("type", "summary_text");
+                p.put("text", text);
+                return p;
+            }
+        }
+
+        /**
+         * Chat chunks (Copilot's raw stream) to Responses events, one instance per request. Feed every chunk to
+         * {@link #onChunk}; at the end of the upstream stream call {@link #finish}, or {@link #fail} if it broke.
+         *
+         * <p>Events: {@code response.created}, {@code response.in_progress}, then per output item {@code output_item.added},
+         * its part and delta events, {@code output_item.done}, and last exactly one of {@code response.completed},
+         * {@code response.incomplete} (the token limit or the content filter stopped the answer) or {@code response.failed}.
+         * Every event has a {@code sequence_number} counting from 0.
+         *
+         * <p>Only one item is open at a time, as the real API does. Reasoning and text stream live. The first tool call
+         * streams live; once a tool call is open nothing else can be opened before the end of the stream (its fragments
+         * may still be coming, interleaved with others), so later tool calls and any text after them are held and
+         * written whole, in arrival order, by {@link #finish}. Tool calls are keyed by (choice index, tool call index), so
+         * indices from 1 and calls in a second choice are fine. A custom tool's input is written when its call closes,
+         * because it is the {@code input} string inside JSON arguments.
+         */
+        static final class ChatStreamToResponses {
+            private final ResponseEventWriter writer;
+            private final IdClock clock;
+            private final Set<String> customNames;
+            private final String requestModel;
+            private boolean started;
+            private boolean ended;
+            private StreamItem open;
+            private final List<StreamItem> held = new ArrayList<>();
+            private final Map<String, StreamItem> calls = new HashMap<>();
+            private final ChatChunks.ToolKeys toolKeys = new ChatChunks.ToolKeys();
+            private JsonNode usage;
+            private String stopReason;
+
+            ChatStreamToResponses(ObjectNode originalRequest, IdClock clock) {
+                this.writer = new ResponseEventWriter(originalRequest, clock);
+                this.clock = clock;
+                this.customNames = CustomTools.names(originalRequest);
+                this.requestModel = originalRequest.path("model").asText("");
+            }
+
+            List<ObjectNode> onChunk(JsonNode chunk) {
+                if (ended) return List.of();
+                if (chunk.path("error").isObject()) return fail(chunk.path("error").path("message").asText("upstream error"));
+                if (chunk.path("usage").isObject()) usage = chunk.get("usage");
+                if (chunk.path("choices").isEmpty()) return List.of();
+                start(chunk);
+                for (JsonNode choice : chunk.path("choices")) {
+                    JsonNode delta = choice.path("delta");
+                    String reasoning = delta.path("reasoning_text").asText("");
+                    if (!reasoning.isEmpty()) reasoningText(reasoning);
+                    String opaque = delta.path("reasoning_opaque").asText("");
+                    if (!opaque.isEmpty()) reasoningOpaque(opaque);
+                    String content = delta.path("content").asText("");
+                    if (!content.isEmpty()) text(content, false);
+                    String refusal = delta.path("refusal").asText("");
+                    if (!refusal.isEmpty()) text(refusal, true);
+                    for (JsonNode tc : delta.path("tool_calls")) toolFragment(choice.path("index").asInt(0), tc);
+                    String finish = choice.path("finish_reason").asText("");
+                    if (finish.equals("length")) stopReason = "max_output_tokens";
+                    else if (finish.equals("content_filter") && stopReason == null) stopReason = "content_filter";
+                }
+                return writer.drain();
+            }
+
+            /** At the end of the upstream stream: closes the open item, writes the held ones, then the terminal event. */
+            List<ObjectNode> finish() {
+                if (ended) return List.of();
+                start(null);
+                List<StreamItem> rest = new ArrayList<>();
+                if (open != null) rest.add(open);
+                rest.addAll(held);
+                if (rest.isEmpty()) rest.add(new StreamItem(Kind.MESSAGE));
+                for (int i = 0; i < rest.size(); i++) {
+                    StreamItem item = rest.get(i);
+                    if (item != open) writer.replay(item);
+                    writer.close(item, stopReason != null && i == rest.size() - 1 ? State.INCOMPLETE : State.COMPLETED);
+                }
+                open = null;
+                held.clear();
+                writer.end(stopReason, usage);
+                ended = true;
+                return writer.drain();
+            }
+
+            /** The upstream broke: ends the stream with {@code response.failed}, keeping the output written so far. */
+            List<ObjectNode> fail(String message) {
+                if (ended) return List.of();
+                start(null);
+                writer.fail(message, open, usage);
+                ended = true;
+                return writer.drain();
+            }
+
+            /** Lifecycle events come with the first chunk that has choices: Copilot's first, empty one names no model. */
+            private void start(JsonNode chunk) {
+                if (started) return;
+                started = true;
+                long created = chunk == null ? 0 : chunk.path("created").asLong(0);
+                String model = chunk == null ? "" : chunk.path("model").asText("");
+                writer.start(created > 0 ? created : clock.epochSeconds(), model.isEmpty() ? requestModel : model);
+            }
+
+            /** True once a tool call is open or anything is held: from then on new output waits for {@link #finish}. */
+            private boolean holding() {
+                return !held.isEmpty() || (open != null && open.kind.isCall());
+            }
+
+            /** Reasoning text after a signature starts a new reasoning item: the signature belongs to the text before it. */
+            private void reasoningText(String s) {
+                if (holding()) {
+                    StreamItem r = heldItem(Kind.REASONING);
+                    if (r.extra.length() > 0) held.add(r = new StreamItem(Kind.REASONING));
+                    r.text.append(s);
+                    return;
+                }
+                if (open != null && open.kind == Kind.REASONING && open.extra.length() > 0) closeOpen();
+                StreamItem r = live(Kind.REASONING);
+                r.text.append(s);
+                writer.summaryDelta(r, s);
+            }
+
+            private void reasoningOpaque(String s) {
+                (holding() ? heldItem(Kind.REASONING) : live(Kind.REASONING)).extra.append(s);
+            }
+
+            /** Text streams live; a refusal is kept and written as its own part when the message closes. */
+            private void text(String s, boolean refusal) {
+                StreamItem m = holding() ? heldItem(Kind.MESSAGE) : live(Kind.MESSAGE);
+                (refusal ? m.extra : m.text).append(s);
+                if (!refusal && m == open) writer.textDelta(m, s);
+            }
+
+            private void toolFragment(int choice, JsonNode tc) {
+                String key = toolKeys.key(choice, tc);
+                JsonNode fn = tc.path("function");
+                StreamItem call = calls.get(key);
+                if (call == null) {
+                    call = new StreamItem(Kind.FUNCTION_CALL);
+                    call.callId = tc.path("id").asText("");
+                    call.name.append(fn.path("name").asText(""));
+                    calls.put(key, call);
+                    if (call.name.length() == 0 || holding()) {
+                        held.add(call);
+                    } else {
+                        closeOpen();
+                        open(call);
+                    }
+                } else if (call != open && call.name.length() == 0) {
+                    call.name.append(fn.path("name").asText(""));
+                }
+                String args = fn.path("arguments").isTextual() ? fn.path("arguments").asText() : "";
+                if (args.isEmpty()) return;
+                call.text.append(args);
+                if (call == open && call.kind == Kind.FUNCTION_CALL) writer.argumentsDelta(call, args);
+            }
+
+            private StreamItem heldItem(Kind kind) {
+                StreamItem last = held.isEmpty() ? null : held.get(held.size() - 1);
+                if (last != null && last.kind == kind) return last;
+                StreamItem item = new StreamItem(kind);
+                held.add(item);
+                return item;
+            }
+
+            /** The open item if it is of this kind, else a new open item (closing the current one). */
+            private StreamItem live(Kind kind) {
+                if (open != null && open.kind == kind) return open;
+                closeOpen();
+                StreamItem item = new StreamItem(kind);
+                open(item);
+                return item;
+            }
+
+            private void open(StreamItem item) {
+                if (item.kind.isCall()) item.kind = customNames.contains(item.name.toString()) ? Kind.CUSTOM_CALL : Kind.FUNCTION_CALL;
+                writer.add(item);
+                open = item;
+            }
+
+            private void closeOpen() {
+                if (open == null) return;
+                writer.close(open, State.COMPLETED);
+                open = null;
+            }
+        }
+
+        /** What a stream item is, and the id prefix the Responses API uses for it. */
+        enum Kind {
+            REASONING("rs_"), MESSAGE("msg_"), FUNCTION_CALL("fc_"), CUSTOM_CALL("ctc_");
+
+            final String idPrefix;
+
+            Kind(String idPrefix) {
+                this.idPrefix = idPrefix;
+            }
+
+            boolean isCall() {
+                return this == FUNCTION_CALL || this == CUSTOM_CALL;
+            }
+        }
+
+        /** Which JSON of an item: the one {@code output_item.added} carries, or its final state. */
+        enum State { ADDED, COMPLETED, INCOMPLETE }
+
+        /**
+         * One output item being built from chat deltas: {@code text} is the reasoning summary, the message text or the
+         * call's arguments; {@code extra} is the reasoning signature or the message's refusal.
+         */
+        static final class StreamItem {
+            Kind kind;
+            String id;
+            int outputIndex = -1;
+            String callId = "";
+            final StringBuilder name = new StringBuilder();
+            final StringBuilder text = new StringBuilder();
+            final StringBuilder extra = new StringBuilder();
+            boolean partOpen;
+            ObjectNode done;
+
+            StreamItem(Kind kind) {
+                this.kind = kind;
+            }
+
+            ObjectNode json(State state) {
+                boolean added = state == State.ADDED;
+                String status = added ? "in_progress" : state == State.INCOMPLETE ? "incomplete" : "completed";
+                return switch (kind) {
+                    case REASONING -> OutputItems.reasoning(id, added ? "" : text.toString(),
+                        added || extra.length() == 0 ? null : ReasoningOpaque.wrapChat(extra.toString()));
+                    case MESSAGE -> {
+                        ObjectNode m = OutputItems.message(id, added ? "" : text.toString(), added ? "" : extra.toString(), status);
+                        if (added) m.putArray("content");
+                        yield m;
+                    }
+                    case FUNCTION_CALL -> OutputItems.functionCall(id, callId, name.toString(), added ? "" : text.toString(), status);
+                    case CUSTOM_CALL -> OutputItems.customCall(id, callId, name.toString(), added ? "" : CustomTools.input(text.toString()));
+                };
+            }
+        }
+
+        /**
+         * Writes the Responses events of one stream: sequence numbers, lifecycle events with the full response object,
+         * items added in output order, their parts and deltas, items done. Events collect until {@link #drain}.
+         */
+        static final class ResponseEventWriter {
+            private final ObjectNode request;
+            private final IdClock clock;
+            private final String responseId;
+            private long createdAt;
+            private String model;
+            private int sequence;
+            private final List<StreamItem> items = new ArrayList<>();
+            private List<ObjectNode> out = new ArrayList<>();
+
+            ResponseEventWriter(ObjectNode request, IdClock clock) {
+                this.request = request;
+                this.clock = clock;
+                this.responseId = clock.id("resp_");
+            }
+
+            List<ObjectNode> drain() {
+                List<ObjectNode> events = out;
+                out = new ArrayList<>();
+                return events;
+            }
+
+            void start(long createdAt, String model) {
+                this.createdAt = createdAt;
+                this.model = model;
+                event("response.created").set("response", snapshot("in_progress"));
+                event("response.in_progress").set("response", snapshot("in_progress"));
+            }
+
+            /** {@code response.completed}, or {@code response.incomplete} with the reason the answer stopped. */
+            void end(String incompleteReason, JsonNode chatUsage) {
+                ObjectNode r = snapshot("completed");
+                if (incompleteReason != null) ResponseObject.incomplete(r, incompleteReason);
+                if (chatUsage != null) r.set("usage", Usage.toResponses(chatUsage));
+                event(incompleteReason != null ? "response.incomplete" : "response.completed").set("response", r);
+            }
+
+            /** {@code response.failed}: the items done so far and the open one as incomplete, and the error. */
+            void fail(String message, StreamItem open, JsonNode chatUsage) {
+                ObjectNode r = snapshot("failed");
+                if (open != null) r.withArray("output").add(open.json(State.INCOMPLETE));
+                ObjectNode error = r.putObject("error");
+                error.put("code", "server_error");
+                error.put("message", message);
+                if (chatUsage != null) r.set("usage", Usage.toResponses(chatUsage));
+                event("response.failed").set("response", r);
+            }
+
+            void add(StreamItem item) {
+                if (item.kind.isCall() && item.callId.isEmpty()) item.callId = clock.id("call_");
+                item.id = clock.id(item.kind.idPrefix);
+                item.outputIndex = items.size();
+                items.add(item);
+                event("response.output_item.added").put("output_index", item.outputIndex).set("item", item.json(State.ADDED));
+            }
+
+            /** A held item, whole: added, then its part and one delta with all its text. */
+            void replay(StreamItem item) {
+                add(item);
+                String text = item.text.toString();
+                if (text.isEmpty()) return;
+                switch (item.kind) {
+                    case REASONING -> summaryDelta(item, text);
+                    case MESSAGE -> textDelta(item, text);
+                    case FUNCTION_CALL -> argumentsDelta(item, text);
+                    case CUSTOM_CALL -> { }
+                }
+            }
+
+            void summaryDelta(StreamItem r, String s) {
+                if (!r.partOpen) {
+                    r.partOpen = true;
+                    summaryEvent("response.reasoning_summary_part.added", r).set("part", OutputItems.summaryPart(""));
+                }
+                summaryEvent("response.reasoning_summary_text.delta", r).put("delta", s);
+            }
+
+            void textDelta(StreamItem m, String s) {
+                if (!m.partOpen) {
+                    m.partOpen = true;
+                    partEvent("response.content_part.added", m, 0).set("part", OutputItems.textPart(""));
+                }
+                partEvent("response.output_text.delta", m, 0).put("delta", s).putArray("logprobs");
+            }
+
+            void argumentsDelta(StreamItem call, String s) {
+                itemEvent("response.function_call_arguments.delta", call).put("delta", s);
+            }
+
+            void close(StreamItem item, State state) {
+                switch (item.kind) {
+                    case REASONING -> closeReasoning(item);
+                    case MESSAGE -> closeMessage(item);
+                    case FUNCTION_CALL -> {
+                        if (item.text.length() == 0) {
+                            item.text.append("{}");
+                            argumentsDelta(item, "{}");
+                        }
+                        itemEvent("response.function_call_arguments.done", item).put("arguments", item.text.toString());
+                    }
+                    case CUSTOM_CALL -> {
+                        String input = CustomTools.input(item.text.toString());
+                        if (!input.isEmpty()) itemEvent("response.custom_tool_call_input.delta", item).put("delta", input);
+                        itemEvent("response.custom_tool_call_input.done", item).put("input", input);
+                    }
+                }
+                item.done = item.json(state);
+                event("response.output_item.done").put("output_index", item.outputIndex).set("item", item.done.deepCopy());
+            }
+
+            private void closeReasoning(StreamItem r) {
+                if (!r.partOpen) return;
+                summaryEvent("response.reasoning_summary_text.done", r).put("text", r.text.toString());
+                summaryEvent("response.reasoning_summary_part.done", r).set("part", OutputItems.summaryPart(r.text.toString()));
+            }
+
+            /** The text part (opened now if no text came, unless the message is only a refusal), then the refusal part. */
+            private void closeMessage(StreamItem m) {
+                String text = m.text.toString();
+                String refusal = m.extra.toString();
+                if (!m.partOpen && (refusal.isEmpty() || !text.isEmpty())) {
+                    m.partOpen = true;
+                    partEvent("response.content_part.added", m, 0).set("part", OutputItems.textPart(""));
+                }
+                if (m.partOpen) {
+                    partEvent("response.output_text.done", m, 0).put("text", text).putArray("logprobs");
+                    partEvent("response.content_part.done", m, 0).set("part", OutputItems.textPart(text));
+                }
+                if (refusal.isEmpty()) return;
+                int index = m.partOpen ? 1 : 0;
+                partEvent("response.content_part.added", m, index).set("part", OutputItems.refusalPart(""));
+                partEvent("response.refusal.delta", m, index).put("delta", refusal);
+                partEvent("response.refusal.done", m, index).put("refusal", refusal);
+                partEvent("response.content_part.done", m, index).set("part", OutputItems.refusalPart(refusal));
+            }
+
+            private ObjectNode snapshot(String status) {
+                ObjectNode r = ResponseObject.build(request, responseId, createdAt, model, status);
+                ArrayNode output = r.withArray("output");
+                if (!status.equals("in_progress")) for (StreamItem item : items) if (item.done != null) output.add(item.done.deepCopy());
+                return r;
+            }
+
+            private ObjectNode event(String type) {
+                ObjectNode e = object();
+                e.put("type", type);
+                e.put("sequence_number", sequence++);
+                out.add(e);
+                return e;
+            }
+
+            private ObjectNode itemEvent(String type, StreamItem item) {
+                ObjectNode e = event(type);
+                e.put("item_id", item.id);
+                e.put("output_index", item.outputIndex);
+                return e;
+            }
+
+            private ObjectNode partEvent(String type, StreamItem item, int contentIndex) {
+                return itemEvent(type, item).put("content_index", contentIndex);
+            }
+
+            private ObjectNode summaryEvent(String type, StreamItem item) {
+                return itemEvent(type, item).put("summary_index", 0);
+            }
+        }
+
+        // Responses: Chat request in, Responses request out (responses-only models)
+
+        /**
+         * Chat requests (inbound chat, or Anthropic translated to chat) to Responses requests for models Copilot serves
+         * only on {@code /responses}.
+         *
+         * <p>Leading system and developer messages become {@code instructions} (joined by blank lines), which is where
+         * Responses models expect their system prompt; system messages later in the conversation become {@code developer}
+         * message items at their place, so their order is kept. Requests always say {@code store: false} and ask for
+         * {@code reasoning.encrypted_content}: copilot-api is stateless, and reasoning can only come back in later turns
+         * through {@link ReasoningOpaque}.
+         */
+        static final class ChatToResponsesRequest {
+            private static final List<String> HANDLED = List.of("model", "messages", "tools", "tool_choice", "parallel_tool_calls",
+                "max_tokens", "max_completion_tokens", "reasoning_effort", "thinking_budget", "response_format", "verbosity",
+                "stream", "user", "n");
+            private static final Map<String, String> IGNORED = Map.ofEntries(
+                Map.entry("temperature", "reasoning models of the Responses API reject sampling settings"),
+                Map.entry("top_p", "reasoning models of the Responses API reject sampling settings"),
+                Map.entry("stop", "the Responses API has no stop sequences"),
+                Map.entry("stream_options", "usage is always reported"),
+                Map.entry("logprobs", "log probabilities are not translated"),
+                Map.entry("top_logprobs", "log probabilities are not translated"),
+                Map.entry("seed", "the Responses API has no seed"),
+                Map.entry("frequency_penalty", "the Responses API has no penalties"),
+                Map.entry("presence_penalty", "the Responses API has no penalties"),
+                Map.entry("logit_bias", "the Responses API has no logit bias"),
+                Map.entry("metadata", "nothing is stored (store: false)"),
+                Map.entry("store", "copilot-api always sends store: false"),
+                Map.entry("service_tier", "Copilot has one service tier"),
+                Map.entry("prompt_cache_key", "not forwarded to Copilot"));
+            static final int MIN_OUTPUT_TOKENS = 16;
+
+            static Translated request(ObjectNode chat) {
+                List<String> notes = new ArrayList<>();
+                reject(chat);
+                ObjectNode out = object();
+                if (chat.has("model")) out.set("model", chat.get("model").deepCopy());
+                Messages m = new Messages(notes);
+                JsonNode messages = chat.path("messages");
+                if (!messages.isArray() || messages.isEmpty()) throw invalid("messages", "'messages' must be a non-empty array");
+                m.addAll(messages);
+                if (m.instructions.length() > 0) out.put("instructions", m.instructions.toString());
+                out.set("input", m.input);
+                tools(chat, out, notes);
+                limits(chat, out, notes);
+                out.put("store", false);
+                out.putArray("include").add("reasoning.encrypted_content");
+                if (chat.path("stream").asBoolean(false)) out.put("stream", true);
+                if (chat.path("user").isTextual()) out.set("user", chat.get("user"));
+                chat.fieldNames().forEachRemaining(f -> {
+                    if (HANDLED.contains(f) || chat.get(f).isNull()) return;
+                    notes.add("dropped '" + f + "': " + IGNORED.getOrDefault(f, "not supported by the Responses API"));
+                });
+                return new Translated(out, notes);
+            }
+
+            private static void reject(JsonNode chat) {
+                if (chat.path("n").asInt(1) > 1) throw invalid("n", "'n' greater than 1 is not supported for this model: the Responses API returns one answer");
+                if (chat.has("functions") || chat.has("function_call")) {
+                    throw invalid("functions", "the deprecated 'functions' and 'function_call' are not supported for this model; use 'tools' and 'tool_choice'");
+                }
+                for (String f : List.of("audio", "modalities", "prediction")) {
+                    JsonNode v = chat.path(f);
+                    if (!v.isMissingNode() && !v.isNull() && !(f.equals("modalities") && v.size() == 1 && v.get(0).asText().equals("text"))) {
+                        throw invalid(f, "'" + f + "' is not supported for this model");
+                    }
+                }
+            }
+
+            private static void tools(JsonNode chat, ObjectNode out, List<String> notes) {
+                ArrayNode tools = array();
+                for (JsonNode t : chat.path("tools")) {
+                    String type = t.path("type").asText("function");
+                    if (type.equals("function")) {
+                        tools.add(flatFunction(t.path("function")));
+                    } else if (type.equals("custom")) {
+                        JsonNode c = t.path("custom");
+                        ObjectNode fn = CustomTools.asFunction(c.path("name").asText(""), c.path("description").asText(null), c.path("format"));
+                        tools.add(flatFunction(fn));
+                        notes.add("custom tool '" + c.path("name").asText() + "' offered as a function with one string parameter 'input'");
+                    } else {
+                        notes.add("dropped tool of type '" + type + "'");
+                    }
+                }
+                if (tools.isEmpty()) return;
+                out.set("tools", tools);
+                JsonNode choice = chat.path("tool_choice");
+                if (choice.isTextual()) out.set("tool_choice", choice);
+                else if (choice.isObject()) out.set("tool_choice", toolChoice(choice, notes));
+                if (chat.path("parallel_tool_calls").isBoolean()) out.set("parallel_tool_calls", chat.get("parallel_tool_calls"));
+            }
+
+            /** A chat function as a flat Responses tool; strict is false unless asked, since the Responses API defaults to true. */
+            private static ObjectNode flatFunction(JsonNode fn) {
+                ObjectNode t = object();
+                t.put("type", "function");
+                t.put("name", fn.path("name").asText(""));
+                if (fn.path("description").isTextual()) t.set("description", fn.get("description"));
+                t.set("parameters", fn.path("parameters").isObject() ? fn.get("parameters").deepCopy() : emptySchema());
+                t.put("strict", fn.path("strict").asBoolean(false));
+                return t;
+            }
+
+            private static JsonNode toolChoice(JsonNode choice, List<String> notes) {
+                String type = choice.path("type").asText("");
+                String name = choice.path(type).path("name").asText("");
+                if ((type.equals("function") || type.equals("custom")) && !name.isEmpty()) {
+                    ObjectNode c = object();
+                    c.put("type", "function");
+                    c.put("name", name);
+                    return c;
+                }
+                String mode = choice.path("allowed_tools").path("mode").asText("auto");
+                notes.add("'tool_choice' of type '" + type + "' sent as '" + mode + "'");
+                return JSON.getNodeFactory().textNode(mode);
+            }
+
+            private static void limits(JsonNode chat, ObjectNode out, List<String> notes) {
+                JsonNode max = chat.path("max_completion_tokens").isNumber() ? chat.get("max_completion_tokens") : chat.path("max_tokens");
+                if (max.isNumber()) {
+                    int n = max.asInt();
+                    if (n < MIN_OUTPUT_TOKENS) notes.add("max tokens " + n + " raised to " + MIN_OUTPUT_TOKENS + ", the Responses API minimum");
+                    out.put("max_output_tokens", Math.max(n, MIN_OUTPUT_TOKENS));
+                }
+                ObjectNode reasoning = out.putObject("reasoning");
+                if (chat.path("reasoning_effort").isTextual()) {
+                    reasoning.put("effort", chat.path("reasoning_effort").asText());
+                } else if (chat.path("thinking_budget").isNumber()) {
+                    String effort = effortFor(chat.path("thinking_budget").asInt());
+                    reasoning.put("effort", effort);
+                    notes.add("'thinking_budget' " + chat.path("thinking_budget").asInt() + " sent as reasoning effort '" + effort + "'");
+                }
+                reasoning.put("summary", "auto");
+                JsonNode rf = chat.path("response_format");
+                String rfType = rf.path("type").asText("");
+                if (rfType.equals("json_schema")) {
+                    ObjectNode format = out.putObject("text").putObject("format");
+                    format.put("type", "json_schema");
+                    JsonNode js = rf.path("json_schema");
+                    for (String f : List.of("name", "description", "schema", "strict")) if (js.has(f)) format.set(f, js.get(f).deepCopy());
+                } else if (rfType.equals("json_object") || rfType.equals("text")) {
+                    out.putObject("text").putObject("format").put("type", rfType);
+                }
+                if (chat.path("verbosity").isTextual()) out.withObjectProperty("text").set("verbosity", chat.get("verbosity"));
+            }
+
+            /** A Claude-style thinking budget as an effort level: below 4k low, below 16k medium, else high. */
+            static String effortFor(int budget) {
+                return budget < 4096 ? "low" : budget < 16384 ? "medium" : "high";
+            }
+
+            /** Chat messages to instructions and input items. */
+            private static final class Messages {
+                final StringBuilder instructions = new StringBuilder();
+                final ArrayNode input = array();
+                private final List<String> notes;
+                private boolean leading = true;
+
+                Messages(List<String> notes) {
+                    this.notes = notes;
+                }
+
+                void addAll(JsonNode messages) {
+                    for (JsonNode m : messages) add(m);
+                }
+
+                private void add(JsonNode m) {
+                    String role = m.path("role").asText("");
+                    switch (role) {
+                        case "system", "developer" -> system(ResponsesToChat.plainText(textContent(m.path("content")), "messages"));
+                        case "user" -> {
+                            leading = false;
+                            input.add(message("user", userParts(m.path("content"))));
+                        }
+                        case "assistant" -> {
+                            leading = false;
+                            assistant(m);
+                        }
+                        case "tool" -> {
+                            leading = false;
+                            ObjectNode o = input.addObject();
+                            o.put("type", "function_call_output");
+                            o.put("call_id", m.path("tool_call_id").asText(""));
+                            o.set("output", toolOutput(m.path("content")));
+                        }
+                        default -> throw invalid("messages", "unknown message role '" + role + "'");
+                    }
+                }
+
+                private void system(String text) {
+                    if (text.isEmpty()) return;
+                    if (leading) {
+                        if (instructions.length() > 0) instructions.append("\n\n");
+                        instructions.append(text);
+                        return;
+                    }
+                    ArrayNode parts = array();
+                    parts.addObject().put("type", "input_text").put("text", text);
+                    input.add(message("developer", parts));
+                }
+
+                private void assistant(JsonNode m) {
+                    reasoning(m);
+                    ArrayNode parts = array();
+                    String text = textOf(m.path("content"));
+                    if (!text.isEmpty()) parts.addObject().put("type", "output_text").put("text", text).putArray("annotations");
+                    if (m.path("refusal").isTextual() && !m.path("refusal").asText().isEmpty()) {
+                        parts.addObject().put("type", "refusal").put("refusal", m.path("refusal").asText());
+                    }
+                    if (!parts.isEmpty()) input.add(message("assistant", parts));
+                    for (JsonNode tc : m.path("tool_calls")) {
+                        ObjectNode o = input.addObject();
+                        o.put("type", "function_call");
+                        o.put("call_id", tc.path("id").asText(""));
+                        boolean custom = tc.path("type").asText("").equals("custom");
+                        o.put("name", (custom ? tc.path("custom") : tc.path("function")).path("name").asText(""));
+                        o.put("arguments", custom ? CustomTools.arguments(tc.path("custom").path("input").asText(""))
+                            : nonEmpty(tc.path("function").path("arguments").asText(""), "{}"));
+                    }
+                }
+
+                /** reasoning_opaque made by {@link ReasoningOpaque#encode} restores the reasoning items, ids and all. */
+                private void reasoning(JsonNode m) {
+                    String opaque = m.path("reasoning_opaque").asText("");
+                    String text = m.path("reasoning_text").asText("");
+                    List<ReasoningOpaque.Entry> entries = ReasoningOpaque.decode(opaque);
+                    if (entries.isEmpty()) {
+                        if (!opaque.isEmpty() || !text.isEmpty()) {
+                            notes.add("dropped assistant reasoning that did not come from a Responses model; it cannot be verified");
+                        }
+                        return;
+                    }
+                    for (int i = 0; i < entries.size(); i++) {
+                        ObjectNode r = input.addObject();
+                        r.put("type", "reasoning");
+                        r.put("id", entries.get(i).id());
+                        ArrayNode summary = r.putArray("summary");
+                        if (i == 0 && !text.isEmpty()) summary.add(OutputItems.summaryPart(text));
+                        r.put("encrypted_content", entries.get(i).encryptedContent());
+                    }
+                }
+
+                private ArrayNode userParts(JsonNode content) {
+                    ArrayNode parts = array();
+                    if (content.isTextual()) {
+                        parts.addObject().put("type", "input_text").put("text", content.asText());
+                        return parts;
+                    }
+                    for (JsonNode part : content) parts.add(inputPart(part));
+                    return parts;
+                }
+
+                private JsonNode toolOutput(JsonNode content) {
+                    if (content.isTextual()) return content;
+                    boolean onlyText = true;
+                    for (JsonNode part : content) onlyText &= part.path("type").asText("text").equals("text");
+                    if (onlyText) return JSON.getNodeFactory().textNode(textOf(content));
+                    ArrayNode parts = array();
+                    for (JsonNode part : content) parts.add(inputPart(part));
+                    return parts;
+                }
+
+                private static ObjectNode inputPart(JsonNode part) {
+                    String type = part.path("type").asText("");
+                    ObjectNode p = object();
+                    switch (type) {
+                        case "text" -> p.put("type", "input_text").put("text", part.path("text").asText(""));
+                        case "image_url" -> {
+                            JsonNode url = part.path("image_url");
+                            p.put("type", "input_image");
+                            p.put("image_url", url.isTextual() ? url.asText() : url.path("url").asText(""));
+                            p.put("detail", url.path("detail").asText("auto"));
+                        }
+                        case "file" -> {
+                            JsonNode f = part.path("file");
+                            p.put("type", "input_file");
+                            for (String field : List.of("file_data", "file_id", "filename")) if (f.has(field)) p.set(field, f.get(field));
+                        }
+                        default -> throw invalid("messages", "content parts of type '" + type + "' are not supported for this model");
+                    }
+                    return p;
+                }
+
+                private static ObjectNode message(String role, ArrayNode content) {
+                    ObjectNode o = object();
+                    o.put("type", "message");
+                    o.put("role", role);
+                    o.set("content", content);
+                    return o;
+                }
+
+                private static JsonNode textContent(JsonNode content) {
+                    return content.isMissingNode() || content.isNull() ? JSON.getNodeFactory().textNode("") : content;
+                }
+
+                private static String textOf(JsonNode content) {
+                    if (content.isTextual()) return content.asText();
+                    List<String> texts = new ArrayList<>();
+                    for (JsonNode part : content) if (part.path("text").isTextual()) texts.add(part.path("text").asText());
+                    return String.join("\n", texts);
+                }
+            }
+        }
+
+        // Responses: Responses stream in, chat chunks out (responses-only models)
+
+        /**
+         * Responses events to chat chunks, one instance per request. Feed every upstream event to {@link #onEvent};
+         * call {@link #finish} at the end of the upstream stream.
+         *
+         * <p>Chunks: {@code role} on the first delta; summary text as {@code reasoning_text} deltas (parts and items
+         * separated by a blank line); one {@code reasoning_opaque} delta per reasoning item when it is done (see
+         * {@link ReasoningOpaque}; consumers concatenate them); text as {@code content}; each call with {@code id},
+         * {@code type: "function"} and {@code name} on its first fragment, then argument deltas, indexed 0.. in order
+         * of appearance (custom calls as arguments {@code {"input": ...}}); last, on {@code response.completed} or
+         * {@code response.incomplete}, a chunk with the finish_reason and, when asked, a chunk with the usage.
+         *
+         * <p>Failures: on {@code response.failed}, an {@code error} event, or an upstream stream that ends without a
+         * terminal event, {@link #failure()} holds the message and no more chunks are produced; the caller then ends
+         * its chat stream with an error.
+         */
+        static final class ResponsesStreamToChat {
+            private final String requestedModel;
+            private final boolean includeUsage;
+            private final IdClock clock;
+            private String id;
+            private long created;
+            private String model;
+            private boolean roleSent;
+            private boolean ended;
+            private String failure;
+            private final Map<String, Call> calls = new HashMap<>();
+            private final Set<String> textItems = new java.util.HashSet<>();
+            private final Set<String> summaryItems = new java.util.HashSet<>();
+            private String lastSummaryPart;
+            private boolean anyReasoningText;
+            private ObjectNode usage;
+
+            ResponsesStreamToChat(String requestedModel, boolean includeUsage, IdClock clock) {
+                this.requestedModel = requestedModel;
+                this.includeUsage = includeUsage;
+                this.clock = clock;
+            }
+
+            Optional<String> failure() {
+                return Optional.ofNullable(failure);
+            }
+
+            /** The usage of the terminal event in chat shape, for logs and stats even when the client did not ask for it. */
+            Optional<ObjectNode> usage() {
+                return Optional.ofNullable(usage);
+            }
+
+            /** True once the terminal event was seen (or a failure), after which events are ignored. */
+            boolean ended() {
+                return ended;
+            }
+
+            List<ObjectNode> onEvent(String eventName, JsonNode data) {
+                List<ObjectNode> out = new ArrayList<>();
+                if (ended) return out;
+                String type = eventName != null && !eventName.isEmpty() ? eventName : data.path("type").asText("");
+                switch (type) {
+                    case "response.created", "response.in_progress" -> remember(data.path("response"));
+                    case "response.output_item.added" -> itemAdded(data.path("item"), data.path("output_index").asInt(-1), out);
+                    case "response.output_text.delta" -> text(data, "content", out);
+                    case "response.refusal.delta" -> text(data, "refusal", out);
+                    case "response.reasoning_summary_text.delta" -> summary(data.path("item_id").asText("") + "#"
+                        + data.path("summary_index").asInt(0), data.path("item_id").asText(""), data.path("delta").asText(""), out);
+                    case "response.function_call_arguments.delta", "response.custom_tool_call_input.delta" ->
+                        call(data).ifPresent(c -> c.append(data.path("delta").asText(""), out));
+                    case "response.output_item.done" -> itemDone(data.path("item"), data.path("output_index").asInt(-1), out);
+                    case "response.completed", "response.incomplete" -> complete(data.path("response"), out);
+                    case "response.failed" -> fail(data.path("response").path("error").path("message").asText("the upstream response failed"));
+                    case "error" -> fail(data.path("message").asText(data.path("error").path("message").asText("upstream error")));
+                    default -> { }
+                }
+                return out;
+            }
+
+            /** At the end of the upstream stream; a stream without a terminal event is a failure. */
+            List<ObjectNode> finish() {
+                if (!ended) fail("the upstream stream ended before the response was complete");
+                return new ArrayList<>();
+            }
+
+            private void fail(String message) {
+                failure = message;
+                ended = true;
+            }
+
+            private void remember(JsonNode response) {
+                if (id == null && response.path("id").isTextual()) id = ResponsesToChat.chatId(response.path("id").asText());
+                if (created == 0) created = response.path("created_at").asLong(0);
+                if (model == null && response.path("model").isTextual()) model = response.path("model").asText();
+            }
+
+            private void itemAdded(JsonNode item, int outputIndex, List<ObjectNode> out) {
+                String type = item.path("type").asText("");
+                if (type.equals("function_call") || type.equals("custom_tool_call")) openCall(item, outputIndex, out);
+            }
+
+            /** A text or refusal delta; the item is remembered so that its done event does not repeat the text. */
+            private void text(JsonNode data, String field, List<ObjectNode> out) {
+                textItems.add(data.path("item_id").asText(""));
+                String s = data.path("delta").asText("");
+                if (!s.isEmpty()) delta(out).put(field, s);
+            }
+
+            private void summary(String part, String itemId, String s, List<ObjectNode> out) {
+                summaryItems.add(itemId);
+                if (s.isEmpty()) return;
+                String text = anyReasoningText && !part.equals(lastSummaryPart) ? "\n\n" + s : s;
+                lastSummaryPart = part;
+                anyReasoningText = true;
+                delta(out).put("reasoning_text", text);
+            }
+
+            private void itemDone(JsonNode item, int outputIndex, List<ObjectNode> out) {
+                String itemId = item.path("id").asText("");
+                switch (item.path("type").asText("")) {
+                    case "reasoning" -> {
+                        if (!summaryItems.contains(itemId)) {
+                            List<String> texts = ResponsesToChat.summaryTexts(item);
+                            for (int i = 0; i < texts.size(); i++) summary(itemId + "#" + i, itemId, texts.get(i), out);
+                        }
+                        if (item.path("encrypted_content").isTextual() && !itemId.isEmpty()) {
+                            delta(out).put("reasoning_opaque", ReasoningOpaque.encode(itemId, item.path("encrypted_content").asText()));
+                        }
+                    }
+                    case "message" -> {
+                        if (textItems.contains(itemId)) return;
+                        StringBuilder text = new StringBuilder();
+                        StringBuilder refusal = new StringBuilder();
+                        ResponsesToChat.messageText(item, text, refusal);
+                        if (text.length() > 0) delta(out).put("content", text.toString());
+                        if (refusal.length() > 0) delta(out).put("refusal", refusal.toString());
+                    }
+                    case "function_call", "custom_tool_call" -> {
+                        Call c = call(itemId, outputIndex).orElseGet(() -> openCall(item, outputIndex, out));
+                        c.complete(item, out);
+                    }
+                    default -> { }
+                }
+            }
+
+            private void complete(JsonNode response, List<ObjectNode> out) {
+                remember(response);
                 ObjectNode c = envelope();
                 ObjectNode choice = c.putArray("choices").addObject();
-                choice.put("index", index);
-                ObjectNode delta = choice.putObject("delta");
-                if (!roleSent.get(index)) {
-                    delta.put("role", "assistant");
-                    delta.put("content", "");
+                choice.put("index", 0);
+                ObjectNode d = choice.putObject("delta");
+                if (!roleSent) {
+                    d.put("role", "assistant");
+                    d.put("content", "");
+                    roleSent = true;
                 }
-                choice.put("finish_reason", finishReason(index));
+                choice.putNull("logprobs");
+                choice.put("finish_reason", ResponsesToChat.finishReason(response, !calls.isEmpty()));
                 out.add(c);
+                if (response.path("usage").isObject()) usage = Usage.toChat(response.get("usage"));
+                if (includeUsage && usage != null) {
+                    ObjectNode u = envelope();
+                    u.putArray("choices");
+                    u.set("usage", usage.deepCopy());
+                    out.add(u);
+                }
+                ended = true;
             }
-            if (includeUsage && usage != null) {
+
+            private Call openCall(JsonNode item, int outputIndex, List<ObjectNode> out) {
+                Call c = new Call(calls.size(), item.path("type").asText("").equals("custom_tool_call"));
+                calls.put(item.path("id").asText(""), c);
+                if (outputIndex >= 0) calls.put("#" + outputIndex, c);
+                ObjectNode tc = object();
+                tc.put("index", c.index);
+                tc.put("id", item.path("call_id").asText("").isEmpty() ? clock.id("call_") : item.path("call_id").asText());
+                tc.put("type", "function");
+                ObjectNode fn = tc.putObject("function");
+                fn.put("name", item.path("name").asText(""));
+                fn.put("arguments", c.custom ? "{\"" + CustomTools.PARAMETER + "\":\"" : "");
+                delta(out).putArray("tool_calls").add(tc);
+                return c;
+            }
+
+            private Optional<Call> call(JsonNode data) {
+                return call(data.path("item_id").asText(""), data.path("output_index").asInt(-1));
+            }
+
+            private Optional<Call> call(String itemId, int outputIndex) {
+                Call c = calls.get(itemId);
+                if (c == null && outputIndex >= 0) c = calls.get("#" + outputIndex);
+                return Optional.ofNullable(c);
+            }
+
+            private ObjectNode delta(List<ObjectNode> out) {
                 ObjectNode c = envelope();
-                c.putArray("choices");
-                c.set("usage", usage);
+                ObjectNode choice = c.putArray("choices").addObject();
+                choice.put("index", 0);
+                ObjectNode d = choice.putObject("delta");
+                if (!roleSent) {
+                    d.put("role", "assistant");
+                    roleSent = true;
+                }
+                choice.putNull("logprobs");
+                choice.putNull("finish_reason");
                 out.add(c);
+                return d;
             }
-            return out;
-        }
 
-        private String finishReason(int index) {
-            if (toolCount.getOrDefault(index, 0) > 0) return "tool_calls";
-            return finishReasons.getOrDefault(index, "stop");
-        }
-
-        private void remember(JsonNode chunk) {
-            if (chunk.path("usage").isObject()) usage = chunk.get("usage");
-            if (id == null && chunk.path("id").isTextual() && !chunk.path("id").asText().isEmpty()) id = chunk.path("id").asText();
-            if (model == null && chunk.path("model").isTextual() && !chunk.path("model").asText().isEmpty()) model = chunk.path("model").asText();
-            if (created == 0 && chunk.path("created").asLong(0) > 0) created = chunk.path("created").asLong();
-        }
-
-        private ObjectNode envelope() {
-            ObjectNode c = Json.object();
-            c.put("id", id == null ? "chatcmpl-" + Ids.random(24) : id);
-            if (id == null) id = c.path("id").asText();
-            c.put("object", "chat.completion.chunk");
-            c.put("created", created == 0 ? Instant.now().getEpochSecond() : created);
-            if (created == 0) created = c.path("created").asLong();
-            c.put("model", model == null ? "" : model);
-            return c;
-        }
-
-        private ObjectNode normalizeChoice(JsonNode choice) {
-            int upstreamIndex = choice.path("index").asInt(0);
-            int index = merge ? 0 : upstreamIndex;
-            ObjectNode delta = choice.path("delta").isObject() ? ((ObjectNode) choice.get("delta")).deepCopy() : Json.object();
-            String finish = choice.path("finish_reason").isTextual() ? choice.path("finish_reason").asText() : null;
-            if (finish != null) {
-                finished = true;
-                if (!finishReasons.containsKey(index) || !finish.equals("stop")) finishReasons.put(index, finish);
+            private ObjectNode envelope() {
+                if (id == null) id = clock.id("chatcmpl-");
+                if (created == 0) created = clock.epochSeconds();
+                ObjectNode c = object();
+                c.put("id", id);
+                c.put("object", "chat.completion.chunk");
+                c.put("created", created);
+                c.put("model", requestedModel != null ? requestedModel : model == null ? "" : model);
+                return c;
             }
-            if (delta.path("tool_calls").isArray()) delta.set("tool_calls", toolCalls(upstreamIndex, index, delta.get("tool_calls")));
-            if (delta.path("tool_calls").isArray() && delta.get("tool_calls").isEmpty()) delta.remove("tool_calls");
-            delta.remove("role");
-            boolean hasLogprobs = choice.path("logprobs").isObject();
-            if (delta.isEmpty() && !hasLogprobs) return null;
-            ObjectNode out = Json.object();
-            out.put("index", index);
-            ObjectNode d = out.putObject("delta");
-            if (!roleSent.containsKey(index)) d.put("role", "assistant");
-            roleSent.put(index, true);
-            d.setAll(delta);
-            if (hasLogprobs) out.set("logprobs", choice.get("logprobs"));
-            out.putNull("finish_reason");
-            return out;
-        }
 
-        private ArrayNode toolCalls(int upstreamChoice, int index, JsonNode calls) {
-            ArrayNode out = Json.array();
-            for (JsonNode call : calls) {
-                if (!call.isObject()) continue;
-                ObjectNode tc = ((ObjectNode) call).deepCopy();
-                String key = toolKeys.key(upstreamChoice, call);
-                Integer n = toolIndex.get(key);
-                boolean first = n == null;
-                if (first) {
-                    n = toolCount.merge(index, 1, Integer::sum) - 1;
-                    toolIndex.put(key, n);
-                    if (!tc.path("id").isTextual() || tc.path("id").asText().isEmpty()) tc.put("id", "call_" + Ids.random(24));
-                    tc.put("type", "function");
-                    ObjectNode fn = tc.withObjectProperty("function");
-                    if (!fn.path("name").isTextual()) fn.put("name", "");
-                    if (!fn.has("arguments")) fn.put("arguments", "");
-                } else {
-                    tc.remove("id");
-                    tc.remove("type");
-                    if (tc.path("function").isObject()) ((ObjectNode) tc.get("function")).remove("name");
+            /** One tool call on the chat side: its index and what of its arguments (or custom input) was sent. */
+            private final class Call {
+                final int index;
+                final boolean custom;
+                final StringBuilder sent = new StringBuilder();
+                boolean closed;
+
+                Call(int index, boolean custom) {
+                    this.index = index;
+                    this.custom = custom;
                 }
-                tc.put("index", n);
-                out.add(tc);
-            }
-            return out;
-        }
-    }
 
-    /** What a Copilot model allows, read from its catalog entry. maxOutputTokens 0 means "not known: do not clamp". */
-    record ModelLimits(String id, int maxOutputTokens, Integer minThinkingBudget, Integer maxThinkingBudget,
-            boolean wantsMaxCompletionTokens) {
-
-        static final Pattern O_SERIES = Pattern.compile("o\\d.*");
-
-        static ModelLimits from(JsonNode model) {
-            if (model == null || !model.isObject()) return unknown("");
-            String id = model.path("id").asText("");
-            JsonNode caps = model.path("capabilities");
-            int maxOutput = Math.max(0, caps.path("limits").path("max_output_tokens").asInt(0));
-            JsonNode supports = caps.path("supports");
-            return new ModelLimits(id, maxOutput, positive(supports.path("min_thinking_budget")),
-                positive(supports.path("max_thinking_budget")), wantsMaxCompletionTokens(id));
-        }
-
-        /** A model missing from the catalog: no clamp, no thinking budget, the token field chosen by its id. */
-        static ModelLimits unknown(String id) {
-            return new ModelLimits(id, 0, null, null, wantsMaxCompletionTokens(id));
-        }
-
-        /** GPT-5 and the o-series reject max_tokens and want max_completion_tokens. */
-        static boolean wantsMaxCompletionTokens(String id) {
-            String s = id == null ? "" : id.toLowerCase(Locale.ROOT);
-            return s.startsWith("gpt-5") || O_SERIES.matcher(s).matches();
-        }
-
-        boolean knowsMaxOutput() {
-            return maxOutputTokens > 0;
-        }
-
-        boolean supportsThinking() {
-            return maxThinkingBudget != null;
-        }
-
-        int minThinking() {
-            return minThinkingBudget == null ? 1 : minThinkingBudget;
-        }
-
-        /** A requested budget within the model's min/max and below max_tokens; null when there is no room or no support. */
-        Integer thinkingBudget(int requested, Integer maxTokens) {
-            if (!supportsThinking()) return null;
-            int budget = Math.max(minThinking(), Math.min(requested, maxThinkingBudget));
-            if (maxTokens != null && budget >= maxTokens) budget = maxTokens - 1;
-            return budget < minThinking() ? null : budget;
-        }
-
-        private static Integer positive(JsonNode n) {
-            return n.isNumber() && n.asInt() > 0 ? n.asInt() : null;
-        }
-    }
-
-    /**
-     * Anthropic Messages request to a Copilot chat-completions request. One instance per call holds the notes
-     * and the tool names it shortened; callers use the static {@link #request}.
-     */
-    static final class AnthropicToChat {
-        record Result(ObjectNode chatRequest, boolean vision, Initiator initiator, List<String> notes,
-            Map<String, String> toolNameMap) {}
-
-        static final String BILLING_HEADER = "x-anthropic-billing-header:";
-        static final int MAX_TOOL_NAME = 64;
-        static final Pattern PLAIN_USER_ID = Pattern.compile("[A-Za-z0-9_.:-]{1,64}");
-        static final int LOW_EFFORT_BUDGET = 2048;
-        static final int MEDIUM_EFFORT_BUDGET = 8192;
-        static final String TOOL_IMAGE_POINTER = "(the tool returned an image; it follows in the next user message)";
-        static final Set<String> READ_KEYS = Set.of("model", "messages", "system", "max_tokens", "stop_sequences",
-            "temperature", "top_p", "stream", "tools", "tool_choice", "thinking", "metadata", "output_config");
-
-        private final ModelLimits limits;
-        private final List<String> notes = new ArrayList<>();
-        private final Map<String, String> toolNames = new LinkedHashMap<>();
-
-        private AnthropicToChat(ModelLimits limits) {
-            this.limits = limits;
-        }
-
-        static Result request(ObjectNode anthropic, String upstreamModel, ModelLimits limits) {
-            return new AnthropicToChat(limits).translate(anthropic, upstreamModel);
-        }
-
-        private Result translate(ObjectNode a, String upstreamModel) {
-            JsonNode messages = a.path("messages");
-            if (!messages.isArray()) throw invalid("'messages' must be an array");
-            ObjectNode chat = Json.object();
-            chat.put("model", upstreamModel);
-            ArrayNode out = chat.putArray("messages");
-            String system = systemText(a.get("system"));
-            if (!system.isEmpty()) out.addObject().put("role", "system").put("content", system);
-            for (int i = 0; i < messages.size(); i++) message(messages.get(i), i, out);
-            keepToolAnswersAdjacent(out);
-            Integer maxTokens = maxTokens(a, chat);
-            sampling(a, chat);
-            thinking(a, chat, maxTokens);
-            tools(a, chat);
-            user(a, chat);
-            stream(a, chat);
-            ignored(a);
-            return new Result(chat, Json.containsImage(out), Initiator.of(messages),
-                List.copyOf(notes), Map.copyOf(toolNames));
-        }
-
-        // ---- messages ----
-
-        private void message(JsonNode m, int i, ArrayNode out) {
-            if (!m.isObject()) throw invalid("messages[" + i + "] must be an object");
-            String role = m.path("role").asText("");
-            List<JsonNode> blocks = blocks(m.get("content"), "messages[" + i + "].content");
-            switch (role) {
-                case "user" -> userTurn(blocks, out);
-                case "assistant" -> assistantTurn(blocks, out);
-                case "system" -> {
-                    String text = systemText(m.get("content"));
-                    if (!text.isEmpty()) out.addObject().put("role", "system").put("content", text);
+                void append(String s, List<ObjectNode> out) {
+                    if (s.isEmpty() || closed) return;
+                    sent.append(s);
+                    argumentsDelta(custom ? escaped(s) : s, out);
                 }
-                default -> throw invalid("messages[" + i + "].role must be \"user\" or \"assistant\", not \"" + role + "\"");
-            }
-        }
 
-        /** A system message between tool calls and their tool answers moves after the answers (chat needs them adjacent). */
-        private static void keepToolAnswersAdjacent(ArrayNode out) {
-            for (int i = out.size() - 2; i >= 1; i--) {
-                if (!out.get(i).path("role").asText().equals("system")) continue;
-                int j = i;
-                while (j + 1 < out.size() && out.get(j + 1).path("role").asText().equals("tool")) {
-                    JsonNode system = out.get(j);
-                    out.set(j, out.get(j + 1));
-                    out.set(j + 1, system);
-                    j++;
+                /** Sends what the done item has beyond the streamed deltas, then closes a custom call's JSON. */
+                void complete(JsonNode item, List<ObjectNode> out) {
+                    if (closed) return;
+                    String full = item.path(custom ? "input" : "arguments").asText("");
+                    if (full.startsWith(sent.toString())) append(full.substring(sent.length()), out);
+                    if (custom) argumentsDelta("\"}", out);
+                    else if (sent.length() == 0) argumentsDelta("{}", out);
+                    closed = true;
+                }
+
+                private void argumentsDelta(String s, List<ObjectNode> out) {
+                    ObjectNode tc = object();
+                    tc.put("index", index);
+                    tc.putObject("function").put("arguments", s);
+                    delta(out).putArray("tool_calls").add(tc);
+                }
+
+                private String escaped(String s) {
+                    String json = Json.write(JSON.getNodeFactory().textNode(s));
+                    return json.substring(1, json.length() - 1);
                 }
             }
         }
 
-        /** Tool answers first (one tool message per tool_result), then the rest as one user message. */
-        private void userTurn(List<JsonNode> blocks, ArrayNode out) {
-            List<ObjectNode> toolImages = new ArrayList<>();
-            List<ObjectNode> parts = new ArrayList<>();
-            for (JsonNode b : blocks) {
-                String type = b.path("type").asText("");
-                switch (type) {
-                    case "tool_result" -> out.add(toolMessage(b, toolImages));
-                    case "text", "image", "document" -> contentPart(b).ifPresent(parts::add);
-                    default -> notes.add("dropped a " + describeType(type) + " block from a user message");
-                }
-            }
-            List<ObjectNode> all = new ArrayList<>(toolImages);
-            all.addAll(parts);
-            if (!all.isEmpty()) out.add(userMessage(all));
+        // Responses: small helpers
+
+        static ObjectNode object() {
+            return Json.object();
         }
 
-        private static ObjectNode userMessage(List<ObjectNode> parts) {
-            ObjectNode m = Json.object();
-            m.put("role", "user");
-            if (parts.size() == 1 && parts.get(0).path("type").asText().equals("text")) {
-                m.put("content", parts.get(0).path("text").asText());
-            } else {
-                m.putArray("content").addAll(parts);
-            }
-            return m;
+        static ArrayNode array() {
+            return Json.array();
         }
 
-        /** Tool messages are text only: images go to the user message that follows, errors stay visible. */
-        private ObjectNode toolMessage(JsonNode b, List<ObjectNode> images) {
-            String id = b.path("tool_use_id").asText("");
-            if (id.isBlank()) throw invalid("a tool_result block needs a tool_use_id");
-            List<String> texts = new ArrayList<>();
-            int imageCount = 0;
-            for (JsonNode part : blocks(b.get("content"), "tool_result.content")) {
-                String type = part.path("type").asText("");
-                if (type.equals("image")) {
-                    images.add(imagePart(part));
-                    imageCount++;
-                } else if (type.equals("text") || type.equals("document")) {
-                    contentPart(part).ifPresent(p -> texts.add(p.path("text").asText()));
-                } else {
-                    notes.add("dropped a " + describeType(type) + " block from a tool_result");
-                }
-            }
-            String text = String.join("\n\n", texts);
-            if (text.isEmpty() && imageCount > 0) text = TOOL_IMAGE_POINTER;
-            if (b.path("is_error").asBoolean(false)) text = "Error: " + text;
-            ObjectNode m = Json.object();
-            m.put("role", "tool");
-            m.put("tool_call_id", id);
-            m.put("content", text);
-            return m;
+        static ObjectNode typeOnly(String type) {
+            ObjectNode o = object();
+            o.put("type", type);
+            return o;
         }
 
-        /** Text to content, tool_use to tool_calls, thinking to reasoning_text/reasoning_opaque (never to content). */
-        private void assistantTurn(List<JsonNode> blocks, ArrayNode out) {
-            List<String> texts = new ArrayList<>();
-            List<String> reasoning = new ArrayList<>();
-            ArrayNode calls = Json.array();
-            String opaque = null;
-            for (JsonNode b : blocks) {
-                String type = b.path("type").asText("");
-                switch (type) {
-                    case "text" -> {
-                        if (!b.path("text").asText("").isBlank()) texts.add(b.path("text").asText());
-                    }
-                    case "tool_use" -> calls.add(toolCall(b));
-                    case "thinking" -> {
-                        if (!b.path("thinking").asText("").isEmpty()) reasoning.add(b.path("thinking").asText());
-                        if (opaque == null && !b.path("signature").asText("").isBlank()) opaque = b.path("signature").asText();
-                    }
-                    case "redacted_thinking" -> {
-                        if (opaque == null && !b.path("data").asText("").isBlank()) opaque = b.path("data").asText();
-                    }
-                    default -> notes.add("dropped a " + describeType(type) + " block from an assistant message");
-                }
-            }
-            if (texts.isEmpty() && calls.isEmpty()) {
-                if (!reasoning.isEmpty() || opaque != null) notes.add("dropped an assistant message that held only thinking");
-                return;
-            }
-            ObjectNode m = out.addObject();
-            m.put("role", "assistant");
-            if (texts.isEmpty()) m.putNull("content");
-            else m.put("content", String.join("\n\n", texts));
-            if (!calls.isEmpty()) m.set("tool_calls", calls);
-            if (!reasoning.isEmpty()) m.put("reasoning_text", String.join("\n\n", reasoning));
-            if (opaque != null) m.put("reasoning_opaque", opaque);
-        }
-
-        private ObjectNode toolCall(JsonNode b) {
-            String id = b.path("id").asText("");
-            if (id.isBlank()) throw invalid("a tool_use block needs an id");
-            ObjectNode call = Json.object();
-            call.put("id", id);
-            call.put("type", "function");
-            ObjectNode fn = call.putObject("function");
-            fn.put("name", toolName(b.path("name").asText("")));
-            JsonNode input = b.get("input");
-            fn.put("arguments", input == null || input.isNull() ? "{}" : Json.write(input));
-            return call;
-        }
-
-        /** A text, image or document block as a chat content part; blank text is dropped. */
-        private Optional<ObjectNode> contentPart(JsonNode b) {
-            String type = b.path("type").asText("");
-            if (type.equals("image")) return Optional.of(imagePart(b));
-            String text = type.equals("document") ? documentText(b) : b.path("text").asText("");
-            if (text.isBlank()) return Optional.empty();
-            ObjectNode p = Json.object();
-            p.put("type", "text");
-            p.put("text", text);
-            return Optional.of(p);
-        }
-
-        private static ObjectNode imagePart(JsonNode b) {
-            JsonNode src = b.path("source");
-            String kind = src.path("type").asText("");
-            String url;
-            if (kind.equals("base64")) {
-                String media = src.path("media_type").asText("");
-                String data = src.path("data").asText("");
-                if (media.isBlank() || data.isBlank()) throw invalid("an image with a base64 source needs media_type and data");
-                url = "data:" + media + ";base64," + data;
-            } else if (kind.equals("url")) {
-                url = src.path("url").asText("");
-                if (url.isBlank()) throw invalid("an image with a url source needs a url");
-            } else {
-                throw invalid("image sources of type \"" + kind + "\" cannot be sent to Copilot; send base64 data or a URL");
-            }
-            ObjectNode p = Json.object();
-            p.put("type", "image_url");
-            p.putObject("image_url").put("url", url);
-            return p;
-        }
-
-        /** Text documents become text (titled when they have a title); anything else is refused with a 400. */
-        private static String documentText(JsonNode b) {
-            JsonNode src = b.path("source");
-            String kind = src.path("type").asText("");
-            String media = src.path("media_type").asText("");
-            String text;
-            if (kind.equals("text")) {
-                text = src.path("data").asText("");
-            } else if (kind.equals("base64") && media.startsWith("text/")) {
-                try {
-                    text = new String(Base64.getMimeDecoder().decode(src.path("data").asText("")), UTF_8);
-                } catch (IllegalArgumentException e) {
-                    throw invalid("a " + media + " document's base64 data does not decode");
-                }
-            } else if (kind.equals("content")) {
-                List<String> texts = new ArrayList<>();
-                for (JsonNode part : blocks(src.get("content"), "document.source.content")) {
-                    if (part.path("type").asText("").equals("text") && !part.path("text").asText("").isBlank()) {
-                        texts.add(part.path("text").asText());
-                    }
-                }
-                text = String.join("\n\n", texts);
-            } else {
-                String what = media.isBlank() ? kind + " source" : media;
-                throw invalid("Copilot's chat completions cannot read " + what + " documents; only text documents "
-                    + "(source type \"text\" or a text/* media type) can be sent through copilot-api");
-            }
-            String title = b.path("title").asText("");
-            return title.isBlank() || text.isBlank() ? text : title + "\n\n" + text;
-        }
-
-        // ---- system ----
-
-        /** The system text: text blocks joined by a blank line, the billing header line removed. */
-        private String systemText(JsonNode content) {
-            List<String> parts = new ArrayList<>();
-            for (JsonNode b : blocks(content, "system")) {
-                String type = b.path("type").asText("");
-                if (!type.equals("text")) {
-                    notes.add("dropped a " + describeType(type) + " block from a system prompt");
-                    continue;
-                }
-                String text = withoutBillingHeader(b.path("text").asText(""));
-                if (!text.isBlank()) parts.add(text);
-            }
-            return String.join("\n\n", parts);
-        }
-
-        /** Copilot refuses the reserved x-anthropic-billing-header line Claude Code puts into the system prompt. */
-        static String withoutBillingHeader(String text) {
-            if (!text.stripLeading().startsWith(BILLING_HEADER)) return text;
-            int nl = text.indexOf('\n');
-            return nl < 0 ? "" : text.substring(nl + 1);
-        }
-
-        // ---- tools ----
-
-        private void tools(JsonNode a, ObjectNode chat) {
-            ArrayNode tools = Json.array();
-            Set<String> names = new LinkedHashSet<>();
-            for (JsonNode t : a.path("tools")) {
-                String type = t.path("type").asText("");
-                String name = t.path("name").asText("");
-                if (!type.isEmpty() && !type.equals("custom")) {
-                    notes.add("dropped the server tool " + name + " (" + type + "): Copilot cannot run Anthropic server tools");
-                    continue;
-                }
-                if (name.isBlank()) throw invalid("every tool needs a name");
-                ObjectNode fn = tools.addObject().put("type", "function").putObject("function");
-                fn.put("name", toolName(name));
-                if (t.path("description").isTextual()) fn.put("description", t.path("description").asText());
-                fn.set("parameters", t.path("input_schema").isObject() ? t.get("input_schema").deepCopy() : emptySchema());
-                names.add(name);
-            }
-            if (!tools.isEmpty()) chat.set("tools", tools);
-            toolChoice(a.path("tool_choice"), chat, names);
-        }
-
-        private void toolChoice(JsonNode choice, ObjectNode chat, Set<String> toolNames) {
-            if (!choice.isObject()) return;
-            String type = choice.path("type").asText("auto");
-            if (toolNames.isEmpty()) {
-                if (!type.equals("auto") && !type.equals("none")) notes.add("ignored tool_choice " + type + ": no tool is left to call");
-                return;
-            }
-            switch (type) {
-                case "auto" -> chat.put("tool_choice", "auto");
-                case "any" -> chat.put("tool_choice", "required");
-                case "none" -> chat.put("tool_choice", "none");
-                case "tool" -> {
-                    String name = choice.path("name").asText("");
-                    if (toolNames.contains(name)) {
-                        chat.putObject("tool_choice").put("type", "function").putObject("function").put("name", toolName(name));
-                    } else {
-                        notes.add("ignored tool_choice for " + name + ": no such tool is sent to Copilot");
-                    }
-                }
-                default -> notes.add("ignored tool_choice of type " + type);
-            }
-            if (choice.path("disable_parallel_tool_use").asBoolean(false) && !type.equals("none")) {
-                chat.put("parallel_tool_calls", false);
-            }
-        }
-
-        private String toolName(String name) {
-            String shortName = shortToolName(name);
-            if (!shortName.equals(name)) toolNames.put(shortName, name);
-            return shortName;
-        }
-
-        /** Names over 64 characters: the first 55, '_' and 8 hex digits of the name's SHA-256 (reversed via toolNameMap). */
-        static String shortToolName(String name) {
-            if (name.length() <= MAX_TOOL_NAME) return name;
-            try {
-                byte[] hash = MessageDigest.getInstance("SHA-256").digest(name.getBytes(UTF_8));
-                return name.substring(0, MAX_TOOL_NAME - 9) + "_" + HexFormat.of().formatHex(hash, 0, 4);
-            } catch (NoSuchAlgorithmException e) {
-                throw new IllegalStateException("SHA-256 is missing from this Java runtime", e);
-            }
-        }
-
-        private static ObjectNode emptySchema() {
-            ObjectNode s = Json.object();
+        static ObjectNode emptySchema() {
+            ObjectNode s = object();
             s.put("type", "object");
             s.putObject("properties");
             return s;
         }
 
-        // ---- sampling, thinking, user, stream ----
-
-        /** max_tokens clamped to the model's output limit, under the name the model wants; the value sent, or null. */
-        private Integer maxTokens(JsonNode a, ObjectNode chat) {
-            JsonNode n = a.get("max_tokens");
-            if (n == null || !n.isIntegralNumber()) return null;
-            int value = n.asInt();
-            if (limits.knowsMaxOutput() && value > limits.maxOutputTokens()) {
-                notes.add("max_tokens " + value + " lowered to " + limits.id() + "'s limit of " + limits.maxOutputTokens());
-                value = limits.maxOutputTokens();
-            }
-            chat.put(limits.wantsMaxCompletionTokens() ? "max_completion_tokens" : "max_tokens", value);
-            return value;
-        }
-
-        private static void sampling(JsonNode a, ObjectNode chat) {
-            JsonNode stops = a.path("stop_sequences");
-            if (stops.isArray() && !stops.isEmpty()) chat.set("stop", stops.deepCopy());
-            if (a.path("temperature").isNumber()) chat.set("temperature", a.get("temperature"));
-            if (a.path("top_p").isNumber()) chat.set("top_p", a.get("top_p"));
-        }
-
-        /** thinking_budget within the model's min/max and below max_tokens; omitted when the model has no budget. */
-        private void thinking(JsonNode a, ObjectNode chat, Integer maxTokens) {
-            Integer requested = requestedThinkingBudget(a);
-            if (requested == null) return;
-            if (!limits.supportsThinking()) {
-                notes.add("thinking not forwarded: " + limits.id() + " has no thinking budget in the Copilot catalog");
-                return;
-            }
-            Integer budget = limits.thinkingBudget(requested, maxTokens);
-            if (budget == null) {
-                notes.add("thinking not forwarded: max_tokens " + maxTokens + " leaves no room for the minimum budget "
-                    + limits.minThinking());
-                return;
-            }
-            chat.put("thinking_budget", budget);
-        }
-
-        /**
-         * enabled: budget_tokens (8192 if missing); adaptive: by output_config.effort, low 2048, medium 8192, and high,
-         * max or no effort the model's maximum (Anthropic's default effort is high).
-         */
-        static Integer requestedThinkingBudget(JsonNode a) {
-            JsonNode t = a.path("thinking");
-            switch (t.path("type").asText("")) {
-                case "enabled":
-                    return t.path("budget_tokens").isIntegralNumber() ? t.get("budget_tokens").asInt() : MEDIUM_EFFORT_BUDGET;
-                case "adaptive":
-                    String effort = a.path("output_config").path("effort").asText("high");
-                    if (effort.equals("low")) return LOW_EFFORT_BUDGET;
-                    if (effort.equals("medium")) return MEDIUM_EFFORT_BUDGET;
-                    return Integer.MAX_VALUE;
-                default:
-                    return null;
-            }
-        }
-
-        /** metadata.user_id becomes `user` only when it is a short plain id (Claude Code sends a JSON string there). */
-        private void user(JsonNode a, ObjectNode chat) {
-            JsonNode id = a.path("metadata").path("user_id");
-            if (id.isMissingNode() || id.isNull()) return;
-            if (id.isTextual() && PLAIN_USER_ID.matcher(id.asText()).matches()) chat.put("user", id.asText());
-            else notes.add("metadata.user_id not forwarded: not a short plain id");
-        }
-
-        private static void stream(JsonNode a, ObjectNode chat) {
-            if (!a.path("stream").isBoolean()) return;
-            boolean stream = a.path("stream").asBoolean();
-            chat.put("stream", stream);
-            if (stream) chat.putObject("stream_options").put("include_usage", true);
-        }
-
-        private void ignored(JsonNode a) {
-            List<String> ignored = new ArrayList<>();
-            a.fieldNames().forEachRemaining(k -> {
-                if (!READ_KEYS.contains(k)) ignored.add(k);
-            });
-            if (!ignored.isEmpty()) notes.add("ignored: " + String.join(", ", ignored));
-        }
-
-        // ---- helpers ----
-
-        /** Content as a list of blocks: a string is one text block, null is none; cache_control is never copied. */
-        private static List<JsonNode> blocks(JsonNode content, String where) {
-            List<JsonNode> list = new ArrayList<>();
-            if (content == null || content.isNull() || content.isMissingNode()) return list;
-            if (content.isTextual()) {
-                list.add(Json.object().put("type", "text").put("text", content.asText()));
-                return list;
-            }
-            if (!content.isArray()) throw invalid("'" + where + "' must be a string or an array of content blocks");
-            for (JsonNode b : content) {
-                if (!b.isObject()) throw invalid("'" + where + "' holds something that is not a content block");
-                list.add(b);
-            }
-            return list;
-        }
-
-        private static String describeType(String type) {
-            return type.isEmpty() ? "typeless" : type;
-        }
-
-        private static ApiError invalid(String message) {
-            return new ApiError(400, "invalid_request_error", message);
-        }
-    }
-
-    /** A Copilot chat completion to an Anthropic message: split choices merged, thinking first, then text, then tools. */
-    static final class ChatToAnthropic {
-        static ObjectNode response(JsonNode chat, String requestedModel, Map<String, String> toolNameMap) {
-            return response(chat, requestedModel, toolNameMap, new ArrayList<>());
-        }
-
-        /** As above; problems worth a log line (unreadable tool arguments) are added to notes. */
-        static ObjectNode response(JsonNode chat, String requestedModel, Map<String, String> toolNameMap, List<String> notes) {
-            StringBuilder reasoning = new StringBuilder();
-            StringBuilder text = new StringBuilder();
-            String opaque = null;
-            List<JsonNode> calls = new ArrayList<>();
-            List<String> finishReasons = new ArrayList<>();
-            for (JsonNode choice : chat.path("choices")) {
-                JsonNode m = choice.path("message");
-                reasoning.append(m.path("reasoning_text").asText(""));
-                if (opaque == null && !m.path("reasoning_opaque").asText("").isEmpty()) opaque = m.path("reasoning_opaque").asText();
-                text.append(contentText(m.path("content")));
-                m.path("tool_calls").forEach(calls::add);
-                if (choice.path("finish_reason").isTextual()) finishReasons.add(choice.path("finish_reason").asText());
-            }
-            ObjectNode msg = messageShell("msg_" + Ids.random(24), requestedModel);
-            ArrayNode content = msg.putArray("content");
-            if (reasoning.length() > 0 || opaque != null) {
-                content.addObject().put("type", "thinking").put("thinking", reasoning.toString())
-                    .put("signature", opaque == null ? "" : opaque);
-            }
-            if (text.length() > 0) content.addObject().put("type", "text").put("text", text.toString());
-            for (JsonNode call : calls) {
-                JsonNode fn = call.path("function");
-                String name = originalName(fn.path("name").asText(""), toolNameMap);
-                String id = call.path("id").asText("");
-                content.add(toolUse(id.isEmpty() ? "toolu_" + Ids.random(24) : id, name,
-                    toolInput(fn.path("arguments").asText(""), name, notes)));
-            }
-            msg.put("stop_reason", stopReason(finishReasons, !calls.isEmpty()));
-            msg.putNull("stop_sequence");
-            msg.set("usage", usage(chat.path("usage")));
-            return msg;
-        }
-
-        /** id, type, role, model, then whatever the caller adds (content, stop_reason, ...). */
-        static ObjectNode messageShell(String id, String model) {
-            ObjectNode msg = Json.object();
-            msg.put("id", id);
-            msg.put("type", "message");
-            msg.put("role", "assistant");
-            msg.put("model", model);
-            return msg;
-        }
-
-        static ObjectNode toolUse(String id, String name, ObjectNode input) {
-            ObjectNode b = Json.object();
-            b.put("type", "tool_use");
-            b.put("id", id);
-            b.put("name", name);
-            b.set("input", input);
-            return b;
-        }
-
-        static String originalName(String name, Map<String, String> toolNameMap) {
-            return toolNameMap == null ? name : toolNameMap.getOrDefault(name, name);
-        }
-
-        /**
-         * tool_use whenever a tool is called; length → max_tokens; content_filter → refusal (the answer was cut by a
-         * safety filter, and end_turn would pass a truncated answer off as complete); anything else → end_turn.
-         */
-        static String stopReason(Collection<String> finishReasons, boolean toolUse) {
-            if (toolUse) return "tool_use";
-            if (finishReasons.contains("length")) return "max_tokens";
-            if (finishReasons.contains("content_filter")) return "refusal";
-            return "end_turn";
-        }
-
-        /** Anthropic usage from chat usage: input_tokens excludes the cached prompt tokens. */
-        static ObjectNode usage(JsonNode u) {
-            int prompt = u.path("prompt_tokens").asInt(0);
-            int cached = u.path("prompt_tokens_details").path("cached_tokens").asInt(0);
-            ObjectNode o = Json.object();
-            o.put("input_tokens", Math.max(0, prompt - cached));
-            o.put("cache_creation_input_tokens", 0);
-            o.put("cache_read_input_tokens", cached);
-            o.put("output_tokens", u.path("completion_tokens").asInt(0));
-            return o;
-        }
-
-        /** Tool arguments as a JSON object: blank → {}, anything that is not exactly one object → {} and a note. */
-        static ObjectNode toolInput(String arguments, String toolName, List<String> notes) {
-            if (arguments == null || arguments.isBlank()) return Json.object();
-            try {
-                JsonNode parsed = JSON.readerFor(JsonNode.class)
-                    .with(DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readValue(arguments);
-                if (parsed != null && parsed.isObject()) return (ObjectNode) parsed;
-            } catch (IOException e) {
-                // reported below
-            }
-            String shown = arguments.length() > 200 ? arguments.substring(0, 200) + "..." : arguments;
-            notes.add("the arguments of a " + toolName + " call are not a JSON object, sent {} instead: " + shown);
-            return Json.object();
-        }
-
-        private static String contentText(JsonNode content) {
-            if (content.isTextual()) return content.asText();
-            StringBuilder b = new StringBuilder();
-            for (JsonNode part : content) if (part.path("type").asText("").equals("text")) b.append(part.path("text").asText(""));
-            return b.toString();
-        }
-    }
-
-    /**
-     * A Copilot chat stream to Anthropic events, one instance per request. Thinking and text are sent as they arrive.
-     * Tool calls are collected by (choice index, tool_call index) and each is sent whole at the end of the stream
-     * (start, one input_json_delta with the checked JSON, stop): only then is a tool call known to be complete and
-     * its arguments known to parse, so interleaved fragments can never land in a closed block. A thinking block's
-     * signature (reasoning_opaque) is collected and sent just before the block closes; one that arrives after text
-     * started gets its own empty thinking block. message_delta and message_stop come last; a broken upstream ends
-     * with an error event instead. While tool arguments are collected the client hears nothing: callers send ping()
-     * after ~15 s without a write to the client, not only after upstream silence.
-     */
-    static final class ChatStreamToAnthropic implements TranslatedRelay.Translation {
-        private enum Open { NONE, THINKING, TEXT }
-
-        /** A tool call being collected; sent when the stream ends. */
-        private static final class ToolCall {
-            String id = "";
-            String name = "";
-            final StringBuilder arguments = new StringBuilder();
-        }
-
-        private final String model;
-        private final Map<String, String> toolNameMap;
-        private final Supplier<String> randomIds;
-        private final List<String> notes = new ArrayList<>();
-        private final Map<String, ToolCall> toolCalls = new LinkedHashMap<>();
-        private final ChatChunks.ToolKeys toolKeys = new ChatChunks.ToolKeys();
-        private final Set<String> finishReasons = new LinkedHashSet<>();
-        private final StringBuilder signature = new StringBuilder();
-        private JsonNode usage;
-        private boolean started;
-        private boolean done;
-        private int blocks;
-        private Open open = Open.NONE;
-
-        ChatStreamToAnthropic(String requestedModel, Map<String, String> toolNameMap) {
-            this(requestedModel, toolNameMap, () -> Ids.random(24));
-        }
-
-        /** randomIds supplies the random part of the message id and of missing tool ids (fixed in tests). */
-        ChatStreamToAnthropic(String requestedModel, Map<String, String> toolNameMap, Supplier<String> randomIds) {
-            this.model = requestedModel;
-            this.toolNameMap = toolNameMap == null ? Map.of() : toolNameMap;
-            this.randomIds = randomIds;
-        }
-
-        /** True after message_stop or error: nothing more may be sent. */
-        @Override
-        public boolean done() {
-            return done;
-        }
-
-        List<String> notes() {
-            return List.copyOf(notes);
-        }
-
-        /** message_start, once; onChunk and finish send it too when it has not been sent yet. */
-        @Override
-        public List<NamedEvent> start() {
-            List<NamedEvent> out = new ArrayList<>();
-            if (started || done) return out;
-            started = true;
-            ObjectNode msg = ChatToAnthropic.messageShell("msg_" + randomIds.get(), model);
-            msg.putArray("content");
-            msg.putNull("stop_reason");
-            msg.putNull("stop_sequence");
-            ObjectNode u = ChatToAnthropic.usage(usage == null ? Json.object() : usage);
-            u.put("output_tokens", 0);
-            msg.set("usage", u);
-            ObjectNode data = data("message_start");
-            data.set("message", msg);
-            out.add(new NamedEvent("message_start", data));
-            return out;
-        }
-
-        @Override
-        public List<NamedEvent> onChunk(JsonNode chunk) {
-            if (done) return List.of();
-            if (chunk.hasNonNull("error")) return fail(errorMessage(chunk.get("error")));
-            if (chunk.path("usage").isObject()) usage = chunk.get("usage");
-            List<NamedEvent> out = start();
-            for (JsonNode choice : chunk.path("choices")) onChoice(choice, out);
-            return out;
-        }
-
-        /** The upstream ended ([DONE], or EOF with or without a finish_reason): tools, message_delta, message_stop. */
-        @Override
-        public List<NamedEvent> finish() {
-            if (done) return List.of();
-            List<NamedEvent> out = start();
-            close(out);
-            for (ToolCall call : toolCalls.values()) sendTool(call, out);
-            ObjectNode delta = data("message_delta");
-            delta.putObject("delta").put("stop_reason", ChatToAnthropic.stopReason(finishReasons, !toolCalls.isEmpty()))
-                .putNull("stop_sequence");
-            delta.set("usage", usage == null ? Json.object().put("output_tokens", 0) : ChatToAnthropic.usage(usage));
-            out.add(new NamedEvent("message_delta", delta));
-            out.add(new NamedEvent("message_stop", data("message_stop")));
-            done = true;
-            return out;
-        }
-
-        /** The upstream broke: one error event, and nothing after it. */
-        @Override
-        public List<NamedEvent> fail(String message) {
-            if (done) return List.of();
-            done = true;
-            return List.of(new NamedEvent("error", AnthropicEvents.error("api_error", message)));
-        }
-
-        /** Anthropic's keep-alive. */
-        @Override
-        public NamedEvent keepAlive() {
-            return new NamedEvent("ping", AnthropicEvents.ping());
-        }
-
-        private void onChoice(JsonNode choice, List<NamedEvent> out) {
-            int index = choice.path("index").asInt(0);
-            JsonNode delta = choice.path("delta");
-            String reasoning = delta.path("reasoning_text").asText("");
-            if (!reasoning.isEmpty()) thinkingDelta(reasoning, out);
-            String opaque = delta.path("reasoning_opaque").asText("");
-            if (!opaque.isEmpty()) {
-                ensureOpen(Open.THINKING, out);
-                signature.append(opaque);
-            }
-            String text = delta.path("content").asText("");
-            if (!text.isEmpty()) textDelta(text, out);
-            for (JsonNode call : delta.path("tool_calls")) collect(index, call);
-            if (choice.path("finish_reason").isTextual()) finishReasons.add(choice.path("finish_reason").asText());
-        }
-
-        private void thinkingDelta(String text, List<NamedEvent> out) {
-            ensureOpen(Open.THINKING, out);
-            ObjectNode d = Json.object().put("type", "thinking_delta").put("thinking", text);
-            out.add(blockDelta(d));
-        }
-
-        private void textDelta(String text, List<NamedEvent> out) {
-            ensureOpen(Open.TEXT, out);
-            ObjectNode d = Json.object().put("type", "text_delta").put("text", text);
-            out.add(blockDelta(d));
-        }
-
-        private void ensureOpen(Open kind, List<NamedEvent> out) {
-            if (open == kind) return;
-            close(out);
-            ObjectNode block = Json.object();
-            if (kind == Open.THINKING) block.put("type", "thinking").put("thinking", "").put("signature", "");
-            else block.put("type", "text").put("text", "");
-            out.add(blockStart(block));
-            open = kind;
-        }
-
-        /** Closes the open block; a thinking block first gets its signature, collected whole. */
-        private void close(List<NamedEvent> out) {
-            if (open == Open.NONE) return;
-            if (open == Open.THINKING && signature.length() > 0) {
-                out.add(blockDelta(Json.object().put("type", "signature_delta").put("signature", signature.toString())));
-                signature.setLength(0);
-            }
-            ObjectNode stop = data("content_block_stop");
-            stop.put("index", blocks - 1);
-            out.add(new NamedEvent("content_block_stop", stop));
-            open = Open.NONE;
-        }
-
-        /** Fragments keyed as every consumer keys them (ChatChunks.ToolKeys). */
-        private void collect(int choice, JsonNode fragment) {
-            String key = toolKeys.key(choice, fragment);
-            ToolCall call = toolCalls.computeIfAbsent(key, k -> new ToolCall());
-            if (call.id.isEmpty()) call.id = fragment.path("id").asText("");
-            JsonNode fn = fragment.path("function");
-            if (call.name.isEmpty()) call.name = fn.path("name").asText("");
-            call.arguments.append(fn.path("arguments").asText(""));
-        }
-
-        private void sendTool(ToolCall call, List<NamedEvent> out) {
-            String name = ChatToAnthropic.originalName(call.name, toolNameMap);
-            String id = call.id.isEmpty() ? "toolu_" + randomIds.get() : call.id;
-            ObjectNode input = ChatToAnthropic.toolInput(call.arguments.toString(), name, notes);
-            out.add(blockStart(ChatToAnthropic.toolUse(id, name, Json.object())));
-            out.add(blockDelta(Json.object().put("type", "input_json_delta").put("partial_json", Json.write(input))));
-            ObjectNode stop = data("content_block_stop");
-            stop.put("index", blocks - 1);
-            out.add(new NamedEvent("content_block_stop", stop));
-        }
-
-        private NamedEvent blockStart(ObjectNode block) {
-            ObjectNode d = data("content_block_start");
-            d.put("index", blocks++);
-            d.set("content_block", block);
-            return new NamedEvent("content_block_start", d);
-        }
-
-        private NamedEvent blockDelta(ObjectNode delta) {
-            ObjectNode d = data("content_block_delta");
-            d.put("index", blocks - 1);
-            d.set("delta", delta);
-            return new NamedEvent("content_block_delta", d);
-        }
-
-        private static ObjectNode data(String type) {
-            return Json.object().put("type", type);
-        }
-
-        private static String errorMessage(JsonNode error) {
-            if (error.isTextual()) return error.asText();
-            String m = error.path("message").asText("");
-            return m.isBlank() ? "Copilot reported an error in the stream: " + Json.write(error) : m;
-        }
-
-        /**
-         * Folds events into the message an SDK would build from them: content blocks by index, text and thinking
-         * appended, the signature set, tool input parsed from the joined input_json_delta, message_delta applied.
-         * An error event throws IllegalStateException; so does a tool input that does not parse.
-         */
-        static ObjectNode accumulate(List<NamedEvent> events) {
-            ObjectNode message = null;
-            Map<Integer, StringBuilder> json = new LinkedHashMap<>();
-            for (NamedEvent e : events) {
-                ObjectNode d = e.data();
-                int index = d.path("index").asInt();
-                switch (e.name()) {
-                    case "message_start" -> message = d.get("message").deepCopy();
-                    case "content_block_start" -> ((ArrayNode) message.get("content")).insert(index, d.get("content_block").deepCopy());
-                    case "content_block_delta" ->
-                        applyDelta(block(message, index), d.path("delta"), json.computeIfAbsent(index, i -> new StringBuilder()));
-                    case "content_block_stop" -> {
-                        ObjectNode b = block(message, index);
-                        StringBuilder joined = json.get(index);
-                        if (b.path("type").asText().equals("tool_use") && joined != null && joined.length() > 0) {
-                            b.set("input", parse(joined.toString()));
-                        }
-                    }
-                    case "message_delta" -> applyMessageDelta(message, d);
-                    case "error" -> throw new IllegalStateException("the stream ended with an error: " + d.path("error").path("message").asText());
-                    default -> { }
-                }
-            }
-            return message;
-        }
-
-        private static void applyMessageDelta(ObjectNode message, ObjectNode d) {
-            message.setAll((ObjectNode) d.path("delta"));
-            ObjectNode usage = message.withObjectProperty("usage");
-            d.path("usage").properties().forEach(f -> {
-                if (!f.getValue().isNull()) usage.set(f.getKey(), f.getValue());
-            });
-        }
-
-        private static ObjectNode block(ObjectNode message, int index) {
-            return (ObjectNode) message.get("content").get(index);
-        }
-
-        private static void applyDelta(ObjectNode block, JsonNode delta, StringBuilder json) {
-            switch (delta.path("type").asText("")) {
-                case "text_delta" -> block.put("text", block.path("text").asText("") + delta.path("text").asText());
-                case "thinking_delta" -> block.put("thinking", block.path("thinking").asText("") + delta.path("thinking").asText());
-                case "signature_delta" -> block.put("signature", delta.path("signature").asText());
-                case "input_json_delta" -> json.append(delta.path("partial_json").asText());
-                default -> throw new IllegalStateException("unknown delta type " + delta.path("type"));
-            }
-        }
-
-        private static JsonNode parse(String json) {
-            try {
-                return JSON.readerFor(JsonNode.class).with(DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readValue(json);
-            } catch (IOException e) {
-                throw new IllegalStateException("tool input does not parse: " + json, e);
-            }
-        }
-    }
-
-    // The Responses API and chat completions, the pivot format. Copilot serves its newest GPT models only on
-    // /responses and Claude, Gemini and GPT-4.x only on /chat/completions; every model is reachable from every
-    // inbound API through chat: inbound Responses for a chat-only model goes ResponsesToChat.request, then
-    // ChatToResponses.response or the ChatStreamToResponses state machine; inbound chat (or Anthropic, via
-    // AnthropicToChat) for a responses-only model goes ChatToResponsesRequest.request, then
-    // ResponsesToChat.response or the ResponsesStreamToChat state machine. Reasoning crosses the pivot as
-    // reasoning_text and reasoning_opaque (see ReasoningOpaque); Responses custom tools become function tools
-    // with one string parameter (see CustomTools).
-
-    /** A translated request body, with one line per field or item that was dropped or changed on the way. */
-    record Translated(ObjectNode body, List<String> notes) {}
-
-    /** Fresh ids and the current time, injected so that translators stay pure and tests stay deterministic. */
-    interface IdClock {
-        /** A fresh id starting with the prefix, e.g. {@code msg_}, {@code fc_}, {@code call_}. */
-        String id(String prefix);
-
-        long epochSeconds();
-
-        IdClock SYSTEM = new IdClock() {
-            @Override
-            public String id(String prefix) {
-                return prefix + Ids.random(24);
-            }
-
-            @Override
-            public long epochSeconds() {
-                return Instant.now().getEpochSecond();
-            }
-        };
-    }
-
-    // Responses API translators: shared vocabulary
-
-    /**
-     * How reasoning survives a trip through chat completions.
-     *
-     * <p>Chat carries reasoning as {@code reasoning_text} plus one opaque string, {@code reasoning_opaque} (for Claude
-     * on Copilot, the thinking signature). The Responses API carries {@code reasoning} items with an {@code id},
-     * {@code summary} and {@code encrypted_content}. Two encodings, each the inverse of the other's direction:
-     * <ul>
-     *   <li>A Responses reasoning item seen on the chat side (answers of responses-only models) becomes
-     *       {@code reasoning_opaque = "responses-reasoning:" + id + ":" + encrypted_content}, with {@code %} and
-     *       {@code :} in the id written as {@code %25} and {@code %3A}. Several items are the concatenation of their
-     *       encodings (base64 never contains {@code ':'}, so the prefix cannot occur inside encrypted content);
-     *       concatenating streamed opaque deltas therefore stays decodable.
-     *       {@link ChatToResponsesRequest} turns the string back into the items with their ids.</li>
-     *   <li>A chat opaque string seen on the Responses side (answers of chat-only models) becomes a reasoning item
-     *       with a fresh {@code rs_} id and {@code encrypted_content = "chat-reasoning:" + opaque}.
-     *       {@link ResponsesToChat#request} gives the chat model back exactly the original string.</li>
-     * </ul>
-     * Reasoning that a model of the other family produced (a Claude signature sent to a GPT model, or OpenAI
-     * encrypted content sent to Claude) cannot be verified by the receiving model and is dropped with a note.
-     */
-    static final class ReasoningOpaque {
-        static final String RESPONSES_PREFIX = "responses-reasoning:";
-        static final String CHAT_PREFIX = "chat-reasoning:";
-
-        record Entry(String id, String encryptedContent) {}
-
-        static String encode(String id, String encryptedContent) {
-            return RESPONSES_PREFIX + id.replace("%", "%25").replace(":", "%3A") + ":" + encryptedContent;
-        }
-
-        static boolean isResponses(String opaque) {
-            return opaque != null && opaque.startsWith(RESPONSES_PREFIX);
-        }
-
-        /** The reasoning items encoded in an opaque string; empty when it was not made by {@link #encode}. */
-        static List<Entry> decode(String opaque) {
-            List<Entry> entries = new ArrayList<>();
-            if (!isResponses(opaque)) return entries;
-            for (String part : opaque.substring(RESPONSES_PREFIX.length()).split(java.util.regex.Pattern.quote(RESPONSES_PREFIX), -1)) {
-                int colon = part.indexOf(':');
-                if (colon <= 0 || colon == part.length() - 1) continue;
-                String id = part.substring(0, colon).replace("%3A", ":").replace("%25", "%");
-                entries.add(new Entry(id, part.substring(colon + 1)));
-            }
-            return entries;
-        }
-
-        static String wrapChat(String opaque) {
-            return CHAT_PREFIX + opaque;
-        }
-
-        /** The chat opaque string inside {@code encrypted_content} made by {@link #wrapChat}, if it is one. */
-        static Optional<String> unwrapChat(String encryptedContent) {
-            if (encryptedContent == null || !encryptedContent.startsWith(CHAT_PREFIX)) return Optional.empty();
-            String s = encryptedContent.substring(CHAT_PREFIX.length());
-            return s.isEmpty() ? Optional.empty() : Optional.of(s);
-        }
-    }
-
-    /**
-     * Responses {@code custom} tools take free text (optionally constrained by a grammar) instead of JSON arguments.
-     * Chat models only know function tools, so a custom tool is offered as a function with one string parameter
-     * {@code input} (the grammar, if any, goes into that parameter's description), and a call of it is turned back
-     * into a {@code custom_tool_call} by name. Which names were custom is read again from the original request's
-     * {@code tools}, so no state is kept between the request and the answer.
-     */
-    static final class CustomTools {
-        static final String PARAMETER = "input";
-
-        /** Names of the {@code custom} tools of a Responses request. */
-        static Set<String> names(JsonNode responsesRequest) {
-            Set<String> names = new LinkedHashSet<>();
-            for (JsonNode t : responsesRequest.path("tools")) {
-                if (t.path("type").asText("").equals("custom") && t.path("name").isTextual()) names.add(t.path("name").asText());
-            }
-            return names;
-        }
-
-        /** The chat {@code function} object offering a custom tool: name, description, {@code {input: string}}. */
-        static ObjectNode asFunction(String name, String description, JsonNode format) {
-            ObjectNode fn = object();
-            fn.put("name", name);
-            if (description != null && !description.isBlank()) fn.put("description", description);
-            ObjectNode params = fn.putObject("parameters");
-            params.put("type", "object");
-            ObjectNode input = params.putObject("properties").putObject(PARAMETER);
-            input.put("type", "string");
-            input.put("description", inputDescription(format));
-            params.putArray("required").add(PARAMETER);
-            params.put("additionalProperties", false);
-            return fn;
-        }
-
-        /** Responses formats are flat ({@code syntax}, {@code definition}); chat nests them under {@code grammar}. */
-        private static String inputDescription(JsonNode format) {
-            String base = "The raw input for this tool, passed through verbatim.";
-            if (!format.path("type").asText("").equals("grammar")) return base;
-            JsonNode grammar = format.path("grammar").isObject() ? format.get("grammar") : format;
-            return base + " It must match this " + grammar.path("syntax").asText("lark") + " grammar:\n"
-                + grammar.path("definition").asText("");
-        }
-
-        /** The JSON arguments of a function call standing for a custom call with this input. */
-        static String arguments(String input) {
-            ObjectNode args = object();
-            args.put(PARAMETER, input);
-            return Json.write(args);
-        }
-
-        /** The custom input inside a function call's arguments; the raw arguments when they are not {@code {input}}. */
-        static String input(String arguments) {
-            Optional<JsonNode> parsed = Json.tryParse(arguments);
-            if (parsed.isEmpty() || !parsed.get().isObject()) return arguments == null ? "" : arguments;
-            JsonNode args = parsed.get();
-            if (args.path(PARAMETER).isTextual()) return args.path(PARAMETER).asText();
-            if (args.size() == 1 && args.elements().next().isTextual()) return args.elements().next().asText();
-            return arguments;
-        }
-    }
-
-    /** Token counts between the two usage shapes; cached input and reasoning output tokens included. */
-    static final class Usage {
-        static ObjectNode toResponses(JsonNode chat) {
-            ObjectNode u = object();
-            long in = chat.path("prompt_tokens").asLong(0);
-            long out = chat.path("completion_tokens").asLong(0);
-            u.put("input_tokens", in);
-            u.putObject("input_tokens_details").put("cached_tokens", chat.path("prompt_tokens_details").path("cached_tokens").asLong(0));
-            u.put("output_tokens", out);
-            u.putObject("output_tokens_details").put("reasoning_tokens",
-                chat.path("completion_tokens_details").path("reasoning_tokens").asLong(0));
-            u.put("total_tokens", chat.path("total_tokens").asLong(in + out));
-            return u;
-        }
-
-        static ObjectNode toChat(JsonNode responses) {
-            ObjectNode u = object();
-            long in = responses.path("input_tokens").asLong(0);
-            long out = responses.path("output_tokens").asLong(0);
-            u.put("prompt_tokens", in);
-            u.put("completion_tokens", out);
-            u.put("total_tokens", responses.path("total_tokens").asLong(in + out));
-            u.putObject("prompt_tokens_details").put("cached_tokens", responses.path("input_tokens_details").path("cached_tokens").asLong(0));
-            u.putObject("completion_tokens_details").put("reasoning_tokens",
-                responses.path("output_tokens_details").path("reasoning_tokens").asLong(0));
-            return u;
-        }
-    }
-
-    /** The Responses {@code response} object, echoing the request's settings the way the real API does. */
-    static final class ResponseObject {
-        static ObjectNode build(JsonNode request, String id, long createdAt, String model, String status) {
-            ObjectNode r = object();
-            r.put("id", id);
-            r.put("object", "response");
-            r.put("created_at", createdAt);
-            r.put("status", status);
-            r.put("background", false);
-            r.putNull("error");
-            r.putNull("incomplete_details");
-            r.set("instructions", echo(request, "instructions", null));
-            r.set("max_output_tokens", echo(request, "max_output_tokens", null));
-            r.put("model", model);
-            r.putArray("output");
-            r.set("parallel_tool_calls", echo(request, "parallel_tool_calls", true));
-            r.set("previous_response_id", echo(request, "previous_response_id", null));
-            ObjectNode reasoning = r.putObject("reasoning");
-            reasoning.set("effort", echo(request.path("reasoning"), "effort", null));
-            reasoning.set("summary", echo(request.path("reasoning"), "summary", null));
-            r.set("store", echo(request, "store", false));
-            r.set("temperature", echo(request, "temperature", 1.0));
-            ObjectNode text = r.putObject("text");
-            text.set("format", request.path("text").path("format").isObject() ? request.path("text").get("format").deepCopy() : typeOnly("text"));
-            if (request.path("text").has("verbosity")) text.set("verbosity", request.path("text").get("verbosity").deepCopy());
-            r.set("tool_choice", echo(request, "tool_choice", "auto"));
-            r.set("tools", request.path("tools").isArray() ? request.get("tools").deepCopy() : array());
-            r.set("top_p", echo(request, "top_p", 1.0));
-            r.set("truncation", echo(request, "truncation", "disabled"));
-            r.putNull("usage");
-            r.set("user", echo(request, "user", null));
-            r.set("metadata", request.path("metadata").isObject() ? request.get("metadata").deepCopy() : object());
-            return r;
-        }
-
-        static void incomplete(ObjectNode response, String reason) {
-            response.put("status", "incomplete");
-            response.putObject("incomplete_details").put("reason", reason);
-        }
-
-        private static JsonNode echo(JsonNode request, String field, Object fallback) {
-            JsonNode v = request.path(field);
-            if (!v.isMissingNode() && !v.isNull()) return v.deepCopy();
-            return JSON.valueToTree(fallback);
-        }
-    }
-
-    // Responses: Responses request in, chat request out (chat-only models)
-
-    /** Responses requests to chat requests, and Responses answers back to chat completions. */
-    static final class ResponsesToChat {
-        private static final List<String> BUILT_IN_TOOLS = List.of("web_search", "web_search_preview", "file_search",
-            "code_interpreter", "computer_use", "computer_use_preview", "image_generation", "local_shell", "shell", "mcp");
-        private static final List<String> HANDLED = List.of("model", "instructions", "input", "tools", "tool_choice",
-            "max_output_tokens", "temperature", "top_p", "parallel_tool_calls", "stream", "reasoning", "text", "user");
-        private static final Map<String, String> IGNORED = Map.of(
-            "store", "copilot-api keeps no state; nothing is stored",
-            "include", "encrypted reasoning is always returned",
-            "truncation", "Copilot decides truncation",
-            "metadata", "nothing is stored to attach it to",
-            "prompt_cache_key", "chat completions has no cache key",
-            "safety_identifier", "chat completions has no safety identifier",
-            "service_tier", "Copilot has one service tier",
-            "stream_options", "Responses stream options do not apply to chat",
-            "top_logprobs", "log probabilities are not translated",
-            "max_tool_calls", "chat completions has no tool-call limit");
-
-        static Translated request(ObjectNode in) {
-            List<String> notes = new ArrayList<>();
-            rejectStateful(in);
-            ObjectNode out = object();
-            if (in.has("model")) out.set("model", in.get("model").deepCopy());
-            ArrayNode messages = out.putArray("messages");
-            JsonNode instructions = in.path("instructions");
-            if (instructions.isTextual() && !instructions.asText().isEmpty()) {
-                messages.addObject().put("role", "system").put("content", instructions.asText());
-            } else if (!instructions.isMissingNode() && !instructions.isNull() && !instructions.isTextual()) {
-                throw invalid("instructions", "'instructions' must be a string for this model");
-            }
-            new InputItems(messages, notes).addAll(in.path("input"));
-            tools(in, out, notes);
-            limits(in, out, notes);
-            ignored(in, notes);
-            return new Translated(out, notes);
-        }
-
-        /** A Responses answer (non-streaming) as a chat completion with one choice; the model is the name the client asked for. */
-        static ObjectNode response(JsonNode responses, String model) {
-            if (responses.path("status").asText("").equals("failed")) {
-                throw new ApiError(502, "api_error", "The upstream response failed: "
-                    + responses.path("error").path("message").asText("no reason given"));
-            }
-            ObjectNode message = assistantMessage(responses.path("output"));
-            ObjectNode chat = object();
-            chat.put("id", chatId(responses.path("id").asText("")));
-            chat.put("object", "chat.completion");
-            chat.put("created", responses.path("created_at").asLong(0));
-            chat.put("model", model != null ? model : responses.path("model").asText(""));
-            ObjectNode choice = chat.putArray("choices").addObject();
-            choice.put("index", 0);
-            choice.set("message", message);
-            choice.putNull("logprobs");
-            choice.put("finish_reason", finishReason(responses, message.has("tool_calls")));
-            if (responses.path("usage").isObject()) chat.set("usage", Usage.toChat(responses.get("usage")));
-            return chat;
-        }
-
-        /** Output items as one assistant message: text, refusal, reasoning (see {@link ReasoningOpaque}), tool calls. */
-        static ObjectNode assistantMessage(JsonNode output) {
-            ObjectNode message = object();
-            message.put("role", "assistant");
-            StringBuilder text = new StringBuilder();
-            StringBuilder refusal = new StringBuilder();
-            List<String> summaries = new ArrayList<>();
-            StringBuilder opaque = new StringBuilder();
-            ArrayNode calls = array();
-            for (JsonNode item : output) {
-                switch (item.path("type").asText("")) {
-                    case "message" -> messageText(item, text, refusal);
-                    case "reasoning" -> {
-                        summaries.addAll(summaryTexts(item));
-                        if (item.path("encrypted_content").isTextual() && item.path("id").isTextual()) {
-                            opaque.append(ReasoningOpaque.encode(item.path("id").asText(), item.path("encrypted_content").asText()));
-                        }
-                    }
-                    case "function_call" -> calls.add(toolCall(item.path("call_id").asText(""), item.path("name").asText(""),
-                        nonEmpty(item.path("arguments").asText(""), "{}")));
-                    case "custom_tool_call" -> calls.add(toolCall(item.path("call_id").asText(""), item.path("name").asText(""),
-                        CustomTools.arguments(item.path("input").asText(""))));
-                    default -> { }
-                }
-            }
-            if (text.length() > 0 || (calls.isEmpty() && refusal.length() == 0)) message.put("content", text.toString());
-            else message.putNull("content");
-            if (refusal.length() > 0) message.put("refusal", refusal.toString());
-            if (!summaries.isEmpty()) message.put("reasoning_text", String.join("\n\n", summaries));
-            if (opaque.length() > 0) message.put("reasoning_opaque", opaque.toString());
-            if (!calls.isEmpty()) message.set("tool_calls", calls);
-            return message;
-        }
-
-        static String chatId(String responseId) {
-            return "chatcmpl-" + (responseId.startsWith("resp_") ? responseId.substring(5) : responseId);
-        }
-
-        static String finishReason(JsonNode responses, boolean calls) {
-            if (responses.path("status").asText("").equals("incomplete")) {
-                String reason = responses.path("incomplete_details").path("reason").asText("");
-                return reason.equals("content_filter") ? "content_filter" : "length";
-            }
-            return calls ? "tool_calls" : "stop";
-        }
-
-        static List<String> summaryTexts(JsonNode reasoningItem) {
-            List<String> texts = new ArrayList<>();
-            for (JsonNode s : reasoningItem.path("summary")) {
-                if (s.path("text").isTextual() && !s.path("text").asText().isEmpty()) texts.add(s.path("text").asText());
-            }
-            return texts;
-        }
-
-        private static void messageText(JsonNode item, StringBuilder text, StringBuilder refusal) {
-            for (JsonNode part : item.path("content")) {
-                switch (part.path("type").asText("")) {
-                    case "output_text" -> text.append(part.path("text").asText(""));
-                    case "refusal" -> refusal.append(part.path("refusal").asText(""));
-                    default -> { }
-                }
-            }
-        }
-
-        static ObjectNode toolCall(String id, String name, String arguments) {
-            ObjectNode tc = object();
-            tc.put("id", id);
-            tc.put("type", "function");
-            ObjectNode fn = tc.putObject("function");
-            fn.put("name", name);
-            fn.put("arguments", arguments);
-            return tc;
-        }
-
-        /**
-         * The translator is pure and sees resolved requests (the route puts stored turns into 'input'), so anything
-         * that still refers to a stored response or conversation is refused with a clear 400 rather than silently
-         * answered without its context.
-         */
-        private static void rejectStateful(JsonNode in) {
-            for (String field : List.of("previous_response_id", "conversation")) {
-                if (present(in, field)) {
-                    throw invalid(field, "'" + field + "' must be resolved before translation to chat completions; "
-                        + "send the whole conversation in 'input'.");
-                }
-            }
-            if (present(in, "prompt")) {
-                throw invalid("prompt", "'prompt' refers to a prompt stored at OpenAI, which copilot-api cannot read; "
-                    + "send 'instructions' and 'input' instead.");
-            }
-            if (in.path("background").asBoolean(false)) {
-                throw invalid("background", "'background: true' is not supported: copilot-api keeps no responses to poll.");
-            }
-        }
-
-        private static void tools(JsonNode in, ObjectNode out, List<String> notes) {
-            ArrayNode tools = array();
-            Set<String> offered = new LinkedHashSet<>();
-            for (JsonNode t : in.path("tools")) {
-                String type = t.path("type").asText("");
-                String name = t.path("name").asText("");
-                if (type.equals("function")) {
-                    tools.addObject().put("type", "function").set("function", function(t));
-                    offered.add(name);
-                } else if (type.equals("custom")) {
-                    tools.addObject().put("type", "function")
-                        .set("function", CustomTools.asFunction(name, t.path("description").asText(null), t.path("format")));
-                    offered.add(name);
-                    notes.add("custom tool '" + name + "' offered as a function with one string parameter 'input'");
-                } else {
-                    notes.add("dropped built-in tool '" + type + "': " + (BUILT_IN_TOOLS.contains(type)
-                        ? "Copilot runs no hosted tools for chat models" : "unknown tool type"));
-                }
-            }
-            if (tools.isEmpty()) {
-                if (in.has("tool_choice")) notes.add("dropped 'tool_choice': no tool is left to choose");
-                return;
-            }
-            out.set("tools", tools);
-            if (in.has("tool_choice")) {
-                JsonNode choice = toolChoice(in.get("tool_choice"), offered, notes);
-                if (choice != null) out.set("tool_choice", choice);
-            }
-            if (in.path("parallel_tool_calls").isBoolean()) out.set("parallel_tool_calls", in.get("parallel_tool_calls"));
-        }
-
-        private static ObjectNode function(JsonNode t) {
-            ObjectNode fn = object();
-            fn.put("name", t.path("name").asText(""));
-            if (t.path("description").isTextual()) fn.set("description", t.get("description"));
-            fn.set("parameters", t.path("parameters").isObject() ? t.get("parameters").deepCopy() : emptySchema());
-            if (t.path("strict").isBoolean()) fn.set("strict", t.get("strict"));
-            return fn;
-        }
-
-        private static JsonNode toolChoice(JsonNode choice, Set<String> offered, List<String> notes) {
-            if (choice.isTextual()) return choice;
-            String type = choice.path("type").asText("");
-            if (type.equals("function") || type.equals("custom")) {
-                String name = choice.path("name").asText("");
-                if (!offered.contains(name)) {
-                    notes.add("dropped 'tool_choice': tool '" + name + "' is not offered");
-                    return null;
-                }
-                ObjectNode c = object();
-                c.put("type", "function");
-                c.putObject("function").put("name", name);
-                return c;
-            }
-            if (type.equals("allowed_tools")) {
-                notes.add("'tool_choice' allowed_tools sent as '" + choice.path("mode").asText("auto") + "' over all tools");
-                return JSON.getNodeFactory().textNode(choice.path("mode").asText("auto"));
-            }
-            notes.add("dropped 'tool_choice' of type '" + type + "': that tool is not available");
-            return null;
-        }
-
-        private static void limits(JsonNode in, ObjectNode out, List<String> notes) {
-            if (in.path("max_output_tokens").isNumber()) out.put("max_tokens", in.path("max_output_tokens").asInt());
-            for (String f : List.of("temperature", "top_p", "user")) {
-                if (in.has(f) && !in.get(f).isNull()) out.set(f, in.get(f).deepCopy());
-            }
-            if (in.path("stream").asBoolean(false)) {
-                out.put("stream", true);
-                out.putObject("stream_options").put("include_usage", true);
-            }
-            if (in.path("reasoning").path("effort").isTextual()) out.put("reasoning_effort", in.path("reasoning").path("effort").asText());
-            JsonNode format = in.path("text").path("format");
-            switch (format.path("type").asText("text")) {
-                case "json_schema" -> {
-                    ObjectNode rf = out.putObject("response_format");
-                    rf.put("type", "json_schema");
-                    ObjectNode schema = rf.putObject("json_schema");
-                    for (String f : List.of("name", "description", "schema", "strict")) {
-                        if (format.has(f)) schema.set(f, format.get(f).deepCopy());
-                    }
-                }
-                case "json_object" -> out.putObject("response_format").put("type", "json_object");
-                default -> { }
-            }
-            if (in.path("text").has("verbosity")) notes.add("dropped 'text.verbosity': chat models have no verbosity setting");
-        }
-
-        private static void ignored(JsonNode in, List<String> notes) {
-            in.fieldNames().forEachRemaining(f -> {
-                if (HANDLED.contains(f) || in.get(f).isNull()) return;
-                if (f.equals("background")) return;
-                notes.add("dropped '" + f + "': " + IGNORED.getOrDefault(f, "not supported when translating to chat completions"));
-            });
-        }
-
-        /**
-         * Input items to chat messages. Assistant-side items that follow each other (reasoning, assistant message,
-         * function calls) are gathered into one assistant message, as chat and Claude want them.
-         */
-        private static final class InputItems {
-            private final ArrayNode messages;
-            private final List<String> notes;
-            private ObjectNode assistant;
-
-            InputItems(ArrayNode messages, List<String> notes) {
-                this.messages = messages;
-                this.notes = notes;
-            }
-
-            void addAll(JsonNode input) {
-                if (input.isTextual()) {
-                    messages.addObject().put("role", "user").put("content", input.asText());
-                    return;
-                }
-                if (!input.isArray()) throw invalid("input", "'input' must be a string or an array of input items");
-                for (JsonNode item : input) add(item);
-                flush();
-            }
-
-            private void add(JsonNode item) {
-                String type = item.path("type").asText(item.has("role") ? "message" : "");
-                switch (type) {
-                    case "message" -> message(item);
-                    case "reasoning" -> reasoning(item);
-                    case "function_call" -> call(item, nonEmpty(item.path("arguments").asText(""), "{}"));
-                    case "custom_tool_call" -> call(item, CustomTools.arguments(item.path("input").asText("")));
-                    case "function_call_output", "custom_tool_call_output" -> toolResult(item);
-                    case "item_reference" -> throw invalid("input", "input items of type 'item_reference' refer to stored items, "
-                        + "which the route resolves from the store before translating; send the items themselves");
-                    default -> notes.add("dropped input item of type '" + type + "': it has no chat completions equivalent");
-                }
-            }
-
-            private void message(JsonNode item) {
-                String role = item.path("role").asText("user");
-                JsonNode content = item.path("content");
-                switch (role) {
-                    case "assistant" -> {
-                        String text = assistantText(content);
-                        if (text.isEmpty()) return;
-                        ObjectNode a = assistant();
-                        a.put("content", a.path("content").asText("") + text);
-                    }
-                    case "user" -> {
-                        flush();
-                        messages.addObject().put("role", "user").set("content", userContent(content));
-                    }
-                    case "system", "developer" -> {
-                        flush();
-                        messages.addObject().put("role", "system").put("content", plainText(content, "input"));
-                    }
-                    default -> throw invalid("input", "unknown message role '" + role + "'");
-                }
-            }
-
-            private void reasoning(JsonNode item) {
-                String id = item.path("id").asText("");
-                String encrypted = item.path("encrypted_content").asText(null);
-                Optional<String> opaque = ReasoningOpaque.unwrapChat(encrypted);
-                if (encrypted != null && opaque.isEmpty()) {
-                    notes.add("dropped reasoning item '" + id + "': its encrypted content comes from a Responses model "
-                        + "and a chat model cannot verify it");
-                    return;
-                }
-                if (assistant != null && (assistant.has("content") || assistant.has("tool_calls") || assistant.has("reasoning_opaque"))) flush();
-                ObjectNode a = assistant();
-                String text = String.join("\n\n", summaryTexts(item));
-                if (!text.isEmpty()) a.put("reasoning_text", a.has("reasoning_text") ? a.get("reasoning_text").asText() + "\n\n" + text : text);
-                opaque.ifPresent(s -> a.put("reasoning_opaque", s));
-            }
-
-            private void call(JsonNode item, String arguments) {
-                String callId = item.path("call_id").asText(item.path("id").asText(""));
-                if (callId.isEmpty()) throw invalid("input", "a '" + item.path("type").asText() + "' input item needs a 'call_id'");
-                assistant().withArray("tool_calls").add(toolCall(callId, item.path("name").asText(""), arguments));
-            }
-
-            private void toolResult(JsonNode item) {
-                flush();
-                ObjectNode m = messages.addObject();
-                m.put("role", "tool");
-                m.put("tool_call_id", item.path("call_id").asText(""));
-                JsonNode output = item.path("output");
-                m.set("content", output.isTextual() ? output : toolOutput(output));
-            }
-
-            private JsonNode toolOutput(JsonNode output) {
-                if (!output.isArray()) return JSON.getNodeFactory().textNode(output.isMissingNode() || output.isNull() ? "" : output.toString());
-                ArrayNode parts = array();
-                for (JsonNode part : output) parts.add(contentPart(part));
-                if (parts.size() == 1 && parts.get(0).path("type").asText().equals("text")) return parts.get(0).get("text");
-                return parts;
-            }
-
-            private ObjectNode assistant() {
-                if (assistant == null) {
-                    assistant = object();
-                    assistant.put("role", "assistant");
-                }
-                return assistant;
-            }
-
-            private void flush() {
-                if (assistant == null) return;
-                ObjectNode a = assistant;
-                assistant = null;
-                if (!a.has("content") && !a.has("tool_calls")) {
-                    notes.add("dropped reasoning that no assistant message or tool call followed");
-                    return;
-                }
-                ObjectNode m = messages.addObject();
-                m.put("role", "assistant");
-                m.set("content", a.has("content") ? a.get("content") : null);
-                for (String f : List.of("reasoning_text", "reasoning_opaque", "tool_calls")) if (a.has(f)) m.set(f, a.get(f));
-            }
-
-            private JsonNode userContent(JsonNode content) {
-                if (content.isTextual()) return content;
-                ArrayNode parts = array();
-                for (JsonNode part : content) parts.add(contentPart(part));
-                if (parts.size() == 1 && parts.get(0).path("type").asText().equals("text")) return parts.get(0).get("text");
-                return parts;
-            }
-
-            private static String assistantText(JsonNode content) {
-                if (content.isTextual()) return content.asText();
-                StringBuilder b = new StringBuilder();
-                for (JsonNode part : content) {
-                    if (part.path("text").isTextual()) b.append(part.path("text").asText());
-                    else if (part.path("refusal").isTextual()) b.append(part.path("refusal").asText());
-                }
-                return b.toString();
-            }
-        }
-
-        /** One Responses content part as a chat content part: text or image_url. */
-        static ObjectNode contentPart(JsonNode part) {
-            String type = part.path("type").asText("");
-            switch (type) {
-                case "input_text", "output_text", "text" -> {
-                    ObjectNode p = object();
-                    p.put("type", "text");
-                    p.put("text", part.path("text").asText(""));
-                    return p;
-                }
-                case "input_image" -> {
-                    if (!part.path("image_url").isTextual()) {
-                        throw invalid("input", "images given by 'file_id' are not supported: copilot-api cannot read OpenAI "
-                            + "files; send the image as a data URL or https URL in 'image_url'");
-                    }
-                    ObjectNode p = object();
-                    p.put("type", "image_url");
-                    ObjectNode url = p.putObject("image_url");
-                    url.put("url", part.path("image_url").asText());
-                    if (part.path("detail").isTextual()) url.put("detail", part.path("detail").asText());
-                    return p;
-                }
-                case "input_file" -> {
-                    return fileAsText(part);
-                }
-                default -> throw invalid("input", "content parts of type '" + type + "' are not supported for this model");
-            }
-        }
-
-        /** A text file sent as a data URL becomes a text part; anything else cannot reach a chat model. */
-        private static ObjectNode fileAsText(JsonNode part) {
-            String data = part.path("file_data").asText("");
-            java.util.regex.Matcher m = java.util.regex.Pattern.compile("^data:(text/[^;,]+|application/json)(;[^,]*)?,(.*)$",
-                java.util.regex.Pattern.DOTALL).matcher(data);
-            if (!m.matches()) {
-                throw invalid("input", "'input_file' parts are only supported for text files sent as data URLs "
-                    + "(file_data: data:text/...); chat models on Copilot cannot read other files");
-            }
-            String body = m.group(2) != null && m.group(2).contains(";base64")
-                ? new String(java.util.Base64.getMimeDecoder().decode(m.group(3)), java.nio.charset.StandardCharsets.UTF_8)
-                : java.net.URLDecoder.decode(m.group(3), java.nio.charset.StandardCharsets.UTF_8);
-            ObjectNode p = object();
-            p.put("type", "text");
-            String name = part.path("filename").asText("");
-            p.put("text", name.isEmpty() ? body : name + ":\n" + body);
-            return p;
-        }
-
-        /** The text of a system or developer message, from a string or text parts joined by blank lines. */
-        static String plainText(JsonNode content, String param) {
-            if (content.isTextual()) return content.asText();
-            List<String> texts = new ArrayList<>();
-            for (JsonNode part : content) {
-                if (!part.path("text").isTextual()) {
-                    throw invalid(param, "system and developer messages may only contain text, not '" + part.path("type").asText() + "'");
-                }
-                texts.add(part.path("text").asText());
-            }
-            return String.join("\n\n", texts);
-        }
-    }
-
-    // Responses: Chat answer out, Responses answer in (chat-only models)
-
-    /** A chat completion (Copilot's, possibly with split choices) as a Responses {@code response} object. */
-    static final class ChatToResponses {
-        static ObjectNode response(JsonNode chatCompletion, ObjectNode originalRequest, IdClock clock) {
-            JsonNode merged = ChatNormalizer.response(chatCompletion, true);
-            JsonNode choice = merged.path("choices").path(0);
-            JsonNode message = choice.path("message");
-            String finish = choice.path("finish_reason").asText("stop");
-            Set<String> custom = CustomTools.names(originalRequest);
-            ObjectNode r = ResponseObject.build(originalRequest, clock.id("resp_"), createdAt(chatCompletion, clock),
-                modelOf(chatCompletion, originalRequest), "completed");
-            ArrayNode output = r.withArray("output");
-            String text = message.path("content").isTextual() ? message.path("content").asText() : "";
-            String refusal = message.path("refusal").asText("");
-            boolean truncated = finish.equals("length") || finish.equals("content_filter");
-            reasoningItem(message, clock).ifPresent(output::add);
-            if (!text.isEmpty() || !refusal.isEmpty() || message.path("tool_calls").isEmpty()) {
-                output.add(OutputItems.message(clock.id("msg_"), text, refusal, truncated ? "incomplete" : "completed"));
-            }
-            for (JsonNode tc : message.path("tool_calls")) {
-                String name = tc.path("function").path("name").asText("");
-                String callId = tc.path("id").isTextual() && !tc.path("id").asText().isEmpty() ? tc.path("id").asText() : clock.id("call_");
-                String args = tc.path("function").path("arguments").asText("");
-                output.add(custom.contains(name)
-                    ? OutputItems.customCall(clock.id("ctc_"), callId, name, CustomTools.input(args))
-                    : OutputItems.functionCall(clock.id("fc_"), callId, name, nonEmpty(args, "{}"), "completed"));
-            }
-            if (truncated) ResponseObject.incomplete(r, finish.equals("length") ? "max_output_tokens" : "content_filter");
-            if (chatCompletion.path("usage").isObject()) r.set("usage", Usage.toResponses(chatCompletion.get("usage")));
-            return r;
-        }
-
-        private static Optional<ObjectNode> reasoningItem(JsonNode message, IdClock clock) {
-            String text = message.path("reasoning_text").asText("");
-            String opaque = message.path("reasoning_opaque").asText("");
-            if (text.isEmpty() && opaque.isEmpty()) return Optional.empty();
-            return Optional.of(OutputItems.reasoning(clock.id("rs_"), text, opaque.isEmpty() ? null : ReasoningOpaque.wrapChat(opaque)));
-        }
-
-        static long createdAt(JsonNode chat, IdClock clock) {
-            long created = chat.path("created").asLong(0);
-            return created > 0 ? created : clock.epochSeconds();
-        }
-
-        static String modelOf(JsonNode chat, JsonNode request) {
-            String model = chat.path("model").asText("");
-            return model.isEmpty() ? request.path("model").asText("") : model;
-        }
-    }
-
-    /** Output items in the shapes of the Responses API, shared by the answer and the stream translators. */
-    static final class OutputItems {
-        static ObjectNode reasoning(String id, String summary, String encryptedContent) {
-            ObjectNode item = object();
-            item.put("id", id);
-            item.put("type", "reasoning");
-            ArrayNode s = item.putArray("summary");
-            if (!summary.isEmpty()) s.add(summaryPart(summary));
-            if (encryptedContent != null) item.put("encrypted_content", encryptedContent);
-            return item;
-        }
-
-        static ObjectNode message(String id, String text, String refusal, String status) {
-            ObjectNode item = object();
-            item.put("id", id);
-            item.put("type", "message");
-            item.put("status", status);
-            item.put("role", "assistant");
-            ArrayNode content = item.putArray("content");
-            if (!text.isEmpty() || refusal.isEmpty()) content.add(textPart(text));
-            if (!refusal.isEmpty()) content.add(refusalPart(refusal));
-            return item;
-        }
-
-        static ObjectNode functionCall(String id, String callId, String name, String arguments, String status) {
-            ObjectNode item = object();
-            item.put("id", id);
-            item.put("type", "function_call");
-            item.put("status", status);
-            item.put("arguments", arguments);
-            item.put("call_id", callId);
-            item.put("name", name);
-            return item;
-        }
-
-        static ObjectNode customCall(String id, String callId, String name, String input) {
-            ObjectNode item = object();
-            item.put("id", id);
-            item.put("type", "custom_tool_call");
-            item.put("call_id", callId);
-            item.put("name", name);
-            item.put("input", input);
-            return item;
-        }
-
-        static ObjectNode textPart(String text) {
-            ObjectNode p = object();
-            p.put("type", "output_text");
-            p.put("text", text);
-            p.putArray("annotations");
-            p.putArray("logprobs");
-            return p;
-        }
-
-        static ObjectNode refusalPart(String refusal) {
-            ObjectNode p = object();
-            p.put("type", "refusal");
-            p.put("refusal", refusal);
-            return p;
-        }
-
-        static ObjectNode summaryPart(String text) {
-            ObjectNode p = object();
-            p.put("type", "summary_text");
-            p.put("text", text);
-            return p;
-        }
-    }
-
-    /**
-     * Chat chunks (Copilot's raw stream) to Responses events, one instance per request. Feed every chunk to
-     * {@link #onChunk}; at the end of the upstream stream call {@link #finish}, or {@link #fail} if it broke.
-     *
-     * <p>Events: {@code response.created}, {@code response.in_progress}, then per output item {@code output_item.added},
-     * its part and delta events, {@code output_item.done}, and last exactly one of {@code response.completed},
-     * {@code response.incomplete} (the token limit or the content filter stopped the answer) or {@code response.failed}.
-     * Every event has a {@code sequence_number} counting from 0.
-     *
-     * <p>Only one item is open at a time, as the real API does. Reasoning and text stream live. The first tool call
-     * streams live; once a tool call is open nothing else can be opened before the end of the stream (its fragments
-     * may still be coming, interleaved with others), so later tool calls and any text after them are held and
-     * written whole, in arrival order, by {@link #finish}. Tool calls are keyed by (choice index, tool call index), so
-     * indices from 1 and calls in a second choice are fine. A custom tool's input is written when its call closes,
-     * because it is the {@code input} string inside JSON arguments.
-     */
-    static final class ChatStreamToResponses {
-        private final ResponseEventWriter writer;
-        private final IdClock clock;
-        private final Set<String> customNames;
-        private final String requestModel;
-        private boolean started;
-        private boolean ended;
-        private StreamItem open;
-        private final List<StreamItem> held = new ArrayList<>();
-        private final Map<String, StreamItem> calls = new HashMap<>();
-        private final ChatChunks.ToolKeys toolKeys = new ChatChunks.ToolKeys();
-        private JsonNode usage;
-        private String stopReason;
-
-        ChatStreamToResponses(ObjectNode originalRequest, IdClock clock) {
-            this.writer = new ResponseEventWriter(originalRequest, clock);
-            this.clock = clock;
-            this.customNames = CustomTools.names(originalRequest);
-            this.requestModel = originalRequest.path("model").asText("");
-        }
-
-        List<ObjectNode> onChunk(JsonNode chunk) {
-            if (ended) return List.of();
-            if (chunk.path("error").isObject()) return fail(chunk.path("error").path("message").asText("upstream error"));
-            if (chunk.path("usage").isObject()) usage = chunk.get("usage");
-            if (chunk.path("choices").isEmpty()) return List.of();
-            start(chunk);
-            for (JsonNode choice : chunk.path("choices")) {
-                JsonNode delta = choice.path("delta");
-                String reasoning = delta.path("reasoning_text").asText("");
-                if (!reasoning.isEmpty()) reasoningText(reasoning);
-                String opaque = delta.path("reasoning_opaque").asText("");
-                if (!opaque.isEmpty()) reasoningOpaque(opaque);
-                String content = delta.path("content").asText("");
-                if (!content.isEmpty()) text(content, false);
-                String refusal = delta.path("refusal").asText("");
-                if (!refusal.isEmpty()) text(refusal, true);
-                for (JsonNode tc : delta.path("tool_calls")) toolFragment(choice.path("index").asInt(0), tc);
-                String finish = choice.path("finish_reason").asText("");
-                if (finish.equals("length")) stopReason = "max_output_tokens";
-                else if (finish.equals("content_filter") && stopReason == null) stopReason = "content_filter";
-            }
-            return writer.drain();
-        }
-
-        /** At the end of the upstream stream: closes the open item, writes the held ones, then the terminal event. */
-        List<ObjectNode> finish() {
-            if (ended) return List.of();
-            start(null);
-            List<StreamItem> rest = new ArrayList<>();
-            if (open != null) rest.add(open);
-            rest.addAll(held);
-            if (rest.isEmpty()) rest.add(new StreamItem(Kind.MESSAGE));
-            for (int i = 0; i < rest.size(); i++) {
-                StreamItem item = rest.get(i);
-                if (item != open) writer.replay(item);
-                writer.close(item, stopReason != null && i == rest.size() - 1 ? State.INCOMPLETE : State.COMPLETED);
-            }
-            open = null;
-            held.clear();
-            writer.end(stopReason, usage);
-            ended = true;
-            return writer.drain();
-        }
-
-        /** The upstream broke: ends the stream with {@code response.failed}, keeping the output written so far. */
-        List<ObjectNode> fail(String message) {
-            if (ended) return List.of();
-            start(null);
-            writer.fail(message, open, usage);
-            ended = true;
-            return writer.drain();
-        }
-
-        /** Lifecycle events come with the first chunk that has choices: Copilot's first, empty one names no model. */
-        private void start(JsonNode chunk) {
-            if (started) return;
-            started = true;
-            long created = chunk == null ? 0 : chunk.path("created").asLong(0);
-            String model = chunk == null ? "" : chunk.path("model").asText("");
-            writer.start(created > 0 ? created : clock.epochSeconds(), model.isEmpty() ? requestModel : model);
-        }
-
-        /** True once a tool call is open or anything is held: from then on new output waits for {@link #finish}. */
-        private boolean holding() {
-            return !held.isEmpty() || (open != null && open.kind.isCall());
-        }
-
-        /** Reasoning text after a signature starts a new reasoning item: the signature belongs to the text before it. */
-        private void reasoningText(String s) {
-            if (holding()) {
-                StreamItem r = heldItem(Kind.REASONING);
-                if (r.extra.length() > 0) held.add(r = new StreamItem(Kind.REASONING));
-                r.text.append(s);
-                return;
-            }
-            if (open != null && open.kind == Kind.REASONING && open.extra.length() > 0) closeOpen();
-            StreamItem r = live(Kind.REASONING);
-            r.text.append(s);
-            writer.summaryDelta(r, s);
-        }
-
-        private void reasoningOpaque(String s) {
-            (holding() ? heldItem(Kind.REASONING) : live(Kind.REASONING)).extra.append(s);
-        }
-
-        /** Text streams live; a refusal is kept and written as its own part when the message closes. */
-        private void text(String s, boolean refusal) {
-            StreamItem m = holding() ? heldItem(Kind.MESSAGE) : live(Kind.MESSAGE);
-            (refusal ? m.extra : m.text).append(s);
-            if (!refusal && m == open) writer.textDelta(m, s);
-        }
-
-        private void toolFragment(int choice, JsonNode tc) {
-            String key = toolKeys.key(choice, tc);
-            JsonNode fn = tc.path("function");
-            StreamItem call = calls.get(key);
-            if (call == null) {
-                call = new StreamItem(Kind.FUNCTION_CALL);
-                call.callId = tc.path("id").asText("");
-                call.name.append(fn.path("name").asText(""));
-                calls.put(key, call);
-                if (call.name.length() == 0 || holding()) {
-                    held.add(call);
-                } else {
-                    closeOpen();
-                    open(call);
-                }
-            } else if (call != open && call.name.length() == 0) {
-                call.name.append(fn.path("name").asText(""));
-            }
-            String args = fn.path("arguments").isTextual() ? fn.path("arguments").asText() : "";
-            if (args.isEmpty()) return;
-            call.text.append(args);
-            if (call == open && call.kind == Kind.FUNCTION_CALL) writer.argumentsDelta(call, args);
-        }
-
-        private StreamItem heldItem(Kind kind) {
-            StreamItem last = held.isEmpty() ? null : held.get(held.size() - 1);
-            if (last != null && last.kind == kind) return last;
-            StreamItem item = new StreamItem(kind);
-            held.add(item);
-            return item;
-        }
-
-        /** The open item if it is of this kind, else a new open item (closing the current one). */
-        private StreamItem live(Kind kind) {
-            if (open != null && open.kind == kind) return open;
-            closeOpen();
-            StreamItem item = new StreamItem(kind);
-            open(item);
-            return item;
-        }
-
-        private void open(StreamItem item) {
-            if (item.kind.isCall()) item.kind = customNames.contains(item.name.toString()) ? Kind.CUSTOM_CALL : Kind.FUNCTION_CALL;
-            writer.add(item);
-            open = item;
-        }
-
-        private void closeOpen() {
-            if (open == null) return;
-            writer.close(open, State.COMPLETED);
-            open = null;
-        }
-    }
-
-    /** What a stream item is, and the id prefix the Responses API uses for it. */
-    enum Kind {
-        REASONING("rs_"), MESSAGE("msg_"), FUNCTION_CALL("fc_"), CUSTOM_CALL("ctc_");
-
-        final String idPrefix;
-
-        Kind(String idPrefix) {
-            this.idPrefix = idPrefix;
-        }
-
-        boolean isCall() {
-            return this == FUNCTION_CALL || this == CUSTOM_CALL;
-        }
-    }
-
-    /** Which JSON of an item: the one {@code output_item.added} carries, or its final state. */
-    enum State { ADDED, COMPLETED, INCOMPLETE }
-
-    /**
-     * One output item being built from chat deltas: {@code text} is the reasoning summary, the message text or the
-     * call's arguments; {@code extra} is the reasoning signature or the message's refusal.
-     */
-    static final class StreamItem {
-        Kind kind;
-        String id;
-        int outputIndex = -1;
-        String callId = "";
-        final StringBuilder name = new StringBuilder();
-        final StringBuilder text = new StringBuilder();
-        final StringBuilder extra = new StringBuilder();
-        boolean partOpen;
-        ObjectNode done;
-
-        StreamItem(Kind kind) {
-            this.kind = kind;
-        }
-
-        ObjectNode json(State state) {
-            boolean added = state == State.ADDED;
-            String status = added ? "in_progress" : state == State.INCOMPLETE ? "incomplete" : "completed";
-            return switch (kind) {
-                case REASONING -> OutputItems.reasoning(id, added ? "" : text.toString(),
-                    added || extra.length() == 0 ? null : ReasoningOpaque.wrapChat(extra.toString()));
-                case MESSAGE -> {
-                    ObjectNode m = OutputItems.message(id, added ? "" : text.toString(), added ? "" : extra.toString(), status);
-                    if (added) m.putArray("content");
-                    yield m;
-                }
-                case FUNCTION_CALL -> OutputItems.functionCall(id, callId, name.toString(), added ? "" : text.toString(), status);
-                case CUSTOM_CALL -> OutputItems.customCall(id, callId, name.toString(), added ? "" : CustomTools.input(text.toString()));
-            };
-        }
-    }
-
-    /**
-     * Writes the Responses events of one stream: sequence numbers, lifecycle events with the full response object,
-     * items added in output order, their parts and deltas, items done. Events collect until {@link #drain}.
-     */
-    static final class ResponseEventWriter {
-        private final ObjectNode request;
-        private final IdClock clock;
-        private final String responseId;
-        private long createdAt;
-        private String model;
-        private int sequence;
-        private final List<StreamItem> items = new ArrayList<>();
-        private List<ObjectNode> out = new ArrayList<>();
-
-        ResponseEventWriter(ObjectNode request, IdClock clock) {
-            this.request = request;
-            this.clock = clock;
-            this.responseId = clock.id("resp_");
-        }
-
-        List<ObjectNode> drain() {
-            List<ObjectNode> events = out;
-            out = new ArrayList<>();
-            return events;
-        }
-
-        void start(long createdAt, String model) {
-            this.createdAt = createdAt;
-            this.model = model;
-            event("response.created").set("response", snapshot("in_progress"));
-            event("response.in_progress").set("response", snapshot("in_progress"));
-        }
-
-        /** {@code response.completed}, or {@code response.incomplete} with the reason the answer stopped. */
-        void end(String incompleteReason, JsonNode chatUsage) {
-            ObjectNode r = snapshot("completed");
-            if (incompleteReason != null) ResponseObject.incomplete(r, incompleteReason);
-            if (chatUsage != null) r.set("usage", Usage.toResponses(chatUsage));
-            event(incompleteReason != null ? "response.incomplete" : "response.completed").set("response", r);
-        }
-
-        /** {@code response.failed}: the items done so far and the open one as incomplete, and the error. */
-        void fail(String message, StreamItem open, JsonNode chatUsage) {
-            ObjectNode r = snapshot("failed");
-            if (open != null) r.withArray("output").add(open.json(State.INCOMPLETE));
-            ObjectNode error = r.putObject("error");
-            error.put("code", "server_error");
-            error.put("message", message);
-            if (chatUsage != null) r.set("usage", Usage.toResponses(chatUsage));
-            event("response.failed").set("response", r);
-        }
-
-        void add(StreamItem item) {
-            if (item.kind.isCall() && item.callId.isEmpty()) item.callId = clock.id("call_");
-            item.id = clock.id(item.kind.idPrefix);
-            item.outputIndex = items.size();
-            items.add(item);
-            event("response.output_item.added").put("output_index", item.outputIndex).set("item", item.json(State.ADDED));
-        }
-
-        /** A held item, whole: added, then its part and one delta with all its text. */
-        void replay(StreamItem item) {
-            add(item);
-            String text = item.text.toString();
-            if (text.isEmpty()) return;
-            switch (item.kind) {
-                case REASONING -> summaryDelta(item, text);
-                case MESSAGE -> textDelta(item, text);
-                case FUNCTION_CALL -> argumentsDelta(item, text);
-                case CUSTOM_CALL -> { }
-            }
-        }
-
-        void summaryDelta(StreamItem r, String s) {
-            if (!r.partOpen) {
-                r.partOpen = true;
-                summaryEvent("response.reasoning_summary_part.added", r).set("part", OutputItems.summaryPart(""));
-            }
-            summaryEvent("response.reasoning_summary_text.delta", r).put("delta", s);
-        }
-
-        void textDelta(StreamItem m, String s) {
-            if (!m.partOpen) {
-                m.partOpen = true;
-                partEvent("response.content_part.added", m, 0).set("part", OutputItems.textPart(""));
-            }
-            partEvent("response.output_text.delta", m, 0).put("delta", s).putArray("logprobs");
-        }
-
-        void argumentsDelta(StreamItem call, String s) {
-            itemEvent("response.function_call_arguments.delta", call).put("delta", s);
-        }
-
-        void close(StreamItem item, State state) {
-            switch (item.kind) {
-                case REASONING -> closeReasoning(item);
-                case MESSAGE -> closeMessage(item);
-                case FUNCTION_CALL -> {
-                    if (item.text.length() == 0) {
-                        item.text.append("{}");
-                        argumentsDelta(item, "{}");
-                    }
-                    itemEvent("response.function_call_arguments.done", item).put("arguments", item.text.toString());
-                }
-                case CUSTOM_CALL -> {
-                    String input = CustomTools.input(item.text.toString());
-                    if (!input.isEmpty()) itemEvent("response.custom_tool_call_input.delta", item).put("delta", input);
-                    itemEvent("response.custom_tool_call_input.done", item).put("input", input);
-                }
-            }
-            item.done = item.json(state);
-            event("response.output_item.done").put("output_index", item.outputIndex).set("item", item.done.deepCopy());
-        }
-
-        private void closeReasoning(StreamItem r) {
-            if (!r.partOpen) return;
-            summaryEvent("response.reasoning_summary_text.done", r).put("text", r.text.toString());
-            summaryEvent("response.reasoning_summary_part.done", r).set("part", OutputItems.summaryPart(r.text.toString()));
-        }
-
-        /** The text part (opened now if no text came, unless the message is only a refusal), then the refusal part. */
-        private void closeMessage(StreamItem m) {
-            String text = m.text.toString();
-            String refusal = m.extra.toString();
-            if (!m.partOpen && (refusal.isEmpty() || !text.isEmpty())) {
-                m.partOpen = true;
-                partEvent("response.content_part.added", m, 0).set("part", OutputItems.textPart(""));
-            }
-            if (m.partOpen) {
-                partEvent("response.output_text.done", m, 0).put("text", text).putArray("logprobs");
-                partEvent("response.content_part.done", m, 0).set("part", OutputItems.textPart(text));
-            }
-            if (refusal.isEmpty()) return;
-            int index = m.partOpen ? 1 : 0;
-            partEvent("response.content_part.added", m, index).set("part", OutputItems.refusalPart(""));
-            partEvent("response.refusal.delta", m, index).put("delta", refusal);
-            partEvent("response.refusal.done", m, index).put("refusal", refusal);
-            partEvent("response.content_part.done", m, index).set("part", OutputItems.refusalPart(refusal));
-        }
-
-        private ObjectNode snapshot(String status) {
-            ObjectNode r = ResponseObject.build(request, responseId, createdAt, model, status);
-            ArrayNode output = r.withArray("output");
-            if (!status.equals("in_progress")) for (StreamItem item : items) if (item.done != null) output.add(item.done.deepCopy());
-            return r;
-        }
-
-        private ObjectNode event(String type) {
-            ObjectNode e = object();
-            e.put("type", type);
-            e.put("sequence_number", sequence++);
-            out.add(e);
-            return e;
-        }
-
-        private ObjectNode itemEvent(String type, StreamItem item) {
-            ObjectNode e = event(type);
-            e.put("item_id", item.id);
-            e.put("output_index", item.outputIndex);
-            return e;
-        }
-
-        private ObjectNode partEvent(String type, StreamItem item, int contentIndex) {
-            return itemEvent(type, item).put("content_index", contentIndex);
-        }
-
-        private ObjectNode summaryEvent(String type, StreamItem item) {
-            return itemEvent(type, item).put("summary_index", 0);
-        }
-    }
-
-    // Responses: Chat request in, Responses request out (responses-only models)
-
-    /**
-     * Chat requests (inbound chat, or Anthropic translated to chat) to Responses requests for models Copilot serves
-     * only on {@code /responses}.
-     *
-     * <p>Leading system and developer messages become {@code instructions} (joined by blank lines), which is where
-     * Responses models expect their system prompt; system messages later in the conversation become {@code developer}
-     * message items at their place, so their order is kept. Requests always say {@code store: false} and ask for
-     * {@code reasoning.encrypted_content}: copilot-api is stateless, and reasoning can only come back in later turns
-     * through {@link ReasoningOpaque}.
-     */
-    static final class ChatToResponsesRequest {
-        private static final List<String> HANDLED = List.of("model", "messages", "tools", "tool_choice", "parallel_tool_calls",
-            "max_tokens", "max_completion_tokens", "reasoning_effort", "thinking_budget", "response_format", "verbosity",
-            "stream", "user", "n");
-        private static final Map<String, String> IGNORED = Map.ofEntries(
-            Map.entry("temperature", "reasoning models of the Responses API reject sampling settings"),
-            Map.entry("top_p", "reasoning models of the Responses API reject sampling settings"),
-            Map.entry("stop", "the Responses API has no stop sequences"),
-            Map.entry("stream_options", "usage is always reported"),
-            Map.entry("logprobs", "log probabilities are not translated"),
-            Map.entry("top_logprobs", "log probabilities are not translated"),
-            Map.entry("seed", "the Responses API has no seed"),
-            Map.entry("frequency_penalty", "the Responses API has no penalties"),
-            Map.entry("presence_penalty", "the Responses API has no penalties"),
-            Map.entry("logit_bias", "the Responses API has no logit bias"),
-            Map.entry("metadata", "nothing is stored (store: false)"),
-            Map.entry("store", "copilot-api always sends store: false"),
-            Map.entry("service_tier", "Copilot has one service tier"),
-            Map.entry("prompt_cache_key", "not forwarded to Copilot"));
-        static final int MIN_OUTPUT_TOKENS = 16;
-
-        static Translated request(ObjectNode chat) {
-            List<String> notes = new ArrayList<>();
-            reject(chat);
-            ObjectNode out = object();
-            if (chat.has("model")) out.set("model", chat.get("model").deepCopy());
-            Messages m = new Messages(notes);
-            JsonNode messages = chat.path("messages");
-            if (!messages.isArray() || messages.isEmpty()) throw invalid("messages", "'messages' must be a non-empty array");
-            m.addAll(messages);
-            if (m.instructions.length() > 0) out.put("instructions", m.instructions.toString());
-            out.set("input", m.input);
-            tools(chat, out, notes);
-            limits(chat, out, notes);
-            out.put("store", false);
-            out.putArray("include").add("reasoning.encrypted_content");
-            if (chat.path("stream").asBoolean(false)) out.put("stream", true);
-            if (chat.path("user").isTextual()) out.set("user", chat.get("user"));
-            chat.fieldNames().forEachRemaining(f -> {
-                if (HANDLED.contains(f) || chat.get(f).isNull()) return;
-                notes.add("dropped '" + f + "': " + IGNORED.getOrDefault(f, "not supported by the Responses API"));
-            });
-            return new Translated(out, notes);
-        }
-
-        private static void reject(JsonNode chat) {
-            if (chat.path("n").asInt(1) > 1) throw invalid("n", "'n' greater than 1 is not supported for this model: the Responses API returns one answer");
-            if (chat.has("functions") || chat.has("function_call")) {
-                throw invalid("functions", "the deprecated 'functions' and 'function_call' are not supported for this model; use 'tools' and 'tool_choice'");
-            }
-            for (String f : List.of("audio", "modalities", "prediction")) {
-                JsonNode v = chat.path(f);
-                if (!v.isMissingNode() && !v.isNull() && !(f.equals("modalities") && v.size() == 1 && v.get(0).asText().equals("text"))) {
-                    throw invalid(f, "'" + f + "' is not supported for this model");
-                }
-            }
-        }
-
-        private static void tools(JsonNode chat, ObjectNode out, List<String> notes) {
-            ArrayNode tools = array();
-            for (JsonNode t : chat.path("tools")) {
-                String type = t.path("type").asText("function");
-                if (type.equals("function")) {
-                    tools.add(flatFunction(t.path("function")));
-                } else if (type.equals("custom")) {
-                    JsonNode c = t.path("custom");
-                    ObjectNode fn = CustomTools.asFunction(c.path("name").asText(""), c.path("description").asText(null), c.path("format"));
-                    tools.add(flatFunction(fn));
-                    notes.add("custom tool '" + c.path("name").asText() + "' offered as a function with one string parameter 'input'");
-                } else {
-                    notes.add("dropped tool of type '" + type + "'");
-                }
-            }
-            if (tools.isEmpty()) return;
-            out.set("tools", tools);
-            JsonNode choice = chat.path("tool_choice");
-            if (choice.isTextual()) out.set("tool_choice", choice);
-            else if (choice.isObject()) out.set("tool_choice", toolChoice(choice, notes));
-            if (chat.path("parallel_tool_calls").isBoolean()) out.set("parallel_tool_calls", chat.get("parallel_tool_calls"));
-        }
-
-        /** A chat function as a flat Responses tool; strict is false unless asked, since the Responses API defaults to true. */
-        private static ObjectNode flatFunction(JsonNode fn) {
-            ObjectNode t = object();
-            t.put("type", "function");
-            t.put("name", fn.path("name").asText(""));
-            if (fn.path("description").isTextual()) t.set("description", fn.get("description"));
-            t.set("parameters", fn.path("parameters").isObject() ? fn.get("parameters").deepCopy() : emptySchema());
-            t.put("strict", fn.path("strict").asBoolean(false));
-            return t;
-        }
-
-        private static JsonNode toolChoice(JsonNode choice, List<String> notes) {
-            String type = choice.path("type").asText("");
-            String name = choice.path(type).path("name").asText("");
-            if ((type.equals("function") || type.equals("custom")) && !name.isEmpty()) {
-                ObjectNode c = object();
-                c.put("type", "function");
-                c.put("name", name);
-                return c;
-            }
-            String mode = choice.path("allowed_tools").path("mode").asText("auto");
-            notes.add("'tool_choice' of type '" + type + "' sent as '" + mode + "'");
-            return JSON.getNodeFactory().textNode(mode);
-        }
-
-        private static void limits(JsonNode chat, ObjectNode out, List<String> notes) {
-            JsonNode max = chat.path("max_completion_tokens").isNumber() ? chat.get("max_completion_tokens") : chat.path("max_tokens");
-            if (max.isNumber()) {
-                int n = max.asInt();
-                if (n < MIN_OUTPUT_TOKENS) notes.add("max tokens " + n + " raised to " + MIN_OUTPUT_TOKENS + ", the Responses API minimum");
-                out.put("max_output_tokens", Math.max(n, MIN_OUTPUT_TOKENS));
-            }
-            ObjectNode reasoning = out.putObject("reasoning");
-            if (chat.path("reasoning_effort").isTextual()) {
-                reasoning.put("effort", chat.path("reasoning_effort").asText());
-            } else if (chat.path("thinking_budget").isNumber()) {
-                String effort = effortFor(chat.path("thinking_budget").asInt());
-                reasoning.put("effort", effort);
-                notes.add("'thinking_budget' " + chat.path("thinking_budget").asInt() + " sent as reasoning effort '" + effort + "'");
-            }
-            reasoning.put("summary", "auto");
-            JsonNode rf = chat.path("response_format");
-            String rfType = rf.path("type").asText("");
-            if (rfType.equals("json_schema")) {
-                ObjectNode format = out.putObject("text").putObject("format");
-                format.put("type", "json_schema");
-                JsonNode js = rf.path("json_schema");
-                for (String f : List.of("name", "description", "schema", "strict")) if (js.has(f)) format.set(f, js.get(f).deepCopy());
-            } else if (rfType.equals("json_object") || rfType.equals("text")) {
-                out.putObject("text").putObject("format").put("type", rfType);
-            }
-            if (chat.path("verbosity").isTextual()) out.withObjectProperty("text").set("verbosity", chat.get("verbosity"));
-        }
-
-        /** A Claude-style thinking budget as an effort level: below 4k low, below 16k medium, else high. */
-        static String effortFor(int budget) {
-            return budget < 4096 ? "low" : budget < 16384 ? "medium" : "high";
-        }
-
-        /** Chat messages to instructions and input items. */
-        private static final class Messages {
-            final StringBuilder instructions = new StringBuilder();
-            final ArrayNode input = array();
-            private final List<String> notes;
-            private boolean leading = true;
-
-            Messages(List<String> notes) {
-                this.notes = notes;
-            }
-
-            void addAll(JsonNode messages) {
-                for (JsonNode m : messages) add(m);
-            }
-
-            private void add(JsonNode m) {
-                String role = m.path("role").asText("");
-                switch (role) {
-                    case "system", "developer" -> system(ResponsesToChat.plainText(textContent(m.path("content")), "messages"));
-                    case "user" -> {
-                        leading = false;
-                        input.add(message("user", userParts(m.path("content"))));
-                    }
-                    case "assistant" -> {
-                        leading = false;
-                        assistant(m);
-                    }
-                    case "tool" -> {
-                        leading = false;
-                        ObjectNode o = input.addObject();
-                        o.put("type", "function_call_output");
-                        o.put("call_id", m.path("tool_call_id").asText(""));
-                        o.set("output", toolOutput(m.path("content")));
-                    }
-                    default -> throw invalid("messages", "unknown message role '" + role + "'");
-                }
-            }
-
-            private void system(String text) {
-                if (text.isEmpty()) return;
-                if (leading) {
-                    if (instructions.length() > 0) instructions.append("\n\n");
-                    instructions.append(text);
-                    return;
-                }
-                ArrayNode parts = array();
-                parts.addObject().put("type", "input_text").put("text", text);
-                input.add(message("developer", parts));
-            }
-
-            private void assistant(JsonNode m) {
-                reasoning(m);
-                ArrayNode parts = array();
-                String text = textOf(m.path("content"));
-                if (!text.isEmpty()) parts.addObject().put("type", "output_text").put("text", text).putArray("annotations");
-                if (m.path("refusal").isTextual() && !m.path("refusal").asText().isEmpty()) {
-                    parts.addObject().put("type", "refusal").put("refusal", m.path("refusal").asText());
-                }
-                if (!parts.isEmpty()) input.add(message("assistant", parts));
-                for (JsonNode tc : m.path("tool_calls")) {
-                    ObjectNode o = input.addObject();
-                    o.put("type", "function_call");
-                    o.put("call_id", tc.path("id").asText(""));
-                    boolean custom = tc.path("type").asText("").equals("custom");
-                    o.put("name", (custom ? tc.path("custom") : tc.path("function")).path("name").asText(""));
-                    o.put("arguments", custom ? CustomTools.arguments(tc.path("custom").path("input").asText(""))
-                        : nonEmpty(tc.path("function").path("arguments").asText(""), "{}"));
-                }
-            }
-
-            /** reasoning_opaque made by {@link ReasoningOpaque#encode} restores the reasoning items, ids and all. */
-            private void reasoning(JsonNode m) {
-                String opaque = m.path("reasoning_opaque").asText("");
-                String text = m.path("reasoning_text").asText("");
-                List<ReasoningOpaque.Entry> entries = ReasoningOpaque.decode(opaque);
-                if (entries.isEmpty()) {
-                    if (!opaque.isEmpty() || !text.isEmpty()) {
-                        notes.add("dropped assistant reasoning that did not come from a Responses model; it cannot be verified");
-                    }
-                    return;
-                }
-                for (int i = 0; i < entries.size(); i++) {
-                    ObjectNode r = input.addObject();
-                    r.put("type", "reasoning");
-                    r.put("id", entries.get(i).id());
-                    ArrayNode summary = r.putArray("summary");
-                    if (i == 0 && !text.isEmpty()) summary.add(OutputItems.summaryPart(text));
-                    r.put("encrypted_content", entries.get(i).encryptedContent());
-                }
-            }
-
-            private ArrayNode userParts(JsonNode content) {
-                ArrayNode parts = array();
-                if (content.isTextual()) {
-                    parts.addObject().put("type", "input_text").put("text", content.asText());
-                    return parts;
-                }
-                for (JsonNode part : content) parts.add(inputPart(part));
-                return parts;
-            }
-
-            private JsonNode toolOutput(JsonNode content) {
-                if (content.isTextual()) return content;
-                boolean onlyText = true;
-                for (JsonNode part : content) onlyText &= part.path("type").asText("text").equals("text");
-                if (onlyText) return JSON.getNodeFactory().textNode(textOf(content));
-                ArrayNode parts = array();
-                for (JsonNode part : content) parts.add(inputPart(part));
-                return parts;
-            }
-
-            private static ObjectNode inputPart(JsonNode part) {
-                String type = part.path("type").asText("");
-                ObjectNode p = object();
-                switch (type) {
-                    case "text" -> p.put("type", "input_text").put("text", part.path("text").asText(""));
-                    case "image_url" -> {
-                        JsonNode url = part.path("image_url");
-                        p.put("type", "input_image");
-                        p.put("image_url", url.isTextual() ? url.asText() : url.path("url").asText(""));
-                        p.put("detail", url.path("detail").asText("auto"));
-                    }
-                    case "file" -> {
-                        JsonNode f = part.path("file");
-                        p.put("type", "input_file");
-                        for (String field : List.of("file_data", "file_id", "filename")) if (f.has(field)) p.set(field, f.get(field));
-                    }
-                    default -> throw invalid("messages", "content parts of type '" + type + "' are not supported for this model");
-                }
-                return p;
-            }
-
-            private static ObjectNode message(String role, ArrayNode content) {
-                ObjectNode o = object();
-                o.put("type", "message");
-                o.put("role", role);
-                o.set("content", content);
-                return o;
-            }
-
-            private static JsonNode textContent(JsonNode content) {
-                return content.isMissingNode() || content.isNull() ? JSON.getNodeFactory().textNode("") : content;
-            }
-
-            private static String textOf(JsonNode content) {
-                if (content.isTextual()) return content.asText();
-                List<String> texts = new ArrayList<>();
-                for (JsonNode part : content) if (part.path("text").isTextual()) texts.add(part.path("text").asText());
-                return String.join("\n", texts);
-            }
-        }
-    }
-
-    // Responses: Responses stream in, chat chunks out (responses-only models)
-
-    /**
-     * Responses events to chat chunks, one instance per request. Feed every upstream event to {@link #onEvent};
-     * call {@link #finish} at the end of the upstream stream.
-     *
-     * <p>Chunks: {@code role} on the first delta; summary text as {@code reasoning_text} deltas (parts and items
-     * separated by a blank line); one {@code reasoning_opaque} delta per reasoning item when it is done (see
-     * {@link ReasoningOpaque}; consumers concatenate them); text as {@code content}; each call with {@code id},
-     * {@code type: "function"} and {@code name} on its first fragment, then argument deltas, indexed 0.. in order
-     * of appearance (custom calls as arguments {@code {"input": ...}}); last, on {@code response.completed} or
-     * {@code response.incomplete}, a chunk with the finish_reason and, when asked, a chunk with the usage.
-     *
-     * <p>Failures: on {@code response.failed}, an {@code error} event, or an upstream stream that ends without a
-     * terminal event, {@link #failure()} holds the message and no more chunks are produced; the caller then ends
-     * its chat stream with an error.
-     */
-    static final class ResponsesStreamToChat {
-        private final String requestedModel;
-        private final boolean includeUsage;
-        private final IdClock clock;
-        private String id;
-        private long created;
-        private String model;
-        private boolean roleSent;
-        private boolean ended;
-        private String failure;
-        private final Map<String, Call> calls = new HashMap<>();
-        private final Set<String> textItems = new java.util.HashSet<>();
-        private final Set<String> summaryItems = new java.util.HashSet<>();
-        private String lastSummaryPart;
-        private boolean anyReasoningText;
-        private ObjectNode usage;
-
-        ResponsesStreamToChat(String requestedModel, boolean includeUsage, IdClock clock) {
-            this.requestedModel = requestedModel;
-            this.includeUsage = includeUsage;
-            this.clock = clock;
-        }
-
-        Optional<String> failure() {
-            return Optional.ofNullable(failure);
-        }
-
-        /** The usage of the terminal event in chat shape, for logs and stats even when the client did not ask for it. */
-        Optional<ObjectNode> usage() {
-            return Optional.ofNullable(usage);
-        }
-
-        /** True once the terminal event was seen (or a failure), after which events are ignored. */
-        boolean ended() {
-            return ended;
-        }
-
-        List<ObjectNode> onEvent(String eventName, JsonNode data) {
-            List<ObjectNode> out = new ArrayList<>();
-            if (ended) return out;
-            String type = eventName != null && !eventName.isEmpty() ? eventName : data.path("type").asText("");
-            switch (type) {
-                case "response.created", "response.in_progress" -> remember(data.path("response"));
-                case "response.output_item.added" -> itemAdded(data.path("item"), data.path("output_index").asInt(-1), out);
-                case "response.output_text.delta" -> text(data, "content", out);
-                case "response.refusal.delta" -> text(data, "refusal", out);
-                case "response.reasoning_summary_text.delta" -> summary(data.path("item_id").asText("") + "#"
-                    + data.path("summary_index").asInt(0), data.path("item_id").asText(""), data.path("delta").asText(""), out);
-                case "response.function_call_arguments.delta", "response.custom_tool_call_input.delta" ->
-                    call(data).ifPresent(c -> c.append(data.path("delta").asText(""), out));
-                case "response.output_item.done" -> itemDone(data.path("item"), data.path("output_index").asInt(-1), out);
-                case "response.completed", "response.incomplete" -> complete(data.path("response"), out);
-                case "response.failed" -> fail(data.path("response").path("error").path("message").asText("the upstream response failed"));
-                case "error" -> fail(data.path("message").asText(data.path("error").path("message").asText("upstream error")));
-                default -> { }
-            }
-            return out;
-        }
-
-        /** At the end of the upstream stream; a stream without a terminal event is a failure. */
-        List<ObjectNode> finish() {
-            if (!ended) fail("the upstream stream ended before the response was complete");
-            return new ArrayList<>();
-        }
-
-        private void fail(String message) {
-            failure = message;
-            ended = true;
-        }
-
-        private void remember(JsonNode response) {
-            if (id == null && response.path("id").isTextual()) id = ResponsesToChat.chatId(response.path("id").asText());
-            if (created == 0) created = response.path("created_at").asLong(0);
-            if (model == null && response.path("model").isTextual()) model = response.path("model").asText();
-        }
-
-        private void itemAdded(JsonNode item, int outputIndex, List<ObjectNode> out) {
-            String type = item.path("type").asText("");
-            if (type.equals("function_call") || type.equals("custom_tool_call")) openCall(item, outputIndex, out);
-        }
-
-        /** A text or refusal delta; the item is remembered so that its done event does not repeat the text. */
-        private void text(JsonNode data, String field, List<ObjectNode> out) {
-            textItems.add(data.path("item_id").asText(""));
-            String s = data.path("delta").asText("");
-            if (!s.isEmpty()) delta(out).put(field, s);
-        }
-
-        private void summary(String part, String itemId, String s, List<ObjectNode> out) {
-            summaryItems.add(itemId);
-            if (s.isEmpty()) return;
-            String text = anyReasoningText && !part.equals(lastSummaryPart) ? "\n\n" + s : s;
-            lastSummaryPart = part;
-            anyReasoningText = true;
-            delta(out).put("reasoning_text", text);
-        }
-
-        private void itemDone(JsonNode item, int outputIndex, List<ObjectNode> out) {
-            String itemId = item.path("id").asText("");
-            switch (item.path("type").asText("")) {
-                case "reasoning" -> {
-                    if (!summaryItems.contains(itemId)) {
-                        List<String> texts = ResponsesToChat.summaryTexts(item);
-                        for (int i = 0; i < texts.size(); i++) summary(itemId + "#" + i, itemId, texts.get(i), out);
-                    }
-                    if (item.path("encrypted_content").isTextual() && !itemId.isEmpty()) {
-                        delta(out).put("reasoning_opaque", ReasoningOpaque.encode(itemId, item.path("encrypted_content").asText()));
-                    }
-                }
-                case "message" -> {
-                    if (textItems.contains(itemId)) return;
-                    StringBuilder text = new StringBuilder();
-                    StringBuilder refusal = new StringBuilder();
-                    ResponsesToChat.messageText(item, text, refusal);
-                    if (text.length() > 0) delta(out).put("content", text.toString());
-                    if (refusal.length() > 0) delta(out).put("refusal", refusal.toString());
-                }
-                case "function_call", "custom_tool_call" -> {
-                    Call c = call(itemId, outputIndex).orElseGet(() -> openCall(item, outputIndex, out));
-                    c.complete(item, out);
-                }
-                default -> { }
-            }
-        }
-
-        private void complete(JsonNode response, List<ObjectNode> out) {
-            remember(response);
-            ObjectNode c = envelope();
-            ObjectNode choice = c.putArray("choices").addObject();
-            choice.put("index", 0);
-            ObjectNode d = choice.putObject("delta");
-            if (!roleSent) {
-                d.put("role", "assistant");
-                d.put("content", "");
-                roleSent = true;
-            }
-            choice.putNull("logprobs");
-            choice.put("finish_reason", ResponsesToChat.finishReason(response, !calls.isEmpty()));
-            out.add(c);
-            if (response.path("usage").isObject()) usage = Usage.toChat(response.get("usage"));
-            if (includeUsage && usage != null) {
-                ObjectNode u = envelope();
-                u.putArray("choices");
-                u.set("usage", usage.deepCopy());
-                out.add(u);
-            }
-            ended = true;
-        }
-
-        private Call openCall(JsonNode item, int outputIndex, List<ObjectNode> out) {
-            Call c = new Call(calls.size(), item.path("type").asText("").equals("custom_tool_call"));
-            calls.put(item.path("id").asText(""), c);
-            if (outputIndex >= 0) calls.put("#" + outputIndex, c);
-            ObjectNode tc = object();
-            tc.put("index", c.index);
-            tc.put("id", item.path("call_id").asText("").isEmpty() ? clock.id("call_") : item.path("call_id").asText());
-            tc.put("type", "function");
-            ObjectNode fn = tc.putObject("function");
-            fn.put("name", item.path("name").asText(""));
-            fn.put("arguments", c.custom ? "{\"" + CustomTools.PARAMETER + "\":\"" : "");
-            delta(out).putArray("tool_calls").add(tc);
-            return c;
-        }
-
-        private Optional<Call> call(JsonNode data) {
-            return call(data.path("item_id").asText(""), data.path("output_index").asInt(-1));
-        }
-
-        private Optional<Call> call(String itemId, int outputIndex) {
-            Call c = calls.get(itemId);
-            if (c == null && outputIndex >= 0) c = calls.get("#" + outputIndex);
-            return Optional.ofNullable(c);
-        }
-
-        private ObjectNode delta(List<ObjectNode> out) {
-            ObjectNode c = envelope();
-            ObjectNode choice = c.putArray("choices").addObject();
-            choice.put("index", 0);
-            ObjectNode d = choice.putObject("delta");
-            if (!roleSent) {
-                d.put("role", "assistant");
-                roleSent = true;
-            }
-            choice.putNull("logprobs");
-            choice.putNull("finish_reason");
-            out.add(c);
-            return d;
-        }
-
-        private ObjectNode envelope() {
-            if (id == null) id = clock.id("chatcmpl-");
-            if (created == 0) created = clock.epochSeconds();
-            ObjectNode c = object();
-            c.put("id", id);
-            c.put("object", "chat.completion.chunk");
-            c.put("created", created);
-            c.put("model", requestedModel != null ? requestedModel : model == null ? "" : model);
-            return c;
-        }
-
-        /** One tool call on the chat side: its index and what of its arguments (or custom input) was sent. */
-        private final class Call {
-            final int index;
-            final boolean custom;
-            final StringBuilder sent = new StringBuilder();
-            boolean closed;
-
-            Call(int index, boolean custom) {
-                this.index = index;
-                this.custom = custom;
-            }
-
-            void append(String s, List<ObjectNode> out) {
-                if (s.isEmpty() || closed) return;
-                sent.append(s);
-                argumentsDelta(custom ? escaped(s) : s, out);
-            }
-
-            /** Sends what the done item has beyond the streamed deltas, then closes a custom call's JSON. */
-            void complete(JsonNode item, List<ObjectNode> out) {
-                if (closed) return;
-                String full = item.path(custom ? "input" : "arguments").asText("");
-                if (full.startsWith(sent.toString())) append(full.substring(sent.length()), out);
-                if (custom) argumentsDelta("\"}", out);
-                else if (sent.length() == 0) argumentsDelta("{}", out);
-                closed = true;
-            }
-
-            private void argumentsDelta(String s, List<ObjectNode> out) {
-                ObjectNode tc = object();
-                tc.put("index", index);
-                tc.putObject("function").put("arguments", s);
-                delta(out).putArray("tool_calls").add(tc);
-            }
-
-            private String escaped(String s) {
-                String json = Json.write(JSON.getNodeFactory().textNode(s));
-                return json.substring(1, json.length() - 1);
-            }
-        }
-    }
-
-    // Responses: Small helpers
-
-    static ObjectNode object() {
-        return Json.object();
-    }
-
-    static ArrayNode array() {
-        return Json.array();
-    }
-
-    static ObjectNode typeOnly(String type) {
-        ObjectNode o = object();
-        o.put("type", type);
-        return o;
-    }
-
-    static ObjectNode emptySchema() {
-        ObjectNode s = object();
-        s.put("type", "object");
-        s.putObject("properties");
-        return s;
-    }
-
-    static boolean present(JsonNode node, String field) {
-        return !node.path(field).isMissingNode() && !node.path(field).isNull();
-    }
-
-    static String nonEmpty(String s, String fallback) {
-        return s == null || s.isEmpty() ? fallback : s;
-    }
-
-    static ApiError invalid(String param, String message) {
-        return new ApiError(400, "invalid_request_error", message, param, null);
-    }
-
-    /** Small Anthropic event bodies shared by the native relay and the translator. */
-    static final class AnthropicEvents {
-        static ObjectNode ping() {
-            ObjectNode o = Json.object();
-            o.put("type", "ping");
-            return o;
-        }
-
-        static ObjectNode error(String type, String message) {
-            ObjectNode o = Json.object();
-            o.put("type", "error");
-            ObjectNode err = o.putObject("error");
-            err.put("type", type);
-            err.put("message", message);
-            return o;
-        }
-    }
-
-    /**
-     * Anthropic model names to Copilot's: exact ids, dated and dashed Claude ids to dotted ones, bare family
-     * names to the family's newest, [1m] to a -1m variant, then the closest family member, then the
-     * configured fallback. The user's --model-map is applied first.
-     */
-    static final class ModelResolver {
-        record Resolution(String requested, String upstream, JsonNode model) {}
-
-        private static final Pattern DATE = Pattern.compile("-(\\d{8}|latest)$");
-        private static final Pattern NEW_STYLE = Pattern.compile("^claude-(opus|sonnet|haiku)-(\\d+)(?:[-.](\\d{1,2}))?$");
-        private static final Pattern OLD_STYLE = Pattern.compile("^claude-(\\d+)(?:[-.](\\d))?-(opus|sonnet|haiku)$");
-        private static final Pattern FAMILY = Pattern.compile("(opus|sonnet|haiku)");
-        private static final Pattern VERSION = Pattern.compile("(\\d+)(?:\\.(\\d+))?");
-
-        static Resolution resolve(String requested, boolean wants1m, List<JsonNode> catalog, ModelRouting routing) {
-            String id = requested.trim();
-            String mapped = routing.userMap().get(id);
-            if (mapped != null) id = mapped;
-            if (id.toLowerCase(Locale.ROOT).endsWith("[1m]")) {
-                wants1m = true;
-                id = id.substring(0, id.length() - 4);
-            }
-            Optional<JsonNode> exact = find(catalog, id);
-            if (exact.isPresent()) return new Resolution(requested, oneMillion(exact.get(), wants1m, catalog), model(catalog, oneMillion(exact.get(), wants1m, catalog)));
-            String lower = id.toLowerCase(Locale.ROOT);
-            boolean claude = lower.startsWith("claude") || List.of("opus", "sonnet", "haiku").contains(lower);
-            if (claude) {
-                String normalized = normalizeClaude(lower);
-                Optional<JsonNode> hit = normalized == null ? Optional.empty() : find(catalog, normalized);
-                if (hit.isEmpty()) hit = familyMember(catalog, lower);
-                if (hit.isEmpty() && routing.fallback().isPresent()) hit = find(catalog, routing.fallback().get());
-                if (hit.isPresent()) {
-                    String chosen = oneMillion(hit.get(), wants1m, catalog);
-                    return new Resolution(requested, chosen, model(catalog, chosen));
-                }
-            }
-            throw new ApiError(404, "not_found_error", "model: " + requested + " is not available through Copilot. Available models include: "
-                + String.join(", ", suggestions(catalog, claude)), "model", "model_not_found");
-        }
-
-        /** claude-sonnet-4-5-20250929 -> claude-sonnet-4.5; claude-3-5-sonnet-latest -> claude-3.5-sonnet. */
-        static String normalizeClaude(String id) {
-            String s = DATE.matcher(id).replaceFirst("");
-            var m = NEW_STYLE.matcher(s);
-            if (m.matches()) return "claude-" + m.group(1) + "-" + m.group(2) + (m.group(3) == null ? "" : "." + m.group(3));
-            m = OLD_STYLE.matcher(s);
-            if (m.matches()) return "claude-" + m.group(1) + (m.group(2) == null ? "" : "." + m.group(2)) + "-" + m.group(3);
-            return null;
-        }
-
-        /** The newest catalog model of the requested family (opus, sonnet, haiku), plain variants only. */
-        static Optional<JsonNode> familyMember(List<JsonNode> catalog, String id) {
-            var f = FAMILY.matcher(id);
-            if (!f.find()) return Optional.empty();
-            String family = f.group(1);
-            JsonNode best = null;
-            int[] bestVersion = null;
-            for (JsonNode m : catalog) {
-                String mid = m.path("id").asText();
-                if (!mid.startsWith("claude") || !mid.contains(family) || mid.endsWith("-1m") || !isChat(m)) continue;
-                int[] v = version(mid);
-                if (best == null || compare(v, bestVersion) > 0) {
-                    best = m;
-                    bestVersion = v;
-                }
-            }
-            return Optional.ofNullable(best);
-        }
-
-        static int[] version(String id) {
-            var m = VERSION.matcher(id);
-            return m.find() ? new int[] {Integer.parseInt(m.group(1)), m.group(2) == null ? 0 : Integer.parseInt(m.group(2))} : new int[] {0, 0};
-        }
-
-        static int compare(int[] a, int[] b) {
-            return a[0] != b[0] ? Integer.compare(a[0], b[0]) : Integer.compare(a[1], b[1]);
-        }
-
-        private static String oneMillion(JsonNode model, boolean wants1m, List<JsonNode> catalog) {
-            String id = model.path("id").asText();
-            if (wants1m && !id.endsWith("-1m") && find(catalog, id + "-1m").isPresent()) return id + "-1m";
-            return id;
-        }
-
-        private static JsonNode model(List<JsonNode> catalog, String id) {
-            return find(catalog, id).orElseThrow();
-        }
-
-        static Optional<JsonNode> find(List<JsonNode> catalog, String id) {
-            for (JsonNode m : catalog) if (m.path("id").asText().equals(id)) return Optional.of(m);
-            return Optional.empty();
-        }
-
-        static boolean isChat(JsonNode m) {
-            return !m.path("capabilities").path("type").asText("chat").equals("embeddings");
-        }
-
-        static List<String> endpoints(JsonNode model) {
-            List<String> out = new ArrayList<>();
-            for (JsonNode e : model.path("supported_endpoints")) out.add(e.asText());
-            return out;
-        }
-
-        private static List<String> suggestions(List<JsonNode> catalog, boolean claudeFirst) {
-            List<String> ids = new ArrayList<>();
-            for (JsonNode m : catalog) if (isChat(m)) ids.add(m.path("id").asText());
-            if (claudeFirst) ids.sort(java.util.Comparator.comparing(i -> !i.startsWith("claude")));
-            return ids.subList(0, Math.min(8, ids.size()));
-        }
-    }
-
-    /** What Copilot's native /v1/messages accepts, from what Anthropic clients (Claude Code above all) send. */
-    static final class AnthropicNative {
-        record Prepared(ObjectNode body, List<String> notes) {}
-
-        static final List<String> FIELDS = List.of("model", "messages", "system", "max_tokens", "stop_sequences", "stream",
-            "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking");
-        static final List<String> TOOL_FIELDS = List.of("name", "description", "input_schema", "cache_control");
-
-        static Prepared prepare(ObjectNode in, String upstreamModel, JsonNode model) {
-            List<String> notes = new ArrayList<>();
-            ObjectNode out = Json.object();
-            // no copies: every edit below builds new nodes, so what is unchanged stays the very node that came in
-            for (String f : FIELDS) if (in.has(f) && !in.get(f).isNull()) out.set(f, in.get(f));
-            in.fieldNames().forEachRemaining(f -> {
-                if (!FIELDS.contains(f)) notes.add("dropped the field '" + f + "' (not accepted by Copilot)");
-            });
-            out.put("model", upstreamModel);
-            stripBillingHeader(out);
-            out.set("messages", systemTurnsAsUser(out.withArray("messages")));
-            filterTools(out, notes);
-            ModelLimits limits = ModelLimits.from(model);
-            if (limits.knowsMaxOutput() && out.path("max_tokens").asInt() > limits.maxOutputTokens()) {
-                out.put("max_tokens", limits.maxOutputTokens());
-            }
-            adjustThinking(out, in, limits);
-            return new Prepared(out, notes);
-        }
-
-        /** The billing-header line goes, the same way the translator removes it; a block left empty goes too. */
-        static void stripBillingHeader(ObjectNode body) {
-            JsonNode system = body.get("system");
-            if (system == null) return;
-            if (system.isTextual()) {
-                String text = AnthropicToChat.withoutBillingHeader(system.asText());
-                if (text.isBlank()) body.remove("system");
-                else body.put("system", text);
-            } else if (system.isArray()) {
-                ArrayNode kept = Json.array();
-                for (JsonNode block : system) {
-                    String text = block.path("text").asText("");
-                    String cleaned = AnthropicToChat.withoutBillingHeader(text);
-                    if (cleaned.equals(text)) kept.add(block);
-                    else if (!cleaned.isBlank()) kept.add(((ObjectNode) block).deepCopy().put("text", cleaned));
-                }
-                if (kept.isEmpty()) body.remove("system");
-                else body.set("system", kept);
-            }
-        }
-
-        /** Anthropic's API has no system role inside messages; such turns travel as user turns. */
-        static ArrayNode systemTurnsAsUser(ArrayNode messages) {
-            boolean any = false;
-            for (JsonNode m : messages) any |= m.path("role").asText().equals("system");
-            if (!any) return messages;
-            ArrayNode out = Json.array();
-            for (JsonNode m : messages) {
-                if (m.path("role").asText().equals("system")) {
-                    ObjectNode copy = ((ObjectNode) m).deepCopy();
-                    copy.put("role", "user");
-                    out.add(copy);
-                } else {
-                    out.add(m);
-                }
-            }
-            return out;
-        }
-
-        static void filterTools(ObjectNode body, List<String> notes) {
-            if (!body.path("tools").isArray()) return;
-            ArrayNode kept = Json.array();
-            for (JsonNode tool : body.get("tools")) {
-                String type = tool.path("type").asText("custom");
-                if (!type.equals("custom")) {
-                    notes.add("dropped the server tool '" + tool.path("name").asText(type) + "' (" + type + "): Copilot cannot run it");
-                    continue;
-                }
-                ObjectNode t = Json.object();
-                for (String f : TOOL_FIELDS) if (tool.has(f)) t.set(f, tool.get(f));
-                kept.add(t);
-            }
-            if (kept.isEmpty()) {
-                body.remove("tools");
-                body.remove("tool_choice");
-            } else {
-                body.set("tools", kept);
-            }
-        }
-
-        /** enabled keeps its budget, adaptive gets one by effort, both clamped to the model; display is dropped. */
-        static void adjustThinking(ObjectNode out, ObjectNode in, ModelLimits limits) {
-            if (!in.path("thinking").isObject()) return;
-            if (in.path("thinking").path("type").asText("").equals("disabled")) {
-                out.set("thinking", Json.object().put("type", "disabled"));
-                return;
-            }
-            Integer requested = AnthropicToChat.requestedThinkingBudget(in);
-            Integer budget = requested == null ? null : limits.thinkingBudget(requested, out.path("max_tokens").asInt());
-            if (budget == null) {
-                out.remove("thinking");
-                return;
-            }
-            out.set("thinking", Json.object().put("type", "enabled").put("budget_tokens", budget));
-        }
-    }
-
-    /**
-     * count_tokens: an estimate with the model's tokenizer (o200k_base unless the catalog names another) over
-     * what would be sent, plus fixed costs per message, tool and image, and a margin for Claude's tokenizer,
-     * which counts more tokens than OpenAI's for the same text.
-     */
-    static final class TokenCounter {
-        static final int PER_MESSAGE = 4;
-        static final int PER_TOOL = 12;
-        static final int PER_IMAGE = 1600;
-        static final double CLAUDE_MARGIN = 1.15;
-
-        private static final class Registry {
-            static final com.knuddels.jtokkit.api.EncodingRegistry INSTANCE = com.knuddels.jtokkit.Encodings.newLazyEncodingRegistry();
-        }
-
-        static int count(JsonNode body, JsonNode model) {
-            String name = model.path("capabilities").path("tokenizer").asText("o200k_base");
-            var type = com.knuddels.jtokkit.api.EncodingType.fromName(name).orElse(com.knuddels.jtokkit.api.EncodingType.O200K_BASE);
-            var encoding = Registry.INSTANCE.getEncoding(type);
-            int[] fixed = {0};
-            StringBuilder text = new StringBuilder();
-            collect(body.get("system"), text, fixed);
-            for (JsonNode m : body.path("messages")) {
-                fixed[0] += PER_MESSAGE;
-                collect(m.get("content"), text, fixed);
-            }
-            for (JsonNode tool : body.path("tools")) {
-                fixed[0] += PER_TOOL;
-                text.append(tool.path("name").asText()).append('\n').append(tool.path("description").asText()).append('\n');
-                if (tool.has("input_schema")) text.append(Json.write(tool.get("input_schema"))).append('\n');
-            }
-            int tokens = encoding.countTokensOrdinary(text.toString()) + fixed[0];
-            boolean claude = model.path("id").asText().startsWith("claude") || model.path("vendor").asText().equalsIgnoreCase("anthropic");
-            return (int) Math.ceil(claude ? tokens * CLAUDE_MARGIN : tokens);
+        static boolean present(JsonNode node, String field) {
+            return !node.path(field).isMissingNode() && !node.path(field).isNull();
         }
 
-        private static void collect(JsonNode content, StringBuilder text, int[] fixed) {
-            if (content == null || content.isNull()) return;
-            if (content.isTextual()) {
-                text.append(content.asText()).append('\n');
-                return;
-            }
-            for (JsonNode block : content) {
-                switch (block.path("type").asText("")) {
-                    case "text" -> text.append(block.path("text").asText()).append('\n');
-                    case "thinking" -> text.append(block.path("thinking").asText()).append('\n');
-                    case "tool_use" -> text.append(block.path("name").asText()).append('\n').append(Json.write(block.path("input"))).append('\n');
-                    case "tool_result" -> collect(block.get("content"), text, fixed);
-                    case "image" -> fixed[0] += PER_IMAGE;
-                    case "document" -> {
-                        if (block.path("source").path("data").isTextual() && block.path("source").path("type").asText().equals("text")) {
-                            text.append(block.path("source").path("data").asText()).append('\n');
-                        } else {
-                            fixed[0] += PER_IMAGE;
-                        }
-                    }
-                    default -> text.append(Json.write(block)).append('\n');
-                }
-            }
+        static String nonEmpty(String s, String fallback) {
+            return s == null || s.isEmpty() ? fallback : s;
         }
-    }
 
-    /** Embeddings as openai-node wants them when it asks for base64: little-endian float32, base64-encoded. */
-    static final class Embeddings {
-        static JsonNode toBase64(JsonNode answer) {
-            if (!answer.path("data").isArray()) return answer;
-            ObjectNode out = ((ObjectNode) answer).deepCopy();
-            for (JsonNode item : out.withArray("data")) {
-                JsonNode vector = item.path("embedding");
-                if (!vector.isArray()) continue;
-                ByteBuffer buf = ByteBuffer.allocate(vector.size() * 4).order(ByteOrder.LITTLE_ENDIAN);
-                for (JsonNode v : vector) buf.putFloat((float) v.asDouble());
-                ((ObjectNode) item).put("embedding", Base64.getEncoder().encodeToString(buf.array()));
-            }
-            return out;
+        static ApiError invalid(String param, String message) {
+            return new ApiError(400, "invalid_request_error", message, param, null);
         }
     }
 

@@ -85,19 +85,19 @@ class AnthropicTranslatorTests {
     Stream<DynamicTest> requestFixtures() {
         return cases("request.json").stream().map(dir -> DynamicTest.dynamicTest(dir.getFileName().toString(), () -> {
             ObjectNode request = (ObjectNode) read(dir.resolve("request.json"));
-            CopilotApi.ModelLimits limits = limits(dir, request);
+            CopilotApi.Chat.ModelLimits limits = limits(dir, request);
             String upstreamModel = limits.id().isEmpty() ? request.path("model").asText() : limits.id();
             if (Files.exists(dir.resolve("expected-error.json"))) {
                 JsonNode expected = read(dir.resolve("expected-error.json"));
                 CopilotApi.ApiError e = assertThrows(CopilotApi.ApiError.class,
-                    () -> CopilotApi.AnthropicToChat.request(request, upstreamModel, limits));
+                    () -> CopilotApi.Anthropic.AnthropicToChat.request(request, upstreamModel, limits));
                 assertEquals(expected.path("status").asInt(), e.status());
                 assertEquals(expected.path("type").asText(), e.type());
                 assertTrue(e.getMessage().contains(expected.path("message_contains").asText()), e.getMessage());
                 return;
             }
             ObjectNode original = request.deepCopy();
-            var result = CopilotApi.AnthropicToChat.request(request, upstreamModel, limits);
+            var result = CopilotApi.Anthropic.AnthropicToChat.request(request, upstreamModel, limits);
             assertEquals(original, request, "the translator must not change its input");
             assertJson(read(dir.resolve("expected-chat.json")), result.chatRequest(), dir + "/expected-chat.json");
             ObjectNode meta = CopilotApi.Json.object();
@@ -115,7 +115,7 @@ class AnthropicTranslatorTests {
         return cases("chat-response.json").stream().map(dir -> DynamicTest.dynamicTest(dir.getFileName().toString(), () -> {
             JsonNode context = context(dir);
             List<String> notes = new ArrayList<>();
-            ObjectNode message = CopilotApi.ChatToAnthropic.response(read(dir.resolve("chat-response.json")),
+            ObjectNode message = CopilotApi.Anthropic.ChatToAnthropic.response(read(dir.resolve("chat-response.json")),
                 context.path("requested_model").asText(DEFAULT_MODEL), toolNames(context), notes);
             assertJson(read(dir.resolve("expected-message.json")), message, dir + "/expected-message.json");
             assertTrue(message.path("id").asText().matches("msg_[A-Za-z0-9]{24}"), message.path("id").asText());
@@ -162,9 +162,9 @@ class AnthropicTranslatorTests {
                 JsonNode context = context(dir);
                 Run run = runStream(dir);
                 JsonNode completion = foldChunks(upstream(dir).chunks());
-                ObjectNode direct = CopilotApi.ChatToAnthropic.response(completion,
+                ObjectNode direct = CopilotApi.Anthropic.ChatToAnthropic.response(completion,
                     context.path("requested_model").asText(DEFAULT_MODEL), toolNames(context));
-                ObjectNode accumulated = CopilotApi.ChatStreamToAnthropic.accumulate(run.events());
+                ObjectNode accumulated = CopilotApi.Anthropic.ChatStreamToAnthropic.accumulate(run.events());
                 assertJson(direct, accumulated, dir + " (accumulated stream vs non-streaming translation)");
             }));
     }
@@ -182,23 +182,23 @@ class AnthropicTranslatorTests {
         JsonNode model = json("""
             {"id":"claude-sonnet-4.5","capabilities":{"limits":{"max_output_tokens":16000},
              "supports":{"min_thinking_budget":1024,"max_thinking_budget":32000}}}""");
-        assertEquals(new CopilotApi.ModelLimits("claude-sonnet-4.5", 16000, 1024, 32000, false),
-            CopilotApi.ModelLimits.from(model));
-        var bare = CopilotApi.ModelLimits.from(json("{\"id\":\"gpt-4o\",\"capabilities\":{}}"));
-        assertEquals(new CopilotApi.ModelLimits("gpt-4o", 0, null, null, false), bare);
+        assertEquals(new CopilotApi.Chat.ModelLimits("claude-sonnet-4.5", 16000, 1024, 32000, false),
+            CopilotApi.Chat.ModelLimits.from(model));
+        var bare = CopilotApi.Chat.ModelLimits.from(json("{\"id\":\"gpt-4o\",\"capabilities\":{}}"));
+        assertEquals(new CopilotApi.Chat.ModelLimits("gpt-4o", 0, null, null, false), bare);
         assertFalse(bare.knowsMaxOutput());
         assertFalse(bare.supportsThinking());
-        assertEquals(new CopilotApi.ModelLimits("mystery", 0, null, null, false),
-            CopilotApi.ModelLimits.unknown("mystery"));
+        assertEquals(new CopilotApi.Chat.ModelLimits("mystery", 0, null, null, false),
+            CopilotApi.Chat.ModelLimits.unknown("mystery"));
     }
 
     @Test
     void maxCompletionTokensForGpt5AndTheOSeries() {
         for (String id : List.of("gpt-5", "gpt-5-mini", "gpt-5.1", "GPT-5.2-codex", "o1", "o3-mini", "o4-mini")) {
-            assertTrue(CopilotApi.ModelLimits.wantsMaxCompletionTokens(id), id);
+            assertTrue(CopilotApi.Chat.ModelLimits.wantsMaxCompletionTokens(id), id);
         }
         for (String id : List.of("gpt-4o", "gpt-4.1", "claude-sonnet-4.5", "gemini-2.5-pro", "omni", "")) {
-            assertFalse(CopilotApi.ModelLimits.wantsMaxCompletionTokens(id), id);
+            assertFalse(CopilotApi.Chat.ModelLimits.wantsMaxCompletionTokens(id), id);
         }
     }
 
@@ -206,14 +206,14 @@ class AnthropicTranslatorTests {
     void longToolNamesAreShortenedDeterministicallyAndDistinctly() {
         String a = "mcp__" + "x".repeat(70) + "__alpha";
         String b = "mcp__" + "x".repeat(70) + "__beta";
-        String shortA = CopilotApi.AnthropicToChat.shortToolName(a);
+        String shortA = CopilotApi.Anthropic.AnthropicToChat.shortToolName(a);
         assertEquals(64, shortA.length());
-        assertEquals(shortA, CopilotApi.AnthropicToChat.shortToolName(a));
-        assertNotEquals(shortA, CopilotApi.AnthropicToChat.shortToolName(b));
+        assertEquals(shortA, CopilotApi.Anthropic.AnthropicToChat.shortToolName(a));
+        assertNotEquals(shortA, CopilotApi.Anthropic.AnthropicToChat.shortToolName(b));
         assertTrue(shortA.matches("[A-Za-z0-9_-]{1,64}"));
         String exactly64 = "t".repeat(64);
-        assertEquals(exactly64, CopilotApi.AnthropicToChat.shortToolName(exactly64));
-        assertEquals(64, CopilotApi.AnthropicToChat.shortToolName("t".repeat(65)).length());
+        assertEquals(exactly64, CopilotApi.Anthropic.AnthropicToChat.shortToolName(exactly64));
+        assertEquals(64, CopilotApi.Anthropic.AnthropicToChat.shortToolName("t".repeat(65)).length());
     }
 
     @Test
@@ -227,13 +227,13 @@ class AnthropicTranslatorTests {
         cases.forEach((choice, expected) -> {
             ObjectNode req = (ObjectNode) json("{\"model\":\"m\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
                 + "\"tools\":[{\"name\":\"Read\",\"input_schema\":{\"type\":\"object\"}}],\"tool_choice\":" + choice + "}");
-            ObjectNode chat = CopilotApi.AnthropicToChat.request(req, "m", CopilotApi.ModelLimits.unknown("m")).chatRequest();
+            ObjectNode chat = CopilotApi.Anthropic.AnthropicToChat.request(req, "m", CopilotApi.Chat.ModelLimits.unknown("m")).chatRequest();
             assertEquals(expected == null ? null : json(expected), chat.get("tool_choice"), choice);
             assertFalse(chat.has("parallel_tool_calls"), choice);
         });
         ObjectNode req = (ObjectNode) json("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
             + "\"tools\":[{\"type\":\"web_search_20250305\",\"name\":\"web_search\"}],\"tool_choice\":{\"type\":\"any\"}}");
-        var only = CopilotApi.AnthropicToChat.request(req, "m", CopilotApi.ModelLimits.unknown("m"));
+        var only = CopilotApi.Anthropic.AnthropicToChat.request(req, "m", CopilotApi.Chat.ModelLimits.unknown("m"));
         assertFalse(only.chatRequest().has("tools"), "server tools are never sent");
         assertFalse(only.chatRequest().has("tool_choice"), "tool_choice without tools is refused upstream");
     }
@@ -249,14 +249,14 @@ class AnthropicTranslatorTests {
         ids.forEach((id, kept) -> {
             ObjectNode req = (ObjectNode) json("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
             req.putObject("metadata").put("user_id", id);
-            ObjectNode chat = CopilotApi.AnthropicToChat.request(req, "m", CopilotApi.ModelLimits.unknown("m")).chatRequest();
+            ObjectNode chat = CopilotApi.Anthropic.AnthropicToChat.request(req, "m", CopilotApi.Chat.ModelLimits.unknown("m")).chatRequest();
             assertEquals(kept ? new TextNode(id) : null, chat.get("user"), id);
         });
     }
 
     @Test
     void thinkingBudgetPerEffortWithinTheModelsRange() {
-        var limits = new CopilotApi.ModelLimits("claude-sonnet-4.5", 64000, 1024, 32000, false);
+        var limits = new CopilotApi.Chat.ModelLimits("claude-sonnet-4.5", 64000, 1024, 32000, false);
         Map<String, Integer> cases = new LinkedHashMap<>();
         cases.put("{\"type\":\"adaptive\"}", 32000);
         cases.put("{\"type\":\"adaptive\"},\"output_config\":{\"effort\":\"low\"}", 2048);
@@ -269,12 +269,12 @@ class AnthropicTranslatorTests {
         cases.forEach((thinking, expected) -> {
             ObjectNode req = (ObjectNode) json("{\"model\":\"m\",\"max_tokens\":64000,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
                 + "\"thinking\":" + thinking + "}");
-            JsonNode budget = CopilotApi.AnthropicToChat.request(req, "m", limits).chatRequest().get("thinking_budget");
+            JsonNode budget = CopilotApi.Anthropic.AnthropicToChat.request(req, "m", limits).chatRequest().get("thinking_budget");
             assertEquals(expected, budget == null ? null : budget.asInt(), thinking);
         });
         ObjectNode tight = (ObjectNode) json("{\"model\":\"m\",\"max_tokens\":1000,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
             + "\"thinking\":{\"type\":\"enabled\",\"budget_tokens\":2000}}");
-        var r = CopilotApi.AnthropicToChat.request(tight, "m", limits);
+        var r = CopilotApi.Anthropic.AnthropicToChat.request(tight, "m", limits);
         assertFalse(r.chatRequest().has("thinking_budget"), "no budget fits under max_tokens 1000 with a minimum of 1024");
         assertEquals(1, r.notes().size(), r.notes().toString());
     }
@@ -289,8 +289,8 @@ class AnthropicTranslatorTests {
         cases.put("[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"Sure,\"}]", "agent");
         cases.forEach((messages, expected) -> {
             ObjectNode req = (ObjectNode) json("{\"model\":\"m\",\"messages\":" + messages + "}");
-            assertEquals(expected, CopilotApi.AnthropicToChat.request(req, "m",
-                CopilotApi.ModelLimits.unknown("m")).initiator().wire(), messages);
+            assertEquals(expected, CopilotApi.Anthropic.AnthropicToChat.request(req, "m",
+                CopilotApi.Chat.ModelLimits.unknown("m")).initiator().wire(), messages);
         });
     }
 
@@ -298,7 +298,7 @@ class AnthropicTranslatorTests {
 
     @Test
     void nothingIsSentAfterTheEnd() {
-        var s = new CopilotApi.ChatStreamToAnthropic("m", Map.of(), counter());
+        var s = new CopilotApi.Anthropic.ChatStreamToAnthropic("m", Map.of(), counter());
         assertEquals("message_start", s.start().get(0).name());
         assertTrue(s.start().isEmpty(), "message_start is sent once");
         assertFalse(s.finish().isEmpty());
@@ -306,7 +306,7 @@ class AnthropicTranslatorTests {
         assertTrue(s.onChunk(json("{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"late\"}}]}")).isEmpty());
         assertTrue(s.finish().isEmpty());
         assertTrue(s.fail("late").isEmpty());
-        var broken = new CopilotApi.ChatStreamToAnthropic("m", Map.of(), counter());
+        var broken = new CopilotApi.Anthropic.ChatStreamToAnthropic("m", Map.of(), counter());
         assertEquals(List.of("error"), names(broken.fail("cut")));
         assertTrue(broken.finish().isEmpty());
         assertEquals("ping", broken.keepAlive().data().path("type").asText());
@@ -314,7 +314,7 @@ class AnthropicTranslatorTests {
 
     @Test
     void anErrorChunkEndsTheStreamWithAnErrorEvent() {
-        var s = new CopilotApi.ChatStreamToAnthropic("m", Map.of(), counter());
+        var s = new CopilotApi.Anthropic.ChatStreamToAnthropic("m", Map.of(), counter());
         List<CopilotApi.NamedEvent> events = new ArrayList<>();
         events.addAll(s.onChunk(json("{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}")));
         events.addAll(s.onChunk(json("{\"error\":{\"message\":\"upstream overloaded\",\"code\":\"overloaded\"}}")));
@@ -328,7 +328,7 @@ class AnthropicTranslatorTests {
 
     @Test
     void everyEventCarriesItsNameAsType() {
-        var s = new CopilotApi.ChatStreamToAnthropic("m", Map.of(), counter());
+        var s = new CopilotApi.Anthropic.ChatStreamToAnthropic("m", Map.of(), counter());
         List<CopilotApi.NamedEvent> events = new ArrayList<>(s.onChunk(json(
             "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}")));
         events.addAll(s.finish());
@@ -373,7 +373,7 @@ class AnthropicTranslatorTests {
             + "content_block_start {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"n\",\"input\":{}}}\n"
             + "content_block_delta {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":\"}}\n"
             + "content_block_stop {\"type\":\"content_block_stop\",\"index\":0}\n";
-        assertThrows(IllegalStateException.class, () -> CopilotApi.ChatStreamToAnthropic.accumulate(events(s)));
+        assertThrows(IllegalStateException.class, () -> CopilotApi.Anthropic.ChatStreamToAnthropic.accumulate(events(s)));
     }
 
     // ---- running a stream fixture ----
@@ -403,7 +403,7 @@ class AnthropicTranslatorTests {
     static Run runStream(Path dir) {
         JsonNode context = context(dir);
         Upstream up = upstream(dir);
-        var s = new CopilotApi.ChatStreamToAnthropic(context.path("requested_model").asText(DEFAULT_MODEL), toolNames(context), counter());
+        var s = new CopilotApi.Anthropic.ChatStreamToAnthropic(context.path("requested_model").asText(DEFAULT_MODEL), toolNames(context), counter());
         List<CopilotApi.NamedEvent> events = new ArrayList<>();
         List<List<CopilotApi.NamedEvent>> perChunk = new ArrayList<>();
         for (JsonNode chunk : up.chunks()) {
@@ -672,10 +672,10 @@ class AnthropicTranslatorTests {
         return events.stream().map(CopilotApi.NamedEvent::name).collect(Collectors.toList());
     }
 
-    static CopilotApi.ModelLimits limits(Path dir, JsonNode request) {
+    static CopilotApi.Chat.ModelLimits limits(Path dir, JsonNode request) {
         Path model = dir.resolve("model.json");
-        return Files.exists(model) ? CopilotApi.ModelLimits.from(read(model))
-            : CopilotApi.ModelLimits.unknown(request.path("model").asText());
+        return Files.exists(model) ? CopilotApi.Chat.ModelLimits.from(read(model))
+            : CopilotApi.Chat.ModelLimits.unknown(request.path("model").asText());
     }
 
     static JsonNode context(Path dir) {

@@ -276,11 +276,11 @@ class BillingTests {
 
     @Test
     void theRequestLogLineSaysWhatACallCost() {
-        CopilotApi.Billing.Charge billed = new CopilotApi.Billing.Charge(CopilotApi.Initiator.USER, CopilotApi.Billing.Reason.PREMIUM, 3);
+        CopilotApi.Billing.Charge billed = new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Billing.Reason.PREMIUM, 3);
         assertEquals("premium 1×3", billed.describe());
-        assertEquals("premium 1×0.33", new CopilotApi.Billing.Charge(CopilotApi.Initiator.USER, CopilotApi.Billing.Reason.PREMIUM, 0.33).describe());
-        assertEquals("free: subagent", new CopilotApi.Billing.Charge(CopilotApi.Initiator.AGENT, CopilotApi.Billing.Reason.SUBAGENT, 3).describe());
-        assertEquals("free: free model", new CopilotApi.Billing.Charge(CopilotApi.Initiator.USER, CopilotApi.Billing.Reason.FREE_MODEL, 0).describe());
+        assertEquals("premium 1×0.33", new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Billing.Reason.PREMIUM, 0.33).describe());
+        assertEquals("free: subagent", new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.AGENT, CopilotApi.Billing.Reason.SUBAGENT, 3).describe());
+        assertEquals("free: free model", new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Billing.Reason.FREE_MODEL, 0).describe());
     }
 
     /** A budget of 1: one Sonnet prompt passes, the next prompt is a 429 in the caller's shape, tool follow-ups and free models pass. */
@@ -312,14 +312,14 @@ class BillingTests {
     void turnClassificationKeepsThePersonsLastText() {
         JsonNode messages = json("[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"<system-reminder>x</system-reminder>\"},"
             + "{\"type\":\"text\",\"text\":\"first\"},{\"type\":\"text\",\"text\":\"second\"}]}]");
-        CopilotApi.Turn turn = CopilotApi.Turn.ofMessages(messages);
-        assertEquals(CopilotApi.Turn.Kind.PROMPT, turn.kind());
+        CopilotApi.Chat.Turn turn = CopilotApi.Chat.Turn.ofMessages(messages);
+        assertEquals(CopilotApi.Chat.Turn.Kind.PROMPT, turn.kind());
         assertEquals("second", turn.personText());
         assertTrue(turn.opensConversation());
-        assertFalse(CopilotApi.Turn.ofResponsesInput(json("\"hi\""), true).opensConversation(), "previous_response_id continues a conversation");
-        assertTrue(CopilotApi.Turn.isReminder("<system-reminder>a</system-reminder>\n <system-reminder>b</system-reminder>"));
-        assertFalse(CopilotApi.Turn.isReminder("<system-reminder>a</system-reminder> b"));
-        assertFalse(CopilotApi.Turn.isReminder("<system-reminder> never closed"));
+        assertFalse(CopilotApi.Chat.Turn.ofResponsesInput(json("\"hi\""), true).opensConversation(), "previous_response_id continues a conversation");
+        assertTrue(CopilotApi.Chat.Turn.isReminder("<system-reminder>a</system-reminder>\n <system-reminder>b</system-reminder>"));
+        assertFalse(CopilotApi.Chat.Turn.isReminder("<system-reminder>a</system-reminder> b"));
+        assertFalse(CopilotApi.Chat.Turn.isReminder("<system-reminder> never closed"));
     }
 
     @Test

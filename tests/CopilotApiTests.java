@@ -1098,7 +1098,7 @@ class CopilotApiTests {
         }
 
         static String resolve(String id, boolean wants1m, CopilotApi.ModelRouting routing) {
-            return CopilotApi.ModelResolver.resolve(id, wants1m, CATALOG, routing).upstream();
+            return CopilotApi.Anthropic.ModelResolver.resolve(id, wants1m, CATALOG, routing).upstream();
         }
 
         @Test
@@ -1176,7 +1176,7 @@ class CopilotApiTests {
         void aSplicedBodyIsTheSameJsonAsTheEditedTree() throws Exception {
             byte[] raw = claudeCodeRequest().getBytes(UTF_8);
             ObjectNode original = (ObjectNode) CopilotApi.JSON.readTree(raw);
-            ObjectNode edited = CopilotApi.AnthropicNative.prepare(original, "claude-sonnet-4.5",
+            ObjectNode edited = CopilotApi.Anthropic.AnthropicNative.prepare(original, "claude-sonnet-4.5",
                 h.stub.models().get(0)).body();
             assertEquals(edited, CopilotApi.JSON.readTree(CopilotApi.Json.splice(raw, original, edited)));
             ObjectNode other = original.deepCopy();

@@ -49,7 +49,7 @@ class ResponsesTranslatorTests {
     static final long NOW = 1_700_000_000L;
 
     /** Ids are prefix + "t" + a counter per prefix; the clock stands still. */
-    static final class TestClock implements CopilotApi.IdClock {
+    static final class TestClock implements CopilotApi.Chat.IdClock {
         private final Map<String, Integer> counters = new HashMap<>();
 
         @Override
@@ -89,16 +89,16 @@ class ResponsesTranslatorTests {
 
     void responsesRequestToChat(Path dir) {
         ObjectNode in = (ObjectNode) json(dir, "responses-request.json");
-        expectRequest(dir, "expected-chat-request", () -> CopilotApi.ResponsesToChat.request(in));
+        expectRequest(dir, "expected-chat-request", () -> CopilotApi.Responses.ResponsesToChat.request(in));
     }
 
     void chatRequestToResponses(Path dir) {
         ObjectNode in = (ObjectNode) json(dir, "chat-request.json");
-        expectRequest(dir, "expected-responses-request", () -> CopilotApi.ChatToResponsesRequest.request(in));
+        expectRequest(dir, "expected-responses-request", () -> CopilotApi.Responses.ChatToResponsesRequest.request(in));
     }
 
     void chatAnswerToResponses(Path dir) {
-        ObjectNode out = CopilotApi.ChatToResponses.response(json(dir, "upstream-chat.json"),
+        ObjectNode out = CopilotApi.Responses.ChatToResponses.response(json(dir, "upstream-chat.json"),
             (ObjectNode) json(dir, "responses-request.json"), new TestClock());
         compareJson(dir, "expected-response.json", out);
     }
@@ -110,7 +110,7 @@ class ResponsesTranslatorTests {
     }
 
     void responsesAnswerToChat(Path dir) {
-        ObjectNode out = CopilotApi.ResponsesToChat.response(json(dir, "upstream-response.json"), requestedModel(dir));
+        ObjectNode out = CopilotApi.Responses.ResponsesToChat.response(json(dir, "upstream-response.json"), requestedModel(dir));
         compareJson(dir, "expected-chat.json", out);
     }
 
@@ -134,7 +134,7 @@ class ResponsesTranslatorTests {
         Path dir = FIXTURES.resolve("roundtrip-responses-tools");
         ObjectNode turn1 = (ObjectNode) json(dir, "responses-request.json");
         JsonNode upstream = json(dir, "upstream-chat.json");
-        ObjectNode answer = CopilotApi.ChatToResponses.response(upstream, turn1, new TestClock());
+        ObjectNode answer = CopilotApi.Responses.ChatToResponses.response(upstream, turn1, new TestClock());
         List<ObjectNode> events = runChatStream(dir, new TestClock());
         checkResponsesEvents(events);
         JsonNode streamed = events.get(events.size() - 1).path("response");
@@ -145,7 +145,7 @@ class ResponsesTranslatorTests {
             input.addAll((ArrayNode) turn1.path("input"));
             input.addAll((ArrayNode) output);
             input.addAll((ArrayNode) json(dir, "turn2-input.json"));
-            ObjectNode chat = CopilotApi.ResponsesToChat.request(turn2).body();
+            ObjectNode chat = CopilotApi.Responses.ResponsesToChat.request(turn2).body();
             JsonNode assistant = chat.path("messages").get(2);
             JsonNode upstreamMessage = upstream.path("choices").get(0).path("message");
             assertEquals(upstreamMessage.path("reasoning_opaque"), assistant.path("reasoning_opaque"), "signature must come back verbatim");
@@ -171,7 +171,7 @@ class ResponsesTranslatorTests {
         Path dir = FIXTURES.resolve("roundtrip-chat-tools");
         ObjectNode turn1 = (ObjectNode) json(dir, "chat-request.json");
         JsonNode upstream = json(dir, "upstream-response.json");
-        JsonNode fromAnswer = CopilotApi.ResponsesToChat.response(upstream, requestedModel(dir)).path("choices").get(0).path("message");
+        JsonNode fromAnswer = CopilotApi.Responses.ResponsesToChat.response(upstream, requestedModel(dir)).path("choices").get(0).path("message");
         StreamResult streamed = runResponsesStream(dir, new TestClock());
         checkChatChunks(streamed.chunks(), true);
         ObjectNode fromStream = accumulate(streamed.chunks());
@@ -182,7 +182,7 @@ class ResponsesTranslatorTests {
             messages.addAll((ArrayNode) turn1.path("messages"));
             messages.add(assistant);
             messages.addAll((ArrayNode) json(dir, "turn2-messages.json"));
-            ObjectNode body = CopilotApi.ChatToResponsesRequest.request(turn2).body();
+            ObjectNode body = CopilotApi.Responses.ChatToResponsesRequest.request(turn2).body();
             JsonNode reasoning = body.path("input").get(1);
             JsonNode upstreamReasoning = upstream.path("output").get(0);
             assertEquals("reasoning", reasoning.path("type").asText());
@@ -203,7 +203,7 @@ class ResponsesTranslatorTests {
     void usageIsKeptWhenTheClientDidNotAskForIt() {
         Path dir = FIXTURES.resolve("incomplete-max-tokens");
         assertFalse(json(dir, "chat-request.json").has("stream_options"));
-        var t = new CopilotApi.ResponsesStreamToChat("gpt-5.1-codex", false, new TestClock());
+        var t = new CopilotApi.Responses.ResponsesStreamToChat("gpt-5.1-codex", false, new TestClock());
         List<ObjectNode> chunks = new ArrayList<>();
         for (CopilotApi.SseEvent e : sse(dir, "upstream.events")) chunks.addAll(t.onEvent(e.event(), parse(e.data())));
         assertTrue(chunks.stream().noneMatch(c -> c.has("usage")), "no usage chunk unless asked");
@@ -214,26 +214,26 @@ class ResponsesTranslatorTests {
     /** The opaque encoding is a bijection on what it carries, concatenations included. */
     @Test
     void reasoningOpaqueRoundTrips() {
-        String one = CopilotApi.ReasoningOpaque.encode("rs_a:b%c", "gAAAAB-x_y==");
-        String two = CopilotApi.ReasoningOpaque.encode("rs_2", "ZW5j");
-        var decoded = CopilotApi.ReasoningOpaque.decode(one + two);
+        String one = CopilotApi.Responses.ReasoningOpaque.encode("rs_a:b%c", "gAAAAB-x_y==");
+        String two = CopilotApi.Responses.ReasoningOpaque.encode("rs_2", "ZW5j");
+        var decoded = CopilotApi.Responses.ReasoningOpaque.decode(one + two);
         assertEquals(2, decoded.size());
         assertEquals("rs_a:b%c", decoded.get(0).id());
         assertEquals("gAAAAB-x_y==", decoded.get(0).encryptedContent());
         assertEquals("rs_2", decoded.get(1).id());
         assertEquals("ZW5j", decoded.get(1).encryptedContent());
-        assertTrue(CopilotApi.ReasoningOpaque.decode("c2lnbmF0dXJl").isEmpty(), "a Claude signature is not an encoding");
+        assertTrue(CopilotApi.Responses.ReasoningOpaque.decode("c2lnbmF0dXJl").isEmpty(), "a Claude signature is not an encoding");
         String signature = "c2lnbmF0dXJl";
-        assertEquals(Optional.of(signature), CopilotApi.ReasoningOpaque.unwrapChat(CopilotApi.ReasoningOpaque.wrapChat(signature)));
-        assertEquals(Optional.empty(), CopilotApi.ReasoningOpaque.unwrapChat("gAAAAB-openai"));
+        assertEquals(Optional.of(signature), CopilotApi.Responses.ReasoningOpaque.unwrapChat(CopilotApi.Responses.ReasoningOpaque.wrapChat(signature)));
+        assertEquals(Optional.empty(), CopilotApi.Responses.ReasoningOpaque.unwrapChat("gAAAAB-openai"));
     }
 
     @Test
     void customToolInputSurvivesBothWays() {
         String patch = "*** Begin Patch\n*** Add File: a.txt\n+\"quoted\" \\ back\n*** End Patch";
-        assertEquals(patch, CopilotApi.CustomTools.input(CopilotApi.CustomTools.arguments(patch)));
-        assertEquals("not json", CopilotApi.CustomTools.input("not json"));
-        assertEquals("x", CopilotApi.CustomTools.input("{\"patch\":\"x\"}"));
+        assertEquals(patch, CopilotApi.Responses.CustomTools.input(CopilotApi.Responses.CustomTools.arguments(patch)));
+        assertEquals("not json", CopilotApi.Responses.CustomTools.input("not json"));
+        assertEquals("x", CopilotApi.Responses.CustomTools.input("{\"patch\":\"x\"}"));
     }
 
     // ==== The checkers themselves must catch broken streams ====
@@ -430,7 +430,7 @@ class ResponsesTranslatorTests {
     record StreamResult(List<ObjectNode> chunks, Optional<String> failure) {}
 
     static List<ObjectNode> runChatStream(Path dir, TestClock clock) {
-        var t = new CopilotApi.ChatStreamToResponses((ObjectNode) json(dir, "responses-request.json"), clock);
+        var t = new CopilotApi.Responses.ChatStreamToResponses((ObjectNode) json(dir, "responses-request.json"), clock);
         List<ObjectNode> events = new ArrayList<>();
         for (CopilotApi.SseEvent e : sse(dir, "upstream.sse")) {
             if (e.data().equals("[DONE]")) break;
@@ -445,7 +445,7 @@ class ResponsesTranslatorTests {
     static StreamResult runResponsesStream(Path dir, TestClock clock) {
         JsonNode request = has(dir, "chat-request.json") ? json(dir, "chat-request.json") : CopilotApi.Json.object();
         boolean usage = request.path("stream_options").path("include_usage").asBoolean(false);
-        var t = new CopilotApi.ResponsesStreamToChat(requestedModel(dir), usage, clock);
+        var t = new CopilotApi.Responses.ResponsesStreamToChat(requestedModel(dir), usage, clock);
         List<ObjectNode> chunks = new ArrayList<>();
         for (CopilotApi.SseEvent e : sse(dir, "upstream.events")) chunks.addAll(t.onEvent(e.event(), parse(e.data())));
         chunks.addAll(t.finish());
@@ -489,7 +489,7 @@ class ResponsesTranslatorTests {
         return has(dir, "chat-request.json") ? json(dir, "chat-request.json").path("model").asText(null) : null;
     }
 
-    static void expectRequest(Path dir, String base, java.util.function.Supplier<CopilotApi.Translated> run) {
+    static void expectRequest(Path dir, String base, java.util.function.Supplier<CopilotApi.Chat.Translated> run) {
         JsonNode expected = has(dir, base + ".json") ? json(dir, base + ".json") : null;
         if (expected != null && expected.has("error") && expected.size() == 1) {
             CopilotApi.ApiError e = assertThrows(CopilotApi.ApiError.class, run::get);
@@ -499,7 +499,7 @@ class ResponsesTranslatorTests {
             assertTrue(e.getMessage().contains(want.path("message_contains").asText()), "message: " + e.getMessage());
             return;
         }
-        CopilotApi.Translated t = run.get();
+        CopilotApi.Chat.Translated t = run.get();
         compareJson(dir, base + ".json", t.body());
         compareText(dir, base + ".notes.txt", t.notes().isEmpty() ? "" : String.join("\n", t.notes()) + "\n");
     }

@@ -354,9 +354,9 @@ class StoreTests {
     @Test
     void theResponsesObjectEchoesThePreviousResponseId() {
         ObjectNode request = (ObjectNode) json("{\"model\":\"m\",\"input\":\"x\",\"previous_response_id\":\"resp_1\"}");
-        ObjectNode r = CopilotApi.ResponseObject.build(request, "resp_2", 1, "m", "completed");
+        ObjectNode r = CopilotApi.Responses.ResponseObject.build(request, "resp_2", 1, "m", "completed");
         assertEquals("resp_1", r.path("previous_response_id").asText());
-        assertTrue(CopilotApi.ResponseObject.build((ObjectNode) json("{\"input\":\"x\"}"), "resp_3", 1, "m", "completed")
+        assertTrue(CopilotApi.Responses.ResponseObject.build((ObjectNode) json("{\"input\":\"x\"}"), "resp_3", 1, "m", "completed")
             .path("previous_response_id").isNull());
     }
 
