@@ -1165,8 +1165,9 @@ class CopilotApi implements Callable<Integer> {
         volatile long firstByteNanos;
         volatile long cachedTokens = -1;
         volatile String errorType;
-        /** The request's bytes and a JSON answer's text, for the history with --history-bodies. */
+        /** The request body as the client sent it: spliced into the native upstream body, kept in the history with --history-bodies. */
         volatile byte[] requestBody;
+        /** A JSON answer's text, for the history with --history-bodies. */
         volatile String responseBody;
 
         static Exchange of(Context ctx) {
@@ -2440,7 +2441,7 @@ class CopilotApi implements Callable<Integer> {
             ChatStreamToAnthropic machine = new ChatStreamToAnthropic(model.requested(), t.toolNameMap());
             SubagentPrompts.ToolCallReader reader = subagents.reader();
             try (EventSource events = up.chat().stream(t.chatRequest(), call)) {
-                Relay.run(ctx, events, new TranslatedRelay(TranslatedRelay.observed(machine, reader::anthropicEvent), Exchange.of(ctx)));
+                Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::anthropicEvent));
             }
             machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
         }
@@ -2603,7 +2604,7 @@ class CopilotApi implements Callable<Integer> {
             SubagentPrompts.ToolCallReader reader = up.controls().billing().subagents().reader();
             try (EventSource events = up.chat().stream(t.body(), call)) {
                 AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
-                Relay.run(ctx, events, new TranslatedRelay(TranslatedRelay.observed(machine, reader::responsesEvent), Exchange.of(ctx)));
+                Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::responsesEvent));
             }
         }
 
@@ -3256,53 +3257,20 @@ class CopilotApi implements Callable<Integer> {
             NamedEvent keepAlive();
         }
 
-        /** The same translation, with every event it gives shown to a reader on the way (name and data). */
-        static Translation observed(Translation t, java.util.function.BiConsumer<String, JsonNode> reader) {
-            return new Translation() {
-                @Override
-                public List<NamedEvent> start() {
-                    return seen(t.start());
-                }
-
-                @Override
-                public List<NamedEvent> onChunk(JsonNode chunk) {
-                    return seen(t.onChunk(chunk));
-                }
-
-                @Override
-                public List<NamedEvent> finish() {
-                    return seen(t.finish());
-                }
-
-                @Override
-                public List<NamedEvent> fail(String message) {
-                    return seen(t.fail(message));
-                }
-
-                @Override
-                public boolean done() {
-                    return t.done();
-                }
-
-                @Override
-                public NamedEvent keepAlive() {
-                    return t.keepAlive();
-                }
-
-                private List<NamedEvent> seen(List<NamedEvent> events) {
-                    for (NamedEvent e : events) reader.accept(e.name(), e.data());
-                    return events;
-                }
-            };
-        }
-
         private final Translation machine;
         private final Exchange exchange;
+        private final java.util.function.BiConsumer<String, JsonNode> observer;
         private boolean finishSeen;
 
         TranslatedRelay(Translation machine, Exchange exchange) {
+            this(machine, exchange, (name, data) -> { });
+        }
+
+        /** Every event the machine gives is also shown to the observer (name and data), on its way out. */
+        TranslatedRelay(Translation machine, Exchange exchange, java.util.function.BiConsumer<String, JsonNode> observer) {
             this.machine = machine;
             this.exchange = exchange;
+            this.observer = observer;
         }
 
         @Override
@@ -3343,7 +3311,8 @@ class CopilotApi implements Callable<Integer> {
             return e != null ? e : Frame.comment("keep-alive");
         }
 
-        private static List<Frame> frames(List<NamedEvent> events) {
+        private List<Frame> frames(List<NamedEvent> events) {
+            for (NamedEvent e : events) observer.accept(e.name(), e.data());
             return new ArrayList<>(events);
         }
     }
@@ -3379,16 +3348,13 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        static final String RAW = "copilot-api.raw-body";
-
         /** The request body as the client sent it (after jsonObject read it), for splicing into the upstream body. */
         static byte[] raw(Context ctx) {
-            return ctx.attribute(RAW);
+            return Exchange.of(ctx).requestBody;
         }
 
         static ObjectNode jsonObject(Context ctx) {
             byte[] raw = body(ctx);
-            ctx.attribute(RAW, raw);
             Exchange.of(ctx).requestBody = raw;
             if (raw.length == 0) throw new ApiError(400, "invalid_request_error", "The request body is empty; expected a JSON object");
             JsonNode node;
