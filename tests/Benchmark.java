@@ -213,16 +213,20 @@ class Benchmark {
         final CopilotApi.CopilotTokens tokens;
         final CopilotApi.Server server;
 
-        Rig() throws IOException {
-            stub = StubUpstream.start();
-            home = Files.createTempDirectory("copilot-api-bench");
-            // Only the stub's URLs and a private home: nothing from the caller's environment reaches copilot-api.
+        /** Only the stub's URLs and a private home: nothing from the caller's environment reaches copilot-api. */
+        static CopilotApi.Settings stubSettings(StubUpstream stub, Path home) {
             Map<String, String> env = new HashMap<>(stub.env());
             env.put("COPILOT_API_HOME", home.toString());
             CopilotApi.CommonOptions options = new CopilotApi.CommonOptions();
             options.accountType = CopilotApi.AccountType.individual;
             options.githubToken = StubUpstream.VALID_GITHUB_TOKEN;
-            settings = CopilotApi.Settings.from(options, env);
+            return CopilotApi.Settings.from(options, env);
+        }
+
+        Rig() throws IOException {
+            stub = StubUpstream.start();
+            home = Files.createTempDirectory("copilot-api-bench");
+            settings = stubSettings(stub, home);
             CopilotApi.Http http = CopilotApi.Http.create(settings);
             CopilotApi.GitHubAuth auth = new CopilotApi.GitHubAuth(settings, http);
             CopilotApi.App app = CopilotApi.App.connect(settings, http, auth, auth.existingToken().orElseThrow(), CopilotApi.Timeouts.DEFAULT);
@@ -1047,12 +1051,7 @@ class Benchmark {
             table = out;
             stub = StubUpstream.start(opt.stubPort);
             home = Files.createTempDirectory("copilot-api-bench-sxs");
-            Map<String, String> env = new HashMap<>(stub.env());
-            env.put("COPILOT_API_HOME", home.toString());
-            CopilotApi.CommonOptions options = new CopilotApi.CommonOptions();
-            options.accountType = CopilotApi.AccountType.individual;
-            options.githubToken = StubUpstream.VALID_GITHUB_TOKEN;
-            settings = CopilotApi.Settings.from(options, env);
+            settings = Rig.stubSettings(stub, home);
             AtomicInteger n = new AtomicInteger();
             client = HttpClient.newBuilder().version(HttpClient.Version.HTTP_1_1).connectTimeout(Duration.ofSeconds(10))
                 .executor(Executors.newCachedThreadPool(r -> {

@@ -16,37 +16,20 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.stream.Stream;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.DynamicTest;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.TestFactory;
-import org.junit.jupiter.api.TestInstance;
 
 /**
  * Premium requests: which calls go to Copilot as X-Initiator user (billed) and which as agent (free), on every
  * route; subagents, the warm-up probe, the ledger in the request log and /stats, and --premium-budget.
  * The classification cases are files in tests/fixtures/billing: one new case is one new file.
  */
-@TestInstance(TestInstance.Lifecycle.PER_CLASS)
-class BillingTests {
-    CopilotApiTests.Harness h;
-
-    @BeforeAll
-    void up() throws IOException {
-        h = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE,
+class BillingTests extends CopilotApiTests.WithHarness {
+    @Override
+    CopilotApiTests.Harness harness() throws IOException {
+        return new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE,
             CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(null, null)));
-    }
-
-    @AfterAll
-    void down() {
-        h.close();
-    }
-
-    @BeforeEach
-    void clear() {
-        h.stub.clear();
     }
 
     /** A route and model a fixture is sent to, and the upstream path that call reaches. */

@@ -283,7 +283,12 @@ class CopilotApiTests {
 
         @BeforeAll
         void up() throws IOException {
-            h = Harness.start();
+            h = harness();
+        }
+
+        /** The copilot-api the class runs against; a class that needs other controls returns its own. */
+        Harness harness() throws IOException {
+            return Harness.start();
         }
 
         @AfterAll
@@ -318,6 +323,15 @@ class CopilotApiTests {
             if (Files.isDirectory(p)) return p;
         }
         throw new IllegalStateException("tests/fixtures/" + group + " not found above " + Path.of("").toAbsolutePath());
+    }
+
+    /** The case directories of a fixture group, in name order; a group with none is an error, not a pass. */
+    static List<Path> caseDirs(String group) throws IOException {
+        try (Stream<Path> s = Files.list(fixtures(group))) {
+            List<Path> dirs = s.filter(Files::isDirectory).sorted().toList();
+            assertFalse(dirs.isEmpty(), "no cases in tests/fixtures/" + group);
+            return dirs;
+        }
     }
 
     /** Structural equality where the expected string "<any>" matches any present value. */
@@ -661,12 +675,7 @@ class CopilotApiTests {
         @TestFactory
         Stream<DynamicTest> fixtures() throws IOException {
             Harness h = Harness.start();
-            List<Path> dirs;
-            try (Stream<Path> s = Files.list(CopilotApiTests.fixtures("chat"))) {
-                dirs = s.filter(Files::isDirectory).sorted().toList();
-            }
-            assertFalse(dirs.isEmpty());
-            return dirs.stream().map(dir -> DynamicTest.dynamicTest(dir.getFileName().toString(), () -> run(h, dir))).onClose(h::close);
+            return caseDirs("chat").stream().map(dir -> DynamicTest.dynamicTest(dir.getFileName().toString(), () -> run(h, dir))).onClose(h::close);
         }
 
         static void run(Harness h, Path dir) throws Exception {
@@ -712,13 +721,8 @@ class CopilotApiTests {
         @TestFactory
         Stream<DynamicTest> everyConsumerOfEveryStream() throws IOException {
             Harness h = Harness.start();
-            List<Path> dirs;
-            try (Stream<Path> s = Files.list(CopilotApiTests.fixtures("stream"))) {
-                dirs = s.filter(Files::isDirectory).sorted().toList();
-            }
-            assertFalse(dirs.isEmpty());
             List<DynamicTest> tests = new ArrayList<>();
-            for (Path dir : dirs) {
+            for (Path dir : caseDirs("stream")) {
                 for (String expected : new java.util.TreeSet<>(CONSUMERS.keySet())) {
                     tests.add(DynamicTest.dynamicTest(dir.getFileName() + " " + expected, () -> run(h, dir, expected)));
                 }
