@@ -5,6 +5,7 @@
 //DEPS com.knuddels:jtokkit:1.1.0
 //DEPS info.picocli:picocli:4.7.7
 //DEPS io.javalin:javalin:7.2.3
+//DEPS org.eclipse.jetty:jetty-client:12.1.12
 //DEPS org.slf4j:slf4j-simple:2.0.17
 //DEPS org.xerial:sqlite-jdbc:3.53.4.0
 // A small long-running server: Serial GC and a heap that starts at 32 MB and grows only as needed keep it near
@@ -42,12 +43,6 @@ import java.net.ProxySelector;
 import java.net.SocketAddress;
 import java.net.URI;
 import java.net.URLEncoder;
-import java.net.http.HttpClient;
-import java.net.http.HttpConnectTimeoutException;
-import java.net.http.HttpHeaders;
-import java.net.http.HttpRequest;
-import java.net.http.HttpResponse;
-import java.net.http.HttpTimeoutException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.file.Files;
@@ -81,6 +76,7 @@ import java.util.TreeMap;
 import java.util.UUID;
 import java.util.concurrent.Callable;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
@@ -859,11 +855,12 @@ class CopilotApi implements Callable<Integer> {
             return "GitHubCopilotChat/" + copilotChatVersion;
         }
 
-        void applyTo(HttpRequest.Builder b) {
+        Http.Call applyTo(Http.Call b) {
             b.header("editor-version", "vscode/" + vscodeVersion)
                 .header("editor-plugin-version", "copilot-chat/" + copilotChatVersion)
                 .header("user-agent", userAgent())
                 .header("x-github-api-version", apiVersion);
+            return b;
         }
 
         void describe(ObjectNode o) {
@@ -8265,54 +8262,57 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** Sends once; on 401 refreshes the token and sends once more. Errors become UpstreamException. */
-        HttpResponse<InputStream> send(String method, String path, byte[] body, CallOptions options, boolean stream) {
+        Http.Reply send(String method, String path, byte[] body, CallOptions options, boolean stream) {
             CopilotToken token = tokens.current();
-            HttpResponse<InputStream> response = await(request(method, path, body, options, stream, token), options.watch(), stream);
+            Http.Reply response = await(request(method, path, body, options, stream, token), options.watch(), stream);
             if (response.statusCode() == 401) {
                 String detail = Http.readLimited(response, MAX_ERROR_BODY);
                 Optional<CopilotToken> fresh = tokens.refreshAfterUnauthorized(token);
-                if (fresh.isEmpty()) throw new UpstreamException(401, detail, response.headers());
+                if (fresh.isEmpty()) throw new UpstreamException(401, detail, response);
                 Logs.log().info("Copilot answered 401 ({}); retrying once with a refreshed Copilot token", Redact.shorten(detail));
                 response = await(request(method, path, body, options, stream, fresh.get()), options.watch(), stream);
             }
             if (response.statusCode() < 400) tokens.accepted();
             if (response.statusCode() >= 400) {
                 String detail = Http.readLimited(response, MAX_ERROR_BODY);
-                throw new UpstreamException(response.statusCode(), detail, response.headers());
+                throw new UpstreamException(response.statusCode(), detail, response);
             }
             return response;
         }
 
         /**
          * Waits for Copilot's headers while the watch looks at the client: a client that left, or a shutdown,
-         * cancels the call (which closes the upstream connection). The request's timeout bounds the wait.
+         * aborts the call (which closes the upstream connection). The call's timeout bounds the wait.
          */
-        private HttpResponse<InputStream> await(HttpRequest request, Watch watch, boolean stream) {
-            CompletableFuture<HttpResponse<InputStream>> pending = http.sendAsync(request);
+        private Http.Reply await(Http.Call call, Watch watch, boolean stream) {
+            Http.Exchange pending = http.begin(call);
             long start = System.nanoTime();
             try {
                 while (true) {
                     try {
-                        return pending.get(POLL.toMillis(), TimeUnit.MILLISECONDS);
+                        return pending.reply.get(POLL.toMillis(), TimeUnit.MILLISECONDS);
                     } catch (java.util.concurrent.TimeoutException e) {
                         if (streams.closing()) throw new ApiError(503, "api_error", LiveStreams.SHUTDOWN);
                         if (!watch.waiting(Duration.ofNanos(System.nanoTime() - start), stream)) throw new ClientLeft();
                     }
                 }
-            } catch (java.util.concurrent.ExecutionException e) {
-                throw Http.failure(request.uri(), e.getCause());
+            } catch (ExecutionException e) {
+                throw Http.failure(call.uri, e.getCause());
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
-                throw new UpstreamUnreachable("Interrupted while calling " + Http.origin(request.uri()), e);
-            } finally {
-                pending.cancel(true);
+                throw new UpstreamUnreachable("Interrupted while calling " + Http.origin(call.uri), e);
+            } catch (RuntimeException e) {
+                pending.abort(e);
+                throw e;
             }
         }
 
-        private HttpRequest request(String method, String path, byte[] body, CallOptions options, boolean stream, CopilotToken token) {
+        private Http.Call request(String method, String path, byte[] body, CallOptions options, boolean stream, CopilotToken token) {
             URI uri = uri(path);
             Duration limit = stream || method.equals("GET") ? timeouts.firstByte() : timeouts.answer();
-            HttpRequest.Builder b = Http.builder(uri).timeout(limit)
+            Http.Call b = (body == null ? new Http.Call(method, uri) : Http.Call.post(uri, "application/json", body))
+                .timeout(limit)
+                .idle((stream ? timeouts.streamIdle() : timeouts.answer()).plusMinutes(1))
                 .header("authorization", "Bearer " + token.token())
                 .header("copilot-integration-id", EditorHeaders.INTEGRATION_ID)
                 .header("openai-intent", settings.editor().intent())
@@ -8322,9 +8322,7 @@ class CopilotApi implements Callable<Integer> {
             settings.editor().applyTo(b);
             if (options.vision()) b.header("copilot-vision-request", "true");
             options.headers().forEach(b::header);
-            if (body == null) return b.method(method, HttpRequest.BodyPublishers.noBody()).build();
-            return b.header("content-type", "application/json")
-                .method(method, HttpRequest.BodyPublishers.ofByteArray(body)).build();
+            return b;
         }
 
         private URI uri(String path) {
@@ -8333,7 +8331,7 @@ class CopilotApi implements Callable<Integer> {
             return uris.computeIfAbsent(text, URI::create);
         }
 
-        private static JsonNode readJson(HttpResponse<InputStream> response) {
+        private static JsonNode readJson(Http.Reply response) {
             try (InputStream in = response.body()) {
                 return JSON.readTree(in);
             } catch (IOException e) {
@@ -8406,9 +8404,9 @@ class CopilotApi implements Callable<Integer> {
 
         /** The exchange itself: GET {github_api}/copilot_internal/v2/token. */
         CopilotToken exchange() {
-            HttpRequest request = GitHubAuth.apiGet(settings, "/copilot_internal/v2/token", githubToken.value());
-            URI uri = request.uri();
-            HttpResponse<InputStream> response = http.send(request);
+            Http.Call request = GitHubAuth.apiGet(settings, "/copilot_internal/v2/token", githubToken.value());
+            URI uri = request.uri;
+            Http.Reply response = http.send(request);
             String body = Http.readLimited(response, 1024 * 1024);
             int status = response.statusCode();
             String who = githubToken.describe();
@@ -8419,7 +8417,7 @@ class CopilotApi implements Callable<Integer> {
                 + (githubToken.origin() == GitHubToken.Origin.STORED ? "" : "; if that is not your Copilot account, " + githubToken.fix()));
             if (status == 404) throw new UserFacingException(who + " cannot be exchanged for a Copilot token (404 at "
                 + uri + "): it is a personal access token or another app's token, not a Copilot login (ghu_...); " + githubToken.fix());
-            if (status >= 400) throw new UpstreamException(status, body, response.headers());
+            if (status >= 400) throw new UpstreamException(status, body, response);
             CopilotToken token = CopilotToken.from(Json.tryParse(body).orElseThrow(() ->
                 new UserFacingException("GitHub's Copilot token answer is not JSON: " + Redact.shorten(body))));
             if (settings.showToken()) System.out.println("Copilot token: " + token.token());
@@ -9020,40 +9018,37 @@ class CopilotApi implements Callable<Integer> {
             StringBuilder body = new StringBuilder();
             new TreeMap<>(form).forEach((k, v) -> body.append(body.length() == 0 ? "" : "&")
                 .append(URLEncoder.encode(k, UTF_8)).append('=').append(URLEncoder.encode(v, UTF_8)));
-            HttpRequest.Builder b = Http.builder(URI.create(url)).timeout(Duration.ofSeconds(30))
-                .header("accept", "application/json")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .POST(HttpRequest.BodyPublishers.ofString(body.toString()));
-            settings.editor().applyTo(b);
-            HttpResponse<InputStream> response = http.send(b.build());
+            Http.Call b = Http.Call.post(URI.create(url), "application/x-www-form-urlencoded", body.toString().getBytes(UTF_8))
+                .timeout(Duration.ofSeconds(30))
+                .header("accept", "application/json");
+            Http.Reply response = http.send(settings.editor().applyTo(b));
             String text = Http.readLimited(response, 1024 * 1024);
             Optional<JsonNode> json = Json.tryParse(text);
             if (response.statusCode() >= 400 && json.map(j -> !j.has("error")).orElse(true)) {
-                throw new UpstreamException(response.statusCode(), text, response.headers());
+                throw new UpstreamException(response.statusCode(), text, response);
             }
             return json.orElseThrow(() -> new UserFacingException("GitHub answered " + url + " with something that is not JSON: "
                 + Redact.shorten(text)));
         }
 
         /** A GET on the GitHub API as the editor makes it: the GitHub token, JSON, the editor headers. */
-        static HttpRequest apiGet(Settings settings, String path, String githubToken) {
-            HttpRequest.Builder b = Http.builder(URI.create(settings.githubApiUrl() + path)).timeout(Duration.ofSeconds(30)).GET()
+        static Http.Call apiGet(Settings settings, String path, String githubToken) {
+            Http.Call b = Http.Call.get(URI.create(settings.githubApiUrl() + path)).timeout(Duration.ofSeconds(30))
                 .header("authorization", "token " + githubToken)
                 .header("accept", "application/json");
-            settings.editor().applyTo(b);
-            return b.build();
+            return settings.editor().applyTo(b);
         }
 
         /** GET {github_api}/copilot_internal/user: plan, reset date and quota snapshots. */
         JsonNode usage(GitHubToken githubToken) {
-            HttpResponse<InputStream> response = http.send(apiGet(settings, "/copilot_internal/user", githubToken.value()));
+            Http.Reply response = http.send(apiGet(settings, "/copilot_internal/user", githubToken.value()));
             String text = Http.readLimited(response, 4 * 1024 * 1024);
             int status = response.statusCode();
             if (status == 401 || status == 403 || status == 404) {
                 throw new UserFacingException("GitHub refused " + githubToken.describe() + " for the usage report (" + status + " at "
                     + settings.githubApiUrl() + "/copilot_internal/user): " + githubToken.fix());
             }
-            if (status >= 400) throw new UpstreamException(status, text, response.headers());
+            if (status >= 400) throw new UpstreamException(status, text, response);
             return Json.tryParse(text).orElseThrow(() -> new UserFacingException("GitHub's usage answer is not JSON"));
         }
     }
@@ -9155,13 +9150,13 @@ class CopilotApi implements Callable<Integer> {
     static final class UpstreamException extends RuntimeException {
         private final int status;
         private final String body;
-        private final HttpHeaders headers;
+        private final String retryAfter;
 
-        UpstreamException(int status, String body, HttpHeaders headers) {
+        UpstreamException(int status, String body, Http.Reply reply) {
             super("upstream answered HTTP " + status + ": " + Redact.shorten(body == null ? "" : body), null, false, false);
             this.status = status;
             this.body = body == null ? "" : body;
-            this.headers = headers;
+            this.retryAfter = reply == null ? null : reply.header("retry-after").orElse(null);
         }
 
         int status() { return status; }
@@ -9169,7 +9164,7 @@ class CopilotApi implements Callable<Integer> {
         String body() { return body; }
 
         Optional<String> retryAfter() {
-            return headers == null ? Optional.empty() : headers.firstValue("retry-after");
+            return Optional.ofNullable(retryAfter);
         }
     }
 
@@ -9352,71 +9347,215 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** The upstream HTTP client: HTTP/2 for https, HTTP/1.1 for plain http, an optional proxy from the environment. */
+    /**
+     * The upstream HTTP client: Jetty's, HTTP/1.1, one per proxy setting in the process. Chosen by measurement:
+     * on a small proxied request the JDK's client was the largest share of the CPU (a CompletableFuture chain
+     * over three threads, and a new thread per answer on a 2-core machine); Jetty's reads each answer on the
+     * thread that asked for it. An optional proxy comes from the environment.
+     */
     static final class Http {
         static final Duration CONNECT_TIMEOUT = Duration.ofSeconds(10);
-        /**
-         * Lets the JDK client resend a POST once when a reused keep-alive connection turns out closed before any
-         * byte of the answer (it retries only GET by default: 2 in 3,353 Claude Code streams failed with 502). Read
-         * once, when the JDK's client first sends, so it is set before any client here is built.
-         */
-        static final String RETRY_ON_STALE_CONNECTION = "jdk.httpclient.enableAllMethodRetry";
+        /** A pooled keep-alive connection left unused this long is closed. */
+        static final Duration POOL_IDLE = Duration.ofSeconds(60);
+        /** Threads the clients may use for I/O; the answers themselves are read on the requests' threads. */
+        static final int MAX_THREADS = 64;
+        private static final Map<String, org.eclipse.jetty.client.HttpClient> CLIENTS = new java.util.concurrent.ConcurrentHashMap<>();
 
-        static {
-            if (System.getProperty(RETRY_ON_STALE_CONNECTION) == null) System.setProperty(RETRY_ON_STALE_CONNECTION, "true");
-        }
+        private final org.eclipse.jetty.client.HttpClient client;
 
-        private final HttpClient client;
-
-        private Http(HttpClient client) {
+        private Http(org.eclipse.jetty.client.HttpClient client) {
             this.client = client;
         }
 
         static Http create(Settings settings) {
-            HttpClient.Builder b = HttpClient.newBuilder()
-                .connectTimeout(CONNECT_TIMEOUT)
-                .followRedirects(HttpClient.Redirect.NORMAL)
-                .executor(Threads.executor("upstream-http"));
-            if (settings.proxyEnv()) {
-                EnvProxySelector selector = EnvProxySelector.from(settings.env());
-                b.proxy(selector);
-                selector.authenticator().ifPresent(b::authenticator);
-                Logs.log().info("upstream proxy from environment: {}", selector.describe());
-            } else {
-                b.proxy(HttpClient.Builder.NO_PROXY);
-            }
-            return new Http(b.build());
+            if (!settings.proxyEnv()) return new Http(CLIENTS.computeIfAbsent("direct", k -> start(null)));
+            EnvProxySelector selector = EnvProxySelector.from(settings.env());
+            Logs.log().info("upstream proxy from environment: {}", selector.describe());
+            return new Http(CLIENTS.computeIfAbsent("proxy " + selector.key(), k -> start(selector)));
         }
 
-        static HttpRequest.Builder builder(URI uri) {
-            HttpRequest.Builder b = HttpRequest.newBuilder(uri);
-            if ("http".equalsIgnoreCase(uri.getScheme())) b.version(HttpClient.Version.HTTP_1_1);
-            return b;
-        }
-
-        HttpResponse<InputStream> send(HttpRequest request) {
+        private static org.eclipse.jetty.client.HttpClient start(EnvProxySelector proxies) {
+            var pool = new org.eclipse.jetty.util.thread.QueuedThreadPool(MAX_THREADS, 1, 10_000);
+            pool.setName("upstream-http");
+            pool.setDaemon(true);
+            pool.setReservedThreads(0);
+            var connector = new org.eclipse.jetty.io.ClientConnector();
+            connector.setSelectors(1);
+            connector.setExecutor(pool);
+            var client = new org.eclipse.jetty.client.HttpClient(new org.eclipse.jetty.client.transport.HttpClientTransportOverHTTP(connector));
+            client.setExecutor(pool);
+            client.setScheduler(new org.eclipse.jetty.util.thread.ScheduledExecutorScheduler("upstream-http-timer", true));
+            client.setConnectTimeout(CONNECT_TIMEOUT.toMillis());
+            client.setIdleTimeout(POOL_IDLE.toMillis());
+            client.setFollowRedirects(true);
+            // As the editor's own calls: no cookies kept, no client name added, no compressed answers asked for.
+            client.setHttpCookieStore(new org.eclipse.jetty.http.HttpCookieStore.Empty());
+            client.setUserAgentField(null);
+            client.getContentDecoderFactories().clear();
+            // Each open stream holds a connection: Jetty's default of 64 per destination would queue the 65th.
+            client.setMaxConnectionsPerDestination(4096);
+            client.setDestinationIdleTimeout(POOL_IDLE.toMillis());
+            if (proxies != null) proxies.configure(client);
             try {
-                return client.send(request, BodyStream.HANDLER);
-            } catch (IOException e) {
-                throw failure(request.uri(), e);
+                client.start();
+            } catch (Exception e) {
+                throw new IllegalStateException("cannot start the upstream HTTP client: " + describe(e), e);
+            }
+            return client;
+        }
+
+        /** One request to make: method, URI, headers in order, how long to wait for the answer's headers, a body. */
+        static final class Call {
+            final String method;
+            final URI uri;
+            final List<String> headers = new ArrayList<>(24);
+            Duration timeout = Duration.ofSeconds(30);
+            /** How long the connection may stay silent once the answer has begun; past it the read fails. */
+            Duration idle = Duration.ofMinutes(11);
+            byte[] body;
+
+            Call(String method, URI uri) {
+                this.method = method;
+                this.uri = uri;
+            }
+
+            static Call get(URI uri) {
+                return new Call("GET", uri);
+            }
+
+            static Call post(URI uri, String contentType, byte[] body) {
+                Call c = new Call("POST", uri).header("content-type", contentType);
+                c.body = body;
+                return c;
+            }
+
+            Call header(String name, String value) {
+                headers.add(name);
+                headers.add(value);
+                return this;
+            }
+
+            Call timeout(Duration d) {
+                timeout = d;
+                return this;
+            }
+
+            Call idle(Duration d) {
+                idle = d;
+                return this;
+            }
+        }
+
+        /** Copilot's or GitHub's answer: its status and headers, and its body as it arrives. */
+        record Reply(int statusCode, org.eclipse.jetty.http.HttpFields headers, BodyStream body) {
+            Optional<String> header(String name) {
+                return Optional.ofNullable(headers.get(name));
+            }
+        }
+
+        /** Sends and waits for the answer's headers (at most the call's timeout). */
+        Reply send(Call call) {
+            Exchange exchange = begin(call);
+            try {
+                return exchange.reply.get();
+            } catch (ExecutionException e) {
+                throw failure(call.uri, e.getCause());
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
-                throw new UpstreamUnreachable("Interrupted while calling " + origin(request.uri()), e);
+                exchange.abort(e);
+                throw new UpstreamUnreachable("Interrupted while calling " + origin(call.uri), e);
             }
         }
 
-        /** Completes at Copilot's headers; cancelling it (mayInterruptIfRunning) aborts the exchange and its connection. */
-        CompletableFuture<HttpResponse<InputStream>> sendAsync(HttpRequest request) {
-            return client.sendAsync(request, BodyStream.HANDLER);
+        /** Sends; the exchange completes at the answer's headers, or fails (unreachable, no headers in time). */
+        Exchange begin(Call call) {
+            Exchange exchange = new Exchange(call);
+            exchange.attempt(client, true);
+            return exchange;
+        }
+
+        /**
+         * One call in flight. A POST is resent once when a reused keep-alive connection turns out closed before any
+         * byte of the answer, as the JDK's client did (2 in 3,353 Claude Code streams had failed with 502 before).
+         */
+        static final class Exchange {
+            final Call call;
+            final CompletableFuture<Reply> reply = new CompletableFuture<>();
+            private volatile org.eclipse.jetty.client.Request request;
+            private volatile org.eclipse.jetty.util.thread.Scheduler.Task deadline;
+
+            Exchange(Call call) {
+                this.call = call;
+            }
+
+            private void attempt(org.eclipse.jetty.client.HttpClient client, boolean first) {
+                var r = client.newRequest(call.uri).method(call.method)
+                    .idleTimeout(call.idle.toMillis(), TimeUnit.MILLISECONDS)
+                    .headers(h -> {
+                        for (int i = 0; i < call.headers.size(); i += 2) h.add(call.headers.get(i), call.headers.get(i + 1));
+                    });
+                if (call.body != null) r.body(new org.eclipse.jetty.client.BytesRequestContent(call.body));
+                BodyStream body = new BodyStream(r);
+                boolean[] begun = new boolean[1];
+                r.onResponseBegin(x -> begun[0] = true);
+                r.onResponseHeaders(x -> {
+                    org.eclipse.jetty.util.thread.Scheduler.Task t = deadline;
+                    if (t != null) t.cancel();
+                    reply.complete(new Reply(x.getStatus(), x.getHeaders(), body));
+                });
+                r.onResponseContentSource((x, source) -> body.attach(source));
+                request = r;
+                if (first) {
+                    deadline = client.getScheduler().schedule(() -> {
+                        if (reply.completeExceptionally(new UpstreamTimeout("No answer from " + origin(call.uri) + " in time", null))) {
+                            abort(new java.util.concurrent.TimeoutException("no answer in time"));
+                        }
+                    }, call.timeout.toMillis(), TimeUnit.MILLISECONDS);
+                }
+                r.send(result -> {
+                    if (!result.isFailed()) {
+                        body.succeeded();
+                        return;
+                    }
+                    Throwable cause = result.getFailure();
+                    if (first && !begun[0] && !reply.isDone() && r.getAbortCause() == null && staleConnection(cause)) {
+                        attempt(client, false);
+                        return;
+                    }
+                    body.failed(cause);
+                    if (reply.completeExceptionally(cause)) {
+                        org.eclipse.jetty.util.thread.Scheduler.Task t = deadline;
+                        if (t != null) t.cancel();
+                    }
+                });
+            }
+
+            /** Ends the call and frees its connection (a client that left, a shutdown, a wait given up). */
+            void abort(Throwable why) {
+                reply.completeExceptionally(why);
+                org.eclipse.jetty.client.Request r = request;
+                if (r != null) r.abort(why);
+            }
+
+            /**
+             * The server closed the connection (a pooled one, as the request went out on it) before any byte of an
+             * answer: an I/O failure that is not a failure to connect at all.
+             */
+            private static boolean staleConnection(Throwable t) {
+                return t instanceof IOException && !(t instanceof ConnectException || t instanceof java.net.SocketTimeoutException
+                    || t instanceof java.net.UnknownHostException);
+            }
         }
 
         /** A failed call as the exception the error handlers know: unreachable (502) or no answer in time (504). */
         static RuntimeException failure(URI uri, Throwable e) {
             if (e instanceof java.util.concurrent.CompletionException && e.getCause() != null) e = e.getCause();
-            if (e instanceof HttpConnectTimeoutException || e instanceof ConnectException) {
+            if (e instanceof UpstreamUnreachable u) return u;
+            if (e instanceof ConnectException || e instanceof java.net.SocketTimeoutException || e instanceof java.net.UnknownHostException
+                    || e instanceof java.nio.channels.UnresolvedAddressException) {
                 return new UpstreamUnreachable("Cannot reach " + origin(uri) + " (" + describe(e) + ")", e);
             }
-            if (e instanceof HttpTimeoutException) return new UpstreamTimeout("No answer from " + origin(uri) + " in time", e);
+            if (e instanceof java.util.concurrent.TimeoutException) return new UpstreamTimeout("No answer from " + origin(uri) + " in time", e);
             if (e instanceof RuntimeException r) return r;
             return new UpstreamUnreachable("The connection to " + origin(uri) + " failed (" + describe(e) + ")", e);
         }
@@ -9425,8 +9564,8 @@ class CopilotApi implements Callable<Integer> {
             return uri.getScheme() + "://" + uri.getAuthority();
         }
 
-        static String readLimited(HttpResponse<InputStream> response, int limit) {
-            try (InputStream in = response.body()) {
+        static String readLimited(Reply reply, int limit) {
+            try (InputStream in = reply.body()) {
                 return new String(in.readNBytes(limit), UTF_8);
             } catch (IOException e) {
                 return "";
@@ -9435,115 +9574,153 @@ class CopilotApi implements Callable<Integer> {
     }
 
     /**
-     * A response body as an InputStream fed by the HTTP client's own threads, a few buffers ahead of the reader
-     * at most (so it is read about as fast as the client of the proxy takes it). Unlike the JDK's ofInputStream,
-     * what arrived before a failure is read out first and the failure comes after it, so a cut stream loses no
-     * event that had reached us; close() cancels the upstream and wakes a reader that waits.
+     * An answer's body as an InputStream, read on the caller's thread straight from the connection, only as
+     * fast as the caller takes it (so nothing piles up between Copilot and a slow client). What arrived before a
+     * failure is read out first and the failure comes after it, so a cut stream loses no event that had reached
+     * us; close() from any thread aborts the exchange and wakes a reader that waits.
      */
-    static final class BodyStream extends InputStream implements HttpResponse.BodySubscriber<InputStream> {
-        static final HttpResponse.BodyHandler<InputStream> HANDLER = info -> new BodyStream();
-        /** Buffer lists asked for ahead of the reader. */
-        static final int WINDOW = 4;
-        private static final Object END = new Object();
-        private static final Object CLOSED = new Object();
-
-        private final java.util.concurrent.BlockingQueue<Object> queue = new java.util.concurrent.LinkedBlockingQueue<>();
-        private final java.util.ArrayDeque<ByteBuffer> buffers = new java.util.ArrayDeque<>();
-        private volatile java.util.concurrent.Flow.Subscription subscription;
+    static final class BodyStream extends InputStream {
+        private final org.eclipse.jetty.client.Request request;
+        private final java.util.concurrent.Semaphore wake = new java.util.concurrent.Semaphore(0);
+        private final java.util.concurrent.atomic.AtomicBoolean demanding = new java.util.concurrent.atomic.AtomicBoolean();
+        private volatile org.eclipse.jetty.io.Content.Source source;
+        /** Set once the exchange is over: null for a clean end, else its failure. */
+        private volatile Throwable end;
+        private volatile boolean over;
         private volatile boolean closed;
-        private Object last;
+        private org.eclipse.jetty.io.Content.Chunk chunk;
+        private boolean eof;
+        /** The thread that reads; close() from any other (the heartbeat ending a stream) aborts. */
+        private volatile Thread reader;
 
-        @Override
-        public void onSubscribe(java.util.concurrent.Flow.Subscription s) {
-            subscription = s;
-            if (closed) s.cancel();
-            else s.request(WINDOW);
+        BodyStream(org.eclipse.jetty.client.Request request) {
+            this.request = request;
         }
 
-        @Override
-        public void onNext(List<ByteBuffer> item) {
-            queue.add(item);
+        void attach(org.eclipse.jetty.io.Content.Source s) {
+            source = s;
+            if (closed) s.fail(new IOException("closed"));
+            wake.release();
         }
 
-        @Override
-        public void onError(Throwable t) {
-            queue.add(t);
+        void succeeded() {
+            over = true;
+            wake.release();
         }
 
-        @Override
-        public void onComplete() {
-            queue.add(END);
+        void failed(Throwable t) {
+            end = t;
+            over = true;
+            wake.release();
         }
 
-        @Override
-        public java.util.concurrent.CompletionStage<InputStream> getBody() {
-            return CompletableFuture.completedFuture(this);
-        }
-
-        /** The next buffer with bytes in it, or null at the end; blocks while nothing has arrived. */
-        private ByteBuffer current() throws IOException {
-            while (buffers.isEmpty() || !buffers.peek().hasRemaining()) {
-                if (!buffers.isEmpty()) {
-                    buffers.poll();
+        /** The chunk with bytes in it, or null at the end; blocks while nothing has arrived. */
+        private org.eclipse.jetty.io.Content.Chunk current(boolean block) throws IOException {
+            if (reader == null) reader = Thread.currentThread();
+            while (true) {
+                if (closed) throw new IOException("closed");
+                if (chunk != null) {
+                    if (chunk.hasRemaining()) return chunk;
+                    boolean last = chunk.isLast();
+                    chunk.release();
+                    chunk = null;
+                    if (last) eof = true;
+                }
+                if (eof) return null;
+                org.eclipse.jetty.io.Content.Source s = source;
+                if (s == null) {
+                    // before the body began: it may never (an empty answer), or the exchange failed first
+                    if (over) {
+                        if (end != null) throw io(end);
+                        eof = true;
+                        return null;
+                    }
+                    if (!block) return null;
+                    await();
                     continue;
                 }
-                if (last != null) return ended();
-                Object next;
-                try {
-                    next = queue.take();
-                } catch (InterruptedException e) {
-                    Thread.currentThread().interrupt();
-                    throw new java.io.InterruptedIOException("interrupted while reading from Copilot");
+                org.eclipse.jetty.io.Content.Chunk c = s.read();
+                if (c == null) {
+                    if (!block) return null;
+                    // one demand at a time: a wake-up may be left over from attach() or an end
+                    if (demanding.compareAndSet(false, true)) s.demand(this::demanded);
+                    await();
+                    continue;
                 }
-                if (next instanceof List<?> list) {
-                    for (Object b : list) buffers.add((ByteBuffer) b);
-                    if (!closed) subscription.request(1);
-                } else {
-                    last = next;
+                if (org.eclipse.jetty.io.Content.Chunk.isFailure(c)) {
+                    eof = true;
+                    throw io(c.getFailure());
                 }
+                chunk = c;
             }
-            return buffers.peek();
         }
 
-        private ByteBuffer ended() throws IOException {
-            if (last == END) return null;
-            if (last == CLOSED) throw new IOException("closed");
-            Throwable t = (Throwable) last;
-            throw t instanceof IOException io ? io : new IOException(t);
+        private void demanded() {
+            demanding.set(false);
+            wake.release();
+        }
+
+        private void await() throws IOException {
+            try {
+                wake.acquire();
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new java.io.InterruptedIOException("interrupted while reading from Copilot");
+            }
+        }
+
+        private static IOException io(Throwable t) {
+            return t instanceof IOException io ? io : new IOException(describe(t), t);
         }
 
         @Override
         public int read() throws IOException {
-            ByteBuffer b = current();
-            return b == null ? -1 : b.get() & 0xff;
+            org.eclipse.jetty.io.Content.Chunk c = current(true);
+            return c == null ? -1 : c.getByteBuffer().get() & 0xff;
         }
 
         @Override
         public int read(byte[] into, int off, int len) throws IOException {
             if (len == 0) return 0;
-            ByteBuffer b = current();
-            if (b == null) return -1;
+            org.eclipse.jetty.io.Content.Chunk c = current(true);
+            if (c == null) return -1;
+            ByteBuffer b = c.getByteBuffer();
             int n = Math.min(len, b.remaining());
             b.get(into, off, n);
             return n;
         }
 
-        /** Bytes readable now without blocking: those of the buffers already here. */
+        /** Skips what has arrived, without blocking, up to the end if that is here too (a JSON reader stops short of it). */
+        private void readOutWhatIsHere() {
+            try {
+                for (int i = 0; i < 64 && !eof; i++) {
+                    org.eclipse.jetty.io.Content.Chunk c = current(false);
+                    if (c == null) return;
+                    c.getByteBuffer().position(c.getByteBuffer().limit());
+                }
+            } catch (IOException e) {
+                // failed or closed: nothing to reuse
+            }
+        }
+
+        /** Bytes readable now without blocking: those of the chunk already here. */
         @Override
-        public int available() {
-            long n = 0;
-            for (ByteBuffer b : buffers) n += b.remaining();
-            for (Object o : queue) if (o instanceof List<?> list) for (Object b : list) n += ((ByteBuffer) b).remaining();
-            return (int) Math.min(Integer.MAX_VALUE, n);
+        public int available() throws IOException {
+            if (closed || eof) return 0;
+            org.eclipse.jetty.io.Content.Chunk c = current(false);
+            return c == null ? 0 : c.remaining();
         }
 
         @Override
         public void close() {
             if (closed) return;
+            // on the reader's own thread, an answer that is all here ends cleanly and its connection is reused
+            if (!eof && (reader == null || reader == Thread.currentThread())) readOutWhatIsHere();
             closed = true;
-            java.util.concurrent.Flow.Subscription s = subscription;
-            if (s != null) s.cancel();
-            queue.add(CLOSED);
+            if (!eof) request.abort(new IOException("closed"));
+            org.eclipse.jetty.io.Content.Source s = source;
+            if (s != null && !eof) s.fail(new IOException("closed"));
+            wake.release();
         }
     }
 
@@ -9605,25 +9782,52 @@ class CopilotApi implements Callable<Integer> {
             return false;
         }
 
+        /** Gives Jetty's client one proxy per scheme, each taking the requests this selector sends through it. */
+        void configure(org.eclipse.jetty.client.HttpClient client) {
+            httpsProxy.ifPresent(p -> client.getProxyConfiguration().addProxy(new SchemeProxy(p, "https")));
+            httpProxy.ifPresent(p -> client.getProxyConfiguration().addProxy(new SchemeProxy(p, "http")));
+            // Basic credentials from a proxy URL's user-info, offered only to that proxy
+            for (Optional<URI> proxy : List.of(httpsProxy, httpProxy)) {
+                proxy.filter(p -> p.getRawUserInfo() != null && p.getRawUserInfo().contains(":")).ifPresent(p -> {
+                    String[] parts = p.getRawUserInfo().split(":", 2);
+                    client.getAuthenticationStore().addAuthenticationResult(new org.eclipse.jetty.client.BasicAuthentication.BasicResult(
+                        proxyOrigin(p), org.eclipse.jetty.http.HttpHeader.PROXY_AUTHORIZATION,
+                        java.net.URLDecoder.decode(parts[0], UTF_8), java.net.URLDecoder.decode(parts[1], UTF_8)));
+                });
+            }
+        }
+
+        /** What tells two proxy settings apart (credentials included), to share one client per setting. */
+        String key() {
+            return httpsProxy.map(URI::toString).orElse("-") + " " + httpProxy.map(URI::toString).orElse("-") + " " + String.join(",", noProxy);
+        }
+
+        private static int port(URI p) {
+            return p.getPort() > 0 ? p.getPort() : "https".equalsIgnoreCase(p.getScheme()) ? 443 : 80;
+        }
+
+        private static URI proxyOrigin(URI p) {
+            return URI.create(p.getScheme() + "://" + p.getHost() + ":" + port(p));
+        }
+
+        /** A proxy for one scheme's requests, except those NO_PROXY lets go direct. */
+        private final class SchemeProxy extends org.eclipse.jetty.client.HttpProxy {
+            private final String scheme;
+
+            SchemeProxy(URI proxy, String scheme) {
+                super(new org.eclipse.jetty.client.Origin.Address(proxy.getHost(), port(proxy)), "https".equalsIgnoreCase(proxy.getScheme()));
+                this.scheme = scheme;
+            }
+
+            @Override
+            public boolean matches(org.eclipse.jetty.client.Origin origin) {
+                return origin.getScheme().equalsIgnoreCase(scheme) && !bypass(origin.getAddress().getHost(), origin.getAddress().getPort());
+            }
+        }
+
         @Override
         public void connectFailed(URI uri, SocketAddress sa, IOException ioe) {
             Logs.log().warn("the proxy {} failed for {}: {}", sa, Http.origin(uri), CopilotApi.describe(ioe));
-        }
-
-        /** Basic credentials from a proxy URL's user-info, offered only to the proxy. */
-        Optional<java.net.Authenticator> authenticator() {
-            Optional<String> userInfo = httpsProxy.or(() -> httpProxy).map(URI::getRawUserInfo).filter(u -> u.contains(":"));
-            if (userInfo.isEmpty()) return Optional.empty();
-            System.setProperty("jdk.http.auth.tunneling.disabledSchemes", "");
-            String[] parts = userInfo.get().split(":", 2);
-            String user = java.net.URLDecoder.decode(parts[0], UTF_8);
-            char[] password = java.net.URLDecoder.decode(parts[1], UTF_8).toCharArray();
-            return Optional.of(new java.net.Authenticator() {
-                @Override
-                protected java.net.PasswordAuthentication getPasswordAuthentication() {
-                    return getRequestorType() == RequestorType.PROXY ? new java.net.PasswordAuthentication(user, password) : null;
-                }
-            });
         }
 
         String describe() {
