@@ -855,11 +855,18 @@ class CopilotApi implements Callable<Integer> {
             return "GitHubCopilotChat/" + copilotChatVersion;
         }
 
+        /** The headers that name the editor, in the order it sends them. */
+        Map<String, String> headers() {
+            Map<String, String> h = new LinkedHashMap<>();
+            h.put("editor-version", "vscode/" + vscodeVersion);
+            h.put("editor-plugin-version", "copilot-chat/" + copilotChatVersion);
+            h.put("user-agent", userAgent());
+            h.put("x-github-api-version", apiVersion);
+            return h;
+        }
+
         Http.Call applyTo(Http.Call b) {
-            b.header("editor-version", "vscode/" + vscodeVersion)
-                .header("editor-plugin-version", "copilot-chat/" + copilotChatVersion)
-                .header("user-agent", userAgent())
-                .header("x-github-api-version", apiVersion);
+            headers().forEach(b::header);
             return b;
         }
 
@@ -4221,6 +4228,9 @@ class CopilotApi implements Callable<Integer> {
             private final java.util.concurrent.ScheduledThreadPoolExecutor thread;
             private final java.util.concurrent.atomic.AtomicInteger queued = new java.util.concurrent.atomic.AtomicInteger();
             private final java.util.concurrent.atomic.AtomicLong dropped = new java.util.concurrent.atomic.AtomicLong();
+            private final java.util.concurrent.ConcurrentLinkedQueue<Pending> pending = new java.util.concurrent.ConcurrentLinkedQueue<>();
+            /** A drain is scheduled and has not started taking the queue yet. */
+            private final java.util.concurrent.atomic.AtomicBoolean draining = new java.util.concurrent.atomic.AtomicBoolean();
 
             Writer(Connection connection, Health health) {
                 this.connection = connection;
@@ -4247,19 +4257,50 @@ class CopilotApi implements Callable<Integer> {
                     after.run();
                     return;
                 }
+                pending.add(new Pending(what, w, after));
+                if (!draining.compareAndSet(false, true)) return;
                 try {
-                    thread.execute(() -> {
-                        try {
-                            run(what, w);
-                        } finally {
-                            queued.decrementAndGet();
-                            after.run();
-                        }
-                    });
+                    thread.execute(this::drain);
                 } catch (java.util.concurrent.RejectedExecutionException closed) {
-                    queued.decrementAndGet();
-                    after.run();
+                    draining.set(false);
+                    for (Pending p; (p = pending.poll()) != null; ) done(p);
                 }
+            }
+
+            private record Pending(String what, Db.Write w, Runnable after) {}
+
+            /**
+             * Runs every write queued so far in one transaction: under load one commit (and one WAL append) serves many
+             * requests, where a commit each was a fifth of a small request's CPU. A failed batch is retried write by
+             * write, so that the one that fails is the one reported.
+             */
+            private void drain() {
+                draining.set(false);
+                List<Pending> batch = new ArrayList<>();
+                for (Pending p; (p = pending.poll()) != null; ) batch.add(p);
+                if (batch.isEmpty()) return;
+                try {
+                    if (batch.size() == 1) {
+                        run(batch.get(0).what(), batch.get(0).w());
+                        return;
+                    }
+                    try {
+                        Db.inTransaction(connection, c -> {
+                            for (Pending p : batch) p.w().run(c);
+                            return null;
+                        });
+                        health.ok();
+                    } catch (SQLException | RuntimeException e) {
+                        for (Pending p : batch) run(p.what(), p.w());
+                    }
+                } finally {
+                    for (Pending p : batch) done(p);
+                }
+            }
+
+            private void done(Pending p) {
+                queued.decrementAndGet();
+                p.after().run();
             }
 
             /** Runs a write and waits for it (DELETE, which the client reads back at once). */
@@ -4296,7 +4337,7 @@ class CopilotApi implements Callable<Integer> {
                         return null;
                     });
                     health.ok();
-                } catch (SQLException e) {
+                } catch (SQLException | RuntimeException e) {
                     health.failed(what, e);
                 }
             }
@@ -9379,6 +9420,8 @@ class CopilotApi implements Callable<Integer> {
             pool.setName("upstream-http");
             pool.setDaemon(true);
             pool.setReservedThreads(0);
+            // the threads of a burst leave together once idle, not one per idle period
+            pool.setMaxEvictCount(MAX_THREADS);
             var connector = new org.eclipse.jetty.io.ClientConnector();
             connector.setSelectors(1);
             connector.setExecutor(pool);
@@ -9583,6 +9626,9 @@ class CopilotApi implements Callable<Integer> {
         private final org.eclipse.jetty.client.Request request;
         private final java.util.concurrent.Semaphore wake = new java.util.concurrent.Semaphore(0);
         private final java.util.concurrent.atomic.AtomicBoolean demanding = new java.util.concurrent.atomic.AtomicBoolean();
+        /** Only wakes the reader, so Jetty may run it on its selector thread instead of handing it to another. */
+        private final Runnable demanded = org.eclipse.jetty.util.thread.Invocable.from(
+            org.eclipse.jetty.util.thread.Invocable.InvocationType.NON_BLOCKING, this::demanded);
         private volatile org.eclipse.jetty.io.Content.Source source;
         /** Set once the exchange is over: null for a clean end, else its failure. */
         private volatile Throwable end;
@@ -9643,7 +9689,7 @@ class CopilotApi implements Callable<Integer> {
                 if (c == null) {
                     if (!block) return null;
                     // one demand at a time: a wake-up may be left over from attach() or an end
-                    if (demanding.compareAndSet(false, true)) s.demand(this::demanded);
+                    if (demanding.compareAndSet(false, true)) s.demand(demanded);
                     await();
                     continue;
                 }

@@ -63,7 +63,7 @@ class Benchmark {
 
     static final String USAGE = """
         Usage: ./jbang tests/Benchmark.java [--quick] [--time-limit SECONDS] [--in-process | --side-by-side]
-                 [--target copilot-api|URL [--target-pid PID]] [--stub-port N]
+                 [--target copilot-api|URL [--target-pid PID]] [--stub-port N] [--warm-up SECONDS]
                  [--compare URL [--compare-pid PID] [--compare-name NAME] [--compare-wait SECONDS] [--compare-start 'CMD']]
         Everything on 127.0.0.1; numbers are reported, never asserted.
           (default)         sections 1-4 (copilot-api and the stub in this JVM, via vs direct), then section 5
@@ -74,6 +74,7 @@ class Benchmark {
           --time-limit      stop (exit 3, printing what was measured) after this long; default 480, quick 120
           --target          copilot-api (default: started as a process) or the base URL of an already running one
           --target-pid      its pid, for /proc/PID/status (default: the process listening on the URL's port)
+          --warm-up         seconds of load before each side-by-side row is measured (default 2, quick 0.5)
           --stub-port       port of the side-by-side stub (default: a free one; its env lines go to stderr at start)
           --compare         base URL of another proxy pointed at that stub (implies --side-by-side); the benchmark waits
                             --compare-wait seconds (default 120) for its /v1/models to answer 200, so it can be started
@@ -116,6 +117,7 @@ class Benchmark {
         boolean inProcess = true;
         boolean sideBySide = true;
         Duration limit = null;
+        Duration sxsWarm = null;
         for (int i = 0; i < args.length; i++) {
             String a = args[i];
             switch (a) {
@@ -137,6 +139,7 @@ class Benchmark {
                 case "--compare-start" -> sxs.compareStart = value(args, i++);
                 case "--compare-wait" -> sxs.compareWaitSeconds = (int) number(args, i++);
                 case "--stub-port" -> sxs.stubPort = (int) number(args, i++);
+                case "--warm-up" -> sxsWarm = Duration.ofSeconds(number(args, i++));
                 case "-h", "--help" -> {
                     System.out.print(USAGE);
                     return;
@@ -148,6 +151,10 @@ class Benchmark {
             }
         }
         if (!sideBySide && !inProcess) inProcess = true;
+        if (sxsWarm != null) {
+            SxsConfig c = sxsCfg;
+            sxsCfg = new SxsConfig(c.name(), sxsWarm, c.measure(), c.chunkRuns(), c.chunks(), c.openStreams(), c.settle(), c.startRuns());
+        }
         if (limit == null) limit = cfg.timeLimit();
         Duration timeLimit = limit;
         Thread watchdog = new Thread(() -> {
@@ -506,7 +513,7 @@ class Benchmark {
                 .header("x-initiator", "user")
                 .header("accept", stream ? "text/event-stream" : "application/json")
                 .header("content-type", "application/json");
-            rig.settings.editor().applyTo(b);
+            rig.settings.editor().headers().forEach(b::header);
             return b.POST(HttpRequest.BodyPublishers.ofString(body));
         }
 
@@ -1455,7 +1462,7 @@ class Benchmark {
                 .header("x-initiator", "user")
                 .header("accept", stream ? "text/event-stream" : "application/json")
                 .header("content-type", "application/json");
-            settings.editor().applyTo(b);
+            settings.editor().headers().forEach(b::header);
             return send(b.POST(HttpRequest.BodyPublishers.ofString(body)).build(), stream, endMarker, stubPath, reply);
         }
 

@@ -76,6 +76,86 @@ class StoreTests {
     }
 
     // The AI SDK's second turn on a chat model: its earlier answer comes back as {"type":"item_reference","id":"msg_..."}.
+    /**
+     * Writes queued behind a slow one go in one transaction (another connection sees none of them until the last
+     * has run); when one of them fails, the others still land once each, and the failure reported is that write's.
+     */
+    @Test
+    void queuedWritesShareATransactionAndAFailingOneIsReportedAlone() throws Exception {
+        Path file = Files.createTempDirectory("copilot-api-writer").resolve("t.db");
+        java.sql.Connection c = java.sql.DriverManager.getConnection("jdbc:sqlite:" + file);
+        java.sql.Connection other = java.sql.DriverManager.getConnection("jdbc:sqlite:" + file);
+        try (var s = c.createStatement()) {
+            s.execute("CREATE TABLE t (v TEXT NOT NULL)");
+        }
+        CopilotApi.Store.Health health = new CopilotApi.Store.Health();
+        CopilotApi.Store.Writer writer = new CopilotApi.Store.Writer(c, health);
+        java.util.concurrent.CountDownLatch hold = new java.util.concurrent.CountDownLatch(1);
+        java.util.concurrent.CountDownLatch all = new java.util.concurrent.CountDownLatch(7);
+        List<Long> seenByOther = java.util.Collections.synchronizedList(new ArrayList<>());
+        java.util.concurrent.CountDownLatch started = new java.util.concurrent.CountDownLatch(1);
+        writer.submit("first", x -> {
+            started.countDown();
+            try {
+                hold.await();
+            } catch (InterruptedException e) {
+                throw new IllegalStateException(e);
+            }
+            insert(x, "a");
+        }, all::countDown);
+        assertTrue(started.await(10, java.util.concurrent.TimeUnit.SECONDS));
+        writer.submit("second", x -> insert(x, "b"), all::countDown);
+        writer.submit("third", x -> {
+            insert(x, "c");
+            seenByOther.add(count(other));
+        }, all::countDown);
+        hold.countDown();
+        assertTrue(eventually(Duration.ofSeconds(10), () -> seenByOther.size(), n -> n == 1) == 1, "the third write ran");
+        assertEquals(List.of(1L), seenByOther, "while the batch runs, only the first write is committed");
+        assertEquals(3L, eventually(Duration.ofSeconds(10), () -> count(other), n -> n == 3));
+
+        java.util.concurrent.CountDownLatch hold2 = new java.util.concurrent.CountDownLatch(1);
+        writer.submit("holding", x -> {
+            try {
+                hold2.await();
+            } catch (InterruptedException e) {
+                throw new IllegalStateException(e);
+            }
+        }, all::countDown);
+        writer.submit("fourth", x -> insert(x, "d"), all::countDown);
+        writer.submit("fifth", x -> insert(x, "e"), all::countDown);
+        writer.submit("the broken one", x -> insert(x, null), all::countDown);
+        hold2.countDown();
+        assertTrue(all.await(10, java.util.concurrent.TimeUnit.SECONDS), "every write's completion ran");
+        writer.close();
+        List<String> rows = new ArrayList<>();
+        try (var s = other.createStatement(); var r = s.executeQuery("SELECT v FROM t ORDER BY rowid")) {
+            while (r.next()) rows.add(r.getString(1));
+        }
+        other.close();
+        assertEquals(List.of("a", "b", "c", "d", "e"), rows);
+        ObjectNode report = CopilotApi.Json.object();
+        health.report(report);
+        assertEquals("failing", report.path("state").asText(), report.toString());
+        assertTrue(report.path("error").asText().startsWith("the broken one"), report.toString());
+        assertEquals(1, report.path("failures").asLong(), report.toString());
+    }
+
+    private static long count(java.sql.Connection c) {
+        try (var s = c.createStatement(); var r = s.executeQuery("SELECT count(*) FROM t")) {
+            return r.next() ? r.getLong(1) : -1;
+        } catch (java.sql.SQLException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
+    private static void insert(java.sql.Connection c, String v) throws java.sql.SQLException {
+        try (var s = c.prepareStatement("INSERT INTO t (v) VALUES (?)")) {
+            s.setString(1, v);
+            s.executeUpdate();
+        }
+    }
+
     @Test
     void aSecondTurnOnAChatModelByItemReferenceCarriesTheEarlierAnswer() throws Exception {
         try (var h = harness()) {
