@@ -149,6 +149,7 @@ class CopilotApi implements Callable<Integer> {
     @CommandLine.Spec CommandLine.Model.CommandSpec spec;
 
     public static void main(String... args) {
+        Server.tellJettyTheCacheLine();
         System.exit(commandLine().execute(args));
     }
 
@@ -1005,6 +1006,7 @@ class CopilotApi implements Callable<Integer> {
             ResponsesState state = new ResponsesState(store);
             ResponsesRoutes responses = new ResponsesRoutes(upstream, options.routing(), state);
             var inFlight = new java.util.concurrent.atomic.AtomicInteger();
+            tellJettyTheCacheLine();
             Javalin app = Javalin.create(cfg -> {
                 cfg.startup.showJavalinBanner = false;
                 cfg.startup.showOldJavalinVersionWarning = false;
@@ -1078,6 +1080,20 @@ class CopilotApi implements Callable<Integer> {
                 throw e;
             }
             return new Server(app, options.host(), inFlight, copilot.streams(), store);
+        }
+
+        static final String JETTY_REFERENCES_PER_CACHE_LINE = "org.eclipse.jetty.util.referencesPerCacheLine";
+
+        /**
+         * Jetty pads some arrays by the references that fit in a cache line, and asks JMX whether oops are compressed
+         * to count them unless this property says it: starting JMX for that one answer cost 0.1 s of every start.
+         * Below 32 GB of heap HotSpot compresses them (4-byte references); a wrong guess only changes the padding.
+         */
+        static void tellJettyTheCacheLine() {
+            if (System.getProperty(JETTY_REFERENCES_PER_CACHE_LINE) != null) return;
+            int lineBytes = Integer.getInteger("org.eclipse.jetty.util.cacheLineBytes", 64);
+            int referenceBytes = Runtime.getRuntime().maxMemory() < (32L << 30) ? 4 : 8;
+            System.setProperty(JETTY_REFERENCES_PER_CACHE_LINE, String.valueOf(Math.max(1, lineBytes / referenceBytes)));
         }
 
         /** Jetty evicts one idle thread per idle timeout by default: 100 threads of a burst took over an hour to go. */
