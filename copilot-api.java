@@ -408,9 +408,10 @@ class CopilotApi implements Callable<Integer> {
             Controls controls = controls(settings);
             // --claude-code needs the catalog to choose from, and checks its choice before listening
             ClaudeCodeSetup.Choice choice = claudeCode ? ClaudeCodeSetup.choose(app.models(), claudeCodeModel, claudeCodeSmallModel, System.console()) : null;
-            Server server = Ports.start(host, port, () -> app.serve(new ServerOptions(host, port, routing, controls, guard, storeOptions())));
-            // listening first: a slow Copilot delays the catalog, not the port
+            // fetched on its own thread while Jetty starts: a slow Copilot delays the catalog, not the port, and the
+            // first GET /v1/models finds it there (or waits for this fetch) rather than starting one after listening
             if (choice == null) Threads.start(app.models()::refreshQuietly);
+            Server server = Ports.start(host, port, () -> app.serve(new ServerOptions(host, port, routing, controls, guard, storeOptions())));
             GracefulStop.install(server, app.tokens());
             System.out.println("copilot-api " + VERSION + " listening on " + server.baseUrl());
             System.out.println("  OpenAI base URL:    " + server.baseUrl() + "/v1");
