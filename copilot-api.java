@@ -1003,7 +1003,7 @@ class CopilotApi implements Callable<Integer> {
             Upstream upstream = new Upstream(settings, copilot, models, github, githubToken, controls);
             OpenAiRoutes openai = new OpenAiRoutes(upstream);
             AnthropicRoutes anthropic = new AnthropicRoutes(upstream, options.routing());
-            Store store = Store.opening(options.store(), settings.dataDir());
+            Store store = Store.unopened(options.store(), settings.dataDir());
             ResponsesState state = new ResponsesState(store);
             ResponsesRoutes responses = new ResponsesRoutes(upstream, options.routing(), state);
             var inFlight = new java.util.concurrent.atomic.AtomicInteger();
@@ -1080,6 +1080,8 @@ class CopilotApi implements Callable<Integer> {
                 store.close();
                 throw e;
             }
+            // only now: opening SQLite (its native library first) while Jetty started slowed both, on two cores
+            store.beginOpening();
             return new Server(app, options.host(), inFlight, copilot.streams(), store);
         }
 
@@ -3983,7 +3985,8 @@ class CopilotApi implements Callable<Integer> {
      * history row per request. Reads run on the request's thread; every write goes through one writer thread with a
      * bounded queue, so a stream never waits on the disk. A failing database is logged once, reported by /stats, and
      * otherwise ignored: the proxy keeps serving. The writer thread also opens the database, as its first task, so
-     * that start-up does not wait for SQLite (its native library alone takes a fifth of a second to unpack and load).
+     * that start-up does not wait for SQLite (unpacking and loading its native library, the check and the migrations
+     * took 0.1-0.2 s); the server lets it begin once Jetty listens.
      */
     static final class Store implements AutoCloseable {
         static final String FILE_NAME = "store.db";
@@ -4014,6 +4017,8 @@ class CopilotApi implements Callable<Integer> {
         private final Writer writer;
         /** Completes when the opening has finished: with the reader's connection, or null when off or failed to open. */
         private final java.util.concurrent.CompletableFuture<Connection> reader = new java.util.concurrent.CompletableFuture<>();
+        /** True once the opening may begin; false when the store is closed before it ever began. */
+        private final java.util.concurrent.CompletableFuture<Boolean> go = new java.util.concurrent.CompletableFuture<>();
         /** Answers queued for the writer; a next turn that follows at once finds them here. */
         private final Map<String, StoredResponse> pendingResponses = new java.util.concurrent.ConcurrentHashMap<>();
         private final Map<String, JsonNode> pendingItems = new java.util.concurrent.ConcurrentHashMap<>();
@@ -4024,27 +4029,36 @@ class CopilotApi implements Callable<Integer> {
             this.writer = file == null ? null : new Writer(health);
         }
 
-        /** Opens (or creates) the database and waits for it; see {@link #opening}. */
+        /** Opens (or creates) the database and waits for it; see {@link #unopened}. */
         static Store open(Options options, Path dataDir) {
-            Store store = opening(options, dataDir);
+            Store store = unopened(options, dataDir);
+            store.beginOpening();
             store.reader.join();
             return store;
         }
 
         /**
-         * Starts opening (or creating) the database on the writer thread and returns at once: writes queue behind the
-         * opening, reads and {@link #status} wait for it. A corrupt file is moved aside, any other failure leaves a
-         * store that keeps nothing.
+         * A store whose writer thread opens (or creates) the database once {@link #beginOpening} is called, and
+         * returns at once: meanwhile writes queue behind the opening, reads and {@link #status} wait for it. A
+         * corrupt file is moved aside, any other failure leaves a store that keeps nothing.
          */
-        static Store opening(Options options, Path dataDir) {
+        static Store unopened(Options options, Path dataDir) {
             if (!options.enabled()) {
                 Store off = new Store(options, null);
                 off.reader.complete(null);
                 return off;
             }
             Store store = new Store(options, options.file(dataDir));
-            store.writer.first(store::openOnWriter);
+            store.writer.first(() -> {
+                if (store.go.join()) store.openOnWriter();
+                else store.reader.complete(null);
+            });
             return store;
+        }
+
+        /** Lets the writer thread open the database. */
+        void beginOpening() {
+            go.complete(true);
         }
 
         /** The writer thread's first task: both connections, or the failure recorded and a store that keeps nothing. */
@@ -4205,6 +4219,7 @@ class CopilotApi implements Callable<Integer> {
 
         @Override
         public void close() {
+            go.complete(false);
             if (writer != null) writer.close();
             Db.closeQuietly(reader.getNow(null));
         }
