@@ -145,6 +145,7 @@ class CopilotApi implements Callable<Integer> {
     @CommandLine.Spec CommandLine.Model.CommandSpec spec;
 
     public static void main(String... args) {
+        Server.tellJettyTheCacheLine();
         System.exit(commandLine().execute(args));
     }
 
@@ -403,9 +404,10 @@ class CopilotApi implements Callable<Integer> {
             Controls controls = controls(settings);
             // --claude-code needs the catalog to choose from, and checks its choice before listening
             ClaudeCodeSetup.Choice choice = claudeCode ? ClaudeCodeSetup.choose(app.models(), claudeCodeModel, claudeCodeSmallModel, System.console()) : null;
-            Server server = Ports.start(host, port, () -> app.serve(new ServerOptions(host, port, routing, controls, guard, storeOptions())));
-            // listening first: a slow Copilot delays the catalog, not the port
+            // fetched on its own thread while Jetty starts: a slow Copilot delays the catalog, not the port, and the
+            // first GET /v1/models finds it there (or waits for this fetch) rather than starting one after listening
             if (choice == null) Threads.start(app.models()::refreshQuietly);
+            Server server = Ports.start(host, port, () -> app.serve(new ServerOptions(host, port, routing, controls, guard, storeOptions())));
             GracefulStop.install(server, app.tokens());
             System.out.println("copilot-api " + VERSION + " listening on " + server.baseUrl());
             System.out.println("  OpenAI base URL:    " + server.baseUrl() + "/v1");
@@ -1005,10 +1007,11 @@ class CopilotApi implements Callable<Integer> {
             Upstream upstream = new Upstream(settings, copilot, models, github, githubToken, controls);
             OpenAiRoutes openai = new OpenAiRoutes(upstream);
             AnthropicRoutes anthropic = new AnthropicRoutes(upstream, options.routing());
-            Store store = Store.open(options.store(), settings.dataDir());
+            Store store = Store.unopened(options.store(), settings.dataDir());
             ResponsesState state = new ResponsesState(store);
             ResponsesRoutes responses = new ResponsesRoutes(upstream, options.routing(), state);
             var inFlight = new java.util.concurrent.atomic.AtomicInteger();
+            tellJettyTheCacheLine();
             Javalin app = Javalin.create(cfg -> {
                 cfg.startup.showJavalinBanner = false;
                 cfg.startup.showOldJavalinVersionWarning = false;
@@ -1081,7 +1084,23 @@ class CopilotApi implements Callable<Integer> {
                 store.close();
                 throw e;
             }
+            // only now: opening SQLite (its native library first) while Jetty started slowed both, on two cores
+            store.beginOpening();
             return new Server(app, options.host(), inFlight, copilot.streams(), store);
+        }
+
+        static final String JETTY_REFERENCES_PER_CACHE_LINE = "org.eclipse.jetty.util.referencesPerCacheLine";
+
+        /**
+         * Jetty pads some arrays by the references that fit in a cache line, and asks JMX whether oops are compressed
+         * to count them unless this property says it: starting JMX for that one answer cost 0.1 s of every start.
+         * Below 32 GB of heap HotSpot compresses them (4-byte references); a wrong guess only changes the padding.
+         */
+        static void tellJettyTheCacheLine() {
+            if (System.getProperty(JETTY_REFERENCES_PER_CACHE_LINE) != null) return;
+            int lineBytes = Integer.getInteger("org.eclipse.jetty.util.cacheLineBytes", 64);
+            int referenceBytes = Runtime.getRuntime().maxMemory() < (32L << 30) ? 4 : 8;
+            System.setProperty(JETTY_REFERENCES_PER_CACHE_LINE, String.valueOf(Math.max(1, lineBytes / referenceBytes)));
         }
 
         /** Jetty evicts one idle thread per idle timeout by default: 100 threads of a burst took over an hour to go. */
@@ -3969,7 +3988,9 @@ class CopilotApi implements Callable<Integer> {
      * One embedded SQLite database in the data directory: the Responses API's stored responses and items, and one
      * history row per request. Reads run on the request's thread; every write goes through one writer thread with a
      * bounded queue, so a stream never waits on the disk. A failing database is logged once, reported by /stats, and
-     * otherwise ignored: the proxy keeps serving.
+     * otherwise ignored: the proxy keeps serving. The writer thread also opens the database, as its first task, so
+     * that start-up does not wait for SQLite (unpacking and loading its native library, the check and the migrations
+     * took 0.1-0.2 s); the server lets it begin once Jetty listens.
      */
     static final class Store implements AutoCloseable {
         static final String FILE_NAME = "store.db";
@@ -3995,58 +4016,94 @@ class CopilotApi implements Callable<Integer> {
 
         private final Options options;
         private final Path file;
-        private final Connection reader;
-        private final Writer writer;
         private final Health health = new Health();
+        /** Null when the store is off; otherwise created at once, and its first task opens the database. */
+        private final Writer writer;
+        /** Completes when the opening has finished: with the reader's connection, or null when off or failed to open. */
+        private final java.util.concurrent.CompletableFuture<Connection> reader = new java.util.concurrent.CompletableFuture<>();
+        /** True once the opening may begin; false when the store is closed before it ever began. */
+        private final java.util.concurrent.CompletableFuture<Boolean> go = new java.util.concurrent.CompletableFuture<>();
         /** Answers queued for the writer; a next turn that follows at once finds them here. */
         private final Map<String, StoredResponse> pendingResponses = new java.util.concurrent.ConcurrentHashMap<>();
         private final Map<String, JsonNode> pendingItems = new java.util.concurrent.ConcurrentHashMap<>();
 
-        private Store(Options options, Path file, Connection reader, Connection writes) {
+        private Store(Options options, Path file) {
             this.options = options;
             this.file = file;
-            this.reader = reader;
-            this.writer = writes == null ? null : new Writer(writes, health);
+            this.writer = file == null ? null : new Writer(health);
         }
 
-        /** Opens (or creates) the database; a corrupt file is moved aside, any other failure leaves a store that keeps nothing. */
+        /** Opens (or creates) the database and waits for it; see {@link #unopened}. */
         static Store open(Options options, Path dataDir) {
-            if (!options.enabled()) return new Store(options, null, null, null);
-            Path file = options.file(dataDir);
-            Store store;
-            try {
-                store = connect(options, file);
-            } catch (SQLException e) {
-                if (!Db.corrupt(e)) return failed(options, file, e);
-                Path aside = Db.moveAside(file);
-                Logs.log().warn("the store {} is corrupt ({}); moved it to {} and started a new one", file, describe(e), aside);
-                try {
-                    store = connect(options, file);
-                } catch (SQLException again) {
-                    return failed(options, file, again);
-                }
-            }
-            store.writer.every(PRUNE_EVERY, store::prune);
+            Store store = unopened(options, dataDir);
+            store.beginOpening();
+            store.reader.join();
             return store;
         }
 
-        private static Store connect(Options options, Path file) throws SQLException {
+        /**
+         * A store whose writer thread opens (or creates) the database once {@link #beginOpening} is called, and
+         * returns at once: meanwhile writes queue behind the opening, reads and {@link #status} wait for it. A
+         * corrupt file is moved aside, any other failure leaves a store that keeps nothing.
+         */
+        static Store unopened(Options options, Path dataDir) {
+            if (!options.enabled()) {
+                Store off = new Store(options, null);
+                off.reader.complete(null);
+                return off;
+            }
+            Store store = new Store(options, options.file(dataDir));
+            store.writer.first(() -> {
+                if (store.go.join()) store.openOnWriter();
+                else store.reader.complete(null);
+            });
+            return store;
+        }
+
+        /** Lets the writer thread open the database. */
+        void beginOpening() {
+            go.complete(true);
+        }
+
+        /** The writer thread's first task: both connections, or the failure recorded and a store that keeps nothing. */
+        private void openOnWriter() {
+            Connection read = null;
+            try {
+                try {
+                    read = connect();
+                } catch (SQLException e) {
+                    if (!Db.corrupt(e)) throw e;
+                    Path aside = Db.moveAside(file);
+                    Logs.log().warn("the store {} is corrupt ({}); moved it to {} and started a new one", file, describe(e), aside);
+                    read = connect();
+                }
+                writer.every(PRUNE_EVERY, this::prune);
+            } catch (SQLException | RuntimeException e) {
+                health.failed("cannot open " + file, e);
+            } finally {
+                reader.complete(read);
+            }
+        }
+
+        /** Creates, checks and migrates the file with the writer's connection; returns a second one for reads. */
+        private Connection connect() throws SQLException {
             Db.create(file);
             Connection writes = Db.connect(file);
             try {
                 Db.check(writes);
                 Db.migrate(writes);
-                return new Store(options, file, Db.connect(file), writes);
+                Connection read = Db.connect(file);
+                writer.connected(writes);
+                return read;
             } catch (SQLException e) {
                 Db.closeQuietly(writes);
                 throw e;
             }
         }
 
-        private static Store failed(Options options, Path file, Exception e) {
-            Store store = new Store(options, file, null, null);
-            store.health.failed("cannot open " + file, e);
-            return store;
+        /** True once the opening has finished without a database: writes and reads are skipped, as with the store off. */
+        private boolean unavailable() {
+            return writer == null || reader.isDone() && reader.join() == null;
         }
 
         /** What `debug` says about the default store file, read-only: there, its size, and whether SQLite can read it. */
@@ -4132,7 +4189,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         private void prune() {
-            if (writer == null) return;
+            if (writer == null || writer.connection() == null) return;
             try {
                 Db.prune(writer.connection(), cutoff(), options.maxBytes());
                 health.ok();
@@ -4150,6 +4207,7 @@ class CopilotApi implements Callable<Integer> {
                 o.put("state", "off");
                 return o;
             }
+            reader.join();
             health.report(o);
             o.put("dropped_writes", writer == null ? 0 : writer.dropped());
             try {
@@ -4165,12 +4223,13 @@ class CopilotApi implements Callable<Integer> {
 
         @Override
         public void close() {
+            go.complete(false);
             if (writer != null) writer.close();
-            Db.closeQuietly(reader);
+            Db.closeQuietly(reader.getNow(null));
         }
 
         private void write(String what, Db.Write w, Runnable after) {
-            if (writer == null) {
+            if (unavailable()) {
                 after.run();
                 return;
             }
@@ -4178,6 +4237,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         private <T> Optional<T> read(Db.Read<T> r) {
+            Connection reader = this.reader.join();
             if (reader == null) return Optional.empty();
             synchronized (reader) {
                 try {
@@ -4223,7 +4283,8 @@ class CopilotApi implements Callable<Integer> {
 
         /** The one thread that writes: a bounded queue in front, each write in its own transaction. */
         static final class Writer {
-            private final Connection connection;
+            /** Set by the opening, the thread's first task; null until then, and for good when the opening failed. */
+            private Connection connection;
             private final Health health;
             private final java.util.concurrent.ScheduledThreadPoolExecutor thread;
             private final java.util.concurrent.atomic.AtomicInteger queued = new java.util.concurrent.atomic.AtomicInteger();
@@ -4232,14 +4293,23 @@ class CopilotApi implements Callable<Integer> {
             /** A drain is scheduled and has not started taking the queue yet. */
             private final java.util.concurrent.atomic.AtomicBoolean draining = new java.util.concurrent.atomic.AtomicBoolean();
 
-            Writer(Connection connection, Health health) {
-                this.connection = connection;
+            Writer(Health health) {
                 this.health = health;
                 this.thread = new java.util.concurrent.ScheduledThreadPoolExecutor(1, r -> {
                     Thread t = new Thread(r, "copilot-api-store");
                     t.setDaemon(true);
                     return t;
                 });
+            }
+
+            /** Runs the opening before anything else that is submitted. */
+            void first(Runnable opening) {
+                thread.execute(opening);
+            }
+
+            /** Called on the writer thread, by the opening. */
+            void connected(Connection c) {
+                connection = c;
             }
 
             Connection connection() {
@@ -4307,6 +4377,7 @@ class CopilotApi implements Callable<Integer> {
             <T> Optional<T> await(Db.Query<T> q) {
                 try {
                     return thread.submit(() -> {
+                        if (connection == null) return Optional.<T>empty();
                         try {
                             T out = Db.inTransaction(connection, q);
                             health.ok();
@@ -4331,6 +4402,7 @@ class CopilotApi implements Callable<Integer> {
             }
 
             private void run(String what, Db.Write w) {
+                if (connection == null) return;
                 try {
                     Db.inTransaction(connection, c -> {
                         w.run(c);

@@ -2349,7 +2349,7 @@ class CopilotApiTests {
                 try (CliTests.Started server = new CliTests.Started(env, "--first-byte-timeout", "60")) {
                     String log = eventually(Duration.ofSeconds(30), () -> server.log.toString(), l -> l.contains("listening on http://"));
                     assertTrue(log.contains("listening on http://"), log);
-                    // the fetch starts on its own thread just after the line is printed: give it a moment to arrive
+                    // the fetch runs on its own thread, started just before listening: give it a moment to arrive
                     assertEquals(List.of("GET /models"), eventually(Duration.ofSeconds(10), catalogHangs::seen, seen -> !seen.isEmpty()),
                         "the catalog is being fetched meanwhile");
                 }
