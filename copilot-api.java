@@ -4350,6 +4350,7 @@ class CopilotApi implements Callable<Integer> {
                 for (Pending p; (p = pending.poll()) != null; ) batch.add(p);
                 if (batch.isEmpty()) return;
                 try {
+                    if (connection == null) return;
                     if (batch.size() == 1) {
                         run(batch.get(0).what(), batch.get(0).w());
                         return;
@@ -8425,6 +8426,7 @@ class CopilotApi implements Callable<Integer> {
             Duration limit = stream || method.equals("GET") ? timeouts.firstByte() : timeouts.answer();
             Http.Call b = (body == null ? new Http.Call(method, uri) : Http.Call.post(uri, "application/json", body))
                 .timeout(limit)
+                .streaming(stream)
                 .idle((stream ? timeouts.streamIdle() : timeouts.answer()).plusMinutes(1))
                 .header("authorization", "Bearer " + token.token())
                 .header("copilot-integration-id", EditorHeaders.INTEGRATION_ID)
@@ -9527,6 +9529,8 @@ class CopilotApi implements Callable<Integer> {
             Duration timeout = Duration.ofSeconds(30);
             /** How long the connection may stay silent once the answer has begun; past it the read fails. */
             Duration idle = Duration.ofMinutes(11);
+            /** An event stream: closed early, it is cut off rather than read to its end. */
+            boolean streaming;
             byte[] body;
 
             Call(String method, URI uri) {
@@ -9552,6 +9556,11 @@ class CopilotApi implements Callable<Integer> {
 
             Call timeout(Duration d) {
                 timeout = d;
+                return this;
+            }
+
+            Call streaming(boolean yes) {
+                streaming = yes;
                 return this;
             }
 
@@ -9610,7 +9619,7 @@ class CopilotApi implements Callable<Integer> {
                         for (int i = 0; i < call.headers.size(); i += 2) h.add(call.headers.get(i), call.headers.get(i + 1));
                     });
                 if (call.body != null) r.body(new org.eclipse.jetty.client.BytesRequestContent(call.body));
-                BodyStream body = new BodyStream(r);
+                BodyStream body = new BodyStream(r, !call.streaming);
                 boolean[] begun = new boolean[1];
                 r.onResponseBegin(x -> begun[0] = true);
                 r.onResponseHeaders(x -> {
@@ -9618,7 +9627,7 @@ class CopilotApi implements Callable<Integer> {
                     if (t != null) t.cancel();
                     reply.complete(new Reply(x.getStatus(), x.getHeaders(), body));
                 });
-                r.onResponseContentSource((x, source) -> body.attach(source));
+                r.onResponseContentAsync((x, chunk, demand) -> body.offer(chunk, demand));
                 request = r;
                 if (first) {
                     deadline = client.getScheduler().schedule(() -> {
@@ -9679,116 +9688,111 @@ class CopilotApi implements Callable<Integer> {
             return uri.getScheme() + "://" + uri.getAuthority();
         }
 
+        /** Up to limit bytes of a body as text; what arrived before a failure is kept. */
         static String readLimited(Reply reply, int limit) {
+            java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream();
             try (InputStream in = reply.body()) {
-                return new String(in.readNBytes(limit), UTF_8);
+                byte[] buf = new byte[8192];
+                for (int n; out.size() < limit && (n = in.read(buf, 0, Math.min(buf.length, limit - out.size()))) > 0; ) out.write(buf, 0, n);
             } catch (IOException e) {
-                return "";
+                // keep what was read
             }
+            return out.toString(UTF_8);
         }
     }
 
     /**
-     * An answer's body as an InputStream, read on the caller's thread straight from the connection, only as
-     * fast as the caller takes it (so nothing piles up between Copilot and a slow client). What arrived before a
-     * failure is read out first and the failure comes after it, so a cut stream loses no event that had reached
-     * us; close() from any thread aborts the exchange and wakes a reader that waits.
+     * An answer's body as an InputStream, fed by Jetty's client a few chunks ahead of the reader at most (the next
+     * chunk is asked for as the reader takes one, so nothing piles up between Copilot and a slow client). Each chunk
+     * is ours once it arrived: what came before a failure is read out first and the failure comes after it, so a
+     * cut stream loses no event that had reached us. close() from any thread ends the exchange and wakes a reader.
      */
     static final class BodyStream extends InputStream {
+        /** Chunks asked for ahead of the reader. */
+        static final int WINDOW = 4;
+        private static final Object END = new Object();
+        private static final Object CLOSED = new Object();
+
         private final org.eclipse.jetty.client.Request request;
-        private final java.util.concurrent.Semaphore wake = new java.util.concurrent.Semaphore(0);
-        private final java.util.concurrent.atomic.AtomicBoolean demanding = new java.util.concurrent.atomic.AtomicBoolean();
-        /** Only wakes the reader, so Jetty may run it on its selector thread instead of handing it to another. */
-        private final Runnable demanded = org.eclipse.jetty.util.thread.Invocable.from(
-            org.eclipse.jetty.util.thread.Invocable.InvocationType.NON_BLOCKING, this::demanded);
-        private volatile org.eclipse.jetty.io.Content.Source source;
-        /** Set once the exchange is over: null for a clean end, else its failure. */
-        private volatile Throwable end;
-        private volatile boolean over;
+        /** A body that is not a stream is read to its end on close, so that its connection is reused. */
+        private final boolean drainOnClose;
+        private final java.util.concurrent.LinkedBlockingQueue<Object> queue = new java.util.concurrent.LinkedBlockingQueue<>();
+        private final java.util.concurrent.atomic.AtomicInteger ahead = new java.util.concurrent.atomic.AtomicInteger();
+        /** The demand held back while the window is full; run when the reader takes a chunk. */
+        private final java.util.concurrent.atomic.AtomicReference<Runnable> heldDemand = new java.util.concurrent.atomic.AtomicReference<>();
         private volatile boolean closed;
         private org.eclipse.jetty.io.Content.Chunk chunk;
-        private boolean eof;
-        /** The thread that reads; close() from any other (the heartbeat ending a stream) aborts. */
-        private volatile Thread reader;
+        private Object last;
 
-        BodyStream(org.eclipse.jetty.client.Request request) {
+        BodyStream(org.eclipse.jetty.client.Request request, boolean drainOnClose) {
             this.request = request;
+            this.drainOnClose = drainOnClose;
         }
 
-        void attach(org.eclipse.jetty.io.Content.Source s) {
-            source = s;
-            if (closed) s.fail(new IOException("closed"));
-            wake.release();
+        /** Jetty's content callback: the chunk is kept, and more is asked for while the window has room. */
+        void offer(org.eclipse.jetty.io.Content.Chunk c, Runnable demand) {
+            if (closed && !drainOnClose) {
+                request.abort(new IOException("closed"));
+                return;
+            }
+            if (!c.hasRemaining() || closed) {
+                demand.run();
+                return;
+            }
+            c.retain();
+            queue.add(c);
+            if (ahead.incrementAndGet() < WINDOW) {
+                demand.run();
+            } else {
+                heldDemand.set(demand);
+                // the reader may have taken chunks meanwhile
+                if (ahead.get() < WINDOW) release();
+            }
         }
 
         void succeeded() {
-            over = true;
-            wake.release();
+            queue.add(END);
         }
 
         void failed(Throwable t) {
-            end = t;
-            over = true;
-            wake.release();
+            queue.add(t);
         }
 
-        /** The chunk with bytes in it, or null at the end; blocks while nothing has arrived. */
+        private void release() {
+            Runnable d = heldDemand.getAndSet(null);
+            if (d != null) d.run();
+        }
+
+        /** The chunk with bytes in it, or null at the end; blocks while nothing has arrived (unless told not to). */
         private org.eclipse.jetty.io.Content.Chunk current(boolean block) throws IOException {
-            if (reader == null) reader = Thread.currentThread();
-            while (true) {
-                if (closed) throw new IOException("closed");
+            if (closed) throw new IOException("closed");
+            while (chunk == null || !chunk.hasRemaining()) {
                 if (chunk != null) {
-                    if (chunk.hasRemaining()) return chunk;
-                    boolean last = chunk.isLast();
                     chunk.release();
                     chunk = null;
-                    if (last) eof = true;
+                    ahead.decrementAndGet();
+                    release();
                 }
-                if (eof) return null;
-                org.eclipse.jetty.io.Content.Source s = source;
-                if (s == null) {
-                    // before the body began: it may never (an empty answer), or the exchange failed first
-                    if (over) {
-                        if (end != null) throw io(end);
-                        eof = true;
-                        return null;
-                    }
-                    if (!block) return null;
-                    await();
-                    continue;
+                if (last != null) return ended();
+                Object next;
+                try {
+                    next = block ? queue.take() : queue.poll();
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw new java.io.InterruptedIOException("interrupted while reading from Copilot");
                 }
-                org.eclipse.jetty.io.Content.Chunk c = s.read();
-                if (c == null) {
-                    if (!block) return null;
-                    // one demand at a time: a wake-up may be left over from attach() or an end
-                    if (demanding.compareAndSet(false, true)) s.demand(demanded);
-                    await();
-                    continue;
-                }
-                if (org.eclipse.jetty.io.Content.Chunk.isFailure(c)) {
-                    eof = true;
-                    throw io(c.getFailure());
-                }
-                chunk = c;
+                if (next == null) return null;
+                if (next instanceof org.eclipse.jetty.io.Content.Chunk c) chunk = c;
+                else last = next;
             }
+            return chunk;
         }
 
-        private void demanded() {
-            demanding.set(false);
-            wake.release();
-        }
-
-        private void await() throws IOException {
-            try {
-                wake.acquire();
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                throw new java.io.InterruptedIOException("interrupted while reading from Copilot");
-            }
-        }
-
-        private static IOException io(Throwable t) {
-            return t instanceof IOException io ? io : new IOException(describe(t), t);
+        private org.eclipse.jetty.io.Content.Chunk ended() throws IOException {
+            if (last == END) return null;
+            if (last == CLOSED) throw new IOException("closed");
+            Throwable t = (Throwable) last;
+            throw t instanceof IOException io ? io : new IOException(describe(t), t);
         }
 
         @Override
@@ -9808,37 +9812,24 @@ class CopilotApi implements Callable<Integer> {
             return n;
         }
 
-        /** Skips what has arrived, without blocking, up to the end if that is here too (a JSON reader stops short of it). */
-        private void readOutWhatIsHere() {
-            try {
-                for (int i = 0; i < 64 && !eof; i++) {
-                    org.eclipse.jetty.io.Content.Chunk c = current(false);
-                    if (c == null) return;
-                    c.getByteBuffer().position(c.getByteBuffer().limit());
-                }
-            } catch (IOException e) {
-                // failed or closed: nothing to reuse
-            }
-        }
-
-        /** Bytes readable now without blocking: those of the chunk already here. */
+        /** Bytes readable now without blocking: those of the chunks already here. */
         @Override
-        public int available() throws IOException {
-            if (closed || eof) return 0;
-            org.eclipse.jetty.io.Content.Chunk c = current(false);
-            return c == null ? 0 : c.remaining();
+        public int available() {
+            long n = chunk == null ? 0 : chunk.remaining();
+            for (Object o : queue) if (o instanceof org.eclipse.jetty.io.Content.Chunk c) n += c.remaining();
+            return (int) Math.min(Integer.MAX_VALUE, n);
         }
 
         @Override
         public void close() {
             if (closed) return;
-            // on the reader's own thread, an answer that is all here ends cleanly and its connection is reused
-            if (!eof && (reader == null || reader == Thread.currentThread())) readOutWhatIsHere();
             closed = true;
-            if (!eof) request.abort(new IOException("closed"));
-            org.eclipse.jetty.io.Content.Source s = source;
-            if (s != null && !eof) s.fail(new IOException("closed"));
-            wake.release();
+            if (!drainOnClose) request.abort(new IOException("closed"));
+            // the reader's own chunk is the reader's to drop; those still queued go back now
+            for (Object o; (o = queue.poll()) != null; ) if (o instanceof org.eclipse.jetty.io.Content.Chunk c) c.release();
+            queue.add(CLOSED);
+            // a held demand lets the rest of a drained answer come in (and be dropped); an aborted one ends at once
+            release();
         }
     }
 

@@ -89,7 +89,8 @@ class StoreTests {
             s.execute("CREATE TABLE t (v TEXT NOT NULL)");
         }
         CopilotApi.Store.Health health = new CopilotApi.Store.Health();
-        CopilotApi.Store.Writer writer = new CopilotApi.Store.Writer(c, health);
+        CopilotApi.Store.Writer writer = new CopilotApi.Store.Writer(health);
+        writer.first(() -> writer.connected(c));
         java.util.concurrent.CountDownLatch hold = new java.util.concurrent.CountDownLatch(1);
         java.util.concurrent.CountDownLatch all = new java.util.concurrent.CountDownLatch(7);
         List<Long> seenByOther = java.util.Collections.synchronizedList(new ArrayList<>());
@@ -296,6 +297,8 @@ class StoreTests {
         Path home = Files.createTempDirectory("copilot-api-store");
         try (var h = harness(home, CopilotApi.Store.Options.DEFAULT)) {
             Path db = home.resolve("store.db");
+            // the store opens in the background once the server listens; /stats waits for it
+            assertEquals("ok", ok(h.get("/stats")).path("store").path("state").asText());
             assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(db)));
             ok(h.send("POST", "/v1/chat/completions", CopilotApiTests.CHAT_HI, "user-agent", "history-test/1.0"));
             assertEquals(400, h.post("/v1/chat/completions", "{\"model\":\"nope\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}").statusCode());
