@@ -71,10 +71,10 @@ class Benchmark {
           --side-by-side    section 5 only: copilot-api as a separate process (./jbang copilot-api.java start, pointed at
                             this JVM's stub by COPILOT_API_* variables) beside --compare, with PASS/FAIL against the targets
           --quick           small counts and short load windows, a smoke test well under a minute
-          --time-limit      stop (exit 3, printing what was measured) after this long; default 480, quick 120
+          --time-limit      stop (exit 3, printing what was measured) after this long; default 720, quick 120
           --target          copilot-api (default: started as a process) or the base URL of an already running one
           --target-pid      its pid, for /proc/PID/status (default: the process listening on the URL's port)
-          --warm-up         seconds of load before each side-by-side row is measured (default 2, quick 0.5)
+          --warm-up         seconds of load before each side-by-side row is measured (default 10, quick 0.5)
           --stub-port       port of the side-by-side stub (default: a free one; its env lines go to stderr at start)
           --compare         base URL of another proxy pointed at that stub (implies --side-by-side); the benchmark waits
                             --compare-wait seconds (default 120) for its /v1/models to answer 200, so it can be started
@@ -96,7 +96,7 @@ class Benchmark {
     record Config(String name, int warmup, int chatN, int largeN, int largeKb, int allocN, int streamChunks, int streamWarmup,
                   int streamRuns, int shortStreams, int[] concurrency, int concurrentChunks, long concurrentDelayMs, Duration timeLimit) {
         static Config full() {
-            return new Config("full", 1000, 2000, 200, 256, 500, 5000, 6, 5, 500, new int[] {50, 200}, 200, 5, Duration.ofMinutes(8));
+            return new Config("full", 1000, 2000, 200, 256, 500, 5000, 6, 5, 500, new int[] {50, 200}, 200, 5, Duration.ofMinutes(12));
         }
 
         static Config quick() {
@@ -993,7 +993,9 @@ class Benchmark {
     /** Sizes of the side-by-side run. */
     record SxsConfig(String name, Duration warm, Duration measure, int chunkRuns, int chunks, int openStreams, Duration settle, int startRuns) {
         static SxsConfig full() {
-            return new SxsConfig("full", Duration.ofSeconds(2), Duration.ofSeconds(8), 5, 2000, 100, Duration.ofSeconds(65), 3);
+            // 10 s of load before each row: a server runs for hours, and a JVM's JIT is still busy after 2 s (profiles
+            // of the small-chat row put 31-44% of the proxy's CPU in the JIT then, 1-35% after 15 s)
+            return new SxsConfig("full", Duration.ofSeconds(10), Duration.ofSeconds(8), 5, 2000, 100, Duration.ofSeconds(65), 3);
         }
 
         static SxsConfig quick() {

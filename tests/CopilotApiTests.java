@@ -2097,9 +2097,20 @@ class CopilotApiTests {
                 "--user-data-dir=" + profile, "--virtual-time-budget=5000"));
             command.addAll(List.of(flags));
             command.addAll(List.of("--dump-dom", url));
-            SdkRunner.Result r = SdkRunner.run(profile, Map.of(), Duration.ofSeconds(60), command.toArray(String[]::new));
-            assertEquals(0, r.exit(), r.output());
-            return r.output();
+            try {
+                SdkRunner.Result r = SdkRunner.run(profile, Map.of(), Duration.ofSeconds(60), command.toArray(String[]::new));
+                assertEquals(0, r.exit(), r.output());
+                return r.output();
+            } finally {
+                deleteTree(profile);
+            }
+        }
+
+        /** A browser profile is tens of megabytes: gone after each page, not left in the temporary folder. */
+        static void deleteTree(Path dir) throws IOException {
+            try (Stream<Path> all = Files.walk(dir)) {
+                for (Path p : all.sorted(java.util.Comparator.reverseOrder()).toList()) Files.deleteIfExists(p);
+            }
         }
 
         @Test
