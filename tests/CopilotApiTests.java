@@ -15,6 +15,7 @@ package copilotapi;
 import static java.nio.charset.StandardCharsets.UTF_8;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -105,6 +106,7 @@ class CopilotApiTests {
         TerminalTests.class,
         StaleConnectionTests.class,
         ProxyTests.class,
+        TlsTests.class,
         CliTests.class,
         SdkTests.class,
         ClientRecipeTests.class,
@@ -2635,6 +2637,106 @@ class CopilotApiTests {
                     assertEquals("chatcmpl-1", copilot.postJson("/chat/completions", body, CopilotApi.CallOptions.PLAIN).path("id").asText());
                 }
                 assertEquals(2, upstream.dropped.get(), "the second and third POST each met a connection closed under them");
+            }
+        }
+    }
+
+    // ==== TLS ====
+
+    /**
+     * Copilot and GitHub are HTTPS: the upstream client checks the certificate and the name in it. A TLS front
+     * (a self-signed certificate for 127.0.0.1, made with keytool) forwards to the plain stub; copilot-api runs as
+     * its own process, trusting that certificate only when told to through the JVM's trust store.
+     */
+    static final class TlsTests {
+        @Test
+        void upstreamCallsUseTlsAndRefuseACertificateTheyDoNotTrust() throws Exception {
+            Path dir = Files.createTempDirectory("copilot-api-tls");
+            Path keystore = dir.resolve("upstream.p12");
+            Process keytool = new ProcessBuilder(Path.of(System.getProperty("java.home"), "bin", "keytool").toString(), "-genkeypair",
+                "-alias", "upstream", "-keyalg", "EC", "-groupname", "secp256r1", "-dname", "CN=127.0.0.1", "-ext", "san=ip:127.0.0.1",
+                "-validity", "2", "-keystore", keystore.toString(), "-storetype", "PKCS12", "-storepass", "changeit")
+                .redirectErrorStream(true).start();
+            assertTrue(keytool.waitFor(60, TimeUnit.SECONDS) && keytool.exitValue() == 0, new String(keytool.getInputStream().readAllBytes(), UTF_8));
+            try (StubUpstream stub = StubUpstream.start(); TlsFront front = new TlsFront(keystore, stub.port())) {
+                Map<String, String> env = new HashMap<>();
+                stub.env().forEach((k, v) -> env.put(k, v.replace("http://127.0.0.1:" + stub.port(), "https://127.0.0.1:" + front.port())));
+                assertTrue(env.get("COPILOT_API_COPILOT_URL").startsWith("https://"), env.toString());
+                env.put("COPILOT_API_HOME", dir.resolve("home").toString());
+
+                CliTests.Run refused = CliTests.cli(env, "start", "--port", "0", "--github-token", StubUpstream.VALID_GITHUB_TOKEN);
+                assertNotEquals(0, refused.exit(), refused.out() + refused.err());
+                assertTrue((refused.out() + refused.err()).matches("(?s).*(certificat|PKIX).*"), "names the certificate: " + refused.err());
+                assertEquals(0, stub.count("/api/copilot_internal/v2/token"), "nothing reached GitHub through an untrusted connection");
+
+                env.put("JDK_JAVA_OPTIONS", "-Djavax.net.ssl.trustStore=" + keystore + " -Djavax.net.ssl.trustStorePassword=changeit");
+                try (CliTests.Started started = new CliTests.Started(env)) {
+                    String base = started.baseUrl();
+                    HttpResponse<String> r = HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
+                        .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(),
+                        HttpResponse.BodyHandlers.ofString());
+                    assertEquals(200, r.statusCode(), r.body() + started.log);
+                    assertEquals(1, stub.count("/chat/completions"), started.log.toString());
+                    assertTrue(front.connections.get() > 0);
+                }
+            }
+        }
+
+        /** Terminates TLS with the given key store and pipes the plain bytes to a local port. */
+        static final class TlsFront implements AutoCloseable {
+            final javax.net.ssl.SSLServerSocket server;
+            final java.util.concurrent.atomic.AtomicInteger connections = new java.util.concurrent.atomic.AtomicInteger();
+            private final int target;
+
+            TlsFront(Path keystore, int target) throws Exception {
+                this.target = target;
+                java.security.KeyStore ks = java.security.KeyStore.getInstance("PKCS12");
+                try (InputStream in = Files.newInputStream(keystore)) {
+                    ks.load(in, "changeit".toCharArray());
+                }
+                javax.net.ssl.KeyManagerFactory kmf = javax.net.ssl.KeyManagerFactory.getInstance(javax.net.ssl.KeyManagerFactory.getDefaultAlgorithm());
+                kmf.init(ks, "changeit".toCharArray());
+                javax.net.ssl.SSLContext tls = javax.net.ssl.SSLContext.getInstance("TLS");
+                tls.init(kmf.getKeyManagers(), null, null);
+                server = (javax.net.ssl.SSLServerSocket) tls.getServerSocketFactory().createServerSocket(0, 50, java.net.InetAddress.getLoopbackAddress());
+                Thread accept = new Thread(this::accept, "tls-front");
+                accept.setDaemon(true);
+                accept.start();
+            }
+
+            int port() {
+                return server.getLocalPort();
+            }
+
+            private void accept() {
+                while (!server.isClosed()) {
+                    try {
+                        java.net.Socket outside = server.accept();
+                        java.net.Socket inside = new java.net.Socket(java.net.InetAddress.getLoopbackAddress(), target);
+                        connections.incrementAndGet();
+                        pipe(outside, inside);
+                        pipe(inside, outside);
+                    } catch (IOException e) {
+                        // a refused handshake or the end: the next connection is on its own
+                    }
+                }
+            }
+
+            private static void pipe(java.net.Socket from, java.net.Socket to) {
+                Thread t = new Thread(() -> {
+                    try (from; to) {
+                        from.getInputStream().transferTo(to.getOutputStream());
+                    } catch (IOException e) {
+                        // one side closed; both go
+                    }
+                }, "tls-front-pipe");
+                t.setDaemon(true);
+                t.start();
+            }
+
+            @Override
+            public void close() throws IOException {
+                server.close();
             }
         }
     }
