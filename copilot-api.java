@@ -8436,6 +8436,7 @@ class CopilotApi implements Callable<Integer> {
                 throw Http.failure(call.uri, e.getCause());
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
+                pending.abort(e);
                 throw new UpstreamUnreachable("Interrupted while calling " + Http.origin(call.uri), e);
             } catch (RuntimeException e) {
                 pending.abort(e);
@@ -9645,8 +9646,7 @@ class CopilotApi implements Callable<Integer> {
                 boolean[] begun = new boolean[1];
                 r.onResponseBegin(x -> begun[0] = true);
                 r.onResponseHeaders(x -> {
-                    org.eclipse.jetty.util.thread.Scheduler.Task t = deadline;
-                    if (t != null) t.cancel();
+                    cancelDeadline();
                     reply.complete(new Reply(x.getStatus(), x.getHeaders(), body));
                 });
                 r.onResponseContentAsync((x, chunk, demand) -> body.offer(chunk, demand));
@@ -9669,11 +9669,13 @@ class CopilotApi implements Callable<Integer> {
                         return;
                     }
                     body.failed(cause);
-                    if (reply.completeExceptionally(cause)) {
-                        org.eclipse.jetty.util.thread.Scheduler.Task t = deadline;
-                        if (t != null) t.cancel();
-                    }
+                    if (reply.completeExceptionally(cause)) cancelDeadline();
                 });
+            }
+
+            private void cancelDeadline() {
+                org.eclipse.jetty.util.thread.Scheduler.Task t = deadline;
+                if (t != null) t.cancel();
             }
 
             /** Ends the call and frees its connection (a client that left, a shutdown, a wait given up). */
@@ -9888,11 +9890,9 @@ class CopilotApi implements Callable<Integer> {
         @Override
         public List<Proxy> select(URI uri) {
             Optional<URI> proxy = "https".equalsIgnoreCase(uri.getScheme()) ? httpsProxy : httpProxy;
-            int targetPort = uri.getPort() > 0 ? uri.getPort() : "https".equalsIgnoreCase(uri.getScheme()) ? 443 : 80;
-            if (proxy.isEmpty() || bypass(uri.getHost(), targetPort)) return List.of(Proxy.NO_PROXY);
+            if (proxy.isEmpty() || bypass(uri.getHost(), port(uri))) return List.of(Proxy.NO_PROXY);
             URI p = proxy.get();
-            int port = p.getPort() > 0 ? p.getPort() : "https".equalsIgnoreCase(p.getScheme()) ? 443 : 80;
-            return List.of(new Proxy(Proxy.Type.HTTP, InetSocketAddress.createUnresolved(p.getHost(), port)));
+            return List.of(new Proxy(Proxy.Type.HTTP, InetSocketAddress.createUnresolved(p.getHost(), port(p))));
         }
 
         boolean bypass(String host, int port) {
@@ -9933,8 +9933,9 @@ class CopilotApi implements Callable<Integer> {
             return httpsProxy.map(URI::toString).orElse("-") + " " + httpProxy.map(URI::toString).orElse("-") + " " + String.join(",", noProxy);
         }
 
-        private static int port(URI p) {
-            return p.getPort() > 0 ? p.getPort() : "https".equalsIgnoreCase(p.getScheme()) ? 443 : 80;
+        /** The URI's port, or its scheme's default. */
+        private static int port(URI u) {
+            return u.getPort() > 0 ? u.getPort() : "https".equalsIgnoreCase(u.getScheme()) ? 443 : 80;
         }
 
         private static URI proxyOrigin(URI p) {
