@@ -9664,13 +9664,18 @@ class CopilotApi implements Callable<Integer> {
                         return;
                     }
                     Throwable cause = result.getFailure();
-                    if (first && !begun[0] && !reply.isDone() && r.getAbortCause() == null && staleConnection(cause)) {
+                    // not r.getAbortCause(): Jetty aborts the request with the EOF itself; our own aborts complete the reply first
+                    if (first && !begun[0] && !reply.isDone() && staleConnection(cause)) {
                         attempt(client, false);
                         return;
                     }
-                    body.failed(cause);
-                    if (reply.completeExceptionally(cause)) cancelDeadline();
+                    fail(body, cause);
                 });
+            }
+
+            private void fail(BodyStream body, Throwable cause) {
+                body.failed(cause);
+                if (reply.completeExceptionally(cause)) cancelDeadline();
             }
 
             private void cancelDeadline() {
@@ -9734,11 +9739,16 @@ class CopilotApi implements Callable<Integer> {
     static final class BodyStream extends InputStream {
         /** Chunks asked for ahead of the reader. */
         static final int WINDOW = 4;
+        /** How long close() waits for the rest of an answer that is not a stream (its end is normally already here). */
+        static final Duration DRAIN_LIMIT = Duration.ofSeconds(1);
         private static final Object END = new Object();
         private static final Object CLOSED = new Object();
 
         private final org.eclipse.jetty.client.Request request;
-        /** A body that is not a stream is read to its end on close, so that its connection is reused. */
+        /**
+         * A body that is not a stream is read to its end on close (a JSON reader stops short of it), so that the
+         * exchange is over and its connection back in the pool before the caller's next request goes out.
+         */
         private final boolean drainOnClose;
         private final java.util.concurrent.LinkedBlockingQueue<Object> queue = new java.util.concurrent.LinkedBlockingQueue<>();
         private final java.util.concurrent.atomic.AtomicInteger ahead = new java.util.concurrent.atomic.AtomicInteger();
@@ -9755,11 +9765,11 @@ class CopilotApi implements Callable<Integer> {
 
         /** Jetty's content callback: the chunk is kept, and more is asked for while the window has room. */
         void offer(org.eclipse.jetty.io.Content.Chunk c, Runnable demand) {
-            if (closed && !drainOnClose) {
+            if (closed) {
                 request.abort(new IOException("closed"));
                 return;
             }
-            if (!c.hasRemaining() || closed) {
+            if (!c.hasRemaining()) {
                 demand.run();
                 return;
             }
@@ -9787,8 +9797,8 @@ class CopilotApi implements Callable<Integer> {
             if (d != null) d.run();
         }
 
-        /** The chunk with bytes in it, or null at the end; blocks while nothing has arrived (unless told not to). */
-        private org.eclipse.jetty.io.Content.Chunk current(boolean block) throws IOException {
+        /** The chunk with bytes in it, or null at the end or when nothing arrived within the wait. */
+        private org.eclipse.jetty.io.Content.Chunk current(long waitNanos) throws IOException {
             if (closed) throw new IOException("closed");
             while (chunk == null || !chunk.hasRemaining()) {
                 if (chunk != null) {
@@ -9800,7 +9810,7 @@ class CopilotApi implements Callable<Integer> {
                 if (last != null) return ended();
                 Object next;
                 try {
-                    next = block ? queue.take() : queue.poll();
+                    next = waitNanos == Long.MAX_VALUE ? queue.take() : queue.poll(waitNanos, TimeUnit.NANOSECONDS);
                 } catch (InterruptedException e) {
                     Thread.currentThread().interrupt();
                     throw new java.io.InterruptedIOException("interrupted while reading from Copilot");
@@ -9821,14 +9831,14 @@ class CopilotApi implements Callable<Integer> {
 
         @Override
         public int read() throws IOException {
-            org.eclipse.jetty.io.Content.Chunk c = current(true);
+            org.eclipse.jetty.io.Content.Chunk c = current(Long.MAX_VALUE);
             return c == null ? -1 : c.getByteBuffer().get() & 0xff;
         }
 
         @Override
         public int read(byte[] into, int off, int len) throws IOException {
             if (len == 0) return 0;
-            org.eclipse.jetty.io.Content.Chunk c = current(true);
+            org.eclipse.jetty.io.Content.Chunk c = current(Long.MAX_VALUE);
             if (c == null) return -1;
             ByteBuffer b = c.getByteBuffer();
             int n = Math.min(len, b.remaining());
@@ -9844,16 +9854,28 @@ class CopilotApi implements Callable<Integer> {
             return (int) Math.min(Integer.MAX_VALUE, n);
         }
 
+        /** Skips the rest of the answer, up to its end, for at most DRAIN_LIMIT. */
+        private void readToEnd() {
+            long until = System.nanoTime() + DRAIN_LIMIT.toNanos();
+            try {
+                for (var c = current(until - System.nanoTime()); c != null; c = current(until - System.nanoTime())) {
+                    c.getByteBuffer().position(c.getByteBuffer().limit());
+                }
+            } catch (IOException e) {
+                // the answer failed: nothing to reuse
+            }
+        }
+
         @Override
         public void close() {
             if (closed) return;
+            // on the reader's thread; a stream is closed early on purpose (and from the heartbeat), so it is cut
+            if (drainOnClose) readToEnd();
             closed = true;
-            if (!drainOnClose) request.abort(new IOException("closed"));
+            if (!drainOnClose || last != END) request.abort(new IOException("closed"));
             // the reader's own chunk is the reader's to drop; those still queued go back now
             for (Object o; (o = queue.poll()) != null; ) if (o instanceof org.eclipse.jetty.io.Content.Chunk c) c.release();
             queue.add(CLOSED);
-            // a held demand lets the rest of a drained answer come in (and be dropped); an aborted one ends at once
-            release();
         }
     }
 
