@@ -2874,18 +2874,18 @@ class CopilotApi implements Callable<Integer> {
                 String status = ctx.queryParam("status");
                 if (status != null && !status.matches("ok|error|\\d{3}")) throw Requests.invalid("status", "is ok, error or an HTTP status such as 429");
                 return new Query(Requests.queryInt(ctx, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-                    Optional.ofNullable(ctx.queryParam("before")).map(b -> (long) Requests.queryInt(ctx, "before", 0, 1, Integer.MAX_VALUE)),
+                    Optional.ofNullable(ctx.queryParam("before")).map(b -> Requests.queryLong(ctx, "before", 1, Long.MAX_VALUE)),
                     Optional.ofNullable(ctx.queryParam("model")), Optional.ofNullable(status), Optional.ofNullable(ctx.queryParam("route")),
                     time(ctx, "since"), time(ctx, "until"));
             }
 
-            /** An ISO-8601 instant (2026-01-31T12:00:00Z) or epoch milliseconds. */
+            /** An ISO-8601 instant (2026-01-31T12:00:00Z) or epoch milliseconds; one a long cannot hold is refused like a typo. */
             private static Optional<Long> time(Context ctx, String name) {
                 String v = ctx.queryParam(name);
                 if (v == null) return Optional.empty();
                 try {
                     return Optional.of(v.matches("\\d+") ? Long.parseLong(v) : Instant.parse(v).toEpochMilli());
-                } catch (java.time.format.DateTimeParseException e) {
+                } catch (java.time.format.DateTimeParseException | NumberFormatException | ArithmeticException e) {
                     throw Requests.invalid(name, "is an ISO-8601 time such as 2026-01-31T12:00:00Z, or epoch milliseconds");
                 }
             }
@@ -3521,6 +3521,18 @@ class CopilotApi implements Callable<Integer> {
             ctx.contentType("application/json").result(text);
         }
 
+        /** A whole-number query parameter within bounds (one too long for a long is out of them too). */
+        static long queryLong(Context ctx, String name, long min, long max) {
+            String v = ctx.queryParam(name);
+            try {
+                long n = Long.parseLong(v);
+                if (n >= min && n <= max) return n;
+            } catch (NumberFormatException e) {
+                // answered below
+            }
+            throw invalid(name, "must be an integer from " + min + " to " + max);
+        }
+
         /** An integer query parameter within bounds; absent is the default. */
         static int queryInt(Context ctx, String name, int fallback, int min, int max) {
             String v = ctx.queryParam(name);
@@ -3893,6 +3905,7 @@ class CopilotApi implements Callable<Integer> {
             if (e instanceof UpstreamException u) return fromUpstream(u);
             if (e instanceof UpstreamTimeout u) return new ApiError(504, "api_error", u.getMessage());
             if (e instanceof UpstreamUnreachable u) return new ApiError(502, "api_error", u.getMessage());
+            if (e instanceof StoreFailing f) return new ApiError(503, "api_error", f.getMessage());
             if (e instanceof UserFacingException u) return new ApiError(502, "api_error", u.getMessage());
             Logs.log().error("unexpected failure", e);
             return new ApiError(500, "api_error", "Internal error in copilot-api: " + describe(e));
@@ -4170,8 +4183,9 @@ class CopilotApi implements Callable<Integer> {
         boolean deleteResponse(String id) {
             boolean pending = pendingResponses.remove(id) != null;
             if (writer == null) return pending;
-            Optional<Boolean> deleted = writer.await(c -> Db.deleteResponse(c, id));
-            return pending || deleted.orElse(false);
+            boolean deleted = writer.await(c -> Db.deleteResponse(c, id)).orElseThrow(() ->
+                failing("deleting " + id + " did not complete"));
+            return pending || deleted;
         }
 
         // -- history
@@ -4238,18 +4252,27 @@ class CopilotApi implements Callable<Integer> {
             writer.submit(what, w, after);
         }
 
+        /** Empty when the store is off; a store that is on but cannot be read throws {@link StoreFailing}, never empty. */
         private <T> Optional<T> read(Db.Read<T> r) {
             Connection reader = this.reader.join();
-            if (reader == null) return Optional.empty();
+            if (reader == null) {
+                if (enabled()) throw failing("it could not be opened");
+                return Optional.empty();
+            }
             synchronized (reader) {
                 try {
                     Optional<T> out = r.run(reader);
                     return out;
                 } catch (SQLException e) {
                     health.failed("reading " + file, e);
-                    return Optional.empty();
+                    throw failing("reading: " + describe(e));
                 }
             }
+        }
+
+        /** What a client is told when the store cannot answer: a 503 naming the cause, never a "not found". */
+        private static StoreFailing failing(String cause) {
+            return new StoreFailing("the store is failing (" + Redact.shorten(cause) + "); copilot-api keeps serving without it, see /stats");
         }
 
         /** The store's state: the first failure of a run of failures is logged, and a recovery once. */
@@ -6999,9 +7022,15 @@ class CopilotApi implements Callable<Integer> {
                     throw invalid("input", "'input_file' parts are only supported for text files sent as data URLs "
                         + "(file_data: data:text/...); chat models on Copilot cannot read other files");
                 }
-                String body = m.group(2) != null && m.group(2).contains(";base64")
-                    ? new String(java.util.Base64.getMimeDecoder().decode(m.group(3)), java.nio.charset.StandardCharsets.UTF_8)
-                    : java.net.URLDecoder.decode(m.group(3), java.nio.charset.StandardCharsets.UTF_8);
+                boolean base64 = m.group(2) != null && m.group(2).contains(";base64");
+                String body;
+                try {
+                    body = base64 ? new String(java.util.Base64.getMimeDecoder().decode(m.group(3)), java.nio.charset.StandardCharsets.UTF_8)
+                        : java.net.URLDecoder.decode(m.group(3), java.nio.charset.StandardCharsets.UTF_8);
+                } catch (IllegalArgumentException e) {
+                    throw invalid("input", "an 'input_file' data URL does not decode as " + (base64 ? "base64" : "percent-encoded text")
+                        + ": " + describe(e));
+                }
                 ObjectNode p = object();
                 p.put("type", "text");
                 String name = part.path("filename").asText("");
@@ -9303,6 +9332,13 @@ class CopilotApi implements Callable<Integer> {
 
         Optional<String> retryAfter() {
             return Optional.ofNullable(retryAfter);
+        }
+    }
+
+    /** The store is on but cannot be read or written: a 503 saying so, so that no client takes it for "not found". */
+    static final class StoreFailing extends RuntimeException {
+        StoreFailing(String message) {
+            super(message, null, false, false);
         }
     }
 

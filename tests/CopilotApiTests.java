@@ -2079,6 +2079,36 @@ class CopilotApiTests {
             }
             assertEquals(0, h.stub.count("/responses") + h.stub.count("/chat/completions"));
         }
+
+        // A number longer than a long, or a time past what a long holds: the caller's mistake (400 naming it), not a 500.
+        @Test
+        void historyQueriesOutOfRangeAre400sNamingTheParameter() throws Exception {
+            String huge = "99999999999999999999";
+            for (String q : List.of("since=" + huge, "until=" + huge, "since=%2B1000000000-12-31T23:59:59Z", "until=-5", "before=" + huge,
+                    "before=x", "limit=" + huge, "status=" + huge)) {
+                HttpResponse<String> r = h.get("/history?" + q);
+                assertEquals(400, r.statusCode(), q + " -> " + r.body());
+                JsonNode error = json(r.body()).path("error");
+                assertEquals("invalid_request_error", error.path("type").asText(), r.body());
+                assertEquals(q.substring(0, q.indexOf('=')), error.path("param").asText(), r.body());
+            }
+            assertEquals(200, h.get("/history?since=0&limit=1").statusCode(), "the next query is served");
+        }
+
+        // An input_file whose data URL does not decode (bad base64, a broken percent escape) is a 400 naming input.
+        @Test
+        void responsesInputFileWithADataUrlThatDoesNotDecodeIsA400() throws Exception {
+            int calls = h.stub.count("/chat/completions");
+            for (String url : List.of("data:text/plain;base64,QQ=Q", "data:text/plain,100%", "data:text/plain,%zz")) {
+                assertRefused(h, "/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":[{\"role\":\"user\",\"content\":[{\"type\":\"input_file\","
+                    + "\"filename\":\"a.txt\",\"file_data\":\"" + url + "\"}]}]}", "input");
+            }
+            assertEquals(calls, h.stub.count("/chat/completions"));
+            HttpResponse<String> r = h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                + "\"input_file\",\"filename\":\"a.txt\",\"file_data\":\"data:text/plain,50%25%20off\"}]}]}");
+            assertEquals(200, r.statusCode(), r.body());
+            assertTrue(h.stub.last("/chat/completions").json().toString().contains("a.txt:\\n50% off"), h.stub.last("/chat/completions").json().toString());
+        }
     }
 
     /** The dashboard as a person sees it: rendered by headless Chromium, quota numbers from the stub. */

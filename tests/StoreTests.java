@@ -416,6 +416,62 @@ class StoreTests {
         }
     }
 
+    // A store that cannot be read answers 503 saying so (never 404 "not found", which tells a client the response is
+    // gone for good) on every route that reads it; once the fault ends the same requests are served again.
+    @Test
+    void aStoreThatCannotBeReadAnswers503AndServesAgainOnceItCan() throws Exception {
+        Path home = Files.createTempDirectory("copilot-api-store");
+        try (var h = harness(home, CopilotApi.Store.Options.DEFAULT)) {
+            JsonNode first = ok(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\"}"));
+            String id = first.path("id").asText();
+            String msg = outputOfType(first, "message").path("id").asText();
+            try (java.sql.Connection c = java.sql.DriverManager.getConnection("jdbc:sqlite:" + home.resolve("store.db"))) {
+                try (var s = c.createStatement()) {
+                    s.execute("PRAGMA busy_timeout = 5000");
+                }
+                assertEquals(1L, eventually(Duration.ofSeconds(10), () -> stored(c, id), n -> n == 1), "the answer reached the file");
+                rename(c, "responses", "responses_away");
+                rename(c, "items", "items_away");
+                int calls = h.stub.count("/chat/completions");
+                List<HttpResponse<String>> answers = List.of(h.get("/v1/responses/" + id), h.get("/v1/responses/" + id + "/input_items"),
+                    h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"x\",\"previous_response_id\":\"" + id + "\"}"),
+                    h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":[" + reference(msg) + "," + userText("again") + "]}"),
+                    h.send("DELETE", "/v1/responses/" + id, null));
+                for (HttpResponse<String> r : answers) {
+                    assertEquals(503, r.statusCode(), r.request().method() + " " + r.request().uri() + " -> " + r.body());
+                    JsonNode error = json(r.body()).path("error");
+                    assertEquals("api_error", error.path("type").asText(), r.body());
+                    assertTrue(error.path("message").asText().contains("store is failing"), r.body());
+                }
+                assertEquals(calls, h.stub.count("/chat/completions"), "no turn went on without its stored part");
+                rename(c, "responses_away", "responses");
+                rename(c, "items_away", "items");
+            }
+            assertEquals(first.path("output"), ok(h.get("/v1/responses/" + id)).path("output"));
+            ok(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"x\",\"previous_response_id\":\"" + id + "\"}"));
+            ok(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":[" + reference(msg) + "," + userText("again") + "]}"));
+            ok(h.send("DELETE", "/v1/responses/" + id, null));
+            assertEquals(404, h.get("/v1/responses/" + id).statusCode(), "deleted once the store works again");
+        }
+    }
+
+    private static long stored(java.sql.Connection c, String id) {
+        try (var s = c.prepareStatement("SELECT COUNT(*) FROM responses WHERE id = ?")) {
+            s.setString(1, id);
+            try (var r = s.executeQuery()) {
+                return r.next() ? r.getLong(1) : 0;
+            }
+        } catch (java.sql.SQLException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+
+    private static void rename(java.sql.Connection c, String from, String to) throws java.sql.SQLException {
+        try (var s = c.createStatement()) {
+            s.execute("ALTER TABLE " + from + " RENAME TO " + to);
+        }
+    }
+
     static String uncheckedGet(CopilotApiTests.Harness h, String path) {
         try {
             return h.get(path).body();
