@@ -2921,26 +2921,62 @@ class CopilotApi implements Callable<Integer> {
         }
 
         static final int SUMMARY_DAYS = 7;
+        /** The summary names the busiest models up to this many, and this many of the latest failures. */
+        static final int SUMMARY_MODELS = 50;
+        static final int SUMMARY_FAILURES = 10;
+
+        /** How many requests took how long, by nearest rank; null percentiles when there were none. */
+        record Latency(long requests, Long p50, Long p95) {
+            static final Latency NONE = new Latency(0, null, null);
+
+            ObjectNode json() {
+                ObjectNode o = Json.object().put("requests", requests);
+                o.put("p50_ms", p50);
+                o.put("p95_ms", p95);
+                return o;
+            }
+        }
+
+        record Day(String day, long requests, long errors) {
+        }
+
+        record ModelWeek(String model, Latency latency, long errors, long inputTokens, long outputTokens) {
+        }
+
+        /** The dashboard's week, as {@link Store.Db#summary} counts it. */
+        record Summary(Latency all, List<Day> days, List<ModelWeek> models, List<HistoryRow> recentErrors) {
+            static final Summary NONE = new Summary(Latency.NONE, List.of(), List.of(), List.of());
+        }
 
         /**
          * GET /history/summary, for the dashboard: the last week's requests per day and per model with p50/p95
-         * latency, the latest failures, the store's and the Copilot token's state.
+         * latency, the latest failures, the store's and the Copilot token's state. A store that cannot be read
+         * answers {@code available: false} beside its state, so that the page still says why.
          */
         static void summary(Context ctx, Store store, CopilotClient copilot) {
             ObjectNode out = Json.object();
             out.set("store", store.status());
             out.set("copilot_token", tokenState(copilot));
             long since = Instant.now().minus(Duration.ofDays(SUMMARY_DAYS)).toEpochMilli();
-            Optional<List<HistoryRow>> rows = store.history(new Query(Query.MAX_LIMIT * 100, Optional.empty(), Optional.empty(),
-                Optional.empty(), Optional.empty(), Optional.of(since), Optional.empty()));
+            Optional<Summary> week;
+            try {
+                week = store.historySummary(since);
+            } catch (StoreFailing e) {
+                week = Optional.empty();
+            }
             out.put("days", SUMMARY_DAYS);
-            out.put("available", rows.isPresent());
-            List<HistoryRow> list = rows.orElse(List.of());
-            out.set("latency", latency(list.stream().filter(r -> r.requestedModel() != null).toList()));
-            out.set("per_day", perDay(list));
-            out.set("per_model", perModel(list));
+            out.put("available", week.isPresent());
+            Summary s = week.orElse(Summary.NONE);
+            out.set("latency", s.all().json());
+            ArrayNode days = out.putArray("per_day");
+            for (Day d : s.days()) days.addObject().put("day", d.day()).put("requests", d.requests()).put("errors", d.errors());
+            ArrayNode models = out.putArray("per_model");
+            for (ModelWeek m : s.models()) {
+                models.add(m.latency().json().put("model", m.model()).put("errors", m.errors()).put("input_tokens", m.inputTokens())
+                    .put("output_tokens", m.outputTokens()));
+            }
             ArrayNode errors = out.putArray("recent_errors");
-            list.stream().filter(r -> r.status() >= 400 || r.errorType() != null).limit(10).forEach(r -> errors.add(r.json()));
+            for (HistoryRow r : s.recentErrors()) errors.add(r.json());
             Requests.writeJson(ctx, out);
         }
 
@@ -2959,48 +2995,6 @@ class CopilotApi implements Callable<Integer> {
                 o.put("error", Redact.shorten(describe(e)));
             }
             return o;
-        }
-
-        static ObjectNode latency(List<HistoryRow> rows) {
-            List<Long> ms = rows.stream().map(HistoryRow::totalMs).sorted().toList();
-            ObjectNode o = Json.object().put("requests", ms.size());
-            if (ms.isEmpty()) return o.putNull("p50_ms").putNull("p95_ms");
-            return o.put("p50_ms", percentile(ms, 50)).put("p95_ms", percentile(ms, 95));
-        }
-
-        /** The nearest-rank percentile of sorted values. */
-        static long percentile(List<Long> sorted, int p) {
-            int rank = (int) Math.ceil(p / 100.0 * sorted.size());
-            return sorted.get(Math.max(0, Math.min(sorted.size() - 1, rank - 1)));
-        }
-
-        private static ArrayNode perDay(List<HistoryRow> rows) {
-            Map<String, long[]> days = new TreeMap<>(java.util.Comparator.reverseOrder());
-            for (HistoryRow r : rows) {
-                long[] n = days.computeIfAbsent(Instant.ofEpochMilli(r.at()).atZone(ZoneOffset.UTC).toLocalDate().toString(), d -> new long[2]);
-                n[0]++;
-                if (r.status() >= 400 || r.errorType() != null) n[1]++;
-            }
-            ArrayNode out = Json.array();
-            days.forEach((day, n) -> out.addObject().put("day", day).put("requests", n[0]).put("errors", n[1]));
-            return out;
-        }
-
-        private static ArrayNode perModel(List<HistoryRow> rows) {
-            Map<String, List<HistoryRow>> models = new TreeMap<>();
-            for (HistoryRow r : rows) {
-                String model = r.upstreamModel() != null ? r.upstreamModel() : r.requestedModel();
-                if (model != null) models.computeIfAbsent(model, m -> new ArrayList<>()).add(r);
-            }
-            ArrayNode out = Json.array();
-            models.entrySet().stream().sorted((a, b) -> b.getValue().size() - a.getValue().size()).forEach(e -> {
-                ObjectNode m = latency(e.getValue()).put("model", e.getKey());
-                m.put("errors", e.getValue().stream().filter(r -> r.status() >= 400 || r.errorType() != null).count());
-                m.put("input_tokens", e.getValue().stream().mapToLong(r -> r.inputTokens() == null ? 0 : r.inputTokens()).sum());
-                m.put("output_tokens", e.getValue().stream().mapToLong(r -> r.outputTokens() == null ? 0 : r.outputTokens()).sum());
-                out.add(m);
-            });
-            return out;
         }
 
         static void list(Context ctx, Store store) {
@@ -4198,6 +4192,11 @@ class CopilotApi implements Callable<Integer> {
             return read(c -> Optional.of(Db.history(c, q)));
         }
 
+        /** The dashboard's view of the history since then, counted by SQLite: no row is loaded for it but the latest failures. */
+        Optional<History.Summary> historySummary(long since) {
+            return read(c -> Optional.of(Db.summary(c, since)));
+        }
+
         // -- upkeep and state
 
         private long cutoff() {
@@ -4699,10 +4698,13 @@ class CopilotApi implements Callable<Integer> {
                 else s.setLong(i, v);
             }
 
+            /** A history row's columns but its bodies. */
+            static final String HISTORY_COLUMNS = "id, at, api, method, path, requested_model, upstream_model, route, status,"
+                + " error_type, error_message, first_byte_ms, total_ms, input_tokens, output_tokens, cached_tokens, user_agent, initiator,"
+                + " premium_cost";
+
             static List<HistoryRow> history(Connection c, History.Query q) throws SQLException {
-                StringBuilder sql = new StringBuilder("SELECT id, at, api, method, path, requested_model, upstream_model, route, status,"
-                    + " error_type, error_message, first_byte_ms, total_ms, input_tokens, output_tokens, cached_tokens, user_agent, initiator,"
-                    + " premium_cost, request_body, response_body FROM history WHERE 1 = 1");
+                StringBuilder sql = new StringBuilder("SELECT " + HISTORY_COLUMNS + ", request_body, response_body FROM history WHERE 1 = 1");
                 List<Object> args = new ArrayList<>();
                 q.before().ifPresent(v -> { sql.append(" AND id < ?"); args.add(v); });
                 q.model().ifPresent(v -> { sql.append(" AND (requested_model = ? OR upstream_model = ?)"); args.add(v); args.add(v); });
@@ -4724,6 +4726,74 @@ class CopilotApi implements Callable<Integer> {
                     }
                     return rows;
                 }
+            }
+
+            /** The model a row is counted under, and what makes a row a failure, as the summary's SQL says them. */
+            static final String MODEL = "COALESCE(upstream_model, requested_model)";
+            static final String FAILED = "(status >= 400 OR error_type IS NOT NULL)";
+
+            /**
+             * The history since then, aggregated by SQLite over the index on {@code at}: per day, per model (the busiest
+             * {@link History#SUMMARY_MODELS}), nearest-rank p50/p95, and the latest failures without their bodies. What
+             * Java holds is the answer, never the rows; only the week's rows are read, and no body column.
+             */
+            static History.Summary summary(Connection c, long since) throws SQLException {
+                List<History.Day> days = new ArrayList<>();
+                try (PreparedStatement s = c.prepareStatement("SELECT date(at / 1000, 'unixepoch') AS day, COUNT(*), SUM(" + FAILED + ")"
+                    + " FROM history WHERE at >= ? GROUP BY day ORDER BY day DESC")) {
+                    s.setLong(1, since);
+                    try (ResultSet r = s.executeQuery()) {
+                        while (r.next()) days.add(new History.Day(r.getString(1), r.getLong(2), r.getLong(3)));
+                    }
+                }
+                Map<String, History.Latency> latencies = latencies(c, since, MODEL, MODEL + " IS NOT NULL");
+                List<History.ModelWeek> models = new ArrayList<>();
+                try (PreparedStatement s = c.prepareStatement("SELECT " + MODEL + " AS model, SUM(" + FAILED + "), COALESCE(SUM(input_tokens), 0),"
+                    + " COALESCE(SUM(output_tokens), 0) FROM history WHERE at >= ? AND " + MODEL + " IS NOT NULL"
+                    + " GROUP BY model ORDER BY COUNT(*) DESC, model LIMIT ?")) {
+                    s.setLong(1, since);
+                    s.setInt(2, History.SUMMARY_MODELS);
+                    try (ResultSet r = s.executeQuery()) {
+                        while (r.next()) {
+                            models.add(new History.ModelWeek(r.getString(1), latencies.get(r.getString(1)), r.getLong(2), r.getLong(3), r.getLong(4)));
+                        }
+                    }
+                }
+                History.Latency all = latencies(c, since, "''", "requested_model IS NOT NULL").getOrDefault("", History.Latency.NONE);
+                List<HistoryRow> failures = new ArrayList<>();
+                try (PreparedStatement s = c.prepareStatement("SELECT " + HISTORY_COLUMNS + ", NULL AS request_body, NULL AS response_body"
+                    + " FROM history WHERE at >= ? AND " + FAILED + " ORDER BY id DESC LIMIT ?")) {
+                    s.setLong(1, since);
+                    s.setInt(2, History.SUMMARY_FAILURES);
+                    try (ResultSet r = s.executeQuery()) {
+                        while (r.next()) failures.add(HistoryRow.from(r));
+                    }
+                }
+                return new History.Summary(all, days, models, failures);
+            }
+
+            /**
+             * Requests and nearest-rank p50/p95 of total_ms per key: the window functions number each key's rows by
+             * time taken, and only the two rows at ranks ceil(n / 2) and ceil(n * 0.95) come back.
+             */
+            private static Map<String, History.Latency> latencies(Connection c, long since, String key, String where) throws SQLException {
+                Map<String, History.Latency> out = new HashMap<>();
+                try (PreparedStatement s = c.prepareStatement("SELECT k, total_ms, rn, n FROM (SELECT " + key + " AS k, total_ms,"
+                    + " ROW_NUMBER() OVER (PARTITION BY " + key + " ORDER BY total_ms) AS rn, COUNT(*) OVER (PARTITION BY " + key + ") AS n"
+                    + " FROM history WHERE at >= ? AND " + where + ") WHERE rn = (n * 50 + 99) / 100 OR rn = (n * 95 + 99) / 100")) {
+                    s.setLong(1, since);
+                    try (ResultSet r = s.executeQuery()) {
+                        while (r.next()) {
+                            long n = r.getLong(4);
+                            long rank = r.getLong(3);
+                            long ms = r.getLong(2);
+                            History.Latency l = out.getOrDefault(r.getString(1), new History.Latency(n, null, null));
+                            out.put(r.getString(1), new History.Latency(n, rank == (n * 50 + 99) / 100 ? Long.valueOf(ms) : l.p50(),
+                                rank == (n * 95 + 99) / 100 ? Long.valueOf(ms) : l.p95()));
+                        }
+                    }
+                }
+                return out;
             }
 
             /**

@@ -512,6 +512,106 @@ class StoreTests {
         }
     }
 
+    /**
+     * The dashboard's summary over more than 50,000 rows in a week: exact counts per day and per model, exact
+     * nearest-rank p50/p95, rows older than a week left out, and an answer of a few kilobytes although the latest
+     * failures carry a megabyte of body each (it is counted by SQLite, not built from loaded rows).
+     */
+    @Test
+    void theSummaryCountsEveryRowOfTheWeekBeyondFiftyThousandAndCarriesNoBodies() throws Exception {
+        Path home = Files.createTempDirectory("copilot-api-summary");
+        long now = System.currentTimeMillis();
+        List<CopilotApi.HistoryRow> rows = new ArrayList<>();
+        for (int i = 0; i < 60_000; i++) {
+            long at = now - 60_000 - (long) (i % 150) * 3_600_000 - i;
+            String model = i % 10 == 9 ? null : "model-" + (i % 3);
+            boolean failed = i % 7 == 0;
+            String errorType = !failed && i % 11 == 0 ? "stream_error" : failed ? "api_error" : null;
+            rows.add(new CopilotApi.HistoryRow(null, at, "openai.chat", "POST", "/v1/chat/completions", model, model, "passthrough",
+                failed ? 500 : 200, errorType, errorType == null ? null : "broke", 5L, (long) ((i * 37) % 1000), i % 4 == 0 ? null : (long) (i % 50),
+                (long) (i % 13), 0L, "test", null, null, null, null));
+        }
+        for (int i = 0; i < 500; i++) {
+            rows.add(new CopilotApi.HistoryRow(null, now - java.time.Duration.ofDays(8).toMillis() - i, "openai.chat", "POST", "/v1/chat/completions",
+                "model-0", "model-0", "passthrough", 500, "api_error", "old", 5L, 1L, 1L, 1L, 0L, "test", null, null, null, null));
+        }
+        String megabyte = "b".repeat(1 << 20);
+        for (int i = 0; i < 12; i++) {
+            rows.add(new CopilotApi.HistoryRow(null, now - 1000 + i, "anthropic.messages", "POST", "/v1/messages", "model-1", "model-1", "native",
+                429, "rate_limit_error", "slow down", 5L, 7L, 1L, 1L, 0L, "test", null, null, megabyte, megabyte));
+        }
+        Path file = home.resolve("store.db");
+        CopilotApi.Store.Db.create(file);
+        try (java.sql.Connection c = CopilotApi.Store.Db.connect(file)) {
+            CopilotApi.Store.Db.migrate(c);
+            CopilotApi.Store.Db.inTransaction(c, tx -> {
+                for (CopilotApi.HistoryRow r : rows) CopilotApi.Store.Db.insertHistory(tx, r);
+                return null;
+            });
+        }
+        List<CopilotApi.HistoryRow> week = rows.stream().filter(r -> r.at() > now - java.time.Duration.ofDays(7).toMillis()).toList();
+        java.util.function.Predicate<CopilotApi.HistoryRow> failed = r -> r.status() >= 400 || r.errorType() != null;
+        try (var h = harness(home, CopilotApi.Store.Options.DEFAULT)) {
+            HttpResponse<String> answer = h.get("/history/summary");
+            assertEquals(200, answer.statusCode(), answer.body().substring(0, Math.min(2000, answer.body().length())));
+            JsonNode summary = json(answer.body());
+            assertTrue(summary.path("available").asBoolean(), summary.toString());
+            assertEquals(7, summary.path("days").asInt());
+
+            Map<String, long[]> days = new java.util.TreeMap<>(java.util.Comparator.reverseOrder());
+            for (CopilotApi.HistoryRow r : week) {
+                long[] n = days.computeIfAbsent(java.time.Instant.ofEpochMilli(r.at()).atZone(java.time.ZoneOffset.UTC).toLocalDate().toString(), d -> new long[2]);
+                n[0]++;
+                if (failed.test(r)) n[1]++;
+            }
+            List<String> expectedDays = new ArrayList<>();
+            days.forEach((day, n) -> expectedDays.add(day + " " + n[0] + " " + n[1]));
+            List<String> perDay = new ArrayList<>();
+            for (JsonNode d : summary.path("per_day")) perDay.add(d.path("day").asText() + " " + d.path("requests").asLong() + " " + d.path("errors").asLong());
+            assertEquals(expectedDays, perDay);
+            assertEquals(week.size(), perDay.stream().mapToLong(d -> Long.parseLong(d.split(" ")[1])).sum());
+
+            List<CopilotApi.HistoryRow> withModel = week.stream().filter(r -> r.requestedModel() != null).toList();
+            assertEquals(latency(withModel), latencyOf(summary.path("latency")));
+            List<String> expectedModels = new ArrayList<>();
+            List<String> byRequests = withModel.stream().map(CopilotApi.HistoryRow::upstreamModel).distinct()
+                .sorted(java.util.Comparator.comparingLong((String m) -> -withModel.stream().filter(r -> r.upstreamModel().equals(m)).count())
+                    .thenComparing(m -> m)).toList();
+            assertEquals(3, byRequests.size());
+            for (String m : byRequests) {
+                List<CopilotApi.HistoryRow> of = withModel.stream().filter(r -> r.upstreamModel().equals(m)).toList();
+                expectedModels.add(m + " " + latency(of) + " errors " + of.stream().filter(failed).count()
+                    + " in " + of.stream().mapToLong(r -> r.inputTokens() == null ? 0 : r.inputTokens()).sum()
+                    + " out " + of.stream().mapToLong(r -> r.outputTokens() == null ? 0 : r.outputTokens()).sum());
+            }
+            List<String> perModel = new ArrayList<>();
+            for (JsonNode m : summary.path("per_model")) {
+                perModel.add(m.path("model").asText() + " " + latencyOf(m) + " errors " + m.path("errors").asLong()
+                    + " in " + m.path("input_tokens").asLong() + " out " + m.path("output_tokens").asLong());
+            }
+            assertEquals(expectedModels, perModel);
+
+            JsonNode errors = summary.path("recent_errors");
+            assertEquals(10, errors.size(), errors.toString());
+            assertEquals(now - 1000 + 11, java.time.Instant.parse(errors.get(0).path("time").asText()).toEpochMilli(), "newest first");
+            for (JsonNode e : errors) {
+                assertEquals(429, e.path("status").asInt(), e.toString());
+                assertFalse(e.has("request_body") || e.has("response_body"), "no bodies in the summary: " + e.path("id"));
+            }
+            assertTrue(answer.body().length() < 64 * 1024, "a summary is small, whatever the rows hold: " + answer.body().length() + " characters");
+        }
+    }
+
+    /** Requests, nearest-rank p50 and p95 of the rows' total times, as the summary words them. */
+    private static String latency(List<CopilotApi.HistoryRow> rows) {
+        List<Long> ms = rows.stream().map(CopilotApi.HistoryRow::totalMs).sorted().toList();
+        return ms.size() + " p50 " + ms.get((int) Math.ceil(0.50 * ms.size()) - 1) + " p95 " + ms.get((int) Math.ceil(0.95 * ms.size()) - 1);
+    }
+
+    private static String latencyOf(JsonNode o) {
+        return o.path("requests").asLong() + " p50 " + o.path("p50_ms").asLong() + " p95 " + o.path("p95_ms").asLong();
+    }
+
     /** --store-days: rows older than the limit go; --store-max-mb: past the size the oldest go first, the newest stay. */
     @Test
     void retentionByAgeAndBySize() throws Exception {
