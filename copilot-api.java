@@ -2900,7 +2900,7 @@ class CopilotApi implements Callable<Integer> {
             String responseBody = store.historyBodies() ? Redact.secrets(e.responseBody) : null;
             store.saveHistory(new HistoryRow(null, System.currentTimeMillis() - millis, api(ctx.path()), ctx.method().name(), ctx.path(),
                 e.requestedModel, e.upstreamModel, e.route, status, failed ? Optional.ofNullable(e.errorType).orElse(e.failedInStream ? "stream_error" : "error") : null,
-                failed ? Optional.ofNullable(e.error).orElse(e.note) : null, firstByte, millis, known(e.inputTokens), known(e.outputTokens),
+                failed ? Redact.secrets(Optional.ofNullable(e.error).orElse(e.note)) : null, firstByte, millis, known(e.inputTokens), known(e.outputTokens),
                 known(e.cachedTokens), ctx.header("user-agent"), e.charge == null ? null : e.charge.initiator().wire(),
                 e.charge == null ? null : e.charge.units(), requestBody, responseBody));
         }
@@ -10229,16 +10229,26 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** Keeps secrets out of logs and error messages. */
+    /** Keeps secrets out of logs, error messages and the history: one set of shapes for all three. */
     static final class Redact {
         private static final Pattern GITHUB_TOKEN = Pattern.compile("\\b(gh[opusr]|github_pat)_[A-Za-z0-9_]{10,}");
         private static final Pattern COPILOT_TOKEN = Pattern.compile("\\btid=[^\"\\s,]+");
         private static final Pattern BEARER = Pattern.compile("(?i)(bearer|token)\\s+[A-Za-z0-9._~+/=;:-]{12,}");
+        /** Anthropic (sk-ant-), OpenAI project, service-account and admin keys, and older OpenAI keys (sk-). */
+        private static final Pattern SK_KEY = Pattern.compile("\\b(sk-(?:ant-|proj-|svcacct-|admin-)?)[A-Za-z0-9_-]{16,}");
+        /** AWS access key ids, Google API keys, Slack tokens. */
+        private static final Pattern CLOUD_KEY = Pattern.compile("\\b(AKIA|ASIA)[0-9A-Z]{16}\\b|\\bAIza[0-9A-Za-z_-]{35}|\\b(xox[abprs]-)[A-Za-z0-9-]{10,}");
+        /** A value given to a key-like name: x-api-key: v, "api_key": "v", OPENAI_API_KEY=v, client_secret=v, password=v. */
+        private static final Pattern NAMED_SECRET = Pattern.compile(
+            "(?i)\\b([a-z0-9_-]*(?:api[_-]?key|access[_-]?token|auth[_-]?token|secret|password))(\\\\?[\"']?\\s*[:=]\\s*\\\\?[\"']?)[^\\s\"'\\\\,;&]{8,}");
 
         static String secrets(String s) {
             if (s == null) return null;
             s = GITHUB_TOKEN.matcher(s).replaceAll("$1_***");
             s = COPILOT_TOKEN.matcher(s).replaceAll("tid=***");
+            s = NAMED_SECRET.matcher(s).replaceAll("$1$2***");
+            s = SK_KEY.matcher(s).replaceAll("$1***");
+            s = CLOUD_KEY.matcher(s).replaceAll(m -> m.group(2) != null ? m.group(2) + "***" : m.group(1) != null ? m.group(1) + "***" : "AIza***");
             return BEARER.matcher(s).replaceAll("$1 ***");
         }
 

@@ -376,6 +376,48 @@ class StoreTests {
         }
     }
 
+    // --history-bodies: every secret shape the log redacts is redacted in the history too, in what the client sent
+    // (messages, tool output) and in what came back (the stub repeats the tool output in its answer).
+    @Test
+    void historyBodiesRedactEverySecretShapeInMessagesAndToolOutput() throws Exception {
+        var options = new CopilotApi.Store.Options(true, Optional.empty(), Duration.ofDays(30), 1 << 30, true);
+        try (var h = harness(Files.createTempDirectory("copilot-api-store"), options)) {
+            String anthropicKey = "sk-ant-api03-" + "Xq7vR2mK9pL4sT8wZ1yB6nC3dF5gH0jA-Ee_Ii";
+            String openAiKey = "sk-proj-" + "Mn4Bv7Cx2Zl9Kj5Hg1Fd8Sa3Qw6Er0Ty";
+            String githubToken = "ghu_" + "Pl0Ok9Ij8Uh7Yg6Tf5Rd4Es3Wa2Qz1";
+            String jwt = "eyJhbGciOiJIUzI1NiJ9" + ".eyJzdWIiOiJjb3BpbG90In0.Sg4dJ2kL9mN3pQ7rT1vW5xY8zA0bC6eF";
+            List<String> otherSecrets = List.of("Kp3Lm8Qr5Tv1", "AKIA" + "Z7Q3M9X2B5N8C4V6", "AIza" + "SyD4Gh7Jk2Lm5Np8Qr1St4Uv7Wx0Yz3Ab6C",
+                "xoxb-" + "2468013579-Hj6Kl9Mn2Pq5");
+            String others = "x-api-key: " + otherSecrets.get(0) + " aws " + otherSecrets.get(1) + " google " + otherSecrets.get(2)
+                + " slack " + otherSecrets.get(3) + " {\\\"client_secret\\\": \\\"Zx8Cv5Bn2Mq9\\\"}";
+            String chat = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"use ANTHROPIC_API_KEY=" + anthropicKey
+                + " and OPENAI_API_KEY=" + openAiKey + "\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_1\","
+                + "\"type\":\"function\",\"function\":{\"name\":\"Bash\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"call_1\","
+                + "\"content\":\"Authorization: Bearer " + jwt + " " + githubToken + " " + others + "\"}]}";
+            JsonNode answer = ok(h.post("/v1/chat/completions", chat));
+            assertTrue(answer.toString().contains("Bearer " + jwt.substring(0, 40)), "the client's own answer is not redacted: " + answer);
+            String messages = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":50,\"messages\":[{\"role\":\"user\",\"content\":\"key "
+                + anthropicKey + "\"},{\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"Bash\","
+                + "\"input\":{}}]},{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"toolu_1\",\"content\":\""
+                + openAiKey + " " + githubToken + "\"}]}]}";
+            ok(h.post("/v1/messages", messages));
+            JsonNode rows = eventually(Duration.ofSeconds(10), () -> history(h, ""), j -> j.path("data").size() == 2).path("data");
+            assertEquals(2, rows.size(), rows.toString());
+            String kept = rows.toString();
+            List<String> secrets = new ArrayList<>(List.of(anthropicKey, openAiKey, githubToken, jwt, "Xq7vR2mK9pL4", "Mn4Bv7Cx2Zl9", "Pl0Ok9Ij8Uh7",
+                "Sg4dJ2kL9mN3", "Zx8Cv5Bn2Mq9", "Z7Q3M9X2B5N8C4V6", "SyD4Gh7Jk2Lm5Np8", "Hj6Kl9Mn2Pq5"));
+            secrets.addAll(otherSecrets);
+            for (String secret : secrets) {
+                assertFalse(kept.contains(secret), secret + " is in the history: " + kept);
+            }
+            JsonNode chatRow = rows.get(1);
+            assertTrue(chatRow.path("request_body").asText().contains("use ANTHROPIC_API_KEY=*** and OPENAI_API_KEY=***"), chatRow.toString());
+            assertTrue(rows.get(0).path("request_body").asText().contains("key sk-ant-***"), rows.get(0).toString());
+            assertTrue(rows.get(0).path("request_body").asText().contains("sk-proj-*** ghu_***"), rows.get(0).toString());
+            assertTrue(chatRow.path("response_body").asText().contains("Tool said: Authorization: Bearer ***"), chatRow.toString());
+        }
+    }
+
     @Test
     void aCorruptStoreIsMovedAsideAndANewOneServes() throws Exception {
         Path home = Files.createTempDirectory("copilot-api-store");
