@@ -3997,7 +3997,7 @@ class CopilotApi implements Callable<Integer> {
      * One embedded SQLite database in the data directory: the Responses API's stored responses and items, and one
      * history row per request. Reads run on the request's thread; every write goes through one writer thread with a
      * bounded queue, so a stream never waits on the disk. A failing database is logged once, reported by /stats, and
-     * otherwise ignored: the proxy keeps serving. The writer thread also opens the database, as its first task, so
+     * answered 503 to a request that needs what is stored; the proxy keeps serving everything else. The writer thread also opens the database, as its first task, so
      * that start-up does not wait for SQLite (unpacking and loading its native library, the check and the migrations
      * took 0.1-0.2 s); the server lets it begin once Jetty listens.
      */
@@ -4042,18 +4042,10 @@ class CopilotApi implements Callable<Integer> {
             this.writer = file == null ? null : new Writer(health);
         }
 
-        /** Opens (or creates) the database and waits for it; see {@link #unopened}. */
-        static Store open(Options options, Path dataDir) {
-            Store store = unopened(options, dataDir);
-            store.beginOpening();
-            store.reader.join();
-            return store;
-        }
-
         /**
          * A store whose writer thread opens (or creates) the database once {@link #beginOpening} is called, and
          * returns at once: meanwhile writes queue behind the opening, reads and {@link #status} wait for it. A
-         * corrupt file is moved aside, any other failure leaves a store that keeps nothing.
+         * corrupt file is moved aside, any other failure leaves a store that keeps nothing and whose reads fail.
          */
         static Store unopened(Options options, Path dataDir) {
             if (!options.enabled()) {
@@ -6672,10 +6664,10 @@ class CopilotApi implements Callable<Integer> {
             private static final List<String> HANDLED = List.of("model", "instructions", "input", "tools", "tool_choice",
                 "max_output_tokens", "temperature", "top_p", "parallel_tool_calls", "stream", "reasoning", "text", "user");
             private static final Map<String, String> IGNORED = Map.of(
-                "store", "copilot-api keeps no state; nothing is stored",
+                "store", "copilot-api keeps the answer itself when asked to; Copilot is never asked to store it",
                 "include", "encrypted reasoning is always returned",
                 "truncation", "Copilot decides truncation",
-                "metadata", "nothing is stored to attach it to",
+                "metadata", "chat completions has no metadata; the answer echoes it",
                 "prompt_cache_key", "chat completions has no cache key",
                 "safety_identifier", "chat completions has no safety identifier",
                 "service_tier", "Copilot has one service tier",
@@ -6814,7 +6806,7 @@ class CopilotApi implements Callable<Integer> {
                         + "send 'instructions' and 'input' instead.");
                 }
                 if (in.path("background").asBoolean(false)) {
-                    throw invalid("background", "'background: true' is not supported: copilot-api keeps no responses to poll.");
+                    throw invalid("background", "'background: true' is not supported: copilot-api runs no responses in the background to poll.");
                 }
             }
 
@@ -7659,8 +7651,8 @@ class CopilotApi implements Callable<Integer> {
          * <p>Leading system and developer messages become {@code instructions} (joined by blank lines), which is where
          * Responses models expect their system prompt; system messages later in the conversation become {@code developer}
          * message items at their place, so their order is kept. Requests always say {@code store: false} and ask for
-         * {@code reasoning.encrypted_content}: copilot-api is stateless, and reasoning can only come back in later turns
-         * through {@link ReasoningOpaque}.
+         * {@code reasoning.encrypted_content}: a chat request carries its whole conversation and nothing of it is stored,
+         * so reasoning can only come back in later turns through {@link ReasoningOpaque}.
          */
         static final class ChatToResponsesRequest {
             private static final List<String> HANDLED = List.of("model", "messages", "tools", "tool_choice", "parallel_tool_calls",
