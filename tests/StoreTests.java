@@ -486,9 +486,19 @@ class StoreTests {
                     assertTrue(error.path("message").asText().contains("store is failing"), r.body());
                 }
                 assertEquals(calls, h.stub.count("/chat/completions"), "no turn went on without its stored part");
+                rename(c, "history", "history_away");
+                HttpResponse<String> list = h.get("/history");
+                assertEquals(503, list.statusCode(), list.body());
+                assertTrue(json(list.body()).path("error").path("message").asText().contains("store is failing"), list.body());
+                JsonNode summary = ok(h.get("/history/summary"));
+                assertFalse(summary.path("available").asBoolean(true), "the dashboard still gets its page: " + summary);
+                assertEquals("failing", summary.path("store").path("state").asText(), summary.toString());
+                rename(c, "history_away", "history");
                 rename(c, "responses_away", "responses");
                 rename(c, "items_away", "items");
             }
+            assertTrue(ok(h.get("/history/summary")).path("available").asBoolean(), "the summary is back");
+            ok(h.get("/history"));
             assertEquals(first.path("output"), ok(h.get("/v1/responses/" + id)).path("output"));
             ok(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"x\",\"previous_response_id\":\"" + id + "\"}"));
             ok(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":[" + reference(msg) + "," + userText("again") + "]}"));
