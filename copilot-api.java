@@ -4726,8 +4726,9 @@ class CopilotApi implements Callable<Integer> {
 
             /**
              * The history since then, aggregated by SQLite over the index on {@code at}: per day, per model (the busiest
-             * {@link History#SUMMARY_MODELS}), nearest-rank p50/p95, and the latest failures without their bodies. What
-             * Java holds is the answer, never the rows; only the week's rows are read, and no body column.
+             * {@link History#SUMMARY_MODELS}), nearest-rank p50/p95, and the latest failures without their bodies (by
+             * {@code at}, so that a week without failures does not scan the older history). What Java holds is the answer,
+             * never the rows; only the week's rows are read, and no body column.
              */
             static History.Summary summary(Connection c, long since) throws SQLException {
                 List<History.Day> days = new ArrayList<>();
@@ -4754,7 +4755,7 @@ class CopilotApi implements Callable<Integer> {
                 History.Latency all = latencies(c, since, "''", "requested_model IS NOT NULL").getOrDefault("", History.Latency.NONE);
                 List<HistoryRow> failures = new ArrayList<>();
                 try (PreparedStatement s = c.prepareStatement("SELECT " + HISTORY_COLUMNS + ", NULL AS request_body, NULL AS response_body"
-                    + " FROM history WHERE at >= ? AND " + FAILED + " ORDER BY id DESC LIMIT ?")) {
+                    + " FROM history WHERE at >= ? AND " + FAILED + " ORDER BY at DESC, id DESC LIMIT ?")) {
                     s.setLong(1, since);
                     s.setInt(2, History.SUMMARY_FAILURES);
                     try (ResultSet r = s.executeQuery()) {
