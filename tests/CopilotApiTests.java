@@ -2095,7 +2095,8 @@ class CopilotApiTests {
             assertEquals(200, h.get("/history?since=0&limit=1").statusCode(), "the next query is served");
         }
 
-        // An input_file whose data URL does not decode (bad base64, a broken percent escape) is a 400 naming input.
+        // An input_file whose data URL does not decode (bad base64, a broken percent escape) is a 400 naming input;
+        // so is an Anthropic text document whose base64 does not decode.
         @Test
         void responsesInputFileWithADataUrlThatDoesNotDecodeIsA400() throws Exception {
             int calls = h.stub.count("/chat/completions");
@@ -2103,6 +2104,9 @@ class CopilotApiTests {
                 assertRefused(h, "/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":[{\"role\":\"user\",\"content\":[{\"type\":\"input_file\","
                     + "\"filename\":\"a.txt\",\"file_data\":\"" + url + "\"}]}]}", "input");
             }
+            // the same on the Anthropic route to a chat model: a text document whose base64 does not decode
+            assertRefused(h, "/v1/messages", "{\"model\":\"gpt-4.1\",\"max_tokens\":50,\"messages\":[{\"role\":\"user\",\"content\":["
+                + "{\"type\":\"document\",\"source\":{\"type\":\"base64\",\"media_type\":\"text/plain\",\"data\":\"QQ=Q\"}}]}]}", "base64");
             assertEquals(calls, h.stub.count("/chat/completions"));
             HttpResponse<String> r = h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":[{\"role\":\"user\",\"content\":[{\"type\":"
                 + "\"input_file\",\"filename\":\"a.txt\",\"file_data\":\"data:text/plain,50%25%20off\"}]}]}");
