@@ -8,6 +8,7 @@
 //SOURCES ClientRecipeTests.java
 //SOURCES BillingTests.java
 //SOURCES StoreTests.java
+//SOURCES UsageBasedTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
@@ -97,6 +98,7 @@ class CopilotApiTests {
         ManualApprovalTests.class,
         StatsTests.class,
         BillingTests.class,
+        UsageBasedTests.class,
         DashboardTests.class,
         GracefulStopTests.class,
         ShutdownTests.class,
