@@ -1396,15 +1396,53 @@ class CopilotApi implements Callable<Integer> {
                 return initiator == Initiator.USER ? multiplier : 0;
             }
 
-            /** For the request log: "premium 1×3" or "free: continuation". */
+            /** For the request log: "premium 1×3", "free: continuation", or a free kind of call that Copilot made bill. */
             String describe() {
-                return reason == Reason.PREMIUM ? "premium 1×" + Billing.format(multiplier) : "free: " + reason.label;
+                if (reason == Reason.PREMIUM) return "premium 1×" + Billing.format(multiplier);
+                if (initiator == Initiator.AGENT || reason == Reason.FREE_MODEL) return "free: " + reason.label;
+                return (units() > 0 ? "premium 1×" + Billing.format(multiplier) + ": " : "free: ") + reason.label
+                    + " sent as user, Copilot refuses agent there";
+            }
+        }
+
+        /**
+         * Where Copilot refuses X-Initiator agent (400 "invalid initiator" since mid-2026: the last message is a person's
+         * text): the model and endpoint of a subagent's first call or a warm-up probe that Copilot refused, so that the
+         * next one goes as user without the refused round trip.
+         */
+        static final class InitiatorRule {
+            static final String REFUSAL = "invalid initiator";
+            static final int MAX_REMEMBERED = 512;
+
+            private final Set<String> refused = java.util.concurrent.ConcurrentHashMap.newKeySet();
+
+            /** A subagent's first call and a warm-up probe end with text a person (or the editor) wrote, as Copilot sees it. */
+            static boolean endsWithPersonText(Reason reason) {
+                return reason == Reason.SUBAGENT || reason == Reason.WARMUP;
+            }
+
+            /** Chat completions and Responses refuse agent after a person's text; /v1/messages is learned. */
+            boolean refuses(String model, String endpoint, Reason reason) {
+                if (!endsWithPersonText(reason)) return false;
+                return !endpoint.equals(AnthropicRoutes.MESSAGES) || refused.contains(model + " " + endpoint);
+            }
+
+            /** Remembers a refusal of a person's text as agent; continuations are not remembered (most of them pass). */
+            void learn(String model, String endpoint, Reason reason) {
+                if (!endsWithPersonText(reason)) return;
+                if (refused.size() >= MAX_REMEMBERED) refused.clear();
+                refused.add(model + " " + endpoint);
+            }
+
+            static boolean isRefusal(UpstreamException e) {
+                return e.status() == 400 && e.body().toLowerCase(Locale.ROOT).contains(REFUSAL);
             }
         }
 
         private final Double budget;
         private final String smallModel;
         private final SubagentPrompts subagents = new SubagentPrompts(SubagentPrompts.MAX_PROMPTS, SubagentPrompts.MAX_AGE);
+        private final InitiatorRule initiators = new InitiatorRule();
         /** Units spent since start, in hundredths (multipliers such as 0.33 add up exactly). */
         private final java.util.concurrent.atomic.AtomicLong spentHundredths = new java.util.concurrent.atomic.AtomicLong();
 
@@ -1472,6 +1510,34 @@ class CopilotApi implements Callable<Integer> {
             spend(c);
             Exchange.of(ctx).charge = c;
             return c;
+        }
+
+        /**
+         * One upstream call with the initiator Copilot accepts. The charge's agent goes as user at once where Copilot is
+         * known to refuse it; where it is not known, agent is sent, and a 400 "invalid initiator" is answered by sending
+         * the call once more as user (billed, and remembered for the model and endpoint). The ledger keeps what was sent.
+         */
+        <T> T send(Context ctx, String model, String endpoint, CallOptions call, java.util.function.Function<CallOptions, T> send) {
+            Charge charge = Exchange.of(ctx).charge;
+            if (charge == null || call.initiator() != Initiator.AGENT) return send.apply(call);
+            if (initiators.refuses(model, endpoint, charge.reason())) return send.apply(asUser(ctx, charge, call));
+            try {
+                return send.apply(call);
+            } catch (UpstreamException e) {
+                if (!InitiatorRule.isRefusal(e)) throw e;
+                initiators.learn(model, endpoint, charge.reason());
+                Logs.log().info("Copilot refused X-Initiator agent for {} on {} ({}); sending it once more as user",
+                    model, endpoint, charge.reason().label);
+                return send.apply(asUser(ctx, charge, call));
+            }
+        }
+
+        /** The call as user after all: billed now (within the budget), the exchange's charge saying so. */
+        private CallOptions asUser(Context ctx, Charge agent, CallOptions call) {
+            Charge user = new Charge(Initiator.USER, agent.reason(), agent.multiplier());
+            spend(user);
+            Exchange.of(ctx).charge = user;
+            return new CallOptions(Initiator.USER, call.vision(), call.headers(), call.watch());
         }
 
         private void spend(Charge c) {
@@ -2309,8 +2375,9 @@ class CopilotApi implements Callable<Integer> {
             Requests.logBody("chat request", body);
             CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(messages)));
             boolean merge = body.path("n").asInt(1) <= 1 || endpoint == ChatUpstream.Endpoint.RESPONSES;
+            String path = chat.path(model);
             if (!Requests.stream(body)) {
-                JsonNode answer = chat.complete(body, call);
+                JsonNode answer = billing.send(ctx, model, path, call, c -> chat.complete(body, c));
                 Exchange.of(ctx).chatUsage(answer.path("usage"));
                 Requests.logBody("chat answer", answer);
                 billing.subagents().chatAnswer(answer);
@@ -2319,7 +2386,7 @@ class CopilotApi implements Callable<Integer> {
             }
             boolean clientWantsUsage = body.path("stream_options").path("include_usage").asBoolean(false);
             SubagentPrompts.ToolCallReader reader = billing.subagents().reader();
-            try (EventSource events = chat.stream(body, call)) {
+            try (EventSource events = billing.send(ctx, model, path, call, c -> chat.stream(body, c))) {
                 Relay.run(ctx, events, new ChatRelay(new ChatStreamNormalizer(merge, clientWantsUsage), Exchange.of(ctx), reader));
             }
         }
@@ -2464,8 +2531,9 @@ class CopilotApi implements Callable<Integer> {
             CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(messages), headers(ctx)));
             SubagentPrompts subagents = up.controls().billing().subagents();
             byte[] bytes = Json.splice(Requests.raw(ctx), body, prepared.body());
+            Billing billing = up.controls().billing();
             if (!stream) {
-                JsonNode answer = up.copilot().postJson(MESSAGES, bytes, call);
+                JsonNode answer = billing.send(ctx, model.upstream(), MESSAGES, call, c -> up.copilot().postJson(MESSAGES, bytes, c));
                 Exchange.of(ctx).anthropicUsage(answer.path("usage"));
                 if (answer.isObject()) ((ObjectNode) answer).put("model", model.requested());
                 subagents.anthropicAnswer(answer);
@@ -2474,7 +2542,7 @@ class CopilotApi implements Callable<Integer> {
             }
             // the content blocks are parsed only when the model was offered a tool that starts a subagent
             SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(body.path("tools")) ? subagents.reader() : null;
-            try (EventSource events = up.copilot().stream(MESSAGES, bytes, call)) {
+            try (EventSource events = billing.send(ctx, model.upstream(), MESSAGES, call, c -> up.copilot().stream(MESSAGES, bytes, c))) {
                 relayNative(ctx, events, model.requested(), reader);
             }
         }
@@ -2531,13 +2599,16 @@ class CopilotApi implements Callable<Integer> {
             Requests.logBody("translated chat request", t.chatRequest());
             CallOptions call = up.watched(ctx, new CallOptions(initiator, t.vision()));
             SubagentPrompts subagents = up.controls().billing().subagents();
+            Billing billing = up.controls().billing();
+            String path = up.chat().path(model.upstream());
             if (!stream) {
-                subagents.anthropicAnswer(answer(ctx, up.chat().complete(t.chatRequest(), call), model, t));
+                subagents.anthropicAnswer(answer(ctx, billing.send(ctx, model.upstream(), path, call, c -> up.chat().complete(t.chatRequest(), c)),
+                    model, t));
                 return;
             }
             ChatStreamToAnthropic machine = new ChatStreamToAnthropic(model.requested(), t.toolNameMap());
             SubagentPrompts.ToolCallReader reader = subagents.reader();
-            try (EventSource events = up.chat().stream(t.chatRequest(), call)) {
+            try (EventSource events = billing.send(ctx, model.upstream(), path, call, c -> up.chat().stream(t.chatRequest(), c))) {
                 Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::anthropicEvent));
             }
             machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
@@ -2622,8 +2693,9 @@ class CopilotApi implements Callable<Integer> {
         private void forward(Context ctx, ResponsesState.Turn turn, String upstreamModel, CallOptions call, boolean stream) {
             ObjectNode request = forCopilot(turn.resolved(), upstreamModel, turn.keep());
             SubagentPrompts subagents = up.controls().billing().subagents();
+            Billing billing = up.controls().billing();
             if (!stream) {
-                JsonNode answer = up.copilot().postJson(RESPONSES, request, call);
+                JsonNode answer = billing.send(ctx, upstreamModel, RESPONSES, call, c -> up.copilot().postJson(RESPONSES, request, c));
                 Exchange.of(ctx).responsesUsage(answer.path("usage"));
                 subagents.responsesAnswer(answer);
                 state.keep(turn, answer);
@@ -2631,7 +2703,7 @@ class CopilotApi implements Callable<Integer> {
                 return;
             }
             SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
-            try (EventSource events = up.copilot().stream(RESPONSES, request, call)) {
+            try (EventSource events = billing.send(ctx, upstreamModel, RESPONSES, call, c -> up.copilot().stream(RESPONSES, request, c))) {
                 relayResponses(ctx, events, turn, state, reader);
             }
         }
@@ -2689,8 +2761,10 @@ class CopilotApi implements Callable<Integer> {
             t.body().put("model", upstreamModel);
             t.notes().forEach(n -> Logs.log().debug("{}: {}", RESPONSES, n));
             Requests.logBody("translated chat request", t.body());
+            Billing billing = up.controls().billing();
+            String path = up.chat().path(upstreamModel);
             if (!stream) {
-                JsonNode chat = up.chat().complete(t.body(), call);
+                JsonNode chat = billing.send(ctx, upstreamModel, path, call, c -> up.chat().complete(t.body(), c));
                 Exchange.of(ctx).chatUsage(chat.path("usage"));
                 up.controls().billing().subagents().chatAnswer(chat);
                 ObjectNode answer = ChatToResponses.response(chat, body, IdClock.SYSTEM);
@@ -2699,7 +2773,7 @@ class CopilotApi implements Callable<Integer> {
                 return;
             }
             SubagentPrompts.ToolCallReader reader = up.controls().billing().subagents().reader();
-            try (EventSource events = up.chat().stream(t.body(), call)) {
+            try (EventSource events = billing.send(ctx, upstreamModel, path, call, c -> up.chat().stream(t.body(), c))) {
                 AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
                 Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::responsesEvent));
             }
@@ -8392,6 +8466,11 @@ class CopilotApi implements Callable<Integer> {
             if (endpoints.contains(ResponsesRoutes.RESPONSES)) return Endpoint.RESPONSES;
             throw new ApiError(400, "invalid_request_error", "The model '" + model + "' is served by Copilot only on "
                 + String.join(", ", endpoints), "model", "unsupported_api_for_model");
+        }
+
+        /** The Copilot path that serves the model: /chat/completions or /responses. */
+        String path(String model) {
+            return endpoint(model) == Endpoint.CHAT ? OpenAiRoutes.CHAT : ResponsesRoutes.RESPONSES;
         }
 
         /** A whole chat completion. */

@@ -107,6 +107,118 @@ class UsageBasedTests {
         }
     }
 
+    // ==== 2. Initiators Copilot accepts ====
+
+    static String chatTool(String name) {
+        return "{\"type\":\"function\",\"function\":{\"name\":\"" + name + "\",\"parameters\":{\"type\":\"object\",\"properties\":"
+            + "{\"prompt\":{\"type\":\"string\"}}}}}";
+    }
+
+    static double units(CopilotApiTests.Harness h) throws Exception {
+        return json(h.get("/stats").body()).path("premium").path("units").asDouble();
+    }
+
+    static long subagentCalls(CopilotApiTests.Harness h) throws Exception {
+        return json(h.get("/stats").body()).path("premium").path("calls_by_reason").path("subagent").asLong();
+    }
+
+    /** On chat completions a subagent's first call goes as user at once (billed, said in the ledger): no refused round trip. */
+    @Test
+    void aSubagentsFirstCallOnChatCompletionsGoesAsUserAtOnce() throws Exception {
+        try (CopilotApiTests.Harness h = harness(usageBased())) {
+            for (boolean stream : List.of(false, true)) {
+                String main = "{\"model\":\"claude-sonnet-4.5\",\"tools\":[" + chatTool("Task") + "],\"messages\":[{\"role\":\"user\","
+                    + "\"content\":\"Investigate " + StubUpstream.SUBAGENT_MARKER + "\"}]}";
+                HttpResponse<String> r = h.post("/v1/chat/completions", main);
+                assertEquals(200, r.statusCode(), r.body());
+                JsonNode calls = json(r.body()).path("choices").get(0).path("message").path("tool_calls");
+                String prompt = json(calls.get(0).path("function").path("arguments").asText()).path("prompt").asText();
+                double before = units(h);
+                h.stub.clear();
+                String sub = "{\"model\":\"claude-sonnet-4.5\",\"stream\":" + stream + ",\"messages\":[{\"role\":\"system\",\"content\":\"You are a subagent.\"},"
+                    + "{\"role\":\"user\",\"content\":" + CopilotApi.JSON.writeValueAsString(prompt) + "}]}";
+                HttpResponse<String> answered = h.post("/v1/chat/completions", sub);
+                assertEquals(200, answered.statusCode(), answered.body());
+                assertEquals(1, h.stub.count("/chat/completions"), "no refused round trip");
+                assertEquals("user", h.stub.last("/chat/completions").header("x-initiator"));
+                assertEquals(1, units(h) - before, 0.001, "billed as the premium request it is");
+            }
+            assertEquals(2, subagentCalls(h), "the ledger still says they were subagents");
+        }
+    }
+
+    @Test
+    void aSubagentsFirstCallOnResponsesGoesAsUserAtOnce() throws Exception {
+        try (CopilotApiTests.Harness h = harness(usageBased())) {
+            String main = "{\"model\":\"gpt-5.1-codex\",\"tools\":[{\"type\":\"function\",\"name\":\"Agent\",\"parameters\":{\"type\":\"object\","
+                + "\"properties\":{\"prompt\":{\"type\":\"string\"}}}}],\"input\":\"Investigate " + StubUpstream.SUBAGENT_MARKER + "\"}";
+            HttpResponse<String> r = h.post("/v1/responses", main);
+            assertEquals(200, r.statusCode(), r.body());
+            String prompt = BillingTests.responsesPrompt(r.body(), false);
+            h.stub.clear();
+            String sub = "{\"model\":\"gpt-5.1-codex\",\"instructions\":\"You are a subagent.\",\"input\":" + CopilotApi.JSON.writeValueAsString(prompt) + "}";
+            HttpResponse<String> answered = h.post("/v1/responses", sub);
+            assertEquals(200, answered.statusCode(), answered.body());
+            assertEquals(1, h.stub.count("/responses"));
+            assertEquals("user", h.stub.last("/responses").header("x-initiator"));
+            String followUp = "{\"model\":\"gpt-5.1-codex\",\"input\":[{\"role\":\"user\",\"content\":\"List files\"},{\"type\":\"function_call\","
+                + "\"call_id\":\"call_1\",\"name\":\"ls\",\"arguments\":\"{}\"},{\"type\":\"function_call_output\",\"call_id\":\"call_1\",\"output\":\"a.txt\"}]}";
+            assertEquals(200, h.post("/v1/responses", followUp).statusCode());
+            assertEquals("agent", h.stub.last("/responses").header("x-initiator"), "a tool follow-up stays free");
+        }
+    }
+
+    /**
+     * On /v1/messages agent is tried: the refusal is answered by one resend as user, and remembered, so the second
+     * subagent goes as user at once; tool-result turns stay agent. A legacy account keeps the subagent free.
+     */
+    @Test
+    void onMessagesARefusedAgentIsResentOnceAsUserAndRemembered() throws Exception {
+        try (CopilotApiTests.Harness h = harness(usageBased())) {
+            double before = units(h);
+            for (int round = 1; round <= 2; round++) {
+                String prompt = subagentPrompt(h);
+                h.stub.clear();
+                HttpResponse<String> r = h.post("/v1/messages", subagent(prompt));
+                assertEquals(200, r.statusCode(), r.body());
+                List<StubUpstream.Recorded> sent = h.stub.requests().stream().filter(x -> x.matches("/v1/messages")).toList();
+                List<String> initiators = sent.stream().map(x -> x.header("x-initiator")).toList();
+                assertEquals(round == 1 ? List.of("agent", "user") : List.of("user"), initiators, "round " + round);
+            }
+            assertEquals(4, units(h) - before, 0.001, "two main prompts and two subagents billed");
+            h.stub.clear();
+            assertEquals(200, h.post("/v1/messages", toolResultTurn()).statusCode());
+            assertEquals("agent", h.stub.last("/v1/messages").header("x-initiator"), "tool results stay agent");
+        }
+        try (CopilotApiTests.Harness legacy = harness(StubUpstream.start())) {
+            String prompt = subagentPrompt(legacy);
+            legacy.stub.clear();
+            assertEquals(200, legacy.post("/v1/messages", subagent(prompt)).statusCode());
+            assertEquals(1, legacy.stub.count("/v1/messages"));
+            assertEquals("agent", legacy.stub.last("/v1/messages").header("x-initiator"), "a legacy account keeps the subagent free");
+        }
+    }
+
+    static String subagentPrompt(CopilotApiTests.Harness h) throws Exception {
+        String main = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":300,\"tools\":[" + BillingTests.tool("Bash") + "," + BillingTests.tool("Agent")
+            + "],\"messages\":[{\"role\":\"user\",\"content\":\"Investigate this " + StubUpstream.SUBAGENT_MARKER + "\"}]}";
+        HttpResponse<String> r = h.post("/v1/messages", main);
+        assertEquals(200, r.statusCode(), r.body());
+        return BillingTests.agentPromptFromMessage(json(r.body()));
+    }
+
+    static String subagent(String prompt) throws Exception {
+        return "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":300,\"system\":\"You are an agent for Claude Code.\",\"tools\":["
+            + BillingTests.tool("Bash") + "],\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":"
+            + CopilotApi.JSON.writeValueAsString(prompt) + "}]}]}";
+    }
+
+    static String toolResultTurn() {
+        return "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},"
+            + "{\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"Bash\",\"input\":{}}]},"
+            + "{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"t1\",\"content\":\"ok\"}]}]}";
+    }
+
     // ==== 3. Limits ====
 
     static final String MESSAGES_HI = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
