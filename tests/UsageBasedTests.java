@@ -199,6 +199,32 @@ class UsageBasedTests {
         }
     }
 
+    /**
+     * A continuation that ends with a user message of reminders (after tool results): agent is tried, and a refusal
+     * is resent as user every time, never remembered, so that turns ending with a tool message stay agent.
+     */
+    @Test
+    void aRefusedContinuationIsResentAsUserEachTimeAndNotRemembered() throws Exception {
+        try (CopilotApiTests.Harness h = harness(usageBased())) {
+            String toolTurn = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"List files\"},{\"role\":\"assistant\","
+                + "\"content\":null,\"tool_calls\":[{\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"ls\",\"arguments\":\"{}\"}}]},"
+                + "{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":\"a.txt\"}]}";
+            String withReminder = toolTurn.substring(0, toolTurn.length() - 2)
+                + ",{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"<system-reminder>Files changed.</system-reminder>\"}]}]}";
+            for (int round = 1; round <= 2; round++) {
+                h.stub.clear();
+                HttpResponse<String> r = h.post("/v1/chat/completions", withReminder);
+                assertEquals(200, r.statusCode(), r.body());
+                List<String> initiators = h.stub.requests().stream().filter(x -> x.matches("/chat/completions")).map(x -> x.header("x-initiator")).toList();
+                assertEquals(List.of("agent", "user"), initiators, "round " + round);
+            }
+            h.stub.clear();
+            assertEquals(200, h.post("/v1/chat/completions", toolTurn).statusCode());
+            assertEquals(1, h.stub.count("/chat/completions"));
+            assertEquals("agent", h.stub.last("/chat/completions").header("x-initiator"), "a tool message last stays agent");
+        }
+    }
+
     static String subagentPrompt(CopilotApiTests.Harness h) throws Exception {
         String main = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":300,\"tools\":[" + BillingTests.tool("Bash") + "," + BillingTests.tool("Agent")
             + "],\"messages\":[{\"role\":\"user\",\"content\":\"Investigate this " + StubUpstream.SUBAGENT_MARKER + "\"}]}";
