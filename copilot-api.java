@@ -115,7 +115,8 @@ import copilotapi.CopilotApi.Responses.*;
  *       with the stream state machine, model-name resolution, native-request cleaning, token counting) and
  *       {@code Responses} (Responses to chat and back, both stream machines, output items, reasoning)</li>
  *   <li>Copilot client: the chat pivot ({@code ChatUpstream}, the one place that picks /chat/completions or
- *       /responses), headers, timeouts, token lifecycle, model catalog, upstream calls, the upstream event
+ *       /responses), headers, timeouts, token lifecycle, model catalog (and the identity that reads it), the usage
+ *       limits Copilot reports, upstream calls, the upstream event
  *       sources and the heartbeat that keeps silent streams alive ({@code LiveStreams})</li>
  *   <li>GitHub auth: token sources, token file, device flow, usage</li>
  *   <li>Errors: typed exceptions shared by every surface</li>
@@ -527,6 +528,8 @@ class CopilotApi implements Callable<Integer> {
             GitHubToken github = auth.existingToken().orElseThrow(() ->
                 new UserFacingException("not logged in: run `copilot-api auth` or pass --github-token"));
             JsonNode usage = auth.usage(github);
+            Optional<JsonNode> limits = UsageLimits.saved(settings.dataDir());
+            if (usage.isObject()) limits.ifPresent(l -> ((ObjectNode) usage).set(UsageReport.LIMITS, l));
             System.out.println(json ? Json.pretty(usage) : UsageReport.render(usage));
             return 0;
         }
@@ -540,10 +543,15 @@ class CopilotApi implements Callable<Integer> {
         @Option(names = "--json", description = "Print only JSON on stdout.")
         boolean json;
 
+        @Option(names = "--probe", description = "Also ask GitHub and Copilot: which catalog identity works, whether Copilot refuses "
+            + "the editor versions (466), which models appeared or went away since the last start.")
+        boolean probe;
+
         @Override
         public Integer call() {
             Settings settings = common.settings();
             ObjectNode info = DebugInfo.collect(settings, System.getenv());
+            if (probe) info.set("probe", DebugInfo.probe(settings));
             if (json) {
                 System.out.println(Json.pretty(info));
             } else {
@@ -583,6 +591,35 @@ class CopilotApi implements Callable<Integer> {
             return o;
         }
 
+        /** The network part of `debug --probe`: a token exchange and the catalog read, the list kept at start left as it is. */
+        static ObjectNode probe(Settings s) {
+            ObjectNode o = Json.object();
+            Http http = Http.create(s);
+            Optional<GitHubToken> github = new GitHubAuth(s, http).existingToken();
+            if (github.isEmpty()) return o.put("error", "not logged in: run `copilot-api auth` or set COPILOT_API_GITHUB_TOKEN");
+            try (CopilotTokens tokens = new CopilotTokens(s, http, github.get())) {
+                tokens.start();
+                CopilotClient copilot = new CopilotClient(s, http, tokens);
+                CatalogIdentity.Log log = copilot.catalogLog().observeOnly();
+                JsonNode catalog = copilot.catalog();
+                o.put("catalogIdentity", log.identity().map(i -> i.label).orElse(null));
+                log.tried().forEach(o.putArray("catalogTried")::add);
+                o.put("editorVersions", "accepted");
+                o.put("models", catalog.path("data").size());
+                log.change().ifPresent(c -> {
+                    o.put("modelsKeptSince", c.first() ? "nothing kept yet (no start recorded)" : "the last start");
+                    c.added().forEach(o.putArray("modelsNew")::add);
+                    c.removed().forEach(o.putArray("modelsGone")::add);
+                });
+            } catch (CopilotClient.VersionsRefused e) {
+                o.put("editorVersions", "refused (466)");
+                o.put("error", e.getMessage());
+            } catch (UserFacingException | UpstreamException | UpstreamUnreachable e) {
+                o.put("error", describe(e));
+            }
+            return o;
+        }
+
         static String render(ObjectNode info) {
             StringBuilder b = new StringBuilder();
             info.properties().forEach(e -> {
@@ -600,15 +637,32 @@ class CopilotApi implements Callable<Integer> {
 
     /** Turns GitHub's usage JSON into the lines `check-usage` prints. */
     static final class UsageReport {
+        /** Where /usage and `check-usage --json` put the limits Copilot's answers reported (see UsageLimits). */
+        static final String LIMITS = "copilot_api_limits";
+
         static String render(JsonNode usage) {
             StringBuilder b = new StringBuilder();
-            b.append("Plan: ").append(usage.path("copilot_plan").asText("unknown")).append('\n');
+            b.append("Plan: ").append(usage.path("copilot_plan").asText("unknown"))
+                .append(usage.path("token_based_billing").asBoolean(false) ? " (usage-based billing)" : "").append('\n');
             b.append("Quota resets: ").append(usage.path("quota_reset_date").asText("unknown")).append('\n');
             JsonNode snapshots = usage.path("quota_snapshots");
             b.append(line("Premium requests", snapshots.path("premium_interactions"))).append('\n');
             b.append(line("Chat", snapshots.path("chat"))).append('\n');
             b.append(line("Completions", snapshots.path("completions")));
+            JsonNode limits = usage.path(LIMITS);
+            limits.path("rate_limits").properties().forEach(e -> b.append('\n').append(limitLine(e.getKey() + " limit", e.getValue())));
+            if (limits.path("seen_at").isTextual()) {
+                b.append("\n(limits as Copilot reported them to copilot-api at ").append(limits.path("seen_at").asText()).append(')');
+            }
             return b.toString();
+        }
+
+        /** "Session limit:    12% used, resets 2026-12-03T12:00:00Z". */
+        static String limitLine(String label, JsonNode w) {
+            String head = String.format(Locale.ROOT, "%-17s ", Character.toUpperCase(label.charAt(0)) + label.substring(1) + ":");
+            if (w.path("unlimited").asBoolean(false)) return head + "unlimited";
+            String used = w.has("percent_used") ? number(w.path("percent_used").asDouble()) + "% used" : "not reported";
+            return head + used + (w.has("resets_at") ? ", resets " + w.path("resets_at").asText() : "");
         }
 
         static String line(String label, JsonNode q) {
@@ -1342,15 +1396,53 @@ class CopilotApi implements Callable<Integer> {
                 return initiator == Initiator.USER ? multiplier : 0;
             }
 
-            /** For the request log: "premium 1×3" or "free: continuation". */
+            /** For the request log: "premium 1×3", "free: continuation", or a free kind of call that Copilot made bill. */
             String describe() {
-                return reason == Reason.PREMIUM ? "premium 1×" + Billing.format(multiplier) : "free: " + reason.label;
+                if (reason == Reason.PREMIUM) return "premium 1×" + Billing.format(multiplier);
+                if (initiator == Initiator.AGENT || reason == Reason.FREE_MODEL) return "free: " + reason.label;
+                return (units() > 0 ? "premium 1×" + Billing.format(multiplier) + ": " : "free: ") + reason.label
+                    + " sent as user, Copilot refuses agent there";
+            }
+        }
+
+        /**
+         * Where Copilot refuses X-Initiator agent (400 "invalid initiator" since mid-2026: the last message is a person's
+         * text): the model and endpoint of a subagent's first call or a warm-up probe that Copilot refused, so that the
+         * next one goes as user without the refused round trip.
+         */
+        static final class InitiatorRule {
+            static final String REFUSAL = "invalid initiator";
+            static final int MAX_REMEMBERED = 512;
+
+            private final Set<String> refused = java.util.concurrent.ConcurrentHashMap.newKeySet();
+
+            /** A subagent's first call and a warm-up probe end with text a person (or the editor) wrote, as Copilot sees it. */
+            static boolean endsWithPersonText(Reason reason) {
+                return reason == Reason.SUBAGENT || reason == Reason.WARMUP;
+            }
+
+            /** Chat completions and Responses refuse agent after a person's text; /v1/messages is learned. */
+            boolean refuses(String model, String endpoint, Reason reason) {
+                if (!endsWithPersonText(reason)) return false;
+                return !endpoint.equals(AnthropicRoutes.MESSAGES) || refused.contains(model + " " + endpoint);
+            }
+
+            /** Remembers a refusal of a person's text as agent; continuations are not remembered (most of them pass). */
+            void learn(String model, String endpoint, Reason reason) {
+                if (!endsWithPersonText(reason)) return;
+                if (refused.size() >= MAX_REMEMBERED) refused.clear();
+                refused.add(model + " " + endpoint);
+            }
+
+            static boolean isRefusal(UpstreamException e) {
+                return e.status() == 400 && e.body().toLowerCase(Locale.ROOT).contains(REFUSAL);
             }
         }
 
         private final Double budget;
         private final String smallModel;
         private final SubagentPrompts subagents = new SubagentPrompts(SubagentPrompts.MAX_PROMPTS, SubagentPrompts.MAX_AGE);
+        private final InitiatorRule initiators = new InitiatorRule();
         /** Units spent since start, in hundredths (multipliers such as 0.33 add up exactly). */
         private final java.util.concurrent.atomic.AtomicLong spentHundredths = new java.util.concurrent.atomic.AtomicLong();
 
@@ -1418,6 +1510,34 @@ class CopilotApi implements Callable<Integer> {
             spend(c);
             Exchange.of(ctx).charge = c;
             return c;
+        }
+
+        /**
+         * One upstream call with the initiator Copilot accepts. The charge's agent goes as user at once where Copilot is
+         * known to refuse it; where it is not known, agent is sent, and a 400 "invalid initiator" is answered by sending
+         * the call once more as user (billed, and remembered for the model and endpoint). The ledger keeps what was sent.
+         */
+        <T> T send(Context ctx, String model, String endpoint, CallOptions call, java.util.function.Function<CallOptions, T> send) {
+            Charge charge = Exchange.of(ctx).charge;
+            if (charge == null || call.initiator() != Initiator.AGENT) return send.apply(call);
+            if (initiators.refuses(model, endpoint, charge.reason())) return send.apply(asUser(ctx, charge, call));
+            try {
+                return send.apply(call);
+            } catch (UpstreamException e) {
+                if (!InitiatorRule.isRefusal(e)) throw e;
+                initiators.learn(model, endpoint, charge.reason());
+                Logs.log().info("Copilot refused X-Initiator agent for {} on {} ({}); sending it once more as user",
+                    model, endpoint, charge.reason().label);
+                return send.apply(asUser(ctx, charge, call));
+            }
+        }
+
+        /** The call as user after all: billed now (within the budget), the exchange's charge saying so. */
+        private CallOptions asUser(Context ctx, Charge agent, CallOptions call) {
+            Charge user = new Charge(Initiator.USER, agent.reason(), agent.multiplier());
+            spend(user);
+            Exchange.of(ctx).charge = user;
+            return new CallOptions(Initiator.USER, call.vision(), call.headers(), call.watch());
         }
 
         private void spend(Charge c) {
@@ -2109,6 +2229,20 @@ class CopilotApi implements Callable<Integer> {
                 `<div class="track"><div class="fill ${cls}" style="width:${Math.min(100, pct).toFixed(1)}%"></div></div></div>`;
             }
 
+            function limit(label, w) {
+              if (!w) return "";
+              if (w.unlimited) return `<div class="quota"><div class="head"><b>${esc(label)}</b><span>unlimited</span></div></div>`;
+              const pct = Number(w.percent_used || 0), cls = pct >= 95 ? "bad" : pct >= 80 ? "warn" : "";
+              const reset = w.resets_at ? ` · resets ${esc(new Date(w.resets_at).toLocaleString())}` : "";
+              return `<div class="quota"><div class="head"><b>${esc(label)}</b><span>${pct.toFixed(1)}% used${reset}</span></div>` +
+                `<div class="track"><div class="fill ${cls}" style="width:${Math.min(100, pct).toFixed(1)}%"></div></div></div>`;
+            }
+
+            function limits(l) {
+              if (!l || !l.rate_limits) return "";
+              return Object.entries(l.rate_limits).map(([w, v]) => limit(w.charAt(0).toUpperCase() + w.slice(1) + " limit", v)).join("");
+            }
+
             function spent(p) {
               if (!p) return "";
               const n = (x) => Number(x).toLocaleString("en-US", { maximumFractionDigits: 2 });
@@ -2166,7 +2300,8 @@ class CopilotApi implements Callable<Integer> {
                 const u = await api("/usage");
                 const s = u.quota_snapshots || {};
                 $("plan").textContent = `${u.copilot_plan || "unknown"} · quota resets ${u.quota_reset_date || "?"}`;
-                $("quotas").innerHTML = quota("Premium requests", s.premium_interactions) + quota("Chat", s.chat) + quota("Completions", s.completions);
+                $("quotas").innerHTML = quota("Premium requests", s.premium_interactions) + quota("Chat", s.chat) + quota("Completions", s.completions)
+                  + limits(u.copilot_api_limits);
               } catch (e) { problems.push("usage: " + e.message); }
               try {
                 const st = await api("/stats");
@@ -2240,8 +2375,9 @@ class CopilotApi implements Callable<Integer> {
             Requests.logBody("chat request", body);
             CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(messages)));
             boolean merge = body.path("n").asInt(1) <= 1 || endpoint == ChatUpstream.Endpoint.RESPONSES;
+            String path = chat.path(model);
             if (!Requests.stream(body)) {
-                JsonNode answer = chat.complete(body, call);
+                JsonNode answer = billing.send(ctx, model, path, call, c -> chat.complete(body, c));
                 Exchange.of(ctx).chatUsage(answer.path("usage"));
                 Requests.logBody("chat answer", answer);
                 billing.subagents().chatAnswer(answer);
@@ -2250,7 +2386,7 @@ class CopilotApi implements Callable<Integer> {
             }
             boolean clientWantsUsage = body.path("stream_options").path("include_usage").asBoolean(false);
             SubagentPrompts.ToolCallReader reader = billing.subagents().reader();
-            try (EventSource events = chat.stream(body, call)) {
+            try (EventSource events = billing.send(ctx, model, path, call, c -> chat.stream(body, c))) {
                 Relay.run(ctx, events, new ChatRelay(new ChatStreamNormalizer(merge, clientWantsUsage), Exchange.of(ctx), reader));
             }
         }
@@ -2272,8 +2408,11 @@ class CopilotApi implements Callable<Integer> {
             Requests.writeJson(ctx, base64 ? Embeddings.toBase64(answer) : answer);
         }
 
+        /** GitHub's usage report, with the limits Copilot's own answers reported beside it. */
         void usage(Context ctx) {
-            Requests.writeJson(ctx, up.github().usage(up.githubToken()));
+            JsonNode usage = up.github().usage(up.githubToken());
+            if (usage.isObject()) ((ObjectNode) usage).set(UsageReport.LIMITS, up.copilot().limits().json());
+            Requests.writeJson(ctx, usage);
         }
 
         void token(Context ctx) {
@@ -2392,8 +2531,9 @@ class CopilotApi implements Callable<Integer> {
             CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(messages), headers(ctx)));
             SubagentPrompts subagents = up.controls().billing().subagents();
             byte[] bytes = Json.splice(Requests.raw(ctx), body, prepared.body());
+            Billing billing = up.controls().billing();
             if (!stream) {
-                JsonNode answer = up.copilot().postJson(MESSAGES, bytes, call);
+                JsonNode answer = billing.send(ctx, model.upstream(), MESSAGES, call, c -> up.copilot().postJson(MESSAGES, bytes, c));
                 Exchange.of(ctx).anthropicUsage(answer.path("usage"));
                 if (answer.isObject()) ((ObjectNode) answer).put("model", model.requested());
                 subagents.anthropicAnswer(answer);
@@ -2402,7 +2542,7 @@ class CopilotApi implements Callable<Integer> {
             }
             // the content blocks are parsed only when the model was offered a tool that starts a subagent
             SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(body.path("tools")) ? subagents.reader() : null;
-            try (EventSource events = up.copilot().stream(MESSAGES, bytes, call)) {
+            try (EventSource events = billing.send(ctx, model.upstream(), MESSAGES, call, c -> up.copilot().stream(MESSAGES, bytes, c))) {
                 relayNative(ctx, events, model.requested(), reader);
             }
         }
@@ -2459,13 +2599,16 @@ class CopilotApi implements Callable<Integer> {
             Requests.logBody("translated chat request", t.chatRequest());
             CallOptions call = up.watched(ctx, new CallOptions(initiator, t.vision()));
             SubagentPrompts subagents = up.controls().billing().subagents();
+            Billing billing = up.controls().billing();
+            String path = up.chat().path(model.upstream());
             if (!stream) {
-                subagents.anthropicAnswer(answer(ctx, up.chat().complete(t.chatRequest(), call), model, t));
+                subagents.anthropicAnswer(answer(ctx, billing.send(ctx, model.upstream(), path, call, c -> up.chat().complete(t.chatRequest(), c)),
+                    model, t));
                 return;
             }
             ChatStreamToAnthropic machine = new ChatStreamToAnthropic(model.requested(), t.toolNameMap());
             SubagentPrompts.ToolCallReader reader = subagents.reader();
-            try (EventSource events = up.chat().stream(t.chatRequest(), call)) {
+            try (EventSource events = billing.send(ctx, model.upstream(), path, call, c -> up.chat().stream(t.chatRequest(), c))) {
                 Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::anthropicEvent));
             }
             machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
@@ -2550,8 +2693,9 @@ class CopilotApi implements Callable<Integer> {
         private void forward(Context ctx, ResponsesState.Turn turn, String upstreamModel, CallOptions call, boolean stream) {
             ObjectNode request = forCopilot(turn.resolved(), upstreamModel, turn.keep());
             SubagentPrompts subagents = up.controls().billing().subagents();
+            Billing billing = up.controls().billing();
             if (!stream) {
-                JsonNode answer = up.copilot().postJson(RESPONSES, request, call);
+                JsonNode answer = billing.send(ctx, upstreamModel, RESPONSES, call, c -> up.copilot().postJson(RESPONSES, request, c));
                 Exchange.of(ctx).responsesUsage(answer.path("usage"));
                 subagents.responsesAnswer(answer);
                 state.keep(turn, answer);
@@ -2559,7 +2703,7 @@ class CopilotApi implements Callable<Integer> {
                 return;
             }
             SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
-            try (EventSource events = up.copilot().stream(RESPONSES, request, call)) {
+            try (EventSource events = billing.send(ctx, upstreamModel, RESPONSES, call, c -> up.copilot().stream(RESPONSES, request, c))) {
                 relayResponses(ctx, events, turn, state, reader);
             }
         }
@@ -2617,8 +2761,10 @@ class CopilotApi implements Callable<Integer> {
             t.body().put("model", upstreamModel);
             t.notes().forEach(n -> Logs.log().debug("{}: {}", RESPONSES, n));
             Requests.logBody("translated chat request", t.body());
+            Billing billing = up.controls().billing();
+            String path = up.chat().path(upstreamModel);
             if (!stream) {
-                JsonNode chat = up.chat().complete(t.body(), call);
+                JsonNode chat = billing.send(ctx, upstreamModel, path, call, c -> up.chat().complete(t.body(), c));
                 Exchange.of(ctx).chatUsage(chat.path("usage"));
                 up.controls().billing().subagents().chatAnswer(chat);
                 ObjectNode answer = ChatToResponses.response(chat, body, IdClock.SYSTEM);
@@ -2627,7 +2773,7 @@ class CopilotApi implements Callable<Integer> {
                 return;
             }
             SubagentPrompts.ToolCallReader reader = up.controls().billing().subagents().reader();
-            try (EventSource events = up.chat().stream(t.body(), call)) {
+            try (EventSource events = billing.send(ctx, upstreamModel, path, call, c -> up.chat().stream(t.body(), c))) {
                 AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
                 Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::responsesEvent));
             }
@@ -3803,7 +3949,23 @@ class CopilotApi implements Callable<Integer> {
             if (limits.has("max_context_window_tokens")) e.put("context_window", limits.path("max_context_window_tokens").asInt());
             if (limits.has("max_output_tokens")) e.put("max_output_tokens", limits.path("max_output_tokens").asInt());
             if (m.has("supported_endpoints")) e.set("supported_endpoints", m.get("supported_endpoints"));
+            usageBasedFields(m, e);
             return e;
+        }
+
+        /**
+         * The catalog's mid-2026 fields, where a model has them: billing.token_prices (with its long-context tier),
+         * supports.web_search, the reasoning-effort values (xhigh, max, ...) and the long tier's limits.
+         */
+        static void usageBasedFields(JsonNode m, ObjectNode e) {
+            JsonNode prices = m.path("billing").path("token_prices");
+            if (prices.isObject()) e.set("token_prices", prices);
+            JsonNode supports = m.path("capabilities").path("supports");
+            if (supports.path("web_search").isBoolean()) e.put("web_search", supports.path("web_search").asBoolean());
+            JsonNode efforts = supports.has("reasoning_effort") ? supports.path("reasoning_effort") : supports.path("reasoning_efforts");
+            if (efforts.isArray()) e.set("reasoning_efforts", efforts);
+            JsonNode longTier = m.path("capabilities").path("limits").path("long_context");
+            if (longTier.isObject()) e.set("long_context_limits", longTier);
         }
     }
 
@@ -3922,8 +4084,17 @@ class CopilotApi implements Callable<Integer> {
             if (u.status() == 401) return new ApiError(502, "api_error", message, null, code != null ? code : "copilot_unauthorized");
             String type = err.path("type").isTextual() ? err.path("type").asText() : typeFor(u.status());
             ApiError a = new ApiError(u.status(), type, message, param, code);
-            u.retryAfter().ifPresent(r -> a.headers().put("retry-after", r));
+            Optional<String> retryAfter = u.retryAfter().isPresent() || u.status() != 429 ? u.retryAfter() : retryAfterIn(a.getMessage());
+            retryAfter.ifPresent(r -> a.headers().put("retry-after", r));
             return a;
+        }
+
+        private static final Pattern RETRY_AFTER_TEXT = Pattern.compile("retry after (\\d+) seconds?", Pattern.CASE_INSENSITIVE);
+
+        /** The session and weekly limits put the wait only in their text: "... Please retry after 2733 seconds. (...)". */
+        static Optional<String> retryAfterIn(String message) {
+            java.util.regex.Matcher m = RETRY_AFTER_TEXT.matcher(message);
+            return m.find() ? Optional.of(m.group(1)) : Optional.empty();
         }
 
         static String upstreamMessage(JsonNode j, int status) {
@@ -8389,6 +8560,11 @@ class CopilotApi implements Callable<Integer> {
                 + String.join(", ", endpoints), "model", "unsupported_api_for_model");
         }
 
+        /** The Copilot path that serves the model: /chat/completions or /responses. */
+        String path(String model) {
+            return endpoint(model) == Endpoint.CHAT ? OpenAiRoutes.CHAT : ResponsesRoutes.RESPONSES;
+        }
+
         /** A whole chat completion. */
         JsonNode complete(ObjectNode chat, CallOptions call) {
             String model = chat.path("model").asText();
@@ -8435,6 +8611,8 @@ class CopilotApi implements Callable<Integer> {
         private final CopilotTokens tokens;
         private final Timeouts timeouts;
         private final LiveStreams streams = new LiveStreams();
+        private final UsageLimits limits;
+        private final CatalogIdentity.Log catalogLog;
         /** Parsed upstream URIs by text: a handful of paths on one or two bases, so parsing once each is enough. */
         private final Map<String, URI> uris = new java.util.concurrent.ConcurrentHashMap<>();
 
@@ -8447,6 +8625,18 @@ class CopilotApi implements Callable<Integer> {
             this.http = http;
             this.tokens = tokens;
             this.timeouts = timeouts;
+            this.limits = new UsageLimits(settings.dataDir().resolve(UsageLimits.FILE));
+            this.catalogLog = new CatalogIdentity.Log(settings.dataDir().resolve(CatalogIdentity.Log.FILE));
+        }
+
+        /** The usage limits Copilot's answers reported (x-usage-ratelimit-*, x-quota-snapshot-*). */
+        UsageLimits limits() {
+            return limits;
+        }
+
+        /** How the catalog was last read, and what changed in it since the last start. */
+        CatalogIdentity.Log catalogLog() {
+            return catalogLog;
         }
 
         CopilotTokens tokens() {
@@ -8470,6 +8660,76 @@ class CopilotApi implements Callable<Integer> {
 
         JsonNode getJson(String path) {
             return readJson(send("GET", path, null, CallOptions.PLAIN, false));
+        }
+
+        /**
+         * GET /models. Since mid-2026 an account under usage-based billing answers a conversation identity with a JSON
+         * string (a notice to update the client), so the catalog is asked with the model-access identity, and after a
+         * notice once more with the GitHub token and the Copilot CLI's integration id. Neither giving a catalog is an
+         * error that names what was tried; a 466 says which versions to change.
+         */
+        JsonNode catalog() {
+            List<String> tried = new ArrayList<>();
+            for (CatalogIdentity identity : CatalogIdentity.values()) {
+                Http.Reply reply = catalogReply(identity);
+                limits.seen(reply);
+                String body = Http.readLimited(reply, 32 * 1024 * 1024);
+                int status = reply.statusCode();
+                if (status == 466) {
+                    throw new VersionsRefused("Copilot refused the editor versions copilot-api sends (466 on GET /models with "
+                        + settings.editor().headers().get("editor-version") + ", " + settings.editor().headers().get("editor-plugin-version")
+                        + "): " + CopilotHints.hint(466, null, null).orElse(""));
+                }
+                if (status >= 400) {
+                    if (identity == CatalogIdentity.MODEL_ACCESS) throw new UpstreamException(status, body, reply);
+                    tried.add(identity.label + ": HTTP " + status + " " + Redact.shorten(body));
+                    break;
+                }
+                Optional<JsonNode> answer = Json.tryParse(body);
+                if (answer.isPresent() && answer.get().path("data").isArray()) {
+                    catalogLog.read(identity, tried, answer.get());
+                    return answer.get();
+                }
+                tried.add(identity.label + ": " + (answer.isPresent() && answer.get().isTextual()
+                    ? "the notice \"" + Redact.shorten(answer.get().asText()) + "\"" : "no catalog (" + Redact.shorten(body) + ")"));
+                Logs.log().debug("GET /models with the {}: no catalog; {}", identity.label, tried.get(tried.size() - 1));
+            }
+            throw new UserFacingException("Copilot gave no model catalog; tried " + String.join("; then ", tried));
+        }
+
+        private Http.Reply catalogReply(CatalogIdentity identity) {
+            if (identity == CatalogIdentity.GITHUB_CLI) {
+                return await(catalogRequest(identity, tokens.githubToken().value()), Watch.NONE, false);
+            }
+            CopilotToken token = tokens.current();
+            Http.Reply reply = await(catalogRequest(identity, token.token()), Watch.NONE, false);
+            if (reply.statusCode() != 401) return reply;
+            Http.readLimited(reply, MAX_ERROR_BODY);
+            Optional<CopilotToken> fresh = tokens.refreshAfterUnauthorized(token);
+            if (fresh.isEmpty()) throw new UpstreamException(401, "Copilot refused the Copilot token on GET /models", reply);
+            return await(catalogRequest(identity, fresh.get().token()), Watch.NONE, false);
+        }
+
+        /** Copilot answered 466: the editor versions copilot-api sends are refused. */
+        static final class VersionsRefused extends UserFacingException {
+            VersionsRefused(String message) {
+                super(message);
+            }
+        }
+
+        /** GET /models as the model-access identity: no content type, openai-intent and x-interaction-type model-access. */
+        private Http.Call catalogRequest(CatalogIdentity identity, String bearer) {
+            Http.Call b = new Http.Call("GET", uri("/models"))
+                .timeout(timeouts.firstByte())
+                .idle(timeouts.answer().plusMinutes(1))
+                .header("authorization", "Bearer " + bearer)
+                .header("copilot-integration-id", identity.integrationId)
+                .header("openai-intent", "model-access")
+                .header("x-interaction-type", "model-access")
+                .header("x-request-id", Ids.uuid())
+                .header("accept", "application/json");
+            settings.editor().applyTo(b);
+            return b;
         }
 
         JsonNode postJson(String path, JsonNode body, CallOptions options) {
@@ -8501,6 +8761,7 @@ class CopilotApi implements Callable<Integer> {
                 response = await(request(method, path, body, options, stream, fresh.get()), options.watch(), stream);
             }
             if (response.statusCode() < 400) tokens.accepted();
+            limits.seen(response);
             if (response.statusCode() >= 400) {
                 String detail = Http.readLimited(response, MAX_ERROR_BODY);
                 throw new UpstreamException(response.statusCode(), detail, response);
@@ -8630,6 +8891,11 @@ class CopilotApi implements Callable<Integer> {
             this.settings = settings;
             this.http = http;
             this.githubToken = githubToken;
+        }
+
+        /** The GitHub token behind the Copilot tokens (the catalog's fallback identity needs it; never logged). */
+        GitHubToken githubToken() {
+            return githubToken;
         }
 
         /** The exchange itself: GET {github_api}/copilot_internal/v2/token. */
@@ -8781,7 +9047,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         private void refresh() {
-            JsonNode answer = copilot.getJson("/models");
+            JsonNode answer = copilot.catalog();
             List<JsonNode> list = new ArrayList<>();
             answer.path("data").forEach(list::add);
             models = List.copyOf(list);
@@ -8851,6 +9117,215 @@ class CopilotApi implements Callable<Integer> {
             if (endpoints.isEmpty() || endpoints.contains(endpoint)) return;
             throw new ApiError(400, "invalid_request_error", "The model '" + id + "' is not served on " + endpoint
                 + " by Copilot; it supports " + String.join(", ", endpoints), "model", "unsupported_api_for_model");
+        }
+    }
+
+    /** Who asks Copilot for the catalog: the model-access identity first, then the GitHub token as the Copilot CLI. */
+    enum CatalogIdentity {
+        MODEL_ACCESS("model-access identity", EditorHeaders.INTEGRATION_ID),
+        GITHUB_CLI("GitHub token as " + CatalogIdentity.CLI_INTEGRATION_ID, CatalogIdentity.CLI_INTEGRATION_ID);
+
+        static final String CLI_INTEGRATION_ID = "copilot-developer-cli";
+
+        final String label;
+        final String integrationId;
+
+        CatalogIdentity(String label, String integrationId) {
+            this.label = label;
+            this.integrationId = integrationId;
+        }
+
+        /**
+         * Early warning: which identity read the catalog, and which models appeared or went away since the last start
+         * (their ids kept one a line in the data directory). Logged once per run, at the first read.
+         */
+        static final class Log {
+            static final String FILE = "models-seen.txt";
+
+            record Change(boolean first, List<String> added, List<String> removed) {}
+
+            private final Path file;
+            private final java.util.concurrent.atomic.AtomicBoolean noted = new java.util.concurrent.atomic.AtomicBoolean();
+            private volatile boolean keep = true;
+            private volatile CatalogIdentity identity;
+            private volatile List<String> tried = List.of();
+            private volatile Change change;
+
+            Log(Path file) {
+                this.file = file;
+            }
+
+            /** Compares with the list kept, without replacing it (for `debug --probe`). */
+            Log observeOnly() {
+                keep = false;
+                return this;
+            }
+
+            Optional<CatalogIdentity> identity() {
+                return Optional.ofNullable(identity);
+            }
+
+            /** What answered no catalog before the identity that did. */
+            List<String> tried() {
+                return tried;
+            }
+
+            Optional<Change> change() {
+                return Optional.ofNullable(change);
+            }
+
+            void read(CatalogIdentity used, List<String> before, JsonNode catalog) {
+                identity = used;
+                tried = List.copyOf(before);
+                if (!noted.compareAndSet(false, true)) return;
+                List<String> ids = new ArrayList<>();
+                catalog.path("data").forEach(m -> ids.add(m.path("id").asText()));
+                change = compare(ids);
+                Logs.log().info("model catalog read with the {}{}; the editor versions were accepted", used.label,
+                    before.isEmpty() ? "" : " (before it: " + String.join("; ", before) + ")");
+                if (!change.first() && !change.added().isEmpty()) Logs.log().warn("models new since the last start: {}", String.join(", ", change.added()));
+                if (!change.first() && !change.removed().isEmpty()) Logs.log().warn("models gone since the last start: {}", String.join(", ", change.removed()));
+            }
+
+            private Change compare(List<String> ids) {
+                List<String> previous = null;
+                try {
+                    if (Files.isRegularFile(file)) previous = Files.readAllLines(file, UTF_8).stream().filter(l -> !l.isBlank()).toList();
+                    if (keep) {
+                        Files.createDirectories(file.getParent());
+                        Files.writeString(file, String.join("\n", ids) + "\n", UTF_8);
+                    }
+                } catch (IOException e) {
+                    Logs.log().warn("could not keep the model list in {}: {}", file, describe(e));
+                }
+                if (previous == null) return new Change(true, List.of(), List.of());
+                Set<String> before = new LinkedHashSet<>(previous);
+                Set<String> now = new LinkedHashSet<>(ids);
+                return new Change(false, ids.stream().filter(id -> !before.contains(id)).toList(),
+                    previous.stream().filter(id -> !now.contains(id)).toList());
+            }
+        }
+    }
+
+    /**
+     * The usage limits Copilot reports on its answers since mid-2026: x-usage-ratelimit-session / -weekly and
+     * x-quota-snapshot-BUCKET, each "ent=..&ov=..&ovPerm=..&rem=PERCENT&rst=ISO&totRem=.." (ent=-1: unlimited). The
+     * latest of each is kept (in memory and in the data directory, for `check-usage`), shown by /usage and the
+     * dashboard, and a window reaching 80% and 95% used is logged once each.
+     */
+    static final class UsageLimits {
+        static final String FILE = "usage-limits.json";
+        static final String RATE_LIMIT = "x-usage-ratelimit-";
+        static final String QUOTA = "x-quota-snapshot-";
+        static final int[] WARN_AT = {95, 80};
+
+        private final Path file;
+        private final Map<String, ObjectNode> rateLimits = new java.util.concurrent.ConcurrentSkipListMap<>();
+        private final Map<String, ObjectNode> quotas = new java.util.concurrent.ConcurrentSkipListMap<>();
+        private final Map<String, Integer> warned = new java.util.concurrent.ConcurrentHashMap<>();
+        private volatile Instant seenAt;
+
+        UsageLimits(Path file) {
+            this.file = file;
+        }
+
+        /** Reads the limit headers of one answer (any status). */
+        void seen(Http.Reply reply) {
+            boolean changed = false;
+            for (org.eclipse.jetty.http.HttpField f : reply.headers()) {
+                String name = f.getName().toLowerCase(Locale.ROOT);
+                Map<String, ObjectNode> into = name.startsWith(RATE_LIMIT) ? rateLimits : name.startsWith(QUOTA) ? quotas : null;
+                if (into == null) continue;
+                String window = name.substring(into == rateLimits ? RATE_LIMIT.length() : QUOTA.length());
+                ObjectNode parsed = parse(f.getValue());
+                changed |= !parsed.equals(into.put(window, parsed));
+                warn((into == rateLimits ? window + " limit" : window + " quota"), parsed);
+            }
+            if (changed) {
+                seenAt = Instant.now();
+                save();
+            }
+        }
+
+        /** One header's value: percent used and remaining, reset time, entitlement, overage. */
+        static ObjectNode parse(String value) {
+            Map<String, String> kv = new LinkedHashMap<>();
+            for (String pair : value.split("&")) {
+                int eq = pair.indexOf('=');
+                if (eq > 0) kv.put(pair.substring(0, eq).trim(), java.net.URLDecoder.decode(pair.substring(eq + 1).trim(), UTF_8));
+            }
+            ObjectNode o = Json.object();
+            double entitlement = number(kv.get("ent"), 0);
+            boolean unlimited = entitlement == -1;
+            o.put("unlimited", unlimited);
+            if (!unlimited) o.put("entitlement", entitlement);
+            Double remaining = kv.containsKey("rem") ? number(kv.get("rem"), 100) : null;
+            if (remaining != null && !unlimited) {
+                o.put("percent_remaining", remaining);
+                o.put("percent_used", Math.max(0, Math.min(100, 100 - remaining)));
+            }
+            if (kv.containsKey("rst")) o.put("resets_at", kv.get("rst"));
+            if (kv.containsKey("ov")) o.put("overage", number(kv.get("ov"), 0));
+            if (kv.containsKey("ovPerm")) o.put("overage_permitted", Boolean.parseBoolean(kv.get("ovPerm")));
+            o.put("raw", value);
+            return o;
+        }
+
+        private static double number(String s, double otherwise) {
+            try {
+                return s == null ? otherwise : Double.parseDouble(s);
+            } catch (NumberFormatException e) {
+                return otherwise;
+            }
+        }
+
+        private void warn(String what, ObjectNode window) {
+            if (!window.has("percent_used")) return;
+            double used = window.path("percent_used").asDouble();
+            int level = 0;
+            for (int at : WARN_AT) {
+                if (used >= at) {
+                    level = at;
+                    break;
+                }
+            }
+            Integer before = warned.put(what, level);
+            if (level > (before == null ? 0 : before)) {
+                Logs.log().warn("Copilot's {} is {}% used (over {}%){}", what, UsageReport.number(used), level,
+                    window.has("resets_at") ? "; it resets at " + window.path("resets_at").asText() : "");
+            }
+        }
+
+        /** What /usage, the dashboard and `check-usage --json` show: rate_limits and quota_snapshots by window, and when seen. */
+        ObjectNode json() {
+            ObjectNode o = Json.object();
+            o.put("seen_at", seenAt == null ? null : seenAt.toString());
+            ObjectNode limits = o.putObject("rate_limits");
+            rateLimits.forEach(limits::set);
+            ObjectNode snapshots = o.putObject("quota_snapshots");
+            quotas.forEach(snapshots::set);
+            return o;
+        }
+
+        private synchronized void save() {
+            try {
+                Files.createDirectories(file.getParent());
+                Path tmp = file.resolveSibling(file.getFileName() + ".tmp");
+                Files.writeString(tmp, Json.pretty(json()), UTF_8);
+                Files.move(tmp, file, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+            } catch (IOException e) {
+                Logs.log().debug("could not keep the usage limits in {}: {}", file, describe(e));
+            }
+        }
+
+        /** What the server kept last (for `check-usage`, which does not call Copilot). */
+        static Optional<JsonNode> saved(Path dataDir) {
+            Path p = dataDir.resolve(FILE);
+            try {
+                return Files.isRegularFile(p) ? Json.tryParse(Files.readString(p, UTF_8)) : Optional.empty();
+            } catch (IOException e) {
+                return Optional.empty();
+            }
         }
     }
 

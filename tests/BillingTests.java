@@ -86,15 +86,16 @@ class BillingTests extends CopilotApiTests.WithHarness {
             + "\"text\":\"Warmup\",\"cache_control\":{\"type\":\"ephemeral\"}}]}]}";
     }
 
+    /** The probe's text is a user message, which Copilot refuses as agent on chat completions: user, and free all the same. */
     @Test
-    void theWarmupProbeIsAnsweredByAFreeModelAsAgentInTheShapeAskedFor() throws Exception {
+    void theWarmupProbeIsAnsweredByAFreeModelInTheShapeAskedFor() throws Exception {
         double before = premium().path("units").asDouble();
         HttpResponse<String> r = h.post("/v1/messages", warmup("claude-opus-4.1"));
         assertEquals(200, r.statusCode(), r.body());
         assertEquals(0, h.stub.count("/v1/messages"), "the premium model was not called");
         StubUpstream.Recorded sent = h.stub.last("/chat/completions");
         assertEquals("gpt-4.1", sent.json().path("model").asText(), "the catalog's first free model");
-        assertEquals("agent", sent.headers().get("x-initiator"));
+        assertEquals("user", sent.headers().get("x-initiator"), "Copilot refuses agent after a user's text on chat completions");
         JsonNode message = json(r.body());
         assertEquals("message", message.path("type").asText());
         assertEquals("claude-opus-4.1", message.path("model").asText(), "named as asked");
@@ -121,12 +122,14 @@ class BillingTests extends CopilotApiTests.WithHarness {
         for (boolean stream : List.of(false, true)) subagentRoundTrip("claude-sonnet-4.5", stream, "/v1/messages");
     }
 
+    /** On chat completions Copilot refuses agent after a person's text: the subagent goes as user (gpt-4.1 is free). */
     @Test
-    void aSubagentsFirstCallIsFreeOnTheTranslatedRouteStreamedAndNot() throws Exception {
+    void aSubagentsFirstCallGoesAsUserOnTheTranslatedRouteStreamedAndNot() throws Exception {
         for (boolean stream : List.of(false, true)) subagentRoundTrip("gpt-4.1", stream, "/chat/completions");
     }
 
     void subagentRoundTrip(String model, boolean stream, String upstreamPath) throws Exception {
+        String expected = upstreamPath.equals("/v1/messages") ? "agent" : "user";
         String main = "{\"model\":\"" + model + "\",\"max_tokens\":300,\"stream\":" + stream + ",\"tools\":[" + tool("Bash") + "," + tool("Agent")
             + "],\"messages\":[{\"role\":\"user\",\"content\":\"Investigate this " + StubUpstream.SUBAGENT_MARKER + "\"}]}";
         HttpResponse<String> r = h.post("/v1/messages", main);
@@ -138,7 +141,7 @@ class BillingTests extends CopilotApiTests.WithHarness {
             + tool("Bash") + "],\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":"
             + CopilotApi.JSON.writeValueAsString("<system-reminder>\nctx\n</system-reminder>") + "},{\"type\":\"text\",\"text\":" + CopilotApi.JSON.writeValueAsString(prompt) + "}]}]}";
         assertEquals(200, h.post("/v1/messages", subagent).statusCode());
-        assertEquals("agent", h.stub.last(upstreamPath).headers().get("x-initiator"), "the subagent's first call is free (" + model + ", stream " + stream + ")");
+        assertEquals(expected, h.stub.last(upstreamPath).headers().get("x-initiator"), "the subagent's first call (" + model + ", stream " + stream + ")");
         String other = subagent.replace("Subagent task", "A different task");
         assertEquals(200, h.post("/v1/messages", other).statusCode());
         assertEquals("user", h.stub.last(upstreamPath).headers().get("x-initiator"), "a prompt nobody handed out bills");
@@ -165,8 +168,9 @@ class BillingTests extends CopilotApiTests.WithHarness {
         return input.length() == 0 ? "" : json(input.toString()).path("prompt").asText();
     }
 
+    /** The subagent is recognised, and goes as user all the same: Copilot refuses agent after a person's text there. */
     @Test
-    void aSubagentPromptHandedOutOnTheChatRouteIsFreeWhenItComesBack() throws Exception {
+    void aSubagentPromptHandedOutOnTheChatRouteIsRecognisedWhenItComesBack() throws Exception {
         for (boolean stream : List.of(false, true)) {
             String main = "{\"model\":\"gpt-4.1\",\"stream\":" + stream + ",\"tools\":[" + chatTool("Task") + "],\"messages\":[{\"role\":\"user\","
                 + "\"content\":\"Investigate " + StubUpstream.SUBAGENT_MARKER + "\"}]}";
@@ -177,8 +181,10 @@ class BillingTests extends CopilotApiTests.WithHarness {
                     .path("prompt").asText();
             String sub = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"system\",\"content\":\"You are a subagent.\"},{\"role\":\"user\",\"content\":"
                 + CopilotApi.JSON.writeValueAsString(prompt) + "}]}";
+            long before = count(premium(), "subagent");
             assertEquals(200, h.post("/v1/chat/completions", sub).statusCode());
-            assertEquals("agent", h.stub.last("/chat/completions").headers().get("x-initiator"), "stream " + stream + ", prompt " + prompt);
+            assertEquals("user", h.stub.last("/chat/completions").headers().get("x-initiator"), "stream " + stream + ", prompt " + prompt);
+            assertEquals(before + 1, count(premium(), "subagent"), "the ledger says it was a subagent");
         }
     }
 
@@ -199,7 +205,7 @@ class BillingTests extends CopilotApiTests.WithHarness {
     }
 
     @Test
-    void aSubagentPromptHandedOutOnTheResponsesRouteIsFreeWhenItComesBack() throws Exception {
+    void aSubagentPromptHandedOutOnTheResponsesRouteIsRecognisedWhenItComesBack() throws Exception {
         for (String model : List.of("gpt-5.1-codex", "gpt-4.1")) {
             for (boolean stream : List.of(false, true)) {
                 String main = "{\"model\":\"" + model + "\",\"stream\":" + stream + ",\"tools\":[{\"type\":\"function\",\"name\":\"Agent\","
@@ -209,9 +215,11 @@ class BillingTests extends CopilotApiTests.WithHarness {
                 assertEquals(200, r.statusCode(), r.body());
                 String prompt = responsesPrompt(r.body(), stream);
                 String sub = "{\"model\":\"" + model + "\",\"instructions\":\"You are a subagent.\",\"input\":" + CopilotApi.JSON.writeValueAsString(prompt) + "}";
+                long before = count(premium(), "subagent");
                 assertEquals(200, h.post("/v1/responses", sub).statusCode());
                 String path = model.equals("gpt-4.1") ? "/chat/completions" : "/responses";
-                assertEquals("agent", h.stub.last(path).headers().get("x-initiator"), model + " stream " + stream + ", prompt " + prompt);
+                assertEquals("user", h.stub.last(path).headers().get("x-initiator"), model + " stream " + stream + ", prompt " + prompt);
+                assertEquals(before + 1, count(premium(), "subagent"), "the ledger says it was a subagent");
             }
         }
     }
@@ -264,6 +272,10 @@ class BillingTests extends CopilotApiTests.WithHarness {
         assertEquals("premium 1×0.33", new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Billing.Reason.PREMIUM, 0.33).describe());
         assertEquals("free: subagent", new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.AGENT, CopilotApi.Billing.Reason.SUBAGENT, 3).describe());
         assertEquals("free: free model", new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Billing.Reason.FREE_MODEL, 0).describe());
+        assertEquals("premium 1×1: subagent sent as user, Copilot refuses agent there",
+            new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Billing.Reason.SUBAGENT, 1).describe());
+        assertEquals("free: warmup sent as user, Copilot refuses agent there",
+            new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Billing.Reason.WARMUP, 0).describe());
     }
 
     /** A budget of 1: one Sonnet prompt passes, the next prompt is a 429 in the caller's shape, tool follow-ups and free models pass. */

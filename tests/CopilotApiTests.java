@@ -8,6 +8,7 @@
 //SOURCES ClientRecipeTests.java
 //SOURCES BillingTests.java
 //SOURCES StoreTests.java
+//SOURCES UsageBasedTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
@@ -97,6 +98,7 @@ class CopilotApiTests {
         ManualApprovalTests.class,
         StatsTests.class,
         BillingTests.class,
+        UsageBasedTests.class,
         DashboardTests.class,
         GracefulStopTests.class,
         ShutdownTests.class,
@@ -3308,7 +3310,8 @@ class CopilotApiTests {
             for (StubUpstream.Recorded rec : stub.requests()) {
                 if (!rec.matches("/v1/messages") && !rec.matches("/chat/completions")) continue;
                 String initiator = rec.headers().get("x-initiator");
-                if ("user".equals(initiator)) users++;
+                // the warm-up probe goes as user to a free model on chat completions (Copilot refuses agent there); it costs nothing
+                if ("user".equals(initiator) && rec.matches("/v1/messages")) users++;
                 JsonNode messages = rec.json().path("messages");
                 String last = messages.isEmpty() ? "" : messages.get(messages.size() - 1).toString();
                 subagentStarted |= messages.size() == 1 && last.contains("Subagent task");

@@ -37,6 +37,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
+import java.util.Optional;
 import java.util.Set;
 import java.util.SplittableRandom;
 import java.util.TreeMap;
@@ -222,6 +223,99 @@ final class StubUpstream implements AutoCloseable {
         return this;
     }
 
+    // ---- Account kinds: Copilot of early 2026 (legacy) and since mid-2026 (usage-based billing) ----
+
+    /** legacy: request-based billing, the catalog for any identity; usageBased: AI Credits and the mid-2026 rules. */
+    enum AccountKind { LEGACY, USAGE_BASED }
+
+    /** What GET /models answers a conversation identity on a usage-based account (a JSON string, status 200). */
+    static final String BILLING_NOTICE = "Your billing plan has changed to usage-based billing and model multipliers no longer apply. "
+        + "Please update your client to the latest version to see the new billing information.";
+    static final String INVALID_INITIATOR = "bad request: error: invalid initiator";
+    static final String CLI_INTEGRATION_ID = "copilot-developer-cli";
+
+    private volatile AccountKind accountKind = AccountKind.LEGACY;
+    private volatile boolean modelAccessGetsNotice;
+    private volatile boolean checkInitiator;
+    private volatile String refusedEditorVersion;
+    private final Map<String, String> answerHeaders = new ConcurrentHashMap<>();
+
+    /**
+     * The account's kind. USAGE_BASED: GET /models answers the billing notice (a JSON string) unless asked with the
+     * model-access identity (or the GitHub token with copilot-integration-id copilot-developer-cli); the catalog carries
+     * billing.token_prices, supports.web_search, reasoning-effort values and a long-context tier; the usage report says
+     * token_based_billing; answers carry copilot_usage and the x-usage-ratelimit-* / x-quota-snapshot-* headers; and
+     * the invalid-initiator rule is on. LEGACY (the default) restores the early-2026 behaviour of all of these.
+     */
+    StubUpstream accountKind(AccountKind kind) {
+        accountKind = kind;
+        boolean usageBased = kind == AccountKind.USAGE_BASED;
+        checkInitiator = usageBased;
+        answerHeaders.clear();
+        if (usageBased) {
+            String reset = java.time.Instant.now().plusSeconds(2 * 3600).truncatedTo(java.time.temporal.ChronoUnit.SECONDS).toString();
+            String weekReset = java.time.Instant.now().plusSeconds(4 * 86400).truncatedTo(java.time.temporal.ChronoUnit.SECONDS).toString();
+            answerHeaders.put("x-usage-ratelimit-session", quotaHeader(100, 88, reset));
+            answerHeaders.put("x-usage-ratelimit-weekly", quotaHeader(100, 97, weekReset));
+            answerHeaders.put("x-quota-snapshot-premium_interactions", quotaHeader(300, 60, "2026-12-01T00:00:00Z"));
+            answerHeaders.put("x-quota-snapshot-chat", quotaHeader(-1, 100, "2026-12-01T00:00:00Z"));
+        }
+        synchronized (models) {
+            for (JsonNode m : models) {
+                if (usageBased) usageBasedFields((ObjectNode) m);
+                else legacyFields((ObjectNode) m);
+            }
+        }
+        synchronized (usage) {
+            if (usageBased) {
+                usage.put("token_based_billing", true);
+                usage.put("quota_reset_date_utc", "2026-12-01T00:00:00.000Z");
+                usage.putObject("limited_user_quotas");
+            } else {
+                usage.remove(List.of("token_based_billing", "limited_user_quotas"));
+            }
+        }
+        return this;
+    }
+
+    AccountKind accountKind() {
+        return accountKind;
+    }
+
+    /** Usage-based accounts: the model-access identity gets the billing notice too (only the GitHub-token fallback works). */
+    StubUpstream modelAccessGetsNotice(boolean on) {
+        modelAccessGetsNotice = on;
+        return this;
+    }
+
+    /**
+     * The invalid-initiator rule (on for usage-based accounts): x-initiator agent with a person's text last is a 400
+     * "bad request: error: invalid initiator": on /chat/completions a last message of role user, on /responses a string
+     * input or a last user message item, on /v1/messages a last user message without any tool_result block.
+     */
+    StubUpstream checkInitiator(boolean on) {
+        checkInitiator = on;
+        return this;
+    }
+
+    /** Every Copilot call whose editor-version header equals this (e.g. "vscode/1.120.0") is refused with 466; null: none. */
+    StubUpstream refuseEditorVersion(String editorVersion) {
+        refusedEditorVersion = editorVersion;
+        return this;
+    }
+
+    /** A header put on every successful Copilot answer (e.g. x-usage-ratelimit-session); a null value removes it. */
+    StubUpstream answerHeader(String name, String value) {
+        if (value == null) answerHeaders.remove(name);
+        else answerHeaders.put(name, value);
+        return this;
+    }
+
+    /** The x-usage-ratelimit-* / x-quota-snapshot-* grammar: ent=...&ov=...&ovPerm=...&rem=PERCENT&rst=ISO&totRem=... */
+    static String quotaHeader(int entitlement, double remainingPercent, String reset) {
+        return "ent=" + entitlement + "&ov=0.0&ovPerm=false&rem=" + remainingPercent + "&rst=" + reset + "&totRem=-1";
+    }
+
     /**
      * The model catalog served by GET /copilot/models and used to validate model ids, as a live list: change it
      * while no request is in flight (or synchronize on it).
@@ -251,6 +345,11 @@ final class StubUpstream implements AutoCloseable {
         endpointsApi = null;
         cachedTokens = 0;
         streamDelayMs = 0;
+        accountKind = AccountKind.LEGACY;
+        modelAccessGetsNotice = false;
+        checkInitiator = false;
+        refusedEditorVersion = null;
+        answerHeaders.clear();
         synchronized (models) {
             models.removeAll();
             models.addAll(defaultModels());
@@ -456,7 +555,11 @@ final class StubUpstream implements AutoCloseable {
         if (path.startsWith("/copilot/")) {
             Reply refusal = copilotChecks(rec);
             Reply scriptedReply = refusal == null ? dequeue(path) : null;
-            play(ex, rec, refusal != null ? refusal : scriptedReply != null ? scriptedReply : copilotDefault(rec, path.substring(8)));
+            Reply reply = refusal != null ? refusal : scriptedReply != null ? scriptedReply : copilotDefault(rec, path.substring(8));
+            if (reply.status() < 400) {
+                for (Map.Entry<String, String> h : answerHeaders.entrySet()) reply = reply.header(h.getKey(), h.getValue());
+            }
+            play(ex, rec, reply);
         } else if (path.startsWith("/gh/") || path.startsWith("/api/")) {
             Reply scriptedReply = dequeue(path);
             play(ex, rec, scriptedReply != null ? scriptedReply : github(rec));
@@ -695,12 +798,17 @@ final class StubUpstream implements AutoCloseable {
     private Reply copilotChecks(Recorded rec) {
         String auth = rec.header("authorization");
         String token = auth != null && auth.regionMatches(true, 0, "Bearer ", 0, 7) ? auth.substring(7).trim() : null;
+        if (isCliCatalogCall(rec, token)) return null;
         Long expiry = token == null ? null : tokenExpiryMillis.get(token);
         if (expiry == null) return unauthorized("unauthorized: invalid token");
         if (revokedTokens.contains(token) || System.currentTimeMillis() >= expiry) return unauthorized("unauthorized: token expired");
         String editor = rec.header("editor-version");
         if (editor == null || editor.isBlank()) {
             return Reply.json(400, errorBody("missing Editor-Version header for IDE auth", "invalid_request_error", null, null));
+        }
+        if (editor.equals(refusedEditorVersion)) {
+            return Reply.json(466, errorBody("Your editor version " + editor + " is no longer supported; please update to use Copilot.",
+                null, "unsupported_editor_version", null));
         }
         JsonNode json = rec.json();
         if ("POST".equals(rec.method()) && json != null && containsImage(json)
@@ -728,13 +836,78 @@ final class StubUpstream implements AutoCloseable {
         return false;
     }
 
-    private Reply copilotDefault(Recorded rec, String sub) {
-        if (rec.method().equals("GET") && sub.equals("/models")) {
-            ObjectNode o = obj();
-            o.set("data", snapshot(models));
-            o.put("object", "list");
-            return Reply.json(200, o.toString());
+    /** A usage-based account's catalog read with the GitHub token (GET /models, Bearer github token, the CLI's integration id). */
+    private boolean isCliCatalogCall(Recorded rec, String token) {
+        return accountKind == AccountKind.USAGE_BASED && VALID_GITHUB_TOKEN.equals(token) && rec.method().equals("GET")
+            && rec.path().equals("/copilot/models") && CLI_INTEGRATION_ID.equals(rec.header("copilot-integration-id"));
+    }
+
+    /** Legacy: the catalog for anyone. Usage-based: the catalog for the model-access identity or the CLI, else the notice. */
+    private Reply catalog(Recorded rec) {
+        if (accountKind == AccountKind.USAGE_BASED) {
+            String auth = String.valueOf(rec.header("authorization"));
+            boolean cli = auth.regionMatches(true, 0, "Bearer ", 0, 7) && isCliCatalogCall(rec, auth.substring(7).trim());
+            boolean modelAccess = "model-access".equals(rec.header("openai-intent")) && "model-access".equals(rec.header("x-interaction-type"));
+            if (!cli && (!modelAccess || modelAccessGetsNotice)) return Reply.json(200, JSON.getNodeFactory().textNode(BILLING_NOTICE));
         }
+        ObjectNode o = obj();
+        o.set("data", snapshot(models));
+        o.put("object", "list");
+        return Reply.json(200, o.toString());
+    }
+
+    /** x-initiator agent while the last message is a person's text (see checkInitiator). */
+    private Reply initiatorRefusal(Recorded rec, JsonNode req, String endpoint) {
+        if (!checkInitiator || !"agent".equals(rec.header("x-initiator"))) return null;
+        boolean personLast = switch (endpoint) {
+            case "/chat/completions" -> lastOf(req.path("messages")).path("role").asText("").equals("user");
+            case "/responses" -> {
+                JsonNode input = req.path("input");
+                JsonNode last = lastOf(input);
+                yield input.isTextual() || last.path("type").asText("message").equals("message") && last.path("role").asText("").equals("user");
+            }
+            case "/v1/messages" -> {
+                JsonNode last = lastOf(req.path("messages"));
+                boolean toolResult = false;
+                for (JsonNode block : last.path("content")) toolResult |= block.path("type").asText("").equals("tool_result");
+                yield last.path("role").asText("").equals("user") && !toolResult;
+            }
+            default -> false;
+        };
+        return personLast ? Reply.json(400, errorBody(INVALID_INITIATOR, "invalid_request_error", null, null)) : null;
+    }
+
+    private static JsonNode lastOf(JsonNode array) {
+        return array.isArray() && array.size() > 0 ? array.get(array.size() - 1) : obj();
+    }
+
+    /**
+     * A 429 of the mid-2026 session ("session") or weekly ("weekly") limit, worded as Copilot words it; no retry-after
+     * header: the wait is only in the text.
+     */
+    static Reply usageLimit(String window, long retryAfterSeconds) {
+        String what = window.equals("weekly") ? "weekly rate limits" : "5 hour session limits";
+        String code = window.equals("weekly") ? "user_weekly_rate_limited:pro" : "user_global_rate_limited:pro";
+        String message = "Sorry, you've exceeded your " + what + ". Please retry after " + retryAfterSeconds + " seconds. (" + code + ")";
+        return Reply.json(429, errorBody(message, null, "rate_limited", null));
+    }
+
+    /** copilot_usage of a usage-based answer: nano-AIU from the token counts and the model's prices. */
+    private ObjectNode copilotUsage(Answer a) {
+        JsonNode prices = Optional.ofNullable(findModel(a.model())).map(m -> m.path("billing").path("token_prices")).orElse(obj());
+        double perToken = prices.path("input_price").asDouble(1) / Math.max(1, prices.path("batch_size").asDouble(1_000_000));
+        long nano = Math.round((a.promptTokens() + 4.0 * a.completionTokens()) * perToken * 1e9);
+        ObjectNode u = obj();
+        u.put("total_nano_aiu", nano);
+        ArrayNode details = u.putArray("token_details");
+        details.addObject().put("type", "input").put("tokens", a.promptTokens() - a.cachedTokens());
+        details.addObject().put("type", "cache").put("tokens", a.cachedTokens());
+        details.addObject().put("type", "output").put("tokens", a.completionTokens());
+        return u;
+    }
+
+    private Reply copilotDefault(Recorded rec, String sub) {
+        if (rec.method().equals("GET") && sub.equals("/models")) return catalog(rec);
         if (!rec.method().equals("POST")) return notFound(rec.path());
         if (!List.of("/chat/completions", "/embeddings", "/responses", "/v1/messages").contains(sub)) return notFound(rec.path());
         JsonNode req = rec.json();
@@ -745,6 +918,7 @@ final class StubUpstream implements AutoCloseable {
         boolean embeddings = sub.equals("/embeddings");
         Reply refusal = modelRefusal(model, sub, embeddings ? "embeddings" : "chat");
         if (refusal == null && !embeddings) refusal = requestRefusal(rec, req, sub, model);
+        if (refusal == null && !embeddings) refusal = initiatorRefusal(rec, req, sub);
         if (refusal != null) return refusal;
         return switch (sub) {
             case "/chat/completions" -> chat(rec, req);
@@ -928,7 +1102,9 @@ final class StubUpstream implements AutoCloseable {
         boolean thinking = family == Family.CLAUDE && req.has("thinking_budget");
         Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), family == Family.CLAUDE ? "toolu_stub_" : "call_stub_", last);
         if (req.path("stream").asBoolean(false)) return Reply.sse(chatChunks(a, family)).delayMs(streamDelayMs);
-        return Reply.json(200, chatCompletion(a, family).toString());
+        ObjectNode completion = chatCompletion(a, family);
+        if (accountKind == AccountKind.USAGE_BASED) completion.set("copilot_usage", copilotUsage(a));
+        return Reply.json(200, completion.toString());
     }
 
     private ObjectNode chatCompletion(Answer a, Family family) {
@@ -1241,7 +1417,9 @@ final class StubUpstream implements AutoCloseable {
             }
             ev.add("response.output_item.done").put("output_index", i).set("item", item.deepCopy());
         }
-        ev.add("response.completed").set("response", responseObject(id, req, a, items, "completed"));
+        ObjectNode completed = ev.add("response.completed");
+        completed.set("response", responseObject(id, req, a, items, "completed"));
+        if (accountKind == AccountKind.USAGE_BASED) completed.set("copilot_usage", copilotUsage(a));
         return ev.wire();
     }
 
@@ -1305,6 +1483,7 @@ final class StubUpstream implements AutoCloseable {
         }
         m.put("stop_reason", a.calls().isEmpty() ? "end_turn" : "tool_use");
         m.set("usage", messageUsage(a, a.completionTokens()));
+        if (accountKind == AccountKind.USAGE_BASED) m.set("copilot_usage", copilotUsage(a));
         return Reply.json(200, m.toString());
     }
 
@@ -1488,6 +1667,47 @@ final class StubUpstream implements AutoCloseable {
         supports.put("max_thinking_budget", maxThinking);
         supports.put("min_thinking_budget", 1024);
         return endpoints(m, "/v1/messages", "/chat/completions");
+    }
+
+    /**
+     * The mid-2026 catalog fields of a model: billing.token_prices (AI Credits per batch_size tokens, with a
+     * long_context tier for Claude models), supports.web_search, the reasoning-effort values, and (Claude) the long
+     * tier's limits. Multipliers stay in the catalog but no longer bill.
+     */
+    private static void usageBasedFields(ObjectNode m) {
+        boolean claude = m.path("id").asText().startsWith("claude");
+        ObjectNode billing = child(m, "billing");
+        ObjectNode prices = billing.putObject("token_prices");
+        prices.put("batch_size", 1_000_000);
+        prices.put("input_price", claude ? 300 : 125);
+        prices.put("cache_price", claude ? 30 : 12.5);
+        prices.put("output_price", claude ? 1500 : 1000);
+        ObjectNode caps = child(m, "capabilities");
+        if (!caps.path("type").asText().equals("chat")) return;
+        ObjectNode supports = child(caps, "supports");
+        supports.put("web_search", !claude);
+        supports.putArray("reasoning_effort").add("low").add("medium").add("high").add("xhigh").add("max");
+        if (claude) {
+            ObjectNode longTier = prices.putObject("long_context");
+            longTier.put("input_price", 600);
+            longTier.put("cache_price", 60);
+            longTier.put("output_price", 2250);
+            longTier.put("threshold_tokens", 200000);
+            ObjectNode limits = child(caps, "limits").putObject("long_context");
+            limits.put("max_context_window_tokens", 1000000);
+            limits.put("max_prompt_tokens", 936000);
+        }
+    }
+
+    private static ObjectNode child(ObjectNode parent, String name) {
+        return parent.get(name) instanceof ObjectNode o ? o : parent.putObject(name);
+    }
+
+    private static void legacyFields(ObjectNode m) {
+        if (m.path("billing").isObject()) ((ObjectNode) m.path("billing")).remove("token_prices");
+        JsonNode caps = m.path("capabilities");
+        if (caps.path("supports").isObject()) ((ObjectNode) caps.path("supports")).remove(List.of("web_search", "reasoning_effort"));
+        if (caps.path("limits").isObject()) ((ObjectNode) caps.path("limits")).remove("long_context");
     }
 
     private static ObjectNode endpoints(ObjectNode model, String... endpoints) {
