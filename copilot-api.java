@@ -2219,9 +2219,12 @@ class CopilotApi implements Callable<Integer> {
 
         void model(Context ctx) {
             String id = ctx.pathParam("id");
-            JsonNode m = up.models().find(id).orElseThrow(() ->
-                new ApiError(404, "not_found_error", "The model '" + id + "' does not exist in the Copilot catalog"));
-            ctx.contentType("application/json").result(Json.write(ModelsView.entry(m)));
+            ApiError missing = new ApiError(404, "not_found_error", "The model '" + id + "' does not exist in the Copilot catalog");
+            String base = id.endsWith(ModelResolver.LONG_SUFFIX) ? id.substring(0, id.length() - ModelResolver.LONG_SUFFIX.length()) : null;
+            ObjectNode entry = base == null
+                ? ModelsView.entry(up.models().find(id).orElseThrow(() -> missing))
+                : up.models().find(base).flatMap(ModelsView::longEntry).orElseThrow(() -> missing);
+            ctx.contentType("application/json").result(Json.write(entry));
         }
 
         /** Every chat model, whichever endpoint Copilot serves it on: the pivot decides, the answer is normalised. */
@@ -3910,7 +3913,10 @@ class CopilotApi implements Callable<Integer> {
             ObjectNode o = Json.object();
             o.put("object", "list");
             ArrayNode data = o.putArray("data");
-            for (JsonNode m : models) data.add(entry(m));
+            for (JsonNode m : models) {
+                data.add(entry(m));
+                longEntry(m).ifPresent(data::add);
+            }
             o.put("has_more", false);
             o.put("first_id", data.isEmpty() ? null : data.get(0).path("id").asText());
             o.put("last_id", data.isEmpty() ? null : data.get(data.size() - 1).path("id").asText());
@@ -3932,6 +3938,19 @@ class CopilotApi implements Callable<Integer> {
             if (limits.has("max_output_tokens")) e.put("max_output_tokens", limits.path("max_output_tokens").asInt());
             if (m.has("supported_endpoints")) e.set("supported_endpoints", m.get("supported_endpoints"));
             return e;
+        }
+
+        /** A model with a long tier of known size is listed once more as "id[1m]", with the long tier's limits. */
+        static Optional<ObjectNode> longEntry(JsonNode m) {
+            Optional<JsonNode> tier = ModelLimits.longTier(m).filter(t -> t.has("max_context_window_tokens"));
+            if (tier.isEmpty()) return Optional.empty();
+            ObjectNode e = entry(m);
+            String id = m.path("id").asText() + ModelResolver.LONG_SUFFIX;
+            e.put("id", id);
+            e.put("display_name", m.path("name").asText(m.path("id").asText()) + " (long context)");
+            e.put("context_window", tier.get().path("max_context_window_tokens").asInt());
+            if (tier.get().has("max_output_tokens")) e.put("max_output_tokens", tier.get().path("max_output_tokens").asInt());
+            return Optional.of(e);
         }
     }
 

@@ -90,6 +90,7 @@ class CopilotApiTests {
         ModelNamesTests.class,
         ClaudeVersionTests.class,
         LongContextTests.class,
+        LongContextLimitsTests.class,
         ResponsesHygieneTests.class,
         ResponsesRouteTests.class,
         StoreTests.class,
@@ -1644,6 +1645,34 @@ class CopilotApiTests {
             r = h.post("/v1/messages", message("claude-opus-4.8[1m]", ""));
             assertEquals(200, r.statusCode(), r.body());
             assertFalse(h.stub.last("/v1/messages").json().has("contextTier"));
+        }
+    }
+
+    /** The long tier in the catalog as clients see it, and the translated token limit that follows it. */
+    static final class LongContextLimitsTests extends WithMid2026Catalog {
+        @Test
+        void modelsWithALongTierAreListedAgainAsOneMillionWithTheLongLimits() throws Exception {
+            JsonNode data = json(h.get("/v1/models").body()).path("data");
+            Map<String, JsonNode> byId = new HashMap<>();
+            for (JsonNode m : data) byId.put(m.path("id").asText(), m);
+            assertEquals(200000, byId.get("claude-opus-4.8").path("context_window").asInt());
+            assertEquals(1000000, byId.get("claude-opus-4.8[1m]").path("context_window").asInt(), data.toString());
+            assertEquals(128000, byId.get("gpt-6-sol[1m]").path("max_output_tokens").asInt());
+            assertFalse(byId.containsKey("claude-opus-5[1m]"), "no long tier listed");
+            assertFalse(byId.containsKey("claude-sonnet-4.5[1m]"));
+            HttpResponse<String> one = h.get("/v1/models/claude-sonnet-5%5B1m%5D");
+            assertEquals(200, one.statusCode(), one.body());
+            assertEquals(1000000, json(one.body()).path("context_window").asInt());
+            assertEquals(404, h.get("/v1/models/claude-opus-5%5B1m%5D").statusCode());
+        }
+
+        @Test
+        void theTranslatedMaxTokensFollowTheTierAskedFor() throws Exception {
+            String body = "{\"model\":\"gpt-6-sol\",\"max_tokens\":100000,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+            assertEquals(200, h.post("/v1/messages", body).statusCode());
+            assertEquals(64000, h.stub.last("/responses").json().path("max_output_tokens").asInt(), "the default tier's limit");
+            assertEquals(200, h.post("/v1/messages", body.replace("gpt-6-sol", "gpt-6-sol[1m]")).statusCode());
+            assertEquals(100000, h.stub.last("/responses").json().path("max_output_tokens").asInt(), "within the long tier's 128000");
         }
     }
 

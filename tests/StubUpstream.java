@@ -1542,7 +1542,7 @@ final class StubUpstream implements AutoCloseable {
         all.add(claude("claude-fable-5.1", "Claude Fable 5.1", 200000, 32000, 168000, 1, 32000));
         all.add(endpoints(chatModel("gpt-5.6-luna", "GPT-5.6 Luna", "OpenAI", "gpt-5.6-luna", 400000, 128000, 272000, 1, "powerful"), "/responses"));
         all.add(endpoints(chatModel("gpt-5.6-sol", "GPT-5.6 Sol", "OpenAI", "gpt-5.6-sol", 400000, 128000, 272000, 1, "powerful"), "/responses"));
-        all.add(longTier(endpoints(chatModel("gpt-6-sol", "GPT-6 Sol", "OpenAI", "gpt-6-sol", 400000, 128000, 272000, 1, "powerful"), "/responses"),
+        all.add(longTier(endpoints(chatModel("gpt-6-sol", "GPT-6 Sol", "OpenAI", "gpt-6-sol", 400000, 64000, 272000, 1, "powerful"), "/responses"),
             1050000, 922000, 128000));
         all.add(endpoints(chatModel("gpt-6-astra", "GPT-6 Astra", "OpenAI", "gpt-6-astra", 400000, 128000, 272000, 1, "powerful"), "/responses"));
         all.add(endpoints(chatModel("gemini-3.1-flash", "Gemini 3.1 Flash", "Google", "gemini-3.1-flash", 1000000, 64000, 900000, 0.33, "lightweight"),
