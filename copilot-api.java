@@ -2663,16 +2663,95 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /**
-         * One call to Copilot's /responses, made once more when Copilot refuses it with a failure marked cyber_policy
-         * (WIRE.md: occasional false positives that a retry clears); a second refusal is the caller's error.
+         * One call to Copilot's /responses, made once more when Copilot fails it under its cyber_policy (WIRE.md:
+         * occasional false positives that a retry clears), as an error status or as a response whose status is
+         * failed; what the second call answers is the caller's, whatever it is.
          */
-        static <T> T retryingCyberPolicy(Supplier<T> call) {
+        static JsonNode answerRetryingCyberPolicy(Supplier<JsonNode> call) {
             try {
-                return call.get();
+                JsonNode answer = call.get();
+                if (!failedUnderCyberPolicy(answer)) return answer;
+                logCyberPolicyRetry("a failed response");
             } catch (UpstreamException e) {
-                if (!e.body().contains("cyber_policy")) throw e;
-                Logs.log().warn("{}: Copilot flagged the request under its cyber_policy (HTTP {}); retrying once", RESPONSES, e.status());
-                return call.get();
+                if (!e.body().contains(CYBER_POLICY)) throw e;
+                logCyberPolicyRetry("HTTP " + e.status());
+            }
+            return call.get();
+        }
+
+        /**
+         * The same for a stream: its opening events are read ahead up to the first one past response.created and
+         * response.in_progress; a response.failed under cyber_policy there is dropped and the call made again, anything
+         * else is handed on with the events read ahead first.
+         */
+        static EventSource streamRetryingCyberPolicy(Supplier<EventSource> open) {
+            EventSource first;
+            try {
+                first = open.get();
+            } catch (UpstreamException e) {
+                if (!e.body().contains(CYBER_POLICY)) throw e;
+                logCyberPolicyRetry("HTTP " + e.status());
+                return open.get();
+            }
+            List<EventSource.Item> ahead = new ArrayList<>();
+            try {
+                for (EventSource.Item item = first.next(); ; item = first.next()) {
+                    ahead.add(item);
+                    if (!(item instanceof EventSource.Chunk c) || c.json().isEmpty()) break;
+                    String type = c.event() != null ? c.event() : c.json().get().path("type").asText();
+                    if (type.equals("response.created") || type.equals("response.in_progress")) continue;
+                    if (type.equals("response.failed") && failedUnderCyberPolicy(c.json().get().path("response"))) {
+                        first.close();
+                        logCyberPolicyRetry("a failed response");
+                        return open.get();
+                    }
+                    break;
+                }
+            } catch (RuntimeException e) {
+                first.close();
+                throw e;
+            }
+            return new ReadAhead(ahead, first);
+        }
+
+        static final String CYBER_POLICY = "cyber_policy";
+
+        static boolean failedUnderCyberPolicy(JsonNode response) {
+            return response.path("status").asText().equals("failed") && response.path("error").toString().contains(CYBER_POLICY);
+        }
+
+        private static void logCyberPolicyRetry(String how) {
+            Logs.log().warn("{}: Copilot failed the request under its cyber_policy ({}); asking once more", RESPONSES, how);
+        }
+
+        /** A stream whose first items were read ahead (to look at them) and are handed out again first. */
+        static final class ReadAhead implements EventSource {
+            private final java.util.ArrayDeque<Item> ahead;
+            private final EventSource rest;
+
+            ReadAhead(List<Item> ahead, EventSource rest) {
+                this.ahead = new java.util.ArrayDeque<>(ahead);
+                this.rest = rest;
+            }
+
+            @Override
+            public Item next() {
+                return ahead.isEmpty() ? rest.next() : ahead.poll();
+            }
+
+            @Override
+            public boolean ready() {
+                return !ahead.isEmpty() || rest.ready();
+            }
+
+            @Override
+            public void attach(SseWriter out, Supplier<Frame> keepAlive) {
+                rest.attach(out, keepAlive);
+            }
+
+            @Override
+            public void close() {
+                rest.close();
             }
         }
 
@@ -2682,7 +2761,7 @@ class CopilotApi implements Callable<Integer> {
             byte[] bytes = capped(request);
             SubagentPrompts subagents = up.controls().billing().subagents();
             if (!stream) {
-                JsonNode answer = retryingCyberPolicy(() -> up.copilot().postJson(RESPONSES, bytes, call));
+                JsonNode answer = answerRetryingCyberPolicy(() -> up.copilot().postJson(RESPONSES, bytes, call));
                 Exchange.of(ctx).responsesUsage(answer.path("usage"));
                 subagents.responsesAnswer(answer);
                 state.keep(turn, answer);
@@ -2690,7 +2769,7 @@ class CopilotApi implements Callable<Integer> {
                 return;
             }
             SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
-            try (EventSource events = retryingCyberPolicy(() -> up.copilot().stream(RESPONSES, bytes, call))) {
+            try (EventSource events = streamRetryingCyberPolicy(() -> up.copilot().stream(RESPONSES, bytes, call))) {
                 relayResponses(ctx, events, turn, state, reader);
             }
         }
@@ -8588,7 +8667,8 @@ class CopilotApi implements Callable<Integer> {
             String model = chat.path("model").asText();
             if (endpoint(model) == Endpoint.CHAT) return copilot.postJson(OpenAiRoutes.CHAT, forChat(chat, false), call);
             byte[] bytes = ResponsesRoutes.capped(forResponses(chat));
-            return ResponsesToChat.response(ResponsesRoutes.retryingCyberPolicy(() -> copilot.postJson(ResponsesRoutes.RESPONSES, bytes, call)), model);
+            return ResponsesToChat.response(ResponsesRoutes.answerRetryingCyberPolicy(() -> copilot.postJson(ResponsesRoutes.RESPONSES, bytes, call)),
+                model);
         }
 
         /** A stream of chat chunks. */
@@ -8596,7 +8676,7 @@ class CopilotApi implements Callable<Integer> {
             String model = chat.path("model").asText();
             if (endpoint(model) == Endpoint.CHAT) return copilot.stream(OpenAiRoutes.CHAT, forChat(chat, true), call);
             byte[] bytes = ResponsesRoutes.capped(forResponses(chat));
-            return new ResponsesAsChat(ResponsesRoutes.retryingCyberPolicy(() -> copilot.stream(ResponsesRoutes.RESPONSES, bytes, call)),
+            return new ResponsesAsChat(ResponsesRoutes.streamRetryingCyberPolicy(() -> copilot.stream(ResponsesRoutes.RESPONSES, bytes, call)),
                 new ResponsesStreamToChat(model, true, IdClock.SYSTEM));
         }
 
@@ -9210,12 +9290,12 @@ class CopilotApi implements Callable<Integer> {
      * each upstream event goes through ResponsesStreamToChat, and its chunks are handed on as items, not text.
      */
     static final class ResponsesAsChat implements EventSource {
-        private final UpstreamEvents upstream;
+        private final EventSource upstream;
         private final ResponsesStreamToChat machine;
         private final java.util.ArrayDeque<Item> ready = new java.util.ArrayDeque<>();
         private boolean over;
 
-        ResponsesAsChat(UpstreamEvents upstream, ResponsesStreamToChat machine) {
+        ResponsesAsChat(EventSource upstream, ResponsesStreamToChat machine) {
             this.upstream = upstream;
             this.machine = machine;
         }

@@ -1716,6 +1716,38 @@ class CopilotApiTests {
         }
 
         @Test
+        void aResponseThatFailedUnderCyberPolicyIsAskedOnceMore() throws Exception {
+            String codex = "{\"model\":\"gpt-5.1-codex\",\"input\":\"hi\"}";
+            h.stub.cyberPolicyFailedResponses(1);
+            HttpResponse<String> r = h.post("/v1/responses", codex);
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals("completed", json(r.body()).path("status").asText(), r.body());
+            assertEquals(2, h.stub.count("/responses"));
+            h.stub.clear();
+            h.stub.cyberPolicyFailedResponses(1);
+            r = h.post("/v1/responses", codex.replace("{", "{\"stream\":true,"));
+            var ev = ResponsesRouteTests.events(r.body());
+            List<String> names = ev.stream().map(Map.Entry::getKey).toList();
+            assertEquals("response.completed", names.get(names.size() - 1), r.body());
+            assertEquals(1, names.stream().filter(n -> n.equals("response.created")).count(), "the failed attempt is not shown: " + names);
+            for (int i = 0; i < ev.size(); i++) assertEquals(i, ev.get(i).getValue().path("sequence_number").asInt());
+            assertEquals(2, h.stub.count("/responses"));
+            h.stub.clear();
+            h.stub.cyberPolicyFailedResponses(1);
+            r = h.post("/v1/messages", "{\"model\":\"gpt-5.1-codex\",\"max_tokens\":100,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+            assertTrue(r.body().contains("event: message_stop"), r.body());
+            assertFalse(r.body().contains("event: error"), r.body());
+            assertEquals(2, h.stub.count("/responses"), "the chat pivot retries too");
+            h.stub.clear();
+            h.stub.cyberPolicyFailedResponses(2);
+            r = h.post("/v1/responses", codex.replace("{", "{\"stream\":true,"));
+            names = ResponsesRouteTests.events(r.body()).stream().map(Map.Entry::getKey).toList();
+            assertEquals("response.failed", names.get(names.size() - 1), "a second failure reaches the client: " + names);
+            assertEquals(2, h.stub.count("/responses"));
+            assertEquals(200, h.post("/v1/responses", codex).statusCode(), "the next one is served");
+        }
+
+        @Test
         void aBodyOverCopilotsCapIsA413InTheCallersShapeBeforeAnyCall() throws Exception {
             String big = "x".repeat(StubUpstream.RESPONSES_CAP);
             HttpResponse<String> r = h.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":\"" + big + "\"}");

@@ -238,6 +238,17 @@ final class StubUpstream implements AutoCloseable {
         return this;
     }
 
+    private volatile int cyberPolicyFailedResponses;
+
+    /**
+     * The next {@code n} calls to /responses answer 200 with a response whose status is failed and whose error is
+     * marked cyber_policy (a stream: response.created, response.in_progress, response.failed).
+     */
+    StubUpstream cyberPolicyFailedResponses(int n) {
+        cyberPolicyFailedResponses = n;
+        return this;
+    }
+
     /** Log one line per request to stderr. */
     StubUpstream verbose(boolean on) {
         verbose = on;
@@ -274,6 +285,7 @@ final class StubUpstream implements AutoCloseable {
         cachedTokens = 0;
         streamDelayMs = 0;
         cyberPolicyFailures = 0;
+        cyberPolicyFailedResponses = 0;
         synchronized (models) {
             models.removeAll();
             models.addAll(defaultModels());
@@ -884,6 +896,27 @@ final class StubUpstream implements AutoCloseable {
         return null;
     }
 
+    private Reply cyberPolicyFailed(JsonNode req) {
+        ObjectNode response = obj();
+        response.put("id", "resp_stub" + ids.incrementAndGet());
+        response.put("object", "response");
+        response.put("model", req.path("model").asText());
+        response.put("status", "in_progress");
+        response.putArray("output");
+        if (!req.path("stream").asBoolean(false)) {
+            response.put("status", "failed");
+            response.putObject("error").put("code", "cyber_policy").put("message", "flagged by the cyber_policy safety system");
+            return Reply.json(200, response.toString());
+        }
+        NamedEvents ev = new NamedEvents(true);
+        ev.add("response.created").set("response", response.deepCopy());
+        ev.add("response.in_progress").set("response", response.deepCopy());
+        response.put("status", "failed");
+        response.putObject("error").put("code", "cyber_policy").put("message", "flagged by the cyber_policy safety system");
+        ev.add("response.failed").set("response", response);
+        return Reply.events(ev.wire());
+    }
+
     /** Claude's version times ten (claude-opus-4.8 -> 48, claude-fable-5.1 -> 51); 0 for other models. */
     static int claudeVersion(String modelId) {
         java.util.regex.Matcher m = java.util.regex.Pattern.compile("^claude-[a-z]+-(\\d+)(?:\\.(\\d))?").matcher(modelId);
@@ -1188,6 +1221,10 @@ final class StubUpstream implements AutoCloseable {
     // ---- /responses ----
 
     private Reply responses(Recorded rec, JsonNode req) {
+        if (cyberPolicyFailedResponses > 0) {
+            cyberPolicyFailedResponses--;
+            return cyberPolicyFailed(req);
+        }
         String model = req.path("model").asText();
         JsonNode input = req.path("input");
         String toolResult = null;
