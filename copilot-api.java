@@ -2264,15 +2264,17 @@ class CopilotApi implements Callable<Integer> {
 
         /**
          * The catalog's id for the name asked (the same resolution as the other APIs: dates, aliases, -fast); an
-         * unknown name is a 404 listing close matches. Without a catalog the name goes as asked and Copilot judges.
+         * unknown name is a 404 listing close matches. Without a catalog (none fetched, or an empty one) the name
+         * goes as asked and Copilot judges.
          */
         private ModelResolver.Resolution resolve(Context ctx, String requested) {
             List<JsonNode> catalog;
             try {
                 catalog = up.models().list();
             } catch (RuntimeException e) {
-                return new ModelResolver.Resolution(requested, requested, null);
+                catalog = List.of();
             }
+            if (catalog.isEmpty()) return new ModelResolver.Resolution(requested, requested, null);
             try {
                 return ModelResolver.resolve(requested, false, catalog, routing);
             } catch (ApiError unknown) {
@@ -6507,8 +6509,11 @@ class CopilotApi implements Callable<Integer> {
             }
 
             private static ApiError notFound(String requested, String id, List<JsonNode> catalog) {
-                return new ApiError(404, "invalid_request_error", "model: " + requested + " is not available through Copilot. Close matches: "
-                    + String.join(", ", closeMatches(id, catalog)), "model", "model_not_found");
+                List<String> close = closeMatches(id, catalog);
+                String more = close.isEmpty() ? "Copilot's model list has no chat models (GET /v1/models shows what copilot-api read)"
+                    : "Close matches: " + String.join(", ", close);
+                return new ApiError(404, "invalid_request_error", "model: " + requested + " is not available through Copilot. " + more,
+                    "model", "model_not_found");
             }
 
             /** The catalog's chat models nearest to the name (edit distance between keys), nearest first. */

@@ -88,6 +88,7 @@ class CopilotApiTests {
         AnthropicNativeTests.class,
         CountTokensTests.class,
         ModelNamesTests.class,
+        EmptyCatalogNamesTests.class,
         ClaudeVersionTests.class,
         LongContextTests.class,
         LongContextLimitsTests.class,
@@ -1247,6 +1248,25 @@ class CopilotApiTests {
             assertTrue(json(r.body()).path("error").path("message").asText().contains("Close matches: gemini-3.1-flash"), r.body());
             assertEquals(0, h.stub.requests().stream().filter(q -> q.method().equals("POST")).count(), "nothing reached Copilot");
             assertEquals(200, h.post("/v1/chat/completions", chat("gemini-3.1-flash")).statusCode());
+        }
+    }
+
+    /** A catalog that came back empty (a usage-based account's billing notice): chat names go to Copilot as asked. */
+    static final class EmptyCatalogNamesTests extends WithHarness {
+        @Override
+        Harness harness() throws IOException {
+            StubUpstream stub = StubUpstream.start();
+            stub.enqueue("/models", StubUpstream.Reply.json(200, "\"Your billing plan has changed to usage-based billing and model multipliers "
+                + "no longer apply. Please update your client to the latest version to see the new billing information.\""));
+            return new Harness(stub, Map.of(), o -> { });
+        }
+
+        @Test
+        void theChatRouteStillPassesTheNameThrough() throws Exception {
+            HttpResponse<String> r = h.post("/v1/chat/completions", CHAT_HI);
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals("gpt-4.1", h.stub.last("/chat/completions").json().path("model").asText());
+            assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
         }
     }
 
