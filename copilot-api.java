@@ -1061,7 +1061,7 @@ class CopilotApi implements Callable<Integer> {
                 GitHubAuth github, GitHubToken githubToken) {
             Controls controls = options.controls();
             Upstream upstream = new Upstream(settings, copilot, models, github, githubToken, controls);
-            OpenAiRoutes openai = new OpenAiRoutes(upstream);
+            OpenAiRoutes openai = new OpenAiRoutes(upstream, options.routing());
             AnthropicRoutes anthropic = new AnthropicRoutes(upstream, options.routing());
             Store store = Store.unopened(options.store(), settings.dataDir());
             ResponsesState state = new ResponsesState(store);
@@ -2341,9 +2341,11 @@ class CopilotApi implements Callable<Integer> {
         static final String CHAT = "/chat/completions";
 
         private final Upstream up;
+        private final ModelRouting routing;
 
-        OpenAiRoutes(Upstream up) {
+        OpenAiRoutes(Upstream up, ModelRouting routing) {
             this.up = up;
+            this.routing = routing;
         }
 
         void models(Context ctx) {
@@ -2352,9 +2354,12 @@ class CopilotApi implements Callable<Integer> {
 
         void model(Context ctx) {
             String id = ctx.pathParam("id");
-            JsonNode m = up.models().find(id).orElseThrow(() ->
-                new ApiError(404, "not_found_error", "The model '" + id + "' does not exist in the Copilot catalog"));
-            ctx.contentType("application/json").result(Json.write(ModelsView.entry(m)));
+            ApiError missing = new ApiError(404, "not_found_error", "The model '" + id + "' does not exist in the Copilot catalog");
+            String base = id.endsWith(ModelResolver.LONG_SUFFIX) ? id.substring(0, id.length() - ModelResolver.LONG_SUFFIX.length()) : null;
+            ObjectNode entry = base == null
+                ? ModelsView.entry(up.models().find(id).orElseThrow(() -> missing))
+                : up.models().find(base).flatMap(ModelsView::longEntry).orElseThrow(() -> missing);
+            ctx.contentType("application/json").result(Json.write(entry));
         }
 
         /** Every chat model, whichever endpoint Copilot serves it on: the pivot decides, the answer is normalised. */
@@ -2365,8 +2370,10 @@ class CopilotApi implements Callable<Integer> {
             Requests.chat(body);
             Billing billing = up.controls().billing();
             Turn turn = Turn.ofMessages(messages);
-            String model = turn.kind() == Turn.Kind.WARMUP ? billing.warmupModel(up.models().list()).orElse(requested) : requested;
+            ModelResolver.Resolution resolved = turn.kind() == Turn.Kind.WARMUP ? null : resolve(ctx, requested);
+            String model = resolved == null ? billing.warmupModel(up.models().list()).orElse(requested) : resolved.upstream();
             body.put("model", model);
+            if (resolved != null && resolved.longContext()) body.put(LongContext.FIELD, LongContext.TIER);
             ChatUpstream chat = up.chat();
             ChatUpstream.Endpoint endpoint = chat.endpoint(model);
             Exchange.of(ctx).model(requested, model).route(endpoint == ChatUpstream.Endpoint.CHAT ? "passthrough" : "translated");
@@ -2388,6 +2395,27 @@ class CopilotApi implements Callable<Integer> {
             SubagentPrompts.ToolCallReader reader = billing.subagents().reader();
             try (EventSource events = billing.send(ctx, model, path, call, c -> chat.stream(body, c))) {
                 Relay.run(ctx, events, new ChatRelay(new ChatStreamNormalizer(merge, clientWantsUsage), Exchange.of(ctx), reader));
+            }
+        }
+
+        /**
+         * The catalog's id for the name asked (the same resolution as the other APIs: dates, aliases, -fast); an
+         * unknown name is a 404 listing close matches. Without a catalog (none fetched, or an empty one) the name
+         * goes as asked and Copilot judges.
+         */
+        private ModelResolver.Resolution resolve(Context ctx, String requested) {
+            List<JsonNode> catalog;
+            try {
+                catalog = up.models().list();
+            } catch (RuntimeException e) {
+                catalog = List.of();
+            }
+            if (catalog.isEmpty()) return new ModelResolver.Resolution(requested, requested, null);
+            try {
+                return ModelResolver.resolve(requested, false, catalog, routing);
+            } catch (ApiError unknown) {
+                Exchange.of(ctx).model(requested, null).invokesModel = true;
+                throw unknown;
             }
         }
 
@@ -2432,6 +2460,7 @@ class CopilotApi implements Callable<Integer> {
      */
     static final class AnthropicRoutes {
         static final String MESSAGES = "/v1/messages";
+        static final String COUNT_TOKENS = "/v1/messages/count_tokens";
         static final String ANTHROPIC_VERSION = "2023-06-01";
         /** anthropic-beta values passed to Copilot; others (claude-code, context-management, ...) are dropped. */
         static final java.util.Set<String> KNOWN_BETAS = java.util.Set.of(
@@ -2456,7 +2485,7 @@ class CopilotApi implements Callable<Integer> {
             }
             Requests.anthropic(body);
             Turn turn = Turn.ofMessages(messages);
-            ModelResolver.Resolution model = resolve(ctx, requested, turn);
+            ModelResolver.Resolution model = fast(ctx, resolve(ctx, requested, turn), body);
             up.controls().admit(ctx, requested, messages.size());
             Initiator initiator = up.controls().billing().charge(ctx, turn, model.model()).initiator();
             Requests.logBody("messages request", body);
@@ -2481,26 +2510,64 @@ class CopilotApi implements Callable<Integer> {
             return new ModelResolver.Resolution(requested, r.upstream(), r.model());
         }
 
+        /** speed "fast": the model's -fast variant where the catalog lists one (the field itself is not sent). */
+        private ModelResolver.Resolution fast(Context ctx, ModelResolver.Resolution r, JsonNode body) {
+            if (!body.path("speed").asText("").equals("fast")) return r;
+            Optional<JsonNode> variant = ModelResolver.find(up.models().list(), r.upstream() + ModelResolver.FAST_SUFFIX);
+            if (variant.isEmpty()) {
+                Logs.log().info("{}: speed \"fast\" asked, but the catalog has no {}{}", MESSAGES, r.upstream(), ModelResolver.FAST_SUFFIX);
+                return r;
+            }
+            Exchange.of(ctx).model(r.requested(), variant.get().path("id").asText());
+            return new ModelResolver.Resolution(r.requested(), variant.get().path("id").asText(), variant.get(), r.longContext());
+        }
+
         void countTokens(Context ctx) {
             ObjectNode body = Requests.jsonObject(ctx);
             String requested = Requests.requireText(body, "model");
             Requests.requireArray(body, "messages");
             Requests.anthropic(body);
             ModelResolver.Resolution model = resolve(ctx, requested);
+            boolean native_ = ModelResolver.endpoints(model.model()).contains(MESSAGES);
+            java.util.OptionalInt exact = native_ ? exactCount(ctx, body, model) : java.util.OptionalInt.empty();
             int tokens;
             try {
-                tokens = TokenCounter.count(body, model.model());
+                tokens = exact.isPresent() ? exact.getAsInt() : TokenCounter.count(body, model.model());
             } catch (RuntimeException e) {
                 throw new ApiError(500, "api_error", "Could not estimate the token count: " + describe(e));
             }
+            Exchange.of(ctx).route(exact.isPresent() ? "native" : "estimate");
             ObjectNode out = Json.object();
             out.put("input_tokens", tokens);
             Requests.writeJson(ctx, out);
         }
 
+        /**
+         * Copilot's own count for a Claude model it serves on /v1/messages (the body cleaned as for a message, the
+         * Anthropic headers, the initiator the messages call for); empty, and logged, when that call fails.
+         */
+        private java.util.OptionalInt exactCount(Context ctx, ObjectNode body, ModelResolver.Resolution model) {
+            AnthropicNative.Prepared prepared = AnthropicNative.prepare(body, model.upstream(), model.model());
+            ObjectNode request = prepared.body();
+            request.remove("stream");
+            JsonNode messages = request.path("messages");
+            CallOptions call = up.watched(ctx, new CallOptions(Initiator.of(messages), Json.containsImage(messages), headers(ctx)));
+            try {
+                JsonNode answer = up.copilot().postJson(COUNT_TOKENS, request, call);
+                JsonNode n = answer.path("input_tokens");
+                if (n.canConvertToInt() && n.asInt() > 0) return java.util.OptionalInt.of(n.asInt());
+                Logs.log().warn("{}: Copilot's count has no input_tokens ({}); using the local estimate", COUNT_TOKENS, Redact.shorten(Json.write(answer)));
+            } catch (ClientLeft gone) {
+                throw gone;
+            } catch (RuntimeException e) {
+                Logs.log().warn("{}: Copilot's count failed ({}); using the local estimate", COUNT_TOKENS, describe(e));
+            }
+            return java.util.OptionalInt.empty();
+        }
+
         /** An unknown model is logged with its name and counted in /stats as a failed request for it. */
         private ModelResolver.Resolution resolve(Context ctx, String requested) {
-            boolean wants1m = Optional.ofNullable(ctx.header("anthropic-beta")).orElse("").contains("context-1m");
+            boolean wants1m = wantsLong(ctx, "");
             Exchange exchange = Exchange.of(ctx).model(requested, null);
             try {
                 ModelResolver.Resolution r = ModelResolver.resolve(requested, wants1m, up.models().list(), routing);
@@ -2510,6 +2577,12 @@ class CopilotApi implements Callable<Integer> {
                 exchange.invokesModel = true;
                 throw unknown;
             }
+        }
+
+        /** Claude Code asks for 1M tokens with a model name ending [1m] or the context-1m-* beta. */
+        private static boolean wantsLong(Context ctx, String requested) {
+            return requested.trim().toLowerCase(Locale.ROOT).endsWith(ModelResolver.LONG_SUFFIX)
+                || Optional.ofNullable(ctx.header("anthropic-beta")).orElse("").contains("context-1m");
         }
 
         private Map<String, String> headers(Context ctx) {
@@ -2528,6 +2601,10 @@ class CopilotApi implements Callable<Integer> {
                 Initiator initiator) {
             AnthropicNative.Prepared prepared = AnthropicNative.prepare(body, model.upstream(), model.model());
             prepared.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
+            if (wantsLong(ctx, model.requested()) || body.has(LongContext.FIELD)) {
+                Logs.log().info("{}: the client asked for the long context ({}); Copilot's /v1/messages takes no {}, so {} runs at its default tier",
+                    MESSAGES, LongContext.asked(model.requested(), ctx.header("anthropic-beta"), body), LongContext.FIELD, model.upstream());
+            }
             CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(messages), headers(ctx)));
             SubagentPrompts subagents = up.controls().billing().subagents();
             byte[] bytes = Json.splice(Requests.raw(ctx), body, prepared.body());
@@ -2536,6 +2613,7 @@ class CopilotApi implements Callable<Integer> {
                 JsonNode answer = billing.send(ctx, model.upstream(), MESSAGES, call, c -> up.copilot().postJson(MESSAGES, bytes, c));
                 Exchange.of(ctx).anthropicUsage(answer.path("usage"));
                 if (answer.isObject()) ((ObjectNode) answer).put("model", model.requested());
+                if (prepared.omitThinking()) AnthropicNative.omitThinking(answer);
                 subagents.anthropicAnswer(answer);
                 Requests.writeJson(ctx, answer);
                 return;
@@ -2543,7 +2621,7 @@ class CopilotApi implements Callable<Integer> {
             // the content blocks are parsed only when the model was offered a tool that starts a subagent
             SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(body.path("tools")) ? subagents.reader() : null;
             try (EventSource events = billing.send(ctx, model.upstream(), MESSAGES, call, c -> up.copilot().stream(MESSAGES, bytes, c))) {
-                relayNative(ctx, events, model.requested(), reader);
+                relayNative(ctx, events, model.requested(), reader, prepared.omitThinking());
             }
         }
 
@@ -2551,12 +2629,18 @@ class CopilotApi implements Callable<Integer> {
          * Copilot's own events, with the requested model name put back and the usage counted; the rest untouched
          * but for the content blocks, read when a reader is given (for subagent prompts).
          */
-        static void relayNative(Context ctx, EventSource events, String requestedModel, SubagentPrompts.ToolCallReader reader) {
+        static void relayNative(Context ctx, EventSource events, String requestedModel, SubagentPrompts.ToolCallReader reader,
+                boolean omitThinking) {
             Exchange exchange = Exchange.of(ctx);
             Relay.run(ctx, events, new NativeRelay(new NativeRelay.Api() {
                 @Override
                 public Set<String> inspected() {
-                    return reader == null ? INSPECTED : INSPECTED_WITH_BLOCKS;
+                    return reader == null && !omitThinking ? INSPECTED : INSPECTED_WITH_BLOCKS;
+                }
+
+                @Override
+                public boolean drops(String name, ObjectNode data) {
+                    return omitThinking && AnthropicNative.isOmittedThinking(name, data);
                 }
 
                 @Override
@@ -2594,7 +2678,8 @@ class CopilotApi implements Callable<Integer> {
 
         /** Translated: Anthropic in, chat to the pivot (which reaches /chat/completions or /responses), Anthropic out. */
         private void translate(Context ctx, ObjectNode body, ModelResolver.Resolution model, boolean stream, Initiator initiator) {
-            AnthropicToChat.Result t = AnthropicToChat.request(body, model.upstream(), ModelLimits.from(model.model()));
+            AnthropicToChat.Result t = AnthropicToChat.request(body, model.upstream(), ModelLimits.from(model.model(), model.longContext()));
+            if (model.longContext()) t.chatRequest().put(LongContext.FIELD, LongContext.TIER);
             t.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
             Requests.logBody("translated chat request", t.chatRequest());
             CallOptions call = up.watched(ctx, new CallOptions(initiator, t.vision()));
@@ -2669,8 +2754,8 @@ class CopilotApi implements Callable<Integer> {
             JsonNode sent = turn.upstreamInput();
             CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(sent)));
             boolean stream = Requests.stream(body);
-            if (native_) forward(ctx, turn, model.upstream(), call, stream);
-            else translate(ctx, turn, model.upstream(), call, stream);
+            if (native_) forward(ctx, turn, model, call, stream);
+            else translate(ctx, turn, model, call, stream);
         }
 
         /**
@@ -2681,6 +2766,7 @@ class CopilotApi implements Callable<Integer> {
             ObjectNode out = body.deepCopy();
             out.put("model", upstreamModel);
             out.put("store", false);
+            withoutUnsupported(out).forEach(n -> Logs.log().debug("{}: {}", RESPONSES, n));
             if (kept || out.path("reasoning").isObject()) {
                 ArrayNode include = out.path("include").isArray() ? (ArrayNode) out.get("include") : out.putArray("include");
                 boolean present = false;
@@ -2690,12 +2776,139 @@ class CopilotApi implements Callable<Integer> {
             return out;
         }
 
-        private void forward(Context ctx, ResponsesState.Turn turn, String upstreamModel, CallOptions call, boolean stream) {
-            ObjectNode request = forCopilot(turn.resolved(), upstreamModel, turn.keep());
+        /** What Copilot's /responses refuses: a service tier (it has one) and the image_generation tool (it cannot run it). */
+        static List<String> withoutUnsupported(ObjectNode body) {
+            List<String> notes = new ArrayList<>();
+            if (body.remove("service_tier") != null) notes.add("dropped 'service_tier' (Copilot has one service tier)");
+            if (body.path("tools").isArray()) {
+                ArrayNode kept = Json.array();
+                for (JsonNode tool : body.get("tools")) {
+                    if (tool.path("type").asText().equals("image_generation")) notes.add("dropped the image_generation tool (Copilot cannot run it)");
+                    else kept.add(tool);
+                }
+                if (kept.isEmpty()) body.remove("tools");
+                else body.set("tools", kept);
+                if (kept.isEmpty() && body.path("tool_choice").isObject()) body.remove("tool_choice");
+            }
+            return notes;
+        }
+
+        /** Copilot's cap on a /responses body (WIRE.md "Responses quirks": about 5 MiB upstream). */
+        static final int BODY_CAP = 5 * 1024 * 1024;
+
+        /** The body as sent, refused with a 413 before any call when it is over Copilot's cap. */
+        static byte[] capped(JsonNode body) {
+            byte[] bytes = Json.bytes(body);
+            if (bytes.length > BODY_CAP) {
+                throw new ApiError(413, "invalid_request_error", "The request to Copilot's /responses would be " + bytes.length
+                    + " bytes; Copilot accepts about " + BODY_CAP / (1024 * 1024) + " MiB. Shorten the input (compact the conversation or "
+                    + "send smaller images or files).", null, "request_too_large");
+            }
+            return bytes;
+        }
+
+        /**
+         * One call to Copilot's /responses, made once more when Copilot fails it under its cyber_policy (WIRE.md:
+         * occasional false positives that a retry clears), as an error status or as a response whose status is
+         * failed; what the second call answers is the caller's, whatever it is.
+         */
+        static JsonNode answerRetryingCyberPolicy(Supplier<JsonNode> call) {
+            try {
+                JsonNode answer = call.get();
+                if (!failedUnderCyberPolicy(answer)) return answer;
+                logCyberPolicyRetry("a failed response");
+            } catch (UpstreamException e) {
+                if (!e.body().contains(CYBER_POLICY)) throw e;
+                logCyberPolicyRetry("HTTP " + e.status());
+            }
+            return call.get();
+        }
+
+        /**
+         * The same for a stream: its opening events are read ahead up to the first one past response.created and
+         * response.in_progress; a response.failed under cyber_policy there is dropped and the call made again, anything
+         * else is handed on with the events read ahead first.
+         */
+        static EventSource streamRetryingCyberPolicy(Supplier<EventSource> open) {
+            EventSource first;
+            try {
+                first = open.get();
+            } catch (UpstreamException e) {
+                if (!e.body().contains(CYBER_POLICY)) throw e;
+                logCyberPolicyRetry("HTTP " + e.status());
+                return open.get();
+            }
+            List<EventSource.Item> ahead = new ArrayList<>();
+            try {
+                for (EventSource.Item item = first.next(); ; item = first.next()) {
+                    ahead.add(item);
+                    if (!(item instanceof EventSource.Chunk c) || c.json().isEmpty()) break;
+                    String type = c.event() != null ? c.event() : c.json().get().path("type").asText();
+                    if (type.equals("response.created") || type.equals("response.in_progress")) continue;
+                    if (type.equals("response.failed") && failedUnderCyberPolicy(c.json().get().path("response"))) {
+                        first.close();
+                        logCyberPolicyRetry("a failed response");
+                        return open.get();
+                    }
+                    break;
+                }
+            } catch (RuntimeException e) {
+                first.close();
+                throw e;
+            }
+            return new ReadAhead(ahead, first);
+        }
+
+        static final String CYBER_POLICY = "cyber_policy";
+
+        static boolean failedUnderCyberPolicy(JsonNode response) {
+            return response.path("status").asText().equals("failed") && response.path("error").toString().contains(CYBER_POLICY);
+        }
+
+        private static void logCyberPolicyRetry(String how) {
+            Logs.log().warn("{}: Copilot failed the request under its cyber_policy ({}); asking once more", RESPONSES, how);
+        }
+
+        /** A stream whose first items were read ahead (to look at them) and are handed out again first. */
+        static final class ReadAhead implements EventSource {
+            private final java.util.ArrayDeque<Item> ahead;
+            private final EventSource rest;
+
+            ReadAhead(List<Item> ahead, EventSource rest) {
+                this.ahead = new java.util.ArrayDeque<>(ahead);
+                this.rest = rest;
+            }
+
+            @Override
+            public Item next() {
+                return ahead.isEmpty() ? rest.next() : ahead.poll();
+            }
+
+            @Override
+            public boolean ready() {
+                return !ahead.isEmpty() || rest.ready();
+            }
+
+            @Override
+            public void attach(SseWriter out, Supplier<Frame> keepAlive) {
+                rest.attach(out, keepAlive);
+            }
+
+            @Override
+            public void close() {
+                rest.close();
+            }
+        }
+
+        private void forward(Context ctx, ResponsesState.Turn turn, ModelResolver.Resolution model, CallOptions call, boolean stream) {
+            ObjectNode request = forCopilot(turn.resolved(), model.upstream(), turn.keep());
+            if (model.longContext()) request.put(LongContext.FIELD, LongContext.TIER);
+            byte[] bytes = capped(request);
             SubagentPrompts subagents = up.controls().billing().subagents();
             Billing billing = up.controls().billing();
             if (!stream) {
-                JsonNode answer = billing.send(ctx, upstreamModel, RESPONSES, call, c -> up.copilot().postJson(RESPONSES, request, c));
+                JsonNode answer = billing.send(ctx, model.upstream(), RESPONSES, call,
+                    c -> answerRetryingCyberPolicy(() -> up.copilot().postJson(RESPONSES, bytes, c)));
                 Exchange.of(ctx).responsesUsage(answer.path("usage"));
                 subagents.responsesAnswer(answer);
                 state.keep(turn, answer);
@@ -2703,7 +2916,8 @@ class CopilotApi implements Callable<Integer> {
                 return;
             }
             SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
-            try (EventSource events = billing.send(ctx, upstreamModel, RESPONSES, call, c -> up.copilot().stream(RESPONSES, request, c))) {
+            try (EventSource events = billing.send(ctx, model.upstream(), RESPONSES, call,
+                    c -> streamRetryingCyberPolicy(() -> up.copilot().stream(RESPONSES, bytes, c)))) {
                 relayResponses(ctx, events, turn, state, reader);
             }
         }
@@ -2755,16 +2969,17 @@ class CopilotApi implements Callable<Integer> {
             "response.incomplete", "response.failed", "response.output_item.done");
 
         /** A chat model: Responses in, chat to the pivot, Responses events out. */
-        private void translate(Context ctx, ResponsesState.Turn turn, String upstreamModel, CallOptions call, boolean stream) {
+        private void translate(Context ctx, ResponsesState.Turn turn, ModelResolver.Resolution model, CallOptions call, boolean stream) {
             ObjectNode body = turn.echo();
             Translated t = ResponsesToChat.request(turn.resolved());
-            t.body().put("model", upstreamModel);
+            t.body().put("model", model.upstream());
+            if (model.longContext()) t.body().put(LongContext.FIELD, LongContext.TIER);
             t.notes().forEach(n -> Logs.log().debug("{}: {}", RESPONSES, n));
             Requests.logBody("translated chat request", t.body());
             Billing billing = up.controls().billing();
-            String path = up.chat().path(upstreamModel);
+            String path = up.chat().path(model.upstream());
             if (!stream) {
-                JsonNode chat = billing.send(ctx, upstreamModel, path, call, c -> up.chat().complete(t.body(), c));
+                JsonNode chat = billing.send(ctx, model.upstream(), path, call, c -> up.chat().complete(t.body(), c));
                 Exchange.of(ctx).chatUsage(chat.path("usage"));
                 up.controls().billing().subagents().chatAnswer(chat);
                 ObjectNode answer = ChatToResponses.response(chat, body, IdClock.SYSTEM);
@@ -2773,7 +2988,7 @@ class CopilotApi implements Callable<Integer> {
                 return;
             }
             SubagentPrompts.ToolCallReader reader = up.controls().billing().subagents().reader();
-            try (EventSource events = billing.send(ctx, upstreamModel, path, call, c -> up.chat().stream(t.body(), c))) {
+            try (EventSource events = billing.send(ctx, model.upstream(), path, call, c -> up.chat().stream(t.body(), c))) {
                 AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
                 Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::responsesEvent));
             }
@@ -3348,6 +3563,11 @@ class CopilotApi implements Callable<Integer> {
 
             void inspect(String name, ObjectNode data);
 
+            /** True for an inspected event the client is not to see. */
+            default boolean drops(String name, ObjectNode data) {
+                return false;
+            }
+
             Set<String> terminal();
 
             ObjectNode error(String message, long sequence);
@@ -3374,7 +3594,7 @@ class CopilotApi implements Callable<Integer> {
                 sequence = data.path("sequence_number").asLong(sequence + 1);
                 api.inspect(name, data);
                 done = api.terminal().contains(name);
-                return List.of(new NamedEvent(name, data));
+                return api.drops(name, data) ? List.of() : List.of(new NamedEvent(name, data));
             }
             sequence++;
             done = api.terminal().contains(name);
@@ -3928,7 +4148,10 @@ class CopilotApi implements Callable<Integer> {
             ObjectNode o = Json.object();
             o.put("object", "list");
             ArrayNode data = o.putArray("data");
-            for (JsonNode m : models) data.add(entry(m));
+            for (JsonNode m : models) {
+                data.add(entry(m));
+                longEntry(m).ifPresent(data::add);
+            }
             o.put("has_more", false);
             o.put("first_id", data.isEmpty() ? null : data.get(0).path("id").asText());
             o.put("last_id", data.isEmpty() ? null : data.get(data.size() - 1).path("id").asText());
@@ -3966,6 +4189,19 @@ class CopilotApi implements Callable<Integer> {
             if (efforts.isArray()) e.set("reasoning_efforts", efforts);
             JsonNode longTier = m.path("capabilities").path("limits").path("long_context");
             if (longTier.isObject()) e.set("long_context_limits", longTier);
+        }
+
+        /** A model with a long tier of known size is listed once more as "id[1m]", with the long tier's limits. */
+        static Optional<ObjectNode> longEntry(JsonNode m) {
+            Optional<JsonNode> tier = ModelLimits.longTier(m).filter(t -> t.has("max_context_window_tokens"));
+            if (tier.isEmpty()) return Optional.empty();
+            ObjectNode e = entry(m);
+            String id = m.path("id").asText() + ModelResolver.LONG_SUFFIX;
+            e.put("id", id);
+            e.put("display_name", m.path("name").asText(m.path("id").asText()) + " (long context)");
+            e.put("context_window", tier.get().path("max_context_window_tokens").asInt());
+            if (tier.get().has("max_output_tokens")) e.put("max_output_tokens", tier.get().path("max_output_tokens").asInt());
+            return Optional.of(e);
         }
     }
 
@@ -5396,6 +5632,34 @@ class CopilotApi implements Callable<Integer> {
                     positive(supports.path("max_thinking_budget")), wantsMaxCompletionTokens(id));
             }
 
+            /** The limits of the tier asked for: the long tier's where the model has one and they are known. */
+            static ModelLimits from(JsonNode model, boolean longContext) {
+                ModelLimits plain = from(model);
+                if (!longContext) return plain;
+                int output = longTier(model).map(t -> t.path("max_output_tokens").asInt(0)).orElse(0);
+                return output <= 0 ? plain : new ModelLimits(plain.id(), output, plain.minThinkingBudget(), plain.maxThinkingBudget(),
+                    plain.wantsMaxCompletionTokens());
+            }
+
+            /**
+             * The catalog's long-context tier of a model, if it has one. WIRE.md names the tier but not its field, so it
+             * is read in several plausible shapes, first found wins: {@code capabilities.limits.long_context},
+             * {@code capabilities.limits.context_tiers.long_context}, {@code capabilities.long_context(.limits)}, and
+             * {@code billing.token_prices.long_context} (a price tier: the tier exists, its limits may be unknown).
+             * The node may carry max_context_window_tokens, max_prompt_tokens and max_output_tokens.
+             */
+            static Optional<JsonNode> longTier(JsonNode model) {
+                if (model == null) return Optional.empty();
+                JsonNode caps = model.path("capabilities");
+                JsonNode limits = caps.path("limits");
+                for (JsonNode candidate : List.of(limits.path("long_context"), limits.path("context_tiers").path("long_context"),
+                        caps.path("long_context").path("limits"), caps.path("long_context"),
+                        model.path("billing").path("token_prices").path("long_context"))) {
+                    if (candidate.isObject()) return Optional.of(candidate);
+                }
+                return Optional.empty();
+            }
+
             /** A model missing from the catalog: no clamp, no thinking budget, the token field chosen by its id. */
             static ModelLimits unknown(String id) {
                 return new ModelLimits(id, 0, null, null, wantsMaxCompletionTokens(id));
@@ -5429,6 +5693,21 @@ class CopilotApi implements Callable<Integer> {
 
             private static Integer positive(JsonNode n) {
                 return n.isNumber() && n.asInt() > 0 ? n.asInt() : null;
+            }
+        }
+
+        /** The catalog's long tier, asked for with a body field on /chat/completions and /responses (never on /v1/messages). */
+        static final class LongContext {
+            static final String FIELD = "contextTier";
+            static final String TIER = "long_context";
+
+            /** What the client did to ask, for the log: the [1m] name, the beta, the body field. */
+            static String asked(String requested, String betas, JsonNode body) {
+                List<String> ways = new ArrayList<>();
+                if (requested.trim().toLowerCase(Locale.ROOT).endsWith(ModelResolver.LONG_SUFFIX)) ways.add("model " + requested);
+                for (String b : Optional.ofNullable(betas).orElse("").split(",")) if (b.trim().startsWith("context-1m")) ways.add("beta " + b.trim());
+                if (body.has(FIELD)) ways.add(FIELD + " " + Json.write(body.get(FIELD)));
+                return String.join(", ", ways);
             }
         }
 
@@ -6349,67 +6628,119 @@ class CopilotApi implements Callable<Integer> {
          * configured fallback. The user's --model-map is applied first.
          */
         static final class ModelResolver {
-            record Resolution(String requested, String upstream, JsonNode model) {}
+            /** The model that answers; {@code longContext}: the catalog's long tier was asked for and the model has one. */
+            record Resolution(String requested, String upstream, JsonNode model, boolean longContext) {
+                Resolution(String requested, String upstream, JsonNode model) {
+                    this(requested, upstream, model, false);
+                }
+            }
 
+            static final String LONG_SUFFIX = "[1m]";
+            static final String FAST_SUFFIX = "-fast";
             private static final Pattern DATE = Pattern.compile("-(\\d{8}|latest)$");
-            private static final Pattern NEW_STYLE = Pattern.compile("^claude-(opus|sonnet|haiku)-(\\d+)(?:[-.](\\d{1,2}))?$");
-            private static final Pattern OLD_STYLE = Pattern.compile("^claude-(\\d+)(?:[-.](\\d))?-(opus|sonnet|haiku)$");
-            private static final Pattern FAMILY = Pattern.compile("(opus|sonnet|haiku)");
             private static final Pattern VERSION = Pattern.compile("(\\d+)(?:\\.(\\d+))?");
+            /** A version as clients write it: 4-7 or 4.7 (two digits at most after the separator, so no date). */
+            private static final Pattern ASKED_VERSION = Pattern.compile("(\\d+)(?:[-.](\\d{1,2})(?!\\d))?");
+            /** Words of a model id that name no family: vendor prefixes and variant suffixes. */
+            private static final Set<String> NOT_FAMILIES = Set.of("claude", "gpt", "gemini", "grok", "fast", "latest", "preview");
+            private static final int SUGGESTIONS = 6;
 
-            static Resolution resolve(String requested, boolean wants1m, List<JsonNode> catalog, ModelRouting routing) {
+            /**
+             * By the catalog, never by a fixed list of names: the user's map, then the id itself, then the same id
+             * written another way (dates dropped, dots or dashes between numbers, any case), then the newest model
+             * of the family the name mentions (a family is any word in the catalog's ids: opus, fable, sol, flash...).
+             * {@code [1m]} asks for the long tier and {@code -fast} for the fast variant where the catalog lists them.
+             */
+            static Resolution resolve(String requested, boolean wantsLong, List<JsonNode> catalog, ModelRouting routing) {
                 String id = requested.trim();
                 String mapped = routing.userMap().get(id);
                 if (mapped != null) id = mapped;
-                if (id.toLowerCase(Locale.ROOT).endsWith("[1m]")) {
-                    wants1m = true;
-                    id = id.substring(0, id.length() - 4);
+                if (id.toLowerCase(Locale.ROOT).endsWith(LONG_SUFFIX)) {
+                    wantsLong = true;
+                    id = id.substring(0, id.length() - LONG_SUFFIX.length());
                 }
-                Optional<JsonNode> exact = find(catalog, id);
-                if (exact.isPresent()) return new Resolution(requested, oneMillion(exact.get(), wants1m, catalog), model(catalog, oneMillion(exact.get(), wants1m, catalog)));
-                String lower = id.toLowerCase(Locale.ROOT);
-                boolean claude = lower.startsWith("claude") || List.of("opus", "sonnet", "haiku").contains(lower);
-                if (claude) {
-                    String normalized = normalizeClaude(lower);
-                    Optional<JsonNode> hit = normalized == null ? Optional.empty() : find(catalog, normalized);
-                    if (hit.isEmpty()) hit = familyMember(catalog, lower);
-                    if (hit.isEmpty() && routing.fallback().isPresent()) hit = find(catalog, routing.fallback().get());
-                    if (hit.isPresent()) {
-                        String chosen = oneMillion(hit.get(), wants1m, catalog);
-                        return new Resolution(requested, chosen, model(catalog, chosen));
-                    }
-                }
-                throw new ApiError(404, "not_found_error", "model: " + requested + " is not available through Copilot. Available models include: "
-                    + String.join(", ", suggestions(catalog, claude)), "model", "model_not_found");
+                Optional<JsonNode> hit = find(catalog, id);
+                if (hit.isEmpty()) hit = sameKey(catalog, key(id));
+                if (hit.isEmpty()) hit = fastVariant(catalog, id);
+                if (hit.isEmpty()) hit = familyMember(catalog, id);
+                boolean claude = id.toLowerCase(Locale.ROOT).startsWith("claude");
+                if (hit.isEmpty() && claude && routing.fallback().isPresent()) hit = find(catalog, routing.fallback().get());
+                if (hit.isEmpty()) throw notFound(requested, id, catalog);
+                return withTier(requested, hit.get(), wantsLong, catalog);
             }
 
-            /** claude-sonnet-4-5-20250929 -> claude-sonnet-4.5; claude-3-5-sonnet-latest -> claude-3.5-sonnet. */
-            static String normalizeClaude(String id) {
-                String s = DATE.matcher(id).replaceFirst("");
-                var m = NEW_STYLE.matcher(s);
-                if (m.matches()) return "claude-" + m.group(1) + "-" + m.group(2) + (m.group(3) == null ? "" : "." + m.group(3));
-                m = OLD_STYLE.matcher(s);
-                if (m.matches()) return "claude-" + m.group(1) + (m.group(2) == null ? "" : "." + m.group(2)) + "-" + m.group(3);
-                return null;
+            /** The long tier: a legacy "-1m" model where the catalog still lists one, else the model's long tier if it has one. */
+            private static Resolution withTier(String requested, JsonNode model, boolean wantsLong, List<JsonNode> catalog) {
+                String id = model.path("id").asText();
+                if (!wantsLong) return new Resolution(requested, id, model);
+                Optional<JsonNode> legacy = id.endsWith("-1m") ? Optional.empty() : find(catalog, id + "-1m");
+                if (legacy.isPresent()) return new Resolution(requested, id + "-1m", legacy.get());
+                return new Resolution(requested, id, model, ModelLimits.longTier(model).isPresent());
             }
 
-            /** The newest catalog model of the requested family (opus, sonnet, haiku), plain variants only. */
+            /** Lower case, no date, dashes for dots: claude-sonnet-4-5-20250929 and claude-sonnet-4.5 have the same key. */
+            static String key(String id) {
+                return DATE.matcher(id.toLowerCase(Locale.ROOT)).replaceFirst("").replace('.', '-');
+            }
+
+            private static Optional<JsonNode> sameKey(List<JsonNode> catalog, String key) {
+                for (JsonNode m : catalog) if (isChat(m) && key(m.path("id").asText()).equals(key)) return Optional.of(m);
+                return Optional.empty();
+            }
+
+            /** A "-fast" name the catalog lacks: the fast variant of what the rest resolves to, else that model itself. */
+            private static Optional<JsonNode> fastVariant(List<JsonNode> catalog, String id) {
+                String lower = DATE.matcher(id.toLowerCase(Locale.ROOT)).replaceFirst("");
+                if (!lower.endsWith(FAST_SUFFIX)) return Optional.empty();
+                String base = lower.substring(0, lower.length() - FAST_SUFFIX.length());
+                Optional<JsonNode> plain = sameKey(catalog, key(base)).or(() -> familyMember(catalog, base));
+                return plain.map(p -> find(catalog, p.path("id").asText() + FAST_SUFFIX).orElse(p));
+            }
+
+            /**
+             * The newest plain model (no -fast, no -1m) whose id has every family word of the name: "opus", "fable",
+             * "claude-opus-4-7-20260101" (a Claude id the catalog lacks: the same version if listed, else the newest).
+             * A versioned name of another vendor is never guessed: gpt-7-sol is not gpt-6-sol.
+             */
             static Optional<JsonNode> familyMember(List<JsonNode> catalog, String id) {
-                var f = FAMILY.matcher(id);
-                if (!f.find()) return Optional.empty();
-                String family = f.group(1);
+                String lower = DATE.matcher(id.toLowerCase(Locale.ROOT)).replaceFirst("");
+                List<String> words = familyWords(lower);
+                if (words.isEmpty()) return Optional.empty();
+                boolean versioned = VERSION.matcher(lower).find();
+                boolean claude = lower.startsWith("claude");
+                if (versioned && !claude) return Optional.empty();
+                String prefix = lower.split("[-.]")[0];
+                boolean vendorPrefix = NOT_FAMILIES.contains(prefix);
                 JsonNode best = null;
                 int[] bestVersion = null;
                 for (JsonNode m : catalog) {
-                    String mid = m.path("id").asText();
-                    if (!mid.startsWith("claude") || !mid.contains(family) || mid.endsWith("-1m") || !isChat(m)) continue;
+                    String mid = m.path("id").asText().toLowerCase(Locale.ROOT);
+                    if (!isChat(m) || mid.endsWith("-1m") || mid.endsWith(FAST_SUFFIX) || !familyWords(mid).containsAll(words)) continue;
+                    if (claude && !isAnthropic(m)) continue;
+                    if (vendorPrefix && !claude && !mid.startsWith(prefix)) continue;
                     int[] v = version(mid);
+                    if (versioned && compare(v, askedVersion(lower)) == 0) return Optional.of(m);
                     if (best == null || compare(v, bestVersion) > 0) {
                         best = m;
                         bestVersion = v;
                     }
                 }
                 return Optional.ofNullable(best);
+            }
+
+            static boolean isAnthropic(JsonNode m) {
+                return m.path("vendor").asText().equalsIgnoreCase("anthropic") || m.path("id").asText().startsWith("claude");
+            }
+
+            private static List<String> familyWords(String id) {
+                List<String> words = new ArrayList<>();
+                for (String w : id.split("[-.\\s]+")) if (w.length() > 1 && w.chars().allMatch(Character::isLetter) && !NOT_FAMILIES.contains(w)) words.add(w);
+                return words;
+            }
+
+            private static int[] askedVersion(String id) {
+                var m = ASKED_VERSION.matcher(id);
+                return m.find() ? new int[] {Integer.parseInt(m.group(1)), m.group(2) == null ? 0 : Integer.parseInt(m.group(2))} : new int[] {0, 0};
             }
 
             static int[] version(String id) {
@@ -6419,16 +6750,6 @@ class CopilotApi implements Callable<Integer> {
 
             static int compare(int[] a, int[] b) {
                 return a[0] != b[0] ? Integer.compare(a[0], b[0]) : Integer.compare(a[1], b[1]);
-            }
-
-            private static String oneMillion(JsonNode model, boolean wants1m, List<JsonNode> catalog) {
-                String id = model.path("id").asText();
-                if (wants1m && !id.endsWith("-1m") && find(catalog, id + "-1m").isPresent()) return id + "-1m";
-                return id;
-            }
-
-            private static JsonNode model(List<JsonNode> catalog, String id) {
-                return find(catalog, id).orElseThrow();
             }
 
             static Optional<JsonNode> find(List<JsonNode> catalog, String id) {
@@ -6446,17 +6767,47 @@ class CopilotApi implements Callable<Integer> {
                 return out;
             }
 
-            private static List<String> suggestions(List<JsonNode> catalog, boolean claudeFirst) {
+            private static ApiError notFound(String requested, String id, List<JsonNode> catalog) {
+                List<String> close = closeMatches(id, catalog);
+                String more = close.isEmpty() ? "Copilot's model list has no chat models (GET /v1/models shows what copilot-api read)"
+                    : "Close matches: " + String.join(", ", close);
+                return new ApiError(404, "invalid_request_error", "model: " + requested + " is not available through Copilot. " + more,
+                    "model", "model_not_found");
+            }
+
+            /** The catalog's chat models nearest to the name (edit distance between keys), nearest first. */
+            static List<String> closeMatches(String id, List<JsonNode> catalog) {
+                String k = key(id);
                 List<String> ids = new ArrayList<>();
                 for (JsonNode m : catalog) if (isChat(m)) ids.add(m.path("id").asText());
-                if (claudeFirst) ids.sort(java.util.Comparator.comparing(i -> !i.startsWith("claude")));
-                return ids.subList(0, Math.min(8, ids.size()));
+                ids.sort(java.util.Comparator.comparingInt((String c) -> distance(k, key(c))).thenComparing(c -> c));
+                return ids.subList(0, Math.min(SUGGESTIONS, ids.size()));
+            }
+
+            static int distance(String a, String b) {
+                int[] row = new int[b.length() + 1];
+                for (int j = 0; j <= b.length(); j++) row[j] = j;
+                for (int i = 1; i <= a.length(); i++) {
+                    int diagonal = row[0];
+                    row[0] = i;
+                    for (int j = 1; j <= b.length(); j++) {
+                        int above = row[j];
+                        row[j] = Math.min(Math.min(row[j] + 1, row[j - 1] + 1), diagonal + (a.charAt(i - 1) == b.charAt(j - 1) ? 0 : 1));
+                        diagonal = above;
+                    }
+                }
+                return row[b.length()];
             }
         }
 
         /** What Copilot's native /v1/messages accepts, from what Anthropic clients (Claude Code above all) send. */
         static final class AnthropicNative {
-            record Prepared(ObjectNode body, List<String> notes) {}
+            /** {@code omitThinking}: the client asked for thinking display "omitted", so the thinking text goes on the way back. */
+            record Prepared(ObjectNode body, List<String> notes, boolean omitThinking) {
+                Prepared(ObjectNode body, List<String> notes) {
+                    this(body, notes, false);
+                }
+            }
 
             static final List<String> FIELDS = List.of("model", "messages", "system", "max_tokens", "stop_sequences", "stream",
                 "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking");
@@ -6472,14 +6823,35 @@ class CopilotApi implements Callable<Integer> {
                 });
                 out.put("model", upstreamModel);
                 stripBillingHeader(out);
-                out.set("messages", systemTurnsAsUser(out.withArray("messages")));
+                if (!claudeAtLeast(model, 4, 8)) out.set("messages", systemTurnsAsUser(out.withArray("messages")));
                 filterTools(out, notes);
                 ModelLimits limits = ModelLimits.from(model);
                 if (limits.knowsMaxOutput() && out.path("max_tokens").asInt() > limits.maxOutputTokens()) {
                     out.put("max_tokens", limits.maxOutputTokens());
                 }
                 adjustThinking(out, in, limits);
-                return new Prepared(out, notes);
+                boolean summarized = claudeAtLeast(model, 4, 7) && out.path("thinking").path("type").asText().equals("enabled");
+                // Claude 4.7+ thinks silently by default and Copilot cuts a silent stream after about a minute: ask for a summary
+                if (summarized) ((ObjectNode) out.get("thinking")).put("display", "summarized");
+                return new Prepared(out, notes, summarized && in.path("thinking").path("display").asText("").equals("omitted"));
+            }
+
+            /** A Claude model of this version or newer (by the catalog's id: claude-opus-4.8, claude-fable-5.1). */
+            static boolean claudeAtLeast(JsonNode model, int major, int minor) {
+                if (model == null || !ModelResolver.isAnthropic(model)) return false;
+                return ModelResolver.compare(ModelResolver.version(model.path("id").asText()), new int[] {major, minor}) >= 0;
+            }
+
+            /** A non-streamed answer without the thinking text the client asked to omit (signatures untouched). */
+            static void omitThinking(JsonNode answer) {
+                for (JsonNode block : answer.path("content")) {
+                    if (block.path("type").asText().equals("thinking")) ((ObjectNode) block).put("thinking", "");
+                }
+            }
+
+            /** A streamed thinking text delta the client asked to omit (the signature delta stays). */
+            static boolean isOmittedThinking(String event, JsonNode data) {
+                return event.equals("content_block_delta") && data.path("delta").path("type").asText().equals("thinking_delta");
             }
 
             /** The billing-header line goes, the same way the translator removes it; a block left empty goes too. */
@@ -6503,7 +6875,7 @@ class CopilotApi implements Callable<Integer> {
                 }
             }
 
-            /** Anthropic's API has no system role inside messages; such turns travel as user turns. */
+            /** Claude before 4.8 takes no system role inside messages; such turns travel as user turns. */
             static ArrayNode systemTurnsAsUser(ArrayNode messages) {
                 boolean any = false;
                 for (JsonNode m : messages) any |= m.path("role").asText().equals("system");
@@ -6542,7 +6914,7 @@ class CopilotApi implements Callable<Integer> {
                 }
             }
 
-            /** enabled keeps its budget, adaptive gets one by effort, both clamped to the model; display is dropped. */
+            /** enabled keeps its budget, adaptive gets one by effort, both clamped to the model; the client's display is dropped. */
             static void adjustThinking(ObjectNode out, ObjectNode in, ModelLimits limits) {
                 if (!in.path("thinking").isObject()) return;
                 if (in.path("thinking").path("type").asText("").equals("disabled")) {
@@ -8569,14 +8941,17 @@ class CopilotApi implements Callable<Integer> {
         JsonNode complete(ObjectNode chat, CallOptions call) {
             String model = chat.path("model").asText();
             if (endpoint(model) == Endpoint.CHAT) return copilot.postJson(OpenAiRoutes.CHAT, forChat(chat, false), call);
-            return ResponsesToChat.response(copilot.postJson(ResponsesRoutes.RESPONSES, forResponses(chat), call), model);
+            byte[] bytes = ResponsesRoutes.capped(forResponses(chat));
+            return ResponsesToChat.response(ResponsesRoutes.answerRetryingCyberPolicy(() -> copilot.postJson(ResponsesRoutes.RESPONSES, bytes, call)),
+                model);
         }
 
         /** A stream of chat chunks. */
         EventSource stream(ObjectNode chat, CallOptions call) {
             String model = chat.path("model").asText();
             if (endpoint(model) == Endpoint.CHAT) return copilot.stream(OpenAiRoutes.CHAT, forChat(chat, true), call);
-            return new ResponsesAsChat(copilot.stream(ResponsesRoutes.RESPONSES, forResponses(chat), call),
+            byte[] bytes = ResponsesRoutes.capped(forResponses(chat));
+            return new ResponsesAsChat(ResponsesRoutes.streamRetryingCyberPolicy(() -> copilot.stream(ResponsesRoutes.RESPONSES, bytes, call)),
                 new ResponsesStreamToChat(model, true, IdClock.SYSTEM));
         }
 
@@ -8594,6 +8969,7 @@ class CopilotApi implements Callable<Integer> {
         private static ObjectNode forResponses(ObjectNode chat) {
             Translated r = ChatToResponsesRequest.request(chat);
             r.body().put("model", chat.path("model").asText());
+            if (chat.has(LongContext.FIELD)) r.body().set(LongContext.FIELD, chat.get(LongContext.FIELD));
             r.notes().forEach(n -> Logs.log().debug("{}: {}", ResponsesRoutes.RESPONSES, n));
             Requests.logBody("translated responses request", r.body());
             return r.body();
@@ -9488,12 +9864,12 @@ class CopilotApi implements Callable<Integer> {
      * each upstream event goes through ResponsesStreamToChat, and its chunks are handed on as items, not text.
      */
     static final class ResponsesAsChat implements EventSource {
-        private final UpstreamEvents upstream;
+        private final EventSource upstream;
         private final ResponsesStreamToChat machine;
         private final java.util.ArrayDeque<Item> ready = new java.util.ArrayDeque<>();
         private boolean over;
 
-        ResponsesAsChat(UpstreamEvents upstream, ResponsesStreamToChat machine) {
+        ResponsesAsChat(EventSource upstream, ResponsesStreamToChat machine) {
             this.upstream = upstream;
             this.machine = machine;
         }

@@ -88,6 +88,12 @@ class CopilotApiTests {
         ResponsesTranslatorTests.class,
         AnthropicNativeTests.class,
         CountTokensTests.class,
+        ModelNamesTests.class,
+        EmptyCatalogNamesTests.class,
+        ClaudeVersionTests.class,
+        LongContextTests.class,
+        LongContextLimitsTests.class,
+        ResponsesHygieneTests.class,
         ResponsesRouteTests.class,
         StoreTests.class,
         ClaudeCodeSetupTests.class,
@@ -1141,8 +1147,10 @@ class CopilotApiTests {
             assertEquals("claude-haiku-4.5", resolve("fast", false, routing), "a mapped target is resolved too");
             var e = assertThrows(CopilotApi.ApiError.class, () -> resolve("llama-3-70b"));
             assertEquals(404, e.status());
-            assertTrue(e.getMessage().contains("gpt-4.1") && e.getMessage().contains("claude-sonnet-4.5"), e.getMessage());
+            assertTrue(e.getMessage().contains("gpt-4.1"), e.getMessage());
             assertFalse(e.getMessage().contains("text-embedding"), e.getMessage());
+            e = assertThrows(CopilotApi.ApiError.class, () -> resolve("claude-sonet-4.5"));
+            assertTrue(e.getMessage().contains("Close matches: claude-sonnet-4.5,"), "the nearest name first: " + e.getMessage());
             assertThrows(CopilotApi.ApiError.class, () -> resolve("claude-mythos-5"));
         }
 
@@ -1152,6 +1160,178 @@ class CopilotApiTests {
             assertEquals(Map.of("a", "b", "c", "d", "e", "f"), r.userMap());
             assertEquals("gpt-4.1", r.fallback().orElseThrow());
             assertThrows(CopilotApi.UserFacingException.class, () -> CopilotApi.ModelRouting.from(List.of("nope"), null, Map.of()));
+        }
+    }
+
+    /** Requests against the mid-2026 catalog (WIRE.md "Model churn"): new Claude families, GPT-5.6/6, Gemini 3.1. */
+    abstract static class WithMid2026Catalog extends WithHarness {
+        @Override
+        Harness harness() throws IOException {
+            return new Harness(StubUpstream.start().mid2026Models(), Map.of(), o -> { });
+        }
+
+        static String message(String model, String extra) {
+            return "{\"model\":\"" + model + "\",\"max_tokens\":2000," + extra + "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+        }
+
+        static String chat(String model) {
+            return "{\"model\":\"" + model + "\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+        }
+
+        static String responses(String model) {
+            return "{\"model\":\"" + model + "\",\"input\":\"hi\"}";
+        }
+    }
+
+    /** Names resolved by the catalog's families and ids, the same way on the three APIs; unknown names are 404s. */
+    static final class ModelNamesTests extends WithMid2026Catalog {
+        @Test
+        void claudeCodeNamesReachTheCatalogModelOnTheMessagesRoute() throws Exception {
+            for (var c : List.of(
+                    Map.entry("fable", "claude-fable-5.1"),
+                    Map.entry("claude-fable", "claude-fable-5.1"),
+                    Map.entry("claude-fable-5-20261001", "claude-fable-5"),
+                    Map.entry("opus", "claude-opus-5"),
+                    Map.entry("sonnet", "claude-sonnet-5"),
+                    Map.entry("haiku", "claude-haiku-4.5"),
+                    Map.entry("claude-opus-4-8-20260601", "claude-opus-4.8"),
+                    Map.entry("claude-opus-4-8-fast", "claude-opus-4.8-fast"),
+                    Map.entry("claude-opus-4-8-fast-20260601", "claude-opus-4.8-fast"),
+                    Map.entry("claude-opus-4.8[1m]", "claude-opus-4.8"),
+                    Map.entry("claude-sonnet-4-5-20250929", "claude-sonnet-4.5"),
+                    Map.entry("claude-opus-4-9-20261201", "claude-opus-5"))) {
+                h.stub.clear();
+                HttpResponse<String> r = h.post("/v1/messages", message(c.getKey(), ""));
+                assertEquals(200, r.statusCode(), c.getKey() + ": " + r.body());
+                assertEquals(c.getValue(), h.stub.last("/v1/messages").json().path("model").asText(), c.getKey());
+                assertEquals(c.getKey(), json(r.body()).path("model").asText(), "the name asked comes back");
+            }
+        }
+
+        @Test
+        void newGptNamesReachedThroughClaudeCodeAreTranslated() throws Exception {
+            for (var c : List.of(Map.entry("gpt-6-sol", "gpt-6-sol"), Map.entry("GPT-5.6-Luna", "gpt-5.6-luna"),
+                    Map.entry("gpt-5-6-sol", "gpt-5.6-sol"), Map.entry("sol", "gpt-6-sol"))) {
+                h.stub.clear();
+                HttpResponse<String> r = h.post("/v1/messages", message(c.getKey(), ""));
+                assertEquals(200, r.statusCode(), c.getKey() + ": " + r.body());
+                assertEquals(c.getValue(), h.stub.last("/responses").json().path("model").asText(), c.getKey());
+            }
+        }
+
+        @Test
+        void theChatAndResponsesRoutesResolveTheSameWay() throws Exception {
+            for (var c : List.of(Map.entry("fable", "/chat/completions:claude-fable-5.1"), Map.entry("flash", "/chat/completions:gemini-3.1-flash"),
+                    Map.entry("gpt-5-6-sol", "/responses:gpt-5.6-sol"), Map.entry("claude-sonnet-4-5-20250929", "/chat/completions:claude-sonnet-4.5"),
+                    Map.entry("claude-opus-4-8-fast", "/chat/completions:claude-opus-4.8-fast"))) {
+                String path = c.getValue().split(":")[0];
+                String upstream = c.getValue().split(":")[1];
+                for (String route : List.of("/v1/chat/completions", "/v1/responses")) {
+                    h.stub.clear();
+                    HttpResponse<String> r = h.post(route, route.endsWith("responses") ? responses(c.getKey()) : chat(c.getKey()));
+                    assertEquals(200, r.statusCode(), route + " " + c.getKey() + ": " + r.body());
+                    assertEquals(upstream, h.stub.last(path).json().path("model").asText(), route + " " + c.getKey());
+                }
+            }
+        }
+
+        @Test
+        void anUnknownNameIsA404ListingCloseMatchesOnEachApiAndTheNextRequestIsServed() throws Exception {
+            HttpResponse<String> r = h.post("/v1/messages", message("claude-mythos-5", ""));
+            assertEquals(404, r.statusCode(), r.body());
+            assertEquals("not_found_error", json(r.body()).path("error").path("type").asText(), r.body());
+            r = h.post("/v1/chat/completions", chat("gpt-7-sol"));
+            assertEquals(404, r.statusCode(), r.body());
+            JsonNode error = json(r.body()).path("error");
+            assertEquals("model_not_found", error.path("code").asText(), r.body());
+            assertTrue(error.path("message").asText().contains("Close matches: gpt-6-sol"), r.body());
+            r = h.post("/v1/responses", responses("gemini-3.1-flush"));
+            assertEquals(404, r.statusCode(), r.body());
+            assertTrue(json(r.body()).path("error").path("message").asText().contains("Close matches: gemini-3.1-flash"), r.body());
+            assertEquals(0, h.stub.requests().stream().filter(q -> q.method().equals("POST")).count(), "nothing reached Copilot");
+            assertEquals(200, h.post("/v1/chat/completions", chat("gemini-3.1-flash")).statusCode());
+        }
+    }
+
+    /** A catalog that came back empty (a usage-based account's billing notice): chat names go to Copilot as asked. */
+    static final class EmptyCatalogNamesTests extends WithHarness {
+        @Override
+        Harness harness() throws IOException {
+            StubUpstream stub = StubUpstream.start();
+            stub.enqueue("/models", StubUpstream.Reply.json(200, "\"Your billing plan has changed to usage-based billing and model multipliers "
+                + "no longer apply. Please update your client to the latest version to see the new billing information.\""));
+            return new Harness(stub, Map.of(), o -> { });
+        }
+
+        @Test
+        void theChatRouteStillPassesTheNameThrough() throws Exception {
+            HttpResponse<String> r = h.post("/v1/chat/completions", CHAT_HI);
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals("gpt-4.1", h.stub.last("/chat/completions").json().path("model").asText());
+            assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
+        }
+    }
+
+    /** What the Claude models of mid-2026 want on /v1/messages: inline system turns from 4.8, thinking display from 4.7, speed. */
+    static final class ClaudeVersionTests extends WithMid2026Catalog {
+        static final String WITH_SYSTEM_TURN = "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"hello\"},"
+            + "{\"role\":\"system\",\"content\":\"be brief\"},{\"role\":\"user\",\"content\":\"and now?\"}]}";
+
+        @Test
+        void anInlineSystemMessageIsAUserTurnBefore48AndStaysSystemFrom48() throws Exception {
+            for (var c : List.of(Map.entry("claude-opus-4.7", "user"), Map.entry("claude-sonnet-4.5", "user"),
+                    Map.entry("claude-opus-4.8", "system"), Map.entry("claude-fable-5.1", "system"))) {
+                HttpResponse<String> r = h.post("/v1/messages", "{\"model\":\"" + c.getKey() + "\",\"max_tokens\":100," + WITH_SYSTEM_TURN);
+                assertEquals(200, r.statusCode(), c.getKey() + ": " + r.body());
+                assertEquals(c.getValue(), h.stub.last("/v1/messages").json().path("messages").get(2).path("role").asText(), c.getKey());
+            }
+        }
+
+        static String thinking(String model, String display, boolean stream) {
+            String d = display == null ? "" : ",\"display\":\"" + display + "\"";
+            return message(model, "\"stream\":" + stream + ",\"thinking\":{\"type\":\"enabled\",\"budget_tokens\":1024" + d + "},");
+        }
+
+        @Test
+        void from47ThinkingIsAskedSummarizedAndOmittedTextIsDroppedButTheSignatureKept() throws Exception {
+            HttpResponse<String> r = h.post("/v1/messages", thinking("claude-opus-4.8", "omitted", false));
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals("summarized", h.stub.last("/v1/messages").json().path("thinking").path("display").asText());
+            JsonNode block = json(r.body()).path("content").get(0);
+            assertEquals("thinking", block.path("type").asText(), r.body());
+            assertEquals("", block.path("thinking").asText(), "the client asked for omitted: " + r.body());
+            assertEquals(StubUpstream.REASONING_SIGNATURE, block.path("signature").asText());
+
+            r = h.post("/v1/messages", thinking("claude-opus-4.8", "omitted", true));
+            var ev = AnthropicNativeTests.events(r.body());
+            assertTrue(ev.stream().noneMatch(e -> e.getValue().path("delta").path("type").asText().equals("thinking_delta")), r.body());
+            assertTrue(ev.stream().anyMatch(e -> e.getValue().path("delta").path("signature").asText().equals(StubUpstream.REASONING_SIGNATURE)), r.body());
+            assertEquals("message_stop", ev.get(ev.size() - 1).getKey());
+
+            r = h.post("/v1/messages", thinking("claude-opus-4.7", null, false));
+            assertEquals("summarized", h.stub.last("/v1/messages").json().path("thinking").path("display").asText());
+            assertFalse(json(r.body()).path("content").get(0).path("thinking").asText().isEmpty(), "no display asked: the summary is shown: " + r.body());
+            r = h.post("/v1/messages", thinking("claude-opus-4.8", "summarized", true));
+            assertTrue(AnthropicNativeTests.events(r.body()).stream()
+                .anyMatch(e -> e.getValue().path("delta").path("type").asText().equals("thinking_delta")), r.body());
+
+            r = h.post("/v1/messages", thinking("claude-sonnet-4.5", "omitted", false));
+            assertFalse(h.stub.last("/v1/messages").json().path("thinking").has("display"), "before 4.7: no display sent");
+            assertFalse(json(r.body()).path("content").get(0).path("thinking").asText().isEmpty(), r.body());
+        }
+
+        @Test
+        void speedFastPicksTheFastVariantWhereTheCatalogListsOne() throws Exception {
+            HttpResponse<String> r = h.post("/v1/messages", message("claude-opus-4-8", "\"speed\":\"fast\","));
+            assertEquals(200, r.statusCode(), r.body());
+            JsonNode sent = h.stub.last("/v1/messages").json();
+            assertEquals("claude-opus-4.8-fast", sent.path("model").asText());
+            assertFalse(sent.has("speed"));
+            assertEquals("claude-opus-4-8", json(r.body()).path("model").asText());
+            assertEquals(200, h.post("/v1/messages", message("claude-opus-5", "\"speed\":\"fast\",")).statusCode());
+            sent = h.stub.last("/v1/messages").json();
+            assertEquals("claude-opus-5", sent.path("model").asText(), "no fast variant listed: the model itself");
+            assertFalse(sent.has("speed"));
         }
     }
 
@@ -1398,16 +1578,40 @@ class CopilotApiTests {
         }
 
         @Test
-        void aRealisticRequestGetsARealisticCount() throws Exception {
+        void aRealisticRequestGetsARealisticEstimateWhenCopilotCannotCount() throws Exception {
             String request = AnthropicNativeTests.claudeCodeRequest();
+            h.stub.enqueue(StubUpstream.COUNT_TOKENS, StubUpstream.Reply.json(503, "{\"error\":{\"message\":\"busy\"}}"));
             int n = count(request);
             int chars = request.length();
             assertTrue(n > chars / 8 && n < chars / 2, n + " tokens for " + chars + " characters");
-            assertEquals(0, h.stub.count("/v1/messages"), "counted locally");
+            assertEquals(0, h.stub.count("/v1/messages"), "no message was sent");
+            assertEquals(1, h.stub.count(StubUpstream.COUNT_TOKENS), "Copilot was asked first");
+        }
+
+        @Test
+        void aClaudeModelIsCountedByCopilotWithTheAnthropicHeadersAndTheCleanedBody() throws Exception {
+            String request = AnthropicNativeTests.claudeCodeRequest();
+            HttpResponse<String> r = h.send("POST", "/v1/messages/count_tokens?beta=true", request,
+                "anthropic-beta", "claude-code-20250219,interleaved-thinking-2025-05-14");
+            assertEquals(200, r.statusCode(), r.body());
+            StubUpstream.Recorded sent = h.stub.last(StubUpstream.COUNT_TOKENS);
+            assertNotNull(sent, "Copilot's count_tokens was called");
+            assertEquals(StubUpstream.exactTokens(sent.json()), json(r.body()).path("input_tokens").asInt(), "Copilot's own count");
+            assertEquals("claude-sonnet-4.5", sent.json().path("model").asText());
+            assertFalse(sent.body().contains("x-anthropic-billing-header"));
+            assertFalse(sent.json().has("metadata"));
+            assertEquals("2023-06-01", sent.headers().get("anthropic-version"));
+            assertEquals("interleaved-thinking-2025-05-14", sent.headers().get("anthropic-beta"));
+            assertEquals(0, h.stub.count("/v1/messages"), "counting sends no message");
+            h.stub.clear();
+            count("{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}]}");
+            assertEquals(0, h.stub.count(StubUpstream.COUNT_TOKENS), "a model without /v1/messages is estimated locally");
         }
 
         @Test
         void moreContentCountsMoreAndImagesHaveACost() throws Exception {
+            // Copilot cannot count the three Claude requests: the local estimate answers
+            for (int i = 0; i < 3; i++) h.stub.enqueue(StubUpstream.COUNT_TOKENS, StubUpstream.Reply.json(500, "{\"error\":{\"message\":\"no\"}}"));
             String small = "{\"model\":\"claude-sonnet-4.5\",\"messages\":[{\"role\":\"user\",\"content\":\"hello there\"}]}";
             String longer = small.replace("hello there", "hello there ".repeat(200));
             String image = "{\"model\":\"claude-sonnet-4.5\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hello there\"},"
@@ -1425,6 +1629,161 @@ class CopilotApiTests {
             HttpResponse<String> r = h.post("/v1/messages/count_tokens", "{\"model\":\"nope\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}");
             assertEquals(404, r.statusCode());
             assertEquals("error", json(r.body()).path("type").asText());
+        }
+    }
+
+    /** The long tier: [1m] or the context-1m beta becomes contextTier on chat and Responses, never on native /v1/messages. */
+    static final class LongContextTests extends WithMid2026Catalog {
+        @Test
+        void oneMillionAsksForTheLongTierOnChatAndResponsesWhereTheCatalogHasOne() throws Exception {
+            assertEquals(200, h.post("/v1/chat/completions", chat("claude-opus-4.8[1m]")).statusCode());
+            JsonNode sent = h.stub.last("/chat/completions").json();
+            assertEquals("claude-opus-4.8", sent.path("model").asText());
+            assertEquals("long_context", sent.path("contextTier").asText(), sent.toString());
+            HttpResponse<String> r = h.post("/v1/responses", responses("gpt-6-sol[1m]"));
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals("long_context", h.stub.last("/responses").json().path("contextTier").asText());
+            r = h.post("/v1/chat/completions", chat("gpt-6-sol[1m]"));
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals("long_context", h.stub.last("/responses").json().path("contextTier").asText(), "chat translated to /responses keeps it");
+            r = h.post("/v1/responses", responses("sonnet[1m]"));
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals("long_context", h.stub.last("/chat/completions").json().path("contextTier").asText(), "Responses translated to chat keeps it");
+            h.stub.clear();
+            assertEquals(200, h.post("/v1/chat/completions", chat("claude-opus-5[1m]")).statusCode(), "no long tier listed");
+            assertFalse(h.stub.last("/chat/completions").json().has("contextTier"));
+            assertEquals(200, h.post("/v1/chat/completions", chat("claude-opus-4.8")).statusCode());
+            assertFalse(h.stub.last("/chat/completions").json().has("contextTier"), "not asked, not sent");
+        }
+
+        @Test
+        void theMessagesApiSendsTheTierThroughTheTranslatorAndNeverNatively() throws Exception {
+            HttpResponse<String> r = h.post("/v1/messages", message("gpt-6-sol[1m]", ""));
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals("long_context", h.stub.last("/responses").json().path("contextTier").asText());
+            r = h.send("POST", "/v1/messages", message("claude-opus-4-8", "\"contextTier\":\"long_context\","), "anthropic-beta", "context-1m-2025-08-07");
+            assertEquals(200, r.statusCode(), r.body());
+            assertFalse(h.stub.last("/v1/messages").json().has("contextTier"), "native /v1/messages refuses the field");
+            r = h.post("/v1/messages", message("claude-opus-4.8[1m]", ""));
+            assertEquals(200, r.statusCode(), r.body());
+            assertFalse(h.stub.last("/v1/messages").json().has("contextTier"));
+        }
+    }
+
+    /** The long tier in the catalog as clients see it, and the translated token limit that follows it. */
+    static final class LongContextLimitsTests extends WithMid2026Catalog {
+        @Test
+        void modelsWithALongTierAreListedAgainAsOneMillionWithTheLongLimits() throws Exception {
+            JsonNode data = json(h.get("/v1/models").body()).path("data");
+            Map<String, JsonNode> byId = new HashMap<>();
+            for (JsonNode m : data) byId.put(m.path("id").asText(), m);
+            assertEquals(200000, byId.get("claude-opus-4.8").path("context_window").asInt());
+            assertEquals(1000000, byId.get("claude-opus-4.8[1m]").path("context_window").asInt(), data.toString());
+            assertEquals(128000, byId.get("gpt-6-sol[1m]").path("max_output_tokens").asInt());
+            assertFalse(byId.containsKey("claude-opus-5[1m]"), "no long tier listed");
+            assertFalse(byId.containsKey("claude-sonnet-4.5[1m]"));
+            HttpResponse<String> one = h.get("/v1/models/claude-sonnet-5%5B1m%5D");
+            assertEquals(200, one.statusCode(), one.body());
+            assertEquals(1000000, json(one.body()).path("context_window").asInt());
+            assertEquals(404, h.get("/v1/models/claude-opus-5%5B1m%5D").statusCode());
+        }
+
+        @Test
+        void theTranslatedMaxTokensFollowTheTierAskedFor() throws Exception {
+            String body = "{\"model\":\"gpt-6-sol\",\"max_tokens\":100000,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+            assertEquals(200, h.post("/v1/messages", body).statusCode());
+            assertEquals(64000, h.stub.last("/responses").json().path("max_output_tokens").asInt(), "the default tier's limit");
+            assertEquals(200, h.post("/v1/messages", body.replace("gpt-6-sol", "gpt-6-sol[1m]")).statusCode());
+            assertEquals(100000, h.stub.last("/responses").json().path("max_output_tokens").asInt(), "within the long tier's 128000");
+        }
+    }
+
+    /** What Copilot's /responses refuses is removed or refused here: service_tier, image_generation, a body over its cap. */
+    static final class ResponsesHygieneTests extends WithHarness {
+        @Test
+        void serviceTierAndImageGenerationToolsAreStripped() throws Exception {
+            String body = "{\"model\":\"gpt-5.1-codex\",\"input\":\"hi\",\"service_tier\":\"priority\",\"tools\":[{\"type\":\"image_generation\"},"
+                + "{\"type\":\"function\",\"name\":\"Bash\",\"parameters\":{\"type\":\"object\"}}]}";
+            HttpResponse<String> r = h.post("/v1/responses", body);
+            assertEquals(200, r.statusCode(), r.body());
+            JsonNode sent = h.stub.last("/responses").json();
+            assertFalse(sent.has("service_tier"), sent.toString());
+            assertEquals(1, sent.path("tools").size(), sent.toString());
+            assertEquals("Bash", sent.path("tools").get(0).path("name").asText());
+            r = h.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":\"hi\",\"tools\":[{\"type\":\"image_generation\"}],\"tool_choice\":{\"type\":\"image_generation\"}}");
+            assertEquals(200, r.statusCode(), r.body());
+            assertFalse(h.stub.last("/responses").json().has("tools"));
+            assertFalse(h.stub.last("/responses").json().has("tool_choice"));
+        }
+
+        @Test
+        void aCyberPolicyFailureIsRetriedOnceAndASecondOneReported() throws Exception {
+            h.stub.cyberPolicyFailures(1);
+            HttpResponse<String> r = h.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":\"hi\"}");
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals(2, h.stub.count("/responses"));
+            h.stub.clear();
+            h.stub.cyberPolicyFailures(1);
+            r = h.post("/v1/chat/completions", "{\"model\":\"gpt-5.1-codex\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+            assertEquals(200, r.statusCode(), r.body());
+            assertTrue(r.body().contains("[DONE]"), r.body());
+            assertEquals(2, h.stub.count("/responses"), "a stream is retried too");
+            h.stub.clear();
+            h.stub.cyberPolicyFailures(2);
+            r = h.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":\"hi\"}");
+            assertEquals(400, r.statusCode(), r.body());
+            assertEquals("cyber_policy", json(r.body()).path("error").path("code").asText(), r.body());
+            assertEquals(2, h.stub.count("/responses"), "one retry, no more");
+            assertEquals(200, h.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":\"hi\"}").statusCode(), "the next one is served");
+        }
+
+        @Test
+        void aResponseThatFailedUnderCyberPolicyIsAskedOnceMore() throws Exception {
+            String codex = "{\"model\":\"gpt-5.1-codex\",\"input\":\"hi\"}";
+            h.stub.cyberPolicyFailedResponses(1);
+            HttpResponse<String> r = h.post("/v1/responses", codex);
+            assertEquals(200, r.statusCode(), r.body());
+            assertEquals("completed", json(r.body()).path("status").asText(), r.body());
+            assertEquals(2, h.stub.count("/responses"));
+            h.stub.clear();
+            h.stub.cyberPolicyFailedResponses(1);
+            r = h.post("/v1/responses", codex.replace("{", "{\"stream\":true,"));
+            var ev = ResponsesRouteTests.events(r.body());
+            List<String> names = ev.stream().map(Map.Entry::getKey).toList();
+            assertEquals("response.completed", names.get(names.size() - 1), r.body());
+            assertEquals(1, names.stream().filter(n -> n.equals("response.created")).count(), "the failed attempt is not shown: " + names);
+            for (int i = 0; i < ev.size(); i++) assertEquals(i, ev.get(i).getValue().path("sequence_number").asInt());
+            assertEquals(2, h.stub.count("/responses"));
+            h.stub.clear();
+            h.stub.cyberPolicyFailedResponses(1);
+            r = h.post("/v1/messages", "{\"model\":\"gpt-5.1-codex\",\"max_tokens\":100,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+            assertTrue(r.body().contains("event: message_stop"), r.body());
+            assertFalse(r.body().contains("event: error"), r.body());
+            assertEquals(2, h.stub.count("/responses"), "the chat pivot retries too");
+            h.stub.clear();
+            h.stub.cyberPolicyFailedResponses(2);
+            r = h.post("/v1/responses", codex.replace("{", "{\"stream\":true,"));
+            names = ResponsesRouteTests.events(r.body()).stream().map(Map.Entry::getKey).toList();
+            assertEquals("response.failed", names.get(names.size() - 1), "a second failure reaches the client: " + names);
+            assertEquals(2, h.stub.count("/responses"));
+            assertEquals(200, h.post("/v1/responses", codex).statusCode(), "the next one is served");
+        }
+
+        @Test
+        void aBodyOverCopilotsCapIsA413InTheCallersShapeBeforeAnyCall() throws Exception {
+            String big = "x".repeat(StubUpstream.RESPONSES_CAP);
+            HttpResponse<String> r = h.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":\"" + big + "\"}");
+            assertEquals(413, r.statusCode(), r.body().length() > 500 ? r.body().substring(0, 500) : r.body());
+            JsonNode error = json(r.body()).path("error");
+            assertEquals("request_too_large", error.path("code").asText(), r.body());
+            assertTrue(error.path("message").asText().contains("5 MiB"), r.body());
+            r = h.post("/v1/messages", "{\"model\":\"gpt-5.1-codex\",\"max_tokens\":100,\"messages\":[{\"role\":\"user\",\"content\":\"" + big + "\"}]}");
+            assertEquals(413, r.statusCode());
+            assertEquals("request_too_large", json(r.body()).path("error").path("type").asText(), "Anthropic's shape: " + r.body());
+            r = h.post("/v1/chat/completions", "{\"model\":\"gpt-5.1-codex\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"" + big + "\"}]}");
+            assertEquals(413, r.statusCode());
+            assertEquals(0, h.stub.count("/responses"), "refused before Copilot");
+            assertEquals(200, h.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":\"hi\"}").statusCode(), "the next one is served");
         }
     }
 
@@ -2173,13 +2532,13 @@ class CopilotApiTests {
             String today = java.time.LocalDate.now(java.time.ZoneOffset.UTC).toString();
             try (Harness h = StoreTests.harness(home, CopilotApi.Store.Options.DEFAULT)) {
                 assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
-                assertEquals(400, h.post("/v1/chat/completions", "{\"model\":\"nope\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}").statusCode());
+                assertEquals(404, h.post("/v1/chat/completions", "{\"model\":\"nope\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}").statusCode());
                 assertEquals(200, h.post("/v1/messages", MESSAGES_HI).statusCode());
                 eventually(Duration.ofSeconds(10), () -> StoreTests.history(h, "").path("data").size(), n -> n >= 3);
                 String dom = render(h.url("/dashboard"), "--window-size=390,844");
                 String origin = "http://127.0.0.1:" + h.server.port();
                 assertTrue(dom.contains("<td>POST /v1/chat/completions</td><td>gpt-4.1</td><td>200</td>"), "a recent request: " + dom);
-                assertTrue(dom.matches("(?s).*<td class=\"error\">400</td>.*<td colspan=\"7\" class=\"err\">[a-z_]+: [^<]*not supported.*"),
+                assertTrue(dom.matches("(?s).*<td class=\"error\">404</td>.*<td colspan=\"7\" class=\"err\">[a-z_]+: [^<]*not available.*"),
                     "a failed request with its error: " + dom);
                 assertTrue(dom.matches("(?s).*p50 [0-9,]+ ms · p95 [0-9,]+ ms.*"), "latency: " + dom);
                 assertTrue(dom.contains("<td>" + today + "</td><td>3</td><td>1</td>"), "requests per day: " + dom);
@@ -2192,7 +2551,7 @@ class CopilotApiTests {
             }
             try (Harness h = StoreTests.harness(home, CopilotApi.Store.Options.DEFAULT)) {
                 String dom = render(h.url("/dashboard"), "--window-size=390,844");
-                assertTrue(dom.contains("<td>POST /v1/chat/completions</td><td>nope</td><td class=\"error\">400</td>"), "after a restart: " + dom);
+                assertTrue(dom.contains("<td>POST /v1/chat/completions</td><td>nope</td><td class=\"error\">404</td>"), "after a restart: " + dom);
             }
         }
     }

@@ -301,7 +301,7 @@ class StoreTests {
             assertEquals("ok", ok(h.get("/stats")).path("store").path("state").asText());
             assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(db)));
             ok(h.send("POST", "/v1/chat/completions", CopilotApiTests.CHAT_HI, "user-agent", "history-test/1.0"));
-            assertEquals(400, h.post("/v1/chat/completions", "{\"model\":\"nope\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}").statusCode());
+            assertEquals(404, h.post("/v1/chat/completions", "{\"model\":\"nope\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}").statusCode());
             streamed(h.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"stream\":true,\"input\":\"hi\"}"));
             ok(h.post("/v1/messages", CopilotApiTests.MESSAGES_HI));
             ok(h.get("/stats"));
@@ -317,7 +317,7 @@ class StoreTests {
             assertTrue(responses.path("first_byte_ms").isIntegralNumber(), responses.toString());
             assertTrue(responses.path("output_tokens").asLong() > 0, responses.toString());
             JsonNode failed = rows.get(2);
-            assertEquals(400, failed.path("status").asInt());
+            assertEquals(404, failed.path("status").asInt());
             assertEquals("nope", failed.path("requested_model").asText());
             assertFalse(failed.path("error_type").asText().isEmpty(), failed.toString());
             assertFalse(failed.path("error_message").asText().isEmpty(), failed.toString());
@@ -333,7 +333,7 @@ class StoreTests {
             assertFalse(chat.has("request_body"), "no bodies by default");
 
             assertEquals(1, history(h, "?status=error").path("data").size());
-            assertEquals("nope", history(h, "?status=400").path("data").get(0).path("requested_model").asText());
+            assertEquals("nope", history(h, "?status=404").path("data").get(0).path("requested_model").asText());
             assertEquals(1, history(h, "?model=gpt-5.1-codex").path("data").size());
             JsonNode passthrough = history(h, "?route=passthrough").path("data");
             assertTrue(passthrough.size() >= 1, passthrough.toString());

@@ -217,6 +217,39 @@ final class StubUpstream implements AutoCloseable {
         return this;
     }
 
+    private volatile int cyberPolicyFailures;
+
+    /**
+     * Adds the model families of the mid-2026 catalog (WIRE.md "Model churn") to the live catalog: Claude Opus 4.7,
+     * Opus 4.8 (+ -fast), Opus 5, Sonnet 5, the Anthropic family "Fable" (5, 5.1), GPT-5.6 and GPT-6 names served on
+     * /responses only, a Gemini 3.1 Flash. Opus 4.8, Sonnet 5 and GPT-6 Sol list a long-context tier, read by
+     * copilot-api from {@code capabilities.limits.long_context} (the field name is not known; see LONG_TIER).
+     * reset() goes back to the early-2026 catalog.
+     */
+    StubUpstream mid2026Models() {
+        synchronized (models) {
+            models.addAll(mid2026Catalog());
+        }
+        return this;
+    }
+
+    /** The next {@code n} calls to /responses fail with a 400 marked cyber_policy (Copilot's occasional false alarm). */
+    StubUpstream cyberPolicyFailures(int n) {
+        cyberPolicyFailures = n;
+        return this;
+    }
+
+    private volatile int cyberPolicyFailedResponses;
+
+    /**
+     * The next {@code n} calls to /responses answer 200 with a response whose status is failed and whose error is
+     * marked cyber_policy (a stream: response.created, response.in_progress, response.failed).
+     */
+    StubUpstream cyberPolicyFailedResponses(int n) {
+        cyberPolicyFailedResponses = n;
+        return this;
+    }
+
     /** Log one line per request to stderr. */
     StubUpstream verbose(boolean on) {
         verbose = on;
@@ -350,6 +383,8 @@ final class StubUpstream implements AutoCloseable {
         checkInitiator = false;
         refusedEditorVersion = null;
         answerHeaders.clear();
+        cyberPolicyFailures = 0;
+        cyberPolicyFailedResponses = 0;
         synchronized (models) {
             models.removeAll();
             models.addAll(defaultModels());
@@ -909,17 +944,21 @@ final class StubUpstream implements AutoCloseable {
     private Reply copilotDefault(Recorded rec, String sub) {
         if (rec.method().equals("GET") && sub.equals("/models")) return catalog(rec);
         if (!rec.method().equals("POST")) return notFound(rec.path());
-        if (!List.of("/chat/completions", "/embeddings", "/responses", "/v1/messages").contains(sub)) return notFound(rec.path());
+        if (!List.of("/chat/completions", "/embeddings", "/responses", "/v1/messages", COUNT_TOKENS).contains(sub)) return notFound(rec.path());
+        Reply tooLarge = responsesTooLarge(rec, sub);
+        if (tooLarge != null) return tooLarge;
         JsonNode req = rec.json();
         if (req == null || !req.isObject()) {
             return Reply.json(400, errorBody("stub: the body is not a JSON object", "invalid_request_error", "invalid_request_body", null));
         }
         String model = req.path("model").asText("");
         boolean embeddings = sub.equals("/embeddings");
-        Reply refusal = modelRefusal(model, sub, embeddings ? "embeddings" : "chat");
+        Reply refusal = modelRefusal(model, sub.equals(COUNT_TOKENS) ? "/v1/messages" : sub, embeddings ? "embeddings" : "chat");
         if (refusal == null && !embeddings) refusal = requestRefusal(rec, req, sub, model);
         if (refusal == null && !embeddings) refusal = initiatorRefusal(rec, req, sub);
+        if (refusal == null && !embeddings) refusal = mid2026Refusal(req, sub, model);
         if (refusal != null) return refusal;
+        if (sub.equals(COUNT_TOKENS)) return Reply.json(200, obj().put("input_tokens", exactTokens(req)).toString());
         return switch (sub) {
             case "/chat/completions" -> chat(rec, req);
             case "/embeddings" -> embeddings(req);
@@ -983,6 +1022,86 @@ final class StubUpstream implements AutoCloseable {
             }
         }
         return null;
+    }
+
+    // ---- Copilot since mid-2026: long tier, inline system turns, native token counts, the Responses cap ----
+
+    static final String COUNT_TOKENS = "/v1/messages/count_tokens";
+    /** Copilot's cap on a /responses body (WIRE.md: about 5 MiB). */
+    static final int RESPONSES_CAP = 5 * 1024 * 1024;
+    /** Where this stub puts a model's long-context tier (WIRE.md does not name the field). */
+    static final String LONG_TIER = "long_context";
+
+    /** Over the cap: an opaque 413, the way the upstream gateway answers, before the body is even parsed. */
+    private static Reply responsesTooLarge(Recorded rec, String sub) {
+        if (!sub.equals("/responses") || rec.body().getBytes(StandardCharsets.UTF_8).length <= RESPONSES_CAP) return null;
+        return Reply.json(413, errorBody("Request Entity Too Large", null, null, null));
+    }
+
+    /**
+     * What the mid-2026 Copilot refuses: contextTier on native /v1/messages (400 Extra inputs), a contextTier other
+     * than long_context or for a model without a long tier, an inline system message before Claude 4.8, and the
+     * scripted cyber_policy failures on /responses.
+     */
+    private Reply mid2026Refusal(JsonNode req, String sub, String modelId) {
+        boolean messagesApi = sub.equals("/v1/messages") || sub.equals(COUNT_TOKENS);
+        if (req.has("contextTier")) {
+            if (messagesApi) {
+                return Reply.json(400, "{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"contextTier: Extra inputs are not permitted\"}}");
+            }
+            JsonNode limits = findModel(modelId).path("capabilities").path("limits");
+            if (!req.path("contextTier").asText().equals(LONG_TIER) || !limits.path(LONG_TIER).isObject()) {
+                return Reply.json(400, errorBody("contextTier " + req.path("contextTier") + " is not available for model " + modelId,
+                    "invalid_request_error", "invalid_request_body", "contextTier"));
+            }
+        }
+        if (messagesApi && claudeVersion(modelId) < 48) {
+            for (JsonNode m : req.path("messages")) {
+                if (m.path("role").asText().equals("system")) {
+                    return Reply.json(400, "{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":"
+                        + "\"messages: Unexpected role \\\"system\\\". The Messages API accepts a top-level `system` parameter, not \\\"system\\\" as an input message role.\"}}");
+                }
+            }
+        }
+        if (sub.equals("/responses") && cyberPolicyFailures > 0) {
+            cyberPolicyFailures--;
+            return Reply.json(400, errorBody("This request was flagged by the cyber_policy safety system.", "invalid_request_error", "cyber_policy", null));
+        }
+        return null;
+    }
+
+    private Reply cyberPolicyFailed(JsonNode req) {
+        ObjectNode response = obj();
+        response.put("id", "resp_stub" + ids.incrementAndGet());
+        response.put("object", "response");
+        response.put("model", req.path("model").asText());
+        response.put("status", "in_progress");
+        response.putArray("output");
+        if (!req.path("stream").asBoolean(false)) {
+            response.put("status", "failed");
+            response.putObject("error").put("code", "cyber_policy").put("message", "flagged by the cyber_policy safety system");
+            return Reply.json(200, response.toString());
+        }
+        NamedEvents ev = new NamedEvents(true);
+        ev.add("response.created").set("response", response.deepCopy());
+        ev.add("response.in_progress").set("response", response.deepCopy());
+        response.put("status", "failed");
+        response.putObject("error").put("code", "cyber_policy").put("message", "flagged by the cyber_policy safety system");
+        ev.add("response.failed").set("response", response);
+        return Reply.events(ev.wire());
+    }
+
+    /** Claude's version times ten (claude-opus-4.8 -> 48, claude-fable-5.1 -> 51); 0 for other models. */
+    static int claudeVersion(String modelId) {
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("^claude-[a-z]+-(\\d+)(?:\\.(\\d))?").matcher(modelId);
+        if (!m.find()) return 0;
+        return Integer.parseInt(m.group(1)) * 10 + (m.group(2) == null ? 0 : Integer.parseInt(m.group(2)));
+    }
+
+    /** Copilot's exact count for a count_tokens body, as this stub computes it (a tokenizer stand-in: 1 per 3 characters). */
+    static int exactTokens(JsonNode req) {
+        int chars = req.path("messages").toString().length() + req.path("system").toString().length() + req.path("tools").toString().length();
+        return 3 + chars / 3;
     }
 
     // ==== 7. Default answers ====
@@ -1278,6 +1397,10 @@ final class StubUpstream implements AutoCloseable {
     // ---- /responses ----
 
     private Reply responses(Recorded rec, JsonNode req) {
+        if (cyberPolicyFailedResponses > 0) {
+            cyberPolicyFailedResponses--;
+            return cyberPolicyFailed(req);
+        }
         String model = req.path("model").asText();
         JsonNode input = req.path("input");
         String toolResult = null;
@@ -1472,6 +1595,10 @@ final class StubUpstream implements AutoCloseable {
         String thinkingType = req.path("thinking").path("type").asText("");
         boolean thinking = thinkingType.equals("enabled") || thinkingType.equals("adaptive");
         Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), "toolu_stub_", last);
+        if (a.reasoning() != null && claudeVersion(model) >= 47 && !req.path("thinking").path("display").asText("").equals("summarized")) {
+            // Claude 4.7+ omits the thinking text unless asked for a summary: the block keeps only its signature
+            a = new Answer(a.model(), "", a.text(), a.calls(), a.promptTokens(), a.completionTokens(), a.cachedTokens());
+        }
         String id = "msg_stub" + ids.incrementAndGet();
         if (req.path("stream").asBoolean(false)) return Reply.events(messageEvents(id, a)).delayMs(streamDelayMs);
         ObjectNode m = messageShell(id, a);
@@ -1618,6 +1745,33 @@ final class StubUpstream implements AutoCloseable {
         embedding.put("version", "text-embedding-3-small");
         all.add(embedding);
         return all;
+    }
+
+    private static ArrayNode mid2026Catalog() {
+        ArrayNode all = JSON.createArrayNode();
+        all.add(claude("claude-opus-4.7", "Claude Opus 4.7", 200000, 64000, 168000, 3, 32000));
+        all.add(longTier(claude("claude-opus-4.8", "Claude Opus 4.8", 200000, 64000, 168000, 3, 32000), 1000000, 936000, 64000));
+        all.add(claude("claude-opus-4.8-fast", "Claude Opus 4.8 (fast)", 200000, 64000, 168000, 6, 32000));
+        all.add(claude("claude-opus-5", "Claude Opus 5", 200000, 64000, 168000, 3, 32000));
+        all.add(longTier(claude("claude-sonnet-5", "Claude Sonnet 5", 200000, 64000, 168000, 1, 32000), 1000000, 936000, 64000));
+        all.add(claude("claude-fable-5", "Claude Fable 5", 200000, 32000, 168000, 1, 32000));
+        all.add(claude("claude-fable-5.1", "Claude Fable 5.1", 200000, 32000, 168000, 1, 32000));
+        all.add(endpoints(chatModel("gpt-5.6-luna", "GPT-5.6 Luna", "OpenAI", "gpt-5.6-luna", 400000, 128000, 272000, 1, "powerful"), "/responses"));
+        all.add(endpoints(chatModel("gpt-5.6-sol", "GPT-5.6 Sol", "OpenAI", "gpt-5.6-sol", 400000, 128000, 272000, 1, "powerful"), "/responses"));
+        all.add(longTier(endpoints(chatModel("gpt-6-sol", "GPT-6 Sol", "OpenAI", "gpt-6-sol", 400000, 64000, 272000, 1, "powerful"), "/responses"),
+            1050000, 922000, 128000));
+        all.add(endpoints(chatModel("gpt-6-astra", "GPT-6 Astra", "OpenAI", "gpt-6-astra", 400000, 128000, 272000, 1, "powerful"), "/responses"));
+        all.add(endpoints(chatModel("gemini-3.1-flash", "Gemini 3.1 Flash", "Google", "gemini-3.1-flash", 1000000, 64000, 900000, 0.33, "lightweight"),
+            "/chat/completions"));
+        return all;
+    }
+
+    private static ObjectNode longTier(ObjectNode model, int context, int prompt, int output) {
+        ObjectNode tier = ((ObjectNode) model.path("capabilities").path("limits")).putObject(LONG_TIER);
+        tier.put("max_context_window_tokens", context);
+        tier.put("max_prompt_tokens", prompt);
+        tier.put("max_output_tokens", output);
+        return model;
     }
 
     private static ObjectNode chatModel(String id, String name, String vendor, String version, int context, int output, int prompt,

@@ -97,10 +97,10 @@ const checks = {
     }
   },
 
-  async "an unknown model is an APIError with Copilot's message"() {
+  async "an unknown model is a NotFoundError naming close matches"() {
     await assert.rejects(
       client.chat.completions.create({ model: "no-such-model", messages: [{ role: "user", content: "hi" }] }),
-      (e) => e instanceof OpenAI.APIError && e.status === 400 && /not supported/.test(e.message),
+      (e) => e instanceof OpenAI.NotFoundError && e.status === 404 && /not available through Copilot\. Close matches: /.test(e.message),
     );
   },
 
