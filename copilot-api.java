@@ -805,6 +805,12 @@ class CopilotApi implements Callable<Integer> {
             return dataDir.resolve("github_token");
         }
 
+        /** True for the default data directory (named for copilot-api); false for one COPILOT_API_HOME names. */
+        boolean ownsDataDir() {
+            String ours = env.get("COPILOT_API_HOME");
+            return ours == null || ours.isBlank();
+        }
+
         /** The Copilot base URL when neither the override nor the token's endpoints.api gives one. */
         String copilotBaseFallback() {
             return enterpriseHost.map(h -> "https://copilot-api." + h).orElse(accountType.copilotBase);
@@ -9057,7 +9063,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         TokenStore store() {
-            return new TokenStore(settings.dataDir());
+            return new TokenStore(settings.dataDir(), settings.ownsDataDir());
         }
 
         static Optional<String> envTokenName(Map<String, String> env) {
@@ -9191,8 +9197,17 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** The GitHub token on disk: a 0700 directory and a 0600 file, written atomically. */
-    record TokenStore(Path dir) {
+    /**
+     * The GitHub token on disk: a 0600 file, written atomically, in a directory that is 0700 when copilot-api created it
+     * or it is copilot-api's own (ownsDir: the default data directory). A directory the user named (COPILOT_API_HOME,
+     * which may be /tmp or a home) keeps its mode: the file's own mode protects the token.
+     */
+    record TokenStore(Path dir, boolean ownsDir) {
+        /** A directory the user chose: never chmod-ed unless copilot-api creates it. */
+        TokenStore(Path dir) {
+            this(dir, false);
+        }
+
         Path file() {
             return dir.resolve("github_token");
         }
@@ -9201,7 +9216,7 @@ class CopilotApi implements Callable<Integer> {
             try {
                 if (!Files.isRegularFile(file())) return Optional.empty();
                 tighten(file(), "rw-------");
-                tighten(dir, "rwx------");
+                if (ownsDir) tighten(dir, "rwx------");
                 String t = Files.readString(file(), UTF_8).trim();
                 return t.isEmpty() ? Optional.empty() : Optional.of(t);
             } catch (IOException e) {
@@ -9227,8 +9242,12 @@ class CopilotApi implements Callable<Integer> {
 
         void save(String token) {
             try {
-                Files.createDirectories(dir);
-                Posix.restrict(dir, "rwx------");
+                if (!Files.isDirectory(dir)) {
+                    Files.createDirectories(dir);
+                    Posix.restrict(dir, "rwx------");
+                } else if (ownsDir) {
+                    Posix.restrict(dir, "rwx------");
+                }
                 Path tmp = Files.createTempFile(dir, "github_token", ".tmp");
                 Posix.restrict(tmp, "rw-------");
                 Files.writeString(tmp, token.trim() + "\n", UTF_8);

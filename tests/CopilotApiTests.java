@@ -482,16 +482,20 @@ class CopilotApiTests {
             assertEquals("ghu_option", auth(o, env).existingToken().orElseThrow().value());
         }
 
+        /** The file always; the directory only when it is copilot-api's own (the default data directory), not one the user named. */
         @Test
         void aTokenFileOthersCanReadIsTightenedBeforeUse() throws Exception {
-            Path home = Files.createTempDirectory("h");
-            CopilotApi.TokenStore store = new CopilotApi.TokenStore(home);
-            store.save("ghu_copied");
-            Files.setPosixFilePermissions(store.file(), PosixFilePermissions.fromString("rw-r--r--"));
-            Files.setPosixFilePermissions(home, PosixFilePermissions.fromString("rwxr-xr-x"));
-            assertEquals("ghu_copied", store.load().orElseThrow());
-            assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(store.file())));
-            assertEquals("rwx------", PosixFilePermissions.toString(Files.getPosixFilePermissions(home)));
+            for (boolean owned : List.of(true, false)) {
+                Path home = Files.createTempDirectory("h");
+                CopilotApi.TokenStore store = new CopilotApi.TokenStore(home, owned);
+                store.save("ghu_copied");
+                Files.setPosixFilePermissions(store.file(), PosixFilePermissions.fromString("rw-r--r--"));
+                Files.setPosixFilePermissions(home, PosixFilePermissions.fromString("rwxr-xr-x"));
+                assertEquals("ghu_copied", store.load().orElseThrow());
+                assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(store.file())));
+                assertEquals(owned ? "rwx------" : "rwxr-xr-x", PosixFilePermissions.toString(Files.getPosixFilePermissions(home)),
+                    owned ? "copilot-api's own directory is tightened" : "a directory the user named keeps its mode");
+            }
         }
 
         static CopilotApi.GitHubAuth auth(CopilotApi.CommonOptions o, Map<String, String> env) {
@@ -3067,6 +3071,37 @@ class CopilotApiTests {
                 assertFalse((r.out() + r.err()).contains(StubUpstream.VALID_GITHUB_TOKEN), "no token printed without --show-token");
                 assertEquals(StubUpstream.VALID_GITHUB_TOKEN, new CopilotApi.TokenStore(home).load().orElseThrow(), "replaced");
                 assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(home.resolve("github_token"))));
+            }
+        }
+
+        /**
+         * COPILOT_API_HOME naming an existing directory (here 0755, as /tmp or a home would be): `auth` and later reads leave
+         * its mode alone and only the token file is private; a directory copilot-api creates, or its default one, is 0700.
+         */
+        @Test
+        void authTightensOnlyDirectoriesCopilotApiCreatedOrOwns() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Path chosen = Files.createTempDirectory("h");
+                Files.setPosixFilePermissions(chosen, PosixFilePermissions.fromString("rwxr-xr-x"));
+                Run auth = cli(env(stub, chosen), "auth");
+                assertEquals(0, auth.exit(), auth.out() + auth.err());
+                assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(chosen.resolve("github_token"))));
+                assertEquals("rwxr-xr-x", PosixFilePermissions.toString(Files.getPosixFilePermissions(chosen)), "stored without a chmod");
+                Run usage = cli(env(stub, chosen), "check-usage");
+                assertEquals(0, usage.exit(), usage.err());
+                assertEquals("rwxr-xr-x", PosixFilePermissions.toString(Files.getPosixFilePermissions(chosen)), "read without a chmod");
+
+                Path created = Files.createTempDirectory("h").resolve("new-home");
+                assertEquals(0, cli(env(stub, created), "auth").exit());
+                assertEquals("rwx------", PosixFilePermissions.toString(Files.getPosixFilePermissions(created)), "made by copilot-api");
+
+                Path xdg = Files.createTempDirectory("xdg");
+                Path own = Files.createDirectory(xdg.resolve("copilot-api"));
+                Files.setPosixFilePermissions(own, PosixFilePermissions.fromString("rwxr-xr-x"));
+                Map<String, String> defaults = new HashMap<>(stub.env());
+                defaults.put("XDG_DATA_HOME", xdg.toString());
+                assertEquals(0, cli(defaults, "auth").exit());
+                assertEquals("rwx------", PosixFilePermissions.toString(Files.getPosixFilePermissions(own)), "copilot-api's own directory");
             }
         }
 
