@@ -8673,7 +8673,9 @@ class CopilotApi implements Callable<Integer> {
         static final Duration TTL = Duration.ofMinutes(10);
 
         private final CopilotClient copilot;
-        private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock();
+        /** The fetch in flight, if any: every request that needs the catalog meanwhile shares its result or its failure. */
+        private final java.util.concurrent.atomic.AtomicReference<java.util.concurrent.CompletableFuture<List<JsonNode>>> fetching =
+            new java.util.concurrent.atomic.AtomicReference<>();
         private volatile List<JsonNode> models;
         private volatile Instant fetchedAt = Instant.EPOCH;
 
@@ -8683,23 +8685,19 @@ class CopilotApi implements Callable<Integer> {
 
         /** Fetches at start; a failure is logged, and the next request tries again. */
         void refreshQuietly() {
-            lock.lock();
             try {
-                refresh();
-                Logs.log().info("{} models available: {}", models.size(), String.join(", ", ids()));
+                List<JsonNode> list = list();
+                Logs.log().info("{} models available: {}", list.size(), String.join(", ", ids()));
             } catch (RuntimeException e) {
                 Logs.log().warn("could not fetch the Copilot model list yet: {}", describe(e));
-            } finally {
-                lock.unlock();
             }
         }
 
-        private void refresh() {
+        private List<JsonNode> fetch() {
             JsonNode answer = copilot.getJson("/models");
             List<JsonNode> list = new ArrayList<>();
             answer.path("data").forEach(list::add);
-            models = List.copyOf(list);
-            fetchedAt = Instant.now();
+            return List.copyOf(list);
         }
 
         private boolean stale() {
@@ -8707,25 +8705,42 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /**
-         * The catalog; one fetch at a time. Requests that find it missing wait for that fetch (and do not start
-         * their own); requests that find it expired while another refreshes are served the cached list.
+         * The catalog; one fetch in flight at a time. Requests that find it missing wait for that fetch and share its
+         * result or its failure (a hung fetch fails them all at its one timeout, and the next request fetches anew);
+         * requests that find it expired while another refreshes are served the cached list.
          */
         List<JsonNode> list() {
-            if (!stale()) return models;
-            if (models != null) {
-                if (!lock.tryLock()) return models;
-            } else {
-                lock.lock();
-            }
+            List<JsonNode> cached = models;
+            if (!stale()) return cached;
+            java.util.concurrent.CompletableFuture<List<JsonNode>> mine = new java.util.concurrent.CompletableFuture<>();
+            java.util.concurrent.CompletableFuture<List<JsonNode>> running = fetching.compareAndExchange(null, mine);
+            if (running != null) return cached != null ? cached : shared(running);
             try {
-                if (stale()) refresh();
+                if (stale()) {
+                    List<JsonNode> fresh = fetch();
+                    fetchedAt = Instant.now();
+                    models = fresh;
+                }
+                fetching.set(null);
+                mine.complete(models);
+                return models;
             } catch (RuntimeException e) {
-                if (models == null) throw e;
+                fetching.set(null);
+                mine.completeExceptionally(e);
+                if (cached == null) throw e;
                 Logs.log().warn("could not refresh the Copilot model list, serving the cached one: {}", describe(e));
-            } finally {
-                lock.unlock();
+                return cached;
             }
-            return models;
+        }
+
+        /** The result of another request's fetch, or its failure as it was thrown there. */
+        private static List<JsonNode> shared(java.util.concurrent.CompletableFuture<List<JsonNode>> running) {
+            try {
+                return running.join();
+            } catch (java.util.concurrent.CompletionException e) {
+                if (e.getCause() instanceof RuntimeException r) throw r;
+                throw e;
+            }
         }
 
         List<String> ids() {

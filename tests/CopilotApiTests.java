@@ -631,6 +631,43 @@ class CopilotApiTests {
             assertEquals(1, h.stub.count("/models"), "one fetch served all eight");
         }
 
+        /**
+         * A catalog fetch that hangs: five requests that need the catalog share the one fetch and its failure, so all fail
+         * at about one timeout (not one after another), and the next request after Copilot recovers is served.
+         */
+        @Test
+        void aHungCatalogFetchFailsItsWaitersTogether() throws Exception {
+            StubUpstream stub = StubUpstream.start();
+            ObjectNode catalog = CopilotApi.Json.object();
+            catalog.set("data", stub.models());
+            String hung = catalog.toString();
+            // the fetch at start hangs too, so the server has no catalog yet
+            stub.enqueue("/models", StubUpstream.Reply.json(200, hung).delayMs(4000));
+            CopilotApi.Timeouts oneSecond = new CopilotApi.Timeouts(Duration.ofSeconds(1), Duration.ofSeconds(120), Duration.ofMinutes(10),
+                Duration.ofSeconds(3));
+            try (Harness own = new Harness(stub, Map.of(), o -> { }, CopilotApi.Controls.none(), oneSecond)) {
+                for (int i = 0; i < 5; i++) stub.enqueue("/models", StubUpstream.Reply.json(200, hung).delayMs(4000));
+                stub.clear();
+                long start = System.nanoTime();
+                List<java.util.concurrent.CompletableFuture<Long>> all = new ArrayList<>();
+                for (int i = 0; i < 5; i++) {
+                    all.add(own.client.sendAsync(HttpRequest.newBuilder(URI.create(own.url("/v1/models"))).GET().build(),
+                        HttpResponse.BodyHandlers.ofString()).thenApply(r -> {
+                            assertEquals(504, r.statusCode(), r.body());
+                            return Duration.ofNanos(System.nanoTime() - start).toMillis();
+                        }));
+                }
+                for (var f : all) {
+                    long ms = f.get(20, TimeUnit.SECONDS);
+                    assertTrue(ms < 2500, "failed with the one fetch's timeout (1 s), not after the fetches before it: " + ms + " ms");
+                }
+                assertEquals(1, stub.count("/models"), "one catalog fetch for the five requests");
+                stub.reset();
+                HttpResponse<String> r = own.get("/v1/models");
+                assertEquals(200, r.statusCode(), "served once Copilot answers again: " + r.body());
+            }
+        }
+
         @Test
         void listHasBothConventionsWithAndWithoutPrefix() throws Exception {
             for (String path : List.of("/v1/models", "/models")) {
