@@ -4029,6 +4029,8 @@ class CopilotApi implements Callable<Integer> {
         private final Writer writer;
         /** Completes when the opening has finished: with the reader's connection, or null when off or failed to open. */
         private final java.util.concurrent.CompletableFuture<Connection> reader = new java.util.concurrent.CompletableFuture<>();
+        /** One read at a time on the reader's connection; a lock, not synchronized, so that waiting does not pin a virtual thread. */
+        private final java.util.concurrent.locks.ReentrantLock reading = new java.util.concurrent.locks.ReentrantLock();
         /** True once the opening may begin; false when the store is closed before it ever began. */
         private final java.util.concurrent.CompletableFuture<Boolean> go = new java.util.concurrent.CompletableFuture<>();
         /** Answers queued for the writer; a next turn that follows at once finds them here. */
@@ -4247,14 +4249,15 @@ class CopilotApi implements Callable<Integer> {
         private <T> Optional<T> read(Db.Read<T> r) {
             Connection reader = this.reader.join();
             if (reader == null) return Optional.empty();
-            synchronized (reader) {
-                try {
-                    Optional<T> out = r.run(reader);
-                    return out;
-                } catch (SQLException e) {
-                    health.failed("reading " + file, e);
-                    return Optional.empty();
-                }
+            reading.lock();
+            try {
+                Optional<T> out = r.run(reader);
+                return out;
+            } catch (SQLException e) {
+                health.failed("reading " + file, e);
+                return Optional.empty();
+            } finally {
+                reading.unlock();
             }
         }
 
@@ -8515,26 +8518,42 @@ class CopilotApi implements Callable<Integer> {
     /**
      * Keeps a valid Copilot token for as long as the server runs: exchanged at start, refreshed ahead of
      * refresh_in, retried with backoff when a refresh fails (the old token stays in use), and refreshed at
-     * once when Copilot answers 401.
+     * once when Copilot answers 401. No failure holds a request up for longer than {@link Pacing#serveWithin}, and
+     * exchanges wait on a lock that does not pin a virtual thread (a hung exchange must not freeze other handlers).
      */
     static final class CopilotTokens implements AutoCloseable {
-        static final Duration MAX_BACKOFF = Duration.ofMinutes(5);
-        /** After a failed exchange, the next waits 1 s, then 2, 4, ... up to MAX_BACKOFF. */
-        static final Duration EXCHANGE_BACKOFF = Duration.ofSeconds(1);
-        /** After a refresh that a 401 forced did not help, no new exchange for 30 s, then 60, ... */
-        static final Duration UNAUTHORIZED_BACKOFF = Duration.ofSeconds(30);
+        /**
+         * How failures are paced. serveWithin bounds what a request can be held to by an earlier failure: the back-off
+         * after failed exchanges (firstBackoff, doubling) and the quiet time after a refresh that a 401 forced (while
+         * Copilot refuses, one exchange per serveWithin) never exceed it, so service resumes at most serveWithin after
+         * GitHub and Copilot do. The scheduled refresh in the background backs off further, up to maxBackoff.
+         */
+        record Pacing(Duration serveWithin, Duration firstBackoff, Duration maxBackoff) {
+            static final Pacing DEFAULT = new Pacing(Duration.ofSeconds(10), Duration.ofSeconds(1), Duration.ofMinutes(5));
+
+            /** The wait after the n-th failure in a row: firstBackoff, doubled each time, never above limit. */
+            Duration backoff(int failures, Duration limit) {
+                long ms = firstBackoff.toMillis() << Math.min(Math.max(failures, 1) - 1, 20);
+                return Duration.ofMillis(Math.min(limit.toMillis(), ms));
+            }
+        }
 
         private final Settings settings;
         private final Http http;
         private final GitHubToken githubToken;
         private final ScheduledExecutorService scheduler = Threads.scheduler("copilot-token-refresh");
+        /** One exchange at a time; requests that need a new token wait here, at most serveWithin. */
+        private final java.util.concurrent.locks.ReentrantLock exchanging = new java.util.concurrent.locks.ReentrantLock();
+        private final java.util.concurrent.atomic.AtomicReference<java.util.concurrent.ScheduledFuture<?>> next =
+            new java.util.concurrent.atomic.AtomicReference<>();
+        private volatile Pacing pacing = Pacing.DEFAULT;
         private volatile CopilotToken current;
-        private volatile java.util.concurrent.ScheduledFuture<?> next;
-        private int failures;
+        /** Failed exchanges in a row, the last of them, and when a request may exchange again (guarded by exchanging). */
+        private volatile int failures;
         private RuntimeException lastFailure;
         private Instant retryExchangeAt = Instant.EPOCH;
-        private volatile int unauthorizedStreak;
-        private Instant unauthorizedQuietUntil = Instant.EPOCH;
+        /** Until then a 401 is reported without a new exchange: one was made after a 401 less than serveWithin ago. */
+        private volatile Instant unauthorizedQuietUntil = Instant.EPOCH;
 
         CopilotTokens(Settings settings, Http http, String githubToken) {
             this(settings, http, new GitHubToken(githubToken, "--github-token"));
@@ -8580,54 +8599,83 @@ class CopilotApi implements Callable<Integer> {
             return Optional.ofNullable(current);
         }
 
+        /** Shorter waits for tests; the real values are {@link Pacing#DEFAULT}. */
+        void pace(Pacing p) {
+            pacing = p;
+        }
+
         /** The token to use now; refreshed on the spot if it has expired (a laptop that slept, a failed refresh). */
         CopilotToken current() {
             CopilotToken t = current;
             if (t == null) throw new UserFacingException("no Copilot token yet");
             if (t.expiresWithin(Duration.ofSeconds(10))) {
-                synchronized (this) {
+                exclusively(() -> {
                     if (current == t) refreshNow();
-                }
+                    return current;
+                });
             }
             return current;
         }
 
         /**
-         * After a 401: the token to retry with, refreshed unless another request already did. When a refresh
-         * after a 401 did not help, Copilot keeps refusing the account: no new exchange until a back-off (30 s,
-         * doubling to 5 min) has passed, so a persistent 401 does not cost an exchange per request.
+         * After a 401: the token to retry with, refreshed unless another request already did. While Copilot keeps
+         * refusing, at most one exchange per serveWithin: a 401 within that time is reported as it is (every request
+         * still tries the current token first, so a Copilot that takes it again is used at once).
          */
-        synchronized Optional<CopilotToken> refreshAfterUnauthorized(CopilotToken stale) {
-            if (current != stale) return Optional.of(current);
-            Instant now = Instant.now();
-            if (now.isBefore(unauthorizedQuietUntil)) return Optional.empty();
-            refreshNow();
-            unauthorizedStreak++;
-            unauthorizedQuietUntil = now.plus(backoff(UNAUTHORIZED_BACKOFF, unauthorizedStreak));
-            return Optional.of(current);
+        Optional<CopilotToken> refreshAfterUnauthorized(CopilotToken stale) {
+            return exclusively(() -> {
+                if (current != stale) return Optional.of(current);
+                Instant now = Instant.now();
+                if (now.isBefore(unauthorizedQuietUntil)) return Optional.empty();
+                refreshNow();
+                unauthorizedQuietUntil = now.plus(pacing.serveWithin());
+                return Optional.of(current);
+            });
         }
 
         /** Copilot took the token: a later 401 is news again. */
         void accepted() {
-            if (unauthorizedStreak == 0) return;
-            synchronized (this) {
-                unauthorizedStreak = 0;
-                unauthorizedQuietUntil = Instant.EPOCH;
+            if (unauthorizedQuietUntil.isAfter(Instant.EPOCH)) unauthorizedQuietUntil = Instant.EPOCH;
+        }
+
+        /**
+         * Runs the task holding the exchange lock, waiting for it at most serveWithin: an exchange in flight may take
+         * up to its own timeout, and a request behind it fails with a clear message rather than waiting as long.
+         */
+        private <T> T exclusively(Supplier<T> task) {
+            Duration limit = pacing.serveWithin();
+            try {
+                if (!exchanging.tryLock(limit.toMillis(), TimeUnit.MILLISECONDS)) {
+                    throw new UserFacingException("the Copilot token is being refreshed and GitHub has not answered within "
+                        + Math.max(1, limit.toSeconds()) + "s; try again shortly");
+                }
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new UserFacingException("interrupted while waiting for the Copilot token to be refreshed", e);
+            }
+            try {
+                return task.get();
+            } finally {
+                exchanging.unlock();
             }
         }
 
-        /** Exchanges now, unless the last exchange failed and its back-off has not passed (then that failure again). */
-        private synchronized void refreshNow() {
-            if (lastFailure != null && Instant.now().isBefore(retryExchangeAt)) {
+        /**
+         * Exchanges now, unless the last exchange failed and its back-off has not passed (then that failure again).
+         * The back-off a request can meet is capped at serveWithin. Called holding the exchange lock.
+         */
+        private void refreshNow() {
+            Instant now = Instant.now();
+            if (lastFailure != null && now.isBefore(retryExchangeAt)) {
                 throw new UserFacingException("the Copilot token could not be refreshed (" + describe(lastFailure) + "); next try in "
-                    + Math.max(1, Duration.between(Instant.now(), retryExchangeAt).toSeconds()) + "s");
+                    + Math.max(1, Duration.between(now, retryExchangeAt).toSeconds()) + "s");
             }
             try {
                 current = exchange();
             } catch (RuntimeException e) {
                 failures++;
                 lastFailure = e;
-                retryExchangeAt = Instant.now().plus(backoff(EXCHANGE_BACKOFF, failures));
+                retryExchangeAt = Instant.now().plus(pacing.backoff(failures, pacing.serveWithin()));
                 throw e;
             }
             failures = 0;
@@ -8636,30 +8684,26 @@ class CopilotApi implements Callable<Integer> {
             schedule(current.refreshDelay());
         }
 
-        static Duration backoff(Duration first, int attempt) {
-            long seconds = Math.min(MAX_BACKOFF.toSeconds(), first.toSeconds() << Math.min(attempt - 1, 10));
-            return Duration.ofSeconds(seconds);
-        }
-
+        /** In the background nobody waits, so a failing refresh backs off further than a request's cap, up to maxBackoff. */
         private void scheduledRefresh() {
             try {
-                refreshNow();
+                exclusively(() -> {
+                    refreshNow();
+                    return current;
+                });
             } catch (RuntimeException e) {
-                Duration wait;
-                synchronized (this) {
-                    wait = Duration.between(Instant.now(), retryExchangeAt);
-                    if (wait.isNegative() || wait.isZero()) wait = backoff(EXCHANGE_BACKOFF, Math.max(1, failures));
-                }
+                Duration wait = pacing.backoff(failures, pacing.maxBackoff());
                 Logs.log().warn("Copilot token refresh failed ({}); keeping the current token, retrying in {}s",
                     describe(e), Math.max(1, wait.toSeconds()));
                 schedule(wait);
             }
         }
 
-        private synchronized void schedule(Duration delay) {
+        private void schedule(Duration delay) {
             if (scheduler.isShutdown()) return;
-            if (next != null) next.cancel(false);
-            next = scheduler.schedule(this::scheduledRefresh, delay.toMillis(), TimeUnit.MILLISECONDS);
+            java.util.concurrent.ScheduledFuture<?> before = next.getAndSet(
+                scheduler.schedule(this::scheduledRefresh, delay.toMillis(), TimeUnit.MILLISECONDS));
+            if (before != null) before.cancel(false);
         }
 
         @Override
