@@ -702,6 +702,34 @@ class CopilotApiTests {
             }
         }
 
+        /** Requests queued behind a hung exchange wait at most the cap, then fail with a message that says why. */
+        @Test
+        void requestsBehindAHungExchangeWaitAtMostTheCap() throws Exception {
+            try (Harness h = Harness.start()) {
+                h.tokens.pace(SHORT_PACING);
+                h.stub.expireCopilotTokens();
+                h.stub.enqueue("/copilot_internal/v2/token", StubUpstream.Reply.json(500, "{\"message\":\"stub: slow GitHub\"}").delayMs(4000));
+                long start = System.nanoTime();
+                List<java.util.concurrent.CompletableFuture<String>> waiting = new ArrayList<>();
+                for (int i = 0; i < 3; i++) {
+                    waiting.add(h.client.sendAsync(HttpRequest.newBuilder(URI.create(h.url("/v1/chat/completions")))
+                        .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(ChatBehaviourTests.HI)).build(),
+                        HttpResponse.BodyHandlers.ofString()).thenApply(r -> {
+                            assertTrue(r.statusCode() >= 500, r.statusCode() + " " + r.body());
+                            return Duration.ofNanos(System.nanoTime() - start).toMillis() + " ms: " + r.body();
+                        }));
+                }
+                List<String> early = new ArrayList<>();
+                for (var w : waiting) {
+                    String done = w.get(20, TimeUnit.SECONDS);
+                    if (Long.parseLong(done.substring(0, done.indexOf(' '))) < 2500) early.add(done);
+                }
+                assertEquals(2, early.size(), "the two behind the exchange gave up at the 1 s cap; the third made the exchange: " + early);
+                for (String e : early) assertTrue(e.contains("being refreshed"), e);
+                untilServed(h);
+            }
+        }
+
         /** The guard for the above on every JDK: no synchronized in the types that wait on GitHub, Copilot or the database. */
         @Test
         void noSynchronizedWhereTokensCatalogOrStoreReadsWait() throws Exception {
