@@ -8567,7 +8567,21 @@ class CopilotApi implements Callable<Integer> {
 
         /** The exchange itself: GET {github_api}/copilot_internal/v2/token. */
         CopilotToken exchange() {
-            Http.Call request = GitHubAuth.apiGet(settings, "/copilot_internal/v2/token", githubToken.value());
+            return exchange(GitHubAuth.apiGet(settings, "/copilot_internal/v2/token", githubToken.value()));
+        }
+
+        /** An exchange a request waits for: GitHub's answer must come within serveWithin. */
+        private CopilotToken exchangeForRequest() {
+            Duration limit = pacing.serveWithin();
+            try {
+                return exchange(GitHubAuth.apiGet(settings, "/copilot_internal/v2/token", githubToken.value()).timeout(limit));
+            } catch (UpstreamTimeout e) {
+                throw new UpstreamTimeout("GitHub did not answer the Copilot token exchange within " + Math.max(1, limit.toSeconds())
+                    + "s (" + e.getMessage() + ")", e);
+            }
+        }
+
+        private CopilotToken exchange(Http.Call request) {
             URI uri = request.uri;
             Http.Reply response = http.send(request);
             String body = Http.readLimited(response, 1024 * 1024);
@@ -8610,7 +8624,7 @@ class CopilotApi implements Callable<Integer> {
             if (t == null) throw new UserFacingException("no Copilot token yet");
             if (t.expiresWithin(Duration.ofSeconds(10))) {
                 exclusively(() -> {
-                    if (current == t) refreshNow();
+                    if (current == t) refreshNow(this::exchangeForRequest);
                     return current;
                 });
             }
@@ -8627,7 +8641,7 @@ class CopilotApi implements Callable<Integer> {
                 if (current != stale) return Optional.of(current);
                 Instant now = Instant.now();
                 if (now.isBefore(unauthorizedQuietUntil)) return Optional.empty();
-                refreshNow();
+                refreshNow(this::exchangeForRequest);
                 unauthorizedQuietUntil = now.plus(pacing.serveWithin());
                 return Optional.of(current);
             });
@@ -8664,14 +8678,14 @@ class CopilotApi implements Callable<Integer> {
          * Exchanges now, unless the last exchange failed and its back-off has not passed (then that failure again).
          * The back-off a request can meet is capped at serveWithin. Called holding the exchange lock.
          */
-        private void refreshNow() {
+        private void refreshNow(Supplier<CopilotToken> exchange) {
             Instant now = Instant.now();
             if (lastFailure != null && now.isBefore(retryExchangeAt)) {
                 throw new UserFacingException("the Copilot token could not be refreshed (" + describe(lastFailure) + "); next try in "
                     + Math.max(1, Duration.between(now, retryExchangeAt).toSeconds()) + "s");
             }
             try {
-                current = exchange();
+                current = exchange.get();
             } catch (RuntimeException e) {
                 failures++;
                 lastFailure = e;
@@ -8688,7 +8702,7 @@ class CopilotApi implements Callable<Integer> {
         private void scheduledRefresh() {
             try {
                 exclusively(() -> {
-                    refreshNow();
+                    refreshNow(this::exchange);
                     return current;
                 });
             } catch (RuntimeException e) {

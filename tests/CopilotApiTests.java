@@ -702,9 +702,12 @@ class CopilotApiTests {
             }
         }
 
-        /** Requests queued behind a hung exchange wait at most the cap, then fail with a message that says why. */
+        /**
+         * GitHub's token endpoint hanging: the request that exchanges waits for its answer at most the cap, and the
+         * requests queued behind it wait for the exchange at most the cap too; each failure says why.
+         */
         @Test
-        void requestsBehindAHungExchangeWaitAtMostTheCap() throws Exception {
+        void requestsWaitForAHungExchangeAtMostTheCap() throws Exception {
             try (Harness h = Harness.start()) {
                 h.tokens.pace(SHORT_PACING);
                 h.stub.expireCopilotTokens();
@@ -719,13 +722,14 @@ class CopilotApiTests {
                             return Duration.ofNanos(System.nanoTime() - start).toMillis() + " ms: " + r.body();
                         }));
                 }
-                List<String> early = new ArrayList<>();
-                for (var w : waiting) {
-                    String done = w.get(20, TimeUnit.SECONDS);
-                    if (Long.parseLong(done.substring(0, done.indexOf(' '))) < 2500) early.add(done);
+                List<String> answers = new ArrayList<>();
+                for (var w : waiting) answers.add(w.get(20, TimeUnit.SECONDS));
+                for (String a : answers) {
+                    assertTrue(Long.parseLong(a.substring(0, a.indexOf(' '))) < 2500, "gave up at the 1 s cap, not with GitHub at 4 s: " + answers);
                 }
-                assertEquals(2, early.size(), "the two behind the exchange gave up at the 1 s cap; the third made the exchange: " + early);
-                for (String e : early) assertTrue(e.contains("being refreshed"), e);
+                assertTrue(answers.stream().anyMatch(a -> a.contains("GitHub did not answer the Copilot token exchange within 1s")),
+                    "the exchange's timeout says what did not answer: " + answers);
+                assertEquals(1, h.stub.count("/copilot_internal/v2/token") - 1, "one exchange for the three requests");
                 untilServed(h);
             }
         }
