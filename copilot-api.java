@@ -859,6 +859,12 @@ class CopilotApi implements Callable<Integer> {
             return dataDir.resolve("github_token");
         }
 
+        /** True for the default data directory (named for copilot-api); false for one COPILOT_API_HOME names. */
+        boolean ownsDataDir() {
+            String ours = env.get("COPILOT_API_HOME");
+            return ours == null || ours.isBlank();
+        }
+
         /** The Copilot base URL when neither the override nor the token's endpoints.api gives one. */
         String copilotBaseFallback() {
             return enterpriseHost.map(h -> "https://copilot-api." + h).orElse(accountType.copilotBase);
@@ -4437,6 +4443,8 @@ class CopilotApi implements Callable<Integer> {
         private final Writer writer;
         /** Completes when the opening has finished: with the reader's connection, or null when off or failed to open. */
         private final java.util.concurrent.CompletableFuture<Connection> reader = new java.util.concurrent.CompletableFuture<>();
+        /** One read at a time on the reader's connection; a lock, not synchronized, so that waiting does not pin a virtual thread. */
+        private final java.util.concurrent.locks.ReentrantLock reading = new java.util.concurrent.locks.ReentrantLock();
         /** True once the opening may begin; false when the store is closed before it ever began. */
         private final java.util.concurrent.CompletableFuture<Boolean> go = new java.util.concurrent.CompletableFuture<>();
         /** Answers queued for the writer; a next turn that follows at once finds them here. */
@@ -4657,14 +4665,15 @@ class CopilotApi implements Callable<Integer> {
                 if (enabled()) throw failing("it could not be opened");
                 return Optional.empty();
             }
-            synchronized (reader) {
-                try {
-                    Optional<T> out = r.run(reader);
-                    return out;
-                } catch (SQLException e) {
-                    health.failed("reading " + file, e);
-                    throw failing("reading: " + describe(e));
-                }
+            reading.lock();
+            try {
+                Optional<T> out = r.run(reader);
+                return out;
+            } catch (SQLException e) {
+                health.failed("reading " + file, e);
+                throw failing("reading: " + describe(e));
+            } finally {
+                reading.unlock();
             }
         }
 
@@ -9238,26 +9247,42 @@ class CopilotApi implements Callable<Integer> {
     /**
      * Keeps a valid Copilot token for as long as the server runs: exchanged at start, refreshed ahead of
      * refresh_in, retried with backoff when a refresh fails (the old token stays in use), and refreshed at
-     * once when Copilot answers 401.
+     * once when Copilot answers 401. No failure holds a request up for longer than {@link Pacing#serveWithin}, and
+     * exchanges wait on a lock that does not pin a virtual thread (a hung exchange must not freeze other handlers).
      */
     static final class CopilotTokens implements AutoCloseable {
-        static final Duration MAX_BACKOFF = Duration.ofMinutes(5);
-        /** After a failed exchange, the next waits 1 s, then 2, 4, ... up to MAX_BACKOFF. */
-        static final Duration EXCHANGE_BACKOFF = Duration.ofSeconds(1);
-        /** After a refresh that a 401 forced did not help, no new exchange for 30 s, then 60, ... */
-        static final Duration UNAUTHORIZED_BACKOFF = Duration.ofSeconds(30);
+        /**
+         * How failures are paced. serveWithin bounds what a request can be held to by an earlier failure: the back-off
+         * after failed exchanges (firstBackoff, doubling) and the quiet time after a refresh that a 401 forced (while
+         * Copilot refuses, one exchange per serveWithin) never exceed it, so service resumes at most serveWithin after
+         * GitHub and Copilot do. The scheduled refresh in the background backs off further, up to maxBackoff.
+         */
+        record Pacing(Duration serveWithin, Duration firstBackoff, Duration maxBackoff) {
+            static final Pacing DEFAULT = new Pacing(Duration.ofSeconds(10), Duration.ofSeconds(1), Duration.ofMinutes(5));
+
+            /** The wait after the n-th failure in a row: firstBackoff, doubled each time, never above limit. */
+            Duration backoff(int failures, Duration limit) {
+                long ms = firstBackoff.toMillis() << Math.min(Math.max(failures, 1) - 1, 20);
+                return Duration.ofMillis(Math.min(limit.toMillis(), ms));
+            }
+        }
 
         private final Settings settings;
         private final Http http;
         private final GitHubToken githubToken;
         private final ScheduledExecutorService scheduler = Threads.scheduler("copilot-token-refresh");
+        /** One exchange at a time; requests that need a new token wait here, at most serveWithin. */
+        private final java.util.concurrent.locks.ReentrantLock exchanging = new java.util.concurrent.locks.ReentrantLock();
+        private final java.util.concurrent.atomic.AtomicReference<java.util.concurrent.ScheduledFuture<?>> next =
+            new java.util.concurrent.atomic.AtomicReference<>();
+        private volatile Pacing pacing = Pacing.DEFAULT;
         private volatile CopilotToken current;
-        private volatile java.util.concurrent.ScheduledFuture<?> next;
-        private int failures;
+        /** Failed exchanges in a row, the last of them, and when a request may exchange again (guarded by exchanging). */
+        private volatile int failures;
         private RuntimeException lastFailure;
         private Instant retryExchangeAt = Instant.EPOCH;
-        private volatile int unauthorizedStreak;
-        private Instant unauthorizedQuietUntil = Instant.EPOCH;
+        /** Until then a 401 is reported without a new exchange: one was made after a 401 less than serveWithin ago. */
+        private volatile Instant unauthorizedQuietUntil = Instant.EPOCH;
 
         CopilotTokens(Settings settings, Http http, String githubToken) {
             this(settings, http, new GitHubToken(githubToken, "--github-token"));
@@ -9276,7 +9301,21 @@ class CopilotApi implements Callable<Integer> {
 
         /** The exchange itself: GET {github_api}/copilot_internal/v2/token. */
         CopilotToken exchange() {
-            Http.Call request = GitHubAuth.apiGet(settings, "/copilot_internal/v2/token", githubToken.value());
+            return exchange(GitHubAuth.apiGet(settings, "/copilot_internal/v2/token", githubToken.value()));
+        }
+
+        /** An exchange a request waits for: GitHub's answer must come within serveWithin. */
+        private CopilotToken exchangeForRequest() {
+            Duration limit = pacing.serveWithin();
+            try {
+                return exchange(GitHubAuth.apiGet(settings, "/copilot_internal/v2/token", githubToken.value()).timeout(limit));
+            } catch (UpstreamTimeout e) {
+                throw new UpstreamTimeout("GitHub did not answer the Copilot token exchange within " + Math.max(1, limit.toSeconds())
+                    + "s (" + e.getMessage() + ")", e);
+            }
+        }
+
+        private CopilotToken exchange(Http.Call request) {
             URI uri = request.uri;
             Http.Reply response = http.send(request);
             String body = Http.readLimited(response, 1024 * 1024);
@@ -9308,54 +9347,83 @@ class CopilotApi implements Callable<Integer> {
             return Optional.ofNullable(current);
         }
 
+        /** Shorter waits for tests; the real values are {@link Pacing#DEFAULT}. */
+        void pace(Pacing p) {
+            pacing = p;
+        }
+
         /** The token to use now; refreshed on the spot if it has expired (a laptop that slept, a failed refresh). */
         CopilotToken current() {
             CopilotToken t = current;
             if (t == null) throw new UserFacingException("no Copilot token yet");
             if (t.expiresWithin(Duration.ofSeconds(10))) {
-                synchronized (this) {
-                    if (current == t) refreshNow();
-                }
+                exclusively(() -> {
+                    if (current == t) refreshNow(this::exchangeForRequest);
+                    return current;
+                });
             }
             return current;
         }
 
         /**
-         * After a 401: the token to retry with, refreshed unless another request already did. When a refresh
-         * after a 401 did not help, Copilot keeps refusing the account: no new exchange until a back-off (30 s,
-         * doubling to 5 min) has passed, so a persistent 401 does not cost an exchange per request.
+         * After a 401: the token to retry with, refreshed unless another request already did. While Copilot keeps
+         * refusing, at most one exchange per serveWithin: a 401 within that time is reported as it is (every request
+         * still tries the current token first, so a Copilot that takes it again is used at once).
          */
-        synchronized Optional<CopilotToken> refreshAfterUnauthorized(CopilotToken stale) {
-            if (current != stale) return Optional.of(current);
-            Instant now = Instant.now();
-            if (now.isBefore(unauthorizedQuietUntil)) return Optional.empty();
-            refreshNow();
-            unauthorizedStreak++;
-            unauthorizedQuietUntil = now.plus(backoff(UNAUTHORIZED_BACKOFF, unauthorizedStreak));
-            return Optional.of(current);
+        Optional<CopilotToken> refreshAfterUnauthorized(CopilotToken stale) {
+            return exclusively(() -> {
+                if (current != stale) return Optional.of(current);
+                Instant now = Instant.now();
+                if (now.isBefore(unauthorizedQuietUntil)) return Optional.empty();
+                refreshNow(this::exchangeForRequest);
+                unauthorizedQuietUntil = now.plus(pacing.serveWithin());
+                return Optional.of(current);
+            });
         }
 
         /** Copilot took the token: a later 401 is news again. */
         void accepted() {
-            if (unauthorizedStreak == 0) return;
-            synchronized (this) {
-                unauthorizedStreak = 0;
-                unauthorizedQuietUntil = Instant.EPOCH;
+            if (unauthorizedQuietUntil.isAfter(Instant.EPOCH)) unauthorizedQuietUntil = Instant.EPOCH;
+        }
+
+        /**
+         * Runs the task holding the exchange lock, waiting for it at most serveWithin: an exchange in flight may take
+         * up to its own timeout, and a request behind it fails with a clear message rather than waiting as long.
+         */
+        private <T> T exclusively(Supplier<T> task) {
+            Duration limit = pacing.serveWithin();
+            try {
+                if (!exchanging.tryLock(limit.toMillis(), TimeUnit.MILLISECONDS)) {
+                    throw new UserFacingException("the Copilot token is being refreshed and GitHub has not answered within "
+                        + Math.max(1, limit.toSeconds()) + "s; try again shortly");
+                }
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new UserFacingException("interrupted while waiting for the Copilot token to be refreshed", e);
+            }
+            try {
+                return task.get();
+            } finally {
+                exchanging.unlock();
             }
         }
 
-        /** Exchanges now, unless the last exchange failed and its back-off has not passed (then that failure again). */
-        private synchronized void refreshNow() {
-            if (lastFailure != null && Instant.now().isBefore(retryExchangeAt)) {
+        /**
+         * Exchanges now, unless the last exchange failed and its back-off has not passed (then that failure again).
+         * The back-off a request can meet is capped at serveWithin. Called holding the exchange lock.
+         */
+        private void refreshNow(Supplier<CopilotToken> exchange) {
+            Instant now = Instant.now();
+            if (lastFailure != null && now.isBefore(retryExchangeAt)) {
                 throw new UserFacingException("the Copilot token could not be refreshed (" + describe(lastFailure) + "); next try in "
-                    + Math.max(1, Duration.between(Instant.now(), retryExchangeAt).toSeconds()) + "s");
+                    + Math.max(1, Duration.between(now, retryExchangeAt).toSeconds()) + "s");
             }
             try {
-                current = exchange();
+                current = exchange.get();
             } catch (RuntimeException e) {
                 failures++;
                 lastFailure = e;
-                retryExchangeAt = Instant.now().plus(backoff(EXCHANGE_BACKOFF, failures));
+                retryExchangeAt = Instant.now().plus(pacing.backoff(failures, pacing.serveWithin()));
                 throw e;
             }
             failures = 0;
@@ -9364,30 +9432,26 @@ class CopilotApi implements Callable<Integer> {
             schedule(current.refreshDelay());
         }
 
-        static Duration backoff(Duration first, int attempt) {
-            long seconds = Math.min(MAX_BACKOFF.toSeconds(), first.toSeconds() << Math.min(attempt - 1, 10));
-            return Duration.ofSeconds(seconds);
-        }
-
+        /** In the background nobody waits, so a failing refresh backs off further than a request's cap, up to maxBackoff. */
         private void scheduledRefresh() {
             try {
-                refreshNow();
+                exclusively(() -> {
+                    refreshNow(this::exchange);
+                    return current;
+                });
             } catch (RuntimeException e) {
-                Duration wait;
-                synchronized (this) {
-                    wait = Duration.between(Instant.now(), retryExchangeAt);
-                    if (wait.isNegative() || wait.isZero()) wait = backoff(EXCHANGE_BACKOFF, Math.max(1, failures));
-                }
+                Duration wait = pacing.backoff(failures, pacing.maxBackoff());
                 Logs.log().warn("Copilot token refresh failed ({}); keeping the current token, retrying in {}s",
                     describe(e), Math.max(1, wait.toSeconds()));
                 schedule(wait);
             }
         }
 
-        private synchronized void schedule(Duration delay) {
+        private void schedule(Duration delay) {
             if (scheduler.isShutdown()) return;
-            if (next != null) next.cancel(false);
-            next = scheduler.schedule(this::scheduledRefresh, delay.toMillis(), TimeUnit.MILLISECONDS);
+            java.util.concurrent.ScheduledFuture<?> before = next.getAndSet(
+                scheduler.schedule(this::scheduledRefresh, delay.toMillis(), TimeUnit.MILLISECONDS));
+            if (before != null) before.cancel(false);
         }
 
         @Override
@@ -9401,7 +9465,9 @@ class CopilotApi implements Callable<Integer> {
         static final Duration TTL = Duration.ofMinutes(10);
 
         private final CopilotClient copilot;
-        private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock();
+        /** The fetch in flight, if any: every request that needs the catalog meanwhile shares its result or its failure. */
+        private final java.util.concurrent.atomic.AtomicReference<java.util.concurrent.CompletableFuture<List<JsonNode>>> fetching =
+            new java.util.concurrent.atomic.AtomicReference<>();
         private volatile List<JsonNode> models;
         private volatile Instant fetchedAt = Instant.EPOCH;
 
@@ -9411,23 +9477,19 @@ class CopilotApi implements Callable<Integer> {
 
         /** Fetches at start; a failure is logged, and the next request tries again. */
         void refreshQuietly() {
-            lock.lock();
             try {
-                refresh();
-                Logs.log().info("{} models available: {}", models.size(), String.join(", ", ids()));
+                List<JsonNode> list = list();
+                Logs.log().info("{} models available: {}", list.size(), String.join(", ", ids()));
             } catch (RuntimeException e) {
                 Logs.log().warn("could not fetch the Copilot model list yet: {}", describe(e));
-            } finally {
-                lock.unlock();
             }
         }
 
-        private void refresh() {
+        private List<JsonNode> fetch() {
             JsonNode answer = copilot.catalog();
             List<JsonNode> list = new ArrayList<>();
             answer.path("data").forEach(list::add);
-            models = List.copyOf(list);
-            fetchedAt = Instant.now();
+            return List.copyOf(list);
         }
 
         private boolean stale() {
@@ -9435,25 +9497,42 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /**
-         * The catalog; one fetch at a time. Requests that find it missing wait for that fetch (and do not start
-         * their own); requests that find it expired while another refreshes are served the cached list.
+         * The catalog; one fetch in flight at a time. Requests that find it missing wait for that fetch and share its
+         * result or its failure (a hung fetch fails them all at its one timeout, and the next request fetches anew);
+         * requests that find it expired while another refreshes are served the cached list.
          */
         List<JsonNode> list() {
-            if (!stale()) return models;
-            if (models != null) {
-                if (!lock.tryLock()) return models;
-            } else {
-                lock.lock();
-            }
+            List<JsonNode> cached = models;
+            if (!stale()) return cached;
+            java.util.concurrent.CompletableFuture<List<JsonNode>> mine = new java.util.concurrent.CompletableFuture<>();
+            java.util.concurrent.CompletableFuture<List<JsonNode>> running = fetching.compareAndExchange(null, mine);
+            if (running != null) return cached != null ? cached : shared(running);
             try {
-                if (stale()) refresh();
+                if (stale()) {
+                    List<JsonNode> fresh = fetch();
+                    fetchedAt = Instant.now();
+                    models = fresh;
+                }
+                fetching.set(null);
+                mine.complete(models);
+                return models;
             } catch (RuntimeException e) {
-                if (models == null) throw e;
+                fetching.set(null);
+                mine.completeExceptionally(e);
+                if (cached == null) throw e;
                 Logs.log().warn("could not refresh the Copilot model list, serving the cached one: {}", describe(e));
-            } finally {
-                lock.unlock();
+                return cached;
             }
-            return models;
+        }
+
+        /** The result of another request's fetch, or its failure as it was thrown there. */
+        private static List<JsonNode> shared(java.util.concurrent.CompletableFuture<List<JsonNode>> running) {
+            try {
+                return running.join();
+            } catch (java.util.concurrent.CompletionException e) {
+                if (e.getCause() instanceof RuntimeException r) throw r;
+                throw e;
+            }
         }
 
         List<String> ids() {
@@ -10000,7 +10079,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         TokenStore store() {
-            return new TokenStore(settings.dataDir());
+            return new TokenStore(settings.dataDir(), settings.ownsDataDir());
         }
 
         static Optional<String> envTokenName(Map<String, String> env) {
@@ -10134,8 +10213,17 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** The GitHub token on disk: a 0700 directory and a 0600 file, written atomically. */
-    record TokenStore(Path dir) {
+    /**
+     * The GitHub token on disk: a 0600 file, written atomically, in a directory that is 0700 when copilot-api created it
+     * or it is copilot-api's own (ownsDir: the default data directory). A directory the user named (COPILOT_API_HOME,
+     * which may be /tmp or a home) keeps its mode: the file's own mode protects the token.
+     */
+    record TokenStore(Path dir, boolean ownsDir) {
+        /** A directory the user chose: never chmod-ed unless copilot-api creates it. */
+        TokenStore(Path dir) {
+            this(dir, false);
+        }
+
         Path file() {
             return dir.resolve("github_token");
         }
@@ -10144,7 +10232,7 @@ class CopilotApi implements Callable<Integer> {
             try {
                 if (!Files.isRegularFile(file())) return Optional.empty();
                 tighten(file(), "rw-------");
-                tighten(dir, "rwx------");
+                if (ownsDir) tighten(dir, "rwx------");
                 String t = Files.readString(file(), UTF_8).trim();
                 return t.isEmpty() ? Optional.empty() : Optional.of(t);
             } catch (IOException e) {
@@ -10170,8 +10258,12 @@ class CopilotApi implements Callable<Integer> {
 
         void save(String token) {
             try {
-                Files.createDirectories(dir);
-                Posix.restrict(dir, "rwx------");
+                if (!Files.isDirectory(dir)) {
+                    Files.createDirectories(dir);
+                    Posix.restrict(dir, "rwx------");
+                } else if (ownsDir) {
+                    Posix.restrict(dir, "rwx------");
+                }
                 Path tmp = Files.createTempFile(dir, "github_token", ".tmp");
                 Posix.restrict(tmp, "rw-------");
                 Files.writeString(tmp, token.trim() + "\n", UTF_8);

@@ -490,16 +490,20 @@ class CopilotApiTests {
             assertEquals("ghu_option", auth(o, env).existingToken().orElseThrow().value());
         }
 
+        /** The file always; the directory only when it is copilot-api's own (the default data directory), not one the user named. */
         @Test
         void aTokenFileOthersCanReadIsTightenedBeforeUse() throws Exception {
-            Path home = Files.createTempDirectory("h");
-            CopilotApi.TokenStore store = new CopilotApi.TokenStore(home);
-            store.save("ghu_copied");
-            Files.setPosixFilePermissions(store.file(), PosixFilePermissions.fromString("rw-r--r--"));
-            Files.setPosixFilePermissions(home, PosixFilePermissions.fromString("rwxr-xr-x"));
-            assertEquals("ghu_copied", store.load().orElseThrow());
-            assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(store.file())));
-            assertEquals("rwx------", PosixFilePermissions.toString(Files.getPosixFilePermissions(home)));
+            for (boolean owned : List.of(true, false)) {
+                Path home = Files.createTempDirectory("h");
+                CopilotApi.TokenStore store = new CopilotApi.TokenStore(home, owned);
+                store.save("ghu_copied");
+                Files.setPosixFilePermissions(store.file(), PosixFilePermissions.fromString("rw-r--r--"));
+                Files.setPosixFilePermissions(home, PosixFilePermissions.fromString("rwxr-xr-x"));
+                assertEquals("ghu_copied", store.load().orElseThrow());
+                assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(store.file())));
+                assertEquals(owned ? "rwx------" : "rwxr-xr-x", PosixFilePermissions.toString(Files.getPosixFilePermissions(home)),
+                    owned ? "copilot-api's own directory is tightened" : "a directory the user named keeps its mode");
+            }
         }
 
         static CopilotApi.GitHubAuth auth(CopilotApi.CommonOptions o, Map<String, String> env) {
@@ -602,6 +606,169 @@ class CopilotApiTests {
             }
         }
 
+        /** The cap the auth tests shorten: what blocks serving is bounded by 1 s here (10 s in a real run). */
+        static final CopilotApi.CopilotTokens.Pacing SHORT_PACING =
+            new CopilotApi.CopilotTokens.Pacing(Duration.ofSeconds(1), Duration.ofMillis(250), Duration.ofMinutes(5));
+
+        /** Chat requests every 100 ms for this long, each refused; returns how many were sent. */
+        static int refusedFor(Harness h, Duration outage) throws Exception {
+            int requests = 0;
+            for (long end = System.nanoTime() + outage.toNanos(); System.nanoTime() < end; requests++) {
+                HttpResponse<String> r = h.post("/v1/chat/completions", ChatBehaviourTests.HI);
+                assertTrue(r.statusCode() >= 500, "the outage is reported: " + r.statusCode() + " " + r.body());
+                Thread.sleep(100);
+            }
+            return requests;
+        }
+
+        /** How long after now the first request is served, polling every 50 ms for up to five seconds. */
+        static Duration untilServed(Harness h) throws Exception {
+            long start = System.nanoTime();
+            int status = eventually(Duration.ofSeconds(5), () -> {
+                try {
+                    return h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode();
+                } catch (Exception e) {
+                    throw new AssertionError(e);
+                }
+            }, s -> s == 200);
+            assertEquals(200, status, "served again once GitHub and Copilot are");
+            return Duration.ofNanos(System.nanoTime() - start);
+        }
+
+        /**
+         * Copilot refusing every token for a while (many 401s in a row), then healthy again but refusing the tokens of the
+         * outage: the first request at most the cap after the recovery is served, and the outage cost no exchange storm.
+         */
+        @Test
+        void anAuthOutageEndsForRequestsWithinTheCapWhateverItsLength() throws Exception {
+            try (Harness h = Harness.start()) {
+                h.tokens.pace(SHORT_PACING);
+                int before = h.stub.count("/copilot_internal/v2/token");
+                h.stub.refuseCopilotTokens(true);
+                int requests = refusedFor(h, Duration.ofSeconds(4));
+                int exchanges = h.stub.count("/copilot_internal/v2/token") - before;
+                assertTrue(exchanges >= 2, "kept trying a fresh token while refused: " + exchanges);
+                assertTrue(exchanges <= 5, "at most one exchange a second (the cap), not one per request: " + exchanges + " for "
+                    + requests + " requests");
+                h.stub.expireCopilotTokens();
+                h.stub.refuseCopilotTokens(false);
+                Duration recovery = untilServed(h);
+                assertTrue(recovery.toMillis() <= 1500, "served within the cap of the recovery, took " + recovery.toMillis() + " ms");
+                assertEquals(200, h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode(), "and after it");
+            }
+        }
+
+        /** GitHub's token endpoint down while the Copilot token has expired: back-off, but never past the cap for a request. */
+        @Test
+        void aTokenEndpointOutageEndsForRequestsWithinTheCap() throws Exception {
+            try (Harness h = Harness.start()) {
+                h.tokens.pace(SHORT_PACING);
+                int before = h.stub.count("/copilot_internal/v2/token");
+                h.stub.expireCopilotTokens();
+                h.stub.tokenExchangeStatus(500);
+                int requests = refusedFor(h, Duration.ofSeconds(4));
+                int exchanges = h.stub.count("/copilot_internal/v2/token") - before;
+                // 250 ms doubling up to the 1 s cap: about 3 to reach the cap, then one a second
+                assertTrue(exchanges >= 3 && exchanges <= 8, "backed off between exchanges: " + exchanges + " for " + requests + " requests");
+                h.stub.tokenExchangeStatus(0);
+                Duration recovery = untilServed(h);
+                assertTrue(recovery.toMillis() <= 1500, "served within the cap of the recovery, took " + recovery.toMillis() + " ms");
+                assertEquals(200, h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode(), "and after it");
+            }
+        }
+
+        /**
+         * A token exchange that hangs holds only the requests that need the token: other handlers still answer. On JDK
+         * 21-23 a wait inside synchronized pins the virtual thread's carrier, and two of them froze the whole server.
+         */
+        @Test
+        void handlersStayResponsiveWhileTokenExchangesHang() throws Exception {
+            try (Harness h = Harness.start()) {
+                h.stub.expireCopilotTokens();
+                h.stub.enqueue("/copilot_internal/v2/token", StubUpstream.Reply.json(500, "{\"message\":\"stub: slow GitHub\"}").delayMs(3000));
+                int before = h.stub.count("/copilot_internal/v2/token");
+                List<java.util.concurrent.CompletableFuture<HttpResponse<String>>> waiting = new ArrayList<>();
+                for (int i = 0; i < 4; i++) {
+                    waiting.add(h.client.sendAsync(HttpRequest.newBuilder(URI.create(h.url("/v1/chat/completions")))
+                        .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(ChatBehaviourTests.HI)).build(),
+                        HttpResponse.BodyHandlers.ofString()));
+                }
+                h.stub.await("/copilot_internal/v2/token", before + 1, Duration.ofSeconds(5));
+                Thread.sleep(200);
+                long start = System.nanoTime();
+                assertEquals(200, h.get("/").statusCode());
+                assertEquals(200, h.get("/v1/models").statusCode());
+                long ms = Duration.ofNanos(System.nanoTime() - start).toMillis();
+                assertTrue(ms < 1000, "other handlers answered while the exchange hung, in " + ms + " ms");
+                assertFalse(waiting.stream().anyMatch(java.util.concurrent.CompletableFuture::isDone), "the exchange was still hanging");
+                for (var w : waiting) {
+                    HttpResponse<String> r = w.get(20, TimeUnit.SECONDS);
+                    assertTrue(r.statusCode() >= 500, "the failed exchange is reported: " + r.statusCode() + " " + r.body());
+                }
+                assertEquals(before + 1, h.stub.count("/copilot_internal/v2/token"), "one exchange for the four waiting requests");
+                untilServed(h);
+            }
+        }
+
+        /**
+         * GitHub's token endpoint hanging: the request that exchanges waits for its answer at most the cap, and the
+         * requests queued behind it wait for the exchange at most the cap too; each failure says why.
+         */
+        @Test
+        void requestsWaitForAHungExchangeAtMostTheCap() throws Exception {
+            try (Harness h = Harness.start()) {
+                h.tokens.pace(SHORT_PACING);
+                h.stub.expireCopilotTokens();
+                h.stub.enqueue("/copilot_internal/v2/token", StubUpstream.Reply.json(500, "{\"message\":\"stub: slow GitHub\"}").delayMs(4000));
+                long start = System.nanoTime();
+                List<java.util.concurrent.CompletableFuture<String>> waiting = new ArrayList<>();
+                for (int i = 0; i < 3; i++) {
+                    waiting.add(h.client.sendAsync(HttpRequest.newBuilder(URI.create(h.url("/v1/chat/completions")))
+                        .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(ChatBehaviourTests.HI)).build(),
+                        HttpResponse.BodyHandlers.ofString()).thenApply(r -> {
+                            assertTrue(r.statusCode() >= 500, r.statusCode() + " " + r.body());
+                            return Duration.ofNanos(System.nanoTime() - start).toMillis() + " ms: " + r.body();
+                        }));
+                }
+                List<String> answers = new ArrayList<>();
+                for (var w : waiting) answers.add(w.get(20, TimeUnit.SECONDS));
+                for (String a : answers) {
+                    assertTrue(Long.parseLong(a.substring(0, a.indexOf(' '))) < 2500, "gave up at the 1 s cap, not with GitHub at 4 s: " + answers);
+                }
+                assertTrue(answers.stream().anyMatch(a -> a.contains("GitHub did not answer the Copilot token exchange within 1s")),
+                    "the exchange's timeout says what did not answer: " + answers);
+                assertEquals(1, h.stub.count("/copilot_internal/v2/token") - 1, "one exchange for the three requests");
+                untilServed(h);
+            }
+        }
+
+        /** The guard for the above on every JDK: no synchronized in the types that wait on GitHub, Copilot or the database. */
+        @Test
+        void noSynchronizedWhereTokensCatalogOrStoreReadsWait() throws Exception {
+            String source = Files.readString(SdkRunner.repo().resolve("copilot-api.java"));
+            for (String type : List.of("class CopilotTokens ", "class ModelCatalog ")) {
+                String body = nestedBody(source, type);
+                assertFalse(body.matches("(?s).*\\bsynchronized\\b.*"), type + "holds a synchronized: a wait there pins a virtual thread on JDK 21-23");
+            }
+            String store = nestedBody(source, "class Store ");
+            String read = store.substring(store.indexOf("private <T> Optional<T> read("));
+            read = read.substring(0, read.indexOf("\n        }\n") + 1);
+            assertFalse(read.contains("synchronized"), "the store's read waits on the database inside synchronized: " + read);
+        }
+
+        /** The text of a nested type, from its declaration to its closing brace (braces counted; the file's strings hold none that matter). */
+        static String nestedBody(String source, String declaration) {
+            int from = source.indexOf(declaration);
+            assertTrue(from > 0, declaration + "not found");
+            int depth = 0;
+            for (int i = source.indexOf('{', from); i < source.length(); i++) {
+                char c = source.charAt(i);
+                if (c == '{') depth++;
+                if (c == '}' && --depth == 0) return source.substring(from, i + 1);
+            }
+            throw new AssertionError("unbalanced braces after " + declaration);
+        }
+
         @Test
         void exchangeFailuresExplainThemselves() throws Exception {
             try (StubUpstream stub = StubUpstream.start()) {
@@ -633,6 +800,43 @@ class CopilotApiTests {
             for (int i = 0; i < 8; i++) all.add(java.util.concurrent.CompletableFuture.supplyAsync(() -> fresh.list().size()));
             for (var f : all) assertTrue(f.get(10, TimeUnit.SECONDS) > 0);
             assertEquals(1, h.stub.count("/models"), "one fetch served all eight");
+        }
+
+        /**
+         * A catalog fetch that hangs: five requests that need the catalog share the one fetch and its failure, so all fail
+         * at about one timeout (not one after another), and the next request after Copilot recovers is served.
+         */
+        @Test
+        void aHungCatalogFetchFailsItsWaitersTogether() throws Exception {
+            StubUpstream stub = StubUpstream.start();
+            ObjectNode catalog = CopilotApi.Json.object();
+            catalog.set("data", stub.models());
+            String hung = catalog.toString();
+            // the fetch at start hangs too, so the server has no catalog yet
+            stub.enqueue("/models", StubUpstream.Reply.json(200, hung).delayMs(4000));
+            CopilotApi.Timeouts oneSecond = new CopilotApi.Timeouts(Duration.ofSeconds(1), Duration.ofSeconds(120), Duration.ofMinutes(10),
+                Duration.ofSeconds(3));
+            try (Harness own = new Harness(stub, Map.of(), o -> { }, CopilotApi.Controls.none(), oneSecond)) {
+                for (int i = 0; i < 5; i++) stub.enqueue("/models", StubUpstream.Reply.json(200, hung).delayMs(4000));
+                stub.clear();
+                long start = System.nanoTime();
+                List<java.util.concurrent.CompletableFuture<Long>> all = new ArrayList<>();
+                for (int i = 0; i < 5; i++) {
+                    all.add(own.client.sendAsync(HttpRequest.newBuilder(URI.create(own.url("/v1/models"))).GET().build(),
+                        HttpResponse.BodyHandlers.ofString()).thenApply(r -> {
+                            assertEquals(504, r.statusCode(), r.body());
+                            return Duration.ofNanos(System.nanoTime() - start).toMillis();
+                        }));
+                }
+                for (var f : all) {
+                    long ms = f.get(20, TimeUnit.SECONDS);
+                    assertTrue(ms < 2500, "failed with the one fetch's timeout (1 s), not after the fetches before it: " + ms + " ms");
+                }
+                assertEquals(1, stub.count("/models"), "one catalog fetch for the five requests");
+                stub.reset();
+                HttpResponse<String> r = own.get("/v1/models");
+                assertEquals(200, r.statusCode(), "served once Copilot answers again: " + r.body());
+            }
         }
 
         @Test
@@ -3462,6 +3666,37 @@ class CopilotApiTests {
                 assertFalse((r.out() + r.err()).contains(StubUpstream.VALID_GITHUB_TOKEN), "no token printed without --show-token");
                 assertEquals(StubUpstream.VALID_GITHUB_TOKEN, new CopilotApi.TokenStore(home).load().orElseThrow(), "replaced");
                 assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(home.resolve("github_token"))));
+            }
+        }
+
+        /**
+         * COPILOT_API_HOME naming an existing directory (here 0755, as /tmp or a home would be): `auth` and later reads leave
+         * its mode alone and only the token file is private; a directory copilot-api creates, or its default one, is 0700.
+         */
+        @Test
+        void authTightensOnlyDirectoriesCopilotApiCreatedOrOwns() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Path chosen = Files.createTempDirectory("h");
+                Files.setPosixFilePermissions(chosen, PosixFilePermissions.fromString("rwxr-xr-x"));
+                Run auth = cli(env(stub, chosen), "auth");
+                assertEquals(0, auth.exit(), auth.out() + auth.err());
+                assertEquals("rw-------", PosixFilePermissions.toString(Files.getPosixFilePermissions(chosen.resolve("github_token"))));
+                assertEquals("rwxr-xr-x", PosixFilePermissions.toString(Files.getPosixFilePermissions(chosen)), "stored without a chmod");
+                Run usage = cli(env(stub, chosen), "check-usage");
+                assertEquals(0, usage.exit(), usage.err());
+                assertEquals("rwxr-xr-x", PosixFilePermissions.toString(Files.getPosixFilePermissions(chosen)), "read without a chmod");
+
+                Path created = Files.createTempDirectory("h").resolve("new-home");
+                assertEquals(0, cli(env(stub, created), "auth").exit());
+                assertEquals("rwx------", PosixFilePermissions.toString(Files.getPosixFilePermissions(created)), "made by copilot-api");
+
+                Path xdg = Files.createTempDirectory("xdg");
+                Path own = Files.createDirectory(xdg.resolve("copilot-api"));
+                Files.setPosixFilePermissions(own, PosixFilePermissions.fromString("rwxr-xr-x"));
+                Map<String, String> defaults = new HashMap<>(stub.env());
+                defaults.put("XDG_DATA_HOME", xdg.toString());
+                assertEquals(0, cli(defaults, "auth").exit());
+                assertEquals("rwx------", PosixFilePermissions.toString(Files.getPosixFilePermissions(own)), "copilot-api's own directory");
             }
         }
 

@@ -148,6 +148,7 @@ final class StubUpstream implements AutoCloseable {
     private volatile Integer slowDownInterval;
     private final Deque<String> devicePolls = new ConcurrentLinkedDeque<>();
     private volatile int tokenExchangeStatus;
+    private volatile boolean refuseCopilotTokens;
     private volatile long copilotTokenLifetimeSeconds;
     private volatile long refreshInSeconds;
     private volatile String endpointsApi;
@@ -184,6 +185,12 @@ final class StubUpstream implements AutoCloseable {
     /** Forces the token exchange to answer this status (403: no Copilot seat); 0 or 200 restores normal answers. */
     StubUpstream tokenExchangeStatus(int status) {
         tokenExchangeStatus = status;
+        return this;
+    }
+
+    /** While on, Copilot refuses every token, old or new (401 "unauthorized: token expired"): an auth outage. */
+    StubUpstream refuseCopilotTokens(boolean on) {
+        refuseCopilotTokens = on;
         return this;
     }
 
@@ -373,6 +380,7 @@ final class StubUpstream implements AutoCloseable {
         deviceInterval = 0;
         slowDownInterval = null;
         tokenExchangeStatus = 0;
+        refuseCopilotTokens = false;
         copilotTokenLifetimeSeconds = 1800;
         refreshInSeconds = 1500;
         endpointsApi = null;
@@ -837,6 +845,7 @@ final class StubUpstream implements AutoCloseable {
         Long expiry = token == null ? null : tokenExpiryMillis.get(token);
         if (expiry == null) return unauthorized("unauthorized: invalid token");
         if (revokedTokens.contains(token) || System.currentTimeMillis() >= expiry) return unauthorized("unauthorized: token expired");
+        if (refuseCopilotTokens) return unauthorized("unauthorized: token expired");
         String editor = rec.header("editor-version");
         if (editor == null || editor.isBlank()) {
             return Reply.json(400, errorBody("missing Editor-Version header for IDE auth", "invalid_request_error", null, null));
