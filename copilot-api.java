@@ -1312,11 +1312,22 @@ class CopilotApi implements Callable<Integer> {
             return new Controls(ApiKeys.NONE, Pacer.NONE, Approver.NONE, new Stats());
         }
 
-        /** Before a request that invokes a model: the operator's yes at the terminal, then its turn in the pacing. */
+        /**
+         * Before a request that invokes a model: the operator's yes at the terminal, then its turn in the pacing.
+         * The client is watched all the while: one that leaves is dropped before Copilot hears of it, and counts
+         * as no model call.
+         */
         void admit(Context ctx, String model, int messages) {
-            Exchange.of(ctx).invokesModel = true;
-            approver.approve(ctx.method() + " " + ctx.path(), model, messages);
-            pacer.admit();
+            Exchange exchange = Exchange.of(ctx);
+            exchange.invokesModel = true;
+            Watch client = new ClientWatch(ctx, Duration.ZERO);
+            try {
+                approver.approve(ctx.method() + " " + ctx.path(), model, messages, client);
+                pacer.admit(client);
+            } catch (ClientLeft e) {
+                exchange.invokesModel = false;
+                throw e;
+            }
         }
     }
 
@@ -1769,6 +1780,7 @@ class CopilotApi implements Callable<Integer> {
      */
     static final class Pacer {
         static final Pacer NONE = new Pacer(Duration.ZERO, false);
+        static final String LEFT_QUEUED = "client disconnected while waiting its turn; never sent to Copilot";
         private final long intervalNanos;
         private final boolean wait;
         private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock(true);
@@ -1780,8 +1792,11 @@ class CopilotApi implements Callable<Integer> {
             this.wait = wait;
         }
 
-        /** Waits for this request's slot and returns it (System.nanoTime); without pacing, now. */
-        long admit() {
+        /**
+         * Waits for this request's slot and returns it (System.nanoTime); without pacing, now. A client that
+         * leaves while it waits gives its slot back (when no later request has queued behind it) and ClientLeft.
+         */
+        long admit(Watch client) {
             if (intervalNanos <= 0) return System.nanoTime();
             long slot;
             lock.lock();
@@ -1800,14 +1815,30 @@ class CopilotApi implements Callable<Integer> {
             } finally {
                 lock.unlock();
             }
-            sleepUntil(slot);
+            try {
+                sleepUntil(slot, client);
+            } catch (ClientLeft e) {
+                giveBack(slot);
+                throw e;
+            }
             return slot;
         }
 
-        private static void sleepUntil(long nanoTime) {
+        private void giveBack(long slot) {
+            lock.lock();
             try {
-                for (long left = nanoTime - System.nanoTime(); left > 0; left = nanoTime - System.nanoTime()) {
-                    TimeUnit.NANOSECONDS.sleep(left);
+                if (nextFree == slot + intervalNanos) nextFree = slot;
+            } finally {
+                lock.unlock();
+            }
+        }
+
+        private static void sleepUntil(long nanoTime, Watch client) {
+            long start = System.nanoTime();
+            try {
+                for (long left = nanoTime - start; left > 0; left = nanoTime - System.nanoTime()) {
+                    TimeUnit.NANOSECONDS.sleep(Math.min(left, CopilotClient.POLL.toNanos()));
+                    if (!client.waiting(Duration.ofNanos(System.nanoTime() - start), false)) throw new ClientLeft(LEFT_QUEUED);
                 }
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
@@ -1820,13 +1851,22 @@ class CopilotApi implements Callable<Integer> {
     static final class Approver {
         static final Approver NONE = new Approver(null, Duration.ZERO);
 
-        /** Where questions go and answers come from: the real terminal, or a script in tests. */
+        static final String LEFT_UNANSWERED = "client disconnected while waiting for approval; never sent to Copilot";
+
+        /**
+         * Where questions go and answers come from: the real terminal, or a script in tests. The one reader of the
+         * process's input: the Claude Code model prompt and the --manual questions both ask through it.
+         */
         interface Terminal {
-            /**
-             * Shows the question and returns the next line typed after it, or null when none came in time.
-             * Lines typed before the question are discarded, so a stray answer never approves a later request.
-             */
-            String ask(String question, Duration timeout) throws InterruptedException;
+            /** Shows the question. Lines typed before it are discarded, so a stray answer never approves a later request. */
+            void ask(String question);
+
+            /** The next line typed since the question, or null when none came within the timeout; at the end of input, "" at once. */
+            String answer(Duration timeout) throws InterruptedException;
+
+            /** Tells the operator something that needs no answer. */
+            default void tell(String note) {
+            }
         }
 
         private final Terminal terminal;
@@ -1838,14 +1878,16 @@ class CopilotApi implements Callable<Integer> {
             this.timeout = timeout;
         }
 
-        void approve(String request, String model, int messages) {
+        /** Asks, one question at a time, until the operator answers, the timeout passes or the client leaves (ClientLeft). */
+        void approve(String request, String model, int messages, Watch client) {
             if (terminal == null) return;
-            long deadline = System.nanoTime() + timeout.toNanos();
+            long start = System.nanoTime();
+            long deadline = start + timeout.toNanos();
             try {
-                if (!lock.tryLock(timeout.toNanos(), TimeUnit.NANOSECONDS)) throw refused("no answer at the terminal within " + minutes());
+                if (!takeTurn(deadline, start, client)) throw refused("no answer at the terminal within " + minutes());
                 try {
-                    String answer = terminal.ask(String.format(Locale.ROOT, "%nAllow %s model=%s messages=%d? [y/N] ", request, model, messages),
-                        Duration.ofNanos(Math.max(0, deadline - System.nanoTime())));
+                    terminal.ask(String.format(Locale.ROOT, "%nAllow %s model=%s messages=%d? [y/N] ", request, model, messages));
+                    String answer = answer(deadline, start, client, request);
                     if (answer == null) throw refused("no answer at the terminal within " + minutes());
                     if (!answer.trim().toLowerCase(Locale.ROOT).matches("y|yes")) throw refused("refused at the terminal");
                 } finally {
@@ -1855,6 +1897,27 @@ class CopilotApi implements Callable<Integer> {
                 Thread.currentThread().interrupt();
                 throw refused("interrupted while waiting for approval");
             }
+        }
+
+        /** The question lock, waited for in slices so that a client leaving the queue is noticed. */
+        private boolean takeTurn(long deadline, long start, Watch client) throws InterruptedException {
+            while (!lock.tryLock(Math.min(CopilotClient.POLL.toNanos(), deadline - System.nanoTime()), TimeUnit.NANOSECONDS)) {
+                if (System.nanoTime() - deadline >= 0) return false;
+                if (!client.waiting(Duration.ofNanos(System.nanoTime() - start), false)) throw new ClientLeft(LEFT_UNANSWERED);
+            }
+            return true;
+        }
+
+        private String answer(long deadline, long start, Watch client, String request) throws InterruptedException {
+            for (long left = deadline - System.nanoTime(); left > 0; left = deadline - System.nanoTime()) {
+                String line = terminal.answer(Duration.ofNanos(Math.min(left, CopilotClient.POLL.toNanos())));
+                if (line != null) return line;
+                if (!client.waiting(Duration.ofNanos(System.nanoTime() - start), false)) {
+                    terminal.tell(String.format(Locale.ROOT, "(the client of %s left; not sent)%n", request));
+                    throw new ClientLeft(LEFT_UNANSWERED);
+                }
+            }
+            return null;
         }
 
         private String minutes() {
@@ -1873,20 +1936,37 @@ class CopilotApi implements Callable<Integer> {
          */
         static Terminal console(java.io.Console console) {
             java.util.concurrent.BlockingQueue<String> lines = new java.util.concurrent.LinkedBlockingQueue<>();
+            java.util.concurrent.atomic.AtomicBoolean ended = new java.util.concurrent.atomic.AtomicBoolean();
             Thread reader = new Thread(() -> {
                 try (BufferedReader in = new BufferedReader(console.reader())) {
                     for (String line = in.readLine(); line != null; line = in.readLine()) lines.add(line);
                 } catch (IOException | RuntimeException e) {
                     Logs.log().warn("stopped reading the terminal: {}", describe(e));
+                } finally {
+                    ended.set(true);
+                    lines.add("");
                 }
-            }, "manual-approval");
+            }, "terminal-input");
             reader.setDaemon(true);
             reader.start();
-            return (question, timeout) -> {
-                lines.clear();
-                console.printf("%s", question);
-                console.flush();
-                return lines.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
+            return new Terminal() {
+                @Override
+                public void ask(String question) {
+                    lines.clear();
+                    console.printf("%s", question);
+                    console.flush();
+                }
+
+                @Override
+                public String answer(Duration timeout) throws InterruptedException {
+                    return ended.get() && lines.isEmpty() ? "" : lines.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
+                }
+
+                @Override
+                public void tell(String note) {
+                    console.printf("%s", note);
+                    console.flush();
+                }
             };
         }
     }
@@ -3849,6 +3929,8 @@ class CopilotApi implements Callable<Integer> {
         static void handle(Exception e, Context ctx) {
             if (e instanceof ClientLeft gone) {
                 Exchange.of(ctx).note(gone.getMessage());
+                // nginx's "client closed request": in the history a request nobody was there to take is not a 200
+                if (!ctx.res().isCommitted()) ctx.status(499);
                 return;
             }
             ApiError error = toApiError(e);
@@ -8208,7 +8290,11 @@ class CopilotApi implements Callable<Integer> {
     /** The client went away while Copilot had not answered; the upstream call was cancelled. */
     static final class ClientLeft extends RuntimeException {
         ClientLeft() {
-            super("client disconnected; upstream request cancelled", null, false, false);
+            this("client disconnected; upstream request cancelled");
+        }
+
+        ClientLeft(String message) {
+            super(message, null, false, false);
         }
     }
 

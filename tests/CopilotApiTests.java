@@ -1681,7 +1681,7 @@ class CopilotApiTests {
             for (int i = 0; i < n; i++) {
                 int id = i;
                 Thread t = new Thread(() -> {
-                    slots[id] = pacer.admit();
+                    slots[id] = pacer.admit(CopilotApi.Watch.NONE);
                     admitted[id] = System.nanoTime();
                     order.add(id);
                 });
@@ -1713,6 +1713,54 @@ class CopilotApiTests {
                 assertTrue(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - start) >= 950);
             }
         }
+
+        /** A queued request whose client leaves never reaches Copilot, is not counted, and gives its slot to the next one. */
+        @Test
+        void withWaitAClientThatLeavesWhileQueuedIsNeverSent() throws Exception {
+            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.ApiKeys.NONE,
+                    new CopilotApi.Pacer(Duration.ofMillis(1500), true), CopilotApi.Approver.NONE))) {
+                assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
+                long start = System.nanoTime();
+                // the pacer gives no sign of a queued request: a short pause lets it take its slot
+                leaveAfter(h, "/v1/chat/completions", CHAT_HI, () -> sleep(300));
+                Thread.sleep(500); // the pacer looks at a waiting client every 200 ms
+                assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode(), "the next request is served");
+                long waited = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - start);
+                assertTrue(waited < 2500, "the next request took the slot the leaver gave up, waited " + waited + " ms");
+                Thread.sleep(1800);
+                assertEquals(2, h.stub.count("/chat/completions"), "the request whose client left never reached Copilot");
+                assertEquals(2, json(h.get("/stats").body()).path("totals").path("requests").asInt(), "nor was it counted as served");
+            }
+        }
+    }
+
+    /** Sends a request on a raw socket, runs whileWaiting, then closes the socket without reading the answer. */
+    static void leaveAfter(Harness h, String path, String body, Runnable whileWaiting) throws IOException {
+        try (java.net.Socket s = new java.net.Socket("127.0.0.1", h.server.port())) {
+            byte[] bytes = body.getBytes(UTF_8);
+            s.getOutputStream().write(("POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: "
+                + bytes.length + "\r\n\r\n").getBytes(UTF_8));
+            s.getOutputStream().write(bytes);
+            s.getOutputStream().flush();
+            whileWaiting.run();
+        }
+    }
+
+    static <T> T unchecked(java.util.concurrent.Callable<T> call) {
+        try {
+            return call.call();
+        } catch (Exception e) {
+            throw new AssertionError(e);
+        }
+    }
+
+    static void sleep(long millis) {
+        try {
+            Thread.sleep(millis);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new AssertionError(e);
+        }
     }
 
     static final class ManualApprovalTests {
@@ -1728,20 +1776,22 @@ class CopilotApiTests {
             }
 
             @Override
-            public String ask(String question, Duration timeout) throws InterruptedException {
+            public void ask(String question) {
                 shown.add(question);
                 maxAsking = Math.max(maxAsking, asking.incrementAndGet());
-                try {
-                    Thread.sleep(100);
-                    String a = answers.poll();
-                    if (a == null || a.equals("<silence>")) {
-                        Thread.sleep(timeout.toMillis());
-                        return null;
-                    }
-                    return a;
-                } finally {
-                    asking.decrementAndGet();
+            }
+
+            /** The script's next line after a pause; silence is waited out. One question is open until its answer returns. */
+            @Override
+            public String answer(Duration timeout) throws InterruptedException {
+                Thread.sleep(Math.min(100, timeout.toMillis()));
+                String a = answers.peek();
+                if (a == null || a.equals("<silence>")) {
+                    Thread.sleep(timeout.toMillis());
+                    return null;
                 }
+                asking.decrementAndGet();
+                return answers.poll();
             }
         }
 
@@ -1778,6 +1828,43 @@ class CopilotApiTests {
                 for (var f : all) assertEquals(200, f.get(20, TimeUnit.SECONDS).statusCode());
                 assertEquals(1, terminal.maxAsking, "one question at a time");
                 assertEquals(3, terminal.shown.size());
+            }
+        }
+
+        /** Answers only what the test types, after the question it is typed for; lines typed before a question are dropped. */
+        static final class TypedTerminal implements CopilotApi.Approver.Terminal {
+            final java.util.concurrent.BlockingQueue<String> typed = new java.util.concurrent.LinkedBlockingQueue<>();
+            final List<String> shown = java.util.Collections.synchronizedList(new ArrayList<>());
+
+            @Override
+            public void ask(String question) {
+                typed.clear();
+                shown.add(question);
+            }
+
+            @Override
+            public String answer(Duration timeout) throws InterruptedException {
+                return typed.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
+            }
+        }
+
+        /** A client that leaves while its question is open is not sent even if the operator then says yes; the next one is asked. */
+        @Test
+        void aClientThatLeavesWhileAwaitingApprovalIsNeverSent() throws Exception {
+            TypedTerminal terminal = new TypedTerminal();
+            var approver = new CopilotApi.Approver(terminal, Duration.ofSeconds(20));
+            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE, approver))) {
+                leaveAfter(h, "/v1/chat/completions", CHAT_HI,
+                    () -> assertEquals(1, unchecked(() -> eventually(Duration.ofSeconds(5), terminal.shown::size, n -> n == 1))));
+                Thread.sleep(600);
+                terminal.typed.add("y");
+                var next = h.client.sendAsync(HttpRequest.newBuilder(URI.create(h.url("/v1/chat/completions")))
+                    .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(), HttpResponse.BodyHandlers.ofString());
+                assertEquals(2, eventually(Duration.ofSeconds(5), terminal.shown::size, n -> n == 2), "the next request is asked");
+                terminal.typed.add("y");
+                assertEquals(200, next.get(10, TimeUnit.SECONDS).statusCode());
+                assertEquals(1, h.stub.count("/chat/completions"), "the request whose client left never reached Copilot");
+                assertEquals(1, json(h.get("/stats").body()).path("totals").path("requests").asInt(), "nor was it counted as served");
             }
         }
     }
