@@ -332,14 +332,14 @@ class CopilotApi implements Callable<Integer> {
         @Option(names = "--shell", paramLabel = "SHELL", description = "Shell syntax for the --claude-code command: posix, fish, powershell or cmd (default: detected).")
         String shell;
 
-        Controls controls(Settings settings) {
+        Controls controls(Settings settings, Approver.Terminal terminal) {
             ApiKeys keys = ApiKeys.from(apiKeys, settings.env());
             if (!keys.enabled() && !isLoopback(host)) {
                 System.err.println("warning: listening on " + host + " without an API key: anyone who can reach this address can spend"
                     + " your Copilot quota. Add --api-key KEY.");
             }
             Pacer pacer = rateLimit == null ? Pacer.NONE : new Pacer(Duration.ofMillis(Math.round(rateLimit * 1000)), waitForTurn);
-            Approver approver = manual ? new Approver(Approver.console(System.console()), Duration.ofMinutes(5)) : Approver.NONE;
+            Approver approver = manual ? new Approver(terminal, Duration.ofMinutes(5)) : Approver.NONE;
             return new Controls(keys, pacer, approver, new Stats(), new Billing(premiumBudget, smallModel));
         }
 
@@ -403,9 +403,12 @@ class CopilotApi implements Callable<Integer> {
             GitHubAuth auth = new GitHubAuth(settings, http);
             App app = App.connect(settings, http, auth, auth.tokenOrLogin(Console.system()), timeouts);
             ModelRouting routing = ModelRouting.from(modelMap, fallbackModel, System.getenv());
-            Controls controls = controls(settings);
+            // one reader of the terminal: the model prompt has its answers before the first --manual question is asked
+            boolean asks = manual || claudeCode && (claudeCodeModel == null || claudeCodeSmallModel == null);
+            Approver.Terminal terminal = asks && System.console() != null ? Approver.console(System.console()) : null;
+            Controls controls = controls(settings, terminal);
             // --claude-code needs the catalog to choose from, and checks its choice before listening
-            ClaudeCodeSetup.Choice choice = claudeCode ? ClaudeCodeSetup.choose(app.models(), claudeCodeModel, claudeCodeSmallModel, System.console()) : null;
+            ClaudeCodeSetup.Choice choice = claudeCode ? ClaudeCodeSetup.choose(app.models(), claudeCodeModel, claudeCodeSmallModel, terminal) : null;
             // fetched on its own thread while Jetty starts: a slow Copilot delays the catalog, not the port, and the
             // first GET /v1/models finds it there (or waits for this fetch) rather than starting one after listening
             if (choice == null) Threads.start(app.models()::refreshQuietly);
@@ -655,17 +658,17 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        static Choice choose(ModelCatalog models, String main, String small, java.io.Console console) {
+        static Choice choose(ModelCatalog models, String main, String small, Approver.Terminal terminal) {
             List<String> ids = new ArrayList<>();
             for (JsonNode m : models.list()) if (ModelResolver.isChat(m)) ids.add(m.path("id").asText());
             if (ids.isEmpty()) throw new UserFacingException("the Copilot model list is empty; cannot set up Claude Code");
-            if ((main == null || small == null) && console == null) {
+            if ((main == null || small == null) && terminal == null) {
                 throw new UserFacingException("no terminal to ask on: pass --claude-code-model and --claude-code-small-model");
             }
             List<String> labels = labels(models.list(), ids);
-            String chosenMain = main != null ? check(ids, main) : ask(console, ids, labels, "main model", preferred(models.list(), ids, "sonnet"));
+            String chosenMain = main != null ? check(ids, main) : ask(terminal, ids, labels, "main model", preferred(models.list(), ids, "sonnet"));
             String chosenSmall = small != null ? check(ids, small)
-                : ask(console, ids, labels, "small, fast model (background tasks; a free one costs nothing)", smallDefault(models.list(), ids));
+                : ask(terminal, ids, labels, "small, fast model (background tasks; a free one costs nothing)", smallDefault(models.list(), ids));
             return new Choice(chosenMain, chosenSmall);
         }
 
@@ -698,11 +701,13 @@ class CopilotApi implements Callable<Integer> {
                 .map(m -> Math.max(0, ids.indexOf(m.path("id").asText()))).orElse(0);
         }
 
-        private static String ask(java.io.Console console, List<String> ids, List<String> labels, String what, int defaultIndex) {
-            console.printf("%nChoose the %s for Claude Code:%n", what);
-            for (int i = 0; i < ids.size(); i++) console.printf("  %2d) %s%n", i + 1, labels.get(i));
+        private static String ask(Approver.Terminal terminal, List<String> ids, List<String> labels, String what, int defaultIndex) {
+            StringBuilder menu = new StringBuilder(String.format(Locale.ROOT, "%nChoose the %s for Claude Code:%n", what));
+            for (int i = 0; i < ids.size(); i++) menu.append(String.format(Locale.ROOT, "  %2d) %s%n", i + 1, labels.get(i)));
+            String prompt = String.format(Locale.ROOT, "Number [%d]: ", defaultIndex + 1);
+            terminal.ask(menu + prompt);
             while (true) {
-                String answer = console.readLine("Number [%d]: ", defaultIndex + 1);
+                String answer = answer(terminal);
                 if (answer == null || answer.isBlank()) return ids.get(defaultIndex);
                 try {
                     int n = Integer.parseInt(answer.trim());
@@ -710,7 +715,17 @@ class CopilotApi implements Callable<Integer> {
                 } catch (NumberFormatException e) {
                     Logs.log().debug("not a number: {}", answer);
                 }
-                console.printf("Please enter a number from 1 to %d.%n", ids.size());
+                terminal.ask(String.format(Locale.ROOT, "Please enter a number from 1 to %d.%n%s", ids.size(), prompt));
+            }
+        }
+
+        /** The operator's line; no hurry (a day), and the default when none comes. */
+        private static String answer(Approver.Terminal terminal) {
+            try {
+                return terminal.answer(Duration.ofDays(1));
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new UserFacingException("interrupted while waiting for a model choice");
             }
         }
 

@@ -2637,6 +2637,26 @@ class CopilotApiTests {
                 assertEquals(1, stub.count("/chat/completions"));
             }
         }
+
+        /** --manual with the Claude Code prompt: the model choice reads the terminal first, then the questions, one reader for both. */
+        @Test
+        void theClaudeCodePromptAndManualApprovalShareTheTerminal() throws Exception {
+            try (StubUpstream stub = StubUpstream.start();
+                    OnTerminal t = new OnTerminal(CliTests.env(stub, Files.createTempDirectory("h")), "--manual", "--claude-code", "--shell", "posix")) {
+                t.until("Number [");
+                t.type("1");
+                assertTrue(t.until("Number [").contains("small, fast model"), "the first answer reached the model prompt");
+                t.type("1");
+                String base = t.baseUrl();
+                assertTrue(t.until("claude\r\n").contains("ANTHROPIC_SMALL_FAST_MODEL=gpt-4.1 "), t.log.toString());
+                var pending = HttpClient.newHttpClient().sendAsync(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
+                    .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(), HttpResponse.BodyHandlers.ofString());
+                t.until("[y/N] ");
+                t.type("y");
+                assertEquals(200, pending.get(30, TimeUnit.SECONDS).statusCode());
+                assertEquals(1, stub.count("/chat/completions"));
+            }
+        }
     }
 
     // ==== Stale keep-alive connections ====
