@@ -5037,7 +5037,9 @@ class CopilotApi implements Callable<Integer> {
                 boolean anyText = false;
                 ArrayNode toolCalls = Json.array();
                 String finish = null;
+                JsonNode logprobs = JsonNodeFactory.instance.nullNode();
                 for (JsonNode c : choices) {
+                    logprobs = joinLogprobs(logprobs, c.path("logprobs"));
                     JsonNode m = c.path("message");
                     if (m.path("content").isTextual()) {
                         text.append(m.path("content").asText());
@@ -5055,13 +5057,29 @@ class CopilotApi implements Callable<Integer> {
                 ObjectNode merged = Json.object();
                 merged.put("index", 0);
                 merged.set("message", message);
+                merged.set("logprobs", logprobs);
                 merged.put("finish_reason", !toolCalls.isEmpty() ? "tool_calls" : finish);
                 return merged;
             }
 
+            /** The log probabilities of split choices, joined in choice order: each list (content, refusal) concatenated. */
+            private static JsonNode joinLogprobs(JsonNode sofar, JsonNode next) {
+                if (!next.isObject()) return sofar;
+                if (!sofar.isObject()) return next.deepCopy();
+                ObjectNode joined = (ObjectNode) sofar;
+                next.properties().forEach(f -> {
+                    if (f.getValue().isArray() && joined.path(f.getKey()).isArray()) ((ArrayNode) joined.get(f.getKey())).addAll((ArrayNode) f.getValue());
+                    else if (!joined.hasNonNull(f.getKey())) joined.set(f.getKey(), f.getValue().deepCopy());
+                });
+                return joined;
+            }
+
+            /** The fields OpenAI's SDKs type as required: role, refusal (null), tool call types, logprobs (null), finish_reason. */
             static void fillChoice(ObjectNode c) {
                 ObjectNode m = c.withObjectProperty("message");
                 if (!m.has("role")) m.put("role", "assistant");
+                if (!m.has("refusal")) m.putNull("refusal");
+                if (!c.has("logprobs")) c.putNull("logprobs");
                 for (JsonNode tc : m.path("tool_calls")) {
                     if (tc.isObject() && !tc.has("type")) ((ObjectNode) tc).put("type", "function");
                 }
@@ -6598,7 +6616,9 @@ class CopilotApi implements Callable<Integer> {
                 long in = chat.path("prompt_tokens").asLong(0);
                 long out = chat.path("completion_tokens").asLong(0);
                 u.put("input_tokens", in);
-                u.putObject("input_tokens_details").put("cached_tokens", chat.path("prompt_tokens_details").path("cached_tokens").asLong(0));
+                // chat usage has no count of tokens written to the cache; the Responses schema requires the field
+                u.putObject("input_tokens_details").put("cached_tokens", chat.path("prompt_tokens_details").path("cached_tokens").asLong(0))
+                    .put("cache_write_tokens", 0);
                 u.put("output_tokens", out);
                 u.putObject("output_tokens_details").put("reasoning_tokens",
                     chat.path("completion_tokens_details").path("reasoning_tokens").asLong(0));
@@ -6650,7 +6670,7 @@ class CopilotApi implements Callable<Integer> {
                 r.set("top_p", echo(request, "top_p", 1.0));
                 r.set("truncation", echo(request, "truncation", "disabled"));
                 r.putNull("usage");
-                r.set("user", echo(request, "user", null));
+                if (request.path("user").isTextual()) r.put("user", request.path("user").asText());
                 r.set("metadata", request.path("metadata").isObject() ? request.get("metadata").deepCopy() : object());
                 return r;
             }
@@ -6755,6 +6775,7 @@ class CopilotApi implements Callable<Integer> {
                 if (text.length() > 0 || (calls.isEmpty() && refusal.length() == 0)) message.put("content", text.toString());
                 else message.putNull("content");
                 if (refusal.length() > 0) message.put("refusal", refusal.toString());
+                else message.putNull("refusal");
                 if (!summaries.isEmpty()) message.put("reasoning_text", String.join("\n\n", summaries));
                 if (opaque.length() > 0) message.put("reasoning_opaque", opaque.toString());
                 if (!calls.isEmpty()) message.set("tool_calls", calls);

@@ -1546,6 +1546,16 @@ class CopilotApiTests {
             for (int i = 0; i < ev.size(); i++) assertEquals(i, ev.get(i).getValue().path("sequence_number").asInt());
         }
 
+        /** The current OpenAPI schema: usage.input_tokens_details.cache_write_tokens is required; user is a string or absent. */
+        @Test
+        void aTranslatedResponseCarriesWhatTheSchemaRequires() throws Exception {
+            JsonNode plain = json(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\"}").body());
+            assertTrue(plain.path("usage").path("input_tokens_details").path("cache_write_tokens").isIntegralNumber(), plain.toString());
+            assertFalse(plain.has("user"), "no user: null: " + plain);
+            JsonNode withUser = json(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\",\"user\":\"u-1\"}").body());
+            assertEquals("u-1", withUser.path("user").asText(), withUser.toString());
+        }
+
         @Test
         void unknownStateAndMalformedRequestsAreAnsweredBeforeCopilot() throws Exception {
             HttpResponse<String> r = h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\",\"previous_response_id\":\"resp_1\"}");
