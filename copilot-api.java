@@ -900,16 +900,8 @@ class CopilotApi implements Callable<Integer> {
     }
 
     record ServerOptions(String host, int port, ModelRouting routing, Controls controls, BrowserGuard guard, Store.Options store) {
-        ServerOptions(String host, int port, ModelRouting routing, Controls controls, BrowserGuard guard) {
-            this(host, port, routing, controls, guard, Store.Options.DEFAULT);
-        }
-
-        ServerOptions(String host, int port, ModelRouting routing, Controls controls) {
-            this(host, port, routing, controls, BrowserGuard.loopback(host));
-        }
-
         ServerOptions(String host, int port) {
-            this(host, port, ModelRouting.NONE, Controls.none());
+            this(host, port, ModelRouting.NONE, Controls.none(), BrowserGuard.loopback(host), Store.Options.DEFAULT);
         }
     }
 
@@ -1403,10 +1395,6 @@ class CopilotApi implements Callable<Integer> {
 
         double spent() {
             return spentHundredths.get() / 100.0;
-        }
-
-        Double budget() {
-            return budget;
         }
 
         static double multiplier(JsonNode model) {
@@ -3382,10 +3370,6 @@ class CopilotApi implements Callable<Integer> {
         private final java.util.function.BiConsumer<String, JsonNode> observer;
         private boolean finishSeen;
 
-        TranslatedRelay(Translation machine, Exchange exchange) {
-            this(machine, exchange, (name, data) -> { });
-        }
-
         /** Every event the machine gives is also shown to the observer (name and data), on its way out. */
         TranslatedRelay(Translation machine, Exchange exchange, java.util.function.BiConsumer<String, JsonNode> observer) {
             this.machine = machine;
@@ -3784,10 +3768,6 @@ class CopilotApi implements Callable<Integer> {
 
         void comment(String text) {
             send(Frame.comment(text));
-        }
-
-        void done() {
-            send(Frame.DONE);
         }
 
         /** Written and flushed at once. */
@@ -4920,10 +4900,6 @@ class CopilotApi implements Callable<Integer> {
             /** agent for a continuation (tool results, reminders, an assistant turn), user for a person's prompt. */
             static Initiator of(JsonNode messages) {
                 return Turn.ofMessages(messages).initiator();
-            }
-
-            static Initiator ofResponsesInput(JsonNode input) {
-                return Turn.ofResponsesInput(input, false).initiator();
             }
         }
 
@@ -6119,67 +6095,6 @@ class CopilotApi implements Callable<Integer> {
                 if (error.isTextual()) return error.asText();
                 String m = error.path("message").asText("");
                 return m.isBlank() ? "Copilot reported an error in the stream: " + Json.write(error) : m;
-            }
-
-            /**
-             * Folds events into the message an SDK would build from them: content blocks by index, text and thinking
-             * appended, the signature set, tool input parsed from the joined input_json_delta, message_delta applied.
-             * An error event throws IllegalStateException; so does a tool input that does not parse.
-             */
-            static ObjectNode accumulate(List<NamedEvent> events) {
-                ObjectNode message = null;
-                Map<Integer, StringBuilder> json = new LinkedHashMap<>();
-                for (NamedEvent e : events) {
-                    ObjectNode d = e.data();
-                    int index = d.path("index").asInt();
-                    switch (e.name()) {
-                        case "message_start" -> message = d.get("message").deepCopy();
-                        case "content_block_start" -> ((ArrayNode) message.get("content")).insert(index, d.get("content_block").deepCopy());
-                        case "content_block_delta" ->
-                            applyDelta(block(message, index), d.path("delta"), json.computeIfAbsent(index, i -> new StringBuilder()));
-                        case "content_block_stop" -> {
-                            ObjectNode b = block(message, index);
-                            StringBuilder joined = json.get(index);
-                            if (b.path("type").asText().equals("tool_use") && joined != null && joined.length() > 0) {
-                                b.set("input", parse(joined.toString()));
-                            }
-                        }
-                        case "message_delta" -> applyMessageDelta(message, d);
-                        case "error" -> throw new IllegalStateException("the stream ended with an error: " + d.path("error").path("message").asText());
-                        default -> { }
-                    }
-                }
-                return message;
-            }
-
-            private static void applyMessageDelta(ObjectNode message, ObjectNode d) {
-                message.setAll((ObjectNode) d.path("delta"));
-                ObjectNode usage = message.withObjectProperty("usage");
-                d.path("usage").properties().forEach(f -> {
-                    if (!f.getValue().isNull()) usage.set(f.getKey(), f.getValue());
-                });
-            }
-
-            private static ObjectNode block(ObjectNode message, int index) {
-                return (ObjectNode) message.get("content").get(index);
-            }
-
-            private static void applyDelta(ObjectNode block, JsonNode delta, StringBuilder json) {
-                switch (delta.path("type").asText("")) {
-                    case "text_delta" -> block.put("text", block.path("text").asText("") + delta.path("text").asText());
-                    case "thinking_delta" -> block.put("thinking", block.path("thinking").asText("") + delta.path("thinking").asText());
-                    case "signature_delta" -> block.put("signature", delta.path("signature").asText());
-                    case "input_json_delta" -> json.append(delta.path("partial_json").asText());
-                    default -> throw new IllegalStateException("unknown delta type " + delta.path("type"));
-                }
-            }
-
-            private static JsonNode parse(String json) {
-                try {
-                    return JSON.readerFor(JsonNode.class).with(DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readValue(json);
-                } catch (IOException e) {
-                    throw new IllegalStateException("tool input does not parse: " + json, e);
-                }
             }
         }
 
@@ -8468,10 +8383,6 @@ class CopilotApi implements Callable<Integer> {
         /** Parsed upstream URIs by text: a handful of paths on one or two bases, so parsing once each is enough. */
         private final Map<String, URI> uris = new java.util.concurrent.ConcurrentHashMap<>();
 
-        CopilotClient(Settings settings, Http http, CopilotTokens tokens) {
-            this(settings, http, tokens, Timeouts.DEFAULT);
-        }
-
         CopilotClient(Settings settings, Http http, CopilotTokens tokens, Timeouts timeouts) {
             this.settings = settings;
             this.http = http;
@@ -8867,20 +8778,6 @@ class CopilotApi implements Callable<Integer> {
             } catch (RuntimeException e) {
                 return List.of();
             }
-        }
-
-        /** True for a known model that lists this endpoint and not chat completions (the newest GPT models and /responses). */
-        boolean servedOnlyOn(String id, String endpoint) {
-            List<String> endpoints = endpointsOf(id);
-            return endpoints.contains(endpoint) && !endpoints.contains(OpenAiRoutes.CHAT);
-        }
-
-        /** A known model that lists its endpoints and not this one is refused before calling upstream. */
-        void requireEndpoint(String id, String endpoint) {
-            List<String> endpoints = endpointsOf(id);
-            if (endpoints.isEmpty() || endpoints.contains(endpoint)) return;
-            throw new ApiError(400, "invalid_request_error", "The model '" + id + "' is not served on " + endpoint
-                + " by Copilot; it supports " + String.join(", ", endpoints), "model", "unsupported_api_for_model");
         }
     }
 

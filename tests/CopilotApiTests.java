@@ -2748,7 +2748,7 @@ class CopilotApiTests {
                 CopilotApi.CommonOptions options = new CopilotApi.CommonOptions();
                 options.accountType = CopilotApi.AccountType.individual;
                 CopilotApi.Settings settings = CopilotApi.Settings.from(options, env);
-                var copilot = new CopilotApi.CopilotClient(settings, CopilotApi.Http.create(settings), h.tokens);
+                var copilot = new CopilotApi.CopilotClient(settings, CopilotApi.Http.create(settings), h.tokens, CopilotApi.Timeouts.DEFAULT);
                 JsonNode body = json(ChatBehaviourTests.HI);
                 for (int i = 0; i < 3; i++) {
                     assertEquals("chatcmpl-1", copilot.postJson("/chat/completions", body, CopilotApi.CallOptions.PLAIN).path("id").asText());
