@@ -973,7 +973,7 @@ class CopilotApi implements Callable<Integer> {
         Controls controls) {
         /** The call options with this request's client watched while Copilot has not answered. */
         CallOptions watched(Context ctx, CallOptions call) {
-            return call.watched(new ClientWatch(ctx, copilot.timeouts().earlyCommit()));
+            return call.watched(new ClientWatch(ctx, copilot.timeouts().earlyCommit(), copilot.timeouts().keepAlive()));
         }
 
         /** The pivot every chat-shaped call goes through. */
@@ -1327,7 +1327,8 @@ class CopilotApi implements Callable<Integer> {
         void admit(Context ctx, String model, int messages) {
             Exchange exchange = Exchange.of(ctx);
             exchange.invokesModel = true;
-            Watch client = new ClientWatch(ctx, Duration.ZERO);
+            // watched as a non-stream: nothing is committed or kept alive while the request waits its turn
+            Watch client = new ClientWatch(ctx, Duration.ZERO, Duration.ZERO);
             try {
                 approver.approve(ctx.method() + " " + ctx.path(), model, messages, client);
                 pacer.admit(client);
@@ -3672,8 +3673,6 @@ class CopilotApi implements Callable<Integer> {
      * the heartbeat's keep-alives take the lock only when it is free, so they never wait behind a slow client.
      */
     static final class SseWriter {
-        static final Duration KEEPALIVE = Duration.ofSeconds(15);
-
         /** The client went away; the caller stops and the upstream request is cancelled by closing it. */
         static final class ClientGone extends RuntimeException {
             ClientGone(IOException cause) {
@@ -3789,12 +3788,14 @@ class CopilotApi implements Callable<Integer> {
     static final class ClientWatch implements Watch {
         private final Context ctx;
         private final Duration earlyCommit;
+        private final Duration keepAlive;
         private org.eclipse.jetty.io.EndPoint endPoint;
         private long lastWrite;
 
-        ClientWatch(Context ctx, Duration earlyCommit) {
+        ClientWatch(Context ctx, Duration earlyCommit, Duration keepAlive) {
             this.ctx = ctx;
             this.earlyCommit = earlyCommit;
+            this.keepAlive = keepAlive;
             this.endPoint = endPoint(ctx);
         }
 
@@ -3838,7 +3839,7 @@ class CopilotApi implements Callable<Integer> {
             if (out == null) {
                 SseWriter.open(ctx).comment("waiting for Copilot");
                 lastWrite = System.nanoTime();
-            } else if (System.nanoTime() - lastWrite >= SseWriter.KEEPALIVE.toNanos()) {
+            } else if (System.nanoTime() - lastWrite >= keepAlive.toNanos()) {
                 out.comment("keep-alive");
                 lastWrite = System.nanoTime();
             }
@@ -8219,15 +8220,15 @@ class CopilotApi implements Callable<Integer> {
      * Other calls arrive whole, so they get the longer answer limit (the catalog GET gets firstByte). A stream
      * whose headers have not come within earlyCommit is answered 200 at once and kept alive with comments.
      */
-    record Timeouts(Duration firstByte, Duration streamIdle, Duration answer, Duration earlyCommit) {
+    record Timeouts(Duration firstByte, Duration streamIdle, Duration answer, Duration earlyCommit, Duration keepAlive) {
         static final Timeouts DEFAULT = new Timeouts(Duration.ofSeconds(60), Duration.ofSeconds(120), Duration.ofMinutes(10),
-            Duration.ofSeconds(3));
+            Duration.ofSeconds(3), Duration.ofSeconds(15));
 
         static Timeouts of(long firstByteSeconds, long streamIdleSeconds) {
             if (firstByteSeconds < 1) throw new UserFacingException("--first-byte-timeout must be at least 1 second");
             if (streamIdleSeconds < 1) throw new UserFacingException("--stream-idle-timeout must be at least 1 second");
             return new Timeouts(Duration.ofSeconds(firstByteSeconds), Duration.ofSeconds(streamIdleSeconds), DEFAULT.answer(),
-                DEFAULT.earlyCommit());
+                DEFAULT.earlyCommit(), DEFAULT.keepAlive());
         }
     }
 
@@ -8427,7 +8428,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         UpstreamEvents stream(String path, byte[] body, CallOptions options) {
-            return new UpstreamEvents(send("POST", path, body, options, true).body(), timeouts.streamIdle(), streams);
+            return new UpstreamEvents(send("POST", path, body, options, true).body(), timeouts.streamIdle(), timeouts.keepAlive(), streams);
         }
 
         /** Sends once; on 401 refreshes the token and sends once more. Errors become UpstreamException. */
@@ -8855,6 +8856,7 @@ class CopilotApi implements Callable<Integer> {
         private final InputStream in;
         private final SseReader reader;
         private final Duration idleLimit;
+        private final Duration keepAliveEvery;
         private final LiveStreams registry;
         private volatile IOException stopped;
         private volatile long lastRead = System.nanoTime();
@@ -8862,10 +8864,11 @@ class CopilotApi implements Callable<Integer> {
         private volatile Supplier<Frame> keepAlive;
         private boolean over;
 
-        UpstreamEvents(InputStream in, Duration idleLimit, LiveStreams registry) {
+        UpstreamEvents(InputStream in, Duration idleLimit, Duration keepAliveEvery, LiveStreams registry) {
             this.in = in;
             this.reader = new SseReader(in);
             this.idleLimit = idleLimit;
+            this.keepAliveEvery = keepAliveEvery;
             this.registry = registry;
             registry.add(this);
         }
@@ -8910,7 +8913,7 @@ class CopilotApi implements Callable<Integer> {
                 return;
             }
             SseWriter w = out;
-            if (w != null && now - w.lastWrite() >= SseWriter.KEEPALIVE.toNanos()) {
+            if (w != null && now - w.lastWrite() >= keepAliveEvery.toNanos()) {
                 Threads.start(() -> {
                     if (!w.tryWrite(keepAlive.get())) stop(new IOException("client disconnected"));
                 });

@@ -1334,19 +1334,27 @@ class CopilotApiTests {
             assertTrue(ev.stream().noneMatch(e -> e.getKey().equals("message_stop")), "no fake message_stop");
         }
 
-        /** Fifteen seconds of upstream silence: a ping keeps Claude Code from giving up on the connection. */
+        /** Upstream silence past the keep-alive interval (15 s by default, half a second here): a ping keeps Claude Code waiting. */
         @Test
         void silenceGetsAPing() throws Exception {
+            CopilotApi.Timeouts quickPings = new CopilotApi.Timeouts(Duration.ofSeconds(60), Duration.ofSeconds(120), Duration.ofMinutes(10),
+                Duration.ofSeconds(3), Duration.ofMillis(500));
             List<String> framed = List.of(
                 "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
                 "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":1}}\n\n",
                 "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
-            h.stub.enqueue("/v1/messages", StubUpstream.Reply.events(framed).delayMs(16_000));
-            HttpResponse<String> r = messages("{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
-            var names = events(r.body()).stream().map(Map.Entry::getKey).toList();
-            assertEquals("message_start", names.get(0));
-            assertTrue(names.subList(1, names.size() - 1).contains("ping"), names.toString());
-            assertEquals("message_stop", names.get(names.size() - 1));
+            try (Harness quick = new Harness(StubUpstream.start(), Map.of(), o -> { }, CopilotApi.Controls.none(), quickPings)) {
+                quick.stub.enqueue("/v1/messages", StubUpstream.Reply.events(framed).delayMs(1500));
+                HttpResponse<String> r = quick.post("/v1/messages",
+                    "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+                var names = events(r.body()).stream().map(Map.Entry::getKey).toList();
+                assertEquals("message_start", names.get(0));
+                assertTrue(names.subList(1, names.size() - 1).contains("ping"), names.toString());
+                assertEquals("message_stop", names.get(names.size() - 1));
+                h.stub.enqueue("/v1/messages", StubUpstream.Reply.events(framed).delayMs(1500));
+                HttpResponse<String> defaults = messages("{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+                assertFalse(events(defaults.body()).stream().anyMatch(e -> e.getKey().equals("ping")), "no ping within the default 15 s");
+            }
         }
 
         @Test
@@ -2353,7 +2361,7 @@ class CopilotApiTests {
 
     /** Limits short enough for tests: first byte and answer 1 s, idle 1 s, early commit 300 ms. */
     static final CopilotApi.Timeouts SHORT = new CopilotApi.Timeouts(Duration.ofSeconds(1), Duration.ofSeconds(1), Duration.ofSeconds(1),
-        Duration.ofMillis(300));
+        Duration.ofMillis(300), CopilotApi.Timeouts.DEFAULT.keepAlive());
 
     static String streaming(String body) {
         return body.replace("{\"model\"", "{\"stream\":true,\"model\"");
@@ -2372,7 +2380,7 @@ class CopilotApiTests {
             silent = new StubUpstream.Silent(stub);
             hung = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", silent.url()), o -> { }, CopilotApi.Controls.none(), SHORT);
             slow = new Harness(StubUpstream.start(), Map.of(), o -> { }, CopilotApi.Controls.none(),
-                new CopilotApi.Timeouts(Duration.ofSeconds(10), Duration.ofSeconds(1), Duration.ofSeconds(10), Duration.ofMillis(300)));
+                new CopilotApi.Timeouts(Duration.ofSeconds(10), Duration.ofSeconds(1), Duration.ofSeconds(10), Duration.ofMillis(300), CopilotApi.Timeouts.DEFAULT.keepAlive()));
         }
 
         @AfterAll
@@ -2479,7 +2487,7 @@ class CopilotApiTests {
             silent = new StubUpstream.Silent(stub);
             h = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", silent.url()), o -> { }, CopilotApi.Controls.none(),
                 // no early commit: a stream's client has not been written to, so only watching its connection can tell
-                new CopilotApi.Timeouts(Duration.ofSeconds(60), Duration.ofSeconds(60), Duration.ofSeconds(60), Duration.ofSeconds(60)));
+                new CopilotApi.Timeouts(Duration.ofSeconds(60), Duration.ofSeconds(60), Duration.ofSeconds(60), Duration.ofSeconds(60), CopilotApi.Timeouts.DEFAULT.keepAlive()));
         }
 
         @AfterAll
