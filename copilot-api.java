@@ -399,10 +399,8 @@ class CopilotApi implements Callable<Integer> {
             BrowserGuard guard = validate(settings);
             Timeouts timeouts = timeouts(settings);
             Ports.requireFree(host, port);
-            Http http = Http.create(settings);
-            GitHubAuth auth = new GitHubAuth(settings, http);
-            App app = App.connect(settings, http, auth, auth.tokenOrLogin(Console.system()), timeouts);
-            ModelRouting routing = ModelRouting.from(modelMap, fallbackModel, System.getenv());
+            App app = App.open(settings, timeouts, auth -> auth.tokenOrLogin(Console.system()));
+            ModelRouting routing = ModelRouting.from(modelMap, fallbackModel, settings.env());
             // one reader of the terminal: the model prompt has its answers before the first --manual question is asked
             boolean asks = manual || claudeCode && (claudeCodeModel == null || claudeCodeSmallModel == null);
             Approver.Terminal terminal = asks && System.console() != null ? Approver.console(System.console()) : null;
@@ -412,7 +410,7 @@ class CopilotApi implements Callable<Integer> {
             // fetched on its own thread while Jetty starts: a slow Copilot delays the catalog, not the port, and the
             // first GET /v1/models finds it there (or waits for this fetch) rather than starting one after listening
             if (choice == null) Threads.start(app.models()::refreshQuietly);
-            Server server = Ports.start(host, port, () -> app.serve(new ServerOptions(host, port, routing, controls, guard, storeOptions())));
+            Server server = app.serve(new ServerOptions(host, port, routing, controls, guard, storeOptions()));
             GracefulStop.install(server, app.tokens());
             System.out.println("copilot-api " + VERSION + " listening on " + server.baseUrl());
             System.out.println("  OpenAI base URL:    " + server.baseUrl() + "/v1");
@@ -945,20 +943,30 @@ class CopilotApi implements Callable<Integer> {
     // ==== 3. Server and routes ====
 
     /**
-     * The composition root: what `start`, the tests and the benchmark run, wired the same way. connect() holds a
-     * Copilot token (failing loudly when GitHub refuses); serve() listens.
+     * The composition root: what `start`, the tests and the benchmark run, wired the same way; they differ only in
+     * what they pass (settings, timeouts, how the GitHub token is found, server options). open() holds a Copilot
+     * token (failing loudly when GitHub refuses); serve() listens.
      */
     record App(Settings settings, GitHubAuth auth, GitHubToken github, CopilotTokens tokens, CopilotClient copilot, ModelCatalog models)
             implements AutoCloseable {
-        static App connect(Settings settings, Http http, GitHubAuth auth, GitHubToken github, Timeouts timeouts) {
+        /** How the GitHub token is found: start's stored login or device flow, the token given to a test. */
+        interface Login {
+            GitHubToken token(GitHubAuth auth) throws InterruptedException;
+        }
+
+        static App open(Settings settings, Timeouts timeouts, Login login) throws InterruptedException {
+            Http http = Http.create(settings);
+            GitHubAuth auth = new GitHubAuth(settings, http);
+            GitHubToken github = login.token(auth);
             CopilotTokens tokens = new CopilotTokens(settings, http, github);
             tokens.start();
             CopilotClient copilot = new CopilotClient(settings, http, tokens, timeouts);
             return new App(settings, auth, github, tokens, copilot, new ModelCatalog(copilot));
         }
 
+        /** Starts the server; a port taken since start checked it gets the same sentence as one taken before. */
         Server serve(ServerOptions options) {
-            return Server.start(options, settings, copilot, models, auth, github);
+            return Ports.start(options.host(), options.port(), () -> Server.start(options, settings, copilot, models, auth, github));
         }
 
         /** Stops the token refreshes; the caller stops its server. */

@@ -217,13 +217,22 @@ class CopilotApiTests {
             options.githubToken = StubUpstream.VALID_GITHUB_TOKEN;
             tweak.accept(options);
             settings = CopilotApi.Settings.from(options, env);
-            CopilotApi.Http http = CopilotApi.Http.create(settings);
-            CopilotApi.GitHubAuth auth = new CopilotApi.GitHubAuth(settings, http);
-            CopilotApi.App app = CopilotApi.App.connect(settings, http, auth, auth.existingToken().orElseThrow(), timeouts);
+            // start's own wiring; only the settings, timeouts, token and server options are the test's
+            CopilotApi.App app = open(settings, timeouts);
             tokens = app.tokens();
             copilot = app.copilot();
             app.models().refreshQuietly();
             server = app.serve(new CopilotApi.ServerOptions("127.0.0.1", 0, CopilotApi.ModelRouting.NONE, controls, guard, store));
+        }
+
+        /** start's composition root with the token the settings name (the stub's). */
+        static CopilotApi.App open(CopilotApi.Settings settings, CopilotApi.Timeouts timeouts) throws IOException {
+            try {
+                return CopilotApi.App.open(settings, timeouts, auth -> auth.existingToken().orElseThrow());
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new java.io.InterruptedIOException("interrupted while connecting");
+            }
         }
 
         static Harness start() throws IOException {
