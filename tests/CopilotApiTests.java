@@ -1757,7 +1757,18 @@ class CopilotApiTests {
                 Thread.sleep(1800);
                 assertEquals(2, h.stub.count("/chat/completions"), "the request whose client left never reached Copilot");
                 assertEquals(2, json(h.get("/stats").body()).path("totals").path("requests").asInt(), "nor was it counted as served");
+                JsonNode left = eventually(Duration.ofSeconds(5), () -> withStatus(h, 499), java.util.Objects::nonNull);
+                assertNotNull(left, "the history keeps the request as one nobody took: " + h.get("/history").body());
+                assertTrue(left.path("premium_cost").isNull() && left.path("initiator").isNull(), "nothing billed: " + left);
+                assertTrue(left.path("error_message").asText().contains("never sent to Copilot"), left.toString());
             }
+        }
+
+        static JsonNode withStatus(Harness h, int status) {
+            for (JsonNode row : json(unchecked(() -> h.get("/history")).body()).path("data")) {
+                if (row.path("status").asInt() == status) return row;
+            }
+            return null;
         }
     }
 
