@@ -333,14 +333,14 @@ class CopilotApi implements Callable<Integer> {
         @Option(names = "--shell", paramLabel = "SHELL", description = "Shell syntax for the --claude-code command: posix, fish, powershell or cmd (default: detected).")
         String shell;
 
-        Controls controls(Settings settings) {
+        Controls controls(Settings settings, Approver.Terminal terminal) {
             ApiKeys keys = ApiKeys.from(apiKeys, settings.env());
             if (!keys.enabled() && !isLoopback(host)) {
                 System.err.println("warning: listening on " + host + " without an API key: anyone who can reach this address can spend"
                     + " your Copilot quota. Add --api-key KEY.");
             }
             Pacer pacer = rateLimit == null ? Pacer.NONE : new Pacer(Duration.ofMillis(Math.round(rateLimit * 1000)), waitForTurn);
-            Approver approver = manual ? new Approver(Approver.console(System.console()), Duration.ofMinutes(5)) : Approver.NONE;
+            Approver approver = manual ? new Approver(terminal, Duration.ofMinutes(5)) : Approver.NONE;
             return new Controls(keys, pacer, approver, new Stats(), new Billing(premiumBudget, smallModel));
         }
 
@@ -400,17 +400,18 @@ class CopilotApi implements Callable<Integer> {
             BrowserGuard guard = validate(settings);
             Timeouts timeouts = timeouts(settings);
             Ports.requireFree(host, port);
-            Http http = Http.create(settings);
-            GitHubAuth auth = new GitHubAuth(settings, http);
-            App app = App.connect(settings, http, auth, auth.tokenOrLogin(Console.system()), timeouts);
-            ModelRouting routing = ModelRouting.from(modelMap, fallbackModel, System.getenv());
-            Controls controls = controls(settings);
+            App app = App.open(settings, timeouts, auth -> auth.tokenOrLogin(Console.system()));
+            ModelRouting routing = ModelRouting.from(modelMap, fallbackModel, settings.env());
+            // one reader of the terminal: the model prompt has its answers before the first --manual question is asked
+            boolean asks = manual || claudeCode && (claudeCodeModel == null || claudeCodeSmallModel == null);
+            Approver.Terminal terminal = asks && System.console() != null ? Approver.console(System.console()) : null;
+            Controls controls = controls(settings, terminal);
             // --claude-code needs the catalog to choose from, and checks its choice before listening
-            ClaudeCodeSetup.Choice choice = claudeCode ? ClaudeCodeSetup.choose(app.models(), claudeCodeModel, claudeCodeSmallModel, System.console()) : null;
+            ClaudeCodeSetup.Choice choice = claudeCode ? ClaudeCodeSetup.choose(app.models(), claudeCodeModel, claudeCodeSmallModel, terminal) : null;
             // fetched on its own thread while Jetty starts: a slow Copilot delays the catalog, not the port, and the
             // first GET /v1/models finds it there (or waits for this fetch) rather than starting one after listening
             if (choice == null) Threads.start(app.models()::refreshQuietly);
-            Server server = Ports.start(host, port, () -> app.serve(new ServerOptions(host, port, routing, controls, guard, storeOptions())));
+            Server server = app.serve(new ServerOptions(host, port, routing, controls, guard, storeOptions()));
             GracefulStop.install(server, app.tokens());
             System.out.println("copilot-api " + VERSION + " listening on " + server.baseUrl());
             System.out.println("  OpenAI base URL:    " + server.baseUrl() + "/v1");
@@ -709,17 +710,17 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        static Choice choose(ModelCatalog models, String main, String small, java.io.Console console) {
+        static Choice choose(ModelCatalog models, String main, String small, Approver.Terminal terminal) {
             List<String> ids = new ArrayList<>();
             for (JsonNode m : models.list()) if (ModelResolver.isChat(m)) ids.add(m.path("id").asText());
             if (ids.isEmpty()) throw new UserFacingException("the Copilot model list is empty; cannot set up Claude Code");
-            if ((main == null || small == null) && console == null) {
+            if ((main == null || small == null) && terminal == null) {
                 throw new UserFacingException("no terminal to ask on: pass --claude-code-model and --claude-code-small-model");
             }
             List<String> labels = labels(models.list(), ids);
-            String chosenMain = main != null ? check(ids, main) : ask(console, ids, labels, "main model", preferred(models.list(), ids, "sonnet"));
+            String chosenMain = main != null ? check(ids, main) : ask(terminal, ids, labels, "main model", preferred(models.list(), ids, "sonnet"));
             String chosenSmall = small != null ? check(ids, small)
-                : ask(console, ids, labels, "small, fast model (background tasks; a free one costs nothing)", smallDefault(models.list(), ids));
+                : ask(terminal, ids, labels, "small, fast model (background tasks; a free one costs nothing)", smallDefault(models.list(), ids));
             return new Choice(chosenMain, chosenSmall);
         }
 
@@ -752,11 +753,13 @@ class CopilotApi implements Callable<Integer> {
                 .map(m -> Math.max(0, ids.indexOf(m.path("id").asText()))).orElse(0);
         }
 
-        private static String ask(java.io.Console console, List<String> ids, List<String> labels, String what, int defaultIndex) {
-            console.printf("%nChoose the %s for Claude Code:%n", what);
-            for (int i = 0; i < ids.size(); i++) console.printf("  %2d) %s%n", i + 1, labels.get(i));
+        private static String ask(Approver.Terminal terminal, List<String> ids, List<String> labels, String what, int defaultIndex) {
+            StringBuilder menu = new StringBuilder(String.format(Locale.ROOT, "%nChoose the %s for Claude Code:%n", what));
+            for (int i = 0; i < ids.size(); i++) menu.append(String.format(Locale.ROOT, "  %2d) %s%n", i + 1, labels.get(i)));
+            String prompt = String.format(Locale.ROOT, "Number [%d]: ", defaultIndex + 1);
+            terminal.ask(menu + prompt);
             while (true) {
-                String answer = console.readLine("Number [%d]: ", defaultIndex + 1);
+                String answer = answer(terminal);
                 if (answer == null || answer.isBlank()) return ids.get(defaultIndex);
                 try {
                     int n = Integer.parseInt(answer.trim());
@@ -764,7 +767,17 @@ class CopilotApi implements Callable<Integer> {
                 } catch (NumberFormatException e) {
                     Logs.log().debug("not a number: {}", answer);
                 }
-                console.printf("Please enter a number from 1 to %d.%n", ids.size());
+                terminal.ask(String.format(Locale.ROOT, "Please enter a number from 1 to %d.%n%s", ids.size(), prompt));
+            }
+        }
+
+        /** The operator's line; no hurry (a day), and the default when none comes. */
+        private static String answer(Approver.Terminal terminal) {
+            try {
+                return terminal.answer(Duration.ofDays(1));
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new UserFacingException("interrupted while waiting for a model choice");
             }
         }
 
@@ -945,16 +958,8 @@ class CopilotApi implements Callable<Integer> {
     }
 
     record ServerOptions(String host, int port, ModelRouting routing, Controls controls, BrowserGuard guard, Store.Options store) {
-        ServerOptions(String host, int port, ModelRouting routing, Controls controls, BrowserGuard guard) {
-            this(host, port, routing, controls, guard, Store.Options.DEFAULT);
-        }
-
-        ServerOptions(String host, int port, ModelRouting routing, Controls controls) {
-            this(host, port, routing, controls, BrowserGuard.loopback(host));
-        }
-
         ServerOptions(String host, int port) {
-            this(host, port, ModelRouting.NONE, Controls.none());
+            this(host, port, ModelRouting.NONE, Controls.none(), BrowserGuard.loopback(host), Store.Options.DEFAULT);
         }
     }
 
@@ -998,20 +1003,30 @@ class CopilotApi implements Callable<Integer> {
     // ==== 3. Server and routes ====
 
     /**
-     * The composition root: what `start`, the tests and the benchmark run, wired the same way. connect() holds a
-     * Copilot token (failing loudly when GitHub refuses); serve() listens.
+     * The composition root: what `start`, the tests and the benchmark run, wired the same way; they differ only in
+     * what they pass (settings, timeouts, how the GitHub token is found, server options). open() holds a Copilot
+     * token (failing loudly when GitHub refuses); serve() listens.
      */
     record App(Settings settings, GitHubAuth auth, GitHubToken github, CopilotTokens tokens, CopilotClient copilot, ModelCatalog models)
             implements AutoCloseable {
-        static App connect(Settings settings, Http http, GitHubAuth auth, GitHubToken github, Timeouts timeouts) {
+        /** How the GitHub token is found: start's stored login or device flow, the token given to a test. */
+        interface Login {
+            GitHubToken token(GitHubAuth auth) throws InterruptedException;
+        }
+
+        static App open(Settings settings, Timeouts timeouts, Login login) throws InterruptedException {
+            Http http = Http.create(settings);
+            GitHubAuth auth = new GitHubAuth(settings, http);
+            GitHubToken github = login.token(auth);
             CopilotTokens tokens = new CopilotTokens(settings, http, github);
             tokens.start();
             CopilotClient copilot = new CopilotClient(settings, http, tokens, timeouts);
             return new App(settings, auth, github, tokens, copilot, new ModelCatalog(copilot));
         }
 
+        /** Starts the server; a port taken since start checked it gets the same sentence as one taken before. */
         Server serve(ServerOptions options) {
-            return Server.start(options, settings, copilot, models, auth, github);
+            return Ports.start(options.host(), options.port(), () -> Server.start(options, settings, copilot, models, auth, github));
         }
 
         /** Stops the token refreshes; the caller stops its server. */
@@ -1026,7 +1041,7 @@ class CopilotApi implements Callable<Integer> {
         Controls controls) {
         /** The call options with this request's client watched while Copilot has not answered. */
         CallOptions watched(Context ctx, CallOptions call) {
-            return call.watched(new ClientWatch(ctx, copilot.timeouts().earlyCommit()));
+            return call.watched(new ClientWatch(ctx, copilot.timeouts().earlyCommit(), copilot.timeouts().keepAlive()));
         }
 
         /** The pivot every chat-shaped call goes through. */
@@ -1372,11 +1387,23 @@ class CopilotApi implements Callable<Integer> {
             return new Controls(ApiKeys.NONE, Pacer.NONE, Approver.NONE, new Stats());
         }
 
-        /** Before a request that invokes a model: the operator's yes at the terminal, then its turn in the pacing. */
+        /**
+         * Before a request that invokes a model: the operator's yes at the terminal, then its turn in the pacing.
+         * The client is watched all the while: one that leaves is dropped before Copilot hears of it, and counts
+         * as no model call.
+         */
         void admit(Context ctx, String model, int messages) {
-            Exchange.of(ctx).invokesModel = true;
-            approver.approve(ctx.method() + " " + ctx.path(), model, messages);
-            pacer.admit();
+            Exchange exchange = Exchange.of(ctx);
+            exchange.invokesModel = true;
+            // watched as a non-stream: nothing is committed or kept alive while the request waits its turn
+            Watch client = new ClientWatch(ctx, Duration.ZERO, Duration.ZERO);
+            try {
+                approver.approve(ctx.method() + " " + ctx.path(), model, messages, client);
+                pacer.admit(client);
+            } catch (ClientLeft e) {
+                exchange.invokesModel = false;
+                throw e;
+            }
         }
     }
 
@@ -1475,10 +1502,6 @@ class CopilotApi implements Callable<Integer> {
 
         double spent() {
             return spentHundredths.get() / 100.0;
-        }
-
-        Double budget() {
-            return budget;
         }
 
         static double multiplier(JsonNode model) {
@@ -1895,6 +1918,7 @@ class CopilotApi implements Callable<Integer> {
      */
     static final class Pacer {
         static final Pacer NONE = new Pacer(Duration.ZERO, false);
+        static final String LEFT_QUEUED = "client disconnected while waiting its turn; never sent to Copilot";
         private final long intervalNanos;
         private final boolean wait;
         private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock(true);
@@ -1906,8 +1930,11 @@ class CopilotApi implements Callable<Integer> {
             this.wait = wait;
         }
 
-        /** Waits for this request's slot and returns it (System.nanoTime); without pacing, now. */
-        long admit() {
+        /**
+         * Waits for this request's slot and returns it (System.nanoTime); without pacing, now. A client that
+         * leaves while it waits gives its slot back (when no later request has queued behind it) and ClientLeft.
+         */
+        long admit(Watch client) {
             if (intervalNanos <= 0) return System.nanoTime();
             long slot;
             lock.lock();
@@ -1926,14 +1953,30 @@ class CopilotApi implements Callable<Integer> {
             } finally {
                 lock.unlock();
             }
-            sleepUntil(slot);
+            try {
+                sleepUntil(slot, client);
+            } catch (ClientLeft e) {
+                giveBack(slot);
+                throw e;
+            }
             return slot;
         }
 
-        private static void sleepUntil(long nanoTime) {
+        private void giveBack(long slot) {
+            lock.lock();
             try {
-                for (long left = nanoTime - System.nanoTime(); left > 0; left = nanoTime - System.nanoTime()) {
-                    TimeUnit.NANOSECONDS.sleep(left);
+                if (nextFree == slot + intervalNanos) nextFree = slot;
+            } finally {
+                lock.unlock();
+            }
+        }
+
+        private static void sleepUntil(long nanoTime, Watch client) {
+            long start = System.nanoTime();
+            try {
+                for (long left = nanoTime - start; left > 0; left = nanoTime - System.nanoTime()) {
+                    TimeUnit.NANOSECONDS.sleep(Math.min(left, CopilotClient.POLL.toNanos()));
+                    if (!client.waiting(Duration.ofNanos(System.nanoTime() - start), false)) throw new ClientLeft(LEFT_QUEUED);
                 }
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
@@ -1946,13 +1989,22 @@ class CopilotApi implements Callable<Integer> {
     static final class Approver {
         static final Approver NONE = new Approver(null, Duration.ZERO);
 
-        /** Where questions go and answers come from: the real terminal, or a script in tests. */
+        static final String LEFT_UNANSWERED = "client disconnected while waiting for approval; never sent to Copilot";
+
+        /**
+         * Where questions go and answers come from: the real terminal, or a script in tests. The one reader of the
+         * process's input: the Claude Code model prompt and the --manual questions both ask through it.
+         */
         interface Terminal {
-            /**
-             * Shows the question and returns the next line typed after it, or null when none came in time.
-             * Lines typed before the question are discarded, so a stray answer never approves a later request.
-             */
-            String ask(String question, Duration timeout) throws InterruptedException;
+            /** Shows the question. Lines typed before it are discarded, so a stray answer never approves a later request. */
+            void ask(String question);
+
+            /** The next line typed since the question, or null when none came within the timeout; at the end of input, "" at once. */
+            String answer(Duration timeout) throws InterruptedException;
+
+            /** Tells the operator something that needs no answer. */
+            default void tell(String note) {
+            }
         }
 
         private final Terminal terminal;
@@ -1964,14 +2016,16 @@ class CopilotApi implements Callable<Integer> {
             this.timeout = timeout;
         }
 
-        void approve(String request, String model, int messages) {
+        /** Asks, one question at a time, until the operator answers, the timeout passes or the client leaves (ClientLeft). */
+        void approve(String request, String model, int messages, Watch client) {
             if (terminal == null) return;
-            long deadline = System.nanoTime() + timeout.toNanos();
+            long start = System.nanoTime();
+            long deadline = start + timeout.toNanos();
             try {
-                if (!lock.tryLock(timeout.toNanos(), TimeUnit.NANOSECONDS)) throw refused("no answer at the terminal within " + minutes());
+                if (!takeTurn(deadline, start, client)) throw refused("no answer at the terminal within " + minutes());
                 try {
-                    String answer = terminal.ask(String.format(Locale.ROOT, "%nAllow %s model=%s messages=%d? [y/N] ", request, model, messages),
-                        Duration.ofNanos(Math.max(0, deadline - System.nanoTime())));
+                    terminal.ask(String.format(Locale.ROOT, "%nAllow %s model=%s messages=%d? [y/N] ", request, model, messages));
+                    String answer = answer(deadline, start, client, request);
                     if (answer == null) throw refused("no answer at the terminal within " + minutes());
                     if (!answer.trim().toLowerCase(Locale.ROOT).matches("y|yes")) throw refused("refused at the terminal");
                 } finally {
@@ -1981,6 +2035,27 @@ class CopilotApi implements Callable<Integer> {
                 Thread.currentThread().interrupt();
                 throw refused("interrupted while waiting for approval");
             }
+        }
+
+        /** The question lock, waited for in slices so that a client leaving the queue is noticed. */
+        private boolean takeTurn(long deadline, long start, Watch client) throws InterruptedException {
+            while (!lock.tryLock(Math.min(CopilotClient.POLL.toNanos(), deadline - System.nanoTime()), TimeUnit.NANOSECONDS)) {
+                if (System.nanoTime() - deadline >= 0) return false;
+                if (!client.waiting(Duration.ofNanos(System.nanoTime() - start), false)) throw new ClientLeft(LEFT_UNANSWERED);
+            }
+            return true;
+        }
+
+        private String answer(long deadline, long start, Watch client, String request) throws InterruptedException {
+            for (long left = deadline - System.nanoTime(); left > 0; left = deadline - System.nanoTime()) {
+                String line = terminal.answer(Duration.ofNanos(Math.min(left, CopilotClient.POLL.toNanos())));
+                if (line != null) return line;
+                if (!client.waiting(Duration.ofNanos(System.nanoTime() - start), false)) {
+                    terminal.tell(String.format(Locale.ROOT, "(the client of %s left; not sent)%n", request));
+                    throw new ClientLeft(LEFT_UNANSWERED);
+                }
+            }
+            return null;
         }
 
         private String minutes() {
@@ -1999,20 +2074,37 @@ class CopilotApi implements Callable<Integer> {
          */
         static Terminal console(java.io.Console console) {
             java.util.concurrent.BlockingQueue<String> lines = new java.util.concurrent.LinkedBlockingQueue<>();
+            java.util.concurrent.atomic.AtomicBoolean ended = new java.util.concurrent.atomic.AtomicBoolean();
             Thread reader = new Thread(() -> {
                 try (BufferedReader in = new BufferedReader(console.reader())) {
                     for (String line = in.readLine(); line != null; line = in.readLine()) lines.add(line);
                 } catch (IOException | RuntimeException e) {
                     Logs.log().warn("stopped reading the terminal: {}", describe(e));
+                } finally {
+                    ended.set(true);
+                    lines.add("");
                 }
-            }, "manual-approval");
+            }, "terminal-input");
             reader.setDaemon(true);
             reader.start();
-            return (question, timeout) -> {
-                lines.clear();
-                console.printf("%s", question);
-                console.flush();
-                return lines.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
+            return new Terminal() {
+                @Override
+                public void ask(String question) {
+                    lines.clear();
+                    console.printf("%s", question);
+                    console.flush();
+                }
+
+                @Override
+                public String answer(Duration timeout) throws InterruptedException {
+                    return ended.get() && lines.isEmpty() ? "" : lines.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
+                }
+
+                @Override
+                public void tell(String note) {
+                    console.printf("%s", note);
+                    console.flush();
+                }
             };
         }
     }
@@ -3653,10 +3745,6 @@ class CopilotApi implements Callable<Integer> {
         private final java.util.function.BiConsumer<String, JsonNode> observer;
         private boolean finishSeen;
 
-        TranslatedRelay(Translation machine, Exchange exchange) {
-            this(machine, exchange, (name, data) -> { });
-        }
-
         /** Every event the machine gives is also shown to the observer (name and data), on its way out. */
         TranslatedRelay(Translation machine, Exchange exchange, java.util.function.BiConsumer<String, JsonNode> observer) {
             this.machine = machine;
@@ -3971,8 +4059,6 @@ class CopilotApi implements Callable<Integer> {
      * the heartbeat's keep-alives take the lock only when it is free, so they never wait behind a slow client.
      */
     static final class SseWriter {
-        static final Duration KEEPALIVE = Duration.ofSeconds(15);
-
         /** The client went away; the caller stops and the upstream request is cancelled by closing it. */
         static final class ClientGone extends RuntimeException {
             ClientGone(IOException cause) {
@@ -4069,10 +4155,6 @@ class CopilotApi implements Callable<Integer> {
             send(Frame.comment(text));
         }
 
-        void done() {
-            send(Frame.DONE);
-        }
-
         /** Written and flushed at once. */
         void send(Frame frame) {
             write(frame);
@@ -4092,12 +4174,14 @@ class CopilotApi implements Callable<Integer> {
     static final class ClientWatch implements Watch {
         private final Context ctx;
         private final Duration earlyCommit;
+        private final Duration keepAlive;
         private org.eclipse.jetty.io.EndPoint endPoint;
         private long lastWrite;
 
-        ClientWatch(Context ctx, Duration earlyCommit) {
+        ClientWatch(Context ctx, Duration earlyCommit, Duration keepAlive) {
             this.ctx = ctx;
             this.earlyCommit = earlyCommit;
+            this.keepAlive = keepAlive;
             this.endPoint = endPoint(ctx);
         }
 
@@ -4141,7 +4225,7 @@ class CopilotApi implements Callable<Integer> {
             if (out == null) {
                 SseWriter.open(ctx).comment("waiting for Copilot");
                 lastWrite = System.nanoTime();
-            } else if (System.nanoTime() - lastWrite >= SseWriter.KEEPALIVE.toNanos()) {
+            } else if (System.nanoTime() - lastWrite >= keepAlive.toNanos()) {
                 out.comment("keep-alive");
                 lastWrite = System.nanoTime();
             }
@@ -4259,6 +4343,8 @@ class CopilotApi implements Callable<Integer> {
         static void handle(Exception e, Context ctx) {
             if (e instanceof ClientLeft gone) {
                 Exchange.of(ctx).note(gone.getMessage());
+                // nginx's "client closed request": in the history a request nobody was there to take is not a 200
+                if (!ctx.res().isCommitted()) ctx.status(499);
                 return;
             }
             ApiError error = toApiError(e);
@@ -5326,10 +5412,6 @@ class CopilotApi implements Callable<Integer> {
             static Initiator of(JsonNode messages) {
                 return Turn.ofMessages(messages).initiator();
             }
-
-            static Initiator ofResponsesInput(JsonNode input) {
-                return Turn.ofResponsesInput(input, false).initiator();
-            }
         }
 
         /**
@@ -5442,7 +5524,9 @@ class CopilotApi implements Callable<Integer> {
                 boolean anyText = false;
                 ArrayNode toolCalls = Json.array();
                 String finish = null;
+                JsonNode logprobs = JsonNodeFactory.instance.nullNode();
                 for (JsonNode c : choices) {
+                    logprobs = joinLogprobs(logprobs, c.path("logprobs"));
                     JsonNode m = c.path("message");
                     if (m.path("content").isTextual()) {
                         text.append(m.path("content").asText());
@@ -5460,13 +5544,29 @@ class CopilotApi implements Callable<Integer> {
                 ObjectNode merged = Json.object();
                 merged.put("index", 0);
                 merged.set("message", message);
+                merged.set("logprobs", logprobs);
                 merged.put("finish_reason", !toolCalls.isEmpty() ? "tool_calls" : finish);
                 return merged;
             }
 
+            /** The log probabilities of split choices, joined in choice order: each list (content, refusal) concatenated. */
+            private static JsonNode joinLogprobs(JsonNode sofar, JsonNode next) {
+                if (!next.isObject()) return sofar;
+                if (!sofar.isObject()) return next.deepCopy();
+                ObjectNode joined = (ObjectNode) sofar;
+                next.properties().forEach(f -> {
+                    if (f.getValue().isArray() && joined.path(f.getKey()).isArray()) ((ArrayNode) joined.get(f.getKey())).addAll((ArrayNode) f.getValue());
+                    else if (!joined.hasNonNull(f.getKey())) joined.set(f.getKey(), f.getValue().deepCopy());
+                });
+                return joined;
+            }
+
+            /** The fields OpenAI's SDKs type as required: role, refusal (null), tool call types, logprobs (null), finish_reason. */
             static void fillChoice(ObjectNode c) {
                 ObjectNode m = c.withObjectProperty("message");
                 if (!m.has("role")) m.put("role", "assistant");
+                if (!m.has("refusal")) m.putNull("refusal");
+                if (!c.has("logprobs")) c.putNull("logprobs");
                 for (JsonNode tc : m.path("tool_calls")) {
                     if (tc.isObject() && !tc.has("type")) ((ObjectNode) tc).put("type", "function");
                 }
@@ -6550,67 +6650,6 @@ class CopilotApi implements Callable<Integer> {
                 String m = error.path("message").asText("");
                 return m.isBlank() ? "Copilot reported an error in the stream: " + Json.write(error) : m;
             }
-
-            /**
-             * Folds events into the message an SDK would build from them: content blocks by index, text and thinking
-             * appended, the signature set, tool input parsed from the joined input_json_delta, message_delta applied.
-             * An error event throws IllegalStateException; so does a tool input that does not parse.
-             */
-            static ObjectNode accumulate(List<NamedEvent> events) {
-                ObjectNode message = null;
-                Map<Integer, StringBuilder> json = new LinkedHashMap<>();
-                for (NamedEvent e : events) {
-                    ObjectNode d = e.data();
-                    int index = d.path("index").asInt();
-                    switch (e.name()) {
-                        case "message_start" -> message = d.get("message").deepCopy();
-                        case "content_block_start" -> ((ArrayNode) message.get("content")).insert(index, d.get("content_block").deepCopy());
-                        case "content_block_delta" ->
-                            applyDelta(block(message, index), d.path("delta"), json.computeIfAbsent(index, i -> new StringBuilder()));
-                        case "content_block_stop" -> {
-                            ObjectNode b = block(message, index);
-                            StringBuilder joined = json.get(index);
-                            if (b.path("type").asText().equals("tool_use") && joined != null && joined.length() > 0) {
-                                b.set("input", parse(joined.toString()));
-                            }
-                        }
-                        case "message_delta" -> applyMessageDelta(message, d);
-                        case "error" -> throw new IllegalStateException("the stream ended with an error: " + d.path("error").path("message").asText());
-                        default -> { }
-                    }
-                }
-                return message;
-            }
-
-            private static void applyMessageDelta(ObjectNode message, ObjectNode d) {
-                message.setAll((ObjectNode) d.path("delta"));
-                ObjectNode usage = message.withObjectProperty("usage");
-                d.path("usage").properties().forEach(f -> {
-                    if (!f.getValue().isNull()) usage.set(f.getKey(), f.getValue());
-                });
-            }
-
-            private static ObjectNode block(ObjectNode message, int index) {
-                return (ObjectNode) message.get("content").get(index);
-            }
-
-            private static void applyDelta(ObjectNode block, JsonNode delta, StringBuilder json) {
-                switch (delta.path("type").asText("")) {
-                    case "text_delta" -> block.put("text", block.path("text").asText("") + delta.path("text").asText());
-                    case "thinking_delta" -> block.put("thinking", block.path("thinking").asText("") + delta.path("thinking").asText());
-                    case "signature_delta" -> block.put("signature", delta.path("signature").asText());
-                    case "input_json_delta" -> json.append(delta.path("partial_json").asText());
-                    default -> throw new IllegalStateException("unknown delta type " + delta.path("type"));
-                }
-            }
-
-            private static JsonNode parse(String json) {
-                try {
-                    return JSON.readerFor(JsonNode.class).with(DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readValue(json);
-                } catch (IOException e) {
-                    throw new IllegalStateException("tool input does not parse: " + json, e);
-                }
-            }
         }
 
         /** Small Anthropic event bodies shared by the native relay and the translator. */
@@ -7139,7 +7178,9 @@ class CopilotApi implements Callable<Integer> {
                 long in = chat.path("prompt_tokens").asLong(0);
                 long out = chat.path("completion_tokens").asLong(0);
                 u.put("input_tokens", in);
-                u.putObject("input_tokens_details").put("cached_tokens", chat.path("prompt_tokens_details").path("cached_tokens").asLong(0));
+                // chat usage has no count of tokens written to the cache; the Responses schema requires the field
+                u.putObject("input_tokens_details").put("cached_tokens", chat.path("prompt_tokens_details").path("cached_tokens").asLong(0))
+                    .put("cache_write_tokens", 0);
                 u.put("output_tokens", out);
                 u.putObject("output_tokens_details").put("reasoning_tokens",
                     chat.path("completion_tokens_details").path("reasoning_tokens").asLong(0));
@@ -7191,7 +7232,7 @@ class CopilotApi implements Callable<Integer> {
                 r.set("top_p", echo(request, "top_p", 1.0));
                 r.set("truncation", echo(request, "truncation", "disabled"));
                 r.putNull("usage");
-                r.set("user", echo(request, "user", null));
+                if (request.path("user").isTextual()) r.put("user", request.path("user").asText());
                 r.set("metadata", request.path("metadata").isObject() ? request.get("metadata").deepCopy() : object());
                 return r;
             }
@@ -7296,6 +7337,7 @@ class CopilotApi implements Callable<Integer> {
                 if (text.length() > 0 || (calls.isEmpty() && refusal.length() == 0)) message.put("content", text.toString());
                 else message.putNull("content");
                 if (refusal.length() > 0) message.put("refusal", refusal.toString());
+                else message.putNull("refusal");
                 if (!summaries.isEmpty()) message.put("reasoning_text", String.join("\n\n", summaries));
                 if (opaque.length() > 0) message.put("reasoning_opaque", opaque.toString());
                 if (!calls.isEmpty()) message.set("tool_calls", calls);
@@ -8830,15 +8872,15 @@ class CopilotApi implements Callable<Integer> {
      * Other calls arrive whole, so they get the longer answer limit (the catalog GET gets firstByte). A stream
      * whose headers have not come within earlyCommit is answered 200 at once and kept alive with comments.
      */
-    record Timeouts(Duration firstByte, Duration streamIdle, Duration answer, Duration earlyCommit) {
+    record Timeouts(Duration firstByte, Duration streamIdle, Duration answer, Duration earlyCommit, Duration keepAlive) {
         static final Timeouts DEFAULT = new Timeouts(Duration.ofSeconds(60), Duration.ofSeconds(120), Duration.ofMinutes(10),
-            Duration.ofSeconds(3));
+            Duration.ofSeconds(3), Duration.ofSeconds(15));
 
         static Timeouts of(long firstByteSeconds, long streamIdleSeconds) {
             if (firstByteSeconds < 1) throw new UserFacingException("--first-byte-timeout must be at least 1 second");
             if (streamIdleSeconds < 1) throw new UserFacingException("--stream-idle-timeout must be at least 1 second");
             return new Timeouts(Duration.ofSeconds(firstByteSeconds), Duration.ofSeconds(streamIdleSeconds), DEFAULT.answer(),
-                DEFAULT.earlyCommit());
+                DEFAULT.earlyCommit(), DEFAULT.keepAlive());
         }
     }
 
@@ -8852,7 +8894,11 @@ class CopilotApi implements Callable<Integer> {
     /** The client went away while Copilot had not answered; the upstream call was cancelled. */
     static final class ClientLeft extends RuntimeException {
         ClientLeft() {
-            super("client disconnected; upstream request cancelled", null, false, false);
+            this("client disconnected; upstream request cancelled");
+        }
+
+        ClientLeft(String message) {
+            super(message, null, false, false);
         }
     }
 
@@ -9001,10 +9047,6 @@ class CopilotApi implements Callable<Integer> {
         /** Parsed upstream URIs by text: a handful of paths on one or two bases, so parsing once each is enough. */
         private final Map<String, URI> uris = new java.util.concurrent.ConcurrentHashMap<>();
 
-        CopilotClient(Settings settings, Http http, CopilotTokens tokens) {
-            this(settings, http, tokens, Timeouts.DEFAULT);
-        }
-
         CopilotClient(Settings settings, Http http, CopilotTokens tokens, Timeouts timeouts) {
             this.settings = settings;
             this.http = http;
@@ -9131,7 +9173,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         UpstreamEvents stream(String path, byte[] body, CallOptions options) {
-            return new UpstreamEvents(send("POST", path, body, options, true).body(), timeouts.streamIdle(), streams);
+            return new UpstreamEvents(send("POST", path, body, options, true).body(), timeouts.streamIdle(), timeouts.keepAlive(), streams);
         }
 
         /** Sends once; on 401 refreshes the token and sends once more. Errors become UpstreamException. */
@@ -9559,20 +9601,6 @@ class CopilotApi implements Callable<Integer> {
                 return List.of();
             }
         }
-
-        /** True for a known model that lists this endpoint and not chat completions (the newest GPT models and /responses). */
-        boolean servedOnlyOn(String id, String endpoint) {
-            List<String> endpoints = endpointsOf(id);
-            return endpoints.contains(endpoint) && !endpoints.contains(OpenAiRoutes.CHAT);
-        }
-
-        /** A known model that lists its endpoints and not this one is refused before calling upstream. */
-        void requireEndpoint(String id, String endpoint) {
-            List<String> endpoints = endpointsOf(id);
-            if (endpoints.isEmpty() || endpoints.contains(endpoint)) return;
-            throw new ApiError(400, "invalid_request_error", "The model '" + id + "' is not served on " + endpoint
-                + " by Copilot; it supports " + String.join(", ", endpoints), "model", "unsupported_api_for_model");
-        }
     }
 
     /** Who asks Copilot for the catalog: the model-access identity first, then the GitHub token as the Copilot CLI. */
@@ -9858,6 +9886,7 @@ class CopilotApi implements Callable<Integer> {
         private final InputStream in;
         private final SseReader reader;
         private final Duration idleLimit;
+        private final Duration keepAliveEvery;
         private final LiveStreams registry;
         private volatile IOException stopped;
         private volatile long lastRead = System.nanoTime();
@@ -9865,10 +9894,11 @@ class CopilotApi implements Callable<Integer> {
         private volatile Supplier<Frame> keepAlive;
         private boolean over;
 
-        UpstreamEvents(InputStream in, Duration idleLimit, LiveStreams registry) {
+        UpstreamEvents(InputStream in, Duration idleLimit, Duration keepAliveEvery, LiveStreams registry) {
             this.in = in;
             this.reader = new SseReader(in);
             this.idleLimit = idleLimit;
+            this.keepAliveEvery = keepAliveEvery;
             this.registry = registry;
             registry.add(this);
         }
@@ -9913,7 +9943,7 @@ class CopilotApi implements Callable<Integer> {
                 return;
             }
             SseWriter w = out;
-            if (w != null && now - w.lastWrite() >= SseWriter.KEEPALIVE.toNanos()) {
+            if (w != null && now - w.lastWrite() >= keepAliveEvery.toNanos()) {
                 Threads.start(() -> {
                     if (!w.tryWrite(keepAlive.get())) stop(new IOException("client disconnected"));
                 });

@@ -164,7 +164,7 @@ class AnthropicTranslatorTests {
                 JsonNode completion = foldChunks(upstream(dir).chunks());
                 ObjectNode direct = CopilotApi.Anthropic.ChatToAnthropic.response(completion,
                     context.path("requested_model").asText(DEFAULT_MODEL), toolNames(context));
-                ObjectNode accumulated = CopilotApi.Anthropic.ChatStreamToAnthropic.accumulate(run.events());
+                ObjectNode accumulated = accumulate(run.events());
                 assertJson(direct, accumulated, dir + " (accumulated stream vs non-streaming translation)");
             }));
     }
@@ -373,10 +373,72 @@ class AnthropicTranslatorTests {
             + "content_block_start {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"n\",\"input\":{}}}\n"
             + "content_block_delta {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":\"}}\n"
             + "content_block_stop {\"type\":\"content_block_stop\",\"index\":0}\n";
-        assertThrows(IllegalStateException.class, () -> CopilotApi.Anthropic.ChatStreamToAnthropic.accumulate(events(s)));
+        assertThrows(IllegalStateException.class, () -> accumulate(events(s)));
     }
 
     // ---- running a stream fixture ----
+
+    /**
+     * Folds events into the message an SDK would build from them (the test oracle for the stream machine): content blocks by index, text and thinking
+     * appended, the signature set, tool input parsed from the joined input_json_delta, message_delta applied.
+     * An error event throws IllegalStateException; so does a tool input that does not parse.
+     */
+    static ObjectNode accumulate(List<CopilotApi.NamedEvent> events) {
+        ObjectNode message = null;
+        Map<Integer, StringBuilder> json = new LinkedHashMap<>();
+        for (CopilotApi.NamedEvent e : events) {
+            ObjectNode d = e.data();
+            int index = d.path("index").asInt();
+            switch (e.name()) {
+                case "message_start" -> message = d.get("message").deepCopy();
+                case "content_block_start" -> ((ArrayNode) message.get("content")).insert(index, d.get("content_block").deepCopy());
+                case "content_block_delta" ->
+                    applyDelta(block(message, index), d.path("delta"), json.computeIfAbsent(index, i -> new StringBuilder()));
+                case "content_block_stop" -> {
+                    ObjectNode b = block(message, index);
+                    StringBuilder joined = json.get(index);
+                    if (b.path("type").asText().equals("tool_use") && joined != null && joined.length() > 0) {
+                        b.set("input", parse(joined.toString()));
+                    }
+                }
+                case "message_delta" -> applyMessageDelta(message, d);
+                case "error" -> throw new IllegalStateException("the stream ended with an error: " + d.path("error").path("message").asText());
+                default -> { }
+            }
+        }
+        return message;
+    }
+
+    private static void applyMessageDelta(ObjectNode message, ObjectNode d) {
+        message.setAll((ObjectNode) d.path("delta"));
+        ObjectNode usage = message.withObjectProperty("usage");
+        d.path("usage").properties().forEach(f -> {
+            if (!f.getValue().isNull()) usage.set(f.getKey(), f.getValue());
+        });
+    }
+
+    private static ObjectNode block(ObjectNode message, int index) {
+        return (ObjectNode) message.get("content").get(index);
+    }
+
+    private static void applyDelta(ObjectNode block, JsonNode delta, StringBuilder json) {
+        switch (delta.path("type").asText("")) {
+            case "text_delta" -> block.put("text", block.path("text").asText("") + delta.path("text").asText());
+            case "thinking_delta" -> block.put("thinking", block.path("thinking").asText("") + delta.path("thinking").asText());
+            case "signature_delta" -> block.put("signature", delta.path("signature").asText());
+            case "input_json_delta" -> json.append(delta.path("partial_json").asText());
+            default -> throw new IllegalStateException("unknown delta type " + delta.path("type"));
+        }
+    }
+
+    private static JsonNode parse(String json) {
+        try {
+            return CopilotApi.JSON.readerFor(JsonNode.class).with(com.fasterxml.jackson.databind.DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readValue(json);
+        } catch (IOException e) {
+            throw new IllegalStateException("tool input does not parse: " + json, e);
+        }
+    }
+
 
     record Upstream(List<JsonNode> chunks, boolean done, String cutMessage) {
         boolean cut() {

@@ -230,13 +230,11 @@ class Benchmark {
             return CopilotApi.Settings.from(options, env);
         }
 
-        Rig() throws IOException {
+        Rig() throws IOException, InterruptedException {
             stub = StubUpstream.start();
             home = Files.createTempDirectory("copilot-api-bench");
             settings = stubSettings(stub, home);
-            CopilotApi.Http http = CopilotApi.Http.create(settings);
-            CopilotApi.GitHubAuth auth = new CopilotApi.GitHubAuth(settings, http);
-            CopilotApi.App app = CopilotApi.App.connect(settings, http, auth, auth.existingToken().orElseThrow(), CopilotApi.Timeouts.DEFAULT);
+            CopilotApi.App app = CopilotApi.App.open(settings, CopilotApi.Timeouts.DEFAULT, auth -> auth.existingToken().orElseThrow());
             tokens = app.tokens();
             app.models().refreshQuietly();
             server = app.serve(new CopilotApi.ServerOptions("127.0.0.1", 0));

@@ -225,13 +225,22 @@ class CopilotApiTests {
             options.githubToken = StubUpstream.VALID_GITHUB_TOKEN;
             tweak.accept(options);
             settings = CopilotApi.Settings.from(options, env);
-            CopilotApi.Http http = CopilotApi.Http.create(settings);
-            CopilotApi.GitHubAuth auth = new CopilotApi.GitHubAuth(settings, http);
-            CopilotApi.App app = CopilotApi.App.connect(settings, http, auth, auth.existingToken().orElseThrow(), timeouts);
+            // start's own wiring; only the settings, timeouts, token and server options are the test's
+            CopilotApi.App app = open(settings, timeouts);
             tokens = app.tokens();
             copilot = app.copilot();
             app.models().refreshQuietly();
             server = app.serve(new CopilotApi.ServerOptions("127.0.0.1", 0, CopilotApi.ModelRouting.NONE, controls, guard, store));
+        }
+
+        /** start's composition root with the token the settings name (the stub's). */
+        static CopilotApi.App open(CopilotApi.Settings settings, CopilotApi.Timeouts timeouts) throws IOException {
+            try {
+                return CopilotApi.App.open(settings, timeouts, auth -> auth.existingToken().orElseThrow());
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new java.io.InterruptedIOException("interrupted while connecting");
+            }
         }
 
         static Harness start() throws IOException {
@@ -1720,19 +1729,27 @@ class CopilotApiTests {
             assertTrue(ev.stream().noneMatch(e -> e.getKey().equals("message_stop")), "no fake message_stop");
         }
 
-        /** Fifteen seconds of upstream silence: a ping keeps Claude Code from giving up on the connection. */
+        /** Upstream silence past the keep-alive interval (15 s by default, half a second here): a ping keeps Claude Code waiting. */
         @Test
         void silenceGetsAPing() throws Exception {
+            CopilotApi.Timeouts quickPings = new CopilotApi.Timeouts(Duration.ofSeconds(60), Duration.ofSeconds(120), Duration.ofMinutes(10),
+                Duration.ofSeconds(3), Duration.ofMillis(500));
             List<String> framed = List.of(
                 "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
                 "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":1}}\n\n",
                 "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
-            h.stub.enqueue("/v1/messages", StubUpstream.Reply.events(framed).delayMs(16_000));
-            HttpResponse<String> r = messages("{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
-            var names = events(r.body()).stream().map(Map.Entry::getKey).toList();
-            assertEquals("message_start", names.get(0));
-            assertTrue(names.subList(1, names.size() - 1).contains("ping"), names.toString());
-            assertEquals("message_stop", names.get(names.size() - 1));
+            try (Harness quick = new Harness(StubUpstream.start(), Map.of(), o -> { }, CopilotApi.Controls.none(), quickPings)) {
+                quick.stub.enqueue("/v1/messages", StubUpstream.Reply.events(framed).delayMs(1500));
+                HttpResponse<String> r = quick.post("/v1/messages",
+                    "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+                var names = events(r.body()).stream().map(Map.Entry::getKey).toList();
+                assertEquals("message_start", names.get(0));
+                assertTrue(names.subList(1, names.size() - 1).contains("ping"), names.toString());
+                assertEquals("message_stop", names.get(names.size() - 1));
+                h.stub.enqueue("/v1/messages", StubUpstream.Reply.events(framed).delayMs(1500));
+                HttpResponse<String> defaults = messages("{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+                assertFalse(events(defaults.body()).stream().anyMatch(e -> e.getKey().equals("ping")), "no ping within the default 15 s");
+            }
         }
 
         @Test
@@ -2111,6 +2128,16 @@ class CopilotApiTests {
             for (int i = 0; i < ev.size(); i++) assertEquals(i, ev.get(i).getValue().path("sequence_number").asInt());
         }
 
+        /** The current OpenAPI schema: usage.input_tokens_details.cache_write_tokens is required; user is a string or absent. */
+        @Test
+        void aTranslatedResponseCarriesWhatTheSchemaRequires() throws Exception {
+            JsonNode plain = json(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\"}").body());
+            assertTrue(plain.path("usage").path("input_tokens_details").path("cache_write_tokens").isIntegralNumber(), plain.toString());
+            assertFalse(plain.has("user"), "no user: null: " + plain);
+            JsonNode withUser = json(h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\",\"user\":\"u-1\"}").body());
+            assertEquals("u-1", withUser.path("user").asText(), withUser.toString());
+        }
+
         @Test
         void unknownStateAndMalformedRequestsAreAnsweredBeforeCopilot() throws Exception {
             HttpResponse<String> r = h.post("/v1/responses", "{\"model\":\"gpt-4.1\",\"input\":\"hi\",\"previous_response_id\":\"resp_1\"}");
@@ -2246,7 +2273,7 @@ class CopilotApiTests {
             for (int i = 0; i < n; i++) {
                 int id = i;
                 Thread t = new Thread(() -> {
-                    slots[id] = pacer.admit();
+                    slots[id] = pacer.admit(CopilotApi.Watch.NONE);
                     admitted[id] = System.nanoTime();
                     order.add(id);
                 });
@@ -2278,6 +2305,65 @@ class CopilotApiTests {
                 assertTrue(TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - start) >= 950);
             }
         }
+
+        /** A queued request whose client leaves never reaches Copilot, is not counted, and gives its slot to the next one. */
+        @Test
+        void withWaitAClientThatLeavesWhileQueuedIsNeverSent() throws Exception {
+            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.ApiKeys.NONE,
+                    new CopilotApi.Pacer(Duration.ofMillis(1500), true), CopilotApi.Approver.NONE))) {
+                assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
+                long start = System.nanoTime();
+                // the pacer gives no sign of a queued request: a short pause lets it take its slot
+                leaveAfter(h, "/v1/chat/completions", CHAT_HI, () -> sleep(300));
+                Thread.sleep(500); // the pacer looks at a waiting client every 200 ms
+                assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode(), "the next request is served");
+                long waited = TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - start);
+                assertTrue(waited < 2500, "the next request took the slot the leaver gave up, waited " + waited + " ms");
+                Thread.sleep(1800);
+                assertEquals(2, h.stub.count("/chat/completions"), "the request whose client left never reached Copilot");
+                assertEquals(2, json(h.get("/stats").body()).path("totals").path("requests").asInt(), "nor was it counted as served");
+                JsonNode left = eventually(Duration.ofSeconds(5), () -> withStatus(h, 499), java.util.Objects::nonNull);
+                assertNotNull(left, "the history keeps the request as one nobody took: " + h.get("/history").body());
+                assertTrue(left.path("premium_cost").isNull() && left.path("initiator").isNull(), "nothing billed: " + left);
+                assertTrue(left.path("error_message").asText().contains("never sent to Copilot"), left.toString());
+            }
+        }
+
+        static JsonNode withStatus(Harness h, int status) {
+            for (JsonNode row : json(unchecked(() -> h.get("/history")).body()).path("data")) {
+                if (row.path("status").asInt() == status) return row;
+            }
+            return null;
+        }
+    }
+
+    /** Sends a request on a raw socket, runs whileWaiting, then closes the socket without reading the answer. */
+    static void leaveAfter(Harness h, String path, String body, Runnable whileWaiting) throws IOException {
+        try (java.net.Socket s = new java.net.Socket("127.0.0.1", h.server.port())) {
+            byte[] bytes = body.getBytes(UTF_8);
+            s.getOutputStream().write(("POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: "
+                + bytes.length + "\r\n\r\n").getBytes(UTF_8));
+            s.getOutputStream().write(bytes);
+            s.getOutputStream().flush();
+            whileWaiting.run();
+        }
+    }
+
+    static <T> T unchecked(java.util.concurrent.Callable<T> call) {
+        try {
+            return call.call();
+        } catch (Exception e) {
+            throw new AssertionError(e);
+        }
+    }
+
+    static void sleep(long millis) {
+        try {
+            Thread.sleep(millis);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new AssertionError(e);
+        }
     }
 
     static final class ManualApprovalTests {
@@ -2293,20 +2379,22 @@ class CopilotApiTests {
             }
 
             @Override
-            public String ask(String question, Duration timeout) throws InterruptedException {
+            public void ask(String question) {
                 shown.add(question);
                 maxAsking = Math.max(maxAsking, asking.incrementAndGet());
-                try {
-                    Thread.sleep(100);
-                    String a = answers.poll();
-                    if (a == null || a.equals("<silence>")) {
-                        Thread.sleep(timeout.toMillis());
-                        return null;
-                    }
-                    return a;
-                } finally {
-                    asking.decrementAndGet();
+            }
+
+            /** The script's next line after a pause; silence is waited out. One question is open until its answer returns. */
+            @Override
+            public String answer(Duration timeout) throws InterruptedException {
+                Thread.sleep(Math.min(100, timeout.toMillis()));
+                String a = answers.peek();
+                if (a == null || a.equals("<silence>")) {
+                    Thread.sleep(timeout.toMillis());
+                    return null;
                 }
+                asking.decrementAndGet();
+                return answers.poll();
             }
         }
 
@@ -2343,6 +2431,43 @@ class CopilotApiTests {
                 for (var f : all) assertEquals(200, f.get(20, TimeUnit.SECONDS).statusCode());
                 assertEquals(1, terminal.maxAsking, "one question at a time");
                 assertEquals(3, terminal.shown.size());
+            }
+        }
+
+        /** Answers only what the test types, after the question it is typed for; lines typed before a question are dropped. */
+        static final class TypedTerminal implements CopilotApi.Approver.Terminal {
+            final java.util.concurrent.BlockingQueue<String> typed = new java.util.concurrent.LinkedBlockingQueue<>();
+            final List<String> shown = java.util.Collections.synchronizedList(new ArrayList<>());
+
+            @Override
+            public void ask(String question) {
+                typed.clear();
+                shown.add(question);
+            }
+
+            @Override
+            public String answer(Duration timeout) throws InterruptedException {
+                return typed.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
+            }
+        }
+
+        /** A client that leaves while its question is open is not sent even if the operator then says yes; the next one is asked. */
+        @Test
+        void aClientThatLeavesWhileAwaitingApprovalIsNeverSent() throws Exception {
+            TypedTerminal terminal = new TypedTerminal();
+            var approver = new CopilotApi.Approver(terminal, Duration.ofSeconds(20));
+            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE, approver))) {
+                leaveAfter(h, "/v1/chat/completions", CHAT_HI,
+                    () -> assertEquals(1, unchecked(() -> eventually(Duration.ofSeconds(5), terminal.shown::size, n -> n == 1))));
+                Thread.sleep(600);
+                terminal.typed.add("y");
+                var next = h.client.sendAsync(HttpRequest.newBuilder(URI.create(h.url("/v1/chat/completions")))
+                    .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(), HttpResponse.BodyHandlers.ofString());
+                assertEquals(2, eventually(Duration.ofSeconds(5), terminal.shown::size, n -> n == 2), "the next request is asked");
+                terminal.typed.add("y");
+                assertEquals(200, next.get(10, TimeUnit.SECONDS).statusCode());
+                assertEquals(1, h.stub.count("/chat/completions"), "the request whose client left never reached Copilot");
+                assertEquals(1, json(h.get("/stats").body()).path("totals").path("requests").asInt(), "nor was it counted as served");
             }
         }
     }
@@ -2855,7 +2980,7 @@ class CopilotApiTests {
 
     /** Limits short enough for tests: first byte and answer 1 s, idle 1 s, early commit 300 ms. */
     static final CopilotApi.Timeouts SHORT = new CopilotApi.Timeouts(Duration.ofSeconds(1), Duration.ofSeconds(1), Duration.ofSeconds(1),
-        Duration.ofMillis(300));
+        Duration.ofMillis(300), CopilotApi.Timeouts.DEFAULT.keepAlive());
 
     static String streaming(String body) {
         return body.replace("{\"model\"", "{\"stream\":true,\"model\"");
@@ -2874,7 +2999,7 @@ class CopilotApiTests {
             silent = new StubUpstream.Silent(stub);
             hung = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", silent.url()), o -> { }, CopilotApi.Controls.none(), SHORT);
             slow = new Harness(StubUpstream.start(), Map.of(), o -> { }, CopilotApi.Controls.none(),
-                new CopilotApi.Timeouts(Duration.ofSeconds(10), Duration.ofSeconds(1), Duration.ofSeconds(10), Duration.ofMillis(300)));
+                new CopilotApi.Timeouts(Duration.ofSeconds(10), Duration.ofSeconds(1), Duration.ofSeconds(10), Duration.ofMillis(300), CopilotApi.Timeouts.DEFAULT.keepAlive()));
         }
 
         @AfterAll
@@ -2981,7 +3106,7 @@ class CopilotApiTests {
             silent = new StubUpstream.Silent(stub);
             h = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", silent.url()), o -> { }, CopilotApi.Controls.none(),
                 // no early commit: a stream's client has not been written to, so only watching its connection can tell
-                new CopilotApi.Timeouts(Duration.ofSeconds(60), Duration.ofSeconds(60), Duration.ofSeconds(60), Duration.ofSeconds(60)));
+                new CopilotApi.Timeouts(Duration.ofSeconds(60), Duration.ofSeconds(60), Duration.ofSeconds(60), Duration.ofSeconds(60), CopilotApi.Timeouts.DEFAULT.keepAlive()));
         }
 
         @AfterAll
@@ -3149,6 +3274,26 @@ class CopilotApiTests {
                 assertEquals(1, stub.count("/chat/completions"));
             }
         }
+
+        /** --manual with the Claude Code prompt: the model choice reads the terminal first, then the questions, one reader for both. */
+        @Test
+        void theClaudeCodePromptAndManualApprovalShareTheTerminal() throws Exception {
+            try (StubUpstream stub = StubUpstream.start();
+                    OnTerminal t = new OnTerminal(CliTests.env(stub, Files.createTempDirectory("h")), "--manual", "--claude-code", "--shell", "posix")) {
+                t.until("Number [");
+                t.type("1");
+                assertTrue(t.until("Number [").contains("small, fast model"), "the first answer reached the model prompt");
+                t.type("1");
+                String base = t.baseUrl();
+                assertTrue(t.until("claude\r\n").contains("ANTHROPIC_SMALL_FAST_MODEL=gpt-4.1 "), t.log.toString());
+                var pending = HttpClient.newHttpClient().sendAsync(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
+                    .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(), HttpResponse.BodyHandlers.ofString());
+                t.until("[y/N] ");
+                t.type("y");
+                assertEquals(200, pending.get(30, TimeUnit.SECONDS).statusCode());
+                assertEquals(1, stub.count("/chat/completions"));
+            }
+        }
     }
 
     // ==== Stale keep-alive connections ====
@@ -3230,7 +3375,7 @@ class CopilotApiTests {
                 CopilotApi.CommonOptions options = new CopilotApi.CommonOptions();
                 options.accountType = CopilotApi.AccountType.individual;
                 CopilotApi.Settings settings = CopilotApi.Settings.from(options, env);
-                var copilot = new CopilotApi.CopilotClient(settings, CopilotApi.Http.create(settings), h.tokens);
+                var copilot = new CopilotApi.CopilotClient(settings, CopilotApi.Http.create(settings), h.tokens, CopilotApi.Timeouts.DEFAULT);
                 JsonNode body = json(ChatBehaviourTests.HI);
                 for (int i = 0; i < 3; i++) {
                     assertEquals("chatcmpl-1", copilot.postJson("/chat/completions", body, CopilotApi.CallOptions.PLAIN).path("id").asText());
