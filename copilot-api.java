@@ -600,7 +600,7 @@ class CopilotApi implements Callable<Integer> {
             if (github.isEmpty()) return o.put("error", "not logged in: run `copilot-api auth` or set COPILOT_API_GITHUB_TOKEN");
             try (CopilotTokens tokens = new CopilotTokens(s, http, github.get())) {
                 tokens.start();
-                CopilotClient copilot = new CopilotClient(s, http, tokens);
+                CopilotClient copilot = new CopilotClient(s, http, tokens, Timeouts.DEFAULT);
                 CatalogIdentity.Log log = copilot.catalogLog().observeOnly();
                 JsonNode catalog = copilot.catalog();
                 o.put("catalogIdentity", log.identity().map(i -> i.label).orElse(null));

@@ -824,7 +824,7 @@ class CopilotApiTests {
             // the fetch at start hangs too, so the server has no catalog yet
             stub.enqueue("/models", StubUpstream.Reply.json(200, hung).delayMs(4000));
             CopilotApi.Timeouts oneSecond = new CopilotApi.Timeouts(Duration.ofSeconds(1), Duration.ofSeconds(120), Duration.ofMinutes(10),
-                Duration.ofSeconds(3));
+                Duration.ofSeconds(3), Duration.ofSeconds(15));
             try (Harness own = new Harness(stub, Map.of(), o -> { }, CopilotApi.Controls.none(), oneSecond)) {
                 for (int i = 0; i < 5; i++) stub.enqueue("/models", StubUpstream.Reply.json(200, hung).delayMs(4000));
                 stub.clear();
