@@ -5957,21 +5957,36 @@ class CopilotApi implements Callable<Integer> {
                 }
             }
 
-            /** Tool answers first (one tool message per tool_result), then the rest as one user message. */
+            /**
+             * Tool answers first (one tool message per tool_result), then the rest as one user message. Text that is only
+             * the editor's reminders beside tool results joins the last tool answer instead: a user message last would
+             * make the turn a person's in Copilot's eyes, which refuses X-Initiator agent there and bills it.
+             */
             private void userTurn(List<JsonNode> blocks, ArrayNode out) {
                 List<ObjectNode> toolImages = new ArrayList<>();
                 List<ObjectNode> parts = new ArrayList<>();
+                ObjectNode lastTool = null;
                 for (JsonNode b : blocks) {
                     String type = b.path("type").asText("");
                     switch (type) {
-                        case "tool_result" -> out.add(toolMessage(b, toolImages));
+                        case "tool_result" -> out.add(lastTool = toolMessage(b, toolImages));
                         case "text", "image", "document" -> contentPart(b).ifPresent(parts::add);
                         default -> notes.add("dropped a " + describeType(type) + " block from a user message");
                     }
                 }
+                if (lastTool != null && toolImages.isEmpty() && !parts.isEmpty() && parts.stream().allMatch(AnthropicToChat::isReminderPart)) {
+                    StringBuilder text = new StringBuilder(lastTool.path("content").asText());
+                    for (ObjectNode p : parts) text.append("\n\n").append(p.path("text").asText());
+                    lastTool.put("content", text.toString());
+                    return;
+                }
                 List<ObjectNode> all = new ArrayList<>(toolImages);
                 all.addAll(parts);
                 if (!all.isEmpty()) out.add(userMessage(all));
+            }
+
+            private static boolean isReminderPart(ObjectNode part) {
+                return part.path("type").asText().equals("text") && Turn.isReminder(part.path("text").asText(""));
             }
 
             private static ObjectNode userMessage(List<ObjectNode> parts) {

@@ -225,6 +225,32 @@ class UsageBasedTests {
         }
     }
 
+    /**
+     * Claude Code's tool turn on a translated model: tool results followed by reminder-only text. The reminders travel
+     * inside the last tool answer, so the turn reaches Copilot ending in a tool message, goes once, as agent, unbilled.
+     */
+    @Test
+    void aClaudeCodeToolTurnWithRemindersStaysAgentOnTheTranslatedRoute() throws Exception {
+        try (CopilotApiTests.Harness h = harness(usageBased())) {
+            String turn = "{\"model\":\"gpt-4.1\",\"max_tokens\":100,\"messages\":[{\"role\":\"user\",\"content\":\"List files\"},"
+                + "{\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"Bash\",\"input\":{\"command\":\"ls\"}}]},"
+                + "{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"t1\",\"content\":\"a.txt\"},"
+                + "{\"type\":\"text\",\"text\":\"<system-reminder>Files changed.</system-reminder>\"}]}]}";
+            for (boolean stream : List.of(false, true)) {
+                h.stub.clear();
+                String body = stream ? turn.replaceFirst("\\{", "{\"stream\":true,") : turn;
+                HttpResponse<String> r = h.post("/v1/messages", body);
+                assertEquals(200, r.statusCode(), r.body());
+                List<StubUpstream.Recorded> calls = h.stub.requests().stream().filter(x -> x.matches("/chat/completions")).toList();
+                assertEquals(1, calls.size(), "one call, no resend as user");
+                assertEquals("agent", calls.get(0).header("x-initiator"));
+                JsonNode last = calls.get(0).json().path("messages").get(calls.get(0).json().path("messages").size() - 1);
+                assertEquals("tool", last.path("role").asText(), last.toString());
+                assertTrue(last.path("content").asText().contains("Files changed."), "the reminder still reaches the model: " + last);
+            }
+        }
+    }
+
     static String subagentPrompt(CopilotApiTests.Harness h) throws Exception {
         String main = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":300,\"tools\":[" + BillingTests.tool("Bash") + "," + BillingTests.tool("Agent")
             + "],\"messages\":[{\"role\":\"user\",\"content\":\"Investigate this " + StubUpstream.SUBAGENT_MARKER + "\"}]}";
