@@ -9450,38 +9450,137 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** An event-stream reader: a blank line dispatches, data lines join with \n, one leading space is stripped. */
+    /**
+     * An event-stream reader: a blank line dispatches, data lines join with \n, one leading space is stripped, lines
+     * end with LF, CRLF or CR, comments (":") and other fields (id, retry) are skipped, an event cut short by the end
+     * is still given. Bytes are split into lines before they are decoded, so a character split across reads is
+     * whole. {@link #ready()} says whether a whole event is already here, so that a relay never waits on the network
+     * with events it has not flushed.
+     */
     static final class SseReader {
-        private final BufferedReader reader;
+        private final InputStream in;
+        private byte[] buf = new byte[8192];
+        /** The bytes not yet read as lines: buf[start, end). */
+        private int start;
+        private int end;
+        private boolean eof;
+        private boolean ended;
+        /** The last line ended with CR: a LF right after it belongs to that line end. */
+        private boolean skipLf;
+        private boolean first = true;
+        private String event;
+        private StringBuilder data;
+        /** An event that ready() found whole, for next() to give. */
+        private SseEvent pending;
 
         SseReader(InputStream in) {
-            this.reader = new BufferedReader(new InputStreamReader(in, UTF_8));
+            this.in = in;
         }
 
-        /** True when more text is already here (buffered, or readable without blocking). */
+        /** True when next() will not wait: a whole event is here (read without blocking), or the stream has ended. */
         boolean ready() throws IOException {
-            return reader.ready();
+            if (pending != null || eof) return true;
+            while ((pending = parse()) == null) {
+                int n = in.available();
+                if (n <= 0) return false;
+                if (!fill(n)) return true;
+            }
+            return true;
         }
 
         /** The next event, or null at the end of the stream. */
         SseEvent next() throws IOException {
-            String event = null;
-            StringBuilder data = null;
-            String line;
-            while ((line = reader.readLine()) != null) {
-                if (line.isEmpty()) {
-                    if (data != null || event != null) return new SseEvent(event, data == null ? "" : data.toString());
-                    continue;
-                }
-                if (line.startsWith(":")) continue;
-                int colon = line.indexOf(':');
-                String field = colon < 0 ? line : line.substring(0, colon);
-                String value = colon < 0 ? "" : line.substring(colon + 1);
-                if (value.startsWith(" ")) value = value.substring(1);
-                if (field.equals("event")) event = value;
-                else if (field.equals("data")) data = data == null ? new StringBuilder(value) : data.append('\n').append(value);
+            if (pending != null) {
+                SseEvent e = pending;
+                pending = null;
+                return e;
             }
-            return data != null || event != null ? new SseEvent(event, data == null ? "" : data.toString()) : null;
+            while (true) {
+                SseEvent e = parse();
+                if (e != null) return e;
+                if (eof || !fill(buf.length)) return finish();
+            }
+        }
+
+        /** Reads up to max bytes (blocking until at least one arrives); false at the end of the stream. */
+        private boolean fill(int max) throws IOException {
+            if (start > 0 && start == end) {
+                start = 0;
+                end = 0;
+            }
+            if (end == buf.length) {
+                if (start > 0) {
+                    System.arraycopy(buf, start, buf, 0, end - start);
+                    end -= start;
+                    start = 0;
+                } else {
+                    buf = java.util.Arrays.copyOf(buf, buf.length * 2);
+                }
+            }
+            int n = in.read(buf, end, Math.min(max, buf.length - end));
+            if (n < 0) {
+                eof = true;
+                return false;
+            }
+            end += n;
+            return true;
+        }
+
+        /** Takes the whole lines that are here; the event they complete, or null when they complete none. */
+        private SseEvent parse() {
+            while (start < end) {
+                if (skipLf) {
+                    skipLf = false;
+                    if (buf[start] == '\n') {
+                        start++;
+                        continue;
+                    }
+                }
+                int eol = start;
+                while (eol < end && buf[eol] != '\n' && buf[eol] != '\r') eol++;
+                if (eol == end) return null;
+                String line = new String(buf, start, eol - start, UTF_8);
+                skipLf = buf[eol] == '\r';
+                start = eol + 1;
+                SseEvent e = line(line);
+                if (e != null) return e;
+            }
+            return null;
+        }
+
+        /** At the end of the stream: a last line without its line end, and an event without its blank line, count. */
+        private SseEvent finish() {
+            if (ended) return null;
+            ended = true;
+            if (start < end) {
+                line(new String(buf, start, end - start, UTF_8));
+                start = end;
+            }
+            return dispatch();
+        }
+
+        private SseEvent line(String line) {
+            if (first) {
+                first = false;
+                if (line.startsWith("\uFEFF")) line = line.substring(1);
+            }
+            if (line.isEmpty()) return dispatch();
+            if (line.startsWith(":")) return null;
+            int colon = line.indexOf(':');
+            String field = colon < 0 ? line : line.substring(0, colon);
+            String value = colon < 0 ? "" : line.substring(colon + 1);
+            if (value.startsWith(" ")) value = value.substring(1);
+            if (field.equals("event")) event = value;
+            else if (field.equals("data")) data = data == null ? new StringBuilder(value) : data.append('\n').append(value);
+            return null;
+        }
+
+        private SseEvent dispatch() {
+            if (data == null && event == null) return null;
+            SseEvent e = new SseEvent(event, data == null ? "" : data.toString());
+            event = null;
+            data = null;
+            return e;
         }
     }
 

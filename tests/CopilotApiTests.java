@@ -79,6 +79,7 @@ class CopilotApiTests {
         ModelsTests.class,
         ChatFixtureTests.class,
         StreamFixtureTests.class,
+        SseReaderTests.class,
         ChatBehaviourTests.class,
         EmbeddingsTests.class,
         ErrorTests.class,
@@ -787,6 +788,117 @@ class CopilotApiTests {
                 return a;
             }
             return n;
+        }
+    }
+
+    /** The upstream event-stream reader on its own edges: line ends, split reads, odd fields, the end of the stream. */
+    static final class SseReaderTests {
+        /** Gives the bytes in the pieces given, one piece per read; available() is what is left of the current piece. */
+        static final class Pieces extends InputStream {
+            private final java.util.ArrayDeque<byte[]> pieces = new java.util.ArrayDeque<>();
+            private byte[] current = new byte[0];
+            private int at;
+
+            Pieces(byte[]... parts) {
+                pieces.addAll(List.of(parts));
+                if (!pieces.isEmpty()) current = pieces.poll();
+            }
+
+            static Pieces of(String... parts) {
+                return new Pieces(Stream.of(parts).map(p -> p.getBytes(UTF_8)).toArray(byte[][]::new));
+            }
+
+            @Override
+            public int read() {
+                byte[] one = new byte[1];
+                return read(one, 0, 1) < 0 ? -1 : one[0] & 0xff;
+            }
+
+            @Override
+            public int read(byte[] b, int off, int len) {
+                while (at == current.length) {
+                    if (pieces.isEmpty()) return -1;
+                    current = pieces.poll();
+                    at = 0;
+                }
+                int n = Math.min(len, current.length - at);
+                System.arraycopy(current, at, b, off, n);
+                at += n;
+                return n;
+            }
+
+            @Override
+            public int available() {
+                return current.length - at;
+            }
+        }
+
+        static List<CopilotApi.SseEvent> all(InputStream in) throws IOException {
+            CopilotApi.SseReader reader = new CopilotApi.SseReader(in);
+            List<CopilotApi.SseEvent> out = new ArrayList<>();
+            for (CopilotApi.SseEvent e = reader.next(); e != null; e = reader.next()) out.add(e);
+            return out;
+        }
+
+        @Test
+        void crlfAndBareCrEndLinesAsLfDoes() throws IOException {
+            assertEquals(List.of(new CopilotApi.SseEvent("a", "1"), new CopilotApi.SseEvent(null, "2"), new CopilotApi.SseEvent(null, "3")),
+                all(Pieces.of("event: a\r\ndata: 1\r\n\r\ndata: 2\r\rdata: 3\n\n")));
+        }
+
+        @Test
+        void aCrlfSplitBetweenTwoReadsIsOneLineEnd() throws IOException {
+            assertEquals(List.of(new CopilotApi.SseEvent(null, "x"), new CopilotApi.SseEvent(null, "y")),
+                all(Pieces.of("data: x\r", "\n\r", "\ndata: y\r\n\r\n")));
+        }
+
+        @Test
+        void aUtf8CharacterSplitAcrossReadsArrivesWhole() throws IOException {
+            byte[] bytes = "data: h\u00e9 \u20ac \ud83d\ude00\n\n".getBytes(UTF_8);
+            byte[][] singles = new byte[bytes.length][];
+            for (int i = 0; i < bytes.length; i++) singles[i] = new byte[] {bytes[i]};
+            assertEquals(List.of(new CopilotApi.SseEvent(null, "h\u00e9 \u20ac \ud83d\ude00")), all(new Pieces(singles)));
+        }
+
+        @Test
+        void aLastEventWithoutItsBlankLineIsStillGiven() throws IOException {
+            assertEquals(List.of(new CopilotApi.SseEvent(null, "1"), new CopilotApi.SseEvent("end", "2")),
+                all(Pieces.of("data: 1\n\nevent: end\ndata: 2")));
+            assertEquals(List.of(new CopilotApi.SseEvent(null, "3")), all(Pieces.of("data: 3\n")));
+        }
+
+        @Test
+        void commentsAreSkippedAndNeverDispatchAnEvent() throws IOException {
+            assertEquals(List.of(new CopilotApi.SseEvent(null, "1")), all(Pieces.of(": keep-alive\n\n:\n\ndata: 1\n: inside\n\n: tail\n\n")));
+        }
+
+        @Test
+        void severalDataLinesJoinWithNewlinesAndOnlyOneLeadingSpaceIsStripped() throws IOException {
+            assertEquals(List.of(new CopilotApi.SseEvent(null, "a\n  b\n\nc")), all(Pieces.of("data: a\ndata:   b\ndata\ndata:c\n\n")));
+        }
+
+        @Test
+        void eventIdAndRetryFieldsAreReadAndOnlyTheEventNameIsKept() throws IOException {
+            assertEquals(List.of(new CopilotApi.SseEvent("message_start", "{}"), new CopilotApi.SseEvent(null, "2")),
+                all(Pieces.of("id: 7\nretry: 3000\nevent: message_start\ndata: {}\n\nid: 8\ndata: 2\n\n")));
+        }
+
+        @Test
+        void aByteOrderMarkAtTheStartIsNotPartOfTheFirstField() throws IOException {
+            assertEquals(List.of(new CopilotApi.SseEvent("a", "1")), all(Pieces.of("\ufeffevent: a\ndata: 1\n\n")));
+        }
+
+        @Test
+        void readyOnlyWhenAWholeEventIsHere() throws IOException {
+            CopilotApi.SseReader reader = new CopilotApi.SseReader(Pieces.of("data: 1\n\ndata: 2", "\n", "\n: x\n\n", "data: 3\n\n"));
+            assertTrue(reader.ready(), "the first event is whole");
+            assertEquals("1", reader.next().data());
+            assertFalse(reader.ready(), "half of the second event is here");
+            assertEquals("2", reader.next().data());
+            assertFalse(reader.ready(), "only a comment is here");
+            assertEquals("3", reader.next().data());
+            assertNull(reader.next());
+            assertTrue(reader.ready(), "the end is here: next() does not wait");
         }
     }
 
@@ -2393,6 +2505,10 @@ class CopilotApiTests {
 
         /** Sends the request on a raw socket, waits until Copilot has it, closes the socket; true once the upstream connection closed. */
         boolean leaveAndSeeUpstreamClosed(String path, String body) throws Exception {
+            return leaveAndSeeUpstreamClosed(path, body, Duration.ofSeconds(5));
+        }
+
+        boolean leaveAndSeeUpstreamClosed(String path, String body, Duration limit) throws Exception {
             int seen = silent.seen().size();
             int closed = silent.closedCount();
             try (java.net.Socket s = new java.net.Socket("127.0.0.1", h.server.port())) {
@@ -2403,7 +2519,7 @@ class CopilotApiTests {
                 s.getOutputStream().flush();
                 assertEquals(seen + 1, eventually(Duration.ofSeconds(5), () -> silent.seen().size(), n -> n > seen), "Copilot got the call");
             }
-            return silent.awaitClosed(closed + 1, Duration.ofSeconds(5));
+            return silent.awaitClosed(closed + 1, limit);
         }
 
         @Test
@@ -2414,6 +2530,29 @@ class CopilotApiTests {
         @Test
         void aClientLeavingAStreamBeforeItsFirstByteCancelsTheUpstreamCall() throws Exception {
             assertTrue(leaveAndSeeUpstreamClosed("/v1/messages", streaming(MESSAGES_HI)));
+        }
+
+        /** The upstream connection closes within a second of the client leaving, on every route, each time of several. */
+        @Test
+        void everyRouteCancelsItsUpstreamCallPromptlyEachTime() throws Exception {
+            Map<String, String> routes = new java.util.LinkedHashMap<>();
+            routes.put("chat", CHAT_HI);
+            routes.put("chat stream", streaming(CHAT_HI));
+            routes.put("messages", MESSAGES_HI);
+            routes.put("messages stream", streaming(MESSAGES_HI));
+            routes.put("responses", ResponsesRouteTests.CODEX);
+            routes.put("responses stream", streaming(ResponsesRouteTests.CODEX));
+            routes.put("embeddings", "{\"model\":\"text-embedding-3-small\",\"input\":\"hi\"}");
+            for (int round = 0; round < 3; round++) {
+                for (var route : routes.entrySet()) {
+                    String path = route.getKey().startsWith("chat") ? "/v1/chat/completions" : route.getKey().startsWith("messages") ? "/v1/messages"
+                        : route.getKey().startsWith("responses") ? "/v1/responses" : "/v1/embeddings";
+                    long start = System.nanoTime();
+                    assertTrue(leaveAndSeeUpstreamClosed(path, route.getValue(), Duration.ofSeconds(1)), route.getKey() + ", round " + round);
+                    assertTrue(System.nanoTime() - start < Duration.ofSeconds(3).toNanos(), route.getKey());
+                }
+            }
+            assertEquals(200, h.get("/v1/models").statusCode(), "the server still answers");
         }
     }
 
