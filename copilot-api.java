@@ -3062,6 +3062,7 @@ class CopilotApi implements Callable<Integer> {
                     if (item instanceof EventSource.Chunk c) write(out, machine.onChunk(c), exchange);
                     else if (item instanceof EventSource.End e) write(out, machine.onEnd(e.doneSeen()), exchange);
                     else if (item instanceof EventSource.Broken b) {
+                        if (b.cause() instanceof ClientDisconnected) throw new SseWriter.ClientGone(b.cause());
                         write(out, machine.onBroken(brokenMessage(b.cause())), exchange);
                         if (b.cause() instanceof EndedByProxy) exchange.failed("ended: " + b.cause().getMessage());
                     }
@@ -3605,11 +3606,13 @@ class CopilotApi implements Callable<Integer> {
         static final String KEY = "copilot-api.sse-writer";
 
         private final OutputStream out;
+        private final ClientProbe client;
         private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock();
         private volatile long lastWrite = System.nanoTime();
 
-        private SseWriter(OutputStream out) {
+        private SseWriter(OutputStream out, ClientProbe client) {
             this.out = out;
+            this.client = client;
         }
 
         /** The stream already opened for this request (committed early while Copilot was slow), or null. */
@@ -3627,7 +3630,7 @@ class CopilotApi implements Callable<Integer> {
             res.setHeader("Cache-Control", "no-cache");
             res.setHeader("X-Accel-Buffering", "no");
             try {
-                SseWriter w = new SseWriter(res.getOutputStream());
+                SseWriter w = new SseWriter(res.getOutputStream(), ClientProbe.of(ctx));
                 ctx.attribute(KEY, w);
                 res.flushBuffer();
                 return w;
@@ -3638,6 +3641,11 @@ class CopilotApi implements Callable<Integer> {
 
         long lastWrite() {
             return lastWrite;
+        }
+
+        /** True once the client's connection has closed (looked at without writing to it). */
+        boolean clientLeft() {
+            return client.closed();
         }
 
         /** Writes without flushing; the relay flushes when no further event is waiting. */
@@ -3714,18 +3722,13 @@ class CopilotApi implements Callable<Integer> {
     static final class ClientWatch implements Watch {
         private final Context ctx;
         private final Duration earlyCommit;
-        private org.eclipse.jetty.io.EndPoint endPoint;
+        private final ClientProbe client;
         private long lastWrite;
 
         ClientWatch(Context ctx, Duration earlyCommit) {
             this.ctx = ctx;
             this.earlyCommit = earlyCommit;
-            this.endPoint = endPoint(ctx);
-        }
-
-        private static org.eclipse.jetty.io.EndPoint endPoint(Context ctx) {
-            var core = org.eclipse.jetty.ee10.servlet.ServletContextRequest.getServletContextRequest(ctx.req());
-            return core == null ? null : core.getConnectionMetaData().getConnection().getEndPoint();
+            this.client = ClientProbe.of(ctx);
         }
 
         @Override
@@ -3745,17 +3748,9 @@ class CopilotApi implements Callable<Integer> {
         }
 
         private boolean clientClosed() {
-            if (endPoint == null) return false;
-            try {
-                int read = endPoint.fill(org.eclipse.jetty.util.BufferUtil.allocate(1));
-                if (read > 0) {
-                    ctx.header("Connection", "close");
-                    endPoint = null;
-                }
-                return read < 0;
-            } catch (IOException e) {
-                return true;
-            }
+            boolean closed = client.closed();
+            if (client.ateAByte() && !ctx.res().isCommitted()) ctx.header("Connection", "close");
+            return closed;
         }
 
         private void keepAlive() {
@@ -3767,6 +3762,53 @@ class CopilotApi implements Callable<Integer> {
                 out.comment("keep-alive");
                 lastWrite = System.nanoTime();
             }
+        }
+    }
+
+    /**
+     * Reads the client's connection without waiting: end of input (or a reset) means the client left. One per
+     * request, shared by the wait for Copilot's headers and the heartbeat of a running stream. A byte that does
+     * come (a pipelined request) cannot be put back: probing stops then, and the wait for Copilot's headers asks
+     * for the connection to close after this answer.
+     */
+    static final class ClientProbe {
+        static final String KEY = "copilot-api.client-probe";
+        private volatile org.eclipse.jetty.io.EndPoint endPoint;
+        private volatile boolean ate;
+        private volatile boolean closed;
+
+        private ClientProbe(org.eclipse.jetty.io.EndPoint endPoint) {
+            this.endPoint = endPoint;
+        }
+
+        static ClientProbe of(Context ctx) {
+            ClientProbe p = ctx.attribute(KEY);
+            if (p == null) {
+                var core = org.eclipse.jetty.ee10.servlet.ServletContextRequest.getServletContextRequest(ctx.req());
+                p = new ClientProbe(core == null ? null : core.getConnectionMetaData().getConnection().getEndPoint());
+                ctx.attribute(KEY, p);
+            }
+            return p;
+        }
+
+        synchronized boolean closed() {
+            org.eclipse.jetty.io.EndPoint e = endPoint;
+            if (closed || e == null) return closed;
+            try {
+                int read = e.fill(org.eclipse.jetty.util.BufferUtil.allocate(1));
+                if (read > 0) {
+                    ate = true;
+                    endPoint = null;
+                }
+                closed = read < 0;
+            } catch (IOException ex) {
+                closed = true;
+            }
+            return closed;
+        }
+
+        boolean ateAByte() {
+            return ate;
         }
     }
 
@@ -8198,6 +8240,13 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
+    /** The client of a running stream went away: the stream is ended without a word, and its upstream cancelled. */
+    static final class ClientDisconnected extends IOException {
+        ClientDisconnected() {
+            super("client disconnected");
+        }
+    }
+
     /** The proxy itself ended a stream (at shutdown): the message is the whole story for the client. */
     static final class EndedByProxy extends IOException {
         EndedByProxy(String message) {
@@ -8883,17 +8932,25 @@ class CopilotApi implements Callable<Integer> {
             this.out = out;
         }
 
-        /** Called by the heartbeat: a keep-alive after a silence towards the client, the end after a silence from Copilot. */
+        /**
+         * Called by the heartbeat: the end when the client has left (the relay may be waiting on Copilot, and would
+         * not notice before its next write), a keep-alive after a silence towards the client, the end after a
+         * silence from Copilot.
+         */
         void beat(long now) {
             if (stopped != null) return;
+            SseWriter w = out;
+            if (w != null && w.clientLeft()) {
+                stop(new ClientDisconnected());
+                return;
+            }
             if (now - lastRead >= idleLimit.toNanos()) {
                 stop(new IOException("no event from Copilot for " + idleLimit.toSeconds() + "s"));
                 return;
             }
-            SseWriter w = out;
             if (w != null && now - w.lastWrite() >= SseWriter.KEEPALIVE.toNanos()) {
                 Threads.start(() -> {
-                    if (!w.tryWrite(keepAlive.get())) stop(new IOException("client disconnected"));
+                    if (!w.tryWrite(keepAlive.get())) stop(new ClientDisconnected());
                 });
             }
         }
@@ -8935,25 +8992,35 @@ class CopilotApi implements Callable<Integer> {
         public Item next() {
             while (ready.isEmpty()) {
                 if (over) return new End(false);
-                Item item = upstream.next();
-                if (item instanceof Broken) {
-                    over = true;
-                    return item;
-                }
-                if (item instanceof End) {
-                    queue(machine.finish());
-                    end();
-                } else if (item instanceof Chunk c && c.json().isPresent()) {
-                    queue(machine.onEvent(c.event(), c.json().get()));
-                    if (machine.ended()) end();
-                }
+                step();
             }
             return ready.poll();
         }
 
+        /**
+         * True when a chat item is here. Upstream events already here are translated first: many (item added, part
+         * added, done) give no chat chunk, and a relay told "more is coming" for one of those would wait on the
+         * network with its last chunks unflushed.
+         */
         @Override
         public boolean ready() {
-            return !ready.isEmpty() || upstream.ready();
+            while (ready.isEmpty() && !over && upstream.ready()) step();
+            return !ready.isEmpty();
+        }
+
+        /** One upstream item through the translation. */
+        private void step() {
+            Item item = upstream.next();
+            if (item instanceof Broken) {
+                over = true;
+                ready.add(item);
+            } else if (item instanceof End) {
+                queue(machine.finish());
+                end();
+            } else if (item instanceof Chunk c && c.json().isPresent()) {
+                queue(machine.onEvent(c.event(), c.json().get()));
+                if (machine.ended()) end();
+            }
         }
 
         @Override

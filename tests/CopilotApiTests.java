@@ -104,6 +104,7 @@ class CopilotApiTests {
         UpstreamTimeoutTests.class,
         ClientDisconnectTests.class,
         SlowReaderTests.class,
+        StreamFlushTests.class,
         TerminalTests.class,
         StaleConnectionTests.class,
         ProxyTests.class,
@@ -2487,10 +2488,14 @@ class CopilotApiTests {
     static final class ClientDisconnectTests {
         StubUpstream.Silent silent;
         Harness h;
+        StubUpstream.Gated gated;
+        Harness streaming;
 
         @BeforeAll
         void up() throws IOException {
             StubUpstream stub = StubUpstream.start();
+            gated = new StubUpstream.Gated(stub);
+            streaming = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", gated.url()), o -> { });
             silent = new StubUpstream.Silent(stub);
             h = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", silent.url()), o -> { }, CopilotApi.Controls.none(),
                 // no early commit: a stream's client has not been written to, so only watching its connection can tell
@@ -2501,6 +2506,54 @@ class CopilotApiTests {
         void down() {
             h.close();
             silent.close();
+            streaming.close();
+            gated.close();
+        }
+
+        /**
+         * A client that leaves a running stream while Copilot is between two events: every route cancels the upstream
+         * call within a second or two (the heartbeat looks at the client), not at its next write or keep-alive.
+         */
+        @Test
+        void aClientLeavingARunningStreamCancelsTheUpstreamCallWhileCopilotIsSilent() throws Exception {
+            record Route(String name, String path, String body, String head, String tail) {}
+            List<Route> routes = List.of(
+                new Route("chat", "/v1/chat/completions", streaming(CHAT_HI), UpstreamScripts.CHAT_HEAD, UpstreamScripts.CHAT_TAIL),
+                new Route("chat on a responses-only model", "/v1/chat/completions", streaming(UpstreamScripts.CODEX_CHAT),
+                    UpstreamScripts.RESPONSES_HEAD, UpstreamScripts.RESPONSES_TAIL),
+                new Route("messages native", "/v1/messages", streaming(MESSAGES_HI), UpstreamScripts.MESSAGES_HEAD, UpstreamScripts.MESSAGES_TAIL),
+                new Route("messages translated", "/v1/messages", streaming(MESSAGES_HI.replace("claude-sonnet-4.5", "gpt-4.1")),
+                    UpstreamScripts.CHAT_HEAD, UpstreamScripts.CHAT_TAIL),
+                new Route("responses native", "/v1/responses", streaming(ResponsesRouteTests.CODEX), UpstreamScripts.RESPONSES_HEAD,
+                    UpstreamScripts.RESPONSES_TAIL),
+                new Route("responses translated", "/v1/responses", streaming(ResponsesRouteTests.CODEX.replace("gpt-5.1-codex", "gpt-4.1")),
+                    UpstreamScripts.CHAT_HEAD, UpstreamScripts.CHAT_TAIL));
+            for (Route route : routes) {
+                gated.script(route.head(), route.tail());
+                try (java.net.Socket s = new java.net.Socket("127.0.0.1", streaming.server.port())) {
+                    s.setSoTimeout(10_000);
+                    byte[] bytes = route.body().getBytes(UTF_8);
+                    s.getOutputStream().write(("POST " + route.path() + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                        + "Content-Length: " + bytes.length + "\r\n\r\n").getBytes(UTF_8));
+                    s.getOutputStream().write(bytes);
+                    s.getOutputStream().flush();
+                    StringBuilder seen = new StringBuilder();
+                    byte[] buf = new byte[4096];
+                    for (int n; !seen.toString().contains(UpstreamScripts.FIRST_WORDS) && (n = s.getInputStream().read(buf)) > 0; ) {
+                        seen.append(new String(buf, 0, n, UTF_8));
+                    }
+                    assertTrue(seen.toString().contains(UpstreamScripts.FIRST_WORDS), route.name() + ": " + seen);
+                }
+                try {
+                    assertTrue(gated.awaitClosedAtGate(Duration.ofSeconds(3)), route.name() + ": the upstream call was cancelled");
+                } finally {
+                    gated.open();
+                }
+            }
+            gated.script(UpstreamScripts.CHAT_HEAD, UpstreamScripts.CHAT_TAIL).open();
+            HttpResponse<String> next = streaming.post("/v1/chat/completions", streaming(CHAT_HI));
+            assertEquals(200, next.statusCode(), next.body());
+            assertTrue(next.body().contains("[DONE]"), "the next stream is served: " + next.body());
         }
 
         /** Sends the request on a raw socket, waits until Copilot has it, closes the socket; true once the upstream connection closed. */
@@ -2553,6 +2606,134 @@ class CopilotApiTests {
                 }
             }
             assertEquals(200, h.get("/v1/models").statusCode(), "the server still answers");
+        }
+    }
+
+    /** Upstream streams cut in two, for {@link StubUpstream.Gated}: a head sent at once, a tail sent when the test says. */
+    static final class UpstreamScripts {
+        static final String FIRST_WORDS = "Hel";
+        static final String CODEX_CHAT = CHAT_HI.replace("gpt-4.1", "gpt-5.1-codex");
+
+        static final String CHAT_HEAD = "data: {\"id\":\"chatcmpl-g\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"gpt-4.1\","
+            + "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hel\"}}]}\n\n";
+        static final String CHAT_TAIL = "data: {\"id\":\"chatcmpl-g\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"gpt-4.1\","
+            + "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}],"
+            + "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\ndata: [DONE]\n\n";
+
+        static final String MESSAGES_HEAD = event("message_start", "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_g\",\"type\":\"message\","
+                + "\"role\":\"assistant\",\"model\":\"claude-sonnet-4.5\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,"
+                + "\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}")
+            + event("content_block_start", "{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}")
+            + event("content_block_delta", "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}");
+        static final String MESSAGES_TAIL = event("content_block_delta",
+                "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"lo\"}}")
+            + event("content_block_stop", "{\"type\":\"content_block_stop\",\"index\":0}")
+            + event("message_delta", "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},"
+                + "\"usage\":{\"output_tokens\":2}}")
+            + event("message_stop", "{\"type\":\"message_stop\"}");
+
+        static final String RESPONSE = "{\"id\":\"resp_g\",\"object\":\"response\",\"status\":\"in_progress\",\"model\":\"gpt-5.1-codex\",\"output\":[]}";
+        static final String REASONING_ITEM = "{\"id\":\"rs_g\",\"type\":\"reasoning\",\"summary\":[{\"type\":\"summary_text\",\"text\":\"Thinking\"}],"
+            + "\"encrypted_content\":\"enc\"}";
+        static final String MESSAGE_ITEM = "{\"id\":\"msg_g\",\"type\":\"message\",\"role\":\"assistant\",\"status\":\"completed\","
+            + "\"content\":[{\"type\":\"output_text\",\"text\":\"Hello\",\"annotations\":[]}]}";
+        /** Reasoning, then the first words; then an event that gives no chat chunk and the first line of the next event. */
+        static final String RESPONSES_HEAD = event("response.created", "{\"type\":\"response.created\",\"sequence_number\":0,\"response\":" + RESPONSE + "}")
+            + event("response.output_item.added", "{\"type\":\"response.output_item.added\",\"sequence_number\":1,\"output_index\":0,"
+                + "\"item\":{\"id\":\"rs_g\",\"type\":\"reasoning\",\"summary\":[]}}")
+            + event("response.reasoning_summary_text.delta", "{\"type\":\"response.reasoning_summary_text.delta\",\"sequence_number\":2,"
+                + "\"item_id\":\"rs_g\",\"output_index\":0,\"summary_index\":0,\"delta\":\"Thinking\"}")
+            + event("response.output_item.done", "{\"type\":\"response.output_item.done\",\"sequence_number\":3,\"output_index\":0,"
+                + "\"item\":" + REASONING_ITEM + "}")
+            + event("response.output_item.added", "{\"type\":\"response.output_item.added\",\"sequence_number\":4,\"output_index\":1,"
+                + "\"item\":{\"id\":\"msg_g\",\"type\":\"message\",\"role\":\"assistant\",\"status\":\"in_progress\",\"content\":[]}}")
+            + event("response.output_text.delta", "{\"type\":\"response.output_text.delta\",\"sequence_number\":5,\"item_id\":\"msg_g\","
+                + "\"output_index\":1,\"content_index\":0,\"delta\":\"Hel\"}")
+            + event("response.in_progress", "{\"type\":\"response.in_progress\",\"sequence_number\":6,\"response\":" + RESPONSE + "}")
+            + "event: response.output_text.delta\n";
+        static final String RESPONSES_TAIL = "data: {\"type\":\"response.output_text.delta\",\"sequence_number\":7,\"item_id\":\"msg_g\","
+                + "\"output_index\":1,\"content_index\":0,\"delta\":\"lo\"}\n\n"
+            + event("response.output_item.done", "{\"type\":\"response.output_item.done\",\"sequence_number\":8,\"output_index\":1,"
+                + "\"item\":" + MESSAGE_ITEM + "}")
+            + event("response.completed", "{\"type\":\"response.completed\",\"sequence_number\":9,\"response\":"
+                + "{\"id\":\"resp_g\",\"object\":\"response\",\"status\":\"completed\",\"model\":\"gpt-5.1-codex\",\"output\":["
+                + REASONING_ITEM + "," + MESSAGE_ITEM + "],\"usage\":{\"input_tokens\":5,\"output_tokens\":2,\"total_tokens\":7}}}");
+
+        static String event(String name, String data) {
+            return "event: " + name + "\ndata: " + data + "\n\n";
+        }
+    }
+
+    /**
+     * Every event reaches the client when Copilot sends it: a responses-only model reached from chat or Messages
+     * streams its reasoning and first words while Copilot still holds the rest (the stub waits at a gate until the
+     * client has seen them).
+     */
+    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
+    static final class StreamFlushTests {
+        StubUpstream.Gated gated;
+        Harness h;
+
+        @BeforeAll
+        void up() throws IOException {
+            StubUpstream stub = StubUpstream.start();
+            gated = new StubUpstream.Gated(stub);
+            h = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", gated.url()), o -> { });
+        }
+
+        @AfterAll
+        void down() {
+            h.close();
+            gated.close();
+        }
+
+        /** Reads the stream until it has shown every word given; the text so far. */
+        static String readUntil(InputStream in, StringBuilder seen, String... words) throws IOException {
+            byte[] buf = new byte[4096];
+            while (!Stream.of(words).allMatch(w -> seen.toString().contains(w))) {
+                int n = in.read(buf);
+                if (n < 0) break;
+                seen.append(new String(buf, 0, n, UTF_8));
+            }
+            return seen.toString();
+        }
+
+        void seesTheFirstEventsBeforeCopilotSendsTheRest(String path, String body, String reasoning, String end) throws Exception {
+            gated.script(UpstreamScripts.RESPONSES_HEAD, UpstreamScripts.RESPONSES_TAIL);
+            HttpResponse<InputStream> r = h.postStreaming(path, body);
+            assertEquals(200, r.statusCode());
+            StringBuilder seen = new StringBuilder();
+            var early = java.util.concurrent.CompletableFuture.supplyAsync(() -> {
+                try {
+                    return readUntil(r.body(), seen, reasoning, UpstreamScripts.FIRST_WORDS);
+                } catch (IOException e) {
+                    throw new java.io.UncheckedIOException(e);
+                }
+            });
+            try {
+                String first = early.get(10, TimeUnit.SECONDS);
+                assertTrue(first.contains(reasoning) && first.contains(UpstreamScripts.FIRST_WORDS), first);
+                assertFalse(first.contains(end), "the stub has not sent the end yet: " + first);
+            } catch (java.util.concurrent.TimeoutException e) {
+                fail("the reasoning and the first words did not reach the client while Copilot held the rest; seen: " + seen);
+            } finally {
+                gated.open();
+            }
+            String all = readUntil(r.body(), seen, end);
+            assertTrue(all.contains("lo") && all.contains(end), all);
+        }
+
+        @Test
+        void aChatStreamOfAResponsesOnlyModelIsFlushedAsCopilotSendsIt() throws Exception {
+            seesTheFirstEventsBeforeCopilotSendsTheRest("/v1/chat/completions", streaming(UpstreamScripts.CODEX_CHAT), "\"reasoning_text\":\"Thinking\"",
+                "[DONE]");
+            assertEquals(200, h.get("/v1/models").statusCode(), "the server still answers");
+        }
+
+        @Test
+        void aMessagesStreamOfAResponsesOnlyModelIsFlushedAsCopilotSendsIt() throws Exception {
+            seesTheFirstEventsBeforeCopilotSendsTheRest("/v1/messages", streaming(MESSAGES_HI.replace("claude-sonnet-4.5", "gpt-5.1-codex")),
+                "\"thinking\":\"Thinking\"", "message_stop");
         }
     }
 
