@@ -9790,11 +9790,15 @@ class CopilotApi implements Callable<Integer> {
         /**
          * One call in flight. A POST is resent once when a reused keep-alive connection turns out closed before any
          * byte of the answer, as the JDK's client did (2 in 3,353 Claude Code streams had failed with 502 before).
+         * Never after a failure on a fresh connection: Copilot may have read that request, and a second would be a
+         * second billed call.
          */
         static final class Exchange {
             final Call call;
             final CompletableFuture<Reply> reply = new CompletableFuture<>();
-            private volatile org.eclipse.jetty.client.Request request;
+            private org.eclipse.jetty.client.Request request;
+            /** Why the call was aborted; a resend then never goes out. Guarded by this, as is request. */
+            private Throwable abortedBy;
             private volatile org.eclipse.jetty.util.thread.Scheduler.Task deadline;
 
             Exchange(Call call) {
@@ -9816,7 +9820,13 @@ class CopilotApi implements Callable<Integer> {
                     reply.complete(new Reply(x.getStatus(), x.getHeaders(), body));
                 });
                 r.onResponseContentAsync((x, chunk, demand) -> body.offer(chunk, demand));
-                request = r;
+                synchronized (this) {
+                    if (abortedBy != null) {
+                        fail(body, abortedBy);
+                        return;
+                    }
+                    request = r;
+                }
                 if (first) {
                     deadline = client.getScheduler().schedule(() -> {
                         if (reply.completeExceptionally(new UpstreamTimeout("No answer from " + origin(call.uri) + " in time", null))) {
@@ -9831,7 +9841,7 @@ class CopilotApi implements Callable<Integer> {
                     }
                     Throwable cause = result.getFailure();
                     // not r.getAbortCause(): Jetty aborts the request with the EOF itself; our own aborts complete the reply first
-                    if (first && !begun[0] && !reply.isDone() && staleConnection(cause)) {
+                    if (first && !begun[0] && !reply.isDone() && reused(r) && staleConnection(cause)) {
                         attempt(client, false);
                         return;
                     }
@@ -9852,8 +9862,20 @@ class CopilotApi implements Callable<Integer> {
             /** Ends the call and frees its connection (a client that left, a shutdown, a wait given up). */
             void abort(Throwable why) {
                 reply.completeExceptionally(why);
-                org.eclipse.jetty.client.Request r = request;
+                org.eclipse.jetty.client.Request r;
+                synchronized (this) {
+                    if (abortedBy == null) abortedBy = why;
+                    r = request;
+                }
                 if (r != null) r.abort(why);
+            }
+
+            /**
+             * The request went out on a connection that had already carried an answer, as Jetty counts them: a pooled
+             * keep-alive connection, reused. A fresh connection has carried none.
+             */
+            private static boolean reused(org.eclipse.jetty.client.Request r) {
+                return r.getConnection() instanceof org.eclipse.jetty.client.transport.internal.HttpConnectionOverHTTP c && c.getMessagesIn() > 0;
             }
 
             /**

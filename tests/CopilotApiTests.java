@@ -2942,6 +2942,85 @@ class CopilotApiTests {
             }
         }
 
+        /**
+         * Reads each POST whole on a new connection and, while told to, closes it without a byte of answer (Copilot
+         * got the prompt, then the connection broke); otherwise answers it. Catalog GETs get an empty list.
+         */
+        static final class SwallowingUpstream implements AutoCloseable {
+            static final String ANSWER = "{\"id\":\"chatcmpl-2\",\"object\":\"chat.completion\",\"created\":0,\"model\":\"gpt-4.1\","
+                + "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\"},\"finish_reason\":\"stop\"}],"
+                + "\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}";
+            final java.net.ServerSocket server = new java.net.ServerSocket(0, 50, java.net.InetAddress.getLoopbackAddress());
+            final java.util.concurrent.atomic.AtomicInteger posts = new java.util.concurrent.atomic.AtomicInteger();
+            final java.util.concurrent.atomic.AtomicInteger swallow = new java.util.concurrent.atomic.AtomicInteger();
+
+            SwallowingUpstream() throws IOException {
+                Thread accept = new Thread(this::accept, "swallowing-upstream");
+                accept.setDaemon(true);
+                accept.start();
+            }
+
+            String url() {
+                return "http://127.0.0.1:" + server.getLocalPort();
+            }
+
+            private void accept() {
+                while (!server.isClosed()) {
+                    try {
+                        java.net.Socket s = server.accept();
+                        Thread t = new Thread(() -> serve(s), "swallowing-upstream-connection");
+                        t.setDaemon(true);
+                        t.start();
+                    } catch (IOException e) {
+                        return;
+                    }
+                }
+            }
+
+            private void serve(java.net.Socket s) {
+                try (s) {
+                    InputStream in = new java.io.BufferedInputStream(s.getInputStream());
+                    in.mark(8);
+                    boolean post = in.read() == 'P';
+                    in.reset();
+                    if (!ClosingUpstream.readRequest(in)) return;
+                    String body = "{\"object\":\"list\",\"data\":[]}";
+                    if (post) {
+                        posts.incrementAndGet();
+                        if (swallow.getAndUpdate(n -> Math.max(0, n - 1)) > 0) return;
+                        body = ANSWER;
+                    }
+                    byte[] bytes = body.getBytes(UTF_8);
+                    s.getOutputStream().write(("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: "
+                        + bytes.length + "\r\n\r\n").getBytes(UTF_8));
+                    s.getOutputStream().write(bytes);
+                    s.getOutputStream().flush();
+                } catch (IOException e) {
+                    // the client went away; nothing to answer
+                }
+            }
+
+            @Override
+            public void close() throws IOException {
+                server.close();
+            }
+        }
+
+        @Test
+        void aPostThatANewConnectionLostAfterCopilotReadItIsNotSentAgain() throws Exception {
+            try (SwallowingUpstream upstream = new SwallowingUpstream();
+                    Harness h = new Harness(StubUpstream.start(), Map.of("COPILOT_API_COPILOT_URL", upstream.url()), o -> { })) {
+                upstream.swallow.set(1);
+                HttpResponse<String> r = h.post("/v1/chat/completions", ChatBehaviourTests.HI);
+                assertEquals(502, r.statusCode(), r.body());
+                assertEquals("api_error", json(r.body()).path("error").path("type").asText(), r.body());
+                assertEquals(1, upstream.posts.get(), "the prompt went to Copilot once");
+                HttpResponse<String> next = h.post("/v1/chat/completions", ChatBehaviourTests.HI);
+                assertEquals(200, next.statusCode(), next.body());
+                assertEquals(2, upstream.posts.get());
+            }
+        }
+
         @Test
         void aPostOnAKeepAliveConnectionTheUpstreamClosedIsSentAgainOnANewOne() throws Exception {
             try (Harness h = Harness.start(); ClosingUpstream upstream = new ClosingUpstream()) {
