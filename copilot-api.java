@@ -3084,7 +3084,7 @@ class CopilotApi implements Callable<Integer> {
         /** What the client is told when the upstream stream failed, or the proxy ended it. */
         static String brokenMessage(IOException failure) {
             if (failure instanceof EndedByProxy) return failure.getMessage();
-            return "The Copilot stream broke: " + describe(failure);
+            return "The Copilot stream broke: " + Http.brief(failure);
         }
     }
 
@@ -8522,7 +8522,7 @@ class CopilotApi implements Callable<Integer> {
             try (InputStream in = response.body()) {
                 return JSON.readTree(in);
             } catch (IOException e) {
-                throw new UpstreamUnreachable("Copilot's answer could not be read: " + describe(e), e);
+                throw new UpstreamUnreachable("Copilot's answer could not be read: " + Http.brief(e), e);
             }
         }
     }
@@ -9894,11 +9894,36 @@ class CopilotApi implements Callable<Integer> {
             if (e instanceof UpstreamUnreachable u) return u;
             if (e instanceof ConnectException || e instanceof java.net.SocketTimeoutException || e instanceof java.net.UnknownHostException
                     || e instanceof java.nio.channels.UnresolvedAddressException) {
-                return new UpstreamUnreachable("Cannot reach " + origin(uri) + " (" + describe(e) + ")", e);
+                return new UpstreamUnreachable("Cannot reach " + origin(uri) + " (" + brief(e) + ")", e);
             }
             if (e instanceof java.util.concurrent.TimeoutException) return new UpstreamTimeout("No answer from " + origin(uri) + " in time", e);
             if (e instanceof RuntimeException r) return r;
-            return new UpstreamUnreachable("The connection to " + origin(uri) + " failed (" + describe(e) + ")", e);
+            return new UpstreamUnreachable("The connection to " + origin(uri) + " failed (" + brief(e) + ")", e);
+        }
+
+        /** Jetty's exceptions whose message is its connection's state ("HttpConnectionOverHTTP@3ab06ee8::..."). */
+        private static final java.util.regex.Pattern OBJECT_DUMP = java.util.regex.Pattern.compile("[A-Za-z]@[0-9a-f]{4,}");
+
+        /**
+         * What went wrong on a connection, in a few words for a person. Jetty names its whole connection state (about
+         * 1 KB) as the message of an early end or a reset: that belongs in its debug log, not in an error event.
+         */
+        static String brief(Throwable e) {
+            for (Throwable t = e; t != null; t = t.getCause()) {
+                if (t instanceof java.io.EOFException || t instanceof java.nio.channels.ClosedChannelException) {
+                    return "the connection was closed before the answer was complete";
+                }
+                if (t instanceof java.util.concurrent.TimeoutException || t instanceof java.net.SocketTimeoutException) {
+                    return "the connection timed out";
+                }
+                if (t instanceof ConnectException) return "the connection was refused";
+                if (t instanceof java.net.UnknownHostException || t instanceof java.nio.channels.UnresolvedAddressException) {
+                    return "the host name could not be resolved";
+                }
+            }
+            String m = describe(e);
+            if (OBJECT_DUMP.matcher(m).find() || m.length() > 200) return "the connection failed (" + e.getClass().getSimpleName() + ")";
+            return m;
         }
 
         static String origin(URI uri) {
@@ -10014,7 +10039,7 @@ class CopilotApi implements Callable<Integer> {
             if (last == END) return null;
             if (last == CLOSED) throw new IOException("closed");
             Throwable t = (Throwable) last;
-            throw t instanceof IOException io ? io : new IOException(describe(t), t);
+            throw t instanceof IOException io ? io : new IOException(Http.brief(t), t);
         }
 
         @Override

@@ -102,6 +102,7 @@ class CopilotApiTests {
         GracefulStopTests.class,
         ShutdownTests.class,
         UpstreamTimeoutTests.class,
+        StreamBreakTests.class,
         ClientDisconnectTests.class,
         SlowReaderTests.class,
         StreamFlushTests.class,
@@ -2480,6 +2481,65 @@ class CopilotApiTests {
                         "the catalog is being fetched meanwhile");
                 }
             }
+        }
+    }
+
+    /**
+     * Copilot cuts a stream in the middle: every API's error event tells the person what happened in a short
+     * sentence, without the HTTP client's connection dump, and the next request is served.
+     */
+    static final class StreamBreakTests extends WithHarness {
+        /** The message of the stream's error event: Anthropic's and Responses' named events, or OpenAI's error chunk. */
+        static String errorMessage(String sse) {
+            for (var e : AnthropicNativeTests.events(sse)) {
+                JsonNode d = e.getValue();
+                if (e.getKey().equals("error")) return d.path("error").path("message").asText(d.path("message").asText());
+                if (e.getKey().equals("response.failed")) return d.path("response").path("error").path("message").asText();
+                if (d.path("error").path("message").isTextual()) return d.path("error").path("message").asText();
+            }
+            return fail("no error event in: " + sse);
+        }
+
+        void breaksReadably(String upstreamPath, StubUpstream.Reply cut, String path, String body) throws Exception {
+            h.stub.enqueue(upstreamPath, cut);
+            HttpResponse<String> r = h.post(path, body);
+            assertEquals(200, r.statusCode(), r.body());
+            String message = errorMessage(r.body());
+            assertTrue(message.length() < 160, "short: " + message);
+            assertTrue(message.contains("Copilot") && message.contains("connection was closed before the answer was complete"), message);
+            assertFalse(message.matches("(?s).*(HttpConnection|EndPoint|@[0-9a-f]{4,}|\\{[a-z]+=).*"), "no connection dump: " + message);
+            HttpResponse<String> next = h.post("/v1/chat/completions", ChatBehaviourTests.HI);
+            assertEquals(200, next.statusCode(), "the next request is served: " + next.body());
+        }
+
+        @Test
+        void aCutChatStreamEndsWithAReadableErrorChunk() throws Exception {
+            breaksReadably("/chat/completions", StubUpstream.Reply.rawSse(UpstreamScripts.CHAT_HEAD + UpstreamScripts.CHAT_TAIL).cutAfter(1),
+                "/v1/chat/completions", streaming(CHAT_HI));
+        }
+
+        @Test
+        void aCutNativeMessagesStreamEndsWithAReadableErrorEvent() throws Exception {
+            breaksReadably("/v1/messages", StubUpstream.Reply.rawSse(UpstreamScripts.MESSAGES_HEAD + UpstreamScripts.MESSAGES_TAIL).cutAfter(3),
+                "/v1/messages", streaming(MESSAGES_HI));
+        }
+
+        @Test
+        void aCutTranslatedMessagesStreamEndsWithAReadableErrorEvent() throws Exception {
+            breaksReadably("/chat/completions", StubUpstream.Reply.rawSse(UpstreamScripts.CHAT_HEAD + UpstreamScripts.CHAT_TAIL).cutAfter(1),
+                "/v1/messages", streaming(MESSAGES_HI.replace("claude-sonnet-4.5", "gpt-4.1")));
+        }
+
+        @Test
+        void aCutResponsesStreamEndsWithAReadableFailure() throws Exception {
+            breaksReadably("/responses", StubUpstream.Reply.rawSse(UpstreamScripts.RESPONSES_HEAD + UpstreamScripts.RESPONSES_TAIL).cutAfter(3),
+                "/v1/responses", streaming(ResponsesRouteTests.CODEX));
+        }
+
+        @Test
+        void aCutTranslatedResponsesStreamEndsWithAReadableFailure() throws Exception {
+            breaksReadably("/chat/completions", StubUpstream.Reply.rawSse(UpstreamScripts.CHAT_HEAD + UpstreamScripts.CHAT_TAIL).cutAfter(1),
+                "/v1/responses", streaming(ResponsesRouteTests.CODEX.replace("gpt-5.1-codex", "gpt-4.1")));
         }
     }
 
