@@ -38,9 +38,6 @@ import java.io.OutputStream;
 import java.io.UncheckedIOException;
 import java.net.ConnectException;
 import java.net.InetSocketAddress;
-import java.net.Proxy;
-import java.net.ProxySelector;
-import java.net.SocketAddress;
 import java.net.URI;
 import java.net.URLEncoder;
 import java.nio.ByteBuffer;
@@ -572,14 +569,15 @@ class CopilotApi implements Callable<Integer> {
             o.put("tokenFromEnvironment", GitHubAuth.envTokenName(env).orElse(null));
             o.put("accountType", s.accountType().wire);
             ObjectNode urls = o.putObject("urls");
-            urls.put("github", s.githubUrl());
-            urls.put("githubApi", s.githubApiUrl());
-            urls.put("copilot", s.copilotUrlOverride().orElse(s.copilotBaseFallback()));
+            urls.put("github", Http.shown(s.githubUrl()));
+            urls.put("githubApi", Http.shown(s.githubApiUrl()));
+            urls.put("copilot", Http.shown(s.copilotUrlOverride().orElse(s.copilotBaseFallback())));
             urls.put("copilotSource", s.copilotUrlOverride().isPresent() ? "COPILOT_API_COPILOT_URL"
                 : "the Copilot token's endpoints.api at start (shown: the " + s.accountType().wire + " default)");
             ObjectNode editor = o.putObject("editor");
             s.editor().describe(editor);
             o.put("proxyEnv", s.proxyEnv());
+            if (s.proxyEnv()) o.put("proxy", EnvProxySelector.from(env).describe());
             return o;
         }
 
@@ -9926,8 +9924,20 @@ class CopilotApi implements Callable<Integer> {
             return m;
         }
 
+        /** scheme://host:port, without any user-info (a proxy's or a URL's password never reaches a message or log). */
         static String origin(URI uri) {
-            return uri.getScheme() + "://" + uri.getAuthority();
+            return uri.getScheme() + "://" + uri.getHost() + (uri.getPort() > 0 ? ":" + uri.getPort() : "");
+        }
+
+        /** A URL to show: any user-info (user:password@) is dropped. */
+        static String shown(String url) {
+            try {
+                URI u = URI.create(url);
+                if (u.getRawUserInfo() == null) return url;
+                return origin(u) + (u.getRawPath() == null ? "" : u.getRawPath());
+            } catch (IllegalArgumentException e) {
+                return url.replaceFirst("//[^/@]*@", "//");
+            }
         }
 
         /** Up to limit bytes of a body as text; what arrived before a failure is kept. */
@@ -10092,8 +10102,11 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** HTTPS_PROXY / HTTP_PROXY / NO_PROXY (either case) as curl reads them. */
-    static final class EnvProxySelector extends ProxySelector {
+    /**
+     * HTTPS_PROXY / HTTP_PROXY / NO_PROXY (either case) as curl reads them, given to Jetty's client as one proxy per
+     * scheme that lets the NO_PROXY hosts go direct. Described without credentials.
+     */
+    static final class EnvProxySelector {
         private final Optional<URI> httpsProxy;
         private final Optional<URI> httpProxy;
         private final List<String> noProxy;
@@ -10120,14 +10133,6 @@ class CopilotApi implements Callable<Integer> {
 
         private static Optional<URI> proxyUri(Map<String, String> env, String name) {
             return first(env, name).map(v -> URI.create(v.contains("://") ? v : "http://" + v));
-        }
-
-        @Override
-        public List<Proxy> select(URI uri) {
-            Optional<URI> proxy = "https".equalsIgnoreCase(uri.getScheme()) ? httpsProxy : httpProxy;
-            if (proxy.isEmpty() || bypass(uri.getHost(), port(uri))) return List.of(Proxy.NO_PROXY);
-            URI p = proxy.get();
-            return List.of(new Proxy(Proxy.Type.HTTP, InetSocketAddress.createUnresolved(p.getHost(), port(p))));
         }
 
         boolean bypass(String host, int port) {
@@ -10190,11 +10195,6 @@ class CopilotApi implements Callable<Integer> {
             public boolean matches(org.eclipse.jetty.client.Origin origin) {
                 return origin.getScheme().equalsIgnoreCase(scheme) && !bypass(origin.getAddress().getHost(), origin.getAddress().getPort());
             }
-        }
-
-        @Override
-        public void connectFailed(URI uri, SocketAddress sa, IOException ioe) {
-            Logs.log().warn("the proxy {} failed for {}: {}", sa, Http.origin(uri), CopilotApi.describe(ioe));
         }
 
         String describe() {

@@ -3203,28 +3203,66 @@ class CopilotApiTests {
     // ==== Proxies ====
 
     static final class ProxyTests {
-        static CopilotApi.EnvProxySelector selector(Map<String, String> env) {
-            return CopilotApi.EnvProxySelector.from(env);
-        }
-
-        static String address(java.net.Proxy p) {
-            var a = (java.net.InetSocketAddress) p.address();
-            return a.getHostString() + ":" + a.getPort();
+        /** The proxy Jetty's client picks for a URL ("direct" for none), with the proxies configured as production configures them. */
+        static String proxyFor(Map<String, String> env, String url) {
+            var client = new org.eclipse.jetty.client.HttpClient();
+            CopilotApi.EnvProxySelector.from(env).configure(client);
+            URI u = URI.create(url);
+            int port = u.getPort() > 0 ? u.getPort() : u.getScheme().equals("https") ? 443 : 80;
+            var proxy = client.getProxyConfiguration().match(new org.eclipse.jetty.client.Origin(u.getScheme(), u.getHost(), port));
+            return proxy == null ? "direct" : proxy.getAddress().getHost() + ":" + proxy.getAddress().getPort();
         }
 
         @Test
         void noProxyRules() {
-            var s = selector(Map.of("https_proxy", "http://proxy:3128", "NO_PROXY", "localhost,.internal.example,example.org:8443,10.0.0.1"));
-            assertEquals("proxy:3128", address(s.select(URI.create("https://api.githubcopilot.com/x")).get(0)));
-            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://localhost/x")).get(0));
-            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://a.internal.example/x")).get(0));
-            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://internal.example/x")).get(0));
-            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://example.org:8443/x")).get(0));
-            assertEquals("proxy:3128", address(s.select(URI.create("https://example.org/x")).get(0)));
-            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://10.0.0.1/x")).get(0));
-            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("http://plain.example/x")).get(0), "no HTTP_PROXY set");
-            var all = selector(Map.of("HTTP_PROXY", "proxy:8080", "no_proxy", "*"));
-            assertEquals(java.net.Proxy.NO_PROXY, all.select(URI.create("http://x/y")).get(0));
+            var env = Map.of("https_proxy", "http://proxy:3128", "NO_PROXY", "localhost,.internal.example,example.org:8443,10.0.0.1");
+            assertEquals("proxy:3128", proxyFor(env, "https://api.githubcopilot.com/x"));
+            assertEquals("direct", proxyFor(env, "https://localhost/x"));
+            assertEquals("direct", proxyFor(env, "https://a.internal.example/x"));
+            assertEquals("direct", proxyFor(env, "https://internal.example/x"));
+            assertEquals("direct", proxyFor(env, "https://example.org:8443/x"));
+            assertEquals("proxy:3128", proxyFor(env, "https://example.org/x"));
+            assertEquals("direct", proxyFor(env, "https://10.0.0.1/x"));
+            assertEquals("direct", proxyFor(env, "http://plain.example/x"), "no HTTP_PROXY set");
+            assertEquals("direct", proxyFor(Map.of("HTTP_PROXY", "proxy:8080", "no_proxy", "*"), "http://x/y"));
+            assertEquals("proxy:8080", proxyFor(Map.of("HTTP_PROXY", "proxy:8080"), "https://x/y"), "HTTPS falls back to HTTP_PROXY");
+        }
+
+        @Test
+        void aHostInNoProxyIsCalledDirectly() throws Exception {
+            try (StubUpstream.Proxy proxy = new StubUpstream.Proxy().start()) {
+                Map<String, String> env = Map.of("HTTP_PROXY", proxy.url(), "HTTPS_PROXY", proxy.url(), "NO_PROXY", "127.0.0.1");
+                try (Harness h = new Harness(StubUpstream.start(), env, o -> o.proxyEnv = true)) {
+                    assertEquals(200, h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode());
+                    assertTrue(proxy.seen().isEmpty(), proxy.seen().toString());
+                }
+            }
+        }
+
+        /** The proxy's user and password go to the proxy only: never to the log at start, nor to debug --json. */
+        @Test
+        void proxyCredentialsAreNeverLoggedNorShown() throws Exception {
+            try (StubUpstream stub = StubUpstream.start(); StubUpstream.Proxy proxy = new StubUpstream.Proxy().start()) {
+                String hostPort = proxy.url().substring("http://".length());
+                Map<String, String> env = new HashMap<>(CliTests.env(stub, Files.createTempDirectory("h")));
+                env.put("HTTPS_PROXY", "http://alice:s3cret-pw@" + hostPort);
+                env.put("HTTP_PROXY", "http://alice:s3cret-pw@" + hostPort);
+                try (CliTests.Started server = new CliTests.Started(env, "--proxy-env")) {
+                    String log = eventually(Duration.ofSeconds(30), () -> server.log.toString(), l -> l.contains("listening on http://"));
+                    HttpResponse<String> r = HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(server.baseUrl() + "/v1/chat/completions"))
+                        .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(),
+                        HttpResponse.BodyHandlers.ofString());
+                    assertEquals(200, r.statusCode(), r.body() + server.log);
+                    assertTrue(proxy.seen().stream().anyMatch(u -> u.endsWith("/copilot/chat/completions")), "went through the proxy: " + proxy.seen());
+                    log = server.log.toString();
+                    assertTrue(log.contains("upstream proxy from environment") && log.contains(hostPort), "names the proxy: " + log);
+                    assertFalse(log.contains("s3cret-pw") || log.contains("alice"), log);
+                }
+                CliTests.Run debug = CliTests.cli(env, "debug", "--json", "--proxy-env");
+                assertEquals(0, debug.exit(), debug.err());
+                assertFalse((debug.out() + debug.err()).contains("s3cret-pw") || (debug.out() + debug.err()).contains("alice"), debug.out());
+                assertTrue(json(debug.out()).path("proxy").asText().contains(hostPort), debug.out());
+            }
         }
 
         @Test
