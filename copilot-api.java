@@ -2280,7 +2280,7 @@ class CopilotApi implements Callable<Integer> {
             o.put("token", t.token());
             o.put("expires_at", t.expiresAt());
             o.put("refresh_in", t.refreshIn());
-            o.put("api", up.copilot().baseUrl());
+            o.put("api", Http.shown(up.copilot().baseUrl()));
             Requests.writeJson(ctx, o);
         }
     }
@@ -2951,7 +2951,7 @@ class CopilotApi implements Callable<Integer> {
                 o.put("state", t.expiresAt() > now ? "valid" : "expired");
                 o.put("expires_at", Instant.ofEpochSecond(t.expiresAt()).toString());
                 o.put("expires_in_seconds", t.expiresAt() - now);
-                o.put("api", copilot.baseUrl());
+                o.put("api", Http.shown(copilot.baseUrl()));
             } catch (RuntimeException e) {
                 o.put("state", "unavailable");
                 o.put("error", Redact.shorten(describe(e)));
