@@ -3068,6 +3068,9 @@ class CopilotApi implements Callable<Integer> {
                 }
             } catch (SseWriter.ClientGone gone) {
                 exchange.note("client disconnected; upstream request cancelled");
+            } finally {
+                // before the connection can carry the client's next request, which a probe must not read
+                out.stopWatching();
             }
         }
 
@@ -3646,6 +3649,11 @@ class CopilotApi implements Callable<Integer> {
             return client.closed();
         }
 
+        /** The stream is over: its connection is not looked at any more. */
+        void stopWatching() {
+            client.stop();
+        }
+
         /** Writes without flushing; the relay flushes when no further event is waiting. */
         void write(Frame frame) {
             lock.lock();
@@ -3807,6 +3815,11 @@ class CopilotApi implements Callable<Integer> {
 
         boolean ateAByte() {
             return ate;
+        }
+
+        /** No probe from now on (one running now has finished when this returns). */
+        synchronized void stop() {
+            endPoint = null;
         }
     }
 
