@@ -38,9 +38,6 @@ import java.io.OutputStream;
 import java.io.UncheckedIOException;
 import java.net.ConnectException;
 import java.net.InetSocketAddress;
-import java.net.Proxy;
-import java.net.ProxySelector;
-import java.net.SocketAddress;
 import java.net.URI;
 import java.net.URLEncoder;
 import java.nio.ByteBuffer;
@@ -581,14 +578,15 @@ class CopilotApi implements Callable<Integer> {
             o.put("tokenFromEnvironment", GitHubAuth.envTokenName(env).orElse(null));
             o.put("accountType", s.accountType().wire);
             ObjectNode urls = o.putObject("urls");
-            urls.put("github", s.githubUrl());
-            urls.put("githubApi", s.githubApiUrl());
-            urls.put("copilot", s.copilotUrlOverride().orElse(s.copilotBaseFallback()));
+            urls.put("github", Http.shown(s.githubUrl()));
+            urls.put("githubApi", Http.shown(s.githubApiUrl()));
+            urls.put("copilot", Http.shown(s.copilotUrlOverride().orElse(s.copilotBaseFallback())));
             urls.put("copilotSource", s.copilotUrlOverride().isPresent() ? "COPILOT_API_COPILOT_URL"
                 : "the Copilot token's endpoints.api at start (shown: the " + s.accountType().wire + " default)");
             ObjectNode editor = o.putObject("editor");
             s.editor().describe(editor);
             o.put("proxyEnv", s.proxyEnv());
+            if (s.proxyEnv()) o.put("proxy", EnvProxySelector.from(env).describe());
             return o;
         }
 
@@ -2547,7 +2545,7 @@ class CopilotApi implements Callable<Integer> {
             o.put("token", t.token());
             o.put("expires_at", t.expiresAt());
             o.put("refresh_in", t.refreshIn());
-            o.put("api", up.copilot().baseUrl());
+            o.put("api", Http.shown(up.copilot().baseUrl()));
             Requests.writeJson(ctx, o);
         }
     }
@@ -3448,7 +3446,7 @@ class CopilotApi implements Callable<Integer> {
                 o.put("state", t.expiresAt() > now ? "valid" : "expired");
                 o.put("expires_at", Instant.ofEpochSecond(t.expiresAt()).toString());
                 o.put("expires_in_seconds", t.expiresAt() - now);
-                o.put("api", copilot.baseUrl());
+                o.put("api", Http.shown(copilot.baseUrl()));
             } catch (RuntimeException e) {
                 o.put("state", "unavailable");
                 o.put("error", Redact.shorten(describe(e)));
@@ -3515,6 +3513,7 @@ class CopilotApi implements Callable<Integer> {
                     if (item instanceof EventSource.Chunk c) write(out, machine.onChunk(c), exchange);
                     else if (item instanceof EventSource.End e) write(out, machine.onEnd(e.doneSeen()), exchange);
                     else if (item instanceof EventSource.Broken b) {
+                        if (b.cause() instanceof ClientDisconnected) throw new SseWriter.ClientGone(b.cause());
                         write(out, machine.onBroken(brokenMessage(b.cause())), exchange);
                         if (b.cause() instanceof EndedByProxy) exchange.failed("ended: " + b.cause().getMessage());
                     }
@@ -3522,6 +3521,9 @@ class CopilotApi implements Callable<Integer> {
                 }
             } catch (SseWriter.ClientGone gone) {
                 exchange.note("client disconnected; upstream request cancelled");
+            } finally {
+                // before the connection can carry the client's next request, which a probe must not read
+                out.stopWatching();
             }
         }
 
@@ -3536,7 +3538,7 @@ class CopilotApi implements Callable<Integer> {
         /** What the client is told when the upstream stream failed, or the proxy ended it. */
         static String brokenMessage(IOException failure) {
             if (failure instanceof EndedByProxy) return failure.getMessage();
-            return "The Copilot stream broke: " + describe(failure);
+            return "The Copilot stream broke: " + Http.brief(failure);
         }
     }
 
@@ -4069,11 +4071,13 @@ class CopilotApi implements Callable<Integer> {
         static final String KEY = "copilot-api.sse-writer";
 
         private final OutputStream out;
+        private final ClientProbe client;
         private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock();
         private volatile long lastWrite = System.nanoTime();
 
-        private SseWriter(OutputStream out) {
+        private SseWriter(OutputStream out, ClientProbe client) {
             this.out = out;
+            this.client = client;
         }
 
         /** The stream already opened for this request (committed early while Copilot was slow), or null. */
@@ -4091,7 +4095,7 @@ class CopilotApi implements Callable<Integer> {
             res.setHeader("Cache-Control", "no-cache");
             res.setHeader("X-Accel-Buffering", "no");
             try {
-                SseWriter w = new SseWriter(res.getOutputStream());
+                SseWriter w = new SseWriter(res.getOutputStream(), ClientProbe.of(ctx));
                 ctx.attribute(KEY, w);
                 res.flushBuffer();
                 return w;
@@ -4102,6 +4106,16 @@ class CopilotApi implements Callable<Integer> {
 
         long lastWrite() {
             return lastWrite;
+        }
+
+        /** True once the client's connection has closed (looked at without writing to it). */
+        boolean clientLeft() {
+            return client.closed();
+        }
+
+        /** The stream is over: its connection is not looked at any more. */
+        void stopWatching() {
+            client.stop();
         }
 
         /** Writes without flushing; the relay flushes when no further event is waiting. */
@@ -4175,19 +4189,14 @@ class CopilotApi implements Callable<Integer> {
         private final Context ctx;
         private final Duration earlyCommit;
         private final Duration keepAlive;
-        private org.eclipse.jetty.io.EndPoint endPoint;
+        private final ClientProbe client;
         private long lastWrite;
 
         ClientWatch(Context ctx, Duration earlyCommit, Duration keepAlive) {
             this.ctx = ctx;
             this.earlyCommit = earlyCommit;
             this.keepAlive = keepAlive;
-            this.endPoint = endPoint(ctx);
-        }
-
-        private static org.eclipse.jetty.io.EndPoint endPoint(Context ctx) {
-            var core = org.eclipse.jetty.ee10.servlet.ServletContextRequest.getServletContextRequest(ctx.req());
-            return core == null ? null : core.getConnectionMetaData().getConnection().getEndPoint();
+            this.client = ClientProbe.of(ctx);
         }
 
         @Override
@@ -4207,17 +4216,9 @@ class CopilotApi implements Callable<Integer> {
         }
 
         private boolean clientClosed() {
-            if (endPoint == null) return false;
-            try {
-                int read = endPoint.fill(org.eclipse.jetty.util.BufferUtil.allocate(1));
-                if (read > 0) {
-                    ctx.header("Connection", "close");
-                    endPoint = null;
-                }
-                return read < 0;
-            } catch (IOException e) {
-                return true;
-            }
+            boolean closed = client.closed();
+            if (client.ateAByte() && !ctx.res().isCommitted()) ctx.header("Connection", "close");
+            return closed;
         }
 
         private void keepAlive() {
@@ -4229,6 +4230,58 @@ class CopilotApi implements Callable<Integer> {
                 out.comment("keep-alive");
                 lastWrite = System.nanoTime();
             }
+        }
+    }
+
+    /**
+     * Reads the client's connection without waiting: end of input (or a reset) means the client left. One per
+     * request, shared by the wait for Copilot's headers and the heartbeat of a running stream. A byte that does
+     * come (a pipelined request) cannot be put back: probing stops then, and the wait for Copilot's headers asks
+     * for the connection to close after this answer.
+     */
+    static final class ClientProbe {
+        static final String KEY = "copilot-api.client-probe";
+        private volatile org.eclipse.jetty.io.EndPoint endPoint;
+        private volatile boolean ate;
+        private volatile boolean closed;
+
+        private ClientProbe(org.eclipse.jetty.io.EndPoint endPoint) {
+            this.endPoint = endPoint;
+        }
+
+        static ClientProbe of(Context ctx) {
+            ClientProbe p = ctx.attribute(KEY);
+            if (p == null) {
+                var core = org.eclipse.jetty.ee10.servlet.ServletContextRequest.getServletContextRequest(ctx.req());
+                p = new ClientProbe(core == null ? null : core.getConnectionMetaData().getConnection().getEndPoint());
+                ctx.attribute(KEY, p);
+            }
+            return p;
+        }
+
+        synchronized boolean closed() {
+            org.eclipse.jetty.io.EndPoint e = endPoint;
+            if (closed || e == null) return closed;
+            try {
+                int read = e.fill(org.eclipse.jetty.util.BufferUtil.allocate(1));
+                if (read > 0) {
+                    ate = true;
+                    endPoint = null;
+                }
+                closed = read < 0;
+            } catch (IOException ex) {
+                closed = true;
+            }
+            return closed;
+        }
+
+        boolean ateAByte() {
+            return ate;
+        }
+
+        /** No probe from now on (one running now has finished when this returns). */
+        synchronized void stop() {
+            endPoint = null;
         }
     }
 
@@ -8899,6 +8952,13 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
+    /** The client of a running stream went away: the stream is ended without a word, and its upstream cancelled. */
+    static final class ClientDisconnected extends IOException {
+        ClientDisconnected() {
+            super("client disconnected");
+        }
+    }
+
     /** The proxy itself ended a stream (at shutdown): the message is the whole story for the client. */
     static final class EndedByProxy extends IOException {
         EndedByProxy(String message) {
@@ -9268,7 +9328,7 @@ class CopilotApi implements Callable<Integer> {
             try (InputStream in = response.body()) {
                 return JSON.readTree(in);
             } catch (IOException e) {
-                throw new UpstreamUnreachable("Copilot's answer could not be read: " + describe(e), e);
+                throw new UpstreamUnreachable("Copilot's answer could not be read: " + Http.brief(e), e);
             }
         }
     }
@@ -9950,17 +10010,25 @@ class CopilotApi implements Callable<Integer> {
             this.out = out;
         }
 
-        /** Called by the heartbeat: a keep-alive after a silence towards the client, the end after a silence from Copilot. */
+        /**
+         * Called by the heartbeat: the end when the client has left (the relay may be waiting on Copilot, and would
+         * not notice before its next write), a keep-alive after a silence towards the client, the end after a
+         * silence from Copilot.
+         */
         void beat(long now) {
             if (stopped != null) return;
+            SseWriter w = out;
+            if (w != null && w.clientLeft()) {
+                stop(new ClientDisconnected());
+                return;
+            }
             if (now - lastRead >= idleLimit.toNanos()) {
                 stop(new IOException("no event from Copilot for " + idleLimit.toSeconds() + "s"));
                 return;
             }
-            SseWriter w = out;
             if (w != null && now - w.lastWrite() >= keepAliveEvery.toNanos()) {
                 Threads.start(() -> {
-                    if (!w.tryWrite(keepAlive.get())) stop(new IOException("client disconnected"));
+                    if (!w.tryWrite(keepAlive.get())) stop(new ClientDisconnected());
                 });
             }
         }
@@ -10002,25 +10070,35 @@ class CopilotApi implements Callable<Integer> {
         public Item next() {
             while (ready.isEmpty()) {
                 if (over) return new End(false);
-                Item item = upstream.next();
-                if (item instanceof Broken) {
-                    over = true;
-                    return item;
-                }
-                if (item instanceof End) {
-                    queue(machine.finish());
-                    end();
-                } else if (item instanceof Chunk c && c.json().isPresent()) {
-                    queue(machine.onEvent(c.event(), c.json().get()));
-                    if (machine.ended()) end();
-                }
+                step();
             }
             return ready.poll();
         }
 
+        /**
+         * True when a chat item is here. Upstream events already here are translated first: many (item added, part
+         * added, done) give no chat chunk, and a relay told "more is coming" for one of those would wait on the
+         * network with its last chunks unflushed.
+         */
         @Override
         public boolean ready() {
-            return !ready.isEmpty() || upstream.ready();
+            while (ready.isEmpty() && !over && upstream.ready()) step();
+            return !ready.isEmpty();
+        }
+
+        /** One upstream item through the translation. */
+        private void step() {
+            Item item = upstream.next();
+            if (item instanceof Broken) {
+                over = true;
+                ready.add(item);
+            } else if (item instanceof End) {
+                queue(machine.finish());
+                end();
+            } else if (item instanceof Chunk c && c.json().isPresent()) {
+                queue(machine.onEvent(c.event(), c.json().get()));
+                if (machine.ended()) end();
+            }
         }
 
         @Override
@@ -10537,38 +10615,137 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** An event-stream reader: a blank line dispatches, data lines join with \n, one leading space is stripped. */
+    /**
+     * An event-stream reader: a blank line dispatches, data lines join with \n, one leading space is stripped, lines
+     * end with LF, CRLF or CR, comments (":") and other fields (id, retry) are skipped, an event cut short by the end
+     * is still given. Bytes are split into lines before they are decoded, so a character split across reads is
+     * whole. {@link #ready()} says whether a whole event is already here, so that a relay never waits on the network
+     * with events it has not flushed.
+     */
     static final class SseReader {
-        private final BufferedReader reader;
+        private final InputStream in;
+        private byte[] buf = new byte[8192];
+        /** The bytes not yet read as lines: buf[start, end). */
+        private int start;
+        private int end;
+        private boolean eof;
+        private boolean ended;
+        /** The last line ended with CR: a LF right after it belongs to that line end. */
+        private boolean skipLf;
+        private boolean first = true;
+        private String event;
+        private StringBuilder data;
+        /** An event that ready() found whole, for next() to give. */
+        private SseEvent pending;
 
         SseReader(InputStream in) {
-            this.reader = new BufferedReader(new InputStreamReader(in, UTF_8));
+            this.in = in;
         }
 
-        /** True when more text is already here (buffered, or readable without blocking). */
+        /** True when next() will not wait: a whole event is here (read without blocking), or the stream has ended. */
         boolean ready() throws IOException {
-            return reader.ready();
+            if (pending != null || eof) return true;
+            while ((pending = parse()) == null) {
+                int n = in.available();
+                if (n <= 0) return false;
+                if (!fill(n)) return true;
+            }
+            return true;
         }
 
         /** The next event, or null at the end of the stream. */
         SseEvent next() throws IOException {
-            String event = null;
-            StringBuilder data = null;
-            String line;
-            while ((line = reader.readLine()) != null) {
-                if (line.isEmpty()) {
-                    if (data != null || event != null) return new SseEvent(event, data == null ? "" : data.toString());
-                    continue;
-                }
-                if (line.startsWith(":")) continue;
-                int colon = line.indexOf(':');
-                String field = colon < 0 ? line : line.substring(0, colon);
-                String value = colon < 0 ? "" : line.substring(colon + 1);
-                if (value.startsWith(" ")) value = value.substring(1);
-                if (field.equals("event")) event = value;
-                else if (field.equals("data")) data = data == null ? new StringBuilder(value) : data.append('\n').append(value);
+            if (pending != null) {
+                SseEvent e = pending;
+                pending = null;
+                return e;
             }
-            return data != null || event != null ? new SseEvent(event, data == null ? "" : data.toString()) : null;
+            while (true) {
+                SseEvent e = parse();
+                if (e != null) return e;
+                if (eof || !fill(buf.length)) return finish();
+            }
+        }
+
+        /** Reads up to max bytes (blocking until at least one arrives); false at the end of the stream. */
+        private boolean fill(int max) throws IOException {
+            if (start > 0 && start == end) {
+                start = 0;
+                end = 0;
+            }
+            if (end == buf.length) {
+                if (start > 0) {
+                    System.arraycopy(buf, start, buf, 0, end - start);
+                    end -= start;
+                    start = 0;
+                } else {
+                    buf = java.util.Arrays.copyOf(buf, buf.length * 2);
+                }
+            }
+            int n = in.read(buf, end, Math.min(max, buf.length - end));
+            if (n < 0) {
+                eof = true;
+                return false;
+            }
+            end += n;
+            return true;
+        }
+
+        /** Takes the whole lines that are here; the event they complete, or null when they complete none. */
+        private SseEvent parse() {
+            while (start < end) {
+                if (skipLf) {
+                    skipLf = false;
+                    if (buf[start] == '\n') {
+                        start++;
+                        continue;
+                    }
+                }
+                int eol = start;
+                while (eol < end && buf[eol] != '\n' && buf[eol] != '\r') eol++;
+                if (eol == end) return null;
+                String line = new String(buf, start, eol - start, UTF_8);
+                skipLf = buf[eol] == '\r';
+                start = eol + 1;
+                SseEvent e = line(line);
+                if (e != null) return e;
+            }
+            return null;
+        }
+
+        /** At the end of the stream: a last line without its line end, and an event without its blank line, count. */
+        private SseEvent finish() {
+            if (ended) return null;
+            ended = true;
+            if (start < end) {
+                line(new String(buf, start, end - start, UTF_8));
+                start = end;
+            }
+            return dispatch();
+        }
+
+        private SseEvent line(String line) {
+            if (first) {
+                first = false;
+                if (line.startsWith("\uFEFF")) line = line.substring(1);
+            }
+            if (line.isEmpty()) return dispatch();
+            if (line.startsWith(":")) return null;
+            int colon = line.indexOf(':');
+            String field = colon < 0 ? line : line.substring(0, colon);
+            String value = colon < 0 ? "" : line.substring(colon + 1);
+            if (value.startsWith(" ")) value = value.substring(1);
+            if (field.equals("event")) event = value;
+            else if (field.equals("data")) data = data == null ? new StringBuilder(value) : data.append('\n').append(value);
+            return null;
+        }
+
+        private SseEvent dispatch() {
+            if (data == null && event == null) return null;
+            SseEvent e = new SseEvent(event, data == null ? "" : data.toString());
+            event = null;
+            data = null;
+            return e;
         }
     }
 
@@ -10711,11 +10888,15 @@ class CopilotApi implements Callable<Integer> {
         /**
          * One call in flight. A POST is resent once when a reused keep-alive connection turns out closed before any
          * byte of the answer, as the JDK's client did (2 in 3,353 Claude Code streams had failed with 502 before).
+         * Never after a failure on a fresh connection: Copilot may have read that request, and a second would be a
+         * second billed call.
          */
         static final class Exchange {
             final Call call;
             final CompletableFuture<Reply> reply = new CompletableFuture<>();
-            private volatile org.eclipse.jetty.client.Request request;
+            private org.eclipse.jetty.client.Request request;
+            /** Why the call was aborted; a resend then never goes out. Guarded by this, as is request. */
+            private Throwable abortedBy;
             private volatile org.eclipse.jetty.util.thread.Scheduler.Task deadline;
 
             Exchange(Call call) {
@@ -10737,7 +10918,13 @@ class CopilotApi implements Callable<Integer> {
                     reply.complete(new Reply(x.getStatus(), x.getHeaders(), body));
                 });
                 r.onResponseContentAsync((x, chunk, demand) -> body.offer(chunk, demand));
-                request = r;
+                synchronized (this) {
+                    if (abortedBy != null) {
+                        fail(body, abortedBy);
+                        return;
+                    }
+                    request = r;
+                }
                 if (first) {
                     deadline = client.getScheduler().schedule(() -> {
                         if (reply.completeExceptionally(new UpstreamTimeout("No answer from " + origin(call.uri) + " in time", null))) {
@@ -10752,7 +10939,7 @@ class CopilotApi implements Callable<Integer> {
                     }
                     Throwable cause = result.getFailure();
                     // not r.getAbortCause(): Jetty aborts the request with the EOF itself; our own aborts complete the reply first
-                    if (first && !begun[0] && !reply.isDone() && staleConnection(cause)) {
+                    if (first && !begun[0] && !reply.isDone() && reused(r) && staleConnection(cause)) {
                         attempt(client, false);
                         return;
                     }
@@ -10773,8 +10960,20 @@ class CopilotApi implements Callable<Integer> {
             /** Ends the call and frees its connection (a client that left, a shutdown, a wait given up). */
             void abort(Throwable why) {
                 reply.completeExceptionally(why);
-                org.eclipse.jetty.client.Request r = request;
+                org.eclipse.jetty.client.Request r;
+                synchronized (this) {
+                    if (abortedBy == null) abortedBy = why;
+                    r = request;
+                }
                 if (r != null) r.abort(why);
+            }
+
+            /**
+             * The request went out on a connection that had already carried an answer, as Jetty counts them: a pooled
+             * keep-alive connection, reused. A fresh connection has carried none.
+             */
+            private static boolean reused(org.eclipse.jetty.client.Request r) {
+                return r.getConnection() instanceof org.eclipse.jetty.client.transport.internal.HttpConnectionOverHTTP c && c.getMessagesIn() > 0;
             }
 
             /**
@@ -10793,15 +10992,52 @@ class CopilotApi implements Callable<Integer> {
             if (e instanceof UpstreamUnreachable u) return u;
             if (e instanceof ConnectException || e instanceof java.net.SocketTimeoutException || e instanceof java.net.UnknownHostException
                     || e instanceof java.nio.channels.UnresolvedAddressException) {
-                return new UpstreamUnreachable("Cannot reach " + origin(uri) + " (" + describe(e) + ")", e);
+                return new UpstreamUnreachable("Cannot reach " + origin(uri) + " (" + brief(e) + ")", e);
             }
             if (e instanceof java.util.concurrent.TimeoutException) return new UpstreamTimeout("No answer from " + origin(uri) + " in time", e);
             if (e instanceof RuntimeException r) return r;
-            return new UpstreamUnreachable("The connection to " + origin(uri) + " failed (" + describe(e) + ")", e);
+            return new UpstreamUnreachable("The connection to " + origin(uri) + " failed (" + brief(e) + ")", e);
         }
 
+        /** Jetty's exceptions whose message is its connection's state ("HttpConnectionOverHTTP@3ab06ee8::..."). */
+        private static final java.util.regex.Pattern OBJECT_DUMP = java.util.regex.Pattern.compile("[A-Za-z]@[0-9a-f]{4,}");
+
+        /**
+         * What went wrong on a connection, in a few words for a person. Jetty names its whole connection state (about
+         * 1 KB) as the message of an early end or a reset: that belongs in its debug log, not in an error event.
+         */
+        static String brief(Throwable e) {
+            for (Throwable t = e; t != null; t = t.getCause()) {
+                if (t instanceof java.io.EOFException || t instanceof java.nio.channels.ClosedChannelException) {
+                    return "the connection was closed before the answer was complete";
+                }
+                if (t instanceof java.util.concurrent.TimeoutException || t instanceof java.net.SocketTimeoutException) {
+                    return "the connection timed out";
+                }
+                if (t instanceof ConnectException) return "the connection was refused";
+                if (t instanceof java.net.UnknownHostException || t instanceof java.nio.channels.UnresolvedAddressException) {
+                    return "the host name could not be resolved";
+                }
+            }
+            String m = describe(e);
+            if (OBJECT_DUMP.matcher(m).find() || m.length() > 200) return "the connection failed (" + e.getClass().getSimpleName() + ")";
+            return m;
+        }
+
+        /** scheme://host:port, without any user-info (a proxy's or a URL's password never reaches a message or log). */
         static String origin(URI uri) {
-            return uri.getScheme() + "://" + uri.getAuthority();
+            return uri.getScheme() + "://" + uri.getHost() + (uri.getPort() > 0 ? ":" + uri.getPort() : "");
+        }
+
+        /** A URL to show: any user-info (user:password@) is dropped. */
+        static String shown(String url) {
+            try {
+                URI u = URI.create(url);
+                if (u.getRawUserInfo() == null) return url;
+                return origin(u) + (u.getRawPath() == null ? "" : u.getRawPath());
+            } catch (IllegalArgumentException e) {
+                return url.replaceFirst("//[^/@]*@", "//");
+            }
         }
 
         /** Up to limit bytes of a body as text; what arrived before a failure is kept. */
@@ -10913,7 +11149,7 @@ class CopilotApi implements Callable<Integer> {
             if (last == END) return null;
             if (last == CLOSED) throw new IOException("closed");
             Throwable t = (Throwable) last;
-            throw t instanceof IOException io ? io : new IOException(describe(t), t);
+            throw t instanceof IOException io ? io : new IOException(Http.brief(t), t);
         }
 
         @Override
@@ -10966,8 +11202,11 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** HTTPS_PROXY / HTTP_PROXY / NO_PROXY (either case) as curl reads them. */
-    static final class EnvProxySelector extends ProxySelector {
+    /**
+     * HTTPS_PROXY / HTTP_PROXY / NO_PROXY (either case) as curl reads them, given to Jetty's client as one proxy per
+     * scheme that lets the NO_PROXY hosts go direct. Described without credentials.
+     */
+    static final class EnvProxySelector {
         private final Optional<URI> httpsProxy;
         private final Optional<URI> httpProxy;
         private final List<String> noProxy;
@@ -10994,14 +11233,6 @@ class CopilotApi implements Callable<Integer> {
 
         private static Optional<URI> proxyUri(Map<String, String> env, String name) {
             return first(env, name).map(v -> URI.create(v.contains("://") ? v : "http://" + v));
-        }
-
-        @Override
-        public List<Proxy> select(URI uri) {
-            Optional<URI> proxy = "https".equalsIgnoreCase(uri.getScheme()) ? httpsProxy : httpProxy;
-            if (proxy.isEmpty() || bypass(uri.getHost(), port(uri))) return List.of(Proxy.NO_PROXY);
-            URI p = proxy.get();
-            return List.of(new Proxy(Proxy.Type.HTTP, InetSocketAddress.createUnresolved(p.getHost(), port(p))));
         }
 
         boolean bypass(String host, int port) {
@@ -11064,11 +11295,6 @@ class CopilotApi implements Callable<Integer> {
             public boolean matches(org.eclipse.jetty.client.Origin origin) {
                 return origin.getScheme().equalsIgnoreCase(scheme) && !bypass(origin.getAddress().getHost(), origin.getAddress().getPort());
             }
-        }
-
-        @Override
-        public void connectFailed(URI uri, SocketAddress sa, IOException ioe) {
-            Logs.log().warn("the proxy {} failed for {}: {}", sa, Http.origin(uri), CopilotApi.describe(ioe));
         }
 
         String describe() {

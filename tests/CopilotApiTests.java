@@ -80,6 +80,7 @@ class CopilotApiTests {
         ModelsTests.class,
         ChatFixtureTests.class,
         StreamFixtureTests.class,
+        SseReaderTests.class,
         ChatBehaviourTests.class,
         EmbeddingsTests.class,
         ErrorTests.class,
@@ -109,8 +110,10 @@ class CopilotApiTests {
         GracefulStopTests.class,
         ShutdownTests.class,
         UpstreamTimeoutTests.class,
+        StreamBreakTests.class,
         ClientDisconnectTests.class,
         SlowReaderTests.class,
+        StreamFlushTests.class,
         TerminalTests.class,
         StaleConnectionTests.class,
         ProxyTests.class,
@@ -1008,6 +1011,117 @@ class CopilotApiTests {
                 return a;
             }
             return n;
+        }
+    }
+
+    /** The upstream event-stream reader on its own edges: line ends, split reads, odd fields, the end of the stream. */
+    static final class SseReaderTests {
+        /** Gives the bytes in the pieces given, one piece per read; available() is what is left of the current piece. */
+        static final class Pieces extends InputStream {
+            private final java.util.ArrayDeque<byte[]> pieces = new java.util.ArrayDeque<>();
+            private byte[] current = new byte[0];
+            private int at;
+
+            Pieces(byte[]... parts) {
+                pieces.addAll(List.of(parts));
+                if (!pieces.isEmpty()) current = pieces.poll();
+            }
+
+            static Pieces of(String... parts) {
+                return new Pieces(Stream.of(parts).map(p -> p.getBytes(UTF_8)).toArray(byte[][]::new));
+            }
+
+            @Override
+            public int read() {
+                byte[] one = new byte[1];
+                return read(one, 0, 1) < 0 ? -1 : one[0] & 0xff;
+            }
+
+            @Override
+            public int read(byte[] b, int off, int len) {
+                while (at == current.length) {
+                    if (pieces.isEmpty()) return -1;
+                    current = pieces.poll();
+                    at = 0;
+                }
+                int n = Math.min(len, current.length - at);
+                System.arraycopy(current, at, b, off, n);
+                at += n;
+                return n;
+            }
+
+            @Override
+            public int available() {
+                return current.length - at;
+            }
+        }
+
+        static List<CopilotApi.SseEvent> all(InputStream in) throws IOException {
+            CopilotApi.SseReader reader = new CopilotApi.SseReader(in);
+            List<CopilotApi.SseEvent> out = new ArrayList<>();
+            for (CopilotApi.SseEvent e = reader.next(); e != null; e = reader.next()) out.add(e);
+            return out;
+        }
+
+        @Test
+        void crlfAndBareCrEndLinesAsLfDoes() throws IOException {
+            assertEquals(List.of(new CopilotApi.SseEvent("a", "1"), new CopilotApi.SseEvent(null, "2"), new CopilotApi.SseEvent(null, "3")),
+                all(Pieces.of("event: a\r\ndata: 1\r\n\r\ndata: 2\r\rdata: 3\n\n")));
+        }
+
+        @Test
+        void aCrlfSplitBetweenTwoReadsIsOneLineEnd() throws IOException {
+            assertEquals(List.of(new CopilotApi.SseEvent(null, "x"), new CopilotApi.SseEvent(null, "y")),
+                all(Pieces.of("data: x\r", "\n\r", "\ndata: y\r\n\r\n")));
+        }
+
+        @Test
+        void aUtf8CharacterSplitAcrossReadsArrivesWhole() throws IOException {
+            byte[] bytes = "data: h\u00e9 \u20ac \ud83d\ude00\n\n".getBytes(UTF_8);
+            byte[][] singles = new byte[bytes.length][];
+            for (int i = 0; i < bytes.length; i++) singles[i] = new byte[] {bytes[i]};
+            assertEquals(List.of(new CopilotApi.SseEvent(null, "h\u00e9 \u20ac \ud83d\ude00")), all(new Pieces(singles)));
+        }
+
+        @Test
+        void aLastEventWithoutItsBlankLineIsStillGiven() throws IOException {
+            assertEquals(List.of(new CopilotApi.SseEvent(null, "1"), new CopilotApi.SseEvent("end", "2")),
+                all(Pieces.of("data: 1\n\nevent: end\ndata: 2")));
+            assertEquals(List.of(new CopilotApi.SseEvent(null, "3")), all(Pieces.of("data: 3\n")));
+        }
+
+        @Test
+        void commentsAreSkippedAndNeverDispatchAnEvent() throws IOException {
+            assertEquals(List.of(new CopilotApi.SseEvent(null, "1")), all(Pieces.of(": keep-alive\n\n:\n\ndata: 1\n: inside\n\n: tail\n\n")));
+        }
+
+        @Test
+        void severalDataLinesJoinWithNewlinesAndOnlyOneLeadingSpaceIsStripped() throws IOException {
+            assertEquals(List.of(new CopilotApi.SseEvent(null, "a\n  b\n\nc")), all(Pieces.of("data: a\ndata:   b\ndata\ndata:c\n\n")));
+        }
+
+        @Test
+        void eventIdAndRetryFieldsAreReadAndOnlyTheEventNameIsKept() throws IOException {
+            assertEquals(List.of(new CopilotApi.SseEvent("message_start", "{}"), new CopilotApi.SseEvent(null, "2")),
+                all(Pieces.of("id: 7\nretry: 3000\nevent: message_start\ndata: {}\n\nid: 8\ndata: 2\n\n")));
+        }
+
+        @Test
+        void aByteOrderMarkAtTheStartIsNotPartOfTheFirstField() throws IOException {
+            assertEquals(List.of(new CopilotApi.SseEvent("a", "1")), all(Pieces.of("\ufeffevent: a\ndata: 1\n\n")));
+        }
+
+        @Test
+        void readyOnlyWhenAWholeEventIsHere() throws IOException {
+            CopilotApi.SseReader reader = new CopilotApi.SseReader(Pieces.of("data: 1\n\ndata: 2", "\n", "\n: x\n\n", "data: 3\n\n"));
+            assertTrue(reader.ready(), "the first event is whole");
+            assertEquals("1", reader.next().data());
+            assertFalse(reader.ready(), "half of the second event is here");
+            assertEquals("2", reader.next().data());
+            assertFalse(reader.ready(), "only a comment is here");
+            assertEquals("3", reader.next().data());
+            assertNull(reader.next());
+            assertTrue(reader.ready(), "the end is here: next() does not wait");
         }
     }
 
@@ -3094,15 +3208,78 @@ class CopilotApiTests {
         }
     }
 
+    /**
+     * Copilot cuts a stream in the middle: every API's error event tells the person what happened in a short
+     * sentence, without the HTTP client's connection dump, and the next request is served.
+     */
+    static final class StreamBreakTests extends WithHarness {
+        /** The message of the stream's error event: Anthropic's and Responses' named events, or OpenAI's error chunk. */
+        static String errorMessage(String sse) {
+            for (var e : AnthropicNativeTests.events(sse)) {
+                JsonNode d = e.getValue();
+                if (e.getKey().equals("error")) return d.path("error").path("message").asText(d.path("message").asText());
+                if (e.getKey().equals("response.failed")) return d.path("response").path("error").path("message").asText();
+                if (d.path("error").path("message").isTextual()) return d.path("error").path("message").asText();
+            }
+            return fail("no error event in: " + sse);
+        }
+
+        void breaksReadably(String upstreamPath, StubUpstream.Reply cut, String path, String body) throws Exception {
+            h.stub.enqueue(upstreamPath, cut);
+            HttpResponse<String> r = h.post(path, body);
+            assertEquals(200, r.statusCode(), r.body());
+            String message = errorMessage(r.body());
+            assertTrue(message.length() < 160, "short: " + message);
+            assertTrue(message.contains("Copilot") && message.contains("connection was closed before the answer was complete"), message);
+            assertFalse(message.matches("(?s).*(HttpConnection|EndPoint|@[0-9a-f]{4,}|\\{[a-z]+=).*"), "no connection dump: " + message);
+            HttpResponse<String> next = h.post("/v1/chat/completions", ChatBehaviourTests.HI);
+            assertEquals(200, next.statusCode(), "the next request is served: " + next.body());
+        }
+
+        @Test
+        void aCutChatStreamEndsWithAReadableErrorChunk() throws Exception {
+            breaksReadably("/chat/completions", StubUpstream.Reply.rawSse(UpstreamScripts.CHAT_HEAD + UpstreamScripts.CHAT_TAIL).cutAfter(1),
+                "/v1/chat/completions", streaming(CHAT_HI));
+        }
+
+        @Test
+        void aCutNativeMessagesStreamEndsWithAReadableErrorEvent() throws Exception {
+            breaksReadably("/v1/messages", StubUpstream.Reply.rawSse(UpstreamScripts.MESSAGES_HEAD + UpstreamScripts.MESSAGES_TAIL).cutAfter(3),
+                "/v1/messages", streaming(MESSAGES_HI));
+        }
+
+        @Test
+        void aCutTranslatedMessagesStreamEndsWithAReadableErrorEvent() throws Exception {
+            breaksReadably("/chat/completions", StubUpstream.Reply.rawSse(UpstreamScripts.CHAT_HEAD + UpstreamScripts.CHAT_TAIL).cutAfter(1),
+                "/v1/messages", streaming(MESSAGES_HI.replace("claude-sonnet-4.5", "gpt-4.1")));
+        }
+
+        @Test
+        void aCutResponsesStreamEndsWithAReadableFailure() throws Exception {
+            breaksReadably("/responses", StubUpstream.Reply.rawSse(UpstreamScripts.RESPONSES_HEAD + UpstreamScripts.RESPONSES_TAIL).cutAfter(3),
+                "/v1/responses", streaming(ResponsesRouteTests.CODEX));
+        }
+
+        @Test
+        void aCutTranslatedResponsesStreamEndsWithAReadableFailure() throws Exception {
+            breaksReadably("/chat/completions", StubUpstream.Reply.rawSse(UpstreamScripts.CHAT_HEAD + UpstreamScripts.CHAT_TAIL).cutAfter(1),
+                "/v1/responses", streaming(ResponsesRouteTests.CODEX.replace("gpt-5.1-codex", "gpt-4.1")));
+        }
+    }
+
     /** A client that leaves while Copilot has not answered: the upstream call is cancelled, its connection closed. */
     @TestInstance(TestInstance.Lifecycle.PER_CLASS)
     static final class ClientDisconnectTests {
         StubUpstream.Silent silent;
         Harness h;
+        StubUpstream.Gated gated;
+        Harness streaming;
 
         @BeforeAll
         void up() throws IOException {
             StubUpstream stub = StubUpstream.start();
+            gated = new StubUpstream.Gated(stub);
+            streaming = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", gated.url()), o -> { });
             silent = new StubUpstream.Silent(stub);
             h = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", silent.url()), o -> { }, CopilotApi.Controls.none(),
                 // no early commit: a stream's client has not been written to, so only watching its connection can tell
@@ -3113,10 +3290,62 @@ class CopilotApiTests {
         void down() {
             h.close();
             silent.close();
+            streaming.close();
+            gated.close();
+        }
+
+        /**
+         * A client that leaves a running stream while Copilot is between two events: every route cancels the upstream
+         * call within a second or two (the heartbeat looks at the client), not at its next write or keep-alive.
+         */
+        @Test
+        void aClientLeavingARunningStreamCancelsTheUpstreamCallWhileCopilotIsSilent() throws Exception {
+            record Route(String name, String path, String body, String head, String tail) {}
+            List<Route> routes = List.of(
+                new Route("chat", "/v1/chat/completions", streaming(CHAT_HI), UpstreamScripts.CHAT_HEAD, UpstreamScripts.CHAT_TAIL),
+                new Route("chat on a responses-only model", "/v1/chat/completions", streaming(UpstreamScripts.CODEX_CHAT),
+                    UpstreamScripts.RESPONSES_HEAD, UpstreamScripts.RESPONSES_TAIL),
+                new Route("messages native", "/v1/messages", streaming(MESSAGES_HI), UpstreamScripts.MESSAGES_HEAD, UpstreamScripts.MESSAGES_TAIL),
+                new Route("messages translated", "/v1/messages", streaming(MESSAGES_HI.replace("claude-sonnet-4.5", "gpt-4.1")),
+                    UpstreamScripts.CHAT_HEAD, UpstreamScripts.CHAT_TAIL),
+                new Route("responses native", "/v1/responses", streaming(ResponsesRouteTests.CODEX), UpstreamScripts.RESPONSES_HEAD,
+                    UpstreamScripts.RESPONSES_TAIL),
+                new Route("responses translated", "/v1/responses", streaming(ResponsesRouteTests.CODEX.replace("gpt-5.1-codex", "gpt-4.1")),
+                    UpstreamScripts.CHAT_HEAD, UpstreamScripts.CHAT_TAIL));
+            for (Route route : routes) {
+                gated.script(route.head(), route.tail());
+                try (java.net.Socket s = new java.net.Socket("127.0.0.1", streaming.server.port())) {
+                    s.setSoTimeout(10_000);
+                    byte[] bytes = route.body().getBytes(UTF_8);
+                    s.getOutputStream().write(("POST " + route.path() + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                        + "Content-Length: " + bytes.length + "\r\n\r\n").getBytes(UTF_8));
+                    s.getOutputStream().write(bytes);
+                    s.getOutputStream().flush();
+                    StringBuilder seen = new StringBuilder();
+                    byte[] buf = new byte[4096];
+                    for (int n; !seen.toString().contains(UpstreamScripts.FIRST_WORDS) && (n = s.getInputStream().read(buf)) > 0; ) {
+                        seen.append(new String(buf, 0, n, UTF_8));
+                    }
+                    assertTrue(seen.toString().contains(UpstreamScripts.FIRST_WORDS), route.name() + ": " + seen);
+                }
+                try {
+                    assertTrue(gated.awaitClosedAtGate(Duration.ofSeconds(3)), route.name() + ": the upstream call was cancelled");
+                } finally {
+                    gated.open();
+                }
+            }
+            gated.script(UpstreamScripts.CHAT_HEAD, UpstreamScripts.CHAT_TAIL).open();
+            HttpResponse<String> next = streaming.post("/v1/chat/completions", streaming(CHAT_HI));
+            assertEquals(200, next.statusCode(), next.body());
+            assertTrue(next.body().contains("[DONE]"), "the next stream is served: " + next.body());
         }
 
         /** Sends the request on a raw socket, waits until Copilot has it, closes the socket; true once the upstream connection closed. */
         boolean leaveAndSeeUpstreamClosed(String path, String body) throws Exception {
+            return leaveAndSeeUpstreamClosed(path, body, Duration.ofSeconds(5));
+        }
+
+        boolean leaveAndSeeUpstreamClosed(String path, String body, Duration limit) throws Exception {
             int seen = silent.seen().size();
             int closed = silent.closedCount();
             try (java.net.Socket s = new java.net.Socket("127.0.0.1", h.server.port())) {
@@ -3127,7 +3356,7 @@ class CopilotApiTests {
                 s.getOutputStream().flush();
                 assertEquals(seen + 1, eventually(Duration.ofSeconds(5), () -> silent.seen().size(), n -> n > seen), "Copilot got the call");
             }
-            return silent.awaitClosed(closed + 1, Duration.ofSeconds(5));
+            return silent.awaitClosed(closed + 1, limit);
         }
 
         @Test
@@ -3138,6 +3367,157 @@ class CopilotApiTests {
         @Test
         void aClientLeavingAStreamBeforeItsFirstByteCancelsTheUpstreamCall() throws Exception {
             assertTrue(leaveAndSeeUpstreamClosed("/v1/messages", streaming(MESSAGES_HI)));
+        }
+
+        /** The upstream connection closes within a second of the client leaving, on every route, each time of several. */
+        @Test
+        void everyRouteCancelsItsUpstreamCallPromptlyEachTime() throws Exception {
+            Map<String, String> routes = new java.util.LinkedHashMap<>();
+            routes.put("chat", CHAT_HI);
+            routes.put("chat stream", streaming(CHAT_HI));
+            routes.put("messages", MESSAGES_HI);
+            routes.put("messages stream", streaming(MESSAGES_HI));
+            routes.put("responses", ResponsesRouteTests.CODEX);
+            routes.put("responses stream", streaming(ResponsesRouteTests.CODEX));
+            routes.put("embeddings", "{\"model\":\"text-embedding-3-small\",\"input\":\"hi\"}");
+            for (int round = 0; round < 3; round++) {
+                for (var route : routes.entrySet()) {
+                    String path = route.getKey().startsWith("chat") ? "/v1/chat/completions" : route.getKey().startsWith("messages") ? "/v1/messages"
+                        : route.getKey().startsWith("responses") ? "/v1/responses" : "/v1/embeddings";
+                    long start = System.nanoTime();
+                    assertTrue(leaveAndSeeUpstreamClosed(path, route.getValue(), Duration.ofSeconds(1)), route.getKey() + ", round " + round);
+                    assertTrue(System.nanoTime() - start < Duration.ofSeconds(3).toNanos(), route.getKey());
+                }
+            }
+            assertEquals(200, h.get("/v1/models").statusCode(), "the server still answers");
+        }
+    }
+
+    /** Upstream streams cut in two, for {@link StubUpstream.Gated}: a head sent at once, a tail sent when the test says. */
+    static final class UpstreamScripts {
+        static final String FIRST_WORDS = "Hel";
+        static final String CODEX_CHAT = CHAT_HI.replace("gpt-4.1", "gpt-5.1-codex");
+
+        static final String CHAT_HEAD = "data: {\"id\":\"chatcmpl-g\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"gpt-4.1\","
+            + "\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hel\"}}]}\n\n";
+        static final String CHAT_TAIL = "data: {\"id\":\"chatcmpl-g\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"gpt-4.1\","
+            + "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}],"
+            + "\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\ndata: [DONE]\n\n";
+
+        static final String MESSAGES_HEAD = event("message_start", "{\"type\":\"message_start\",\"message\":{\"id\":\"msg_g\",\"type\":\"message\","
+                + "\"role\":\"assistant\",\"model\":\"claude-sonnet-4.5\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,"
+                + "\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}")
+            + event("content_block_start", "{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}")
+            + event("content_block_delta", "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}");
+        static final String MESSAGES_TAIL = event("content_block_delta",
+                "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"lo\"}}")
+            + event("content_block_stop", "{\"type\":\"content_block_stop\",\"index\":0}")
+            + event("message_delta", "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},"
+                + "\"usage\":{\"output_tokens\":2}}")
+            + event("message_stop", "{\"type\":\"message_stop\"}");
+
+        static final String RESPONSE = "{\"id\":\"resp_g\",\"object\":\"response\",\"status\":\"in_progress\",\"model\":\"gpt-5.1-codex\",\"output\":[]}";
+        static final String REASONING_ITEM = "{\"id\":\"rs_g\",\"type\":\"reasoning\",\"summary\":[{\"type\":\"summary_text\",\"text\":\"Thinking\"}],"
+            + "\"encrypted_content\":\"enc\"}";
+        static final String MESSAGE_ITEM = "{\"id\":\"msg_g\",\"type\":\"message\",\"role\":\"assistant\",\"status\":\"completed\","
+            + "\"content\":[{\"type\":\"output_text\",\"text\":\"Hello\",\"annotations\":[]}]}";
+        /** Reasoning, then the first words; then an event that gives no chat chunk and the first line of the next event. */
+        static final String RESPONSES_HEAD = event("response.created", "{\"type\":\"response.created\",\"sequence_number\":0,\"response\":" + RESPONSE + "}")
+            + event("response.output_item.added", "{\"type\":\"response.output_item.added\",\"sequence_number\":1,\"output_index\":0,"
+                + "\"item\":{\"id\":\"rs_g\",\"type\":\"reasoning\",\"summary\":[]}}")
+            + event("response.reasoning_summary_text.delta", "{\"type\":\"response.reasoning_summary_text.delta\",\"sequence_number\":2,"
+                + "\"item_id\":\"rs_g\",\"output_index\":0,\"summary_index\":0,\"delta\":\"Thinking\"}")
+            + event("response.output_item.done", "{\"type\":\"response.output_item.done\",\"sequence_number\":3,\"output_index\":0,"
+                + "\"item\":" + REASONING_ITEM + "}")
+            + event("response.output_item.added", "{\"type\":\"response.output_item.added\",\"sequence_number\":4,\"output_index\":1,"
+                + "\"item\":{\"id\":\"msg_g\",\"type\":\"message\",\"role\":\"assistant\",\"status\":\"in_progress\",\"content\":[]}}")
+            + event("response.output_text.delta", "{\"type\":\"response.output_text.delta\",\"sequence_number\":5,\"item_id\":\"msg_g\","
+                + "\"output_index\":1,\"content_index\":0,\"delta\":\"Hel\"}")
+            + event("response.in_progress", "{\"type\":\"response.in_progress\",\"sequence_number\":6,\"response\":" + RESPONSE + "}")
+            + "event: response.output_text.delta\n";
+        static final String RESPONSES_TAIL = "data: {\"type\":\"response.output_text.delta\",\"sequence_number\":7,\"item_id\":\"msg_g\","
+                + "\"output_index\":1,\"content_index\":0,\"delta\":\"lo\"}\n\n"
+            + event("response.output_item.done", "{\"type\":\"response.output_item.done\",\"sequence_number\":8,\"output_index\":1,"
+                + "\"item\":" + MESSAGE_ITEM + "}")
+            + event("response.completed", "{\"type\":\"response.completed\",\"sequence_number\":9,\"response\":"
+                + "{\"id\":\"resp_g\",\"object\":\"response\",\"status\":\"completed\",\"model\":\"gpt-5.1-codex\",\"output\":["
+                + REASONING_ITEM + "," + MESSAGE_ITEM + "],\"usage\":{\"input_tokens\":5,\"output_tokens\":2,\"total_tokens\":7}}}");
+
+        static String event(String name, String data) {
+            return "event: " + name + "\ndata: " + data + "\n\n";
+        }
+    }
+
+    /**
+     * Every event reaches the client when Copilot sends it: a responses-only model reached from chat or Messages
+     * streams its reasoning and first words while Copilot still holds the rest (the stub waits at a gate until the
+     * client has seen them).
+     */
+    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
+    static final class StreamFlushTests {
+        StubUpstream.Gated gated;
+        Harness h;
+
+        @BeforeAll
+        void up() throws IOException {
+            StubUpstream stub = StubUpstream.start();
+            gated = new StubUpstream.Gated(stub);
+            h = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", gated.url()), o -> { });
+        }
+
+        @AfterAll
+        void down() {
+            h.close();
+            gated.close();
+        }
+
+        /** Reads the stream until it has shown every word given; the text so far. */
+        static String readUntil(InputStream in, StringBuilder seen, String... words) throws IOException {
+            byte[] buf = new byte[4096];
+            while (!Stream.of(words).allMatch(w -> seen.toString().contains(w))) {
+                int n = in.read(buf);
+                if (n < 0) break;
+                seen.append(new String(buf, 0, n, UTF_8));
+            }
+            return seen.toString();
+        }
+
+        void seesTheFirstEventsBeforeCopilotSendsTheRest(String path, String body, String reasoning, String end) throws Exception {
+            gated.script(UpstreamScripts.RESPONSES_HEAD, UpstreamScripts.RESPONSES_TAIL);
+            HttpResponse<InputStream> r = h.postStreaming(path, body);
+            assertEquals(200, r.statusCode());
+            StringBuilder seen = new StringBuilder();
+            var early = java.util.concurrent.CompletableFuture.supplyAsync(() -> {
+                try {
+                    return readUntil(r.body(), seen, reasoning, UpstreamScripts.FIRST_WORDS);
+                } catch (IOException e) {
+                    throw new java.io.UncheckedIOException(e);
+                }
+            });
+            try {
+                String first = early.get(10, TimeUnit.SECONDS);
+                assertTrue(first.contains(reasoning) && first.contains(UpstreamScripts.FIRST_WORDS), first);
+                assertFalse(first.contains(end), "the stub has not sent the end yet: " + first);
+            } catch (java.util.concurrent.TimeoutException e) {
+                fail("the reasoning and the first words did not reach the client while Copilot held the rest; seen: " + seen);
+            } finally {
+                gated.open();
+            }
+            String all = readUntil(r.body(), seen, end);
+            assertTrue(all.contains("lo") && all.contains(end), all);
+        }
+
+        @Test
+        void aChatStreamOfAResponsesOnlyModelIsFlushedAsCopilotSendsIt() throws Exception {
+            seesTheFirstEventsBeforeCopilotSendsTheRest("/v1/chat/completions", streaming(UpstreamScripts.CODEX_CHAT), "\"reasoning_text\":\"Thinking\"",
+                "[DONE]");
+            assertEquals(200, h.get("/v1/models").statusCode(), "the server still answers");
+        }
+
+        @Test
+        void aMessagesStreamOfAResponsesOnlyModelIsFlushedAsCopilotSendsIt() throws Exception {
+            seesTheFirstEventsBeforeCopilotSendsTheRest("/v1/messages", streaming(MESSAGES_HI.replace("claude-sonnet-4.5", "gpt-5.1-codex")),
+                "\"thinking\":\"Thinking\"", "message_stop");
         }
     }
 
@@ -3366,6 +3746,85 @@ class CopilotApiTests {
             }
         }
 
+        /**
+         * Reads each POST whole on a new connection and, while told to, closes it without a byte of answer (Copilot
+         * got the prompt, then the connection broke); otherwise answers it. Catalog GETs get an empty list.
+         */
+        static final class SwallowingUpstream implements AutoCloseable {
+            static final String ANSWER = "{\"id\":\"chatcmpl-2\",\"object\":\"chat.completion\",\"created\":0,\"model\":\"gpt-4.1\","
+                + "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\"},\"finish_reason\":\"stop\"}],"
+                + "\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}";
+            final java.net.ServerSocket server = new java.net.ServerSocket(0, 50, java.net.InetAddress.getLoopbackAddress());
+            final java.util.concurrent.atomic.AtomicInteger posts = new java.util.concurrent.atomic.AtomicInteger();
+            final java.util.concurrent.atomic.AtomicInteger swallow = new java.util.concurrent.atomic.AtomicInteger();
+
+            SwallowingUpstream() throws IOException {
+                Thread accept = new Thread(this::accept, "swallowing-upstream");
+                accept.setDaemon(true);
+                accept.start();
+            }
+
+            String url() {
+                return "http://127.0.0.1:" + server.getLocalPort();
+            }
+
+            private void accept() {
+                while (!server.isClosed()) {
+                    try {
+                        java.net.Socket s = server.accept();
+                        Thread t = new Thread(() -> serve(s), "swallowing-upstream-connection");
+                        t.setDaemon(true);
+                        t.start();
+                    } catch (IOException e) {
+                        return;
+                    }
+                }
+            }
+
+            private void serve(java.net.Socket s) {
+                try (s) {
+                    InputStream in = new java.io.BufferedInputStream(s.getInputStream());
+                    in.mark(8);
+                    boolean post = in.read() == 'P';
+                    in.reset();
+                    if (!ClosingUpstream.readRequest(in)) return;
+                    String body = "{\"object\":\"list\",\"data\":[]}";
+                    if (post) {
+                        posts.incrementAndGet();
+                        if (swallow.getAndUpdate(n -> Math.max(0, n - 1)) > 0) return;
+                        body = ANSWER;
+                    }
+                    byte[] bytes = body.getBytes(UTF_8);
+                    s.getOutputStream().write(("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: "
+                        + bytes.length + "\r\n\r\n").getBytes(UTF_8));
+                    s.getOutputStream().write(bytes);
+                    s.getOutputStream().flush();
+                } catch (IOException e) {
+                    // the client went away; nothing to answer
+                }
+            }
+
+            @Override
+            public void close() throws IOException {
+                server.close();
+            }
+        }
+
+        @Test
+        void aPostThatANewConnectionLostAfterCopilotReadItIsNotSentAgain() throws Exception {
+            try (SwallowingUpstream upstream = new SwallowingUpstream();
+                    Harness h = new Harness(StubUpstream.start(), Map.of("COPILOT_API_COPILOT_URL", upstream.url()), o -> { })) {
+                upstream.swallow.set(1);
+                HttpResponse<String> r = h.post("/v1/chat/completions", ChatBehaviourTests.HI);
+                assertEquals(502, r.statusCode(), r.body());
+                assertEquals("api_error", json(r.body()).path("error").path("type").asText(), r.body());
+                assertEquals(1, upstream.posts.get(), "the prompt went to Copilot once");
+                HttpResponse<String> next = h.post("/v1/chat/completions", ChatBehaviourTests.HI);
+                assertEquals(200, next.statusCode(), next.body());
+                assertEquals(2, upstream.posts.get());
+            }
+        }
+
         @Test
         void aPostOnAKeepAliveConnectionTheUpstreamClosedIsSentAgainOnANewOne() throws Exception {
             try (Harness h = Harness.start(); ClosingUpstream upstream = new ClosingUpstream()) {
@@ -3488,28 +3947,66 @@ class CopilotApiTests {
     // ==== Proxies ====
 
     static final class ProxyTests {
-        static CopilotApi.EnvProxySelector selector(Map<String, String> env) {
-            return CopilotApi.EnvProxySelector.from(env);
-        }
-
-        static String address(java.net.Proxy p) {
-            var a = (java.net.InetSocketAddress) p.address();
-            return a.getHostString() + ":" + a.getPort();
+        /** The proxy Jetty's client picks for a URL ("direct" for none), with the proxies configured as production configures them. */
+        static String proxyFor(Map<String, String> env, String url) {
+            var client = new org.eclipse.jetty.client.HttpClient();
+            CopilotApi.EnvProxySelector.from(env).configure(client);
+            URI u = URI.create(url);
+            int port = u.getPort() > 0 ? u.getPort() : u.getScheme().equals("https") ? 443 : 80;
+            var proxy = client.getProxyConfiguration().match(new org.eclipse.jetty.client.Origin(u.getScheme(), u.getHost(), port));
+            return proxy == null ? "direct" : proxy.getAddress().getHost() + ":" + proxy.getAddress().getPort();
         }
 
         @Test
         void noProxyRules() {
-            var s = selector(Map.of("https_proxy", "http://proxy:3128", "NO_PROXY", "localhost,.internal.example,example.org:8443,10.0.0.1"));
-            assertEquals("proxy:3128", address(s.select(URI.create("https://api.githubcopilot.com/x")).get(0)));
-            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://localhost/x")).get(0));
-            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://a.internal.example/x")).get(0));
-            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://internal.example/x")).get(0));
-            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://example.org:8443/x")).get(0));
-            assertEquals("proxy:3128", address(s.select(URI.create("https://example.org/x")).get(0)));
-            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("https://10.0.0.1/x")).get(0));
-            assertEquals(java.net.Proxy.NO_PROXY, s.select(URI.create("http://plain.example/x")).get(0), "no HTTP_PROXY set");
-            var all = selector(Map.of("HTTP_PROXY", "proxy:8080", "no_proxy", "*"));
-            assertEquals(java.net.Proxy.NO_PROXY, all.select(URI.create("http://x/y")).get(0));
+            var env = Map.of("https_proxy", "http://proxy:3128", "NO_PROXY", "localhost,.internal.example,example.org:8443,10.0.0.1");
+            assertEquals("proxy:3128", proxyFor(env, "https://api.githubcopilot.com/x"));
+            assertEquals("direct", proxyFor(env, "https://localhost/x"));
+            assertEquals("direct", proxyFor(env, "https://a.internal.example/x"));
+            assertEquals("direct", proxyFor(env, "https://internal.example/x"));
+            assertEquals("direct", proxyFor(env, "https://example.org:8443/x"));
+            assertEquals("proxy:3128", proxyFor(env, "https://example.org/x"));
+            assertEquals("direct", proxyFor(env, "https://10.0.0.1/x"));
+            assertEquals("direct", proxyFor(env, "http://plain.example/x"), "no HTTP_PROXY set");
+            assertEquals("direct", proxyFor(Map.of("HTTP_PROXY", "proxy:8080", "no_proxy", "*"), "http://x/y"));
+            assertEquals("proxy:8080", proxyFor(Map.of("HTTP_PROXY", "proxy:8080"), "https://x/y"), "HTTPS falls back to HTTP_PROXY");
+        }
+
+        @Test
+        void aHostInNoProxyIsCalledDirectly() throws Exception {
+            try (StubUpstream.Proxy proxy = new StubUpstream.Proxy().start()) {
+                Map<String, String> env = Map.of("HTTP_PROXY", proxy.url(), "HTTPS_PROXY", proxy.url(), "NO_PROXY", "127.0.0.1");
+                try (Harness h = new Harness(StubUpstream.start(), env, o -> o.proxyEnv = true)) {
+                    assertEquals(200, h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode());
+                    assertTrue(proxy.seen().isEmpty(), proxy.seen().toString());
+                }
+            }
+        }
+
+        /** The proxy's user and password go to the proxy only: never to the log at start, nor to debug --json. */
+        @Test
+        void proxyCredentialsAreNeverLoggedNorShown() throws Exception {
+            try (StubUpstream stub = StubUpstream.start(); StubUpstream.Proxy proxy = new StubUpstream.Proxy().start()) {
+                String hostPort = proxy.url().substring("http://".length());
+                Map<String, String> env = new HashMap<>(CliTests.env(stub, Files.createTempDirectory("h")));
+                env.put("HTTPS_PROXY", "http://alice:s3cret-pw@" + hostPort);
+                env.put("HTTP_PROXY", "http://alice:s3cret-pw@" + hostPort);
+                try (CliTests.Started server = new CliTests.Started(env, "--proxy-env")) {
+                    String log = eventually(Duration.ofSeconds(30), () -> server.log.toString(), l -> l.contains("listening on http://"));
+                    HttpResponse<String> r = HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(server.baseUrl() + "/v1/chat/completions"))
+                        .header("content-type", "application/json").POST(HttpRequest.BodyPublishers.ofString(CHAT_HI)).build(),
+                        HttpResponse.BodyHandlers.ofString());
+                    assertEquals(200, r.statusCode(), r.body() + server.log);
+                    assertTrue(proxy.seen().stream().anyMatch(u -> u.endsWith("/copilot/chat/completions")), "went through the proxy: " + proxy.seen());
+                    log = server.log.toString();
+                    assertTrue(log.contains("upstream proxy from environment") && log.contains(hostPort), "names the proxy: " + log);
+                    assertFalse(log.contains("s3cret-pw") || log.contains("alice"), log);
+                }
+                CliTests.Run debug = CliTests.cli(env, "debug", "--json", "--proxy-env");
+                assertEquals(0, debug.exit(), debug.err());
+                assertFalse((debug.out() + debug.err()).contains("s3cret-pw") || (debug.out() + debug.err()).contains("alice"), debug.out());
+                assertTrue(json(debug.out()).path("proxy").asText().contains(hostPort), debug.out());
+            }
         }
 
         @Test

@@ -2521,6 +2521,129 @@ final class StubUpstream implements AutoCloseable {
         }
     }
 
+    /**
+     * A Copilot whose stream waits at a gate: the catalog comes from the stub; a POST is answered 200 with an event
+     * stream, the scripted head is sent at once, and the tail only after {@link #open()} (then the connection
+     * closes). The test sees the head's effect before it lets the tail go, so a stream held back shows as a wait
+     * that never ends, not as a timing. It also tells when copilot-api closed the connection while at the gate.
+     */
+    static final class Gated implements AutoCloseable {
+        private final StubUpstream stub;
+        private final ServerSocket listener;
+        private final Set<Socket> open = ConcurrentHashMap.newKeySet();
+        private volatile String head = "";
+        private volatile String tail = "";
+        private volatile CountDownLatch gate = new CountDownLatch(1);
+        private volatile CountDownLatch headSent = new CountDownLatch(1);
+        private volatile CountDownLatch closedAtGate = new CountDownLatch(1);
+
+        Gated(StubUpstream stub) throws IOException {
+            this.stub = stub;
+            listener = new ServerSocket(0, 50, InetAddress.getByName("127.0.0.1"));
+            Thread t = new Thread(this::acceptLoop, "stub-gated-accept");
+            t.setDaemon(true);
+            t.start();
+        }
+
+        /** For COPILOT_API_COPILOT_URL. */
+        String url() {
+            return "http://127.0.0.1:" + listener.getLocalPort();
+        }
+
+        /** The next POST's answer: head (raw event-stream text) at once, tail after open(); a new gate. */
+        Gated script(String head, String tail) {
+            this.head = head;
+            this.tail = tail;
+            gate = new CountDownLatch(1);
+            headSent = new CountDownLatch(1);
+            closedAtGate = new CountDownLatch(1);
+            return this;
+        }
+
+        /** Lets the tail go. */
+        void open() {
+            gate.countDown();
+        }
+
+        boolean awaitHeadSent(Duration timeout) throws InterruptedException {
+            return headSent.await(timeout.toNanos(), TimeUnit.NANOSECONDS);
+        }
+
+        /** True once copilot-api closed the connection while the stream waited at the gate. */
+        boolean awaitClosedAtGate(Duration timeout) throws InterruptedException {
+            return closedAtGate.await(timeout.toNanos(), TimeUnit.NANOSECONDS);
+        }
+
+        @Override
+        public void close() {
+            gate.countDown();
+            Proxy.closeQuietly(listener);
+            open.forEach(Proxy::closeQuietly);
+        }
+
+        private void acceptLoop() {
+            while (!listener.isClosed()) {
+                try {
+                    Socket s = listener.accept();
+                    open.add(s);
+                    Thread t = new Thread(() -> serve(s), "stub-gated-conn");
+                    t.setDaemon(true);
+                    t.start();
+                } catch (IOException e) {
+                    // closed: the loop ends
+                }
+            }
+        }
+
+        private void serve(Socket client) {
+            try (client) {
+                InputStream in = new BufferedInputStream(client.getInputStream());
+                String requestLine = Proxy.readLine(in);
+                if (requestLine == null || requestLine.isEmpty()) return;
+                Proxy.readBody(in, Proxy.readHeaders(in));
+                OutputStream out = client.getOutputStream();
+                if (requestLine.startsWith("GET ") && requestLine.split(" ")[1].endsWith("/models")) {
+                    ObjectNode o = obj();
+                    o.set("data", stub.snapshot(stub.models));
+                    o.put("object", "list");
+                    byte[] body = o.toString().getBytes(StandardCharsets.UTF_8);
+                    out.write(("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + body.length
+                        + "\r\nConnection: close\r\n\r\n").getBytes(StandardCharsets.ISO_8859_1));
+                    out.write(body);
+                    out.flush();
+                    return;
+                }
+                CountDownLatch myGate = gate;
+                CountDownLatch closed = closedAtGate;
+                out.write("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n".getBytes(StandardCharsets.ISO_8859_1));
+                out.write(head.getBytes(StandardCharsets.UTF_8));
+                out.flush();
+                headSent.countDown();
+                Thread watch = new Thread(() -> {
+                    try {
+                        while (in.read() >= 0) {
+                            continue;
+                        }
+                    } catch (IOException e) {
+                        // reset: closed as well
+                    }
+                    if (myGate.getCount() > 0) closed.countDown();
+                }, "stub-gated-watch");
+                watch.setDaemon(true);
+                watch.start();
+                myGate.await();
+                out.write(tail.getBytes(StandardCharsets.UTF_8));
+                out.flush();
+            } catch (IOException e) {
+                // copilot-api went away; the watch has seen it
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+            } finally {
+                open.remove(client);
+            }
+        }
+    }
+
     // ==== 11. Small utilities ====
 
     static ObjectNode obj() {
