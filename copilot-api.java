@@ -1422,7 +1422,11 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** What one upstream call costs: the initiator sent, why, and the model's multiplier. */
-        record Charge(Initiator initiator, Reason reason, double multiplier) {
+        record Charge(Initiator initiator, Reason reason, double multiplier, boolean textLast) {
+            Charge(Initiator initiator, Reason reason, double multiplier) {
+                this(initiator, reason, multiplier, false);
+            }
+
             double units() {
                 return initiator == Initiator.USER ? multiplier : 0;
             }
@@ -1437,9 +1441,10 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /**
-         * Where Copilot refuses X-Initiator agent (400 "invalid initiator" since mid-2026: the last message is a person's
-         * text): the model and endpoint of a subagent's first call or a warm-up probe that Copilot refused, so that the
-         * next one goes as user without the refused round trip.
+         * Where Copilot refuses X-Initiator agent (400 "invalid initiator" since mid-2026: the last message is a user's
+         * text, as Copilot sees it, whether a person or the editor wrote it): never tried on chat completions and
+         * Responses; on /v1/messages the model and endpoint where Copilot refused it, so that the next such call (a
+         * subagent's first call, a warm-up, a notification made of reminders) goes as user without the refused round trip.
          */
         static final class InitiatorRule {
             static final String REFUSAL = "invalid initiator";
@@ -1447,20 +1452,15 @@ class CopilotApi implements Callable<Integer> {
 
             private final Set<String> refused = java.util.concurrent.ConcurrentHashMap.newKeySet();
 
-            /** A subagent's first call and a warm-up probe end with text a person (or the editor) wrote, as Copilot sees it. */
-            static boolean endsWithPersonText(Reason reason) {
-                return reason == Reason.SUBAGENT || reason == Reason.WARMUP;
-            }
-
-            /** Chat completions and Responses refuse agent after a person's text; /v1/messages is learned. */
-            boolean refuses(String model, String endpoint, Reason reason) {
-                if (!endsWithPersonText(reason)) return false;
+            /** Chat completions and Responses refuse agent after a user's text; /v1/messages is learned. */
+            boolean refuses(String model, String endpoint, Charge charge) {
+                if (!charge.textLast()) return false;
                 return !endpoint.equals(AnthropicRoutes.MESSAGES) || refused.contains(model + " " + endpoint);
             }
 
-            /** Remembers a refusal of a person's text as agent; continuations are not remembered (most of them pass). */
-            void learn(String model, String endpoint, Reason reason) {
-                if (!endsWithPersonText(reason)) return;
+            /** Remembers a refusal of a user's text as agent; a refusal of anything else is answered but not remembered. */
+            void learn(String model, String endpoint, Charge charge) {
+                if (!charge.textLast()) return;
                 if (refused.size() >= MAX_REMEMBERED) refused.clear();
                 refused.add(model + " " + endpoint);
             }
@@ -1528,10 +1528,10 @@ class CopilotApi implements Callable<Integer> {
         Charge charge(Context ctx, Turn turn, JsonNode model) {
             double multiplier = multiplier(model);
             Charge c = switch (turn.kind()) {
-                case WARMUP -> new Charge(Initiator.AGENT, Reason.WARMUP, multiplier);
-                case CONTINUATION -> new Charge(Initiator.AGENT, Reason.CONTINUATION, multiplier);
+                case WARMUP -> new Charge(Initiator.AGENT, Reason.WARMUP, multiplier, true);
+                case CONTINUATION -> new Charge(Initiator.AGENT, Reason.CONTINUATION, multiplier, turn.textLast());
                 case PROMPT -> turn.opensConversation() && subagents.isRemembered(turn.personText())
-                    ? new Charge(Initiator.AGENT, Reason.SUBAGENT, multiplier)
+                    ? new Charge(Initiator.AGENT, Reason.SUBAGENT, multiplier, true)
                     : new Charge(Initiator.USER, multiplier == 0 ? Reason.FREE_MODEL : Reason.PREMIUM, multiplier);
             };
             spend(c);
@@ -1547,12 +1547,12 @@ class CopilotApi implements Callable<Integer> {
         <T> T send(Context ctx, String model, String endpoint, CallOptions call, java.util.function.Function<CallOptions, T> send) {
             Charge charge = Exchange.of(ctx).charge;
             if (charge == null || call.initiator() != Initiator.AGENT) return send.apply(call);
-            if (initiators.refuses(model, endpoint, charge.reason())) return send.apply(asUser(ctx, charge, call));
+            if (initiators.refuses(model, endpoint, charge)) return send.apply(asUser(ctx, charge, call));
             try {
                 return send.apply(call);
             } catch (UpstreamException e) {
                 if (!InitiatorRule.isRefusal(e)) throw e;
-                initiators.learn(model, endpoint, charge.reason());
+                initiators.learn(model, endpoint, charge);
                 Logs.log().info("Copilot refused X-Initiator agent for {} on {} ({}); sending it once more as user",
                     model, endpoint, charge.reason().label);
                 return send.apply(asUser(ctx, charge, call));
@@ -1561,7 +1561,7 @@ class CopilotApi implements Callable<Integer> {
 
         /** The call as user after all: billed now (within the budget), the exchange's charge saying so. */
         private CallOptions asUser(Context ctx, Charge agent, CallOptions call) {
-            Charge user = new Charge(Initiator.USER, agent.reason(), agent.multiplier());
+            Charge user = new Charge(Initiator.USER, agent.reason(), agent.multiplier(), agent.textLast());
             spend(user);
             Exchange.of(ctx).charge = user;
             return new CallOptions(Initiator.USER, call.vision(), call.headers(), call.watch());
@@ -5471,8 +5471,10 @@ class CopilotApi implements Callable<Integer> {
          * What the last message of a conversation is, for billing: a person's prompt (the text they typed), a
          * continuation (tool results, reminders, notifications, an assistant turn), or Claude Code's warm-up probe.
          * A part this code does not know counts as the person's: where the rule cannot tell, the call bills.
+         * {@code textLast} says what Copilot sees, whoever wrote it: the last message is a user message with no tool
+         * result (Copilot refuses X-Initiator agent there, whether a person or the editor wrote the text).
          */
-        record Turn(Kind kind, String personText, boolean opensConversation) {
+        record Turn(Kind kind, String personText, boolean opensConversation, boolean textLast) {
             enum Kind { PROMPT, CONTINUATION, WARMUP }
 
             static final String REMINDER_OPEN = "<system-reminder>";
@@ -5484,11 +5486,11 @@ class CopilotApi implements Callable<Integer> {
             }
 
             static Turn prompt(String personText, boolean opens) {
-                return new Turn(Kind.PROMPT, personText, opens);
+                return new Turn(Kind.PROMPT, personText, opens, true);
             }
 
-            static Turn continuation() {
-                return new Turn(Kind.CONTINUATION, null, false);
+            static Turn continuation(boolean textLast) {
+                return new Turn(Kind.CONTINUATION, null, false, textLast);
             }
 
             /** Text wholly made of {@code <system-reminder>} blocks (and white space): the editor speaking, not a person. */
@@ -5499,10 +5501,10 @@ class CopilotApi implements Callable<Integer> {
             /** Anthropic Messages or chat-completions messages. */
             static Turn ofMessages(JsonNode messages) {
                 if (messages == null || !messages.isArray() || messages.isEmpty()) return prompt(null, true);
-                if (isWarmup(messages)) return new Turn(Kind.WARMUP, "Warmup", true);
+                if (isWarmup(messages)) return new Turn(Kind.WARMUP, "Warmup", true, true);
                 JsonNode last = messages.get(messages.size() - 1);
                 String role = last.path("role").asText("");
-                if (role.equals("assistant") || role.equals("tool")) return continuation();
+                if (role.equals("assistant") || role.equals("tool")) return continuation(false);
                 boolean opens = true;
                 for (JsonNode m : messages) opens &= !m.path("role").asText("").equals("assistant");
                 if (!role.equals("user")) return prompt(null, opens);
@@ -5515,9 +5517,9 @@ class CopilotApi implements Callable<Integer> {
                 if (!input.isArray() || input.isEmpty()) return prompt(null, !continuesAResponse);
                 JsonNode last = input.get(input.size() - 1);
                 String type = last.path("type").asText("message");
-                if (!type.equals("message")) return continuation();
+                if (!type.equals("message")) return continuation(false);
                 String role = last.path("role").asText("user");
-                if (role.equals("assistant")) return continuation();
+                if (role.equals("assistant")) return continuation(false);
                 boolean opens = !continuesAResponse;
                 for (JsonNode item : input) {
                     String t = item.path("type").asText("message");
@@ -5529,19 +5531,22 @@ class CopilotApi implements Callable<Integer> {
 
             /** A user message's content: a prompt when any part is not a tool result nor a reminder; the last such text is kept. */
             private static Turn ofContent(JsonNode content, boolean opens) {
-                if (content.isTextual()) return isReminder(content.asText()) ? continuation() : prompt(content.asText(), opens);
+                if (content.isTextual()) return isReminder(content.asText()) ? continuation(true) : prompt(content.asText(), opens);
                 if (!content.isArray() || content.isEmpty()) return prompt(null, opens);
-                boolean person = false;
+                boolean person = false, toolResult = false;
                 String text = null;
                 for (JsonNode part : content) {
                     String type = part.path("type").asText("");
-                    if (type.equals("tool_result") || type.equals("function_call_output")) continue;
+                    if (type.equals("tool_result") || type.equals("function_call_output")) {
+                        toolResult = true;
+                        continue;
+                    }
                     boolean isText = type.equals("text") || type.equals("input_text");
                     if (isText && isReminder(part.path("text").asText(""))) continue;
                     person = true;
                     if (isText) text = part.path("text").asText("");
                 }
-                return person ? prompt(text, opens) : continuation();
+                return person ? prompt(text, opens) : continuation(!toolResult);
             }
 
             /** Claude Code's probe at start: one user message, one text block "Warmup" marked for caching. */

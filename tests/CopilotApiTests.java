@@ -4568,6 +4568,58 @@ class CopilotApiTests {
                 "the request log says what each call cost:\n" + log);
         }
 
+        /**
+         * Claude Code with a subagent against today's Copilot (a usage-based account that validates X-Initiator) on a
+         * Claude model, a GPT chat model and a responses-only model: the session finishes, the subagent runs its Bash
+         * loop, and Copilot never answers 400 where copilot-api chose the initiator (chat and /responses), at most
+         * once on /v1/messages, where a refusal of agent is learned.
+         */
+        @Test
+        void claudeCodeWithASubagentOnTodaysCopilot() throws Exception {
+            try (StubUpstream today = StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED);
+                 SdkRunner.ServerProcess server = SdkRunner.startServer(today)) {
+                for (String model : List.of("claude-sonnet-4-5-20250929", "gpt-4.1", "gpt-5.1-codex")) {
+                    Path home = Files.createTempDirectory("claude-home");
+                    Map<String, String> env = new HashMap<>(Map.of(
+                        "HOME", home.toString(),
+                        "ANTHROPIC_BASE_URL", server.baseUrl(),
+                        "ANTHROPIC_AUTH_TOKEN", "copilot-api",
+                        "ANTHROPIC_MODEL", model,
+                        "ANTHROPIC_SMALL_FAST_MODEL", "claude-haiku-4-5-20251001",
+                        "ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-haiku-4-5-20251001",
+                        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"));
+                    today.clear();
+                    SdkRunner.Result r = SdkRunner.run(home, env, Duration.ofMinutes(2), sdk.resolve("node_modules/.bin/claude").toString(),
+                        "-p", "Hand this to a subagent: " + StubUpstream.SUBAGENT_MARKER, "--output-format", "json", "--allowedTools", "Bash,Agent");
+                    List<String> calls = new ArrayList<>();
+                    boolean subagentRan = false;
+                    int refusedOnMessages = 0, refusedElsewhere = 0;
+                    for (StubUpstream.Recorded rec : today.requests()) {
+                        boolean messages = rec.matches("/v1/messages");
+                        if (!messages && !rec.matches("/chat/completions") && !rec.matches("/responses")) continue;
+                        subagentRan |= rec.body().contains("Subagent task") && rec.body().contains(MARKER);
+                        if (rec.status() == 400) {
+                            if (messages) refusedOnMessages++;
+                            else refusedElsewhere++;
+                        }
+                        JsonNode turns = rec.json().has("messages") ? rec.json().path("messages") : rec.json().path("input");
+                        String lastTurn = turns.isArray() && !turns.isEmpty() ? turns.get(turns.size() - 1).toString() : turns.toString();
+                        calls.add(rec.status() + " " + rec.path() + " " + rec.header("x-initiator") + " " + rec.json().path("model").asText()
+                            + " marker: " + rec.body().contains(StubUpstream.SUBAGENT_MARKER) + " tools: "
+                            + rec.json().path("tools").findValuesAsText("name") + " last: " + lastTurn.substring(Math.max(0, lastTurn.length() - 160)));
+                    }
+                    String session = model + ":\n" + String.join("\n", calls);
+                    String last = r.output().strip();
+                    last = last.substring(last.lastIndexOf('\n') + 1);
+                    assertEquals(0, r.exit(), session + "\n" + r.output());
+                    assertFalse(json(last).path("is_error").asBoolean(true), session + "\n" + r.output());
+                    assertTrue(subagentRan, "the subagent's Bash output went back to it:\n" + session);
+                    assertEquals(0, refusedElsewhere, "no 400 where copilot-api chose the initiator:\n" + session);
+                    assertTrue(refusedOnMessages <= 1, "a refusal on /v1/messages is learned once:\n" + session);
+                }
+            }
+        }
+
         void claudeCode(String model, String route) throws Exception {
             Path home = Files.createTempDirectory("claude-home");
             Map<String, String> env = new HashMap<>(Map.of(

@@ -1180,6 +1180,15 @@ final class StubUpstream implements AutoCloseable {
         return new Answer(model, reasoning, text, calls, prompt, Math.max(1, produced / 4), Math.min(cachedTokens, prompt));
     }
 
+    /** The last message or item that is not a system (or developer) instruction: what the fake model answers. */
+    static JsonNode lastSpoken(JsonNode messages) {
+        for (int i = messages.size() - 1; i > 0; i--) {
+            String role = messages.get(i).path("role").asText("");
+            if (!role.equals("system") && !role.equals("developer")) return messages.get(i);
+        }
+        return messages.get(0);
+    }
+
     /** Arguments from the schema's required properties: strings "x", numbers 1, booleans true, arrays [], objects {}. */
     static String argumentsFor(JsonNode schema) {
         ObjectNode args = obj();
@@ -1220,7 +1229,7 @@ final class StubUpstream implements AutoCloseable {
             return Reply.json(400, errorBody("messages: field required", "invalid_request_error", "invalid_request_body", "messages"));
         }
         String model = req.path("model").asText();
-        JsonNode last = messages.get(messages.size() - 1);
+        JsonNode last = lastSpoken(messages);
         String toolResult = last.path("role").asText().equals("tool") ? textOf(last.path("content")) : null;
         List<ToolSpec> tools = new ArrayList<>();
         for (JsonNode t : req.path("tools")) {
@@ -1414,7 +1423,7 @@ final class StubUpstream implements AutoCloseable {
         JsonNode input = req.path("input");
         String toolResult = null;
         if (input.isArray() && input.size() > 0) {
-            JsonNode last = input.get(input.size() - 1);
+            JsonNode last = lastSpoken(input);
             if (last.path("type").asText().equals("function_call_output")) toolResult = textOf(last.path("output"));
         }
         List<ToolSpec> tools = new ArrayList<>();
@@ -1424,7 +1433,7 @@ final class StubUpstream implements AutoCloseable {
         JsonNode reasoning = req.path("reasoning");
         boolean thinking = reasoning.isObject() && !reasoning.path("effort").asText("").equals("none");
         Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), "call_stub_",
-            input.isArray() && input.size() > 0 ? input.get(input.size() - 1) : input);
+            input.isArray() && input.size() > 0 ? lastSpoken(input) : input);
         boolean encrypted = containsText(req.path("include"), "reasoning.encrypted_content");
         List<ObjectNode> items = responseItems(a, encrypted);
         String id = "resp_stub" + ids.incrementAndGet();

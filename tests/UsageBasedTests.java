@@ -200,28 +200,40 @@ class UsageBasedTests {
     }
 
     /**
-     * A continuation that ends with a user message of reminders (after tool results): agent is tried, and a refusal
-     * is resent as user every time, never remembered, so that turns ending with a tool message stay agent.
+     * A continuation that ends with a user message of reminders (after tool results): Copilot sees a user's text last,
+     * so on chat completions it goes as user at once (no refused round trip), while a turn ending with a tool message
+     * stays agent. On /v1/messages such a notification is tried as agent until Copilot refuses it once for the model.
      */
     @Test
-    void aRefusedContinuationIsResentAsUserEachTimeAndNotRemembered() throws Exception {
+    void aReminderTurnGoesAsUserWhereCopilotRefusesAgentAndToolTurnsStayAgent() throws Exception {
         try (CopilotApiTests.Harness h = harness(usageBased())) {
             String toolTurn = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"List files\"},{\"role\":\"assistant\","
                 + "\"content\":null,\"tool_calls\":[{\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"ls\",\"arguments\":\"{}\"}}]},"
                 + "{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":\"a.txt\"}]}";
             String withReminder = toolTurn.substring(0, toolTurn.length() - 2)
                 + ",{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"<system-reminder>Files changed.</system-reminder>\"}]}]}";
-            for (int round = 1; round <= 2; round++) {
-                h.stub.clear();
-                HttpResponse<String> r = h.post("/v1/chat/completions", withReminder);
-                assertEquals(200, r.statusCode(), r.body());
-                List<String> initiators = h.stub.requests().stream().filter(x -> x.matches("/chat/completions")).map(x -> x.header("x-initiator")).toList();
-                assertEquals(List.of("agent", "user"), initiators, "round " + round);
-            }
+            h.stub.clear();
+            assertEquals(200, h.post("/v1/chat/completions", withReminder).statusCode());
+            List<String> initiators = h.stub.requests().stream().filter(x -> x.matches("/chat/completions")).map(x -> x.header("x-initiator")).toList();
+            assertEquals(List.of("user"), initiators, "a user's text last goes as user at once on chat");
             h.stub.clear();
             assertEquals(200, h.post("/v1/chat/completions", toolTurn).statusCode());
             assertEquals(1, h.stub.count("/chat/completions"));
             assertEquals("agent", h.stub.last("/chat/completions").header("x-initiator"), "a tool message last stays agent");
+
+            String notification = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},"
+                + "{\"role\":\"assistant\",\"content\":\"Working.\"},{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":"
+                + "\"<system-reminder>[SYSTEM NOTIFICATION - NOT USER INPUT] done</system-reminder>\"}]}]}";
+            List<List<String>> rounds = new java.util.ArrayList<>();
+            for (int round = 0; round < 2; round++) {
+                h.stub.clear();
+                assertEquals(200, h.post("/v1/messages", notification).statusCode());
+                rounds.add(h.stub.requests().stream().filter(x -> x.matches("/v1/messages")).map(x -> x.header("x-initiator")).toList());
+            }
+            assertEquals(List.of(List.of("agent", "user"), List.of("user")), rounds, "refused once, then remembered for the model");
+            h.stub.clear();
+            assertEquals(200, h.post("/v1/messages", toolResultTurn()).statusCode());
+            assertEquals("agent", h.stub.last("/v1/messages").header("x-initiator"), "a tool_result turn stays agent after that");
         }
     }
 
