@@ -965,6 +965,11 @@ class CopilotApi implements Callable<Integer> {
     record ModelRouting(Map<String, String> userMap, Optional<String> fallback) {
         static final ModelRouting NONE = new ModelRouting(Map.of(), Optional.empty());
 
+        /** The name the user's map gives the one asked for, or the name as asked. */
+        String mapped(String requested) {
+            return userMap.getOrDefault(requested.trim(), requested);
+        }
+
         static ModelRouting from(List<String> mapOptions, String fallbackOption, Map<String, String> env) {
             Map<String, String> map = new LinkedHashMap<>();
             for (String e : Settings.listOption(env.get("COPILOT_API_MODEL_MAP"), mapOptions)) {
@@ -2506,7 +2511,7 @@ class CopilotApi implements Callable<Integer> {
             } catch (RuntimeException e) {
                 catalog = List.of();
             }
-            if (catalog.isEmpty()) return new ModelResolver.Resolution(requested, requested, null);
+            if (catalog.isEmpty()) return new ModelResolver.Resolution(requested, routing.mapped(requested), null);
             try {
                 return ModelResolver.resolve(requested, false, catalog, routing);
             } catch (ApiError unknown) {
@@ -2517,15 +2522,17 @@ class CopilotApi implements Callable<Integer> {
 
         void embeddings(Context ctx) {
             ObjectNode body = Requests.jsonObject(ctx);
-            String model = Requests.requireText(body, "model");
-            Exchange.of(ctx).model(model, model).route("passthrough");
+            String requested = Requests.requireText(body, "model");
+            String model = routing.mapped(requested);
+            Exchange.of(ctx).model(requested, model).route("passthrough");
             JsonNode input = body.path("input");
             if (!(input.isTextual() || (input.isArray() && input.size() > 0))) {
                 throw new ApiError(400, "invalid_request_error", "'input' must be a string or a non-empty array", "input", null);
             }
-            up.controls().admit(ctx, model, input.isArray() ? input.size() : 1);
+            up.controls().admit(ctx, requested, input.isArray() ? input.size() : 1);
             boolean base64 = "base64".equals(body.path("encoding_format").asText(""));
             ObjectNode upstreamBody = body.deepCopy();
+            upstreamBody.put("model", model);
             if (base64) upstreamBody.remove("encoding_format");
             JsonNode answer = up.copilot().postJson("/embeddings", upstreamBody, up.watched(ctx, CallOptions.PLAIN));
             Exchange.of(ctx).usage(answer.path("usage").path("prompt_tokens").asLong(-1), 0);
