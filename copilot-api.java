@@ -1112,6 +1112,7 @@ class CopilotApi implements Callable<Integer> {
                 });
                 cfg.requestLogger.http((ctx, ms) -> {
                     inFlight.decrementAndGet();
+                    controls.billing().settle(Exchange.of(ctx));
                     RequestLog.write(ctx, ms, controls.stats());
                     History.record(ctx, ctx.res().getStatus(), Math.round(ms), store);
                 });
@@ -1261,8 +1262,12 @@ class CopilotApi implements Callable<Integer> {
         /** The error the client was given, and whether the operator should hear of it (Copilot's or ours, not the client's). */
         volatile String error;
         volatile boolean warn;
-        /** What the upstream call cost in premium requests; null when no model was called. */
+        /** What the upstream call cost in premium requests; null when no model was called or the call was released. */
         volatile Billing.Charge charge;
+        /** A charge given back because Copilot never answered (it failed, refused, or was not called): for the log line. */
+        volatile Billing.Charge released;
+        /** Copilot answered the call (a JSON answer, or a stream opened): from then on its charge stands. */
+        volatile boolean answered;
         /** For the request history: when the request came and its first byte left, cached input tokens, the error's type. */
         volatile long startedNanos;
         volatile long firstByteNanos;
@@ -1372,6 +1377,7 @@ class CopilotApi implements Callable<Integer> {
                 line.append(" in=").append(Math.max(0, e.inputTokens)).append(" out=").append(Math.max(0, e.outputTokens));
             }
             if (e.charge != null) line.append(' ').append(e.charge.describe());
+            if (e.released != null && e.released.units() > 0) line.append(" not billed: Copilot did not answer");
             if (e.note != null) line.append(" (").append(e.note).append(')');
             if (e.error != null) line.append(": ").append(Redact.shorten(e.error));
             if (e.warn) Logs.log().warn("{}", line);
@@ -1527,8 +1533,9 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /**
-         * The charge for a call to a model of this multiplier, recorded on the exchange: a prompt bills unless it
-         * opens a remembered subagent; a prompt past the budget is refused with a 429 before Copilot is called.
+         * The charge for a call to a model of this multiplier, reserved against the budget and recorded on the exchange:
+         * a prompt bills unless it opens a remembered subagent; a prompt past the budget is refused with a 429 before
+         * Copilot is called. The reservation stands once Copilot answers; otherwise settle() gives it back.
          */
         Charge charge(Context ctx, Turn turn, JsonNode model) {
             double multiplier = multiplier(model);
@@ -1550,6 +1557,34 @@ class CopilotApi implements Callable<Integer> {
          * the call once more as user (billed, and remembered for the model and endpoint). The ledger keeps what was sent.
          */
         <T> T send(Context ctx, String model, String endpoint, CallOptions call, java.util.function.Function<CallOptions, T> send) {
+            Exchange exchange = Exchange.of(ctx);
+            try {
+                T answer = sendAs(ctx, model, endpoint, call, send);
+                exchange.answered = true;
+                return answer;
+            } catch (RuntimeException e) {
+                settle(exchange);
+                throw e;
+            }
+        }
+
+        /**
+         * At the end of a request, or when its call failed: a charge whose call Copilot never answered (it failed,
+         * refused, or was never sent) is given back to the budget and leaves the ledger. Once per request.
+         */
+        void settle(Exchange exchange) {
+            Charge c;
+            synchronized (exchange) {
+                c = exchange.charge;
+                if (c == null || exchange.answered) return;
+                exchange.charge = null;
+                exchange.released = c;
+            }
+            long units = Math.round(c.units() * 100);
+            if (units > 0) spentHundredths.addAndGet(-units);
+        }
+
+        private <T> T sendAs(Context ctx, String model, String endpoint, CallOptions call, java.util.function.Function<CallOptions, T> send) {
             Charge charge = Exchange.of(ctx).charge;
             if (charge == null || call.initiator() != Initiator.AGENT) return send.apply(call);
             if (initiators.refuses(model, endpoint, charge.reason())) return send.apply(asUser(ctx, charge, call));
@@ -2478,14 +2513,17 @@ class CopilotApi implements Callable<Integer> {
             ChatUpstream chat = up.chat();
             ChatUpstream.Endpoint endpoint = chat.endpoint(model);
             Exchange.of(ctx).model(requested, model).route(endpoint == ChatUpstream.Endpoint.CHAT ? "passthrough" : "translated");
+            boolean stream = Requests.stream(body);
+            // preparing translates where Copilot serves the model on /responses: bad input is refused before any charge
+            ChatUpstream.Prepared prepared = chat.prepare(body, stream);
             up.controls().admit(ctx, requested, messages.size());
             Initiator initiator = billing.charge(ctx, turn, up.models().find(model).orElse(null)).initiator();
             Requests.logBody("chat request", body);
             CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(messages)));
             boolean merge = body.path("n").asInt(1) <= 1 || endpoint == ChatUpstream.Endpoint.RESPONSES;
             String path = chat.path(model);
-            if (!Requests.stream(body)) {
-                JsonNode answer = billing.send(ctx, model, path, call, c -> chat.complete(body, c));
+            if (!stream) {
+                JsonNode answer = billing.send(ctx, model, path, call, c -> chat.complete(prepared, c));
                 Exchange.of(ctx).chatUsage(answer.path("usage"));
                 Requests.logBody("chat answer", answer);
                 billing.subagents().chatAnswer(answer);
@@ -2494,7 +2532,7 @@ class CopilotApi implements Callable<Integer> {
             }
             boolean clientWantsUsage = body.path("stream_options").path("include_usage").asBoolean(false);
             SubagentPrompts.ToolCallReader reader = billing.subagents().reader();
-            try (EventSource events = billing.send(ctx, model, path, call, c -> chat.stream(body, c))) {
+            try (EventSource events = billing.send(ctx, model, path, call, c -> chat.stream(prepared, c))) {
                 Relay.run(ctx, events, new ChatRelay(new ChatStreamNormalizer(merge, clientWantsUsage), Exchange.of(ctx), reader));
             }
         }
@@ -2589,18 +2627,18 @@ class CopilotApi implements Callable<Integer> {
             Requests.anthropic(body);
             Turn turn = Turn.ofMessages(messages);
             ModelResolver.Resolution model = fast(ctx, resolve(ctx, requested, turn), body);
+            boolean native_ = ModelResolver.endpoints(model.model()).contains(MESSAGES);
+            if (!native_) up.chat().endpoint(model.upstream());
+            Exchange.of(ctx).route(native_ ? "native" : "translated");
+            // translating checks the request: bad input is refused before the client waits its turn or anything is charged
+            boolean stream = Requests.stream(body);
+            AnthropicToChat.Result translated = native_ ? null : translation(body, model);
+            ChatUpstream.Prepared prepared = native_ ? null : up.chat().prepare(translated.chatRequest(), stream);
             up.controls().admit(ctx, requested, messages.size());
             Initiator initiator = up.controls().billing().charge(ctx, turn, model.model()).initiator();
             Requests.logBody("messages request", body);
-            boolean stream = Requests.stream(body);
-            if (ModelResolver.endpoints(model.model()).contains(MESSAGES)) {
-                Exchange.of(ctx).route("native");
-                forward(ctx, body, model, messages, stream, initiator);
-            } else {
-                up.chat().endpoint(model.upstream());
-                Exchange.of(ctx).route("translated");
-                translate(ctx, body, model, stream, initiator);
-            }
+            if (native_) forward(ctx, body, model, messages, stream, initiator);
+            else translate(ctx, translated, prepared, model, stream, initiator);
         }
 
         /** The model that answers: the one asked for, or a free one for a warm-up probe (still named as asked). */
@@ -2780,23 +2818,28 @@ class CopilotApi implements Callable<Integer> {
         static final Set<String> TERMINAL = Set.of("message_stop", "error");
 
         /** Translated: Anthropic in, chat to the pivot (which reaches /chat/completions or /responses), Anthropic out. */
-        private void translate(Context ctx, ObjectNode body, ModelResolver.Resolution model, boolean stream, Initiator initiator) {
+        private static AnthropicToChat.Result translation(ObjectNode body, ModelResolver.Resolution model) {
             AnthropicToChat.Result t = AnthropicToChat.request(body, model.upstream(), ModelLimits.from(model.model(), model.longContext()));
             if (model.longContext()) t.chatRequest().put(LongContext.FIELD, LongContext.TIER);
             t.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
+            return t;
+        }
+
+        private void translate(Context ctx, AnthropicToChat.Result t, ChatUpstream.Prepared prepared, ModelResolver.Resolution model,
+                boolean stream, Initiator initiator) {
             Requests.logBody("translated chat request", t.chatRequest());
             CallOptions call = up.watched(ctx, new CallOptions(initiator, t.vision()));
             SubagentPrompts subagents = up.controls().billing().subagents();
             Billing billing = up.controls().billing();
             String path = up.chat().path(model.upstream());
             if (!stream) {
-                subagents.anthropicAnswer(answer(ctx, billing.send(ctx, model.upstream(), path, call, c -> up.chat().complete(t.chatRequest(), c)),
+                subagents.anthropicAnswer(answer(ctx, billing.send(ctx, model.upstream(), path, call, c -> up.chat().complete(prepared, c)),
                     model, t));
                 return;
             }
             ChatStreamToAnthropic machine = new ChatStreamToAnthropic(model.requested(), t.toolNameMap());
             SubagentPrompts.ToolCallReader reader = subagents.reader();
-            try (EventSource events = billing.send(ctx, model.upstream(), path, call, c -> up.chat().stream(t.chatRequest(), c))) {
+            try (EventSource events = billing.send(ctx, model.upstream(), path, call, c -> up.chat().stream(prepared, c))) {
                 Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::anthropicEvent));
             }
             machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
@@ -2850,15 +2893,18 @@ class CopilotApi implements Callable<Integer> {
                     + String.join(", ", endpoints), "model", "unsupported_api_for_model");
             }
             Exchange.of(ctx).route(native_ ? "passthrough" : "translated");
+            // translating checks the request: bad input is refused before the client waits its turn or anything is charged
+            boolean stream = Requests.stream(body);
+            Translated translated = native_ ? null : translation(turn, model);
+            ChatUpstream.Prepared prepared = native_ ? null : up.chat().prepare(translated.body(), stream);
             up.controls().admit(ctx, requested, input.isArray() ? input.size() : 1);
             Turn billed = Turn.ofResponsesInput(turn.upstreamInput(), body.hasNonNull("previous_response_id"));
             Initiator initiator = up.controls().billing().charge(ctx, billed, model.model()).initiator();
             Requests.logBody("responses request", body);
             JsonNode sent = turn.upstreamInput();
             CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(sent)));
-            boolean stream = Requests.stream(body);
             if (native_) forward(ctx, turn, model, call, stream);
-            else translate(ctx, turn, model, call, stream);
+            else translate(ctx, turn, translated, prepared, model, call, stream);
         }
 
         /**
@@ -3072,17 +3118,22 @@ class CopilotApi implements Callable<Integer> {
             "response.incomplete", "response.failed", "response.output_item.done");
 
         /** A chat model: Responses in, chat to the pivot, Responses events out. */
-        private void translate(Context ctx, ResponsesState.Turn turn, ModelResolver.Resolution model, CallOptions call, boolean stream) {
-            ObjectNode body = turn.echo();
+        private static Translated translation(ResponsesState.Turn turn, ModelResolver.Resolution model) {
             Translated t = ResponsesToChat.request(turn.resolved());
             t.body().put("model", model.upstream());
             if (model.longContext()) t.body().put(LongContext.FIELD, LongContext.TIER);
             t.notes().forEach(n -> Logs.log().debug("{}: {}", RESPONSES, n));
+            return t;
+        }
+
+        private void translate(Context ctx, ResponsesState.Turn turn, Translated t, ChatUpstream.Prepared prepared,
+                ModelResolver.Resolution model, CallOptions call, boolean stream) {
+            ObjectNode body = turn.echo();
             Requests.logBody("translated chat request", t.body());
             Billing billing = up.controls().billing();
             String path = up.chat().path(model.upstream());
             if (!stream) {
-                JsonNode chat = billing.send(ctx, model.upstream(), path, call, c -> up.chat().complete(t.body(), c));
+                JsonNode chat = billing.send(ctx, model.upstream(), path, call, c -> up.chat().complete(prepared, c));
                 Exchange.of(ctx).chatUsage(chat.path("usage"));
                 up.controls().billing().subagents().chatAnswer(chat);
                 ObjectNode answer = ChatToResponses.response(chat, body, IdClock.SYSTEM);
@@ -3091,7 +3142,7 @@ class CopilotApi implements Callable<Integer> {
                 return;
             }
             SubagentPrompts.ToolCallReader reader = up.controls().billing().subagents().reader();
-            try (EventSource events = billing.send(ctx, model.upstream(), path, call, c -> up.chat().stream(t.body(), c))) {
+            try (EventSource events = billing.send(ctx, model.upstream(), path, call, c -> up.chat().stream(prepared, c))) {
                 AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
                 Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::responsesEvent));
             }
@@ -9074,22 +9125,33 @@ class CopilotApi implements Callable<Integer> {
             return endpoint(model) == Endpoint.CHAT ? OpenAiRoutes.CHAT : ResponsesRoutes.RESPONSES;
         }
 
-        /** A whole chat completion. */
-        JsonNode complete(ObjectNode chat, CallOptions call) {
+        /** A chat request made ready for the endpoint that serves its model; preparing checks it, so it comes before any charge. */
+        sealed interface Prepared permits ForChat, ForResponses {}
+
+        record ForChat(ObjectNode body) implements Prepared {}
+
+        record ForResponses(String model, byte[] body) implements Prepared {}
+
+        Prepared prepare(ObjectNode chat, boolean stream) {
             String model = chat.path("model").asText();
-            if (endpoint(model) == Endpoint.CHAT) return copilot.postJson(OpenAiRoutes.CHAT, forChat(chat, false), call);
-            byte[] bytes = ResponsesRoutes.capped(forResponses(chat));
-            return ResponsesToChat.response(ResponsesRoutes.answerRetryingCyberPolicy(() -> copilot.postJson(ResponsesRoutes.RESPONSES, bytes, call)),
-                model);
+            if (endpoint(model) == Endpoint.CHAT) return new ForChat(forChat(chat, stream));
+            return new ForResponses(model, ResponsesRoutes.capped(forResponses(chat)));
+        }
+
+        /** A whole chat completion. */
+        JsonNode complete(Prepared prepared, CallOptions call) {
+            if (prepared instanceof ForChat c) return copilot.postJson(OpenAiRoutes.CHAT, c.body(), call);
+            ForResponses r = (ForResponses) prepared;
+            return ResponsesToChat.response(ResponsesRoutes.answerRetryingCyberPolicy(() -> copilot.postJson(ResponsesRoutes.RESPONSES, r.body(), call)),
+                r.model());
         }
 
         /** A stream of chat chunks. */
-        EventSource stream(ObjectNode chat, CallOptions call) {
-            String model = chat.path("model").asText();
-            if (endpoint(model) == Endpoint.CHAT) return copilot.stream(OpenAiRoutes.CHAT, forChat(chat, true), call);
-            byte[] bytes = ResponsesRoutes.capped(forResponses(chat));
-            return new ResponsesAsChat(ResponsesRoutes.streamRetryingCyberPolicy(() -> copilot.stream(ResponsesRoutes.RESPONSES, bytes, call)),
-                new ResponsesStreamToChat(model, true, IdClock.SYSTEM));
+        EventSource stream(Prepared prepared, CallOptions call) {
+            if (prepared instanceof ForChat c) return copilot.stream(OpenAiRoutes.CHAT, c.body(), call);
+            ForResponses r = (ForResponses) prepared;
+            return new ResponsesAsChat(ResponsesRoutes.streamRetryingCyberPolicy(() -> copilot.stream(ResponsesRoutes.RESPONSES, r.body(), call)),
+                new ResponsesStreamToChat(r.model(), true, IdClock.SYSTEM));
         }
 
         /** The newer GPT models want max_completion_tokens; a stream always asks for its usage (the ledger needs it). */
