@@ -1053,6 +1053,50 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
+    /**
+     * One model request's way to Copilot, the same on every route. The route first checks its body, resolves the model
+     * and prepares what Copilot is sent (so bad input is refused before anything else); then admit() (the operator's
+     * approval, pacing, the client watched), reserve() against the budget, and send() with the initiator Copilot
+     * accepts, settled by what Copilot did: a call that fails or is refused is released from the budget.
+     */
+    static final class ModelCall {
+        private final Context ctx;
+        private final Upstream up;
+        private CallOptions call;
+
+        private ModelCall(Context ctx, Upstream up) {
+            this.ctx = ctx;
+            this.up = up;
+        }
+
+        static ModelCall of(Context ctx, Upstream up) {
+            return new ModelCall(ctx, up);
+        }
+
+        /** Waits for the operator's yes and the request's turn in the pacing; a client that leaves meanwhile is never sent. */
+        ModelCall admit(String requested, int messages) {
+            up.controls().admit(ctx, requested, messages);
+            return this;
+        }
+
+        /** The turn's charge reserved against the budget (a 429 past it), and the options the call goes with. */
+        ModelCall reserve(Turn turn, JsonNode model, boolean vision, Map<String, String> headers) {
+            Initiator initiator = up.controls().billing().charge(ctx, turn, model).initiator();
+            call = up.watched(ctx, new CallOptions(initiator, vision, headers));
+            return this;
+        }
+
+        ModelCall reserve(Turn turn, JsonNode model, boolean vision) {
+            return reserve(turn, model, vision, Map.of());
+        }
+
+        /** The call to Copilot at {@code endpoint}; the reservation stands if Copilot answers and is released if not. */
+        <T> T send(String model, String endpoint, java.util.function.Function<CallOptions, T> send) {
+            if (call == null) throw new IllegalStateException("a model call is sent only after reserve()");
+            return up.controls().billing().send(ctx, model, endpoint, call, send);
+        }
+    }
+
     /** The Javalin server: routes for every surface, one error handler per surface, one log line per request. */
     static final class Server {
         static final long MAX_REQUEST_BYTES = 100L * 1024 * 1024;
@@ -2516,14 +2560,13 @@ class CopilotApi implements Callable<Integer> {
             boolean stream = Requests.stream(body);
             // preparing translates where Copilot serves the model on /responses: bad input is refused before any charge
             ChatUpstream.Prepared prepared = chat.prepare(body, stream);
-            up.controls().admit(ctx, requested, messages.size());
-            Initiator initiator = billing.charge(ctx, turn, up.models().find(model).orElse(null)).initiator();
+            ModelCall call = ModelCall.of(ctx, up).admit(requested, messages.size())
+                .reserve(turn, up.models().find(model).orElse(null), Json.containsImage(messages));
             Requests.logBody("chat request", body);
-            CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(messages)));
             boolean merge = body.path("n").asInt(1) <= 1 || endpoint == ChatUpstream.Endpoint.RESPONSES;
             String path = chat.path(model);
             if (!stream) {
-                JsonNode answer = billing.send(ctx, model, path, call, c -> chat.complete(prepared, c));
+                JsonNode answer = call.send(model, path, c -> chat.complete(prepared, c));
                 Exchange.of(ctx).chatUsage(answer.path("usage"));
                 Requests.logBody("chat answer", answer);
                 billing.subagents().chatAnswer(answer);
@@ -2532,7 +2575,7 @@ class CopilotApi implements Callable<Integer> {
             }
             boolean clientWantsUsage = body.path("stream_options").path("include_usage").asBoolean(false);
             SubagentPrompts.ToolCallReader reader = billing.subagents().reader();
-            try (EventSource events = billing.send(ctx, model, path, call, c -> chat.stream(prepared, c))) {
+            try (EventSource events = call.send(model, path, c -> chat.stream(prepared, c))) {
                 Relay.run(ctx, events, new ChatRelay(new ChatStreamNormalizer(merge, clientWantsUsage), Exchange.of(ctx), reader));
             }
         }
@@ -2567,7 +2610,7 @@ class CopilotApi implements Callable<Integer> {
             if (!(input.isTextual() || (input.isArray() && input.size() > 0))) {
                 throw new ApiError(400, "invalid_request_error", "'input' must be a string or a non-empty array", "input", null);
             }
-            up.controls().admit(ctx, requested, input.isArray() ? input.size() : 1);
+            ModelCall.of(ctx, up).admit(requested, input.isArray() ? input.size() : 1);
             boolean base64 = "base64".equals(body.path("encoding_format").asText(""));
             ObjectNode upstreamBody = body.deepCopy();
             upstreamBody.put("model", model);
@@ -2634,11 +2677,12 @@ class CopilotApi implements Callable<Integer> {
             boolean stream = Requests.stream(body);
             AnthropicToChat.Result translated = native_ ? null : translation(body, model);
             ChatUpstream.Prepared prepared = native_ ? null : up.chat().prepare(translated.chatRequest(), stream);
-            up.controls().admit(ctx, requested, messages.size());
-            Initiator initiator = up.controls().billing().charge(ctx, turn, model.model()).initiator();
+            ModelCall call = ModelCall.of(ctx, up).admit(requested, messages.size());
+            if (native_) call.reserve(turn, model.model(), Json.containsImage(messages), headers(ctx));
+            else call.reserve(turn, model.model(), translated.vision());
             Requests.logBody("messages request", body);
-            if (native_) forward(ctx, body, model, messages, stream, initiator);
-            else translate(ctx, translated, prepared, model, stream, initiator);
+            if (native_) forward(ctx, body, model, stream, call);
+            else translate(ctx, translated, prepared, model, stream, call);
         }
 
         /** The model that answers: the one asked for, or a free one for a warm-up probe (still named as asked). */
@@ -2738,20 +2782,17 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** Native: the body cleaned for Copilot, the answer relayed as it comes. */
-        private void forward(Context ctx, ObjectNode body, ModelResolver.Resolution model, JsonNode messages, boolean stream,
-                Initiator initiator) {
+        private void forward(Context ctx, ObjectNode body, ModelResolver.Resolution model, boolean stream, ModelCall call) {
             AnthropicNative.Prepared prepared = AnthropicNative.prepare(body, model.upstream(), model.model());
             prepared.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
             if (wantsLong(ctx, model.requested()) || body.has(LongContext.FIELD)) {
                 Logs.log().info("{}: the client asked for the long context ({}); Copilot's /v1/messages takes no {}, so {} runs at its default tier",
                     MESSAGES, LongContext.asked(model.requested(), ctx.header("anthropic-beta"), body), LongContext.FIELD, model.upstream());
             }
-            CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(messages), headers(ctx)));
             SubagentPrompts subagents = up.controls().billing().subagents();
             byte[] bytes = Json.splice(Requests.raw(ctx), body, prepared.body());
-            Billing billing = up.controls().billing();
             if (!stream) {
-                JsonNode answer = billing.send(ctx, model.upstream(), MESSAGES, call, c -> up.copilot().postJson(MESSAGES, bytes, c));
+                JsonNode answer = call.send(model.upstream(), MESSAGES, c -> up.copilot().postJson(MESSAGES, bytes, c));
                 Exchange.of(ctx).anthropicUsage(answer.path("usage"));
                 if (answer.isObject()) ((ObjectNode) answer).put("model", model.requested());
                 if (prepared.omitThinking()) AnthropicNative.omitThinking(answer);
@@ -2761,7 +2802,7 @@ class CopilotApi implements Callable<Integer> {
             }
             // the content blocks are parsed only when the model was offered a tool that starts a subagent
             SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(body.path("tools")) ? subagents.reader() : null;
-            try (EventSource events = billing.send(ctx, model.upstream(), MESSAGES, call, c -> up.copilot().stream(MESSAGES, bytes, c))) {
+            try (EventSource events = call.send(model.upstream(), MESSAGES, c -> up.copilot().stream(MESSAGES, bytes, c))) {
                 relayNative(ctx, events, model.requested(), reader, prepared.omitThinking());
             }
         }
@@ -2826,20 +2867,17 @@ class CopilotApi implements Callable<Integer> {
         }
 
         private void translate(Context ctx, AnthropicToChat.Result t, ChatUpstream.Prepared prepared, ModelResolver.Resolution model,
-                boolean stream, Initiator initiator) {
+                boolean stream, ModelCall call) {
             Requests.logBody("translated chat request", t.chatRequest());
-            CallOptions call = up.watched(ctx, new CallOptions(initiator, t.vision()));
             SubagentPrompts subagents = up.controls().billing().subagents();
-            Billing billing = up.controls().billing();
             String path = up.chat().path(model.upstream());
             if (!stream) {
-                subagents.anthropicAnswer(answer(ctx, billing.send(ctx, model.upstream(), path, call, c -> up.chat().complete(prepared, c)),
-                    model, t));
+                subagents.anthropicAnswer(answer(ctx, call.send(model.upstream(), path, c -> up.chat().complete(prepared, c)), model, t));
                 return;
             }
             ChatStreamToAnthropic machine = new ChatStreamToAnthropic(model.requested(), t.toolNameMap());
             SubagentPrompts.ToolCallReader reader = subagents.reader();
-            try (EventSource events = billing.send(ctx, model.upstream(), path, call, c -> up.chat().stream(prepared, c))) {
+            try (EventSource events = call.send(model.upstream(), path, c -> up.chat().stream(prepared, c))) {
                 Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::anthropicEvent));
             }
             machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
@@ -2893,17 +2931,16 @@ class CopilotApi implements Callable<Integer> {
                     + String.join(", ", endpoints), "model", "unsupported_api_for_model");
             }
             Exchange.of(ctx).route(native_ ? "passthrough" : "translated");
-            // translating checks the request: bad input is refused before the client waits its turn or anything is charged
+            // preparing checks the request: bad input is refused before the client waits its turn or anything is charged
             boolean stream = Requests.stream(body);
+            byte[] forwarded = native_ ? forwarded(turn, model) : null;
             Translated translated = native_ ? null : translation(turn, model);
             ChatUpstream.Prepared prepared = native_ ? null : up.chat().prepare(translated.body(), stream);
-            up.controls().admit(ctx, requested, input.isArray() ? input.size() : 1);
             Turn billed = Turn.ofResponsesInput(turn.upstreamInput(), body.hasNonNull("previous_response_id"));
-            Initiator initiator = up.controls().billing().charge(ctx, billed, model.model()).initiator();
+            ModelCall call = ModelCall.of(ctx, up).admit(requested, input.isArray() ? input.size() : 1)
+                .reserve(billed, model.model(), Json.containsImage(turn.upstreamInput()));
             Requests.logBody("responses request", body);
-            JsonNode sent = turn.upstreamInput();
-            CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(sent)));
-            if (native_) forward(ctx, turn, model, call, stream);
+            if (native_) forward(ctx, turn, forwarded, model, call, stream);
             else translate(ctx, turn, translated, prepared, model, call, stream);
         }
 
@@ -3049,14 +3086,18 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        private void forward(Context ctx, ResponsesState.Turn turn, ModelResolver.Resolution model, CallOptions call, boolean stream) {
+        /** The body Copilot's /responses is sent, refused with a 413 when it is past Copilot's cap. */
+        private static byte[] forwarded(ResponsesState.Turn turn, ModelResolver.Resolution model) {
             ObjectNode request = forCopilot(turn.resolved(), model.upstream(), turn.keep());
             if (model.longContext()) request.put(LongContext.FIELD, LongContext.TIER);
-            byte[] bytes = capped(request);
+            return capped(request);
+        }
+
+        private void forward(Context ctx, ResponsesState.Turn turn, byte[] bytes, ModelResolver.Resolution model, ModelCall call,
+                boolean stream) {
             SubagentPrompts subagents = up.controls().billing().subagents();
-            Billing billing = up.controls().billing();
             if (!stream) {
-                JsonNode answer = billing.send(ctx, model.upstream(), RESPONSES, call,
+                JsonNode answer = call.send(model.upstream(), RESPONSES,
                     c -> answerRetryingCyberPolicy(() -> up.copilot().postJson(RESPONSES, bytes, c)));
                 Exchange.of(ctx).responsesUsage(answer.path("usage"));
                 subagents.responsesAnswer(answer);
@@ -3065,7 +3106,7 @@ class CopilotApi implements Callable<Integer> {
                 return;
             }
             SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
-            try (EventSource events = billing.send(ctx, model.upstream(), RESPONSES, call,
+            try (EventSource events = call.send(model.upstream(), RESPONSES,
                     c -> streamRetryingCyberPolicy(() -> up.copilot().stream(RESPONSES, bytes, c)))) {
                 relayResponses(ctx, events, turn, state, reader);
             }
@@ -3127,13 +3168,12 @@ class CopilotApi implements Callable<Integer> {
         }
 
         private void translate(Context ctx, ResponsesState.Turn turn, Translated t, ChatUpstream.Prepared prepared,
-                ModelResolver.Resolution model, CallOptions call, boolean stream) {
+                ModelResolver.Resolution model, ModelCall call, boolean stream) {
             ObjectNode body = turn.echo();
             Requests.logBody("translated chat request", t.body());
-            Billing billing = up.controls().billing();
             String path = up.chat().path(model.upstream());
             if (!stream) {
-                JsonNode chat = billing.send(ctx, model.upstream(), path, call, c -> up.chat().complete(prepared, c));
+                JsonNode chat = call.send(model.upstream(), path, c -> up.chat().complete(prepared, c));
                 Exchange.of(ctx).chatUsage(chat.path("usage"));
                 up.controls().billing().subagents().chatAnswer(chat);
                 ObjectNode answer = ChatToResponses.response(chat, body, IdClock.SYSTEM);
@@ -3142,7 +3182,7 @@ class CopilotApi implements Callable<Integer> {
                 return;
             }
             SubagentPrompts.ToolCallReader reader = up.controls().billing().subagents().reader();
-            try (EventSource events = billing.send(ctx, model.upstream(), path, call, c -> up.chat().stream(prepared, c))) {
+            try (EventSource events = call.send(model.upstream(), path, c -> up.chat().stream(prepared, c))) {
                 AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
                 Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::responsesEvent));
             }
