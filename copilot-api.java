@@ -1090,6 +1090,34 @@ class CopilotApi implements Callable<Integer> {
             return reserve(turn, model, vision, Map.of());
         }
 
+        /** Where a whole answer from Copilot keeps its usage and tool calls: by the API it is written in. */
+        enum Shape { CHAT, ANTHROPIC, RESPONSES }
+
+        /**
+         * A whole answer from Copilot, recorded once whatever the route: its usage on the exchange, and the subagent
+         * prompts its tool calls start.
+         */
+        JsonNode answer(String model, String endpoint, Shape shape, java.util.function.Function<CallOptions, JsonNode> send) {
+            JsonNode answer = send(model, endpoint, send);
+            Exchange exchange = Exchange.of(ctx);
+            SubagentPrompts subagents = up.controls().billing().subagents();
+            switch (shape) {
+                case CHAT -> {
+                    exchange.chatUsage(answer.path("usage"));
+                    subagents.chatAnswer(answer);
+                }
+                case ANTHROPIC -> {
+                    exchange.anthropicUsage(answer.path("usage"));
+                    subagents.anthropicAnswer(answer);
+                }
+                case RESPONSES -> {
+                    exchange.responsesUsage(answer.path("usage"));
+                    subagents.responsesAnswer(answer);
+                }
+            }
+            return answer;
+        }
+
         /** The call to Copilot at {@code endpoint}; the reservation stands if Copilot answers and is released if not. */
         <T> T send(String model, String endpoint, java.util.function.Function<CallOptions, T> send) {
             if (call == null) throw new IllegalStateException("a model call is sent only after reserve()");
@@ -2566,10 +2594,8 @@ class CopilotApi implements Callable<Integer> {
             boolean merge = body.path("n").asInt(1) <= 1 || endpoint == ChatUpstream.Endpoint.RESPONSES;
             String path = chat.path(model);
             if (!stream) {
-                JsonNode answer = call.send(model, path, c -> chat.complete(prepared, c));
-                Exchange.of(ctx).chatUsage(answer.path("usage"));
+                JsonNode answer = call.answer(model, path, ModelCall.Shape.CHAT, c -> chat.complete(prepared, c));
                 Requests.logBody("chat answer", answer);
-                billing.subagents().chatAnswer(answer);
                 Requests.writeJson(ctx, ChatNormalizer.response(answer, merge));
                 return;
             }
@@ -2792,11 +2818,10 @@ class CopilotApi implements Callable<Integer> {
             SubagentPrompts subagents = up.controls().billing().subagents();
             byte[] bytes = Json.splice(Requests.raw(ctx), body, prepared.body());
             if (!stream) {
-                JsonNode answer = call.send(model.upstream(), MESSAGES, c -> up.copilot().postJson(MESSAGES, bytes, c));
-                Exchange.of(ctx).anthropicUsage(answer.path("usage"));
+                JsonNode answer = call.answer(model.upstream(), MESSAGES, ModelCall.Shape.ANTHROPIC,
+                    c -> up.copilot().postJson(MESSAGES, bytes, c));
                 if (answer.isObject()) ((ObjectNode) answer).put("model", model.requested());
                 if (prepared.omitThinking()) AnthropicNative.omitThinking(answer);
-                subagents.anthropicAnswer(answer);
                 Requests.writeJson(ctx, answer);
                 return;
             }
@@ -2872,7 +2897,7 @@ class CopilotApi implements Callable<Integer> {
             SubagentPrompts subagents = up.controls().billing().subagents();
             String path = up.chat().path(model.upstream());
             if (!stream) {
-                subagents.anthropicAnswer(answer(ctx, call.send(model.upstream(), path, c -> up.chat().complete(prepared, c)), model, t));
+                answer(ctx, call.answer(model.upstream(), path, ModelCall.Shape.CHAT, c -> up.chat().complete(prepared, c)), model, t);
                 return;
             }
             ChatStreamToAnthropic machine = new ChatStreamToAnthropic(model.requested(), t.toolNameMap());
@@ -2884,13 +2909,11 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** A chat answer, translated back into an Anthropic message for the client. */
-        private static ObjectNode answer(Context ctx, JsonNode chat, ModelResolver.Resolution model, AnthropicToChat.Result t) {
-            Exchange.of(ctx).chatUsage(chat.path("usage"));
+        private static void answer(Context ctx, JsonNode chat, ModelResolver.Resolution model, AnthropicToChat.Result t) {
             List<String> notes = new ArrayList<>();
             ObjectNode message = ChatToAnthropic.response(chat, model.requested(), t.toolNameMap(), notes);
             notes.forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
             Requests.writeJson(ctx, message);
-            return message;
         }
     }
 
@@ -3097,10 +3120,8 @@ class CopilotApi implements Callable<Integer> {
                 boolean stream) {
             SubagentPrompts subagents = up.controls().billing().subagents();
             if (!stream) {
-                JsonNode answer = call.send(model.upstream(), RESPONSES,
+                JsonNode answer = call.answer(model.upstream(), RESPONSES, ModelCall.Shape.RESPONSES,
                     c -> answerRetryingCyberPolicy(() -> up.copilot().postJson(RESPONSES, bytes, c)));
-                Exchange.of(ctx).responsesUsage(answer.path("usage"));
-                subagents.responsesAnswer(answer);
                 state.keep(turn, answer);
                 Requests.writeJson(ctx, answer.isObject() ? ResponsesState.presented(answer, turn) : answer);
                 return;
@@ -3173,9 +3194,7 @@ class CopilotApi implements Callable<Integer> {
             Requests.logBody("translated chat request", t.body());
             String path = up.chat().path(model.upstream());
             if (!stream) {
-                JsonNode chat = call.send(model.upstream(), path, c -> up.chat().complete(prepared, c));
-                Exchange.of(ctx).chatUsage(chat.path("usage"));
-                up.controls().billing().subagents().chatAnswer(chat);
+                JsonNode chat = call.answer(model.upstream(), path, ModelCall.Shape.CHAT, c -> up.chat().complete(prepared, c));
                 ObjectNode answer = ChatToResponses.response(chat, body, IdClock.SYSTEM);
                 state.keep(turn, answer);
                 Requests.writeJson(ctx, answer);
