@@ -1336,8 +1336,6 @@ class CopilotApi implements Callable<Integer> {
         volatile boolean warn;
         /** What the upstream call cost in premium requests; null when no model was called or the call was released. */
         volatile Billing.Charge charge;
-        /** A charge given back because Copilot never answered (it failed, refused, or was not called): for the log line. */
-        volatile Billing.Charge released;
         /** Copilot answered the call (a JSON answer, or a stream opened): from then on its charge stands. */
         volatile boolean answered;
         /** For the request history: when the request came and its first byte left, cached input tokens, the error's type. */
@@ -1449,7 +1447,6 @@ class CopilotApi implements Callable<Integer> {
                 line.append(" in=").append(Math.max(0, e.inputTokens)).append(" out=").append(Math.max(0, e.outputTokens));
             }
             if (e.charge != null) line.append(' ').append(e.charge.describe());
-            if (e.released != null && e.released.units() > 0) line.append(" not billed: Copilot did not answer");
             if (e.note != null) line.append(" (").append(e.note).append(')');
             if (e.error != null) line.append(": ").append(Redact.shorten(e.error));
             if (e.warn) Logs.log().warn("{}", line);
@@ -1650,7 +1647,6 @@ class CopilotApi implements Callable<Integer> {
                 c = exchange.charge;
                 if (c == null || exchange.answered) return;
                 exchange.charge = null;
-                exchange.released = c;
             }
             long units = Math.round(c.units() * 100);
             if (units > 0) spentHundredths.addAndGet(-units);
