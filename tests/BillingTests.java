@@ -334,6 +334,22 @@ class BillingTests extends CopilotApiTests.WithHarness {
         }
     }
 
+    /** Once Copilot has begun to answer, the call stands as billed, even when its stream breaks later. */
+    @Test
+    void aStreamCopilotBeganToAnswerStaysBilledWhenItBreaks() throws Exception {
+        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
+                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(1.0, null)))) {
+            b.stub.enqueue("/v1/messages", StubUpstream.Reply.rawSse(CopilotApiTests.UpstreamScripts.MESSAGES_HEAD
+                + CopilotApiTests.UpstreamScripts.MESSAGES_TAIL).cutAfter(3));
+            String prompt = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+            HttpResponse<String> broken = b.post("/v1/messages", prompt);
+            assertEquals(200, broken.statusCode());
+            assertTrue(broken.body().contains("event: error"), broken.body());
+            assertEquals(1.0, json(b.get("/stats").body()).path("premium").path("units").asDouble(), 0.001, "billed: Copilot answered");
+            assertEquals(429, b.post("/v1/messages", prompt).statusCode(), "the budget is spent");
+        }
+    }
+
     /** Bad input is refused as bad input even when the budget is spent: checking comes before charging on every route. */
     @Test
     void badInputIsRefusedBeforeAnyCharge() throws Exception {
