@@ -1121,7 +1121,16 @@ class CopilotApi implements Callable<Integer> {
         /** The call to Copilot at {@code endpoint}; the reservation stands if Copilot answers and is released if not. */
         <T> T send(String model, String endpoint, java.util.function.Function<CallOptions, T> send) {
             if (call == null) throw new IllegalStateException("a model call is sent only after reserve()");
-            return up.controls().billing().send(ctx, model, endpoint, call, send);
+            Billing billing = up.controls().billing();
+            Exchange exchange = Exchange.of(ctx);
+            try {
+                T answer = billing.send(ctx, model, endpoint, call, send);
+                exchange.answered = true;
+                return answer;
+            } catch (RuntimeException e) {
+                billing.settle(exchange);
+                throw e;
+            }
         }
     }
 
@@ -1602,9 +1611,8 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /**
-         * The charge for a call to a model of this multiplier, reserved against the budget and recorded on the exchange:
-         * a prompt bills unless it opens a remembered subagent; a prompt past the budget is refused with a 429 before
-         * Copilot is called. The reservation stands once Copilot answers; otherwise settle() gives it back.
+         * The charge for a call to a model of this multiplier, recorded on the exchange: a prompt bills unless it
+         * opens a remembered subagent; a prompt past the budget is refused with a 429 before Copilot is called.
          */
         Charge charge(Context ctx, Turn turn, JsonNode model) {
             double multiplier = multiplier(model);
@@ -1626,33 +1634,6 @@ class CopilotApi implements Callable<Integer> {
          * the call once more as user (billed, and remembered for the model and endpoint). The ledger keeps what was sent.
          */
         <T> T send(Context ctx, String model, String endpoint, CallOptions call, java.util.function.Function<CallOptions, T> send) {
-            Exchange exchange = Exchange.of(ctx);
-            try {
-                T answer = sendAs(ctx, model, endpoint, call, send);
-                exchange.answered = true;
-                return answer;
-            } catch (RuntimeException e) {
-                settle(exchange);
-                throw e;
-            }
-        }
-
-        /**
-         * At the end of a request, or when its call failed: a charge whose call Copilot never answered (it failed,
-         * refused, or was never sent) is given back to the budget and leaves the ledger. Once per request.
-         */
-        void settle(Exchange exchange) {
-            Charge c;
-            synchronized (exchange) {
-                c = exchange.charge;
-                if (c == null || exchange.answered) return;
-                exchange.charge = null;
-            }
-            long units = Math.round(c.units() * 100);
-            if (units > 0) spentHundredths.addAndGet(-units);
-        }
-
-        private <T> T sendAs(Context ctx, String model, String endpoint, CallOptions call, java.util.function.Function<CallOptions, T> send) {
             Charge charge = Exchange.of(ctx).charge;
             if (charge == null || call.initiator() != Initiator.AGENT) return send.apply(call);
             if (initiators.refuses(model, endpoint, charge.reason())) return send.apply(asUser(ctx, charge, call));
@@ -1673,6 +1654,22 @@ class CopilotApi implements Callable<Integer> {
             spend(user);
             Exchange.of(ctx).charge = user;
             return new CallOptions(Initiator.USER, call.vision(), call.headers(), call.watch());
+        }
+
+        /**
+         * A charge is a reservation: it stands once Copilot answers (the exchange says so); a charge whose call Copilot
+         * never answered (it failed, refused, or was never sent) is given back to the budget and leaves the ledger.
+         * Called when the call fails and at the end of every request; once per request.
+         */
+        void settle(Exchange exchange) {
+            Charge c;
+            synchronized (exchange) {
+                c = exchange.charge;
+                if (c == null || exchange.answered) return;
+                exchange.charge = null;
+            }
+            long units = Math.round(c.units() * 100);
+            if (units > 0) spentHundredths.addAndGet(-units);
         }
 
         private void spend(Charge c) {

@@ -372,6 +372,23 @@ class BillingTests extends CopilotApiTests.WithHarness {
         }
     }
 
+    /** A body past Copilot's /responses cap is a 413 even when the budget is spent, on each route that reaches /responses. */
+    @Test
+    void aBodyPastCopilotsCapIsRefusedBeforeAnyCharge() throws Exception {
+        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
+                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(0.0, null)))) {
+            String big = "x".repeat(StubUpstream.RESPONSES_CAP);
+            assertEquals(413, b.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":\"" + big + "\"}").statusCode(), "forwarded");
+            assertEquals(413, b.post("/v1/messages", "{\"model\":\"gpt-5.1-codex\",\"max_tokens\":100,\"messages\":[{\"role\":\"user\","
+                + "\"content\":\"" + big + "\"}]}").statusCode(), "translated Messages");
+            assertEquals(413, b.post("/v1/chat/completions", "{\"model\":\"gpt-5.1-codex\",\"stream\":true,\"messages\":[{\"role\":\"user\","
+                + "\"content\":\"" + big + "\"}]}").statusCode(), "chat completions");
+            assertEquals(0, b.stub.count("/responses"), "refused before Copilot");
+            assertEquals(429, b.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":\"hi\"}").statusCode(),
+                "a valid prompt meets the spent budget");
+        }
+    }
+
     @Test
     void turnClassificationKeepsThePersonsLastText() {
         JsonNode messages = json("[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"<system-reminder>x</system-reminder>\"},"
