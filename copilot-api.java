@@ -965,6 +965,11 @@ class CopilotApi implements Callable<Integer> {
     record ModelRouting(Map<String, String> userMap, Optional<String> fallback) {
         static final ModelRouting NONE = new ModelRouting(Map.of(), Optional.empty());
 
+        /** The name the user's map gives the one asked for, or the name as asked. */
+        String mapped(String requested) {
+            return userMap.getOrDefault(requested.trim(), requested);
+        }
+
         static ModelRouting from(List<String> mapOptions, String fallbackOption, Map<String, String> env) {
             Map<String, String> map = new LinkedHashMap<>();
             for (String e : Settings.listOption(env.get("COPILOT_API_MODEL_MAP"), mapOptions)) {
@@ -1048,6 +1053,87 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
+    /**
+     * One model request's way to Copilot, the same on every route. The route first checks its body, resolves the model
+     * and prepares what Copilot is sent (so bad input is refused before anything else); then admit() (the operator's
+     * approval, pacing, the client watched), reserve() against the budget, and send() with the initiator Copilot
+     * accepts, settled by what Copilot did: a call that fails or is refused is released from the budget.
+     */
+    static final class ModelCall {
+        private final Context ctx;
+        private final Upstream up;
+        private CallOptions call;
+
+        private ModelCall(Context ctx, Upstream up) {
+            this.ctx = ctx;
+            this.up = up;
+        }
+
+        static ModelCall of(Context ctx, Upstream up) {
+            return new ModelCall(ctx, up);
+        }
+
+        /** Waits for the operator's yes and the request's turn in the pacing; a client that leaves meanwhile is never sent. */
+        ModelCall admit(String requested, int messages) {
+            up.controls().admit(ctx, requested, messages);
+            return this;
+        }
+
+        /** The turn's charge reserved against the budget (a 429 past it), and the options the call goes with. */
+        ModelCall reserve(Turn turn, JsonNode model, boolean vision, Map<String, String> headers) {
+            Initiator initiator = up.controls().billing().charge(ctx, turn, model).initiator();
+            call = up.watched(ctx, new CallOptions(initiator, vision, headers));
+            return this;
+        }
+
+        ModelCall reserve(Turn turn, JsonNode model, boolean vision) {
+            return reserve(turn, model, vision, Map.of());
+        }
+
+        /** Where a whole answer from Copilot keeps its usage and tool calls: by the API it is written in. */
+        enum Shape { CHAT, ANTHROPIC, RESPONSES }
+
+        /**
+         * A whole answer from Copilot, recorded once whatever the route: its usage on the exchange, and the subagent
+         * prompts its tool calls start.
+         */
+        JsonNode answer(String model, String endpoint, Shape shape, java.util.function.Function<CallOptions, JsonNode> send) {
+            JsonNode answer = send(model, endpoint, send);
+            Exchange exchange = Exchange.of(ctx);
+            SubagentPrompts subagents = up.controls().billing().subagents();
+            switch (shape) {
+                case CHAT -> {
+                    exchange.chatUsage(answer.path("usage"));
+                    subagents.chatAnswer(answer);
+                }
+                case ANTHROPIC -> {
+                    exchange.anthropicUsage(answer.path("usage"));
+                    subagents.anthropicAnswer(answer);
+                }
+                case RESPONSES -> {
+                    exchange.responsesUsage(answer.path("usage"));
+                    subagents.responsesAnswer(answer);
+                }
+            }
+            return answer;
+        }
+
+        /** The call to Copilot at {@code endpoint}; the reservation stands if Copilot answers and is released if not. */
+        <T> T send(String model, String endpoint, java.util.function.Function<CallOptions, T> send) {
+            if (call == null) throw new IllegalStateException("a model call is sent only after reserve()");
+            Billing billing = up.controls().billing();
+            Exchange exchange = Exchange.of(ctx);
+            try {
+                T answer = billing.send(ctx, model, endpoint, call, send);
+                exchange.answered = true;
+                return answer;
+            } catch (RuntimeException e) {
+                billing.settle(exchange);
+                throw e;
+            }
+        }
+    }
+
     /** The Javalin server: routes for every surface, one error handler per surface, one log line per request. */
     static final class Server {
         static final long MAX_REQUEST_BYTES = 100L * 1024 * 1024;
@@ -1107,6 +1193,7 @@ class CopilotApi implements Callable<Integer> {
                 });
                 cfg.requestLogger.http((ctx, ms) -> {
                     inFlight.decrementAndGet();
+                    controls.billing().settle(Exchange.of(ctx));
                     RequestLog.write(ctx, ms, controls.stats());
                     History.record(ctx, ctx.res().getStatus(), Math.round(ms), store);
                 });
@@ -1256,8 +1343,10 @@ class CopilotApi implements Callable<Integer> {
         /** The error the client was given, and whether the operator should hear of it (Copilot's or ours, not the client's). */
         volatile String error;
         volatile boolean warn;
-        /** What the upstream call cost in premium requests; null when no model was called. */
+        /** What the upstream call cost in premium requests; null when no model was called or the call was released. */
         volatile Billing.Charge charge;
+        /** Copilot answered the call (a JSON answer, or a stream opened): from then on its charge stands. */
+        volatile boolean answered;
         /** For the request history: when the request came and its first byte left, cached input tokens, the error's type. */
         volatile long startedNanos;
         volatile long firstByteNanos;
@@ -1565,6 +1654,22 @@ class CopilotApi implements Callable<Integer> {
             spend(user);
             Exchange.of(ctx).charge = user;
             return new CallOptions(Initiator.USER, call.vision(), call.headers(), call.watch());
+        }
+
+        /**
+         * A charge is a reservation: it stands once Copilot answers (the exchange says so); a charge whose call Copilot
+         * never answered (it failed, refused, or was never sent) is given back to the budget and leaves the ledger.
+         * Called when the call fails and at the end of every request; once per request.
+         */
+        void settle(Exchange exchange) {
+            Charge c;
+            synchronized (exchange) {
+                c = exchange.charge;
+                if (c == null || exchange.answered) return;
+                exchange.charge = null;
+            }
+            long units = Math.round(c.units() * 100);
+            if (units > 0) spentHundredths.addAndGet(-units);
         }
 
         private void spend(Charge c) {
@@ -2473,23 +2578,23 @@ class CopilotApi implements Callable<Integer> {
             ChatUpstream chat = up.chat();
             ChatUpstream.Endpoint endpoint = chat.endpoint(model);
             Exchange.of(ctx).model(requested, model).route(endpoint == ChatUpstream.Endpoint.CHAT ? "passthrough" : "translated");
-            up.controls().admit(ctx, requested, messages.size());
-            Initiator initiator = billing.charge(ctx, turn, up.models().find(model).orElse(null)).initiator();
+            boolean stream = Requests.stream(body);
+            // preparing translates where Copilot serves the model on /responses: bad input is refused before any charge
+            ChatUpstream.Prepared prepared = chat.prepare(body, stream);
+            ModelCall call = ModelCall.of(ctx, up).admit(requested, messages.size())
+                .reserve(turn, up.models().find(model).orElse(null), Json.containsImage(messages));
             Requests.logBody("chat request", body);
-            CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(messages)));
             boolean merge = body.path("n").asInt(1) <= 1 || endpoint == ChatUpstream.Endpoint.RESPONSES;
             String path = chat.path(model);
-            if (!Requests.stream(body)) {
-                JsonNode answer = billing.send(ctx, model, path, call, c -> chat.complete(body, c));
-                Exchange.of(ctx).chatUsage(answer.path("usage"));
+            if (!stream) {
+                JsonNode answer = call.answer(model, path, ModelCall.Shape.CHAT, c -> chat.complete(prepared, c));
                 Requests.logBody("chat answer", answer);
-                billing.subagents().chatAnswer(answer);
                 Requests.writeJson(ctx, ChatNormalizer.response(answer, merge));
                 return;
             }
             boolean clientWantsUsage = body.path("stream_options").path("include_usage").asBoolean(false);
             SubagentPrompts.ToolCallReader reader = billing.subagents().reader();
-            try (EventSource events = billing.send(ctx, model, path, call, c -> chat.stream(body, c))) {
+            try (EventSource events = call.send(model, path, c -> chat.stream(prepared, c))) {
                 Relay.run(ctx, events, new ChatRelay(new ChatStreamNormalizer(merge, clientWantsUsage), Exchange.of(ctx), reader));
             }
         }
@@ -2506,7 +2611,7 @@ class CopilotApi implements Callable<Integer> {
             } catch (RuntimeException e) {
                 catalog = List.of();
             }
-            if (catalog.isEmpty()) return new ModelResolver.Resolution(requested, requested, null);
+            if (catalog.isEmpty()) return new ModelResolver.Resolution(requested, routing.mapped(requested), null);
             try {
                 return ModelResolver.resolve(requested, false, catalog, routing);
             } catch (ApiError unknown) {
@@ -2517,15 +2622,17 @@ class CopilotApi implements Callable<Integer> {
 
         void embeddings(Context ctx) {
             ObjectNode body = Requests.jsonObject(ctx);
-            String model = Requests.requireText(body, "model");
-            Exchange.of(ctx).model(model, model).route("passthrough");
+            String requested = Requests.requireText(body, "model");
+            String model = routing.mapped(requested);
+            Exchange.of(ctx).model(requested, model).route("passthrough");
             JsonNode input = body.path("input");
             if (!(input.isTextual() || (input.isArray() && input.size() > 0))) {
                 throw new ApiError(400, "invalid_request_error", "'input' must be a string or a non-empty array", "input", null);
             }
-            up.controls().admit(ctx, model, input.isArray() ? input.size() : 1);
+            ModelCall.of(ctx, up).admit(requested, input.isArray() ? input.size() : 1);
             boolean base64 = "base64".equals(body.path("encoding_format").asText(""));
             ObjectNode upstreamBody = body.deepCopy();
+            upstreamBody.put("model", model);
             if (base64) upstreamBody.remove("encoding_format");
             JsonNode answer = up.copilot().postJson("/embeddings", upstreamBody, up.watched(ctx, CallOptions.PLAIN));
             Exchange.of(ctx).usage(answer.path("usage").path("prompt_tokens").asLong(-1), 0);
@@ -2582,18 +2689,19 @@ class CopilotApi implements Callable<Integer> {
             Requests.anthropic(body);
             Turn turn = Turn.ofMessages(messages);
             ModelResolver.Resolution model = fast(ctx, resolve(ctx, requested, turn), body);
-            up.controls().admit(ctx, requested, messages.size());
-            Initiator initiator = up.controls().billing().charge(ctx, turn, model.model()).initiator();
-            Requests.logBody("messages request", body);
+            boolean native_ = ModelResolver.endpoints(model.model()).contains(MESSAGES);
+            if (!native_) up.chat().endpoint(model.upstream());
+            Exchange.of(ctx).route(native_ ? "native" : "translated");
+            // translating checks the request: bad input is refused before the client waits its turn or anything is charged
             boolean stream = Requests.stream(body);
-            if (ModelResolver.endpoints(model.model()).contains(MESSAGES)) {
-                Exchange.of(ctx).route("native");
-                forward(ctx, body, model, messages, stream, initiator);
-            } else {
-                up.chat().endpoint(model.upstream());
-                Exchange.of(ctx).route("translated");
-                translate(ctx, body, model, stream, initiator);
-            }
+            AnthropicToChat.Result translated = native_ ? null : translation(body, model);
+            ChatUpstream.Prepared prepared = native_ ? null : up.chat().prepare(translated.chatRequest(), stream);
+            ModelCall call = ModelCall.of(ctx, up).admit(requested, messages.size());
+            if (native_) call.reserve(turn, model.model(), Json.containsImage(messages), headers(ctx));
+            else call.reserve(turn, model.model(), translated.vision());
+            Requests.logBody("messages request", body);
+            if (native_) forward(ctx, body, model, stream, call);
+            else translate(ctx, translated, prepared, model, stream, call);
         }
 
         /** The model that answers: the one asked for, or a free one for a warm-up probe (still named as asked). */
@@ -2693,30 +2801,26 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** Native: the body cleaned for Copilot, the answer relayed as it comes. */
-        private void forward(Context ctx, ObjectNode body, ModelResolver.Resolution model, JsonNode messages, boolean stream,
-                Initiator initiator) {
+        private void forward(Context ctx, ObjectNode body, ModelResolver.Resolution model, boolean stream, ModelCall call) {
             AnthropicNative.Prepared prepared = AnthropicNative.prepare(body, model.upstream(), model.model());
             prepared.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
             if (wantsLong(ctx, model.requested()) || body.has(LongContext.FIELD)) {
                 Logs.log().info("{}: the client asked for the long context ({}); Copilot's /v1/messages takes no {}, so {} runs at its default tier",
                     MESSAGES, LongContext.asked(model.requested(), ctx.header("anthropic-beta"), body), LongContext.FIELD, model.upstream());
             }
-            CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(messages), headers(ctx)));
             SubagentPrompts subagents = up.controls().billing().subagents();
             byte[] bytes = Json.splice(Requests.raw(ctx), body, prepared.body());
-            Billing billing = up.controls().billing();
             if (!stream) {
-                JsonNode answer = billing.send(ctx, model.upstream(), MESSAGES, call, c -> up.copilot().postJson(MESSAGES, bytes, c));
-                Exchange.of(ctx).anthropicUsage(answer.path("usage"));
+                JsonNode answer = call.answer(model.upstream(), MESSAGES, ModelCall.Shape.ANTHROPIC,
+                    c -> up.copilot().postJson(MESSAGES, bytes, c));
                 if (answer.isObject()) ((ObjectNode) answer).put("model", model.requested());
                 if (prepared.omitThinking()) AnthropicNative.omitThinking(answer);
-                subagents.anthropicAnswer(answer);
                 Requests.writeJson(ctx, answer);
                 return;
             }
             // the content blocks are parsed only when the model was offered a tool that starts a subagent
             SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(body.path("tools")) ? subagents.reader() : null;
-            try (EventSource events = billing.send(ctx, model.upstream(), MESSAGES, call, c -> up.copilot().stream(MESSAGES, bytes, c))) {
+            try (EventSource events = call.send(model.upstream(), MESSAGES, c -> up.copilot().stream(MESSAGES, bytes, c))) {
                 relayNative(ctx, events, model.requested(), reader, prepared.omitThinking());
             }
         }
@@ -2773,36 +2877,36 @@ class CopilotApi implements Callable<Integer> {
         static final Set<String> TERMINAL = Set.of("message_stop", "error");
 
         /** Translated: Anthropic in, chat to the pivot (which reaches /chat/completions or /responses), Anthropic out. */
-        private void translate(Context ctx, ObjectNode body, ModelResolver.Resolution model, boolean stream, Initiator initiator) {
+        private static AnthropicToChat.Result translation(ObjectNode body, ModelResolver.Resolution model) {
             AnthropicToChat.Result t = AnthropicToChat.request(body, model.upstream(), ModelLimits.from(model.model(), model.longContext()));
             if (model.longContext()) t.chatRequest().put(LongContext.FIELD, LongContext.TIER);
             t.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
+            return t;
+        }
+
+        private void translate(Context ctx, AnthropicToChat.Result t, ChatUpstream.Prepared prepared, ModelResolver.Resolution model,
+                boolean stream, ModelCall call) {
             Requests.logBody("translated chat request", t.chatRequest());
-            CallOptions call = up.watched(ctx, new CallOptions(initiator, t.vision()));
             SubagentPrompts subagents = up.controls().billing().subagents();
-            Billing billing = up.controls().billing();
             String path = up.chat().path(model.upstream());
             if (!stream) {
-                subagents.anthropicAnswer(answer(ctx, billing.send(ctx, model.upstream(), path, call, c -> up.chat().complete(t.chatRequest(), c)),
-                    model, t));
+                answer(ctx, call.answer(model.upstream(), path, ModelCall.Shape.CHAT, c -> up.chat().complete(prepared, c)), model, t);
                 return;
             }
             ChatStreamToAnthropic machine = new ChatStreamToAnthropic(model.requested(), t.toolNameMap());
             SubagentPrompts.ToolCallReader reader = subagents.reader();
-            try (EventSource events = billing.send(ctx, model.upstream(), path, call, c -> up.chat().stream(t.chatRequest(), c))) {
+            try (EventSource events = call.send(model.upstream(), path, c -> up.chat().stream(prepared, c))) {
                 Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::anthropicEvent));
             }
             machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
         }
 
         /** A chat answer, translated back into an Anthropic message for the client. */
-        private static ObjectNode answer(Context ctx, JsonNode chat, ModelResolver.Resolution model, AnthropicToChat.Result t) {
-            Exchange.of(ctx).chatUsage(chat.path("usage"));
+        private static void answer(Context ctx, JsonNode chat, ModelResolver.Resolution model, AnthropicToChat.Result t) {
             List<String> notes = new ArrayList<>();
             ObjectNode message = ChatToAnthropic.response(chat, model.requested(), t.toolNameMap(), notes);
             notes.forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
             Requests.writeJson(ctx, message);
-            return message;
         }
     }
 
@@ -2843,15 +2947,17 @@ class CopilotApi implements Callable<Integer> {
                     + String.join(", ", endpoints), "model", "unsupported_api_for_model");
             }
             Exchange.of(ctx).route(native_ ? "passthrough" : "translated");
-            up.controls().admit(ctx, requested, input.isArray() ? input.size() : 1);
-            Turn billed = Turn.ofResponsesInput(turn.upstreamInput(), body.hasNonNull("previous_response_id"));
-            Initiator initiator = up.controls().billing().charge(ctx, billed, model.model()).initiator();
-            Requests.logBody("responses request", body);
-            JsonNode sent = turn.upstreamInput();
-            CallOptions call = up.watched(ctx, new CallOptions(initiator, Json.containsImage(sent)));
+            // preparing checks the request: bad input is refused before the client waits its turn or anything is charged
             boolean stream = Requests.stream(body);
-            if (native_) forward(ctx, turn, model, call, stream);
-            else translate(ctx, turn, model, call, stream);
+            byte[] forwarded = native_ ? forwarded(turn, model) : null;
+            Translated translated = native_ ? null : translation(turn, model);
+            ChatUpstream.Prepared prepared = native_ ? null : up.chat().prepare(translated.body(), stream);
+            Turn billed = Turn.ofResponsesInput(turn.upstreamInput(), body.hasNonNull("previous_response_id"));
+            ModelCall call = ModelCall.of(ctx, up).admit(requested, input.isArray() ? input.size() : 1)
+                .reserve(billed, model.model(), Json.containsImage(turn.upstreamInput()));
+            Requests.logBody("responses request", body);
+            if (native_) forward(ctx, turn, forwarded, model, call, stream);
+            else translate(ctx, turn, translated, prepared, model, call, stream);
         }
 
         /**
@@ -2996,23 +3102,25 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        private void forward(Context ctx, ResponsesState.Turn turn, ModelResolver.Resolution model, CallOptions call, boolean stream) {
+        /** The body Copilot's /responses is sent, refused with a 413 when it is past Copilot's cap. */
+        private static byte[] forwarded(ResponsesState.Turn turn, ModelResolver.Resolution model) {
             ObjectNode request = forCopilot(turn.resolved(), model.upstream(), turn.keep());
             if (model.longContext()) request.put(LongContext.FIELD, LongContext.TIER);
-            byte[] bytes = capped(request);
+            return capped(request);
+        }
+
+        private void forward(Context ctx, ResponsesState.Turn turn, byte[] bytes, ModelResolver.Resolution model, ModelCall call,
+                boolean stream) {
             SubagentPrompts subagents = up.controls().billing().subagents();
-            Billing billing = up.controls().billing();
             if (!stream) {
-                JsonNode answer = billing.send(ctx, model.upstream(), RESPONSES, call,
+                JsonNode answer = call.answer(model.upstream(), RESPONSES, ModelCall.Shape.RESPONSES,
                     c -> answerRetryingCyberPolicy(() -> up.copilot().postJson(RESPONSES, bytes, c)));
-                Exchange.of(ctx).responsesUsage(answer.path("usage"));
-                subagents.responsesAnswer(answer);
                 state.keep(turn, answer);
                 Requests.writeJson(ctx, answer.isObject() ? ResponsesState.presented(answer, turn) : answer);
                 return;
             }
             SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
-            try (EventSource events = billing.send(ctx, model.upstream(), RESPONSES, call,
+            try (EventSource events = call.send(model.upstream(), RESPONSES,
                     c -> streamRetryingCyberPolicy(() -> up.copilot().stream(RESPONSES, bytes, c)))) {
                 relayResponses(ctx, events, turn, state, reader);
             }
@@ -3065,26 +3173,28 @@ class CopilotApi implements Callable<Integer> {
             "response.incomplete", "response.failed", "response.output_item.done");
 
         /** A chat model: Responses in, chat to the pivot, Responses events out. */
-        private void translate(Context ctx, ResponsesState.Turn turn, ModelResolver.Resolution model, CallOptions call, boolean stream) {
-            ObjectNode body = turn.echo();
+        private static Translated translation(ResponsesState.Turn turn, ModelResolver.Resolution model) {
             Translated t = ResponsesToChat.request(turn.resolved());
             t.body().put("model", model.upstream());
             if (model.longContext()) t.body().put(LongContext.FIELD, LongContext.TIER);
             t.notes().forEach(n -> Logs.log().debug("{}: {}", RESPONSES, n));
+            return t;
+        }
+
+        private void translate(Context ctx, ResponsesState.Turn turn, Translated t, ChatUpstream.Prepared prepared,
+                ModelResolver.Resolution model, ModelCall call, boolean stream) {
+            ObjectNode body = turn.echo();
             Requests.logBody("translated chat request", t.body());
-            Billing billing = up.controls().billing();
             String path = up.chat().path(model.upstream());
             if (!stream) {
-                JsonNode chat = billing.send(ctx, model.upstream(), path, call, c -> up.chat().complete(t.body(), c));
-                Exchange.of(ctx).chatUsage(chat.path("usage"));
-                up.controls().billing().subagents().chatAnswer(chat);
+                JsonNode chat = call.answer(model.upstream(), path, ModelCall.Shape.CHAT, c -> up.chat().complete(prepared, c));
                 ObjectNode answer = ChatToResponses.response(chat, body, IdClock.SYSTEM);
                 state.keep(turn, answer);
                 Requests.writeJson(ctx, answer);
                 return;
             }
             SubagentPrompts.ToolCallReader reader = up.controls().billing().subagents().reader();
-            try (EventSource events = billing.send(ctx, model.upstream(), path, call, c -> up.chat().stream(t.body(), c))) {
+            try (EventSource events = call.send(model.upstream(), path, c -> up.chat().stream(prepared, c))) {
                 AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
                 Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::responsesEvent));
             }
@@ -9072,22 +9182,33 @@ class CopilotApi implements Callable<Integer> {
             return endpoint(model) == Endpoint.CHAT ? OpenAiRoutes.CHAT : ResponsesRoutes.RESPONSES;
         }
 
-        /** A whole chat completion. */
-        JsonNode complete(ObjectNode chat, CallOptions call) {
+        /** A chat request made ready for the endpoint that serves its model; preparing checks it, so it comes before any charge. */
+        sealed interface Prepared permits ForChat, ForResponses {}
+
+        record ForChat(ObjectNode body) implements Prepared {}
+
+        record ForResponses(String model, byte[] body) implements Prepared {}
+
+        Prepared prepare(ObjectNode chat, boolean stream) {
             String model = chat.path("model").asText();
-            if (endpoint(model) == Endpoint.CHAT) return copilot.postJson(OpenAiRoutes.CHAT, forChat(chat, false), call);
-            byte[] bytes = ResponsesRoutes.capped(forResponses(chat));
-            return ResponsesToChat.response(ResponsesRoutes.answerRetryingCyberPolicy(() -> copilot.postJson(ResponsesRoutes.RESPONSES, bytes, call)),
-                model);
+            if (endpoint(model) == Endpoint.CHAT) return new ForChat(forChat(chat, stream));
+            return new ForResponses(model, ResponsesRoutes.capped(forResponses(chat)));
+        }
+
+        /** A whole chat completion. */
+        JsonNode complete(Prepared prepared, CallOptions call) {
+            if (prepared instanceof ForChat c) return copilot.postJson(OpenAiRoutes.CHAT, c.body(), call);
+            ForResponses r = (ForResponses) prepared;
+            return ResponsesToChat.response(ResponsesRoutes.answerRetryingCyberPolicy(() -> copilot.postJson(ResponsesRoutes.RESPONSES, r.body(), call)),
+                r.model());
         }
 
         /** A stream of chat chunks. */
-        EventSource stream(ObjectNode chat, CallOptions call) {
-            String model = chat.path("model").asText();
-            if (endpoint(model) == Endpoint.CHAT) return copilot.stream(OpenAiRoutes.CHAT, forChat(chat, true), call);
-            byte[] bytes = ResponsesRoutes.capped(forResponses(chat));
-            return new ResponsesAsChat(ResponsesRoutes.streamRetryingCyberPolicy(() -> copilot.stream(ResponsesRoutes.RESPONSES, bytes, call)),
-                new ResponsesStreamToChat(model, true, IdClock.SYSTEM));
+        EventSource stream(Prepared prepared, CallOptions call) {
+            if (prepared instanceof ForChat c) return copilot.stream(OpenAiRoutes.CHAT, c.body(), call);
+            ForResponses r = (ForResponses) prepared;
+            return new ResponsesAsChat(ResponsesRoutes.streamRetryingCyberPolicy(() -> copilot.stream(ResponsesRoutes.RESPONSES, r.body(), call)),
+                new ResponsesStreamToChat(r.model(), true, IdClock.SYSTEM));
         }
 
         /** The newer GPT models want max_completion_tokens; a stream always asks for its usage (the ledger needs it). */

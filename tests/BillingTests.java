@@ -304,6 +304,92 @@ class BillingTests extends CopilotApiTests.WithHarness {
         }
     }
 
+    /**
+     * A Copilot outage and the client's retries cost nothing: a call Copilot fails or refuses is released from the
+     * budget, on every route, streamed and not; the next prompt after the outage is served and is the one that bills.
+     */
+    @Test
+    void aCallCopilotFailsOrRefusesCostsNothing() throws Exception {
+        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
+                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(1.0, null)))) {
+            String prompt = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+            String streamed = prompt.replace("{\"model\"", "{\"stream\":true,\"model\"");
+            b.stub.enqueue("/v1/messages", StubUpstream.Reply.error(503, "service_unavailable", "stub: outage"));
+            b.stub.enqueue("/v1/messages", StubUpstream.Reply.error(503, "service_unavailable", "stub: outage"));
+            b.stub.enqueue("/v1/messages", StubUpstream.Reply.error(400, "bad_request", "stub: refused"));
+            assertEquals(503, b.post("/v1/messages", prompt).statusCode());
+            assertEquals(503, b.post("/v1/messages", streamed).statusCode(), "a stream refused before its first byte");
+            assertEquals(400, b.post("/v1/messages", prompt).statusCode());
+            b.stub.enqueue("/chat/completions", StubUpstream.Reply.error(500, "server_error", "stub: outage"));
+            String chat = "{\"model\":\"gemini-2.5-pro\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+            assertEquals(500, b.post("/v1/chat/completions", chat).statusCode());
+            b.stub.enqueue("/responses", StubUpstream.Reply.error(503, "service_unavailable", "stub: outage"));
+            assertEquals(503, b.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":\"Hi\"}").statusCode());
+            JsonNode spent = json(b.get("/stats").body()).path("premium");
+            assertEquals(0.0, spent.path("units").asDouble(), 0.001, "nothing billed for failed calls: " + spent);
+            HttpResponse<String> after = b.post("/v1/messages", prompt);
+            assertEquals(200, after.statusCode(), "the prompt after the outage is served: " + after.body());
+            assertEquals(1.0, json(b.get("/stats").body()).path("premium").path("units").asDouble(), 0.001);
+            assertEquals(1, count(json(b.get("/stats").body()).path("premium"), "premium"), "one call billed");
+            assertEquals(429, b.post("/v1/messages", prompt).statusCode(), "and the budget still holds");
+        }
+    }
+
+    /** Once Copilot has begun to answer, the call stands as billed, even when its stream breaks later. */
+    @Test
+    void aStreamCopilotBeganToAnswerStaysBilledWhenItBreaks() throws Exception {
+        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
+                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(1.0, null)))) {
+            b.stub.enqueue("/v1/messages", StubUpstream.Reply.rawSse(CopilotApiTests.UpstreamScripts.MESSAGES_HEAD
+                + CopilotApiTests.UpstreamScripts.MESSAGES_TAIL).cutAfter(3));
+            String prompt = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+            HttpResponse<String> broken = b.post("/v1/messages", prompt);
+            assertEquals(200, broken.statusCode());
+            assertTrue(broken.body().contains("event: error"), broken.body());
+            assertEquals(1.0, json(b.get("/stats").body()).path("premium").path("units").asDouble(), 0.001, "billed: Copilot answered");
+            assertEquals(429, b.post("/v1/messages", prompt).statusCode(), "the budget is spent");
+        }
+    }
+
+    /** Bad input is refused as bad input even when the budget is spent: checking comes before charging on every route. */
+    @Test
+    void badInputIsRefusedBeforeAnyCharge() throws Exception {
+        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
+                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(0.0, null)))) {
+            HttpResponse<String> messages = b.post("/v1/messages", "{\"model\":\"gemini-2.5-pro\",\"max_tokens\":10,"
+                + "\"messages\":[{\"role\":\"robot\",\"content\":\"Hi\"}]}");
+            assertEquals(400, messages.statusCode(), "translated Messages: " + messages.body());
+            HttpResponse<String> responses = b.post("/v1/responses", "{\"model\":\"gemini-2.5-pro\","
+                + "\"input\":[{\"type\":\"message\",\"role\":\"robot\",\"content\":\"Hi\"}]}");
+            assertEquals(400, responses.statusCode(), "translated Responses: " + responses.body());
+            HttpResponse<String> chat = b.post("/v1/chat/completions", "{\"model\":\"gpt-5.1-codex\",\"n\":2,"
+                + "\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}");
+            assertEquals(400, chat.statusCode(), "translated chat completions: " + chat.body());
+            assertEquals(0, b.stub.requests().stream().filter(r -> !r.path().contains("models") && !r.path().contains("token")
+                && !r.path().contains("user")).count(), "Copilot was not called");
+            HttpResponse<String> valid = b.post("/v1/messages", "{\"model\":\"gemini-2.5-pro\",\"max_tokens\":10,"
+                + "\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}");
+            assertEquals(429, valid.statusCode(), "a valid premium prompt meets the spent budget: " + valid.body());
+        }
+    }
+
+    /** A body past Copilot's /responses cap is a 413 even when the budget is spent, on each route that reaches /responses. */
+    @Test
+    void aBodyPastCopilotsCapIsRefusedBeforeAnyCharge() throws Exception {
+        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
+                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(0.0, null)))) {
+            String big = "x".repeat(StubUpstream.RESPONSES_CAP);
+            assertEquals(413, b.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":\"" + big + "\"}").statusCode(), "forwarded");
+            assertEquals(413, b.post("/v1/messages", "{\"model\":\"gpt-5.1-codex\",\"max_tokens\":100,\"messages\":[{\"role\":\"user\","
+                + "\"content\":\"" + big + "\"}]}").statusCode(), "translated Messages");
+            assertEquals(413, b.post("/v1/chat/completions", "{\"model\":\"gpt-5.1-codex\",\"stream\":true,\"messages\":[{\"role\":\"user\","
+                + "\"content\":\"" + big + "\"}]}").statusCode(), "chat completions");
+            assertEquals(0, b.stub.count("/responses"), "refused before Copilot");
+            assertEquals(429, b.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":\"hi\"}").statusCode(),
+                "a valid prompt meets the spent budget");
+        }
+    }
+
     @Test
     void turnClassificationKeepsThePersonsLastText() {
         JsonNode messages = json("[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"<system-reminder>x</system-reminder>\"},"

@@ -83,6 +83,7 @@ class CopilotApiTests {
         SseReaderTests.class,
         ChatBehaviourTests.class,
         EmbeddingsTests.class,
+        ModelMapRouteTests.class,
         ErrorTests.class,
         ModelResolverTests.class,
         AnthropicTranslatorTests.class,
@@ -218,6 +219,18 @@ class CopilotApiTests {
 
         Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
                 CopilotApi.BrowserGuard guard, CopilotApi.Timeouts timeouts, CopilotApi.Store.Options store) throws IOException {
+            this(stub, extraEnv, tweak, controls, guard, timeouts, store, CopilotApi.ModelRouting.NONE);
+        }
+
+        /** A copilot-api with the user's --model-map and fallback model. */
+        Harness(StubUpstream stub, CopilotApi.ModelRouting routing) throws IOException {
+            this(stub, Map.of(), o -> { }, CopilotApi.Controls.none(), CopilotApi.BrowserGuard.loopback("127.0.0.1"),
+                CopilotApi.Timeouts.DEFAULT, CopilotApi.Store.Options.DEFAULT, routing);
+        }
+
+        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
+                CopilotApi.BrowserGuard guard, CopilotApi.Timeouts timeouts, CopilotApi.Store.Options store, CopilotApi.ModelRouting routing)
+                throws IOException {
             this.stub = stub;
             this.home = Files.createTempDirectory("copilot-api-home");
             Map<String, String> env = new HashMap<>(stub.env());
@@ -233,7 +246,7 @@ class CopilotApiTests {
             tokens = app.tokens();
             copilot = app.copilot();
             app.models().refreshQuietly();
-            server = app.serve(new CopilotApi.ServerOptions("127.0.0.1", 0, CopilotApi.ModelRouting.NONE, controls, guard, store));
+            server = app.serve(new CopilotApi.ServerOptions("127.0.0.1", 0, routing, controls, guard, store));
         }
 
         /** start's composition root with the token the settings name (the stub's). */
@@ -1280,6 +1293,64 @@ class CopilotApiTests {
             assertEquals(400, r.statusCode());
             assertEquals("input", json(r.body()).path("error").path("param").asText());
             assertEquals(0, h.stub.count("/embeddings"));
+        }
+    }
+
+    /** --model-map on every model route, streamed and not: Copilot hears the mapped name, the client keeps its own. */
+    static final class ModelMapRouteTests {
+        static final CopilotApi.ModelRouting MAP = new CopilotApi.ModelRouting(Map.of("house-chat", "gpt-4.1",
+            "house-embed", "text-embedding-3-small", "house-claude", "claude-sonnet-4.5", "house-codex", "gpt-5.1-codex"), java.util.Optional.empty());
+
+        @Test
+        void chatCompletionsSendTheMappedModelStreamedAndNot() throws Exception {
+            try (Harness h = new Harness(StubUpstream.start(), MAP)) {
+                for (boolean stream : List.of(false, true)) {
+                    HttpResponse<String> r = h.post("/v1/chat/completions",
+                        "{\"model\":\"house-chat\",\"stream\":" + stream + ",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+                    assertEquals(200, r.statusCode(), r.body());
+                    assertEquals("gpt-4.1", h.stub.last("/chat/completions").json().path("model").asText(), "stream " + stream);
+                }
+            }
+        }
+
+        /** With an empty catalog the name goes as asked, but the user's map still applies. */
+        @Test
+        void chatCompletionsMapTheModelWhenTheCatalogIsEmpty() throws Exception {
+            StubUpstream stub = StubUpstream.start();
+            for (int i = 0; i < 20; i++) stub.enqueue("/models", StubUpstream.Reply.json(200, "{\"object\":\"list\",\"data\":[]}"));
+            try (Harness h = new Harness(stub, MAP)) {
+                HttpResponse<String> r = h.post("/v1/chat/completions", "{\"model\":\"house-chat\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+                assertEquals(200, r.statusCode(), r.body());
+                assertEquals("gpt-4.1", h.stub.last("/chat/completions").json().path("model").asText());
+                assertEquals(200, h.post("/v1/chat/completions", ChatBehaviourTests.HI).statusCode(), "an unmapped name goes as asked");
+                assertEquals("gpt-4.1", h.stub.last("/chat/completions").json().path("model").asText());
+            }
+        }
+
+        @Test
+        void embeddingsSendTheMappedModel() throws Exception {
+            try (Harness h = new Harness(StubUpstream.start(), MAP)) {
+                HttpResponse<String> r = h.post("/v1/embeddings", "{\"model\":\"house-embed\",\"input\":\"hello\"}");
+                assertEquals(200, r.statusCode(), r.body());
+                assertEquals("text-embedding-3-small", h.stub.last("/embeddings").json().path("model").asText());
+                assertEquals(200, h.post("/v1/embeddings", "{\"model\":\"text-embedding-3-small\",\"input\":\"hello\"}").statusCode(),
+                    "an unmapped name goes as asked");
+            }
+        }
+
+        @Test
+        void messagesAndResponsesSendTheMappedModelStreamedAndNot() throws Exception {
+            try (Harness h = new Harness(StubUpstream.start(), MAP)) {
+                for (boolean stream : List.of(false, true)) {
+                    HttpResponse<String> m = h.post("/v1/messages", "{\"model\":\"house-claude\",\"max_tokens\":10,\"stream\":" + stream
+                        + ",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+                    assertEquals(200, m.statusCode(), m.body());
+                    assertEquals("claude-sonnet-4.5", h.stub.last("/v1/messages").json().path("model").asText());
+                    HttpResponse<String> r = h.post("/v1/responses", "{\"model\":\"house-codex\",\"stream\":" + stream + ",\"input\":\"hi\"}");
+                    assertEquals(200, r.statusCode(), r.body());
+                    assertEquals("gpt-5.1-codex", h.stub.last("/responses").json().path("model").asText());
+                }
+            }
         }
     }
 
