@@ -97,7 +97,7 @@ import copilotapi.CopilotApi.Responses.*;
  *
  * <p>Map of this file (search for "====" to print the outline):
  * <ol>
- *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}, {@code generate-completion}</li>
+ *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}, {@code setup}, {@code generate-completion}</li>
  *   <li>Configuration: URLs, data directory, options, editor versions</li>
  *   <li>Server and routes: the composition root ({@code App}), Javalin, the browser guard, the request log,
  *       operator controls (keys, pacing, approval, stats, premium billing with its subagent memory, dashboard),
@@ -132,6 +132,7 @@ import copilotapi.CopilotApi.Responses.*;
         CopilotApi.AuthCommand.class,
         CopilotApi.CheckUsageCommand.class,
         CopilotApi.DebugCommand.class,
+        CopilotApi.SetupCommand.class,
         picocli.AutoComplete.GenerateCompletion.class,
     })
 class CopilotApi implements Callable<Integer> {
@@ -740,13 +741,13 @@ class CopilotApi implements Callable<Integer> {
                 .orElseGet(() -> preferred(catalog, ids, "haiku"));
         }
 
-        private static String check(List<String> ids, String id) {
+        static String check(List<String> ids, String id) {
             if (!ids.contains(id)) throw new UserFacingException("unknown model '" + id + "'; available: " + String.join(", ", ids));
             return id;
         }
 
         /** The default answer: the newest model of the family, as the family name alone resolves, else the first. */
-        private static int preferred(List<JsonNode> catalog, List<String> ids, String family) {
+        static int preferred(List<JsonNode> catalog, List<String> ids, String family) {
             return ModelResolver.familyMember(catalog, family)
                 .map(m -> Math.max(0, ids.indexOf(m.path("id").asText()))).orElse(0);
         }
@@ -779,6 +780,11 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
+        /** Every variable env(...) sets: what `setup claude-code --remove` takes out of settings.json. */
+        static final List<String> VARIABLES = List.of("ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_MODEL",
+            "ANTHROPIC_DEFAULT_SONNET_MODEL", "ANTHROPIC_DEFAULT_OPUS_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL", "ANTHROPIC_SMALL_FAST_MODEL",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC");
+
         static Map<String, String> env(String baseUrl, String authToken, Choice c) {
             Map<String, String> env = new LinkedHashMap<>();
             env.put("ANTHROPIC_BASE_URL", baseUrl);
@@ -808,6 +814,370 @@ class CopilotApi implements Callable<Integer> {
 
         static String posixQuote(String v) {
             return v.matches("[A-Za-z0-9_./:@=+-]+") ? v : "'" + v.replace("'", "'\\''") + "'";
+        }
+    }
+
+    @Command(name = "setup", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+        description = {"Point a client at this server: print its environment and launch command, or write them into its own configuration.",
+            "CLIENT is claude-code, codex or openai (the OpenAI SDKs and OpenAI-compatible tools). Models come from the live catalog."})
+    static final class SetupCommand implements Callable<Integer> {
+        @Mixin CommonOptions common;
+
+        @CommandLine.Spec CommandLine.Model.CommandSpec spec;
+
+        @CommandLine.Parameters(paramLabel = "CLIENT", description = "claude-code, codex or openai.")
+        String clientName;
+
+        @Option(names = {"-p", "--port"}, paramLabel = "PORT", defaultValue = "" + DEFAULT_PORT, description = "The server's port (default: ${DEFAULT-VALUE}).")
+        int port;
+
+        @Option(names = "--host", paramLabel = "ADDRESS", defaultValue = "127.0.0.1", description = "The server's address as the client reaches it (default: ${DEFAULT-VALUE}).")
+        String host;
+
+        @Option(names = "--url", paramLabel = "URL",
+            description = "The server's base URL as the client reaches it, instead of --host and --port (e.g. a container's published address).")
+        String url;
+
+        @Option(names = "--api-key", paramLabel = "KEY",
+            description = "The key the server requires (default: the first of env COPILOT_API_KEYS; none: any value works).")
+        String apiKey;
+
+        @Option(names = "--model", paramLabel = "MODEL", description = "The client's model (default: chosen from the catalog).")
+        String model;
+
+        @Option(names = "--small-model", paramLabel = "MODEL", description = "Claude Code's small, fast model (default: a free one from the catalog).")
+        String smallModel;
+
+        @Option(names = "--shell", paramLabel = "SHELL", description = "Shell syntax: posix, fish, powershell or cmd (default: detected).")
+        String shell;
+
+        @Option(names = "--json", description = "Print the same as JSON, for machines.")
+        boolean json;
+
+        @Option(names = "--write", description = "Write it into the client's configuration (a backup first; only copilot-api's keys change).")
+        boolean write;
+
+        @Option(names = "--remove", description = "Take copilot-api's keys out of the client's configuration again (a backup first).")
+        boolean remove;
+
+        @Option(names = "--project", description = "claude-code: the project's .claude/settings.json in the current directory, not ~/.claude/settings.json.")
+        boolean project;
+
+        private CommandLine.ParameterException usage(String message) {
+            return new CommandLine.ParameterException(spec.commandLine(), message);
+        }
+
+        @Override
+        public Integer call() throws Exception {
+            Settings settings = common.settings();
+            ClientSetup.Client client = ClientSetup.Client.named(clientName).orElseThrow(() ->
+                usage("setup knows claude-code, codex and openai, not '" + clientName + "'"));
+            if (write && remove) throw usage("--write and --remove go separately");
+            if (project && client != ClientSetup.Client.CLAUDE_CODE) throw usage("--project goes with claude-code");
+            if (smallModel != null && client != ClientSetup.Client.CLAUDE_CODE) throw usage("--small-model goes with claude-code");
+            if ((write || remove) && client.file(settings.env(), project).isEmpty()) {
+                throw usage(client.label + " has no configuration file to write: use the environment `setup " + client.label + "` prints");
+            }
+            ClaudeCodeSetup.Shell shellSyntax;
+            String base;
+            try {
+                shellSyntax = ClaudeCodeSetup.Shell.detect(shell, settings.env(), System.getProperty("os.name"));
+                base = url != null ? ClientSetup.baseUrl(url) : ClientSetup.baseUrl("http://" + (host.contains(":") ? "[" + host + "]" : host) + ":" + port);
+            } catch (UserFacingException e) {
+                throw usage(e.getMessage());
+            }
+            Optional<String> key = Optional.ofNullable(apiKey).filter(k -> !k.isBlank())
+                .or(() -> Settings.listOption(settings.env().get("COPILOT_API_KEYS"), null).stream().findFirst());
+            if (remove) return ClientSetup.apply(client.removal(settings.env(), project), System.out);
+            List<JsonNode> catalog = model != null && (smallModel != null || client != ClientSetup.Client.CLAUDE_CODE)
+                ? ClientSetup.catalogIfLoggedIn(settings) : ClientSetup.catalog(settings);
+            ClientSetup.Plan plan = client.plan(base, key, ClientSetup.choose(client, catalog, model, smallModel), settings.env(), project);
+            if (write) return ClientSetup.apply(plan.edit().orElseThrow(), System.out);
+            System.out.println(json ? Json.pretty(plan.json()) : plan.render(shellSyntax));
+            return 0;
+        }
+    }
+
+    /** `setup CLIENT`: what points each client at the server, and the careful edit of its configuration file. */
+    static final class ClientSetup {
+        /** Codex reads a profile from NAME.config.toml beside config.toml; this is copilot-api's. */
+        static final String CODEX_PROFILE = "copilot-api";
+        /** What a client sends as its key when the server requires none. */
+        static final String NO_KEY = "copilot-api";
+
+        enum Client {
+            CLAUDE_CODE("claude-code"), CODEX("codex"), OPENAI("openai");
+
+            final String label;
+
+            Client(String label) {
+                this.label = label;
+            }
+
+            static Optional<Client> named(String name) {
+                for (Client c : values()) if (c.label.equalsIgnoreCase(name.trim())) return Optional.of(c);
+                return Optional.empty();
+            }
+
+            /** The file --write edits: Claude Code's settings.json, Codex's profile file; the OpenAI SDKs have none. */
+            Optional<Path> file(Map<String, String> env, boolean project) {
+                return switch (this) {
+                    case CLAUDE_CODE -> Optional.of(project ? Path.of("").toAbsolutePath().resolve(".claude").resolve("settings.json")
+                        : Optional.ofNullable(env.get("CLAUDE_CONFIG_DIR")).filter(d -> !d.isBlank()).map(Path::of)
+                            .orElseGet(() -> home(env).resolve(".claude")).resolve("settings.json"));
+                    case CODEX -> Optional.of(Optional.ofNullable(env.get("CODEX_HOME")).filter(d -> !d.isBlank()).map(Path::of)
+                        .orElseGet(() -> home(env).resolve(".codex")).resolve(CODEX_PROFILE + ".config.toml"));
+                    case OPENAI -> Optional.empty();
+                };
+            }
+
+            Plan plan(String base, Optional<String> key, ClaudeCodeSetup.Choice choice, Map<String, String> env, boolean project) {
+                Optional<Path> file = file(env, project);
+                return switch (this) {
+                    case CLAUDE_CODE -> {
+                        Map<String, String> vars = ClaudeCodeSetup.env(base, key.orElse(NO_KEY), choice);
+                        yield new Plan(this, base, choice, vars, "claude", file, Json.pretty(Json.object().set("env", JSON.valueToTree(vars))), key.isPresent());
+                    }
+                    case CODEX -> new Plan(this, base, choice, Map.of(), "codex -p " + CODEX_PROFILE, file, codexProfile(base, key, choice.main()), key.isPresent());
+                    case OPENAI -> {
+                        Map<String, String> vars = new LinkedHashMap<>();
+                        vars.put("OPENAI_BASE_URL", base + "/v1");
+                        vars.put("OPENAI_API_KEY", key.orElse(NO_KEY));
+                        vars.put("OPENAI_MODEL", choice.main());
+                        yield new Plan(this, base, choice, vars, null, file, null, key.isPresent());
+                    }
+                };
+            }
+
+            Edit removal(Map<String, String> env, boolean project) throws IOException {
+                Path path = file(env, project).orElseThrow();
+                return switch (this) {
+                    case CLAUDE_CODE -> Edit.settingsJson(path, Map.of(), true);
+                    default -> Edit.ownFile(path, null);
+                };
+            }
+        }
+
+        /** What `setup` prints, or writes. */
+        record Plan(Client client, String baseUrl, ClaudeCodeSetup.Choice choice, Map<String, String> env, String launch,
+            Optional<Path> file, String fileText, boolean hasKey) {
+
+            Optional<Edit> edit() throws IOException {
+                if (file.isEmpty()) return Optional.empty();
+                return Optional.of(client == Client.CLAUDE_CODE ? Edit.settingsJson(file.get(), env, false) : Edit.ownFile(file.get(), fileText));
+            }
+
+            String render(ClaudeCodeSetup.Shell shell) {
+                StringBuilder b = new StringBuilder();
+                b.append("# ").append(client.label).append(" through copilot-api at ").append(baseUrl).append('\n');
+                if (!env.isEmpty()) {
+                    b.append("\n# the environment (").append(shell.name().toLowerCase(Locale.ROOT)).append("):\n");
+                    env.forEach((k, v) -> b.append(export(shell, k, v)).append('\n'));
+                }
+                if (fileText != null) {
+                    b.append("\n# or, in ").append(file.map(Path::toString).orElse("the configuration")).append(" (`setup ")
+                        .append(client.label).append(" --write` merges it there):\n").append(fileText.stripTrailing()).append('\n');
+                }
+                if (launch != null) {
+                    b.append("\n# then run:\n").append(client == Client.CLAUDE_CODE ? ClaudeCodeSetup.command(env, shell) : launch).append('\n');
+                }
+                return b.toString().stripTrailing();
+            }
+
+            ObjectNode json() {
+                ObjectNode o = Json.object();
+                o.put("client", client.label);
+                o.put("baseUrl", baseUrl);
+                o.put("model", choice.main());
+                if (client == Client.CLAUDE_CODE) o.put("smallModel", choice.small());
+                ObjectNode vars = o.putObject("env");
+                env.forEach(vars::put);
+                o.put("launch", client == Client.CLAUDE_CODE ? "claude" : launch);
+                file.ifPresent(f -> o.putObject("file").put("path", f.toString()).put("content", fileText));
+                return o;
+            }
+        }
+
+        static String export(ClaudeCodeSetup.Shell shell, String k, String v) {
+            return switch (shell) {
+                case POSIX -> "export " + k + "=" + ClaudeCodeSetup.posixQuote(v);
+                case FISH -> "set -gx " + k + " " + ClaudeCodeSetup.posixQuote(v);
+                case POWERSHELL -> "$env:" + k + " = '" + v.replace("'", "''") + "'";
+                case CMD -> "set \"" + k + "=" + v + "\"";
+            };
+        }
+
+        /** Codex's profile: our provider on the Responses wire, over HTTP until copilot-api serves WebSocket. */
+        static String codexProfile(String base, Optional<String> key, String model) {
+            StringBuilder b = new StringBuilder();
+            b.append("# written by `copilot-api setup codex --write`; `copilot-api setup codex --remove` deletes it. Run: codex -p ")
+                .append(CODEX_PROFILE).append('\n');
+            b.append("model_provider = \"copilot-api\"\n");
+            b.append("model = ").append(tomlString(model)).append("\n\n");
+            b.append("[model_providers.copilot-api]\n");
+            b.append("name = \"copilot-api\"\n");
+            b.append("base_url = ").append(tomlString(base + "/v1")).append('\n');
+            b.append("wire_api = \"responses\"\n");
+            b.append("supports_websockets = false\n");
+            key.ifPresent(k -> b.append("experimental_bearer_token = ").append(tomlString(k)).append('\n'));
+            return b.toString();
+        }
+
+        static String tomlString(String s) {
+            return JSON.valueToTree(s).toString();
+        }
+
+        /** http(s)://host[:port], no path, no trailing slash: what every client's base URL is built on. */
+        static String baseUrl(String url) {
+            String u = Settings.trimSlash(url.trim());
+            URI parsed;
+            try {
+                parsed = URI.create(u);
+            } catch (IllegalArgumentException e) {
+                throw new UserFacingException("--url takes an address such as http://127.0.0.1:4141, not '" + url + "'");
+            }
+            if (!"http".equals(parsed.getScheme()) && !"https".equals(parsed.getScheme()) || parsed.getHost() == null
+                    || !Optional.ofNullable(parsed.getRawPath()).orElse("").isEmpty() || parsed.getRawQuery() != null) {
+                throw new UserFacingException("--url takes an address such as http://127.0.0.1:4141 (no path), not '" + url + "'");
+            }
+            return u;
+        }
+
+        static Path home(Map<String, String> env) {
+            return Path.of(Optional.ofNullable(env.get("HOME")).filter(h -> !h.isBlank()).orElse(System.getProperty("user.home")));
+        }
+
+        /** The live catalog from Copilot, read as `debug --probe` reads it (the list kept at start untouched). */
+        static List<JsonNode> catalog(Settings s) {
+            Http http = Http.create(s);
+            GitHubToken github = new GitHubAuth(s, http).existingToken().orElseThrow(() ->
+                new UserFacingException("not logged in, so no catalog to choose models from: run `copilot-api auth`, or pass --model"
+                    + " (and --small-model for claude-code)"));
+            try (CopilotTokens tokens = new CopilotTokens(s, http, github)) {
+                tokens.start();
+                CopilotClient copilot = new CopilotClient(s, http, tokens, Timeouts.DEFAULT);
+                copilot.catalogLog().observeOnly();
+                List<JsonNode> out = new ArrayList<>();
+                copilot.catalog().path("data").forEach(out::add);
+                return out;
+            }
+        }
+
+        /** With the models given, the catalog only checks them: none when there is no login. */
+        static List<JsonNode> catalogIfLoggedIn(Settings s) {
+            return new GitHubAuth(s, Http.create(s)).existingToken().isPresent() ? catalog(s) : List.of();
+        }
+
+        /** The given models (checked against the catalog when there is one), else the catalog's picks for this client. */
+        static ClaudeCodeSetup.Choice choose(Client client, List<JsonNode> catalog, String model, String small) {
+            List<String> ids = new ArrayList<>();
+            for (JsonNode m : catalog) if (ModelResolver.isChat(m)) ids.add(m.path("id").asText());
+            if (catalog.isEmpty()) return new ClaudeCodeSetup.Choice(model, small);
+            if (ids.isEmpty()) throw new UserFacingException("the Copilot model list has no chat models; cannot set up " + client.label);
+            String main = model != null ? ClaudeCodeSetup.check(ids, model) : ids.get(switch (client) {
+                case CLAUDE_CODE -> ClaudeCodeSetup.preferred(catalog, ids, "sonnet");
+                case CODEX -> codexDefault(catalog, ids);
+                case OPENAI -> ClaudeCodeSetup.smallDefault(catalog, ids);
+            });
+            String fast = client != Client.CLAUDE_CODE ? null
+                : small != null ? ClaudeCodeSetup.check(ids, small) : ids.get(ClaudeCodeSetup.smallDefault(catalog, ids));
+            return new ClaudeCodeSetup.Choice(main, fast);
+        }
+
+        /** Codex speaks only Responses: the newest codex model, else the first that Copilot serves on /responses. */
+        static int codexDefault(List<JsonNode> catalog, List<String> ids) {
+            Optional<JsonNode> codex = ModelResolver.familyMember(catalog, "codex");
+            if (codex.isPresent()) return Math.max(0, ids.indexOf(codex.get().path("id").asText()));
+            for (JsonNode m : catalog) {
+                if (ModelResolver.isChat(m) && ModelResolver.endpoints(m).contains("/responses")) return ids.indexOf(m.path("id").asText());
+            }
+            return 0;
+        }
+
+        /** Writes (or removes) an edit: nothing when nothing changes, else a backup, the new file readable by its owner only, and the diff. */
+        static int apply(Edit edit, java.io.PrintStream out) throws IOException {
+            if (java.util.Objects.equals(edit.before(), edit.after())) {
+                out.println(edit.path() + ": already up to date, nothing changed");
+                return 0;
+            }
+            if (edit.before() != null) {
+                Path backup = edit.path().resolveSibling(edit.path().getFileName() + "." + java.time.format.DateTimeFormatter
+                    .ofPattern("yyyyMMdd-HHmmss-SSS").withZone(ZoneOffset.UTC).format(Instant.now()) + ".bak");
+                Files.copy(edit.path(), backup, StandardCopyOption.COPY_ATTRIBUTES);
+                Posix.restrict(backup, "rw-------");
+                out.println("backup: " + backup);
+            }
+            if (edit.after() == null) {
+                Files.delete(edit.path());
+                out.println("removed " + edit.path());
+            } else {
+                Files.createDirectories(edit.path().getParent());
+                Path tmp = Files.createTempFile(edit.path().getParent(), ".copilot-api", ".tmp");
+                Posix.restrict(tmp, "rw-------");
+                Files.writeString(tmp, edit.after());
+                Files.move(tmp, edit.path(), StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+                out.println((edit.before() == null ? "created " : "updated ") + edit.path() + " (readable by you only)");
+            }
+            edit.diff().forEach(out::println);
+            return 0;
+        }
+
+        /** One file's text before and after (null: absent), and the lines that changed, secrets shown as ***. */
+        record Edit(Path path, String before, String after, List<String> diff) {
+            /** Claude Code's settings.json: our env keys set (or, removing, taken out); every other key kept as it was. */
+            static Edit settingsJson(Path path, Map<String, String> env, boolean removing) throws IOException {
+                String before = Files.exists(path) ? Files.readString(path) : null;
+                ObjectNode root = parseObject(path, before);
+                if (!root.path("env").isMissingNode() && !root.path("env").isObject()) {
+                    throw new UserFacingException(path + ": \"env\" is not an object; fix it by hand, nothing was changed");
+                }
+                ObjectNode vars = root.has("env") ? (ObjectNode) root.get("env") : Json.object();
+                List<String> diff = new ArrayList<>();
+                for (String k : ClaudeCodeSetup.VARIABLES) {
+                    String old = vars.has(k) ? vars.get(k).asText() : null;
+                    String now = removing ? null : env.get(k);
+                    if (java.util.Objects.equals(old, now)) continue;
+                    if (now == null) vars.remove(k);
+                    else vars.put(k, now);
+                    if (old != null) diff.add("- env." + k + " = " + shown(k, old));
+                    if (now != null) diff.add("+ env." + k + " = " + shown(k, now));
+                }
+                if (vars.isEmpty()) root.remove("env");
+                else root.set("env", vars);
+                if (diff.isEmpty()) return new Edit(path, before, before, diff);
+                return new Edit(path, before, root.isEmpty() && removing ? null : Json.pretty(root) + "\n", diff);
+            }
+
+            /** A file copilot-api owns whole (Codex's profile): replaced, or deleted with null. */
+            static Edit ownFile(Path path, String text) throws IOException {
+                String before = Files.exists(path) ? Files.readString(path) : null;
+                List<String> diff = new ArrayList<>();
+                List<String> old = before == null ? List.of() : before.lines().toList();
+                List<String> now = text == null ? List.of() : text.lines().toList();
+                for (String l : old) if (!now.contains(l)) diff.add("- " + shownLine(l));
+                for (String l : now) if (!old.contains(l)) diff.add("+ " + shownLine(l));
+                return new Edit(path, before, text, diff);
+            }
+
+            private static ObjectNode parseObject(Path path, String text) {
+                if (text == null || text.isBlank()) return Json.object();
+                try {
+                    JsonNode node = JSON.readTree(text);
+                    if (node instanceof ObjectNode o) return o;
+                } catch (JsonProcessingException e) {
+                    Logs.log().debug("{} is not JSON: {}", path, describe(e));
+                }
+                throw new UserFacingException(path + " is not a JSON object; fix it by hand, nothing was changed");
+            }
+
+            static String shown(String name, String value) {
+                return name.matches("(?i).*(token|key).*") && !value.equals(NO_KEY) ? "***" : value;
+            }
+
+            static String shownLine(String line) {
+                int eq = line.indexOf('=');
+                return eq < 0 || !shown(line.substring(0, eq).trim(), "").equals("***") ? line : line.substring(0, eq + 1) + " ***";
+            }
         }
     }
 

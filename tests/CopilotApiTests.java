@@ -98,6 +98,7 @@ class CopilotApiTests {
         ResponsesRouteTests.class,
         StoreTests.class,
         ClaudeCodeSetupTests.class,
+        SetupTests.class,
         ApiKeyTests.class,
         BrowserSafetyTests.class,
         InputValidationTests.class,
@@ -2167,6 +2168,195 @@ class CopilotApiTests {
                 assertEquals(1, bad.exit());
                 assertTrue(bad.err().contains("unknown model 'nope'"), bad.err());
                 assertFalse(bad.out().contains("listening on"), "refused before the server listens: " + bad.out());
+            }
+        }
+    }
+
+    /** `copilot-api setup CLIENT`, run as its own process against the stub's catalog, in a temporary home. */
+    static final class SetupTests {
+        record Home(Path dir, Map<String, String> env) {}
+
+        static Home home(StubUpstream stub) throws IOException {
+            Path dir = Files.createTempDirectory("setup-home");
+            Map<String, String> env = CliTests.env(stub, Files.createDirectories(dir.resolve("data")));
+            env.put("HOME", dir.toString());
+            env.put("SHELL", "/bin/bash");
+            env.put("COPILOT_API_GITHUB_TOKEN", StubUpstream.VALID_GITHUB_TOKEN);
+            env.remove("CLAUDE_CONFIG_DIR");
+            env.remove("CODEX_HOME");
+            return new Home(dir, env);
+        }
+
+        static CliTests.Run setup(Home home, String... args) throws Exception {
+            List<String> all = new ArrayList<>(List.of("setup"));
+            all.addAll(List.of(args));
+            CliTests.Run r = CliTests.cli(home.env(), all.toArray(String[]::new));
+            System.out.print(r.out() + r.err());
+            return r;
+        }
+
+        static List<Path> backups(Path dir) throws IOException {
+            try (Stream<Path> files = Files.list(dir)) {
+                return files.filter(p -> p.getFileName().toString().endsWith(".bak")).toList();
+            }
+        }
+
+        @Test
+        void claudeCodePrintsItsEnvironmentAndLaunchWithModelsFromTheCatalog() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                CliTests.Run r = setup(home, "claude-code", "--port", "5151", "--api-key", "k-1");
+                assertEquals(0, r.exit(), r.err());
+                assertTrue(r.out().contains("export ANTHROPIC_BASE_URL=http://127.0.0.1:5151\n"), r.out());
+                assertTrue(r.out().contains("export ANTHROPIC_AUTH_TOKEN=k-1\n"), r.out());
+                assertTrue(r.out().contains("export ANTHROPIC_MODEL=claude-sonnet-4.5\n"), "the newest sonnet by default: " + r.out());
+                assertTrue(r.out().contains("export ANTHROPIC_SMALL_FAST_MODEL=gpt-4.1\n"), "a free small model by default: " + r.out());
+                assertTrue(r.out().strip().endsWith(" claude"), r.out());
+                CliTests.Run fish = setup(home, "claude-code", "--shell", "fish", "--model", "gpt-4.1", "--small-model", "gpt-4o");
+                assertTrue(fish.out().contains("set -gx ANTHROPIC_MODEL gpt-4.1\n") && fish.out().contains("set -gx ANTHROPIC_SMALL_FAST_MODEL gpt-4o\n"), fish.out());
+                JsonNode json = json(setup(home, "claude-code", "--json", "--url", "http://127.0.0.1:8080/").out());
+                assertEquals("claude-code", json.path("client").asText());
+                assertEquals("http://127.0.0.1:8080", json.path("env").path("ANTHROPIC_BASE_URL").asText());
+                assertEquals("copilot-api", json.path("env").path("ANTHROPIC_AUTH_TOKEN").asText(), "any token works without a key");
+                assertEquals("claude-sonnet-4.5", json.path("model").asText());
+                assertEquals("gpt-4.1", json.path("smallModel").asText());
+                assertEquals(home.dir().resolve(".claude/settings.json").toString(), json.path("file").path("path").asText());
+            }
+        }
+
+        @Test
+        void codexAndOpenAiPrintTheirSetUp() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                JsonNode codex = json(setup(home, "codex", "--json").out());
+                assertEquals("gpt-5.1-codex", codex.path("model").asText(), "Codex gets a codex model: " + codex);
+                String profile = codex.path("file").path("content").asText();
+                assertTrue(profile.contains("base_url = \"http://127.0.0.1:4141/v1\"\n") && profile.contains("wire_api = \"responses\"\n")
+                    && profile.contains("supports_websockets = false\n") && profile.contains("model = \"gpt-5.1-codex\"\n"), profile);
+                assertFalse(profile.contains("experimental_bearer_token"), "no key, no token: " + profile);
+                assertEquals(home.dir().resolve(".codex/copilot-api.config.toml").toString(), codex.path("file").path("path").asText());
+                assertEquals("codex -p copilot-api", codex.path("launch").asText());
+                assertTrue(json(setup(home, "codex", "--json", "--api-key", "k-2").out()).path("file").path("content").asText()
+                    .contains("experimental_bearer_token = \"k-2\""));
+                CliTests.Run openai = setup(home, "openai", "--shell", "powershell", "--model", "gpt-4o");
+                assertEquals(0, openai.exit(), openai.err());
+                assertTrue(openai.out().contains("$env:OPENAI_BASE_URL = 'http://127.0.0.1:4141/v1'")
+                    && openai.out().contains("$env:OPENAI_API_KEY = 'copilot-api'") && openai.out().contains("$env:OPENAI_MODEL = 'gpt-4o'"), openai.out());
+                assertEquals("gpt-4.1", json(setup(home, "openai", "--json").out()).path("model").asText(), "a free model by default");
+            }
+        }
+
+        /** A user's own settings survive; a backup comes first; a second run changes nothing; --remove takes out only our keys. */
+        @Test
+        void claudeCodeWriteMergesBacksUpIsIdempotentAndRemoves() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                Path claude = Files.createDirectories(home.dir().resolve(".claude"));
+                Path settings = claude.resolve("settings.json");
+                String original = "{\"theme\": \"dark\", \"env\": {\"MY_TOKEN\": \"mine\", \"ANTHROPIC_MODEL\": \"old-model\"}}\n";
+                Files.writeString(settings, original);
+                Files.setPosixFilePermissions(settings, java.nio.file.attribute.PosixFilePermissions.fromString("rw-r--r--"));
+
+                CliTests.Run write = setup(home, "claude-code", "--write", "--api-key", "secret-key-1");
+                assertEquals(0, write.exit(), write.err());
+                JsonNode written = json(Files.readString(settings));
+                assertEquals("dark", written.path("theme").asText());
+                assertEquals("mine", written.path("env").path("MY_TOKEN").asText(), "the user's own key survives");
+                assertEquals("claude-sonnet-4.5", written.path("env").path("ANTHROPIC_MODEL").asText());
+                assertEquals("secret-key-1", written.path("env").path("ANTHROPIC_AUTH_TOKEN").asText());
+                assertEquals("rw-------", java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(settings)),
+                    "a file with an API key is readable by its owner only");
+                assertTrue(write.out().contains("- env.ANTHROPIC_MODEL = old-model") && write.out().contains("+ env.ANTHROPIC_MODEL = claude-sonnet-4.5"), write.out());
+                assertTrue(write.out().contains("+ env.ANTHROPIC_AUTH_TOKEN = ***"), write.out());
+                assertFalse(write.out().contains("secret-key-1"), "the key is not shown: " + write.out());
+                assertEquals(1, backups(claude).size(), "one backup");
+                assertEquals(original, Files.readString(backups(claude).get(0)), "the backup holds the file as it was");
+
+                String after = Files.readString(settings);
+                CliTests.Run again = setup(home, "claude-code", "--write", "--api-key", "secret-key-1");
+                assertEquals(0, again.exit(), again.err());
+                assertTrue(again.out().contains("nothing changed"), again.out());
+                assertEquals(after, Files.readString(settings));
+                assertEquals(1, backups(claude).size(), "no backup when nothing changes");
+
+                CliTests.Run remove = setup(home, "claude-code", "--remove");
+                assertEquals(0, remove.exit(), remove.err());
+                JsonNode removed = json(Files.readString(settings));
+                assertEquals("dark", removed.path("theme").asText());
+                List<String> left = new ArrayList<>();
+                removed.path("env").fieldNames().forEachRemaining(left::add);
+                assertEquals(List.of("MY_TOKEN"), left, "only copilot-api's keys went: " + removed);
+                assertEquals(2, backups(claude).size());
+                assertTrue(setup(home, "claude-code", "--remove").out().contains("nothing changed"));
+            }
+        }
+
+        @Test
+        void claudeCodeProjectSettingsAreWrittenInTheCurrentDirectory() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                Path project = Files.createDirectories(home.dir().resolve("project"));
+                ProcessBuilder pb = new ProcessBuilder(CliTests.command("setup", "claude-code", "--write", "--project", "--url", "http://127.0.0.1:9999"))
+                    .directory(project.toFile()).redirectErrorStream(true);
+                pb.environment().keySet().removeIf(k -> k.startsWith("COPILOT_API_"));
+                pb.environment().putAll(home.env());
+                Process p = pb.start();
+                String out = new String(p.getInputStream().readAllBytes(), UTF_8);
+                assertTrue(p.waitFor(60, TimeUnit.SECONDS));
+                assertEquals(0, p.exitValue(), out);
+                assertEquals("http://127.0.0.1:9999", json(Files.readString(project.resolve(".claude/settings.json"))).path("env").path("ANTHROPIC_BASE_URL").asText());
+                assertFalse(Files.exists(home.dir().resolve(".claude")), "the user's settings are untouched");
+                assertEquals(2, setup(home, "codex", "--project").exit(), "--project is Claude Code's");
+            }
+        }
+
+        /** Codex's profile is a file copilot-api owns: written beside config.toml (which stays as it was), and deleted by --remove. */
+        @Test
+        void codexWriteAddsAProfileFileAndRemoveDeletesIt() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                Path codex = Files.createDirectories(home.dir().resolve("codex-home"));
+                home.env().put("CODEX_HOME", codex.toString());
+                Files.writeString(codex.resolve("config.toml"), "model = \"o3\"\n");
+                CliTests.Run write = setup(home, "codex", "--write", "--api-key", "secret-key-2");
+                assertEquals(0, write.exit(), write.err());
+                Path profile = codex.resolve("copilot-api.config.toml");
+                assertTrue(Files.readString(profile).contains("experimental_bearer_token = \"secret-key-2\""));
+                assertEquals("rw-------", java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(profile)));
+                assertFalse(write.out().contains("secret-key-2"), write.out());
+                assertTrue(setup(home, "codex", "--write", "--api-key", "secret-key-2").out().contains("nothing changed"));
+                CliTests.Run remove = setup(home, "codex", "--remove");
+                assertEquals(0, remove.exit(), remove.err());
+                assertFalse(Files.exists(profile));
+                assertEquals("model = \"o3\"\n", Files.readString(codex.resolve("config.toml")));
+            }
+        }
+
+        @Test
+        void badInputIsAOneLineError() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                CliTests.Run unknown = setup(home, "cursor");
+                assertEquals(2, unknown.exit());
+                assertTrue(unknown.err().contains("setup knows claude-code, codex and openai, not 'cursor'"), unknown.err());
+                CliTests.Run openaiWrite = setup(home, "openai", "--write");
+                assertEquals(2, openaiWrite.exit());
+                assertTrue(openaiWrite.err().contains("openai has no configuration file"), openaiWrite.err());
+                assertEquals(2, setup(home, "openai", "--url", "http://127.0.0.1:4141/v1").exit(), "a base URL has no path");
+                assertEquals(2, setup(home, "codex", "--small-model", "gpt-4.1").exit());
+                CliTests.Run badModel = setup(home, "codex", "--model", "nope");
+                assertEquals(1, badModel.exit());
+                assertTrue(badModel.err().contains("unknown model 'nope'"), badModel.err());
+                Files.writeString(Files.createDirectories(home.dir().resolve(".claude")).resolve("settings.json"), "{not json");
+                CliTests.Run broken = setup(home, "claude-code", "--write");
+                assertEquals(1, broken.exit());
+                assertTrue(broken.err().contains("is not a JSON object; fix it by hand, nothing was changed"), broken.err());
+                assertEquals("{not json", Files.readString(home.dir().resolve(".claude/settings.json")));
+                home.env().remove("COPILOT_API_GITHUB_TOKEN");
+                CliTests.Run loggedOut = setup(home, "claude-code");
+                assertEquals(1, loggedOut.exit());
+                assertTrue(loggedOut.err().contains("not logged in"), loggedOut.err());
+                assertEquals(0, setup(home, "codex", "--model", "gpt-5.1-codex").exit(), "with the model given, no login is needed");
             }
         }
     }
