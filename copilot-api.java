@@ -1475,6 +1475,8 @@ class CopilotApi implements Callable<Integer> {
                     connector.setIdleTimeout(IDLE_TIMEOUT.toMillis());
                     return connector;
                 });
+                cfg.jetty.modifyServletContextHandler(handler -> handler.addFilter(WebSocketAsHttp.class, "/*",
+                    java.util.EnumSet.of(jakarta.servlet.DispatcherType.REQUEST)));
                 cfg.requestLogger.http((ctx, ms) -> {
                     inFlight.decrementAndGet();
                     RequestLog.write(ctx, ms, controls.stats());
@@ -1509,6 +1511,7 @@ class CopilotApi implements Callable<Integer> {
                 }
                 for (String prefix : List.of("", "/v1")) {
                     cfg.routes.post(prefix + "/responses", responses::create);
+                    cfg.routes.get(prefix + "/responses", responses::upgrade);
                     cfg.routes.get(prefix + "/responses/{id}", state::get);
                     cfg.routes.get(prefix + "/responses/{id}/input_items", state::inputItems);
                     cfg.routes.delete(prefix + "/responses/{id}", state::delete);
@@ -1532,6 +1535,42 @@ class CopilotApi implements Callable<Integer> {
             // only now: opening SQLite (its native library first) while Jetty started slowed both, on two cores
             store.beginOpening();
             return new Server(app, options.host(), inFlight, copilot.streams(), store);
+        }
+
+        /**
+         * Javalin gives every request with Sec-WebSocket-Version to its WebSocket servlet, which has no routes here and
+         * answers an HTML 404 past every check. Without that header an upgrade takes the ordinary way: the browser guard,
+         * the API key, then the route (GET /v1/responses answers 426).
+         */
+        public static final class WebSocketAsHttp implements jakarta.servlet.Filter {
+            static final String VERSION = "Sec-WebSocket-Version";
+
+            @Override
+            public void doFilter(jakarta.servlet.ServletRequest req, jakarta.servlet.ServletResponse res, jakarta.servlet.FilterChain chain)
+                    throws IOException, jakarta.servlet.ServletException {
+                if (!(req instanceof jakarta.servlet.http.HttpServletRequest http) || http.getHeader(VERSION) == null) {
+                    chain.doFilter(req, res);
+                    return;
+                }
+                chain.doFilter(new jakarta.servlet.http.HttpServletRequestWrapper(http) {
+                    @Override
+                    public String getHeader(String name) {
+                        return VERSION.equalsIgnoreCase(name) ? null : super.getHeader(name);
+                    }
+
+                    @Override
+                    public java.util.Enumeration<String> getHeaders(String name) {
+                        return VERSION.equalsIgnoreCase(name) ? java.util.Collections.emptyEnumeration() : super.getHeaders(name);
+                    }
+
+                    @Override
+                    public java.util.Enumeration<String> getHeaderNames() {
+                        List<String> names = new ArrayList<>(java.util.Collections.list(super.getHeaderNames()));
+                        names.removeIf(VERSION::equalsIgnoreCase);
+                        return java.util.Collections.enumeration(names);
+                    }
+                }, res);
+            }
         }
 
         static final String JETTY_REFERENCES_PER_CACHE_LINE = "org.eclipse.jetty.util.referencesPerCacheLine";
@@ -3192,6 +3231,21 @@ class CopilotApi implements Callable<Integer> {
             this.up = up;
             this.routing = routing;
             this.state = state;
+        }
+
+        /**
+         * GET /v1/responses: Codex (supports_websockets = true) tries a WebSocket here first. 426 makes it use HTTP at
+         * once (anything else costs five reconnects); without an upgrade there is no such route, as for any GET.
+         */
+        void upgrade(Context ctx) {
+            if (!Optional.ofNullable(ctx.header("Upgrade")).orElse("").toLowerCase(Locale.ROOT).contains("websocket")) {
+                throw new ApiError(404, "not_found_error", "No route for GET " + ctx.path());
+            }
+            ApiError refused = new ApiError(426, "invalid_request_error", "copilot-api serves the Responses API over HTTP only, not WebSocket:"
+                + " send POST " + ctx.path() + " (for Codex: supports_websockets = false)", null, "websocket_not_supported");
+            refused.headers().put("Connection", "close");
+            Exchange.of(ctx).note("WebSocket refused, HTTP only");
+            throw refused;
         }
 
         void create(Context ctx) {

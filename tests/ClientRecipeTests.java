@@ -210,6 +210,39 @@ class ClientRecipeTests {
         assertEquals("# the user's own\nhide_agent_reasoning = true\n", Files.readString(config));
     }
 
+    /** Codex with supports_websockets = true asks for a WebSocket first; copilot-api's 426 sends it to HTTP without reconnects. */
+    @Test
+    void codexWithWebSocketsOnFallsBackToHttpAtOnce() throws Exception {
+        Path home = Files.createTempDirectory("codex-ws-home");
+        Files.writeString(Files.createDirectories(home.resolve(".codex")).resolve("config.toml"), """
+            model_provider = "copilot-api"
+            model = "gpt-5.1-codex"
+
+            [model_providers.copilot-api]
+            name = "copilot-api"
+            base_url = "%s/v1"
+            wire_api = "responses"
+            supports_websockets = true
+            """.formatted(server.baseUrl()));
+        Path work = Files.createDirectories(home.resolve("work"));
+        long logStart = Files.size(server.log);
+        stub.clear();
+        long started = System.nanoTime();
+        CopilotApiTests.SdkRunner.Result r = isolated(work, Map.of("HOME", home.toString()), clients.resolve("node_modules/.bin/codex").toString(),
+            "exec", "--skip-git-repo-check", "Run a command, then tell me what it printed.");
+        long seconds = Duration.ofNanos(System.nanoTime() - started).toSeconds();
+        System.out.print(r.output());
+        assertEquals(0, r.exit(), r.output());
+        assertTrue(r.output().contains("Tool said: "), r.output());
+        assertTrue(stub.count("/responses") >= 2, "both turns went over HTTP: " + stub.count("/responses"));
+        String log = Files.readString(server.log).substring((int) logStart);
+        java.util.List<String> handshakes = log.lines().filter(l -> l.contains("GET /v1/responses")).toList();
+        System.out.println("handshakes:\n" + String.join("\n", handshakes) + "\n(" + seconds + " s)");
+        assertFalse(handshakes.isEmpty(), "Codex tried the WebSocket: " + log);
+        assertTrue(handshakes.stream().allMatch(l -> l.contains("426")), "each handshake was answered 426: " + handshakes);
+        assertTrue(handshakes.size() <= 2, "no reconnects after a 426: " + handshakes);
+    }
+
     /** The README's curl lines, as written but for the port. */
     @Test
     void curl() throws Exception {

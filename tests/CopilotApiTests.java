@@ -2370,6 +2370,25 @@ class CopilotApiTests {
             return AnthropicNativeTests.events(sse);
         }
 
+        /**
+         * Codex with supports_websockets = true opens GET /v1/responses with a WebSocket upgrade first: a 426 makes it fall
+         * back to HTTP at once; a browser's upgrade is refused like any browser request; the next POST is served.
+         */
+        @Test
+        void aWebSocketUpgradeIsAnswered426AndABrowserOneRefused() throws Exception {
+            String upgrade = "GET /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+            String answer = h.raw(upgrade + "Connection: close\r\n\r\n");
+            assertTrue(answer.startsWith("HTTP/1.1 426 "), answer);
+            String body = answer.substring(answer.indexOf("\r\n\r\n") + 4);
+            assertTrue(body.contains("\"error\"") && body.contains("POST /v1/responses"), "an OpenAI-shaped error that says what works: " + body);
+            String browser = h.raw(upgrade + "Origin: https://evil.example\r\nConnection: close\r\n\r\n");
+            assertTrue(browser.startsWith("HTTP/1.1 403 "), browser);
+            assertTrue(h.raw("GET /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").startsWith("HTTP/1.1 404 "),
+                "a plain GET is no route, as before");
+            assertEquals(200, h.post("/v1/responses", CODEX).statusCode());
+        }
+
         @Test
         void aResponsesModelIsForwardedWithItsItemsUntouched() throws Exception {
             HttpResponse<String> r = h.post("/v1/responses", CODEX);
