@@ -97,7 +97,7 @@ import copilotapi.CopilotApi.Responses.*;
  *
  * <p>Map of this file (search for "====" to print the outline):
  * <ol>
- *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}, {@code setup}, {@code generate-completion}</li>
+ *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}, {@code setup}, {@code service}, {@code generate-completion}</li>
  *   <li>Configuration: URLs, data directory, options, editor versions</li>
  *   <li>Server and routes: the composition root ({@code App}), Javalin, the browser guard, the request log,
  *       operator controls (keys, pacing, approval, stats, premium billing with its subagent memory, dashboard),
@@ -133,6 +133,7 @@ import copilotapi.CopilotApi.Responses.*;
         CopilotApi.CheckUsageCommand.class,
         CopilotApi.DebugCommand.class,
         CopilotApi.SetupCommand.class,
+        CopilotApi.ServiceCommand.class,
         picocli.AutoComplete.GenerateCompletion.class,
     })
 class CopilotApi implements Callable<Integer> {
@@ -1178,6 +1179,302 @@ class CopilotApi implements Callable<Integer> {
                 int eq = line.indexOf('=');
                 return eq < 0 || !shown(line.substring(0, eq).trim(), "").equals("***") ? line : line.substring(0, eq + 1) + " ***";
             }
+        }
+    }
+
+    @Command(name = "service", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+        description = "Run the server in the background as your own systemd user service (Linux): install, uninstall, status, logs.",
+        subcommands = {ServiceCommand.Install.class, ServiceCommand.Uninstall.class, ServiceCommand.Status.class, ServiceCommand.ShowLogs.class})
+    static final class ServiceCommand implements Callable<Integer> {
+        @CommandLine.Spec CommandLine.Model.CommandSpec spec;
+
+        @Override
+        public Integer call() {
+            spec.commandLine().usage(System.out);
+            return 0;
+        }
+
+        @Command(name = "install", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+            description = {"Install and start the service; the options after install are `start`'s (e.g. --port 4242 --api-key KEY).",
+                "API keys, the GitHub token and the proxy and CA variables of this shell go to an environment file only you can read."})
+        static final class Install implements Callable<Integer> {
+            @CommandLine.Spec CommandLine.Model.CommandSpec spec;
+
+            @Option(names = "--dry-run", description = "Print the unit and the environment file (secrets as ***) instead of writing them.")
+            boolean dryRun;
+
+            @Option(names = "--no-start", description = "Write the files, but leave systemctl alone (for a machine without a user manager; start it later).")
+            boolean noStart;
+
+            @Option(names = "--jar", paramLabel = "JAR", description = "The exported jar to copy into the data directory (default: the jar this runs from).")
+            Path jar;
+
+            @CommandLine.Unmatched
+            List<String> startOptions = new ArrayList<>();
+
+            @Override
+            public Integer call() throws IOException, InterruptedException {
+                Map<String, String> env = System.getenv();
+                SystemdService.Layout layout = SystemdService.Layout.of(env);
+                SystemdService.Plan plan;
+                try {
+                    plan = SystemdService.plan(layout, startOptions, env);
+                } catch (UserFacingException e) {
+                    throw new CommandLine.ParameterException(spec.commandLine(), e.getMessage());
+                }
+                if (dryRun) {
+                    System.out.println("# " + layout.unit() + "\n" + plan.unit() + "\n# " + layout.envFile() + " (readable by you only)\n" + plan.shownEnv());
+                    return 0;
+                }
+                if (!noStart) SystemdService.requireManager();
+                Path source = Optional.ofNullable(jar).orElseGet(SystemdService::runningJar);
+                SystemdService.write(layout, plan, source);
+                System.out.println("wrote " + layout.unit() + ", " + layout.envFile() + " and " + layout.jar());
+                if (noStart) {
+                    System.out.println("not started (--no-start): systemctl --user daemon-reload && systemctl --user enable --now " + SystemdService.NAME);
+                    return 0;
+                }
+                SystemdService.systemctl("daemon-reload");
+                SystemdService.systemctl("enable", "--now", SystemdService.NAME);
+                System.out.println("started; `copilot-api service status` shows it, `copilot-api service logs` its log");
+                return 0;
+            }
+        }
+
+        @Command(name = "uninstall", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+            description = "Stop the service and remove everything install wrote (unit, environment file, jar).")
+        static final class Uninstall implements Callable<Integer> {
+            @Option(names = "--no-start", description = "Leave systemctl alone; only remove the files.")
+            boolean noStart;
+
+            @Override
+            public Integer call() throws IOException, InterruptedException {
+                SystemdService.Layout layout = SystemdService.Layout.of(System.getenv());
+                if (!noStart && Files.exists(layout.unit())) {
+                    SystemdService.requireManager();
+                    SystemdService.systemctl("disable", "--now", SystemdService.NAME);
+                }
+                boolean any = false;
+                for (Path p : List.of(layout.unit(), layout.envFile(), layout.jar())) {
+                    if (Files.deleteIfExists(p)) {
+                        System.out.println("removed " + p);
+                        any = true;
+                    }
+                }
+                try (var left = Files.list(layout.envFile().getParent())) {
+                    if (left.findAny().isEmpty()) Files.delete(layout.envFile().getParent());
+                } catch (java.nio.file.NoSuchFileException gone) {
+                    Logs.log().debug("no {} to remove", gone.getFile());
+                }
+                if (!any) System.out.println("not installed: nothing to remove");
+                else if (!noStart) SystemdService.systemctl("daemon-reload");
+                return 0;
+            }
+        }
+
+        @Command(name = "status", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+            description = "Say whether the service is installed and running, its port and where its log is.")
+        static final class Status implements Callable<Integer> {
+            @Override
+            public Integer call() throws IOException, InterruptedException {
+                SystemdService.Layout layout = SystemdService.Layout.of(System.getenv());
+                if (!Files.exists(layout.unit())) {
+                    System.out.println("not installed (`copilot-api service install` installs it)");
+                    return 3;
+                }
+                System.out.println("installed: " + layout.unit());
+                System.out.println("running: " + SystemdService.activeState());
+                System.out.println("port: " + SystemdService.port(Files.readString(layout.unit())));
+                System.out.println("log: journalctl --user -u " + SystemdService.NAME + " (or `copilot-api service logs`)");
+                return 0;
+            }
+        }
+
+        @Command(name = "logs", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+            description = "Show the service's log (journalctl --user).")
+        static final class ShowLogs implements Callable<Integer> {
+            @Option(names = {"-n", "--lines"}, paramLabel = "N", defaultValue = "200", description = "How many lines (default: ${DEFAULT-VALUE}).")
+            int lines;
+
+            @Option(names = {"-f", "--follow"}, description = "Keep printing new lines.")
+            boolean follow;
+
+            @Override
+            public Integer call() throws IOException, InterruptedException {
+                if (!SystemdService.onPath("journalctl")) throw new UserFacingException("no journalctl here: the service log lives in the systemd journal");
+                List<String> cmd = new ArrayList<>(List.of("journalctl", "--user", "-u", SystemdService.NAME, "-n", String.valueOf(lines), "--no-pager"));
+                if (follow) cmd.add("-f");
+                return new ProcessBuilder(cmd).inheritIO().start().waitFor();
+            }
+        }
+    }
+
+    /** The systemd user unit `service install` writes, and the files beside it. */
+    static final class SystemdService {
+        static final String NAME = "copilot-api";
+        /** As the script header's //JAVA_OPTIONS line sets them. */
+        static final List<String> JVM_OPTIONS = List.of("-XX:+UseSerialGC", "-Xms32m", "-Xmx512m");
+        /** The shell variables that reach the service: proxies and certificates, nothing else. */
+        static final List<String> PASSED_VARIABLES = List.of("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy",
+            "SSL_CERT_FILE", "SSL_CERT_DIR", "JAVA_TOOL_OPTIONS", "COPILOT_API_HOME");
+
+        record Layout(Path unit, Path envFile, Path jar) {
+            static Layout of(Map<String, String> env) {
+                Path home = ClientSetup.home(env);
+                Path config = Optional.ofNullable(env.get("XDG_CONFIG_HOME")).filter(x -> !x.isBlank() && Path.of(x).isAbsolute()).map(Path::of)
+                    .orElse(home.resolve(".config"));
+                return new Layout(config.resolve("systemd").resolve("user").resolve(NAME + ".service"),
+                    config.resolve(NAME).resolve("service.env"), Settings.dataDir(env).resolve(NAME + ".jar"));
+            }
+        }
+
+        /** The unit's text and the environment file's variables. */
+        record Plan(String unit, Map<String, String> env) {
+            String shownEnv() {
+                StringBuilder b = new StringBuilder();
+                env.forEach((k, v) -> b.append(k).append('=').append(k.matches(".*(KEYS|TOKEN)") ? "***" : v).append('\n'));
+                return b.toString();
+            }
+
+            String envText() {
+                StringBuilder b = new StringBuilder("# written by `copilot-api service install`; removed by `copilot-api service uninstall`\n");
+                env.forEach((k, v) -> b.append(k).append('=').append(quote(v)).append('\n'));
+                return b.toString();
+            }
+        }
+
+        /** Checks the start options as `start` would, and moves the secrets among them into the environment file. */
+        static Plan plan(Layout layout, List<String> startOptions, Map<String, String> shellEnv) {
+            List<String> args = new ArrayList<>();
+            List<String> keys = new ArrayList<>();
+            Map<String, String> env = new LinkedHashMap<>();
+            for (int i = 0; i < startOptions.size(); i++) {
+                String a = startOptions.get(i);
+                String name = a.contains("=") ? a.substring(0, a.indexOf('=')) : a;
+                boolean secret = name.equals("--api-key") || name.equals("--github-token") || name.equals("-g");
+                if (!secret) {
+                    args.add(a);
+                    continue;
+                }
+                String value = a.contains("=") ? a.substring(a.indexOf('=') + 1) : i + 1 < startOptions.size() ? startOptions.get(++i) : null;
+                if (value == null) throw new UserFacingException(name + " needs a value");
+                if (name.equals("--api-key")) keys.add(value);
+                else env.put("COPILOT_API_GITHUB_TOKEN", value);
+            }
+            try {
+                new CommandLine(new StartCommand()).parseArgs(args.toArray(String[]::new));
+            } catch (CommandLine.ParameterException e) {
+                throw new UserFacingException("not a start option: " + e.getMessage());
+            }
+            if (!keys.isEmpty()) env.put("COPILOT_API_KEYS", String.join(",", keys));
+            for (String v : PASSED_VARIABLES) if (shellEnv.containsKey(v) && !shellEnv.get(v).isBlank()) env.put(v, shellEnv.get(v));
+            List<String> command = new ArrayList<>();
+            command.add(Path.of(System.getProperty("java.home"), "bin", "java").toString());
+            command.addAll(JVM_OPTIONS);
+            command.addAll(List.of("-jar", layout.jar().toString(), "start"));
+            command.addAll(args);
+            String unit = """
+                [Unit]
+                Description=copilot-api: GitHub Copilot as an OpenAI- and Anthropic-compatible API
+                After=network-online.target
+                Wants=network-online.target
+
+                [Service]
+                Type=simple
+                EnvironmentFile=-%s
+                ExecStart=%s
+                Restart=on-failure
+                RestartSec=5
+
+                [Install]
+                WantedBy=default.target
+                """.formatted(layout.envFile(), execLine(command));
+            return new Plan(unit, env);
+        }
+
+        /** systemd's quoting: each word in double quotes where it needs them; % and $ doubled so they stay literal. */
+        static String execLine(List<String> words) {
+            List<String> out = new ArrayList<>();
+            for (String w : words) {
+                String escaped = w.replace("%", "%%").replace("$", "$$");
+                out.add(escaped.matches("[A-Za-z0-9_./:@=+,-]+") ? escaped : "\"" + escaped.replace("\\", "\\\\").replace("\"", "\\\"") + "\"");
+            }
+            return String.join(" ", out);
+        }
+
+        static String quote(String v) {
+            return v.matches("[A-Za-z0-9_./:@=+,-]*") ? v : "\"" + v.replace("\\", "\\\\").replace("\"", "\\\"") + "\"";
+        }
+
+        /** The port the unit's start options name, else the default. */
+        static int port(String unit) {
+            java.util.regex.Matcher m = Pattern.compile("(?m)^ExecStart=.* (?:--port|-p)[ =]\"?(\\d+)").matcher(unit);
+            return m.find() ? Integer.parseInt(m.group(1)) : DEFAULT_PORT;
+        }
+
+        /** The jar this code runs from, when it is an exported (fat) jar with its dependencies inside. */
+        static Path runningJar() {
+            try {
+                Path self = Path.of(CopilotApi.class.getProtectionDomain().getCodeSource().getLocation().toURI());
+                Path picocli = Path.of(CommandLine.class.getProtectionDomain().getCodeSource().getLocation().toURI());
+                if (self.toString().endsWith(".jar") && self.equals(picocli)) return self;
+            } catch (java.net.URISyntaxException | RuntimeException e) {
+                Logs.log().debug("cannot tell where this runs from: {}", describe(e));
+            }
+            throw new UserFacingException("service install runs from the exported jar: `jbang export fatjar -O copilot-api.jar copilot-api.java`,"
+                + " then `java -jar copilot-api.jar service install ...` (or pass --jar)");
+        }
+
+        static void write(Layout layout, Plan plan, Path source) throws IOException {
+            if (!Files.isRegularFile(source)) throw new UserFacingException("no jar at " + source);
+            Files.createDirectories(layout.jar().getParent());
+            if (!source.toAbsolutePath().equals(layout.jar().toAbsolutePath())) {
+                Files.copy(source, layout.jar(), StandardCopyOption.REPLACE_EXISTING);
+            }
+            Files.createDirectories(layout.envFile().getParent());
+            Path tmp = Files.createTempFile(layout.envFile().getParent(), ".service", ".tmp");
+            Posix.restrict(tmp, "rw-------");
+            Files.writeString(tmp, plan.envText());
+            Files.move(tmp, layout.envFile(), StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+            Files.createDirectories(layout.unit().getParent());
+            Files.writeString(layout.unit(), plan.unit());
+        }
+
+        static boolean onPath(String program) {
+            for (String dir : Optional.ofNullable(System.getenv("PATH")).orElse("").split(java.io.File.pathSeparator)) {
+                if (!dir.isEmpty() && Files.isExecutable(Path.of(dir, program))) return true;
+            }
+            return false;
+        }
+
+        /** One line and a non-zero exit where there is no systemd user manager (a container, WSL without systemd). */
+        static void requireManager() throws IOException, InterruptedException {
+            if (!System.getProperty("os.name").toLowerCase(Locale.ROOT).contains("linux")) {
+                throw new UserFacingException("service supports systemd on Linux only so far; run `copilot-api start` another way");
+            }
+            if (!onPath("systemctl")) throw new UserFacingException("no systemctl here, so no systemd user services; use --no-start to write the files only");
+            Process p = new ProcessBuilder("systemctl", "--user", "show-environment").redirectErrorStream(true).start();
+            String out = new String(p.getInputStream().readAllBytes(), UTF_8).strip();
+            if (p.waitFor() != 0) {
+                throw new UserFacingException("no systemd user manager here (" + out.lines().findFirst().orElse("systemctl --user failed")
+                    + "); use --no-start to write the files only");
+            }
+        }
+
+        static void systemctl(String... args) throws IOException, InterruptedException {
+            List<String> cmd = new ArrayList<>(List.of("systemctl", "--user"));
+            cmd.addAll(List.of(args));
+            Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+            String out = new String(p.getInputStream().readAllBytes(), UTF_8).strip();
+            if (p.waitFor() != 0) throw new UserFacingException(String.join(" ", cmd) + " failed: " + out);
+        }
+
+        static String activeState() throws IOException, InterruptedException {
+            if (!onPath("systemctl")) return "unknown (no systemctl here)";
+            Process p = new ProcessBuilder("systemctl", "--user", "is-active", NAME).redirectErrorStream(true).start();
+            String out = new String(p.getInputStream().readAllBytes(), UTF_8).strip();
+            p.waitFor();
+            return out.isEmpty() ? "unknown" : out.lines().findFirst().orElse(out);
         }
     }
 

@@ -4830,6 +4830,133 @@ class CopilotApiTests {
             }
         }
 
+        /**
+         * `service install` on Linux, in a temporary home: the unit passes systemd-analyze verify, its ExecStart line
+         * really starts a server that answers (with the key from the owner-only environment file), status tells the
+         * port, and uninstall removes everything install wrote.
+         */
+        @Test
+        void aServiceUnitStartsTheServerAndUninstallRemovesEverything() throws Exception {
+            Path out = Files.createTempDirectory("export");
+            Path jar = out.resolve("copilot-api.jar");
+            SdkRunner.Result export = SdkRunner.run(SdkRunner.repo(), Map.of(), Duration.ofMinutes(5), "./jbang", "export", "fatjar", "--force",
+                "-O", jar.toString(), "copilot-api.java");
+            assertEquals(0, export.exit(), export.output());
+            int port;
+            try (java.net.ServerSocket s = new java.net.ServerSocket(0)) {
+                port = s.getLocalPort();
+            }
+            try (StubUpstream stub = StubUpstream.start()) {
+                Path home = Files.createTempDirectory("service-home");
+                Map<String, String> env = new HashMap<>(stub.env());
+                env.put("HOME", home.toString());
+                env.put("XDG_CONFIG_HOME", home.resolve(".config").toString());
+                env.put("COPILOT_API_HOME", home.resolve("data").toString());
+                env.put("NO_PROXY", "example.invalid");
+                env.put("UNRELATED_SECRET", "not-for-the-service");
+                String[] start = {"--port", String.valueOf(port), "--api-key", "k-service", "--github-token", StubUpstream.VALID_GITHUB_TOKEN};
+
+                SdkRunner.Result dry = service(out, env, "install", "--dry-run", start);
+                assertEquals(0, dry.exit(), dry.output());
+                assertTrue(dry.output().contains("ExecStart=" + java() + " -XX:+UseSerialGC -Xms32m -Xmx512m -jar "
+                    + home.resolve("data/copilot-api.jar") + " start --port " + port + "\n"), dry.output());
+                assertFalse(dry.output().contains("k-service") || dry.output().contains(StubUpstream.VALID_GITHUB_TOKEN), "no secret shown: " + dry.output());
+                assertTrue(dry.output().contains("COPILOT_API_KEYS=***") && dry.output().contains("NO_PROXY=example.invalid"), dry.output());
+                assertFalse(dry.output().contains("UNRELATED_SECRET"), "only the allow-listed variables: " + dry.output());
+                assertFalse(Files.exists(home.resolve(".config")), "--dry-run writes nothing");
+                verify(dry.output());
+
+                SdkRunner.Result install = service(out, env, "install", "--no-start", start);
+                assertEquals(0, install.exit(), install.output());
+                Path unit = home.resolve(".config/systemd/user/copilot-api.service");
+                Path envFile = home.resolve(".config/copilot-api/service.env");
+                assertTrue(Files.isRegularFile(unit) && Files.isRegularFile(home.resolve("data/copilot-api.jar")), install.output());
+                assertEquals("rw-------", java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(envFile)));
+                assertFalse(Files.readString(unit).contains("k-service"), "the key is in the environment file, not the unit");
+
+                Map<String, String> serviceEnv = new HashMap<>(stub.env());
+                serviceEnv.put("HOME", home.toString());
+                for (String line : Files.readAllLines(envFile)) {
+                    if (!line.startsWith("#") && line.contains("=")) serviceEnv.put(line.substring(0, line.indexOf('=')), line.substring(line.indexOf('=') + 1));
+                }
+                String exec = Files.readString(unit).lines().filter(l -> l.startsWith("ExecStart=")).findFirst().orElseThrow().substring("ExecStart=".length());
+                ProcessBuilder pb = new ProcessBuilder(exec.split(" ")).redirectErrorStream(true).redirectOutput(out.resolve("service.log").toFile());
+                pb.environment().clear();
+                pb.environment().putAll(serviceEnv);
+                Process server = pb.start();
+                try {
+                    HttpClient client = HttpClient.newHttpClient();
+                    HttpRequest models = HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + port + "/v1/models")).header("x-api-key", "k-service").build();
+                    HttpResponse<String> answer = null;
+                    for (long end = System.nanoTime() + Duration.ofMinutes(1).toNanos(); answer == null && System.nanoTime() < end && server.isAlive(); ) {
+                        try {
+                            answer = client.send(models, HttpResponse.BodyHandlers.ofString());
+                        } catch (IOException notYet) {
+                            Thread.sleep(200);
+                        }
+                    }
+                    assertNotNull(answer, "the unit's command line started a server: " + Files.readString(out.resolve("service.log")));
+                    assertEquals(200, answer.statusCode(), answer.body());
+                    assertTrue(answer.body().contains("\"gpt-4.1\""), answer.body());
+                    assertEquals(401, client.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + port + "/v1/models")).build(),
+                        HttpResponse.BodyHandlers.ofString()).statusCode(), "the key from the environment file is required");
+                } finally {
+                    server.destroy();
+                    server.waitFor(10, TimeUnit.SECONDS);
+                }
+
+                SdkRunner.Result status = service(out, env, "status");
+                assertTrue(status.output().contains("installed: " + unit) && status.output().contains("port: " + port), status.output());
+
+                SdkRunner.Result uninstall = service(out, env, "uninstall", "--no-start");
+                assertEquals(0, uninstall.exit(), uninstall.output());
+                try (Stream<Path> left = Files.walk(home.resolve(".config"))) {
+                    assertEquals(List.of(), left.filter(Files::isRegularFile).toList(), "uninstall removed every file install wrote");
+                }
+                assertFalse(Files.exists(home.resolve("data/copilot-api.jar")));
+                assertEquals(3, service(out, env, "status").exit(), "not installed");
+                noManagerIsOneLine(out, env, start);
+            }
+        }
+
+        static SdkRunner.Result service(Path dir, Map<String, String> env, String action, String... args) throws Exception {
+            List<String> cmd = new ArrayList<>(List.of(java(), "-jar", "copilot-api.jar", "service", action));
+            cmd.addAll(List.of(args));
+            return SdkRunner.run(dir, env, Duration.ofMinutes(1), cmd.toArray(String[]::new));
+        }
+
+        static SdkRunner.Result service(Path dir, Map<String, String> env, String action, String flag, String[] start) throws Exception {
+            List<String> args = new ArrayList<>(List.of(flag));
+            args.addAll(List.of(start));
+            return service(dir, env, action, args.toArray(String[]::new));
+        }
+
+        /** systemd-analyze verify on the printed unit, where the tool is installed. */
+        static void verify(String dryRun) throws Exception {
+            if (!Files.isExecutable(Path.of("/usr/bin/systemd-analyze"))) {
+                System.out.println("no systemd-analyze here: the unit was not verified");
+                return;
+            }
+            String unit = dryRun.substring(dryRun.indexOf("[Unit]"), dryRun.indexOf("\n# ", dryRun.indexOf("[Unit]")) + 1);
+            Path dir = Files.createTempDirectory("unit");
+            Files.writeString(dir.resolve("copilot-api.service"), unit);
+            SdkRunner.Result r = SdkRunner.run(dir, Map.of(), Duration.ofMinutes(1), "systemd-analyze", "verify", dir.resolve("copilot-api.service").toString());
+            System.out.println("systemd-analyze verify: exit " + r.exit() + "\n" + r.output());
+            assertEquals(0, r.exit(), r.output());
+        }
+
+        /** Without a systemd user manager (this container), install says so in one line, exits non-zero and writes nothing. */
+        static void noManagerIsOneLine(Path dir, Map<String, String> env, String[] start) throws Exception {
+            SdkRunner.Result bus = SdkRunner.run(dir, Map.of(), Duration.ofSeconds(30), "sh", "-c", "systemctl --user show-environment");
+            if (bus.exit() == 0) return;
+            SdkRunner.Result r = service(dir, env, "install", "--port", start[1]);
+            assertEquals(1, r.exit(), r.output());
+            assertEquals(1, r.output().strip().lines().count(), r.output());
+            assertTrue(r.output().contains("--no-start"), r.output());
+            assertFalse(Files.exists(Path.of(env.get("XDG_CONFIG_HOME"), "systemd", "user", "copilot-api.service")), "nothing written");
+            assertFalse(Files.exists(Path.of(env.get("XDG_CONFIG_HOME"), "copilot-api")), "nothing written, and uninstall left no folder of ours");
+        }
+
         @Test
         void aFatJarRunsWithJavaJar() throws Exception {
             exportAndServe("fatjar");
