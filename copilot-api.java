@@ -976,7 +976,7 @@ class CopilotApi implements Callable<Integer> {
                     env.forEach((k, v) -> b.append(export(shell, k, v)).append('\n'));
                 }
                 if (fileText != null) {
-                    b.append("\n# or, in ").append(file.map(Path::toString).orElse("the configuration")).append(" (`setup ")
+                    b.append(env.isEmpty() ? "\n# in " : "\n# or, in ").append(file.map(Path::toString).orElse("the configuration")).append(" (`setup ")
                         .append(client.label).append(" --write` merges it there):\n").append(fileText.stripTrailing()).append('\n');
                 }
                 if (launch != null) {
@@ -1214,6 +1214,7 @@ class CopilotApi implements Callable<Integer> {
 
             @Override
             public Integer call() throws IOException, InterruptedException {
+                SystemdService.requireLinux();
                 Map<String, String> env = System.getenv();
                 SystemdService.Layout layout = SystemdService.Layout.of(env);
                 SystemdService.Plan plan;
@@ -1448,10 +1449,15 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** One line and a non-zero exit where there is no systemd user manager (a container, WSL without systemd). */
-        static void requireManager() throws IOException, InterruptedException {
+        static void requireLinux() {
             if (!System.getProperty("os.name").toLowerCase(Locale.ROOT).contains("linux")) {
-                throw new UserFacingException("service supports systemd on Linux only so far; run `copilot-api start` another way");
+                throw new UserFacingException("service supports systemd on Linux only so far (not launchd or Windows tasks yet);"
+                    + " run `java -jar copilot-api.jar start` from your own agent or task");
             }
+        }
+
+        static void requireManager() throws IOException, InterruptedException {
+            requireLinux();
             if (!onPath("systemctl")) throw new UserFacingException("no systemctl here, so no systemd user services; use --no-start to write the files only");
             Process p = new ProcessBuilder("systemctl", "--user", "show-environment").redirectErrorStream(true).start();
             String out = new String(p.getInputStream().readAllBytes(), UTF_8).strip();

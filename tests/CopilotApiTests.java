@@ -2332,6 +2332,17 @@ class CopilotApiTests {
             }
         }
 
+        /** The service starts java with the options the script header gives JBang, so both run the same JVM. */
+        @Test
+        void theServiceUsesTheHeadersJvmOptions() throws Exception {
+            String header = Files.readAllLines(SdkRunner.repo().resolve("copilot-api.java")).stream()
+                .filter(l -> l.startsWith("//JAVA_OPTIONS ")).findFirst().orElseThrow();
+            assertEquals(header.substring("//JAVA_OPTIONS ".length()).strip(), String.join(" ", CopilotApi.SystemdService.JVM_OPTIONS));
+            assertEquals("a \"b c\" \"100%%\" \"$$HOME\"", CopilotApi.SystemdService.execLine(List.of("a", "b c", "100%", "$HOME")));
+            assertEquals(4242, CopilotApi.SystemdService.port("ExecStart=/java -jar x.jar start --host 0.0.0.0 --port 4242\n"));
+            assertEquals(4141, CopilotApi.SystemdService.port("ExecStart=/java -jar x.jar start\n"));
+        }
+
         @Test
         void badInputIsAOneLineError() throws Exception {
             try (StubUpstream stub = StubUpstream.start()) {
