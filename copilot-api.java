@@ -820,13 +820,13 @@ class CopilotApi implements Callable<Integer> {
 
     @Command(name = "setup", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
         description = {"Point a client at this server: print its environment and launch command, or write them into its own configuration.",
-            "CLIENT is claude-code, codex or openai (the OpenAI SDKs and OpenAI-compatible tools). Models come from the live catalog."})
+            "CLIENT is claude-code, codex, opencode or openai (the OpenAI SDKs and OpenAI-compatible tools). Models come from the live catalog."})
     static final class SetupCommand implements Callable<Integer> {
         @Mixin CommonOptions common;
 
         @CommandLine.Spec CommandLine.Model.CommandSpec spec;
 
-        @CommandLine.Parameters(paramLabel = "CLIENT", description = "claude-code, codex or openai.")
+        @CommandLine.Parameters(paramLabel = "CLIENT", description = "claude-code, codex, opencode or openai.")
         String clientName;
 
         @Option(names = {"-p", "--port"}, paramLabel = "PORT", defaultValue = "" + DEFAULT_PORT, description = "The server's port (default: ${DEFAULT-VALUE}).")
@@ -861,7 +861,7 @@ class CopilotApi implements Callable<Integer> {
         @Option(names = "--remove", description = "Take copilot-api's keys out of the client's configuration again (a backup first).")
         boolean remove;
 
-        @Option(names = "--project", description = "claude-code: the project's .claude/settings.json in the current directory, not ~/.claude/settings.json.")
+        @Option(names = "--project", description = "The current directory's .claude/settings.json (claude-code) or opencode.json (opencode), not the user's.")
         boolean project;
 
         private CommandLine.ParameterException usage(String message) {
@@ -872,9 +872,9 @@ class CopilotApi implements Callable<Integer> {
         public Integer call() throws Exception {
             Settings settings = common.settings();
             ClientSetup.Client client = ClientSetup.Client.named(clientName).orElseThrow(() ->
-                usage("setup knows claude-code, codex and openai, not '" + clientName + "'"));
+                usage("setup knows claude-code, codex, opencode and openai, not '" + clientName + "'"));
             if (write && remove) throw usage("--write and --remove go separately");
-            if (project && client != ClientSetup.Client.CLAUDE_CODE) throw usage("--project goes with claude-code");
+            if (project && !client.hasProjectFile()) throw usage("--project goes with claude-code and opencode");
             if (smallModel != null && client != ClientSetup.Client.CLAUDE_CODE) throw usage("--small-model goes with claude-code");
             if ((write || remove) && client.file(settings.env(), project).isEmpty()) {
                 throw usage(client.label + " has no configuration file to write: use the environment `setup " + client.label + "` prints");
@@ -903,11 +903,13 @@ class CopilotApi implements Callable<Integer> {
     static final class ClientSetup {
         /** Codex reads a profile from NAME.config.toml beside config.toml; this is copilot-api's. */
         static final String CODEX_PROFILE = "copilot-api";
+        /** The provider name copilot-api owns in opencode.json. */
+        static final String OPENCODE_PROVIDER = "copilot-api";
         /** What a client sends as its key when the server requires none. */
         static final String NO_KEY = "copilot-api";
 
         enum Client {
-            CLAUDE_CODE("claude-code"), CODEX("codex"), OPENAI("openai");
+            CLAUDE_CODE("claude-code"), CODEX("codex"), OPENCODE("opencode"), OPENAI("openai");
 
             final String label;
 
@@ -920,7 +922,11 @@ class CopilotApi implements Callable<Integer> {
                 return Optional.empty();
             }
 
-            /** The file --write edits: Claude Code's settings.json, Codex's profile file; the OpenAI SDKs have none. */
+            boolean hasProjectFile() {
+                return this == CLAUDE_CODE || this == OPENCODE;
+            }
+
+            /** The file --write edits: Claude Code's settings.json, Codex's profile file, opencode.json; the OpenAI SDKs have none. */
             Optional<Path> file(Map<String, String> env, boolean project) {
                 return switch (this) {
                     case CLAUDE_CODE -> Optional.of(project ? Path.of("").toAbsolutePath().resolve(".claude").resolve("settings.json")
@@ -928,6 +934,9 @@ class CopilotApi implements Callable<Integer> {
                             .orElseGet(() -> home(env).resolve(".claude")).resolve("settings.json"));
                     case CODEX -> Optional.of(Optional.ofNullable(env.get("CODEX_HOME")).filter(d -> !d.isBlank()).map(Path::of)
                         .orElseGet(() -> home(env).resolve(".codex")).resolve(CODEX_PROFILE + ".config.toml"));
+                    case OPENCODE -> Optional.of(project ? Path.of("").toAbsolutePath().resolve("opencode.json")
+                        : Optional.ofNullable(env.get("XDG_CONFIG_HOME")).filter(d -> !d.isBlank() && Path.of(d).isAbsolute()).map(Path::of)
+                            .orElseGet(() -> home(env).resolve(".config")).resolve("opencode").resolve("opencode.json"));
                     case OPENAI -> Optional.empty();
                 };
             }
@@ -940,6 +949,7 @@ class CopilotApi implements Callable<Integer> {
                         yield new Plan(this, base, choice, vars, "claude", file, Json.pretty(Json.object().set("env", JSON.valueToTree(vars))), key.isPresent());
                     }
                     case CODEX -> new Plan(this, base, choice, Map.of(), "codex -p " + CODEX_PROFILE, file, codexProfile(base, key, choice.main()), key.isPresent());
+                    case OPENCODE -> new Plan(this, base, choice, Map.of(), "opencode", file, Json.pretty(opencodeConfig(base, key, choice.main())), key.isPresent());
                     case OPENAI -> {
                         Map<String, String> vars = new LinkedHashMap<>();
                         vars.put("OPENAI_BASE_URL", base + "/v1");
@@ -954,6 +964,7 @@ class CopilotApi implements Callable<Integer> {
                 Path path = file(env, project).orElseThrow();
                 return switch (this) {
                     case CLAUDE_CODE -> Edit.settingsJson(path, Map.of(), true);
+                    case OPENCODE -> Edit.opencodeJson(path, null);
                     default -> Edit.ownFile(path, null);
                 };
             }
@@ -965,7 +976,11 @@ class CopilotApi implements Callable<Integer> {
 
             Optional<Edit> edit() throws IOException {
                 if (file.isEmpty()) return Optional.empty();
-                return Optional.of(client == Client.CLAUDE_CODE ? Edit.settingsJson(file.get(), env, false) : Edit.ownFile(file.get(), fileText));
+                return Optional.of(switch (client) {
+                    case CLAUDE_CODE -> Edit.settingsJson(file.get(), env, false);
+                    case OPENCODE -> Edit.opencodeJson(file.get(), (ObjectNode) JSON.readTree(fileText));
+                    default -> Edit.ownFile(file.get(), fileText);
+                });
             }
 
             String render(ClaudeCodeSetup.Shell shell) {
@@ -1024,6 +1039,19 @@ class CopilotApi implements Callable<Integer> {
             return b.toString();
         }
 
+        /** opencode's provider entry (chat completions through the AI SDK's OpenAI-compatible provider) and its model. */
+        static ObjectNode opencodeConfig(String base, Optional<String> key, String model) {
+            ObjectNode o = Json.object();
+            o.put("$schema", "https://opencode.ai/config.json");
+            ObjectNode entry = o.putObject("provider").putObject(OPENCODE_PROVIDER);
+            entry.put("npm", "@ai-sdk/openai-compatible");
+            entry.put("name", "copilot-api");
+            entry.putObject("options").put("baseURL", base + "/v1").put("apiKey", key.orElse(NO_KEY));
+            entry.putObject("models").putObject(model);
+            o.put("model", OPENCODE_PROVIDER + "/" + model);
+            return o;
+        }
+
         static String tomlString(String s) {
             return JSON.valueToTree(s).toString();
         }
@@ -1078,7 +1106,7 @@ class CopilotApi implements Callable<Integer> {
             String main = model != null ? ClaudeCodeSetup.check(ids, model) : ids.get(switch (client) {
                 case CLAUDE_CODE -> ClaudeCodeSetup.preferred(catalog, ids, "sonnet");
                 case CODEX -> codexDefault(catalog, ids);
-                case OPENAI -> ClaudeCodeSetup.smallDefault(catalog, ids);
+                case OPENAI, OPENCODE -> ClaudeCodeSetup.smallDefault(catalog, ids);
             });
             String fast = client != Client.CLAUDE_CODE ? null
                 : small != null ? ClaudeCodeSetup.check(ids, small) : ids.get(ClaudeCodeSetup.smallDefault(catalog, ids));
@@ -1147,6 +1175,50 @@ class CopilotApi implements Callable<Integer> {
                 else root.set("env", vars);
                 if (diff.isEmpty()) return new Edit(path, before, before, diff);
                 return new Edit(path, before, root.isEmpty() && removing ? null : Json.pretty(root) + "\n", diff);
+            }
+
+            /**
+             * opencode.json: our provider entry set (or removed with null), the default model ours while it names our
+             * provider; the user's other providers and settings kept as they were.
+             */
+            static Edit opencodeJson(Path path, ObjectNode ours) throws IOException {
+                String before = Files.exists(path) ? Files.readString(path) : null;
+                ObjectNode root = parseObject(path, before);
+                if (ours != null && root.isEmpty()) root.put("$schema", ours.path("$schema").asText());
+                if (!root.path("provider").isMissingNode() && !root.path("provider").isObject()) {
+                    throw new UserFacingException(path + ": \"provider\" is not an object; fix it by hand, nothing was changed");
+                }
+                ObjectNode providers = root.has("provider") ? (ObjectNode) root.get("provider") : Json.object();
+                JsonNode oldEntry = providers.get(OPENCODE_PROVIDER);
+                JsonNode newEntry = ours == null ? null : ours.path("provider").path(OPENCODE_PROVIDER);
+                String oldModel = root.path("model").asText(null);
+                String newModel = ours != null ? ours.path("model").asText()
+                    : oldModel != null && oldModel.startsWith(OPENCODE_PROVIDER + "/") ? null : oldModel;
+                List<String> diff = new ArrayList<>();
+                if (!java.util.Objects.equals(oldEntry, newEntry)) {
+                    if (oldEntry != null) diff.add("- provider." + OPENCODE_PROVIDER + " = " + shownEntry(oldEntry));
+                    if (newEntry != null) diff.add("+ provider." + OPENCODE_PROVIDER + " = " + shownEntry(newEntry));
+                    if (newEntry == null) providers.remove(OPENCODE_PROVIDER);
+                    else providers.set(OPENCODE_PROVIDER, newEntry);
+                }
+                if (!java.util.Objects.equals(oldModel, newModel)) {
+                    if (oldModel != null) diff.add("- model = " + oldModel);
+                    if (newModel != null) diff.add("+ model = " + newModel);
+                    if (newModel == null) root.remove("model");
+                    else root.put("model", newModel);
+                }
+                if (diff.isEmpty()) return new Edit(path, before, before, diff);
+                if (providers.isEmpty()) root.remove("provider");
+                else root.set("provider", providers);
+                boolean onlySchema = root.size() == 1 && root.has("$schema");
+                return new Edit(path, before, ours == null && (root.isEmpty() || onlySchema) ? null : Json.pretty(root) + "\n", diff);
+            }
+
+            private static String shownEntry(JsonNode entry) {
+                ObjectNode copy = entry.deepCopy();
+                JsonNode options = copy.path("options");
+                if (options instanceof ObjectNode o && o.has("apiKey")) o.put("apiKey", shown("apiKey", o.path("apiKey").asText()));
+                return Json.write(copy);
             }
 
             /** A file copilot-api owns whole (Codex's profile): replaced, or deleted with null. */

@@ -2332,6 +2332,43 @@ class CopilotApiTests {
             }
         }
 
+        /** opencode.json: our provider entry and model merged beside the user's own providers, idempotent, and taken out again. */
+        @Test
+        void opencodeWriteMergesItsProviderAndRemoveTakesItOut() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                Path dir = Files.createDirectories(home.dir().resolve(".config/opencode"));
+                Path config = dir.resolve("opencode.json");
+                Files.writeString(config, "{\"theme\": \"tokyonight\", \"provider\": {\"mine\": {\"npm\": \"x\"}}, \"model\": \"mine/m\"}\n");
+                CliTests.Run write = setup(home, "opencode", "--write", "--api-key", "secret-key-3", "--port", "5151");
+                assertEquals(0, write.exit(), write.err());
+                assertFalse(write.out().contains("secret-key-3"), write.out());
+                assertTrue(write.out().contains("- model = mine/m") && write.out().contains("+ model = copilot-api/gpt-4.1"), write.out());
+                JsonNode written = json(Files.readString(config));
+                assertEquals("tokyonight", written.path("theme").asText());
+                assertEquals("x", written.path("provider").path("mine").path("npm").asText(), "the user's provider survives");
+                JsonNode ours = written.path("provider").path("copilot-api");
+                assertEquals("@ai-sdk/openai-compatible", ours.path("npm").asText());
+                assertEquals("http://127.0.0.1:5151/v1", ours.path("options").path("baseURL").asText());
+                assertEquals("secret-key-3", ours.path("options").path("apiKey").asText());
+                assertTrue(ours.path("models").has("gpt-4.1"), ours.toString());
+                assertEquals("rw-------", java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(config)));
+                assertTrue(setup(home, "opencode", "--write", "--api-key", "secret-key-3", "--port", "5151").out().contains("nothing changed"));
+                assertEquals(1, backups(dir).size());
+                CliTests.Run remove = setup(home, "opencode", "--remove");
+                assertEquals(0, remove.exit(), remove.err());
+                JsonNode removed = json(Files.readString(config));
+                assertFalse(removed.path("provider").has("copilot-api"), removed.toString());
+                assertTrue(removed.path("provider").has("mine") && removed.path("theme").asText().equals("tokyonight"), removed.toString());
+                assertFalse(removed.has("model"), "our model went with our provider: " + removed);
+                Files.delete(config);
+                assertEquals(0, setup(home, "opencode", "--write").exit());
+                assertEquals("https://opencode.ai/config.json", json(Files.readString(config)).path("$schema").asText(), "a new file names the schema");
+                assertEquals(0, setup(home, "opencode", "--remove").exit());
+                assertFalse(Files.exists(config), "a file setup created is deleted by --remove");
+            }
+        }
+
         /** The service starts java with the options the script header gives JBang, so both run the same JVM. */
         @Test
         void theServiceUsesTheHeadersJvmOptions() throws Exception {
@@ -2349,7 +2386,7 @@ class CopilotApiTests {
                 Home home = home(stub);
                 CliTests.Run unknown = setup(home, "cursor");
                 assertEquals(2, unknown.exit());
-                assertTrue(unknown.err().contains("setup knows claude-code, codex and openai, not 'cursor'"), unknown.err());
+                assertTrue(unknown.err().contains("setup knows claude-code, codex, opencode and openai, not 'cursor'"), unknown.err());
                 CliTests.Run openaiWrite = setup(home, "openai", "--write");
                 assertEquals(2, openaiWrite.exit());
                 assertTrue(openaiWrite.err().contains("openai has no configuration file"), openaiWrite.err());
