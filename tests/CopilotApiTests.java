@@ -2369,6 +2369,35 @@ class CopilotApiTests {
             }
         }
 
+        /**
+         * The README's container command line, run outside a container (none runs here): GH_TOKEN from the environment,
+         * the data directory elsewhere, --host 0.0.0.0; a client of the published 127.0.0.1:4141 (or localhost:4141)
+         * sends that Host, which the Host check accepts; setup takes that address.
+         */
+        @Test
+        void theContainerCommandLineServesWhatAPublishedPortSends() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Map<String, String> env = new HashMap<>(stub.env());
+                env.put("GH_TOKEN", StubUpstream.VALID_GITHUB_TOKEN);
+                env.put("COPILOT_API_HOME", Files.createTempDirectory("data").toString());
+                try (CliTests.Started server = new CliTests.Started(env, List.of("start", "--host", "0.0.0.0", "--port", "0"))) {
+                    String base = server.baseUrl();
+                    int port = Integer.parseInt(base.substring(base.lastIndexOf(':') + 1));
+                    for (String host : List.of("127.0.0.1:4141", "localhost:4141")) {
+                        try (java.net.Socket s = new java.net.Socket("127.0.0.1", port)) {
+                            s.setSoTimeout(10_000);
+                            s.getOutputStream().write(("GET /v1/models HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n").getBytes(UTF_8));
+                            String answer = new String(s.getInputStream().readAllBytes(), UTF_8);
+                            assertTrue(answer.startsWith("HTTP/1.1 200 ") && answer.contains("\"gpt-4.1\""), host + ": " + answer);
+                        }
+                    }
+                }
+                Home home = home(stub);
+                JsonNode plan = json(setup(home, "claude-code", "--json", "--url", "http://127.0.0.1:4141").out());
+                assertEquals("http://127.0.0.1:4141", plan.path("env").path("ANTHROPIC_BASE_URL").asText());
+            }
+        }
+
         /** The service starts java with the options the script header gives JBang, so both run the same JVM. */
         @Test
         void theServiceUsesTheHeadersJvmOptions() throws Exception {
