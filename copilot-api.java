@@ -97,7 +97,7 @@ import copilotapi.CopilotApi.Responses.*;
  *
  * <p>Map of this file (search for "====" to print the outline):
  * <ol>
- *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}, {@code generate-completion}</li>
+ *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}, {@code setup}, {@code service}, {@code generate-completion}</li>
  *   <li>Configuration: URLs, data directory, options, editor versions</li>
  *   <li>Server and routes: the composition root ({@code App}), Javalin, the browser guard, the request log,
  *       operator controls (keys, pacing, approval, stats, premium billing with its subagent memory, dashboard),
@@ -132,6 +132,8 @@ import copilotapi.CopilotApi.Responses.*;
         CopilotApi.AuthCommand.class,
         CopilotApi.CheckUsageCommand.class,
         CopilotApi.DebugCommand.class,
+        CopilotApi.SetupCommand.class,
+        CopilotApi.ServiceCommand.class,
         picocli.AutoComplete.GenerateCompletion.class,
     })
 class CopilotApi implements Callable<Integer> {
@@ -740,13 +742,13 @@ class CopilotApi implements Callable<Integer> {
                 .orElseGet(() -> preferred(catalog, ids, "haiku"));
         }
 
-        private static String check(List<String> ids, String id) {
+        static String check(List<String> ids, String id) {
             if (!ids.contains(id)) throw new UserFacingException("unknown model '" + id + "'; available: " + String.join(", ", ids));
             return id;
         }
 
         /** The default answer: the newest model of the family, as the family name alone resolves, else the first. */
-        private static int preferred(List<JsonNode> catalog, List<String> ids, String family) {
+        static int preferred(List<JsonNode> catalog, List<String> ids, String family) {
             return ModelResolver.familyMember(catalog, family)
                 .map(m -> Math.max(0, ids.indexOf(m.path("id").asText()))).orElse(0);
         }
@@ -779,6 +781,11 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
+        /** Every variable env(...) sets: what `setup claude-code --remove` takes out of settings.json. */
+        static final List<String> VARIABLES = List.of("ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_MODEL",
+            "ANTHROPIC_DEFAULT_SONNET_MODEL", "ANTHROPIC_DEFAULT_OPUS_MODEL", "ANTHROPIC_DEFAULT_HAIKU_MODEL", "ANTHROPIC_SMALL_FAST_MODEL",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC");
+
         static Map<String, String> env(String baseUrl, String authToken, Choice c) {
             Map<String, String> env = new LinkedHashMap<>();
             env.put("ANTHROPIC_BASE_URL", baseUrl);
@@ -808,6 +815,744 @@ class CopilotApi implements Callable<Integer> {
 
         static String posixQuote(String v) {
             return v.matches("[A-Za-z0-9_./:@=+-]+") ? v : "'" + v.replace("'", "'\\''") + "'";
+        }
+    }
+
+    @Command(name = "setup", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+        description = {"Point a client at this server: print its environment and launch command, or write them into its own configuration.",
+            "CLIENT is claude-code, codex, opencode or openai (the OpenAI SDKs and OpenAI-compatible tools). Models come from the live catalog."})
+    static final class SetupCommand implements Callable<Integer> {
+        @Mixin CommonOptions common;
+
+        @CommandLine.Spec CommandLine.Model.CommandSpec spec;
+
+        @CommandLine.Parameters(paramLabel = "CLIENT", description = "claude-code, codex, opencode or openai.")
+        String clientName;
+
+        @Option(names = {"-p", "--port"}, paramLabel = "PORT", defaultValue = "" + DEFAULT_PORT, description = "The server's port (default: ${DEFAULT-VALUE}).")
+        int port;
+
+        @Option(names = "--host", paramLabel = "ADDRESS", defaultValue = "127.0.0.1", description = "The server's address as the client reaches it (default: ${DEFAULT-VALUE}).")
+        String host;
+
+        @Option(names = "--url", paramLabel = "URL",
+            description = "The server's base URL as the client reaches it, instead of --host and --port (e.g. a container's published address).")
+        String url;
+
+        @Option(names = "--api-key", paramLabel = "KEY",
+            description = "The key the server requires (default: the first of env COPILOT_API_KEYS; none: any value works).")
+        String apiKey;
+
+        @Option(names = "--model", paramLabel = "MODEL", description = "The client's model (default: chosen from the catalog).")
+        String model;
+
+        @Option(names = "--small-model", paramLabel = "MODEL", description = "Claude Code's small, fast model (default: a free one from the catalog).")
+        String smallModel;
+
+        @Option(names = "--shell", paramLabel = "SHELL", description = "Shell syntax: posix, fish, powershell or cmd (default: detected).")
+        String shell;
+
+        @Option(names = "--json", description = "Print the same as JSON, for machines.")
+        boolean json;
+
+        @Option(names = "--write", description = "Write it into the client's configuration (a backup first; only copilot-api's keys change).")
+        boolean write;
+
+        @Option(names = "--remove", description = "Take copilot-api's keys out of the client's configuration again (a backup first).")
+        boolean remove;
+
+        @Option(names = "--project", description = "The current directory's .claude/settings.json (claude-code) or opencode.json (opencode), not the user's.")
+        boolean project;
+
+        private CommandLine.ParameterException usage(String message) {
+            return new CommandLine.ParameterException(spec.commandLine(), message);
+        }
+
+        @Override
+        public Integer call() throws Exception {
+            Settings settings = common.settings();
+            ClientSetup.Client client = ClientSetup.Client.named(clientName).orElseThrow(() ->
+                usage("setup knows claude-code, codex, opencode and openai, not '" + clientName + "'"));
+            if (write && remove) throw usage("--write and --remove go separately");
+            if (project && !client.hasProjectFile()) throw usage("--project goes with claude-code and opencode");
+            if (smallModel != null && client != ClientSetup.Client.CLAUDE_CODE) throw usage("--small-model goes with claude-code");
+            if ((write || remove) && client.file(settings.env(), project).isEmpty()) {
+                throw usage(client.label + " has no configuration file to write: use the environment `setup " + client.label + "` prints");
+            }
+            ClaudeCodeSetup.Shell shellSyntax;
+            String base;
+            try {
+                shellSyntax = ClaudeCodeSetup.Shell.detect(shell, settings.env(), System.getProperty("os.name"));
+                base = url != null ? ClientSetup.baseUrl(url) : ClientSetup.baseUrl("http://" + (host.contains(":") ? "[" + host + "]" : host) + ":" + port);
+            } catch (UserFacingException e) {
+                throw usage(e.getMessage());
+            }
+            Optional<String> key = Optional.ofNullable(apiKey).filter(k -> !k.isBlank())
+                .or(() -> Settings.listOption(settings.env().get("COPILOT_API_KEYS"), null).stream().findFirst());
+            if (remove) return ClientSetup.apply(client.removal(settings.env(), project), System.out);
+            List<JsonNode> catalog = model != null && (smallModel != null || client != ClientSetup.Client.CLAUDE_CODE)
+                ? ClientSetup.catalogIfLoggedIn(settings) : ClientSetup.catalog(settings);
+            ClientSetup.Plan plan = client.plan(base, key, ClientSetup.choose(client, catalog, model, smallModel), settings.env(), project);
+            if (write) return ClientSetup.apply(plan.edit().orElseThrow(), System.out);
+            System.out.println(json ? Json.pretty(plan.json()) : plan.render(shellSyntax));
+            return 0;
+        }
+    }
+
+    /** `setup CLIENT`: what points each client at the server, and the careful edit of its configuration file. */
+    static final class ClientSetup {
+        /** Codex reads a profile from NAME.config.toml beside config.toml; this is copilot-api's. */
+        static final String CODEX_PROFILE = "copilot-api";
+        /** The provider name copilot-api owns in opencode.json. */
+        static final String OPENCODE_PROVIDER = "copilot-api";
+        /** What a client sends as its key when the server requires none. */
+        static final String NO_KEY = "copilot-api";
+
+        enum Client {
+            CLAUDE_CODE("claude-code"), CODEX("codex"), OPENCODE("opencode"), OPENAI("openai");
+
+            final String label;
+
+            Client(String label) {
+                this.label = label;
+            }
+
+            static Optional<Client> named(String name) {
+                for (Client c : values()) if (c.label.equalsIgnoreCase(name.trim())) return Optional.of(c);
+                return Optional.empty();
+            }
+
+            boolean hasProjectFile() {
+                return this == CLAUDE_CODE || this == OPENCODE;
+            }
+
+            /** The file --write edits: Claude Code's settings.json, Codex's profile file, opencode.json; the OpenAI SDKs have none. */
+            Optional<Path> file(Map<String, String> env, boolean project) {
+                return switch (this) {
+                    case CLAUDE_CODE -> Optional.of(project ? Path.of("").toAbsolutePath().resolve(".claude").resolve("settings.json")
+                        : Optional.ofNullable(env.get("CLAUDE_CONFIG_DIR")).filter(d -> !d.isBlank()).map(Path::of)
+                            .orElseGet(() -> home(env).resolve(".claude")).resolve("settings.json"));
+                    case CODEX -> Optional.of(Optional.ofNullable(env.get("CODEX_HOME")).filter(d -> !d.isBlank()).map(Path::of)
+                        .orElseGet(() -> home(env).resolve(".codex")).resolve(CODEX_PROFILE + ".config.toml"));
+                    case OPENCODE -> Optional.of(project ? Path.of("").toAbsolutePath().resolve("opencode.json")
+                        : Optional.ofNullable(env.get("XDG_CONFIG_HOME")).filter(d -> !d.isBlank() && Path.of(d).isAbsolute()).map(Path::of)
+                            .orElseGet(() -> home(env).resolve(".config")).resolve("opencode").resolve("opencode.json"));
+                    case OPENAI -> Optional.empty();
+                };
+            }
+
+            Plan plan(String base, Optional<String> key, ClaudeCodeSetup.Choice choice, Map<String, String> env, boolean project) {
+                Optional<Path> file = file(env, project);
+                return switch (this) {
+                    case CLAUDE_CODE -> {
+                        Map<String, String> vars = ClaudeCodeSetup.env(base, key.orElse(NO_KEY), choice);
+                        yield new Plan(this, base, choice, vars, "claude", file, Json.pretty(Json.object().set("env", JSON.valueToTree(vars))), key.isPresent());
+                    }
+                    case CODEX -> new Plan(this, base, choice, Map.of(), "codex -p " + CODEX_PROFILE, file, codexProfile(base, key, choice.main()), key.isPresent());
+                    case OPENCODE -> new Plan(this, base, choice, Map.of(), "opencode", file, Json.pretty(opencodeConfig(base, key, choice.main())), key.isPresent());
+                    case OPENAI -> {
+                        Map<String, String> vars = new LinkedHashMap<>();
+                        vars.put("OPENAI_BASE_URL", base + "/v1");
+                        vars.put("OPENAI_API_KEY", key.orElse(NO_KEY));
+                        vars.put("OPENAI_MODEL", choice.main());
+                        yield new Plan(this, base, choice, vars, null, file, null, key.isPresent());
+                    }
+                };
+            }
+
+            Edit removal(Map<String, String> env, boolean project) throws IOException {
+                Path path = file(env, project).orElseThrow();
+                return switch (this) {
+                    case CLAUDE_CODE -> Edit.settingsJson(path, Map.of(), true);
+                    case OPENCODE -> Edit.opencodeJson(path, null);
+                    default -> Edit.ownFile(path, null);
+                };
+            }
+        }
+
+        /** What `setup` prints, or writes. */
+        record Plan(Client client, String baseUrl, ClaudeCodeSetup.Choice choice, Map<String, String> env, String launch,
+            Optional<Path> file, String fileText, boolean hasKey) {
+
+            Optional<Edit> edit() throws IOException {
+                if (file.isEmpty()) return Optional.empty();
+                return Optional.of(switch (client) {
+                    case CLAUDE_CODE -> Edit.settingsJson(file.get(), env, false);
+                    case OPENCODE -> Edit.opencodeJson(file.get(), (ObjectNode) JSON.readTree(fileText));
+                    default -> Edit.ownFile(file.get(), fileText);
+                });
+            }
+
+            String render(ClaudeCodeSetup.Shell shell) {
+                StringBuilder b = new StringBuilder();
+                b.append("# ").append(client.label).append(" through copilot-api at ").append(baseUrl).append('\n');
+                if (!env.isEmpty()) {
+                    b.append("\n# the environment (").append(shell.name().toLowerCase(Locale.ROOT)).append("):\n");
+                    env.forEach((k, v) -> b.append(export(shell, k, v)).append('\n'));
+                }
+                if (fileText != null) {
+                    b.append(env.isEmpty() ? "\n# in " : "\n# or, in ").append(file.map(Path::toString).orElse("the configuration")).append(" (`setup ")
+                        .append(client.label).append(" --write` merges it there):\n").append(fileText.stripTrailing()).append('\n');
+                }
+                if (launch != null) {
+                    b.append("\n# then run:\n").append(client == Client.CLAUDE_CODE ? ClaudeCodeSetup.command(env, shell) : launch).append('\n');
+                }
+                return b.toString().stripTrailing();
+            }
+
+            ObjectNode json() {
+                ObjectNode o = Json.object();
+                o.put("client", client.label);
+                o.put("baseUrl", baseUrl);
+                o.put("model", choice.main());
+                if (client == Client.CLAUDE_CODE) o.put("smallModel", choice.small());
+                ObjectNode vars = o.putObject("env");
+                env.forEach(vars::put);
+                o.put("launch", client == Client.CLAUDE_CODE ? "claude" : launch);
+                file.ifPresent(f -> o.putObject("file").put("path", f.toString()).put("content", fileText));
+                return o;
+            }
+        }
+
+        static String export(ClaudeCodeSetup.Shell shell, String k, String v) {
+            return switch (shell) {
+                case POSIX -> "export " + k + "=" + ClaudeCodeSetup.posixQuote(v);
+                case FISH -> "set -gx " + k + " " + ClaudeCodeSetup.posixQuote(v);
+                case POWERSHELL -> "$env:" + k + " = '" + v.replace("'", "''") + "'";
+                case CMD -> "set \"" + k + "=" + v + "\"";
+            };
+        }
+
+        /** Codex's profile: our provider on the Responses wire, over HTTP until copilot-api serves WebSocket. */
+        static String codexProfile(String base, Optional<String> key, String model) {
+            StringBuilder b = new StringBuilder();
+            b.append("# written by `copilot-api setup codex --write`; `copilot-api setup codex --remove` deletes it. Run: codex -p ")
+                .append(CODEX_PROFILE).append('\n');
+            b.append("model_provider = \"copilot-api\"\n");
+            b.append("model = ").append(tomlString(model)).append("\n\n");
+            b.append("[model_providers.copilot-api]\n");
+            b.append("name = \"copilot-api\"\n");
+            b.append("base_url = ").append(tomlString(base + "/v1")).append('\n');
+            b.append("wire_api = \"responses\"\n");
+            b.append("supports_websockets = false\n");
+            key.ifPresent(k -> b.append("experimental_bearer_token = ").append(tomlString(k)).append('\n'));
+            return b.toString();
+        }
+
+        /** opencode's provider entry (chat completions through the AI SDK's OpenAI-compatible provider) and its model. */
+        static ObjectNode opencodeConfig(String base, Optional<String> key, String model) {
+            ObjectNode o = Json.object();
+            o.put("$schema", "https://opencode.ai/config.json");
+            ObjectNode entry = o.putObject("provider").putObject(OPENCODE_PROVIDER);
+            entry.put("npm", "@ai-sdk/openai-compatible");
+            entry.put("name", "copilot-api");
+            entry.putObject("options").put("baseURL", base + "/v1").put("apiKey", key.orElse(NO_KEY));
+            entry.putObject("models").putObject(model);
+            o.put("model", OPENCODE_PROVIDER + "/" + model);
+            return o;
+        }
+
+        static String tomlString(String s) {
+            return JSON.valueToTree(s).toString();
+        }
+
+        /** http(s)://host[:port], no path, no trailing slash: what every client's base URL is built on. */
+        static String baseUrl(String url) {
+            String u = Settings.trimSlash(url.trim());
+            URI parsed;
+            try {
+                parsed = URI.create(u);
+            } catch (IllegalArgumentException e) {
+                throw new UserFacingException("--url takes an address such as http://127.0.0.1:4141, not '" + url + "'");
+            }
+            if (!"http".equals(parsed.getScheme()) && !"https".equals(parsed.getScheme()) || parsed.getHost() == null
+                    || !Optional.ofNullable(parsed.getRawPath()).orElse("").isEmpty() || parsed.getRawQuery() != null) {
+                throw new UserFacingException("--url takes an address such as http://127.0.0.1:4141 (no path), not '" + url + "'");
+            }
+            return u;
+        }
+
+        static Path home(Map<String, String> env) {
+            return Path.of(Optional.ofNullable(env.get("HOME")).filter(h -> !h.isBlank()).orElse(System.getProperty("user.home")));
+        }
+
+        /** The live catalog from Copilot, read as `debug --probe` reads it (the list kept at start untouched). */
+        static List<JsonNode> catalog(Settings s) {
+            Http http = Http.create(s);
+            GitHubToken github = new GitHubAuth(s, http).existingToken().orElseThrow(() ->
+                new UserFacingException("not logged in, so no catalog to choose models from: run `copilot-api auth`, or pass --model"
+                    + " (and --small-model for claude-code)"));
+            try (CopilotTokens tokens = new CopilotTokens(s, http, github)) {
+                tokens.start();
+                CopilotClient copilot = new CopilotClient(s, http, tokens, Timeouts.DEFAULT);
+                copilot.catalogLog().observeOnly();
+                List<JsonNode> out = new ArrayList<>();
+                copilot.catalog().path("data").forEach(out::add);
+                return out;
+            }
+        }
+
+        /** With the models given, the catalog only checks them: none when there is no login. */
+        static List<JsonNode> catalogIfLoggedIn(Settings s) {
+            return new GitHubAuth(s, Http.create(s)).existingToken().isPresent() ? catalog(s) : List.of();
+        }
+
+        /** The given models (checked against the catalog when there is one), else the catalog's picks for this client. */
+        static ClaudeCodeSetup.Choice choose(Client client, List<JsonNode> catalog, String model, String small) {
+            List<String> ids = new ArrayList<>();
+            for (JsonNode m : catalog) if (ModelResolver.isChat(m)) ids.add(m.path("id").asText());
+            if (catalog.isEmpty()) return new ClaudeCodeSetup.Choice(model, small);
+            if (ids.isEmpty()) throw new UserFacingException("the Copilot model list has no chat models; cannot set up " + client.label);
+            String main = model != null ? ClaudeCodeSetup.check(ids, model) : ids.get(switch (client) {
+                case CLAUDE_CODE -> ClaudeCodeSetup.preferred(catalog, ids, "sonnet");
+                case CODEX -> codexDefault(catalog, ids);
+                case OPENAI, OPENCODE -> ClaudeCodeSetup.smallDefault(catalog, ids);
+            });
+            String fast = client != Client.CLAUDE_CODE ? null
+                : small != null ? ClaudeCodeSetup.check(ids, small) : ids.get(ClaudeCodeSetup.smallDefault(catalog, ids));
+            return new ClaudeCodeSetup.Choice(main, fast);
+        }
+
+        /** Codex speaks only Responses: the newest codex model, else the first that Copilot serves on /responses. */
+        static int codexDefault(List<JsonNode> catalog, List<String> ids) {
+            Optional<JsonNode> codex = ModelResolver.familyMember(catalog, "codex");
+            if (codex.isPresent()) return Math.max(0, ids.indexOf(codex.get().path("id").asText()));
+            for (JsonNode m : catalog) {
+                if (ModelResolver.isChat(m) && ModelResolver.endpoints(m).contains("/responses")) return ids.indexOf(m.path("id").asText());
+            }
+            return 0;
+        }
+
+        /** Writes (or removes) an edit: nothing when nothing changes, else a backup, the new file readable by its owner only, and the diff. */
+        static int apply(Edit edit, java.io.PrintStream out) throws IOException {
+            if (java.util.Objects.equals(edit.before(), edit.after())) {
+                out.println(edit.path() + ": already up to date, nothing changed");
+                return 0;
+            }
+            if (edit.before() != null) {
+                Path backup = edit.path().resolveSibling(edit.path().getFileName() + "." + java.time.format.DateTimeFormatter
+                    .ofPattern("yyyyMMdd-HHmmss-SSS").withZone(ZoneOffset.UTC).format(Instant.now()) + ".bak");
+                Files.copy(edit.path(), backup, StandardCopyOption.COPY_ATTRIBUTES);
+                Posix.restrict(backup, "rw-------");
+                out.println("backup: " + backup);
+            }
+            if (edit.after() == null) {
+                Files.delete(edit.path());
+                out.println("removed " + edit.path());
+            } else {
+                Files.createDirectories(edit.path().getParent());
+                Path tmp = Files.createTempFile(edit.path().getParent(), ".copilot-api", ".tmp");
+                Posix.restrict(tmp, "rw-------");
+                Files.writeString(tmp, edit.after());
+                Files.move(tmp, edit.path(), StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+                out.println((edit.before() == null ? "created " : "updated ") + edit.path() + " (readable by you only)");
+            }
+            edit.diff().forEach(out::println);
+            return 0;
+        }
+
+        /** One file's text before and after (null: absent), and the lines that changed, secrets shown as ***. */
+        record Edit(Path path, String before, String after, List<String> diff) {
+            /** Claude Code's settings.json: our env keys set (or, removing, taken out); every other key kept as it was. */
+            static Edit settingsJson(Path path, Map<String, String> env, boolean removing) throws IOException {
+                String before = Files.exists(path) ? Files.readString(path) : null;
+                ObjectNode root = parseObject(path, before);
+                if (!root.path("env").isMissingNode() && !root.path("env").isObject()) {
+                    throw new UserFacingException(path + ": \"env\" is not an object; fix it by hand, nothing was changed");
+                }
+                ObjectNode vars = root.has("env") ? (ObjectNode) root.get("env") : Json.object();
+                List<String> diff = new ArrayList<>();
+                for (String k : ClaudeCodeSetup.VARIABLES) {
+                    String old = vars.has(k) ? vars.get(k).asText() : null;
+                    String now = removing ? null : env.get(k);
+                    if (java.util.Objects.equals(old, now)) continue;
+                    if (now == null) vars.remove(k);
+                    else vars.put(k, now);
+                    if (old != null) diff.add("- env." + k + " = " + shown(k, old));
+                    if (now != null) diff.add("+ env." + k + " = " + shown(k, now));
+                }
+                if (vars.isEmpty()) root.remove("env");
+                else root.set("env", vars);
+                if (diff.isEmpty()) return new Edit(path, before, before, diff);
+                return new Edit(path, before, root.isEmpty() && removing ? null : Json.pretty(root) + "\n", diff);
+            }
+
+            /**
+             * opencode.json: our provider entry set (or removed with null), the default model ours while it names our
+             * provider; the user's other providers and settings kept as they were.
+             */
+            static Edit opencodeJson(Path path, ObjectNode ours) throws IOException {
+                String before = Files.exists(path) ? Files.readString(path) : null;
+                ObjectNode root = parseObject(path, before);
+                if (ours != null && root.isEmpty()) root.put("$schema", ours.path("$schema").asText());
+                if (!root.path("provider").isMissingNode() && !root.path("provider").isObject()) {
+                    throw new UserFacingException(path + ": \"provider\" is not an object; fix it by hand, nothing was changed");
+                }
+                ObjectNode providers = root.has("provider") ? (ObjectNode) root.get("provider") : Json.object();
+                JsonNode oldEntry = providers.get(OPENCODE_PROVIDER);
+                JsonNode newEntry = ours == null ? null : ours.path("provider").path(OPENCODE_PROVIDER);
+                String oldModel = root.path("model").asText(null);
+                String newModel = ours != null ? ours.path("model").asText()
+                    : oldModel != null && oldModel.startsWith(OPENCODE_PROVIDER + "/") ? null : oldModel;
+                List<String> diff = new ArrayList<>();
+                if (!java.util.Objects.equals(oldEntry, newEntry)) {
+                    if (oldEntry != null) diff.add("- provider." + OPENCODE_PROVIDER + " = " + shownEntry(oldEntry));
+                    if (newEntry != null) diff.add("+ provider." + OPENCODE_PROVIDER + " = " + shownEntry(newEntry));
+                    if (newEntry == null) providers.remove(OPENCODE_PROVIDER);
+                    else providers.set(OPENCODE_PROVIDER, newEntry);
+                }
+                if (!java.util.Objects.equals(oldModel, newModel)) {
+                    if (oldModel != null) diff.add("- model = " + oldModel);
+                    if (newModel != null) diff.add("+ model = " + newModel);
+                    if (newModel == null) root.remove("model");
+                    else root.put("model", newModel);
+                }
+                if (diff.isEmpty()) return new Edit(path, before, before, diff);
+                if (providers.isEmpty()) root.remove("provider");
+                else root.set("provider", providers);
+                boolean onlySchema = root.size() == 1 && root.has("$schema");
+                return new Edit(path, before, ours == null && (root.isEmpty() || onlySchema) ? null : Json.pretty(root) + "\n", diff);
+            }
+
+            private static String shownEntry(JsonNode entry) {
+                ObjectNode copy = entry.deepCopy();
+                JsonNode options = copy.path("options");
+                if (options instanceof ObjectNode o && o.has("apiKey")) o.put("apiKey", shown("apiKey", o.path("apiKey").asText()));
+                return Json.write(copy);
+            }
+
+            /** A file copilot-api owns whole (Codex's profile): replaced, or deleted with null. */
+            static Edit ownFile(Path path, String text) throws IOException {
+                String before = Files.exists(path) ? Files.readString(path) : null;
+                List<String> diff = new ArrayList<>();
+                List<String> old = before == null ? List.of() : before.lines().toList();
+                List<String> now = text == null ? List.of() : text.lines().toList();
+                for (String l : old) if (!now.contains(l)) diff.add("- " + shownLine(l));
+                for (String l : now) if (!old.contains(l)) diff.add("+ " + shownLine(l));
+                return new Edit(path, before, text, diff);
+            }
+
+            private static ObjectNode parseObject(Path path, String text) {
+                if (text == null || text.isBlank()) return Json.object();
+                try {
+                    JsonNode node = JSON.readTree(text);
+                    if (node instanceof ObjectNode o) return o;
+                } catch (JsonProcessingException e) {
+                    Logs.log().debug("{} is not JSON: {}", path, describe(e));
+                }
+                throw new UserFacingException(path + " is not a JSON object; fix it by hand, nothing was changed");
+            }
+
+            static String shown(String name, String value) {
+                return name.matches("(?i).*(token|key).*") && !value.equals(NO_KEY) ? "***" : value;
+            }
+
+            static String shownLine(String line) {
+                int eq = line.indexOf('=');
+                return eq < 0 || !shown(line.substring(0, eq).trim(), "").equals("***") ? line : line.substring(0, eq + 1) + " ***";
+            }
+        }
+    }
+
+    @Command(name = "service", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+        description = "Run the server in the background as your own systemd user service (Linux): install, uninstall, status, logs.",
+        subcommands = {ServiceCommand.Install.class, ServiceCommand.Uninstall.class, ServiceCommand.Status.class, ServiceCommand.ShowLogs.class})
+    static final class ServiceCommand implements Callable<Integer> {
+        @CommandLine.Spec CommandLine.Model.CommandSpec spec;
+
+        @Override
+        public Integer call() {
+            spec.commandLine().usage(System.out);
+            return 0;
+        }
+
+        @Command(name = "install", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+            description = {"Install and start the service; the options after install are `start`'s (e.g. --port 4242 --api-key KEY).",
+                "API keys, the GitHub token and the proxy and CA variables of this shell go to an environment file only you can read."})
+        static final class Install implements Callable<Integer> {
+            @CommandLine.Spec CommandLine.Model.CommandSpec spec;
+
+            @Option(names = "--dry-run", description = "Print the unit and the environment file (secrets as ***) instead of writing them.")
+            boolean dryRun;
+
+            @Option(names = "--no-start", description = "Write the files, but leave systemctl alone (for a machine without a user manager; start it later).")
+            boolean noStart;
+
+            @Option(names = "--jar", paramLabel = "JAR", description = "The exported jar to copy into the data directory (default: the jar this runs from).")
+            Path jar;
+
+            @CommandLine.Unmatched
+            List<String> startOptions = new ArrayList<>();
+
+            @Override
+            public Integer call() throws IOException, InterruptedException {
+                SystemdService.requireLinux();
+                Map<String, String> env = System.getenv();
+                SystemdService.Layout layout = SystemdService.Layout.of(env);
+                SystemdService.Plan plan;
+                try {
+                    plan = SystemdService.plan(layout, startOptions, env);
+                } catch (UserFacingException e) {
+                    throw new CommandLine.ParameterException(spec.commandLine(), e.getMessage());
+                }
+                if (dryRun) {
+                    System.out.println("# " + layout.unit() + "\n" + plan.unit() + "\n# " + layout.envFile() + " (readable by you only)\n" + plan.shownEnv());
+                    return 0;
+                }
+                if (!noStart) SystemdService.requireManager();
+                Path source = Optional.ofNullable(jar).orElseGet(SystemdService::runningJar);
+                SystemdService.write(layout, plan, source);
+                System.out.println("wrote " + layout.unit() + ", " + layout.envFile() + " and " + layout.jar());
+                if (noStart) {
+                    System.out.println("not started (--no-start): systemctl --user daemon-reload && systemctl --user enable --now " + SystemdService.NAME);
+                    return 0;
+                }
+                SystemdService.systemctl("daemon-reload");
+                SystemdService.systemctl("enable", "--now", SystemdService.NAME);
+                System.out.println("started; `copilot-api service status` shows it, `copilot-api service logs` its log");
+                return 0;
+            }
+        }
+
+        @Command(name = "uninstall", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+            description = "Stop the service and remove everything install wrote (unit, environment file, jar).")
+        static final class Uninstall implements Callable<Integer> {
+            @Option(names = "--no-start", description = "Leave systemctl alone; only remove the files.")
+            boolean noStart;
+
+            @Override
+            public Integer call() throws IOException, InterruptedException {
+                SystemdService.Layout layout = SystemdService.Layout.of(System.getenv());
+                if (!noStart && Files.exists(layout.unit())) {
+                    SystemdService.requireManager();
+                    SystemdService.systemctl("disable", "--now", SystemdService.NAME);
+                }
+                boolean any = false;
+                for (Path p : List.of(layout.unit(), layout.envFile(), layout.jar())) {
+                    if (Files.deleteIfExists(p)) {
+                        System.out.println("removed " + p);
+                        any = true;
+                    }
+                }
+                try (var left = Files.list(layout.envFile().getParent())) {
+                    if (left.findAny().isEmpty()) Files.delete(layout.envFile().getParent());
+                } catch (java.nio.file.NoSuchFileException gone) {
+                    Logs.log().debug("no {} to remove", gone.getFile());
+                }
+                if (!any) System.out.println("not installed: nothing to remove");
+                else if (!noStart) SystemdService.systemctl("daemon-reload");
+                return 0;
+            }
+        }
+
+        @Command(name = "status", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+            description = "Say whether the service is installed and running, its port and where its log is.")
+        static final class Status implements Callable<Integer> {
+            @Override
+            public Integer call() throws IOException, InterruptedException {
+                SystemdService.Layout layout = SystemdService.Layout.of(System.getenv());
+                if (!Files.exists(layout.unit())) {
+                    System.out.println("not installed (`copilot-api service install` installs it)");
+                    return 3;
+                }
+                System.out.println("installed: " + layout.unit());
+                System.out.println("running: " + SystemdService.activeState());
+                System.out.println("port: " + SystemdService.port(Files.readString(layout.unit())));
+                System.out.println("log: journalctl --user -u " + SystemdService.NAME + " (or `copilot-api service logs`)");
+                return 0;
+            }
+        }
+
+        @Command(name = "logs", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
+            description = "Show the service's log (journalctl --user).")
+        static final class ShowLogs implements Callable<Integer> {
+            @Option(names = {"-n", "--lines"}, paramLabel = "N", defaultValue = "200", description = "How many lines (default: ${DEFAULT-VALUE}).")
+            int lines;
+
+            @Option(names = {"-f", "--follow"}, description = "Keep printing new lines.")
+            boolean follow;
+
+            @Override
+            public Integer call() throws IOException, InterruptedException {
+                if (!SystemdService.onPath("journalctl")) throw new UserFacingException("no journalctl here: the service log lives in the systemd journal");
+                List<String> cmd = new ArrayList<>(List.of("journalctl", "--user", "-u", SystemdService.NAME, "-n", String.valueOf(lines), "--no-pager"));
+                if (follow) cmd.add("-f");
+                return new ProcessBuilder(cmd).inheritIO().start().waitFor();
+            }
+        }
+    }
+
+    /** The systemd user unit `service install` writes, and the files beside it. */
+    static final class SystemdService {
+        static final String NAME = "copilot-api";
+        /** As the script header's //JAVA_OPTIONS line sets them. */
+        static final List<String> JVM_OPTIONS = List.of("-XX:+UseSerialGC", "-Xms32m", "-Xmx512m");
+        /** The shell variables that reach the service: proxies and certificates, nothing else. */
+        static final List<String> PASSED_VARIABLES = List.of("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy",
+            "SSL_CERT_FILE", "SSL_CERT_DIR", "JAVA_TOOL_OPTIONS", "COPILOT_API_HOME");
+
+        record Layout(Path unit, Path envFile, Path jar) {
+            static Layout of(Map<String, String> env) {
+                Path home = ClientSetup.home(env);
+                Path config = Optional.ofNullable(env.get("XDG_CONFIG_HOME")).filter(x -> !x.isBlank() && Path.of(x).isAbsolute()).map(Path::of)
+                    .orElse(home.resolve(".config"));
+                return new Layout(config.resolve("systemd").resolve("user").resolve(NAME + ".service"),
+                    config.resolve(NAME).resolve("service.env"), Settings.dataDir(env).resolve(NAME + ".jar"));
+            }
+        }
+
+        /** The unit's text and the environment file's variables. */
+        record Plan(String unit, Map<String, String> env) {
+            String shownEnv() {
+                StringBuilder b = new StringBuilder();
+                env.forEach((k, v) -> b.append(k).append('=').append(k.matches(".*(KEYS|TOKEN)") ? "***" : v).append('\n'));
+                return b.toString();
+            }
+
+            String envText() {
+                StringBuilder b = new StringBuilder("# written by `copilot-api service install`; removed by `copilot-api service uninstall`\n");
+                env.forEach((k, v) -> b.append(k).append('=').append(quote(v)).append('\n'));
+                return b.toString();
+            }
+        }
+
+        /** Checks the start options as `start` would, and moves the secrets among them into the environment file. */
+        static Plan plan(Layout layout, List<String> startOptions, Map<String, String> shellEnv) {
+            List<String> args = new ArrayList<>();
+            List<String> keys = new ArrayList<>();
+            Map<String, String> env = new LinkedHashMap<>();
+            for (int i = 0; i < startOptions.size(); i++) {
+                String a = startOptions.get(i);
+                String name = a.contains("=") ? a.substring(0, a.indexOf('=')) : a;
+                boolean secret = name.equals("--api-key") || name.equals("--github-token") || name.equals("-g");
+                if (!secret) {
+                    args.add(a);
+                    continue;
+                }
+                String value = a.contains("=") ? a.substring(a.indexOf('=') + 1) : i + 1 < startOptions.size() ? startOptions.get(++i) : null;
+                if (value == null) throw new UserFacingException(name + " needs a value");
+                if (name.equals("--api-key")) keys.add(value);
+                else env.put("COPILOT_API_GITHUB_TOKEN", value);
+            }
+            try {
+                new CommandLine(new StartCommand()).parseArgs(args.toArray(String[]::new));
+            } catch (CommandLine.ParameterException e) {
+                throw new UserFacingException("not a start option: " + e.getMessage());
+            }
+            if (!keys.isEmpty()) env.put("COPILOT_API_KEYS", String.join(",", keys));
+            for (String v : PASSED_VARIABLES) if (shellEnv.containsKey(v) && !shellEnv.get(v).isBlank()) env.put(v, shellEnv.get(v));
+            List<String> command = new ArrayList<>();
+            command.add(Path.of(System.getProperty("java.home"), "bin", "java").toString());
+            command.addAll(JVM_OPTIONS);
+            command.addAll(List.of("-jar", layout.jar().toString(), "start"));
+            command.addAll(args);
+            String unit = """
+                [Unit]
+                Description=copilot-api: GitHub Copilot as an OpenAI- and Anthropic-compatible API
+                After=network-online.target
+                Wants=network-online.target
+
+                [Service]
+                Type=simple
+                EnvironmentFile=-%s
+                ExecStart=%s
+                Restart=on-failure
+                RestartSec=5
+
+                [Install]
+                WantedBy=default.target
+                """.formatted(layout.envFile(), execLine(command));
+            return new Plan(unit, env);
+        }
+
+        /** systemd's quoting: each word in double quotes where it needs them; % and $ doubled so they stay literal. */
+        static String execLine(List<String> words) {
+            List<String> out = new ArrayList<>();
+            for (String w : words) {
+                String escaped = w.replace("%", "%%").replace("$", "$$");
+                out.add(escaped.matches("[A-Za-z0-9_./:@=+,-]+") ? escaped : "\"" + escaped.replace("\\", "\\\\").replace("\"", "\\\"") + "\"");
+            }
+            return String.join(" ", out);
+        }
+
+        static String quote(String v) {
+            return v.matches("[A-Za-z0-9_./:@=+,-]*") ? v : "\"" + v.replace("\\", "\\\\").replace("\"", "\\\"") + "\"";
+        }
+
+        /** The port the unit's start options name, else the default. */
+        static int port(String unit) {
+            java.util.regex.Matcher m = Pattern.compile("(?m)^ExecStart=.* (?:--port|-p)[ =]\"?(\\d+)").matcher(unit);
+            return m.find() ? Integer.parseInt(m.group(1)) : DEFAULT_PORT;
+        }
+
+        /** The jar this code runs from, when it is an exported (fat) jar with its dependencies inside. */
+        static Path runningJar() {
+            try {
+                Path self = Path.of(CopilotApi.class.getProtectionDomain().getCodeSource().getLocation().toURI());
+                Path picocli = Path.of(CommandLine.class.getProtectionDomain().getCodeSource().getLocation().toURI());
+                if (self.toString().endsWith(".jar") && self.equals(picocli)) return self;
+            } catch (java.net.URISyntaxException | RuntimeException e) {
+                Logs.log().debug("cannot tell where this runs from: {}", describe(e));
+            }
+            throw new UserFacingException("service install runs from the exported jar: `jbang export fatjar -O copilot-api.jar copilot-api.java`,"
+                + " then `java -jar copilot-api.jar service install ...` (or pass --jar)");
+        }
+
+        static void write(Layout layout, Plan plan, Path source) throws IOException {
+            if (!Files.isRegularFile(source)) throw new UserFacingException("no jar at " + source);
+            Files.createDirectories(layout.jar().getParent());
+            if (!source.toAbsolutePath().equals(layout.jar().toAbsolutePath())) {
+                Files.copy(source, layout.jar(), StandardCopyOption.REPLACE_EXISTING);
+            }
+            Files.createDirectories(layout.envFile().getParent());
+            Path tmp = Files.createTempFile(layout.envFile().getParent(), ".service", ".tmp");
+            Posix.restrict(tmp, "rw-------");
+            Files.writeString(tmp, plan.envText());
+            Files.move(tmp, layout.envFile(), StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+            Files.createDirectories(layout.unit().getParent());
+            Files.writeString(layout.unit(), plan.unit());
+        }
+
+        static boolean onPath(String program) {
+            for (String dir : Optional.ofNullable(System.getenv("PATH")).orElse("").split(java.io.File.pathSeparator)) {
+                if (!dir.isEmpty() && Files.isExecutable(Path.of(dir, program))) return true;
+            }
+            return false;
+        }
+
+        /** One line and a non-zero exit where there is no systemd user manager (a container, WSL without systemd). */
+        static void requireLinux() {
+            if (!System.getProperty("os.name").toLowerCase(Locale.ROOT).contains("linux")) {
+                throw new UserFacingException("service supports systemd on Linux only so far (not launchd or Windows tasks yet);"
+                    + " run `java -jar copilot-api.jar start` from your own agent or task");
+            }
+        }
+
+        static void requireManager() throws IOException, InterruptedException {
+            requireLinux();
+            if (!onPath("systemctl")) throw new UserFacingException("no systemctl here, so no systemd user services; use --no-start to write the files only");
+            Process p = new ProcessBuilder("systemctl", "--user", "show-environment").redirectErrorStream(true).start();
+            String out = new String(p.getInputStream().readAllBytes(), UTF_8).strip();
+            if (p.waitFor() != 0) {
+                throw new UserFacingException("no systemd user manager here (" + out.lines().findFirst().orElse("systemctl --user failed")
+                    + "); use --no-start to write the files only");
+            }
+        }
+
+        static void systemctl(String... args) throws IOException, InterruptedException {
+            List<String> cmd = new ArrayList<>(List.of("systemctl", "--user"));
+            cmd.addAll(List.of(args));
+            Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
+            String out = new String(p.getInputStream().readAllBytes(), UTF_8).strip();
+            if (p.waitFor() != 0) throw new UserFacingException(String.join(" ", cmd) + " failed: " + out);
+        }
+
+        static String activeState() throws IOException, InterruptedException {
+            if (!onPath("systemctl")) return "unknown (no systemctl here)";
+            Process p = new ProcessBuilder("systemctl", "--user", "is-active", NAME).redirectErrorStream(true).start();
+            String out = new String(p.getInputStream().readAllBytes(), UTF_8).strip();
+            p.waitFor();
+            return out.isEmpty() ? "unknown" : out.lines().findFirst().orElse(out);
         }
     }
 
@@ -1191,6 +1936,8 @@ class CopilotApi implements Callable<Integer> {
                     connector.setIdleTimeout(IDLE_TIMEOUT.toMillis());
                     return connector;
                 });
+                cfg.jetty.modifyServletContextHandler(handler -> handler.addFilter(WebSocketAsHttp.class, "/*",
+                    java.util.EnumSet.of(jakarta.servlet.DispatcherType.REQUEST)));
                 cfg.requestLogger.http((ctx, ms) -> {
                     inFlight.decrementAndGet();
                     controls.billing().settle(Exchange.of(ctx));
@@ -1226,6 +1973,7 @@ class CopilotApi implements Callable<Integer> {
                 }
                 for (String prefix : List.of("", "/v1")) {
                     cfg.routes.post(prefix + "/responses", responses::create);
+                    cfg.routes.get(prefix + "/responses", responses::upgrade);
                     cfg.routes.get(prefix + "/responses/{id}", state::get);
                     cfg.routes.get(prefix + "/responses/{id}/input_items", state::inputItems);
                     cfg.routes.delete(prefix + "/responses/{id}", state::delete);
@@ -1249,6 +1997,42 @@ class CopilotApi implements Callable<Integer> {
             // only now: opening SQLite (its native library first) while Jetty started slowed both, on two cores
             store.beginOpening();
             return new Server(app, options.host(), inFlight, copilot.streams(), store);
+        }
+
+        /**
+         * Javalin gives every request with Sec-WebSocket-Version to its WebSocket servlet, which has no routes here and
+         * answers an HTML 404 past every check. Without that header an upgrade takes the ordinary way: the browser guard,
+         * the API key, then the route (GET /v1/responses answers 426).
+         */
+        public static final class WebSocketAsHttp implements jakarta.servlet.Filter {
+            static final String VERSION = "Sec-WebSocket-Version";
+
+            @Override
+            public void doFilter(jakarta.servlet.ServletRequest req, jakarta.servlet.ServletResponse res, jakarta.servlet.FilterChain chain)
+                    throws IOException, jakarta.servlet.ServletException {
+                if (!(req instanceof jakarta.servlet.http.HttpServletRequest http) || http.getHeader(VERSION) == null) {
+                    chain.doFilter(req, res);
+                    return;
+                }
+                chain.doFilter(new jakarta.servlet.http.HttpServletRequestWrapper(http) {
+                    @Override
+                    public String getHeader(String name) {
+                        return VERSION.equalsIgnoreCase(name) ? null : super.getHeader(name);
+                    }
+
+                    @Override
+                    public java.util.Enumeration<String> getHeaders(String name) {
+                        return VERSION.equalsIgnoreCase(name) ? java.util.Collections.emptyEnumeration() : super.getHeaders(name);
+                    }
+
+                    @Override
+                    public java.util.Enumeration<String> getHeaderNames() {
+                        List<String> names = new ArrayList<>(java.util.Collections.list(super.getHeaderNames()));
+                        names.removeIf(VERSION::equalsIgnoreCase);
+                        return java.util.Collections.enumeration(names);
+                    }
+                }, res);
+            }
         }
 
         static final String JETTY_REFERENCES_PER_CACHE_LINE = "org.eclipse.jetty.util.referencesPerCacheLine";
@@ -2926,6 +3710,21 @@ class CopilotApi implements Callable<Integer> {
             this.up = up;
             this.routing = routing;
             this.state = state;
+        }
+
+        /**
+         * GET /v1/responses: Codex (supports_websockets = true) tries a WebSocket here first. 426 makes it use HTTP at
+         * once (anything else costs five reconnects); without an upgrade there is no such route, as for any GET.
+         */
+        void upgrade(Context ctx) {
+            if (!Optional.ofNullable(ctx.header("Upgrade")).orElse("").toLowerCase(Locale.ROOT).contains("websocket")) {
+                throw new ApiError(404, "not_found_error", "No route for GET " + ctx.path());
+            }
+            ApiError refused = new ApiError(426, "invalid_request_error", "copilot-api serves the Responses API over HTTP only, not WebSocket:"
+                + " send POST " + ctx.path() + " (for Codex: supports_websockets = false)", null, "websocket_not_supported");
+            refused.headers().put("Connection", "close");
+            Exchange.of(ctx).note("WebSocket refused, HTTP only");
+            throw refused;
         }
 
         void create(Context ctx) {

@@ -142,6 +142,107 @@ class ClientRecipeTests {
         assertTrue(last.body().contains("\"tool_result\""), last.body());
     }
 
+    /** A client run with nothing but PATH and the given variables: everything else has to come from its own files. */
+    static CopilotApiTests.SdkRunner.Result isolated(Path dir, Map<String, String> env, String... cmd) throws Exception {
+        Path log = Files.createTempFile("run", ".log");
+        ProcessBuilder pb = new ProcessBuilder(cmd).directory(dir.toFile()).redirectErrorStream(true).redirectOutput(log.toFile());
+        pb.environment().clear();
+        pb.environment().put("PATH", System.getenv("PATH"));
+        pb.environment().putAll(env);
+        Process p = pb.start();
+        p.getOutputStream().close();
+        if (!p.waitFor(3, java.util.concurrent.TimeUnit.MINUTES)) {
+            p.destroyForcibly();
+            return new CopilotApiTests.SdkRunner.Result(-1, Files.readString(log) + "\n(timed out)");
+        }
+        return new CopilotApiTests.SdkRunner.Result(p.exitValue(), Files.readString(log));
+    }
+
+    /** `copilot-api setup CLIENT --write --url (this server)` in HOME, with the stub's login for the catalog. */
+    void setupWrite(Path home, String... args) throws Exception {
+        Map<String, String> env = CopilotApiTests.CliTests.env(stub, Files.createTempDirectory("data"));
+        env.put("HOME", home.toString());
+        env.put("COPILOT_API_GITHUB_TOKEN", StubUpstream.VALID_GITHUB_TOKEN);
+        java.util.List<String> all = new java.util.ArrayList<>(java.util.List.of("setup"));
+        all.addAll(java.util.List.of(args));
+        all.addAll(java.util.List.of("--write", "--url", server.baseUrl()));
+        CopilotApiTests.CliTests.Run r = CopilotApiTests.CliTests.cli(env, all.toArray(String[]::new));
+        System.out.print(r.out());
+        assertEquals(0, r.exit(), r.out() + r.err());
+    }
+
+    /** After `setup claude-code --write`, Claude Code runs a tool loop through copilot-api with only HOME set; the user's key survives. */
+    @Test
+    void claudeCodeAfterSetupWrite() throws Exception {
+        Path sdk = CopilotApiTests.SdkRunner.repo().resolve("tests").resolve("sdk");
+        CopilotApiTests.SdkRunner.npmInstall(sdk);
+        Path home = Files.createTempDirectory("claude-setup-home");
+        Path settings = Files.createDirectories(home.resolve(".claude")).resolve("settings.json");
+        Files.writeString(settings, "{\"env\": {\"MY_SETTING\": \"kept\"}}\n");
+        setupWrite(home, "claude-code", "--model", "claude-sonnet-4.5");
+        stub.clear();
+        CopilotApiTests.SdkRunner.Result r = isolated(home, Map.of("HOME", home.toString()), sdk.resolve("node_modules/.bin/claude").toString(),
+            "-p", "Use the Bash tool to print a marker, then tell me what it printed.", "--output-format", "json", "--allowedTools", "Bash");
+        System.out.print(r.output());
+        assertEquals(0, r.exit(), r.output());
+        assertTrue(r.output().contains("Tool said: " + CopilotApiTests.SdkTests.MARKER), "the tool ran and its output came back: " + r.output());
+        assertTrue(stub.count("/v1/messages") >= 2, "both turns reached Copilot's Messages API: " + stub.count("/v1/messages"));
+        assertEquals("claude-sonnet-4.5", stub.last("/v1/messages").json().path("model").asText());
+        assertEquals("kept", CopilotApiTests.json(Files.readString(settings)).path("env").path("MY_SETTING").asText());
+    }
+
+    /** After `setup codex --write`, `codex exec -p copilot-api` runs a tool loop with only HOME set; config.toml is left as it was. */
+    @Test
+    void codexAfterSetupWrite() throws Exception {
+        Path home = Files.createTempDirectory("codex-setup-home");
+        Path config = Files.createDirectories(home.resolve(".codex")).resolve("config.toml");
+        Files.writeString(config, "# the user's own\nhide_agent_reasoning = true\n");
+        setupWrite(home, "codex");
+        Path work = Files.createDirectories(home.resolve("work"));
+        stub.clear();
+        CopilotApiTests.SdkRunner.Result r = isolated(work, Map.of("HOME", home.toString()), clients.resolve("node_modules/.bin/codex").toString(),
+            "exec", "--skip-git-repo-check", "-p", "copilot-api", "Run a command, then tell me what it printed.");
+        System.out.print(r.output());
+        assertEquals(0, r.exit(), r.output());
+        assertTrue(r.output().contains("Tool said: "), "the tool's output came back to the model: " + r.output());
+        assertTrue(stub.count("/responses") >= 2, "both turns on Copilot's /responses: " + stub.count("/responses"));
+        assertEquals("gpt-5.1-codex", stub.last("/responses").json().path("model").asText());
+        assertEquals("# the user's own\nhide_agent_reasoning = true\n", Files.readString(config));
+    }
+
+    /** Codex with supports_websockets = true asks for a WebSocket first; copilot-api's 426 sends it to HTTP without reconnects. */
+    @Test
+    void codexWithWebSocketsOnFallsBackToHttpAtOnce() throws Exception {
+        Path home = Files.createTempDirectory("codex-ws-home");
+        Files.writeString(Files.createDirectories(home.resolve(".codex")).resolve("config.toml"), """
+            model_provider = "copilot-api"
+            model = "gpt-5.1-codex"
+
+            [model_providers.copilot-api]
+            name = "copilot-api"
+            base_url = "%s/v1"
+            wire_api = "responses"
+            supports_websockets = true
+            """.formatted(server.baseUrl()));
+        Path work = Files.createDirectories(home.resolve("work"));
+        long logStart = Files.size(server.log);
+        stub.clear();
+        long started = System.nanoTime();
+        CopilotApiTests.SdkRunner.Result r = isolated(work, Map.of("HOME", home.toString()), clients.resolve("node_modules/.bin/codex").toString(),
+            "exec", "--skip-git-repo-check", "Run a command, then tell me what it printed.");
+        long seconds = Duration.ofNanos(System.nanoTime() - started).toSeconds();
+        System.out.print(r.output());
+        assertEquals(0, r.exit(), r.output());
+        assertTrue(r.output().contains("Tool said: "), r.output());
+        assertTrue(stub.count("/responses") >= 2, "both turns went over HTTP: " + stub.count("/responses"));
+        String log = Files.readString(server.log).substring((int) logStart);
+        java.util.List<String> handshakes = log.lines().filter(l -> l.contains("GET /v1/responses")).toList();
+        System.out.println("handshakes:\n" + String.join("\n", handshakes) + "\n(" + seconds + " s)");
+        assertFalse(handshakes.isEmpty(), "Codex tried the WebSocket: " + log);
+        assertTrue(handshakes.stream().allMatch(l -> l.contains("426")), "each handshake was answered 426: " + handshakes);
+        assertTrue(handshakes.size() <= 2, "no reconnects after a 426: " + handshakes);
+    }
+
     /** The README's curl lines, as written but for the port. */
     @Test
     void curl() throws Exception {

@@ -99,6 +99,7 @@ class CopilotApiTests {
         ResponsesRouteTests.class,
         StoreTests.class,
         ClaudeCodeSetupTests.class,
+        SetupTests.class,
         ApiKeyTests.class,
         BrowserSafetyTests.class,
         InputValidationTests.class,
@@ -2242,6 +2243,272 @@ class CopilotApiTests {
         }
     }
 
+    /** `copilot-api setup CLIENT`, run as its own process against the stub's catalog, in a temporary home. */
+    static final class SetupTests {
+        record Home(Path dir, Map<String, String> env) {}
+
+        static Home home(StubUpstream stub) throws IOException {
+            Path dir = Files.createTempDirectory("setup-home");
+            Map<String, String> env = CliTests.env(stub, Files.createDirectories(dir.resolve("data")));
+            env.put("HOME", dir.toString());
+            env.put("SHELL", "/bin/bash");
+            env.put("COPILOT_API_GITHUB_TOKEN", StubUpstream.VALID_GITHUB_TOKEN);
+            env.remove("CLAUDE_CONFIG_DIR");
+            env.remove("CODEX_HOME");
+            return new Home(dir, env);
+        }
+
+        static CliTests.Run setup(Home home, String... args) throws Exception {
+            List<String> all = new ArrayList<>(List.of("setup"));
+            all.addAll(List.of(args));
+            CliTests.Run r = CliTests.cli(home.env(), all.toArray(String[]::new));
+            System.out.print(r.out() + r.err());
+            return r;
+        }
+
+        static List<Path> backups(Path dir) throws IOException {
+            try (Stream<Path> files = Files.list(dir)) {
+                return files.filter(p -> p.getFileName().toString().endsWith(".bak")).toList();
+            }
+        }
+
+        @Test
+        void claudeCodePrintsItsEnvironmentAndLaunchWithModelsFromTheCatalog() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                CliTests.Run r = setup(home, "claude-code", "--port", "5151", "--api-key", "k-1");
+                assertEquals(0, r.exit(), r.err());
+                assertTrue(r.out().contains("export ANTHROPIC_BASE_URL=http://127.0.0.1:5151\n"), r.out());
+                assertTrue(r.out().contains("export ANTHROPIC_AUTH_TOKEN=k-1\n"), r.out());
+                assertTrue(r.out().contains("export ANTHROPIC_MODEL=claude-sonnet-4.5\n"), "the newest sonnet by default: " + r.out());
+                assertTrue(r.out().contains("export ANTHROPIC_SMALL_FAST_MODEL=gpt-4.1\n"), "a free small model by default: " + r.out());
+                assertTrue(r.out().strip().endsWith(" claude"), r.out());
+                CliTests.Run fish = setup(home, "claude-code", "--shell", "fish", "--model", "gpt-4.1", "--small-model", "gpt-4o");
+                assertTrue(fish.out().contains("set -gx ANTHROPIC_MODEL gpt-4.1\n") && fish.out().contains("set -gx ANTHROPIC_SMALL_FAST_MODEL gpt-4o\n"), fish.out());
+                JsonNode json = json(setup(home, "claude-code", "--json", "--url", "http://127.0.0.1:8080/").out());
+                assertEquals("claude-code", json.path("client").asText());
+                assertEquals("http://127.0.0.1:8080", json.path("env").path("ANTHROPIC_BASE_URL").asText());
+                assertEquals("copilot-api", json.path("env").path("ANTHROPIC_AUTH_TOKEN").asText(), "any token works without a key");
+                assertEquals("claude-sonnet-4.5", json.path("model").asText());
+                assertEquals("gpt-4.1", json.path("smallModel").asText());
+                assertEquals(home.dir().resolve(".claude/settings.json").toString(), json.path("file").path("path").asText());
+            }
+        }
+
+        @Test
+        void codexAndOpenAiPrintTheirSetUp() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                JsonNode codex = json(setup(home, "codex", "--json").out());
+                assertEquals("gpt-5.1-codex", codex.path("model").asText(), "Codex gets a codex model: " + codex);
+                String profile = codex.path("file").path("content").asText();
+                assertTrue(profile.contains("base_url = \"http://127.0.0.1:4141/v1\"\n") && profile.contains("wire_api = \"responses\"\n")
+                    && profile.contains("supports_websockets = false\n") && profile.contains("model = \"gpt-5.1-codex\"\n"), profile);
+                assertFalse(profile.contains("experimental_bearer_token"), "no key, no token: " + profile);
+                assertEquals(home.dir().resolve(".codex/copilot-api.config.toml").toString(), codex.path("file").path("path").asText());
+                assertEquals("codex -p copilot-api", codex.path("launch").asText());
+                assertTrue(json(setup(home, "codex", "--json", "--api-key", "k-2").out()).path("file").path("content").asText()
+                    .contains("experimental_bearer_token = \"k-2\""));
+                CliTests.Run openai = setup(home, "openai", "--shell", "powershell", "--model", "gpt-4o");
+                assertEquals(0, openai.exit(), openai.err());
+                assertTrue(openai.out().contains("$env:OPENAI_BASE_URL = 'http://127.0.0.1:4141/v1'")
+                    && openai.out().contains("$env:OPENAI_API_KEY = 'copilot-api'") && openai.out().contains("$env:OPENAI_MODEL = 'gpt-4o'"), openai.out());
+                assertEquals("gpt-4.1", json(setup(home, "openai", "--json").out()).path("model").asText(), "a free model by default");
+            }
+        }
+
+        /** A user's own settings survive; a backup comes first; a second run changes nothing; --remove takes out only our keys. */
+        @Test
+        void claudeCodeWriteMergesBacksUpIsIdempotentAndRemoves() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                Path claude = Files.createDirectories(home.dir().resolve(".claude"));
+                Path settings = claude.resolve("settings.json");
+                String original = "{\"theme\": \"dark\", \"env\": {\"MY_TOKEN\": \"mine\", \"ANTHROPIC_MODEL\": \"old-model\"}}\n";
+                Files.writeString(settings, original);
+                Files.setPosixFilePermissions(settings, java.nio.file.attribute.PosixFilePermissions.fromString("rw-r--r--"));
+
+                CliTests.Run write = setup(home, "claude-code", "--write", "--api-key", "secret-key-1");
+                assertEquals(0, write.exit(), write.err());
+                JsonNode written = json(Files.readString(settings));
+                assertEquals("dark", written.path("theme").asText());
+                assertEquals("mine", written.path("env").path("MY_TOKEN").asText(), "the user's own key survives");
+                assertEquals("claude-sonnet-4.5", written.path("env").path("ANTHROPIC_MODEL").asText());
+                assertEquals("secret-key-1", written.path("env").path("ANTHROPIC_AUTH_TOKEN").asText());
+                assertEquals("rw-------", java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(settings)),
+                    "a file with an API key is readable by its owner only");
+                assertTrue(write.out().contains("- env.ANTHROPIC_MODEL = old-model") && write.out().contains("+ env.ANTHROPIC_MODEL = claude-sonnet-4.5"), write.out());
+                assertTrue(write.out().contains("+ env.ANTHROPIC_AUTH_TOKEN = ***"), write.out());
+                assertFalse(write.out().contains("secret-key-1"), "the key is not shown: " + write.out());
+                assertEquals(1, backups(claude).size(), "one backup");
+                assertEquals(original, Files.readString(backups(claude).get(0)), "the backup holds the file as it was");
+
+                String after = Files.readString(settings);
+                CliTests.Run again = setup(home, "claude-code", "--write", "--api-key", "secret-key-1");
+                assertEquals(0, again.exit(), again.err());
+                assertTrue(again.out().contains("nothing changed"), again.out());
+                assertEquals(after, Files.readString(settings));
+                assertEquals(1, backups(claude).size(), "no backup when nothing changes");
+
+                CliTests.Run remove = setup(home, "claude-code", "--remove");
+                assertEquals(0, remove.exit(), remove.err());
+                JsonNode removed = json(Files.readString(settings));
+                assertEquals("dark", removed.path("theme").asText());
+                List<String> left = new ArrayList<>();
+                removed.path("env").fieldNames().forEachRemaining(left::add);
+                assertEquals(List.of("MY_TOKEN"), left, "only copilot-api's keys went: " + removed);
+                assertEquals(2, backups(claude).size());
+                assertTrue(setup(home, "claude-code", "--remove").out().contains("nothing changed"));
+            }
+        }
+
+        @Test
+        void claudeCodeProjectSettingsAreWrittenInTheCurrentDirectory() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                Path project = Files.createDirectories(home.dir().resolve("project"));
+                ProcessBuilder pb = new ProcessBuilder(CliTests.command("setup", "claude-code", "--write", "--project", "--url", "http://127.0.0.1:9999"))
+                    .directory(project.toFile()).redirectErrorStream(true);
+                pb.environment().keySet().removeIf(k -> k.startsWith("COPILOT_API_"));
+                pb.environment().putAll(home.env());
+                Process p = pb.start();
+                String out = new String(p.getInputStream().readAllBytes(), UTF_8);
+                assertTrue(p.waitFor(60, TimeUnit.SECONDS));
+                assertEquals(0, p.exitValue(), out);
+                assertEquals("http://127.0.0.1:9999", json(Files.readString(project.resolve(".claude/settings.json"))).path("env").path("ANTHROPIC_BASE_URL").asText());
+                assertFalse(Files.exists(home.dir().resolve(".claude")), "the user's settings are untouched");
+                assertEquals(2, setup(home, "codex", "--project").exit(), "--project is Claude Code's");
+            }
+        }
+
+        /** Codex's profile is a file copilot-api owns: written beside config.toml (which stays as it was), and deleted by --remove. */
+        @Test
+        void codexWriteAddsAProfileFileAndRemoveDeletesIt() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                Path codex = Files.createDirectories(home.dir().resolve("codex-home"));
+                home.env().put("CODEX_HOME", codex.toString());
+                Files.writeString(codex.resolve("config.toml"), "model = \"o3\"\n");
+                CliTests.Run write = setup(home, "codex", "--write", "--api-key", "secret-key-2");
+                assertEquals(0, write.exit(), write.err());
+                Path profile = codex.resolve("copilot-api.config.toml");
+                assertTrue(Files.readString(profile).contains("experimental_bearer_token = \"secret-key-2\""));
+                assertEquals("rw-------", java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(profile)));
+                assertFalse(write.out().contains("secret-key-2"), write.out());
+                assertTrue(setup(home, "codex", "--write", "--api-key", "secret-key-2").out().contains("nothing changed"));
+                CliTests.Run remove = setup(home, "codex", "--remove");
+                assertEquals(0, remove.exit(), remove.err());
+                assertFalse(Files.exists(profile));
+                assertEquals("model = \"o3\"\n", Files.readString(codex.resolve("config.toml")));
+            }
+        }
+
+        /** opencode.json: our provider entry and model merged beside the user's own providers, idempotent, and taken out again. */
+        @Test
+        void opencodeWriteMergesItsProviderAndRemoveTakesItOut() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                Path dir = Files.createDirectories(home.dir().resolve(".config/opencode"));
+                Path config = dir.resolve("opencode.json");
+                Files.writeString(config, "{\"theme\": \"tokyonight\", \"provider\": {\"mine\": {\"npm\": \"x\"}}, \"model\": \"mine/m\"}\n");
+                CliTests.Run write = setup(home, "opencode", "--write", "--api-key", "secret-key-3", "--port", "5151");
+                assertEquals(0, write.exit(), write.err());
+                assertFalse(write.out().contains("secret-key-3"), write.out());
+                assertTrue(write.out().contains("- model = mine/m") && write.out().contains("+ model = copilot-api/gpt-4.1"), write.out());
+                JsonNode written = json(Files.readString(config));
+                assertEquals("tokyonight", written.path("theme").asText());
+                assertEquals("x", written.path("provider").path("mine").path("npm").asText(), "the user's provider survives");
+                JsonNode ours = written.path("provider").path("copilot-api");
+                assertEquals("@ai-sdk/openai-compatible", ours.path("npm").asText());
+                assertEquals("http://127.0.0.1:5151/v1", ours.path("options").path("baseURL").asText());
+                assertEquals("secret-key-3", ours.path("options").path("apiKey").asText());
+                assertTrue(ours.path("models").has("gpt-4.1"), ours.toString());
+                assertEquals("rw-------", java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(config)));
+                assertTrue(setup(home, "opencode", "--write", "--api-key", "secret-key-3", "--port", "5151").out().contains("nothing changed"));
+                assertEquals(1, backups(dir).size());
+                CliTests.Run remove = setup(home, "opencode", "--remove");
+                assertEquals(0, remove.exit(), remove.err());
+                JsonNode removed = json(Files.readString(config));
+                assertFalse(removed.path("provider").has("copilot-api"), removed.toString());
+                assertTrue(removed.path("provider").has("mine") && removed.path("theme").asText().equals("tokyonight"), removed.toString());
+                assertFalse(removed.has("model"), "our model went with our provider: " + removed);
+                Files.delete(config);
+                assertEquals(0, setup(home, "opencode", "--write").exit());
+                assertEquals("https://opencode.ai/config.json", json(Files.readString(config)).path("$schema").asText(), "a new file names the schema");
+                assertEquals(0, setup(home, "opencode", "--remove").exit());
+                assertFalse(Files.exists(config), "a file setup created is deleted by --remove");
+            }
+        }
+
+        /**
+         * The README's container command line, run outside a container (none runs here): GH_TOKEN from the environment,
+         * the data directory elsewhere, --host 0.0.0.0; a client of the published 127.0.0.1:4141 (or localhost:4141)
+         * sends that Host, which the Host check accepts; setup takes that address.
+         */
+        @Test
+        void theContainerCommandLineServesWhatAPublishedPortSends() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Map<String, String> env = new HashMap<>(stub.env());
+                env.put("GH_TOKEN", StubUpstream.VALID_GITHUB_TOKEN);
+                env.put("COPILOT_API_HOME", Files.createTempDirectory("data").toString());
+                try (CliTests.Started server = new CliTests.Started(env, List.of("start", "--host", "0.0.0.0", "--port", "0"))) {
+                    String base = server.baseUrl();
+                    int port = Integer.parseInt(base.substring(base.lastIndexOf(':') + 1));
+                    for (String host : List.of("127.0.0.1:4141", "localhost:4141")) {
+                        try (java.net.Socket s = new java.net.Socket("127.0.0.1", port)) {
+                            s.setSoTimeout(10_000);
+                            s.getOutputStream().write(("GET /v1/models HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n").getBytes(UTF_8));
+                            String answer = new String(s.getInputStream().readAllBytes(), UTF_8);
+                            assertTrue(answer.startsWith("HTTP/1.1 200 ") && answer.contains("\"gpt-4.1\""), host + ": " + answer);
+                        }
+                    }
+                }
+                Home home = home(stub);
+                JsonNode plan = json(setup(home, "claude-code", "--json", "--url", "http://127.0.0.1:4141").out());
+                assertEquals("http://127.0.0.1:4141", plan.path("env").path("ANTHROPIC_BASE_URL").asText());
+            }
+        }
+
+        /** The service starts java with the options the script header gives JBang, so both run the same JVM. */
+        @Test
+        void theServiceUsesTheHeadersJvmOptions() throws Exception {
+            String header = Files.readAllLines(SdkRunner.repo().resolve("copilot-api.java")).stream()
+                .filter(l -> l.startsWith("//JAVA_OPTIONS ")).findFirst().orElseThrow();
+            assertEquals(header.substring("//JAVA_OPTIONS ".length()).strip(), String.join(" ", CopilotApi.SystemdService.JVM_OPTIONS));
+            assertEquals("a \"b c\" \"100%%\" \"$$HOME\"", CopilotApi.SystemdService.execLine(List.of("a", "b c", "100%", "$HOME")));
+            assertEquals(4242, CopilotApi.SystemdService.port("ExecStart=/java -jar x.jar start --host 0.0.0.0 --port 4242\n"));
+            assertEquals(4141, CopilotApi.SystemdService.port("ExecStart=/java -jar x.jar start\n"));
+        }
+
+        @Test
+        void badInputIsAOneLineError() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                CliTests.Run unknown = setup(home, "cursor");
+                assertEquals(2, unknown.exit());
+                assertTrue(unknown.err().contains("setup knows claude-code, codex, opencode and openai, not 'cursor'"), unknown.err());
+                CliTests.Run openaiWrite = setup(home, "openai", "--write");
+                assertEquals(2, openaiWrite.exit());
+                assertTrue(openaiWrite.err().contains("openai has no configuration file"), openaiWrite.err());
+                assertEquals(2, setup(home, "openai", "--url", "http://127.0.0.1:4141/v1").exit(), "a base URL has no path");
+                assertEquals(2, setup(home, "codex", "--small-model", "gpt-4.1").exit());
+                CliTests.Run badModel = setup(home, "codex", "--model", "nope");
+                assertEquals(1, badModel.exit());
+                assertTrue(badModel.err().contains("unknown model 'nope'"), badModel.err());
+                Files.writeString(Files.createDirectories(home.dir().resolve(".claude")).resolve("settings.json"), "{not json");
+                CliTests.Run broken = setup(home, "claude-code", "--write");
+                assertEquals(1, broken.exit());
+                assertTrue(broken.err().contains("is not a JSON object; fix it by hand, nothing was changed"), broken.err());
+                assertEquals("{not json", Files.readString(home.dir().resolve(".claude/settings.json")));
+                home.env().remove("COPILOT_API_GITHUB_TOKEN");
+                CliTests.Run loggedOut = setup(home, "claude-code");
+                assertEquals(1, loggedOut.exit());
+                assertTrue(loggedOut.err().contains("not logged in"), loggedOut.err());
+                assertEquals(0, setup(home, "codex", "--model", "gpt-5.1-codex").exit(), "with the model given, no login is needed");
+            }
+        }
+    }
+
     // ==== The Responses API ====
 
     static final class ResponsesRouteTests extends WithHarness {
@@ -2249,6 +2516,25 @@ class CopilotApiTests {
 
         static List<Map.Entry<String, JsonNode>> events(String sse) {
             return AnthropicNativeTests.events(sse);
+        }
+
+        /**
+         * Codex with supports_websockets = true opens GET /v1/responses with a WebSocket upgrade first: a 426 makes it fall
+         * back to HTTP at once; a browser's upgrade is refused like any browser request; the next POST is served.
+         */
+        @Test
+        void aWebSocketUpgradeIsAnswered426AndABrowserOneRefused() throws Exception {
+            String upgrade = "GET /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+            String answer = h.raw(upgrade + "Connection: close\r\n\r\n");
+            assertTrue(answer.startsWith("HTTP/1.1 426 "), answer);
+            String body = answer.substring(answer.indexOf("\r\n\r\n") + 4);
+            assertTrue(body.contains("\"error\"") && body.contains("POST /v1/responses"), "an OpenAI-shaped error that says what works: " + body);
+            String browser = h.raw(upgrade + "Origin: https://evil.example\r\nConnection: close\r\n\r\n");
+            assertTrue(browser.startsWith("HTTP/1.1 403 "), browser);
+            assertTrue(h.raw("GET /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").startsWith("HTTP/1.1 404 "),
+                "a plain GET is no route, as before");
+            assertEquals(200, h.post("/v1/responses", CODEX).statusCode());
         }
 
         @Test
@@ -4742,6 +5028,133 @@ class CopilotApiTests {
                     .build(), HttpResponse.BodyHandlers.ofString());
                 assertEquals("ok", json(stats.body()).path("store").path("state").asText(), "SQLite's native library loads from the jar: " + stats.body());
             }
+        }
+
+        /**
+         * `service install` on Linux, in a temporary home: the unit passes systemd-analyze verify, its ExecStart line
+         * really starts a server that answers (with the key from the owner-only environment file), status tells the
+         * port, and uninstall removes everything install wrote.
+         */
+        @Test
+        void aServiceUnitStartsTheServerAndUninstallRemovesEverything() throws Exception {
+            Path out = Files.createTempDirectory("export");
+            Path jar = out.resolve("copilot-api.jar");
+            SdkRunner.Result export = SdkRunner.run(SdkRunner.repo(), Map.of(), Duration.ofMinutes(5), "./jbang", "export", "fatjar", "--force",
+                "-O", jar.toString(), "copilot-api.java");
+            assertEquals(0, export.exit(), export.output());
+            int port;
+            try (java.net.ServerSocket s = new java.net.ServerSocket(0)) {
+                port = s.getLocalPort();
+            }
+            try (StubUpstream stub = StubUpstream.start()) {
+                Path home = Files.createTempDirectory("service-home");
+                Map<String, String> env = new HashMap<>(stub.env());
+                env.put("HOME", home.toString());
+                env.put("XDG_CONFIG_HOME", home.resolve(".config").toString());
+                env.put("COPILOT_API_HOME", home.resolve("data").toString());
+                env.put("NO_PROXY", "example.invalid");
+                env.put("UNRELATED_SECRET", "not-for-the-service");
+                String[] start = {"--port", String.valueOf(port), "--api-key", "k-service", "--github-token", StubUpstream.VALID_GITHUB_TOKEN};
+
+                SdkRunner.Result dry = service(out, env, "install", "--dry-run", start);
+                assertEquals(0, dry.exit(), dry.output());
+                assertTrue(dry.output().contains("ExecStart=" + java() + " -XX:+UseSerialGC -Xms32m -Xmx512m -jar "
+                    + home.resolve("data/copilot-api.jar") + " start --port " + port + "\n"), dry.output());
+                assertFalse(dry.output().contains("k-service") || dry.output().contains(StubUpstream.VALID_GITHUB_TOKEN), "no secret shown: " + dry.output());
+                assertTrue(dry.output().contains("COPILOT_API_KEYS=***") && dry.output().contains("NO_PROXY=example.invalid"), dry.output());
+                assertFalse(dry.output().contains("UNRELATED_SECRET"), "only the allow-listed variables: " + dry.output());
+                assertFalse(Files.exists(home.resolve(".config")), "--dry-run writes nothing");
+                verify(dry.output());
+
+                SdkRunner.Result install = service(out, env, "install", "--no-start", start);
+                assertEquals(0, install.exit(), install.output());
+                Path unit = home.resolve(".config/systemd/user/copilot-api.service");
+                Path envFile = home.resolve(".config/copilot-api/service.env");
+                assertTrue(Files.isRegularFile(unit) && Files.isRegularFile(home.resolve("data/copilot-api.jar")), install.output());
+                assertEquals("rw-------", java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(envFile)));
+                assertFalse(Files.readString(unit).contains("k-service"), "the key is in the environment file, not the unit");
+
+                Map<String, String> serviceEnv = new HashMap<>(stub.env());
+                serviceEnv.put("HOME", home.toString());
+                for (String line : Files.readAllLines(envFile)) {
+                    if (!line.startsWith("#") && line.contains("=")) serviceEnv.put(line.substring(0, line.indexOf('=')), line.substring(line.indexOf('=') + 1));
+                }
+                String exec = Files.readString(unit).lines().filter(l -> l.startsWith("ExecStart=")).findFirst().orElseThrow().substring("ExecStart=".length());
+                ProcessBuilder pb = new ProcessBuilder(exec.split(" ")).redirectErrorStream(true).redirectOutput(out.resolve("service.log").toFile());
+                pb.environment().clear();
+                pb.environment().putAll(serviceEnv);
+                Process server = pb.start();
+                try {
+                    HttpClient client = HttpClient.newHttpClient();
+                    HttpRequest models = HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + port + "/v1/models")).header("x-api-key", "k-service").build();
+                    HttpResponse<String> answer = null;
+                    for (long end = System.nanoTime() + Duration.ofMinutes(1).toNanos(); answer == null && System.nanoTime() < end && server.isAlive(); ) {
+                        try {
+                            answer = client.send(models, HttpResponse.BodyHandlers.ofString());
+                        } catch (IOException notYet) {
+                            Thread.sleep(200);
+                        }
+                    }
+                    assertNotNull(answer, "the unit's command line started a server: " + Files.readString(out.resolve("service.log")));
+                    assertEquals(200, answer.statusCode(), answer.body());
+                    assertTrue(answer.body().contains("\"gpt-4.1\""), answer.body());
+                    assertEquals(401, client.send(HttpRequest.newBuilder(URI.create("http://127.0.0.1:" + port + "/v1/models")).build(),
+                        HttpResponse.BodyHandlers.ofString()).statusCode(), "the key from the environment file is required");
+                } finally {
+                    server.destroy();
+                    server.waitFor(10, TimeUnit.SECONDS);
+                }
+
+                SdkRunner.Result status = service(out, env, "status");
+                assertTrue(status.output().contains("installed: " + unit) && status.output().contains("port: " + port), status.output());
+
+                SdkRunner.Result uninstall = service(out, env, "uninstall", "--no-start");
+                assertEquals(0, uninstall.exit(), uninstall.output());
+                try (Stream<Path> left = Files.walk(home.resolve(".config"))) {
+                    assertEquals(List.of(), left.filter(Files::isRegularFile).toList(), "uninstall removed every file install wrote");
+                }
+                assertFalse(Files.exists(home.resolve("data/copilot-api.jar")));
+                assertEquals(3, service(out, env, "status").exit(), "not installed");
+                noManagerIsOneLine(out, env, start);
+            }
+        }
+
+        static SdkRunner.Result service(Path dir, Map<String, String> env, String action, String... args) throws Exception {
+            List<String> cmd = new ArrayList<>(List.of(java(), "-jar", "copilot-api.jar", "service", action));
+            cmd.addAll(List.of(args));
+            return SdkRunner.run(dir, env, Duration.ofMinutes(1), cmd.toArray(String[]::new));
+        }
+
+        static SdkRunner.Result service(Path dir, Map<String, String> env, String action, String flag, String[] start) throws Exception {
+            List<String> args = new ArrayList<>(List.of(flag));
+            args.addAll(List.of(start));
+            return service(dir, env, action, args.toArray(String[]::new));
+        }
+
+        /** systemd-analyze verify on the printed unit, where the tool is installed. */
+        static void verify(String dryRun) throws Exception {
+            if (!Files.isExecutable(Path.of("/usr/bin/systemd-analyze"))) {
+                System.out.println("no systemd-analyze here: the unit was not verified");
+                return;
+            }
+            String unit = dryRun.substring(dryRun.indexOf("[Unit]"), dryRun.indexOf("\n# ", dryRun.indexOf("[Unit]")) + 1);
+            Path dir = Files.createTempDirectory("unit");
+            Files.writeString(dir.resolve("copilot-api.service"), unit);
+            SdkRunner.Result r = SdkRunner.run(dir, Map.of(), Duration.ofMinutes(1), "systemd-analyze", "verify", dir.resolve("copilot-api.service").toString());
+            System.out.println("systemd-analyze verify: exit " + r.exit() + "\n" + r.output());
+            assertEquals(0, r.exit(), r.output());
+        }
+
+        /** Without a systemd user manager (this container), install says so in one line, exits non-zero and writes nothing. */
+        static void noManagerIsOneLine(Path dir, Map<String, String> env, String[] start) throws Exception {
+            SdkRunner.Result bus = SdkRunner.run(dir, Map.of(), Duration.ofSeconds(30), "sh", "-c", "systemctl --user show-environment");
+            if (bus.exit() == 0) return;
+            SdkRunner.Result r = service(dir, env, "install", "--port", start[1]);
+            assertEquals(1, r.exit(), r.output());
+            assertEquals(1, r.output().strip().lines().count(), r.output());
+            assertTrue(r.output().contains("--no-start"), r.output());
+            assertFalse(Files.exists(Path.of(env.get("XDG_CONFIG_HOME"), "systemd", "user", "copilot-api.service")), "nothing written");
+            assertFalse(Files.exists(Path.of(env.get("XDG_CONFIG_HOME"), "copilot-api")), "nothing written, and uninstall left no folder of ours");
         }
 
         @Test
