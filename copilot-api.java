@@ -297,6 +297,11 @@ class CopilotApi implements Callable<Integer> {
             description = "Refuse (429) a new prompt that would take the premium requests spent since start past UNITS; tool follow-ups still pass.")
         Double premiumBudget;
 
+        @Option(names = "--budget", paramLabel = "CREDITS[/day|/month]",
+            description = "Usage-based plans: refuse (429) a model call once the AI Credits spent since start in this UTC day or month"
+                + " (default: month) reach CREDITS.")
+        String budget;
+
         @Option(names = "--small-model", paramLabel = "MODEL",
             description = "Free model (multiplier 0) that answers Claude Code's Warmup probes (default: the catalog's first free chat model).")
         String smallModel;
@@ -338,7 +343,8 @@ class CopilotApi implements Callable<Integer> {
             }
             Pacer pacer = rateLimit == null ? Pacer.NONE : new Pacer(Duration.ofMillis(Math.round(rateLimit * 1000)), waitForTurn);
             Approver approver = manual ? new Approver(terminal, Duration.ofMinutes(5)) : Approver.NONE;
-            return new Controls(keys, pacer, approver, new Stats(), new Billing(premiumBudget, smallModel));
+            return new Controls(keys, pacer, approver, new Stats(budget == null ? null : Cost.Budget.parse(budget)),
+                new Billing(premiumBudget, smallModel));
         }
 
         static boolean isLoopback(String host) {
@@ -356,6 +362,13 @@ class CopilotApi implements Callable<Integer> {
             if (rateLimit != null && (rateLimit <= 0 || rateLimit.isNaN())) throw usage("--rate-limit must be a positive number of seconds");
             if (waitForTurn && rateLimit == null) throw usage("--wait goes with --rate-limit");
             if (premiumBudget != null && (premiumBudget < 0 || premiumBudget.isNaN())) throw usage("--premium-budget must be 0 or more premium requests");
+            if (budget != null) {
+                try {
+                    Cost.Budget.parse(budget);
+                } catch (IllegalArgumentException e) {
+                    throw usage(e.getMessage());
+                }
+            }
             if (storeDays < 1) throw usage("--store-days must be at least 1");
             if (storeMaxMb < 1) throw usage("--store-max-mb must be at least 1");
             if (noStore && (storePath != null || historyBodies)) throw usage("--no-store keeps nothing: drop --store and --history-bodies");
@@ -1107,6 +1120,8 @@ class CopilotApi implements Callable<Integer> {
                 });
                 cfg.requestLogger.http((ctx, ms) -> {
                     inFlight.decrementAndGet();
+                    Exchange exchange = Exchange.of(ctx);
+                    exchange.cost = Cost.settle(exchange, ctx.res().getStatus(), models);
                     RequestLog.write(ctx, ms, controls.stats());
                     History.record(ctx, ctx.res().getStatus(), Math.round(ms), store);
                 });
@@ -1123,6 +1138,12 @@ class CopilotApi implements Callable<Integer> {
                     if (ctx.attribute(BrowserGuard.PREFLIGHT) != null) return;
                     controls.keys().check(ctx);
                     Requests.checkBody(ctx);
+                });
+                cfg.routes.after(ctx -> {
+                    // a JSON answer not yet sent carries its cost; a stream's is in the log and the history
+                    Exchange exchange = Exchange.of(ctx);
+                    if (!exchange.invokesModel || ctx.res().isCommitted() || ctx.status().getCode() >= 400) return;
+                    Cost.settle(exchange, ctx.status().getCode(), models).ifPresent(c -> ctx.header(Cost.HEADER, Cost.format(c.credits())));
                 });
                 cfg.routes.get("/", Dashboard::root);
                 cfg.routes.get("/dashboard", Dashboard::page);
@@ -1267,6 +1288,10 @@ class CopilotApi implements Callable<Integer> {
         volatile byte[] requestBody;
         /** A JSON answer's text, for the history with --history-bodies. */
         volatile String responseBody;
+        /** copilot_usage.total_nano_aiu as Copilot reported it; -1 when it did not. */
+        volatile long nanoAiu = -1;
+        /** What the request cost in AI Credits once settled; empty for a failed call or a legacy plan. */
+        volatile Optional<Cost.Figure> cost;
 
         static Exchange of(Context ctx) {
             Exchange e = ctx.attribute(KEY);
@@ -1322,9 +1347,17 @@ class CopilotApi implements Callable<Integer> {
             return this;
         }
 
+        /** Copilot's own figure for the call (copilot_usage), where an answer or stream event carries it. */
+        Exchange copilotUsage(JsonNode holder) {
+            long nano = Cost.reportedNano(holder);
+            if (nano >= 0) nanoAiu = nano;
+            return this;
+        }
+
         /** Responses usage: input tokens (cached included) and output tokens. */
         Exchange responsesUsage(JsonNode usage) {
             if (usage == null || !usage.isObject()) return this;
+            copilotUsage(usage);
             cached(usage.path("input_tokens_details").path("cached_tokens").asLong(-1));
             return usage(usage.path("input_tokens").asLong(-1), usage.path("output_tokens").asLong(-1));
         }
@@ -1332,6 +1365,7 @@ class CopilotApi implements Callable<Integer> {
         /** Chat-completions usage: prompt tokens (cached included) and completion tokens. */
         Exchange chatUsage(JsonNode usage) {
             if (usage == null || !usage.isObject()) return this;
+            copilotUsage(usage);
             cached(usage.path("prompt_tokens_details").path("cached_tokens").asLong(-1));
             return usage(usage.path("prompt_tokens").asLong(-1), usage.path("completion_tokens").asLong(-1));
         }
@@ -1339,6 +1373,7 @@ class CopilotApi implements Callable<Integer> {
         /** Anthropic usage: input excludes cached tokens there, so they are added back. */
         Exchange anthropicUsage(JsonNode usage) {
             if (usage == null || !usage.isObject()) return this;
+            copilotUsage(usage);
             cached(usage.path("cache_read_input_tokens").asLong(-1));
             long in = usage.has("input_tokens") ? usage.path("input_tokens").asLong() + usage.path("cache_read_input_tokens").asLong(0)
                 + usage.path("cache_creation_input_tokens").asLong(0) : -1;
@@ -1364,9 +1399,13 @@ class CopilotApi implements Callable<Integer> {
             if (e.route != null) line.append(" [").append(e.route).append(']');
             line.append(' ').append(status).append(' ').append(millis).append("ms");
             if (e.inputTokens >= 0 || e.outputTokens >= 0) {
-                line.append(" in=").append(Math.max(0, e.inputTokens)).append(" out=").append(Math.max(0, e.outputTokens));
+                line.append(" in=").append(Math.max(0, e.inputTokens));
+                if (e.cachedTokens >= 0) line.append(" cached=").append(e.cachedTokens);
+                line.append(" out=").append(Math.max(0, e.outputTokens));
             }
-            if (e.charge != null) line.append(' ').append(e.charge.describe());
+            Optional<Cost.Figure> cost = e.cost;
+            if (cost != null && cost.isPresent()) line.append(' ').append(cost.get().describe());
+            else if (e.charge != null) line.append(' ').append(e.charge.describe());
             if (e.note != null) line.append(" (").append(e.note).append(')');
             if (e.error != null) line.append(": ").append(Redact.shorten(e.error));
             if (e.warn) Logs.log().warn("{}", line);
@@ -1392,6 +1431,7 @@ class CopilotApi implements Callable<Integer> {
          */
         void admit(Context ctx, String model, int messages) {
             Exchange exchange = Exchange.of(ctx);
+            stats.credits().admit(Instant.now());
             exchange.invokesModel = true;
             // watched as a non-stream: nothing is committed or kept alive while the request waits its turn
             Watch client = new ClientWatch(ctx, Duration.ZERO, Duration.ZERO);
@@ -1577,6 +1617,208 @@ class CopilotApi implements Callable<Integer> {
                     + format(c.multiplier()) + " premium request(s), " + format(before / 100.0) + " of --premium-budget "
                     + format(budget) + " are used since start; tool follow-ups still pass, a new prompt needs a restart or a free model",
                     null, "premium_budget_exceeded");
+            }
+        }
+    }
+
+    /**
+     * What a request costs in GitHub AI Credits (usage-based plans since June 2026; 1 credit = 10^9 nano-AIU): the real
+     * figure when Copilot reports {@code copilot_usage.total_nano_aiu}, else an estimate from the answer's token counts
+     * and the catalog's {@code billing.token_prices}. A model without prices is on a legacy plan: premium units tell
+     * its cost ({@link Billing}). A failed or refused call costs nothing. The ledger keeps credits by model and UTC day
+     * since start and holds {@code --budget}.
+     */
+    static final class Cost {
+        static final double NANO_PER_CREDIT = 1e9;
+        static final String HEADER = "x-copilot-api-cost";
+
+        /** A request's cost in credits; estimated when Copilot did not say it. */
+        record Figure(double credits, boolean estimated) {
+            /** For the request log and the header: "0.0123 credits", "~0.0123 credits" for an estimate. */
+            String describe() {
+                return (estimated ? "~" : "") + format(credits) + " credits";
+            }
+        }
+
+        static String format(double credits) {
+            return java.math.BigDecimal.valueOf(credits).round(new java.math.MathContext(4)).stripTrailingZeros().toPlainString();
+        }
+
+        /** total_nano_aiu of a copilot_usage at the top level of an answer or stream event, or inside its usage; -1 when absent. */
+        static long reportedNano(JsonNode holder) {
+            if (holder == null || !holder.isObject()) return -1;
+            JsonNode u = holder.has("copilot_usage") ? holder.get("copilot_usage") : holder.path("usage").path("copilot_usage");
+            JsonNode nano = u.path("total_nano_aiu");
+            return nano.isNumber() ? Math.max(0, nano.asLong()) : -1;
+        }
+
+        /**
+         * The estimate from token prices (credits per batch_size tokens): uncached input at input_price, cached input at
+         * cache_price, output at output_price; the long-context tier's prices from its threshold of input tokens on.
+         */
+        static Optional<Figure> estimate(JsonNode prices, long input, long cached, long output) {
+            if (prices == null || !prices.isObject() || input < 0 && output < 0) return Optional.empty();
+            JsonNode tier = prices.path("long_context");
+            long in = Math.max(0, input);
+            if (tier.isObject() && tier.path("threshold_tokens").isNumber() && in >= tier.path("threshold_tokens").asLong()) {
+                prices = tier;
+            }
+            double batch = Math.max(1, prices.path("batch_size").asDouble(0) > 0 ? prices.path("batch_size").asDouble()
+                : prices.path("batch_size").asDouble(1_000_000));
+            long hits = Math.min(in, Math.max(0, cached));
+            double inputPrice = prices.path("input_price").asDouble(0);
+            double credits = ((in - hits) * inputPrice + hits * prices.path("cache_price").asDouble(inputPrice)
+                + Math.max(0, output) * prices.path("output_price").asDouble(0)) / batch;
+            return Optional.of(new Figure(credits, true));
+        }
+
+        /** The catalog's prices for a model; missing when the model has none (a legacy plan) or the catalog is unknown. */
+        static JsonNode prices(ModelCatalog models, String model) {
+            if (model == null) return null;
+            try {
+                return models.find(model).map(m -> m.path("billing").path("token_prices")).filter(JsonNode::isObject).orElse(null);
+            } catch (RuntimeException e) {
+                return null;
+            }
+        }
+
+        /** What a finished model call cost: nothing when it failed or was refused, Copilot's figure, else the estimate. */
+        static Optional<Figure> settle(Exchange e, int status, ModelCatalog models) {
+            if (!e.invokesModel || status >= 400) return Optional.empty();
+            if (e.nanoAiu >= 0) return Optional.of(new Figure(e.nanoAiu / NANO_PER_CREDIT, false));
+            if (e.failedInStream) return Optional.empty();
+            String model = e.upstreamModel != null ? e.upstreamModel : e.requestedModel;
+            return estimate(prices(models, model), e.inputTokens, e.cachedTokens, e.outputTokens);
+        }
+
+        /** {@code --budget CREDITS[/day|/month]}: a period is a UTC day or a UTC calendar month. */
+        record Budget(double credits, Period period) {
+            enum Period { DAY, MONTH }
+
+            static Budget parse(String text) {
+                String[] parts = text.trim().split("/", 2);
+                Period period = Period.MONTH;
+                if (parts.length == 2) {
+                    period = switch (parts[1].trim().toLowerCase(Locale.ROOT)) {
+                        case "day" -> Period.DAY;
+                        case "month" -> Period.MONTH;
+                        default -> throw new IllegalArgumentException("--budget is CREDITS, CREDITS/day or CREDITS/month, not " + text);
+                    };
+                }
+                double credits;
+                try {
+                    credits = Double.parseDouble(parts[0].trim());
+                } catch (NumberFormatException ex) {
+                    throw new IllegalArgumentException("--budget is CREDITS, CREDITS/day or CREDITS/month, not " + text);
+                }
+                if (!(credits >= 0) || Double.isInfinite(credits)) throw new IllegalArgumentException("--budget must be 0 or more credits");
+                return new Budget(credits, period);
+            }
+
+            String label() {
+                return format(credits) + "/" + period.name().toLowerCase(Locale.ROOT);
+            }
+
+            /** When the period holding this instant ends (UTC). */
+            Instant resets(Instant now) {
+                java.time.LocalDate day = now.atZone(ZoneOffset.UTC).toLocalDate();
+                java.time.LocalDate next = period == Period.DAY ? day.plusDays(1) : day.withDayOfMonth(1).plusMonths(1);
+                return next.atStartOfDay(ZoneOffset.UTC).toInstant();
+            }
+
+            boolean counts(String utcDay, Instant now) {
+                String today = Ledger.day(now);
+                return period == Period.DAY ? utcDay.equals(today) : utcDay.startsWith(today.substring(0, 7));
+            }
+        }
+
+        /** Credits since start by model and by UTC day; the most expensive requests; --budget. */
+        static final class Ledger {
+            static final int MOST_EXPENSIVE = 10;
+            static final int MAX_DAYS = 62;
+
+            record Priced(String at, String model, String path, double credits, boolean estimated) {
+            }
+
+            private final Budget budget;
+            private final Map<String, java.util.concurrent.atomic.DoubleAdder> byModel = new java.util.concurrent.ConcurrentSkipListMap<>();
+            private final java.util.NavigableMap<String, java.util.concurrent.atomic.DoubleAdder> byDay = new java.util.concurrent.ConcurrentSkipListMap<>();
+            private final java.util.concurrent.atomic.LongAdder estimated = new java.util.concurrent.atomic.LongAdder();
+            private final java.util.concurrent.atomic.LongAdder reported = new java.util.concurrent.atomic.LongAdder();
+            private final List<Priced> top = new ArrayList<>();
+
+            Ledger(Budget budget) {
+                this.budget = budget;
+            }
+
+            static String day(Instant at) {
+                return at.atZone(ZoneOffset.UTC).toLocalDate().toString();
+            }
+
+            void add(String model, String path, Figure f, Instant at) {
+                String m = model == null ? "(unknown)" : model;
+                byModel.computeIfAbsent(m, k -> new java.util.concurrent.atomic.DoubleAdder()).add(f.credits());
+                byDay.computeIfAbsent(day(at), k -> new java.util.concurrent.atomic.DoubleAdder()).add(f.credits());
+                while (byDay.size() > MAX_DAYS) byDay.pollFirstEntry();
+                (f.estimated() ? estimated : reported).increment();
+                synchronized (top) {
+                    top.add(new Priced(at.toString(), m, path, f.credits(), f.estimated()));
+                    top.sort(java.util.Comparator.comparingDouble(Priced::credits).reversed());
+                    if (top.size() > MOST_EXPENSIVE) top.remove(top.size() - 1);
+                }
+            }
+
+            double spent(Budget b, Instant now) {
+                double sum = 0;
+                for (var entry : byDay.entrySet()) if (b.counts(entry.getKey(), now)) sum += entry.getValue().sum();
+                return sum;
+            }
+
+            /** Before a model call: past --budget, a 429 that says what was spent and when the budget resets. */
+            void admit(Instant now) {
+                if (budget == null) return;
+                double spent = spent(budget, now);
+                if (spent < budget.credits()) return;
+                Instant resets = budget.resets(now);
+                ApiError refused = new ApiError(429, "rate_limit_error", "copilot-api's budget is spent: " + format(spent)
+                    + " credits of --budget " + budget.label() + " are used since start; it resets at " + resets, null, "budget_exceeded");
+                refused.headers().put("retry-after", String.valueOf(Math.max(1, Duration.between(now, resets).toSeconds())));
+                throw refused;
+            }
+
+            ObjectNode json(Instant now) {
+                ObjectNode o = Json.object();
+                String today = day(now);
+                double total = 0, month = 0;
+                ObjectNode days = Json.object();
+                for (var entry : byDay.entrySet()) {
+                    double v = entry.getValue().sum();
+                    total += v;
+                    if (entry.getKey().startsWith(today.substring(0, 7))) month += v;
+                    days.put(entry.getKey(), v);
+                }
+                o.put("credits", total);
+                o.put("today", Optional.ofNullable(byDay.get(today)).map(java.util.concurrent.atomic.DoubleAdder::sum).orElse(0.0));
+                o.put("this_month", month);
+                ObjectNode models = o.putObject("by_model");
+                byModel.forEach((m, v) -> models.put(m, v.sum()));
+                o.set("by_day", days);
+                o.put("reported_requests", reported.sum());
+                o.put("estimated_requests", estimated.sum());
+                ArrayNode expensive = o.putArray("most_expensive");
+                synchronized (top) {
+                    for (Priced p : top) {
+                        expensive.addObject().put("time", p.at()).put("model", p.model()).put("path", p.path())
+                            .put("credits", p.credits()).put("estimated", p.estimated());
+                    }
+                }
+                if (budget == null) {
+                    o.putNull("budget");
+                } else {
+                    o.putObject("budget").put("credits", budget.credits()).put("per", budget.period().name().toLowerCase(Locale.ROOT))
+                        .put("spent", spent(budget, now)).put("resets", budget.resets(now).toString());
+                }
+                return o;
             }
         }
     }
@@ -2121,6 +2363,20 @@ class CopilotApi implements Callable<Integer> {
         /** Premium units (in hundredths) by model, and model calls by billing reason (premium, continuation, ...). */
         private final Map<String, java.util.concurrent.atomic.LongAdder> premium = new java.util.concurrent.ConcurrentSkipListMap<>();
         private final Map<String, java.util.concurrent.atomic.LongAdder> reasons = new java.util.concurrent.ConcurrentSkipListMap<>();
+        /** AI Credits by model and day, and --budget. */
+        private final Cost.Ledger credits;
+
+        Stats() {
+            this(null);
+        }
+
+        Stats(Cost.Budget budget) {
+            credits = new Cost.Ledger(budget);
+        }
+
+        Cost.Ledger credits() {
+            return credits;
+        }
 
         static final class ModelStats {
             long requests;
@@ -2158,6 +2414,8 @@ class CopilotApi implements Callable<Integer> {
             if (!models.containsKey(model) && models.size() >= MAX_MODELS) model = OTHER;
             models.computeIfAbsent(model, m -> new ModelStats())
                 .add(status >= 400 || e.failedInStream, e.inputTokens, e.outputTokens, ms);
+            Optional<Cost.Figure> cost = e.cost;
+            if (cost != null && cost.isPresent()) credits.add(model, e.route, cost.get(), Instant.now());
             Billing.Charge charge = e.charge;
             if (charge == null) return;
             reasons.computeIfAbsent(charge.reason().label, r -> new java.util.concurrent.atomic.LongAdder()).increment();
@@ -2207,6 +2465,7 @@ class CopilotApi implements Callable<Integer> {
             totals.put("input_tokens", in);
             totals.put("output_tokens", out);
             o.set("premium", premiumSnapshot());
+            o.set("credits", credits.json(Instant.now()));
             return o;
         }
     }
@@ -2481,7 +2740,7 @@ class CopilotApi implements Callable<Integer> {
             String path = chat.path(model);
             if (!Requests.stream(body)) {
                 JsonNode answer = billing.send(ctx, model, path, call, c -> chat.complete(body, c));
-                Exchange.of(ctx).chatUsage(answer.path("usage"));
+                Exchange.of(ctx).copilotUsage(answer).chatUsage(answer.path("usage"));
                 Requests.logBody("chat answer", answer);
                 billing.subagents().chatAnswer(answer);
                 Requests.writeJson(ctx, ChatNormalizer.response(answer, merge));
@@ -2707,7 +2966,7 @@ class CopilotApi implements Callable<Integer> {
             Billing billing = up.controls().billing();
             if (!stream) {
                 JsonNode answer = billing.send(ctx, model.upstream(), MESSAGES, call, c -> up.copilot().postJson(MESSAGES, bytes, c));
-                Exchange.of(ctx).anthropicUsage(answer.path("usage"));
+                Exchange.of(ctx).copilotUsage(answer).anthropicUsage(answer.path("usage"));
                 if (answer.isObject()) ((ObjectNode) answer).put("model", model.requested());
                 if (prepared.omitThinking()) AnthropicNative.omitThinking(answer);
                 subagents.anthropicAnswer(answer);
@@ -2746,7 +3005,7 @@ class CopilotApi implements Callable<Integer> {
                         ((ObjectNode) data.get("message")).put("model", requestedModel);
                         exchange.anthropicUsage(data.path("message").path("usage"));
                     } else if (name.equals("message_delta")) {
-                        exchange.anthropicUsage(data.path("usage"));
+                        exchange.copilotUsage(data).anthropicUsage(data.path("usage"));
                     }
                 }
 
@@ -3005,7 +3264,7 @@ class CopilotApi implements Callable<Integer> {
             if (!stream) {
                 JsonNode answer = billing.send(ctx, model.upstream(), RESPONSES, call,
                     c -> answerRetryingCyberPolicy(() -> up.copilot().postJson(RESPONSES, bytes, c)));
-                Exchange.of(ctx).responsesUsage(answer.path("usage"));
+                Exchange.of(ctx).copilotUsage(answer).responsesUsage(answer.path("usage"));
                 subagents.responsesAnswer(answer);
                 state.keep(turn, answer);
                 Requests.writeJson(ctx, answer.isObject() ? ResponsesState.presented(answer, turn) : answer);
@@ -3038,7 +3297,7 @@ class CopilotApi implements Callable<Integer> {
                     if (!data.path("response").isObject()) return;
                     ObjectNode response = ResponsesState.presented(data.get("response"), turn);
                     data.set("response", response);
-                    exchange.responsesUsage(response.path("usage"));
+                    exchange.copilotUsage(data).responsesUsage(response.path("usage"));
                     if (TERMINAL.contains(name)) state.keep(turn, response);
                 }
 
@@ -3608,6 +3867,7 @@ class CopilotApi implements Callable<Integer> {
                 return List.of();
             }
             Requests.logBody("chat chunk", json.get());
+            exchange.copilotUsage(json.get());
             Optional<String> error = ChatChunks.error(json.get());
             if (error.isPresent()) return end(Frame.data(Errors.openAiStreamError(error.get()), "upstream error in stream"));
             List<ObjectNode> out = normalizer.onChunk(json.get());
@@ -3764,6 +4024,7 @@ class CopilotApi implements Callable<Integer> {
             Optional<JsonNode> json = chunk.json();
             if (json.isEmpty()) return List.of();
             Requests.logBody("chat chunk", json.get());
+            exchange.copilotUsage(json.get());
             Optional<String> error = ChatChunks.error(json.get());
             if (error.isPresent()) return frames(machine.fail(error.get()));
             exchange.chatUsage(json.get().path("usage"));

@@ -1,0 +1,185 @@
+package copilotapi;
+
+import static copilotapi.CopilotApiTests.eventually;
+import static copilotapi.CopilotApiTests.json;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import java.io.IOException;
+import java.io.InputStream;
+import java.net.http.HttpResponse;
+import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import org.junit.jupiter.api.Test;
+
+/**
+ * What a request costs (WIRE.md, "Copilot since mid-2026"): AI Credits on a usage-based account, Copilot's own figure
+ * (copilot_usage) where an answer carries it, else an estimate from the catalog's token prices; premium units on a
+ * legacy account; nothing for a failed or refused call; shown in the x-copilot-api-cost header, /stats and /history,
+ * and held to --budget.
+ */
+class CostTests {
+    static final String CHAT = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+    static final String MESSAGES = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+    static final String RESPONSES = "{\"model\":\"gpt-4.1\",\"input\":\"Hi\"}";
+
+    static CopilotApiTests.Harness harness(StubUpstream stub, CopilotApi.Stats stats) throws IOException {
+        return new CopilotApiTests.Harness(stub, new CopilotApi.Controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE,
+            CopilotApi.Approver.NONE, stats, new CopilotApi.Billing(null, null)));
+    }
+
+    static CopilotApiTests.Harness usageBased() throws IOException {
+        return harness(StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED), new CopilotApi.Stats());
+    }
+
+    static JsonNode credits(CopilotApiTests.Harness h, int requests) throws InterruptedException {
+        return eventually(Duration.ofSeconds(10), () -> stats(h), s -> s.path("totals").path("requests").asLong() >= requests).path("credits");
+    }
+
+    static JsonNode stats(CopilotApiTests.Harness h) {
+        try {
+            return json(h.get("/stats").body());
+        } catch (Exception e) {
+            throw new AssertionError(e);
+        }
+    }
+
+    /** copilot_usage.total_nano_aiu in credits. */
+    static double reported(JsonNode holder) {
+        return holder.path("copilot_usage").path("total_nano_aiu").asLong() / 1e9;
+    }
+
+    @Test
+    void aChatAnswerIsSettledWithCopilotsFigureInTheHeaderAndStats() throws Exception {
+        try (CopilotApiTests.Harness h = usageBased()) {
+            HttpResponse<String> r = h.post("/v1/chat/completions", CHAT);
+            assertEquals(200, r.statusCode(), r.body());
+            double real = reported(json(r.body()));
+            assertTrue(real > 0, r.body());
+            String header = r.headers().firstValue("x-copilot-api-cost").orElseThrow(() -> new AssertionError("no cost header"));
+            assertEquals(real, Double.parseDouble(header), real * 0.001, header);
+            JsonNode credits = credits(h, 1);
+            assertEquals(real, credits.path("by_model").path("gpt-4.1").asDouble(), 1e-12, credits.toString());
+            assertEquals(real, credits.path("today").asDouble(), 1e-12);
+            assertEquals(real, credits.path("this_month").asDouble(), 1e-12);
+            assertEquals(1, credits.path("reported_requests").asLong());
+            assertEquals(0, credits.path("estimated_requests").asLong());
+            assertEquals(real, credits.path("most_expensive").get(0).path("credits").asDouble(), 1e-12);
+        }
+    }
+
+    @Test
+    void onEveryRouteANonStreamedAnswerCarriesItsCost() throws Exception {
+        try (CopilotApiTests.Harness h = usageBased()) {
+            for (String[] call : new String[][] {{"/v1/messages", MESSAGES}, {"/v1/responses", RESPONSES},
+                {"/v1/messages", MESSAGES.replace("claude-sonnet-4.5", "gpt-4.1")}}) {
+                HttpResponse<String> r = h.post(call[0], call[1]);
+                assertEquals(200, r.statusCode(), r.body());
+                assertTrue(Double.parseDouble(r.headers().firstValue("x-copilot-api-cost").orElse("0")) > 0, call[0] + " " + call[1]);
+            }
+        }
+    }
+
+    /** Without copilot_usage: uncached input at input_price, cached at cache_price, output at output_price, per batch_size tokens. */
+    @Test
+    void withoutCopilotsFigureTheCostIsEstimatedFromTheTokenPricesAndMarked() throws Exception {
+        try (CopilotApiTests.Harness h = harness(StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED)
+                .reportsCopilotUsage(false).cachedTokens(4), new CopilotApi.Stats())) {
+            HttpResponse<String> r = h.post("/v1/chat/completions", CHAT);
+            assertEquals(200, r.statusCode(), r.body());
+            JsonNode usage = json(r.body()).path("usage");
+            long in = usage.path("prompt_tokens").asLong(), cached = usage.path("prompt_tokens_details").path("cached_tokens").asLong();
+            long out = usage.path("completion_tokens").asLong();
+            assertEquals(4, cached, "the cached count reaches the client: " + usage);
+            double expected = ((in - cached) * 125 + cached * 12.5 + out * 1000) / 1_000_000;
+            assertEquals(expected, Double.parseDouble(r.headers().firstValue("x-copilot-api-cost").orElseThrow()), expected * 0.001);
+            JsonNode credits = credits(h, 1);
+            assertEquals(expected, credits.path("credits").asDouble(), 1e-12, credits.toString());
+            assertEquals(1, credits.path("estimated_requests").asLong());
+        }
+    }
+
+    @Test
+    void aStreamsCostIsSettledFromItsLastChunkAndHasNoHeader() throws Exception {
+        try (CopilotApiTests.Harness h = usageBased()) {
+            HttpResponse<InputStream> r = h.postStreaming("/v1/chat/completions", CHAT.replace("{\"model\"", "{\"stream\":true,\"model\""));
+            String body;
+            try (InputStream in = r.body()) {
+                body = new String(in.readAllBytes(), StandardCharsets.UTF_8);
+            }
+            assertEquals(200, r.statusCode(), body);
+            assertFalse(r.headers().firstValue("x-copilot-api-cost").isPresent(), "a stream's headers leave before its cost is known");
+            JsonNode credits = credits(h, 1);
+            assertTrue(credits.path("credits").asDouble() > 0, credits.toString());
+            assertEquals(1, credits.path("reported_requests").asLong(), "the figure inside the last chunk's usage: " + credits);
+        }
+    }
+
+    @Test
+    void aFailedCallCostsNothingAndTheNextOneIsServed() throws Exception {
+        try (CopilotApiTests.Harness h = usageBased()) {
+            h.stub.enqueue("/chat/completions", StubUpstream.Reply.json(500, "{\"error\":{\"message\":\"boom\"}}"));
+            HttpResponse<String> failed = h.post("/v1/chat/completions", CHAT);
+            assertTrue(failed.statusCode() >= 500, failed.body());
+            assertFalse(failed.headers().firstValue("x-copilot-api-cost").isPresent());
+            assertEquals(0.0, credits(h, 1).path("credits").asDouble(), "a failed call costs nothing");
+            HttpResponse<String> next = h.post("/v1/chat/completions", CHAT);
+            assertEquals(200, next.statusCode(), next.body());
+            assertEquals(reported(json(next.body())), credits(h, 2).path("credits").asDouble(), 1e-12);
+        }
+    }
+
+    @Test
+    void aLegacyAccountShowsPremiumUnitsAndNoCredits() throws Exception {
+        try (CopilotApiTests.Harness h = harness(StubUpstream.start(), new CopilotApi.Stats())) {
+            HttpResponse<String> r = h.post("/v1/messages", MESSAGES);
+            assertEquals(200, r.statusCode(), r.body());
+            assertFalse(r.headers().firstValue("x-copilot-api-cost").isPresent(), "no credits on a legacy plan");
+            JsonNode s = eventually(Duration.ofSeconds(10), () -> stats(h), j -> j.path("totals").path("requests").asLong() >= 1);
+            assertEquals(0.0, s.path("credits").path("credits").asDouble());
+            assertEquals(1.0, s.path("premium").path("units").asDouble(), s.toString());
+        }
+    }
+
+    /** A budget smaller than one call: the first passes, the next is a 429 in the caller's shape, Copilot is not called. */
+    @Test
+    void aCreditBudgetRefusesTheNextCallInTheCallersShapeWithSpentAndReset() throws Exception {
+        try (CopilotApiTests.Harness h = harness(StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED),
+                new CopilotApi.Stats(CopilotApi.Cost.Budget.parse("0.0001/day")))) {
+            assertEquals(200, h.post("/v1/messages", MESSAGES).statusCode());
+            credits(h, 1);
+            HttpResponse<String> refused = h.post("/v1/messages", MESSAGES);
+            assertEquals(429, refused.statusCode(), refused.body());
+            JsonNode body = json(refused.body());
+            assertEquals("error", body.path("type").asText(), "Anthropic's error shape: " + refused.body());
+            String message = body.path("error").path("message").asText();
+            assertTrue(message.contains("--budget 0.0001/day") && message.contains("resets at"), message);
+            assertTrue(refused.headers().firstValue("retry-after").isPresent(), "the wait until the reset");
+            HttpResponse<String> chat = h.post("/v1/chat/completions", CHAT);
+            assertEquals(429, chat.statusCode());
+            assertEquals("budget_exceeded", json(chat.body()).path("error").path("code").asText(), "OpenAI's error shape: " + chat.body());
+            assertEquals(1, h.stub.count("/v1/messages"), "Copilot was not called for the refused requests");
+            assertEquals(0, h.stub.count("/chat/completions"));
+            JsonNode budget = stats(h).path("credits").path("budget");
+            assertEquals("day", budget.path("per").asText(), budget.toString());
+            assertTrue(budget.path("spent").asDouble() > 0.0001, budget.toString());
+        }
+    }
+
+    @Test
+    void aBudgetIsCreditsPerDayOrMonth() {
+        assertEquals(new CopilotApi.Cost.Budget(50, CopilotApi.Cost.Budget.Period.MONTH), CopilotApi.Cost.Budget.parse("50"));
+        assertEquals(new CopilotApi.Cost.Budget(2.5, CopilotApi.Cost.Budget.Period.DAY), CopilotApi.Cost.Budget.parse("2.5/day"));
+        assertEquals("2026-12-01T00:00:00Z", CopilotApi.Cost.Budget.parse("9/month").resets(java.time.Instant.parse("2026-11-30T23:59:00Z")).toString());
+        for (String bad : new String[] {"-1", "x/day", "5/week"}) {
+            try {
+                CopilotApi.Cost.Budget.parse(bad);
+                throw new AssertionError("accepted " + bad);
+            } catch (IllegalArgumentException expected) {
+                assertTrue(expected.getMessage().contains("--budget"), expected.getMessage());
+            }
+        }
+    }
+}
