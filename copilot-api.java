@@ -3618,7 +3618,9 @@ class CopilotApi implements Callable<Integer> {
                 e.requestedModel, e.upstreamModel, e.route, status, failed ? Optional.ofNullable(e.errorType).orElse(e.failedInStream ? "stream_error" : "error") : null,
                 failed ? Redact.secrets(Optional.ofNullable(e.error).orElse(e.note)) : null, firstByte, millis, known(e.inputTokens), known(e.outputTokens),
                 known(e.cachedTokens), ctx.header("user-agent"), e.charge == null ? null : e.charge.initiator().wire(),
-                e.charge == null ? null : e.charge.units(), requestBody, responseBody));
+                e.charge == null ? null : e.charge.units(), requestBody, responseBody,
+                e.cost == null ? null : e.cost.map(Cost.Figure::credits).orElse(null),
+                e.cost == null ? null : e.cost.map(Cost.Figure::estimated).orElse(null)));
         }
 
         private static Long known(long tokens) {
@@ -3653,10 +3655,10 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        record Day(String day, long requests, long errors) {
+        record Day(String day, long requests, long errors, double credits) {
         }
 
-        record ModelWeek(String model, Latency latency, long errors, long inputTokens, long outputTokens) {
+        record ModelWeek(String model, Latency latency, long errors, long inputTokens, long outputTokens, long cachedTokens, double credits) {
         }
 
         /** The dashboard's week, as {@link Store.Db#summary} counts it. */
@@ -3685,11 +3687,13 @@ class CopilotApi implements Callable<Integer> {
             Summary s = week.orElse(Summary.NONE);
             out.set("latency", s.all().json());
             ArrayNode days = out.putArray("per_day");
-            for (Day d : s.days()) days.addObject().put("day", d.day()).put("requests", d.requests()).put("errors", d.errors());
+            for (Day d : s.days()) {
+                days.addObject().put("day", d.day()).put("requests", d.requests()).put("errors", d.errors()).put("credits", d.credits());
+            }
             ArrayNode models = out.putArray("per_model");
             for (ModelWeek m : s.models()) {
                 models.add(m.latency().json().put("model", m.model()).put("errors", m.errors()).put("input_tokens", m.inputTokens())
-                    .put("output_tokens", m.outputTokens()));
+                    .put("output_tokens", m.outputTokens()).put("cached_tokens", m.cachedTokens()).put("credits", m.credits()));
             }
             ArrayNode errors = out.putArray("recent_errors");
             for (HistoryRow r : s.recentErrors()) errors.add(r.json());
@@ -5287,7 +5291,10 @@ class CopilotApi implements Callable<Integer> {
                         + " error_type TEXT, error_message TEXT, first_byte_ms INTEGER, total_ms INTEGER NOT NULL, input_tokens INTEGER,"
                         + " output_tokens INTEGER, cached_tokens INTEGER, user_agent TEXT, initiator TEXT, premium_cost REAL,"
                         + " request_body TEXT, response_body TEXT)",
-                    "CREATE INDEX history_at ON history (at)"));
+                    "CREATE INDEX history_at ON history (at)"),
+                List.of(
+                    "ALTER TABLE history ADD COLUMN credits REAL",
+                    "ALTER TABLE history ADD COLUMN credits_estimated INTEGER"));
 
             /** A new file is made 0600 before SQLite sees it; SQLite gives its -wal and -shm files the same mode. */
             static void create(Path file) throws SQLException {
@@ -5457,7 +5464,8 @@ class CopilotApi implements Callable<Integer> {
 
             static final String INSERT_HISTORY = "INSERT INTO history (at, api, method, path, requested_model, upstream_model,"
                 + " route, status, error_type, error_message, first_byte_ms, total_ms, input_tokens, output_tokens, cached_tokens,"
-                + " user_agent, initiator, premium_cost, request_body, response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                + " user_agent, initiator, premium_cost, request_body, response_body, credits, credits_estimated)"
+                + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
             /**
              * The history insert, prepared once per connection (only the writer's thread inserts): preparing it was a
              * third of the insert's cost, run once per request. Closed with its connection.
@@ -5492,6 +5500,10 @@ class CopilotApi implements Callable<Integer> {
                     else s.setDouble(18, h.premiumCost());
                     s.setString(19, h.requestBody());
                     s.setString(20, h.responseBody());
+                    if (h.credits() == null) s.setNull(21, java.sql.Types.REAL);
+                    else s.setDouble(21, h.credits());
+                    if (h.creditsEstimated() == null) s.setNull(22, java.sql.Types.INTEGER);
+                    else s.setInt(22, h.creditsEstimated() ? 1 : 0);
                     s.executeUpdate();
                     s.clearParameters();
                 } catch (SQLException e) {
@@ -5509,7 +5521,7 @@ class CopilotApi implements Callable<Integer> {
             /** A history row's columns but its bodies. */
             static final String HISTORY_COLUMNS = "id, at, api, method, path, requested_model, upstream_model, route, status,"
                 + " error_type, error_message, first_byte_ms, total_ms, input_tokens, output_tokens, cached_tokens, user_agent, initiator,"
-                + " premium_cost";
+                + " premium_cost, credits, credits_estimated";
 
             static List<HistoryRow> history(Connection c, History.Query q) throws SQLException {
                 StringBuilder sql = new StringBuilder("SELECT " + HISTORY_COLUMNS + ", request_body, response_body FROM history WHERE 1 = 1");
@@ -5548,23 +5560,25 @@ class CopilotApi implements Callable<Integer> {
              */
             static History.Summary summary(Connection c, long since) throws SQLException {
                 List<History.Day> days = new ArrayList<>();
-                try (PreparedStatement s = c.prepareStatement("SELECT date(at / 1000, 'unixepoch') AS day, COUNT(*), SUM(" + FAILED + ")"
-                    + " FROM history WHERE at >= ? GROUP BY day ORDER BY day DESC")) {
+                try (PreparedStatement s = c.prepareStatement("SELECT date(at / 1000, 'unixepoch') AS day, COUNT(*), SUM(" + FAILED + "),"
+                    + " COALESCE(SUM(credits), 0) FROM history WHERE at >= ? GROUP BY day ORDER BY day DESC")) {
                     s.setLong(1, since);
                     try (ResultSet r = s.executeQuery()) {
-                        while (r.next()) days.add(new History.Day(r.getString(1), r.getLong(2), r.getLong(3)));
+                        while (r.next()) days.add(new History.Day(r.getString(1), r.getLong(2), r.getLong(3), r.getDouble(4)));
                     }
                 }
                 Map<String, History.Latency> latencies = latencies(c, since, MODEL, MODEL + " IS NOT NULL");
                 List<History.ModelWeek> models = new ArrayList<>();
                 try (PreparedStatement s = c.prepareStatement("SELECT " + MODEL + " AS model, SUM(" + FAILED + "), COALESCE(SUM(input_tokens), 0),"
-                    + " COALESCE(SUM(output_tokens), 0) FROM history WHERE at >= ? AND " + MODEL + " IS NOT NULL"
+                    + " COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(credits), 0)"
+                    + " FROM history WHERE at >= ? AND " + MODEL + " IS NOT NULL"
                     + " GROUP BY model ORDER BY COUNT(*) DESC, model LIMIT ?")) {
                     s.setLong(1, since);
                     s.setInt(2, History.SUMMARY_MODELS);
                     try (ResultSet r = s.executeQuery()) {
                         while (r.next()) {
-                            models.add(new History.ModelWeek(r.getString(1), latencies.get(r.getString(1)), r.getLong(2), r.getLong(3), r.getLong(4)));
+                            models.add(new History.ModelWeek(r.getString(1), latencies.get(r.getString(1)), r.getLong(2), r.getLong(3), r.getLong(4),
+                                r.getLong(5), r.getDouble(6)));
                         }
                     }
                 }
@@ -5652,10 +5666,21 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** One row of the request history; initiator and premium cost stay null until the ledger fills them. */
+    /**
+     * One row of the request history; initiator and premium cost stay null until the ledger fills them, credits (AI
+     * Credits, estimated or Copilot's figure) stay null on a legacy plan and for a failed call.
+     */
     record HistoryRow(Long id, long at, String api, String method, String path, String requestedModel, String upstreamModel, String route,
         int status, String errorType, String errorMessage, Long firstByteMs, long totalMs, Long inputTokens, Long outputTokens,
-        Long cachedTokens, String userAgent, String initiator, Double premiumCost, String requestBody, String responseBody) {
+        Long cachedTokens, String userAgent, String initiator, Double premiumCost, String requestBody, String responseBody,
+        Double credits, Boolean creditsEstimated) {
+
+        HistoryRow(Long id, long at, String api, String method, String path, String requestedModel, String upstreamModel, String route,
+            int status, String errorType, String errorMessage, Long firstByteMs, long totalMs, Long inputTokens, Long outputTokens,
+            Long cachedTokens, String userAgent, String initiator, Double premiumCost, String requestBody, String responseBody) {
+            this(id, at, api, method, path, requestedModel, upstreamModel, route, status, errorType, errorMessage, firstByteMs, totalMs,
+                inputTokens, outputTokens, cachedTokens, userAgent, initiator, premiumCost, requestBody, responseBody, null, null);
+        }
 
         static HistoryRow from(ResultSet r) throws SQLException {
             return new HistoryRow(r.getLong("id"), r.getLong("at"), r.getString("api"), r.getString("method"), r.getString("path"),
@@ -5663,7 +5688,8 @@ class CopilotApi implements Callable<Integer> {
                 r.getString("error_type"), r.getString("error_message"), nullableLong(r, "first_byte_ms"), r.getLong("total_ms"),
                 nullableLong(r, "input_tokens"), nullableLong(r, "output_tokens"), nullableLong(r, "cached_tokens"),
                 r.getString("user_agent"), r.getString("initiator"), nullableDouble(r, "premium_cost"), r.getString("request_body"),
-                r.getString("response_body"));
+                r.getString("response_body"), nullableDouble(r, "credits"),
+                Optional.ofNullable(nullableLong(r, "credits_estimated")).map(v -> v != 0).orElse(null));
         }
 
         private static Long nullableLong(ResultSet r, String column) throws SQLException {
@@ -5697,6 +5723,8 @@ class CopilotApi implements Callable<Integer> {
             o.put("user_agent", userAgent);
             o.put("initiator", initiator);
             o.put("premium_cost", premiumCost);
+            o.put("credits", credits);
+            o.put("credits_estimated", creditsEstimated);
             if (requestBody != null) o.put("request_body", requestBody);
             if (responseBody != null) o.put("response_body", responseBody);
             return o;

@@ -168,6 +168,63 @@ class CostTests {
         }
     }
 
+    static JsonNode historyRows(CopilotApiTests.Harness h, int n) throws InterruptedException {
+        return eventually(Duration.ofSeconds(10), () -> StoreTests.history(h, ""), j -> j.path("data").size() >= n).path("data");
+    }
+
+    @Test
+    void theHistorySaysWhatEachRequestCostAndSumsItPerModelAndDay() throws Exception {
+        try (CopilotApiTests.Harness h = usageBased()) {
+            HttpResponse<String> r = h.post("/v1/chat/completions", CHAT);
+            assertEquals(200, r.statusCode(), r.body());
+            double real = reported(json(r.body()));
+            JsonNode row = historyRows(h, 1).get(0);
+            assertEquals(real, row.path("credits").asDouble(), 1e-12, row.toString());
+            assertFalse(row.path("credits_estimated").asBoolean(), row.toString());
+            JsonNode summary = json(h.get("/history/summary").body());
+            assertEquals(real, summary.path("per_day").get(0).path("credits").asDouble(), 1e-12, summary.toString());
+            assertEquals(real, summary.path("per_model").get(0).path("credits").asDouble(), 1e-12, summary.toString());
+        }
+    }
+
+    @Test
+    void aLegacyRequestsHistoryRowHasNoCreditsButItsPremiumCost() throws Exception {
+        try (CopilotApiTests.Harness h = harness(StubUpstream.start(), new CopilotApi.Stats())) {
+            assertEquals(200, h.post("/v1/messages", MESSAGES).statusCode());
+            JsonNode row = historyRows(h, 1).get(0);
+            assertTrue(row.path("credits").isNull(), row.toString());
+            assertEquals(1.0, row.path("premium_cost").asDouble(), row.toString());
+        }
+    }
+
+    /** A store written before credits existed (schema version 1, with a row) opens, keeps its row and gains the columns. */
+    @Test
+    void aStoreFromBeforeCreditsIsMigratedAndKeepsItsRows() throws Exception {
+        java.nio.file.Path dir = java.nio.file.Files.createTempDirectory("copilot-api-old-store");
+        java.nio.file.Path file = dir.resolve("old.db");
+        try (java.sql.Connection c = java.sql.DriverManager.getConnection("jdbc:sqlite:" + file); java.sql.Statement s = c.createStatement()) {
+            for (String sql : CopilotApi.Store.Db.MIGRATIONS.get(0)) s.execute(sql);
+            s.execute("PRAGMA user_version = 1");
+            s.execute("INSERT INTO history (at, api, method, path, requested_model, upstream_model, status, total_ms, premium_cost)"
+                + " VALUES (" + System.currentTimeMillis() + ", 'openai.chat', 'POST', '/v1/chat/completions', 'old', 'old', 200, 5, 1.0)");
+        }
+        var options = new CopilotApi.Store.Options(true, java.util.Optional.of(file), Duration.ofDays(30), 1 << 30, false);
+        try (CopilotApiTests.Harness h = new CopilotApiTests.Harness(StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED),
+                java.util.Map.of(), o -> { }, new CopilotApi.Controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE,
+                    new CopilotApi.Stats(), new CopilotApi.Billing(null, null)), CopilotApi.BrowserGuard.loopback("127.0.0.1"),
+                CopilotApi.Timeouts.DEFAULT, options)) {
+            assertEquals(200, h.post("/v1/chat/completions", CHAT).statusCode());
+            JsonNode rows = historyRows(h, 2);
+            assertTrue(rows.get(0).path("credits").asDouble() > 0, rows.toString());
+            assertEquals("old", rows.get(1).path("requested_model").asText(), rows.toString());
+            assertTrue(rows.get(1).path("credits").isNull(), rows.toString());
+        }
+        try (java.sql.Connection c = java.sql.DriverManager.getConnection("jdbc:sqlite:" + file); java.sql.Statement s = c.createStatement();
+             java.sql.ResultSet r = s.executeQuery("PRAGMA user_version")) {
+            assertEquals(CopilotApi.Store.Db.MIGRATIONS.size(), r.getInt(1));
+        }
+    }
+
     @Test
     void aBudgetIsCreditsPerDayOrMonth() {
         assertEquals(new CopilotApi.Cost.Budget(50, CopilotApi.Cost.Budget.Period.MONTH), CopilotApi.Cost.Budget.parse("50"));
