@@ -541,6 +541,11 @@ class CopilotApi implements Callable<Integer> {
             JsonNode usage = auth.usage(github);
             Optional<JsonNode> limits = UsageLimits.saved(settings.dataDir());
             if (usage.isObject()) limits.ifPresent(l -> ((ObjectNode) usage).set(UsageReport.LIMITS, l));
+            Path store = Store.Options.DEFAULT.file(settings.dataDir());
+            if (usage.isObject()) {
+                ((ObjectNode) usage).set(Cost.REPORT, Cost.account(usage, from -> Store.creditsSince(store, from.toEpochMilli()).orElse(null),
+                    Instant.now()));
+            }
             System.out.println(json ? Json.pretty(usage) : UsageReport.render(usage));
             return 0;
         }
@@ -661,6 +666,7 @@ class CopilotApi implements Callable<Integer> {
             b.append(line("Premium requests", snapshots.path("premium_interactions"))).append('\n');
             b.append(line("Chat", snapshots.path("chat"))).append('\n');
             b.append(line("Completions", snapshots.path("completions")));
+            if (usage.path(Cost.REPORT).isObject()) b.append('\n').append(Cost.render(usage.path(Cost.REPORT)));
             JsonNode limits = usage.path(LIMITS);
             limits.path("rate_limits").properties().forEach(e -> b.append('\n').append(limitLine(e.getKey() + " limit", e.getValue())));
             if (limits.path("seen_at").isTextual()) {
@@ -1166,7 +1172,8 @@ class CopilotApi implements Callable<Integer> {
                     cfg.routes.post(prefix + "/messages", anthropic::messages);
                     cfg.routes.post(prefix + "/messages/count_tokens", anthropic::countTokens);
                 }
-                cfg.routes.get("/usage", openai::usage);
+                cfg.routes.get("/usage", ctx -> openai.usage(ctx, from -> store.creditsSince(from.toEpochMilli())
+                    .orElseGet(() -> controls.stats().credits().since(from))));
                 cfg.routes.get("/token", openai::token);
                 cfg.routes.exception(Exception.class, Errors::handle);
                 cfg.routes.error(404, ctx -> {
@@ -1691,6 +1698,81 @@ class CopilotApi implements Callable<Integer> {
             return estimate(prices(models, model), e.inputTokens, e.cachedTokens, e.outputTokens);
         }
 
+        /** Where /usage and `check-usage --json` put the account's credits: billing kind, included, used, left, reset. */
+        static final String REPORT = "copilot_api_credits";
+
+        /** AI Credits copilot-api recorded since a time; null when it cannot say (no store, no history). */
+        interface Spent {
+            Double since(Instant from);
+        }
+
+        /**
+         * The credits a plan includes each month: its price in cents (WIRE.md: Pro $10, Pro+ $39, Business $19,
+         * Enterprise $39 a seat), told by copilot_plan and access_type_sku; empty for a plan not known here.
+         */
+        static Optional<Double> includedCredits(JsonNode usage) {
+            String plan = usage.path("copilot_plan").asText("").toLowerCase(Locale.ROOT);
+            String sku = usage.path("access_type_sku").asText("").toLowerCase(Locale.ROOT);
+            if (plan.contains("enterprise")) return Optional.of(3900.0);
+            if (plan.contains("business")) return Optional.of(1900.0);
+            if (sku.contains("plus") || plan.contains("pro_plus") || plan.contains("pro+")) return Optional.of(3900.0);
+            if (plan.equals("individual") || plan.contains("pro")) return Optional.of(1000.0);
+            return Optional.empty();
+        }
+
+        /** When the plan's month resets: quota_reset_date_utc, else quota_reset_date (a day), else the next UTC month. */
+        static Instant resets(JsonNode usage, Instant now) {
+            for (String field : List.of("quota_reset_date_utc", "quota_reset_date")) {
+                String v = usage.path(field).asText("");
+                try {
+                    if (v.length() == 10) return java.time.LocalDate.parse(v).atStartOfDay(ZoneOffset.UTC).toInstant();
+                    if (!v.isEmpty()) return Instant.parse(v);
+                } catch (java.time.format.DateTimeParseException e) {
+                    Logs.log().debug("unreadable {} in the usage report: {}", field, v);
+                }
+            }
+            return new Budget(0, Budget.Period.MONTH).resets(now);
+        }
+
+        /**
+         * The account's credits for check-usage, /usage and the dashboard: billing kind and reset date; on a usage-based
+         * plan the included credits, what went through copilot-api since the month began, and what is left of it.
+         */
+        static ObjectNode account(JsonNode usage, Spent spent, Instant now) {
+            ObjectNode o = Json.object();
+            boolean tokenBased = usage.path("token_based_billing").asBoolean(false);
+            o.put("billing", tokenBased ? "usage-based" : "premium requests");
+            Instant resets = resets(usage, now);
+            // a reset date already past (a report not yet updated) means the month that runs now
+            while (!resets.isAfter(now)) resets = resets.atZone(ZoneOffset.UTC).plusMonths(1).toInstant();
+            o.put("resets", resets.toString());
+            if (!tokenBased) return o;
+            Instant monthStart = resets.atZone(ZoneOffset.UTC).minusMonths(1).toInstant();
+            o.put("month_start", monthStart.toString());
+            Double used = spent.since(monthStart);
+            o.put("used_through_copilot_api", used);
+            Optional<Double> included = includedCredits(usage);
+            o.put("included", included.orElse(null));
+            o.put("left", included.isPresent() && used != null ? Double.valueOf(Math.max(0, included.get() - used)) : null);
+            return o;
+        }
+
+        /** "Billing: usage-based" and the credits line for check-usage. */
+        static String render(JsonNode account) {
+            StringBuilder b = new StringBuilder(String.format(Locale.ROOT, "%-17s %s", "Billing:",
+                account.path("billing").asText().equals("usage-based") ? "usage-based (AI Credits)" : "premium requests × multiplier"));
+            if (!account.path("billing").asText().equals("usage-based")) return b.toString();
+            b.append('\n').append(String.format(Locale.ROOT, "%-17s ", "AI Credits:"));
+            JsonNode used = account.path("used_through_copilot_api");
+            b.append(used.isNumber() ? format(used.asDouble()) + " used through copilot-api" : "use through copilot-api unknown (no store)");
+            if (account.path("included").isNumber()) {
+                b.append(", of ").append(format(account.path("included").asDouble())).append(" included");
+                if (account.path("left").isNumber()) b.append(", at most ").append(format(account.path("left").asDouble())).append(" left");
+            }
+            b.append(" (month ").append(account.path("month_start").asText()).append(" to ").append(account.path("resets").asText()).append(')');
+            return b.toString();
+        }
+
         /** {@code --budget CREDITS[/day|/month]}: a period is a UTC day or a UTC calendar month. */
         record Budget(double credits, Period period) {
             enum Period { DAY, MONTH }
@@ -1766,6 +1848,13 @@ class CopilotApi implements Callable<Integer> {
                     top.sort(java.util.Comparator.comparingDouble(Priced::credits).reversed());
                     if (top.size() > MOST_EXPENSIVE) top.remove(top.size() - 1);
                 }
+            }
+
+            /** Credits since start in the UTC days from this instant's day on. */
+            double since(Instant from) {
+                double sum = 0;
+                for (var entry : byDay.tailMap(day(from), true).entrySet()) sum += entry.getValue().sum();
+                return sum;
             }
 
             double spent(Budget b, Instant now) {
@@ -2792,9 +2881,10 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** GitHub's usage report, with the limits Copilot's own answers reported beside it. */
-        void usage(Context ctx) {
+        void usage(Context ctx, Cost.Spent spent) {
             JsonNode usage = up.github().usage(up.githubToken());
             if (usage.isObject()) ((ObjectNode) usage).set(UsageReport.LIMITS, up.copilot().limits().json());
+            if (usage.isObject()) ((ObjectNode) usage).set(Cost.REPORT, Cost.account(usage, spent, Instant.now()));
             Requests.writeJson(ctx, usage);
         }
 
@@ -5008,6 +5098,26 @@ class CopilotApi implements Callable<Integer> {
             return read(c -> Optional.of(Db.summary(c, since)));
         }
 
+        /** The AI Credits the history holds since this time; empty when the store is off or cannot answer. */
+        Optional<Double> creditsSince(long since) {
+            try {
+                return read(c -> Optional.of(Db.creditsSince(c, since)));
+            } catch (StoreFailing e) {
+                return Optional.empty();
+            }
+        }
+
+        /** The same from a store file, read-only, for check-usage (a server may hold the file open); empty if unreadable. */
+        static Optional<Double> creditsSince(Path file, long since) {
+            if (!Files.isRegularFile(file)) return Optional.empty();
+            try (Connection c = DriverManager.getConnection("jdbc:sqlite:file:" + file + "?mode=ro")) {
+                return Optional.of(Db.creditsSince(c, since));
+            } catch (SQLException e) {
+                Logs.log().debug("reading credits from {}: {}", file, describe(e));
+                return Optional.empty();
+            }
+        }
+
         // -- upkeep and state
 
         private long cutoff() {
@@ -5558,6 +5668,15 @@ class CopilotApi implements Callable<Integer> {
              * {@code at}, so that a week without failures does not scan the older history). What Java holds is the answer,
              * never the rows; only the week's rows are read, and no body column.
              */
+            static double creditsSince(Connection c, long since) throws SQLException {
+                try (PreparedStatement s = c.prepareStatement("SELECT COALESCE(SUM(credits), 0) FROM history WHERE at >= ?")) {
+                    s.setLong(1, since);
+                    try (ResultSet r = s.executeQuery()) {
+                        return r.next() ? r.getDouble(1) : 0;
+                    }
+                }
+            }
+
             static History.Summary summary(Connection c, long since) throws SQLException {
                 List<History.Day> days = new ArrayList<>();
                 try (PreparedStatement s = c.prepareStatement("SELECT date(at / 1000, 'unixepoch') AS day, COUNT(*), SUM(" + FAILED + "),"

@@ -226,6 +226,42 @@ class CostTests {
     }
 
     @Test
+    void checkUsageAndUsageSayTheBillingKindCreditsUsedAndLeftAndTheReset() throws Exception {
+        try (CopilotApiTests.Harness h = usageBased()) {
+            HttpResponse<String> r = h.post("/v1/chat/completions", CHAT);
+            double real = reported(json(r.body()));
+            historyRows(h, 1);
+            JsonNode account = json(h.get("/usage").body()).path("copilot_api_credits");
+            assertEquals("usage-based", account.path("billing").asText(), account.toString());
+            assertEquals(real, account.path("used_through_copilot_api").asDouble(), 1e-12, account.toString());
+            assertEquals(3900 - real, account.path("left").asDouble(), 1e-9, "Pro+ includes 3900 credits: " + account);
+            java.util.Map<String, String> env = CopilotApiTests.CliTests.env(h.stub, h.home);
+            env.put("GH_TOKEN", StubUpstream.VALID_GITHUB_TOKEN);
+            CopilotApiTests.CliTests.Run text = CopilotApiTests.CliTests.cli(env, "check-usage");
+            assertEquals(0, text.exit(), text.err());
+            assertTrue(text.out().matches("(?s).*Billing:\\s+usage-based \\(AI Credits\\).*"), text.out());
+            assertTrue(text.out().matches("(?s).*AI Credits:\\s+[0-9.]+ used through copilot-api, of 3900 included, at most [0-9.]+ left \\(month .* to .*\\).*"),
+                text.out());
+            CopilotApiTests.CliTests.Run asJson = CopilotApiTests.CliTests.cli(env, "check-usage", "--json");
+            JsonNode fromCli = json(asJson.out()).path("copilot_api_credits");
+            assertEquals(real, fromCli.path("used_through_copilot_api").asDouble(), 1e-12, asJson.out());
+            assertTrue(java.time.Instant.parse(fromCli.path("resets").asText()).isAfter(java.time.Instant.now()), fromCli.toString());
+        }
+    }
+
+    @Test
+    void checkUsageOnALegacyPlanSaysPremiumRequests() throws Exception {
+        try (StubUpstream stub = StubUpstream.start()) {
+            java.util.Map<String, String> env = CopilotApiTests.CliTests.env(stub, java.nio.file.Files.createTempDirectory("h"));
+            env.put("GH_TOKEN", StubUpstream.VALID_GITHUB_TOKEN);
+            CopilotApiTests.CliTests.Run text = CopilotApiTests.CliTests.cli(env, "check-usage");
+            assertEquals(0, text.exit(), text.err());
+            assertTrue(text.out().matches("(?s).*Billing:\\s+premium requests × multiplier.*"), text.out());
+            assertFalse(text.out().contains("AI Credits:"), text.out());
+        }
+    }
+
+    @Test
     void aBudgetIsCreditsPerDayOrMonth() {
         assertEquals(new CopilotApi.Cost.Budget(50, CopilotApi.Cost.Budget.Period.MONTH), CopilotApi.Cost.Budget.parse("50"));
         assertEquals(new CopilotApi.Cost.Budget(2.5, CopilotApi.Cost.Budget.Period.DAY), CopilotApi.Cost.Budget.parse("2.5/day"));
