@@ -1406,9 +1406,8 @@ class CopilotApi implements Callable<Integer> {
             if (e.route != null) line.append(" [").append(e.route).append(']');
             line.append(' ').append(status).append(' ').append(millis).append("ms");
             if (e.inputTokens >= 0 || e.outputTokens >= 0) {
-                line.append(" in=").append(Math.max(0, e.inputTokens));
+                line.append(" in=").append(Math.max(0, e.inputTokens)).append(" out=").append(Math.max(0, e.outputTokens));
                 if (e.cachedTokens >= 0) line.append(" cached=").append(e.cachedTokens);
-                line.append(" out=").append(Math.max(0, e.outputTokens));
             }
             Optional<Cost.Figure> cost = e.cost;
             if (cost != null && cost.isPresent()) line.append(' ').append(cost.get().describe());
@@ -1819,7 +1818,7 @@ class CopilotApi implements Callable<Integer> {
             static final int MOST_EXPENSIVE = 10;
             static final int MAX_DAYS = 62;
 
-            record Priced(String at, String model, String path, double credits, boolean estimated) {
+            record Priced(String at, String model, String route, double credits, boolean estimated) {
             }
 
             private final Budget budget;
@@ -1837,14 +1836,14 @@ class CopilotApi implements Callable<Integer> {
                 return at.atZone(ZoneOffset.UTC).toLocalDate().toString();
             }
 
-            void add(String model, String path, Figure f, Instant at) {
+            void add(String model, String route, Figure f, Instant at) {
                 String m = model == null ? "(unknown)" : model;
                 byModel.computeIfAbsent(m, k -> new java.util.concurrent.atomic.DoubleAdder()).add(f.credits());
                 byDay.computeIfAbsent(day(at), k -> new java.util.concurrent.atomic.DoubleAdder()).add(f.credits());
                 while (byDay.size() > MAX_DAYS) byDay.pollFirstEntry();
                 (f.estimated() ? estimated : reported).increment();
                 synchronized (top) {
-                    top.add(new Priced(at.toString(), m, path, f.credits(), f.estimated()));
+                    top.add(new Priced(at.toString(), m, route, f.credits(), f.estimated()));
                     top.sort(java.util.Comparator.comparingDouble(Priced::credits).reversed());
                     if (top.size() > MOST_EXPENSIVE) top.remove(top.size() - 1);
                 }
@@ -1897,7 +1896,7 @@ class CopilotApi implements Callable<Integer> {
                 ArrayNode expensive = o.putArray("most_expensive");
                 synchronized (top) {
                     for (Priced p : top) {
-                        expensive.addObject().put("time", p.at()).put("model", p.model()).put("path", p.path())
+                        expensive.addObject().put("time", p.at()).put("model", p.model()).put("route", p.route())
                             .put("credits", p.credits()).put("estimated", p.estimated());
                     }
                 }
@@ -2472,13 +2471,15 @@ class CopilotApi implements Callable<Integer> {
             long errors;
             long inputTokens;
             long outputTokens;
+            long cachedTokens;
             final java.util.ArrayDeque<Long> latencies = new java.util.ArrayDeque<>();
 
-            synchronized void add(boolean error, long in, long out, long ms) {
+            synchronized void add(boolean error, long in, long out, long cached, long ms) {
                 requests++;
                 if (error) errors++;
                 inputTokens += Math.max(0, in);
                 outputTokens += Math.max(0, out);
+                cachedTokens += Math.max(0, cached);
                 if (latencies.size() == LATENCY_WINDOW) latencies.removeFirst();
                 latencies.addLast(ms);
             }
@@ -2490,6 +2491,7 @@ class CopilotApi implements Callable<Integer> {
                 o.put("errors", errors);
                 o.put("input_tokens", inputTokens);
                 o.put("output_tokens", outputTokens);
+                o.put("cached_tokens", cachedTokens);
                 List<Long> sorted = new ArrayList<>(latencies);
                 java.util.Collections.sort(sorted);
                 o.put("median_latency_ms", sorted.isEmpty() ? 0 : sorted.get((sorted.size() - 1) / 2));
@@ -2502,7 +2504,7 @@ class CopilotApi implements Callable<Integer> {
             String model = e.upstreamModel != null ? e.upstreamModel : e.requestedModel != null ? e.requestedModel : "(unknown)";
             if (!models.containsKey(model) && models.size() >= MAX_MODELS) model = OTHER;
             models.computeIfAbsent(model, m -> new ModelStats())
-                .add(status >= 400 || e.failedInStream, e.inputTokens, e.outputTokens, ms);
+                .add(status >= 400 || e.failedInStream, e.inputTokens, e.outputTokens, e.cachedTokens, ms);
             Optional<Cost.Figure> cost = e.cost;
             if (cost != null && cost.isPresent()) credits.add(model, e.route, cost.get(), Instant.now());
             Billing.Charge charge = e.charge;
@@ -2539,7 +2541,7 @@ class CopilotApi implements Callable<Integer> {
             refused.forEach((reason, n) -> turnedAway.put(reason, n.sum()));
             o.put("uptime_seconds", Duration.between(since, Instant.now()).toSeconds());
             ArrayNode list = o.putArray("models");
-            long requests = 0, errors = 0, in = 0, out = 0;
+            long requests = 0, errors = 0, in = 0, out = 0, cached = 0;
             for (var entry : models.entrySet()) {
                 ObjectNode m = entry.getValue().json(entry.getKey());
                 list.add(m);
@@ -2547,12 +2549,14 @@ class CopilotApi implements Callable<Integer> {
                 errors += m.path("errors").asLong();
                 in += m.path("input_tokens").asLong();
                 out += m.path("output_tokens").asLong();
+                cached += m.path("cached_tokens").asLong();
             }
             ObjectNode totals = o.putObject("totals");
             totals.put("requests", requests);
             totals.put("errors", errors);
             totals.put("input_tokens", in);
             totals.put("output_tokens", out);
+            totals.put("cached_tokens", cached);
             o.set("premium", premiumSnapshot());
             o.set("credits", credits.json(Instant.now()));
             return o;
@@ -2615,6 +2619,12 @@ class CopilotApi implements Callable<Integer> {
             <h2>Copilot plan <span id="plan" class="muted"></span></h2>
             <div id="quotas"></div>
             <div id="spent" class="muted"></div>
+            <h2>AI Credits <span id="billing" class="muted"></span></h2>
+            <div id="credits"></div>
+            <div class="scroll"><table id="expensive-table" hidden>
+              <thead><tr><th>most expensive</th><th>model</th><th>route</th><th>credits</th></tr></thead>
+              <tbody id="expensive"></tbody>
+            </table></div>
             <h2>Requests since start <span id="since" class="muted"></span></h2>
             <div class="scroll"><table>
               <thead><tr><th>model</th><th>requests</th><th>errors</th><th>input tokens</th><th>output tokens</th><th>median latency</th></tr></thead>
@@ -2697,6 +2707,29 @@ class CopilotApi implements Callable<Integer> {
                 (models ? ` (${models})` : "") + (reasons ? `<br>model calls by billing: ${reasons}` : "");
             }
 
+            const cr = (x) => Number(x).toLocaleString("en-US", { maximumSignificantDigits: 4 });
+
+            function credits(c, account, totals) {
+              if (!account || account.billing !== "usage-based") {
+                $("billing").textContent = account ? "· this plan bills premium requests, see above" : "";
+                $("expensive-table").hidden = true;
+                return "";
+              }
+              $("billing").textContent = `· usage-based · month resets ${new Date(account.resets).toLocaleDateString()}`;
+              const used = account.used_through_copilot_api === null ? c.this_month : account.used_through_copilot_api;
+              let out = account.included
+                ? quota("This month (through copilot-api) of the plan's included credits", { entitlement: account.included, remaining: account.included - used })
+                : `<div>This month: <b>${cr(used)}</b> credits</div>`;
+              const hits = totals.input_tokens > 0 ? (totals.cached_tokens * 100 / totals.input_tokens).toFixed(1) + "%" : "–";
+              out += `<div id="credits-today">Today: <b>${cr(c.today)}</b> credits · since start ${cr(c.credits)}` +
+                ` (${fmt(c.estimated_requests)} estimated) · cache hits ${hits} of input tokens</div>`;
+              if (c.budget) out += `<div>--budget ${cr(c.budget.credits)}/${esc(c.budget.per)}: ${cr(c.budget.spent)} spent, resets ${esc(new Date(c.budget.resets).toLocaleString())}</div>`;
+              $("expensive").innerHTML = (c.most_expensive || []).map((p) => `<tr><td>${esc(new Date(p.time).toLocaleString())}</td>` +
+                `<td>${esc(p.model)}</td><td>${esc(p.route || "")}</td><td>${p.estimated ? "~" : ""}${cr(p.credits)}</td></tr>`).join("");
+              $("expensive-table").hidden = !(c.most_expensive || []).length;
+              return out;
+            }
+
             const ms = (n) => n === null || n === undefined ? "" : fmt(n) + " ms";
 
             function recent(r) {
@@ -2738,10 +2771,13 @@ class CopilotApi implements Callable<Integer> {
                 `<td>${fmt(m.input_tokens)}</td><td>${fmt(m.output_tokens)}</td><td>${m.median_latency_ms === undefined ? "" : fmt(m.median_latency_ms) + " ms"}</td></tr>`;
             }
 
+            let account = null;
+
             async function refresh() {
               const problems = [];
               try {
                 const u = await api("/usage");
+                account = u.copilot_api_credits || null;
                 const s = u.quota_snapshots || {};
                 $("plan").textContent = `${u.copilot_plan || "unknown"} · quota resets ${u.quota_reset_date || "?"}`;
                 $("quotas").innerHTML = quota("Premium requests", s.premium_interactions) + quota("Chat", s.chat) + quota("Completions", s.completions)
@@ -2753,6 +2789,7 @@ class CopilotApi implements Callable<Integer> {
                 $("models").innerHTML = st.models.map(row).join("") || `<tr><td colspan="6" class="muted">no requests yet</td></tr>`;
                 $("totals").innerHTML = row(Object.assign({ model: "total" }, st.totals));
                 $("spent").innerHTML = spent(st.premium);
+                $("credits").innerHTML = credits(st.credits, account, st.totals);
               } catch (e) { problems.push("stats: " + e.message); }
               try {
                 summary(await api("/history/summary"));

@@ -261,6 +261,61 @@ class CostTests {
         }
     }
 
+    /** The request log line: tokens in, out and cached, and the credits; an estimate is marked with "~". */
+    @Test
+    void theRequestLogLineSaysTokensAndCredits() throws Exception {
+        try (StubUpstream stub = StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED).cachedTokens(3)) {
+            java.util.Map<String, String> env = CopilotApiTests.CliTests.env(stub, java.nio.file.Files.createTempDirectory("h"));
+            try (CopilotApiTests.CliTests.Started server = new CopilotApiTests.CliTests.Started(env)) {
+                java.net.http.HttpClient client = java.net.http.HttpClient.newHttpClient();
+                String base = server.baseUrl();
+                HttpResponse<String> r = client.send(java.net.http.HttpRequest.newBuilder(java.net.URI.create(base + "/v1/chat/completions"))
+                    .header("content-type", "application/json").POST(java.net.http.HttpRequest.BodyPublishers.ofString(CHAT)).build(),
+                    HttpResponse.BodyHandlers.ofString());
+                assertEquals(200, r.statusCode(), r.body());
+                String credits = CopilotApi.Cost.format(reported(json(r.body())));
+                String line = ".*POST /v1/chat/completions gpt-4.1 \\[passthrough\\] 200 \\d+ms in=\\d+ out=\\d+ cached=3 "
+                    + java.util.regex.Pattern.quote(credits) + " credits.*";
+                assertTrue(eventually(Duration.ofSeconds(10), () -> server.log.toString(), log -> log.lines().anyMatch(l -> l.matches(line)))
+                    .lines().anyMatch(l -> l.matches(line)), server.log.toString());
+                stub.reportsCopilotUsage(false);
+                client.send(java.net.http.HttpRequest.newBuilder(java.net.URI.create(base + "/v1/messages"))
+                    .header("content-type", "application/json").POST(java.net.http.HttpRequest.BodyPublishers.ofString(MESSAGES)).build(),
+                    HttpResponse.BodyHandlers.ofString());
+                String estimated = ".*POST /v1/messages claude-sonnet-4.5 \\[native\\] 200 .* cached=3 ~[0-9.]+ credits.*";
+                assertTrue(eventually(Duration.ofSeconds(10), () -> server.log.toString(), log -> log.lines().anyMatch(l -> l.matches(estimated)))
+                    .lines().anyMatch(l -> l.matches(estimated)), server.log.toString());
+            }
+        }
+    }
+
+    @Test
+    void theDashboardShowsTodayTheMonthAgainstThePlanCacheHitsAndTheMostExpensive() throws Exception {
+        try (CopilotApiTests.Harness h = harness(StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED).cachedTokens(9),
+                new CopilotApi.Stats())) {
+            HttpResponse<String> r = h.post("/v1/chat/completions", CHAT);
+            JsonNode usage = json(r.body()).path("usage");
+            String hits = String.format(java.util.Locale.ROOT, "%.1f%%", 9 * 100.0 / usage.path("prompt_tokens").asLong());
+            historyRows(h, 1);
+            String dom = CopilotApiTests.DashboardTests.render(h.url("/dashboard"));
+            assertTrue(dom.contains("<b>This month (through copilot-api) of the plan's included credits</b>"), dom);
+            assertTrue(dom.contains(" / 3,900 used ("), "against Pro+'s 3900 credits: " + dom);
+            assertTrue(dom.matches("(?s).*<div id=\"credits-today\">Today: <b>[0-9.]+</b> credits · since start [0-9.]+ \\(0 estimated\\)"
+                + " · cache hits " + java.util.regex.Pattern.quote(hits) + " of input tokens.*"), dom);
+            assertTrue(dom.matches("(?s).*<tbody id=\"expensive\"><tr><td>[^<]+</td><td>gpt-4.1</td><td>passthrough</td><td>[0-9.]+</td></tr>.*"), dom);
+        }
+    }
+
+    @Test
+    void onALegacyPlanTheDashboardSaysItBillsPremiumRequests() throws Exception {
+        try (CopilotApiTests.Harness h = harness(StubUpstream.start(), new CopilotApi.Stats())) {
+            assertEquals(200, h.post("/v1/chat/completions", CHAT).statusCode());
+            String dom = CopilotApiTests.DashboardTests.render(h.url("/dashboard"));
+            assertTrue(dom.contains("this plan bills premium requests"), dom);
+            assertTrue(dom.contains("<div id=\"credits\"></div>"), "no credits shown: " + dom);
+        }
+    }
+
     @Test
     void aBudgetIsCreditsPerDayOrMonth() {
         assertEquals(new CopilotApi.Cost.Budget(50, CopilotApi.Cost.Budget.Period.MONTH), CopilotApi.Cost.Budget.parse("50"));
