@@ -316,6 +316,24 @@ class CostTests {
         }
     }
 
+    /** Cached input is what makes a request cheap: every route's usage object keeps Copilot's cached-token count. */
+    @Test
+    void everyRoutesUsageKeepsCopilotsCachedTokenCount() throws Exception {
+        try (CopilotApiTests.Harness h = harness(StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED).cachedTokens(7),
+                new CopilotApi.Stats())) {
+            JsonNode chat = json(h.post("/v1/chat/completions", CHAT).body()).path("usage");
+            assertEquals(7, chat.path("prompt_tokens_details").path("cached_tokens").asInt(), chat.toString());
+            JsonNode nativeMessages = json(h.post("/v1/messages", MESSAGES).body()).path("usage");
+            assertEquals(7, nativeMessages.path("cache_read_input_tokens").asInt(), nativeMessages.toString());
+            JsonNode translated = json(h.post("/v1/messages", MESSAGES.replace("claude-sonnet-4.5", "gpt-4.1")).body()).path("usage");
+            assertEquals(7, translated.path("cache_read_input_tokens").asInt(), translated.toString());
+            JsonNode responses = json(h.post("/v1/responses", RESPONSES).body()).path("usage");
+            assertEquals(7, responses.path("input_tokens_details").path("cached_tokens").asInt(), responses.toString());
+            JsonNode viaChat = json(h.post("/v1/chat/completions", CHAT.replace("gpt-4.1", "gpt-5.1-codex")).body()).path("usage");
+            assertEquals(7, viaChat.path("prompt_tokens_details").path("cached_tokens").asInt(), "a Responses-only model on chat: " + viaChat);
+        }
+    }
+
     @Test
     void aBudgetIsCreditsPerDayOrMonth() {
         assertEquals(new CopilotApi.Cost.Budget(50, CopilotApi.Cost.Budget.Period.MONTH), CopilotApi.Cost.Budget.parse("50"));
