@@ -100,7 +100,8 @@ import copilotapi.CopilotApi.Responses.*;
  *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}, {@code generate-completion}</li>
  *   <li>Configuration: URLs, data directory, options, editor versions</li>
  *   <li>Server and routes: the composition root ({@code App}), Javalin, the browser guard, the request log,
- *       operator controls (keys, pacing, approval, stats, premium billing with its subagent memory, dashboard),
+ *       operator controls (keys, pacing, approval, stats, premium billing with its subagent memory, the cost of a
+ *       request in AI Credits with its ledger and --budget ({@code Cost}), dashboard),
  *       the OpenAI, Anthropic and Responses surfaces,
  *       the streaming core (one loop, {@code Relay.run}, over {@code EventSource} items, with the machines
  *       {@code ChatRelay}, {@code NativeRelay} and {@code TranslatedRelay} and the shared {@code ChatChunks}

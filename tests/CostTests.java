@@ -334,6 +334,33 @@ class CostTests {
         }
     }
 
+    /** On /responses Copilot reports the figure at the top level of the response.completed event, beside response. */
+    @Test
+    void aResponsesStreamIsSettledWithTheFigureOfItsCompletedEvent() throws Exception {
+        try (CopilotApiTests.Harness h = usageBased()) {
+            HttpResponse<InputStream> r = h.postStreaming("/v1/responses", RESPONSES.replace("{\"model\"", "{\"stream\":true,\"model\""));
+            String body;
+            try (InputStream in = r.body()) {
+                body = new String(in.readAllBytes(), StandardCharsets.UTF_8);
+            }
+            assertEquals(200, r.statusCode(), body);
+            assertTrue(body.contains("response.completed"), body);
+            JsonNode credits = credits(h, 1);
+            assertEquals(1, credits.path("reported_requests").asLong(), credits.toString());
+            assertTrue(credits.path("credits").asDouble() > 0, credits.toString());
+        }
+    }
+
+    @Test
+    void aBudgetThatCannotBeReadIsAUsageError() throws Exception {
+        try (StubUpstream stub = StubUpstream.start()) {
+            CopilotApiTests.CliTests.Run r = CopilotApiTests.CliTests.cli(CopilotApiTests.CliTests.env(stub, java.nio.file.Files.createTempDirectory("h")),
+                "start", "--port", "0", "--budget", "5/week");
+            assertEquals(2, r.exit(), r.out() + r.err());
+            assertTrue(r.err().contains("--budget is CREDITS, CREDITS/day or CREDITS/month"), r.err());
+        }
+    }
+
     @Test
     void aBudgetIsCreditsPerDayOrMonth() {
         assertEquals(new CopilotApi.Cost.Budget(50, CopilotApi.Cost.Budget.Period.MONTH), CopilotApi.Cost.Budget.parse("50"));
