@@ -1679,14 +1679,13 @@ class CopilotApi implements Callable<Integer> {
             return Optional.of(new Figure(credits, true));
         }
 
-        /** The catalog's prices for a model; missing when the model has none (a legacy plan) or the catalog is unknown. */
+        /**
+         * The catalog's prices for a model as last read (settling never waits for a fetch); missing when the model has
+         * none (a legacy plan) or the catalog was never read.
+         */
         static JsonNode prices(ModelCatalog models, String model) {
             if (model == null) return null;
-            try {
-                return models.find(model).map(m -> m.path("billing").path("token_prices")).filter(JsonNode::isObject).orElse(null);
-            } catch (RuntimeException e) {
-                return null;
-            }
+            return models.known(model).map(m -> m.path("billing").path("token_prices")).filter(JsonNode::isObject).orElse(null);
         }
 
         /** What a finished model call cost: nothing when it failed or was refused, Copilot's figure, else the estimate. */
@@ -10102,6 +10101,13 @@ class CopilotApi implements Callable<Integer> {
             List<String> ids = new ArrayList<>();
             for (JsonNode m : list()) ids.add(m.path("id").asText());
             return ids;
+        }
+
+        /** A model of the catalog as last read, never fetching: for settling a request's cost after its answer. */
+        Optional<JsonNode> known(String id) {
+            List<JsonNode> cached = models;
+            if (cached == null) return Optional.empty();
+            return cached.stream().filter(m -> m.path("id").asText().equals(id)).findFirst();
         }
 
         Optional<JsonNode> find(String id) {
