@@ -1664,14 +1664,13 @@ class CopilotApi implements Callable<Integer> {
          * cache_price, output at output_price; the long-context tier's prices from its threshold of input tokens on.
          */
         static Optional<Figure> estimate(JsonNode prices, long input, long cached, long output) {
-            if (prices == null || !prices.isObject() || input < 0 && output < 0) return Optional.empty();
+            if (prices == null || !prices.isObject() || (input < 0 && output < 0)) return Optional.empty();
             JsonNode tier = prices.path("long_context");
             long in = Math.max(0, input);
             if (tier.isObject() && tier.path("threshold_tokens").isNumber() && in >= tier.path("threshold_tokens").asLong()) {
                 prices = tier;
             }
-            double batch = Math.max(1, prices.path("batch_size").asDouble(0) > 0 ? prices.path("batch_size").asDouble()
-                : prices.path("batch_size").asDouble(1_000_000));
+            double batch = prices.path("batch_size").asDouble(0) > 0 ? prices.path("batch_size").asDouble() : 1_000_000;
             long hits = Math.min(in, Math.max(0, cached));
             double inputPrice = prices.path("input_price").asDouble(0);
             double credits = ((in - hits) * inputPrice + hits * prices.path("cache_price").asDouble(inputPrice)
