@@ -100,7 +100,8 @@ import copilotapi.CopilotApi.Responses.*;
  *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}, {@code setup}, {@code service}, {@code generate-completion}</li>
  *   <li>Configuration: URLs, data directory, options, editor versions</li>
  *   <li>Server and routes: the composition root ({@code App}), Javalin, the browser guard, the request log,
- *       operator controls (keys, pacing, approval, stats, premium billing with its subagent memory, dashboard),
+ *       operator controls (keys, pacing, approval, stats, premium billing with its subagent memory, the cost of a
+ *       request in AI Credits with its ledger and --budget ({@code Cost}), dashboard),
  *       the OpenAI, Anthropic and Responses surfaces,
  *       the streaming core (one loop, {@code Relay.run}, over {@code EventSource} items, with the machines
  *       {@code ChatRelay}, {@code NativeRelay} and {@code TranslatedRelay} and the shared {@code ChatChunks}
@@ -299,6 +300,11 @@ class CopilotApi implements Callable<Integer> {
             description = "Refuse (429) a new prompt that would take the premium requests spent since start past UNITS; tool follow-ups still pass.")
         Double premiumBudget;
 
+        @Option(names = "--budget", paramLabel = "CREDITS[/day|/month]",
+            description = "Usage-based plans: refuse (429) a model call once the AI Credits spent since start in this UTC day or month"
+                + " (default: month) reach CREDITS.")
+        String budget;
+
         @Option(names = "--small-model", paramLabel = "MODEL",
             description = "Free model (multiplier 0) that answers Claude Code's Warmup probes (default: the catalog's first free chat model).")
         String smallModel;
@@ -340,7 +346,8 @@ class CopilotApi implements Callable<Integer> {
             }
             Pacer pacer = rateLimit == null ? Pacer.NONE : new Pacer(Duration.ofMillis(Math.round(rateLimit * 1000)), waitForTurn);
             Approver approver = manual ? new Approver(terminal, Duration.ofMinutes(5)) : Approver.NONE;
-            return new Controls(keys, pacer, approver, new Stats(), new Billing(premiumBudget, smallModel));
+            return new Controls(keys, pacer, approver, new Stats(budget == null ? null : Cost.Budget.parse(budget)),
+                new Billing(premiumBudget, smallModel));
         }
 
         static boolean isLoopback(String host) {
@@ -358,6 +365,13 @@ class CopilotApi implements Callable<Integer> {
             if (rateLimit != null && (rateLimit <= 0 || rateLimit.isNaN())) throw usage("--rate-limit must be a positive number of seconds");
             if (waitForTurn && rateLimit == null) throw usage("--wait goes with --rate-limit");
             if (premiumBudget != null && (premiumBudget < 0 || premiumBudget.isNaN())) throw usage("--premium-budget must be 0 or more premium requests");
+            if (budget != null) {
+                try {
+                    Cost.Budget.parse(budget);
+                } catch (IllegalArgumentException e) {
+                    throw usage(e.getMessage());
+                }
+            }
             if (storeDays < 1) throw usage("--store-days must be at least 1");
             if (storeMaxMb < 1) throw usage("--store-max-mb must be at least 1");
             if (noStore && (storePath != null || historyBodies)) throw usage("--no-store keeps nothing: drop --store and --history-bodies");
@@ -530,6 +544,11 @@ class CopilotApi implements Callable<Integer> {
             JsonNode usage = auth.usage(github);
             Optional<JsonNode> limits = UsageLimits.saved(settings.dataDir());
             if (usage.isObject()) limits.ifPresent(l -> ((ObjectNode) usage).set(UsageReport.LIMITS, l));
+            Path store = Store.Options.DEFAULT.file(settings.dataDir());
+            if (usage.isObject()) {
+                ((ObjectNode) usage).set(Cost.REPORT, Cost.account(usage, from -> Store.creditsSince(store, from.toEpochMilli()).orElse(null),
+                    Instant.now()));
+            }
             System.out.println(json ? Json.pretty(usage) : UsageReport.render(usage));
             return 0;
         }
@@ -650,6 +669,7 @@ class CopilotApi implements Callable<Integer> {
             b.append(line("Premium requests", snapshots.path("premium_interactions"))).append('\n');
             b.append(line("Chat", snapshots.path("chat"))).append('\n');
             b.append(line("Completions", snapshots.path("completions")));
+            if (usage.path(Cost.REPORT).isObject()) b.append('\n').append(Cost.render(usage.path(Cost.REPORT)));
             JsonNode limits = usage.path(LIMITS);
             limits.path("rate_limits").properties().forEach(e -> b.append('\n').append(limitLine(e.getKey() + " limit", e.getValue())));
             if (limits.path("seen_at").isTextual()) {
@@ -1839,12 +1859,12 @@ class CopilotApi implements Callable<Integer> {
         enum Shape { CHAT, ANTHROPIC, RESPONSES }
 
         /**
-         * A whole answer from Copilot, recorded once whatever the route: its usage on the exchange, and the subagent
-         * prompts its tool calls start.
+         * A whole answer from Copilot, recorded once whatever the route: its usage and Copilot's own cost figure
+         * (copilot_usage, at the top level or inside usage) on the exchange, and the subagent prompts its tool calls start.
          */
         JsonNode answer(String model, String endpoint, Shape shape, java.util.function.Function<CallOptions, JsonNode> send) {
             JsonNode answer = send(model, endpoint, send);
-            Exchange exchange = Exchange.of(ctx);
+            Exchange exchange = Exchange.of(ctx).copilotUsage(answer);
             SubagentPrompts subagents = up.controls().billing().subagents();
             switch (shape) {
                 case CHAT -> {
@@ -1940,7 +1960,9 @@ class CopilotApi implements Callable<Integer> {
                     java.util.EnumSet.of(jakarta.servlet.DispatcherType.REQUEST)));
                 cfg.requestLogger.http((ctx, ms) -> {
                     inFlight.decrementAndGet();
-                    controls.billing().settle(Exchange.of(ctx));
+                    Exchange exchange = Exchange.of(ctx);
+                    controls.billing().settle(exchange);
+                    exchange.cost = Cost.settle(exchange, ctx.res().getStatus(), models);
                     RequestLog.write(ctx, ms, controls.stats());
                     History.record(ctx, ctx.res().getStatus(), Math.round(ms), store);
                 });
@@ -1957,6 +1979,12 @@ class CopilotApi implements Callable<Integer> {
                     if (ctx.attribute(BrowserGuard.PREFLIGHT) != null) return;
                     controls.keys().check(ctx);
                     Requests.checkBody(ctx);
+                });
+                cfg.routes.after(ctx -> {
+                    // a JSON answer not yet sent carries its cost; a stream's is in the log and the history
+                    Exchange exchange = Exchange.of(ctx);
+                    if (!exchange.invokesModel || ctx.res().isCommitted() || ctx.status().getCode() >= 400) return;
+                    Cost.settle(exchange, ctx.status().getCode(), models).ifPresent(c -> ctx.header(Cost.HEADER, Cost.format(c.credits())));
                 });
                 cfg.routes.get("/", Dashboard::root);
                 cfg.routes.get("/dashboard", Dashboard::page);
@@ -1980,7 +2008,8 @@ class CopilotApi implements Callable<Integer> {
                     cfg.routes.post(prefix + "/messages", anthropic::messages);
                     cfg.routes.post(prefix + "/messages/count_tokens", anthropic::countTokens);
                 }
-                cfg.routes.get("/usage", openai::usage);
+                cfg.routes.get("/usage", ctx -> openai.usage(ctx, from -> store.creditsSince(from.toEpochMilli())
+                    .orElseGet(() -> controls.stats().credits().since(from))));
                 cfg.routes.get("/token", openai::token);
                 cfg.routes.exception(Exception.class, Errors::handle);
                 cfg.routes.error(404, ctx -> {
@@ -2140,6 +2169,10 @@ class CopilotApi implements Callable<Integer> {
         volatile byte[] requestBody;
         /** A JSON answer's text, for the history with --history-bodies. */
         volatile String responseBody;
+        /** copilot_usage.total_nano_aiu as Copilot reported it; -1 when it did not. */
+        volatile long nanoAiu = -1;
+        /** What the request cost in AI Credits once settled; empty for a failed call or a legacy plan. */
+        volatile Optional<Cost.Figure> cost;
 
         static Exchange of(Context ctx) {
             Exchange e = ctx.attribute(KEY);
@@ -2195,9 +2228,17 @@ class CopilotApi implements Callable<Integer> {
             return this;
         }
 
+        /** Copilot's own figure for the call (copilot_usage), where an answer or stream event carries it. */
+        Exchange copilotUsage(JsonNode holder) {
+            long nano = Cost.reportedNano(holder);
+            if (nano >= 0) nanoAiu = nano;
+            return this;
+        }
+
         /** Responses usage: input tokens (cached included) and output tokens. */
         Exchange responsesUsage(JsonNode usage) {
             if (usage == null || !usage.isObject()) return this;
+            copilotUsage(usage);
             cached(usage.path("input_tokens_details").path("cached_tokens").asLong(-1));
             return usage(usage.path("input_tokens").asLong(-1), usage.path("output_tokens").asLong(-1));
         }
@@ -2205,6 +2246,7 @@ class CopilotApi implements Callable<Integer> {
         /** Chat-completions usage: prompt tokens (cached included) and completion tokens. */
         Exchange chatUsage(JsonNode usage) {
             if (usage == null || !usage.isObject()) return this;
+            copilotUsage(usage);
             cached(usage.path("prompt_tokens_details").path("cached_tokens").asLong(-1));
             return usage(usage.path("prompt_tokens").asLong(-1), usage.path("completion_tokens").asLong(-1));
         }
@@ -2212,6 +2254,7 @@ class CopilotApi implements Callable<Integer> {
         /** Anthropic usage: input excludes cached tokens there, so they are added back. */
         Exchange anthropicUsage(JsonNode usage) {
             if (usage == null || !usage.isObject()) return this;
+            copilotUsage(usage);
             cached(usage.path("cache_read_input_tokens").asLong(-1));
             long in = usage.has("input_tokens") ? usage.path("input_tokens").asLong() + usage.path("cache_read_input_tokens").asLong(0)
                 + usage.path("cache_creation_input_tokens").asLong(0) : -1;
@@ -2238,8 +2281,11 @@ class CopilotApi implements Callable<Integer> {
             line.append(' ').append(status).append(' ').append(millis).append("ms");
             if (e.inputTokens >= 0 || e.outputTokens >= 0) {
                 line.append(" in=").append(Math.max(0, e.inputTokens)).append(" out=").append(Math.max(0, e.outputTokens));
+                if (e.cachedTokens >= 0) line.append(" cached=").append(e.cachedTokens);
             }
-            if (e.charge != null) line.append(' ').append(e.charge.describe());
+            Optional<Cost.Figure> cost = e.cost;
+            if (cost != null && cost.isPresent()) line.append(' ').append(cost.get().describe());
+            else if (e.charge != null) line.append(' ').append(e.charge.describe());
             if (e.note != null) line.append(" (").append(e.note).append(')');
             if (e.error != null) line.append(": ").append(Redact.shorten(e.error));
             if (e.warn) Logs.log().warn("{}", line);
@@ -2265,6 +2311,7 @@ class CopilotApi implements Callable<Integer> {
          */
         void admit(Context ctx, String model, int messages) {
             Exchange exchange = Exchange.of(ctx);
+            stats.credits().admit(Instant.now());
             exchange.invokesModel = true;
             // watched as a non-stream: nothing is committed or kept alive while the request waits its turn
             Watch client = new ClientWatch(ctx, Duration.ZERO, Duration.ZERO);
@@ -2466,6 +2513,288 @@ class CopilotApi implements Callable<Integer> {
                     + format(c.multiplier()) + " premium request(s), " + format(before / 100.0) + " of --premium-budget "
                     + format(budget) + " are used since start; tool follow-ups still pass, a new prompt needs a restart or a free model",
                     null, "premium_budget_exceeded");
+            }
+        }
+    }
+
+    /**
+     * What a request costs in GitHub AI Credits (usage-based plans since June 2026; 1 credit = 10^9 nano-AIU): the real
+     * figure when Copilot reports {@code copilot_usage.total_nano_aiu}, else an estimate from the answer's token counts
+     * and the catalog's {@code billing.token_prices}. A model without prices is on a legacy plan: premium units tell
+     * its cost ({@link Billing}). A failed or refused call costs nothing. The ledger keeps credits by model and UTC day
+     * since start and holds {@code --budget}.
+     */
+    static final class Cost {
+        static final double NANO_PER_CREDIT = 1e9;
+        static final String HEADER = "x-copilot-api-cost";
+
+        /** A request's cost in credits; estimated when Copilot did not say it. */
+        record Figure(double credits, boolean estimated) {
+            /** For the request log and the header: "0.0123 credits", "~0.0123 credits" for an estimate. */
+            String describe() {
+                return (estimated ? "~" : "") + format(credits) + " credits";
+            }
+        }
+
+        static String format(double credits) {
+            return java.math.BigDecimal.valueOf(credits).round(new java.math.MathContext(4)).stripTrailingZeros().toPlainString();
+        }
+
+        /** total_nano_aiu of a copilot_usage at the top level of an answer or stream event, or inside its usage; -1 when absent. */
+        static long reportedNano(JsonNode holder) {
+            if (holder == null || !holder.isObject()) return -1;
+            JsonNode u = holder.has("copilot_usage") ? holder.get("copilot_usage") : holder.path("usage").path("copilot_usage");
+            JsonNode nano = u.path("total_nano_aiu");
+            return nano.isNumber() ? Math.max(0, nano.asLong()) : -1;
+        }
+
+        /**
+         * The estimate from token prices (credits per batch_size tokens): uncached input at input_price, cached input at
+         * cache_price, output at output_price; the long-context tier's prices from its threshold of input tokens on.
+         */
+        static Optional<Figure> estimate(JsonNode prices, long input, long cached, long output) {
+            if (prices == null || !prices.isObject() || (input < 0 && output < 0)) return Optional.empty();
+            JsonNode tier = prices.path("long_context");
+            long in = Math.max(0, input);
+            if (tier.isObject() && tier.path("threshold_tokens").isNumber() && in >= tier.path("threshold_tokens").asLong()) {
+                prices = tier;
+            }
+            double batch = prices.path("batch_size").asDouble(0) > 0 ? prices.path("batch_size").asDouble() : 1_000_000;
+            long hits = Math.min(in, Math.max(0, cached));
+            double inputPrice = prices.path("input_price").asDouble(0);
+            double credits = ((in - hits) * inputPrice + hits * prices.path("cache_price").asDouble(inputPrice)
+                + Math.max(0, output) * prices.path("output_price").asDouble(0)) / batch;
+            return Optional.of(new Figure(credits, true));
+        }
+
+        /**
+         * The catalog's prices for a model as last read (settling never waits for a fetch); missing when the model has
+         * none (a legacy plan) or the catalog was never read.
+         */
+        static JsonNode prices(ModelCatalog models, String model) {
+            if (model == null) return null;
+            return models.known(model).map(m -> m.path("billing").path("token_prices")).filter(JsonNode::isObject).orElse(null);
+        }
+
+        /** What a finished model call cost: nothing when it failed or was refused, Copilot's figure, else the estimate. */
+        static Optional<Figure> settle(Exchange e, int status, ModelCatalog models) {
+            if (!e.invokesModel || status >= 400) return Optional.empty();
+            if (e.nanoAiu >= 0) return Optional.of(new Figure(e.nanoAiu / NANO_PER_CREDIT, false));
+            if (e.failedInStream) return Optional.empty();
+            String model = e.upstreamModel != null ? e.upstreamModel : e.requestedModel;
+            return estimate(prices(models, model), e.inputTokens, e.cachedTokens, e.outputTokens);
+        }
+
+        /** Where /usage and `check-usage --json` put the account's credits: billing kind, included, used, left, reset. */
+        static final String REPORT = "copilot_api_credits";
+
+        /** AI Credits copilot-api recorded since a time; null when it cannot say (no store, no history). */
+        interface Spent {
+            Double since(Instant from);
+        }
+
+        /**
+         * The credits a plan includes each month: its price in cents (WIRE.md: Pro $10, Pro+ $39, Business $19,
+         * Enterprise $39 a seat), told by copilot_plan and access_type_sku; empty for a plan not known here.
+         */
+        static Optional<Double> includedCredits(JsonNode usage) {
+            String plan = usage.path("copilot_plan").asText("").toLowerCase(Locale.ROOT);
+            String sku = usage.path("access_type_sku").asText("").toLowerCase(Locale.ROOT);
+            if (plan.contains("enterprise")) return Optional.of(3900.0);
+            if (plan.contains("business")) return Optional.of(1900.0);
+            if (sku.contains("plus") || plan.contains("pro_plus") || plan.contains("pro+")) return Optional.of(3900.0);
+            if (plan.equals("individual") || plan.contains("pro")) return Optional.of(1000.0);
+            return Optional.empty();
+        }
+
+        /** When the plan's month resets: quota_reset_date_utc, else quota_reset_date (a day), else the next UTC month. */
+        static Instant resets(JsonNode usage, Instant now) {
+            for (String field : List.of("quota_reset_date_utc", "quota_reset_date")) {
+                String v = usage.path(field).asText("");
+                try {
+                    if (v.length() == 10) return java.time.LocalDate.parse(v).atStartOfDay(ZoneOffset.UTC).toInstant();
+                    if (!v.isEmpty()) return Instant.parse(v);
+                } catch (java.time.format.DateTimeParseException e) {
+                    Logs.log().debug("unreadable {} in the usage report: {}", field, v);
+                }
+            }
+            return new Budget(0, Budget.Period.MONTH).resets(now);
+        }
+
+        /**
+         * The account's credits for check-usage, /usage and the dashboard: billing kind and reset date; on a usage-based
+         * plan the included credits, what went through copilot-api since the month began, and what is left of it.
+         */
+        static ObjectNode account(JsonNode usage, Spent spent, Instant now) {
+            ObjectNode o = Json.object();
+            boolean tokenBased = usage.path("token_based_billing").asBoolean(false);
+            o.put("billing", tokenBased ? "usage-based" : "premium requests");
+            Instant resets = resets(usage, now);
+            // a reset date already past (a report not yet updated) means the month that runs now
+            while (!resets.isAfter(now)) resets = resets.atZone(ZoneOffset.UTC).plusMonths(1).toInstant();
+            o.put("resets", resets.toString());
+            if (!tokenBased) return o;
+            Instant monthStart = resets.atZone(ZoneOffset.UTC).minusMonths(1).toInstant();
+            o.put("month_start", monthStart.toString());
+            Double used = spent.since(monthStart);
+            o.put("used_through_copilot_api", used);
+            Optional<Double> included = includedCredits(usage);
+            o.put("included", included.orElse(null));
+            o.put("left", included.isPresent() && used != null ? Double.valueOf(Math.max(0, included.get() - used)) : null);
+            return o;
+        }
+
+        /** "Billing: usage-based" and the credits line for check-usage. */
+        static String render(JsonNode account) {
+            StringBuilder b = new StringBuilder(String.format(Locale.ROOT, "%-17s %s", "Billing:",
+                account.path("billing").asText().equals("usage-based") ? "usage-based (AI Credits)" : "premium requests × multiplier"));
+            if (!account.path("billing").asText().equals("usage-based")) return b.toString();
+            b.append('\n').append(String.format(Locale.ROOT, "%-17s ", "AI Credits:"));
+            JsonNode used = account.path("used_through_copilot_api");
+            b.append(used.isNumber() ? format(used.asDouble()) + " used through copilot-api" : "use through copilot-api unknown (no store)");
+            if (account.path("included").isNumber()) {
+                b.append(", of ").append(format(account.path("included").asDouble())).append(" included");
+                if (account.path("left").isNumber()) b.append(", at most ").append(format(account.path("left").asDouble())).append(" left");
+            }
+            b.append(" (month ").append(account.path("month_start").asText()).append(" to ").append(account.path("resets").asText()).append(')');
+            return b.toString();
+        }
+
+        /** {@code --budget CREDITS[/day|/month]}: a period is a UTC day or a UTC calendar month. */
+        record Budget(double credits, Period period) {
+            enum Period { DAY, MONTH }
+
+            static Budget parse(String text) {
+                String[] parts = text.trim().split("/", 2);
+                Period period = Period.MONTH;
+                if (parts.length == 2) {
+                    period = switch (parts[1].trim().toLowerCase(Locale.ROOT)) {
+                        case "day" -> Period.DAY;
+                        case "month" -> Period.MONTH;
+                        default -> throw new IllegalArgumentException("--budget is CREDITS, CREDITS/day or CREDITS/month, not " + text);
+                    };
+                }
+                double credits;
+                try {
+                    credits = Double.parseDouble(parts[0].trim());
+                } catch (NumberFormatException ex) {
+                    throw new IllegalArgumentException("--budget is CREDITS, CREDITS/day or CREDITS/month, not " + text);
+                }
+                if (!(credits >= 0) || Double.isInfinite(credits)) throw new IllegalArgumentException("--budget must be 0 or more credits");
+                return new Budget(credits, period);
+            }
+
+            String label() {
+                return format(credits) + "/" + period.name().toLowerCase(Locale.ROOT);
+            }
+
+            /** When the period holding this instant ends (UTC). */
+            Instant resets(Instant now) {
+                java.time.LocalDate day = now.atZone(ZoneOffset.UTC).toLocalDate();
+                java.time.LocalDate next = period == Period.DAY ? day.plusDays(1) : day.withDayOfMonth(1).plusMonths(1);
+                return next.atStartOfDay(ZoneOffset.UTC).toInstant();
+            }
+
+            boolean counts(String utcDay, Instant now) {
+                String today = Ledger.day(now);
+                return period == Period.DAY ? utcDay.equals(today) : utcDay.startsWith(today.substring(0, 7));
+            }
+        }
+
+        /** Credits since start by model and by UTC day; the most expensive requests; --budget. */
+        static final class Ledger {
+            static final int MOST_EXPENSIVE = 10;
+            static final int MAX_DAYS = 62;
+
+            record Priced(String at, String model, String route, double credits, boolean estimated) {
+            }
+
+            private final Budget budget;
+            private final Map<String, java.util.concurrent.atomic.DoubleAdder> byModel = new java.util.concurrent.ConcurrentSkipListMap<>();
+            private final java.util.NavigableMap<String, java.util.concurrent.atomic.DoubleAdder> byDay = new java.util.concurrent.ConcurrentSkipListMap<>();
+            private final java.util.concurrent.atomic.LongAdder estimated = new java.util.concurrent.atomic.LongAdder();
+            private final java.util.concurrent.atomic.LongAdder reported = new java.util.concurrent.atomic.LongAdder();
+            private final List<Priced> top = new ArrayList<>();
+
+            Ledger(Budget budget) {
+                this.budget = budget;
+            }
+
+            static String day(Instant at) {
+                return at.atZone(ZoneOffset.UTC).toLocalDate().toString();
+            }
+
+            void add(String model, String route, Figure f, Instant at) {
+                String m = model == null ? "(unknown)" : model;
+                byModel.computeIfAbsent(m, k -> new java.util.concurrent.atomic.DoubleAdder()).add(f.credits());
+                byDay.computeIfAbsent(day(at), k -> new java.util.concurrent.atomic.DoubleAdder()).add(f.credits());
+                while (byDay.size() > MAX_DAYS) byDay.pollFirstEntry();
+                (f.estimated() ? estimated : reported).increment();
+                synchronized (top) {
+                    top.add(new Priced(at.toString(), m, route, f.credits(), f.estimated()));
+                    top.sort(java.util.Comparator.comparingDouble(Priced::credits).reversed());
+                    if (top.size() > MOST_EXPENSIVE) top.remove(top.size() - 1);
+                }
+            }
+
+            /** Credits since start in the UTC days from this instant's day on. */
+            double since(Instant from) {
+                double sum = 0;
+                for (var entry : byDay.tailMap(day(from), true).entrySet()) sum += entry.getValue().sum();
+                return sum;
+            }
+
+            double spent(Budget b, Instant now) {
+                double sum = 0;
+                for (var entry : byDay.entrySet()) if (b.counts(entry.getKey(), now)) sum += entry.getValue().sum();
+                return sum;
+            }
+
+            /** Before a model call: past --budget, a 429 that says what was spent and when the budget resets. */
+            void admit(Instant now) {
+                if (budget == null) return;
+                double spent = spent(budget, now);
+                if (spent < budget.credits()) return;
+                Instant resets = budget.resets(now);
+                ApiError refused = new ApiError(429, "rate_limit_error", "copilot-api's budget is spent: " + format(spent)
+                    + " credits of --budget " + budget.label() + " are used since start; it resets at " + resets, null, "budget_exceeded");
+                refused.headers().put("retry-after", String.valueOf(Math.max(1, Duration.between(now, resets).toSeconds())));
+                throw refused;
+            }
+
+            ObjectNode json(Instant now) {
+                ObjectNode o = Json.object();
+                String today = day(now);
+                double total = 0, month = 0;
+                ObjectNode days = Json.object();
+                for (var entry : byDay.entrySet()) {
+                    double v = entry.getValue().sum();
+                    total += v;
+                    if (entry.getKey().startsWith(today.substring(0, 7))) month += v;
+                    days.put(entry.getKey(), v);
+                }
+                o.put("credits", total);
+                o.put("today", Optional.ofNullable(byDay.get(today)).map(java.util.concurrent.atomic.DoubleAdder::sum).orElse(0.0));
+                o.put("this_month", month);
+                ObjectNode models = o.putObject("by_model");
+                byModel.forEach((m, v) -> models.put(m, v.sum()));
+                o.set("by_day", days);
+                o.put("reported_requests", reported.sum());
+                o.put("estimated_requests", estimated.sum());
+                ArrayNode expensive = o.putArray("most_expensive");
+                synchronized (top) {
+                    for (Priced p : top) {
+                        expensive.addObject().put("time", p.at()).put("model", p.model()).put("route", p.route())
+                            .put("credits", p.credits()).put("estimated", p.estimated());
+                    }
+                }
+                if (budget == null) {
+                    o.putNull("budget");
+                } else {
+                    o.putObject("budget").put("credits", budget.credits()).put("per", budget.period().name().toLowerCase(Locale.ROOT))
+                        .put("spent", spent(budget, now)).put("resets", budget.resets(now).toString());
+                }
+                return o;
             }
         }
     }
@@ -3010,19 +3339,35 @@ class CopilotApi implements Callable<Integer> {
         /** Premium units (in hundredths) by model, and model calls by billing reason (premium, continuation, ...). */
         private final Map<String, java.util.concurrent.atomic.LongAdder> premium = new java.util.concurrent.ConcurrentSkipListMap<>();
         private final Map<String, java.util.concurrent.atomic.LongAdder> reasons = new java.util.concurrent.ConcurrentSkipListMap<>();
+        /** AI Credits by model and day, and --budget. */
+        private final Cost.Ledger credits;
+
+        Stats() {
+            this(null);
+        }
+
+        Stats(Cost.Budget budget) {
+            credits = new Cost.Ledger(budget);
+        }
+
+        Cost.Ledger credits() {
+            return credits;
+        }
 
         static final class ModelStats {
             long requests;
             long errors;
             long inputTokens;
             long outputTokens;
+            long cachedTokens;
             final java.util.ArrayDeque<Long> latencies = new java.util.ArrayDeque<>();
 
-            synchronized void add(boolean error, long in, long out, long ms) {
+            synchronized void add(boolean error, long in, long out, long cached, long ms) {
                 requests++;
                 if (error) errors++;
                 inputTokens += Math.max(0, in);
                 outputTokens += Math.max(0, out);
+                cachedTokens += Math.max(0, cached);
                 if (latencies.size() == LATENCY_WINDOW) latencies.removeFirst();
                 latencies.addLast(ms);
             }
@@ -3034,6 +3379,7 @@ class CopilotApi implements Callable<Integer> {
                 o.put("errors", errors);
                 o.put("input_tokens", inputTokens);
                 o.put("output_tokens", outputTokens);
+                o.put("cached_tokens", cachedTokens);
                 List<Long> sorted = new ArrayList<>(latencies);
                 java.util.Collections.sort(sorted);
                 o.put("median_latency_ms", sorted.isEmpty() ? 0 : sorted.get((sorted.size() - 1) / 2));
@@ -3046,7 +3392,9 @@ class CopilotApi implements Callable<Integer> {
             String model = e.upstreamModel != null ? e.upstreamModel : e.requestedModel != null ? e.requestedModel : "(unknown)";
             if (!models.containsKey(model) && models.size() >= MAX_MODELS) model = OTHER;
             models.computeIfAbsent(model, m -> new ModelStats())
-                .add(status >= 400 || e.failedInStream, e.inputTokens, e.outputTokens, ms);
+                .add(status >= 400 || e.failedInStream, e.inputTokens, e.outputTokens, e.cachedTokens, ms);
+            Optional<Cost.Figure> cost = e.cost;
+            if (cost != null && cost.isPresent()) credits.add(model, e.route, cost.get(), Instant.now());
             Billing.Charge charge = e.charge;
             if (charge == null) return;
             reasons.computeIfAbsent(charge.reason().label, r -> new java.util.concurrent.atomic.LongAdder()).increment();
@@ -3081,7 +3429,7 @@ class CopilotApi implements Callable<Integer> {
             refused.forEach((reason, n) -> turnedAway.put(reason, n.sum()));
             o.put("uptime_seconds", Duration.between(since, Instant.now()).toSeconds());
             ArrayNode list = o.putArray("models");
-            long requests = 0, errors = 0, in = 0, out = 0;
+            long requests = 0, errors = 0, in = 0, out = 0, cached = 0;
             for (var entry : models.entrySet()) {
                 ObjectNode m = entry.getValue().json(entry.getKey());
                 list.add(m);
@@ -3089,13 +3437,16 @@ class CopilotApi implements Callable<Integer> {
                 errors += m.path("errors").asLong();
                 in += m.path("input_tokens").asLong();
                 out += m.path("output_tokens").asLong();
+                cached += m.path("cached_tokens").asLong();
             }
             ObjectNode totals = o.putObject("totals");
             totals.put("requests", requests);
             totals.put("errors", errors);
             totals.put("input_tokens", in);
             totals.put("output_tokens", out);
+            totals.put("cached_tokens", cached);
             o.set("premium", premiumSnapshot());
+            o.set("credits", credits.json(Instant.now()));
             return o;
         }
     }
@@ -3156,6 +3507,12 @@ class CopilotApi implements Callable<Integer> {
             <h2>Copilot plan <span id="plan" class="muted"></span></h2>
             <div id="quotas"></div>
             <div id="spent" class="muted"></div>
+            <h2>AI Credits <span id="billing" class="muted"></span></h2>
+            <div id="credits"></div>
+            <div class="scroll"><table id="expensive-table" hidden>
+              <thead><tr><th>most expensive</th><th>model</th><th>route</th><th>credits</th></tr></thead>
+              <tbody id="expensive"></tbody>
+            </table></div>
             <h2>Requests since start <span id="since" class="muted"></span></h2>
             <div class="scroll"><table>
               <thead><tr><th>model</th><th>requests</th><th>errors</th><th>input tokens</th><th>output tokens</th><th>median latency</th></tr></thead>
@@ -3238,6 +3595,29 @@ class CopilotApi implements Callable<Integer> {
                 (models ? ` (${models})` : "") + (reasons ? `<br>model calls by billing: ${reasons}` : "");
             }
 
+            const cr = (x) => Number(x).toLocaleString("en-US", { maximumSignificantDigits: 4 });
+
+            function credits(c, account, totals) {
+              if (!account || account.billing !== "usage-based") {
+                $("billing").textContent = account ? "· this plan bills premium requests, see above" : "";
+                $("expensive-table").hidden = true;
+                return "";
+              }
+              $("billing").textContent = `· usage-based · month resets ${new Date(account.resets).toLocaleDateString()}`;
+              const used = account.used_through_copilot_api === null ? c.this_month : account.used_through_copilot_api;
+              let out = account.included
+                ? quota("This month (through copilot-api) of the plan's included credits", { entitlement: account.included, remaining: account.included - used })
+                : `<div>This month: <b>${cr(used)}</b> credits</div>`;
+              const hits = totals.input_tokens > 0 ? (totals.cached_tokens * 100 / totals.input_tokens).toFixed(1) + "%" : "–";
+              out += `<div id="credits-today">Today: <b>${cr(c.today)}</b> credits · since start ${cr(c.credits)}` +
+                ` (${fmt(c.estimated_requests)} estimated) · cache hits ${hits} of input tokens</div>`;
+              if (c.budget) out += `<div>--budget ${cr(c.budget.credits)}/${esc(c.budget.per)}: ${cr(c.budget.spent)} spent, resets ${esc(new Date(c.budget.resets).toLocaleString())}</div>`;
+              $("expensive").innerHTML = (c.most_expensive || []).map((p) => `<tr><td>${esc(new Date(p.time).toLocaleString())}</td>` +
+                `<td>${esc(p.model)}</td><td>${esc(p.route || "")}</td><td>${p.estimated ? "~" : ""}${cr(p.credits)}</td></tr>`).join("");
+              $("expensive-table").hidden = !(c.most_expensive || []).length;
+              return out;
+            }
+
             const ms = (n) => n === null || n === undefined ? "" : fmt(n) + " ms";
 
             function recent(r) {
@@ -3279,10 +3659,13 @@ class CopilotApi implements Callable<Integer> {
                 `<td>${fmt(m.input_tokens)}</td><td>${fmt(m.output_tokens)}</td><td>${m.median_latency_ms === undefined ? "" : fmt(m.median_latency_ms) + " ms"}</td></tr>`;
             }
 
+            let account = null;
+
             async function refresh() {
               const problems = [];
               try {
                 const u = await api("/usage");
+                account = u.copilot_api_credits || null;
                 const s = u.quota_snapshots || {};
                 $("plan").textContent = `${u.copilot_plan || "unknown"} · quota resets ${u.quota_reset_date || "?"}`;
                 $("quotas").innerHTML = quota("Premium requests", s.premium_interactions) + quota("Chat", s.chat) + quota("Completions", s.completions)
@@ -3294,6 +3677,7 @@ class CopilotApi implements Callable<Integer> {
                 $("models").innerHTML = st.models.map(row).join("") || `<tr><td colspan="6" class="muted">no requests yet</td></tr>`;
                 $("totals").innerHTML = row(Object.assign({ model: "total" }, st.totals));
                 $("spent").innerHTML = spent(st.premium);
+                $("credits").innerHTML = credits(st.credits, account, st.totals);
               } catch (e) { problems.push("stats: " + e.message); }
               try {
                 summary(await api("/history/summary"));
@@ -3424,9 +3808,10 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** GitHub's usage report, with the limits Copilot's own answers reported beside it. */
-        void usage(Context ctx) {
+        void usage(Context ctx, Cost.Spent spent) {
             JsonNode usage = up.github().usage(up.githubToken());
             if (usage.isObject()) ((ObjectNode) usage).set(UsageReport.LIMITS, up.copilot().limits().json());
+            if (usage.isObject()) ((ObjectNode) usage).set(Cost.REPORT, Cost.account(usage, spent, Instant.now()));
             Requests.writeJson(ctx, usage);
         }
 
@@ -3634,7 +4019,7 @@ class CopilotApi implements Callable<Integer> {
                         ((ObjectNode) data.get("message")).put("model", requestedModel);
                         exchange.anthropicUsage(data.path("message").path("usage"));
                     } else if (name.equals("message_delta")) {
-                        exchange.anthropicUsage(data.path("usage"));
+                        exchange.copilotUsage(data).anthropicUsage(data.path("usage"));
                     }
                 }
 
@@ -3945,7 +4330,7 @@ class CopilotApi implements Callable<Integer> {
                     if (!data.path("response").isObject()) return;
                     ObjectNode response = ResponsesState.presented(data.get("response"), turn);
                     data.set("response", response);
-                    exchange.responsesUsage(response.path("usage"));
+                    exchange.copilotUsage(data).responsesUsage(response.path("usage"));
                     if (TERMINAL.contains(name)) state.keep(turn, response);
                 }
 
@@ -4268,7 +4653,9 @@ class CopilotApi implements Callable<Integer> {
                 e.requestedModel, e.upstreamModel, e.route, status, failed ? Optional.ofNullable(e.errorType).orElse(e.failedInStream ? "stream_error" : "error") : null,
                 failed ? Redact.secrets(Optional.ofNullable(e.error).orElse(e.note)) : null, firstByte, millis, known(e.inputTokens), known(e.outputTokens),
                 known(e.cachedTokens), ctx.header("user-agent"), e.charge == null ? null : e.charge.initiator().wire(),
-                e.charge == null ? null : e.charge.units(), requestBody, responseBody));
+                e.charge == null ? null : e.charge.units(), requestBody, responseBody,
+                e.cost == null ? null : e.cost.map(Cost.Figure::credits).orElse(null),
+                e.cost == null ? null : e.cost.map(Cost.Figure::estimated).orElse(null)));
         }
 
         private static Long known(long tokens) {
@@ -4303,10 +4690,10 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        record Day(String day, long requests, long errors) {
+        record Day(String day, long requests, long errors, double credits) {
         }
 
-        record ModelWeek(String model, Latency latency, long errors, long inputTokens, long outputTokens) {
+        record ModelWeek(String model, Latency latency, long errors, long inputTokens, long outputTokens, long cachedTokens, double credits) {
         }
 
         /** The dashboard's week, as {@link Store.Db#summary} counts it. */
@@ -4335,11 +4722,13 @@ class CopilotApi implements Callable<Integer> {
             Summary s = week.orElse(Summary.NONE);
             out.set("latency", s.all().json());
             ArrayNode days = out.putArray("per_day");
-            for (Day d : s.days()) days.addObject().put("day", d.day()).put("requests", d.requests()).put("errors", d.errors());
+            for (Day d : s.days()) {
+                days.addObject().put("day", d.day()).put("requests", d.requests()).put("errors", d.errors()).put("credits", d.credits());
+            }
             ArrayNode models = out.putArray("per_model");
             for (ModelWeek m : s.models()) {
                 models.add(m.latency().json().put("model", m.model()).put("errors", m.errors()).put("input_tokens", m.inputTokens())
-                    .put("output_tokens", m.outputTokens()));
+                    .put("output_tokens", m.outputTokens()).put("cached_tokens", m.cachedTokens()).put("credits", m.credits()));
             }
             ArrayNode errors = out.putArray("recent_errors");
             for (HistoryRow r : s.recentErrors()) errors.add(r.json());
@@ -4517,6 +4906,7 @@ class CopilotApi implements Callable<Integer> {
                 return List.of();
             }
             Requests.logBody("chat chunk", json.get());
+            exchange.copilotUsage(json.get());
             Optional<String> error = ChatChunks.error(json.get());
             if (error.isPresent()) return end(Frame.data(Errors.openAiStreamError(error.get()), "upstream error in stream"));
             List<ObjectNode> out = normalizer.onChunk(json.get());
@@ -4673,6 +5063,7 @@ class CopilotApi implements Callable<Integer> {
             Optional<JsonNode> json = chunk.json();
             if (json.isEmpty()) return List.of();
             Requests.logBody("chat chunk", json.get());
+            exchange.copilotUsage(json.get());
             Optional<String> error = ChatChunks.error(json.get());
             if (error.isPresent()) return frames(machine.fail(error.get()));
             exchange.chatUsage(json.get().path("usage"));
@@ -5652,6 +6043,26 @@ class CopilotApi implements Callable<Integer> {
             return read(c -> Optional.of(Db.summary(c, since)));
         }
 
+        /** The AI Credits the history holds since this time; empty when the store is off or cannot answer. */
+        Optional<Double> creditsSince(long since) {
+            try {
+                return read(c -> Optional.of(Db.creditsSince(c, since)));
+            } catch (StoreFailing e) {
+                return Optional.empty();
+            }
+        }
+
+        /** The same from a store file, read-only, for check-usage (a server may hold the file open); empty if unreadable. */
+        static Optional<Double> creditsSince(Path file, long since) {
+            if (!Files.isRegularFile(file)) return Optional.empty();
+            try (Connection c = DriverManager.getConnection("jdbc:sqlite:file:" + file + "?mode=ro")) {
+                return Optional.of(Db.creditsSince(c, since));
+            } catch (SQLException e) {
+                Logs.log().debug("reading credits from {}: {}", file, describe(e));
+                return Optional.empty();
+            }
+        }
+
         // -- upkeep and state
 
         private long cutoff() {
@@ -5935,7 +6346,10 @@ class CopilotApi implements Callable<Integer> {
                         + " error_type TEXT, error_message TEXT, first_byte_ms INTEGER, total_ms INTEGER NOT NULL, input_tokens INTEGER,"
                         + " output_tokens INTEGER, cached_tokens INTEGER, user_agent TEXT, initiator TEXT, premium_cost REAL,"
                         + " request_body TEXT, response_body TEXT)",
-                    "CREATE INDEX history_at ON history (at)"));
+                    "CREATE INDEX history_at ON history (at)"),
+                List.of(
+                    "ALTER TABLE history ADD COLUMN credits REAL",
+                    "ALTER TABLE history ADD COLUMN credits_estimated INTEGER"));
 
             /** A new file is made 0600 before SQLite sees it; SQLite gives its -wal and -shm files the same mode. */
             static void create(Path file) throws SQLException {
@@ -6105,7 +6519,8 @@ class CopilotApi implements Callable<Integer> {
 
             static final String INSERT_HISTORY = "INSERT INTO history (at, api, method, path, requested_model, upstream_model,"
                 + " route, status, error_type, error_message, first_byte_ms, total_ms, input_tokens, output_tokens, cached_tokens,"
-                + " user_agent, initiator, premium_cost, request_body, response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                + " user_agent, initiator, premium_cost, request_body, response_body, credits, credits_estimated)"
+                + " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
             /**
              * The history insert, prepared once per connection (only the writer's thread inserts): preparing it was a
              * third of the insert's cost, run once per request. Closed with its connection.
@@ -6140,6 +6555,10 @@ class CopilotApi implements Callable<Integer> {
                     else s.setDouble(18, h.premiumCost());
                     s.setString(19, h.requestBody());
                     s.setString(20, h.responseBody());
+                    if (h.credits() == null) s.setNull(21, java.sql.Types.REAL);
+                    else s.setDouble(21, h.credits());
+                    if (h.creditsEstimated() == null) s.setNull(22, java.sql.Types.INTEGER);
+                    else s.setInt(22, h.creditsEstimated() ? 1 : 0);
                     s.executeUpdate();
                     s.clearParameters();
                 } catch (SQLException e) {
@@ -6157,7 +6576,7 @@ class CopilotApi implements Callable<Integer> {
             /** A history row's columns but its bodies. */
             static final String HISTORY_COLUMNS = "id, at, api, method, path, requested_model, upstream_model, route, status,"
                 + " error_type, error_message, first_byte_ms, total_ms, input_tokens, output_tokens, cached_tokens, user_agent, initiator,"
-                + " premium_cost";
+                + " premium_cost, credits, credits_estimated";
 
             static List<HistoryRow> history(Connection c, History.Query q) throws SQLException {
                 StringBuilder sql = new StringBuilder("SELECT " + HISTORY_COLUMNS + ", request_body, response_body FROM history WHERE 1 = 1");
@@ -6194,25 +6613,36 @@ class CopilotApi implements Callable<Integer> {
              * {@code at}, so that a week without failures does not scan the older history). What Java holds is the answer,
              * never the rows; only the week's rows are read, and no body column.
              */
-            static History.Summary summary(Connection c, long since) throws SQLException {
-                List<History.Day> days = new ArrayList<>();
-                try (PreparedStatement s = c.prepareStatement("SELECT date(at / 1000, 'unixepoch') AS day, COUNT(*), SUM(" + FAILED + ")"
-                    + " FROM history WHERE at >= ? GROUP BY day ORDER BY day DESC")) {
+            static double creditsSince(Connection c, long since) throws SQLException {
+                try (PreparedStatement s = c.prepareStatement("SELECT COALESCE(SUM(credits), 0) FROM history WHERE at >= ?")) {
                     s.setLong(1, since);
                     try (ResultSet r = s.executeQuery()) {
-                        while (r.next()) days.add(new History.Day(r.getString(1), r.getLong(2), r.getLong(3)));
+                        return r.next() ? r.getDouble(1) : 0;
+                    }
+                }
+            }
+
+            static History.Summary summary(Connection c, long since) throws SQLException {
+                List<History.Day> days = new ArrayList<>();
+                try (PreparedStatement s = c.prepareStatement("SELECT date(at / 1000, 'unixepoch') AS day, COUNT(*), SUM(" + FAILED + "),"
+                    + " COALESCE(SUM(credits), 0) FROM history WHERE at >= ? GROUP BY day ORDER BY day DESC")) {
+                    s.setLong(1, since);
+                    try (ResultSet r = s.executeQuery()) {
+                        while (r.next()) days.add(new History.Day(r.getString(1), r.getLong(2), r.getLong(3), r.getDouble(4)));
                     }
                 }
                 Map<String, History.Latency> latencies = latencies(c, since, MODEL, MODEL + " IS NOT NULL");
                 List<History.ModelWeek> models = new ArrayList<>();
                 try (PreparedStatement s = c.prepareStatement("SELECT " + MODEL + " AS model, SUM(" + FAILED + "), COALESCE(SUM(input_tokens), 0),"
-                    + " COALESCE(SUM(output_tokens), 0) FROM history WHERE at >= ? AND " + MODEL + " IS NOT NULL"
+                    + " COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(credits), 0)"
+                    + " FROM history WHERE at >= ? AND " + MODEL + " IS NOT NULL"
                     + " GROUP BY model ORDER BY COUNT(*) DESC, model LIMIT ?")) {
                     s.setLong(1, since);
                     s.setInt(2, History.SUMMARY_MODELS);
                     try (ResultSet r = s.executeQuery()) {
                         while (r.next()) {
-                            models.add(new History.ModelWeek(r.getString(1), latencies.get(r.getString(1)), r.getLong(2), r.getLong(3), r.getLong(4)));
+                            models.add(new History.ModelWeek(r.getString(1), latencies.get(r.getString(1)), r.getLong(2), r.getLong(3), r.getLong(4),
+                                r.getLong(5), r.getDouble(6)));
                         }
                     }
                 }
@@ -6300,10 +6730,21 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** One row of the request history; initiator and premium cost stay null until the ledger fills them. */
+    /**
+     * One row of the request history; initiator and premium cost stay null until the ledger fills them, credits (AI
+     * Credits, estimated or Copilot's figure) stay null on a legacy plan and for a failed call.
+     */
     record HistoryRow(Long id, long at, String api, String method, String path, String requestedModel, String upstreamModel, String route,
         int status, String errorType, String errorMessage, Long firstByteMs, long totalMs, Long inputTokens, Long outputTokens,
-        Long cachedTokens, String userAgent, String initiator, Double premiumCost, String requestBody, String responseBody) {
+        Long cachedTokens, String userAgent, String initiator, Double premiumCost, String requestBody, String responseBody,
+        Double credits, Boolean creditsEstimated) {
+
+        HistoryRow(Long id, long at, String api, String method, String path, String requestedModel, String upstreamModel, String route,
+            int status, String errorType, String errorMessage, Long firstByteMs, long totalMs, Long inputTokens, Long outputTokens,
+            Long cachedTokens, String userAgent, String initiator, Double premiumCost, String requestBody, String responseBody) {
+            this(id, at, api, method, path, requestedModel, upstreamModel, route, status, errorType, errorMessage, firstByteMs, totalMs,
+                inputTokens, outputTokens, cachedTokens, userAgent, initiator, premiumCost, requestBody, responseBody, null, null);
+        }
 
         static HistoryRow from(ResultSet r) throws SQLException {
             return new HistoryRow(r.getLong("id"), r.getLong("at"), r.getString("api"), r.getString("method"), r.getString("path"),
@@ -6311,7 +6752,8 @@ class CopilotApi implements Callable<Integer> {
                 r.getString("error_type"), r.getString("error_message"), nullableLong(r, "first_byte_ms"), r.getLong("total_ms"),
                 nullableLong(r, "input_tokens"), nullableLong(r, "output_tokens"), nullableLong(r, "cached_tokens"),
                 r.getString("user_agent"), r.getString("initiator"), nullableDouble(r, "premium_cost"), r.getString("request_body"),
-                r.getString("response_body"));
+                r.getString("response_body"), nullableDouble(r, "credits"),
+                Optional.ofNullable(nullableLong(r, "credits_estimated")).map(v -> v != 0).orElse(null));
         }
 
         private static Long nullableLong(ResultSet r, String column) throws SQLException {
@@ -6345,6 +6787,8 @@ class CopilotApi implements Callable<Integer> {
             o.put("user_agent", userAgent);
             o.put("initiator", initiator);
             o.put("premium_cost", premiumCost);
+            o.put("credits", credits);
+            o.put("credits_estimated", creditsEstimated);
             if (requestBody != null) o.put("request_body", requestBody);
             if (responseBody != null) o.put("response_body", responseBody);
             return o;
@@ -10581,6 +11025,13 @@ class CopilotApi implements Callable<Integer> {
             List<String> ids = new ArrayList<>();
             for (JsonNode m : list()) ids.add(m.path("id").asText());
             return ids;
+        }
+
+        /** A model of the catalog as last read, never fetching: for settling a request's cost after its answer. */
+        Optional<JsonNode> known(String id) {
+            List<JsonNode> cached = models;
+            if (cached == null) return Optional.empty();
+            return cached.stream().filter(m -> m.path("id").asText().equals(id)).findFirst();
         }
 
         Optional<JsonNode> find(String id) {

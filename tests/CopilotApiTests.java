@@ -9,6 +9,7 @@
 //SOURCES BillingTests.java
 //SOURCES StoreTests.java
 //SOURCES UsageBasedTests.java
+//SOURCES CostTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
@@ -108,6 +109,7 @@ class CopilotApiTests {
         StatsTests.class,
         BillingTests.class,
         UsageBasedTests.class,
+        CostTests.class,
         DashboardTests.class,
         GracefulStopTests.class,
         ShutdownTests.class,

@@ -153,6 +153,7 @@ final class StubUpstream implements AutoCloseable {
     private volatile long refreshInSeconds;
     private volatile String endpointsApi;
     private volatile int cachedTokens;
+    private volatile boolean reportsCopilotUsage = true;
     private volatile long streamDelayMs;
     private volatile boolean verbose;
 
@@ -216,6 +217,16 @@ final class StubUpstream implements AutoCloseable {
     StubUpstream cachedTokens(int tokens) {
         cachedTokens = tokens;
         return this;
+    }
+
+    /** Usage-based accounts: whether answers carry copilot_usage (default true); without it copilot-api estimates. */
+    StubUpstream reportsCopilotUsage(boolean on) {
+        reportsCopilotUsage = on;
+        return this;
+    }
+
+    private boolean reportsCost() {
+        return accountKind == AccountKind.USAGE_BASED && reportsCopilotUsage;
     }
 
     /** Pause between the events of default (unscripted) streams (default 0). */
@@ -385,6 +396,7 @@ final class StubUpstream implements AutoCloseable {
         refreshInSeconds = 1500;
         endpointsApi = null;
         cachedTokens = 0;
+        reportsCopilotUsage = true;
         streamDelayMs = 0;
         accountKind = AccountKind.LEGACY;
         modelAccessGetsNotice = false;
@@ -1240,7 +1252,7 @@ final class StubUpstream implements AutoCloseable {
         Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), family == Family.CLAUDE ? "toolu_stub_" : "call_stub_", last);
         if (req.path("stream").asBoolean(false)) return Reply.sse(chatChunks(a, family)).delayMs(streamDelayMs);
         ObjectNode completion = chatCompletion(a, family);
-        if (accountKind == AccountKind.USAGE_BASED) completion.set("copilot_usage", copilotUsage(a));
+        if (reportsCost()) completion.set("copilot_usage", copilotUsage(a));
         return Reply.json(200, completion.toString());
     }
 
@@ -1370,6 +1382,8 @@ final class StubUpstream implements AutoCloseable {
             }
         }
         ObjectNode usageJson = chatUsage(a, family);
+        // where a stream says it is unverified; the stub puts it inside the last chunk's usage
+        if (reportsCost()) usageJson.set("copilot_usage", copilotUsage(a));
         if (family == Family.GPT) {
             out.add(chunks.finish(0, a.finishReason(), null));
             out.add(chunks.usageOnly(usageJson));
@@ -1560,7 +1574,7 @@ final class StubUpstream implements AutoCloseable {
         }
         ObjectNode completed = ev.add("response.completed");
         completed.set("response", responseObject(id, req, a, items, "completed"));
-        if (accountKind == AccountKind.USAGE_BASED) completed.set("copilot_usage", copilotUsage(a));
+        if (reportsCost()) completed.set("copilot_usage", copilotUsage(a));
         return ev.wire();
     }
 
@@ -1628,7 +1642,7 @@ final class StubUpstream implements AutoCloseable {
         }
         m.put("stop_reason", a.calls().isEmpty() ? "end_turn" : "tool_use");
         m.set("usage", messageUsage(a, a.completionTokens()));
-        if (accountKind == AccountKind.USAGE_BASED) m.set("copilot_usage", copilotUsage(a));
+        if (reportsCost()) m.set("copilot_usage", copilotUsage(a));
         return Reply.json(200, m.toString());
     }
 
