@@ -4038,27 +4038,25 @@ class CopilotApiTests {
     // ==== Stale keep-alive connections ====
 
     static final class StaleConnectionTests {
-        /** Answers the first request on each connection with keep-alive, then reads the next one and closes without a byte. */
-        static final class ClosingUpstream implements AutoCloseable {
-            static final String ANSWER = "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"choices\":[]}";
+        /** A loopback HTTP/1.1 upstream written on raw sockets, so a test decides what each connection gets. */
+        abstract static class RawUpstream implements AutoCloseable {
             final java.net.ServerSocket server = new java.net.ServerSocket(0, 50, java.net.InetAddress.getLoopbackAddress());
-            final java.util.concurrent.atomic.AtomicInteger dropped = new java.util.concurrent.atomic.AtomicInteger();
 
-            ClosingUpstream() throws IOException {
-                Thread accept = new Thread(this::accept, "closing-upstream");
+            RawUpstream(String name) throws IOException {
+                Thread accept = new Thread(() -> accept(name), name);
                 accept.setDaemon(true);
                 accept.start();
             }
 
             String url() {
-                return "http://127.0.0.1:" + server.getLocalPort() + "/copilot";
+                return "http://127.0.0.1:" + server.getLocalPort();
             }
 
-            private void accept() {
+            private void accept(String name) {
                 while (!server.isClosed()) {
                     try {
                         java.net.Socket s = server.accept();
-                        Thread t = new Thread(() -> serve(s), "closing-upstream-connection");
+                        Thread t = new Thread(() -> serve(s), name + "-connection");
                         t.setDaemon(true);
                         t.start();
                     } catch (IOException e) {
@@ -4067,7 +4065,30 @@ class CopilotApiTests {
                 }
             }
 
-            private void serve(java.net.Socket s) {
+            abstract void serve(java.net.Socket s);
+
+            @Override
+            public void close() throws IOException {
+                server.close();
+            }
+        }
+
+        /** Answers the first request on each connection with keep-alive, then reads the next one and closes without a byte. */
+        static final class ClosingUpstream extends RawUpstream {
+            static final String ANSWER = "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"choices\":[]}";
+            final java.util.concurrent.atomic.AtomicInteger dropped = new java.util.concurrent.atomic.AtomicInteger();
+
+            ClosingUpstream() throws IOException {
+                super("closing-upstream");
+            }
+
+            @Override
+            String url() {
+                return super.url() + "/copilot";
+            }
+
+            @Override
+            void serve(java.net.Socket s) {
                 try (s) {
                     InputStream in = new java.io.BufferedInputStream(s.getInputStream());
                     readRequest(in);
@@ -4098,49 +4119,25 @@ class CopilotApiTests {
                 in.readNBytes(length);
                 return true;
             }
-
-            @Override
-            public void close() throws IOException {
-                server.close();
-            }
         }
 
         /**
          * Reads each POST whole on a new connection and, while told to, closes it without a byte of answer (Copilot
          * got the prompt, then the connection broke); otherwise answers it. Catalog GETs get an empty list.
          */
-        static final class SwallowingUpstream implements AutoCloseable {
+        static final class SwallowingUpstream extends RawUpstream {
             static final String ANSWER = "{\"id\":\"chatcmpl-2\",\"object\":\"chat.completion\",\"created\":0,\"model\":\"gpt-4.1\","
                 + "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"hi\"},\"finish_reason\":\"stop\"}],"
                 + "\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}";
-            final java.net.ServerSocket server = new java.net.ServerSocket(0, 50, java.net.InetAddress.getLoopbackAddress());
             final java.util.concurrent.atomic.AtomicInteger posts = new java.util.concurrent.atomic.AtomicInteger();
             final java.util.concurrent.atomic.AtomicInteger swallow = new java.util.concurrent.atomic.AtomicInteger();
 
             SwallowingUpstream() throws IOException {
-                Thread accept = new Thread(this::accept, "swallowing-upstream");
-                accept.setDaemon(true);
-                accept.start();
+                super("swallowing-upstream");
             }
 
-            String url() {
-                return "http://127.0.0.1:" + server.getLocalPort();
-            }
-
-            private void accept() {
-                while (!server.isClosed()) {
-                    try {
-                        java.net.Socket s = server.accept();
-                        Thread t = new Thread(() -> serve(s), "swallowing-upstream-connection");
-                        t.setDaemon(true);
-                        t.start();
-                    } catch (IOException e) {
-                        return;
-                    }
-                }
-            }
-
-            private void serve(java.net.Socket s) {
+            @Override
+            void serve(java.net.Socket s) {
                 try (s) {
                     InputStream in = new java.io.BufferedInputStream(s.getInputStream());
                     in.mark(8);
@@ -4161,11 +4158,6 @@ class CopilotApiTests {
                 } catch (IOException e) {
                     // the client went away; nothing to answer
                 }
-            }
-
-            @Override
-            public void close() throws IOException {
-                server.close();
             }
         }
 

@@ -2441,36 +2441,66 @@ final class StubUpstream implements AutoCloseable {
         }
     }
 
+    /** A Copilot on raw sockets beside the stub (which serves its catalog), for what an HTTP server cannot do: hang, hold back. */
+    abstract static class RawCopilot implements AutoCloseable {
+        final StubUpstream stub;
+        final ServerSocket listener;
+        final Set<Socket> open = ConcurrentHashMap.newKeySet();
+
+        RawCopilot(StubUpstream stub, String name) throws IOException {
+            this.stub = stub;
+            listener = new ServerSocket(0, 50, InetAddress.getByName("127.0.0.1"));
+            Thread t = new Thread(() -> acceptLoop(name), name + "-accept");
+            t.setDaemon(true);
+            t.start();
+        }
+
+        /** For COPILOT_API_COPILOT_URL. */
+        String url() {
+            return "http://127.0.0.1:" + listener.getLocalPort();
+        }
+
+        @Override
+        public void close() {
+            Proxy.closeQuietly(listener);
+            open.forEach(Proxy::closeQuietly);
+        }
+
+        private void acceptLoop(String name) {
+            while (!listener.isClosed()) {
+                try {
+                    Socket s = listener.accept();
+                    open.add(s);
+                    Thread t = new Thread(() -> serve(s), name + "-conn");
+                    t.setDaemon(true);
+                    t.start();
+                } catch (IOException e) {
+                    // closed: the loop ends
+                }
+            }
+        }
+
+        abstract void serve(Socket client);
+    }
+
     /**
      * A Copilot that never answers: requests are read and then left without a byte of answer, the way a hung
      * upstream behaves. GET .../models is answered with the stub's catalog so a server can start against it.
      * {@link #awaitClosed} tells when the caller closed a connection it was waiting on (the call was cancelled).
      */
-    static final class Silent implements AutoCloseable {
-        private final StubUpstream stub;
-        private final ServerSocket listener;
+    static final class Silent extends RawCopilot {
         private final List<String> seen = new CopyOnWriteArrayList<>();
         private final AtomicInteger closed = new AtomicInteger();
-        private final Set<Socket> open = ConcurrentHashMap.newKeySet();
         private volatile boolean hangCatalog;
 
         Silent(StubUpstream stub) throws IOException {
-            this.stub = stub;
-            listener = new ServerSocket(0, 50, InetAddress.getByName("127.0.0.1"));
-            Thread t = new Thread(this::acceptLoop, "stub-silent-accept");
-            t.setDaemon(true);
-            t.start();
+            super(stub, "stub-silent");
         }
 
         /** Leaves GET .../models unanswered too. */
         Silent hangCatalog() {
             hangCatalog = true;
             return this;
-        }
-
-        /** For COPILOT_API_COPILOT_URL. */
-        String url() {
-            return "http://127.0.0.1:" + listener.getLocalPort();
         }
 
         /** "METHOD /path" of each request left unanswered, in arrival order. */
@@ -2490,26 +2520,7 @@ final class StubUpstream implements AutoCloseable {
         }
 
         @Override
-        public void close() {
-            Proxy.closeQuietly(listener);
-            open.forEach(Proxy::closeQuietly);
-        }
-
-        private void acceptLoop() {
-            while (!listener.isClosed()) {
-                try {
-                    Socket s = listener.accept();
-                    open.add(s);
-                    Thread t = new Thread(() -> serve(s), "stub-silent-conn");
-                    t.setDaemon(true);
-                    t.start();
-                } catch (IOException e) {
-                    // closed: the loop ends
-                }
-            }
-        }
-
-        private void serve(Socket client) {
+        void serve(Socket client) {
             try (client) {
                 InputStream in = new BufferedInputStream(client.getInputStream());
                 String requestLine = Proxy.readLine(in);
@@ -2550,10 +2561,7 @@ final class StubUpstream implements AutoCloseable {
      * closes). The test sees the head's effect before it lets the tail go, so a stream held back shows as a wait
      * that never ends, not as a timing. It also tells when copilot-api closed the connection while at the gate.
      */
-    static final class Gated implements AutoCloseable {
-        private final StubUpstream stub;
-        private final ServerSocket listener;
-        private final Set<Socket> open = ConcurrentHashMap.newKeySet();
+    static final class Gated extends RawCopilot {
         private volatile String head = "";
         private volatile String tail = "";
         private volatile CountDownLatch gate = new CountDownLatch(1);
@@ -2561,16 +2569,7 @@ final class StubUpstream implements AutoCloseable {
         private volatile CountDownLatch closedAtGate = new CountDownLatch(1);
 
         Gated(StubUpstream stub) throws IOException {
-            this.stub = stub;
-            listener = new ServerSocket(0, 50, InetAddress.getByName("127.0.0.1"));
-            Thread t = new Thread(this::acceptLoop, "stub-gated-accept");
-            t.setDaemon(true);
-            t.start();
-        }
-
-        /** For COPILOT_API_COPILOT_URL. */
-        String url() {
-            return "http://127.0.0.1:" + listener.getLocalPort();
+            super(stub, "stub-gated");
         }
 
         /** The next POST's answer: head (raw event-stream text) at once, tail after open(); a new gate. */
@@ -2600,25 +2599,11 @@ final class StubUpstream implements AutoCloseable {
         @Override
         public void close() {
             gate.countDown();
-            Proxy.closeQuietly(listener);
-            open.forEach(Proxy::closeQuietly);
+            super.close();
         }
 
-        private void acceptLoop() {
-            while (!listener.isClosed()) {
-                try {
-                    Socket s = listener.accept();
-                    open.add(s);
-                    Thread t = new Thread(() -> serve(s), "stub-gated-conn");
-                    t.setDaemon(true);
-                    t.start();
-                } catch (IOException e) {
-                    // closed: the loop ends
-                }
-            }
-        }
-
-        private void serve(Socket client) {
+        @Override
+        void serve(Socket client) {
             try (client) {
                 InputStream in = new BufferedInputStream(client.getInputStream());
                 String requestLine = Proxy.readLine(in);
