@@ -181,9 +181,7 @@ class UsageBasedTests {
                 h.stub.clear();
                 HttpResponse<String> r = h.post("/v1/messages", subagent(prompt));
                 assertEquals(200, r.statusCode(), r.body());
-                List<StubUpstream.Recorded> sent = h.stub.requests().stream().filter(x -> x.matches("/v1/messages")).toList();
-                List<String> initiators = sent.stream().map(x -> x.header("x-initiator")).toList();
-                assertEquals(round == 1 ? List.of("agent", "user") : List.of("user"), initiators, "round " + round);
+                assertEquals(round == 1 ? List.of("agent", "user") : List.of("user"), initiators(h, "/v1/messages"), "round " + round);
             }
             assertEquals(4, units(h) - before, 0.001, "two main prompts and two subagents billed");
             h.stub.clear();
@@ -214,8 +212,7 @@ class UsageBasedTests {
                 + ",{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"<system-reminder>Files changed.</system-reminder>\"}]}]}";
             h.stub.clear();
             assertEquals(200, h.post("/v1/chat/completions", withReminder).statusCode());
-            List<String> initiators = h.stub.requests().stream().filter(x -> x.matches("/chat/completions")).map(x -> x.header("x-initiator")).toList();
-            assertEquals(List.of("user"), initiators, "a user's text last goes as user at once on chat");
+            assertEquals(List.of("user"), initiators(h, "/chat/completions"), "a user's text last goes as user at once on chat");
             h.stub.clear();
             assertEquals(200, h.post("/v1/chat/completions", toolTurn).statusCode());
             assertEquals(1, h.stub.count("/chat/completions"));
@@ -228,7 +225,7 @@ class UsageBasedTests {
             for (int round = 0; round < 2; round++) {
                 h.stub.clear();
                 assertEquals(200, h.post("/v1/messages", notification).statusCode());
-                rounds.add(h.stub.requests().stream().filter(x -> x.matches("/v1/messages")).map(x -> x.header("x-initiator")).toList());
+                rounds.add(initiators(h, "/v1/messages"));
             }
             assertEquals(List.of(List.of("agent", "user"), List.of("user")), rounds, "refused once, then remembered for the model");
             h.stub.clear();
@@ -261,6 +258,11 @@ class UsageBasedTests {
                 assertTrue(last.path("content").asText().contains("Files changed."), "the reminder still reaches the model: " + last);
             }
         }
+    }
+
+    /** The X-Initiator of each call Copilot got on this path since the last clear, in order. */
+    static List<String> initiators(CopilotApiTests.Harness h, String path) {
+        return h.stub.requests().stream().filter(x -> x.matches(path)).map(x -> x.header("x-initiator")).toList();
     }
 
     static String subagentPrompt(CopilotApiTests.Harness h) throws Exception {
