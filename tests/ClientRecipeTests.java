@@ -210,6 +210,34 @@ class ClientRecipeTests {
         assertEquals("# the user's own\nhide_agent_reasoning = true\n", Files.readString(config));
     }
 
+    /**
+     * After `setup opencode --write`, `opencode run` goes through a tool call and its result with only HOME set; the
+     * user's own provider, with its key, survives. opencode comes from tests/opencode/, installed on first use here
+     * only: its platform binaries weigh about 120 MB.
+     */
+    @Test
+    void opencodeAfterSetupWrite() throws Exception {
+        Path opencode = CopilotApiTests.SdkRunner.repo().resolve("tests").resolve("opencode");
+        CopilotApiTests.SdkRunner.npmInstall(opencode);
+        Path home = Files.createTempDirectory("opencode-setup-home");
+        Path config = Files.createDirectories(home.resolve(".config/opencode")).resolve("opencode.json");
+        Files.writeString(config, "{\"provider\": {\"mine\": {\"npm\": \"@ai-sdk/openai-compatible\", \"options\": {\"apiKey\": \"my-own-key\"}}}}\n");
+        setupWrite(home, "opencode", "--model", "gpt-4.1");
+        Path work = Files.createDirectories(home.resolve("work"));
+        stub.clear();
+        CopilotApiTests.SdkRunner.Result r = isolated(work, Map.of("HOME", home.toString()), opencode.resolve("node_modules/.bin/opencode").toString(),
+            "run", "Run a command, then tell me what it printed.");
+        System.out.print(r.output());
+        assertEquals(0, r.exit(), r.output());
+        assertTrue(r.output().contains("Tool said: "), "the tool ran and its output came back to the model: " + r.output());
+        assertTrue(stub.count("/chat/completions") >= 2, "both turns on chat completions: " + stub.count("/chat/completions"));
+        StubUpstream.Recorded last = stub.last("/chat/completions");
+        assertEquals("gpt-4.1", last.json().path("model").asText());
+        carriesToolOutput(last, "messages", "tool");
+        JsonNode kept = CopilotApiTests.json(Files.readString(config)).path("provider").path("mine");
+        assertEquals("my-own-key", kept.path("options").path("apiKey").asText(), "the user's own provider and key survive: " + kept);
+    }
+
     /** Codex with supports_websockets = true asks for a WebSocket first; copilot-api's 426 sends it to HTTP without reconnects. */
     @Test
     void codexWithWebSocketsOnFallsBackToHttpAtOnce() throws Exception {
