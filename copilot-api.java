@@ -1275,7 +1275,8 @@ class CopilotApi implements Callable<Integer> {
     }
 
     @Command(name = "service", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
-        description = "Run the server in the background as your own systemd user service (Linux): install, uninstall, status, logs.",
+        description = {"Run the server in the background as your own service: install, uninstall, status, logs.",
+            "A systemd user unit on Linux, a launchd agent on macOS, a task at logon on Windows."},
         subcommands = {ServiceCommand.Install.class, ServiceCommand.Uninstall.class, ServiceCommand.Status.class, ServiceCommand.ShowLogs.class})
     static final class ServiceCommand implements Callable<Integer> {
         @CommandLine.Spec CommandLine.Model.CommandSpec spec;
@@ -1288,79 +1289,95 @@ class CopilotApi implements Callable<Integer> {
 
         @Command(name = "install", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
             description = {"Install and start the service; the options after install are `start`'s (e.g. --port 4242 --api-key KEY).",
-                "API keys, the GitHub token and the proxy and CA variables of this shell go to an environment file only you can read."})
+                "API keys, the GitHub token and the proxy and CA variables of this shell go to a file only you can read."})
         static final class Install implements Callable<Integer> {
             @CommandLine.Spec CommandLine.Model.CommandSpec spec;
 
-            @Option(names = "--dry-run", description = "Print the unit and the environment file (secrets as ***) instead of writing them.")
+            @Option(names = "--dry-run", description = "Print the files (secrets as ***) instead of writing them.")
             boolean dryRun;
 
-            @Option(names = "--no-start", description = "Write the files, but leave systemctl alone (for a machine without a user manager; start it later).")
+            @Option(names = "--no-start", description = "Write the files, but leave the service manager alone (start it later).")
             boolean noStart;
 
             @Option(names = "--jar", paramLabel = "JAR", description = "The exported jar to copy into the data directory (default: the jar this runs from).")
             Path jar;
+
+            @Option(names = "--os", paramLabel = "OS",
+                description = "linux, macos or windows: whose files to make (default: this system's); another system's only with --dry-run.")
+            Service.Os os;
+
+            @Option(names = "--java", paramLabel = "JAVA", description = "The java the service starts (default: the one running this).")
+            String java;
 
             @CommandLine.Unmatched
             List<String> startOptions = new ArrayList<>();
 
             @Override
             public Integer call() throws IOException, InterruptedException {
-                SystemdService.requireLinux();
+                Service.Os here = Service.Os.current();
+                Service.Os target = os == null ? here : os;
+                if (target != here && !dryRun) {
+                    throw new CommandLine.ParameterException(spec.commandLine(), "--os " + target.label + " goes with --dry-run: this is " + here.label);
+                }
                 Map<String, String> env = System.getenv();
-                SystemdService.Layout layout = SystemdService.Layout.of(env);
-                SystemdService.Plan plan;
+                Service.Layout layout = Service.Layout.of(target, env);
+                Service.Launch launch;
                 try {
-                    plan = SystemdService.plan(layout, startOptions, env);
+                    launch = Service.Launch.of(layout, java != null ? java : target.text(Service.defaultJava(target)), startOptions, env);
                 } catch (UserFacingException e) {
                     throw new CommandLine.ParameterException(spec.commandLine(), e.getMessage());
                 }
+                List<Service.File> files = layout.files(launch);
                 if (dryRun) {
-                    System.out.println("# " + layout.unit() + "\n" + plan.unit() + "\n# " + layout.envFile() + " (readable by you only)\n" + plan.shownEnv());
+                    for (Service.File f : layout.files(launch.shown())) {
+                        System.out.println("# " + f.title(target) + "\n" + f.text().stripTrailing());
+                    }
                     return 0;
                 }
-                if (!noStart) SystemdService.requireManager();
-                Path source = Optional.ofNullable(jar).orElseGet(SystemdService::runningJar);
-                SystemdService.write(layout, plan, source);
-                System.out.println("wrote " + layout.unit() + ", " + layout.envFile() + " and " + layout.jar());
+                if (!noStart) target.requireManager();
+                Path source = Optional.ofNullable(jar).orElseGet(Service::runningJar);
+                Service.write(layout, files, source);
                 if (noStart) {
-                    System.out.println("not started (--no-start): systemctl --user daemon-reload && systemctl --user enable --now " + SystemdService.NAME);
+                    System.out.println("not started (--no-start): " + target.startHint());
                     return 0;
                 }
-                SystemdService.systemctl("daemon-reload");
-                SystemdService.systemctl("enable", "--now", SystemdService.NAME);
+                target.register(layout, files);
                 System.out.println("started; `copilot-api service status` shows it, `copilot-api service logs` its log");
                 return 0;
             }
         }
 
         @Command(name = "uninstall", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
-            description = "Stop the service and remove everything install wrote (unit, environment file, jar).")
+            description = "Stop the service and remove everything install wrote (the unit, agent or task, its environment, the jar).")
         static final class Uninstall implements Callable<Integer> {
-            @Option(names = "--no-start", description = "Leave systemctl alone; only remove the files.")
+            @Option(names = "--no-start", description = "Leave the service manager alone; only remove the files.")
             boolean noStart;
 
             @Override
             public Integer call() throws IOException, InterruptedException {
-                SystemdService.Layout layout = SystemdService.Layout.of(System.getenv());
-                if (!noStart && Files.exists(layout.unit())) {
-                    SystemdService.requireManager();
-                    SystemdService.systemctl("disable", "--now", SystemdService.NAME);
+                Service.Os os = Service.Os.current();
+                Service.Layout layout = Service.Layout.of(os, System.getenv());
+                boolean installed = Files.exists(layout.marker());
+                if (!noStart && installed) {
+                    os.requireManager();
+                    os.unregister(layout);
                 }
                 boolean any = false;
-                for (Path p : List.of(layout.unit(), layout.envFile(), layout.jar())) {
+                for (Path p : layout.written()) {
                     if (Files.deleteIfExists(p)) {
-                        System.out.println("removed " + p);
+                        System.out.println("removed " + os.text(p));
                         any = true;
                     }
                 }
-                try (var left = Files.list(layout.envFile().getParent())) {
-                    if (left.findAny().isEmpty()) Files.delete(layout.envFile().getParent());
-                } catch (java.nio.file.NoSuchFileException gone) {
-                    Logs.log().debug("no {} to remove", gone.getFile());
+                if (layout.envFile() != null) {
+                    try (var left = Files.list(layout.envFile().getParent())) {
+                        if (left.findAny().isEmpty()) Files.delete(layout.envFile().getParent());
+                    } catch (java.nio.file.NoSuchFileException gone) {
+                        Logs.log().debug("no {} to remove", gone.getFile());
+                    }
                 }
                 if (!any) System.out.println("not installed: nothing to remove");
-                else if (!noStart) SystemdService.systemctl("daemon-reload");
+                else if (!noStart && os == Service.Os.LINUX) Service.Systemd.systemctl("daemon-reload");
                 return 0;
             }
         }
@@ -1370,21 +1387,30 @@ class CopilotApi implements Callable<Integer> {
         static final class Status implements Callable<Integer> {
             @Override
             public Integer call() throws IOException, InterruptedException {
-                SystemdService.Layout layout = SystemdService.Layout.of(System.getenv());
-                if (!Files.exists(layout.unit())) {
+                Service.Os os = Service.Os.current();
+                Service.Layout layout = Service.Layout.of(os, System.getenv());
+                if (!Files.exists(layout.marker())) {
                     System.out.println("not installed (`copilot-api service install` installs it)");
                     return 3;
                 }
-                System.out.println("installed: " + layout.unit());
-                System.out.println("running: " + SystemdService.activeState());
-                System.out.println("port: " + SystemdService.port(Files.readString(layout.unit())));
-                System.out.println("log: journalctl --user -u " + SystemdService.NAME + " (or `copilot-api service logs`)");
+                String where = os.text(layout.marker());
+                int port = Service.port(Files.readString(layout.marker()));
+                Optional<String> missing = os.managerProblem();
+                if (missing.isPresent()) {
+                    System.out.println("installed (" + where + ", port " + port + "), but " + missing.get() + ", so it is not running");
+                    return 1;
+                }
+                System.out.println("installed: " + where);
+                System.out.println("running: " + os.state());
+                System.out.println("port: " + port);
+                System.out.println("log: " + (layout.log() == null ? "journalctl --user -u " + Service.NAME : os.text(layout.log()))
+                    + " (or `copilot-api service logs`)");
                 return 0;
             }
         }
 
         @Command(name = "logs", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
-            description = "Show the service's log (journalctl --user).")
+            description = "Show the service's log (journalctl --user on Linux, the log file on macOS and Windows).")
         static final class ShowLogs implements Callable<Integer> {
             @Option(names = {"-n", "--lines"}, paramLabel = "N", defaultValue = "200", description = "How many lines (default: ${DEFAULT-VALUE}).")
             int lines;
@@ -1394,16 +1420,24 @@ class CopilotApi implements Callable<Integer> {
 
             @Override
             public Integer call() throws IOException, InterruptedException {
-                if (!SystemdService.onPath("journalctl")) throw new UserFacingException("no journalctl here: the service log lives in the systemd journal");
-                List<String> cmd = new ArrayList<>(List.of("journalctl", "--user", "-u", SystemdService.NAME, "-n", String.valueOf(lines), "--no-pager"));
+                Service.Os os = Service.Os.current();
+                Service.Layout layout = Service.Layout.of(os, System.getenv());
+                if (layout.log() != null) return Service.showFile(layout.log(), lines, follow);
+                os.managerProblem().ifPresent(problem -> {
+                    throw new UserFacingException(problem + ", so there is no service journal to show");
+                });
+                List<String> cmd = new ArrayList<>(List.of("journalctl", "--user", "-u", Service.NAME, "-n", String.valueOf(lines), "--no-pager"));
                 if (follow) cmd.add("-f");
                 return new ProcessBuilder(cmd).inheritIO().start().waitFor();
             }
         }
     }
 
-    /** The systemd user unit `service install` writes, and the files beside it. */
-    static final class SystemdService {
+    /**
+     * `service`: the files each system's service manager reads (a systemd user unit, a launchd agent, a Task Scheduler
+     * task with its batch file), the command line and environment they start, and the manager's own commands.
+     */
+    static final class Service {
         static final String NAME = "copilot-api";
         /** As the script header's //JAVA_OPTIONS line sets them. */
         static final List<String> JVM_OPTIONS = List.of("-XX:+UseSerialGC", "-Xms32m", "-Xmx512m");
@@ -1411,98 +1445,187 @@ class CopilotApi implements Callable<Integer> {
         static final List<String> PASSED_VARIABLES = List.of("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy",
             "SSL_CERT_FILE", "SSL_CERT_DIR", "JAVA_TOOL_OPTIONS", "COPILOT_API_HOME");
 
-        record Layout(Path unit, Path envFile, Path jar) {
-            static Layout of(Map<String, String> env) {
-                Path home = ClientSetup.home(env);
-                Path config = Optional.ofNullable(env.get("XDG_CONFIG_HOME")).filter(x -> !x.isBlank() && Path.of(x).isAbsolute()).map(Path::of)
-                    .orElse(home.resolve(".config"));
-                return new Layout(config.resolve("systemd").resolve("user").resolve(NAME + ".service"),
-                    config.resolve(NAME).resolve("service.env"), Settings.dataDir(env).resolve(NAME + ".jar"));
-            }
-        }
+        enum Os {
+            LINUX("linux"), MACOS("macos"), WINDOWS("windows");
 
-        /** The unit's text and the environment file's variables. */
-        record Plan(String unit, Map<String, String> env) {
-            String shownEnv() {
-                StringBuilder b = new StringBuilder();
-                env.forEach((k, v) -> b.append(k).append('=').append(k.matches(".*(KEYS|TOKEN)") ? "***" : v).append('\n'));
-                return b.toString();
+            final String label;
+
+            Os(String label) {
+                this.label = label;
             }
 
-            String envText() {
-                StringBuilder b = new StringBuilder("# written by `copilot-api service install`; removed by `copilot-api service uninstall`\n");
-                env.forEach((k, v) -> b.append(k).append('=').append(quote(v)).append('\n'));
-                return b.toString();
+            static Os current() {
+                String name = System.getProperty("os.name").toLowerCase(Locale.ROOT);
+                return name.contains("mac") || name.contains("darwin") ? MACOS : name.startsWith("windows") ? WINDOWS : LINUX;
             }
-        }
 
-        /** Checks the start options as `start` would, and moves the secrets among them into the environment file. */
-        static Plan plan(Layout layout, List<String> startOptions, Map<String, String> shellEnv) {
-            List<String> args = new ArrayList<>();
-            List<String> keys = new ArrayList<>();
-            Map<String, String> env = new LinkedHashMap<>();
-            for (int i = 0; i < startOptions.size(); i++) {
-                String a = startOptions.get(i);
-                String name = a.contains("=") ? a.substring(0, a.indexOf('=')) : a;
-                boolean secret = name.equals("--api-key") || name.equals("--github-token") || name.equals("-g");
-                if (!secret) {
-                    args.add(a);
-                    continue;
+            /** A path as this system writes it, also when another system prints it (--dry-run --os windows on Linux). */
+            String text(Path p) {
+                return this == WINDOWS && java.io.File.separatorChar == '/' ? p.toString().replace('/', '\\') : p.toString();
+            }
+
+            /** Why this system's service manager cannot be used here, if it cannot. */
+            Optional<String> managerProblem() throws IOException, InterruptedException {
+                return switch (this) {
+                    case LINUX -> Systemd.problem();
+                    case MACOS -> onPath("launchctl") ? Optional.empty() : Optional.of("no launchctl here");
+                    case WINDOWS -> onPath("schtasks.exe") ? Optional.empty() : Optional.of("no schtasks.exe here");
+                };
+            }
+
+            void requireManager() throws IOException, InterruptedException {
+                Optional<String> problem = managerProblem();
+                if (problem.isPresent()) throw new UserFacingException(problem.get() + "; use --no-start to write the files only");
+            }
+
+            String startHint() {
+                return switch (this) {
+                    case LINUX -> "systemctl --user daemon-reload && systemctl --user enable --now " + NAME;
+                    case MACOS -> "launchctl bootstrap gui/$(id -u) ~/Library/LaunchAgents/" + Launchd.LABEL + ".plist";
+                    case WINDOWS -> "schtasks /Create /TN " + NAME + " /XML TASK.xml, then schtasks /Run /TN " + NAME;
+                };
+            }
+
+            void register(Layout layout, List<File> files) throws IOException, InterruptedException {
+                switch (this) {
+                    case LINUX -> {
+                        Systemd.systemctl("daemon-reload");
+                        Systemd.systemctl("enable", "--now", NAME);
+                    }
+                    case MACOS -> {
+                        run(false, "launchctl", "bootout", Launchd.domain() + "/" + Launchd.LABEL);
+                        run(true, "launchctl", "bootstrap", Launchd.domain(), layout.definition().toString());
+                    }
+                    case WINDOWS -> WindowsTask.register(files);
                 }
-                String value = a.contains("=") ? a.substring(a.indexOf('=') + 1) : i + 1 < startOptions.size() ? startOptions.get(++i) : null;
-                if (value == null) throw new UserFacingException(name + " needs a value");
-                if (name.equals("--api-key")) keys.add(value);
-                else env.put("COPILOT_API_GITHUB_TOKEN", value);
             }
-            try {
-                new CommandLine(new StartCommand()).parseArgs(args.toArray(String[]::new));
-            } catch (CommandLine.ParameterException e) {
-                throw new UserFacingException("not a start option: " + e.getMessage());
+
+            void unregister(Layout layout) throws IOException, InterruptedException {
+                switch (this) {
+                    case LINUX -> Systemd.systemctl("disable", "--now", NAME);
+                    case MACOS -> run(false, "launchctl", "bootout", Launchd.domain() + "/" + Launchd.LABEL);
+                    case WINDOWS -> {
+                        run(false, "schtasks.exe", "/End", "/TN", NAME);
+                        run(true, "schtasks.exe", "/Delete", "/TN", NAME, "/F");
+                    }
+                }
             }
-            if (!keys.isEmpty()) env.put("COPILOT_API_KEYS", String.join(",", keys));
-            for (String v : PASSED_VARIABLES) if (shellEnv.containsKey(v) && !shellEnv.get(v).isBlank()) env.put(v, shellEnv.get(v));
-            List<String> command = new ArrayList<>();
-            command.add(Path.of(System.getProperty("java.home"), "bin", "java").toString());
-            command.addAll(JVM_OPTIONS);
-            command.addAll(List.of("-jar", layout.jar().toString(), "start"));
-            command.addAll(args);
-            String unit = """
-                [Unit]
-                Description=copilot-api: GitHub Copilot as an OpenAI- and Anthropic-compatible API
-                After=network-online.target
-                Wants=network-online.target
 
-                [Service]
-                Type=simple
-                EnvironmentFile=-%s
-                ExecStart=%s
-                Restart=on-failure
-                RestartSec=5
-
-                [Install]
-                WantedBy=default.target
-                """.formatted(layout.envFile(), execLine(command));
-            return new Plan(unit, env);
+            /** Running or not, in the manager's words. */
+            String state() throws IOException, InterruptedException {
+                return switch (this) {
+                    case LINUX -> run(false, "systemctl", "--user", "is-active", NAME).lines().findFirst().orElse("unknown");
+                    case MACOS -> run(false, "launchctl", "print", Launchd.domain() + "/" + Launchd.LABEL).lines().map(String::strip)
+                        .filter(l -> l.startsWith("state = ")).findFirst().map(l -> l.substring(8)).orElse("not loaded");
+                    case WINDOWS -> run(false, "schtasks.exe", "/Query", "/TN", NAME, "/FO", "LIST").lines()
+                        .filter(l -> l.startsWith("Status:")).findFirst().map(l -> l.substring(7).strip()).orElse("unknown");
+                };
+            }
         }
 
-        /** systemd's quoting: each word in double quotes where it needs them; % and $ doubled so they stay literal. */
-        static String execLine(List<String> words) {
-            List<String> out = new ArrayList<>();
-            for (String w : words) {
-                String escaped = w.replace("%", "%%").replace("$", "$$");
-                out.add(escaped.matches("[A-Za-z0-9_./:@=+,-]+") ? escaped : "\"" + escaped.replace("\\", "\\\\").replace("\"", "\\\"") + "\"");
+        /** Where each system's files go: what the manager reads, the environment beside it, the jar, the log (null: the journal). */
+        record Layout(Os os, Path definition, Path envFile, Path jar, Path log, Path dataDir) {
+            static Layout of(Os os, Map<String, String> env) {
+                Path home = ClientSetup.home(env);
+                Path data = Settings.dataDir(env);
+                Path jar = data.resolve(NAME + ".jar");
+                return switch (os) {
+                    case LINUX -> {
+                        Path config = Optional.ofNullable(env.get("XDG_CONFIG_HOME")).filter(x -> !x.isBlank() && Path.of(x).isAbsolute()).map(Path::of)
+                            .orElse(home.resolve(".config"));
+                        yield new Layout(os, config.resolve("systemd").resolve("user").resolve(NAME + ".service"),
+                            config.resolve(NAME).resolve("service.env"), jar, null, data);
+                    }
+                    case MACOS -> new Layout(os, home.resolve("Library").resolve("LaunchAgents").resolve(Launchd.LABEL + ".plist"), null, jar,
+                        home.resolve("Library").resolve("Logs").resolve(NAME + ".log"), data);
+                    case WINDOWS -> new Layout(os, null, data.resolve("service.cmd"), jar, data.resolve("service.log"), data);
+                };
             }
-            return String.join(" ", out);
+
+            /** The file whose presence means installed, and which names the port. */
+            Path marker() {
+                return definition != null ? definition : envFile;
+            }
+
+            /** Everything install writes and uninstall removes (the log is the service's own, and stays). */
+            List<Path> written() {
+                List<Path> out = new ArrayList<>();
+                if (definition != null) out.add(definition);
+                if (envFile != null) out.add(envFile);
+                out.add(jar);
+                return out;
+            }
+
+            List<File> files(Launch launch) {
+                return switch (os) {
+                    case LINUX -> List.of(new File(definition, Systemd.unit(this, launch), false), new File(envFile, Systemd.envText(launch), true));
+                    case MACOS -> List.of(new File(definition, Launchd.plist(this, launch), true));
+                    case WINDOWS -> List.of(new File(envFile, WindowsTask.script(this, launch), true), new File(null, WindowsTask.xml(this), false));
+                };
+            }
         }
 
-        static String quote(String v) {
-            return v.matches("[A-Za-z0-9_./:@=+,-]*") ? v : "\"" + v.replace("\\", "\\\\").replace("\"", "\\\"") + "\"";
+        /** One file install writes (path null: handed to the manager, not kept), and whether only its owner may read it. */
+        record File(Path path, String text, boolean secret) {
+            String title(Os os) {
+                if (path == null) return "the task, registered with: schtasks /Create /TN " + NAME + " /XML FILE /F";
+                return os.text(path) + (secret ? " (readable by you only)" : "");
+            }
         }
 
-        /** The port the unit's start options name, else the default. */
-        static int port(String unit) {
-            java.util.regex.Matcher m = Pattern.compile("(?m)^ExecStart=.* (?:--port|-p)[ =]\"?(\\d+)").matcher(unit);
+        /** What the service runs: java, its options, -jar, the jar, start and its options; and the variables it gets. */
+        record Launch(List<String> command, Map<String, String> env) {
+            /** Checks the start options as `start` would, and moves the secrets among them into the environment. */
+            static Launch of(Layout layout, String java, List<String> startOptions, Map<String, String> shellEnv) {
+                List<String> args = new ArrayList<>();
+                List<String> keys = new ArrayList<>();
+                Map<String, String> env = new LinkedHashMap<>();
+                for (int i = 0; i < startOptions.size(); i++) {
+                    String a = startOptions.get(i);
+                    String name = a.contains("=") ? a.substring(0, a.indexOf('=')) : a;
+                    boolean secret = name.equals("--api-key") || name.equals("--github-token") || name.equals("-g");
+                    if (!secret) {
+                        args.add(a);
+                        continue;
+                    }
+                    String value = a.contains("=") ? a.substring(a.indexOf('=') + 1) : i + 1 < startOptions.size() ? startOptions.get(++i) : null;
+                    if (value == null) throw new UserFacingException(name + " needs a value");
+                    if (name.equals("--api-key")) keys.add(value);
+                    else env.put("COPILOT_API_GITHUB_TOKEN", value);
+                }
+                try {
+                    new CommandLine(new StartCommand()).parseArgs(args.toArray(String[]::new));
+                } catch (CommandLine.ParameterException e) {
+                    throw new UserFacingException("not a start option: " + e.getMessage());
+                }
+                if (!keys.isEmpty()) env.put("COPILOT_API_KEYS", String.join(",", keys));
+                for (String v : PASSED_VARIABLES) if (shellEnv.containsKey(v) && !shellEnv.get(v).isBlank()) env.put(v, shellEnv.get(v));
+                // the service finds the login where this shell would, whatever HOME the manager gives it
+                env.put("COPILOT_API_HOME", layout.os().text(layout.dataDir()));
+                List<String> command = new ArrayList<>();
+                command.add(java);
+                command.addAll(JVM_OPTIONS);
+                command.addAll(List.of("-jar", layout.os().text(layout.jar()), "start"));
+                command.addAll(args);
+                return new Launch(List.copyOf(command), env);
+            }
+
+            /** The same with secrets as *** and proxies without their user-info: what --dry-run prints. */
+            Launch shown() {
+                Map<String, String> out = new LinkedHashMap<>();
+                env.forEach((k, v) -> out.put(k, k.matches(".*(KEYS|TOKEN)") ? "***" : k.toLowerCase(Locale.ROOT).endsWith("_proxy") ? Http.shown(v) : v));
+                return new Launch(command, out);
+            }
+        }
+
+        /** The port the start options name, in a unit, plist or batch file; else the default. */
+        static int port(String text) {
+            java.util.regex.Matcher m = Pattern.compile("(?:--port|-p)(?:[ =]\"?|</string>\\s*<string>)(\\d+)").matcher(text);
             return m.find() ? Integer.parseInt(m.group(1)) : DEFAULT_PORT;
+        }
+
+        static Path defaultJava(Os os) {
+            return Path.of(System.getProperty("java.home"), "bin", os == Os.WINDOWS ? "java.exe" : "java");
         }
 
         /** The jar this code runs from, when it is an exported (fat) jar with its dependencies inside. */
@@ -1518,19 +1641,46 @@ class CopilotApi implements Callable<Integer> {
                 + " then `java -jar copilot-api.jar service install ...` (or pass --jar)");
         }
 
-        static void write(Layout layout, Plan plan, Path source) throws IOException {
+        /** Copies the jar into the data directory and writes each kept file (the secret ones readable by their owner only). */
+        static void write(Layout layout, List<File> files, Path source) throws IOException {
             if (!Files.isRegularFile(source)) throw new UserFacingException("no jar at " + source);
             Files.createDirectories(layout.jar().getParent());
             if (!source.toAbsolutePath().equals(layout.jar().toAbsolutePath())) {
                 Files.copy(source, layout.jar(), StandardCopyOption.REPLACE_EXISTING);
             }
-            Files.createDirectories(layout.envFile().getParent());
-            Path tmp = Files.createTempFile(layout.envFile().getParent(), ".service", ".tmp");
-            Posix.restrict(tmp, "rw-------");
-            Files.writeString(tmp, plan.envText());
-            Files.move(tmp, layout.envFile(), StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
-            Files.createDirectories(layout.unit().getParent());
-            Files.writeString(layout.unit(), plan.unit());
+            List<String> wrote = new ArrayList<>();
+            for (File f : files) {
+                if (f.path() == null) continue;
+                Files.createDirectories(f.path().getParent());
+                Path tmp = Files.createTempFile(f.path().getParent(), ".service", ".tmp");
+                if (f.secret()) Posix.restrict(tmp, "rw-------");
+                Files.writeString(tmp, f.text());
+                Files.move(tmp, f.path(), StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+                wrote.add(layout.os().text(f.path()));
+            }
+            wrote.add(layout.os().text(layout.jar()));
+            System.out.println("wrote " + String.join(", ", wrote));
+        }
+
+        /** The last lines of a log file, then (with follow) what is added to it. */
+        static int showFile(Path log, int lines, boolean follow) throws IOException, InterruptedException {
+            if (!Files.exists(log)) throw new UserFacingException("no log at " + log + " yet: is the service installed and started?");
+            List<String> all = Files.readAllLines(log);
+            all.subList(Math.max(0, all.size() - lines), all.size()).forEach(System.out::println);
+            long read = Files.size(log);
+            while (follow) {
+                Thread.sleep(500);
+                long size = Files.size(log);
+                if (size < read) read = 0;
+                if (size == read) continue;
+                try (var ch = Files.newByteChannel(log)) {
+                    ByteBuffer buf = ByteBuffer.allocate((int) Math.min(size - read, 1 << 20));
+                    ch.position(read);
+                    read += ch.read(buf);
+                    System.out.print(new String(buf.array(), 0, buf.position(), UTF_8));
+                }
+            }
+            return 0;
         }
 
         static boolean onPath(String program) {
@@ -1540,39 +1690,200 @@ class CopilotApi implements Callable<Integer> {
             return false;
         }
 
-        /** One line and a non-zero exit where there is no systemd user manager (a container, WSL without systemd). */
-        static void requireLinux() {
-            if (!System.getProperty("os.name").toLowerCase(Locale.ROOT).contains("linux")) {
-                throw new UserFacingException("service supports systemd on Linux only so far (not launchd or Windows tasks yet);"
-                    + " run `java -jar copilot-api.jar start` from your own agent or task");
-            }
-        }
-
-        static void requireManager() throws IOException, InterruptedException {
-            requireLinux();
-            if (!onPath("systemctl")) throw new UserFacingException("no systemctl here, so no systemd user services; use --no-start to write the files only");
-            Process p = new ProcessBuilder("systemctl", "--user", "show-environment").redirectErrorStream(true).start();
-            String out = new String(p.getInputStream().readAllBytes(), UTF_8).strip();
-            if (p.waitFor() != 0) {
-                throw new UserFacingException("no systemd user manager here (" + out.lines().findFirst().orElse("systemctl --user failed")
-                    + "); use --no-start to write the files only");
-            }
-        }
-
-        static void systemctl(String... args) throws IOException, InterruptedException {
-            List<String> cmd = new ArrayList<>(List.of("systemctl", "--user"));
-            cmd.addAll(List.of(args));
+        /** Runs a manager command and answers its output; with check, a failure is the error. */
+        static String run(boolean check, String... cmd) throws IOException, InterruptedException {
             Process p = new ProcessBuilder(cmd).redirectErrorStream(true).start();
             String out = new String(p.getInputStream().readAllBytes(), UTF_8).strip();
-            if (p.waitFor() != 0) throw new UserFacingException(String.join(" ", cmd) + " failed: " + out);
+            if (p.waitFor() != 0 && check) throw new UserFacingException(String.join(" ", cmd) + " failed: " + out);
+            return out;
         }
 
-        static String activeState() throws IOException, InterruptedException {
-            if (!onPath("systemctl")) return "unknown (no systemctl here)";
-            Process p = new ProcessBuilder("systemctl", "--user", "is-active", NAME).redirectErrorStream(true).start();
-            String out = new String(p.getInputStream().readAllBytes(), UTF_8).strip();
-            p.waitFor();
-            return out.isEmpty() ? "unknown" : out.lines().findFirst().orElse(out);
+        /** Linux: a systemd user unit, and an environment file beside it. */
+        static final class Systemd {
+            static String unit(Layout layout, Launch launch) {
+                return """
+                    [Unit]
+                    Description=copilot-api: GitHub Copilot as an OpenAI- and Anthropic-compatible API
+                    After=network-online.target
+                    Wants=network-online.target
+
+                    [Service]
+                    Type=simple
+                    EnvironmentFile=-%s
+                    ExecStart=%s
+                    Restart=on-failure
+                    RestartSec=5
+
+                    [Install]
+                    WantedBy=default.target
+                    """.formatted(layout.envFile(), execLine(launch.command()));
+            }
+
+            static String envText(Launch launch) {
+                StringBuilder b = new StringBuilder("# written by `copilot-api service install`; removed by `copilot-api service uninstall`\n");
+                launch.env().forEach((k, v) -> b.append(k).append('=').append(quote(v)).append('\n'));
+                return b.toString();
+            }
+
+            /** systemd's quoting: each word in double quotes where it needs them; % and $ doubled so they stay literal. */
+            static String execLine(List<String> words) {
+                List<String> out = new ArrayList<>();
+                for (String w : words) {
+                    String escaped = w.replace("%", "%%").replace("$", "$$");
+                    out.add(escaped.matches("[A-Za-z0-9_./:@=+,-]+") ? escaped : "\"" + escaped.replace("\\", "\\\\").replace("\"", "\\\"") + "\"");
+                }
+                return String.join(" ", out);
+            }
+
+            static String quote(String v) {
+                return v.matches("[A-Za-z0-9_./:@=+,*-]*") ? v : "\"" + v.replace("\\", "\\\\").replace("\"", "\\\"") + "\"";
+            }
+
+            /** Why there is no systemd user manager to talk to (a container, WSL without systemd), if there is none. */
+            static Optional<String> problem() throws IOException, InterruptedException {
+                if (!onPath("systemctl")) return Optional.of("no systemctl here, so no systemd user services");
+                Process p = new ProcessBuilder("systemctl", "--user", "show-environment").redirectErrorStream(true).start();
+                String out = new String(p.getInputStream().readAllBytes(), UTF_8).strip();
+                if (p.waitFor() == 0) return Optional.empty();
+                return Optional.of("no systemd user manager here (" + out.lines().findFirst().orElse("systemctl --user failed") + ")");
+            }
+
+            static void systemctl(String... args) throws IOException, InterruptedException {
+                List<String> cmd = new ArrayList<>(List.of("systemctl", "--user"));
+                cmd.addAll(List.of(args));
+                run(true, cmd.toArray(String[]::new));
+            }
+        }
+
+        /** macOS: a launchd agent, its environment inside (so the plist is readable by its owner only), its log in ~/Library/Logs. */
+        static final class Launchd {
+            static final String LABEL = "local.copilot-api";
+
+            static String plist(Layout layout, Launch launch) {
+                StringBuilder b = new StringBuilder("""
+                    <?xml version="1.0" encoding="UTF-8"?>
+                    <!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+                    <plist version="1.0">
+                    <dict>
+                    """);
+                entry(b, "Label", "<string>" + xml(LABEL) + "</string>");
+                StringBuilder args = new StringBuilder("<array>\n");
+                for (String w : launch.command()) args.append("    <string>").append(xml(w)).append("</string>\n");
+                entry(b, "ProgramArguments", args.append("  </array>").toString());
+                StringBuilder vars = new StringBuilder("<dict>\n");
+                launch.env().forEach((k, v) -> vars.append("    <key>").append(xml(k)).append("</key>\n    <string>").append(xml(v)).append("</string>\n"));
+                entry(b, "EnvironmentVariables", vars.append("  </dict>").toString());
+                entry(b, "RunAtLoad", "<true/>");
+                entry(b, "KeepAlive", "<dict>\n    <key>SuccessfulExit</key>\n    <false/>\n  </dict>");
+                entry(b, "ThrottleInterval", "<integer>5</integer>");
+                String log = "<string>" + xml(layout.log().toString()) + "</string>";
+                entry(b, "StandardOutPath", log);
+                entry(b, "StandardErrorPath", log);
+                return b.append("</dict>\n</plist>\n").toString();
+            }
+
+            private static void entry(StringBuilder b, String key, String value) {
+                b.append("  <key>").append(key).append("</key>\n  ").append(value).append('\n');
+            }
+
+            /** The user's GUI domain, where agents of a logged-in user live. */
+            static String domain() throws IOException, InterruptedException {
+                return "gui/" + run(true, "id", "-u");
+            }
+        }
+
+        /**
+         * Windows: a Task Scheduler task started at the user's logon and restarted on failure, which runs a batch file
+         * in the data directory (the profile, readable by the user) holding the variables and the command line.
+         */
+        static final class WindowsTask {
+            static final String NAMESPACE = "http://schemas.microsoft.com/windows/2004/02/mit/task";
+
+            static String script(Layout layout, Launch launch) {
+                StringBuilder b = new StringBuilder("@echo off\r\n");
+                b.append("rem written by `copilot-api service install`; removed by `copilot-api service uninstall`\r\n");
+                launch.env().forEach((k, v) -> b.append("set \"").append(k).append('=').append(batch(v, k)).append("\"\r\n"));
+                List<String> words = new ArrayList<>();
+                for (String w : launch.command()) words.add(batchWord(w));
+                String log = layout.os().text(layout.log());
+                return b.append(String.join(" ", words)).append(" >> \"").append(batch(log, "the log's path")).append("\" 2>&1\r\n").toString();
+            }
+
+            /** % doubled so it stays literal; a double quote cannot be carried at all. */
+            static String batch(String v, String where) {
+                if (v.contains("\"")) throw new UserFacingException("a double quote cannot pass through the Windows task's batch file: take it out of " + where);
+                return v.replace("%", "%%");
+            }
+
+            static String batchWord(String w) {
+                String v = batch(w, "the start options");
+                return v.matches("[A-Za-z0-9_./:@+\\\\-]+") ? v : "\"" + v + "\"";
+            }
+
+            static String xml(Layout layout) {
+                Map<String, String> env = System.getenv();
+                String user = env.get("USERNAME") == null ? null
+                    : env.get("USERDOMAIN") == null ? env.get("USERNAME") : env.get("USERDOMAIN") + "\\" + env.get("USERNAME");
+                String root = Optional.ofNullable(env.get("SystemRoot")).filter(r -> !r.isBlank()).orElse("C:\\Windows");
+                String script = layout.os().text(layout.envFile());
+                return """
+                    <?xml version="1.0" encoding="UTF-16"?>
+                    <Task version="1.2" xmlns="%s">
+                      <RegistrationInfo>
+                        <Description>copilot-api: GitHub Copilot as an OpenAI- and Anthropic-compatible API</Description>
+                      </RegistrationInfo>
+                      <Triggers>
+                        <LogonTrigger>
+                          <Enabled>true</Enabled>
+                    %s    </LogonTrigger>
+                      </Triggers>
+                      <Principals>
+                        <Principal id="Author">
+                          <LogonType>InteractiveToken</LogonType>
+                          <RunLevel>LeastPrivilege</RunLevel>
+                        </Principal>
+                      </Principals>
+                      <Settings>
+                        <MultipleInstancesPolicy>IgnoreNew</MultipleInstancesPolicy>
+                        <DisallowStartIfOnBatteries>false</DisallowStartIfOnBatteries>
+                        <StopIfGoingOnBatteries>false</StopIfGoingOnBatteries>
+                        <StartWhenAvailable>true</StartWhenAvailable>
+                        <ExecutionTimeLimit>PT0S</ExecutionTimeLimit>
+                        <RestartOnFailure>
+                          <Interval>PT1M</Interval>
+                          <Count>999</Count>
+                        </RestartOnFailure>
+                        <Enabled>true</Enabled>
+                      </Settings>
+                      <Actions Context="Author">
+                        <Exec>
+                          <Command>%s</Command>
+                          <Arguments>%s</Arguments>
+                          <WorkingDirectory>%s</WorkingDirectory>
+                        </Exec>
+                      </Actions>
+                    </Task>
+                    """.formatted(NAMESPACE, user == null ? "" : "      <UserId>" + Service.xml(user) + "</UserId>\n",
+                        Service.xml(root + "\\System32\\cmd.exe"), Service.xml("/d /c \"\"" + script + "\"\""),
+                        Service.xml(layout.os().text(layout.dataDir())));
+            }
+
+            /** schtasks reads the task from a UTF-16 file: written, registered, deleted; then the task is started. */
+            static void register(List<File> files) throws IOException, InterruptedException {
+                String task = files.stream().filter(f -> f.path() == null).findFirst().orElseThrow().text();
+                Path tmp = Files.createTempFile(NAME + "-task", ".xml");
+                try {
+                    Files.writeString(tmp, "\uFEFF" + task.replace("\n", "\r\n"), java.nio.charset.StandardCharsets.UTF_16LE);
+                    run(true, "schtasks.exe", "/Create", "/TN", NAME, "/XML", tmp.toString(), "/F");
+                } finally {
+                    Files.deleteIfExists(tmp);
+                }
+                run(true, "schtasks.exe", "/Run", "/TN", NAME);
+            }
+        }
+
+        static String xml(String s) {
+            return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\"", "&quot;");
         }
     }
 

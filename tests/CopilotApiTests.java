@@ -10,6 +10,7 @@
 //SOURCES StoreTests.java
 //SOURCES UsageBasedTests.java
 //SOURCES CostTests.java
+//SOURCES ServiceTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
@@ -101,6 +102,7 @@ class CopilotApiTests {
         StoreTests.class,
         ClaudeCodeSetupTests.class,
         SetupTests.class,
+        ServiceTests.class,
         ApiKeyTests.class,
         BrowserSafetyTests.class,
         InputValidationTests.class,
@@ -2476,10 +2478,10 @@ class CopilotApiTests {
         void theServiceUsesTheHeadersJvmOptions() throws Exception {
             String header = Files.readAllLines(SdkRunner.repo().resolve("copilot-api.java")).stream()
                 .filter(l -> l.startsWith("//JAVA_OPTIONS ")).findFirst().orElseThrow();
-            assertEquals(header.substring("//JAVA_OPTIONS ".length()).strip(), String.join(" ", CopilotApi.SystemdService.JVM_OPTIONS));
-            assertEquals("a \"b c\" \"100%%\" \"$$HOME\"", CopilotApi.SystemdService.execLine(List.of("a", "b c", "100%", "$HOME")));
-            assertEquals(4242, CopilotApi.SystemdService.port("ExecStart=/java -jar x.jar start --host 0.0.0.0 --port 4242\n"));
-            assertEquals(4141, CopilotApi.SystemdService.port("ExecStart=/java -jar x.jar start\n"));
+            assertEquals(header.substring("//JAVA_OPTIONS ".length()).strip(), String.join(" ", CopilotApi.Service.JVM_OPTIONS));
+            assertEquals("a \"b c\" \"100%%\" \"$$HOME\"", CopilotApi.Service.Systemd.execLine(List.of("a", "b c", "100%", "$HOME")));
+            assertEquals(4242, CopilotApi.Service.port("ExecStart=/java -jar x.jar start --host 0.0.0.0 --port 4242\n"));
+            assertEquals(4141, CopilotApi.Service.port("ExecStart=/java -jar x.jar start\n"));
         }
 
         @Test
@@ -5100,7 +5102,7 @@ class CopilotApiTests {
                 }
 
                 SdkRunner.Result status = service(out, env, "status");
-                assertTrue(status.output().contains("installed: " + unit) && status.output().contains("port: " + port), status.output());
+                assertTrue(status.output().contains(unit.toString()) && status.output().contains("port " + port), status.output());
 
                 SdkRunner.Result uninstall = service(out, env, "uninstall", "--no-start");
                 assertEquals(0, uninstall.exit(), uninstall.output());
