@@ -61,6 +61,7 @@ import java.util.ArrayList;
 import java.util.Base64;
 import java.util.Collection;
 import java.util.HashMap;
+import java.util.HashSet;
 import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.LinkedHashSet;
@@ -1299,7 +1300,7 @@ class CopilotApi implements Callable<Integer> {
             @Option(names = "--no-start", description = "Write the files, but leave the service manager alone (start it later).")
             boolean noStart;
 
-            @Option(names = "--jar", paramLabel = "JAR", description = "The exported jar to copy into the data directory (default: the jar this runs from).")
+            @Option(names = "--jar", paramLabel = "JAR", description = "The exported jar to copy into the data directory (default: the jar this runs from; run by JBang, its class path bundled into one).")
             Path jar;
 
             @Option(names = "--os", paramLabel = "OS",
@@ -1335,7 +1336,7 @@ class CopilotApi implements Callable<Integer> {
                     return 0;
                 }
                 if (!noStart) target.requireManager();
-                Path source = Optional.ofNullable(jar).orElseGet(Service::runningJar);
+                Path source = jar != null ? jar : Service.ownJar(layout);
                 Service.write(layout, files, source);
                 if (noStart) {
                     System.out.println("not started (--no-start): " + target.startHint());
@@ -1628,17 +1629,95 @@ class CopilotApi implements Callable<Integer> {
             return Path.of(System.getProperty("java.home"), "bin", os == Os.WINDOWS ? "java.exe" : "java");
         }
 
-        /** The jar this code runs from, when it is an exported (fat) jar with its dependencies inside. */
-        static Path runningJar() {
+        /**
+         * The jar the service runs: this one when it is an exported (fat) jar with its dependencies inside; else (run by
+         * JBang from its cache, or a portable jar with a lib folder) the class path bundled into the data directory's jar.
+         */
+        static Path ownJar(Layout layout) throws IOException {
+            Path self;
             try {
-                Path self = Path.of(CopilotApi.class.getProtectionDomain().getCodeSource().getLocation().toURI());
+                self = Path.of(CopilotApi.class.getProtectionDomain().getCodeSource().getLocation().toURI());
                 Path picocli = Path.of(CommandLine.class.getProtectionDomain().getCodeSource().getLocation().toURI());
                 if (self.toString().endsWith(".jar") && self.equals(picocli)) return self;
             } catch (java.net.URISyntaxException | RuntimeException e) {
-                Logs.log().debug("cannot tell where this runs from: {}", describe(e));
+                throw new UserFacingException("cannot tell which jar this runs from (" + describe(e) + "): pass --jar with an exported jar");
             }
-            throw new UserFacingException("service install runs from the exported jar: `jbang export fatjar -O copilot-api.jar copilot-api.java`,"
-                + " then `java -jar copilot-api.jar service install ...` (or pass --jar)");
+            Bundle.write(Bundle.classPath(), layout.jar());
+            System.out.println("bundled " + layout.os().text(layout.jar()) + " from the class path this runs with");
+            return layout.jar();
+        }
+
+        /**
+         * One runnable jar made from a class path, as `jbang export fatjar` makes it: every entry once (the first
+         * wins), service files joined, signatures and module descriptors left out, this program as Main-Class.
+         */
+        static final class Bundle {
+            /** java.class.path, plus the Class-Path a jar's manifest names (a portable jar's lib folder). */
+            static List<Path> classPath() throws IOException {
+                Set<Path> out = new LinkedHashSet<>();
+                for (String entry : System.getProperty("java.class.path").split(java.io.File.pathSeparator)) {
+                    Path p = Path.of(entry).toAbsolutePath();
+                    if (!entry.endsWith(".jar") || !Files.isRegularFile(p)) throw new UserFacingException("cannot bundle " + entry + ": pass --jar with an exported jar");
+                    out.add(p);
+                    try (java.util.jar.JarFile jar = new java.util.jar.JarFile(p.toFile())) {
+                        String more = jar.getManifest() == null ? null : jar.getManifest().getMainAttributes().getValue("Class-Path");
+                        if (more != null) for (String m : more.trim().split("\\s+")) out.add(p.resolveSibling(m).normalize());
+                    }
+                }
+                return List.copyOf(out);
+            }
+
+            static boolean leftOut(String name) {
+                String upper = name.toUpperCase(Locale.ROOT);
+                return upper.equals("META-INF/MANIFEST.MF") || upper.equals("META-INF/INDEX.LIST") || name.endsWith("module-info.class")
+                    || upper.startsWith("META-INF/") && upper.matches("META-INF/[^/]+\\.(SF|RSA|DSA|EC)");
+            }
+
+            static void write(List<Path> jars, Path target) throws IOException {
+                java.util.jar.Manifest manifest = new java.util.jar.Manifest();
+                manifest.getMainAttributes().put(java.util.jar.Attributes.Name.MANIFEST_VERSION, "1.0");
+                manifest.getMainAttributes().put(java.util.jar.Attributes.Name.MAIN_CLASS, CopilotApi.class.getName());
+                manifest.getMainAttributes().put(java.util.jar.Attributes.Name.MULTI_RELEASE, "true");
+                Files.createDirectories(target.getParent());
+                Path tmp = Files.createTempFile(target.getParent(), ".bundle", ".tmp");
+                Map<String, java.io.ByteArrayOutputStream> services = new TreeMap<>();
+                Set<String> seen = new HashSet<>();
+                try (java.util.jar.JarOutputStream out = new java.util.jar.JarOutputStream(Files.newOutputStream(tmp), manifest)) {
+                    for (Path jar : jars) {
+                        try (java.util.jar.JarFile in = new java.util.jar.JarFile(jar.toFile())) {
+                            for (java.util.jar.JarEntry e : java.util.Collections.list(in.entries())) {
+                                String name = e.getName();
+                                boolean service = name.startsWith("META-INF/services/") && !e.isDirectory();
+                                if (leftOut(name) || !service && !seen.add(name)) continue;
+                                if (service) {
+                                    java.io.ByteArrayOutputStream joined = services.computeIfAbsent(name, n -> new java.io.ByteArrayOutputStream());
+                                    try (InputStream body = in.getInputStream(e)) {
+                                        body.transferTo(joined);
+                                    }
+                                    joined.write('\n');
+                                    continue;
+                                }
+                                out.putNextEntry(new java.util.jar.JarEntry(name));
+                                if (!e.isDirectory()) {
+                                    try (InputStream body = in.getInputStream(e)) {
+                                        body.transferTo(out);
+                                    }
+                                }
+                                out.closeEntry();
+                            }
+                        }
+                    }
+                    for (var service : services.entrySet()) {
+                        out.putNextEntry(new java.util.jar.JarEntry(service.getKey()));
+                        service.getValue().writeTo(out);
+                        out.closeEntry();
+                    }
+                } catch (IOException | RuntimeException e) {
+                    Files.deleteIfExists(tmp);
+                    throw e;
+                }
+                Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+            }
         }
 
         /** Copies the jar into the data directory and writes each kept file (the secret ones readable by their owner only). */

@@ -5014,8 +5014,12 @@ class CopilotApiTests {
             SdkRunner.Result r = SdkRunner.run(SdkRunner.repo(), Map.of(), Duration.ofMinutes(5), "./jbang", "export", kind, "--force",
                 "-O", out.resolve("copilot-api.jar").toString(), "copilot-api.java");
             assertEquals(0, r.exit(), r.output());
-            try (StubUpstream stub = StubUpstream.start();
-                    SdkRunner.ServerProcess server = SdkRunner.startServer(stub, out, java(), "-jar", "copilot-api.jar")) {
+            serves(out, java(), "-jar", "copilot-api.jar");
+        }
+
+        /** The command, started in dir against a stub, lists the models and has its store (SQLite's native library loads). */
+        static void serves(Path dir, String... command) throws Exception {
+            try (StubUpstream stub = StubUpstream.start(); SdkRunner.ServerProcess server = SdkRunner.startServer(stub, dir, command)) {
                 HttpResponse<String> models = HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(server.baseUrl() + "/v1/models"))
                     .build(), HttpResponse.BodyHandlers.ofString());
                 assertEquals(200, models.statusCode(), models.body());
@@ -5113,6 +5117,39 @@ class CopilotApiTests {
                 assertEquals(3, service(out, env, "status").exit(), "not installed");
                 noManagerIsOneLine(out, env, start);
             }
+        }
+
+        /**
+         * `service install` run through JBang (the script, or the `jbang app install` launcher) has no exported jar to copy:
+         * it bundles the class path JBang started it with into one jar in the data directory. After an update (here: the
+         * script with a new version), install again bundles the new code, and the unit stays as it was. The bundled jar
+         * serves against the stub.
+         */
+        @Test
+        void installFromTheScriptBundlesTheJarAndBundlesItAgainAfterAnUpdate() throws Exception {
+            Path src = Files.createTempDirectory("script");
+            Path script = src.resolve("copilot-api.java");
+            Files.copy(SdkRunner.repo().resolve("copilot-api.java"), script);
+            Path home = Files.createTempDirectory("service-home");
+            Map<String, String> env = Map.of("XDG_CONFIG_HOME", home.resolve(".config").toString(), "COPILOT_API_HOME", home.resolve("data").toString());
+            Path jar = home.resolve("data/copilot-api.jar");
+            Path unit = home.resolve(".config/systemd/user/copilot-api.service");
+
+            SdkRunner.Result first = SdkRunner.run(SdkRunner.repo(), env, Duration.ofMinutes(5), "./jbang", script.toString(), "service", "install", "--no-start");
+            assertEquals(0, first.exit(), first.output());
+            assertTrue(SdkRunner.run(home, Map.of(), Duration.ofMinutes(1), java(), "-jar", jar.toString(), "--version").output()
+                .contains("copilot-api " + CopilotApi.VERSION + "\n"), "the bundled jar runs on its own");
+            String unitText = Files.readString(unit);
+            assertTrue(unitText.contains(" -jar " + jar + " start\n"), unitText);
+
+            Files.writeString(script, Files.readString(script).replace("String VERSION = \"" + CopilotApi.VERSION + "\"", "String VERSION = \"9.9.9-updated\""));
+            SdkRunner.Result second = SdkRunner.run(SdkRunner.repo(), env, Duration.ofMinutes(5), "./jbang", script.toString(), "service", "install", "--no-start");
+            assertEquals(0, second.exit(), second.output());
+            assertTrue(SdkRunner.run(home, Map.of(), Duration.ofMinutes(1), java(), "-jar", jar.toString(), "--version").output()
+                .contains("copilot-api 9.9.9-updated\n"), "install bundled the updated code");
+            assertEquals(unitText, Files.readString(unit), "the unit is unchanged: it names the jar, not a version");
+
+            serves(home, java(), "-jar", jar.toString());
         }
 
         static SdkRunner.Result service(Path dir, Map<String, String> env, String action, String... args) throws Exception {
