@@ -171,20 +171,38 @@ class ClientRecipeTests {
         assertEquals(0, r.exit(), r.out() + r.err());
     }
 
+    /** tests/FOLDER with its pinned npm packages installed (once). */
+    static Path installed(String folder) throws Exception {
+        Path dir = CopilotApiTests.SdkRunner.repo().resolve("tests").resolve(folder);
+        CopilotApiTests.SdkRunner.npmInstall(dir);
+        return dir;
+    }
+
+    /** A file the user had before setup, at that path under home. */
+    static Path userFile(Path home, String path, String text) throws Exception {
+        Path file = home.resolve(path);
+        Files.createDirectories(file.getParent());
+        return Files.writeString(file, text);
+    }
+
+    /** The client run in dir with only HOME set (and PATH), on a cleared stub; it must succeed. */
+    CopilotApiTests.SdkRunner.Result clientAfterSetup(Path home, Path dir, String... cmd) throws Exception {
+        stub.clear();
+        CopilotApiTests.SdkRunner.Result r = isolated(dir, Map.of("HOME", home.toString()), cmd);
+        System.out.print(r.output());
+        assertEquals(0, r.exit(), r.output());
+        return r;
+    }
+
     /** After `setup claude-code --write`, Claude Code runs a tool loop through copilot-api with only HOME set; the user's key survives. */
     @Test
     void claudeCodeAfterSetupWrite() throws Exception {
-        Path sdk = CopilotApiTests.SdkRunner.repo().resolve("tests").resolve("sdk");
-        CopilotApiTests.SdkRunner.npmInstall(sdk);
+        Path sdk = installed("sdk");
         Path home = Files.createTempDirectory("claude-setup-home");
-        Path settings = Files.createDirectories(home.resolve(".claude")).resolve("settings.json");
-        Files.writeString(settings, "{\"env\": {\"MY_SETTING\": \"kept\"}}\n");
+        Path settings = userFile(home, ".claude/settings.json", "{\"env\": {\"MY_SETTING\": \"kept\"}}\n");
         setupWrite(home, "claude-code", "--model", "claude-sonnet-4.5");
-        stub.clear();
-        CopilotApiTests.SdkRunner.Result r = isolated(home, Map.of("HOME", home.toString()), sdk.resolve("node_modules/.bin/claude").toString(),
+        CopilotApiTests.SdkRunner.Result r = clientAfterSetup(home, home, sdk.resolve("node_modules/.bin/claude").toString(),
             "-p", "Use the Bash tool to print a marker, then tell me what it printed.", "--output-format", "json", "--allowedTools", "Bash");
-        System.out.print(r.output());
-        assertEquals(0, r.exit(), r.output());
         assertTrue(r.output().contains("Tool said: " + CopilotApiTests.SdkTests.MARKER), "the tool ran and its output came back: " + r.output());
         assertTrue(stub.count("/v1/messages") >= 2, "both turns reached Copilot's Messages API: " + stub.count("/v1/messages"));
         assertEquals("claude-sonnet-4.5", stub.last("/v1/messages").json().path("model").asText());
@@ -195,15 +213,11 @@ class ClientRecipeTests {
     @Test
     void codexAfterSetupWrite() throws Exception {
         Path home = Files.createTempDirectory("codex-setup-home");
-        Path config = Files.createDirectories(home.resolve(".codex")).resolve("config.toml");
-        Files.writeString(config, "# the user's own\nhide_agent_reasoning = true\n");
+        Path config = userFile(home, ".codex/config.toml", "# the user's own\nhide_agent_reasoning = true\n");
         setupWrite(home, "codex");
-        Path work = Files.createDirectories(home.resolve("work"));
-        stub.clear();
-        CopilotApiTests.SdkRunner.Result r = isolated(work, Map.of("HOME", home.toString()), clients.resolve("node_modules/.bin/codex").toString(),
-            "exec", "--skip-git-repo-check", "-p", "copilot-api", "Run a command, then tell me what it printed.");
-        System.out.print(r.output());
-        assertEquals(0, r.exit(), r.output());
+        CopilotApiTests.SdkRunner.Result r = clientAfterSetup(home, Files.createDirectories(home.resolve("work")),
+            clients.resolve("node_modules/.bin/codex").toString(), "exec", "--skip-git-repo-check", "-p", "copilot-api",
+            "Run a command, then tell me what it printed.");
         assertTrue(r.output().contains("Tool said: "), "the tool's output came back to the model: " + r.output());
         assertTrue(stub.count("/responses") >= 2, "both turns on Copilot's /responses: " + stub.count("/responses"));
         assertEquals("gpt-5.1-codex", stub.last("/responses").json().path("model").asText());
@@ -217,18 +231,13 @@ class ClientRecipeTests {
      */
     @Test
     void opencodeAfterSetupWrite() throws Exception {
-        Path opencode = CopilotApiTests.SdkRunner.repo().resolve("tests").resolve("opencode");
-        CopilotApiTests.SdkRunner.npmInstall(opencode);
+        Path opencode = installed("opencode");
         Path home = Files.createTempDirectory("opencode-setup-home");
-        Path config = Files.createDirectories(home.resolve(".config/opencode")).resolve("opencode.json");
-        Files.writeString(config, "{\"provider\": {\"mine\": {\"npm\": \"@ai-sdk/openai-compatible\", \"options\": {\"apiKey\": \"my-own-key\"}}}}\n");
+        Path config = userFile(home, ".config/opencode/opencode.json",
+            "{\"provider\": {\"mine\": {\"npm\": \"@ai-sdk/openai-compatible\", \"options\": {\"apiKey\": \"my-own-key\"}}}}\n");
         setupWrite(home, "opencode", "--model", "gpt-4.1");
-        Path work = Files.createDirectories(home.resolve("work"));
-        stub.clear();
-        CopilotApiTests.SdkRunner.Result r = isolated(work, Map.of("HOME", home.toString()), opencode.resolve("node_modules/.bin/opencode").toString(),
-            "run", "Run a command, then tell me what it printed.");
-        System.out.print(r.output());
-        assertEquals(0, r.exit(), r.output());
+        CopilotApiTests.SdkRunner.Result r = clientAfterSetup(home, Files.createDirectories(home.resolve("work")),
+            opencode.resolve("node_modules/.bin/opencode").toString(), "run", "Run a command, then tell me what it printed.");
         assertTrue(r.output().contains("Tool said: "), "the tool ran and its output came back to the model: " + r.output());
         assertTrue(stub.count("/chat/completions") >= 2, "both turns on chat completions: " + stub.count("/chat/completions"));
         StubUpstream.Recorded last = stub.last("/chat/completions");
