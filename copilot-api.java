@@ -1320,6 +1320,9 @@ class CopilotApi implements Callable<Integer> {
                 if (target != here && !dryRun) {
                     throw new CommandLine.ParameterException(spec.commandLine(), "--os " + target.label + " goes with --dry-run: this is " + here.label);
                 }
+                if (java != null && !target.isAbsolute(java)) {
+                    throw new CommandLine.ParameterException(spec.commandLine(), "--java takes an absolute path on " + target.label + ", not '" + java + "'");
+                }
                 Map<String, String> env = System.getenv();
                 Service.Layout layout = Service.Layout.of(target, env);
                 Service.Launch launch;
@@ -1427,6 +1430,7 @@ class CopilotApi implements Callable<Integer> {
                 os.managerProblem().ifPresent(problem -> {
                     throw new UserFacingException(problem + ", so there is no service journal to show");
                 });
+                if (!Service.onPath("journalctl")) throw new UserFacingException("no journalctl here: the service log lives in the systemd journal");
                 List<String> cmd = new ArrayList<>(List.of("journalctl", "--user", "-u", Service.NAME, "-n", String.valueOf(lines), "--no-pager"));
                 if (follow) cmd.add("-f");
                 return new ProcessBuilder(cmd).inheritIO().start().waitFor();
@@ -1463,6 +1467,11 @@ class CopilotApi implements Callable<Integer> {
             /** A path as this system writes it, also when another system prints it (--dry-run --os windows on Linux). */
             String text(Path p) {
                 return this == WINDOWS && java.io.File.separatorChar == '/' ? p.toString().replace('/', '\\') : p.toString();
+            }
+
+            /** A drive (C:\...) or a share (\\server\...) on Windows, /... elsewhere: a service manager starts programs by absolute path. */
+            boolean isAbsolute(String path) {
+                return this == WINDOWS ? path.matches("(?s)([A-Za-z]:\\\\|\\\\\\\\).*") : path.startsWith("/");
             }
 
             /** Why this system's service manager cannot be used here, if it cannot. */

@@ -242,6 +242,10 @@ class ServiceTests {
         try (var files = Files.list(home)) {
             assertEquals(List.of(), files.toList(), "nothing written");
         }
+        CopilotApiTests.CliTests.Run relative = service(env, "install", "--dry-run", "--os", "macos", "--java", "java");
+        assertEquals(2, relative.exit(), relative.out());
+        assertTrue(relative.err().contains("--java takes an absolute path"), relative.err());
+        assertEquals(2, service(env, "install", "--dry-run", "--os", "windows", "--java", "/usr/bin/java").exit(), "not a Windows path");
         CopilotApiTests.CliTests.Run quoted = service(env, "install", "--dry-run", "--os", "windows", "--java", WIN_JAVA, "--api-key", "a\"b");
         assertEquals(1, quoted.exit(), quoted.out());
         assertTrue(quoted.err().contains("double quote"), quoted.err());
