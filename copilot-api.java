@@ -1331,9 +1331,9 @@ class CopilotApi implements Callable<Integer> {
                 } catch (UserFacingException e) {
                     throw new CommandLine.ParameterException(spec.commandLine(), e.getMessage());
                 }
-                List<Service.File> files = layout.files(launch);
+                List<Service.File> files = layout.files(launch, env);
                 if (dryRun) {
-                    for (Service.File f : layout.files(launch.shown())) {
+                    for (Service.File f : layout.files(launch.shown(), env)) {
                         System.out.println("# " + f.title(target) + "\n" + f.text().stripTrailing());
                     }
                     return 0;
@@ -1566,11 +1566,12 @@ class CopilotApi implements Callable<Integer> {
                 return out;
             }
 
-            List<File> files(Launch launch) {
+            /** The files for this launch; env names the Windows account the task is for and the system folder. */
+            List<File> files(Launch launch, Map<String, String> env) {
                 return switch (os) {
                     case LINUX -> List.of(new File(definition, Systemd.unit(this, launch), false), new File(envFile, Systemd.envText(launch), true));
                     case MACOS -> List.of(new File(definition, Launchd.plist(this, launch), true));
-                    case WINDOWS -> List.of(new File(envFile, WindowsTask.script(this, launch), true), new File(null, WindowsTask.xml(this), false));
+                    case WINDOWS -> List.of(new File(envFile, WindowsTask.script(this, launch), true), new File(null, WindowsTask.xml(this, env), false));
                 };
             }
         }
@@ -1908,8 +1909,7 @@ class CopilotApi implements Callable<Integer> {
                 return v.matches("[A-Za-z0-9_./:@+\\\\-]+") ? v : "\"" + v + "\"";
             }
 
-            static String xml(Layout layout) {
-                Map<String, String> env = System.getenv();
+            static String xml(Layout layout, Map<String, String> env) {
                 String user = env.get("USERNAME") == null ? null
                     : env.get("USERDOMAIN") == null ? env.get("USERNAME") : env.get("USERDOMAIN") + "\\" + env.get("USERNAME");
                 String root = Optional.ofNullable(env.get("SystemRoot")).filter(r -> !r.isBlank()).orElse("C:\\Windows");
