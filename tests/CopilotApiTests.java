@@ -10,6 +10,7 @@
 //SOURCES StoreTests.java
 //SOURCES UsageBasedTests.java
 //SOURCES CostTests.java
+//SOURCES CacheTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
@@ -110,6 +111,7 @@ class CopilotApiTests {
         BillingTests.class,
         UsageBasedTests.class,
         CostTests.class,
+        CacheTests.class,
         DashboardTests.class,
         GracefulStopTests.class,
         ShutdownTests.class,
