@@ -60,6 +60,11 @@ class CacheTests extends CopilotApiTests.WithHarness {
     }
 
     @Test
+    void nativeResponsesReSendTheSamePrefix() throws Exception {
+        replayBoth(Client.RESPONSES, "gpt-5.1-codex", Upstream.RESPONSES);
+    }
+
+    @Test
     void responsesOnAChatModelReSendTheSamePrefix() throws Exception {
         replayBoth(Client.RESPONSES, "gpt-4.1", Upstream.CHAT);
     }
