@@ -24,8 +24,8 @@ import org.junit.jupiter.api.Test;
  * Cache friendliness (issue 18): a conversation re-sent with one more turn reaches Copilot with a byte-identical prefix
  * on every route, translated ones included, so Copilot's prompt cache can reuse it; and the cached-token count Copilot
  * reports reaches the client in its API's usage object. Each test replays a four-turn conversation (a long system
- * prompt, two tools, a prompt, a tool call and its result, a second prompt, a second call and result) the way a client
- * does, streamed and not, against a stub whose prompt cache (StubUpstream.promptCache) counts the reused prefix.
+ * prompt, two tools, thinking asked for, a prompt with an image, a tool call and its result, a second prompt, a second
+ * call and result) the way a client does, streamed and not, against a stub whose prompt cache (StubUpstream.promptCache) counts the reused prefix.
  */
 class CacheTests extends CopilotApiTests.WithHarness {
 
@@ -65,6 +65,16 @@ class CacheTests extends CopilotApiTests.WithHarness {
     }
 
     @Test
+    void responsesChainedByPreviousResponseIdReachCopilotWithTheSamePrefix() throws Exception {
+        replayBoth(Client.CHAINED_RESPONSES, "gpt-5.1-codex", Upstream.RESPONSES);
+    }
+
+    @Test
+    void chatCompletionsOnClaudeReSendTheSamePrefix() throws Exception {
+        replayBoth(Client.CHAT, "claude-sonnet-4.5", Upstream.CHAT);
+    }
+
+    @Test
     void responsesOnAChatModelReSendTheSamePrefix() throws Exception {
         replayBoth(Client.RESPONSES, "gpt-4.1", Upstream.CHAT);
     }
@@ -94,6 +104,11 @@ class CacheTests extends CopilotApiTests.WithHarness {
         assertEquals(4, bodies.size(), c.label + ": one upstream call per turn: " + h.stub.requests());
         assertEquals(0, bodies.get(0).cachedTokens(), c.label + ": nothing cached on the first turn");
         assertEquals(0L, reported.get(0), c.label + ": nothing cached on the first turn");
+        String last = bodies.get(3).body();
+        assertTrue(last.contains(PNG) && last.contains(TOOL_RESULT.replace("\n", "\\n")), c.label + ": the history reaches Copilot: " + last);
+        if (upstream != Upstream.CHAT) {
+            assertTrue(last.contains(StubUpstream.REASONING_SIGNATURE), c.label + ": the model's thinking goes back with the history: " + last);
+        }
         for (int k = 1; k < 4; k++) {
             String where = c.label + ", turn " + (k + 1);
             String before = bodies.get(k - 1).body(), now = bodies.get(k).body();
@@ -173,6 +188,8 @@ class CacheTests extends CopilotApiTests.WithHarness {
     static final String FIRST_PROMPT = "Please list the files in this folder.";
     static final String SECOND_PROMPT = "Thanks. Now list them once more, with their sizes.";
     static final String TOOL_RESULT = "notes.txt\nplan.md\nsrc/";
+    /** A 1x1 PNG, pasted into the first prompt. */
+    static final String PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
 
     /** A system prompt long enough to be cached (about 1,500 tokens), starting with the conversation's label. */
     static String systemPrompt(String label) {
@@ -210,7 +227,13 @@ class CacheTests extends CopilotApiTests.WithHarness {
         RESPONSES("/v1/responses") {
             @Override
             Conversation start(String model, boolean stream, String label) {
-                return new ResponsesConversation(path, model, stream, label);
+                return new ResponsesConversation(path, model, stream, label, false);
+            }
+        },
+        CHAINED_RESPONSES("/v1/responses") {
+            @Override
+            Conversation start(String model, boolean stream, String label) {
+                return new ResponsesConversation(path, model, stream, label, true);
             }
         };
 
@@ -273,6 +296,7 @@ class CacheTests extends CopilotApiTests.WithHarness {
         ChatConversation(String path, String model, boolean stream, String label) {
             super(path, model, stream, label);
             if (stream) request.putObject("stream_options").put("include_usage", true);
+            request.put("reasoning_effort", "medium");
             ArrayNode tools = request.putArray("tools");
             tools.addObject().put("type", "function").putObject("function").put("name", "Bash").put("description", "Runs a shell command.")
                 .set("parameters", schema("command"));
@@ -280,7 +304,9 @@ class CacheTests extends CopilotApiTests.WithHarness {
                 .set("parameters", schema("path"));
             ArrayNode messages = request.putArray("messages");
             messages.addObject().put("role", "system").put("content", systemPrompt(label));
-            addPrompt(FIRST_PROMPT);
+            ArrayNode parts = messages.addObject().put("role", "user").putArray("content");
+            parts.addObject().put("type", "text").put("text", FIRST_PROMPT);
+            parts.addObject().put("type", "image_url").putObject("image_url").put("url", "data:image/png;base64," + PNG);
         }
 
         @Override
@@ -293,6 +319,8 @@ class CacheTests extends CopilotApiTests.WithHarness {
         long foldStream(List<JsonNode> chunks) {
             ObjectNode message = CopilotApi.JSON.createObjectNode().put("role", "assistant");
             StringBuilder content = new StringBuilder();
+            StringBuilder reasoning = new StringBuilder();
+            String opaque = null;
             Map<Integer, ObjectNode> calls = new TreeMap<>();
             long cached = -1;
             for (JsonNode chunk : chunks) {
@@ -300,6 +328,8 @@ class CacheTests extends CopilotApiTests.WithHarness {
                 for (JsonNode choice : chunk.path("choices")) {
                     JsonNode delta = choice.path("delta");
                     content.append(delta.path("content").asText(""));
+                    reasoning.append(delta.path("reasoning_text").asText(""));
+                    if (delta.hasNonNull("reasoning_opaque")) opaque = delta.path("reasoning_opaque").asText();
                     for (JsonNode fragment : delta.path("tool_calls")) {
                         ObjectNode call = calls.computeIfAbsent(fragment.path("index").asInt(), i -> {
                             ObjectNode c = CopilotApi.JSON.createObjectNode();
@@ -314,6 +344,8 @@ class CacheTests extends CopilotApiTests.WithHarness {
                 }
             }
             if (content.length() > 0) message.put("content", content.toString()); else message.putNull("content");
+            if (reasoning.length() > 0) message.put("reasoning_text", reasoning.toString());
+            if (opaque != null) message.put("reasoning_opaque", opaque);
             if (!calls.isEmpty()) calls.values().forEach(message.putArray("tool_calls")::add);
             addAssistant(message);
             return cached;
@@ -343,14 +375,17 @@ class CacheTests extends CopilotApiTests.WithHarness {
         MessagesConversation(String path, String model, boolean stream, String label) {
             super(path, model, stream, label);
             request.put("max_tokens", 4096);
+            request.putObject("thinking").put("type", "enabled").put("budget_tokens", 2048);
             ArrayNode system = request.putArray("system");
             system.addObject().put("type", "text").put("text", "You are Claude Code, a coding assistant.");
             system.addObject().put("type", "text").put("text", systemPrompt(label)).putObject("cache_control").put("type", "ephemeral");
             ArrayNode tools = request.putArray("tools");
             tools.addObject().put("name", "Bash").put("description", "Runs a shell command.").set("input_schema", schema("command"));
             tools.addObject().put("name", "Read").put("description", "Reads a file.").set("input_schema", schema("path"));
-            request.putArray("messages");
-            addPrompt(FIRST_PROMPT);
+            ArrayNode blocks = request.putArray("messages").addObject().put("role", "user").putArray("content");
+            blocks.addObject().put("type", "text").put("text", FIRST_PROMPT);
+            blocks.addObject().put("type", "image").putObject("source").put("type", "base64").put("media_type", "image/png").put("data", PNG);
+            mark(blocks);
         }
 
         @Override
@@ -431,21 +466,31 @@ class CacheTests extends CopilotApiTests.WithHarness {
         }
     }
 
-    /** OpenAI Responses as Codex sends it: instructions, flat tools, store false, output items sent back as received. */
+    /**
+     * OpenAI Responses as Codex sends it (instructions, flat tools, store false, output items sent back as received); or,
+     * chained, as the OpenAI SDK's stateful use: store true and previous_response_id, each request only its new items.
+     */
     static final class ResponsesConversation extends Conversation {
-        ResponsesConversation(String path, String model, boolean stream, String label) {
+        private final boolean chained;
+
+        ResponsesConversation(String path, String model, boolean stream, String label, boolean chained) {
             super(path, model, stream, label);
+            this.chained = chained;
             request.put("instructions", systemPrompt(label));
-            request.put("store", false);
+            request.put("store", chained);
+            request.putObject("reasoning").put("effort", "medium");
+            request.putArray("include").add("reasoning.encrypted_content");
             ArrayNode tools = request.putArray("tools");
             tools.addObject().put("type", "function").put("name", "Bash").put("description", "Runs a shell command.").set("parameters", schema("command"));
             tools.addObject().put("type", "function").put("name", "Read").put("description", "Reads a file.").set("parameters", schema("path"));
-            request.putArray("input");
-            addPrompt(FIRST_PROMPT);
+            ArrayNode content = request.putArray("input").addObject().put("type", "message").put("role", "user").putArray("content");
+            content.addObject().put("type", "input_text").put("text", FIRST_PROMPT);
+            content.addObject().put("type", "input_image").put("image_url", "data:image/png;base64," + PNG);
         }
 
         @Override
         long addAnswer(JsonNode answer) {
+            answered(answer);
             for (JsonNode item : answer.path("output")) addItem(item.deepCopy());
             return answer.path("usage").path("input_tokens_details").path("cached_tokens").asLong(-1);
         }
@@ -454,17 +499,27 @@ class CacheTests extends CopilotApiTests.WithHarness {
         long foldStream(List<JsonNode> events) {
             long cached = -1;
             for (JsonNode e : events) {
-                if (e.path("type").asText().equals("response.output_item.done")) addItem(e.path("item").deepCopy());
                 if (e.path("type").asText().equals("response.completed")) {
+                    answered(e.path("response"));
                     cached = e.path("response").path("usage").path("input_tokens_details").path("cached_tokens").asLong(-1);
                 }
+            }
+            for (JsonNode e : events) {
+                if (e.path("type").asText().equals("response.output_item.done")) addItem(e.path("item").deepCopy());
             }
             return cached;
         }
 
+        /** Chained: the next request continues this response and carries only what comes after it. */
+        private void answered(JsonNode response) {
+            if (!chained) return;
+            request.put("previous_response_id", response.path("id").asText());
+            input().removeAll();
+        }
+
         private void addItem(JsonNode item) {
             if (item.path("type").asText().equals("function_call")) pendingCalls.add(item.path("call_id").asText());
-            input().add(item);
+            if (!chained) input().add(item);
         }
 
         @Override
