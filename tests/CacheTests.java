@@ -94,7 +94,7 @@ class CacheTests extends CopilotApiTests.WithHarness {
     void replay(Client client, String model, Upstream upstream, boolean stream) throws Exception {
         h.stub.clear();
         Conversation c = client.start(model, stream, client + " on " + model + (stream ? ", streamed" : ""));
-        List<Long> reported = new ArrayList<>();
+        List<Usage> reported = new ArrayList<>();
         for (String next : List.of(TOOL_RESULT, SECOND_PROMPT, TOOL_RESULT)) {
             reported.add(c.send(h));
             c.add(next);
@@ -103,7 +103,7 @@ class CacheTests extends CopilotApiTests.WithHarness {
         List<StubUpstream.Recorded> bodies = h.stub.requests().stream().filter(r -> r.matches(upstream.path)).toList();
         assertEquals(4, bodies.size(), c.label + ": one upstream call per turn: " + h.stub.requests());
         assertEquals(0, bodies.get(0).cachedTokens(), c.label + ": nothing cached on the first turn");
-        assertEquals(0L, reported.get(0), c.label + ": nothing cached on the first turn");
+        assertEquals(0L, reported.get(0).cached(), c.label + ": nothing cached on the first turn");
         String last = bodies.get(3).body();
         assertTrue(last.contains(PNG) && last.contains(TOOL_RESULT.replace("\n", "\\n")), c.label + ": the history reaches Copilot: " + last);
         if (upstream != Upstream.CHAT) {
@@ -128,7 +128,9 @@ class CacheTests extends CopilotApiTests.WithHarness {
             assertTrue(bodies.get(k).prompt().startsWith(earlierPrompt), where + ": the stub's prompt lost its prefix");
             assertTrue(cached * StubUpstream.CACHE_CHARS_PER_TOKEN > earlierPrompt.length() - StubUpstream.CACHE_STEP_TOKENS * StubUpstream.CACHE_CHARS_PER_TOKEN,
                 where + ": the cache reused " + cached + " tokens of a " + earlierPrompt.length() + "-character earlier prompt");
-            assertEquals(cached, (long) reported.get(k), where + ": the client's usage reports the cached tokens Copilot reported");
+            assertEquals(cached, reported.get(k).cached(), where + ": the client's usage reports the cached tokens Copilot reported");
+            assertEquals(Math.max(1, now.length() / 4), reported.get(k).input(), where + ": the client's usage reports all the input Copilot counted, "
+                + "cached included, once"); // the stub counts 4 characters of the body a token
         }
     }
 
@@ -246,6 +248,9 @@ class CacheTests extends CopilotApiTests.WithHarness {
         abstract Conversation start(String model, boolean stream, String label);
     }
 
+    /** What a client read in an answer's usage: all its input tokens, cached included, and the cached ones. */
+    record Usage(long input, long cached) {}
+
     /** A client's side of one conversation: the request it re-sends, grown by each answer and each next turn. */
     abstract static class Conversation {
         final String path;
@@ -263,13 +268,15 @@ class CacheTests extends CopilotApiTests.WithHarness {
             if (stream) request.put("stream", true);
         }
 
-        /** Sends the request, adds the answer to the history as the client would, and returns the cached tokens reported. */
-        long send(CopilotApiTests.Harness h) throws Exception {
+        /** Sends the request, adds the answer to the history as the client would, and returns the usage it reported. */
+        Usage send(CopilotApiTests.Harness h) throws Exception {
             HttpResponse<String> r = h.post(path, request.toString());
             assertEquals(200, r.statusCode(), label + ": " + r.body());
             pendingCalls.clear();
-            return stream ? foldStream(dataLines(r.body()).stream().filter(d -> !d.equals("[DONE]")).map(CopilotApiTests::json).toList())
+            JsonNode usage = stream ? foldStream(dataLines(r.body()).stream().filter(d -> !d.equals("[DONE]")).map(CopilotApiTests::json).toList())
                 : addAnswer(json(r.body()));
+            assertTrue(usage != null && usage.isObject(), label + ": no usage in the answer: " + r.body());
+            return usage(usage);
         }
 
         /** The next turn: TOOL_RESULT answers the pending tool calls, anything else is a person's prompt. */
@@ -282,9 +289,14 @@ class CacheTests extends CopilotApiTests.WithHarness {
             }
         }
 
-        abstract long addAnswer(JsonNode answer);
+        /** Adds a JSON answer to the history; returns its usage object. */
+        abstract JsonNode addAnswer(JsonNode answer);
 
-        abstract long foldStream(List<JsonNode> events);
+        /** Adds a streamed answer to the history; returns its usage object (the last one, or the merged ones). */
+        abstract JsonNode foldStream(List<JsonNode> events);
+
+        /** All input tokens (cached included) and the cached ones, read from the API's usage object. */
+        abstract Usage usage(JsonNode usage);
 
         abstract void addToolResult(String callId, String result);
 
@@ -310,21 +322,26 @@ class CacheTests extends CopilotApiTests.WithHarness {
         }
 
         @Override
-        long addAnswer(JsonNode answer) {
+        JsonNode addAnswer(JsonNode answer) {
             addAssistant((ObjectNode) answer.path("choices").get(0).path("message").deepCopy());
-            return answer.path("usage").path("prompt_tokens_details").path("cached_tokens").asLong(-1);
+            return answer.path("usage");
         }
 
         @Override
-        long foldStream(List<JsonNode> chunks) {
+        Usage usage(JsonNode usage) {
+            return new Usage(usage.path("prompt_tokens").asLong(-1), usage.path("prompt_tokens_details").path("cached_tokens").asLong(-1));
+        }
+
+        @Override
+        JsonNode foldStream(List<JsonNode> chunks) {
             ObjectNode message = CopilotApi.JSON.createObjectNode().put("role", "assistant");
             StringBuilder content = new StringBuilder();
             StringBuilder reasoning = new StringBuilder();
             String opaque = null;
             Map<Integer, ObjectNode> calls = new TreeMap<>();
-            long cached = -1;
+            JsonNode usage = null;
             for (JsonNode chunk : chunks) {
-                if (chunk.path("usage").isObject()) cached = chunk.path("usage").path("prompt_tokens_details").path("cached_tokens").asLong(-1);
+                if (chunk.path("usage").isObject()) usage = chunk.path("usage");
                 for (JsonNode choice : chunk.path("choices")) {
                     JsonNode delta = choice.path("delta");
                     content.append(delta.path("content").asText(""));
@@ -348,7 +365,7 @@ class CacheTests extends CopilotApiTests.WithHarness {
             if (opaque != null) message.put("reasoning_opaque", opaque);
             if (!calls.isEmpty()) calls.values().forEach(message.putArray("tool_calls")::add);
             addAssistant(message);
-            return cached;
+            return usage;
         }
 
         private void addAssistant(ObjectNode message) {
@@ -389,19 +406,26 @@ class CacheTests extends CopilotApiTests.WithHarness {
         }
 
         @Override
-        long addAnswer(JsonNode answer) {
+        JsonNode addAnswer(JsonNode answer) {
             addAssistant((ArrayNode) answer.path("content").deepCopy());
-            return answer.path("usage").path("cache_read_input_tokens").asLong(-1);
+            return answer.path("usage");
         }
 
         @Override
-        long foldStream(List<JsonNode> events) {
+        Usage usage(JsonNode usage) {
+            long cached = usage.path("cache_read_input_tokens").asLong(-1);
+            return new Usage(usage.path("input_tokens").asLong(-1) + cached, cached);
+        }
+
+        /** The message's usage: message_start's, overridden field by field by message_delta's (as the Anthropic SDKs merge them). */
+        @Override
+        JsonNode foldStream(List<JsonNode> events) {
             ArrayNode content = CopilotApi.JSON.createArrayNode();
             Map<Integer, StringBuilder> json = new TreeMap<>();
-            long cached = -1;
+            ObjectNode usage = CopilotApi.JSON.createObjectNode();
             for (JsonNode e : events) {
                 switch (e.path("type").asText()) {
-                    case "message_start" -> cached = e.path("message").path("usage").path("cache_read_input_tokens").asLong(-1);
+                    case "message_start" -> usage.setAll((ObjectNode) e.path("message").path("usage"));
                     case "content_block_start" -> content.add(e.path("content_block").deepCopy());
                     case "content_block_delta" -> {
                         int index = e.path("index").asInt();
@@ -415,15 +439,13 @@ class CacheTests extends CopilotApiTests.WithHarness {
                             default -> { }
                         }
                     }
-                    case "message_delta" -> {
-                        if (e.path("usage").has("cache_read_input_tokens")) cached = e.path("usage").path("cache_read_input_tokens").asLong();
-                    }
+                    case "message_delta" -> usage.setAll((ObjectNode) e.path("usage"));
                     default -> { }
                 }
             }
             json.forEach((index, text) -> ((ObjectNode) content.get(index)).set("input", json(text.toString())));
             addAssistant(content);
-            return cached;
+            return usage;
         }
 
         private void addAssistant(ArrayNode content) {
@@ -489,25 +511,30 @@ class CacheTests extends CopilotApiTests.WithHarness {
         }
 
         @Override
-        long addAnswer(JsonNode answer) {
+        JsonNode addAnswer(JsonNode answer) {
             answered(answer);
             for (JsonNode item : answer.path("output")) addItem(item.deepCopy());
-            return answer.path("usage").path("input_tokens_details").path("cached_tokens").asLong(-1);
+            return answer.path("usage");
         }
 
         @Override
-        long foldStream(List<JsonNode> events) {
-            long cached = -1;
+        Usage usage(JsonNode usage) {
+            return new Usage(usage.path("input_tokens").asLong(-1), usage.path("input_tokens_details").path("cached_tokens").asLong(-1));
+        }
+
+        @Override
+        JsonNode foldStream(List<JsonNode> events) {
+            JsonNode usage = null;
             for (JsonNode e : events) {
                 if (e.path("type").asText().equals("response.completed")) {
                     answered(e.path("response"));
-                    cached = e.path("response").path("usage").path("input_tokens_details").path("cached_tokens").asLong(-1);
+                    usage = e.path("response").path("usage");
                 }
             }
             for (JsonNode e : events) {
                 if (e.path("type").asText().equals("response.output_item.done")) addItem(e.path("item").deepCopy());
             }
-            return cached;
+            return usage;
         }
 
         /** Chained: the next request continues this response and carries only what comes after it. */
