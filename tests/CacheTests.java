@@ -79,6 +79,28 @@ class CacheTests extends CopilotApiTests.WithHarness {
         replayBoth(Client.RESPONSES, "gpt-4.1", Upstream.CHAT);
     }
 
+    /**
+     * The stub's cache is explicit on /v1/messages, as Anthropic's: without cache_control markers nothing is cached
+     * there (so the native test above fails if copilot-api drops the client's markers), while the same conversation
+     * translated for a chat model is cached all the same.
+     */
+    @Test
+    void withoutCacheMarkersTheNativeRouteCachesNothingWhileATranslatedOneStillCaches() throws Exception {
+        for (String model : List.of("claude-sonnet-4.5", "gpt-4.1")) {
+            h.stub.clear();
+            Conversation c = new MessagesConversation(Client.MESSAGES.path, model, false, "unmarked on " + model).unmarked();
+            List<Long> cached = new ArrayList<>();
+            for (String next : List.of(TOOL_RESULT, SECOND_PROMPT, TOOL_RESULT)) {
+                cached.add(c.send(h).cached());
+                c.add(next);
+            }
+            cached.add(c.send(h).cached());
+            assertTrue(h.stub.requests().stream().noneMatch(r -> r.body().contains("cache_control")), c.label + ": no markers were sent");
+            if (model.startsWith("claude")) assertEquals(List.of(0L, 0L, 0L, 0L), cached, c.label);
+            else assertTrue(cached.subList(1, 4).stream().allMatch(n -> n > 0), c.label + ": " + cached);
+        }
+    }
+
     // ---- the replay ----
 
     void replayBoth(Client client, String model, Upstream upstream) throws Exception {
@@ -389,6 +411,8 @@ class CacheTests extends CopilotApiTests.WithHarness {
      * the last block of the newest user message only (moved each turn); the assistant content sent back as received.
      */
     static final class MessagesConversation extends Conversation {
+        private boolean marked = true;
+
         MessagesConversation(String path, String model, boolean stream, String label) {
             super(path, model, stream, label);
             request.put("max_tokens", 4096);
@@ -471,16 +495,28 @@ class CacheTests extends CopilotApiTests.WithHarness {
 
         /** Claude Code moves its message marker: only the newest user message carries one. */
         private ArrayNode newUserTurn() {
+            unmarkMessages();
+            return messages().addObject().put("role", "user").putArray("content");
+        }
+
+        private void unmarkMessages() {
             for (JsonNode m : messages()) {
                 for (JsonNode block : m.path("content")) {
                     if (block instanceof ObjectNode o) o.remove("cache_control");
                 }
             }
-            return messages().addObject().put("role", "user").putArray("content");
         }
 
-        private static void mark(ArrayNode blocks) {
-            ((ObjectNode) blocks.get(blocks.size() - 1)).putObject("cache_control").put("type", "ephemeral");
+        private void mark(ArrayNode blocks) {
+            if (marked) ((ObjectNode) blocks.get(blocks.size() - 1)).putObject("cache_control").put("type", "ephemeral");
+        }
+
+        /** A client that never marks anything for caching: the markers go, and no new turn gets one. */
+        MessagesConversation unmarked() {
+            marked = false;
+            ((ObjectNode) request.path("system").get(1)).remove("cache_control");
+            unmarkMessages();
+            return this;
         }
 
         private ArrayNode messages() {
