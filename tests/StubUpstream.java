@@ -2864,9 +2864,11 @@ final class StubUpstream implements AutoCloseable {
     public static void main(String[] args) throws Exception {
         int port = 0;
         AccountKind kind = AccountKind.LEGACY;
+        boolean promptCache = false;
         for (int i = 0; i < args.length; i++) {
             switch (args[i]) {
                 case "--usage-based" -> kind = AccountKind.USAGE_BASED;
+                case "--prompt-cache" -> promptCache = true;
                 case "--port" -> {
                     if (i + 1 >= args.length) {
                         System.err.println("--port needs a number");
@@ -2875,7 +2877,8 @@ final class StubUpstream implements AutoCloseable {
                     port = Integer.parseInt(args[++i]);
                 }
                 case "-h", "--help" -> {
-                    System.out.println("Usage: StubUpstream [--port N] [--usage-based]   (default 0: a free port; a legacy account)");
+                    System.out.println("Usage: StubUpstream [--port N] [--usage-based] [--prompt-cache]   (default 0: a free port; a legacy account;");
+                    System.out.println("       no cached tokens; --prompt-cache reports them for the prefix a body shares with an earlier one)");
                     System.out.println("Serves a fake GitHub + Copilot API until killed; prints the env lines to use it.");
                     return;
                 }
@@ -2885,7 +2888,7 @@ final class StubUpstream implements AutoCloseable {
                 }
             }
         }
-        StubUpstream stub = start(port).accountKind(kind).verbose(true);
+        StubUpstream stub = start(port).accountKind(kind).promptCache(promptCache).verbose(true);
         Runtime.getRuntime().addShutdownHook(new Thread(stub::close, "stub-upstream-shutdown"));
         stub.env().forEach((k, v) -> System.out.println(k + "=" + v));
         System.out.println("COPILOT_API_GITHUB_TOKEN=" + VALID_GITHUB_TOKEN);
