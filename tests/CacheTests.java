@@ -292,6 +292,7 @@ class CacheTests extends CopilotApiTests.WithHarness {
 
         /** Sends the request, adds the answer to the history as the client would, and returns the usage it reported. */
         Usage send(CopilotApiTests.Harness h) throws Exception {
+            beforeSend();
             HttpResponse<String> r = h.post(path, request.toString());
             assertEquals(200, r.statusCode(), label + ": " + r.body());
             pendingCalls.clear();
@@ -309,6 +310,10 @@ class CacheTests extends CopilotApiTests.WithHarness {
             } else {
                 addPrompt(turn);
             }
+        }
+
+        /** What a client changes in each request besides the history (nothing by default). */
+        void beforeSend() {
         }
 
         /** Adds a JSON answer to the history; returns its usage object. */
@@ -407,17 +412,20 @@ class CacheTests extends CopilotApiTests.WithHarness {
     }
 
     /**
-     * Anthropic Messages as Claude Code sends it: system blocks with a cache marker on the last, tools, and a marker on
-     * the last block of the newest user message only (moved each turn); the assistant content sent back as received.
+     * Anthropic Messages as Claude Code sends it: system blocks (a billing line that differs per request, then the prompt
+     * with a cache marker), tools, and a marker on the last block of the newest user message only (moved each turn); the
+     * assistant content sent back as received.
      */
     static final class MessagesConversation extends Conversation {
         private boolean marked = true;
+        private int requests;
 
         MessagesConversation(String path, String model, boolean stream, String label) {
             super(path, model, stream, label);
             request.put("max_tokens", 4096);
             request.putObject("thinking").put("type", "enabled").put("budget_tokens", 2048);
             ArrayNode system = request.putArray("system");
+            system.addObject().put("type", "text").put("text", billingHeader());
             system.addObject().put("type", "text").put("text", "You are Claude Code, a coding assistant.");
             system.addObject().put("type", "text").put("text", systemPrompt(label)).putObject("cache_control").put("type", "ephemeral");
             ArrayNode tools = request.putArray("tools");
@@ -427,6 +435,16 @@ class CacheTests extends CopilotApiTests.WithHarness {
             blocks.addObject().put("type", "text").put("text", FIRST_PROMPT);
             blocks.addObject().put("type", "image").putObject("source").put("type", "base64").put("media_type", "image/png").put("data", PNG);
             mark(blocks);
+        }
+
+        /** Claude Code's billing line, different in each request here: copilot-api must not let it reach Copilot (WIRE.md). */
+        private String billingHeader() {
+            return "x-anthropic-billing-header: cc_version=2.1.331.e3f; cc_entrypoint=cli; cch=" + Integer.toHexString(0x4e1a0 + requests++) + ";";
+        }
+
+        @Override
+        void beforeSend() {
+            ((ObjectNode) request.path("system").get(0)).put("text", billingHeader());
         }
 
         @Override
@@ -514,7 +532,7 @@ class CacheTests extends CopilotApiTests.WithHarness {
         /** A client that never marks anything for caching: the markers go, and no new turn gets one. */
         MessagesConversation unmarked() {
             marked = false;
-            ((ObjectNode) request.path("system").get(1)).remove("cache_control");
+            ((ObjectNode) request.path("system").get(2)).remove("cache_control");
             unmarkMessages();
             return this;
         }
