@@ -101,6 +101,30 @@ class CacheTests extends CopilotApiTests.WithHarness {
         }
     }
 
+    /** The stub's counting rule and the test's byte reader, on their own. */
+    @Test
+    void theStubCountsWholeStepsOfTheSharedPrefixAndRawReadsTheBytesAsSent() throws Exception {
+        assertEquals(0, StubUpstream.cachedTokensOf(4 * 1023 + 3));
+        assertEquals(1024, StubUpstream.cachedTokensOf(4 * 1024));
+        assertEquals(1024, StubUpstream.cachedTokensOf(4 * 1151));
+        assertEquals(1152, StubUpstream.cachedTokensOf(4 * 1152));
+        JsonNode earlier = json("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}");
+        JsonNode later = json("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"user\",\"content\":\"b\"}]}");
+        StubUpstream.Prompt before = StubUpstream.Prompt.of("/chat/completions", earlier);
+        assertEquals(before.text().length(), before.reusableBy(StubUpstream.Prompt.of("/chat/completions", later)), "chat caches automatically");
+        JsonNode marked = json(later.toString().replace("\"content\":\"a\"", "\"content\":[{\"type\":\"text\",\"text\":\"a\",\"cache_control\":{\"type\":\"ephemeral\"}}]"));
+        JsonNode unmarked = json(later.toString().replace("\"content\":\"a\"", "\"content\":[{\"type\":\"text\",\"text\":\"a\"}]"));
+        StubUpstream.Prompt withMarker = StubUpstream.Prompt.of("/v1/messages", marked);
+        assertEquals(0, withMarker.reusableBy(StubUpstream.Prompt.of("/v1/messages", unmarked)), "the newer body carries no marker");
+        assertTrue(withMarker.reusableBy(withMarker) > 0 && withMarker.reusableBy(withMarker) < withMarker.text().length(),
+            "reused up to the end of the marked message only");
+        String body = "{\"a\": [1, 2] , \"b\":\"x\\\"y\", \"c\":{}}";
+        assertEquals("[1, 2]", raw(body, "a"));
+        assertEquals("\"x\\\"y\"", raw(body, "b"));
+        assertEquals("{}", raw(body, "c"));
+        assertEquals("", raw(body, "d"));
+    }
+
     // ---- the replay ----
 
     void replayBoth(Client client, String model, Upstream upstream) throws Exception {

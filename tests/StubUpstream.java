@@ -1276,10 +1276,15 @@ final class StubUpstream implements AutoCloseable {
         int reused = seen.stream().mapToInt(earlier -> earlier.reusableBy(prompt)).max().orElse(0);
         seen.add(prompt);
         while (seen.size() > CACHE_PROMPTS_KEPT) seen.poll();
-        int tokens = reused / CACHE_CHARS_PER_TOKEN;
-        int cached = tokens < CACHE_MIN_TOKENS ? 0 : tokens - (tokens - CACHE_MIN_TOKENS) % CACHE_STEP_TOKENS;
+        int cached = cachedTokensOf(reused);
         rec.cache(prompt.text(), cached);
         return Math.max(cached, cachedTokens);
+    }
+
+    /** The cached tokens for a reused prefix of {@code chars} characters: none below the minimum, then whole steps. */
+    static int cachedTokensOf(int chars) {
+        int tokens = chars / CACHE_CHARS_PER_TOKEN;
+        return tokens < CACHE_MIN_TOKENS ? 0 : tokens - (tokens - CACHE_MIN_TOKENS) % CACHE_STEP_TOKENS;
     }
 
     /** The last message or item that is not a system (or developer) instruction: what the fake model answers. */
