@@ -4930,15 +4930,25 @@ class CopilotApi implements Callable<Integer> {
             return items;
         }
 
-        /** Copies for Copilot: the ids copilot-api gave the client's own messages stay here. */
+        /**
+         * Copies for Copilot: the ids copilot-api gave the client's own items (a fresh random one each time an item
+         * arrives without one) stay here, so the same history reaches Copilot as the same bytes and its prompt cache
+         * keeps working. Only what the model produced (assistant messages, reasoning, compaction, calls) keeps its id.
+         */
         private static ArrayNode upstream(ArrayNode items) {
             ArrayNode out = Json.array();
             for (JsonNode item : items) {
                 ObjectNode copy = (ObjectNode) item.deepCopy();
-                if (copy.path("type").asText("message").equals("message") && !copy.path("role").asText().equals("assistant")) copy.remove("id");
+                if (!producedByModel(copy)) copy.remove("id");
                 out.add(copy);
             }
             return out;
+        }
+
+        private static boolean producedByModel(JsonNode item) {
+            String type = item.path("type").asText("message");
+            if (type.equals("message")) return item.path("role").asText().equals("assistant");
+            return type.equals("reasoning") || type.equals("compaction") || type.endsWith("_call");
         }
 
         /** The answer as the client gets it: whether it is stored, and which response it continues. */

@@ -11,6 +11,7 @@
 //SOURCES UsageBasedTests.java
 //SOURCES CostTests.java
 //SOURCES ServiceTests.java
+//SOURCES CacheTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
@@ -112,6 +113,7 @@ class CopilotApiTests {
         BillingTests.class,
         UsageBasedTests.class,
         CostTests.class,
+        CacheTests.class,
         DashboardTests.class,
         GracefulStopTests.class,
         ShutdownTests.class,

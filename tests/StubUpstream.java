@@ -153,6 +153,7 @@ final class StubUpstream implements AutoCloseable {
     private volatile long refreshInSeconds;
     private volatile String endpointsApi;
     private volatile int cachedTokens;
+    private volatile boolean promptCache;
     private volatile boolean reportsCopilotUsage = true;
     private volatile long streamDelayMs;
     private volatile boolean verbose;
@@ -216,6 +217,16 @@ final class StubUpstream implements AutoCloseable {
     /** prompt_tokens_details.cached_tokens (and Anthropic cache_read_input_tokens) of default answers (default 0). */
     StubUpstream cachedTokens(int tokens) {
         cachedTokens = tokens;
+        return this;
+    }
+
+    /**
+     * While on, default answers report cached input tokens for the prefix a body shares with an earlier body sent to
+     * the same endpoint and model (see "Prompt cache" in section 7 for the rule); the cachedTokens knob, when larger,
+     * still wins. Off by default, so that tests that expect nothing cached need not care how long their bodies are.
+     */
+    StubUpstream promptCache(boolean on) {
+        promptCache = on;
         return this;
     }
 
@@ -396,6 +407,8 @@ final class StubUpstream implements AutoCloseable {
         refreshInSeconds = 1500;
         endpointsApi = null;
         cachedTokens = 0;
+        promptCache = false;
+        promptsSeen.clear();
         reportsCopilotUsage = true;
         streamDelayMs = 0;
         accountKind = AccountKind.LEGACY;
@@ -1158,7 +1171,7 @@ final class StubUpstream implements AutoCloseable {
      * subagent's notification), else to the tool named Bash if offered, else the
      * first one (Claude models say a sentence first); else "Hello from MODEL.". Thinking adds a fixed reasoning.
      */
-    private Answer answer(String model, List<ToolSpec> tools, String toolResult, boolean toolsAllowed, boolean thinking, String body, String callIdPrefix,
+    private Answer answer(String model, List<ToolSpec> tools, String toolResult, boolean toolsAllowed, boolean thinking, Recorded rec, String callIdPrefix,
                           JsonNode lastMessage) {
         String last = lastMessage == null ? "" : lastMessage.toString();
         boolean claude = model.startsWith("claude");
@@ -1188,8 +1201,90 @@ final class StubUpstream implements AutoCloseable {
         }
         int produced = (text == null ? 0 : text.length()) + (reasoning == null ? 0 : reasoning.length())
             + calls.stream().mapToInt(c -> c.name().length() + c.arguments().length()).sum();
-        int prompt = Math.max(1, body.length() / 4);
-        return new Answer(model, reasoning, text, calls, prompt, Math.max(1, produced / 4), Math.min(cachedTokens, prompt));
+        int prompt = Math.max(1, rec.body().length() / 4);
+        return new Answer(model, reasoning, text, calls, prompt, Math.max(1, produced / 4), Math.min(cachedTokensFor(rec), prompt));
+    }
+
+    // ---- Prompt cache ----
+
+    /**
+     * The stub's prompt cache (the promptCache knob), a stand-in for Copilot's: a body's prompt is its tools, then its
+     * system prompt (system, instructions), then its messages or input items, each written back compactly by Jackson
+     * (the bytes copilot-api sends, since it writes compact JSON), one after the other. A new prompt reuses the longest
+     * prefix it shares with an earlier prompt sent to the same endpoint and model, counted at CACHE_CHARS_PER_TOKEN; the
+     * reuse counts from CACHE_MIN_TOKENS on and in steps of CACHE_STEP_TOKENS (OpenAI's documented rule). On
+     * /v1/messages caching is explicit, as Anthropic's: cache_control markers are not part of the prompt, a prefix is
+     * reused only up to the end of a tool, system block or message that carried a marker in the earlier body, and only
+     * when the new body carries a marker at or after it. The cache is per stub (one account); reset() empties it.
+     */
+    static final int CACHE_CHARS_PER_TOKEN = 4;
+    static final int CACHE_MIN_TOKENS = 1024;
+    static final int CACHE_STEP_TOKENS = 128;
+    /** How many prompts the cache keeps per endpoint and model (the oldest go first). */
+    private static final int CACHE_PROMPTS_KEPT = 64;
+
+    private final Map<String, Deque<Prompt>> promptsSeen = new ConcurrentHashMap<>();
+
+    /** A prompt as the cache sees it: its text and, where caching is explicit, the offsets where a marked part ends. */
+    record Prompt(String text, boolean automatic, List<Integer> breakpoints) {
+        static Prompt of(String endpoint, JsonNode req) {
+            boolean explicit = endpoint.equals("/v1/messages");
+            List<String> fields = switch (endpoint) {
+                case "/responses" -> List.of("tools", "instructions", "input");
+                case "/v1/messages" -> List.of("tools", "system", "messages");
+                default -> List.of("tools", "messages");
+            };
+            StringBuilder text = new StringBuilder();
+            List<Integer> breakpoints = new ArrayList<>();
+            for (String field : fields) {
+                JsonNode value = req.path(field);
+                if (value.isMissingNode() || value.isNull()) continue;
+                for (JsonNode part : value.isArray() ? value : List.of(value)) {
+                    JsonNode unmarked = part.deepCopy();
+                    boolean marked = explicit && removeMarkers(unmarked);
+                    text.append(unmarked);
+                    if (marked) breakpoints.add(text.length());
+                }
+            }
+            return new Prompt(text.toString(), !explicit, List.copyOf(breakpoints));
+        }
+
+        /** How many characters of {@code newer} this earlier prompt lets the cache reuse. */
+        int reusableBy(Prompt newer) {
+            int common = 0;
+            int max = Math.min(text.length(), newer.text().length());
+            while (common < max && text.charAt(common) == newer.text().charAt(common)) common++;
+            if (automatic) return common;
+            int limit = Math.min(common, newer.breakpoints().isEmpty() ? 0 : newer.breakpoints().get(newer.breakpoints().size() - 1));
+            return breakpoints.stream().filter(b -> b <= limit).max(Integer::compare).orElse(0);
+        }
+
+        private static boolean removeMarkers(JsonNode node) {
+            boolean found = false;
+            if (node instanceof ObjectNode o && o.remove("cache_control") != null) found = true;
+            for (JsonNode child : node) found |= removeMarkers(child);
+            return found;
+        }
+    }
+
+    /** Cached input tokens of a default answer to {@code rec}: the prompt cache's figure, or the cachedTokens knob if larger. */
+    private int cachedTokensFor(Recorded rec) {
+        if (!promptCache || rec.json() == null) return cachedTokens;
+        String endpoint = rec.path().substring("/copilot".length());
+        Prompt prompt = Prompt.of(endpoint, rec.json());
+        Deque<Prompt> seen = promptsSeen.computeIfAbsent(endpoint + " " + rec.json().path("model").asText(), k -> new ConcurrentLinkedDeque<>());
+        int reused = seen.stream().mapToInt(earlier -> earlier.reusableBy(prompt)).max().orElse(0);
+        seen.add(prompt);
+        while (seen.size() > CACHE_PROMPTS_KEPT) seen.poll();
+        int cached = cachedTokensOf(reused);
+        rec.cache(prompt.text(), cached);
+        return Math.max(cached, cachedTokens);
+    }
+
+    /** The cached tokens for a reused prefix of {@code chars} characters: none below the minimum, then whole steps. */
+    static int cachedTokensOf(int chars) {
+        int tokens = chars / CACHE_CHARS_PER_TOKEN;
+        return tokens < CACHE_MIN_TOKENS ? 0 : tokens - (tokens - CACHE_MIN_TOKENS) % CACHE_STEP_TOKENS;
     }
 
     /** The last message or item that is not a system (or developer) instruction: what the fake model answers. */
@@ -1249,7 +1344,7 @@ final class StubUpstream implements AutoCloseable {
         }
         Family family = Family.of(model);
         boolean thinking = family == Family.CLAUDE && req.has("thinking_budget");
-        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), family == Family.CLAUDE ? "toolu_stub_" : "call_stub_", last);
+        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec, family == Family.CLAUDE ? "toolu_stub_" : "call_stub_", last);
         if (req.path("stream").asBoolean(false)) return Reply.sse(chatChunks(a, family)).delayMs(streamDelayMs);
         ObjectNode completion = chatCompletion(a, family);
         if (reportsCost()) completion.set("copilot_usage", copilotUsage(a));
@@ -1446,7 +1541,7 @@ final class StubUpstream implements AutoCloseable {
         }
         JsonNode reasoning = req.path("reasoning");
         boolean thinking = reasoning.isObject() && !reasoning.path("effort").asText("").equals("none");
-        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), "call_stub_",
+        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec, "call_stub_",
             input.isArray() && input.size() > 0 ? lastSpoken(input) : input);
         boolean encrypted = containsText(req.path("include"), "reasoning.encrypted_content");
         List<ObjectNode> items = responseItems(a, encrypted);
@@ -1626,7 +1721,7 @@ final class StubUpstream implements AutoCloseable {
         }
         String thinkingType = req.path("thinking").path("type").asText("");
         boolean thinking = thinkingType.equals("enabled") || thinkingType.equals("adaptive");
-        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec.body(), "toolu_stub_", last);
+        Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec, "toolu_stub_", last);
         if (a.reasoning() != null && claudeVersion(model) >= 47 && !req.path("thinking").path("display").asText("").equals("summarized")) {
             // Claude 4.7+ omits the thinking text unless asked for a summary: the block keeps only its signature
             a = new Answer(a.model(), "", a.text(), a.calls(), a.promptTokens(), a.completionTokens(), a.cachedTokens());
@@ -2101,6 +2196,8 @@ final class StubUpstream implements AutoCloseable {
         private final java.util.concurrent.atomic.AtomicLong sent = new java.util.concurrent.atomic.AtomicLong();
         private volatile JsonNode json;
         private volatile boolean parsed;
+        private volatile String prompt;
+        private volatile int cachedTokens;
 
         Recorded(String method, String path, String query, Map<String, String> headers, String body) {
             this.method = method;
@@ -2156,6 +2253,21 @@ final class StubUpstream implements AutoCloseable {
                 out.putAll(decodeForm(body));
             }
             return out;
+        }
+
+        /** The prompt the stub's prompt cache saw in this body (see Prompt), or null when the cache is off or was not asked. */
+        String prompt() {
+            return prompt;
+        }
+
+        /** The cached input tokens the prompt cache computed for this body (0 when it reused nothing or is off). */
+        int cachedTokens() {
+            return cachedTokens;
+        }
+
+        void cache(String promptText, int tokens) {
+            prompt = promptText;
+            cachedTokens = tokens;
         }
 
         /** The status the stub answered (0 until the headers were sent). */
@@ -2757,9 +2869,11 @@ final class StubUpstream implements AutoCloseable {
     public static void main(String[] args) throws Exception {
         int port = 0;
         AccountKind kind = AccountKind.LEGACY;
+        boolean promptCache = false;
         for (int i = 0; i < args.length; i++) {
             switch (args[i]) {
                 case "--usage-based" -> kind = AccountKind.USAGE_BASED;
+                case "--prompt-cache" -> promptCache = true;
                 case "--port" -> {
                     if (i + 1 >= args.length) {
                         System.err.println("--port needs a number");
@@ -2768,7 +2882,8 @@ final class StubUpstream implements AutoCloseable {
                     port = Integer.parseInt(args[++i]);
                 }
                 case "-h", "--help" -> {
-                    System.out.println("Usage: StubUpstream [--port N] [--usage-based]   (default 0: a free port; a legacy account)");
+                    System.out.println("Usage: StubUpstream [--port N] [--usage-based] [--prompt-cache]   (default 0: a free port; a legacy account;");
+                    System.out.println("       no cached tokens; --prompt-cache reports them for the prefix a body shares with an earlier one)");
                     System.out.println("Serves a fake GitHub + Copilot API until killed; prints the env lines to use it.");
                     return;
                 }
@@ -2778,7 +2893,7 @@ final class StubUpstream implements AutoCloseable {
                 }
             }
         }
-        StubUpstream stub = start(port).accountKind(kind).verbose(true);
+        StubUpstream stub = start(port).accountKind(kind).promptCache(promptCache).verbose(true);
         Runtime.getRuntime().addShutdownHook(new Thread(stub::close, "stub-upstream-shutdown"));
         stub.env().forEach((k, v) -> System.out.println(k + "=" + v));
         System.out.println("COPILOT_API_GITHUB_TOKEN=" + VALID_GITHUB_TOKEN);
