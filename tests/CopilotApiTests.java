@@ -7,6 +7,7 @@
 //SOURCES ResponsesTranslatorTests.java
 //SOURCES ClientRecipeTests.java
 //SOURCES BillingTests.java
+//SOURCES BackgroundTests.java
 //SOURCES StoreTests.java
 //SOURCES UsageBasedTests.java
 //SOURCES CostTests.java
@@ -108,6 +109,7 @@ class CopilotApiTests {
         ManualApprovalTests.class,
         StatsTests.class,
         BillingTests.class,
+        BackgroundTests.class,
         UsageBasedTests.class,
         CostTests.class,
         DashboardTests.class,
