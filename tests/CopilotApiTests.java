@@ -4973,6 +4973,59 @@ class CopilotApiTests {
             }
         }
 
+        /**
+         * Claude Code in print mode: a prompt with a Bash tool loop, then /compact on the same session (--continue).
+         * Exactly one call bills (the person's prompt); the compaction calls go to the cheap model (a free one on this
+         * legacy account) and are recorded as background, named in the log line.
+         */
+        @Test
+        void claudeCodePrintModeBillsOnePromptAndSendsItsCompactionToTheCheapModel() throws Exception {
+            Path home = Files.createTempDirectory("claude-home");
+            Map<String, String> env = new HashMap<>(Map.of(
+                "HOME", home.toString(),
+                "ANTHROPIC_BASE_URL", server.baseUrl(),
+                "ANTHROPIC_AUTH_TOKEN", "copilot-api",
+                "ANTHROPIC_MODEL", "claude-sonnet-4-5-20250929",
+                "ANTHROPIC_SMALL_FAST_MODEL", "claude-haiku-4-5-20251001",
+                "ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-haiku-4-5-20251001",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"));
+            String claude = sdk.resolve("node_modules/.bin/claude").toString();
+            stub.clear();
+            double before = stats().path("premium").path("units").asDouble();
+            long backgroundBefore = stats().path("background").path("by_kind").path("compaction").asLong();
+            SdkRunner.Result prompt = SdkRunner.run(home, env, Duration.ofMinutes(2), claude,
+                "-p", "Use the Bash tool to print a marker, then tell me what it printed.", "--output-format", "json", "--allowedTools", "Bash");
+            assertEquals(0, prompt.exit(), prompt.output());
+            SdkRunner.Result compact = SdkRunner.run(home, env, Duration.ofMinutes(2), claude, "-p", "--continue", "/compact", "--output-format", "json");
+            assertEquals(0, compact.exit(), compact.output());
+            List<String> calls = new ArrayList<>();
+            int compactions = 0, users = 0;
+            for (StubUpstream.Recorded rec : stub.requests()) {
+                if (!rec.matches("/v1/messages") && !rec.matches("/chat/completions")) continue;
+                boolean compaction = rec.body().contains(CopilotApi.Chat.BackgroundCalls.COMPACTION_PROMPTS.get(0));
+                if (compaction) {
+                    compactions++;
+                    assertEquals("gpt-4.1", rec.json().path("model").asText(), "the compaction went to the free model");
+                }
+                // gpt-4.1 is free on the stub's legacy account: a user call to it costs nothing
+                if ("user".equals(rec.header("x-initiator")) && !rec.json().path("model").asText().equals("gpt-4.1")) users++;
+                calls.add(rec.path() + " " + rec.header("x-initiator") + " " + rec.json().path("model").asText() + " compaction: " + compaction);
+            }
+            String session = String.join("\n", calls);
+            assertTrue(compactions >= 1, "Claude Code sent its compaction:\n" + session);
+            assertEquals(1, users, "one billed call, the person's prompt:\n" + session);
+            JsonNode stats = stats();
+            assertEquals(before + 1, stats.path("premium").path("units").asDouble(), 0.0001, session + "\n" + stats);
+            assertEquals(backgroundBefore + compactions, stats.path("background").path("by_kind").path("compaction").asLong(), stats.toString());
+            String log = Files.readString(server.log);
+            assertTrue(log.contains("-> gpt-4.1 [translated, background: compaction]"), "the log line says so:\n" + log);
+        }
+
+        JsonNode stats() throws Exception {
+            return json(HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(server.baseUrl() + "/stats")).build(),
+                HttpResponse.BodyHandlers.ofString()).body());
+        }
+
         void claudeCode(String model, String route) throws Exception {
             Path home = Files.createTempDirectory("claude-home");
             Map<String, String> env = new HashMap<>(Map.of(
