@@ -305,8 +305,9 @@ class CopilotApi implements Callable<Integer> {
                 + " (default: month) reach CREDITS.")
         String budget;
 
-        @Option(names = "--small-model", paramLabel = "MODEL",
-            description = "Free model (multiplier 0) that answers Claude Code's Warmup probes (default: the catalog's first free chat model).")
+        @Option(names = "--small-model", paramLabel = "MODEL|off",
+            description = "Model for background calls no person typed (Claude Code's Warmup, titles, compactions, side calls);"
+                + " default: the lowest token prices on usage-based plans, a free model on legacy ones; off: each call keeps its model.")
         String smallModel;
 
         @Option(names = "--first-byte-timeout", paramLabel = "SECONDS", defaultValue = "${env:COPILOT_API_FIRST_BYTE_TIMEOUT:-60}",
@@ -423,7 +424,11 @@ class CopilotApi implements Callable<Integer> {
             ClaudeCodeSetup.Choice choice = claudeCode ? ClaudeCodeSetup.choose(app.models(), claudeCodeModel, claudeCodeSmallModel, terminal) : null;
             // fetched on its own thread while Jetty starts: a slow Copilot delays the catalog, not the port, and the
             // first GET /v1/models finds it there (or waits for this fetch) rather than starting one after listening
-            if (choice == null) Threads.start(app.models()::refreshQuietly);
+            if (choice == null) Threads.start(() -> {
+                app.models().refreshQuietly();
+                controls.billing().checkSmallModel(app.models()).ifPresent(w -> System.err.println("warning: " + w));
+            });
+            else controls.billing().checkSmallModel(app.models()).ifPresent(w -> System.err.println("warning: " + w));
             Server server = app.serve(new ServerOptions(host, port, routing, controls, guard, storeOptions()));
             GracefulStop.install(server, app.tokens());
             System.out.println("copilot-api " + VERSION + " listening on " + server.baseUrl());
@@ -1872,10 +1877,13 @@ class CopilotApi implements Callable<Integer> {
             }
             Billing billing = up.controls().billing();
             Optional<String> cheap = billing.cheapModel(catalog, need).map(m -> m.path("id").asText());
-            if (cheap.isEmpty()) {
-                exchange.note(Billing.OFF.equalsIgnoreCase(String.valueOf(billing.smallModel())) ? "--small-model off"
-                    : "kept on the model asked for: no cheap model serves it (~" + need.promptTokens() + " prompt tokens"
-                    + (need.tools() ? ", tools" : "") + ")");
+            String small = billing.smallModel();
+            if (cheap.isPresent()) return cheap;
+            if (Billing.OFF.equalsIgnoreCase(String.valueOf(small))) {
+                exchange.note("--small-model off");
+            } else {
+                exchange.note("kept on the model asked for: " + (small == null ? "no cheap model" : "--small-model " + small + " cannot")
+                    + " serve it (~" + need.promptTokens() + " prompt tokens" + (need.tools() ? ", tools" : "") + ")");
             }
             return cheap;
         }
@@ -2517,6 +2525,20 @@ class CopilotApi implements Callable<Integer> {
             JsonNode p = m.path("billing").path("token_prices");
             double batch = p.path("batch_size").asDouble(0) > 0 ? p.path("batch_size").asDouble() : 1_000_000;
             return (p.path("input_price").asDouble(0) + p.path("output_price").asDouble(0)) / batch;
+        }
+
+        /** At start: a --small-model that is not a chat model of Copilot's catalog, said once (background calls then keep their model). */
+        Optional<String> checkSmallModel(ModelCatalog models) {
+            if (smallModel == null || OFF.equalsIgnoreCase(smallModel)) return Optional.empty();
+            List<JsonNode> catalog;
+            try {
+                catalog = models.list();
+            } catch (RuntimeException e) {
+                return Optional.empty();
+            }
+            if (catalog.isEmpty() || ModelResolver.find(catalog, smallModel).filter(ModelResolver::isChat).isPresent()) return Optional.empty();
+            return Optional.of("--small-model " + smallModel + " is not a chat model in Copilot's catalog: background calls keep the model"
+                + " they ask for. Chat models: " + String.join(", ", catalog.stream().filter(ModelResolver::isChat).map(m -> m.path("id").asText()).toList()));
         }
 
         /** --small-model as given (checked against the catalog at start), or null when copilot-api chooses. */

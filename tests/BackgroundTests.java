@@ -269,6 +269,26 @@ class BackgroundTests {
         }
     }
 
+    /** A --small-model the catalog does not have is said at start; background calls then keep their model, the log line says why. */
+    @Test
+    void aSmallModelNotInTheCatalogIsSaidAtStartAndInTheLogLine() throws Exception {
+        try (StubUpstream stub = StubUpstream.start()) {
+            Map<String, String> env = CopilotApiTests.CliTests.env(stub, java.nio.file.Files.createTempDirectory("h"));
+            try (CopilotApiTests.CliTests.Started server = new CopilotApiTests.CliTests.Started(env, "--small-model", "gpt-nope")) {
+                String warning = server.lineWith("warning: --small-model gpt-nope is not a chat model in Copilot's catalog");
+                assertTrue(warning != null && warning.contains("gpt-4.1"), server.log.toString());
+                HttpResponse<String> r = java.net.http.HttpClient.newHttpClient().send(java.net.http.HttpRequest.newBuilder(
+                    java.net.URI.create(server.baseUrl() + "/v1/messages")).header("content-type", "application/json")
+                    .POST(java.net.http.HttpRequest.BodyPublishers.ofString(request("anthropic", "title", false))).build(),
+                    HttpResponse.BodyHandlers.ofString());
+                assertEquals(200, r.statusCode(), r.body());
+                assertEquals("claude-sonnet-4.5", upstreamModel(stub));
+                String line = server.lineWith("[native, background: title]");
+                assertTrue(line != null && line.contains("(kept on the model asked for: --small-model gpt-nope cannot serve it"), server.log.toString());
+            }
+        }
+    }
+
     /** A compaction bigger than any free model's context stays on the model asked for, and the log line says why. */
     @Test
     void aCompactionNoCheapModelCanHoldStaysOnItsModel() throws Exception {
