@@ -3640,6 +3640,7 @@ class CopilotApi implements Callable<Integer> {
             <div id="spent" class="muted"></div>
             <h2>AI Credits <span id="billing" class="muted"></span></h2>
             <div id="credits"></div>
+            <div id="background" class="muted"></div>
             <div class="scroll"><table id="expensive-table" hidden>
               <thead><tr><th>most expensive</th><th>model</th><th>route</th><th>credits</th></tr></thead>
               <tbody id="expensive"></tbody>
@@ -3749,6 +3750,13 @@ class CopilotApi implements Callable<Integer> {
               return out;
             }
 
+            function background(b) {
+              if (!b || !b.calls) return "";
+              const kinds = Object.entries(b.by_kind || {}).map(([k, c]) => `${esc(k)} ${fmt(c)}`).join(" · ");
+              return `Background calls no person typed, sent to the cheap model: <b>${fmt(b.calls)}</b> (${kinds})` +
+                (b.credits > 0 ? ` · ${cr(b.credits)} credits` : "");
+            }
+
             const ms = (n) => n === null || n === undefined ? "" : fmt(n) + " ms";
 
             function recent(r) {
@@ -3809,6 +3817,7 @@ class CopilotApi implements Callable<Integer> {
                 $("totals").innerHTML = row(Object.assign({ model: "total" }, st.totals));
                 $("spent").innerHTML = spent(st.premium);
                 $("credits").innerHTML = credits(st.credits, account, st.totals);
+                $("background").innerHTML = background(st.background);
               } catch (e) { problems.push("stats: " + e.message); }
               try {
                 summary(await api("/history/summary"));

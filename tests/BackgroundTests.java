@@ -304,6 +304,16 @@ class BackgroundTests {
         }
     }
 
+    @Test
+    void theDashboardCountsBackgroundCallsAndTheirCreditsApart() throws Exception {
+        try (CopilotApiTests.Harness h = harness(usageBased(), null)) {
+            assertEquals(200, h.post("/v1/messages", BillingTests.warmup("claude-opus-4.1")).statusCode());
+            assertEquals(200, h.post("/v1/messages", request("anthropic", "title", false)).statusCode());
+            String dom = CopilotApiTests.DashboardTests.render(h.url("/dashboard"));
+            assertTrue(dom.matches("(?s).*Background calls no person typed, sent to the cheap model: <b>2</b> \\(title 1 · warmup 1\\) · [0-9.]+ credits.*"), dom);
+        }
+    }
+
     /** The Warmup probe is one background kind among the others: counted apart, named as asked. */
     @Test
     void theWarmupProbeIsCountedAsBackground() throws Exception {
