@@ -1882,7 +1882,7 @@ class CopilotApi implements Callable<Integer> {
             if (Billing.OFF.equalsIgnoreCase(String.valueOf(small))) {
                 exchange.note("--small-model off");
             } else {
-                exchange.note("kept on the model asked for: " + (small == null ? "no cheap model" : "--small-model " + small + " cannot")
+                exchange.note("kept on the model asked for: " + (small == null ? "no cheap model can" : "--small-model " + small + " cannot")
                     + " serve it (~" + need.promptTokens() + " prompt tokens" + (need.tools() ? ", tools" : "") + ")");
             }
             return cheap;
