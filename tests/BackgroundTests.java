@@ -157,8 +157,12 @@ class BackgroundTests {
     /** A background request of this kind in the API's shape, asking for an expensive model. */
     static String request(String api, String kind, boolean stream) {
         String system = kind.equals("title") ? TITLE_SYSTEM : "You are a coding agent.";
-        String last = kind.equals("title") ? "<session>\nFix the login bug\n</session>" : api.equals("anthropic") ? CLAUDE_COMPACT : CODEX_COMPACT;
-        String first = kind.equals("title") ? "" : "Fix the login bug";
+        String last = switch (kind) {
+            case "title" -> "<session>\nFix the login bug\n</session>";
+            case "side call" -> REMINDER;
+            default -> api.equals("anthropic") ? CLAUDE_COMPACT : CODEX_COMPACT;
+        };
+        String first = kind.equals("compaction") ? "Fix the login bug" : "";
         return switch (api) {
             case "anthropic" -> {
                 ObjectNode b = (ObjectNode) (first.isEmpty() ? anthropic(system, last) : anthropic(system, first, last));
@@ -210,7 +214,7 @@ class BackgroundTests {
         List<DynamicTest> tests = new ArrayList<>();
         for (boolean usageBased : List.of(true, false)) {
             for (String api : List.of("anthropic", "chat", "responses")) {
-                for (String kind : List.of("title", "compaction")) {
+                for (String kind : List.of("title", "compaction", "side call")) {
                     String name = (usageBased ? "usage-based " : "legacy ") + api + " " + kind;
                     tests.add(DynamicTest.dynamicTest(name, () -> {
                         try (CopilotApiTests.Harness h = harness(usageBased ? usageBased() : StubUpstream.start(), null)) {
