@@ -2365,7 +2365,8 @@ class CopilotApi implements Callable<Integer> {
     /**
      * Premium requests. Copilot bills the model's multiplier for each call sent with X-Initiator: user and
      * nothing for agent; this decides which a call is (a person's prompt, or a continuation, a subagent's
-     * first call, a warm-up probe), counts what was spent since start, and holds the --premium-budget.
+     * first call, a background call), counts what was spent since start, and holds the --premium-budget. It also
+     * chooses the cheap model background calls go to ({@link #cheapModel}), on any plan and from any route.
      */
     static final class Billing {
         enum Reason {
@@ -2537,8 +2538,9 @@ class CopilotApi implements Callable<Integer> {
                 return Optional.empty();
             }
             if (catalog.isEmpty() || ModelResolver.find(catalog, smallModel).filter(ModelResolver::isChat).isPresent()) return Optional.empty();
+            List<String> chat = catalog.stream().filter(ModelResolver::isChat).map(m -> m.path("id").asText()).toList();
             return Optional.of("--small-model " + smallModel + " is not a chat model in Copilot's catalog: background calls keep the model"
-                + " they ask for. Chat models: " + String.join(", ", catalog.stream().filter(ModelResolver::isChat).map(m -> m.path("id").asText()).toList()));
+                + " they ask for. Chat models: " + String.join(", ", chat));
         }
 
         /** --small-model as given (checked against the catalog at start), or null when copilot-api chooses. */
@@ -4021,8 +4023,9 @@ class CopilotApi implements Callable<Integer> {
 
         /** The model that answers: the one asked for, or the cheap one for a background call (still named as asked). */
         private ModelResolver.Resolution resolve(Context ctx, String requested, Turn turn, JsonNode body) {
-            Optional<String> cheap = ModelCall.cheap(ctx, up, turn, new Billing.Need(List.of(MESSAGES, OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES),
-                body.path("tools").size() > 0, Json.containsImage(body.path("messages")), Billing.Need.estimate(body)));
+            List<String> endpoints = List.of(MESSAGES, OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES);
+            Optional<String> cheap = ModelCall.cheap(ctx, up, turn, new Billing.Need(endpoints, body.path("tools").size() > 0,
+                Json.containsImage(body.path("messages")), Billing.Need.estimate(body)));
             if (cheap.isEmpty()) return resolve(ctx, requested);
             ModelResolver.Resolution r = resolve(ctx, cheap.get());
             Exchange.of(ctx).model(requested, r.upstream());
@@ -6973,8 +6976,9 @@ class CopilotApi implements Callable<Integer> {
 
         /**
          * What the last message of a conversation is, for billing: a person's prompt (the text they typed), a
-         * continuation (tool results, reminders, notifications, an assistant turn), or Claude Code's warm-up probe.
-         * A part this code does not know counts as the person's: where the rule cannot tell, the call bills.
+         * continuation (tool results, reminders, notifications, an assistant turn), Claude Code's warm-up probe, or
+         * (told by {@link BackgroundCalls} from the whole request) another background call. A part this code does
+         * not know counts as the person's: where the rule cannot tell, the call bills.
          * {@code textLast} says what Copilot sees, whoever wrote it: the last message is a user message with no tool
          * result (Copilot refuses X-Initiator agent there, whether a person or the editor wrote the text).
          */
@@ -7051,7 +7055,9 @@ class CopilotApi implements Callable<Integer> {
 
             /** A user message's content: a prompt when any part is not a tool result nor a reminder; the last such text is kept. */
             private static Turn ofContent(JsonNode content, boolean opens) {
-                if (content.isTextual()) return isReminder(content.asText()) ? new Turn(Kind.CONTINUATION, null, opens, true) : prompt(content.asText(), opens);
+                if (content.isTextual()) {
+                    return isReminder(content.asText()) ? new Turn(Kind.CONTINUATION, null, opens, true) : prompt(content.asText(), opens);
+                }
                 if (!content.isArray() || content.isEmpty()) return prompt(null, opens);
                 boolean person = false, toolResult = false;
                 String text = null;
@@ -7118,7 +7124,8 @@ class CopilotApi implements Callable<Integer> {
                     String role = m.path("role").asText("");
                     if (role.equals("system") || role.equals("developer")) system.addAll(texts(m.get("content")));
                 }
-                return classify(Turn.ofMessages(body.path("messages")), system, body.path("response_format").path("json_schema").path("schema"), false);
+                JsonNode schema = body.path("response_format").path("json_schema").path("schema");
+                return classify(Turn.ofMessages(body.path("messages")), system, schema, false);
             }
 
             /** A Responses request (its input as it goes upstream): instructions and system or developer items are its system prompt. */
@@ -7132,7 +7139,8 @@ class CopilotApi implements Callable<Integer> {
                     }
                     trigger = !input.isEmpty() && input.get(input.size() - 1).path("type").asText("").equals(COMPACTION_TRIGGER);
                 }
-                return classify(Turn.ofResponsesInput(input, continuesAResponse), system, body.path("text").path("format").path("schema"), trigger);
+                JsonNode schema = body.path("text").path("format").path("schema");
+                return classify(Turn.ofResponsesInput(input, continuesAResponse), system, schema, trigger);
             }
 
             private static Turn classify(Turn turn, List<String> system, JsonNode schema, boolean compactionTrigger) {
