@@ -4882,14 +4882,7 @@ class CopilotApiTests {
         @Test
         void claudeCodeWithASubagentSpendsOnePremiumRequest() throws Exception {
             Path home = Files.createTempDirectory("claude-home");
-            Map<String, String> env = new HashMap<>(Map.of(
-                "HOME", home.toString(),
-                "ANTHROPIC_BASE_URL", server.baseUrl(),
-                "ANTHROPIC_AUTH_TOKEN", "copilot-api",
-                "ANTHROPIC_MODEL", "claude-sonnet-4-5-20250929",
-                "ANTHROPIC_SMALL_FAST_MODEL", "claude-haiku-4-5-20251001",
-                "ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-haiku-4-5-20251001",
-                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"));
+            Map<String, String> env = claudeEnv(home, server.baseUrl(), "claude-sonnet-4-5-20250929");
             stub.clear();
             SdkRunner.Result r = SdkRunner.run(home, env, Duration.ofMinutes(2), sdk.resolve("node_modules/.bin/claude").toString(),
                 "-p", "Hand this to a subagent: " + StubUpstream.SUBAGENT_MARKER, "--output-format", "json", "--allowedTools", "Bash,Agent");
@@ -4933,14 +4926,7 @@ class CopilotApiTests {
                  SdkRunner.ServerProcess server = SdkRunner.startServer(today)) {
                 for (String model : List.of("claude-sonnet-4-5-20250929", "gpt-4.1", "gpt-5.1-codex")) {
                     Path home = Files.createTempDirectory("claude-home");
-                    Map<String, String> env = new HashMap<>(Map.of(
-                        "HOME", home.toString(),
-                        "ANTHROPIC_BASE_URL", server.baseUrl(),
-                        "ANTHROPIC_AUTH_TOKEN", "copilot-api",
-                        "ANTHROPIC_MODEL", model,
-                        "ANTHROPIC_SMALL_FAST_MODEL", "claude-haiku-4-5-20251001",
-                        "ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-haiku-4-5-20251001",
-                        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"));
+                    Map<String, String> env = claudeEnv(home, server.baseUrl(), model);
                     today.clear();
                     SdkRunner.Result r = SdkRunner.run(home, env, Duration.ofMinutes(2), sdk.resolve("node_modules/.bin/claude").toString(),
                         "-p", "Hand this to a subagent: " + StubUpstream.SUBAGENT_MARKER, "--output-format", "json", "--allowedTools", "Bash,Agent");
@@ -4981,14 +4967,7 @@ class CopilotApiTests {
         @Test
         void claudeCodePrintModeBillsOnePromptAndSendsItsCompactionToTheCheapModel() throws Exception {
             Path home = Files.createTempDirectory("claude-home");
-            Map<String, String> env = new HashMap<>(Map.of(
-                "HOME", home.toString(),
-                "ANTHROPIC_BASE_URL", server.baseUrl(),
-                "ANTHROPIC_AUTH_TOKEN", "copilot-api",
-                "ANTHROPIC_MODEL", "claude-sonnet-4-5-20250929",
-                "ANTHROPIC_SMALL_FAST_MODEL", "claude-haiku-4-5-20251001",
-                "ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-haiku-4-5-20251001",
-                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"));
+            Map<String, String> env = claudeEnv(home, server.baseUrl(), "claude-sonnet-4-5-20250929");
             String claude = sdk.resolve("node_modules/.bin/claude").toString();
             stub.clear();
             double before = stats().path("premium").path("units").asDouble();
@@ -5026,16 +5005,21 @@ class CopilotApiTests {
                 HttpResponse.BodyHandlers.ofString()).body());
         }
 
-        void claudeCode(String model, String route) throws Exception {
-            Path home = Files.createTempDirectory("claude-home");
-            Map<String, String> env = new HashMap<>(Map.of(
+        /** Claude Code's environment against copilot-api at baseUrl: its own HOME, the main model, haiku as the small one. */
+        static Map<String, String> claudeEnv(Path home, String baseUrl, String model) {
+            return new HashMap<>(Map.of(
                 "HOME", home.toString(),
-                "ANTHROPIC_BASE_URL", server.baseUrl(),
+                "ANTHROPIC_BASE_URL", baseUrl,
                 "ANTHROPIC_AUTH_TOKEN", "copilot-api",
                 "ANTHROPIC_MODEL", model,
                 "ANTHROPIC_SMALL_FAST_MODEL", "claude-haiku-4-5-20251001",
                 "ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-haiku-4-5-20251001",
                 "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"));
+        }
+
+        void claudeCode(String model, String route) throws Exception {
+            Path home = Files.createTempDirectory("claude-home");
+            Map<String, String> env = claudeEnv(home, server.baseUrl(), model);
             stub.clear();
             SdkRunner.Result r = SdkRunner.run(home, env, Duration.ofMinutes(3), sdk.resolve("node_modules/.bin/claude").toString(),
                 "-p", "Use the Bash tool to print a marker, then tell me what it printed.", "--output-format", "json", "--allowedTools", "Bash");
