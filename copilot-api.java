@@ -306,8 +306,9 @@ class CopilotApi implements Callable<Integer> {
                 + " (default: month) reach CREDITS.")
         String budget;
 
-        @Option(names = "--small-model", paramLabel = "MODEL",
-            description = "Free model (multiplier 0) that answers Claude Code's Warmup probes (default: the catalog's first free chat model).")
+        @Option(names = "--small-model", paramLabel = "MODEL|off",
+            description = "Model for background calls no person typed (Claude Code's Warmup, titles, compactions, side calls);"
+                + " default: the lowest token prices on usage-based plans, a free model on legacy ones; off: each call keeps its model.")
         String smallModel;
 
         @Option(names = "--first-byte-timeout", paramLabel = "SECONDS", defaultValue = "${env:COPILOT_API_FIRST_BYTE_TIMEOUT:-60}",
@@ -424,7 +425,11 @@ class CopilotApi implements Callable<Integer> {
             ClaudeCodeSetup.Choice choice = claudeCode ? ClaudeCodeSetup.choose(app.models(), claudeCodeModel, claudeCodeSmallModel, terminal) : null;
             // fetched on its own thread while Jetty starts: a slow Copilot delays the catalog, not the port, and the
             // first GET /v1/models finds it there (or waits for this fetch) rather than starting one after listening
-            if (choice == null) Threads.start(app.models()::refreshQuietly);
+            if (choice == null) Threads.start(() -> {
+                app.models().refreshQuietly();
+                controls.billing().checkSmallModel(app.models()).ifPresent(w -> System.err.println("warning: " + w));
+            });
+            else controls.billing().checkSmallModel(app.models()).ifPresent(w -> System.err.println("warning: " + w));
             Server server = app.serve(new ServerOptions(host, port, routing, controls, guard, storeOptions()));
             GracefulStop.install(server, app.tokens());
             System.out.println("copilot-api " + VERSION + " listening on " + server.baseUrl());
@@ -757,9 +762,9 @@ class CopilotApi implements Callable<Integer> {
             return out;
         }
 
-        /** The small slot's default: a free model (the one that also answers warm-ups), else the haiku family. */
+        /** The small slot's default: the cheap model that also answers background calls, else the haiku family. */
         static int smallDefault(List<JsonNode> catalog, List<String> ids) {
-            return Billing.unlimited().warmupModel(catalog).map(ids::indexOf).filter(i -> i >= 0)
+            return Billing.unlimited().cheapModel(catalog, Billing.Need.ANY).map(m -> ids.indexOf(m.path("id").asText())).filter(i -> i >= 0)
                 .orElseGet(() -> preferred(catalog, ids, "haiku"));
         }
 
@@ -2254,6 +2259,34 @@ class CopilotApi implements Callable<Integer> {
             return reserve(turn, model, vision, Map.of());
         }
 
+        /**
+         * The model a background call goes to (Billing.cheapModel, the same choice on every route), or empty for any
+         * other call and for one no cheap model can serve: it keeps the model asked for, and its log line says why.
+         * The exchange records the background kind either way, for the log, /history and /stats.
+         */
+        static Optional<String> cheap(Context ctx, Upstream up, Turn turn, Billing.Need need) {
+            if (!turn.kind().background()) return Optional.empty();
+            Exchange exchange = Exchange.of(ctx);
+            exchange.background = turn.kind().label();
+            List<JsonNode> catalog;
+            try {
+                catalog = up.models().list();
+            } catch (RuntimeException e) {
+                catalog = List.of();
+            }
+            Billing billing = up.controls().billing();
+            Optional<String> cheap = billing.cheapModel(catalog, need).map(m -> m.path("id").asText());
+            String small = billing.smallModel();
+            if (cheap.isPresent()) return cheap;
+            if (Billing.OFF.equalsIgnoreCase(String.valueOf(small))) {
+                exchange.note("--small-model off");
+            } else {
+                exchange.note("kept on the model asked for: " + (small == null ? "no cheap model can" : "--small-model " + small + " cannot")
+                    + " serve it (~" + need.promptTokens() + " prompt tokens" + (need.tools() ? ", tools" : "") + ")");
+            }
+            return cheap;
+        }
+
         /** Where a whole answer from Copilot keeps its usage and tool calls: by the API it is written in. */
         enum Shape { CHAT, ANTHROPIC, RESPONSES }
 
@@ -2572,6 +2605,8 @@ class CopilotApi implements Callable<Integer> {
         volatile long nanoAiu = -1;
         /** What the request cost in AI Credits once settled; empty for a failed call or a legacy plan. */
         volatile Optional<Cost.Figure> cost;
+        /** The kind of background call this was (warmup, title, compaction, side call); null for a person's prompt and its turns. */
+        volatile String background;
 
         static Exchange of(Context ctx) {
             Exchange e = ctx.attribute(KEY);
@@ -2676,7 +2711,9 @@ class CopilotApi implements Callable<Integer> {
                 line.append(' ').append(e.requestedModel);
                 if (e.upstreamModel != null && !e.upstreamModel.equals(e.requestedModel)) line.append(" -> ").append(e.upstreamModel);
             }
-            if (e.route != null) line.append(" [").append(e.route).append(']');
+            String route = java.util.stream.Stream.of(e.route, e.background == null ? null : "background: " + e.background)
+                .filter(java.util.Objects::nonNull).collect(java.util.stream.Collectors.joining(", "));
+            if (!route.isEmpty()) line.append(" [").append(route).append(']');
             line.append(' ').append(status).append(' ').append(millis).append("ms");
             if (e.inputTokens >= 0 || e.outputTokens >= 0) {
                 line.append(" in=").append(Math.max(0, e.inputTokens)).append(" out=").append(Math.max(0, e.outputTokens));
@@ -2727,11 +2764,13 @@ class CopilotApi implements Callable<Integer> {
     /**
      * Premium requests. Copilot bills the model's multiplier for each call sent with X-Initiator: user and
      * nothing for agent; this decides which a call is (a person's prompt, or a continuation, a subagent's
-     * first call, a warm-up probe), counts what was spent since start, and holds the --premium-budget.
+     * first call, a background call), counts what was spent since start, and holds the --premium-budget. It also
+     * chooses the cheap model background calls go to ({@link #cheapModel}), on any plan and from any route.
      */
     static final class Billing {
         enum Reason {
-            PREMIUM("premium"), CONTINUATION("continuation"), SUBAGENT("subagent"), WARMUP("warmup"), FREE_MODEL("free model");
+            PREMIUM("premium"), CONTINUATION("continuation"), SUBAGENT("subagent"), WARMUP("warmup"), TITLE("title"),
+            COMPACTION("compaction"), SIDE_CALL("side call"), FREE_MODEL("free model");
 
             final String label;
 
@@ -2829,15 +2868,83 @@ class CopilotApi implements Callable<Integer> {
             return units == Math.rint(units) ? String.valueOf((long) units) : String.valueOf(Math.round(units * 100) / 100.0);
         }
 
-        /** The free model that answers a warm-up probe: --small-model if it is free, else the catalog's first free chat model. */
-        Optional<String> warmupModel(List<JsonNode> catalog) {
+        /** {@code --small-model off}: background calls keep the model asked for. */
+        static final String OFF = "off";
+
+        /**
+         * What a call needs of the model that answers it: one of the endpoints the route can reach it on, tools and
+         * images if the call carries them, and a prompt limit that holds its token estimate.
+         */
+        record Need(List<String> endpoints, boolean tools, boolean vision, long promptTokens) {
+            /** Any chat model, on whichever endpoint: what a small-model slot in a client's settings needs. */
+            static final Need ANY = new Need(List.of(AnthropicRoutes.MESSAGES, OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES), false, false, 0);
+
+            /** A conservative estimate of a request's prompt tokens: one per three bytes of its body. */
+            static long estimate(JsonNode body) {
+                return Json.write(body).getBytes(UTF_8).length / 3L;
+            }
+
+            boolean servedBy(JsonNode m) {
+                if (!ModelResolver.isChat(m)) return false;
+                List<String> served = ModelResolver.endpoints(m);
+                if (served.isEmpty()) served = List.of(OpenAiRoutes.CHAT);
+                if (served.stream().noneMatch(endpoints::contains)) return false;
+                JsonNode supports = m.path("capabilities").path("supports");
+                if (tools && !supports.path("tool_calls").asBoolean(false)) return false;
+                if (vision && !supports.path("vision").asBoolean(false)) return false;
+                JsonNode limits = m.path("capabilities").path("limits");
+                long limit = limits.path("max_prompt_tokens").asLong(limits.path("max_context_window_tokens").asLong(0));
+                return promptTokens <= limit;
+            }
+        }
+
+        /**
+         * The cheap model for a background call, the one choice every route makes: --small-model when given (if it can
+         * serve the call); otherwise, on a usage-based plan (the catalog has token prices), the chat model with the
+         * lowest input plus output price that can serve it, and on a legacy plan the catalog's first free one
+         * (multiplier 0). Empty with --small-model off, or when no such model can serve the call: it keeps its model.
+         */
+        Optional<JsonNode> cheapModel(List<JsonNode> catalog, Need need) {
+            if (OFF.equalsIgnoreCase(String.valueOf(smallModel))) return Optional.empty();
+            if (smallModel != null) return ModelResolver.find(catalog, smallModel).filter(need::servedBy);
+            boolean usageBased = catalog.stream().anyMatch(m -> m.path("billing").path("token_prices").isObject());
             JsonNode chosen = null;
             for (JsonNode m : catalog) {
-                if (!ModelResolver.isChat(m) || multiplier(m) != 0) continue;
-                if (m.path("id").asText().equals(smallModel)) return Optional.of(smallModel);
-                if (chosen == null) chosen = m;
+                if (!need.servedBy(m)) continue;
+                if (!usageBased) {
+                    if (multiplier(m) == 0) return Optional.of(m);
+                } else if (m.path("billing").path("token_prices").isObject() && (chosen == null || price(m) < price(chosen))) {
+                    chosen = m;
+                }
             }
-            return Optional.ofNullable(chosen).map(m -> m.path("id").asText());
+            return Optional.ofNullable(chosen);
+        }
+
+        /** Input and output prices together, per token: what ranks models for a background call. */
+        private static double price(JsonNode m) {
+            JsonNode p = m.path("billing").path("token_prices");
+            double batch = p.path("batch_size").asDouble(0) > 0 ? p.path("batch_size").asDouble() : 1_000_000;
+            return (p.path("input_price").asDouble(0) + p.path("output_price").asDouble(0)) / batch;
+        }
+
+        /** At start: a --small-model that is not a chat model of Copilot's catalog, said once (background calls then keep their model). */
+        Optional<String> checkSmallModel(ModelCatalog models) {
+            if (smallModel == null || OFF.equalsIgnoreCase(smallModel)) return Optional.empty();
+            List<JsonNode> catalog;
+            try {
+                catalog = models.list();
+            } catch (RuntimeException e) {
+                return Optional.empty();
+            }
+            if (catalog.isEmpty() || ModelResolver.find(catalog, smallModel).filter(ModelResolver::isChat).isPresent()) return Optional.empty();
+            List<String> chat = catalog.stream().filter(ModelResolver::isChat).map(m -> m.path("id").asText()).toList();
+            return Optional.of("--small-model " + smallModel + " is not a chat model in Copilot's catalog: background calls keep the model"
+                + " they ask for. Chat models: " + String.join(", ", chat));
+        }
+
+        /** --small-model as given (checked against the catalog at start), or null when copilot-api chooses. */
+        String smallModel() {
+            return smallModel;
         }
 
         /**
@@ -2848,6 +2955,9 @@ class CopilotApi implements Callable<Integer> {
             double multiplier = multiplier(model);
             Charge c = switch (turn.kind()) {
                 case WARMUP -> new Charge(Initiator.AGENT, Reason.WARMUP, multiplier, true);
+                case TITLE -> new Charge(Initiator.AGENT, Reason.TITLE, multiplier, turn.textLast());
+                case COMPACTION -> new Charge(Initiator.AGENT, Reason.COMPACTION, multiplier, turn.textLast());
+                case SIDE_CALL -> new Charge(Initiator.AGENT, Reason.SIDE_CALL, multiplier, turn.textLast());
                 case CONTINUATION -> new Charge(Initiator.AGENT, Reason.CONTINUATION, multiplier, turn.textLast());
                 case PROMPT -> turn.opensConversation() && subagents.isRemembered(turn.personText())
                     ? new Charge(Initiator.AGENT, Reason.SUBAGENT, multiplier, true)
@@ -3738,6 +3848,9 @@ class CopilotApi implements Callable<Integer> {
         /** Premium units (in hundredths) by model, and model calls by billing reason (premium, continuation, ...). */
         private final Map<String, java.util.concurrent.atomic.LongAdder> premium = new java.util.concurrent.ConcurrentSkipListMap<>();
         private final Map<String, java.util.concurrent.atomic.LongAdder> reasons = new java.util.concurrent.ConcurrentSkipListMap<>();
+        /** Background calls (warm-ups, titles, compactions, side calls) by kind, and the AI Credits they cost. */
+        private final Map<String, java.util.concurrent.atomic.LongAdder> background = new java.util.concurrent.ConcurrentSkipListMap<>();
+        private final java.util.concurrent.atomic.DoubleAdder backgroundCredits = new java.util.concurrent.atomic.DoubleAdder();
         /** AI Credits by model and day, and --budget. */
         private final Cost.Ledger credits;
 
@@ -3794,6 +3907,10 @@ class CopilotApi implements Callable<Integer> {
                 .add(status >= 400 || e.failedInStream, e.inputTokens, e.outputTokens, e.cachedTokens, ms);
             Optional<Cost.Figure> cost = e.cost;
             if (cost != null && cost.isPresent()) credits.add(model, e.route, cost.get(), Instant.now());
+            if (e.background != null) {
+                background.computeIfAbsent(e.background, k -> new java.util.concurrent.atomic.LongAdder()).increment();
+                if (cost != null && cost.isPresent()) backgroundCredits.add(cost.get().credits());
+            }
             Billing.Charge charge = e.charge;
             if (charge == null) return;
             reasons.computeIfAbsent(charge.reason().label, r -> new java.util.concurrent.atomic.LongAdder()).increment();
@@ -3814,6 +3931,21 @@ class CopilotApi implements Callable<Integer> {
             o.put("units", total / 100.0);
             ObjectNode byReason = o.putObject("calls_by_reason");
             reasons.forEach((reason, n) -> byReason.put(reason, n.sum()));
+            return o;
+        }
+
+        /** Background calls since start: how many, of which kinds, and the AI Credits they cost (0 on a legacy plan). */
+        private ObjectNode backgroundSnapshot() {
+            ObjectNode o = Json.object();
+            ObjectNode byKind = Json.object();
+            long calls = 0;
+            for (var entry : background.entrySet()) {
+                calls += entry.getValue().sum();
+                byKind.put(entry.getKey(), entry.getValue().sum());
+            }
+            o.put("calls", calls);
+            o.put("credits", backgroundCredits.sum());
+            o.set("by_kind", byKind);
             return o;
         }
 
@@ -3846,6 +3978,7 @@ class CopilotApi implements Callable<Integer> {
             totals.put("cached_tokens", cached);
             o.set("premium", premiumSnapshot());
             o.set("credits", credits.json(Instant.now()));
+            o.set("background", backgroundSnapshot());
             return o;
         }
     }
@@ -3908,6 +4041,7 @@ class CopilotApi implements Callable<Integer> {
             <div id="spent" class="muted"></div>
             <h2>AI Credits <span id="billing" class="muted"></span></h2>
             <div id="credits"></div>
+            <div id="background" class="muted"></div>
             <div class="scroll"><table id="expensive-table" hidden>
               <thead><tr><th>most expensive</th><th>model</th><th>route</th><th>credits</th></tr></thead>
               <tbody id="expensive"></tbody>
@@ -4017,6 +4151,13 @@ class CopilotApi implements Callable<Integer> {
               return out;
             }
 
+            function background(b) {
+              if (!b || !b.calls) return "";
+              const kinds = Object.entries(b.by_kind || {}).map(([k, c]) => `${esc(k)} ${fmt(c)}`).join(" · ");
+              return `Background calls no person typed, sent to the cheap model: <b>${fmt(b.calls)}</b> (${kinds})` +
+                (b.credits > 0 ? ` · ${cr(b.credits)} credits` : "");
+            }
+
             const ms = (n) => n === null || n === undefined ? "" : fmt(n) + " ms";
 
             function recent(r) {
@@ -4077,6 +4218,7 @@ class CopilotApi implements Callable<Integer> {
                 $("totals").innerHTML = row(Object.assign({ model: "total" }, st.totals));
                 $("spent").innerHTML = spent(st.premium);
                 $("credits").innerHTML = credits(st.credits, account, st.totals);
+                $("background").innerHTML = background(st.background);
               } catch (e) { problems.push("stats: " + e.message); }
               try {
                 summary(await api("/history/summary"));
@@ -4137,9 +4279,11 @@ class CopilotApi implements Callable<Integer> {
             JsonNode messages = Requests.requireArray(body, "messages");
             Requests.chat(body);
             Billing billing = up.controls().billing();
-            Turn turn = Turn.ofMessages(messages);
-            ModelResolver.Resolution resolved = turn.kind() == Turn.Kind.WARMUP ? null : resolve(ctx, requested);
-            String model = resolved == null ? billing.warmupModel(up.models().list()).orElse(requested) : resolved.upstream();
+            Turn turn = BackgroundCalls.chat(body);
+            Optional<String> cheap = ModelCall.cheap(ctx, up, turn, new Billing.Need(List.of(CHAT, ResponsesRoutes.RESPONSES),
+                body.path("tools").size() > 0, Json.containsImage(messages), Billing.Need.estimate(body)));
+            ModelResolver.Resolution resolved = cheap.isPresent() ? null : resolve(ctx, requested);
+            String model = cheap.isPresent() ? cheap.get() : resolved.upstream();
             body.put("model", model);
             if (resolved != null && resolved.longContext()) body.put(LongContext.FIELD, LongContext.TIER);
             ChatUpstream chat = up.chat();
@@ -4156,13 +4300,17 @@ class CopilotApi implements Callable<Integer> {
             if (!stream) {
                 JsonNode answer = call.answer(model, path, ModelCall.Shape.CHAT, c -> chat.complete(prepared, c));
                 Requests.logBody("chat answer", answer);
-                Requests.writeJson(ctx, ChatNormalizer.response(answer, merge));
+                JsonNode normalized = ChatNormalizer.response(answer, merge);
+                if (cheap.isPresent() && normalized.isObject()) ((ObjectNode) normalized).put("model", requested);
+                Requests.writeJson(ctx, normalized);
                 return;
             }
             boolean clientWantsUsage = body.path("stream_options").path("include_usage").asBoolean(false);
             SubagentPrompts.ToolCallReader reader = billing.subagents().reader();
+            ChatStreamNormalizer normalizer = new ChatStreamNormalizer(merge, clientWantsUsage);
+            if (cheap.isPresent()) normalizer.named(requested);
             try (EventSource events = call.send(model, path, c -> chat.stream(prepared, c))) {
-                Relay.run(ctx, events, new ChatRelay(new ChatStreamNormalizer(merge, clientWantsUsage), Exchange.of(ctx), reader));
+                Relay.run(ctx, events, new ChatRelay(normalizer, Exchange.of(ctx), reader));
             }
         }
 
@@ -4255,8 +4403,8 @@ class CopilotApi implements Callable<Integer> {
                 throw new ApiError(400, "invalid_request_error", "max_tokens: must be a positive integer", "max_tokens", null);
             }
             Requests.anthropic(body);
-            Turn turn = Turn.ofMessages(messages);
-            ModelResolver.Resolution model = fast(ctx, resolve(ctx, requested, turn), body);
+            Turn turn = BackgroundCalls.anthropic(body);
+            ModelResolver.Resolution model = fast(ctx, resolve(ctx, requested, turn, body), body);
             boolean native_ = ModelResolver.endpoints(model.model()).contains(MESSAGES);
             if (!native_) up.chat().endpoint(model.upstream());
             Exchange.of(ctx).route(native_ ? "native" : "translated");
@@ -4272,12 +4420,13 @@ class CopilotApi implements Callable<Integer> {
             else translate(ctx, translated, prepared, model, stream, call);
         }
 
-        /** The model that answers: the one asked for, or a free one for a warm-up probe (still named as asked). */
-        private ModelResolver.Resolution resolve(Context ctx, String requested, Turn turn) {
-            if (turn.kind() != Turn.Kind.WARMUP) return resolve(ctx, requested);
-            Optional<String> free = up.controls().billing().warmupModel(up.models().list());
-            if (free.isEmpty()) return resolve(ctx, requested);
-            ModelResolver.Resolution r = resolve(ctx, free.get());
+        /** The model that answers: the one asked for, or the cheap one for a background call (still named as asked). */
+        private ModelResolver.Resolution resolve(Context ctx, String requested, Turn turn, JsonNode body) {
+            List<String> endpoints = List.of(MESSAGES, OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES);
+            Optional<String> cheap = ModelCall.cheap(ctx, up, turn, new Billing.Need(endpoints, body.path("tools").size() > 0,
+                Json.containsImage(body.path("messages")), Billing.Need.estimate(body)));
+            if (cheap.isEmpty()) return resolve(ctx, requested);
+            ModelResolver.Resolution r = resolve(ctx, cheap.get());
             Exchange.of(ctx).model(requested, r.upstream());
             return new ModelResolver.Resolution(requested, r.upstream(), r.model());
         }
@@ -4521,7 +4670,10 @@ class CopilotApi implements Callable<Integer> {
             }
             Requests.responses(body);
             ResponsesState.Turn turn = state.resolve(body);
-            ModelResolver.Resolution model = ModelResolver.resolve(requested, false, up.models().list(), routing);
+            Turn billed = BackgroundCalls.responses(body, turn.upstreamInput(), body.hasNonNull("previous_response_id"));
+            Optional<String> cheap = ModelCall.cheap(ctx, up, billed, new Billing.Need(List.of(RESPONSES, OpenAiRoutes.CHAT),
+                body.path("tools").size() > 0, Json.containsImage(turn.upstreamInput()), Billing.Need.estimate(body)));
+            ModelResolver.Resolution model = ModelResolver.resolve(cheap.orElse(requested), false, up.models().list(), routing);
             Exchange.of(ctx).model(requested, model.upstream());
             List<String> endpoints = ModelResolver.endpoints(model.model());
             boolean native_ = endpoints.contains(RESPONSES);
@@ -4535,7 +4687,6 @@ class CopilotApi implements Callable<Integer> {
             byte[] forwarded = native_ ? forwarded(turn, model) : null;
             Translated translated = native_ ? null : translation(turn, model);
             ChatUpstream.Prepared prepared = native_ ? null : up.chat().prepare(translated.body(), stream);
-            Turn billed = Turn.ofResponsesInput(turn.upstreamInput(), body.hasNonNull("previous_response_id"));
             ModelCall call = ModelCall.of(ctx, up).admit(requested, input.isArray() ? input.size() : 1)
                 .reserve(billed, model.model(), Json.containsImage(turn.upstreamInput()));
             Requests.logBody("responses request", body);
@@ -5051,6 +5202,9 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
+        /** The route a background call is kept under, whichever way it went to Copilot: /history?route=background lists them. */
+        static final String BACKGROUND_ROUTE = "background";
+
         static void record(Context ctx, int status, long millis, Store store) {
             if (!store.enabled() || (QUIET.contains(ctx.path()) && status < 400) || ctx.method() == io.javalin.http.HandlerType.OPTIONS) return;
             Exchange e = Exchange.of(ctx);
@@ -5059,7 +5213,7 @@ class CopilotApi implements Callable<Integer> {
             String requestBody = store.historyBodies() && ctx.method() == io.javalin.http.HandlerType.POST ? Redact.secrets(new String(Optional.ofNullable(e.requestBody).orElse(new byte[0]), UTF_8)) : null;
             String responseBody = store.historyBodies() ? Redact.secrets(e.responseBody) : null;
             store.saveHistory(new HistoryRow(null, System.currentTimeMillis() - millis, api(ctx.path()), ctx.method().name(), ctx.path(),
-                e.requestedModel, e.upstreamModel, e.route, status, failed ? Optional.ofNullable(e.errorType).orElse(e.failedInStream ? "stream_error" : "error") : null,
+                e.requestedModel, e.upstreamModel, e.background != null ? BACKGROUND_ROUTE : e.route, status, failed ? Optional.ofNullable(e.errorType).orElse(e.failedInStream ? "stream_error" : "error") : null,
                 failed ? Redact.secrets(Optional.ofNullable(e.error).orElse(e.note)) : null, firstByte, millis, known(e.inputTokens), known(e.outputTokens),
                 known(e.cachedTokens), ctx.header("user-agent"), e.charge == null ? null : e.charge.initiator().wire(),
                 e.charge == null ? null : e.charge.units(), requestBody, responseBody,
@@ -7231,13 +7385,25 @@ class CopilotApi implements Callable<Integer> {
 
         /**
          * What the last message of a conversation is, for billing: a person's prompt (the text they typed), a
-         * continuation (tool results, reminders, notifications, an assistant turn), or Claude Code's warm-up probe.
-         * A part this code does not know counts as the person's: where the rule cannot tell, the call bills.
+         * continuation (tool results, reminders, notifications, an assistant turn), Claude Code's warm-up probe, or
+         * (told by {@link BackgroundCalls} from the whole request) another background call. A part this code does
+         * not know counts as the person's: where the rule cannot tell, the call bills.
          * {@code textLast} says what Copilot sees, whoever wrote it: the last message is a user message with no tool
          * result (Copilot refuses X-Initiator agent there, whether a person or the editor wrote the text).
          */
         record Turn(Kind kind, String personText, boolean opensConversation, boolean textLast) {
-            enum Kind { PROMPT, CONTINUATION, WARMUP }
+            /** A person's prompt, a continuation, or a background call no person typed (see {@link BackgroundCalls}). */
+            enum Kind {
+                PROMPT, CONTINUATION, WARMUP, TITLE, COMPACTION, SIDE_CALL;
+
+                boolean background() {
+                    return this != PROMPT && this != CONTINUATION;
+                }
+
+                String label() {
+                    return name().toLowerCase(Locale.ROOT).replace('_', ' ');
+                }
+            }
 
             static final String REMINDER_OPEN = "<system-reminder>";
             private static final java.util.regex.Pattern REMINDER =
@@ -7245,6 +7411,11 @@ class CopilotApi implements Callable<Integer> {
 
             Initiator initiator() {
                 return kind == Kind.PROMPT ? Initiator.USER : Initiator.AGENT;
+            }
+
+            /** This turn told apart as a background call: no person's prompt, whatever its last message looks like. */
+            Turn as(Kind background) {
+                return new Turn(background, null, opensConversation, textLast);
             }
 
             static Turn prompt(String personText, boolean opens) {
@@ -7293,7 +7464,9 @@ class CopilotApi implements Callable<Integer> {
 
             /** A user message's content: a prompt when any part is not a tool result nor a reminder; the last such text is kept. */
             private static Turn ofContent(JsonNode content, boolean opens) {
-                if (content.isTextual()) return isReminder(content.asText()) ? continuation(true) : prompt(content.asText(), opens);
+                if (content.isTextual()) {
+                    return isReminder(content.asText()) ? new Turn(Kind.CONTINUATION, null, opens, true) : prompt(content.asText(), opens);
+                }
                 if (!content.isArray() || content.isEmpty()) return prompt(null, opens);
                 boolean person = false, toolResult = false;
                 String text = null;
@@ -7308,7 +7481,8 @@ class CopilotApi implements Callable<Integer> {
                     person = true;
                     if (isText) text = part.path("text").asText("");
                 }
-                return person ? prompt(text, opens) : continuation(!toolResult);
+                // reminders alone in a new conversation keep saying it opens one: a side call (BackgroundCalls)
+                return person ? prompt(text, opens) : new Turn(Kind.CONTINUATION, null, opens && !toolResult, !toolResult);
             }
 
             /** Claude Code's probe at start: one user message, one text block "Warmup" marked for caching. */
@@ -7319,6 +7493,102 @@ class CopilotApi implements Callable<Integer> {
                 JsonNode block = content.get(0);
                 return block.path("type").asText("").equals("text") && block.path("text").asText("").equals("Warmup")
                     && block.path("cache_control").path("type").asText("").equals("ephemeral");
+            }
+        }
+
+        /**
+         * Background calls: what a client sends on its own, with no person's prompt, told by what the call carries
+         * (never by the model it names). Claude Code's Warmup probe; a title or topic call (a system prompt that asks
+         * for one, or structured output that is only a title); a compaction (Claude Code's and Codex's summary prompts,
+         * Codex's compaction_trigger item); a new conversation that carries no person's text. The markers are the
+         * clients' own words (WIRE.md, Claude Code 2.1.331's binary, Codex's and opencode's prompts); a person's text
+         * counts only where it starts with one in a compaction's place, so a prompt that quotes a marker stays a prompt.
+         */
+        static final class BackgroundCalls {
+            /** System-prompt openings of title and topic calls: Claude Code (now, and before 2.x), opencode. */
+            static final List<String> TITLE_SYSTEMS = List.of("You are naming a coding session",
+                "Analyze if this message indicates a new conversation topic", "You are a title generator");
+            /** System-prompt openings of compaction calls (Claude Code before 2.x). */
+            static final List<String> COMPACTION_SYSTEMS = List.of("You are a helpful AI assistant tasked with summarizing conversations");
+            /** The last user text of compaction calls: Claude Code's /compact and auto-compact, Codex's local compaction. */
+            static final List<String> COMPACTION_PROMPTS = List.of("CRITICAL: Respond with TEXT ONLY. Do NOT call any tools.",
+                "You are performing a CONTEXT CHECKPOINT COMPACTION");
+            static final String COMPACTION_TRIGGER = "compaction_trigger";
+
+            private BackgroundCalls() {
+            }
+
+            /** An Anthropic Messages request: its turn, told apart as a background call where it is one. */
+            static Turn anthropic(JsonNode body) {
+                List<String> system = texts(body.get("system"));
+                JsonNode format = body.path("output_config").path("format");
+                if (!format.isObject()) format = body.path("output_format");
+                return classify(Turn.ofMessages(body.path("messages")), system, format.path("schema"), false);
+            }
+
+            /** A chat-completions request: system and developer messages are its system prompt. */
+            static Turn chat(JsonNode body) {
+                List<String> system = new ArrayList<>();
+                for (JsonNode m : body.path("messages")) {
+                    String role = m.path("role").asText("");
+                    if (role.equals("system") || role.equals("developer")) system.addAll(texts(m.get("content")));
+                }
+                JsonNode schema = body.path("response_format").path("json_schema").path("schema");
+                return classify(Turn.ofMessages(body.path("messages")), system, schema, false);
+            }
+
+            /** A Responses request (its input as it goes upstream): instructions and system or developer items are its system prompt. */
+            static Turn responses(JsonNode body, JsonNode input, boolean continuesAResponse) {
+                List<String> system = new ArrayList<>(texts(body.get("instructions")));
+                boolean trigger = false;
+                if (input != null && input.isArray()) {
+                    for (JsonNode item : input) {
+                        String role = item.path("role").asText("");
+                        if (role.equals("system") || role.equals("developer")) system.addAll(texts(item.get("content")));
+                    }
+                    trigger = !input.isEmpty() && input.get(input.size() - 1).path("type").asText("").equals(COMPACTION_TRIGGER);
+                }
+                JsonNode schema = body.path("text").path("format").path("schema");
+                return classify(Turn.ofResponsesInput(input, continuesAResponse), system, schema, trigger);
+            }
+
+            private static Turn classify(Turn turn, List<String> system, JsonNode schema, boolean compactionTrigger) {
+                if (turn.kind() == Turn.Kind.WARMUP) return turn;
+                String last = turn.kind() == Turn.Kind.PROMPT && turn.personText() != null ? turn.personText().strip() : "";
+                if (compactionTrigger || opensWith(system, COMPACTION_SYSTEMS) || COMPACTION_PROMPTS.stream().anyMatch(last::startsWith)) {
+                    return turn.as(Turn.Kind.COMPACTION);
+                }
+                if (opensWith(system, TITLE_SYSTEMS) || onlyATitle(schema)) return turn.as(Turn.Kind.TITLE);
+                // a new conversation whose last user message has no person's text nor tool result: nobody typed anything
+                if (turn.kind() == Turn.Kind.CONTINUATION && turn.opensConversation() && turn.textLast()) return turn.as(Turn.Kind.SIDE_CALL);
+                return turn;
+            }
+
+            /** Structured output whose whole answer is a title (Claude Code's session title; older: isNewTopic and title). */
+            private static boolean onlyATitle(JsonNode schema) {
+                List<String> fields = new ArrayList<>();
+                schema.path("properties").fieldNames().forEachRemaining(fields::add);
+                fields.remove("isNewTopic");
+                return fields.equals(List.of("title"));
+            }
+
+            private static boolean opensWith(List<String> system, List<String> openings) {
+                for (String text : system) {
+                    String t = text.strip();
+                    for (String opening : openings) if (t.startsWith(opening)) return true;
+                }
+                return false;
+            }
+
+            /** The texts of a system prompt, a message's content or instructions: a string, or text parts of any API. */
+            private static List<String> texts(JsonNode content) {
+                if (content == null || content.isNull()) return List.of();
+                if (content.isTextual()) return List.of(content.asText());
+                List<String> out = new ArrayList<>();
+                for (JsonNode part : content) {
+                    if (part.path("text").isTextual()) out.add(part.path("text").asText());
+                }
+                return out;
             }
         }
 
@@ -7416,6 +7686,12 @@ class CopilotApi implements Callable<Integer> {
             ChatStreamNormalizer(boolean merge, boolean includeUsage) {
                 this.merge = merge;
                 this.includeUsage = includeUsage;
+            }
+
+            /** Chunks that name this model, whatever Copilot's say (a background call keeps the name it asked for). */
+            ChatStreamNormalizer named(String name) {
+                model = name;
+                return this;
             }
 
             /** True once any choice carried a finish_reason. */

@@ -104,17 +104,23 @@ class BillingTests extends CopilotApiTests.WithHarness {
         assertTrue(premium().path("calls_by_reason").path("warmup").asInt() >= 1, premium().toString());
     }
 
+    /** The operator's --small-model answers background calls even where it bills (BackgroundTests has the rest). */
     @Test
-    void theSmallModelOptionChoosesWhichFreeModelAnswersTheWarmup() throws Exception {
+    void theSmallModelOptionChoosesWhichModelAnswersTheWarmup() throws Exception {
         List<JsonNode> catalog = List.of(model("claude-haiku-4.5", 0.33), model("gpt-4.1", 0), model("gpt-5-mini", 0));
-        assertEquals("gpt-5-mini", new CopilotApi.Billing(null, "gpt-5-mini").warmupModel(catalog).orElseThrow());
-        assertEquals("gpt-4.1", new CopilotApi.Billing(null, "claude-haiku-4.5").warmupModel(catalog).orElseThrow(),
-            "a model that bills is not used for it");
-        assertTrue(new CopilotApi.Billing(null, null).warmupModel(List.of(model("claude-sonnet-4.5", 1))).isEmpty());
+        assertEquals("gpt-5-mini", warmupModel(new CopilotApi.Billing(null, "gpt-5-mini"), catalog));
+        assertEquals("gpt-4.1", warmupModel(new CopilotApi.Billing(null, null), catalog), "the catalog's first free model");
+        assertEquals("claude-haiku-4.5", warmupModel(new CopilotApi.Billing(null, "claude-haiku-4.5"), catalog), "as the operator chose");
+        assertEquals(null, warmupModel(new CopilotApi.Billing(null, null), List.of(model("claude-sonnet-4.5", 1))));
+    }
+
+    static String warmupModel(CopilotApi.Billing billing, List<JsonNode> catalog) {
+        return billing.cheapModel(catalog, CopilotApi.Billing.Need.ANY).map(m -> m.path("id").asText()).orElse(null);
     }
 
     static JsonNode model(String id, double multiplier) {
-        return json("{\"id\":\"" + id + "\",\"capabilities\":{\"type\":\"chat\"},\"billing\":{\"multiplier\":" + multiplier + "}}");
+        return json("{\"id\":\"" + id + "\",\"capabilities\":{\"type\":\"chat\",\"limits\":{\"max_prompt_tokens\":128000}},"
+            + "\"billing\":{\"multiplier\":" + multiplier + "}}");
     }
 
     /** The main agent's answer carries an Agent tool_use; the subagent's first call (a new conversation ending with its prompt) is agent. */

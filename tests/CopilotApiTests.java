@@ -7,6 +7,7 @@
 //SOURCES ResponsesTranslatorTests.java
 //SOURCES ClientRecipeTests.java
 //SOURCES BillingTests.java
+//SOURCES BackgroundTests.java
 //SOURCES StoreTests.java
 //SOURCES UsageBasedTests.java
 //SOURCES CostTests.java
@@ -111,6 +112,7 @@ class CopilotApiTests {
         ManualApprovalTests.class,
         StatsTests.class,
         BillingTests.class,
+        BackgroundTests.class,
         UsageBasedTests.class,
         CostTests.class,
         CacheTests.class,
@@ -4884,14 +4886,7 @@ class CopilotApiTests {
         @Test
         void claudeCodeWithASubagentSpendsOnePremiumRequest() throws Exception {
             Path home = Files.createTempDirectory("claude-home");
-            Map<String, String> env = new HashMap<>(Map.of(
-                "HOME", home.toString(),
-                "ANTHROPIC_BASE_URL", server.baseUrl(),
-                "ANTHROPIC_AUTH_TOKEN", "copilot-api",
-                "ANTHROPIC_MODEL", "claude-sonnet-4-5-20250929",
-                "ANTHROPIC_SMALL_FAST_MODEL", "claude-haiku-4-5-20251001",
-                "ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-haiku-4-5-20251001",
-                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"));
+            Map<String, String> env = claudeEnv(home, server.baseUrl(), "claude-sonnet-4-5-20250929");
             stub.clear();
             SdkRunner.Result r = SdkRunner.run(home, env, Duration.ofMinutes(2), sdk.resolve("node_modules/.bin/claude").toString(),
                 "-p", "Hand this to a subagent: " + StubUpstream.SUBAGENT_MARKER, "--output-format", "json", "--allowedTools", "Bash,Agent");
@@ -4935,14 +4930,7 @@ class CopilotApiTests {
                  SdkRunner.ServerProcess server = SdkRunner.startServer(today)) {
                 for (String model : List.of("claude-sonnet-4-5-20250929", "gpt-4.1", "gpt-5.1-codex")) {
                     Path home = Files.createTempDirectory("claude-home");
-                    Map<String, String> env = new HashMap<>(Map.of(
-                        "HOME", home.toString(),
-                        "ANTHROPIC_BASE_URL", server.baseUrl(),
-                        "ANTHROPIC_AUTH_TOKEN", "copilot-api",
-                        "ANTHROPIC_MODEL", model,
-                        "ANTHROPIC_SMALL_FAST_MODEL", "claude-haiku-4-5-20251001",
-                        "ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-haiku-4-5-20251001",
-                        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"));
+                    Map<String, String> env = claudeEnv(home, server.baseUrl(), model);
                     today.clear();
                     SdkRunner.Result r = SdkRunner.run(home, env, Duration.ofMinutes(2), sdk.resolve("node_modules/.bin/claude").toString(),
                         "-p", "Hand this to a subagent: " + StubUpstream.SUBAGENT_MARKER, "--output-format", "json", "--allowedTools", "Bash,Agent");
@@ -4975,16 +4963,67 @@ class CopilotApiTests {
             }
         }
 
-        void claudeCode(String model, String route) throws Exception {
+        /**
+         * Claude Code in print mode: a prompt with a Bash tool loop, then /compact on the same session (--continue).
+         * Exactly one call bills (the person's prompt); the compaction calls go to the cheap model (a free one on this
+         * legacy account) and are recorded as background, named in the log line.
+         */
+        @Test
+        void claudeCodePrintModeBillsOnePromptAndSendsItsCompactionToTheCheapModel() throws Exception {
             Path home = Files.createTempDirectory("claude-home");
-            Map<String, String> env = new HashMap<>(Map.of(
+            Map<String, String> env = claudeEnv(home, server.baseUrl(), "claude-sonnet-4-5-20250929");
+            String claude = sdk.resolve("node_modules/.bin/claude").toString();
+            stub.clear();
+            double before = stats().path("premium").path("units").asDouble();
+            long backgroundBefore = stats().path("background").path("by_kind").path("compaction").asLong();
+            SdkRunner.Result prompt = SdkRunner.run(home, env, Duration.ofMinutes(2), claude,
+                "-p", "Use the Bash tool to print a marker, then tell me what it printed.", "--output-format", "json", "--allowedTools", "Bash");
+            assertEquals(0, prompt.exit(), prompt.output());
+            SdkRunner.Result compact = SdkRunner.run(home, env, Duration.ofMinutes(2), claude, "-p", "--continue", "/compact", "--output-format", "json");
+            assertEquals(0, compact.exit(), compact.output());
+            List<String> calls = new ArrayList<>();
+            int compactions = 0, users = 0;
+            for (StubUpstream.Recorded rec : stub.requests()) {
+                if (!rec.matches("/v1/messages") && !rec.matches("/chat/completions")) continue;
+                boolean compaction = rec.body().contains(CopilotApi.Chat.BackgroundCalls.COMPACTION_PROMPTS.get(0));
+                if (compaction) {
+                    compactions++;
+                    assertEquals("gpt-4.1", rec.json().path("model").asText(), "the compaction went to the free model");
+                }
+                // gpt-4.1 is free on the stub's legacy account: a user call to it costs nothing
+                if ("user".equals(rec.header("x-initiator")) && !rec.json().path("model").asText().equals("gpt-4.1")) users++;
+                calls.add(rec.path() + " " + rec.header("x-initiator") + " " + rec.json().path("model").asText() + " compaction: " + compaction);
+            }
+            String session = String.join("\n", calls);
+            assertTrue(compactions >= 1, "Claude Code sent its compaction:\n" + session);
+            assertEquals(1, users, "one billed call, the person's prompt:\n" + session);
+            JsonNode stats = stats();
+            assertEquals(before + 1, stats.path("premium").path("units").asDouble(), 0.0001, session + "\n" + stats);
+            assertEquals(backgroundBefore + compactions, stats.path("background").path("by_kind").path("compaction").asLong(), stats.toString());
+            String log = Files.readString(server.log);
+            assertTrue(log.contains("-> gpt-4.1 [translated, background: compaction]"), "the log line says so:\n" + log);
+        }
+
+        JsonNode stats() throws Exception {
+            return json(HttpClient.newHttpClient().send(HttpRequest.newBuilder(URI.create(server.baseUrl() + "/stats")).build(),
+                HttpResponse.BodyHandlers.ofString()).body());
+        }
+
+        /** Claude Code's environment against copilot-api at baseUrl: its own HOME, the main model, haiku as the small one. */
+        static Map<String, String> claudeEnv(Path home, String baseUrl, String model) {
+            return new HashMap<>(Map.of(
                 "HOME", home.toString(),
-                "ANTHROPIC_BASE_URL", server.baseUrl(),
+                "ANTHROPIC_BASE_URL", baseUrl,
                 "ANTHROPIC_AUTH_TOKEN", "copilot-api",
                 "ANTHROPIC_MODEL", model,
                 "ANTHROPIC_SMALL_FAST_MODEL", "claude-haiku-4-5-20251001",
                 "ANTHROPIC_DEFAULT_HAIKU_MODEL", "claude-haiku-4-5-20251001",
                 "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"));
+        }
+
+        void claudeCode(String model, String route) throws Exception {
+            Path home = Files.createTempDirectory("claude-home");
+            Map<String, String> env = claudeEnv(home, server.baseUrl(), model);
             stub.clear();
             SdkRunner.Result r = SdkRunner.run(home, env, Duration.ofMinutes(3), sdk.resolve("node_modules/.bin/claude").toString(),
                 "-p", "Use the Bash tool to print a marker, then tell me what it printed.", "--output-format", "json", "--allowedTools", "Bash");

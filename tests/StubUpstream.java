@@ -262,6 +262,23 @@ final class StubUpstream implements AutoCloseable {
         return this;
     }
 
+    /**
+     * Usage-based accounts: one model's token prices (credits per million input and output tokens; cached input at a
+     * tenth), for tests that need the catalog's models to differ in price. Call after accountKind(USAGE_BASED).
+     */
+    StubUpstream tokenPrices(String id, double input, double output) {
+        synchronized (models) {
+            for (JsonNode m : models) {
+                if (!m.path("id").asText().equals(id)) continue;
+                ObjectNode prices = (ObjectNode) m.path("billing").path("token_prices");
+                prices.put("input_price", input);
+                prices.put("cache_price", input / 10);
+                prices.put("output_price", output);
+            }
+        }
+        return this;
+    }
+
     /** The next {@code n} calls to /responses fail with a 400 marked cyber_policy (Copilot's occasional false alarm). */
     StubUpstream cyberPolicyFailures(int n) {
         cyberPolicyFailures = n;
