@@ -4145,7 +4145,13 @@ class CopilotApi implements Callable<Integer> {
         private void generate(Context ctx, String requested, boolean stream) {
             ObjectNode body = Requests.jsonObject(ctx);
             boolean sse = stream && "sse".equals(ctx.queryParam("alt"));
-            ModelResolver.Resolution model = resolve(ctx, requested);
+            boolean side = sideCall(ctx, body, stream);
+            Optional<String> free = side ? up.controls().billing().warmupModel(up.models().list()) : Optional.empty();
+            ModelResolver.Resolution model = resolve(ctx, free.orElse(requested));
+            if (free.isPresent()) {
+                Exchange.of(ctx).model(requested, model.upstream()).note("Gemini CLI side call");
+                model = new ModelResolver.Resolution(requested, model.upstream(), model.model());
+            }
             ChatUpstream chat = up.chat();
             boolean byEffort = chat.endpoint(model.upstream()) == ChatUpstream.Endpoint.RESPONSES
                 || model.model().path("capabilities").path("supports").has("reasoning_effort");
@@ -4157,8 +4163,9 @@ class CopilotApi implements Callable<Integer> {
             t.dropped().forEach(n -> Logs.log().info("gemini {}: {}", ctx.path(), n));
             ChatUpstream.Prepared prepared = chat.prepare(t.chatRequest(), sse);
             JsonNode messages = t.chatRequest().path("messages");
+            Turn turn = free.isPresent() ? new Turn(Turn.Kind.WARMUP, null, true, true) : Turn.ofMessages(messages);
             ModelCall call = ModelCall.of(ctx, up).admit(model.requested(), body.path("contents").size())
-                .reserve(Turn.ofMessages(messages), model.model(), t.vision());
+                .reserve(turn, model.model(), t.vision());
             Requests.logBody("translated chat request", t.chatRequest());
             String path = chat.path(model.upstream());
             boolean merge = t.chatRequest().path("n").asInt(1) <= 1;
@@ -4201,14 +4208,32 @@ class CopilotApi implements Callable<Integer> {
             String name = requested.startsWith("models/") ? requested.substring("models/".length()) : requested;
             if (name.isBlank()) throw Gemini.invalid("model", "is required");
             Exchange exchange = Exchange.of(ctx).model(name, null);
+            List<JsonNode> catalog = up.models().list();
+            ModelResolver.Resolution r;
             try {
-                ModelResolver.Resolution r = ModelResolver.resolve(name, false, up.models().list(), routing);
-                exchange.model(name, r.upstream());
-                return r;
+                r = ModelResolver.resolve(name, false, catalog, routing);
             } catch (ApiError unknown) {
-                exchange.invokesModel = true;
-                throw unknown;
+                Optional<JsonNode> standIn = GeminiModels.standIn(name, catalog);
+                if (standIn.isEmpty()) {
+                    exchange.invokesModel = true;
+                    throw unknown;
+                }
+                r = new ModelResolver.Resolution(name, standIn.get().path("id").asText(), standIn.get());
+                Logs.log().info("gemini: {} is not in Copilot's catalog; {} answers for it (--model-map {}=... picks another)",
+                    name, r.upstream(), name);
             }
+            exchange.model(name, r.upstream());
+            return r;
+        }
+
+        /**
+         * Gemini CLI's side calls (its router, loop and next-speaker checks, summaries, the compressor): every one a
+         * non-streamed generateContent declaring no function, while its main turns always stream with its tools. They
+         * are background work: a free model answers them and they bill nothing, as Claude Code's warm-up does.
+         */
+        static boolean sideCall(Context ctx, JsonNode body, boolean stream) {
+            boolean cli = Optional.ofNullable(ctx.header("user-agent")).orElse("").startsWith("GeminiCLI");
+            return cli && !stream && !GeminiToChat.declaresFunctions(body);
         }
     }
 
@@ -10500,6 +10525,12 @@ class CopilotApi implements Callable<Integer> {
                 return new GeminiToChat(reasoning).translate(gemini, upstreamModel, stream);
             }
 
+            /** True when a tool of the request declares a function (built-in tools alone declare none). */
+            static boolean declaresFunctions(JsonNode gemini) {
+                for (JsonNode t : gemini.path("tools")) if (!t.path("functionDeclarations").isEmpty()) return true;
+                return false;
+            }
+
             private Result translate(JsonNode g, String upstreamModel, boolean stream) {
                 JsonNode contents = g.get("contents");
                 if (contents == null || contents.isNull()) throw invalid("contents", "is required");
@@ -11141,6 +11172,31 @@ class CopilotApi implements Callable<Integer> {
         /** The model list as Google's SDKs read it: names "models/{id}", token limits, the methods served. */
         static final class GeminiModels {
             static final List<String> METHODS = List.of("generateContent", "streamGenerateContent", "countTokens");
+            static final List<String> TIERS = List.of("flash-lite", "flash", "pro");
+
+            /**
+             * A Gemini name the catalog lacks (Gemini CLI turns its aliases into ids such as gemini-3.1-pro-preview-customtools
+             * or gemini-3.5-flash-lite that Copilot may not list): the catalog's newest Gemini of the same tier (pro, flash,
+             * flash-lite), else its newest Gemini. Empty for other names and for a catalog without Gemini models.
+             */
+            static Optional<JsonNode> standIn(String name, List<JsonNode> catalog) {
+                String lower = name.toLowerCase(Locale.ROOT);
+                if (!lower.startsWith("gemini-")) return Optional.empty();
+                String tier = TIERS.stream().filter(lower::contains).findFirst().orElse(null);
+                if (tier == null) return Optional.empty();
+                return newest(catalog, tier).or(() -> newest(catalog, null));
+            }
+
+            private static Optional<JsonNode> newest(List<JsonNode> catalog, String tier) {
+                JsonNode best = null;
+                for (JsonNode m : catalog) {
+                    String id = m.path("id").asText().toLowerCase(Locale.ROOT);
+                    if (!ModelResolver.isChat(m) || !id.startsWith("gemini-")) continue;
+                    if (tier != null && !tier.equals(TIERS.stream().filter(id::contains).findFirst().orElse(""))) continue;
+                    if (best == null || ModelResolver.compare(ModelResolver.version(id), ModelResolver.version(best.path("id").asText())) > 0) best = m;
+                }
+                return Optional.ofNullable(best);
+            }
 
             static ObjectNode list(List<JsonNode> catalog) {
                 ObjectNode o = Json.object();

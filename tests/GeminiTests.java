@@ -263,6 +263,43 @@ final class GeminiTests {
             assertTrue(e.path("message").asText().contains("Close matches: gemini-2.5-pro"), r.body());
         }
 
+        /** Gemini CLI asks for ids Copilot may not list (its aliases resolve to them): the catalog's Gemini of that tier answers. */
+        @Test
+        void aGeminiNameTheCatalogLacksIsAnsweredByItsTierInTheCatalog() throws Exception {
+            for (String asked : List.of("gemini-3.1-pro-preview-customtools", "gemini-3.5-flash-lite")) {
+                HttpResponse<String> r = h.post(call(asked, "streamGenerateContent") + "?alt=sse", HI);
+                assertEquals(200, r.statusCode(), asked + ": " + r.body());
+                assertEquals("Hello from gemini-2.5-pro.", text(events(r.body())), asked + ": " + r.body());
+            }
+            assertEquals(404, h.post(call("gpt-9-sol", "generateContent"), HI).statusCode(), "other vendors' names are never guessed");
+        }
+
+        /**
+         * Gemini CLI's side calls (non-streamed generateContent without functions: router, loop check, compressor) go to a
+         * free model and bill nothing; its main turn (streamed, with its tools) is the person's prompt on the model asked.
+         */
+        @Test
+        void geminiClisSideCallsGoToAFreeModelAndItsMainTurnIsThePrompt() throws Exception {
+            String cli = "GeminiCLI-tui/0.61.0/gemini-2.5-pro (linux; x64; terminal)";
+            String router = "{\"contents\":[{\"role\":\"user\",\"parts\":[{\"text\":\"route this\"}]}],\"generationConfig\":"
+                + "{\"responseMimeType\":\"application/json\",\"responseJsonSchema\":{\"type\":\"OBJECT\",\"properties\":"
+                + "{\"complexity_score\":{\"type\":\"INTEGER\"}}}}}";
+            HttpResponse<String> side = h.send("POST", call("gemini-3.5-flash-lite", "generateContent"), router, "user-agent", cli);
+            assertEquals(200, side.statusCode(), side.body());
+            StubUpstream.Recorded sent = h.stub.last("/chat/completions");
+            assertEquals("gpt-4.1", sent.json().path("model").asText(), "the catalog's first free model: " + sent.body());
+            assertEquals("json_schema", sent.json().path("response_format").path("type").asText(), sent.body());
+            String main = "{" + TOOLS + ",\"contents\":[{\"role\":\"user\",\"parts\":[{\"text\":\"hi\"}]}]}";
+            HttpResponse<String> turn = h.send("POST", call("gemini-2.5-pro", "streamGenerateContent") + "?alt=sse", main, "user-agent", cli);
+            assertEquals(200, turn.statusCode(), turn.body());
+            sent = h.stub.last("/chat/completions");
+            assertEquals("gemini-2.5-pro", sent.json().path("model").asText());
+            assertEquals("user", sent.header("x-initiator"));
+            assertEquals(200, h.post(call("gemini-2.5-pro", "generateContent"), HI).statusCode());
+            assertEquals("gemini-2.5-pro", h.stub.last("/chat/completions").json().path("model").asText(),
+                "another client's generateContent is nobody's side call");
+        }
+
         @Test
         void badInputIs400InvalidArgumentNamingTheField() throws Exception {
             for (String[] c : new String[][] {
