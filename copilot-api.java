@@ -10763,10 +10763,13 @@ class CopilotApi implements Callable<Integer> {
                 return value;
             }
 
-            /** application/json with responseSchema (OpenAPI) or responseJsonSchema (as is): a json_schema format; without: json_object. */
+            /**
+             * application/json with responseSchema or responseJsonSchema: a json_schema format; without: json_object. Both
+             * schemas are normalised: Gemini CLI's router sends upper-case types even in responseJsonSchema.
+             */
             private void responseFormat(JsonNode c, ObjectNode chat) {
                 String mime = c.path("responseMimeType").asText("text/plain");
-                JsonNode schema = c.has("responseJsonSchema") ? c.get("responseJsonSchema")
+                JsonNode schema = c.has("responseJsonSchema") ? jsonSchema(c.get("responseJsonSchema"))
                     : c.has("responseSchema") ? jsonSchema(c.get("responseSchema")) : null;
                 if (!mime.equals("application/json")) {
                     if (!mime.equals("text/plain")) notes.add("ignored responseMimeType " + mime);
@@ -10807,6 +10810,11 @@ class CopilotApi implements Callable<Integer> {
                     return;
                 }
                 ModelLimits limits = reasoning.limits();
+                if (limits.supportsThinking() && maxTokens == null && limits.knowsMaxOutput()) {
+                    // a thinking budget must stay below max_tokens, which Gemini clients often leave out: the model's limit
+                    maxTokens = limits.maxOutputTokens();
+                    chat.put(limits.wantsMaxCompletionTokens() ? "max_completion_tokens" : "max_tokens", maxTokens);
+                }
                 if (limits.supportsThinking()) {
                     Integer b = limits.thinkingBudget(budget, maxTokens);
                     if (b != null) chat.put("thinking_budget", b);

@@ -224,6 +224,19 @@ final class GeminiTests {
             }
         }
 
+        /** Gemini CLI asks Claude for thoughts with includeThoughts alone (or a level) and no maxOutputTokens. */
+        @Test
+        void thinkingWithoutMaxOutputTokensStaysBelowTheModelsOutputLimit() throws Exception {
+            for (String config : List.of("{\"includeThoughts\":true}", "{\"includeThoughts\":true,\"thinkingLevel\":\"HIGH\"}")) {
+                String ask = "{\"contents\":[{\"parts\":[{\"text\":\"think\"}]}],\"generationConfig\":{\"thinkingConfig\":" + config + "}}";
+                assertEquals(200, h.post(call("claude-sonnet-4.5", "generateContent"), ask).statusCode());
+                JsonNode sent = h.stub.last("/chat/completions").json();
+                assertEquals(32000, sent.path("max_tokens").asInt(), config + ": the model's output limit: " + sent);
+                int budget = sent.path("thinking_budget").asInt();
+                assertTrue(budget > 0 && budget < 32000, config + ": " + sent);
+            }
+        }
+
         @Test
         void withoutIncludeThoughtsNoThoughtPartIsSentButTheSignatureIs() throws Exception {
             String ask = "{\"contents\":[{\"parts\":[{\"text\":\"think\"}]}],\"generationConfig\":{\"thinkingConfig\":{\"thinkingBudget\":2048}}}";
@@ -289,6 +302,8 @@ final class GeminiTests {
             StubUpstream.Recorded sent = h.stub.last("/chat/completions");
             assertEquals("gpt-4.1", sent.json().path("model").asText(), "the catalog's first free model: " + sent.body());
             assertEquals("json_schema", sent.json().path("response_format").path("type").asText(), sent.body());
+            assertEquals("integer", sent.json().path("response_format").path("json_schema").path("schema").path("properties")
+                .path("complexity_score").path("type").asText(), "upper-case types in responseJsonSchema are normalised: " + sent.body());
             String main = "{" + TOOLS + ",\"contents\":[{\"role\":\"user\",\"parts\":[{\"text\":\"hi\"}]}]}";
             HttpResponse<String> turn = h.send("POST", call("gemini-2.5-pro", "streamGenerateContent") + "?alt=sse", main, "user-agent", cli);
             assertEquals(200, turn.statusCode(), turn.body());
