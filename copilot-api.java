@@ -94,7 +94,7 @@ import copilotapi.CopilotApi.Gemini.*;
 import copilotapi.CopilotApi.Responses.*;
 
 /**
- * copilot-api: a local server that speaks the OpenAI and Anthropic APIs on top of a GitHub Copilot plan.
+ * copilot-api: a local server that speaks the OpenAI, Anthropic and Gemini APIs on top of a GitHub Copilot plan.
  *
  * <p>Map of this file (search for "====" to print the outline):
  * <ol>
@@ -103,16 +103,18 @@ import copilotapi.CopilotApi.Responses.*;
  *   <li>Server and routes: the composition root ({@code App}), Javalin, the browser guard, the request log,
  *       operator controls (keys, pacing, approval, stats, premium billing with its subagent memory, the cost of a
  *       request in AI Credits with its ledger and --budget ({@code Cost}), dashboard),
- *       the OpenAI, Anthropic and Responses surfaces,
+ *       the OpenAI, Anthropic, Responses and Gemini surfaces,
  *       the streaming core (one loop, {@code Relay.run}, over {@code EventSource} items, with the machines
  *       {@code ChatRelay}, {@code NativeRelay} and {@code TranslatedRelay} and the shared {@code ChatChunks}
  *       vocabulary), the client watch, request checks, error shapes and Copilot's error hints</li>
  *   <li>Store: one SQLite database (stored Responses answers and items, the request history), one writer thread
  *       that opens it in the background and commits what is queued together</li>
- *   <li>Translators: pure JSON-in/JSON-out code in three namespaces: {@code Chat} (who initiated a turn, for
+ *   <li>Translators: pure JSON-in/JSON-out code in four namespaces: {@code Chat} (who initiated a turn, for
  *       billing; the chat-answer normalisers; model limits; embeddings), {@code Anthropic} (Messages to chat and back
- *       with the stream state machine, model-name resolution, native-request cleaning, token counting) and
- *       {@code Responses} (Responses to chat and back, both stream machines, output items, reasoning)</li>
+ *       with the stream state machine, model-name resolution, native-request cleaning, token counting),
+ *       {@code Responses} (Responses to chat and back, both stream machines, output items, reasoning) and
+ *       {@code Gemini} (generateContent to chat and back with its stream machine, thought signatures, the model
+ *       list, Google's error shape)</li>
  *   <li>Copilot client: the chat pivot ({@code ChatUpstream}, the one place that picks /chat/completions or
  *       /responses), headers, timeouts, token lifecycle, model catalog (and the identity that reads it), the usage
  *       limits Copilot reports, upstream calls, the upstream event
@@ -4771,7 +4773,7 @@ class CopilotApi implements Callable<Integer> {
     static final class History {
         /** Operator views the dashboard polls: a row each would bury the requests that matter (their failures still get one). */
         static final Set<String> QUIET = Set.of("/", "/dashboard", "/favicon.ico", "/stats", "/history", "/history/summary", "/usage",
-            "/token", "/models", "/v1/models");
+            "/token", "/models", "/v1/models", "/v1beta/models");
 
         /** GET /history's filters: newest first, {@code before} a row id for the next page. */
         record Query(int limit, Optional<Long> before, Optional<String> model, Optional<String> status, Optional<String> route,
@@ -6976,7 +6978,7 @@ class CopilotApi implements Callable<Integer> {
     }
 
     // ==== 5. Translators ====
-    // Pure code in three namespaces, one per API: Chat (the pivot), Anthropic and Responses.
+    // Pure code in four namespaces, one per API: Chat (the pivot), Anthropic, Responses and Gemini.
 
     // ==== 5.1 Chat: who initiated a turn, the chat-answer normalisers, model limits, embeddings ====
 
