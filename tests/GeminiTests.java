@@ -167,6 +167,10 @@ final class GeminiTests {
                     String upstream = model.equals("gpt-5.1-codex") ? "/responses" : "/chat/completions";
                     String sent = h.stub.last(upstream).body();
                     assertTrue(sent.contains(id), where + ": the call and its answer keep the id " + id + ": " + sent);
+                    if (upstream.equals("/responses")) {
+                        assertTrue(sent.contains("\"encrypted_content\":\"" + StubUpstream.REASONING_SIGNATURE + "\""),
+                            where + ": the encrypted reasoning came back in the thought signature and went to Copilot again: " + sent);
+                    }
                 }
             }
         }
