@@ -2021,7 +2021,12 @@ class CopilotApi implements Callable<Integer> {
                 }
                 cfg.routes.get("/v1beta/models", gemini::models);
                 cfg.routes.get("/v1beta/models/{id}", gemini::model);
-                for (String prefix : GeminiRoutes.PREFIXES) cfg.routes.post(prefix + "/models/{call}", gemini::call);
+                // Javalin matches a parameter followed by a literal within one segment (GeminiTests.JavalinColonTests)
+                for (String prefix : GeminiRoutes.PREFIXES) {
+                    cfg.routes.post(prefix + "/models/{model}:generateContent", gemini::generateContent);
+                    cfg.routes.post(prefix + "/models/{model}:streamGenerateContent", gemini::streamGenerateContent);
+                    cfg.routes.post(prefix + "/models/{model}:countTokens", gemini::countTokens);
+                }
                 cfg.routes.get("/usage", ctx -> openai.usage(ctx, from -> store.creditsSince(from.toEpochMilli())
                     .orElseGet(() -> controls.stats().credits().since(from))));
                 cfg.routes.get("/token", openai::token);
@@ -4126,22 +4131,13 @@ class CopilotApi implements Callable<Integer> {
             return rest.contains(":") || CLIENT_HEADERS.stream().anyMatch(h -> ctx.header(h) != null) || ctx.queryParam("key") != null;
         }
 
-        /**
-         * POST .../models/{model}:{method}. Javalin's path parameter takes the whole segment (a parameter followed by
-         * ":generateContent" in the route is not matched as one segment), so the method is read after the last colon.
-         */
-        void call(Context ctx) {
-            String call = ctx.pathParam("call");
-            int colon = call.lastIndexOf(':');
-            String method = colon < 0 ? "" : call.substring(colon + 1);
-            String model = colon < 0 ? call : call.substring(0, colon);
-            switch (method) {
-                case "generateContent" -> generate(ctx, model, false);
-                case "streamGenerateContent" -> generate(ctx, model, true);
-                case "countTokens" -> countTokens(ctx, model);
-                default -> throw new ApiError(404, "not_found_error", "No route for POST " + ctx.path() + ": copilot-api serves models/{model}:"
-                    + String.join(", :", Gemini.GeminiModels.METHODS));
-            }
+        void generateContent(Context ctx) {
+            generate(ctx, ctx.pathParam("model"), false);
+        }
+
+        /** ?alt=sse: server-sent events as they come; without it Google answers a JSON array, here of the one whole answer. */
+        void streamGenerateContent(Context ctx) {
+            generate(ctx, ctx.pathParam("model"), true);
         }
 
         private void generate(Context ctx, String requested, boolean stream) {
@@ -4186,7 +4182,8 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** {"contents": ...} or {"generateContentRequest": {...}}: an estimate with the model's tokenizer. */
-        private void countTokens(Context ctx, String requested) {
+        void countTokens(Context ctx) {
+            String requested = ctx.pathParam("model");
             ObjectNode body = Requests.jsonObject(ctx);
             JsonNode request = body.path("generateContentRequest").isObject() ? body.get("generateContentRequest") : body;
             ModelResolver.Resolution model = resolve(ctx, requested);

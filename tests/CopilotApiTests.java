@@ -129,6 +129,7 @@ class CopilotApiTests {
         GeminiTests.GeminiRouteTests.class,
         GeminiTests.GeminiApiKeyTests.class,
         GeminiTests.GeminiTranslatorTests.class,
+        GeminiTests.JavalinColonTests.class,
         GeminiTests.GeminiSdkTests.class,
         ExportTests.class);
 

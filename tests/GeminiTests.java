@@ -459,6 +459,35 @@ final class GeminiTests {
         }
     }
 
+    /** What Javalin does with a path parameter followed by a literal in one segment, which decides how the routes are written. */
+    static final class JavalinColonTests {
+        @Test
+        void aParameterFollowedByColonMethodInOneSegment() throws Exception {
+            io.javalin.Javalin app = io.javalin.Javalin.create(cfg -> {
+                cfg.startup.showJavalinBanner = false;
+                cfg.routes.post("/models/{model}:generateContent", ctx -> ctx.result("generate " + ctx.pathParam("model")));
+                cfg.routes.post("/models/{model}:countTokens", ctx -> ctx.result("count " + ctx.pathParam("model")));
+            }).start("127.0.0.1", 0);
+            try {
+                var client = java.net.http.HttpClient.newHttpClient();
+                java.util.function.Function<String, String> post = path -> {
+                    try {
+                        var r = client.send(java.net.http.HttpRequest.newBuilder(java.net.URI.create("http://127.0.0.1:" + app.port() + path))
+                            .POST(java.net.http.HttpRequest.BodyPublishers.noBody()).build(), java.net.http.HttpResponse.BodyHandlers.ofString());
+                        return r.statusCode() + " " + r.body();
+                    } catch (IOException | InterruptedException e) {
+                        throw new AssertionError(e);
+                    }
+                };
+                assertEquals("200 generate gemini-2.5-pro", post.apply("/models/gemini-2.5-pro:generateContent"));
+                assertEquals("200 count gemini-3.1-pro-preview", post.apply("/models/gemini-3.1-pro-preview:countTokens"));
+                assertTrue(post.apply("/models/gemini-2.5-pro:embedContent").startsWith("404"));
+            } finally {
+                app.stop();
+            }
+        }
+    }
+
     /** The translator alone: pure JSON in and out. */
     static final class GeminiTranslatorTests {
         static final CopilotApi.Gemini.GeminiToChat.Reasoning GPT = new CopilotApi.Gemini.GeminiToChat.Reasoning(
