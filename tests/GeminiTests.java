@@ -570,6 +570,24 @@ final class GeminiTests {
         }
 
         @Test
+        void withCandidateCountEachChoiceIsItsOwnCandidate() {
+            var m = new CopilotApi.Gemini.ChatStreamToGemini("gpt-4.1", false, false, fixedIds());
+            List<CopilotApi.NamedEvent> out = new ArrayList<>(m.onChunk(json("{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"A\"}},"
+                + "{\"index\":1,\"delta\":{\"content\":\"B\"},\"finish_reason\":\"stop\"}]}")));
+            out.addAll(m.finish());
+            JsonNode first = out.get(0).data().path("candidates");
+            assertEquals("A", first.get(0).path("content").path("parts").get(0).path("text").asText());
+            assertEquals(1, first.get(1).path("index").asInt());
+            assertEquals("B", first.get(1).path("content").path("parts").get(0).path("text").asText());
+            assertEquals(2, out.get(out.size() - 1).data().path("candidates").size(), "both candidates finish");
+            JsonNode folded = CopilotApi.Gemini.ChatToGemini.response(json("{\"choices\":[{\"index\":0,\"message\":{\"content\":\"A\"},"
+                + "\"finish_reason\":\"stop\"},{\"index\":1,\"message\":{\"content\":\"B\"},\"finish_reason\":\"length\"}]}"),
+                "gpt-4.1", false, false, fixedIds());
+            assertEquals("B", folded.path("candidates").get(1).path("content").path("parts").get(0).path("text").asText(), folded.toString());
+            assertEquals("MAX_TOKENS", folded.path("candidates").get(1).path("finishReason").asText(), folded.toString());
+        }
+
+        @Test
         void copilotsOwnSignatureGoesBackAsItCame() {
             var t = translate("{\"contents\":[{\"role\":\"user\",\"parts\":[{\"text\":\"a\"}]},{\"role\":\"model\",\"parts\":[{\"text\":\"b\","
                 + "\"thoughtSignature\":\"raw-sig\"}]},{\"role\":\"user\",\"parts\":[{\"text\":\"c\"}]}]}");
@@ -624,6 +642,9 @@ final class GeminiTests {
             System.out.print(r.output());
             assertEquals(0, r.exit(), r.output());
             assertNotNull(stub.last("/chat/completions"));
+            String log = java.nio.file.Files.readString(server.log);
+            assertTrue(log.contains("POST /v1/models/" + model + ":generateContent") && log.contains("POST /v1/models/" + model + ":streamGenerateContent"),
+                "@google/genai 3.x calls /v1 by default:\n" + log);
         }
 
         @Test
