@@ -5,12 +5,12 @@
 //SOURCES StubUpstream.java
 //SOURCES AnthropicTranslatorTests.java
 //SOURCES ResponsesTranslatorTests.java
+//SOURCES GeminiTests.java
 //SOURCES ClientRecipeTests.java
 //SOURCES BillingTests.java
 //SOURCES StoreTests.java
 //SOURCES UsageBasedTests.java
 //SOURCES CostTests.java
-//SOURCES GeminiTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
