@@ -3095,7 +3095,7 @@ class CopilotApi implements Callable<Integer> {
 
     /**
      * --api-key / COPILOT_API_KEYS: every route but the dashboard page wants one, as x-api-key or a bearer token (Google's
-     * clients: x-goog-api-key or ?key=).
+     * clients: x-goog-api-key, or ?key= on Gemini paths).
      */
     static final class ApiKeys {
         static final ApiKeys NONE = new ApiKeys(List.of());
@@ -3127,7 +3127,9 @@ class CopilotApi implements Callable<Integer> {
         static String presented(Context ctx) {
             String key = ctx.header("x-api-key");
             if (key != null && !key.isBlank()) return key.trim();
-            key = Optional.ofNullable(ctx.header("x-goog-api-key")).orElse(ctx.queryParam("key"));
+            key = ctx.header("x-goog-api-key");
+            // ?key= as Google's API takes it, on Google's paths only: a key in a URL is easier to leak than a header
+            if ((key == null || key.isBlank()) && GeminiRoutes.serves(ctx)) key = ctx.queryParam("key");
             if (key != null && !key.isBlank()) return key.trim();
             String auth = ctx.header("authorization");
             if (auth != null && auth.regionMatches(true, 0, "Bearer ", 0, 7)) return auth.substring(7).trim();

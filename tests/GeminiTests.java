@@ -443,6 +443,9 @@ final class GeminiTests {
         void googlesKeyHeaderAndQueryParameterAreAccepted() throws Exception {
             assertEquals(200, h.send("POST", call("gpt-4.1", "generateContent"), HI, "x-goog-api-key", "k-one").statusCode());
             assertEquals(200, h.send("POST", call("gpt-4.1", "generateContent") + "?key=k-one", HI).statusCode());
+            assertEquals(200, h.send("POST", "/v1/chat/completions", CopilotApiTests.CHAT_HI, "x-goog-api-key", "k-one").statusCode());
+            assertEquals(401, h.send("POST", "/v1/chat/completions?key=k-one", CopilotApiTests.CHAT_HI).statusCode(),
+                "?key= is Google's way, taken on Google's paths only");
         }
 
         @Test
