@@ -10558,15 +10558,13 @@ class CopilotApi implements Callable<Integer> {
 
             private void content(JsonNode c, String at, int turn, ArrayNode out) {
                 if (!c.isObject()) throw invalid(at, "must be a Content object");
-                JsonNode parts = c.get("parts");
-                if (parts == null || !parts.isArray()) throw invalid(at + ".parts", "must be an array of Part objects");
-                for (int j = 0; j < parts.size(); j++) if (!parts.get(j).isObject()) throw invalid(at + ".parts[" + j + "]", "must be a Part object");
                 String role = c.path("role").asText("user");
-                switch (role) {
-                    case "model" -> modelTurn(parts, at, turn, out);
-                    case "user", "function", "" -> userTurn(parts, at, out);
-                    default -> throw invalid(at + ".role", "must be \"user\" or \"model\", not \"" + role + "\"");
-                }
+                if (!Set.of("model", "user", "function", "").contains(role)) throw invalid(at + ".role", "must be \"user\" or \"model\", not \"" + role + "\"");
+                JsonNode parts = c.get("parts");
+                if (parts == null || !parts.isArray() || parts.isEmpty()) throw invalid(at + ".parts", "must be a non-empty array of Part objects");
+                for (int j = 0; j < parts.size(); j++) if (!parts.get(j).isObject()) throw invalid(at + ".parts[" + j + "]", "must be a Part object");
+                if (role.equals("model")) modelTurn(parts, at, turn, out);
+                else userTurn(parts, at, out);
             }
 
             /** Text to content, thought parts to reasoning_text, the first real thought signature to reasoning_opaque. */
@@ -10842,6 +10840,7 @@ class CopilotApi implements Callable<Integer> {
                             continue;
                         }
                         JsonNode decls = field.getValue();
+                        if (!decls.isArray()) throw invalid("tools[" + i + "].functionDeclarations", "must be an array of FunctionDeclaration objects");
                         for (int j = 0; j < decls.size(); j++) tools.add(function(decls.get(j), "tools[" + i + "].functionDeclarations[" + j + "]"));
                     }
                 }

@@ -324,7 +324,9 @@ final class GeminiTests {
             for (String[] c : new String[][] {
                     {"{}", "contents"},
                     {"{\"contents\":[{\"role\":\"user\"}]}", "contents[0].parts"},
-                    {"{\"contents\":[{\"role\":\"robot\",\"parts\":[]}]}", "contents[0].role"},
+                    {"{\"contents\":[{\"role\":\"robot\",\"parts\":[{\"text\":\"hi\"}]}]}", "contents[0].role"},
+                    {"{\"contents\":[{\"role\":\"user\",\"parts\":[]}]}", "contents[0].parts"},
+                    {"{\"contents\":[{\"parts\":[{\"text\":\"hi\"}]}],\"tools\":[{\"functionDeclarations\":{\"name\":\"x\"}}]}", "tools[0].functionDeclarations"},
                     {"{\"contents\":[{\"parts\":[{\"text\":\"hi\"}]}],\"generationConfig\":{\"maxOutputTokens\":-1}}", "generationConfig.maxOutputTokens"},
                     {"{\"contents\":[{\"parts\":[{\"inlineData\":{\"mimeType\":\"video/mp4\",\"data\":\"AAAA\"}}]}]}", "contents[0].parts[0].inlineData.mimeType"}}) {
                 HttpResponse<String> r = h.post(call("gpt-4.1", "generateContent"), c[0]);
