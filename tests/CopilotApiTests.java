@@ -5,6 +5,7 @@
 //SOURCES StubUpstream.java
 //SOURCES AnthropicTranslatorTests.java
 //SOURCES ResponsesTranslatorTests.java
+//SOURCES GeminiTests.java
 //SOURCES ClientRecipeTests.java
 //SOURCES BillingTests.java
 //SOURCES BackgroundTests.java
@@ -131,6 +132,11 @@ class CopilotApiTests {
         CliTests.class,
         SdkTests.class,
         ClientRecipeTests.class,
+        GeminiTests.GeminiRouteTests.class,
+        GeminiTests.GeminiApiKeyTests.class,
+        GeminiTests.GeminiTranslatorTests.class,
+        GeminiTests.JavalinColonTests.class,
+        GeminiTests.GeminiSdkTests.class,
         ExportTests.class);
 
     public static void main(String... args) {
