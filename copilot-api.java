@@ -4693,11 +4693,13 @@ class CopilotApi implements Callable<Integer> {
         private void generate(Context ctx, String requested, boolean stream) {
             ObjectNode body = Requests.jsonObject(ctx);
             boolean sse = stream && "sse".equals(ctx.queryParam("alt"));
-            boolean side = sideCall(ctx, body, stream);
-            Optional<String> free = side ? up.controls().billing().warmupModel(up.models().list()).filter(id -> fits(body, id)) : Optional.empty();
-            ModelResolver.Resolution model = resolve(ctx, free.orElse(requested));
-            if (free.isPresent()) {
-                Exchange.of(ctx).model(requested, model.upstream()).note("Gemini CLI side call");
+            // a side call (no person's prompt) goes where every background call goes: the one cheap-model choice
+            Turn side = sideCall(ctx, body, stream) ? new Turn(Turn.Kind.SIDE_CALL, null, true, true) : null;
+            Optional<String> cheap = side == null ? Optional.empty() : ModelCall.cheap(ctx, up, side,
+                new Billing.Need(List.of(OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES), false, false, Billing.Need.estimate(body)));
+            ModelResolver.Resolution model = resolve(ctx, cheap.orElse(requested));
+            if (cheap.isPresent()) {
+                Exchange.of(ctx).model(requested, model.upstream());
                 model = new ModelResolver.Resolution(requested, model.upstream(), model.model());
             }
             ChatUpstream chat = up.chat();
@@ -4711,7 +4713,7 @@ class CopilotApi implements Callable<Integer> {
             t.dropped().forEach(n -> Logs.log().info("gemini {}: {}", ctx.path(), n));
             ChatUpstream.Prepared prepared = chat.prepare(t.chatRequest(), sse);
             JsonNode messages = t.chatRequest().path("messages");
-            Turn turn = free.isPresent() ? new Turn(Turn.Kind.WARMUP, null, true, true) : Turn.ofMessages(messages);
+            Turn turn = side != null ? side : Turn.ofMessages(messages);
             ModelCall call = ModelCall.of(ctx, up).admit(model.requested(), body.path("contents").size())
                 .reserve(turn, model.model(), t.vision());
             Requests.logBody("translated chat request", t.chatRequest());
@@ -4778,21 +4780,8 @@ class CopilotApi implements Callable<Integer> {
         /**
          * Gemini CLI's side calls (its router, loop and next-speaker checks, summaries, the compressor): every one a
          * non-streamed generateContent declaring no function, while its main turns always stream with its tools. They
-         * are background work: a free model answers them and they bill nothing, as Claude Code's warm-up does.
+         * are background work: the cheap model answers them (ModelCall.cheap), as it answers Claude Code's warm-up.
          */
-        /**
-         * Whether the request fits the free model's prompt window: the compressor sends the whole history, sized for the
-         * model the person chose, which a smaller free model would refuse; such a call stays on the model asked.
-         */
-        private boolean fits(JsonNode body, String model) {
-            JsonNode m = up.models().find(model).orElse(null);
-            if (m == null) return false;
-            int window = m.path("capabilities").path("limits").path("max_prompt_tokens").asInt(Integer.MAX_VALUE);
-            boolean fits = GeminiTokens.count(body, m) <= window;
-            if (!fits) Logs.log().info("gemini: a Gemini CLI side call is larger than {}'s {} prompt tokens; it goes to the model asked", model, window);
-            return fits;
-        }
-
         static boolean sideCall(Context ctx, JsonNode body, boolean stream) {
             boolean cli = Optional.ofNullable(ctx.header("user-agent")).orElse("").startsWith("GeminiCLI");
             return cli && !stream && !GeminiToChat.declaresFunctions(body);

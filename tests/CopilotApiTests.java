@@ -5255,10 +5255,18 @@ class CopilotApiTests {
             return CopilotApiTests.fixtures("chat").getParent().getParent().getParent();
         }
 
+        /**
+         * The folder's pinned packages installed: again whenever its package-lock.json changed since the last install
+         * (a copy of the lock file it was installed from is kept in node_modules), so a new pin reaches a checkout
+         * that already had node_modules.
+         */
         static void npmInstall(Path dir) throws Exception {
-            if (Files.isDirectory(dir.resolve("node_modules"))) return;
+            Path lock = dir.resolve("package-lock.json");
+            Path installedFrom = dir.resolve("node_modules/.installed-from-package-lock.json");
+            if (Files.isRegularFile(installedFrom) && Files.mismatch(lock, installedFrom) == -1) return;
             Result r = run(dir, Map.of(), Duration.ofMinutes(5), "npm", "ci", "--no-audit", "--no-fund");
             assertEquals(0, r.exit(), "npm ci failed:\n" + r.output());
+            Files.copy(lock, installedFrom, java.nio.file.StandardCopyOption.REPLACE_EXISTING);
         }
 
         static Result node(Path dir, String script, Map<String, String> env) throws Exception {
