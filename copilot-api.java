@@ -1962,7 +1962,7 @@ class CopilotApi implements Callable<Integer> {
                     inFlight.decrementAndGet();
                     Exchange exchange = Exchange.of(ctx);
                     controls.billing().settle(exchange);
-                    exchange.cost = Cost.settle(exchange, ctx.res().getStatus(), models);
+                    if (exchange.cost == null) exchange.cost = Cost.settle(exchange, ctx.res().getStatus(), models);
                     RequestLog.write(ctx, ms, controls.stats());
                     History.record(ctx, ctx.res().getStatus(), Math.round(ms), store);
                 });
@@ -1981,10 +1981,12 @@ class CopilotApi implements Callable<Integer> {
                     Requests.checkBody(ctx);
                 });
                 cfg.routes.after(ctx -> {
-                    // a JSON answer not yet sent carries its cost; a stream's is in the log and the history
+                    // a JSON answer not yet sent carries its cost, settled here once for the log and the history too;
+                    // a stream's is settled when it ends, for the log and the history
                     Exchange exchange = Exchange.of(ctx);
                     if (!exchange.invokesModel || ctx.res().isCommitted() || ctx.status().getCode() >= 400) return;
-                    Cost.settle(exchange, ctx.status().getCode(), models).ifPresent(c -> ctx.header(Cost.HEADER, Cost.format(c.credits())));
+                    exchange.cost = Cost.settle(exchange, ctx.status().getCode(), models);
+                    exchange.cost.ifPresent(c -> ctx.header(Cost.HEADER, Cost.format(c.credits())));
                 });
                 cfg.routes.get("/", Dashboard::root);
                 cfg.routes.get("/dashboard", Dashboard::page);
@@ -10952,10 +10954,22 @@ class CopilotApi implements Callable<Integer> {
 
         private final CopilotClient copilot;
         /** The fetch in flight, if any: every request that needs the catalog meanwhile shares its result or its failure. */
-        private final java.util.concurrent.atomic.AtomicReference<java.util.concurrent.CompletableFuture<List<JsonNode>>> fetching =
+        private final java.util.concurrent.atomic.AtomicReference<java.util.concurrent.CompletableFuture<Fetched>> fetching =
             new java.util.concurrent.atomic.AtomicReference<>();
-        private volatile List<JsonNode> models;
+        private volatile Fetched models;
         private volatile Instant fetchedAt = Instant.EPOCH;
+
+        /**
+         * The catalog as fetched, and its models by id (the first of an id, as a scan finds it): every model request
+         * looks a model up several times (resolve, endpoint, charge, cost), so by id rather than by a walk of the list.
+         */
+        private record Fetched(List<JsonNode> list, Map<String, JsonNode> byId) {
+            static Fetched of(List<JsonNode> list) {
+                Map<String, JsonNode> byId = new HashMap<>();
+                for (JsonNode m : list) byId.putIfAbsent(m.path("id").asText(), m);
+                return new Fetched(list, Map.copyOf(byId));
+            }
+        }
 
         ModelCatalog(CopilotClient copilot) {
             this.copilot = copilot;
@@ -10971,11 +10985,11 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        private List<JsonNode> fetch() {
+        private Fetched fetch() {
             JsonNode answer = copilot.catalog();
             List<JsonNode> list = new ArrayList<>();
             answer.path("data").forEach(list::add);
-            return List.copyOf(list);
+            return Fetched.of(List.copyOf(list));
         }
 
         private boolean stale() {
@@ -10988,14 +11002,18 @@ class CopilotApi implements Callable<Integer> {
          * requests that find it expired while another refreshes are served the cached list.
          */
         List<JsonNode> list() {
-            List<JsonNode> cached = models;
+            return current().list();
+        }
+
+        private Fetched current() {
+            Fetched cached = models;
             if (!stale()) return cached;
-            java.util.concurrent.CompletableFuture<List<JsonNode>> mine = new java.util.concurrent.CompletableFuture<>();
-            java.util.concurrent.CompletableFuture<List<JsonNode>> running = fetching.compareAndExchange(null, mine);
+            java.util.concurrent.CompletableFuture<Fetched> mine = new java.util.concurrent.CompletableFuture<>();
+            java.util.concurrent.CompletableFuture<Fetched> running = fetching.compareAndExchange(null, mine);
             if (running != null) return cached != null ? cached : shared(running);
             try {
                 if (stale()) {
-                    List<JsonNode> fresh = fetch();
+                    Fetched fresh = fetch();
                     fetchedAt = Instant.now();
                     models = fresh;
                 }
@@ -11012,7 +11030,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** The result of another request's fetch, or its failure as it was thrown there. */
-        private static List<JsonNode> shared(java.util.concurrent.CompletableFuture<List<JsonNode>> running) {
+        private static Fetched shared(java.util.concurrent.CompletableFuture<Fetched> running) {
             try {
                 return running.join();
             } catch (java.util.concurrent.CompletionException e) {
@@ -11029,16 +11047,12 @@ class CopilotApi implements Callable<Integer> {
 
         /** A model of the catalog as last read, never fetching: for settling a request's cost after its answer. */
         Optional<JsonNode> known(String id) {
-            List<JsonNode> cached = models;
-            if (cached == null) return Optional.empty();
-            return cached.stream().filter(m -> m.path("id").asText().equals(id)).findFirst();
+            Fetched cached = models;
+            return cached == null ? Optional.empty() : Optional.ofNullable(cached.byId().get(id));
         }
 
         Optional<JsonNode> find(String id) {
-            for (JsonNode m : list()) {
-                if (m.path("id").asText().equals(id)) return Optional.of(m);
-            }
-            return Optional.empty();
+            return Optional.ofNullable(current().byId().get(id));
         }
 
         /**
