@@ -11181,10 +11181,11 @@ class CopilotApi implements Callable<Integer> {
         void seen(Http.Reply reply) {
             boolean changed = false;
             for (org.eclipse.jetty.http.HttpField f : reply.headers()) {
-                String name = f.getName().toLowerCase(Locale.ROOT);
-                Map<String, ObjectNode> into = name.startsWith(RATE_LIMIT) ? rateLimits : name.startsWith(QUOTA) ? quotas : null;
+                // every answer passes here: its other headers are passed over without a lower-cased copy of each name
+                String raw = f.getName();
+                Map<String, ObjectNode> into = startsWith(raw, RATE_LIMIT) ? rateLimits : startsWith(raw, QUOTA) ? quotas : null;
                 if (into == null) continue;
-                String window = name.substring(into == rateLimits ? RATE_LIMIT.length() : QUOTA.length());
+                String window = raw.toLowerCase(Locale.ROOT).substring(into == rateLimits ? RATE_LIMIT.length() : QUOTA.length());
                 ObjectNode parsed = parse(f.getValue());
                 changed |= !parsed.equals(into.put(window, parsed));
                 warn((into == rateLimits ? window + " limit" : window + " quota"), parsed);
@@ -11193,6 +11194,11 @@ class CopilotApi implements Callable<Integer> {
                 seenAt = Instant.now();
                 save();
             }
+        }
+
+        /** A header name that starts with this lower-case prefix, in any case. */
+        private static boolean startsWith(String name, String prefix) {
+            return name.regionMatches(true, 0, prefix, 0, prefix.length());
         }
 
         /** One header's value: percent used and remaining, reset time, entitlement, overage. */
