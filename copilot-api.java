@@ -2318,7 +2318,7 @@ class CopilotApi implements Callable<Integer> {
             // watched as a non-stream: nothing is committed or kept alive while the request waits its turn
             Watch client = new ClientWatch(ctx, Duration.ZERO, Duration.ZERO);
             try {
-                approver.approve(ctx.method() + " " + ctx.path(), model, messages, client);
+                if (approver.asks()) approver.approve(ctx.method() + " " + ctx.path(), model, messages, client);
                 pacer.admit(client);
             } catch (ClientLeft e) {
                 exchange.invokesModel = false;
@@ -3232,6 +3232,11 @@ class CopilotApi implements Callable<Integer> {
         Approver(Terminal terminal, Duration timeout) {
             this.terminal = terminal;
             this.timeout = timeout;
+        }
+
+        /** Whether requests wait for the operator's answer at all (--manual). */
+        boolean asks() {
+            return terminal != null;
         }
 
         /** Asks, one question at a time, until the operator answers, the timeout passes or the client leaves (ClientLeft). */
@@ -5491,14 +5496,14 @@ class CopilotApi implements Callable<Integer> {
         private final Context ctx;
         private final Duration earlyCommit;
         private final Duration keepAlive;
-        private final ClientProbe client;
+        /** Looked up at the first wait: most requests are admitted and answered without waiting, and need no probe. */
+        private ClientProbe client;
         private long lastWrite;
 
         ClientWatch(Context ctx, Duration earlyCommit, Duration keepAlive) {
             this.ctx = ctx;
             this.earlyCommit = earlyCommit;
             this.keepAlive = keepAlive;
-            this.client = ClientProbe.of(ctx);
         }
 
         @Override
@@ -5518,6 +5523,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         private boolean clientClosed() {
+            if (client == null) client = ClientProbe.of(ctx);
             boolean closed = client.closed();
             if (client.ateAByte() && !ctx.res().isCommitted()) ctx.header("Connection", "close");
             return closed;
