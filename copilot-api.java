@@ -2398,7 +2398,7 @@ class CopilotApi implements Callable<Integer> {
                     inFlight.decrementAndGet();
                     Exchange exchange = Exchange.of(ctx);
                     controls.billing().settle(exchange);
-                    exchange.cost = Cost.settle(exchange, ctx.res().getStatus(), models);
+                    if (exchange.cost == null) exchange.cost = Cost.settle(exchange, ctx.res().getStatus(), models);
                     RequestLog.write(ctx, ms, controls.stats());
                     History.record(ctx, ctx.res().getStatus(), Math.round(ms), store);
                 });
@@ -2417,10 +2417,12 @@ class CopilotApi implements Callable<Integer> {
                     Requests.checkBody(ctx);
                 });
                 cfg.routes.after(ctx -> {
-                    // a JSON answer not yet sent carries its cost; a stream's is in the log and the history
+                    // a JSON answer not yet sent carries its cost, settled here once for the log and the history too;
+                    // a stream's is settled when it ends, for the log and the history
                     Exchange exchange = Exchange.of(ctx);
                     if (!exchange.invokesModel || ctx.res().isCommitted() || ctx.status().getCode() >= 400) return;
-                    Cost.settle(exchange, ctx.status().getCode(), models).ifPresent(c -> ctx.header(Cost.HEADER, Cost.format(c.credits())));
+                    exchange.cost = Cost.settle(exchange, ctx.status().getCode(), models);
+                    exchange.cost.ifPresent(c -> ctx.header(Cost.HEADER, Cost.format(c.credits())));
                 });
                 cfg.routes.get("/", Dashboard::root);
                 cfg.routes.get("/dashboard", Dashboard::page);
@@ -2771,7 +2773,7 @@ class CopilotApi implements Callable<Integer> {
             // watched as a non-stream: nothing is committed or kept alive while the request waits its turn
             Watch client = new ClientWatch(ctx, Duration.ZERO, Duration.ZERO);
             try {
-                approver.approve(ctx.method() + " " + ctx.path(), model, messages, client);
+                if (approver.asks()) approver.approve(ctx.method() + " " + ctx.path(), model, messages, client);
                 pacer.admit(client);
             } catch (ClientLeft e) {
                 exchange.invokesModel = false;
@@ -3766,6 +3768,11 @@ class CopilotApi implements Callable<Integer> {
         Approver(Terminal terminal, Duration timeout) {
             this.terminal = terminal;
             this.timeout = timeout;
+        }
+
+        /** Whether requests wait for the operator's answer at all (--manual). */
+        boolean asks() {
+            return terminal != null;
         }
 
         /** Asks, one question at a time, until the operator answers, the timeout passes or the client leaves (ClientLeft). */
@@ -6223,14 +6230,14 @@ class CopilotApi implements Callable<Integer> {
         private final Context ctx;
         private final Duration earlyCommit;
         private final Duration keepAlive;
-        private final ClientProbe client;
+        /** Looked up at the first wait: most requests are admitted and answered without waiting, and need no probe. */
+        private ClientProbe client;
         private long lastWrite;
 
         ClientWatch(Context ctx, Duration earlyCommit, Duration keepAlive) {
             this.ctx = ctx;
             this.earlyCommit = earlyCommit;
             this.keepAlive = keepAlive;
-            this.client = ClientProbe.of(ctx);
         }
 
         @Override
@@ -6250,6 +6257,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         private boolean clientClosed() {
+            if (client == null) client = ClientProbe.of(ctx);
             boolean closed = client.closed();
             if (client.ateAByte() && !ctx.res().isCommitted()) ctx.header("Connection", "close");
             return closed;
@@ -12674,10 +12682,22 @@ class CopilotApi implements Callable<Integer> {
 
         private final CopilotClient copilot;
         /** The fetch in flight, if any: every request that needs the catalog meanwhile shares its result or its failure. */
-        private final java.util.concurrent.atomic.AtomicReference<java.util.concurrent.CompletableFuture<List<JsonNode>>> fetching =
+        private final java.util.concurrent.atomic.AtomicReference<java.util.concurrent.CompletableFuture<Fetched>> fetching =
             new java.util.concurrent.atomic.AtomicReference<>();
-        private volatile List<JsonNode> models;
+        private volatile Fetched models;
         private volatile Instant fetchedAt = Instant.EPOCH;
+
+        /**
+         * The catalog as fetched, and its models by id (the first of an id, as a scan finds it): every model request
+         * looks a model up several times (resolve, endpoint, charge, cost), so by id rather than by a walk of the list.
+         */
+        private record Fetched(List<JsonNode> list, Map<String, JsonNode> byId) {
+            static Fetched of(List<JsonNode> list) {
+                Map<String, JsonNode> byId = new HashMap<>();
+                for (JsonNode m : list) byId.putIfAbsent(m.path("id").asText(), m);
+                return new Fetched(list, Map.copyOf(byId));
+            }
+        }
 
         ModelCatalog(CopilotClient copilot) {
             this.copilot = copilot;
@@ -12693,11 +12713,11 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        private List<JsonNode> fetch() {
+        private Fetched fetch() {
             JsonNode answer = copilot.catalog();
             List<JsonNode> list = new ArrayList<>();
             answer.path("data").forEach(list::add);
-            return List.copyOf(list);
+            return Fetched.of(List.copyOf(list));
         }
 
         private boolean stale() {
@@ -12710,14 +12730,18 @@ class CopilotApi implements Callable<Integer> {
          * requests that find it expired while another refreshes are served the cached list.
          */
         List<JsonNode> list() {
-            List<JsonNode> cached = models;
+            return current().list();
+        }
+
+        private Fetched current() {
+            Fetched cached = models;
             if (!stale()) return cached;
-            java.util.concurrent.CompletableFuture<List<JsonNode>> mine = new java.util.concurrent.CompletableFuture<>();
-            java.util.concurrent.CompletableFuture<List<JsonNode>> running = fetching.compareAndExchange(null, mine);
+            java.util.concurrent.CompletableFuture<Fetched> mine = new java.util.concurrent.CompletableFuture<>();
+            java.util.concurrent.CompletableFuture<Fetched> running = fetching.compareAndExchange(null, mine);
             if (running != null) return cached != null ? cached : shared(running);
             try {
                 if (stale()) {
-                    List<JsonNode> fresh = fetch();
+                    Fetched fresh = fetch();
                     fetchedAt = Instant.now();
                     models = fresh;
                 }
@@ -12734,7 +12758,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** The result of another request's fetch, or its failure as it was thrown there. */
-        private static List<JsonNode> shared(java.util.concurrent.CompletableFuture<List<JsonNode>> running) {
+        private static Fetched shared(java.util.concurrent.CompletableFuture<Fetched> running) {
             try {
                 return running.join();
             } catch (java.util.concurrent.CompletionException e) {
@@ -12751,16 +12775,12 @@ class CopilotApi implements Callable<Integer> {
 
         /** A model of the catalog as last read, never fetching: for settling a request's cost after its answer. */
         Optional<JsonNode> known(String id) {
-            List<JsonNode> cached = models;
-            if (cached == null) return Optional.empty();
-            return cached.stream().filter(m -> m.path("id").asText().equals(id)).findFirst();
+            Fetched cached = models;
+            return cached == null ? Optional.empty() : Optional.ofNullable(cached.byId().get(id));
         }
 
         Optional<JsonNode> find(String id) {
-            for (JsonNode m : list()) {
-                if (m.path("id").asText().equals(id)) return Optional.of(m);
-            }
-            return Optional.empty();
+            return Optional.ofNullable(current().byId().get(id));
         }
 
         /**
@@ -12889,10 +12909,11 @@ class CopilotApi implements Callable<Integer> {
         void seen(Http.Reply reply) {
             boolean changed = false;
             for (org.eclipse.jetty.http.HttpField f : reply.headers()) {
-                String name = f.getName().toLowerCase(Locale.ROOT);
-                Map<String, ObjectNode> into = name.startsWith(RATE_LIMIT) ? rateLimits : name.startsWith(QUOTA) ? quotas : null;
+                // every answer passes here: its other headers are passed over without a lower-cased copy of each name
+                String raw = f.getName();
+                Map<String, ObjectNode> into = startsWith(raw, RATE_LIMIT) ? rateLimits : startsWith(raw, QUOTA) ? quotas : null;
                 if (into == null) continue;
-                String window = name.substring(into == rateLimits ? RATE_LIMIT.length() : QUOTA.length());
+                String window = raw.toLowerCase(Locale.ROOT).substring(into == rateLimits ? RATE_LIMIT.length() : QUOTA.length());
                 ObjectNode parsed = parse(f.getValue());
                 changed |= !parsed.equals(into.put(window, parsed));
                 warn((into == rateLimits ? window + " limit" : window + " quota"), parsed);
@@ -12901,6 +12922,11 @@ class CopilotApi implements Callable<Integer> {
                 seenAt = Instant.now();
                 save();
             }
+        }
+
+        /** A header name that starts with this lower-case prefix, in any case. */
+        private static boolean startsWith(String name, String prefix) {
+            return name.regionMatches(true, 0, prefix, 0, prefix.length());
         }
 
         /** One header's value: percent used and remaining, reset time, entitlement, overage. */

@@ -24,11 +24,13 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
 
 import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import java.io.BufferedReader;
 import java.io.IOException;
@@ -840,6 +842,31 @@ class CopilotApiTests {
             for (int i = 0; i < 8; i++) all.add(java.util.concurrent.CompletableFuture.supplyAsync(() -> fresh.list().size()));
             for (var f : all) assertTrue(f.get(10, TimeUnit.SECONDS) > 0);
             assertEquals(1, h.stub.count("/models"), "one fetch served all eight");
+        }
+
+        /** By id, the catalog gives what a walk of its list gives: the first model of an id, none for an unknown id; known() never fetches. */
+        @Test
+        void aModelIsLookedUpByIdAsAWalkOfTheListFindsItAndKnownNeverFetches() throws Exception {
+            ObjectNode catalog = CopilotApi.Json.object();
+            ArrayNode data = catalog.putArray("data");
+            h.stub.models().forEach(data::add);
+            data.addObject().put("id", "gpt-4.1").put("name", "a second entry with the same id");
+            h.stub.enqueue("/models", StubUpstream.Reply.json(200, catalog.toString()));
+            int fetches = h.stub.count("/models");
+            CopilotApi.ModelCatalog fresh = new CopilotApi.ModelCatalog(h.copilot);
+            assertTrue(fresh.known("gpt-4.1").isEmpty(), "nothing is known before the first fetch");
+            assertEquals(fetches, h.stub.count("/models"), "known() does not fetch");
+            List<JsonNode> list = fresh.list();
+            for (JsonNode m : list) {
+                String id = m.path("id").asText();
+                JsonNode first = list.stream().filter(x -> x.path("id").asText().equals(id)).findFirst().orElseThrow();
+                assertSame(first, fresh.find(id).orElseThrow(), id);
+                assertSame(first, fresh.known(id).orElseThrow(), id);
+            }
+            assertNotEquals("a second entry with the same id", fresh.find("gpt-4.1").orElseThrow().path("name").asText());
+            assertTrue(fresh.find("no-such-model").isEmpty());
+            assertTrue(fresh.known("no-such-model").isEmpty());
+            assertEquals(fetches + 1, h.stub.count("/models"), "one fetch in all");
         }
 
         /**
