@@ -90,6 +90,7 @@ import picocli.CommandLine;
 
 import copilotapi.CopilotApi.Anthropic.*;
 import copilotapi.CopilotApi.Chat.*;
+import copilotapi.CopilotApi.Gemini.*;
 import copilotapi.CopilotApi.Responses.*;
 
 /**
@@ -1936,6 +1937,7 @@ class CopilotApi implements Callable<Integer> {
             Store store = Store.unopened(options.store(), settings.dataDir());
             ResponsesState state = new ResponsesState(store);
             ResponsesRoutes responses = new ResponsesRoutes(upstream, options.routing(), state);
+            GeminiRoutes gemini = new GeminiRoutes(upstream, options.routing());
             var inFlight = new java.util.concurrent.atomic.AtomicInteger();
             tellJettyTheCacheLine();
             Javalin app = Javalin.create(cfg -> {
@@ -1994,8 +1996,15 @@ class CopilotApi implements Callable<Integer> {
                 cfg.routes.get("/history", ctx -> History.list(ctx, store));
                 cfg.routes.get("/history/summary", ctx -> History.summary(ctx, store, copilot));
                 for (String prefix : List.of("", "/v1")) {
-                    cfg.routes.get(prefix + "/models", openai::models);
-                    cfg.routes.get(prefix + "/models/{id}", openai::model);
+                    // the same paths answer Google's clients in their own shape (GeminiRoutes.serves tells them apart)
+                    cfg.routes.get(prefix + "/models", ctx -> {
+                        if (GeminiRoutes.serves(ctx)) gemini.models(ctx);
+                        else openai.models(ctx);
+                    });
+                    cfg.routes.get(prefix + "/models/{id}", ctx -> {
+                        if (GeminiRoutes.serves(ctx)) gemini.model(ctx);
+                        else openai.model(ctx);
+                    });
                     cfg.routes.post(prefix + "/chat/completions", openai::chatCompletions);
                     cfg.routes.post(prefix + "/embeddings", openai::embeddings);
                 }
@@ -2008,6 +2017,9 @@ class CopilotApi implements Callable<Integer> {
                     cfg.routes.post(prefix + "/messages", anthropic::messages);
                     cfg.routes.post(prefix + "/messages/count_tokens", anthropic::countTokens);
                 }
+                cfg.routes.get("/v1beta/models", gemini::models);
+                cfg.routes.get("/v1beta/models/{id}", gemini::model);
+                for (String prefix : GeminiRoutes.PREFIXES) cfg.routes.post(prefix + "/models/{call}", gemini::call);
                 cfg.routes.get("/usage", ctx -> openai.usage(ctx, from -> store.creditsSince(from.toEpochMilli())
                     .orElseGet(() -> controls.stats().credits().since(from))));
                 cfg.routes.get("/token", openai::token);
@@ -2942,7 +2954,7 @@ class CopilotApi implements Callable<Integer> {
      * those are refused unless --cors-origin allows the origin, and then preflights are answered for it.
      */
     static final class BrowserGuard {
-        static final String ALLOW_HEADERS = "authorization, content-type, x-api-key, anthropic-version, anthropic-beta, "
+        static final String ALLOW_HEADERS = "authorization, content-type, x-api-key, x-goog-api-key, x-goog-api-client, anthropic-version, anthropic-beta, "
             + "anthropic-dangerous-direct-browser-access, openai-organization, openai-project, x-stainless-arch, x-stainless-lang, "
             + "x-stainless-os, x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, "
             + "x-stainless-runtime-version, x-stainless-timeout, x-stainless-helper-method";
@@ -3074,7 +3086,10 @@ class CopilotApi implements Callable<Integer> {
         static final String PREFLIGHT = "copilot-api.preflight";
     }
 
-    /** --api-key / COPILOT_API_KEYS: every route but the dashboard page wants one, as x-api-key or a bearer token. */
+    /**
+     * --api-key / COPILOT_API_KEYS: every route but the dashboard page wants one, as x-api-key or a bearer token (Google's
+     * clients: x-goog-api-key or ?key=).
+     */
     static final class ApiKeys {
         static final ApiKeys NONE = new ApiKeys(List.of());
         private final List<byte[]> digests;
@@ -3105,6 +3120,8 @@ class CopilotApi implements Callable<Integer> {
         static String presented(Context ctx) {
             String key = ctx.header("x-api-key");
             if (key != null && !key.isBlank()) return key.trim();
+            key = Optional.ofNullable(ctx.header("x-goog-api-key")).orElse(ctx.queryParam("key"));
+            if (key != null && !key.isBlank()) return key.trim();
             String auth = ctx.header("authorization");
             if (auth != null && auth.regionMatches(true, 0, "Bearer ", 0, 7)) return auth.substring(7).trim();
             return null;
@@ -3114,7 +3131,8 @@ class CopilotApi implements Callable<Integer> {
             if (!enabled() || Dashboard.isPage(ctx) || Dashboard.isIcon(ctx)) return;
             if (!accepts(presented(ctx))) {
                 throw new ApiError(401, "authentication_error",
-                    "Missing or invalid API key: send it as the x-api-key header or as Authorization: Bearer <key>", null, "invalid_api_key");
+                    "Missing or invalid API key: send it as the x-api-key header or as Authorization: Bearer <key> (Gemini clients: "
+                        + "x-goog-api-key)", null, "invalid_api_key");
             }
         }
 
@@ -4080,6 +4098,146 @@ class CopilotApi implements Callable<Integer> {
     }
 
     /**
+     * The Gemini API: generateContent, streamGenerateContent (SSE with ?alt=sse, else one JSON array), countTokens and
+     * the model list, under /v1beta, /v1 and bare /models. Every chat model goes through the chat pivot; nothing is
+     * kept on the server. Errors are Google's shape (Errors picks it for the requests {@link #serves} says are Gemini's).
+     */
+    static final class GeminiRoutes {
+        static final List<String> PREFIXES = List.of("/v1beta", "/v1", "");
+        /** What Google's clients send that OpenAI's and Anthropic's do not: their key header, their client header, ?key=. */
+        static final List<String> CLIENT_HEADERS = List.of("x-goog-api-key", "x-goog-api-client");
+
+        private final Upstream up;
+        private final ModelRouting routing;
+
+        GeminiRoutes(Upstream up, ModelRouting routing) {
+            this.up = up;
+            this.routing = routing;
+        }
+
+        /** A Gemini request: anything under /v1beta, a models/{model}:method call, or the model list asked by a Google client. */
+        static boolean serves(Context ctx) {
+            String p = ctx.path();
+            if (p.startsWith("/v1beta/") || p.equals("/v1beta")) return true;
+            String rest = p.startsWith("/v1/") ? p.substring(3) : p;
+            if (!rest.equals("/models") && !rest.startsWith("/models/")) return false;
+            return rest.contains(":") || CLIENT_HEADERS.stream().anyMatch(h -> ctx.header(h) != null) || ctx.queryParam("key") != null;
+        }
+
+        /**
+         * POST .../models/{model}:{method}. Javalin's path parameter takes the whole segment (a parameter followed by
+         * ":generateContent" in the route is not matched as one segment), so the method is read after the last colon.
+         */
+        void call(Context ctx) {
+            String call = ctx.pathParam("call");
+            int colon = call.lastIndexOf(':');
+            String method = colon < 0 ? "" : call.substring(colon + 1);
+            String model = colon < 0 ? call : call.substring(0, colon);
+            switch (method) {
+                case "generateContent" -> generate(ctx, model, false);
+                case "streamGenerateContent" -> generate(ctx, model, true);
+                case "countTokens" -> countTokens(ctx, model);
+                default -> throw new ApiError(404, "not_found_error", "No route for POST " + ctx.path() + ": copilot-api serves models/{model}:"
+                    + String.join(", :", Gemini.GeminiModels.METHODS));
+            }
+        }
+
+        private void generate(Context ctx, String requested, boolean stream) {
+            ObjectNode body = Requests.jsonObject(ctx);
+            boolean sse = stream && "sse".equals(ctx.queryParam("alt"));
+            boolean side = sideCall(ctx, body, stream);
+            Optional<String> free = side ? up.controls().billing().warmupModel(up.models().list()) : Optional.empty();
+            ModelResolver.Resolution model = resolve(ctx, free.orElse(requested));
+            if (free.isPresent()) {
+                Exchange.of(ctx).model(requested, model.upstream()).note("Gemini CLI side call");
+                model = new ModelResolver.Resolution(requested, model.upstream(), model.model());
+            }
+            ChatUpstream chat = up.chat();
+            boolean byEffort = chat.endpoint(model.upstream()) == ChatUpstream.Endpoint.RESPONSES
+                || model.model().path("capabilities").path("supports").has("reasoning_effort");
+            Exchange.of(ctx).route("translated");
+            // translating checks the request: bad input is refused before the client waits its turn or anything is charged
+            GeminiToChat.Result t = GeminiToChat.request(body, model.upstream(),
+                new GeminiToChat.Reasoning(ModelLimits.from(model.model()), byEffort), sse);
+            t.notes().forEach(n -> Logs.log().debug("gemini {}: {}", ctx.path(), n));
+            t.dropped().forEach(n -> Logs.log().info("gemini {}: {}", ctx.path(), n));
+            ChatUpstream.Prepared prepared = chat.prepare(t.chatRequest(), sse);
+            JsonNode messages = t.chatRequest().path("messages");
+            Turn turn = free.isPresent() ? new Turn(Turn.Kind.WARMUP, null, true, true) : Turn.ofMessages(messages);
+            ModelCall call = ModelCall.of(ctx, up).admit(model.requested(), body.path("contents").size())
+                .reserve(turn, model.model(), t.vision());
+            Requests.logBody("translated chat request", t.chatRequest());
+            String path = chat.path(model.upstream());
+            boolean merge = t.chatRequest().path("n").asInt(1) <= 1;
+            if (!sse) {
+                JsonNode answer = call.answer(model.upstream(), path, ModelCall.Shape.CHAT, c -> chat.complete(prepared, c));
+                ObjectNode response = ChatToGemini.response(answer, model.upstream(), t.includeThoughts(), merge, IdClock.SYSTEM);
+                // without alt=sse Google answers a stream as one JSON array of its events: here, the one whole answer
+                Requests.writeJson(ctx, stream ? Json.array().add(response) : response);
+                return;
+            }
+            ChatStreamToGemini machine = new ChatStreamToGemini(model.upstream(), t.includeThoughts(), merge, IdClock.SYSTEM);
+            try (EventSource events = call.send(model.upstream(), path, c -> chat.stream(prepared, c))) {
+                Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), (name, data) -> { }));
+            }
+            machine.notes().forEach(n -> Logs.log().warn("gemini {}: {}", ctx.path(), n));
+        }
+
+        /** {"contents": ...} or {"generateContentRequest": {...}}: an estimate with the model's tokenizer. */
+        private void countTokens(Context ctx, String requested) {
+            ObjectNode body = Requests.jsonObject(ctx);
+            JsonNode request = body.path("generateContentRequest").isObject() ? body.get("generateContentRequest") : body;
+            ModelResolver.Resolution model = resolve(ctx, requested);
+            GeminiToChat.request(request, model.upstream(), new GeminiToChat.Reasoning(ModelLimits.from(model.model()), false), false);
+            Exchange.of(ctx).route("estimate");
+            Requests.writeJson(ctx, Json.object().put("totalTokens", GeminiTokens.count(request, model.model())));
+        }
+
+        void models(Context ctx) {
+            Requests.writeJson(ctx, GeminiModels.list(up.models().list()));
+        }
+
+        void model(Context ctx) {
+            String id = ctx.pathParam("id");
+            String name = id.startsWith("models/") ? id.substring("models/".length()) : id;
+            Requests.writeJson(ctx, GeminiModels.entry(ModelResolver.resolve(name, false, up.models().list(), routing).model()));
+        }
+
+        /** Google's names ("models/gemini-2.5-pro") resolved as every API resolves them; an unknown one is a 404 with close matches. */
+        private ModelResolver.Resolution resolve(Context ctx, String requested) {
+            String name = requested.startsWith("models/") ? requested.substring("models/".length()) : requested;
+            if (name.isBlank()) throw Gemini.invalid("model", "is required");
+            Exchange exchange = Exchange.of(ctx).model(name, null);
+            List<JsonNode> catalog = up.models().list();
+            ModelResolver.Resolution r;
+            try {
+                r = ModelResolver.resolve(name, false, catalog, routing);
+            } catch (ApiError unknown) {
+                Optional<JsonNode> standIn = GeminiModels.standIn(name, catalog);
+                if (standIn.isEmpty()) {
+                    exchange.invokesModel = true;
+                    throw unknown;
+                }
+                r = new ModelResolver.Resolution(name, standIn.get().path("id").asText(), standIn.get());
+                Logs.log().info("gemini: {} is not in Copilot's catalog; {} answers for it (--model-map {}=... picks another)",
+                    name, r.upstream(), name);
+            }
+            exchange.model(name, r.upstream());
+            return r;
+        }
+
+        /**
+         * Gemini CLI's side calls (its router, loop and next-speaker checks, summaries, the compressor): every one a
+         * non-streamed generateContent declaring no function, while its main turns always stream with its tools. They
+         * are background work: a free model answers them and they bill nothing, as Claude Code's warm-up does.
+         */
+        static boolean sideCall(Context ctx, JsonNode body, boolean stream) {
+            boolean cli = Optional.ofNullable(ctx.header("user-agent")).orElse("").startsWith("GeminiCLI");
+            return cli && !stream && !GeminiToChat.declaresFunctions(body);
+        }
+    }
+
+    /**
      * The Responses API: forwarded as is (event by event) for models Copilot serves on /responses, translated
      * through chat completions for every other chat model.
      */
@@ -4665,6 +4823,7 @@ class CopilotApi implements Callable<Integer> {
         /** Which API a path belongs to. */
         static String api(String path) {
             String p = path.startsWith("/v1/") ? path.substring(3) : path;
+            if (path.startsWith("/v1beta/") || (p.startsWith("/models/") && p.contains(":"))) return "gemini";
             if (p.startsWith("/chat/completions")) return "openai.chat";
             if (p.startsWith("/responses")) return "openai.responses";
             if (p.startsWith("/embeddings")) return "openai.embeddings";
@@ -5039,6 +5198,11 @@ class CopilotApi implements Callable<Integer> {
 
             /** The event that keeps a silent stream alive, or null for an SSE comment. */
             NamedEvent keepAlive();
+
+            /** How an event is written: named (event: and data: lines) unless the API wants data lines only. */
+            default Frame frame(NamedEvent e) {
+                return e;
+            }
         }
 
         private final Translation machine;
@@ -5093,8 +5257,12 @@ class CopilotApi implements Callable<Integer> {
         }
 
         private List<Frame> frames(List<NamedEvent> events) {
-            for (NamedEvent e : events) observer.accept(e.name(), e.data());
-            return new ArrayList<>(events);
+            List<Frame> frames = new ArrayList<>(events.size());
+            for (NamedEvent e : events) {
+                observer.accept(e.name(), e.data());
+                frames.add(machine.frame(e));
+            }
+            return frames;
         }
     }
 
@@ -5687,10 +5855,12 @@ class CopilotApi implements Callable<Integer> {
     static final class Errors {
         static final String WRITTEN = "copilot-api.error-written";
 
-        enum Shape { OPENAI, ANTHROPIC }
+        enum Shape { OPENAI, ANTHROPIC, GEMINI }
 
-        static Shape shapeFor(String path) {
-            return path.startsWith("/v1/messages") || path.startsWith("/messages") ? Shape.ANTHROPIC : Shape.OPENAI;
+        static Shape shapeFor(Context ctx) {
+            String path = ctx.path();
+            if (path.startsWith("/v1/messages") || path.startsWith("/messages")) return Shape.ANTHROPIC;
+            return GeminiRoutes.serves(ctx) ? Shape.GEMINI : Shape.OPENAI;
         }
 
         static void handle(Exception e, Context ctx) {
@@ -5718,7 +5888,9 @@ class CopilotApi implements Callable<Integer> {
             String message = "HTTP " + e.status() + ": " + e.getMessage();
             Exchange.of(ctx).failed("failed before Copilot's first byte: HTTP " + e.status());
             try {
-                if (shapeFor(ctx.path()) == Shape.ANTHROPIC) out.event("error", AnthropicEvents.error(anthropicTypeFor(e.status()), message));
+                Shape shape = shapeFor(ctx);
+                if (shape == Shape.ANTHROPIC) out.event("error", AnthropicEvents.error(anthropicTypeFor(e.status()), message));
+                else if (shape == Shape.GEMINI) out.data(googleBody(e));
                 else if (ctx.path().endsWith(ResponsesRoutes.RESPONSES)) out.event("error", responsesStreamError(message, 0));
                 else out.data(openAiBody(new ApiError(e.status(), e.type(), message, e.param(), e.code())));
             } catch (SseWriter.ClientGone gone) {
@@ -5815,8 +5987,16 @@ class CopilotApi implements Callable<Integer> {
             ctx.attribute(WRITTEN, true);
             ctx.status(e.status());
             e.headers().forEach(ctx::header);
-            ObjectNode body = shapeFor(ctx.path()) == Shape.ANTHROPIC ? anthropicBody(e) : openAiBody(e);
+            ObjectNode body = switch (shapeFor(ctx)) {
+                case ANTHROPIC -> anthropicBody(e);
+                case GEMINI -> googleBody(e);
+                case OPENAI -> openAiBody(e);
+            };
             ctx.contentType("application/json").result(Json.write(body));
+        }
+
+        static ObjectNode googleBody(ApiError e) {
+            return GoogleErrors.body(e.status(), e.getMessage(), e.headers().get("retry-after"));
         }
 
         static ObjectNode openAiBody(ApiError e) {
@@ -8421,9 +8601,6 @@ class CopilotApi implements Callable<Integer> {
             }
 
             static int count(JsonNode body, JsonNode model) {
-                String name = model.path("capabilities").path("tokenizer").asText("o200k_base");
-                var type = com.knuddels.jtokkit.api.EncodingType.fromName(name).orElse(com.knuddels.jtokkit.api.EncodingType.O200K_BASE);
-                var encoding = Registry.INSTANCE.getEncoding(type);
                 int[] fixed = {0};
                 StringBuilder text = new StringBuilder();
                 collect(body.get("system"), text, fixed);
@@ -8436,7 +8613,14 @@ class CopilotApi implements Callable<Integer> {
                     text.append(tool.path("name").asText()).append('\n').append(tool.path("description").asText()).append('\n');
                     if (tool.has("input_schema")) text.append(Json.write(tool.get("input_schema"))).append('\n');
                 }
-                int tokens = encoding.countTokensOrdinary(text.toString()) + fixed[0];
+                return count(text.toString(), fixed[0], model);
+            }
+
+            /** The text's tokens in the model's tokenizer, plus the fixed costs (messages, tools, images); Claude's with a margin. */
+            static int count(String text, int fixed, JsonNode model) {
+                String name = model.path("capabilities").path("tokenizer").asText("o200k_base");
+                var type = com.knuddels.jtokkit.api.EncodingType.fromName(name).orElse(com.knuddels.jtokkit.api.EncodingType.O200K_BASE);
+                int tokens = Registry.INSTANCE.getEncoding(type).countTokensOrdinary(text) + fixed;
                 boolean claude = model.path("id").asText().startsWith("claude") || model.path("vendor").asText().equalsIgnoreCase("anthropic");
                 return (int) Math.ceil(claude ? tokens * CLAUDE_MARGIN : tokens);
             }
@@ -10260,6 +10444,849 @@ class CopilotApi implements Callable<Integer> {
 
         static ApiError invalid(String param, String message) {
             return new ApiError(400, "invalid_request_error", message, param, null);
+        }
+    }
+
+    // ==== 5.4 Gemini: generateContent to chat and back, the stream machine, model views, Google's error shape ====
+
+    /** The Gemini API (generateContent): to chat completions and back, streamed and not, the model list, Google's errors. */
+    static final class Gemini {
+        private Gemini() {
+        }
+
+        /** Gemini CLI's stand-in where it holds no real thought signature: it means nothing to Copilot and is never sent. */
+        static final String PLACEHOLDER_SIGNATURE = "skip_thought_signature_validator";
+
+        /**
+         * A thought signature carries the reasoning whole: Copilot's opaque signature (a Claude thinking signature, or a
+         * responses-only model's encrypted reasoning) and, when there was one, the thinking text it signs, because Gemini
+         * CLI keeps no thought parts in its history and Copilot wants the text beside its signature. A signature without
+         * the prefix is Copilot's own and goes back as it came.
+         */
+        static final class ThoughtSignatures {
+            static final String PREFIX = "copilot-api.1.";
+
+            static String pack(String text, String opaque) {
+                if (text.isEmpty()) return opaque;
+                ObjectNode o = Json.object().put("text", text).put("opaque", opaque);
+                return PREFIX + Base64.getUrlEncoder().withoutPadding().encodeToString(Json.write(o).getBytes(UTF_8));
+            }
+
+            /** The thinking text (empty when none) and the opaque signature; the placeholder or a broken one: empty. */
+            static Optional<String[]> unpack(String signature) {
+                if (signature == null || signature.isEmpty() || signature.equals(PLACEHOLDER_SIGNATURE)) return Optional.empty();
+                if (!signature.startsWith(PREFIX)) return Optional.of(new String[] {"", signature});
+                try {
+                    JsonNode o = JSON.readTree(Base64.getUrlDecoder().decode(signature.substring(PREFIX.length())));
+                    String opaque = o.path("opaque").asText("");
+                    return opaque.isEmpty() ? Optional.empty() : Optional.of(new String[] {o.path("text").asText(""), opaque});
+                } catch (IOException | IllegalArgumentException e) {
+                    return Optional.empty();
+                }
+            }
+        }
+
+        static ApiError invalid(String field, String message) {
+            return new ApiError(400, "invalid_request_error", "Invalid value at '" + field + "': " + message, field, null);
+        }
+
+        /**
+         * A GenerateContentRequest to a chat request. One instance per call holds the notes and the function calls of the
+         * model turn before, so that each functionResponse answers its call: by id, else by name (a call sent without an
+         * id gets a stable one from its place in the conversation, the same on every turn).
+         */
+        static final class GeminiToChat {
+            /**
+             * {@code includeThoughts}: the client asked to see thought parts; {@code notes}: what was dropped or changed
+             * (debug); {@code dropped}: the built-in tools Copilot cannot run (worth an info line).
+             */
+            record Result(ObjectNode chatRequest, boolean vision, boolean includeThoughts, List<String> notes, List<String> dropped) {}
+
+            /** How the model is asked to think: a budget (catalog min/max), an effort level, or not at all. */
+            record Reasoning(ModelLimits limits, boolean byEffort) {}
+
+            static final Set<String> READ_KEYS = Set.of("model", "contents", "systemInstruction", "tools", "toolConfig",
+                "generationConfig", "safetySettings");
+            static final Set<String> SCHEMA_DROPPED = Set.of("propertyOrdering", "example", "nullable");
+
+            private record Call(String id, String name) {}
+
+            private final Reasoning reasoning;
+            private final List<String> notes = new ArrayList<>();
+            private final List<String> dropped = new ArrayList<>();
+            private final List<Call> unanswered = new ArrayList<>();
+            private boolean includeThoughts;
+
+            private GeminiToChat(Reasoning reasoning) {
+                this.reasoning = reasoning;
+            }
+
+            static Result request(JsonNode gemini, String upstreamModel, Reasoning reasoning, boolean stream) {
+                return new GeminiToChat(reasoning).translate(gemini, upstreamModel, stream);
+            }
+
+            /** True when a tool of the request declares a function (built-in tools alone declare none). */
+            static boolean declaresFunctions(JsonNode gemini) {
+                for (JsonNode t : gemini.path("tools")) if (!t.path("functionDeclarations").isEmpty()) return true;
+                return false;
+            }
+
+            private Result translate(JsonNode g, String upstreamModel, boolean stream) {
+                JsonNode contents = g.get("contents");
+                if (contents == null || contents.isNull()) throw invalid("contents", "is required");
+                if (!contents.isArray() || contents.isEmpty()) throw invalid("contents", "must be a non-empty array of Content objects");
+                ObjectNode chat = Json.object();
+                chat.put("model", upstreamModel);
+                ArrayNode out = chat.putArray("messages");
+                String system = systemText(g.get("systemInstruction"));
+                if (!system.isEmpty()) out.addObject().put("role", "system").put("content", system);
+                for (int i = 0; i < contents.size(); i++) content(contents.get(i), "contents[" + i + "]", i, out);
+                JsonNode config = g.path("generationConfig");
+                if (!config.isMissingNode() && !config.isNull() && !config.isObject()) throw invalid("generationConfig", "must be an object");
+                Integer maxTokens = generation(config, chat);
+                thinking(config.path("thinkingConfig"), chat, maxTokens);
+                tools(g, chat);
+                chat.put("stream", stream);
+                g.fieldNames().forEachRemaining(k -> {
+                    if (!READ_KEYS.contains(k)) notes.add("ignored the field '" + k + "'");
+                });
+                return new Result(chat, Json.containsImage(out), includeThoughts, List.copyOf(notes), List.copyOf(dropped));
+            }
+
+            // ---- contents ----
+
+            private void content(JsonNode c, String at, int turn, ArrayNode out) {
+                if (!c.isObject()) throw invalid(at, "must be a Content object");
+                JsonNode parts = c.get("parts");
+                if (parts == null || !parts.isArray()) throw invalid(at + ".parts", "must be an array of Part objects");
+                for (int j = 0; j < parts.size(); j++) if (!parts.get(j).isObject()) throw invalid(at + ".parts[" + j + "]", "must be a Part object");
+                String role = c.path("role").asText("user");
+                switch (role) {
+                    case "model" -> modelTurn(parts, at, turn, out);
+                    case "user", "function", "" -> userTurn(parts, at, out);
+                    default -> throw invalid(at + ".role", "must be \"user\" or \"model\", not \"" + role + "\"");
+                }
+            }
+
+            /** Text to content, thought parts to reasoning_text, the first real thought signature to reasoning_opaque. */
+            private void modelTurn(JsonNode parts, String at, int turn, ArrayNode out) {
+                StringBuilder text = new StringBuilder();
+                List<String> thoughts = new ArrayList<>();
+                ArrayNode calls = Json.array();
+                String[] signature = null;
+                unanswered.clear();
+                for (int j = 0; j < parts.size(); j++) {
+                    JsonNode p = parts.get(j);
+                    if (signature == null) signature = ThoughtSignatures.unpack(p.path("thoughtSignature").asText("")).orElse(null);
+                    if (p.path("thought").asBoolean(false)) {
+                        if (!p.path("text").asText("").isEmpty()) thoughts.add(p.path("text").asText());
+                    } else if (p.has("text")) {
+                        text.append(p.path("text").asText(""));
+                    } else if (p.has("functionCall")) {
+                        calls.add(toolCall(p.get("functionCall"), at + ".parts[" + j + "].functionCall", turn, j));
+                    } else if (!p.has("thoughtSignature")) {
+                        notes.add("dropped a " + kind(p) + " part from a model turn");
+                    }
+                }
+                if (text.toString().isBlank() && calls.isEmpty()) {
+                    if (!thoughts.isEmpty() || signature != null) notes.add("dropped a model turn that held only thoughts");
+                    return;
+                }
+                ObjectNode m = out.addObject();
+                m.put("role", "assistant");
+                if (text.toString().isBlank()) m.putNull("content");
+                else m.put("content", text.toString());
+                if (!calls.isEmpty()) m.set("tool_calls", calls);
+                String reasoningText = signature != null && !signature[0].isEmpty() ? signature[0] : String.join("\n\n", thoughts);
+                if (!reasoningText.isEmpty()) m.put("reasoning_text", reasoningText);
+                if (signature != null) m.put("reasoning_opaque", signature[1]);
+            }
+
+            private ObjectNode toolCall(JsonNode fc, String at, int turn, int part) {
+                String name = fc.path("name").asText("");
+                if (name.isBlank()) throw invalid(at + ".name", "is required");
+                String id = fc.path("id").asText("");
+                if (id.isBlank()) id = "call_" + turn + "_" + part;
+                unanswered.add(new Call(id, name));
+                JsonNode args = fc.get("args");
+                if (args != null && !args.isNull() && !args.isObject()) throw invalid(at + ".args", "must be an object");
+                ObjectNode call = Json.object();
+                call.put("id", id);
+                call.put("type", "function");
+                call.putObject("function").put("name", name).put("arguments", args == null || args.isNull() ? "{}" : Json.write(args));
+                return call;
+            }
+
+            /** Function responses first (one tool message each), then the rest as one user message. */
+            private void userTurn(JsonNode parts, String at, ArrayNode out) {
+                List<ObjectNode> toolImages = new ArrayList<>();
+                List<ObjectNode> rest = new ArrayList<>();
+                for (int j = 0; j < parts.size(); j++) {
+                    JsonNode p = parts.get(j);
+                    String where = at + ".parts[" + j + "]";
+                    if (p.has("functionResponse")) out.add(toolMessage(p.get("functionResponse"), where + ".functionResponse", toolImages));
+                    else if (p.has("text") && !p.path("thought").asBoolean(false)) textPart(p.path("text").asText("")).ifPresent(rest::add);
+                    else if (p.has("inlineData")) rest.add(inlineData(p.get("inlineData"), where + ".inlineData"));
+                    else if (p.has("fileData")) rest.add(fileData(p.get("fileData"), where + ".fileData"));
+                    else if (!p.has("thoughtSignature") && !p.has("text")) notes.add("dropped a " + kind(p) + " part from a user turn");
+                }
+                List<ObjectNode> all = new ArrayList<>(toolImages);
+                all.addAll(rest);
+                if (all.isEmpty()) return;
+                ObjectNode m = out.addObject();
+                m.put("role", "user");
+                if (all.size() == 1 && all.get(0).path("type").asText().equals("text")) m.put("content", all.get(0).path("text").asText());
+                else m.putArray("content").addAll(all);
+            }
+
+            /** The call answered: by its id, else the first unanswered call of that name in the model turn before. */
+            private ObjectNode toolMessage(JsonNode fr, String at, List<ObjectNode> images) {
+                if (!fr.isObject()) throw invalid(at, "must be a FunctionResponse object");
+                String name = fr.path("name").asText("");
+                String id = fr.path("id").asText("");
+                Call call = unanswered.stream().filter(c -> !id.isEmpty() && c.id().equals(id)).findFirst()
+                    .or(() -> unanswered.stream().filter(c -> c.name().equals(name)).findFirst())
+                    .orElseThrow(() -> invalid(at, "answers no functionCall of the model turn before it (name '" + name + "'"
+                        + (id.isEmpty() ? "" : ", id '" + id + "'") + ")"));
+                unanswered.remove(call);
+                String text = responseText(fr.path("response"));
+                int before = images.size();
+                JsonNode extra = fr.path("parts");
+                for (int k = 0; k < extra.size(); k++) {
+                    if (extra.get(k).has("inlineData")) images.add(inlineData(extra.get(k).get("inlineData"), at + ".parts[" + k + "].inlineData"));
+                }
+                if (text.isEmpty() && images.size() > before) text = AnthropicToChat.TOOL_IMAGE_POINTER;
+                ObjectNode m = Json.object();
+                m.put("role", "tool");
+                m.put("tool_call_id", call.id());
+                m.put("content", text);
+                return m;
+            }
+
+            /** {"output": text} is the text; {"error": ...} is marked as an error; anything else is its JSON. */
+            private static String responseText(JsonNode response) {
+                if (response.isMissingNode() || response.isNull()) return "";
+                if (response.isObject() && response.size() == 1 && response.path("output").isTextual()) return response.path("output").asText();
+                if (response.isObject() && response.size() == 1 && response.has("error")) {
+                    JsonNode e = response.get("error");
+                    return "Error: " + (e.isTextual() ? e.asText() : Json.write(e));
+                }
+                return response.isTextual() ? response.asText() : Json.write(response);
+            }
+
+            private static Optional<ObjectNode> textPart(String text) {
+                if (text.isBlank()) return Optional.empty();
+                ObjectNode p = Json.object();
+                p.put("type", "text");
+                p.put("text", text);
+                return Optional.of(p);
+            }
+
+            /** An image becomes an image_url part (Copilot's vision header follows); text is decoded; the rest is refused. */
+            private static ObjectNode inlineData(JsonNode blob, String at) {
+                String mime = blob.path("mimeType").asText("");
+                String data = blob.path("data").asText("");
+                if (mime.isBlank() || data.isBlank()) throw invalid(at, "needs mimeType and data");
+                if (mime.startsWith("image/")) return imagePart("data:" + mime + ";base64," + data);
+                if (mime.startsWith("text/") || mime.equals("application/json")) {
+                    try {
+                        return textPart(new String(Base64.getMimeDecoder().decode(data), UTF_8)).orElseGet(() -> Json.object().put("type", "text").put("text", ""));
+                    } catch (IllegalArgumentException e) {
+                        throw invalid(at + ".data", "is not base64");
+                    }
+                }
+                throw invalid(at + ".mimeType", "Copilot's chat models read images and text, not " + mime);
+            }
+
+            private static ObjectNode fileData(JsonNode file, String at) {
+                String mime = file.path("mimeType").asText("");
+                String uri = file.path("fileUri").asText("");
+                if (mime.startsWith("image/") && (uri.startsWith("https://") || uri.startsWith("http://"))) return imagePart(uri);
+                throw invalid(at, "files stored with Google cannot be read through Copilot; send images or text inline (inlineData)");
+            }
+
+            private static ObjectNode imagePart(String url) {
+                ObjectNode p = Json.object();
+                p.put("type", "image_url");
+                p.putObject("image_url").put("url", url);
+                return p;
+            }
+
+            /** A string, or a Content whose text parts are joined by a blank line. */
+            private static String systemText(JsonNode s) {
+                if (s == null || s.isNull()) return "";
+                if (s.isTextual()) return s.asText();
+                if (!s.isObject() || !s.path("parts").isArray()) throw invalid("systemInstruction", "must be a Content object with parts");
+                List<String> texts = new ArrayList<>();
+                for (JsonNode p : s.get("parts")) if (!p.path("text").asText("").isBlank()) texts.add(p.path("text").asText());
+                return String.join("\n\n", texts);
+            }
+
+            private static String kind(JsonNode part) {
+                List<String> keys = new ArrayList<>();
+                part.fieldNames().forEachRemaining(keys::add);
+                keys.remove("thoughtSignature");
+                return keys.isEmpty() ? "empty" : keys.get(0);
+            }
+
+            // ---- generation config ----
+
+            /** Sampling, length, stops, candidates and structured output; the max output tokens sent, or null. */
+            private Integer generation(JsonNode c, ObjectNode chat) {
+                if (c.path("temperature").isNumber()) chat.set("temperature", c.get("temperature"));
+                if (c.path("topP").isNumber()) chat.set("top_p", c.get("topP"));
+                if (c.has("topK")) notes.add("dropped generationConfig.topK (chat completions have no top_k)");
+                if (c.path("presencePenalty").isNumber()) chat.set("presence_penalty", c.get("presencePenalty"));
+                if (c.path("frequencyPenalty").isNumber()) chat.set("frequency_penalty", c.get("frequencyPenalty"));
+                if (c.path("seed").isIntegralNumber()) chat.set("seed", c.get("seed"));
+                JsonNode stops = c.path("stopSequences");
+                if (stops.isArray() && !stops.isEmpty()) chat.set("stop", stops.deepCopy());
+                JsonNode n = c.path("candidateCount");
+                if (!n.isMissingNode() && !n.isNull() && (!n.canConvertToInt() || !n.isIntegralNumber() || n.asInt() < 1)) {
+                    throw invalid("generationConfig.candidateCount", "must be a positive integer");
+                }
+                if (n.asInt(1) > 1) chat.put("n", n.asInt());
+                responseFormat(c, chat);
+                return maxTokens(c.get("maxOutputTokens"), chat);
+            }
+
+            private Integer maxTokens(JsonNode n, ObjectNode chat) {
+                if (n == null || n.isNull()) return null;
+                if (!n.isIntegralNumber() || !n.canConvertToInt() || n.asInt() < 1) throw invalid("generationConfig.maxOutputTokens", "must be a positive integer");
+                int value = n.asInt();
+                ModelLimits limits = reasoning.limits();
+                if (limits.knowsMaxOutput() && value > limits.maxOutputTokens()) {
+                    notes.add("maxOutputTokens " + value + " lowered to " + limits.id() + "'s limit of " + limits.maxOutputTokens());
+                    value = limits.maxOutputTokens();
+                }
+                chat.put(limits.wantsMaxCompletionTokens() ? "max_completion_tokens" : "max_tokens", value);
+                return value;
+            }
+
+            /** application/json with responseSchema (OpenAPI) or responseJsonSchema (as is): a json_schema format; without: json_object. */
+            private void responseFormat(JsonNode c, ObjectNode chat) {
+                String mime = c.path("responseMimeType").asText("text/plain");
+                JsonNode schema = c.has("responseJsonSchema") ? c.get("responseJsonSchema")
+                    : c.has("responseSchema") ? jsonSchema(c.get("responseSchema")) : null;
+                if (!mime.equals("application/json")) {
+                    if (!mime.equals("text/plain")) notes.add("ignored responseMimeType " + mime);
+                    return;
+                }
+                ObjectNode format = chat.putObject("response_format");
+                if (schema == null || !schema.isObject()) {
+                    format.put("type", "json_object");
+                    return;
+                }
+                format.put("type", "json_schema");
+                format.putObject("json_schema").put("name", "response").put("strict", false).set("schema", schema.deepCopy());
+            }
+
+            /**
+             * thinkingBudget (0 off, -1 dynamic), thinkingLevel or includeThoughts alone: a thinking_budget within the
+             * model's min/max where the catalog gives one, else a reasoning effort where the model reasons by effort.
+             */
+            private void thinking(JsonNode t, ObjectNode chat, Integer maxTokens) {
+                if (!t.isObject()) return;
+                includeThoughts = t.path("includeThoughts").asBoolean(false);
+                String level = t.path("thinkingLevel").asText("").toUpperCase(Locale.ROOT);
+                Integer budget;
+                if (t.path("thinkingBudget").isIntegralNumber()) {
+                    int b = t.get("thinkingBudget").asInt();
+                    if (b == 0) return;
+                    budget = b < 0 ? AnthropicToChat.MEDIUM_EFFORT_BUDGET : b;
+                } else if (!level.isEmpty()) {
+                    budget = switch (level) {
+                        case "MINIMAL", "LOW" -> AnthropicToChat.LOW_EFFORT_BUDGET;
+                        case "MEDIUM" -> AnthropicToChat.MEDIUM_EFFORT_BUDGET;
+                        case "HIGH" -> Integer.MAX_VALUE;
+                        default -> throw invalid("generationConfig.thinkingConfig.thinkingLevel", "must be MINIMAL, LOW, MEDIUM or HIGH, not " + level);
+                    };
+                } else if (includeThoughts) {
+                    budget = AnthropicToChat.MEDIUM_EFFORT_BUDGET;
+                } else {
+                    return;
+                }
+                ModelLimits limits = reasoning.limits();
+                if (limits.supportsThinking()) {
+                    Integer b = limits.thinkingBudget(budget, maxTokens);
+                    if (b != null) chat.put("thinking_budget", b);
+                    else notes.add("thinking not forwarded: maxOutputTokens " + maxTokens + " leaves no room for the minimum budget");
+                } else if (reasoning.byEffort()) {
+                    chat.put("reasoning_effort", ChatToResponsesRequest.effortFor(budget));
+                } else {
+                    notes.add("thinking not forwarded: " + limits.id() + " has no thinking budget nor reasoning effort in the Copilot catalog");
+                }
+            }
+
+            // ---- tools ----
+
+            private void tools(JsonNode g, ObjectNode chat) {
+                JsonNode list = g.path("tools");
+                if (!list.isMissingNode() && !list.isNull() && !list.isArray()) throw invalid("tools", "must be an array of Tool objects");
+                ArrayNode tools = Json.array();
+                for (int i = 0; i < list.size(); i++) {
+                    JsonNode t = list.get(i);
+                    if (!t.isObject()) throw invalid("tools[" + i + "]", "must be a Tool object");
+                    for (var field : t.properties()) {
+                        if (!field.getKey().equals("functionDeclarations")) {
+                            dropped.add("dropped the built-in tool " + field.getKey() + ": Copilot cannot run Google's tools");
+                            continue;
+                        }
+                        JsonNode decls = field.getValue();
+                        for (int j = 0; j < decls.size(); j++) tools.add(function(decls.get(j), "tools[" + i + "].functionDeclarations[" + j + "]"));
+                    }
+                }
+                toolChoice(g.path("toolConfig").path("functionCallingConfig"), tools, chat);
+                if (!tools.isEmpty()) chat.set("tools", tools);
+            }
+
+            private static ObjectNode function(JsonNode d, String at) {
+                String name = d.path("name").asText("");
+                if (name.isBlank()) throw invalid(at + ".name", "is required");
+                ObjectNode tool = Json.object().put("type", "function");
+                ObjectNode fn = tool.putObject("function");
+                fn.put("name", name);
+                if (d.path("description").isTextual()) fn.put("description", d.path("description").asText());
+                JsonNode schema = d.path("parametersJsonSchema").isObject() ? d.get("parametersJsonSchema").deepCopy()
+                    : d.path("parameters").isObject() ? jsonSchema(d.get("parameters")) : null;
+                if (schema == null) schema = Json.object().put("type", "object").set("properties", Json.object());
+                fn.set("parameters", schema);
+                return tool;
+            }
+
+            /** AUTO, ANY (limited to allowedFunctionNames: one name forces that function) or NONE. */
+            private void toolChoice(JsonNode config, ArrayNode tools, ObjectNode chat) {
+                String mode = config.path("mode").asText("AUTO").toUpperCase(Locale.ROOT);
+                if (tools.isEmpty()) return;
+                switch (mode) {
+                    case "AUTO", "MODE_UNSPECIFIED" -> { }
+                    case "NONE" -> chat.put("tool_choice", "none");
+                    case "ANY", "VALIDATED" -> {
+                        Set<String> allowed = new LinkedHashSet<>();
+                        config.path("allowedFunctionNames").forEach(n -> allowed.add(n.asText()));
+                        if (!allowed.isEmpty()) {
+                            tools.removeIf(t -> !allowed.contains(t.path("function").path("name").asText()));
+                            if (tools.isEmpty()) throw invalid("toolConfig.functionCallingConfig.allowedFunctionNames", "names no declared function");
+                        }
+                        if (mode.equals("VALIDATED")) return;
+                        if (tools.size() == 1) {
+                            chat.putObject("tool_choice").put("type", "function").putObject("function")
+                                .put("name", tools.get(0).path("function").path("name").asText());
+                        } else {
+                            chat.put("tool_choice", "required");
+                        }
+                    }
+                    default -> throw invalid("toolConfig.functionCallingConfig.mode", "must be AUTO, ANY, NONE or VALIDATED, not " + mode);
+                }
+            }
+
+            /**
+             * Google's OpenAPI subset to JSON Schema: upper-case types in lower case, nullable as a "null" type, at every
+             * depth (properties, items, anyOf); Gemini-only keys (propertyOrdering, example) dropped.
+             */
+            static JsonNode jsonSchema(JsonNode s) {
+                if (s.isArray()) {
+                    ArrayNode out = Json.array();
+                    for (JsonNode e : s) out.add(jsonSchema(e));
+                    return out;
+                }
+                if (!s.isObject()) return s.deepCopy();
+                ObjectNode out = Json.object();
+                for (var f : s.properties()) {
+                    String k = f.getKey();
+                    JsonNode v = f.getValue();
+                    if (SCHEMA_DROPPED.contains(k)) continue;
+                    switch (k) {
+                        case "type" -> {
+                            String type = v.asText("").toLowerCase(Locale.ROOT);
+                            if (!type.isEmpty() && !type.equals("type_unspecified")) out.put("type", type);
+                        }
+                        case "format" -> {
+                            if (!v.asText("").equals("enum")) out.set(k, v.deepCopy());
+                        }
+                        case "properties", "$defs", "definitions" -> {
+                            ObjectNode props = out.putObject(k);
+                            for (var p : v.properties()) props.set(p.getKey(), jsonSchema(p.getValue()));
+                        }
+                        case "items", "anyOf", "oneOf", "allOf", "additionalProperties", "not" -> out.set(k, jsonSchema(v));
+                        default -> out.set(k, v.deepCopy());
+                    }
+                }
+                if (s.path("nullable").asBoolean(false)) {
+                    if (out.path("type").isTextual()) out.set("type", Json.array().add(out.path("type").asText()).add("null"));
+                    else if (out.path("anyOf").isArray()) ((ArrayNode) out.get("anyOf")).addObject().put("type", "null");
+                }
+                return out;
+            }
+        }
+
+        /** A whole chat completion to a GenerateContentResponse: the stream machine fed the answer as one chunk, folded. */
+        static final class ChatToGemini {
+            static ObjectNode response(JsonNode chat, String modelVersion, boolean includeThoughts, boolean merge, IdClock ids) {
+                ChatStreamToGemini machine = new ChatStreamToGemini(modelVersion, includeThoughts, merge, ids);
+                List<NamedEvent> events = new ArrayList<>(machine.onChunk(asChunk(chat)));
+                events.addAll(machine.finish());
+                return fold(events);
+            }
+
+            /** Each choice's message as its delta, with its finish_reason and the answer's usage. */
+            static ObjectNode asChunk(JsonNode chat) {
+                ObjectNode chunk = Json.object();
+                if (chat.path("usage").isObject()) chunk.set("usage", chat.get("usage"));
+                ArrayNode choices = chunk.putArray("choices");
+                for (JsonNode c : chat.path("choices")) {
+                    ObjectNode choice = choices.addObject();
+                    choice.put("index", c.path("index").asInt(0));
+                    choice.set("delta", c.path("message").isObject() ? c.get("message").deepCopy() : Json.object());
+                    choice.set("finish_reason", c.path("finish_reason"));
+                }
+                return chunk;
+            }
+
+            /** The events of one answer as one response: each candidate's parts in order, neighbouring text of one kind joined. */
+            static ObjectNode fold(List<NamedEvent> events) {
+                Map<Integer, ObjectNode> candidates = new TreeMap<>();
+                ObjectNode out = Json.object();
+                for (NamedEvent e : events) {
+                    if (e.name().equals("error")) return e.data();
+                    for (JsonNode c : e.data().path("candidates")) {
+                        ObjectNode into = candidates.computeIfAbsent(c.path("index").asInt(0), i -> {
+                            ObjectNode n = Json.object();
+                            n.putObject("content").put("role", "model").putArray("parts");
+                            return n;
+                        });
+                        for (JsonNode p : c.path("content").path("parts")) join((ArrayNode) into.get("content").get("parts"), (ObjectNode) p);
+                        if (c.has("finishReason")) into.set("finishReason", c.get("finishReason"));
+                        into.put("index", c.path("index").asInt(0));
+                    }
+                    for (String f : List.of("usageMetadata", "modelVersion", "responseId")) if (e.data().has(f)) out.set(f, e.data().get(f));
+                }
+                out.putArray("candidates").addAll(candidates.values());
+                ObjectNode ordered = Json.object();
+                ordered.set("candidates", out.remove("candidates"));
+                ordered.setAll(out);
+                return ordered;
+            }
+
+            private static void join(ArrayNode parts, ObjectNode p) {
+                JsonNode last = parts.isEmpty() ? null : parts.get(parts.size() - 1);
+                boolean text = p.has("text") && last != null && last.has("text") && !p.has("thoughtSignature")
+                    && last.path("thought").asBoolean(false) == p.path("thought").asBoolean(false);
+                if (text) ((ObjectNode) last).put("text", last.path("text").asText() + p.path("text").asText());
+                else parts.add(p.deepCopy());
+            }
+        }
+
+        /**
+         * A chat stream to partial GenerateContentResponses (data-only events), one instance per request. Text and
+         * thoughts (only when asked for) go out as they arrive; function calls are collected and sent whole at the end,
+         * when their arguments are known to parse. The thought signature (reasoning_opaque) rides on the next text or
+         * function-call part, or on an empty text part at the end. The last event carries finishReason and usageMetadata;
+         * a broken upstream ends with Google's error object instead.
+         */
+        static final class ChatStreamToGemini implements TranslatedRelay.Translation {
+            static final String CHUNK = "chunk";
+            static final String ERROR = "error";
+
+            private static final class ToolCall {
+                String id = "";
+                String name = "";
+                final StringBuilder arguments = new StringBuilder();
+            }
+
+            private static final class Candidate {
+                final Map<String, ToolCall> calls = new LinkedHashMap<>();
+                final StringBuilder signature = new StringBuilder();
+                final StringBuilder thinking = new StringBuilder();
+                final Set<String> finishReasons = new LinkedHashSet<>();
+            }
+
+            private final String modelVersion;
+            private final boolean includeThoughts;
+            private final boolean merge;
+            private final IdClock ids;
+            private final String responseId;
+            private final ChatChunks.ToolKeys toolKeys = new ChatChunks.ToolKeys();
+            private final Map<Integer, Candidate> candidates = new TreeMap<>();
+            private final List<String> notes = new ArrayList<>();
+            private JsonNode usage;
+            private boolean done;
+
+            /** {@code merge}: every choice is candidate 0 (Copilot splits one answer into choices); false when n > 1 was asked. */
+            ChatStreamToGemini(String modelVersion, boolean includeThoughts, boolean merge, IdClock ids) {
+                this.modelVersion = modelVersion;
+                this.includeThoughts = includeThoughts;
+                this.merge = merge;
+                this.ids = ids;
+                this.responseId = ids.id("");
+            }
+
+            List<String> notes() {
+                return List.copyOf(notes);
+            }
+
+            @Override
+            public List<NamedEvent> start() {
+                return List.of();
+            }
+
+            @Override
+            public List<NamedEvent> onChunk(JsonNode chunk) {
+                if (done) return List.of();
+                if (chunk.path("usage").isObject()) usage = chunk.get("usage");
+                Map<Integer, ArrayNode> parts = new TreeMap<>();
+                for (JsonNode choice : chunk.path("choices")) {
+                    int index = merge ? 0 : choice.path("index").asInt(0);
+                    Candidate c = candidates.computeIfAbsent(index, i -> new Candidate());
+                    ArrayNode out = parts.computeIfAbsent(index, i -> Json.array());
+                    JsonNode delta = choice.path("delta");
+                    String thought = delta.path("reasoning_text").asText("");
+                    if (includeThoughts && !thought.isEmpty()) out.addObject().put("text", thought).put("thought", true);
+                    c.thinking.append(thought);
+                    c.signature.append(delta.path("reasoning_opaque").asText(""));
+                    String text = delta.path("content").asText("");
+                    if (!text.isEmpty()) signed(out.addObject().put("text", text), c);
+                    for (JsonNode call : delta.path("tool_calls")) collect(choice.path("index").asInt(0), call, c);
+                    if (choice.path("finish_reason").isTextual()) c.finishReasons.add(choice.path("finish_reason").asText());
+                }
+                parts.values().removeIf(ArrayNode::isEmpty);
+                if (parts.isEmpty()) return List.of();
+                ObjectNode event = envelope();
+                ArrayNode list = event.putArray("candidates");
+                parts.forEach((index, p) -> list.add(candidate(index, p)));
+                return List.of(new NamedEvent(CHUNK, event));
+            }
+
+            /** The function calls, a signature no part carried yet, then finishReason on every candidate and the usage. */
+            @Override
+            public List<NamedEvent> finish() {
+                if (done) return List.of();
+                done = true;
+                if (candidates.isEmpty()) candidates.put(0, new Candidate());
+                ObjectNode event = Json.object();
+                ArrayNode list = event.putArray("candidates");
+                candidates.forEach((index, c) -> {
+                    ArrayNode parts = Json.array();
+                    for (ToolCall call : c.calls.values()) signed(functionCall(call), c, parts);
+                    if (c.signature.length() > 0) signed(parts.addObject().put("text", ""), c);
+                    ObjectNode candidate = candidate(index, parts);
+                    candidate.put("finishReason", finishReason(c.finishReasons));
+                    list.add(candidate);
+                });
+                event.set("usageMetadata", usageMetadata(usage == null ? Json.object() : usage));
+                event.setAll(envelope());
+                return List.of(new NamedEvent(CHUNK, event));
+            }
+
+            @Override
+            public List<NamedEvent> fail(String message) {
+                if (done) return List.of();
+                done = true;
+                return List.of(new NamedEvent(ERROR, GoogleErrors.body(503, message)));
+            }
+
+            @Override
+            public boolean done() {
+                return done;
+            }
+
+            /** A comment: Google's SDKs skip anything that is not a data line. */
+            @Override
+            public NamedEvent keepAlive() {
+                return null;
+            }
+
+            /** Gemini's events are data lines only; an error object is the stream's failure. */
+            @Override
+            public Frame frame(NamedEvent e) {
+                return Frame.data(e.data(), e.name().equals(ERROR) ? "upstream stream broke" : null);
+            }
+
+            private void collect(int choice, JsonNode fragment, Candidate c) {
+                ToolCall call = c.calls.computeIfAbsent(toolKeys.key(choice, fragment), k -> new ToolCall());
+                if (call.id.isEmpty()) call.id = fragment.path("id").asText("");
+                JsonNode fn = fragment.path("function");
+                if (call.name.isEmpty()) call.name = fn.path("name").asText("");
+                call.arguments.append(fn.path("arguments").asText(""));
+            }
+
+            private ObjectNode functionCall(ToolCall call) {
+                ObjectNode fc = Json.object();
+                ObjectNode inner = fc.putObject("functionCall");
+                inner.put("id", call.id.isEmpty() ? ids.id("call_") : call.id);
+                inner.put("name", call.name);
+                inner.set("args", ChatToAnthropic.toolInput(call.arguments.toString(), call.name, notes));
+                return fc;
+            }
+
+            private static void signed(ObjectNode part, Candidate c, ArrayNode parts) {
+                parts.add(part);
+                signed(part, c);
+            }
+
+            private static void signed(ObjectNode part, Candidate c) {
+                if (c.signature.length() == 0) return;
+                part.put("thoughtSignature", ThoughtSignatures.pack(c.thinking.toString(), c.signature.toString()));
+                c.signature.setLength(0);
+                c.thinking.setLength(0);
+            }
+
+            private static ObjectNode candidate(int index, ArrayNode parts) {
+                ObjectNode c = Json.object();
+                if (!parts.isEmpty()) c.putObject("content").put("role", "model").set("parts", parts);
+                c.put("index", index);
+                return c;
+            }
+
+            private ObjectNode envelope() {
+                ObjectNode e = Json.object();
+                e.put("modelVersion", modelVersion);
+                e.put("responseId", responseId);
+                return e;
+            }
+
+            /** STOP for an ended answer and for function calls; MAX_TOKENS when cut by length; SAFETY by a content filter. */
+            static String finishReason(Collection<String> reasons) {
+                if (reasons.contains("length")) return "MAX_TOKENS";
+                if (reasons.contains("content_filter")) return "SAFETY";
+                for (String r : reasons) if (!Set.of("stop", "tool_calls", "function_call").contains(r)) return "OTHER";
+                return "STOP";
+            }
+
+            /** Chat usage in Gemini's terms: thoughts counted apart from the candidates, the prompt including its cached part. */
+            static ObjectNode usageMetadata(JsonNode u) {
+                int prompt = u.path("prompt_tokens").asInt(0);
+                int completion = u.path("completion_tokens").asInt(0);
+                int thoughts = u.path("completion_tokens_details").path("reasoning_tokens").asInt(0);
+                int cached = u.path("prompt_tokens_details").path("cached_tokens").asInt(0);
+                ObjectNode m = Json.object();
+                m.put("promptTokenCount", prompt);
+                m.put("candidatesTokenCount", Math.max(0, completion - thoughts));
+                if (thoughts > 0) m.put("thoughtsTokenCount", thoughts);
+                if (cached > 0) m.put("cachedContentTokenCount", cached);
+                m.put("totalTokenCount", u.path("total_tokens").asInt(prompt + completion));
+                return m;
+            }
+        }
+
+        /** The model list as Google's SDKs read it: names "models/{id}", token limits, the methods served. */
+        static final class GeminiModels {
+            static final List<String> METHODS = List.of("generateContent", "streamGenerateContent", "countTokens");
+            static final List<String> TIERS = List.of("flash-lite", "flash", "pro");
+
+            /**
+             * A Gemini name the catalog lacks (Gemini CLI turns its aliases into ids such as gemini-3.1-pro-preview-customtools
+             * or gemini-3.5-flash-lite that Copilot may not list): the catalog's newest Gemini of the same tier (pro, flash,
+             * flash-lite), else its newest Gemini. Empty for other names and for a catalog without Gemini models.
+             */
+            static Optional<JsonNode> standIn(String name, List<JsonNode> catalog) {
+                String lower = name.toLowerCase(Locale.ROOT);
+                if (!lower.startsWith("gemini-")) return Optional.empty();
+                String tier = TIERS.stream().filter(lower::contains).findFirst().orElse(null);
+                if (tier == null) return Optional.empty();
+                return newest(catalog, tier).or(() -> newest(catalog, null));
+            }
+
+            private static Optional<JsonNode> newest(List<JsonNode> catalog, String tier) {
+                JsonNode best = null;
+                for (JsonNode m : catalog) {
+                    String id = m.path("id").asText().toLowerCase(Locale.ROOT);
+                    if (!ModelResolver.isChat(m) || !id.startsWith("gemini-")) continue;
+                    if (tier != null && !tier.equals(TIERS.stream().filter(id::contains).findFirst().orElse(""))) continue;
+                    if (best == null || ModelResolver.compare(ModelResolver.version(id), ModelResolver.version(best.path("id").asText())) > 0) best = m;
+                }
+                return Optional.ofNullable(best);
+            }
+
+            static ObjectNode list(List<JsonNode> catalog) {
+                ObjectNode o = Json.object();
+                ArrayNode models = o.putArray("models");
+                for (JsonNode m : catalog) if (ModelResolver.isChat(m)) models.add(entry(m));
+                return o;
+            }
+
+            static ObjectNode entry(JsonNode m) {
+                String id = m.path("id").asText();
+                JsonNode limits = m.path("capabilities").path("limits");
+                ObjectNode e = Json.object();
+                e.put("name", "models/" + id);
+                e.put("baseModelId", id);
+                e.put("version", m.path("version").asText(id));
+                e.put("displayName", m.path("name").asText(id));
+                e.put("description", m.path("name").asText(id) + " (" + m.path("vendor").asText("GitHub Copilot") + ") through GitHub Copilot");
+                e.put("inputTokenLimit", limits.path("max_prompt_tokens").asInt(limits.path("max_context_window_tokens").asInt(0)));
+                e.put("outputTokenLimit", limits.path("max_output_tokens").asInt(0));
+                METHODS.forEach(e.putArray("supportedGenerationMethods")::add);
+                JsonNode supports = m.path("capabilities").path("supports");
+                e.put("thinking", supports.has("max_thinking_budget") || supports.has("reasoning_effort") || supports.has("reasoning_efforts"));
+                return e;
+            }
+        }
+
+        /** Google's error object: {"error": {"code", "message", "status"}}, with RetryInfo when a retry delay is known. */
+        static final class GoogleErrors {
+            static ObjectNode body(int code, String message) {
+                ObjectNode o = Json.object();
+                ObjectNode err = o.putObject("error");
+                err.put("code", code);
+                err.put("message", message);
+                err.put("status", status(code));
+                return o;
+            }
+
+            /** retryAfterSeconds: the wait Copilot asked for, or null. */
+            static ObjectNode body(int code, String message, String retryAfterSeconds) {
+                ObjectNode o = body(code, message);
+                if (retryAfterSeconds != null && retryAfterSeconds.matches("\\d+")) {
+                    ObjectNode info = ((ObjectNode) o.get("error")).putArray("details").addObject();
+                    info.put("@type", "type.googleapis.com/google.rpc.RetryInfo");
+                    info.put("retryDelay", retryAfterSeconds + "s");
+                }
+                return o;
+            }
+
+            /** The google.rpc.Code name Google pairs with each HTTP status. */
+            static String status(int code) {
+                return switch (code) {
+                    case 400, 413, 415, 422 -> "INVALID_ARGUMENT";
+                    case 401 -> "UNAUTHENTICATED";
+                    case 403 -> "PERMISSION_DENIED";
+                    case 404 -> "NOT_FOUND";
+                    case 409 -> "ABORTED";
+                    case 402, 429 -> "RESOURCE_EXHAUSTED";
+                    case 499 -> "CANCELLED";
+                    case 501 -> "UNIMPLEMENTED";
+                    case 502, 503 -> "UNAVAILABLE";
+                    case 504 -> "DEADLINE_EXCEEDED";
+                    default -> code >= 500 ? "INTERNAL" : "FAILED_PRECONDITION";
+                };
+            }
+        }
+
+        /** countTokens: an estimate with the model's tokenizer over every text, call, response and declaration of the request. */
+        static final class GeminiTokens {
+            static int count(JsonNode request, JsonNode model) {
+                StringBuilder text = new StringBuilder();
+                int fixed = 0;
+                JsonNode system = request.path("systemInstruction");
+                if (system.isTextual()) text.append(system.asText()).append('\n');
+                for (JsonNode p : system.path("parts")) text.append(p.path("text").asText("")).append('\n');
+                for (JsonNode c : request.path("contents")) {
+                    fixed += TokenCounter.PER_MESSAGE;
+                    for (JsonNode p : c.path("parts")) {
+                        if (p.has("inlineData") || p.has("fileData")) fixed += TokenCounter.PER_IMAGE;
+                        else if (p.has("text")) text.append(p.path("text").asText("")).append('\n');
+                        else text.append(Json.write(p)).append('\n');
+                    }
+                }
+                for (JsonNode t : request.path("tools")) {
+                    for (JsonNode d : t.path("functionDeclarations")) {
+                        fixed += TokenCounter.PER_TOOL;
+                        text.append(Json.write(d)).append('\n');
+                    }
+                }
+                return TokenCounter.count(text.toString(), fixed, model);
+            }
         }
     }
 

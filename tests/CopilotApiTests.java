@@ -10,6 +10,7 @@
 //SOURCES StoreTests.java
 //SOURCES UsageBasedTests.java
 //SOURCES CostTests.java
+//SOURCES GeminiTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
@@ -125,6 +126,10 @@ class CopilotApiTests {
         CliTests.class,
         SdkTests.class,
         ClientRecipeTests.class,
+        GeminiTests.GeminiRouteTests.class,
+        GeminiTests.GeminiApiKeyTests.class,
+        GeminiTests.GeminiTranslatorTests.class,
+        GeminiTests.GeminiSdkTests.class,
         ExportTests.class);
 
     public static void main(String... args) {
