@@ -160,6 +160,10 @@ class ClientRecipeTests {
 
     /** `copilot-api setup CLIENT --write --url (this server)` in HOME, with the stub's login for the catalog. */
     void setupWrite(Path home, String... args) throws Exception {
+        setupWrite(stub, server, home, args);
+    }
+
+    static void setupWrite(StubUpstream stub, CopilotApiTests.SdkRunner.ServerProcess server, Path home, String... args) throws Exception {
         Map<String, String> env = CopilotApiTests.CliTests.env(stub, Files.createTempDirectory("data"));
         env.put("HOME", home.toString());
         env.put("COPILOT_API_GITHUB_TOKEN", StubUpstream.VALID_GITHUB_TOKEN);

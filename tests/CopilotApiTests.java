@@ -11,6 +11,7 @@
 //SOURCES UsageBasedTests.java
 //SOURCES CostTests.java
 //SOURCES GeminiTests.java
+//SOURCES GeminiCliTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
@@ -130,6 +131,7 @@ class CopilotApiTests {
         GeminiTests.GeminiApiKeyTests.class,
         GeminiTests.GeminiTranslatorTests.class,
         GeminiTests.GeminiSdkTests.class,
+        GeminiCliTests.class,
         ExportTests.class);
 
     public static void main(String... args) {
