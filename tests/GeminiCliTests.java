@@ -14,10 +14,7 @@ import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
-import org.junit.jupiter.api.TestInstance;
 
 /**
  * The README's Gemini CLI recipe with the real CLI (@google/gemini-cli, pinned in tests/clients), headless, against
@@ -25,28 +22,9 @@ import org.junit.jupiter.api.TestInstance;
  * Claude model; the CLI after `setup gemini-cli --write` with nothing but HOME; and what a session bills (its router
  * call is background work, its prompt one person's request).
  */
-@TestInstance(TestInstance.Lifecycle.PER_CLASS)
-class GeminiCliTests {
+class GeminiCliTests extends RecipeClients {
     /** What the stub's shell call prints; it comes back in the model's last answer. */
     static final String TOOL_OUTPUT = "copilot-api-tool-loop";
-
-    Path clients;
-    StubUpstream stub;
-    CopilotApiTests.SdkRunner.ServerProcess server;
-
-    @BeforeAll
-    void up() throws Exception {
-        clients = CopilotApiTests.SdkRunner.repo().resolve("tests").resolve("clients");
-        CopilotApiTests.SdkRunner.npmInstall(clients);
-        stub = StubUpstream.start();
-        server = CopilotApiTests.SdkRunner.startServer(stub);
-    }
-
-    @AfterAll
-    void down() {
-        if (server != null) server.close();
-        if (stub != null) stub.close();
-    }
 
     /** A fresh HOME holding ~/.gemini/settings.json with the given text, and an empty working directory in it. */
     static Path home(String settings) throws Exception {
