@@ -94,7 +94,7 @@ import copilotapi.CopilotApi.Gemini.*;
 import copilotapi.CopilotApi.Responses.*;
 
 /**
- * copilot-api: a local server that speaks the OpenAI and Anthropic APIs on top of a GitHub Copilot plan.
+ * copilot-api: a local server that speaks the OpenAI, Anthropic and Gemini APIs on top of a GitHub Copilot plan.
  *
  * <p>Map of this file (search for "====" to print the outline):
  * <ol>
@@ -103,16 +103,18 @@ import copilotapi.CopilotApi.Responses.*;
  *   <li>Server and routes: the composition root ({@code App}), Javalin, the browser guard, the request log,
  *       operator controls (keys, pacing, approval, stats, premium billing with its subagent memory, the cost of a
  *       request in AI Credits with its ledger and --budget ({@code Cost}), dashboard),
- *       the OpenAI, Anthropic and Responses surfaces,
+ *       the OpenAI, Anthropic, Responses and Gemini surfaces,
  *       the streaming core (one loop, {@code Relay.run}, over {@code EventSource} items, with the machines
  *       {@code ChatRelay}, {@code NativeRelay} and {@code TranslatedRelay} and the shared {@code ChatChunks}
  *       vocabulary), the client watch, request checks, error shapes and Copilot's error hints</li>
  *   <li>Store: one SQLite database (stored Responses answers and items, the request history), one writer thread
  *       that opens it in the background and commits what is queued together</li>
- *   <li>Translators: pure JSON-in/JSON-out code in three namespaces: {@code Chat} (who initiated a turn, for
+ *   <li>Translators: pure JSON-in/JSON-out code in four namespaces: {@code Chat} (who initiated a turn, for
  *       billing; the chat-answer normalisers; model limits; embeddings), {@code Anthropic} (Messages to chat and back
- *       with the stream state machine, model-name resolution, native-request cleaning, token counting) and
- *       {@code Responses} (Responses to chat and back, both stream machines, output items, reasoning)</li>
+ *       with the stream state machine, model-name resolution, native-request cleaning, token counting),
+ *       {@code Responses} (Responses to chat and back, both stream machines, output items, reasoning) and
+ *       {@code Gemini} (generateContent to chat and back with its stream machine, thought signatures, the model
+ *       list, Google's error shape)</li>
  *   <li>Copilot client: the chat pivot ({@code ChatUpstream}, the one place that picks /chat/completions or
  *       /responses), headers, timeouts, token lifecycle, model catalog (and the identity that reads it), the usage
  *       limits Copilot reports, upstream calls, the upstream event
@@ -2195,7 +2197,12 @@ class CopilotApi implements Callable<Integer> {
                 }
                 cfg.routes.get("/v1beta/models", gemini::models);
                 cfg.routes.get("/v1beta/models/{id}", gemini::model);
-                for (String prefix : GeminiRoutes.PREFIXES) cfg.routes.post(prefix + "/models/{call}", gemini::call);
+                // Javalin matches a parameter followed by a literal within one segment (GeminiTests.JavalinColonTests)
+                for (String prefix : GeminiRoutes.PREFIXES) {
+                    cfg.routes.post(prefix + "/models/{model}:generateContent", gemini::generateContent);
+                    cfg.routes.post(prefix + "/models/{model}:streamGenerateContent", gemini::streamGenerateContent);
+                    cfg.routes.post(prefix + "/models/{model}:countTokens", gemini::countTokens);
+                }
                 cfg.routes.get("/usage", ctx -> openai.usage(ctx, from -> store.creditsSince(from.toEpochMilli())
                     .orElseGet(() -> controls.stats().credits().since(from))));
                 cfg.routes.get("/token", openai::token);
@@ -3264,7 +3271,7 @@ class CopilotApi implements Callable<Integer> {
 
     /**
      * --api-key / COPILOT_API_KEYS: every route but the dashboard page wants one, as x-api-key or a bearer token (Google's
-     * clients: x-goog-api-key or ?key=).
+     * clients: x-goog-api-key, or ?key= on Gemini paths).
      */
     static final class ApiKeys {
         static final ApiKeys NONE = new ApiKeys(List.of());
@@ -3296,7 +3303,9 @@ class CopilotApi implements Callable<Integer> {
         static String presented(Context ctx) {
             String key = ctx.header("x-api-key");
             if (key != null && !key.isBlank()) return key.trim();
-            key = Optional.ofNullable(ctx.header("x-goog-api-key")).orElse(ctx.queryParam("key"));
+            key = ctx.header("x-goog-api-key");
+            // ?key= as Google's API takes it, on Google's paths only: a key in a URL is easier to leak than a header
+            if ((key == null || key.isBlank()) && GeminiRoutes.serves(ctx)) key = ctx.queryParam("key");
             if (key != null && !key.isBlank()) return key.trim();
             String auth = ctx.header("authorization");
             if (auth != null && auth.regionMatches(true, 0, "Bearer ", 0, 7)) return auth.substring(7).trim();
@@ -4300,22 +4309,13 @@ class CopilotApi implements Callable<Integer> {
             return rest.contains(":") || CLIENT_HEADERS.stream().anyMatch(h -> ctx.header(h) != null) || ctx.queryParam("key") != null;
         }
 
-        /**
-         * POST .../models/{model}:{method}. Javalin's path parameter takes the whole segment (a parameter followed by
-         * ":generateContent" in the route is not matched as one segment), so the method is read after the last colon.
-         */
-        void call(Context ctx) {
-            String call = ctx.pathParam("call");
-            int colon = call.lastIndexOf(':');
-            String method = colon < 0 ? "" : call.substring(colon + 1);
-            String model = colon < 0 ? call : call.substring(0, colon);
-            switch (method) {
-                case "generateContent" -> generate(ctx, model, false);
-                case "streamGenerateContent" -> generate(ctx, model, true);
-                case "countTokens" -> countTokens(ctx, model);
-                default -> throw new ApiError(404, "not_found_error", "No route for POST " + ctx.path() + ": copilot-api serves models/{model}:"
-                    + String.join(", :", Gemini.GeminiModels.METHODS));
-            }
+        void generateContent(Context ctx) {
+            generate(ctx, ctx.pathParam("model"), false);
+        }
+
+        /** ?alt=sse: server-sent events as they come; without it Google answers a JSON array, here of the one whole answer. */
+        void streamGenerateContent(Context ctx) {
+            generate(ctx, ctx.pathParam("model"), true);
         }
 
         private void generate(Context ctx, String requested, boolean stream) {
@@ -4360,7 +4360,8 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** {"contents": ...} or {"generateContentRequest": {...}}: an estimate with the model's tokenizer. */
-        private void countTokens(Context ctx, String requested) {
+        void countTokens(Context ctx) {
+            String requested = ctx.pathParam("model");
             ObjectNode body = Requests.jsonObject(ctx);
             JsonNode request = body.path("generateContentRequest").isObject() ? body.get("generateContentRequest") : body;
             ModelResolver.Resolution model = resolve(ctx, requested);
@@ -4947,7 +4948,7 @@ class CopilotApi implements Callable<Integer> {
     static final class History {
         /** Operator views the dashboard polls: a row each would bury the requests that matter (their failures still get one). */
         static final Set<String> QUIET = Set.of("/", "/dashboard", "/favicon.ico", "/stats", "/history", "/history/summary", "/usage",
-            "/token", "/models", "/v1/models");
+            "/token", "/models", "/v1/models", "/v1beta/models");
 
         /** GET /history's filters: newest first, {@code before} a row id for the next page. */
         record Query(int limit, Optional<Long> before, Optional<String> model, Optional<String> status, Optional<String> route,
@@ -7152,7 +7153,7 @@ class CopilotApi implements Callable<Integer> {
     }
 
     // ==== 5. Translators ====
-    // Pure code in three namespaces, one per API: Chat (the pivot), Anthropic and Responses.
+    // Pure code in four namespaces, one per API: Chat (the pivot), Anthropic, Responses and Gemini.
 
     // ==== 5.1 Chat: who initiated a turn, the chat-answer normalisers, model limits, embeddings ====
 
@@ -10733,15 +10734,13 @@ class CopilotApi implements Callable<Integer> {
 
             private void content(JsonNode c, String at, int turn, ArrayNode out) {
                 if (!c.isObject()) throw invalid(at, "must be a Content object");
-                JsonNode parts = c.get("parts");
-                if (parts == null || !parts.isArray()) throw invalid(at + ".parts", "must be an array of Part objects");
-                for (int j = 0; j < parts.size(); j++) if (!parts.get(j).isObject()) throw invalid(at + ".parts[" + j + "]", "must be a Part object");
                 String role = c.path("role").asText("user");
-                switch (role) {
-                    case "model" -> modelTurn(parts, at, turn, out);
-                    case "user", "function", "" -> userTurn(parts, at, out);
-                    default -> throw invalid(at + ".role", "must be \"user\" or \"model\", not \"" + role + "\"");
-                }
+                if (!Set.of("model", "user", "function", "").contains(role)) throw invalid(at + ".role", "must be \"user\" or \"model\", not \"" + role + "\"");
+                JsonNode parts = c.get("parts");
+                if (parts == null || !parts.isArray() || parts.isEmpty()) throw invalid(at + ".parts", "must be a non-empty array of Part objects");
+                for (int j = 0; j < parts.size(); j++) if (!parts.get(j).isObject()) throw invalid(at + ".parts[" + j + "]", "must be a Part object");
+                if (role.equals("model")) modelTurn(parts, at, turn, out);
+                else userTurn(parts, at, out);
             }
 
             /** Text to content, thought parts to reasoning_text, the first real thought signature to reasoning_opaque. */
@@ -10939,10 +10938,13 @@ class CopilotApi implements Callable<Integer> {
                 return value;
             }
 
-            /** application/json with responseSchema (OpenAPI) or responseJsonSchema (as is): a json_schema format; without: json_object. */
+            /**
+             * application/json with responseSchema or responseJsonSchema: a json_schema format; without: json_object. Both
+             * schemas are normalised: Gemini CLI's router sends upper-case types even in responseJsonSchema.
+             */
             private void responseFormat(JsonNode c, ObjectNode chat) {
                 String mime = c.path("responseMimeType").asText("text/plain");
-                JsonNode schema = c.has("responseJsonSchema") ? c.get("responseJsonSchema")
+                JsonNode schema = c.has("responseJsonSchema") ? jsonSchema(c.get("responseJsonSchema"))
                     : c.has("responseSchema") ? jsonSchema(c.get("responseSchema")) : null;
                 if (!mime.equals("application/json")) {
                     if (!mime.equals("text/plain")) notes.add("ignored responseMimeType " + mime);
@@ -10983,6 +10985,11 @@ class CopilotApi implements Callable<Integer> {
                     return;
                 }
                 ModelLimits limits = reasoning.limits();
+                if (limits.supportsThinking() && maxTokens == null && limits.knowsMaxOutput()) {
+                    // a thinking budget must stay below max_tokens, which Gemini clients often leave out: the model's limit
+                    maxTokens = limits.maxOutputTokens();
+                    chat.put(limits.wantsMaxCompletionTokens() ? "max_completion_tokens" : "max_tokens", maxTokens);
+                }
                 if (limits.supportsThinking()) {
                     Integer b = limits.thinkingBudget(budget, maxTokens);
                     if (b != null) chat.put("thinking_budget", b);
@@ -11009,6 +11016,7 @@ class CopilotApi implements Callable<Integer> {
                             continue;
                         }
                         JsonNode decls = field.getValue();
+                        if (!decls.isArray()) throw invalid("tools[" + i + "].functionDeclarations", "must be an array of FunctionDeclaration objects");
                         for (int j = 0; j < decls.size(); j++) tools.add(function(decls.get(j), "tools[" + i + "].functionDeclarations[" + j + "]"));
                     }
                 }

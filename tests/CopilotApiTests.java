@@ -5,13 +5,13 @@
 //SOURCES StubUpstream.java
 //SOURCES AnthropicTranslatorTests.java
 //SOURCES ResponsesTranslatorTests.java
+//SOURCES GeminiTests.java
 //SOURCES ClientRecipeTests.java
+//SOURCES GeminiCliTests.java
 //SOURCES BillingTests.java
 //SOURCES StoreTests.java
 //SOURCES UsageBasedTests.java
 //SOURCES CostTests.java
-//SOURCES GeminiTests.java
-//SOURCES GeminiCliTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 
 package copilotapi;
@@ -130,6 +130,7 @@ class CopilotApiTests {
         GeminiTests.GeminiRouteTests.class,
         GeminiTests.GeminiApiKeyTests.class,
         GeminiTests.GeminiTranslatorTests.class,
+        GeminiTests.JavalinColonTests.class,
         GeminiTests.GeminiSdkTests.class,
         GeminiCliTests.class,
         ExportTests.class);

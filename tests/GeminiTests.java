@@ -167,6 +167,10 @@ final class GeminiTests {
                     String upstream = model.equals("gpt-5.1-codex") ? "/responses" : "/chat/completions";
                     String sent = h.stub.last(upstream).body();
                     assertTrue(sent.contains(id), where + ": the call and its answer keep the id " + id + ": " + sent);
+                    if (upstream.equals("/responses")) {
+                        assertTrue(sent.contains("\"encrypted_content\":\"" + StubUpstream.REASONING_SIGNATURE + "\""),
+                            where + ": the encrypted reasoning came back in the thought signature and went to Copilot again: " + sent);
+                    }
                 }
             }
         }
@@ -221,6 +225,19 @@ final class GeminiTests {
                 JsonNode assistant = h.stub.last("/chat/completions").json().path("messages").get(1);
                 assertEquals(StubUpstream.REASONING_SIGNATURE, assistant.path("reasoning_opaque").asText(), assistant.toString());
                 assertEquals("The user wants a short answer; keep it brief.", assistant.path("reasoning_text").asText(), assistant.toString());
+            }
+        }
+
+        /** Gemini CLI asks Claude for thoughts with includeThoughts alone (or a level) and no maxOutputTokens. */
+        @Test
+        void thinkingWithoutMaxOutputTokensStaysBelowTheModelsOutputLimit() throws Exception {
+            for (String config : List.of("{\"includeThoughts\":true}", "{\"includeThoughts\":true,\"thinkingLevel\":\"HIGH\"}")) {
+                String ask = "{\"contents\":[{\"parts\":[{\"text\":\"think\"}]}],\"generationConfig\":{\"thinkingConfig\":" + config + "}}";
+                assertEquals(200, h.post(call("claude-sonnet-4.5", "generateContent"), ask).statusCode());
+                JsonNode sent = h.stub.last("/chat/completions").json();
+                assertEquals(32000, sent.path("max_tokens").asInt(), config + ": the model's output limit: " + sent);
+                int budget = sent.path("thinking_budget").asInt();
+                assertTrue(budget > 0 && budget < 32000, config + ": " + sent);
             }
         }
 
@@ -289,6 +306,8 @@ final class GeminiTests {
             StubUpstream.Recorded sent = h.stub.last("/chat/completions");
             assertEquals("gpt-4.1", sent.json().path("model").asText(), "the catalog's first free model: " + sent.body());
             assertEquals("json_schema", sent.json().path("response_format").path("type").asText(), sent.body());
+            assertEquals("integer", sent.json().path("response_format").path("json_schema").path("schema").path("properties")
+                .path("complexity_score").path("type").asText(), "upper-case types in responseJsonSchema are normalised: " + sent.body());
             String main = "{" + TOOLS + ",\"contents\":[{\"role\":\"user\",\"parts\":[{\"text\":\"hi\"}]}]}";
             HttpResponse<String> turn = h.send("POST", call("gemini-2.5-pro", "streamGenerateContent") + "?alt=sse", main, "user-agent", cli);
             assertEquals(200, turn.statusCode(), turn.body());
@@ -305,7 +324,9 @@ final class GeminiTests {
             for (String[] c : new String[][] {
                     {"{}", "contents"},
                     {"{\"contents\":[{\"role\":\"user\"}]}", "contents[0].parts"},
-                    {"{\"contents\":[{\"role\":\"robot\",\"parts\":[]}]}", "contents[0].role"},
+                    {"{\"contents\":[{\"role\":\"robot\",\"parts\":[{\"text\":\"hi\"}]}]}", "contents[0].role"},
+                    {"{\"contents\":[{\"role\":\"user\",\"parts\":[]}]}", "contents[0].parts"},
+                    {"{\"contents\":[{\"parts\":[{\"text\":\"hi\"}]}],\"tools\":[{\"functionDeclarations\":{\"name\":\"x\"}}]}", "tools[0].functionDeclarations"},
                     {"{\"contents\":[{\"parts\":[{\"text\":\"hi\"}]}],\"generationConfig\":{\"maxOutputTokens\":-1}}", "generationConfig.maxOutputTokens"},
                     {"{\"contents\":[{\"parts\":[{\"inlineData\":{\"mimeType\":\"video/mp4\",\"data\":\"AAAA\"}}]}]}", "contents[0].parts[0].inlineData.mimeType"}}) {
                 HttpResponse<String> r = h.post(call("gpt-4.1", "generateContent"), c[0]);
@@ -424,6 +445,9 @@ final class GeminiTests {
         void googlesKeyHeaderAndQueryParameterAreAccepted() throws Exception {
             assertEquals(200, h.send("POST", call("gpt-4.1", "generateContent"), HI, "x-goog-api-key", "k-one").statusCode());
             assertEquals(200, h.send("POST", call("gpt-4.1", "generateContent") + "?key=k-one", HI).statusCode());
+            assertEquals(200, h.send("POST", "/v1/chat/completions", CopilotApiTests.CHAT_HI, "x-goog-api-key", "k-one").statusCode());
+            assertEquals(401, h.send("POST", "/v1/chat/completions?key=k-one", CopilotApiTests.CHAT_HI).statusCode(),
+                "?key= is Google's way, taken on Google's paths only");
         }
 
         @Test
@@ -437,6 +461,35 @@ final class GeminiTests {
             }
             assertEquals(401, h.send("GET", "/v1/models?key=k-two", null).statusCode());
             assertEquals("UNAUTHENTICATED", json(h.send("GET", "/v1/models?key=k-two", null).body()).path("error").path("status").asText());
+        }
+    }
+
+    /** What Javalin does with a path parameter followed by a literal in one segment, which decides how the routes are written. */
+    static final class JavalinColonTests {
+        @Test
+        void aParameterFollowedByColonMethodInOneSegment() throws Exception {
+            io.javalin.Javalin app = io.javalin.Javalin.create(cfg -> {
+                cfg.startup.showJavalinBanner = false;
+                cfg.routes.post("/models/{model}:generateContent", ctx -> ctx.result("generate " + ctx.pathParam("model")));
+                cfg.routes.post("/models/{model}:countTokens", ctx -> ctx.result("count " + ctx.pathParam("model")));
+            }).start("127.0.0.1", 0);
+            try {
+                var client = java.net.http.HttpClient.newHttpClient();
+                java.util.function.Function<String, String> post = path -> {
+                    try {
+                        var r = client.send(java.net.http.HttpRequest.newBuilder(java.net.URI.create("http://127.0.0.1:" + app.port() + path))
+                            .POST(java.net.http.HttpRequest.BodyPublishers.noBody()).build(), java.net.http.HttpResponse.BodyHandlers.ofString());
+                        return r.statusCode() + " " + r.body();
+                    } catch (IOException | InterruptedException e) {
+                        throw new AssertionError(e);
+                    }
+                };
+                assertEquals("200 generate gemini-2.5-pro", post.apply("/models/gemini-2.5-pro:generateContent"));
+                assertEquals("200 count gemini-3.1-pro-preview", post.apply("/models/gemini-3.1-pro-preview:countTokens"));
+                assertTrue(post.apply("/models/gemini-2.5-pro:embedContent").startsWith("404"));
+            } finally {
+                app.stop();
+            }
         }
     }
 
@@ -522,6 +575,24 @@ final class GeminiTests {
         }
 
         @Test
+        void withCandidateCountEachChoiceIsItsOwnCandidate() {
+            var m = new CopilotApi.Gemini.ChatStreamToGemini("gpt-4.1", false, false, fixedIds());
+            List<CopilotApi.NamedEvent> out = new ArrayList<>(m.onChunk(json("{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"A\"}},"
+                + "{\"index\":1,\"delta\":{\"content\":\"B\"},\"finish_reason\":\"stop\"}]}")));
+            out.addAll(m.finish());
+            JsonNode first = out.get(0).data().path("candidates");
+            assertEquals("A", first.get(0).path("content").path("parts").get(0).path("text").asText());
+            assertEquals(1, first.get(1).path("index").asInt());
+            assertEquals("B", first.get(1).path("content").path("parts").get(0).path("text").asText());
+            assertEquals(2, out.get(out.size() - 1).data().path("candidates").size(), "both candidates finish");
+            JsonNode folded = CopilotApi.Gemini.ChatToGemini.response(json("{\"choices\":[{\"index\":0,\"message\":{\"content\":\"A\"},"
+                + "\"finish_reason\":\"stop\"},{\"index\":1,\"message\":{\"content\":\"B\"},\"finish_reason\":\"length\"}]}"),
+                "gpt-4.1", false, false, fixedIds());
+            assertEquals("B", folded.path("candidates").get(1).path("content").path("parts").get(0).path("text").asText(), folded.toString());
+            assertEquals("MAX_TOKENS", folded.path("candidates").get(1).path("finishReason").asText(), folded.toString());
+        }
+
+        @Test
         void copilotsOwnSignatureGoesBackAsItCame() {
             var t = translate("{\"contents\":[{\"role\":\"user\",\"parts\":[{\"text\":\"a\"}]},{\"role\":\"model\",\"parts\":[{\"text\":\"b\","
                 + "\"thoughtSignature\":\"raw-sig\"}]},{\"role\":\"user\",\"parts\":[{\"text\":\"c\"}]}]}");
@@ -576,6 +647,9 @@ final class GeminiTests {
             System.out.print(r.output());
             assertEquals(0, r.exit(), r.output());
             assertNotNull(stub.last("/chat/completions"));
+            String log = java.nio.file.Files.readString(server.log);
+            assertTrue(log.contains("POST /v1/models/" + model + ":generateContent") && log.contains("POST /v1/models/" + model + ":streamGenerateContent"),
+                "@google/genai 3.x calls /v1 by default:\n" + log);
         }
 
         @Test
