@@ -995,7 +995,7 @@ class CopilotApi implements Callable<Integer> {
                 return switch (this) {
                     case CLAUDE_CODE -> List.of(Edit.settingsJson(path, Map.of(), true));
                     case OPENCODE -> List.of(Edit.opencodeJson(path, null));
-                    case GEMINI_CLI -> List.of(Edit.ownedKeys(path, null), Edit.dotEnv(GeminiCli.envFile(env), Map.of()));
+                    case GEMINI_CLI -> List.of(Edit.ownedKeys(path, null), Edit.dotEnv(GeminiCli.envFile(path), Map.of()));
                     default -> List.of(Edit.ownFile(path, null));
                 };
             }
@@ -1027,8 +1027,9 @@ class CopilotApi implements Callable<Integer> {
                     .resolve(".gemini");
             }
 
-            static Path envFile(Map<String, String> env) {
-                return dir(env).resolve(".env");
+            /** The .env beside settings.json: the last one the CLI looks for, after the working directory and its parents. */
+            static Path envFile(Path settings) {
+                return settings.resolveSibling(".env");
             }
 
             /** The base URL without a version: the SDK adds /v1beta itself. */
@@ -1067,7 +1068,7 @@ class CopilotApi implements Callable<Integer> {
                     case CLAUDE_CODE -> List.of(Edit.settingsJson(path, env, false));
                     case OPENCODE -> List.of(Edit.opencodeJson(path, (ObjectNode) JSON.readTree(fileText)));
                     case GEMINI_CLI -> List.of(Edit.ownedKeys(path, (ObjectNode) JSON.readTree(fileText)),
-                        Edit.dotEnv(path.resolveSibling(".env"), env));
+                        Edit.dotEnv(GeminiCli.envFile(path), env));
                     default -> List.of(Edit.ownFile(path, fileText));
                 };
             }
@@ -1083,7 +1084,7 @@ class CopilotApi implements Callable<Integer> {
                     boolean both = client == Client.GEMINI_CLI;
                     b.append(env.isEmpty() ? "\n# in " : both ? "\n# and, in " : "\n# or, in ").append(file.map(Path::toString).orElse("the configuration"))
                         .append(" (`setup ").append(client.label).append(" --write` merges it there")
-                        .append(both ? ", and the environment into " + file.orElseThrow().resolveSibling(".env") + ", which Gemini CLI reads in trusted folders" : "")
+                        .append(both ? ", and the environment into " + GeminiCli.envFile(file.orElseThrow()) + ", which Gemini CLI reads in trusted folders" : "")
                         .append("):\n").append(fileText.stripTrailing()).append('\n');
                 }
                 if (launch != null) {
@@ -1102,7 +1103,7 @@ class CopilotApi implements Callable<Integer> {
                 env.forEach(vars::put);
                 o.put("launch", client == Client.CLAUDE_CODE ? "claude" : launch);
                 file.ifPresent(f -> o.putObject("file").put("path", f.toString()).put("content", fileText));
-                if (client == Client.GEMINI_CLI) o.put("envFile", file.orElseThrow().resolveSibling(".env").toString());
+                if (client == Client.GEMINI_CLI) o.put("envFile", GeminiCli.envFile(file.orElseThrow()).toString());
                 return o;
             }
         }
