@@ -4323,7 +4323,7 @@ class CopilotApi implements Callable<Integer> {
             ObjectNode body = Requests.jsonObject(ctx);
             boolean sse = stream && "sse".equals(ctx.queryParam("alt"));
             boolean side = sideCall(ctx, body, stream);
-            Optional<String> free = side ? up.controls().billing().warmupModel(up.models().list()) : Optional.empty();
+            Optional<String> free = side ? up.controls().billing().warmupModel(up.models().list()).filter(id -> fits(body, id)) : Optional.empty();
             ModelResolver.Resolution model = resolve(ctx, free.orElse(requested));
             if (free.isPresent()) {
                 Exchange.of(ctx).model(requested, model.upstream()).note("Gemini CLI side call");
@@ -4409,6 +4409,19 @@ class CopilotApi implements Callable<Integer> {
          * non-streamed generateContent declaring no function, while its main turns always stream with its tools. They
          * are background work: a free model answers them and they bill nothing, as Claude Code's warm-up does.
          */
+        /**
+         * Whether the request fits the free model's prompt window: the compressor sends the whole history, sized for the
+         * model the person chose, which a smaller free model would refuse; such a call stays on the model asked.
+         */
+        private boolean fits(JsonNode body, String model) {
+            JsonNode m = up.models().find(model).orElse(null);
+            if (m == null) return false;
+            int window = m.path("capabilities").path("limits").path("max_prompt_tokens").asInt(Integer.MAX_VALUE);
+            boolean fits = GeminiTokens.count(body, m) <= window;
+            if (!fits) Logs.log().info("gemini: a Gemini CLI side call is larger than {}'s {} prompt tokens; it goes to the model asked", model, window);
+            return fits;
+        }
+
         static boolean sideCall(Context ctx, JsonNode body, boolean stream) {
             boolean cli = Optional.ofNullable(ctx.header("user-agent")).orElse("").startsWith("GeminiCLI");
             return cli && !stream && !GeminiToChat.declaresFunctions(body);

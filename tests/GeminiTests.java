@@ -319,6 +319,17 @@ final class GeminiTests {
                 "another client's generateContent is nobody's side call");
         }
 
+        /** The compressor sends the whole history: past the free model's prompt window it stays on the model asked. */
+        @Test
+        void aSideCallLargerThanTheFreeModelsWindowStaysOnTheModelAsked() throws Exception {
+            String history = "{\"contents\":[{\"role\":\"user\",\"parts\":[{\"text\":\"" + "hello world ".repeat(70_000)
+                + "\"}]},{\"role\":\"user\",\"parts\":[{\"text\":\"Generate a new <state_snapshot> based on the provided history.\"}]}]}";
+            HttpResponse<String> r = h.send("POST", call("claude-sonnet-4.5", "generateContent"), history,
+                "user-agent", "GeminiCLI-tui/0.61.0/claude-sonnet-4.5 (linux; x64; terminal)");
+            assertEquals(200, r.statusCode(), r.body().substring(0, Math.min(300, r.body().length())));
+            assertEquals("claude-sonnet-4.5", h.stub.last("/chat/completions").json().path("model").asText());
+        }
+
         @Test
         void badInputIs400InvalidArgumentNamingTheField() throws Exception {
             for (String[] c : new String[][] {
