@@ -5273,10 +5273,20 @@ class CopilotApiTests {
             return CopilotApiTests.fixtures("chat").getParent().getParent().getParent();
         }
 
+        /** npm ci unless node_modules already holds every dependency of package.json at its pinned version (one added since included). */
         static void npmInstall(Path dir) throws Exception {
-            if (Files.isDirectory(dir.resolve("node_modules"))) return;
+            if (installed(dir)) return;
             Result r = run(dir, Map.of(), Duration.ofMinutes(5), "npm", "ci", "--no-audit", "--no-fund");
             assertEquals(0, r.exit(), "npm ci failed:\n" + r.output());
+        }
+
+        static boolean installed(Path dir) throws IOException {
+            JsonNode deps = json(Files.readString(dir.resolve("package.json"))).path("dependencies");
+            for (var dep : deps.properties()) {
+                Path manifest = dir.resolve("node_modules").resolve(dep.getKey()).resolve("package.json");
+                if (!Files.exists(manifest) || !json(Files.readString(manifest)).path("version").asText().equals(dep.getValue().asText())) return false;
+            }
+            return true;
         }
 
         static Result node(Path dir, String script, Map<String, String> env) throws Exception {
