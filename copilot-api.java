@@ -849,13 +849,13 @@ class CopilotApi implements Callable<Integer> {
 
     @Command(name = "setup", mixinStandardHelpOptions = true, versionProvider = VersionProvider.class,
         description = {"Point a client at this server: print its environment and launch command, or write them into its own configuration.",
-            "CLIENT is claude-code, codex, opencode or openai (the OpenAI SDKs and OpenAI-compatible tools). Models come from the live catalog."})
+            "CLIENT is claude-code, codex, opencode, openai (the OpenAI SDKs and OpenAI-compatible tools) or gemini-cli. Models come from the live catalog."})
     static final class SetupCommand implements Callable<Integer> {
         @Mixin CommonOptions common;
 
         @CommandLine.Spec CommandLine.Model.CommandSpec spec;
 
-        @CommandLine.Parameters(paramLabel = "CLIENT", description = "claude-code, codex, opencode or openai.")
+        @CommandLine.Parameters(paramLabel = "CLIENT", description = "claude-code, codex, opencode, openai or gemini-cli.")
         String clientName;
 
         @Option(names = {"-p", "--port"}, paramLabel = "PORT", defaultValue = "" + DEFAULT_PORT, description = "The server's port (default: ${DEFAULT-VALUE}).")
@@ -901,7 +901,7 @@ class CopilotApi implements Callable<Integer> {
         public Integer call() throws Exception {
             Settings settings = common.settings();
             ClientSetup.Client client = ClientSetup.Client.named(clientName).orElseThrow(() ->
-                usage("setup knows claude-code, codex, opencode and openai, not '" + clientName + "'"));
+                usage("setup knows claude-code, codex, opencode, openai and gemini-cli, not '" + clientName + "'"));
             if (write && remove) throw usage("--write and --remove go separately");
             if (project && !client.hasProjectFile()) throw usage("--project goes with claude-code and opencode");
             if (smallModel != null && client != ClientSetup.Client.CLAUDE_CODE) throw usage("--small-model goes with claude-code");
@@ -918,11 +918,11 @@ class CopilotApi implements Callable<Integer> {
             }
             Optional<String> key = Optional.ofNullable(apiKey).filter(k -> !k.isBlank())
                 .or(() -> Settings.listOption(settings.env().get("COPILOT_API_KEYS"), null).stream().findFirst());
-            if (remove) return ClientSetup.apply(client.removal(settings.env(), project), System.out);
+            if (remove) return ClientSetup.apply(client.removals(settings.env(), project), System.out);
             List<JsonNode> catalog = model != null && (smallModel != null || client != ClientSetup.Client.CLAUDE_CODE)
                 ? ClientSetup.catalogIfLoggedIn(settings) : ClientSetup.catalog(settings);
-            ClientSetup.Plan plan = client.plan(base, key, ClientSetup.choose(client, catalog, model, smallModel), settings.env(), project);
-            if (write) return ClientSetup.apply(plan.edit().orElseThrow(), System.out);
+            ClientSetup.Plan plan = client.plan(base, key, ClientSetup.choose(client, catalog, model, smallModel), catalog, settings.env(), project);
+            if (write) return ClientSetup.apply(plan.edits(), System.out);
             System.out.println(json ? Json.pretty(plan.json()) : plan.render(shellSyntax));
             return 0;
         }
@@ -938,7 +938,7 @@ class CopilotApi implements Callable<Integer> {
         static final String NO_KEY = "copilot-api";
 
         enum Client {
-            CLAUDE_CODE("claude-code"), CODEX("codex"), OPENCODE("opencode"), OPENAI("openai");
+            CLAUDE_CODE("claude-code"), CODEX("codex"), OPENCODE("opencode"), OPENAI("openai"), GEMINI_CLI("gemini-cli");
 
             final String label;
 
@@ -955,7 +955,10 @@ class CopilotApi implements Callable<Integer> {
                 return this == CLAUDE_CODE || this == OPENCODE;
             }
 
-            /** The file --write edits: Claude Code's settings.json, Codex's profile file, opencode.json; the OpenAI SDKs have none. */
+            /**
+             * The file --write edits: Claude Code's settings.json, Codex's profile file, opencode.json, Gemini CLI's
+             * settings.json (its .env beside it: {@link GeminiCli#envFile}); the OpenAI SDKs have none.
+             */
             Optional<Path> file(Map<String, String> env, boolean project) {
                 return switch (this) {
                     case CLAUDE_CODE -> Optional.of(project ? Path.of("").toAbsolutePath().resolve(".claude").resolve("settings.json")
@@ -967,10 +970,12 @@ class CopilotApi implements Callable<Integer> {
                         : Optional.ofNullable(env.get("XDG_CONFIG_HOME")).filter(d -> !d.isBlank() && Path.of(d).isAbsolute()).map(Path::of)
                             .orElseGet(() -> home(env).resolve(".config")).resolve("opencode").resolve("opencode.json"));
                     case OPENAI -> Optional.empty();
+                    case GEMINI_CLI -> Optional.of(GeminiCli.dir(env).resolve("settings.json"));
                 };
             }
 
-            Plan plan(String base, Optional<String> key, ClaudeCodeSetup.Choice choice, Map<String, String> env, boolean project) {
+            Plan plan(String base, Optional<String> key, ClaudeCodeSetup.Choice choice, List<JsonNode> catalog, Map<String, String> env,
+                    boolean project) {
                 Optional<Path> file = file(env, project);
                 return switch (this) {
                     case CLAUDE_CODE -> {
@@ -986,16 +991,75 @@ class CopilotApi implements Callable<Integer> {
                         vars.put("OPENAI_MODEL", choice.main());
                         yield new Plan(this, base, choice, vars, null, file, null, key.isPresent());
                     }
+                    case GEMINI_CLI -> new Plan(this, base, choice, GeminiCli.env(base, key.orElse(NO_KEY)), "gemini", file,
+                        Json.pretty(GeminiCli.settings(choice.main(), GeminiCli.compressionThreshold(catalog, choice.main()))), key.isPresent());
                 };
             }
 
-            Edit removal(Map<String, String> env, boolean project) throws IOException {
+            List<Edit> removals(Map<String, String> env, boolean project) throws IOException {
                 Path path = file(env, project).orElseThrow();
                 return switch (this) {
-                    case CLAUDE_CODE -> Edit.settingsJson(path, Map.of(), true);
-                    case OPENCODE -> Edit.opencodeJson(path, null);
-                    default -> Edit.ownFile(path, null);
+                    case CLAUDE_CODE -> List.of(Edit.settingsJson(path, Map.of(), true));
+                    case OPENCODE -> List.of(Edit.opencodeJson(path, null));
+                    case GEMINI_CLI -> List.of(Edit.ownedKeys(path, null), Edit.dotEnv(GeminiCli.envFile(path), Map.of()));
+                    default -> List.of(Edit.ownFile(path, null));
                 };
+            }
+        }
+
+        /**
+         * Gemini CLI with API-key auth against copilot-api. Headless, the CLI refuses the "gateway" auth that
+         * GOOGLE_GEMINI_BASE_URL alone selects (exit 41), so settings.json names gemini-api-key. The CLI reads one .env,
+         * the first found walking up from its working directory, ending with ~/.gemini/.env (only in trusted folders);
+         * the variables go there. It assumes a 1M-token window for any model it does not know and compresses at
+         * compressionThreshold times that, so the threshold is lowered to the Copilot model's prompt window.
+         */
+        static final class GeminiCli {
+            /** The paths in settings.json that copilot-api owns; the user's other settings are never touched. */
+            static final List<List<String>> SETTINGS = List.of(List.of("security", "auth", "selectedType"), List.of("model", "name"),
+                List.of("model", "compressionThreshold"));
+            /** The variables copilot-api owns in ~/.gemini/.env. */
+            static final List<String> VARIABLES = List.of("GEMINI_API_KEY", "GOOGLE_GEMINI_BASE_URL");
+            /** The window Gemini CLI 0.61 assumes for every model name it does not know (tokenLimit's default). */
+            static final int ASSUMED_WINDOW = 1_048_576;
+            /** Compress at this share of the real prompt window, leaving room for the answer and the next tool result. */
+            static final double WINDOW_SHARE = 0.8;
+            /** The prompt window assumed when there is no catalog to read it from. */
+            static final int DEFAULT_PROMPT_TOKENS = 128_000;
+
+            /** ~/.gemini, or $GEMINI_CLI_HOME/.gemini, as the CLI finds it. */
+            static Path dir(Map<String, String> env) {
+                return Optional.ofNullable(env.get("GEMINI_CLI_HOME")).filter(d -> !d.isBlank()).map(Path::of).orElseGet(() -> home(env))
+                    .resolve(".gemini");
+            }
+
+            /** The .env beside settings.json: the last one the CLI looks for, after the working directory and its parents. */
+            static Path envFile(Path settings) {
+                return settings.resolveSibling(".env");
+            }
+
+            /** The base URL without a version: the SDK adds /v1beta itself. */
+            static Map<String, String> env(String base, String key) {
+                Map<String, String> vars = new LinkedHashMap<>();
+                vars.put("GOOGLE_GEMINI_BASE_URL", base);
+                vars.put("GEMINI_API_KEY", key);
+                return vars;
+            }
+
+            static ObjectNode settings(String model, double compressionThreshold) {
+                ObjectNode o = Json.object();
+                o.putObject("security").putObject("auth").put("selectedType", "gemini-api-key");
+                o.putObject("model").put("name", model).put("compressionThreshold", compressionThreshold);
+                return o;
+            }
+
+            /** The model's prompt window (80% of it) as the fraction of the assumed 1M window, rounded down to 0.001. */
+            static double compressionThreshold(List<JsonNode> catalog, String model) {
+                int prompt = catalog.stream().filter(m -> m.path("id").asText().equals(model)).findFirst()
+                    .map(m -> m.path("capabilities").path("limits").path("max_prompt_tokens").asInt(0)).filter(n -> n > 0)
+                    .orElse(DEFAULT_PROMPT_TOKENS);
+                double share = Math.floor(WINDOW_SHARE * prompt / ASSUMED_WINDOW * 1000) / 1000;
+                return Math.max(0.001, Math.min(0.5, share));
             }
         }
 
@@ -1003,13 +1067,16 @@ class CopilotApi implements Callable<Integer> {
         record Plan(Client client, String baseUrl, ClaudeCodeSetup.Choice choice, Map<String, String> env, String launch,
             Optional<Path> file, String fileText, boolean hasKey) {
 
-            Optional<Edit> edit() throws IOException {
-                if (file.isEmpty()) return Optional.empty();
-                return Optional.of(switch (client) {
-                    case CLAUDE_CODE -> Edit.settingsJson(file.get(), env, false);
-                    case OPENCODE -> Edit.opencodeJson(file.get(), (ObjectNode) JSON.readTree(fileText));
-                    default -> Edit.ownFile(file.get(), fileText);
-                });
+            /** The edits --write makes: the client's file, and for Gemini CLI also its .env. */
+            List<Edit> edits() throws IOException {
+                Path path = file.orElseThrow();
+                return switch (client) {
+                    case CLAUDE_CODE -> List.of(Edit.settingsJson(path, env, false));
+                    case OPENCODE -> List.of(Edit.opencodeJson(path, (ObjectNode) JSON.readTree(fileText)));
+                    case GEMINI_CLI -> List.of(Edit.ownedKeys(path, (ObjectNode) JSON.readTree(fileText)),
+                        Edit.dotEnv(GeminiCli.envFile(path), env));
+                    default -> List.of(Edit.ownFile(path, fileText));
+                };
             }
 
             String render(ClaudeCodeSetup.Shell shell) {
@@ -1020,8 +1087,11 @@ class CopilotApi implements Callable<Integer> {
                     env.forEach((k, v) -> b.append(export(shell, k, v)).append('\n'));
                 }
                 if (fileText != null) {
-                    b.append(env.isEmpty() ? "\n# in " : "\n# or, in ").append(file.map(Path::toString).orElse("the configuration")).append(" (`setup ")
-                        .append(client.label).append(" --write` merges it there):\n").append(fileText.stripTrailing()).append('\n');
+                    boolean both = client == Client.GEMINI_CLI;
+                    b.append(env.isEmpty() ? "\n# in " : both ? "\n# and, in " : "\n# or, in ").append(file.map(Path::toString).orElse("the configuration"))
+                        .append(" (`setup ").append(client.label).append(" --write` merges it there")
+                        .append(both ? ", and the environment into " + GeminiCli.envFile(file.orElseThrow()) + ", which Gemini CLI reads in trusted folders" : "")
+                        .append("):\n").append(fileText.stripTrailing()).append('\n');
                 }
                 if (launch != null) {
                     b.append("\n# then run:\n").append(client == Client.CLAUDE_CODE ? ClaudeCodeSetup.command(env, shell) : launch).append('\n');
@@ -1039,6 +1109,7 @@ class CopilotApi implements Callable<Integer> {
                 env.forEach(vars::put);
                 o.put("launch", client == Client.CLAUDE_CODE ? "claude" : launch);
                 file.ifPresent(f -> o.putObject("file").put("path", f.toString()).put("content", fileText));
+                if (client == Client.GEMINI_CLI) o.put("envFile", GeminiCli.envFile(file.orElseThrow()).toString());
                 return o;
             }
         }
@@ -1136,6 +1207,7 @@ class CopilotApi implements Callable<Integer> {
                 case CLAUDE_CODE -> ClaudeCodeSetup.preferred(catalog, ids, "sonnet");
                 case CODEX -> codexDefault(catalog, ids);
                 case OPENAI, OPENCODE -> ClaudeCodeSetup.smallDefault(catalog, ids);
+                case GEMINI_CLI -> Gemini.GeminiModels.newest(catalog, null).map(m -> Math.max(0, ids.indexOf(m.path("id").asText()))).orElse(0);
             });
             String fast = client != Client.CLAUDE_CODE ? null
                 : small != null ? ClaudeCodeSetup.check(ids, small) : ids.get(ClaudeCodeSetup.smallDefault(catalog, ids));
@@ -1149,6 +1221,11 @@ class CopilotApi implements Callable<Integer> {
             for (JsonNode m : catalog) {
                 if (ModelResolver.isChat(m) && ModelResolver.endpoints(m).contains("/responses")) return ids.indexOf(m.path("id").asText());
             }
+            return 0;
+        }
+
+        static int apply(List<Edit> edits, java.io.PrintStream out) throws IOException {
+            for (Edit edit : edits) apply(edit, out);
             return 0;
         }
 
@@ -1241,6 +1318,106 @@ class CopilotApi implements Callable<Integer> {
                 else root.set("provider", providers);
                 boolean onlySchema = root.size() == 1 && root.has("$schema");
                 return new Edit(path, before, ours == null && (root.isEmpty() || onlySchema) ? null : Json.pretty(root) + "\n", diff);
+            }
+
+            /**
+             * Gemini CLI's settings.json: the values at our paths ({@link GeminiCli#SETTINGS}) set from ours (or, with
+             * null, removed, with objects that become empty); every other setting kept as it was.
+             */
+            static Edit ownedKeys(Path path, ObjectNode ours) throws IOException {
+                String before = Files.exists(path) ? Files.readString(path) : null;
+                ObjectNode root = parseObject(path, before);
+                List<String> diff = new ArrayList<>();
+                for (List<String> at : GeminiCli.SETTINGS) {
+                    String shown = String.join(".", at);
+                    ObjectNode parent = root;
+                    for (String name : at.subList(0, at.size() - 1)) {
+                        JsonNode child = parent.path(name);
+                        if (!child.isMissingNode() && !child.isObject()) {
+                            throw new UserFacingException(path + ": \"" + name + "\" is not an object; fix it by hand, nothing was changed");
+                        }
+                        parent = child.isObject() ? (ObjectNode) child : parent.putObject(name);
+                    }
+                    String leaf = at.get(at.size() - 1);
+                    JsonNode old = parent.get(leaf);
+                    JsonNode now = ours == null ? null : ours.at("/" + String.join("/", at));
+                    if (now != null && now.isMissingNode()) now = null;
+                    if (java.util.Objects.equals(old, now)) continue;
+                    if (now == null) parent.remove(leaf);
+                    else parent.set(leaf, now);
+                    if (old != null) diff.add("- " + shown + " = " + shown(leaf, old.asText()));
+                    if (now != null) diff.add("+ " + shown + " = " + shown(leaf, now.asText()));
+                }
+                pruneEmpty(root);
+                if (diff.isEmpty()) return new Edit(path, before, before, diff);
+                return new Edit(path, before, root.isEmpty() && ours == null ? null : Json.pretty(root) + "\n", diff);
+            }
+
+            /** Removes the objects left empty below root (a removal's parents), deepest first. */
+            private static void pruneEmpty(ObjectNode node) {
+                List<String> empty = new ArrayList<>();
+                node.properties().forEach(e -> {
+                    if (e.getValue() instanceof ObjectNode child) {
+                        pruneEmpty(child);
+                        if (child.isEmpty()) empty.add(e.getKey());
+                    }
+                });
+                node.remove(empty);
+            }
+
+            /**
+             * A dotenv file: each of our variables ({@link GeminiCli#VARIABLES}) set on its first line (or appended),
+             * its other lines dropped, or all of them removed when absent from vars; other lines kept as they were.
+             */
+            static Edit dotEnv(Path path, Map<String, String> vars) throws IOException {
+                String before = Files.exists(path) ? Files.readString(path) : null;
+                List<String> lines = new ArrayList<>();
+                List<String> diff = new ArrayList<>();
+                Set<String> seen = new LinkedHashSet<>();
+                for (String line : before == null ? List.<String>of() : before.lines().toList()) {
+                    java.util.regex.Matcher m = DOTENV_LINE.matcher(line);
+                    String name = m.matches() ? m.group(1) : null;
+                    if (name == null || !GeminiCli.VARIABLES.contains(name)) {
+                        lines.add(line);
+                        continue;
+                    }
+                    String old = unquote(m.group(2).strip());
+                    String now = seen.add(name) ? vars.get(name) : null;
+                    if (now != null && now.equals(old)) {
+                        lines.add(line);
+                        continue;
+                    }
+                    diff.add("- " + name + " = " + shown(name, old));
+                    if (now != null) {
+                        lines.add(name + "=" + dotEnvValue(now));
+                        diff.add("+ " + name + " = " + shown(name, now));
+                    }
+                }
+                for (String name : GeminiCli.VARIABLES) {
+                    if (seen.contains(name) || !vars.containsKey(name)) continue;
+                    lines.add(name + "=" + dotEnvValue(vars.get(name)));
+                    diff.add("+ " + name + " = " + shown(name, vars.get(name)));
+                }
+                if (diff.isEmpty()) return new Edit(path, before, before, diff);
+                boolean blank = lines.stream().allMatch(String::isBlank);
+                return new Edit(path, before, blank && vars.isEmpty() ? null : String.join("\n", lines) + "\n", diff);
+            }
+
+            /** NAME=value, with an optional `export `, as dotenv reads it (a # after the value starts a comment). */
+            static final Pattern DOTENV_LINE = Pattern.compile("\\s*(?:export\\s+)?([\\w.-]+)\\s*=(.*)");
+
+            private static String unquote(String v) {
+                if (v.length() >= 2 && "'\"`".indexOf(v.charAt(0)) >= 0 && v.charAt(v.length() - 1) == v.charAt(0)) return v.substring(1, v.length() - 1);
+                int hash = v.indexOf(" #");
+                return hash < 0 ? v : v.substring(0, hash).strip();
+            }
+
+            /** A value dotenv reads back as it is: bare when plain, else in the first quote it does not contain. */
+            static String dotEnvValue(String v) {
+                if (v.matches("[A-Za-z0-9_./:@+=-]*")) return v;
+                if (v.contains("\n") || v.contains("\r")) throw new UserFacingException("a value with a line break cannot go into a .env file");
+                for (char q : new char[] {'\'', '"', '`'}) if (v.indexOf(q) < 0) return q + v + q;
+                throw new UserFacingException("a value with all three quote characters cannot go into a .env file");
             }
 
             private static String shownEntry(JsonNode entry) {
@@ -11890,7 +12067,8 @@ class CopilotApi implements Callable<Integer> {
                 return newest(catalog, tier).or(() -> newest(catalog, null));
             }
 
-            private static Optional<JsonNode> newest(List<JsonNode> catalog, String tier) {
+            /** The newest gemini-* chat model of the tier (flash-lite, flash, pro; null: any). */
+            static Optional<JsonNode> newest(List<JsonNode> catalog, String tier) {
                 JsonNode best = null;
                 for (JsonNode m : catalog) {
                     String id = m.path("id").asText().toLowerCase(Locale.ROOT);

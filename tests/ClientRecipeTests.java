@@ -22,26 +22,7 @@ import org.junit.jupiter.api.TestInstance;
  * The assertions read the stub's fixed answers ("Hello from MODEL.", "Tool said: ...") and what the stub
  * recorded, so a recipe that stops reaching the route it documents fails here.
  */
-@TestInstance(TestInstance.Lifecycle.PER_CLASS)
-class ClientRecipeTests {
-    Path clients;
-    StubUpstream stub;
-    CopilotApiTests.SdkRunner.ServerProcess server;
-
-    @BeforeAll
-    void up() throws Exception {
-        clients = CopilotApiTests.SdkRunner.repo().resolve("tests").resolve("clients");
-        CopilotApiTests.SdkRunner.npmInstall(clients);
-        stub = StubUpstream.start();
-        server = CopilotApiTests.SdkRunner.startServer(stub);
-    }
-
-    @AfterAll
-    void down() {
-        if (server != null) server.close();
-        if (stub != null) stub.close();
-    }
-
+class ClientRecipeTests extends RecipeClients {
     CopilotApiTests.SdkRunner.Result node(String script, String baseUrl) throws Exception {
         stub.clear();
         CopilotApiTests.SdkRunner.Result r = CopilotApiTests.SdkRunner.node(clients, script, Map.of("BASE_URL", baseUrl));
@@ -160,6 +141,10 @@ class ClientRecipeTests {
 
     /** `copilot-api setup CLIENT --write --url (this server)` in HOME, with the stub's login for the catalog. */
     void setupWrite(Path home, String... args) throws Exception {
+        setupWrite(stub, server, home, args);
+    }
+
+    static void setupWrite(StubUpstream stub, CopilotApiTests.SdkRunner.ServerProcess server, Path home, String... args) throws Exception {
         Map<String, String> env = CopilotApiTests.CliTests.env(stub, Files.createTempDirectory("data"));
         env.put("HOME", home.toString());
         env.put("COPILOT_API_GITHUB_TOKEN", StubUpstream.VALID_GITHUB_TOKEN);
@@ -304,5 +289,27 @@ class ClientRecipeTests {
         CopilotApiTests.SdkRunner.Result r = CopilotApiTests.SdkRunner.run(clients, Map.of(), Duration.ofSeconds(30), cmd);
         assertEquals(0, r.exit(), r.output());
         return r.output();
+    }
+}
+
+/** The clients of tests/clients (npm ci once), the stub, and copilot-api started against it: one set per test class. */
+@TestInstance(TestInstance.Lifecycle.PER_CLASS)
+abstract class RecipeClients {
+    Path clients;
+    StubUpstream stub;
+    CopilotApiTests.SdkRunner.ServerProcess server;
+
+    @BeforeAll
+    void up() throws Exception {
+        clients = CopilotApiTests.SdkRunner.repo().resolve("tests").resolve("clients");
+        CopilotApiTests.SdkRunner.npmInstall(clients);
+        stub = StubUpstream.start();
+        server = CopilotApiTests.SdkRunner.startServer(stub);
+    }
+
+    @AfterAll
+    void down() {
+        if (server != null) server.close();
+        if (stub != null) stub.close();
     }
 }

@@ -7,6 +7,7 @@
 //SOURCES ResponsesTranslatorTests.java
 //SOURCES GeminiTests.java
 //SOURCES ClientRecipeTests.java
+//SOURCES GeminiCliTests.java
 //SOURCES BillingTests.java
 //SOURCES BackgroundTests.java
 //SOURCES StoreTests.java
@@ -139,6 +140,7 @@ class CopilotApiTests {
         GeminiTests.GeminiTranslatorTests.class,
         GeminiTests.JavalinColonTests.class,
         GeminiTests.GeminiSdkTests.class,
+        GeminiCliTests.class,
         ExportTests.class);
 
     public static void main(String... args) {
@@ -2482,6 +2484,101 @@ class CopilotApiTests {
         }
 
         /**
+         * Gemini CLI: the environment (base URL without a version, the key), and settings.json choosing API-key auth
+         * (the gateway auth that the base URL alone selects exits 41 headless), the model, and a compression threshold
+         * that is the model's prompt window as a fraction of the 1M tokens the CLI assumes.
+         */
+        @Test
+        void geminiCliPrintsItsEnvironmentAndSettings() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                CliTests.Run r = setup(home, "gemini-cli", "--port", "5151", "--api-key", "k-4");
+                assertEquals(0, r.exit(), r.err());
+                assertTrue(r.out().contains("export GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:5151\n"), r.out());
+                assertTrue(r.out().contains("export GEMINI_API_KEY=k-4\n"), r.out());
+                assertTrue(r.out().contains("\"selectedType\" : \"gemini-api-key\""), r.out());
+                assertTrue(r.out().strip().endsWith("gemini"), r.out());
+                JsonNode json = json(setup(home, "gemini-cli", "--json").out());
+                assertEquals("gemini-cli", json.path("client").asText());
+                assertEquals("gemini-2.5-pro", json.path("model").asText(), "the catalog's Gemini by default: " + json);
+                assertEquals("http://127.0.0.1:4141", json.path("env").path("GOOGLE_GEMINI_BASE_URL").asText());
+                assertEquals("copilot-api", json.path("env").path("GEMINI_API_KEY").asText());
+                assertEquals(home.dir().resolve(".gemini/settings.json").toString(), json.path("file").path("path").asText());
+                assertEquals(home.dir().resolve(".gemini/.env").toString(), json.path("envFile").asText());
+                JsonNode settings = json(json.path("file").path("content").asText());
+                assertEquals("gemini-api-key", settings.path("security").path("auth").path("selectedType").asText());
+                assertEquals("gemini-2.5-pro", settings.path("model").path("name").asText());
+                assertEquals(0.082, settings.path("model").path("compressionThreshold").asDouble(), 1e-9,
+                    "80% of gemini-2.5-pro's 108,608 prompt tokens, over 1,048,576: " + settings);
+                assertEquals(0.097, json(json(setup(home, "gemini-cli", "--json", "--model", "gpt-4.1").out()).path("file").path("content").asText())
+                    .path("model").path("compressionThreshold").asDouble(), 1e-9, "gpt-4.1 has 128,000");
+                home.env().put("GEMINI_CLI_HOME", home.dir().resolve("elsewhere").toString());
+                assertEquals(home.dir().resolve("elsewhere/.gemini/settings.json").toString(),
+                    json(setup(home, "gemini-cli", "--json").out()).path("file").path("path").asText(), "GEMINI_CLI_HOME moves ~/.gemini");
+            }
+        }
+
+        /** settings.json and .env: only our keys merged beside the user's, a backup of each, idempotent, the key in a file only its owner reads, and --remove. */
+        @Test
+        void geminiCliWriteMergesSettingsAndEnvFileAndRemoveTakesThemOut() throws Exception {
+            try (StubUpstream stub = StubUpstream.start()) {
+                Home home = home(stub);
+                Path dir = Files.createDirectories(home.dir().resolve(".gemini"));
+                Path settings = dir.resolve("settings.json");
+                Path envFile = dir.resolve(".env");
+                Files.writeString(settings, "{\"ui\": {\"theme\": \"GitHub\"}, \"security\": {\"auth\": {\"selectedType\": \"oauth-personal\"},"
+                    + " \"folderTrust\": {\"enabled\": true}}, \"model\": {\"name\": \"gemini-2.5-flash\", \"maxSessionTurns\": 10}}\n");
+                Files.writeString(envFile, "# mine\nMY_VAR=1\nGEMINI_API_KEY=old-key\n");
+                Files.setPosixFilePermissions(envFile, java.nio.file.attribute.PosixFilePermissions.fromString("rw-r--r--"));
+
+                CliTests.Run write = setup(home, "gemini-cli", "--write", "--api-key", "secret-key-5", "--port", "5151");
+                assertEquals(0, write.exit(), write.err());
+                assertFalse(write.out().contains("secret-key-5") || write.out().contains("old-key"), "no key is shown: " + write.out());
+                assertTrue(write.out().contains("- security.auth.selectedType = oauth-personal")
+                    && write.out().contains("+ security.auth.selectedType = gemini-api-key"), write.out());
+                assertTrue(write.out().contains("- GEMINI_API_KEY = ***") && write.out().contains("+ GEMINI_API_KEY = ***"), write.out());
+                assertTrue(write.out().contains("+ GOOGLE_GEMINI_BASE_URL = http://127.0.0.1:5151"), write.out());
+                JsonNode written = json(Files.readString(settings));
+                assertEquals("GitHub", written.path("ui").path("theme").asText());
+                assertTrue(written.path("security").path("folderTrust").path("enabled").asBoolean(), written.toString());
+                assertEquals(10, written.path("model").path("maxSessionTurns").asInt(), "the user's own model settings survive");
+                assertEquals("gemini-api-key", written.path("security").path("auth").path("selectedType").asText());
+                assertEquals("gemini-2.5-pro", written.path("model").path("name").asText());
+                assertEquals(List.of("# mine", "MY_VAR=1", "GEMINI_API_KEY=secret-key-5", "GOOGLE_GEMINI_BASE_URL=http://127.0.0.1:5151"),
+                    Files.readAllLines(envFile), "our keys replace the old line in place, the rest stays");
+                assertEquals("rw-------", java.nio.file.attribute.PosixFilePermissions.toString(Files.getPosixFilePermissions(envFile)),
+                    "the file with the key is readable by its owner only");
+                assertEquals(2, backups(dir).size(), "one backup of each file");
+
+                String settingsAfter = Files.readString(settings);
+                String envAfter = Files.readString(envFile);
+                CliTests.Run again = setup(home, "gemini-cli", "--write", "--api-key", "secret-key-5", "--port", "5151");
+                assertEquals(0, again.exit(), again.err());
+                assertEquals(2, again.out().split("nothing changed", -1).length - 1, again.out());
+                assertEquals(settingsAfter, Files.readString(settings));
+                assertEquals(envAfter, Files.readString(envFile));
+                assertEquals(2, backups(dir).size(), "no backup when nothing changes");
+
+                CliTests.Run remove = setup(home, "gemini-cli", "--remove");
+                assertEquals(0, remove.exit(), remove.err());
+                JsonNode removed = json(Files.readString(settings));
+                assertEquals("GitHub", removed.path("ui").path("theme").asText());
+                assertFalse(removed.path("security").has("auth"), removed.toString());
+                List<String> modelKeys = new ArrayList<>();
+                removed.path("model").fieldNames().forEachRemaining(modelKeys::add);
+                assertEquals(List.of("maxSessionTurns"), modelKeys, "only copilot-api's keys went: " + removed);
+                assertEquals(List.of("# mine", "MY_VAR=1"), Files.readAllLines(envFile));
+                assertEquals(2, setup(home, "gemini-cli", "--remove").out().split("nothing changed", -1).length - 1);
+
+                Files.delete(settings);
+                Files.delete(envFile);
+                assertEquals(0, setup(home, "gemini-cli", "--write", "--model", "gpt-4.1").exit());
+                assertEquals(0, setup(home, "gemini-cli", "--remove").exit());
+                assertFalse(Files.exists(settings) || Files.exists(envFile), "files setup created are deleted by --remove");
+            }
+        }
+
+        /**
          * The README's container command line, run outside a container (none runs here): GH_TOKEN from the environment,
          * the data directory elsewhere, --host 0.0.0.0; a client of the published 127.0.0.1:4141 (or localhost:4141)
          * sends that Host, which the Host check accepts; setup takes that address.
@@ -2527,12 +2624,13 @@ class CopilotApiTests {
                 Home home = home(stub);
                 CliTests.Run unknown = setup(home, "cursor");
                 assertEquals(2, unknown.exit());
-                assertTrue(unknown.err().contains("setup knows claude-code, codex, opencode and openai, not 'cursor'"), unknown.err());
+                assertTrue(unknown.err().contains("setup knows claude-code, codex, opencode, openai and gemini-cli, not 'cursor'"), unknown.err());
                 CliTests.Run openaiWrite = setup(home, "openai", "--write");
                 assertEquals(2, openaiWrite.exit());
                 assertTrue(openaiWrite.err().contains("openai has no configuration file"), openaiWrite.err());
                 assertEquals(2, setup(home, "openai", "--url", "http://127.0.0.1:4141/v1").exit(), "a base URL has no path");
                 assertEquals(2, setup(home, "codex", "--small-model", "gpt-4.1").exit());
+                assertEquals(2, setup(home, "gemini-cli", "--project").exit(), "Gemini CLI's project settings are not written");
                 CliTests.Run badModel = setup(home, "codex", "--model", "nope");
                 assertEquals(1, badModel.exit());
                 assertTrue(badModel.err().contains("unknown model 'nope'"), badModel.err());
@@ -5282,18 +5380,20 @@ class CopilotApiTests {
             return CopilotApiTests.fixtures("chat").getParent().getParent().getParent();
         }
 
-        /**
-         * The folder's pinned packages installed: again whenever its package-lock.json changed since the last install
-         * (a copy of the lock file it was installed from is kept in node_modules), so a new pin reaches a checkout
-         * that already had node_modules.
-         */
+        /** npm ci unless node_modules already holds every dependency of package.json at its pinned version (one added since included). */
         static void npmInstall(Path dir) throws Exception {
-            Path lock = dir.resolve("package-lock.json");
-            Path installedFrom = dir.resolve("node_modules/.installed-from-package-lock.json");
-            if (Files.isRegularFile(installedFrom) && Files.mismatch(lock, installedFrom) == -1) return;
+            if (installed(dir)) return;
             Result r = run(dir, Map.of(), Duration.ofMinutes(5), "npm", "ci", "--no-audit", "--no-fund");
             assertEquals(0, r.exit(), "npm ci failed:\n" + r.output());
-            Files.copy(lock, installedFrom, java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+        }
+
+        static boolean installed(Path dir) throws IOException {
+            JsonNode deps = json(Files.readString(dir.resolve("package.json"))).path("dependencies");
+            for (var dep : deps.properties()) {
+                Path manifest = dir.resolve("node_modules").resolve(dep.getKey()).resolve("package.json");
+                if (!Files.exists(manifest) || !json(Files.readString(manifest)).path("version").asText().equals(dep.getValue().asText())) return false;
+            }
+            return true;
         }
 
         static Result node(Path dir, String script, Map<String, String> env) throws Exception {

@@ -1166,7 +1166,17 @@ final class StubUpstream implements AutoCloseable {
         String finishReason() {
             return calls.isEmpty() ? "stop" : "tool_calls";
         }
+
+        Answer withText(String t) {
+            return new Answer(model, reasoning, t, calls, promptTokens, completionTokens, cachedTokens);
+        }
     }
+
+    /** A prompt containing this is answered with text even when tools are offered (Gemini CLI offers them on every turn). */
+    static final String NO_TOOLS_MARKER = "copilot-api-no-tools";
+
+    /** The shell tools the fake model calls with BASH_ARGUMENTS: Claude Code's and Gemini CLI's. */
+    static final Set<String> SHELL_TOOLS = Set.of("Bash", "run_shell_command");
 
     /** What the fake model asks a Bash tool to run (Claude Code's tool loop in the tests): harmless, recognisable. */
     static final String BASH_ARGUMENTS = "{\"command\":\"echo copilot-api-tool-loop\",\"description\":\"Print a marker\"}";
@@ -1185,8 +1195,9 @@ final class StubUpstream implements AutoCloseable {
     /**
      * The fake model: after a tool result, "Tool said: (first 80 chars)"; with tools offered, a call to the
      * Agent (or Task) tool when the last message carries SUBAGENT_MARKER (a sentence after a background
-     * subagent's notification), else to the tool named Bash if offered, else the
-     * first one (Claude models say a sentence first); else "Hello from MODEL.". Thinking adds a fixed reasoning.
+     * subagent's notification), else (unless it carries NO_TOOLS_MARKER) to a shell tool if offered (Claude Code's
+     * Bash, Gemini CLI's run_shell_command), else the first one (Claude models say a sentence first); else
+     * "Hello from MODEL.". Thinking adds a fixed reasoning.
      */
     private Answer answer(String model, List<ToolSpec> tools, String toolResult, boolean toolsAllowed, boolean thinking, Recorded rec, String callIdPrefix,
                           JsonNode lastMessage) {
@@ -1208,9 +1219,9 @@ final class StubUpstream implements AutoCloseable {
             input.put("subagent_type", "general-purpose");
             calls = List.of(new ToolCall(callIdPrefix + ids.incrementAndGet(), name, input.toString()));
             text = claude ? "I'll hand this to a subagent." : null;
-        } else if (!tools.isEmpty() && toolsAllowed) {
-            ToolSpec tool = tools.stream().filter(t -> t.name().equals("Bash")).findFirst().orElse(tools.get(0));
-            String arguments = tool.name().equals("Bash") ? BASH_ARGUMENTS : argumentsFor(tool.schema());
+        } else if (!tools.isEmpty() && toolsAllowed && !last.contains(NO_TOOLS_MARKER)) {
+            ToolSpec tool = tools.stream().filter(t -> SHELL_TOOLS.contains(t.name())).findFirst().orElse(tools.get(0));
+            String arguments = SHELL_TOOLS.contains(tool.name()) ? BASH_ARGUMENTS : argumentsFor(tool.schema());
             calls = List.of(new ToolCall(callIdPrefix + ids.incrementAndGet(), tool.name(), arguments));
             text = claude ? "I'll use " + tool.name() + "." : null;
         } else {
@@ -1313,13 +1324,16 @@ final class StubUpstream implements AutoCloseable {
         return messages.get(0);
     }
 
-    /** Arguments from the schema's required properties: strings "x", numbers 1, booleans true, arrays [], objects {}. */
+    /**
+     * Arguments from the schema's required properties: strings "x", numbers 1, booleans true, arrays [], objects {}
+     * (types in either case: Google's clients write OBJECT, INTEGER). Also the answer to a json_schema response format.
+     */
     static String argumentsFor(JsonNode schema) {
         ObjectNode args = obj();
         JsonNode props = schema == null ? obj() : schema.path("properties");
         for (JsonNode required : schema == null ? JSON.createArrayNode() : schema.path("required")) {
             String name = required.asText();
-            switch (props.path(name).path("type").asText("string")) {
+            switch (props.path(name).path("type").asText("string").toLowerCase(Locale.ROOT)) {
                 case "integer", "number" -> args.put(name, 1);
                 case "boolean" -> args.put(name, true);
                 case "array" -> args.putArray(name);
@@ -1362,6 +1376,8 @@ final class StubUpstream implements AutoCloseable {
         Family family = Family.of(model);
         boolean thinking = family == Family.CLAUDE && req.has("thinking_budget");
         Answer a = answer(model, tools, toolResult, toolsAllowed(req), thinking, rec, family == Family.CLAUDE ? "toolu_stub_" : "call_stub_", last);
+        JsonNode schema = req.path("response_format").path("json_schema").path("schema");
+        if (schema.isObject() && a.calls().isEmpty()) a = a.withText(argumentsFor(schema));
         if (req.path("stream").asBoolean(false)) return Reply.sse(chatChunks(a, family)).delayMs(streamDelayMs);
         ObjectNode completion = chatCompletion(a, family);
         if (reportsCost()) completion.set("copilot_usage", copilotUsage(a));
