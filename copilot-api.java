@@ -1883,6 +1883,23 @@ class CopilotApi implements Callable<Integer> {
             return answer;
         }
 
+        /** A stream, relayed to the client through the route's machine, which records what goes by. */
+        void relay(String model, String endpoint, java.util.function.Function<CallOptions, EventSource> send, StreamMachine machine) {
+            try (EventSource events = send(model, endpoint, send)) {
+                Relay.run(ctx, events, machine);
+            }
+        }
+
+        /**
+         * A whole answer, given as the stream it is equivalent to and run through the machine that stream would
+         * use (so it is recorded the same way); its events are collected for the fold into the client's JSON.
+         */
+        List<Frame> fold(String model, String endpoint, java.util.function.Function<CallOptions, EventSource> send, StreamMachine machine) {
+            try (EventSource events = send(model, endpoint, send)) {
+                return Relay.fold(events, machine);
+            }
+        }
+
         /** The call to Copilot at {@code endpoint}; the reservation stands if Copilot answers and is released if not. */
         <T> T send(String model, String endpoint, java.util.function.Function<CallOptions, T> send) {
             if (call == null) throw new IllegalStateException("a model call is sent only after reserve()");
@@ -4058,24 +4075,11 @@ class CopilotApi implements Callable<Integer> {
             Requests.logBody("translated chat request", t.chatRequest());
             SubagentPrompts subagents = up.controls().billing().subagents();
             String path = up.chat().path(model.upstream());
-            if (!stream) {
-                answer(ctx, call.answer(model.upstream(), path, ModelCall.Shape.CHAT, c -> up.chat().complete(prepared, c)), model, t);
-                return;
-            }
             ChatStreamToAnthropic machine = new ChatStreamToAnthropic(model.requested(), t.toolNameMap());
-            SubagentPrompts.ToolCallReader reader = subagents.reader();
-            try (EventSource events = call.send(model.upstream(), path, c -> up.chat().stream(prepared, c))) {
-                Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::anthropicEvent));
-            }
+            TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), subagents.reader()::anthropicEvent);
+            if (stream) call.relay(model.upstream(), path, c -> up.chat().stream(prepared, c), relay);
+            else Requests.writeJson(ctx, AnthropicEvents.message(call.fold(model.upstream(), path, c -> up.chat().answer(prepared, c), relay)));
             machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
-        }
-
-        /** A chat answer, translated back into an Anthropic message for the client. */
-        private static void answer(Context ctx, JsonNode chat, ModelResolver.Resolution model, AnthropicToChat.Result t) {
-            List<String> notes = new ArrayList<>();
-            ObjectNode message = ChatToAnthropic.response(chat, model.requested(), t.toolNameMap(), notes);
-            notes.forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
-            Requests.writeJson(ctx, message);
         }
     }
 
@@ -4825,6 +4829,21 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
+        /**
+         * A whole answer (given as the stream it is equivalent to) through the machine its stream would use: the
+         * same events and the same records, collected for a fold instead of written to the client.
+         */
+        static List<Frame> fold(EventSource events, StreamMachine machine) {
+            List<Frame> out = new ArrayList<>(machine.start());
+            while (!machine.done()) {
+                EventSource.Item item = events.next();
+                if (item instanceof EventSource.Chunk c) out.addAll(machine.onChunk(c));
+                else if (item instanceof EventSource.End e) out.addAll(machine.onEnd(e.doneSeen()));
+                else if (item instanceof EventSource.Broken b) out.addAll(machine.onBroken(brokenMessage(b.cause())));
+            }
+            return out;
+        }
+
         private static void write(SseWriter out, List<Frame> frames, Exchange exchange) {
             if (!frames.isEmpty()) exchange.firstByte();
             for (Frame f : frames) {
@@ -4846,6 +4865,64 @@ class CopilotApi implements Callable<Integer> {
         static Optional<String> error(JsonNode chunk) {
             if (!chunk.has("error") || chunk.get("error").isNull()) return Optional.empty();
             return Optional.of(Errors.upstreamMessage(chunk, 500));
+        }
+
+        /**
+         * A whole chat completion as the chunks it is equivalent to: per choice one chunk whose delta is its message
+         * (text parts joined, each tool call indexed by its place) with its logprobs and finish_reason; then one chunk
+         * with no choices for the usage and Copilot's cost figure, when the answer has them.
+         */
+        static List<ObjectNode> of(JsonNode completion) {
+            List<ObjectNode> chunks = new ArrayList<>();
+            int position = 0;
+            for (JsonNode choice : completion.path("choices")) {
+                ObjectNode chunk = envelope(completion);
+                ObjectNode c = chunk.putArray("choices").addObject();
+                c.put("index", choice.path("index").asInt(position++));
+                c.set("delta", delta(choice.path("message")));
+                if (choice.path("logprobs").isObject()) c.set("logprobs", choice.get("logprobs"));
+                if (choice.path("finish_reason").isTextual()) c.set("finish_reason", choice.get("finish_reason"));
+                else c.putNull("finish_reason");
+                chunks.add(chunk);
+            }
+            if (completion.has("usage") || completion.has("copilot_usage")) {
+                ObjectNode last = envelope(completion);
+                last.putArray("choices");
+                if (completion.has("usage")) last.set("usage", completion.get("usage"));
+                if (completion.has("copilot_usage")) last.set("copilot_usage", completion.get("copilot_usage"));
+                chunks.add(last);
+            }
+            return chunks;
+        }
+
+        private static ObjectNode envelope(JsonNode completion) {
+            ObjectNode chunk = Json.object();
+            for (String field : List.of("id", "created", "model")) if (completion.has(field)) chunk.set(field, completion.get(field));
+            chunk.put("object", "chat.completion.chunk");
+            return chunk;
+        }
+
+        /** A message as one delta: its fields but nulls, text parts joined, tool calls indexed by their place. */
+        private static ObjectNode delta(JsonNode message) {
+            ObjectNode delta = Json.object();
+            message.properties().forEach(f -> {
+                if (!f.getValue().isNull() && !f.getKey().equals("tool_calls")) delta.set(f.getKey(), f.getValue());
+            });
+            if (message.path("content").isArray()) {
+                StringBuilder text = new StringBuilder();
+                for (JsonNode part : message.get("content")) if (part.path("type").asText("").equals("text")) text.append(part.path("text").asText(""));
+                delta.put("content", text.toString());
+            }
+            ArrayNode calls = Json.array();
+            for (JsonNode call : message.path("tool_calls")) {
+                ObjectNode tc = calls.addObject();
+                tc.put("index", call.path("index").isIntegralNumber() ? call.get("index").asInt() : calls.size() - 1);
+                call.properties().forEach(f -> {
+                    if (!f.getKey().equals("index")) tc.set(f.getKey(), f.getValue());
+                });
+            }
+            if (!calls.isEmpty()) delta.set("tool_calls", calls);
+            return delta;
         }
 
         /** True when any choice of the chunk carries a finish_reason. */
@@ -4911,7 +4988,7 @@ class CopilotApi implements Callable<Integer> {
             if (error.isPresent()) return end(Frame.data(Errors.openAiStreamError(error.get()), "upstream error in stream"));
             List<ObjectNode> out = normalizer.onChunk(json.get());
             out.forEach(reader::chatChunk);
-            if (out.size() == 1 && out.get(0).equals(json.get())) return List.of(Frame.raw(null, chunk.data()));
+            if (out.size() == 1 && out.get(0).equals(json.get())) return List.of(Frame.raw(chunk));
             List<Frame> frames = new ArrayList<>(out.size());
             for (ObjectNode c : out) frames.add(Frame.data(c, null));
             return frames;
@@ -4997,7 +5074,7 @@ class CopilotApi implements Callable<Integer> {
             }
             sequence++;
             done = api.terminal().contains(name);
-            return List.of(Frame.raw(name, chunk.data()));
+            return List.of(Frame.raw(chunk));
         }
 
         @Override
@@ -5316,6 +5393,16 @@ class CopilotApi implements Callable<Integer> {
             return null;
         }
 
+        /** The event's name (null for a data-only event), for a fold that reads the frames instead of a client. */
+        default String name() {
+            return null;
+        }
+
+        /** The event's JSON, for a fold; null for a comment or [DONE]. */
+        default JsonNode json() {
+            return null;
+        }
+
         Frame DONE = () -> "data: [DONE]\n\n";
 
         static Frame comment(String text) {
@@ -5334,23 +5421,39 @@ class CopilotApi implements Callable<Integer> {
                 public String failure() {
                     return failure;
                 }
+
+                @Override
+                public JsonNode json() {
+                    return json;
+                }
             };
         }
 
-        /** An upstream event passed on as its own text, without parsing or writing it again. */
-        static Frame raw(String name, String data) {
+        /** An upstream event passed on as its own text, without parsing or writing it again (a fold reads its JSON). */
+        static Frame raw(EventSource.Chunk chunk) {
             return new Frame() {
                 @Override
                 public String sse() {
+                    String data = chunk.data();
                     StringBuilder b = new StringBuilder(data.length() + 32);
-                    if (name != null) b.append("event: ").append(name).append('\n');
+                    if (chunk.event() != null) b.append("event: ").append(chunk.event()).append('\n');
                     for (String line : data.split("\n", -1)) b.append("data: ").append(line).append('\n');
                     return b.append('\n').toString();
                 }
 
                 @Override
                 public String failure() {
-                    return "error".equals(name) ? "upstream error in stream" : null;
+                    return "error".equals(chunk.event()) ? "upstream error in stream" : null;
+                }
+
+                @Override
+                public String name() {
+                    return chunk.event();
+                }
+
+                @Override
+                public JsonNode json() {
+                    return chunk.json().orElse(null);
                 }
             };
         }
@@ -7756,47 +7859,8 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        /** A Copilot chat completion to an Anthropic message: split choices merged, thinking first, then text, then tools. */
+        /** The Anthropic message's pieces as the stream machine writes them: the shell, tool_use blocks, the stop reason, the usage. */
         static final class ChatToAnthropic {
-            static ObjectNode response(JsonNode chat, String requestedModel, Map<String, String> toolNameMap) {
-                return response(chat, requestedModel, toolNameMap, new ArrayList<>());
-            }
-
-            /** As above; problems worth a log line (unreadable tool arguments) are added to notes. */
-            static ObjectNode response(JsonNode chat, String requestedModel, Map<String, String> toolNameMap, List<String> notes) {
-                StringBuilder reasoning = new StringBuilder();
-                StringBuilder text = new StringBuilder();
-                String opaque = null;
-                List<JsonNode> calls = new ArrayList<>();
-                List<String> finishReasons = new ArrayList<>();
-                for (JsonNode choice : chat.path("choices")) {
-                    JsonNode m = choice.path("message");
-                    reasoning.append(m.path("reasoning_text").asText(""));
-                    if (opaque == null && !m.path("reasoning_opaque").asText("").isEmpty()) opaque = m.path("reasoning_opaque").asText();
-                    text.append(contentText(m.path("content")));
-                    m.path("tool_calls").forEach(calls::add);
-                    if (choice.path("finish_reason").isTextual()) finishReasons.add(choice.path("finish_reason").asText());
-                }
-                ObjectNode msg = messageShell("msg_" + Ids.random(24), requestedModel);
-                ArrayNode content = msg.putArray("content");
-                if (reasoning.length() > 0 || opaque != null) {
-                    content.addObject().put("type", "thinking").put("thinking", reasoning.toString())
-                        .put("signature", opaque == null ? "" : opaque);
-                }
-                if (text.length() > 0) content.addObject().put("type", "text").put("text", text.toString());
-                for (JsonNode call : calls) {
-                    JsonNode fn = call.path("function");
-                    String name = originalName(fn.path("name").asText(""), toolNameMap);
-                    String id = call.path("id").asText("");
-                    content.add(toolUse(id.isEmpty() ? "toolu_" + Ids.random(24) : id, name,
-                        toolInput(fn.path("arguments").asText(""), name, notes)));
-                }
-                msg.put("stop_reason", stopReason(finishReasons, !calls.isEmpty()));
-                msg.putNull("stop_sequence");
-                msg.set("usage", usage(chat.path("usage")));
-                return msg;
-            }
-
             /** id, type, role, model, then whatever the caller adds (content, stop_reason, ...). */
             static ObjectNode messageShell(String id, String model) {
                 ObjectNode msg = Json.object();
@@ -7856,13 +7920,6 @@ class CopilotApi implements Callable<Integer> {
                 String shown = arguments.length() > 200 ? arguments.substring(0, 200) + "..." : arguments;
                 notes.add("the arguments of a " + toolName + " call are not a JSON object, sent {} instead: " + shown);
                 return Json.object();
-            }
-
-            private static String contentText(JsonNode content) {
-                if (content.isTextual()) return content.asText();
-                StringBuilder b = new StringBuilder();
-                for (JsonNode part : content) if (part.path("type").asText("").equals("text")) b.append(part.path("text").asText(""));
-                return b.toString();
             }
         }
 
@@ -8078,8 +8135,66 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        /** Small Anthropic event bodies shared by the native relay and the translator. */
+        /** Small Anthropic event bodies shared by the native relay and the translator, and the fold of events into a message. */
         static final class AnthropicEvents {
+            /**
+             * The message a stream of Anthropic events describes: message_start's message, each block as its start
+             * gave it with its deltas applied (a tool's input_json_delta pieces parsed at its stop), then
+             * message_delta's stop reason and usage. An error event is the answer's failure: a 502 in Anthropic's shape.
+             */
+            static ObjectNode message(List<Frame> events) {
+                ObjectNode message = null;
+                Map<Integer, ObjectNode> blocks = new TreeMap<>();
+                Map<Integer, StringBuilder> inputs = new HashMap<>();
+                for (Frame f : events) {
+                    JsonNode d = f.json();
+                    if (d == null) continue;
+                    int index = d.path("index").asInt(-1);
+                    switch (f.name() != null ? f.name() : d.path("type").asText("")) {
+                        case "message_start" -> {
+                            if (d.path("message").isObject()) message = ((ObjectNode) d.get("message")).deepCopy();
+                        }
+                        case "content_block_start" -> {
+                            if (d.path("content_block").isObject()) blocks.put(index, ((ObjectNode) d.get("content_block")).deepCopy());
+                        }
+                        case "content_block_delta" -> {
+                            ObjectNode block = blocks.get(index);
+                            if (block != null) apply(block, d.path("delta"), inputs.computeIfAbsent(index, i -> new StringBuilder()));
+                        }
+                        case "content_block_stop" -> {
+                            ObjectNode block = blocks.get(index);
+                            StringBuilder input = inputs.remove(index);
+                            if (block != null && input != null && input.length() > 0) {
+                                block.set("input", Json.tryParse(input.toString()).orElse(Json.object()));
+                            }
+                        }
+                        case "message_delta" -> {
+                            if (message == null) break;
+                            if (d.path("delta").isObject()) message.setAll(((ObjectNode) d.get("delta")).deepCopy());
+                            if (d.path("usage").isObject()) message.withObjectProperty("usage").setAll(((ObjectNode) d.get("usage")).deepCopy());
+                        }
+                        case "error" -> throw new ApiError(502, "api_error", d.path("error").path("message").asText("the answer failed"));
+                        default -> { }
+                    }
+                }
+                if (message == null) throw new ApiError(502, "api_error", "the answer had no message");
+                ArrayNode content = Json.array();
+                blocks.values().forEach(content::add);
+                message.set("content", content);
+                return message;
+            }
+
+            private static void apply(ObjectNode block, JsonNode delta, StringBuilder input) {
+                switch (delta.path("type").asText("")) {
+                    case "text_delta" -> block.put("text", block.path("text").asText("") + delta.path("text").asText(""));
+                    case "thinking_delta" -> block.put("thinking", block.path("thinking").asText("") + delta.path("thinking").asText(""));
+                    case "signature_delta" -> block.put("signature", block.path("signature").asText("") + delta.path("signature").asText(""));
+                    case "input_json_delta" -> input.append(delta.path("partial_json").asText(""));
+                    case "citations_delta" -> block.withArray("citations").add(delta.path("citation"));
+                    default -> { }
+                }
+            }
+
             static ObjectNode ping() {
                 ObjectNode o = Json.object();
                 o.put("type", "ping");
@@ -10446,6 +10561,11 @@ class CopilotApi implements Callable<Integer> {
                 r.model());
         }
 
+        /** A whole answer, as the chat chunks it is equivalent to. */
+        EventSource answer(Prepared prepared, CallOptions call) {
+            return EventSource.whole(ChatChunks.of(complete(prepared, call)), false);
+        }
+
         /** A stream of chat chunks. */
         EventSource stream(Prepared prepared, CallOptions call) {
             if (prepared instanceof ForChat c) return copilot.stream(OpenAiRoutes.CHAT, c.body(), call);
@@ -11314,6 +11434,32 @@ class CopilotApi implements Callable<Integer> {
         /** The stream failed: a read error, an idle limit, the client gone, or the proxy ending it. */
         record Broken(IOException cause) implements Item {}
 
+        /** A whole answer as the stream it is equivalent to: its events (named by their type when {@code named}), then the end. */
+        static EventSource whole(List<ObjectNode> events, boolean named) {
+            java.util.ArrayDeque<Item> items = new java.util.ArrayDeque<>(events.size() + 1);
+            for (ObjectNode e : events) items.add(new Chunk(named ? e.path("type").asText() : null, e));
+            items.add(new End(true));
+            return new EventSource() {
+                @Override
+                public Item next() {
+                    return items.isEmpty() ? new End(true) : items.poll();
+                }
+
+                @Override
+                public boolean ready() {
+                    return true;
+                }
+
+                @Override
+                public void attach(SseWriter out, Supplier<Frame> keepAlive) {
+                }
+
+                @Override
+                public void close() {
+                }
+            };
+        }
+
         /** The next item; blocks until one is there. */
         Item next();
 
@@ -11983,6 +12129,11 @@ class CopilotApi implements Callable<Integer> {
         @Override
         public String sse() {
             return "event: " + name + "\ndata: " + Json.write(data) + "\n\n";
+        }
+
+        @Override
+        public JsonNode json() {
+            return data;
         }
 
         @Override
