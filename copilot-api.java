@@ -4374,18 +4374,10 @@ class CopilotApi implements Callable<Integer> {
             ObjectNode body = turn.echo();
             Requests.logBody("translated chat request", t.body());
             String path = up.chat().path(model.upstream());
-            if (!stream) {
-                JsonNode chat = call.answer(model.upstream(), path, ModelCall.Shape.CHAT, c -> up.chat().complete(prepared, c));
-                ObjectNode answer = ChatToResponses.response(chat, body, IdClock.SYSTEM);
-                state.keep(turn, answer);
-                Requests.writeJson(ctx, answer);
-                return;
-            }
-            SubagentPrompts.ToolCallReader reader = up.controls().billing().subagents().reader();
-            try (EventSource events = call.send(model.upstream(), path, c -> up.chat().stream(prepared, c))) {
-                AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
-                Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::responsesEvent));
-            }
+            AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
+            TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), up.controls().billing().subagents().reader()::responsesEvent);
+            if (stream) call.relay(model.upstream(), path, c -> up.chat().stream(prepared, c), relay);
+            else Requests.writeJson(ctx, ResponseEvents.response(call.fold(model.upstream(), path, c -> up.chat().answer(prepared, c), relay)));
         }
 
         /** The Responses stream machine seen as a translation: its events are named by their type; it ends at a terminal one. */
@@ -7337,7 +7329,7 @@ class CopilotApi implements Callable<Integer> {
         // The Responses API and chat completions, the pivot format. Copilot serves its newest GPT models only on
         // /responses and Claude, Gemini and GPT-4.x only on /chat/completions; every model is reachable from every
         // inbound API through chat: inbound Responses for a chat-only model goes ResponsesToChat.request, then
-        // ChatToResponses.response or the ChatStreamToResponses state machine; inbound chat (or Anthropic, via
+        // the ChatStreamToResponses state machine (answers folded from it); inbound chat (or Anthropic, via
         // AnthropicToChat) for a responses-only model goes ChatToResponsesRequest.request, then
         // ResponsesToChat.response or the ResponsesStreamToChat state machine. Reasoning crosses the pivot as
         // reasoning_text and reasoning_opaque (see ReasoningOpaque); Responses custom tools become function tools
@@ -9252,52 +9244,23 @@ class CopilotApi implements Callable<Integer> {
 
         // Responses: Chat answer out, Responses answer in (chat-only models)
 
-        /** A chat completion (Copilot's, possibly with split choices) as a Responses {@code response} object. */
-        static final class ChatToResponses {
-            static ObjectNode response(JsonNode chatCompletion, ObjectNode originalRequest, IdClock clock) {
-                JsonNode merged = ChatNormalizer.response(chatCompletion, true);
-                JsonNode choice = merged.path("choices").path(0);
-                JsonNode message = choice.path("message");
-                String finish = choice.path("finish_reason").asText("stop");
-                Set<String> custom = CustomTools.names(originalRequest);
-                ObjectNode r = ResponseObject.build(originalRequest, clock.id("resp_"), createdAt(chatCompletion, clock),
-                    modelOf(chatCompletion, originalRequest), "completed");
-                ArrayNode output = r.withArray("output");
-                String text = message.path("content").isTextual() ? message.path("content").asText() : "";
-                String refusal = message.path("refusal").asText("");
-                boolean truncated = finish.equals("length") || finish.equals("content_filter");
-                reasoningItem(message, clock).ifPresent(output::add);
-                if (!text.isEmpty() || !refusal.isEmpty() || message.path("tool_calls").isEmpty()) {
-                    output.add(OutputItems.message(clock.id("msg_"), text, refusal, truncated ? "incomplete" : "completed"));
+        /** Responses events folded into the answer they end with. */
+        static final class ResponseEvents {
+            /**
+             * The response of the terminal event (completed, incomplete or failed: the answer, whatever its status);
+             * an error event is the answer's failure, a 502.
+             */
+            static ObjectNode response(List<Frame> events) {
+                for (Frame f : events) {
+                    JsonNode d = f.json();
+                    if (d == null) continue;
+                    String type = f.name() != null ? f.name() : d.path("type").asText("");
+                    if (type.equals("error")) {
+                        throw new ApiError(502, "api_error", d.path("message").asText(d.path("error").path("message").asText("the answer failed")));
+                    }
+                    if (ResponsesRoutes.TERMINAL.contains(type) && d.path("response").isObject()) return (ObjectNode) d.get("response");
                 }
-                for (JsonNode tc : message.path("tool_calls")) {
-                    String name = tc.path("function").path("name").asText("");
-                    String callId = tc.path("id").isTextual() && !tc.path("id").asText().isEmpty() ? tc.path("id").asText() : clock.id("call_");
-                    String args = tc.path("function").path("arguments").asText("");
-                    output.add(custom.contains(name)
-                        ? OutputItems.customCall(clock.id("ctc_"), callId, name, CustomTools.input(args))
-                        : OutputItems.functionCall(clock.id("fc_"), callId, name, nonEmpty(args, "{}"), "completed"));
-                }
-                if (truncated) ResponseObject.incomplete(r, finish.equals("length") ? "max_output_tokens" : "content_filter");
-                if (chatCompletion.path("usage").isObject()) r.set("usage", Usage.toResponses(chatCompletion.get("usage")));
-                return r;
-            }
-
-            private static Optional<ObjectNode> reasoningItem(JsonNode message, IdClock clock) {
-                String text = message.path("reasoning_text").asText("");
-                String opaque = message.path("reasoning_opaque").asText("");
-                if (text.isEmpty() && opaque.isEmpty()) return Optional.empty();
-                return Optional.of(OutputItems.reasoning(clock.id("rs_"), text, opaque.isEmpty() ? null : ReasoningOpaque.wrapChat(opaque)));
-            }
-
-            static long createdAt(JsonNode chat, IdClock clock) {
-                long created = chat.path("created").asLong(0);
-                return created > 0 ? created : clock.epochSeconds();
-            }
-
-            static String modelOf(JsonNode chat, JsonNode request) {
-                String model = chat.path("model").asText("");
-                return model.isEmpty() ? request.path("model").asText("") : model;
+                throw new ApiError(502, "api_error", "the answer ended without a response");
             }
         }
 

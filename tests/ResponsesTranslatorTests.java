@@ -33,7 +33,7 @@ import org.junit.jupiter.api.TestFactory;
  * <p>Each directory under {@code fixtures/responses/} is one case; which directions run depends on the files present:
  * <pre>
  *   responses-request.json                  → expected-chat-request.json (+ .notes.txt)      ResponsesToChat.request
- *   responses-request.json + upstream-chat.json → expected-response.json                    ChatToResponses.response
+ *   responses-request.json + upstream-chat.json → expected-response.json                    ChatStreamToResponses, folded
  *   responses-request.json + upstream.sse (+ upstream-error.txt) → expected.events          ChatStreamToResponses
  *   chat-request.json                       → expected-responses-request.json (+ .notes.txt) ChatToResponsesRequest
  *   upstream-response.json                  → expected-chat.json                             ResponsesToChat.response
@@ -98,8 +98,7 @@ class ResponsesTranslatorTests {
     }
 
     void chatAnswerToResponses(Path dir) {
-        ObjectNode out = CopilotApi.Responses.ChatToResponses.response(json(dir, "upstream-chat.json"),
-            (ObjectNode) json(dir, "responses-request.json"), new TestClock());
+        ObjectNode out = folded(json(dir, "upstream-chat.json"), (ObjectNode) json(dir, "responses-request.json"), new TestClock());
         compareJson(dir, "expected-response.json", out);
     }
 
@@ -107,6 +106,14 @@ class ResponsesTranslatorTests {
         List<ObjectNode> events = runChatStream(dir, new TestClock());
         checkResponsesEvents(events);
         compareText(dir, "expected.events", eventsText(events));
+    }
+
+    /** A whole chat answer the way the route answers it: as its chunks, through the stream machine, the terminal event's response. */
+    static ObjectNode folded(JsonNode completion, ObjectNode request, CopilotApi.Chat.IdClock clock) {
+        var machine = new CopilotApi.ResponsesRoutes.AsTranslation(new CopilotApi.Responses.ChatStreamToResponses(request, clock), r -> { });
+        var relay = new CopilotApi.TranslatedRelay(machine, new CopilotApi.Exchange(), (name, data) -> { });
+        var events = CopilotApi.Relay.fold(CopilotApi.EventSource.whole(CopilotApi.ChatChunks.of(completion), false), relay);
+        return CopilotApi.Responses.ResponseEvents.response(events);
     }
 
     void responsesAnswerToChat(Path dir) {
@@ -134,7 +141,7 @@ class ResponsesTranslatorTests {
         Path dir = FIXTURES.resolve("roundtrip-responses-tools");
         ObjectNode turn1 = (ObjectNode) json(dir, "responses-request.json");
         JsonNode upstream = json(dir, "upstream-chat.json");
-        ObjectNode answer = CopilotApi.Responses.ChatToResponses.response(upstream, turn1, new TestClock());
+        ObjectNode answer = folded(upstream, turn1, new TestClock());
         List<ObjectNode> events = runChatStream(dir, new TestClock());
         checkResponsesEvents(events);
         JsonNode streamed = events.get(events.size() - 1).path("response");
