@@ -3771,17 +3771,16 @@ class CopilotApi implements Callable<Integer> {
             Requests.logBody("chat request", body);
             boolean merge = body.path("n").asInt(1) <= 1 || endpoint == ChatUpstream.Endpoint.RESPONSES;
             String path = chat.path(model);
-            if (!stream) {
-                JsonNode answer = call.answer(model, path, ModelCall.Shape.CHAT, c -> chat.complete(prepared, c));
-                Requests.logBody("chat answer", answer);
-                Requests.writeJson(ctx, ChatNormalizer.response(answer, merge));
+            // a whole answer keeps its usage; a stream gives it only to a client that asked
+            boolean usage = !stream || body.path("stream_options").path("include_usage").asBoolean(false);
+            ChatRelay relay = new ChatRelay(new ChatStreamNormalizer(merge, usage), Exchange.of(ctx), billing.subagents().reader());
+            if (stream) {
+                call.relay(model, path, c -> chat.stream(prepared, c), relay);
                 return;
             }
-            boolean clientWantsUsage = body.path("stream_options").path("include_usage").asBoolean(false);
-            SubagentPrompts.ToolCallReader reader = billing.subagents().reader();
-            try (EventSource events = call.send(model, path, c -> chat.stream(prepared, c))) {
-                Relay.run(ctx, events, new ChatRelay(new ChatStreamNormalizer(merge, clientWantsUsage), Exchange.of(ctx), reader));
-            }
+            ObjectNode answer = ChatChunks.completion(call.fold(model, path, c -> chat.answer(prepared, c), relay));
+            Requests.logBody("chat answer", answer);
+            Requests.writeJson(ctx, answer);
         }
 
         /**
@@ -4885,6 +4884,98 @@ class CopilotApi implements Callable<Integer> {
                 chunks.add(last);
             }
             return chunks;
+        }
+
+        /**
+         * Chat chunks folded into the completion they describe: per choice (by index) its deltas joined (text fields
+         * appended, tool calls by their index, other fields kept), its logprobs lists joined, its finish_reason; and
+         * the usage. An error chunk is the answer's failure: a 502.
+         */
+        static ObjectNode completion(List<Frame> frames) {
+            ObjectNode head = Json.object();
+            Map<Integer, ObjectNode> choices = new TreeMap<>();
+            Map<Integer, Map<Integer, ObjectNode>> calls = new HashMap<>();
+            JsonNode usage = null;
+            JsonNode copilotUsage = null;
+            for (Frame f : frames) {
+                JsonNode chunk = f.json();
+                if (chunk == null) continue;
+                Optional<String> error = error(chunk);
+                if (error.isPresent()) throw new ApiError(502, "api_error", error.get());
+                for (String field : List.of("id", "created", "model", "system_fingerprint")) {
+                    if (!head.has(field) && chunk.hasNonNull(field)) head.set(field, chunk.get(field));
+                }
+                if (chunk.path("usage").isObject()) usage = chunk.get("usage");
+                if (chunk.path("copilot_usage").isObject()) copilotUsage = chunk.get("copilot_usage");
+                for (JsonNode c : chunk.path("choices")) {
+                    int index = c.path("index").asInt(0);
+                    ObjectNode choice = choices.computeIfAbsent(index, i -> emptyChoice(i));
+                    ObjectNode message = (ObjectNode) choice.get("message");
+                    c.path("delta").properties().forEach(d -> join(message, d.getKey(), d.getValue(), calls.computeIfAbsent(index, i -> new TreeMap<>())));
+                    if (c.path("logprobs").isObject()) choice.set("logprobs", joinLogprobs(choice.get("logprobs"), c.get("logprobs")));
+                    if (c.path("finish_reason").isTextual()) choice.set("finish_reason", c.get("finish_reason"));
+                }
+            }
+            ObjectNode out = Json.object();
+            out.put("id", head.path("id").asText(""));
+            out.put("object", "chat.completion");
+            out.put("created", head.path("created").asLong(0));
+            out.put("model", head.path("model").asText(""));
+            if (head.has("system_fingerprint")) out.set("system_fingerprint", head.get("system_fingerprint"));
+            ArrayNode list = out.putArray("choices");
+            choices.forEach((index, choice) -> {
+                Map<Integer, ObjectNode> toolCalls = calls.getOrDefault(index, Map.of());
+                if (!toolCalls.isEmpty()) ((ObjectNode) choice.get("message")).putArray("tool_calls").addAll(toolCalls.values());
+                list.add(choice);
+            });
+            if (usage != null) out.set("usage", usage);
+            if (copilotUsage != null) out.set("copilot_usage", copilotUsage);
+            return out;
+        }
+
+        private static ObjectNode emptyChoice(int index) {
+            ObjectNode choice = Json.object();
+            choice.put("index", index);
+            ObjectNode message = choice.putObject("message");
+            message.put("role", "assistant");
+            message.putNull("content");
+            message.putNull("refusal");
+            choice.putNull("logprobs");
+            choice.putNull("finish_reason");
+            return choice;
+        }
+
+        /** One delta field into the message: text appended, tool-call fragments joined by index, anything else kept. */
+        private static void join(ObjectNode message, String field, JsonNode value, Map<Integer, ObjectNode> calls) {
+            if (field.equals("role") || value.isNull()) return;
+            if (field.equals("tool_calls")) {
+                for (JsonNode fragment : value) {
+                    ObjectNode call = calls.computeIfAbsent(fragment.path("index").asInt(calls.size()), i -> Json.object());
+                    fragment.properties().forEach(f -> {
+                        if (f.getKey().equals("function")) {
+                            ObjectNode fn = call.withObjectProperty("function");
+                            f.getValue().properties().forEach(g -> join(fn, g.getKey(), g.getValue(), Map.of()));
+                        } else if (!f.getKey().equals("index")) {
+                            call.set(f.getKey(), f.getValue());
+                        }
+                    });
+                }
+            } else if (value.isTextual()) {
+                message.put(field, message.path(field).asText("") + value.asText());
+            } else {
+                message.set(field, value);
+            }
+        }
+
+        /** The log probabilities of several chunks (or split choices), joined in order: each list concatenated. */
+        private static JsonNode joinLogprobs(JsonNode sofar, JsonNode next) {
+            if (!sofar.isObject()) return next.deepCopy();
+            ObjectNode joined = (ObjectNode) sofar;
+            next.properties().forEach(f -> {
+                if (f.getValue().isArray() && joined.path(f.getKey()).isArray()) ((ArrayNode) joined.get(f.getKey())).addAll((ArrayNode) f.getValue());
+                else if (!joined.hasNonNull(f.getKey())) joined.set(f.getKey(), f.getValue().deepCopy());
+            });
+            return joined;
         }
 
         private static ObjectNode envelope(JsonNode completion) {
@@ -7008,78 +7099,6 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        /** Non-streaming chat answers: merge Copilot's split choices and fill what OpenAI clients require. */
-        static final class ChatNormalizer {
-            static JsonNode response(JsonNode answer, boolean merge) {
-                if (!answer.isObject() || !answer.path("choices").isArray()) return answer;
-                ObjectNode out = ((ObjectNode) answer).deepCopy();
-                ArrayNode choices = (ArrayNode) out.get("choices");
-                if (merge && choices.size() > 1) {
-                    ArrayNode merged = Json.array();
-                    merged.add(mergeChoices(choices));
-                    out.set("choices", merged);
-                }
-                for (JsonNode c : out.withArray("choices")) fillChoice((ObjectNode) c);
-                return out;
-            }
-
-            static ObjectNode mergeChoices(ArrayNode choices) {
-                ObjectNode message = Json.object();
-                message.put("role", "assistant");
-                StringBuilder text = new StringBuilder();
-                boolean anyText = false;
-                ArrayNode toolCalls = Json.array();
-                String finish = null;
-                JsonNode logprobs = JsonNodeFactory.instance.nullNode();
-                for (JsonNode c : choices) {
-                    logprobs = joinLogprobs(logprobs, c.path("logprobs"));
-                    JsonNode m = c.path("message");
-                    if (m.path("content").isTextual()) {
-                        text.append(m.path("content").asText());
-                        anyText = true;
-                    }
-                    for (JsonNode tc : m.path("tool_calls")) toolCalls.add(tc);
-                    m.properties().forEach(f -> {
-                        if (!List.of("role", "content", "tool_calls").contains(f.getKey()) && !message.has(f.getKey())
-                            && !f.getValue().isNull()) message.set(f.getKey(), f.getValue());
-                    });
-                    if (finish == null && c.path("finish_reason").isTextual()) finish = c.path("finish_reason").asText();
-                }
-                message.put("content", anyText ? text.toString() : null);
-                if (!toolCalls.isEmpty()) message.set("tool_calls", toolCalls);
-                ObjectNode merged = Json.object();
-                merged.put("index", 0);
-                merged.set("message", message);
-                merged.set("logprobs", logprobs);
-                merged.put("finish_reason", !toolCalls.isEmpty() ? "tool_calls" : finish);
-                return merged;
-            }
-
-            /** The log probabilities of split choices, joined in choice order: each list (content, refusal) concatenated. */
-            private static JsonNode joinLogprobs(JsonNode sofar, JsonNode next) {
-                if (!next.isObject()) return sofar;
-                if (!sofar.isObject()) return next.deepCopy();
-                ObjectNode joined = (ObjectNode) sofar;
-                next.properties().forEach(f -> {
-                    if (f.getValue().isArray() && joined.path(f.getKey()).isArray()) ((ArrayNode) joined.get(f.getKey())).addAll((ArrayNode) f.getValue());
-                    else if (!joined.hasNonNull(f.getKey())) joined.set(f.getKey(), f.getValue().deepCopy());
-                });
-                return joined;
-            }
-
-            /** The fields OpenAI's SDKs type as required: role, refusal (null), tool call types, logprobs (null), finish_reason. */
-            static void fillChoice(ObjectNode c) {
-                ObjectNode m = c.withObjectProperty("message");
-                if (!m.has("role")) m.put("role", "assistant");
-                if (!m.has("refusal")) m.putNull("refusal");
-                if (!c.has("logprobs")) c.putNull("logprobs");
-                for (JsonNode tc : m.path("tool_calls")) {
-                    if (tc.isObject() && !tc.has("type")) ((ObjectNode) tc).put("type", "function");
-                }
-                if (!c.path("finish_reason").isTextual()) c.put("finish_reason", m.path("tool_calls").isEmpty() ? "stop" : "tool_calls");
-            }
-        }
-
         /**
          * Streaming chat answers, chunk by chunk: role on each choice's first delta, split choices merged into
          * index 0, tool calls keyed by (choice, index) and renumbered from 0 with id, type and name on their first
@@ -7097,6 +7116,8 @@ class CopilotApi implements Callable<Integer> {
             private final Map<Integer, Integer> toolCount = new TreeMap<>();
             private final Map<Integer, String> finishReasons = new TreeMap<>();
             private JsonNode usage;
+            /** Copilot's cost figure where a chunk carries it beside the usage; it goes out beside it too. */
+            private JsonNode copilotUsage;
             private boolean finished;
 
             ChatStreamNormalizer(boolean merge, boolean includeUsage) {
@@ -7150,6 +7171,7 @@ class CopilotApi implements Callable<Integer> {
                     ObjectNode c = envelope();
                     c.putArray("choices");
                     c.set("usage", usage);
+                    if (copilotUsage != null) c.set("copilot_usage", copilotUsage);
                     out.add(c);
                 }
                 return out;
@@ -7162,6 +7184,7 @@ class CopilotApi implements Callable<Integer> {
 
             private void remember(JsonNode chunk) {
                 if (chunk.path("usage").isObject()) usage = chunk.get("usage");
+                if (chunk.path("copilot_usage").isObject()) copilotUsage = chunk.get("copilot_usage");
                 if (id == null && chunk.path("id").isTextual() && !chunk.path("id").asText().isEmpty()) id = chunk.path("id").asText();
                 if (model == null && chunk.path("model").isTextual() && !chunk.path("model").asText().isEmpty()) model = chunk.path("model").asText();
                 if (created == 0 && chunk.path("created").asLong(0) > 0) created = chunk.path("created").asLong();
