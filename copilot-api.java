@@ -7354,7 +7354,7 @@ class CopilotApi implements Callable<Integer> {
         // inbound API through chat: inbound Responses for a chat-only model goes ResponsesToChat.request, then
         // the ChatStreamToResponses state machine (answers folded from it); inbound chat (or Anthropic, via
         // AnthropicToChat) for a responses-only model goes ChatToResponsesRequest.request, then
-        // ResponsesToChat.response or the ResponsesStreamToChat state machine. Reasoning crosses the pivot as
+        // the ResponsesStreamToChat state machine (whole answers replayed through it as ResponseEvents). Reasoning crosses the pivot as
         // reasoning_text and reasoning_opaque (see ReasoningOpaque); Responses custom tools become function tools
         // with one string parameter (see CustomTools).
 
@@ -8844,62 +8844,6 @@ class CopilotApi implements Callable<Integer> {
                 return new Translated(out, notes);
             }
 
-            /** A Responses answer (non-streaming) as a chat completion with one choice; the model is the name the client asked for. */
-            static ObjectNode response(JsonNode responses, String model) {
-                if (responses.path("status").asText("").equals("failed")) {
-                    throw new ApiError(502, "api_error", "The upstream response failed: "
-                        + responses.path("error").path("message").asText("no reason given"));
-                }
-                ObjectNode message = assistantMessage(responses.path("output"));
-                ObjectNode chat = object();
-                chat.put("id", chatId(responses.path("id").asText("")));
-                chat.put("object", "chat.completion");
-                chat.put("created", responses.path("created_at").asLong(0));
-                chat.put("model", model != null ? model : responses.path("model").asText(""));
-                ObjectNode choice = chat.putArray("choices").addObject();
-                choice.put("index", 0);
-                choice.set("message", message);
-                choice.putNull("logprobs");
-                choice.put("finish_reason", finishReason(responses, message.has("tool_calls")));
-                if (responses.path("usage").isObject()) chat.set("usage", Usage.toChat(responses.get("usage")));
-                return chat;
-            }
-
-            /** Output items as one assistant message: text, refusal, reasoning (see {@link ReasoningOpaque}), tool calls. */
-            static ObjectNode assistantMessage(JsonNode output) {
-                ObjectNode message = object();
-                message.put("role", "assistant");
-                StringBuilder text = new StringBuilder();
-                StringBuilder refusal = new StringBuilder();
-                List<String> summaries = new ArrayList<>();
-                StringBuilder opaque = new StringBuilder();
-                ArrayNode calls = array();
-                for (JsonNode item : output) {
-                    switch (item.path("type").asText("")) {
-                        case "message" -> messageText(item, text, refusal);
-                        case "reasoning" -> {
-                            summaries.addAll(summaryTexts(item));
-                            if (item.path("encrypted_content").isTextual() && item.path("id").isTextual()) {
-                                opaque.append(ReasoningOpaque.encode(item.path("id").asText(), item.path("encrypted_content").asText()));
-                            }
-                        }
-                        case "function_call" -> calls.add(toolCall(item.path("call_id").asText(""), item.path("name").asText(""),
-                            nonEmpty(item.path("arguments").asText(""), "{}")));
-                        case "custom_tool_call" -> calls.add(toolCall(item.path("call_id").asText(""), item.path("name").asText(""),
-                            CustomTools.arguments(item.path("input").asText(""))));
-                        default -> { }
-                    }
-                }
-                if (text.length() > 0 || (calls.isEmpty() && refusal.length() == 0)) message.put("content", text.toString());
-                else message.putNull("content");
-                if (refusal.length() > 0) message.put("refusal", refusal.toString());
-                else message.putNull("refusal");
-                if (!summaries.isEmpty()) message.put("reasoning_text", String.join("\n\n", summaries));
-                if (opaque.length() > 0) message.put("reasoning_opaque", opaque.toString());
-                if (!calls.isEmpty()) message.set("tool_calls", calls);
-                return message;
-            }
-
             static String chatId(String responseId) {
                 return "chatcmpl-" + (responseId.startsWith("resp_") ? responseId.substring(5) : responseId);
             }
@@ -8920,7 +8864,7 @@ class CopilotApi implements Callable<Integer> {
                 return texts;
             }
 
-            private static void messageText(JsonNode item, StringBuilder text, StringBuilder refusal) {
+            static void messageText(JsonNode item, StringBuilder text, StringBuilder refusal) {
                 for (JsonNode part : item.path("content")) {
                     switch (part.path("type").asText("")) {
                         case "output_text" -> text.append(part.path("text").asText(""));
@@ -9267,8 +9211,42 @@ class CopilotApi implements Callable<Integer> {
 
         // Responses: Chat answer out, Responses answer in (chat-only models)
 
-        /** Responses events folded into the answer they end with. */
+        /** A whole Responses answer as the events a stream of it gives, and events folded back into the answer they end with. */
         static final class ResponseEvents {
+            /**
+             * The answer as its stream: response.created (the response with no output yet), each output item added and
+             * done whole, then the terminal event its status calls for with the response itself (Copilot's cost figure
+             * beside it, where a stream has it).
+             */
+            static List<ObjectNode> of(JsonNode response) {
+                if (!response.isObject()) throw new ApiError(502, "api_error", "Copilot's /responses answer is not a JSON object");
+                List<ObjectNode> events = new ArrayList<>();
+                ObjectNode created = response.deepCopy();
+                created.put("status", "in_progress");
+                created.putArray("output");
+                created.remove("copilot_usage");
+                event(events, "response.created").set("response", created);
+                int index = 0;
+                for (JsonNode item : response.path("output")) {
+                    event(events, "response.output_item.added").put("output_index", index).set("item", item);
+                    event(events, "response.output_item.done").put("output_index", index++).set("item", item);
+                }
+                String status = response.path("status").asText("");
+                ObjectNode end = event(events, status.equals("failed") ? "response.failed"
+                    : status.equals("incomplete") ? "response.incomplete" : "response.completed");
+                end.set("response", response);
+                if (response.has("copilot_usage")) end.set("copilot_usage", response.get("copilot_usage"));
+                return events;
+            }
+
+            private static ObjectNode event(List<ObjectNode> events, String type) {
+                ObjectNode e = object();
+                e.put("type", type);
+                e.put("sequence_number", events.size());
+                events.add(e);
+                return e;
+            }
+
             /**
              * The response of the terminal event (completed, incomplete or failed: the answer, whatever its status);
              * an error event is the answer's failure, a 502.
@@ -10539,17 +10517,12 @@ class CopilotApi implements Callable<Integer> {
             return new ForResponses(model, ResponsesRoutes.capped(forResponses(chat)));
         }
 
-        /** A whole chat completion. */
-        JsonNode complete(Prepared prepared, CallOptions call) {
-            if (prepared instanceof ForChat c) return copilot.postJson(OpenAiRoutes.CHAT, c.body(), call);
-            ForResponses r = (ForResponses) prepared;
-            return ResponsesToChat.response(ResponsesRoutes.answerRetryingCyberPolicy(() -> copilot.postJson(ResponsesRoutes.RESPONSES, r.body(), call)),
-                r.model());
-        }
-
-        /** A whole answer, as the chat chunks it is equivalent to. */
+        /** A whole answer, as the chat chunks it is equivalent to (a /responses answer through the same machine as its stream). */
         EventSource answer(Prepared prepared, CallOptions call) {
-            return EventSource.whole(ChatChunks.of(complete(prepared, call)), false);
+            if (prepared instanceof ForChat c) return EventSource.whole(ChatChunks.of(copilot.postJson(OpenAiRoutes.CHAT, c.body(), call)), false);
+            ForResponses r = (ForResponses) prepared;
+            JsonNode answer = ResponsesRoutes.answerRetryingCyberPolicy(() -> copilot.postJson(ResponsesRoutes.RESPONSES, r.body(), call));
+            return new ResponsesAsChat(EventSource.whole(ResponseEvents.of(answer), true), new ResponsesStreamToChat(r.model(), true, IdClock.SYSTEM));
         }
 
         /** A stream of chat chunks. */

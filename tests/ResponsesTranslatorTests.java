@@ -36,7 +36,7 @@ import org.junit.jupiter.api.TestFactory;
  *   responses-request.json + upstream-chat.json → expected-response.json                    ChatStreamToResponses, folded
  *   responses-request.json + upstream.sse (+ upstream-error.txt) → expected.events          ChatStreamToResponses
  *   chat-request.json                       → expected-responses-request.json (+ .notes.txt) ChatToResponsesRequest
- *   upstream-response.json                  → expected-chat.json                             ResponsesToChat.response
+ *   upstream-response.json                  → expected-chat.json                             ResponsesStreamToChat, folded
  *   upstream.events                         → expected.sse (+ expected-failure.txt)          ResponsesStreamToChat
  * </pre>
  * An expected request file of the form {@code {"error": {"status", "param", "message_contains"}}} expects an ApiError.
@@ -116,8 +116,17 @@ class ResponsesTranslatorTests {
         return CopilotApi.Responses.ResponseEvents.response(events);
     }
 
+    /** A whole Responses answer the way the chat route answers it: as its events, through the stream machines, folded into a completion. */
+    static ObjectNode foldedToChat(JsonNode response, String requestedModel) {
+        var events = new CopilotApi.ResponsesAsChat(CopilotApi.EventSource.whole(CopilotApi.Responses.ResponseEvents.of(response), true),
+            new CopilotApi.Responses.ResponsesStreamToChat(requestedModel, true, new TestClock()));
+        var relay = new CopilotApi.ChatRelay(new CopilotApi.Chat.ChatStreamNormalizer(true, true), new CopilotApi.Exchange(),
+            new CopilotApi.SubagentPrompts(1, java.time.Duration.ZERO).reader());
+        return CopilotApi.ChatChunks.completion(CopilotApi.Relay.fold(events, relay));
+    }
+
     void responsesAnswerToChat(Path dir) {
-        ObjectNode out = CopilotApi.Responses.ResponsesToChat.response(json(dir, "upstream-response.json"), requestedModel(dir));
+        ObjectNode out = foldedToChat(json(dir, "upstream-response.json"), requestedModel(dir));
         compareJson(dir, "expected-chat.json", out);
     }
 
@@ -178,7 +187,7 @@ class ResponsesTranslatorTests {
         Path dir = FIXTURES.resolve("roundtrip-chat-tools");
         ObjectNode turn1 = (ObjectNode) json(dir, "chat-request.json");
         JsonNode upstream = json(dir, "upstream-response.json");
-        JsonNode fromAnswer = CopilotApi.Responses.ResponsesToChat.response(upstream, requestedModel(dir)).path("choices").get(0).path("message");
+        JsonNode fromAnswer = foldedToChat(upstream, requestedModel(dir)).path("choices").get(0).path("message");
         StreamResult streamed = runResponsesStream(dir, new TestClock());
         checkChatChunks(streamed.chunks(), true);
         ObjectNode fromStream = accumulate(streamed.chunks());
