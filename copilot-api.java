@@ -4299,18 +4299,16 @@ class CopilotApi implements Callable<Integer> {
         private void forward(Context ctx, ResponsesState.Turn turn, byte[] bytes, ModelResolver.Resolution model, ModelCall call,
                 boolean stream) {
             SubagentPrompts subagents = up.controls().billing().subagents();
-            if (!stream) {
-                JsonNode answer = call.answer(model.upstream(), RESPONSES, ModelCall.Shape.RESPONSES,
-                    c -> answerRetryingCyberPolicy(() -> up.copilot().postJson(RESPONSES, bytes, c)));
-                state.keep(turn, answer);
-                Requests.writeJson(ctx, answer.isObject() ? ResponsesState.presented(answer, turn) : answer);
+            // the output items are parsed only when the model was offered a tool that starts a subagent
+            SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
+            NativeRelay machine = responsesRelay(Exchange.of(ctx), turn, state, reader);
+            if (stream) {
+                call.relay(model.upstream(), RESPONSES, c -> streamRetryingCyberPolicy(() -> up.copilot().stream(RESPONSES, bytes, c)), machine);
                 return;
             }
-            SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
-            try (EventSource events = call.send(model.upstream(), RESPONSES,
-                    c -> streamRetryingCyberPolicy(() -> up.copilot().stream(RESPONSES, bytes, c)))) {
-                relayResponses(ctx, events, turn, state, reader);
-            }
+            List<Frame> events = call.fold(model.upstream(), RESPONSES, c -> EventSource.whole(
+                ResponseEvents.of(answerRetryingCyberPolicy(() -> up.copilot().postJson(RESPONSES, bytes, c))), true), machine);
+            Requests.writeJson(ctx, ResponseEvents.response(events));
         }
 
         /**
@@ -4318,10 +4316,8 @@ class CopilotApi implements Callable<Integer> {
          * to say whether the answer is stored, and to keep the finished answer; and the finished output items when
          * a reader is given (for subagent prompts).
          */
-        static void relayResponses(Context ctx, EventSource events, ResponsesState.Turn turn, ResponsesState state,
-                SubagentPrompts.ToolCallReader reader) {
-            Exchange exchange = Exchange.of(ctx);
-            Relay.run(ctx, events, new NativeRelay(new NativeRelay.Api() {
+        static NativeRelay responsesRelay(Exchange exchange, ResponsesState.Turn turn, ResponsesState state, SubagentPrompts.ToolCallReader reader) {
+            return new NativeRelay(new NativeRelay.Api() {
                 @Override
                 public Set<String> inspected() {
                     return reader == null ? INSPECTED : INSPECTED_WITH_ITEMS;
@@ -4351,7 +4347,7 @@ class CopilotApi implements Callable<Integer> {
                 public Frame keepAlive() {
                     return Frame.comment("keep-alive");
                 }
-            }));
+            });
         }
 
         static final Set<String> INSPECTED = Set.of("response.created", "response.in_progress", "response.completed",
