@@ -1822,7 +1822,10 @@ class CopilotApi implements Callable<Integer> {
      * One model request's way to Copilot, the same on every route. The route first checks its body, resolves the model
      * and prepares what Copilot is sent (so bad input is refused before anything else); then admit() (the operator's
      * approval, pacing, the client watched), reserve() against the budget, and send() with the initiator Copilot
-     * accepts, settled by what Copilot did: a call that fails or is refused is released from the budget.
+     * accepts, settled by what Copilot did: a call that fails or is refused is released from the budget. An answer
+     * goes to the client in one of two ways with the same stream machine, which records it (usage, Copilot's cost,
+     * subagent prompts, stored Responses state) the same way for both: relay() streams it, fold() collects the
+     * events of a whole answer (replayed as the stream it is equivalent to) for the fold into the client's JSON.
      */
     static final class ModelCall {
         private final Context ctx;
@@ -1855,34 +1858,6 @@ class CopilotApi implements Callable<Integer> {
             return reserve(turn, model, vision, Map.of());
         }
 
-        /** Where a whole answer from Copilot keeps its usage and tool calls: by the API it is written in. */
-        enum Shape { CHAT, ANTHROPIC, RESPONSES }
-
-        /**
-         * A whole answer from Copilot, recorded once whatever the route: its usage and Copilot's own cost figure
-         * (copilot_usage, at the top level or inside usage) on the exchange, and the subagent prompts its tool calls start.
-         */
-        JsonNode answer(String model, String endpoint, Shape shape, java.util.function.Function<CallOptions, JsonNode> send) {
-            JsonNode answer = send(model, endpoint, send);
-            Exchange exchange = Exchange.of(ctx).copilotUsage(answer);
-            SubagentPrompts subagents = up.controls().billing().subagents();
-            switch (shape) {
-                case CHAT -> {
-                    exchange.chatUsage(answer.path("usage"));
-                    subagents.chatAnswer(answer);
-                }
-                case ANTHROPIC -> {
-                    exchange.anthropicUsage(answer.path("usage"));
-                    subagents.anthropicAnswer(answer);
-                }
-                case RESPONSES -> {
-                    exchange.responsesUsage(answer.path("usage"));
-                    subagents.responsesAnswer(answer);
-                }
-            }
-            return answer;
-        }
-
         /** A stream, relayed to the client through the route's machine, which records what goes by. */
         void relay(String model, String endpoint, java.util.function.Function<CallOptions, EventSource> send, StreamMachine machine) {
             try (EventSource events = send(model, endpoint, send)) {
@@ -1901,7 +1876,7 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /** The call to Copilot at {@code endpoint}; the reservation stands if Copilot answers and is released if not. */
-        <T> T send(String model, String endpoint, java.util.function.Function<CallOptions, T> send) {
+        private <T> T send(String model, String endpoint, java.util.function.Function<CallOptions, T> send) {
             if (call == null) throw new IllegalStateException("a model call is sent only after reserve()");
             Billing billing = up.controls().billing();
             Exchange exchange = Exchange.of(ctx);
@@ -2859,27 +2834,6 @@ class CopilotApi implements Callable<Integer> {
                 prompts.values().removeIf(t -> t.isBefore(oldest));
                 return prompts.containsKey(text);
             }
-        }
-
-        /** An Anthropic message answer (native, or translated back): its Agent/Task tool_use blocks. */
-        void anthropicAnswer(JsonNode message) {
-            for (JsonNode block : message.path("content")) {
-                if (block.path("type").asText("").equals("tool_use")) toolCall(block.path("name").asText(""), block.path("input"));
-            }
-        }
-
-        /** A chat-completions answer: the tool calls of every choice. */
-        void chatAnswer(JsonNode answer) {
-            for (JsonNode choice : answer.path("choices")) {
-                for (JsonNode call : choice.path("message").path("tool_calls")) {
-                    toolCall(call.path("function").path("name").asText(""), call.path("function").path("arguments").asText(""));
-                }
-            }
-        }
-
-        /** A Responses answer: its function_call output items. */
-        void responsesAnswer(JsonNode response) {
-            for (JsonNode item : response.path("output")) responsesItem(item);
         }
 
         private void responsesItem(JsonNode item) {
@@ -3995,29 +3949,20 @@ class CopilotApi implements Callable<Integer> {
             }
             SubagentPrompts subagents = up.controls().billing().subagents();
             byte[] bytes = Json.splice(Requests.raw(ctx), body, prepared.body());
-            if (!stream) {
-                JsonNode answer = call.answer(model.upstream(), MESSAGES, ModelCall.Shape.ANTHROPIC,
-                    c -> up.copilot().postJson(MESSAGES, bytes, c));
-                if (answer.isObject()) ((ObjectNode) answer).put("model", model.requested());
-                if (prepared.omitThinking()) AnthropicNative.omitThinking(answer);
-                Requests.writeJson(ctx, answer);
-                return;
-            }
             // the content blocks are parsed only when the model was offered a tool that starts a subagent
             SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(body.path("tools")) ? subagents.reader() : null;
-            try (EventSource events = call.send(model.upstream(), MESSAGES, c -> up.copilot().stream(MESSAGES, bytes, c))) {
-                relayNative(ctx, events, model.requested(), reader, prepared.omitThinking());
-            }
+            NativeRelay machine = nativeRelay(Exchange.of(ctx), model.requested(), reader, prepared.omitThinking());
+            if (stream) call.relay(model.upstream(), MESSAGES, c -> up.copilot().stream(MESSAGES, bytes, c), machine);
+            else Requests.writeJson(ctx, AnthropicEvents.message(call.fold(model.upstream(), MESSAGES,
+                c -> EventSource.whole(AnthropicEvents.of(up.copilot().postJson(MESSAGES, bytes, c)), true), machine)));
         }
 
         /**
          * Copilot's own events, with the requested model name put back and the usage counted; the rest untouched
          * but for the content blocks, read when a reader is given (for subagent prompts).
          */
-        static void relayNative(Context ctx, EventSource events, String requestedModel, SubagentPrompts.ToolCallReader reader,
-                boolean omitThinking) {
-            Exchange exchange = Exchange.of(ctx);
-            Relay.run(ctx, events, new NativeRelay(new NativeRelay.Api() {
+        static NativeRelay nativeRelay(Exchange exchange, String requestedModel, SubagentPrompts.ToolCallReader reader, boolean omitThinking) {
+            return new NativeRelay(new NativeRelay.Api() {
                 @Override
                 public Set<String> inspected() {
                     return reader == null && !omitThinking ? INSPECTED : INSPECTED_WITH_BLOCKS;
@@ -4053,7 +3998,7 @@ class CopilotApi implements Callable<Integer> {
                 public Frame keepAlive() {
                     return new NamedEvent("ping", AnthropicEvents.ping());
                 }
-            }));
+            });
         }
 
         static final Set<String> INSPECTED = Set.of("message_start", "message_delta");
@@ -8149,6 +8094,61 @@ class CopilotApi implements Callable<Integer> {
         /** Small Anthropic event bodies shared by the native relay and the translator, and the fold of events into a message. */
         static final class AnthropicEvents {
             /**
+             * A whole message as the events a stream of it gives: message_start (the message with no content yet);
+             * each block opened empty and filled by its deltas (text; thinking, then its signature; a tool's input as
+             * JSON), a block of another kind opened whole; message_delta with the stop and the usage (Copilot's cost
+             * figure beside it); message_stop.
+             */
+            static List<ObjectNode> of(JsonNode message) {
+                if (!message.isObject()) throw new ApiError(502, "api_error", "Copilot's /v1/messages answer is not a JSON object");
+                List<ObjectNode> events = new ArrayList<>();
+                ObjectNode start = ((ObjectNode) message).deepCopy();
+                start.putArray("content");
+                events.add(event("message_start").set("message", start));
+                int index = 0;
+                for (JsonNode block : message.path("content")) {
+                    if (!block.isObject()) continue;
+                    ObjectNode opened = ((ObjectNode) block).deepCopy();
+                    List<ObjectNode> deltas = new ArrayList<>();
+                    switch (block.path("type").asText("")) {
+                        case "text" -> delta(opened, "text", "text_delta", deltas);
+                        case "thinking" -> {
+                            delta(opened, "thinking", "thinking_delta", deltas);
+                            delta(opened, "signature", "signature_delta", deltas);
+                        }
+                        case "tool_use" -> {
+                            if (block.has("input")) deltas.add(Json.object().put("type", "input_json_delta").put("partial_json", Json.write(block.get("input"))));
+                            opened.set("input", Json.object());
+                        }
+                        default -> { }
+                    }
+                    events.add(event("content_block_start").put("index", index).set("content_block", opened));
+                    for (ObjectNode d : deltas) events.add(event("content_block_delta").put("index", index).set("delta", d));
+                    events.add(event("content_block_stop").put("index", index++));
+                }
+                ObjectNode end = event("message_delta");
+                ObjectNode delta = end.putObject("delta");
+                for (String field : List.of("stop_reason", "stop_sequence")) if (message.has(field)) delta.set(field, message.get(field));
+                if (message.has("usage")) end.set("usage", message.get("usage"));
+                if (message.has("copilot_usage")) end.set("copilot_usage", message.get("copilot_usage"));
+                events.add(end);
+                events.add(event("message_stop"));
+                return events;
+            }
+
+            private static ObjectNode event(String type) {
+                return Json.object().put("type", type);
+            }
+
+            /** A text field of a block moved into one delta of its own (the block opened with it empty). */
+            private static void delta(ObjectNode opened, String field, String deltaType, List<ObjectNode> deltas) {
+                if (!opened.path(field).isTextual()) return;
+                String text = opened.get(field).asText();
+                opened.put(field, "");
+                if (!text.isEmpty()) deltas.add(Json.object().put("type", deltaType).put(field, text));
+            }
+
+            /**
              * The message a stream of Anthropic events describes: message_start's message, each block as its start
              * gave it with its deltas applied (a tool's input_json_delta pieces parsed at its stop), then
              * message_delta's stop reason and usage. An error event is the answer's failure: a 502 in Anthropic's shape.
@@ -8440,13 +8440,6 @@ class CopilotApi implements Callable<Integer> {
             static boolean claudeAtLeast(JsonNode model, int major, int minor) {
                 if (model == null || !ModelResolver.isAnthropic(model)) return false;
                 return ModelResolver.compare(ModelResolver.version(model.path("id").asText()), new int[] {major, minor}) >= 0;
-            }
-
-            /** A non-streamed answer without the thinking text the client asked to omit (signatures untouched). */
-            static void omitThinking(JsonNode answer) {
-                for (JsonNode block : answer.path("content")) {
-                    if (block.path("type").asText().equals("thinking")) ((ObjectNode) block).put("thinking", "");
-                }
             }
 
             /** A streamed thinking text delta the client asked to omit (the signature delta stays). */
