@@ -2406,7 +2406,10 @@ class CopilotApi implements Callable<Integer> {
      * One model request's way to Copilot, the same on every route. The route first checks its body, resolves the model
      * and prepares what Copilot is sent (so bad input is refused before anything else); then admit() (the operator's
      * approval, pacing, the client watched), reserve() against the budget, and send() with the initiator Copilot
-     * accepts, settled by what Copilot did: a call that fails or is refused is released from the budget.
+     * accepts, settled by what Copilot did: a call that fails or is refused is released from the budget. An answer
+     * goes to the client in one of two ways with the same stream machine, which records it (usage, Copilot's cost,
+     * subagent prompts, stored Responses state) the same way for both: relay() streams it, fold() collects the
+     * events of a whole answer (replayed as the stream it is equivalent to) for the fold into the client's JSON.
      */
     static final class ModelCall {
         private final Context ctx;
@@ -2467,36 +2470,25 @@ class CopilotApi implements Callable<Integer> {
             return cheap;
         }
 
-        /** Where a whole answer from Copilot keeps its usage and tool calls: by the API it is written in. */
-        enum Shape { CHAT, ANTHROPIC, RESPONSES }
+        /** A stream, relayed to the client through the route's machine, which records what goes by. */
+        void relay(String model, String endpoint, java.util.function.Function<CallOptions, EventSource> send, StreamMachine machine) {
+            try (EventSource events = send(model, endpoint, send)) {
+                Relay.run(ctx, events, machine);
+            }
+        }
 
         /**
-         * A whole answer from Copilot, recorded once whatever the route: its usage and Copilot's own cost figure
-         * (copilot_usage, at the top level or inside usage) on the exchange, and the subagent prompts its tool calls start.
+         * A whole answer, given as the stream it is equivalent to and run through the machine that stream would
+         * use (so it is recorded the same way); its events are collected for the fold into the client's JSON.
          */
-        JsonNode answer(String model, String endpoint, Shape shape, java.util.function.Function<CallOptions, JsonNode> send) {
-            JsonNode answer = send(model, endpoint, send);
-            Exchange exchange = Exchange.of(ctx).copilotUsage(answer);
-            SubagentPrompts subagents = up.controls().billing().subagents();
-            switch (shape) {
-                case CHAT -> {
-                    exchange.chatUsage(answer.path("usage"));
-                    subagents.chatAnswer(answer);
-                }
-                case ANTHROPIC -> {
-                    exchange.anthropicUsage(answer.path("usage"));
-                    subagents.anthropicAnswer(answer);
-                }
-                case RESPONSES -> {
-                    exchange.responsesUsage(answer.path("usage"));
-                    subagents.responsesAnswer(answer);
-                }
+        List<Frame> fold(String model, String endpoint, java.util.function.Function<CallOptions, EventSource> send, StreamMachine machine) {
+            try (EventSource events = send(model, endpoint, send)) {
+                return Relay.fold(events, machine);
             }
-            return answer;
         }
 
         /** The call to Copilot at {@code endpoint}; the reservation stands if Copilot answers and is released if not. */
-        <T> T send(String model, String endpoint, java.util.function.Function<CallOptions, T> send) {
+        private <T> T send(String model, String endpoint, java.util.function.Function<CallOptions, T> send) {
             if (call == null) throw new IllegalStateException("a model call is sent only after reserve()");
             Billing billing = up.controls().billing();
             Exchange exchange = Exchange.of(ctx);
@@ -3551,27 +3543,6 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        /** An Anthropic message answer (native, or translated back): its Agent/Task tool_use blocks. */
-        void anthropicAnswer(JsonNode message) {
-            for (JsonNode block : message.path("content")) {
-                if (block.path("type").asText("").equals("tool_use")) toolCall(block.path("name").asText(""), block.path("input"));
-            }
-        }
-
-        /** A chat-completions answer: the tool calls of every choice. */
-        void chatAnswer(JsonNode answer) {
-            for (JsonNode choice : answer.path("choices")) {
-                for (JsonNode call : choice.path("message").path("tool_calls")) {
-                    toolCall(call.path("function").path("name").asText(""), call.path("function").path("arguments").asText(""));
-                }
-            }
-        }
-
-        /** A Responses answer: its function_call output items. */
-        void responsesAnswer(JsonNode response) {
-            for (JsonNode item : response.path("output")) responsesItem(item);
-        }
-
         private void responsesItem(JsonNode item) {
             if (item.path("type").asText("").equals("function_call")) toolCall(item.path("name").asText(""), item.path("arguments").asText(""));
         }
@@ -4508,21 +4479,18 @@ class CopilotApi implements Callable<Integer> {
             Requests.logBody("chat request", body);
             boolean merge = body.path("n").asInt(1) <= 1 || endpoint == ChatUpstream.Endpoint.RESPONSES;
             String path = chat.path(model);
-            if (!stream) {
-                JsonNode answer = call.answer(model, path, ModelCall.Shape.CHAT, c -> chat.complete(prepared, c));
-                Requests.logBody("chat answer", answer);
-                JsonNode normalized = ChatNormalizer.response(answer, merge);
-                if (cheap.isPresent() && normalized.isObject()) ((ObjectNode) normalized).put("model", requested);
-                Requests.writeJson(ctx, normalized);
+            // a whole answer keeps its usage; a stream gives it only to a client that asked
+            boolean usage = !stream || body.path("stream_options").path("include_usage").asBoolean(false);
+            ChatStreamNormalizer normalizer = new ChatStreamNormalizer(merge, usage);
+            if (cheap.isPresent()) normalizer.named(requested);
+            ChatRelay relay = new ChatRelay(normalizer, Exchange.of(ctx), billing.subagents().reader());
+            if (stream) {
+                call.relay(model, path, c -> chat.stream(prepared, c), relay);
                 return;
             }
-            boolean clientWantsUsage = body.path("stream_options").path("include_usage").asBoolean(false);
-            SubagentPrompts.ToolCallReader reader = billing.subagents().reader();
-            ChatStreamNormalizer normalizer = new ChatStreamNormalizer(merge, clientWantsUsage);
-            if (cheap.isPresent()) normalizer.named(requested);
-            try (EventSource events = call.send(model, path, c -> chat.stream(prepared, c))) {
-                Relay.run(ctx, events, new ChatRelay(normalizer, Exchange.of(ctx), reader));
-            }
+            ObjectNode answer = ChatChunks.completion(call.fold(model, path, c -> chat.answer(prepared, c), relay));
+            Requests.logBody("chat answer", answer);
+            Requests.writeJson(ctx, answer);
         }
 
         /**
@@ -4738,29 +4706,20 @@ class CopilotApi implements Callable<Integer> {
             }
             SubagentPrompts subagents = up.controls().billing().subagents();
             byte[] bytes = Json.splice(Requests.raw(ctx), body, prepared.body());
-            if (!stream) {
-                JsonNode answer = call.answer(model.upstream(), MESSAGES, ModelCall.Shape.ANTHROPIC,
-                    c -> up.copilot().postJson(MESSAGES, bytes, c));
-                if (answer.isObject()) ((ObjectNode) answer).put("model", model.requested());
-                if (prepared.omitThinking()) AnthropicNative.omitThinking(answer);
-                Requests.writeJson(ctx, answer);
-                return;
-            }
             // the content blocks are parsed only when the model was offered a tool that starts a subagent
             SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(body.path("tools")) ? subagents.reader() : null;
-            try (EventSource events = call.send(model.upstream(), MESSAGES, c -> up.copilot().stream(MESSAGES, bytes, c))) {
-                relayNative(ctx, events, model.requested(), reader, prepared.omitThinking());
-            }
+            NativeRelay machine = nativeRelay(Exchange.of(ctx), model.requested(), reader, prepared.omitThinking());
+            if (stream) call.relay(model.upstream(), MESSAGES, c -> up.copilot().stream(MESSAGES, bytes, c), machine);
+            else Requests.writeJson(ctx, AnthropicEvents.message(call.fold(model.upstream(), MESSAGES,
+                c -> EventSource.whole(AnthropicEvents.of(up.copilot().postJson(MESSAGES, bytes, c)), true), machine)));
         }
 
         /**
          * Copilot's own events, with the requested model name put back and the usage counted; the rest untouched
          * but for the content blocks, read when a reader is given (for subagent prompts).
          */
-        static void relayNative(Context ctx, EventSource events, String requestedModel, SubagentPrompts.ToolCallReader reader,
-                boolean omitThinking) {
-            Exchange exchange = Exchange.of(ctx);
-            Relay.run(ctx, events, new NativeRelay(new NativeRelay.Api() {
+        static NativeRelay nativeRelay(Exchange exchange, String requestedModel, SubagentPrompts.ToolCallReader reader, boolean omitThinking) {
+            return new NativeRelay(new NativeRelay.Api() {
                 @Override
                 public Set<String> inspected() {
                     return reader == null && !omitThinking ? INSPECTED : INSPECTED_WITH_BLOCKS;
@@ -4796,7 +4755,7 @@ class CopilotApi implements Callable<Integer> {
                 public Frame keepAlive() {
                     return new NamedEvent("ping", AnthropicEvents.ping());
                 }
-            }));
+            });
         }
 
         static final Set<String> INSPECTED = Set.of("message_start", "message_delta");
@@ -4817,24 +4776,11 @@ class CopilotApi implements Callable<Integer> {
             Requests.logBody("translated chat request", t.chatRequest());
             SubagentPrompts subagents = up.controls().billing().subagents();
             String path = up.chat().path(model.upstream());
-            if (!stream) {
-                answer(ctx, call.answer(model.upstream(), path, ModelCall.Shape.CHAT, c -> up.chat().complete(prepared, c)), model, t);
-                return;
-            }
             ChatStreamToAnthropic machine = new ChatStreamToAnthropic(model.requested(), t.toolNameMap());
-            SubagentPrompts.ToolCallReader reader = subagents.reader();
-            try (EventSource events = call.send(model.upstream(), path, c -> up.chat().stream(prepared, c))) {
-                Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::anthropicEvent));
-            }
+            TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), subagents.reader()::anthropicEvent);
+            if (stream) call.relay(model.upstream(), path, c -> up.chat().stream(prepared, c), relay);
+            else Requests.writeJson(ctx, AnthropicEvents.message(call.fold(model.upstream(), path, c -> up.chat().answer(prepared, c), relay)));
             machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
-        }
-
-        /** A chat answer, translated back into an Anthropic message for the client. */
-        private static void answer(Context ctx, JsonNode chat, ModelResolver.Resolution model, AnthropicToChat.Result t) {
-            List<String> notes = new ArrayList<>();
-            ObjectNode message = ChatToAnthropic.response(chat, model.requested(), t.toolNameMap(), notes);
-            notes.forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
-            Requests.writeJson(ctx, message);
         }
     }
 
@@ -4903,16 +4849,14 @@ class CopilotApi implements Callable<Integer> {
             Requests.logBody("translated chat request", t.chatRequest());
             String path = chat.path(model.upstream());
             boolean merge = t.chatRequest().path("n").asInt(1) <= 1;
-            if (!sse) {
-                JsonNode answer = call.answer(model.upstream(), path, ModelCall.Shape.CHAT, c -> chat.complete(prepared, c));
-                ObjectNode response = ChatToGemini.response(answer, model.upstream(), t.includeThoughts(), merge, IdClock.SYSTEM);
+            ChatStreamToGemini machine = new ChatStreamToGemini(model.upstream(), t.includeThoughts(), merge, IdClock.SYSTEM);
+            TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), (name, data) -> { });
+            if (sse) {
+                call.relay(model.upstream(), path, c -> chat.stream(prepared, c), relay);
+            } else {
+                ObjectNode response = GeminiEvents.response(call.fold(model.upstream(), path, c -> chat.answer(prepared, c), relay));
                 // without alt=sse Google answers a stream as one JSON array of its events: here, the one whole answer
                 Requests.writeJson(ctx, stream ? Json.array().add(response) : response);
-                return;
-            }
-            ChatStreamToGemini machine = new ChatStreamToGemini(model.upstream(), t.includeThoughts(), merge, IdClock.SYSTEM);
-            try (EventSource events = call.send(model.upstream(), path, c -> chat.stream(prepared, c))) {
-                Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), (name, data) -> { }));
             }
             machine.notes().forEach(n -> Logs.log().warn("gemini {}: {}", ctx.path(), n));
         }
@@ -5191,18 +5135,16 @@ class CopilotApi implements Callable<Integer> {
         private void forward(Context ctx, ResponsesState.Turn turn, byte[] bytes, ModelResolver.Resolution model, ModelCall call,
                 boolean stream) {
             SubagentPrompts subagents = up.controls().billing().subagents();
-            if (!stream) {
-                JsonNode answer = call.answer(model.upstream(), RESPONSES, ModelCall.Shape.RESPONSES,
-                    c -> answerRetryingCyberPolicy(() -> up.copilot().postJson(RESPONSES, bytes, c)));
-                state.keep(turn, answer);
-                Requests.writeJson(ctx, answer.isObject() ? ResponsesState.presented(answer, turn) : answer);
+            // the output items are parsed only when the model was offered a tool that starts a subagent
+            SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
+            NativeRelay machine = responsesRelay(Exchange.of(ctx), turn, state, reader);
+            if (stream) {
+                call.relay(model.upstream(), RESPONSES, c -> streamRetryingCyberPolicy(() -> up.copilot().stream(RESPONSES, bytes, c)), machine);
                 return;
             }
-            SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
-            try (EventSource events = call.send(model.upstream(), RESPONSES,
-                    c -> streamRetryingCyberPolicy(() -> up.copilot().stream(RESPONSES, bytes, c)))) {
-                relayResponses(ctx, events, turn, state, reader);
-            }
+            List<Frame> events = call.fold(model.upstream(), RESPONSES, c -> EventSource.whole(
+                ResponseEvents.of(answerRetryingCyberPolicy(() -> up.copilot().postJson(RESPONSES, bytes, c))), true), machine);
+            Requests.writeJson(ctx, ResponseEvents.response(events));
         }
 
         /**
@@ -5210,10 +5152,8 @@ class CopilotApi implements Callable<Integer> {
          * to say whether the answer is stored, and to keep the finished answer; and the finished output items when
          * a reader is given (for subagent prompts).
          */
-        static void relayResponses(Context ctx, EventSource events, ResponsesState.Turn turn, ResponsesState state,
-                SubagentPrompts.ToolCallReader reader) {
-            Exchange exchange = Exchange.of(ctx);
-            Relay.run(ctx, events, new NativeRelay(new NativeRelay.Api() {
+        static NativeRelay responsesRelay(Exchange exchange, ResponsesState.Turn turn, ResponsesState state, SubagentPrompts.ToolCallReader reader) {
+            return new NativeRelay(new NativeRelay.Api() {
                 @Override
                 public Set<String> inspected() {
                     return reader == null ? INSPECTED : INSPECTED_WITH_ITEMS;
@@ -5243,7 +5183,7 @@ class CopilotApi implements Callable<Integer> {
                 public Frame keepAlive() {
                     return Frame.comment("keep-alive");
                 }
-            }));
+            });
         }
 
         static final Set<String> INSPECTED = Set.of("response.created", "response.in_progress", "response.completed",
@@ -5265,18 +5205,10 @@ class CopilotApi implements Callable<Integer> {
             ObjectNode body = turn.echo();
             Requests.logBody("translated chat request", t.body());
             String path = up.chat().path(model.upstream());
-            if (!stream) {
-                JsonNode chat = call.answer(model.upstream(), path, ModelCall.Shape.CHAT, c -> up.chat().complete(prepared, c));
-                ObjectNode answer = ChatToResponses.response(chat, body, IdClock.SYSTEM);
-                state.keep(turn, answer);
-                Requests.writeJson(ctx, answer);
-                return;
-            }
-            SubagentPrompts.ToolCallReader reader = up.controls().billing().subagents().reader();
-            try (EventSource events = call.send(model.upstream(), path, c -> up.chat().stream(prepared, c))) {
-                AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
-                Relay.run(ctx, events, new TranslatedRelay(machine, Exchange.of(ctx), reader::responsesEvent));
-            }
+            AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
+            TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), up.controls().billing().subagents().reader()::responsesEvent);
+            if (stream) call.relay(model.upstream(), path, c -> up.chat().stream(prepared, c), relay);
+            else Requests.writeJson(ctx, ResponseEvents.response(call.fold(model.upstream(), path, c -> up.chat().answer(prepared, c), relay)));
         }
 
         /** The Responses stream machine seen as a translation: its events are named by their type; it ends at a terminal one. */
@@ -5734,6 +5666,21 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
+        /**
+         * A whole answer (given as the stream it is equivalent to) through the machine its stream would use: the
+         * same events and the same records, collected for a fold instead of written to the client.
+         */
+        static List<Frame> fold(EventSource events, StreamMachine machine) {
+            List<Frame> out = new ArrayList<>(machine.start());
+            while (!machine.done()) {
+                EventSource.Item item = events.next();
+                if (item instanceof EventSource.Chunk c) out.addAll(machine.onChunk(c));
+                else if (item instanceof EventSource.End e) out.addAll(machine.onEnd(e.doneSeen()));
+                else if (item instanceof EventSource.Broken b) out.addAll(machine.onBroken(brokenMessage(b.cause())));
+            }
+            return out;
+        }
+
         private static void write(SseWriter out, List<Frame> frames, Exchange exchange) {
             if (!frames.isEmpty()) exchange.firstByte();
             for (Frame f : frames) {
@@ -5755,6 +5702,156 @@ class CopilotApi implements Callable<Integer> {
         static Optional<String> error(JsonNode chunk) {
             if (!chunk.has("error") || chunk.get("error").isNull()) return Optional.empty();
             return Optional.of(Errors.upstreamMessage(chunk, 500));
+        }
+
+        /**
+         * A whole chat completion as the chunks it is equivalent to: per choice one chunk whose delta is its message
+         * (text parts joined, each tool call indexed by its place) with its logprobs and finish_reason; then one chunk
+         * with no choices for the usage and Copilot's cost figure, when the answer has them.
+         */
+        static List<ObjectNode> of(JsonNode completion) {
+            List<ObjectNode> chunks = new ArrayList<>();
+            int position = 0;
+            for (JsonNode choice : completion.path("choices")) {
+                ObjectNode chunk = envelope(completion);
+                ObjectNode c = chunk.putArray("choices").addObject();
+                c.put("index", choice.path("index").asInt(position++));
+                c.set("delta", delta(choice.path("message")));
+                if (choice.path("logprobs").isObject()) c.set("logprobs", choice.get("logprobs"));
+                if (choice.path("finish_reason").isTextual()) c.set("finish_reason", choice.get("finish_reason"));
+                else c.putNull("finish_reason");
+                chunks.add(chunk);
+            }
+            if (completion.has("usage") || completion.has("copilot_usage")) {
+                ObjectNode last = envelope(completion);
+                last.putArray("choices");
+                if (completion.has("usage")) last.set("usage", completion.get("usage"));
+                if (completion.has("copilot_usage")) last.set("copilot_usage", completion.get("copilot_usage"));
+                chunks.add(last);
+            }
+            return chunks;
+        }
+
+        /**
+         * Chat chunks folded into the completion they describe: per choice (by index) its deltas joined (text fields
+         * appended, tool calls by their index, other fields kept), its logprobs lists joined, its finish_reason; and
+         * the usage. An error chunk is the answer's failure: a 502.
+         */
+        static ObjectNode completion(List<Frame> frames) {
+            ObjectNode head = Json.object();
+            Map<Integer, ObjectNode> choices = new TreeMap<>();
+            Map<Integer, Map<Integer, ObjectNode>> calls = new HashMap<>();
+            JsonNode usage = null;
+            JsonNode copilotUsage = null;
+            for (Frame f : frames) {
+                JsonNode chunk = f.json();
+                if (chunk == null) continue;
+                Optional<String> error = error(chunk);
+                if (error.isPresent()) throw new ApiError(502, "api_error", error.get());
+                for (String field : List.of("id", "created", "model", "system_fingerprint")) {
+                    if (!head.has(field) && chunk.hasNonNull(field)) head.set(field, chunk.get(field));
+                }
+                if (chunk.path("usage").isObject()) usage = chunk.get("usage");
+                if (chunk.path("copilot_usage").isObject()) copilotUsage = chunk.get("copilot_usage");
+                for (JsonNode c : chunk.path("choices")) {
+                    int index = c.path("index").asInt(0);
+                    ObjectNode choice = choices.computeIfAbsent(index, i -> emptyChoice(i));
+                    ObjectNode message = (ObjectNode) choice.get("message");
+                    c.path("delta").properties().forEach(d -> join(message, d.getKey(), d.getValue(), calls.computeIfAbsent(index, i -> new TreeMap<>())));
+                    if (c.path("logprobs").isObject()) choice.set("logprobs", joinLogprobs(choice.get("logprobs"), c.get("logprobs")));
+                    if (c.path("finish_reason").isTextual()) choice.set("finish_reason", c.get("finish_reason"));
+                }
+            }
+            ObjectNode out = Json.object();
+            out.put("id", head.path("id").asText(""));
+            out.put("object", "chat.completion");
+            out.put("created", head.path("created").asLong(0));
+            out.put("model", head.path("model").asText(""));
+            if (head.has("system_fingerprint")) out.set("system_fingerprint", head.get("system_fingerprint"));
+            ArrayNode list = out.putArray("choices");
+            choices.forEach((index, choice) -> {
+                Map<Integer, ObjectNode> toolCalls = calls.getOrDefault(index, Map.of());
+                if (!toolCalls.isEmpty()) ((ObjectNode) choice.get("message")).putArray("tool_calls").addAll(toolCalls.values());
+                list.add(choice);
+            });
+            if (usage != null) out.set("usage", usage);
+            if (copilotUsage != null) out.set("copilot_usage", copilotUsage);
+            return out;
+        }
+
+        private static ObjectNode emptyChoice(int index) {
+            ObjectNode choice = Json.object();
+            choice.put("index", index);
+            ObjectNode message = choice.putObject("message");
+            message.put("role", "assistant");
+            message.putNull("content");
+            message.putNull("refusal");
+            choice.putNull("logprobs");
+            choice.putNull("finish_reason");
+            return choice;
+        }
+
+        /** One delta field into the message: text appended, tool-call fragments joined by index, anything else kept. */
+        private static void join(ObjectNode message, String field, JsonNode value, Map<Integer, ObjectNode> calls) {
+            if (field.equals("role") || value.isNull()) return;
+            if (field.equals("tool_calls")) {
+                for (JsonNode fragment : value) {
+                    ObjectNode call = calls.computeIfAbsent(fragment.path("index").asInt(calls.size()), i -> Json.object());
+                    fragment.properties().forEach(f -> {
+                        if (f.getKey().equals("function")) {
+                            ObjectNode fn = call.withObjectProperty("function");
+                            f.getValue().properties().forEach(g -> join(fn, g.getKey(), g.getValue(), Map.of()));
+                        } else if (!f.getKey().equals("index")) {
+                            call.set(f.getKey(), f.getValue());
+                        }
+                    });
+                }
+            } else if (value.isTextual()) {
+                message.put(field, message.path(field).asText("") + value.asText());
+            } else {
+                message.set(field, value);
+            }
+        }
+
+        /** The log probabilities of several chunks (or split choices), joined in order: each list concatenated. */
+        private static JsonNode joinLogprobs(JsonNode sofar, JsonNode next) {
+            if (!sofar.isObject()) return next.deepCopy();
+            ObjectNode joined = (ObjectNode) sofar;
+            next.properties().forEach(f -> {
+                if (f.getValue().isArray() && joined.path(f.getKey()).isArray()) ((ArrayNode) joined.get(f.getKey())).addAll((ArrayNode) f.getValue());
+                else if (!joined.hasNonNull(f.getKey())) joined.set(f.getKey(), f.getValue().deepCopy());
+            });
+            return joined;
+        }
+
+        private static ObjectNode envelope(JsonNode completion) {
+            ObjectNode chunk = Json.object();
+            for (String field : List.of("id", "created", "model")) if (completion.has(field)) chunk.set(field, completion.get(field));
+            chunk.put("object", "chat.completion.chunk");
+            return chunk;
+        }
+
+        /** A message as one delta: its fields but nulls, text parts joined, tool calls indexed by their place. */
+        private static ObjectNode delta(JsonNode message) {
+            ObjectNode delta = Json.object();
+            message.properties().forEach(f -> {
+                if (!f.getValue().isNull() && !f.getKey().equals("tool_calls")) delta.set(f.getKey(), f.getValue());
+            });
+            if (message.path("content").isArray()) {
+                StringBuilder text = new StringBuilder();
+                for (JsonNode part : message.get("content")) if (part.path("type").asText("").equals("text")) text.append(part.path("text").asText(""));
+                delta.put("content", text.toString());
+            }
+            ArrayNode calls = Json.array();
+            for (JsonNode call : message.path("tool_calls")) {
+                ObjectNode tc = calls.addObject();
+                tc.put("index", call.path("index").isIntegralNumber() ? call.get("index").asInt() : calls.size() - 1);
+                call.properties().forEach(f -> {
+                    if (!f.getKey().equals("index")) tc.set(f.getKey(), f.getValue());
+                });
+            }
+            if (!calls.isEmpty()) delta.set("tool_calls", calls);
+            return delta;
         }
 
         /** True when any choice of the chunk carries a finish_reason. */
@@ -5820,7 +5917,7 @@ class CopilotApi implements Callable<Integer> {
             if (error.isPresent()) return end(Frame.data(Errors.openAiStreamError(error.get()), "upstream error in stream"));
             List<ObjectNode> out = normalizer.onChunk(json.get());
             out.forEach(reader::chatChunk);
-            if (out.size() == 1 && out.get(0).equals(json.get())) return List.of(Frame.raw(null, chunk.data()));
+            if (out.size() == 1 && out.get(0).equals(json.get())) return List.of(Frame.raw(chunk));
             List<Frame> frames = new ArrayList<>(out.size());
             for (ObjectNode c : out) frames.add(Frame.data(c, null));
             return frames;
@@ -5906,7 +6003,7 @@ class CopilotApi implements Callable<Integer> {
             }
             sequence++;
             done = api.terminal().contains(name);
-            return List.of(Frame.raw(name, chunk.data()));
+            return List.of(Frame.raw(chunk));
         }
 
         @Override
@@ -6234,6 +6331,16 @@ class CopilotApi implements Callable<Integer> {
             return null;
         }
 
+        /** The event's name (null for a data-only event), for a fold that reads the frames instead of a client. */
+        default String name() {
+            return null;
+        }
+
+        /** The event's JSON, for a fold; null for a comment or [DONE]. */
+        default JsonNode json() {
+            return null;
+        }
+
         Frame DONE = () -> "data: [DONE]\n\n";
 
         static Frame comment(String text) {
@@ -6252,23 +6359,39 @@ class CopilotApi implements Callable<Integer> {
                 public String failure() {
                     return failure;
                 }
+
+                @Override
+                public JsonNode json() {
+                    return json;
+                }
             };
         }
 
-        /** An upstream event passed on as its own text, without parsing or writing it again. */
-        static Frame raw(String name, String data) {
+        /** An upstream event passed on as its own text, without parsing or writing it again (a fold reads its JSON). */
+        static Frame raw(EventSource.Chunk chunk) {
             return new Frame() {
                 @Override
                 public String sse() {
+                    String data = chunk.data();
                     StringBuilder b = new StringBuilder(data.length() + 32);
-                    if (name != null) b.append("event: ").append(name).append('\n');
+                    if (chunk.event() != null) b.append("event: ").append(chunk.event()).append('\n');
                     for (String line : data.split("\n", -1)) b.append("data: ").append(line).append('\n');
                     return b.append('\n').toString();
                 }
 
                 @Override
                 public String failure() {
-                    return "error".equals(name) ? "upstream error in stream" : null;
+                    return "error".equals(chunk.event()) ? "upstream error in stream" : null;
+                }
+
+                @Override
+                public String name() {
+                    return chunk.event();
+                }
+
+                @Override
+                public JsonNode json() {
+                    return chunk.json().orElse(null);
                 }
             };
         }
@@ -7960,78 +8083,6 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        /** Non-streaming chat answers: merge Copilot's split choices and fill what OpenAI clients require. */
-        static final class ChatNormalizer {
-            static JsonNode response(JsonNode answer, boolean merge) {
-                if (!answer.isObject() || !answer.path("choices").isArray()) return answer;
-                ObjectNode out = ((ObjectNode) answer).deepCopy();
-                ArrayNode choices = (ArrayNode) out.get("choices");
-                if (merge && choices.size() > 1) {
-                    ArrayNode merged = Json.array();
-                    merged.add(mergeChoices(choices));
-                    out.set("choices", merged);
-                }
-                for (JsonNode c : out.withArray("choices")) fillChoice((ObjectNode) c);
-                return out;
-            }
-
-            static ObjectNode mergeChoices(ArrayNode choices) {
-                ObjectNode message = Json.object();
-                message.put("role", "assistant");
-                StringBuilder text = new StringBuilder();
-                boolean anyText = false;
-                ArrayNode toolCalls = Json.array();
-                String finish = null;
-                JsonNode logprobs = JsonNodeFactory.instance.nullNode();
-                for (JsonNode c : choices) {
-                    logprobs = joinLogprobs(logprobs, c.path("logprobs"));
-                    JsonNode m = c.path("message");
-                    if (m.path("content").isTextual()) {
-                        text.append(m.path("content").asText());
-                        anyText = true;
-                    }
-                    for (JsonNode tc : m.path("tool_calls")) toolCalls.add(tc);
-                    m.properties().forEach(f -> {
-                        if (!List.of("role", "content", "tool_calls").contains(f.getKey()) && !message.has(f.getKey())
-                            && !f.getValue().isNull()) message.set(f.getKey(), f.getValue());
-                    });
-                    if (finish == null && c.path("finish_reason").isTextual()) finish = c.path("finish_reason").asText();
-                }
-                message.put("content", anyText ? text.toString() : null);
-                if (!toolCalls.isEmpty()) message.set("tool_calls", toolCalls);
-                ObjectNode merged = Json.object();
-                merged.put("index", 0);
-                merged.set("message", message);
-                merged.set("logprobs", logprobs);
-                merged.put("finish_reason", !toolCalls.isEmpty() ? "tool_calls" : finish);
-                return merged;
-            }
-
-            /** The log probabilities of split choices, joined in choice order: each list (content, refusal) concatenated. */
-            private static JsonNode joinLogprobs(JsonNode sofar, JsonNode next) {
-                if (!next.isObject()) return sofar;
-                if (!sofar.isObject()) return next.deepCopy();
-                ObjectNode joined = (ObjectNode) sofar;
-                next.properties().forEach(f -> {
-                    if (f.getValue().isArray() && joined.path(f.getKey()).isArray()) ((ArrayNode) joined.get(f.getKey())).addAll((ArrayNode) f.getValue());
-                    else if (!joined.hasNonNull(f.getKey())) joined.set(f.getKey(), f.getValue().deepCopy());
-                });
-                return joined;
-            }
-
-            /** The fields OpenAI's SDKs type as required: role, refusal (null), tool call types, logprobs (null), finish_reason. */
-            static void fillChoice(ObjectNode c) {
-                ObjectNode m = c.withObjectProperty("message");
-                if (!m.has("role")) m.put("role", "assistant");
-                if (!m.has("refusal")) m.putNull("refusal");
-                if (!c.has("logprobs")) c.putNull("logprobs");
-                for (JsonNode tc : m.path("tool_calls")) {
-                    if (tc.isObject() && !tc.has("type")) ((ObjectNode) tc).put("type", "function");
-                }
-                if (!c.path("finish_reason").isTextual()) c.put("finish_reason", m.path("tool_calls").isEmpty() ? "stop" : "tool_calls");
-            }
-        }
-
         /**
          * Streaming chat answers, chunk by chunk: role on each choice's first delta, split choices merged into
          * index 0, tool calls keyed by (choice, index) and renumbered from 0 with id, type and name on their first
@@ -8049,6 +8100,8 @@ class CopilotApi implements Callable<Integer> {
             private final Map<Integer, Integer> toolCount = new TreeMap<>();
             private final Map<Integer, String> finishReasons = new TreeMap<>();
             private JsonNode usage;
+            /** Copilot's cost figure where a chunk carries it beside the usage; it goes out beside it too. */
+            private JsonNode copilotUsage;
             private boolean finished;
 
             ChatStreamNormalizer(boolean merge, boolean includeUsage) {
@@ -8108,6 +8161,7 @@ class CopilotApi implements Callable<Integer> {
                     ObjectNode c = envelope();
                     c.putArray("choices");
                     c.set("usage", usage);
+                    if (copilotUsage != null) c.set("copilot_usage", copilotUsage);
                     out.add(c);
                 }
                 return out;
@@ -8120,6 +8174,7 @@ class CopilotApi implements Callable<Integer> {
 
             private void remember(JsonNode chunk) {
                 if (chunk.path("usage").isObject()) usage = chunk.get("usage");
+                if (chunk.path("copilot_usage").isObject()) copilotUsage = chunk.get("copilot_usage");
                 if (id == null && chunk.path("id").isTextual() && !chunk.path("id").asText().isEmpty()) id = chunk.path("id").asText();
                 if (model == null && chunk.path("model").isTextual() && !chunk.path("model").asText().isEmpty()) model = chunk.path("model").asText();
                 if (created == 0 && chunk.path("created").asLong(0) > 0) created = chunk.path("created").asLong();
@@ -8287,9 +8342,9 @@ class CopilotApi implements Callable<Integer> {
         // The Responses API and chat completions, the pivot format. Copilot serves its newest GPT models only on
         // /responses and Claude, Gemini and GPT-4.x only on /chat/completions; every model is reachable from every
         // inbound API through chat: inbound Responses for a chat-only model goes ResponsesToChat.request, then
-        // ChatToResponses.response or the ChatStreamToResponses state machine; inbound chat (or Anthropic, via
+        // the ChatStreamToResponses state machine (answers folded from it); inbound chat (or Anthropic, via
         // AnthropicToChat) for a responses-only model goes ChatToResponsesRequest.request, then
-        // ResponsesToChat.response or the ResponsesStreamToChat state machine. Reasoning crosses the pivot as
+        // the ResponsesStreamToChat state machine (whole answers replayed through it as ResponseEvents). Reasoning crosses the pivot as
         // reasoning_text and reasoning_opaque (see ReasoningOpaque); Responses custom tools become function tools
         // with one string parameter (see CustomTools).
 
@@ -8809,47 +8864,8 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        /** A Copilot chat completion to an Anthropic message: split choices merged, thinking first, then text, then tools. */
+        /** The Anthropic message's pieces as the stream machine writes them: the shell, tool_use blocks, the stop reason, the usage. */
         static final class ChatToAnthropic {
-            static ObjectNode response(JsonNode chat, String requestedModel, Map<String, String> toolNameMap) {
-                return response(chat, requestedModel, toolNameMap, new ArrayList<>());
-            }
-
-            /** As above; problems worth a log line (unreadable tool arguments) are added to notes. */
-            static ObjectNode response(JsonNode chat, String requestedModel, Map<String, String> toolNameMap, List<String> notes) {
-                StringBuilder reasoning = new StringBuilder();
-                StringBuilder text = new StringBuilder();
-                String opaque = null;
-                List<JsonNode> calls = new ArrayList<>();
-                List<String> finishReasons = new ArrayList<>();
-                for (JsonNode choice : chat.path("choices")) {
-                    JsonNode m = choice.path("message");
-                    reasoning.append(m.path("reasoning_text").asText(""));
-                    if (opaque == null && !m.path("reasoning_opaque").asText("").isEmpty()) opaque = m.path("reasoning_opaque").asText();
-                    text.append(contentText(m.path("content")));
-                    m.path("tool_calls").forEach(calls::add);
-                    if (choice.path("finish_reason").isTextual()) finishReasons.add(choice.path("finish_reason").asText());
-                }
-                ObjectNode msg = messageShell("msg_" + Ids.random(24), requestedModel);
-                ArrayNode content = msg.putArray("content");
-                if (reasoning.length() > 0 || opaque != null) {
-                    content.addObject().put("type", "thinking").put("thinking", reasoning.toString())
-                        .put("signature", opaque == null ? "" : opaque);
-                }
-                if (text.length() > 0) content.addObject().put("type", "text").put("text", text.toString());
-                for (JsonNode call : calls) {
-                    JsonNode fn = call.path("function");
-                    String name = originalName(fn.path("name").asText(""), toolNameMap);
-                    String id = call.path("id").asText("");
-                    content.add(toolUse(id.isEmpty() ? "toolu_" + Ids.random(24) : id, name,
-                        toolInput(fn.path("arguments").asText(""), name, notes)));
-                }
-                msg.put("stop_reason", stopReason(finishReasons, !calls.isEmpty()));
-                msg.putNull("stop_sequence");
-                msg.set("usage", usage(chat.path("usage")));
-                return msg;
-            }
-
             /** id, type, role, model, then whatever the caller adds (content, stop_reason, ...). */
             static ObjectNode messageShell(String id, String model) {
                 ObjectNode msg = Json.object();
@@ -8909,13 +8925,6 @@ class CopilotApi implements Callable<Integer> {
                 String shown = arguments.length() > 200 ? arguments.substring(0, 200) + "..." : arguments;
                 notes.add("the arguments of a " + toolName + " call are not a JSON object, sent {} instead: " + shown);
                 return Json.object();
-            }
-
-            private static String contentText(JsonNode content) {
-                if (content.isTextual()) return content.asText();
-                StringBuilder b = new StringBuilder();
-                for (JsonNode part : content) if (part.path("type").asText("").equals("text")) b.append(part.path("text").asText(""));
-                return b.toString();
             }
         }
 
@@ -9131,8 +9140,121 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        /** Small Anthropic event bodies shared by the native relay and the translator. */
+        /** Small Anthropic event bodies shared by the native relay and the translator, and the fold of events into a message. */
         static final class AnthropicEvents {
+            /**
+             * A whole message as the events a stream of it gives: message_start (the message with no content yet);
+             * each block opened empty and filled by its deltas (text; thinking, then its signature; a tool's input as
+             * JSON), a block of another kind opened whole; message_delta with the stop and the usage (Copilot's cost
+             * figure beside it); message_stop.
+             */
+            static List<ObjectNode> of(JsonNode message) {
+                if (!message.isObject()) throw new ApiError(502, "api_error", "Copilot's /v1/messages answer is not a JSON object");
+                List<ObjectNode> events = new ArrayList<>();
+                ObjectNode start = ((ObjectNode) message).deepCopy();
+                start.putArray("content");
+                events.add(event("message_start").set("message", start));
+                int index = 0;
+                for (JsonNode block : message.path("content")) {
+                    if (!block.isObject()) continue;
+                    ObjectNode opened = ((ObjectNode) block).deepCopy();
+                    List<ObjectNode> deltas = new ArrayList<>();
+                    switch (block.path("type").asText("")) {
+                        case "text" -> delta(opened, "text", "text_delta", deltas);
+                        case "thinking" -> {
+                            delta(opened, "thinking", "thinking_delta", deltas);
+                            delta(opened, "signature", "signature_delta", deltas);
+                        }
+                        case "tool_use" -> {
+                            if (block.has("input")) deltas.add(Json.object().put("type", "input_json_delta").put("partial_json", Json.write(block.get("input"))));
+                            opened.set("input", Json.object());
+                        }
+                        default -> { }
+                    }
+                    events.add(event("content_block_start").put("index", index).set("content_block", opened));
+                    for (ObjectNode d : deltas) events.add(event("content_block_delta").put("index", index).set("delta", d));
+                    events.add(event("content_block_stop").put("index", index++));
+                }
+                ObjectNode end = event("message_delta");
+                ObjectNode delta = end.putObject("delta");
+                for (String field : List.of("stop_reason", "stop_sequence")) if (message.has(field)) delta.set(field, message.get(field));
+                if (message.has("usage")) end.set("usage", message.get("usage"));
+                if (message.has("copilot_usage")) end.set("copilot_usage", message.get("copilot_usage"));
+                events.add(end);
+                events.add(event("message_stop"));
+                return events;
+            }
+
+            private static ObjectNode event(String type) {
+                return Json.object().put("type", type);
+            }
+
+            /** A text field of a block moved into one delta of its own (the block opened with it empty). */
+            private static void delta(ObjectNode opened, String field, String deltaType, List<ObjectNode> deltas) {
+                if (!opened.path(field).isTextual()) return;
+                String text = opened.get(field).asText();
+                opened.put(field, "");
+                if (!text.isEmpty()) deltas.add(Json.object().put("type", deltaType).put(field, text));
+            }
+
+            /**
+             * The message a stream of Anthropic events describes: message_start's message, each block as its start
+             * gave it with its deltas applied (a tool's input_json_delta pieces parsed at its stop), then
+             * message_delta's stop reason and usage. An error event is the answer's failure: a 502 in Anthropic's shape.
+             */
+            static ObjectNode message(List<Frame> events) {
+                ObjectNode message = null;
+                Map<Integer, ObjectNode> blocks = new TreeMap<>();
+                Map<Integer, StringBuilder> inputs = new HashMap<>();
+                for (Frame f : events) {
+                    JsonNode d = f.json();
+                    if (d == null) continue;
+                    int index = d.path("index").asInt(-1);
+                    switch (f.name() != null ? f.name() : d.path("type").asText("")) {
+                        case "message_start" -> {
+                            if (d.path("message").isObject()) message = ((ObjectNode) d.get("message")).deepCopy();
+                        }
+                        case "content_block_start" -> {
+                            if (d.path("content_block").isObject()) blocks.put(index, ((ObjectNode) d.get("content_block")).deepCopy());
+                        }
+                        case "content_block_delta" -> {
+                            ObjectNode block = blocks.get(index);
+                            if (block != null) apply(block, d.path("delta"), inputs.computeIfAbsent(index, i -> new StringBuilder()));
+                        }
+                        case "content_block_stop" -> {
+                            ObjectNode block = blocks.get(index);
+                            StringBuilder input = inputs.remove(index);
+                            if (block != null && input != null && input.length() > 0) {
+                                block.set("input", Json.tryParse(input.toString()).orElse(Json.object()));
+                            }
+                        }
+                        case "message_delta" -> {
+                            if (message == null) break;
+                            if (d.path("delta").isObject()) message.setAll(((ObjectNode) d.get("delta")).deepCopy());
+                            if (d.path("usage").isObject()) message.withObjectProperty("usage").setAll(((ObjectNode) d.get("usage")).deepCopy());
+                        }
+                        case "error" -> throw new ApiError(502, "api_error", d.path("error").path("message").asText("the answer failed"));
+                        default -> { }
+                    }
+                }
+                if (message == null) throw new ApiError(502, "api_error", "the answer had no message");
+                ArrayNode content = Json.array();
+                blocks.values().forEach(content::add);
+                message.set("content", content);
+                return message;
+            }
+
+            private static void apply(ObjectNode block, JsonNode delta, StringBuilder input) {
+                switch (delta.path("type").asText("")) {
+                    case "text_delta" -> block.put("text", block.path("text").asText("") + delta.path("text").asText(""));
+                    case "thinking_delta" -> block.put("thinking", block.path("thinking").asText("") + delta.path("thinking").asText(""));
+                    case "signature_delta" -> block.put("signature", block.path("signature").asText("") + delta.path("signature").asText(""));
+                    case "input_json_delta" -> input.append(delta.path("partial_json").asText(""));
+                    case "citations_delta" -> block.withArray("citations").add(delta.path("citation"));
+                    default -> { }
+                }
+            }
+
             static ObjectNode ping() {
                 ObjectNode o = Json.object();
                 o.put("type", "ping");
@@ -9367,13 +9489,6 @@ class CopilotApi implements Callable<Integer> {
             static boolean claudeAtLeast(JsonNode model, int major, int minor) {
                 if (model == null || !ModelResolver.isAnthropic(model)) return false;
                 return ModelResolver.compare(ModelResolver.version(model.path("id").asText()), new int[] {major, minor}) >= 0;
-            }
-
-            /** A non-streamed answer without the thinking text the client asked to omit (signatures untouched). */
-            static void omitThinking(JsonNode answer) {
-                for (JsonNode block : answer.path("content")) {
-                    if (block.path("type").asText().equals("thinking")) ((ObjectNode) block).put("thinking", "");
-                }
             }
 
             /** A streamed thinking text delta the client asked to omit (the signature delta stays). */
@@ -9771,62 +9886,6 @@ class CopilotApi implements Callable<Integer> {
                 return new Translated(out, notes);
             }
 
-            /** A Responses answer (non-streaming) as a chat completion with one choice; the model is the name the client asked for. */
-            static ObjectNode response(JsonNode responses, String model) {
-                if (responses.path("status").asText("").equals("failed")) {
-                    throw new ApiError(502, "api_error", "The upstream response failed: "
-                        + responses.path("error").path("message").asText("no reason given"));
-                }
-                ObjectNode message = assistantMessage(responses.path("output"));
-                ObjectNode chat = object();
-                chat.put("id", chatId(responses.path("id").asText("")));
-                chat.put("object", "chat.completion");
-                chat.put("created", responses.path("created_at").asLong(0));
-                chat.put("model", model != null ? model : responses.path("model").asText(""));
-                ObjectNode choice = chat.putArray("choices").addObject();
-                choice.put("index", 0);
-                choice.set("message", message);
-                choice.putNull("logprobs");
-                choice.put("finish_reason", finishReason(responses, message.has("tool_calls")));
-                if (responses.path("usage").isObject()) chat.set("usage", Usage.toChat(responses.get("usage")));
-                return chat;
-            }
-
-            /** Output items as one assistant message: text, refusal, reasoning (see {@link ReasoningOpaque}), tool calls. */
-            static ObjectNode assistantMessage(JsonNode output) {
-                ObjectNode message = object();
-                message.put("role", "assistant");
-                StringBuilder text = new StringBuilder();
-                StringBuilder refusal = new StringBuilder();
-                List<String> summaries = new ArrayList<>();
-                StringBuilder opaque = new StringBuilder();
-                ArrayNode calls = array();
-                for (JsonNode item : output) {
-                    switch (item.path("type").asText("")) {
-                        case "message" -> messageText(item, text, refusal);
-                        case "reasoning" -> {
-                            summaries.addAll(summaryTexts(item));
-                            if (item.path("encrypted_content").isTextual() && item.path("id").isTextual()) {
-                                opaque.append(ReasoningOpaque.encode(item.path("id").asText(), item.path("encrypted_content").asText()));
-                            }
-                        }
-                        case "function_call" -> calls.add(toolCall(item.path("call_id").asText(""), item.path("name").asText(""),
-                            nonEmpty(item.path("arguments").asText(""), "{}")));
-                        case "custom_tool_call" -> calls.add(toolCall(item.path("call_id").asText(""), item.path("name").asText(""),
-                            CustomTools.arguments(item.path("input").asText(""))));
-                        default -> { }
-                    }
-                }
-                if (text.length() > 0 || (calls.isEmpty() && refusal.length() == 0)) message.put("content", text.toString());
-                else message.putNull("content");
-                if (refusal.length() > 0) message.put("refusal", refusal.toString());
-                else message.putNull("refusal");
-                if (!summaries.isEmpty()) message.put("reasoning_text", String.join("\n\n", summaries));
-                if (opaque.length() > 0) message.put("reasoning_opaque", opaque.toString());
-                if (!calls.isEmpty()) message.set("tool_calls", calls);
-                return message;
-            }
-
             static String chatId(String responseId) {
                 return "chatcmpl-" + (responseId.startsWith("resp_") ? responseId.substring(5) : responseId);
             }
@@ -9847,7 +9906,7 @@ class CopilotApi implements Callable<Integer> {
                 return texts;
             }
 
-            private static void messageText(JsonNode item, StringBuilder text, StringBuilder refusal) {
+            static void messageText(JsonNode item, StringBuilder text, StringBuilder refusal) {
                 for (JsonNode part : item.path("content")) {
                     switch (part.path("type").asText("")) {
                         case "output_text" -> text.append(part.path("text").asText(""));
@@ -10194,52 +10253,57 @@ class CopilotApi implements Callable<Integer> {
 
         // Responses: Chat answer out, Responses answer in (chat-only models)
 
-        /** A chat completion (Copilot's, possibly with split choices) as a Responses {@code response} object. */
-        static final class ChatToResponses {
-            static ObjectNode response(JsonNode chatCompletion, ObjectNode originalRequest, IdClock clock) {
-                JsonNode merged = ChatNormalizer.response(chatCompletion, true);
-                JsonNode choice = merged.path("choices").path(0);
-                JsonNode message = choice.path("message");
-                String finish = choice.path("finish_reason").asText("stop");
-                Set<String> custom = CustomTools.names(originalRequest);
-                ObjectNode r = ResponseObject.build(originalRequest, clock.id("resp_"), createdAt(chatCompletion, clock),
-                    modelOf(chatCompletion, originalRequest), "completed");
-                ArrayNode output = r.withArray("output");
-                String text = message.path("content").isTextual() ? message.path("content").asText() : "";
-                String refusal = message.path("refusal").asText("");
-                boolean truncated = finish.equals("length") || finish.equals("content_filter");
-                reasoningItem(message, clock).ifPresent(output::add);
-                if (!text.isEmpty() || !refusal.isEmpty() || message.path("tool_calls").isEmpty()) {
-                    output.add(OutputItems.message(clock.id("msg_"), text, refusal, truncated ? "incomplete" : "completed"));
+        /** A whole Responses answer as the events a stream of it gives, and events folded back into the answer they end with. */
+        static final class ResponseEvents {
+            /**
+             * The answer as its stream: response.created (the response with no output yet), each output item added and
+             * done whole, then the terminal event its status calls for with the response itself (Copilot's cost figure
+             * beside it, where a stream has it).
+             */
+            static List<ObjectNode> of(JsonNode response) {
+                if (!response.isObject()) throw new ApiError(502, "api_error", "Copilot's /responses answer is not a JSON object");
+                List<ObjectNode> events = new ArrayList<>();
+                ObjectNode created = response.deepCopy();
+                created.put("status", "in_progress");
+                created.putArray("output");
+                created.remove("copilot_usage");
+                event(events, "response.created").set("response", created);
+                int index = 0;
+                for (JsonNode item : response.path("output")) {
+                    event(events, "response.output_item.added").put("output_index", index).set("item", item);
+                    event(events, "response.output_item.done").put("output_index", index++).set("item", item);
                 }
-                for (JsonNode tc : message.path("tool_calls")) {
-                    String name = tc.path("function").path("name").asText("");
-                    String callId = tc.path("id").isTextual() && !tc.path("id").asText().isEmpty() ? tc.path("id").asText() : clock.id("call_");
-                    String args = tc.path("function").path("arguments").asText("");
-                    output.add(custom.contains(name)
-                        ? OutputItems.customCall(clock.id("ctc_"), callId, name, CustomTools.input(args))
-                        : OutputItems.functionCall(clock.id("fc_"), callId, name, nonEmpty(args, "{}"), "completed"));
+                String status = response.path("status").asText("");
+                ObjectNode end = event(events, status.equals("failed") ? "response.failed"
+                    : status.equals("incomplete") ? "response.incomplete" : "response.completed");
+                end.set("response", response);
+                if (response.has("copilot_usage")) end.set("copilot_usage", response.get("copilot_usage"));
+                return events;
+            }
+
+            private static ObjectNode event(List<ObjectNode> events, String type) {
+                ObjectNode e = object();
+                e.put("type", type);
+                e.put("sequence_number", events.size());
+                events.add(e);
+                return e;
+            }
+
+            /**
+             * The response of the terminal event (completed, incomplete or failed: the answer, whatever its status);
+             * an error event is the answer's failure, a 502.
+             */
+            static ObjectNode response(List<Frame> events) {
+                for (Frame f : events) {
+                    JsonNode d = f.json();
+                    if (d == null) continue;
+                    String type = f.name() != null ? f.name() : d.path("type").asText("");
+                    if (type.equals("error")) {
+                        throw new ApiError(502, "api_error", d.path("message").asText(d.path("error").path("message").asText("the answer failed")));
+                    }
+                    if (ResponsesRoutes.TERMINAL.contains(type) && d.path("response").isObject()) return (ObjectNode) d.get("response");
                 }
-                if (truncated) ResponseObject.incomplete(r, finish.equals("length") ? "max_output_tokens" : "content_filter");
-                if (chatCompletion.path("usage").isObject()) r.set("usage", Usage.toResponses(chatCompletion.get("usage")));
-                return r;
-            }
-
-            private static Optional<ObjectNode> reasoningItem(JsonNode message, IdClock clock) {
-                String text = message.path("reasoning_text").asText("");
-                String opaque = message.path("reasoning_opaque").asText("");
-                if (text.isEmpty() && opaque.isEmpty()) return Optional.empty();
-                return Optional.of(OutputItems.reasoning(clock.id("rs_"), text, opaque.isEmpty() ? null : ReasoningOpaque.wrapChat(opaque)));
-            }
-
-            static long createdAt(JsonNode chat, IdClock clock) {
-                long created = chat.path("created").asLong(0);
-                return created > 0 ? created : clock.epochSeconds();
-            }
-
-            static String modelOf(JsonNode chat, JsonNode request) {
-                String model = chat.path("model").asText("");
-                return model.isEmpty() ? request.path("model").asText("") : model;
+                throw new ApiError(502, "api_error", "the answer ended without a response");
             }
         }
 
@@ -11800,36 +11864,22 @@ class CopilotApi implements Callable<Integer> {
             }
         }
 
-        /** A whole chat completion to a GenerateContentResponse: the stream machine fed the answer as one chunk, folded. */
-        static final class ChatToGemini {
-            static ObjectNode response(JsonNode chat, String modelVersion, boolean includeThoughts, boolean merge, IdClock ids) {
-                ChatStreamToGemini machine = new ChatStreamToGemini(modelVersion, includeThoughts, merge, ids);
-                List<NamedEvent> events = new ArrayList<>(machine.onChunk(asChunk(chat)));
-                events.addAll(machine.finish());
-                return fold(events);
-            }
-
-            /** Each choice's message as its delta, with its finish_reason and the answer's usage. */
-            static ObjectNode asChunk(JsonNode chat) {
-                ObjectNode chunk = Json.object();
-                if (chat.path("usage").isObject()) chunk.set("usage", chat.get("usage"));
-                ArrayNode choices = chunk.putArray("choices");
-                for (JsonNode c : chat.path("choices")) {
-                    ObjectNode choice = choices.addObject();
-                    choice.put("index", c.path("index").asInt(0));
-                    choice.set("delta", c.path("message").isObject() ? c.get("message").deepCopy() : Json.object());
-                    choice.set("finish_reason", c.path("finish_reason"));
-                }
-                return chunk;
+        /** The events of one answer as one GenerateContentResponse: how a whole answer is the stream machine's output folded. */
+        static final class GeminiEvents {
+            private GeminiEvents() {
             }
 
             /** The events of one answer as one response: each candidate's parts in order, neighbouring text of one kind joined. */
-            static ObjectNode fold(List<NamedEvent> events) {
+            static ObjectNode response(List<Frame> events) {
                 Map<Integer, ObjectNode> candidates = new TreeMap<>();
                 ObjectNode out = Json.object();
-                for (NamedEvent e : events) {
-                    if (e.name().equals("error")) return e.data();
-                    for (JsonNode c : e.data().path("candidates")) {
+                for (Frame e : events) {
+                    JsonNode data = e.json();
+                    if (data == null) continue;
+                    if (e.failure() != null) {
+                        throw new ApiError(502, "api_error", data.path("error").path("message").asText("the answer failed"));
+                    }
+                    for (JsonNode c : data.path("candidates")) {
                         ObjectNode into = candidates.computeIfAbsent(c.path("index").asInt(0), i -> {
                             ObjectNode n = Json.object();
                             n.putObject("content").put("role", "model").putArray("parts");
@@ -11839,7 +11889,7 @@ class CopilotApi implements Callable<Integer> {
                         if (c.has("finishReason")) into.set("finishReason", c.get("finishReason"));
                         into.put("index", c.path("index").asInt(0));
                     }
-                    for (String f : List.of("usageMetadata", "modelVersion", "responseId")) if (e.data().has(f)) out.set(f, e.data().get(f));
+                    for (String f : List.of("usageMetadata", "modelVersion", "responseId")) if (data.has(f)) out.set(f, data.get(f));
                 }
                 out.putArray("candidates").addAll(candidates.values());
                 ObjectNode ordered = Json.object();
@@ -12346,12 +12396,12 @@ class CopilotApi implements Callable<Integer> {
             return new ForResponses(model, ResponsesRoutes.capped(forResponses(chat)));
         }
 
-        /** A whole chat completion. */
-        JsonNode complete(Prepared prepared, CallOptions call) {
-            if (prepared instanceof ForChat c) return copilot.postJson(OpenAiRoutes.CHAT, c.body(), call);
+        /** A whole answer, as the chat chunks it is equivalent to (a /responses answer through the same machine as its stream). */
+        EventSource answer(Prepared prepared, CallOptions call) {
+            if (prepared instanceof ForChat c) return EventSource.whole(ChatChunks.of(copilot.postJson(OpenAiRoutes.CHAT, c.body(), call)), false);
             ForResponses r = (ForResponses) prepared;
-            return ResponsesToChat.response(ResponsesRoutes.answerRetryingCyberPolicy(() -> copilot.postJson(ResponsesRoutes.RESPONSES, r.body(), call)),
-                r.model());
+            JsonNode answer = ResponsesRoutes.answerRetryingCyberPolicy(() -> copilot.postJson(ResponsesRoutes.RESPONSES, r.body(), call));
+            return new ResponsesAsChat(EventSource.whole(ResponseEvents.of(answer), true), new ResponsesStreamToChat(r.model(), true, IdClock.SYSTEM));
         }
 
         /** A stream of chat chunks. */
@@ -13240,6 +13290,32 @@ class CopilotApi implements Callable<Integer> {
         /** The stream failed: a read error, an idle limit, the client gone, or the proxy ending it. */
         record Broken(IOException cause) implements Item {}
 
+        /** A whole answer as the stream it is equivalent to: its events (named by their type when {@code named}), then the end. */
+        static EventSource whole(List<ObjectNode> events, boolean named) {
+            java.util.ArrayDeque<Item> items = new java.util.ArrayDeque<>(events.size() + 1);
+            for (ObjectNode e : events) items.add(new Chunk(named ? e.path("type").asText() : null, e));
+            items.add(new End(true));
+            return new EventSource() {
+                @Override
+                public Item next() {
+                    return items.isEmpty() ? new End(true) : items.poll();
+                }
+
+                @Override
+                public boolean ready() {
+                    return true;
+                }
+
+                @Override
+                public void attach(SseWriter out, Supplier<Frame> keepAlive) {
+                }
+
+                @Override
+                public void close() {
+                }
+            };
+        }
+
         /** The next item; blocks until one is there. */
         Item next();
 
@@ -13909,6 +13985,11 @@ class CopilotApi implements Callable<Integer> {
         @Override
         public String sse() {
             return "event: " + name + "\ndata: " + Json.write(data) + "\n\n";
+        }
+
+        @Override
+        public JsonNode json() {
+            return data;
         }
 
         @Override

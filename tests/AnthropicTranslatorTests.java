@@ -115,7 +115,7 @@ class AnthropicTranslatorTests {
         return cases("chat-response.json").stream().map(dir -> DynamicTest.dynamicTest(dir.getFileName().toString(), () -> {
             JsonNode context = context(dir);
             List<String> notes = new ArrayList<>();
-            ObjectNode message = CopilotApi.Anthropic.ChatToAnthropic.response(read(dir.resolve("chat-response.json")),
+            ObjectNode message = folded(read(dir.resolve("chat-response.json")),
                 context.path("requested_model").asText(DEFAULT_MODEL), toolNames(context), notes);
             assertJson(read(dir.resolve("expected-message.json")), message, dir + "/expected-message.json");
             assertTrue(message.path("id").asText().matches("msg_[A-Za-z0-9]{24}"), message.path("id").asText());
@@ -152,27 +152,6 @@ class AnthropicTranslatorTests {
                 if (!thinking.isEmpty()) assertTrue(sent.contains("thinking_delta:" + thinking), "chunk " + i + ": thinking not sent at once: " + sent);
             }
         }
-    }
-
-    /** The events of every complete stream accumulate to the message the non-streaming translator gives for the same answer. */
-    @TestFactory
-    Stream<DynamicTest> streamAccumulatesToTheNonStreamingMessage() {
-        return cases("upstream.sse").stream().filter(AnthropicTranslatorTests::endsLikeANonStreamingAnswer).map(dir -> DynamicTest.dynamicTest(
-            dir.getFileName().toString(), () -> {
-                JsonNode context = context(dir);
-                Run run = runStream(dir);
-                JsonNode completion = foldChunks(upstream(dir).chunks());
-                ObjectNode direct = CopilotApi.Anthropic.ChatToAnthropic.response(completion,
-                    context.path("requested_model").asText(DEFAULT_MODEL), toolNames(context));
-                ObjectNode accumulated = accumulate(run.events());
-                assertJson(direct, accumulated, dir + " (accumulated stream vs non-streaming translation)");
-            }));
-    }
-
-    /** Not for streams that break, nor for the few whose context.json says why they differ (not_like_non_streaming). */
-    static boolean endsLikeANonStreamingAnswer(Path dir) {
-        Upstream up = upstream(dir);
-        return !up.cut() && up.chunks().stream().noneMatch(c -> c.has("error")) && !context(dir).has("not_like_non_streaming");
     }
 
     // ---- request rules not worth a fixture each ----
@@ -367,78 +346,7 @@ class AnthropicTranslatorTests {
         }
     }
 
-    @Test
-    void accumulateRefusesAToolInputThatDoesNotParse() {
-        String s = "message_start {\"type\":\"message_start\",\"message\":{\"content\":[]}}\n"
-            + "content_block_start {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"n\",\"input\":{}}}\n"
-            + "content_block_delta {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"a\\\":\"}}\n"
-            + "content_block_stop {\"type\":\"content_block_stop\",\"index\":0}\n";
-        assertThrows(IllegalStateException.class, () -> accumulate(events(s)));
-    }
-
     // ---- running a stream fixture ----
-
-    /**
-     * Folds events into the message an SDK would build from them (the test oracle for the stream machine): content blocks by index, text and thinking
-     * appended, the signature set, tool input parsed from the joined input_json_delta, message_delta applied.
-     * An error event throws IllegalStateException; so does a tool input that does not parse.
-     */
-    static ObjectNode accumulate(List<CopilotApi.NamedEvent> events) {
-        ObjectNode message = null;
-        Map<Integer, StringBuilder> json = new LinkedHashMap<>();
-        for (CopilotApi.NamedEvent e : events) {
-            ObjectNode d = e.data();
-            int index = d.path("index").asInt();
-            switch (e.name()) {
-                case "message_start" -> message = d.get("message").deepCopy();
-                case "content_block_start" -> ((ArrayNode) message.get("content")).insert(index, d.get("content_block").deepCopy());
-                case "content_block_delta" ->
-                    applyDelta(block(message, index), d.path("delta"), json.computeIfAbsent(index, i -> new StringBuilder()));
-                case "content_block_stop" -> {
-                    ObjectNode b = block(message, index);
-                    StringBuilder joined = json.get(index);
-                    if (b.path("type").asText().equals("tool_use") && joined != null && joined.length() > 0) {
-                        b.set("input", parse(joined.toString()));
-                    }
-                }
-                case "message_delta" -> applyMessageDelta(message, d);
-                case "error" -> throw new IllegalStateException("the stream ended with an error: " + d.path("error").path("message").asText());
-                default -> { }
-            }
-        }
-        return message;
-    }
-
-    private static void applyMessageDelta(ObjectNode message, ObjectNode d) {
-        message.setAll((ObjectNode) d.path("delta"));
-        ObjectNode usage = message.withObjectProperty("usage");
-        d.path("usage").properties().forEach(f -> {
-            if (!f.getValue().isNull()) usage.set(f.getKey(), f.getValue());
-        });
-    }
-
-    private static ObjectNode block(ObjectNode message, int index) {
-        return (ObjectNode) message.get("content").get(index);
-    }
-
-    private static void applyDelta(ObjectNode block, JsonNode delta, StringBuilder json) {
-        switch (delta.path("type").asText("")) {
-            case "text_delta" -> block.put("text", block.path("text").asText("") + delta.path("text").asText());
-            case "thinking_delta" -> block.put("thinking", block.path("thinking").asText("") + delta.path("thinking").asText());
-            case "signature_delta" -> block.put("signature", delta.path("signature").asText());
-            case "input_json_delta" -> json.append(delta.path("partial_json").asText());
-            default -> throw new IllegalStateException("unknown delta type " + delta.path("type"));
-        }
-    }
-
-    private static JsonNode parse(String json) {
-        try {
-            return CopilotApi.JSON.readerFor(JsonNode.class).with(com.fasterxml.jackson.databind.DeserializationFeature.FAIL_ON_TRAILING_TOKENS).readValue(json);
-        } catch (IOException e) {
-            throw new IllegalStateException("tool input does not parse: " + json, e);
-        }
-    }
-
 
     record Upstream(List<JsonNode> chunks, boolean done, String cutMessage) {
         boolean cut() {
@@ -481,47 +389,13 @@ class AnthropicTranslatorTests {
         return () -> "gen" + n.incrementAndGet();
     }
 
-    /** What Copilot would have answered without streaming: each choice's deltas joined, tool calls by index. */
-    static JsonNode foldChunks(List<JsonNode> chunks) {
-        Map<Integer, ObjectNode> messages = new TreeMap<>();
-        Map<Integer, Map<Integer, ObjectNode>> calls = new TreeMap<>();
-        Map<Integer, String> finish = new HashMap<>();
-        JsonNode usage = null;
-        for (JsonNode chunk : chunks) {
-            if (chunk.path("usage").isObject()) usage = chunk.get("usage");
-            for (JsonNode c : chunk.path("choices")) {
-                int i = c.path("index").asInt();
-                ObjectNode m = messages.computeIfAbsent(i, k -> CopilotApi.Json.object().put("role", "assistant"));
-                JsonNode d = c.path("delta");
-                for (String f : List.of("content", "reasoning_text", "reasoning_opaque")) {
-                    if (d.path(f).isTextual()) m.put(f, m.path(f).asText("") + d.path(f).asText());
-                }
-                for (JsonNode tc : d.path("tool_calls")) {
-                    ObjectNode call = calls.computeIfAbsent(i, k -> new TreeMap<>()).computeIfAbsent(tc.path("index").asInt(), k -> {
-                        ObjectNode n = CopilotApi.Json.object();
-                        n.put("type", "function");
-                        n.putObject("function").put("name", "").put("arguments", "");
-                        return n;
-                    });
-                    if (tc.path("id").isTextual()) call.put("id", tc.path("id").asText());
-                    ObjectNode fn = (ObjectNode) call.get("function");
-                    if (tc.path("function").path("name").isTextual()) fn.put("name", tc.path("function").path("name").asText());
-                    fn.put("arguments", fn.path("arguments").asText() + tc.path("function").path("arguments").asText(""));
-                }
-                if (c.path("finish_reason").isTextual()) finish.put(i, c.path("finish_reason").asText());
-            }
-        }
-        ObjectNode completion = CopilotApi.Json.object();
-        ArrayNode choices = completion.putArray("choices");
-        messages.forEach((i, m) -> {
-            if (calls.containsKey(i)) calls.get(i).values().forEach(m.withArray("tool_calls")::add);
-            ObjectNode c = choices.addObject();
-            c.put("index", i);
-            c.set("message", m);
-            c.put("finish_reason", finish.get(i));
-        });
-        if (usage != null) completion.set("usage", usage);
-        return completion;
+    /** A whole chat answer the way the route answers it: as its chunks, through the stream machine, folded into a message. */
+    static ObjectNode folded(JsonNode completion, String requestedModel, Map<String, String> toolNames, List<String> notes) {
+        var machine = new CopilotApi.Anthropic.ChatStreamToAnthropic(requestedModel, toolNames);
+        var relay = new CopilotApi.TranslatedRelay(machine, new CopilotApi.Exchange(), (name, data) -> { });
+        var events = CopilotApi.Relay.fold(CopilotApi.EventSource.whole(CopilotApi.ChatChunks.of(completion), false), relay);
+        notes.addAll(machine.notes());
+        return CopilotApi.Anthropic.AnthropicEvents.message(events);
     }
 
     // ---- stream invariants ----

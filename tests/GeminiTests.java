@@ -596,9 +596,15 @@ final class GeminiTests {
             assertEquals(1, first.get(1).path("index").asInt());
             assertEquals("B", first.get(1).path("content").path("parts").get(0).path("text").asText());
             assertEquals(2, out.get(out.size() - 1).data().path("candidates").size(), "both candidates finish");
-            JsonNode folded = CopilotApi.Gemini.ChatToGemini.response(json("{\"choices\":[{\"index\":0,\"message\":{\"content\":\"A\"},"
-                + "\"finish_reason\":\"stop\"},{\"index\":1,\"message\":{\"content\":\"B\"},\"finish_reason\":\"length\"}]}"),
-                "gpt-4.1", false, false, fixedIds());
+            // a whole answer: its chunks through the same machine, the events folded
+            var whole = new CopilotApi.Gemini.ChatStreamToGemini("gpt-4.1", false, false, fixedIds());
+            List<CopilotApi.Frame> frames = new ArrayList<>();
+            for (JsonNode chunk : CopilotApi.ChatChunks.of(json("{\"choices\":[{\"index\":0,\"message\":{\"content\":\"A\"},"
+                    + "\"finish_reason\":\"stop\"},{\"index\":1,\"message\":{\"content\":\"B\"},\"finish_reason\":\"length\"}]}"))) {
+                whole.onChunk(chunk).forEach(e -> frames.add(whole.frame(e)));
+            }
+            whole.finish().forEach(e -> frames.add(whole.frame(e)));
+            JsonNode folded = CopilotApi.Gemini.GeminiEvents.response(frames);
             assertEquals("B", folded.path("candidates").get(1).path("content").path("parts").get(0).path("text").asText(), folded.toString());
             assertEquals("MAX_TOKENS", folded.path("candidates").get(1).path("finishReason").asText(), folded.toString());
         }

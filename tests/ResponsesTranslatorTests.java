@@ -33,10 +33,10 @@ import org.junit.jupiter.api.TestFactory;
  * <p>Each directory under {@code fixtures/responses/} is one case; which directions run depends on the files present:
  * <pre>
  *   responses-request.json                  → expected-chat-request.json (+ .notes.txt)      ResponsesToChat.request
- *   responses-request.json + upstream-chat.json → expected-response.json                    ChatToResponses.response
+ *   responses-request.json + upstream-chat.json → expected-response.json                    ChatStreamToResponses, folded
  *   responses-request.json + upstream.sse (+ upstream-error.txt) → expected.events          ChatStreamToResponses
  *   chat-request.json                       → expected-responses-request.json (+ .notes.txt) ChatToResponsesRequest
- *   upstream-response.json                  → expected-chat.json                             ResponsesToChat.response
+ *   upstream-response.json                  → expected-chat.json                             ResponsesStreamToChat, folded
  *   upstream.events                         → expected.sse (+ expected-failure.txt)          ResponsesStreamToChat
  * </pre>
  * An expected request file of the form {@code {"error": {"status", "param", "message_contains"}}} expects an ApiError.
@@ -98,8 +98,7 @@ class ResponsesTranslatorTests {
     }
 
     void chatAnswerToResponses(Path dir) {
-        ObjectNode out = CopilotApi.Responses.ChatToResponses.response(json(dir, "upstream-chat.json"),
-            (ObjectNode) json(dir, "responses-request.json"), new TestClock());
+        ObjectNode out = folded(json(dir, "upstream-chat.json"), (ObjectNode) json(dir, "responses-request.json"), new TestClock());
         compareJson(dir, "expected-response.json", out);
     }
 
@@ -109,8 +108,25 @@ class ResponsesTranslatorTests {
         compareText(dir, "expected.events", eventsText(events));
     }
 
+    /** A whole chat answer the way the route answers it: as its chunks, through the stream machine, the terminal event's response. */
+    static ObjectNode folded(JsonNode completion, ObjectNode request, CopilotApi.Chat.IdClock clock) {
+        var machine = new CopilotApi.ResponsesRoutes.AsTranslation(new CopilotApi.Responses.ChatStreamToResponses(request, clock), r -> { });
+        var relay = new CopilotApi.TranslatedRelay(machine, new CopilotApi.Exchange(), (name, data) -> { });
+        var events = CopilotApi.Relay.fold(CopilotApi.EventSource.whole(CopilotApi.ChatChunks.of(completion), false), relay);
+        return CopilotApi.Responses.ResponseEvents.response(events);
+    }
+
+    /** A whole Responses answer the way the chat route answers it: as its events, through the stream machines, folded into a completion. */
+    static ObjectNode foldedToChat(JsonNode response, String requestedModel) {
+        var events = new CopilotApi.ResponsesAsChat(CopilotApi.EventSource.whole(CopilotApi.Responses.ResponseEvents.of(response), true),
+            new CopilotApi.Responses.ResponsesStreamToChat(requestedModel, true, new TestClock()));
+        var relay = new CopilotApi.ChatRelay(new CopilotApi.Chat.ChatStreamNormalizer(true, true), new CopilotApi.Exchange(),
+            new CopilotApi.SubagentPrompts(1, java.time.Duration.ZERO).reader());
+        return CopilotApi.ChatChunks.completion(CopilotApi.Relay.fold(events, relay));
+    }
+
     void responsesAnswerToChat(Path dir) {
-        ObjectNode out = CopilotApi.Responses.ResponsesToChat.response(json(dir, "upstream-response.json"), requestedModel(dir));
+        ObjectNode out = foldedToChat(json(dir, "upstream-response.json"), requestedModel(dir));
         compareJson(dir, "expected-chat.json", out);
     }
 
@@ -134,7 +150,7 @@ class ResponsesTranslatorTests {
         Path dir = FIXTURES.resolve("roundtrip-responses-tools");
         ObjectNode turn1 = (ObjectNode) json(dir, "responses-request.json");
         JsonNode upstream = json(dir, "upstream-chat.json");
-        ObjectNode answer = CopilotApi.Responses.ChatToResponses.response(upstream, turn1, new TestClock());
+        ObjectNode answer = folded(upstream, turn1, new TestClock());
         List<ObjectNode> events = runChatStream(dir, new TestClock());
         checkResponsesEvents(events);
         JsonNode streamed = events.get(events.size() - 1).path("response");
@@ -171,7 +187,7 @@ class ResponsesTranslatorTests {
         Path dir = FIXTURES.resolve("roundtrip-chat-tools");
         ObjectNode turn1 = (ObjectNode) json(dir, "chat-request.json");
         JsonNode upstream = json(dir, "upstream-response.json");
-        JsonNode fromAnswer = CopilotApi.Responses.ResponsesToChat.response(upstream, requestedModel(dir)).path("choices").get(0).path("message");
+        JsonNode fromAnswer = foldedToChat(upstream, requestedModel(dir)).path("choices").get(0).path("message");
         StreamResult streamed = runResponsesStream(dir, new TestClock());
         checkChatChunks(streamed.chunks(), true);
         ObjectNode fromStream = accumulate(streamed.chunks());
