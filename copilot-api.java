@@ -93,6 +93,11 @@ import copilotapi.CopilotApi.Anthropic.*;
 import copilotapi.CopilotApi.Chat.*;
 import copilotapi.CopilotApi.Gemini.*;
 import copilotapi.CopilotApi.Responses.*;
+import copilotapi.CopilotApi.ErrorShapes.*;
+import copilotapi.CopilotApi.Operator.*;
+import copilotapi.CopilotApi.Routes.*;
+import copilotapi.CopilotApi.Serving.*;
+import copilotapi.CopilotApi.Streaming.*;
 
 /**
  * copilot-api: a local server that speaks the OpenAI, Anthropic and Gemini APIs on top of a GitHub Copilot plan.
@@ -101,30 +106,36 @@ import copilotapi.CopilotApi.Responses.*;
  * <ol>
  *   <li>CLI commands: {@code start}, {@code auth}, {@code check-usage}, {@code debug}, {@code setup}, {@code service}, {@code generate-completion}</li>
  *   <li>Configuration: URLs, data directory, options, editor versions</li>
- *   <li>Server and routes: the composition root ({@code App}), Javalin, the browser guard, the request log,
- *       operator controls (keys, pacing, approval, stats, premium billing with its subagent memory, the cost of a
- *       request in AI Credits with its ledger and --budget ({@code Cost}), dashboard),
- *       the OpenAI, Anthropic, Responses and Gemini surfaces,
- *       the streaming core (one loop, {@code Relay.run}, over {@code EventSource} items, with the machines
- *       {@code ChatRelay}, {@code NativeRelay} and {@code TranslatedRelay} and the shared {@code ChatChunks}
- *       vocabulary), the client watch, request checks, error shapes and Copilot's error hints</li>
- *   <li>Store: one SQLite database (stored Responses answers and items, the request history), one writer thread
- *       that opens it in the background and commits what is queued together</li>
- *   <li>Translators: pure JSON-in/JSON-out code in four namespaces: {@code Chat} (who initiated a turn, for
- *       billing; the chat-answer normalisers; model limits; embeddings), {@code Anthropic} (Messages to chat and back
- *       with the stream state machine, model-name resolution, native-request cleaning, token counting),
- *       {@code Responses} (Responses to chat and back, both stream machines, output items, reasoning) and
- *       {@code Gemini} (generateContent to chat and back with its stream machine, thought signatures, the model
- *       list, Google's error shape)</li>
+ *   <li>Server and routes, in five namespaces:
+ *     <ol>
+ *       <li>{@code Serving}: the composition root ({@code App}), Javalin, the per-request record ({@code Exchange}) and
+ *           its log line, the browser guard, request checks</li>
+ *       <li>{@code Operator}: keys, pacing, approval, stats, premium billing with its subagent memory and the choice of
+ *           the cheap model for background calls, the cost of a request in AI Credits with its ledger and --budget
+ *           ({@code Cost}), the dashboard</li>
+ *       <li>{@code Routes}: the one request pipeline ({@code ModelCall}: admit, reserve, send, settle, record) and a
+ *           class per inbound API (OpenAI, Anthropic, Responses with its stored state, Gemini)</li>
+ *       <li>{@code Streaming}: one loop ({@code Relay.run}) over {@code EventSource} items with the machines
+ *           {@code ChatRelay}, {@code NativeRelay} and {@code TranslatedRelay} (a whole answer is the same machine
+ *           folded), the shared {@code ChatChunks} vocabulary, SSE frames, the client watch</li>
+ *       <li>{@code ErrorShapes}: each API's error bodies and Copilot's error hints</li>
+ *     </ol></li>
+ *   <li>Store and history: one SQLite database (stored Responses answers and items, the request history), one writer
+ *       thread that opens it in the background and commits what is queued together; the history's queries</li>
+ *   <li>Translators: pure JSON-in/JSON-out code in four namespaces: {@code Chat} (who initiated a turn and which calls
+ *       are background work, for billing; the chat-answer normalisers; model limits; embeddings), {@code Anthropic}
+ *       (Messages to chat and back with the stream state machine, model-name resolution, native-request cleaning,
+ *       token counting), {@code Responses} (Responses to chat and back, both stream machines, output items,
+ *       reasoning) and {@code Gemini} (generateContent to chat and back with its stream machine, thought signatures,
+ *       the model list, Google's error shape)</li>
  *   <li>Copilot client: the chat pivot ({@code ChatUpstream}, the one place that picks /chat/completions or
  *       /responses), headers, timeouts, token lifecycle, model catalog (and the identity that reads it), the usage
- *       limits Copilot reports, upstream calls, the upstream event
- *       sources and the heartbeat that keeps silent streams alive ({@code LiveStreams})</li>
+ *       limits Copilot reports, upstream calls, the upstream event sources and the heartbeat that keeps silent
+ *       streams alive ({@code LiveStreams}); then the upstream transport: Jetty's HTTP client (HTTP/1.1, with
+ *       {@code BodyStream}, the response body reader), proxies, SSE reading</li>
  *   <li>GitHub auth: token sources, token file, device flow, usage</li>
  *   <li>Errors: typed exceptions shared by every surface</li>
- *   <li>Small utilities: JSON, SSE reading, HTTP (Jetty's client, HTTP/1.1, with {@code BodyStream}, the response
- *       body reader), proxies,
- *       ports, clipboard, threads, POSIX permissions, redaction</li>
+ *   <li>Small utilities: JSON, ports, clipboard, threads, POSIX permissions, redaction, ids</li>
  * </ol>
  */
 @Command(
@@ -2353,2894 +2364,3807 @@ class CopilotApi implements Callable<Integer> {
     }
 
     // ==== 3. Server and routes ====
+    // Five namespaces: Serving (the composition root, the server, one record per request, the log, the browser guard,
+    // request checks), Operator (keys, pacing, approval, stats, billing, cost, dashboard), Routes (the request pipeline
+    // and one class per API), Streaming (the relay loop, its machines and the client watch) and ErrorShapes.
 
-    /**
-     * The composition root: what `start`, the tests and the benchmark run, wired the same way; they differ only in
-     * what they pass (settings, timeouts, how the GitHub token is found, server options). open() holds a Copilot
-     * token (failing loudly when GitHub refuses); serve() listens.
-     */
-    record App(Settings settings, GitHubAuth auth, GitHubToken github, CopilotTokens tokens, CopilotClient copilot, ModelCatalog models)
-            implements AutoCloseable {
-        /** How the GitHub token is found: start's stored login or device flow, the token given to a test. */
-        interface Login {
-            GitHubToken token(GitHubAuth auth) throws InterruptedException;
-        }
+    // ==== 3.1 Serving: composition root, server, the request's record and log line, browser guard, request checks ====
 
-        static App open(Settings settings, Timeouts timeouts, Login login) throws InterruptedException {
-            Http http = Http.create(settings);
-            GitHubAuth auth = new GitHubAuth(settings, http);
-            GitHubToken github = login.token(auth);
-            CopilotTokens tokens = new CopilotTokens(settings, http, github);
-            tokens.start();
-            CopilotClient copilot = new CopilotClient(settings, http, tokens, timeouts);
-            return new App(settings, auth, github, tokens, copilot, new ModelCatalog(copilot));
-        }
-
-        /** Starts the server; a port taken since start checked it gets the same sentence as one taken before. */
-        Server serve(ServerOptions options) {
-            return Ports.start(options.host(), options.port(), () -> Server.start(options, settings, copilot, models, auth, github));
-        }
-
-        /** Stops the token refreshes; the caller stops its server. */
-        @Override
-        public void close() {
-            tokens.close();
-        }
-    }
-
-    /** What the routes need from the rest of the tool. */
-    record Upstream(Settings settings, CopilotClient copilot, ModelCatalog models, GitHubAuth github, GitHubToken githubToken,
-        Controls controls) {
-        /** The call options with this request's client watched while Copilot has not answered. */
-        CallOptions watched(Context ctx, CallOptions call) {
-            return call.watched(new ClientWatch(ctx, copilot.timeouts().earlyCommit(), copilot.timeouts().keepAlive()));
-        }
-
-        /** The pivot every chat-shaped call goes through. */
-        ChatUpstream chat() {
-            return new ChatUpstream(copilot, models);
-        }
-    }
-
-    /**
-     * One model request's way to Copilot, the same on every route. The route first checks its body, resolves the model
-     * and prepares what Copilot is sent (so bad input is refused before anything else); then admit() (the operator's
-     * approval, pacing, the client watched), reserve() against the budget, and send() with the initiator Copilot
-     * accepts, settled by what Copilot did: a call that fails or is refused is released from the budget. An answer
-     * goes to the client in one of two ways with the same stream machine, which records it (usage, Copilot's cost,
-     * subagent prompts, stored Responses state) the same way for both: relay() streams it, fold() collects the
-     * events of a whole answer (replayed as the stream it is equivalent to) for the fold into the client's JSON.
-     */
-    static final class ModelCall {
-        private final Context ctx;
-        private final Upstream up;
-        private CallOptions call;
-
-        private ModelCall(Context ctx, Upstream up) {
-            this.ctx = ctx;
-            this.up = up;
-        }
-
-        static ModelCall of(Context ctx, Upstream up) {
-            return new ModelCall(ctx, up);
-        }
-
-        /** Waits for the operator's yes and the request's turn in the pacing; a client that leaves meanwhile is never sent. */
-        ModelCall admit(String requested, int messages) {
-            up.controls().admit(ctx, requested, messages);
-            return this;
-        }
-
-        /** The turn's charge reserved against the budget (a 429 past it), and the options the call goes with. */
-        ModelCall reserve(Turn turn, JsonNode model, boolean vision, Map<String, String> headers) {
-            Initiator initiator = up.controls().billing().charge(ctx, turn, model).initiator();
-            call = up.watched(ctx, new CallOptions(initiator, vision, headers));
-            return this;
-        }
-
-        ModelCall reserve(Turn turn, JsonNode model, boolean vision) {
-            return reserve(turn, model, vision, Map.of());
-        }
+    /** What every request meets before and after its route: the server, its record, its log line, the browser guard. */
+    static final class Serving {
+        private Serving() {}
 
         /**
-         * The model a background call goes to (Billing.cheapModel, the same choice on every route), or empty for any
-         * other call and for one no cheap model can serve: it keeps the model asked for, and its log line says why.
-         * The exchange records the background kind either way, for the log, /history and /stats.
+         * The composition root: what `start`, the tests and the benchmark run, wired the same way; they differ only in
+         * what they pass (settings, timeouts, how the GitHub token is found, server options). open() holds a Copilot
+         * token (failing loudly when GitHub refuses); serve() listens.
          */
-        static Optional<String> cheap(Context ctx, Upstream up, Turn turn, Billing.Need need) {
-            if (!turn.kind().background()) return Optional.empty();
-            Exchange exchange = Exchange.of(ctx);
-            exchange.background = turn.kind().label();
-            List<JsonNode> catalog;
-            try {
-                catalog = up.models().list();
-            } catch (RuntimeException e) {
-                catalog = List.of();
+        record App(Settings settings, GitHubAuth auth, GitHubToken github, CopilotTokens tokens, CopilotClient copilot, ModelCatalog models)
+                implements AutoCloseable {
+            /** How the GitHub token is found: start's stored login or device flow, the token given to a test. */
+            interface Login {
+                GitHubToken token(GitHubAuth auth) throws InterruptedException;
             }
-            Billing billing = up.controls().billing();
-            Optional<String> cheap = billing.cheapModel(catalog, need).map(m -> m.path("id").asText());
-            String small = billing.smallModel();
-            if (cheap.isPresent()) return cheap;
-            if (Billing.OFF.equalsIgnoreCase(String.valueOf(small))) {
-                exchange.note("--small-model off");
-            } else {
-                exchange.note("kept on the model asked for: " + (small == null ? "no cheap model can" : "--small-model " + small + " cannot")
-                    + " serve it (~" + need.promptTokens() + " prompt tokens" + (need.tools() ? ", tools" : "") + ")");
+
+            static App open(Settings settings, Timeouts timeouts, Login login) throws InterruptedException {
+                Http http = Http.create(settings);
+                GitHubAuth auth = new GitHubAuth(settings, http);
+                GitHubToken github = login.token(auth);
+                CopilotTokens tokens = new CopilotTokens(settings, http, github);
+                tokens.start();
+                CopilotClient copilot = new CopilotClient(settings, http, tokens, timeouts);
+                return new App(settings, auth, github, tokens, copilot, new ModelCatalog(copilot));
             }
-            return cheap;
-        }
 
-        /** A stream, relayed to the client through the route's machine, which records what goes by. */
-        void relay(String model, String endpoint, java.util.function.Function<CallOptions, EventSource> send, StreamMachine machine) {
-            try (EventSource events = send(model, endpoint, send)) {
-                Relay.run(ctx, events, machine);
+            /** Starts the server; a port taken since start checked it gets the same sentence as one taken before. */
+            Server serve(ServerOptions options) {
+                return Ports.start(options.host(), options.port(), () -> Server.start(options, settings, copilot, models, auth, github));
             }
-        }
 
-        /**
-         * A whole answer, given as the stream it is equivalent to and run through the machine that stream would
-         * use (so it is recorded the same way); its events are collected for the fold into the client's JSON.
-         */
-        List<Frame> fold(String model, String endpoint, java.util.function.Function<CallOptions, EventSource> send, StreamMachine machine) {
-            try (EventSource events = send(model, endpoint, send)) {
-                return Relay.fold(events, machine);
-            }
-        }
-
-        /** The call to Copilot at {@code endpoint}; the reservation stands if Copilot answers and is released if not. */
-        private <T> T send(String model, String endpoint, java.util.function.Function<CallOptions, T> send) {
-            if (call == null) throw new IllegalStateException("a model call is sent only after reserve()");
-            Billing billing = up.controls().billing();
-            Exchange exchange = Exchange.of(ctx);
-            try {
-                T answer = billing.send(ctx, model, endpoint, call, send);
-                exchange.answered = true;
-                return answer;
-            } catch (RuntimeException e) {
-                billing.settle(exchange);
-                throw e;
-            }
-        }
-    }
-
-    /** The Javalin server: routes for every surface, one error handler per surface, one log line per request. */
-    static final class Server {
-        static final long MAX_REQUEST_BYTES = 100L * 1024 * 1024;
-        static final Duration IDLE_TIMEOUT = Duration.ofMinutes(10);
-        /** Pending connections the kernel may queue; a burst of agent subprocesses overflows the default 50. */
-        static final int ACCEPT_QUEUE = 1024;
-        /** Without virtual threads each open stream holds a platform thread; Jetty's default cap of 250 would queue the rest. */
-        static final int MAX_PLATFORM_THREADS = 1000;
-        /** How long a pool thread may sit idle; past it the threads of a burst leave together, not one per minute. */
-        static final Duration POOL_IDLE = Duration.ofSeconds(20);
-        /** Jetty's acceptor, selectors and reserved threads live in the pool: with 8, an idle pool shrank under them. */
-        static final int MIN_PLATFORM_THREADS = 16;
-
-        private final Javalin app;
-        private final String host;
-        private final java.util.concurrent.atomic.AtomicInteger inFlight;
-        private final LiveStreams streams;
-        private final java.util.concurrent.CountDownLatch stopped = new java.util.concurrent.CountDownLatch(1);
-        private final Store store;
-
-        private Server(Javalin app, String host, java.util.concurrent.atomic.AtomicInteger inFlight, LiveStreams streams, Store store) {
-            this.app = app;
-            this.host = host;
-            this.inFlight = inFlight;
-            this.streams = streams;
-            this.store = store;
-        }
-
-        static Server start(ServerOptions options, Settings settings, CopilotClient copilot, ModelCatalog models,
-                GitHubAuth github, GitHubToken githubToken) {
-            Controls controls = options.controls();
-            Upstream upstream = new Upstream(settings, copilot, models, github, githubToken, controls);
-            OpenAiRoutes openai = new OpenAiRoutes(upstream, options.routing());
-            AnthropicRoutes anthropic = new AnthropicRoutes(upstream, options.routing());
-            Store store = Store.unopened(options.store(), settings.dataDir());
-            ResponsesState state = new ResponsesState(store);
-            ResponsesRoutes responses = new ResponsesRoutes(upstream, options.routing(), state);
-            GeminiRoutes gemini = new GeminiRoutes(upstream, options.routing());
-            var inFlight = new java.util.concurrent.atomic.AtomicInteger();
-            tellJettyTheCacheLine();
-            Javalin app = Javalin.create(cfg -> {
-                cfg.startup.showJavalinBanner = false;
-                cfg.startup.showOldJavalinVersionWarning = false;
-                cfg.http.compressionStrategy = CompressionStrategy.NONE;
-                cfg.http.maxRequestSize = MAX_REQUEST_BYTES;
-                cfg.concurrency.useVirtualThreads = Threads.virtualThreadsAvailable();
-                cfg.router.ignoreTrailingSlashes = true;
-                if (!Threads.virtualThreadsAvailable()) {
-                    cfg.jetty.threadPool = platformPool();
-                }
-                cfg.jetty.addConnector((server, http) -> {
-                    var connector = new org.eclipse.jetty.server.ServerConnector(server, new org.eclipse.jetty.server.HttpConnectionFactory(http));
-                    connector.setHost(options.host());
-                    connector.setPort(options.port());
-                    connector.setAcceptQueueSize(ACCEPT_QUEUE);
-                    connector.setIdleTimeout(IDLE_TIMEOUT.toMillis());
-                    return connector;
-                });
-                cfg.jetty.modifyServletContextHandler(handler -> handler.addFilter(WebSocketAsHttp.class, "/*",
-                    java.util.EnumSet.of(jakarta.servlet.DispatcherType.REQUEST)));
-                cfg.requestLogger.http((ctx, ms) -> {
-                    inFlight.decrementAndGet();
-                    Exchange exchange = Exchange.of(ctx);
-                    controls.billing().settle(exchange);
-                    if (exchange.cost == null) exchange.cost = Cost.settle(exchange, ctx.res().getStatus(), models);
-                    RequestLog.write(ctx, ms, controls.stats());
-                    History.record(ctx, ctx.res().getStatus(), Math.round(ms), store);
-                });
-                cfg.routes.before(ctx -> {
-                    inFlight.incrementAndGet();
-                    Exchange.of(ctx).startedNanos = System.nanoTime();
-                    try {
-                        options.guard().check(ctx);
-                    } catch (ApiError refused) {
-                        controls.stats().refused(refused.code());
-                        Exchange.of(ctx).note("refused: " + refused.code());
-                        throw refused;
-                    }
-                    if (ctx.attribute(BrowserGuard.PREFLIGHT) != null) return;
-                    controls.keys().check(ctx);
-                    Requests.checkBody(ctx);
-                });
-                cfg.routes.after(ctx -> {
-                    // a JSON answer not yet sent carries its cost, settled here once for the log and the history too;
-                    // a stream's is settled when it ends, for the log and the history
-                    Exchange exchange = Exchange.of(ctx);
-                    if (!exchange.invokesModel || ctx.res().isCommitted() || ctx.status().getCode() >= 400) return;
-                    exchange.cost = Cost.settle(exchange, ctx.status().getCode(), models);
-                    exchange.cost.ifPresent(c -> ctx.header(Cost.HEADER, Cost.format(c.credits())));
-                });
-                cfg.routes.get("/", Dashboard::root);
-                cfg.routes.get("/dashboard", Dashboard::page);
-                cfg.routes.get("/favicon.ico", ctx -> ctx.status(204));
-                cfg.routes.get("/stats", ctx -> Requests.writeJson(ctx, controls.billing().withBudget(controls.stats().snapshot())
-                    .set("store", store.status())));
-                cfg.routes.get("/history", ctx -> History.list(ctx, store));
-                cfg.routes.get("/history/summary", ctx -> History.summary(ctx, store, copilot));
-                for (String prefix : List.of("", "/v1")) {
-                    // the same paths answer Google's clients in their own shape (GeminiRoutes.serves tells them apart)
-                    cfg.routes.get(prefix + "/models", ctx -> {
-                        if (GeminiRoutes.serves(ctx)) gemini.models(ctx);
-                        else openai.models(ctx);
-                    });
-                    cfg.routes.get(prefix + "/models/{id}", ctx -> {
-                        if (GeminiRoutes.serves(ctx)) gemini.model(ctx);
-                        else openai.model(ctx);
-                    });
-                    cfg.routes.post(prefix + "/chat/completions", openai::chatCompletions);
-                    cfg.routes.post(prefix + "/embeddings", openai::embeddings);
-                }
-                for (String prefix : List.of("", "/v1")) {
-                    cfg.routes.post(prefix + "/responses", responses::create);
-                    cfg.routes.get(prefix + "/responses", responses::upgrade);
-                    cfg.routes.get(prefix + "/responses/{id}", state::get);
-                    cfg.routes.get(prefix + "/responses/{id}/input_items", state::inputItems);
-                    cfg.routes.delete(prefix + "/responses/{id}", state::delete);
-                    cfg.routes.post(prefix + "/messages", anthropic::messages);
-                    cfg.routes.post(prefix + "/messages/count_tokens", anthropic::countTokens);
-                }
-                cfg.routes.get("/v1beta/models", gemini::models);
-                cfg.routes.get("/v1beta/models/{id}", gemini::model);
-                // Javalin matches a parameter followed by a literal within one segment (GeminiTests.JavalinColonTests)
-                for (String prefix : GeminiRoutes.PREFIXES) {
-                    cfg.routes.post(prefix + "/models/{model}:generateContent", gemini::generateContent);
-                    cfg.routes.post(prefix + "/models/{model}:streamGenerateContent", gemini::streamGenerateContent);
-                    cfg.routes.post(prefix + "/models/{model}:countTokens", gemini::countTokens);
-                }
-                cfg.routes.get("/usage", ctx -> openai.usage(ctx, from -> store.creditsSince(from.toEpochMilli())
-                    .orElseGet(() -> controls.stats().credits().since(from))));
-                cfg.routes.get("/token", openai::token);
-                cfg.routes.exception(Exception.class, Errors::handle);
-                cfg.routes.error(404, ctx -> {
-                    if (ctx.attribute(Errors.WRITTEN) == null) Errors.write(ctx, new ApiError(404, "not_found_error",
-                        "No route for " + ctx.method() + " " + ctx.path()));
-                });
-            });
-            try {
-                app.start();
-            } catch (RuntimeException e) {
-                store.close();
-                throw e;
-            }
-            // only now: opening SQLite (its native library first) while Jetty started slowed both, on two cores
-            store.beginOpening();
-            return new Server(app, options.host(), inFlight, copilot.streams(), store);
-        }
-
-        /**
-         * Javalin gives every request with Sec-WebSocket-Version to its WebSocket servlet, which has no routes here and
-         * answers an HTML 404 past every check. Without that header an upgrade takes the ordinary way: the browser guard,
-         * the API key, then the route (GET /v1/responses answers 426).
-         */
-        public static final class WebSocketAsHttp implements jakarta.servlet.Filter {
-            static final String VERSION = "Sec-WebSocket-Version";
-
+            /** Stops the token refreshes; the caller stops its server. */
             @Override
-            public void doFilter(jakarta.servlet.ServletRequest req, jakarta.servlet.ServletResponse res, jakarta.servlet.FilterChain chain)
-                    throws IOException, jakarta.servlet.ServletException {
-                if (!(req instanceof jakarta.servlet.http.HttpServletRequest http) || http.getHeader(VERSION) == null) {
-                    chain.doFilter(req, res);
-                    return;
-                }
-                chain.doFilter(new jakarta.servlet.http.HttpServletRequestWrapper(http) {
-                    @Override
-                    public String getHeader(String name) {
-                        return VERSION.equalsIgnoreCase(name) ? null : super.getHeader(name);
+            public void close() {
+                tokens.close();
+            }
+        }
+
+        /** The Javalin server: routes for every surface, one error handler per surface, one log line per request. */
+        static final class Server {
+            static final long MAX_REQUEST_BYTES = 100L * 1024 * 1024;
+            static final Duration IDLE_TIMEOUT = Duration.ofMinutes(10);
+            /** Pending connections the kernel may queue; a burst of agent subprocesses overflows the default 50. */
+            static final int ACCEPT_QUEUE = 1024;
+            /** Without virtual threads each open stream holds a platform thread; Jetty's default cap of 250 would queue the rest. */
+            static final int MAX_PLATFORM_THREADS = 1000;
+            /** How long a pool thread may sit idle; past it the threads of a burst leave together, not one per minute. */
+            static final Duration POOL_IDLE = Duration.ofSeconds(20);
+            /** Jetty's acceptor, selectors and reserved threads live in the pool: with 8, an idle pool shrank under them. */
+            static final int MIN_PLATFORM_THREADS = 16;
+
+            private final Javalin app;
+            private final String host;
+            private final java.util.concurrent.atomic.AtomicInteger inFlight;
+            private final LiveStreams streams;
+            private final java.util.concurrent.CountDownLatch stopped = new java.util.concurrent.CountDownLatch(1);
+            private final Store store;
+
+            private Server(Javalin app, String host, java.util.concurrent.atomic.AtomicInteger inFlight, LiveStreams streams, Store store) {
+                this.app = app;
+                this.host = host;
+                this.inFlight = inFlight;
+                this.streams = streams;
+                this.store = store;
+            }
+
+            static Server start(ServerOptions options, Settings settings, CopilotClient copilot, ModelCatalog models,
+                    GitHubAuth github, GitHubToken githubToken) {
+                Controls controls = options.controls();
+                Upstream upstream = new Upstream(settings, copilot, models, github, githubToken, controls);
+                OpenAiRoutes openai = new OpenAiRoutes(upstream, options.routing());
+                AnthropicRoutes anthropic = new AnthropicRoutes(upstream, options.routing());
+                Store store = Store.unopened(options.store(), settings.dataDir());
+                ResponsesState state = new ResponsesState(store);
+                ResponsesRoutes responses = new ResponsesRoutes(upstream, options.routing(), state);
+                GeminiRoutes gemini = new GeminiRoutes(upstream, options.routing());
+                var inFlight = new java.util.concurrent.atomic.AtomicInteger();
+                tellJettyTheCacheLine();
+                Javalin app = Javalin.create(cfg -> {
+                    cfg.startup.showJavalinBanner = false;
+                    cfg.startup.showOldJavalinVersionWarning = false;
+                    cfg.http.compressionStrategy = CompressionStrategy.NONE;
+                    cfg.http.maxRequestSize = MAX_REQUEST_BYTES;
+                    cfg.concurrency.useVirtualThreads = Threads.virtualThreadsAvailable();
+                    cfg.router.ignoreTrailingSlashes = true;
+                    if (!Threads.virtualThreadsAvailable()) {
+                        cfg.jetty.threadPool = platformPool();
                     }
-
-                    @Override
-                    public java.util.Enumeration<String> getHeaders(String name) {
-                        return VERSION.equalsIgnoreCase(name) ? java.util.Collections.emptyEnumeration() : super.getHeaders(name);
-                    }
-
-                    @Override
-                    public java.util.Enumeration<String> getHeaderNames() {
-                        List<String> names = new ArrayList<>(java.util.Collections.list(super.getHeaderNames()));
-                        names.removeIf(VERSION::equalsIgnoreCase);
-                        return java.util.Collections.enumeration(names);
-                    }
-                }, res);
-            }
-        }
-
-        static final String JETTY_REFERENCES_PER_CACHE_LINE = "org.eclipse.jetty.util.referencesPerCacheLine";
-
-        /**
-         * Jetty pads some arrays by the references that fit in a cache line, and asks JMX whether oops are compressed
-         * to count them unless this property says it: starting JMX for that one answer cost 0.1 s of every start.
-         * Below 32 GB of heap HotSpot compresses them (4-byte references); a wrong guess only changes the padding.
-         */
-        static void tellJettyTheCacheLine() {
-            if (System.getProperty(JETTY_REFERENCES_PER_CACHE_LINE) != null) return;
-            int lineBytes = Integer.getInteger("org.eclipse.jetty.util.cacheLineBytes", 64);
-            int referenceBytes = Runtime.getRuntime().maxMemory() < (32L << 30) ? 4 : 8;
-            System.setProperty(JETTY_REFERENCES_PER_CACHE_LINE, String.valueOf(Math.max(1, lineBytes / referenceBytes)));
-        }
-
-        /** Jetty evicts one idle thread per idle timeout by default: 100 threads of a burst took over an hour to go. */
-        private static org.eclipse.jetty.util.thread.QueuedThreadPool platformPool() {
-            var pool = new org.eclipse.jetty.util.thread.QueuedThreadPool(MAX_PLATFORM_THREADS, MIN_PLATFORM_THREADS, (int) POOL_IDLE.toMillis());
-            pool.setMaxEvictCount(MAX_PLATFORM_THREADS);
-            return pool;
-        }
-
-        int port() {
-            return app.port();
-        }
-
-        String baseUrl() {
-            String h = host.contains(":") ? "[" + host + "]" : host;
-            if (h.equals("0.0.0.0") || h.equals("[::]")) h = "localhost";
-            return "http://" + h + ":" + port();
-        }
-
-        void stop() {
-            app.stop();
-            store.close();
-            stopped.countDown();
-        }
-
-        int running() {
-            return inFlight.get();
-        }
-
-        /**
-         * Closes the listening sockets (new connections are refused at once, not queued), then waits up to the
-         * timeout for running requests (streams) to finish.
-         */
-        void drain(Duration timeout) {
-            for (var connector : app.jettyServer().server().getConnectors()) {
-                if (connector instanceof org.eclipse.jetty.server.AbstractNetworkConnector c) c.close();
-            }
-            awaitIdle(timeout);
-        }
-
-        /** Ends the streams still running with their API's error event and waits briefly for them to be written. */
-        int endStreams(Duration timeout) {
-            int ended = streams.endAll();
-            awaitIdle(timeout);
-            return ended;
-        }
-
-        private void awaitIdle(Duration timeout) {
-            long end = System.nanoTime() + timeout.toNanos();
-            while (inFlight.get() > 0 && System.nanoTime() < end) {
-                try {
-                    Thread.sleep(50);
-                } catch (InterruptedException e) {
-                    Thread.currentThread().interrupt();
-                    return;
-                }
-            }
-        }
-
-        /** Blocks until stop(); Jetty's own join returns at once when its pool runs virtual threads. */
-        void join() throws InterruptedException {
-            stopped.await();
-        }
-    }
-
-    /** What one request did, filled in by its handler, read by the request log and /stats. */
-    static final class Exchange {
-        static final String KEY = "copilot-api.exchange";
-
-        volatile String requestedModel;
-        volatile String upstreamModel;
-        volatile String route;
-        volatile String note;
-        volatile boolean invokesModel;
-        volatile boolean failedInStream;
-        volatile long inputTokens = -1;
-        volatile long outputTokens = -1;
-        /** The error the client was given, and whether the operator should hear of it (Copilot's or ours, not the client's). */
-        volatile String error;
-        volatile boolean warn;
-        /** What the upstream call cost in premium requests; null when no model was called or the call was released. */
-        volatile Billing.Charge charge;
-        /** Copilot answered the call (a JSON answer, or a stream opened): from then on its charge stands. */
-        volatile boolean answered;
-        /** For the request history: when the request came and its first byte left, cached input tokens, the error's type. */
-        volatile long startedNanos;
-        volatile long firstByteNanos;
-        volatile long cachedTokens = -1;
-        volatile String errorType;
-        /** The request body as the client sent it: spliced into the native upstream body, kept in the history with --history-bodies. */
-        volatile byte[] requestBody;
-        /** A JSON answer's text, for the history with --history-bodies. */
-        volatile String responseBody;
-        /** copilot_usage.total_nano_aiu as Copilot reported it; -1 when it did not. */
-        volatile long nanoAiu = -1;
-        /** What the request cost in AI Credits once settled; empty for a failed call or a legacy plan. */
-        volatile Optional<Cost.Figure> cost;
-        /** The kind of background call this was (warmup, title, compaction, side call); null for a person's prompt and its turns. */
-        volatile String background;
-
-        static Exchange of(Context ctx) {
-            Exchange e = ctx.attribute(KEY);
-            if (e == null) {
-                e = new Exchange();
-                ctx.attribute(KEY, e);
-            }
-            return e;
-        }
-
-        Exchange model(String requested, String upstream) {
-            requestedModel = requested;
-            upstreamModel = upstream;
-            return this;
-        }
-
-        Exchange route(String r) {
-            route = r;
-            return this;
-        }
-
-        Exchange note(String n) {
-            note = n;
-            return this;
-        }
-
-        Exchange error(String message, boolean worthAWarning) {
-            error = message;
-            warn = worthAWarning;
-            return this;
-        }
-
-        /** A stream that ended in an error event: a 200 on the wire, a failure all the same. */
-        Exchange failed(String n) {
-            failedInStream = true;
-            return note(n);
-        }
-
-        /** Records usage; negative values mean unknown and are ignored. */
-        Exchange usage(long in, long out) {
-            if (in >= 0) inputTokens = in;
-            if (out >= 0) outputTokens = out;
-            return this;
-        }
-
-        Exchange firstByte() {
-            if (firstByteNanos == 0) firstByteNanos = System.nanoTime();
-            return this;
-        }
-
-        Exchange cached(long tokens) {
-            if (tokens >= 0) cachedTokens = tokens;
-            return this;
-        }
-
-        /** Copilot's own figure for the call (copilot_usage), where an answer or stream event carries it. */
-        Exchange copilotUsage(JsonNode holder) {
-            long nano = Cost.reportedNano(holder);
-            if (nano >= 0) nanoAiu = nano;
-            return this;
-        }
-
-        /** Responses usage: input tokens (cached included) and output tokens. */
-        Exchange responsesUsage(JsonNode usage) {
-            if (usage == null || !usage.isObject()) return this;
-            copilotUsage(usage);
-            cached(usage.path("input_tokens_details").path("cached_tokens").asLong(-1));
-            return usage(usage.path("input_tokens").asLong(-1), usage.path("output_tokens").asLong(-1));
-        }
-
-        /** Chat-completions usage: prompt tokens (cached included) and completion tokens. */
-        Exchange chatUsage(JsonNode usage) {
-            if (usage == null || !usage.isObject()) return this;
-            copilotUsage(usage);
-            cached(usage.path("prompt_tokens_details").path("cached_tokens").asLong(-1));
-            return usage(usage.path("prompt_tokens").asLong(-1), usage.path("completion_tokens").asLong(-1));
-        }
-
-        /** Anthropic usage: input excludes cached tokens there, so they are added back. */
-        Exchange anthropicUsage(JsonNode usage) {
-            if (usage == null || !usage.isObject()) return this;
-            copilotUsage(usage);
-            cached(usage.path("cache_read_input_tokens").asLong(-1));
-            long in = usage.has("input_tokens") ? usage.path("input_tokens").asLong() + usage.path("cache_read_input_tokens").asLong(0)
-                + usage.path("cache_creation_input_tokens").asLong(0) : -1;
-            return usage(in, usage.path("output_tokens").asLong(-1));
-        }
-    }
-
-    /**
-     * One line per request: method, path, requested model -> upstream model, route, status, duration and
-     * tokens; bodies only with --verbose (logged by the handlers, secrets redacted).
-     */
-    static final class RequestLog {
-        static void write(Context ctx, Float ms, Stats stats) {
-            Exchange e = Exchange.of(ctx);
-            int status = ctx.res().getStatus();
-            long millis = Math.round(ms);
-            stats.record(e, status, millis);
-            StringBuilder line = new StringBuilder().append(ctx.method()).append(' ').append(ctx.path());
-            if (e.requestedModel != null) {
-                line.append(' ').append(e.requestedModel);
-                if (e.upstreamModel != null && !e.upstreamModel.equals(e.requestedModel)) line.append(" -> ").append(e.upstreamModel);
-            }
-            String route = java.util.stream.Stream.of(e.route, e.background == null ? null : "background: " + e.background)
-                .filter(java.util.Objects::nonNull).collect(java.util.stream.Collectors.joining(", "));
-            if (!route.isEmpty()) line.append(" [").append(route).append(']');
-            line.append(' ').append(status).append(' ').append(millis).append("ms");
-            if (e.inputTokens >= 0 || e.outputTokens >= 0) {
-                line.append(" in=").append(Math.max(0, e.inputTokens)).append(" out=").append(Math.max(0, e.outputTokens));
-                if (e.cachedTokens >= 0) line.append(" cached=").append(e.cachedTokens);
-            }
-            Optional<Cost.Figure> cost = e.cost;
-            if (cost != null && cost.isPresent()) line.append(' ').append(cost.get().describe());
-            else if (e.charge != null) line.append(' ').append(e.charge.describe());
-            if (e.note != null) line.append(" (").append(e.note).append(')');
-            if (e.error != null) line.append(": ").append(Redact.shorten(e.error));
-            if (e.warn) Logs.log().warn("{}", line);
-            else if (e.invokesModel || status >= 500 || e.note != null) Logs.log().info("{}", line);
-            else Logs.log().debug("{}", line);
-        }
-    }
-
-    /** The operator's controls over model-invoking requests: API keys, pacing, manual approval, statistics. */
-    record Controls(ApiKeys keys, Pacer pacer, Approver approver, Stats stats, Billing billing) {
-        Controls(ApiKeys keys, Pacer pacer, Approver approver, Stats stats) {
-            this(keys, pacer, approver, stats, Billing.unlimited());
-        }
-
-        static Controls none() {
-            return new Controls(ApiKeys.NONE, Pacer.NONE, Approver.NONE, new Stats());
-        }
-
-        /**
-         * Before a request that invokes a model: the operator's yes at the terminal, then its turn in the pacing.
-         * The client is watched all the while: one that leaves is dropped before Copilot hears of it, and counts
-         * as no model call.
-         */
-        void admit(Context ctx, String model, int messages) {
-            Exchange exchange = Exchange.of(ctx);
-            stats.credits().admit(Instant.now());
-            exchange.invokesModel = true;
-            // watched as a non-stream: nothing is committed or kept alive while the request waits its turn
-            Watch client = new ClientWatch(ctx, Duration.ZERO, Duration.ZERO);
-            try {
-                if (approver.asks()) approver.approve(ctx.method() + " " + ctx.path(), model, messages, client);
-                pacer.admit(client);
-            } catch (ClientLeft e) {
-                exchange.invokesModel = false;
-                throw e;
-            }
-        }
-    }
-
-    /**
-     * Premium requests. Copilot bills the model's multiplier for each call sent with X-Initiator: user and
-     * nothing for agent; this decides which a call is (a person's prompt, or a continuation, a subagent's
-     * first call, a background call), counts what was spent since start, and holds the --premium-budget. It also
-     * chooses the cheap model background calls go to ({@link #cheapModel}), on any plan and from any route.
-     */
-    static final class Billing {
-        enum Reason {
-            PREMIUM("premium"), CONTINUATION("continuation"), SUBAGENT("subagent"), WARMUP("warmup"), TITLE("title"),
-            COMPACTION("compaction"), SIDE_CALL("side call"), FREE_MODEL("free model");
-
-            final String label;
-
-            Reason(String label) {
-                this.label = label;
-            }
-        }
-
-        /** What one upstream call costs: the initiator sent, why, and the model's multiplier. */
-        record Charge(Initiator initiator, Reason reason, double multiplier, boolean textLast) {
-            Charge(Initiator initiator, Reason reason, double multiplier) {
-                this(initiator, reason, multiplier, false);
-            }
-
-            double units() {
-                return initiator == Initiator.USER ? multiplier : 0;
-            }
-
-            /** For the request log: "premium 1×3", "free: continuation", or a free kind of call that Copilot made bill. */
-            String describe() {
-                if (reason == Reason.PREMIUM) return "premium 1×" + Billing.format(multiplier);
-                if (initiator == Initiator.AGENT || reason == Reason.FREE_MODEL) return "free: " + reason.label;
-                return (units() > 0 ? "premium 1×" + Billing.format(multiplier) + ": " : "free: ") + reason.label
-                    + " sent as user, Copilot refuses agent there";
-            }
-        }
-
-        /**
-         * Where Copilot refuses X-Initiator agent (400 "invalid initiator" since mid-2026: the last message is a user's
-         * text, as Copilot sees it, whether a person or the editor wrote it): never tried on chat completions and
-         * Responses; on /v1/messages the model and endpoint where Copilot refused it, so that the next such call (a
-         * subagent's first call, a warm-up, a notification made of reminders) goes as user without the refused round trip.
-         */
-        static final class InitiatorRule {
-            static final String REFUSAL = "invalid initiator";
-            static final int MAX_REMEMBERED = 512;
-
-            private final Set<String> refused = java.util.concurrent.ConcurrentHashMap.newKeySet();
-
-            /** Chat completions and Responses refuse agent after a user's text; /v1/messages is learned. */
-            boolean refuses(String model, String endpoint, Charge charge) {
-                if (!charge.textLast()) return false;
-                return !endpoint.equals(AnthropicRoutes.MESSAGES) || refused.contains(model + " " + endpoint);
-            }
-
-            /** Remembers a refusal of a user's text as agent; a refusal of anything else is answered but not remembered. */
-            void learn(String model, String endpoint, Charge charge) {
-                if (!charge.textLast()) return;
-                if (refused.size() >= MAX_REMEMBERED) refused.clear();
-                refused.add(model + " " + endpoint);
-            }
-
-            static boolean isRefusal(UpstreamException e) {
-                return e.status() == 400 && e.body().toLowerCase(Locale.ROOT).contains(REFUSAL);
-            }
-        }
-
-        private final Double budget;
-        private final String smallModel;
-        private final SubagentPrompts subagents = new SubagentPrompts(SubagentPrompts.MAX_PROMPTS, SubagentPrompts.MAX_AGE);
-        private final InitiatorRule initiators = new InitiatorRule();
-        /** Units spent since start, in hundredths (multipliers such as 0.33 add up exactly). */
-        private final java.util.concurrent.atomic.AtomicLong spentHundredths = new java.util.concurrent.atomic.AtomicLong();
-
-        Billing(Double budget, String smallModel) {
-            this.budget = budget;
-            this.smallModel = smallModel;
-        }
-
-        static Billing unlimited() {
-            return new Billing(null, null);
-        }
-
-        SubagentPrompts subagents() {
-            return subagents;
-        }
-
-        /** /stats with the --premium-budget beside what was spent. */
-        ObjectNode withBudget(ObjectNode stats) {
-            ObjectNode premium = (ObjectNode) stats.path("premium");
-            if (budget == null) premium.putNull("budget");
-            else premium.put("budget", budget);
-            return stats;
-        }
-
-        double spent() {
-            return spentHundredths.get() / 100.0;
-        }
-
-        static double multiplier(JsonNode model) {
-            return model == null ? 1 : model.path("billing").path("multiplier").asDouble(1);
-        }
-
-        static String format(double units) {
-            return units == Math.rint(units) ? String.valueOf((long) units) : String.valueOf(Math.round(units * 100) / 100.0);
-        }
-
-        /** {@code --small-model off}: background calls keep the model asked for. */
-        static final String OFF = "off";
-
-        /**
-         * What a call needs of the model that answers it: one of the endpoints the route can reach it on, tools and
-         * images if the call carries them, and a prompt limit that holds its token estimate.
-         */
-        record Need(List<String> endpoints, boolean tools, boolean vision, long promptTokens) {
-            /** Any chat model, on whichever endpoint: what a small-model slot in a client's settings needs. */
-            static final Need ANY = new Need(List.of(AnthropicRoutes.MESSAGES, OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES), false, false, 0);
-
-            /** A conservative estimate of a request's prompt tokens: one per three bytes of its body. */
-            static long estimate(JsonNode body) {
-                return Json.write(body).getBytes(UTF_8).length / 3L;
-            }
-
-            boolean servedBy(JsonNode m) {
-                if (!ModelResolver.isChat(m)) return false;
-                List<String> served = ModelResolver.endpoints(m);
-                if (served.isEmpty()) served = List.of(OpenAiRoutes.CHAT);
-                if (served.stream().noneMatch(endpoints::contains)) return false;
-                JsonNode supports = m.path("capabilities").path("supports");
-                if (tools && !supports.path("tool_calls").asBoolean(false)) return false;
-                if (vision && !supports.path("vision").asBoolean(false)) return false;
-                JsonNode limits = m.path("capabilities").path("limits");
-                long limit = limits.path("max_prompt_tokens").asLong(limits.path("max_context_window_tokens").asLong(0));
-                return promptTokens <= limit;
-            }
-        }
-
-        /**
-         * The cheap model for a background call, the one choice every route makes: --small-model when given (if it can
-         * serve the call); otherwise, on a usage-based plan (the catalog has token prices), the chat model with the
-         * lowest input plus output price that can serve it, and on a legacy plan the catalog's first free one
-         * (multiplier 0). Empty with --small-model off, or when no such model can serve the call: it keeps its model.
-         */
-        Optional<JsonNode> cheapModel(List<JsonNode> catalog, Need need) {
-            if (OFF.equalsIgnoreCase(String.valueOf(smallModel))) return Optional.empty();
-            if (smallModel != null) return ModelResolver.find(catalog, smallModel).filter(need::servedBy);
-            boolean usageBased = catalog.stream().anyMatch(m -> m.path("billing").path("token_prices").isObject());
-            JsonNode chosen = null;
-            for (JsonNode m : catalog) {
-                if (!need.servedBy(m)) continue;
-                if (!usageBased) {
-                    if (multiplier(m) == 0) return Optional.of(m);
-                } else if (m.path("billing").path("token_prices").isObject() && (chosen == null || price(m) < price(chosen))) {
-                    chosen = m;
-                }
-            }
-            return Optional.ofNullable(chosen);
-        }
-
-        /** Input and output prices together, per token: what ranks models for a background call. */
-        private static double price(JsonNode m) {
-            JsonNode p = m.path("billing").path("token_prices");
-            double batch = p.path("batch_size").asDouble(0) > 0 ? p.path("batch_size").asDouble() : 1_000_000;
-            return (p.path("input_price").asDouble(0) + p.path("output_price").asDouble(0)) / batch;
-        }
-
-        /** At start: a --small-model that is not a chat model of Copilot's catalog, said once (background calls then keep their model). */
-        Optional<String> checkSmallModel(ModelCatalog models) {
-            if (smallModel == null || OFF.equalsIgnoreCase(smallModel)) return Optional.empty();
-            List<JsonNode> catalog;
-            try {
-                catalog = models.list();
-            } catch (RuntimeException e) {
-                return Optional.empty();
-            }
-            if (catalog.isEmpty() || ModelResolver.find(catalog, smallModel).filter(ModelResolver::isChat).isPresent()) return Optional.empty();
-            List<String> chat = catalog.stream().filter(ModelResolver::isChat).map(m -> m.path("id").asText()).toList();
-            return Optional.of("--small-model " + smallModel + " is not a chat model in Copilot's catalog: background calls keep the model"
-                + " they ask for. Chat models: " + String.join(", ", chat));
-        }
-
-        /** --small-model as given (checked against the catalog at start), or null when copilot-api chooses. */
-        String smallModel() {
-            return smallModel;
-        }
-
-        /**
-         * The charge for a call to a model of this multiplier, recorded on the exchange: a prompt bills unless it
-         * opens a remembered subagent; a prompt past the budget is refused with a 429 before Copilot is called.
-         */
-        Charge charge(Context ctx, Turn turn, JsonNode model) {
-            double multiplier = multiplier(model);
-            Charge c = switch (turn.kind()) {
-                case WARMUP -> new Charge(Initiator.AGENT, Reason.WARMUP, multiplier, true);
-                case TITLE -> new Charge(Initiator.AGENT, Reason.TITLE, multiplier, turn.textLast());
-                case COMPACTION -> new Charge(Initiator.AGENT, Reason.COMPACTION, multiplier, turn.textLast());
-                case SIDE_CALL -> new Charge(Initiator.AGENT, Reason.SIDE_CALL, multiplier, turn.textLast());
-                case CONTINUATION -> new Charge(Initiator.AGENT, Reason.CONTINUATION, multiplier, turn.textLast());
-                case PROMPT -> turn.opensConversation() && subagents.isRemembered(turn.personText())
-                    ? new Charge(Initiator.AGENT, Reason.SUBAGENT, multiplier, true)
-                    : new Charge(Initiator.USER, multiplier == 0 ? Reason.FREE_MODEL : Reason.PREMIUM, multiplier);
-            };
-            spend(c);
-            Exchange.of(ctx).charge = c;
-            return c;
-        }
-
-        /**
-         * One upstream call with the initiator Copilot accepts. The charge's agent goes as user at once where Copilot is
-         * known to refuse it; where it is not known, agent is sent, and a 400 "invalid initiator" is answered by sending
-         * the call once more as user (billed, and remembered for the model and endpoint). The ledger keeps what was sent.
-         */
-        <T> T send(Context ctx, String model, String endpoint, CallOptions call, java.util.function.Function<CallOptions, T> send) {
-            Charge charge = Exchange.of(ctx).charge;
-            if (charge == null || call.initiator() != Initiator.AGENT) return send.apply(call);
-            if (initiators.refuses(model, endpoint, charge)) return send.apply(asUser(ctx, charge, call));
-            try {
-                return send.apply(call);
-            } catch (UpstreamException e) {
-                if (!InitiatorRule.isRefusal(e)) throw e;
-                initiators.learn(model, endpoint, charge);
-                Logs.log().info("Copilot refused X-Initiator agent for {} on {} ({}); sending it once more as user",
-                    model, endpoint, charge.reason().label);
-                return send.apply(asUser(ctx, charge, call));
-            }
-        }
-
-        /** The call as user after all: billed now (within the budget), the exchange's charge saying so. */
-        private CallOptions asUser(Context ctx, Charge agent, CallOptions call) {
-            Charge user = new Charge(Initiator.USER, agent.reason(), agent.multiplier(), agent.textLast());
-            spend(user);
-            Exchange.of(ctx).charge = user;
-            return new CallOptions(Initiator.USER, call.vision(), call.headers(), call.watch());
-        }
-
-        /**
-         * A charge is a reservation: it stands once Copilot answers (the exchange says so); a charge whose call Copilot
-         * never answered (it failed, refused, or was never sent) is given back to the budget and leaves the ledger.
-         * Called when the call fails and at the end of every request; once per request.
-         */
-        void settle(Exchange exchange) {
-            Charge c;
-            synchronized (exchange) {
-                c = exchange.charge;
-                if (c == null || exchange.answered) return;
-                exchange.charge = null;
-            }
-            long units = Math.round(c.units() * 100);
-            if (units > 0) spentHundredths.addAndGet(-units);
-        }
-
-        private void spend(Charge c) {
-            long units = Math.round(c.units() * 100);
-            if (units == 0) return;
-            long limit = budget == null ? Long.MAX_VALUE : Math.round(budget * 100);
-            long before = spentHundredths.getAndUpdate(s -> s + units > limit ? s : s + units);
-            if (before + units > limit) {
-                throw new ApiError(429, "rate_limit_error", "copilot-api's premium budget is spent: this prompt would cost "
-                    + format(c.multiplier()) + " premium request(s), " + format(before / 100.0) + " of --premium-budget "
-                    + format(budget) + " are used since start; tool follow-ups still pass, a new prompt needs a restart or a free model",
-                    null, "premium_budget_exceeded");
-            }
-        }
-    }
-
-    /**
-     * What a request costs in GitHub AI Credits (usage-based plans since June 2026; 1 credit = 10^9 nano-AIU): the real
-     * figure when Copilot reports {@code copilot_usage.total_nano_aiu}, else an estimate from the answer's token counts
-     * and the catalog's {@code billing.token_prices}. A model without prices is on a legacy plan: premium units tell
-     * its cost ({@link Billing}). A failed or refused call costs nothing. The ledger keeps credits by model and UTC day
-     * since start and holds {@code --budget}.
-     */
-    static final class Cost {
-        static final double NANO_PER_CREDIT = 1e9;
-        static final String HEADER = "x-copilot-api-cost";
-
-        /** A request's cost in credits; estimated when Copilot did not say it. */
-        record Figure(double credits, boolean estimated) {
-            /** For the request log and the header: "0.0123 credits", "~0.0123 credits" for an estimate. */
-            String describe() {
-                return (estimated ? "~" : "") + format(credits) + " credits";
-            }
-        }
-
-        static String format(double credits) {
-            return java.math.BigDecimal.valueOf(credits).round(new java.math.MathContext(4)).stripTrailingZeros().toPlainString();
-        }
-
-        /** total_nano_aiu of a copilot_usage at the top level of an answer or stream event, or inside its usage; -1 when absent. */
-        static long reportedNano(JsonNode holder) {
-            if (holder == null || !holder.isObject()) return -1;
-            JsonNode u = holder.has("copilot_usage") ? holder.get("copilot_usage") : holder.path("usage").path("copilot_usage");
-            JsonNode nano = u.path("total_nano_aiu");
-            return nano.isNumber() ? Math.max(0, nano.asLong()) : -1;
-        }
-
-        /**
-         * The estimate from token prices (credits per batch_size tokens): uncached input at input_price, cached input at
-         * cache_price, output at output_price; the long-context tier's prices from its threshold of input tokens on.
-         */
-        static Optional<Figure> estimate(JsonNode prices, long input, long cached, long output) {
-            if (prices == null || !prices.isObject() || (input < 0 && output < 0)) return Optional.empty();
-            JsonNode tier = prices.path("long_context");
-            long in = Math.max(0, input);
-            if (tier.isObject() && tier.path("threshold_tokens").isNumber() && in >= tier.path("threshold_tokens").asLong()) {
-                prices = tier;
-            }
-            double batch = prices.path("batch_size").asDouble(0) > 0 ? prices.path("batch_size").asDouble() : 1_000_000;
-            long hits = Math.min(in, Math.max(0, cached));
-            double inputPrice = prices.path("input_price").asDouble(0);
-            double credits = ((in - hits) * inputPrice + hits * prices.path("cache_price").asDouble(inputPrice)
-                + Math.max(0, output) * prices.path("output_price").asDouble(0)) / batch;
-            return Optional.of(new Figure(credits, true));
-        }
-
-        /**
-         * The catalog's prices for a model as last read (settling never waits for a fetch); missing when the model has
-         * none (a legacy plan) or the catalog was never read.
-         */
-        static JsonNode prices(ModelCatalog models, String model) {
-            if (model == null) return null;
-            return models.known(model).map(m -> m.path("billing").path("token_prices")).filter(JsonNode::isObject).orElse(null);
-        }
-
-        /** What a finished model call cost: nothing when it failed or was refused, Copilot's figure, else the estimate. */
-        static Optional<Figure> settle(Exchange e, int status, ModelCatalog models) {
-            if (!e.invokesModel || status >= 400) return Optional.empty();
-            if (e.nanoAiu >= 0) return Optional.of(new Figure(e.nanoAiu / NANO_PER_CREDIT, false));
-            if (e.failedInStream) return Optional.empty();
-            String model = e.upstreamModel != null ? e.upstreamModel : e.requestedModel;
-            return estimate(prices(models, model), e.inputTokens, e.cachedTokens, e.outputTokens);
-        }
-
-        /** Where /usage and `check-usage --json` put the account's credits: billing kind, included, used, left, reset. */
-        static final String REPORT = "copilot_api_credits";
-
-        /** AI Credits copilot-api recorded since a time; null when it cannot say (no store, no history). */
-        interface Spent {
-            Double since(Instant from);
-        }
-
-        /**
-         * The credits a plan includes each month: its price in cents (WIRE.md: Pro $10, Pro+ $39, Business $19,
-         * Enterprise $39 a seat), told by copilot_plan and access_type_sku; empty for a plan not known here.
-         */
-        static Optional<Double> includedCredits(JsonNode usage) {
-            String plan = usage.path("copilot_plan").asText("").toLowerCase(Locale.ROOT);
-            String sku = usage.path("access_type_sku").asText("").toLowerCase(Locale.ROOT);
-            if (plan.contains("enterprise")) return Optional.of(3900.0);
-            if (plan.contains("business")) return Optional.of(1900.0);
-            if (sku.contains("plus") || plan.contains("pro_plus") || plan.contains("pro+")) return Optional.of(3900.0);
-            if (plan.equals("individual") || plan.contains("pro")) return Optional.of(1000.0);
-            return Optional.empty();
-        }
-
-        /** When the plan's month resets: quota_reset_date_utc, else quota_reset_date (a day), else the next UTC month. */
-        static Instant resets(JsonNode usage, Instant now) {
-            for (String field : List.of("quota_reset_date_utc", "quota_reset_date")) {
-                String v = usage.path(field).asText("");
-                try {
-                    if (v.length() == 10) return java.time.LocalDate.parse(v).atStartOfDay(ZoneOffset.UTC).toInstant();
-                    if (!v.isEmpty()) return Instant.parse(v);
-                } catch (java.time.format.DateTimeParseException e) {
-                    Logs.log().debug("unreadable {} in the usage report: {}", field, v);
-                }
-            }
-            return new Budget(0, Budget.Period.MONTH).resets(now);
-        }
-
-        /**
-         * The account's credits for check-usage, /usage and the dashboard: billing kind and reset date; on a usage-based
-         * plan the included credits, what went through copilot-api since the month began, and what is left of it.
-         */
-        static ObjectNode account(JsonNode usage, Spent spent, Instant now) {
-            ObjectNode o = Json.object();
-            boolean tokenBased = usage.path("token_based_billing").asBoolean(false);
-            o.put("billing", tokenBased ? "usage-based" : "premium requests");
-            Instant resets = resets(usage, now);
-            // a reset date already past (a report not yet updated) means the month that runs now
-            while (!resets.isAfter(now)) resets = resets.atZone(ZoneOffset.UTC).plusMonths(1).toInstant();
-            o.put("resets", resets.toString());
-            if (!tokenBased) return o;
-            Instant monthStart = resets.atZone(ZoneOffset.UTC).minusMonths(1).toInstant();
-            o.put("month_start", monthStart.toString());
-            Double used = spent.since(monthStart);
-            o.put("used_through_copilot_api", used);
-            Optional<Double> included = includedCredits(usage);
-            o.put("included", included.orElse(null));
-            o.put("left", included.isPresent() && used != null ? Double.valueOf(Math.max(0, included.get() - used)) : null);
-            return o;
-        }
-
-        /** "Billing: usage-based" and the credits line for check-usage. */
-        static String render(JsonNode account) {
-            StringBuilder b = new StringBuilder(String.format(Locale.ROOT, "%-17s %s", "Billing:",
-                account.path("billing").asText().equals("usage-based") ? "usage-based (AI Credits)" : "premium requests × multiplier"));
-            if (!account.path("billing").asText().equals("usage-based")) return b.toString();
-            b.append('\n').append(String.format(Locale.ROOT, "%-17s ", "AI Credits:"));
-            JsonNode used = account.path("used_through_copilot_api");
-            b.append(used.isNumber() ? format(used.asDouble()) + " used through copilot-api" : "use through copilot-api unknown (no store)");
-            if (account.path("included").isNumber()) {
-                b.append(", of ").append(format(account.path("included").asDouble())).append(" included");
-                if (account.path("left").isNumber()) b.append(", at most ").append(format(account.path("left").asDouble())).append(" left");
-            }
-            b.append(" (month ").append(account.path("month_start").asText()).append(" to ").append(account.path("resets").asText()).append(')');
-            return b.toString();
-        }
-
-        /** {@code --budget CREDITS[/day|/month]}: a period is a UTC day or a UTC calendar month. */
-        record Budget(double credits, Period period) {
-            enum Period { DAY, MONTH }
-
-            static Budget parse(String text) {
-                String[] parts = text.trim().split("/", 2);
-                Period period = Period.MONTH;
-                if (parts.length == 2) {
-                    period = switch (parts[1].trim().toLowerCase(Locale.ROOT)) {
-                        case "day" -> Period.DAY;
-                        case "month" -> Period.MONTH;
-                        default -> throw new IllegalArgumentException("--budget is CREDITS, CREDITS/day or CREDITS/month, not " + text);
-                    };
-                }
-                double credits;
-                try {
-                    credits = Double.parseDouble(parts[0].trim());
-                } catch (NumberFormatException ex) {
-                    throw new IllegalArgumentException("--budget is CREDITS, CREDITS/day or CREDITS/month, not " + text);
-                }
-                if (!(credits >= 0) || Double.isInfinite(credits)) throw new IllegalArgumentException("--budget must be 0 or more credits");
-                return new Budget(credits, period);
-            }
-
-            String label() {
-                return format(credits) + "/" + period.name().toLowerCase(Locale.ROOT);
-            }
-
-            /** When the period holding this instant ends (UTC). */
-            Instant resets(Instant now) {
-                java.time.LocalDate day = now.atZone(ZoneOffset.UTC).toLocalDate();
-                java.time.LocalDate next = period == Period.DAY ? day.plusDays(1) : day.withDayOfMonth(1).plusMonths(1);
-                return next.atStartOfDay(ZoneOffset.UTC).toInstant();
-            }
-
-            boolean counts(String utcDay, Instant now) {
-                String today = Ledger.day(now);
-                return period == Period.DAY ? utcDay.equals(today) : utcDay.startsWith(today.substring(0, 7));
-            }
-        }
-
-        /** Credits since start by model and by UTC day; the most expensive requests; --budget. */
-        static final class Ledger {
-            static final int MOST_EXPENSIVE = 10;
-            static final int MAX_DAYS = 62;
-
-            record Priced(String at, String model, String route, double credits, boolean estimated) {
-            }
-
-            private final Budget budget;
-            private final Map<String, java.util.concurrent.atomic.DoubleAdder> byModel = new java.util.concurrent.ConcurrentSkipListMap<>();
-            private final java.util.NavigableMap<String, java.util.concurrent.atomic.DoubleAdder> byDay = new java.util.concurrent.ConcurrentSkipListMap<>();
-            private final java.util.concurrent.atomic.LongAdder estimated = new java.util.concurrent.atomic.LongAdder();
-            private final java.util.concurrent.atomic.LongAdder reported = new java.util.concurrent.atomic.LongAdder();
-            private final List<Priced> top = new ArrayList<>();
-
-            Ledger(Budget budget) {
-                this.budget = budget;
-            }
-
-            static String day(Instant at) {
-                return at.atZone(ZoneOffset.UTC).toLocalDate().toString();
-            }
-
-            void add(String model, String route, Figure f, Instant at) {
-                String m = model == null ? "(unknown)" : model;
-                byModel.computeIfAbsent(m, k -> new java.util.concurrent.atomic.DoubleAdder()).add(f.credits());
-                byDay.computeIfAbsent(day(at), k -> new java.util.concurrent.atomic.DoubleAdder()).add(f.credits());
-                while (byDay.size() > MAX_DAYS) byDay.pollFirstEntry();
-                (f.estimated() ? estimated : reported).increment();
-                synchronized (top) {
-                    top.add(new Priced(at.toString(), m, route, f.credits(), f.estimated()));
-                    top.sort(java.util.Comparator.comparingDouble(Priced::credits).reversed());
-                    if (top.size() > MOST_EXPENSIVE) top.remove(top.size() - 1);
-                }
-            }
-
-            /** Credits since start in the UTC days from this instant's day on. */
-            double since(Instant from) {
-                double sum = 0;
-                for (var entry : byDay.tailMap(day(from), true).entrySet()) sum += entry.getValue().sum();
-                return sum;
-            }
-
-            double spent(Budget b, Instant now) {
-                double sum = 0;
-                for (var entry : byDay.entrySet()) if (b.counts(entry.getKey(), now)) sum += entry.getValue().sum();
-                return sum;
-            }
-
-            /** Before a model call: past --budget, a 429 that says what was spent and when the budget resets. */
-            void admit(Instant now) {
-                if (budget == null) return;
-                double spent = spent(budget, now);
-                if (spent < budget.credits()) return;
-                Instant resets = budget.resets(now);
-                ApiError refused = new ApiError(429, "rate_limit_error", "copilot-api's budget is spent: " + format(spent)
-                    + " credits of --budget " + budget.label() + " are used since start; it resets at " + resets, null, "budget_exceeded");
-                refused.headers().put("retry-after", String.valueOf(Math.max(1, Duration.between(now, resets).toSeconds())));
-                throw refused;
-            }
-
-            ObjectNode json(Instant now) {
-                ObjectNode o = Json.object();
-                String today = day(now);
-                double total = 0, month = 0;
-                ObjectNode days = Json.object();
-                for (var entry : byDay.entrySet()) {
-                    double v = entry.getValue().sum();
-                    total += v;
-                    if (entry.getKey().startsWith(today.substring(0, 7))) month += v;
-                    days.put(entry.getKey(), v);
-                }
-                o.put("credits", total);
-                o.put("today", Optional.ofNullable(byDay.get(today)).map(java.util.concurrent.atomic.DoubleAdder::sum).orElse(0.0));
-                o.put("this_month", month);
-                ObjectNode models = o.putObject("by_model");
-                byModel.forEach((m, v) -> models.put(m, v.sum()));
-                o.set("by_day", days);
-                o.put("reported_requests", reported.sum());
-                o.put("estimated_requests", estimated.sum());
-                ArrayNode expensive = o.putArray("most_expensive");
-                synchronized (top) {
-                    for (Priced p : top) {
-                        expensive.addObject().put("time", p.at()).put("model", p.model()).put("route", p.route())
-                            .put("credits", p.credits()).put("estimated", p.estimated());
-                    }
-                }
-                if (budget == null) {
-                    o.putNull("budget");
-                } else {
-                    o.putObject("budget").put("credits", budget.credits()).put("per", budget.period().name().toLowerCase(Locale.ROOT))
-                        .put("spent", spent(budget, now)).put("resets", budget.resets(now).toString());
-                }
-                return o;
-            }
-        }
-    }
-
-    /**
-     * The prompts of the Agent (older: Task) tool calls copilot-api relayed, for a while: a new conversation whose
-     * last person-text is one of them is that subagent's first call. Bounded in count and in age.
-     */
-    static final class SubagentPrompts {
-        static final int MAX_PROMPTS = 256;
-        static final Duration MAX_AGE = Duration.ofHours(2);
-        static final Set<String> TOOL_NAMES = Set.of("Agent", "Task");
-
-        private final int max;
-        private final Duration maxAge;
-        private final LinkedHashMap<String, Instant> prompts = new LinkedHashMap<>();
-
-        SubagentPrompts(int max, Duration maxAge) {
-            this.max = max;
-            this.maxAge = maxAge;
-        }
-
-        /** A tool call the answer carried: remembered when it starts a subagent and has a prompt. */
-        void toolCall(String name, JsonNode input) {
-            if (!TOOL_NAMES.contains(name) || input == null) return;
-            String prompt = input.path("prompt").asText("");
-            if (prompt.isBlank()) return;
-            synchronized (prompts) {
-                prompts.remove(prompt);
-                prompts.put(prompt, Instant.now());
-                while (prompts.size() > max) prompts.remove(prompts.keySet().iterator().next());
-            }
-        }
-
-        /** Arguments as the chat and Responses APIs carry them: a JSON text. */
-        void toolCall(String name, String arguments) {
-            if (!TOOL_NAMES.contains(name)) return;
-            toolCall(name, Json.tryParse(arguments).orElse(null));
-        }
-
-        boolean isRemembered(String text) {
-            if (text == null || text.isBlank()) return false;
-            Instant oldest = Instant.now().minus(maxAge);
-            synchronized (prompts) {
-                prompts.values().removeIf(t -> t.isBefore(oldest));
-                return prompts.containsKey(text);
-            }
-        }
-
-        private void responsesItem(JsonNode item) {
-            if (item.path("type").asText("").equals("function_call")) toolCall(item.path("name").asText(""), item.path("arguments").asText(""));
-        }
-
-        /** A per-stream reader of the tool calls going by, in whichever API's events the client gets. */
-        ToolCallReader reader() {
-            return new ToolCallReader();
-        }
-
-        final class ToolCallReader {
-            /** Tool calls being streamed, by Anthropic block index or chat "choice/index": the name, then the argument text. */
-            private final Map<String, String> names = new HashMap<>();
-            private final Map<String, StringBuilder> inputs = new HashMap<>();
-
-            /** Anthropic events: a tool_use block's start names it, its input_json_delta pieces are its input, its stop ends it. */
-            void anthropicEvent(String name, JsonNode data) {
-                String key = data.path("index").asText("");
-                switch (name) {
-                    case "content_block_start" -> {
-                        JsonNode block = data.path("content_block");
-                        if (block.path("type").asText("").equals("tool_use") && TOOL_NAMES.contains(block.path("name").asText(""))) {
-                            names.put(key, block.path("name").asText());
-                            inputs.put(key, new StringBuilder());
+                    cfg.jetty.addConnector((server, http) -> {
+                        var connector = new org.eclipse.jetty.server.ServerConnector(server, new org.eclipse.jetty.server.HttpConnectionFactory(http));
+                        connector.setHost(options.host());
+                        connector.setPort(options.port());
+                        connector.setAcceptQueueSize(ACCEPT_QUEUE);
+                        connector.setIdleTimeout(IDLE_TIMEOUT.toMillis());
+                        return connector;
+                    });
+                    cfg.jetty.modifyServletContextHandler(handler -> handler.addFilter(WebSocketAsHttp.class, "/*",
+                        java.util.EnumSet.of(jakarta.servlet.DispatcherType.REQUEST)));
+                    cfg.requestLogger.http((ctx, ms) -> {
+                        inFlight.decrementAndGet();
+                        Exchange exchange = Exchange.of(ctx);
+                        controls.billing().settle(exchange);
+                        if (exchange.cost == null) exchange.cost = Cost.settle(exchange, ctx.res().getStatus(), models);
+                        RequestLog.write(ctx, ms, controls.stats());
+                        History.record(ctx, ctx.res().getStatus(), Math.round(ms), store);
+                    });
+                    cfg.routes.before(ctx -> {
+                        inFlight.incrementAndGet();
+                        Exchange.of(ctx).startedNanos = System.nanoTime();
+                        try {
+                            options.guard().check(ctx);
+                        } catch (ApiError refused) {
+                            controls.stats().refused(refused.code());
+                            Exchange.of(ctx).note("refused: " + refused.code());
+                            throw refused;
                         }
+                        if (ctx.attribute(BrowserGuard.PREFLIGHT) != null) return;
+                        controls.keys().check(ctx);
+                        Requests.checkBody(ctx);
+                    });
+                    cfg.routes.after(ctx -> {
+                        // a JSON answer not yet sent carries its cost, settled here once for the log and the history too;
+                        // a stream's is settled when it ends, for the log and the history
+                        Exchange exchange = Exchange.of(ctx);
+                        if (!exchange.invokesModel || ctx.res().isCommitted() || ctx.status().getCode() >= 400) return;
+                        exchange.cost = Cost.settle(exchange, ctx.status().getCode(), models);
+                        exchange.cost.ifPresent(c -> ctx.header(Cost.HEADER, Cost.format(c.credits())));
+                    });
+                    cfg.routes.get("/", Dashboard::root);
+                    cfg.routes.get("/dashboard", Dashboard::page);
+                    cfg.routes.get("/favicon.ico", ctx -> ctx.status(204));
+                    cfg.routes.get("/stats", ctx -> Requests.writeJson(ctx, controls.billing().withBudget(controls.stats().snapshot())
+                        .set("store", store.status())));
+                    cfg.routes.get("/history", ctx -> History.list(ctx, store));
+                    cfg.routes.get("/history/summary", ctx -> History.summary(ctx, store, copilot));
+                    for (String prefix : List.of("", "/v1")) {
+                        // the same paths answer Google's clients in their own shape (GeminiRoutes.serves tells them apart)
+                        cfg.routes.get(prefix + "/models", ctx -> {
+                            if (GeminiRoutes.serves(ctx)) gemini.models(ctx);
+                            else openai.models(ctx);
+                        });
+                        cfg.routes.get(prefix + "/models/{id}", ctx -> {
+                            if (GeminiRoutes.serves(ctx)) gemini.model(ctx);
+                            else openai.model(ctx);
+                        });
+                        cfg.routes.post(prefix + "/chat/completions", openai::chatCompletions);
+                        cfg.routes.post(prefix + "/embeddings", openai::embeddings);
                     }
-                    case "content_block_delta" -> {
-                        StringBuilder input = inputs.get(key);
-                        if (input != null) input.append(data.path("delta").path("partial_json").asText(""));
+                    for (String prefix : List.of("", "/v1")) {
+                        cfg.routes.post(prefix + "/responses", responses::create);
+                        cfg.routes.get(prefix + "/responses", responses::upgrade);
+                        cfg.routes.get(prefix + "/responses/{id}", state::get);
+                        cfg.routes.get(prefix + "/responses/{id}/input_items", state::inputItems);
+                        cfg.routes.delete(prefix + "/responses/{id}", state::delete);
+                        cfg.routes.post(prefix + "/messages", anthropic::messages);
+                        cfg.routes.post(prefix + "/messages/count_tokens", anthropic::countTokens);
                     }
-                    case "content_block_stop" -> {
-                        StringBuilder input = inputs.remove(key);
-                        if (input != null) toolCall(names.remove(key), input.toString());
+                    cfg.routes.get("/v1beta/models", gemini::models);
+                    cfg.routes.get("/v1beta/models/{id}", gemini::model);
+                    // Javalin matches a parameter followed by a literal within one segment (GeminiTests.JavalinColonTests)
+                    for (String prefix : GeminiRoutes.PREFIXES) {
+                        cfg.routes.post(prefix + "/models/{model}:generateContent", gemini::generateContent);
+                        cfg.routes.post(prefix + "/models/{model}:streamGenerateContent", gemini::streamGenerateContent);
+                        cfg.routes.post(prefix + "/models/{model}:countTokens", gemini::countTokens);
                     }
-                    default -> { }
-                }
-            }
-
-            /** Responses events: a function_call item is whole when it is done. */
-            void responsesEvent(String name, JsonNode data) {
-                if (name.equals("response.output_item.done")) responsesItem(data.path("item"));
-            }
-
-            /** Chat chunks: tool-call names and argument pieces by choice and index, read whole at the end. */
-            void chatChunk(JsonNode chunk) {
-                for (JsonNode choice : chunk.path("choices")) {
-                    for (JsonNode call : choice.path("delta").path("tool_calls")) {
-                        String key = choice.path("index").asInt(0) + "/" + call.path("index").asInt(0);
-                        String fn = call.path("function").path("name").asText("");
-                        if (!fn.isEmpty()) names.put(key, fn);
-                        inputs.computeIfAbsent(key, k -> new StringBuilder()).append(call.path("function").path("arguments").asText(""));
-                    }
-                }
-            }
-
-            void chatEnd() {
-                names.forEach((key, fn) -> toolCall(fn, inputs.getOrDefault(key, new StringBuilder()).toString()));
-                names.clear();
-                inputs.clear();
-            }
-        }
-
-        /** Whether a request offers the model a subagent tool (Anthropic, chat or Responses tool list). */
-        static boolean offered(JsonNode tools) {
-            for (JsonNode t : tools) {
-                String name = t.has("function") ? t.path("function").path("name").asText("") : t.path("name").asText("");
-                if (TOOL_NAMES.contains(name)) return true;
-            }
-            return false;
-        }
-    }
-
-    /**
-     * What a web page must not reach. DNS rebinding leaves one trace, the Host header, so only the names the
-     * server was bound for are served; a browser marks cross-site requests with Origin and Sec-Fetch-Site, so
-     * those are refused unless --cors-origin allows the origin, and then preflights are answered for it.
-     */
-    static final class BrowserGuard {
-        static final String ALLOW_HEADERS = "authorization, content-type, x-api-key, x-goog-api-key, x-goog-api-client, anthropic-version, anthropic-beta, "
-            + "anthropic-dangerous-direct-browser-access, openai-organization, openai-project, x-stainless-arch, x-stainless-lang, "
-            + "x-stainless-os, x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, "
-            + "x-stainless-runtime-version, x-stainless-timeout, x-stainless-helper-method";
-        private static final Pattern IPV4 = Pattern.compile("\\d{1,3}(\\.\\d{1,3}){3}");
-
-        private final Set<String> hosts;
-        private final Set<String> origins;
-
-        BrowserGuard(Set<String> hosts, Set<String> origins) {
-            this.hosts = Set.copyOf(hosts);
-            this.origins = Set.copyOf(origins);
-        }
-
-        /** localhost and the loopback literals, the bound address, --allowed-host names; --cors-origin origins. */
-        static BrowserGuard from(String bindHost, List<String> allowedHosts, List<String> corsOrigins, Map<String, String> env) {
-            Set<String> hosts = new LinkedHashSet<>(List.of("localhost", "127.0.0.1", "[::1]"));
-            hosts.add(hostName(bindHost.contains(":") && !bindHost.startsWith("[") ? "[" + bindHost + "]" : bindHost));
-            for (String h : Settings.listOption(env.get("COPILOT_API_ALLOWED_HOSTS"), allowedHosts)) hosts.add(hostName(h));
-            Set<String> origins = new LinkedHashSet<>();
-            for (String o : Settings.listOption(env.get("COPILOT_API_CORS_ORIGINS"), corsOrigins)) origins.add(origin(o));
-            return new BrowserGuard(hosts, origins);
-        }
-
-        static BrowserGuard loopback(String bindHost) {
-            return from(bindHost, List.of(), List.of(), Map.of());
-        }
-
-        boolean allowsAnyOrigin() {
-            return origins.contains("*");
-        }
-
-        /** The host part of a Host header or a name, lower case, without port, brackets kept for IPv6. */
-        static String hostName(String hostHeader) {
-            String h = hostHeader.trim().toLowerCase(Locale.ROOT);
-            if (h.startsWith("[")) {
-                int end = h.indexOf(']');
-                return end < 0 ? h : h.substring(0, end + 1);
-            }
-            int colon = h.indexOf(':');
-            if (colon >= 0) h = h.substring(0, colon);
-            return h.endsWith(".") ? h.substring(0, h.length() - 1) : h;
-        }
-
-        static String origin(String o) {
-            String v = o.trim().toLowerCase(Locale.ROOT);
-            if (v.equals("*")) return v;
-            if (!v.startsWith("http://") && !v.startsWith("https://")) {
-                throw new UserFacingException("--cors-origin takes an origin such as http://localhost:3000, got '" + o + "'");
-            }
-            return Settings.trimSlash(v);
-        }
-
-        /**
-         * An IP literal cannot be a rebinding: a page whose address is ours was served by us. Names are the
-         * rebinding vector, so only the known ones pass.
-         */
-        boolean allowsHost(String hostHeader) {
-            if (hostHeader == null || hostHeader.isBlank()) return true;
-            String h = hostName(hostHeader);
-            return hosts.contains(h) || IPV4.matcher(h).matches() || (h.startsWith("[") && h.endsWith("]"));
-        }
-
-        /** Runs before every route: refuses foreign hosts and cross-site requests, answers allowed preflights. */
-        void check(Context ctx) {
-            String host = ctx.header("host");
-            if (!allowsHost(host)) {
-                throw new ApiError(403, "permission_error", "copilot-api does not serve the host '" + hostName(host)
-                    + "' (a web page may be trying DNS rebinding); if you reach this server by that name, start it with --allowed-host "
-                    + hostName(host), null, "host_not_allowed");
-            }
-            String origin = ctx.header("origin");
-            if (origin != null && !isOwnOrigin(origin, host)) {
-                String o = origin.trim().toLowerCase(Locale.ROOT);
-                if (!origins.contains(o) && !allowsAnyOrigin()) {
-                    throw new ApiError(403, "permission_error", "copilot-api refuses requests from the web origin " + origin
-                        + "; to let that page use this server, start it with --cors-origin " + origin, null, "origin_not_allowed");
-                }
-                allowCors(ctx, origin);
-                if (isPreflight(ctx)) {
-                    answerPreflight(ctx);
-                    return;
-                }
-            } else if (origin == null && crossSite(ctx) && !isNavigationToPage(ctx)) {
-                throw new ApiError(403, "permission_error", "copilot-api refuses cross-site requests from web pages", null,
-                    "origin_not_allowed");
-            }
-        }
-
-        private static boolean isOwnOrigin(String origin, String host) {
-            if (host == null) return false;
-            String o = origin.trim().toLowerCase(Locale.ROOT);
-            String h = host.trim().toLowerCase(Locale.ROOT);
-            return o.equals("http://" + h) || o.equals("https://" + h);
-        }
-
-        private static boolean crossSite(Context ctx) {
-            String site = Optional.ofNullable(ctx.header("sec-fetch-site")).orElse("").trim().toLowerCase(Locale.ROOT);
-            return site.equals("cross-site") || site.equals("same-site");
-        }
-
-        /** A link to the dashboard from another page only opens it; the page itself reads nothing cross-site. */
-        private static boolean isNavigationToPage(Context ctx) {
-            return Dashboard.isPage(ctx) && "navigate".equalsIgnoreCase(ctx.header("sec-fetch-mode"));
-        }
-
-        private static boolean isPreflight(Context ctx) {
-            return ctx.method() == io.javalin.http.HandlerType.OPTIONS && ctx.header("access-control-request-method") != null;
-        }
-
-        private static void allowCors(Context ctx, String origin) {
-            ctx.header("Access-Control-Allow-Origin", origin);
-            ctx.header("Vary", "Origin");
-            ctx.header("Access-Control-Expose-Headers", "retry-after, x-request-id, request-id");
-        }
-
-        private static void answerPreflight(Context ctx) {
-            ctx.header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
-            String asked = ctx.header("access-control-request-headers");
-            ctx.header("Access-Control-Allow-Headers", asked != null && !asked.isBlank() ? asked : ALLOW_HEADERS);
-            ctx.header("Access-Control-Max-Age", "600");
-            if ("true".equalsIgnoreCase(ctx.header("access-control-request-private-network"))) {
-                ctx.header("Access-Control-Allow-Private-Network", "true");
-            }
-            ctx.status(204);
-            ctx.attribute(PREFLIGHT, true);
-            ctx.skipRemainingHandlers();
-        }
-
-        static final String PREFLIGHT = "copilot-api.preflight";
-    }
-
-    /**
-     * --api-key / COPILOT_API_KEYS: every route but the dashboard page wants one, as x-api-key or a bearer token (Google's
-     * clients: x-goog-api-key, or ?key= on Gemini paths).
-     */
-    static final class ApiKeys {
-        static final ApiKeys NONE = new ApiKeys(List.of());
-        private final List<byte[]> digests;
-
-        ApiKeys(List<String> keys) {
-            List<byte[]> d = new ArrayList<>();
-            for (String k : keys) if (k != null && !k.isBlank()) d.add(sha256(k.trim()));
-            this.digests = List.copyOf(d);
-        }
-
-        static ApiKeys from(List<String> options, Map<String, String> env) {
-            return new ApiKeys(Settings.listOption(env.get("COPILOT_API_KEYS"), options));
-        }
-
-        boolean enabled() {
-            return !digests.isEmpty();
-        }
-
-        /** Compares digests of equal length with MessageDigest.isEqual, against every key, so timing tells nothing. */
-        boolean accepts(String presented) {
-            if (presented == null) return false;
-            byte[] candidate = sha256(presented);
-            boolean ok = false;
-            for (byte[] d : digests) ok |= java.security.MessageDigest.isEqual(d, candidate);
-            return ok;
-        }
-
-        static String presented(Context ctx) {
-            String key = ctx.header("x-api-key");
-            if (key != null && !key.isBlank()) return key.trim();
-            key = ctx.header("x-goog-api-key");
-            // ?key= as Google's API takes it, on Google's paths only: a key in a URL is easier to leak than a header
-            if ((key == null || key.isBlank()) && GeminiRoutes.serves(ctx)) key = ctx.queryParam("key");
-            if (key != null && !key.isBlank()) return key.trim();
-            String auth = ctx.header("authorization");
-            if (auth != null && auth.regionMatches(true, 0, "Bearer ", 0, 7)) return auth.substring(7).trim();
-            return null;
-        }
-
-        void check(Context ctx) {
-            if (!enabled() || Dashboard.isPage(ctx) || Dashboard.isIcon(ctx)) return;
-            if (!accepts(presented(ctx))) {
-                throw new ApiError(401, "authentication_error",
-                    "Missing or invalid API key: send it as the x-api-key header or as Authorization: Bearer <key> (Gemini clients: "
-                        + "x-goog-api-key)", null, "invalid_api_key");
-            }
-        }
-
-        private static byte[] sha256(String s) {
-            try {
-                return java.security.MessageDigest.getInstance("SHA-256").digest(s.getBytes(UTF_8));
-            } catch (java.security.NoSuchAlgorithmException e) {
-                throw new IllegalStateException(e);
-            }
-        }
-    }
-
-    /**
-     * --rate-limit: at least this long between model-invoking requests. Each request takes the next free slot
-     * under a fair lock, so they go first come, first served and never two in one slot; without --wait a
-     * request whose slot is not now is refused with 429 and retry-after.
-     */
-    static final class Pacer {
-        static final Pacer NONE = new Pacer(Duration.ZERO, false);
-        static final String LEFT_QUEUED = "client disconnected while waiting its turn; never sent to Copilot";
-        private final long intervalNanos;
-        private final boolean wait;
-        private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock(true);
-        private long nextFree;
-        private boolean used;
-
-        Pacer(Duration interval, boolean wait) {
-            this.intervalNanos = interval.toNanos();
-            this.wait = wait;
-        }
-
-        /**
-         * Waits for this request's slot and returns it (System.nanoTime); without pacing, now. A client that
-         * leaves while it waits gives its slot back (when no later request has queued behind it) and ClientLeft.
-         */
-        long admit(Watch client) {
-            if (intervalNanos <= 0) return System.nanoTime();
-            long slot;
-            lock.lock();
-            try {
-                long now = System.nanoTime();
-                slot = !used || nextFree - now <= 0 ? now : nextFree;
-                if (slot != now && !wait) {
-                    long seconds = Math.max(1, (long) Math.ceil((slot - now) / 1e9));
-                    ApiError e = new ApiError(429, "rate_limit_error", "copilot-api is rate limited to one request every "
-                        + Duration.ofNanos(intervalNanos).toMillis() / 1000.0 + " s; retry in " + seconds + " s", null, "rate_limited");
-                    e.headers().put("retry-after", String.valueOf(seconds));
+                    cfg.routes.get("/usage", ctx -> openai.usage(ctx, from -> store.creditsSince(from.toEpochMilli())
+                        .orElseGet(() -> controls.stats().credits().since(from))));
+                    cfg.routes.get("/token", openai::token);
+                    cfg.routes.exception(Exception.class, Errors::handle);
+                    cfg.routes.error(404, ctx -> {
+                        if (ctx.attribute(Errors.WRITTEN) == null) Errors.write(ctx, new ApiError(404, "not_found_error",
+                            "No route for " + ctx.method() + " " + ctx.path()));
+                    });
+                });
+                try {
+                    app.start();
+                } catch (RuntimeException e) {
+                    store.close();
                     throw e;
                 }
-                used = true;
-                nextFree = slot + intervalNanos;
-            } finally {
-                lock.unlock();
+                // only now: opening SQLite (its native library first) while Jetty started slowed both, on two cores
+                store.beginOpening();
+                return new Server(app, options.host(), inFlight, copilot.streams(), store);
             }
-            try {
-                sleepUntil(slot, client);
-            } catch (ClientLeft e) {
-                giveBack(slot);
-                throw e;
-            }
-            return slot;
-        }
 
-        private void giveBack(long slot) {
-            lock.lock();
-            try {
-                if (nextFree == slot + intervalNanos) nextFree = slot;
-            } finally {
-                lock.unlock();
-            }
-        }
+            /**
+             * Javalin gives every request with Sec-WebSocket-Version to its WebSocket servlet, which has no routes here and
+             * answers an HTML 404 past every check. Without that header an upgrade takes the ordinary way: the browser guard,
+             * the API key, then the route (GET /v1/responses answers 426).
+             */
+            public static final class WebSocketAsHttp implements jakarta.servlet.Filter {
+                static final String VERSION = "Sec-WebSocket-Version";
 
-        private static void sleepUntil(long nanoTime, Watch client) {
-            long start = System.nanoTime();
-            try {
-                for (long left = nanoTime - start; left > 0; left = nanoTime - System.nanoTime()) {
-                    TimeUnit.NANOSECONDS.sleep(Math.min(left, CopilotClient.POLL.toNanos()));
-                    if (!client.waiting(Duration.ofNanos(System.nanoTime() - start), false)) throw new ClientLeft(LEFT_QUEUED);
+                @Override
+                public void doFilter(jakarta.servlet.ServletRequest req, jakarta.servlet.ServletResponse res, jakarta.servlet.FilterChain chain)
+                        throws IOException, jakarta.servlet.ServletException {
+                    if (!(req instanceof jakarta.servlet.http.HttpServletRequest http) || http.getHeader(VERSION) == null) {
+                        chain.doFilter(req, res);
+                        return;
+                    }
+                    chain.doFilter(new jakarta.servlet.http.HttpServletRequestWrapper(http) {
+                        @Override
+                        public String getHeader(String name) {
+                            return VERSION.equalsIgnoreCase(name) ? null : super.getHeader(name);
+                        }
+
+                        @Override
+                        public java.util.Enumeration<String> getHeaders(String name) {
+                            return VERSION.equalsIgnoreCase(name) ? java.util.Collections.emptyEnumeration() : super.getHeaders(name);
+                        }
+
+                        @Override
+                        public java.util.Enumeration<String> getHeaderNames() {
+                            List<String> names = new ArrayList<>(java.util.Collections.list(super.getHeaderNames()));
+                            names.removeIf(VERSION::equalsIgnoreCase);
+                            return java.util.Collections.enumeration(names);
+                        }
+                    }, res);
                 }
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                throw new ApiError(503, "api_error", "interrupted while waiting for the rate limit");
+            }
+
+            static final String JETTY_REFERENCES_PER_CACHE_LINE = "org.eclipse.jetty.util.referencesPerCacheLine";
+
+            /**
+             * Jetty pads some arrays by the references that fit in a cache line, and asks JMX whether oops are compressed
+             * to count them unless this property says it: starting JMX for that one answer cost 0.1 s of every start.
+             * Below 32 GB of heap HotSpot compresses them (4-byte references); a wrong guess only changes the padding.
+             */
+            static void tellJettyTheCacheLine() {
+                if (System.getProperty(JETTY_REFERENCES_PER_CACHE_LINE) != null) return;
+                int lineBytes = Integer.getInteger("org.eclipse.jetty.util.cacheLineBytes", 64);
+                int referenceBytes = Runtime.getRuntime().maxMemory() < (32L << 30) ? 4 : 8;
+                System.setProperty(JETTY_REFERENCES_PER_CACHE_LINE, String.valueOf(Math.max(1, lineBytes / referenceBytes)));
+            }
+
+            /** Jetty evicts one idle thread per idle timeout by default: 100 threads of a burst took over an hour to go. */
+            private static org.eclipse.jetty.util.thread.QueuedThreadPool platformPool() {
+                var pool = new org.eclipse.jetty.util.thread.QueuedThreadPool(MAX_PLATFORM_THREADS, MIN_PLATFORM_THREADS, (int) POOL_IDLE.toMillis());
+                pool.setMaxEvictCount(MAX_PLATFORM_THREADS);
+                return pool;
+            }
+
+            int port() {
+                return app.port();
+            }
+
+            String baseUrl() {
+                String h = host.contains(":") ? "[" + host + "]" : host;
+                if (h.equals("0.0.0.0") || h.equals("[::]")) h = "localhost";
+                return "http://" + h + ":" + port();
+            }
+
+            void stop() {
+                app.stop();
+                store.close();
+                stopped.countDown();
+            }
+
+            int running() {
+                return inFlight.get();
+            }
+
+            /**
+             * Closes the listening sockets (new connections are refused at once, not queued), then waits up to the
+             * timeout for running requests (streams) to finish.
+             */
+            void drain(Duration timeout) {
+                for (var connector : app.jettyServer().server().getConnectors()) {
+                    if (connector instanceof org.eclipse.jetty.server.AbstractNetworkConnector c) c.close();
+                }
+                awaitIdle(timeout);
+            }
+
+            /** Ends the streams still running with their API's error event and waits briefly for them to be written. */
+            int endStreams(Duration timeout) {
+                int ended = streams.endAll();
+                awaitIdle(timeout);
+                return ended;
+            }
+
+            private void awaitIdle(Duration timeout) {
+                long end = System.nanoTime() + timeout.toNanos();
+                while (inFlight.get() > 0 && System.nanoTime() < end) {
+                    try {
+                        Thread.sleep(50);
+                    } catch (InterruptedException e) {
+                        Thread.currentThread().interrupt();
+                        return;
+                    }
+                }
+            }
+
+            /** Blocks until stop(); Jetty's own join returns at once when its pool runs virtual threads. */
+            void join() throws InterruptedException {
+                stopped.await();
+            }
+        }
+
+        /** What one request did, filled in by its handler, read by the request log and /stats. */
+        static final class Exchange {
+            static final String KEY = "copilot-api.exchange";
+
+            volatile String requestedModel;
+            volatile String upstreamModel;
+            volatile String route;
+            volatile String note;
+            volatile boolean invokesModel;
+            volatile boolean failedInStream;
+            volatile long inputTokens = -1;
+            volatile long outputTokens = -1;
+            /** The error the client was given, and whether the operator should hear of it (Copilot's or ours, not the client's). */
+            volatile String error;
+            volatile boolean warn;
+            /** What the upstream call cost in premium requests; null when no model was called or the call was released. */
+            volatile Billing.Charge charge;
+            /** Copilot answered the call (a JSON answer, or a stream opened): from then on its charge stands. */
+            volatile boolean answered;
+            /** For the request history: when the request came and its first byte left, cached input tokens, the error's type. */
+            volatile long startedNanos;
+            volatile long firstByteNanos;
+            volatile long cachedTokens = -1;
+            volatile String errorType;
+            /** The request body as the client sent it: spliced into the native upstream body, kept in the history with --history-bodies. */
+            volatile byte[] requestBody;
+            /** A JSON answer's text, for the history with --history-bodies. */
+            volatile String responseBody;
+            /** copilot_usage.total_nano_aiu as Copilot reported it; -1 when it did not. */
+            volatile long nanoAiu = -1;
+            /** What the request cost in AI Credits once settled; empty for a failed call or a legacy plan. */
+            volatile Optional<Cost.Figure> cost;
+            /** The kind of background call this was (warmup, title, compaction, side call); null for a person's prompt and its turns. */
+            volatile String background;
+
+            static Exchange of(Context ctx) {
+                Exchange e = ctx.attribute(KEY);
+                if (e == null) {
+                    e = new Exchange();
+                    ctx.attribute(KEY, e);
+                }
+                return e;
+            }
+
+            Exchange model(String requested, String upstream) {
+                requestedModel = requested;
+                upstreamModel = upstream;
+                return this;
+            }
+
+            Exchange route(String r) {
+                route = r;
+                return this;
+            }
+
+            Exchange note(String n) {
+                note = n;
+                return this;
+            }
+
+            Exchange error(String message, boolean worthAWarning) {
+                error = message;
+                warn = worthAWarning;
+                return this;
+            }
+
+            /** A stream that ended in an error event: a 200 on the wire, a failure all the same. */
+            Exchange failed(String n) {
+                failedInStream = true;
+                return note(n);
+            }
+
+            /** Records usage; negative values mean unknown and are ignored. */
+            Exchange usage(long in, long out) {
+                if (in >= 0) inputTokens = in;
+                if (out >= 0) outputTokens = out;
+                return this;
+            }
+
+            Exchange firstByte() {
+                if (firstByteNanos == 0) firstByteNanos = System.nanoTime();
+                return this;
+            }
+
+            Exchange cached(long tokens) {
+                if (tokens >= 0) cachedTokens = tokens;
+                return this;
+            }
+
+            /** Copilot's own figure for the call (copilot_usage), where an answer or stream event carries it. */
+            Exchange copilotUsage(JsonNode holder) {
+                long nano = Cost.reportedNano(holder);
+                if (nano >= 0) nanoAiu = nano;
+                return this;
+            }
+
+            /** Responses usage: input tokens (cached included) and output tokens. */
+            Exchange responsesUsage(JsonNode usage) {
+                if (usage == null || !usage.isObject()) return this;
+                copilotUsage(usage);
+                cached(usage.path("input_tokens_details").path("cached_tokens").asLong(-1));
+                return usage(usage.path("input_tokens").asLong(-1), usage.path("output_tokens").asLong(-1));
+            }
+
+            /** Chat-completions usage: prompt tokens (cached included) and completion tokens. */
+            Exchange chatUsage(JsonNode usage) {
+                if (usage == null || !usage.isObject()) return this;
+                copilotUsage(usage);
+                cached(usage.path("prompt_tokens_details").path("cached_tokens").asLong(-1));
+                return usage(usage.path("prompt_tokens").asLong(-1), usage.path("completion_tokens").asLong(-1));
+            }
+
+            /** Anthropic usage: input excludes cached tokens there, so they are added back. */
+            Exchange anthropicUsage(JsonNode usage) {
+                if (usage == null || !usage.isObject()) return this;
+                copilotUsage(usage);
+                cached(usage.path("cache_read_input_tokens").asLong(-1));
+                long in = usage.has("input_tokens") ? usage.path("input_tokens").asLong() + usage.path("cache_read_input_tokens").asLong(0)
+                    + usage.path("cache_creation_input_tokens").asLong(0) : -1;
+                return usage(in, usage.path("output_tokens").asLong(-1));
+            }
+        }
+
+        /**
+         * One line per request: method, path, requested model -> upstream model, route, status, duration and
+         * tokens; bodies only with --verbose (logged by the handlers, secrets redacted).
+         */
+        static final class RequestLog {
+            static void write(Context ctx, Float ms, Stats stats) {
+                Exchange e = Exchange.of(ctx);
+                int status = ctx.res().getStatus();
+                long millis = Math.round(ms);
+                stats.record(e, status, millis);
+                StringBuilder line = new StringBuilder().append(ctx.method()).append(' ').append(ctx.path());
+                if (e.requestedModel != null) {
+                    line.append(' ').append(e.requestedModel);
+                    if (e.upstreamModel != null && !e.upstreamModel.equals(e.requestedModel)) line.append(" -> ").append(e.upstreamModel);
+                }
+                String route = java.util.stream.Stream.of(e.route, e.background == null ? null : "background: " + e.background)
+                    .filter(java.util.Objects::nonNull).collect(java.util.stream.Collectors.joining(", "));
+                if (!route.isEmpty()) line.append(" [").append(route).append(']');
+                line.append(' ').append(status).append(' ').append(millis).append("ms");
+                if (e.inputTokens >= 0 || e.outputTokens >= 0) {
+                    line.append(" in=").append(Math.max(0, e.inputTokens)).append(" out=").append(Math.max(0, e.outputTokens));
+                    if (e.cachedTokens >= 0) line.append(" cached=").append(e.cachedTokens);
+                }
+                Optional<Cost.Figure> cost = e.cost;
+                if (cost != null && cost.isPresent()) line.append(' ').append(cost.get().describe());
+                else if (e.charge != null) line.append(' ').append(e.charge.describe());
+                if (e.note != null) line.append(" (").append(e.note).append(')');
+                if (e.error != null) line.append(": ").append(Redact.shorten(e.error));
+                if (e.warn) Logs.log().warn("{}", line);
+                else if (e.invokesModel || status >= 500 || e.note != null) Logs.log().info("{}", line);
+                else Logs.log().debug("{}", line);
+            }
+        }
+
+        /**
+         * What a web page must not reach. DNS rebinding leaves one trace, the Host header, so only the names the
+         * server was bound for are served; a browser marks cross-site requests with Origin and Sec-Fetch-Site, so
+         * those are refused unless --cors-origin allows the origin, and then preflights are answered for it.
+         */
+        static final class BrowserGuard {
+            static final String ALLOW_HEADERS = "authorization, content-type, x-api-key, x-goog-api-key, x-goog-api-client, anthropic-version, anthropic-beta, "
+                + "anthropic-dangerous-direct-browser-access, openai-organization, openai-project, x-stainless-arch, x-stainless-lang, "
+                + "x-stainless-os, x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, "
+                + "x-stainless-runtime-version, x-stainless-timeout, x-stainless-helper-method";
+            private static final Pattern IPV4 = Pattern.compile("\\d{1,3}(\\.\\d{1,3}){3}");
+
+            private final Set<String> hosts;
+            private final Set<String> origins;
+
+            BrowserGuard(Set<String> hosts, Set<String> origins) {
+                this.hosts = Set.copyOf(hosts);
+                this.origins = Set.copyOf(origins);
+            }
+
+            /** localhost and the loopback literals, the bound address, --allowed-host names; --cors-origin origins. */
+            static BrowserGuard from(String bindHost, List<String> allowedHosts, List<String> corsOrigins, Map<String, String> env) {
+                Set<String> hosts = new LinkedHashSet<>(List.of("localhost", "127.0.0.1", "[::1]"));
+                hosts.add(hostName(bindHost.contains(":") && !bindHost.startsWith("[") ? "[" + bindHost + "]" : bindHost));
+                for (String h : Settings.listOption(env.get("COPILOT_API_ALLOWED_HOSTS"), allowedHosts)) hosts.add(hostName(h));
+                Set<String> origins = new LinkedHashSet<>();
+                for (String o : Settings.listOption(env.get("COPILOT_API_CORS_ORIGINS"), corsOrigins)) origins.add(origin(o));
+                return new BrowserGuard(hosts, origins);
+            }
+
+            static BrowserGuard loopback(String bindHost) {
+                return from(bindHost, List.of(), List.of(), Map.of());
+            }
+
+            boolean allowsAnyOrigin() {
+                return origins.contains("*");
+            }
+
+            /** The host part of a Host header or a name, lower case, without port, brackets kept for IPv6. */
+            static String hostName(String hostHeader) {
+                String h = hostHeader.trim().toLowerCase(Locale.ROOT);
+                if (h.startsWith("[")) {
+                    int end = h.indexOf(']');
+                    return end < 0 ? h : h.substring(0, end + 1);
+                }
+                int colon = h.indexOf(':');
+                if (colon >= 0) h = h.substring(0, colon);
+                return h.endsWith(".") ? h.substring(0, h.length() - 1) : h;
+            }
+
+            static String origin(String o) {
+                String v = o.trim().toLowerCase(Locale.ROOT);
+                if (v.equals("*")) return v;
+                if (!v.startsWith("http://") && !v.startsWith("https://")) {
+                    throw new UserFacingException("--cors-origin takes an origin such as http://localhost:3000, got '" + o + "'");
+                }
+                return Settings.trimSlash(v);
+            }
+
+            /**
+             * An IP literal cannot be a rebinding: a page whose address is ours was served by us. Names are the
+             * rebinding vector, so only the known ones pass.
+             */
+            boolean allowsHost(String hostHeader) {
+                if (hostHeader == null || hostHeader.isBlank()) return true;
+                String h = hostName(hostHeader);
+                return hosts.contains(h) || IPV4.matcher(h).matches() || (h.startsWith("[") && h.endsWith("]"));
+            }
+
+            /** Runs before every route: refuses foreign hosts and cross-site requests, answers allowed preflights. */
+            void check(Context ctx) {
+                String host = ctx.header("host");
+                if (!allowsHost(host)) {
+                    throw new ApiError(403, "permission_error", "copilot-api does not serve the host '" + hostName(host)
+                        + "' (a web page may be trying DNS rebinding); if you reach this server by that name, start it with --allowed-host "
+                        + hostName(host), null, "host_not_allowed");
+                }
+                String origin = ctx.header("origin");
+                if (origin != null && !isOwnOrigin(origin, host)) {
+                    String o = origin.trim().toLowerCase(Locale.ROOT);
+                    if (!origins.contains(o) && !allowsAnyOrigin()) {
+                        throw new ApiError(403, "permission_error", "copilot-api refuses requests from the web origin " + origin
+                            + "; to let that page use this server, start it with --cors-origin " + origin, null, "origin_not_allowed");
+                    }
+                    allowCors(ctx, origin);
+                    if (isPreflight(ctx)) {
+                        answerPreflight(ctx);
+                        return;
+                    }
+                } else if (origin == null && crossSite(ctx) && !isNavigationToPage(ctx)) {
+                    throw new ApiError(403, "permission_error", "copilot-api refuses cross-site requests from web pages", null,
+                        "origin_not_allowed");
+                }
+            }
+
+            private static boolean isOwnOrigin(String origin, String host) {
+                if (host == null) return false;
+                String o = origin.trim().toLowerCase(Locale.ROOT);
+                String h = host.trim().toLowerCase(Locale.ROOT);
+                return o.equals("http://" + h) || o.equals("https://" + h);
+            }
+
+            private static boolean crossSite(Context ctx) {
+                String site = Optional.ofNullable(ctx.header("sec-fetch-site")).orElse("").trim().toLowerCase(Locale.ROOT);
+                return site.equals("cross-site") || site.equals("same-site");
+            }
+
+            /** A link to the dashboard from another page only opens it; the page itself reads nothing cross-site. */
+            private static boolean isNavigationToPage(Context ctx) {
+                return Dashboard.isPage(ctx) && "navigate".equalsIgnoreCase(ctx.header("sec-fetch-mode"));
+            }
+
+            private static boolean isPreflight(Context ctx) {
+                return ctx.method() == io.javalin.http.HandlerType.OPTIONS && ctx.header("access-control-request-method") != null;
+            }
+
+            private static void allowCors(Context ctx, String origin) {
+                ctx.header("Access-Control-Allow-Origin", origin);
+                ctx.header("Vary", "Origin");
+                ctx.header("Access-Control-Expose-Headers", "retry-after, x-request-id, request-id");
+            }
+
+            private static void answerPreflight(Context ctx) {
+                ctx.header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS");
+                String asked = ctx.header("access-control-request-headers");
+                ctx.header("Access-Control-Allow-Headers", asked != null && !asked.isBlank() ? asked : ALLOW_HEADERS);
+                ctx.header("Access-Control-Max-Age", "600");
+                if ("true".equalsIgnoreCase(ctx.header("access-control-request-private-network"))) {
+                    ctx.header("Access-Control-Allow-Private-Network", "true");
+                }
+                ctx.status(204);
+                ctx.attribute(PREFLIGHT, true);
+                ctx.skipRemainingHandlers();
+            }
+
+            static final String PREFLIGHT = "copilot-api.preflight";
+        }
+
+        /** Reading and checking request bodies; every failure here is a 400 before any upstream call. */
+        static final class Requests {
+            /** Every POST route takes JSON: a form or text/plain body is what a web page can send without asking. */
+            static void checkBody(Context ctx) {
+                if (ctx.method() != io.javalin.http.HandlerType.POST) return;
+                String type = Optional.ofNullable(ctx.header("content-type")).orElse("");
+                String media = type.split(";", 2)[0].trim().toLowerCase(Locale.ROOT);
+                if (!media.equals("application/json")) {
+                    throw new ApiError(415, "invalid_request_error", "The request body must be JSON sent with Content-Type: application/json"
+                        + (media.isEmpty() ? "" : ", not " + media), null, "unsupported_media_type");
+                }
+                long length = ctx.req().getContentLengthLong();
+                if (length > Server.MAX_REQUEST_BYTES) throw tooLarge();
+            }
+
+            static ApiError tooLarge() {
+                return new ApiError(413, "invalid_request_error", "The request body is larger than copilot-api accepts ("
+                    + Server.MAX_REQUEST_BYTES / (1024 * 1024) + " MB)", null, "request_too_large");
+            }
+
+            /** The body, read up to the limit whatever Content-Length said (a chunked body has none). */
+            static byte[] body(Context ctx) {
+                try (InputStream in = ctx.req().getInputStream()) {
+                    byte[] raw = in.readNBytes((int) Server.MAX_REQUEST_BYTES + 1);
+                    if (raw.length > Server.MAX_REQUEST_BYTES) throw tooLarge();
+                    return raw;
+                } catch (IOException e) {
+                    throw new ApiError(400, "invalid_request_error", "The request body could not be read: " + describe(e));
+                }
+            }
+
+            /** The request body as the client sent it (after jsonObject read it), for splicing into the upstream body. */
+            static byte[] raw(Context ctx) {
+                return Exchange.of(ctx).requestBody;
+            }
+
+            static ObjectNode jsonObject(Context ctx) {
+                byte[] raw = body(ctx);
+                Exchange.of(ctx).requestBody = raw;
+                if (raw.length == 0) throw new ApiError(400, "invalid_request_error", "The request body is empty; expected a JSON object");
+                JsonNode node;
+                try {
+                    node = JSON.readTree(raw);
+                } catch (IOException e) {
+                    throw new ApiError(400, "invalid_request_error", "The request body is not valid JSON: " + Json.shortError(e));
+                }
+                if (node == null || !node.isObject()) throw new ApiError(400, "invalid_request_error", "The request body must be a JSON object");
+                return (ObjectNode) node;
+            }
+
+            static String requireText(JsonNode body, String field) {
+                JsonNode v = body.get(field);
+                if (v == null || v.isNull()) throw new ApiError(400, "invalid_request_error", "Missing required parameter: '" + field + "'", field, null);
+                if (!v.isTextual() || v.asText().isBlank()) {
+                    throw new ApiError(400, "invalid_request_error", "'" + field + "' must be a non-empty string", field, null);
+                }
+                return v.asText();
+            }
+
+            static JsonNode requireArray(JsonNode body, String field) {
+                JsonNode v = body.get(field);
+                if (v == null || v.isNull()) throw new ApiError(400, "invalid_request_error", "Missing required parameter: '" + field + "'", field, null);
+                if (!v.isArray() || v.isEmpty()) throw new ApiError(400, "invalid_request_error", "'" + field + "' must be a non-empty array", field, null);
+                return v;
+            }
+
+            static ApiError invalid(String field, String message) {
+                return new ApiError(400, "invalid_request_error", "'" + field + "' " + message, field, null);
+            }
+
+            /** The stream flag, which decides how the answer is read: true or false (or absent), never "yes". */
+            static boolean stream(JsonNode body) {
+                JsonNode v = body.get("stream");
+                if (v == null || v.isNull()) return false;
+                if (!v.isBoolean()) throw invalid("stream", "must be a boolean, true or false, got " + Redact.shorten(v.toString()));
+                return v.asBoolean();
+            }
+
+            static void optionalArray(JsonNode body, String field) {
+                JsonNode v = body.get(field);
+                if (v != null && !v.isNull() && !v.isArray()) throw invalid(field, "must be an array");
+            }
+
+            static void optionalObject(JsonNode body, String field) {
+                JsonNode v = body.get(field);
+                if (v != null && !v.isNull() && !v.isObject()) throw invalid(field, "must be an object");
+            }
+
+            static void optionalText(JsonNode body, String field) {
+                JsonNode v = body.get(field);
+                if (v != null && !v.isNull() && !v.isTextual()) throw invalid(field, "must be a string");
+            }
+
+            static void optionalPositiveInt(JsonNode body, String field) {
+                JsonNode v = body.get(field);
+                if (v != null && !v.isNull() && (!v.isIntegralNumber() || !v.canConvertToInt() || v.asInt() < 1)) {
+                    throw invalid(field, "must be a positive integer");
+                }
+            }
+
+            /** Each entry an object with a string role, content of the given kinds; the path names the entry. */
+            static void messages(JsonNode messages, String field, boolean nullContent) {
+                for (int i = 0; i < messages.size(); i++) {
+                    JsonNode m = messages.get(i);
+                    String at = field + "[" + i + "]";
+                    if (!m.isObject()) throw invalid(at, "must be an object");
+                    JsonNode role = m.get("role");
+                    if (role == null || !role.isTextual()) throw invalid(at + ".role", "must be a string");
+                    JsonNode content = m.get("content");
+                    boolean absent = content == null || content.isNull();
+                    if (absent && nullContent) continue;
+                    if (absent) throw invalid(at + ".content", "is required");
+                    if (!content.isTextual() && !content.isArray()) throw invalid(at + ".content", "must be a string or an array of content parts");
+                    if (content.isArray()) parts(content, at + ".content");
+                }
+            }
+
+            static void parts(JsonNode parts, String field) {
+                for (int j = 0; j < parts.size(); j++) {
+                    JsonNode part = parts.get(j);
+                    if (!part.isObject() || !part.path("type").isTextual()) throw invalid(field + "[" + j + "]", "must be an object with a string type");
+                }
+            }
+
+            static void tools(JsonNode body) {
+                optionalArray(body, "tools");
+                JsonNode tools = body.path("tools");
+                for (int i = 0; i < tools.size(); i++) if (!tools.get(i).isObject()) throw invalid("tools[" + i + "]", "must be an object");
+            }
+
+            /** The chat-completions fields copilot-api reads or rewrites. */
+            static void chat(JsonNode body) {
+                messages(body.get("messages"), "messages", true);
+                stream(body);
+                tools(body);
+                optionalObject(body, "stream_options");
+                optionalPositiveInt(body, "n");
+                optionalPositiveInt(body, "max_tokens");
+                optionalPositiveInt(body, "max_completion_tokens");
+                optionalText(body, "reasoning_effort");
+            }
+
+            /** The Anthropic Messages fields copilot-api reads or rewrites (count_tokens reads the same ones). */
+            static void anthropic(JsonNode body) {
+                messages(body.get("messages"), "messages", false);
+                stream(body);
+                tools(body);
+                JsonNode system = body.get("system");
+                if (system != null && !system.isNull() && !system.isTextual() && !system.isArray()) {
+                    throw invalid("system", "must be a string or an array of text blocks");
+                }
+                if (system != null && system.isArray()) parts(system, "system");
+                optionalObject(body, "thinking");
+                optionalObject(body, "tool_choice");
+                optionalObject(body, "metadata");
+                optionalObject(body, "output_config");
+            }
+
+            /** The Responses fields copilot-api reads or rewrites. */
+            static void responses(JsonNode body) {
+                stream(body);
+                tools(body);
+                optionalText(body, "instructions");
+                optionalPositiveInt(body, "max_output_tokens");
+                optionalObject(body, "reasoning");
+                optionalObject(body, "text");
+                optionalArray(body, "include");
+                JsonNode input = body.path("input");
+                for (int i = 0; i < input.size() && input.isArray(); i++) {
+                    if (!input.get(i).isObject()) throw invalid("input[" + i + "]", "must be an object (an input item)");
+                }
+            }
+
+            static void writeJson(Context ctx, JsonNode node) {
+                String text = Json.write(node);
+                Exchange.of(ctx).firstByte().responseBody = text;
+                ctx.contentType("application/json").result(text);
+            }
+
+            /** A whole-number query parameter within bounds (one too long for a long is out of them too). */
+            static long queryLong(Context ctx, String name, long min, long max) {
+                String v = ctx.queryParam(name);
+                try {
+                    long n = Long.parseLong(v);
+                    if (n >= min && n <= max) return n;
+                } catch (NumberFormatException e) {
+                    // answered below
+                }
+                throw invalid(name, "must be an integer from " + min + " to " + max);
+            }
+
+            /** An integer query parameter within bounds; absent is the default. */
+            static int queryInt(Context ctx, String name, int fallback, int min, int max) {
+                String v = ctx.queryParam(name);
+                if (v == null) return fallback;
+                try {
+                    int n = Integer.parseInt(v);
+                    if (n >= min && n <= max) return n;
+                } catch (NumberFormatException e) {
+                    // answered below
+                }
+                throw invalid(name, "must be an integer from " + min + " to " + max);
+            }
+
+            static void logBody(String what, JsonNode body) {
+                if (Logs.log().isDebugEnabled()) Logs.log().debug("{}: {}", what, Redact.secrets(Json.write(body)));
             }
         }
     }
 
-    /** --manual: the operator answers y/n at the terminal for each model-invoking request; one question at a time. */
-    static final class Approver {
-        static final Approver NONE = new Approver(null, Duration.ZERO);
+    // ==== 3.2 Operator controls: keys, pacing, approval, stats, premium billing, the cost in AI Credits, dashboard ====
 
-        static final String LEFT_UNANSWERED = "client disconnected while waiting for approval; never sent to Copilot";
+    /** What the person running the server controls and sees: keys, pacing, approval, budgets and what was spent. */
+    static final class Operator {
+        private Operator() {}
 
-        /**
-         * Where questions go and answers come from: the real terminal, or a script in tests. The one reader of the
-         * process's input: the Claude Code model prompt and the --manual questions both ask through it.
-         */
-        interface Terminal {
-            /** Shows the question. Lines typed before it are discarded, so a stray answer never approves a later request. */
-            void ask(String question);
+        /** The operator's controls over model-invoking requests: API keys, pacing, manual approval, statistics. */
+        record Controls(ApiKeys keys, Pacer pacer, Approver approver, Stats stats, Billing billing) {
+            Controls(ApiKeys keys, Pacer pacer, Approver approver, Stats stats) {
+                this(keys, pacer, approver, stats, Billing.unlimited());
+            }
 
-            /** The next line typed since the question, or null when none came within the timeout; at the end of input, "" at once. */
-            String answer(Duration timeout) throws InterruptedException;
+            static Controls none() {
+                return new Controls(ApiKeys.NONE, Pacer.NONE, Approver.NONE, new Stats());
+            }
 
-            /** Tells the operator something that needs no answer. */
-            default void tell(String note) {
+            /**
+             * Before a request that invokes a model: the operator's yes at the terminal, then its turn in the pacing.
+             * The client is watched all the while: one that leaves is dropped before Copilot hears of it, and counts
+             * as no model call.
+             */
+            void admit(Context ctx, String model, int messages) {
+                Exchange exchange = Exchange.of(ctx);
+                stats.credits().admit(Instant.now());
+                exchange.invokesModel = true;
+                // watched as a non-stream: nothing is committed or kept alive while the request waits its turn
+                Watch client = new ClientWatch(ctx, Duration.ZERO, Duration.ZERO);
+                try {
+                    if (approver.asks()) approver.approve(ctx.method() + " " + ctx.path(), model, messages, client);
+                    pacer.admit(client);
+                } catch (ClientLeft e) {
+                    exchange.invokesModel = false;
+                    throw e;
+                }
             }
         }
 
-        private final Terminal terminal;
-        private final Duration timeout;
-        private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock(true);
+        /**
+         * --api-key / COPILOT_API_KEYS: every route but the dashboard page wants one, as x-api-key or a bearer token (Google's
+         * clients: x-goog-api-key, or ?key= on Gemini paths).
+         */
+        static final class ApiKeys {
+            static final ApiKeys NONE = new ApiKeys(List.of());
+            private final List<byte[]> digests;
 
-        Approver(Terminal terminal, Duration timeout) {
-            this.terminal = terminal;
-            this.timeout = timeout;
-        }
+            ApiKeys(List<String> keys) {
+                List<byte[]> d = new ArrayList<>();
+                for (String k : keys) if (k != null && !k.isBlank()) d.add(sha256(k.trim()));
+                this.digests = List.copyOf(d);
+            }
 
-        /** Whether requests wait for the operator's answer at all (--manual). */
-        boolean asks() {
-            return terminal != null;
-        }
+            static ApiKeys from(List<String> options, Map<String, String> env) {
+                return new ApiKeys(Settings.listOption(env.get("COPILOT_API_KEYS"), options));
+            }
 
-        /** Asks, one question at a time, until the operator answers, the timeout passes or the client leaves (ClientLeft). */
-        void approve(String request, String model, int messages, Watch client) {
-            if (terminal == null) return;
-            long start = System.nanoTime();
-            long deadline = start + timeout.toNanos();
-            try {
-                if (!takeTurn(deadline, start, client)) throw refused("no answer at the terminal within " + minutes());
+            boolean enabled() {
+                return !digests.isEmpty();
+            }
+
+            /** Compares digests of equal length with MessageDigest.isEqual, against every key, so timing tells nothing. */
+            boolean accepts(String presented) {
+                if (presented == null) return false;
+                byte[] candidate = sha256(presented);
+                boolean ok = false;
+                for (byte[] d : digests) ok |= java.security.MessageDigest.isEqual(d, candidate);
+                return ok;
+            }
+
+            static String presented(Context ctx) {
+                String key = ctx.header("x-api-key");
+                if (key != null && !key.isBlank()) return key.trim();
+                key = ctx.header("x-goog-api-key");
+                // ?key= as Google's API takes it, on Google's paths only: a key in a URL is easier to leak than a header
+                if ((key == null || key.isBlank()) && GeminiRoutes.serves(ctx)) key = ctx.queryParam("key");
+                if (key != null && !key.isBlank()) return key.trim();
+                String auth = ctx.header("authorization");
+                if (auth != null && auth.regionMatches(true, 0, "Bearer ", 0, 7)) return auth.substring(7).trim();
+                return null;
+            }
+
+            void check(Context ctx) {
+                if (!enabled() || Dashboard.isPage(ctx) || Dashboard.isIcon(ctx)) return;
+                if (!accepts(presented(ctx))) {
+                    throw new ApiError(401, "authentication_error",
+                        "Missing or invalid API key: send it as the x-api-key header or as Authorization: Bearer <key> (Gemini clients: "
+                            + "x-goog-api-key)", null, "invalid_api_key");
+                }
+            }
+
+            private static byte[] sha256(String s) {
                 try {
-                    terminal.ask(String.format(Locale.ROOT, "%nAllow %s model=%s messages=%d? [y/N] ", request, model, messages));
-                    String answer = answer(deadline, start, client, request);
-                    if (answer == null) throw refused("no answer at the terminal within " + minutes());
-                    if (!answer.trim().toLowerCase(Locale.ROOT).matches("y|yes")) throw refused("refused at the terminal");
+                    return java.security.MessageDigest.getInstance("SHA-256").digest(s.getBytes(UTF_8));
+                } catch (java.security.NoSuchAlgorithmException e) {
+                    throw new IllegalStateException(e);
+                }
+            }
+        }
+
+        /**
+         * --rate-limit: at least this long between model-invoking requests. Each request takes the next free slot
+         * under a fair lock, so they go first come, first served and never two in one slot; without --wait a
+         * request whose slot is not now is refused with 429 and retry-after.
+         */
+        static final class Pacer {
+            static final Pacer NONE = new Pacer(Duration.ZERO, false);
+            static final String LEFT_QUEUED = "client disconnected while waiting its turn; never sent to Copilot";
+            private final long intervalNanos;
+            private final boolean wait;
+            private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock(true);
+            private long nextFree;
+            private boolean used;
+
+            Pacer(Duration interval, boolean wait) {
+                this.intervalNanos = interval.toNanos();
+                this.wait = wait;
+            }
+
+            /**
+             * Waits for this request's slot and returns it (System.nanoTime); without pacing, now. A client that
+             * leaves while it waits gives its slot back (when no later request has queued behind it) and ClientLeft.
+             */
+            long admit(Watch client) {
+                if (intervalNanos <= 0) return System.nanoTime();
+                long slot;
+                lock.lock();
+                try {
+                    long now = System.nanoTime();
+                    slot = !used || nextFree - now <= 0 ? now : nextFree;
+                    if (slot != now && !wait) {
+                        long seconds = Math.max(1, (long) Math.ceil((slot - now) / 1e9));
+                        ApiError e = new ApiError(429, "rate_limit_error", "copilot-api is rate limited to one request every "
+                            + Duration.ofNanos(intervalNanos).toMillis() / 1000.0 + " s; retry in " + seconds + " s", null, "rate_limited");
+                        e.headers().put("retry-after", String.valueOf(seconds));
+                        throw e;
+                    }
+                    used = true;
+                    nextFree = slot + intervalNanos;
                 } finally {
                     lock.unlock();
                 }
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                throw refused("interrupted while waiting for approval");
-            }
-        }
-
-        /** The question lock, waited for in slices so that a client leaving the queue is noticed. */
-        private boolean takeTurn(long deadline, long start, Watch client) throws InterruptedException {
-            while (!lock.tryLock(Math.min(CopilotClient.POLL.toNanos(), deadline - System.nanoTime()), TimeUnit.NANOSECONDS)) {
-                if (System.nanoTime() - deadline >= 0) return false;
-                if (!client.waiting(Duration.ofNanos(System.nanoTime() - start), false)) throw new ClientLeft(LEFT_UNANSWERED);
-            }
-            return true;
-        }
-
-        private String answer(long deadline, long start, Watch client, String request) throws InterruptedException {
-            for (long left = deadline - System.nanoTime(); left > 0; left = deadline - System.nanoTime()) {
-                String line = terminal.answer(Duration.ofNanos(Math.min(left, CopilotClient.POLL.toNanos())));
-                if (line != null) return line;
-                if (!client.waiting(Duration.ofNanos(System.nanoTime() - start), false)) {
-                    terminal.tell(String.format(Locale.ROOT, "(the client of %s left; not sent)%n", request));
-                    throw new ClientLeft(LEFT_UNANSWERED);
+                try {
+                    sleepUntil(slot, client);
+                } catch (ClientLeft e) {
+                    giveBack(slot);
+                    throw e;
                 }
+                return slot;
             }
-            return null;
-        }
 
-        private String minutes() {
-            long s = timeout.toSeconds();
-            return s % 60 == 0 ? s / 60 + " minutes" : s + " s";
-        }
-
-        private static ApiError refused(String why) {
-            return new ApiError(403, "permission_error", "The request was not approved: " + why, null, "not_approved");
-        }
-
-        /**
-         * The process's own terminal: a reader thread feeds typed lines into a queue. It reads through
-         * console.reader(), not console.readLine(), which holds the console's write lock while it waits and
-         * so would block every question printed from another thread.
-         */
-        static Terminal console(java.io.Console console) {
-            java.util.concurrent.BlockingQueue<String> lines = new java.util.concurrent.LinkedBlockingQueue<>();
-            java.util.concurrent.atomic.AtomicBoolean ended = new java.util.concurrent.atomic.AtomicBoolean();
-            Thread reader = new Thread(() -> {
-                try (BufferedReader in = new BufferedReader(console.reader())) {
-                    for (String line = in.readLine(); line != null; line = in.readLine()) lines.add(line);
-                } catch (IOException | RuntimeException e) {
-                    Logs.log().warn("stopped reading the terminal: {}", describe(e));
+            private void giveBack(long slot) {
+                lock.lock();
+                try {
+                    if (nextFree == slot + intervalNanos) nextFree = slot;
                 } finally {
-                    ended.set(true);
-                    lines.add("");
+                    lock.unlock();
                 }
-            }, "terminal-input");
-            reader.setDaemon(true);
-            reader.start();
-            return new Terminal() {
-                @Override
-                public void ask(String question) {
-                    lines.clear();
-                    console.printf("%s", question);
-                    console.flush();
-                }
-
-                @Override
-                public String answer(Duration timeout) throws InterruptedException {
-                    return ended.get() && lines.isEmpty() ? "" : lines.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
-                }
-
-                @Override
-                public void tell(String note) {
-                    console.printf("%s", note);
-                    console.flush();
-                }
-            };
-        }
-    }
-
-    /** Live request statistics for /stats and the dashboard: per model and in total, since start. */
-    static final class Stats {
-        static final int LATENCY_WINDOW = 1000;
-        /** Requests for more distinct model names than this (typos, probes) are counted together. */
-        static final int MAX_MODELS = 200;
-        static final String OTHER = "(other models)";
-
-        private final Instant since = Instant.now();
-        private final Map<String, ModelStats> models = new java.util.concurrent.ConcurrentSkipListMap<>();
-        /** Requests the browser guard turned away, by reason: a web page trying its luck shows here. */
-        private final Map<String, java.util.concurrent.atomic.LongAdder> refused = new java.util.concurrent.ConcurrentSkipListMap<>();
-        /** Premium units (in hundredths) by model, and model calls by billing reason (premium, continuation, ...). */
-        private final Map<String, java.util.concurrent.atomic.LongAdder> premium = new java.util.concurrent.ConcurrentSkipListMap<>();
-        private final Map<String, java.util.concurrent.atomic.LongAdder> reasons = new java.util.concurrent.ConcurrentSkipListMap<>();
-        /** Background calls (warm-ups, titles, compactions, side calls) by kind, and the AI Credits they cost. */
-        private final Map<String, java.util.concurrent.atomic.LongAdder> background = new java.util.concurrent.ConcurrentSkipListMap<>();
-        private final java.util.concurrent.atomic.DoubleAdder backgroundCredits = new java.util.concurrent.atomic.DoubleAdder();
-        /** AI Credits by model and day, and --budget. */
-        private final Cost.Ledger credits;
-
-        Stats() {
-            this(null);
-        }
-
-        Stats(Cost.Budget budget) {
-            credits = new Cost.Ledger(budget);
-        }
-
-        Cost.Ledger credits() {
-            return credits;
-        }
-
-        static final class ModelStats {
-            long requests;
-            long errors;
-            long inputTokens;
-            long outputTokens;
-            long cachedTokens;
-            final java.util.ArrayDeque<Long> latencies = new java.util.ArrayDeque<>();
-
-            synchronized void add(boolean error, long in, long out, long cached, long ms) {
-                requests++;
-                if (error) errors++;
-                inputTokens += Math.max(0, in);
-                outputTokens += Math.max(0, out);
-                cachedTokens += Math.max(0, cached);
-                if (latencies.size() == LATENCY_WINDOW) latencies.removeFirst();
-                latencies.addLast(ms);
             }
 
-            synchronized ObjectNode json(String model) {
+            private static void sleepUntil(long nanoTime, Watch client) {
+                long start = System.nanoTime();
+                try {
+                    for (long left = nanoTime - start; left > 0; left = nanoTime - System.nanoTime()) {
+                        TimeUnit.NANOSECONDS.sleep(Math.min(left, CopilotClient.POLL.toNanos()));
+                        if (!client.waiting(Duration.ofNanos(System.nanoTime() - start), false)) throw new ClientLeft(LEFT_QUEUED);
+                    }
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw new ApiError(503, "api_error", "interrupted while waiting for the rate limit");
+                }
+            }
+        }
+
+        /** --manual: the operator answers y/n at the terminal for each model-invoking request; one question at a time. */
+        static final class Approver {
+            static final Approver NONE = new Approver(null, Duration.ZERO);
+
+            static final String LEFT_UNANSWERED = "client disconnected while waiting for approval; never sent to Copilot";
+
+            /**
+             * Where questions go and answers come from: the real terminal, or a script in tests. The one reader of the
+             * process's input: the Claude Code model prompt and the --manual questions both ask through it.
+             */
+            interface Terminal {
+                /** Shows the question. Lines typed before it are discarded, so a stray answer never approves a later request. */
+                void ask(String question);
+
+                /** The next line typed since the question, or null when none came within the timeout; at the end of input, "" at once. */
+                String answer(Duration timeout) throws InterruptedException;
+
+                /** Tells the operator something that needs no answer. */
+                default void tell(String note) {
+                }
+            }
+
+            private final Terminal terminal;
+            private final Duration timeout;
+            private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock(true);
+
+            Approver(Terminal terminal, Duration timeout) {
+                this.terminal = terminal;
+                this.timeout = timeout;
+            }
+
+            /** Whether requests wait for the operator's answer at all (--manual). */
+            boolean asks() {
+                return terminal != null;
+            }
+
+            /** Asks, one question at a time, until the operator answers, the timeout passes or the client leaves (ClientLeft). */
+            void approve(String request, String model, int messages, Watch client) {
+                if (terminal == null) return;
+                long start = System.nanoTime();
+                long deadline = start + timeout.toNanos();
+                try {
+                    if (!takeTurn(deadline, start, client)) throw refused("no answer at the terminal within " + minutes());
+                    try {
+                        terminal.ask(String.format(Locale.ROOT, "%nAllow %s model=%s messages=%d? [y/N] ", request, model, messages));
+                        String answer = answer(deadline, start, client, request);
+                        if (answer == null) throw refused("no answer at the terminal within " + minutes());
+                        if (!answer.trim().toLowerCase(Locale.ROOT).matches("y|yes")) throw refused("refused at the terminal");
+                    } finally {
+                        lock.unlock();
+                    }
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw refused("interrupted while waiting for approval");
+                }
+            }
+
+            /** The question lock, waited for in slices so that a client leaving the queue is noticed. */
+            private boolean takeTurn(long deadline, long start, Watch client) throws InterruptedException {
+                while (!lock.tryLock(Math.min(CopilotClient.POLL.toNanos(), deadline - System.nanoTime()), TimeUnit.NANOSECONDS)) {
+                    if (System.nanoTime() - deadline >= 0) return false;
+                    if (!client.waiting(Duration.ofNanos(System.nanoTime() - start), false)) throw new ClientLeft(LEFT_UNANSWERED);
+                }
+                return true;
+            }
+
+            private String answer(long deadline, long start, Watch client, String request) throws InterruptedException {
+                for (long left = deadline - System.nanoTime(); left > 0; left = deadline - System.nanoTime()) {
+                    String line = terminal.answer(Duration.ofNanos(Math.min(left, CopilotClient.POLL.toNanos())));
+                    if (line != null) return line;
+                    if (!client.waiting(Duration.ofNanos(System.nanoTime() - start), false)) {
+                        terminal.tell(String.format(Locale.ROOT, "(the client of %s left; not sent)%n", request));
+                        throw new ClientLeft(LEFT_UNANSWERED);
+                    }
+                }
+                return null;
+            }
+
+            private String minutes() {
+                long s = timeout.toSeconds();
+                return s % 60 == 0 ? s / 60 + " minutes" : s + " s";
+            }
+
+            private static ApiError refused(String why) {
+                return new ApiError(403, "permission_error", "The request was not approved: " + why, null, "not_approved");
+            }
+
+            /**
+             * The process's own terminal: a reader thread feeds typed lines into a queue. It reads through
+             * console.reader(), not console.readLine(), which holds the console's write lock while it waits and
+             * so would block every question printed from another thread.
+             */
+            static Terminal console(java.io.Console console) {
+                java.util.concurrent.BlockingQueue<String> lines = new java.util.concurrent.LinkedBlockingQueue<>();
+                java.util.concurrent.atomic.AtomicBoolean ended = new java.util.concurrent.atomic.AtomicBoolean();
+                Thread reader = new Thread(() -> {
+                    try (BufferedReader in = new BufferedReader(console.reader())) {
+                        for (String line = in.readLine(); line != null; line = in.readLine()) lines.add(line);
+                    } catch (IOException | RuntimeException e) {
+                        Logs.log().warn("stopped reading the terminal: {}", describe(e));
+                    } finally {
+                        ended.set(true);
+                        lines.add("");
+                    }
+                }, "terminal-input");
+                reader.setDaemon(true);
+                reader.start();
+                return new Terminal() {
+                    @Override
+                    public void ask(String question) {
+                        lines.clear();
+                        console.printf("%s", question);
+                        console.flush();
+                    }
+
+                    @Override
+                    public String answer(Duration timeout) throws InterruptedException {
+                        return ended.get() && lines.isEmpty() ? "" : lines.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
+                    }
+
+                    @Override
+                    public void tell(String note) {
+                        console.printf("%s", note);
+                        console.flush();
+                    }
+                };
+            }
+        }
+
+        /** Live request statistics for /stats and the dashboard: per model and in total, since start. */
+        static final class Stats {
+            static final int LATENCY_WINDOW = 1000;
+            /** Requests for more distinct model names than this (typos, probes) are counted together. */
+            static final int MAX_MODELS = 200;
+            static final String OTHER = "(other models)";
+
+            private final Instant since = Instant.now();
+            private final Map<String, ModelStats> models = new java.util.concurrent.ConcurrentSkipListMap<>();
+            /** Requests the browser guard turned away, by reason: a web page trying its luck shows here. */
+            private final Map<String, java.util.concurrent.atomic.LongAdder> refused = new java.util.concurrent.ConcurrentSkipListMap<>();
+            /** Premium units (in hundredths) by model, and model calls by billing reason (premium, continuation, ...). */
+            private final Map<String, java.util.concurrent.atomic.LongAdder> premium = new java.util.concurrent.ConcurrentSkipListMap<>();
+            private final Map<String, java.util.concurrent.atomic.LongAdder> reasons = new java.util.concurrent.ConcurrentSkipListMap<>();
+            /** Background calls (warm-ups, titles, compactions, side calls) by kind, and the AI Credits they cost. */
+            private final Map<String, java.util.concurrent.atomic.LongAdder> background = new java.util.concurrent.ConcurrentSkipListMap<>();
+            private final java.util.concurrent.atomic.DoubleAdder backgroundCredits = new java.util.concurrent.atomic.DoubleAdder();
+            /** AI Credits by model and day, and --budget. */
+            private final Cost.Ledger credits;
+
+            Stats() {
+                this(null);
+            }
+
+            Stats(Cost.Budget budget) {
+                credits = new Cost.Ledger(budget);
+            }
+
+            Cost.Ledger credits() {
+                return credits;
+            }
+
+            static final class ModelStats {
+                long requests;
+                long errors;
+                long inputTokens;
+                long outputTokens;
+                long cachedTokens;
+                final java.util.ArrayDeque<Long> latencies = new java.util.ArrayDeque<>();
+
+                synchronized void add(boolean error, long in, long out, long cached, long ms) {
+                    requests++;
+                    if (error) errors++;
+                    inputTokens += Math.max(0, in);
+                    outputTokens += Math.max(0, out);
+                    cachedTokens += Math.max(0, cached);
+                    if (latencies.size() == LATENCY_WINDOW) latencies.removeFirst();
+                    latencies.addLast(ms);
+                }
+
+                synchronized ObjectNode json(String model) {
+                    ObjectNode o = Json.object();
+                    o.put("model", model);
+                    o.put("requests", requests);
+                    o.put("errors", errors);
+                    o.put("input_tokens", inputTokens);
+                    o.put("output_tokens", outputTokens);
+                    o.put("cached_tokens", cachedTokens);
+                    List<Long> sorted = new ArrayList<>(latencies);
+                    java.util.Collections.sort(sorted);
+                    o.put("median_latency_ms", sorted.isEmpty() ? 0 : sorted.get((sorted.size() - 1) / 2));
+                    return o;
+                }
+            }
+
+            void record(Exchange e, int status, long ms) {
+                if (!e.invokesModel) return;
+                String model = e.upstreamModel != null ? e.upstreamModel : e.requestedModel != null ? e.requestedModel : "(unknown)";
+                if (!models.containsKey(model) && models.size() >= MAX_MODELS) model = OTHER;
+                models.computeIfAbsent(model, m -> new ModelStats())
+                    .add(status >= 400 || e.failedInStream, e.inputTokens, e.outputTokens, e.cachedTokens, ms);
+                Optional<Cost.Figure> cost = e.cost;
+                if (cost != null && cost.isPresent()) credits.add(model, e.route, cost.get(), Instant.now());
+                if (e.background != null) {
+                    background.computeIfAbsent(e.background, k -> new java.util.concurrent.atomic.LongAdder()).increment();
+                    if (cost != null && cost.isPresent()) backgroundCredits.add(cost.get().credits());
+                }
+                Billing.Charge charge = e.charge;
+                if (charge == null) return;
+                reasons.computeIfAbsent(charge.reason().label, r -> new java.util.concurrent.atomic.LongAdder()).increment();
+                if (charge.units() > 0) {
+                    premium.computeIfAbsent(model, m -> new java.util.concurrent.atomic.LongAdder()).add(Math.round(charge.units() * 100));
+                }
+            }
+
+            /** Premium requests spent since start: the total, by model, and how many calls each billing reason covered. */
+            private ObjectNode premiumSnapshot() {
                 ObjectNode o = Json.object();
-                o.put("model", model);
-                o.put("requests", requests);
-                o.put("errors", errors);
-                o.put("input_tokens", inputTokens);
-                o.put("output_tokens", outputTokens);
-                o.put("cached_tokens", cachedTokens);
-                List<Long> sorted = new ArrayList<>(latencies);
-                java.util.Collections.sort(sorted);
-                o.put("median_latency_ms", sorted.isEmpty() ? 0 : sorted.get((sorted.size() - 1) / 2));
+                ObjectNode byModel = o.putObject("by_model");
+                long total = 0;
+                for (var entry : premium.entrySet()) {
+                    total += entry.getValue().sum();
+                    byModel.put(entry.getKey(), entry.getValue().sum() / 100.0);
+                }
+                o.put("units", total / 100.0);
+                ObjectNode byReason = o.putObject("calls_by_reason");
+                reasons.forEach((reason, n) -> byReason.put(reason, n.sum()));
+                return o;
+            }
+
+            /** Background calls since start: how many, of which kinds, and the AI Credits they cost (0 on a legacy plan). */
+            private ObjectNode backgroundSnapshot() {
+                ObjectNode o = Json.object();
+                ObjectNode byKind = Json.object();
+                long calls = 0;
+                for (var entry : background.entrySet()) {
+                    calls += entry.getValue().sum();
+                    byKind.put(entry.getKey(), entry.getValue().sum());
+                }
+                o.put("calls", calls);
+                o.put("credits", backgroundCredits.sum());
+                o.set("by_kind", byKind);
+                return o;
+            }
+
+            void refused(String reason) {
+                refused.computeIfAbsent(reason, r -> new java.util.concurrent.atomic.LongAdder()).increment();
+            }
+
+            ObjectNode snapshot() {
+                ObjectNode o = Json.object();
+                o.put("since", since.toString());
+                ObjectNode turnedAway = o.putObject("refused");
+                refused.forEach((reason, n) -> turnedAway.put(reason, n.sum()));
+                o.put("uptime_seconds", Duration.between(since, Instant.now()).toSeconds());
+                ArrayNode list = o.putArray("models");
+                long requests = 0, errors = 0, in = 0, out = 0, cached = 0;
+                for (var entry : models.entrySet()) {
+                    ObjectNode m = entry.getValue().json(entry.getKey());
+                    list.add(m);
+                    requests += m.path("requests").asLong();
+                    errors += m.path("errors").asLong();
+                    in += m.path("input_tokens").asLong();
+                    out += m.path("output_tokens").asLong();
+                    cached += m.path("cached_tokens").asLong();
+                }
+                ObjectNode totals = o.putObject("totals");
+                totals.put("requests", requests);
+                totals.put("errors", errors);
+                totals.put("input_tokens", in);
+                totals.put("output_tokens", out);
+                totals.put("cached_tokens", cached);
+                o.set("premium", premiumSnapshot());
+                o.set("credits", credits.json(Instant.now()));
+                o.set("background", backgroundSnapshot());
                 return o;
             }
         }
 
-        void record(Exchange e, int status, long ms) {
-            if (!e.invokesModel) return;
-            String model = e.upstreamModel != null ? e.upstreamModel : e.requestedModel != null ? e.requestedModel : "(unknown)";
-            if (!models.containsKey(model) && models.size() >= MAX_MODELS) model = OTHER;
-            models.computeIfAbsent(model, m -> new ModelStats())
-                .add(status >= 400 || e.failedInStream, e.inputTokens, e.outputTokens, e.cachedTokens, ms);
-            Optional<Cost.Figure> cost = e.cost;
-            if (cost != null && cost.isPresent()) credits.add(model, e.route, cost.get(), Instant.now());
-            if (e.background != null) {
-                background.computeIfAbsent(e.background, k -> new java.util.concurrent.atomic.LongAdder()).increment();
-                if (cost != null && cost.isPresent()) backgroundCredits.add(cost.get().credits());
-            }
-            Billing.Charge charge = e.charge;
-            if (charge == null) return;
-            reasons.computeIfAbsent(charge.reason().label, r -> new java.util.concurrent.atomic.LongAdder()).increment();
-            if (charge.units() > 0) {
-                premium.computeIfAbsent(model, m -> new java.util.concurrent.atomic.LongAdder()).add(Math.round(charge.units() * 100));
-            }
-        }
-
-        /** Premium requests spent since start: the total, by model, and how many calls each billing reason covered. */
-        private ObjectNode premiumSnapshot() {
-            ObjectNode o = Json.object();
-            ObjectNode byModel = o.putObject("by_model");
-            long total = 0;
-            for (var entry : premium.entrySet()) {
-                total += entry.getValue().sum();
-                byModel.put(entry.getKey(), entry.getValue().sum() / 100.0);
-            }
-            o.put("units", total / 100.0);
-            ObjectNode byReason = o.putObject("calls_by_reason");
-            reasons.forEach((reason, n) -> byReason.put(reason, n.sum()));
-            return o;
-        }
-
-        /** Background calls since start: how many, of which kinds, and the AI Credits they cost (0 on a legacy plan). */
-        private ObjectNode backgroundSnapshot() {
-            ObjectNode o = Json.object();
-            ObjectNode byKind = Json.object();
-            long calls = 0;
-            for (var entry : background.entrySet()) {
-                calls += entry.getValue().sum();
-                byKind.put(entry.getKey(), entry.getValue().sum());
-            }
-            o.put("calls", calls);
-            o.put("credits", backgroundCredits.sum());
-            o.set("by_kind", byKind);
-            return o;
-        }
-
-        void refused(String reason) {
-            refused.computeIfAbsent(reason, r -> new java.util.concurrent.atomic.LongAdder()).increment();
-        }
-
-        ObjectNode snapshot() {
-            ObjectNode o = Json.object();
-            o.put("since", since.toString());
-            ObjectNode turnedAway = o.putObject("refused");
-            refused.forEach((reason, n) -> turnedAway.put(reason, n.sum()));
-            o.put("uptime_seconds", Duration.between(since, Instant.now()).toSeconds());
-            ArrayNode list = o.putArray("models");
-            long requests = 0, errors = 0, in = 0, out = 0, cached = 0;
-            for (var entry : models.entrySet()) {
-                ObjectNode m = entry.getValue().json(entry.getKey());
-                list.add(m);
-                requests += m.path("requests").asLong();
-                errors += m.path("errors").asLong();
-                in += m.path("input_tokens").asLong();
-                out += m.path("output_tokens").asLong();
-                cached += m.path("cached_tokens").asLong();
-            }
-            ObjectNode totals = o.putObject("totals");
-            totals.put("requests", requests);
-            totals.put("errors", errors);
-            totals.put("input_tokens", in);
-            totals.put("output_tokens", out);
-            totals.put("cached_tokens", cached);
-            o.set("premium", premiumSnapshot());
-            o.set("credits", credits.json(Instant.now()));
-            o.set("background", backgroundSnapshot());
-            return o;
-        }
-    }
-
-    /** The dashboard: one self-contained page (no CDN) fed by /usage and /stats; API clients probing / get text. */
-    static final class Dashboard {
-        static boolean isPage(Context ctx) {
-            return ctx.method() == io.javalin.http.HandlerType.GET && (ctx.path().equals("/") || ctx.path().equals("/dashboard"));
-        }
-
-        /** Browsers ask for it with every page; it is nothing, and never worth a 401 in the log. */
-        static boolean isIcon(Context ctx) {
-            return ctx.path().equals("/favicon.ico");
-        }
-
-        static void root(Context ctx) {
-            String accept = Optional.ofNullable(ctx.header("accept")).orElse("");
-            if (accept.contains("text/html")) page(ctx);
-            else ctx.contentType("text/plain").result("copilot-api " + VERSION + " is running\n");
-        }
-
-        static void page(Context ctx) {
-            ctx.header("Cache-Control", "no-store");
-            ctx.contentType("text/html; charset=utf-8").result(HTML.replace("{{VERSION}}", VERSION));
-        }
-
-        static final String HTML = """
-            <!doctype html>
-            <html lang="en">
-            <head>
-            <meta charset="utf-8">
-            <meta name="viewport" content="width=device-width, initial-scale=1">
-            <title>copilot-api</title>
-            <style>
-              :root { color-scheme: light dark; --bar: #2f81f7; --warn: #d29922; --bad: #f85149; --muted: #8b949e; }
-              body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 960px; padding: 1.5rem; }
-              h1 { font-size: 1.4rem; margin: 0 0 .2rem; } h2 { font-size: 1.1rem; margin: 1.6rem 0 .6rem; }
-              .muted { color: var(--muted); } .error { color: var(--bad); }
-              .quota { margin: .7rem 0; } .quota .head { display: flex; justify-content: space-between; }
-              .track { height: .7rem; border-radius: .35rem; background: color-mix(in srgb, var(--muted) 30%, transparent); overflow: hidden; }
-              .fill { height: 100%; background: var(--bar); } .fill.warn { background: var(--warn); } .fill.bad { background: var(--bad); }
-              table { border-collapse: collapse; width: 100%; } th, td { text-align: right; padding: .35rem .5rem; border-bottom: 1px solid color-mix(in srgb, var(--muted) 35%, transparent); }
-              th:first-child, td:first-child { text-align: left; } tfoot td { font-weight: 600; }
-              form { margin: 1rem 0; } input { font: inherit; padding: .3rem .5rem; } button { font: inherit; padding: .3rem .8rem; }
-              .scroll { overflow-x: auto; } code { font-size: .9em; overflow-wrap: anywhere; } pre { white-space: pre-wrap; overflow-wrap: anywhere; }
-              td.err { text-align: left; color: var(--bad); font-size: .9em; } dl { display: grid; grid-template-columns: max-content 1fr; gap: .3rem .8rem; }
-              dd { margin: 0; } @media (max-width: 600px) { body { padding: .7rem; font-size: 14px; } th, td { padding: .3rem .25rem; } dl { grid-template-columns: 1fr; } }
-            </style>
-            </head>
-            <body>
-            <h1>copilot-api <span class="muted">{{VERSION}}</span></h1>
-            <div class="muted" id="updated">loading…</div>
-            <form id="keyform" hidden>
-              <label>This server needs its API key: <input id="key" type="password" autocomplete="off"></label>
-              <button>Use key</button>
-            </form>
-            <div id="problem" class="error"></div>
-            <h2>Copilot plan <span id="plan" class="muted"></span></h2>
-            <div id="quotas"></div>
-            <div id="spent" class="muted"></div>
-            <h2>AI Credits <span id="billing" class="muted"></span></h2>
-            <div id="credits"></div>
-            <div id="background" class="muted"></div>
-            <div class="scroll"><table id="expensive-table" hidden>
-              <thead><tr><th>most expensive</th><th>model</th><th>route</th><th>credits</th></tr></thead>
-              <tbody id="expensive"></tbody>
-            </table></div>
-            <h2>Requests since start <span id="since" class="muted"></span></h2>
-            <div class="scroll"><table>
-              <thead><tr><th>model</th><th>requests</th><th>errors</th><th>input tokens</th><th>output tokens</th><th>median latency</th></tr></thead>
-              <tbody id="models"></tbody>
-              <tfoot id="totals"></tfoot>
-            </table></div>
-            <h2>Recent requests</h2>
-            <div class="scroll"><table>
-              <thead><tr><th>time</th><th>request</th><th>model</th><th>status</th><th>first byte</th><th>total</th><th>tokens in / out</th></tr></thead>
-              <tbody id="recent"></tbody>
-            </table></div>
-            <h2>Last 7 days <span id="latency" class="muted"></span></h2>
-            <div class="scroll"><table>
-              <thead><tr><th>model</th><th>requests</th><th>errors</th><th>p50</th><th>p95</th></tr></thead>
-              <tbody id="permodel"></tbody>
-            </table></div>
-            <div class="scroll"><table>
-              <thead><tr><th>day (UTC)</th><th>requests</th><th>errors</th></tr></thead>
-              <tbody id="perday"></tbody>
-            </table></div>
-            <h2>Connect</h2>
-            <dl>
-              <dt>OpenAI base URL</dt><dd><code id="openai-url"></code></dd>
-              <dt>Anthropic base URL</dt><dd><code id="anthropic-url"></code></dd>
-              <dt>Copilot token</dt><dd id="token"></dd>
-              <dt>Store</dt><dd id="store"></dd>
-            </dl>
-            <p>Claude Code (<code>copilot-api start --claude-code</code> prints this for your shell):</p>
-            <pre><code id="claude-command"></code></pre>
-            <script>
-            "use strict";
-            const KEY = "copilot-api-key";
-            const $ = (id) => document.getElementById(id);
-            const fmt = (n) => Number(n).toLocaleString("en-US");
-            const esc = (s) => String(s).replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
-            const fromHash = new URLSearchParams(location.hash.slice(1)).get("key");
-            if (fromHash) { localStorage.setItem(KEY, fromHash); history.replaceState(null, "", location.pathname); }
-
-            async function api(path) {
-              const key = localStorage.getItem(KEY);
-              const r = await fetch(path, { headers: key ? { "x-api-key": key } : {} });
-              if (r.status === 401) { $("keyform").hidden = false; throw new Error("an API key is needed"); }
-              const body = await r.json();
-              if (!r.ok) throw new Error((body.error && body.error.message) || ("HTTP " + r.status));
-              return body;
-            }
-
-            function quota(label, q) {
-              if (!q) return "";
-              if (q.unlimited) return `<div class="quota"><div class="head"><b>${label}</b><span>unlimited</span></div></div>`;
-              const total = q.entitlement || 0, left = q.remaining || 0, used = Math.max(0, total - left);
-              const pct = total > 0 ? (used * 100 / total) : 0;
-              const cls = pct >= 90 ? "bad" : pct >= 75 ? "warn" : "";
-              return `<div class="quota"><div class="head"><b>${label}</b>` +
-                `<span>${fmt(used)} / ${fmt(total)} used (${pct.toFixed(1)}%)</span></div>` +
-                `<div class="track"><div class="fill ${cls}" style="width:${Math.min(100, pct).toFixed(1)}%"></div></div></div>`;
-            }
-
-            function limit(label, w) {
-              if (!w) return "";
-              if (w.unlimited) return `<div class="quota"><div class="head"><b>${esc(label)}</b><span>unlimited</span></div></div>`;
-              const pct = Number(w.percent_used || 0), cls = pct >= 95 ? "bad" : pct >= 80 ? "warn" : "";
-              const reset = w.resets_at ? ` · resets ${esc(new Date(w.resets_at).toLocaleString())}` : "";
-              return `<div class="quota"><div class="head"><b>${esc(label)}</b><span>${pct.toFixed(1)}% used${reset}</span></div>` +
-                `<div class="track"><div class="fill ${cls}" style="width:${Math.min(100, pct).toFixed(1)}%"></div></div></div>`;
-            }
-
-            function limits(l) {
-              if (!l || !l.rate_limits) return "";
-              return Object.entries(l.rate_limits).map(([w, v]) => limit(w.charAt(0).toUpperCase() + w.slice(1) + " limit", v)).join("");
-            }
-
-            function spent(p) {
-              if (!p) return "";
-              const n = (x) => Number(x).toLocaleString("en-US", { maximumFractionDigits: 2 });
-              const budget = p.budget === null || p.budget === undefined ? "" : ` of a --premium-budget of ${n(p.budget)}`;
-              const models = Object.entries(p.by_model || {}).map(([m, u]) => `${esc(m)} ${n(u)}`).join(", ");
-              const reasons = Object.entries(p.calls_by_reason || {}).map(([r, c]) => `${esc(r)} ${fmt(c)}`).join(" · ");
-              return `<b>${n(p.units)}</b> premium requests spent by this server since start${budget}` +
-                (models ? ` (${models})` : "") + (reasons ? `<br>model calls by billing: ${reasons}` : "");
-            }
-
-            const cr = (x) => Number(x).toLocaleString("en-US", { maximumSignificantDigits: 4 });
-
-            function credits(c, account, totals) {
-              if (!account || account.billing !== "usage-based") {
-                $("billing").textContent = account ? "· this plan bills premium requests, see above" : "";
-                $("expensive-table").hidden = true;
-                return "";
-              }
-              $("billing").textContent = `· usage-based · month resets ${new Date(account.resets).toLocaleDateString()}`;
-              const used = account.used_through_copilot_api === null ? c.this_month : account.used_through_copilot_api;
-              let out = account.included
-                ? quota("This month (through copilot-api) of the plan's included credits", { entitlement: account.included, remaining: account.included - used })
-                : `<div>This month: <b>${cr(used)}</b> credits</div>`;
-              const hits = totals.input_tokens > 0 ? (totals.cached_tokens * 100 / totals.input_tokens).toFixed(1) + "%" : "–";
-              out += `<div id="credits-today">Today: <b>${cr(c.today)}</b> credits · since start ${cr(c.credits)}` +
-                ` (${fmt(c.estimated_requests)} estimated) · cache hits ${hits} of input tokens</div>`;
-              if (c.budget) out += `<div>--budget ${cr(c.budget.credits)}/${esc(c.budget.per)}: ${cr(c.budget.spent)} spent, resets ${esc(new Date(c.budget.resets).toLocaleString())}</div>`;
-              $("expensive").innerHTML = (c.most_expensive || []).map((p) => `<tr><td>${esc(new Date(p.time).toLocaleString())}</td>` +
-                `<td>${esc(p.model)}</td><td>${esc(p.route || "")}</td><td>${p.estimated ? "~" : ""}${cr(p.credits)}</td></tr>`).join("");
-              $("expensive-table").hidden = !(c.most_expensive || []).length;
-              return out;
-            }
-
-            function background(b) {
-              if (!b || !b.calls) return "";
-              const kinds = Object.entries(b.by_kind || {}).map(([k, c]) => `${esc(k)} ${fmt(c)}`).join(" · ");
-              return `Background calls no person typed, sent to the cheap model: <b>${fmt(b.calls)}</b> (${kinds})` +
-                (b.credits > 0 ? ` · ${cr(b.credits)} credits` : "");
-            }
-
-            const ms = (n) => n === null || n === undefined ? "" : fmt(n) + " ms";
-
-            function recent(r) {
-              const failed = r.status >= 400 || r.error_type;
-              const at = new Date(r.time), today = at.toDateString() === new Date().toDateString();
-              const line = `<tr><td>${esc(today ? at.toLocaleTimeString() : at.toLocaleString())}</td><td>${esc(r.method + " " + r.path)}</td>` +
-                `<td>${esc(r.requested_model || "")}${r.upstream_model && r.upstream_model !== r.requested_model ? " → " + esc(r.upstream_model) : ""}</td>` +
-                `<td${failed ? ' class="error"' : ""}>${r.status}</td><td>${ms(r.first_byte_ms)}</td><td>${ms(r.total_ms)}</td>` +
-                `<td>${r.input_tokens === null ? "" : fmt(r.input_tokens) + " / " + fmt(r.output_tokens || 0)}</td></tr>`;
-              return failed ? line + `<tr><td colspan="7" class="err">${esc((r.error_type || "error") + ": " + (r.error_message || ""))}</td></tr>` : line;
-            }
-
-            function connect(models) {
-              const origin = location.origin, claude = models.filter((m) => m.startsWith("claude"));
-              const main = claude.find((m) => m.includes("sonnet")) || claude[0] || "MODEL";
-              const small = claude.find((m) => m.includes("haiku")) || main;
-              $("openai-url").textContent = origin + "/v1";
-              $("anthropic-url").textContent = origin;
-              const key = localStorage.getItem(KEY) ? "YOUR_API_KEY" : "copilot-api";
-              $("claude-command").textContent = `ANTHROPIC_BASE_URL=${origin} ANTHROPIC_AUTH_TOKEN=${key} ANTHROPIC_MODEL=${main} ` +
-                `ANTHROPIC_SMALL_FAST_MODEL=${small} CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 claude`;
-            }
-
-            function summary(h) {
-              const t = h.copilot_token;
-              $("token").textContent = t.state === "valid" ? `valid, renewed before ${new Date(t.expires_at).toLocaleTimeString()} · ${t.api}`
-                : `${t.state}${t.error ? ": " + t.error : ""}`;
-              const st = h.store;
-              $("store").textContent = st.state === "off" ? "off (--no-store): nothing is kept"
-                : `${st.state}${st.error ? ": " + st.error : ""} · ${st.path} · kept ${st.max_age_days} days`;
-              $("latency").textContent = h.latency.requests ? `· p50 ${ms(h.latency.p50_ms)} · p95 ${ms(h.latency.p95_ms)}` : "";
-              $("permodel").innerHTML = h.per_model.map((m) => `<tr><td>${esc(m.model)}</td><td>${fmt(m.requests)}</td><td>${fmt(m.errors)}</td>` +
-                `<td>${ms(m.p50_ms)}</td><td>${ms(m.p95_ms)}</td></tr>`).join("") || `<tr><td colspan="5" class="muted">no requests yet</td></tr>`;
-              $("perday").innerHTML = h.per_day.map((d) => `<tr><td>${esc(d.day)}</td><td>${fmt(d.requests)}</td><td>${fmt(d.errors)}</td></tr>`).join("");
-            }
-
-            function row(m) {
-              return `<tr><td>${esc(m.model)}</td><td>${fmt(m.requests)}</td><td>${fmt(m.errors)}</td>` +
-                `<td>${fmt(m.input_tokens)}</td><td>${fmt(m.output_tokens)}</td><td>${m.median_latency_ms === undefined ? "" : fmt(m.median_latency_ms) + " ms"}</td></tr>`;
-            }
-
-            let account = null;
-
-            async function refresh() {
-              const problems = [];
-              try {
-                const u = await api("/usage");
-                account = u.copilot_api_credits || null;
-                const s = u.quota_snapshots || {};
-                $("plan").textContent = `${u.copilot_plan || "unknown"} · quota resets ${u.quota_reset_date || "?"}`;
-                $("quotas").innerHTML = quota("Premium requests", s.premium_interactions) + quota("Chat", s.chat) + quota("Completions", s.completions)
-                  + limits(u.copilot_api_limits);
-              } catch (e) { problems.push("usage: " + e.message); }
-              try {
-                const st = await api("/stats");
-                $("since").textContent = "· since " + new Date(st.since).toLocaleString();
-                $("models").innerHTML = st.models.map(row).join("") || `<tr><td colspan="6" class="muted">no requests yet</td></tr>`;
-                $("totals").innerHTML = row(Object.assign({ model: "total" }, st.totals));
-                $("spent").innerHTML = spent(st.premium);
-                $("credits").innerHTML = credits(st.credits, account, st.totals);
-                $("background").innerHTML = background(st.background);
-              } catch (e) { problems.push("stats: " + e.message); }
-              try {
-                summary(await api("/history/summary"));
-                const rows = await api("/history?limit=20").catch(() => ({ data: [] }));
-                $("recent").innerHTML = rows.data.map(recent).join("") || `<tr><td colspan="7" class="muted">no requests yet</td></tr>`;
-              } catch (e) { problems.push("history: " + e.message); }
-              try {
-                connect((await api("/v1/models")).data.map((m) => m.id));
-              } catch (e) { problems.push("models: " + e.message); }
-              $("problem").textContent = problems.join(" · ");
-              $("updated").textContent = "updated " + new Date().toLocaleTimeString() + " · refreshes every 5 s";
-            }
-
-            $("keyform").addEventListener("submit", (ev) => {
-              ev.preventDefault();
-              localStorage.setItem(KEY, $("key").value);
-              $("keyform").hidden = true;
-              refresh();
-            });
-            refresh();
-            setInterval(refresh, 5000);
-            </script>
-            </body>
-            </html>
-            """;
-    }
-
-    /** The OpenAI-compatible routes, plus the small GitHub ones (/usage, /token). */
-    static final class OpenAiRoutes {
-        static final String CHAT = "/chat/completions";
-
-        private final Upstream up;
-        private final ModelRouting routing;
-
-        OpenAiRoutes(Upstream up, ModelRouting routing) {
-            this.up = up;
-            this.routing = routing;
-        }
-
-        void models(Context ctx) {
-            ctx.contentType("application/json").result(Json.write(ModelsView.list(up.models().list())));
-        }
-
-        void model(Context ctx) {
-            String id = ctx.pathParam("id");
-            ApiError missing = new ApiError(404, "not_found_error", "The model '" + id + "' does not exist in the Copilot catalog");
-            String base = id.endsWith(ModelResolver.LONG_SUFFIX) ? id.substring(0, id.length() - ModelResolver.LONG_SUFFIX.length()) : null;
-            ObjectNode entry = base == null
-                ? ModelsView.entry(up.models().find(id).orElseThrow(() -> missing))
-                : up.models().find(base).flatMap(ModelsView::longEntry).orElseThrow(() -> missing);
-            ctx.contentType("application/json").result(Json.write(entry));
-        }
-
-        /** Every chat model, whichever endpoint Copilot serves it on: the pivot decides, the answer is normalised. */
-        void chatCompletions(Context ctx) {
-            ObjectNode body = Requests.jsonObject(ctx);
-            String requested = Requests.requireText(body, "model");
-            JsonNode messages = Requests.requireArray(body, "messages");
-            Requests.chat(body);
-            Billing billing = up.controls().billing();
-            Turn turn = BackgroundCalls.chat(body);
-            Optional<String> cheap = ModelCall.cheap(ctx, up, turn, new Billing.Need(List.of(CHAT, ResponsesRoutes.RESPONSES),
-                body.path("tools").size() > 0, Json.containsImage(messages), Billing.Need.estimate(body)));
-            ModelResolver.Resolution resolved = cheap.isPresent() ? null : resolve(ctx, requested);
-            String model = cheap.isPresent() ? cheap.get() : resolved.upstream();
-            body.put("model", model);
-            if (resolved != null && resolved.longContext()) body.put(LongContext.FIELD, LongContext.TIER);
-            ChatUpstream chat = up.chat();
-            ChatUpstream.Endpoint endpoint = chat.endpoint(model);
-            Exchange.of(ctx).model(requested, model).route(endpoint == ChatUpstream.Endpoint.CHAT ? "passthrough" : "translated");
-            boolean stream = Requests.stream(body);
-            // preparing translates where Copilot serves the model on /responses: bad input is refused before any charge
-            ChatUpstream.Prepared prepared = chat.prepare(body, stream);
-            ModelCall call = ModelCall.of(ctx, up).admit(requested, messages.size())
-                .reserve(turn, up.models().find(model).orElse(null), Json.containsImage(messages));
-            Requests.logBody("chat request", body);
-            boolean merge = body.path("n").asInt(1) <= 1 || endpoint == ChatUpstream.Endpoint.RESPONSES;
-            String path = chat.path(model);
-            // a whole answer keeps its usage; a stream gives it only to a client that asked
-            boolean usage = !stream || body.path("stream_options").path("include_usage").asBoolean(false);
-            ChatStreamNormalizer normalizer = new ChatStreamNormalizer(merge, usage);
-            if (cheap.isPresent()) normalizer.named(requested);
-            ChatRelay relay = new ChatRelay(normalizer, Exchange.of(ctx), billing.subagents().reader());
-            if (stream) {
-                call.relay(model, path, c -> chat.stream(prepared, c), relay);
-                return;
-            }
-            ObjectNode answer = ChatChunks.completion(call.fold(model, path, c -> chat.answer(prepared, c), relay));
-            Requests.logBody("chat answer", answer);
-            Requests.writeJson(ctx, answer);
-        }
-
         /**
-         * The catalog's id for the name asked (the same resolution as the other APIs: dates, aliases, -fast); an
-         * unknown name is a 404 listing close matches. Without a catalog (none fetched, or an empty one) the name
-         * goes as asked and Copilot judges.
+         * Premium requests. Copilot bills the model's multiplier for each call sent with X-Initiator: user and
+         * nothing for agent; this decides which a call is (a person's prompt, or a continuation, a subagent's
+         * first call, a background call), counts what was spent since start, and holds the --premium-budget. It also
+         * chooses the cheap model background calls go to ({@link #cheapModel}), on any plan and from any route.
          */
-        private ModelResolver.Resolution resolve(Context ctx, String requested) {
-            List<JsonNode> catalog;
-            try {
-                catalog = up.models().list();
-            } catch (RuntimeException e) {
-                catalog = List.of();
+        static final class Billing {
+            enum Reason {
+                PREMIUM("premium"), CONTINUATION("continuation"), SUBAGENT("subagent"), WARMUP("warmup"), TITLE("title"),
+                COMPACTION("compaction"), SIDE_CALL("side call"), FREE_MODEL("free model");
+
+                final String label;
+
+                Reason(String label) {
+                    this.label = label;
+                }
             }
-            if (catalog.isEmpty()) return new ModelResolver.Resolution(requested, routing.mapped(requested), null);
-            try {
-                return ModelResolver.resolve(requested, false, catalog, routing);
-            } catch (ApiError unknown) {
-                Exchange.of(ctx).model(requested, null).invokesModel = true;
-                throw unknown;
-            }
-        }
 
-        void embeddings(Context ctx) {
-            ObjectNode body = Requests.jsonObject(ctx);
-            String requested = Requests.requireText(body, "model");
-            String model = routing.mapped(requested);
-            Exchange.of(ctx).model(requested, model).route("passthrough");
-            JsonNode input = body.path("input");
-            if (!(input.isTextual() || (input.isArray() && input.size() > 0))) {
-                throw new ApiError(400, "invalid_request_error", "'input' must be a string or a non-empty array", "input", null);
-            }
-            ModelCall.of(ctx, up).admit(requested, input.isArray() ? input.size() : 1);
-            boolean base64 = "base64".equals(body.path("encoding_format").asText(""));
-            ObjectNode upstreamBody = body.deepCopy();
-            upstreamBody.put("model", model);
-            if (base64) upstreamBody.remove("encoding_format");
-            JsonNode answer = up.copilot().postJson("/embeddings", upstreamBody, up.watched(ctx, CallOptions.PLAIN));
-            Exchange.of(ctx).usage(answer.path("usage").path("prompt_tokens").asLong(-1), 0);
-            Requests.writeJson(ctx, base64 ? Embeddings.toBase64(answer) : answer);
-        }
-
-        /** GitHub's usage report, with the limits Copilot's own answers reported beside it. */
-        void usage(Context ctx, Cost.Spent spent) {
-            JsonNode usage = up.github().usage(up.githubToken());
-            if (usage.isObject()) ((ObjectNode) usage).set(UsageReport.LIMITS, up.copilot().limits().json());
-            if (usage.isObject()) ((ObjectNode) usage).set(Cost.REPORT, Cost.account(usage, spent, Instant.now()));
-            Requests.writeJson(ctx, usage);
-        }
-
-        void token(Context ctx) {
-            CopilotToken t = up.copilot().tokens().current();
-            ObjectNode o = Json.object();
-            o.put("token", t.token());
-            o.put("expires_at", t.expiresAt());
-            o.put("refresh_in", t.refreshIn());
-            o.put("api", Http.shown(up.copilot().baseUrl()));
-            Requests.writeJson(ctx, o);
-        }
-    }
-
-    /**
-     * The Anthropic Messages routes. A Claude model that Copilot serves on /v1/messages is forwarded natively
-     * (cleaned of what Copilot refuses); any other chat model goes through the chat-completions translator.
-     */
-    static final class AnthropicRoutes {
-        static final String MESSAGES = "/v1/messages";
-        static final String COUNT_TOKENS = "/v1/messages/count_tokens";
-        static final String ANTHROPIC_VERSION = "2023-06-01";
-        /** anthropic-beta values passed to Copilot; others (claude-code, context-management, ...) are dropped. */
-        static final java.util.Set<String> KNOWN_BETAS = java.util.Set.of(
-            "interleaved-thinking-2025-05-14", "fine-grained-tool-streaming-2025-05-14");
-
-        private final Upstream up;
-        private final ModelRouting routing;
-
-        AnthropicRoutes(Upstream up, ModelRouting routing) {
-            this.up = up;
-            this.routing = routing;
-        }
-
-        void messages(Context ctx) {
-            ObjectNode body = Requests.jsonObject(ctx);
-            String requested = Requests.requireText(body, "model");
-            JsonNode messages = Requests.requireArray(body, "messages");
-            JsonNode maxTokens = body.get("max_tokens");
-            if (maxTokens == null || maxTokens.isNull()) throw new ApiError(400, "invalid_request_error", "max_tokens: Field required", "max_tokens", null);
-            if (!maxTokens.canConvertToInt() || !maxTokens.isIntegralNumber() || maxTokens.asInt() < 1) {
-                throw new ApiError(400, "invalid_request_error", "max_tokens: must be a positive integer", "max_tokens", null);
-            }
-            Requests.anthropic(body);
-            Turn turn = BackgroundCalls.anthropic(body);
-            ModelResolver.Resolution model = fast(ctx, resolve(ctx, requested, turn, body), body);
-            boolean native_ = ModelResolver.endpoints(model.model()).contains(MESSAGES);
-            if (!native_) up.chat().endpoint(model.upstream());
-            Exchange.of(ctx).route(native_ ? "native" : "translated");
-            // translating checks the request: bad input is refused before the client waits its turn or anything is charged
-            boolean stream = Requests.stream(body);
-            AnthropicToChat.Result translated = native_ ? null : translation(body, model);
-            ChatUpstream.Prepared prepared = native_ ? null : up.chat().prepare(translated.chatRequest(), stream);
-            ModelCall call = ModelCall.of(ctx, up).admit(requested, messages.size());
-            if (native_) call.reserve(turn, model.model(), Json.containsImage(messages), headers(ctx));
-            else call.reserve(turn, model.model(), translated.vision());
-            Requests.logBody("messages request", body);
-            if (native_) forward(ctx, body, model, stream, call);
-            else translate(ctx, translated, prepared, model, stream, call);
-        }
-
-        /** The model that answers: the one asked for, or the cheap one for a background call (still named as asked). */
-        private ModelResolver.Resolution resolve(Context ctx, String requested, Turn turn, JsonNode body) {
-            List<String> endpoints = List.of(MESSAGES, OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES);
-            Optional<String> cheap = ModelCall.cheap(ctx, up, turn, new Billing.Need(endpoints, body.path("tools").size() > 0,
-                Json.containsImage(body.path("messages")), Billing.Need.estimate(body)));
-            if (cheap.isEmpty()) return resolve(ctx, requested);
-            ModelResolver.Resolution r = resolve(ctx, cheap.get());
-            Exchange.of(ctx).model(requested, r.upstream());
-            return new ModelResolver.Resolution(requested, r.upstream(), r.model());
-        }
-
-        /** speed "fast": the model's -fast variant where the catalog lists one (the field itself is not sent). */
-        private ModelResolver.Resolution fast(Context ctx, ModelResolver.Resolution r, JsonNode body) {
-            if (!body.path("speed").asText("").equals("fast")) return r;
-            Optional<JsonNode> variant = ModelResolver.find(up.models().list(), r.upstream() + ModelResolver.FAST_SUFFIX);
-            if (variant.isEmpty()) {
-                Logs.log().info("{}: speed \"fast\" asked, but the catalog has no {}{}", MESSAGES, r.upstream(), ModelResolver.FAST_SUFFIX);
-                return r;
-            }
-            Exchange.of(ctx).model(r.requested(), variant.get().path("id").asText());
-            return new ModelResolver.Resolution(r.requested(), variant.get().path("id").asText(), variant.get(), r.longContext());
-        }
-
-        void countTokens(Context ctx) {
-            ObjectNode body = Requests.jsonObject(ctx);
-            String requested = Requests.requireText(body, "model");
-            Requests.requireArray(body, "messages");
-            Requests.anthropic(body);
-            ModelResolver.Resolution model = resolve(ctx, requested);
-            boolean native_ = ModelResolver.endpoints(model.model()).contains(MESSAGES);
-            java.util.OptionalInt exact = native_ ? exactCount(ctx, body, model) : java.util.OptionalInt.empty();
-            int tokens;
-            try {
-                tokens = exact.isPresent() ? exact.getAsInt() : TokenCounter.count(body, model.model());
-            } catch (RuntimeException e) {
-                throw new ApiError(500, "api_error", "Could not estimate the token count: " + describe(e));
-            }
-            Exchange.of(ctx).route(exact.isPresent() ? "native" : "estimate");
-            ObjectNode out = Json.object();
-            out.put("input_tokens", tokens);
-            Requests.writeJson(ctx, out);
-        }
-
-        /**
-         * Copilot's own count for a Claude model it serves on /v1/messages (the body cleaned as for a message, the
-         * Anthropic headers, the initiator the messages call for); empty, and logged, when that call fails.
-         */
-        private java.util.OptionalInt exactCount(Context ctx, ObjectNode body, ModelResolver.Resolution model) {
-            AnthropicNative.Prepared prepared = AnthropicNative.prepare(body, model.upstream(), model.model());
-            ObjectNode request = prepared.body();
-            request.remove("stream");
-            JsonNode messages = request.path("messages");
-            CallOptions call = up.watched(ctx, new CallOptions(Initiator.of(messages), Json.containsImage(messages), headers(ctx)));
-            try {
-                JsonNode answer = up.copilot().postJson(COUNT_TOKENS, request, call);
-                JsonNode n = answer.path("input_tokens");
-                if (n.canConvertToInt() && n.asInt() > 0) return java.util.OptionalInt.of(n.asInt());
-                Logs.log().warn("{}: Copilot's count has no input_tokens ({}); using the local estimate", COUNT_TOKENS, Redact.shorten(Json.write(answer)));
-            } catch (ClientLeft gone) {
-                throw gone;
-            } catch (RuntimeException e) {
-                Logs.log().warn("{}: Copilot's count failed ({}); using the local estimate", COUNT_TOKENS, describe(e));
-            }
-            return java.util.OptionalInt.empty();
-        }
-
-        /** An unknown model is logged with its name and counted in /stats as a failed request for it. */
-        private ModelResolver.Resolution resolve(Context ctx, String requested) {
-            boolean wants1m = wantsLong(ctx, "");
-            Exchange exchange = Exchange.of(ctx).model(requested, null);
-            try {
-                ModelResolver.Resolution r = ModelResolver.resolve(requested, wants1m, up.models().list(), routing);
-                exchange.model(requested, r.upstream());
-                return r;
-            } catch (ApiError unknown) {
-                exchange.invokesModel = true;
-                throw unknown;
-            }
-        }
-
-        /** Claude Code asks for 1M tokens with a model name ending [1m] or the context-1m-* beta. */
-        private static boolean wantsLong(Context ctx, String requested) {
-            return requested.trim().toLowerCase(Locale.ROOT).endsWith(ModelResolver.LONG_SUFFIX)
-                || Optional.ofNullable(ctx.header("anthropic-beta")).orElse("").contains("context-1m");
-        }
-
-        private Map<String, String> headers(Context ctx) {
-            Map<String, String> h = new LinkedHashMap<>();
-            h.put("anthropic-version", ANTHROPIC_VERSION);
-            List<String> betas = new ArrayList<>();
-            for (String b : Optional.ofNullable(ctx.header("anthropic-beta")).orElse("").split(",")) {
-                if (KNOWN_BETAS.contains(b.trim())) betas.add(b.trim());
-            }
-            if (!betas.isEmpty()) h.put("anthropic-beta", String.join(",", betas));
-            return h;
-        }
-
-        /** Native: the body cleaned for Copilot, the answer relayed as it comes. */
-        private void forward(Context ctx, ObjectNode body, ModelResolver.Resolution model, boolean stream, ModelCall call) {
-            AnthropicNative.Prepared prepared = AnthropicNative.prepare(body, model.upstream(), model.model());
-            prepared.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
-            if (wantsLong(ctx, model.requested()) || body.has(LongContext.FIELD)) {
-                Logs.log().info("{}: the client asked for the long context ({}); Copilot's /v1/messages takes no {}, so {} runs at its default tier",
-                    MESSAGES, LongContext.asked(model.requested(), ctx.header("anthropic-beta"), body), LongContext.FIELD, model.upstream());
-            }
-            SubagentPrompts subagents = up.controls().billing().subagents();
-            byte[] bytes = Json.splice(Requests.raw(ctx), body, prepared.body());
-            // the content blocks are parsed only when the model was offered a tool that starts a subagent
-            SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(body.path("tools")) ? subagents.reader() : null;
-            NativeRelay machine = nativeRelay(Exchange.of(ctx), model.requested(), reader, prepared.omitThinking());
-            if (stream) call.relay(model.upstream(), MESSAGES, c -> up.copilot().stream(MESSAGES, bytes, c), machine);
-            else Requests.writeJson(ctx, AnthropicEvents.message(call.fold(model.upstream(), MESSAGES,
-                c -> EventSource.whole(AnthropicEvents.of(up.copilot().postJson(MESSAGES, bytes, c)), true), machine)));
-        }
-
-        /**
-         * Copilot's own events, with the requested model name put back and the usage counted; the rest untouched
-         * but for the content blocks, read when a reader is given (for subagent prompts).
-         */
-        static NativeRelay nativeRelay(Exchange exchange, String requestedModel, SubagentPrompts.ToolCallReader reader, boolean omitThinking) {
-            return new NativeRelay(new NativeRelay.Api() {
-                @Override
-                public Set<String> inspected() {
-                    return reader == null && !omitThinking ? INSPECTED : INSPECTED_WITH_BLOCKS;
+            /** What one upstream call costs: the initiator sent, why, and the model's multiplier. */
+            record Charge(Initiator initiator, Reason reason, double multiplier, boolean textLast) {
+                Charge(Initiator initiator, Reason reason, double multiplier) {
+                    this(initiator, reason, multiplier, false);
                 }
 
-                @Override
-                public boolean drops(String name, ObjectNode data) {
-                    return omitThinking && AnthropicNative.isOmittedThinking(name, data);
+                double units() {
+                    return initiator == Initiator.USER ? multiplier : 0;
                 }
 
-                @Override
-                public void inspect(String name, ObjectNode data) {
-                    if (reader != null) reader.anthropicEvent(name, data);
-                    if (name.equals("message_start") && data.path("message").isObject()) {
-                        ((ObjectNode) data.get("message")).put("model", requestedModel);
-                        exchange.anthropicUsage(data.path("message").path("usage"));
-                    } else if (name.equals("message_delta")) {
-                        exchange.copilotUsage(data).anthropicUsage(data.path("usage"));
+                /** For the request log: "premium 1×3", "free: continuation", or a free kind of call that Copilot made bill. */
+                String describe() {
+                    if (reason == Reason.PREMIUM) return "premium 1×" + Billing.format(multiplier);
+                    if (initiator == Initiator.AGENT || reason == Reason.FREE_MODEL) return "free: " + reason.label;
+                    return (units() > 0 ? "premium 1×" + Billing.format(multiplier) + ": " : "free: ") + reason.label
+                        + " sent as user, Copilot refuses agent there";
+                }
+            }
+
+            /**
+             * Where Copilot refuses X-Initiator agent (400 "invalid initiator" since mid-2026: the last message is a user's
+             * text, as Copilot sees it, whether a person or the editor wrote it): never tried on chat completions and
+             * Responses; on /v1/messages the model and endpoint where Copilot refused it, so that the next such call (a
+             * subagent's first call, a warm-up, a notification made of reminders) goes as user without the refused round trip.
+             */
+            static final class InitiatorRule {
+                static final String REFUSAL = "invalid initiator";
+                static final int MAX_REMEMBERED = 512;
+
+                private final Set<String> refused = java.util.concurrent.ConcurrentHashMap.newKeySet();
+
+                /** Chat completions and Responses refuse agent after a user's text; /v1/messages is learned. */
+                boolean refuses(String model, String endpoint, Charge charge) {
+                    if (!charge.textLast()) return false;
+                    return !endpoint.equals(AnthropicRoutes.MESSAGES) || refused.contains(model + " " + endpoint);
+                }
+
+                /** Remembers a refusal of a user's text as agent; a refusal of anything else is answered but not remembered. */
+                void learn(String model, String endpoint, Charge charge) {
+                    if (!charge.textLast()) return;
+                    if (refused.size() >= MAX_REMEMBERED) refused.clear();
+                    refused.add(model + " " + endpoint);
+                }
+
+                static boolean isRefusal(UpstreamException e) {
+                    return e.status() == 400 && e.body().toLowerCase(Locale.ROOT).contains(REFUSAL);
+                }
+            }
+
+            private final Double budget;
+            private final String smallModel;
+            private final SubagentPrompts subagents = new SubagentPrompts(SubagentPrompts.MAX_PROMPTS, SubagentPrompts.MAX_AGE);
+            private final InitiatorRule initiators = new InitiatorRule();
+            /** Units spent since start, in hundredths (multipliers such as 0.33 add up exactly). */
+            private final java.util.concurrent.atomic.AtomicLong spentHundredths = new java.util.concurrent.atomic.AtomicLong();
+
+            Billing(Double budget, String smallModel) {
+                this.budget = budget;
+                this.smallModel = smallModel;
+            }
+
+            static Billing unlimited() {
+                return new Billing(null, null);
+            }
+
+            SubagentPrompts subagents() {
+                return subagents;
+            }
+
+            /** /stats with the --premium-budget beside what was spent. */
+            ObjectNode withBudget(ObjectNode stats) {
+                ObjectNode premium = (ObjectNode) stats.path("premium");
+                if (budget == null) premium.putNull("budget");
+                else premium.put("budget", budget);
+                return stats;
+            }
+
+            double spent() {
+                return spentHundredths.get() / 100.0;
+            }
+
+            static double multiplier(JsonNode model) {
+                return model == null ? 1 : model.path("billing").path("multiplier").asDouble(1);
+            }
+
+            static String format(double units) {
+                return units == Math.rint(units) ? String.valueOf((long) units) : String.valueOf(Math.round(units * 100) / 100.0);
+            }
+
+            /** {@code --small-model off}: background calls keep the model asked for. */
+            static final String OFF = "off";
+
+            /**
+             * What a call needs of the model that answers it: one of the endpoints the route can reach it on, tools and
+             * images if the call carries them, and a prompt limit that holds its token estimate.
+             */
+            record Need(List<String> endpoints, boolean tools, boolean vision, long promptTokens) {
+                /** Any chat model, on whichever endpoint: what a small-model slot in a client's settings needs. */
+                static final Need ANY = new Need(List.of(AnthropicRoutes.MESSAGES, OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES), false, false, 0);
+
+                /** A conservative estimate of a request's prompt tokens: one per three bytes of its body. */
+                static long estimate(JsonNode body) {
+                    return Json.write(body).getBytes(UTF_8).length / 3L;
+                }
+
+                boolean servedBy(JsonNode m) {
+                    if (!ModelResolver.isChat(m)) return false;
+                    List<String> served = ModelResolver.endpoints(m);
+                    if (served.isEmpty()) served = List.of(OpenAiRoutes.CHAT);
+                    if (served.stream().noneMatch(endpoints::contains)) return false;
+                    JsonNode supports = m.path("capabilities").path("supports");
+                    if (tools && !supports.path("tool_calls").asBoolean(false)) return false;
+                    if (vision && !supports.path("vision").asBoolean(false)) return false;
+                    JsonNode limits = m.path("capabilities").path("limits");
+                    long limit = limits.path("max_prompt_tokens").asLong(limits.path("max_context_window_tokens").asLong(0));
+                    return promptTokens <= limit;
+                }
+            }
+
+            /**
+             * The cheap model for a background call, the one choice every route makes: --small-model when given (if it can
+             * serve the call); otherwise, on a usage-based plan (the catalog has token prices), the chat model with the
+             * lowest input plus output price that can serve it, and on a legacy plan the catalog's first free one
+             * (multiplier 0). Empty with --small-model off, or when no such model can serve the call: it keeps its model.
+             */
+            Optional<JsonNode> cheapModel(List<JsonNode> catalog, Need need) {
+                if (OFF.equalsIgnoreCase(String.valueOf(smallModel))) return Optional.empty();
+                if (smallModel != null) return ModelResolver.find(catalog, smallModel).filter(need::servedBy);
+                boolean usageBased = catalog.stream().anyMatch(m -> m.path("billing").path("token_prices").isObject());
+                JsonNode chosen = null;
+                for (JsonNode m : catalog) {
+                    if (!need.servedBy(m)) continue;
+                    if (!usageBased) {
+                        if (multiplier(m) == 0) return Optional.of(m);
+                    } else if (m.path("billing").path("token_prices").isObject() && (chosen == null || price(m) < price(chosen))) {
+                        chosen = m;
+                    }
+                }
+                return Optional.ofNullable(chosen);
+            }
+
+            /** Input and output prices together, per token: what ranks models for a background call. */
+            private static double price(JsonNode m) {
+                JsonNode p = m.path("billing").path("token_prices");
+                double batch = p.path("batch_size").asDouble(0) > 0 ? p.path("batch_size").asDouble() : 1_000_000;
+                return (p.path("input_price").asDouble(0) + p.path("output_price").asDouble(0)) / batch;
+            }
+
+            /** At start: a --small-model that is not a chat model of Copilot's catalog, said once (background calls then keep their model). */
+            Optional<String> checkSmallModel(ModelCatalog models) {
+                if (smallModel == null || OFF.equalsIgnoreCase(smallModel)) return Optional.empty();
+                List<JsonNode> catalog;
+                try {
+                    catalog = models.list();
+                } catch (RuntimeException e) {
+                    return Optional.empty();
+                }
+                if (catalog.isEmpty() || ModelResolver.find(catalog, smallModel).filter(ModelResolver::isChat).isPresent()) return Optional.empty();
+                List<String> chat = catalog.stream().filter(ModelResolver::isChat).map(m -> m.path("id").asText()).toList();
+                return Optional.of("--small-model " + smallModel + " is not a chat model in Copilot's catalog: background calls keep the model"
+                    + " they ask for. Chat models: " + String.join(", ", chat));
+            }
+
+            /** --small-model as given (checked against the catalog at start), or null when copilot-api chooses. */
+            String smallModel() {
+                return smallModel;
+            }
+
+            /**
+             * The charge for a call to a model of this multiplier, recorded on the exchange: a prompt bills unless it
+             * opens a remembered subagent; a prompt past the budget is refused with a 429 before Copilot is called.
+             */
+            Charge charge(Context ctx, Turn turn, JsonNode model) {
+                double multiplier = multiplier(model);
+                Charge c = switch (turn.kind()) {
+                    case WARMUP -> new Charge(Initiator.AGENT, Reason.WARMUP, multiplier, true);
+                    case TITLE -> new Charge(Initiator.AGENT, Reason.TITLE, multiplier, turn.textLast());
+                    case COMPACTION -> new Charge(Initiator.AGENT, Reason.COMPACTION, multiplier, turn.textLast());
+                    case SIDE_CALL -> new Charge(Initiator.AGENT, Reason.SIDE_CALL, multiplier, turn.textLast());
+                    case CONTINUATION -> new Charge(Initiator.AGENT, Reason.CONTINUATION, multiplier, turn.textLast());
+                    case PROMPT -> turn.opensConversation() && subagents.isRemembered(turn.personText())
+                        ? new Charge(Initiator.AGENT, Reason.SUBAGENT, multiplier, true)
+                        : new Charge(Initiator.USER, multiplier == 0 ? Reason.FREE_MODEL : Reason.PREMIUM, multiplier);
+                };
+                spend(c);
+                Exchange.of(ctx).charge = c;
+                return c;
+            }
+
+            /**
+             * One upstream call with the initiator Copilot accepts. The charge's agent goes as user at once where Copilot is
+             * known to refuse it; where it is not known, agent is sent, and a 400 "invalid initiator" is answered by sending
+             * the call once more as user (billed, and remembered for the model and endpoint). The ledger keeps what was sent.
+             */
+            <T> T send(Context ctx, String model, String endpoint, CallOptions call, java.util.function.Function<CallOptions, T> send) {
+                Charge charge = Exchange.of(ctx).charge;
+                if (charge == null || call.initiator() != Initiator.AGENT) return send.apply(call);
+                if (initiators.refuses(model, endpoint, charge)) return send.apply(asUser(ctx, charge, call));
+                try {
+                    return send.apply(call);
+                } catch (UpstreamException e) {
+                    if (!InitiatorRule.isRefusal(e)) throw e;
+                    initiators.learn(model, endpoint, charge);
+                    Logs.log().info("Copilot refused X-Initiator agent for {} on {} ({}); sending it once more as user",
+                        model, endpoint, charge.reason().label);
+                    return send.apply(asUser(ctx, charge, call));
+                }
+            }
+
+            /** The call as user after all: billed now (within the budget), the exchange's charge saying so. */
+            private CallOptions asUser(Context ctx, Charge agent, CallOptions call) {
+                Charge user = new Charge(Initiator.USER, agent.reason(), agent.multiplier(), agent.textLast());
+                spend(user);
+                Exchange.of(ctx).charge = user;
+                return new CallOptions(Initiator.USER, call.vision(), call.headers(), call.watch());
+            }
+
+            /**
+             * A charge is a reservation: it stands once Copilot answers (the exchange says so); a charge whose call Copilot
+             * never answered (it failed, refused, or was never sent) is given back to the budget and leaves the ledger.
+             * Called when the call fails and at the end of every request; once per request.
+             */
+            void settle(Exchange exchange) {
+                Charge c;
+                synchronized (exchange) {
+                    c = exchange.charge;
+                    if (c == null || exchange.answered) return;
+                    exchange.charge = null;
+                }
+                long units = Math.round(c.units() * 100);
+                if (units > 0) spentHundredths.addAndGet(-units);
+            }
+
+            private void spend(Charge c) {
+                long units = Math.round(c.units() * 100);
+                if (units == 0) return;
+                long limit = budget == null ? Long.MAX_VALUE : Math.round(budget * 100);
+                long before = spentHundredths.getAndUpdate(s -> s + units > limit ? s : s + units);
+                if (before + units > limit) {
+                    throw new ApiError(429, "rate_limit_error", "copilot-api's premium budget is spent: this prompt would cost "
+                        + format(c.multiplier()) + " premium request(s), " + format(before / 100.0) + " of --premium-budget "
+                        + format(budget) + " are used since start; tool follow-ups still pass, a new prompt needs a restart or a free model",
+                        null, "premium_budget_exceeded");
+                }
+            }
+        }
+
+        /**
+         * What a request costs in GitHub AI Credits (usage-based plans since June 2026; 1 credit = 10^9 nano-AIU): the real
+         * figure when Copilot reports {@code copilot_usage.total_nano_aiu}, else an estimate from the answer's token counts
+         * and the catalog's {@code billing.token_prices}. A model without prices is on a legacy plan: premium units tell
+         * its cost ({@link Billing}). A failed or refused call costs nothing. The ledger keeps credits by model and UTC day
+         * since start and holds {@code --budget}.
+         */
+        static final class Cost {
+            static final double NANO_PER_CREDIT = 1e9;
+            static final String HEADER = "x-copilot-api-cost";
+
+            /** A request's cost in credits; estimated when Copilot did not say it. */
+            record Figure(double credits, boolean estimated) {
+                /** For the request log and the header: "0.0123 credits", "~0.0123 credits" for an estimate. */
+                String describe() {
+                    return (estimated ? "~" : "") + format(credits) + " credits";
+                }
+            }
+
+            static String format(double credits) {
+                return java.math.BigDecimal.valueOf(credits).round(new java.math.MathContext(4)).stripTrailingZeros().toPlainString();
+            }
+
+            /** total_nano_aiu of a copilot_usage at the top level of an answer or stream event, or inside its usage; -1 when absent. */
+            static long reportedNano(JsonNode holder) {
+                if (holder == null || !holder.isObject()) return -1;
+                JsonNode u = holder.has("copilot_usage") ? holder.get("copilot_usage") : holder.path("usage").path("copilot_usage");
+                JsonNode nano = u.path("total_nano_aiu");
+                return nano.isNumber() ? Math.max(0, nano.asLong()) : -1;
+            }
+
+            /**
+             * The estimate from token prices (credits per batch_size tokens): uncached input at input_price, cached input at
+             * cache_price, output at output_price; the long-context tier's prices from its threshold of input tokens on.
+             */
+            static Optional<Figure> estimate(JsonNode prices, long input, long cached, long output) {
+                if (prices == null || !prices.isObject() || (input < 0 && output < 0)) return Optional.empty();
+                JsonNode tier = prices.path("long_context");
+                long in = Math.max(0, input);
+                if (tier.isObject() && tier.path("threshold_tokens").isNumber() && in >= tier.path("threshold_tokens").asLong()) {
+                    prices = tier;
+                }
+                double batch = prices.path("batch_size").asDouble(0) > 0 ? prices.path("batch_size").asDouble() : 1_000_000;
+                long hits = Math.min(in, Math.max(0, cached));
+                double inputPrice = prices.path("input_price").asDouble(0);
+                double credits = ((in - hits) * inputPrice + hits * prices.path("cache_price").asDouble(inputPrice)
+                    + Math.max(0, output) * prices.path("output_price").asDouble(0)) / batch;
+                return Optional.of(new Figure(credits, true));
+            }
+
+            /**
+             * The catalog's prices for a model as last read (settling never waits for a fetch); missing when the model has
+             * none (a legacy plan) or the catalog was never read.
+             */
+            static JsonNode prices(ModelCatalog models, String model) {
+                if (model == null) return null;
+                return models.known(model).map(m -> m.path("billing").path("token_prices")).filter(JsonNode::isObject).orElse(null);
+            }
+
+            /** What a finished model call cost: nothing when it failed or was refused, Copilot's figure, else the estimate. */
+            static Optional<Figure> settle(Exchange e, int status, ModelCatalog models) {
+                if (!e.invokesModel || status >= 400) return Optional.empty();
+                if (e.nanoAiu >= 0) return Optional.of(new Figure(e.nanoAiu / NANO_PER_CREDIT, false));
+                if (e.failedInStream) return Optional.empty();
+                String model = e.upstreamModel != null ? e.upstreamModel : e.requestedModel;
+                return estimate(prices(models, model), e.inputTokens, e.cachedTokens, e.outputTokens);
+            }
+
+            /** Where /usage and `check-usage --json` put the account's credits: billing kind, included, used, left, reset. */
+            static final String REPORT = "copilot_api_credits";
+
+            /** AI Credits copilot-api recorded since a time; null when it cannot say (no store, no history). */
+            interface Spent {
+                Double since(Instant from);
+            }
+
+            /**
+             * The credits a plan includes each month: its price in cents (WIRE.md: Pro $10, Pro+ $39, Business $19,
+             * Enterprise $39 a seat), told by copilot_plan and access_type_sku; empty for a plan not known here.
+             */
+            static Optional<Double> includedCredits(JsonNode usage) {
+                String plan = usage.path("copilot_plan").asText("").toLowerCase(Locale.ROOT);
+                String sku = usage.path("access_type_sku").asText("").toLowerCase(Locale.ROOT);
+                if (plan.contains("enterprise")) return Optional.of(3900.0);
+                if (plan.contains("business")) return Optional.of(1900.0);
+                if (sku.contains("plus") || plan.contains("pro_plus") || plan.contains("pro+")) return Optional.of(3900.0);
+                if (plan.equals("individual") || plan.contains("pro")) return Optional.of(1000.0);
+                return Optional.empty();
+            }
+
+            /** When the plan's month resets: quota_reset_date_utc, else quota_reset_date (a day), else the next UTC month. */
+            static Instant resets(JsonNode usage, Instant now) {
+                for (String field : List.of("quota_reset_date_utc", "quota_reset_date")) {
+                    String v = usage.path(field).asText("");
+                    try {
+                        if (v.length() == 10) return java.time.LocalDate.parse(v).atStartOfDay(ZoneOffset.UTC).toInstant();
+                        if (!v.isEmpty()) return Instant.parse(v);
+                    } catch (java.time.format.DateTimeParseException e) {
+                        Logs.log().debug("unreadable {} in the usage report: {}", field, v);
+                    }
+                }
+                return new Budget(0, Budget.Period.MONTH).resets(now);
+            }
+
+            /**
+             * The account's credits for check-usage, /usage and the dashboard: billing kind and reset date; on a usage-based
+             * plan the included credits, what went through copilot-api since the month began, and what is left of it.
+             */
+            static ObjectNode account(JsonNode usage, Spent spent, Instant now) {
+                ObjectNode o = Json.object();
+                boolean tokenBased = usage.path("token_based_billing").asBoolean(false);
+                o.put("billing", tokenBased ? "usage-based" : "premium requests");
+                Instant resets = resets(usage, now);
+                // a reset date already past (a report not yet updated) means the month that runs now
+                while (!resets.isAfter(now)) resets = resets.atZone(ZoneOffset.UTC).plusMonths(1).toInstant();
+                o.put("resets", resets.toString());
+                if (!tokenBased) return o;
+                Instant monthStart = resets.atZone(ZoneOffset.UTC).minusMonths(1).toInstant();
+                o.put("month_start", monthStart.toString());
+                Double used = spent.since(monthStart);
+                o.put("used_through_copilot_api", used);
+                Optional<Double> included = includedCredits(usage);
+                o.put("included", included.orElse(null));
+                o.put("left", included.isPresent() && used != null ? Double.valueOf(Math.max(0, included.get() - used)) : null);
+                return o;
+            }
+
+            /** "Billing: usage-based" and the credits line for check-usage. */
+            static String render(JsonNode account) {
+                StringBuilder b = new StringBuilder(String.format(Locale.ROOT, "%-17s %s", "Billing:",
+                    account.path("billing").asText().equals("usage-based") ? "usage-based (AI Credits)" : "premium requests × multiplier"));
+                if (!account.path("billing").asText().equals("usage-based")) return b.toString();
+                b.append('\n').append(String.format(Locale.ROOT, "%-17s ", "AI Credits:"));
+                JsonNode used = account.path("used_through_copilot_api");
+                b.append(used.isNumber() ? format(used.asDouble()) + " used through copilot-api" : "use through copilot-api unknown (no store)");
+                if (account.path("included").isNumber()) {
+                    b.append(", of ").append(format(account.path("included").asDouble())).append(" included");
+                    if (account.path("left").isNumber()) b.append(", at most ").append(format(account.path("left").asDouble())).append(" left");
+                }
+                b.append(" (month ").append(account.path("month_start").asText()).append(" to ").append(account.path("resets").asText()).append(')');
+                return b.toString();
+            }
+
+            /** {@code --budget CREDITS[/day|/month]}: a period is a UTC day or a UTC calendar month. */
+            record Budget(double credits, Period period) {
+                enum Period { DAY, MONTH }
+
+                static Budget parse(String text) {
+                    String[] parts = text.trim().split("/", 2);
+                    Period period = Period.MONTH;
+                    if (parts.length == 2) {
+                        period = switch (parts[1].trim().toLowerCase(Locale.ROOT)) {
+                            case "day" -> Period.DAY;
+                            case "month" -> Period.MONTH;
+                            default -> throw new IllegalArgumentException("--budget is CREDITS, CREDITS/day or CREDITS/month, not " + text);
+                        };
+                    }
+                    double credits;
+                    try {
+                        credits = Double.parseDouble(parts[0].trim());
+                    } catch (NumberFormatException ex) {
+                        throw new IllegalArgumentException("--budget is CREDITS, CREDITS/day or CREDITS/month, not " + text);
+                    }
+                    if (!(credits >= 0) || Double.isInfinite(credits)) throw new IllegalArgumentException("--budget must be 0 or more credits");
+                    return new Budget(credits, period);
+                }
+
+                String label() {
+                    return format(credits) + "/" + period.name().toLowerCase(Locale.ROOT);
+                }
+
+                /** When the period holding this instant ends (UTC). */
+                Instant resets(Instant now) {
+                    java.time.LocalDate day = now.atZone(ZoneOffset.UTC).toLocalDate();
+                    java.time.LocalDate next = period == Period.DAY ? day.plusDays(1) : day.withDayOfMonth(1).plusMonths(1);
+                    return next.atStartOfDay(ZoneOffset.UTC).toInstant();
+                }
+
+                boolean counts(String utcDay, Instant now) {
+                    String today = Ledger.day(now);
+                    return period == Period.DAY ? utcDay.equals(today) : utcDay.startsWith(today.substring(0, 7));
+                }
+            }
+
+            /** Credits since start by model and by UTC day; the most expensive requests; --budget. */
+            static final class Ledger {
+                static final int MOST_EXPENSIVE = 10;
+                static final int MAX_DAYS = 62;
+
+                record Priced(String at, String model, String route, double credits, boolean estimated) {
+                }
+
+                private final Budget budget;
+                private final Map<String, java.util.concurrent.atomic.DoubleAdder> byModel = new java.util.concurrent.ConcurrentSkipListMap<>();
+                private final java.util.NavigableMap<String, java.util.concurrent.atomic.DoubleAdder> byDay = new java.util.concurrent.ConcurrentSkipListMap<>();
+                private final java.util.concurrent.atomic.LongAdder estimated = new java.util.concurrent.atomic.LongAdder();
+                private final java.util.concurrent.atomic.LongAdder reported = new java.util.concurrent.atomic.LongAdder();
+                private final List<Priced> top = new ArrayList<>();
+
+                Ledger(Budget budget) {
+                    this.budget = budget;
+                }
+
+                static String day(Instant at) {
+                    return at.atZone(ZoneOffset.UTC).toLocalDate().toString();
+                }
+
+                void add(String model, String route, Figure f, Instant at) {
+                    String m = model == null ? "(unknown)" : model;
+                    byModel.computeIfAbsent(m, k -> new java.util.concurrent.atomic.DoubleAdder()).add(f.credits());
+                    byDay.computeIfAbsent(day(at), k -> new java.util.concurrent.atomic.DoubleAdder()).add(f.credits());
+                    while (byDay.size() > MAX_DAYS) byDay.pollFirstEntry();
+                    (f.estimated() ? estimated : reported).increment();
+                    synchronized (top) {
+                        top.add(new Priced(at.toString(), m, route, f.credits(), f.estimated()));
+                        top.sort(java.util.Comparator.comparingDouble(Priced::credits).reversed());
+                        if (top.size() > MOST_EXPENSIVE) top.remove(top.size() - 1);
                     }
                 }
 
-                @Override
-                public Set<String> terminal() {
-                    return TERMINAL;
+                /** Credits since start in the UTC days from this instant's day on. */
+                double since(Instant from) {
+                    double sum = 0;
+                    for (var entry : byDay.tailMap(day(from), true).entrySet()) sum += entry.getValue().sum();
+                    return sum;
                 }
 
-                @Override
-                public ObjectNode error(String message, long sequence) {
-                    return AnthropicEvents.error("api_error", message);
+                double spent(Budget b, Instant now) {
+                    double sum = 0;
+                    for (var entry : byDay.entrySet()) if (b.counts(entry.getKey(), now)) sum += entry.getValue().sum();
+                    return sum;
                 }
 
-                @Override
-                public Frame keepAlive() {
-                    return new NamedEvent("ping", AnthropicEvents.ping());
+                /** Before a model call: past --budget, a 429 that says what was spent and when the budget resets. */
+                void admit(Instant now) {
+                    if (budget == null) return;
+                    double spent = spent(budget, now);
+                    if (spent < budget.credits()) return;
+                    Instant resets = budget.resets(now);
+                    ApiError refused = new ApiError(429, "rate_limit_error", "copilot-api's budget is spent: " + format(spent)
+                        + " credits of --budget " + budget.label() + " are used since start; it resets at " + resets, null, "budget_exceeded");
+                    refused.headers().put("retry-after", String.valueOf(Math.max(1, Duration.between(now, resets).toSeconds())));
+                    throw refused;
                 }
-            });
+
+                ObjectNode json(Instant now) {
+                    ObjectNode o = Json.object();
+                    String today = day(now);
+                    double total = 0, month = 0;
+                    ObjectNode days = Json.object();
+                    for (var entry : byDay.entrySet()) {
+                        double v = entry.getValue().sum();
+                        total += v;
+                        if (entry.getKey().startsWith(today.substring(0, 7))) month += v;
+                        days.put(entry.getKey(), v);
+                    }
+                    o.put("credits", total);
+                    o.put("today", Optional.ofNullable(byDay.get(today)).map(java.util.concurrent.atomic.DoubleAdder::sum).orElse(0.0));
+                    o.put("this_month", month);
+                    ObjectNode models = o.putObject("by_model");
+                    byModel.forEach((m, v) -> models.put(m, v.sum()));
+                    o.set("by_day", days);
+                    o.put("reported_requests", reported.sum());
+                    o.put("estimated_requests", estimated.sum());
+                    ArrayNode expensive = o.putArray("most_expensive");
+                    synchronized (top) {
+                        for (Priced p : top) {
+                            expensive.addObject().put("time", p.at()).put("model", p.model()).put("route", p.route())
+                                .put("credits", p.credits()).put("estimated", p.estimated());
+                        }
+                    }
+                    if (budget == null) {
+                        o.putNull("budget");
+                    } else {
+                        o.putObject("budget").put("credits", budget.credits()).put("per", budget.period().name().toLowerCase(Locale.ROOT))
+                            .put("spent", spent(budget, now)).put("resets", budget.resets(now).toString());
+                    }
+                    return o;
+                }
+            }
         }
 
-        static final Set<String> INSPECTED = Set.of("message_start", "message_delta");
-        static final Set<String> INSPECTED_WITH_BLOCKS = Set.of("message_start", "message_delta",
-            "content_block_start", "content_block_delta", "content_block_stop");
-        static final Set<String> TERMINAL = Set.of("message_stop", "error");
+        /**
+         * The prompts of the Agent (older: Task) tool calls copilot-api relayed, for a while: a new conversation whose
+         * last person-text is one of them is that subagent's first call. Bounded in count and in age.
+         */
+        static final class SubagentPrompts {
+            static final int MAX_PROMPTS = 256;
+            static final Duration MAX_AGE = Duration.ofHours(2);
+            static final Set<String> TOOL_NAMES = Set.of("Agent", "Task");
 
-        /** Translated: Anthropic in, chat to the pivot (which reaches /chat/completions or /responses), Anthropic out. */
-        private static AnthropicToChat.Result translation(ObjectNode body, ModelResolver.Resolution model) {
-            AnthropicToChat.Result t = AnthropicToChat.request(body, model.upstream(), ModelLimits.from(model.model(), model.longContext()));
-            if (model.longContext()) t.chatRequest().put(LongContext.FIELD, LongContext.TIER);
-            t.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
-            return t;
+            private final int max;
+            private final Duration maxAge;
+            private final LinkedHashMap<String, Instant> prompts = new LinkedHashMap<>();
+
+            SubagentPrompts(int max, Duration maxAge) {
+                this.max = max;
+                this.maxAge = maxAge;
+            }
+
+            /** A tool call the answer carried: remembered when it starts a subagent and has a prompt. */
+            void toolCall(String name, JsonNode input) {
+                if (!TOOL_NAMES.contains(name) || input == null) return;
+                String prompt = input.path("prompt").asText("");
+                if (prompt.isBlank()) return;
+                synchronized (prompts) {
+                    prompts.remove(prompt);
+                    prompts.put(prompt, Instant.now());
+                    while (prompts.size() > max) prompts.remove(prompts.keySet().iterator().next());
+                }
+            }
+
+            /** Arguments as the chat and Responses APIs carry them: a JSON text. */
+            void toolCall(String name, String arguments) {
+                if (!TOOL_NAMES.contains(name)) return;
+                toolCall(name, Json.tryParse(arguments).orElse(null));
+            }
+
+            boolean isRemembered(String text) {
+                if (text == null || text.isBlank()) return false;
+                Instant oldest = Instant.now().minus(maxAge);
+                synchronized (prompts) {
+                    prompts.values().removeIf(t -> t.isBefore(oldest));
+                    return prompts.containsKey(text);
+                }
+            }
+
+            private void responsesItem(JsonNode item) {
+                if (item.path("type").asText("").equals("function_call")) toolCall(item.path("name").asText(""), item.path("arguments").asText(""));
+            }
+
+            /** A per-stream reader of the tool calls going by, in whichever API's events the client gets. */
+            ToolCallReader reader() {
+                return new ToolCallReader();
+            }
+
+            final class ToolCallReader {
+                /** Tool calls being streamed, by Anthropic block index or chat "choice/index": the name, then the argument text. */
+                private final Map<String, String> names = new HashMap<>();
+                private final Map<String, StringBuilder> inputs = new HashMap<>();
+
+                /** Anthropic events: a tool_use block's start names it, its input_json_delta pieces are its input, its stop ends it. */
+                void anthropicEvent(String name, JsonNode data) {
+                    String key = data.path("index").asText("");
+                    switch (name) {
+                        case "content_block_start" -> {
+                            JsonNode block = data.path("content_block");
+                            if (block.path("type").asText("").equals("tool_use") && TOOL_NAMES.contains(block.path("name").asText(""))) {
+                                names.put(key, block.path("name").asText());
+                                inputs.put(key, new StringBuilder());
+                            }
+                        }
+                        case "content_block_delta" -> {
+                            StringBuilder input = inputs.get(key);
+                            if (input != null) input.append(data.path("delta").path("partial_json").asText(""));
+                        }
+                        case "content_block_stop" -> {
+                            StringBuilder input = inputs.remove(key);
+                            if (input != null) toolCall(names.remove(key), input.toString());
+                        }
+                        default -> { }
+                    }
+                }
+
+                /** Responses events: a function_call item is whole when it is done. */
+                void responsesEvent(String name, JsonNode data) {
+                    if (name.equals("response.output_item.done")) responsesItem(data.path("item"));
+                }
+
+                /** Chat chunks: tool-call names and argument pieces by choice and index, read whole at the end. */
+                void chatChunk(JsonNode chunk) {
+                    for (JsonNode choice : chunk.path("choices")) {
+                        for (JsonNode call : choice.path("delta").path("tool_calls")) {
+                            String key = choice.path("index").asInt(0) + "/" + call.path("index").asInt(0);
+                            String fn = call.path("function").path("name").asText("");
+                            if (!fn.isEmpty()) names.put(key, fn);
+                            inputs.computeIfAbsent(key, k -> new StringBuilder()).append(call.path("function").path("arguments").asText(""));
+                        }
+                    }
+                }
+
+                void chatEnd() {
+                    names.forEach((key, fn) -> toolCall(fn, inputs.getOrDefault(key, new StringBuilder()).toString()));
+                    names.clear();
+                    inputs.clear();
+                }
+            }
+
+            /** Whether a request offers the model a subagent tool (Anthropic, chat or Responses tool list). */
+            static boolean offered(JsonNode tools) {
+                for (JsonNode t : tools) {
+                    String name = t.has("function") ? t.path("function").path("name").asText("") : t.path("name").asText("");
+                    if (TOOL_NAMES.contains(name)) return true;
+                }
+                return false;
+            }
         }
 
-        private void translate(Context ctx, AnthropicToChat.Result t, ChatUpstream.Prepared prepared, ModelResolver.Resolution model,
-                boolean stream, ModelCall call) {
-            Requests.logBody("translated chat request", t.chatRequest());
-            SubagentPrompts subagents = up.controls().billing().subagents();
-            String path = up.chat().path(model.upstream());
-            ChatStreamToAnthropic machine = new ChatStreamToAnthropic(model.requested(), t.toolNameMap());
-            TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), subagents.reader()::anthropicEvent);
-            if (stream) call.relay(model.upstream(), path, c -> up.chat().stream(prepared, c), relay);
-            else Requests.writeJson(ctx, AnthropicEvents.message(call.fold(model.upstream(), path, c -> up.chat().answer(prepared, c), relay)));
-            machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
+        /** The dashboard: one self-contained page (no CDN) fed by /usage and /stats; API clients probing / get text. */
+        static final class Dashboard {
+            static boolean isPage(Context ctx) {
+                return ctx.method() == io.javalin.http.HandlerType.GET && (ctx.path().equals("/") || ctx.path().equals("/dashboard"));
+            }
+
+            /** Browsers ask for it with every page; it is nothing, and never worth a 401 in the log. */
+            static boolean isIcon(Context ctx) {
+                return ctx.path().equals("/favicon.ico");
+            }
+
+            static void root(Context ctx) {
+                String accept = Optional.ofNullable(ctx.header("accept")).orElse("");
+                if (accept.contains("text/html")) page(ctx);
+                else ctx.contentType("text/plain").result("copilot-api " + VERSION + " is running\n");
+            }
+
+            static void page(Context ctx) {
+                ctx.header("Cache-Control", "no-store");
+                ctx.contentType("text/html; charset=utf-8").result(HTML.replace("{{VERSION}}", VERSION));
+            }
+
+            static final String HTML = """
+                <!doctype html>
+                <html lang="en">
+                <head>
+                <meta charset="utf-8">
+                <meta name="viewport" content="width=device-width, initial-scale=1">
+                <title>copilot-api</title>
+                <style>
+                  :root { color-scheme: light dark; --bar: #2f81f7; --warn: #d29922; --bad: #f85149; --muted: #8b949e; }
+                  body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 960px; padding: 1.5rem; }
+                  h1 { font-size: 1.4rem; margin: 0 0 .2rem; } h2 { font-size: 1.1rem; margin: 1.6rem 0 .6rem; }
+                  .muted { color: var(--muted); } .error { color: var(--bad); }
+                  .quota { margin: .7rem 0; } .quota .head { display: flex; justify-content: space-between; }
+                  .track { height: .7rem; border-radius: .35rem; background: color-mix(in srgb, var(--muted) 30%, transparent); overflow: hidden; }
+                  .fill { height: 100%; background: var(--bar); } .fill.warn { background: var(--warn); } .fill.bad { background: var(--bad); }
+                  table { border-collapse: collapse; width: 100%; } th, td { text-align: right; padding: .35rem .5rem; border-bottom: 1px solid color-mix(in srgb, var(--muted) 35%, transparent); }
+                  th:first-child, td:first-child { text-align: left; } tfoot td { font-weight: 600; }
+                  form { margin: 1rem 0; } input { font: inherit; padding: .3rem .5rem; } button { font: inherit; padding: .3rem .8rem; }
+                  .scroll { overflow-x: auto; } code { font-size: .9em; overflow-wrap: anywhere; } pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+                  td.err { text-align: left; color: var(--bad); font-size: .9em; } dl { display: grid; grid-template-columns: max-content 1fr; gap: .3rem .8rem; }
+                  dd { margin: 0; } @media (max-width: 600px) { body { padding: .7rem; font-size: 14px; } th, td { padding: .3rem .25rem; } dl { grid-template-columns: 1fr; } }
+                </style>
+                </head>
+                <body>
+                <h1>copilot-api <span class="muted">{{VERSION}}</span></h1>
+                <div class="muted" id="updated">loading…</div>
+                <form id="keyform" hidden>
+                  <label>This server needs its API key: <input id="key" type="password" autocomplete="off"></label>
+                  <button>Use key</button>
+                </form>
+                <div id="problem" class="error"></div>
+                <h2>Copilot plan <span id="plan" class="muted"></span></h2>
+                <div id="quotas"></div>
+                <div id="spent" class="muted"></div>
+                <h2>AI Credits <span id="billing" class="muted"></span></h2>
+                <div id="credits"></div>
+                <div id="background" class="muted"></div>
+                <div class="scroll"><table id="expensive-table" hidden>
+                  <thead><tr><th>most expensive</th><th>model</th><th>route</th><th>credits</th></tr></thead>
+                  <tbody id="expensive"></tbody>
+                </table></div>
+                <h2>Requests since start <span id="since" class="muted"></span></h2>
+                <div class="scroll"><table>
+                  <thead><tr><th>model</th><th>requests</th><th>errors</th><th>input tokens</th><th>output tokens</th><th>median latency</th></tr></thead>
+                  <tbody id="models"></tbody>
+                  <tfoot id="totals"></tfoot>
+                </table></div>
+                <h2>Recent requests</h2>
+                <div class="scroll"><table>
+                  <thead><tr><th>time</th><th>request</th><th>model</th><th>status</th><th>first byte</th><th>total</th><th>tokens in / out</th></tr></thead>
+                  <tbody id="recent"></tbody>
+                </table></div>
+                <h2>Last 7 days <span id="latency" class="muted"></span></h2>
+                <div class="scroll"><table>
+                  <thead><tr><th>model</th><th>requests</th><th>errors</th><th>p50</th><th>p95</th></tr></thead>
+                  <tbody id="permodel"></tbody>
+                </table></div>
+                <div class="scroll"><table>
+                  <thead><tr><th>day (UTC)</th><th>requests</th><th>errors</th></tr></thead>
+                  <tbody id="perday"></tbody>
+                </table></div>
+                <h2>Connect</h2>
+                <dl>
+                  <dt>OpenAI base URL</dt><dd><code id="openai-url"></code></dd>
+                  <dt>Anthropic base URL</dt><dd><code id="anthropic-url"></code></dd>
+                  <dt>Copilot token</dt><dd id="token"></dd>
+                  <dt>Store</dt><dd id="store"></dd>
+                </dl>
+                <p>Claude Code (<code>copilot-api start --claude-code</code> prints this for your shell):</p>
+                <pre><code id="claude-command"></code></pre>
+                <script>
+                "use strict";
+                const KEY = "copilot-api-key";
+                const $ = (id) => document.getElementById(id);
+                const fmt = (n) => Number(n).toLocaleString("en-US");
+                const esc = (s) => String(s).replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
+                const fromHash = new URLSearchParams(location.hash.slice(1)).get("key");
+                if (fromHash) { localStorage.setItem(KEY, fromHash); history.replaceState(null, "", location.pathname); }
+
+                async function api(path) {
+                  const key = localStorage.getItem(KEY);
+                  const r = await fetch(path, { headers: key ? { "x-api-key": key } : {} });
+                  if (r.status === 401) { $("keyform").hidden = false; throw new Error("an API key is needed"); }
+                  const body = await r.json();
+                  if (!r.ok) throw new Error((body.error && body.error.message) || ("HTTP " + r.status));
+                  return body;
+                }
+
+                function quota(label, q) {
+                  if (!q) return "";
+                  if (q.unlimited) return `<div class="quota"><div class="head"><b>${label}</b><span>unlimited</span></div></div>`;
+                  const total = q.entitlement || 0, left = q.remaining || 0, used = Math.max(0, total - left);
+                  const pct = total > 0 ? (used * 100 / total) : 0;
+                  const cls = pct >= 90 ? "bad" : pct >= 75 ? "warn" : "";
+                  return `<div class="quota"><div class="head"><b>${label}</b>` +
+                    `<span>${fmt(used)} / ${fmt(total)} used (${pct.toFixed(1)}%)</span></div>` +
+                    `<div class="track"><div class="fill ${cls}" style="width:${Math.min(100, pct).toFixed(1)}%"></div></div></div>`;
+                }
+
+                function limit(label, w) {
+                  if (!w) return "";
+                  if (w.unlimited) return `<div class="quota"><div class="head"><b>${esc(label)}</b><span>unlimited</span></div></div>`;
+                  const pct = Number(w.percent_used || 0), cls = pct >= 95 ? "bad" : pct >= 80 ? "warn" : "";
+                  const reset = w.resets_at ? ` · resets ${esc(new Date(w.resets_at).toLocaleString())}` : "";
+                  return `<div class="quota"><div class="head"><b>${esc(label)}</b><span>${pct.toFixed(1)}% used${reset}</span></div>` +
+                    `<div class="track"><div class="fill ${cls}" style="width:${Math.min(100, pct).toFixed(1)}%"></div></div></div>`;
+                }
+
+                function limits(l) {
+                  if (!l || !l.rate_limits) return "";
+                  return Object.entries(l.rate_limits).map(([w, v]) => limit(w.charAt(0).toUpperCase() + w.slice(1) + " limit", v)).join("");
+                }
+
+                function spent(p) {
+                  if (!p) return "";
+                  const n = (x) => Number(x).toLocaleString("en-US", { maximumFractionDigits: 2 });
+                  const budget = p.budget === null || p.budget === undefined ? "" : ` of a --premium-budget of ${n(p.budget)}`;
+                  const models = Object.entries(p.by_model || {}).map(([m, u]) => `${esc(m)} ${n(u)}`).join(", ");
+                  const reasons = Object.entries(p.calls_by_reason || {}).map(([r, c]) => `${esc(r)} ${fmt(c)}`).join(" · ");
+                  return `<b>${n(p.units)}</b> premium requests spent by this server since start${budget}` +
+                    (models ? ` (${models})` : "") + (reasons ? `<br>model calls by billing: ${reasons}` : "");
+                }
+
+                const cr = (x) => Number(x).toLocaleString("en-US", { maximumSignificantDigits: 4 });
+
+                function credits(c, account, totals) {
+                  if (!account || account.billing !== "usage-based") {
+                    $("billing").textContent = account ? "· this plan bills premium requests, see above" : "";
+                    $("expensive-table").hidden = true;
+                    return "";
+                  }
+                  $("billing").textContent = `· usage-based · month resets ${new Date(account.resets).toLocaleDateString()}`;
+                  const used = account.used_through_copilot_api === null ? c.this_month : account.used_through_copilot_api;
+                  let out = account.included
+                    ? quota("This month (through copilot-api) of the plan's included credits", { entitlement: account.included, remaining: account.included - used })
+                    : `<div>This month: <b>${cr(used)}</b> credits</div>`;
+                  const hits = totals.input_tokens > 0 ? (totals.cached_tokens * 100 / totals.input_tokens).toFixed(1) + "%" : "–";
+                  out += `<div id="credits-today">Today: <b>${cr(c.today)}</b> credits · since start ${cr(c.credits)}` +
+                    ` (${fmt(c.estimated_requests)} estimated) · cache hits ${hits} of input tokens</div>`;
+                  if (c.budget) out += `<div>--budget ${cr(c.budget.credits)}/${esc(c.budget.per)}: ${cr(c.budget.spent)} spent, resets ${esc(new Date(c.budget.resets).toLocaleString())}</div>`;
+                  $("expensive").innerHTML = (c.most_expensive || []).map((p) => `<tr><td>${esc(new Date(p.time).toLocaleString())}</td>` +
+                    `<td>${esc(p.model)}</td><td>${esc(p.route || "")}</td><td>${p.estimated ? "~" : ""}${cr(p.credits)}</td></tr>`).join("");
+                  $("expensive-table").hidden = !(c.most_expensive || []).length;
+                  return out;
+                }
+
+                function background(b) {
+                  if (!b || !b.calls) return "";
+                  const kinds = Object.entries(b.by_kind || {}).map(([k, c]) => `${esc(k)} ${fmt(c)}`).join(" · ");
+                  return `Background calls no person typed, sent to the cheap model: <b>${fmt(b.calls)}</b> (${kinds})` +
+                    (b.credits > 0 ? ` · ${cr(b.credits)} credits` : "");
+                }
+
+                const ms = (n) => n === null || n === undefined ? "" : fmt(n) + " ms";
+
+                function recent(r) {
+                  const failed = r.status >= 400 || r.error_type;
+                  const at = new Date(r.time), today = at.toDateString() === new Date().toDateString();
+                  const line = `<tr><td>${esc(today ? at.toLocaleTimeString() : at.toLocaleString())}</td><td>${esc(r.method + " " + r.path)}</td>` +
+                    `<td>${esc(r.requested_model || "")}${r.upstream_model && r.upstream_model !== r.requested_model ? " → " + esc(r.upstream_model) : ""}</td>` +
+                    `<td${failed ? ' class="error"' : ""}>${r.status}</td><td>${ms(r.first_byte_ms)}</td><td>${ms(r.total_ms)}</td>` +
+                    `<td>${r.input_tokens === null ? "" : fmt(r.input_tokens) + " / " + fmt(r.output_tokens || 0)}</td></tr>`;
+                  return failed ? line + `<tr><td colspan="7" class="err">${esc((r.error_type || "error") + ": " + (r.error_message || ""))}</td></tr>` : line;
+                }
+
+                function connect(models) {
+                  const origin = location.origin, claude = models.filter((m) => m.startsWith("claude"));
+                  const main = claude.find((m) => m.includes("sonnet")) || claude[0] || "MODEL";
+                  const small = claude.find((m) => m.includes("haiku")) || main;
+                  $("openai-url").textContent = origin + "/v1";
+                  $("anthropic-url").textContent = origin;
+                  const key = localStorage.getItem(KEY) ? "YOUR_API_KEY" : "copilot-api";
+                  $("claude-command").textContent = `ANTHROPIC_BASE_URL=${origin} ANTHROPIC_AUTH_TOKEN=${key} ANTHROPIC_MODEL=${main} ` +
+                    `ANTHROPIC_SMALL_FAST_MODEL=${small} CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 claude`;
+                }
+
+                function summary(h) {
+                  const t = h.copilot_token;
+                  $("token").textContent = t.state === "valid" ? `valid, renewed before ${new Date(t.expires_at).toLocaleTimeString()} · ${t.api}`
+                    : `${t.state}${t.error ? ": " + t.error : ""}`;
+                  const st = h.store;
+                  $("store").textContent = st.state === "off" ? "off (--no-store): nothing is kept"
+                    : `${st.state}${st.error ? ": " + st.error : ""} · ${st.path} · kept ${st.max_age_days} days`;
+                  $("latency").textContent = h.latency.requests ? `· p50 ${ms(h.latency.p50_ms)} · p95 ${ms(h.latency.p95_ms)}` : "";
+                  $("permodel").innerHTML = h.per_model.map((m) => `<tr><td>${esc(m.model)}</td><td>${fmt(m.requests)}</td><td>${fmt(m.errors)}</td>` +
+                    `<td>${ms(m.p50_ms)}</td><td>${ms(m.p95_ms)}</td></tr>`).join("") || `<tr><td colspan="5" class="muted">no requests yet</td></tr>`;
+                  $("perday").innerHTML = h.per_day.map((d) => `<tr><td>${esc(d.day)}</td><td>${fmt(d.requests)}</td><td>${fmt(d.errors)}</td></tr>`).join("");
+                }
+
+                function row(m) {
+                  return `<tr><td>${esc(m.model)}</td><td>${fmt(m.requests)}</td><td>${fmt(m.errors)}</td>` +
+                    `<td>${fmt(m.input_tokens)}</td><td>${fmt(m.output_tokens)}</td><td>${m.median_latency_ms === undefined ? "" : fmt(m.median_latency_ms) + " ms"}</td></tr>`;
+                }
+
+                let account = null;
+
+                async function refresh() {
+                  const problems = [];
+                  try {
+                    const u = await api("/usage");
+                    account = u.copilot_api_credits || null;
+                    const s = u.quota_snapshots || {};
+                    $("plan").textContent = `${u.copilot_plan || "unknown"} · quota resets ${u.quota_reset_date || "?"}`;
+                    $("quotas").innerHTML = quota("Premium requests", s.premium_interactions) + quota("Chat", s.chat) + quota("Completions", s.completions)
+                      + limits(u.copilot_api_limits);
+                  } catch (e) { problems.push("usage: " + e.message); }
+                  try {
+                    const st = await api("/stats");
+                    $("since").textContent = "· since " + new Date(st.since).toLocaleString();
+                    $("models").innerHTML = st.models.map(row).join("") || `<tr><td colspan="6" class="muted">no requests yet</td></tr>`;
+                    $("totals").innerHTML = row(Object.assign({ model: "total" }, st.totals));
+                    $("spent").innerHTML = spent(st.premium);
+                    $("credits").innerHTML = credits(st.credits, account, st.totals);
+                    $("background").innerHTML = background(st.background);
+                  } catch (e) { problems.push("stats: " + e.message); }
+                  try {
+                    summary(await api("/history/summary"));
+                    const rows = await api("/history?limit=20").catch(() => ({ data: [] }));
+                    $("recent").innerHTML = rows.data.map(recent).join("") || `<tr><td colspan="7" class="muted">no requests yet</td></tr>`;
+                  } catch (e) { problems.push("history: " + e.message); }
+                  try {
+                    connect((await api("/v1/models")).data.map((m) => m.id));
+                  } catch (e) { problems.push("models: " + e.message); }
+                  $("problem").textContent = problems.join(" · ");
+                  $("updated").textContent = "updated " + new Date().toLocaleTimeString() + " · refreshes every 5 s";
+                }
+
+                $("keyform").addEventListener("submit", (ev) => {
+                  ev.preventDefault();
+                  localStorage.setItem(KEY, $("key").value);
+                  $("keyform").hidden = true;
+                  refresh();
+                });
+                refresh();
+                setInterval(refresh, 5000);
+                </script>
+                </body>
+                </html>
+                """;
         }
     }
 
-    /**
-     * The Gemini API: generateContent, streamGenerateContent (SSE with ?alt=sse, else one JSON array), countTokens and
-     * the model list, under /v1beta, /v1 and bare /models. Every chat model goes through the chat pivot; nothing is
-     * kept on the server. Errors are Google's shape (Errors picks it for the requests {@link #serves} says are Gemini's).
-     */
-    static final class GeminiRoutes {
-        static final List<String> PREFIXES = List.of("/v1beta", "/v1", "");
-        /** What Google's clients send that OpenAI's and Anthropic's do not: their key header, their client header, ?key=. */
-        static final List<String> CLIENT_HEADERS = List.of("x-goog-api-key", "x-goog-api-client");
+    // ==== 3.3 Routes: the request pipeline, then one class per inbound API ====
 
-        private final Upstream up;
-        private final ModelRouting routing;
+    /** The model request pipeline (ModelCall) and the route classes of each inbound API. */
+    static final class Routes {
+        private Routes() {}
 
-        GeminiRoutes(Upstream up, ModelRouting routing) {
-            this.up = up;
-            this.routing = routing;
-        }
-
-        /** A Gemini request: anything under /v1beta, a models/{model}:method call, or the model list asked by a Google client. */
-        static boolean serves(Context ctx) {
-            String p = ctx.path();
-            if (p.startsWith("/v1beta/") || p.equals("/v1beta")) return true;
-            String rest = p.startsWith("/v1/") ? p.substring(3) : p;
-            if (!rest.equals("/models") && !rest.startsWith("/models/")) return false;
-            return rest.contains(":") || CLIENT_HEADERS.stream().anyMatch(h -> ctx.header(h) != null) || ctx.queryParam("key") != null;
-        }
-
-        void generateContent(Context ctx) {
-            generate(ctx, ctx.pathParam("model"), false);
-        }
-
-        /** ?alt=sse: server-sent events as they come; without it Google answers a JSON array, here of the one whole answer. */
-        void streamGenerateContent(Context ctx) {
-            generate(ctx, ctx.pathParam("model"), true);
-        }
-
-        private void generate(Context ctx, String requested, boolean stream) {
-            ObjectNode body = Requests.jsonObject(ctx);
-            boolean sse = stream && "sse".equals(ctx.queryParam("alt"));
-            // a side call (no person's prompt) goes where every background call goes: the one cheap-model choice
-            Turn side = sideCall(ctx, body, stream) ? new Turn(Turn.Kind.SIDE_CALL, null, true, true) : null;
-            Optional<String> cheap = side == null ? Optional.empty() : ModelCall.cheap(ctx, up, side,
-                new Billing.Need(List.of(OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES), false, false, Billing.Need.estimate(body)));
-            ModelResolver.Resolution model = resolve(ctx, cheap.orElse(requested));
-            if (cheap.isPresent()) {
-                Exchange.of(ctx).model(requested, model.upstream());
-                model = new ModelResolver.Resolution(requested, model.upstream(), model.model());
+        /** What the routes need from the rest of the tool. */
+        record Upstream(Settings settings, CopilotClient copilot, ModelCatalog models, GitHubAuth github, GitHubToken githubToken,
+            Controls controls) {
+            /** The call options with this request's client watched while Copilot has not answered. */
+            CallOptions watched(Context ctx, CallOptions call) {
+                return call.watched(new ClientWatch(ctx, copilot.timeouts().earlyCommit(), copilot.timeouts().keepAlive()));
             }
-            ChatUpstream chat = up.chat();
-            boolean byEffort = chat.endpoint(model.upstream()) == ChatUpstream.Endpoint.RESPONSES
-                || model.model().path("capabilities").path("supports").has("reasoning_effort");
-            Exchange.of(ctx).route("translated");
-            // translating checks the request: bad input is refused before the client waits its turn or anything is charged
-            GeminiToChat.Result t = GeminiToChat.request(body, model.upstream(),
-                new GeminiToChat.Reasoning(ModelLimits.from(model.model()), byEffort), sse);
-            t.notes().forEach(n -> Logs.log().debug("gemini {}: {}", ctx.path(), n));
-            t.dropped().forEach(n -> Logs.log().info("gemini {}: {}", ctx.path(), n));
-            ChatUpstream.Prepared prepared = chat.prepare(t.chatRequest(), sse);
-            JsonNode messages = t.chatRequest().path("messages");
-            Turn turn = side != null ? side : Turn.ofMessages(messages);
-            ModelCall call = ModelCall.of(ctx, up).admit(model.requested(), body.path("contents").size())
-                .reserve(turn, model.model(), t.vision());
-            Requests.logBody("translated chat request", t.chatRequest());
-            String path = chat.path(model.upstream());
-            boolean merge = t.chatRequest().path("n").asInt(1) <= 1;
-            ChatStreamToGemini machine = new ChatStreamToGemini(model.upstream(), t.includeThoughts(), merge, IdClock.SYSTEM);
-            TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), (name, data) -> { });
-            if (sse) {
-                call.relay(model.upstream(), path, c -> chat.stream(prepared, c), relay);
-            } else {
-                ObjectNode response = GeminiEvents.response(call.fold(model.upstream(), path, c -> chat.answer(prepared, c), relay));
-                // without alt=sse Google answers a stream as one JSON array of its events: here, the one whole answer
-                Requests.writeJson(ctx, stream ? Json.array().add(response) : response);
+
+            /** The pivot every chat-shaped call goes through. */
+            ChatUpstream chat() {
+                return new ChatUpstream(copilot, models);
             }
-            machine.notes().forEach(n -> Logs.log().warn("gemini {}: {}", ctx.path(), n));
         }
 
-        /** {"contents": ...} or {"generateContentRequest": {...}}: an estimate with the model's tokenizer. */
-        void countTokens(Context ctx) {
-            String requested = ctx.pathParam("model");
-            ObjectNode body = Requests.jsonObject(ctx);
-            JsonNode request = body.path("generateContentRequest").isObject() ? body.get("generateContentRequest") : body;
-            ModelResolver.Resolution model = resolve(ctx, requested);
-            GeminiToChat.request(request, model.upstream(), new GeminiToChat.Reasoning(ModelLimits.from(model.model()), false), false);
-            Exchange.of(ctx).route("estimate");
-            Requests.writeJson(ctx, Json.object().put("totalTokens", GeminiTokens.count(request, model.model())));
+        /**
+         * One model request's way to Copilot, the same on every route. The route first checks its body, resolves the model
+         * and prepares what Copilot is sent (so bad input is refused before anything else); then admit() (the operator's
+         * approval, pacing, the client watched), reserve() against the budget, and send() with the initiator Copilot
+         * accepts, settled by what Copilot did: a call that fails or is refused is released from the budget. An answer
+         * goes to the client in one of two ways with the same stream machine, which records it (usage, Copilot's cost,
+         * subagent prompts, stored Responses state) the same way for both: relay() streams it, fold() collects the
+         * events of a whole answer (replayed as the stream it is equivalent to) for the fold into the client's JSON.
+         */
+        static final class ModelCall {
+            private final Context ctx;
+            private final Upstream up;
+            private CallOptions call;
+
+            private ModelCall(Context ctx, Upstream up) {
+                this.ctx = ctx;
+                this.up = up;
+            }
+
+            static ModelCall of(Context ctx, Upstream up) {
+                return new ModelCall(ctx, up);
+            }
+
+            /** Waits for the operator's yes and the request's turn in the pacing; a client that leaves meanwhile is never sent. */
+            ModelCall admit(String requested, int messages) {
+                up.controls().admit(ctx, requested, messages);
+                return this;
+            }
+
+            /** The turn's charge reserved against the budget (a 429 past it), and the options the call goes with. */
+            ModelCall reserve(Turn turn, JsonNode model, boolean vision, Map<String, String> headers) {
+                Initiator initiator = up.controls().billing().charge(ctx, turn, model).initiator();
+                call = up.watched(ctx, new CallOptions(initiator, vision, headers));
+                return this;
+            }
+
+            ModelCall reserve(Turn turn, JsonNode model, boolean vision) {
+                return reserve(turn, model, vision, Map.of());
+            }
+
+            /**
+             * The model a background call goes to (Billing.cheapModel, the same choice on every route), or empty for any
+             * other call and for one no cheap model can serve: it keeps the model asked for, and its log line says why.
+             * The exchange records the background kind either way, for the log, /history and /stats.
+             */
+            static Optional<String> cheap(Context ctx, Upstream up, Turn turn, Billing.Need need) {
+                if (!turn.kind().background()) return Optional.empty();
+                Exchange exchange = Exchange.of(ctx);
+                exchange.background = turn.kind().label();
+                List<JsonNode> catalog;
+                try {
+                    catalog = up.models().list();
+                } catch (RuntimeException e) {
+                    catalog = List.of();
+                }
+                Billing billing = up.controls().billing();
+                Optional<String> cheap = billing.cheapModel(catalog, need).map(m -> m.path("id").asText());
+                String small = billing.smallModel();
+                if (cheap.isPresent()) return cheap;
+                if (Billing.OFF.equalsIgnoreCase(String.valueOf(small))) {
+                    exchange.note("--small-model off");
+                } else {
+                    exchange.note("kept on the model asked for: " + (small == null ? "no cheap model can" : "--small-model " + small + " cannot")
+                        + " serve it (~" + need.promptTokens() + " prompt tokens" + (need.tools() ? ", tools" : "") + ")");
+                }
+                return cheap;
+            }
+
+            /** A stream, relayed to the client through the route's machine, which records what goes by. */
+            void relay(String model, String endpoint, java.util.function.Function<CallOptions, EventSource> send, StreamMachine machine) {
+                try (EventSource events = send(model, endpoint, send)) {
+                    Relay.run(ctx, events, machine);
+                }
+            }
+
+            /**
+             * A whole answer, given as the stream it is equivalent to and run through the machine that stream would
+             * use (so it is recorded the same way); its events are collected for the fold into the client's JSON.
+             */
+            List<Frame> fold(String model, String endpoint, java.util.function.Function<CallOptions, EventSource> send, StreamMachine machine) {
+                try (EventSource events = send(model, endpoint, send)) {
+                    return Relay.fold(events, machine);
+                }
+            }
+
+            /** The call to Copilot at {@code endpoint}; the reservation stands if Copilot answers and is released if not. */
+            private <T> T send(String model, String endpoint, java.util.function.Function<CallOptions, T> send) {
+                if (call == null) throw new IllegalStateException("a model call is sent only after reserve()");
+                Billing billing = up.controls().billing();
+                Exchange exchange = Exchange.of(ctx);
+                try {
+                    T answer = billing.send(ctx, model, endpoint, call, send);
+                    exchange.answered = true;
+                    return answer;
+                } catch (RuntimeException e) {
+                    billing.settle(exchange);
+                    throw e;
+                }
+            }
         }
 
-        void models(Context ctx) {
-            Requests.writeJson(ctx, GeminiModels.list(up.models().list()));
+        /** The OpenAI-compatible routes, plus the small GitHub ones (/usage, /token). */
+        static final class OpenAiRoutes {
+            static final String CHAT = "/chat/completions";
+
+            private final Upstream up;
+            private final ModelRouting routing;
+
+            OpenAiRoutes(Upstream up, ModelRouting routing) {
+                this.up = up;
+                this.routing = routing;
+            }
+
+            void models(Context ctx) {
+                ctx.contentType("application/json").result(Json.write(ModelsView.list(up.models().list())));
+            }
+
+            void model(Context ctx) {
+                String id = ctx.pathParam("id");
+                ApiError missing = new ApiError(404, "not_found_error", "The model '" + id + "' does not exist in the Copilot catalog");
+                String base = id.endsWith(ModelResolver.LONG_SUFFIX) ? id.substring(0, id.length() - ModelResolver.LONG_SUFFIX.length()) : null;
+                ObjectNode entry = base == null
+                    ? ModelsView.entry(up.models().find(id).orElseThrow(() -> missing))
+                    : up.models().find(base).flatMap(ModelsView::longEntry).orElseThrow(() -> missing);
+                ctx.contentType("application/json").result(Json.write(entry));
+            }
+
+            /** Every chat model, whichever endpoint Copilot serves it on: the pivot decides, the answer is normalised. */
+            void chatCompletions(Context ctx) {
+                ObjectNode body = Requests.jsonObject(ctx);
+                String requested = Requests.requireText(body, "model");
+                JsonNode messages = Requests.requireArray(body, "messages");
+                Requests.chat(body);
+                Billing billing = up.controls().billing();
+                Turn turn = BackgroundCalls.chat(body);
+                Optional<String> cheap = ModelCall.cheap(ctx, up, turn, new Billing.Need(List.of(CHAT, ResponsesRoutes.RESPONSES),
+                    body.path("tools").size() > 0, Json.containsImage(messages), Billing.Need.estimate(body)));
+                ModelResolver.Resolution resolved = cheap.isPresent() ? null : resolve(ctx, requested);
+                String model = cheap.isPresent() ? cheap.get() : resolved.upstream();
+                body.put("model", model);
+                if (resolved != null && resolved.longContext()) body.put(LongContext.FIELD, LongContext.TIER);
+                ChatUpstream chat = up.chat();
+                ChatUpstream.Endpoint endpoint = chat.endpoint(model);
+                Exchange.of(ctx).model(requested, model).route(endpoint == ChatUpstream.Endpoint.CHAT ? "passthrough" : "translated");
+                boolean stream = Requests.stream(body);
+                // preparing translates where Copilot serves the model on /responses: bad input is refused before any charge
+                ChatUpstream.Prepared prepared = chat.prepare(body, stream);
+                ModelCall call = ModelCall.of(ctx, up).admit(requested, messages.size())
+                    .reserve(turn, up.models().find(model).orElse(null), Json.containsImage(messages));
+                Requests.logBody("chat request", body);
+                boolean merge = body.path("n").asInt(1) <= 1 || endpoint == ChatUpstream.Endpoint.RESPONSES;
+                String path = chat.path(model);
+                // a whole answer keeps its usage; a stream gives it only to a client that asked
+                boolean usage = !stream || body.path("stream_options").path("include_usage").asBoolean(false);
+                ChatStreamNormalizer normalizer = new ChatStreamNormalizer(merge, usage);
+                if (cheap.isPresent()) normalizer.named(requested);
+                ChatRelay relay = new ChatRelay(normalizer, Exchange.of(ctx), billing.subagents().reader());
+                if (stream) {
+                    call.relay(model, path, c -> chat.stream(prepared, c), relay);
+                    return;
+                }
+                ObjectNode answer = ChatChunks.completion(call.fold(model, path, c -> chat.answer(prepared, c), relay));
+                Requests.logBody("chat answer", answer);
+                Requests.writeJson(ctx, answer);
+            }
+
+            /**
+             * The catalog's id for the name asked (the same resolution as the other APIs: dates, aliases, -fast); an
+             * unknown name is a 404 listing close matches. Without a catalog (none fetched, or an empty one) the name
+             * goes as asked and Copilot judges.
+             */
+            private ModelResolver.Resolution resolve(Context ctx, String requested) {
+                List<JsonNode> catalog;
+                try {
+                    catalog = up.models().list();
+                } catch (RuntimeException e) {
+                    catalog = List.of();
+                }
+                if (catalog.isEmpty()) return new ModelResolver.Resolution(requested, routing.mapped(requested), null);
+                try {
+                    return ModelResolver.resolve(requested, false, catalog, routing);
+                } catch (ApiError unknown) {
+                    Exchange.of(ctx).model(requested, null).invokesModel = true;
+                    throw unknown;
+                }
+            }
+
+            void embeddings(Context ctx) {
+                ObjectNode body = Requests.jsonObject(ctx);
+                String requested = Requests.requireText(body, "model");
+                String model = routing.mapped(requested);
+                Exchange.of(ctx).model(requested, model).route("passthrough");
+                JsonNode input = body.path("input");
+                if (!(input.isTextual() || (input.isArray() && input.size() > 0))) {
+                    throw new ApiError(400, "invalid_request_error", "'input' must be a string or a non-empty array", "input", null);
+                }
+                ModelCall.of(ctx, up).admit(requested, input.isArray() ? input.size() : 1);
+                boolean base64 = "base64".equals(body.path("encoding_format").asText(""));
+                ObjectNode upstreamBody = body.deepCopy();
+                upstreamBody.put("model", model);
+                if (base64) upstreamBody.remove("encoding_format");
+                JsonNode answer = up.copilot().postJson("/embeddings", upstreamBody, up.watched(ctx, CallOptions.PLAIN));
+                Exchange.of(ctx).usage(answer.path("usage").path("prompt_tokens").asLong(-1), 0);
+                Requests.writeJson(ctx, base64 ? Embeddings.toBase64(answer) : answer);
+            }
+
+            /** GitHub's usage report, with the limits Copilot's own answers reported beside it. */
+            void usage(Context ctx, Cost.Spent spent) {
+                JsonNode usage = up.github().usage(up.githubToken());
+                if (usage.isObject()) ((ObjectNode) usage).set(UsageReport.LIMITS, up.copilot().limits().json());
+                if (usage.isObject()) ((ObjectNode) usage).set(Cost.REPORT, Cost.account(usage, spent, Instant.now()));
+                Requests.writeJson(ctx, usage);
+            }
+
+            void token(Context ctx) {
+                CopilotToken t = up.copilot().tokens().current();
+                ObjectNode o = Json.object();
+                o.put("token", t.token());
+                o.put("expires_at", t.expiresAt());
+                o.put("refresh_in", t.refreshIn());
+                o.put("api", Http.shown(up.copilot().baseUrl()));
+                Requests.writeJson(ctx, o);
+            }
         }
 
-        void model(Context ctx) {
-            String id = ctx.pathParam("id");
-            String name = id.startsWith("models/") ? id.substring("models/".length()) : id;
-            Requests.writeJson(ctx, GeminiModels.entry(ModelResolver.resolve(name, false, up.models().list(), routing).model()));
-        }
+        /**
+         * The Anthropic Messages routes. A Claude model that Copilot serves on /v1/messages is forwarded natively
+         * (cleaned of what Copilot refuses); any other chat model goes through the chat-completions translator.
+         */
+        static final class AnthropicRoutes {
+            static final String MESSAGES = "/v1/messages";
+            static final String COUNT_TOKENS = "/v1/messages/count_tokens";
+            static final String ANTHROPIC_VERSION = "2023-06-01";
+            /** anthropic-beta values passed to Copilot; others (claude-code, context-management, ...) are dropped. */
+            static final java.util.Set<String> KNOWN_BETAS = java.util.Set.of(
+                "interleaved-thinking-2025-05-14", "fine-grained-tool-streaming-2025-05-14");
 
-        /** Google's names ("models/gemini-2.5-pro") resolved as every API resolves them; an unknown one is a 404 with close matches. */
-        private ModelResolver.Resolution resolve(Context ctx, String requested) {
-            String name = requested.startsWith("models/") ? requested.substring("models/".length()) : requested;
-            if (name.isBlank()) throw Gemini.invalid("model", "is required");
-            Exchange exchange = Exchange.of(ctx).model(name, null);
-            List<JsonNode> catalog = up.models().list();
-            ModelResolver.Resolution r;
-            try {
-                r = ModelResolver.resolve(name, false, catalog, routing);
-            } catch (ApiError unknown) {
-                Optional<JsonNode> standIn = GeminiModels.standIn(name, catalog);
-                if (standIn.isEmpty()) {
+            private final Upstream up;
+            private final ModelRouting routing;
+
+            AnthropicRoutes(Upstream up, ModelRouting routing) {
+                this.up = up;
+                this.routing = routing;
+            }
+
+            void messages(Context ctx) {
+                ObjectNode body = Requests.jsonObject(ctx);
+                String requested = Requests.requireText(body, "model");
+                JsonNode messages = Requests.requireArray(body, "messages");
+                JsonNode maxTokens = body.get("max_tokens");
+                if (maxTokens == null || maxTokens.isNull()) throw new ApiError(400, "invalid_request_error", "max_tokens: Field required", "max_tokens", null);
+                if (!maxTokens.canConvertToInt() || !maxTokens.isIntegralNumber() || maxTokens.asInt() < 1) {
+                    throw new ApiError(400, "invalid_request_error", "max_tokens: must be a positive integer", "max_tokens", null);
+                }
+                Requests.anthropic(body);
+                Turn turn = BackgroundCalls.anthropic(body);
+                ModelResolver.Resolution model = fast(ctx, resolve(ctx, requested, turn, body), body);
+                boolean native_ = ModelResolver.endpoints(model.model()).contains(MESSAGES);
+                if (!native_) up.chat().endpoint(model.upstream());
+                Exchange.of(ctx).route(native_ ? "native" : "translated");
+                // translating checks the request: bad input is refused before the client waits its turn or anything is charged
+                boolean stream = Requests.stream(body);
+                AnthropicToChat.Result translated = native_ ? null : translation(body, model);
+                ChatUpstream.Prepared prepared = native_ ? null : up.chat().prepare(translated.chatRequest(), stream);
+                ModelCall call = ModelCall.of(ctx, up).admit(requested, messages.size());
+                if (native_) call.reserve(turn, model.model(), Json.containsImage(messages), headers(ctx));
+                else call.reserve(turn, model.model(), translated.vision());
+                Requests.logBody("messages request", body);
+                if (native_) forward(ctx, body, model, stream, call);
+                else translate(ctx, translated, prepared, model, stream, call);
+            }
+
+            /** The model that answers: the one asked for, or the cheap one for a background call (still named as asked). */
+            private ModelResolver.Resolution resolve(Context ctx, String requested, Turn turn, JsonNode body) {
+                List<String> endpoints = List.of(MESSAGES, OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES);
+                Optional<String> cheap = ModelCall.cheap(ctx, up, turn, new Billing.Need(endpoints, body.path("tools").size() > 0,
+                    Json.containsImage(body.path("messages")), Billing.Need.estimate(body)));
+                if (cheap.isEmpty()) return resolve(ctx, requested);
+                ModelResolver.Resolution r = resolve(ctx, cheap.get());
+                Exchange.of(ctx).model(requested, r.upstream());
+                return new ModelResolver.Resolution(requested, r.upstream(), r.model());
+            }
+
+            /** speed "fast": the model's -fast variant where the catalog lists one (the field itself is not sent). */
+            private ModelResolver.Resolution fast(Context ctx, ModelResolver.Resolution r, JsonNode body) {
+                if (!body.path("speed").asText("").equals("fast")) return r;
+                Optional<JsonNode> variant = ModelResolver.find(up.models().list(), r.upstream() + ModelResolver.FAST_SUFFIX);
+                if (variant.isEmpty()) {
+                    Logs.log().info("{}: speed \"fast\" asked, but the catalog has no {}{}", MESSAGES, r.upstream(), ModelResolver.FAST_SUFFIX);
+                    return r;
+                }
+                Exchange.of(ctx).model(r.requested(), variant.get().path("id").asText());
+                return new ModelResolver.Resolution(r.requested(), variant.get().path("id").asText(), variant.get(), r.longContext());
+            }
+
+            void countTokens(Context ctx) {
+                ObjectNode body = Requests.jsonObject(ctx);
+                String requested = Requests.requireText(body, "model");
+                Requests.requireArray(body, "messages");
+                Requests.anthropic(body);
+                ModelResolver.Resolution model = resolve(ctx, requested);
+                boolean native_ = ModelResolver.endpoints(model.model()).contains(MESSAGES);
+                java.util.OptionalInt exact = native_ ? exactCount(ctx, body, model) : java.util.OptionalInt.empty();
+                int tokens;
+                try {
+                    tokens = exact.isPresent() ? exact.getAsInt() : TokenCounter.count(body, model.model());
+                } catch (RuntimeException e) {
+                    throw new ApiError(500, "api_error", "Could not estimate the token count: " + describe(e));
+                }
+                Exchange.of(ctx).route(exact.isPresent() ? "native" : "estimate");
+                ObjectNode out = Json.object();
+                out.put("input_tokens", tokens);
+                Requests.writeJson(ctx, out);
+            }
+
+            /**
+             * Copilot's own count for a Claude model it serves on /v1/messages (the body cleaned as for a message, the
+             * Anthropic headers, the initiator the messages call for); empty, and logged, when that call fails.
+             */
+            private java.util.OptionalInt exactCount(Context ctx, ObjectNode body, ModelResolver.Resolution model) {
+                AnthropicNative.Prepared prepared = AnthropicNative.prepare(body, model.upstream(), model.model());
+                ObjectNode request = prepared.body();
+                request.remove("stream");
+                JsonNode messages = request.path("messages");
+                CallOptions call = up.watched(ctx, new CallOptions(Initiator.of(messages), Json.containsImage(messages), headers(ctx)));
+                try {
+                    JsonNode answer = up.copilot().postJson(COUNT_TOKENS, request, call);
+                    JsonNode n = answer.path("input_tokens");
+                    if (n.canConvertToInt() && n.asInt() > 0) return java.util.OptionalInt.of(n.asInt());
+                    Logs.log().warn("{}: Copilot's count has no input_tokens ({}); using the local estimate", COUNT_TOKENS, Redact.shorten(Json.write(answer)));
+                } catch (ClientLeft gone) {
+                    throw gone;
+                } catch (RuntimeException e) {
+                    Logs.log().warn("{}: Copilot's count failed ({}); using the local estimate", COUNT_TOKENS, describe(e));
+                }
+                return java.util.OptionalInt.empty();
+            }
+
+            /** An unknown model is logged with its name and counted in /stats as a failed request for it. */
+            private ModelResolver.Resolution resolve(Context ctx, String requested) {
+                boolean wants1m = wantsLong(ctx, "");
+                Exchange exchange = Exchange.of(ctx).model(requested, null);
+                try {
+                    ModelResolver.Resolution r = ModelResolver.resolve(requested, wants1m, up.models().list(), routing);
+                    exchange.model(requested, r.upstream());
+                    return r;
+                } catch (ApiError unknown) {
                     exchange.invokesModel = true;
                     throw unknown;
                 }
-                r = new ModelResolver.Resolution(name, standIn.get().path("id").asText(), standIn.get());
-                Logs.log().info("gemini: {} is not in Copilot's catalog; {} answers for it (--model-map {}=... picks another)",
-                    name, r.upstream(), name);
             }
-            exchange.model(name, r.upstream());
-            return r;
+
+            /** Claude Code asks for 1M tokens with a model name ending [1m] or the context-1m-* beta. */
+            private static boolean wantsLong(Context ctx, String requested) {
+                return requested.trim().toLowerCase(Locale.ROOT).endsWith(ModelResolver.LONG_SUFFIX)
+                    || Optional.ofNullable(ctx.header("anthropic-beta")).orElse("").contains("context-1m");
+            }
+
+            private Map<String, String> headers(Context ctx) {
+                Map<String, String> h = new LinkedHashMap<>();
+                h.put("anthropic-version", ANTHROPIC_VERSION);
+                List<String> betas = new ArrayList<>();
+                for (String b : Optional.ofNullable(ctx.header("anthropic-beta")).orElse("").split(",")) {
+                    if (KNOWN_BETAS.contains(b.trim())) betas.add(b.trim());
+                }
+                if (!betas.isEmpty()) h.put("anthropic-beta", String.join(",", betas));
+                return h;
+            }
+
+            /** Native: the body cleaned for Copilot, the answer relayed as it comes. */
+            private void forward(Context ctx, ObjectNode body, ModelResolver.Resolution model, boolean stream, ModelCall call) {
+                AnthropicNative.Prepared prepared = AnthropicNative.prepare(body, model.upstream(), model.model());
+                prepared.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
+                if (wantsLong(ctx, model.requested()) || body.has(LongContext.FIELD)) {
+                    Logs.log().info("{}: the client asked for the long context ({}); Copilot's /v1/messages takes no {}, so {} runs at its default tier",
+                        MESSAGES, LongContext.asked(model.requested(), ctx.header("anthropic-beta"), body), LongContext.FIELD, model.upstream());
+                }
+                SubagentPrompts subagents = up.controls().billing().subagents();
+                byte[] bytes = Json.splice(Requests.raw(ctx), body, prepared.body());
+                // the content blocks are parsed only when the model was offered a tool that starts a subagent
+                SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(body.path("tools")) ? subagents.reader() : null;
+                NativeRelay machine = nativeRelay(Exchange.of(ctx), model.requested(), reader, prepared.omitThinking());
+                if (stream) call.relay(model.upstream(), MESSAGES, c -> up.copilot().stream(MESSAGES, bytes, c), machine);
+                else Requests.writeJson(ctx, AnthropicEvents.message(call.fold(model.upstream(), MESSAGES,
+                    c -> EventSource.whole(AnthropicEvents.of(up.copilot().postJson(MESSAGES, bytes, c)), true), machine)));
+            }
+
+            /**
+             * Copilot's own events, with the requested model name put back and the usage counted; the rest untouched
+             * but for the content blocks, read when a reader is given (for subagent prompts).
+             */
+            static NativeRelay nativeRelay(Exchange exchange, String requestedModel, SubagentPrompts.ToolCallReader reader, boolean omitThinking) {
+                return new NativeRelay(new NativeRelay.Api() {
+                    @Override
+                    public Set<String> inspected() {
+                        return reader == null && !omitThinking ? INSPECTED : INSPECTED_WITH_BLOCKS;
+                    }
+
+                    @Override
+                    public boolean drops(String name, ObjectNode data) {
+                        return omitThinking && AnthropicNative.isOmittedThinking(name, data);
+                    }
+
+                    @Override
+                    public void inspect(String name, ObjectNode data) {
+                        if (reader != null) reader.anthropicEvent(name, data);
+                        if (name.equals("message_start") && data.path("message").isObject()) {
+                            ((ObjectNode) data.get("message")).put("model", requestedModel);
+                            exchange.anthropicUsage(data.path("message").path("usage"));
+                        } else if (name.equals("message_delta")) {
+                            exchange.copilotUsage(data).anthropicUsage(data.path("usage"));
+                        }
+                    }
+
+                    @Override
+                    public Set<String> terminal() {
+                        return TERMINAL;
+                    }
+
+                    @Override
+                    public ObjectNode error(String message, long sequence) {
+                        return AnthropicEvents.error("api_error", message);
+                    }
+
+                    @Override
+                    public Frame keepAlive() {
+                        return new NamedEvent("ping", AnthropicEvents.ping());
+                    }
+                });
+            }
+
+            static final Set<String> INSPECTED = Set.of("message_start", "message_delta");
+            static final Set<String> INSPECTED_WITH_BLOCKS = Set.of("message_start", "message_delta",
+                "content_block_start", "content_block_delta", "content_block_stop");
+            static final Set<String> TERMINAL = Set.of("message_stop", "error");
+
+            /** Translated: Anthropic in, chat to the pivot (which reaches /chat/completions or /responses), Anthropic out. */
+            private static AnthropicToChat.Result translation(ObjectNode body, ModelResolver.Resolution model) {
+                AnthropicToChat.Result t = AnthropicToChat.request(body, model.upstream(), ModelLimits.from(model.model(), model.longContext()));
+                if (model.longContext()) t.chatRequest().put(LongContext.FIELD, LongContext.TIER);
+                t.notes().forEach(n -> Logs.log().debug("{}: {}", MESSAGES, n));
+                return t;
+            }
+
+            private void translate(Context ctx, AnthropicToChat.Result t, ChatUpstream.Prepared prepared, ModelResolver.Resolution model,
+                    boolean stream, ModelCall call) {
+                Requests.logBody("translated chat request", t.chatRequest());
+                SubagentPrompts subagents = up.controls().billing().subagents();
+                String path = up.chat().path(model.upstream());
+                ChatStreamToAnthropic machine = new ChatStreamToAnthropic(model.requested(), t.toolNameMap());
+                TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), subagents.reader()::anthropicEvent);
+                if (stream) call.relay(model.upstream(), path, c -> up.chat().stream(prepared, c), relay);
+                else Requests.writeJson(ctx, AnthropicEvents.message(call.fold(model.upstream(), path, c -> up.chat().answer(prepared, c), relay)));
+                machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
+            }
         }
 
         /**
-         * Gemini CLI's side calls (its router, loop and next-speaker checks, summaries, the compressor): every one a
-         * non-streamed generateContent declaring no function, while its main turns always stream with its tools. They
-         * are background work: the cheap model answers them (ModelCall.cheap), as it answers Claude Code's warm-up.
+         * The Responses API: forwarded as is (event by event) for models Copilot serves on /responses, translated
+         * through chat completions for every other chat model.
          */
-        static boolean sideCall(Context ctx, JsonNode body, boolean stream) {
-            boolean cli = Optional.ofNullable(ctx.header("user-agent")).orElse("").startsWith("GeminiCLI");
-            return cli && !stream && !GeminiToChat.declaresFunctions(body);
+        static final class ResponsesRoutes {
+            static final String RESPONSES = "/responses";
+            static final java.util.Set<String> TERMINAL = java.util.Set.of("response.completed", "response.incomplete", "response.failed", "error");
+
+            private final Upstream up;
+            private final ModelRouting routing;
+            private final ResponsesState state;
+
+            ResponsesRoutes(Upstream up, ModelRouting routing, ResponsesState state) {
+                this.up = up;
+                this.routing = routing;
+                this.state = state;
+            }
+
+            /**
+             * GET /v1/responses: Codex (supports_websockets = true) tries a WebSocket here first. 426 makes it use HTTP at
+             * once (anything else costs five reconnects); without an upgrade there is no such route, as for any GET.
+             */
+            void upgrade(Context ctx) {
+                if (!Optional.ofNullable(ctx.header("Upgrade")).orElse("").toLowerCase(Locale.ROOT).contains("websocket")) {
+                    throw new ApiError(404, "not_found_error", "No route for GET " + ctx.path());
+                }
+                ApiError refused = new ApiError(426, "invalid_request_error", "copilot-api serves the Responses API over HTTP only, not WebSocket:"
+                    + " send POST " + ctx.path() + " (for Codex: supports_websockets = false)", null, "websocket_not_supported");
+                refused.headers().put("Connection", "close");
+                Exchange.of(ctx).note("WebSocket refused, HTTP only");
+                throw refused;
+            }
+
+            void create(Context ctx) {
+                ObjectNode body = Requests.jsonObject(ctx);
+                String requested = Requests.requireText(body, "model");
+                JsonNode input = body.get("input");
+                if (input == null || input.isNull()) throw new ApiError(400, "invalid_request_error", "Missing required parameter: 'input'", "input", null);
+                if (!input.isTextual() && !input.isArray()) {
+                    throw new ApiError(400, "invalid_request_error", "'input' must be a string or an array of input items", "input", null);
+                }
+                Requests.responses(body);
+                ResponsesState.Resolved turn = state.resolve(body);
+                Turn billed = BackgroundCalls.responses(body, turn.upstreamInput(), body.hasNonNull("previous_response_id"));
+                Optional<String> cheap = ModelCall.cheap(ctx, up, billed, new Billing.Need(List.of(RESPONSES, OpenAiRoutes.CHAT),
+                    body.path("tools").size() > 0, Json.containsImage(turn.upstreamInput()), Billing.Need.estimate(body)));
+                ModelResolver.Resolution model = ModelResolver.resolve(cheap.orElse(requested), false, up.models().list(), routing);
+                Exchange.of(ctx).model(requested, model.upstream());
+                List<String> endpoints = ModelResolver.endpoints(model.model());
+                boolean native_ = endpoints.contains(RESPONSES);
+                if (!native_ && !endpoints.isEmpty() && !endpoints.contains(OpenAiRoutes.CHAT)) {
+                    throw new ApiError(400, "invalid_request_error", "The model '" + model.upstream() + "' is served by Copilot only on "
+                        + String.join(", ", endpoints), "model", "unsupported_api_for_model");
+                }
+                Exchange.of(ctx).route(native_ ? "passthrough" : "translated");
+                // preparing checks the request: bad input is refused before the client waits its turn or anything is charged
+                boolean stream = Requests.stream(body);
+                byte[] forwarded = native_ ? forwarded(turn, model) : null;
+                Translated translated = native_ ? null : translation(turn, model);
+                ChatUpstream.Prepared prepared = native_ ? null : up.chat().prepare(translated.body(), stream);
+                ModelCall call = ModelCall.of(ctx, up).admit(requested, input.isArray() ? input.size() : 1)
+                    .reserve(billed, model.model(), Json.containsImage(turn.upstreamInput()));
+                Requests.logBody("responses request", body);
+                if (native_) forward(ctx, turn, forwarded, model, call, stream);
+                else translate(ctx, turn, translated, prepared, model, call, stream);
+            }
+
+            /**
+             * What Copilot wants on /responses: nothing stored, and the encrypted reasoning back when reasoning is on or
+             * when copilot-api keeps the answer (its reasoning items go back to Copilot in later turns).
+             */
+            static ObjectNode forCopilot(ObjectNode body, String upstreamModel, boolean kept) {
+                ObjectNode out = body.deepCopy();
+                out.put("model", upstreamModel);
+                out.put("store", false);
+                withoutUnsupported(out).forEach(n -> Logs.log().debug("{}: {}", RESPONSES, n));
+                if (kept || out.path("reasoning").isObject()) {
+                    ArrayNode include = out.path("include").isArray() ? (ArrayNode) out.get("include") : out.putArray("include");
+                    boolean present = false;
+                    for (JsonNode i : include) present |= i.asText().equals("reasoning.encrypted_content");
+                    if (!present) include.add("reasoning.encrypted_content");
+                }
+                return out;
+            }
+
+            /** What Copilot's /responses refuses: a service tier (it has one) and the image_generation tool (it cannot run it). */
+            static List<String> withoutUnsupported(ObjectNode body) {
+                List<String> notes = new ArrayList<>();
+                if (body.remove("service_tier") != null) notes.add("dropped 'service_tier' (Copilot has one service tier)");
+                if (body.path("tools").isArray()) {
+                    ArrayNode kept = Json.array();
+                    for (JsonNode tool : body.get("tools")) {
+                        if (tool.path("type").asText().equals("image_generation")) notes.add("dropped the image_generation tool (Copilot cannot run it)");
+                        else kept.add(tool);
+                    }
+                    if (kept.isEmpty()) body.remove("tools");
+                    else body.set("tools", kept);
+                    if (kept.isEmpty() && body.path("tool_choice").isObject()) body.remove("tool_choice");
+                }
+                return notes;
+            }
+
+            /** Copilot's cap on a /responses body (WIRE.md "Responses quirks": about 5 MiB upstream). */
+            static final int BODY_CAP = 5 * 1024 * 1024;
+
+            /** The body as sent, refused with a 413 before any call when it is over Copilot's cap. */
+            static byte[] capped(JsonNode body) {
+                byte[] bytes = Json.bytes(body);
+                if (bytes.length > BODY_CAP) {
+                    throw new ApiError(413, "invalid_request_error", "The request to Copilot's /responses would be " + bytes.length
+                        + " bytes; Copilot accepts about " + BODY_CAP / (1024 * 1024) + " MiB. Shorten the input (compact the conversation or "
+                        + "send smaller images or files).", null, "request_too_large");
+                }
+                return bytes;
+            }
+
+            /**
+             * One call to Copilot's /responses, made once more when Copilot fails it under its cyber_policy (WIRE.md:
+             * occasional false positives that a retry clears), as an error status or as a response whose status is
+             * failed; what the second call answers is the caller's, whatever it is.
+             */
+            static JsonNode answerRetryingCyberPolicy(Supplier<JsonNode> call) {
+                try {
+                    JsonNode answer = call.get();
+                    if (!failedUnderCyberPolicy(answer)) return answer;
+                    logCyberPolicyRetry("a failed response");
+                } catch (UpstreamException e) {
+                    if (!e.body().contains(CYBER_POLICY)) throw e;
+                    logCyberPolicyRetry("HTTP " + e.status());
+                }
+                return call.get();
+            }
+
+            /**
+             * The same for a stream: its opening events are read ahead up to the first one past response.created and
+             * response.in_progress; a response.failed under cyber_policy there is dropped and the call made again, anything
+             * else is handed on with the events read ahead first.
+             */
+            static EventSource streamRetryingCyberPolicy(Supplier<EventSource> open) {
+                EventSource first;
+                try {
+                    first = open.get();
+                } catch (UpstreamException e) {
+                    if (!e.body().contains(CYBER_POLICY)) throw e;
+                    logCyberPolicyRetry("HTTP " + e.status());
+                    return open.get();
+                }
+                List<EventSource.Item> ahead = new ArrayList<>();
+                try {
+                    for (EventSource.Item item = first.next(); ; item = first.next()) {
+                        ahead.add(item);
+                        if (!(item instanceof EventSource.Chunk c) || c.json().isEmpty()) break;
+                        String type = c.event() != null ? c.event() : c.json().get().path("type").asText();
+                        if (type.equals("response.created") || type.equals("response.in_progress")) continue;
+                        if (type.equals("response.failed") && failedUnderCyberPolicy(c.json().get().path("response"))) {
+                            first.close();
+                            logCyberPolicyRetry("a failed response");
+                            return open.get();
+                        }
+                        break;
+                    }
+                } catch (RuntimeException e) {
+                    first.close();
+                    throw e;
+                }
+                return new ReadAhead(ahead, first);
+            }
+
+            static final String CYBER_POLICY = "cyber_policy";
+
+            static boolean failedUnderCyberPolicy(JsonNode response) {
+                return response.path("status").asText().equals("failed") && response.path("error").toString().contains(CYBER_POLICY);
+            }
+
+            private static void logCyberPolicyRetry(String how) {
+                Logs.log().warn("{}: Copilot failed the request under its cyber_policy ({}); asking once more", RESPONSES, how);
+            }
+
+            /** A stream whose first items were read ahead (to look at them) and are handed out again first. */
+            static final class ReadAhead implements EventSource {
+                private final java.util.ArrayDeque<Item> ahead;
+                private final EventSource rest;
+
+                ReadAhead(List<Item> ahead, EventSource rest) {
+                    this.ahead = new java.util.ArrayDeque<>(ahead);
+                    this.rest = rest;
+                }
+
+                @Override
+                public Item next() {
+                    return ahead.isEmpty() ? rest.next() : ahead.poll();
+                }
+
+                @Override
+                public boolean ready() {
+                    return !ahead.isEmpty() || rest.ready();
+                }
+
+                @Override
+                public void attach(SseWriter out, Supplier<Frame> keepAlive) {
+                    rest.attach(out, keepAlive);
+                }
+
+                @Override
+                public void close() {
+                    rest.close();
+                }
+            }
+
+            /** The body Copilot's /responses is sent, refused with a 413 when it is past Copilot's cap. */
+            private static byte[] forwarded(ResponsesState.Resolved turn, ModelResolver.Resolution model) {
+                ObjectNode request = forCopilot(turn.resolved(), model.upstream(), turn.keep());
+                if (model.longContext()) request.put(LongContext.FIELD, LongContext.TIER);
+                return capped(request);
+            }
+
+            private void forward(Context ctx, ResponsesState.Resolved turn, byte[] bytes, ModelResolver.Resolution model, ModelCall call,
+                    boolean stream) {
+                SubagentPrompts subagents = up.controls().billing().subagents();
+                // the output items are parsed only when the model was offered a tool that starts a subagent
+                SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
+                NativeRelay machine = responsesRelay(Exchange.of(ctx), turn, state, reader);
+                if (stream) {
+                    call.relay(model.upstream(), RESPONSES, c -> streamRetryingCyberPolicy(() -> up.copilot().stream(RESPONSES, bytes, c)), machine);
+                    return;
+                }
+                List<Frame> events = call.fold(model.upstream(), RESPONSES, c -> EventSource.whole(
+                    ResponseEvents.of(answerRetryingCyberPolicy(() -> up.copilot().postJson(RESPONSES, bytes, c))), true), machine);
+                Requests.writeJson(ctx, ResponseEvents.response(events));
+            }
+
+            /**
+             * Named events copied through with their sequence numbers; only the lifecycle ones are parsed: for the usage,
+             * to say whether the answer is stored, and to keep the finished answer; and the finished output items when
+             * a reader is given (for subagent prompts).
+             */
+            static NativeRelay responsesRelay(Exchange exchange, ResponsesState.Resolved turn, ResponsesState state, SubagentPrompts.ToolCallReader reader) {
+                return new NativeRelay(new NativeRelay.Api() {
+                    @Override
+                    public Set<String> inspected() {
+                        return reader == null ? INSPECTED : INSPECTED_WITH_ITEMS;
+                    }
+
+                    @Override
+                    public void inspect(String name, ObjectNode data) {
+                        if (reader != null) reader.responsesEvent(name, data);
+                        if (!data.path("response").isObject()) return;
+                        ObjectNode response = ResponsesState.presented(data.get("response"), turn);
+                        data.set("response", response);
+                        exchange.copilotUsage(data).responsesUsage(response.path("usage"));
+                        if (TERMINAL.contains(name)) state.keep(turn, response);
+                    }
+
+                    @Override
+                    public Set<String> terminal() {
+                        return TERMINAL;
+                    }
+
+                    @Override
+                    public ObjectNode error(String message, long sequence) {
+                        return Errors.responsesStreamError(message, sequence);
+                    }
+
+                    @Override
+                    public Frame keepAlive() {
+                        return Frame.comment("keep-alive");
+                    }
+                });
+            }
+
+            static final Set<String> INSPECTED = Set.of("response.created", "response.in_progress", "response.completed",
+                "response.incomplete", "response.failed");
+            static final Set<String> INSPECTED_WITH_ITEMS = Set.of("response.created", "response.in_progress", "response.completed",
+                "response.incomplete", "response.failed", "response.output_item.done");
+
+            /** A chat model: Responses in, chat to the pivot, Responses events out. */
+            private static Translated translation(ResponsesState.Resolved turn, ModelResolver.Resolution model) {
+                Translated t = ResponsesToChat.request(turn.resolved());
+                t.body().put("model", model.upstream());
+                if (model.longContext()) t.body().put(LongContext.FIELD, LongContext.TIER);
+                t.notes().forEach(n -> Logs.log().debug("{}: {}", RESPONSES, n));
+                return t;
+            }
+
+            private void translate(Context ctx, ResponsesState.Resolved turn, Translated t, ChatUpstream.Prepared prepared,
+                    ModelResolver.Resolution model, ModelCall call, boolean stream) {
+                ObjectNode body = turn.echo();
+                Requests.logBody("translated chat request", t.body());
+                String path = up.chat().path(model.upstream());
+                AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
+                TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), up.controls().billing().subagents().reader()::responsesEvent);
+                if (stream) call.relay(model.upstream(), path, c -> up.chat().stream(prepared, c), relay);
+                else Requests.writeJson(ctx, ResponseEvents.response(call.fold(model.upstream(), path, c -> up.chat().answer(prepared, c), relay)));
+            }
+
+            /** The Responses stream machine seen as a translation: its events are named by their type; it ends at a terminal one. */
+            static final class AsTranslation implements TranslatedRelay.Translation {
+                private final ChatStreamToResponses machine;
+                private final Consumer<ObjectNode> finished;
+                private boolean done;
+
+                /** The finished response (from the terminal event) goes to {@code finished}, to be kept. */
+                AsTranslation(ChatStreamToResponses machine, Consumer<ObjectNode> finished) {
+                    this.machine = machine;
+                    this.finished = finished;
+                }
+
+                @Override
+                public List<NamedEvent> start() {
+                    return List.of();
+                }
+
+                @Override
+                public List<NamedEvent> onChunk(JsonNode chunk) {
+                    return named(machine.onChunk(chunk));
+                }
+
+                @Override
+                public List<NamedEvent> finish() {
+                    return named(machine.finish());
+                }
+
+                @Override
+                public List<NamedEvent> fail(String message) {
+                    return named(machine.fail(message));
+                }
+
+                @Override
+                public boolean done() {
+                    return done;
+                }
+
+                @Override
+                public NamedEvent keepAlive() {
+                    return null;
+                }
+
+                private List<NamedEvent> named(List<ObjectNode> events) {
+                    List<NamedEvent> out = new ArrayList<>();
+                    for (ObjectNode e : events) {
+                        String type = e.path("type").asText();
+                        done |= TERMINAL.contains(type);
+                        if (TERMINAL.contains(type) && e.path("response").isObject()) finished.accept((ObjectNode) e.get("response"));
+                        out.add(new NamedEvent(type, e));
+                    }
+                    return out;
+                }
+            }
+        }
+
+        /**
+         * Stateful Responses on every route: before the call, {@code previous_response_id} and {@code item_reference}
+         * items are resolved from the store into full items (Copilot always gets {@code store: false} and the whole
+         * input); after it, an answer whose request did not say {@code store: false} is kept. Also the GET and DELETE
+         * routes on stored responses.
+         */
+        static final class ResponsesState {
+            static final int DEFAULT_ITEMS = 20;
+            static final int MAX_ITEMS = 100;
+
+            /**
+             * One request, resolved: the body to send on (full input, no previous_response_id), the body the answer
+             * echoes (with store said explicitly), its own input items as stored, and whether the answer is kept.
+             */
+            record Resolved(ObjectNode resolved, ObjectNode echo, ArrayNode ownInput, String previousId, boolean keep) {
+                JsonNode upstreamInput() {
+                    return resolved.get("input");
+                }
+            }
+
+            private final Store store;
+
+            ResponsesState(Store store) {
+                this.store = store;
+            }
+
+            Resolved resolve(ObjectNode body) {
+                if (body.hasNonNull("conversation")) {
+                    throw new ApiError(400, "invalid_request_error", "'conversation' is not supported: copilot-api keeps responses, not "
+                        + "conversations. Chain turns with 'previous_response_id', or send the items in 'input'.", "conversation", null);
+                }
+                boolean keep = store.enabled() && body.path("store").asBoolean(true);
+                String previous = body.path("previous_response_id").isTextual() ? body.get("previous_response_id").asText() : null;
+                ArrayNode own = ownInput(body.get("input"));
+                ObjectNode resolved = body.deepCopy();
+                resolved.remove("previous_response_id");
+                if (previous != null || body.get("input").isArray()) {
+                    ArrayNode full = Json.array();
+                    if (previous != null) full.addAll(earlierTurns(previous));
+                    full.addAll(own);
+                    resolved.set("input", upstream(full));
+                }
+                ObjectNode echo = body.deepCopy();
+                echo.put("store", keep);
+                return new Resolved(resolved, echo, own, previous, keep);
+            }
+
+            /** The request's input as items: a string becomes a user message; references become the items they name; every item gets an id. */
+            private ArrayNode ownInput(JsonNode input) {
+                ArrayNode out = Json.array();
+                if (input.isTextual()) {
+                    ObjectNode m = out.addObject().put("type", "message").put("role", "user");
+                    m.putArray("content").addObject().put("type", "input_text").put("text", input.asText());
+                } else {
+                    for (JsonNode item : input) {
+                        out.add(item.path("type").asText().equals("item_reference") ? referenced(item.path("id").asText("")) : item.deepCopy());
+                    }
+                }
+                for (JsonNode item : out) {
+                    if (!item.hasNonNull("id") && item instanceof ObjectNode o) o.put("id", "msg_" + Ids.random(24));
+                }
+                return out;
+            }
+
+            private JsonNode referenced(String id) {
+                return store.item(id).<JsonNode>map(JsonNode::deepCopy).orElseThrow(() -> new ApiError(404, "invalid_request_error",
+                    "Item with id '" + id + "' not found. Items are not persisted when `store` is set to false"
+                        + (store.enabled() ? "" : " (and copilot-api runs with --no-store)")
+                        + ". Try again with `store` set to true, or send the item itself instead of an item_reference.", "input", null));
+            }
+
+            /** The input and output of every earlier turn, oldest first; a missing link is a 404, never a silent answer without it. */
+            private List<JsonNode> earlierTurns(String previous) {
+                java.util.Deque<Store.StoredResponse> chain = new java.util.ArrayDeque<>();
+                Set<String> seen = new java.util.HashSet<>();
+                for (String id = previous; id != null && seen.add(id); ) {
+                    String wanted = id;
+                    Store.StoredResponse r = store.response(id).orElseThrow(() -> new ApiError(404, "invalid_request_error",
+                        "Previous response with id '" + wanted + "' not found" + (wanted.equals(previous) ? "" : " (an earlier turn of '" + previous + "')")
+                            + (store.enabled() ? "; it was never stored, has expired or was deleted." : "; copilot-api runs with --no-store."),
+                        "previous_response_id", null));
+                    chain.addFirst(r);
+                    id = r.previousId();
+                }
+                List<JsonNode> items = new ArrayList<>();
+                for (Store.StoredResponse r : chain) {
+                    r.input().forEach(items::add);
+                    r.response().path("output").forEach(items::add);
+                }
+                return items;
+            }
+
+            /**
+             * Copies for Copilot: the ids copilot-api gave the client's own items (a fresh random one each time an item
+             * arrives without one) stay here, so the same history reaches Copilot as the same bytes and its prompt cache
+             * keeps working. Only what the model produced (assistant messages, reasoning, compaction, calls) keeps its id.
+             */
+            private static ArrayNode upstream(ArrayNode items) {
+                ArrayNode out = Json.array();
+                for (JsonNode item : items) {
+                    ObjectNode copy = (ObjectNode) item.deepCopy();
+                    if (!producedByModel(copy)) copy.remove("id");
+                    out.add(copy);
+                }
+                return out;
+            }
+
+            private static boolean producedByModel(JsonNode item) {
+                String type = item.path("type").asText("message");
+                if (type.equals("message")) return item.path("role").asText().equals("assistant");
+                return type.equals("reasoning") || type.equals("compaction") || type.endsWith("_call");
+            }
+
+            /** The answer as the client gets it: whether it is stored, and which response it continues. */
+            static ObjectNode presented(JsonNode response, Resolved turn) {
+                ObjectNode out = (ObjectNode) response.deepCopy();
+                out.put("store", turn.keep());
+                if (turn.previousId() != null) out.put("previous_response_id", turn.previousId());
+                else out.putNull("previous_response_id");
+                return out;
+            }
+
+            /** Keeps a finished answer (completed or incomplete) of a turn that asked to be stored. */
+            void keep(Resolved turn, JsonNode response) {
+                String status = response.path("status").asText("");
+                if (!turn.keep() || !response.path("id").isTextual() || !(status.equals("completed") || status.equals("incomplete"))) return;
+                store.saveResponse(new Store.StoredResponse(response.path("id").asText(), System.currentTimeMillis(), turn.previousId(),
+                    presented(response, turn), turn.ownInput()));
+            }
+
+            // -- GET /v1/responses/{id}, GET /v1/responses/{id}/input_items, DELETE /v1/responses/{id}
+
+            void get(Context ctx) {
+                Requests.writeJson(ctx, stored(ctx.pathParam("id")).response());
+            }
+
+            void inputItems(Context ctx) {
+                Store.StoredResponse r = stored(ctx.pathParam("id"));
+                int limit = Requests.queryInt(ctx, "limit", DEFAULT_ITEMS, 1, MAX_ITEMS);
+                String order = Optional.ofNullable(ctx.queryParam("order")).orElse("desc");
+                if (!order.equals("asc") && !order.equals("desc")) throw Requests.invalid("order", "must be 'asc' or 'desc'");
+                List<JsonNode> items = new ArrayList<>();
+                r.input().forEach(items::add);
+                if (order.equals("desc")) java.util.Collections.reverse(items);
+                String after = ctx.queryParam("after");
+                int start = 0;
+                if (after != null) {
+                    while (start < items.size() && !items.get(start).path("id").asText().equals(after)) start++;
+                    start++;
+                }
+                List<JsonNode> page = items.subList(Math.min(start, items.size()), Math.min(items.size(), start + limit));
+                ObjectNode list = Json.object().put("object", "list");
+                list.putArray("data").addAll(page);
+                if (page.isEmpty()) {
+                    list.putNull("first_id");
+                    list.putNull("last_id");
+                } else {
+                    list.put("first_id", page.get(0).path("id").asText());
+                    list.put("last_id", page.get(page.size() - 1).path("id").asText());
+                }
+                list.put("has_more", start + page.size() < items.size());
+                Requests.writeJson(ctx, list);
+            }
+
+            void delete(Context ctx) {
+                String id = ctx.pathParam("id");
+                if (!store.deleteResponse(id)) throw notFound(id);
+                Requests.writeJson(ctx, Json.object().put("id", id).put("object", "response").put("deleted", true));
+            }
+
+            private Store.StoredResponse stored(String id) {
+                return store.response(id).orElseThrow(() -> notFound(id));
+            }
+
+            private ApiError notFound(String id) {
+                return new ApiError(404, "invalid_request_error", "Response with id '" + id + "' not found."
+                    + (store.enabled() ? "" : " copilot-api runs with --no-store and keeps no responses."), null, null);
+            }
+        }
+
+        /**
+         * The Gemini API: generateContent, streamGenerateContent (SSE with ?alt=sse, else one JSON array), countTokens and
+         * the model list, under /v1beta, /v1 and bare /models. Every chat model goes through the chat pivot; nothing is
+         * kept on the server. Errors are Google's shape (Errors picks it for the requests {@link #serves} says are Gemini's).
+         */
+        static final class GeminiRoutes {
+            static final List<String> PREFIXES = List.of("/v1beta", "/v1", "");
+            /** What Google's clients send that OpenAI's and Anthropic's do not: their key header, their client header, ?key=. */
+            static final List<String> CLIENT_HEADERS = List.of("x-goog-api-key", "x-goog-api-client");
+
+            private final Upstream up;
+            private final ModelRouting routing;
+
+            GeminiRoutes(Upstream up, ModelRouting routing) {
+                this.up = up;
+                this.routing = routing;
+            }
+
+            /** A Gemini request: anything under /v1beta, a models/{model}:method call, or the model list asked by a Google client. */
+            static boolean serves(Context ctx) {
+                String p = ctx.path();
+                if (p.startsWith("/v1beta/") || p.equals("/v1beta")) return true;
+                String rest = p.startsWith("/v1/") ? p.substring(3) : p;
+                if (!rest.equals("/models") && !rest.startsWith("/models/")) return false;
+                return rest.contains(":") || CLIENT_HEADERS.stream().anyMatch(h -> ctx.header(h) != null) || ctx.queryParam("key") != null;
+            }
+
+            void generateContent(Context ctx) {
+                generate(ctx, ctx.pathParam("model"), false);
+            }
+
+            /** ?alt=sse: server-sent events as they come; without it Google answers a JSON array, here of the one whole answer. */
+            void streamGenerateContent(Context ctx) {
+                generate(ctx, ctx.pathParam("model"), true);
+            }
+
+            private void generate(Context ctx, String requested, boolean stream) {
+                ObjectNode body = Requests.jsonObject(ctx);
+                boolean sse = stream && "sse".equals(ctx.queryParam("alt"));
+                // a side call (no person's prompt) goes where every background call goes: the one cheap-model choice
+                Turn side = sideCall(ctx, body, stream) ? new Turn(Turn.Kind.SIDE_CALL, null, true, true) : null;
+                Optional<String> cheap = side == null ? Optional.empty() : ModelCall.cheap(ctx, up, side,
+                    new Billing.Need(List.of(OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES), false, false, Billing.Need.estimate(body)));
+                ModelResolver.Resolution model = resolve(ctx, cheap.orElse(requested));
+                if (cheap.isPresent()) {
+                    Exchange.of(ctx).model(requested, model.upstream());
+                    model = new ModelResolver.Resolution(requested, model.upstream(), model.model());
+                }
+                ChatUpstream chat = up.chat();
+                boolean byEffort = chat.endpoint(model.upstream()) == ChatUpstream.Endpoint.RESPONSES
+                    || model.model().path("capabilities").path("supports").has("reasoning_effort");
+                Exchange.of(ctx).route("translated");
+                // translating checks the request: bad input is refused before the client waits its turn or anything is charged
+                GeminiToChat.Result t = GeminiToChat.request(body, model.upstream(),
+                    new GeminiToChat.Reasoning(ModelLimits.from(model.model()), byEffort), sse);
+                t.notes().forEach(n -> Logs.log().debug("gemini {}: {}", ctx.path(), n));
+                t.dropped().forEach(n -> Logs.log().info("gemini {}: {}", ctx.path(), n));
+                ChatUpstream.Prepared prepared = chat.prepare(t.chatRequest(), sse);
+                JsonNode messages = t.chatRequest().path("messages");
+                Turn turn = side != null ? side : Turn.ofMessages(messages);
+                ModelCall call = ModelCall.of(ctx, up).admit(model.requested(), body.path("contents").size())
+                    .reserve(turn, model.model(), t.vision());
+                Requests.logBody("translated chat request", t.chatRequest());
+                String path = chat.path(model.upstream());
+                boolean merge = t.chatRequest().path("n").asInt(1) <= 1;
+                ChatStreamToGemini machine = new ChatStreamToGemini(model.upstream(), t.includeThoughts(), merge, IdClock.SYSTEM);
+                TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), (name, data) -> { });
+                if (sse) {
+                    call.relay(model.upstream(), path, c -> chat.stream(prepared, c), relay);
+                } else {
+                    ObjectNode response = GeminiEvents.response(call.fold(model.upstream(), path, c -> chat.answer(prepared, c), relay));
+                    // without alt=sse Google answers a stream as one JSON array of its events: here, the one whole answer
+                    Requests.writeJson(ctx, stream ? Json.array().add(response) : response);
+                }
+                machine.notes().forEach(n -> Logs.log().warn("gemini {}: {}", ctx.path(), n));
+            }
+
+            /** {"contents": ...} or {"generateContentRequest": {...}}: an estimate with the model's tokenizer. */
+            void countTokens(Context ctx) {
+                String requested = ctx.pathParam("model");
+                ObjectNode body = Requests.jsonObject(ctx);
+                JsonNode request = body.path("generateContentRequest").isObject() ? body.get("generateContentRequest") : body;
+                ModelResolver.Resolution model = resolve(ctx, requested);
+                GeminiToChat.request(request, model.upstream(), new GeminiToChat.Reasoning(ModelLimits.from(model.model()), false), false);
+                Exchange.of(ctx).route("estimate");
+                Requests.writeJson(ctx, Json.object().put("totalTokens", GeminiTokens.count(request, model.model())));
+            }
+
+            void models(Context ctx) {
+                Requests.writeJson(ctx, GeminiModels.list(up.models().list()));
+            }
+
+            void model(Context ctx) {
+                String id = ctx.pathParam("id");
+                String name = id.startsWith("models/") ? id.substring("models/".length()) : id;
+                Requests.writeJson(ctx, GeminiModels.entry(ModelResolver.resolve(name, false, up.models().list(), routing).model()));
+            }
+
+            /** Google's names ("models/gemini-2.5-pro") resolved as every API resolves them; an unknown one is a 404 with close matches. */
+            private ModelResolver.Resolution resolve(Context ctx, String requested) {
+                String name = requested.startsWith("models/") ? requested.substring("models/".length()) : requested;
+                if (name.isBlank()) throw Gemini.invalid("model", "is required");
+                Exchange exchange = Exchange.of(ctx).model(name, null);
+                List<JsonNode> catalog = up.models().list();
+                ModelResolver.Resolution r;
+                try {
+                    r = ModelResolver.resolve(name, false, catalog, routing);
+                } catch (ApiError unknown) {
+                    Optional<JsonNode> standIn = GeminiModels.standIn(name, catalog);
+                    if (standIn.isEmpty()) {
+                        exchange.invokesModel = true;
+                        throw unknown;
+                    }
+                    r = new ModelResolver.Resolution(name, standIn.get().path("id").asText(), standIn.get());
+                    Logs.log().info("gemini: {} is not in Copilot's catalog; {} answers for it (--model-map {}=... picks another)",
+                        name, r.upstream(), name);
+                }
+                exchange.model(name, r.upstream());
+                return r;
+            }
+
+            /**
+             * Gemini CLI's side calls (its router, loop and next-speaker checks, summaries, the compressor): every one a
+             * non-streamed generateContent declaring no function, while its main turns always stream with its tools. They
+             * are background work: the cheap model answers them (ModelCall.cheap), as it answers Claude Code's warm-up.
+             */
+            static boolean sideCall(Context ctx, JsonNode body, boolean stream) {
+                boolean cli = Optional.ofNullable(ctx.header("user-agent")).orElse("").startsWith("GeminiCLI");
+                return cli && !stream && !GeminiToChat.declaresFunctions(body);
+            }
+        }
+
+        /** The model list, readable by OpenAI clients and Anthropic clients alike. */
+        static final class ModelsView {
+            static ObjectNode list(List<JsonNode> models) {
+                ObjectNode o = Json.object();
+                o.put("object", "list");
+                ArrayNode data = o.putArray("data");
+                for (JsonNode m : models) {
+                    data.add(entry(m));
+                    longEntry(m).ifPresent(data::add);
+                }
+                o.put("has_more", false);
+                o.put("first_id", data.isEmpty() ? null : data.get(0).path("id").asText());
+                o.put("last_id", data.isEmpty() ? null : data.get(data.size() - 1).path("id").asText());
+                return o;
+            }
+
+            static ObjectNode entry(JsonNode m) {
+                ObjectNode e = Json.object();
+                String id = m.path("id").asText();
+                e.put("id", id);
+                e.put("object", "model");
+                e.put("type", "model");
+                e.put("created", 0);
+                e.put("created_at", "1970-01-01T00:00:00Z");
+                e.put("owned_by", m.path("vendor").asText("github-copilot"));
+                e.put("display_name", m.path("name").asText(id));
+                JsonNode limits = m.path("capabilities").path("limits");
+                if (limits.has("max_context_window_tokens")) e.put("context_window", limits.path("max_context_window_tokens").asInt());
+                if (limits.has("max_output_tokens")) e.put("max_output_tokens", limits.path("max_output_tokens").asInt());
+                if (m.has("supported_endpoints")) e.set("supported_endpoints", m.get("supported_endpoints"));
+                usageBasedFields(m, e);
+                return e;
+            }
+
+            /**
+             * The catalog's mid-2026 fields, where a model has them: billing.token_prices (with its long-context tier),
+             * supports.web_search, the reasoning-effort values (xhigh, max, ...) and the long tier's limits.
+             */
+            static void usageBasedFields(JsonNode m, ObjectNode e) {
+                JsonNode prices = m.path("billing").path("token_prices");
+                if (prices.isObject()) e.set("token_prices", prices);
+                JsonNode supports = m.path("capabilities").path("supports");
+                if (supports.path("web_search").isBoolean()) e.put("web_search", supports.path("web_search").asBoolean());
+                JsonNode efforts = supports.has("reasoning_effort") ? supports.path("reasoning_effort") : supports.path("reasoning_efforts");
+                if (efforts.isArray()) e.set("reasoning_efforts", efforts);
+                JsonNode longTier = m.path("capabilities").path("limits").path("long_context");
+                if (longTier.isObject()) e.set("long_context_limits", longTier);
+            }
+
+            /** A model with a long tier of known size is listed once more as "id[1m]", with the long tier's limits. */
+            static Optional<ObjectNode> longEntry(JsonNode m) {
+                Optional<JsonNode> tier = ModelLimits.longTier(m).filter(t -> t.has("max_context_window_tokens"));
+                if (tier.isEmpty()) return Optional.empty();
+                ObjectNode e = entry(m);
+                String id = m.path("id").asText() + ModelResolver.LONG_SUFFIX;
+                e.put("id", id);
+                e.put("display_name", m.path("name").asText(m.path("id").asText()) + " (long context)");
+                e.put("context_window", tier.get().path("max_context_window_tokens").asInt());
+                if (tier.get().has("max_output_tokens")) e.put("max_output_tokens", tier.get().path("max_output_tokens").asInt());
+                return Optional.of(e);
+            }
         }
     }
 
-    /**
-     * The Responses API: forwarded as is (event by event) for models Copilot serves on /responses, translated
-     * through chat completions for every other chat model.
-     */
-    static final class ResponsesRoutes {
-        static final String RESPONSES = "/responses";
-        static final java.util.Set<String> TERMINAL = java.util.Set.of("response.completed", "response.incomplete", "response.failed", "error");
+    // ==== 3.4 Streaming: one relay loop over upstream events, its machines, SSE frames, the client watch ====
 
-        private final Upstream up;
-        private final ModelRouting routing;
-        private final ResponsesState state;
-
-        ResponsesRoutes(Upstream up, ModelRouting routing, ResponsesState state) {
-            this.up = up;
-            this.routing = routing;
-            this.state = state;
-        }
+    /** Streams to the client: one loop (Relay.run), the machines it drives, the SSE writer and the watch on the client. */
+    static final class Streaming {
+        private Streaming() {}
 
         /**
-         * GET /v1/responses: Codex (supports_websockets = true) tries a WebSocket here first. 426 makes it use HTTP at
-         * once (anything else costs five reconnects); without an upgrade there is no such route, as for any GET.
+         * A per-request machine from upstream items to the client's frames. The relay loop is the same for every
+         * route; what an item means (finish, usage, errors, keep-alives) is the machine's business.
          */
-        void upgrade(Context ctx) {
-            if (!Optional.ofNullable(ctx.header("Upgrade")).orElse("").toLowerCase(Locale.ROOT).contains("websocket")) {
-                throw new ApiError(404, "not_found_error", "No route for GET " + ctx.path());
-            }
-            ApiError refused = new ApiError(426, "invalid_request_error", "copilot-api serves the Responses API over HTTP only, not WebSocket:"
-                + " send POST " + ctx.path() + " (for Codex: supports_websockets = false)", null, "websocket_not_supported");
-            refused.headers().put("Connection", "close");
-            Exchange.of(ctx).note("WebSocket refused, HTTP only");
-            throw refused;
-        }
-
-        void create(Context ctx) {
-            ObjectNode body = Requests.jsonObject(ctx);
-            String requested = Requests.requireText(body, "model");
-            JsonNode input = body.get("input");
-            if (input == null || input.isNull()) throw new ApiError(400, "invalid_request_error", "Missing required parameter: 'input'", "input", null);
-            if (!input.isTextual() && !input.isArray()) {
-                throw new ApiError(400, "invalid_request_error", "'input' must be a string or an array of input items", "input", null);
-            }
-            Requests.responses(body);
-            ResponsesState.Turn turn = state.resolve(body);
-            Turn billed = BackgroundCalls.responses(body, turn.upstreamInput(), body.hasNonNull("previous_response_id"));
-            Optional<String> cheap = ModelCall.cheap(ctx, up, billed, new Billing.Need(List.of(RESPONSES, OpenAiRoutes.CHAT),
-                body.path("tools").size() > 0, Json.containsImage(turn.upstreamInput()), Billing.Need.estimate(body)));
-            ModelResolver.Resolution model = ModelResolver.resolve(cheap.orElse(requested), false, up.models().list(), routing);
-            Exchange.of(ctx).model(requested, model.upstream());
-            List<String> endpoints = ModelResolver.endpoints(model.model());
-            boolean native_ = endpoints.contains(RESPONSES);
-            if (!native_ && !endpoints.isEmpty() && !endpoints.contains(OpenAiRoutes.CHAT)) {
-                throw new ApiError(400, "invalid_request_error", "The model '" + model.upstream() + "' is served by Copilot only on "
-                    + String.join(", ", endpoints), "model", "unsupported_api_for_model");
-            }
-            Exchange.of(ctx).route(native_ ? "passthrough" : "translated");
-            // preparing checks the request: bad input is refused before the client waits its turn or anything is charged
-            boolean stream = Requests.stream(body);
-            byte[] forwarded = native_ ? forwarded(turn, model) : null;
-            Translated translated = native_ ? null : translation(turn, model);
-            ChatUpstream.Prepared prepared = native_ ? null : up.chat().prepare(translated.body(), stream);
-            ModelCall call = ModelCall.of(ctx, up).admit(requested, input.isArray() ? input.size() : 1)
-                .reserve(billed, model.model(), Json.containsImage(turn.upstreamInput()));
-            Requests.logBody("responses request", body);
-            if (native_) forward(ctx, turn, forwarded, model, call, stream);
-            else translate(ctx, turn, translated, prepared, model, call, stream);
-        }
-
-        /**
-         * What Copilot wants on /responses: nothing stored, and the encrypted reasoning back when reasoning is on or
-         * when copilot-api keeps the answer (its reasoning items go back to Copilot in later turns).
-         */
-        static ObjectNode forCopilot(ObjectNode body, String upstreamModel, boolean kept) {
-            ObjectNode out = body.deepCopy();
-            out.put("model", upstreamModel);
-            out.put("store", false);
-            withoutUnsupported(out).forEach(n -> Logs.log().debug("{}: {}", RESPONSES, n));
-            if (kept || out.path("reasoning").isObject()) {
-                ArrayNode include = out.path("include").isArray() ? (ArrayNode) out.get("include") : out.putArray("include");
-                boolean present = false;
-                for (JsonNode i : include) present |= i.asText().equals("reasoning.encrypted_content");
-                if (!present) include.add("reasoning.encrypted_content");
-            }
-            return out;
-        }
-
-        /** What Copilot's /responses refuses: a service tier (it has one) and the image_generation tool (it cannot run it). */
-        static List<String> withoutUnsupported(ObjectNode body) {
-            List<String> notes = new ArrayList<>();
-            if (body.remove("service_tier") != null) notes.add("dropped 'service_tier' (Copilot has one service tier)");
-            if (body.path("tools").isArray()) {
-                ArrayNode kept = Json.array();
-                for (JsonNode tool : body.get("tools")) {
-                    if (tool.path("type").asText().equals("image_generation")) notes.add("dropped the image_generation tool (Copilot cannot run it)");
-                    else kept.add(tool);
-                }
-                if (kept.isEmpty()) body.remove("tools");
-                else body.set("tools", kept);
-                if (kept.isEmpty() && body.path("tool_choice").isObject()) body.remove("tool_choice");
-            }
-            return notes;
-        }
-
-        /** Copilot's cap on a /responses body (WIRE.md "Responses quirks": about 5 MiB upstream). */
-        static final int BODY_CAP = 5 * 1024 * 1024;
-
-        /** The body as sent, refused with a 413 before any call when it is over Copilot's cap. */
-        static byte[] capped(JsonNode body) {
-            byte[] bytes = Json.bytes(body);
-            if (bytes.length > BODY_CAP) {
-                throw new ApiError(413, "invalid_request_error", "The request to Copilot's /responses would be " + bytes.length
-                    + " bytes; Copilot accepts about " + BODY_CAP / (1024 * 1024) + " MiB. Shorten the input (compact the conversation or "
-                    + "send smaller images or files).", null, "request_too_large");
-            }
-            return bytes;
-        }
-
-        /**
-         * One call to Copilot's /responses, made once more when Copilot fails it under its cyber_policy (WIRE.md:
-         * occasional false positives that a retry clears), as an error status or as a response whose status is
-         * failed; what the second call answers is the caller's, whatever it is.
-         */
-        static JsonNode answerRetryingCyberPolicy(Supplier<JsonNode> call) {
-            try {
-                JsonNode answer = call.get();
-                if (!failedUnderCyberPolicy(answer)) return answer;
-                logCyberPolicyRetry("a failed response");
-            } catch (UpstreamException e) {
-                if (!e.body().contains(CYBER_POLICY)) throw e;
-                logCyberPolicyRetry("HTTP " + e.status());
-            }
-            return call.get();
-        }
-
-        /**
-         * The same for a stream: its opening events are read ahead up to the first one past response.created and
-         * response.in_progress; a response.failed under cyber_policy there is dropped and the call made again, anything
-         * else is handed on with the events read ahead first.
-         */
-        static EventSource streamRetryingCyberPolicy(Supplier<EventSource> open) {
-            EventSource first;
-            try {
-                first = open.get();
-            } catch (UpstreamException e) {
-                if (!e.body().contains(CYBER_POLICY)) throw e;
-                logCyberPolicyRetry("HTTP " + e.status());
-                return open.get();
-            }
-            List<EventSource.Item> ahead = new ArrayList<>();
-            try {
-                for (EventSource.Item item = first.next(); ; item = first.next()) {
-                    ahead.add(item);
-                    if (!(item instanceof EventSource.Chunk c) || c.json().isEmpty()) break;
-                    String type = c.event() != null ? c.event() : c.json().get().path("type").asText();
-                    if (type.equals("response.created") || type.equals("response.in_progress")) continue;
-                    if (type.equals("response.failed") && failedUnderCyberPolicy(c.json().get().path("response"))) {
-                        first.close();
-                        logCyberPolicyRetry("a failed response");
-                        return open.get();
-                    }
-                    break;
-                }
-            } catch (RuntimeException e) {
-                first.close();
-                throw e;
-            }
-            return new ReadAhead(ahead, first);
-        }
-
-        static final String CYBER_POLICY = "cyber_policy";
-
-        static boolean failedUnderCyberPolicy(JsonNode response) {
-            return response.path("status").asText().equals("failed") && response.path("error").toString().contains(CYBER_POLICY);
-        }
-
-        private static void logCyberPolicyRetry(String how) {
-            Logs.log().warn("{}: Copilot failed the request under its cyber_policy ({}); asking once more", RESPONSES, how);
-        }
-
-        /** A stream whose first items were read ahead (to look at them) and are handed out again first. */
-        static final class ReadAhead implements EventSource {
-            private final java.util.ArrayDeque<Item> ahead;
-            private final EventSource rest;
-
-            ReadAhead(List<Item> ahead, EventSource rest) {
-                this.ahead = new java.util.ArrayDeque<>(ahead);
-                this.rest = rest;
-            }
-
-            @Override
-            public Item next() {
-                return ahead.isEmpty() ? rest.next() : ahead.poll();
-            }
-
-            @Override
-            public boolean ready() {
-                return !ahead.isEmpty() || rest.ready();
-            }
-
-            @Override
-            public void attach(SseWriter out, Supplier<Frame> keepAlive) {
-                rest.attach(out, keepAlive);
-            }
-
-            @Override
-            public void close() {
-                rest.close();
-            }
-        }
-
-        /** The body Copilot's /responses is sent, refused with a 413 when it is past Copilot's cap. */
-        private static byte[] forwarded(ResponsesState.Turn turn, ModelResolver.Resolution model) {
-            ObjectNode request = forCopilot(turn.resolved(), model.upstream(), turn.keep());
-            if (model.longContext()) request.put(LongContext.FIELD, LongContext.TIER);
-            return capped(request);
-        }
-
-        private void forward(Context ctx, ResponsesState.Turn turn, byte[] bytes, ModelResolver.Resolution model, ModelCall call,
-                boolean stream) {
-            SubagentPrompts subagents = up.controls().billing().subagents();
-            // the output items are parsed only when the model was offered a tool that starts a subagent
-            SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
-            NativeRelay machine = responsesRelay(Exchange.of(ctx), turn, state, reader);
-            if (stream) {
-                call.relay(model.upstream(), RESPONSES, c -> streamRetryingCyberPolicy(() -> up.copilot().stream(RESPONSES, bytes, c)), machine);
-                return;
-            }
-            List<Frame> events = call.fold(model.upstream(), RESPONSES, c -> EventSource.whole(
-                ResponseEvents.of(answerRetryingCyberPolicy(() -> up.copilot().postJson(RESPONSES, bytes, c))), true), machine);
-            Requests.writeJson(ctx, ResponseEvents.response(events));
-        }
-
-        /**
-         * Named events copied through with their sequence numbers; only the lifecycle ones are parsed: for the usage,
-         * to say whether the answer is stored, and to keep the finished answer; and the finished output items when
-         * a reader is given (for subagent prompts).
-         */
-        static NativeRelay responsesRelay(Exchange exchange, ResponsesState.Turn turn, ResponsesState state, SubagentPrompts.ToolCallReader reader) {
-            return new NativeRelay(new NativeRelay.Api() {
-                @Override
-                public Set<String> inspected() {
-                    return reader == null ? INSPECTED : INSPECTED_WITH_ITEMS;
-                }
-
-                @Override
-                public void inspect(String name, ObjectNode data) {
-                    if (reader != null) reader.responsesEvent(name, data);
-                    if (!data.path("response").isObject()) return;
-                    ObjectNode response = ResponsesState.presented(data.get("response"), turn);
-                    data.set("response", response);
-                    exchange.copilotUsage(data).responsesUsage(response.path("usage"));
-                    if (TERMINAL.contains(name)) state.keep(turn, response);
-                }
-
-                @Override
-                public Set<String> terminal() {
-                    return TERMINAL;
-                }
-
-                @Override
-                public ObjectNode error(String message, long sequence) {
-                    return Errors.responsesStreamError(message, sequence);
-                }
-
-                @Override
-                public Frame keepAlive() {
-                    return Frame.comment("keep-alive");
-                }
-            });
-        }
-
-        static final Set<String> INSPECTED = Set.of("response.created", "response.in_progress", "response.completed",
-            "response.incomplete", "response.failed");
-        static final Set<String> INSPECTED_WITH_ITEMS = Set.of("response.created", "response.in_progress", "response.completed",
-            "response.incomplete", "response.failed", "response.output_item.done");
-
-        /** A chat model: Responses in, chat to the pivot, Responses events out. */
-        private static Translated translation(ResponsesState.Turn turn, ModelResolver.Resolution model) {
-            Translated t = ResponsesToChat.request(turn.resolved());
-            t.body().put("model", model.upstream());
-            if (model.longContext()) t.body().put(LongContext.FIELD, LongContext.TIER);
-            t.notes().forEach(n -> Logs.log().debug("{}: {}", RESPONSES, n));
-            return t;
-        }
-
-        private void translate(Context ctx, ResponsesState.Turn turn, Translated t, ChatUpstream.Prepared prepared,
-                ModelResolver.Resolution model, ModelCall call, boolean stream) {
-            ObjectNode body = turn.echo();
-            Requests.logBody("translated chat request", t.body());
-            String path = up.chat().path(model.upstream());
-            AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
-            TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), up.controls().billing().subagents().reader()::responsesEvent);
-            if (stream) call.relay(model.upstream(), path, c -> up.chat().stream(prepared, c), relay);
-            else Requests.writeJson(ctx, ResponseEvents.response(call.fold(model.upstream(), path, c -> up.chat().answer(prepared, c), relay)));
-        }
-
-        /** The Responses stream machine seen as a translation: its events are named by their type; it ends at a terminal one. */
-        static final class AsTranslation implements TranslatedRelay.Translation {
-            private final ChatStreamToResponses machine;
-            private final Consumer<ObjectNode> finished;
-            private boolean done;
-
-            /** The finished response (from the terminal event) goes to {@code finished}, to be kept. */
-            AsTranslation(ChatStreamToResponses machine, Consumer<ObjectNode> finished) {
-                this.machine = machine;
-                this.finished = finished;
-            }
-
-            @Override
-            public List<NamedEvent> start() {
+        interface StreamMachine {
+            /** Frames to send before the first upstream item. */
+            default List<Frame> start() {
                 return List.of();
             }
 
-            @Override
-            public List<NamedEvent> onChunk(JsonNode chunk) {
-                return named(machine.onChunk(chunk));
+            List<Frame> onChunk(EventSource.Chunk chunk);
+
+            /** The upstream ended: [DONE] (doneSeen) or the end of its body. */
+            List<Frame> onEnd(boolean doneSeen);
+
+            /** The upstream broke, went silent, the client left, or the proxy ended the stream. */
+            List<Frame> onBroken(String message);
+
+            boolean done();
+
+            /** What keeps a silent stream alive: the API's ping, or a comment. */
+            default Frame keepAlive() {
+                return Frame.comment("keep-alive");
+            }
+        }
+
+        /**
+         * The one relay loop: items in, frames out as soon as the machine gives them, one flush per burst (when no
+         * further item is waiting), nothing after the end, and the upstream cancelled when the client goes away.
+         */
+        static final class Relay {
+            static void run(Context ctx, EventSource events, StreamMachine machine) {
+                Exchange exchange = Exchange.of(ctx);
+                SseWriter out = SseWriter.open(ctx);
+                events.attach(out, machine::keepAlive);
+                try {
+                    write(out, machine.start(), exchange);
+                    out.flush();
+                    while (!machine.done()) {
+                        EventSource.Item item = events.next();
+                        if (item instanceof EventSource.Chunk c) write(out, machine.onChunk(c), exchange);
+                        else if (item instanceof EventSource.End e) write(out, machine.onEnd(e.doneSeen()), exchange);
+                        else if (item instanceof EventSource.Broken b) {
+                            if (b.cause() instanceof ClientDisconnected) throw new SseWriter.ClientGone(b.cause());
+                            write(out, machine.onBroken(brokenMessage(b.cause())), exchange);
+                            if (b.cause() instanceof EndedByProxy) exchange.failed("ended: " + b.cause().getMessage());
+                        }
+                        if (machine.done() || !events.ready()) out.flush();
+                    }
+                } catch (SseWriter.ClientGone gone) {
+                    exchange.note("client disconnected; upstream request cancelled");
+                } finally {
+                    // before the connection can carry the client's next request, which a probe must not read
+                    out.stopWatching();
+                }
+            }
+
+            /**
+             * A whole answer (given as the stream it is equivalent to) through the machine its stream would use: the
+             * same events and the same records, collected for a fold instead of written to the client.
+             */
+            static List<Frame> fold(EventSource events, StreamMachine machine) {
+                List<Frame> out = new ArrayList<>(machine.start());
+                while (!machine.done()) {
+                    EventSource.Item item = events.next();
+                    if (item instanceof EventSource.Chunk c) out.addAll(machine.onChunk(c));
+                    else if (item instanceof EventSource.End e) out.addAll(machine.onEnd(e.doneSeen()));
+                    else if (item instanceof EventSource.Broken b) out.addAll(machine.onBroken(brokenMessage(b.cause())));
+                }
+                return out;
+            }
+
+            private static void write(SseWriter out, List<Frame> frames, Exchange exchange) {
+                if (!frames.isEmpty()) exchange.firstByte();
+                for (Frame f : frames) {
+                    if (f.failure() != null) exchange.failed(f.failure());
+                    out.write(f);
+                }
+            }
+
+            /** What the client is told when the upstream stream failed, or the proxy ended it. */
+            static String brokenMessage(IOException failure) {
+                if (failure instanceof EndedByProxy) return failure.getMessage();
+                return "The Copilot stream broke: " + Http.brief(failure);
+            }
+        }
+
+        /** The chat-chunk vocabulary every consumer of a chat stream shares: errors, finishes, usage, tool-call keys. */
+        static final class ChatChunks {
+            /** The error a chunk carries ({"error": "text"} or {"error": {"message": ...}}), if it is one. */
+            static Optional<String> error(JsonNode chunk) {
+                if (!chunk.has("error") || chunk.get("error").isNull()) return Optional.empty();
+                return Optional.of(Errors.upstreamMessage(chunk, 500));
+            }
+
+            /**
+             * A whole chat completion as the chunks it is equivalent to: per choice one chunk whose delta is its message
+             * (text parts joined, each tool call indexed by its place) with its logprobs and finish_reason; then one chunk
+             * with no choices for the usage and Copilot's cost figure, when the answer has them.
+             */
+            static List<ObjectNode> of(JsonNode completion) {
+                List<ObjectNode> chunks = new ArrayList<>();
+                int position = 0;
+                for (JsonNode choice : completion.path("choices")) {
+                    ObjectNode chunk = envelope(completion);
+                    ObjectNode c = chunk.putArray("choices").addObject();
+                    c.put("index", choice.path("index").asInt(position++));
+                    c.set("delta", delta(choice.path("message")));
+                    if (choice.path("logprobs").isObject()) c.set("logprobs", choice.get("logprobs"));
+                    if (choice.path("finish_reason").isTextual()) c.set("finish_reason", choice.get("finish_reason"));
+                    else c.putNull("finish_reason");
+                    chunks.add(chunk);
+                }
+                if (completion.has("usage") || completion.has("copilot_usage")) {
+                    ObjectNode last = envelope(completion);
+                    last.putArray("choices");
+                    if (completion.has("usage")) last.set("usage", completion.get("usage"));
+                    if (completion.has("copilot_usage")) last.set("copilot_usage", completion.get("copilot_usage"));
+                    chunks.add(last);
+                }
+                return chunks;
+            }
+
+            /**
+             * Chat chunks folded into the completion they describe: per choice (by index) its deltas joined (text fields
+             * appended, tool calls by their index, other fields kept), its logprobs lists joined, its finish_reason; and
+             * the usage. An error chunk is the answer's failure: a 502.
+             */
+            static ObjectNode completion(List<Frame> frames) {
+                ObjectNode head = Json.object();
+                Map<Integer, ObjectNode> choices = new TreeMap<>();
+                Map<Integer, Map<Integer, ObjectNode>> calls = new HashMap<>();
+                JsonNode usage = null;
+                JsonNode copilotUsage = null;
+                for (Frame f : frames) {
+                    JsonNode chunk = f.json();
+                    if (chunk == null) continue;
+                    Optional<String> error = error(chunk);
+                    if (error.isPresent()) throw new ApiError(502, "api_error", error.get());
+                    for (String field : List.of("id", "created", "model", "system_fingerprint")) {
+                        if (!head.has(field) && chunk.hasNonNull(field)) head.set(field, chunk.get(field));
+                    }
+                    if (chunk.path("usage").isObject()) usage = chunk.get("usage");
+                    if (chunk.path("copilot_usage").isObject()) copilotUsage = chunk.get("copilot_usage");
+                    for (JsonNode c : chunk.path("choices")) {
+                        int index = c.path("index").asInt(0);
+                        ObjectNode choice = choices.computeIfAbsent(index, i -> emptyChoice(i));
+                        ObjectNode message = (ObjectNode) choice.get("message");
+                        c.path("delta").properties().forEach(d -> join(message, d.getKey(), d.getValue(), calls.computeIfAbsent(index, i -> new TreeMap<>())));
+                        if (c.path("logprobs").isObject()) choice.set("logprobs", joinLogprobs(choice.get("logprobs"), c.get("logprobs")));
+                        if (c.path("finish_reason").isTextual()) choice.set("finish_reason", c.get("finish_reason"));
+                    }
+                }
+                ObjectNode out = Json.object();
+                out.put("id", head.path("id").asText(""));
+                out.put("object", "chat.completion");
+                out.put("created", head.path("created").asLong(0));
+                out.put("model", head.path("model").asText(""));
+                if (head.has("system_fingerprint")) out.set("system_fingerprint", head.get("system_fingerprint"));
+                ArrayNode list = out.putArray("choices");
+                choices.forEach((index, choice) -> {
+                    Map<Integer, ObjectNode> toolCalls = calls.getOrDefault(index, Map.of());
+                    if (!toolCalls.isEmpty()) ((ObjectNode) choice.get("message")).putArray("tool_calls").addAll(toolCalls.values());
+                    list.add(choice);
+                });
+                if (usage != null) out.set("usage", usage);
+                if (copilotUsage != null) out.set("copilot_usage", copilotUsage);
+                return out;
+            }
+
+            private static ObjectNode emptyChoice(int index) {
+                ObjectNode choice = Json.object();
+                choice.put("index", index);
+                ObjectNode message = choice.putObject("message");
+                message.put("role", "assistant");
+                message.putNull("content");
+                message.putNull("refusal");
+                choice.putNull("logprobs");
+                choice.putNull("finish_reason");
+                return choice;
+            }
+
+            /** One delta field into the message: text appended, tool-call fragments joined by index, anything else kept. */
+            private static void join(ObjectNode message, String field, JsonNode value, Map<Integer, ObjectNode> calls) {
+                if (field.equals("role") || value.isNull()) return;
+                if (field.equals("tool_calls")) {
+                    for (JsonNode fragment : value) {
+                        ObjectNode call = calls.computeIfAbsent(fragment.path("index").asInt(calls.size()), i -> Json.object());
+                        fragment.properties().forEach(f -> {
+                            if (f.getKey().equals("function")) {
+                                ObjectNode fn = call.withObjectProperty("function");
+                                f.getValue().properties().forEach(g -> join(fn, g.getKey(), g.getValue(), Map.of()));
+                            } else if (!f.getKey().equals("index")) {
+                                call.set(f.getKey(), f.getValue());
+                            }
+                        });
+                    }
+                } else if (value.isTextual()) {
+                    message.put(field, message.path(field).asText("") + value.asText());
+                } else {
+                    message.set(field, value);
+                }
+            }
+
+            /** The log probabilities of several chunks (or split choices), joined in order: each list concatenated. */
+            private static JsonNode joinLogprobs(JsonNode sofar, JsonNode next) {
+                if (!sofar.isObject()) return next.deepCopy();
+                ObjectNode joined = (ObjectNode) sofar;
+                next.properties().forEach(f -> {
+                    if (f.getValue().isArray() && joined.path(f.getKey()).isArray()) ((ArrayNode) joined.get(f.getKey())).addAll((ArrayNode) f.getValue());
+                    else if (!joined.hasNonNull(f.getKey())) joined.set(f.getKey(), f.getValue().deepCopy());
+                });
+                return joined;
+            }
+
+            private static ObjectNode envelope(JsonNode completion) {
+                ObjectNode chunk = Json.object();
+                for (String field : List.of("id", "created", "model")) if (completion.has(field)) chunk.set(field, completion.get(field));
+                chunk.put("object", "chat.completion.chunk");
+                return chunk;
+            }
+
+            /** A message as one delta: its fields but nulls, text parts joined, tool calls indexed by their place. */
+            private static ObjectNode delta(JsonNode message) {
+                ObjectNode delta = Json.object();
+                message.properties().forEach(f -> {
+                    if (!f.getValue().isNull() && !f.getKey().equals("tool_calls")) delta.set(f.getKey(), f.getValue());
+                });
+                if (message.path("content").isArray()) {
+                    StringBuilder text = new StringBuilder();
+                    for (JsonNode part : message.get("content")) if (part.path("type").asText("").equals("text")) text.append(part.path("text").asText(""));
+                    delta.put("content", text.toString());
+                }
+                ArrayNode calls = Json.array();
+                for (JsonNode call : message.path("tool_calls")) {
+                    ObjectNode tc = calls.addObject();
+                    tc.put("index", call.path("index").isIntegralNumber() ? call.get("index").asInt() : calls.size() - 1);
+                    call.properties().forEach(f -> {
+                        if (!f.getKey().equals("index")) tc.set(f.getKey(), f.getValue());
+                    });
+                }
+                if (!calls.isEmpty()) delta.set("tool_calls", calls);
+                return delta;
+            }
+
+            /** True when any choice of the chunk carries a finish_reason. */
+            static boolean finishes(JsonNode chunk) {
+                for (JsonNode c : chunk.path("choices")) if (c.path("finish_reason").isTextual()) return true;
+                return false;
+            }
+
+            /**
+             * Keys tool-call fragments the same way for every consumer. A fragment names its call by index, or by
+             * id, or by neither (then it continues the choice's last call). A call that began without a usable index
+             * (absent or null) adopts the first index a later fragment of it carries.
+             */
+            static final class ToolKeys {
+                private final Map<String, String> byIndex = new HashMap<>();
+                private final Map<String, String> byId = new HashMap<>();
+                private final Map<Integer, String> last = new HashMap<>();
+                private final Set<String> indexed = new java.util.HashSet<>();
+                private int calls;
+
+                String key(int choice, JsonNode fragment) {
+                    Integer index = fragment.path("index").isIntegralNumber() ? fragment.path("index").asInt() : null;
+                    String id = fragment.path("id").asText("");
+                    String key = index != null ? byIndex.get(choice + ":" + index) : null;
+                    if (key == null && !id.isEmpty()) key = byId.get(choice + ":" + id);
+                    if (key == null && id.isEmpty()) {
+                        String previous = last.get(choice);
+                        if (index == null || (previous != null && !indexed.contains(previous))) key = previous;
+                    }
+                    if (key == null) key = choice + "#" + calls++;
+                    if (index != null && indexed.add(key)) byIndex.putIfAbsent(choice + ":" + index, key);
+                    if (!id.isEmpty()) byId.putIfAbsent(choice + ":" + id, key);
+                    last.put(choice, key);
+                    return key;
+                }
+            }
+        }
+
+        /** Chat chunks to an OpenAI chat client: normalised, and a chunk no rule changes goes out as Copilot's own text. */
+        static final class ChatRelay implements StreamMachine {
+            private final ChatStreamNormalizer normalizer;
+            private final Exchange exchange;
+            private boolean done;
+
+            private final SubagentPrompts.ToolCallReader reader;
+
+            ChatRelay(ChatStreamNormalizer normalizer, Exchange exchange, SubagentPrompts.ToolCallReader reader) {
+                this.normalizer = normalizer;
+                this.exchange = exchange;
+                this.reader = reader;
             }
 
             @Override
-            public List<NamedEvent> finish() {
-                return named(machine.finish());
+            public List<Frame> onChunk(EventSource.Chunk chunk) {
+                Optional<JsonNode> json = chunk.json();
+                if (json.isEmpty()) {
+                    Logs.log().warn("skipping an unreadable chunk from Copilot: {}", Redact.shorten(chunk.data()));
+                    return List.of();
+                }
+                Requests.logBody("chat chunk", json.get());
+                exchange.copilotUsage(json.get());
+                Optional<String> error = ChatChunks.error(json.get());
+                if (error.isPresent()) return end(Frame.data(Errors.openAiStreamError(error.get()), "upstream error in stream"));
+                List<ObjectNode> out = normalizer.onChunk(json.get());
+                out.forEach(reader::chatChunk);
+                if (out.size() == 1 && out.get(0).equals(json.get())) return List.of(Frame.raw(chunk));
+                List<Frame> frames = new ArrayList<>(out.size());
+                for (ObjectNode c : out) frames.add(Frame.data(c, null));
+                return frames;
             }
 
             @Override
-            public List<NamedEvent> fail(String message) {
-                return named(machine.fail(message));
+            public List<Frame> onEnd(boolean doneSeen) {
+                exchange.chatUsage(normalizer.usage());
+                if (!doneSeen && !normalizer.finished()) {
+                    return end(Frame.data(Errors.openAiStreamError("The Copilot stream ended before the answer was complete"), "upstream stream cut"));
+                }
+                List<Frame> frames = new ArrayList<>();
+                for (ObjectNode c : normalizer.finish()) {
+                    reader.chatChunk(c);
+                    frames.add(Frame.data(c, null));
+                }
+                reader.chatEnd();
+                frames.add(Frame.DONE);
+                done = true;
+                return frames;
+            }
+
+            @Override
+            public List<Frame> onBroken(String message) {
+                exchange.chatUsage(normalizer.usage());
+                return end(Frame.data(Errors.openAiStreamError(message), "upstream stream broke"));
+            }
+
+            private List<Frame> end(Frame last) {
+                done = true;
+                return List.of(last);
+            }
+
+            @Override
+            public boolean done() {
+                return done;
+            }
+        }
+
+        /**
+         * Copilot's own named events passed on as they came (the native Messages and Responses routes): only the
+         * events the route looks at are parsed (and written again if it changed them); the rest go out as Copilot's text.
+         */
+        static final class NativeRelay implements StreamMachine {
+            /** What a route looks at on the way: it may change the event; the error event and the keep-alive are the API's. */
+            interface Api {
+                Set<String> inspected();
+
+                void inspect(String name, ObjectNode data);
+
+                /** True for an inspected event the client is not to see. */
+                default boolean drops(String name, ObjectNode data) {
+                    return false;
+                }
+
+                Set<String> terminal();
+
+                ObjectNode error(String message, long sequence);
+
+                Frame keepAlive();
+            }
+
+            private final Api api;
+            private long sequence = -1;
+            private boolean done;
+
+            NativeRelay(Api api) {
+                this.api = api;
+            }
+
+            @Override
+            public List<Frame> onChunk(EventSource.Chunk chunk) {
+                String name = chunk.event();
+                if (name == null || api.inspected().contains(name)) {
+                    Optional<JsonNode> json = chunk.json();
+                    if (json.isEmpty() || !json.get().isObject()) return List.of();
+                    ObjectNode data = (ObjectNode) json.get();
+                    if (name == null) name = data.path("type").asText("");
+                    sequence = data.path("sequence_number").asLong(sequence + 1);
+                    api.inspect(name, data);
+                    done = api.terminal().contains(name);
+                    return api.drops(name, data) ? List.of() : List.of(new NamedEvent(name, data));
+                }
+                sequence++;
+                done = api.terminal().contains(name);
+                return List.of(Frame.raw(chunk));
+            }
+
+            @Override
+            public List<Frame> onEnd(boolean doneSeen) {
+                return onBroken("The Copilot stream ended before the answer was complete");
+            }
+
+            @Override
+            public List<Frame> onBroken(String message) {
+                done = true;
+                return List.of(new NamedEvent("error", api.error(message, sequence + 1)));
             }
 
             @Override
@@ -5249,1655 +6173,617 @@ class CopilotApi implements Callable<Integer> {
             }
 
             @Override
-            public NamedEvent keepAlive() {
+            public Frame keepAlive() {
+                return api.keepAlive();
+            }
+        }
+
+        /** Chat chunks to another API through a translation machine; the chat vocabulary is read here, once. */
+        static final class TranslatedRelay implements StreamMachine {
+            /** A state machine from chat chunks to another API's events. */
+            interface Translation {
+                List<NamedEvent> start();
+
+                List<NamedEvent> onChunk(JsonNode chunk);
+
+                /** The upstream ended: [DONE], or the end of the body after a finish_reason. */
+                List<NamedEvent> finish();
+
+                List<NamedEvent> fail(String message);
+
+                boolean done();
+
+                /** The event that keeps a silent stream alive, or null for an SSE comment. */
+                NamedEvent keepAlive();
+
+                /** How an event is written: named (event: and data: lines) unless the API wants data lines only. */
+                default Frame frame(NamedEvent e) {
+                    return e;
+                }
+            }
+
+            private final Translation machine;
+            private final Exchange exchange;
+            private final java.util.function.BiConsumer<String, JsonNode> observer;
+            private boolean finishSeen;
+
+            /** Every event the machine gives is also shown to the observer (name and data), on its way out. */
+            TranslatedRelay(Translation machine, Exchange exchange, java.util.function.BiConsumer<String, JsonNode> observer) {
+                this.machine = machine;
+                this.exchange = exchange;
+                this.observer = observer;
+            }
+
+            @Override
+            public List<Frame> start() {
+                return frames(machine.start());
+            }
+
+            @Override
+            public List<Frame> onChunk(EventSource.Chunk chunk) {
+                Optional<JsonNode> json = chunk.json();
+                if (json.isEmpty()) return List.of();
+                Requests.logBody("chat chunk", json.get());
+                exchange.copilotUsage(json.get());
+                Optional<String> error = ChatChunks.error(json.get());
+                if (error.isPresent()) return frames(machine.fail(error.get()));
+                exchange.chatUsage(json.get().path("usage"));
+                finishSeen |= ChatChunks.finishes(json.get());
+                return frames(machine.onChunk(json.get()));
+            }
+
+            @Override
+            public List<Frame> onEnd(boolean doneSeen) {
+                return frames(doneSeen || finishSeen ? machine.finish() : machine.fail("The Copilot stream ended before the answer was complete"));
+            }
+
+            @Override
+            public List<Frame> onBroken(String message) {
+                return frames(machine.fail(message));
+            }
+
+            @Override
+            public boolean done() {
+                return machine.done();
+            }
+
+            @Override
+            public Frame keepAlive() {
+                NamedEvent e = machine.keepAlive();
+                return e != null ? e : Frame.comment("keep-alive");
+            }
+
+            private List<Frame> frames(List<NamedEvent> events) {
+                List<Frame> frames = new ArrayList<>(events.size());
+                for (NamedEvent e : events) {
+                    observer.accept(e.name(), e.data());
+                    frames.add(machine.frame(e));
+                }
+                return frames;
+            }
+        }
+
+        /** One thing to send a stream's client; each knows its own text. */
+        interface Frame {
+            String sse();
+
+            /** The request log's note when this frame ends the stream in failure, else null. */
+            default String failure() {
                 return null;
             }
 
-            private List<NamedEvent> named(List<ObjectNode> events) {
-                List<NamedEvent> out = new ArrayList<>();
-                for (ObjectNode e : events) {
-                    String type = e.path("type").asText();
-                    done |= TERMINAL.contains(type);
-                    if (TERMINAL.contains(type) && e.path("response").isObject()) finished.accept((ObjectNode) e.get("response"));
-                    out.add(new NamedEvent(type, e));
-                }
-                return out;
+            /** The event's name (null for a data-only event), for a fold that reads the frames instead of a client. */
+            default String name() {
+                return null;
             }
-        }
-    }
 
-    /**
-     * Stateful Responses on every route: before the call, {@code previous_response_id} and {@code item_reference}
-     * items are resolved from the store into full items (Copilot always gets {@code store: false} and the whole
-     * input); after it, an answer whose request did not say {@code store: false} is kept. Also the GET and DELETE
-     * routes on stored responses.
-     */
-    static final class ResponsesState {
-        static final int DEFAULT_ITEMS = 20;
-        static final int MAX_ITEMS = 100;
-
-        /**
-         * One request, resolved: the body to send on (full input, no previous_response_id), the body the answer
-         * echoes (with store said explicitly), its own input items as stored, and whether the answer is kept.
-         */
-        record Turn(ObjectNode resolved, ObjectNode echo, ArrayNode ownInput, String previousId, boolean keep) {
-            JsonNode upstreamInput() {
-                return resolved.get("input");
+            /** The event's JSON, for a fold; null for a comment or [DONE]. */
+            default JsonNode json() {
+                return null;
             }
-        }
 
-        private final Store store;
+            Frame DONE = () -> "data: [DONE]\n\n";
 
-        ResponsesState(Store store) {
-            this.store = store;
-        }
+            static Frame comment(String text) {
+                return () -> ": " + text + "\n\n";
+            }
 
-        Turn resolve(ObjectNode body) {
-            if (body.hasNonNull("conversation")) {
-                throw new ApiError(400, "invalid_request_error", "'conversation' is not supported: copilot-api keeps responses, not "
-                    + "conversations. Chain turns with 'previous_response_id', or send the items in 'input'.", "conversation", null);
-            }
-            boolean keep = store.enabled() && body.path("store").asBoolean(true);
-            String previous = body.path("previous_response_id").isTextual() ? body.get("previous_response_id").asText() : null;
-            ArrayNode own = ownInput(body.get("input"));
-            ObjectNode resolved = body.deepCopy();
-            resolved.remove("previous_response_id");
-            if (previous != null || body.get("input").isArray()) {
-                ArrayNode full = Json.array();
-                if (previous != null) full.addAll(earlierTurns(previous));
-                full.addAll(own);
-                resolved.set("input", upstream(full));
-            }
-            ObjectNode echo = body.deepCopy();
-            echo.put("store", keep);
-            return new Turn(resolved, echo, own, previous, keep);
-        }
+            /** A data-only event (chat completions); failure names the request log's note when it is an error. */
+            static Frame data(JsonNode json, String failure) {
+                return new Frame() {
+                    @Override
+                    public String sse() {
+                        return "data: " + Json.write(json) + "\n\n";
+                    }
 
-        /** The request's input as items: a string becomes a user message; references become the items they name; every item gets an id. */
-        private ArrayNode ownInput(JsonNode input) {
-            ArrayNode out = Json.array();
-            if (input.isTextual()) {
-                ObjectNode m = out.addObject().put("type", "message").put("role", "user");
-                m.putArray("content").addObject().put("type", "input_text").put("text", input.asText());
-            } else {
-                for (JsonNode item : input) {
-                    out.add(item.path("type").asText().equals("item_reference") ? referenced(item.path("id").asText("")) : item.deepCopy());
-                }
-            }
-            for (JsonNode item : out) {
-                if (!item.hasNonNull("id") && item instanceof ObjectNode o) o.put("id", "msg_" + Ids.random(24));
-            }
-            return out;
-        }
+                    @Override
+                    public String failure() {
+                        return failure;
+                    }
 
-        private JsonNode referenced(String id) {
-            return store.item(id).<JsonNode>map(JsonNode::deepCopy).orElseThrow(() -> new ApiError(404, "invalid_request_error",
-                "Item with id '" + id + "' not found. Items are not persisted when `store` is set to false"
-                    + (store.enabled() ? "" : " (and copilot-api runs with --no-store)")
-                    + ". Try again with `store` set to true, or send the item itself instead of an item_reference.", "input", null));
-        }
+                    @Override
+                    public JsonNode json() {
+                        return json;
+                    }
+                };
+            }
 
-        /** The input and output of every earlier turn, oldest first; a missing link is a 404, never a silent answer without it. */
-        private List<JsonNode> earlierTurns(String previous) {
-            java.util.Deque<Store.StoredResponse> chain = new java.util.ArrayDeque<>();
-            Set<String> seen = new java.util.HashSet<>();
-            for (String id = previous; id != null && seen.add(id); ) {
-                String wanted = id;
-                Store.StoredResponse r = store.response(id).orElseThrow(() -> new ApiError(404, "invalid_request_error",
-                    "Previous response with id '" + wanted + "' not found" + (wanted.equals(previous) ? "" : " (an earlier turn of '" + previous + "')")
-                        + (store.enabled() ? "; it was never stored, has expired or was deleted." : "; copilot-api runs with --no-store."),
-                    "previous_response_id", null));
-                chain.addFirst(r);
-                id = r.previousId();
+            /** An upstream event passed on as its own text, without parsing or writing it again (a fold reads its JSON). */
+            static Frame raw(EventSource.Chunk chunk) {
+                return new Frame() {
+                    @Override
+                    public String sse() {
+                        String data = chunk.data();
+                        StringBuilder b = new StringBuilder(data.length() + 32);
+                        if (chunk.event() != null) b.append("event: ").append(chunk.event()).append('\n');
+                        for (String line : data.split("\n", -1)) b.append("data: ").append(line).append('\n');
+                        return b.append('\n').toString();
+                    }
+
+                    @Override
+                    public String failure() {
+                        return "error".equals(chunk.event()) ? "upstream error in stream" : null;
+                    }
+
+                    @Override
+                    public String name() {
+                        return chunk.event();
+                    }
+
+                    @Override
+                    public JsonNode json() {
+                        return chunk.json().orElse(null);
+                    }
+                };
             }
-            List<JsonNode> items = new ArrayList<>();
-            for (Store.StoredResponse r : chain) {
-                r.input().forEach(items::add);
-                r.response().path("output").forEach(items::add);
-            }
-            return items;
         }
 
         /**
-         * Copies for Copilot: the ids copilot-api gave the client's own items (a fresh random one each time an item
-         * arrives without one) stay here, so the same history reaches Copilot as the same bytes and its prompt cache
-         * keeps working. Only what the model produced (assistant messages, reasoning, compaction, calls) keeps its id.
+         * Server-sent events to the client. The relay writes a burst and flushes once when nothing more is waiting;
+         * the heartbeat's keep-alives take the lock only when it is free, so they never wait behind a slow client.
          */
-        private static ArrayNode upstream(ArrayNode items) {
-            ArrayNode out = Json.array();
-            for (JsonNode item : items) {
-                ObjectNode copy = (ObjectNode) item.deepCopy();
-                if (!producedByModel(copy)) copy.remove("id");
-                out.add(copy);
-            }
-            return out;
-        }
-
-        private static boolean producedByModel(JsonNode item) {
-            String type = item.path("type").asText("message");
-            if (type.equals("message")) return item.path("role").asText().equals("assistant");
-            return type.equals("reasoning") || type.equals("compaction") || type.endsWith("_call");
-        }
-
-        /** The answer as the client gets it: whether it is stored, and which response it continues. */
-        static ObjectNode presented(JsonNode response, Turn turn) {
-            ObjectNode out = (ObjectNode) response.deepCopy();
-            out.put("store", turn.keep());
-            if (turn.previousId() != null) out.put("previous_response_id", turn.previousId());
-            else out.putNull("previous_response_id");
-            return out;
-        }
-
-        /** Keeps a finished answer (completed or incomplete) of a turn that asked to be stored. */
-        void keep(Turn turn, JsonNode response) {
-            String status = response.path("status").asText("");
-            if (!turn.keep() || !response.path("id").isTextual() || !(status.equals("completed") || status.equals("incomplete"))) return;
-            store.saveResponse(new Store.StoredResponse(response.path("id").asText(), System.currentTimeMillis(), turn.previousId(),
-                presented(response, turn), turn.ownInput()));
-        }
-
-        // -- GET /v1/responses/{id}, GET /v1/responses/{id}/input_items, DELETE /v1/responses/{id}
-
-        void get(Context ctx) {
-            Requests.writeJson(ctx, stored(ctx.pathParam("id")).response());
-        }
-
-        void inputItems(Context ctx) {
-            Store.StoredResponse r = stored(ctx.pathParam("id"));
-            int limit = Requests.queryInt(ctx, "limit", DEFAULT_ITEMS, 1, MAX_ITEMS);
-            String order = Optional.ofNullable(ctx.queryParam("order")).orElse("desc");
-            if (!order.equals("asc") && !order.equals("desc")) throw Requests.invalid("order", "must be 'asc' or 'desc'");
-            List<JsonNode> items = new ArrayList<>();
-            r.input().forEach(items::add);
-            if (order.equals("desc")) java.util.Collections.reverse(items);
-            String after = ctx.queryParam("after");
-            int start = 0;
-            if (after != null) {
-                while (start < items.size() && !items.get(start).path("id").asText().equals(after)) start++;
-                start++;
-            }
-            List<JsonNode> page = items.subList(Math.min(start, items.size()), Math.min(items.size(), start + limit));
-            ObjectNode list = Json.object().put("object", "list");
-            list.putArray("data").addAll(page);
-            if (page.isEmpty()) {
-                list.putNull("first_id");
-                list.putNull("last_id");
-            } else {
-                list.put("first_id", page.get(0).path("id").asText());
-                list.put("last_id", page.get(page.size() - 1).path("id").asText());
-            }
-            list.put("has_more", start + page.size() < items.size());
-            Requests.writeJson(ctx, list);
-        }
-
-        void delete(Context ctx) {
-            String id = ctx.pathParam("id");
-            if (!store.deleteResponse(id)) throw notFound(id);
-            Requests.writeJson(ctx, Json.object().put("id", id).put("object", "response").put("deleted", true));
-        }
-
-        private Store.StoredResponse stored(String id) {
-            return store.response(id).orElseThrow(() -> notFound(id));
-        }
-
-        private ApiError notFound(String id) {
-            return new ApiError(404, "invalid_request_error", "Response with id '" + id + "' not found."
-                + (store.enabled() ? "" : " copilot-api runs with --no-store and keeps no responses."), null, null);
-        }
-    }
-
-    /** The request history: one row per request from its Exchange, and GET /history to read them back. */
-    static final class History {
-        /** Operator views the dashboard polls: a row each would bury the requests that matter (their failures still get one). */
-        static final Set<String> QUIET = Set.of("/", "/dashboard", "/favicon.ico", "/stats", "/history", "/history/summary", "/usage",
-            "/token", "/models", "/v1/models", "/v1beta/models");
-
-        /** GET /history's filters: newest first, {@code before} a row id for the next page. */
-        record Query(int limit, Optional<Long> before, Optional<String> model, Optional<String> status, Optional<String> route,
-            Optional<Long> since, Optional<Long> until) {
-            static final int DEFAULT_LIMIT = 50;
-            static final int MAX_LIMIT = 500;
-
-            static Query from(Context ctx) {
-                String status = ctx.queryParam("status");
-                if (status != null && !status.matches("ok|error|\\d{3}")) throw Requests.invalid("status", "is ok, error or an HTTP status such as 429");
-                return new Query(Requests.queryInt(ctx, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-                    Optional.ofNullable(ctx.queryParam("before")).map(b -> Requests.queryLong(ctx, "before", 1, Long.MAX_VALUE)),
-                    Optional.ofNullable(ctx.queryParam("model")), Optional.ofNullable(status), Optional.ofNullable(ctx.queryParam("route")),
-                    time(ctx, "since"), time(ctx, "until"));
+        static final class SseWriter {
+            /** The client went away; the caller stops and the upstream request is cancelled by closing it. */
+            static final class ClientGone extends RuntimeException {
+                ClientGone(IOException cause) {
+                    super("client disconnected", cause, false, false);
+                }
             }
 
-            /** An ISO-8601 instant (2026-01-31T12:00:00Z) or epoch milliseconds; one a long cannot hold is refused like a typo. */
-            private static Optional<Long> time(Context ctx, String name) {
-                String v = ctx.queryParam(name);
-                if (v == null) return Optional.empty();
+            static final String KEY = "copilot-api.sse-writer";
+
+            private final OutputStream out;
+            private final ClientProbe client;
+            private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock();
+            private volatile long lastWrite = System.nanoTime();
+
+            private SseWriter(OutputStream out, ClientProbe client) {
+                this.out = out;
+                this.client = client;
+            }
+
+            /** The stream already opened for this request (committed early while Copilot was slow), or null. */
+            static SseWriter existing(Context ctx) {
+                return ctx.attribute(KEY);
+            }
+
+            /** Commits 200 and the event-stream headers, once per request. */
+            static SseWriter open(Context ctx) {
+                SseWriter opened = existing(ctx);
+                if (opened != null) return opened;
+                var res = ctx.res();
+                res.setStatus(200);
+                res.setContentType("text/event-stream; charset=utf-8");
+                res.setHeader("Cache-Control", "no-cache");
+                res.setHeader("X-Accel-Buffering", "no");
                 try {
-                    return Optional.of(v.matches("\\d+") ? Long.parseLong(v) : Instant.parse(v).toEpochMilli());
-                } catch (java.time.format.DateTimeParseException | NumberFormatException | ArithmeticException e) {
-                    throw Requests.invalid(name, "is an ISO-8601 time such as 2026-01-31T12:00:00Z, or epoch milliseconds");
+                    SseWriter w = new SseWriter(res.getOutputStream(), ClientProbe.of(ctx));
+                    ctx.attribute(KEY, w);
+                    res.flushBuffer();
+                    return w;
+                } catch (IOException e) {
+                    throw new ClientGone(e);
+                }
+            }
+
+            long lastWrite() {
+                return lastWrite;
+            }
+
+            /** True once the client's connection has closed (looked at without writing to it). */
+            boolean clientLeft() {
+                return client.closed();
+            }
+
+            /** The stream is over: its connection is not looked at any more. */
+            void stopWatching() {
+                client.stop();
+            }
+
+            /** Writes without flushing; the relay flushes when no further event is waiting. */
+            void write(Frame frame) {
+                lock.lock();
+                try {
+                    out.write(frame.sse().getBytes(UTF_8));
+                    lastWrite = System.nanoTime();
+                } catch (IOException e) {
+                    throw new ClientGone(e);
+                } finally {
+                    lock.unlock();
+                }
+            }
+
+            void flush() {
+                lock.lock();
+                try {
+                    out.flush();
+                } catch (IOException e) {
+                    throw new ClientGone(e);
+                } finally {
+                    lock.unlock();
+                }
+            }
+
+            /** A keep-alive from the heartbeat: skipped when the relay is writing (the stream is not silent); false when the client is gone. */
+            boolean tryWrite(Frame frame) {
+                if (!lock.tryLock()) return true;
+                try {
+                    out.write(frame.sse().getBytes(UTF_8));
+                    out.flush();
+                    lastWrite = System.nanoTime();
+                    return true;
+                } catch (IOException e) {
+                    return false;
+                } finally {
+                    lock.unlock();
+                }
+            }
+
+            void data(JsonNode json) {
+                send(Frame.data(json, null));
+            }
+
+            void event(String name, JsonNode json) {
+                send(new NamedEvent(name, (ObjectNode) json));
+            }
+
+            void comment(String text) {
+                send(Frame.comment(text));
+            }
+
+            /** Written and flushed at once. */
+            void send(Frame frame) {
+                write(frame);
+                flush();
+            }
+        }
+
+        /**
+         * Looks at the client while Copilot has not answered. Jetty notices a closed connection only when it reads
+         * or writes, and it does neither while a handler waits (tried: Request.addFailureListener does not fire, the
+         * EndPoint stays open), so the watch reads the connection itself: end of input means the client left. An
+         * HTTP/1.1 client waiting for its answer sends nothing more; a byte that does come (a pipelined request)
+         * cannot be put back, so the probe stops and the connection closes after this answer. A stream is committed
+         * after the early-commit delay (200, event-stream headers, a comment) and kept alive with comments; a
+         * failed write there is a client that left too.
+         */
+        static final class ClientWatch implements Watch {
+            private final Context ctx;
+            private final Duration earlyCommit;
+            private final Duration keepAlive;
+            /** Looked up at the first wait: most requests are admitted and answered without waiting, and need no probe. */
+            private ClientProbe client;
+            private long lastWrite;
+
+            ClientWatch(Context ctx, Duration earlyCommit, Duration keepAlive) {
+                this.ctx = ctx;
+                this.earlyCommit = earlyCommit;
+                this.keepAlive = keepAlive;
+            }
+
+            @Override
+            public boolean waiting(Duration waited, boolean stream) {
+                try {
+                    if (clientClosed()) return gone();
+                    if (stream && waited.compareTo(earlyCommit) >= 0) keepAlive();
+                    return true;
+                } catch (SseWriter.ClientGone e) {
+                    return gone();
+                }
+            }
+
+            private boolean gone() {
+                Exchange.of(ctx).note("client disconnected; upstream request cancelled");
+                return false;
+            }
+
+            private boolean clientClosed() {
+                if (client == null) client = ClientProbe.of(ctx);
+                boolean closed = client.closed();
+                if (client.ateAByte() && !ctx.res().isCommitted()) ctx.header("Connection", "close");
+                return closed;
+            }
+
+            private void keepAlive() {
+                SseWriter out = SseWriter.existing(ctx);
+                if (out == null) {
+                    SseWriter.open(ctx).comment("waiting for Copilot");
+                    lastWrite = System.nanoTime();
+                } else if (System.nanoTime() - lastWrite >= keepAlive.toNanos()) {
+                    out.comment("keep-alive");
+                    lastWrite = System.nanoTime();
                 }
             }
         }
 
-        /** The route a background call is kept under, whichever way it went to Copilot: /history?route=background lists them. */
-        static final String BACKGROUND_ROUTE = "background";
+        /**
+         * Reads the client's connection without waiting: end of input (or a reset) means the client left. One per
+         * request, shared by the wait for Copilot's headers and the heartbeat of a running stream. A byte that does
+         * come (a pipelined request) cannot be put back: probing stops then, and the wait for Copilot's headers asks
+         * for the connection to close after this answer.
+         */
+        static final class ClientProbe {
+            static final String KEY = "copilot-api.client-probe";
+            private volatile org.eclipse.jetty.io.EndPoint endPoint;
+            private volatile boolean ate;
+            private volatile boolean closed;
 
-        static void record(Context ctx, int status, long millis, Store store) {
-            if (!store.enabled() || (QUIET.contains(ctx.path()) && status < 400) || ctx.method() == io.javalin.http.HandlerType.OPTIONS) return;
-            Exchange e = Exchange.of(ctx);
-            boolean failed = status >= 400 || e.failedInStream;
-            Long firstByte = e.firstByteNanos > 0 && e.startedNanos > 0 ? (e.firstByteNanos - e.startedNanos) / 1_000_000 : null;
-            String requestBody = store.historyBodies() && ctx.method() == io.javalin.http.HandlerType.POST ? Redact.secrets(new String(Optional.ofNullable(e.requestBody).orElse(new byte[0]), UTF_8)) : null;
-            String responseBody = store.historyBodies() ? Redact.secrets(e.responseBody) : null;
-            store.saveHistory(new HistoryRow(null, System.currentTimeMillis() - millis, api(ctx.path()), ctx.method().name(), ctx.path(),
-                e.requestedModel, e.upstreamModel, e.background != null ? BACKGROUND_ROUTE : e.route, status, failed ? Optional.ofNullable(e.errorType).orElse(e.failedInStream ? "stream_error" : "error") : null,
-                failed ? Redact.secrets(Optional.ofNullable(e.error).orElse(e.note)) : null, firstByte, millis, known(e.inputTokens), known(e.outputTokens),
-                known(e.cachedTokens), ctx.header("user-agent"), e.charge == null ? null : e.charge.initiator().wire(),
-                e.charge == null ? null : e.charge.units(), requestBody, responseBody,
-                e.cost == null ? null : e.cost.map(Cost.Figure::credits).orElse(null),
-                e.cost == null ? null : e.cost.map(Cost.Figure::estimated).orElse(null)));
+            private ClientProbe(org.eclipse.jetty.io.EndPoint endPoint) {
+                this.endPoint = endPoint;
+            }
+
+            static ClientProbe of(Context ctx) {
+                ClientProbe p = ctx.attribute(KEY);
+                if (p == null) {
+                    var core = org.eclipse.jetty.ee10.servlet.ServletContextRequest.getServletContextRequest(ctx.req());
+                    p = new ClientProbe(core == null ? null : core.getConnectionMetaData().getConnection().getEndPoint());
+                    ctx.attribute(KEY, p);
+                }
+                return p;
+            }
+
+            synchronized boolean closed() {
+                org.eclipse.jetty.io.EndPoint e = endPoint;
+                if (closed || e == null) return closed;
+                try {
+                    int read = e.fill(org.eclipse.jetty.util.BufferUtil.allocate(1));
+                    if (read > 0) {
+                        ate = true;
+                        endPoint = null;
+                    }
+                    closed = read < 0;
+                } catch (IOException ex) {
+                    closed = true;
+                }
+                return closed;
+            }
+
+            boolean ateAByte() {
+                return ate;
+            }
+
+            /** No probe from now on (one running now has finished when this returns). */
+            synchronized void stop() {
+                endPoint = null;
+            }
         }
+    }
 
-        private static Long known(long tokens) {
-            return tokens >= 0 ? tokens : null;
-        }
+    // ==== 3.5 Error shapes: each API's error bodies, Copilot's error hints ====
 
-        /** Which API a path belongs to. */
-        static String api(String path) {
-            String p = path.startsWith("/v1/") ? path.substring(3) : path;
-            if (path.startsWith("/v1beta/") || (p.startsWith("/models/") && p.contains(":"))) return "gemini";
-            if (p.startsWith("/chat/completions")) return "openai.chat";
-            if (p.startsWith("/responses")) return "openai.responses";
-            if (p.startsWith("/embeddings")) return "openai.embeddings";
-            if (p.startsWith("/models")) return "openai.models";
-            if (p.startsWith("/messages")) return "anthropic.messages";
-            return "copilot-api";
-        }
+    /** Failures as each caller's API writes them. */
+    static final class ErrorShapes {
+        private ErrorShapes() {}
 
-        static final int SUMMARY_DAYS = 7;
-        /** The summary names the busiest models up to this many, and this many of the latest failures. */
-        static final int SUMMARY_MODELS = 50;
-        static final int SUMMARY_FAILURES = 10;
+        /** Error shapes: one writer per API surface, chosen by the path. */
+        static final class Errors {
+            static final String WRITTEN = "copilot-api.error-written";
 
-        /** How many requests took how long, by nearest rank; null percentiles when there were none. */
-        record Latency(long requests, Long p50, Long p95) {
-            static final Latency NONE = new Latency(0, null, null);
+            enum Shape { OPENAI, ANTHROPIC, GEMINI }
 
-            ObjectNode json() {
-                ObjectNode o = Json.object().put("requests", requests);
-                o.put("p50_ms", p50);
-                o.put("p95_ms", p95);
+            static Shape shapeFor(Context ctx) {
+                String path = ctx.path();
+                if (path.startsWith("/v1/messages") || path.startsWith("/messages")) return Shape.ANTHROPIC;
+                return GeminiRoutes.serves(ctx) ? Shape.GEMINI : Shape.OPENAI;
+            }
+
+            static void handle(Exception e, Context ctx) {
+                if (e instanceof ClientLeft gone) {
+                    Exchange.of(ctx).note(gone.getMessage());
+                    // nginx's "client closed request": in the history a request nobody was there to take is not a 200
+                    if (!ctx.res().isCommitted()) ctx.status(499);
+                    return;
+                }
+                ApiError error = toApiError(e);
+                boolean upstream = e instanceof UpstreamException || e instanceof UpstreamUnreachable || e instanceof UserFacingException;
+                Exchange.of(ctx).error(error.getMessage(), upstream || error.status() >= 500).errorType = error.type();
+                SseWriter stream = SseWriter.existing(ctx);
+                if (stream != null) {
+                    writeStreamError(ctx, stream, error);
+                } else if (ctx.res().isCommitted()) {
+                    Logs.log().warn("{} {} failed after the response started: {}", ctx.method(), ctx.path(), error.getMessage());
+                } else {
+                    write(ctx, error);
+                }
+            }
+
+            /** A stream committed early (Copilot was slow) whose call then failed: the API's error event, then the end. */
+            static void writeStreamError(Context ctx, SseWriter out, ApiError e) {
+                String message = "HTTP " + e.status() + ": " + e.getMessage();
+                Exchange.of(ctx).failed("failed before Copilot's first byte: HTTP " + e.status());
+                try {
+                    Shape shape = shapeFor(ctx);
+                    if (shape == Shape.ANTHROPIC) out.event("error", AnthropicEvents.error(anthropicTypeFor(e.status()), message));
+                    else if (shape == Shape.GEMINI) out.data(googleBody(e));
+                    else if (ctx.path().endsWith(ResponsesRoutes.RESPONSES)) out.event("error", responsesStreamError(message, 0));
+                    else out.data(openAiBody(new ApiError(e.status(), e.type(), message, e.param(), e.code())));
+                } catch (SseWriter.ClientGone gone) {
+                    Exchange.of(ctx).note("client disconnected");
+                }
+            }
+
+            /** The Responses API's error event. */
+            static ObjectNode responsesStreamError(String message, long sequence) {
+                ObjectNode error = Json.object();
+                error.put("type", "error");
+                error.put("code", "upstream_stream_error");
+                error.put("message", message);
+                error.putNull("param");
+                error.put("sequence_number", sequence);
+                return error;
+            }
+
+            static ApiError toApiError(Throwable e) {
+                if (e instanceof ApiError a) return a;
+                if (e instanceof UpstreamException u) return fromUpstream(u);
+                if (e instanceof UpstreamTimeout u) return new ApiError(504, "api_error", u.getMessage());
+                if (e instanceof UpstreamUnreachable u) return new ApiError(502, "api_error", u.getMessage());
+                if (e instanceof StoreFailing f) return new ApiError(503, "api_error", f.getMessage());
+                if (e instanceof UserFacingException u) return new ApiError(502, "api_error", u.getMessage());
+                Logs.log().error("unexpected failure", e);
+                return new ApiError(500, "api_error", "Internal error in copilot-api: " + describe(e));
+            }
+
+            /**
+             * Keeps the upstream status, wording, code and retry-after, and adds what the error means for the user.
+             * A 401 that survived the token refresh is Copilot refusing copilot-api, not the client's key: a 502, so
+             * that no SDK reports "your API key is wrong".
+             */
+            static ApiError fromUpstream(UpstreamException u) {
+                Optional<JsonNode> json = Json.tryParse(u.body());
+                String message = json.map(j -> upstreamMessage(j, u.status())).orElseGet(() ->
+                    u.body().isBlank() ? "Copilot answered HTTP " + u.status() : Redact.shorten(u.body().strip()));
+                JsonNode err = json.map(j -> j.path("error")).orElse(Json.object());
+                String code = err.path("code").isTextual() ? err.path("code").asText() : null;
+                String param = err.path("param").isTextual() ? err.path("param").asText() : null;
+                Optional<String> hint = CopilotHints.hint(u.status(), code, message);
+                if (hint.isPresent()) message = message + " (copilot-api: " + hint.get() + ")";
+                if (u.status() == 401) return new ApiError(502, "api_error", message, null, code != null ? code : "copilot_unauthorized");
+                String type = err.path("type").isTextual() ? err.path("type").asText() : typeFor(u.status());
+                ApiError a = new ApiError(u.status(), type, message, param, code);
+                Optional<String> retryAfter = u.retryAfter().isPresent() || u.status() != 429 ? u.retryAfter() : retryAfterIn(a.getMessage());
+                retryAfter.ifPresent(r -> a.headers().put("retry-after", r));
+                return a;
+            }
+
+            private static final Pattern RETRY_AFTER_TEXT = Pattern.compile("retry after (\\d+) seconds?", Pattern.CASE_INSENSITIVE);
+
+            /** The session and weekly limits put the wait only in their text: "... Please retry after 2733 seconds. (...)". */
+            static Optional<String> retryAfterIn(String message) {
+                java.util.regex.Matcher m = RETRY_AFTER_TEXT.matcher(message);
+                return m.find() ? Optional.of(m.group(1)) : Optional.empty();
+            }
+
+            static String upstreamMessage(JsonNode j, int status) {
+                JsonNode err = j.path("error");
+                if (err.isTextual()) return err.asText();
+                if (err.path("message").isTextual()) return err.path("message").asText();
+                if (j.path("message").isTextual()) return j.path("message").asText();
+                return "Copilot answered HTTP " + status + ": " + Redact.shorten(Json.write(j));
+            }
+
+            static String typeFor(int status) {
+                return switch (status) {
+                    case 400, 413, 422 -> "invalid_request_error";
+                    case 401 -> "authentication_error";
+                    case 402, 403 -> "permission_error";
+                    case 404 -> "not_found_error";
+                    case 429 -> "rate_limit_error";
+                    default -> "api_error";
+                };
+            }
+
+            static String anthropicTypeFor(int status) {
+                return switch (status) {
+                    case 400, 415, 422 -> "invalid_request_error";
+                    case 401 -> "authentication_error";
+                    case 402, 403 -> "permission_error";
+                    case 404 -> "not_found_error";
+                    case 413 -> "request_too_large";
+                    case 429 -> "rate_limit_error";
+                    case 529, 503 -> "overloaded_error";
+                    case 504 -> "timeout_error";
+                    default -> "api_error";
+                };
+            }
+
+            static void write(Context ctx, ApiError e) {
+                ctx.attribute(WRITTEN, true);
+                ctx.status(e.status());
+                e.headers().forEach(ctx::header);
+                ObjectNode body = switch (shapeFor(ctx)) {
+                    case ANTHROPIC -> anthropicBody(e);
+                    case GEMINI -> googleBody(e);
+                    case OPENAI -> openAiBody(e);
+                };
+                ctx.contentType("application/json").result(Json.write(body));
+            }
+
+            static ObjectNode googleBody(ApiError e) {
+                return GoogleErrors.body(e.status(), e.getMessage(), e.headers().get("retry-after"));
+            }
+
+            static ObjectNode openAiBody(ApiError e) {
+                ObjectNode o = Json.object();
+                ObjectNode err = o.putObject("error");
+                err.put("message", e.getMessage());
+                err.put("type", e.type());
+                err.put("param", e.param());
+                err.put("code", e.code());
                 return o;
             }
-        }
 
-        record Day(String day, long requests, long errors, double credits) {
-        }
-
-        record ModelWeek(String model, Latency latency, long errors, long inputTokens, long outputTokens, long cachedTokens, double credits) {
-        }
-
-        /** The dashboard's week, as {@link Store.Db#summary} counts it. */
-        record Summary(Latency all, List<Day> days, List<ModelWeek> models, List<HistoryRow> recentErrors) {
-            static final Summary NONE = new Summary(Latency.NONE, List.of(), List.of(), List.of());
-        }
-
-        /**
-         * GET /history/summary, for the dashboard: the last week's requests per day and per model with p50/p95
-         * latency, the latest failures, the store's and the Copilot token's state. A store that cannot be read
-         * answers {@code available: false} beside its state, so that the page still says why.
-         */
-        static void summary(Context ctx, Store store, CopilotClient copilot) {
-            ObjectNode out = Json.object();
-            out.set("store", store.status());
-            out.set("copilot_token", tokenState(copilot));
-            long since = Instant.now().minus(Duration.ofDays(SUMMARY_DAYS)).toEpochMilli();
-            Optional<Summary> week;
-            try {
-                week = store.historySummary(since);
-            } catch (StoreFailing e) {
-                week = Optional.empty();
+            static ObjectNode anthropicBody(ApiError e) {
+                ObjectNode o = Json.object();
+                o.put("type", "error");
+                ObjectNode err = o.putObject("error");
+                err.put("type", anthropicTypeFor(e.status()));
+                err.put("message", e.getMessage());
+                return o;
             }
-            out.put("days", SUMMARY_DAYS);
-            out.put("available", week.isPresent());
-            Summary s = week.orElse(Summary.NONE);
-            out.set("latency", s.all().json());
-            ArrayNode days = out.putArray("per_day");
-            for (Day d : s.days()) {
-                days.addObject().put("day", d.day()).put("requests", d.requests()).put("errors", d.errors()).put("credits", d.credits());
+
+            static ObjectNode openAiStreamError(String message) {
+                return openAiBody(new ApiError(502, "api_error", message));
             }
-            ArrayNode models = out.putArray("per_model");
-            for (ModelWeek m : s.models()) {
-                models.add(m.latency().json().put("model", m.model()).put("errors", m.errors()).put("input_tokens", m.inputTokens())
-                    .put("output_tokens", m.outputTokens()).put("cached_tokens", m.cachedTokens()).put("credits", m.credits()));
-            }
-            ArrayNode errors = out.putArray("recent_errors");
-            for (HistoryRow r : s.recentErrors()) errors.add(r.json());
-            Requests.writeJson(ctx, out);
         }
 
-        /** The Copilot token's state, never the token. */
-        static ObjectNode tokenState(CopilotClient copilot) {
-            ObjectNode o = Json.object();
-            try {
-                CopilotToken t = copilot.tokens().current();
-                long now = Instant.now().getEpochSecond();
-                o.put("state", t.expiresAt() > now ? "valid" : "expired");
-                o.put("expires_at", Instant.ofEpochSecond(t.expiresAt()).toString());
-                o.put("expires_in_seconds", t.expiresAt() - now);
-                o.put("api", Http.shown(copilot.baseUrl()));
-            } catch (RuntimeException e) {
-                o.put("state", "unavailable");
-                o.put("error", Redact.shorten(describe(e)));
-            }
-            return o;
-        }
-
-        static void list(Context ctx, Store store) {
-            if (!store.enabled()) throw new ApiError(404, "not_found_error", "copilot-api runs with --no-store and keeps no history");
-            Query q = Query.from(ctx);
-            List<HistoryRow> rows = store.history(q).orElseThrow(() -> new ApiError(503, "api_error",
-                "the store cannot be read; see /stats for its error"));
-            boolean more = rows.size() > q.limit();
-            ObjectNode out = Json.object().put("object", "list");
-            ArrayNode data = out.putArray("data");
-            for (HistoryRow r : rows.subList(0, Math.min(rows.size(), q.limit()))) data.add(r.json());
-            out.put("has_more", more);
-            if (more) out.put("next_before", rows.get(q.limit() - 1).id());
-            else out.putNull("next_before");
-            Requests.writeJson(ctx, out);
-        }
-    }
-
-    /**
-     * A per-request machine from upstream items to the client's frames. The relay loop is the same for every
-     * route; what an item means (finish, usage, errors, keep-alives) is the machine's business.
-     */
-    interface StreamMachine {
-        /** Frames to send before the first upstream item. */
-        default List<Frame> start() {
-            return List.of();
-        }
-
-        List<Frame> onChunk(EventSource.Chunk chunk);
-
-        /** The upstream ended: [DONE] (doneSeen) or the end of its body. */
-        List<Frame> onEnd(boolean doneSeen);
-
-        /** The upstream broke, went silent, the client left, or the proxy ended the stream. */
-        List<Frame> onBroken(String message);
-
-        boolean done();
-
-        /** What keeps a silent stream alive: the API's ping, or a comment. */
-        default Frame keepAlive() {
-            return Frame.comment("keep-alive");
-        }
-    }
-
-    /**
-     * The one relay loop: items in, frames out as soon as the machine gives them, one flush per burst (when no
-     * further item is waiting), nothing after the end, and the upstream cancelled when the client goes away.
-     */
-    static final class Relay {
-        static void run(Context ctx, EventSource events, StreamMachine machine) {
-            Exchange exchange = Exchange.of(ctx);
-            SseWriter out = SseWriter.open(ctx);
-            events.attach(out, machine::keepAlive);
-            try {
-                write(out, machine.start(), exchange);
-                out.flush();
-                while (!machine.done()) {
-                    EventSource.Item item = events.next();
-                    if (item instanceof EventSource.Chunk c) write(out, machine.onChunk(c), exchange);
-                    else if (item instanceof EventSource.End e) write(out, machine.onEnd(e.doneSeen()), exchange);
-                    else if (item instanceof EventSource.Broken b) {
-                        if (b.cause() instanceof ClientDisconnected) throw new SseWriter.ClientGone(b.cause());
-                        write(out, machine.onBroken(brokenMessage(b.cause())), exchange);
-                        if (b.cause() instanceof EndedByProxy) exchange.failed("ended: " + b.cause().getMessage());
-                    }
-                    if (machine.done() || !events.ready()) out.flush();
+        /** What Copilot's errors mean for the person at the keyboard, and the one thing to do about each. */
+        static final class CopilotHints {
+            static Optional<String> hint(int status, String code, String message) {
+                String m = message == null ? "" : message.toLowerCase(Locale.ROOT);
+                if (status == 466) {
+                    return Optional.of("Copilot finds the editor version copilot-api sends too old; set COPILOT_API_COPILOT_CHAT_VERSION "
+                        + "(and COPILOT_API_VSCODE_VERSION) to current Copilot Chat and VS Code versions");
                 }
-            } catch (SseWriter.ClientGone gone) {
-                exchange.note("client disconnected; upstream request cancelled");
-            } finally {
-                // before the connection can carry the client's next request, which a probe must not read
-                out.stopWatching();
-            }
-        }
-
-        /**
-         * A whole answer (given as the stream it is equivalent to) through the machine its stream would use: the
-         * same events and the same records, collected for a fold instead of written to the client.
-         */
-        static List<Frame> fold(EventSource events, StreamMachine machine) {
-            List<Frame> out = new ArrayList<>(machine.start());
-            while (!machine.done()) {
-                EventSource.Item item = events.next();
-                if (item instanceof EventSource.Chunk c) out.addAll(machine.onChunk(c));
-                else if (item instanceof EventSource.End e) out.addAll(machine.onEnd(e.doneSeen()));
-                else if (item instanceof EventSource.Broken b) out.addAll(machine.onBroken(brokenMessage(b.cause())));
-            }
-            return out;
-        }
-
-        private static void write(SseWriter out, List<Frame> frames, Exchange exchange) {
-            if (!frames.isEmpty()) exchange.firstByte();
-            for (Frame f : frames) {
-                if (f.failure() != null) exchange.failed(f.failure());
-                out.write(f);
-            }
-        }
-
-        /** What the client is told when the upstream stream failed, or the proxy ended it. */
-        static String brokenMessage(IOException failure) {
-            if (failure instanceof EndedByProxy) return failure.getMessage();
-            return "The Copilot stream broke: " + Http.brief(failure);
-        }
-    }
-
-    /** The chat-chunk vocabulary every consumer of a chat stream shares: errors, finishes, usage, tool-call keys. */
-    static final class ChatChunks {
-        /** The error a chunk carries ({"error": "text"} or {"error": {"message": ...}}), if it is one. */
-        static Optional<String> error(JsonNode chunk) {
-            if (!chunk.has("error") || chunk.get("error").isNull()) return Optional.empty();
-            return Optional.of(Errors.upstreamMessage(chunk, 500));
-        }
-
-        /**
-         * A whole chat completion as the chunks it is equivalent to: per choice one chunk whose delta is its message
-         * (text parts joined, each tool call indexed by its place) with its logprobs and finish_reason; then one chunk
-         * with no choices for the usage and Copilot's cost figure, when the answer has them.
-         */
-        static List<ObjectNode> of(JsonNode completion) {
-            List<ObjectNode> chunks = new ArrayList<>();
-            int position = 0;
-            for (JsonNode choice : completion.path("choices")) {
-                ObjectNode chunk = envelope(completion);
-                ObjectNode c = chunk.putArray("choices").addObject();
-                c.put("index", choice.path("index").asInt(position++));
-                c.set("delta", delta(choice.path("message")));
-                if (choice.path("logprobs").isObject()) c.set("logprobs", choice.get("logprobs"));
-                if (choice.path("finish_reason").isTextual()) c.set("finish_reason", choice.get("finish_reason"));
-                else c.putNull("finish_reason");
-                chunks.add(chunk);
-            }
-            if (completion.has("usage") || completion.has("copilot_usage")) {
-                ObjectNode last = envelope(completion);
-                last.putArray("choices");
-                if (completion.has("usage")) last.set("usage", completion.get("usage"));
-                if (completion.has("copilot_usage")) last.set("copilot_usage", completion.get("copilot_usage"));
-                chunks.add(last);
-            }
-            return chunks;
-        }
-
-        /**
-         * Chat chunks folded into the completion they describe: per choice (by index) its deltas joined (text fields
-         * appended, tool calls by their index, other fields kept), its logprobs lists joined, its finish_reason; and
-         * the usage. An error chunk is the answer's failure: a 502.
-         */
-        static ObjectNode completion(List<Frame> frames) {
-            ObjectNode head = Json.object();
-            Map<Integer, ObjectNode> choices = new TreeMap<>();
-            Map<Integer, Map<Integer, ObjectNode>> calls = new HashMap<>();
-            JsonNode usage = null;
-            JsonNode copilotUsage = null;
-            for (Frame f : frames) {
-                JsonNode chunk = f.json();
-                if (chunk == null) continue;
-                Optional<String> error = error(chunk);
-                if (error.isPresent()) throw new ApiError(502, "api_error", error.get());
-                for (String field : List.of("id", "created", "model", "system_fingerprint")) {
-                    if (!head.has(field) && chunk.hasNonNull(field)) head.set(field, chunk.get(field));
+                if (status == 421) {
+                    return Optional.of("this account's Copilot API is on another host; start with the right --account-type "
+                        + "(individual, business, enterprise) or set COPILOT_API_COPILOT_URL");
                 }
-                if (chunk.path("usage").isObject()) usage = chunk.get("usage");
-                if (chunk.path("copilot_usage").isObject()) copilotUsage = chunk.get("copilot_usage");
-                for (JsonNode c : chunk.path("choices")) {
-                    int index = c.path("index").asInt(0);
-                    ObjectNode choice = choices.computeIfAbsent(index, i -> emptyChoice(i));
-                    ObjectNode message = (ObjectNode) choice.get("message");
-                    c.path("delta").properties().forEach(d -> join(message, d.getKey(), d.getValue(), calls.computeIfAbsent(index, i -> new TreeMap<>())));
-                    if (c.path("logprobs").isObject()) choice.set("logprobs", joinLogprobs(choice.get("logprobs"), c.get("logprobs")));
-                    if (c.path("finish_reason").isTextual()) choice.set("finish_reason", c.get("finish_reason"));
+                if (status == 402 || "quota_exceeded".equals(code)) {
+                    return Optional.of("the Copilot quota is used up until it resets (copilot-api check-usage shows the date); "
+                        + "models included in the plan may still work");
                 }
-            }
-            ObjectNode out = Json.object();
-            out.put("id", head.path("id").asText(""));
-            out.put("object", "chat.completion");
-            out.put("created", head.path("created").asLong(0));
-            out.put("model", head.path("model").asText(""));
-            if (head.has("system_fingerprint")) out.set("system_fingerprint", head.get("system_fingerprint"));
-            ArrayNode list = out.putArray("choices");
-            choices.forEach((index, choice) -> {
-                Map<Integer, ObjectNode> toolCalls = calls.getOrDefault(index, Map.of());
-                if (!toolCalls.isEmpty()) ((ObjectNode) choice.get("message")).putArray("tool_calls").addAll(toolCalls.values());
-                list.add(choice);
-            });
-            if (usage != null) out.set("usage", usage);
-            if (copilotUsage != null) out.set("copilot_usage", copilotUsage);
-            return out;
-        }
-
-        private static ObjectNode emptyChoice(int index) {
-            ObjectNode choice = Json.object();
-            choice.put("index", index);
-            ObjectNode message = choice.putObject("message");
-            message.put("role", "assistant");
-            message.putNull("content");
-            message.putNull("refusal");
-            choice.putNull("logprobs");
-            choice.putNull("finish_reason");
-            return choice;
-        }
-
-        /** One delta field into the message: text appended, tool-call fragments joined by index, anything else kept. */
-        private static void join(ObjectNode message, String field, JsonNode value, Map<Integer, ObjectNode> calls) {
-            if (field.equals("role") || value.isNull()) return;
-            if (field.equals("tool_calls")) {
-                for (JsonNode fragment : value) {
-                    ObjectNode call = calls.computeIfAbsent(fragment.path("index").asInt(calls.size()), i -> Json.object());
-                    fragment.properties().forEach(f -> {
-                        if (f.getKey().equals("function")) {
-                            ObjectNode fn = call.withObjectProperty("function");
-                            f.getValue().properties().forEach(g -> join(fn, g.getKey(), g.getValue(), Map.of()));
-                        } else if (!f.getKey().equals("index")) {
-                            call.set(f.getKey(), f.getValue());
-                        }
-                    });
+                if (status == 401) {
+                    return Optional.of("Copilot refused copilot-api's Copilot token even after a refresh; check that this GitHub account "
+                        + "still has Copilot (copilot-api check-usage)");
                 }
-            } else if (value.isTextual()) {
-                message.put(field, message.path(field).asText("") + value.asText());
-            } else {
-                message.set(field, value);
-            }
-        }
-
-        /** The log probabilities of several chunks (or split choices), joined in order: each list concatenated. */
-        private static JsonNode joinLogprobs(JsonNode sofar, JsonNode next) {
-            if (!sofar.isObject()) return next.deepCopy();
-            ObjectNode joined = (ObjectNode) sofar;
-            next.properties().forEach(f -> {
-                if (f.getValue().isArray() && joined.path(f.getKey()).isArray()) ((ArrayNode) joined.get(f.getKey())).addAll((ArrayNode) f.getValue());
-                else if (!joined.hasNonNull(f.getKey())) joined.set(f.getKey(), f.getValue().deepCopy());
-            });
-            return joined;
-        }
-
-        private static ObjectNode envelope(JsonNode completion) {
-            ObjectNode chunk = Json.object();
-            for (String field : List.of("id", "created", "model")) if (completion.has(field)) chunk.set(field, completion.get(field));
-            chunk.put("object", "chat.completion.chunk");
-            return chunk;
-        }
-
-        /** A message as one delta: its fields but nulls, text parts joined, tool calls indexed by their place. */
-        private static ObjectNode delta(JsonNode message) {
-            ObjectNode delta = Json.object();
-            message.properties().forEach(f -> {
-                if (!f.getValue().isNull() && !f.getKey().equals("tool_calls")) delta.set(f.getKey(), f.getValue());
-            });
-            if (message.path("content").isArray()) {
-                StringBuilder text = new StringBuilder();
-                for (JsonNode part : message.get("content")) if (part.path("type").asText("").equals("text")) text.append(part.path("text").asText(""));
-                delta.put("content", text.toString());
-            }
-            ArrayNode calls = Json.array();
-            for (JsonNode call : message.path("tool_calls")) {
-                ObjectNode tc = calls.addObject();
-                tc.put("index", call.path("index").isIntegralNumber() ? call.get("index").asInt() : calls.size() - 1);
-                call.properties().forEach(f -> {
-                    if (!f.getKey().equals("index")) tc.set(f.getKey(), f.getValue());
-                });
-            }
-            if (!calls.isEmpty()) delta.set("tool_calls", calls);
-            return delta;
-        }
-
-        /** True when any choice of the chunk carries a finish_reason. */
-        static boolean finishes(JsonNode chunk) {
-            for (JsonNode c : chunk.path("choices")) if (c.path("finish_reason").isTextual()) return true;
-            return false;
-        }
-
-        /**
-         * Keys tool-call fragments the same way for every consumer. A fragment names its call by index, or by
-         * id, or by neither (then it continues the choice's last call). A call that began without a usable index
-         * (absent or null) adopts the first index a later fragment of it carries.
-         */
-        static final class ToolKeys {
-            private final Map<String, String> byIndex = new HashMap<>();
-            private final Map<String, String> byId = new HashMap<>();
-            private final Map<Integer, String> last = new HashMap<>();
-            private final Set<String> indexed = new java.util.HashSet<>();
-            private int calls;
-
-            String key(int choice, JsonNode fragment) {
-                Integer index = fragment.path("index").isIntegralNumber() ? fragment.path("index").asInt() : null;
-                String id = fragment.path("id").asText("");
-                String key = index != null ? byIndex.get(choice + ":" + index) : null;
-                if (key == null && !id.isEmpty()) key = byId.get(choice + ":" + id);
-                if (key == null && id.isEmpty()) {
-                    String previous = last.get(choice);
-                    if (index == null || (previous != null && !indexed.contains(previous))) key = previous;
+                if ("model_not_supported".equals(code) || m.contains("model is not supported")) {
+                    return Optional.of("this model is not enabled for the account; enable it in GitHub's Copilot settings or pick one "
+                        + "from GET /v1/models");
                 }
-                if (key == null) key = choice + "#" + calls++;
-                if (index != null && indexed.add(key)) byIndex.putIfAbsent(choice + ":" + index, key);
-                if (!id.isEmpty()) byId.putIfAbsent(choice + ":" + id, key);
-                last.put(choice, key);
-                return key;
-            }
-        }
-    }
-
-    /** Chat chunks to an OpenAI chat client: normalised, and a chunk no rule changes goes out as Copilot's own text. */
-    static final class ChatRelay implements StreamMachine {
-        private final ChatStreamNormalizer normalizer;
-        private final Exchange exchange;
-        private boolean done;
-
-        private final SubagentPrompts.ToolCallReader reader;
-
-        ChatRelay(ChatStreamNormalizer normalizer, Exchange exchange, SubagentPrompts.ToolCallReader reader) {
-            this.normalizer = normalizer;
-            this.exchange = exchange;
-            this.reader = reader;
-        }
-
-        @Override
-        public List<Frame> onChunk(EventSource.Chunk chunk) {
-            Optional<JsonNode> json = chunk.json();
-            if (json.isEmpty()) {
-                Logs.log().warn("skipping an unreadable chunk from Copilot: {}", Redact.shorten(chunk.data()));
-                return List.of();
-            }
-            Requests.logBody("chat chunk", json.get());
-            exchange.copilotUsage(json.get());
-            Optional<String> error = ChatChunks.error(json.get());
-            if (error.isPresent()) return end(Frame.data(Errors.openAiStreamError(error.get()), "upstream error in stream"));
-            List<ObjectNode> out = normalizer.onChunk(json.get());
-            out.forEach(reader::chatChunk);
-            if (out.size() == 1 && out.get(0).equals(json.get())) return List.of(Frame.raw(chunk));
-            List<Frame> frames = new ArrayList<>(out.size());
-            for (ObjectNode c : out) frames.add(Frame.data(c, null));
-            return frames;
-        }
-
-        @Override
-        public List<Frame> onEnd(boolean doneSeen) {
-            exchange.chatUsage(normalizer.usage());
-            if (!doneSeen && !normalizer.finished()) {
-                return end(Frame.data(Errors.openAiStreamError("The Copilot stream ended before the answer was complete"), "upstream stream cut"));
-            }
-            List<Frame> frames = new ArrayList<>();
-            for (ObjectNode c : normalizer.finish()) {
-                reader.chatChunk(c);
-                frames.add(Frame.data(c, null));
-            }
-            reader.chatEnd();
-            frames.add(Frame.DONE);
-            done = true;
-            return frames;
-        }
-
-        @Override
-        public List<Frame> onBroken(String message) {
-            exchange.chatUsage(normalizer.usage());
-            return end(Frame.data(Errors.openAiStreamError(message), "upstream stream broke"));
-        }
-
-        private List<Frame> end(Frame last) {
-            done = true;
-            return List.of(last);
-        }
-
-        @Override
-        public boolean done() {
-            return done;
-        }
-    }
-
-    /**
-     * Copilot's own named events passed on as they came (the native Messages and Responses routes): only the
-     * events the route looks at are parsed (and written again if it changed them); the rest go out as Copilot's text.
-     */
-    static final class NativeRelay implements StreamMachine {
-        /** What a route looks at on the way: it may change the event; the error event and the keep-alive are the API's. */
-        interface Api {
-            Set<String> inspected();
-
-            void inspect(String name, ObjectNode data);
-
-            /** True for an inspected event the client is not to see. */
-            default boolean drops(String name, ObjectNode data) {
-                return false;
-            }
-
-            Set<String> terminal();
-
-            ObjectNode error(String message, long sequence);
-
-            Frame keepAlive();
-        }
-
-        private final Api api;
-        private long sequence = -1;
-        private boolean done;
-
-        NativeRelay(Api api) {
-            this.api = api;
-        }
-
-        @Override
-        public List<Frame> onChunk(EventSource.Chunk chunk) {
-            String name = chunk.event();
-            if (name == null || api.inspected().contains(name)) {
-                Optional<JsonNode> json = chunk.json();
-                if (json.isEmpty() || !json.get().isObject()) return List.of();
-                ObjectNode data = (ObjectNode) json.get();
-                if (name == null) name = data.path("type").asText("");
-                sequence = data.path("sequence_number").asLong(sequence + 1);
-                api.inspect(name, data);
-                done = api.terminal().contains(name);
-                return api.drops(name, data) ? List.of() : List.of(new NamedEvent(name, data));
-            }
-            sequence++;
-            done = api.terminal().contains(name);
-            return List.of(Frame.raw(chunk));
-        }
-
-        @Override
-        public List<Frame> onEnd(boolean doneSeen) {
-            return onBroken("The Copilot stream ended before the answer was complete");
-        }
-
-        @Override
-        public List<Frame> onBroken(String message) {
-            done = true;
-            return List.of(new NamedEvent("error", api.error(message, sequence + 1)));
-        }
-
-        @Override
-        public boolean done() {
-            return done;
-        }
-
-        @Override
-        public Frame keepAlive() {
-            return api.keepAlive();
-        }
-    }
-
-    /** Chat chunks to another API through a translation machine; the chat vocabulary is read here, once. */
-    static final class TranslatedRelay implements StreamMachine {
-        /** A state machine from chat chunks to another API's events. */
-        interface Translation {
-            List<NamedEvent> start();
-
-            List<NamedEvent> onChunk(JsonNode chunk);
-
-            /** The upstream ended: [DONE], or the end of the body after a finish_reason. */
-            List<NamedEvent> finish();
-
-            List<NamedEvent> fail(String message);
-
-            boolean done();
-
-            /** The event that keeps a silent stream alive, or null for an SSE comment. */
-            NamedEvent keepAlive();
-
-            /** How an event is written: named (event: and data: lines) unless the API wants data lines only. */
-            default Frame frame(NamedEvent e) {
-                return e;
-            }
-        }
-
-        private final Translation machine;
-        private final Exchange exchange;
-        private final java.util.function.BiConsumer<String, JsonNode> observer;
-        private boolean finishSeen;
-
-        /** Every event the machine gives is also shown to the observer (name and data), on its way out. */
-        TranslatedRelay(Translation machine, Exchange exchange, java.util.function.BiConsumer<String, JsonNode> observer) {
-            this.machine = machine;
-            this.exchange = exchange;
-            this.observer = observer;
-        }
-
-        @Override
-        public List<Frame> start() {
-            return frames(machine.start());
-        }
-
-        @Override
-        public List<Frame> onChunk(EventSource.Chunk chunk) {
-            Optional<JsonNode> json = chunk.json();
-            if (json.isEmpty()) return List.of();
-            Requests.logBody("chat chunk", json.get());
-            exchange.copilotUsage(json.get());
-            Optional<String> error = ChatChunks.error(json.get());
-            if (error.isPresent()) return frames(machine.fail(error.get()));
-            exchange.chatUsage(json.get().path("usage"));
-            finishSeen |= ChatChunks.finishes(json.get());
-            return frames(machine.onChunk(json.get()));
-        }
-
-        @Override
-        public List<Frame> onEnd(boolean doneSeen) {
-            return frames(doneSeen || finishSeen ? machine.finish() : machine.fail("The Copilot stream ended before the answer was complete"));
-        }
-
-        @Override
-        public List<Frame> onBroken(String message) {
-            return frames(machine.fail(message));
-        }
-
-        @Override
-        public boolean done() {
-            return machine.done();
-        }
-
-        @Override
-        public Frame keepAlive() {
-            NamedEvent e = machine.keepAlive();
-            return e != null ? e : Frame.comment("keep-alive");
-        }
-
-        private List<Frame> frames(List<NamedEvent> events) {
-            List<Frame> frames = new ArrayList<>(events.size());
-            for (NamedEvent e : events) {
-                observer.accept(e.name(), e.data());
-                frames.add(machine.frame(e));
-            }
-            return frames;
-        }
-    }
-
-    /** Reading and checking request bodies; every failure here is a 400 before any upstream call. */
-    static final class Requests {
-        /** Every POST route takes JSON: a form or text/plain body is what a web page can send without asking. */
-        static void checkBody(Context ctx) {
-            if (ctx.method() != io.javalin.http.HandlerType.POST) return;
-            String type = Optional.ofNullable(ctx.header("content-type")).orElse("");
-            String media = type.split(";", 2)[0].trim().toLowerCase(Locale.ROOT);
-            if (!media.equals("application/json")) {
-                throw new ApiError(415, "invalid_request_error", "The request body must be JSON sent with Content-Type: application/json"
-                    + (media.isEmpty() ? "" : ", not " + media), null, "unsupported_media_type");
-            }
-            long length = ctx.req().getContentLengthLong();
-            if (length > Server.MAX_REQUEST_BYTES) throw tooLarge();
-        }
-
-        static ApiError tooLarge() {
-            return new ApiError(413, "invalid_request_error", "The request body is larger than copilot-api accepts ("
-                + Server.MAX_REQUEST_BYTES / (1024 * 1024) + " MB)", null, "request_too_large");
-        }
-
-        /** The body, read up to the limit whatever Content-Length said (a chunked body has none). */
-        static byte[] body(Context ctx) {
-            try (InputStream in = ctx.req().getInputStream()) {
-                byte[] raw = in.readNBytes((int) Server.MAX_REQUEST_BYTES + 1);
-                if (raw.length > Server.MAX_REQUEST_BYTES) throw tooLarge();
-                return raw;
-            } catch (IOException e) {
-                throw new ApiError(400, "invalid_request_error", "The request body could not be read: " + describe(e));
-            }
-        }
-
-        /** The request body as the client sent it (after jsonObject read it), for splicing into the upstream body. */
-        static byte[] raw(Context ctx) {
-            return Exchange.of(ctx).requestBody;
-        }
-
-        static ObjectNode jsonObject(Context ctx) {
-            byte[] raw = body(ctx);
-            Exchange.of(ctx).requestBody = raw;
-            if (raw.length == 0) throw new ApiError(400, "invalid_request_error", "The request body is empty; expected a JSON object");
-            JsonNode node;
-            try {
-                node = JSON.readTree(raw);
-            } catch (IOException e) {
-                throw new ApiError(400, "invalid_request_error", "The request body is not valid JSON: " + Json.shortError(e));
-            }
-            if (node == null || !node.isObject()) throw new ApiError(400, "invalid_request_error", "The request body must be a JSON object");
-            return (ObjectNode) node;
-        }
-
-        static String requireText(JsonNode body, String field) {
-            JsonNode v = body.get(field);
-            if (v == null || v.isNull()) throw new ApiError(400, "invalid_request_error", "Missing required parameter: '" + field + "'", field, null);
-            if (!v.isTextual() || v.asText().isBlank()) {
-                throw new ApiError(400, "invalid_request_error", "'" + field + "' must be a non-empty string", field, null);
-            }
-            return v.asText();
-        }
-
-        static JsonNode requireArray(JsonNode body, String field) {
-            JsonNode v = body.get(field);
-            if (v == null || v.isNull()) throw new ApiError(400, "invalid_request_error", "Missing required parameter: '" + field + "'", field, null);
-            if (!v.isArray() || v.isEmpty()) throw new ApiError(400, "invalid_request_error", "'" + field + "' must be a non-empty array", field, null);
-            return v;
-        }
-
-        static ApiError invalid(String field, String message) {
-            return new ApiError(400, "invalid_request_error", "'" + field + "' " + message, field, null);
-        }
-
-        /** The stream flag, which decides how the answer is read: true or false (or absent), never "yes". */
-        static boolean stream(JsonNode body) {
-            JsonNode v = body.get("stream");
-            if (v == null || v.isNull()) return false;
-            if (!v.isBoolean()) throw invalid("stream", "must be a boolean, true or false, got " + Redact.shorten(v.toString()));
-            return v.asBoolean();
-        }
-
-        static void optionalArray(JsonNode body, String field) {
-            JsonNode v = body.get(field);
-            if (v != null && !v.isNull() && !v.isArray()) throw invalid(field, "must be an array");
-        }
-
-        static void optionalObject(JsonNode body, String field) {
-            JsonNode v = body.get(field);
-            if (v != null && !v.isNull() && !v.isObject()) throw invalid(field, "must be an object");
-        }
-
-        static void optionalText(JsonNode body, String field) {
-            JsonNode v = body.get(field);
-            if (v != null && !v.isNull() && !v.isTextual()) throw invalid(field, "must be a string");
-        }
-
-        static void optionalPositiveInt(JsonNode body, String field) {
-            JsonNode v = body.get(field);
-            if (v != null && !v.isNull() && (!v.isIntegralNumber() || !v.canConvertToInt() || v.asInt() < 1)) {
-                throw invalid(field, "must be a positive integer");
-            }
-        }
-
-        /** Each entry an object with a string role, content of the given kinds; the path names the entry. */
-        static void messages(JsonNode messages, String field, boolean nullContent) {
-            for (int i = 0; i < messages.size(); i++) {
-                JsonNode m = messages.get(i);
-                String at = field + "[" + i + "]";
-                if (!m.isObject()) throw invalid(at, "must be an object");
-                JsonNode role = m.get("role");
-                if (role == null || !role.isTextual()) throw invalid(at + ".role", "must be a string");
-                JsonNode content = m.get("content");
-                boolean absent = content == null || content.isNull();
-                if (absent && nullContent) continue;
-                if (absent) throw invalid(at + ".content", "is required");
-                if (!content.isTextual() && !content.isArray()) throw invalid(at + ".content", "must be a string or an array of content parts");
-                if (content.isArray()) parts(content, at + ".content");
-            }
-        }
-
-        static void parts(JsonNode parts, String field) {
-            for (int j = 0; j < parts.size(); j++) {
-                JsonNode part = parts.get(j);
-                if (!part.isObject() || !part.path("type").isTextual()) throw invalid(field + "[" + j + "]", "must be an object with a string type");
-            }
-        }
-
-        static void tools(JsonNode body) {
-            optionalArray(body, "tools");
-            JsonNode tools = body.path("tools");
-            for (int i = 0; i < tools.size(); i++) if (!tools.get(i).isObject()) throw invalid("tools[" + i + "]", "must be an object");
-        }
-
-        /** The chat-completions fields copilot-api reads or rewrites. */
-        static void chat(JsonNode body) {
-            messages(body.get("messages"), "messages", true);
-            stream(body);
-            tools(body);
-            optionalObject(body, "stream_options");
-            optionalPositiveInt(body, "n");
-            optionalPositiveInt(body, "max_tokens");
-            optionalPositiveInt(body, "max_completion_tokens");
-            optionalText(body, "reasoning_effort");
-        }
-
-        /** The Anthropic Messages fields copilot-api reads or rewrites (count_tokens reads the same ones). */
-        static void anthropic(JsonNode body) {
-            messages(body.get("messages"), "messages", false);
-            stream(body);
-            tools(body);
-            JsonNode system = body.get("system");
-            if (system != null && !system.isNull() && !system.isTextual() && !system.isArray()) {
-                throw invalid("system", "must be a string or an array of text blocks");
-            }
-            if (system != null && system.isArray()) parts(system, "system");
-            optionalObject(body, "thinking");
-            optionalObject(body, "tool_choice");
-            optionalObject(body, "metadata");
-            optionalObject(body, "output_config");
-        }
-
-        /** The Responses fields copilot-api reads or rewrites. */
-        static void responses(JsonNode body) {
-            stream(body);
-            tools(body);
-            optionalText(body, "instructions");
-            optionalPositiveInt(body, "max_output_tokens");
-            optionalObject(body, "reasoning");
-            optionalObject(body, "text");
-            optionalArray(body, "include");
-            JsonNode input = body.path("input");
-            for (int i = 0; i < input.size() && input.isArray(); i++) {
-                if (!input.get(i).isObject()) throw invalid("input[" + i + "]", "must be an object (an input item)");
-            }
-        }
-
-        static void writeJson(Context ctx, JsonNode node) {
-            String text = Json.write(node);
-            Exchange.of(ctx).firstByte().responseBody = text;
-            ctx.contentType("application/json").result(text);
-        }
-
-        /** A whole-number query parameter within bounds (one too long for a long is out of them too). */
-        static long queryLong(Context ctx, String name, long min, long max) {
-            String v = ctx.queryParam(name);
-            try {
-                long n = Long.parseLong(v);
-                if (n >= min && n <= max) return n;
-            } catch (NumberFormatException e) {
-                // answered below
-            }
-            throw invalid(name, "must be an integer from " + min + " to " + max);
-        }
-
-        /** An integer query parameter within bounds; absent is the default. */
-        static int queryInt(Context ctx, String name, int fallback, int min, int max) {
-            String v = ctx.queryParam(name);
-            if (v == null) return fallback;
-            try {
-                int n = Integer.parseInt(v);
-                if (n >= min && n <= max) return n;
-            } catch (NumberFormatException e) {
-                // answered below
-            }
-            throw invalid(name, "must be an integer from " + min + " to " + max);
-        }
-
-        static void logBody(String what, JsonNode body) {
-            if (Logs.log().isDebugEnabled()) Logs.log().debug("{}: {}", what, Redact.secrets(Json.write(body)));
-        }
-    }
-
-    /** One thing to send a stream's client; each knows its own text. */
-    interface Frame {
-        String sse();
-
-        /** The request log's note when this frame ends the stream in failure, else null. */
-        default String failure() {
-            return null;
-        }
-
-        /** The event's name (null for a data-only event), for a fold that reads the frames instead of a client. */
-        default String name() {
-            return null;
-        }
-
-        /** The event's JSON, for a fold; null for a comment or [DONE]. */
-        default JsonNode json() {
-            return null;
-        }
-
-        Frame DONE = () -> "data: [DONE]\n\n";
-
-        static Frame comment(String text) {
-            return () -> ": " + text + "\n\n";
-        }
-
-        /** A data-only event (chat completions); failure names the request log's note when it is an error. */
-        static Frame data(JsonNode json, String failure) {
-            return new Frame() {
-                @Override
-                public String sse() {
-                    return "data: " + Json.write(json) + "\n\n";
+                if (m.contains("vision") && !m.contains("copilot-vision-request") && (status == 400 || status == 403)) {
+                    return Optional.of("images are turned off for this account or by its organisation's Copilot policy");
                 }
-
-                @Override
-                public String failure() {
-                    return failure;
+                if (status == 403) {
+                    return Optional.of("Copilot refused this request; the account or its organisation's policy may not allow this "
+                        + "model or feature");
                 }
-
-                @Override
-                public JsonNode json() {
-                    return json;
-                }
-            };
-        }
-
-        /** An upstream event passed on as its own text, without parsing or writing it again (a fold reads its JSON). */
-        static Frame raw(EventSource.Chunk chunk) {
-            return new Frame() {
-                @Override
-                public String sse() {
-                    String data = chunk.data();
-                    StringBuilder b = new StringBuilder(data.length() + 32);
-                    if (chunk.event() != null) b.append("event: ").append(chunk.event()).append('\n');
-                    for (String line : data.split("\n", -1)) b.append("data: ").append(line).append('\n');
-                    return b.append('\n').toString();
-                }
-
-                @Override
-                public String failure() {
-                    return "error".equals(chunk.event()) ? "upstream error in stream" : null;
-                }
-
-                @Override
-                public String name() {
-                    return chunk.event();
-                }
-
-                @Override
-                public JsonNode json() {
-                    return chunk.json().orElse(null);
-                }
-            };
-        }
-    }
-
-    /**
-     * Server-sent events to the client. The relay writes a burst and flushes once when nothing more is waiting;
-     * the heartbeat's keep-alives take the lock only when it is free, so they never wait behind a slow client.
-     */
-    static final class SseWriter {
-        /** The client went away; the caller stops and the upstream request is cancelled by closing it. */
-        static final class ClientGone extends RuntimeException {
-            ClientGone(IOException cause) {
-                super("client disconnected", cause, false, false);
-            }
-        }
-
-        static final String KEY = "copilot-api.sse-writer";
-
-        private final OutputStream out;
-        private final ClientProbe client;
-        private final java.util.concurrent.locks.ReentrantLock lock = new java.util.concurrent.locks.ReentrantLock();
-        private volatile long lastWrite = System.nanoTime();
-
-        private SseWriter(OutputStream out, ClientProbe client) {
-            this.out = out;
-            this.client = client;
-        }
-
-        /** The stream already opened for this request (committed early while Copilot was slow), or null. */
-        static SseWriter existing(Context ctx) {
-            return ctx.attribute(KEY);
-        }
-
-        /** Commits 200 and the event-stream headers, once per request. */
-        static SseWriter open(Context ctx) {
-            SseWriter opened = existing(ctx);
-            if (opened != null) return opened;
-            var res = ctx.res();
-            res.setStatus(200);
-            res.setContentType("text/event-stream; charset=utf-8");
-            res.setHeader("Cache-Control", "no-cache");
-            res.setHeader("X-Accel-Buffering", "no");
-            try {
-                SseWriter w = new SseWriter(res.getOutputStream(), ClientProbe.of(ctx));
-                ctx.attribute(KEY, w);
-                res.flushBuffer();
-                return w;
-            } catch (IOException e) {
-                throw new ClientGone(e);
-            }
-        }
-
-        long lastWrite() {
-            return lastWrite;
-        }
-
-        /** True once the client's connection has closed (looked at without writing to it). */
-        boolean clientLeft() {
-            return client.closed();
-        }
-
-        /** The stream is over: its connection is not looked at any more. */
-        void stopWatching() {
-            client.stop();
-        }
-
-        /** Writes without flushing; the relay flushes when no further event is waiting. */
-        void write(Frame frame) {
-            lock.lock();
-            try {
-                out.write(frame.sse().getBytes(UTF_8));
-                lastWrite = System.nanoTime();
-            } catch (IOException e) {
-                throw new ClientGone(e);
-            } finally {
-                lock.unlock();
-            }
-        }
-
-        void flush() {
-            lock.lock();
-            try {
-                out.flush();
-            } catch (IOException e) {
-                throw new ClientGone(e);
-            } finally {
-                lock.unlock();
-            }
-        }
-
-        /** A keep-alive from the heartbeat: skipped when the relay is writing (the stream is not silent); false when the client is gone. */
-        boolean tryWrite(Frame frame) {
-            if (!lock.tryLock()) return true;
-            try {
-                out.write(frame.sse().getBytes(UTF_8));
-                out.flush();
-                lastWrite = System.nanoTime();
-                return true;
-            } catch (IOException e) {
-                return false;
-            } finally {
-                lock.unlock();
-            }
-        }
-
-        void data(JsonNode json) {
-            send(Frame.data(json, null));
-        }
-
-        void event(String name, JsonNode json) {
-            send(new NamedEvent(name, (ObjectNode) json));
-        }
-
-        void comment(String text) {
-            send(Frame.comment(text));
-        }
-
-        /** Written and flushed at once. */
-        void send(Frame frame) {
-            write(frame);
-            flush();
-        }
-    }
-
-    /**
-     * Looks at the client while Copilot has not answered. Jetty notices a closed connection only when it reads
-     * or writes, and it does neither while a handler waits (tried: Request.addFailureListener does not fire, the
-     * EndPoint stays open), so the watch reads the connection itself: end of input means the client left. An
-     * HTTP/1.1 client waiting for its answer sends nothing more; a byte that does come (a pipelined request)
-     * cannot be put back, so the probe stops and the connection closes after this answer. A stream is committed
-     * after the early-commit delay (200, event-stream headers, a comment) and kept alive with comments; a
-     * failed write there is a client that left too.
-     */
-    static final class ClientWatch implements Watch {
-        private final Context ctx;
-        private final Duration earlyCommit;
-        private final Duration keepAlive;
-        /** Looked up at the first wait: most requests are admitted and answered without waiting, and need no probe. */
-        private ClientProbe client;
-        private long lastWrite;
-
-        ClientWatch(Context ctx, Duration earlyCommit, Duration keepAlive) {
-            this.ctx = ctx;
-            this.earlyCommit = earlyCommit;
-            this.keepAlive = keepAlive;
-        }
-
-        @Override
-        public boolean waiting(Duration waited, boolean stream) {
-            try {
-                if (clientClosed()) return gone();
-                if (stream && waited.compareTo(earlyCommit) >= 0) keepAlive();
-                return true;
-            } catch (SseWriter.ClientGone e) {
-                return gone();
-            }
-        }
-
-        private boolean gone() {
-            Exchange.of(ctx).note("client disconnected; upstream request cancelled");
-            return false;
-        }
-
-        private boolean clientClosed() {
-            if (client == null) client = ClientProbe.of(ctx);
-            boolean closed = client.closed();
-            if (client.ateAByte() && !ctx.res().isCommitted()) ctx.header("Connection", "close");
-            return closed;
-        }
-
-        private void keepAlive() {
-            SseWriter out = SseWriter.existing(ctx);
-            if (out == null) {
-                SseWriter.open(ctx).comment("waiting for Copilot");
-                lastWrite = System.nanoTime();
-            } else if (System.nanoTime() - lastWrite >= keepAlive.toNanos()) {
-                out.comment("keep-alive");
-                lastWrite = System.nanoTime();
+                return Optional.empty();
             }
         }
     }
 
-    /**
-     * Reads the client's connection without waiting: end of input (or a reset) means the client left. One per
-     * request, shared by the wait for Copilot's headers and the heartbeat of a running stream. A byte that does
-     * come (a pipelined request) cannot be put back: probing stops then, and the wait for Copilot's headers asks
-     * for the connection to close after this answer.
-     */
-    static final class ClientProbe {
-        static final String KEY = "copilot-api.client-probe";
-        private volatile org.eclipse.jetty.io.EndPoint endPoint;
-        private volatile boolean ate;
-        private volatile boolean closed;
-
-        private ClientProbe(org.eclipse.jetty.io.EndPoint endPoint) {
-            this.endPoint = endPoint;
-        }
-
-        static ClientProbe of(Context ctx) {
-            ClientProbe p = ctx.attribute(KEY);
-            if (p == null) {
-                var core = org.eclipse.jetty.ee10.servlet.ServletContextRequest.getServletContextRequest(ctx.req());
-                p = new ClientProbe(core == null ? null : core.getConnectionMetaData().getConnection().getEndPoint());
-                ctx.attribute(KEY, p);
-            }
-            return p;
-        }
-
-        synchronized boolean closed() {
-            org.eclipse.jetty.io.EndPoint e = endPoint;
-            if (closed || e == null) return closed;
-            try {
-                int read = e.fill(org.eclipse.jetty.util.BufferUtil.allocate(1));
-                if (read > 0) {
-                    ate = true;
-                    endPoint = null;
-                }
-                closed = read < 0;
-            } catch (IOException ex) {
-                closed = true;
-            }
-            return closed;
-        }
-
-        boolean ateAByte() {
-            return ate;
-        }
-
-        /** No probe from now on (one running now has finished when this returns). */
-        synchronized void stop() {
-            endPoint = null;
-        }
-    }
-
-    /** The model list, readable by OpenAI clients and Anthropic clients alike. */
-    static final class ModelsView {
-        static ObjectNode list(List<JsonNode> models) {
-            ObjectNode o = Json.object();
-            o.put("object", "list");
-            ArrayNode data = o.putArray("data");
-            for (JsonNode m : models) {
-                data.add(entry(m));
-                longEntry(m).ifPresent(data::add);
-            }
-            o.put("has_more", false);
-            o.put("first_id", data.isEmpty() ? null : data.get(0).path("id").asText());
-            o.put("last_id", data.isEmpty() ? null : data.get(data.size() - 1).path("id").asText());
-            return o;
-        }
-
-        static ObjectNode entry(JsonNode m) {
-            ObjectNode e = Json.object();
-            String id = m.path("id").asText();
-            e.put("id", id);
-            e.put("object", "model");
-            e.put("type", "model");
-            e.put("created", 0);
-            e.put("created_at", "1970-01-01T00:00:00Z");
-            e.put("owned_by", m.path("vendor").asText("github-copilot"));
-            e.put("display_name", m.path("name").asText(id));
-            JsonNode limits = m.path("capabilities").path("limits");
-            if (limits.has("max_context_window_tokens")) e.put("context_window", limits.path("max_context_window_tokens").asInt());
-            if (limits.has("max_output_tokens")) e.put("max_output_tokens", limits.path("max_output_tokens").asInt());
-            if (m.has("supported_endpoints")) e.set("supported_endpoints", m.get("supported_endpoints"));
-            usageBasedFields(m, e);
-            return e;
-        }
-
-        /**
-         * The catalog's mid-2026 fields, where a model has them: billing.token_prices (with its long-context tier),
-         * supports.web_search, the reasoning-effort values (xhigh, max, ...) and the long tier's limits.
-         */
-        static void usageBasedFields(JsonNode m, ObjectNode e) {
-            JsonNode prices = m.path("billing").path("token_prices");
-            if (prices.isObject()) e.set("token_prices", prices);
-            JsonNode supports = m.path("capabilities").path("supports");
-            if (supports.path("web_search").isBoolean()) e.put("web_search", supports.path("web_search").asBoolean());
-            JsonNode efforts = supports.has("reasoning_effort") ? supports.path("reasoning_effort") : supports.path("reasoning_efforts");
-            if (efforts.isArray()) e.set("reasoning_efforts", efforts);
-            JsonNode longTier = m.path("capabilities").path("limits").path("long_context");
-            if (longTier.isObject()) e.set("long_context_limits", longTier);
-        }
-
-        /** A model with a long tier of known size is listed once more as "id[1m]", with the long tier's limits. */
-        static Optional<ObjectNode> longEntry(JsonNode m) {
-            Optional<JsonNode> tier = ModelLimits.longTier(m).filter(t -> t.has("max_context_window_tokens"));
-            if (tier.isEmpty()) return Optional.empty();
-            ObjectNode e = entry(m);
-            String id = m.path("id").asText() + ModelResolver.LONG_SUFFIX;
-            e.put("id", id);
-            e.put("display_name", m.path("name").asText(m.path("id").asText()) + " (long context)");
-            e.put("context_window", tier.get().path("max_context_window_tokens").asInt());
-            if (tier.get().has("max_output_tokens")) e.put("max_output_tokens", tier.get().path("max_output_tokens").asInt());
-            return Optional.of(e);
-        }
-    }
-
-    /** What Copilot's errors mean for the person at the keyboard, and the one thing to do about each. */
-    static final class CopilotHints {
-        static Optional<String> hint(int status, String code, String message) {
-            String m = message == null ? "" : message.toLowerCase(Locale.ROOT);
-            if (status == 466) {
-                return Optional.of("Copilot finds the editor version copilot-api sends too old; set COPILOT_API_COPILOT_CHAT_VERSION "
-                    + "(and COPILOT_API_VSCODE_VERSION) to current Copilot Chat and VS Code versions");
-            }
-            if (status == 421) {
-                return Optional.of("this account's Copilot API is on another host; start with the right --account-type "
-                    + "(individual, business, enterprise) or set COPILOT_API_COPILOT_URL");
-            }
-            if (status == 402 || "quota_exceeded".equals(code)) {
-                return Optional.of("the Copilot quota is used up until it resets (copilot-api check-usage shows the date); "
-                    + "models included in the plan may still work");
-            }
-            if (status == 401) {
-                return Optional.of("Copilot refused copilot-api's Copilot token even after a refresh; check that this GitHub account "
-                    + "still has Copilot (copilot-api check-usage)");
-            }
-            if ("model_not_supported".equals(code) || m.contains("model is not supported")) {
-                return Optional.of("this model is not enabled for the account; enable it in GitHub's Copilot settings or pick one "
-                    + "from GET /v1/models");
-            }
-            if (m.contains("vision") && !m.contains("copilot-vision-request") && (status == 400 || status == 403)) {
-                return Optional.of("images are turned off for this account or by its organisation's Copilot policy");
-            }
-            if (status == 403) {
-                return Optional.of("Copilot refused this request; the account or its organisation's policy may not allow this "
-                    + "model or feature");
-            }
-            return Optional.empty();
-        }
-    }
-
-    /** Error shapes: one writer per API surface, chosen by the path. */
-    static final class Errors {
-        static final String WRITTEN = "copilot-api.error-written";
-
-        enum Shape { OPENAI, ANTHROPIC, GEMINI }
-
-        static Shape shapeFor(Context ctx) {
-            String path = ctx.path();
-            if (path.startsWith("/v1/messages") || path.startsWith("/messages")) return Shape.ANTHROPIC;
-            return GeminiRoutes.serves(ctx) ? Shape.GEMINI : Shape.OPENAI;
-        }
-
-        static void handle(Exception e, Context ctx) {
-            if (e instanceof ClientLeft gone) {
-                Exchange.of(ctx).note(gone.getMessage());
-                // nginx's "client closed request": in the history a request nobody was there to take is not a 200
-                if (!ctx.res().isCommitted()) ctx.status(499);
-                return;
-            }
-            ApiError error = toApiError(e);
-            boolean upstream = e instanceof UpstreamException || e instanceof UpstreamUnreachable || e instanceof UserFacingException;
-            Exchange.of(ctx).error(error.getMessage(), upstream || error.status() >= 500).errorType = error.type();
-            SseWriter stream = SseWriter.existing(ctx);
-            if (stream != null) {
-                writeStreamError(ctx, stream, error);
-            } else if (ctx.res().isCommitted()) {
-                Logs.log().warn("{} {} failed after the response started: {}", ctx.method(), ctx.path(), error.getMessage());
-            } else {
-                write(ctx, error);
-            }
-        }
-
-        /** A stream committed early (Copilot was slow) whose call then failed: the API's error event, then the end. */
-        static void writeStreamError(Context ctx, SseWriter out, ApiError e) {
-            String message = "HTTP " + e.status() + ": " + e.getMessage();
-            Exchange.of(ctx).failed("failed before Copilot's first byte: HTTP " + e.status());
-            try {
-                Shape shape = shapeFor(ctx);
-                if (shape == Shape.ANTHROPIC) out.event("error", AnthropicEvents.error(anthropicTypeFor(e.status()), message));
-                else if (shape == Shape.GEMINI) out.data(googleBody(e));
-                else if (ctx.path().endsWith(ResponsesRoutes.RESPONSES)) out.event("error", responsesStreamError(message, 0));
-                else out.data(openAiBody(new ApiError(e.status(), e.type(), message, e.param(), e.code())));
-            } catch (SseWriter.ClientGone gone) {
-                Exchange.of(ctx).note("client disconnected");
-            }
-        }
-
-        /** The Responses API's error event. */
-        static ObjectNode responsesStreamError(String message, long sequence) {
-            ObjectNode error = Json.object();
-            error.put("type", "error");
-            error.put("code", "upstream_stream_error");
-            error.put("message", message);
-            error.putNull("param");
-            error.put("sequence_number", sequence);
-            return error;
-        }
-
-        static ApiError toApiError(Throwable e) {
-            if (e instanceof ApiError a) return a;
-            if (e instanceof UpstreamException u) return fromUpstream(u);
-            if (e instanceof UpstreamTimeout u) return new ApiError(504, "api_error", u.getMessage());
-            if (e instanceof UpstreamUnreachable u) return new ApiError(502, "api_error", u.getMessage());
-            if (e instanceof StoreFailing f) return new ApiError(503, "api_error", f.getMessage());
-            if (e instanceof UserFacingException u) return new ApiError(502, "api_error", u.getMessage());
-            Logs.log().error("unexpected failure", e);
-            return new ApiError(500, "api_error", "Internal error in copilot-api: " + describe(e));
-        }
-
-        /**
-         * Keeps the upstream status, wording, code and retry-after, and adds what the error means for the user.
-         * A 401 that survived the token refresh is Copilot refusing copilot-api, not the client's key: a 502, so
-         * that no SDK reports "your API key is wrong".
-         */
-        static ApiError fromUpstream(UpstreamException u) {
-            Optional<JsonNode> json = Json.tryParse(u.body());
-            String message = json.map(j -> upstreamMessage(j, u.status())).orElseGet(() ->
-                u.body().isBlank() ? "Copilot answered HTTP " + u.status() : Redact.shorten(u.body().strip()));
-            JsonNode err = json.map(j -> j.path("error")).orElse(Json.object());
-            String code = err.path("code").isTextual() ? err.path("code").asText() : null;
-            String param = err.path("param").isTextual() ? err.path("param").asText() : null;
-            Optional<String> hint = CopilotHints.hint(u.status(), code, message);
-            if (hint.isPresent()) message = message + " (copilot-api: " + hint.get() + ")";
-            if (u.status() == 401) return new ApiError(502, "api_error", message, null, code != null ? code : "copilot_unauthorized");
-            String type = err.path("type").isTextual() ? err.path("type").asText() : typeFor(u.status());
-            ApiError a = new ApiError(u.status(), type, message, param, code);
-            Optional<String> retryAfter = u.retryAfter().isPresent() || u.status() != 429 ? u.retryAfter() : retryAfterIn(a.getMessage());
-            retryAfter.ifPresent(r -> a.headers().put("retry-after", r));
-            return a;
-        }
-
-        private static final Pattern RETRY_AFTER_TEXT = Pattern.compile("retry after (\\d+) seconds?", Pattern.CASE_INSENSITIVE);
-
-        /** The session and weekly limits put the wait only in their text: "... Please retry after 2733 seconds. (...)". */
-        static Optional<String> retryAfterIn(String message) {
-            java.util.regex.Matcher m = RETRY_AFTER_TEXT.matcher(message);
-            return m.find() ? Optional.of(m.group(1)) : Optional.empty();
-        }
-
-        static String upstreamMessage(JsonNode j, int status) {
-            JsonNode err = j.path("error");
-            if (err.isTextual()) return err.asText();
-            if (err.path("message").isTextual()) return err.path("message").asText();
-            if (j.path("message").isTextual()) return j.path("message").asText();
-            return "Copilot answered HTTP " + status + ": " + Redact.shorten(Json.write(j));
-        }
-
-        static String typeFor(int status) {
-            return switch (status) {
-                case 400, 413, 422 -> "invalid_request_error";
-                case 401 -> "authentication_error";
-                case 402, 403 -> "permission_error";
-                case 404 -> "not_found_error";
-                case 429 -> "rate_limit_error";
-                default -> "api_error";
-            };
-        }
-
-        static String anthropicTypeFor(int status) {
-            return switch (status) {
-                case 400, 415, 422 -> "invalid_request_error";
-                case 401 -> "authentication_error";
-                case 402, 403 -> "permission_error";
-                case 404 -> "not_found_error";
-                case 413 -> "request_too_large";
-                case 429 -> "rate_limit_error";
-                case 529, 503 -> "overloaded_error";
-                case 504 -> "timeout_error";
-                default -> "api_error";
-            };
-        }
-
-        static void write(Context ctx, ApiError e) {
-            ctx.attribute(WRITTEN, true);
-            ctx.status(e.status());
-            e.headers().forEach(ctx::header);
-            ObjectNode body = switch (shapeFor(ctx)) {
-                case ANTHROPIC -> anthropicBody(e);
-                case GEMINI -> googleBody(e);
-                case OPENAI -> openAiBody(e);
-            };
-            ctx.contentType("application/json").result(Json.write(body));
-        }
-
-        static ObjectNode googleBody(ApiError e) {
-            return GoogleErrors.body(e.status(), e.getMessage(), e.headers().get("retry-after"));
-        }
-
-        static ObjectNode openAiBody(ApiError e) {
-            ObjectNode o = Json.object();
-            ObjectNode err = o.putObject("error");
-            err.put("message", e.getMessage());
-            err.put("type", e.type());
-            err.put("param", e.param());
-            err.put("code", e.code());
-            return o;
-        }
-
-        static ObjectNode anthropicBody(ApiError e) {
-            ObjectNode o = Json.object();
-            o.put("type", "error");
-            ObjectNode err = o.putObject("error");
-            err.put("type", anthropicTypeFor(e.status()));
-            err.put("message", e.getMessage());
-            return o;
-        }
-
-        static ObjectNode openAiStreamError(String message) {
-            return openAiBody(new ApiError(502, "api_error", message));
-        }
-    }
-
-    // ==== 4. Store ====
+    // ==== 4. Store and history ====
 
     /**
      * One embedded SQLite database in the data directory: the Responses API's stored responses and items, and one
@@ -7784,6 +7670,169 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
+    /** The request history: one row per request from its Exchange, and GET /history to read them back. */
+    static final class History {
+        /** Operator views the dashboard polls: a row each would bury the requests that matter (their failures still get one). */
+        static final Set<String> QUIET = Set.of("/", "/dashboard", "/favicon.ico", "/stats", "/history", "/history/summary", "/usage",
+            "/token", "/models", "/v1/models", "/v1beta/models");
+
+        /** GET /history's filters: newest first, {@code before} a row id for the next page. */
+        record Query(int limit, Optional<Long> before, Optional<String> model, Optional<String> status, Optional<String> route,
+            Optional<Long> since, Optional<Long> until) {
+            static final int DEFAULT_LIMIT = 50;
+            static final int MAX_LIMIT = 500;
+
+            static Query from(Context ctx) {
+                String status = ctx.queryParam("status");
+                if (status != null && !status.matches("ok|error|\\d{3}")) throw Requests.invalid("status", "is ok, error or an HTTP status such as 429");
+                return new Query(Requests.queryInt(ctx, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
+                    Optional.ofNullable(ctx.queryParam("before")).map(b -> Requests.queryLong(ctx, "before", 1, Long.MAX_VALUE)),
+                    Optional.ofNullable(ctx.queryParam("model")), Optional.ofNullable(status), Optional.ofNullable(ctx.queryParam("route")),
+                    time(ctx, "since"), time(ctx, "until"));
+            }
+
+            /** An ISO-8601 instant (2026-01-31T12:00:00Z) or epoch milliseconds; one a long cannot hold is refused like a typo. */
+            private static Optional<Long> time(Context ctx, String name) {
+                String v = ctx.queryParam(name);
+                if (v == null) return Optional.empty();
+                try {
+                    return Optional.of(v.matches("\\d+") ? Long.parseLong(v) : Instant.parse(v).toEpochMilli());
+                } catch (java.time.format.DateTimeParseException | NumberFormatException | ArithmeticException e) {
+                    throw Requests.invalid(name, "is an ISO-8601 time such as 2026-01-31T12:00:00Z, or epoch milliseconds");
+                }
+            }
+        }
+
+        /** The route a background call is kept under, whichever way it went to Copilot: /history?route=background lists them. */
+        static final String BACKGROUND_ROUTE = "background";
+
+        static void record(Context ctx, int status, long millis, Store store) {
+            if (!store.enabled() || (QUIET.contains(ctx.path()) && status < 400) || ctx.method() == io.javalin.http.HandlerType.OPTIONS) return;
+            Exchange e = Exchange.of(ctx);
+            boolean failed = status >= 400 || e.failedInStream;
+            Long firstByte = e.firstByteNanos > 0 && e.startedNanos > 0 ? (e.firstByteNanos - e.startedNanos) / 1_000_000 : null;
+            String requestBody = store.historyBodies() && ctx.method() == io.javalin.http.HandlerType.POST ? Redact.secrets(new String(Optional.ofNullable(e.requestBody).orElse(new byte[0]), UTF_8)) : null;
+            String responseBody = store.historyBodies() ? Redact.secrets(e.responseBody) : null;
+            store.saveHistory(new HistoryRow(null, System.currentTimeMillis() - millis, api(ctx.path()), ctx.method().name(), ctx.path(),
+                e.requestedModel, e.upstreamModel, e.background != null ? BACKGROUND_ROUTE : e.route, status, failed ? Optional.ofNullable(e.errorType).orElse(e.failedInStream ? "stream_error" : "error") : null,
+                failed ? Redact.secrets(Optional.ofNullable(e.error).orElse(e.note)) : null, firstByte, millis, known(e.inputTokens), known(e.outputTokens),
+                known(e.cachedTokens), ctx.header("user-agent"), e.charge == null ? null : e.charge.initiator().wire(),
+                e.charge == null ? null : e.charge.units(), requestBody, responseBody,
+                e.cost == null ? null : e.cost.map(Cost.Figure::credits).orElse(null),
+                e.cost == null ? null : e.cost.map(Cost.Figure::estimated).orElse(null)));
+        }
+
+        private static Long known(long tokens) {
+            return tokens >= 0 ? tokens : null;
+        }
+
+        /** Which API a path belongs to. */
+        static String api(String path) {
+            String p = path.startsWith("/v1/") ? path.substring(3) : path;
+            if (path.startsWith("/v1beta/") || (p.startsWith("/models/") && p.contains(":"))) return "gemini";
+            if (p.startsWith("/chat/completions")) return "openai.chat";
+            if (p.startsWith("/responses")) return "openai.responses";
+            if (p.startsWith("/embeddings")) return "openai.embeddings";
+            if (p.startsWith("/models")) return "openai.models";
+            if (p.startsWith("/messages")) return "anthropic.messages";
+            return "copilot-api";
+        }
+
+        static final int SUMMARY_DAYS = 7;
+        /** The summary names the busiest models up to this many, and this many of the latest failures. */
+        static final int SUMMARY_MODELS = 50;
+        static final int SUMMARY_FAILURES = 10;
+
+        /** How many requests took how long, by nearest rank; null percentiles when there were none. */
+        record Latency(long requests, Long p50, Long p95) {
+            static final Latency NONE = new Latency(0, null, null);
+
+            ObjectNode json() {
+                ObjectNode o = Json.object().put("requests", requests);
+                o.put("p50_ms", p50);
+                o.put("p95_ms", p95);
+                return o;
+            }
+        }
+
+        record Day(String day, long requests, long errors, double credits) {
+        }
+
+        record ModelWeek(String model, Latency latency, long errors, long inputTokens, long outputTokens, long cachedTokens, double credits) {
+        }
+
+        /** The dashboard's week, as {@link Store.Db#summary} counts it. */
+        record Summary(Latency all, List<Day> days, List<ModelWeek> models, List<HistoryRow> recentErrors) {
+            static final Summary NONE = new Summary(Latency.NONE, List.of(), List.of(), List.of());
+        }
+
+        /**
+         * GET /history/summary, for the dashboard: the last week's requests per day and per model with p50/p95
+         * latency, the latest failures, the store's and the Copilot token's state. A store that cannot be read
+         * answers {@code available: false} beside its state, so that the page still says why.
+         */
+        static void summary(Context ctx, Store store, CopilotClient copilot) {
+            ObjectNode out = Json.object();
+            out.set("store", store.status());
+            out.set("copilot_token", tokenState(copilot));
+            long since = Instant.now().minus(Duration.ofDays(SUMMARY_DAYS)).toEpochMilli();
+            Optional<Summary> week;
+            try {
+                week = store.historySummary(since);
+            } catch (StoreFailing e) {
+                week = Optional.empty();
+            }
+            out.put("days", SUMMARY_DAYS);
+            out.put("available", week.isPresent());
+            Summary s = week.orElse(Summary.NONE);
+            out.set("latency", s.all().json());
+            ArrayNode days = out.putArray("per_day");
+            for (Day d : s.days()) {
+                days.addObject().put("day", d.day()).put("requests", d.requests()).put("errors", d.errors()).put("credits", d.credits());
+            }
+            ArrayNode models = out.putArray("per_model");
+            for (ModelWeek m : s.models()) {
+                models.add(m.latency().json().put("model", m.model()).put("errors", m.errors()).put("input_tokens", m.inputTokens())
+                    .put("output_tokens", m.outputTokens()).put("cached_tokens", m.cachedTokens()).put("credits", m.credits()));
+            }
+            ArrayNode errors = out.putArray("recent_errors");
+            for (HistoryRow r : s.recentErrors()) errors.add(r.json());
+            Requests.writeJson(ctx, out);
+        }
+
+        /** The Copilot token's state, never the token. */
+        static ObjectNode tokenState(CopilotClient copilot) {
+            ObjectNode o = Json.object();
+            try {
+                CopilotToken t = copilot.tokens().current();
+                long now = Instant.now().getEpochSecond();
+                o.put("state", t.expiresAt() > now ? "valid" : "expired");
+                o.put("expires_at", Instant.ofEpochSecond(t.expiresAt()).toString());
+                o.put("expires_in_seconds", t.expiresAt() - now);
+                o.put("api", Http.shown(copilot.baseUrl()));
+            } catch (RuntimeException e) {
+                o.put("state", "unavailable");
+                o.put("error", Redact.shorten(describe(e)));
+            }
+            return o;
+        }
+
+        static void list(Context ctx, Store store) {
+            if (!store.enabled()) throw new ApiError(404, "not_found_error", "copilot-api runs with --no-store and keeps no history");
+            Query q = Query.from(ctx);
+            List<HistoryRow> rows = store.history(q).orElseThrow(() -> new ApiError(503, "api_error",
+                "the store cannot be read; see /stats for its error"));
+            boolean more = rows.size() > q.limit();
+            ObjectNode out = Json.object().put("object", "list");
+            ArrayNode data = out.putArray("data");
+            for (HistoryRow r : rows.subList(0, Math.min(rows.size(), q.limit()))) data.add(r.json());
+            out.put("has_more", more);
+            if (more) out.put("next_before", rows.get(q.limit() - 1).id());
+            else out.putNull("next_before");
+            Requests.writeJson(ctx, out);
+        }
+    }
+
     /**
      * One row of the request history; initiator and premium cost stay null until the ledger fills them, credits (AI
      * Credits, estimated or Copilot's figure) stay null on a legacy plan and for a failed call.
@@ -7850,9 +7899,9 @@ class CopilotApi implements Callable<Integer> {
     }
 
     // ==== 5. Translators ====
-    // Pure code in four namespaces, one per API: Chat (the pivot), Anthropic, Responses and Gemini.
+    // Pure code in one namespace per API: Chat (the pivot), Anthropic, Responses and Gemini.
 
-    // ==== 5.1 Chat: who initiated a turn, the chat-answer normalisers, model limits, embeddings ====
+    // ==== 5.1 Chat: who initiated a turn and which calls are background work, the chat normaliser, model limits, embeddings ====
 
     /** Chat completions, the pivot every other API is translated to, and what all of them share. */
     static final class Chat {
@@ -12603,7 +12652,7 @@ class CopilotApi implements Callable<Integer> {
          * aborts the call (which closes the upstream connection). The call's timeout bounds the wait.
          */
         private Http.Reply await(Http.Call call, Watch watch, boolean stream) {
-            Http.Exchange pending = http.begin(call);
+            Http.InFlight pending = http.begin(call);
             long start = System.nanoTime();
             try {
                 while (true) {
@@ -13507,6 +13556,699 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
+    // ==== 6.1 Upstream transport: Jetty's HTTP client, the response body reader, proxies, SSE reading ====
+
+    /**
+     * The upstream HTTP client: Jetty's, HTTP/1.1, one per proxy setting in the process. Chosen by measurement:
+     * on a small proxied request the JDK's client was the largest share of the CPU (a CompletableFuture chain
+     * over three threads, and a new thread per answer on a 2-core machine); Jetty's reads each answer on the
+     * thread that asked for it. An optional proxy comes from the environment.
+     */
+    static final class Http {
+        static final Duration CONNECT_TIMEOUT = Duration.ofSeconds(10);
+        /** A pooled keep-alive connection left unused this long is closed. */
+        static final Duration POOL_IDLE = Duration.ofSeconds(60);
+        /** Threads the clients may use for I/O; the answers themselves are read on the requests' threads. */
+        static final int MAX_THREADS = 64;
+        private static final Map<String, org.eclipse.jetty.client.HttpClient> CLIENTS = new java.util.concurrent.ConcurrentHashMap<>();
+
+        private final org.eclipse.jetty.client.HttpClient client;
+
+        private Http(org.eclipse.jetty.client.HttpClient client) {
+            this.client = client;
+        }
+
+        static Http create(Settings settings) {
+            if (!settings.proxyEnv()) return new Http(CLIENTS.computeIfAbsent("direct", k -> start(null)));
+            EnvProxySelector selector = EnvProxySelector.from(settings.env());
+            Logs.log().info("upstream proxy from environment: {}", selector.describe());
+            return new Http(CLIENTS.computeIfAbsent("proxy " + selector.key(), k -> start(selector)));
+        }
+
+        private static org.eclipse.jetty.client.HttpClient start(EnvProxySelector proxies) {
+            var pool = new org.eclipse.jetty.util.thread.QueuedThreadPool(MAX_THREADS, 1, 10_000);
+            pool.setName("upstream-http");
+            pool.setDaemon(true);
+            pool.setReservedThreads(0);
+            // the threads of a burst leave together once idle, not one per idle period
+            pool.setMaxEvictCount(MAX_THREADS);
+            var connector = new org.eclipse.jetty.io.ClientConnector();
+            connector.setSelectors(1);
+            connector.setExecutor(pool);
+            var client = new org.eclipse.jetty.client.HttpClient(new org.eclipse.jetty.client.transport.HttpClientTransportOverHTTP(connector));
+            client.setExecutor(pool);
+            client.setScheduler(new org.eclipse.jetty.util.thread.ScheduledExecutorScheduler("upstream-http-timer", true));
+            client.setConnectTimeout(CONNECT_TIMEOUT.toMillis());
+            client.setIdleTimeout(POOL_IDLE.toMillis());
+            client.setFollowRedirects(true);
+            // As the editor's own calls: no cookies kept, no client name added, no compressed answers asked for.
+            client.setHttpCookieStore(new org.eclipse.jetty.http.HttpCookieStore.Empty());
+            client.setUserAgentField(null);
+            client.getContentDecoderFactories().clear();
+            // Each open stream holds a connection: Jetty's default of 64 per destination would queue the 65th.
+            client.setMaxConnectionsPerDestination(4096);
+            client.setDestinationIdleTimeout(POOL_IDLE.toMillis());
+            if (proxies != null) proxies.configure(client);
+            try {
+                client.start();
+            } catch (Exception e) {
+                throw new IllegalStateException("cannot start the upstream HTTP client: " + describe(e), e);
+            }
+            return client;
+        }
+
+        /** One request to make: method, URI, headers in order, how long to wait for the answer's headers, a body. */
+        static final class Call {
+            final String method;
+            final URI uri;
+            final List<String> headers = new ArrayList<>(24);
+            Duration timeout = Duration.ofSeconds(30);
+            /** How long the connection may stay silent once the answer has begun; past it the read fails. */
+            Duration idle = Duration.ofMinutes(11);
+            /** An event stream: closed early, it is cut off rather than read to its end. */
+            boolean streaming;
+            byte[] body;
+
+            Call(String method, URI uri) {
+                this.method = method;
+                this.uri = uri;
+            }
+
+            static Call get(URI uri) {
+                return new Call("GET", uri);
+            }
+
+            static Call post(URI uri, String contentType, byte[] body) {
+                Call c = new Call("POST", uri).header("content-type", contentType);
+                c.body = body;
+                return c;
+            }
+
+            Call header(String name, String value) {
+                headers.add(name);
+                headers.add(value);
+                return this;
+            }
+
+            Call timeout(Duration d) {
+                timeout = d;
+                return this;
+            }
+
+            Call streaming(boolean yes) {
+                streaming = yes;
+                return this;
+            }
+
+            Call idle(Duration d) {
+                idle = d;
+                return this;
+            }
+        }
+
+        /** Copilot's or GitHub's answer: its status and headers, and its body as it arrives. */
+        record Reply(int statusCode, org.eclipse.jetty.http.HttpFields headers, BodyStream body) {
+            Optional<String> header(String name) {
+                return Optional.ofNullable(headers.get(name));
+            }
+        }
+
+        /** Sends and waits for the answer's headers (at most the call's timeout). */
+        Reply send(Call call) {
+            InFlight exchange = begin(call);
+            try {
+                return exchange.reply.get();
+            } catch (ExecutionException e) {
+                throw failure(call.uri, e.getCause());
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                exchange.abort(e);
+                throw new UpstreamUnreachable("Interrupted while calling " + origin(call.uri), e);
+            }
+        }
+
+        /** Sends; the exchange completes at the answer's headers, or fails (unreachable, no headers in time). */
+        InFlight begin(Call call) {
+            InFlight exchange = new InFlight(call);
+            exchange.attempt(client, true);
+            return exchange;
+        }
+
+        /**
+         * One call in flight. A POST is resent once when a reused keep-alive connection turns out closed before any
+         * byte of the answer, as the JDK's client did (2 in 3,353 Claude Code streams had failed with 502 before).
+         * Never after a failure on a fresh connection: Copilot may have read that request, and a second would be a
+         * second billed call.
+         */
+        static final class InFlight {
+            final Call call;
+            final CompletableFuture<Reply> reply = new CompletableFuture<>();
+            private org.eclipse.jetty.client.Request request;
+            /** Why the call was aborted; a resend then never goes out. Guarded by this, as is request. */
+            private Throwable abortedBy;
+            private volatile org.eclipse.jetty.util.thread.Scheduler.Task deadline;
+
+            InFlight(Call call) {
+                this.call = call;
+            }
+
+            private void attempt(org.eclipse.jetty.client.HttpClient client, boolean first) {
+                var r = client.newRequest(call.uri).method(call.method)
+                    .idleTimeout(call.idle.toMillis(), TimeUnit.MILLISECONDS)
+                    .headers(h -> {
+                        for (int i = 0; i < call.headers.size(); i += 2) h.add(call.headers.get(i), call.headers.get(i + 1));
+                    });
+                if (call.body != null) r.body(new org.eclipse.jetty.client.BytesRequestContent(call.body));
+                BodyStream body = new BodyStream(r, !call.streaming);
+                boolean[] begun = new boolean[1];
+                r.onResponseBegin(x -> begun[0] = true);
+                r.onResponseHeaders(x -> {
+                    cancelDeadline();
+                    reply.complete(new Reply(x.getStatus(), x.getHeaders(), body));
+                });
+                r.onResponseContentAsync((x, chunk, demand) -> body.offer(chunk, demand));
+                synchronized (this) {
+                    if (abortedBy != null) {
+                        fail(body, abortedBy);
+                        return;
+                    }
+                    request = r;
+                }
+                if (first) {
+                    deadline = client.getScheduler().schedule(() -> {
+                        if (reply.completeExceptionally(new UpstreamTimeout("No answer from " + origin(call.uri) + " in time", null))) {
+                            abort(new java.util.concurrent.TimeoutException("no answer in time"));
+                        }
+                    }, call.timeout.toMillis(), TimeUnit.MILLISECONDS);
+                }
+                r.send(result -> {
+                    if (!result.isFailed()) {
+                        body.succeeded();
+                        return;
+                    }
+                    Throwable cause = result.getFailure();
+                    // not r.getAbortCause(): Jetty aborts the request with the EOF itself; our own aborts complete the reply first
+                    if (first && !begun[0] && !reply.isDone() && reused(r) && staleConnection(cause)) {
+                        attempt(client, false);
+                        return;
+                    }
+                    fail(body, cause);
+                });
+            }
+
+            private void fail(BodyStream body, Throwable cause) {
+                body.failed(cause);
+                if (reply.completeExceptionally(cause)) cancelDeadline();
+            }
+
+            private void cancelDeadline() {
+                org.eclipse.jetty.util.thread.Scheduler.Task t = deadline;
+                if (t != null) t.cancel();
+            }
+
+            /** Ends the call and frees its connection (a client that left, a shutdown, a wait given up). */
+            void abort(Throwable why) {
+                reply.completeExceptionally(why);
+                org.eclipse.jetty.client.Request r;
+                synchronized (this) {
+                    if (abortedBy == null) abortedBy = why;
+                    r = request;
+                }
+                if (r != null) r.abort(why);
+            }
+
+            /**
+             * The request went out on a connection that had already carried an answer, as Jetty counts them: a pooled
+             * keep-alive connection, reused. A fresh connection has carried none.
+             */
+            private static boolean reused(org.eclipse.jetty.client.Request r) {
+                return r.getConnection() instanceof org.eclipse.jetty.client.transport.internal.HttpConnectionOverHTTP c && c.getMessagesIn() > 0;
+            }
+
+            /**
+             * The server closed the connection (a pooled one, as the request went out on it) before any byte of an
+             * answer: an I/O failure that is not a failure to connect at all.
+             */
+            private static boolean staleConnection(Throwable t) {
+                return t instanceof IOException && !(t instanceof ConnectException || t instanceof java.net.SocketTimeoutException
+                    || t instanceof java.net.UnknownHostException);
+            }
+        }
+
+        /** A failed call as the exception the error handlers know: unreachable (502) or no answer in time (504). */
+        static RuntimeException failure(URI uri, Throwable e) {
+            if (e instanceof java.util.concurrent.CompletionException && e.getCause() != null) e = e.getCause();
+            if (e instanceof UpstreamUnreachable u) return u;
+            if (e instanceof ConnectException || e instanceof java.net.SocketTimeoutException || e instanceof java.net.UnknownHostException
+                    || e instanceof java.nio.channels.UnresolvedAddressException) {
+                return new UpstreamUnreachable("Cannot reach " + origin(uri) + " (" + brief(e) + ")", e);
+            }
+            if (e instanceof java.util.concurrent.TimeoutException) return new UpstreamTimeout("No answer from " + origin(uri) + " in time", e);
+            if (e instanceof RuntimeException r) return r;
+            return new UpstreamUnreachable("The connection to " + origin(uri) + " failed (" + brief(e) + ")", e);
+        }
+
+        /** Jetty's exceptions whose message is its connection's state ("HttpConnectionOverHTTP@3ab06ee8::..."). */
+        private static final java.util.regex.Pattern OBJECT_DUMP = java.util.regex.Pattern.compile("[A-Za-z]@[0-9a-f]{4,}");
+
+        /**
+         * What went wrong on a connection, in a few words for a person. Jetty names its whole connection state (about
+         * 1 KB) as the message of an early end or a reset: that belongs in its debug log, not in an error event.
+         */
+        static String brief(Throwable e) {
+            for (Throwable t = e; t != null; t = t.getCause()) {
+                if (t instanceof java.io.EOFException || t instanceof java.nio.channels.ClosedChannelException) {
+                    return "the connection was closed before the answer was complete";
+                }
+                if (t instanceof java.util.concurrent.TimeoutException || t instanceof java.net.SocketTimeoutException) {
+                    return "the connection timed out";
+                }
+                if (t instanceof ConnectException) return "the connection was refused";
+                if (t instanceof java.net.UnknownHostException || t instanceof java.nio.channels.UnresolvedAddressException) {
+                    return "the host name could not be resolved";
+                }
+            }
+            String m = describe(e);
+            if (OBJECT_DUMP.matcher(m).find() || m.length() > 200) return "the connection failed (" + e.getClass().getSimpleName() + ")";
+            return m;
+        }
+
+        /** scheme://host:port, without any user-info (a proxy's or a URL's password never reaches a message or log). */
+        static String origin(URI uri) {
+            return uri.getScheme() + "://" + uri.getHost() + (uri.getPort() > 0 ? ":" + uri.getPort() : "");
+        }
+
+        /** A URL to show: any user-info (user:password@) is dropped. */
+        static String shown(String url) {
+            try {
+                URI u = URI.create(url);
+                if (u.getRawUserInfo() == null) return url;
+                return origin(u) + (u.getRawPath() == null ? "" : u.getRawPath());
+            } catch (IllegalArgumentException e) {
+                return url.replaceFirst("//[^/@]*@", "//");
+            }
+        }
+
+        /** Up to limit bytes of a body as text; what arrived before a failure is kept. */
+        static String readLimited(Reply reply, int limit) {
+            java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream();
+            try (InputStream in = reply.body()) {
+                byte[] buf = new byte[8192];
+                for (int n; out.size() < limit && (n = in.read(buf, 0, Math.min(buf.length, limit - out.size()))) > 0; ) out.write(buf, 0, n);
+            } catch (IOException e) {
+                // keep what was read
+            }
+            return out.toString(UTF_8);
+        }
+    }
+
+    /**
+     * An answer's body as an InputStream, fed by Jetty's client a few chunks ahead of the reader at most (the next
+     * chunk is asked for as the reader takes one, so nothing piles up between Copilot and a slow client). Each chunk
+     * is ours once it arrived: what came before a failure is read out first and the failure comes after it, so a
+     * cut stream loses no event that had reached us. close() from any thread ends the exchange and wakes a reader.
+     */
+    static final class BodyStream extends InputStream {
+        /** Chunks asked for ahead of the reader. */
+        static final int WINDOW = 4;
+        /** How long close() waits for the rest of an answer that is not a stream (its end is normally already here). */
+        static final Duration DRAIN_LIMIT = Duration.ofSeconds(1);
+        private static final Object END = new Object();
+        private static final Object CLOSED = new Object();
+
+        private final org.eclipse.jetty.client.Request request;
+        /**
+         * A body that is not a stream is read to its end on close (a JSON reader stops short of it), so that the
+         * exchange is over and its connection back in the pool before the caller's next request goes out.
+         */
+        private final boolean drainOnClose;
+        private final java.util.concurrent.LinkedBlockingQueue<Object> queue = new java.util.concurrent.LinkedBlockingQueue<>();
+        private final java.util.concurrent.atomic.AtomicInteger ahead = new java.util.concurrent.atomic.AtomicInteger();
+        /** The demand held back while the window is full; run when the reader takes a chunk. */
+        private final java.util.concurrent.atomic.AtomicReference<Runnable> heldDemand = new java.util.concurrent.atomic.AtomicReference<>();
+        private volatile boolean closed;
+        private org.eclipse.jetty.io.Content.Chunk chunk;
+        private Object last;
+
+        BodyStream(org.eclipse.jetty.client.Request request, boolean drainOnClose) {
+            this.request = request;
+            this.drainOnClose = drainOnClose;
+        }
+
+        /** Jetty's content callback: the chunk is kept, and more is asked for while the window has room. */
+        void offer(org.eclipse.jetty.io.Content.Chunk c, Runnable demand) {
+            if (closed) {
+                request.abort(new IOException("closed"));
+                return;
+            }
+            if (!c.hasRemaining()) {
+                demand.run();
+                return;
+            }
+            c.retain();
+            queue.add(c);
+            if (ahead.incrementAndGet() < WINDOW) {
+                demand.run();
+            } else {
+                heldDemand.set(demand);
+                // the reader may have taken chunks meanwhile
+                if (ahead.get() < WINDOW) release();
+            }
+        }
+
+        void succeeded() {
+            queue.add(END);
+        }
+
+        void failed(Throwable t) {
+            queue.add(t);
+        }
+
+        private void release() {
+            Runnable d = heldDemand.getAndSet(null);
+            if (d != null) d.run();
+        }
+
+        /** The chunk with bytes in it, or null at the end or when nothing arrived within the wait. */
+        private org.eclipse.jetty.io.Content.Chunk current(long waitNanos) throws IOException {
+            if (closed) throw new IOException("closed");
+            while (chunk == null || !chunk.hasRemaining()) {
+                if (chunk != null) {
+                    chunk.release();
+                    chunk = null;
+                    ahead.decrementAndGet();
+                    release();
+                }
+                if (last != null) return ended();
+                Object next;
+                try {
+                    next = waitNanos == Long.MAX_VALUE ? queue.take() : queue.poll(waitNanos, TimeUnit.NANOSECONDS);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw new java.io.InterruptedIOException("interrupted while reading from Copilot");
+                }
+                if (next == null) return null;
+                if (next instanceof org.eclipse.jetty.io.Content.Chunk c) chunk = c;
+                else last = next;
+            }
+            return chunk;
+        }
+
+        private org.eclipse.jetty.io.Content.Chunk ended() throws IOException {
+            if (last == END) return null;
+            if (last == CLOSED) throw new IOException("closed");
+            Throwable t = (Throwable) last;
+            throw t instanceof IOException io ? io : new IOException(Http.brief(t), t);
+        }
+
+        @Override
+        public int read() throws IOException {
+            org.eclipse.jetty.io.Content.Chunk c = current(Long.MAX_VALUE);
+            return c == null ? -1 : c.getByteBuffer().get() & 0xff;
+        }
+
+        @Override
+        public int read(byte[] into, int off, int len) throws IOException {
+            if (len == 0) return 0;
+            org.eclipse.jetty.io.Content.Chunk c = current(Long.MAX_VALUE);
+            if (c == null) return -1;
+            ByteBuffer b = c.getByteBuffer();
+            int n = Math.min(len, b.remaining());
+            b.get(into, off, n);
+            return n;
+        }
+
+        /** Bytes readable now without blocking: those of the chunks already here. */
+        @Override
+        public int available() {
+            long n = chunk == null ? 0 : chunk.remaining();
+            for (Object o : queue) if (o instanceof org.eclipse.jetty.io.Content.Chunk c) n += c.remaining();
+            return (int) Math.min(Integer.MAX_VALUE, n);
+        }
+
+        /** Skips the rest of the answer, up to its end, for at most DRAIN_LIMIT. */
+        private void readToEnd() {
+            long until = System.nanoTime() + DRAIN_LIMIT.toNanos();
+            try {
+                for (var c = current(until - System.nanoTime()); c != null; c = current(until - System.nanoTime())) {
+                    c.getByteBuffer().position(c.getByteBuffer().limit());
+                }
+            } catch (IOException e) {
+                // the answer failed: nothing to reuse
+            }
+        }
+
+        @Override
+        public void close() {
+            if (closed) return;
+            // on the reader's thread; a stream is closed early on purpose (and from the heartbeat), so it is cut
+            if (drainOnClose) readToEnd();
+            closed = true;
+            if (!drainOnClose || last != END) request.abort(new IOException("closed"));
+            // the reader's own chunk is the reader's to drop; those still queued go back now
+            for (Object o; (o = queue.poll()) != null; ) if (o instanceof org.eclipse.jetty.io.Content.Chunk c) c.release();
+            queue.add(CLOSED);
+        }
+    }
+
+    /**
+     * HTTPS_PROXY / HTTP_PROXY / NO_PROXY (either case) as curl reads them, given to Jetty's client as one proxy per
+     * scheme that lets the NO_PROXY hosts go direct. Described without credentials.
+     */
+    static final class EnvProxySelector {
+        private final Optional<URI> httpsProxy;
+        private final Optional<URI> httpProxy;
+        private final List<String> noProxy;
+
+        EnvProxySelector(Optional<URI> httpsProxy, Optional<URI> httpProxy, List<String> noProxy) {
+            this.httpsProxy = httpsProxy;
+            this.httpProxy = httpProxy;
+            this.noProxy = noProxy;
+        }
+
+        static EnvProxySelector from(Map<String, String> env) {
+            Optional<URI> http = proxyUri(env, "HTTP_PROXY");
+            Optional<URI> https = proxyUri(env, "HTTPS_PROXY").or(() -> http);
+            String no = first(env, "NO_PROXY").orElse("");
+            List<String> entries = new ArrayList<>();
+            for (String e : no.split(",")) if (!e.isBlank()) entries.add(e.trim().toLowerCase(Locale.ROOT));
+            return new EnvProxySelector(https, http, entries);
+        }
+
+        private static Optional<String> first(Map<String, String> env, String name) {
+            return Optional.ofNullable(env.get(name)).or(() -> Optional.ofNullable(env.get(name.toLowerCase(Locale.ROOT))))
+                .filter(v -> !v.isBlank());
+        }
+
+        private static Optional<URI> proxyUri(Map<String, String> env, String name) {
+            return first(env, name).map(v -> URI.create(v.contains("://") ? v : "http://" + v));
+        }
+
+        boolean bypass(String host, int port) {
+            if (host == null) return false;
+            String h = host.toLowerCase(Locale.ROOT);
+            if (h.startsWith("[") && h.endsWith("]")) h = h.substring(1, h.length() - 1);
+            for (String entry : noProxy) {
+                if (entry.equals("*")) return true;
+                String e = entry;
+                int colon = e.lastIndexOf(':');
+                if (colon > 0 && !e.contains("]") && e.indexOf(':') == colon) {
+                    if (!e.substring(colon + 1).equals(String.valueOf(port))) continue;
+                    e = e.substring(0, colon);
+                }
+                if (e.startsWith("*.")) e = e.substring(1);
+                if (e.startsWith(".") ? h.endsWith(e) || h.equals(e.substring(1)) : h.equals(e) || h.endsWith("." + e)) return true;
+            }
+            return false;
+        }
+
+        /** Gives Jetty's client one proxy per scheme, each taking the requests this selector sends through it. */
+        void configure(org.eclipse.jetty.client.HttpClient client) {
+            httpsProxy.ifPresent(p -> client.getProxyConfiguration().addProxy(new SchemeProxy(p, "https")));
+            httpProxy.ifPresent(p -> client.getProxyConfiguration().addProxy(new SchemeProxy(p, "http")));
+            // Basic credentials from a proxy URL's user-info, offered only to that proxy
+            for (Optional<URI> proxy : List.of(httpsProxy, httpProxy)) {
+                proxy.filter(p -> p.getRawUserInfo() != null && p.getRawUserInfo().contains(":")).ifPresent(p -> {
+                    String[] parts = p.getRawUserInfo().split(":", 2);
+                    client.getAuthenticationStore().addAuthenticationResult(new org.eclipse.jetty.client.BasicAuthentication.BasicResult(
+                        proxyOrigin(p), org.eclipse.jetty.http.HttpHeader.PROXY_AUTHORIZATION,
+                        java.net.URLDecoder.decode(parts[0], UTF_8), java.net.URLDecoder.decode(parts[1], UTF_8)));
+                });
+            }
+        }
+
+        /** What tells two proxy settings apart (credentials included), to share one client per setting. */
+        String key() {
+            return httpsProxy.map(URI::toString).orElse("-") + " " + httpProxy.map(URI::toString).orElse("-") + " " + String.join(",", noProxy);
+        }
+
+        /** The URI's port, or its scheme's default. */
+        private static int port(URI u) {
+            return u.getPort() > 0 ? u.getPort() : "https".equalsIgnoreCase(u.getScheme()) ? 443 : 80;
+        }
+
+        private static URI proxyOrigin(URI p) {
+            return URI.create(p.getScheme() + "://" + p.getHost() + ":" + port(p));
+        }
+
+        /** A proxy for one scheme's requests, except those NO_PROXY lets go direct. */
+        private final class SchemeProxy extends org.eclipse.jetty.client.HttpProxy {
+            private final String scheme;
+
+            SchemeProxy(URI proxy, String scheme) {
+                super(new org.eclipse.jetty.client.Origin.Address(proxy.getHost(), port(proxy)), "https".equalsIgnoreCase(proxy.getScheme()));
+                this.scheme = scheme;
+            }
+
+            @Override
+            public boolean matches(org.eclipse.jetty.client.Origin origin) {
+                return origin.getScheme().equalsIgnoreCase(scheme) && !bypass(origin.getAddress().getHost(), origin.getAddress().getPort());
+            }
+        }
+
+        String describe() {
+            return "https via " + httpsProxy.map(Http::origin).orElse("none") + ", http via " + httpProxy.map(Http::origin).orElse("none")
+                + (noProxy.isEmpty() ? "" : ", bypassing " + String.join(",", noProxy));
+        }
+    }
+
+    /** One server-sent event: the event name (or null) and its data lines joined with newlines. */
+    record SseEvent(String event, String data) {}
+
+    /**
+     * An event-stream reader: a blank line dispatches, data lines join with \n, one leading space is stripped, lines
+     * end with LF, CRLF or CR, comments (":") and other fields (id, retry) are skipped, an event cut short by the end
+     * is still given. Bytes are split into lines before they are decoded, so a character split across reads is
+     * whole. {@link #ready()} says whether a whole event is already here, so that a relay never waits on the network
+     * with events it has not flushed.
+     */
+    static final class SseReader {
+        private final InputStream in;
+        private byte[] buf = new byte[8192];
+        /** The bytes not yet read as lines: buf[start, end). */
+        private int start;
+        private int end;
+        private boolean eof;
+        private boolean ended;
+        /** The last line ended with CR: a LF right after it belongs to that line end. */
+        private boolean skipLf;
+        private boolean first = true;
+        private String event;
+        private StringBuilder data;
+        /** An event that ready() found whole, for next() to give. */
+        private SseEvent pending;
+
+        SseReader(InputStream in) {
+            this.in = in;
+        }
+
+        /** True when next() will not wait: a whole event is here (read without blocking), or the stream has ended. */
+        boolean ready() throws IOException {
+            if (pending != null || eof) return true;
+            while ((pending = parse()) == null) {
+                int n = in.available();
+                if (n <= 0) return false;
+                if (!fill(n)) return true;
+            }
+            return true;
+        }
+
+        /** The next event, or null at the end of the stream. */
+        SseEvent next() throws IOException {
+            if (pending != null) {
+                SseEvent e = pending;
+                pending = null;
+                return e;
+            }
+            while (true) {
+                SseEvent e = parse();
+                if (e != null) return e;
+                if (eof || !fill(buf.length)) return finish();
+            }
+        }
+
+        /** Reads up to max bytes (blocking until at least one arrives); false at the end of the stream. */
+        private boolean fill(int max) throws IOException {
+            if (start > 0 && start == end) {
+                start = 0;
+                end = 0;
+            }
+            if (end == buf.length) {
+                if (start > 0) {
+                    System.arraycopy(buf, start, buf, 0, end - start);
+                    end -= start;
+                    start = 0;
+                } else {
+                    buf = java.util.Arrays.copyOf(buf, buf.length * 2);
+                }
+            }
+            int n = in.read(buf, end, Math.min(max, buf.length - end));
+            if (n < 0) {
+                eof = true;
+                return false;
+            }
+            end += n;
+            return true;
+        }
+
+        /** Takes the whole lines that are here; the event they complete, or null when they complete none. */
+        private SseEvent parse() {
+            while (start < end) {
+                if (skipLf) {
+                    skipLf = false;
+                    if (buf[start] == '\n') {
+                        start++;
+                        continue;
+                    }
+                }
+                int eol = start;
+                while (eol < end && buf[eol] != '\n' && buf[eol] != '\r') eol++;
+                if (eol == end) return null;
+                String line = new String(buf, start, eol - start, UTF_8);
+                skipLf = buf[eol] == '\r';
+                start = eol + 1;
+                SseEvent e = line(line);
+                if (e != null) return e;
+            }
+            return null;
+        }
+
+        /** At the end of the stream: a last line without its line end, and an event without its blank line, count. */
+        private SseEvent finish() {
+            if (ended) return null;
+            ended = true;
+            if (start < end) {
+                line(new String(buf, start, end - start, UTF_8));
+                start = end;
+            }
+            return dispatch();
+        }
+
+        private SseEvent line(String line) {
+            if (first) {
+                first = false;
+                if (line.startsWith("\uFEFF")) line = line.substring(1);
+            }
+            if (line.isEmpty()) return dispatch();
+            if (line.startsWith(":")) return null;
+            int colon = line.indexOf(':');
+            String field = colon < 0 ? line : line.substring(0, colon);
+            String value = colon < 0 ? "" : line.substring(colon + 1);
+            if (value.startsWith(" ")) value = value.substring(1);
+            if (field.equals("event")) event = value;
+            else if (field.equals("data")) data = data == null ? new StringBuilder(value) : data.append('\n').append(value);
+            return null;
+        }
+
+        private SseEvent dispatch() {
+            if (data == null && event == null) return null;
+            SseEvent e = new SseEvent(event, data == null ? "" : data.toString());
+            event = null;
+            data = null;
+            return e;
+        }
+    }
+
     // ==== 7. GitHub auth ====
 
     /** A GitHub token and where it came from (for messages; never printed unless --show-token). */
@@ -13977,9 +14719,6 @@ class CopilotApi implements Callable<Integer> {
         }
     }
 
-    /** One server-sent event: the event name (or null) and its data lines joined with newlines. */
-    record SseEvent(String event, String data) {}
-
     /** One event to send a client: its name (the event: line, equal to data.type) and its data. */
     record NamedEvent(String name, ObjectNode data) implements Frame {
         @Override
@@ -13995,694 +14734,6 @@ class CopilotApi implements Callable<Integer> {
         @Override
         public String failure() {
             return name.equals("error") || name.equals("response.failed") ? "the stream ended with " + name : null;
-        }
-    }
-
-    /**
-     * An event-stream reader: a blank line dispatches, data lines join with \n, one leading space is stripped, lines
-     * end with LF, CRLF or CR, comments (":") and other fields (id, retry) are skipped, an event cut short by the end
-     * is still given. Bytes are split into lines before they are decoded, so a character split across reads is
-     * whole. {@link #ready()} says whether a whole event is already here, so that a relay never waits on the network
-     * with events it has not flushed.
-     */
-    static final class SseReader {
-        private final InputStream in;
-        private byte[] buf = new byte[8192];
-        /** The bytes not yet read as lines: buf[start, end). */
-        private int start;
-        private int end;
-        private boolean eof;
-        private boolean ended;
-        /** The last line ended with CR: a LF right after it belongs to that line end. */
-        private boolean skipLf;
-        private boolean first = true;
-        private String event;
-        private StringBuilder data;
-        /** An event that ready() found whole, for next() to give. */
-        private SseEvent pending;
-
-        SseReader(InputStream in) {
-            this.in = in;
-        }
-
-        /** True when next() will not wait: a whole event is here (read without blocking), or the stream has ended. */
-        boolean ready() throws IOException {
-            if (pending != null || eof) return true;
-            while ((pending = parse()) == null) {
-                int n = in.available();
-                if (n <= 0) return false;
-                if (!fill(n)) return true;
-            }
-            return true;
-        }
-
-        /** The next event, or null at the end of the stream. */
-        SseEvent next() throws IOException {
-            if (pending != null) {
-                SseEvent e = pending;
-                pending = null;
-                return e;
-            }
-            while (true) {
-                SseEvent e = parse();
-                if (e != null) return e;
-                if (eof || !fill(buf.length)) return finish();
-            }
-        }
-
-        /** Reads up to max bytes (blocking until at least one arrives); false at the end of the stream. */
-        private boolean fill(int max) throws IOException {
-            if (start > 0 && start == end) {
-                start = 0;
-                end = 0;
-            }
-            if (end == buf.length) {
-                if (start > 0) {
-                    System.arraycopy(buf, start, buf, 0, end - start);
-                    end -= start;
-                    start = 0;
-                } else {
-                    buf = java.util.Arrays.copyOf(buf, buf.length * 2);
-                }
-            }
-            int n = in.read(buf, end, Math.min(max, buf.length - end));
-            if (n < 0) {
-                eof = true;
-                return false;
-            }
-            end += n;
-            return true;
-        }
-
-        /** Takes the whole lines that are here; the event they complete, or null when they complete none. */
-        private SseEvent parse() {
-            while (start < end) {
-                if (skipLf) {
-                    skipLf = false;
-                    if (buf[start] == '\n') {
-                        start++;
-                        continue;
-                    }
-                }
-                int eol = start;
-                while (eol < end && buf[eol] != '\n' && buf[eol] != '\r') eol++;
-                if (eol == end) return null;
-                String line = new String(buf, start, eol - start, UTF_8);
-                skipLf = buf[eol] == '\r';
-                start = eol + 1;
-                SseEvent e = line(line);
-                if (e != null) return e;
-            }
-            return null;
-        }
-
-        /** At the end of the stream: a last line without its line end, and an event without its blank line, count. */
-        private SseEvent finish() {
-            if (ended) return null;
-            ended = true;
-            if (start < end) {
-                line(new String(buf, start, end - start, UTF_8));
-                start = end;
-            }
-            return dispatch();
-        }
-
-        private SseEvent line(String line) {
-            if (first) {
-                first = false;
-                if (line.startsWith("\uFEFF")) line = line.substring(1);
-            }
-            if (line.isEmpty()) return dispatch();
-            if (line.startsWith(":")) return null;
-            int colon = line.indexOf(':');
-            String field = colon < 0 ? line : line.substring(0, colon);
-            String value = colon < 0 ? "" : line.substring(colon + 1);
-            if (value.startsWith(" ")) value = value.substring(1);
-            if (field.equals("event")) event = value;
-            else if (field.equals("data")) data = data == null ? new StringBuilder(value) : data.append('\n').append(value);
-            return null;
-        }
-
-        private SseEvent dispatch() {
-            if (data == null && event == null) return null;
-            SseEvent e = new SseEvent(event, data == null ? "" : data.toString());
-            event = null;
-            data = null;
-            return e;
-        }
-    }
-
-    /**
-     * The upstream HTTP client: Jetty's, HTTP/1.1, one per proxy setting in the process. Chosen by measurement:
-     * on a small proxied request the JDK's client was the largest share of the CPU (a CompletableFuture chain
-     * over three threads, and a new thread per answer on a 2-core machine); Jetty's reads each answer on the
-     * thread that asked for it. An optional proxy comes from the environment.
-     */
-    static final class Http {
-        static final Duration CONNECT_TIMEOUT = Duration.ofSeconds(10);
-        /** A pooled keep-alive connection left unused this long is closed. */
-        static final Duration POOL_IDLE = Duration.ofSeconds(60);
-        /** Threads the clients may use for I/O; the answers themselves are read on the requests' threads. */
-        static final int MAX_THREADS = 64;
-        private static final Map<String, org.eclipse.jetty.client.HttpClient> CLIENTS = new java.util.concurrent.ConcurrentHashMap<>();
-
-        private final org.eclipse.jetty.client.HttpClient client;
-
-        private Http(org.eclipse.jetty.client.HttpClient client) {
-            this.client = client;
-        }
-
-        static Http create(Settings settings) {
-            if (!settings.proxyEnv()) return new Http(CLIENTS.computeIfAbsent("direct", k -> start(null)));
-            EnvProxySelector selector = EnvProxySelector.from(settings.env());
-            Logs.log().info("upstream proxy from environment: {}", selector.describe());
-            return new Http(CLIENTS.computeIfAbsent("proxy " + selector.key(), k -> start(selector)));
-        }
-
-        private static org.eclipse.jetty.client.HttpClient start(EnvProxySelector proxies) {
-            var pool = new org.eclipse.jetty.util.thread.QueuedThreadPool(MAX_THREADS, 1, 10_000);
-            pool.setName("upstream-http");
-            pool.setDaemon(true);
-            pool.setReservedThreads(0);
-            // the threads of a burst leave together once idle, not one per idle period
-            pool.setMaxEvictCount(MAX_THREADS);
-            var connector = new org.eclipse.jetty.io.ClientConnector();
-            connector.setSelectors(1);
-            connector.setExecutor(pool);
-            var client = new org.eclipse.jetty.client.HttpClient(new org.eclipse.jetty.client.transport.HttpClientTransportOverHTTP(connector));
-            client.setExecutor(pool);
-            client.setScheduler(new org.eclipse.jetty.util.thread.ScheduledExecutorScheduler("upstream-http-timer", true));
-            client.setConnectTimeout(CONNECT_TIMEOUT.toMillis());
-            client.setIdleTimeout(POOL_IDLE.toMillis());
-            client.setFollowRedirects(true);
-            // As the editor's own calls: no cookies kept, no client name added, no compressed answers asked for.
-            client.setHttpCookieStore(new org.eclipse.jetty.http.HttpCookieStore.Empty());
-            client.setUserAgentField(null);
-            client.getContentDecoderFactories().clear();
-            // Each open stream holds a connection: Jetty's default of 64 per destination would queue the 65th.
-            client.setMaxConnectionsPerDestination(4096);
-            client.setDestinationIdleTimeout(POOL_IDLE.toMillis());
-            if (proxies != null) proxies.configure(client);
-            try {
-                client.start();
-            } catch (Exception e) {
-                throw new IllegalStateException("cannot start the upstream HTTP client: " + describe(e), e);
-            }
-            return client;
-        }
-
-        /** One request to make: method, URI, headers in order, how long to wait for the answer's headers, a body. */
-        static final class Call {
-            final String method;
-            final URI uri;
-            final List<String> headers = new ArrayList<>(24);
-            Duration timeout = Duration.ofSeconds(30);
-            /** How long the connection may stay silent once the answer has begun; past it the read fails. */
-            Duration idle = Duration.ofMinutes(11);
-            /** An event stream: closed early, it is cut off rather than read to its end. */
-            boolean streaming;
-            byte[] body;
-
-            Call(String method, URI uri) {
-                this.method = method;
-                this.uri = uri;
-            }
-
-            static Call get(URI uri) {
-                return new Call("GET", uri);
-            }
-
-            static Call post(URI uri, String contentType, byte[] body) {
-                Call c = new Call("POST", uri).header("content-type", contentType);
-                c.body = body;
-                return c;
-            }
-
-            Call header(String name, String value) {
-                headers.add(name);
-                headers.add(value);
-                return this;
-            }
-
-            Call timeout(Duration d) {
-                timeout = d;
-                return this;
-            }
-
-            Call streaming(boolean yes) {
-                streaming = yes;
-                return this;
-            }
-
-            Call idle(Duration d) {
-                idle = d;
-                return this;
-            }
-        }
-
-        /** Copilot's or GitHub's answer: its status and headers, and its body as it arrives. */
-        record Reply(int statusCode, org.eclipse.jetty.http.HttpFields headers, BodyStream body) {
-            Optional<String> header(String name) {
-                return Optional.ofNullable(headers.get(name));
-            }
-        }
-
-        /** Sends and waits for the answer's headers (at most the call's timeout). */
-        Reply send(Call call) {
-            Exchange exchange = begin(call);
-            try {
-                return exchange.reply.get();
-            } catch (ExecutionException e) {
-                throw failure(call.uri, e.getCause());
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                exchange.abort(e);
-                throw new UpstreamUnreachable("Interrupted while calling " + origin(call.uri), e);
-            }
-        }
-
-        /** Sends; the exchange completes at the answer's headers, or fails (unreachable, no headers in time). */
-        Exchange begin(Call call) {
-            Exchange exchange = new Exchange(call);
-            exchange.attempt(client, true);
-            return exchange;
-        }
-
-        /**
-         * One call in flight. A POST is resent once when a reused keep-alive connection turns out closed before any
-         * byte of the answer, as the JDK's client did (2 in 3,353 Claude Code streams had failed with 502 before).
-         * Never after a failure on a fresh connection: Copilot may have read that request, and a second would be a
-         * second billed call.
-         */
-        static final class Exchange {
-            final Call call;
-            final CompletableFuture<Reply> reply = new CompletableFuture<>();
-            private org.eclipse.jetty.client.Request request;
-            /** Why the call was aborted; a resend then never goes out. Guarded by this, as is request. */
-            private Throwable abortedBy;
-            private volatile org.eclipse.jetty.util.thread.Scheduler.Task deadline;
-
-            Exchange(Call call) {
-                this.call = call;
-            }
-
-            private void attempt(org.eclipse.jetty.client.HttpClient client, boolean first) {
-                var r = client.newRequest(call.uri).method(call.method)
-                    .idleTimeout(call.idle.toMillis(), TimeUnit.MILLISECONDS)
-                    .headers(h -> {
-                        for (int i = 0; i < call.headers.size(); i += 2) h.add(call.headers.get(i), call.headers.get(i + 1));
-                    });
-                if (call.body != null) r.body(new org.eclipse.jetty.client.BytesRequestContent(call.body));
-                BodyStream body = new BodyStream(r, !call.streaming);
-                boolean[] begun = new boolean[1];
-                r.onResponseBegin(x -> begun[0] = true);
-                r.onResponseHeaders(x -> {
-                    cancelDeadline();
-                    reply.complete(new Reply(x.getStatus(), x.getHeaders(), body));
-                });
-                r.onResponseContentAsync((x, chunk, demand) -> body.offer(chunk, demand));
-                synchronized (this) {
-                    if (abortedBy != null) {
-                        fail(body, abortedBy);
-                        return;
-                    }
-                    request = r;
-                }
-                if (first) {
-                    deadline = client.getScheduler().schedule(() -> {
-                        if (reply.completeExceptionally(new UpstreamTimeout("No answer from " + origin(call.uri) + " in time", null))) {
-                            abort(new java.util.concurrent.TimeoutException("no answer in time"));
-                        }
-                    }, call.timeout.toMillis(), TimeUnit.MILLISECONDS);
-                }
-                r.send(result -> {
-                    if (!result.isFailed()) {
-                        body.succeeded();
-                        return;
-                    }
-                    Throwable cause = result.getFailure();
-                    // not r.getAbortCause(): Jetty aborts the request with the EOF itself; our own aborts complete the reply first
-                    if (first && !begun[0] && !reply.isDone() && reused(r) && staleConnection(cause)) {
-                        attempt(client, false);
-                        return;
-                    }
-                    fail(body, cause);
-                });
-            }
-
-            private void fail(BodyStream body, Throwable cause) {
-                body.failed(cause);
-                if (reply.completeExceptionally(cause)) cancelDeadline();
-            }
-
-            private void cancelDeadline() {
-                org.eclipse.jetty.util.thread.Scheduler.Task t = deadline;
-                if (t != null) t.cancel();
-            }
-
-            /** Ends the call and frees its connection (a client that left, a shutdown, a wait given up). */
-            void abort(Throwable why) {
-                reply.completeExceptionally(why);
-                org.eclipse.jetty.client.Request r;
-                synchronized (this) {
-                    if (abortedBy == null) abortedBy = why;
-                    r = request;
-                }
-                if (r != null) r.abort(why);
-            }
-
-            /**
-             * The request went out on a connection that had already carried an answer, as Jetty counts them: a pooled
-             * keep-alive connection, reused. A fresh connection has carried none.
-             */
-            private static boolean reused(org.eclipse.jetty.client.Request r) {
-                return r.getConnection() instanceof org.eclipse.jetty.client.transport.internal.HttpConnectionOverHTTP c && c.getMessagesIn() > 0;
-            }
-
-            /**
-             * The server closed the connection (a pooled one, as the request went out on it) before any byte of an
-             * answer: an I/O failure that is not a failure to connect at all.
-             */
-            private static boolean staleConnection(Throwable t) {
-                return t instanceof IOException && !(t instanceof ConnectException || t instanceof java.net.SocketTimeoutException
-                    || t instanceof java.net.UnknownHostException);
-            }
-        }
-
-        /** A failed call as the exception the error handlers know: unreachable (502) or no answer in time (504). */
-        static RuntimeException failure(URI uri, Throwable e) {
-            if (e instanceof java.util.concurrent.CompletionException && e.getCause() != null) e = e.getCause();
-            if (e instanceof UpstreamUnreachable u) return u;
-            if (e instanceof ConnectException || e instanceof java.net.SocketTimeoutException || e instanceof java.net.UnknownHostException
-                    || e instanceof java.nio.channels.UnresolvedAddressException) {
-                return new UpstreamUnreachable("Cannot reach " + origin(uri) + " (" + brief(e) + ")", e);
-            }
-            if (e instanceof java.util.concurrent.TimeoutException) return new UpstreamTimeout("No answer from " + origin(uri) + " in time", e);
-            if (e instanceof RuntimeException r) return r;
-            return new UpstreamUnreachable("The connection to " + origin(uri) + " failed (" + brief(e) + ")", e);
-        }
-
-        /** Jetty's exceptions whose message is its connection's state ("HttpConnectionOverHTTP@3ab06ee8::..."). */
-        private static final java.util.regex.Pattern OBJECT_DUMP = java.util.regex.Pattern.compile("[A-Za-z]@[0-9a-f]{4,}");
-
-        /**
-         * What went wrong on a connection, in a few words for a person. Jetty names its whole connection state (about
-         * 1 KB) as the message of an early end or a reset: that belongs in its debug log, not in an error event.
-         */
-        static String brief(Throwable e) {
-            for (Throwable t = e; t != null; t = t.getCause()) {
-                if (t instanceof java.io.EOFException || t instanceof java.nio.channels.ClosedChannelException) {
-                    return "the connection was closed before the answer was complete";
-                }
-                if (t instanceof java.util.concurrent.TimeoutException || t instanceof java.net.SocketTimeoutException) {
-                    return "the connection timed out";
-                }
-                if (t instanceof ConnectException) return "the connection was refused";
-                if (t instanceof java.net.UnknownHostException || t instanceof java.nio.channels.UnresolvedAddressException) {
-                    return "the host name could not be resolved";
-                }
-            }
-            String m = describe(e);
-            if (OBJECT_DUMP.matcher(m).find() || m.length() > 200) return "the connection failed (" + e.getClass().getSimpleName() + ")";
-            return m;
-        }
-
-        /** scheme://host:port, without any user-info (a proxy's or a URL's password never reaches a message or log). */
-        static String origin(URI uri) {
-            return uri.getScheme() + "://" + uri.getHost() + (uri.getPort() > 0 ? ":" + uri.getPort() : "");
-        }
-
-        /** A URL to show: any user-info (user:password@) is dropped. */
-        static String shown(String url) {
-            try {
-                URI u = URI.create(url);
-                if (u.getRawUserInfo() == null) return url;
-                return origin(u) + (u.getRawPath() == null ? "" : u.getRawPath());
-            } catch (IllegalArgumentException e) {
-                return url.replaceFirst("//[^/@]*@", "//");
-            }
-        }
-
-        /** Up to limit bytes of a body as text; what arrived before a failure is kept. */
-        static String readLimited(Reply reply, int limit) {
-            java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream();
-            try (InputStream in = reply.body()) {
-                byte[] buf = new byte[8192];
-                for (int n; out.size() < limit && (n = in.read(buf, 0, Math.min(buf.length, limit - out.size()))) > 0; ) out.write(buf, 0, n);
-            } catch (IOException e) {
-                // keep what was read
-            }
-            return out.toString(UTF_8);
-        }
-    }
-
-    /**
-     * An answer's body as an InputStream, fed by Jetty's client a few chunks ahead of the reader at most (the next
-     * chunk is asked for as the reader takes one, so nothing piles up between Copilot and a slow client). Each chunk
-     * is ours once it arrived: what came before a failure is read out first and the failure comes after it, so a
-     * cut stream loses no event that had reached us. close() from any thread ends the exchange and wakes a reader.
-     */
-    static final class BodyStream extends InputStream {
-        /** Chunks asked for ahead of the reader. */
-        static final int WINDOW = 4;
-        /** How long close() waits for the rest of an answer that is not a stream (its end is normally already here). */
-        static final Duration DRAIN_LIMIT = Duration.ofSeconds(1);
-        private static final Object END = new Object();
-        private static final Object CLOSED = new Object();
-
-        private final org.eclipse.jetty.client.Request request;
-        /**
-         * A body that is not a stream is read to its end on close (a JSON reader stops short of it), so that the
-         * exchange is over and its connection back in the pool before the caller's next request goes out.
-         */
-        private final boolean drainOnClose;
-        private final java.util.concurrent.LinkedBlockingQueue<Object> queue = new java.util.concurrent.LinkedBlockingQueue<>();
-        private final java.util.concurrent.atomic.AtomicInteger ahead = new java.util.concurrent.atomic.AtomicInteger();
-        /** The demand held back while the window is full; run when the reader takes a chunk. */
-        private final java.util.concurrent.atomic.AtomicReference<Runnable> heldDemand = new java.util.concurrent.atomic.AtomicReference<>();
-        private volatile boolean closed;
-        private org.eclipse.jetty.io.Content.Chunk chunk;
-        private Object last;
-
-        BodyStream(org.eclipse.jetty.client.Request request, boolean drainOnClose) {
-            this.request = request;
-            this.drainOnClose = drainOnClose;
-        }
-
-        /** Jetty's content callback: the chunk is kept, and more is asked for while the window has room. */
-        void offer(org.eclipse.jetty.io.Content.Chunk c, Runnable demand) {
-            if (closed) {
-                request.abort(new IOException("closed"));
-                return;
-            }
-            if (!c.hasRemaining()) {
-                demand.run();
-                return;
-            }
-            c.retain();
-            queue.add(c);
-            if (ahead.incrementAndGet() < WINDOW) {
-                demand.run();
-            } else {
-                heldDemand.set(demand);
-                // the reader may have taken chunks meanwhile
-                if (ahead.get() < WINDOW) release();
-            }
-        }
-
-        void succeeded() {
-            queue.add(END);
-        }
-
-        void failed(Throwable t) {
-            queue.add(t);
-        }
-
-        private void release() {
-            Runnable d = heldDemand.getAndSet(null);
-            if (d != null) d.run();
-        }
-
-        /** The chunk with bytes in it, or null at the end or when nothing arrived within the wait. */
-        private org.eclipse.jetty.io.Content.Chunk current(long waitNanos) throws IOException {
-            if (closed) throw new IOException("closed");
-            while (chunk == null || !chunk.hasRemaining()) {
-                if (chunk != null) {
-                    chunk.release();
-                    chunk = null;
-                    ahead.decrementAndGet();
-                    release();
-                }
-                if (last != null) return ended();
-                Object next;
-                try {
-                    next = waitNanos == Long.MAX_VALUE ? queue.take() : queue.poll(waitNanos, TimeUnit.NANOSECONDS);
-                } catch (InterruptedException e) {
-                    Thread.currentThread().interrupt();
-                    throw new java.io.InterruptedIOException("interrupted while reading from Copilot");
-                }
-                if (next == null) return null;
-                if (next instanceof org.eclipse.jetty.io.Content.Chunk c) chunk = c;
-                else last = next;
-            }
-            return chunk;
-        }
-
-        private org.eclipse.jetty.io.Content.Chunk ended() throws IOException {
-            if (last == END) return null;
-            if (last == CLOSED) throw new IOException("closed");
-            Throwable t = (Throwable) last;
-            throw t instanceof IOException io ? io : new IOException(Http.brief(t), t);
-        }
-
-        @Override
-        public int read() throws IOException {
-            org.eclipse.jetty.io.Content.Chunk c = current(Long.MAX_VALUE);
-            return c == null ? -1 : c.getByteBuffer().get() & 0xff;
-        }
-
-        @Override
-        public int read(byte[] into, int off, int len) throws IOException {
-            if (len == 0) return 0;
-            org.eclipse.jetty.io.Content.Chunk c = current(Long.MAX_VALUE);
-            if (c == null) return -1;
-            ByteBuffer b = c.getByteBuffer();
-            int n = Math.min(len, b.remaining());
-            b.get(into, off, n);
-            return n;
-        }
-
-        /** Bytes readable now without blocking: those of the chunks already here. */
-        @Override
-        public int available() {
-            long n = chunk == null ? 0 : chunk.remaining();
-            for (Object o : queue) if (o instanceof org.eclipse.jetty.io.Content.Chunk c) n += c.remaining();
-            return (int) Math.min(Integer.MAX_VALUE, n);
-        }
-
-        /** Skips the rest of the answer, up to its end, for at most DRAIN_LIMIT. */
-        private void readToEnd() {
-            long until = System.nanoTime() + DRAIN_LIMIT.toNanos();
-            try {
-                for (var c = current(until - System.nanoTime()); c != null; c = current(until - System.nanoTime())) {
-                    c.getByteBuffer().position(c.getByteBuffer().limit());
-                }
-            } catch (IOException e) {
-                // the answer failed: nothing to reuse
-            }
-        }
-
-        @Override
-        public void close() {
-            if (closed) return;
-            // on the reader's thread; a stream is closed early on purpose (and from the heartbeat), so it is cut
-            if (drainOnClose) readToEnd();
-            closed = true;
-            if (!drainOnClose || last != END) request.abort(new IOException("closed"));
-            // the reader's own chunk is the reader's to drop; those still queued go back now
-            for (Object o; (o = queue.poll()) != null; ) if (o instanceof org.eclipse.jetty.io.Content.Chunk c) c.release();
-            queue.add(CLOSED);
-        }
-    }
-
-    /**
-     * HTTPS_PROXY / HTTP_PROXY / NO_PROXY (either case) as curl reads them, given to Jetty's client as one proxy per
-     * scheme that lets the NO_PROXY hosts go direct. Described without credentials.
-     */
-    static final class EnvProxySelector {
-        private final Optional<URI> httpsProxy;
-        private final Optional<URI> httpProxy;
-        private final List<String> noProxy;
-
-        EnvProxySelector(Optional<URI> httpsProxy, Optional<URI> httpProxy, List<String> noProxy) {
-            this.httpsProxy = httpsProxy;
-            this.httpProxy = httpProxy;
-            this.noProxy = noProxy;
-        }
-
-        static EnvProxySelector from(Map<String, String> env) {
-            Optional<URI> http = proxyUri(env, "HTTP_PROXY");
-            Optional<URI> https = proxyUri(env, "HTTPS_PROXY").or(() -> http);
-            String no = first(env, "NO_PROXY").orElse("");
-            List<String> entries = new ArrayList<>();
-            for (String e : no.split(",")) if (!e.isBlank()) entries.add(e.trim().toLowerCase(Locale.ROOT));
-            return new EnvProxySelector(https, http, entries);
-        }
-
-        private static Optional<String> first(Map<String, String> env, String name) {
-            return Optional.ofNullable(env.get(name)).or(() -> Optional.ofNullable(env.get(name.toLowerCase(Locale.ROOT))))
-                .filter(v -> !v.isBlank());
-        }
-
-        private static Optional<URI> proxyUri(Map<String, String> env, String name) {
-            return first(env, name).map(v -> URI.create(v.contains("://") ? v : "http://" + v));
-        }
-
-        boolean bypass(String host, int port) {
-            if (host == null) return false;
-            String h = host.toLowerCase(Locale.ROOT);
-            if (h.startsWith("[") && h.endsWith("]")) h = h.substring(1, h.length() - 1);
-            for (String entry : noProxy) {
-                if (entry.equals("*")) return true;
-                String e = entry;
-                int colon = e.lastIndexOf(':');
-                if (colon > 0 && !e.contains("]") && e.indexOf(':') == colon) {
-                    if (!e.substring(colon + 1).equals(String.valueOf(port))) continue;
-                    e = e.substring(0, colon);
-                }
-                if (e.startsWith("*.")) e = e.substring(1);
-                if (e.startsWith(".") ? h.endsWith(e) || h.equals(e.substring(1)) : h.equals(e) || h.endsWith("." + e)) return true;
-            }
-            return false;
-        }
-
-        /** Gives Jetty's client one proxy per scheme, each taking the requests this selector sends through it. */
-        void configure(org.eclipse.jetty.client.HttpClient client) {
-            httpsProxy.ifPresent(p -> client.getProxyConfiguration().addProxy(new SchemeProxy(p, "https")));
-            httpProxy.ifPresent(p -> client.getProxyConfiguration().addProxy(new SchemeProxy(p, "http")));
-            // Basic credentials from a proxy URL's user-info, offered only to that proxy
-            for (Optional<URI> proxy : List.of(httpsProxy, httpProxy)) {
-                proxy.filter(p -> p.getRawUserInfo() != null && p.getRawUserInfo().contains(":")).ifPresent(p -> {
-                    String[] parts = p.getRawUserInfo().split(":", 2);
-                    client.getAuthenticationStore().addAuthenticationResult(new org.eclipse.jetty.client.BasicAuthentication.BasicResult(
-                        proxyOrigin(p), org.eclipse.jetty.http.HttpHeader.PROXY_AUTHORIZATION,
-                        java.net.URLDecoder.decode(parts[0], UTF_8), java.net.URLDecoder.decode(parts[1], UTF_8)));
-                });
-            }
-        }
-
-        /** What tells two proxy settings apart (credentials included), to share one client per setting. */
-        String key() {
-            return httpsProxy.map(URI::toString).orElse("-") + " " + httpProxy.map(URI::toString).orElse("-") + " " + String.join(",", noProxy);
-        }
-
-        /** The URI's port, or its scheme's default. */
-        private static int port(URI u) {
-            return u.getPort() > 0 ? u.getPort() : "https".equalsIgnoreCase(u.getScheme()) ? 443 : 80;
-        }
-
-        private static URI proxyOrigin(URI p) {
-            return URI.create(p.getScheme() + "://" + p.getHost() + ":" + port(p));
-        }
-
-        /** A proxy for one scheme's requests, except those NO_PROXY lets go direct. */
-        private final class SchemeProxy extends org.eclipse.jetty.client.HttpProxy {
-            private final String scheme;
-
-            SchemeProxy(URI proxy, String scheme) {
-                super(new org.eclipse.jetty.client.Origin.Address(proxy.getHost(), port(proxy)), "https".equalsIgnoreCase(proxy.getScheme()));
-                this.scheme = scheme;
-            }
-
-            @Override
-            public boolean matches(org.eclipse.jetty.client.Origin origin) {
-                return origin.getScheme().equalsIgnoreCase(scheme) && !bypass(origin.getAddress().getHost(), origin.getAddress().getPort());
-            }
-        }
-
-        String describe() {
-            return "https via " + httpsProxy.map(Http::origin).orElse("none") + ", http via " + httpProxy.map(Http::origin).orElse("none")
-                + (noProxy.isEmpty() ? "" : ", bypassing " + String.join(",", noProxy));
         }
     }
 

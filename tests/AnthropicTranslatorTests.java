@@ -392,8 +392,8 @@ class AnthropicTranslatorTests {
     /** A whole chat answer the way the route answers it: as its chunks, through the stream machine, folded into a message. */
     static ObjectNode folded(JsonNode completion, String requestedModel, Map<String, String> toolNames, List<String> notes) {
         var machine = new CopilotApi.Anthropic.ChatStreamToAnthropic(requestedModel, toolNames);
-        var relay = new CopilotApi.TranslatedRelay(machine, new CopilotApi.Exchange(), (name, data) -> { });
-        var events = CopilotApi.Relay.fold(CopilotApi.EventSource.whole(CopilotApi.ChatChunks.of(completion), false), relay);
+        var relay = new CopilotApi.Streaming.TranslatedRelay(machine, new CopilotApi.Serving.Exchange(), (name, data) -> { });
+        var events = CopilotApi.Streaming.Relay.fold(CopilotApi.EventSource.whole(CopilotApi.Streaming.ChatChunks.of(completion), false), relay);
         notes.addAll(machine.notes());
         return CopilotApi.Anthropic.AnthropicEvents.message(events);
     }

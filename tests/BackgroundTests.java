@@ -30,8 +30,8 @@ class BackgroundTests {
     static final String REMINDER = "<system-reminder>\nThe date is 2026-12-03.\n</system-reminder>";
 
     static CopilotApiTests.Harness harness(StubUpstream stub, String smallModel) throws IOException {
-        return new CopilotApiTests.Harness(stub, new CopilotApi.Controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE,
-            CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(null, smallModel)));
+        return new CopilotApiTests.Harness(stub, new CopilotApi.Operator.Controls(CopilotApi.Operator.ApiKeys.NONE, CopilotApi.Operator.Pacer.NONE,
+            CopilotApi.Operator.Approver.NONE, new CopilotApi.Operator.Stats(), new CopilotApi.Operator.Billing(null, smallModel)));
     }
 
     /** A usage-based account where gpt-5-mini is the cheapest chat model by far. */
@@ -124,8 +124,8 @@ class BackgroundTests {
 
     static final List<String> ANY = List.of("/v1/messages", "/chat/completions", "/responses");
 
-    static String cheap(CopilotApi.Billing billing, List<JsonNode> catalog, boolean tools, long tokens) {
-        return billing.cheapModel(catalog, new CopilotApi.Billing.Need(ANY, tools, false, tokens)).map(m -> m.path("id").asText()).orElse(null);
+    static String cheap(CopilotApi.Operator.Billing billing, List<JsonNode> catalog, boolean tools, long tokens) {
+        return billing.cheapModel(catalog, new CopilotApi.Operator.Billing.Need(ANY, tools, false, tokens)).map(m -> m.path("id").asText()).orElse(null);
     }
 
     @Test
@@ -135,21 +135,21 @@ class BackgroundTests {
             model("nano", 0, prices(10, 40), 16000, false, "/chat/completions"),
             model("embed", 0, prices(1, 0), 8000, false));
         ((ObjectNode) usage.get(3).path("capabilities")).put("type", "embeddings");
-        CopilotApi.Billing auto = new CopilotApi.Billing(null, null);
+        CopilotApi.Operator.Billing auto = new CopilotApi.Operator.Billing(null, null);
         assertEquals("nano", cheap(auto, usage, false, 1000), "the lowest input and output prices");
         assertEquals("mini", cheap(auto, usage, true, 1000), "the call has tools: a model that takes them");
         assertEquals("mini", cheap(auto, usage, false, 50000), "nano's context does not hold the prompt");
         assertEquals("big", cheap(auto, usage, false, 150000));
         assertEquals(null, cheap(auto, usage, false, 500000), "no model holds it: the call keeps its own");
-        assertTrue(auto.cheapModel(usage, new CopilotApi.Billing.Need(List.of("/responses"), false, false, 10)).isEmpty(), "no model on the endpoint");
+        assertTrue(auto.cheapModel(usage, new CopilotApi.Operator.Billing.Need(List.of("/responses"), false, false, 10)).isEmpty(), "no model on the endpoint");
         List<JsonNode> legacy = List.of(model("big", 1, null, 200000, true), model("haiku", 0.33, null, 200000, true),
             model("free-a", 0, null, 64000, true), model("free-b", 0, null, 128000, true));
         assertEquals("free-a", cheap(auto, legacy, true, 1000), "legacy: a free model (the catalog's first that serves)");
         assertEquals("free-b", cheap(auto, legacy, true, 100000));
         assertEquals(null, cheap(auto, legacy, true, 150000), "no free model holds it");
-        assertEquals("haiku", cheap(new CopilotApi.Billing(null, "haiku"), legacy, true, 1000), "--small-model overrides");
-        assertEquals("big", cheap(new CopilotApi.Billing(null, "big"), usage, true, 1000), "--small-model overrides the prices too");
-        assertEquals(null, cheap(new CopilotApi.Billing(null, "off"), usage, false, 10), "--small-model off: nothing is rerouted");
+        assertEquals("haiku", cheap(new CopilotApi.Operator.Billing(null, "haiku"), legacy, true, 1000), "--small-model overrides");
+        assertEquals("big", cheap(new CopilotApi.Operator.Billing(null, "big"), usage, true, 1000), "--small-model overrides the prices too");
+        assertEquals(null, cheap(new CopilotApi.Operator.Billing(null, "off"), usage, false, 10), "--small-model off: nothing is rerouted");
     }
 
     // ==== 3. Through the server, on each route, on both kinds of plan ====

@@ -218,7 +218,7 @@ class Benchmark {
         final Path home;
         final CopilotApi.Settings settings;
         final CopilotApi.CopilotTokens tokens;
-        final CopilotApi.Server server;
+        final CopilotApi.Serving.Server server;
 
         /** Only the stub's URLs and a private home: nothing from the caller's environment reaches copilot-api. */
         static CopilotApi.Settings stubSettings(StubUpstream stub, Path home) {
@@ -234,7 +234,7 @@ class Benchmark {
             stub = StubUpstream.start();
             home = Files.createTempDirectory("copilot-api-bench");
             settings = stubSettings(stub, home);
-            CopilotApi.App app = CopilotApi.App.open(settings, CopilotApi.Timeouts.DEFAULT, auth -> auth.existingToken().orElseThrow());
+            CopilotApi.Serving.App app = CopilotApi.Serving.App.open(settings, CopilotApi.Timeouts.DEFAULT, auth -> auth.existingToken().orElseThrow());
             tokens = app.tokens();
             app.models().refreshQuietly();
             server = app.serve(new CopilotApi.ServerOptions("127.0.0.1", 0));

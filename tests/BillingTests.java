@@ -28,8 +28,8 @@ import org.junit.jupiter.api.TestFactory;
 class BillingTests extends CopilotApiTests.WithHarness {
     @Override
     CopilotApiTests.Harness harness() throws IOException {
-        return new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE,
-            CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(null, null)));
+        return new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Operator.Controls(CopilotApi.Operator.ApiKeys.NONE, CopilotApi.Operator.Pacer.NONE,
+            CopilotApi.Operator.Approver.NONE, new CopilotApi.Operator.Stats(), new CopilotApi.Operator.Billing(null, null)));
     }
 
     /** A route and model a fixture is sent to, and the upstream path that call reaches. */
@@ -108,14 +108,14 @@ class BillingTests extends CopilotApiTests.WithHarness {
     @Test
     void theSmallModelOptionChoosesWhichModelAnswersTheWarmup() throws Exception {
         List<JsonNode> catalog = List.of(model("claude-haiku-4.5", 0.33), model("gpt-4.1", 0), model("gpt-5-mini", 0));
-        assertEquals("gpt-5-mini", warmupModel(new CopilotApi.Billing(null, "gpt-5-mini"), catalog));
-        assertEquals("gpt-4.1", warmupModel(new CopilotApi.Billing(null, null), catalog), "the catalog's first free model");
-        assertEquals("claude-haiku-4.5", warmupModel(new CopilotApi.Billing(null, "claude-haiku-4.5"), catalog), "as the operator chose");
-        assertEquals(null, warmupModel(new CopilotApi.Billing(null, null), List.of(model("claude-sonnet-4.5", 1))));
+        assertEquals("gpt-5-mini", warmupModel(new CopilotApi.Operator.Billing(null, "gpt-5-mini"), catalog));
+        assertEquals("gpt-4.1", warmupModel(new CopilotApi.Operator.Billing(null, null), catalog), "the catalog's first free model");
+        assertEquals("claude-haiku-4.5", warmupModel(new CopilotApi.Operator.Billing(null, "claude-haiku-4.5"), catalog), "as the operator chose");
+        assertEquals(null, warmupModel(new CopilotApi.Operator.Billing(null, null), List.of(model("claude-sonnet-4.5", 1))));
     }
 
-    static String warmupModel(CopilotApi.Billing billing, List<JsonNode> catalog) {
-        return billing.cheapModel(catalog, CopilotApi.Billing.Need.ANY).map(m -> m.path("id").asText()).orElse(null);
+    static String warmupModel(CopilotApi.Operator.Billing billing, List<JsonNode> catalog) {
+        return billing.cheapModel(catalog, CopilotApi.Operator.Billing.Need.ANY).map(m -> m.path("id").asText()).orElse(null);
     }
 
     static JsonNode model(String id, double multiplier) {
@@ -274,22 +274,22 @@ class BillingTests extends CopilotApiTests.WithHarness {
 
     @Test
     void theRequestLogLineSaysWhatACallCost() {
-        CopilotApi.Billing.Charge billed = new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Billing.Reason.PREMIUM, 3);
+        CopilotApi.Operator.Billing.Charge billed = new CopilotApi.Operator.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Operator.Billing.Reason.PREMIUM, 3);
         assertEquals("premium 1×3", billed.describe());
-        assertEquals("premium 1×0.33", new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Billing.Reason.PREMIUM, 0.33).describe());
-        assertEquals("free: subagent", new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.AGENT, CopilotApi.Billing.Reason.SUBAGENT, 3).describe());
-        assertEquals("free: free model", new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Billing.Reason.FREE_MODEL, 0).describe());
+        assertEquals("premium 1×0.33", new CopilotApi.Operator.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Operator.Billing.Reason.PREMIUM, 0.33).describe());
+        assertEquals("free: subagent", new CopilotApi.Operator.Billing.Charge(CopilotApi.Chat.Initiator.AGENT, CopilotApi.Operator.Billing.Reason.SUBAGENT, 3).describe());
+        assertEquals("free: free model", new CopilotApi.Operator.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Operator.Billing.Reason.FREE_MODEL, 0).describe());
         assertEquals("premium 1×1: subagent sent as user, Copilot refuses agent there",
-            new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Billing.Reason.SUBAGENT, 1).describe());
+            new CopilotApi.Operator.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Operator.Billing.Reason.SUBAGENT, 1).describe());
         assertEquals("free: warmup sent as user, Copilot refuses agent there",
-            new CopilotApi.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Billing.Reason.WARMUP, 0).describe());
+            new CopilotApi.Operator.Billing.Charge(CopilotApi.Chat.Initiator.USER, CopilotApi.Operator.Billing.Reason.WARMUP, 0).describe());
     }
 
     /** A budget of 1: one Sonnet prompt passes, the next prompt is a 429 in the caller's shape, tool follow-ups and free models pass. */
     @Test
     void aPremiumBudgetRefusesTheNextPromptButNotContinuations() throws Exception {
-        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
-                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(1.0, null)))) {
+        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Operator.Controls(CopilotApi.Operator.ApiKeys.NONE,
+                CopilotApi.Operator.Pacer.NONE, CopilotApi.Operator.Approver.NONE, new CopilotApi.Operator.Stats(), new CopilotApi.Operator.Billing(1.0, null)))) {
             String prompt = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
             assertEquals(200, b.post("/v1/messages", prompt).statusCode());
             HttpResponse<String> refused = b.post("/v1/messages", prompt);
@@ -316,8 +316,8 @@ class BillingTests extends CopilotApiTests.WithHarness {
      */
     @Test
     void aCallCopilotFailsOrRefusesCostsNothing() throws Exception {
-        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
-                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(1.0, null)))) {
+        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Operator.Controls(CopilotApi.Operator.ApiKeys.NONE,
+                CopilotApi.Operator.Pacer.NONE, CopilotApi.Operator.Approver.NONE, new CopilotApi.Operator.Stats(), new CopilotApi.Operator.Billing(1.0, null)))) {
             String prompt = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
             String streamed = prompt.replace("{\"model\"", "{\"stream\":true,\"model\"");
             b.stub.enqueue("/v1/messages", StubUpstream.Reply.error(503, "service_unavailable", "stub: outage"));
@@ -344,8 +344,8 @@ class BillingTests extends CopilotApiTests.WithHarness {
     /** Once Copilot has begun to answer, the call stands as billed, even when its stream breaks later. */
     @Test
     void aStreamCopilotBeganToAnswerStaysBilledWhenItBreaks() throws Exception {
-        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
-                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(1.0, null)))) {
+        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Operator.Controls(CopilotApi.Operator.ApiKeys.NONE,
+                CopilotApi.Operator.Pacer.NONE, CopilotApi.Operator.Approver.NONE, new CopilotApi.Operator.Stats(), new CopilotApi.Operator.Billing(1.0, null)))) {
             b.stub.enqueue("/v1/messages", StubUpstream.Reply.rawSse(CopilotApiTests.UpstreamScripts.MESSAGES_HEAD
                 + CopilotApiTests.UpstreamScripts.MESSAGES_TAIL).cutAfter(3));
             String prompt = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
@@ -360,8 +360,8 @@ class BillingTests extends CopilotApiTests.WithHarness {
     /** Bad input is refused as bad input even when the budget is spent: checking comes before charging on every route. */
     @Test
     void badInputIsRefusedBeforeAnyCharge() throws Exception {
-        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
-                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(0.0, null)))) {
+        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Operator.Controls(CopilotApi.Operator.ApiKeys.NONE,
+                CopilotApi.Operator.Pacer.NONE, CopilotApi.Operator.Approver.NONE, new CopilotApi.Operator.Stats(), new CopilotApi.Operator.Billing(0.0, null)))) {
             HttpResponse<String> messages = b.post("/v1/messages", "{\"model\":\"gemini-2.5-pro\",\"max_tokens\":10,"
                 + "\"messages\":[{\"role\":\"robot\",\"content\":\"Hi\"}]}");
             assertEquals(400, messages.statusCode(), "translated Messages: " + messages.body());
@@ -382,8 +382,8 @@ class BillingTests extends CopilotApiTests.WithHarness {
     /** A body past Copilot's /responses cap is a 413 even when the budget is spent, on each route that reaches /responses. */
     @Test
     void aBodyPastCopilotsCapIsRefusedBeforeAnyCharge() throws Exception {
-        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
-                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(0.0, null)))) {
+        try (CopilotApiTests.Harness b = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Operator.Controls(CopilotApi.Operator.ApiKeys.NONE,
+                CopilotApi.Operator.Pacer.NONE, CopilotApi.Operator.Approver.NONE, new CopilotApi.Operator.Stats(), new CopilotApi.Operator.Billing(0.0, null)))) {
             String big = "x".repeat(StubUpstream.RESPONSES_CAP);
             assertEquals(413, b.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":\"" + big + "\"}").statusCode(), "forwarded");
             assertEquals(413, b.post("/v1/messages", "{\"model\":\"gpt-5.1-codex\",\"max_tokens\":100,\"messages\":[{\"role\":\"user\","
@@ -412,13 +412,13 @@ class BillingTests extends CopilotApiTests.WithHarness {
 
     @Test
     void subagentPromptsAreBoundedInCountAndAge() throws Exception {
-        CopilotApi.SubagentPrompts few = new CopilotApi.SubagentPrompts(2, java.time.Duration.ofHours(1));
+        CopilotApi.Operator.SubagentPrompts few = new CopilotApi.Operator.SubagentPrompts(2, java.time.Duration.ofHours(1));
         for (String p : List.of("one", "two", "three")) few.toolCall("Agent", json("{\"prompt\":\"" + p + "\"}"));
         assertFalse(few.isRemembered("one"), "the oldest is forgotten past the count");
         assertTrue(few.isRemembered("two") && few.isRemembered("three"));
         few.toolCall("Bash", json("{\"prompt\":\"four\"}"));
         assertFalse(few.isRemembered("four"), "only Agent and Task start subagents");
-        CopilotApi.SubagentPrompts brief = new CopilotApi.SubagentPrompts(10, java.time.Duration.ofMillis(50));
+        CopilotApi.Operator.SubagentPrompts brief = new CopilotApi.Operator.SubagentPrompts(10, java.time.Duration.ofMillis(50));
         brief.toolCall("Task", "{\"prompt\":\"old\"}");
         assertTrue(brief.isRemembered("old"));
         Thread.sleep(120);
@@ -427,8 +427,8 @@ class BillingTests extends CopilotApiTests.WithHarness {
 
     @Test
     void theDashboardShowsWhatThisServerSpentBesideTheQuota() throws Exception {
-        try (CopilotApiTests.Harness d = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Controls(CopilotApi.ApiKeys.NONE,
-                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(50.0, null)))) {
+        try (CopilotApiTests.Harness d = new CopilotApiTests.Harness(StubUpstream.start(), new CopilotApi.Operator.Controls(CopilotApi.Operator.ApiKeys.NONE,
+                CopilotApi.Operator.Pacer.NONE, CopilotApi.Operator.Approver.NONE, new CopilotApi.Operator.Stats(), new CopilotApi.Operator.Billing(50.0, null)))) {
             assertEquals(200, d.post("/v1/messages", "{\"model\":\"claude-opus-4.1\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}")
                 .statusCode());
             assertEquals(200, d.post("/v1/messages", warmup("claude-haiku-4.5")).statusCode());

@@ -199,56 +199,56 @@ class CopilotApiTests {
         final CopilotApi.Settings settings;
         final CopilotApi.CopilotTokens tokens;
         final CopilotApi.CopilotClient copilot;
-        final CopilotApi.Server server;
+        final CopilotApi.Serving.Server server;
         final HttpClient client = HttpClient.newBuilder().version(HttpClient.Version.HTTP_1_1).build();
 
         Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak) throws IOException {
-            this(stub, extraEnv, tweak, CopilotApi.Controls.none());
+            this(stub, extraEnv, tweak, CopilotApi.Operator.Controls.none());
         }
 
-        Harness(StubUpstream stub, CopilotApi.Controls controls) throws IOException {
+        Harness(StubUpstream stub, CopilotApi.Operator.Controls controls) throws IOException {
             this(stub, Map.of(), o -> { }, controls);
         }
 
-        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls)
+        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Operator.Controls controls)
                 throws IOException {
-            this(stub, extraEnv, tweak, controls, CopilotApi.BrowserGuard.loopback("127.0.0.1"), CopilotApi.Timeouts.DEFAULT);
+            this(stub, extraEnv, tweak, controls, CopilotApi.Serving.BrowserGuard.loopback("127.0.0.1"), CopilotApi.Timeouts.DEFAULT);
         }
 
-        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
-                CopilotApi.BrowserGuard guard) throws IOException {
+        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Operator.Controls controls,
+                CopilotApi.Serving.BrowserGuard guard) throws IOException {
             this(stub, extraEnv, tweak, controls, guard, CopilotApi.Timeouts.DEFAULT);
         }
 
-        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
+        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Operator.Controls controls,
                 CopilotApi.Timeouts timeouts) throws IOException {
-            this(stub, extraEnv, tweak, controls, CopilotApi.BrowserGuard.loopback("127.0.0.1"), timeouts);
+            this(stub, extraEnv, tweak, controls, CopilotApi.Serving.BrowserGuard.loopback("127.0.0.1"), timeouts);
         }
 
-        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
-                CopilotApi.BrowserGuard guard, CopilotApi.Timeouts timeouts) throws IOException {
+        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Operator.Controls controls,
+                CopilotApi.Serving.BrowserGuard guard, CopilotApi.Timeouts timeouts) throws IOException {
             this(stub, extraEnv, tweak, controls, guard, timeouts, CopilotApi.Store.Options.DEFAULT);
         }
 
         /** A copilot-api with these store options; COPILOT_API_HOME in extraEnv reuses a data directory (a restart). */
         Harness(StubUpstream stub, Map<String, String> extraEnv, CopilotApi.Store.Options store) throws IOException {
-            this(stub, extraEnv, o -> { }, CopilotApi.Controls.none(), CopilotApi.BrowserGuard.loopback("127.0.0.1"),
+            this(stub, extraEnv, o -> { }, CopilotApi.Operator.Controls.none(), CopilotApi.Serving.BrowserGuard.loopback("127.0.0.1"),
                 CopilotApi.Timeouts.DEFAULT, store);
         }
 
-        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
-                CopilotApi.BrowserGuard guard, CopilotApi.Timeouts timeouts, CopilotApi.Store.Options store) throws IOException {
+        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Operator.Controls controls,
+                CopilotApi.Serving.BrowserGuard guard, CopilotApi.Timeouts timeouts, CopilotApi.Store.Options store) throws IOException {
             this(stub, extraEnv, tweak, controls, guard, timeouts, store, CopilotApi.ModelRouting.NONE);
         }
 
         /** A copilot-api with the user's --model-map and fallback model. */
         Harness(StubUpstream stub, CopilotApi.ModelRouting routing) throws IOException {
-            this(stub, Map.of(), o -> { }, CopilotApi.Controls.none(), CopilotApi.BrowserGuard.loopback("127.0.0.1"),
+            this(stub, Map.of(), o -> { }, CopilotApi.Operator.Controls.none(), CopilotApi.Serving.BrowserGuard.loopback("127.0.0.1"),
                 CopilotApi.Timeouts.DEFAULT, CopilotApi.Store.Options.DEFAULT, routing);
         }
 
-        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Controls controls,
-                CopilotApi.BrowserGuard guard, CopilotApi.Timeouts timeouts, CopilotApi.Store.Options store, CopilotApi.ModelRouting routing)
+        Harness(StubUpstream stub, Map<String, String> extraEnv, Consumer<CopilotApi.CommonOptions> tweak, CopilotApi.Operator.Controls controls,
+                CopilotApi.Serving.BrowserGuard guard, CopilotApi.Timeouts timeouts, CopilotApi.Store.Options store, CopilotApi.ModelRouting routing)
                 throws IOException {
             this.stub = stub;
             this.home = Files.createTempDirectory("copilot-api-home");
@@ -261,7 +261,7 @@ class CopilotApiTests {
             tweak.accept(options);
             settings = CopilotApi.Settings.from(options, env);
             // start's own wiring; only the settings, timeouts, token and server options are the test's
-            CopilotApi.App app = open(settings, timeouts);
+            CopilotApi.Serving.App app = open(settings, timeouts);
             tokens = app.tokens();
             copilot = app.copilot();
             app.models().refreshQuietly();
@@ -269,9 +269,9 @@ class CopilotApiTests {
         }
 
         /** start's composition root with the token the settings name (the stub's). */
-        static CopilotApi.App open(CopilotApi.Settings settings, CopilotApi.Timeouts timeouts) throws IOException {
+        static CopilotApi.Serving.App open(CopilotApi.Settings settings, CopilotApi.Timeouts timeouts) throws IOException {
             try {
-                return CopilotApi.App.open(settings, timeouts, auth -> auth.existingToken().orElseThrow());
+                return CopilotApi.Serving.App.open(settings, timeouts, auth -> auth.existingToken().orElseThrow());
             } catch (InterruptedException e) {
                 Thread.currentThread().interrupt();
                 throw new java.io.InterruptedIOException("interrupted while connecting");
@@ -885,7 +885,7 @@ class CopilotApiTests {
             stub.enqueue("/models", StubUpstream.Reply.json(200, hung).delayMs(4000));
             CopilotApi.Timeouts oneSecond = new CopilotApi.Timeouts(Duration.ofSeconds(1), Duration.ofSeconds(120), Duration.ofMinutes(10),
                 Duration.ofSeconds(3), Duration.ofSeconds(15));
-            try (Harness own = new Harness(stub, Map.of(), o -> { }, CopilotApi.Controls.none(), oneSecond)) {
+            try (Harness own = new Harness(stub, Map.of(), o -> { }, CopilotApi.Operator.Controls.none(), oneSecond)) {
                 for (int i = 0; i < 5; i++) stub.enqueue("/models", StubUpstream.Reply.json(200, hung).delayMs(4000));
                 stub.clear();
                 long start = System.nanoTime();
@@ -1967,7 +1967,7 @@ class CopilotApiTests {
                 "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
                 "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":1}}\n\n",
                 "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
-            try (Harness quick = new Harness(StubUpstream.start(), Map.of(), o -> { }, CopilotApi.Controls.none(), quickPings)) {
+            try (Harness quick = new Harness(StubUpstream.start(), Map.of(), o -> { }, CopilotApi.Operator.Controls.none(), quickPings)) {
                 quick.stub.enqueue("/v1/messages", StubUpstream.Reply.events(framed).delayMs(1500));
                 HttpResponse<String> r = quick.post("/v1/messages",
                     "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
@@ -2787,8 +2787,8 @@ class CopilotApiTests {
     static final String CHAT_HI = "{\"model\":\"gpt-4.1\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
     static final String MESSAGES_HI = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":50,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
 
-    static CopilotApi.Controls controls(CopilotApi.ApiKeys keys, CopilotApi.Pacer pacer, CopilotApi.Approver approver) {
-        return new CopilotApi.Controls(keys, pacer, approver, new CopilotApi.Stats());
+    static CopilotApi.Operator.Controls controls(CopilotApi.Operator.ApiKeys keys, CopilotApi.Operator.Pacer pacer, CopilotApi.Operator.Approver approver) {
+        return new CopilotApi.Operator.Controls(keys, pacer, approver, new CopilotApi.Operator.Stats());
     }
 
     @TestInstance(TestInstance.Lifecycle.PER_CLASS)
@@ -2797,8 +2797,8 @@ class CopilotApiTests {
 
         @BeforeAll
         void up() throws IOException {
-            h = new Harness(StubUpstream.start(), controls(new CopilotApi.ApiKeys(List.of("k-one", "k-two")), CopilotApi.Pacer.NONE,
-                CopilotApi.Approver.NONE));
+            h = new Harness(StubUpstream.start(), controls(new CopilotApi.Operator.ApiKeys(List.of("k-one", "k-two")), CopilotApi.Operator.Pacer.NONE,
+                CopilotApi.Operator.Approver.NONE));
         }
 
         @AfterAll
@@ -2841,21 +2841,21 @@ class CopilotApiTests {
 
         @Test
         void comparisonIsExactForEveryKey() {
-            var keys = new CopilotApi.ApiKeys(List.of("alpha", "beta"));
+            var keys = new CopilotApi.Operator.ApiKeys(List.of("alpha", "beta"));
             assertTrue(keys.accepts("alpha"));
             assertTrue(keys.accepts("beta"));
             for (String no : new String[] {null, "", "alph", "alphaa", "ALPHA", "beta "}) assertFalse(keys.accepts(no), no);
-            var env = CopilotApi.ApiKeys.from(List.of("c"), Map.of("COPILOT_API_KEYS", "a, b"));
+            var env = CopilotApi.Operator.ApiKeys.from(List.of("c"), Map.of("COPILOT_API_KEYS", "a, b"));
             assertTrue(env.accepts("a") && env.accepts("b") && env.accepts("c"));
-            assertFalse(CopilotApi.ApiKeys.from(null, Map.of()).enabled());
+            assertFalse(CopilotApi.Operator.ApiKeys.from(null, Map.of()).enabled());
         }
     }
 
     static final class PacingTests {
         @Test
         void withoutWaitASecondQuickRequestIs429WithRetryAfter() throws Exception {
-            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.ApiKeys.NONE,
-                    new CopilotApi.Pacer(Duration.ofSeconds(30), false), CopilotApi.Approver.NONE))) {
+            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.Operator.ApiKeys.NONE,
+                    new CopilotApi.Operator.Pacer(Duration.ofSeconds(30), false), CopilotApi.Operator.Approver.NONE))) {
                 assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
                 HttpResponse<String> second = h.post("/v1/chat/completions", CHAT_HI);
                 assertEquals(429, second.statusCode());
@@ -2874,7 +2874,7 @@ class CopilotApiTests {
 
         @Test
         void withWaitRequestsQueueFirstComeFirstServed() throws Exception {
-            var pacer = new CopilotApi.Pacer(Duration.ofMillis(300), true);
+            var pacer = new CopilotApi.Operator.Pacer(Duration.ofMillis(300), true);
             int n = 6;
             long[] admitted = new long[n];
             long[] slots = new long[n];
@@ -2907,8 +2907,8 @@ class CopilotApiTests {
 
         @Test
         void withWaitTheServerDelaysInsteadOfRefusing() throws Exception {
-            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.ApiKeys.NONE,
-                    new CopilotApi.Pacer(Duration.ofSeconds(1), true), CopilotApi.Approver.NONE))) {
+            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.Operator.ApiKeys.NONE,
+                    new CopilotApi.Operator.Pacer(Duration.ofSeconds(1), true), CopilotApi.Operator.Approver.NONE))) {
                 long start = System.nanoTime();
                 assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
                 assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
@@ -2919,8 +2919,8 @@ class CopilotApiTests {
         /** A queued request whose client leaves never reaches Copilot, is not counted, and gives its slot to the next one. */
         @Test
         void withWaitAClientThatLeavesWhileQueuedIsNeverSent() throws Exception {
-            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.ApiKeys.NONE,
-                    new CopilotApi.Pacer(Duration.ofMillis(1500), true), CopilotApi.Approver.NONE))) {
+            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.Operator.ApiKeys.NONE,
+                    new CopilotApi.Operator.Pacer(Duration.ofMillis(1500), true), CopilotApi.Operator.Approver.NONE))) {
                 assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
                 long start = System.nanoTime();
                 // the pacer gives no sign of a queued request: a short pause lets it take its slot
@@ -2978,7 +2978,7 @@ class CopilotApiTests {
 
     static final class ManualApprovalTests {
         /** Answers from a script, recording what was shown; can be slow to answer. */
-        static final class ScriptedTerminal implements CopilotApi.Approver.Terminal {
+        static final class ScriptedTerminal implements CopilotApi.Operator.Approver.Terminal {
             final java.util.Deque<String> answers;
             final List<String> shown = java.util.Collections.synchronizedList(new ArrayList<>());
             final java.util.concurrent.atomic.AtomicInteger asking = new java.util.concurrent.atomic.AtomicInteger();
@@ -3011,8 +3011,8 @@ class CopilotApiTests {
         @Test
         void yesPassesNoAndSilenceAre403() throws Exception {
             ScriptedTerminal terminal = new ScriptedTerminal("y", "n", "<silence>");
-            var approver = new CopilotApi.Approver(terminal, Duration.ofMillis(500));
-            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE, approver))) {
+            var approver = new CopilotApi.Operator.Approver(terminal, Duration.ofMillis(500));
+            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.Operator.ApiKeys.NONE, CopilotApi.Operator.Pacer.NONE, approver))) {
                 assertEquals(200, h.post("/v1/chat/completions", CHAT_HI).statusCode());
                 assertTrue(terminal.shown.get(0).contains("POST /v1/chat/completions") && terminal.shown.get(0).contains("model=gpt-4.1")
                     && terminal.shown.get(0).contains("messages=1"), terminal.shown.toString());
@@ -3031,8 +3031,8 @@ class CopilotApiTests {
         @Test
         void concurrentRequestsAreAskedOneAtATime() throws Exception {
             ScriptedTerminal terminal = new ScriptedTerminal("y", "yes", "Y");
-            var approver = new CopilotApi.Approver(terminal, Duration.ofSeconds(10));
-            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE, approver))) {
+            var approver = new CopilotApi.Operator.Approver(terminal, Duration.ofSeconds(10));
+            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.Operator.ApiKeys.NONE, CopilotApi.Operator.Pacer.NONE, approver))) {
                 List<java.util.concurrent.CompletableFuture<HttpResponse<String>>> all = new ArrayList<>();
                 for (int i = 0; i < 3; i++) {
                     all.add(h.client.sendAsync(HttpRequest.newBuilder(URI.create(h.url("/v1/chat/completions")))
@@ -3045,7 +3045,7 @@ class CopilotApiTests {
         }
 
         /** Answers only what the test types, after the question it is typed for; lines typed before a question are dropped. */
-        static final class TypedTerminal implements CopilotApi.Approver.Terminal {
+        static final class TypedTerminal implements CopilotApi.Operator.Approver.Terminal {
             final java.util.concurrent.BlockingQueue<String> typed = new java.util.concurrent.LinkedBlockingQueue<>();
             final List<String> shown = java.util.Collections.synchronizedList(new ArrayList<>());
 
@@ -3065,8 +3065,8 @@ class CopilotApiTests {
         @Test
         void aClientThatLeavesWhileAwaitingApprovalIsNeverSent() throws Exception {
             TypedTerminal terminal = new TypedTerminal();
-            var approver = new CopilotApi.Approver(terminal, Duration.ofSeconds(20));
-            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE, approver))) {
+            var approver = new CopilotApi.Operator.Approver(terminal, Duration.ofSeconds(20));
+            try (Harness h = new Harness(StubUpstream.start(), controls(CopilotApi.Operator.ApiKeys.NONE, CopilotApi.Operator.Pacer.NONE, approver))) {
                 leaveAfter(h, "/v1/chat/completions", CHAT_HI,
                     () -> assertEquals(1, unchecked(() -> eventually(Duration.ofSeconds(5), terminal.shown::size, n -> n == 1))));
                 Thread.sleep(600);
@@ -3156,7 +3156,7 @@ class CopilotApiTests {
 
         @Test
         void allowedHostsAreExactNames() {
-            CopilotApi.BrowserGuard guard = CopilotApi.BrowserGuard.from("0.0.0.0", List.of("devbox.lan"), List.of(),
+            CopilotApi.Serving.BrowserGuard guard = CopilotApi.Serving.BrowserGuard.from("0.0.0.0", List.of("devbox.lan"), List.of(),
                 Map.of("COPILOT_API_ALLOWED_HOSTS", "proxy.internal"));
             assertTrue(guard.allowsHost("devbox.lan:4141"));
             assertTrue(guard.allowsHost("proxy.internal"));
@@ -3164,7 +3164,7 @@ class CopilotApiTests {
             assertFalse(guard.allowsHost("devbox.lan.evil.example:4141"));
             assertFalse(guard.allowsHost("localhost.evil.example"));
             assertFalse(guard.allowsHost("127.0.0.1.nip.io:4141"), "a name that merely looks like an address is a name");
-            assertTrue(CopilotApi.BrowserGuard.from("myhost.local", List.of(), List.of(), Map.of()).allowsHost("myhost.local:4141"),
+            assertTrue(CopilotApi.Serving.BrowserGuard.from("myhost.local", List.of(), List.of(), Map.of()).allowsHost("myhost.local:4141"),
                 "the --host name itself");
         }
 
@@ -3224,8 +3224,8 @@ class CopilotApiTests {
         @Test
         void anAllowedOriginGetsPreflightsAndCorsHeaders() throws Exception {
             String origin = "http://localhost:3000";
-            try (Harness cors = new Harness(StubUpstream.start(), Map.of(), o -> { }, CopilotApi.Controls.none(),
-                    CopilotApi.BrowserGuard.from("127.0.0.1", List.of(), List.of(origin), Map.of()))) {
+            try (Harness cors = new Harness(StubUpstream.start(), Map.of(), o -> { }, CopilotApi.Operator.Controls.none(),
+                    CopilotApi.Serving.BrowserGuard.from("127.0.0.1", List.of(), List.of(origin), Map.of()))) {
                 HttpResponse<String> pre = cors.send("OPTIONS", "/v1/chat/completions", null, "origin", origin,
                     "access-control-request-method", "POST", "access-control-request-headers", "authorization,content-type,x-stainless-os",
                     "access-control-request-private-network", "true");
@@ -3451,8 +3451,8 @@ class CopilotApiTests {
 
         @Test
         void showsPlanQuotasAndStatsBehindAnApiKey() throws Exception {
-            try (Harness h = new Harness(StubUpstream.start(), controls(new CopilotApi.ApiKeys(List.of("dash-key")), CopilotApi.Pacer.NONE,
-                    CopilotApi.Approver.NONE))) {
+            try (Harness h = new Harness(StubUpstream.start(), controls(new CopilotApi.Operator.ApiKeys(List.of("dash-key")), CopilotApi.Operator.Pacer.NONE,
+                    CopilotApi.Operator.Approver.NONE))) {
                 assertEquals(200, h.send("POST", "/v1/chat/completions", CHAT_HI, "x-api-key", "dash-key").statusCode());
                 String dom = render(h.url("/dashboard#key=dash-key"));
                 assertTrue(dom.contains("120 / 300 used (40.0%)"), "premium quota: " + dom);
@@ -3607,8 +3607,8 @@ class CopilotApiTests {
         void up() throws IOException {
             StubUpstream stub = StubUpstream.start();
             silent = new StubUpstream.Silent(stub);
-            hung = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", silent.url()), o -> { }, CopilotApi.Controls.none(), SHORT);
-            slow = new Harness(StubUpstream.start(), Map.of(), o -> { }, CopilotApi.Controls.none(),
+            hung = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", silent.url()), o -> { }, CopilotApi.Operator.Controls.none(), SHORT);
+            slow = new Harness(StubUpstream.start(), Map.of(), o -> { }, CopilotApi.Operator.Controls.none(),
                 new CopilotApi.Timeouts(Duration.ofSeconds(10), Duration.ofSeconds(1), Duration.ofSeconds(10), Duration.ofMillis(300), CopilotApi.Timeouts.DEFAULT.keepAlive()));
         }
 
@@ -3777,7 +3777,7 @@ class CopilotApiTests {
             gated = new StubUpstream.Gated(stub);
             streaming = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", gated.url()), o -> { });
             silent = new StubUpstream.Silent(stub);
-            h = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", silent.url()), o -> { }, CopilotApi.Controls.none(),
+            h = new Harness(stub, Map.of("COPILOT_API_COPILOT_URL", silent.url()), o -> { }, CopilotApi.Operator.Controls.none(),
                 // no early commit: a stream's client has not been written to, so only watching its connection can tell
                 new CopilotApi.Timeouts(Duration.ofSeconds(60), Duration.ofSeconds(60), Duration.ofSeconds(60), Duration.ofSeconds(60), CopilotApi.Timeouts.DEFAULT.keepAlive()));
         }

@@ -25,13 +25,13 @@ class CostTests {
     static final String MESSAGES = "{\"model\":\"claude-sonnet-4.5\",\"max_tokens\":10,\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
     static final String RESPONSES = "{\"model\":\"gpt-4.1\",\"input\":\"Hi\"}";
 
-    static CopilotApiTests.Harness harness(StubUpstream stub, CopilotApi.Stats stats) throws IOException {
-        return new CopilotApiTests.Harness(stub, new CopilotApi.Controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE,
-            CopilotApi.Approver.NONE, stats, new CopilotApi.Billing(null, null)));
+    static CopilotApiTests.Harness harness(StubUpstream stub, CopilotApi.Operator.Stats stats) throws IOException {
+        return new CopilotApiTests.Harness(stub, new CopilotApi.Operator.Controls(CopilotApi.Operator.ApiKeys.NONE, CopilotApi.Operator.Pacer.NONE,
+            CopilotApi.Operator.Approver.NONE, stats, new CopilotApi.Operator.Billing(null, null)));
     }
 
     static CopilotApiTests.Harness usageBased() throws IOException {
-        return harness(StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED), new CopilotApi.Stats());
+        return harness(StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED), new CopilotApi.Operator.Stats());
     }
 
     static JsonNode credits(CopilotApiTests.Harness h, int requests) throws InterruptedException {
@@ -86,7 +86,7 @@ class CostTests {
     @Test
     void withoutCopilotsFigureTheCostIsEstimatedFromTheTokenPricesAndMarked() throws Exception {
         try (CopilotApiTests.Harness h = harness(StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED)
-                .reportsCopilotUsage(false).cachedTokens(4), new CopilotApi.Stats())) {
+                .reportsCopilotUsage(false).cachedTokens(4), new CopilotApi.Operator.Stats())) {
             HttpResponse<String> r = h.post("/v1/chat/completions", CHAT);
             assertEquals(200, r.statusCode(), r.body());
             JsonNode usage = json(r.body()).path("usage");
@@ -133,7 +133,7 @@ class CostTests {
 
     @Test
     void aLegacyAccountShowsPremiumUnitsAndNoCredits() throws Exception {
-        try (CopilotApiTests.Harness h = harness(StubUpstream.start(), new CopilotApi.Stats())) {
+        try (CopilotApiTests.Harness h = harness(StubUpstream.start(), new CopilotApi.Operator.Stats())) {
             HttpResponse<String> r = h.post("/v1/messages", MESSAGES);
             assertEquals(200, r.statusCode(), r.body());
             assertFalse(r.headers().firstValue("x-copilot-api-cost").isPresent(), "no credits on a legacy plan");
@@ -147,7 +147,7 @@ class CostTests {
     @Test
     void aCreditBudgetRefusesTheNextCallInTheCallersShapeWithSpentAndReset() throws Exception {
         try (CopilotApiTests.Harness h = harness(StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED),
-                new CopilotApi.Stats(CopilotApi.Cost.Budget.parse("0.0001/day")))) {
+                new CopilotApi.Operator.Stats(CopilotApi.Operator.Cost.Budget.parse("0.0001/day")))) {
             assertEquals(200, h.post("/v1/messages", MESSAGES).statusCode());
             credits(h, 1);
             HttpResponse<String> refused = h.post("/v1/messages", MESSAGES);
@@ -189,7 +189,7 @@ class CostTests {
 
     @Test
     void aLegacyRequestsHistoryRowHasNoCreditsButItsPremiumCost() throws Exception {
-        try (CopilotApiTests.Harness h = harness(StubUpstream.start(), new CopilotApi.Stats())) {
+        try (CopilotApiTests.Harness h = harness(StubUpstream.start(), new CopilotApi.Operator.Stats())) {
             assertEquals(200, h.post("/v1/messages", MESSAGES).statusCode());
             JsonNode row = historyRows(h, 1).get(0);
             assertTrue(row.path("credits").isNull(), row.toString());
@@ -210,8 +210,8 @@ class CostTests {
         }
         var options = new CopilotApi.Store.Options(true, java.util.Optional.of(file), Duration.ofDays(30), 1 << 30, false);
         try (CopilotApiTests.Harness h = new CopilotApiTests.Harness(StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED),
-                java.util.Map.of(), o -> { }, new CopilotApi.Controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE,
-                    new CopilotApi.Stats(), new CopilotApi.Billing(null, null)), CopilotApi.BrowserGuard.loopback("127.0.0.1"),
+                java.util.Map.of(), o -> { }, new CopilotApi.Operator.Controls(CopilotApi.Operator.ApiKeys.NONE, CopilotApi.Operator.Pacer.NONE, CopilotApi.Operator.Approver.NONE,
+                    new CopilotApi.Operator.Stats(), new CopilotApi.Operator.Billing(null, null)), CopilotApi.Serving.BrowserGuard.loopback("127.0.0.1"),
                 CopilotApi.Timeouts.DEFAULT, options)) {
             assertEquals(200, h.post("/v1/chat/completions", CHAT).statusCode());
             JsonNode rows = historyRows(h, 2);
@@ -273,7 +273,7 @@ class CostTests {
                     .header("content-type", "application/json").POST(java.net.http.HttpRequest.BodyPublishers.ofString(CHAT)).build(),
                     HttpResponse.BodyHandlers.ofString());
                 assertEquals(200, r.statusCode(), r.body());
-                String credits = CopilotApi.Cost.format(reported(json(r.body())));
+                String credits = CopilotApi.Operator.Cost.format(reported(json(r.body())));
                 String line = ".*POST /v1/chat/completions gpt-4.1 \\[passthrough\\] 200 \\d+ms in=\\d+ out=\\d+ cached=3 "
                     + java.util.regex.Pattern.quote(credits) + " credits.*";
                 assertTrue(eventually(Duration.ofSeconds(10), () -> server.log.toString(), log -> log.lines().anyMatch(l -> l.matches(line)))
@@ -292,7 +292,7 @@ class CostTests {
     @Test
     void theDashboardShowsTodayTheMonthAgainstThePlanCacheHitsAndTheMostExpensive() throws Exception {
         try (CopilotApiTests.Harness h = harness(StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED).cachedTokens(9),
-                new CopilotApi.Stats())) {
+                new CopilotApi.Operator.Stats())) {
             HttpResponse<String> r = h.post("/v1/chat/completions", CHAT);
             JsonNode usage = json(r.body()).path("usage");
             String hits = String.format(java.util.Locale.ROOT, "%.1f%%", 9 * 100.0 / usage.path("prompt_tokens").asLong());
@@ -308,7 +308,7 @@ class CostTests {
 
     @Test
     void onALegacyPlanTheDashboardSaysItBillsPremiumRequests() throws Exception {
-        try (CopilotApiTests.Harness h = harness(StubUpstream.start(), new CopilotApi.Stats())) {
+        try (CopilotApiTests.Harness h = harness(StubUpstream.start(), new CopilotApi.Operator.Stats())) {
             assertEquals(200, h.post("/v1/chat/completions", CHAT).statusCode());
             String dom = CopilotApiTests.DashboardTests.render(h.url("/dashboard"));
             assertTrue(dom.contains("this plan bills premium requests"), dom);
@@ -320,7 +320,7 @@ class CostTests {
     @Test
     void everyRoutesUsageKeepsCopilotsCachedTokenCount() throws Exception {
         try (CopilotApiTests.Harness h = harness(StubUpstream.start().accountKind(StubUpstream.AccountKind.USAGE_BASED).cachedTokens(7),
-                new CopilotApi.Stats())) {
+                new CopilotApi.Operator.Stats())) {
             JsonNode chat = json(h.post("/v1/chat/completions", CHAT).body()).path("usage");
             assertEquals(7, chat.path("prompt_tokens_details").path("cached_tokens").asInt(), chat.toString());
             JsonNode nativeMessages = json(h.post("/v1/messages", MESSAGES).body()).path("usage");
@@ -363,12 +363,12 @@ class CostTests {
 
     @Test
     void aBudgetIsCreditsPerDayOrMonth() {
-        assertEquals(new CopilotApi.Cost.Budget(50, CopilotApi.Cost.Budget.Period.MONTH), CopilotApi.Cost.Budget.parse("50"));
-        assertEquals(new CopilotApi.Cost.Budget(2.5, CopilotApi.Cost.Budget.Period.DAY), CopilotApi.Cost.Budget.parse("2.5/day"));
-        assertEquals("2026-12-01T00:00:00Z", CopilotApi.Cost.Budget.parse("9/month").resets(java.time.Instant.parse("2026-11-30T23:59:00Z")).toString());
+        assertEquals(new CopilotApi.Operator.Cost.Budget(50, CopilotApi.Operator.Cost.Budget.Period.MONTH), CopilotApi.Operator.Cost.Budget.parse("50"));
+        assertEquals(new CopilotApi.Operator.Cost.Budget(2.5, CopilotApi.Operator.Cost.Budget.Period.DAY), CopilotApi.Operator.Cost.Budget.parse("2.5/day"));
+        assertEquals("2026-12-01T00:00:00Z", CopilotApi.Operator.Cost.Budget.parse("9/month").resets(java.time.Instant.parse("2026-11-30T23:59:00Z")).toString());
         for (String bad : new String[] {"-1", "x/day", "5/week"}) {
             try {
-                CopilotApi.Cost.Budget.parse(bad);
+                CopilotApi.Operator.Cost.Budget.parse(bad);
                 throw new AssertionError("accepted " + bad);
             } catch (IllegalArgumentException expected) {
                 assertTrue(expected.getMessage().contains("--budget"), expected.getMessage());

@@ -443,8 +443,8 @@ final class GeminiTests {
 
         @BeforeAll
         void up() throws IOException {
-            h = new CopilotApiTests.Harness(StubUpstream.start(), CopilotApiTests.controls(new CopilotApi.ApiKeys(List.of("k-one")),
-                CopilotApi.Pacer.NONE, CopilotApi.Approver.NONE));
+            h = new CopilotApiTests.Harness(StubUpstream.start(), CopilotApiTests.controls(new CopilotApi.Operator.ApiKeys(List.of("k-one")),
+                CopilotApi.Operator.Pacer.NONE, CopilotApi.Operator.Approver.NONE));
         }
 
         @AfterAll
@@ -598,8 +598,8 @@ final class GeminiTests {
             assertEquals(2, out.get(out.size() - 1).data().path("candidates").size(), "both candidates finish");
             // a whole answer: its chunks through the same machine, the events folded
             var whole = new CopilotApi.Gemini.ChatStreamToGemini("gpt-4.1", false, false, fixedIds());
-            List<CopilotApi.Frame> frames = new ArrayList<>();
-            for (JsonNode chunk : CopilotApi.ChatChunks.of(json("{\"choices\":[{\"index\":0,\"message\":{\"content\":\"A\"},"
+            List<CopilotApi.Streaming.Frame> frames = new ArrayList<>();
+            for (JsonNode chunk : CopilotApi.Streaming.ChatChunks.of(json("{\"choices\":[{\"index\":0,\"message\":{\"content\":\"A\"},"
                     + "\"finish_reason\":\"stop\"},{\"index\":1,\"message\":{\"content\":\"B\"},\"finish_reason\":\"length\"}]}"))) {
                 whole.onChunk(chunk).forEach(e -> frames.add(whole.frame(e)));
             }

@@ -110,9 +110,9 @@ class ResponsesTranslatorTests {
 
     /** A whole chat answer the way the route answers it: as its chunks, through the stream machine, the terminal event's response. */
     static ObjectNode folded(JsonNode completion, ObjectNode request, CopilotApi.Chat.IdClock clock) {
-        var machine = new CopilotApi.ResponsesRoutes.AsTranslation(new CopilotApi.Responses.ChatStreamToResponses(request, clock), r -> { });
-        var relay = new CopilotApi.TranslatedRelay(machine, new CopilotApi.Exchange(), (name, data) -> { });
-        var events = CopilotApi.Relay.fold(CopilotApi.EventSource.whole(CopilotApi.ChatChunks.of(completion), false), relay);
+        var machine = new CopilotApi.Routes.ResponsesRoutes.AsTranslation(new CopilotApi.Responses.ChatStreamToResponses(request, clock), r -> { });
+        var relay = new CopilotApi.Streaming.TranslatedRelay(machine, new CopilotApi.Serving.Exchange(), (name, data) -> { });
+        var events = CopilotApi.Streaming.Relay.fold(CopilotApi.EventSource.whole(CopilotApi.Streaming.ChatChunks.of(completion), false), relay);
         return CopilotApi.Responses.ResponseEvents.response(events);
     }
 
@@ -120,9 +120,9 @@ class ResponsesTranslatorTests {
     static ObjectNode foldedToChat(JsonNode response, String requestedModel) {
         var events = new CopilotApi.ResponsesAsChat(CopilotApi.EventSource.whole(CopilotApi.Responses.ResponseEvents.of(response), true),
             new CopilotApi.Responses.ResponsesStreamToChat(requestedModel, true, new TestClock()));
-        var relay = new CopilotApi.ChatRelay(new CopilotApi.Chat.ChatStreamNormalizer(true, true), new CopilotApi.Exchange(),
-            new CopilotApi.SubagentPrompts(1, java.time.Duration.ZERO).reader());
-        return CopilotApi.ChatChunks.completion(CopilotApi.Relay.fold(events, relay));
+        var relay = new CopilotApi.Streaming.ChatRelay(new CopilotApi.Chat.ChatStreamNormalizer(true, true), new CopilotApi.Serving.Exchange(),
+            new CopilotApi.Operator.SubagentPrompts(1, java.time.Duration.ZERO).reader());
+        return CopilotApi.Streaming.ChatChunks.completion(CopilotApi.Streaming.Relay.fold(events, relay));
     }
 
     void responsesAnswerToChat(Path dir) {

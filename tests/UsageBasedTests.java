@@ -25,8 +25,8 @@ import org.junit.jupiter.api.Test;
 class UsageBasedTests {
 
     static CopilotApiTests.Harness harness(StubUpstream stub) throws IOException {
-        return new CopilotApiTests.Harness(stub, new CopilotApi.Controls(CopilotApi.ApiKeys.NONE, CopilotApi.Pacer.NONE,
-            CopilotApi.Approver.NONE, new CopilotApi.Stats(), new CopilotApi.Billing(null, null)));
+        return new CopilotApiTests.Harness(stub, new CopilotApi.Operator.Controls(CopilotApi.Operator.ApiKeys.NONE, CopilotApi.Operator.Pacer.NONE,
+            CopilotApi.Operator.Approver.NONE, new CopilotApi.Operator.Stats(), new CopilotApi.Operator.Billing(null, null)));
     }
 
     static StubUpstream usageBased() throws IOException {
