@@ -2439,13 +2439,13 @@ class CopilotApi implements Callable<Integer> {
             static Server start(ServerOptions options, Settings settings, CopilotClient copilot, ModelCatalog models,
                     GitHubAuth github, GitHubToken githubToken) {
                 Controls controls = options.controls();
-                Upstream upstream = new Upstream(settings, copilot, models, github, githubToken, controls);
-                OpenAiRoutes openai = new OpenAiRoutes(upstream, options.routing());
-                AnthropicRoutes anthropic = new AnthropicRoutes(upstream, options.routing());
+                Pipeline pipeline = new Pipeline(copilot, models, controls);
+                OpenAiRoutes openai = new OpenAiRoutes(pipeline, options.routing(), github, githubToken);
+                AnthropicRoutes anthropic = new AnthropicRoutes(pipeline, options.routing());
                 Store store = Store.unopened(options.store(), settings.dataDir());
                 ResponsesState state = new ResponsesState(store);
-                ResponsesRoutes responses = new ResponsesRoutes(upstream, options.routing(), state);
-                GeminiRoutes gemini = new GeminiRoutes(upstream, options.routing());
+                ResponsesRoutes responses = new ResponsesRoutes(pipeline, options.routing(), state);
+                GeminiRoutes gemini = new GeminiRoutes(pipeline, options.routing());
                 var inFlight = new java.util.concurrent.atomic.AtomicInteger();
                 tellJettyTheCacheLine();
                 Javalin app = Javalin.create(cfg -> {
@@ -4556,9 +4556,16 @@ class CopilotApi implements Callable<Integer> {
     static final class Routes {
         private Routes() {}
 
-        /** What the routes need from the rest of the tool. */
-        record Upstream(Settings settings, CopilotClient copilot, ModelCatalog models, GitHubAuth github, GitHubToken githubToken,
-            Controls controls) {
+        /**
+         * The one request pipeline every model route goes through: Copilot (through the chat pivot or an endpoint of its
+         * own), its catalog, and the operator's controls. A route starts each request's way with call(ctx).
+         */
+        record Pipeline(CopilotClient copilot, ModelCatalog models, Controls controls) {
+            /** One model request's way through the pipeline. */
+            ModelCall call(Context ctx) {
+                return new ModelCall(ctx, this);
+            }
+
             /** The call options with this request's client watched while Copilot has not answered. */
             CallOptions watched(Context ctx, CallOptions call) {
                 return call.watched(new ClientWatch(ctx, copilot.timeouts().earlyCommit(), copilot.timeouts().keepAlive()));
@@ -4581,28 +4588,24 @@ class CopilotApi implements Callable<Integer> {
          */
         static final class ModelCall {
             private final Context ctx;
-            private final Upstream up;
+            private final Pipeline pipeline;
             private CallOptions call;
 
-            private ModelCall(Context ctx, Upstream up) {
+            private ModelCall(Context ctx, Pipeline pipeline) {
                 this.ctx = ctx;
-                this.up = up;
-            }
-
-            static ModelCall of(Context ctx, Upstream up) {
-                return new ModelCall(ctx, up);
+                this.pipeline = pipeline;
             }
 
             /** Waits for the operator's yes and the request's turn in the pacing; a client that leaves meanwhile is never sent. */
             ModelCall admit(String requested, int messages) {
-                up.controls().admit(ctx, requested, messages);
+                pipeline.controls().admit(ctx, requested, messages);
                 return this;
             }
 
             /** The turn's charge reserved against the budget (a 429 past it), and the options the call goes with. */
             ModelCall reserve(Turn turn, JsonNode model, boolean vision, Map<String, String> headers) {
-                Initiator initiator = up.controls().billing().charge(ctx, turn, model).initiator();
-                call = up.watched(ctx, new CallOptions(initiator, vision, headers));
+                Initiator initiator = pipeline.controls().billing().charge(ctx, turn, model).initiator();
+                call = pipeline.watched(ctx, new CallOptions(initiator, vision, headers));
                 return this;
             }
 
@@ -4615,17 +4618,17 @@ class CopilotApi implements Callable<Integer> {
              * other call and for one no cheap model can serve: it keeps the model asked for, and its log line says why.
              * The exchange records the background kind either way, for the log, /history and /stats.
              */
-            static Optional<String> cheap(Context ctx, Upstream up, Turn turn, Billing.Need need) {
+            static Optional<String> cheap(Context ctx, Pipeline pipeline, Turn turn, Billing.Need need) {
                 if (!turn.kind().background()) return Optional.empty();
                 Exchange exchange = Exchange.of(ctx);
                 exchange.background = turn.kind().label();
                 List<JsonNode> catalog;
                 try {
-                    catalog = up.models().list();
+                    catalog = pipeline.models().list();
                 } catch (RuntimeException e) {
                     catalog = List.of();
                 }
-                Billing billing = up.controls().billing();
+                Billing billing = pipeline.controls().billing();
                 Optional<String> cheap = billing.cheapModel(catalog, need).map(m -> m.path("id").asText());
                 String small = billing.smallModel();
                 if (cheap.isPresent()) return cheap;
@@ -4658,7 +4661,7 @@ class CopilotApi implements Callable<Integer> {
             /** The call to Copilot at {@code endpoint}; the reservation stands if Copilot answers and is released if not. */
             private <T> T send(String model, String endpoint, java.util.function.Function<CallOptions, T> send) {
                 if (call == null) throw new IllegalStateException("a model call is sent only after reserve()");
-                Billing billing = up.controls().billing();
+                Billing billing = pipeline.controls().billing();
                 Exchange exchange = Exchange.of(ctx);
                 try {
                     T answer = billing.send(ctx, model, endpoint, call, send);
@@ -4675,16 +4678,20 @@ class CopilotApi implements Callable<Integer> {
         static final class OpenAiRoutes {
             static final String CHAT = "/chat/completions";
 
-            private final Upstream up;
+            private final Pipeline pipeline;
             private final ModelRouting routing;
+            private final GitHubAuth github;
+            private final GitHubToken githubToken;
 
-            OpenAiRoutes(Upstream up, ModelRouting routing) {
-                this.up = up;
+            OpenAiRoutes(Pipeline pipeline, ModelRouting routing, GitHubAuth github, GitHubToken githubToken) {
+                this.pipeline = pipeline;
                 this.routing = routing;
+                this.github = github;
+                this.githubToken = githubToken;
             }
 
             void models(Context ctx) {
-                ctx.contentType("application/json").result(Json.write(ModelsView.list(up.models().list())));
+                ctx.contentType("application/json").result(Json.write(ModelsView.list(pipeline.models().list())));
             }
 
             void model(Context ctx) {
@@ -4692,8 +4699,8 @@ class CopilotApi implements Callable<Integer> {
                 ApiError missing = new ApiError(404, "not_found_error", "The model '" + id + "' does not exist in the Copilot catalog");
                 String base = id.endsWith(ModelResolver.LONG_SUFFIX) ? id.substring(0, id.length() - ModelResolver.LONG_SUFFIX.length()) : null;
                 ObjectNode entry = base == null
-                    ? ModelsView.entry(up.models().find(id).orElseThrow(() -> missing))
-                    : up.models().find(base).flatMap(ModelsView::longEntry).orElseThrow(() -> missing);
+                    ? ModelsView.entry(pipeline.models().find(id).orElseThrow(() -> missing))
+                    : pipeline.models().find(base).flatMap(ModelsView::longEntry).orElseThrow(() -> missing);
                 ctx.contentType("application/json").result(Json.write(entry));
             }
 
@@ -4703,22 +4710,22 @@ class CopilotApi implements Callable<Integer> {
                 String requested = Requests.requireText(body, "model");
                 JsonNode messages = Requests.requireArray(body, "messages");
                 Requests.chat(body);
-                Billing billing = up.controls().billing();
+                Billing billing = pipeline.controls().billing();
                 Turn turn = BackgroundCalls.chat(body);
-                Optional<String> cheap = ModelCall.cheap(ctx, up, turn, new Billing.Need(List.of(CHAT, ResponsesRoutes.RESPONSES),
+                Optional<String> cheap = ModelCall.cheap(ctx, pipeline, turn, new Billing.Need(List.of(CHAT, ResponsesRoutes.RESPONSES),
                     body.path("tools").size() > 0, Json.containsImage(messages), Billing.Need.estimate(body)));
                 ModelResolver.Resolution resolved = cheap.isPresent() ? null : resolve(ctx, requested);
                 String model = cheap.isPresent() ? cheap.get() : resolved.upstream();
                 body.put("model", model);
                 if (resolved != null && resolved.longContext()) body.put(LongContext.FIELD, LongContext.TIER);
-                ChatUpstream chat = up.chat();
+                ChatUpstream chat = pipeline.chat();
                 ChatUpstream.Endpoint endpoint = chat.endpoint(model);
                 Exchange.of(ctx).model(requested, model).route(endpoint == ChatUpstream.Endpoint.CHAT ? "passthrough" : "translated");
                 boolean stream = Requests.stream(body);
                 // preparing translates where Copilot serves the model on /responses: bad input is refused before any charge
                 ChatUpstream.Prepared prepared = chat.prepare(body, stream);
-                ModelCall call = ModelCall.of(ctx, up).admit(requested, messages.size())
-                    .reserve(turn, up.models().find(model).orElse(null), Json.containsImage(messages));
+                ModelCall call = pipeline.call(ctx).admit(requested, messages.size())
+                    .reserve(turn, pipeline.models().find(model).orElse(null), Json.containsImage(messages));
                 Requests.logBody("chat request", body);
                 boolean merge = body.path("n").asInt(1) <= 1 || endpoint == ChatUpstream.Endpoint.RESPONSES;
                 String path = chat.path(model);
@@ -4744,7 +4751,7 @@ class CopilotApi implements Callable<Integer> {
             private ModelResolver.Resolution resolve(Context ctx, String requested) {
                 List<JsonNode> catalog;
                 try {
-                    catalog = up.models().list();
+                    catalog = pipeline.models().list();
                 } catch (RuntimeException e) {
                     catalog = List.of();
                 }
@@ -4766,31 +4773,31 @@ class CopilotApi implements Callable<Integer> {
                 if (!(input.isTextual() || (input.isArray() && input.size() > 0))) {
                     throw new ApiError(400, "invalid_request_error", "'input' must be a string or a non-empty array", "input", null);
                 }
-                ModelCall.of(ctx, up).admit(requested, input.isArray() ? input.size() : 1);
+                pipeline.call(ctx).admit(requested, input.isArray() ? input.size() : 1);
                 boolean base64 = "base64".equals(body.path("encoding_format").asText(""));
                 ObjectNode upstreamBody = body.deepCopy();
                 upstreamBody.put("model", model);
                 if (base64) upstreamBody.remove("encoding_format");
-                JsonNode answer = up.copilot().postJson("/embeddings", upstreamBody, up.watched(ctx, CallOptions.PLAIN));
+                JsonNode answer = pipeline.copilot().postJson("/embeddings", upstreamBody, pipeline.watched(ctx, CallOptions.PLAIN));
                 Exchange.of(ctx).usage(answer.path("usage").path("prompt_tokens").asLong(-1), 0);
                 Requests.writeJson(ctx, base64 ? Embeddings.toBase64(answer) : answer);
             }
 
             /** GitHub's usage report, with the limits Copilot's own answers reported beside it. */
             void usage(Context ctx, Cost.Spent spent) {
-                JsonNode usage = up.github().usage(up.githubToken());
-                if (usage.isObject()) ((ObjectNode) usage).set(UsageReport.LIMITS, up.copilot().limits().json());
+                JsonNode usage = github.usage(githubToken);
+                if (usage.isObject()) ((ObjectNode) usage).set(UsageReport.LIMITS, pipeline.copilot().limits().json());
                 if (usage.isObject()) ((ObjectNode) usage).set(Cost.REPORT, Cost.account(usage, spent, Instant.now()));
                 Requests.writeJson(ctx, usage);
             }
 
             void token(Context ctx) {
-                CopilotToken t = up.copilot().tokens().current();
+                CopilotToken t = pipeline.copilot().tokens().current();
                 ObjectNode o = Json.object();
                 o.put("token", t.token());
                 o.put("expires_at", t.expiresAt());
                 o.put("refresh_in", t.refreshIn());
-                o.put("api", Http.shown(up.copilot().baseUrl()));
+                o.put("api", Http.shown(pipeline.copilot().baseUrl()));
                 Requests.writeJson(ctx, o);
             }
         }
@@ -4807,11 +4814,11 @@ class CopilotApi implements Callable<Integer> {
             static final java.util.Set<String> KNOWN_BETAS = java.util.Set.of(
                 "interleaved-thinking-2025-05-14", "fine-grained-tool-streaming-2025-05-14");
 
-            private final Upstream up;
+            private final Pipeline pipeline;
             private final ModelRouting routing;
 
-            AnthropicRoutes(Upstream up, ModelRouting routing) {
-                this.up = up;
+            AnthropicRoutes(Pipeline pipeline, ModelRouting routing) {
+                this.pipeline = pipeline;
                 this.routing = routing;
             }
 
@@ -4828,13 +4835,13 @@ class CopilotApi implements Callable<Integer> {
                 Turn turn = BackgroundCalls.anthropic(body);
                 ModelResolver.Resolution model = fast(ctx, resolve(ctx, requested, turn, body), body);
                 boolean native_ = ModelResolver.endpoints(model.model()).contains(MESSAGES);
-                if (!native_) up.chat().endpoint(model.upstream());
+                if (!native_) pipeline.chat().endpoint(model.upstream());
                 Exchange.of(ctx).route(native_ ? "native" : "translated");
                 // translating checks the request: bad input is refused before the client waits its turn or anything is charged
                 boolean stream = Requests.stream(body);
                 AnthropicToChat.Result translated = native_ ? null : translation(body, model);
-                ChatUpstream.Prepared prepared = native_ ? null : up.chat().prepare(translated.chatRequest(), stream);
-                ModelCall call = ModelCall.of(ctx, up).admit(requested, messages.size());
+                ChatUpstream.Prepared prepared = native_ ? null : pipeline.chat().prepare(translated.chatRequest(), stream);
+                ModelCall call = pipeline.call(ctx).admit(requested, messages.size());
                 if (native_) call.reserve(turn, model.model(), Json.containsImage(messages), headers(ctx));
                 else call.reserve(turn, model.model(), translated.vision());
                 Requests.logBody("messages request", body);
@@ -4845,7 +4852,7 @@ class CopilotApi implements Callable<Integer> {
             /** The model that answers: the one asked for, or the cheap one for a background call (still named as asked). */
             private ModelResolver.Resolution resolve(Context ctx, String requested, Turn turn, JsonNode body) {
                 List<String> endpoints = List.of(MESSAGES, OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES);
-                Optional<String> cheap = ModelCall.cheap(ctx, up, turn, new Billing.Need(endpoints, body.path("tools").size() > 0,
+                Optional<String> cheap = ModelCall.cheap(ctx, pipeline, turn, new Billing.Need(endpoints, body.path("tools").size() > 0,
                     Json.containsImage(body.path("messages")), Billing.Need.estimate(body)));
                 if (cheap.isEmpty()) return resolve(ctx, requested);
                 ModelResolver.Resolution r = resolve(ctx, cheap.get());
@@ -4856,7 +4863,7 @@ class CopilotApi implements Callable<Integer> {
             /** speed "fast": the model's -fast variant where the catalog lists one (the field itself is not sent). */
             private ModelResolver.Resolution fast(Context ctx, ModelResolver.Resolution r, JsonNode body) {
                 if (!body.path("speed").asText("").equals("fast")) return r;
-                Optional<JsonNode> variant = ModelResolver.find(up.models().list(), r.upstream() + ModelResolver.FAST_SUFFIX);
+                Optional<JsonNode> variant = ModelResolver.find(pipeline.models().list(), r.upstream() + ModelResolver.FAST_SUFFIX);
                 if (variant.isEmpty()) {
                     Logs.log().info("{}: speed \"fast\" asked, but the catalog has no {}{}", MESSAGES, r.upstream(), ModelResolver.FAST_SUFFIX);
                     return r;
@@ -4894,9 +4901,9 @@ class CopilotApi implements Callable<Integer> {
                 ObjectNode request = prepared.body();
                 request.remove("stream");
                 JsonNode messages = request.path("messages");
-                CallOptions call = up.watched(ctx, new CallOptions(Initiator.of(messages), Json.containsImage(messages), headers(ctx)));
+                CallOptions call = pipeline.watched(ctx, new CallOptions(Initiator.of(messages), Json.containsImage(messages), headers(ctx)));
                 try {
-                    JsonNode answer = up.copilot().postJson(COUNT_TOKENS, request, call);
+                    JsonNode answer = pipeline.copilot().postJson(COUNT_TOKENS, request, call);
                     JsonNode n = answer.path("input_tokens");
                     if (n.canConvertToInt() && n.asInt() > 0) return java.util.OptionalInt.of(n.asInt());
                     Logs.log().warn("{}: Copilot's count has no input_tokens ({}); using the local estimate", COUNT_TOKENS, Redact.shorten(Json.write(answer)));
@@ -4913,7 +4920,7 @@ class CopilotApi implements Callable<Integer> {
                 boolean wants1m = wantsLong(ctx, "");
                 Exchange exchange = Exchange.of(ctx).model(requested, null);
                 try {
-                    ModelResolver.Resolution r = ModelResolver.resolve(requested, wants1m, up.models().list(), routing);
+                    ModelResolver.Resolution r = ModelResolver.resolve(requested, wants1m, pipeline.models().list(), routing);
                     exchange.model(requested, r.upstream());
                     return r;
                 } catch (ApiError unknown) {
@@ -4947,14 +4954,14 @@ class CopilotApi implements Callable<Integer> {
                     Logs.log().info("{}: the client asked for the long context ({}); Copilot's /v1/messages takes no {}, so {} runs at its default tier",
                         MESSAGES, LongContext.asked(model.requested(), ctx.header("anthropic-beta"), body), LongContext.FIELD, model.upstream());
                 }
-                SubagentPrompts subagents = up.controls().billing().subagents();
+                SubagentPrompts subagents = pipeline.controls().billing().subagents();
                 byte[] bytes = Json.splice(Requests.raw(ctx), body, prepared.body());
                 // the content blocks are parsed only when the model was offered a tool that starts a subagent
                 SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(body.path("tools")) ? subagents.reader() : null;
                 NativeRelay machine = nativeRelay(Exchange.of(ctx), model.requested(), reader, prepared.omitThinking());
-                if (stream) call.relay(model.upstream(), MESSAGES, c -> up.copilot().stream(MESSAGES, bytes, c), machine);
+                if (stream) call.relay(model.upstream(), MESSAGES, c -> pipeline.copilot().stream(MESSAGES, bytes, c), machine);
                 else Requests.writeJson(ctx, AnthropicEvents.message(call.fold(model.upstream(), MESSAGES,
-                    c -> EventSource.whole(AnthropicEvents.of(up.copilot().postJson(MESSAGES, bytes, c)), true), machine)));
+                    c -> EventSource.whole(AnthropicEvents.of(pipeline.copilot().postJson(MESSAGES, bytes, c)), true), machine)));
             }
 
             /**
@@ -5017,12 +5024,12 @@ class CopilotApi implements Callable<Integer> {
             private void translate(Context ctx, AnthropicToChat.Result t, ChatUpstream.Prepared prepared, ModelResolver.Resolution model,
                     boolean stream, ModelCall call) {
                 Requests.logBody("translated chat request", t.chatRequest());
-                SubagentPrompts subagents = up.controls().billing().subagents();
-                String path = up.chat().path(model.upstream());
+                SubagentPrompts subagents = pipeline.controls().billing().subagents();
+                String path = pipeline.chat().path(model.upstream());
                 ChatStreamToAnthropic machine = new ChatStreamToAnthropic(model.requested(), t.toolNameMap());
                 TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), subagents.reader()::anthropicEvent);
-                if (stream) call.relay(model.upstream(), path, c -> up.chat().stream(prepared, c), relay);
-                else Requests.writeJson(ctx, AnthropicEvents.message(call.fold(model.upstream(), path, c -> up.chat().answer(prepared, c), relay)));
+                if (stream) call.relay(model.upstream(), path, c -> pipeline.chat().stream(prepared, c), relay);
+                else Requests.writeJson(ctx, AnthropicEvents.message(call.fold(model.upstream(), path, c -> pipeline.chat().answer(prepared, c), relay)));
                 machine.notes().forEach(n -> Logs.log().warn("{}: {}", MESSAGES, n));
             }
         }
@@ -5035,12 +5042,12 @@ class CopilotApi implements Callable<Integer> {
             static final String RESPONSES = "/responses";
             static final java.util.Set<String> TERMINAL = java.util.Set.of("response.completed", "response.incomplete", "response.failed", "error");
 
-            private final Upstream up;
+            private final Pipeline pipeline;
             private final ModelRouting routing;
             private final ResponsesState state;
 
-            ResponsesRoutes(Upstream up, ModelRouting routing, ResponsesState state) {
-                this.up = up;
+            ResponsesRoutes(Pipeline pipeline, ModelRouting routing, ResponsesState state) {
+                this.pipeline = pipeline;
                 this.routing = routing;
                 this.state = state;
             }
@@ -5071,9 +5078,9 @@ class CopilotApi implements Callable<Integer> {
                 Requests.responses(body);
                 ResponsesState.Resolved turn = state.resolve(body);
                 Turn billed = BackgroundCalls.responses(body, turn.upstreamInput(), body.hasNonNull("previous_response_id"));
-                Optional<String> cheap = ModelCall.cheap(ctx, up, billed, new Billing.Need(List.of(RESPONSES, OpenAiRoutes.CHAT),
+                Optional<String> cheap = ModelCall.cheap(ctx, pipeline, billed, new Billing.Need(List.of(RESPONSES, OpenAiRoutes.CHAT),
                     body.path("tools").size() > 0, Json.containsImage(turn.upstreamInput()), Billing.Need.estimate(body)));
-                ModelResolver.Resolution model = ModelResolver.resolve(cheap.orElse(requested), false, up.models().list(), routing);
+                ModelResolver.Resolution model = ModelResolver.resolve(cheap.orElse(requested), false, pipeline.models().list(), routing);
                 Exchange.of(ctx).model(requested, model.upstream());
                 List<String> endpoints = ModelResolver.endpoints(model.model());
                 boolean native_ = endpoints.contains(RESPONSES);
@@ -5086,8 +5093,8 @@ class CopilotApi implements Callable<Integer> {
                 boolean stream = Requests.stream(body);
                 byte[] forwarded = native_ ? forwarded(turn, model) : null;
                 Translated translated = native_ ? null : translation(turn, model);
-                ChatUpstream.Prepared prepared = native_ ? null : up.chat().prepare(translated.body(), stream);
-                ModelCall call = ModelCall.of(ctx, up).admit(requested, input.isArray() ? input.size() : 1)
+                ChatUpstream.Prepared prepared = native_ ? null : pipeline.chat().prepare(translated.body(), stream);
+                ModelCall call = pipeline.call(ctx).admit(requested, input.isArray() ? input.size() : 1)
                     .reserve(billed, model.model(), Json.containsImage(turn.upstreamInput()));
                 Requests.logBody("responses request", body);
                 if (native_) forward(ctx, turn, forwarded, model, call, stream);
@@ -5245,16 +5252,16 @@ class CopilotApi implements Callable<Integer> {
 
             private void forward(Context ctx, ResponsesState.Resolved turn, byte[] bytes, ModelResolver.Resolution model, ModelCall call,
                     boolean stream) {
-                SubagentPrompts subagents = up.controls().billing().subagents();
+                SubagentPrompts subagents = pipeline.controls().billing().subagents();
                 // the output items are parsed only when the model was offered a tool that starts a subagent
                 SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
                 NativeRelay machine = responsesRelay(Exchange.of(ctx), turn, state, reader);
                 if (stream) {
-                    call.relay(model.upstream(), RESPONSES, c -> streamRetryingCyberPolicy(() -> up.copilot().stream(RESPONSES, bytes, c)), machine);
+                    call.relay(model.upstream(), RESPONSES, c -> streamRetryingCyberPolicy(() -> pipeline.copilot().stream(RESPONSES, bytes, c)), machine);
                     return;
                 }
                 List<Frame> events = call.fold(model.upstream(), RESPONSES, c -> EventSource.whole(
-                    ResponseEvents.of(answerRetryingCyberPolicy(() -> up.copilot().postJson(RESPONSES, bytes, c))), true), machine);
+                    ResponseEvents.of(answerRetryingCyberPolicy(() -> pipeline.copilot().postJson(RESPONSES, bytes, c))), true), machine);
                 Requests.writeJson(ctx, ResponseEvents.response(events));
             }
 
@@ -5315,11 +5322,11 @@ class CopilotApi implements Callable<Integer> {
                     ModelResolver.Resolution model, ModelCall call, boolean stream) {
                 ObjectNode body = turn.echo();
                 Requests.logBody("translated chat request", t.body());
-                String path = up.chat().path(model.upstream());
+                String path = pipeline.chat().path(model.upstream());
                 AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
-                TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), up.controls().billing().subagents().reader()::responsesEvent);
-                if (stream) call.relay(model.upstream(), path, c -> up.chat().stream(prepared, c), relay);
-                else Requests.writeJson(ctx, ResponseEvents.response(call.fold(model.upstream(), path, c -> up.chat().answer(prepared, c), relay)));
+                TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), pipeline.controls().billing().subagents().reader()::responsesEvent);
+                if (stream) call.relay(model.upstream(), path, c -> pipeline.chat().stream(prepared, c), relay);
+                else Requests.writeJson(ctx, ResponseEvents.response(call.fold(model.upstream(), path, c -> pipeline.chat().answer(prepared, c), relay)));
             }
 
             /** The Responses stream machine seen as a translation: its events are named by their type; it ends at a terminal one. */
@@ -5567,11 +5574,11 @@ class CopilotApi implements Callable<Integer> {
             /** What Google's clients send that OpenAI's and Anthropic's do not: their key header, their client header, ?key=. */
             static final List<String> CLIENT_HEADERS = List.of("x-goog-api-key", "x-goog-api-client");
 
-            private final Upstream up;
+            private final Pipeline pipeline;
             private final ModelRouting routing;
 
-            GeminiRoutes(Upstream up, ModelRouting routing) {
-                this.up = up;
+            GeminiRoutes(Pipeline pipeline, ModelRouting routing) {
+                this.pipeline = pipeline;
                 this.routing = routing;
             }
 
@@ -5598,14 +5605,14 @@ class CopilotApi implements Callable<Integer> {
                 boolean sse = stream && "sse".equals(ctx.queryParam("alt"));
                 // a side call (no person's prompt) goes where every background call goes: the one cheap-model choice
                 Turn side = sideCall(ctx, body, stream) ? new Turn(Turn.Kind.SIDE_CALL, null, true, true) : null;
-                Optional<String> cheap = side == null ? Optional.empty() : ModelCall.cheap(ctx, up, side,
+                Optional<String> cheap = side == null ? Optional.empty() : ModelCall.cheap(ctx, pipeline, side,
                     new Billing.Need(List.of(OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES), false, false, Billing.Need.estimate(body)));
                 ModelResolver.Resolution model = resolve(ctx, cheap.orElse(requested));
                 if (cheap.isPresent()) {
                     Exchange.of(ctx).model(requested, model.upstream());
                     model = new ModelResolver.Resolution(requested, model.upstream(), model.model());
                 }
-                ChatUpstream chat = up.chat();
+                ChatUpstream chat = pipeline.chat();
                 boolean byEffort = chat.endpoint(model.upstream()) == ChatUpstream.Endpoint.RESPONSES
                     || model.model().path("capabilities").path("supports").has("reasoning_effort");
                 Exchange.of(ctx).route("translated");
@@ -5617,7 +5624,7 @@ class CopilotApi implements Callable<Integer> {
                 ChatUpstream.Prepared prepared = chat.prepare(t.chatRequest(), sse);
                 JsonNode messages = t.chatRequest().path("messages");
                 Turn turn = side != null ? side : Turn.ofMessages(messages);
-                ModelCall call = ModelCall.of(ctx, up).admit(model.requested(), body.path("contents").size())
+                ModelCall call = pipeline.call(ctx).admit(model.requested(), body.path("contents").size())
                     .reserve(turn, model.model(), t.vision());
                 Requests.logBody("translated chat request", t.chatRequest());
                 String path = chat.path(model.upstream());
@@ -5646,13 +5653,13 @@ class CopilotApi implements Callable<Integer> {
             }
 
             void models(Context ctx) {
-                Requests.writeJson(ctx, GeminiModels.list(up.models().list()));
+                Requests.writeJson(ctx, GeminiModels.list(pipeline.models().list()));
             }
 
             void model(Context ctx) {
                 String id = ctx.pathParam("id");
                 String name = id.startsWith("models/") ? id.substring("models/".length()) : id;
-                Requests.writeJson(ctx, GeminiModels.entry(ModelResolver.resolve(name, false, up.models().list(), routing).model()));
+                Requests.writeJson(ctx, GeminiModels.entry(ModelResolver.resolve(name, false, pipeline.models().list(), routing).model()));
             }
 
             /** Google's names ("models/gemini-2.5-pro") resolved as every API resolves them; an unknown one is a 404 with close matches. */
@@ -5660,7 +5667,7 @@ class CopilotApi implements Callable<Integer> {
                 String name = requested.startsWith("models/") ? requested.substring("models/".length()) : requested;
                 if (name.isBlank()) throw Gemini.invalid("model", "is required");
                 Exchange exchange = Exchange.of(ctx).model(name, null);
-                List<JsonNode> catalog = up.models().list();
+                List<JsonNode> catalog = pipeline.models().list();
                 ModelResolver.Resolution r;
                 try {
                     r = ModelResolver.resolve(name, false, catalog, routing);
@@ -5681,7 +5688,7 @@ class CopilotApi implements Callable<Integer> {
             /**
              * Gemini CLI's side calls (its router, loop and next-speaker checks, summaries, the compressor): every one a
              * non-streamed generateContent declaring no function, while its main turns always stream with its tools. They
-             * are background work: the cheap model answers them (ModelCall.cheap), as it answers Claude Code's warm-up.
+             * are background work: the cheap model answers them (ModelCall.cheap), as it answers Claude Code's warm-pipeline.
              */
             static boolean sideCall(Context ctx, JsonNode body, boolean stream) {
                 boolean cli = Optional.ofNullable(ctx.header("user-agent")).orElse("").startsWith("GeminiCLI");
