@@ -5688,7 +5688,7 @@ class CopilotApi implements Callable<Integer> {
             /**
              * Gemini CLI's side calls (its router, loop and next-speaker checks, summaries, the compressor): every one a
              * non-streamed generateContent declaring no function, while its main turns always stream with its tools. They
-             * are background work: the cheap model answers them (ModelCall.cheap), as it answers Claude Code's warm-pipeline.
+             * are background work: the cheap model answers them (ModelCall.cheap), as it answers Claude Code's warm-up.
              */
             static boolean sideCall(Context ctx, JsonNode body, boolean stream) {
                 boolean cli = Optional.ofNullable(ctx.header("user-agent")).orElse("").startsWith("GeminiCLI");
