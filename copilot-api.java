@@ -4616,10 +4616,12 @@ class CopilotApi implements Callable<Integer> {
             /**
              * The model a background call goes to (Billing.cheapModel, the same choice on every route), or empty for any
              * other call and for one no cheap model can serve: it keeps the model asked for, and its log line says why.
-             * The exchange records the background kind either way, for the log, /history and /stats.
+             * The exchange records the background kind either way, for the log, /history and /stats. What the call needs is
+             * worked out only for a background call: sizing a body is not free on a Claude Code prompt of 100 KB.
              */
-            static Optional<String> cheap(Context ctx, Pipeline pipeline, Turn turn, Billing.Need need) {
+            static Optional<String> cheap(Context ctx, Pipeline pipeline, Turn turn, Supplier<Billing.Need> needed) {
                 if (!turn.kind().background()) return Optional.empty();
+                Billing.Need need = needed.get();
                 Exchange exchange = Exchange.of(ctx);
                 exchange.background = turn.kind().label();
                 List<JsonNode> catalog;
@@ -4712,7 +4714,7 @@ class CopilotApi implements Callable<Integer> {
                 Requests.chat(body);
                 Billing billing = pipeline.controls().billing();
                 Turn turn = BackgroundCalls.chat(body);
-                Optional<String> cheap = ModelCall.cheap(ctx, pipeline, turn, new Billing.Need(List.of(CHAT, ResponsesRoutes.RESPONSES),
+                Optional<String> cheap = ModelCall.cheap(ctx, pipeline, turn, () -> new Billing.Need(List.of(CHAT, ResponsesRoutes.RESPONSES),
                     body.path("tools").size() > 0, Json.containsImage(messages), Billing.Need.estimate(body)));
                 ModelResolver.Resolution resolved = cheap.isPresent() ? null : resolve(ctx, requested);
                 String model = cheap.isPresent() ? cheap.get() : resolved.upstream();
@@ -4852,7 +4854,7 @@ class CopilotApi implements Callable<Integer> {
             /** The model that answers: the one asked for, or the cheap one for a background call (still named as asked). */
             private ModelResolver.Resolution resolve(Context ctx, String requested, Turn turn, JsonNode body) {
                 List<String> endpoints = List.of(MESSAGES, OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES);
-                Optional<String> cheap = ModelCall.cheap(ctx, pipeline, turn, new Billing.Need(endpoints, body.path("tools").size() > 0,
+                Optional<String> cheap = ModelCall.cheap(ctx, pipeline, turn, () -> new Billing.Need(endpoints, body.path("tools").size() > 0,
                     Json.containsImage(body.path("messages")), Billing.Need.estimate(body)));
                 if (cheap.isEmpty()) return resolve(ctx, requested);
                 ModelResolver.Resolution r = resolve(ctx, cheap.get());
@@ -5078,7 +5080,7 @@ class CopilotApi implements Callable<Integer> {
                 Requests.responses(body);
                 ResponsesState.Resolved turn = state.resolve(body);
                 Turn billed = BackgroundCalls.responses(body, turn.upstreamInput(), body.hasNonNull("previous_response_id"));
-                Optional<String> cheap = ModelCall.cheap(ctx, pipeline, billed, new Billing.Need(List.of(RESPONSES, OpenAiRoutes.CHAT),
+                Optional<String> cheap = ModelCall.cheap(ctx, pipeline, billed, () -> new Billing.Need(List.of(RESPONSES, OpenAiRoutes.CHAT),
                     body.path("tools").size() > 0, Json.containsImage(turn.upstreamInput()), Billing.Need.estimate(body)));
                 ModelResolver.Resolution model = ModelResolver.resolve(cheap.orElse(requested), false, pipeline.models().list(), routing);
                 Exchange.of(ctx).model(requested, model.upstream());
@@ -5606,7 +5608,7 @@ class CopilotApi implements Callable<Integer> {
                 // a side call (no person's prompt) goes where every background call goes: the one cheap-model choice
                 Turn side = sideCall(ctx, body, stream) ? new Turn(Turn.Kind.SIDE_CALL, null, true, true) : null;
                 Optional<String> cheap = side == null ? Optional.empty() : ModelCall.cheap(ctx, pipeline, side,
-                    new Billing.Need(List.of(OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES), false, false, Billing.Need.estimate(body)));
+                    () -> new Billing.Need(List.of(OpenAiRoutes.CHAT, ResponsesRoutes.RESPONSES), false, false, Billing.Need.estimate(body)));
                 ModelResolver.Resolution model = resolve(ctx, cheap.orElse(requested));
                 if (cheap.isPresent()) {
                     Exchange.of(ctx).model(requested, model.upstream());
