@@ -12,6 +12,8 @@
 // 210 MB resident under load (G1 sized to a quarter of RAM reached 500-970 MB); the 512 MB cap leaves room for a
 // body near the 100 MB limit. The CDS line archives the loaded classes on the first run and maps them after.
 //JAVA_OPTIONS -XX:+UseSerialGC -Xms32m -Xmx512m
+// The source is UTF-8 whatever the locale (a POSIX locale made javac read it as ASCII and fail).
+//COMPILE_OPTIONS -encoding UTF-8
 //CDS
 
 package copilotapi;

@@ -16,6 +16,9 @@
 //SOURCES ServiceTests.java
 //SOURCES CacheTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
+// UTF-8 sources, and UTF-8 as the default charset of the test JVM, whatever the locale it runs under.
+//COMPILE_OPTIONS -encoding UTF-8
+//JAVA_OPTIONS -Dfile.encoding=UTF-8
 
 package copilotapi;
 

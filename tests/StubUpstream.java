@@ -1,6 +1,7 @@
 ///usr/bin/env jbang "$0" "$@" ; exit $?
 //JAVA 17+
 //DEPS com.fasterxml.jackson.core:jackson-databind:2.20.1
+//COMPILE_OPTIONS -encoding UTF-8
 
 package copilotapi;
 
