@@ -63,7 +63,7 @@ class Benchmark {
 
     static final String USAGE = """
         Usage: ./jbang tests/Benchmark.java [--quick] [--time-limit SECONDS] [--in-process | --side-by-side]
-                 [--target copilot-api|URL [--target-pid PID]] [--stub-port N] [--warm-up SECONDS]
+                 [--target copilot-api|URL [--target-pid PID]] [--stub-port N] [--warm-up SECONDS] [--rounds N]
                  [--compare URL [--compare-pid PID] [--compare-name NAME] [--compare-wait SECONDS] [--compare-start 'CMD']]
         Everything on 127.0.0.1; numbers are reported, never asserted.
           (default)         sections 1-4 (copilot-api and the stub in this JVM, via vs direct), then section 5
@@ -71,10 +71,13 @@ class Benchmark {
           --side-by-side    section 5 only: copilot-api as a separate process (./jbang copilot-api.java start, pointed at
                             this JVM's stub by COPILOT_API_* variables) beside --compare, with PASS/FAIL against the targets
           --quick           small counts and short load windows, a smoke test well under a minute
-          --time-limit      stop (exit 3, printing what was measured) after this long; default 720, quick 120
+          --time-limit      stop (exit 3, printing what was measured) after this long; default 720, quick 120, plus 80
+                            for each round past the first
           --target          copilot-api (default: started as a process) or the base URL of an already running one
           --target-pid      its pid, for /proc/PID/status (default: the process listening on the URL's port)
           --warm-up         seconds of load before each side-by-side row is measured (default 10, quick 0.5)
+          --rounds          measure each side-by-side load row N times, alternating which proxy goes first (ABBA); the
+                            row shows the median of each proxy's rounds and a note gives every round's ratio (default 1)
           --stub-port       port of the side-by-side stub (default: a free one; its env lines go to stderr at start)
           --compare         base URL of another proxy pointed at that stub (implies --side-by-side); the benchmark waits
                             --compare-wait seconds (default 120) for its /v1/models to answer 200, so it can be started
@@ -118,6 +121,7 @@ class Benchmark {
         boolean sideBySide = true;
         Duration limit = null;
         Duration sxsWarm = null;
+        int rounds = 1;
         for (int i = 0; i < args.length; i++) {
             String a = args[i];
             switch (a) {
@@ -140,6 +144,7 @@ class Benchmark {
                 case "--compare-wait" -> sxs.compareWaitSeconds = (int) number(args, i++);
                 case "--stub-port" -> sxs.stubPort = (int) number(args, i++);
                 case "--warm-up" -> sxsWarm = Duration.ofSeconds(number(args, i++));
+                case "--rounds" -> rounds = (int) Math.max(1, number(args, i++));
                 case "-h", "--help" -> {
                     System.out.print(USAGE);
                     return;
@@ -151,11 +156,13 @@ class Benchmark {
             }
         }
         if (!sideBySide && !inProcess) inProcess = true;
-        if (sxsWarm != null) {
+        if (sxsWarm != null || rounds > 1) {
             SxsConfig c = sxsCfg;
-            sxsCfg = new SxsConfig(c.name(), sxsWarm, c.measure(), c.chunkRuns(), c.chunks(), c.openStreams(), c.settle(), c.startRuns());
+            sxsCfg = new SxsConfig(c.name(), sxsWarm == null ? c.warm() : sxsWarm, c.measure(), c.chunkRuns(), c.chunks(), c.openStreams(),
+                c.settle(), c.startRuns(), rounds);
         }
-        if (limit == null) limit = cfg.timeLimit();
+        // each further round of the four load rows adds two measured windows (and a short warm-up) per row
+        if (limit == null) limit = cfg.timeLimit().plus(sxsCfg.measure().plusSeconds(2).multipliedBy(8L * (rounds - 1)));
         Duration timeLimit = limit;
         Thread watchdog = new Thread(() -> {
             try {
@@ -989,15 +996,16 @@ class Benchmark {
     // ==== Side by side: copilot-api as a separate process, and any other proxy given by base URL ====
 
     /** Sizes of the side-by-side run. */
-    record SxsConfig(String name, Duration warm, Duration measure, int chunkRuns, int chunks, int openStreams, Duration settle, int startRuns) {
+    record SxsConfig(String name, Duration warm, Duration measure, int chunkRuns, int chunks, int openStreams, Duration settle, int startRuns,
+                     int rounds) {
         static SxsConfig full() {
             // 10 s of load before each row: a server runs for hours, and a JVM's JIT is still busy after 2 s (profiles
             // of the small-chat row put 31-44% of the proxy's CPU in the JIT then, 1-35% after 15 s)
-            return new SxsConfig("full", Duration.ofSeconds(10), Duration.ofSeconds(8), 5, 2000, 100, Duration.ofSeconds(65), 3);
+            return new SxsConfig("full", Duration.ofSeconds(10), Duration.ofSeconds(8), 5, 2000, 100, Duration.ofSeconds(65), 3, 1);
         }
 
         static SxsConfig quick() {
-            return new SxsConfig("quick", Duration.ofMillis(500), Duration.ofSeconds(2), 2, 2000, 100, Duration.ofSeconds(5), 1);
+            return new SxsConfig("quick", Duration.ofMillis(500), Duration.ofSeconds(2), 2, 2000, 100, Duration.ofSeconds(5), 1, 1);
         }
     }
 
@@ -1330,6 +1338,17 @@ class Benchmark {
             return new String[] {"", ""};
         }
 
+        /** The median of the finite values; NaN when there are none. */
+        static double medianOf(double[] values) {
+            double[] v = Arrays.stream(values).filter(Double::isFinite).sorted().toArray();
+            if (v.length == 0) return Double.NaN;
+            return v.length % 2 == 1 ? v[v.length / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+        }
+
+        static String list(double[] values) {
+            return Arrays.stream(values).mapToObj(SideBySide::fmt).collect(java.util.stream.Collectors.joining(" "));
+        }
+
         static String pass(boolean ok) {
             return ok ? "PASS" : "FAIL";
         }
@@ -1355,15 +1374,44 @@ class Benchmark {
             double[] v = {Double.NaN, Double.NaN, Double.NaN};
             double[] cpu = {Double.NaN, Double.NaN, Double.NaN};
             cpuRows.put(name, cpu);
+            int rounds = cfg.rounds();
+            double[][] rps = new double[targets.size()][rounds];
+            double[][] cpus = new double[targets.size()][rounds];
+            for (int r = 0; r < rounds; r++) {
+                for (int k = 0; k < targets.size(); k++) {
+                    // ABBA order: whatever drifts on the machine during a row (another process, the page cache, the
+                    // CPU's clock) falls on both proxies alike, and each round's ratio is taken between neighbours
+                    int i = r % 2 == 0 ? k : targets.size() - 1 - k;
+                    Target x = targets.get(i);
+                    Bench.progress("side-by-side: " + name + ", " + clients + " clients, " + x.name
+                        + (rounds > 1 ? ", round " + (r + 1) + " of " + rounds : ""));
+                    // the first round warms each proxy fully; later ones only refill what the other proxy's turn cooled
+                    Duration warm = r == 0 ? cfg.warm() : Duration.ofMillis(Math.min(cfg.warm().toMillis(), 2000));
+                    Load l = load(clients, warm, cfg.measure(), call.of(x.base), x.pid);
+                    rps[i][r] = l.rps();
+                    cpus[i][r] = l.cpuMsPerRequest();
+                    if (l.errors() > 0) notes.add(String.format(Locale.ROOT, "%s on %s%s: %d error(s) of %d, first: %s", name, x.name,
+                        rounds > 1 ? " (round " + (r + 1) + ")" : "", l.errors(), l.errors() + l.ok(), l.firstError()));
+                    drainQueues();
+                }
+            }
             for (int i = 0; i < targets.size(); i++) {
-                Target x = targets.get(i);
-                Bench.progress("side-by-side: " + name + ", " + clients + " clients, " + x.name);
-                Load l = load(clients, cfg.warm(), cfg.measure(), call.of(x.base), x.pid);
-                v[i] = l.rps();
-                cpu[i] = l.cpuMsPerRequest();
-                if (l.errors() > 0) notes.add(String.format(Locale.ROOT, "%s on %s: %d error(s) of %d, first: %s", name, x.name, l.errors(),
-                    l.errors() + l.ok(), l.firstError()));
-                drainQueues();
+                v[i] = medianOf(rps[i]);
+                cpu[i] = medianOf(cpus[i]);
+            }
+            if (rounds > 1 && targets.size() == 2) {
+                double[] ratios = new double[rounds];
+                double[] cpuRatios = new double[rounds];
+                for (int r = 0; r < rounds; r++) {
+                    ratios[r] = rps[0][r] / rps[1][r];
+                    cpuRatios[r] = cpus[0][r] / cpus[1][r];
+                }
+                notes.add(String.format(Locale.ROOT, "%s, %d rounds: req/s ratio per round %s (median %.2f); CPU per request ratio per round %s"
+                    + " (median %.2f); copilot-api %s req/s, %s %s req/s", name, rounds, list(ratios), medianOf(ratios), list(cpuRatios),
+                    medianOf(cpuRatios), list(rps[0]), targets.get(1).name, list(rps[1])));
+                json.withArray("side_by_side_rounds").addObject().put("row", name).put("rounds", rounds)
+                    .put("median_ratio", round(medianOf(ratios))).put("median_cpu_ratio", round(medianOf(cpuRatios)))
+                    .putPOJO("ratios", ratios).putPOJO("cpu_ratios", cpuRatios);
             }
             if (direct != null) {
                 Bench.progress("side-by-side: " + name + ", " + clients + " clients, direct to the stub");
