@@ -2808,9 +2808,12 @@ class CopilotApi implements Callable<Integer> {
                     line.append(' ').append(e.requestedModel);
                     if (e.upstreamModel != null && !e.upstreamModel.equals(e.requestedModel)) line.append(" -> ").append(e.upstreamModel);
                 }
-                String route = java.util.stream.Stream.of(e.route, e.background == null ? null : "background: " + e.background)
-                    .filter(java.util.Objects::nonNull).collect(java.util.stream.Collectors.joining(", "));
-                if (!route.isEmpty()) line.append(" [").append(route).append(']');
+                if (e.route != null || e.background != null) {
+                    line.append(" [");
+                    if (e.route != null) line.append(e.route).append(e.background == null ? "" : ", ");
+                    if (e.background != null) line.append("background: ").append(e.background);
+                    line.append(']');
+                }
                 line.append(' ').append(status).append(' ').append(millis).append("ms");
                 if (e.inputTokens >= 0 || e.outputTokens >= 0) {
                     line.append(" in=").append(Math.max(0, e.inputTokens)).append(" out=").append(Math.max(0, e.outputTokens));
@@ -8105,8 +8108,8 @@ class CopilotApi implements Callable<Integer> {
 
             private static Turn classify(Turn turn, List<String> system, JsonNode schema, boolean compactionTrigger) {
                 if (turn.kind() == Turn.Kind.WARMUP) return turn;
-                String last = turn.kind() == Turn.Kind.PROMPT && turn.personText() != null ? turn.personText().strip() : "";
-                if (compactionTrigger || opensWith(system, COMPACTION_SYSTEMS) || COMPACTION_PROMPTS.stream().anyMatch(last::startsWith)) {
+                String last = turn.kind() == Turn.Kind.PROMPT && turn.personText() != null ? turn.personText() : "";
+                if (compactionTrigger || opensWith(system, COMPACTION_SYSTEMS) || opensWith(List.of(last), COMPACTION_PROMPTS)) {
                     return turn.as(Turn.Kind.COMPACTION);
                 }
                 if (opensWith(system, TITLE_SYSTEMS) || onlyATitle(schema)) return turn.as(Turn.Kind.TITLE);
@@ -8117,16 +8120,19 @@ class CopilotApi implements Callable<Integer> {
 
             /** Structured output whose whole answer is a title (Claude Code's session title; older: isNewTopic and title). */
             private static boolean onlyATitle(JsonNode schema) {
+                if (!schema.path("properties").has("title")) return false;
                 List<String> fields = new ArrayList<>();
                 schema.path("properties").fieldNames().forEachRemaining(fields::add);
                 fields.remove("isNewTopic");
                 return fields.equals(List.of("title"));
             }
 
-            private static boolean opensWith(List<String> system, List<String> openings) {
-                for (String text : system) {
-                    String t = text.strip();
-                    for (String opening : openings) if (t.startsWith(opening)) return true;
+            private static boolean opensWith(List<String> texts, List<String> openings) {
+                for (String text : texts) {
+                    // leading white space skipped without copying the text (a system prompt can be 30 KB)
+                    int from = 0;
+                    while (from < text.length() && Character.isWhitespace(text.charAt(from))) from++;
+                    for (String opening : openings) if (text.startsWith(opening, from)) return true;
                 }
                 return false;
             }
