@@ -12842,15 +12842,20 @@ class CopilotApi implements Callable<Integer> {
             if (status == 401) throw new UserFacingException("GitHub rejected " + who + " (401 at " + uri
                 + "): it is invalid, expired or revoked; " + githubToken.fix());
             if (status == 403) throw new UserFacingException("the GitHub account of " + who + " has no Copilot access (403 at " + uri + "): "
-                + Json.tryParse(body).map(j -> Errors.upstreamMessage(j, status)).orElse(Redact.shorten(body))
-                + (githubToken.origin() == GitHubToken.Origin.STORED ? "" : "; if that is not your Copilot account, " + githubToken.fix()));
+                + said(body, status) + (githubToken.origin() == GitHubToken.Origin.STORED ? "" : "; if that is not your Copilot account, " + githubToken.fix()));
             if (status == 404) throw new UserFacingException(who + " cannot be exchanged for a Copilot token (404 at "
                 + uri + "): it is a personal access token or another app's token, not a Copilot login (ghu_...); " + githubToken.fix());
-            if (status >= 400) throw new UpstreamException(status, body, response);
+            // GitHub failing (5xx, 429, ...) is not Copilot answering the request: a 502 that says which call failed
+            if (status >= 400) throw new UserFacingException("GitHub's Copilot token exchange answered " + status + " at " + uri + ": " + said(body, status));
             CopilotToken token = CopilotToken.from(Json.tryParse(body).orElseThrow(() ->
                 new UserFacingException("GitHub's Copilot token answer is not JSON: " + Redact.shorten(body))));
             if (settings.showToken()) System.out.println("Copilot token: " + token.token());
             return token;
+        }
+
+        /** What GitHub's error answer says: its message, or the body shortened. */
+        private static String said(String body, int status) {
+            return Json.tryParse(body).map(j -> Errors.upstreamMessage(j, status)).orElse(Redact.shorten(body));
         }
 
         /** Exchanges now (failing loudly) and schedules the refreshes. */

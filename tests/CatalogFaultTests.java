@@ -19,7 +19,9 @@ import org.junit.jupiter.api.TestFactory;
  * copilot-api has none cached (a 5xx, a hang, a 401 or 403, a 429, the billing notice): the request gets its API's error
  * shape with a status that says what happened (502 for a bad answer, 504 for none in time, 403 and 429 kept, 429 with
  * its retry-after, and a 401 that survived the token refresh a 502 as on every call), a message that names the model
- * list, and no longer wait than one catalog timeout; once the fault ends, the very next request is served.
+ * list, and no longer wait than one catalog timeout; once the fault ends, the very next request is served. GitHub's
+ * token exchange failing while the Copilot token has expired: a 502 that names the exchange, and service again within
+ * the token's back-off cap once GitHub answers.
  */
 final class CatalogFaultTests {
     private CatalogFaultTests() {
@@ -117,6 +119,45 @@ final class CatalogFaultTests {
             HttpResponse<String> next = route.send(h);
             assertEquals(200, next.statusCode(), "the first request after the fault is served: " + next.body());
             if (route.body() != null && route.body().contains("\"stream\":true")) assertTrue(next.body().contains("data: "), next.body());
+        }
+    }
+
+    /**
+     * Each route while the Copilot token has expired and GitHub's exchange answers 503 (the catalog was read at start):
+     * a route that calls Copilot fails with a 502 naming the exchange, the others are served; once GitHub answers again,
+     * a request within the back-off cap (1 s here) is served.
+     */
+    @TestFactory
+    List<DynamicTest> aTokenExchangeFailureIsReportedInTheCallersShapeAndServiceResumesWithinTheCap() {
+        List<DynamicTest> tests = new ArrayList<>();
+        for (Route route : ROUTES) tests.add(DynamicTest.dynamicTest("token exchange 503 on " + route.name(), () -> checkTokenOutage(route)));
+        return tests;
+    }
+
+    static void checkTokenOutage(Route route) throws Exception {
+        try (CopilotApiTests.Harness h = new CopilotApiTests.Harness(StubUpstream.start(), Map.of(), o -> { }, CopilotApi.Operator.Controls.none(),
+                SHORT)) {
+            h.tokens.pace(CopilotApiTests.TokenLifecycleTests.SHORT_PACING);
+            h.stub.expireCopilotTokens();
+            h.stub.tokenExchangeStatus(503);
+            HttpResponse<String> r = route.send(h);
+            if (route.callsCopilot()) {
+                assertError(route, r, 502, "Copilot token exchange answered 503", null, "token exchange 503");
+            } else {
+                assertEquals(200, r.statusCode(), "a route that needs no fresh token is served meanwhile: " + r.body());
+            }
+            h.stub.tokenExchangeStatus(0);
+            long start = System.nanoTime();
+            int status = CopilotApiTests.eventually(Duration.ofSeconds(5), () -> {
+                try {
+                    return route.send(h).statusCode();
+                } catch (Exception e) {
+                    throw new AssertionError(e);
+                }
+            }, s -> s == 200);
+            assertEquals(200, status, "served again once GitHub answers");
+            long ms = Duration.ofNanos(System.nanoTime() - start).toMillis();
+            assertTrue(ms <= 1500, "served within the back-off cap (1 s) of GitHub's recovery, took " + ms + " ms");
         }
     }
 
