@@ -4629,12 +4629,7 @@ class CopilotApi implements Callable<Integer> {
                 Billing.Need need = needed.get();
                 Exchange exchange = Exchange.of(ctx);
                 exchange.background = turn.kind().label();
-                List<JsonNode> catalog;
-                try {
-                    catalog = pipeline.models().list();
-                } catch (RuntimeException e) {
-                    catalog = List.of();
-                }
+                List<JsonNode> catalog = pipeline.models().list();
                 Billing billing = pipeline.controls().billing();
                 Optional<String> cheap = billing.cheapModel(catalog, need).map(m -> m.path("id").asText());
                 String small = billing.smallModel();
@@ -4752,16 +4747,11 @@ class CopilotApi implements Callable<Integer> {
 
             /**
              * The catalog's id for the name asked (the same resolution as the other APIs: dates, aliases, -fast); an
-             * unknown name is a 404 listing close matches. Without a catalog (none fetched, or an empty one) the name
-             * goes as asked and Copilot judges.
+             * unknown name is a 404 listing close matches. With an empty catalog the name goes as asked and Copilot
+             * judges; a catalog that cannot be read fails the request (CatalogUnavailable).
              */
             private ModelResolver.Resolution resolve(Context ctx, String requested) {
-                List<JsonNode> catalog;
-                try {
-                    catalog = pipeline.models().list();
-                } catch (RuntimeException e) {
-                    catalog = List.of();
-                }
+                List<JsonNode> catalog = pipeline.models().list();
                 if (catalog.isEmpty()) return new ModelResolver.Resolution(requested, routing.mapped(requested), null);
                 try {
                     return ModelResolver.resolve(requested, false, catalog, routing);
@@ -6653,6 +6643,7 @@ class CopilotApi implements Callable<Integer> {
                 if (e instanceof UpstreamTimeout u) return new ApiError(504, "api_error", u.getMessage());
                 if (e instanceof UpstreamUnreachable u) return new ApiError(502, "api_error", u.getMessage());
                 if (e instanceof StoreFailing f) return new ApiError(503, "api_error", f.getMessage());
+                if (e instanceof CatalogUnavailable c) return catalogFailure(c.reason());
                 if (e instanceof UserFacingException u) return new ApiError(502, "api_error", u.getMessage());
                 Logs.log().error("unexpected failure", e);
                 return new ApiError(500, "api_error", "Internal error in copilot-api: " + describe(e));
@@ -6678,6 +6669,29 @@ class CopilotApi implements Callable<Integer> {
                 Optional<String> retryAfter = u.retryAfter().isPresent() || u.status() != 429 ? u.retryAfter() : retryAfterIn(a.getMessage());
                 retryAfter.ifPresent(r -> a.headers().put("retry-after", r));
                 return a;
+            }
+
+            /**
+             * The catalog a request needed could not be read: said as the model list's failure, so that nobody takes it
+             * for the model's. Copilot's refusals keep their meaning (402, 403, 429 with its retry-after; a 401 that
+             * survived the token refresh is a 502, as on every call); any other answer is a bad gateway (502), and no
+             * answer in time a 504.
+             */
+            static ApiError catalogFailure(RuntimeException cause) {
+                if (cause instanceof UpstreamException u) {
+                    ApiError a = fromUpstream(u);
+                    boolean kept = a.status() == 402 || a.status() == 403 || a.status() == 429;
+                    ApiError e = new ApiError(kept ? a.status() : 502, kept ? a.type() : "api_error",
+                        "Copilot's model list answered " + u.status() + ": " + a.getMessage(), null, a.code());
+                    e.headers().putAll(a.headers());
+                    return e;
+                }
+                ApiError a = toApiError(cause);
+                // copilot-api stopping (503) says so itself; an internal error stays one
+                if (cause instanceof ApiError || a.status() == 500) return a;
+                String what = cause instanceof UpstreamTimeout ? "did not answer in time"
+                    : cause instanceof UpstreamUnreachable ? "could not be reached" : "could not be read";
+                return new ApiError(a.status(), a.type(), "Copilot's model list " + what + ": " + a.getMessage(), a.param(), a.code());
             }
 
             private static final Pattern RETRY_AFTER_TEXT = Pattern.compile("retry after (\\d+) seconds?", Pattern.CASE_INSENSITIVE);
@@ -12834,15 +12848,20 @@ class CopilotApi implements Callable<Integer> {
             if (status == 401) throw new UserFacingException("GitHub rejected " + who + " (401 at " + uri
                 + "): it is invalid, expired or revoked; " + githubToken.fix());
             if (status == 403) throw new UserFacingException("the GitHub account of " + who + " has no Copilot access (403 at " + uri + "): "
-                + Json.tryParse(body).map(j -> Errors.upstreamMessage(j, status)).orElse(Redact.shorten(body))
-                + (githubToken.origin() == GitHubToken.Origin.STORED ? "" : "; if that is not your Copilot account, " + githubToken.fix()));
+                + said(body, status) + (githubToken.origin() == GitHubToken.Origin.STORED ? "" : "; if that is not your Copilot account, " + githubToken.fix()));
             if (status == 404) throw new UserFacingException(who + " cannot be exchanged for a Copilot token (404 at "
                 + uri + "): it is a personal access token or another app's token, not a Copilot login (ghu_...); " + githubToken.fix());
-            if (status >= 400) throw new UpstreamException(status, body, response);
+            // GitHub failing (5xx, 429, ...) is not Copilot answering the request: a 502 that says which call failed
+            if (status >= 400) throw new UserFacingException("GitHub's Copilot token exchange answered " + status + " at " + uri + ": " + said(body, status));
             CopilotToken token = CopilotToken.from(Json.tryParse(body).orElseThrow(() ->
                 new UserFacingException("GitHub's Copilot token answer is not JSON: " + Redact.shorten(body))));
             if (settings.showToken()) System.out.println("Copilot token: " + token.token());
             return token;
+        }
+
+        /** What GitHub's error answer says: its message, or the body shortened. */
+        private static String said(String body, int status) {
+            return Json.tryParse(body).map(j -> Errors.upstreamMessage(j, status)).orElse(Redact.shorten(body));
         }
 
         /** Exchanges now (failing loudly) and schedules the refreshes. */
@@ -13003,7 +13022,7 @@ class CopilotApi implements Callable<Integer> {
                 List<JsonNode> list = list();
                 Logs.log().info("{} models available: {}", list.size(), String.join(", ", ids()));
             } catch (RuntimeException e) {
-                Logs.log().warn("could not fetch the Copilot model list yet: {}", describe(e));
+                Logs.log().warn("{} (the next request that needs it tries again)", describe(e));
             }
         }
 
@@ -13043,9 +13062,10 @@ class CopilotApi implements Callable<Integer> {
                 mine.complete(models);
                 return models;
             } catch (RuntimeException e) {
+                CatalogUnavailable failure = new CatalogUnavailable(e);
                 fetching.set(null);
-                mine.completeExceptionally(e);
-                if (cached == null) throw e;
+                mine.completeExceptionally(failure);
+                if (cached == null) throw failure;
                 Logs.log().warn("could not refresh the Copilot model list, serving the cached one: {}", describe(e));
                 return cached;
             }
@@ -13078,15 +13098,11 @@ class CopilotApi implements Callable<Integer> {
         }
 
         /**
-         * The endpoints a model lists in the catalog; empty for a model that lists none, an unknown model, or a
-         * catalog that cannot be fetched (Copilot then answers for itself).
+         * The endpoints a model lists in the catalog; empty for a model that lists none or an unknown model (Copilot then
+         * answers for itself). A catalog that cannot be read fails the request (CatalogUnavailable).
          */
         List<String> endpointsOf(String id) {
-            try {
-                return find(id).map(ModelResolver::endpoints).orElse(List.of());
-            } catch (RuntimeException e) {
-                return List.of();
-            }
+            return find(id).map(ModelResolver::endpoints).orElse(List.of());
         }
     }
 
@@ -14598,6 +14614,20 @@ class CopilotApi implements Callable<Integer> {
 
         Optional<String> retryAfter() {
             return Optional.ofNullable(retryAfter);
+        }
+    }
+
+    /**
+     * Copilot's model list could not be read and none was read before: the request that needed it fails with this, in
+     * its API's shape (ErrorShapes.Errors.catalogFailure says what the cause means for the status and the message).
+     */
+    static final class CatalogUnavailable extends UserFacingException {
+        CatalogUnavailable(RuntimeException cause) {
+            super("Copilot's model list could not be read: " + describe(cause), cause);
+        }
+
+        RuntimeException reason() {
+            return (RuntimeException) getCause();
         }
     }
 

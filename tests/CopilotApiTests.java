@@ -15,6 +15,7 @@
 //SOURCES CostTests.java
 //SOURCES ServiceTests.java
 //SOURCES CacheTests.java
+//SOURCES CatalogFaultTests.java
 //DEPS org.junit.platform:junit-platform-console-standalone:1.13.4
 // UTF-8 sources, and UTF-8 as the default charset of the test JVM, whatever the locale it runs under.
 //COMPILE_OPTIONS -encoding UTF-8
@@ -127,6 +128,7 @@ class CopilotApiTests {
         GracefulStopTests.class,
         ShutdownTests.class,
         UpstreamTimeoutTests.class,
+        CatalogFaultTests.class,
         StreamBreakTests.class,
         ClientDisconnectTests.class,
         SlowReaderTests.class,

@@ -157,6 +157,7 @@ final class StubUpstream implements AutoCloseable {
     private volatile boolean promptCache;
     private volatile boolean reportsCopilotUsage = true;
     private volatile long streamDelayMs;
+    private volatile Reply catalogFault;
     private volatile boolean verbose;
 
     private final ArrayNode models = JSON.createArrayNode();
@@ -239,6 +240,16 @@ final class StubUpstream implements AutoCloseable {
 
     private boolean reportsCost() {
         return accountKind == AccountKind.USAGE_BASED && reportsCopilotUsage;
+    }
+
+    /**
+     * While set, every GET /models (whoever asks, before the token checks) is answered with this reply instead of the
+     * catalog: a Copilot whose model list is down (5xx), hangs (a delayed reply), refuses (401, 403, 429) or answers
+     * the billing notice. Unlike a queued reply it lasts until cleared; null (the default, and after reset()) clears it.
+     */
+    StubUpstream catalogFault(Reply fault) {
+        catalogFault = fault;
+        return this;
     }
 
     /** Pause between the events of default (unscripted) streams (default 0). */
@@ -429,6 +440,7 @@ final class StubUpstream implements AutoCloseable {
         promptsSeen.clear();
         reportsCopilotUsage = true;
         streamDelayMs = 0;
+        catalogFault = null;
         accountKind = AccountKind.LEGACY;
         modelAccessGetsNotice = false;
         checkInitiator = false;
@@ -638,7 +650,10 @@ final class StubUpstream implements AutoCloseable {
 
     private void route(HttpExchange ex, Recorded rec) throws IOException, InterruptedException {
         String path = rec.path();
-        if (path.startsWith("/copilot/")) {
+        Reply fault = catalogFault;
+        if (fault != null && rec.method().equals("GET") && path.equals("/copilot/models")) {
+            play(ex, rec, fault);
+        } else if (path.startsWith("/copilot/")) {
             Reply refusal = copilotChecks(rec);
             Reply scriptedReply = refusal == null ? dequeue(path) : null;
             Reply reply = refusal != null ? refusal : scriptedReply != null ? scriptedReply : copilotDefault(rec, path.substring(8));
