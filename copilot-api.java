@@ -5421,7 +5421,7 @@ class CopilotApi implements Callable<Integer> {
                 }
                 boolean keep = store.enabled() && body.path("store").asBoolean(true);
                 String previous = body.path("previous_response_id").isTextual() ? body.get("previous_response_id").asText() : null;
-                ArrayNode own = ownInput(body.get("input"));
+                ArrayNode own = ownInput(body.get("input"), previous);
                 ObjectNode resolved = body.deepCopy();
                 resolved.remove("previous_response_id");
                 if (previous != null || body.get("input").isArray()) {
@@ -5435,8 +5435,11 @@ class CopilotApi implements Callable<Integer> {
                 return new Resolved(resolved, echo, own, previous, keep);
             }
 
-            /** The request's input as items: a string becomes a user message; references become the items they name; every item gets an id. */
-            private ArrayNode ownInput(JsonNode input) {
+            /**
+             * The request's input as items: a string becomes a user message; references become the items they name; every
+             * item gets an id (see {@link #madeId}).
+             */
+            private ArrayNode ownInput(JsonNode input, String previous) {
                 ArrayNode out = Json.array();
                 if (input.isTextual()) {
                     ObjectNode m = out.addObject().put("type", "message").put("role", "user");
@@ -5446,10 +5449,27 @@ class CopilotApi implements Callable<Integer> {
                         out.add(item.path("type").asText().equals("item_reference") ? referenced(item.path("id").asText("")) : item.deepCopy());
                     }
                 }
-                for (JsonNode item : out) {
-                    if (!item.hasNonNull("id") && item instanceof ObjectNode o) o.put("id", "msg_" + Ids.random(24));
+                for (int i = 0; i < out.size(); i++) {
+                    if (!out.get(i).hasNonNull("id") && out.get(i) instanceof ObjectNode o) o.put("id", madeId(o, previous, i));
                 }
                 return out;
+            }
+
+            /**
+             * The id of an item the client sent without one (Codex sends every item so), made from the item, its place in
+             * the input and the response it continues: a conversation sent again gets the same ids, so it reaches Copilot
+             * as the same bytes and its prompt cache holds (a random id broke it at the first call or reasoning item), while
+             * two items of one request, or an equal item of a later turn, never share one. The prefix is the one the
+             * Responses API expects of the type: it refuses a function_call id that does not start with fc.
+             */
+            static String madeId(ObjectNode item, String previous, int index) {
+                Responses.Kind kind = switch (item.path("type").asText("message")) {
+                    case "reasoning" -> Responses.Kind.REASONING;
+                    case "function_call" -> Responses.Kind.FUNCTION_CALL;
+                    case "custom_tool_call" -> Responses.Kind.CUSTOM_CALL;
+                    default -> Responses.Kind.MESSAGE;
+                };
+                return Ids.derived(kind.idPrefix, (previous == null ? "" : previous) + "#" + index, item);
             }
 
             private JsonNode referenced(String id) {
@@ -5481,9 +5501,9 @@ class CopilotApi implements Callable<Integer> {
             }
 
             /**
-             * Copies for Copilot: the ids copilot-api gave the client's own items (a fresh random one each time an item
-             * arrives without one) stay here, so the same history reaches Copilot as the same bytes and its prompt cache
-             * keeps working. Only what the model produced (assistant messages, reasoning, compaction, calls) keeps its id.
+             * Copies for Copilot: the ids copilot-api gave the client's own prompts and tool outputs stay here (they are for
+             * the store's listings and references). What the model produced (assistant messages, reasoning, compaction,
+             * calls) keeps its id, the client's or one made by {@link #madeId}, the same in every turn.
              */
             private static ArrayNode upstream(ArrayNode items) {
                 ArrayNode out = Json.array();
@@ -14921,6 +14941,27 @@ class CopilotApi implements Callable<Integer> {
             long high = (r.nextLong() & ~0xF000L) | 0x4000L;
             long low = (r.nextLong() & 0x3FFFFFFFFFFFFFFFL) | 0x8000000000000000L;
             return new UUID(high, low).toString();
+        }
+
+        /**
+         * The prefix and 32 hex digits of the SHA-256 of the seed and the JSON: the same id whenever they are the same.
+         * For ids of what a client sent, which must not change when it sends them again.
+         */
+        static String derived(String prefix, String seed, JsonNode json) {
+            MessageDigest sha;
+            try {
+                sha = MessageDigest.getInstance("SHA-256");
+            } catch (java.security.NoSuchAlgorithmException e) {
+                throw new IllegalStateException("SHA-256 is missing from this Java runtime", e);
+            }
+            sha.update(seed.getBytes(UTF_8));
+            sha.update((byte) 0);
+            try (OutputStream out = new java.security.DigestOutputStream(OutputStream.nullOutputStream(), sha)) {
+                JSON.writeValue(out, json);
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
+            return prefix + HexFormat.of().formatHex(sha.digest(), 0, 16);
         }
 
         static String random(int length) {
