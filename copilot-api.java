@@ -5101,8 +5101,10 @@ class CopilotApi implements Callable<Integer> {
                 ModelCall call = pipeline.call(ctx).admit(requested, input.isArray() ? input.size() : 1)
                     .reserve(billed, model.model(), Json.containsImage(turn.upstreamInput()));
                 Requests.logBody("responses request", body);
-                if (native_) forward(ctx, turn, forwarded, model, call, stream);
-                else translate(ctx, turn, translated, prepared, model, call, stream);
+                // a background call's answer keeps the name asked for, as on every route
+                String named = cheap.isPresent() ? requested : null;
+                if (native_) forward(ctx, turn, forwarded, model, named, call, stream);
+                else translate(ctx, turn, translated, prepared, model, named, call, stream);
             }
 
             /**
@@ -5254,12 +5256,13 @@ class CopilotApi implements Callable<Integer> {
                 return capped(request);
             }
 
-            private void forward(Context ctx, ResponsesState.Resolved turn, byte[] bytes, ModelResolver.Resolution model, ModelCall call,
-                    boolean stream) {
+            /** {@code named}: the model the answer names (a background call's, as asked), or null for Copilot's name. */
+            private void forward(Context ctx, ResponsesState.Resolved turn, byte[] bytes, ModelResolver.Resolution model, String named,
+                    ModelCall call, boolean stream) {
                 SubagentPrompts subagents = pipeline.controls().billing().subagents();
                 // the output items are parsed only when the model was offered a tool that starts a subagent
                 SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
-                NativeRelay machine = responsesRelay(Exchange.of(ctx), turn, state, reader);
+                NativeRelay machine = responsesRelay(Exchange.of(ctx), turn, state, reader, named);
                 if (stream) {
                     call.relay(model.upstream(), RESPONSES, c -> streamRetryingCyberPolicy(() -> pipeline.copilot().stream(RESPONSES, bytes, c)), machine);
                     return;
@@ -5271,10 +5274,11 @@ class CopilotApi implements Callable<Integer> {
 
             /**
              * Named events copied through with their sequence numbers; only the lifecycle ones are parsed: for the usage,
-             * to say whether the answer is stored, and to keep the finished answer; and the finished output items when
-             * a reader is given (for subagent prompts).
+             * to say whether the answer is stored, to name the model {@code named} when it is given, and to keep the
+             * finished answer; and the finished output items when a reader is given (for subagent prompts).
              */
-            static NativeRelay responsesRelay(Exchange exchange, ResponsesState.Resolved turn, ResponsesState state, SubagentPrompts.ToolCallReader reader) {
+            static NativeRelay responsesRelay(Exchange exchange, ResponsesState.Resolved turn, ResponsesState state, SubagentPrompts.ToolCallReader reader,
+                    String named) {
                 return new NativeRelay(new NativeRelay.Api() {
                     @Override
                     public Set<String> inspected() {
@@ -5286,6 +5290,7 @@ class CopilotApi implements Callable<Integer> {
                         if (reader != null) reader.responsesEvent(name, data);
                         if (!data.path("response").isObject()) return;
                         ObjectNode response = ResponsesState.presented(data.get("response"), turn);
+                        if (named != null) response.put("model", named);
                         data.set("response", response);
                         exchange.copilotUsage(data).responsesUsage(response.path("usage"));
                         if (TERMINAL.contains(name)) state.keep(turn, response);
@@ -5323,11 +5328,13 @@ class CopilotApi implements Callable<Integer> {
             }
 
             private void translate(Context ctx, ResponsesState.Resolved turn, Translated t, ChatUpstream.Prepared prepared,
-                    ModelResolver.Resolution model, ModelCall call, boolean stream) {
+                    ModelResolver.Resolution model, String named, ModelCall call, boolean stream) {
                 ObjectNode body = turn.echo();
                 Requests.logBody("translated chat request", t.body());
                 String path = pipeline.chat().path(model.upstream());
-                AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
+                ChatStreamToResponses events = new ChatStreamToResponses(body, IdClock.SYSTEM);
+                if (named != null) events.named(named);
+                AsTranslation machine = new AsTranslation(events, r -> state.keep(turn, r));
                 TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), pipeline.controls().billing().subagents().reader()::responsesEvent);
                 if (stream) call.relay(model.upstream(), path, c -> pipeline.chat().stream(prepared, c), relay);
                 else Requests.writeJson(ctx, ResponseEvents.response(call.fold(model.upstream(), path, c -> pipeline.chat().answer(prepared, c), relay)));
@@ -5653,7 +5660,9 @@ class CopilotApi implements Callable<Integer> {
                 Requests.logBody("translated chat request", t.chatRequest());
                 String path = chat.path(model.upstream());
                 boolean merge = t.chatRequest().path("n").asInt(1) <= 1;
-                ChatStreamToGemini machine = new ChatStreamToGemini(model.upstream(), t.includeThoughts(), merge, IdClock.SYSTEM);
+                // a side call's answer keeps the name asked for, as a background call does on every route
+                String version = cheap.isPresent() ? requested : model.upstream();
+                ChatStreamToGemini machine = new ChatStreamToGemini(version, t.includeThoughts(), merge, IdClock.SYSTEM);
                 TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), (name, data) -> { });
                 if (sse) {
                     call.relay(model.upstream(), path, c -> chat.stream(prepared, c), relay);
@@ -10477,6 +10486,7 @@ class CopilotApi implements Callable<Integer> {
             private final IdClock clock;
             private final Set<String> customNames;
             private final String requestModel;
+            private String named;
             private boolean started;
             private boolean ended;
             private StreamItem open;
@@ -10491,6 +10501,12 @@ class CopilotApi implements Callable<Integer> {
                 this.clock = clock;
                 this.customNames = CustomTools.names(originalRequest);
                 this.requestModel = originalRequest.path("model").asText("");
+            }
+
+            /** Events that name this model, whatever Copilot's chunks say (a background call keeps the name it asked for). */
+            ChatStreamToResponses named(String name) {
+                named = name;
+                return this;
             }
 
             List<ObjectNode> onChunk(JsonNode chunk) {
@@ -10552,7 +10568,7 @@ class CopilotApi implements Callable<Integer> {
                 started = true;
                 long created = chunk == null ? 0 : chunk.path("created").asLong(0);
                 String model = chunk == null ? "" : chunk.path("model").asText("");
-                writer.start(created > 0 ? created : clock.epochSeconds(), model.isEmpty() ? requestModel : model);
+                writer.start(created > 0 ? created : clock.epochSeconds(), named != null ? named : model.isEmpty() ? requestModel : model);
             }
 
             /** True once a tool call is open or anything is held: from then on new output waits for {@link #finish}. */
