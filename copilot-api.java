@@ -5463,11 +5463,12 @@ class CopilotApi implements Callable<Integer> {
             }
 
             /**
-             * The id of an item the client sent without one (Codex sends every item so), made from the item, its place in
-             * the input and the response it continues: a conversation sent again gets the same ids, so it reaches Copilot
-             * as the same bytes and its prompt cache holds (a random id broke it at the first call or reasoning item), while
-             * two items of one request, or an equal item of a later turn, never share one. The prefix is the one the
-             * Responses API expects of the type: it refuses a function_call id that does not start with fc.
+             * The id of an item the client sent without one (the API allows it; some clients leave out the ids even of the
+             * model's reasoning and calls they send back), made from the item, its place in the input and the response it
+             * continues: a conversation sent again gets the same ids, so it reaches Copilot as the same bytes and its prompt
+             * cache holds (a random id broke it at the first call or reasoning item), while two items of one request, or
+             * an equal item of a later turn, never share one. The prefix is the one the Responses API expects of the
+             * type: it refuses a function_call id that does not start with fc.
              */
             static String madeId(ObjectNode item, String previous, int index) {
                 Responses.Kind kind = switch (item.path("type").asText("message")) {

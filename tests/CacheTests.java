@@ -70,7 +70,7 @@ class CacheTests extends CopilotApiTests.WithHarness {
     }
 
     /**
-     * Codex's way: every item sent back without an id (its reasoning, function calls and messages as well as its own
+     * A client that sends every item back without an id (the model's reasoning, function calls and messages as well as
      * outputs and prompts). An id copilot-api has to give such an item must come out the same each time, or the first
      * one breaks the prefix.
      */
@@ -637,7 +637,7 @@ class CacheTests extends CopilotApiTests.WithHarness {
             return usage;
         }
 
-        /** A client that sends the output items back without their ids (as Codex does). */
+        /** A client that sends the output items back without their ids (Codex 0.171 keeps them; some clients do not). */
         ResponsesConversation withoutIds() {
             withoutIds = true;
             return this;

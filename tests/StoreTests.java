@@ -197,8 +197,8 @@ class StoreTests {
     }
 
     /**
-     * Items sent without an id (Codex sends every item so) get one made from the item and its place: the same each time
-     * the conversation is sent, so Copilot gets the same bytes; with the prefix of the item's type, which the Responses
+     * Items sent without an id (the API allows it, and some clients send even calls and reasoning so) get one made from
+     * the item and its place: the same each time the conversation is sent, so Copilot gets the same bytes; with the prefix of the item's type, which the Responses
      * API checks (fc_ for a call, rs_ for reasoning); one id per item, two equal items and an equal item of a later turn
      * included; and kept, so a later turn can name them by reference.
      */
