@@ -5094,8 +5094,10 @@ class CopilotApi implements Callable<Integer> {
                 ModelCall call = pipeline.call(ctx).admit(requested, input.isArray() ? input.size() : 1)
                     .reserve(billed, model.model(), Json.containsImage(turn.upstreamInput()));
                 Requests.logBody("responses request", body);
-                if (native_) forward(ctx, turn, forwarded, model, call, stream);
-                else translate(ctx, turn, translated, prepared, model, call, stream);
+                // a background call's answer keeps the name asked for, as on every route
+                String named = cheap.isPresent() ? requested : null;
+                if (native_) forward(ctx, turn, forwarded, model, named, call, stream);
+                else translate(ctx, turn, translated, prepared, model, named, call, stream);
             }
 
             /**
@@ -5247,12 +5249,13 @@ class CopilotApi implements Callable<Integer> {
                 return capped(request);
             }
 
-            private void forward(Context ctx, ResponsesState.Resolved turn, byte[] bytes, ModelResolver.Resolution model, ModelCall call,
-                    boolean stream) {
+            /** {@code named}: the model the answer names (a background call's, as asked), or null for Copilot's name. */
+            private void forward(Context ctx, ResponsesState.Resolved turn, byte[] bytes, ModelResolver.Resolution model, String named,
+                    ModelCall call, boolean stream) {
                 SubagentPrompts subagents = pipeline.controls().billing().subagents();
                 // the output items are parsed only when the model was offered a tool that starts a subagent
                 SubagentPrompts.ToolCallReader reader = SubagentPrompts.offered(turn.resolved().path("tools")) ? subagents.reader() : null;
-                NativeRelay machine = responsesRelay(Exchange.of(ctx), turn, state, reader);
+                NativeRelay machine = responsesRelay(Exchange.of(ctx), turn, state, reader, named);
                 if (stream) {
                     call.relay(model.upstream(), RESPONSES, c -> streamRetryingCyberPolicy(() -> pipeline.copilot().stream(RESPONSES, bytes, c)), machine);
                     return;
@@ -5264,10 +5267,11 @@ class CopilotApi implements Callable<Integer> {
 
             /**
              * Named events copied through with their sequence numbers; only the lifecycle ones are parsed: for the usage,
-             * to say whether the answer is stored, and to keep the finished answer; and the finished output items when
-             * a reader is given (for subagent prompts).
+             * to say whether the answer is stored, to name the model {@code named} when it is given, and to keep the
+             * finished answer; and the finished output items when a reader is given (for subagent prompts).
              */
-            static NativeRelay responsesRelay(Exchange exchange, ResponsesState.Resolved turn, ResponsesState state, SubagentPrompts.ToolCallReader reader) {
+            static NativeRelay responsesRelay(Exchange exchange, ResponsesState.Resolved turn, ResponsesState state, SubagentPrompts.ToolCallReader reader,
+                    String named) {
                 return new NativeRelay(new NativeRelay.Api() {
                     @Override
                     public Set<String> inspected() {
@@ -5279,6 +5283,7 @@ class CopilotApi implements Callable<Integer> {
                         if (reader != null) reader.responsesEvent(name, data);
                         if (!data.path("response").isObject()) return;
                         ObjectNode response = ResponsesState.presented(data.get("response"), turn);
+                        if (named != null) response.put("model", named);
                         data.set("response", response);
                         exchange.copilotUsage(data).responsesUsage(response.path("usage"));
                         if (TERMINAL.contains(name)) state.keep(turn, response);
@@ -5316,11 +5321,13 @@ class CopilotApi implements Callable<Integer> {
             }
 
             private void translate(Context ctx, ResponsesState.Resolved turn, Translated t, ChatUpstream.Prepared prepared,
-                    ModelResolver.Resolution model, ModelCall call, boolean stream) {
+                    ModelResolver.Resolution model, String named, ModelCall call, boolean stream) {
                 ObjectNode body = turn.echo();
                 Requests.logBody("translated chat request", t.body());
                 String path = pipeline.chat().path(model.upstream());
-                AsTranslation machine = new AsTranslation(new ChatStreamToResponses(body, IdClock.SYSTEM), r -> state.keep(turn, r));
+                ChatStreamToResponses events = new ChatStreamToResponses(body, IdClock.SYSTEM);
+                if (named != null) events.named(named);
+                AsTranslation machine = new AsTranslation(events, r -> state.keep(turn, r));
                 TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), pipeline.controls().billing().subagents().reader()::responsesEvent);
                 if (stream) call.relay(model.upstream(), path, c -> pipeline.chat().stream(prepared, c), relay);
                 else Requests.writeJson(ctx, ResponseEvents.response(call.fold(model.upstream(), path, c -> pipeline.chat().answer(prepared, c), relay)));
@@ -5414,7 +5421,7 @@ class CopilotApi implements Callable<Integer> {
                 }
                 boolean keep = store.enabled() && body.path("store").asBoolean(true);
                 String previous = body.path("previous_response_id").isTextual() ? body.get("previous_response_id").asText() : null;
-                ArrayNode own = ownInput(body.get("input"));
+                ArrayNode own = ownInput(body.get("input"), previous);
                 ObjectNode resolved = body.deepCopy();
                 resolved.remove("previous_response_id");
                 if (previous != null || body.get("input").isArray()) {
@@ -5428,8 +5435,11 @@ class CopilotApi implements Callable<Integer> {
                 return new Resolved(resolved, echo, own, previous, keep);
             }
 
-            /** The request's input as items: a string becomes a user message; references become the items they name; every item gets an id. */
-            private ArrayNode ownInput(JsonNode input) {
+            /**
+             * The request's input as items: a string becomes a user message; references become the items they name; every
+             * item gets an id (see {@link #madeId}).
+             */
+            private ArrayNode ownInput(JsonNode input, String previous) {
                 ArrayNode out = Json.array();
                 if (input.isTextual()) {
                     ObjectNode m = out.addObject().put("type", "message").put("role", "user");
@@ -5439,10 +5449,28 @@ class CopilotApi implements Callable<Integer> {
                         out.add(item.path("type").asText().equals("item_reference") ? referenced(item.path("id").asText("")) : item.deepCopy());
                     }
                 }
-                for (JsonNode item : out) {
-                    if (!item.hasNonNull("id") && item instanceof ObjectNode o) o.put("id", "msg_" + Ids.random(24));
+                for (int i = 0; i < out.size(); i++) {
+                    if (!out.get(i).hasNonNull("id") && out.get(i) instanceof ObjectNode o) o.put("id", madeId(o, previous, i));
                 }
                 return out;
+            }
+
+            /**
+             * The id of an item the client sent without one (the API allows it; some clients leave out the ids even of the
+             * model's reasoning and calls they send back), made from the item, its place in the input and the response it
+             * continues: a conversation sent again gets the same ids, so it reaches Copilot as the same bytes and its prompt
+             * cache holds (a random id broke it at the first call or reasoning item), while two items of one request, or
+             * an equal item of a later turn, never share one. The prefix is the one the Responses API expects of the
+             * type: it refuses a function_call id that does not start with fc.
+             */
+            static String madeId(ObjectNode item, String previous, int index) {
+                Responses.Kind kind = switch (item.path("type").asText("message")) {
+                    case "reasoning" -> Responses.Kind.REASONING;
+                    case "function_call" -> Responses.Kind.FUNCTION_CALL;
+                    case "custom_tool_call" -> Responses.Kind.CUSTOM_CALL;
+                    default -> Responses.Kind.MESSAGE;
+                };
+                return Ids.derived(kind.idPrefix, (previous == null ? "" : previous) + "#" + index, item);
             }
 
             private JsonNode referenced(String id) {
@@ -5474,9 +5502,9 @@ class CopilotApi implements Callable<Integer> {
             }
 
             /**
-             * Copies for Copilot: the ids copilot-api gave the client's own items (a fresh random one each time an item
-             * arrives without one) stay here, so the same history reaches Copilot as the same bytes and its prompt cache
-             * keeps working. Only what the model produced (assistant messages, reasoning, compaction, calls) keeps its id.
+             * Copies for Copilot: the ids copilot-api gave the client's own prompts and tool outputs stay here (they are for
+             * the store's listings and references). What the model produced (assistant messages, reasoning, compaction,
+             * calls) keeps its id, the client's or one made by {@link #madeId}, the same in every turn.
              */
             private static ArrayNode upstream(ArrayNode items) {
                 ArrayNode out = Json.array();
@@ -5626,7 +5654,9 @@ class CopilotApi implements Callable<Integer> {
                 Requests.logBody("translated chat request", t.chatRequest());
                 String path = chat.path(model.upstream());
                 boolean merge = t.chatRequest().path("n").asInt(1) <= 1;
-                ChatStreamToGemini machine = new ChatStreamToGemini(model.upstream(), t.includeThoughts(), merge, IdClock.SYSTEM);
+                // a side call's answer keeps the name asked for, as a background call does on every route
+                String version = cheap.isPresent() ? requested : model.upstream();
+                ChatStreamToGemini machine = new ChatStreamToGemini(version, t.includeThoughts(), merge, IdClock.SYSTEM);
                 TranslatedRelay relay = new TranslatedRelay(machine, Exchange.of(ctx), (name, data) -> { });
                 if (sse) {
                     call.relay(model.upstream(), path, c -> chat.stream(prepared, c), relay);
@@ -10477,6 +10507,7 @@ class CopilotApi implements Callable<Integer> {
             private final IdClock clock;
             private final Set<String> customNames;
             private final String requestModel;
+            private String named;
             private boolean started;
             private boolean ended;
             private StreamItem open;
@@ -10491,6 +10522,12 @@ class CopilotApi implements Callable<Integer> {
                 this.clock = clock;
                 this.customNames = CustomTools.names(originalRequest);
                 this.requestModel = originalRequest.path("model").asText("");
+            }
+
+            /** Events that name this model, whatever Copilot's chunks say (a background call keeps the name it asked for). */
+            ChatStreamToResponses named(String name) {
+                named = name;
+                return this;
             }
 
             List<ObjectNode> onChunk(JsonNode chunk) {
@@ -10552,7 +10589,7 @@ class CopilotApi implements Callable<Integer> {
                 started = true;
                 long created = chunk == null ? 0 : chunk.path("created").asLong(0);
                 String model = chunk == null ? "" : chunk.path("model").asText("");
-                writer.start(created > 0 ? created : clock.epochSeconds(), model.isEmpty() ? requestModel : model);
+                writer.start(created > 0 ? created : clock.epochSeconds(), named != null ? named : model.isEmpty() ? requestModel : model);
             }
 
             /** True once a tool call is open or anything is held: from then on new output waits for {@link #finish}. */
@@ -14957,6 +14994,27 @@ class CopilotApi implements Callable<Integer> {
             long high = (r.nextLong() & ~0xF000L) | 0x4000L;
             long low = (r.nextLong() & 0x3FFFFFFFFFFFFFFFL) | 0x8000000000000000L;
             return new UUID(high, low).toString();
+        }
+
+        /**
+         * The prefix and 32 hex digits of the SHA-256 of the seed and the JSON: the same id whenever they are the same.
+         * For ids of what a client sent, which must not change when it sends them again.
+         */
+        static String derived(String prefix, String seed, JsonNode json) {
+            MessageDigest sha;
+            try {
+                sha = MessageDigest.getInstance("SHA-256");
+            } catch (java.security.NoSuchAlgorithmException e) {
+                throw new IllegalStateException("SHA-256 is missing from this Java runtime", e);
+            }
+            sha.update(seed.getBytes(UTF_8));
+            sha.update((byte) 0);
+            try (OutputStream out = new java.security.DigestOutputStream(OutputStream.nullOutputStream(), sha)) {
+                JSON.writeValue(out, json);
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
+            return prefix + HexFormat.of().formatHex(sha.digest(), 0, 16);
         }
 
         static String random(int length) {

@@ -13,6 +13,8 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
+import java.util.TreeSet;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.DynamicTest;
 import org.junit.jupiter.api.Test;
@@ -218,15 +220,16 @@ class BackgroundTests {
                     String name = (usageBased ? "usage-based " : "legacy ") + api + " " + kind;
                     tests.add(DynamicTest.dynamicTest(name, () -> {
                         try (CopilotApiTests.Harness h = harness(usageBased ? usageBased() : StubUpstream.start(), null)) {
+                            List<String> kept = new ArrayList<>();
                             for (boolean stream : List.of(false, true)) {
                                 HttpResponse<String> r = h.post(PATHS.get(api), request(api, kind, stream));
                                 assertEquals(200, r.statusCode(), name + ": " + r.body());
                                 // usage-based: the lowest prices; legacy: the catalog's first free chat model
                                 assertEquals(usageBased ? "gpt-5-mini" : "gpt-4.1", upstreamModel(h.stub), name + (stream ? " streamed" : ""));
-                                if (!stream && !api.equals("responses")) {
-                                    String asked = api.equals("responses") ? "gpt-5.1-codex" : "claude-sonnet-4.5";
-                                    assertEquals(asked, json(r.body()).path("model").asText(), "named as asked: " + r.body());
-                                }
+                                String asked = api.equals("responses") ? "gpt-5.1-codex" : "claude-sonnet-4.5";
+                                assertEquals(Set.of(asked), answeredModels(api, r.body(), stream), name + (stream ? " streamed" : "")
+                                    + ": named as asked: " + r.body());
+                                if (api.equals("responses") && !stream) kept.add(json(r.body()).path("id").asText());
                             }
                             JsonNode background = stats(h).path("background");
                             assertEquals(2, background.path("calls").asInt(), name + ": " + background);
@@ -235,12 +238,56 @@ class BackgroundTests {
                             assertEquals(0, stats(h).path("premium").path("units").asDouble(), 0.0001, "no premium request: " + name);
                             JsonNode rows = CostTests.historyRows(h, 2);
                             for (JsonNode row : rows) assertEquals("background", row.path("route").asText(), name + ": " + row);
+                            for (String id : kept) {
+                                JsonNode stored = json(h.get("/v1/responses/" + id).body());
+                                assertEquals("gpt-5.1-codex", stored.path("model").asText(), name + ": kept as answered: " + stored);
+                            }
                         }
                     }));
                 }
             }
         }
         return tests.stream();
+    }
+
+    /**
+     * The model names a client reads in an answer: the whole answer's, or every one a stream's events carry (each chat
+     * chunk, Anthropic's message_start, each Responses event that carries the response, each Gemini chunk).
+     */
+    static Set<String> answeredModels(String api, String body, boolean stream) {
+        String field = api.equals("gemini") ? "modelVersion" : "model";
+        Set<String> names = new TreeSet<>();
+        if (!stream) {
+            names.add(json(body).path(field).asText());
+            return names;
+        }
+        for (String data : CopilotApiTests.dataLines(body)) {
+            if (data.equals("[DONE]")) continue;
+            JsonNode e = json(data);
+            if (api.equals("anthropic") && e.path("type").asText().equals("message_start")) names.add(e.path("message").path(field).asText());
+            else if (api.equals("responses") && e.path("response").isObject()) names.add(e.path("response").path(field).asText());
+            else if (api.equals("chat") || api.equals("gemini")) names.add(e.path(field).asText());
+        }
+        return names;
+    }
+
+    /**
+     * Gemini CLI's side calls (never streamed) go where every background call goes, and the answer names the model asked
+     * for, as on the other routes: the client asked for it, and the log and /history say which model served.
+     */
+    @Test
+    void aGeminiSideCallGoesToTheCheapModelAndIsNamedAsAsked() throws Exception {
+        for (boolean usageBased : List.of(true, false)) {
+            try (CopilotApiTests.Harness h = harness(usageBased ? usageBased() : StubUpstream.start(), null)) {
+                String check = "{\"contents\":[{\"role\":\"user\",\"parts\":[{\"text\":\"Is the last message a question?\"}]}]}";
+                HttpResponse<String> r = h.send("POST", "/v1beta/models/gemini-2.5-pro:generateContent", check,
+                    "user-agent", "GeminiCLI/0.61.0/gemini-2.5-pro (linux; x64)");
+                assertEquals(200, r.statusCode(), r.body());
+                assertEquals(usageBased ? "gpt-5-mini" : "gpt-4.1", upstreamModel(h.stub));
+                assertEquals(Set.of("gemini-2.5-pro"), answeredModels("gemini", r.body(), false), r.body());
+                assertEquals(1, stats(h).path("background").path("by_kind").path("side call").asInt(), stats(h).toString());
+            }
+        }
     }
 
     @Test

@@ -69,6 +69,21 @@ class CacheTests extends CopilotApiTests.WithHarness {
         replayBoth(Client.CHAINED_RESPONSES, "gpt-5.1-codex", Upstream.RESPONSES);
     }
 
+    /**
+     * A client that sends every item back without an id (the model's reasoning, function calls and messages as well as
+     * outputs and prompts). An id copilot-api has to give such an item must come out the same each time, or the first
+     * one breaks the prefix.
+     */
+    @Test
+    void nativeResponsesWithItemsSentWithoutIdsReSendTheSamePrefix() throws Exception {
+        replayBoth(Client.RESPONSES_WITHOUT_IDS, "gpt-5.1-codex", Upstream.RESPONSES);
+    }
+
+    @Test
+    void responsesOnAChatModelWithItemsSentWithoutIdsReSendTheSamePrefix() throws Exception {
+        replayBoth(Client.RESPONSES_WITHOUT_IDS, "gpt-4.1", Upstream.CHAT);
+    }
+
     @Test
     void chatCompletionsOnClaudeReSendTheSamePrefix() throws Exception {
         replayBoth(Client.CHAT, "claude-sonnet-4.5", Upstream.CHAT);
@@ -276,6 +291,12 @@ class CacheTests extends CopilotApiTests.WithHarness {
             @Override
             Conversation start(String model, boolean stream, String label) {
                 return new ResponsesConversation(path, model, stream, label, false);
+            }
+        },
+        RESPONSES_WITHOUT_IDS("/v1/responses") {
+            @Override
+            Conversation start(String model, boolean stream, String label) {
+                return new ResponsesConversation(path, model, stream, label, false).withoutIds();
             }
         },
         CHAINED_RESPONSES("/v1/responses") {
@@ -572,6 +593,7 @@ class CacheTests extends CopilotApiTests.WithHarness {
      */
     static final class ResponsesConversation extends Conversation {
         private final boolean chained;
+        private boolean withoutIds;
 
         ResponsesConversation(String path, String model, boolean stream, String label, boolean chained) {
             super(path, model, stream, label);
@@ -615,6 +637,12 @@ class CacheTests extends CopilotApiTests.WithHarness {
             return usage;
         }
 
+        /** A client that sends the output items back without their ids (Codex 0.171 keeps them; some clients do not). */
+        ResponsesConversation withoutIds() {
+            withoutIds = true;
+            return this;
+        }
+
         /** Chained: the next request continues this response and carries only what comes after it. */
         private void answered(JsonNode response) {
             if (!chained) return;
@@ -624,6 +652,7 @@ class CacheTests extends CopilotApiTests.WithHarness {
 
         private void addItem(JsonNode item) {
             if (item.path("type").asText().equals("function_call")) pendingCalls.add(item.path("call_id").asText());
+            if (withoutIds) ((ObjectNode) item).remove("id");
             if (!chained) input().add(item);
         }
 

@@ -196,6 +196,45 @@ class StoreTests {
         }
     }
 
+    /**
+     * Items sent without an id (the API allows it, and some clients send even calls and reasoning so) get one made from
+     * the item and its place: the same each time the conversation is sent, so Copilot gets the same bytes; with the prefix of the item's type, which the Responses
+     * API checks (fc_ for a call, rs_ for reasoning); one id per item, two equal items and an equal item of a later turn
+     * included; and kept, so a later turn can name them by reference.
+     */
+    @Test
+    void itemsSentWithoutIdsGetIdsThatAreStableDistinctAndCanBeReferenced() throws Exception {
+        try (var h = harness()) {
+            String body = "{\"model\":\"gpt-5.1-codex\",\"input\":[" + userText("again") + "," + userText("again")
+                + ",{\"type\":\"reasoning\",\"summary\":[],\"encrypted_content\":\"" + StubUpstream.REASONING_SIGNATURE + "\"}"
+                + ",{\"type\":\"function_call\",\"call_id\":\"call_1\",\"name\":\"Bash\",\"arguments\":\"{}\"}"
+                + ",{\"type\":\"function_call_output\",\"call_id\":\"call_1\",\"output\":\"ok\"}]," + TOOLS + "}";
+            JsonNode first = ok(h.post("/v1/responses", body));
+            String sent = h.stub.last("/responses").body();
+            ok(h.post("/v1/responses", body));
+            assertEquals(sent, h.stub.last("/responses").body(), "the same request reaches Copilot as the same bytes");
+            JsonNode input = json(sent).path("input");
+            assertTrue(input.get(2).path("id").asText().startsWith("rs_"), input.toString());
+            assertTrue(input.get(3).path("id").asText().startsWith("fc_"), input.toString());
+
+            JsonNode items = ok(h.get("/v1/responses/" + first.path("id").asText() + "/input_items?order=asc")).path("data");
+            List<String> ids = new ArrayList<>();
+            for (JsonNode item : items) ids.add(item.path("id").asText());
+            assertEquals(5, ids.stream().filter(id -> !id.isEmpty()).distinct().count(), "one id per item: " + ids);
+            JsonNode next = ok(h.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"previous_response_id\":\""
+                + first.path("id").asText() + "\",\"input\":[" + userText("again") + "]}"));
+            String later = ok(h.get("/v1/responses/" + next.path("id").asText() + "/input_items")).path("data").get(0).path("id").asText();
+            assertFalse(ids.contains(later), "the same prompt in a later turn is another item: " + later + " " + ids);
+
+            ok(h.post("/v1/responses", "{\"model\":\"gpt-5.1-codex\",\"input\":[" + reference(ids.get(3)) + "," + reference(ids.get(1))
+                + "]," + TOOLS + "}"));
+            JsonNode resolved = h.stub.last("/responses").json().path("input");
+            assertEquals("call_1", resolved.get(0).path("call_id").asText(), resolved.toString());
+            assertEquals(input.get(3).path("id"), resolved.get(0).path("id"), "the stored call goes with the id it was sent with");
+            assertEquals("again", resolved.get(1).path("content").get(0).path("text").asText(), resolved.toString());
+        }
+    }
+
     // The same loop on a chat model (translated, streamed): the referenced call becomes the assistant's tool call.
     @Test
     void aToolLoopOnTheTranslatedRouteResolvesTheReferencedCall() throws Exception {
