@@ -1387,6 +1387,7 @@ class Benchmark {
                         + (rounds > 1 ? ", round " + (r + 1) + " of " + rounds : ""));
                     // the first round warms each proxy fully; later ones only refill what the other proxy's turn cooled
                     Duration warm = r == 0 ? cfg.warm() : Duration.ofMillis(Math.min(cfg.warm().toMillis(), 2000));
+                    quiesce(targets);
                     Load l = load(clients, warm, cfg.measure(), call.of(x.base), x.pid);
                     rps[i][r] = l.rps();
                     cpus[i][r] = l.cpuMsPerRequest();
@@ -1424,6 +1425,26 @@ class Benchmark {
 
         Load load(int clients, Duration warm, Duration measure, LoadCall call) throws InterruptedException {
             return load(clients, warm, measure, call, -1);
+        }
+
+        /**
+         * Waits, up to 15 s, until the proxies and this JVM are idle (each under 5% of a core over half a second). A JVM
+         * goes on compiling what its last load taught it for seconds after the load stops; on shared CPUs that work
+         * would be taken from whichever proxy is measured next, so the first round of a row went to the proxy
+         * measured right after the other one's warm-up at a disadvantage.
+         */
+        void quiesce(List<Target> targets) throws InterruptedException {
+            List<Long> pids = new ArrayList<>();
+            for (Target t : targets) if (t.pid > 0) pids.add(t.pid);
+            pids.add(ProcessHandle.current().pid());
+            long end = System.nanoTime() + TimeUnit.SECONDS.toNanos(15);
+            while (System.nanoTime() < end) {
+                long[] before = pids.stream().mapToLong(SideBySide::cpuTicks).toArray();
+                Thread.sleep(500);
+                boolean idle = true;
+                for (int i = 0; i < before.length; i++) idle &= cpuTicks(pids.get(i)) - before[i] <= CLOCK_TICKS * 0.5 * 0.05;
+                if (idle) return;
+            }
         }
 
         /** Closed-loop load; with a pid, also the CPU time that process used per request in the measured window. */
