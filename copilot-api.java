@@ -10949,7 +10949,7 @@ class CopilotApi implements Callable<Integer> {
                 Messages m = new Messages(notes);
                 JsonNode messages = chat.path("messages");
                 if (!messages.isArray() || messages.isEmpty()) throw invalid("messages", "'messages' must be a non-empty array");
-                m.addAll(messages);
+                m.addAll(ToolCallIds.paired(messages));
                 if (m.instructions.length() > 0) out.put("instructions", m.instructions.toString());
                 out.set("input", m.input);
                 tools(chat, out, notes);
@@ -11058,6 +11058,84 @@ class CopilotApi implements Callable<Integer> {
             /** A Claude-style thinking budget as an effort level: below 4k low, below 16k medium, else high. */
             static String effortFor(int budget) {
                 return budget < 4096 ? "low" : budget < 16384 ? "medium" : "high";
+            }
+
+            /**
+             * Tool calls sent without an id, and results sent without a tool_call_id: chat clients that pair them by order
+             * (an assistant message's calls, then one tool message for each). /responses pairs a function_call with its
+             * output by call_id only, so each such pair gets one: the id the result names if it names one, else one derived
+             * from the call and its place, the same whenever the conversation is sent again (the prompt cache keeps hitting).
+             * Pairing by order is unambiguous only when the calls without id and the results naming none of the message's
+             * calls are as many; otherwise, or for a result that follows no call, a 400 naming the field, as OpenAI's is.
+             */
+            static final class ToolCallIds {
+                private ToolCallIds() {}
+
+                /** The messages with every call and result paired by id; the same array when nothing was missing. */
+                static JsonNode paired(JsonNode messages) {
+                    ArrayNode copy = null;
+                    int i = 0;
+                    while (i < messages.size()) {
+                        JsonNode m = messages.get(i);
+                        if (!m.path("role").asText("").equals("assistant") || m.path("tool_calls").isEmpty()) {
+                            if (isTool(m) && missing(m.path("tool_call_id"))) throw unpaired("messages[" + i + "].tool_call_id",
+                                "the tool message follows no tool call");
+                            i++;
+                            continue;
+                        }
+                        int end = i + 1;
+                        while (end < messages.size() && isTool(messages.get(end))) end++;
+                        copy = pairRun(messages, copy, i, end);
+                        i = end;
+                    }
+                    return copy == null ? messages : copy;
+                }
+
+                /** The calls of the assistant message at index call and the tool messages from call + 1 to end. */
+                private static ArrayNode pairRun(JsonNode messages, ArrayNode copy, int call, int end) {
+                    JsonNode calls = messages.get(call).path("tool_calls");
+                    List<Integer> idless = new ArrayList<>();
+                    Set<String> ids = new HashSet<>();
+                    for (int k = 0; k < calls.size(); k++) {
+                        if (missing(calls.get(k).path("id"))) idless.add(k);
+                        else ids.add(calls.get(k).path("id").asText());
+                    }
+                    List<Integer> orphans = new ArrayList<>();
+                    for (int j = call + 1; j < end; j++) {
+                        JsonNode id = messages.get(j).path("tool_call_id");
+                        if (missing(id) || (!idless.isEmpty() && !ids.contains(id.asText()))) orphans.add(j);
+                    }
+                    if (idless.isEmpty() && orphans.isEmpty()) return copy;
+                    if (idless.size() != orphans.size()) {
+                        if (idless.isEmpty()) throw unpaired("messages[" + orphans.get(0) + "].tool_call_id",
+                            "the tool message names no tool call, and every tool call before it has an id");
+                        throw unpaired("messages[" + call + "].tool_calls[" + idless.get(0) + "].id", "the assistant message has "
+                            + idless.size() + " tool call(s) without an id but " + orphans.size() + " tool message(s) after it that answer none of its calls");
+                    }
+                    ArrayNode out = copy != null ? copy : (ArrayNode) messages.deepCopy();
+                    for (int n = 0; n < idless.size(); n++) {
+                        int k = idless.get(n);
+                        JsonNode tc = calls.get(k);
+                        if (!tc.isObject()) throw invalid("messages[" + call + "].tool_calls[" + k + "]", "a tool call must be an object");
+                        JsonNode named = messages.get(orphans.get(n)).path("tool_call_id");
+                        String id = missing(named) ? Ids.derived("call_", "chat tool call " + call + "." + k, tc) : named.asText();
+                        ((ObjectNode) out.get(call).get("tool_calls").get(k)).put("id", id);
+                        ((ObjectNode) out.get(orphans.get(n))).put("tool_call_id", id);
+                    }
+                    return out;
+                }
+
+                private static boolean isTool(JsonNode m) {
+                    return m.path("role").asText("").equals("tool");
+                }
+
+                private static boolean missing(JsonNode id) {
+                    return !id.isTextual() || id.asText().isEmpty();
+                }
+
+                private static ApiError unpaired(String field, String why) {
+                    return invalid(field, "Missing required parameter: '" + field + "' (" + why + ")");
+                }
             }
 
             /** Chat messages to instructions and input items. */
