@@ -6674,6 +6674,11 @@ class CopilotApi implements Callable<Integer> {
                 if (e instanceof UpstreamUnreachable u) return new ApiError(502, "api_error", u.getMessage());
                 if (e instanceof StoreFailing f) return new ApiError(503, "api_error", f.getMessage());
                 if (e instanceof CatalogUnavailable c) return catalogFailure(c.reason());
+                if (e instanceof TokenExchangeLimited t) {
+                    ApiError a = new ApiError(429, "rate_limit_error", t.getMessage());
+                    t.retryAfter().ifPresent(d -> a.headers().put("retry-after", String.valueOf(d.plusMillis(999).toSeconds())));
+                    return a;
+                }
                 if (e instanceof UserFacingException u) return new ApiError(502, "api_error", u.getMessage());
                 Logs.log().error("unexpected failure", e);
                 return new ApiError(500, "api_error", "Internal error in copilot-api: " + describe(e));
@@ -6721,7 +6726,9 @@ class CopilotApi implements Callable<Integer> {
                 if (cause instanceof ApiError || a.status() == 500) return a;
                 String what = cause instanceof UpstreamTimeout ? "did not answer in time"
                     : cause instanceof UpstreamUnreachable ? "could not be reached" : "could not be read";
-                return new ApiError(a.status(), a.type(), "Copilot's model list " + what + ": " + a.getMessage(), a.param(), a.code());
+                ApiError e = new ApiError(a.status(), a.type(), "Copilot's model list " + what + ": " + a.getMessage(), a.param(), a.code());
+                e.headers().putAll(a.headers());
+                return e;
             }
 
             private static final Pattern RETRY_AFTER_TEXT = Pattern.compile("retry after (\\d+) seconds?", Pattern.CASE_INSENSITIVE);
@@ -10942,7 +10949,7 @@ class CopilotApi implements Callable<Integer> {
                 Messages m = new Messages(notes);
                 JsonNode messages = chat.path("messages");
                 if (!messages.isArray() || messages.isEmpty()) throw invalid("messages", "'messages' must be a non-empty array");
-                m.addAll(messages);
+                m.addAll(ToolCallIds.paired(messages));
                 if (m.instructions.length() > 0) out.put("instructions", m.instructions.toString());
                 out.set("input", m.input);
                 tools(chat, out, notes);
@@ -11051,6 +11058,84 @@ class CopilotApi implements Callable<Integer> {
             /** A Claude-style thinking budget as an effort level: below 4k low, below 16k medium, else high. */
             static String effortFor(int budget) {
                 return budget < 4096 ? "low" : budget < 16384 ? "medium" : "high";
+            }
+
+            /**
+             * Tool calls sent without an id, and results sent without a tool_call_id: chat clients that pair them by order
+             * (an assistant message's calls, then one tool message for each). /responses pairs a function_call with its
+             * output by call_id only, so each such pair gets one: the id the result names if it names one, else one derived
+             * from the call and its place, the same whenever the conversation is sent again (the prompt cache keeps hitting).
+             * Pairing by order is unambiguous only when the calls without id and the results naming none of the message's
+             * calls are as many; otherwise, or for a result that follows no call, a 400 naming the field, as OpenAI's is.
+             */
+            static final class ToolCallIds {
+                private ToolCallIds() {}
+
+                /** The messages with every call and result paired by id; the same array when nothing was missing. */
+                static JsonNode paired(JsonNode messages) {
+                    ArrayNode copy = null;
+                    int i = 0;
+                    while (i < messages.size()) {
+                        JsonNode m = messages.get(i);
+                        if (!m.path("role").asText("").equals("assistant") || m.path("tool_calls").isEmpty()) {
+                            if (isTool(m) && missing(m.path("tool_call_id"))) throw unpaired("messages[" + i + "].tool_call_id",
+                                "the tool message follows no tool call");
+                            i++;
+                            continue;
+                        }
+                        int end = i + 1;
+                        while (end < messages.size() && isTool(messages.get(end))) end++;
+                        copy = pairRun(messages, copy, i, end);
+                        i = end;
+                    }
+                    return copy == null ? messages : copy;
+                }
+
+                /** The calls of the assistant message at index call and the tool messages from call + 1 to end. */
+                private static ArrayNode pairRun(JsonNode messages, ArrayNode copy, int call, int end) {
+                    JsonNode calls = messages.get(call).path("tool_calls");
+                    List<Integer> idless = new ArrayList<>();
+                    Set<String> ids = new HashSet<>();
+                    for (int k = 0; k < calls.size(); k++) {
+                        if (missing(calls.get(k).path("id"))) idless.add(k);
+                        else ids.add(calls.get(k).path("id").asText());
+                    }
+                    List<Integer> orphans = new ArrayList<>();
+                    for (int j = call + 1; j < end; j++) {
+                        JsonNode id = messages.get(j).path("tool_call_id");
+                        if (missing(id) || (!idless.isEmpty() && !ids.contains(id.asText()))) orphans.add(j);
+                    }
+                    if (idless.isEmpty() && orphans.isEmpty()) return copy;
+                    if (idless.size() != orphans.size()) {
+                        if (idless.isEmpty()) throw unpaired("messages[" + orphans.get(0) + "].tool_call_id",
+                            "the tool message names no tool call, and every tool call before it has an id");
+                        throw unpaired("messages[" + call + "].tool_calls[" + idless.get(0) + "].id", "the assistant message has "
+                            + idless.size() + " tool call(s) without an id but " + orphans.size() + " tool message(s) after it that answer none of its calls");
+                    }
+                    ArrayNode out = copy != null ? copy : (ArrayNode) messages.deepCopy();
+                    for (int n = 0; n < idless.size(); n++) {
+                        int k = idless.get(n);
+                        JsonNode tc = calls.get(k);
+                        if (!tc.isObject()) throw invalid("messages[" + call + "].tool_calls[" + k + "]", "a tool call must be an object");
+                        JsonNode named = messages.get(orphans.get(n)).path("tool_call_id");
+                        String id = missing(named) ? Ids.derived("call_", "chat tool call " + call + "." + k, tc) : named.asText();
+                        ((ObjectNode) out.get(call).get("tool_calls").get(k)).put("id", id);
+                        ((ObjectNode) out.get(orphans.get(n))).put("tool_call_id", id);
+                    }
+                    return out;
+                }
+
+                private static boolean isTool(JsonNode m) {
+                    return m.path("role").asText("").equals("tool");
+                }
+
+                private static boolean missing(JsonNode id) {
+                    return !id.isTextual() || id.asText().isEmpty();
+                }
+
+                private static ApiError unpaired(String field, String why) {
+                    return invalid(field, "Missing required parameter: '" + field + "' (" + why + ")");
+                }
             }
 
             /** Chat messages to instructions and input items. */
@@ -12816,7 +12901,8 @@ class CopilotApi implements Callable<Integer> {
          * How failures are paced. serveWithin bounds what a request can be held to by an earlier failure: the back-off
          * after failed exchanges (firstBackoff, doubling) and the quiet time after a refresh that a 401 forced (while
          * Copilot refuses, one exchange per serveWithin) never exceed it, so service resumes at most serveWithin after
-         * GitHub and Copilot do. The scheduled refresh in the background backs off further, up to maxBackoff.
+         * GitHub and Copilot do; only a retry-after GitHub sent with a rate limit (429) is waited out beyond it, up to
+         * maxBackoff. The scheduled refresh in the background backs off further, up to maxBackoff.
          */
         record Pacing(Duration serveWithin, Duration firstBackoff, Duration maxBackoff) {
             static final Pacing DEFAULT = new Pacing(Duration.ofSeconds(10), Duration.ofSeconds(1), Duration.ofMinutes(5));
@@ -12888,7 +12974,9 @@ class CopilotApi implements Callable<Integer> {
                 + said(body, status) + (githubToken.origin() == GitHubToken.Origin.STORED ? "" : "; if that is not your Copilot account, " + githubToken.fix()));
             if (status == 404) throw new UserFacingException(who + " cannot be exchanged for a Copilot token (404 at "
                 + uri + "): it is a personal access token or another app's token, not a Copilot login (ghu_...); " + githubToken.fix());
-            // GitHub failing (5xx, 429, ...) is not Copilot answering the request: a 502 that says which call failed
+            if (status == 429) throw new TokenExchangeLimited("GitHub rate-limited the Copilot token exchange (429 at " + uri + "): "
+                + said(body, status), response.header("retry-after").flatMap(TokenExchangeLimited::wait).orElse(null));
+            // GitHub failing (5xx, ...) is not Copilot answering the request: a 502 that says which call failed
             if (status >= 400) throw new UserFacingException("GitHub's Copilot token exchange answered " + status + " at " + uri + ": " + said(body, status));
             CopilotToken token = CopilotToken.from(Json.tryParse(body).orElseThrow(() ->
                 new UserFacingException("GitHub's Copilot token answer is not JSON: " + Redact.shorten(body))));
@@ -12976,20 +13064,30 @@ class CopilotApi implements Callable<Integer> {
 
         /**
          * Exchanges now, unless the last exchange failed and its back-off has not passed (then that failure again).
-         * The back-off a request can meet is capped at serveWithin. Called holding the exchange lock.
+         * The back-off a request can meet is capped at serveWithin, except that GitHub's own retry-after on a rate limit
+         * is waited out (up to maxBackoff): asking sooner would only be refused again. Called holding the exchange lock.
          */
         private void refreshNow(Supplier<CopilotToken> exchange) {
             Instant now = Instant.now();
             if (lastFailure != null && now.isBefore(retryExchangeAt)) {
-                throw new UserFacingException("the Copilot token could not be refreshed (" + describe(lastFailure) + "); next try in "
-                    + Math.max(1, Duration.between(now, retryExchangeAt).toSeconds()) + "s");
+                long left = Math.max(1, Duration.between(now, retryExchangeAt).plusMillis(999).toSeconds());
+                String message = "the Copilot token could not be refreshed (" + describe(lastFailure) + "); next try in " + left + "s";
+                if (lastFailure instanceof TokenExchangeLimited limited) {
+                    throw new TokenExchangeLimited(message, limited.retryAfter().isPresent() ? Duration.ofSeconds(left) : null);
+                }
+                throw new UserFacingException(message);
             }
             try {
                 current = exchange.get();
             } catch (RuntimeException e) {
                 failures++;
                 lastFailure = e;
-                retryExchangeAt = Instant.now().plus(pacing.backoff(failures, pacing.serveWithin()));
+                Duration backoff = pacing.backoff(failures, pacing.serveWithin());
+                if (e instanceof TokenExchangeLimited limited && limited.retryAfter().isPresent()) {
+                    Duration asked = limited.retryAfter().get();
+                    backoff = asked.compareTo(pacing.maxBackoff()) > 0 ? pacing.maxBackoff() : asked.compareTo(backoff) > 0 ? asked : backoff;
+                }
+                retryExchangeAt = Instant.now().plus(backoff);
                 throw e;
             }
             failures = 0;
@@ -13007,6 +13105,8 @@ class CopilotApi implements Callable<Integer> {
                 });
             } catch (RuntimeException e) {
                 Duration wait = pacing.backoff(failures, pacing.maxBackoff());
+                Duration limited = Duration.between(Instant.now(), retryExchangeAt);
+                if (limited.compareTo(wait) > 0) wait = limited;
                 Logs.log().warn("Copilot token refresh failed ({}); keeping the current token, retrying in {}s",
                     describe(e), Math.max(1, wait.toSeconds()));
                 schedule(wait);
@@ -14651,6 +14751,36 @@ class CopilotApi implements Callable<Integer> {
 
         Optional<String> retryAfter() {
             return Optional.ofNullable(retryAfter);
+        }
+    }
+
+    /**
+     * GitHub rate-limited the Copilot token exchange (429): not a bad gateway but a rate limit, answered as a 429 in the
+     * caller's shape, with the wait GitHub asked for (retry-after) when it gave one.
+     */
+    static final class TokenExchangeLimited extends UserFacingException {
+        private final Duration retryAfter;
+
+        TokenExchangeLimited(String message, Duration retryAfter) {
+            super(message);
+            this.retryAfter = retryAfter;
+        }
+
+        Optional<Duration> retryAfter() {
+            return Optional.ofNullable(retryAfter);
+        }
+
+        /** A retry-after header as a wait: delta-seconds or an HTTP date (RFC 9110); anything else is no wait at all. */
+        static Optional<Duration> wait(String header) {
+            String v = header.strip();
+            if (v.matches("\\d{1,9}")) return Optional.of(Duration.ofSeconds(Long.parseLong(v)));
+            try {
+                Instant at = java.time.ZonedDateTime.parse(v, java.time.format.DateTimeFormatter.RFC_1123_DATE_TIME).toInstant();
+                Duration d = Duration.between(Instant.now(), at);
+                return Optional.of(d.isNegative() ? Duration.ZERO : d);
+            } catch (java.time.format.DateTimeParseException e) {
+                return Optional.empty();
+            }
         }
     }
 

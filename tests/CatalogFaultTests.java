@@ -20,8 +20,8 @@ import org.junit.jupiter.api.TestFactory;
  * shape with a status that says what happened (502 for a bad answer, 504 for none in time, 403 and 429 kept, 429 with
  * its retry-after, and a 401 that survived the token refresh a 502 as on every call), a message that names the model
  * list, and no longer wait than one catalog timeout; once the fault ends, the very next request is served. GitHub's
- * token exchange failing while the Copilot token has expired: a 502 that names the exchange, and service again within
- * the token's back-off cap once GitHub answers.
+ * token exchange failing while the Copilot token has expired: a 502 that names the exchange (a 429 when GitHub rate-limits
+ * it, with GitHub's retry-after honoured), and service again within the token's back-off cap once GitHub answers.
  */
 final class CatalogFaultTests {
     private CatalogFaultTests() {
@@ -148,17 +148,93 @@ final class CatalogFaultTests {
             }
             h.stub.tokenExchangeStatus(0);
             long start = System.nanoTime();
-            int status = CopilotApiTests.eventually(Duration.ofSeconds(5), () -> {
-                try {
-                    return route.send(h).statusCode();
-                } catch (Exception e) {
-                    throw new AssertionError(e);
-                }
-            }, s -> s == 200);
-            assertEquals(200, status, "served again once GitHub answers");
+            assertEquals(200, untilServed(h, route, Duration.ofSeconds(5)), "served again once GitHub answers");
             long ms = Duration.ofNanos(System.nanoTime() - start).toMillis();
             assertTrue(ms <= 1500, "served within the back-off cap (1 s) of GitHub's recovery, took " + ms + " ms");
         }
+    }
+
+    /**
+     * Each route while the Copilot token has expired and GitHub's exchange answers 429, with a retry-after of 2 s and
+     * without one: a route that calls Copilot gets a 429 in its API's shape (rate_limit_error, RESOURCE_EXHAUSTED) that
+     * names the exchange, with GitHub's retry-after (and Google's RetryInfo) when GitHub gave one; while that wait runs
+     * GitHub is not asked again, and once it has passed and GitHub answers, the request is served.
+     */
+    @TestFactory
+    List<DynamicTest> aRateLimitedTokenExchangeIsA429AndServiceResumesOnceTheLimitClears() {
+        List<DynamicTest> tests = new ArrayList<>();
+        for (String retryAfter : new String[] {"2", null}) {
+            for (Route route : ROUTES) {
+                String name = "token exchange 429 " + (retryAfter == null ? "without" : "with") + " retry-after on " + route.name();
+                tests.add(DynamicTest.dynamicTest(name, () -> checkTokenRateLimit(route, retryAfter)));
+            }
+        }
+        return tests;
+    }
+
+    static void checkTokenRateLimit(Route route, String retryAfter) throws Exception {
+        try (CopilotApiTests.Harness h = new CopilotApiTests.Harness(StubUpstream.start(), Map.of(), o -> { }, CopilotApi.Operator.Controls.none(),
+                SHORT)) {
+            h.tokens.pace(CopilotApiTests.TokenLifecycleTests.SHORT_PACING);
+            h.stub.expireCopilotTokens();
+            h.stub.tokenExchangeStatus(429, retryAfter);
+            long limited = System.nanoTime();
+            HttpResponse<String> r = route.send(h);
+            if (!route.callsCopilot()) {
+                assertEquals(200, r.statusCode(), "a route that needs no fresh token is served meanwhile: " + r.body());
+                return;
+            }
+            String fault = "token exchange 429" + (retryAfter == null ? "" : " retry-after " + retryAfter);
+            assertError(route, r, 429, "GitHub rate-limited the Copilot token exchange", retryAfter, fault);
+            assertRateLimitShape(route, r, retryAfter, fault);
+            if (retryAfter != null) {
+                // past the first back-off (250 ms here) but within GitHub's 2 s: the answer stays a 429, GitHub is not asked
+                int exchanges = h.stub.count("/copilot_internal/v2/token");
+                Thread.sleep(500);
+                HttpResponse<String> again = route.send(h);
+                assertEquals(429, again.statusCode(), "still within GitHub's retry-after: " + again.body());
+                long left = Long.parseLong(again.headers().firstValue("retry-after").orElse("-1"));
+                assertTrue(left >= 1 && left <= 2, "the wait that is left of GitHub's: " + left);
+                assertTrue(again.body().contains("rate-limited the Copilot token exchange"), again.body());
+                assertEquals(exchanges, h.stub.count("/copilot_internal/v2/token"), "no exchange while GitHub's retry-after runs");
+            }
+            h.stub.tokenExchangeStatus(0);
+            assertEquals(200, untilServed(h, route, Duration.ofSeconds(6)), "served again once the limit clears");
+            long ms = Duration.ofNanos(System.nanoTime() - limited).toMillis();
+            long bound = retryAfter == null ? 1500 : 2000 + 1500;
+            assertTrue(ms <= bound, "served within the back-off cap of the limit's end (" + bound + " ms), took " + ms + " ms");
+        }
+    }
+
+    /** Sends the route's request every 50 ms until it is served or the time is up; the last status. */
+    static int untilServed(CopilotApiTests.Harness h, Route route, Duration within) throws InterruptedException {
+        return CopilotApiTests.eventually(within, () -> {
+            try {
+                return route.send(h).statusCode();
+            } catch (Exception e) {
+                throw new AssertionError(e);
+            }
+        }, s -> s == 200);
+    }
+
+        /** A rate limit in each API's words: OpenAI's and Anthropic's rate_limit_error, Google's RESOURCE_EXHAUSTED with RetryInfo. */
+    static void assertRateLimitShape(Route route, HttpResponse<String> r, String retryAfter, String fault) {
+        JsonNode error = json(r.body()).path("error");
+        String where = fault + " on " + route.path() + ": " + r.body();
+        switch (route.shape()) {
+            case OPENAI, ANTHROPIC -> assertEquals("rate_limit_error", error.path("type").asText(), where);
+            case GOOGLE -> {
+                assertEquals("RESOURCE_EXHAUSTED", error.path("status").asText(), where);
+                JsonNode info = error.path("details").path(0);
+                if (retryAfter == null) {
+                    assertTrue(info.isMissingNode(), "no RetryInfo without GitHub's wait: " + where);
+                } else {
+                    assertEquals("type.googleapis.com/google.rpc.RetryInfo", info.path("@type").asText(), where);
+                    assertEquals(retryAfter + "s", info.path("retryDelay").asText(), where);
+                }
+            }
+        }
+        if (retryAfter == null) assertTrue(r.headers().firstValue("retry-after").isEmpty(), "no retry-after GitHub did not give: " + where);
     }
 
     static void assertError(Route route, HttpResponse<String> r, int status, String cause, String retryAfter, String fault) {

@@ -1316,6 +1316,79 @@ class CopilotApiTests {
             assertEquals("assistant", json(lines.get(0)).path("choices").get(0).path("delta").path("role").asText());
             assertTrue(streamed.body().contains("\"finish_reason\":\"tool_calls\""), streamed.body());
         }
+
+        /** A turn of two tool calls sent without ids, their results without tool_call_id, then a call without id whose result has one. */
+        static final String CALLS_WITHOUT_IDS = "{\"model\":\"gpt-5.1-codex\",\"messages\":["
+            + "{\"role\":\"user\",\"content\":\"look around\"},"
+            + "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":["
+            + "{\"type\":\"function\",\"function\":{\"name\":\"Bash\",\"arguments\":\"{\\\"cmd\\\":\\\"ls\\\"}\"}},"
+            + "{\"type\":\"function\",\"function\":{\"name\":\"Bash\",\"arguments\":\"{\\\"cmd\\\":\\\"pwd\\\"}\"}}]},"
+            + "{\"role\":\"tool\",\"content\":\"a.txt\"},"
+            + "{\"role\":\"tool\",\"content\":\"/home\"},"
+            + "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":["
+            + "{\"type\":\"function\",\"function\":{\"name\":\"Read\",\"arguments\":\"{\\\"path\\\":\\\"a.txt\\\"}\"}}]},"
+            + "{\"role\":\"tool\",\"tool_call_id\":\"call_given\",\"content\":\"hello\"}],"
+            + "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"Bash\",\"parameters\":{\"type\":\"object\"}}},"
+            + "{\"type\":\"function\",\"function\":{\"name\":\"Read\",\"parameters\":{\"type\":\"object\"}}}]}";
+
+        /**
+         * Tool calls without ids, to a model Copilot serves only on /responses: each call and the result after it in the
+         * same order share one id (the result's when it has one, else one derived from the call), never an empty call_id;
+         * sent again, the conversation carries the same ids, so Copilot's prompt cache keeps hitting.
+         */
+        @Test
+        void toolCallsWithoutIdsArePairedWithTheirResultsUnderStableIds() throws Exception {
+            List<JsonNode> sent = new ArrayList<>();
+            for (int i = 0; i < 2; i++) {
+                HttpResponse<String> r = h.post("/v1/chat/completions", CALLS_WITHOUT_IDS);
+                assertEquals(200, r.statusCode(), r.body());
+                sent.add(h.stub.last("/responses").json().path("input"));
+            }
+            List<String> calls = new ArrayList<>();
+            List<String> outputs = new ArrayList<>();
+            for (JsonNode item : sent.get(0)) {
+                if (item.path("type").asText().equals("function_call")) calls.add(item.path("call_id").asText());
+                if (item.path("type").asText().equals("function_call_output")) outputs.add(item.path("call_id").asText());
+            }
+            assertEquals(3, calls.size(), sent.get(0).toString());
+            assertEquals(calls, outputs, "each result answers the call before it, in order: " + sent.get(0));
+            assertTrue(calls.get(0).startsWith("call_") && calls.get(1).startsWith("call_"), "derived ids: " + calls);
+            assertFalse(calls.get(0).equals(calls.get(1)), "two calls, two ids: " + calls);
+            assertEquals("call_given", calls.get(2), "a call without id takes the id its result names");
+            assertEquals(sent.get(0), sent.get(1), "the same conversation sent again carries the same ids");
+        }
+
+        /**
+         * What cannot be paired is refused before any call to Copilot, naming the message and field as OpenAI does: two
+         * calls without ids and one result, or a tool message without tool_call_id that follows no tool call.
+         */
+        @Test
+        void toolCallsAndResultsThatCannotBePairedAreRefused() throws Exception {
+            String oneResultShort = CALLS_WITHOUT_IDS.replace("{\"role\":\"tool\",\"content\":\"/home\"},", "");
+            String strayResult = CALLS_WITHOUT_IDS.replace("{\"role\":\"user\",\"content\":\"look around\"},",
+                "{\"role\":\"user\",\"content\":\"look around\"},{\"role\":\"tool\",\"content\":\"stray\"},");
+            for (var c : List.of(Map.entry(oneResultShort, "messages[1].tool_calls[0].id"), Map.entry(strayResult, "messages[1].tool_call_id"))) {
+                for (String body : List.of(c.getKey(), c.getKey().replace("{\"model\"", "{\"stream\":true,\"model\""))) {
+                    HttpResponse<String> r = h.post("/v1/chat/completions", body);
+                    assertEquals(400, r.statusCode(), r.body());
+                    JsonNode error = json(r.body()).path("error");
+                    assertEquals("invalid_request_error", error.path("type").asText(), r.body());
+                    assertEquals(c.getValue(), error.path("param").asText(), r.body());
+                    assertTrue(error.path("message").asText().contains(c.getValue()), r.body());
+                }
+            }
+            assertEquals(0, h.stub.count("/responses"), "refused before Copilot");
+        }
+
+        /** On a model Copilot serves on /chat/completions the conversation goes as sent: Copilot judges its own wire. */
+        @Test
+        void toolCallsWithoutIdsGoAsSentToAChatModel() throws Exception {
+            HttpResponse<String> r = h.post("/v1/chat/completions", CALLS_WITHOUT_IDS.replace("gpt-5.1-codex", "gpt-4.1"));
+            assertEquals(200, r.statusCode(), r.body());
+            JsonNode messages = h.stub.last("/chat/completions").json().path("messages");
+            assertFalse(messages.get(1).path("tool_calls").get(0).has("id"), messages.toString());
+            assertFalse(messages.get(2).has("tool_call_id"), messages.toString());
+        }
     }
 
     static final class EmbeddingsTests extends WithHarness {

@@ -149,6 +149,7 @@ final class StubUpstream implements AutoCloseable {
     private volatile Integer slowDownInterval;
     private final Deque<String> devicePolls = new ConcurrentLinkedDeque<>();
     private volatile int tokenExchangeStatus;
+    private volatile String tokenExchangeRetryAfter;
     private volatile boolean refuseCopilotTokens;
     private volatile long copilotTokenLifetimeSeconds;
     private volatile long refreshInSeconds;
@@ -188,7 +189,13 @@ final class StubUpstream implements AutoCloseable {
 
     /** Forces the token exchange to answer this status (403: no Copilot seat); 0 or 200 restores normal answers. */
     StubUpstream tokenExchangeStatus(int status) {
+        return tokenExchangeStatus(status, null);
+    }
+
+    /** As above, with a {@code retry-after} header on the forced answers (GitHub's rate limits may carry one); null: none. */
+    StubUpstream tokenExchangeStatus(int status, String retryAfter) {
         tokenExchangeStatus = status;
+        tokenExchangeRetryAfter = retryAfter;
         return this;
     }
 
@@ -431,6 +438,7 @@ final class StubUpstream implements AutoCloseable {
         deviceInterval = 0;
         slowDownInterval = null;
         tokenExchangeStatus = 0;
+        tokenExchangeRetryAfter = null;
         refuseCopilotTokens = false;
         copilotTokenLifetimeSeconds = 1800;
         refreshInSeconds = 1500;
@@ -824,7 +832,7 @@ final class StubUpstream implements AutoCloseable {
         Reply refusal = githubAuthFailure(rec, false);
         if (refusal != null) return refusal;
         int forced = tokenExchangeStatus;
-        if (forced != 0 && forced != 200) return forcedTokenExchange(forced);
+        if (forced != 0 && forced != 200) return forcedTokenExchange(forced, tokenExchangeRetryAfter);
         long nowMillis = System.currentTimeMillis();
         long lifetime = copilotTokenLifetimeSeconds;
         long expiresAt = nowMillis / 1000 + lifetime;
@@ -862,7 +870,7 @@ final class StubUpstream implements AutoCloseable {
         return Reply.json(200, o.toString());
     }
 
-    private static Reply forcedTokenExchange(int status) {
+    private static Reply forcedTokenExchange(int status, String retryAfter) {
         ObjectNode o = obj();
         if (status == 403) {
             ObjectNode details = o.putObject("error_details");
@@ -871,11 +879,13 @@ final class StubUpstream implements AutoCloseable {
             details.put("title", "No access to GitHub Copilot");
             details.put("notification_id", "no_copilot_access");
             o.put("message", "Resource not accessible by integration");
+        } else if (status == 429) {
+            o.put("message", "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.");
         } else {
             o.put("message", "stub: token exchange forced to " + status);
         }
         o.put("documentation_url", "https://docs.github.com/rest");
-        return Reply.json(status, o.toString());
+        return Reply.json(status, o.toString(), retryAfter == null ? Map.of() : Map.of("retry-after", retryAfter));
     }
 
     /** A GitHub API read: the body for a valid token, else GitHub's refusal. */
