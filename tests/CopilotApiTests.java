@@ -168,7 +168,8 @@ class CopilotApiTests {
             f.getException().printStackTrace(System.out);
         }
         long failed = s.getTestsFailedCount() + s.getContainersFailedCount();
-        System.out.printf("%ntests: %d passed, %d failed, %d skipped%n", s.getTestsSucceededCount(), failed, s.getTestsSkippedCount());
+        System.out.printf("%ntests: %d passed, %d failed, %d skipped%n", s.getTestsSucceededCount(), failed,
+            s.getTestsSkippedCount() + s.getTestsAbortedCount());
         System.exit(failed == 0 && s.getTestsSucceededCount() > 0 ? 0 : 1);
     }
 
@@ -177,6 +178,12 @@ class CopilotApiTests {
         @Override
         public void executionFinished(TestIdentifier id, TestExecutionResult result) {
             if (!id.isTest() && result.getStatus() == TestExecutionResult.Status.SUCCESSFUL) return;
+            if (result.getStatus() == TestExecutionResult.Status.ABORTED) {
+                // an assumption that does not hold here: not run, and said why
+                System.out.println("skip " + id.getDisplayName().replace("()", "") + "  [" + parent(id) + "]: "
+                    + result.getThrowable().map(Throwable::getMessage).orElse("aborted"));
+                return;
+            }
             String mark = result.getStatus() == TestExecutionResult.Status.SUCCESSFUL ? "ok  " : "FAIL";
             System.out.println(mark + " " + id.getDisplayName().replace("()", "") + "  [" + parent(id) + "]");
         }
@@ -3644,6 +3651,8 @@ class CopilotApiTests {
                     HttpResponse.BodyHandlers.ofInputStream());
                 assertEquals(200, stream.statusCode());
                 String pid = String.valueOf(server.process.pid());
+                org.junit.jupiter.api.Assumptions.assumeFalse(sigintIgnored(), "SIGINT is ignored in this process tree (a shell without job "
+                    + "control started the tests in the background), and a JVM keeps ignoring it: Ctrl-C cannot be tested here");
                 new ProcessBuilder("kill", "-INT", pid).start().waitFor();
                 assertNotNull(server.lineWith("press Ctrl-C again"), server.log.toString());
                 long start = System.nanoTime();
@@ -3653,6 +3662,18 @@ class CopilotApiTests {
                 assertEquals(130, server.process.exitValue());
                 stream.body().close();
             }
+        }
+
+        /** True when this process ignores SIGINT (Linux: bit 2 of SigIgn in /proc/self/status); children inherit that. */
+        static boolean sigintIgnored() {
+            try {
+                for (String line : Files.readAllLines(Path.of("/proc/self/status"))) {
+                    if (line.startsWith("SigIgn:")) return (Long.parseUnsignedLong(line.substring(7).trim(), 16) & (1L << 1)) != 0;
+                }
+            } catch (IOException | RuntimeException e) {
+                // not Linux: assume Ctrl-C reaches the server
+            }
+            return false;
         }
 
         static boolean refused(int port) {
@@ -4655,9 +4676,14 @@ class CopilotApiTests {
                 pump.start();
             }
 
-            /** The first line (from here on) that contains the text, or null at the end of the output. */
+            /**
+             * The first line (from here on) that contains the text, or null at the end of the output or after a minute
+             * without it: a process that never prints the line fails its test rather than hanging the suite.
+             */
             String lineWith(String text) throws InterruptedException {
-                for (String line = lines.take(); !line.equals(END); line = lines.take()) {
+                long end = System.nanoTime() + TimeUnit.MINUTES.toNanos(1);
+                for (String line = lines.poll(end - System.nanoTime(), TimeUnit.NANOSECONDS); line != null && !line.equals(END);
+                     line = lines.poll(end - System.nanoTime(), TimeUnit.NANOSECONDS)) {
                     if (line.contains(text)) return line;
                 }
                 lines.add(END);
