@@ -3584,9 +3584,10 @@ class CopilotApiTests {
     static final class GracefulStopTests {
         @Test
         void runningStreamsFinishThenExitZero() throws Exception {
-            try (StubUpstream stub = StubUpstream.start()) {
+            // the server is a resource too: a failing assertion must not leave its process running
+            try (StubUpstream stub = StubUpstream.start();
+                 CliTests.Started server = new CliTests.Started(CliTests.env(stub, Files.createTempDirectory("h")))) {
                 stub.streamDelayMs(400);
-                CliTests.Started server = new CliTests.Started(CliTests.env(stub, Files.createTempDirectory("h")));
                 Process p = server.process;
                 String base = server.baseUrl();
                 HttpClient client = HttpClient.newHttpClient();
@@ -3641,9 +3642,12 @@ class CopilotApiTests {
         /** The first Ctrl-C drains; a second one does not wait for the grace period. */
         @Test
         void aSecondCtrlCQuitsAtOnce() throws Exception {
-            try (StubUpstream stub = StubUpstream.start()) {
+            // asked before a server starts, so that a skip leaves no process behind
+            org.junit.jupiter.api.Assumptions.assumeFalse(sigintIgnored(), "SIGINT is ignored in this process tree (a shell without job "
+                + "control started the tests in the background), and a JVM keeps ignoring it: Ctrl-C cannot be tested here");
+            try (StubUpstream stub = StubUpstream.start();
+                 CliTests.Started server = new CliTests.Started(CliTests.env(stub, Files.createTempDirectory("h")))) {
                 stub.enqueue("/chat/completions", StubUpstream.Reply.hang(30_000));
-                CliTests.Started server = new CliTests.Started(CliTests.env(stub, Files.createTempDirectory("h")));
                 String base = server.baseUrl();
                 HttpClient client = HttpClient.newHttpClient();
                 HttpResponse<InputStream> stream = client.send(HttpRequest.newBuilder(URI.create(base + "/v1/chat/completions"))
@@ -3651,8 +3655,6 @@ class CopilotApiTests {
                     HttpResponse.BodyHandlers.ofInputStream());
                 assertEquals(200, stream.statusCode());
                 String pid = String.valueOf(server.process.pid());
-                org.junit.jupiter.api.Assumptions.assumeFalse(sigintIgnored(), "SIGINT is ignored in this process tree (a shell without job "
-                    + "control started the tests in the background), and a JVM keeps ignoring it: Ctrl-C cannot be tested here");
                 new ProcessBuilder("kill", "-INT", pid).start().waitFor();
                 assertNotNull(server.lineWith("press Ctrl-C again"), server.log.toString());
                 long start = System.nanoTime();
