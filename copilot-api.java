@@ -3268,11 +3268,7 @@ class CopilotApi implements Callable<Integer> {
             }
 
             private static byte[] sha256(String s) {
-                try {
-                    return java.security.MessageDigest.getInstance("SHA-256").digest(s.getBytes(UTF_8));
-                } catch (java.security.NoSuchAlgorithmException e) {
-                    throw new IllegalStateException(e);
-                }
+                return Ids.sha256().digest(s.getBytes(UTF_8));
             }
         }
 
@@ -8858,12 +8854,8 @@ class CopilotApi implements Callable<Integer> {
             /** Names over 64 characters: the first 55, '_' and 8 hex digits of the name's SHA-256 (reversed via toolNameMap). */
             static String shortToolName(String name) {
                 if (name.length() <= MAX_TOOL_NAME) return name;
-                try {
-                    byte[] hash = MessageDigest.getInstance("SHA-256").digest(name.getBytes(UTF_8));
-                    return name.substring(0, MAX_TOOL_NAME - 9) + "_" + HexFormat.of().formatHex(hash, 0, 4);
-                } catch (NoSuchAlgorithmException e) {
-                    throw new IllegalStateException("SHA-256 is missing from this Java runtime", e);
-                }
+                byte[] hash = Ids.sha256().digest(name.getBytes(UTF_8));
+                return name.substring(0, MAX_TOOL_NAME - 9) + "_" + HexFormat.of().formatHex(hash, 0, 4);
             }
 
             private static ObjectNode emptySchema() {
@@ -15131,12 +15123,7 @@ class CopilotApi implements Callable<Integer> {
          * For ids of what a client sent, which must not change when it sends them again.
          */
         static String derived(String prefix, String seed, JsonNode json) {
-            MessageDigest sha;
-            try {
-                sha = MessageDigest.getInstance("SHA-256");
-            } catch (java.security.NoSuchAlgorithmException e) {
-                throw new IllegalStateException("SHA-256 is missing from this Java runtime", e);
-            }
+            MessageDigest sha = sha256();
             sha.update(seed.getBytes(UTF_8));
             sha.update((byte) 0);
             try (OutputStream out = new java.security.DigestOutputStream(OutputStream.nullOutputStream(), sha)) {
@@ -15145,6 +15132,15 @@ class CopilotApi implements Callable<Integer> {
                 throw new UncheckedIOException(e);
             }
             return prefix + HexFormat.of().formatHex(sha.digest(), 0, 16);
+        }
+
+        /** A fresh SHA-256 digest (every Java runtime has one: its absence is a broken runtime, not a case to handle). */
+        static MessageDigest sha256() {
+            try {
+                return MessageDigest.getInstance("SHA-256");
+            } catch (NoSuchAlgorithmException e) {
+                throw new IllegalStateException("SHA-256 is missing from this Java runtime", e);
+            }
         }
 
         static String random(int length) {
