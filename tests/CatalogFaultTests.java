@@ -217,7 +217,7 @@ final class CatalogFaultTests {
         }, s -> s == 200);
     }
 
-        /** A rate limit in each API's words: OpenAI's and Anthropic's rate_limit_error, Google's RESOURCE_EXHAUSTED with RetryInfo. */
+    /** A rate limit in each API's words: OpenAI's and Anthropic's rate_limit_error, Google's RESOURCE_EXHAUSTED with RetryInfo. */
     static void assertRateLimitShape(Route route, HttpResponse<String> r, String retryAfter, String fault) {
         JsonNode error = json(r.body()).path("error");
         String where = fault + " on " + route.path() + ": " + r.body();

@@ -292,18 +292,31 @@ class ClientRecipeTests extends RecipeClients {
     }
 }
 
-/** The clients of tests/clients (npm ci once), the stub, and copilot-api started against it: one set per test class. */
+/**
+ * The npm clients of one folder under tests/ (installed once), the stub, and copilot-api started against it as users
+ * start it: one set per test class.
+ */
 @TestInstance(TestInstance.Lifecycle.PER_CLASS)
 abstract class RecipeClients {
     Path clients;
     StubUpstream stub;
     CopilotApiTests.SdkRunner.ServerProcess server;
 
+    /** The folder under tests/ whose package.json pins the clients: tests/clients unless a class says otherwise. */
+    String folder() {
+        return "clients";
+    }
+
+    /** The stub the server is pointed at; a class may start it with other switches. */
+    StubUpstream newStub() throws java.io.IOException {
+        return StubUpstream.start();
+    }
+
     @BeforeAll
     void up() throws Exception {
-        clients = CopilotApiTests.SdkRunner.repo().resolve("tests").resolve("clients");
+        clients = CopilotApiTests.SdkRunner.repo().resolve("tests").resolve(folder());
         CopilotApiTests.SdkRunner.npmInstall(clients);
-        stub = StubUpstream.start();
+        stub = newStub();
         server = CopilotApiTests.SdkRunner.startServer(stub);
     }
 

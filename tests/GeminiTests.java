@@ -638,29 +638,20 @@ final class GeminiTests {
     }
 
     /** The real @google/genai SDK (tests/sdk) against copilot-api started as users start it, on the stub. */
-    @TestInstance(TestInstance.Lifecycle.PER_CLASS)
-    static final class GeminiSdkTests {
-        java.nio.file.Path sdk;
-        StubUpstream stub;
-        CopilotApiTests.SdkRunner.ServerProcess server;
-
-        @BeforeAll
-        void up() throws Exception {
-            sdk = CopilotApiTests.SdkRunner.repo().resolve("tests").resolve("sdk");
-            CopilotApiTests.SdkRunner.npmInstall(sdk);
-            // a pause between the stub's chunks, so that a buffered stream shows (the script checks the arrival times)
-            stub = StubUpstream.start().streamDelayMs(40);
-            server = CopilotApiTests.SdkRunner.startServer(stub);
+    static final class GeminiSdkTests extends RecipeClients {
+        @Override
+        String folder() {
+            return "sdk";
         }
 
-        @AfterAll
-        void down() {
-            if (server != null) server.close();
-            if (stub != null) stub.close();
+        @Override
+        StubUpstream newStub() throws IOException {
+            // a pause between the stub's chunks, so that a buffered stream shows (the script checks the arrival times)
+            return StubUpstream.start().streamDelayMs(40);
         }
 
         void node(String model) throws Exception {
-            CopilotApiTests.SdkRunner.Result r = CopilotApiTests.SdkRunner.node(sdk, "gemini-e2e.mjs", Map.of("BASE_URL", server.baseUrl(), "MODEL", model));
+            CopilotApiTests.SdkRunner.Result r = CopilotApiTests.SdkRunner.node(clients, "gemini-e2e.mjs", Map.of("BASE_URL", server.baseUrl(), "MODEL", model));
             System.out.print(r.output());
             assertEquals(0, r.exit(), r.output());
             assertNotNull(stub.last("/chat/completions"));
